@@ -1,0 +1,1 @@
+//! haul-install: safe extraction and installers.

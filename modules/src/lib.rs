@@ -1,0 +1,1 @@
+//! haul-modules: signed manifests and a content-addressed store.

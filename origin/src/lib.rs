@@ -1,0 +1,1 @@
+//! haul-origin: a local HTTP origin with scriptable faults.

@@ -1,0 +1,1 @@
+//! haul-tests: shared harness for scenario tests.
