@@ -30,6 +30,10 @@ pub struct HeadParser {
     message_start: usize,
     /// Next position in `buf` to examine for the end of the head.
     scan_from: usize,
+    /// How many times `httparse` ran (once per complete head); pins linearity in tests.
+    heads_parsed: usize,
+    /// The first error; every later feed returns it again.
+    failed: Option<HttpError>,
 }
 
 impl HeadParser {
@@ -40,6 +44,8 @@ impl HeadParser {
             head_start: 0,
             message_start: 0,
             scan_from: 0,
+            heads_parsed: 0,
+            failed: None,
         }
     }
 
@@ -49,23 +55,48 @@ impl HeadParser {
     /// `Ok(Some((head, consumed)))` where `consumed` is how many bytes of this `input`
     /// belong to the head; the rest of `input` is body. 1xx informational responses other
     /// than 101 are skipped. `Err(HeadTooLarge)` once a head exceeds the limit. After a
-    /// head is returned the parser is ready for the next response on the connection.
+    /// head is returned the parser is ready for the next response on the connection; after
+    /// an error it returns that error for every later feed.
     pub fn feed(&mut self, input: &[u8]) -> Result<Option<(ResponseHead, usize)>, HttpError> {
+        if let Some(e) = &self.failed {
+            return Err(e.clone());
+        }
+        let result = self.feed_unchecked(input);
+        if let Err(e) = &result {
+            self.failed = Some(e.clone());
+        }
+        result
+    }
+
+    fn feed_unchecked(&mut self, input: &[u8]) -> Result<Option<(ResponseHead, usize)>, HttpError> {
         let already_buffered = self.buf.len();
-        self.buf.extend_from_slice(input);
+        let mut fed = 0;
         loop {
+            // Copy only what can still belong to a head within the limit (plus one byte to
+            // detect overflow): body bytes behind the head are never buffered in bulk.
+            let in_message = self.buf.len() - self.message_start;
+            let window = self
+                .max_head_bytes
+                .saturating_add(1)
+                .saturating_sub(in_message)
+                .min(input.len() - fed);
+            self.buf.extend_from_slice(&input[fed..fed + window]);
+            fed += window;
+
             self.skip_blank_lines();
             let Some(end) = self.find_head_end() else {
                 self.scan_from = self.buf.len();
                 if self.buf.len() - self.message_start > self.max_head_bytes {
                     return Err(self.too_large());
                 }
+                // Within the limit, so the window covered the whole input.
                 self.compact();
                 return Ok(None);
             };
             if end - self.message_start > self.max_head_bytes {
                 return Err(self.too_large());
             }
+            self.heads_parsed += 1;
             let head = parse_head(&self.buf[self.head_start..end])?;
             self.head_start = end;
             self.message_start = end;
@@ -246,8 +277,13 @@ pub fn framing(method: Method, head: &ResponseHead) -> Result<Framing, HttpError
 /// Whether the connection may carry another request after this response: HTTP/1.1 unless
 /// `Connection` lists `close`; HTTP/1.0 only with `Connection: keep-alive`; never when the
 /// body is close-delimited.
+/// A chunked response that also carries Content-Length is a smuggling hazard
+/// (RFC 9112 section 6.3): the body is decoded as chunked but the connection is not reused.
 pub fn keep_alive(head: &ResponseHead, framing: Framing) -> bool {
     if framing == Framing::CloseDelimited || head.headers.has_token("connection", "close") {
+        return false;
+    }
+    if framing == Framing::Chunked && head.headers.get("content-length").is_some() {
         return false;
     }
     head.version_minor >= 1 || head.headers.has_token("connection", "keep-alive")
@@ -327,6 +363,75 @@ mod tests {
             assert_eq!(head, whole_head, "split at {split}");
             assert_eq!(body_start, SAMPLE_HEAD_LEN, "split at {split}");
         }
+    }
+
+    #[test]
+    fn every_split_point_with_informational_prefix_gives_the_same_result() {
+        let sample: &[u8] = b"\r\nHTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 103 Early Hints\nLink: </a>\n\nHTTP/1.0 206 Partial Content\r\nContent-Range: bytes 0-3/10\r\n\r\nbody";
+        let body_start = sample.len() - 4;
+        let (whole_head, whole_consumed) = parse_whole(sample);
+        assert_eq!(whole_consumed, body_start);
+        assert_eq!(whole_head.status, 206);
+        for split in 0..=sample.len() {
+            for limit in [64, 1024] {
+                let (first, second) = sample.split_at(split);
+                let mut parser = HeadParser::new(limit);
+                let (head, start) = match parser.feed(first).unwrap() {
+                    Some((head, consumed)) => (head, consumed),
+                    None => {
+                        let (head, consumed) = parser.feed(second).unwrap().expect("complete");
+                        (head, split + consumed)
+                    }
+                };
+                assert_eq!(head, whole_head, "split at {split}, limit {limit}");
+                assert_eq!(start, body_start, "split at {split}, limit {limit}");
+            }
+        }
+    }
+
+    #[test]
+    fn large_input_behind_the_head_is_left_for_the_body() {
+        let mut bytes = b"HTTP/1.1 200 OK\r\nContent-Length: 1048576\r\n\r\n".to_vec();
+        let head_len = bytes.len();
+        bytes.resize(head_len + 1024 * 1024, b'x');
+        let mut parser = HeadParser::new(100);
+        let (head, consumed) = parser.feed(&bytes).unwrap().unwrap();
+        assert_eq!(head.headers.get("content-length"), Some("1048576"));
+        assert_eq!(consumed, head_len);
+        // Each informational head counts against the limit on its own.
+        let mut many = Vec::new();
+        for _ in 0..20 {
+            many.extend_from_slice(b"HTTP/1.1 100 Continue\r\n\r\n");
+        }
+        many.extend_from_slice(b"HTTP/1.1 200 OK\r\n\r\nbody");
+        let (head, consumed) = HeadParser::new(40).feed(&many).unwrap().unwrap();
+        assert_eq!((head.status, &many[consumed..]), (200, &b"body"[..]));
+    }
+
+    #[test]
+    fn one_byte_feeds_run_httparse_once_per_head() {
+        let mut bytes = b"HTTP/1.1 200 OK\r\n".to_vec();
+        for i in 0..2000 {
+            bytes.extend_from_slice(format!("X-Header-{i}: value {i}\r\n").as_bytes());
+        }
+        bytes.extend_from_slice(b"\r\n");
+        let mut parser = HeadParser::new(64 * 1024);
+        let mut found = None;
+        for b in &bytes {
+            if let Some(r) = parser.feed(std::slice::from_ref(b)).unwrap() {
+                found = Some(r);
+            }
+        }
+        let (head, consumed) = found.expect("complete head");
+        assert_eq!((head.headers.len(), consumed), (2000, 1));
+        assert_eq!(parser.heads_parsed, 1);
+    }
+
+    #[test]
+    fn errors_are_sticky() {
+        let mut parser = HeadParser::new(1024);
+        let err = parser.feed(b"garbage\r\n\r\n").unwrap_err();
+        assert_eq!(parser.feed(b"HTTP/1.1 200 OK\r\n\r\n"), Err(err));
     }
 
     #[test]
@@ -538,6 +643,18 @@ mod tests {
         ));
         assert!(!keep_alive(&head(200, 1, &[]), Framing::CloseDelimited));
         assert!(keep_alive(&head(204, 1, &[]), Framing::Empty));
+        assert!(keep_alive(
+            &head(200, 1, &[("Transfer-Encoding", "chunked")]),
+            Framing::Chunked
+        ));
+        assert!(!keep_alive(
+            &head(
+                200,
+                1,
+                &[("Transfer-Encoding", "chunked"), ("Content-Length", "5")]
+            ),
+            Framing::Chunked
+        ));
     }
 
     quickcheck::quickcheck! {
