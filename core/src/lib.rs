@@ -1,4 +1,32 @@
 //! haul-core: the pure decision-making core of haul.
+//!
+//! Everything here is deterministic and free of I/O: no sockets, files, clocks, threads or OS
+//! randomness. The [`Engine`] consumes inputs (I/O completions and clock ticks) and emits
+//! outputs (I/O requests and events); runtimes (`haul-blocking`, and the async and simulated
+//! ones) execute the requests. See [`engine`] for the call contract.
+//!
+//! Modules:
+//! - [`http`]: HTTP/1.1 client codec on httparse (request writer, head parser, body framing).
+//! - [`engine`]: the job state machines and the call contract.
+//! - [`io`]: the I/O vocabulary shared with runtimes.
+//! - [`download`]: what a caller asks for and gets back.
+//! - [`resume`]: the state file that makes resume safe.
+//! - [`config`], [`error`], [`time`], [`rng`]: settings, typed errors, time and jitter.
 #![forbid(unsafe_code)]
 
+pub mod config;
+pub mod download;
+pub mod engine;
+pub mod error;
 pub mod http;
+pub mod io;
+pub mod resume;
+pub mod rng;
+pub mod time;
+
+pub use config::{Config, ConfigError, LowSpeedLimit, RetryPolicy};
+pub use download::{Destination, Download, Outcome};
+pub use engine::{CancelMode, Engine, Event, Input, JobId, Output};
+pub use error::{DownloadError, ErrorClass, TimeoutKind};
+pub use io::{ConnId, FileId, IoErrorKind, IoFailure, IoId, IoOp, IoRequest, IoResult};
+pub use time::Instant;

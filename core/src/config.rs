@@ -1,0 +1,191 @@
+//! Engine configuration: timeouts, limits and retry policy, with validated defaults.
+//!
+//! One struct holds every knob so the CLI, the library clients and the simulator configure the
+//! engine the same way. [`Config::validate`] rejects settings that cannot work (a zero
+//! timeout, a backoff cap below its base) with a message naming the field.
+
+use std::time::Duration;
+
+/// Minimum throughput over a window; slower transfers are aborted (curl's `--speed-limit`
+/// with `--speed-time`, cargo's low-speed limit). Catches trickles an idle timeout misses.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct LowSpeedLimit {
+    /// Bytes per second below which the transfer is too slow.
+    pub bytes_per_sec: u64,
+    /// The window over which the rate is measured.
+    pub window: Duration,
+}
+
+/// Retries with exponential backoff and jitter.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RetryPolicy {
+    /// Attempts in total, the first included (1 = never retry).
+    pub max_attempts: u32,
+    /// Delay before the first retry; doubled for each further retry.
+    pub base_delay: Duration,
+    /// Largest delay between two attempts.
+    pub max_delay: Duration,
+    /// No retry starts later than this after the job's first attempt.
+    pub max_elapsed: Duration,
+}
+
+impl Default for RetryPolicy {
+    fn default() -> Self {
+        RetryPolicy {
+            max_attempts: 6,
+            base_delay: Duration::from_secs(1),
+            max_delay: Duration::from_secs(32),
+            max_elapsed: Duration::from_secs(300),
+        }
+    }
+}
+
+/// Engine-wide settings.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Config {
+    /// Sent as `User-Agent` unless a download sets its own.
+    pub user_agent: String,
+    /// Limit to establish a connection (DNS and TLS included).
+    pub connect_timeout: Duration,
+    /// Limit from sending the request to the end of the response head.
+    pub head_timeout: Duration,
+    /// Limit without receiving a single byte.
+    pub idle_timeout: Duration,
+    /// Optional minimum rate.
+    pub low_speed: Option<LowSpeedLimit>,
+    /// Redirects followed at most.
+    pub max_redirects: u32,
+    /// Largest response head accepted.
+    pub max_head_bytes: usize,
+    /// Retry policy.
+    pub retry: RetryPolicy,
+    /// Written-but-unsynced bytes after which the partial file is synced and its state file
+    /// updated (the durable resume point advances).
+    pub checkpoint_bytes: u64,
+    /// Longest time between two checkpoints while data flows.
+    pub checkpoint_interval: Duration,
+    /// Bytes handed to file writes and not yet completed, above which the engine stops
+    /// reading from the network (backpressure keeps memory constant).
+    pub max_write_backlog: u64,
+    /// Idle keep-alive connections are closed after this long.
+    pub idle_connection_timeout: Duration,
+    /// Seed for jitter; runtimes take it from the OS, the simulator from its run seed.
+    pub seed: u64,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            user_agent: concat!("haul/", env!("CARGO_PKG_VERSION")).to_string(),
+            connect_timeout: Duration::from_secs(15),
+            head_timeout: Duration::from_secs(30),
+            idle_timeout: Duration::from_secs(30),
+            low_speed: Some(LowSpeedLimit {
+                bytes_per_sec: 1024,
+                window: Duration::from_secs(60),
+            }),
+            max_redirects: 10,
+            max_head_bytes: 64 * 1024,
+            retry: RetryPolicy::default(),
+            checkpoint_bytes: 64 * 1024 * 1024,
+            checkpoint_interval: Duration::from_secs(5),
+            max_write_backlog: 8 * 1024 * 1024,
+            idle_connection_timeout: Duration::from_secs(30),
+            seed: 0x6861_756c,
+        }
+    }
+}
+
+/// A setting that cannot work.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("invalid config: {field}: {reason}")]
+pub struct ConfigError {
+    /// The offending field.
+    pub field: &'static str,
+    /// What is wrong with it.
+    pub reason: String,
+}
+
+impl Config {
+    /// Checks that every setting can work.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let nonzero = |field: &'static str, d: Duration| {
+            if d.is_zero() {
+                Err(ConfigError {
+                    field,
+                    reason: "must be greater than zero".into(),
+                })
+            } else {
+                Ok(())
+            }
+        };
+        nonzero("connect_timeout", self.connect_timeout)?;
+        nonzero("head_timeout", self.head_timeout)?;
+        nonzero("idle_timeout", self.idle_timeout)?;
+        nonzero("checkpoint_interval", self.checkpoint_interval)?;
+        nonzero("idle_connection_timeout", self.idle_connection_timeout)?;
+        if let Some(ls) = self.low_speed {
+            nonzero("low_speed.window", ls.window)?;
+        }
+        if self.retry.max_attempts == 0 {
+            return Err(ConfigError {
+                field: "retry.max_attempts",
+                reason: "must be at least 1 (the first attempt)".into(),
+            });
+        }
+        if self.retry.max_delay < self.retry.base_delay {
+            return Err(ConfigError {
+                field: "retry.max_delay",
+                reason: format!(
+                    "{:?} is below retry.base_delay {:?}",
+                    self.retry.max_delay, self.retry.base_delay
+                ),
+            });
+        }
+        if self.max_head_bytes < 1024 {
+            return Err(ConfigError {
+                field: "max_head_bytes",
+                reason: "must be at least 1024".into(),
+            });
+        }
+        if self.max_write_backlog < 64 * 1024 {
+            return Err(ConfigError {
+                field: "max_write_backlog",
+                reason: "must be at least 64 KiB".into(),
+            });
+        }
+        if self.checkpoint_bytes == 0 {
+            return Err(ConfigError {
+                field: "checkpoint_bytes",
+                reason: "must be greater than zero".into(),
+            });
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_are_valid() {
+        Config::default().validate().unwrap();
+    }
+
+    #[test]
+    fn zero_timeout_is_rejected_by_name() {
+        let c = Config {
+            idle_timeout: Duration::ZERO,
+            ..Config::default()
+        };
+        assert_eq!(c.validate().unwrap_err().field, "idle_timeout");
+    }
+
+    #[test]
+    fn backoff_cap_below_base_is_rejected() {
+        let mut c = Config::default();
+        c.retry.max_delay = Duration::from_millis(10);
+        assert_eq!(c.validate().unwrap_err().field, "retry.max_delay");
+    }
+}

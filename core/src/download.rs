@@ -1,0 +1,259 @@
+//! What the caller asks for: a [`Download`] (URL, destination, expectations) and what it gets
+//! back: an [`Outcome`].
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use crate::error::DownloadError;
+
+/// Where the verified file goes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Destination {
+    /// Exactly this path.
+    File(PathBuf),
+    /// This directory; the name comes from `Content-Disposition`, else the URL's last path
+    /// segment (else `download`).
+    Dir(PathBuf),
+}
+
+/// One file to fetch and verify.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Download {
+    pub(crate) url: url::Url,
+    pub(crate) dest: Destination,
+    pub(crate) sha256: Option<[u8; 32]>,
+    pub(crate) size: Option<u64>,
+    pub(crate) max_size: Option<u64>,
+    pub(crate) headers: Vec<(String, String)>,
+}
+
+impl Download {
+    /// A download of `url` to the file `dest`.
+    pub fn new(url: &str, dest: impl Into<PathBuf>) -> Result<Download, DownloadError> {
+        Ok(Download {
+            url: parse_url(url)?,
+            dest: Destination::File(dest.into()),
+            sha256: None,
+            size: None,
+            max_size: None,
+            headers: Vec::new(),
+        })
+    }
+
+    /// A download of `url` into the directory `dir`.
+    pub fn into_dir(url: &str, dir: impl Into<PathBuf>) -> Result<Download, DownloadError> {
+        let mut d = Download::new(url, PathBuf::new())?;
+        d.dest = Destination::Dir(dir.into());
+        Ok(d)
+    }
+
+    /// Expect this SHA-256 (64 hex digits, either case).
+    pub fn sha256(mut self, hex_digest: &str) -> Result<Download, DownloadError> {
+        let mut out = [0u8; 32];
+        hex::decode_to_slice(hex_digest.trim(), &mut out).map_err(|_| {
+            DownloadError::InvalidRequest(format!(
+                "sha256 must be 64 hex digits, got {hex_digest:?}"
+            ))
+        })?;
+        self.sha256 = Some(out);
+        Ok(self)
+    }
+
+    /// Expect exactly this many bytes.
+    pub fn size(mut self, bytes: u64) -> Download {
+        self.size = Some(bytes);
+        self
+    }
+
+    /// Refuse bodies larger than this (checked as bytes arrive).
+    pub fn max_size(mut self, bytes: u64) -> Download {
+        self.max_size = Some(bytes);
+        self
+    }
+
+    /// Send an extra request header (e.g. `Authorization`). `Authorization` and `Cookie`
+    /// are dropped when a redirect leaves the origin.
+    pub fn header(mut self, name: &str, value: &str) -> Download {
+        self.headers.push((name.to_string(), value.to_string()));
+        self
+    }
+
+    /// The URL asked for.
+    pub fn url(&self) -> &url::Url {
+        &self.url
+    }
+
+    /// The destination.
+    pub fn destination(&self) -> &Destination {
+        &self.dest
+    }
+
+    /// Path of the partial file while the download runs (`<dest>.haul-part`).
+    pub fn part_path(&self) -> PathBuf {
+        sibling(&self.provisional_path(), ".haul-part")
+    }
+
+    /// Path of the small state file beside the partial (`<dest>.haul-state`).
+    pub fn state_path(&self) -> PathBuf {
+        sibling(&self.provisional_path(), ".haul-state")
+    }
+
+    /// The destination path as far as it is known before the response.
+    pub fn provisional_path(&self) -> PathBuf {
+        match &self.dest {
+            Destination::File(p) => p.clone(),
+            Destination::Dir(d) => d.join(file_name_from_url(&self.url)),
+        }
+    }
+}
+
+fn parse_url(s: &str) -> Result<url::Url, DownloadError> {
+    let url = url::Url::parse(s)
+        .map_err(|e| DownloadError::InvalidRequest(format!("bad URL {s:?}: {e}")))?;
+    match url.scheme() {
+        "http" | "https" => {}
+        other => {
+            return Err(DownloadError::InvalidRequest(format!(
+                "unsupported URL scheme {other:?} in {s:?} (http and https only)"
+            )))
+        }
+    }
+    if url.host_str().is_none_or(str::is_empty) {
+        return Err(DownloadError::InvalidRequest(format!("URL {s:?} has no host")));
+    }
+    Ok(url)
+}
+
+/// `path` with `suffix` appended to its file name.
+pub(crate) fn sibling(path: &Path, suffix: &str) -> PathBuf {
+    let mut name = path.file_name().map(|n| n.to_os_string()).unwrap_or_default();
+    name.push(suffix);
+    path.with_file_name(name)
+}
+
+/// A safe file name from the URL's last non-empty path segment, percent-decoded.
+pub fn file_name_from_url(url: &url::Url) -> String {
+    let seg = url
+        .path_segments()
+        .and_then(|mut s| s.rfind(|x| !x.is_empty()).map(str::to_string))
+        .unwrap_or_default();
+    let decoded = percent_decode(&seg);
+    sanitize_file_name(&decoded).unwrap_or_else(|| "download".to_string())
+}
+
+/// A name usable as a single path component, or None.
+pub fn sanitize_file_name(name: &str) -> Option<String> {
+    let name = name.trim();
+    if name.is_empty()
+        || name == "."
+        || name == ".."
+        || name.contains(['/', '\\', '\0'])
+        || name.chars().any(char::is_control)
+    {
+        return None;
+    }
+    Some(name.to_string())
+}
+
+fn percent_decode(s: &str) -> String {
+    let bytes = s.as_bytes();
+    let hex = |b: u8| (b as char).to_digit(16).map(|d| d as u8);
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        if bytes[i] == b'%' && i + 2 < bytes.len() {
+            if let (Some(h), Some(l)) = (hex(bytes[i + 1]), hex(bytes[i + 2])) {
+                out.push(h << 4 | l);
+                i += 3;
+                continue;
+            }
+        }
+        out.push(bytes[i]);
+        i += 1;
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+/// A verified, committed download.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Outcome {
+    /// Where the file is now.
+    pub path: PathBuf,
+    /// Its size in bytes.
+    pub size: u64,
+    /// Its SHA-256.
+    pub sha256: [u8; 32],
+    /// Bytes that were already on disk from an earlier attempt and not fetched again.
+    pub resumed_from: u64,
+    /// Bytes received from the network for this job (all attempts).
+    pub bytes_fetched: u64,
+    /// Attempts made (1 when the first succeeded).
+    pub attempts: u32,
+    /// Time from submit to commit.
+    pub elapsed: Duration,
+    /// The URL the bytes finally came from (after redirects).
+    pub final_url: String,
+}
+
+impl Outcome {
+    /// Lowercase hex SHA-256.
+    pub fn sha256_hex(&self) -> String {
+        hex::encode(self.sha256)
+    }
+
+    /// Average rate in bytes per second over the job's life.
+    pub fn average_rate(&self) -> f64 {
+        let secs = self.elapsed.as_secs_f64();
+        if secs > 0.0 {
+            self.bytes_fetched as f64 / secs
+        } else {
+            0.0
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn file_name_comes_from_last_segment_and_is_decoded() {
+        let u = url::Url::parse("http://h/a/b/my%20file.zip?x=1").unwrap();
+        assert_eq!(file_name_from_url(&u), "my file.zip");
+        let u = url::Url::parse("http://h/dir/").unwrap();
+        assert_eq!(file_name_from_url(&u), "dir");
+        let u = url::Url::parse("http://h/").unwrap();
+        assert_eq!(file_name_from_url(&u), "download");
+    }
+
+    #[test]
+    fn encoded_traversal_in_url_never_becomes_a_path() {
+        let u = url::Url::parse("http://h/x/..%2F..%2Fetc%2Fpasswd").unwrap();
+        assert_eq!(file_name_from_url(&u), "download");
+        let u = url::Url::parse("http://h/%2e%2e").unwrap();
+        assert_eq!(file_name_from_url(&u), "download");
+    }
+
+    #[test]
+    fn bad_urls_and_hashes_are_invalid_requests() {
+        assert!(matches!(
+            Download::new("ftp://h/x", "o"),
+            Err(DownloadError::InvalidRequest(_))
+        ));
+        assert!(matches!(
+            Download::new("not a url", "o"),
+            Err(DownloadError::InvalidRequest(_))
+        ));
+        let d = Download::new("http://h/x", "o").unwrap();
+        assert!(d.clone().sha256("zz").is_err());
+        let upper = "AB".repeat(32);
+        assert_eq!(d.sha256(&upper).unwrap().sha256, Some([0xab; 32]));
+    }
+
+    #[test]
+    fn part_and_state_paths_sit_beside_the_destination() {
+        let d = Download::new("http://h/x", "/tmp/out/file.bin").unwrap();
+        assert_eq!(d.part_path(), PathBuf::from("/tmp/out/file.bin.haul-part"));
+        assert_eq!(d.state_path(), PathBuf::from("/tmp/out/file.bin.haul-state"));
+    }
+}

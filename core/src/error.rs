@@ -1,0 +1,207 @@
+//! Typed errors of a download: what failed, where, and whether a retry could help.
+//!
+//! Every terminal failure of a job is a [`DownloadError`]. [`DownloadError::retryable`] is the
+//! single place that classifies failures for the retry policy, and [`DownloadError::class`]
+//! groups them for callers (the CLI maps classes to exit codes).
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use crate::http::HttpError;
+use crate::io::{IoErrorKind, IoFailure};
+
+/// Which timeout fired.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum TimeoutKind {
+    /// The connection was not established in time.
+    Connect,
+    /// The response head did not arrive in time after the request was sent.
+    ResponseHead,
+    /// No byte arrived for the idle timeout.
+    Idle,
+    /// Fewer bytes than the low-speed limit arrived over the low-speed window.
+    LowSpeed,
+}
+
+impl std::fmt::Display for TimeoutKind {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            TimeoutKind::Connect => "connect",
+            TimeoutKind::ResponseHead => "response head",
+            TimeoutKind::Idle => "idle",
+            TimeoutKind::LowSpeed => "low speed",
+        })
+    }
+}
+
+/// Coarse classes of failure; the CLI maps each to an exit code.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum ErrorClass {
+    /// The network failed (after retries): connect, reset, timeout, truncation, protocol.
+    Network,
+    /// The server answered with an HTTP status that is not success.
+    HttpStatus,
+    /// The bytes were not the expected ones: size, hash or signature.
+    Verification,
+    /// The local disk or file system failed.
+    LocalIo,
+    /// The request itself was invalid (bad URL, bad option).
+    Usage,
+    /// The job was cancelled by the caller.
+    Cancelled,
+}
+
+/// Why a download failed.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum DownloadError {
+    /// The request could not be made at all.
+    #[error("invalid request: {0}")]
+    InvalidRequest(String),
+    /// Connecting to the origin failed.
+    #[error("cannot connect to {origin}: {failure}")]
+    Connect { origin: String, failure: IoFailure },
+    /// The connection failed while in use.
+    #[error("connection to {origin} failed: {failure}")]
+    Connection { origin: String, failure: IoFailure },
+    /// A timeout fired.
+    #[error("{kind} timeout after {after:?} talking to {origin}")]
+    Timeout {
+        kind: TimeoutKind,
+        origin: String,
+        after: Duration,
+    },
+    /// The server's bytes broke HTTP/1.1 (or the body was truncated).
+    #[error("HTTP error from {origin}: {source}")]
+    Protocol { origin: String, source: HttpError },
+    /// The server answered with an unexpected status.
+    #[error("{url} answered HTTP {status}")]
+    Status {
+        url: String,
+        status: u16,
+        /// How long the server asked us to wait (Retry-After), if it said.
+        retry_after: Option<Duration>,
+    },
+    /// More than the allowed number of redirects.
+    #[error("too many redirects (more than {limit}), last to {url}")]
+    TooManyRedirects { limit: u32, url: String },
+    /// A redirect led back to a URL already visited.
+    #[error("redirect loop: {url} was already visited")]
+    RedirectLoop { url: String },
+    /// A resumed response did not continue the representation we hold.
+    #[error("server's range response does not continue the local partial file: {detail}")]
+    RangeMismatch { detail: String },
+    /// The body's size differed from the expected size.
+    #[error("size mismatch: expected {expected} bytes, got {actual}")]
+    SizeMismatch { expected: u64, actual: u64 },
+    /// The body exceeded the maximum size.
+    #[error("body exceeds the maximum size of {limit} bytes (at least {seen} bytes)")]
+    TooLarge { limit: u64, seen: u64 },
+    /// The body's SHA-256 differed from the expected one.
+    #[error("sha256 mismatch: expected {expected}, got {actual}")]
+    HashMismatch { expected: String, actual: String },
+    /// A local file operation failed.
+    #[error("local I/O failed on {path}: {failure}", path = path.display())]
+    LocalIo { path: PathBuf, failure: IoFailure },
+    /// The job was cancelled.
+    #[error("cancelled")]
+    Cancelled,
+}
+
+impl DownloadError {
+    /// Whether trying again (after a delay) could succeed.
+    pub fn retryable(&self) -> bool {
+        match self {
+            DownloadError::Connect { failure, .. } => failure.kind != IoErrorKind::Tls,
+            DownloadError::Connection { failure, .. } => failure.kind != IoErrorKind::Tls,
+            DownloadError::Timeout { .. } => true,
+            DownloadError::Protocol { source, .. } => matches!(source, HttpError::Truncated { .. }),
+            DownloadError::Status { status, .. } => {
+                matches!(status, 408 | 429 | 500 | 502 | 503 | 504)
+            }
+            DownloadError::RangeMismatch { .. } => true,
+            DownloadError::InvalidRequest(_)
+            | DownloadError::TooManyRedirects { .. }
+            | DownloadError::RedirectLoop { .. }
+            | DownloadError::SizeMismatch { .. }
+            | DownloadError::TooLarge { .. }
+            | DownloadError::HashMismatch { .. }
+            | DownloadError::LocalIo { .. }
+            | DownloadError::Cancelled => false,
+        }
+    }
+
+    /// The coarse class of this failure.
+    pub fn class(&self) -> ErrorClass {
+        match self {
+            DownloadError::InvalidRequest(_) => ErrorClass::Usage,
+            DownloadError::Connect { .. }
+            | DownloadError::Connection { .. }
+            | DownloadError::Timeout { .. }
+            | DownloadError::Protocol { .. }
+            | DownloadError::TooManyRedirects { .. }
+            | DownloadError::RedirectLoop { .. }
+            | DownloadError::RangeMismatch { .. } => ErrorClass::Network,
+            DownloadError::Status { .. } => ErrorClass::HttpStatus,
+            DownloadError::SizeMismatch { .. }
+            | DownloadError::TooLarge { .. }
+            | DownloadError::HashMismatch { .. } => ErrorClass::Verification,
+            DownloadError::LocalIo { .. } => ErrorClass::LocalIo,
+            DownloadError::Cancelled => ErrorClass::Cancelled,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn status(code: u16) -> DownloadError {
+        DownloadError::Status {
+            url: "http://x/".into(),
+            status: code,
+            retry_after: None,
+        }
+    }
+
+    #[test]
+    fn only_transient_statuses_are_retryable() {
+        for code in [408, 429, 500, 502, 503, 504] {
+            assert!(status(code).retryable(), "{code}");
+        }
+        for code in [400, 401, 403, 404, 410, 416, 501] {
+            assert!(!status(code).retryable(), "{code}");
+        }
+    }
+
+    #[test]
+    fn verification_failures_are_not_retryable_and_classified() {
+        let e = DownloadError::HashMismatch {
+            expected: "a".into(),
+            actual: "b".into(),
+        };
+        assert!(!e.retryable());
+        assert_eq!(e.class(), ErrorClass::Verification);
+    }
+
+    #[test]
+    fn tls_failures_are_not_retryable_but_resets_are() {
+        let tls = DownloadError::Connect {
+            origin: "https://h:443".into(),
+            failure: IoFailure::new(IoErrorKind::Tls, "bad cert"),
+        };
+        assert!(!tls.retryable());
+        let reset = DownloadError::Connection {
+            origin: "http://h:80".into(),
+            failure: IoFailure::new(IoErrorKind::Reset, "reset"),
+        };
+        assert!(reset.retryable());
+        let truncated = DownloadError::Protocol {
+            origin: "http://h:80".into(),
+            source: HttpError::Truncated {
+                expected: Some(10),
+                received: 5,
+            },
+        };
+        assert!(truncated.retryable());
+    }
+}

@@ -1,0 +1,170 @@
+//! The I/O vocabulary between the engine and a runtime.
+//!
+//! The engine asks for I/O with [`IoRequest`]s and learns the outcome from exactly one
+//! [`IoResult`] per request, delivered as [`crate::Input::Io`]. Everything the engine knows
+//! about sockets and files arrives through this module; runtimes (blocking, tokio, smol, the
+//! simulator) are interchangeable because they all speak it.
+//!
+//! Ownership: sockets are named by [`ConnId`] and open files by [`FileId`]; both are chosen by
+//! the engine. A runtime keeps a table from those ids to its own handles. A runtime must
+//! complete every request exactly once, including requests on a connection that was closed
+//! while they were pending (complete them with [`IoResult::Failed`]).
+
+use std::fmt;
+use std::path::PathBuf;
+
+use bytes::Bytes;
+
+use crate::http::Origin;
+
+/// Identifies one I/O request and its completion.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct IoId(pub u64);
+
+/// Identifies a connection chosen by the engine.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct ConnId(pub u64);
+
+/// Identifies an open file chosen by the engine.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct FileId(pub u64);
+
+impl fmt::Display for ConnId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "conn#{}", self.0)
+    }
+}
+
+/// One request for I/O.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct IoRequest {
+    /// Echoed back in the completion.
+    pub id: IoId,
+    /// What to do.
+    pub op: IoOp,
+}
+
+/// The operations a runtime performs for the engine.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum IoOp {
+    /// Resolve the origin's host and open a connection to it (TLS included for https).
+    /// Completes with [`IoResult::Done`].
+    Connect { conn: ConnId, origin: Origin },
+    /// Write all of `data` to the connection. Completes with [`IoResult::Done`].
+    Send { conn: ConnId, data: Bytes },
+    /// Read the next bytes available on the connection (any amount the runtime likes).
+    /// Completes with [`IoResult::Data`] (never empty) or [`IoResult::Eof`].
+    Recv { conn: ConnId },
+    /// Close the connection; pending requests on it complete with a failure.
+    /// Completes with [`IoResult::Done`].
+    Close { conn: ConnId },
+    /// Read a whole small file (at most `max_len` bytes). Completes with [`IoResult::Data`]
+    /// (possibly empty) or [`IoResult::NotFound`].
+    ReadFile { path: PathBuf, max_len: u64 },
+    /// Replace a small file atomically (temporary sibling, fsync, rename).
+    /// Completes with [`IoResult::Done`].
+    WriteFileAtomic { path: PathBuf, data: Bytes },
+    /// Open (creating if absent) a file for reading and writing. With `truncate` the file
+    /// is emptied. Completes with [`IoResult::Opened`] carrying its current length.
+    Open {
+        file: FileId,
+        path: PathBuf,
+        truncate: bool,
+    },
+    /// Read up to `len` bytes at `offset`. Completes with [`IoResult::Data`] (empty at EOF).
+    ReadAt { file: FileId, offset: u64, len: u64 },
+    /// Write all of `data` at `offset`. Completes with [`IoResult::Done`].
+    WriteAt {
+        file: FileId,
+        offset: u64,
+        data: Bytes,
+    },
+    /// Set the file's length. Completes with [`IoResult::Done`].
+    SetLen { file: FileId, len: u64 },
+    /// Flush the file's data to stable storage. Completes with [`IoResult::Done`].
+    Sync { file: FileId },
+    /// Close the file. Completes with [`IoResult::Done`].
+    CloseFile { file: FileId },
+    /// Rename `from` over `to` atomically, then make the rename durable (sync the parent
+    /// directory). Completes with [`IoResult::Done`].
+    Rename { from: PathBuf, to: PathBuf },
+    /// Remove a file; a missing file is success. Completes with [`IoResult::Done`].
+    Remove { path: PathBuf },
+}
+
+/// The single completion of an [`IoRequest`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum IoResult {
+    /// The operation succeeded and has nothing to report.
+    Done,
+    /// Bytes read from a connection or file.
+    Data(Bytes),
+    /// The peer closed its side of the connection cleanly.
+    Eof,
+    /// A file was opened; its length at open time.
+    Opened { len: u64 },
+    /// The file asked for does not exist.
+    NotFound,
+    /// The operation failed.
+    Failed(IoFailure),
+}
+
+/// Why an I/O operation failed, as far as the engine needs to know.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct IoFailure {
+    /// The class of failure.
+    pub kind: IoErrorKind,
+    /// A human-readable detail from the runtime (e.g. the OS error message).
+    pub message: String,
+}
+
+impl IoFailure {
+    /// A failure of `kind` with a message.
+    pub fn new(kind: IoErrorKind, message: impl Into<String>) -> Self {
+        IoFailure {
+            kind,
+            message: message.into(),
+        }
+    }
+}
+
+impl fmt::Display for IoFailure {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{:?}: {}", self.kind, self.message)
+    }
+}
+
+/// Failure classes the engine decides on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum IoErrorKind {
+    /// The host name could not be resolved.
+    Dns,
+    /// The connection was refused or could not be established.
+    ConnectFailed,
+    /// The connection was reset or broke while in use.
+    Reset,
+    /// The TLS handshake or certificate check failed (not worth retrying).
+    Tls,
+    /// The operation was abandoned because its connection or file was closed.
+    Cancelled,
+    /// The disk is full or a quota was hit.
+    NoSpace,
+    /// Permission denied.
+    PermissionDenied,
+    /// Any other local I/O failure.
+    Other,
+}
+
+impl IoErrorKind {
+    /// Whether this failure concerns the network rather than the local disk.
+    pub fn is_network(self) -> bool {
+        matches!(
+            self,
+            IoErrorKind::Dns
+                | IoErrorKind::ConnectFailed
+                | IoErrorKind::Reset
+                | IoErrorKind::Tls
+                | IoErrorKind::Cancelled
+        )
+    }
+}
