@@ -1,0 +1,646 @@
+use std::fs;
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+
+use tempfile::TempDir;
+
+use super::*;
+use crate::error::UnsafeReason;
+use crate::testzip::{self, dir, file, file_mode, listing, raw_zip, write_zip, RawEntry, RawZip};
+
+struct Scene {
+    _archives: TempDir,
+    root: TempDir,
+    archive: PathBuf,
+}
+
+impl Scene {
+    /// An install root holding `dest/old.txt`, and an archive path elsewhere.
+    fn new() -> Scene {
+        let archives = TempDir::new().unwrap();
+        let root = TempDir::new().unwrap();
+        fs::create_dir(root.path().join("dest")).unwrap();
+        fs::write(root.path().join("dest/old.txt"), b"old").unwrap();
+        let archive = archives.path().join("a.zip");
+        Scene {
+            _archives: archives,
+            root,
+            archive,
+        }
+    }
+
+    fn dest(&self) -> PathBuf {
+        self.root.path().join("dest")
+    }
+
+    fn extract(&self) -> Result<Committed, InstallError> {
+        extract_and_commit(
+            &self.archive,
+            &self.dest(),
+            |name| Some(name.to_string()),
+            &ExtractOptions::default(),
+        )
+    }
+
+    /// Extracts, expects an error, and checks that the install root is byte-for-byte
+    /// what it was (no staging leftovers, old tree intact).
+    fn refused(&self) -> InstallError {
+        let before = listing(self.root.path());
+        let err = self.extract().expect_err("archive must be refused");
+        assert_eq!(listing(self.root.path()), before, "install root changed");
+        assert_eq!(fs::read(self.dest().join("old.txt")).unwrap(), b"old");
+        assert!(
+            err.is_unsafe_archive(),
+            "{err} should count as an unsafe archive"
+        );
+        err
+    }
+
+    fn refused_raw(&self, entries: &[RawEntry]) -> InstallError {
+        raw_zip(entries).write(&self.archive);
+        self.refused()
+    }
+}
+
+fn mode_of(path: &Path) -> u32 {
+    fs::metadata(path).unwrap().permissions().mode() & 0o7777
+}
+
+fn unsafe_reason(err: &InstallError, expected_entry: &str) -> UnsafeReason {
+    match err {
+        InstallError::UnsafeEntry { entry, reason } => {
+            assert_eq!(entry, expected_entry);
+            *reason
+        }
+        other => panic!("expected UnsafeEntry, got {other:?}"),
+    }
+}
+
+#[test]
+fn normal_archive_installs_files_dirs_and_modes_without_setuid() {
+    let s = Scene::new();
+    fs::remove_dir_all(s.dest()).unwrap();
+    write_zip(
+        &s.archive,
+        &[
+            dir("docs/"),
+            file("docs/readme.txt", b"hello"),
+            file_mode("bin/tool", b"\x00binary", 0o755),
+            file_mode("data/ro.txt", b"ro", 0o444),
+            file("deep/a/b/c.txt", b"c"),
+        ],
+    );
+    let committed = s.extract().unwrap();
+    assert!(!committed.replaced);
+    assert_eq!(committed.stats.files, 4);
+    let d = s.dest();
+    assert_eq!(fs::read(d.join("docs/readme.txt")).unwrap(), b"hello");
+    assert_eq!(fs::read(d.join("deep/a/b/c.txt")).unwrap(), b"c");
+    assert_eq!(mode_of(&d.join("bin/tool")), 0o755);
+    assert_eq!(mode_of(&d.join("data/ro.txt")), 0o444);
+    assert_eq!(mode_of(&d.join("docs")), 0o755);
+    assert_eq!(mode_of(&d.join("deep/a")), 0o755);
+    assert_eq!(
+        listing(s.root.path()),
+        vec![
+            "dest/",
+            "dest/bin/",
+            "dest/bin/tool",
+            "dest/data/",
+            "dest/data/ro.txt",
+            "dest/deep/",
+            "dest/deep/a/",
+            "dest/deep/a/b/",
+            "dest/deep/a/b/c.txt",
+            "dest/docs/",
+            "dest/docs/readme.txt"
+        ]
+    );
+}
+
+#[test]
+fn setuid_setgid_and_sticky_bits_are_dropped() {
+    let s = Scene::new();
+    let mut suid = RawEntry::stored("suid", b"x");
+    suid.mode = Some(0o104_755);
+    let mut sgid = RawEntry::stored("sgid", b"x");
+    sgid.mode = Some(0o102_750);
+    let mut sticky = RawEntry::stored("sticky", b"x");
+    sticky.mode = Some(0o101_640);
+    raw_zip(&[suid, sgid, sticky]).write(&s.archive);
+    s.extract().unwrap();
+    assert_eq!(mode_of(&s.dest().join("suid")), 0o755);
+    assert_eq!(mode_of(&s.dest().join("sgid")), 0o750);
+    assert_eq!(mode_of(&s.dest().join("sticky")), 0o640);
+}
+
+#[test]
+fn replacing_an_existing_tree_is_whole() {
+    let s = Scene::new();
+    fs::create_dir(s.dest().join("sub")).unwrap();
+    fs::write(s.dest().join("sub/stale.txt"), b"stale").unwrap();
+    write_zip(&s.archive, &[file("new.txt", b"new")]);
+    let committed = s.extract().unwrap();
+    assert!(committed.replaced);
+    assert_eq!(listing(s.root.path()), vec!["dest/", "dest/new.txt"]);
+}
+
+#[test]
+fn executable_by_content_policy_uses_magic_and_archive_bits() {
+    let s = Scene::new();
+    write_zip(
+        &s.archive,
+        &[
+            file("server/ls", b"\x7fELF\x02\x01"),
+            file("server/run.sh", b"#!/bin/sh\necho hi\n"),
+            file("server/macho", &[0xcf, 0xfa, 0xed, 0xfe, 7, 0]),
+            file_mode("server/flagged", b"plain", 0o700),
+            file_mode("bin/readme.md", b"# not a program", 0o644),
+            file("x", b"#"),
+        ],
+    );
+    let opts = ExtractOptions {
+        modes: ModePolicy::ExecutableByContent,
+        ..ExtractOptions::default()
+    };
+    let committed =
+        extract_and_commit(&s.archive, &s.dest(), |n| Some(n.to_string()), &opts).unwrap();
+    let d = s.dest();
+    assert_eq!(mode_of(&d.join("server/ls")), 0o755);
+    assert_eq!(mode_of(&d.join("server/run.sh")), 0o755);
+    assert_eq!(mode_of(&d.join("server/macho")), 0o755);
+    assert_eq!(mode_of(&d.join("server/flagged")), 0o755);
+    assert_eq!(mode_of(&d.join("bin/readme.md")), 0o644);
+    assert_eq!(mode_of(&d.join("x")), 0o644);
+    assert_eq!(committed.stats.executables, 4);
+}
+
+#[test]
+fn magic_detection_cases() {
+    assert!(is_executable_magic(b"#!"));
+    assert!(is_executable_magic(b"\x7fELF"));
+    for word in [
+        0xfeedfaceu32,
+        0xfeedfacf,
+        0xcefaedfe,
+        0xcffaedfe,
+        0xcafebabe,
+    ] {
+        assert!(is_executable_magic(&word.to_be_bytes()), "{word:x}");
+    }
+    assert!(!is_executable_magic(b""));
+    assert!(!is_executable_magic(b"#"));
+    assert!(!is_executable_magic(b"\x7fEL"));
+    assert!(!is_executable_magic(b"PK\x03\x04"));
+    assert!(!is_executable_magic(&0xfeedfaceu32.to_le_bytes()[..3]));
+}
+
+#[test]
+fn traversal_names_are_refused_by_name_and_reason() {
+    let cases = [
+        ("../evil.txt", UnsafeReason::ParentComponent),
+        ("ok/../../evil.txt", UnsafeReason::ParentComponent),
+        ("/etc/evil", UnsafeReason::AbsolutePath),
+        ("C:/evil.txt", UnsafeReason::Colon),
+        ("\\\\server\\share\\evil", UnsafeReason::Backslash),
+        ("ok\\..\\..\\evil", UnsafeReason::Backslash),
+        ("nul\0byte", UnsafeReason::ControlCharacter),
+        ("bell\x07", UnsafeReason::ControlCharacter),
+        ("a//b", UnsafeReason::EmptyComponent),
+        ("./x", UnsafeReason::DotComponent),
+    ];
+    for (name, expected) in cases {
+        let s = Scene::new();
+        let err = s.refused_raw(&[
+            RawEntry::stored("fine.txt", b"ok"),
+            RawEntry::stored(name, b"evil"),
+        ]);
+        assert_eq!(unsafe_reason(&err, name), expected, "{name:?}");
+    }
+}
+
+#[test]
+fn non_utf8_names_are_refused() {
+    let s = Scene::new();
+    let mut e = RawEntry::stored("x", b"x");
+    e.name = b"caf\xe9".to_vec();
+    let err = s.refused_raw(&[e]);
+    assert!(matches!(
+        err,
+        InstallError::UnsafeEntry {
+            reason: UnsafeReason::NotUtf8,
+            ..
+        }
+    ));
+}
+
+#[test]
+fn symlinks_are_refused_even_when_harmless_looking() {
+    let s = Scene::new();
+    let mut link = RawEntry::stored("link", b"inside.txt");
+    link.mode = Some(0o120_777);
+    let err = s.refused_raw(&[RawEntry::stored("inside.txt", b"x"), link]);
+    assert_eq!(unsafe_reason(&err, "link"), UnsafeReason::Symlink);
+
+    // The zip crate's writer produces the same thing.
+    let s = Scene::new();
+    let mut w = zip::ZipWriter::new(fs::File::create(&s.archive).unwrap());
+    w.add_symlink(
+        "escape",
+        "../../etc/passwd",
+        zip::write::SimpleFileOptions::default(),
+    )
+    .unwrap();
+    w.finish().unwrap();
+    assert_eq!(unsafe_reason(&s.refused(), "escape"), UnsafeReason::Symlink);
+}
+
+#[test]
+fn devices_fifos_and_directories_with_data_are_refused() {
+    let s = Scene::new();
+    let mut fifo = RawEntry::stored("fifo", b"");
+    fifo.mode = Some(0o010_644);
+    assert_eq!(
+        unsafe_reason(&s.refused_raw(&[fifo]), "fifo"),
+        UnsafeReason::SpecialFile
+    );
+
+    let s = Scene::new();
+    let d = RawEntry::stored("dir/", b"payload");
+    assert_eq!(
+        unsafe_reason(&s.refused_raw(&[d]), "dir/"),
+        UnsafeReason::DirectoryWithData
+    );
+}
+
+#[test]
+fn duplicate_names_are_refused_by_name() {
+    let s = Scene::new();
+    let err = s.refused_raw(&[
+        RawEntry::stored("a.txt", b"first"),
+        RawEntry::stored("b.txt", b"b"),
+        RawEntry::stored("a.txt", b"second"),
+    ]);
+    match err {
+        InstallError::DuplicateEntry { entry, other } => {
+            assert_eq!(entry, "a.txt");
+            assert_eq!(other, "a.txt");
+        }
+        other => panic!("{other:?}"),
+    }
+}
+
+#[test]
+fn a_file_and_a_directory_with_one_path_collide() {
+    let s = Scene::new();
+    let err = s.refused_raw(&[RawEntry::stored("a", b"file"), RawEntry::stored("a/", b"")]);
+    assert!(
+        matches!(&err, InstallError::DuplicateEntry { entry, other } if entry == "a/" && other == "a"),
+        "{err:?}"
+    );
+    let s = Scene::new();
+    let err = s.refused_raw(&[
+        RawEntry::stored("a", b"file"),
+        RawEntry::stored("a/b", b"x"),
+    ]);
+    assert!(
+        matches!(&err, InstallError::DuplicateEntry { entry, other } if entry == "a/b" && other == "a"),
+        "{err:?}"
+    );
+}
+
+#[test]
+fn overlapping_entries_sharing_one_data_region_are_refused() {
+    // Entry "outer"'s stored data is entry "inner"'s local header plus data: the
+    // classic non-recursive zip bomb layout, every header consistent.
+    let s = Scene::new();
+    let inner = RawEntry::stored("inner", b"kernel kernel kernel");
+    let mut inner_bytes = inner.local_header();
+    inner_bytes.extend_from_slice(&inner.data);
+    let outer = RawEntry::stored("outer", &inner_bytes);
+    let mut z = RawZip::default();
+    z.body.extend_from_slice(&outer.local_header());
+    let inner_offset = z.body.len() as u32;
+    z.body.extend_from_slice(&inner_bytes);
+    z.add_central(&outer, 0);
+    z.add_central(&inner, inner_offset);
+    z.write(&s.archive);
+    let err = s.refused();
+    assert!(
+        matches!(&err, InstallError::OverlappingEntries { a, b } if a == "outer" && b == "inner"),
+        "{err:?}"
+    );
+}
+
+#[test]
+fn two_entries_pointing_at_one_local_header_are_refused() {
+    let s = Scene::new();
+    let one = RawEntry::stored("same", b"data");
+    let mut z = RawZip::default();
+    z.add(&one);
+    let mut twin = one.clone();
+    twin.name = b"twin".to_vec();
+    twin.local_name = Some(b"same".to_vec());
+    z.add_central(&twin, 0);
+    z.write(&s.archive);
+    // The twin's name disagrees with the local header it points at.
+    assert!(
+        matches!(s.refused(), InstallError::HeaderMismatch { entry, field: "name" } if entry == "twin")
+    );
+}
+
+#[test]
+fn an_entry_reaching_into_the_central_directory_is_refused() {
+    let s = Scene::new();
+    let long = RawEntry::stored("long", &[7u8; 200]);
+    let mut z = RawZip::default();
+    z.body.extend_from_slice(&long.local_header());
+    z.body.extend_from_slice(&long.data[..10]);
+    z.add_central(&long, 0);
+    z.write(&s.archive);
+    assert!(
+        matches!(s.refused(), InstallError::OverlapsCentralDirectory { entry } if entry == "long")
+    );
+}
+
+#[test]
+fn local_headers_that_disagree_with_the_central_directory_are_refused_by_field() {
+    let cases: Vec<(&str, Box<dyn Fn(&mut RawEntry)>)> = vec![
+        (
+            "name",
+            Box::new(|e| e.local_name = Some(b"other.txt".to_vec())),
+        ),
+        ("compression method", Box::new(|e| e.local_method = Some(8))),
+        ("crc32", Box::new(|e| e.local_crc = Some(0xdead_beef))),
+        ("uncompressed size", Box::new(|e| e.local_size = Some(3))),
+        (
+            "data descriptor flag",
+            Box::new(|e| e.local_flags = Some(0x0008)),
+        ),
+    ];
+    for (field, tweak) in cases {
+        let s = Scene::new();
+        let mut e = RawEntry::stored("doc.txt", b"document body");
+        tweak(&mut e);
+        let err = s.refused_raw(&[e]);
+        assert!(
+            matches!(&err, InstallError::HeaderMismatch { entry, field: f } if entry == "doc.txt" && *f == field),
+            "{field}: {err:?}"
+        );
+    }
+}
+
+#[test]
+fn a_local_header_hidden_between_entries_is_refused() {
+    let s = Scene::new();
+    let mut z = RawZip::default();
+    z.add(&RawEntry::stored("a", b"aaaa"));
+    let hidden = RawEntry::stored("hidden", b"only a streaming reader sees me");
+    z.body.extend_from_slice(&hidden.local_header());
+    z.body.extend_from_slice(&hidden.data);
+    z.add(&RawEntry::stored("b", b"bbbb"));
+    z.write(&s.archive);
+    assert!(matches!(
+        s.refused(),
+        InstallError::UnlistedLocalHeader { .. }
+    ));
+}
+
+#[test]
+fn entries_producing_more_bytes_than_declared_are_stopped() {
+    // Both headers agree on a 10-byte size, the stored data holds 100 bytes.
+    let s = Scene::new();
+    let mut liar = RawEntry::stored("liar", &[b'x'; 100]);
+    liar.uncompressed_size = Some(10);
+    let err = s.refused_raw(&[RawEntry::stored("first", b"1"), liar]);
+    assert!(
+        matches!(&err, InstallError::CorruptEntry { entry, .. } if entry == "liar"),
+        "{err:?}"
+    );
+}
+
+#[test]
+fn entries_producing_fewer_bytes_than_declared_are_refused() {
+    let s = Scene::new();
+    let mut short = RawEntry::stored("short", &[b'x'; 100]);
+    short.uncompressed_size = Some(1000);
+    let err = s.refused_raw(&[short]);
+    assert!(
+        matches!(&err, InstallError::CorruptEntry { entry, .. } if entry == "short"),
+        "{err:?}"
+    );
+}
+
+#[test]
+fn a_crc_mismatch_removes_the_partly_written_staging_tree() {
+    let s = Scene::new();
+    let mut bad = RawEntry::stored("z-bad", b"payload");
+    bad.crc = Some(0x1234_5678);
+    let err = s.refused_raw(&[RawEntry::stored("a-good", b"fine"), bad]);
+    assert!(
+        matches!(&err, InstallError::CorruptEntry { entry, .. } if entry == "z-bad"),
+        "{err:?}"
+    );
+}
+
+#[test]
+fn encrypted_entries_are_refused() {
+    let s = Scene::new();
+    let mut e = RawEntry::stored("secret", b"xxxxxxxxxxxx");
+    e.flags = 0x0001;
+    let err = s.refused_raw(&[e]);
+    assert!(
+        matches!(&err, InstallError::UnsupportedEntry { entry, .. } if entry == "secret"),
+        "{err:?}"
+    );
+}
+
+#[test]
+fn a_hundred_thousand_tiny_entries_hit_the_entry_limit_without_writing() {
+    let s = Scene::new();
+    let mut z = RawZip::default();
+    for i in 0..100_000u32 {
+        z.add(&RawEntry::stored(&format!("f{i}"), b""));
+    }
+    z.write(&s.archive);
+    let err = s.refused();
+    assert!(
+        matches!(
+            err,
+            InstallError::TooManyEntries {
+                limit: 50_000,
+                count: 100_000
+            }
+        ),
+        "{err:?}"
+    );
+}
+
+#[test]
+fn declared_total_over_the_limit_is_refused() {
+    let s = Scene::new();
+    raw_zip(&[
+        RawEntry::stored("a", &[1u8; 600]),
+        RawEntry::stored("b", &[2u8; 600]),
+    ])
+    .write(&s.archive);
+    let opts = ExtractOptions {
+        limits: ExtractLimits {
+            max_total_uncompressed: 1000,
+            ..ExtractLimits::default()
+        },
+        ..ExtractOptions::default()
+    };
+    let before = listing(s.root.path());
+    let err =
+        extract_and_commit(&s.archive, &s.dest(), |n| Some(n.to_string()), &opts).unwrap_err();
+    assert!(
+        matches!(
+            err,
+            InstallError::TooLarge {
+                total: 1200,
+                limit: 1000
+            }
+        ),
+        "{err:?}"
+    );
+    assert_eq!(listing(s.root.path()), before);
+}
+
+#[test]
+fn a_highly_compressed_entry_is_refused_by_ratio() {
+    let s = Scene::new();
+    let zeros = vec![0u8; 3 * 1024 * 1024];
+    write_zip(
+        &s.archive,
+        &[file("notes.txt", b"hi"), file("zeros.bin", &zeros)],
+    );
+    let err = s.refused();
+    assert!(
+        matches!(&err, InstallError::RatioTooHigh { entry: Some(e), limit: 200, .. } if e == "zeros.bin"),
+        "{err:?}"
+    );
+}
+
+#[test]
+fn many_small_compressible_entries_are_refused_by_the_overall_ratio() {
+    let s = Scene::new();
+    let zeros = vec![0u8; 900 * 1024];
+    let names: Vec<String> = (0..4).map(|i| format!("z{i}")).collect();
+    let items: Vec<_> = names.iter().map(|n| file(n, &zeros)).collect();
+    write_zip(&s.archive, &items);
+    let err = s.refused();
+    assert!(
+        matches!(err, InstallError::RatioTooHigh { entry: None, .. }),
+        "{err:?}"
+    );
+}
+
+#[test]
+fn a_select_function_cannot_escape_the_destination() {
+    let s = Scene::new();
+    write_zip(&s.archive, &[file("a.txt", b"a")]);
+    let before = listing(s.root.path());
+    let err = extract_and_commit(
+        &s.archive,
+        &s.dest(),
+        |_| Some("../outside.txt".into()),
+        &ExtractOptions::default(),
+    )
+    .unwrap_err();
+    assert!(matches!(
+        err,
+        InstallError::UnsafeEntry {
+            reason: UnsafeReason::ParentComponent,
+            ..
+        }
+    ));
+    assert_eq!(listing(s.root.path()), before);
+}
+
+#[test]
+fn dropping_a_staged_tree_leaves_nothing_behind() {
+    let s = Scene::new();
+    write_zip(&s.archive, &[file("a.txt", b"a")]);
+    let before = listing(s.root.path());
+    let staged = extract_to_staging(
+        &s.archive,
+        &s.dest(),
+        |n| Some(n.to_string()),
+        &ExtractOptions::default(),
+    )
+    .unwrap();
+    let name = staged
+        .staging_path()
+        .file_name()
+        .unwrap()
+        .to_string_lossy()
+        .into_owned();
+    assert!(name.starts_with(".dest.haul-staging-"), "{name}");
+    assert!(staged.staging_path().join("a.txt").exists());
+    drop(staged);
+    assert_eq!(listing(s.root.path()), before);
+}
+
+#[test]
+fn files_added_to_the_staged_tree_appear_with_the_commit() {
+    let s = Scene::new();
+    write_zip(
+        &s.archive,
+        &[file("a.txt", b"a"), file(".revision", b"99\n")],
+    );
+    let mut staged = extract_to_staging(
+        &s.archive,
+        &s.dest(),
+        |n| Some(n.to_string()),
+        &ExtractOptions::default(),
+    )
+    .unwrap();
+    staged.write_file(".revision", b"3\n", 0o644).unwrap();
+    assert!(!s.dest().join(".revision").exists());
+    staged.commit().unwrap();
+    assert_eq!(fs::read(s.dest().join(".revision")).unwrap(), b"3\n");
+    assert_eq!(
+        listing(s.root.path()),
+        vec!["dest/", "dest/.revision", "dest/a.txt"]
+    );
+}
+
+#[test]
+fn recover_removes_staging_and_restores_a_moved_aside_tree() {
+    let root = TempDir::new().unwrap();
+    let p = root.path();
+    fs::create_dir_all(p.join(".d.haul-staging-0/sub")).unwrap();
+    fs::write(p.join(".d.haul-staging-0/sub/f"), b"x").unwrap();
+    fs::create_dir(p.join("d")).unwrap();
+    fs::create_dir(p.join(".d.haul-old-2")).unwrap();
+    fs::create_dir(p.join(".e.haul-old-0")).unwrap();
+    fs::write(p.join(".e.haul-old-0/keep"), b"k").unwrap();
+    fs::create_dir(p.join(".f.haul-trash-1")).unwrap();
+    fs::write(p.join(".cfg.haul-tmp-0"), b"partial").unwrap();
+    fs::write(p.join(".unrelated"), b"mine").unwrap();
+    let report = recover(p).unwrap();
+    assert_eq!(report.removed.len(), 4);
+    assert_eq!(report.restored, vec![p.join("e")]);
+    assert_eq!(listing(p), vec![".unrelated", "d/", "e/", "e/keep"]);
+    assert_eq!(
+        recover(&p.join("missing")).unwrap(),
+        RecoverReport::default()
+    );
+}
+
+#[test]
+fn read_small_reads_one_entry_and_respects_its_cap() {
+    let s = Scene::new();
+    write_zip(&s.archive, &[file("m.json", b"{\"a\":1}"), dir("d/")]);
+    let mut v = ValidatedArchive::open(&s.archive, &ExtractLimits::default()).unwrap();
+    assert_eq!(v.read_small("m.json", 100).unwrap().unwrap(), b"{\"a\":1}");
+    assert!(v.read_small("d", 100).unwrap().is_none());
+    assert!(v.read_small("absent", 100).unwrap().is_none());
+    assert!(matches!(
+        v.read_small("m.json", 3),
+        Err(InstallError::TooLarge { .. })
+    ));
+    assert_eq!(v.entries().len(), 2);
+    let _ = testzip::crc32(b"");
+}

@@ -1,0 +1,344 @@
+//! Small filesystem helpers shared by the installers: sibling names for staging, old
+//! and trash trees, crash recovery, directory fsync, atomic small-file writes, and the
+//! Linux `renameat2(RENAME_EXCHANGE)` swap.
+//!
+//! Owns the naming scheme `.<name>.haul-<kind>-<n>` and what `recover` does with each
+//! kind. Does not own deciding when to recover (callers run it at start, while holding
+//! whatever lock keeps a second installer away from the same directory).
+
+use std::ffi::OsString;
+use std::fs::{self, File, OpenOptions};
+use std::io::{self, Write};
+use std::os::unix::fs::OpenOptionsExt;
+use std::path::{Path, PathBuf};
+
+use crate::error::InstallError;
+
+/// The kinds of sibling an install leaves behind while it runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Leftover {
+    /// A tree being extracted (or, after an exchange, the old tree being deleted).
+    Staging,
+    /// An old tree moved aside by the non-exchange fallback; restored if its
+    /// destination is missing.
+    Old,
+    /// A tree being deleted (uninstall, remove).
+    Trash,
+    /// A small file being written atomically.
+    Tmp,
+}
+
+impl Leftover {
+    fn tag(self) -> &'static str {
+        match self {
+            Leftover::Staging => "haul-staging",
+            Leftover::Old => "haul-old",
+            Leftover::Trash => "haul-trash",
+            Leftover::Tmp => "haul-tmp",
+        }
+    }
+
+    const ALL: [Leftover; 4] = [
+        Leftover::Staging,
+        Leftover::Old,
+        Leftover::Trash,
+        Leftover::Tmp,
+    ];
+}
+
+/// Most attempts at finding a free sibling name.
+const MAX_SIBLING_ATTEMPTS: u64 = 10_000;
+
+pub(crate) fn parent_of(path: &Path) -> Result<PathBuf, InstallError> {
+    match path.parent() {
+        Some(p) if p.as_os_str().is_empty() => Ok(PathBuf::from(".")),
+        Some(p) => Ok(p.to_path_buf()),
+        None => Err(InstallError::BadName {
+            what: "destination",
+            value: path.display().to_string(),
+            reason: "has no parent directory".into(),
+        }),
+    }
+}
+
+fn sibling_name(dest: &Path, kind: Leftover, n: u64) -> Result<PathBuf, InstallError> {
+    let name = dest.file_name().ok_or_else(|| InstallError::BadName {
+        what: "destination",
+        value: dest.display().to_string(),
+        reason: "has no final component".into(),
+    })?;
+    let mut s = OsString::from(".");
+    s.push(name);
+    s.push(format!(".{}-{n}", kind.tag()));
+    Ok(parent_of(dest)?.join(s))
+}
+
+/// Creates a new, empty directory `.<dest-name>.haul-<kind>-<n>` beside `dest`; the
+/// creation itself is what reserves the name.
+pub(crate) fn create_unique_dir(dest: &Path, kind: Leftover) -> Result<PathBuf, InstallError> {
+    for n in 0..MAX_SIBLING_ATTEMPTS {
+        let path = sibling_name(dest, kind, n)?;
+        match fs::create_dir(&path) {
+            Ok(()) => return Ok(path),
+            Err(e) if e.kind() == io::ErrorKind::AlreadyExists => continue,
+            Err(e) => return Err(InstallError::io("create directory", &path)(e)),
+        }
+    }
+    Err(InstallError::io("create directory", dest)(
+        io::Error::other("no free staging name (run recover)"),
+    ))
+}
+
+/// A sibling name that does not exist right now (used as a rename target).
+pub(crate) fn unique_sibling(dest: &Path, kind: Leftover) -> Result<PathBuf, InstallError> {
+    for n in 0..MAX_SIBLING_ATTEMPTS {
+        let path = sibling_name(dest, kind, n)?;
+        match fs::symlink_metadata(&path) {
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(path),
+            Err(e) => return Err(InstallError::io("stat", &path)(e)),
+            Ok(_) => continue,
+        }
+    }
+    Err(InstallError::io("rename", dest)(io::Error::other(
+        "no free sibling name (run recover)",
+    )))
+}
+
+/// Splits `.<dest>.haul-<kind>-<n>` into its kind and destination name.
+fn parse_leftover(file_name: &str) -> Option<(Leftover, &str)> {
+    let rest = file_name.strip_prefix('.')?;
+    for kind in Leftover::ALL {
+        let marker = format!(".{}-", kind.tag());
+        if let Some(at) = rest.rfind(&marker) {
+            let n = &rest[at + marker.len()..];
+            let dest = &rest[..at];
+            if !dest.is_empty() && !n.is_empty() && n.bytes().all(|b| b.is_ascii_digit()) {
+                return Some((kind, dest));
+            }
+        }
+    }
+    None
+}
+
+/// What [`recover`] did.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct RecoverReport {
+    /// Leftovers deleted.
+    pub removed: Vec<PathBuf>,
+    /// `haul-old` trees renamed back because their destination was missing.
+    pub restored: Vec<PathBuf>,
+}
+
+/// Cleans what a crashed install left in `parent`: `*.haul-staging-*`,
+/// `*.haul-trash-*` and `*.haul-tmp-*` are deleted; a `*.haul-old-*` tree is renamed
+/// back to its destination when the destination is missing (a crash inside the
+/// non-exchange fallback), otherwise deleted. A missing `parent` is fine.
+///
+/// Run it before installing, never while another installer works in `parent`.
+pub fn recover(parent: &Path) -> Result<RecoverReport, InstallError> {
+    let mut report = RecoverReport::default();
+    let dir = match fs::read_dir(parent) {
+        Ok(d) => d,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(report),
+        Err(e) => return Err(InstallError::io("read directory", parent)(e)),
+    };
+    let mut found = Vec::new();
+    for item in dir {
+        let item = item.map_err(InstallError::io("read directory", parent))?;
+        let name = item.file_name();
+        let Some(name) = name.to_str() else { continue };
+        if let Some((kind, dest)) = parse_leftover(name) {
+            found.push((kind, dest.to_string(), item.path()));
+        }
+    }
+    found.sort_by(|a, b| a.2.cmp(&b.2));
+    for (kind, dest, path) in found {
+        let dest_path = parent.join(&dest);
+        if kind == Leftover::Old && fs::symlink_metadata(&dest_path).is_err() {
+            fs::rename(&path, &dest_path).map_err(InstallError::io("rename", &path))?;
+            tracing::warn!(restored = %dest_path.display(), "restored a tree a crashed install moved aside");
+            report.restored.push(dest_path);
+            continue;
+        }
+        remove_any(&path)?;
+        tracing::warn!(removed = %path.display(), "removed a leftover of a crashed install");
+        report.removed.push(path);
+    }
+    if !report.removed.is_empty() || !report.restored.is_empty() {
+        sync_dir(parent)?;
+    }
+    Ok(report)
+}
+
+fn remove_any(path: &Path) -> Result<(), InstallError> {
+    let meta = match fs::symlink_metadata(path) {
+        Ok(m) => m,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(()),
+        Err(e) => return Err(InstallError::io("stat", path)(e)),
+    };
+    let result = if meta.is_dir() {
+        fs::remove_dir_all(path)
+    } else {
+        fs::remove_file(path)
+    };
+    match result {
+        Ok(()) => Ok(()),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
+        Err(e) => Err(InstallError::io("remove", path)(e)),
+    }
+}
+
+/// Removes a file or tree, logging instead of failing (what is left is a leftover that
+/// [`recover`] deletes later).
+pub(crate) fn remove_quietly(path: &Path) {
+    if let Err(e) = remove_any(path) {
+        tracing::warn!(path = %path.display(), error = %e, "could not remove; recover() will retry");
+    }
+}
+
+/// Removes a tree by first renaming it to a `haul-trash` sibling, so a crash mid-delete
+/// never leaves a half-deleted tree under its real name. Returns false when absent.
+pub(crate) fn remove_tree(path: &Path) -> Result<bool, InstallError> {
+    match fs::symlink_metadata(path) {
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(false),
+        Err(e) => return Err(InstallError::io("stat", path)(e)),
+        Ok(_) => {}
+    }
+    let trash = unique_sibling(path, Leftover::Trash)?;
+    fs::rename(path, &trash).map_err(InstallError::io("rename", path))?;
+    sync_dir(&parent_of(path)?)?;
+    remove_any(&trash)?;
+    Ok(true)
+}
+
+pub(crate) fn sync_dir(dir: &Path) -> Result<(), InstallError> {
+    let f = File::open(dir).map_err(InstallError::io("open directory", dir))?;
+    f.sync_all()
+        .map_err(InstallError::io("fsync directory", dir))
+}
+
+/// Flushes a freshly written tree to stable storage before it is renamed into place.
+#[cfg(target_os = "linux")]
+pub(crate) fn sync_tree(root: &Path) -> Result<(), InstallError> {
+    // One syncfs for the whole filesystem instead of an fsync per file.
+    let f = File::open(root).map_err(InstallError::io("open directory", root))?;
+    rustix::fs::syncfs(&f).map_err(|e| InstallError::io("syncfs", root)(e.into()))
+}
+
+/// Flushes a freshly written tree to stable storage before it is renamed into place.
+#[cfg(not(target_os = "linux"))]
+pub(crate) fn sync_tree(root: &Path) -> Result<(), InstallError> {
+    for item in fs::read_dir(root).map_err(InstallError::io("read directory", root))? {
+        let item = item.map_err(InstallError::io("read directory", root))?;
+        let path = item.path();
+        let ty = item.file_type().map_err(InstallError::io("stat", &path))?;
+        if ty.is_dir() {
+            sync_tree(&path)?;
+        } else if ty.is_file() {
+            File::open(&path)
+                .and_then(|f| f.sync_all())
+                .map_err(InstallError::io("fsync", &path))?;
+        }
+    }
+    sync_dir(root)
+}
+
+pub(crate) enum ExchangeError {
+    /// The OS or filesystem cannot exchange; use the two-rename fallback.
+    Unsupported,
+    Failed(InstallError),
+}
+
+/// Atomically swaps two directory entries.
+#[cfg(target_os = "linux")]
+pub(crate) fn exchange(a: &Path, b: &Path) -> Result<(), ExchangeError> {
+    use rustix::fs::{renameat_with, RenameFlags, CWD};
+    match renameat_with(CWD, a, CWD, b, RenameFlags::EXCHANGE) {
+        Ok(()) => Ok(()),
+        Err(e) if e == rustix::io::Errno::INVAL || e == rustix::io::Errno::NOSYS => {
+            tracing::debug!(error = %e, "renameat2 exchange unsupported here; using fallback");
+            Err(ExchangeError::Unsupported)
+        }
+        Err(e) => Err(ExchangeError::Failed(InstallError::io(
+            "renameat2 exchange",
+            b,
+        )(e.into()))),
+    }
+}
+
+/// Atomically swaps two directory entries (not available: callers use the fallback).
+#[cfg(not(target_os = "linux"))]
+pub(crate) fn exchange(_a: &Path, _b: &Path) -> Result<(), ExchangeError> {
+    Err(ExchangeError::Unsupported)
+}
+
+/// Writes a small file atomically: a `haul-tmp` sibling, fsync, rename, fsync the
+/// directory.
+pub(crate) fn atomic_write(path: &Path, contents: &[u8]) -> Result<(), InstallError> {
+    let parent = parent_of(path)?;
+    fs::create_dir_all(&parent).map_err(InstallError::io("create directory", &parent))?;
+    let tmp = unique_sibling(path, Leftover::Tmp)?;
+    let result = (|| {
+        let mut f = OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o644)
+            .open(&tmp)
+            .map_err(InstallError::io("create", &tmp))?;
+        f.write_all(contents)
+            .map_err(InstallError::io("write", &tmp))?;
+        f.sync_all().map_err(InstallError::io("fsync", &tmp))?;
+        fs::rename(&tmp, path).map_err(InstallError::io("rename", &tmp))?;
+        sync_dir(&parent)
+    })();
+    if result.is_err() {
+        let _ = fs::remove_file(&tmp);
+    }
+    result
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn leftover_names_round_trip_and_strangers_are_ignored() {
+        assert_eq!(
+            parse_leftover(".my.dir.haul-staging-12"),
+            Some((Leftover::Staging, "my.dir"))
+        );
+        assert_eq!(parse_leftover(".x.haul-old-0"), Some((Leftover::Old, "x")));
+        assert_eq!(
+            parse_leftover(".x.haul-trash-3"),
+            Some((Leftover::Trash, "x"))
+        );
+        assert_eq!(parse_leftover("x.haul-staging-1"), None);
+        assert_eq!(parse_leftover(".x.haul-staging-"), None);
+        assert_eq!(parse_leftover(".x.haul-staging-1a"), None);
+        assert_eq!(parse_leftover(".haul-staging-1"), None);
+        assert_eq!(parse_leftover(".gitignore"), None);
+    }
+
+    #[test]
+    fn atomic_write_replaces_and_leaves_no_temp_file() {
+        let dir = tempfile::TempDir::new().unwrap();
+        let path = dir.path().join("state.json");
+        atomic_write(&path, b"one").unwrap();
+        atomic_write(&path, b"two").unwrap();
+        assert_eq!(fs::read(&path).unwrap(), b"two");
+        let names: Vec<_> = fs::read_dir(dir.path())
+            .unwrap()
+            .map(|e| e.unwrap().file_name())
+            .collect();
+        assert_eq!(names, vec![OsString::from("state.json")]);
+    }
+
+    #[test]
+    fn remove_tree_of_absent_path_reports_false() {
+        let dir = tempfile::TempDir::new().unwrap();
+        assert!(!remove_tree(&dir.path().join("nothing")).unwrap());
+        fs::create_dir_all(dir.path().join("t/a")).unwrap();
+        assert!(remove_tree(&dir.path().join("t")).unwrap());
+        assert_eq!(fs::read_dir(dir.path()).unwrap().count(), 0);
+    }
+}
