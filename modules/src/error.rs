@@ -1,0 +1,170 @@
+//! The crate's error type for manifests, signatures and loads.
+//!
+//! Owns [`ModuleError`] and its classification (`is_network`). Store failures keep their own
+//! type ([`crate::store::StoreError`]) and are wrapped here; fetch failures come from the engine
+//! as [`crate::loader::FetchError`].
+
+use url::Url;
+
+use crate::loader::FetchError;
+use crate::store::StoreError;
+
+/// What failed while parsing, verifying or loading a module manifest.
+#[derive(Debug, thiserror::Error)]
+pub enum ModuleError {
+    /// The manifest is bigger than [`crate::MANIFEST_MAX_BYTES`].
+    #[error("manifest is {size} bytes, more than the {max}-byte limit")]
+    ManifestTooLarge { size: usize, max: usize },
+
+    /// The manifest is not valid JSON or does not have the manifest's shape.
+    #[error("manifest is not a valid manifest document: {0}")]
+    ManifestSyntax(#[source] serde_json::Error),
+
+    /// The manifest's top level is JSON but not an object.
+    #[error("manifest's top level is not a JSON object")]
+    ManifestNotObject,
+
+    /// A module's `sha256` is not 64 hex digits.
+    #[error("module {module:?} has sha256 {value:?}, expected 64 hex digits")]
+    InvalidSha256 { module: String, value: String },
+
+    /// A module depends on an id that is not in `modules`.
+    #[error("module {module:?} depends on {dependency:?}, which is not in the manifest")]
+    UnknownDependency { module: String, dependency: String },
+
+    /// The modules' dependencies form a cycle; the ids are listed in cycle order.
+    #[error("module dependency cycle: {}", cycle_text(.cycle))]
+    DependencyCycle { cycle: Vec<String> },
+
+    /// `mainModuleId` names a module that is not in `modules`.
+    #[error("mainModuleId {main:?} is not in the manifest's modules")]
+    MissingMainModule { main: String },
+
+    /// A module id asked for is not in the manifest.
+    #[error("module {id:?} is not in the manifest")]
+    UnknownModule { id: String },
+
+    /// A URL (base, manifest or module) could not be resolved.
+    #[error("cannot resolve {what} URL {value:?}: {source}")]
+    InvalidUrl {
+        what: String,
+        value: String,
+        #[source]
+        source: url::ParseError,
+    },
+
+    /// A trusted key given by the caller is malformed.
+    #[error("invalid trusted key {input:?}: {reason}")]
+    InvalidTrustedKey { input: String, reason: String },
+
+    /// Two trusted keys have the same name.
+    #[error("trusted key name {name:?} is given more than once")]
+    DuplicateTrustedKey { name: String },
+
+    /// A signature for a trusted key is present but is not valid hex / DER / length.
+    #[error("signature for trusted key {key:?} is malformed: {reason}")]
+    MalformedSignature { key: String, reason: String },
+
+    /// A signature for a trusted key is present and does not verify.
+    #[error("signature for trusted key {key:?} does not verify")]
+    SignatureMismatch { key: String },
+
+    /// None of the trusted key names has a signature in the manifest.
+    #[error(
+        "no signature from a trusted key: manifest is signed by [{}], trusted keys are [{}]",
+        present.join(", "),
+        trusted.join(", ")
+    )]
+    NoTrustedSignature {
+        present: Vec<String>,
+        trusted: Vec<String>,
+    },
+
+    /// The app name cannot be used as a file name in the embedded directory.
+    #[error("app name {app:?} is not usable (empty, or contains a path separator, `..` or NUL)")]
+    InvalidAppName { app: String },
+
+    /// Fetching the manifest failed.
+    #[error("fetching manifest {url} failed: {source}")]
+    ManifestFetch {
+        url: Url,
+        #[source]
+        source: FetchError,
+    },
+
+    /// Fetching a module failed.
+    #[error("fetching module {id:?} from {url} failed: {source}")]
+    ModuleFetch {
+        id: String,
+        url: Url,
+        #[source]
+        source: FetchError,
+    },
+
+    /// Another load in this process was downloading the same module and failed.
+    #[error("shared download of module {id:?} (sha256 {sha256}) failed: {reason}")]
+    SharedDownloadFailed {
+        id: String,
+        sha256: String,
+        reason: String,
+        is_network: bool,
+    },
+
+    /// A module is neither stored nor embedded and this load may not use the network (a
+    /// fallback after a network failure).
+    #[error("module {id:?} (sha256 {sha256}) is not stored or embedded, and this load does not use the network")]
+    ModuleUnavailable { id: String, sha256: String },
+
+    /// A downloaded or embedded module is larger than the request allows.
+    #[error("module {id:?} is {size} bytes, more than the {max}-byte limit")]
+    ModuleTooLarge { id: String, size: u64, max: u64 },
+
+    /// A module's bytes could not be committed to the store (wrong hash, I/O, index).
+    #[error("module {id:?} could not be stored: {source}")]
+    ModuleCommit {
+        id: String,
+        #[source]
+        source: StoreError,
+    },
+
+    /// The offered manifest is older than the app's pinned one.
+    #[error(
+        "rollback refused for app {app:?}: offered manifest freshAtEpochMs {offered_fresh_at_ms:?} \
+         is older than the pinned {pinned_fresh_at_ms}"
+    )]
+    Rollback {
+        app: String,
+        pinned_fresh_at_ms: u64,
+        offered_fresh_at_ms: Option<u64>,
+    },
+
+    /// The store failed.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+impl ModuleError {
+    /// Whether the failure came from the network (so a fallback to local data makes sense and a
+    /// later retry may succeed).
+    pub fn is_network(&self) -> bool {
+        match self {
+            ModuleError::ManifestFetch { source, .. } | ModuleError::ModuleFetch { source, .. } => {
+                source.is_network
+            }
+            ModuleError::SharedDownloadFailed { is_network, .. } => *is_network,
+            _ => false,
+        }
+    }
+}
+
+fn cycle_text(cycle: &[String]) -> String {
+    let mut text = cycle
+        .iter()
+        .map(|id| format!("{id:?}"))
+        .collect::<Vec<_>>()
+        .join(" -> ");
+    if let Some(first) = cycle.first() {
+        text.push_str(&format!(" -> {first:?}"));
+    }
+    text
+}

@@ -1,0 +1,1006 @@
+//! Load orchestration: which manifest to use, which modules to fetch, and what to pin.
+//!
+//! Owns the tier order, rollback protection, the fallback to the last good manifest, and the
+//! in-process sharing of downloads. It does not speak HTTP: the download engine implements
+//! [`Fetcher`], and this module only hands it URLs, expected hashes, size limits and the
+//! store's temp paths.
+//!
+//! # Tiers
+//!
+//! 1. Local candidates: the embedded directory's `<app>.manifest.json` (a flat directory that
+//!    also holds module files named by their lowercase SHA-256) and the app's pinned manifest
+//!    in the store. Each is signature-checked against the request's trusted keys every time
+//!    (so revoking a key also revokes cached manifests); one that fails is skipped with a
+//!    warning in [`LoadResult::warnings`], never fatal. The newer of the two (by
+//!    `freshAtEpochMs`; the pinned one on a tie) is used without the network when it is fresh:
+//!    its freshness instant is less than `freshness_window_ms` before `now_ms`. The freshness
+//!    instant of a pinned manifest is when it was last fetched from the network (or, if it came
+//!    from the embedded directory, its `freshAtEpochMs`); of an embedded one, its
+//!    `freshAtEpochMs`.
+//! 2. Otherwise the network: fetch the manifest, verify it, apply rollback protection, fetch
+//!    the modules that are neither stored nor embedded, commit them, and pin.
+//! 3. If the network fails (a [`FetchError`] with `is_network`), fall back to the pinned
+//!    manifest, then the embedded one, provided all their modules are stored or embedded
+//!    ([`LoadSource::PinnedFallback`] / [`LoadSource::EmbeddedFallback`] say why). Any other
+//!    failure (bad signature, rollback, a module with the wrong bytes) fails the load.
+//!
+//! After a successful load from the network or the embedded directory the app's pins become
+//! exactly that manifest and its modules ([`Store::set_pins`], one transaction). A failed load
+//! changes no pins. A load that reuses the pinned manifest leaves the pins and its freshness
+//! instant alone and only touches the files.
+//!
+//! # Rollback protection
+//!
+//! A manifest whose `freshAtEpochMs` (absent counts as 0) is older than the pinned manifest's
+//! is refused unless `allow_rollback`. `freshAtEpochMs` lives in the unsigned section, so this
+//! stops stale mirrors and caches, not an attacker who holds a validly signed old manifest.
+//!
+//! # One download per hash
+//!
+//! [`Loader`] keeps a map of hashes being obtained in this process. The first load that needs
+//! a hash becomes its leader and downloads (or copies from the embedded directory); every other
+//! load that needs it meanwhile waits on the leader's condition variable and then uses the
+//! stored file. The check "in the map, else in the store, else lead" happens under the map's
+//! lock, and a leader commits to the store before it leaves the map, so a hash is never fetched
+//! twice by concurrent loads in one process. A leader finishes all its own downloads before it
+//! waits for anyone else's, so loads cannot wait on each other in a cycle. Other processes are
+//! not coordinated (see [`crate::store`]: one process per store).
+//!
+//! Lock order: the in-flight map, then the store. The store lock is never held while the
+//! fetcher runs.
+
+use std::collections::{BTreeMap, HashMap};
+use std::fmt;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError};
+
+use sha2::{Digest, Sha256};
+use url::Url;
+
+use crate::manifest::{Manifest, ModuleId, MANIFEST_MAX_BYTES};
+use crate::signature::{verify, TrustedKey};
+use crate::store::{FileKind, PendingFile, Store, StoreError};
+use crate::ModuleError;
+
+/// A failed fetch, as the download engine reports it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FetchError {
+    /// What went wrong, for people.
+    pub message: String,
+    /// True when the network (connect, DNS, timeout, 5xx, ...) failed, so a fallback to local
+    /// data is appropriate. False for failures of the content itself (wrong hash, too large).
+    pub is_network: bool,
+}
+
+impl FetchError {
+    pub fn network(message: impl Into<String>) -> FetchError {
+        FetchError {
+            message: message.into(),
+            is_network: true,
+        }
+    }
+
+    pub fn content(message: impl Into<String>) -> FetchError {
+        FetchError {
+            message: message.into(),
+            is_network: false,
+        }
+    }
+}
+
+impl fmt::Display for FetchError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let class = if self.is_network {
+            "network"
+        } else {
+            "content"
+        };
+        write!(f, "{} ({class} error)", self.message)
+    }
+}
+
+impl std::error::Error for FetchError {}
+
+/// One module download for the engine.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ModuleFetch {
+    pub url: Url,
+    /// Lowercase hex SHA-256 the bytes must have.
+    pub sha256: String,
+    /// Stop and fail beyond this many bytes.
+    pub max_bytes: u64,
+    /// Where to write the bytes: the store's temp path. The loader re-hashes it before commit.
+    pub dest: PathBuf,
+}
+
+/// The download engine as the loader sees it.
+pub trait Fetcher {
+    /// The bytes at `url`, at most `max_bytes`.
+    fn fetch_manifest(&self, url: &Url, max_bytes: u64) -> Result<Vec<u8>, FetchError>;
+
+    /// Downloads every job (in parallel if the engine can), each verified against its sha256
+    /// and written to its `dest`. Returns one result per job, in job order.
+    fn fetch_modules(&self, jobs: Vec<ModuleFetch>) -> Vec<Result<(), FetchError>>;
+}
+
+impl<F: Fetcher + ?Sized> Fetcher for &F {
+    fn fetch_manifest(&self, url: &Url, max_bytes: u64) -> Result<Vec<u8>, FetchError> {
+        (**self).fetch_manifest(url, max_bytes)
+    }
+
+    fn fetch_modules(&self, jobs: Vec<ModuleFetch>) -> Vec<Result<(), FetchError>> {
+        (**self).fetch_modules(jobs)
+    }
+}
+
+impl<F: Fetcher + ?Sized> Fetcher for Arc<F> {
+    fn fetch_manifest(&self, url: &Url, max_bytes: u64) -> Result<Vec<u8>, FetchError> {
+        (**self).fetch_manifest(url, max_bytes)
+    }
+
+    fn fetch_modules(&self, jobs: Vec<ModuleFetch>) -> Vec<Result<(), FetchError>> {
+        (**self).fetch_modules(jobs)
+    }
+}
+
+/// What to load and under which rules.
+#[derive(Debug, Clone)]
+pub struct LoadRequest {
+    /// The app's name: the pin owner and the embedded manifest's file name stem.
+    pub app: String,
+    pub manifest_url: Url,
+    pub trusted_keys: Vec<TrustedKey>,
+    /// A flat directory with `<app>.manifest.json` and module files named by sha256.
+    pub embedded_dir: Option<PathBuf>,
+    /// Accept a manifest older than the pinned one.
+    pub allow_rollback: bool,
+    /// How long a local manifest may be used without asking the network.
+    pub freshness_window_ms: u64,
+    pub now_ms: u64,
+    /// The largest module accepted.
+    pub module_max_bytes: u64,
+}
+
+/// Where the manifest that was loaded came from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum LoadSource {
+    /// The embedded directory's manifest, fresh enough to skip the network.
+    Embedded,
+    /// The pinned manifest in the store, fresh enough to skip the network.
+    Store,
+    /// Fetched from the network.
+    Network,
+    /// The network failed; the last good pinned manifest was used.
+    PinnedFallback { reason: String },
+    /// The network failed and nothing usable was pinned; the embedded manifest was used.
+    EmbeddedFallback { reason: String },
+}
+
+/// Where a module's bytes came from in this load.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ModuleSource {
+    Embedded,
+    Store,
+    Network,
+}
+
+/// A module ready to run: its verified file in the store.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LoadedModule {
+    pub id: ModuleId,
+    pub sha256: String,
+    pub path: PathBuf,
+    pub source: ModuleSource,
+}
+
+/// A successful load.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LoadResult {
+    pub manifest_source: LoadSource,
+    pub manifest_sha256: String,
+    /// The trusted key whose signature verified the manifest.
+    pub verified_by: String,
+    /// In load order (dependencies first).
+    pub modules: Vec<LoadedModule>,
+    /// Things that were skipped on the way (tampered local manifests, bad embedded files, ...).
+    pub warnings: Vec<String>,
+    pub version: Option<String>,
+    pub main_module_id: Option<ModuleId>,
+    pub main_function: Option<String>,
+}
+
+/// Where a candidate manifest came from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Origin {
+    Embedded,
+    Pinned,
+    Network,
+}
+
+impl fmt::Display for Origin {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Origin::Embedded => "embedded",
+            Origin::Pinned => "cached",
+            Origin::Network => "network",
+        })
+    }
+}
+
+/// A verified manifest that a load may use.
+struct Candidate {
+    origin: Origin,
+    raw: Vec<u8>,
+    sha256: String,
+    manifest: Manifest,
+    order: Vec<ModuleId>,
+    verified_by: String,
+    /// Module URLs resolve against this.
+    manifest_url: Url,
+    /// The freshness instant (see the module docs).
+    fresh_at_ms: Option<u64>,
+}
+
+impl Candidate {
+    fn verified(
+        origin: Origin,
+        raw: Vec<u8>,
+        trusted_keys: &[TrustedKey],
+        manifest_url: Url,
+        fresh_at_ms: Option<u64>,
+    ) -> Result<Candidate, ModuleError> {
+        let verified_by = verify(&raw, trusted_keys)?.0;
+        let manifest = Manifest::parse(&raw)?;
+        let order = manifest.load_order()?;
+        Ok(Candidate {
+            origin,
+            sha256: hex::encode(Sha256::digest(&raw)),
+            raw,
+            manifest,
+            order,
+            verified_by,
+            manifest_url,
+            fresh_at_ms,
+        })
+    }
+
+    fn is_fresh(&self, request: &LoadRequest) -> bool {
+        self.fresh_at_ms.is_some_and(|fresh_at| {
+            request.now_ms.saturating_sub(fresh_at) < request.freshness_window_ms
+        })
+    }
+
+    fn manifest_fresh_at(&self) -> u64 {
+        self.manifest.fresh_at_epoch_ms().unwrap_or(0)
+    }
+}
+
+/// Whether a load may download modules.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum NetworkUse {
+    Allowed,
+    Forbidden,
+}
+
+/// A module hash this load needs and does not have yet.
+struct Wanted {
+    id: ModuleId,
+    sha256: String,
+    url: Url,
+    embedded: Option<PathBuf>,
+}
+
+/// How obtaining one hash ended, as published to loads waiting for it.
+#[derive(Debug, Clone)]
+enum FlightOutcome {
+    Stored(ModuleSource),
+    Failed {
+        reason: String,
+        is_network: bool,
+    },
+    /// The leader could not use the network; a waiter that may should try itself.
+    NotAttempted,
+}
+
+#[derive(Default)]
+struct Flight {
+    outcome: Mutex<Option<FlightOutcome>>,
+    done: Condvar,
+}
+
+type FlightMap = HashMap<String, Arc<Flight>>;
+
+fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+/// Completes the flights a load leads, even if the load returns early or panics.
+struct LeadGuard<'a> {
+    in_flight: &'a Mutex<FlightMap>,
+    open: BTreeMap<String, Arc<Flight>>,
+}
+
+impl LeadGuard<'_> {
+    fn complete(&mut self, sha256: &str, outcome: FlightOutcome) {
+        if let Some(flight) = self.open.remove(sha256) {
+            lock(self.in_flight).remove(sha256);
+            *lock(&flight.outcome) = Some(outcome);
+            flight.done.notify_all();
+        }
+    }
+}
+
+impl Drop for LeadGuard<'_> {
+    fn drop(&mut self) {
+        let open: Vec<String> = self.open.keys().cloned().collect();
+        for sha256 in open {
+            self.complete(
+                &sha256,
+                FlightOutcome::Failed {
+                    reason: "the leading load stopped before finishing".to_owned(),
+                    is_network: false,
+                },
+            );
+        }
+    }
+}
+
+/// Loads apps' modules into a [`Store`] through a [`Fetcher`], sharing downloads between
+/// concurrent loads in this process. `Loader<F>` is `Sync` when `F` is, so threads can share
+/// one behind an `Arc`.
+pub struct Loader<F> {
+    store: Mutex<Store>,
+    fetcher: F,
+    in_flight: Mutex<FlightMap>,
+    /// How many times a load waited for another load's download (observability and tests).
+    shared_waits: AtomicUsize,
+}
+
+impl<F: Fetcher> Loader<F> {
+    pub fn new(store: Store, fetcher: F) -> Loader<F> {
+        Loader {
+            store: Mutex::new(store),
+            fetcher,
+            in_flight: Mutex::new(HashMap::new()),
+            shared_waits: AtomicUsize::new(0),
+        }
+    }
+
+    /// Runs `work` with the store locked (for pruning, listing, ...).
+    pub fn with_store<R>(&self, work: impl FnOnce(&mut Store) -> R) -> R {
+        work(&mut lock(&self.store))
+    }
+
+    pub fn fetcher(&self) -> &F {
+        &self.fetcher
+    }
+
+    /// How many times a load waited for a download another load was doing.
+    pub fn shared_waits(&self) -> usize {
+        self.shared_waits.load(Ordering::SeqCst)
+    }
+
+    pub fn into_parts(self) -> (Store, F) {
+        (
+            self.store
+                .into_inner()
+                .unwrap_or_else(PoisonError::into_inner),
+            self.fetcher,
+        )
+    }
+
+    /// Loads an app (see the module docs for tiers, fallback, rollback and pinning).
+    pub fn load(&self, request: &LoadRequest) -> Result<LoadResult, ModuleError> {
+        check_app_name(&request.app)?;
+        let mut warnings = Vec::new();
+        let (pinned, rollback_floor) = self.pinned_candidate(request, &mut warnings);
+        let embedded = self.embedded_candidate(request, rollback_floor, &mut warnings);
+
+        let newest_local = match (&pinned, &embedded) {
+            (Some(pinned), Some(embedded))
+                if embedded.manifest_fresh_at() > pinned.manifest_fresh_at() =>
+            {
+                Some(embedded)
+            }
+            (Some(pinned), _) => Some(pinned),
+            (None, embedded) => embedded.as_ref(),
+        };
+        if let Some(local) = newest_local.filter(|candidate| candidate.is_fresh(request)) {
+            let source = match local.origin {
+                Origin::Embedded => LoadSource::Embedded,
+                _ => LoadSource::Store,
+            };
+            match self.materialize(local, request, NetworkUse::Allowed, &mut warnings) {
+                Ok(sources) => return self.finish(local, sources, source, request, warnings),
+                Err(error) => warnings.push(format!(
+                    "fresh {} manifest could not be loaded, asking the network: {error}",
+                    local.origin
+                )),
+            }
+        }
+
+        let network_error = match self.network_candidate(request, rollback_floor, &mut warnings) {
+            Ok(candidate) => {
+                match self.materialize(&candidate, request, NetworkUse::Allowed, &mut warnings) {
+                    Ok(sources) => {
+                        return self.finish(
+                            &candidate,
+                            sources,
+                            LoadSource::Network,
+                            request,
+                            warnings,
+                        )
+                    }
+                    Err(error) => error,
+                }
+            }
+            Err(error) => error,
+        };
+        if !network_error.is_network() {
+            return Err(network_error);
+        }
+        tracing::warn!(app = %request.app, error = %network_error, "network failed; trying local manifests");
+        let reason = network_error.to_string();
+        for local in [pinned.as_ref(), embedded.as_ref()].into_iter().flatten() {
+            match self.materialize(local, request, NetworkUse::Forbidden, &mut warnings) {
+                Ok(sources) => {
+                    let source = match local.origin {
+                        Origin::Embedded => LoadSource::EmbeddedFallback {
+                            reason: reason.clone(),
+                        },
+                        _ => LoadSource::PinnedFallback {
+                            reason: reason.clone(),
+                        },
+                    };
+                    return self.finish(local, sources, source, request, warnings);
+                }
+                Err(error) => warnings.push(format!(
+                    "{} manifest cannot replace the network: {error}",
+                    local.origin
+                )),
+            }
+        }
+        Err(network_error)
+    }
+
+    /// The app's pinned manifest if it still verifies, and the rollback floor (the pinned
+    /// manifest's `freshAtEpochMs`) whether or not it verifies.
+    fn pinned_candidate(
+        &self,
+        request: &LoadRequest,
+        warnings: &mut Vec<String>,
+    ) -> (Option<Candidate>, Option<u64>) {
+        let pinned = match lock(&self.store).pinned_manifest(&request.app) {
+            Ok(Some(pinned)) => pinned,
+            Ok(None) => return (None, None),
+            Err(error) => {
+                warnings.push(format!("cached manifest skipped: {error}"));
+                return (None, None);
+            }
+        };
+        let floor = Manifest::parse(&pinned.bytes)
+            .ok()
+            .map(|manifest| manifest.fresh_at_epoch_ms().unwrap_or(0));
+        let manifest_url = Url::parse(&pinned.manifest_url).unwrap_or_else(|_| {
+            warnings.push(format!(
+                "cached manifest URL {:?} is not a URL; resolving modules against {}",
+                pinned.manifest_url, request.manifest_url
+            ));
+            request.manifest_url.clone()
+        });
+        match Candidate::verified(
+            Origin::Pinned,
+            pinned.bytes,
+            &request.trusted_keys,
+            manifest_url,
+            pinned.fresh_at_ms,
+        ) {
+            Ok(candidate) => (Some(candidate), floor),
+            Err(error) => {
+                tracing::warn!(app = %request.app, %error, "cached manifest skipped");
+                warnings.push(format!("cached manifest skipped: {error}"));
+                (None, floor)
+            }
+        }
+    }
+
+    fn embedded_candidate(
+        &self,
+        request: &LoadRequest,
+        rollback_floor: Option<u64>,
+        warnings: &mut Vec<String>,
+    ) -> Option<Candidate> {
+        let path = request
+            .embedded_dir
+            .as_ref()?
+            .join(format!("{}.manifest.json", request.app));
+        let raw = match read_capped(&path, MANIFEST_MAX_BYTES as u64) {
+            Ok(Some(raw)) => raw,
+            Ok(None) => return None,
+            Err(reason) => {
+                warnings.push(format!(
+                    "embedded manifest {} skipped: {reason}",
+                    path.display()
+                ));
+                return None;
+            }
+        };
+        match Candidate::verified(
+            Origin::Embedded,
+            raw,
+            &request.trusted_keys,
+            request.manifest_url.clone(),
+            None,
+        ) {
+            Ok(mut candidate) => {
+                candidate.fresh_at_ms = candidate.manifest.fresh_at_epoch_ms();
+                // An embedded manifest older than the pinned one is the normal state after an
+                // update from the network: not worth a warning.
+                if let Err(error) = check_rollback(&candidate, rollback_floor, request, warnings) {
+                    tracing::debug!(%error, "embedded manifest is older than the pinned one");
+                    return None;
+                }
+                Some(candidate)
+            }
+            Err(error) => {
+                tracing::warn!(path = %path.display(), %error, "embedded manifest skipped");
+                warnings.push(format!(
+                    "embedded manifest {} skipped: {error}",
+                    path.display()
+                ));
+                None
+            }
+        }
+    }
+
+    fn network_candidate(
+        &self,
+        request: &LoadRequest,
+        rollback_floor: Option<u64>,
+        warnings: &mut Vec<String>,
+    ) -> Result<Candidate, ModuleError> {
+        let raw = self
+            .fetcher
+            .fetch_manifest(&request.manifest_url, MANIFEST_MAX_BYTES as u64)
+            .map_err(|source| ModuleError::ManifestFetch {
+                url: request.manifest_url.clone(),
+                source,
+            })?;
+        let candidate = Candidate::verified(
+            Origin::Network,
+            raw,
+            &request.trusted_keys,
+            request.manifest_url.clone(),
+            Some(request.now_ms),
+        )?;
+        check_rollback(&candidate, rollback_floor, request, warnings)?;
+        Ok(candidate)
+    }
+
+    /// Makes every module of `candidate` present in the store; returns each hash's source.
+    fn materialize(
+        &self,
+        candidate: &Candidate,
+        request: &LoadRequest,
+        network: NetworkUse,
+        warnings: &mut Vec<String>,
+    ) -> Result<BTreeMap<String, ModuleSource>, ModuleError> {
+        let mut wanted = Vec::new();
+        let mut seen = std::collections::BTreeSet::new();
+        for id in &candidate.order {
+            let entry = candidate
+                .manifest
+                .modules
+                .get(id.as_str())
+                .ok_or_else(|| ModuleError::UnknownModule { id: id.to_string() })?;
+            if !seen.insert(entry.sha256.clone()) {
+                continue;
+            }
+            let embedded = request
+                .embedded_dir
+                .as_ref()
+                .map(|dir| dir.join(&entry.sha256))
+                .filter(|path| path.is_file());
+            wanted.push(Wanted {
+                id: id.clone(),
+                sha256: entry.sha256.clone(),
+                url: candidate
+                    .manifest
+                    .module_url(id.as_str(), &candidate.manifest_url)?,
+                embedded,
+            });
+        }
+        self.obtain(wanted, request, network, warnings)
+    }
+
+    /// Gets every wanted hash into the store, leading or following in-process flights.
+    fn obtain(
+        &self,
+        mut wanted: Vec<Wanted>,
+        request: &LoadRequest,
+        network: NetworkUse,
+        warnings: &mut Vec<String>,
+    ) -> Result<BTreeMap<String, ModuleSource>, ModuleError> {
+        let mut sources = BTreeMap::new();
+        // A follower whose leader could not use the network tries again as leader; bounded.
+        for _round in 0..3 {
+            if wanted.is_empty() {
+                break;
+            }
+            let mut leads = LeadGuard {
+                in_flight: &self.in_flight,
+                open: BTreeMap::new(),
+            };
+            let mut to_lead = Vec::new();
+            let mut follows = Vec::new();
+            {
+                let mut in_flight = lock(&self.in_flight);
+                let mut store = lock(&self.store);
+                for item in wanted.drain(..) {
+                    if let Some(flight) = in_flight.get(&item.sha256) {
+                        follows.push((item, Arc::clone(flight)));
+                    } else if store.contains(&item.sha256)? {
+                        store.touch(&item.sha256, request.now_ms)?;
+                        sources.insert(item.sha256.clone(), ModuleSource::Store);
+                    } else {
+                        let flight = Arc::new(Flight::default());
+                        in_flight.insert(item.sha256.clone(), Arc::clone(&flight));
+                        leads.open.insert(item.sha256.clone(), flight);
+                        to_lead.push(item);
+                    }
+                }
+            }
+
+            let mut errors = Vec::new();
+            for (item, outcome) in self.lead(to_lead, request, network, warnings) {
+                match &outcome {
+                    Ok(source) => {
+                        sources.insert(item.sha256.clone(), *source);
+                        leads.complete(&item.sha256, FlightOutcome::Stored(*source));
+                    }
+                    Err(error) => {
+                        let published = match error {
+                            ModuleError::ModuleUnavailable { .. } => FlightOutcome::NotAttempted,
+                            other => FlightOutcome::Failed {
+                                reason: other.to_string(),
+                                is_network: other.is_network(),
+                            },
+                        };
+                        leads.complete(&item.sha256, published);
+                    }
+                }
+                if let Err(error) = outcome {
+                    errors.push(error);
+                }
+            }
+            drop(leads);
+
+            for (item, flight) in follows {
+                self.shared_waits.fetch_add(1, Ordering::SeqCst);
+                tracing::debug!(sha256 = %item.sha256, "waiting for another load's download");
+                let outcome = {
+                    let mut outcome = lock(&flight.outcome);
+                    while outcome.is_none() {
+                        outcome = flight
+                            .done
+                            .wait(outcome)
+                            .unwrap_or_else(PoisonError::into_inner);
+                    }
+                    outcome.clone().unwrap_or(FlightOutcome::NotAttempted)
+                };
+                match outcome {
+                    FlightOutcome::Stored(source) => {
+                        sources.insert(item.sha256.clone(), source);
+                    }
+                    FlightOutcome::Failed { reason, is_network } => {
+                        errors.push(ModuleError::SharedDownloadFailed {
+                            id: item.id.to_string(),
+                            sha256: item.sha256.clone(),
+                            reason,
+                            is_network,
+                        })
+                    }
+                    FlightOutcome::NotAttempted => wanted.push(item),
+                }
+            }
+            if !errors.is_empty() {
+                // A content failure must not be hidden behind a network one: only network
+                // failures lead to a fallback.
+                let position = errors
+                    .iter()
+                    .position(|error| !error.is_network())
+                    .unwrap_or(0);
+                return Err(errors.swap_remove(position));
+            }
+        }
+        if let Some(item) = wanted.into_iter().next() {
+            return Err(ModuleError::ModuleUnavailable {
+                id: item.id.to_string(),
+                sha256: item.sha256,
+            });
+        }
+        Ok(sources)
+    }
+
+    /// Obtains hashes this load leads: embedded copy first, then one batch to the fetcher.
+    fn lead(
+        &self,
+        items: Vec<Wanted>,
+        request: &LoadRequest,
+        network: NetworkUse,
+        warnings: &mut Vec<String>,
+    ) -> Vec<(Wanted, Result<ModuleSource, ModuleError>)> {
+        let mut done = Vec::new();
+        let mut to_fetch = Vec::new();
+        for item in items {
+            if let Some(path) = &item.embedded {
+                match self.copy_embedded(&item, path, request) {
+                    Ok(()) => {
+                        done.push((item, Ok(ModuleSource::Embedded)));
+                        continue;
+                    }
+                    Err(reason) => {
+                        tracing::warn!(path = %path.display(), %reason, "embedded module skipped");
+                        warnings.push(format!(
+                            "embedded module file {} skipped: {reason}",
+                            path.display()
+                        ));
+                    }
+                }
+            }
+            if network == NetworkUse::Forbidden {
+                let error = ModuleError::ModuleUnavailable {
+                    id: item.id.to_string(),
+                    sha256: item.sha256.clone(),
+                };
+                done.push((item, Err(error)));
+                continue;
+            }
+            to_fetch.push(item);
+        }
+        if to_fetch.is_empty() {
+            return done;
+        }
+
+        let mut pending: Vec<(Wanted, PendingFile)> = Vec::new();
+        {
+            let mut store = lock(&self.store);
+            for item in to_fetch {
+                match store.begin_write(&item.sha256, FileKind::Module) {
+                    Ok(file) => pending.push((item, file)),
+                    Err(StoreError::AlreadyReady { .. }) => {
+                        done.push((item, Ok(ModuleSource::Store)));
+                    }
+                    Err(source) => {
+                        let error = ModuleError::ModuleCommit {
+                            id: item.id.to_string(),
+                            source,
+                        };
+                        done.push((item, Err(error)));
+                    }
+                }
+            }
+        }
+        let jobs: Vec<ModuleFetch> = pending
+            .iter()
+            .map(|(item, file)| ModuleFetch {
+                url: item.url.clone(),
+                sha256: item.sha256.clone(),
+                max_bytes: request.module_max_bytes,
+                dest: file.temp_path().to_path_buf(),
+            })
+            .collect();
+        let job_count = jobs.len();
+        tracing::debug!(app = %request.app, modules = job_count, "fetching modules");
+        let mut results = self.fetcher.fetch_modules(jobs).into_iter();
+
+        let mut store = lock(&self.store);
+        for (index, (item, file)) in pending.into_iter().enumerate() {
+            let result = results.next().unwrap_or_else(|| {
+                Err(FetchError::content(format!(
+                    "the fetcher returned no result for job {index} of {job_count}"
+                )))
+            });
+            let outcome = match result {
+                Ok(()) => self.commit_fetched(&mut store, &item, file, request),
+                Err(source) => {
+                    if let Err(error) = store.abort(file) {
+                        tracing::warn!(%error, "could not clean up a failed download");
+                    }
+                    Err(ModuleError::ModuleFetch {
+                        id: item.id.to_string(),
+                        url: item.url.clone(),
+                        source,
+                    })
+                }
+            };
+            done.push((item, outcome));
+        }
+        done
+    }
+
+    fn commit_fetched(
+        &self,
+        store: &mut Store,
+        item: &Wanted,
+        file: PendingFile,
+        request: &LoadRequest,
+    ) -> Result<ModuleSource, ModuleError> {
+        let size = std::fs::metadata(file.temp_path())
+            .map(|metadata| metadata.len())
+            .unwrap_or(0);
+        if size > request.module_max_bytes {
+            store.abort(file)?;
+            return Err(ModuleError::ModuleTooLarge {
+                id: item.id.to_string(),
+                size,
+                max: request.module_max_bytes,
+            });
+        }
+        store
+            .commit(file, request.now_ms)
+            .map_err(|source| ModuleError::ModuleCommit {
+                id: item.id.to_string(),
+                source,
+            })?;
+        Ok(ModuleSource::Network)
+    }
+
+    /// Copies an embedded module into the store; the store's commit re-checks the hash.
+    fn copy_embedded(
+        &self,
+        item: &Wanted,
+        path: &Path,
+        request: &LoadRequest,
+    ) -> Result<(), String> {
+        let size = std::fs::metadata(path)
+            .map_err(|error| error.to_string())?
+            .len();
+        if size > request.module_max_bytes {
+            return Err(format!(
+                "{size} bytes, more than the {}-byte limit",
+                request.module_max_bytes
+            ));
+        }
+        let mut store = lock(&self.store);
+        let file = store
+            .begin_write(&item.sha256, FileKind::Module)
+            .map_err(|error| error.to_string())?;
+        if let Err(error) = std::fs::copy(path, file.temp_path()) {
+            let _ = store.abort(file);
+            return Err(format!("copy failed: {error}"));
+        }
+        store
+            .commit(file, request.now_ms)
+            .map(|_| ())
+            .map_err(|error| error.to_string())
+    }
+
+    /// Builds the result and, for a manifest that is not the pinned one, stores and pins it.
+    fn finish(
+        &self,
+        candidate: &Candidate,
+        sources: BTreeMap<String, ModuleSource>,
+        manifest_source: LoadSource,
+        request: &LoadRequest,
+        warnings: Vec<String>,
+    ) -> Result<LoadResult, ModuleError> {
+        let mut store = lock(&self.store);
+        let mut modules = Vec::with_capacity(candidate.order.len());
+        let mut module_hashes = Vec::new();
+        for id in &candidate.order {
+            let entry = candidate
+                .manifest
+                .modules
+                .get(id.as_str())
+                .ok_or_else(|| ModuleError::UnknownModule { id: id.to_string() })?;
+            if !module_hashes.contains(&entry.sha256) {
+                module_hashes.push(entry.sha256.clone());
+            }
+            modules.push(LoadedModule {
+                id: id.clone(),
+                sha256: entry.sha256.clone(),
+                path: store.path(&entry.sha256)?,
+                source: sources
+                    .get(&entry.sha256)
+                    .copied()
+                    .unwrap_or(ModuleSource::Store),
+            });
+        }
+        match candidate.origin {
+            Origin::Pinned => store.touch(&candidate.sha256, request.now_ms)?,
+            Origin::Embedded | Origin::Network => {
+                store.insert_bytes(
+                    &candidate.sha256,
+                    FileKind::Manifest,
+                    &candidate.raw,
+                    request.now_ms,
+                )?;
+                store.set_pins(
+                    &request.app,
+                    &candidate.sha256,
+                    &module_hashes,
+                    candidate.fresh_at_ms,
+                    candidate.manifest_url.as_str(),
+                    request.now_ms,
+                )?;
+            }
+        }
+        tracing::info!(
+            app = %request.app,
+            source = ?manifest_source,
+            modules = modules.len(),
+            "app loaded"
+        );
+        Ok(LoadResult {
+            manifest_source,
+            manifest_sha256: candidate.sha256.clone(),
+            verified_by: candidate.verified_by.clone(),
+            modules,
+            warnings,
+            version: candidate.manifest.version.clone(),
+            main_module_id: candidate.manifest.main_module_id.clone(),
+            main_function: candidate.manifest.main_function.clone(),
+        })
+    }
+}
+
+fn check_app_name(app: &str) -> Result<(), ModuleError> {
+    let unusable = app.is_empty()
+        || app == "."
+        || app == ".."
+        || app.contains(['/', '\\', '\0'])
+        || app.contains("..");
+    if unusable {
+        return Err(ModuleError::InvalidAppName {
+            app: app.to_owned(),
+        });
+    }
+    Ok(())
+}
+
+fn check_rollback(
+    candidate: &Candidate,
+    rollback_floor: Option<u64>,
+    request: &LoadRequest,
+    warnings: &mut Vec<String>,
+) -> Result<(), ModuleError> {
+    let Some(floor) = rollback_floor else {
+        return Ok(());
+    };
+    let offered = candidate.manifest.fresh_at_epoch_ms();
+    if offered.unwrap_or(0) >= floor {
+        return Ok(());
+    }
+    if request.allow_rollback {
+        warnings.push(format!(
+            "rollback allowed: {} manifest freshAtEpochMs {offered:?} is older than the pinned {floor}",
+            candidate.origin
+        ));
+        return Ok(());
+    }
+    Err(ModuleError::Rollback {
+        app: request.app.clone(),
+        pinned_fresh_at_ms: floor,
+        offered_fresh_at_ms: offered,
+    })
+}
+
+/// The file's bytes, `None` if it does not exist, an error if it is larger than `max`.
+fn read_capped(path: &Path, max: u64) -> Result<Option<Vec<u8>>, String> {
+    let metadata = match std::fs::metadata(path) {
+        Ok(metadata) => metadata,
+        Err(error) if error.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(error) => return Err(error.to_string()),
+    };
+    if metadata.len() > max {
+        return Err(format!(
+            "{} bytes, more than the {max}-byte limit",
+            metadata.len()
+        ));
+    }
+    std::fs::read(path)
+        .map(Some)
+        .map_err(|error| error.to_string())
+}

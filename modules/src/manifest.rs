@@ -1,0 +1,553 @@
+//! The Zipline-style module manifest: parsing, the signed bytes, dependency order and module
+//! URLs.
+//!
+//! Owns the document model ([`Manifest`]) and the rules that only need the document. It does
+//! not check signatures (see [`crate::signature`]) and does not fetch anything.
+//!
+//! Parsing is strict where ambiguity could be exploited and lenient elsewhere: unknown keys are
+//! ignored, but a module id that appears twice in `modules` and a top-level key that appears
+//! twice are errors, because the signed bytes (built from a generic JSON tree) and the typed
+//! document must describe the same modules.
+
+use std::fmt;
+
+use serde::de::{MapAccess, Visitor};
+use serde::{Deserialize, Deserializer};
+use url::Url;
+
+use crate::ModuleError;
+
+/// The largest manifest accepted, in bytes (640 KiB).
+pub const MANIFEST_MAX_BYTES: usize = 640 * 1024;
+
+/// A module's id, the key in the manifest's `modules` object (for example `./app.js`).
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Deserialize)]
+#[serde(transparent)]
+pub struct ModuleId(String);
+
+impl ModuleId {
+    pub fn new(id: impl Into<String>) -> Self {
+        ModuleId(id.into())
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Display for ModuleId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl From<&str> for ModuleId {
+    fn from(id: &str) -> Self {
+        ModuleId(id.to_owned())
+    }
+}
+
+/// The `unsigned` section: everything here is outside the signature.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Unsigned {
+    /// Hex signatures by key name.
+    #[serde(default)]
+    pub signatures: std::collections::BTreeMap<String, String>,
+    /// When the manifest was built (or last known current), in ms since the Unix epoch.
+    #[serde(default)]
+    pub fresh_at_epoch_ms: Option<u64>,
+    /// Module URLs are relative to this when set.
+    #[serde(default)]
+    pub base_url: Option<String>,
+}
+
+/// One module of the manifest.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ModuleEntry {
+    /// Where the module is, relative to `baseUrl` or the manifest's URL.
+    pub url: String,
+    /// Lowercase hex SHA-256 of the module's bytes (lowercased by [`Manifest::parse`]).
+    pub sha256: String,
+    /// Modules that must be loaded before this one.
+    #[serde(default)]
+    pub depends_on_ids: Vec<ModuleId>,
+}
+
+/// The manifest's modules in document order, with unique ids.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ModuleMap {
+    entries: Vec<(ModuleId, ModuleEntry)>,
+}
+
+impl ModuleMap {
+    /// The module with this id.
+    pub fn get(&self, id: &str) -> Option<&ModuleEntry> {
+        self.entries
+            .iter()
+            .find(|(known, _)| known.as_str() == id)
+            .map(|(_, entry)| entry)
+    }
+
+    /// The position of this id in document order.
+    pub fn position(&self, id: &str) -> Option<usize> {
+        self.entries
+            .iter()
+            .position(|(known, _)| known.as_str() == id)
+    }
+
+    /// Modules in document order.
+    pub fn iter(&self) -> impl Iterator<Item = (&ModuleId, &ModuleEntry)> {
+        self.entries.iter().map(|(id, entry)| (id, entry))
+    }
+
+    pub fn len(&self) -> usize {
+        self.entries.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.entries.is_empty()
+    }
+}
+
+impl<'de> Deserialize<'de> for ModuleMap {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct ModuleMapVisitor;
+
+        impl<'de> Visitor<'de> for ModuleMapVisitor {
+            type Value = ModuleMap;
+
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("an object of module id to module")
+            }
+
+            fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<ModuleMap, A::Error> {
+                let mut entries: Vec<(ModuleId, ModuleEntry)> = Vec::new();
+                while let Some((id, entry)) = map.next_entry::<String, ModuleEntry>()? {
+                    if entries.iter().any(|(known, _)| known.as_str() == id) {
+                        return Err(serde::de::Error::custom(format!(
+                            "module id {id:?} appears more than once"
+                        )));
+                    }
+                    entries.push((ModuleId(id), entry));
+                }
+                Ok(ModuleMap { entries })
+            }
+        }
+
+        deserializer.deserialize_map(ModuleMapVisitor)
+    }
+}
+
+/// A parsed manifest. Build it with [`Manifest::parse`].
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Manifest {
+    #[serde(default)]
+    pub unsigned: Unsigned,
+    pub modules: ModuleMap,
+    #[serde(default)]
+    pub main_module_id: Option<ModuleId>,
+    #[serde(default)]
+    pub main_function: Option<String>,
+    #[serde(default)]
+    pub version: Option<String>,
+    #[serde(default)]
+    pub metadata: Option<serde_json::Value>,
+}
+
+impl Manifest {
+    /// Parses a manifest of at most [`MANIFEST_MAX_BYTES`]. Unknown keys are ignored;
+    /// `dependsOnIds` defaults to empty; module hashes must be 64 hex digits and are stored
+    /// lowercase. Does not check dependencies (see [`Manifest::load_order`]).
+    pub fn parse(bytes: &[u8]) -> Result<Manifest, ModuleError> {
+        check_size(bytes)?;
+        let mut manifest: Manifest =
+            serde_json::from_slice(bytes).map_err(ModuleError::ManifestSyntax)?;
+        for (id, entry) in manifest.modules.entries.iter_mut() {
+            if !is_sha256_hex(&entry.sha256) {
+                return Err(ModuleError::InvalidSha256 {
+                    module: id.to_string(),
+                    value: entry.sha256.clone(),
+                });
+            }
+            entry.sha256.make_ascii_lowercase();
+        }
+        Ok(manifest)
+    }
+
+    /// The `freshAtEpochMs` of the unsigned section.
+    pub fn fresh_at_epoch_ms(&self) -> Option<u64> {
+        self.unsigned.fresh_at_epoch_ms
+    }
+
+    /// Module ids in load order: every module after the modules it depends on; among modules
+    /// whose dependencies are all loaded, the one first in the document goes first. Errors on
+    /// an unknown dependency, a cycle (naming the ids on it) or a `mainModuleId` that is not a
+    /// module.
+    pub fn load_order(&self) -> Result<Vec<ModuleId>, ModuleError> {
+        let entries = &self.modules.entries;
+        if let Some(main) = &self.main_module_id {
+            if self.modules.get(main.as_str()).is_none() {
+                return Err(ModuleError::MissingMainModule {
+                    main: main.to_string(),
+                });
+            }
+        }
+        // deps[i]: document positions of module i's dependencies, without repeats.
+        let mut deps: Vec<Vec<usize>> = Vec::with_capacity(entries.len());
+        for (id, entry) in entries {
+            let mut positions = Vec::new();
+            for dependency in &entry.depends_on_ids {
+                let position = self.modules.position(dependency.as_str()).ok_or_else(|| {
+                    ModuleError::UnknownDependency {
+                        module: id.to_string(),
+                        dependency: dependency.to_string(),
+                    }
+                })?;
+                if !positions.contains(&position) {
+                    positions.push(position);
+                }
+            }
+            deps.push(positions);
+        }
+
+        let mut waiting_on: Vec<usize> = deps.iter().map(Vec::len).collect();
+        let mut dependents: Vec<Vec<usize>> = vec![Vec::new(); entries.len()];
+        for (module, module_deps) in deps.iter().enumerate() {
+            for &dependency in module_deps {
+                dependents[dependency].push(module);
+            }
+        }
+        let mut ready: std::collections::BTreeSet<usize> = waiting_on
+            .iter()
+            .enumerate()
+            .filter(|(_, &count)| count == 0)
+            .map(|(position, _)| position)
+            .collect();
+        let mut order = Vec::with_capacity(entries.len());
+        while let Some(next) = ready.pop_first() {
+            order.push(entries[next].0.clone());
+            for &dependent in &dependents[next] {
+                waiting_on[dependent] -= 1;
+                if waiting_on[dependent] == 0 {
+                    ready.insert(dependent);
+                }
+            }
+        }
+        if order.len() < entries.len() {
+            return Err(ModuleError::DependencyCycle {
+                cycle: find_cycle(&deps, &waiting_on)
+                    .into_iter()
+                    .map(|position| entries[position].0.to_string())
+                    .collect(),
+            });
+        }
+        Ok(order)
+    }
+
+    /// The absolute URL of a module: its `url` resolved against `baseUrl` when set (itself
+    /// resolved against the manifest URL, so a relative `baseUrl` works), else against the URL
+    /// the manifest came from.
+    pub fn module_url(&self, id: &str, manifest_url: &Url) -> Result<Url, ModuleError> {
+        let entry = self
+            .modules
+            .get(id)
+            .ok_or_else(|| ModuleError::UnknownModule { id: id.to_owned() })?;
+        let base = match &self.unsigned.base_url {
+            Some(base_url) => {
+                manifest_url
+                    .join(base_url)
+                    .map_err(|source| ModuleError::InvalidUrl {
+                        what: "baseUrl".to_owned(),
+                        value: base_url.clone(),
+                        source,
+                    })?
+            }
+            None => manifest_url.clone(),
+        };
+        base.join(&entry.url)
+            .map_err(|source| ModuleError::InvalidUrl {
+                what: format!("module {id:?}"),
+                value: entry.url.clone(),
+                source,
+            })
+    }
+}
+
+/// The bytes a manifest signature covers: the document with its top-level `unsigned` member
+/// removed, written back as compact JSON in the document's key order.
+///
+/// Numbers and strings are re-encoded by serde_json: integers and plain strings come back
+/// byte-identical, but a signer that writes floats in another notation (`1e2`) or escapes
+/// characters serde_json writes raw (`\/`, `\u00e9`) signs different bytes. Zipline's signer
+/// writes compact JSON the same way for the fields a manifest has.
+pub fn signed_bytes(raw: &[u8]) -> Result<Vec<u8>, ModuleError> {
+    check_size(raw)?;
+    let mut document: serde_json::Value =
+        serde_json::from_slice(raw).map_err(ModuleError::ManifestSyntax)?;
+    let object = document
+        .as_object_mut()
+        .ok_or(ModuleError::ManifestNotObject)?;
+    // shift_remove keeps the other keys in place; `remove` would swap the last key into the
+    // hole and change the signed bytes.
+    object.shift_remove("unsigned");
+    serde_json::to_vec(&document).map_err(ModuleError::ManifestSyntax)
+}
+
+/// Whether `value` is 64 hex digits (either case).
+pub fn is_sha256_hex(value: &str) -> bool {
+    value.len() == 64 && value.bytes().all(|byte| byte.is_ascii_hexdigit())
+}
+
+fn check_size(bytes: &[u8]) -> Result<(), ModuleError> {
+    if bytes.len() > MANIFEST_MAX_BYTES {
+        return Err(ModuleError::ManifestTooLarge {
+            size: bytes.len(),
+            max: MANIFEST_MAX_BYTES,
+        });
+    }
+    Ok(())
+}
+
+/// Finds one cycle among the modules Kahn's algorithm could not order. Every such module still
+/// waits on at least one such module, so walking "first unordered dependency" edges must
+/// revisit a module; the walk from the first revisit is the cycle.
+fn find_cycle(deps: &[Vec<usize>], waiting_on: &[usize]) -> Vec<usize> {
+    let unordered = |position: usize| waiting_on[position] > 0;
+    let Some(start) = (0..deps.len()).find(|&position| unordered(position)) else {
+        return Vec::new();
+    };
+    let mut path = vec![start];
+    let mut current = start;
+    loop {
+        let Some(&next) = deps[current].iter().find(|&&dep| unordered(dep)) else {
+            return path;
+        };
+        if let Some(cycle_start) = path.iter().position(|&seen| seen == next) {
+            return path.split_off(cycle_start);
+        }
+        path.push(next);
+        current = next;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const HASH_A: &str = "6bd4d3a3b6c7e5f8a9b0c1d2e3f4a5b6c7d8e9f0a1b2c3d4e5f6a7b8c9d0e1f2";
+    const HASH_B: &str = "00112233445566778899aabbccddeeff00112233445566778899aabbccddeeff";
+
+    fn manifest_with(modules: &str, extra: &str) -> Manifest {
+        let text = format!(r#"{{"modules":{{{modules}}}{extra}}}"#);
+        Manifest::parse(text.as_bytes()).unwrap()
+    }
+
+    fn ids(order: Vec<ModuleId>) -> Vec<String> {
+        order.into_iter().map(|id| id.to_string()).collect()
+    }
+
+    #[test]
+    fn signed_bytes_of_formats_example_is_compact_and_keeps_key_order() {
+        let raw = format!(
+            r#"{{
+  "unsigned": {{"signatures": {{"key1": "abcd"}}, "freshAtEpochMs": 1700000000000, "baseUrl": null}},
+  "modules": {{
+    "./kotlin_kotlin.js": {{"url": "kotlin_kotlin.zipline", "sha256": "{HASH_A}"}}
+  }}
+}}"#
+        );
+        let signed = signed_bytes(raw.as_bytes()).unwrap();
+        assert_eq!(
+            String::from_utf8(signed).unwrap(),
+            format!(
+                r#"{{"modules":{{"./kotlin_kotlin.js":{{"url":"kotlin_kotlin.zipline","sha256":"{HASH_A}"}}}}}}"#
+            )
+        );
+    }
+
+    #[test]
+    fn signed_bytes_keep_order_of_keys_after_removed_unsigned() {
+        // With `remove` (swap semantics) "zeta" would move into the first slot.
+        let raw = format!(
+            r#"{{"unsigned":{{}},"modules":{{"b":{{"url":"b","sha256":"{HASH_B}"}},"a":{{"sha256":"{HASH_A}","url":"a"}}}},"mainModuleId":"b","zeta":{{"unsigned":1}}}}"#
+        );
+        let signed = String::from_utf8(signed_bytes(raw.as_bytes()).unwrap()).unwrap();
+        assert_eq!(
+            signed,
+            format!(
+                r#"{{"modules":{{"b":{{"url":"b","sha256":"{HASH_B}"}},"a":{{"sha256":"{HASH_A}","url":"a"}}}},"mainModuleId":"b","zeta":{{"unsigned":1}}}}"#
+            )
+        );
+    }
+
+    #[test]
+    fn signed_bytes_reject_non_object_and_oversized_documents() {
+        assert!(matches!(
+            signed_bytes(b"[1,2]"),
+            Err(ModuleError::ManifestNotObject)
+        ));
+        let big = vec![b' '; MANIFEST_MAX_BYTES + 1];
+        assert!(matches!(
+            signed_bytes(&big),
+            Err(ModuleError::ManifestTooLarge { .. })
+        ));
+        assert!(matches!(
+            Manifest::parse(&big),
+            Err(ModuleError::ManifestTooLarge { .. })
+        ));
+    }
+
+    #[test]
+    fn parse_reads_all_fields_ignores_unknown_keys_and_lowercases_hashes() {
+        let upper = HASH_B.to_ascii_uppercase();
+        let raw = format!(
+            r#"{{"unsigned":{{"signatures":{{"k":"00"}},"freshAtEpochMs":17,"baseUrl":"https://cdn/x/","later":true}},
+               "modules":{{"./a.js":{{"url":"a.zipline","sha256":"{upper}","extra":1}},
+                           "./b.js":{{"url":"b.zipline","sha256":"{HASH_A}","dependsOnIds":["./a.js"]}}}},
+               "mainModuleId":"./b.js","mainFunction":"main","version":"v1","metadata":{{"k":"v"}},"future":[1]}}"#
+        );
+        let manifest = Manifest::parse(raw.as_bytes()).unwrap();
+        assert_eq!(manifest.unsigned.signatures.get("k").unwrap(), "00");
+        assert_eq!(manifest.fresh_at_epoch_ms(), Some(17));
+        assert_eq!(
+            manifest.unsigned.base_url.as_deref(),
+            Some("https://cdn/x/")
+        );
+        let a = manifest.modules.get("./a.js").unwrap();
+        assert_eq!(a.sha256, HASH_B);
+        assert!(a.depends_on_ids.is_empty());
+        assert_eq!(
+            manifest.modules.get("./b.js").unwrap().depends_on_ids,
+            vec![ModuleId::from("./a.js")]
+        );
+        assert_eq!(manifest.main_module_id, Some(ModuleId::from("./b.js")));
+        assert_eq!(manifest.main_function.as_deref(), Some("main"));
+        assert_eq!(manifest.version.as_deref(), Some("v1"));
+        assert_eq!(manifest.metadata, Some(serde_json::json!({"k": "v"})));
+    }
+
+    #[test]
+    fn parse_rejects_bad_hashes_and_duplicate_module_ids() {
+        let short = r#"{"modules":{"a":{"url":"a","sha256":"abc"}}}"#;
+        assert!(matches!(
+            Manifest::parse(short.as_bytes()),
+            Err(ModuleError::InvalidSha256 { module, .. }) if module == "a"
+        ));
+        let duplicate = format!(
+            r#"{{"modules":{{"a":{{"url":"a","sha256":"{HASH_A}"}},"a":{{"url":"b","sha256":"{HASH_B}"}}}}}}"#
+        );
+        let error = Manifest::parse(duplicate.as_bytes()).unwrap_err();
+        assert!(error.to_string().contains("more than once"), "{error}");
+    }
+
+    #[test]
+    fn load_order_puts_dependencies_first_and_breaks_ties_by_document_order() {
+        let manifest = manifest_with(
+            &format!(
+                r#""app":{{"url":"u","sha256":"{HASH_A}","dependsOnIds":["lib","std"]}},
+                   "z":{{"url":"u","sha256":"{HASH_A}"}},
+                   "lib":{{"url":"u","sha256":"{HASH_A}","dependsOnIds":["std"]}},
+                   "std":{{"url":"u","sha256":"{HASH_A}"}}"#
+            ),
+            r#","mainModuleId":"app""#,
+        );
+        assert_eq!(
+            ids(manifest.load_order().unwrap()),
+            vec!["z", "std", "lib", "app"]
+        );
+    }
+
+    #[test]
+    fn load_order_names_the_modules_of_a_cycle() {
+        let manifest = manifest_with(
+            &format!(
+                r#""free":{{"url":"u","sha256":"{HASH_A}"}},
+                   "a":{{"url":"u","sha256":"{HASH_A}","dependsOnIds":["b"]}},
+                   "b":{{"url":"u","sha256":"{HASH_A}","dependsOnIds":["c"]}},
+                   "c":{{"url":"u","sha256":"{HASH_A}","dependsOnIds":["a","free"]}}"#
+            ),
+            "",
+        );
+        match manifest.load_order() {
+            Err(ModuleError::DependencyCycle { cycle }) => {
+                assert_eq!(cycle, vec!["a", "b", "c"]);
+            }
+            other => panic!("expected a cycle, got {other:?}"),
+        }
+        let self_loop = manifest_with(
+            &format!(r#""me":{{"url":"u","sha256":"{HASH_A}","dependsOnIds":["me"]}}"#),
+            "",
+        );
+        assert!(matches!(
+            self_loop.load_order(),
+            Err(ModuleError::DependencyCycle { cycle }) if cycle == vec!["me".to_owned()]
+        ));
+    }
+
+    #[test]
+    fn load_order_rejects_unknown_dependency_and_missing_main_module() {
+        let unknown = manifest_with(
+            &format!(r#""a":{{"url":"u","sha256":"{HASH_A}","dependsOnIds":["ghost"]}}"#),
+            "",
+        );
+        match unknown.load_order() {
+            Err(error @ ModuleError::UnknownDependency { .. }) => {
+                let text = error.to_string();
+                assert!(
+                    text.contains("\"a\"") && text.contains("\"ghost\""),
+                    "{text}"
+                );
+            }
+            other => panic!("expected unknown dependency, got {other:?}"),
+        }
+        let missing_main = manifest_with(
+            &format!(r#""a":{{"url":"u","sha256":"{HASH_A}"}}"#),
+            r#","mainModuleId":"./main.js""#,
+        );
+        assert!(matches!(
+            missing_main.load_order(),
+            Err(ModuleError::MissingMainModule { main }) if main == "./main.js"
+        ));
+    }
+
+    #[test]
+    fn module_url_is_relative_to_manifest_url_without_base_url() {
+        let manifest = manifest_with(
+            &format!(r#""a":{{"url":"mods/a.zipline","sha256":"{HASH_A}"}}"#),
+            "",
+        );
+        let manifest_url = Url::parse("https://example.test/apps/app.manifest.json").unwrap();
+        assert_eq!(
+            manifest.module_url("a", &manifest_url).unwrap().as_str(),
+            "https://example.test/apps/mods/a.zipline"
+        );
+        assert!(matches!(
+            manifest.module_url("nope", &manifest_url),
+            Err(ModuleError::UnknownModule { .. })
+        ));
+    }
+
+    #[test]
+    fn module_url_is_relative_to_base_url_when_set() {
+        let absolute = manifest_with(
+            &format!(r#""a":{{"url":"a.zipline","sha256":"{HASH_A}"}}"#),
+            r#","unsigned":{"baseUrl":"https://cdn.test/v2/"}"#,
+        );
+        let manifest_url = Url::parse("https://example.test/apps/app.manifest.json").unwrap();
+        assert_eq!(
+            absolute.module_url("a", &manifest_url).unwrap().as_str(),
+            "https://cdn.test/v2/a.zipline"
+        );
+        let relative = manifest_with(
+            &format!(r#""a":{{"url":"a.zipline","sha256":"{HASH_A}"}}"#),
+            r#","unsigned":{"baseUrl":"../cdn/"}"#,
+        );
+        assert_eq!(
+            relative.module_url("a", &manifest_url).unwrap().as_str(),
+            "https://example.test/cdn/a.zipline"
+        );
+    }
+}

@@ -1,0 +1,1253 @@
+//! The content-addressed module store: `files/<sha256>` shared by all apps, plus
+//! `index.sqlite` with file states, per-app manifests and pins.
+//!
+//! Owns the directory layout, crash recovery, the write protocol (DIRTY row -> temp file ->
+//! verify -> fsync -> rename -> fsync dir -> READY row), hash re-checks on read, pins and LRU
+//! pruning. It does not download anything, verify signatures or know about manifests' content;
+//! [`crate::loader`] drives it.
+//!
+//! Rules:
+//! - A READY row means the file at `files/<sha256>` was verified and synced before the row was
+//!   written. Anything else found at start (DIRTY rows, files without a READY row, temp files
+//!   `*.haul-part`, READY rows without a file or with the wrong size) is removed by
+//!   [`Store::open`].
+//! - One [`Store`] handle per directory and one process per directory: recovery at open removes
+//!   other writers' in-progress files. The handle is `Send` but not `Sync`; share it behind a
+//!   `Mutex` (as [`crate::Loader`] does).
+//! - The store never reads the clock: every timestamp is a parameter.
+//! - A [`PendingFile`] dropped without [`Store::commit`] or [`Store::abort`] leaves a DIRTY row
+//!   and maybe a temp file; the next [`Store::open`] removes them.
+
+use std::fs::{self, File, OpenOptions};
+use std::io::{self, Read, Write};
+use std::path::{Path, PathBuf};
+
+use rusqlite::{params, Connection, OptionalExtension};
+use sha2::{Digest, Sha256};
+
+use crate::manifest::is_sha256_hex;
+
+const FILES_DIR: &str = "files";
+const INDEX_FILE: &str = "index.sqlite";
+const TEMP_SUFFIX: &str = ".haul-part";
+const SCHEMA_VERSION: i64 = 1;
+
+/// What failed in the store, and where.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("store I/O failed to {op} {path}: {source}")]
+    Io {
+        op: &'static str,
+        path: PathBuf,
+        #[source]
+        source: io::Error,
+    },
+    #[error("store index failed to {op}: {source}")]
+    Index {
+        op: &'static str,
+        #[source]
+        source: rusqlite::Error,
+    },
+    #[error("{value:?} is not a sha256 (64 hex digits)")]
+    InvalidHash { value: String },
+    #[error("{sha256} is already stored")]
+    AlreadyReady { sha256: String },
+    #[error("{sha256} is not in the store")]
+    NotFound { sha256: String },
+    #[error("{path} has sha256 {actual}, expected {expected}; discarded")]
+    HashMismatch {
+        expected: String,
+        actual: String,
+        path: PathBuf,
+    },
+    #[error("stored file {path} is corrupt (sha256 {actual}, expected {sha256}); removed from the store")]
+    Corrupt {
+        sha256: String,
+        actual: String,
+        path: PathBuf,
+    },
+    #[error("stored file {path} for {sha256} is missing; forgotten")]
+    FileMissing { sha256: String, path: PathBuf },
+    #[error("cannot pin {sha256} for app {app:?}: it is not a stored (READY) file")]
+    NotReady { sha256: String, app: String },
+}
+
+fn index_error(op: &'static str) -> impl FnOnce(rusqlite::Error) -> StoreError {
+    move |source| StoreError::Index { op, source }
+}
+
+fn io_error<'a>(op: &'static str, path: &'a Path) -> impl FnOnce(io::Error) -> StoreError + 'a {
+    move |source| StoreError::Io {
+        op,
+        path: path.to_path_buf(),
+        source,
+    }
+}
+
+/// A file's state in the index.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FileState {
+    /// Being written; not to be trusted.
+    Dirty,
+    /// Verified and durable.
+    Ready,
+}
+
+impl FileState {
+    fn as_sql(self) -> &'static str {
+        match self {
+            FileState::Dirty => "DIRTY",
+            FileState::Ready => "READY",
+        }
+    }
+
+    fn from_sql(text: &str) -> Option<FileState> {
+        match text {
+            "DIRTY" => Some(FileState::Dirty),
+            "READY" => Some(FileState::Ready),
+            _ => None,
+        }
+    }
+}
+
+/// What a stored file is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FileKind {
+    Module,
+    Manifest,
+}
+
+impl FileKind {
+    fn as_sql(self) -> &'static str {
+        match self {
+            FileKind::Module => "MODULE",
+            FileKind::Manifest => "MANIFEST",
+        }
+    }
+
+    fn from_sql(text: &str) -> Option<FileKind> {
+        match text {
+            "MODULE" => Some(FileKind::Module),
+            "MANIFEST" => Some(FileKind::Manifest),
+            _ => None,
+        }
+    }
+}
+
+/// One row of the files table.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FileEntry {
+    pub sha256: String,
+    pub state: FileState,
+    pub size: u64,
+    pub last_used_ms: u64,
+    pub kind: FileKind,
+}
+
+/// One pin: `app` needs `sha256`.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
+pub struct Pin {
+    pub app: String,
+    pub sha256: String,
+}
+
+/// The manifest an app last loaded successfully.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PinnedManifest {
+    pub app: String,
+    pub sha256: String,
+    pub bytes: Vec<u8>,
+    /// When the manifest was last known to be current (the loader's freshness clock).
+    pub fresh_at_ms: Option<u64>,
+    pub manifest_url: String,
+    pub loaded_at_ms: u64,
+}
+
+/// A write in progress: fill `temp_path`, then [`Store::commit`] or [`Store::abort`].
+#[derive(Debug)]
+pub struct PendingFile {
+    sha256: String,
+    temp_path: PathBuf,
+}
+
+impl PendingFile {
+    /// Where the caller writes the bytes (a sibling of the final file).
+    pub fn temp_path(&self) -> &Path {
+        &self.temp_path
+    }
+
+    /// The lowercase hash the bytes must have.
+    pub fn sha256(&self) -> &str {
+        &self.sha256
+    }
+}
+
+/// What [`Store::open`] cleaned up.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct RecoveryReport {
+    /// DIRTY rows (interrupted writes) removed, with their files.
+    pub dirty_removed: Vec<String>,
+    /// Files in `files/` with no READY row, removed.
+    pub orphan_files_removed: Vec<String>,
+    /// Temp files (`*.haul-part`) removed.
+    pub temp_files_removed: Vec<String>,
+    /// READY rows whose file was missing, forgotten.
+    pub missing_files_forgotten: Vec<String>,
+    /// READY rows whose file had another size than recorded, removed with the file.
+    pub wrong_size_removed: Vec<String>,
+}
+
+impl RecoveryReport {
+    pub fn is_clean(&self) -> bool {
+        *self == RecoveryReport::default()
+    }
+}
+
+/// What [`Store::prune`] did.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct PruneReport {
+    /// Evicted hashes, least recently used first.
+    pub evicted: Vec<String>,
+    pub freed_bytes: u64,
+    /// Bytes of READY files after pruning.
+    pub remaining_bytes: u64,
+    /// Bytes of pinned files (never evicted).
+    pub pinned_bytes: u64,
+    /// Whether the store now fits the budget (false when pinned files alone exceed it).
+    pub fits_budget: bool,
+}
+
+/// What [`Store::verify_all`] found.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct VerifyReport {
+    /// READY files checked.
+    pub checked: usize,
+    /// Files whose content no longer matched their hash; removed.
+    pub corrupt_removed: Vec<String>,
+    /// READY rows whose file was missing; forgotten.
+    pub missing_forgotten: Vec<String>,
+}
+
+/// The store handle. See the module docs for the rules.
+#[derive(Debug)]
+pub struct Store {
+    dir: PathBuf,
+    files_dir: PathBuf,
+    index: Connection,
+    next_temp_id: u64,
+}
+
+fn to_sql_ms(ms: u64) -> i64 {
+    i64::try_from(ms).unwrap_or(i64::MAX)
+}
+
+fn from_sql_ms(ms: i64) -> u64 {
+    u64::try_from(ms).unwrap_or(0)
+}
+
+fn check_hash(sha256: &str) -> Result<String, StoreError> {
+    if is_sha256_hex(sha256) {
+        Ok(sha256.to_ascii_lowercase())
+    } else {
+        Err(StoreError::InvalidHash {
+            value: sha256.to_owned(),
+        })
+    }
+}
+
+/// SHA-256 (lowercase hex) and length of a file, read in chunks.
+fn hash_file(path: &Path) -> io::Result<(String, u64)> {
+    let mut file = File::open(path)?;
+    hash_reader(&mut file)
+}
+
+fn hash_reader(reader: &mut impl Read) -> io::Result<(String, u64)> {
+    let mut hasher = Sha256::new();
+    let mut buffer = vec![0u8; 64 * 1024];
+    let mut length = 0u64;
+    loop {
+        let read = match reader.read(&mut buffer) {
+            Ok(0) => break,
+            Ok(read) => read,
+            Err(error) if error.kind() == io::ErrorKind::Interrupted => continue,
+            Err(error) => return Err(error),
+        };
+        hasher.update(&buffer[..read]);
+        length += read as u64;
+    }
+    Ok((hex::encode(hasher.finalize()), length))
+}
+
+fn remove_file_if_present(path: &Path) -> Result<bool, StoreError> {
+    match fs::remove_file(path) {
+        Ok(()) => Ok(true),
+        Err(error) if error.kind() == io::ErrorKind::NotFound => Ok(false),
+        Err(source) => Err(StoreError::Io {
+            op: "remove",
+            path: path.to_path_buf(),
+            source,
+        }),
+    }
+}
+
+#[cfg(unix)]
+fn sync_dir(dir: &Path) -> Result<(), StoreError> {
+    File::open(dir)
+        .and_then(|handle| handle.sync_all())
+        .map_err(io_error("fsync directory", dir))
+}
+
+#[cfg(not(unix))]
+fn sync_dir(_dir: &Path) -> Result<(), StoreError> {
+    // Directory handles cannot be fsynced portably off Unix; renames there are durable once
+    // the file system journals them.
+    Ok(())
+}
+
+impl Store {
+    /// Opens (creating if needed) the store in `dir` and cleans up what a crash left: DIRTY rows
+    /// and their files, orphan and temp files, rows whose file is missing or has the wrong size.
+    /// `last_used_ms` values later than `now_ms` (a clock that went back) are clamped to it.
+    pub fn open(dir: &Path, now_ms: u64) -> Result<(Store, RecoveryReport), StoreError> {
+        let files_dir = dir.join(FILES_DIR);
+        fs::create_dir_all(&files_dir).map_err(io_error("create directory", &files_dir))?;
+        let index_path = dir.join(INDEX_FILE);
+        let index = Connection::open(&index_path).map_err(index_error("open index.sqlite"))?;
+        index
+            .busy_timeout(std::time::Duration::from_secs(5))
+            .map_err(index_error("set busy timeout"))?;
+        index
+            .pragma_update_and_check(None, "journal_mode", "WAL", |row| row.get::<_, String>(0))
+            .map_err(index_error("enable WAL"))?;
+        index
+            .pragma_update(None, "synchronous", "FULL")
+            .map_err(index_error("set synchronous=FULL"))?;
+        index
+            .execute_batch(
+                "CREATE TABLE IF NOT EXISTS files (
+                    sha256 TEXT PRIMARY KEY NOT NULL,
+                    state TEXT NOT NULL CHECK (state IN ('DIRTY', 'READY')),
+                    size INTEGER NOT NULL DEFAULT 0,
+                    last_used_ms INTEGER NOT NULL DEFAULT 0,
+                    kind TEXT NOT NULL CHECK (kind IN ('MODULE', 'MANIFEST'))
+                );
+                CREATE TABLE IF NOT EXISTS manifests (
+                    app TEXT PRIMARY KEY NOT NULL,
+                    manifest_sha256 TEXT NOT NULL,
+                    fresh_at_ms INTEGER,
+                    manifest_url TEXT NOT NULL,
+                    loaded_at_ms INTEGER NOT NULL
+                );
+                CREATE TABLE IF NOT EXISTS pins (
+                    sha256 TEXT NOT NULL,
+                    app TEXT NOT NULL,
+                    PRIMARY KEY (sha256, app)
+                );
+                CREATE INDEX IF NOT EXISTS pins_by_app ON pins (app);",
+            )
+            .map_err(index_error("create schema"))?;
+        index
+            .pragma_update(None, "user_version", SCHEMA_VERSION)
+            .map_err(index_error("set schema version"))?;
+        let mut store = Store {
+            dir: dir.to_path_buf(),
+            files_dir,
+            index,
+            next_temp_id: 0,
+        };
+        let report = store.recover(now_ms)?;
+        if !report.is_clean() {
+            tracing::info!(dir = %dir.display(), ?report, "store recovered after an unclean stop");
+        }
+        Ok((store, report))
+    }
+
+    fn recover(&mut self, now_ms: u64) -> Result<RecoveryReport, StoreError> {
+        let mut report = RecoveryReport::default();
+
+        // 1. Interrupted writes.
+        let dirty: Vec<String> = self.hashes_in_state(FileState::Dirty)?;
+        for sha256 in &dirty {
+            remove_file_if_present(&self.files_dir.join(sha256))?;
+        }
+        self.index
+            .execute("DELETE FROM files WHERE state = 'DIRTY'", [])
+            .map_err(index_error("remove DIRTY rows"))?;
+        report.dirty_removed = dirty;
+
+        // 2. Files without a READY row, and temp files.
+        let ready: std::collections::BTreeMap<String, u64> = {
+            let mut statement = self
+                .index
+                .prepare("SELECT sha256, size FROM files WHERE state = 'READY'")
+                .map_err(index_error("list READY rows"))?;
+            let rows = statement
+                .query_map([], |row| {
+                    Ok((row.get::<_, String>(0)?, from_sql_ms(row.get::<_, i64>(1)?)))
+                })
+                .map_err(index_error("list READY rows"))?;
+            rows.collect::<Result<_, _>>()
+                .map_err(index_error("list READY rows"))?
+        };
+        let mut seen = std::collections::BTreeSet::new();
+        let entries = fs::read_dir(&self.files_dir).map_err(io_error("list", &self.files_dir))?;
+        let mut names = Vec::new();
+        for entry in entries {
+            let entry = entry.map_err(io_error("list", &self.files_dir))?;
+            names.push(entry.file_name());
+        }
+        names.sort();
+        for name in names {
+            let path = self.files_dir.join(&name);
+            let name = name.to_string_lossy().into_owned();
+            let file_type = fs::symlink_metadata(&path).map_err(io_error("inspect", &path))?;
+            if file_type.is_dir() {
+                tracing::warn!(path = %path.display(), "unexpected directory in the store; left alone");
+                continue;
+            }
+            if name.ends_with(TEMP_SUFFIX) {
+                remove_file_if_present(&path)?;
+                report.temp_files_removed.push(name);
+                continue;
+            }
+            match ready.get(&name) {
+                Some(&size) if file_type.is_file() && file_type.len() == size => {
+                    seen.insert(name);
+                }
+                Some(_) => {
+                    remove_file_if_present(&path)?;
+                    self.delete_row(&name)?;
+                    report.wrong_size_removed.push(name);
+                }
+                None => {
+                    remove_file_if_present(&path)?;
+                    report.orphan_files_removed.push(name);
+                }
+            }
+        }
+
+        // 3. READY rows whose file is gone.
+        for sha256 in ready.keys() {
+            if !seen.contains(sha256) && !report.wrong_size_removed.contains(sha256) {
+                self.delete_row(sha256)?;
+                report.missing_files_forgotten.push(sha256.clone());
+            }
+        }
+
+        // 4. A clock that went backwards must not make files look used in the future.
+        self.index
+            .execute(
+                "UPDATE files SET last_used_ms = ?1 WHERE last_used_ms > ?1",
+                params![to_sql_ms(now_ms)],
+            )
+            .map_err(index_error("clamp last_used_ms"))?;
+        Ok(report)
+    }
+
+    fn hashes_in_state(&self, state: FileState) -> Result<Vec<String>, StoreError> {
+        let mut statement = self
+            .index
+            .prepare("SELECT sha256 FROM files WHERE state = ?1 ORDER BY sha256")
+            .map_err(index_error("list rows by state"))?;
+        let rows = statement
+            .query_map(params![state.as_sql()], |row| row.get::<_, String>(0))
+            .map_err(index_error("list rows by state"))?;
+        rows.collect::<Result<_, _>>()
+            .map_err(index_error("list rows by state"))
+    }
+
+    fn delete_row(&self, sha256: &str) -> Result<(), StoreError> {
+        self.index
+            .execute("DELETE FROM files WHERE sha256 = ?1", params![sha256])
+            .map_err(index_error("delete file row"))?;
+        Ok(())
+    }
+
+    fn state_of(&self, sha256: &str) -> Result<Option<FileState>, StoreError> {
+        let state: Option<String> = self
+            .index
+            .query_row(
+                "SELECT state FROM files WHERE sha256 = ?1",
+                params![sha256],
+                |row| row.get(0),
+            )
+            .optional()
+            .map_err(index_error("read file state"))?;
+        Ok(state.as_deref().and_then(FileState::from_sql))
+    }
+
+    /// The store's directory.
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    /// Where the file with this hash lives (whether or not it is stored).
+    pub fn path(&self, sha256: &str) -> Result<PathBuf, StoreError> {
+        Ok(self.files_dir.join(check_hash(sha256)?))
+    }
+
+    /// Whether a verified (READY) file with this hash is stored and present on disk.
+    pub fn contains(&self, sha256: &str) -> Result<bool, StoreError> {
+        let sha256 = check_hash(sha256)?;
+        Ok(self.state_of(&sha256)? == Some(FileState::Ready)
+            && self.files_dir.join(&sha256).is_file())
+    }
+
+    /// Starts writing the file with this hash: records a DIRTY row (in a transaction) and
+    /// returns a temp path beside the final one. Fails if the hash is already stored.
+    pub fn begin_write(&mut self, sha256: &str, kind: FileKind) -> Result<PendingFile, StoreError> {
+        let sha256 = check_hash(sha256)?;
+        let transaction = self
+            .index
+            .transaction()
+            .map_err(index_error("begin write transaction"))?;
+        let state: Option<String> = transaction
+            .query_row(
+                "SELECT state FROM files WHERE sha256 = ?1",
+                params![sha256],
+                |row| row.get(0),
+            )
+            .optional()
+            .map_err(index_error("read file state"))?;
+        if state.as_deref() == Some(FileState::Ready.as_sql()) {
+            return Err(StoreError::AlreadyReady { sha256 });
+        }
+        transaction
+            .execute(
+                "INSERT OR REPLACE INTO files (sha256, state, size, last_used_ms, kind)
+                 VALUES (?1, 'DIRTY', 0, 0, ?2)",
+                params![sha256, kind.as_sql()],
+            )
+            .map_err(index_error("record DIRTY row"))?;
+        transaction
+            .commit()
+            .map_err(index_error("commit DIRTY row"))?;
+        self.next_temp_id += 1;
+        let temp_path = self.files_dir.join(format!(
+            "{sha256}.{}-{}{TEMP_SUFFIX}",
+            std::process::id(),
+            self.next_temp_id
+        ));
+        Ok(PendingFile { sha256, temp_path })
+    }
+
+    /// Finishes a write: re-hashes the temp file, and if it matches, fsyncs it, renames it to
+    /// `files/<sha256>`, fsyncs the directory and marks the row READY. On a mismatch or a
+    /// missing temp file the write is abandoned (temp file and DIRTY row removed).
+    pub fn commit(&mut self, pending: PendingFile, now_ms: u64) -> Result<FileEntry, StoreError> {
+        let temp_path = pending.temp_path.clone();
+        let hashed = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open(&temp_path)
+            .and_then(|mut file| {
+                let (actual, size) = hash_reader(&mut file)?;
+                Ok((file, actual, size))
+            });
+        let (file, actual, size) = match hashed {
+            Ok(hashed) => hashed,
+            Err(source) => {
+                self.abort(pending)?;
+                return Err(StoreError::Io {
+                    op: "read written file",
+                    path: temp_path,
+                    source,
+                });
+            }
+        };
+        if actual != pending.sha256 {
+            let expected = pending.sha256.clone();
+            self.abort(pending)?;
+            tracing::warn!(%expected, %actual, "written file has the wrong hash; discarded");
+            return Err(StoreError::HashMismatch {
+                expected,
+                actual,
+                path: temp_path,
+            });
+        }
+        file.sync_all().map_err(io_error("fsync", &temp_path))?;
+        drop(file);
+        let final_path = self.files_dir.join(&pending.sha256);
+        fs::rename(&temp_path, &final_path).map_err(io_error("rename into place", &temp_path))?;
+        sync_dir(&self.files_dir)?;
+        let kind: Option<String> = self
+            .index
+            .query_row(
+                "SELECT kind FROM files WHERE sha256 = ?1",
+                params![pending.sha256],
+                |row| row.get(0),
+            )
+            .optional()
+            .map_err(index_error("read file kind"))?;
+        let kind = kind
+            .as_deref()
+            .and_then(FileKind::from_sql)
+            .unwrap_or(FileKind::Module);
+        let transaction = self
+            .index
+            .transaction()
+            .map_err(index_error("begin commit transaction"))?;
+        transaction
+            .execute(
+                "INSERT OR REPLACE INTO files (sha256, state, size, last_used_ms, kind)
+                 VALUES (?1, 'READY', ?2, ?3, ?4)",
+                params![
+                    pending.sha256,
+                    to_sql_ms(size),
+                    to_sql_ms(now_ms),
+                    kind.as_sql()
+                ],
+            )
+            .map_err(index_error("mark READY"))?;
+        transaction
+            .commit()
+            .map_err(index_error("commit READY row"))?;
+        tracing::debug!(sha256 = %pending.sha256, size, "stored file");
+        Ok(FileEntry {
+            sha256: pending.sha256,
+            state: FileState::Ready,
+            size,
+            last_used_ms: now_ms,
+            kind,
+        })
+    }
+
+    /// Abandons a write: removes the temp file and the DIRTY row.
+    pub fn abort(&mut self, pending: PendingFile) -> Result<(), StoreError> {
+        remove_file_if_present(&pending.temp_path)?;
+        self.index
+            .execute(
+                "DELETE FROM files WHERE sha256 = ?1 AND state = 'DIRTY'",
+                params![pending.sha256],
+            )
+            .map_err(index_error("remove DIRTY row"))?;
+        Ok(())
+    }
+
+    /// Stores `bytes` under `sha256` (begin, write, commit). If the file is already stored it
+    /// is only touched.
+    pub fn insert_bytes(
+        &mut self,
+        sha256: &str,
+        kind: FileKind,
+        bytes: &[u8],
+        now_ms: u64,
+    ) -> Result<(), StoreError> {
+        if self.contains(sha256)? {
+            return self.touch(sha256, now_ms);
+        }
+        let pending = self.begin_write(sha256, kind)?;
+        let written = File::create(pending.temp_path())
+            .and_then(|mut file| file.write_all(bytes))
+            .map_err(io_error("write", pending.temp_path()));
+        if let Err(error) = written {
+            self.abort(pending)?;
+            return Err(error);
+        }
+        self.commit(pending, now_ms)?;
+        Ok(())
+    }
+
+    /// Reads a stored file and re-checks its hash. A mismatch removes the entry and fails with
+    /// [`StoreError::Corrupt`]; a missing file forgets the row ([`StoreError::FileMissing`]).
+    pub fn read(&mut self, sha256: &str) -> Result<Vec<u8>, StoreError> {
+        let sha256 = check_hash(sha256)?;
+        if self.state_of(&sha256)? != Some(FileState::Ready) {
+            return Err(StoreError::NotFound { sha256 });
+        }
+        let path = self.files_dir.join(&sha256);
+        let bytes = match fs::read(&path) {
+            Ok(bytes) => bytes,
+            Err(error) if error.kind() == io::ErrorKind::NotFound => {
+                self.delete_row(&sha256)?;
+                return Err(StoreError::FileMissing { sha256, path });
+            }
+            Err(source) => {
+                return Err(StoreError::Io {
+                    op: "read",
+                    path,
+                    source,
+                })
+            }
+        };
+        let actual = hex::encode(Sha256::digest(&bytes));
+        if actual != sha256 {
+            tracing::warn!(%sha256, %actual, "stored file is corrupt; removing it");
+            remove_file_if_present(&path)?;
+            self.delete_row(&sha256)?;
+            return Err(StoreError::Corrupt {
+                sha256,
+                actual,
+                path,
+            });
+        }
+        Ok(bytes)
+    }
+
+    /// Records that a stored file was used at `now_ms` (for LRU pruning).
+    pub fn touch(&mut self, sha256: &str, now_ms: u64) -> Result<(), StoreError> {
+        let sha256 = check_hash(sha256)?;
+        self.index
+            .execute(
+                "UPDATE files SET last_used_ms = ?2 WHERE sha256 = ?1 AND state = 'READY'",
+                params![sha256, to_sql_ms(now_ms)],
+            )
+            .map_err(index_error("touch"))?;
+        Ok(())
+    }
+
+    /// Replaces `app`'s pins with exactly `manifest_sha256` and `module_hashes`, and records
+    /// the app's manifest, in one transaction. Every hash must be READY, else nothing changes.
+    /// Call after a successful load only.
+    pub fn set_pins(
+        &mut self,
+        app: &str,
+        manifest_sha256: &str,
+        module_hashes: &[String],
+        fresh_at_ms: Option<u64>,
+        manifest_url: &str,
+        now_ms: u64,
+    ) -> Result<(), StoreError> {
+        let manifest_sha256 = check_hash(manifest_sha256)?;
+        let mut hashes = vec![manifest_sha256.clone()];
+        for hash in module_hashes {
+            hashes.push(check_hash(hash)?);
+        }
+        let transaction = self
+            .index
+            .transaction()
+            .map_err(index_error("begin pin transaction"))?;
+        for sha256 in &hashes {
+            let ready: bool = transaction
+                .query_row(
+                    "SELECT EXISTS (SELECT 1 FROM files WHERE sha256 = ?1 AND state = 'READY')",
+                    params![sha256],
+                    |row| row.get(0),
+                )
+                .map_err(index_error("check pinned file"))?;
+            if !ready {
+                return Err(StoreError::NotReady {
+                    sha256: sha256.clone(),
+                    app: app.to_owned(),
+                });
+            }
+        }
+        transaction
+            .execute("DELETE FROM pins WHERE app = ?1", params![app])
+            .map_err(index_error("clear pins"))?;
+        for sha256 in &hashes {
+            transaction
+                .execute(
+                    "INSERT OR IGNORE INTO pins (sha256, app) VALUES (?1, ?2)",
+                    params![sha256, app],
+                )
+                .map_err(index_error("insert pin"))?;
+        }
+        transaction
+            .execute(
+                "INSERT OR REPLACE INTO manifests
+                 (app, manifest_sha256, fresh_at_ms, manifest_url, loaded_at_ms)
+                 VALUES (?1, ?2, ?3, ?4, ?5)",
+                params![
+                    app,
+                    manifest_sha256,
+                    fresh_at_ms.map(to_sql_ms),
+                    manifest_url,
+                    to_sql_ms(now_ms)
+                ],
+            )
+            .map_err(index_error("record app manifest"))?;
+        transaction.commit().map_err(index_error("commit pins"))?;
+        Ok(())
+    }
+
+    /// The manifest `app` last loaded successfully, its bytes re-checked against its hash.
+    pub fn pinned_manifest(&mut self, app: &str) -> Result<Option<PinnedManifest>, StoreError> {
+        let record: Option<(String, Option<i64>, String, i64)> = self
+            .index
+            .query_row(
+                "SELECT manifest_sha256, fresh_at_ms, manifest_url, loaded_at_ms
+                 FROM manifests WHERE app = ?1",
+                params![app],
+                |row| Ok((row.get(0)?, row.get(1)?, row.get(2)?, row.get(3)?)),
+            )
+            .optional()
+            .map_err(index_error("read app manifest"))?;
+        let Some((sha256, fresh_at_ms, manifest_url, loaded_at_ms)) = record else {
+            return Ok(None);
+        };
+        let bytes = self.read(&sha256)?;
+        Ok(Some(PinnedManifest {
+            app: app.to_owned(),
+            sha256,
+            bytes,
+            fresh_at_ms: fresh_at_ms.map(from_sql_ms),
+            manifest_url,
+            loaded_at_ms: from_sql_ms(loaded_at_ms),
+        }))
+    }
+
+    /// Evicts least-recently-used READY files that no app pins until the READY files total at
+    /// most `budget_bytes`. Pinned files are never evicted.
+    pub fn prune(&mut self, budget_bytes: u64) -> Result<PruneReport, StoreError> {
+        let (total, pinned_bytes): (i64, i64) = self
+            .index
+            .query_row(
+                "SELECT COALESCE(SUM(size), 0),
+                        COALESCE(SUM(CASE WHEN sha256 IN (SELECT sha256 FROM pins)
+                                     THEN size ELSE 0 END), 0)
+                 FROM files WHERE state = 'READY'",
+                [],
+                |row| Ok((row.get(0)?, row.get(1)?)),
+            )
+            .map_err(index_error("sum file sizes"))?;
+        let mut remaining = from_sql_ms(total);
+        let mut report = PruneReport {
+            pinned_bytes: from_sql_ms(pinned_bytes),
+            ..PruneReport::default()
+        };
+        if remaining > budget_bytes {
+            let candidates: Vec<(String, u64)> = {
+                let mut statement = self
+                    .index
+                    .prepare(
+                        "SELECT sha256, size FROM files
+                         WHERE state = 'READY' AND sha256 NOT IN (SELECT sha256 FROM pins)
+                         ORDER BY last_used_ms ASC, sha256 ASC",
+                    )
+                    .map_err(index_error("list eviction candidates"))?;
+                let rows = statement
+                    .query_map([], |row| {
+                        Ok((row.get::<_, String>(0)?, from_sql_ms(row.get::<_, i64>(1)?)))
+                    })
+                    .map_err(index_error("list eviction candidates"))?;
+                rows.collect::<Result<_, _>>()
+                    .map_err(index_error("list eviction candidates"))?
+            };
+            for (sha256, size) in candidates {
+                if remaining <= budget_bytes {
+                    break;
+                }
+                remaining -= size;
+                report.freed_bytes += size;
+                report.evicted.push(sha256);
+            }
+            // Rows first: a crash before the files are removed leaves orphans, which the next
+            // open removes; never a READY row without its file being trusted.
+            let transaction = self
+                .index
+                .transaction()
+                .map_err(index_error("begin prune transaction"))?;
+            for sha256 in &report.evicted {
+                transaction
+                    .execute("DELETE FROM files WHERE sha256 = ?1", params![sha256])
+                    .map_err(index_error("evict row"))?;
+            }
+            transaction.commit().map_err(index_error("commit prune"))?;
+            for sha256 in &report.evicted {
+                remove_file_if_present(&self.files_dir.join(sha256))?;
+            }
+        }
+        report.remaining_bytes = remaining;
+        report.fits_budget = remaining <= budget_bytes;
+        if !report.evicted.is_empty() {
+            tracing::info!(
+                evicted = report.evicted.len(),
+                freed = report.freed_bytes,
+                "pruned store"
+            );
+        }
+        Ok(report)
+    }
+
+    /// All rows of the files table, by hash.
+    pub fn list(&self) -> Result<Vec<FileEntry>, StoreError> {
+        let mut statement = self
+            .index
+            .prepare("SELECT sha256, state, size, last_used_ms, kind FROM files ORDER BY sha256")
+            .map_err(index_error("list files"))?;
+        let rows = statement
+            .query_map([], |row| {
+                let state: String = row.get(1)?;
+                let kind: String = row.get(4)?;
+                Ok(FileEntry {
+                    sha256: row.get(0)?,
+                    state: FileState::from_sql(&state).unwrap_or(FileState::Dirty),
+                    size: from_sql_ms(row.get(2)?),
+                    last_used_ms: from_sql_ms(row.get(3)?),
+                    kind: FileKind::from_sql(&kind).unwrap_or(FileKind::Module),
+                })
+            })
+            .map_err(index_error("list files"))?;
+        rows.collect::<Result<_, _>>()
+            .map_err(index_error("list files"))
+    }
+
+    /// All pins, by app then hash.
+    pub fn pins(&self) -> Result<Vec<Pin>, StoreError> {
+        let mut statement = self
+            .index
+            .prepare("SELECT app, sha256 FROM pins ORDER BY app, sha256")
+            .map_err(index_error("list pins"))?;
+        let rows = statement
+            .query_map([], |row| {
+                Ok(Pin {
+                    app: row.get(0)?,
+                    sha256: row.get(1)?,
+                })
+            })
+            .map_err(index_error("list pins"))?;
+        rows.collect::<Result<_, _>>()
+            .map_err(index_error("list pins"))
+    }
+
+    /// Re-hashes every READY file; corrupt files are removed and missing ones forgotten.
+    pub fn verify_all(&mut self) -> Result<VerifyReport, StoreError> {
+        let mut report = VerifyReport::default();
+        for sha256 in self.hashes_in_state(FileState::Ready)? {
+            report.checked += 1;
+            let path = self.files_dir.join(&sha256);
+            match hash_file(&path) {
+                Ok((actual, _)) if actual == sha256 => {}
+                Ok((actual, _)) => {
+                    tracing::warn!(%sha256, %actual, "stored file is corrupt; removing it");
+                    remove_file_if_present(&path)?;
+                    self.delete_row(&sha256)?;
+                    report.corrupt_removed.push(sha256);
+                }
+                Err(error) if error.kind() == io::ErrorKind::NotFound => {
+                    self.delete_row(&sha256)?;
+                    report.missing_forgotten.push(sha256);
+                }
+                Err(source) => {
+                    return Err(StoreError::Io {
+                        op: "verify",
+                        path,
+                        source,
+                    })
+                }
+            }
+        }
+        Ok(report)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::test_support::sha256_hex;
+
+    fn open(dir: &Path, now_ms: u64) -> (Store, RecoveryReport) {
+        Store::open(dir, now_ms).unwrap()
+    }
+
+    fn put(store: &mut Store, bytes: &[u8], now_ms: u64) -> String {
+        let sha256 = sha256_hex(bytes);
+        store
+            .insert_bytes(&sha256, FileKind::Module, bytes, now_ms)
+            .unwrap();
+        sha256
+    }
+
+    fn files_on_disk(dir: &Path) -> Vec<String> {
+        let mut names: Vec<String> = fs::read_dir(dir.join(FILES_DIR))
+            .unwrap()
+            .map(|entry| entry.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        names.sort();
+        names
+    }
+
+    #[test]
+    fn store_handle_is_send() {
+        fn assert_send<T: Send>() {}
+        assert_send::<Store>();
+    }
+
+    #[test]
+    fn commit_then_read_returns_the_bytes_under_their_hash() {
+        let dir = tempfile::TempDir::new().unwrap();
+        let (mut store, report) = open(dir.path(), 1);
+        assert!(report.is_clean());
+        let bytes = b"module bytes".to_vec();
+        let sha256 = sha256_hex(&bytes);
+        assert!(!store.contains(&sha256).unwrap());
+        let pending = store
+            .begin_write(&sha256.to_uppercase(), FileKind::Module)
+            .unwrap();
+        assert_eq!(
+            pending.temp_path().parent(),
+            Some(dir.path().join(FILES_DIR).as_path())
+        );
+        assert_eq!(store.list().unwrap()[0].state, FileState::Dirty);
+        fs::write(pending.temp_path(), &bytes).unwrap();
+        let entry = store.commit(pending, 5).unwrap();
+        assert_eq!(entry.size, bytes.len() as u64);
+        assert!(store.contains(&sha256).unwrap());
+        assert_eq!(store.read(&sha256).unwrap(), bytes);
+        assert_eq!(fs::read(store.path(&sha256).unwrap()).unwrap(), bytes);
+        assert_eq!(files_on_disk(dir.path()), vec![sha256.clone()]);
+        assert!(matches!(
+            store.begin_write(&sha256, FileKind::Module),
+            Err(StoreError::AlreadyReady { .. })
+        ));
+    }
+
+    #[test]
+    fn commit_with_wrong_bytes_fails_and_leaves_nothing() {
+        let dir = tempfile::TempDir::new().unwrap();
+        let (mut store, _) = open(dir.path(), 1);
+        let sha256 = sha256_hex(b"expected");
+        let pending = store.begin_write(&sha256, FileKind::Module).unwrap();
+        fs::write(pending.temp_path(), b"something else").unwrap();
+        assert!(matches!(
+            store.commit(pending, 2),
+            Err(StoreError::HashMismatch { expected, .. }) if expected == sha256
+        ));
+        assert!(store.list().unwrap().is_empty());
+        assert!(files_on_disk(dir.path()).is_empty());
+    }
+
+    #[test]
+    fn read_rechecks_the_hash_and_removes_a_corrupt_file() {
+        let dir = tempfile::TempDir::new().unwrap();
+        let (mut store, _) = open(dir.path(), 1);
+        let sha256 = put(&mut store, b"original", 1);
+        fs::write(store.path(&sha256).unwrap(), b"flipped!").unwrap();
+        assert!(matches!(
+            store.read(&sha256),
+            Err(StoreError::Corrupt { sha256: reported, .. }) if reported == sha256
+        ));
+        assert!(!store.contains(&sha256).unwrap());
+        assert!(files_on_disk(dir.path()).is_empty());
+        assert!(matches!(
+            store.read(&sha256),
+            Err(StoreError::NotFound { .. })
+        ));
+    }
+
+    #[test]
+    fn path_rejects_non_hash_names() {
+        let dir = tempfile::TempDir::new().unwrap();
+        let (store, _) = open(dir.path(), 1);
+        assert!(matches!(
+            store.path("../index.sqlite"),
+            Err(StoreError::InvalidHash { .. })
+        ));
+    }
+
+    #[test]
+    fn reopen_after_crash_before_commit_removes_dirty_row_and_temp_file() {
+        let dir = tempfile::TempDir::new().unwrap();
+        let (mut store, _) = open(dir.path(), 1);
+        let kept = put(&mut store, b"kept", 1);
+        let sha256 = sha256_hex(b"interrupted");
+        let pending = store.begin_write(&sha256, FileKind::Module).unwrap();
+        fs::write(pending.temp_path(), b"interrupted").unwrap();
+        drop(pending);
+        drop(store);
+
+        let (store, report) = open(dir.path(), 2);
+        assert_eq!(report.dirty_removed, vec![sha256.clone()]);
+        assert_eq!(report.temp_files_removed.len(), 1);
+        assert_eq!(files_on_disk(dir.path()), vec![kept.clone()]);
+        let hashes: Vec<String> = store
+            .list()
+            .unwrap()
+            .into_iter()
+            .map(|e| e.sha256)
+            .collect();
+        assert_eq!(hashes, vec![kept]);
+    }
+
+    #[test]
+    fn reopen_after_crash_between_rename_and_index_update_removes_the_file() {
+        let dir = tempfile::TempDir::new().unwrap();
+        let (mut store, _) = open(dir.path(), 1);
+        let sha256 = sha256_hex(b"renamed but not indexed");
+        let pending = store.begin_write(&sha256, FileKind::Module).unwrap();
+        fs::write(pending.temp_path(), b"renamed but not indexed").unwrap();
+        let final_path = store.path(&sha256).unwrap();
+        fs::rename(pending.temp_path(), &final_path).unwrap();
+        drop(store);
+
+        let (mut store, report) = open(dir.path(), 2);
+        assert_eq!(report.dirty_removed, vec![sha256.clone()]);
+        assert!(!final_path.exists());
+        assert!(!store.contains(&sha256).unwrap());
+        // The hash can be written again after recovery.
+        let pending = store.begin_write(&sha256, FileKind::Module).unwrap();
+        fs::write(pending.temp_path(), b"renamed but not indexed").unwrap();
+        store.commit(pending, 3).unwrap();
+        assert!(store.contains(&sha256).unwrap());
+    }
+
+    #[test]
+    fn reopen_removes_orphan_files_and_forgets_rows_without_files() {
+        let dir = tempfile::TempDir::new().unwrap();
+        let (mut store, _) = open(dir.path(), 1);
+        let vanished = put(&mut store, b"vanishes", 1);
+        let kept = put(&mut store, b"kept", 1);
+        let truncated = put(&mut store, b"truncated later", 1);
+        drop(store);
+        let orphan = sha256_hex(b"orphan");
+        fs::write(dir.path().join(FILES_DIR).join(&orphan), b"orphan").unwrap();
+        fs::write(dir.path().join(FILES_DIR).join("junk.txt"), b"junk").unwrap();
+        fs::write(
+            dir.path().join(FILES_DIR).join(format!("x{TEMP_SUFFIX}")),
+            b"t",
+        )
+        .unwrap();
+        fs::remove_file(dir.path().join(FILES_DIR).join(&vanished)).unwrap();
+        fs::write(dir.path().join(FILES_DIR).join(&truncated), b"trunc").unwrap();
+
+        let (store, report) = open(dir.path(), 2);
+        let mut orphans = vec![orphan, "junk.txt".to_owned()];
+        orphans.sort();
+        assert_eq!(report.orphan_files_removed, orphans);
+        assert_eq!(report.temp_files_removed, vec![format!("x{TEMP_SUFFIX}")]);
+        assert_eq!(report.missing_files_forgotten, vec![vanished]);
+        assert_eq!(report.wrong_size_removed, vec![truncated]);
+        assert_eq!(files_on_disk(dir.path()), vec![kept.clone()]);
+        let hashes: Vec<String> = store
+            .list()
+            .unwrap()
+            .into_iter()
+            .map(|e| e.sha256)
+            .collect();
+        assert_eq!(hashes, vec![kept]);
+    }
+
+    #[test]
+    fn prune_evicts_least_recently_used_first_and_never_pinned_files() {
+        let dir = tempfile::TempDir::new().unwrap();
+        let (mut store, _) = open(dir.path(), 1);
+        // 10 bytes each.
+        let pinned_oldest = put(&mut store, b"pinned-000", 10);
+        let manifest = put(&mut store, b"manifest-0", 11);
+        let old = put(&mut store, b"unpinned-1", 20);
+        let middle = put(&mut store, b"unpinned-2", 30);
+        let recent = put(&mut store, b"unpinned-3", 40);
+        store.touch(&old, 50).unwrap(); // `old` is now the most recently used
+        store
+            .set_pins(
+                "app",
+                &manifest,
+                &[pinned_oldest.clone()],
+                Some(5),
+                "https://x/m",
+                60,
+            )
+            .unwrap();
+
+        let report = store.prune(30).unwrap();
+        assert_eq!(report.evicted, vec![middle.clone(), recent.clone()]);
+        assert_eq!(report.freed_bytes, 20);
+        assert_eq!(report.remaining_bytes, 30);
+        assert_eq!(report.pinned_bytes, 20);
+        assert!(report.fits_budget);
+        assert!(store.contains(&old).unwrap());
+
+        // A budget below the pinned bytes evicts everything else, never the pins.
+        let report = store.prune(0).unwrap();
+        assert_eq!(report.evicted, vec![old]);
+        assert!(!report.fits_budget);
+        assert!(store.contains(&pinned_oldest).unwrap());
+        assert!(store.contains(&manifest).unwrap());
+        let mut expected_files = vec![pinned_oldest, manifest];
+        expected_files.sort();
+        assert_eq!(files_on_disk(dir.path()), expected_files);
+    }
+
+    #[test]
+    fn set_pins_replaces_the_apps_pins_and_rejects_unstored_hashes() {
+        let dir = tempfile::TempDir::new().unwrap();
+        let (mut store, _) = open(dir.path(), 1);
+        let manifest_v1 = put(&mut store, b"manifest v1", 1);
+        let manifest_v2 = put(&mut store, b"manifest v2", 1);
+        let shared = put(&mut store, b"shared module", 1);
+        let old_only = put(&mut store, b"old module", 1);
+        store
+            .set_pins(
+                "a",
+                &manifest_v1,
+                &[shared.clone(), old_only.clone()],
+                Some(1),
+                "u1",
+                2,
+            )
+            .unwrap();
+        store
+            .set_pins("b", &manifest_v1, &[shared.clone()], None, "u1", 2)
+            .unwrap();
+        store
+            .set_pins("a", &manifest_v2, &[shared.clone()], Some(3), "u2", 4)
+            .unwrap();
+        let mut expected = vec![
+            Pin {
+                app: "a".into(),
+                sha256: manifest_v2.clone(),
+            },
+            Pin {
+                app: "a".into(),
+                sha256: shared.clone(),
+            },
+            Pin {
+                app: "b".into(),
+                sha256: manifest_v1.clone(),
+            },
+            Pin {
+                app: "b".into(),
+                sha256: shared.clone(),
+            },
+        ];
+        expected.sort();
+        assert_eq!(store.pins().unwrap(), expected);
+
+        let missing = sha256_hex(b"never stored");
+        assert!(matches!(
+            store.set_pins("a", &manifest_v1, &[missing], Some(9), "u3", 5),
+            Err(StoreError::NotReady { .. })
+        ));
+        assert_eq!(store.pins().unwrap(), expected);
+        let pinned = store.pinned_manifest("a").unwrap().unwrap();
+        assert_eq!(pinned.bytes, b"manifest v2");
+        assert_eq!(pinned.fresh_at_ms, Some(3));
+        assert_eq!(pinned.manifest_url, "u2");
+        assert_eq!(pinned.loaded_at_ms, 4);
+        assert!(store.pinned_manifest("nobody").unwrap().is_none());
+    }
+
+    #[test]
+    fn verify_all_removes_corrupt_files_and_forgets_missing_ones() {
+        let dir = tempfile::TempDir::new().unwrap();
+        let (mut store, _) = open(dir.path(), 1);
+        let good = put(&mut store, b"good", 1);
+        let corrupt = put(&mut store, b"corrupt", 1);
+        let missing = put(&mut store, b"missing", 1);
+        fs::write(store.path(&corrupt).unwrap(), b"CORRUPT").unwrap();
+        fs::remove_file(store.path(&missing).unwrap()).unwrap();
+        let report = store.verify_all().unwrap();
+        assert_eq!(report.checked, 3);
+        assert_eq!(report.corrupt_removed, vec![corrupt]);
+        assert_eq!(report.missing_forgotten, vec![missing]);
+        let hashes: Vec<String> = store
+            .list()
+            .unwrap()
+            .into_iter()
+            .map(|e| e.sha256)
+            .collect();
+        assert_eq!(hashes, vec![good]);
+    }
+
+    #[test]
+    fn open_clamps_last_used_times_from_the_future() {
+        let dir = tempfile::TempDir::new().unwrap();
+        let (mut store, _) = open(dir.path(), 1_000);
+        let sha256 = put(&mut store, b"future", 5_000);
+        drop(store);
+        let (store, _) = open(dir.path(), 2_000);
+        assert_eq!(store.list().unwrap()[0].last_used_ms, 2_000);
+        assert_eq!(store.list().unwrap()[0].sha256, sha256);
+    }
+}
