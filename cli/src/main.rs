@@ -1,1 +1,67 @@
-fn main() {}
+//! The `haul` command.
+//!
+//! Subcommands: `get` (verified, resumable downloads) and `demo` (the main job on a fresh
+//! machine: a built-in local origin, downloads with verification, progress and a summary).
+
+mod demo;
+mod exit;
+mod get;
+mod progress;
+mod units;
+
+use clap::{Parser, Subcommand};
+
+const AFTER_HELP: &str = "EXAMPLES:
+  haul demo
+  haul get https://example.org/big.iso --sha256 <hex>
+  haul get http://host/file.bin -o /tmp/file.bin --size 1048576
+  haul get http://host/a http://host/b -d downloads/
+
+Interrupted downloads resume when the same command runs again: haul keeps
+<dest>.haul-part and <dest>.haul-state beside the destination and continues
+with an HTTP Range request only if the server still has the same bytes.
+
+";
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "haul",
+    version,
+    about = "Fetch bytes over HTTP through failures, prove they are the right bytes, and put them in place atomically.",
+    after_help = format!("{AFTER_HELP}{}", exit::TABLE),
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Download files, verified (size, sha256) and committed atomically; resumable.
+    Get(get::GetArgs),
+    /// Start a built-in local origin and download generated assets from it.
+    Demo(demo::DemoArgs),
+}
+
+fn main() {
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("HAUL_LOG")
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
+        )
+        .with_writer(std::io::stderr)
+        .try_init();
+    let cli = match Cli::try_parse() {
+        Ok(c) => c,
+        Err(e) => {
+            let code = if e.use_stderr() { exit::USAGE } else { exit::OK };
+            let _ = e.print();
+            std::process::exit(code);
+        }
+    };
+    let code = match cli.command {
+        Command::Get(args) => get::run(args),
+        Command::Demo(args) => demo::run(args),
+    };
+    std::process::exit(code);
+}

@@ -1,0 +1,49 @@
+//! Exit codes: one per failure class, documented in `haul --help` and the README.
+
+use haul_core::{DownloadError, ErrorClass};
+
+/// Success.
+pub const OK: i32 = 0;
+/// Bad command line or invalid request.
+pub const USAGE: i32 = 2;
+/// Network failure after retries (connect, reset, timeout, truncation, protocol).
+pub const NETWORK: i32 = 3;
+/// The server answered with an error status.
+pub const HTTP_STATUS: i32 = 4;
+/// Verification failed: size, hash or signature.
+pub const VERIFICATION: i32 = 5;
+/// Unsafe or invalid archive, manifest or catalog.
+#[allow(dead_code)]
+pub const UNSAFE_INPUT: i32 = 6;
+/// Local I/O failure.
+pub const LOCAL_IO: i32 = 7;
+/// Interrupted (Ctrl-C); partial downloads are kept for resume.
+pub const INTERRUPTED: i32 = 130;
+
+/// The help text's table.
+pub const TABLE: &str = "EXIT CODES:
+  0  success
+  2  usage error (bad option, bad URL)
+  3  network failure after retries (connect, reset, timeout, truncated body)
+  4  HTTP error status (404, 403, 500 after retries, ...)
+  5  verification failed (size, sha256, signature); nothing is left at the destination
+  6  unsafe or invalid archive, manifest or catalog
+  7  local I/O failure (disk full, permissions)
+  130 interrupted; partial downloads are kept and the same command resumes them";
+
+/// The exit code for a download failure.
+pub fn for_download(e: &DownloadError) -> i32 {
+    match e.class() {
+        ErrorClass::Network => NETWORK,
+        ErrorClass::HttpStatus => HTTP_STATUS,
+        ErrorClass::Verification => VERIFICATION,
+        ErrorClass::LocalIo => LOCAL_IO,
+        ErrorClass::Usage => USAGE,
+        ErrorClass::Cancelled => INTERRUPTED,
+    }
+}
+
+/// The code of the first failure, in the order the downloads were given.
+pub fn combine(codes: impl IntoIterator<Item = i32>) -> i32 {
+    codes.into_iter().find(|c| *c != OK).unwrap_or(OK)
+}

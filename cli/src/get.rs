@@ -1,0 +1,166 @@
+//! `haul get`: download one or more URLs.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::Args;
+use haul_blocking::Client;
+use haul_core::{Config, Download, LowSpeedLimit};
+
+use crate::exit;
+use crate::progress::{Mode, Reporter};
+use crate::units::parse_size;
+
+/// Options of `haul get`.
+#[derive(Args, Debug, Clone)]
+pub struct GetArgs {
+    /// URLs to download (http or https).
+    #[arg(required = true, value_name = "URL")]
+    pub urls: Vec<String>,
+    /// Write to this path (one URL only).
+    #[arg(short = 'o', long = "output", value_name = "PATH", conflicts_with = "dir")]
+    pub output: Option<PathBuf>,
+    /// Write into this directory; names come from Content-Disposition or the URL.
+    #[arg(short = 'd', long = "dir", value_name = "DIR")]
+    pub dir: Option<PathBuf>,
+    /// Expected SHA-256 (64 hex digits); a mismatch leaves nothing at the destination.
+    #[arg(long, value_name = "HEX")]
+    pub sha256: Option<String>,
+    /// Expected exact size (e.g. 1048576, 64K, 1.5M).
+    #[arg(long, value_name = "BYTES", value_parser = parse_size)]
+    pub size: Option<u64>,
+    /// Refuse bodies larger than this, checked as bytes arrive.
+    #[arg(long = "max-size", value_name = "BYTES", value_parser = parse_size)]
+    pub max_size: Option<u64>,
+    /// Extra request header, e.g. -H 'Authorization: Bearer x' (repeatable). Authorization
+    /// and Cookie are not forwarded when a redirect leaves the origin.
+    #[arg(short = 'H', long = "header", value_name = "NAME: VALUE")]
+    pub headers: Vec<String>,
+    /// Seconds to establish a connection.
+    #[arg(long = "connect-timeout", value_name = "S", default_value_t = 15.0)]
+    pub connect_timeout: f64,
+    /// Seconds without receiving a byte before the attempt fails.
+    #[arg(long = "idle-timeout", value_name = "S", default_value_t = 30.0)]
+    pub idle_timeout: f64,
+    /// Minimum rate in bytes/s over --low-speed-time, else the attempt fails (0 = off).
+    #[arg(long = "low-speed-limit", value_name = "BYTES", value_parser = parse_size, default_value = "1K")]
+    pub low_speed_limit: u64,
+    /// Window in seconds for --low-speed-limit.
+    #[arg(long = "low-speed-time", value_name = "S", default_value_t = 60.0)]
+    pub low_speed_time: f64,
+    /// Attempts after the first one for retryable failures.
+    #[arg(long, value_name = "N", default_value_t = 5)]
+    pub retries: u32,
+    /// No retry starts later than this many seconds after the start.
+    #[arg(long = "retry-max-time", value_name = "S", default_value_t = 300.0)]
+    pub retry_max_time: f64,
+    /// Print nothing but errors.
+    #[arg(short, long)]
+    pub quiet: bool,
+    /// Print events as JSON lines on stdout.
+    #[arg(long)]
+    pub json: bool,
+}
+
+fn secs(name: &str, s: f64) -> Result<Duration, String> {
+    if s.is_finite() && s > 0.0 {
+        Ok(Duration::from_secs_f64(s))
+    } else {
+        Err(format!("--{name} must be a positive number of seconds, got {s}"))
+    }
+}
+
+impl GetArgs {
+    fn config(&self) -> Result<Config, String> {
+        let mut c = Config {
+            connect_timeout: secs("connect-timeout", self.connect_timeout)?,
+            idle_timeout: secs("idle-timeout", self.idle_timeout)?,
+            low_speed: (self.low_speed_limit > 0)
+                .then(|| {
+                    secs("low-speed-time", self.low_speed_time).map(|window| LowSpeedLimit {
+                        bytes_per_sec: self.low_speed_limit,
+                        window,
+                    })
+                })
+                .transpose()?,
+            ..Config::default()
+        };
+        c.retry.max_attempts = self.retries.saturating_add(1);
+        c.retry.max_elapsed = secs("retry-max-time", self.retry_max_time)?;
+        c.validate().map_err(|e| e.to_string())?;
+        Ok(c)
+    }
+
+    fn downloads(&self) -> Result<Vec<Download>, String> {
+        if self.output.is_some() && self.urls.len() > 1 {
+            return Err("-o names one file; use -d DIR for several URLs".into());
+        }
+        if self.sha256.is_some() && self.urls.len() > 1 {
+            return Err("--sha256 applies to one URL; give one URL per command".into());
+        }
+        let mut headers = Vec::new();
+        for h in &self.headers {
+            let (name, value) = h
+                .split_once(':')
+                .ok_or_else(|| format!("header {h:?} must look like 'Name: value'"))?;
+            headers.push((name.trim().to_string(), value.trim().to_string()));
+        }
+        let mut out = Vec::new();
+        for url in &self.urls {
+            let mut d = match (&self.output, &self.dir) {
+                (Some(o), _) => Download::new(url, o.clone()),
+                (None, Some(d)) => Download::into_dir(url, d.clone()),
+                (None, None) => Download::into_dir(url, PathBuf::from(".")),
+            }
+            .map_err(|e| e.to_string())?;
+            if let Some(h) = &self.sha256 {
+                d = d.sha256(h).map_err(|e| e.to_string())?;
+            }
+            if let Some(s) = self.size {
+                d = d.size(s);
+            }
+            if let Some(m) = self.max_size {
+                d = d.max_size(m);
+            }
+            for (n, v) in &headers {
+                d = d.header(n, v);
+            }
+            out.push(d);
+        }
+        Ok(out)
+    }
+}
+
+/// Run `haul get`; returns the exit code.
+pub fn run(args: GetArgs) -> i32 {
+    let (config, downloads) = match args.config().and_then(|c| Ok((c, args.downloads()?))) {
+        Ok(x) => x,
+        Err(msg) => {
+            eprintln!("haul get: {msg}");
+            return exit::USAGE;
+        }
+    };
+    let client = match Client::new(config) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("haul get: {e}");
+            return exit::USAGE;
+        }
+    };
+    let cancel = client.cancel_handle();
+    let _ = ctrlc::set_handler(move || cancel.cancel());
+    let mode = Mode::choose(args.json, args.quiet);
+    let mut reporter = Reporter::new(mode, downloads.len());
+    let results = client.download_many(downloads, |ev| reporter.event(ev));
+    let ok = results.iter().filter(|r| r.is_ok()).count();
+    let bytes = results
+        .iter()
+        .filter_map(|r| r.as_ref().ok())
+        .map(|o| o.bytes_fetched)
+        .sum();
+    reporter.summary(ok, results.len() - ok, bytes);
+    exit::combine(results.iter().map(|r| match r {
+        Ok(_) => exit::OK,
+        Err(e) => exit::for_download(e),
+    }))
+}

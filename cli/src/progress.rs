@@ -1,0 +1,288 @@
+//! Showing what the engine does: progress bars on a terminal, JSON lines with `--json`,
+//! nothing with `--quiet`, plain lines otherwise.
+
+use std::collections::BTreeMap;
+use std::io::{IsTerminal, Write};
+use std::time::{Duration, Instant};
+
+use haul_core::{DownloadError, Event, JobId, Outcome};
+use indicatif::{MultiProgress, ProgressBar, ProgressDrawTarget, ProgressStyle};
+use serde_json::json;
+
+use crate::units::{human_bytes, human_rate};
+
+/// How output is shown.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Mode {
+    /// Progress bars (stderr is a terminal).
+    Bars,
+    /// One line per finished download (not a terminal).
+    Plain,
+    /// JSON lines on stdout.
+    Json,
+    /// Errors only.
+    Quiet,
+}
+
+impl Mode {
+    /// Pick from the flags and whether stderr is a terminal.
+    pub fn choose(json: bool, quiet: bool) -> Mode {
+        if json {
+            Mode::Json
+        } else if quiet {
+            Mode::Quiet
+        } else if std::io::stderr().is_terminal() {
+            Mode::Bars
+        } else {
+            Mode::Plain
+        }
+    }
+}
+
+struct JobView {
+    label: String,
+    bar: Option<ProgressBar>,
+    last_json: Option<Instant>,
+    bytes: u64,
+}
+
+/// Renders events.
+pub struct Reporter {
+    mode: Mode,
+    multi: Option<MultiProgress>,
+    overall: Option<ProgressBar>,
+    jobs: BTreeMap<JobId, JobView>,
+    started: Instant,
+    total_jobs: usize,
+    done_jobs: usize,
+}
+
+const JSON_PROGRESS_EVERY: Duration = Duration::from_millis(200);
+
+impl Reporter {
+    /// A reporter for `total_jobs` downloads.
+    pub fn new(mode: Mode, total_jobs: usize) -> Reporter {
+        let (multi, overall) = if mode == Mode::Bars {
+            let multi = MultiProgress::with_draw_target(ProgressDrawTarget::stderr_with_hz(10));
+            let overall = (total_jobs > 1).then(|| {
+                let b = multi.add(ProgressBar::new(total_jobs as u64));
+                b.set_style(
+                    ProgressStyle::with_template("{prefix:>8} [{bar:30}] {pos}/{len} files {msg}")
+                        .expect("template")
+                        .progress_chars("=> "),
+                );
+                b.set_prefix("total");
+                b
+            });
+            (Some(multi), overall)
+        } else {
+            (None, None)
+        };
+        Reporter {
+            mode,
+            multi,
+            overall,
+            jobs: BTreeMap::new(),
+            started: Instant::now(),
+            total_jobs,
+            done_jobs: 0,
+        }
+    }
+
+    fn emit_json(&self, v: serde_json::Value) {
+        let mut out = std::io::stdout().lock();
+        let _ = writeln!(out, "{v}");
+    }
+
+    /// Show one event.
+    pub fn event(&mut self, ev: &Event) {
+        match ev {
+            Event::Started { job, url } => {
+                let label = url
+                    .rsplit('/')
+                    .find(|s| !s.is_empty())
+                    .unwrap_or(url)
+                    .chars()
+                    .take(40)
+                    .collect::<String>();
+                let bar = self.multi.as_ref().map(|m| {
+                    let b = m.add(ProgressBar::new_spinner());
+                    b.set_style(bar_style(false));
+                    b.set_prefix(label.clone());
+                    b
+                });
+                self.jobs.insert(
+                    *job,
+                    JobView {
+                        label,
+                        bar,
+                        last_json: None,
+                        bytes: 0,
+                    },
+                );
+                if self.mode == Mode::Json {
+                    self.emit_json(json!({"event": "started", "job": job.0, "url": url}));
+                }
+            }
+            Event::Resuming { job, offset } => {
+                if self.mode == Mode::Json {
+                    self.emit_json(json!({"event": "resuming", "job": job.0, "offset": offset}));
+                }
+            }
+            Event::Redirected {
+                job,
+                status,
+                from,
+                to,
+            } => {
+                if self.mode == Mode::Json {
+                    self.emit_json(json!({"event": "redirected", "job": job.0, "status": status, "from": from, "to": to}));
+                }
+            }
+            Event::Response {
+                job,
+                status,
+                total,
+                offset,
+            } => {
+                if let Some(v) = self.jobs.get_mut(job) {
+                    if let (Some(b), Some(t)) = (&v.bar, total) {
+                        b.set_style(bar_style(true));
+                        b.set_length(*t);
+                        b.set_position(*offset);
+                        b.reset_eta();
+                    }
+                }
+                if self.mode == Mode::Json {
+                    self.emit_json(json!({"event": "response", "job": job.0, "status": status, "total": total, "offset": offset}));
+                }
+            }
+            Event::Progress { job, bytes, total } => {
+                let Some(v) = self.jobs.get_mut(job) else {
+                    return;
+                };
+                v.bytes = *bytes;
+                if let Some(b) = &v.bar {
+                    b.set_position(*bytes);
+                }
+                if self.mode == Mode::Json {
+                    let now = Instant::now();
+                    let due = v
+                        .last_json
+                        .is_none_or(|t| now.duration_since(t) >= JSON_PROGRESS_EVERY);
+                    if due {
+                        v.last_json = Some(now);
+                        self.emit_json(json!({"event": "progress", "job": job.0, "bytes": bytes, "total": total}));
+                    }
+                }
+            }
+            Event::Retrying {
+                job,
+                attempt,
+                delay,
+                error,
+            } => {
+                if let Some(v) = self.jobs.get(job) {
+                    let msg = format!("retry {attempt} in {:.1}s: {error}", delay.as_secs_f64());
+                    match (&v.bar, self.mode) {
+                        (Some(b), _) => b.set_message(msg),
+                        (None, Mode::Plain) => eprintln!("{}: {msg}", v.label),
+                        _ => {}
+                    }
+                }
+                if self.mode == Mode::Json {
+                    self.emit_json(json!({"event": "retrying", "job": job.0, "attempt": attempt, "delay_ms": delay.as_millis() as u64, "error": error.to_string()}));
+                }
+            }
+            Event::Finished { job, result } => self.finished(*job, result),
+        }
+    }
+
+    fn finished(&mut self, job: JobId, result: &Result<Outcome, DownloadError>) {
+        self.done_jobs += 1;
+        if let Some(o) = &self.overall {
+            o.set_position(self.done_jobs as u64);
+        }
+        let view = self.jobs.remove(&job);
+        if let Some(b) = view.as_ref().and_then(|v| v.bar.as_ref()) {
+            b.finish_and_clear();
+            if let Some(m) = &self.multi {
+                m.remove(b);
+            }
+        }
+        let label = view.map(|v| v.label).unwrap_or_default();
+        match (self.mode, result) {
+            (Mode::Json, Ok(o)) => self.emit_json(json!({
+                "event": "finished", "job": job.0, "ok": true, "path": o.path, "size": o.size,
+                "sha256": o.sha256_hex(), "resumed_from": o.resumed_from, "fetched": o.bytes_fetched,
+                "attempts": o.attempts, "seconds": o.elapsed.as_secs_f64(), "rate": o.average_rate(),
+                "url": o.final_url,
+            })),
+            (Mode::Json, Err(e)) => self.emit_json(json!({
+                "event": "finished", "job": job.0, "ok": false, "error": e.to_string(),
+                "class": format!("{:?}", e.class()), "retryable": e.retryable(),
+                "exit_code": crate::exit::for_download(e),
+            })),
+            (Mode::Bars | Mode::Plain, Ok(o)) => {
+                let line = format!(
+                    "saved {} ({}, sha256 {}) in {:.2}s at {}{}",
+                    o.path.display(),
+                    human_bytes(o.size),
+                    o.sha256_hex(),
+                    o.elapsed.as_secs_f64(),
+                    human_rate(o.average_rate()),
+                    if o.resumed_from > 0 {
+                        format!(", resumed after {}", human_bytes(o.resumed_from))
+                    } else {
+                        String::new()
+                    }
+                );
+                self.println(&line);
+            }
+            (_, Err(e)) => self.println(&format!("haul: {label}: {e}")),
+            (Mode::Quiet, Ok(_)) => {}
+        }
+    }
+
+    fn println(&self, line: &str) {
+        match &self.multi {
+            Some(m) => {
+                let _ = m.println(line);
+            }
+            None => eprintln!("{line}"),
+        }
+    }
+
+    /// A closing summary for several downloads.
+    pub fn summary(&self, ok: usize, failed: usize, bytes: u64) {
+        if let Some(o) = &self.overall {
+            o.finish_and_clear();
+        }
+        let secs = self.started.elapsed().as_secs_f64();
+        let rate = if secs > 0.0 { bytes as f64 / secs } else { 0.0 };
+        match self.mode {
+            Mode::Json => self.emit_json(json!({
+                "event": "summary", "ok": ok, "failed": failed, "bytes": bytes, "seconds": secs,
+                "rate": rate, "jobs": self.total_jobs,
+            })),
+            Mode::Bars | Mode::Plain if self.total_jobs > 1 => eprintln!(
+                "{ok} of {} downloads verified, {failed} failed, {} in {secs:.2}s ({})",
+                self.total_jobs,
+                human_bytes(bytes),
+                human_rate(rate)
+            ),
+            _ => {}
+        }
+    }
+}
+
+fn bar_style(known_length: bool) -> ProgressStyle {
+    let t = if known_length {
+        "{prefix:>20.cyan} [{bar:30}] {bytes}/{total_bytes} {bytes_per_sec} eta {eta} {msg}"
+    } else {
+        "{prefix:>20.cyan} {spinner} {bytes} {bytes_per_sec} {msg}"
+    };
+    ProgressStyle::with_template(t)
+        .expect("template")
+        .progress_chars("=> ")
+}
