@@ -149,6 +149,10 @@ pub enum InstallError {
         reason: String,
     },
 
+    /// A configuration file of haul's own (e.g. `repositories.json`) that cannot be read.
+    #[error("bad configuration file {path:?}: {reason}")]
+    BadConfig { path: PathBuf, reason: String },
+
     /// A name used to build a path (extension id, repository URL, ...) that is unusable.
     #[error("bad {what} {value:?}: {reason}")]
     BadName {

@@ -64,7 +64,6 @@ pub use names::{check_component, MAX_COMPONENT_LEN};
 pub use stage::{Committed, StageStats, Staged};
 pub use validate::{EntryInfo, EntryKind, ValidatedArchive};
 
-pub(crate) use names::check_entry_name;
 pub(crate) use stage::read_magic;
 
 use crate::error::InstallError;
