@@ -4,8 +4,6 @@
 //! type ([`crate::store::StoreError`]) and are wrapped here; fetch failures come from the engine
 //! as [`crate::loader::FetchError`].
 
-use url::Url;
-
 use crate::loader::FetchError;
 use crate::store::StoreError;
 
@@ -87,7 +85,7 @@ pub enum ModuleError {
     /// Fetching the manifest failed.
     #[error("fetching manifest {url} failed: {source}")]
     ManifestFetch {
-        url: Url,
+        url: String,
         #[source]
         source: FetchError,
     },
@@ -96,7 +94,7 @@ pub enum ModuleError {
     #[error("fetching module {id:?} from {url} failed: {source}")]
     ModuleFetch {
         id: String,
-        url: Url,
+        url: String,
         #[source]
         source: FetchError,
     },

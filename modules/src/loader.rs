@@ -564,7 +564,7 @@ impl<F: Fetcher> Loader<F> {
             .fetcher
             .fetch_manifest(&request.manifest_url, MANIFEST_MAX_BYTES as u64)
             .map_err(|source| ModuleError::ManifestFetch {
-                url: request.manifest_url.clone(),
+                url: request.manifest_url.to_string(),
                 source,
             })?;
         let candidate = Candidate::verified(
@@ -810,7 +810,7 @@ impl<F: Fetcher> Loader<F> {
                     }
                     Err(ModuleError::ModuleFetch {
                         id: item.id.to_string(),
-                        url: item.url.clone(),
+                        url: item.url.to_string(),
                         source,
                     })
                 }
@@ -1003,4 +1003,602 @@ fn read_capped(path: &Path, max: u64) -> Result<Option<Vec<u8>>, String> {
     std::fs::read(path)
         .map(Some)
         .map_err(|error| error.to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::Pin;
+    use crate::test_support::{ed25519_signer, manifest_json, sha256_hex, ModuleSpec, Signer};
+    use std::sync::atomic::AtomicBool;
+    use std::time::{Duration, Instant};
+
+    /// An in-memory engine: serves registered bytes by URL, records every call, and can fail
+    /// or hold back chosen downloads. It does not verify hashes, so tampering reaches the
+    /// loader's own check.
+    #[derive(Default)]
+    struct FakeFetcher {
+        manifests: Mutex<HashMap<String, Result<Vec<u8>, FetchError>>>,
+        modules: Mutex<HashMap<String, Vec<u8>>>,
+        module_failure: Mutex<Option<FetchError>>,
+        manifest_calls: AtomicUsize,
+        fetched_hashes: Mutex<Vec<String>>,
+        /// Jobs for this hash block until `gate_open`.
+        gated_hash: Mutex<Option<String>>,
+        gate_entered: AtomicBool,
+        gate_open: Mutex<bool>,
+        gate_changed: Condvar,
+    }
+
+    impl FakeFetcher {
+        fn serve_manifest(&self, url: &Url, raw: &[u8]) {
+            lock(&self.manifests).insert(url.to_string(), Ok(raw.to_vec()));
+        }
+
+        fn fail_manifest(&self, url: &Url, error: FetchError) {
+            lock(&self.manifests).insert(url.to_string(), Err(error));
+        }
+
+        fn serve_module(&self, url: Url, bytes: &[u8]) {
+            lock(&self.modules).insert(url.to_string(), bytes.to_vec());
+        }
+
+        fn manifest_calls(&self) -> usize {
+            self.manifest_calls.load(Ordering::SeqCst)
+        }
+
+        fn fetched(&self) -> Vec<String> {
+            lock(&self.fetched_hashes).clone()
+        }
+
+        fn open_gate(&self) {
+            *lock(&self.gate_open) = true;
+            self.gate_changed.notify_all();
+        }
+    }
+
+    impl Fetcher for FakeFetcher {
+        fn fetch_manifest(&self, url: &Url, max_bytes: u64) -> Result<Vec<u8>, FetchError> {
+            self.manifest_calls.fetch_add(1, Ordering::SeqCst);
+            let served = lock(&self.manifests)
+                .get(url.as_str())
+                .cloned()
+                .unwrap_or_else(|| Err(FetchError::content(format!("404 for {url}"))))?;
+            assert!(served.len() as u64 <= max_bytes);
+            Ok(served)
+        }
+
+        fn fetch_modules(&self, jobs: Vec<ModuleFetch>) -> Vec<Result<(), FetchError>> {
+            let gated = lock(&self.gated_hash).clone();
+            if jobs.iter().any(|job| Some(&job.sha256) == gated.as_ref()) {
+                self.gate_entered.store(true, Ordering::SeqCst);
+                let mut open = lock(&self.gate_open);
+                while !*open {
+                    open = self.gate_changed.wait(open).unwrap();
+                }
+            }
+            jobs.into_iter()
+                .map(|job| {
+                    lock(&self.fetched_hashes).push(job.sha256.clone());
+                    if let Some(error) = lock(&self.module_failure).clone() {
+                        return Err(error);
+                    }
+                    let bytes = lock(&self.modules)
+                        .get(job.url.as_str())
+                        .cloned()
+                        .ok_or_else(|| FetchError::content(format!("404 for {}", job.url)))?;
+                    std::fs::write(&job.dest, bytes)
+                        .map_err(|error| FetchError::content(error.to_string()))
+                })
+                .collect()
+        }
+    }
+
+    struct World {
+        _dir: tempfile::TempDir,
+        embedded_dir: PathBuf,
+        loader: Loader<Arc<FakeFetcher>>,
+        fetcher: Arc<FakeFetcher>,
+        signer: Signer,
+    }
+
+    fn world() -> World {
+        let dir = tempfile::TempDir::new().unwrap();
+        let (store, _) = Store::open(&dir.path().join("store"), 0).unwrap();
+        let embedded_dir = dir.path().join("embedded");
+        std::fs::create_dir_all(&embedded_dir).unwrap();
+        let fetcher = Arc::new(FakeFetcher::default());
+        World {
+            loader: Loader::new(store, Arc::clone(&fetcher)),
+            fetcher,
+            embedded_dir,
+            _dir: dir,
+            signer: ed25519_signer("release", 42),
+        }
+    }
+
+    fn manifest_url(app: &str) -> Url {
+        Url::parse(&format!("https://apps.test/{app}/manifest.json")).unwrap()
+    }
+
+    impl World {
+        fn request(&self, app: &str, now_ms: u64) -> LoadRequest {
+            LoadRequest {
+                app: app.to_owned(),
+                manifest_url: manifest_url(app),
+                trusted_keys: vec![self.signer.trusted()],
+                embedded_dir: None,
+                allow_rollback: false,
+                freshness_window_ms: 0,
+                now_ms,
+                module_max_bytes: 1 << 20,
+            }
+        }
+
+        /// Serves a signed manifest for `app` and its modules; returns the manifest bytes.
+        fn publish(&self, app: &str, modules: &[ModuleSpec], fresh_at: u64) -> Vec<u8> {
+            let raw = manifest_json(modules, Some(fresh_at), &[&self.signer]);
+            self.fetcher.serve_manifest(&manifest_url(app), &raw);
+            let manifest = Manifest::parse(&raw).unwrap();
+            for module in modules {
+                let url = manifest.module_url(&module.id, &manifest_url(app)).unwrap();
+                self.fetcher.serve_module(url, &module.bytes);
+            }
+            raw
+        }
+
+        fn pins(&self) -> Vec<Pin> {
+            self.loader.with_store(|store| store.pins().unwrap())
+        }
+
+        fn stored(&self, sha256: &str) -> bool {
+            self.loader
+                .with_store(|store| store.contains(sha256).unwrap())
+        }
+    }
+
+    fn kotlin() -> ModuleSpec {
+        ModuleSpec::new("./kotlin_kotlin.js", b"kotlin stdlib bytecode", &[])
+    }
+
+    fn app_module(name: &str, version: &str) -> ModuleSpec {
+        ModuleSpec::new(
+            &format!("./{name}.js"),
+            format!("{name} code {version}").as_bytes(),
+            &["./kotlin_kotlin.js"],
+        )
+    }
+
+    fn sources(result: &LoadResult) -> Vec<(String, ModuleSource)> {
+        result
+            .modules
+            .iter()
+            .map(|module| (module.id.to_string(), module.source))
+            .collect()
+    }
+
+    #[test]
+    fn network_load_verifies_orders_stores_and_pins_the_modules() {
+        let world = world();
+        let modules = [kotlin(), app_module("news", "v1")];
+        let raw = world.publish("news", &modules, 100);
+        let result = world.loader.load(&world.request("news", 1_000)).unwrap();
+        assert_eq!(result.manifest_source, LoadSource::Network);
+        assert_eq!(result.verified_by, "release");
+        assert_eq!(result.main_module_id, Some(ModuleId::from("./news.js")));
+        assert_eq!(result.main_function.as_deref(), Some("com.example.main"));
+        assert_eq!(result.version.as_deref(), Some("test-1"));
+        assert_eq!(
+            sources(&result),
+            vec![
+                ("./kotlin_kotlin.js".to_owned(), ModuleSource::Network),
+                ("./news.js".to_owned(), ModuleSource::Network)
+            ]
+        );
+        for (loaded, spec) in result.modules.iter().zip(&modules) {
+            assert_eq!(std::fs::read(&loaded.path).unwrap(), spec.bytes);
+        }
+        let mut expected: Vec<Pin> = [sha256_hex(&raw), modules[0].sha256(), modules[1].sha256()]
+            .into_iter()
+            .map(|sha256| Pin {
+                app: "news".into(),
+                sha256,
+            })
+            .collect();
+        expected.sort();
+        assert_eq!(world.pins(), expected);
+    }
+
+    #[test]
+    fn two_apps_sharing_a_module_download_and_store_it_once() {
+        let world = world();
+        world.publish("news", &[kotlin(), app_module("news", "v1")], 100);
+        world.publish("mail", &[kotlin(), app_module("mail", "v1")], 100);
+        world.loader.load(&world.request("news", 1_000)).unwrap();
+        let mail = world.loader.load(&world.request("mail", 1_001)).unwrap();
+        assert_eq!(mail.modules[0].source, ModuleSource::Store);
+        assert_eq!(mail.modules[1].source, ModuleSource::Network);
+        let kotlin_hash = kotlin().sha256();
+        let fetched = world.fetcher.fetched();
+        assert_eq!(
+            fetched.iter().filter(|hash| **hash == kotlin_hash).count(),
+            1
+        );
+        let files = world.loader.with_store(|store| store.list().unwrap());
+        // two manifests, kotlin once, one module per app
+        assert_eq!(files.len(), 5);
+        let pinned_by: Vec<String> = world
+            .pins()
+            .into_iter()
+            .filter(|pin| pin.sha256 == kotlin_hash)
+            .map(|pin| pin.app)
+            .collect();
+        assert_eq!(pinned_by, vec!["mail".to_owned(), "news".to_owned()]);
+    }
+
+    #[test]
+    fn tampered_module_fails_the_load_and_keeps_the_old_pins() {
+        let world = world();
+        world.publish("news", &[kotlin(), app_module("news", "v1")], 100);
+        world.loader.load(&world.request("news", 1_000)).unwrap();
+        let pins_before = world.pins();
+
+        let v2 = app_module("news", "v2");
+        let raw = world.publish("news", &[kotlin(), v2.clone()], 200);
+        let url = Manifest::parse(&raw)
+            .unwrap()
+            .module_url(&v2.id, &manifest_url("news"))
+            .unwrap();
+        world.fetcher.serve_module(url, b"evil bytes");
+        let error = world
+            .loader
+            .load(&world.request("news", 2_000))
+            .unwrap_err();
+        assert!(
+            matches!(
+                &error,
+                ModuleError::ModuleCommit { id, source: StoreError::HashMismatch { .. } }
+                    if id == "./news.js"
+            ),
+            "{error:?}"
+        );
+        assert!(!error.is_network());
+        assert_eq!(world.pins(), pins_before);
+        assert!(!world.stored(&v2.sha256()));
+        assert!(!world.stored(&sha256_hex(b"evil bytes")));
+    }
+
+    #[test]
+    fn oversized_module_is_rejected() {
+        let world = world();
+        world.publish("news", &[kotlin(), app_module("news", "v1")], 100);
+        let mut request = world.request("news", 1_000);
+        request.module_max_bytes = 5;
+        let error = world.loader.load(&request).unwrap_err();
+        assert!(
+            matches!(error, ModuleError::ModuleTooLarge { max: 5, .. }),
+            "{error:?}"
+        );
+        assert!(world.pins().is_empty());
+    }
+
+    #[test]
+    fn manifest_network_failure_falls_back_to_the_pinned_manifest() {
+        let world = world();
+        let raw = world.publish("news", &[kotlin(), app_module("news", "v1")], 100);
+        world.loader.load(&world.request("news", 1_000)).unwrap();
+        world.fetcher.fail_manifest(
+            &manifest_url("news"),
+            FetchError::network("connection refused"),
+        );
+        let result = world.loader.load(&world.request("news", 9_000)).unwrap();
+        match &result.manifest_source {
+            LoadSource::PinnedFallback { reason } => {
+                assert!(reason.contains("connection refused"), "{reason}")
+            }
+            other => panic!("expected a pinned fallback, got {other:?}"),
+        }
+        assert_eq!(result.manifest_sha256, sha256_hex(&raw));
+        assert!(result
+            .modules
+            .iter()
+            .all(|module| module.source == ModuleSource::Store));
+        assert_eq!(world.fetcher.manifest_calls(), 2);
+    }
+
+    #[test]
+    fn module_network_failure_falls_back_to_the_pinned_manifest_and_keeps_pins() {
+        let world = world();
+        let raw_v1 = world.publish("news", &[kotlin(), app_module("news", "v1")], 100);
+        world.loader.load(&world.request("news", 1_000)).unwrap();
+        let pins_before = world.pins();
+        world.publish("news", &[kotlin(), app_module("news", "v2")], 200);
+        *lock(&world.fetcher.module_failure) = Some(FetchError::network("reset by peer"));
+        let result = world.loader.load(&world.request("news", 2_000)).unwrap();
+        assert!(matches!(
+            result.manifest_source,
+            LoadSource::PinnedFallback { .. }
+        ));
+        assert_eq!(result.manifest_sha256, sha256_hex(&raw_v1));
+        assert_eq!(world.pins(), pins_before);
+    }
+
+    #[test]
+    fn network_failure_without_local_manifest_is_a_network_error() {
+        let world = world();
+        world
+            .fetcher
+            .fail_manifest(&manifest_url("news"), FetchError::network("dns failure"));
+        let error = world
+            .loader
+            .load(&world.request("news", 1_000))
+            .unwrap_err();
+        assert!(error.is_network(), "{error:?}");
+    }
+
+    #[test]
+    fn rollback_is_refused_unless_allowed() {
+        let world = world();
+        world.publish("news", &[kotlin(), app_module("news", "v2")], 200);
+        world.loader.load(&world.request("news", 1_000)).unwrap();
+        let pins_before = world.pins();
+
+        let old = world.publish("news", &[kotlin(), app_module("news", "v1")], 100);
+        let error = world
+            .loader
+            .load(&world.request("news", 2_000))
+            .unwrap_err();
+        assert!(
+            matches!(
+                error,
+                ModuleError::Rollback {
+                    pinned_fresh_at_ms: 200,
+                    offered_fresh_at_ms: Some(100),
+                    ..
+                }
+            ),
+            "{error:?}"
+        );
+        assert_eq!(world.pins(), pins_before);
+
+        let mut request = world.request("news", 3_000);
+        request.allow_rollback = true;
+        let result = world.loader.load(&request).unwrap();
+        assert_eq!(result.manifest_source, LoadSource::Network);
+        assert_eq!(result.manifest_sha256, sha256_hex(&old));
+        assert!(result
+            .warnings
+            .iter()
+            .any(|w| w.contains("rollback allowed")));
+        assert!(world
+            .pins()
+            .iter()
+            .any(|pin| pin.sha256 == sha256_hex(&old)));
+    }
+
+    #[test]
+    fn fresh_cached_manifest_is_used_without_the_network() {
+        let world = world();
+        world.publish("news", &[kotlin(), app_module("news", "v1")], 100);
+        let mut request = world.request("news", 10_000);
+        request.freshness_window_ms = 1_000;
+        world.loader.load(&request).unwrap();
+        assert_eq!(world.fetcher.manifest_calls(), 1);
+        let fetched = world.fetcher.fetched().len();
+
+        request.now_ms = 10_999;
+        let result = world.loader.load(&request).unwrap();
+        assert_eq!(result.manifest_source, LoadSource::Store);
+        assert_eq!(world.fetcher.manifest_calls(), 1);
+        assert_eq!(world.fetcher.fetched().len(), fetched);
+
+        // A cached load does not extend freshness: the window counts from the network fetch.
+        request.now_ms = 11_000;
+        let result = world.loader.load(&request).unwrap();
+        assert_eq!(result.manifest_source, LoadSource::Network);
+        assert_eq!(world.fetcher.manifest_calls(), 2);
+    }
+
+    fn write_embedded(world: &World, app: &str, raw: &[u8], modules: &[ModuleSpec]) {
+        std::fs::write(world.embedded_dir.join(format!("{app}.manifest.json")), raw).unwrap();
+        for module in modules {
+            std::fs::write(world.embedded_dir.join(module.sha256()), &module.bytes).unwrap();
+        }
+    }
+
+    #[test]
+    fn fresh_embedded_manifest_loads_without_the_network_and_is_pinned() {
+        let world = world();
+        let modules = [kotlin(), app_module("news", "v1")];
+        let raw = manifest_json(&modules, Some(5_000), &[&world.signer]);
+        write_embedded(&world, "news", &raw, &modules);
+        let mut request = world.request("news", 5_500);
+        request.embedded_dir = Some(world.embedded_dir.clone());
+        request.freshness_window_ms = 1_000;
+        let result = world.loader.load(&request).unwrap();
+        assert_eq!(result.manifest_source, LoadSource::Embedded);
+        assert!(result
+            .modules
+            .iter()
+            .all(|module| module.source == ModuleSource::Embedded));
+        assert_eq!(world.fetcher.manifest_calls(), 0);
+        assert!(world.fetcher.fetched().is_empty());
+        assert!(world
+            .pins()
+            .iter()
+            .any(|pin| pin.sha256 == sha256_hex(&raw)));
+        for module in &modules {
+            assert!(world.stored(&module.sha256()));
+        }
+    }
+
+    #[test]
+    fn tampered_embedded_manifest_is_skipped_with_a_warning() {
+        let world = world();
+        let modules = [kotlin(), app_module("news", "v1")];
+        let raw = manifest_json(&modules, Some(5_000), &[&world.signer]);
+        let tampered = String::from_utf8(raw)
+            .unwrap()
+            .replace("\"version\": \"test-1\"", "\"version\": \"evil\"");
+        write_embedded(&world, "news", tampered.as_bytes(), &modules);
+        world.publish("news", &modules, 5_000);
+        let mut request = world.request("news", 5_500);
+        request.embedded_dir = Some(world.embedded_dir.clone());
+        request.freshness_window_ms = 1_000;
+        let result = world.loader.load(&request).unwrap();
+        assert_eq!(result.manifest_source, LoadSource::Network);
+        assert_eq!(result.version.as_deref(), Some("test-1"));
+        assert!(
+            result
+                .warnings
+                .iter()
+                .any(|w| w.contains("embedded manifest") && w.contains("does not verify")),
+            "{:?}",
+            result.warnings
+        );
+        // The embedded module files are still good and are copied instead of downloaded.
+        assert!(result
+            .modules
+            .iter()
+            .all(|module| module.source == ModuleSource::Embedded));
+        assert!(world.fetcher.fetched().is_empty());
+    }
+
+    #[test]
+    fn embedded_module_with_wrong_bytes_is_skipped_and_downloaded() {
+        let world = world();
+        let modules = [kotlin(), app_module("news", "v1")];
+        world.publish("news", &modules, 100);
+        std::fs::write(world.embedded_dir.join(modules[0].sha256()), b"not kotlin").unwrap();
+        let mut request = world.request("news", 1_000);
+        request.embedded_dir = Some(world.embedded_dir.clone());
+        let result = world.loader.load(&request).unwrap();
+        assert_eq!(result.modules[0].source, ModuleSource::Network);
+        assert!(result
+            .warnings
+            .iter()
+            .any(|w| w.contains("embedded module file")));
+    }
+
+    #[test]
+    fn corrupt_cached_manifest_is_skipped_with_a_warning() {
+        let world = world();
+        let raw = world.publish("news", &[kotlin(), app_module("news", "v1")], 100);
+        world.loader.load(&world.request("news", 1_000)).unwrap();
+        let path = world
+            .loader
+            .with_store(|store| store.path(&sha256_hex(&raw)).unwrap());
+        std::fs::write(&path, b"{\"modules\":{}}").unwrap();
+        let result = world.loader.load(&world.request("news", 2_000)).unwrap();
+        assert_eq!(result.manifest_source, LoadSource::Network);
+        assert!(
+            result
+                .warnings
+                .iter()
+                .any(|w| w.contains("cached manifest skipped")),
+            "{:?}",
+            result.warnings
+        );
+    }
+
+    #[test]
+    fn network_failure_with_only_an_embedded_manifest_falls_back_to_it() {
+        let world = world();
+        let modules = [kotlin(), app_module("news", "v1")];
+        let raw = manifest_json(&modules, Some(100), &[&world.signer]);
+        write_embedded(&world, "news", &raw, &modules);
+        world
+            .fetcher
+            .fail_manifest(&manifest_url("news"), FetchError::network("offline"));
+        let mut request = world.request("news", 1_000_000);
+        request.embedded_dir = Some(world.embedded_dir.clone());
+        let result = world.loader.load(&request).unwrap();
+        assert!(matches!(
+            result.manifest_source,
+            LoadSource::EmbeddedFallback { .. }
+        ));
+        assert!(world
+            .pins()
+            .iter()
+            .any(|pin| pin.sha256 == sha256_hex(&raw)));
+    }
+
+    #[test]
+    fn bad_network_signature_is_not_hidden_by_a_fallback() {
+        let world = world();
+        world.publish("news", &[kotlin(), app_module("news", "v1")], 100);
+        world.loader.load(&world.request("news", 1_000)).unwrap();
+        let forger = ed25519_signer("release", 99);
+        let forged = manifest_json(&[kotlin(), app_module("news", "v2")], Some(200), &[&forger]);
+        world.fetcher.serve_manifest(&manifest_url("news"), &forged);
+        let error = world
+            .loader
+            .load(&world.request("news", 2_000))
+            .unwrap_err();
+        assert!(
+            matches!(error, ModuleError::SignatureMismatch { ref key } if key == "release"),
+            "{error:?}"
+        );
+    }
+
+    #[test]
+    fn app_names_that_are_paths_are_rejected() {
+        let world = world();
+        for app in ["", "..", "../etc", "a/b", "a\\b"] {
+            assert!(matches!(
+                world.loader.load(&world.request(app, 1)),
+                Err(ModuleError::InvalidAppName { .. })
+            ));
+        }
+    }
+
+    fn wait_until(what: &str, condition: impl Fn() -> bool) {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while !condition() {
+            assert!(Instant::now() < deadline, "timed out waiting until {what}");
+            std::thread::sleep(Duration::from_millis(2));
+        }
+    }
+
+    #[test]
+    fn concurrent_loads_sharing_a_module_fetch_it_once() {
+        let world = Arc::new(world());
+        world.publish("news", &[kotlin(), app_module("news", "v1")], 100);
+        world.publish("mail", &[kotlin(), app_module("mail", "v1")], 100);
+        let kotlin_hash = kotlin().sha256();
+        *lock(&world.fetcher.gated_hash) = Some(kotlin_hash.clone());
+
+        let first = {
+            let world = Arc::clone(&world);
+            std::thread::spawn(move || world.loader.load(&world.request("news", 1_000)))
+        };
+        wait_until("the first load is downloading kotlin", || {
+            world.fetcher.gate_entered.load(Ordering::SeqCst)
+        });
+        let second = {
+            let world = Arc::clone(&world);
+            std::thread::spawn(move || world.loader.load(&world.request("mail", 1_000)))
+        };
+        let waited = Instant::now() + Duration::from_secs(5);
+        while world.loader.shared_waits() == 0 && Instant::now() < waited {
+            std::thread::sleep(Duration::from_millis(2));
+        }
+        let shared_waits = world.loader.shared_waits();
+        world.fetcher.open_gate();
+        let news = first.join().unwrap().unwrap();
+        let mail = second.join().unwrap().unwrap();
+        assert_eq!(
+            shared_waits, 1,
+            "the second load should wait for the first's download"
+        );
+        let fetched = world.fetcher.fetched();
+        assert_eq!(
+            fetched.iter().filter(|hash| **hash == kotlin_hash).count(),
+            1,
+            "{fetched:?}"
+        );
+        assert_eq!(news.modules[0].path, mail.modules[0].path);
+        assert_eq!(mail.modules[0].source, ModuleSource::Network);
+        assert!(world.stored(&kotlin_hash));
+    }
 }

@@ -1133,7 +1133,7 @@ mod tests {
             .set_pins(
                 "app",
                 &manifest,
-                &[pinned_oldest.clone()],
+                std::slice::from_ref(&pinned_oldest),
                 Some(5),
                 "https://x/m",
                 60,
@@ -1178,10 +1178,24 @@ mod tests {
             )
             .unwrap();
         store
-            .set_pins("b", &manifest_v1, &[shared.clone()], None, "u1", 2)
+            .set_pins(
+                "b",
+                &manifest_v1,
+                std::slice::from_ref(&shared),
+                None,
+                "u1",
+                2,
+            )
             .unwrap();
         store
-            .set_pins("a", &manifest_v2, &[shared.clone()], Some(3), "u2", 4)
+            .set_pins(
+                "a",
+                &manifest_v2,
+                std::slice::from_ref(&shared),
+                Some(3),
+                "u2",
+                4,
+            )
             .unwrap();
         let mut expected = vec![
             Pin {
