@@ -1,1 +1,130 @@
-//! haul-tests: shared harness for scenario tests.
+//! haul-tests: scenario tests against real HTTP servers on 127.0.0.1.
+//!
+//! Each scenario is written once, generic over [`Runtime`], and instantiated for every
+//! runtime by [`scenarios!`], so no runtime can silently lag behind. Servers are
+//! `haul_origin::Origin` instances (axum + hyper) on ephemeral loopback ports.
+
+pub mod scenarios;
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use haul_core::{Config, Download, DownloadError, Event, Outcome};
+use sha2::{Digest, Sha256};
+
+/// What a scenario needs from a runtime: run one download to its end.
+pub trait Runtime {
+    /// A runtime configured with `config`.
+    fn with_config(config: Config) -> Self;
+    /// Download, collecting events.
+    fn download(&self, d: Download, events: &mut Vec<Event>) -> Result<Outcome, DownloadError>;
+}
+
+/// The blocking runtime.
+pub struct Blocking(haul_blocking::Client);
+
+impl Runtime for Blocking {
+    fn with_config(config: Config) -> Self {
+        Blocking(haul_blocking::Client::new(config).expect("valid config"))
+    }
+    fn download(&self, d: Download, events: &mut Vec<Event>) -> Result<Outcome, DownloadError> {
+        self.0.download(d, |e| events.push(e.clone()))
+    }
+}
+
+/// A config with short timeouts and backoff so failure scenarios run in well under a second.
+pub fn fast_config() -> Config {
+    let mut c = Config {
+        connect_timeout: Duration::from_secs(5),
+        head_timeout: Duration::from_secs(5),
+        idle_timeout: Duration::from_secs(5),
+        ..Config::default()
+    };
+    c.retry.base_delay = Duration::from_millis(20);
+    c.retry.max_delay = Duration::from_millis(100);
+    c.retry.max_attempts = 4;
+    c
+}
+
+/// Deterministic pseudo-random bytes.
+pub fn body(seed: u64, len: usize) -> Vec<u8> {
+    let mut out = Vec::with_capacity(len + 32);
+    let mut i = 0u64;
+    while out.len() < len {
+        let mut h = Sha256::new();
+        h.update(seed.to_le_bytes());
+        h.update(i.to_le_bytes());
+        out.extend_from_slice(&h.finalize());
+        i += 1;
+    }
+    out.truncate(len);
+    out
+}
+
+/// Lowercase hex SHA-256.
+pub fn sha256_hex(data: &[u8]) -> String {
+    hex::encode(Sha256::digest(data))
+}
+
+/// Names of the entries in `dir`, sorted.
+pub fn listing(dir: &Path) -> Vec<String> {
+    let mut v: Vec<String> = std::fs::read_dir(dir)
+        .map(|rd| {
+            rd.filter_map(|e| e.ok())
+                .map(|e| e.file_name().to_string_lossy().into_owned())
+                .collect()
+        })
+        .unwrap_or_default();
+    v.sort();
+    v
+}
+
+/// `dest` with `suffix` appended to its file name.
+pub fn with_suffix(dest: &Path, suffix: &str) -> PathBuf {
+    let mut n = dest.file_name().expect("file name").to_os_string();
+    n.push(suffix);
+    dest.with_file_name(n)
+}
+
+/// Instantiate every scenario in [`scenarios`] as a `#[test]` for the runtime type `$rt`.
+#[macro_export]
+macro_rules! scenarios {
+    ($rt:ty; $($name:ident),* $(,)?) => {
+        $(
+            #[test]
+            fn $name() {
+                $crate::scenarios::$name::<$rt>();
+            }
+        )*
+    };
+}
+
+/// The list of scenario names, for [`scenarios!`].
+#[macro_export]
+macro_rules! all_scenarios {
+    ($rt:ty) => {
+        $crate::scenarios!($rt;
+            plain_download_commits_exact_bytes,
+            sha256_match_commits,
+            sha256_mismatch_leaves_nothing_at_destination,
+            wrong_expected_size_fails_before_commit,
+            max_size_guard_stops_a_server_that_sends_more,
+            chunked_response_is_decoded,
+            close_delimited_response_is_complete_at_close,
+            redirect_chain_is_followed,
+            redirect_loop_is_an_error,
+            authorization_is_not_forwarded_to_another_origin,
+            authorization_is_kept_on_same_origin_redirect,
+            interrupted_download_resumes_with_range_in_a_new_run,
+            server_ignoring_range_yields_a_correct_file,
+            truncated_body_is_an_error_not_a_success,
+            truncated_body_is_resumed_by_retries,
+            stalled_server_trips_the_idle_timeout,
+            not_found_is_a_status_error_without_retries,
+            origin_that_fails_then_recovers_is_retried,
+            changed_representation_between_runs_restarts_from_zero,
+            sequential_downloads_reuse_one_connection,
+            content_disposition_names_the_file_in_a_directory,
+        );
+    };
+}

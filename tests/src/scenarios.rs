@@ -1,0 +1,481 @@
+//! Scenarios, each generic over the runtime. Every one names the behaviour it pins.
+
+use std::time::Duration;
+
+use haul_core::{Download, DownloadError, ErrorClass, Event, TimeoutKind};
+use haul_origin::{Behavior, Origin};
+use tempfile::TempDir;
+
+use crate::{body, fast_config, listing, sha256_hex, with_suffix, Runtime};
+
+fn setup(path: &str, data: &[u8], behavior: Behavior) -> (Origin, TempDir) {
+    let origin = Origin::start().expect("origin starts");
+    origin.route(path, data.to_vec(), behavior);
+    (origin, TempDir::new().expect("temp dir"))
+}
+
+pub fn plain_download_commits_exact_bytes<R: Runtime>() {
+    let data = body(1, 3 * 1024 * 1024 + 17);
+    let (origin, dir) = setup("/f.bin", &data, Behavior::Normal);
+    let dest = dir.path().join("f.bin");
+    let rt = R::with_config(fast_config());
+    let mut ev = Vec::new();
+    let out = rt
+        .download(Download::new(&origin.url("/f.bin"), &dest).unwrap(), &mut ev)
+        .expect("download succeeds");
+    assert_eq!(std::fs::read(&dest).unwrap(), data);
+    assert_eq!(out.size, data.len() as u64);
+    assert_eq!(out.sha256_hex(), sha256_hex(&data));
+    assert_eq!(listing(dir.path()), vec!["f.bin"], "no partial or state left");
+    let req = &origin.requests_to("/f.bin")[0];
+    assert_eq!(req.header("accept-encoding"), Some("identity"));
+    assert!(req.header("range").is_none());
+    let progress: Vec<u64> = ev
+        .iter()
+        .filter_map(|e| match e {
+            Event::Progress { bytes, .. } => Some(*bytes),
+            _ => None,
+        })
+        .collect();
+    assert!(progress.windows(2).all(|w| w[0] < w[1]), "progress is monotonic");
+    assert_eq!(progress.last(), Some(&(data.len() as u64)));
+}
+
+pub fn sha256_match_commits<R: Runtime>() {
+    let data = body(2, 100_000);
+    let (origin, dir) = setup("/f", &data, Behavior::Normal);
+    let dest = dir.path().join("out");
+    let d = Download::new(&origin.url("/f"), &dest)
+        .unwrap()
+        .sha256(&sha256_hex(&data).to_uppercase())
+        .unwrap();
+    R::with_config(fast_config())
+        .download(d, &mut Vec::new())
+        .expect("matching hash commits");
+    assert_eq!(std::fs::read(&dest).unwrap(), data);
+}
+
+pub fn sha256_mismatch_leaves_nothing_at_destination<R: Runtime>() {
+    let data = body(3, 200_000);
+    let (origin, dir) = setup("/f", &data, Behavior::Normal);
+    let dest = dir.path().join("out");
+    let d = Download::new(&origin.url("/f"), &dest)
+        .unwrap()
+        .sha256(&"00".repeat(32))
+        .unwrap();
+    let err = R::with_config(fast_config())
+        .download(d, &mut Vec::new())
+        .unwrap_err();
+    assert!(matches!(err, DownloadError::HashMismatch { .. }), "{err}");
+    assert_eq!(err.class(), ErrorClass::Verification);
+    assert!(listing(dir.path()).is_empty(), "left: {:?}", listing(dir.path()));
+    assert_eq!(origin.requests_to("/f").len(), 1, "a hash mismatch is not retried");
+}
+
+pub fn wrong_expected_size_fails_before_commit<R: Runtime>() {
+    let data = body(4, 50_000);
+    let (origin, dir) = setup("/f", &data, Behavior::Normal);
+    let dest = dir.path().join("out");
+    let d = Download::new(&origin.url("/f"), &dest).unwrap().size(49_999);
+    let err = R::with_config(fast_config())
+        .download(d, &mut Vec::new())
+        .unwrap_err();
+    assert_eq!(
+        err,
+        DownloadError::SizeMismatch {
+            expected: 49_999,
+            actual: 50_000
+        }
+    );
+    assert!(listing(dir.path()).is_empty());
+}
+
+pub fn max_size_guard_stops_a_server_that_sends_more<R: Runtime>() {
+    let data = body(5, 10_000);
+    let (origin, dir) = setup(
+        "/f",
+        &data,
+        Behavior::Endless {
+            extra: 50 * 1024 * 1024,
+        },
+    );
+    let dest = dir.path().join("out");
+    let d = Download::new(&origin.url("/f"), &dest)
+        .unwrap()
+        .max_size(64 * 1024);
+    let err = R::with_config(fast_config())
+        .download(d, &mut Vec::new())
+        .unwrap_err();
+    match err {
+        DownloadError::TooLarge { limit, seen } => {
+            assert_eq!(limit, 64 * 1024);
+            assert!(seen > limit && seen < 64 * 1024 + 1024 * 1024, "stopped early: {seen}");
+        }
+        other => panic!("expected TooLarge, got {other}"),
+    }
+    assert!(listing(dir.path()).is_empty());
+}
+
+pub fn chunked_response_is_decoded<R: Runtime>() {
+    let data = body(6, 700_001);
+    let (origin, dir) = setup("/c", &data, Behavior::Chunked { chunk: 4093 });
+    let dest = dir.path().join("out");
+    let out = R::with_config(fast_config())
+        .download(Download::new(&origin.url("/c"), &dest).unwrap(), &mut Vec::new())
+        .unwrap();
+    assert_eq!(std::fs::read(&dest).unwrap(), data);
+    assert_eq!(out.size, data.len() as u64);
+}
+
+pub fn close_delimited_response_is_complete_at_close<R: Runtime>() {
+    let data = body(7, 300_000);
+    let (origin, dir) = setup("/c", &data, Behavior::CloseDelimited);
+    let dest = dir.path().join("out");
+    R::with_config(fast_config())
+        .download(Download::new(&origin.url("/c"), &dest).unwrap(), &mut Vec::new())
+        .unwrap();
+    assert_eq!(std::fs::read(&dest).unwrap(), data);
+}
+
+pub fn redirect_chain_is_followed<R: Runtime>() {
+    let data = body(8, 10_000);
+    let (origin, dir) = setup("/final", &data, Behavior::Normal);
+    let redirect = |status: u16, to: &str| Behavior::Redirect {
+        status,
+        location: to.into(),
+    };
+    origin.route("/a", Vec::new(), redirect(301, "/b"));
+    origin.route("/b", Vec::new(), redirect(302, "c")); // relative to /b
+    origin.route("/c", Vec::new(), redirect(307, &origin.url("/d"))); // absolute
+    origin.route("/d", Vec::new(), redirect(308, "/final"));
+    let dest = dir.path().join("out");
+    let mut ev = Vec::new();
+    let out = R::with_config(fast_config())
+        .download(Download::new(&origin.url("/a"), &dest).unwrap(), &mut ev)
+        .unwrap();
+    assert_eq!(std::fs::read(&dest).unwrap(), data);
+    assert!(out.final_url.ends_with("/final"));
+    let hops = ev
+        .iter()
+        .filter(|e| matches!(e, Event::Redirected { .. }))
+        .count();
+    assert_eq!(hops, 4);
+}
+
+pub fn redirect_loop_is_an_error<R: Runtime>() {
+    let (origin, dir) = setup(
+        "/a",
+        b"",
+        Behavior::Redirect {
+            status: 302,
+            location: "/b".into(),
+        },
+    );
+    origin.route(
+        "/b",
+        Vec::new(),
+        Behavior::Redirect {
+            status: 302,
+            location: "/a".into(),
+        },
+    );
+    let dest = dir.path().join("out");
+    let err = R::with_config(fast_config())
+        .download(Download::new(&origin.url("/a"), &dest).unwrap(), &mut Vec::new())
+        .unwrap_err();
+    assert!(matches!(err, DownloadError::RedirectLoop { .. }), "{err}");
+    assert!(!err.retryable());
+    assert!(listing(dir.path()).is_empty());
+}
+
+pub fn authorization_is_not_forwarded_to_another_origin<R: Runtime>() {
+    let data = body(9, 1000);
+    let other = Origin::start().unwrap();
+    other.route("/x", data.clone(), Behavior::Normal);
+    let (origin, dir) = setup(
+        "/start",
+        b"",
+        Behavior::Redirect {
+            status: 302,
+            location: other.url("/x"),
+        },
+    );
+    let dest = dir.path().join("out");
+    let d = Download::new(&origin.url("/start"), &dest)
+        .unwrap()
+        .header("Authorization", "Bearer secret")
+        .header("Cookie", "session=1")
+        .header("X-Trace", "kept");
+    R::with_config(fast_config())
+        .download(d, &mut Vec::new())
+        .unwrap();
+    assert_eq!(std::fs::read(&dest).unwrap(), data);
+    let first = &origin.requests_to("/start")[0];
+    assert_eq!(first.header("authorization"), Some("Bearer secret"));
+    let second = &other.requests_to("/x")[0];
+    assert_eq!(second.header("authorization"), None, "credential leaked");
+    assert_eq!(second.header("cookie"), None, "cookie leaked");
+    assert_eq!(second.header("x-trace"), Some("kept"));
+}
+
+pub fn authorization_is_kept_on_same_origin_redirect<R: Runtime>() {
+    let data = body(10, 1000);
+    let (origin, dir) = setup(
+        "/private",
+        &data,
+        Behavior::RequireAuth {
+            expected: "Bearer secret".into(),
+        },
+    );
+    origin.route(
+        "/start",
+        Vec::new(),
+        Behavior::Redirect {
+            status: 302,
+            location: "/private".into(),
+        },
+    );
+    let dest = dir.path().join("out");
+    let d = Download::new(&origin.url("/start"), &dest)
+        .unwrap()
+        .header("Authorization", "Bearer secret");
+    R::with_config(fast_config())
+        .download(d, &mut Vec::new())
+        .unwrap();
+    assert_eq!(std::fs::read(&dest).unwrap(), data);
+}
+
+pub fn interrupted_download_resumes_with_range_in_a_new_run<R: Runtime>() {
+    let data = body(11, 2 * 1024 * 1024);
+    let cut = 700_000u64;
+    let (origin, dir) = setup("/big", &data, Behavior::Truncate { after: cut });
+    let dest = dir.path().join("big");
+    let mut cfg = fast_config();
+    cfg.retry.max_attempts = 1;
+    let err = R::with_config(cfg.clone())
+        .download(Download::new(&origin.url("/big"), &dest).unwrap(), &mut Vec::new())
+        .unwrap_err();
+    assert!(matches!(err, DownloadError::Protocol { .. }), "{err}");
+    assert!(!dest.exists());
+    assert!(with_suffix(&dest, ".haul-part").exists(), "partial kept for resume");
+    assert!(with_suffix(&dest, ".haul-state").exists(), "state kept for resume");
+
+    // The server recovers; a new run (new client, as after a restart) resumes.
+    origin.route("/big", data.clone(), Behavior::Normal);
+    origin.clear_requests();
+    let mut ev = Vec::new();
+    let out = R::with_config(cfg)
+        .download(Download::new(&origin.url("/big"), &dest).unwrap(), &mut ev)
+        .expect("resume succeeds");
+    assert_eq!(std::fs::read(&dest).unwrap(), data);
+    assert_eq!(out.resumed_from, cut);
+    assert_eq!(out.bytes_fetched, data.len() as u64 - cut, "no byte fetched twice");
+    let reqs = origin.requests_to("/big");
+    assert_eq!(reqs.len(), 1);
+    assert_eq!(reqs[0].header("range"), Some(format!("bytes={cut}-").as_str()));
+    assert_eq!(reqs[0].header("if-range"), origin.etag("/big").as_deref());
+    assert!(ev.iter().any(|e| matches!(e, Event::Resuming { offset, .. } if *offset == cut)));
+    assert_eq!(listing(dir.path()), vec!["big"]);
+}
+
+pub fn server_ignoring_range_yields_a_correct_file<R: Runtime>() {
+    let data = body(12, 1024 * 1024);
+    let (origin, dir) = setup("/f", &data, Behavior::Truncate { after: 300_000 });
+    let dest = dir.path().join("f");
+    let mut cfg = fast_config();
+    cfg.retry.max_attempts = 1;
+    R::with_config(cfg.clone())
+        .download(Download::new(&origin.url("/f"), &dest).unwrap(), &mut Vec::new())
+        .unwrap_err();
+    origin.route("/f", data.clone(), Behavior::IgnoreRange);
+    origin.clear_requests();
+    let out = R::with_config(cfg)
+        .download(Download::new(&origin.url("/f"), &dest).unwrap(), &mut Vec::new())
+        .unwrap();
+    assert_eq!(std::fs::read(&dest).unwrap(), data, "never appended to the partial");
+    assert_eq!(out.resumed_from, 0);
+    assert!(origin.requests_to("/f")[0].header("range").is_some());
+}
+
+pub fn truncated_body_is_an_error_not_a_success<R: Runtime>() {
+    let data = body(13, 500_000);
+    let (origin, dir) = setup("/f", &data, Behavior::Truncate { after: 123_456 });
+    let dest = dir.path().join("f");
+    let mut cfg = fast_config();
+    cfg.retry.max_attempts = 1;
+    let err = R::with_config(cfg)
+        .download(Download::new(&origin.url("/f"), &dest).unwrap(), &mut Vec::new())
+        .unwrap_err();
+    assert!(
+        matches!(
+            err,
+            DownloadError::Protocol { .. } | DownloadError::Connection { .. }
+        ),
+        "{err}"
+    );
+    assert!(err.retryable());
+    assert!(!dest.exists(), "a truncated body is never committed");
+}
+
+pub fn truncated_body_is_resumed_by_retries<R: Runtime>() {
+    let data = body(14, 1_000_000);
+    let (origin, dir) = setup("/f", &data, Behavior::Truncate { after: 300_000 });
+    let dest = dir.path().join("f");
+    let out = R::with_config(fast_config())
+        .download(Download::new(&origin.url("/f"), &dest).unwrap(), &mut Vec::new())
+        .unwrap();
+    assert_eq!(std::fs::read(&dest).unwrap(), data);
+    assert_eq!(out.attempts, 4);
+    assert_eq!(out.bytes_fetched, data.len() as u64);
+    let ranges: Vec<Option<String>> = origin
+        .requests_to("/f")
+        .iter()
+        .map(|r| r.header("range").map(str::to_string))
+        .collect();
+    assert_eq!(
+        ranges,
+        vec![
+            None,
+            Some("bytes=300000-".into()),
+            Some("bytes=600000-".into()),
+            Some("bytes=900000-".into())
+        ]
+    );
+}
+
+pub fn stalled_server_trips_the_idle_timeout<R: Runtime>() {
+    let data = body(15, 400_000);
+    let (origin, dir) = setup("/f", &data, Behavior::Stall { after: 100_000 });
+    let dest = dir.path().join("f");
+    let mut cfg = fast_config();
+    cfg.idle_timeout = Duration::from_millis(300);
+    cfg.retry.max_attempts = 1;
+    let started = std::time::Instant::now();
+    let err = R::with_config(cfg)
+        .download(Download::new(&origin.url("/f"), &dest).unwrap(), &mut Vec::new())
+        .unwrap_err();
+    assert!(
+        matches!(
+            err,
+            DownloadError::Timeout {
+                kind: TimeoutKind::Idle,
+                ..
+            }
+        ),
+        "{err}"
+    );
+    assert!(started.elapsed() < Duration::from_secs(20), "the stall was caught");
+    assert!(!dest.exists());
+    assert!(with_suffix(&dest, ".haul-part").exists(), "resumable partial kept");
+}
+
+pub fn not_found_is_a_status_error_without_retries<R: Runtime>() {
+    let (origin, dir) = setup(
+        "/missing",
+        b"",
+        Behavior::Status {
+            status: 404,
+            retry_after: None,
+        },
+    );
+    let dest = dir.path().join("f");
+    let err = R::with_config(fast_config())
+        .download(Download::new(&origin.url("/missing"), &dest).unwrap(), &mut Vec::new())
+        .unwrap_err();
+    assert!(matches!(err, DownloadError::Status { status: 404, .. }), "{err}");
+    assert_eq!(err.class(), ErrorClass::HttpStatus);
+    assert_eq!(origin.requests_to("/missing").len(), 1);
+    assert!(listing(dir.path()).is_empty());
+}
+
+pub fn origin_that_fails_then_recovers_is_retried<R: Runtime>() {
+    let data = body(16, 64_000);
+    let (origin, dir) = setup(
+        "/f",
+        &data,
+        Behavior::FailTimes {
+            times: 2,
+            status: 503,
+        },
+    );
+    let dest = dir.path().join("f");
+    let mut ev = Vec::new();
+    let out = R::with_config(fast_config())
+        .download(Download::new(&origin.url("/f"), &dest).unwrap(), &mut ev)
+        .unwrap();
+    assert_eq!(out.attempts, 3);
+    assert_eq!(std::fs::read(&dest).unwrap(), data);
+    let delays: Vec<Duration> = ev
+        .iter()
+        .filter_map(|e| match e {
+            Event::Retrying { delay, .. } => Some(*delay),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(delays.len(), 2);
+}
+
+pub fn changed_representation_between_runs_restarts_from_zero<R: Runtime>() {
+    let old = body(17, 800_000);
+    let new = body(18, 900_000);
+    let (origin, dir) = setup("/f", &old, Behavior::Truncate { after: 400_000 });
+    let dest = dir.path().join("f");
+    let mut cfg = fast_config();
+    cfg.retry.max_attempts = 1;
+    R::with_config(cfg.clone())
+        .download(Download::new(&origin.url("/f"), &dest).unwrap(), &mut Vec::new())
+        .unwrap_err();
+    origin.route("/f", new.clone(), Behavior::Normal);
+    origin.clear_requests();
+    let out = R::with_config(cfg)
+        .download(Download::new(&origin.url("/f"), &dest).unwrap(), &mut Vec::new())
+        .unwrap();
+    assert_eq!(std::fs::read(&dest).unwrap(), new, "no splice of two versions");
+    let reqs = origin.requests_to("/f");
+    assert_eq!(reqs.len(), 1);
+    assert_eq!(reqs[0].header("range"), Some("bytes=400000-"), "resume attempted");
+    assert_eq!(out.resumed_from, 0, "the server's 200 restarted the file");
+    assert_eq!(out.bytes_fetched, new.len() as u64);
+}
+
+pub fn sequential_downloads_reuse_one_connection<R: Runtime>() {
+    let a = body(19, 100_000);
+    let b = body(20, 100_000);
+    let (origin, dir) = setup("/a", &a, Behavior::Normal);
+    origin.route("/b", b.clone(), Behavior::Normal);
+    let rt = R::with_config(fast_config());
+    rt.download(
+        Download::new(&origin.url("/a"), dir.path().join("a")).unwrap(),
+        &mut Vec::new(),
+    )
+    .unwrap();
+    rt.download(
+        Download::new(&origin.url("/b"), dir.path().join("b")).unwrap(),
+        &mut Vec::new(),
+    )
+    .unwrap();
+    let reqs = origin.requests();
+    assert_eq!(reqs.len(), 2);
+    assert_eq!(reqs[0].connection_id, reqs[1].connection_id, "keep-alive reuse");
+    assert_eq!(std::fs::read(dir.path().join("b")).unwrap(), b);
+}
+
+pub fn content_disposition_names_the_file_in_a_directory<R: Runtime>() {
+    let data = body(21, 5000);
+    let (origin, dir) = setup(
+        "/download",
+        &data,
+        Behavior::Attachment {
+            filename: "report.pdf".into(),
+        },
+    );
+    let out = R::with_config(fast_config())
+        .download(
+            Download::into_dir(&origin.url("/download?id=7"), dir.path()).unwrap(),
+            &mut Vec::new(),
+        )
+        .unwrap();
+    assert_eq!(out.path, dir.path().join("report.pdf"));
+    assert_eq!(std::fs::read(&out.path).unwrap(), data);
+    assert_eq!(listing(dir.path()), vec!["report.pdf"]);
+}
