@@ -1,0 +1,148 @@
+//! The `haul` command end to end: exit codes, output modes, resume by re-running.
+
+use std::process::Command;
+
+use haul_origin::{Behavior, Origin};
+use sha2::{Digest, Sha256};
+
+fn haul() -> Command {
+    Command::new(env!("CARGO_BIN_EXE_haul"))
+}
+
+fn data(len: usize) -> Vec<u8> {
+    (0..len).map(|i| (i * 7 % 251) as u8).collect()
+}
+
+#[test]
+fn get_with_matching_sha256_exits_zero_and_writes_the_file() {
+    let body = data(200_000);
+    let origin = Origin::start().unwrap();
+    origin.route("/f.bin", body.clone(), Behavior::Normal);
+    let dir = tempfile::tempdir().unwrap();
+    let dest = dir.path().join("f.bin");
+    let out = haul()
+        .args(["get", &origin.url("/f.bin"), "-o"])
+        .arg(&dest)
+        .args(["--sha256", &hex::encode(Sha256::digest(&body)), "--quiet"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(0), "{}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(std::fs::read(&dest).unwrap(), body);
+}
+
+#[test]
+fn sha256_mismatch_exits_5_and_leaves_nothing() {
+    let origin = Origin::start().unwrap();
+    origin.route("/f", data(1000), Behavior::Normal);
+    let dir = tempfile::tempdir().unwrap();
+    let out = haul()
+        .args(["get", &origin.url("/f"), "-d"])
+        .arg(dir.path())
+        .args(["--sha256", &"ab".repeat(32)])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(5));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("sha256 mismatch"));
+    assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 0);
+}
+
+#[test]
+fn http_404_exits_4_and_refused_connection_exits_3() {
+    let origin = Origin::start().unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let out = haul()
+        .args(["get", &origin.url("/nope"), "-d"])
+        .arg(dir.path())
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(4));
+    // A port nothing listens on: bind, learn the port, close.
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let out = haul()
+        .args(["get", &format!("http://127.0.0.1:{port}/x"), "--retries", "0", "-d"])
+        .arg(dir.path())
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(3), "{}", String::from_utf8_lossy(&out.stderr));
+}
+
+#[test]
+fn usage_errors_exit_2() {
+    let out = haul().args(["get", "ftp://x/y"]).output().unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let out = haul().args(["get", "http://x/y", "--sha256", "nothex"]).output().unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let out = haul().args(["get"]).output().unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let out = haul().args(["--help"]).output().unwrap();
+    assert_eq!(out.status.code(), Some(0));
+    let help = String::from_utf8_lossy(&out.stdout);
+    assert!(help.contains("EXIT CODES"), "{help}");
+}
+
+#[test]
+fn running_the_same_command_again_resumes() {
+    let body = data(3_000_000);
+    let origin = Origin::start().unwrap();
+    origin.route("/big", body.clone(), Behavior::Truncate { after: 1_000_000 });
+    let dir = tempfile::tempdir().unwrap();
+    let dest = dir.path().join("big");
+    let run = || {
+        haul()
+            .args(["get", &origin.url("/big"), "--retries", "0", "--json", "-o"])
+            .arg(&dest)
+            .output()
+            .unwrap()
+    };
+    let first = run();
+    assert_eq!(first.status.code(), Some(3));
+    assert!(!dest.exists());
+    origin.route("/big", body.clone(), Behavior::Normal);
+    let second = run();
+    assert_eq!(second.status.code(), Some(0));
+    assert_eq!(std::fs::read(&dest).unwrap(), body);
+    let stdout = String::from_utf8_lossy(&second.stdout);
+    let finished: serde_json::Value = stdout
+        .lines()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .find(|v| v["event"] == "finished")
+        .expect("a finished event");
+    assert_eq!(finished["ok"], true);
+    assert_eq!(finished["resumed_from"], 1_000_000);
+    assert_eq!(finished["fetched"], 2_000_000);
+}
+
+#[test]
+fn json_mode_prints_parseable_event_lines() {
+    let origin = Origin::start().unwrap();
+    origin.route("/a", data(5000), Behavior::Normal);
+    let dir = tempfile::tempdir().unwrap();
+    let out = haul()
+        .args(["get", &origin.url("/a"), "--json", "-d"])
+        .arg(dir.path())
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(0));
+    let events: Vec<serde_json::Value> = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(|l| serde_json::from_str(l).expect("every stdout line is JSON"))
+        .collect();
+    let kinds: Vec<&str> = events.iter().filter_map(|e| e["event"].as_str()).collect();
+    assert_eq!(kinds.first(), Some(&"started"));
+    assert!(kinds.contains(&"finished"));
+}
+
+#[test]
+fn demo_downloads_and_verifies_every_asset() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = haul().args(["demo", "--quiet", "-d"]).arg(dir.path()).output().unwrap();
+    assert_eq!(out.status.code(), Some(0), "{}", String::from_utf8_lossy(&out.stderr));
+    let names = ["textures.pak", "models.zip", "level1.bin", "soundtrack.ogg", "manual.pdf"];
+    for n in names {
+        assert!(dir.path().join(n).is_file(), "{n} missing");
+    }
+}
