@@ -29,7 +29,9 @@ pub use loader::{
     FetchError, Fetcher, LoadRequest, LoadResult, LoadSource, LoadedModule, Loader, ModuleFetch,
     ModuleSource,
 };
-pub use manifest::{Manifest, ModuleEntry, ModuleId, Unsigned, MANIFEST_MAX_BYTES};
+pub use manifest::{
+    signed_bytes, Manifest, ModuleEntry, ModuleId, ModuleMap, Unsigned, MANIFEST_MAX_BYTES,
+};
 pub use signature::{verify, Algorithm, TrustedKey, VerifiedBy};
 pub use store::{
     FileEntry, FileKind, FileState, PendingFile, Pin, PinnedManifest, PruneReport, RecoveryReport,

@@ -265,7 +265,12 @@ impl Candidate {
         })
     }
 
+    /// Fresh enough to skip the network. A pinned manifest fetched from another URL than the
+    /// one asked for is never fresh (it may still serve as a fallback).
     fn is_fresh(&self, request: &LoadRequest) -> bool {
+        if self.origin == Origin::Pinned && self.manifest_url != request.manifest_url {
+            return false;
+        }
         self.fresh_at_ms.is_some_and(|fresh_at| {
             request.now_ms.saturating_sub(fresh_at) < request.freshness_window_ms
         })
@@ -1397,6 +1402,19 @@ mod tests {
         let result = world.loader.load(&request).unwrap();
         assert_eq!(result.manifest_source, LoadSource::Network);
         assert_eq!(world.fetcher.manifest_calls(), 2);
+
+        // Another manifest URL for the same app is not answered from the cache.
+        let mut moved = request.clone();
+        moved.now_ms = 11_001;
+        moved.manifest_url = Url::parse("https://mirror.test/news/manifest.json").unwrap();
+        let raw = lock(&world.fetcher.manifests)[manifest_url("news").as_str()].clone();
+        world
+            .fetcher
+            .serve_manifest(&moved.manifest_url, &raw.unwrap());
+        let result = world.loader.load(&moved).unwrap();
+        assert_eq!(result.manifest_source, LoadSource::Network);
+        assert_eq!(world.fetcher.manifest_calls(), 3);
+        assert_eq!(world.fetcher.fetched().len(), fetched);
     }
 
     fn write_embedded(world: &World, app: &str, raw: &[u8], modules: &[ModuleSpec]) {
