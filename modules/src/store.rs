@@ -163,6 +163,16 @@ pub struct PinnedManifest {
     pub loaded_at_ms: u64,
 }
 
+/// One row of the manifests table: the manifest an app last loaded successfully.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AppRecord {
+    pub app: String,
+    pub manifest_sha256: String,
+    pub fresh_at_ms: Option<u64>,
+    pub manifest_url: String,
+    pub loaded_at_ms: u64,
+}
+
 /// A write in progress: fill `temp_path`, then [`Store::commit`] or [`Store::abort`].
 #[derive(Debug)]
 pub struct PendingFile {
@@ -901,6 +911,30 @@ impl Store {
             .map_err(index_error("list pins"))
     }
 
+    /// Every app with a pinned manifest, by app name.
+    pub fn apps(&self) -> Result<Vec<AppRecord>, StoreError> {
+        let mut statement = self
+            .index
+            .prepare(
+                "SELECT app, manifest_sha256, fresh_at_ms, manifest_url, loaded_at_ms
+                 FROM manifests ORDER BY app",
+            )
+            .map_err(index_error("list apps"))?;
+        let rows = statement
+            .query_map([], |row| {
+                Ok(AppRecord {
+                    app: row.get(0)?,
+                    manifest_sha256: row.get(1)?,
+                    fresh_at_ms: row.get::<_, Option<i64>>(2)?.map(from_sql_ms),
+                    manifest_url: row.get(3)?,
+                    loaded_at_ms: from_sql_ms(row.get(4)?),
+                })
+            })
+            .map_err(index_error("list apps"))?;
+        rows.collect::<Result<_, _>>()
+            .map_err(index_error("list apps"))
+    }
+
     /// Re-hashes every READY file; corrupt files are removed and missing ones forgotten.
     pub fn verify_all(&mut self) -> Result<VerifyReport, StoreError> {
         let mut report = VerifyReport::default();
@@ -1230,6 +1264,19 @@ mod tests {
         assert_eq!(pinned.manifest_url, "u2");
         assert_eq!(pinned.loaded_at_ms, 4);
         assert!(store.pinned_manifest("nobody").unwrap().is_none());
+        let apps: Vec<(String, String, Option<u64>)> = store
+            .apps()
+            .unwrap()
+            .into_iter()
+            .map(|record| (record.app, record.manifest_sha256, record.fresh_at_ms))
+            .collect();
+        assert_eq!(
+            apps,
+            vec![
+                ("a".to_owned(), manifest_v2.clone(), Some(3)),
+                ("b".to_owned(), manifest_v1.clone(), None)
+            ]
+        );
     }
 
     #[test]
