@@ -1,0 +1,1328 @@
+#!/usr/bin/env python3
+"""haul benchmark driver (standard library only; started by bench/run).
+
+Owns: making the benchmark data under bench/out/, running every scenario against haul and
+its peers in the same run (tools alternate A B C A B C ..., one untimed warm-up each),
+verifying each tool's output after every run, and writing bench/out/results.json,
+bench/chart.svg and BENCHMARKS.md.
+
+Does not own: installing tools, building haul, or starting and stopping nginx; bench/run
+does those and passes the port and paths here.
+
+Wall time is measured around the tool with time.perf_counter(); peak RSS comes from
+`/usr/bin/time -f '%e %M'` (KiB, reported in MiB). Every run goes through
+`timeout --foreground -k 5 SECONDS`. A tool whose output fails verification is reported as failed,
+never as fast.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import datetime as dt
+import hashlib
+import html
+import json
+import os
+import platform
+import random
+import re
+import shlex
+import shutil
+import signal
+import statistics
+import subprocess
+import sys
+import threading
+import time
+import zipfile
+from pathlib import Path
+from typing import Callable
+
+MIB = 1 << 20
+GIB = 1 << 30
+SCENARIO_IDS = [
+    "single-1g",
+    "segmented-128m",
+    "many-2000x16k",
+    "resume-256m",
+    "extract-10k",
+    "sha256-1g",
+]
+RESUME_MAX_RUNS = 3
+ACCESS_LOG_SETTLE_S = 3.0
+
+
+@dataclasses.dataclass(frozen=True)
+class Sizes:
+    """The data sizes of one benchmark mode."""
+
+    single_bytes: int
+    segmented_bytes: int
+    many_count: int
+    many_file_bytes: int
+    resume_bytes: int
+    extract_files: int
+    extract_total_bytes: int
+
+
+FULL_SIZES = Sizes(
+    single_bytes=GIB,
+    segmented_bytes=128 * MIB,
+    many_count=2000,
+    many_file_bytes=16 * 1024,
+    resume_bytes=256 * MIB,
+    extract_files=10_000,
+    extract_total_bytes=66_000_000,
+)
+QUICK_SIZES = Sizes(
+    single_bytes=256 * MIB,
+    segmented_bytes=32 * MIB,
+    many_count=500,
+    many_file_bytes=16 * 1024,
+    resume_bytes=64 * MIB,
+    extract_files=2000,
+    extract_total_bytes=13_200_000,
+)
+
+
+def log(message: str) -> None:
+    print(f"bench: {message}", file=sys.stderr, flush=True)
+
+
+def human_bytes(n: float) -> str:
+    if n >= GIB:
+        return f"{n / GIB:.4g} GiB"
+    if n >= MIB:
+        return f"{n / MIB:.4g} MiB"
+    if n >= 1024:
+        return f"{n / 1024:.4g} KiB"
+    return f"{int(n)} B"
+
+
+def sha256_file(path: Path) -> str:
+    with open(path, "rb") as f:
+        return hashlib.file_digest(f, "sha256").hexdigest()
+
+
+def tree_digest(root: Path) -> tuple[int, int, str]:
+    """(file count, total bytes, digest over sorted relative paths and file contents)."""
+    entries = []
+    for dirpath, _dirnames, filenames in os.walk(root):
+        for name in filenames:
+            full = Path(dirpath, name)
+            entries.append((full.relative_to(root).as_posix(), full))
+    entries.sort()
+    outer = hashlib.sha256()
+    total = 0
+    for rel, full in entries:
+        data = full.read_bytes()
+        total += len(data)
+        outer.update(rel.encode())
+        outer.update(b"\0")
+        outer.update(hashlib.sha256(data).digest())
+    return len(entries), total, outer.hexdigest()
+
+
+def remove_path(path: Path) -> None:
+    if path.is_dir() and not path.is_symlink():
+        shutil.rmtree(path)
+    elif path.exists() or path.is_symlink():
+        path.unlink()
+
+
+def reset_dir(path: Path) -> None:
+    """Empties a download directory (untimed) and flushes dirty pages so runs start alike."""
+    remove_path(path)
+    path.mkdir(parents=True, exist_ok=True)
+    os.sync()
+
+
+# --- data ---------------------------------------------------------------------------------
+
+
+class DataStore:
+    """Makes benchmark inputs once and reuses them across runs (bench/out/data/manifest.json)."""
+
+    def __init__(self, www: Path, data_dir: Path) -> None:
+        self.www = www
+        self.data_dir = data_dir
+        self.manifest_path = data_dir / "manifest.json"
+        www.mkdir(parents=True, exist_ok=True)
+        data_dir.mkdir(parents=True, exist_ok=True)
+        try:
+            self.manifest = json.loads(self.manifest_path.read_text())
+        except (OSError, ValueError):
+            self.manifest = {}
+
+    def _save(self) -> None:
+        self.manifest_path.write_text(json.dumps(self.manifest, indent=1, sort_keys=True))
+
+    def _cached(self, key: str, params: dict, path: Path) -> dict | None:
+        entry = self.manifest.get(key)
+        if entry and entry.get("params") == params and path.exists():
+            if path.is_file() and path.stat().st_size != entry.get("size"):
+                return None
+            return entry
+        return None
+
+    def random_file(self, name: str, size: int) -> dict:
+        """A file of `size` random bytes served from www/NAME: {path, size, sha256}."""
+        path = self.www / name
+        params = {"kind": "random", "size": size}
+        entry = self._cached(name, params, path)
+        if entry:
+            return entry
+        log(f"making {name} ({human_bytes(size)} of random bytes)")
+        digest = hashlib.sha256()
+        tmp = path.with_suffix(".tmp")
+        with open(tmp, "wb") as f:
+            left = size
+            while left:
+                chunk = os.urandom(min(left, 8 * MIB))
+                f.write(chunk)
+                digest.update(chunk)
+                left -= len(chunk)
+        tmp.rename(path)
+        entry = {"params": params, "path": str(path), "size": size, "sha256": digest.hexdigest()}
+        self.manifest[name] = entry
+        self._save()
+        return entry
+
+    def many_files(self, dirname: str, count: int, size: int) -> dict:
+        """`count` random files of `size` bytes in www/DIRNAME/: {names, count, digest}."""
+        path = self.www / dirname
+        params = {"kind": "many", "count": count, "size": size}
+        entry = self._cached(dirname, params, path)
+        if entry:
+            return entry
+        log(f"making {count} files of {human_bytes(size)} in {dirname}/")
+        remove_path(path)
+        path.mkdir(parents=True)
+        names = [f"f{i:05d}.bin" for i in range(count)]
+        for name in names:
+            (path / name).write_bytes(os.urandom(size))
+        files, total, digest = tree_digest(path)
+        entry = {
+            "params": params,
+            "path": str(path),
+            "names": names,
+            "count": files,
+            "total": total,
+            "digest": digest,
+        }
+        self.manifest[dirname] = entry
+        self._save()
+        return entry
+
+    def archive(self, name: str, files: int, total: int) -> dict:
+        """A deflate zip of `files` files (mixed sizes, text and random, nested dirs)."""
+        path = self.data_dir / name
+        params = {"kind": "zip", "files": files, "total": total, "seed": 20240601}
+        entry = self._cached(name, params, path)
+        if entry:
+            return entry
+        log(f"making {name}: {files} files, about {human_bytes(total)}")
+        rng = random.Random(params["seed"])
+        words = [
+            "haul", "install", "extension", "track", "car", "driver", "module", "manifest",
+            "signature", "segment", "resume", "verify", "digest", "mirror", "retry", "the",
+            "of", "and", "to", "in", "is", "for", "on", "with", "as", "that", "by", "from",
+            "{", "}", "=", ";", "0", "1", "2", "3", "4", "5", "6", "7", "8", "9", "\n",
+            "function", "return", "const", "let", "if", "else", "true", "false", "null",
+        ]
+        text_corpus = " ".join(rng.choice(words) for _ in range(400_000)).encode()
+        # Log-normal sizes, a few empty files, scaled to the target total.
+        raw = [0.0 if i % 500 == 7 else rng.lognormvariate(8.0, 1.3) for i in range(files)]
+        scale = total / sum(raw)
+        sizes = [int(r * scale) for r in raw]
+        sizes[-1] += total - sum(sizes)
+        tmp = path.with_suffix(".tmp")
+        expected = []
+        with zipfile.ZipFile(tmp, "w", compression=zipfile.ZIP_DEFLATED, compresslevel=6) as zf:
+            for i, size in enumerate(sizes):
+                depth = 1 + i % 3
+                parts = [f"pkg{rng.randrange(20):02d}"]
+                if depth > 1:
+                    parts.append(f"sub{rng.randrange(10)}")
+                if depth > 2:
+                    parts.append(f"leaf{rng.randrange(5)}")
+                compressible = rng.random() < 0.5
+                ext = ".txt" if compressible else ".bin"
+                rel = "/".join(parts + [f"file{i:05d}{ext}"])
+                if compressible:
+                    start = rng.randrange(0, len(text_corpus) - size) if size < len(text_corpus) else 0
+                    data = (text_corpus * (1 + size // len(text_corpus)))[start : start + size]
+                else:
+                    data = rng.randbytes(size)
+                zf.writestr(rel, data)
+                expected.append(rel)
+        tmp.rename(path)
+        staging = self.data_dir / (name + ".check")
+        remove_path(staging)
+        with zipfile.ZipFile(path) as zf:
+            zf.extractall(staging)
+        count, size_sum, digest = tree_digest(staging)
+        remove_path(staging)
+        entry = {
+            "params": params,
+            "path": str(path),
+            "size": path.stat().st_size,
+            "count": count,
+            "total": size_sum,
+            "digest": digest,
+        }
+        self.manifest[name] = entry
+        self._save()
+        return entry
+
+
+# --- running tools ------------------------------------------------------------------------
+
+
+@dataclasses.dataclass
+class RunResult:
+    """One execution of one tool."""
+
+    ok: bool
+    wall_s: float
+    rss_kib: int | None
+    exit_code: int
+    error: str | None = None
+    extra: dict = dataclasses.field(default_factory=dict)
+
+    def to_json(self) -> dict:
+        out = {
+            "ok": self.ok,
+            "wall_s": round(self.wall_s, 4),
+            "rss_mib": None if self.rss_kib is None else round(self.rss_kib / 1024, 2),
+            "exit_code": self.exit_code,
+        }
+        if self.error:
+            out["error"] = self.error
+        out.update(self.extra)
+        return out
+
+
+class Runner:
+    """Runs commands under /usr/bin/time and timeout, keeping each run's output in logs/."""
+
+    def __init__(self, logs: Path, timeout_s: int) -> None:
+        self.logs = logs
+        self.timeout_s = timeout_s
+        logs.mkdir(parents=True, exist_ok=True)
+
+    def timed(self, argv: list[str], log_name: str) -> tuple[RunResult, str]:
+        """Runs argv; returns the result (ok = exit 0) and its stdout."""
+        time_file = self.logs / (log_name + ".time")
+        stdout_file = self.logs / (log_name + ".out")
+        stderr_file = self.logs / (log_name + ".err")
+        full = [
+            "/usr/bin/time", "-f", "%e %M", "-o", str(time_file),
+            "timeout", "--foreground", "-k", "5", str(self.timeout_s),
+        ] + argv
+        with open(stdout_file, "wb") as out, open(stderr_file, "wb") as err:
+            start = time.perf_counter()
+            # A session of its own, so that an interrupt or a hang kills the whole group
+            # (time, timeout and the tool); `timeout --foreground` stays in that group.
+            proc = subprocess.Popen(full, stdin=subprocess.DEVNULL, stdout=out, stderr=err,
+                                    start_new_session=True)
+            # A blocking wait (Popen.wait(timeout=...) polls in steps of up to 50 ms, which
+            # would quantize the wall times); a watchdog thread covers a hung `timeout`.
+            watchdog = threading.Timer(self.timeout_s + 30, kill_group, args=(proc,))
+            watchdog.start()
+            try:
+                proc.wait()
+            except BaseException:
+                kill_group(proc)
+                raise
+            finally:
+                watchdog.cancel()
+            wall = time.perf_counter() - start
+        rss = None
+        try:
+            for line in time_file.read_text().splitlines()[::-1]:
+                m = re.fullmatch(r"\s*([0-9.]+)\s+([0-9]+)\s*", line)
+                if m:
+                    rss = int(m.group(2))
+                    break
+        except OSError:
+            pass
+        stdout = stdout_file.read_text(errors="replace")
+        error = None
+        if proc.returncode in (124, -signal.SIGKILL):
+            error = f"timed out after {self.timeout_s} s"
+        elif proc.returncode != 0:
+            error = f"exit {proc.returncode}: {tail(stderr_file)}"
+        return RunResult(ok=error is None, wall_s=wall, rss_kib=rss,
+                         exit_code=proc.returncode, error=error), stdout
+
+
+def kill_group(proc: subprocess.Popen) -> None:
+    """Kills the process group that `proc` leads (it was started in a new session)."""
+    try:
+        os.killpg(proc.pid, signal.SIGKILL)
+    except (ProcessLookupError, PermissionError):
+        pass
+
+
+def tail(path: Path, limit: int = 300) -> str:
+    try:
+        text = path.read_text(errors="replace").strip()
+    except OSError:
+        return ""
+    lines = [line for line in text.splitlines() if line.strip()]
+    out = " | ".join(lines[-3:])
+    return out[-limit:] if out else "(no stderr)"
+
+
+@dataclasses.dataclass
+class Tool:
+    """One contender in a scenario."""
+
+    name: str
+    argv: list[str]
+    is_haul: bool = False
+    not_run: str | None = None        # why it was not run
+    failed: str | None = None         # why it failed (warm-up or a timed run)
+    runs: list[RunResult] = dataclasses.field(default_factory=list)
+    display: str | None = None        # command shown in the report, if not argv
+
+    @property
+    def command(self) -> str:
+        return self.display or shlex.join(self.argv)
+
+
+class HaulProbe:
+    """Finds out, once per subcommand, whether the haul binary can run a scenario."""
+
+    def __init__(self, binary: Path, unavailable: str) -> None:
+        self.binary = binary
+        self.unavailable = unavailable
+        self.help_text: dict[str, tuple[int, str]] = {}
+
+    def reason_not_runnable(self, subcommand: str, flags: list[str]) -> str | None:
+        if self.unavailable:
+            return self.unavailable
+        if not (self.binary.is_file() and os.access(self.binary, os.X_OK)):
+            return f"no haul binary at {self.binary}"
+        if subcommand not in self.help_text:
+            try:
+                proc = subprocess.run([str(self.binary), subcommand, "--help"],
+                                      stdin=subprocess.DEVNULL, capture_output=True,
+                                      timeout=20)
+                text = (proc.stdout + proc.stderr).decode(errors="replace")
+                self.help_text[subcommand] = (proc.returncode, text)
+            except (OSError, subprocess.TimeoutExpired) as e:
+                self.help_text[subcommand] = (-1, str(e))
+        code, text = self.help_text[subcommand]
+        if code != 0:
+            first = text.strip().splitlines()[0] if text.strip() else "no output"
+            return f"`haul {subcommand}` is not available (`haul {subcommand} --help` exited {code}: {first[:160]})"
+        if not text.strip():
+            return f"`haul {subcommand}` is not implemented yet (`haul {subcommand} --help` printed nothing)"
+        missing = [f for f in flags if not re.search(r"(?<![\w-])" + re.escape(f) + r"(?![\w-])", text)]
+        if missing:
+            return f"`haul {subcommand} --help` does not mention {', '.join(missing)}"
+        return None
+
+
+# --- access log ---------------------------------------------------------------------------
+
+
+class AccessLog:
+    """Reads the nginx access log ("$request $status $body_bytes_sent")."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+
+    def offset(self) -> int:
+        return self.path.stat().st_size
+
+    def requests_since(self, offset: int, uri: str) -> list[tuple[int, int]]:
+        """(status, body bytes) of each request for `uri` logged after `offset`."""
+        with open(self.path, "rb") as f:
+            f.seek(offset)
+            text = f.read().decode(errors="replace")
+        out = []
+        for line in text.splitlines():
+            parts = line.rsplit(" ", 2)
+            if len(parts) != 3:
+                continue
+            request, status, sent = parts
+            fields = request.split(" ")
+            if len(fields) >= 2 and fields[1] == uri:
+                try:
+                    out.append((int(status), int(sent)))
+                except ValueError:
+                    continue
+        return out
+
+    def settled_requests(self, offset: int, uri: str, at_least: int) -> list[tuple[int, int]]:
+        """Waits (briefly) until nginx has logged at least `at_least` body bytes for `uri`
+        and the log stopped growing, then returns the requests."""
+        deadline = time.monotonic() + ACCESS_LOG_SETTLE_S
+        last_size = -1
+        while True:
+            size = self.offset()
+            reqs = self.requests_since(offset, uri)
+            if size == last_size and sum(b for _, b in reqs) >= at_least:
+                return reqs
+            if time.monotonic() > deadline:
+                return reqs
+            last_size = size
+            time.sleep(0.1)
+
+
+# --- scenarios ----------------------------------------------------------------------------
+
+
+@dataclasses.dataclass
+class ScenarioResult:
+    id: str
+    title: str
+    description: str
+    tools: list[Tool]
+    runs_per_tool: int
+    extra_columns: list[tuple[str, str]] = dataclasses.field(default_factory=list)
+    notes: list[str] = dataclasses.field(default_factory=list)
+
+
+class Bench:
+    def __init__(self, args: argparse.Namespace) -> None:
+        self.args = args
+        self.sizes = QUICK_SIZES if args.quick else FULL_SIZES
+        self.out = Path(args.out_dir)
+        self.repo = Path(args.repo_dir)
+        self.www = self.out / "www"
+        self.dl = self.out / "dl"
+        self.data = DataStore(self.www, self.out / "data")
+        self.runner = Runner(self.out / "logs", args.timeout)
+        self.access_log = AccessLog(Path(args.access_log))
+        self.base = f"http://127.0.0.1:{args.port}"
+        self.haul = Path(args.haul)
+        self.probe = HaulProbe(self.haul, args.haul_unavailable)
+        self.runs = args.runs
+
+    # The generic loop: warm-up of each tool, then A B C A B C ... with verification.
+    def alternate(
+        self,
+        scenario: str,
+        tools: list[Tool],
+        runs: int,
+        execute: Callable[[Tool, str], RunResult],
+    ) -> None:
+        active = [t for t in tools if t.not_run is None]
+        for tool in active:
+            log(f"{scenario}: warm-up {tool.name}")
+            result = execute(tool, f"{scenario}.{tool.name}.warmup")
+            if not result.ok:
+                tool.failed = f"warm-up run failed: {result.error}"
+                log(f"{scenario}: {tool.name} {tool.failed}")
+        active = [t for t in active if t.failed is None]
+        for i in range(runs):
+            for tool in active:
+                result = execute(tool, f"{scenario}.{tool.name}.{i + 1}")
+                tool.runs.append(result)
+                state = "ok" if result.ok else f"FAILED: {result.error}"
+                log(f"{scenario}: run {i + 1}/{runs} {tool.name}: {result.wall_s:.3f} s {state}")
+        for tool in active:
+            bad = [r for r in tool.runs if not r.ok]
+            if bad:
+                tool.failed = f"{len(bad)} of {len(tool.runs)} timed runs failed: {bad[0].error}"
+
+    def haul_tool(self, name: str, subcommand: str, flags: list[str], argv: list[str]) -> Tool:
+        tool = Tool(name=name, argv=[str(self.haul)] + argv, is_haul=True,
+                    display="haul " + shlex.join(argv))
+        tool.not_run = self.probe.reason_not_runnable(subcommand, flags)
+        return tool
+
+    @staticmethod
+    def peer(name: str, argv: list[str]) -> Tool:
+        tool = Tool(name=name, argv=argv)
+        if shutil.which(argv[0]) is None:
+            tool.not_run = f"{argv[0]} is not installed"
+        return tool
+
+    def download_runner(self, out_dir: Path, verify: Callable[[], str | None]):
+        def execute(tool: Tool, log_name: str) -> RunResult:
+            reset_dir(out_dir)
+            result, _ = self.runner.timed(tool.argv, log_name)
+            if result.ok:
+                problem = verify()
+                if problem:
+                    result.ok, result.error = False, f"verification: {problem}"
+            return result
+        return execute
+
+    @staticmethod
+    def file_check(path: Path, sha256: str, size: int) -> Callable[[], str | None]:
+        def verify() -> str | None:
+            if not path.is_file():
+                return f"{path.name} missing"
+            actual = path.stat().st_size
+            if actual != size:
+                return f"{path.name} has {actual} bytes, want {size}"
+            if sha256_file(path) != sha256:
+                return f"{path.name} sha256 mismatch"
+            return None
+        return verify
+
+    # 1. single-1g
+    def single(self) -> ScenarioResult:
+        size = self.sizes.single_bytes
+        src = self.data.random_file(f"single-{size // MIB}m.bin", size)
+        url = f"{self.base}/plain/{Path(src['path']).name}"
+        out_dir = self.dl / "single"
+        out = out_dir / "out.bin"
+        tools = [
+            self.haul_tool("haul", "get", ["-o", "--sha256", "--quiet"],
+                           ["get", url, "-o", str(out), "--sha256", src["sha256"], "--quiet"]),
+            self.peer("curl", ["curl", "-s", "-o", str(out), url]),
+            self.peer("wget2", ["wget2", "-q", "-O", str(out), url]),
+            self.peer("aria2c", ["aria2c", "-q", "-d", str(out_dir), "-o", out.name,
+                                 "--allow-overwrite=true", "--file-allocation=none", url]),
+        ]
+        self.alternate("single-1g", tools, self.runs,
+                       self.download_runner(out_dir, self.file_check(out, src["sha256"], size)))
+        remove_path(out_dir)
+        return ScenarioResult(
+            "single-1g", f"One {human_bytes(size)} file, one connection",
+            f"{human_bytes(size)} of random bytes from nginx at full speed (sendfile) over "
+            "127.0.0.1, written to bench/out/dl; each output's sha256 is checked after each run. "
+            "haul also verifies the sha256 itself (--sha256); the peers do not.",
+            tools, self.runs)
+
+    # 2. segmented-128m
+    def segmented(self) -> ScenarioResult:
+        size = self.sizes.segmented_bytes
+        src = self.data.random_file(f"segmented-{size // MIB}m.bin", size)
+        uri = f"/seg/{Path(src['path']).name}"
+        url = self.base + uri
+        out_dir = self.dl / "segmented"
+        out = out_dir / "out.bin"
+        tools = [
+            self.haul_tool("haul", "get", ["-o", "--segments", "--quiet"],
+                           ["get", url, "-o", str(out), "--segments", "16", "--quiet"]),
+            self.peer("aria2c", ["aria2c", "-x16", "-s16", "-k1M", "-q", "-d", str(out_dir),
+                                 "-o", out.name, "--allow-overwrite=true",
+                                 "--file-allocation=none", url]),
+        ]
+        download = self.download_runner(out_dir, self.file_check(out, src["sha256"], size))
+
+        def execute(tool: Tool, log_name: str) -> RunResult:
+            start = self.access_log.offset()
+            result = download(tool, log_name)
+            reqs = self.access_log.settled_requests(start, uri, size if result.ok else 0)
+            result.extra["requests"] = len(reqs)
+            result.extra["served_mib"] = round(sum(b for _, b in reqs) / MIB, 2)
+            return result
+
+        self.alternate("segmented-128m", tools, self.runs, execute)
+        remove_path(out_dir)
+        return ScenarioResult(
+            "segmented-128m",
+            f"One {human_bytes(size)} file, 16 segments, "
+            f"{human_bytes(self._rate(self.args.segment_rate))}/s per connection",
+            f"nginx limits each connection to {human_bytes(self._rate(self.args.segment_rate))}/s "
+            f"(limit_rate "
+            f"{self.args.segment_rate}), so one connection would need "
+            f"{size / self._rate(self.args.segment_rate):.1f} s; 16 parallel ranges should "
+            "need about 1/16 of that.",
+            tools, self.runs,
+            extra_columns=[("requests", "requests"), ("served_mib", "served MiB")])
+
+    @staticmethod
+    def _rate(spec: str) -> int:
+        units = {"k": 1024, "m": MIB, "g": GIB}
+        return int(spec[:-1]) * units[spec[-1].lower()] if spec[-1].isalpha() else int(spec)
+
+    # 3. many-2000x16k
+    def many(self) -> ScenarioResult:
+        count, fsize = self.sizes.many_count, self.sizes.many_file_bytes
+        src = self.data.many_files(f"many-{count}x{fsize // 1024}k", count, fsize)
+        src_name = Path(src["path"]).name
+        out_dir = self.dl / "many"
+        lists = self.out / "lists"
+        lists.mkdir(parents=True, exist_ok=True)
+        urls = [f"{self.base}/plain/{src_name}/{n}" for n in src["names"]]
+        aria_list = lists / "many.aria2.txt"
+        aria_list.write_text("".join(
+            f"{u}\n  dir={out_dir}\n  out={n}\n" for u, n in zip(urls, src["names"])))
+        curl_cfg = lists / "many.curl.txt"
+        curl_cfg.write_text("".join(
+            f'url = "{u}"\noutput = "{out_dir / n}"\n' for u, n in zip(urls, src["names"])))
+        url_list = lists / "many.urls.txt"
+        url_list.write_text("".join(u + "\n" for u in urls))
+        tools = [
+            self.haul_tool("haul", "get", ["-j", "-i", "--quiet"],
+                           ["get", "-j", "16", "-i", str(aria_list), "--quiet"]),
+            self.peer("curl", ["curl", "--parallel", "--parallel-max", "16", "-s",
+                               "-K", str(curl_cfg)]),
+            self.peer("wget2", ["wget2", "--max-threads", "16", "-q", "-i", str(url_list),
+                                "-P", str(out_dir)]),
+            self.peer("aria2c", ["aria2c", "-j16", "-i", str(aria_list), "-q"]),
+        ]
+
+        def verify() -> str | None:
+            files, total, digest = tree_digest(out_dir)
+            if files != src["count"] or total != src["total"]:
+                return f"{files} files / {total} bytes, want {src['count']} / {src['total']}"
+            if digest != src["digest"]:
+                return "file names or contents differ from the source"
+            return None
+
+        self.alternate("many-2000x16k", tools, self.runs, self.download_runner(out_dir, verify))
+        remove_path(out_dir)
+        return ScenarioResult(
+            "many-2000x16k", f"{count} files of {human_bytes(fsize)}, 16 at a time",
+            f"{count} small files from nginx, 16 concurrent transfers; each run's output "
+            "directory must hold exactly the source files (names and contents).",
+            tools, self.runs)
+
+    # 4. resume-256m
+    def resume(self) -> ScenarioResult:
+        size = self.sizes.resume_bytes
+        src = self.data.random_file(f"resume-{size // MIB}m.bin", size)
+        uri = f"/resume/{Path(src['path']).name}"
+        url = self.base + uri
+        out_dir = self.dl / "resume"
+        out = out_dir / Path(src["path"]).name
+        half = size // 2
+        sig = getattr(signal, "SIG" + self.args.resume_signal)
+        runs = min(self.runs, RESUME_MAX_RUNS)
+        tools = [
+            self.haul_tool("haul", "get", ["-o", "--sha256", "--quiet"],
+                           ["get", url, "-o", str(out), "--sha256", src["sha256"], "--quiet"]),
+            self.peer("curl", ["curl", "-s", "-C", "-", "-o", str(out), url]),
+            # -P, not -O: with -O, `wget2 -c` starts again from byte 0 (1.99.1).
+            self.peer("wget2", ["wget2", "-q", "-c", "-P", str(out_dir), url]),
+            self.peer("aria2c", ["aria2c", "-q", "-c", "-d", str(out_dir), "-o", out.name,
+                                 "--file-allocation=none", url]),
+        ]
+        partial_of = {
+            "haul": [out.with_name(out.name + ".haul-part"), out],
+            "curl": [out],
+            "wget2": [out],
+            "aria2c": [out],
+        }
+
+        def partial_size(tool: Tool) -> int:
+            best = 0
+            for p in partial_of[tool.name]:
+                try:
+                    best = max(best, p.stat().st_size)
+                except OSError:
+                    pass
+            return best
+
+        def interrupted_attempt(tool: Tool, log_name: str) -> tuple[str | None, int]:
+            """Starts the tool, stops it with the signal once the partial holds half."""
+            err_path = self.runner.logs / (log_name + ".first.err")
+            with open(err_path, "wb") as err:
+                # Its own process group, signalled as a whole (as Ctrl-C would be).
+                proc = subprocess.Popen(tool.argv, stdin=subprocess.DEVNULL,
+                                        stdout=subprocess.DEVNULL, stderr=err,
+                                        start_new_session=True)
+                deadline = time.monotonic() + self.args.timeout
+                try:
+                    while proc.poll() is None:
+                        if partial_size(tool) >= half:
+                            os.killpg(proc.pid, sig)
+                            break
+                        if time.monotonic() > deadline:
+                            return "first attempt timed out before reaching half", 0
+                        time.sleep(0.005)
+                    else:
+                        return ("first attempt ended (exit "
+                                f"{proc.returncode}) before it could be interrupted"), 0
+                    try:
+                        proc.wait(timeout=15)
+                    except subprocess.TimeoutExpired:
+                        pass
+                finally:
+                    # Nothing of the first attempt may outlive it (a stray child would
+                    # write into the file while the resume runs).
+                    kill_group(proc)
+                    proc.wait()
+                    time.sleep(0.05)
+            return None, partial_size(tool)
+
+        check = self.file_check(out, src["sha256"], size)
+
+        def execute(tool: Tool, log_name: str) -> RunResult:
+            reset_dir(out_dir)
+            start = self.access_log.offset()
+            problem, at_interrupt = interrupted_attempt(tool, log_name)
+            if problem:
+                return RunResult(ok=False, wall_s=0.0, rss_kib=None, exit_code=-1, error=problem)
+            result, _ = self.runner.timed(tool.argv, log_name)
+            if result.ok:
+                problem = check()
+                if problem:
+                    result.ok, result.error = False, f"verification: {problem}"
+            reqs = self.access_log.settled_requests(start, uri, size if result.ok else 0)
+            served = sum(b for _, b in reqs)
+            result.extra.update({
+                "partial_mib_at_interrupt": round(at_interrupt / MIB, 2),
+                "requests": len(reqs),
+                "served_mib": round(served / MIB, 2),
+                "refetched_mib": round((served - size) / MIB, 2),
+            })
+            return result
+
+        self.alternate("resume-256m", tools, runs, execute)
+        remove_path(out_dir)
+        return ScenarioResult(
+            "resume-256m",
+            f"Resume a {human_bytes(size)} download interrupted half way "
+            f"({human_bytes(self._rate(self.args.resume_rate))}/s per connection)",
+            f"Each run: start the tool, send SIG{self.args.resume_signal} once its partial file "
+            f"(haul: OUT.haul-part; the others: OUT) holds {human_bytes(half)}, then run the "
+            "same command again (curl -C -, wget2 -c, aria2c -c; haul: unchanged). wget2 "
+            "writes to -P DIR, not -O OUT, because `wget2 -c -O OUT` restarts from byte 0. Time and "
+            "RSS are those of the resume run. 'refetched' = bytes nginx served for the file "
+            "over both attempts (access log) minus its size, i.e. bytes fetched twice; it "
+            "includes what was in flight in socket buffers at the interrupt. "
+            f"{runs} timed runs per tool.",
+            tools, runs,
+            extra_columns=[("refetched_mib", "refetched MiB"),
+                           ("partial_mib_at_interrupt", "partial MiB at interrupt"),
+                           ("requests", "requests")])
+
+    # 5. extract-10k
+    def extract(self) -> ScenarioResult:
+        files, total = self.sizes.extract_files, self.sizes.extract_total_bytes
+        src = self.data.archive(f"extract-{files}.zip", files, total)
+        archive = src["path"]
+        out_dir = self.dl / "extract"
+        tools = [
+            self.haul_tool("haul", "extract", ["-d", "--quiet"],
+                           ["extract", archive, "-d", str(out_dir), "--quiet"]),
+            self.peer("unzip", ["unzip", "-q", "-o", archive, "-d", str(out_dir)]),
+        ]
+
+        def execute(tool: Tool, log_name: str) -> RunResult:
+            remove_path(out_dir)  # haul may want to create the directory itself
+            os.sync()
+            result, _ = self.runner.timed(tool.argv, log_name)
+            if result.ok:
+                count, size_sum, digest = tree_digest(out_dir) if out_dir.is_dir() else (0, 0, "")
+                if (count, size_sum) != (src["count"], src["total"]):
+                    result.ok, result.error = False, (
+                        f"verification: {count} files / {size_sum} bytes, want "
+                        f"{src['count']} / {src['total']}")
+                elif digest != src["digest"]:
+                    result.ok, result.error = False, "verification: contents differ"
+            return result
+
+        self.alternate("extract-10k", tools, self.runs, execute)
+        remove_path(out_dir)
+        return ScenarioResult(
+            "extract-10k",
+            f"Extract a zip of {src['count']} files ({human_bytes(src['total'])})",
+            f"A deflate zip ({human_bytes(src['size'])}) made with Python's zipfile: log-normal "
+            "file sizes, half text (compressible), half random, in nested directories. The "
+            "output directory is removed before each run; each run's tree is compared file "
+            "by file with the source.",
+            tools, self.runs)
+
+    # 6. sha256-1g
+    def hashing(self) -> ScenarioResult:
+        size = self.sizes.single_bytes
+        src = self.data.random_file(f"single-{size // MIB}m.bin", size)
+        path = src["path"]
+        tools = [
+            self.haul_tool("haul", "hash", [], ["hash", path]),
+            self.peer("openssl", ["openssl", "dgst", "-sha256", path]),
+            self.peer("sha256sum", ["sha256sum", path]),
+        ]
+
+        def execute(tool: Tool, log_name: str) -> RunResult:
+            result, stdout = self.runner.timed(tool.argv, log_name)
+            if result.ok and src["sha256"] not in stdout.lower():
+                result.ok, result.error = False, "verification: expected digest not in output"
+            return result
+
+        self.alternate("sha256-1g", tools, self.runs, execute)
+        return ScenarioResult(
+            "sha256-1g", f"SHA-256 of a {human_bytes(size)} file",
+            "The file is in the page cache (it was just made or served); the digest must "
+            "appear in the tool's output.",
+            tools, self.runs)
+
+    def run(self, ids: list[str]) -> list[ScenarioResult]:
+        table = {
+            "single-1g": self.single,
+            "segmented-128m": self.segmented,
+            "many-2000x16k": self.many,
+            "resume-256m": self.resume,
+            "extract-10k": self.extract,
+            "sha256-1g": self.hashing,
+        }
+        results = []
+        for sid in ids:
+            started = time.monotonic()
+            log(f"--- {sid}")
+            results.append(table[sid]())
+            log(f"--- {sid} took {time.monotonic() - started:.1f} s")
+        return results
+
+
+# --- statistics and report ----------------------------------------------------------------
+
+
+def summarize(tool: Tool, extra_keys: list[str]) -> dict:
+    ok_runs = [r for r in tool.runs if r.ok]
+    summary: dict = {
+        "tool": tool.name,
+        "command": tool.command,
+        "is_haul": tool.is_haul,
+        "status": "not run" if tool.not_run else ("failed" if tool.failed else "ok"),
+        "reason": tool.not_run or tool.failed,
+        "runs": [r.to_json() for r in tool.runs],
+    }
+    if summary["status"] == "ok" and ok_runs:
+        walls = [r.wall_s for r in ok_runs]
+        summary["median_wall_s"] = statistics.median(walls)
+        summary["min_wall_s"] = min(walls)
+        summary["max_wall_s"] = max(walls)
+        rss = [r.rss_kib for r in ok_runs if r.rss_kib is not None]
+        summary["median_rss_mib"] = statistics.median(rss) / 1024 if rss else None
+        for key in extra_keys:
+            values = [r.extra[key] for r in ok_runs if key in r.extra]
+            summary["median_" + key] = statistics.median(values) if values else None
+    return summary
+
+
+def scenario_json(s: ScenarioResult) -> dict:
+    extra_keys = [k for k, _ in s.extra_columns]
+    tools = [summarize(t, extra_keys) for t in s.tools]
+    haul = next((t for t in tools if t["is_haul"]), None)
+    for t in tools:
+        if t["is_haul"] or haul is None or haul["status"] != "ok" or t["status"] != "ok":
+            continue
+        t["ratio_wall"] = haul["median_wall_s"] / t["median_wall_s"] if t["median_wall_s"] else None
+        if haul.get("median_rss_mib") and t.get("median_rss_mib"):
+            t["ratio_rss"] = haul["median_rss_mib"] / t["median_rss_mib"]
+    return {
+        "id": s.id,
+        "title": s.title,
+        "description": s.description,
+        "runs_per_tool": s.runs_per_tool,
+        "extra_columns": s.extra_columns,
+        "tools": tools,
+    }
+
+
+def machine_info(out: Path, repo: Path, nginx: str) -> dict:
+    cpu = "unknown"
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    mem_kib = 0
+    try:
+        for line in Path("/proc/meminfo").read_text().splitlines():
+            if line.startswith("MemTotal:"):
+                mem_kib = int(line.split()[1])
+    except OSError:
+        pass
+    disk = shutil.disk_usage(out)
+
+    def first_line(argv: list[str]) -> str:
+        try:
+            p = subprocess.run(argv, capture_output=True, timeout=10, stdin=subprocess.DEVNULL)
+            text = (p.stdout or p.stderr).decode(errors="replace").strip()
+            return text.splitlines()[0] if text else "?"
+        except (OSError, subprocess.TimeoutExpired):
+            return "not installed"
+
+    def git(*argv: str) -> str:
+        try:
+            p = subprocess.run(["git", "-C", str(repo), *argv], capture_output=True, timeout=20)
+            return p.stdout.decode().strip()
+        except (OSError, subprocess.TimeoutExpired):
+            return ""
+
+    return {
+        "cpu": cpu,
+        "cores": os.cpu_count(),
+        "memory_gib": round(mem_kib / (1024 * 1024), 1),
+        "kernel": platform.release(),
+        "os": _os_name(),
+        "disk_free_gib": round(disk.free / GIB, 1),
+        "loadavg_at_start": [round(x, 2) for x in os.getloadavg()],
+        "git_commit": git("rev-parse", "HEAD") or "unknown",
+        "git_dirty": bool(git("status", "--porcelain", "--untracked-files=no")),
+        "versions": {
+            "curl": first_line(["curl", "--version"]),
+            "wget2": first_line(["wget2", "--version"]),
+            "aria2c": first_line(["aria2c", "--version"]),
+            "nginx": first_line([nginx, "-v"]),
+            "unzip": first_line(["unzip", "-v"]),
+            "openssl": first_line(["openssl", "version"]),
+            "sha256sum": first_line(["sha256sum", "--version"]),
+            "python": sys.version.split()[0],
+        },
+    }
+
+
+def _os_name() -> str:
+    try:
+        for line in Path("/etc/os-release").read_text().splitlines():
+            if line.startswith("PRETTY_NAME="):
+                return line.split("=", 1)[1].strip('"')
+    except OSError:
+        pass
+    return platform.system()
+
+
+def fmt_s(x: float | None) -> str:
+    if x is None:
+        return "–"
+    return f"{x:.3f}" if x < 10 else f"{x:.2f}"
+
+
+def fmt_ratio(x: float | None) -> str:
+    return "–" if x is None else f"{x:.2f}×"
+
+
+def fmt_num(x) -> str:
+    if x is None:
+        return "–"
+    if isinstance(x, float):
+        return f"{x:.1f}" if abs(x) < 1000 else f"{x:.0f}"
+    return str(x)
+
+
+def write_markdown(path: Path, results: dict, chart_rel: str) -> None:
+    meta = results["meta"]
+    m = meta["machine"]
+    lines = [
+        "# haul benchmarks",
+        "",
+        "<!-- Generated by bench/run; do not edit by hand. -->",
+        "",
+        f"haul against its peers, measured in the same run on the same machine. "
+        f"Generated {meta['date']} by:",
+        "",
+        "```",
+        meta["command"],
+        "```",
+        "",
+    ]
+    if meta["quick"]:
+        lines += [
+            f"> **Quick mode** (`--quick`): reduced sizes ({meta['sizes_text']}), "
+            f"{meta['runs']} timed runs per tool (resume: {min(meta['runs'], RESUME_MAX_RUNS)}). "
+            "Scenario ids keep their full-size names. Run `bench/run` without `--quick` "
+            "for the real numbers.",
+            "",
+        ]
+    if meta["only"]:
+        lines += [f"> Only these scenarios were run: {', '.join(meta['only'])}.", ""]
+    lines += [
+        "## Machine",
+        "",
+        "| | |",
+        "| --- | --- |",
+        f"| CPU | {m['cpu']} |",
+        f"| cores | {m['cores']} |",
+        f"| memory | {m['memory_gib']} GiB |",
+        f"| OS / kernel | {m['os']} / {m['kernel']} |",
+        f"| disk free (bench/out) | {m['disk_free_gib']} GiB |",
+        f"| load average at start / end | {' '.join(map(str, m['loadavg_at_start']))} / "
+        f"{' '.join(map(str, meta['loadavg_at_end']))} |",
+        f"| git commit | `{m['git_commit']}`{' (with uncommitted changes)' if m['git_dirty'] else ''} |",
+        f"| haul | `{meta['haul_binary']}` {meta['haul_version']} |",
+    ]
+    for name, version in m["versions"].items():
+        lines.append(f"| {name} | {version} |")
+    lines += [
+        "",
+        "## Method",
+        "",
+        "- A private nginx (`worker_processes 1`, `sendfile on`) on 127.0.0.1 serves files "
+        "from bench/out/www; downloads go to bench/out/dl on the same disk and are deleted "
+        "(then `sync`) before every run. The page cache is not dropped.",
+        f"- Per scenario: one untimed warm-up run of each tool, then {meta['runs']} timed "
+        "runs per tool, alternating tools (A B C A B C …). Every run is limited by "
+        f"`timeout {meta['timeout_s']}`.",
+        "- Wall time: measured around the command (Python `perf_counter`); peak RSS: "
+        "`/usr/bin/time -f '%e %M'` (max resident set, MiB).",
+        "- Every run's output is verified (sha256 of the file, or every extracted/downloaded "
+        "file compared with the source, or the digest in the tool's output). A tool with "
+        "a failed run is reported as failed, without times.",
+        "- **haul/peer** = haul's median / the peer's median: below 1.00× haul is faster "
+        "(or smaller), above 1.00× it is slower (or larger).",
+        "",
+        "## Summary",
+        "",
+        f"![haul/peer median wall-time ratio per scenario]({chart_rel})",
+        "",
+        "Bars: haul's median wall time divided by each peer's (lower is better for haul; "
+        "the line marks 1.0).",
+        "",
+    ]
+    for s in results["scenarios"]:
+        lines += [f"## `{s['id']}`: {s['title']}", "", s["description"], ""]
+        extra = s["extra_columns"]
+        header = ["tool", "median s", "min–max s", "median peak RSS MiB",
+                  "haul/peer wall", "haul/peer RSS"] + [label for _, label in extra]
+        lines.append("| " + " | ".join(header) + " |")
+        lines.append("| " + " | ".join(["---"] + ["---:"] * (len(header) - 1)) + " |")
+        notes = []
+        for t in s["tools"]:
+            name = f"**{t['tool']}**" if t["is_haul"] else t["tool"]
+            if t["status"] != "ok":
+                mark = f"[{len(notes) + 1}]"
+                notes.append(f"{mark} {t['tool']}: {t['status']}: {t['reason']}")
+                row = [name, f"{t['status']} {mark}", "–", "–", "–", "–"] + ["–"] * len(extra)
+            else:
+                row = [
+                    name,
+                    fmt_s(t["median_wall_s"]),
+                    f"{fmt_s(t['min_wall_s'])}–{fmt_s(t['max_wall_s'])}",
+                    fmt_num(t["median_rss_mib"]),
+                    "1.00× (ref)" if t["is_haul"] else fmt_ratio(t.get("ratio_wall")),
+                    "1.00× (ref)" if t["is_haul"] else fmt_ratio(t.get("ratio_rss")),
+                ] + [fmt_num(t.get("median_" + key)) for key, _ in extra]
+            lines.append("| " + " | ".join(row) + " |")
+        lines += ["", "Commands:", "", "```"]
+        lines += [t["command"] for t in s["tools"]]
+        lines += ["```", ""]
+        if notes:
+            lines += ["Notes:", ""] + [f"- {n}" for n in notes] + [""]
+    lines += [
+        "## Files",
+        "",
+        "- Raw numbers, every run: `bench/out/results.json` (not committed).",
+        "- Each run's stdout, stderr and `/usr/bin/time` output: `bench/out/logs/`.",
+        "",
+    ]
+    path.write_text("\n".join(lines))
+
+
+PALETTE = {
+    "curl": "#4e79a7",
+    "wget2": "#f28e2b",
+    "aria2c": "#59a14f",
+    "unzip": "#b07aa1",
+    "openssl": "#e15759",
+    "sha256sum": "#76b7b2",
+}
+
+
+def write_chart(path: Path, results: dict) -> None:
+    """A hand-written SVG bar chart: haul/peer median wall-time ratio per scenario."""
+    scenarios = results["scenarios"]
+    width = 900
+    left, right, top, bottom = 60, 90, 50, 120
+    height = 430
+    plot_w = width - left - right
+    plot_h = height - top - bottom
+    ratios = [t.get("ratio_wall") for s in scenarios for t in s["tools"]
+              if t.get("ratio_wall") is not None]
+    y_max = max([2.0] + [min(r, 4.0) * 1.1 for r in ratios])
+    clip = 4.0
+
+    def y_of(v: float) -> float:
+        return top + plot_h - min(v, y_max) / y_max * plot_h
+
+    out = [
+        f'<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height}" '
+        f'viewBox="0 0 {width} {height}" font-family="sans-serif" font-size="12">',
+        f'<rect width="{width}" height="{height}" fill="white"/>',
+        f'<text x="{width / 2}" y="22" text-anchor="middle" font-size="15" font-weight="bold">'
+        "haul / peer median wall time (lower is better for haul)</text>",
+        f'<text x="{width / 2}" y="40" text-anchor="middle" fill="#555">'
+        f"{html.escape(results['meta']['date'])}"
+        f"{' · quick mode' if results['meta']['quick'] else ''}</text>",
+    ]
+    # Grid and y axis.
+    step = 0.5 if y_max <= 3 else 1.0
+    v = 0.0
+    while v <= y_max + 1e-9:
+        y = y_of(v)
+        out.append(f'<line x1="{left}" y1="{y:.1f}" x2="{left + plot_w}" y2="{y:.1f}" '
+                   'stroke="#e5e5e5"/>')
+        out.append(f'<text x="{left - 6}" y="{y + 4:.1f}" text-anchor="end">{v:.1f}×</text>')
+        v += step
+    out.append(f'<line x1="{left}" y1="{top}" x2="{left}" y2="{top + plot_h}" stroke="#333"/>')
+    out.append(f'<line x1="{left}" y1="{top + plot_h}" x2="{left + plot_w}" '
+               f'y2="{top + plot_h}" stroke="#333"/>')
+    # Bars.
+    n = max(1, len(scenarios))
+    slot = plot_w / n
+    for i, s in enumerate(scenarios):
+        x0 = left + i * slot
+        peers = [t for t in s["tools"] if not t["is_haul"]]
+        haul = next((t for t in s["tools"] if t["is_haul"]), None)
+        label_y = top + plot_h + 62
+        out.append(f'<text x="{x0 + slot / 2:.1f}" y="{label_y}" text-anchor="middle" '
+                   f'font-weight="bold" font-size="11">{html.escape(s["id"])}</text>')
+        if haul is None or haul["status"] != "ok":
+            status = "haul not run" if haul is None or haul["status"] == "not run" else "haul failed"
+            out.append(f'<text x="{x0 + slot / 2:.1f}" y="{top + plot_h * 0.3:.1f}" '
+                       f'text-anchor="middle" fill="#999">{status}</text>')
+            continue
+        bar_w = min(34.0, (slot - 16) / max(1, len(peers)))
+        start = x0 + (slot - bar_w * len(peers)) / 2
+        for j, t in enumerate(peers):
+            bx = start + j * bar_w
+            color = PALETTE.get(t["tool"], "#999")
+            r = t.get("ratio_wall")
+            if r is None:
+                out.append(f'<text x="{bx + bar_w / 2:.1f}" y="{top + plot_h - 4:.1f}" '
+                           f'text-anchor="middle" font-size="10" fill="#999">{t["status"]}</text>')
+            else:
+                y = y_of(min(r, clip))
+                out.append(f'<rect x="{bx + 2:.1f}" y="{y:.1f}" width="{bar_w - 4:.1f}" '
+                           f'height="{top + plot_h - y:.1f}" fill="{color}">'
+                           f'<title>{html.escape(t["tool"])}: {r:.2f}×</title></rect>')
+                shown = f"{r:.2f}" + ("+" if r > clip else "")
+                out.append(f'<text x="{bx + bar_w / 2:.1f}" y="{y - 3:.1f}" '
+                           f'text-anchor="middle" font-size="10">{shown}</text>')
+            tx, ty = bx + bar_w / 2 + 3, top + plot_h + 12
+            out.append(f'<text x="{tx:.1f}" y="{ty}" text-anchor="end" font-size="10" '
+                       f'fill="#555" transform="rotate(-40 {tx:.1f} {ty})">'
+                       f'{html.escape(t["tool"])}</text>')
+    # Parity line.
+    y1 = y_of(1.0)
+    out.append(f'<line x1="{left}" y1="{y1:.1f}" x2="{left + plot_w}" y2="{y1:.1f}" '
+               'stroke="#c00" stroke-width="1.5" stroke-dasharray="6 4"/>')
+    out.append(f'<text x="{left + plot_w + 6}" y="{y1 + 4:.1f}" text-anchor="start" '
+               'fill="#c00">1.0 = parity</text>')
+    # Legend.
+    lx = left
+    ly = height - 28
+    for name, color in PALETTE.items():
+        out.append(f'<rect x="{lx}" y="{ly - 10}" width="12" height="12" fill="{color}"/>')
+        out.append(f'<text x="{lx + 16}" y="{ly}">{name}</text>')
+        lx += 100
+    out.append(f'<text x="{left}" y="{height - 8}" fill="#555" font-size="10">'
+               f"Bars above {clip:.0f}× are clipped. Scenarios without bars: haul not run "
+               "or failed (see BENCHMARKS.md).</text>")
+    out.append("</svg>")
+    path.write_text("\n".join(out) + "\n")
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description="haul benchmark driver; use bench/run")
+    ap.add_argument("--repo-dir", required=True)
+    ap.add_argument("--out-dir", required=True)
+    ap.add_argument("--port", type=int, required=True)
+    ap.add_argument("--access-log", required=True)
+    ap.add_argument("--runs", type=int, default=5)
+    ap.add_argument("--timeout", type=int, default=300)
+    ap.add_argument("--resume-signal", default="TERM", choices=["TERM", "INT", "KILL"])
+    ap.add_argument("--resume-rate", default="64m")
+    ap.add_argument("--segment-rate", default="8m")
+    ap.add_argument("--haul", required=True)
+    ap.add_argument("--haul-unavailable", default="")
+    ap.add_argument("--command", default="bench/run")
+    ap.add_argument("--nginx", default="nginx")
+    ap.add_argument("--quick", action="store_true")
+    ap.add_argument("--only", default="")
+    args = ap.parse_args()
+
+    ids = [i for i in args.only.split(",") if i] if args.only else list(SCENARIO_IDS)
+    unknown = [i for i in ids if i not in SCENARIO_IDS]
+    if unknown:
+        log(f"unknown scenario(s): {', '.join(unknown)}; known: {', '.join(SCENARIO_IDS)}")
+        return 2
+    ids = [i for i in SCENARIO_IDS if i in ids]
+
+    out = Path(args.out_dir)
+    repo = Path(args.repo_dir)
+    sizes = QUICK_SIZES if args.quick else FULL_SIZES
+    need = (sizes.single_bytes * 2 + sizes.segmented_bytes * 2 + sizes.resume_bytes * 2
+            + sizes.extract_total_bytes * 3 + 512 * MIB)
+    free = shutil.disk_usage(out).free
+    if free < need:
+        log(f"not enough disk space under {out}: {human_bytes(free)} free, "
+            f"about {human_bytes(need)} needed")
+        return 1
+
+    started = time.monotonic()
+    machine = machine_info(out, repo, args.nginx)
+    bench = Bench(args)
+    haul_version = ""
+    if not args.haul_unavailable and Path(args.haul).is_file():
+        try:
+            p = subprocess.run([args.haul, "--version"], capture_output=True, timeout=10,
+                               stdin=subprocess.DEVNULL)
+            haul_version = p.stdout.decode(errors="replace").strip().splitlines()[0] \
+                if p.returncode == 0 and p.stdout.strip() else ""
+        except (OSError, subprocess.TimeoutExpired, IndexError):
+            haul_version = ""
+    scenarios = bench.run(ids)
+    remove_path(bench.dl)
+
+    sizes_text = (f"single {human_bytes(sizes.single_bytes)}, segmented "
+                  f"{human_bytes(sizes.segmented_bytes)}, {sizes.many_count} × "
+                  f"{human_bytes(sizes.many_file_bytes)} files, resume "
+                  f"{human_bytes(sizes.resume_bytes)}, archive of {sizes.extract_files} files "
+                  f"(~{human_bytes(sizes.extract_total_bytes)}), hash "
+                  f"{human_bytes(sizes.single_bytes)}")
+    results = {
+        "meta": {
+            "date": dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
+            "command": args.command,
+            "quick": args.quick,
+            "only": ids if args.only else [],
+            "runs": args.runs,
+            "timeout_s": args.timeout,
+            "sizes": dataclasses.asdict(sizes),
+            "sizes_text": sizes_text,
+            "resume_signal": args.resume_signal,
+            "resume_rate": args.resume_rate,
+            "segment_rate": args.segment_rate,
+            "haul_binary": os.path.relpath(args.haul, repo) if args.haul.startswith(str(repo)) else args.haul,
+            "haul_version": haul_version or "(no --version output)",
+            "machine": machine,
+            "loadavg_at_end": [round(x, 2) for x in os.getloadavg()],
+            "duration_s": round(time.monotonic() - started, 1),
+        },
+        "scenarios": [scenario_json(s) for s in scenarios],
+    }
+    (out / "results.json").write_text(json.dumps(results, indent=2) + "\n")
+    chart = repo / "bench" / "chart.svg"
+    write_chart(chart, results)
+    write_markdown(repo / "BENCHMARKS.md", results, "bench/chart.svg")
+    log(f"done in {results['meta']['duration_s']} s: bench/out/results.json, bench/chart.svg, "
+        "BENCHMARKS.md")
+    for s in results["scenarios"]:
+        for t in s["tools"]:
+            if t["status"] == "ok":
+                ratio = t.get("ratio_wall")
+                extra = f"  haul/peer {ratio:.2f}x" if ratio else ""
+                log(f"  {s['id']:16} {t['tool']:10} {fmt_s(t['median_wall_s']):>8} s{extra}")
+            else:
+                log(f"  {s['id']:16} {t['tool']:10} {t['status']}: {t['reason']}")
+    return 0
+
+
+class Terminated(Exception):
+    """SIGTERM or SIGINT arrived; unwinding kills the tool that is running."""
+
+
+def _on_signal(signum, _frame) -> None:
+    # One is enough: bench/run's trap may send SIGTERM right after a Ctrl-C.
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    raise Terminated(signal.Signals(signum).name)
+
+
+if __name__ == "__main__":
+    signal.signal(signal.SIGTERM, _on_signal)
+    signal.signal(signal.SIGINT, _on_signal)
+    try:
+        sys.exit(main())
+    except Terminated as e:
+        log(f"stopped by {e}")
+        sys.exit(143)
