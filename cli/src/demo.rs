@@ -172,12 +172,16 @@ fn demo(args: DemoArgs) -> Result<i32, String> {
     for ((a, sha), r) in assets.iter().zip(&expected).zip(&results) {
         match r {
             Ok(o) => {
-                let on_disk = hash_file(&o.path).map_err(|e| format!("{}: {e}", o.path.display()))?;
+                let on_disk =
+                    hash_file(&o.path).map_err(|e| format!("{}: {e}", o.path.display()))?;
                 total += o.size;
                 if &on_disk != sha {
                     failures += 1;
                     code = exit::VERIFICATION;
-                    eprintln!("  FAIL {} on disk hashes to {on_disk}, expected {sha}", a.path);
+                    eprintln!(
+                        "  FAIL {} on disk hashes to {on_disk}, expected {sha}",
+                        a.path
+                    );
                 } else if mode != Mode::Json {
                     eprintln!(
                         "  ok   {:<24} attempts {}  fetched {:>9}  sha256 {}…",

@@ -18,7 +18,12 @@ pub struct GetArgs {
     #[arg(required = true, value_name = "URL")]
     pub urls: Vec<String>,
     /// Write to this path (one URL only).
-    #[arg(short = 'o', long = "output", value_name = "PATH", conflicts_with = "dir")]
+    #[arg(
+        short = 'o',
+        long = "output",
+        value_name = "PATH",
+        conflicts_with = "dir"
+    )]
     pub output: Option<PathBuf>,
     /// Write into this directory; names come from Content-Disposition or the URL.
     #[arg(short = 'd', long = "dir", value_name = "DIR")]
@@ -66,7 +71,9 @@ fn secs(name: &str, s: f64) -> Result<Duration, String> {
     if s.is_finite() && s > 0.0 {
         Ok(Duration::from_secs_f64(s))
     } else {
-        Err(format!("--{name} must be a positive number of seconds, got {s}"))
+        Err(format!(
+            "--{name} must be a positive number of seconds, got {s}"
+        ))
     }
 }
 

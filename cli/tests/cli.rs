@@ -26,7 +26,12 @@ fn get_with_matching_sha256_exits_zero_and_writes_the_file() {
         .args(["--sha256", &hex::encode(Sha256::digest(&body)), "--quiet"])
         .output()
         .unwrap();
-    assert_eq!(out.status.code(), Some(0), "{}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     assert_eq!(std::fs::read(&dest).unwrap(), body);
 }
 
@@ -63,18 +68,32 @@ fn http_404_exits_4_and_refused_connection_exits_3() {
         .unwrap()
         .port();
     let out = haul()
-        .args(["get", &format!("http://127.0.0.1:{port}/x"), "--retries", "0", "-d"])
+        .args([
+            "get",
+            &format!("http://127.0.0.1:{port}/x"),
+            "--retries",
+            "0",
+            "-d",
+        ])
         .arg(dir.path())
         .output()
         .unwrap();
-    assert_eq!(out.status.code(), Some(3), "{}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(
+        out.status.code(),
+        Some(3),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
 }
 
 #[test]
 fn usage_errors_exit_2() {
     let out = haul().args(["get", "ftp://x/y"]).output().unwrap();
     assert_eq!(out.status.code(), Some(2));
-    let out = haul().args(["get", "http://x/y", "--sha256", "nothex"]).output().unwrap();
+    let out = haul()
+        .args(["get", "http://x/y", "--sha256", "nothex"])
+        .output()
+        .unwrap();
     assert_eq!(out.status.code(), Some(2));
     let out = haul().args(["get"]).output().unwrap();
     assert_eq!(out.status.code(), Some(2));
@@ -88,7 +107,11 @@ fn usage_errors_exit_2() {
 fn running_the_same_command_again_resumes() {
     let body = data(3_000_000);
     let origin = Origin::start().unwrap();
-    origin.route("/big", body.clone(), Behavior::Truncate { after: 1_000_000 });
+    origin.route(
+        "/big",
+        body.clone(),
+        Behavior::Truncate { after: 1_000_000 },
+    );
     let dir = tempfile::tempdir().unwrap();
     let dest = dir.path().join("big");
     let run = || {
@@ -139,9 +162,24 @@ fn json_mode_prints_parseable_event_lines() {
 #[test]
 fn demo_downloads_and_verifies_every_asset() {
     let dir = tempfile::tempdir().unwrap();
-    let out = haul().args(["demo", "--quiet", "-d"]).arg(dir.path()).output().unwrap();
-    assert_eq!(out.status.code(), Some(0), "{}", String::from_utf8_lossy(&out.stderr));
-    let names = ["textures.pak", "models.zip", "level1.bin", "soundtrack.ogg", "manual.pdf"];
+    let out = haul()
+        .args(["demo", "--quiet", "-d"])
+        .arg(dir.path())
+        .output()
+        .unwrap();
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let names = [
+        "textures.pak",
+        "models.zip",
+        "level1.bin",
+        "soundtrack.ogg",
+        "manual.pdf",
+    ];
     for n in names {
         assert!(dir.path().join(n).is_file(), "{n} missing");
     }

@@ -59,17 +59,7 @@ impl Files {
             let done = self.tx.clone();
             std::thread::Builder::new()
                 .name(format!("haul-file-{}", file.0))
-                .spawn(move || {
-                    let mut worker = FileWorker::default();
-                    for req in rx {
-                        let last = matches!(req.op, IoOp::CloseFile { .. });
-                        let r = worker.execute(&req.op);
-                        let _ = done.send(Msg::Done(req.id, r));
-                        if last {
-                            break;
-                        }
-                    }
-                })
+                .spawn(move || file_thread(rx, done))
                 .expect("spawn file thread");
             self.open.insert(file, q);
         }
@@ -86,6 +76,63 @@ impl Files {
         }
         if closing {
             self.open.remove(&file);
+        }
+    }
+}
+
+/// Runs one file's operations in issue order. `Sync` is handed to a companion thread so that
+/// writes keep flowing while earlier data is flushed (the engine's checkpoints would otherwise
+/// stall the download for as long as the disk takes); `CloseFile` waits for outstanding syncs,
+/// so its completion still follows every earlier operation's.
+fn file_thread(rx: mpsc::Receiver<IoRequest>, done: Sender<Msg>) {
+    let mut worker = FileWorker::default();
+    let mut syncer: Option<(Sender<haul_core::IoId>, std::thread::JoinHandle<()>)> = None;
+    for req in rx {
+        match req.op {
+            IoOp::Sync { .. } => {
+                if syncer.is_none() {
+                    let clone = worker.file.as_ref().map(File::try_clone);
+                    if let Some(Ok(f)) = clone {
+                        let (tx, srx) = mpsc::channel::<haul_core::IoId>();
+                        let sdone = done.clone();
+                        let path = worker.path.clone();
+                        let handle = std::thread::spawn(move || {
+                            for id in srx {
+                                let r = match f.sync_data() {
+                                    Ok(()) => IoResult::Done,
+                                    Err(e) => {
+                                        IoResult::Failed(local_failure(&e, "sync", Some(&path)))
+                                    }
+                                };
+                                let _ = sdone.send(Msg::Done(id, r));
+                            }
+                        });
+                        syncer = Some((tx, handle));
+                    }
+                }
+                match &syncer {
+                    Some((tx, _)) => {
+                        let _ = tx.send(req.id);
+                    }
+                    None => {
+                        let r = worker.execute(&req.op);
+                        let _ = done.send(Msg::Done(req.id, r));
+                    }
+                }
+            }
+            IoOp::CloseFile { .. } => {
+                if let Some((tx, handle)) = syncer.take() {
+                    drop(tx);
+                    let _ = handle.join();
+                }
+                let r = worker.execute(&req.op);
+                let _ = done.send(Msg::Done(req.id, r));
+                return;
+            }
+            _ => {
+                let r = worker.execute(&req.op);
+                let _ = done.send(Msg::Done(req.id, r));
+            }
         }
     }
 }
@@ -153,7 +200,10 @@ fn write_atomic(path: &Path, data: &[u8]) -> std::io::Result<()> {
 }
 
 fn with_suffix(path: &Path, suffix: &str) -> std::path::PathBuf {
-    let mut name = path.file_name().map(|n| n.to_os_string()).unwrap_or_default();
+    let mut name = path
+        .file_name()
+        .map(|n| n.to_os_string())
+        .unwrap_or_default();
     name.push(suffix);
     path.with_file_name(name)
 }
@@ -178,7 +228,8 @@ impl FileWorker {
     /// Execute one per-file operation.
     pub fn execute(&mut self, op: &IoOp) -> IoResult {
         let path = self.path.clone();
-        let fail = |e: std::io::Error, what: &str| IoResult::Failed(local_failure(&e, what, Some(&path)));
+        let fail =
+            |e: std::io::Error, what: &str| IoResult::Failed(local_failure(&e, what, Some(&path)));
         match op {
             IoOp::Open { path, truncate, .. } => {
                 self.path = path.clone();
@@ -208,7 +259,10 @@ impl FileWorker {
             }
             _ => {
                 let Some(f) = self.file.as_ref() else {
-                    return IoResult::Failed(IoFailure::new(IoErrorKind::Other, "file is not open"));
+                    return IoResult::Failed(IoFailure::new(
+                        IoErrorKind::Other,
+                        "file is not open",
+                    ));
                 };
                 match op {
                     IoOp::ReadAt { offset, len, .. } => {

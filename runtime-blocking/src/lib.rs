@@ -124,7 +124,9 @@ impl Driver {
                     match self.rx.recv_timeout(wait) {
                         Ok(m) => Some(m),
                         Err(RecvTimeoutError::Timeout) => None,
-                        Err(RecvTimeoutError::Disconnected) => unreachable!("driver holds a sender"),
+                        Err(RecvTimeoutError::Disconnected) => {
+                            unreachable!("driver holds a sender")
+                        }
                     }
                 }
                 None => Some(self.rx.recv().expect("driver holds a sender")),
@@ -234,4 +236,3 @@ fn os_seed() -> u64 {
 
 /// Longest a request write may block (a request head always fits the socket buffer).
 pub(crate) const SEND_TIMEOUT: Duration = Duration::from_secs(30);
-

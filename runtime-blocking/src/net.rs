@@ -13,7 +13,7 @@ use std::time::Duration;
 
 use bytes::BytesMut;
 use haul_core::http::{Origin, Scheme};
-use haul_core::{ConnId, Config, IoErrorKind, IoFailure, IoId, IoOp, IoRequest, IoResult};
+use haul_core::{Config, ConnId, IoErrorKind, IoFailure, IoId, IoOp, IoRequest, IoResult};
 
 use crate::{Msg, SEND_TIMEOUT};
 
@@ -115,7 +115,10 @@ impl Net {
 }
 
 fn gone() -> IoResult {
-    IoResult::Failed(IoFailure::new(IoErrorKind::Cancelled, "connection is closed"))
+    IoResult::Failed(IoFailure::new(
+        IoErrorKind::Cancelled,
+        "connection is closed",
+    ))
 }
 
 fn send(h: &ConnHandle, data: &[u8]) -> IoResult {
@@ -158,7 +161,10 @@ fn establish(origin: &Origin, timeout: Duration) -> Result<TcpStream, IoFailure>
         .map_err(|e| IoFailure::new(IoErrorKind::Dns, format!("cannot resolve {host}: {e}")))?
         .collect();
     if addrs.is_empty() {
-        return Err(IoFailure::new(IoErrorKind::Dns, format!("{host} has no address")));
+        return Err(IoFailure::new(
+            IoErrorKind::Dns,
+            format!("{host} has no address"),
+        ));
     }
     let mut last = None;
     for addr in addrs {
@@ -168,7 +174,12 @@ fn establish(origin: &Origin, timeout: Duration) -> Result<TcpStream, IoFailure>
                 let _ = s.set_write_timeout(Some(SEND_TIMEOUT));
                 return Ok(s);
             }
-            Err(e) => last = Some(IoFailure::new(IoErrorKind::ConnectFailed, format!("{addr}: {e}"))),
+            Err(e) => {
+                last = Some(IoFailure::new(
+                    IoErrorKind::ConnectFailed,
+                    format!("{addr}: {e}"),
+                ))
+            }
         }
     }
     Err(last.expect("at least one address tried"))

@@ -21,12 +21,19 @@ pub fn plain_download_commits_exact_bytes<R: Runtime>() {
     let rt = R::with_config(fast_config());
     let mut ev = Vec::new();
     let out = rt
-        .download(Download::new(&origin.url("/f.bin"), &dest).unwrap(), &mut ev)
+        .download(
+            Download::new(&origin.url("/f.bin"), &dest).unwrap(),
+            &mut ev,
+        )
         .expect("download succeeds");
     assert_eq!(std::fs::read(&dest).unwrap(), data);
     assert_eq!(out.size, data.len() as u64);
     assert_eq!(out.sha256_hex(), sha256_hex(&data));
-    assert_eq!(listing(dir.path()), vec!["f.bin"], "no partial or state left");
+    assert_eq!(
+        listing(dir.path()),
+        vec!["f.bin"],
+        "no partial or state left"
+    );
     let req = &origin.requests_to("/f.bin")[0];
     assert_eq!(req.header("accept-encoding"), Some("identity"));
     assert!(req.header("range").is_none());
@@ -37,7 +44,10 @@ pub fn plain_download_commits_exact_bytes<R: Runtime>() {
             _ => None,
         })
         .collect();
-    assert!(progress.windows(2).all(|w| w[0] < w[1]), "progress is monotonic");
+    assert!(
+        progress.windows(2).all(|w| w[0] < w[1]),
+        "progress is monotonic"
+    );
     assert_eq!(progress.last(), Some(&(data.len() as u64)));
 }
 
@@ -68,15 +78,25 @@ pub fn sha256_mismatch_leaves_nothing_at_destination<R: Runtime>() {
         .unwrap_err();
     assert!(matches!(err, DownloadError::HashMismatch { .. }), "{err}");
     assert_eq!(err.class(), ErrorClass::Verification);
-    assert!(listing(dir.path()).is_empty(), "left: {:?}", listing(dir.path()));
-    assert_eq!(origin.requests_to("/f").len(), 1, "a hash mismatch is not retried");
+    assert!(
+        listing(dir.path()).is_empty(),
+        "left: {:?}",
+        listing(dir.path())
+    );
+    assert_eq!(
+        origin.requests_to("/f").len(),
+        1,
+        "a hash mismatch is not retried"
+    );
 }
 
 pub fn wrong_expected_size_fails_before_commit<R: Runtime>() {
     let data = body(4, 50_000);
     let (origin, dir) = setup("/f", &data, Behavior::Normal);
     let dest = dir.path().join("out");
-    let d = Download::new(&origin.url("/f"), &dest).unwrap().size(49_999);
+    let d = Download::new(&origin.url("/f"), &dest)
+        .unwrap()
+        .size(49_999);
     let err = R::with_config(fast_config())
         .download(d, &mut Vec::new())
         .unwrap_err();
@@ -109,7 +129,10 @@ pub fn max_size_guard_stops_a_server_that_sends_more<R: Runtime>() {
     match err {
         DownloadError::TooLarge { limit, seen } => {
             assert_eq!(limit, 64 * 1024);
-            assert!(seen > limit && seen < 64 * 1024 + 1024 * 1024, "stopped early: {seen}");
+            assert!(
+                seen > limit && seen < 64 * 1024 + 1024 * 1024,
+                "stopped early: {seen}"
+            );
         }
         other => panic!("expected TooLarge, got {other}"),
     }
@@ -121,7 +144,10 @@ pub fn chunked_response_is_decoded<R: Runtime>() {
     let (origin, dir) = setup("/c", &data, Behavior::Chunked { chunk: 4093 });
     let dest = dir.path().join("out");
     let out = R::with_config(fast_config())
-        .download(Download::new(&origin.url("/c"), &dest).unwrap(), &mut Vec::new())
+        .download(
+            Download::new(&origin.url("/c"), &dest).unwrap(),
+            &mut Vec::new(),
+        )
         .unwrap();
     assert_eq!(std::fs::read(&dest).unwrap(), data);
     assert_eq!(out.size, data.len() as u64);
@@ -132,7 +158,10 @@ pub fn close_delimited_response_is_complete_at_close<R: Runtime>() {
     let (origin, dir) = setup("/c", &data, Behavior::CloseDelimited);
     let dest = dir.path().join("out");
     R::with_config(fast_config())
-        .download(Download::new(&origin.url("/c"), &dest).unwrap(), &mut Vec::new())
+        .download(
+            Download::new(&origin.url("/c"), &dest).unwrap(),
+            &mut Vec::new(),
+        )
         .unwrap();
     assert_eq!(std::fs::read(&dest).unwrap(), data);
 }
@@ -181,7 +210,10 @@ pub fn redirect_loop_is_an_error<R: Runtime>() {
     );
     let dest = dir.path().join("out");
     let err = R::with_config(fast_config())
-        .download(Download::new(&origin.url("/a"), &dest).unwrap(), &mut Vec::new())
+        .download(
+            Download::new(&origin.url("/a"), &dest).unwrap(),
+            &mut Vec::new(),
+        )
         .unwrap_err();
     assert!(matches!(err, DownloadError::RedirectLoop { .. }), "{err}");
     assert!(!err.retryable());
@@ -253,12 +285,21 @@ pub fn interrupted_download_resumes_with_range_in_a_new_run<R: Runtime>() {
     let mut cfg = fast_config();
     cfg.retry.max_attempts = 1;
     let err = R::with_config(cfg.clone())
-        .download(Download::new(&origin.url("/big"), &dest).unwrap(), &mut Vec::new())
+        .download(
+            Download::new(&origin.url("/big"), &dest).unwrap(),
+            &mut Vec::new(),
+        )
         .unwrap_err();
     assert!(matches!(err, DownloadError::Protocol { .. }), "{err}");
     assert!(!dest.exists());
-    assert!(with_suffix(&dest, ".haul-part").exists(), "partial kept for resume");
-    assert!(with_suffix(&dest, ".haul-state").exists(), "state kept for resume");
+    assert!(
+        with_suffix(&dest, ".haul-part").exists(),
+        "partial kept for resume"
+    );
+    assert!(
+        with_suffix(&dest, ".haul-state").exists(),
+        "state kept for resume"
+    );
 
     // The server recovers; a new run (new client, as after a restart) resumes.
     origin.route("/big", data.clone(), Behavior::Normal);
@@ -269,12 +310,21 @@ pub fn interrupted_download_resumes_with_range_in_a_new_run<R: Runtime>() {
         .expect("resume succeeds");
     assert_eq!(std::fs::read(&dest).unwrap(), data);
     assert_eq!(out.resumed_from, cut);
-    assert_eq!(out.bytes_fetched, data.len() as u64 - cut, "no byte fetched twice");
+    assert_eq!(
+        out.bytes_fetched,
+        data.len() as u64 - cut,
+        "no byte fetched twice"
+    );
     let reqs = origin.requests_to("/big");
     assert_eq!(reqs.len(), 1);
-    assert_eq!(reqs[0].header("range"), Some(format!("bytes={cut}-").as_str()));
+    assert_eq!(
+        reqs[0].header("range"),
+        Some(format!("bytes={cut}-").as_str())
+    );
     assert_eq!(reqs[0].header("if-range"), origin.etag("/big").as_deref());
-    assert!(ev.iter().any(|e| matches!(e, Event::Resuming { offset, .. } if *offset == cut)));
+    assert!(ev
+        .iter()
+        .any(|e| matches!(e, Event::Resuming { offset, .. } if *offset == cut)));
     assert_eq!(listing(dir.path()), vec!["big"]);
 }
 
@@ -285,14 +335,24 @@ pub fn server_ignoring_range_yields_a_correct_file<R: Runtime>() {
     let mut cfg = fast_config();
     cfg.retry.max_attempts = 1;
     R::with_config(cfg.clone())
-        .download(Download::new(&origin.url("/f"), &dest).unwrap(), &mut Vec::new())
+        .download(
+            Download::new(&origin.url("/f"), &dest).unwrap(),
+            &mut Vec::new(),
+        )
         .unwrap_err();
     origin.route("/f", data.clone(), Behavior::IgnoreRange);
     origin.clear_requests();
     let out = R::with_config(cfg)
-        .download(Download::new(&origin.url("/f"), &dest).unwrap(), &mut Vec::new())
+        .download(
+            Download::new(&origin.url("/f"), &dest).unwrap(),
+            &mut Vec::new(),
+        )
         .unwrap();
-    assert_eq!(std::fs::read(&dest).unwrap(), data, "never appended to the partial");
+    assert_eq!(
+        std::fs::read(&dest).unwrap(),
+        data,
+        "never appended to the partial"
+    );
     assert_eq!(out.resumed_from, 0);
     assert!(origin.requests_to("/f")[0].header("range").is_some());
 }
@@ -304,7 +364,10 @@ pub fn truncated_body_is_an_error_not_a_success<R: Runtime>() {
     let mut cfg = fast_config();
     cfg.retry.max_attempts = 1;
     let err = R::with_config(cfg)
-        .download(Download::new(&origin.url("/f"), &dest).unwrap(), &mut Vec::new())
+        .download(
+            Download::new(&origin.url("/f"), &dest).unwrap(),
+            &mut Vec::new(),
+        )
         .unwrap_err();
     assert!(
         matches!(
@@ -322,7 +385,10 @@ pub fn truncated_body_is_resumed_by_retries<R: Runtime>() {
     let (origin, dir) = setup("/f", &data, Behavior::Truncate { after: 300_000 });
     let dest = dir.path().join("f");
     let out = R::with_config(fast_config())
-        .download(Download::new(&origin.url("/f"), &dest).unwrap(), &mut Vec::new())
+        .download(
+            Download::new(&origin.url("/f"), &dest).unwrap(),
+            &mut Vec::new(),
+        )
         .unwrap();
     assert_eq!(std::fs::read(&dest).unwrap(), data);
     assert_eq!(out.attempts, 4);
@@ -352,7 +418,10 @@ pub fn stalled_server_trips_the_idle_timeout<R: Runtime>() {
     cfg.retry.max_attempts = 1;
     let started = std::time::Instant::now();
     let err = R::with_config(cfg)
-        .download(Download::new(&origin.url("/f"), &dest).unwrap(), &mut Vec::new())
+        .download(
+            Download::new(&origin.url("/f"), &dest).unwrap(),
+            &mut Vec::new(),
+        )
         .unwrap_err();
     assert!(
         matches!(
@@ -364,9 +433,15 @@ pub fn stalled_server_trips_the_idle_timeout<R: Runtime>() {
         ),
         "{err}"
     );
-    assert!(started.elapsed() < Duration::from_secs(20), "the stall was caught");
+    assert!(
+        started.elapsed() < Duration::from_secs(20),
+        "the stall was caught"
+    );
     assert!(!dest.exists());
-    assert!(with_suffix(&dest, ".haul-part").exists(), "resumable partial kept");
+    assert!(
+        with_suffix(&dest, ".haul-part").exists(),
+        "resumable partial kept"
+    );
 }
 
 pub fn not_found_is_a_status_error_without_retries<R: Runtime>() {
@@ -380,9 +455,15 @@ pub fn not_found_is_a_status_error_without_retries<R: Runtime>() {
     );
     let dest = dir.path().join("f");
     let err = R::with_config(fast_config())
-        .download(Download::new(&origin.url("/missing"), &dest).unwrap(), &mut Vec::new())
+        .download(
+            Download::new(&origin.url("/missing"), &dest).unwrap(),
+            &mut Vec::new(),
+        )
         .unwrap_err();
-    assert!(matches!(err, DownloadError::Status { status: 404, .. }), "{err}");
+    assert!(
+        matches!(err, DownloadError::Status { status: 404, .. }),
+        "{err}"
+    );
     assert_eq!(err.class(), ErrorClass::HttpStatus);
     assert_eq!(origin.requests_to("/missing").len(), 1);
     assert!(listing(dir.path()).is_empty());
@@ -423,17 +504,31 @@ pub fn changed_representation_between_runs_restarts_from_zero<R: Runtime>() {
     let mut cfg = fast_config();
     cfg.retry.max_attempts = 1;
     R::with_config(cfg.clone())
-        .download(Download::new(&origin.url("/f"), &dest).unwrap(), &mut Vec::new())
+        .download(
+            Download::new(&origin.url("/f"), &dest).unwrap(),
+            &mut Vec::new(),
+        )
         .unwrap_err();
     origin.route("/f", new.clone(), Behavior::Normal);
     origin.clear_requests();
     let out = R::with_config(cfg)
-        .download(Download::new(&origin.url("/f"), &dest).unwrap(), &mut Vec::new())
+        .download(
+            Download::new(&origin.url("/f"), &dest).unwrap(),
+            &mut Vec::new(),
+        )
         .unwrap();
-    assert_eq!(std::fs::read(&dest).unwrap(), new, "no splice of two versions");
+    assert_eq!(
+        std::fs::read(&dest).unwrap(),
+        new,
+        "no splice of two versions"
+    );
     let reqs = origin.requests_to("/f");
     assert_eq!(reqs.len(), 1);
-    assert_eq!(reqs[0].header("range"), Some("bytes=400000-"), "resume attempted");
+    assert_eq!(
+        reqs[0].header("range"),
+        Some("bytes=400000-"),
+        "resume attempted"
+    );
     assert_eq!(out.resumed_from, 0, "the server's 200 restarted the file");
     assert_eq!(out.bytes_fetched, new.len() as u64);
 }
@@ -456,7 +551,10 @@ pub fn sequential_downloads_reuse_one_connection<R: Runtime>() {
     .unwrap();
     let reqs = origin.requests();
     assert_eq!(reqs.len(), 2);
-    assert_eq!(reqs[0].connection_id, reqs[1].connection_id, "keep-alive reuse");
+    assert_eq!(
+        reqs[0].connection_id, reqs[1].connection_id,
+        "keep-alive reuse"
+    );
     assert_eq!(std::fs::read(dir.path().join("b")).unwrap(), b);
 }
 
