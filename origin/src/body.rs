@@ -191,10 +191,7 @@ impl Producer {
         let mut buffer = vec![0u8; len];
         let mut filled = 0;
         while filled < len {
-            let read = file
-                .read(&mut buffer[filled..])
-                .await
-                .map_err(read_error)?;
+            let read = file.read(&mut buffer[filled..]).await.map_err(read_error)?;
             if read == 0 && filled > 0 {
                 // Hand out what was read; the next read reports the early end.
                 buffer.truncate(filled);

@@ -210,7 +210,9 @@ impl RequestRecord {
 
     /// The path without its query string.
     pub fn path_without_query(&self) -> &str {
-        self.path.split_once('?').map_or(&self.path, |(path, _)| path)
+        self.path
+            .split_once('?')
+            .map_or(&self.path, |(path, _)| path)
     }
 }
 

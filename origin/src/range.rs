@@ -85,7 +85,10 @@ fn parse_range(value: &str) -> RangeRequest {
         return RangeRequest::Ignored;
     }
     // RFC 9110 list syntax allows empty elements ("bytes=0-1,,").
-    let mut specs = set.split(',').map(str::trim).filter(|spec| !spec.is_empty());
+    let mut specs = set
+        .split(',')
+        .map(str::trim)
+        .filter(|spec| !spec.is_empty());
     let Some(spec) = specs.next() else {
         return RangeRequest::Ignored;
     };
@@ -138,8 +141,9 @@ fn if_range_matches(if_range: &str, validators: Validators<'_>) -> bool {
     if if_range.starts_with('"') {
         return if_range == validators.etag;
     }
-    httpdate::parse_http_date(if_range)
-        .is_ok_and(|date| httpdate::fmt_http_date(date) == httpdate::fmt_http_date(validators.last_modified))
+    httpdate::parse_http_date(if_range).is_ok_and(|date| {
+        httpdate::fmt_http_date(date) == httpdate::fmt_http_date(validators.last_modified)
+    })
 }
 
 #[cfg(test)]
@@ -183,7 +187,10 @@ mod tests {
     #[test]
     fn start_at_or_beyond_length_is_unsatisfiable() {
         assert_eq!(decide_range("bytes=10-", 10), RangeDecision::Unsatisfiable);
-        assert_eq!(decide_range("bytes=11-20", 10), RangeDecision::Unsatisfiable);
+        assert_eq!(
+            decide_range("bytes=11-20", 10),
+            RangeDecision::Unsatisfiable
+        );
         assert_eq!(
             decide_range("bytes=99999999999999999999999-", 10),
             RangeDecision::Unsatisfiable

@@ -15,7 +15,7 @@ use axum::response::Response;
 use axum::Router;
 use sha2::{Digest, Sha256};
 
-use crate::body::{BodyPlan, Ending, Source, MAX_PIECE};
+use crate::body::{BodyError, BodyPlan, Ending, Source, MAX_PIECE};
 use crate::range::{self, RangeDecision, Validators};
 use crate::state::{Content, RouteHit, Shared};
 use crate::{Behavior, RequestRecord};
@@ -80,10 +80,10 @@ async fn handle(State(shared): State<Arc<Shared>>, request: Request) -> Response
         .map_or(0, |id| id.0);
     let record = RequestRecord {
         method: request.method().as_str().to_owned(),
-        path: request
-            .uri()
-            .path_and_query()
-            .map_or_else(|| request.uri().path().to_owned(), |pq| pq.as_str().to_owned()),
+        path: request.uri().path_and_query().map_or_else(
+            || request.uri().path().to_owned(),
+            |pq| pq.as_str().to_owned(),
+        ),
         headers: request
             .headers()
             .iter()
@@ -312,7 +312,9 @@ fn serve(request: &Parts, representation: Representation, serving: Serving) -> R
         }
     }
     let body = if is_head {
-        Body::empty()
+        // A body of unknown size: axum then adds no `Content-Length: 0` (which would
+        // misdescribe the GET body) before it drops the body for HEAD.
+        Body::from_stream(futures_util::stream::empty::<Result<bytes::Bytes, BodyError>>())
     } else {
         let (send_len, ending) = match serving.cut_after {
             Some(after) if after < len => (after, serving.cut),

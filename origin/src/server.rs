@@ -77,9 +77,7 @@ async fn serve_connection(
         tracing::debug!(%error, connection_id, "haul-origin could not set TCP_NODELAY");
     }
     let service = hyper::service::service_fn(move |mut request: Request<Incoming>| {
-        request
-            .extensions_mut()
-            .insert(ConnectionId(connection_id));
+        request.extensions_mut().insert(ConnectionId(connection_id));
         let mut router = router.clone();
         async move {
             let response: Result<Response, Infallible> = router.call(request).await;
