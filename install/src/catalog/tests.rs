@@ -333,11 +333,7 @@ impl Setup {
     fn asset_zip(
         &self,
         file_name: &str,
-        kind: AssetKind,
-        name: &str,
-        category: &str,
-        directory: &str,
-        revision: u64,
+        template: Asset,
         files: &[(&str, &[u8])],
     ) -> (std::path::PathBuf, Asset) {
         let path = self.tmp.path().join(file_name);
@@ -346,15 +342,8 @@ impl Setup {
             .map(|(n, d)| if n.ends_with('/') { dir(n) } else { file(n, d) })
             .collect();
         write_zip(&path, &items);
-        let asset = asset(
-            kind,
-            name,
-            category,
-            directory,
-            revision,
-            fs::metadata(&path).unwrap().len(),
-        );
-        (path, asset)
+        let size = fs::metadata(&path).unwrap().len();
+        (path, Asset { size, ..template })
     }
 }
 
@@ -390,11 +379,7 @@ fn a_car_installs_under_cars_models_with_only_its_directory_and_a_revision() {
     let s = Setup::new();
     let (zip, car) = s.asset_zip(
         "car.zip",
-        AssetKind::Car,
-        "FMC GT4",
-        "Supercars",
-        "sc-fmc-gt4",
-        2,
+        asset(AssetKind::Car, "FMC GT4", "Supercars", "sc-fmc-gt4", 2, 0),
         &[
             ("sc-fmc-gt4/", b""),
             ("sc-fmc-gt4/sc-fmc-gt4.xml", b"<params/>"),
@@ -442,20 +427,12 @@ fn an_update_replaces_the_old_folder_as_a_whole() {
     let s = Setup::new();
     let (v1, car1) = s.asset_zip(
         "v1.zip",
-        AssetKind::Car,
-        "C",
-        "x",
-        "c",
-        1,
+        asset(AssetKind::Car, "C", "x", "c", 1, 0),
         &[("c/old.txt", b"1"), ("c/common.txt", b"1")],
     );
     let (v2, car2) = s.asset_zip(
         "v2.zip",
-        AssetKind::Car,
-        "C",
-        "x",
-        "c",
-        2,
+        asset(AssetKind::Car, "C", "x", "c", 2, 0),
         &[("c/common.txt", b"2")],
     );
     install_asset(&v1, &car1, &s.root()).unwrap();
@@ -474,11 +451,7 @@ fn a_track_installs_under_its_category() {
     let s = Setup::new();
     let (zip, track) = s.asset_zip(
         "t.zip",
-        AssetKind::Track,
-        "Longjour",
-        "road",
-        "longjour",
-        0,
+        asset(AssetKind::Track, "Longjour", "road", "longjour", 0, 0),
         &[("longjour/longjour.xml", b"x")],
     );
     let got = install_asset(&zip, &track, &s.root()).unwrap();
@@ -495,20 +468,19 @@ fn drivers_reuse_their_slot_and_new_drivers_take_the_next_free_one() {
     fs::write(robots.join("dandroid.xml"), b"<robot/>").unwrap();
     let (ren_zip, ren) = s.asset_zip(
         "ren.zip",
-        AssetKind::Driver,
-        "Ren Suzuki",
-        "dandroid",
-        "ren-suzuki",
-        3,
+        asset(
+            AssetKind::Driver,
+            "Ren Suzuki",
+            "dandroid",
+            "ren-suzuki",
+            3,
+            0,
+        ),
         &[("ren-suzuki/driver.xml", b"ren")],
     );
     let (ann_zip, ann) = s.asset_zip(
         "ann.zip",
-        AssetKind::Driver,
-        "Ann",
-        "dandroid",
-        "ann",
-        1,
+        asset(AssetKind::Driver, "Ann", "dandroid", "ann", 1, 0),
         &[("ann/driver.xml", b"ann")],
     );
     let ren_slot = install_asset(&ren_zip, &ren, &s.root()).unwrap();
@@ -611,11 +583,7 @@ fn size_mismatch_missing_payload_and_bad_assets_are_refused() {
     let s = Setup::new();
     let (zip, car) = s.asset_zip(
         "c.zip",
-        AssetKind::Car,
-        "C",
-        "x",
-        "c",
-        1,
+        asset(AssetKind::Car, "C", "x", "c", 1, 0),
         &[("elsewhere/x", b"x")],
     );
     let wrong = Asset {

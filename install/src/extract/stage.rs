@@ -9,7 +9,7 @@ use std::path::{Path, PathBuf};
 
 use super::names::check_entry_name;
 use super::validate::{check_collisions, EntryInfo, EntryKind, ValidatedArchive};
-use super::{is_executable_magic, ModePolicy};
+use super::{is_executable_magic, Durability, ModePolicy};
 use crate::error::InstallError;
 use crate::fsutil::{self, Leftover};
 
@@ -100,6 +100,7 @@ pub struct Staged {
     dest: PathBuf,
     stats: StageStats,
     created_dirs: HashSet<String>,
+    durability: Durability,
     finished: bool,
 }
 
@@ -118,6 +119,7 @@ impl Staged {
             dest: dest.to_path_buf(),
             stats: StageStats::default(),
             created_dirs: HashSet::new(),
+            durability: Durability::default(),
             finished: false,
         })
     }
@@ -134,6 +136,18 @@ impl Staged {
 
     pub fn stats(&self) -> StageStats {
         self.stats
+    }
+
+    /// Chooses whether [`Staged::commit`] syncs (default: [`Durability::SyncBeforeCommit`]).
+    pub fn set_durability(&mut self, durability: Durability) {
+        self.durability = durability;
+    }
+
+    fn sync_dir(&self, dir: &Path) -> Result<(), InstallError> {
+        match self.durability {
+            Durability::SyncBeforeCommit => fsutil::sync_dir(dir),
+            Durability::NoSync => Ok(()),
+        }
     }
 
     /// Adds (or overwrites) a small file in the staged tree, e.g. `.revision`, so it
@@ -251,7 +265,9 @@ impl Staged {
     /// a walk with `fsync` per file and directory elsewhere), then the parent directory
     /// is fsynced after the rename.
     pub fn commit(mut self) -> Result<Committed, InstallError> {
-        fsutil::sync_tree(&self.staging)?;
+        if self.durability == Durability::SyncBeforeCommit {
+            fsutil::sync_tree(&self.staging)?;
+        }
         let parent = fsutil::parent_of(&self.dest)?;
         let replaced = match fs::symlink_metadata(&self.dest) {
             Ok(_) => true,
@@ -262,7 +278,7 @@ impl Staged {
             match fsutil::exchange(&self.staging, &self.dest) {
                 Ok(()) => {
                     self.finished = true;
-                    fsutil::sync_dir(&parent)?;
+                    self.sync_dir(&parent)?;
                     // The old tree now sits at the staging name.
                     fsutil::remove_quietly(&self.staging);
                 }
@@ -274,7 +290,7 @@ impl Staged {
                         return Err(InstallError::io("rename", &self.staging)(e));
                     }
                     self.finished = true;
-                    fsutil::sync_dir(&parent)?;
+                    self.sync_dir(&parent)?;
                     fsutil::remove_quietly(&old);
                 }
                 Err(fsutil::ExchangeError::Failed(e)) => return Err(e),
@@ -283,7 +299,7 @@ impl Staged {
             fs::rename(&self.staging, &self.dest)
                 .map_err(InstallError::io("rename", &self.staging))?;
             self.finished = true;
-            fsutil::sync_dir(&parent)?;
+            self.sync_dir(&parent)?;
         }
         tracing::info!(dest = %self.dest.display(), replaced, files = self.stats.files, "committed");
         Ok(Committed {

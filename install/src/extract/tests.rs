@@ -365,7 +365,8 @@ fn an_entry_reaching_into_the_central_directory_is_refused() {
 
 #[test]
 fn local_headers_that_disagree_with_the_central_directory_are_refused_by_field() {
-    let cases: Vec<(&str, Box<dyn Fn(&mut RawEntry)>)> = vec![
+    type Tweak = Box<dyn Fn(&mut RawEntry)>;
+    let cases: Vec<(&str, Tweak)> = vec![
         (
             "name",
             Box::new(|e| e.local_name = Some(b"other.txt".to_vec())),
