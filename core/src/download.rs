@@ -119,14 +119,19 @@ fn parse_url(s: &str) -> Result<url::Url, DownloadError> {
         }
     }
     if url.host_str().is_none_or(str::is_empty) {
-        return Err(DownloadError::InvalidRequest(format!("URL {s:?} has no host")));
+        return Err(DownloadError::InvalidRequest(format!(
+            "URL {s:?} has no host"
+        )));
     }
     Ok(url)
 }
 
 /// `path` with `suffix` appended to its file name.
 pub(crate) fn sibling(path: &Path, suffix: &str) -> PathBuf {
-    let mut name = path.file_name().map(|n| n.to_os_string()).unwrap_or_default();
+    let mut name = path
+        .file_name()
+        .map(|n| n.to_os_string())
+        .unwrap_or_default();
     name.push(suffix);
     path.with_file_name(name)
 }
@@ -254,6 +259,9 @@ mod tests {
     fn part_and_state_paths_sit_beside_the_destination() {
         let d = Download::new("http://h/x", "/tmp/out/file.bin").unwrap();
         assert_eq!(d.part_path(), PathBuf::from("/tmp/out/file.bin.haul-part"));
-        assert_eq!(d.state_path(), PathBuf::from("/tmp/out/file.bin.haul-state"));
+        assert_eq!(
+            d.state_path(),
+            PathBuf::from("/tmp/out/file.bin.haul-state")
+        );
     }
 }

@@ -193,10 +193,7 @@ enum Phase {
     /// Waiting to start the next attempt.
     Backoff { until: Instant },
     /// Waiting for a connection.
-    Connecting {
-        conn: ConnId,
-        deadline: Instant,
-    },
+    Connecting { conn: ConnId, deadline: Instant },
     /// Request being written.
     Sending { conn: ConnId, since: Instant },
     /// Waiting for / parsing the response head.
@@ -227,6 +224,9 @@ enum Phase {
     CleaningUp {
         error: DownloadError,
         keep: bool,
+        /// The job ended while still loading an earlier partial, before changing it: with
+        /// `keep`, the partial and its state stay exactly as they were.
+        untouched: bool,
         step: CleanStep,
     },
     /// Finished and reported.
@@ -413,7 +413,11 @@ impl Engine {
     pub fn cancel(&mut self, now: Instant, job: JobId, mode: CancelMode) {
         self.advance(now);
         if self.jobs.contains_key(&job) {
-            self.terminate(job, DownloadError::Cancelled, mode == CancelMode::KeepPartial);
+            self.terminate(
+                job,
+                DownloadError::Cancelled,
+                mode == CancelMode::KeepPartial,
+            );
         }
     }
 
@@ -424,7 +428,10 @@ impl Engine {
 
     /// The next instant the engine must be woken at, if any.
     pub fn poll_timeout(&self) -> Option<Instant> {
-        let jobs = self.jobs.values().filter_map(|j| self.job_deadline(j).map(|(t, _)| t));
+        let jobs = self
+            .jobs
+            .values()
+            .filter_map(|j| self.job_deadline(j).map(|(t, _)| t));
         let idle = self.conns.values().filter_map(|c| match c.state {
             ConnState::Idle { since } => Some(since + self.config.idle_connection_timeout),
             _ => None,
@@ -533,7 +540,10 @@ impl Engine {
         }
         if kind == TimeoutKind::LowSpeed {
             let now = self.now;
-            let ls = self.config.low_speed.expect("low-speed deadline implies a limit");
+            let ls = self
+                .config
+                .low_speed
+                .expect("low-speed deadline implies a limit");
             if let Phase::Body {
                 window_start,
                 window_bytes,
@@ -600,6 +610,12 @@ impl Engine {
             _ => None,
         };
         match step {
+            FileStep::ReadState | FileStep::OpenExisting
+                if matches!(j.phase, Phase::CleaningUp { .. }) =>
+            {
+                // Cancelled while loading: tidy up instead of carrying on.
+                self.cleanup_progress(id);
+            }
             FileStep::ReadState => {
                 let state = match &result {
                     IoResult::Data(b) => PartState::decode_for(b, j.spec.url.as_str()),
@@ -625,10 +641,12 @@ impl Engine {
                 }
             }
             FileStep::OpenExisting => {
-                let Phase::OpeningPartial { state } =
-                    std::mem::replace(&mut j.phase, Phase::LoadingState)
-                else {
-                    return self.cleanup_progress(id);
+                let state = match std::mem::replace(&mut j.phase, Phase::LoadingState) {
+                    Phase::OpeningPartial { state } => state,
+                    other => {
+                        j.phase = other;
+                        return;
+                    }
                 };
                 match result {
                     IoResult::Opened { len } if len >= state.verified => {
@@ -727,17 +745,24 @@ impl Engine {
                 if let Some(f) = failure {
                     tracing::warn!(job = %id, "state file not written: {f}");
                 }
+                if matches!(j.phase, Phase::Committing { .. }) && j.file.is_none() {
+                    // The commit waited for this write (see `Close`): rename now.
+                    return self.rename_into_place(id);
+                }
                 self.cleanup_progress(id);
             }
             FileStep::Close => {
                 j.file = None;
-                if let Phase::Committing { dest, .. } = &j.phase {
+                if let Phase::Committing { .. } = &j.phase {
                     if let Some((path, f)) = j.write_error.clone() {
                         self.fail_commit(id, path, f);
                         return;
                     }
-                    let dest = dest.clone();
-                    self.file_io(id, FileStep::Rename, IoOp::Rename { from: part, to: dest });
+                    // A state-file write still in flight would land after the commit
+                    // removed the state file; its completion renames instead.
+                    if !j.checkpoint_running {
+                        self.rename_into_place(id);
+                    }
                 } else {
                     self.cleanup_progress(id);
                 }
@@ -777,6 +802,19 @@ impl Engine {
                 }
             }
         }
+    }
+
+    /// The partial is synced and closed: rename it over the destination.
+    fn rename_into_place(&mut self, id: JobId) {
+        let j = self.jobs.get_mut(&id).expect("job exists");
+        let Phase::Committing { dest, .. } = &j.phase else {
+            return;
+        };
+        let op = IoOp::Rename {
+            from: j.spec.part_path(),
+            to: dest.clone(),
+        };
+        self.file_io(id, FileStep::Rename, op);
     }
 
     fn rehash_next(&mut self, id: JobId) {
@@ -860,7 +898,11 @@ impl Engine {
         let digest: [u8; 32] = j.hasher.clone().finalize().into();
         j.pending_prefix = Some((verified, hex::encode(digest)));
         let file = j.file.expect("checkpoint needs an open file");
-        self.file_io(id, FileStep::CheckpointSync { verified }, IoOp::Sync { file });
+        self.file_io(
+            id,
+            FileStep::CheckpointSync { verified },
+            IoOp::Sync { file },
+        );
     }
 
     fn write_state(&mut self, id: JobId, verified: u64) {
@@ -902,7 +944,10 @@ impl Engine {
 }
 
 fn unexpected(result: &IoResult) -> IoFailure {
-    IoFailure::new(IoErrorKind::Other, format!("unexpected completion {result:?}"))
+    IoFailure::new(
+        IoErrorKind::Other,
+        format!("unexpected completion {result:?}"),
+    )
 }
 
 fn origin_label(url: &url::Url) -> String {
@@ -996,7 +1041,12 @@ impl Engine {
         let j = self.jobs.get_mut(&id).expect("job exists");
         let same_origin = Origin::of(&j.url).ok() == Origin::of(&j.spec.url).ok();
         let mut headers: Vec<(String, String)> = Vec::with_capacity(6 + j.spec.headers.len());
-        let user_has = |name: &str| j.spec.headers.iter().any(|(n, _)| n.eq_ignore_ascii_case(name));
+        let user_has = |name: &str| {
+            j.spec
+                .headers
+                .iter()
+                .any(|(n, _)| n.eq_ignore_ascii_case(name))
+        };
         if !user_has("user-agent") {
             headers.push(("User-Agent".into(), self.config.user_agent.clone()));
         }
@@ -1015,8 +1065,13 @@ impl Engine {
             let credential = lower == "authorization" || lower == "cookie";
             let controlled = matches!(
                 lower.as_str(),
-                "host" | "range" | "if-range" | "accept-encoding" | "content-length"
-                    | "transfer-encoding" | "connection"
+                "host"
+                    | "range"
+                    | "if-range"
+                    | "accept-encoding"
+                    | "content-length"
+                    | "transfer-encoding"
+                    | "connection"
             );
             if controlled || (credential && !same_origin) {
                 continue;
@@ -1143,7 +1198,13 @@ impl Engine {
                     IoResult::Failed(f) => f,
                     o => unexpected(&o),
                 };
-                let got = !matches!(j.phase, Phase::Head { got_bytes: false, .. });
+                let got = !matches!(
+                    j.phase,
+                    Phase::Head {
+                        got_bytes: false,
+                        ..
+                    }
+                );
                 self.connection_failed(id, conn, failure, got);
             }
         }
@@ -1180,11 +1241,15 @@ impl Engine {
         let origin = origin_label(&j.url);
         let framing = match http::framing(Method::Get, &head) {
             Ok(f) => f,
-            Err(source) => return self.fail_attempt(id, DownloadError::Protocol { origin, source }),
+            Err(source) => {
+                return self.fail_attempt(id, DownloadError::Protocol { origin, source })
+            }
         };
         let keep_alive = http::keep_alive(&head, framing);
         match head.status {
-            301 | 302 | 303 | 307 | 308 => self.on_redirect(id, conn, &head, framing, keep_alive, rest),
+            301 | 302 | 303 | 307 | 308 => {
+                self.on_redirect(id, conn, &head, framing, keep_alive, rest)
+            }
             200 => {
                 if j.hashed > 0 {
                     tracing::info!(job = %id, "server sent the whole file instead of a range; restarting from zero");
@@ -1250,51 +1315,57 @@ impl Engine {
             }
         }
     }
-
 }
 
 /// Why a 206 does not continue our partial, or None when it does.
 fn check_partial_response(
-        j: &Job,
-        head: &ResponseHead,
-        framing: Framing,
-        ranged: bool,
-    ) -> Option<String> {
-        if !ranged {
-            return Some("206 Partial Content to a request without Range".into());
-        }
-        let Some(value) = head.headers.get("content-range") else {
-            return Some("206 without Content-Range".into());
-        };
-        let (first, last, complete) = match http::parse_content_range(value) {
-            Ok(ContentRange::Bytes {
-                first,
-                last,
-                complete: Some(c),
-            }) => (first, last, c),
-            _ => return Some(format!("unusable Content-Range {value:?}")),
-        };
-        if first != j.hashed {
-            return Some(format!("range starts at {first}, local partial has {}", j.hashed));
-        }
-        if last + 1 != complete {
-            return Some(format!("range ends at {last}, not at the end of {complete} bytes"));
-        }
-        if j.total.is_some_and(|t| t != complete) {
+    j: &Job,
+    head: &ResponseHead,
+    framing: Framing,
+    ranged: bool,
+) -> Option<String> {
+    if !ranged {
+        return Some("206 Partial Content to a request without Range".into());
+    }
+    let Some(value) = head.headers.get("content-range") else {
+        return Some("206 without Content-Range".into());
+    };
+    let (first, last, complete) = match http::parse_content_range(value) {
+        Ok(ContentRange::Bytes {
+            first,
+            last,
+            complete: Some(c),
+        }) => (first, last, c),
+        _ => return Some(format!("unusable Content-Range {value:?}")),
+    };
+    if first != j.hashed {
+        return Some(format!(
+            "range starts at {first}, local partial has {}",
+            j.hashed
+        ));
+    }
+    if last + 1 != complete {
+        return Some(format!(
+            "range ends at {last}, not at the end of {complete} bytes"
+        ));
+    }
+    if j.total.is_some_and(|t| t != complete) {
+        return Some(format!(
+            "complete length {complete} differs from the {} bytes known",
+            j.total.unwrap_or_default()
+        ));
+    }
+    if let Framing::Length(n) = framing {
+        if n != complete - first {
             return Some(format!(
-                "complete length {complete} differs from the {} bytes known",
-                j.total.unwrap_or_default()
+                "Content-Length {n} disagrees with Content-Range {value}"
             ));
         }
-        if let Framing::Length(n) = framing {
-            if n != complete - first {
-                return Some(format!("Content-Length {n} disagrees with Content-Range {value}"));
-            }
-        }
-        match &j.validator {
-            Some(v) if v.matches_response(head) => None,
-            _ => Some("the representation's validator changed".into()),
-        }
+    }
+    match &j.validator {
+        Some(v) if v.matches_response(head) => None,
+        _ => Some("the representation's validator changed".into()),
+    }
 }
 
 impl Engine {
@@ -1327,7 +1398,12 @@ impl Engine {
             }
         };
         if next == j.url || j.chain.contains(&next) {
-            return self.fail_attempt(id, DownloadError::RedirectLoop { url: next.to_string() });
+            return self.fail_attempt(
+                id,
+                DownloadError::RedirectLoop {
+                    url: next.to_string(),
+                },
+            );
         }
         if j.chain.len() as u32 >= self.config.max_redirects {
             let limit = self.config.max_redirects;
@@ -1526,7 +1602,11 @@ impl Engine {
         j.write_backlog += len;
         let file = j.file.expect("body implies an open partial");
         let total = j.total;
-        self.file_io(id, FileStep::Write { len }, IoOp::WriteAt { file, offset, data });
+        self.file_io(
+            id,
+            FileStep::Write { len },
+            IoOp::WriteAt { file, offset, data },
+        );
         self.event(Event::Progress {
             job: id,
             bytes: new_len,
@@ -1537,7 +1617,13 @@ impl Engine {
 
     fn body_done(&mut self, id: JobId, conn: ConnId, leftover: bool, closed: bool) {
         let j = self.jobs.get_mut(&id).expect("job exists");
-        let keep_alive = matches!(j.phase, Phase::Body { keep_alive: true, .. });
+        let keep_alive = matches!(
+            j.phase,
+            Phase::Body {
+                keep_alive: true,
+                ..
+            }
+        );
         if keep_alive && !leftover && !closed {
             self.release_conn(conn);
         } else {
@@ -1675,6 +1761,7 @@ impl Engine {
         j.phase = Phase::CleaningUp {
             error: DownloadError::LocalIo { path, failure },
             keep: false,
+            untouched: false,
             step: CleanStep::Start,
         };
         self.cleanup_progress(id);
@@ -1694,9 +1781,14 @@ impl Engine {
         }
         let j = self.jobs.get_mut(&id).expect("job exists");
         j.recv_outstanding = false;
+        let untouched = matches!(
+            j.phase,
+            Phase::LoadingState | Phase::OpeningPartial { .. } | Phase::Rehashing { .. }
+        );
         j.phase = Phase::CleaningUp {
             error,
             keep,
+            untouched,
             step: CleanStep::Start,
         };
         self.cleanup_progress(id);
@@ -1711,15 +1803,23 @@ impl Engine {
             if j.file_ops > 0 {
                 return;
             }
-            let resumable =
-                j.validator.is_some() && j.hashed > 0 && j.write_error.is_none() && j.file.is_some();
+            let resumable = j.validator.is_some()
+                && j.hashed > 0
+                && j.write_error.is_none()
+                && j.file.is_some();
             let (hashed, durable, file) = (j.hashed, j.durable, j.file);
-            let Phase::CleaningUp { keep, step, .. } = &mut j.phase else {
+            let Phase::CleaningUp {
+                keep,
+                untouched,
+                step,
+                ..
+            } = &mut j.phase
+            else {
                 return;
             };
             match *step {
                 CleanStep::Start => {
-                    *keep = *keep && resumable;
+                    *keep = *keep && (resumable || *untouched);
                     if *keep && durable < hashed {
                         *step = CleanStep::Checkpoint;
                         self.start_checkpoint(id);

@@ -30,3 +30,5 @@ pub use engine::{CancelMode, Engine, Event, Input, JobId, Output};
 pub use error::{DownloadError, ErrorClass, TimeoutKind};
 pub use io::{ConnId, FileId, IoErrorKind, IoFailure, IoId, IoOp, IoRequest, IoResult};
 pub use time::Instant;
+#[cfg(test)]
+mod engine_tests;

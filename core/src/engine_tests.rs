@@ -1,0 +1,2598 @@
+//! Scripted tests of the [`Engine`] against an in-memory driver: no sockets, no files.
+//!
+//! The driver ([`Harness`]) owns
+//! - a fake file system ([`FakeFs`]): names pointing at inodes, an open-file table keyed by
+//!   [`FileId`], the durable copy of each inode as of its last `Sync`, and injectable failures
+//!   (`WriteAt` runs out of space after N bytes, `Rename` fails);
+//! - fake connections answered by scripted servers: each request is parsed with httparse and
+//!   handed to a closure that returns a [`Reply`] (bytes cut into pieces, optionally delayed,
+//!   then EOF, a reset, or nothing: a stall); connects can fail or hang;
+//! - a virtual clock that jumps to the next deadline ([`Engine::poll_timeout`] or the next
+//!   scripted delivery) when no request can complete.
+//!
+//! On every step it checks the call contract: request ids are never reused, every request is
+//! completed exactly once (the engine and the driver agree on what is pending, nothing is
+//! left pending or open when the jobs end), operations on one file run in issue order, a tick
+//! at a deadline never leaves the deadline in the past (no busy loop), and every state file
+//! written names a durable prefix of the partial whose SHA-256 matches. Operations may run in
+//! issue order or in a seeded random order (within the per-file rule), and some may be
+//! deferred behind everything else to play a slow disk.
+
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
+
+use bytes::Bytes;
+use quickcheck::{Gen, QuickCheck, TestResult};
+use sha2::{Digest, Sha256};
+
+use crate::config::{Config, LowSpeedLimit, RetryPolicy};
+use crate::download::{Download, Outcome};
+use crate::engine::{CancelMode, Engine, Event, Input, JobId, Output};
+use crate::error::{DownloadError, TimeoutKind};
+use crate::http::{HttpError, Origin};
+use crate::io::{ConnId, FileId, IoErrorKind, IoFailure, IoId, IoOp, IoRequest, IoResult};
+use crate::resume::{PartState, Validator, STATE_VERSION};
+use crate::rng::SeededRng;
+use crate::time::Instant;
+
+/// Steps (completions and clock jumps) one harness may take before it is declared spinning.
+const MAX_STEPS: usize = 200_000;
+
+fn secs(s: u64) -> Duration {
+    Duration::from_secs(s)
+}
+
+fn at(d: Duration) -> Instant {
+    Instant::from_duration(d)
+}
+
+fn sha(bytes: &[u8]) -> [u8; 32] {
+    Sha256::digest(bytes).into()
+}
+
+fn sha_hex(bytes: &[u8]) -> String {
+    hex::encode(sha(bytes))
+}
+
+/// Deterministic, non-repeating-looking test content.
+fn pattern(len: usize, seed: u8) -> Vec<u8> {
+    (0..len as u64)
+        .map(|i| (i.wrapping_mul(31) ^ (i >> 7) ^ u64::from(seed).wrapping_mul(97)) as u8)
+        .collect()
+}
+
+fn failure(kind: IoErrorKind, message: &str) -> IoResult {
+    IoResult::Failed(IoFailure::new(kind, message))
+}
+
+// ------------------------------------------------------------------------ fake file system
+
+#[derive(Debug, Default, Clone)]
+struct Inode {
+    data: Vec<u8>,
+    /// The contents as of the last `Sync` (what a crash would leave).
+    durable: Vec<u8>,
+}
+
+/// Files by name, inodes, open files; executes the file operations of [`IoOp`].
+#[derive(Debug, Default)]
+struct FakeFs {
+    names: BTreeMap<PathBuf, u64>,
+    inodes: BTreeMap<u64, Inode>,
+    open: BTreeMap<FileId, u64>,
+    next_inode: u64,
+    /// Bytes `WriteAt` may still write; the write that needs more fails with `NoSpace`
+    /// after writing what fits.
+    space_left: Option<u64>,
+    fail_rename: bool,
+    /// Every state file written, in order.
+    state_writes: Vec<PartState>,
+    violations: Vec<String>,
+}
+
+/// `<dest>.haul-part` for `<dest>.haul-state`.
+fn part_for_state(state: &Path) -> PathBuf {
+    let s = state.to_string_lossy();
+    PathBuf::from(format!("{}.haul-part", s.trim_end_matches(".haul-state")))
+}
+
+impl FakeFs {
+    fn new_inode(&mut self, data: Vec<u8>) -> u64 {
+        self.next_inode += 1;
+        let inode = Inode {
+            durable: data.clone(),
+            data,
+        };
+        self.inodes.insert(self.next_inode, inode);
+        self.next_inode
+    }
+
+    fn put(&mut self, path: impl Into<PathBuf>, data: &[u8]) {
+        let ino = self.new_inode(data.to_vec());
+        self.names.insert(path.into(), ino);
+    }
+
+    fn get(&self, path: impl AsRef<Path>) -> Option<&[u8]> {
+        let ino = self.names.get(path.as_ref())?;
+        Some(&self.inodes[ino].data)
+    }
+
+    fn exists(&self, path: impl AsRef<Path>) -> bool {
+        self.names.contains_key(path.as_ref())
+    }
+
+    fn open_inode(&mut self, file: FileId, what: &str) -> Result<&mut Inode, IoResult> {
+        match self.open.get(&file) {
+            Some(ino) => Ok(self.inodes.get_mut(ino).expect("an open file has an inode")),
+            None => {
+                self.violations
+                    .push(format!("{what} on {file:?}, which is not open"));
+                Err(failure(IoErrorKind::Other, "bad file descriptor"))
+            }
+        }
+    }
+
+    fn execute(&mut self, op: &IoOp) -> IoResult {
+        match op {
+            IoOp::ReadFile { path, max_len } => match self.names.get(path) {
+                None => IoResult::NotFound,
+                Some(ino) => {
+                    let data = &self.inodes[ino].data;
+                    if data.len() as u64 > *max_len {
+                        failure(IoErrorKind::Other, "file larger than max_len")
+                    } else {
+                        IoResult::Data(Bytes::copy_from_slice(data))
+                    }
+                }
+            },
+            IoOp::WriteFileAtomic { path, data } => {
+                let ino = self.new_inode(data.to_vec());
+                self.names.insert(path.clone(), ino);
+                if path.to_string_lossy().ends_with(".haul-state") {
+                    self.check_state_write(path, data);
+                }
+                IoResult::Done
+            }
+            IoOp::Open {
+                file,
+                path,
+                truncate,
+            } => {
+                if self.open.contains_key(file) {
+                    self.violations
+                        .push(format!("{file:?} opened while already open"));
+                }
+                let ino = match self.names.get(path) {
+                    Some(ino) => *ino,
+                    None => {
+                        let ino = self.new_inode(Vec::new());
+                        self.names.insert(path.clone(), ino);
+                        ino
+                    }
+                };
+                let inode = self.inodes.get_mut(&ino).expect("named inode exists");
+                if *truncate {
+                    inode.data.clear();
+                }
+                let len = inode.data.len() as u64;
+                self.open.insert(*file, ino);
+                IoResult::Opened { len }
+            }
+            IoOp::ReadAt { file, offset, len } => match self.open_inode(*file, "ReadAt") {
+                Err(e) => e,
+                Ok(inode) => {
+                    let start = (*offset as usize).min(inode.data.len());
+                    let end = start.saturating_add(*len as usize).min(inode.data.len());
+                    IoResult::Data(Bytes::copy_from_slice(&inode.data[start..end]))
+                }
+            },
+            IoOp::WriteAt { file, offset, data } => {
+                let room = match self.space_left {
+                    Some(left) => data.len().min(left as usize),
+                    None => data.len(),
+                };
+                if let Some(left) = &mut self.space_left {
+                    *left -= room as u64;
+                }
+                match self.open_inode(*file, "WriteAt") {
+                    Err(e) => e,
+                    Ok(inode) => {
+                        if room > 0 {
+                            let start = *offset as usize;
+                            let end = start + room;
+                            if inode.data.len() < end {
+                                inode.data.resize(end, 0);
+                            }
+                            inode.data[start..end].copy_from_slice(&data[..room]);
+                        }
+                        if room < data.len() {
+                            failure(IoErrorKind::NoSpace, "no space left on device")
+                        } else {
+                            IoResult::Done
+                        }
+                    }
+                }
+            }
+            IoOp::SetLen { file, len } => match self.open_inode(*file, "SetLen") {
+                Err(e) => e,
+                Ok(inode) => {
+                    inode.data.resize(*len as usize, 0);
+                    IoResult::Done
+                }
+            },
+            IoOp::Sync { file } => match self.open_inode(*file, "Sync") {
+                Err(e) => e,
+                Ok(inode) => {
+                    inode.durable = inode.data.clone();
+                    IoResult::Done
+                }
+            },
+            IoOp::CloseFile { file } => match self.open.remove(file) {
+                Some(_) => IoResult::Done,
+                None => {
+                    self.violations
+                        .push(format!("CloseFile on {file:?}, which is not open"));
+                    failure(IoErrorKind::Other, "bad file descriptor")
+                }
+            },
+            IoOp::Rename { from, to } => {
+                if self.fail_rename {
+                    return failure(IoErrorKind::PermissionDenied, "scripted rename failure");
+                }
+                match self.names.remove(from) {
+                    Some(ino) => {
+                        self.names.insert(to.clone(), ino);
+                        IoResult::Done
+                    }
+                    None => failure(IoErrorKind::Other, "rename: no such file"),
+                }
+            }
+            IoOp::Remove { path } => {
+                self.names.remove(path);
+                IoResult::Done
+            }
+            IoOp::Connect { .. } | IoOp::Send { .. } | IoOp::Recv { .. } | IoOp::Close { .. } => {
+                unreachable!("network operation sent to the file system: {op:?}")
+            }
+        }
+    }
+
+    /// A state file may only name bytes that are durable and whose digest it records.
+    fn check_state_write(&mut self, path: &Path, data: &[u8]) {
+        let state: PartState = match serde_json::from_slice(data) {
+            Ok(s) => s,
+            Err(e) => {
+                self.violations.push(format!(
+                    "unparsable state written to {}: {e}",
+                    path.display()
+                ));
+                return;
+            }
+        };
+        let part = part_for_state(path);
+        match self.names.get(&part) {
+            None => self.violations.push(format!(
+                "state {} (verified {}) written while {} does not exist",
+                path.display(),
+                state.verified,
+                part.display()
+            )),
+            Some(ino) => {
+                let durable = &self.inodes[ino].durable;
+                let verified = state.verified as usize;
+                if verified > durable.len() {
+                    self.violations.push(format!(
+                        "state names {verified} verified bytes but only {} are durable",
+                        durable.len()
+                    ));
+                } else if sha_hex(&durable[..verified]) != state.prefix_sha256 {
+                    self.violations.push(format!(
+                        "state names {verified} bytes whose digest does not match the durable partial"
+                    ));
+                }
+            }
+        }
+        self.state_writes.push(state);
+    }
+
+    /// Every state file at rest describes a prefix of its partial.
+    fn check_resting_states(&mut self) {
+        let states: Vec<PathBuf> = self
+            .names
+            .keys()
+            .filter(|p| p.to_string_lossy().ends_with(".haul-state"))
+            .cloned()
+            .collect();
+        for path in states {
+            let data = self.get(&path).expect("listed").to_vec();
+            let Ok(state) = serde_json::from_slice::<PartState>(&data) else {
+                continue; // a planted state file the engine never touched
+            };
+            let part = part_for_state(&path);
+            let problem = match self.get(&part) {
+                None => Some("its partial does not exist".to_string()),
+                Some(p) if (p.len() as u64) < state.verified => {
+                    Some(format!("its partial holds only {} bytes", p.len()))
+                }
+                Some(p) if sha_hex(&p[..state.verified as usize]) != state.prefix_sha256 => {
+                    Some("its prefix digest does not match the partial".to_string())
+                }
+                Some(_) => None,
+            };
+            if let Some(problem) = problem {
+                self.violations.push(format!(
+                    "state {} at rest names {} bytes but {problem}",
+                    path.display(),
+                    state.verified
+                ));
+            }
+        }
+    }
+}
+
+// ------------------------------------------------------------------------ scripted servers
+
+/// One request as a scripted server sees it.
+#[derive(Debug, Clone)]
+struct Req {
+    method: String,
+    path: String,
+    headers: Vec<(String, String)>,
+    conn: ConnId,
+    /// Requests served on this connection before this one.
+    conn_seq: usize,
+    /// Requests served by this origin before this one.
+    seq: usize,
+    at: Instant,
+}
+
+impl Req {
+    fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(n, _)| n.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.as_str())
+    }
+}
+
+/// What the server does after the reply's bytes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum After {
+    /// Nothing: the connection stays open (keep-alive, or a stall).
+    Open,
+    /// Close cleanly.
+    Eof,
+    /// Reset the connection.
+    Reset,
+}
+
+/// A server's answer to one request.
+#[derive(Debug, Clone)]
+struct Reply {
+    bytes: Vec<u8>,
+    /// Piece sizes in order; the last one repeats. Empty: one piece.
+    pieces: Vec<usize>,
+    /// Between two pieces.
+    gap: Duration,
+    then: After,
+}
+
+impl Reply {
+    fn new(bytes: Vec<u8>) -> Reply {
+        Reply {
+            bytes,
+            pieces: Vec::new(),
+            gap: Duration::ZERO,
+            then: After::Open,
+        }
+    }
+
+    fn pieces(mut self, sizes: &[usize]) -> Reply {
+        self.pieces = sizes.to_vec();
+        self
+    }
+
+    fn gap(mut self, gap: Duration) -> Reply {
+        self.gap = gap;
+        self
+    }
+
+    fn then(mut self, then: After) -> Reply {
+        self.then = then;
+        self
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum ConnectPlan {
+    Accept,
+    Fail(IoErrorKind),
+    /// Never completes until the engine closes the connection.
+    Hang,
+}
+
+type Handler = Box<dyn FnMut(&Req) -> Reply>;
+type ConnectScript = Box<dyn FnMut(usize) -> ConnectPlan>;
+
+struct Server {
+    handler: Handler,
+    connect: ConnectScript,
+    connects: usize,
+    requests: usize,
+}
+
+/// What a connection delivers to `Recv`.
+#[derive(Debug, Clone)]
+enum Wire {
+    Data(Bytes),
+    Eof,
+    Reset,
+}
+
+#[derive(Debug)]
+struct NetConn {
+    origin: String,
+    plan: ConnectPlan,
+    /// Closed by the engine.
+    closed: bool,
+    /// Request bytes not yet parsed.
+    inbox: Vec<u8>,
+    /// Scripted deliveries and when they become available.
+    queue: VecDeque<(Instant, Wire)>,
+    /// The server's side ended (EOF or reset already delivered); it repeats.
+    terminal: Option<Wire>,
+    served: usize,
+}
+
+impl NetConn {
+    fn recv_ready(&self, now: Instant) -> bool {
+        self.closed
+            || self.queue.front().is_some_and(|(t, _)| *t <= now)
+            || (self.queue.is_empty() && self.terminal.is_some())
+    }
+}
+
+fn enqueue(queue: &mut VecDeque<(Instant, Wire)>, now: Instant, reply: Reply) {
+    let mut t = now;
+    let mut rest: &[u8] = &reply.bytes;
+    let mut i = 0;
+    while !rest.is_empty() {
+        let size = reply
+            .pieces
+            .get(i)
+            .or(reply.pieces.last())
+            .copied()
+            .unwrap_or(usize::MAX)
+            .clamp(1, rest.len());
+        if i > 0 {
+            t = t + reply.gap;
+        }
+        queue.push_back((t, Wire::Data(Bytes::copy_from_slice(&rest[..size]))));
+        rest = &rest[size..];
+        i += 1;
+    }
+    match reply.then {
+        After::Open => {}
+        After::Eof => queue.push_back((t, Wire::Eof)),
+        After::Reset => queue.push_back((t, Wire::Reset)),
+    }
+}
+
+fn reason(status: u16) -> &'static str {
+    match status {
+        200 => "OK",
+        206 => "Partial Content",
+        301 => "Moved Permanently",
+        302 => "Found",
+        404 => "Not Found",
+        416 => "Range Not Satisfiable",
+        500 => "Internal Server Error",
+        503 => "Service Unavailable",
+        _ => "Whatever",
+    }
+}
+
+/// A header for [`response`].
+fn hdr(name: &str, value: impl ToString) -> (&str, String) {
+    (name, value.to_string())
+}
+
+/// A response with exactly these headers and body bytes (no framing added).
+fn response(status: u16, headers: &[(&str, String)], body: &[u8]) -> Vec<u8> {
+    let mut head = format!("HTTP/1.1 {status} {}\r\n", reason(status));
+    for (name, value) in headers {
+        head.push_str(&format!("{name}: {value}\r\n"));
+    }
+    head.push_str("\r\n");
+    let mut wire = head.into_bytes();
+    wire.extend_from_slice(body);
+    wire
+}
+
+/// A response framed by `Content-Length`.
+fn with_length(status: u16, headers: &[(&str, String)], body: &[u8]) -> Vec<u8> {
+    let mut all = headers.to_vec();
+    all.push(hdr("Content-Length", body.len()));
+    response(status, &all, body)
+}
+
+/// A chunked response with chunks of `chunk` bytes.
+fn chunked(status: u16, headers: &[(&str, String)], body: &[u8], chunk: usize) -> Vec<u8> {
+    let mut all = headers.to_vec();
+    all.push(hdr("Transfer-Encoding", "chunked"));
+    let mut encoded = Vec::new();
+    for piece in body.chunks(chunk) {
+        encoded.extend_from_slice(format!("{:x}\r\n", piece.len()).as_bytes());
+        encoded.extend_from_slice(piece);
+        encoded.extend_from_slice(b"\r\n");
+    }
+    encoded.extend_from_slice(b"0\r\n\r\n");
+    response(status, &all, &encoded)
+}
+
+/// Length of the response head at the start of `wire`.
+fn head_len(wire: &[u8]) -> usize {
+    wire.windows(4)
+        .position(|w| w == b"\r\n\r\n")
+        .expect("a complete head")
+        + 4
+}
+
+const ETAG: &str = "\"v1\"";
+
+/// What a correct server sends for `body` with a strong ETag: 200, or 206 for
+/// `Range: bytes=N-` (when `If-Range` is absent or matches), or 416 past the end.
+fn serve_range(body: &[u8], req: &Req) -> Vec<u8> {
+    let start = req
+        .header("range")
+        .and_then(|v| v.strip_prefix("bytes="))
+        .and_then(|v| v.strip_suffix('-'))
+        .and_then(|v| v.parse::<usize>().ok());
+    let if_range_ok = req.header("if-range").is_none_or(|v| v == ETAG);
+    let len = body.len();
+    match start {
+        Some(start) if if_range_ok && start >= len => response(
+            416,
+            &[
+                hdr("Content-Range", format!("bytes */{len}")),
+                hdr("Content-Length", 0),
+            ],
+            b"",
+        ),
+        Some(start) if if_range_ok => with_length(
+            206,
+            &[
+                hdr("ETag", ETAG),
+                hdr("Content-Range", format!("bytes {start}-{}/{len}", len - 1)),
+            ],
+            &body[start..],
+        ),
+        _ => with_length(200, &[hdr("ETag", ETAG)], body),
+    }
+}
+
+fn file_server(body: Vec<u8>) -> impl FnMut(&Req) -> Reply {
+    move |req| Reply::new(serve_range(&body, req))
+}
+
+// ------------------------------------------------------------------------ the driver
+
+enum Schedule {
+    /// Complete requests in issue order (skipping those that cannot complete yet).
+    Fifo,
+    /// Complete a random eligible request (still in issue order per file).
+    Random(SeededRng),
+}
+
+type Defer = Box<dyn Fn(&IoOp) -> bool>;
+
+struct Harness {
+    engine: Engine,
+    now: Instant,
+    fs: FakeFs,
+    servers: BTreeMap<String, Server>,
+    conns: BTreeMap<ConnId, NetConn>,
+    /// Issued and not completed, in issue order.
+    pending: Vec<IoRequest>,
+    issued: BTreeSet<IoId>,
+    ops: Vec<(Instant, IoOp)>,
+    events: Vec<(Instant, Event)>,
+    requests: Vec<Req>,
+    schedule: Schedule,
+    /// Operations that run only when nothing else can (a slow disk, say).
+    defer: Option<Defer>,
+    violations: Vec<String>,
+    steps: usize,
+    /// Feed a spurious `Tick` after every completion (the contract says they are no-ops).
+    spurious_ticks: bool,
+    /// Most bytes ever handed to pending `WriteAt`s at once.
+    max_write_backlog: u64,
+}
+
+fn origin_key(url: &str) -> String {
+    let url = url::Url::parse(url).expect("test URL");
+    Origin::of(&url).expect("http URL").to_string()
+}
+
+fn file_of(op: &IoOp) -> Option<FileId> {
+    match op {
+        IoOp::Open { file, .. }
+        | IoOp::ReadAt { file, .. }
+        | IoOp::WriteAt { file, .. }
+        | IoOp::SetLen { file, .. }
+        | IoOp::Sync { file }
+        | IoOp::CloseFile { file } => Some(*file),
+        _ => None,
+    }
+}
+
+fn job_of(e: &Event) -> JobId {
+    match e {
+        Event::Started { job, .. }
+        | Event::Resuming { job, .. }
+        | Event::Redirected { job, .. }
+        | Event::Response { job, .. }
+        | Event::Progress { job, .. }
+        | Event::Retrying { job, .. }
+        | Event::Finished { job, .. } => *job,
+    }
+}
+
+impl Harness {
+    fn new(config: Config) -> Harness {
+        Harness {
+            engine: Engine::new(config, Instant::ZERO).expect("valid test config"),
+            now: Instant::ZERO,
+            fs: FakeFs::default(),
+            servers: BTreeMap::new(),
+            conns: BTreeMap::new(),
+            pending: Vec::new(),
+            issued: BTreeSet::new(),
+            ops: Vec::new(),
+            events: Vec::new(),
+            requests: Vec::new(),
+            schedule: Schedule::Fifo,
+            defer: None,
+            violations: Vec::new(),
+            steps: 0,
+            spurious_ticks: false,
+            max_write_backlog: 0,
+        }
+    }
+
+    fn serve(&mut self, origin: &str, handler: impl FnMut(&Req) -> Reply + 'static) {
+        let server = Server {
+            handler: Box::new(handler),
+            connect: Box::new(|_| ConnectPlan::Accept),
+            connects: 0,
+            requests: 0,
+        };
+        self.servers.insert(origin_key(origin), server);
+    }
+
+    fn connect_plan(&mut self, origin: &str, plan: impl FnMut(usize) -> ConnectPlan + 'static) {
+        let server = self
+            .servers
+            .get_mut(&origin_key(origin))
+            .expect("serve() the origin first");
+        server.connect = Box::new(plan);
+    }
+
+    fn submit(&mut self, d: Download) -> JobId {
+        let job = self.engine.submit(self.now, d);
+        self.drain();
+        job
+    }
+
+    fn cancel(&mut self, job: JobId, mode: CancelMode) {
+        self.engine.cancel(self.now, job, mode);
+        self.drain();
+    }
+
+    /// Take every output; returns how many there were.
+    fn drain(&mut self) -> usize {
+        let mut n = 0;
+        while let Some(out) = self.engine.poll_output() {
+            n += 1;
+            match out {
+                Output::Io(req) => {
+                    assert!(self.issued.insert(req.id), "{:?} issued twice", req.id);
+                    self.on_issue(&req);
+                    self.ops.push((self.now, req.op.clone()));
+                    self.pending.push(req);
+                }
+                Output::Event(e) => {
+                    let job = job_of(&e);
+                    if self.finished(job).is_some() {
+                        self.violations
+                            .push(format!("event after {job} finished: {e:?}"));
+                    }
+                    self.events.push((self.now, e));
+                }
+            }
+        }
+        assert_eq!(
+            self.engine.pending_io(),
+            self.pending.len(),
+            "the engine and the driver disagree on how many requests are pending"
+        );
+        let backlog: u64 = self
+            .pending
+            .iter()
+            .map(|r| match &r.op {
+                IoOp::WriteAt { data, .. } => data.len() as u64,
+                _ => 0,
+            })
+            .sum();
+        self.max_write_backlog = self.max_write_backlog.max(backlog);
+        n
+    }
+
+    fn on_issue(&mut self, req: &IoRequest) {
+        match &req.op {
+            IoOp::Connect { conn, origin } => {
+                let key = origin.to_string();
+                let plan = match self.servers.get_mut(&key) {
+                    Some(server) => {
+                        let i = server.connects;
+                        server.connects += 1;
+                        (server.connect)(i)
+                    }
+                    None => ConnectPlan::Fail(IoErrorKind::Dns),
+                };
+                let fresh = NetConn {
+                    origin: key,
+                    plan,
+                    closed: false,
+                    inbox: Vec::new(),
+                    queue: VecDeque::new(),
+                    terminal: None,
+                    served: 0,
+                };
+                if self.conns.insert(*conn, fresh).is_some() {
+                    self.violations.push(format!("{conn} connected twice"));
+                }
+            }
+            IoOp::Send { conn, .. } | IoOp::Recv { conn } | IoOp::Close { conn } => {
+                match self.conns.get(conn) {
+                    None => self
+                        .violations
+                        .push(format!("{:?} on unknown {conn}", req.op)),
+                    Some(c) if c.closed => self
+                        .violations
+                        .push(format!("{:?} on {conn} after it was closed", req.op)),
+                    Some(_) => {}
+                }
+            }
+            _ => {}
+        }
+    }
+
+    fn completable(&self, req: &IoRequest) -> bool {
+        match &req.op {
+            IoOp::Connect { conn, .. } => {
+                let c = &self.conns[conn];
+                c.closed || c.plan != ConnectPlan::Hang
+            }
+            IoOp::Recv { conn } => self.conns.get(conn).is_some_and(|c| c.recv_ready(self.now)),
+            _ => true,
+        }
+    }
+
+    /// Indices of pending requests that may complete now.
+    fn eligible(&self) -> Vec<usize> {
+        let mut files_seen = BTreeSet::new();
+        let (mut ready, mut deferred) = (Vec::new(), Vec::new());
+        for (i, req) in self.pending.iter().enumerate() {
+            if let Some(file) = file_of(&req.op) {
+                if !files_seen.insert(file) {
+                    continue; // an earlier operation on this file goes first
+                }
+            }
+            if !self.completable(req) {
+                continue;
+            }
+            if self.defer.as_ref().is_some_and(|d| d(&req.op)) {
+                deferred.push(i);
+            } else {
+                ready.push(i);
+            }
+        }
+        if ready.is_empty() {
+            deferred
+        } else {
+            ready
+        }
+    }
+
+    fn count_step(&mut self) {
+        self.steps += 1;
+        assert!(
+            self.steps <= MAX_STEPS,
+            "{MAX_STEPS} steps without the job ending: the engine spins"
+        );
+    }
+
+    /// Complete one request, if any can complete now.
+    fn step_io(&mut self) -> bool {
+        let eligible = self.eligible();
+        if eligible.is_empty() {
+            return false;
+        }
+        self.count_step();
+        let pick = match &mut self.schedule {
+            Schedule::Fifo => eligible[0],
+            Schedule::Random(rng) => eligible[(rng.next_u64() % eligible.len() as u64) as usize],
+        };
+        let req = self.pending.remove(pick);
+        let result = self.execute(&req);
+        self.engine
+            .handle_input(self.now, Input::Io { id: req.id, result });
+        self.drain();
+        if self.spurious_ticks {
+            self.engine.handle_input(self.now, Input::Tick);
+            self.drain();
+        }
+        true
+    }
+
+    /// Move the clock to the next deadline or delivery; tick the engine if a deadline came.
+    fn advance(&mut self) -> bool {
+        let timer = self.engine.poll_timeout();
+        let delivery = self
+            .pending
+            .iter()
+            .filter_map(|r| match &r.op {
+                IoOp::Recv { conn } => self.conns.get(conn)?.queue.front().map(|(t, _)| *t),
+                _ => None,
+            })
+            .min();
+        let Some(wake) = timer.into_iter().chain(delivery).min() else {
+            return false;
+        };
+        self.count_step();
+        if wake > self.now {
+            self.now = wake;
+        }
+        if timer.is_some_and(|t| t <= self.now) {
+            self.engine.handle_input(self.now, Input::Tick);
+            let produced = self.drain();
+            let again = self.engine.poll_timeout();
+            assert!(
+                produced > 0 || again.is_none_or(|t| t > self.now),
+                "busy loop: a tick at {} did nothing and the next deadline is {again:?}",
+                self.now
+            );
+        }
+        true
+    }
+
+    fn step(&mut self) -> bool {
+        self.step_io() || self.advance()
+    }
+
+    fn execute(&mut self, req: &IoRequest) -> IoResult {
+        let cancelled = || failure(IoErrorKind::Cancelled, "connection closed");
+        match &req.op {
+            IoOp::Connect { conn, .. } => {
+                let c = &self.conns[conn];
+                match c.plan {
+                    _ if c.closed => cancelled(),
+                    ConnectPlan::Accept => IoResult::Done,
+                    ConnectPlan::Fail(kind) => failure(kind, "scripted connect failure"),
+                    ConnectPlan::Hang => unreachable!("a hanging connect is not completable"),
+                }
+            }
+            IoOp::Send { conn, data } => self.on_send(*conn, data),
+            IoOp::Recv { conn } => {
+                let now = self.now;
+                let c = self.conns.get_mut(conn).expect("known conn");
+                if c.closed {
+                    return cancelled();
+                }
+                let wire = match c.queue.front() {
+                    Some((t, _)) if *t <= now => c.queue.pop_front().expect("front").1,
+                    _ => c.terminal.clone().expect("recv_ready"),
+                };
+                match wire {
+                    Wire::Data(b) => IoResult::Data(b),
+                    Wire::Eof => {
+                        c.terminal = Some(Wire::Eof);
+                        IoResult::Eof
+                    }
+                    Wire::Reset => {
+                        c.terminal = Some(Wire::Reset);
+                        failure(IoErrorKind::Reset, "connection reset by peer")
+                    }
+                }
+            }
+            IoOp::Close { conn } => {
+                if let Some(c) = self.conns.get_mut(conn) {
+                    c.closed = true;
+                }
+                IoResult::Done
+            }
+            other => self.fs.execute(other),
+        }
+    }
+
+    fn on_send(&mut self, conn: ConnId, data: &Bytes) -> IoResult {
+        let now = self.now;
+        let c = self.conns.get_mut(&conn).expect("known conn");
+        if c.closed {
+            return failure(IoErrorKind::Cancelled, "connection closed");
+        }
+        if c.terminal.is_some() {
+            return IoResult::Done; // the server is gone; the request is lost
+        }
+        c.inbox.extend_from_slice(data);
+        let parsed = {
+            let mut headers = [httparse::EMPTY_HEADER; 64];
+            let mut r = httparse::Request::new(&mut headers);
+            match r.parse(&c.inbox) {
+                Ok(httparse::Status::Complete(n)) => Ok(Some((
+                    n,
+                    r.method.unwrap_or_default().to_string(),
+                    r.path.unwrap_or_default().to_string(),
+                    r.headers
+                        .iter()
+                        .map(|h| {
+                            let value = String::from_utf8_lossy(h.value).into_owned();
+                            (h.name.to_string(), value)
+                        })
+                        .collect::<Vec<_>>(),
+                ))),
+                Ok(httparse::Status::Partial) => Ok(None),
+                Err(e) => Err(e),
+            }
+        };
+        let (n, method, path, headers) = match parsed {
+            Ok(Some(p)) => p,
+            Ok(None) => return IoResult::Done,
+            Err(e) => {
+                self.violations
+                    .push(format!("unparsable request on {conn}: {e}"));
+                return IoResult::Done;
+            }
+        };
+        c.inbox.drain(..n);
+        let conn_seq = c.served;
+        c.served += 1;
+        let server = self
+            .servers
+            .get_mut(&c.origin)
+            .expect("connected to a server");
+        let req = Req {
+            method,
+            path,
+            headers,
+            conn,
+            conn_seq,
+            seq: server.requests,
+            at: now,
+        };
+        server.requests += 1;
+        let reply = (server.handler)(&req);
+        enqueue(&mut c.queue, now, reply);
+        self.requests.push(req);
+        IoResult::Done
+    }
+
+    fn run_until(&mut self, what: &str, stop: impl Fn(&Harness) -> bool) {
+        while !stop(self) {
+            assert!(
+                self.step(),
+                "stuck before {what}; pending: {:#?}",
+                self.pending
+            );
+        }
+    }
+
+    /// Run until `job` finishes, let everything that can complete complete, check the
+    /// invariants, and return the job's result.
+    fn run(&mut self, job: JobId) -> Result<Outcome, DownloadError> {
+        loop {
+            if let Some((_, result)) = self.finished(job) {
+                self.settle();
+                return result;
+            }
+            assert!(
+                self.step(),
+                "{job} is stuck: nothing can complete and no deadline is set; pending: {:#?}",
+                self.pending
+            );
+        }
+    }
+
+    fn settle(&mut self) {
+        while self.step_io() {}
+        if self.engine.active_jobs() == 0 {
+            assert!(
+                self.pending.is_empty(),
+                "requests never completed after every job ended: {:#?}",
+                self.pending
+            );
+            assert!(
+                self.engine.is_idle(),
+                "engine not idle after every job ended"
+            );
+            assert!(
+                self.fs.open.is_empty(),
+                "files left open: {:?}",
+                self.fs.open
+            );
+            self.fs.check_resting_states();
+        }
+        assert!(
+            self.violations.is_empty(),
+            "contract violations: {:#?}",
+            self.violations
+        );
+        assert!(
+            self.fs.violations.is_empty(),
+            "file system violations: {:#?}",
+            self.fs.violations
+        );
+    }
+
+    fn finished(&self, job: JobId) -> Option<(Instant, Result<Outcome, DownloadError>)> {
+        self.events.iter().find_map(|(t, e)| match e {
+            Event::Finished { job: j, result } if *j == job => Some((*t, result.clone())),
+            _ => None,
+        })
+    }
+
+    fn finished_at(&self, job: JobId) -> Instant {
+        self.finished(job).expect("job finished").0
+    }
+
+    fn events_of(&self, job: JobId) -> Vec<Event> {
+        self.events
+            .iter()
+            .filter(|(_, e)| job_of(e) == job)
+            .map(|(_, e)| e.clone())
+            .collect()
+    }
+
+    /// (time, attempt, delay, error) of every `Retrying` event.
+    fn retries(&self, job: JobId) -> Vec<(Instant, u32, Duration, DownloadError)> {
+        self.events
+            .iter()
+            .filter_map(|(t, e)| match e {
+                Event::Retrying {
+                    job: j,
+                    attempt,
+                    delay,
+                    error,
+                } if *j == job => Some((*t, *attempt, *delay, error.clone())),
+                _ => None,
+            })
+            .collect()
+    }
+
+    fn progress(&self, job: JobId) -> Vec<u64> {
+        self.events
+            .iter()
+            .filter_map(|(_, e)| match e {
+                Event::Progress { job: j, bytes, .. } if *j == job => Some(*bytes),
+                _ => None,
+            })
+            .collect()
+    }
+
+    fn connects(&self) -> usize {
+        self.ops
+            .iter()
+            .filter(|(_, op)| matches!(op, IoOp::Connect { .. }))
+            .count()
+    }
+
+    fn bytes_written(&self) -> u64 {
+        self.ops
+            .iter()
+            .map(|(_, op)| match op {
+                IoOp::WriteAt { data, .. } => data.len() as u64,
+                _ => 0,
+            })
+            .sum()
+    }
+
+    fn pending_has(&self, pred: impl Fn(&IoOp) -> bool) -> bool {
+        self.pending.iter().any(|r| pred(&r.op))
+    }
+}
+
+// ------------------------------------------------------------------------ fixtures
+
+const ORIGIN: &str = "http://a.test";
+const URL: &str = "http://a.test/files/f.bin";
+
+fn dest() -> PathBuf {
+    PathBuf::from("/dl/f.bin")
+}
+
+fn part() -> PathBuf {
+    PathBuf::from("/dl/f.bin.haul-part")
+}
+
+fn state() -> PathBuf {
+    PathBuf::from("/dl/f.bin.haul-state")
+}
+
+fn download() -> Download {
+    Download::new(URL, dest()).expect("valid download")
+}
+
+fn config() -> Config {
+    Config {
+        retry: RetryPolicy {
+            max_attempts: 4,
+            base_delay: secs(1),
+            max_delay: secs(8),
+            max_elapsed: secs(600),
+        },
+        ..Config::default()
+    }
+}
+
+/// A state file that vouches for the first `verified` bytes of `body`.
+fn valid_state(body: &[u8], verified: usize) -> PartState {
+    PartState {
+        version: STATE_VERSION,
+        url: URL.to_string(),
+        validator: Validator::Etag(ETAG.to_string()),
+        total: Some(body.len() as u64),
+        verified: verified as u64,
+        prefix_sha256: sha_hex(&body[..verified]),
+    }
+}
+
+fn assert_nothing_left(h: &Harness) {
+    assert!(!h.fs.exists(dest()), "destination exists");
+    assert!(!h.fs.exists(part()), "partial exists");
+    assert!(!h.fs.exists(state()), "state file exists");
+}
+
+fn assert_committed(h: &Harness, body: &[u8]) {
+    assert!(
+        h.fs.get(dest()) == Some(body),
+        "destination does not hold the body"
+    );
+    assert!(!h.fs.exists(part()), "partial left after commit");
+    assert!(!h.fs.exists(state()), "state file left after commit");
+}
+
+fn header_of(h: &Harness, i: usize, name: &str) -> Option<String> {
+    h.requests[i].header(name).map(str::to_string)
+}
+
+// ------------------------------------------------------------------------ plain downloads
+
+#[test]
+fn plain_download_commits_exact_bytes_removes_part_and_state_and_reports_size_and_sha256() {
+    let body = pattern(10_000, 1);
+    let mut h = Harness::new(config());
+    h.serve(ORIGIN, file_server(body.clone()));
+    let d = download()
+        .sha256(&sha_hex(&body))
+        .unwrap()
+        .size(body.len() as u64);
+    let job = h.submit(d);
+    let out = h.run(job).expect("download succeeds");
+    assert_committed(&h, &body);
+    assert_eq!(out.path, dest());
+    assert_eq!(out.size, body.len() as u64);
+    assert_eq!(out.sha256, sha(&body));
+    assert_eq!(out.sha256_hex(), sha_hex(&body));
+    assert_eq!(out.attempts, 1);
+    assert_eq!(out.resumed_from, 0);
+    assert_eq!(out.bytes_fetched, body.len() as u64);
+    assert_eq!(out.final_url, URL);
+    assert_eq!(h.requests.len(), 1);
+    let req = &h.requests[0];
+    assert_eq!(
+        (req.method.as_str(), req.path.as_str()),
+        ("GET", "/files/f.bin")
+    );
+    assert_eq!(req.header("host"), Some("a.test"));
+    assert_eq!(req.header("range"), None);
+    let events = h.events_of(job);
+    assert!(matches!(events.first(), Some(Event::Started { .. })));
+    assert!(events.iter().any(|e| matches!(
+        e,
+        Event::Response {
+            status: 200,
+            total: Some(10_000),
+            offset: 0,
+            ..
+        }
+    )));
+}
+
+#[test]
+fn progress_events_are_monotonic_and_end_at_the_file_size() {
+    let body = pattern(9_999, 2);
+    let mut h = Harness::new(config());
+    let b = body.clone();
+    h.serve(ORIGIN, move |req| {
+        Reply::new(serve_range(&b, req)).pieces(&[333])
+    });
+    let job = h.submit(download());
+    h.run(job).expect("download succeeds");
+    let progress = h.progress(job);
+    assert!(
+        progress.len() > 20,
+        "one progress event per piece, got {}",
+        progress.len()
+    );
+    assert!(
+        progress.windows(2).all(|w| w[0] < w[1]),
+        "not increasing: {progress:?}"
+    );
+    assert_eq!(progress.last(), Some(&(body.len() as u64)));
+    let totals_known = h.events_of(job).iter().all(|e| match e {
+        Event::Progress { total, .. } => *total == Some(body.len() as u64),
+        _ => true,
+    });
+    assert!(
+        totals_known,
+        "Progress must carry the Content-Length as total"
+    );
+}
+
+#[test]
+fn sha256_mismatch_leaves_no_file_at_destination_and_no_partial() {
+    let body = pattern(4_000, 3);
+    let mut h = Harness::new(config());
+    h.serve(ORIGIN, file_server(body.clone()));
+    let wrong = sha_hex(b"something else");
+    let job = h.submit(download().sha256(&wrong).unwrap());
+    match h.run(job) {
+        Err(DownloadError::HashMismatch { expected, actual }) => {
+            assert_eq!(expected, wrong);
+            assert_eq!(actual, sha_hex(&body));
+        }
+        other => panic!("expected HashMismatch, got {other:?}"),
+    }
+    assert_nothing_left(&h);
+    assert_eq!(h.requests.len(), 1, "a hash mismatch is not retried");
+}
+
+#[test]
+fn expected_size_mismatch_from_content_length_fails_before_writing_the_body() {
+    let body = pattern(4_000, 4);
+    let mut h = Harness::new(config());
+    h.serve(ORIGIN, file_server(body.clone()));
+    let job = h.submit(download().size(3_999));
+    match h.run(job) {
+        Err(DownloadError::SizeMismatch { expected, actual }) => {
+            assert_eq!((expected, actual), (3_999, 4_000));
+        }
+        other => panic!("expected SizeMismatch, got {other:?}"),
+    }
+    assert_eq!(h.bytes_written(), 0, "no body byte may be written");
+    assert!(
+        !h.ops.iter().any(|(_, op)| matches!(op, IoOp::Open { .. })),
+        "the partial must not even be created"
+    );
+    assert_nothing_left(&h);
+}
+
+#[test]
+fn expected_size_exceeded_by_a_chunked_body_fails_as_bytes_arrive() {
+    let body = pattern(5_000, 46);
+    let mut h = Harness::new(config());
+    h.serve(ORIGIN, move |_| {
+        Reply::new(chunked(200, &[hdr("ETag", ETAG)], &body, 256)).pieces(&[100])
+    });
+    let job = h.submit(download().size(1_000));
+    match h.run(job) {
+        Err(DownloadError::SizeMismatch { expected, actual }) => {
+            assert_eq!(expected, 1_000);
+            assert!(actual > 1_000 && actual <= 1_100, "actual {actual}");
+        }
+        other => panic!("expected SizeMismatch, got {other:?}"),
+    }
+    assert!(h.bytes_written() <= 1_000);
+    assert_eq!(h.requests.len(), 1);
+    assert_nothing_left(&h);
+}
+
+#[test]
+fn max_size_exceeded_by_content_length_fails_before_writing_the_body() {
+    let body = pattern(4_000, 5);
+    let mut h = Harness::new(config());
+    h.serve(ORIGIN, file_server(body));
+    let job = h.submit(download().max_size(1_000));
+    match h.run(job) {
+        Err(DownloadError::TooLarge { limit, seen }) => assert_eq!((limit, seen), (1_000, 4_000)),
+        other => panic!("expected TooLarge, got {other:?}"),
+    }
+    assert_eq!(h.bytes_written(), 0);
+    assert_nothing_left(&h);
+}
+
+fn assert_too_large_as_bytes_arrive(wire: Vec<u8>, then: After) {
+    let mut h = Harness::new(config());
+    h.serve(ORIGIN, move |_| {
+        Reply::new(wire.clone()).pieces(&[100]).then(then)
+    });
+    let job = h.submit(download().max_size(1_000));
+    match h.run(job) {
+        Err(DownloadError::TooLarge { limit, seen }) => {
+            assert_eq!(limit, 1_000);
+            assert!(
+                seen > 1_000 && seen <= 1_100,
+                "seen {seen}: checked piece by piece"
+            );
+        }
+        other => panic!("expected TooLarge, got {other:?}"),
+    }
+    assert!(
+        h.bytes_written() <= 1_000,
+        "wrote {} bytes past the limit",
+        h.bytes_written()
+    );
+    assert_eq!(h.requests.len(), 1, "too large is not retried");
+    assert_nothing_left(&h);
+}
+
+#[test]
+fn max_size_exceeded_by_a_chunked_body_fails_as_bytes_arrive() {
+    let body = pattern(5_000, 6);
+    assert_too_large_as_bytes_arrive(chunked(200, &[hdr("ETag", ETAG)], &body, 512), After::Open);
+}
+
+#[test]
+fn max_size_exceeded_by_a_close_delimited_body_fails_as_bytes_arrive() {
+    let body = pattern(5_000, 7);
+    let wire = response(200, &[hdr("Connection", "close")], &body);
+    assert_too_large_as_bytes_arrive(wire, After::Eof);
+}
+
+#[test]
+fn chunked_body_is_decoded_and_committed() {
+    let body = pattern(7_777, 8);
+    let mut h = Harness::new(config());
+    let b = body.clone();
+    h.serve(ORIGIN, move |_| {
+        Reply::new(chunked(200, &[hdr("ETag", ETAG)], &b, 1_000)).pieces(&[7])
+    });
+    let job = h.submit(download().sha256(&sha_hex(&body)).unwrap());
+    let out = h.run(job).expect("chunked download succeeds");
+    assert_committed(&h, &body);
+    assert_eq!(out.size, body.len() as u64);
+}
+
+#[test]
+fn close_delimited_body_ends_at_eof_and_is_committed() {
+    let body = pattern(3_000, 9);
+    let mut h = Harness::new(config());
+    let b = body.clone();
+    h.serve(ORIGIN, move |_| {
+        Reply::new(response(200, &[], &b))
+            .pieces(&[250])
+            .then(After::Eof)
+    });
+    let job = h.submit(download().sha256(&sha_hex(&body)).unwrap());
+    h.run(job).expect("close-delimited download succeeds");
+    assert_committed(&h, &body);
+}
+
+#[test]
+fn body_delivered_one_byte_at_a_time_commits_exact_bytes() {
+    let body = pattern(1_500, 10);
+    let mut h = Harness::new(config());
+    let b = body.clone();
+    h.serve(ORIGIN, move |req| {
+        Reply::new(serve_range(&b, req)).pieces(&[1])
+    });
+    let job = h.submit(download().sha256(&sha_hex(&body)).unwrap());
+    h.run(job).expect("download succeeds");
+    assert_committed(&h, &body);
+    assert_eq!(
+        h.progress(job).len(),
+        body.len(),
+        "every byte is hashed as it arrives"
+    );
+}
+
+// ------------------------------------------------------------------------ redirects
+
+#[test]
+fn relative_redirect_chain_is_followed_on_the_same_connection() {
+    let body = pattern(2_000, 11);
+    let mut h = Harness::new(config());
+    let b = body.clone();
+    h.serve(ORIGIN, move |req| match req.path.as_str() {
+        "/dir/start" => Reply::new(with_length(
+            302,
+            &[hdr("Location", "next")],
+            b"moved here\r\n",
+        )),
+        "/dir/next" => Reply::new(chunked(
+            301,
+            &[hdr("Location", "/final/f.bin")],
+            b"<html>moved</html>",
+            5,
+        )),
+        "/final/f.bin" => Reply::new(serve_range(&b, req)),
+        other => panic!("unexpected path {other}"),
+    });
+    let job = h.submit(Download::new("http://a.test/dir/start", dest()).unwrap());
+    let out = h.run(job).expect("redirects are followed");
+    assert_committed(&h, &body);
+    assert_eq!(out.final_url, "http://a.test/final/f.bin");
+    let paths: Vec<&str> = h.requests.iter().map(|r| r.path.as_str()).collect();
+    assert_eq!(paths, ["/dir/start", "/dir/next", "/final/f.bin"]);
+    let redirects: Vec<(u16, String, String)> = h
+        .events_of(job)
+        .into_iter()
+        .filter_map(|e| match e {
+            Event::Redirected {
+                status, from, to, ..
+            } => Some((status, from, to)),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(
+        redirects,
+        [
+            (
+                302,
+                "http://a.test/dir/start".into(),
+                "http://a.test/dir/next".into()
+            ),
+            (
+                301,
+                "http://a.test/dir/next".into(),
+                "http://a.test/final/f.bin".into()
+            ),
+        ]
+    );
+    assert_eq!(
+        h.connects(),
+        1,
+        "drained redirect bodies let the connection be reused"
+    );
+}
+
+#[test]
+fn redirect_loop_fails_with_redirect_loop_error_and_is_not_retried() {
+    let mut h = Harness::new(config());
+    h.serve(ORIGIN, |req| {
+        let to = if req.path == "/a" { "/b" } else { "/a" };
+        Reply::new(with_length(302, &[hdr("Location", to)], b""))
+    });
+    let job = h.submit(Download::new("http://a.test/a", dest()).unwrap());
+    match h.run(job) {
+        Err(DownloadError::RedirectLoop { url }) => assert_eq!(url, "http://a.test/a"),
+        other => panic!("expected RedirectLoop, got {other:?}"),
+    }
+    assert_eq!(h.requests.len(), 2);
+    assert!(h.retries(job).is_empty());
+    assert_nothing_left(&h);
+}
+
+#[test]
+fn more_than_ten_redirects_fail_with_too_many_redirects() {
+    let mut h = Harness::new(config());
+    h.serve(ORIGIN, |req| {
+        let n: u32 = req.path.trim_start_matches("/r").parse().expect("/rN");
+        Reply::new(with_length(
+            307,
+            &[hdr("Location", format!("/r{}", n + 1))],
+            b"",
+        ))
+    });
+    let job = h.submit(Download::new("http://a.test/r0", dest()).unwrap());
+    match h.run(job) {
+        Err(DownloadError::TooManyRedirects { limit, url }) => {
+            assert_eq!(limit, 10);
+            assert_eq!(url, "http://a.test/r11");
+        }
+        other => panic!("expected TooManyRedirects, got {other:?}"),
+    }
+    assert_eq!(h.requests.len(), 11, "the first request and ten redirects");
+    assert!(h.retries(job).is_empty());
+    assert_nothing_left(&h);
+}
+
+/// Authorization seen by each request of a download of `/x` redirected to `target`.
+fn authorization_across_redirect(target: &str, serve_target_at: &str) -> Vec<Option<String>> {
+    let body = pattern(500, 12);
+    let mut h = Harness::new(config());
+    let to = target.to_string();
+    let b = body.clone();
+    h.serve(ORIGIN, move |req| match req.path.as_str() {
+        "/x" => Reply::new(with_length(302, &[hdr("Location", &to)], b"")),
+        _ => Reply::new(serve_range(&b, req)),
+    });
+    if serve_target_at != ORIGIN {
+        h.serve(serve_target_at, file_server(body.clone()));
+    }
+    let d = Download::new("http://a.test/x", dest())
+        .unwrap()
+        .header("Authorization", "Bearer secret");
+    let job = h.submit(d);
+    h.run(job).expect("download succeeds");
+    assert_committed(&h, &body);
+    h.requests
+        .iter()
+        .map(|r| r.header("authorization").map(str::to_string))
+        .collect()
+}
+
+#[test]
+fn authorization_is_not_sent_after_a_redirect_to_another_host() {
+    let seen = authorization_across_redirect("http://b.test/y", "http://b.test");
+    assert_eq!(seen, [Some("Bearer secret".to_string()), None]);
+}
+
+#[test]
+fn authorization_is_not_sent_after_a_redirect_to_another_port() {
+    let seen = authorization_across_redirect("http://a.test:8080/y", "http://a.test:8080");
+    assert_eq!(seen, [Some("Bearer secret".to_string()), None]);
+}
+
+#[test]
+fn authorization_is_kept_on_a_same_origin_redirect() {
+    let seen = authorization_across_redirect("/y", ORIGIN);
+    let secret = Some("Bearer secret".to_string());
+    assert_eq!(seen, [secret.clone(), secret]);
+}
+
+// ------------------------------------------------------------------------ resume
+
+/// A harness holding a partial of `body`: `verified` vouched bytes, then `junk` bytes that
+/// no state vouches for, and a state file written by `state`.
+fn with_partial(body: &[u8], verified: usize, junk: usize, state: PartState) -> Harness {
+    let mut h = Harness::new(config());
+    let mut partial = body[..verified].to_vec();
+    partial.resize(verified + junk, 0xEE);
+    h.fs.put(part(), &partial);
+    h.fs.put(self::state(), &state.encode());
+    h
+}
+
+#[test]
+fn resume_from_a_valid_partial_sends_range_and_if_range_and_continues_the_206() {
+    let body = pattern(5_000, 13);
+    let n = 2_000;
+    // Junk past the vouched prefix, long enough to show up if it were not cut off.
+    let mut h = with_partial(&body, n, 4_000, valid_state(&body, n));
+    h.serve(ORIGIN, file_server(body.clone()));
+    let job = h.submit(download().sha256(&sha_hex(&body)).unwrap());
+    let out = h.run(job).expect("resume succeeds");
+    assert_committed(&h, &body);
+    assert_eq!(h.requests.len(), 1);
+    assert_eq!(header_of(&h, 0, "range").as_deref(), Some("bytes=2000-"));
+    assert_eq!(header_of(&h, 0, "if-range").as_deref(), Some(ETAG));
+    assert_eq!(out.resumed_from, n as u64);
+    assert_eq!(out.bytes_fetched, (body.len() - n) as u64);
+    let events = h.events_of(job);
+    assert!(events.contains(&Event::Resuming { job, offset: 2_000 }));
+    assert!(events.iter().any(|e| matches!(
+        e,
+        Event::Response {
+            status: 206,
+            offset: 2_000,
+            total: Some(5_000),
+            ..
+        }
+    )));
+    assert!(
+        h.progress(job).iter().all(|&b| b > n as u64),
+        "progress counts the resumed prefix"
+    );
+}
+
+#[test]
+fn resume_answered_with_200_restarts_from_zero_and_never_appends() {
+    let body = pattern(5_000, 14);
+    let n = 3_000;
+    let mut h = with_partial(&body, n, 6_000, valid_state(&body, n));
+    let b = body.clone();
+    // This server ignores Range.
+    h.serve(ORIGIN, move |_| {
+        Reply::new(with_length(200, &[hdr("ETag", ETAG)], &b))
+    });
+    let job = h.submit(download().sha256(&sha_hex(&body)).unwrap());
+    let out = h.run(job).expect("restart succeeds");
+    assert_committed(&h, &body);
+    assert_eq!(header_of(&h, 0, "range").as_deref(), Some("bytes=3000-"));
+    assert_eq!(out.resumed_from, 0);
+    assert_eq!(out.bytes_fetched, body.len() as u64);
+    assert_eq!(h.requests.len(), 1, "a 200 is used as it is, not retried");
+}
+
+#[test]
+fn resume_with_a_206_starting_elsewhere_is_a_range_mismatch_then_a_restart_gives_exact_bytes() {
+    let body = pattern(5_000, 15);
+    let n = 1_000;
+    let mut h = with_partial(&body, n, 0, valid_state(&body, n));
+    let b = body.clone();
+    h.serve(ORIGIN, move |req| {
+        if req.seq == 0 {
+            // A broken server: answers the range from the start of the file.
+            let len = b.len();
+            let cr = format!("bytes 0-{}/{len}", len - 1);
+            Reply::new(with_length(
+                206,
+                &[hdr("ETag", ETAG), hdr("Content-Range", cr)],
+                &b,
+            ))
+        } else {
+            Reply::new(serve_range(&b, req))
+        }
+    });
+    let job = h.submit(download().sha256(&sha_hex(&body)).unwrap());
+    let out = h.run(job).expect("restart succeeds");
+    assert_committed(&h, &body);
+    let retries = h.retries(job);
+    assert_eq!(retries.len(), 1);
+    assert!(
+        matches!(retries[0].3, DownloadError::RangeMismatch { .. }),
+        "got {:?}",
+        retries[0].3
+    );
+    assert_eq!(h.requests.len(), 2);
+    assert_eq!(header_of(&h, 0, "range").as_deref(), Some("bytes=1000-"));
+    assert_eq!(
+        header_of(&h, 1, "range"),
+        None,
+        "the restart asks for the whole file"
+    );
+    assert_eq!(out.resumed_from, 0);
+    assert_eq!(out.attempts, 2);
+    assert_eq!(
+        h.bytes_written(),
+        body.len() as u64,
+        "no byte of the bad 206 is written"
+    );
+}
+
+#[test]
+fn resume_answered_416_with_the_partials_length_commits_without_a_body() {
+    let body = pattern(5_000, 16);
+    let mut h = with_partial(&body, body.len(), 0, valid_state(&body, body.len()));
+    h.serve(ORIGIN, file_server(body.clone()));
+    let job = h.submit(download().sha256(&sha_hex(&body)).unwrap());
+    let out = h.run(job).expect("the complete partial is committed");
+    assert_committed(&h, &body);
+    assert_eq!(header_of(&h, 0, "range").as_deref(), Some("bytes=5000-"));
+    assert_eq!(h.bytes_written(), 0);
+    assert_eq!(out.resumed_from, body.len() as u64);
+    assert_eq!(out.bytes_fetched, 0);
+    assert_eq!(out.sha256, sha(&body));
+}
+
+#[test]
+fn state_whose_prefix_digest_does_not_match_the_partial_starts_from_zero_without_range() {
+    let body = pattern(5_000, 17);
+    let n = 2_500;
+    let mut lying = valid_state(&body, n);
+    lying.prefix_sha256 = sha_hex(b"not these bytes");
+    let mut h = with_partial(&body, n, 0, lying);
+    h.serve(ORIGIN, file_server(body.clone()));
+    let job = h.submit(download().sha256(&sha_hex(&body)).unwrap());
+    let out = h.run(job).expect("fresh download succeeds");
+    assert_committed(&h, &body);
+    assert_eq!(header_of(&h, 0, "range"), None);
+    assert_eq!(header_of(&h, 0, "if-range"), None);
+    assert_eq!(out.resumed_from, 0);
+    assert!(!h
+        .events_of(job)
+        .iter()
+        .any(|e| matches!(e, Event::Resuming { .. })));
+}
+
+#[test]
+fn truncated_body_is_retried_with_range_from_the_received_offset() {
+    let body = pattern(6_000, 18);
+    let k = 2_345;
+    let mut h = Harness::new(config());
+    let b = body.clone();
+    h.serve(ORIGIN, move |req| {
+        let wire = serve_range(&b, req);
+        if req.seq == 0 {
+            let cut = head_len(&wire) + k;
+            Reply::new(wire[..cut].to_vec())
+                .pieces(&[1_000])
+                .then(After::Eof)
+        } else {
+            Reply::new(wire)
+        }
+    });
+    let job = h.submit(download().sha256(&sha_hex(&body)).unwrap());
+    let out = h.run(job).expect("the retry finishes the file");
+    assert_committed(&h, &body);
+    let retries = h.retries(job);
+    assert_eq!(retries.len(), 1);
+    assert!(matches!(
+        retries[0].3,
+        DownloadError::Protocol {
+            source: HttpError::Truncated {
+                expected: Some(6_000),
+                received: 2_345
+            },
+            ..
+        }
+    ));
+    assert_eq!(header_of(&h, 1, "range").as_deref(), Some("bytes=2345-"));
+    assert_eq!(header_of(&h, 1, "if-range").as_deref(), Some(ETAG));
+    assert_eq!(out.attempts, 2);
+    assert_eq!(
+        out.bytes_fetched,
+        body.len() as u64,
+        "no byte is fetched twice"
+    );
+}
+
+#[test]
+fn connection_reset_mid_body_is_retried_with_range() {
+    let body = pattern(6_000, 19);
+    let mut h = Harness::new(config());
+    let b = body.clone();
+    h.serve(ORIGIN, move |req| {
+        let wire = serve_range(&b, req);
+        if req.seq == 0 {
+            let cut = head_len(&wire) + 4_000;
+            Reply::new(wire[..cut].to_vec()).then(After::Reset)
+        } else {
+            Reply::new(wire)
+        }
+    });
+    let job = h.submit(download().sha256(&sha_hex(&body)).unwrap());
+    h.run(job).expect("the retry finishes the file");
+    assert_committed(&h, &body);
+    assert!(matches!(
+        h.retries(job)[0].3,
+        DownloadError::Connection { ref failure, .. } if failure.kind == IoErrorKind::Reset
+    ));
+    assert_eq!(header_of(&h, 1, "range").as_deref(), Some("bytes=4000-"));
+}
+
+// ------------------------------------------------------------------------ timeouts
+
+#[test]
+fn stall_fires_the_idle_timeout_on_time_and_keeps_a_resumable_partial() {
+    let body = pattern(5_000, 20);
+    let mut cfg = config();
+    cfg.idle_timeout = secs(10);
+    cfg.retry.max_attempts = 2;
+    let mut h = Harness::new(cfg);
+    let b = body.clone();
+    // Every response delivers its head and 100 body bytes, then nothing.
+    h.serve(ORIGIN, move |req| {
+        let wire = serve_range(&b, req);
+        Reply::new(wire[..head_len(&wire) + 100].to_vec())
+    });
+    let job = h.submit(download());
+    let err = h.run(job).expect_err("both attempts stall");
+    let idle = |e: &DownloadError| matches!(e, DownloadError::Timeout { kind: TimeoutKind::Idle, after, .. } if *after == secs(10));
+    assert!(idle(&err), "got {err:?}");
+    let retries = h.retries(job);
+    assert_eq!(retries.len(), 1);
+    let (retry_at, _, delay, ref first) = retries[0];
+    assert!(idle(first), "got {first:?}");
+    assert_eq!(
+        retry_at,
+        at(secs(10)),
+        "the idle timeout fires 10 s after the last byte"
+    );
+    assert_eq!(h.requests[1].at, at(secs(10) + delay));
+    assert_eq!(h.finished_at(job), at(secs(20) + delay));
+    assert_eq!(header_of(&h, 1, "range").as_deref(), Some("bytes=100-"));
+    // The partial is kept and vouched for up to every byte received.
+    let saved =
+        PartState::decode_for(h.fs.get(state()).expect("state kept"), URL).expect("state is valid");
+    assert_eq!(saved.verified, 200);
+    assert_eq!(saved.validator, Validator::Etag(ETAG.into()));
+    assert_eq!(saved.prefix_sha256, sha_hex(&body[..200]));
+    assert_eq!(h.fs.get(part()).map(|p| &p[..200]), Some(&body[..200]));
+    assert!(!h.fs.exists(dest()));
+}
+
+#[test]
+fn trickle_below_the_low_speed_limit_fails_with_a_low_speed_timeout() {
+    let body = pattern(50_000, 21);
+    let mut cfg = config();
+    cfg.retry.max_attempts = 1;
+    cfg.low_speed = Some(LowSpeedLimit {
+        bytes_per_sec: 1_000,
+        window: secs(5),
+    });
+    let mut h = Harness::new(cfg);
+    let b = body.clone();
+    h.serve(ORIGIN, move |req| {
+        let wire = serve_range(&b, req);
+        let head = head_len(&wire);
+        Reply::new(wire).pieces(&[head, 10]).gap(secs(1))
+    });
+    let job = h.submit(download());
+    match h.run(job) {
+        Err(DownloadError::Timeout { kind, after, .. }) => {
+            assert_eq!((kind, after), (TimeoutKind::LowSpeed, secs(5)));
+        }
+        other => panic!("expected a low-speed timeout, got {other:?}"),
+    }
+    assert_eq!(h.finished_at(job), at(secs(5)));
+}
+
+#[test]
+fn transfer_above_the_low_speed_limit_is_not_aborted() {
+    let body = pattern(40_000, 22);
+    let mut cfg = config();
+    cfg.low_speed = Some(LowSpeedLimit {
+        bytes_per_sec: 1_000,
+        window: secs(5),
+    });
+    let mut h = Harness::new(cfg);
+    let b = body.clone();
+    // 2 000 bytes per second for 20 s: several low-speed windows, each fast enough.
+    h.serve(ORIGIN, move |req| {
+        let wire = serve_range(&b, req);
+        let head = head_len(&wire);
+        Reply::new(wire)
+            .pieces(&[head, 500])
+            .gap(Duration::from_millis(250))
+    });
+    let job = h.submit(download());
+    h.run(job).expect("fast enough");
+    assert_committed(&h, &body);
+    assert!(h.retries(job).is_empty());
+    assert!(h.finished_at(job) >= at(secs(19)));
+}
+
+#[test]
+fn connect_timeout_fires_when_the_connect_hangs() {
+    let mut cfg = config();
+    cfg.retry.max_attempts = 1;
+    cfg.connect_timeout = secs(5);
+    let mut h = Harness::new(cfg);
+    h.serve(ORIGIN, file_server(pattern(10, 23)));
+    h.connect_plan(ORIGIN, |_| ConnectPlan::Hang);
+    let job = h.submit(download());
+    match h.run(job) {
+        Err(DownloadError::Timeout { kind, after, .. }) => {
+            assert_eq!((kind, after), (TimeoutKind::Connect, secs(5)));
+        }
+        other => panic!("expected a connect timeout, got {other:?}"),
+    }
+    assert_eq!(h.finished_at(job), at(secs(5)));
+    assert!(h.requests.is_empty());
+    assert_nothing_left(&h);
+}
+
+#[test]
+fn response_head_timeout_fires_when_the_server_never_answers() {
+    let mut cfg = config();
+    cfg.retry.max_attempts = 1;
+    cfg.head_timeout = secs(7);
+    cfg.idle_timeout = secs(30);
+    let mut h = Harness::new(cfg);
+    h.serve(ORIGIN, |_| Reply::new(Vec::new()));
+    let job = h.submit(download());
+    match h.run(job) {
+        Err(DownloadError::Timeout { kind, .. }) => assert_eq!(kind, TimeoutKind::ResponseHead),
+        other => panic!("expected a head timeout, got {other:?}"),
+    }
+    assert_eq!(h.finished_at(job), at(secs(7)));
+}
+
+// ------------------------------------------------------------------------ retries and statuses
+
+#[test]
+fn connect_failures_are_retried_until_a_connect_succeeds() {
+    let body = pattern(1_000, 24);
+    let mut h = Harness::new(config());
+    h.serve(ORIGIN, file_server(body.clone()));
+    h.connect_plan(ORIGIN, |i| match i {
+        0 => ConnectPlan::Fail(IoErrorKind::ConnectFailed),
+        1 => ConnectPlan::Fail(IoErrorKind::Dns),
+        _ => ConnectPlan::Accept,
+    });
+    let job = h.submit(download());
+    let out = h.run(job).expect("third connect works");
+    assert_committed(&h, &body);
+    assert_eq!(out.attempts, 3);
+    let kinds: Vec<IoErrorKind> = h
+        .retries(job)
+        .into_iter()
+        .map(|(_, _, _, e)| match e {
+            DownloadError::Connect { failure, .. } => failure.kind,
+            other => panic!("expected Connect errors, got {other:?}"),
+        })
+        .collect();
+    assert_eq!(kinds, [IoErrorKind::ConnectFailed, IoErrorKind::Dns]);
+}
+
+#[test]
+fn retry_after_on_a_503_makes_the_retry_wait_at_least_that_long() {
+    let body = pattern(1_000, 25);
+    let mut h = Harness::new(config());
+    let b = body.clone();
+    h.serve(ORIGIN, move |req| {
+        if req.seq == 0 {
+            Reply::new(with_length(503, &[hdr("Retry-After", 7)], b"busy"))
+        } else {
+            Reply::new(serve_range(&b, req))
+        }
+    });
+    let job = h.submit(download());
+    h.run(job).expect("the retry succeeds");
+    assert_committed(&h, &body);
+    let retries = h.retries(job);
+    assert_eq!(retries.len(), 1);
+    assert!(
+        retries[0].2 >= secs(7),
+        "delay {:?} ignores Retry-After",
+        retries[0].2
+    );
+    assert!(matches!(
+        retries[0].3,
+        DownloadError::Status { status: 503, retry_after: Some(d), .. } if d == secs(7)
+    ));
+    let waited = h.requests[1].at.saturating_since(h.requests[0].at);
+    assert!(waited >= secs(7), "retried after {waited:?}");
+}
+
+#[test]
+fn not_found_is_a_status_error_not_retried_and_leaves_no_partial() {
+    let mut h = Harness::new(config());
+    h.serve(ORIGIN, |_| {
+        Reply::new(with_length(404, &[], b"no such file"))
+    });
+    let job = h.submit(download());
+    match h.run(job) {
+        Err(DownloadError::Status {
+            status,
+            url,
+            retry_after,
+        }) => {
+            assert_eq!((status, url.as_str(), retry_after), (404, URL, None));
+        }
+        other => panic!("expected a 404 Status error, got {other:?}"),
+    }
+    assert_eq!(h.requests.len(), 1);
+    assert!(h.retries(job).is_empty());
+    assert_nothing_left(&h);
+}
+
+#[test]
+fn backoff_delays_grow_and_respect_max_delay() {
+    let mut cfg = config();
+    cfg.retry = RetryPolicy {
+        max_attempts: 7,
+        base_delay: secs(1),
+        max_delay: secs(4),
+        max_elapsed: secs(600),
+    };
+    let mut h = Harness::new(cfg);
+    h.serve(ORIGIN, |_| Reply::new(with_length(500, &[], b"")));
+    let job = h.submit(download());
+    assert!(matches!(
+        h.run(job),
+        Err(DownloadError::Status { status: 500, .. })
+    ));
+    let retries = h.retries(job);
+    let attempts: Vec<u32> = retries.iter().map(|r| r.1).collect();
+    assert_eq!(attempts, [2, 3, 4, 5, 6, 7]);
+    let delays: Vec<Duration> = retries.iter().map(|r| r.2).collect();
+    assert!(
+        delays[0] < delays[2],
+        "attempt 2 waits {:?}, attempt 4 {:?}",
+        delays[0],
+        delays[2]
+    );
+    assert!(
+        delays[0] >= Duration::from_millis(500),
+        "equal jitter keeps half the base"
+    );
+    assert!(
+        delays.iter().all(|d| *d <= secs(4)),
+        "max_delay exceeded: {delays:?}"
+    );
+    assert!(
+        delays[3..].iter().all(|d| *d >= secs(2)),
+        "capped delays keep half the cap"
+    );
+    // The clock really waits that long between two requests.
+    for (i, d) in delays.iter().enumerate() {
+        let gap = h.requests[i + 1].at.saturating_since(h.requests[i].at);
+        assert_eq!(gap, *d, "gap before attempt {}", i + 2);
+    }
+}
+
+#[test]
+fn max_elapsed_stops_retries_that_would_start_too_late() {
+    let mut cfg = config();
+    cfg.retry = RetryPolicy {
+        max_attempts: 100,
+        base_delay: secs(1),
+        max_delay: secs(4),
+        max_elapsed: secs(20),
+    };
+    let mut h = Harness::new(cfg);
+    h.serve(ORIGIN, |_| Reply::new(with_length(500, &[], b"")));
+    let job = h.submit(download());
+    assert!(h.run(job).is_err());
+    let last = h.requests.last().expect("some request").at;
+    assert!(last <= at(secs(20)), "a retry started at {last}");
+    assert!(h.requests.len() < 100);
+}
+
+// ------------------------------------------------------------------------ connections
+
+#[test]
+fn keep_alive_connection_is_reused_by_sequential_jobs_to_the_same_origin() {
+    let body = pattern(3_000, 26);
+    let mut h = Harness::new(config());
+    h.serve(ORIGIN, file_server(body.clone()));
+    let first = h.submit(download());
+    h.run(first).expect("first job");
+    let second_dest = PathBuf::from("/dl/g.bin");
+    let second = h.submit(Download::new("http://a.test/files/g.bin", &second_dest).unwrap());
+    let out = h.run(second).expect("second job");
+    assert_eq!(h.fs.get(&second_dest), Some(&body[..]));
+    assert_eq!(h.connects(), 1);
+    assert_eq!(h.requests.len(), 2);
+    assert_eq!(h.requests[0].conn, h.requests[1].conn);
+    assert_eq!(h.requests[1].conn_seq, 1);
+    assert_eq!(out.attempts, 1);
+}
+
+#[test]
+fn connection_is_not_reused_when_the_response_said_close() {
+    let body = pattern(3_000, 27);
+    let mut h = Harness::new(config());
+    let b = body.clone();
+    h.serve(ORIGIN, move |_| {
+        Reply::new(with_length(
+            200,
+            &[hdr("Connection", "close"), hdr("ETag", ETAG)],
+            &b,
+        ))
+        .then(After::Eof)
+    });
+    let first = h.submit(download());
+    h.run(first).expect("first job");
+    let second = h.submit(Download::new("http://a.test/files/g.bin", "/dl/g.bin").unwrap());
+    h.run(second).expect("second job");
+    assert_eq!(h.connects(), 2);
+}
+
+#[test]
+fn stale_reused_connection_is_replaced_without_a_retrying_event() {
+    let body = pattern(3_000, 28);
+    let mut h = Harness::new(config());
+    let b = body.clone();
+    h.serve(ORIGIN, move |req| {
+        if req.conn_seq > 0 {
+            // The server closed the idle connection; the request on it is lost.
+            Reply::new(Vec::new()).then(After::Eof)
+        } else {
+            Reply::new(serve_range(&b, req))
+        }
+    });
+    let first = h.submit(download());
+    h.run(first).expect("first job");
+    let second_dest = PathBuf::from("/dl/g.bin");
+    let second = h.submit(Download::new("http://a.test/files/g.bin", &second_dest).unwrap());
+    let out = h.run(second).expect("second job");
+    assert_eq!(h.fs.get(&second_dest), Some(&body[..]));
+    assert!(
+        h.retries(second).is_empty(),
+        "a stale connection is not a failed attempt"
+    );
+    assert_eq!(out.attempts, 1);
+    assert_eq!(h.connects(), 2);
+    assert_eq!(h.requests.len(), 3);
+    assert_ne!(h.requests[1].conn, h.requests[2].conn);
+}
+
+#[test]
+fn idle_keep_alive_connection_is_closed_after_its_timeout() {
+    let mut cfg = config();
+    cfg.idle_connection_timeout = secs(30);
+    let mut h = Harness::new(cfg);
+    h.serve(ORIGIN, file_server(pattern(100, 29)));
+    let job = h.submit(download());
+    h.run(job).expect("job");
+    assert!(!h.pending_has(|op| matches!(op, IoOp::Close { .. })));
+    assert_eq!(h.engine.poll_timeout(), Some(at(secs(30))));
+    assert!(h.step(), "the clock moves to the connection's timeout");
+    assert!(h.pending_has(|op| matches!(op, IoOp::Close { .. })));
+    h.settle();
+    assert_eq!(h.engine.poll_timeout(), None);
+}
+
+// ------------------------------------------------------------------------ local failures
+
+#[test]
+fn no_space_mid_body_fails_with_local_io_and_removes_the_partial() {
+    let body = pattern(10_000, 30);
+    let mut h = Harness::new(config());
+    h.fs.space_left = Some(3_000);
+    let b = body.clone();
+    h.serve(ORIGIN, move |req| {
+        Reply::new(serve_range(&b, req)).pieces(&[1_000])
+    });
+    let job = h.submit(download());
+    match h.run(job) {
+        Err(DownloadError::LocalIo { path, failure }) => {
+            assert_eq!(path, part());
+            assert_eq!(failure.kind, IoErrorKind::NoSpace);
+        }
+        other => panic!("expected LocalIo, got {other:?}"),
+    }
+    assert_eq!(h.requests.len(), 1, "a full disk is not retried");
+    assert_nothing_left(&h);
+}
+
+#[test]
+fn no_space_on_the_last_write_fails_with_local_io_and_commits_nothing() {
+    let body = pattern(10_000, 31);
+    let mut h = Harness::new(config());
+    h.fs.space_left = Some(body.len() as u64 - 1);
+    h.serve(ORIGIN, file_server(body));
+    let job = h.submit(download());
+    match h.run(job) {
+        Err(DownloadError::LocalIo { failure, .. }) => {
+            assert_eq!(failure.kind, IoErrorKind::NoSpace)
+        }
+        other => panic!("expected LocalIo, got {other:?}"),
+    }
+    assert_nothing_left(&h);
+}
+
+#[test]
+fn rename_failure_fails_with_local_io_and_leaves_nothing_at_the_destination() {
+    let body = pattern(2_000, 32);
+    let mut h = Harness::new(config());
+    h.fs.fail_rename = true;
+    h.serve(ORIGIN, file_server(body));
+    let job = h.submit(download());
+    match h.run(job) {
+        Err(DownloadError::LocalIo { path, failure }) => {
+            assert_eq!(path, dest());
+            assert_eq!(failure.kind, IoErrorKind::PermissionDenied);
+        }
+        other => panic!("expected LocalIo, got {other:?}"),
+    }
+    assert_nothing_left(&h);
+}
+
+// ------------------------------------------------------------------------ cancel
+
+/// Starts a 10 000-byte download trickling 500 bytes a second, cancels it once 3 000 bytes
+/// arrived; returns the harness, the job, its result and the bytes received at the cancel.
+fn cancel_mid_body(mode: CancelMode) -> (Harness, JobId, Result<Outcome, DownloadError>, u64) {
+    let body = pattern(10_000, 33);
+    let mut h = Harness::new(config());
+    h.serve(ORIGIN, move |req| {
+        Reply::new(serve_range(&body, req))
+            .pieces(&[500])
+            .gap(secs(1))
+    });
+    let job = h.submit(download());
+    h.run_until("3000 bytes arrived", |h| {
+        h.progress(job).last().is_some_and(|&b| b >= 3_000)
+    });
+    let received = *h.progress(job).last().expect("progress");
+    h.cancel(job, mode);
+    let result = h.run(job);
+    (h, job, result, received)
+}
+
+#[test]
+fn cancel_keep_partial_mid_body_keeps_part_and_state_and_a_later_job_resumes() {
+    let (mut h, job, result, received) = cancel_mid_body(CancelMode::KeepPartial);
+    assert_eq!(result, Err(DownloadError::Cancelled));
+    assert!(
+        h.finished_at(job) < at(secs(10)),
+        "cancel does not wait for the body"
+    );
+    assert!(!h.fs.exists(dest()));
+    let saved =
+        PartState::decode_for(h.fs.get(state()).expect("state kept"), URL).expect("valid state");
+    assert_eq!(
+        saved.verified, received,
+        "every received byte is vouched for"
+    );
+    let body = pattern(10_000, 33);
+    assert_eq!(
+        &h.fs.get(part()).expect("partial kept")[..received as usize],
+        &body[..received as usize]
+    );
+    // A new job picks it up.
+    let again = h.submit(download().sha256(&sha_hex(&body)).unwrap());
+    let out = h.run(again).expect("resumed job");
+    assert_committed(&h, &body);
+    assert_eq!(out.resumed_from, received);
+    assert_eq!(
+        h.requests
+            .last()
+            .and_then(|r| r.header("range"))
+            .map(str::to_string),
+        Some(format!("bytes={received}-"))
+    );
+}
+
+#[test]
+fn cancel_discard_mid_body_removes_part_and_state() {
+    let (h, _job, result, _) = cancel_mid_body(CancelMode::Discard);
+    assert_eq!(result, Err(DownloadError::Cancelled));
+    assert_nothing_left(&h);
+}
+
+#[test]
+fn cancel_while_the_state_file_is_read_finishes_cancelled_without_touching_the_partial() {
+    let body = pattern(5_000, 34);
+    let planted = valid_state(&body, 2_000);
+    let mut h = with_partial(&body, 2_000, 0, planted.clone());
+    h.serve(ORIGIN, file_server(body.clone()));
+    let job = h.submit(download());
+    assert!(h.pending_has(|op| matches!(op, IoOp::ReadFile { .. })));
+    h.cancel(job, CancelMode::KeepPartial);
+    assert_eq!(h.run(job), Err(DownloadError::Cancelled));
+    assert!(h.requests.is_empty(), "a cancelled job contacts no server");
+    assert_eq!(h.fs.get(part()), Some(&body[..2_000]));
+    assert_eq!(h.fs.get(state()), Some(&planted.encode()[..]));
+}
+
+#[test]
+fn cancel_while_the_partial_is_opened_finishes_cancelled() {
+    let body = pattern(5_000, 35);
+    let mut h = with_partial(&body, 2_000, 0, valid_state(&body, 2_000));
+    h.serve(ORIGIN, file_server(body.clone()));
+    let job = h.submit(download());
+    h.run_until("the partial is being opened", |h| {
+        h.pending_has(|op| matches!(op, IoOp::Open { .. }))
+    });
+    h.cancel(job, CancelMode::Discard);
+    assert_eq!(h.run(job), Err(DownloadError::Cancelled));
+    assert!(h.requests.is_empty());
+    assert_nothing_left(&h);
+}
+
+#[test]
+fn cancel_keep_partial_while_rehashing_keeps_the_partial_and_its_state() {
+    let body = pattern(5_000, 36);
+    let planted = valid_state(&body, 2_000);
+    let mut h = with_partial(&body, 2_000, 0, planted.clone());
+    h.serve(ORIGIN, file_server(body.clone()));
+    let job = h.submit(download());
+    h.run_until("the prefix is being re-hashed", |h| {
+        h.pending_has(|op| matches!(op, IoOp::ReadAt { .. }))
+    });
+    h.cancel(job, CancelMode::KeepPartial);
+    assert_eq!(h.run(job), Err(DownloadError::Cancelled));
+    assert!(h.requests.is_empty());
+    assert_eq!(
+        h.fs.get(part()),
+        Some(&body[..2_000]),
+        "the partial is kept as it was"
+    );
+    assert_eq!(h.fs.get(state()), Some(&planted.encode()[..]));
+}
+
+// ------------------------------------------------------------------------ checkpoints
+
+#[test]
+fn checkpoints_advance_while_streaming_and_name_a_durable_prefix_with_a_matching_digest() {
+    let body = pattern(20_000, 37);
+    let mut cfg = config();
+    cfg.checkpoint_bytes = 1_000;
+    let mut h = Harness::new(cfg);
+    let b = body.clone();
+    h.serve(ORIGIN, move |req| {
+        Reply::new(serve_range(&b, req)).pieces(&[700])
+    });
+    let job = h.submit(download());
+    h.run(job).expect("download succeeds");
+    assert_committed(&h, &body);
+    // Each write was checked against the durable partial when it happened (see FakeFs).
+    let verified: Vec<u64> = h.fs.state_writes.iter().map(|s| s.verified).collect();
+    assert!(verified.len() >= 5, "too few checkpoints: {verified:?}");
+    assert!(
+        verified.windows(2).all(|w| w[0] < w[1]),
+        "not advancing: {verified:?}"
+    );
+    assert!(
+        *verified.last().expect("some") >= 15_000,
+        "checkpoints stopped early: {verified:?}"
+    );
+    assert!(h
+        .fs
+        .state_writes
+        .iter()
+        .all(|s| s.url == URL && s.validator == Validator::Etag(ETAG.into())));
+}
+
+#[test]
+fn checkpoint_still_writing_when_the_body_ends_leaves_no_state_file_after_commit() {
+    let body = pattern(5_000, 38);
+    let mut cfg = config();
+    cfg.checkpoint_bytes = 1_000;
+    let mut h = Harness::new(cfg);
+    // A slow state-file write: it runs only when nothing else can.
+    h.defer = Some(Box::new(|op| matches!(op, IoOp::WriteFileAtomic { .. })));
+    let b = body.clone();
+    h.serve(ORIGIN, move |req| {
+        Reply::new(serve_range(&b, req)).pieces(&[1_000])
+    });
+    let job = h.submit(download());
+    h.run(job).expect("download succeeds");
+    assert_committed(&h, &body);
+}
+
+// ------------------------------------------------------------------------ more behaviours
+
+#[test]
+fn slow_disk_pauses_reading_so_the_write_backlog_stays_bounded() {
+    let body = pattern(400_000, 40);
+    let mut cfg = config();
+    cfg.max_write_backlog = 64 * 1024;
+    let mut h = Harness::new(cfg);
+    // Writes complete only when nothing else can: the network is always ahead of the disk.
+    h.defer = Some(Box::new(|op| matches!(op, IoOp::WriteAt { .. })));
+    let b = body.clone();
+    h.serve(ORIGIN, move |req| {
+        Reply::new(serve_range(&b, req)).pieces(&[4_096])
+    });
+    let job = h.submit(download());
+    h.run(job).expect("download succeeds");
+    assert_committed(&h, &body);
+    assert!(
+        h.max_write_backlog <= 64 * 1024 + 4_096,
+        "{} bytes waited for the disk",
+        h.max_write_backlog
+    );
+    assert!(h.max_write_backlog > 32 * 1024, "the disk was never behind");
+}
+
+#[test]
+fn concurrent_jobs_use_their_own_connections_and_each_get_their_bytes() {
+    let (one, two) = (pattern(6_000, 41), pattern(7_000, 42));
+    let mut h = Harness::new(config());
+    let (b1, b2) = (one.clone(), two.clone());
+    h.serve(ORIGIN, move |req| {
+        let body = if req.path.ends_with("one") { &b1 } else { &b2 };
+        Reply::new(serve_range(body, req))
+            .pieces(&[333])
+            .gap(Duration::from_millis(10))
+    });
+    let first = h.submit(Download::new("http://a.test/one", "/dl/one").unwrap());
+    let second = h.submit(Download::new("http://a.test/two", "/dl/two").unwrap());
+    h.run(first).expect("first");
+    h.run(second).expect("second");
+    assert_eq!(h.fs.get("/dl/one"), Some(&one[..]));
+    assert_eq!(h.fs.get("/dl/two"), Some(&two[..]));
+    assert_eq!(h.connects(), 2);
+    assert_ne!(h.requests[0].conn, h.requests[1].conn);
+}
+
+#[test]
+fn directory_destination_takes_its_name_from_content_disposition() {
+    let body = pattern(1_000, 43);
+    let mut h = Harness::new(config());
+    let b = body.clone();
+    h.serve(ORIGIN, move |_| {
+        let cd = hdr("Content-Disposition", "attachment; filename=\"real.bin\"");
+        Reply::new(with_length(200, &[cd], &b))
+    });
+    let job = h.submit(Download::into_dir(URL, "/dl").unwrap());
+    let out = h.run(job).expect("download succeeds");
+    assert_eq!(out.path, PathBuf::from("/dl/real.bin"));
+    assert_eq!(h.fs.get("/dl/real.bin"), Some(&body[..]));
+    assert!(!h.fs.exists(part()), "the partial was named after the URL");
+}
+
+/// A body cut after 1 000 bytes on the first attempt, served with `validator` headers.
+fn cut_once_without_strong_validator(validator: &[(&'static str, String)]) {
+    let body = pattern(3_000, 44);
+    let mut h = Harness::new(config());
+    let (b, v) = (body.clone(), validator.to_vec());
+    h.serve(ORIGIN, move |req| {
+        let wire = with_length(200, &v, &b);
+        if req.seq == 0 {
+            Reply::new(wire[..head_len(&wire) + 1_000].to_vec()).then(After::Eof)
+        } else {
+            Reply::new(wire)
+        }
+    });
+    let job = h.submit(download().sha256(&sha_hex(&body)).unwrap());
+    let out = h.run(job).expect("the retry fetches everything");
+    assert_committed(&h, &body);
+    assert_eq!(out.bytes_fetched, 4_000);
+    assert_eq!(header_of(&h, 1, "range"), None, "no validator, no resume");
+}
+
+#[test]
+fn truncated_body_without_a_validator_restarts_from_zero_without_range() {
+    cut_once_without_strong_validator(&[]);
+}
+
+#[test]
+fn truncated_body_with_only_a_weak_etag_restarts_from_zero_without_range() {
+    cut_once_without_strong_validator(&[hdr("ETag", "W/\"weak\"")]);
+}
+
+#[test]
+fn cancel_keep_partial_without_a_strong_validator_removes_the_partial() {
+    let body = pattern(10_000, 45);
+    let mut h = Harness::new(config());
+    h.serve(ORIGIN, move |_| {
+        Reply::new(with_length(200, &[], &body))
+            .pieces(&[500])
+            .gap(secs(1))
+    });
+    let job = h.submit(download());
+    h.run_until("some bytes arrived", |h| !h.progress(job).is_empty());
+    h.cancel(job, CancelMode::KeepPartial);
+    assert_eq!(h.run(job), Err(DownloadError::Cancelled));
+    assert_nothing_left(&h);
+}
+
+// ------------------------------------------------------------------------ property
+
+/// Any body, cut into any pieces, optionally cut short on the first attempt (inside the head
+/// or the body, length-delimited or chunked), with I/O completing in a random order: the job
+/// ends with exactly the body at the destination and nothing else left.
+fn exact_bytes_whatever_the_network_does(
+    body: Vec<u8>,
+    pieces: Vec<u8>,
+    truncate_at: Option<u16>,
+    chunked_first: bool,
+    seed: u64,
+) -> TestResult {
+    let sizes: Vec<usize> = pieces.iter().map(|p| usize::from(*p % 97) + 1).collect();
+    let mut cfg = config();
+    cfg.checkpoint_bytes = 300;
+    cfg.seed = seed;
+    let mut h = Harness::new(cfg);
+    h.schedule = Schedule::Random(SeededRng::new(seed));
+    h.spurious_ticks = seed & 1 == 0;
+    let b = body.clone();
+    h.serve(ORIGIN, move |req| {
+        if req.seq > 0 {
+            return Reply::new(serve_range(&b, req)).pieces(&sizes);
+        }
+        let wire = if chunked_first {
+            chunked(200, &[hdr("ETag", ETAG)], &b, 64)
+        } else {
+            serve_range(&b, req)
+        };
+        match truncate_at {
+            Some(t) => {
+                let cut = usize::from(t) % (wire.len() + 1);
+                Reply::new(wire[..cut].to_vec())
+                    .pieces(&sizes)
+                    .then(After::Eof)
+            }
+            None => Reply::new(wire).pieces(&sizes),
+        }
+    });
+    let job = h.submit(download().sha256(&sha_hex(&body)).unwrap());
+    let out = h.run(job);
+    // A correct server continues every cut: no byte is fetched twice.
+    let len = body.len() as u64;
+    let ok = matches!(&out, Ok(o) if o.size == len && o.bytes_fetched == len)
+        && h.fs.get(dest()) == Some(&body[..])
+        && !h.fs.exists(part())
+        && !h.fs.exists(state());
+    if h.requests.iter().any(|r| r.header("range").is_some()) {
+        RANGED_RUNS.fetch_add(1, Ordering::Relaxed);
+    }
+    if !ok {
+        return TestResult::error(format!(
+            "result {out:?}, {} requests, dest holds {:?} bytes",
+            h.requests.len(),
+            h.fs.get(dest()).map(<[u8]>::len)
+        ));
+    }
+    TestResult::passed()
+}
+
+/// Property runs that resumed with a `Range` request (the property must not be vacuous).
+static RANGED_RUNS: AtomicUsize = AtomicUsize::new(0);
+
+#[test]
+fn any_body_any_pieces_any_truncation_ends_with_exactly_the_body_at_the_destination() {
+    QuickCheck::new()
+        .tests(150)
+        .rng(Gen::new(3_000))
+        .quickcheck(
+            exact_bytes_whatever_the_network_does
+                as fn(Vec<u8>, Vec<u8>, Option<u16>, bool, u64) -> TestResult,
+        );
+    let ranged = RANGED_RUNS.load(Ordering::Relaxed);
+    assert!(ranged >= 20, "only {ranged} runs exercised a ranged retry");
+}
+
+/// Each request meets a fault chosen by `faults` (a good answer, a 206 from the wrong offset,
+/// a cut followed by EOF, a reset or a stall, a 503, a 200 that ignores `Range`), with I/O completing in a random
+/// order: a success holds exactly the body, a failure leaves nothing at the destination, and
+/// any state file left behind describes its partial (checked by the harness).
+fn ends_exact_or_clean_whatever_faults(
+    body: Vec<u8>,
+    faults: Vec<u8>,
+    pieces: Vec<u8>,
+    seed: u64,
+) -> TestResult {
+    let sizes: Vec<usize> = pieces.iter().map(|p| usize::from(*p % 61) + 1).collect();
+    let mut cfg = config();
+    cfg.checkpoint_bytes = 200;
+    cfg.idle_timeout = secs(5);
+    cfg.seed = seed;
+    cfg.retry = RetryPolicy {
+        max_attempts: 8,
+        base_delay: secs(1),
+        max_delay: secs(4),
+        max_elapsed: secs(600),
+    };
+    let mut h = Harness::new(cfg);
+    h.schedule = Schedule::Random(SeededRng::new(seed));
+    let b = body.clone();
+    h.serve(ORIGIN, move |req| {
+        let fault = faults.get(req.seq).copied().unwrap_or(0);
+        let wire = serve_range(&b, req);
+        let cut = (usize::from(fault) * 37 + req.seq * 11) % (wire.len() + 1);
+        let reply = match fault % 7 {
+            0 => Reply::new(wire),
+            1 if !b.is_empty() => {
+                // A 206 from the first byte, whatever was asked.
+                let cr = format!("bytes 0-{}/{}", b.len() - 1, b.len());
+                let headers = [hdr("ETag", ETAG), hdr("Content-Range", cr)];
+                Reply::new(with_length(206, &headers, &b))
+            }
+            1 => Reply::new(wire),
+            2 => Reply::new(wire[..cut].to_vec()).then(After::Eof),
+            3 => Reply::new(wire[..cut].to_vec()).then(After::Reset),
+            4 => Reply::new(wire[..cut].to_vec()),
+            5 => Reply::new(with_length(503, &[], b"busy")),
+            _ => Reply::new(with_length(200, &[hdr("ETag", ETAG)], &b)),
+        };
+        reply.pieces(&sizes)
+    });
+    let job = h.submit(download().sha256(&sha_hex(&body)).unwrap());
+    let result = h.run(job);
+    let outcomes = if result.is_ok() {
+        &FAULT_RUNS_OK
+    } else {
+        &FAULT_RUNS_FAILED
+    };
+    outcomes.fetch_add(1, Ordering::Relaxed);
+    let ok = match &result {
+        Ok(_) => h.fs.get(dest()) == Some(&body[..]) && !h.fs.exists(part()),
+        Err(e) => e.retryable() && !h.fs.exists(dest()),
+    };
+    if !ok {
+        return TestResult::error(format!(
+            "result {result:?} after {} requests",
+            h.requests.len()
+        ));
+    }
+    TestResult::passed()
+}
+
+/// Runs of the fault property that succeeded and that failed (both must happen).
+static FAULT_RUNS_OK: AtomicUsize = AtomicUsize::new(0);
+static FAULT_RUNS_FAILED: AtomicUsize = AtomicUsize::new(0);
+
+#[test]
+fn any_sequence_of_faults_ends_with_exact_bytes_or_a_clean_retryable_failure() {
+    QuickCheck::new()
+        .tests(150)
+        .rng(Gen::new(1_500))
+        .quickcheck(
+            ends_exact_or_clean_whatever_faults as fn(Vec<u8>, Vec<u8>, Vec<u8>, u64) -> TestResult,
+        );
+    let ok = FAULT_RUNS_OK.load(Ordering::Relaxed);
+    let failed = FAULT_RUNS_FAILED.load(Ordering::Relaxed);
+    assert!(ok >= 20 && failed >= 1, "{ok} succeeded, {failed} failed");
+}
