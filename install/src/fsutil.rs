@@ -249,10 +249,20 @@ pub(crate) enum ExchangeError {
     Failed(InstallError),
 }
 
+#[cfg(test)]
+thread_local! {
+    /// Lets a test exercise the two-rename fallback on Linux.
+    pub(crate) static FORCE_EXCHANGE_FALLBACK: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+}
+
 /// Atomically swaps two directory entries.
 #[cfg(target_os = "linux")]
 pub(crate) fn exchange(a: &Path, b: &Path) -> Result<(), ExchangeError> {
     use rustix::fs::{renameat_with, RenameFlags, CWD};
+    #[cfg(test)]
+    if FORCE_EXCHANGE_FALLBACK.with(|f| f.get()) {
+        return Err(ExchangeError::Unsupported);
+    }
     match renameat_with(CWD, a, CWD, b, RenameFlags::EXCHANGE) {
         Ok(()) => Ok(()),
         Err(e) if e == rustix::io::Errno::INVAL || e == rustix::io::Errno::NOSYS => {

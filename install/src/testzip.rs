@@ -111,7 +111,10 @@ pub struct RawEntry {
     pub local_crc: Option<u32>,
     pub local_size: Option<u32>,
     pub local_flags: Option<u16>,
+    pub local_compressed_size: Option<u32>,
     pub crc: Option<u32>,
+    /// Write a data descriptor (signature, CRC, sizes) after the data.
+    pub descriptor: bool,
 }
 
 impl RawEntry {
@@ -140,12 +143,27 @@ impl RawEntry {
         h.extend_from_slice(&self.local_method.unwrap_or(self.method).to_le_bytes());
         h.extend_from_slice(&[0, 0, 0x21, 0]); // time, date
         h.extend_from_slice(&self.local_crc.unwrap_or(self.crc_value()).to_le_bytes());
-        h.extend_from_slice(&(self.data.len() as u32).to_le_bytes());
+        h.extend_from_slice(
+            &self
+                .local_compressed_size
+                .unwrap_or(self.data.len() as u32)
+                .to_le_bytes(),
+        );
         h.extend_from_slice(&self.local_size.unwrap_or(self.usize_value()).to_le_bytes());
         h.extend_from_slice(&(name.len() as u16).to_le_bytes());
         h.extend_from_slice(&0u16.to_le_bytes());
         h.extend_from_slice(name);
         h
+    }
+
+    /// The data descriptor written after the data when `descriptor` is set.
+    pub fn data_descriptor(&self) -> Vec<u8> {
+        let mut d = Vec::new();
+        d.extend_from_slice(&0x0807_4b50u32.to_le_bytes());
+        d.extend_from_slice(&self.crc_value().to_le_bytes());
+        d.extend_from_slice(&(self.data.len() as u32).to_le_bytes());
+        d.extend_from_slice(&self.usize_value().to_le_bytes());
+        d
     }
 
     pub fn central_header(&self, local_offset: u32) -> Vec<u8> {
@@ -190,6 +208,9 @@ impl RawZip {
         let offset = self.body.len() as u32;
         self.body.extend_from_slice(&entry.local_header());
         self.body.extend_from_slice(&entry.data);
+        if entry.descriptor {
+            self.body.extend_from_slice(&entry.data_descriptor());
+        }
         self.add_central(entry, offset);
         offset
     }

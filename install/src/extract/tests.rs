@@ -645,3 +645,107 @@ fn read_small_reads_one_entry_and_respects_its_cap() {
     assert_eq!(v.entries().len(), 2);
     let _ = testzip::crc32(b"");
 }
+
+#[test]
+fn the_two_rename_fallback_also_replaces_the_tree_whole() {
+    crate::fsutil::FORCE_EXCHANGE_FALLBACK.with(|f| f.set(true));
+    let s = Scene::new();
+    write_zip(&s.archive, &[file("new.txt", b"new")]);
+    let committed = s.extract().unwrap();
+    crate::fsutil::FORCE_EXCHANGE_FALLBACK.with(|f| f.set(false));
+    assert!(committed.replaced);
+    assert_eq!(listing(s.root.path()), vec!["dest/", "dest/new.txt"]);
+}
+
+#[test]
+fn a_crash_between_the_fallback_renames_is_rolled_back_by_recover() {
+    // State after `dest` was moved aside and before the staging tree was renamed in.
+    let root = TempDir::new().unwrap();
+    let p = root.path();
+    fs::create_dir_all(p.join(".dest.haul-old-0")).unwrap();
+    fs::write(p.join(".dest.haul-old-0/old.txt"), b"old").unwrap();
+    fs::create_dir_all(p.join(".dest.haul-staging-0")).unwrap();
+    fs::write(p.join(".dest.haul-staging-0/new.txt"), b"new").unwrap();
+    recover(p).unwrap();
+    assert_eq!(listing(p), vec!["dest/", "dest/old.txt"]);
+}
+
+#[test]
+fn entries_with_data_descriptors_extract() {
+    let s = Scene::new();
+    let mut streamed = RawEntry::stored("streamed.txt", b"written by a streaming zipper");
+    streamed.flags = 0x0008;
+    streamed.local_crc = Some(0);
+    streamed.local_size = Some(0);
+    streamed.local_compressed_size = Some(0);
+    streamed.descriptor = true;
+    let mut second = streamed.clone();
+    second.name = b"second.txt".to_vec();
+    raw_zip(&[streamed, second]).write(&s.archive);
+    s.extract().unwrap();
+    assert_eq!(
+        fs::read(s.dest().join("streamed.txt")).unwrap(),
+        b"written by a streaming zipper"
+    );
+    assert!(s.dest().join("second.txt").exists());
+}
+
+#[test]
+fn zip64_local_headers_from_the_writer_validate() {
+    let s = Scene::new();
+    let mut w = zip::ZipWriter::new(fs::File::create(&s.archive).unwrap());
+    let opts = zip::write::SimpleFileOptions::default().large_file(true);
+    w.start_file("big-in-spirit.bin", opts).unwrap();
+    std::io::Write::write_all(&mut w, &[5u8; 5000]).unwrap();
+    w.start_file("small.txt", zip::write::SimpleFileOptions::default())
+        .unwrap();
+    std::io::Write::write_all(&mut w, b"s").unwrap();
+    w.finish().unwrap();
+    let bytes = fs::read(&s.archive).unwrap();
+    assert_eq!(
+        &bytes[18..26],
+        &[0xff; 8],
+        "the writer saturates the local sizes"
+    );
+    s.extract().unwrap();
+    assert_eq!(
+        fs::read(s.dest().join("big-in-spirit.bin")).unwrap(),
+        vec![5u8; 5000]
+    );
+}
+
+#[test]
+fn an_entry_count_over_the_limit_is_refused_from_the_end_record_alone() {
+    let s = Scene::new();
+    let entries: Vec<_> = (0..20)
+        .map(|i| RawEntry::stored(&format!("f{i}"), b"x"))
+        .collect();
+    let mut bytes = raw_zip(&entries).bytes();
+    // Break the central directory: only the end record's count can be trusted now.
+    let eocd = bytes.len() - 22;
+    let cd = u32::from_le_bytes(bytes[eocd + 16..eocd + 20].try_into().unwrap()) as usize;
+    bytes[cd..cd + 4].copy_from_slice(b"XXXX");
+    fs::write(&s.archive, &bytes).unwrap();
+    let opts = ExtractOptions {
+        limits: ExtractLimits {
+            max_entries: 10,
+            ..ExtractLimits::default()
+        },
+        ..ExtractOptions::default()
+    };
+    let err =
+        extract_and_commit(&s.archive, &s.dest(), |n| Some(n.to_string()), &opts).unwrap_err();
+    assert!(
+        matches!(
+            err,
+            InstallError::TooManyEntries {
+                count: 20,
+                limit: 10
+            }
+        ),
+        "{err:?}"
+    );
+    // With a generous limit the broken directory is what fails.
+    let err = s.extract().unwrap_err();
+    assert!(matches!(err, InstallError::Zip { .. }), "{err:?}");
+}

@@ -81,6 +81,15 @@ impl ValidatedArchive {
         let probe = file
             .try_clone()
             .map_err(InstallError::io("open archive", path))?;
+        // Refuse a huge entry count before the zip crate allocates the whole directory.
+        if let Some(count) = declared_entry_count(&probe, archive_len) {
+            if count > limits.max_entries {
+                return Err(InstallError::TooManyEntries {
+                    count,
+                    limit: limits.max_entries,
+                });
+            }
+        }
         let zip = ZipArchive::new(file).map_err(|source| InstallError::Zip {
             path: path.to_path_buf(),
             source,
@@ -512,6 +521,36 @@ fn read_at(file: &File, path: &Path, buf: &mut [u8], offset: u64) -> Result<(), 
             source: e,
         })),
     }
+}
+
+/// The entry count the last end-of-central-directory record declares (the zip64 record's
+/// when the 16-bit field is saturated). `None` when no record is found; the zip crate
+/// then reports the archive as unreadable.
+fn declared_entry_count(file: &File, archive_len: u64) -> Option<u64> {
+    const EOCD_LEN: u64 = 22;
+    let window = archive_len.min(EOCD_LEN + 0xffff);
+    let start = archive_len - window;
+    let mut tail = vec![0u8; window as usize];
+    file.read_exact_at(&mut tail, start).ok()?;
+    let sig = 0x0605_4b50u32.to_le_bytes();
+    let at = (0..tail.len().checked_sub(EOCD_LEN as usize)? + 1)
+        .rev()
+        .find(|&i| tail[i..i + 4] == sig)?;
+    let count16 = le16(&tail, at + 10);
+    if count16 != 0xffff {
+        return Some(u64::from(count16));
+    }
+    // Zip64 locator sits right before the EOCD and points at the zip64 record.
+    let locator = (start + at as u64).checked_sub(20)?;
+    let mut loc = [0u8; 20];
+    file.read_exact_at(&mut loc, locator).ok()?;
+    if le32(&loc, 0) != 0x0706_4b50 {
+        return Some(u64::from(count16));
+    }
+    let record = le64(&loc, 8);
+    let mut rec = [0u8; 56];
+    file.read_exact_at(&mut rec, record).ok()?;
+    (le32(&rec, 0) == 0x0606_4b50).then(|| le64(&rec, 32))
 }
 
 /// The zip crate keeps one entry per raw name; walk the central directory ourselves to
