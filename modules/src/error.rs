@@ -147,7 +147,7 @@ impl ModuleError {
     pub fn is_network(&self) -> bool {
         match self {
             ModuleError::ManifestFetch { source, .. } | ModuleError::ModuleFetch { source, .. } => {
-                source.is_network
+                source.is_network()
             }
             ModuleError::SharedDownloadFailed { is_network, .. } => *is_network,
             _ => false,

@@ -19,7 +19,7 @@
 //!    `freshAtEpochMs`.
 //! 2. Otherwise the network: fetch the manifest, verify it, apply rollback protection, fetch
 //!    the modules that are neither stored nor embedded, commit them, and pin.
-//! 3. If the network fails (a [`FetchError`] with `is_network`), fall back to the pinned
+//! 3. If the network fails (a [`FetchError`] whose [`FetchError::is_network`] is true), fall back to the pinned
 //!    manifest, then the embedded one, provided all their modules are stored or embedded
 //!    ([`LoadSource::PinnedFallback`] / [`LoadSource::EmbeddedFallback`] say why). Any other
 //!    failure (bad signature, rollback, a module with the wrong bytes) fails the load.
@@ -63,40 +63,80 @@ use crate::signature::{verify, TrustedKey};
 use crate::store::{FileKind, PendingFile, Store, StoreError};
 use crate::ModuleError;
 
+/// What kind of failure a fetch was, as the download engine classifies it. The kind decides
+/// whether a load falls back to local data ([`FetchError::is_network`]) and lets callers
+/// report the failure precisely (the CLI maps kinds to exit codes).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FetchErrorKind {
+    /// Connect, DNS, reset, timeout, truncated body, broken HTTP, redirect trouble.
+    Network,
+    /// The server answered this (non-success) HTTP status.
+    HttpStatus(u16),
+    /// The bytes were not the expected ones: hash, size, larger than allowed.
+    Verification,
+    /// The local file system failed.
+    LocalIo,
+    /// The request could not be made at all (bad URL, unsupported scheme).
+    InvalidRequest,
+    /// The caller cancelled the fetch.
+    Cancelled,
+}
+
 /// A failed fetch, as the download engine reports it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct FetchError {
     /// What went wrong, for people.
     pub message: String,
-    /// True when the network (connect, DNS, timeout, 5xx, ...) failed, so a fallback to local
-    /// data is appropriate. False for failures of the content itself (wrong hash, too large).
-    pub is_network: bool,
+    pub kind: FetchErrorKind,
 }
 
 impl FetchError {
-    pub fn network(message: impl Into<String>) -> FetchError {
+    pub fn new(kind: FetchErrorKind, message: impl Into<String>) -> FetchError {
         FetchError {
             message: message.into(),
-            is_network: true,
+            kind,
         }
     }
 
+    /// A network failure ([`FetchErrorKind::Network`]).
+    pub fn network(message: impl Into<String>) -> FetchError {
+        FetchError::new(FetchErrorKind::Network, message)
+    }
+
+    /// A failure of the content itself ([`FetchErrorKind::Verification`]).
     pub fn content(message: impl Into<String>) -> FetchError {
-        FetchError {
-            message: message.into(),
-            is_network: false,
+        FetchError::new(FetchErrorKind::Verification, message)
+    }
+
+    /// True when the network failed, so a fallback to local data is appropriate: every
+    /// [`FetchErrorKind::Network`] failure, and the statuses that say the server is unreachable
+    /// or overloaded rather than that the URL is wrong (408, 429 and 5xx). Other 4xx statuses,
+    /// wrong bytes, local I/O, invalid requests and cancellation are not: falling back would
+    /// hide a moved or withdrawn manifest, an attack or a local problem.
+    pub fn is_network(&self) -> bool {
+        match self.kind {
+            FetchErrorKind::Network => true,
+            FetchErrorKind::HttpStatus(status) => matches!(status, 408 | 429 | 500..=599),
+            FetchErrorKind::Verification
+            | FetchErrorKind::LocalIo
+            | FetchErrorKind::InvalidRequest
+            | FetchErrorKind::Cancelled => false,
         }
     }
 }
 
 impl fmt::Display for FetchError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let class = if self.is_network {
-            "network"
-        } else {
-            "content"
+        let class = match self.kind {
+            FetchErrorKind::Network => "network error",
+            FetchErrorKind::HttpStatus(_) if self.is_network() => "server unavailable",
+            FetchErrorKind::HttpStatus(_) => "HTTP error",
+            FetchErrorKind::Verification => "wrong content",
+            FetchErrorKind::LocalIo => "local I/O error",
+            FetchErrorKind::InvalidRequest => "invalid request",
+            FetchErrorKind::Cancelled => "cancelled",
         };
-        write!(f, "{} ({class} error)", self.message)
+        write!(f, "{} ({class})", self.message)
     }
 }
 
@@ -1339,6 +1379,65 @@ mod tests {
             .load(&world.request("news", 1_000))
             .unwrap_err();
         assert!(error.is_network(), "{error:?}");
+    }
+
+    #[test]
+    fn only_unreachable_or_overloaded_servers_count_as_network_failures() {
+        for status in [408, 429, 500, 502, 503, 504] {
+            assert!(
+                FetchError::new(FetchErrorKind::HttpStatus(status), "x").is_network(),
+                "{status}"
+            );
+        }
+        for status in [400, 401, 403, 404, 410] {
+            assert!(
+                !FetchError::new(FetchErrorKind::HttpStatus(status), "x").is_network(),
+                "{status}"
+            );
+        }
+        for kind in [
+            FetchErrorKind::Verification,
+            FetchErrorKind::LocalIo,
+            FetchErrorKind::InvalidRequest,
+            FetchErrorKind::Cancelled,
+        ] {
+            assert!(!FetchError::new(kind, "x").is_network(), "{kind:?}");
+        }
+        assert!(FetchError::network("x").is_network());
+    }
+
+    #[test]
+    fn manifest_503_falls_back_to_the_pinned_manifest_but_404_fails_the_load() {
+        let world = world();
+        world.publish("news", &[kotlin(), app_module("news", "v1")], 100);
+        world.loader.load(&world.request("news", 1_000)).unwrap();
+        world.fetcher.fail_manifest(
+            &manifest_url("news"),
+            FetchError::new(FetchErrorKind::HttpStatus(503), "answered HTTP 503"),
+        );
+        let result = world.loader.load(&world.request("news", 2_000)).unwrap();
+        assert!(
+            matches!(result.manifest_source, LoadSource::PinnedFallback { .. }),
+            "{:?}",
+            result.manifest_source
+        );
+        world.fetcher.fail_manifest(
+            &manifest_url("news"),
+            FetchError::new(FetchErrorKind::HttpStatus(404), "answered HTTP 404"),
+        );
+        let error = world
+            .loader
+            .load(&world.request("news", 3_000))
+            .unwrap_err();
+        assert!(
+            matches!(
+                &error,
+                ModuleError::ManifestFetch { source, .. }
+                    if source.kind == FetchErrorKind::HttpStatus(404)
+            ),
+            "{error:?}"
+        );
+        assert!(!error.is_network());
     }
 
     #[test]
