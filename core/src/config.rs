@@ -71,6 +71,10 @@ pub struct Config {
     pub idle_connection_timeout: Duration,
     /// Seed for jitter; runtimes take it from the OS, the simulator from its run seed.
     pub seed: u64,
+    /// Proxies (none by default; the CLI reads the conventional environment variables).
+    pub proxy: crate::proxy::ProxyConfig,
+    /// Extra trusted root certificates (PEM or DER), on top of the built-in web roots.
+    pub extra_root_certs: Vec<Vec<u8>>,
 }
 
 impl Default for Config {
@@ -92,6 +96,8 @@ impl Default for Config {
             max_write_backlog: 8 * 1024 * 1024,
             idle_connection_timeout: Duration::from_secs(30),
             seed: 0x6861_756c,
+            proxy: crate::proxy::ProxyConfig::default(),
+            extra_root_certs: Vec::new(),
         }
     }
 }

@@ -176,6 +176,8 @@ enum ConnState {
 #[derive(Debug)]
 struct Conn {
     origin: Origin,
+    /// The proxy hop, when the connection goes through one.
+    via: Option<crate::proxy::ProxyHop>,
     state: ConnState,
     /// Responses completed on this connection (> 0 means it is being reused).
     served: u32,
@@ -875,6 +877,7 @@ impl Engine {
         j.resumed_from = 0;
         j.validator = None;
         j.total = None;
+        j.pending_prefix = None;
         if let Some(file) = j.file {
             self.file_io(id, FileStep::SetLen, IoOp::SetLen { file, len: 0 });
         }
@@ -1001,10 +1004,12 @@ impl Engine {
             }
             None => {
                 let conn = ConnId(self.next());
+                let via = self.config.proxy.hop_for(&origin);
                 self.conns.insert(
                     conn,
                     Conn {
                         origin: origin.clone(),
+                        via: via.clone(),
                         state: ConnState::Connecting { job: id },
                         served: 0,
                     },
@@ -1012,7 +1017,7 @@ impl Engine {
                 let deadline = self.now + self.config.connect_timeout;
                 self.jobs.get_mut(&id).expect("job exists").phase =
                     Phase::Connecting { conn, deadline };
-                self.io(Route::Connect(conn), IoOp::Connect { conn, origin });
+                self.io(Route::Connect(conn), IoOp::Connect { conn, origin, via });
             }
         }
     }
@@ -1038,8 +1043,16 @@ impl Engine {
     }
 
     fn send_request(&mut self, id: JobId, conn: ConnId) {
+        let hop = self.conns.get(&conn).and_then(|c| c.via.clone());
         let j = self.jobs.get_mut(&id).expect("job exists");
-        let same_origin = Origin::of(&j.url).ok() == Origin::of(&j.spec.url).ok();
+        // Credentials go only to the origin the caller named, and never again once a
+        // redirect chain has left it (a -> b -> a does not restore them).
+        let first = Origin::of(&j.spec.url).ok();
+        let same_origin = j
+            .chain
+            .iter()
+            .chain(std::iter::once(&j.url))
+            .all(|u| Origin::of(u).ok() == first);
         let mut headers: Vec<(String, String)> = Vec::with_capacity(6 + j.spec.headers.len());
         let user_has = |name: &str| {
             j.spec
@@ -1072,14 +1085,20 @@ impl Engine {
                     | "content-length"
                     | "transfer-encoding"
                     | "connection"
+                    | "proxy-authorization"
             );
             if controlled || (credential && !same_origin) {
                 continue;
             }
             headers.push((name.clone(), value.clone()));
         }
+        let absolute_form = hop.as_ref().is_some_and(|h| !h.tunnel);
+        if let Some(auth) = hop.filter(|h| !h.tunnel).and_then(|h| h.authorization) {
+            headers.push(("Proxy-Authorization".into(), auth));
+        }
         let mut buf = Vec::with_capacity(256);
-        if let Err(e) = http::write_request(Method::Get, &j.url, &headers, false, &mut buf) {
+        if let Err(e) = http::write_request(Method::Get, &j.url, &headers, absolute_form, &mut buf)
+        {
             let msg = format!("cannot build request for {}: {e}", j.url);
             return self.terminate(id, DownloadError::InvalidRequest(msg), true);
         }

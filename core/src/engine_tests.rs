@@ -732,7 +732,7 @@ impl Harness {
 
     fn on_issue(&mut self, req: &IoRequest) {
         match &req.op {
-            IoOp::Connect { conn, origin } => {
+            IoOp::Connect { conn, origin, .. } => {
                 let key = origin.to_string();
                 let plan = match self.servers.get_mut(&key) {
                     Some(server) => {

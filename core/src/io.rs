@@ -47,9 +47,18 @@ pub struct IoRequest {
 /// The operations a runtime performs for the engine.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum IoOp {
-    /// Resolve the origin's host and open a connection to it (TLS included for https).
-    /// Completes with [`IoResult::Done`].
-    Connect { conn: ConnId, origin: Origin },
+    /// Open a connection to `origin`, ready for plaintext HTTP/1.1: resolve and connect
+    /// (to the proxy when `via` is set), then, for a tunnelling hop, send `CONNECT
+    /// host:port` (with `Proxy-Authorization` when the hop has credentials) and require a
+    /// 2xx answer, then, for an https origin, complete a TLS handshake with SNI and
+    /// certificate verification for `origin.host`. Completes with [`IoResult::Done`];
+    /// failures use [`IoErrorKind::Dns`], [`IoErrorKind::ConnectFailed`] (also a proxy that
+    /// refuses the tunnel) or [`IoErrorKind::Tls`] (the message names the host).
+    Connect {
+        conn: ConnId,
+        origin: Origin,
+        via: Option<crate::proxy::ProxyHop>,
+    },
     /// Write all of `data` to the connection. Completes with [`IoResult::Done`].
     Send { conn: ConnId, data: Bytes },
     /// Read the next bytes available on the connection (any amount the runtime likes).

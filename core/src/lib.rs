@@ -20,8 +20,10 @@ pub mod engine;
 pub mod error;
 pub mod http;
 pub mod io;
+pub mod proxy;
 pub mod resume;
 pub mod rng;
+pub mod sched;
 pub mod time;
 
 pub use config::{Config, ConfigError, LowSpeedLimit, RetryPolicy};
@@ -29,6 +31,8 @@ pub use download::{Destination, Download, Outcome};
 pub use engine::{CancelMode, Engine, Event, Input, JobId, Output};
 pub use error::{DownloadError, ErrorClass, TimeoutKind};
 pub use io::{ConnId, FileId, IoErrorKind, IoFailure, IoId, IoOp, IoRequest, IoResult};
+pub use proxy::{ProxyConfig, ProxyHop};
+pub use sched::Priority;
 pub use time::Instant;
 #[cfg(test)]
 mod engine_tests;

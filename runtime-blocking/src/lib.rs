@@ -18,6 +18,7 @@
 #![forbid(unsafe_code)]
 
 pub mod files;
+pub mod modules;
 mod net;
 
 use std::collections::hash_map::RandomState;

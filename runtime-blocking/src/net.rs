@@ -55,7 +55,11 @@ impl Net {
 
     pub(crate) fn start(&mut self, req: IoRequest) {
         match req.op {
-            IoOp::Connect { conn, origin } => self.connect(req.id, conn, origin),
+            IoOp::Connect { conn, origin, via } => {
+                // Until tunnels land, a plain-HTTP hop means connecting to the proxy.
+                let target = via.map(|h| h.proxy).unwrap_or(origin);
+                self.connect(req.id, conn, target)
+            }
             IoOp::Send { conn, data } => {
                 let r = match self.conns.get(&conn) {
                     Some(h) => send(h, &data),
