@@ -808,16 +808,42 @@ impl<F: Fetcher> Loader<F> {
             return done;
         }
 
+        // One index transaction to start every write and one to finish them: per-file
+        // transactions (each an fsync of the index) dominate a load of many small modules.
         let mut pending: Vec<(Wanted, PendingFile)> = Vec::new();
         {
             let mut store = lock(&self.store);
-            for item in to_fetch {
-                match store.begin_write(&item.sha256, FileKind::Module) {
-                    Ok(file) => pending.push((item, file)),
-                    Err(StoreError::AlreadyReady { .. }) => {
-                        done.push((item, Ok(ModuleSource::Store)));
+            let writes: Vec<(&str, FileKind)> = to_fetch
+                .iter()
+                .map(|item| (item.sha256.as_str(), FileKind::Module))
+                .collect();
+            match store.begin_writes(&writes) {
+                Ok(started) => {
+                    for (item, started) in to_fetch.into_iter().zip(started) {
+                        match started {
+                            Ok(file) => pending.push((item, file)),
+                            Err(StoreError::AlreadyReady { .. }) => {
+                                done.push((item, Ok(ModuleSource::Store)));
+                            }
+                            Err(source) => {
+                                let error = ModuleError::ModuleCommit {
+                                    id: item.id.to_string(),
+                                    source,
+                                };
+                                done.push((item, Err(error)));
+                            }
+                        }
                     }
-                    Err(source) => {
+                }
+                Err(source) => {
+                    let reason = source.to_string();
+                    let mut source = Some(source);
+                    for item in to_fetch {
+                        let source = source.take().unwrap_or_else(|| StoreError::Io {
+                            op: "start writing",
+                            path: store.dir().to_path_buf(),
+                            source: std::io::Error::other(reason.clone()),
+                        });
                         let error = ModuleError::ModuleCommit {
                             id: item.id.to_string(),
                             source,
@@ -826,6 +852,9 @@ impl<F: Fetcher> Loader<F> {
                     }
                 }
             }
+        }
+        if pending.is_empty() {
+            return done;
         }
         let jobs: Vec<ModuleFetch> = pending
             .iter()
@@ -841,55 +870,44 @@ impl<F: Fetcher> Loader<F> {
         let mut results = self.fetcher.fetch_modules(jobs).into_iter();
 
         let mut store = lock(&self.store);
+        let mut to_commit: Vec<(Wanted, PendingFile)> = Vec::new();
         for (index, (item, file)) in pending.into_iter().enumerate() {
             let result = results.next().unwrap_or_else(|| {
                 Err(FetchError::content(format!(
                     "the fetcher returned no result for job {index} of {job_count}"
                 )))
             });
-            let outcome = match result {
-                Ok(()) => self.commit_fetched(&mut store, &item, file, request),
+            match result {
+                Ok(()) => match check_fetched_size(&mut store, &item, file, request) {
+                    Ok(file) => to_commit.push((item, file)),
+                    Err(error) => done.push((item, Err(error))),
+                },
                 Err(source) => {
                     if let Err(error) = store.abort(file) {
                         tracing::warn!(%error, "could not clean up a failed download");
                     }
-                    Err(ModuleError::ModuleFetch {
+                    let error = ModuleError::ModuleFetch {
                         id: item.id.to_string(),
                         url: item.url.to_string(),
                         source,
-                    })
+                    };
+                    done.push((item, Err(error)));
                 }
-            };
+            }
+        }
+        let (items, files): (Vec<Wanted>, Vec<PendingFile>) = to_commit.into_iter().unzip();
+        let committed = store.commit_many(files, request.now_ms);
+        for (item, result) in items.into_iter().zip(committed) {
+            let outcome =
+                result
+                    .map(|_| ModuleSource::Network)
+                    .map_err(|source| ModuleError::ModuleCommit {
+                        id: item.id.to_string(),
+                        source,
+                    });
             done.push((item, outcome));
         }
         done
-    }
-
-    fn commit_fetched(
-        &self,
-        store: &mut Store,
-        item: &Wanted,
-        file: PendingFile,
-        request: &LoadRequest,
-    ) -> Result<ModuleSource, ModuleError> {
-        let size = std::fs::metadata(file.temp_path())
-            .map(|metadata| metadata.len())
-            .unwrap_or(0);
-        if size > request.module_max_bytes {
-            store.abort(file)?;
-            return Err(ModuleError::ModuleTooLarge {
-                id: item.id.to_string(),
-                size,
-                max: request.module_max_bytes,
-            });
-        }
-        store
-            .commit(file, request.now_ms)
-            .map_err(|source| ModuleError::ModuleCommit {
-                id: item.id.to_string(),
-                source,
-            })?;
-        Ok(ModuleSource::Network)
     }
 
     /// Copies an embedded module into the store; the store's commit re-checks the hash.
@@ -989,6 +1007,28 @@ impl<F: Fetcher> Loader<F> {
             main_function: candidate.manifest.main_function.clone(),
         })
     }
+}
+
+/// Abandons a fetched module larger than the request allows (the engine should have stopped
+/// it already; this does not trust it to).
+fn check_fetched_size(
+    store: &mut Store,
+    item: &Wanted,
+    file: PendingFile,
+    request: &LoadRequest,
+) -> Result<PendingFile, ModuleError> {
+    let size = std::fs::metadata(file.temp_path())
+        .map(|metadata| metadata.len())
+        .unwrap_or(0);
+    if size > request.module_max_bytes {
+        store.abort(file)?;
+        return Err(ModuleError::ModuleTooLarge {
+            id: item.id.to_string(),
+            size,
+            max: request.module_max_bytes,
+        });
+    }
+    Ok(file)
 }
 
 fn check_app_name(app: &str) -> Result<(), ModuleError> {

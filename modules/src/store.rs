@@ -506,45 +506,140 @@ impl Store {
     /// Starts writing the file with this hash: records a DIRTY row (in a transaction) and
     /// returns a temp path beside the final one. Fails if the hash is already stored.
     pub fn begin_write(&mut self, sha256: &str, kind: FileKind) -> Result<PendingFile, StoreError> {
-        let sha256 = check_hash(sha256)?;
+        self.begin_writes(&[(sha256, kind)])?
+            .pop()
+            .expect("one result per write")
+    }
+
+    /// [`Store::begin_write`] for several hashes, with one index transaction for all of them.
+    /// The outer error means the transaction failed and no write started; otherwise one result
+    /// per hash, in order (a hash that is invalid or already stored fails alone). A hash given
+    /// twice gets two pending writes; the second to commit finds the file already there.
+    pub fn begin_writes(
+        &mut self,
+        writes: &[(&str, FileKind)],
+    ) -> Result<Vec<Result<PendingFile, StoreError>>, StoreError> {
         let transaction = self
             .index
             .transaction()
             .map_err(index_error("begin write transaction"))?;
-        let state: Option<String> = transaction
-            .query_row(
-                "SELECT state FROM files WHERE sha256 = ?1",
-                params![sha256],
-                |row| row.get(0),
-            )
-            .optional()
-            .map_err(index_error("read file state"))?;
-        if state.as_deref() == Some(FileState::Ready.as_sql()) {
-            return Err(StoreError::AlreadyReady { sha256 });
+        let mut started = Vec::with_capacity(writes.len());
+        for &(sha256, kind) in writes {
+            let sha256 = match check_hash(sha256) {
+                Ok(sha256) => sha256,
+                Err(error) => {
+                    started.push(Err(error));
+                    continue;
+                }
+            };
+            let state: Option<String> = transaction
+                .query_row(
+                    "SELECT state FROM files WHERE sha256 = ?1",
+                    params![sha256],
+                    |row| row.get(0),
+                )
+                .optional()
+                .map_err(index_error("read file state"))?;
+            if state.as_deref() == Some(FileState::Ready.as_sql()) {
+                started.push(Err(StoreError::AlreadyReady { sha256 }));
+                continue;
+            }
+            transaction
+                .execute(
+                    "INSERT OR REPLACE INTO files (sha256, state, size, last_used_ms, kind)
+                     VALUES (?1, 'DIRTY', 0, 0, ?2)",
+                    params![sha256, kind.as_sql()],
+                )
+                .map_err(index_error("record DIRTY row"))?;
+            started.push(Ok(sha256));
         }
         transaction
-            .execute(
-                "INSERT OR REPLACE INTO files (sha256, state, size, last_used_ms, kind)
-                 VALUES (?1, 'DIRTY', 0, 0, ?2)",
-                params![sha256, kind.as_sql()],
-            )
-            .map_err(index_error("record DIRTY row"))?;
-        transaction
             .commit()
-            .map_err(index_error("commit DIRTY row"))?;
-        self.next_temp_id += 1;
-        let temp_path = self.files_dir.join(format!(
-            "{sha256}.{}-{}{TEMP_SUFFIX}",
-            std::process::id(),
-            self.next_temp_id
-        ));
-        Ok(PendingFile { sha256, temp_path })
+            .map_err(index_error("commit DIRTY rows"))?;
+        Ok(started
+            .into_iter()
+            .map(|started| {
+                started.map(|sha256| {
+                    self.next_temp_id += 1;
+                    let temp_path = self.files_dir.join(format!(
+                        "{sha256}.{}-{}{TEMP_SUFFIX}",
+                        std::process::id(),
+                        self.next_temp_id
+                    ));
+                    PendingFile { sha256, temp_path }
+                })
+            })
+            .collect())
     }
 
     /// Finishes a write: re-hashes the temp file, and if it matches, fsyncs it, renames it to
     /// `files/<sha256>`, fsyncs the directory and marks the row READY. On a mismatch or a
     /// missing temp file the write is abandoned (temp file and DIRTY row removed).
     pub fn commit(&mut self, pending: PendingFile, now_ms: u64) -> Result<FileEntry, StoreError> {
+        self.commit_many(vec![pending], now_ms)
+            .pop()
+            .expect("one result per write")
+    }
+
+    /// [`Store::commit`] for several writes, with one directory fsync and one index
+    /// transaction for all of them (the protocol per file is unchanged: no READY row before
+    /// its file is verified, synced, renamed and the directory synced). One result per write,
+    /// in order; a write that fails verification fails alone.
+    pub fn commit_many(
+        &mut self,
+        pending: Vec<PendingFile>,
+        now_ms: u64,
+    ) -> Vec<Result<FileEntry, StoreError>> {
+        let mut results: Vec<Option<Result<FileEntry, StoreError>>> = Vec::new();
+        let mut renamed: Vec<(usize, String, u64)> = Vec::new();
+        for (index, pending) in pending.into_iter().enumerate() {
+            results.push(None);
+            match self.verify_and_rename(pending) {
+                Ok((sha256, size)) => renamed.push((index, sha256, size)),
+                Err(error) => results[index] = Some(Err(error)),
+            }
+        }
+        if !renamed.is_empty() {
+            let marked = sync_dir(&self.files_dir).and_then(|()| self.mark_ready(&renamed, now_ms));
+            match marked {
+                Ok(entries) => {
+                    for ((index, _, _), entry) in renamed.iter().zip(entries) {
+                        results[*index] = Some(Ok(entry));
+                    }
+                }
+                Err(error) => {
+                    // The rows are still DIRTY: undo the renames now (recovery at the next open
+                    // would remove the files anyway). The first write gets the error itself,
+                    // the others its text.
+                    tracing::warn!(%error, "could not mark written files READY; removing them");
+                    let reason = error.to_string();
+                    let mut error = Some(error);
+                    for (index, sha256, _) in &renamed {
+                        let path = self.files_dir.join(sha256);
+                        let _ = remove_file_if_present(&path);
+                        let _ = self.index.execute(
+                            "DELETE FROM files WHERE sha256 = ?1 AND state = 'DIRTY'",
+                            params![sha256],
+                        );
+                        results[*index] =
+                            Some(Err(error.take().unwrap_or_else(|| StoreError::Io {
+                                op: "commit",
+                                path,
+                                source: io::Error::other(reason.clone()),
+                            })));
+                    }
+                }
+            }
+        }
+        results
+            .into_iter()
+            .map(|result| result.expect("every write has a result"))
+            .collect()
+    }
+
+    /// Re-hashes a written temp file; if it matches, fsyncs it and renames it into place.
+    /// Otherwise abandons the write.
+    fn verify_and_rename(&mut self, pending: PendingFile) -> Result<(String, u64), StoreError> {
         let temp_path = pending.temp_path.clone();
         let hashed = OpenOptions::new()
             .read(true)
@@ -575,51 +670,66 @@ impl Store {
                 path: temp_path,
             });
         }
-        file.sync_all().map_err(io_error("fsync", &temp_path))?;
+        if let Err(error) = file.sync_all().map_err(io_error("fsync", &temp_path)) {
+            drop(file);
+            self.abort(pending)?;
+            return Err(error);
+        }
         drop(file);
         let final_path = self.files_dir.join(&pending.sha256);
-        fs::rename(&temp_path, &final_path).map_err(io_error("rename into place", &temp_path))?;
-        sync_dir(&self.files_dir)?;
-        let kind: Option<String> = self
-            .index
-            .query_row(
-                "SELECT kind FROM files WHERE sha256 = ?1",
-                params![pending.sha256],
-                |row| row.get(0),
-            )
-            .optional()
-            .map_err(index_error("read file kind"))?;
-        let kind = kind
-            .as_deref()
-            .and_then(FileKind::from_sql)
-            .unwrap_or(FileKind::Module);
+        if let Err(error) =
+            fs::rename(&temp_path, &final_path).map_err(io_error("rename into place", &temp_path))
+        {
+            self.abort(pending)?;
+            return Err(error);
+        }
+        Ok((pending.sha256, size))
+    }
+
+    /// Marks renamed files READY in one transaction, keeping each row's kind.
+    fn mark_ready(
+        &mut self,
+        renamed: &[(usize, String, u64)],
+        now_ms: u64,
+    ) -> Result<Vec<FileEntry>, StoreError> {
         let transaction = self
             .index
             .transaction()
             .map_err(index_error("begin commit transaction"))?;
-        transaction
-            .execute(
-                "INSERT OR REPLACE INTO files (sha256, state, size, last_used_ms, kind)
-                 VALUES (?1, 'READY', ?2, ?3, ?4)",
-                params![
-                    pending.sha256,
-                    to_sql_ms(size),
-                    to_sql_ms(now_ms),
-                    kind.as_sql()
-                ],
-            )
-            .map_err(index_error("mark READY"))?;
+        let mut entries = Vec::with_capacity(renamed.len());
+        for (_, sha256, size) in renamed {
+            let kind: Option<String> = transaction
+                .query_row(
+                    "SELECT kind FROM files WHERE sha256 = ?1",
+                    params![sha256],
+                    |row| row.get(0),
+                )
+                .optional()
+                .map_err(index_error("read file kind"))?;
+            let kind = kind
+                .as_deref()
+                .and_then(FileKind::from_sql)
+                .unwrap_or(FileKind::Module);
+            transaction
+                .execute(
+                    "INSERT OR REPLACE INTO files (sha256, state, size, last_used_ms, kind)
+                     VALUES (?1, 'READY', ?2, ?3, ?4)",
+                    params![sha256, to_sql_ms(*size), to_sql_ms(now_ms), kind.as_sql()],
+                )
+                .map_err(index_error("mark READY"))?;
+            entries.push(FileEntry {
+                sha256: sha256.clone(),
+                state: FileState::Ready,
+                size: *size,
+                last_used_ms: now_ms,
+                kind,
+            });
+        }
         transaction
             .commit()
-            .map_err(index_error("commit READY row"))?;
-        tracing::debug!(sha256 = %pending.sha256, size, "stored file");
-        Ok(FileEntry {
-            sha256: pending.sha256,
-            state: FileState::Ready,
-            size,
-            last_used_ms: now_ms,
-            kind,
-        })
+            .map_err(index_error("commit READY rows"))?;
+        tracing::debug!(files = entries.len(), "stored files");
+        Ok(entries)
     }
 
     /// Abandons a write: removes the temp file and the DIRTY row.
@@ -1040,6 +1150,70 @@ mod tests {
         ));
         assert!(store.list().unwrap().is_empty());
         assert!(files_on_disk(dir.path()).is_empty());
+    }
+
+    #[test]
+    fn batch_write_commits_good_files_and_discards_only_the_wrong_one() {
+        let dir = tempfile::TempDir::new().unwrap();
+        let (mut store, _) = open(dir.path(), 1);
+        let stored = put(&mut store, b"already here", 1);
+        let good_a = sha256_hex(b"good a");
+        let good_b = sha256_hex(b"good b");
+        let wrong = sha256_hex(b"expected c");
+        let started = store
+            .begin_writes(&[
+                (&good_a, FileKind::Module),
+                ("not a hash", FileKind::Module),
+                (&stored, FileKind::Module),
+                (&wrong, FileKind::Module),
+                (&good_b, FileKind::Manifest),
+            ])
+            .unwrap();
+        assert_eq!(started.len(), 5);
+        assert!(matches!(started[1], Err(StoreError::InvalidHash { .. })));
+        assert!(matches!(started[2], Err(StoreError::AlreadyReady { .. })));
+        let pending: Vec<PendingFile> = started.into_iter().filter_map(Result::ok).collect();
+        assert_eq!(pending.len(), 3);
+        let dirty = store
+            .list()
+            .unwrap()
+            .into_iter()
+            .filter(|entry| entry.state == FileState::Dirty)
+            .count();
+        assert_eq!(dirty, 3);
+        for (file, bytes) in
+            pending
+                .iter()
+                .zip([&b"good a"[..], &b"tampered c"[..], &b"good b"[..]])
+        {
+            fs::write(file.temp_path(), bytes).unwrap();
+        }
+        let results = store.commit_many(pending, 7);
+        assert_eq!(results.len(), 3);
+        assert_eq!(results[0].as_ref().unwrap().sha256, good_a);
+        assert!(matches!(
+            &results[1],
+            Err(StoreError::HashMismatch { expected, .. }) if *expected == wrong
+        ));
+        let entry_b = results[2].as_ref().unwrap();
+        assert_eq!(
+            (entry_b.kind, entry_b.size, entry_b.last_used_ms),
+            (FileKind::Manifest, 6, 7)
+        );
+        let mut expected = vec![stored, good_a, good_b];
+        expected.sort();
+        assert_eq!(files_on_disk(dir.path()), expected);
+        let rows: Vec<(String, FileState)> = store
+            .list()
+            .unwrap()
+            .into_iter()
+            .map(|entry| (entry.sha256, entry.state))
+            .collect();
+        let expected_rows: Vec<(String, FileState)> = expected
+            .into_iter()
+            .map(|sha256| (sha256, FileState::Ready))
+            .collect();
+        assert_eq!(rows, expected_rows);
     }
 
     #[test]
