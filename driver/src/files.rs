@@ -1,0 +1,360 @@
+//! Files: every runtime executes the engine's file operations with these std calls, off its
+//! async threads.
+//!
+//! Owns: one worker per open file that runs that file's operations in issue order (the
+//! engine's contract), with `Sync` handed to a companion worker so writes keep flowing while
+//! the disk flushes (a `Sync` may complete after later `WriteAt`s; `CloseFile` waits for
+//! outstanding syncs so its completion follows everything before it); one worker for
+//! whole-file operations (state files, renames, removals). Workers are long-lived blocking
+//! tasks started through a [`BlockingSpawner`] (plain threads for the blocking runtime,
+//! `spawn_blocking` / `unblock` for the async ones) and report through a [`Completions`] sink.
+//! Does not own deciding anything about the bytes (the engine hashes and verifies).
+
+use std::collections::BTreeMap;
+use std::fs::{self, File, OpenOptions};
+use std::io::{ErrorKind, Read, Write};
+use std::os::unix::fs::FileExt;
+use std::path::Path;
+use std::sync::mpsc::{self, Sender};
+
+use bytes::{Bytes, BytesMut};
+use haul_core::{FileId, IoErrorKind, IoFailure, IoId, IoOp, IoRequest, IoResult};
+
+/// Where a runtime's I/O completions go (the driver's channel).
+pub trait Completions: Clone + Send + 'static {
+    /// Deliver the single completion of request `id`.
+    fn complete(&self, id: IoId, result: IoResult);
+}
+
+/// A blocking task that runs until its queue closes.
+pub type BlockingWork = Box<dyn FnOnce() + Send + 'static>;
+
+/// Starts long-lived blocking work off the async threads.
+pub trait BlockingSpawner: Clone + Send + 'static {
+    /// Run `work` on a thread where blocking is allowed; `name` is for debugging.
+    fn spawn_blocking(&self, name: String, work: BlockingWork) -> std::io::Result<()>;
+}
+
+/// Plain OS threads: the blocking runtime's spawner.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Threads;
+
+impl BlockingSpawner for Threads {
+    fn spawn_blocking(&self, name: String, work: BlockingWork) -> std::io::Result<()> {
+        std::thread::Builder::new().name(name).spawn(work).map(drop)
+    }
+}
+
+/// Executes file operations on blocking workers, each open file's in order.
+pub struct Files<C: Completions, S: BlockingSpawner> {
+    sink: C,
+    spawner: S,
+    open: BTreeMap<FileId, Sender<IoRequest>>,
+    misc: Option<Sender<IoRequest>>,
+}
+
+impl<C: Completions, S: BlockingSpawner> Files<C, S> {
+    /// An executor reporting to `sink`; workers start on demand.
+    pub fn new(sink: C, spawner: S) -> Files<C, S> {
+        Files {
+            sink,
+            spawner,
+            open: BTreeMap::new(),
+            misc: None,
+        }
+    }
+
+    fn fail(&self, id: IoId, what: String) {
+        self.sink.complete(
+            id,
+            IoResult::Failed(IoFailure::new(IoErrorKind::Other, what)),
+        );
+    }
+
+    /// Start one file operation; its completion goes to the sink.
+    pub fn start(&mut self, req: IoRequest) {
+        let file = match &req.op {
+            IoOp::Open { file, .. }
+            | IoOp::ReadAt { file, .. }
+            | IoOp::WriteAt { file, .. }
+            | IoOp::SetLen { file, .. }
+            | IoOp::Sync { file }
+            | IoOp::CloseFile { file } => *file,
+            _ => return self.start_path_op(req),
+        };
+        if let IoOp::Open { .. } = req.op {
+            let (q, rx) = mpsc::channel::<IoRequest>();
+            let (sink, spawner) = (self.sink.clone(), self.spawner.clone());
+            let work = Box::new(move || file_worker(rx, sink, spawner));
+            if let Err(e) = self
+                .spawner
+                .spawn_blocking(format!("haul-file-{}", file.0), work)
+            {
+                return self.fail(req.id, format!("start file worker: {e}"));
+            }
+            self.open.insert(file, q);
+        }
+        let closing = matches!(req.op, IoOp::CloseFile { .. });
+        let sent = match self.open.get(&file) {
+            Some(q) => q.send(req).map_err(|e| e.0),
+            None => Err(req),
+        };
+        if let Err(req) = sent {
+            self.fail(req.id, "file is not open".into());
+        }
+        if closing {
+            self.open.remove(&file);
+        }
+    }
+
+    fn start_path_op(&mut self, req: IoRequest) {
+        if self.misc.is_none() {
+            let (q, rx) = mpsc::channel::<IoRequest>();
+            let sink = self.sink.clone();
+            let work = Box::new(move || {
+                for req in rx {
+                    let r = execute_path_op(&req.op);
+                    sink.complete(req.id, r);
+                }
+            });
+            if let Err(e) = self.spawner.spawn_blocking("haul-files".into(), work) {
+                return self.fail(req.id, format!("start file worker: {e}"));
+            }
+            self.misc = Some(q);
+        }
+        let q = self.misc.as_ref().expect("started above");
+        if let Err(mpsc::SendError(req)) = q.send(req) {
+            self.misc = None;
+            self.fail(req.id, "file worker stopped".into());
+        }
+    }
+}
+
+/// Runs one file's operations in issue order. `Sync` is handed to a companion worker so that
+/// writes keep flowing while earlier data is flushed (the engine's checkpoints would otherwise
+/// stall the download for as long as the disk takes); `CloseFile` waits for outstanding syncs,
+/// so its completion still follows every earlier operation's.
+fn file_worker<C: Completions, S: BlockingSpawner>(
+    rx: mpsc::Receiver<IoRequest>,
+    sink: C,
+    spawner: S,
+) {
+    let mut worker = FileWorker::default();
+    // The companion's queue and a channel that closes when it has finished.
+    let mut syncer: Option<(Sender<IoId>, mpsc::Receiver<()>)> = None;
+    for req in rx {
+        match req.op {
+            IoOp::Sync { .. } => {
+                if syncer.is_none() {
+                    syncer = start_syncer(&worker, &sink, &spawner);
+                }
+                match &syncer {
+                    Some((tx, _)) => {
+                        let _ = tx.send(req.id);
+                    }
+                    None => sink.complete(req.id, worker.execute(&req.op)),
+                }
+            }
+            IoOp::CloseFile { .. } => {
+                if let Some((tx, finished)) = syncer.take() {
+                    drop(tx);
+                    // Returns once the companion dropped its end, after its last sync.
+                    let _ = finished.recv();
+                }
+                sink.complete(req.id, worker.execute(&req.op));
+                return;
+            }
+            _ => sink.complete(req.id, worker.execute(&req.op)),
+        }
+    }
+}
+
+fn start_syncer<C: Completions, S: BlockingSpawner>(
+    worker: &FileWorker,
+    sink: &C,
+    spawner: &S,
+) -> Option<(Sender<IoId>, mpsc::Receiver<()>)> {
+    let f = worker.file.as_ref()?.try_clone().ok()?;
+    let (tx, rx) = mpsc::channel::<IoId>();
+    let (finished_tx, finished) = mpsc::channel::<()>();
+    let sink = sink.clone();
+    let path = worker.path.clone();
+    let work = Box::new(move || {
+        let _finished = finished_tx;
+        for id in rx {
+            let r = match f.sync_data() {
+                Ok(()) => IoResult::Done,
+                Err(e) => IoResult::Failed(local_failure(&e, "sync", Some(&path))),
+            };
+            sink.complete(id, r);
+        }
+    });
+    spawner
+        .spawn_blocking("haul-sync".into(), work)
+        .ok()
+        .map(|()| (tx, finished))
+}
+
+/// Map a std I/O error to the engine's classes.
+pub fn local_failure(e: &std::io::Error, what: &str, path: Option<&Path>) -> IoFailure {
+    let kind = match e.kind() {
+        ErrorKind::StorageFull | ErrorKind::QuotaExceeded => IoErrorKind::NoSpace,
+        ErrorKind::PermissionDenied | ErrorKind::ReadOnlyFilesystem => {
+            IoErrorKind::PermissionDenied
+        }
+        _ => IoErrorKind::Other,
+    };
+    let msg = match path {
+        Some(p) => format!("{what} {}: {e}", p.display()),
+        None => format!("{what}: {e}"),
+    };
+    IoFailure::new(kind, msg)
+}
+
+/// Execute one of the whole-file operations (`ReadFile`, `WriteFileAtomic`, `Rename`,
+/// `Remove`) with blocking std calls.
+pub fn execute_path_op(op: &IoOp) -> IoResult {
+    match op {
+        IoOp::ReadFile { path, max_len } => match File::open(path) {
+            Ok(f) => {
+                let mut buf = Vec::new();
+                match f.take(*max_len).read_to_end(&mut buf) {
+                    Ok(_) => IoResult::Data(Bytes::from(buf)),
+                    Err(e) => IoResult::Failed(local_failure(&e, "read", Some(path))),
+                }
+            }
+            Err(e) if e.kind() == ErrorKind::NotFound => IoResult::NotFound,
+            Err(e) => IoResult::Failed(local_failure(&e, "open", Some(path))),
+        },
+        IoOp::WriteFileAtomic { path, data } => match write_atomic(path, data) {
+            Ok(()) => IoResult::Done,
+            Err(e) => IoResult::Failed(local_failure(&e, "write", Some(path))),
+        },
+        IoOp::Rename { from, to } => match fs::rename(from, to).and_then(|()| sync_parent(to)) {
+            Ok(()) => IoResult::Done,
+            Err(e) => IoResult::Failed(local_failure(&e, "rename to", Some(to))),
+        },
+        IoOp::Remove { path } => match fs::remove_file(path) {
+            Ok(()) => IoResult::Done,
+            Err(e) if e.kind() == ErrorKind::NotFound => IoResult::Done,
+            Err(e) => IoResult::Failed(local_failure(&e, "remove", Some(path))),
+        },
+        other => IoResult::Failed(IoFailure::new(
+            IoErrorKind::Other,
+            format!("not a whole-file operation: {other:?}"),
+        )),
+    }
+}
+
+fn write_atomic(path: &Path, data: &[u8]) -> std::io::Result<()> {
+    let tmp = with_suffix(path, ".tmp");
+    {
+        let mut f = File::create(&tmp)?;
+        f.write_all(data)?;
+        f.sync_data()?;
+    }
+    fs::rename(&tmp, path)?;
+    sync_parent(path)
+}
+
+fn with_suffix(path: &Path, suffix: &str) -> std::path::PathBuf {
+    let mut name = path
+        .file_name()
+        .map(|n| n.to_os_string())
+        .unwrap_or_default();
+    name.push(suffix);
+    path.with_file_name(name)
+}
+
+/// Make a rename or creation in `path`'s directory durable.
+pub fn sync_parent(path: &Path) -> std::io::Result<()> {
+    let parent = match path.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p,
+        _ => Path::new("."),
+    };
+    File::open(parent)?.sync_all()
+}
+
+/// Executes the operations of one open file, in order.
+#[derive(Default)]
+pub struct FileWorker {
+    file: Option<File>,
+    path: std::path::PathBuf,
+}
+
+impl FileWorker {
+    /// Execute one per-file operation.
+    pub fn execute(&mut self, op: &IoOp) -> IoResult {
+        let path = self.path.clone();
+        let fail =
+            |e: std::io::Error, what: &str| IoResult::Failed(local_failure(&e, what, Some(&path)));
+        match op {
+            IoOp::Open { path, truncate, .. } => {
+                self.path = path.clone();
+                if let Some(dir) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
+                    if let Err(e) = fs::create_dir_all(dir) {
+                        return IoResult::Failed(local_failure(&e, "create directory", Some(dir)));
+                    }
+                }
+                let opened = OpenOptions::new()
+                    .read(true)
+                    .write(true)
+                    .create(true)
+                    .truncate(*truncate)
+                    .open(path)
+                    .and_then(|f| f.metadata().map(|m| (f, m.len())));
+                match opened {
+                    Ok((f, len)) => {
+                        self.file = Some(f);
+                        IoResult::Opened { len }
+                    }
+                    Err(e) => IoResult::Failed(local_failure(&e, "open", Some(path))),
+                }
+            }
+            IoOp::CloseFile { .. } => {
+                self.file = None;
+                IoResult::Done
+            }
+            _ => {
+                let Some(f) = self.file.as_ref() else {
+                    return IoResult::Failed(IoFailure::new(
+                        IoErrorKind::Other,
+                        "file is not open",
+                    ));
+                };
+                match op {
+                    IoOp::ReadAt { offset, len, .. } => {
+                        let mut buf = BytesMut::zeroed(*len as usize);
+                        let mut got = 0;
+                        while got < buf.len() {
+                            match f.read_at(&mut buf[got..], offset + got as u64) {
+                                Ok(0) => break,
+                                Ok(n) => got += n,
+                                Err(e) if e.kind() == ErrorKind::Interrupted => {}
+                                Err(e) => return fail(e, "read"),
+                            }
+                        }
+                        buf.truncate(got);
+                        IoResult::Data(buf.freeze())
+                    }
+                    IoOp::WriteAt { offset, data, .. } => match f.write_all_at(data, *offset) {
+                        Ok(()) => IoResult::Done,
+                        Err(e) => fail(e, "write"),
+                    },
+                    IoOp::SetLen { len, .. } => match f.set_len(*len) {
+                        Ok(()) => IoResult::Done,
+                        Err(e) => fail(e, "truncate"),
+                    },
+                    IoOp::Sync { .. } => match f.sync_data() {
+                        Ok(()) => IoResult::Done,
+                        Err(e) => fail(e, "sync"),
+                    },
+                    other => IoResult::Failed(IoFailure::new(
+                        IoErrorKind::Other,
+                        format!("not a per-file operation: {other:?}"),
+                    )),
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,82 @@
+//! haul-driver: the runtime-independent half of every haul runtime.
+//!
+//! The core engine decides; a runtime executes. Executing has parts that do not depend on
+//! how a runtime waits (threads, tokio, smol), and they live here once so that the three
+//! runtimes cannot drift apart:
+//!
+//! - [`host`]: the engine, its clock, and draining its outputs (every driver loop is built
+//!   on [`Host`]);
+//! - [`transport`]: the single TLS (rustls) and proxy-tunnel integration, a sans-IO byte
+//!   transform that any socket can feed;
+//! - [`connect`]: connection setup (resolve, connect, `CONNECT`, TLS handshake) as blocking
+//!   code that every runtime runs off its async threads;
+//! - [`files`]: the std file executor with per-file ordered workers;
+//! - [`ReadSlab`]: the receive buffers (256 KiB reads carved from larger slabs).
+//!
+//! Why a separate crate rather than inside `haul-blocking`: the async runtimes need all of
+//! this but none of the blocking runtime's threads-and-channels driver, and the blocking
+//! runtime needs none of the async machinery.
+#![forbid(unsafe_code)]
+
+pub mod connect;
+pub mod files;
+pub mod host;
+pub mod transport;
+
+use bytes::{Bytes, BytesMut};
+
+pub use connect::{establish, Established};
+pub use files::{BlockingSpawner, BlockingWork, Completions, Files, Threads};
+pub use host::Host;
+pub use transport::{Plain, TlsSetup, TlsSetupError, Transport};
+
+/// Size of one socket read.
+pub const READ_CHUNK: usize = 256 * 1024;
+/// Size of the slab reads are carved from (amortises allocation and zeroing).
+const SLAB: usize = 4 * 1024 * 1024;
+
+/// Receive buffers: each read fills the front of a large zeroed slab and is split off as
+/// [`Bytes`] that travel to the engine and on to the file write without another copy.
+#[derive(Debug, Default)]
+pub struct ReadSlab {
+    slab: BytesMut,
+}
+
+impl ReadSlab {
+    /// Room for the next read ([`READ_CHUNK`] bytes).
+    pub fn chunk(&mut self) -> &mut [u8] {
+        if self.slab.len() < READ_CHUNK {
+            self.slab = BytesMut::zeroed(SLAB);
+        }
+        &mut self.slab[..READ_CHUNK]
+    }
+
+    /// The first `n` bytes of the last [`ReadSlab::chunk`], as a buffer of their own.
+    pub fn take(&mut self, n: usize) -> Bytes {
+        self.slab.split_to(n).freeze()
+    }
+}
+
+/// Build the TLS setup from an engine configuration, as a configuration error.
+pub fn tls_setup(config: &haul_core::Config) -> Result<TlsSetup, haul_core::ConfigError> {
+    TlsSetup::new(&config.extra_root_certs).map_err(|e| haul_core::ConfigError {
+        field: "extra_root_certs",
+        reason: e.to_string(),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn slab_reads_are_split_off_without_overlap() {
+        let mut slab = ReadSlab::default();
+        slab.chunk()[..3].copy_from_slice(b"abc");
+        let a = slab.take(3);
+        slab.chunk()[..2].copy_from_slice(b"de");
+        let b = slab.take(2);
+        assert_eq!((&a[..], &b[..]), (&b"abc"[..], &b"de"[..]));
+        assert_eq!(slab.chunk().len(), READ_CHUNK);
+    }
+}
