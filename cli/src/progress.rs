@@ -97,6 +97,19 @@ impl Reporter {
     /// Show one event.
     pub fn event(&mut self, ev: &Event) {
         match ev {
+            Event::Queued { job, url } => {
+                if self.mode == Mode::Json {
+                    self.emit_json(json!({"event": "queued", "job": job.0, "url": url}));
+                }
+            }
+            Event::Segmented { job, segments } => {
+                if let Some(b) = self.jobs.get(job).and_then(|v| v.bar.as_ref()) {
+                    b.set_message(format!("{segments} segments"));
+                }
+                if self.mode == Mode::Json {
+                    self.emit_json(json!({"event": "segmented", "job": job.0, "segments": segments}));
+                }
+            }
             Event::Started { job, url } => {
                 let label = url
                     .rsplit('/')

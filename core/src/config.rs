@@ -71,6 +71,14 @@ pub struct Config {
     pub idle_connection_timeout: Duration,
     /// Seed for jitter; runtimes take it from the OS, the simulator from its run seed.
     pub seed: u64,
+    /// Jobs transferring at once; more wait in the priority queue.
+    pub max_active_jobs: usize,
+    /// Connections open to one origin (scheme, host, port) at once.
+    pub max_connections_per_origin: usize,
+    /// Connections open in total.
+    pub max_connections: usize,
+    /// Global rate limit in bytes per second (None: unlimited).
+    pub rate_limit: Option<u64>,
     /// Proxies (none by default; the CLI reads the conventional environment variables).
     pub proxy: crate::proxy::ProxyConfig,
     /// Extra trusted root certificates (PEM or DER), on top of the built-in web roots.
@@ -96,6 +104,10 @@ impl Default for Config {
             max_write_backlog: 8 * 1024 * 1024,
             idle_connection_timeout: Duration::from_secs(30),
             seed: 0x6861_756c,
+            max_active_jobs: 16,
+            max_connections_per_origin: 16,
+            max_connections: 64,
+            rate_limit: None,
             proxy: crate::proxy::ProxyConfig::default(),
             extra_root_certs: Vec::new(),
         }
@@ -158,6 +170,27 @@ impl Config {
             return Err(ConfigError {
                 field: "max_write_backlog",
                 reason: "must be at least 64 KiB".into(),
+            });
+        }
+        for (field, v) in [
+            ("max_active_jobs", self.max_active_jobs),
+            (
+                "max_connections_per_origin",
+                self.max_connections_per_origin,
+            ),
+            ("max_connections", self.max_connections),
+        ] {
+            if v == 0 {
+                return Err(ConfigError {
+                    field,
+                    reason: "must be at least 1".into(),
+                });
+            }
+        }
+        if self.rate_limit == Some(0) {
+            return Err(ConfigError {
+                field: "rate_limit",
+                reason: "must be positive (None means unlimited)".into(),
             });
         }
         if self.checkpoint_bytes == 0 {

@@ -6,6 +6,9 @@ use std::time::Duration;
 
 use crate::error::DownloadError;
 
+/// Default smallest segment of a segmented download.
+pub const DEFAULT_MIN_SEGMENT: u64 = 1024 * 1024;
+
 /// Where the verified file goes.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Destination {
@@ -25,6 +28,11 @@ pub struct Download {
     pub(crate) size: Option<u64>,
     pub(crate) max_size: Option<u64>,
     pub(crate) headers: Vec<(String, String)>,
+    pub(crate) priority: crate::sched::Priority,
+    pub(crate) depends_on: Vec<crate::engine::JobId>,
+    pub(crate) segments: u32,
+    pub(crate) min_segment: u64,
+    pub(crate) rate_limit: Option<u64>,
 }
 
 impl Download {
@@ -37,6 +45,11 @@ impl Download {
             size: None,
             max_size: None,
             headers: Vec::new(),
+            priority: crate::sched::Priority::Normal,
+            depends_on: Vec::new(),
+            segments: 1,
+            min_segment: DEFAULT_MIN_SEGMENT,
+            rate_limit: None,
         })
     }
 
@@ -76,6 +89,41 @@ impl Download {
     pub fn header(mut self, name: &str, value: &str) -> Download {
         self.headers.push((name.to_string(), value.to_string()));
         self
+    }
+
+    /// Scheduling class (default Normal).
+    pub fn priority(mut self, p: crate::sched::Priority) -> Download {
+        self.priority = p;
+        self
+    }
+
+    /// Start only after `job` succeeded (fail if it fails).
+    pub fn after(mut self, job: crate::engine::JobId) -> Download {
+        self.depends_on.push(job);
+        self
+    }
+
+    /// Fetch over up to `n` connections at once when the server honours ranges.
+    pub fn segments(mut self, n: u32) -> Download {
+        self.segments = n.max(1);
+        self
+    }
+
+    /// Smallest segment worth its own connection (default 1 MiB).
+    pub fn min_segment(mut self, bytes: u64) -> Download {
+        self.min_segment = bytes.max(1);
+        self
+    }
+
+    /// Limit this download to `bytes_per_sec`.
+    pub fn rate_limit(mut self, bytes_per_sec: u64) -> Download {
+        self.rate_limit = Some(bytes_per_sec.max(1));
+        self
+    }
+
+    /// The expected SHA-256, when given.
+    pub fn expected_sha256(&self) -> Option<[u8; 32]> {
+        self.sha256
     }
 
     /// The URL asked for.

@@ -180,6 +180,28 @@ impl FakeFs {
                 self.open.insert(*file, ino);
                 IoResult::Opened { len }
             }
+            IoOp::OpenRead { file, path } => match self.names.get(path) {
+                Some(ino) => {
+                    if self.open.contains_key(file) {
+                        self.violations
+                            .push(format!("{file:?} opened while already open"));
+                    }
+                    let len = self.inodes[ino].data.len() as u64;
+                    self.open.insert(*file, *ino);
+                    IoResult::Opened { len }
+                }
+                None => IoResult::NotFound,
+            },
+            IoOp::CopyFile { from, to } => match self.names.get(from) {
+                Some(ino) => {
+                    let data = self.inodes[ino].data.clone();
+                    let new = self.new_inode(data.clone());
+                    self.inodes.get_mut(&new).expect("new inode").durable = data;
+                    self.names.insert(to.clone(), new);
+                    IoResult::Done
+                }
+                None => failure(IoErrorKind::Other, "copy: no such file"),
+            },
             IoOp::ReadAt { file, offset, len } => match self.open_inode(*file, "ReadAt") {
                 Err(e) => e,
                 Ok(inode) => {
@@ -619,6 +641,7 @@ fn origin_key(url: &str) -> String {
 fn file_of(op: &IoOp) -> Option<FileId> {
     match op {
         IoOp::Open { file, .. }
+        | IoOp::OpenRead { file, .. }
         | IoOp::ReadAt { file, .. }
         | IoOp::WriteAt { file, .. }
         | IoOp::SetLen { file, .. }
@@ -630,7 +653,9 @@ fn file_of(op: &IoOp) -> Option<FileId> {
 
 fn job_of(e: &Event) -> JobId {
     match e {
-        Event::Started { job, .. }
+        Event::Queued { job, .. }
+        | Event::Started { job, .. }
+        | Event::Segmented { job, .. }
         | Event::Resuming { job, .. }
         | Event::Redirected { job, .. }
         | Event::Response { job, .. }
@@ -1146,6 +1171,7 @@ fn valid_state(body: &[u8], verified: usize) -> PartState {
         total: Some(body.len() as u64),
         verified: verified as u64,
         prefix_sha256: sha_hex(&body[..verified]),
+        ranges: Vec::new(),
     }
 }
 
@@ -1199,7 +1225,8 @@ fn plain_download_commits_exact_bytes_removes_part_and_state_and_reports_size_an
     assert_eq!(req.header("host"), Some("a.test"));
     assert_eq!(req.header("range"), None);
     let events = h.events_of(job);
-    assert!(matches!(events.first(), Some(Event::Started { .. })));
+    assert!(matches!(events.first(), Some(Event::Queued { .. })));
+    assert!(matches!(events.get(1), Some(Event::Started { .. })));
     assert!(events.iter().any(|e| matches!(
         e,
         Event::Response {

@@ -105,6 +105,9 @@ pub enum DownloadError {
     /// The job was cancelled.
     #[error("cancelled")]
     Cancelled,
+    /// A job this one depends on failed (or was never submitted).
+    #[error("dependency job#{dependency} did not succeed")]
+    DependencyFailed { dependency: u64 },
 }
 
 impl DownloadError {
@@ -126,7 +129,8 @@ impl DownloadError {
             | DownloadError::TooLarge { .. }
             | DownloadError::HashMismatch { .. }
             | DownloadError::LocalIo { .. }
-            | DownloadError::Cancelled => false,
+            | DownloadError::Cancelled
+            | DownloadError::DependencyFailed { .. } => false,
         }
     }
 
@@ -140,7 +144,8 @@ impl DownloadError {
             | DownloadError::Protocol { .. }
             | DownloadError::TooManyRedirects { .. }
             | DownloadError::RedirectLoop { .. }
-            | DownloadError::RangeMismatch { .. } => ErrorClass::Network,
+            | DownloadError::RangeMismatch { .. }
+            | DownloadError::DependencyFailed { .. } => ErrorClass::Network,
             DownloadError::Status { .. } => ErrorClass::HttpStatus,
             DownloadError::SizeMismatch { .. }
             | DownloadError::TooLarge { .. }

@@ -80,6 +80,12 @@ pub enum IoOp {
         path: PathBuf,
         truncate: bool,
     },
+    /// Open an existing file for reading only (never creating it). Completes with
+    /// [`IoResult::Opened`] or [`IoResult::NotFound`].
+    OpenRead { file: FileId, path: PathBuf },
+    /// Copy `from` to `to` atomically (temporary sibling, fsync, rename, directory sync).
+    /// Completes with [`IoResult::Done`].
+    CopyFile { from: PathBuf, to: PathBuf },
     /// Read up to `len` bytes at `offset`. Completes with [`IoResult::Data`] (empty at EOF).
     ReadAt { file: FileId, offset: u64, len: u64 },
     /// Write all of `data` at `offset`. Completes with [`IoResult::Done`].

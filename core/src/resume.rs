@@ -79,6 +79,11 @@ pub struct PartState {
     /// starts over on a mismatch, so a crash that lost unsynced data, or a partial file
     /// changed behind haul's back, can never be spliced onto fresh bytes.
     pub prefix_sha256: String,
+    /// Durable ranges `[start, end)` beyond the prefix (a segmented download's other
+    /// segments). They are hashed when the prefix reaches them; the final hash check covers
+    /// them.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub ranges: Vec<(u64, u64)>,
 }
 
 impl PartState {
@@ -96,9 +101,12 @@ impl PartState {
             return None;
         }
         if let Some(total) = st.total {
-            if st.verified > total {
+            if st.verified > total || st.ranges.iter().any(|r| r.1 > total) {
                 return None;
             }
+        }
+        if st.ranges.iter().any(|r| r.0 >= r.1 || r.0 < st.verified) {
+            return None;
         }
         Some(st)
     }
@@ -131,6 +139,7 @@ mod tests {
             total: Some(100),
             verified: 40,
             prefix_sha256: "00".repeat(32),
+            ranges: Vec::new(),
         };
         let bytes = st.encode();
         assert_eq!(PartState::decode_for(&bytes, "http://h/a"), Some(st));
@@ -147,6 +156,7 @@ mod tests {
             total: Some(10),
             verified: 11,
             prefix_sha256: "00".repeat(32),
+            ranges: Vec::new(),
         };
         assert_eq!(PartState::decode_for(&st.encode(), "u"), None);
     }

@@ -75,6 +75,7 @@ impl<C: Completions, S: BlockingSpawner> Files<C, S> {
     pub fn start(&mut self, req: IoRequest) {
         let file = match &req.op {
             IoOp::Open { file, .. }
+            | IoOp::OpenRead { file, .. }
             | IoOp::ReadAt { file, .. }
             | IoOp::WriteAt { file, .. }
             | IoOp::SetLen { file, .. }
@@ -82,7 +83,7 @@ impl<C: Completions, S: BlockingSpawner> Files<C, S> {
             | IoOp::CloseFile { file } => *file,
             _ => return self.start_path_op(req),
         };
-        if let IoOp::Open { .. } = req.op {
+        if let IoOp::Open { .. } | IoOp::OpenRead { .. } = req.op {
             let (q, rx) = mpsc::channel::<IoRequest>();
             let (sink, spawner) = (self.sink.clone(), self.spawner.clone());
             let work = Box::new(move || file_worker(rx, sink, spawner));
@@ -212,7 +213,7 @@ pub fn local_failure(e: &std::io::Error, what: &str, path: Option<&Path>) -> IoF
 }
 
 /// Execute one of the whole-file operations (`ReadFile`, `WriteFileAtomic`, `Rename`,
-/// `Remove`) with blocking std calls.
+/// `CopyFile`, `Remove`) with blocking std calls.
 pub fn execute_path_op(op: &IoOp) -> IoResult {
     match op {
         IoOp::ReadFile { path, max_len } => match File::open(path) {
@@ -233,6 +234,10 @@ pub fn execute_path_op(op: &IoOp) -> IoResult {
         IoOp::Rename { from, to } => match fs::rename(from, to).and_then(|()| sync_parent(to)) {
             Ok(()) => IoResult::Done,
             Err(e) => IoResult::Failed(local_failure(&e, "rename to", Some(to))),
+        },
+        IoOp::CopyFile { from, to } => match copy_atomic(from, to) {
+            Ok(()) => IoResult::Done,
+            Err(e) => IoResult::Failed(local_failure(&e, "copy to", Some(to))),
         },
         IoOp::Remove { path } => match fs::remove_file(path) {
             Ok(()) => IoResult::Done,
@@ -255,6 +260,24 @@ fn write_atomic(path: &Path, data: &[u8]) -> std::io::Result<()> {
     }
     fs::rename(&tmp, path)?;
     sync_parent(path)
+}
+
+/// Copy through a temporary sibling so `to` is either absent/old or complete.
+fn copy_atomic(from: &Path, to: &Path) -> std::io::Result<()> {
+    let tmp = with_suffix(to, ".haul-copy");
+    if let Some(dir) = to.parent().filter(|p| !p.as_os_str().is_empty()) {
+        fs::create_dir_all(dir)?;
+    }
+    let result = (|| {
+        fs::copy(from, &tmp)?;
+        File::open(&tmp)?.sync_all()?;
+        fs::rename(&tmp, to)?;
+        sync_parent(to)
+    })();
+    if result.is_err() {
+        let _ = fs::remove_file(&tmp);
+    }
+    result
 }
 
 fn with_suffix(path: &Path, suffix: &str) -> std::path::PathBuf {
@@ -308,6 +331,17 @@ impl FileWorker {
                         self.file = Some(f);
                         IoResult::Opened { len }
                     }
+                    Err(e) => IoResult::Failed(local_failure(&e, "open", Some(path))),
+                }
+            }
+            IoOp::OpenRead { path, .. } => {
+                self.path = path.clone();
+                match File::open(path).and_then(|f| f.metadata().map(|m| (f, m.len()))) {
+                    Ok((f, len)) => {
+                        self.file = Some(f);
+                        IoResult::Opened { len }
+                    }
+                    Err(e) if e.kind() == ErrorKind::NotFound => IoResult::NotFound,
                     Err(e) => IoResult::Failed(local_failure(&e, "open", Some(path))),
                 }
             }

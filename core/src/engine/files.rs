@@ -1,0 +1,769 @@
+//! The job's side of the disk: the existing-destination check, the state file, re-hashing a
+//! partial, writes and the hashed frontier, checkpoints, commit and clean-up.
+
+use bytes::Bytes;
+use sha2::{Digest, Sha256};
+
+use super::{
+    unexpected, CleanStep, Engine, Event, FileStep, JobId, Phase, CATCH_UP_CHUNK, REHASH_CHUNK,
+};
+use crate::download::{Destination, Outcome};
+use crate::error::DownloadError;
+use crate::http::HttpError;
+use crate::io::{FileId, IoFailure, IoOp, IoResult};
+use crate::resume::{PartState, STATE_VERSION};
+use crate::sched::RangeSet;
+
+impl Engine {
+    pub(super) fn on_file(&mut self, id: JobId, step: FileStep, result: IoResult) {
+        let Some(j) = self.jobs.get_mut(&id) else {
+            return;
+        };
+        j.file_ops = j.file_ops.saturating_sub(1);
+        let part = j.spec.part_path();
+        let failure = match &result {
+            IoResult::Failed(f) => Some(f.clone()),
+            _ => None,
+        };
+        let cleaning = matches!(j.phase, Phase::CleaningUp { .. });
+        match step {
+            FileStep::OpenExisting | FileStep::HashExisting if cleaning => {
+                self.cleanup_progress(id)
+            }
+            FileStep::OpenExisting => match result {
+                IoResult::Opened { len } if j.spec.size.is_none_or(|s| s == len) => {
+                    j.phase = Phase::CheckingExisting { offset: 0, len };
+                    self.hash_existing_next(id);
+                }
+                IoResult::Opened { .. } => self.close_existing(id),
+                _ => {
+                    // Absent or unreadable: download as usual.
+                    j.file = None;
+                    self.load_state(id);
+                }
+            },
+            FileStep::HashExisting => {
+                let Phase::CheckingExisting { offset, len } = &mut j.phase else {
+                    return;
+                };
+                match result {
+                    IoResult::Data(b) if !b.is_empty() => {
+                        j.hasher.update(&b);
+                        *offset += b.len() as u64;
+                        if *offset < *len {
+                            self.hash_existing_next(id);
+                        } else {
+                            self.close_existing(id);
+                        }
+                    }
+                    _ => self.close_existing(id),
+                }
+            }
+            FileStep::CloseExisting => {
+                j.file = None;
+                if cleaning {
+                    return self.cleanup_progress(id);
+                }
+                let hasher = std::mem::replace(&mut j.hasher, Sha256::new());
+                let (offset, len) = match j.phase {
+                    Phase::CheckingExisting { offset, len } => (offset, len),
+                    _ => (0, 1),
+                };
+                let digest: [u8; 32] = hasher.finalize().into();
+                if offset == len && Some(digest) == j.spec.sha256 {
+                    let path = match &j.spec.dest {
+                        Destination::File(p) => p.clone(),
+                        Destination::Dir(d) => d.clone(),
+                    };
+                    let outcome = Outcome {
+                        path,
+                        size: len,
+                        sha256: digest,
+                        resumed_from: len,
+                        bytes_fetched: 0,
+                        attempts: 0,
+                        elapsed: self.now.saturating_since(j.submitted),
+                        final_url: j.spec.url.to_string(),
+                    };
+                    self.finish(id, Ok(outcome));
+                } else {
+                    self.load_state(id);
+                }
+            }
+            FileStep::ReadState | FileStep::OpenPartial if cleaning => self.cleanup_progress(id),
+            FileStep::ReadState => {
+                let state = match &result {
+                    IoResult::Data(b) => PartState::decode_for(b, j.spec.url.as_str()),
+                    _ => None,
+                };
+                match state {
+                    Some(state) if state.verified > 0 || !state.ranges.is_empty() => {
+                        let file = FileId(self.next());
+                        let j = self.jobs.get_mut(&id).expect("job exists");
+                        j.file = Some(file);
+                        j.phase = Phase::OpeningPartial { state };
+                        self.file_io(
+                            id,
+                            FileStep::OpenPartial,
+                            IoOp::Open {
+                                file,
+                                path: part,
+                                truncate: false,
+                            },
+                        );
+                    }
+                    _ => self.start_attempt(id),
+                }
+            }
+            FileStep::OpenPartial => {
+                let state = match std::mem::replace(&mut j.phase, Phase::LoadingState) {
+                    Phase::OpeningPartial { state } => state,
+                    other => {
+                        j.phase = other;
+                        return;
+                    }
+                };
+                let needed = state
+                    .ranges
+                    .iter()
+                    .map(|r| r.1)
+                    .max()
+                    .unwrap_or(0)
+                    .max(state.verified);
+                match result {
+                    IoResult::Opened { len } if len >= needed => {
+                        j.phase = Phase::Rehashing { state, offset: 0 };
+                        self.rehash_next(id);
+                    }
+                    IoResult::Opened { .. } | IoResult::NotFound => {
+                        // The partial is shorter than its state claims: start over.
+                        j.touched = true;
+                        self.restart_from_zero(id);
+                        self.start_attempt(id);
+                    }
+                    _ => {
+                        let f = failure.unwrap_or_else(|| unexpected(&result));
+                        j.file = None;
+                        self.terminate(
+                            id,
+                            DownloadError::LocalIo {
+                                path: part,
+                                failure: f,
+                            },
+                            false,
+                        );
+                    }
+                }
+            }
+            FileStep::Rehash => {
+                if cleaning {
+                    return self.cleanup_progress(id);
+                }
+                let Phase::Rehashing { state, offset } = &mut j.phase else {
+                    return;
+                };
+                match result {
+                    IoResult::Data(b) if !b.is_empty() => {
+                        let take = (state.verified - *offset).min(b.len() as u64) as usize;
+                        j.hasher.update(&b[..take]);
+                        *offset += take as u64;
+                        if *offset < state.verified {
+                            self.rehash_next(id);
+                        } else {
+                            self.finish_rehash(id);
+                        }
+                    }
+                    IoResult::Data(_) => {
+                        // The file ended early (changed under us): start over.
+                        self.restart_from_zero(id);
+                        self.start_attempt(id);
+                    }
+                    _ => {
+                        let f = failure.unwrap_or_else(|| unexpected(&result));
+                        self.terminate(
+                            id,
+                            DownloadError::LocalIo {
+                                path: part,
+                                failure: f,
+                            },
+                            false,
+                        );
+                    }
+                }
+            }
+            FileStep::OpenFresh | FileStep::SetLen | FileStep::FinalSync => {
+                if let Some(f) = failure {
+                    j.write_error.get_or_insert((part, f));
+                    self.on_write_error(id);
+                } else {
+                    self.cleanup_progress(id);
+                }
+            }
+            FileStep::Write { len } => {
+                j.write_backlog -= len;
+                if let Some(f) = failure {
+                    j.write_error.get_or_insert((part, f));
+                    self.on_write_error(id);
+                    return;
+                }
+                if j.write_backlog <= self.config.max_write_backlog / 2 {
+                    let paused: Vec<u64> = j
+                        .transfers
+                        .iter()
+                        .filter(|(_, t)| t.backpressured)
+                        .map(|(tid, _)| *tid)
+                        .collect();
+                    for tid in paused {
+                        if let Some(t) = self
+                            .jobs
+                            .get_mut(&id)
+                            .and_then(|j| j.transfers.get_mut(&tid))
+                        {
+                            t.backpressured = false;
+                        }
+                        self.recv(id, tid);
+                    }
+                }
+                self.cleanup_progress(id);
+            }
+            FileStep::CatchUp => {
+                j.catching_up = false;
+                if cleaning {
+                    return self.cleanup_progress(id);
+                }
+                match result {
+                    IoResult::Data(b) if !b.is_empty() => {
+                        j.hasher.update(&b);
+                        j.hashed += b.len() as u64;
+                        self.after_progress(id);
+                    }
+                    _ => {
+                        let f = failure.unwrap_or_else(|| unexpected(&result));
+                        j.write_error.get_or_insert((part, f));
+                        self.on_write_error(id);
+                    }
+                }
+            }
+            FileStep::CheckpointSync { verified } => {
+                if let Some(f) = failure {
+                    j.checkpoint_running = false;
+                    j.write_error.get_or_insert((part, f));
+                    self.on_write_error(id);
+                    return;
+                }
+                self.write_state(id, verified);
+            }
+            FileStep::CheckpointState => {
+                j.checkpoint_running = false;
+                if let Some(f) = failure {
+                    tracing::warn!(job = %id, "state file not written: {f}");
+                }
+                if matches!(j.phase, Phase::Committing { .. }) && j.file.is_none() {
+                    return self.rename_into_place(id);
+                }
+                self.cleanup_progress(id);
+            }
+            FileStep::Close => {
+                j.file = None;
+                if let Phase::Committing { .. } = &j.phase {
+                    if let Some((path, f)) = j.write_error.clone() {
+                        self.fail_commit(id, path, f);
+                        return;
+                    }
+                    if !j.checkpoint_running {
+                        self.rename_into_place(id);
+                    }
+                } else {
+                    self.cleanup_progress(id);
+                }
+            }
+            FileStep::Rename => {
+                if let Some(f) = failure {
+                    let dest = match &j.phase {
+                        Phase::Committing { dest, .. } => dest.clone(),
+                        _ => part,
+                    };
+                    self.fail_commit(id, dest, f);
+                    return;
+                }
+                let state_path = j.spec.state_path();
+                self.file_io(id, FileStep::RemoveState, IoOp::Remove { path: state_path });
+            }
+            FileStep::RemovePart | FileStep::RemoveState => {
+                if let Phase::Committing { dest, digest } = &j.phase {
+                    let outcome = Outcome {
+                        path: dest.clone(),
+                        size: j.hashed,
+                        sha256: *digest,
+                        resumed_from: j.resumed_from,
+                        bytes_fetched: j.fetched,
+                        attempts: j.attempt,
+                        elapsed: self.now.saturating_since(j.submitted),
+                        final_url: j.last_url.as_ref().unwrap_or(&j.spec.url).to_string(),
+                    };
+                    self.finish(id, Ok(outcome));
+                } else {
+                    self.cleanup_progress(id);
+                }
+            }
+            FileStep::CopyFromLeader => {
+                let Phase::Copying { outcome } = &j.phase else {
+                    return;
+                };
+                let outcome = outcome.clone();
+                let result = match failure {
+                    None => Ok(outcome),
+                    Some(f) => Err(DownloadError::LocalIo {
+                        path: outcome.path,
+                        failure: f,
+                    }),
+                };
+                self.finish(id, result);
+            }
+        }
+    }
+
+    fn hash_existing_next(&mut self, id: JobId) {
+        let j = self.jobs.get(&id).expect("job exists");
+        let Phase::CheckingExisting { offset, len } = j.phase else {
+            return;
+        };
+        if offset >= len {
+            return self.close_existing(id);
+        }
+        let op = IoOp::ReadAt {
+            file: j.file.expect("existing file is open"),
+            offset,
+            len: (len - offset).min(REHASH_CHUNK),
+        };
+        self.file_io(id, FileStep::HashExisting, op);
+    }
+
+    fn close_existing(&mut self, id: JobId) {
+        let j = self.jobs.get(&id).expect("job exists");
+        let file = j.file.expect("existing file is open");
+        self.file_io(id, FileStep::CloseExisting, IoOp::CloseFile { file });
+    }
+
+    fn rehash_next(&mut self, id: JobId) {
+        let j = self.jobs.get(&id).expect("job exists");
+        let Phase::Rehashing { state, offset } = &j.phase else {
+            return;
+        };
+        if *offset >= state.verified {
+            return self.finish_rehash(id);
+        }
+        let len = (state.verified - offset).min(REHASH_CHUNK);
+        let op = IoOp::ReadAt {
+            file: j.file.expect("partial is open"),
+            offset: *offset,
+            len,
+        };
+        self.file_io(id, FileStep::Rehash, op);
+    }
+
+    fn finish_rehash(&mut self, id: JobId) {
+        let j = self.jobs.get_mut(&id).expect("job exists");
+        let Phase::Rehashing { state, .. } = std::mem::replace(&mut j.phase, Phase::LoadingState)
+        else {
+            return;
+        };
+        let digest: [u8; 32] = j.hasher.clone().finalize().into();
+        if hex::encode(digest) != state.prefix_sha256 {
+            tracing::info!(job = %id, "partial file does not match its state; starting over");
+            self.restart_from_zero(id);
+            self.start_attempt(id);
+            return;
+        }
+        let mut received = RangeSet::new();
+        received.insert(0, state.verified);
+        for (s, e) in &state.ranges {
+            received.insert(*s, *e);
+        }
+        let end = received.iter().map(|r| r.1).max().unwrap_or(0);
+        j.hashed = state.verified;
+        j.durable = state.verified;
+        j.resumed_from = received.len();
+        j.segmented = !state.ranges.is_empty();
+        j.received = received;
+        j.validator = Some(state.validator);
+        j.total = state.total;
+        let file = j.file.expect("partial is open");
+        j.touched = true;
+        // Drop whatever follows the durable data: it was never vouched for.
+        self.file_io(id, FileStep::SetLen, IoOp::SetLen { file, len: end });
+        let offset = self.jobs[&id].resumed_from;
+        self.event(Event::Resuming { job: id, offset });
+        self.start_attempt(id);
+    }
+
+    /// Forget every byte: the next response starts the file from zero.
+    pub(super) fn restart_from_zero(&mut self, id: JobId) {
+        let j = self.jobs.get_mut(&id).expect("job exists");
+        j.hasher = Sha256::new();
+        j.hashed = 0;
+        j.received = RangeSet::new();
+        j.gaps.clear();
+        j.durable = 0;
+        j.resumed_from = 0;
+        j.validator = None;
+        j.total = None;
+        j.segmented = false;
+        j.pending_prefix = None;
+        if let Some(file) = j.file {
+            j.touched = true;
+            self.file_io(id, FileStep::SetLen, IoOp::SetLen { file, len: 0 });
+        }
+    }
+
+    /// Open the partial fresh (truncated) when the first usable response arrives.
+    pub(super) fn ensure_file(&mut self, id: JobId) {
+        let j = self.jobs.get_mut(&id).expect("job exists");
+        if j.file.is_some() {
+            return;
+        }
+        let file = FileId(self.next());
+        let j = self.jobs.get_mut(&id).expect("job exists");
+        j.file = Some(file);
+        j.touched = true;
+        let path = j.spec.part_path();
+        self.file_io(
+            id,
+            FileStep::OpenFresh,
+            IoOp::Open {
+                file,
+                path,
+                truncate: true,
+            },
+        );
+    }
+
+    /// Hash (when at the frontier) and write one piece of body at `offset`; enforce the size
+    /// limits as bytes arrive.
+    pub(super) fn accept_data(
+        &mut self,
+        id: JobId,
+        offset: u64,
+        data: Bytes,
+    ) -> Result<(), DownloadError> {
+        let j = self.jobs.get_mut(&id).expect("job exists");
+        let len = data.len() as u64;
+        let end = offset + len;
+        if let Some(limit) = j.spec.max_size {
+            if end > limit {
+                return Err(DownloadError::TooLarge { limit, seen: end });
+            }
+        }
+        if let Some(expected) = j.spec.size {
+            if end > expected {
+                return Err(DownloadError::SizeMismatch {
+                    expected,
+                    actual: end,
+                });
+            }
+        }
+        if offset == j.hashed && !j.catching_up {
+            j.hasher.update(&data);
+            j.hashed = end;
+        }
+        j.received.insert(offset, end);
+        j.fetched += len;
+        j.write_backlog += len;
+        let file = j.file.expect("body implies an open partial");
+        self.file_io(
+            id,
+            FileStep::Write { len },
+            IoOp::WriteAt { file, offset, data },
+        );
+        self.account(id, len);
+        Ok(())
+    }
+
+    /// After bytes were hashed or written: catch the frontier up, report progress,
+    /// checkpoint, and commit when everything is in.
+    pub(super) fn after_progress(&mut self, id: JobId) {
+        let j = self.jobs.get_mut(&id).expect("job exists");
+        if !j.catching_up {
+            let end = j.received.contiguous_end(j.hashed);
+            if end > j.hashed {
+                // Written but not hashed yet (arrived out of order): read it back. The read
+                // is ordered after the writes on the same file.
+                j.catching_up = true;
+                let op = IoOp::ReadAt {
+                    file: j.file.expect("partial is open"),
+                    offset: j.hashed,
+                    len: (end - j.hashed).min(CATCH_UP_CHUNK),
+                };
+                self.file_io(id, FileStep::CatchUp, op);
+            }
+        }
+        let j = self.jobs.get(&id).expect("job exists");
+        let (bytes, total) = (j.present(), j.total);
+        self.event(Event::Progress {
+            job: id,
+            bytes,
+            total,
+        });
+        if self.checkpoint_due(id) {
+            self.start_checkpoint(id);
+        }
+        self.maybe_complete(id);
+    }
+
+    fn checkpoint_due(&self, id: JobId) -> bool {
+        let j = &self.jobs[&id];
+        !j.checkpoint_running
+            && matches!(
+                j.phase,
+                Phase::Running | Phase::Backoff { .. } | Phase::Paused
+            )
+            && j.validator.is_some()
+            && j.file.is_some()
+            && j.present() > j.durable
+            && (j.present() - j.durable >= self.config.checkpoint_bytes
+                || self.now.saturating_since(j.last_checkpoint) >= self.config.checkpoint_interval)
+    }
+
+    /// Sync the partial (ordered after every write issued so far), then record what it holds.
+    pub(super) fn start_checkpoint(&mut self, id: JobId) {
+        let j = self.jobs.get_mut(&id).expect("job exists");
+        j.checkpoint_running = true;
+        j.last_checkpoint = self.now;
+        let verified = j.hashed;
+        let digest: [u8; 32] = j.hasher.clone().finalize().into();
+        let ranges: Vec<(u64, u64)> = j
+            .received
+            .iter()
+            .filter(|r| r.1 > verified)
+            .map(|(s, e)| (s.max(verified), e))
+            .collect();
+        j.pending_prefix = Some((verified, hex::encode(digest), ranges));
+        let file = j.file.expect("checkpoint needs an open file");
+        self.file_io(
+            id,
+            FileStep::CheckpointSync { verified },
+            IoOp::Sync { file },
+        );
+    }
+
+    fn write_state(&mut self, id: JobId, verified: u64) {
+        let j = self.jobs.get_mut(&id).expect("job exists");
+        if matches!(j.phase, Phase::Committing { .. }) {
+            // The state file is about to be removed with the commit.
+            j.checkpoint_running = false;
+            if j.file.is_none() {
+                self.rename_into_place(id);
+            }
+            return;
+        }
+        let (Some(validator), Some((_, prefix_sha256, ranges))) = (
+            j.validator.clone(),
+            j.pending_prefix.take().filter(|(v, _, _)| *v == verified),
+        ) else {
+            j.checkpoint_running = false;
+            return self.cleanup_progress(id);
+        };
+        let state = PartState {
+            version: STATE_VERSION,
+            url: j.spec.url.to_string(),
+            validator,
+            total: j.total,
+            verified,
+            prefix_sha256,
+            ranges,
+        };
+        j.durable = verified + state.ranges.iter().map(|(s, e)| e - s).sum::<u64>();
+        let path = j.spec.state_path();
+        self.file_io(
+            id,
+            FileStep::CheckpointState,
+            IoOp::WriteFileAtomic {
+                path,
+                data: Bytes::from(state.encode()),
+            },
+        );
+    }
+
+    /// Every byte is in and hashed: check size and hash, then sync, close and rename.
+    pub(super) fn maybe_complete(&mut self, id: JobId) {
+        let j = self.jobs.get(&id).expect("job exists");
+        if !matches!(j.phase, Phase::Running) || !j.transfers.is_empty() || !j.gaps.is_empty() {
+            return;
+        }
+        if j.catching_up || j.received.contiguous_end(j.hashed) > j.hashed {
+            return;
+        }
+        self.verify_and_commit(id);
+    }
+
+    pub(super) fn verify_and_commit(&mut self, id: JobId) {
+        let j = self.jobs.get_mut(&id).expect("job exists");
+        if let Some(total) = j.total {
+            if j.hashed != total {
+                let origin = super::origin_label(&j.spec.url);
+                let source = HttpError::Truncated {
+                    expected: Some(total),
+                    received: j.hashed,
+                };
+                return self.fail_attempt(id, DownloadError::Protocol { origin, source });
+            }
+        }
+        if let Some(expected) = j.spec.size {
+            if j.hashed != expected {
+                let actual = j.hashed;
+                return self.terminate(id, DownloadError::SizeMismatch { expected, actual }, false);
+            }
+        }
+        let digest: [u8; 32] = j.hasher.clone().finalize().into();
+        if let Some(expected) = j.spec.sha256 {
+            if expected != digest {
+                return self.terminate(
+                    id,
+                    DownloadError::HashMismatch {
+                        expected: hex::encode(expected),
+                        actual: hex::encode(digest),
+                    },
+                    false,
+                );
+            }
+        }
+        let dest = match &j.spec.dest {
+            Destination::File(p) => p.clone(),
+            Destination::Dir(d) => d.join(
+                j.dest_name
+                    .clone()
+                    .unwrap_or_else(|| crate::download::file_name_from_url(&j.spec.url)),
+            ),
+        };
+        j.phase = Phase::Committing { dest, digest };
+        let file = j.file.expect("commit needs the partial open");
+        self.file_io(id, FileStep::FinalSync, IoOp::Sync { file });
+        self.file_io(id, FileStep::Close, IoOp::CloseFile { file });
+    }
+
+    fn rename_into_place(&mut self, id: JobId) {
+        let j = self.jobs.get_mut(&id).expect("job exists");
+        let Phase::Committing { dest, .. } = &j.phase else {
+            return;
+        };
+        let op = IoOp::Rename {
+            from: j.spec.part_path(),
+            to: dest.clone(),
+        };
+        self.file_io(id, FileStep::Rename, op);
+    }
+
+    pub(super) fn on_write_error(&mut self, id: JobId) {
+        let j = self.jobs.get_mut(&id).expect("job exists");
+        if let Phase::CleaningUp { .. } = j.phase {
+            return self.cleanup_progress(id);
+        }
+        let (path, failure) = j.write_error.clone().expect("write error recorded");
+        if matches!(j.phase, Phase::Committing { .. }) {
+            return self.fail_commit(id, path, failure);
+        }
+        self.terminate(id, DownloadError::LocalIo { path, failure }, false);
+    }
+
+    fn fail_commit(&mut self, id: JobId, path: std::path::PathBuf, failure: IoFailure) {
+        let j = self.jobs.get_mut(&id).expect("job exists");
+        j.phase = Phase::CleaningUp {
+            error: DownloadError::LocalIo { path, failure },
+            keep: false,
+            step: CleanStep::Start,
+            untouched: false,
+        };
+        self.cleanup_progress(id);
+    }
+
+    /// End the job with `error`, keeping a resumable partial when `keep` and possible.
+    pub(super) fn terminate(&mut self, id: JobId, error: DownloadError, keep: bool) {
+        let Some(j) = self.jobs.get_mut(&id) else {
+            return;
+        };
+        match j.phase {
+            Phase::CleaningUp { .. } | Phase::Committing { .. } => return,
+            Phase::Queued | Phase::Following { .. } | Phase::Copying { .. } => {
+                return self.finish(id, Err(error))
+            }
+            _ => {}
+        }
+        let untouched = keep && !j.touched;
+        self.stop_transfers(id);
+        let j = self.jobs.get_mut(&id).expect("job exists");
+        j.phase = Phase::CleaningUp {
+            error,
+            keep,
+            step: CleanStep::Start,
+            untouched,
+        };
+        self.cleanup_progress(id);
+    }
+
+    /// Drive the clean-up steps; each waits until the job has no file operation pending.
+    pub(super) fn cleanup_progress(&mut self, id: JobId) {
+        loop {
+            let Some(j) = self.jobs.get_mut(&id) else {
+                return;
+            };
+            if j.file_ops > 0 {
+                return;
+            }
+            let resumable = j.validator.is_some()
+                && j.present() > 0
+                && j.write_error.is_none()
+                && j.file.is_some();
+            let (present, durable, file) = (j.present(), j.durable, j.file);
+            let Phase::CleaningUp {
+                keep,
+                step,
+                untouched,
+                ..
+            } = &mut j.phase
+            else {
+                return;
+            };
+            match *step {
+                CleanStep::Start => {
+                    if *untouched {
+                        // Nothing of this run reached the disk: leave the partial as it was.
+                        *step = CleanStep::Close;
+                        continue;
+                    }
+                    *keep = *keep && resumable;
+                    if *keep && durable < present {
+                        *step = CleanStep::Checkpoint;
+                        self.start_checkpoint(id);
+                        return;
+                    }
+                    *step = CleanStep::Close;
+                }
+                CleanStep::Checkpoint => *step = CleanStep::Close,
+                CleanStep::Close => {
+                    *step = CleanStep::Remove;
+                    if let Some(file) = file {
+                        self.file_io(id, FileStep::Close, IoOp::CloseFile { file });
+                        return;
+                    }
+                }
+                CleanStep::Remove => {
+                    *step = CleanStep::Report;
+                    if !*keep && !*untouched {
+                        let (part, state) = (j.spec.part_path(), j.spec.state_path());
+                        self.file_io(id, FileStep::RemovePart, IoOp::Remove { path: part });
+                        self.file_io(id, FileStep::RemoveState, IoOp::Remove { path: state });
+                        return;
+                    }
+                }
+                CleanStep::Report => {
+                    let error = match &j.phase {
+                        Phase::CleaningUp { error, .. } => error.clone(),
+                        _ => unreachable!("checked above"),
+                    };
+                    self.finish(id, Err(error));
+                    return;
+                }
+            }
+        }
+    }
+}

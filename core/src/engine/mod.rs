@@ -1,0 +1,951 @@
+//! The download engine: a deterministic state machine driven by inputs and time.
+//!
+//! # Call contract
+//!
+//! The engine never performs I/O and never reads a clock. A driver (a runtime or the
+//! simulator) owns it and loops:
+//!
+//! 1. **Commands**: [`Engine::submit`], [`Engine::cancel`], [`Engine::pause`],
+//!    [`Engine::resume`] and [`Engine::set_rate_limit`] at any time.
+//! 2. **Outputs**: after every command or input, drain [`Engine::poll_output`] until it returns
+//!    `None`. Each [`Output::Io`] must be started; each [`Output::Event`] goes to the
+//!    application.
+//! 3. **Waiting**: [`Engine::poll_timeout`] gives the next instant at which the engine wants to
+//!    be woken even if no I/O completes (`None`: only I/O can wake it). The driver waits for
+//!    the first I/O completion or that instant.
+//! 4. **Inputs**: [`Engine::handle_input`] with the current time and either one I/O
+//!    completion ([`Input::Io`]) or [`Input::Tick`] when a deadline passed. Early or spurious
+//!    ticks are harmless no-ops; so are completions for ids the engine no longer waits for.
+//!
+//! Every [`IoRequest`] gets exactly one completion from the driver. Operations on one
+//! [`FileId`] must be executed in the order they were issued and completed in that order,
+//! except that a `Sync` may complete after later operations on the same file (it covers
+//! every write issued before it); `CloseFile` completes after everything issued before it.
+//! Operations on different files, paths and connections may run concurrently and complete
+//! in any order; the engine never has two operations on one path outstanding when their
+//! order matters.
+//!
+//! `now` must never decrease between calls; a smaller `now` is treated as the last one seen.
+//!
+//! # What a job does
+//!
+//! A job (one [`Download`]) waits in a priority queue until a slot is free and its
+//! dependencies succeeded, then: (when a sha256 is expected) checks whether the destination
+//! already holds those bytes → loads the state file beside the partial (if any) → re-hashes
+//! the durable prefix it names and checks it against the recorded digest → requests (with
+//! `Range`/`If-Range` when resuming) → follows redirects → streams the body through the
+//! SHA-256 hasher into `WriteAt`s on `<dest>.haul-part`, checkpointing (sync, then state file)
+//! as it goes → verifies size and hash → syncs, closes and renames over the destination.
+//!
+//! With `segments > 1` and a server that honours ranges with a strong validator, the rest of
+//! the file is split over several connections ([`crate::sched::plan_segments`]); a connection
+//! that finishes its segment takes half of the largest remaining one (work stealing, down to
+//! the minimum segment size), so fast connections end up carrying more. The hash still covers
+//! the whole file in order: bytes at the hashed frontier are hashed as they arrive, bytes
+//! further on are written first and read back from disk when the frontier reaches them.
+//!
+//! Retryable failures back off (exponential, jittered) and resume from the bytes already
+//! received. A job whose URL or expected sha256 equals a running job's is deduplicated: it
+//! waits for that job and copies its result.
+
+mod files;
+mod transfer;
+
+use std::collections::{BTreeMap, VecDeque};
+use std::path::PathBuf;
+use std::time::Duration;
+
+use sha2::{Digest, Sha256};
+
+use crate::config::Config;
+use crate::download::{Destination, Download, Outcome};
+use crate::error::{DownloadError, TimeoutKind};
+use crate::http::Origin;
+use crate::io::{ConnId, FileId, IoFailure, IoId, IoOp, IoRequest, IoResult};
+use crate::resume::{PartState, Validator, STATE_MAX_BYTES};
+use crate::rng::SeededRng;
+use crate::sched::{Priority, RangeSet, TokenBucket};
+use crate::time::Instant;
+
+use transfer::Transfer;
+
+/// Identifies a submitted job.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct JobId(pub u64);
+
+impl std::fmt::Display for JobId {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "job#{}", self.0)
+    }
+}
+
+/// What the driver feeds the engine.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Input {
+    /// The single completion of an I/O request.
+    Io { id: IoId, result: IoResult },
+    /// Time passed; check deadlines.
+    Tick,
+}
+
+/// What the engine asks of the driver.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Output {
+    /// Start this I/O request.
+    Io(IoRequest),
+    /// Tell the application.
+    Event(Event),
+}
+
+/// Something the application may want to know.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Event {
+    /// The job was accepted and waits for a slot (or for its dependencies).
+    Queued { job: JobId, url: String },
+    /// The job left the queue and starts now.
+    Started { job: JobId, url: String },
+    /// An earlier partial was found valid; the job continues after `offset` bytes.
+    Resuming { job: JobId, offset: u64 },
+    /// The server redirected.
+    Redirected {
+        job: JobId,
+        status: u16,
+        from: String,
+        to: String,
+    },
+    /// A usable response arrived.
+    Response {
+        job: JobId,
+        status: u16,
+        /// Complete length of the representation, when known.
+        total: Option<u64>,
+        /// Bytes already on disk that this response continues.
+        offset: u64,
+    },
+    /// The download was split over several connections.
+    Segmented { job: JobId, segments: u32 },
+    /// Body bytes were received.
+    Progress {
+        job: JobId,
+        /// Bytes of the file now present (resumed prefix included).
+        bytes: u64,
+        /// Complete length, when known.
+        total: Option<u64>,
+    },
+    /// An attempt failed; another follows after `delay`.
+    Retrying {
+        job: JobId,
+        /// The attempt about to start (2 for the first retry).
+        attempt: u32,
+        delay: Duration,
+        error: DownloadError,
+    },
+    /// The job ended.
+    Finished {
+        job: JobId,
+        result: Result<Outcome, DownloadError>,
+    },
+}
+
+/// What cancelling does to the partial download.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CancelMode {
+    /// Keep the partial file and its state so a later run resumes.
+    KeepPartial,
+    /// Remove the partial file and its state.
+    Discard,
+}
+
+/// Counters over the engine's life, for progress displays.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Stats {
+    /// Jobs transferring now.
+    pub active: usize,
+    /// Jobs waiting for a slot or a dependency.
+    pub queued: usize,
+    /// Jobs that succeeded.
+    pub done: usize,
+    /// Jobs that failed.
+    pub failed: usize,
+    /// Jobs that were cancelled.
+    pub cancelled: usize,
+    /// Body bytes received in total.
+    pub bytes: u64,
+    /// Rate over the last second, bytes/s.
+    pub current_rate: f64,
+    /// Rate since the first job started, bytes/s.
+    pub average_rate: f64,
+    /// Highest one-second rate seen.
+    pub peak_rate: f64,
+}
+
+/// What a deadline is for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Due {
+    /// A backoff ended: start the next attempt.
+    Backoff,
+    /// A rate limit allows the transfer to receive again.
+    Throttle,
+    /// A timeout fired.
+    Timeout(TimeoutKind),
+}
+
+/// Where a completion belongs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Route {
+    Connect(ConnId),
+    Send(ConnId),
+    Recv(ConnId),
+    Close(ConnId),
+    File(JobId, FileStep),
+}
+
+/// The file operation a job waits on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum FileStep {
+    OpenExisting,
+    HashExisting,
+    CloseExisting,
+    ReadState,
+    OpenPartial,
+    OpenFresh,
+    Rehash,
+    SetLen,
+    Write { len: u64 },
+    CatchUp,
+    CheckpointSync { verified: u64 },
+    CheckpointState,
+    FinalSync,
+    Close,
+    Rename,
+    RemovePart,
+    RemoveState,
+    CopyFromLeader,
+}
+
+#[derive(Debug)]
+enum ConnState {
+    Connecting { owner: (JobId, u64) },
+    Busy { owner: (JobId, u64) },
+    Idle { since: Instant },
+    Closing,
+}
+
+#[derive(Debug)]
+struct Conn {
+    origin: Origin,
+    via: Option<crate::proxy::ProxyHop>,
+    state: ConnState,
+    /// Responses completed on this connection (> 0 means it is being reused).
+    served: u32,
+}
+
+/// Steps of tidying up after a failure, in order.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum CleanStep {
+    Start,
+    Checkpoint,
+    Close,
+    Remove,
+    Report,
+}
+
+/// Where a job is in its life.
+#[derive(Debug)]
+enum Phase {
+    /// Waiting for a slot or its dependencies.
+    Queued,
+    /// Deduplicated: waiting for `leader` to finish, then copying its file.
+    Following { leader: JobId },
+    /// Copying the leader's committed file to this job's destination.
+    Copying { outcome: Outcome },
+    /// Checking whether the destination already holds the expected bytes.
+    CheckingExisting { offset: u64, len: u64 },
+    /// Reading the state file.
+    LoadingState,
+    /// Opening an existing partial to check it.
+    OpeningPartial { state: PartState },
+    /// Re-hashing the durable prefix of the partial.
+    Rehashing { state: PartState, offset: u64 },
+    /// Transfers are running (or waiting for connections).
+    Running,
+    /// Paused by the caller; transfers are closed, the partial stays open.
+    Paused,
+    /// Waiting to start the next attempt.
+    Backoff { until: Instant },
+    /// Verified; syncing, closing and renaming.
+    Committing { dest: PathBuf, digest: [u8; 32] },
+    /// Failed or cancelled; cleaning up before reporting `error`.
+    CleaningUp {
+        error: DownloadError,
+        keep: bool,
+        step: CleanStep,
+        /// The partial and state on disk were never touched by this run: leave them.
+        untouched: bool,
+    },
+}
+
+/// What a running checkpoint is making durable: the hashed prefix length, its hex digest,
+/// and the received ranges beyond it.
+type PendingPrefix = (u64, String, Vec<(u64, u64)>);
+
+#[derive(Debug)]
+struct Job {
+    id: JobId,
+    spec: Download,
+    submitted: Instant,
+    phase: Phase,
+    attempt: u32,
+    next_transfer: u64,
+    transfers: BTreeMap<u64, Transfer>,
+    /// Ranges nobody fetches right now (a segment whose connection died).
+    gaps: Vec<(u64, u64)>,
+    /// The server honours ranges for this representation: segments may be used.
+    segmented: bool,
+    followers: Vec<JobId>,
+
+    file: Option<FileId>,
+    /// Outstanding file operations of this job (all kinds).
+    file_ops: u32,
+    /// Bytes handed to `WriteAt` and not completed.
+    write_backlog: u64,
+    /// First local write failure; fatal once noticed.
+    write_error: Option<(PathBuf, IoFailure)>,
+    /// The partial file was opened by this run (so cleanup may touch it).
+    touched: bool,
+
+    validator: Option<Validator>,
+    total: Option<u64>,
+    hasher: Sha256,
+    /// Contiguous bytes hashed from the start of the file.
+    hashed: u64,
+    /// Every byte range handed to the file (the hashed prefix included).
+    received: RangeSet,
+    /// A read-back of written-but-unhashed bytes at the frontier is in flight.
+    catching_up: bool,
+    resumed_from: u64,
+    fetched: u64,
+    /// Durable resume point recorded in the state file.
+    durable: u64,
+    checkpoint_running: bool,
+    /// Length, hex digest and ranges of the prefix a running checkpoint is making durable.
+    pending_prefix: Option<PendingPrefix>,
+    last_checkpoint: Instant,
+    /// File name chosen from `Content-Disposition` for a directory destination.
+    dest_name: Option<String>,
+    /// The URL the last accepted response came from (after redirects).
+    last_url: Option<url::Url>,
+    bucket: Option<TokenBucket>,
+}
+
+impl Job {
+    fn priority(&self) -> Priority {
+        self.spec.priority
+    }
+
+    fn is_active(&self) -> bool {
+        !matches!(
+            self.phase,
+            Phase::Queued | Phase::Following { .. } | Phase::Copying { .. }
+        )
+    }
+
+    /// Bytes of the file present now.
+    fn present(&self) -> u64 {
+        self.received.len().max(self.hashed)
+    }
+}
+
+/// The engine. See the module documentation for the call contract.
+pub struct Engine {
+    config: Config,
+    rng: SeededRng,
+    now: Instant,
+    next_id: u64,
+    jobs: BTreeMap<JobId, Job>,
+    conns: BTreeMap<ConnId, Conn>,
+    pending: BTreeMap<IoId, Route>,
+    outputs: VecDeque<Output>,
+    /// Outcome of every finished job: true for success (dependencies look here).
+    finished: BTreeMap<JobId, bool>,
+    global_bucket: Option<TokenBucket>,
+    stats: StatsState,
+    /// Followers whose leader committed to their own destination: finish them next.
+    pending_finish: Vec<(JobId, Outcome)>,
+}
+
+#[derive(Debug, Default)]
+struct StatsState {
+    done: usize,
+    failed: usize,
+    cancelled: usize,
+    bytes: u64,
+    first_start: Option<Instant>,
+    /// (start of one-second window, bytes in it)
+    window: (Instant, u64),
+    last_rate: f64,
+    peak_rate: f64,
+}
+
+const REHASH_CHUNK: u64 = 1024 * 1024;
+const CATCH_UP_CHUNK: u64 = 4 * 1024 * 1024;
+const DRAIN_LIMIT: u64 = 64 * 1024;
+/// Burst allowance of rate limits.
+const BURST: Duration = Duration::from_secs(1);
+
+impl Engine {
+    /// A new engine. `now` is the engine's current time (usually [`Instant::ZERO`]).
+    pub fn new(config: Config, now: Instant) -> Result<Engine, crate::config::ConfigError> {
+        config.validate()?;
+        let global_bucket = config.rate_limit.map(|r| TokenBucket::new(r, BURST, now));
+        Ok(Engine {
+            rng: SeededRng::new(config.seed),
+            config,
+            now,
+            next_id: 1,
+            jobs: BTreeMap::new(),
+            conns: BTreeMap::new(),
+            pending: BTreeMap::new(),
+            outputs: VecDeque::new(),
+            finished: BTreeMap::new(),
+            global_bucket,
+            stats: StatsState::default(),
+            pending_finish: Vec::new(),
+        })
+    }
+
+    /// The configuration in force.
+    pub fn config(&self) -> &Config {
+        &self.config
+    }
+
+    /// Jobs not yet finished.
+    pub fn active_jobs(&self) -> usize {
+        self.jobs.len()
+    }
+
+    /// I/O requests issued and not yet completed.
+    pub fn pending_io(&self) -> usize {
+        self.pending.len()
+    }
+
+    /// True when no job runs and no I/O is pending.
+    pub fn is_idle(&self) -> bool {
+        self.jobs.is_empty() && self.pending.is_empty()
+    }
+
+    /// Counters for progress displays.
+    pub fn stats(&self) -> Stats {
+        let s = &self.stats;
+        let active = self.jobs.values().filter(|j| j.is_active()).count();
+        let average_rate = s
+            .first_start
+            .map(|t| self.now.saturating_since(t).as_secs_f64())
+            .filter(|secs| *secs > 0.0)
+            .map(|secs| s.bytes as f64 / secs)
+            .unwrap_or(0.0);
+        Stats {
+            active,
+            queued: self.jobs.len() - active,
+            done: s.done,
+            failed: s.failed,
+            cancelled: s.cancelled,
+            bytes: s.bytes,
+            current_rate: s.last_rate,
+            average_rate,
+            peak_rate: s.peak_rate,
+        }
+    }
+
+    /// Change the global rate limit (None: unlimited). A driver applies a time-of-day
+    /// schedule by calling this when the schedule says so.
+    pub fn set_rate_limit(&mut self, now: Instant, rate: Option<u64>) {
+        self.advance(now);
+        self.global_bucket = match (rate, self.global_bucket.take()) {
+            (None, _) => None,
+            (Some(r), Some(mut b)) => {
+                b.set_rate(r, BURST, self.now);
+                Some(b)
+            }
+            (Some(r), None) => Some(TokenBucket::new(r, BURST, self.now)),
+        };
+        self.wake_throttled();
+    }
+
+    fn next(&mut self) -> u64 {
+        let id = self.next_id;
+        self.next_id += 1;
+        id
+    }
+
+    fn advance(&mut self, now: Instant) {
+        if now > self.now {
+            self.now = now;
+        }
+    }
+
+    /// Submit a download. It starts when a slot is free and its dependencies succeeded.
+    pub fn submit(&mut self, now: Instant, spec: Download) -> JobId {
+        self.advance(now);
+        let id = JobId(self.next());
+        let bucket = spec
+            .rate_limit
+            .map(|r| TokenBucket::new(r, BURST, self.now));
+        let leader = self.find_leader(&spec);
+        let job = Job {
+            id,
+            spec,
+            submitted: self.now,
+            phase: match leader {
+                Some(leader) => Phase::Following { leader },
+                None => Phase::Queued,
+            },
+            attempt: 1,
+            next_transfer: 0,
+            transfers: BTreeMap::new(),
+            gaps: Vec::new(),
+            segmented: false,
+            followers: Vec::new(),
+            file: None,
+            file_ops: 0,
+            write_backlog: 0,
+            write_error: None,
+            touched: false,
+            validator: None,
+            total: None,
+            hasher: Sha256::new(),
+            hashed: 0,
+            received: RangeSet::new(),
+            catching_up: false,
+            resumed_from: 0,
+            fetched: 0,
+            durable: 0,
+            checkpoint_running: false,
+            pending_prefix: None,
+            last_checkpoint: self.now,
+            dest_name: None,
+            last_url: None,
+            bucket,
+        };
+        let url = job.spec.url.to_string();
+        self.jobs.insert(id, job);
+        if let Some(leader) = leader {
+            if let Some(l) = self.jobs.get_mut(&leader) {
+                l.followers.push(id);
+            }
+        }
+        self.event(Event::Queued { job: id, url });
+        self.schedule();
+        id
+    }
+
+    /// A running or queued job that fetches the same bytes (same URL, or same expected
+    /// sha256) with the same expectations.
+    fn find_leader(&self, spec: &Download) -> Option<JobId> {
+        self.jobs
+            .values()
+            .filter(|j| !matches!(j.phase, Phase::Following { .. } | Phase::CleaningUp { .. }))
+            .find(|j| {
+                let same_bytes = match (spec.sha256, j.spec.sha256) {
+                    (Some(a), Some(b)) => a == b,
+                    (None, None) => j.spec.url == spec.url,
+                    _ => false,
+                };
+                same_bytes && j.spec.size == spec.size && j.spec.max_size == spec.max_size
+            })
+            .map(|j| j.id)
+    }
+
+    /// Cancel a job. It finishes with [`DownloadError::Cancelled`] once its files are tidy.
+    /// A job already committing its verified file finishes normally.
+    pub fn cancel(&mut self, now: Instant, job: JobId, mode: CancelMode) {
+        self.advance(now);
+        let Some(j) = self.jobs.get_mut(&job) else {
+            return;
+        };
+        match j.phase {
+            Phase::Queued | Phase::Following { .. } => {
+                let leader = match j.phase {
+                    Phase::Following { leader } => Some(leader),
+                    _ => None,
+                };
+                if let Some(l) = leader.and_then(|l| self.jobs.get_mut(&l)) {
+                    l.followers.retain(|f| *f != job);
+                }
+                self.finish(job, Err(DownloadError::Cancelled));
+                self.schedule();
+            }
+            _ => self.terminate(
+                job,
+                DownloadError::Cancelled,
+                mode == CancelMode::KeepPartial,
+            ),
+        }
+    }
+
+    /// Pause a running job: its connections close, its partial stays; [`Engine::resume`]
+    /// continues it from the bytes received.
+    pub fn pause(&mut self, now: Instant, job: JobId) {
+        self.advance(now);
+        let Some(j) = self.jobs.get(&job) else {
+            return;
+        };
+        if !matches!(j.phase, Phase::Running | Phase::Backoff { .. }) {
+            return;
+        }
+        self.stop_transfers(job);
+        if let Some(j) = self.jobs.get_mut(&job) {
+            j.phase = Phase::Paused;
+        }
+        self.schedule();
+    }
+
+    /// Resume a paused job.
+    pub fn resume(&mut self, now: Instant, job: JobId) {
+        self.advance(now);
+        if matches!(self.jobs.get(&job).map(|j| &j.phase), Some(Phase::Paused)) {
+            self.start_attempt(job);
+        }
+    }
+
+    /// The next output, or `None` when there is nothing more to do right now.
+    pub fn poll_output(&mut self) -> Option<Output> {
+        self.outputs.pop_front()
+    }
+
+    /// The next instant the engine must be woken at, if any.
+    pub fn poll_timeout(&self) -> Option<Instant> {
+        let jobs = self
+            .jobs
+            .values()
+            .filter_map(|j| self.job_deadline(j).map(|(t, _, _)| t));
+        let idle = self.conns.values().filter_map(|c| match c.state {
+            ConnState::Idle { since } => Some(since + self.config.idle_connection_timeout),
+            _ => None,
+        });
+        jobs.chain(idle).min()
+    }
+
+    /// Feed one input.
+    pub fn handle_input(&mut self, now: Instant, input: Input) {
+        self.advance(now);
+        match input {
+            Input::Tick => self.handle_timers(),
+            Input::Io { id, result } => match self.pending.remove(&id) {
+                Some(route) => self.route(route, result),
+                None => tracing::debug!(?id, "completion for an unknown request ignored"),
+            },
+        }
+    }
+
+    // ---------------------------------------------------------------- outputs
+
+    fn event(&mut self, e: Event) {
+        self.outputs.push_back(Output::Event(e));
+    }
+
+    fn io(&mut self, route: Route, op: IoOp) -> IoId {
+        let id = IoId(self.next());
+        self.pending.insert(id, route);
+        self.outputs.push_back(Output::Io(IoRequest { id, op }));
+        id
+    }
+
+    fn file_io(&mut self, job: JobId, step: FileStep, op: IoOp) {
+        if let Some(j) = self.jobs.get_mut(&job) {
+            j.file_ops += 1;
+        }
+        self.io(Route::File(job, step), op);
+    }
+
+    fn route(&mut self, route: Route, result: IoResult) {
+        match route {
+            Route::Connect(c) => self.on_connected(c, result),
+            Route::Send(c) => self.on_sent(c, result),
+            Route::Recv(c) => self.on_recv(c, result),
+            Route::Close(c) => {
+                self.conns.remove(&c);
+                self.schedule();
+            }
+            Route::File(job, step) => self.on_file(job, step, result),
+        }
+    }
+
+    // ---------------------------------------------------------------- scheduling
+
+    /// Start queued jobs while slots are free: most urgent class first, FIFO within a class;
+    /// fail jobs whose dependencies failed; then give free connections to waiting transfers.
+    fn schedule(&mut self) {
+        loop {
+            let active = self.jobs.values().filter(|j| j.is_active()).count();
+            let mut failed_dep = None;
+            let mut candidate: Option<(Priority, JobId)> = None;
+            for j in self.jobs.values() {
+                if !matches!(j.phase, Phase::Queued) {
+                    continue;
+                }
+                let mut ready = true;
+                for dep in &j.spec.depends_on {
+                    match self.finished.get(dep) {
+                        Some(true) => {}
+                        Some(false) => {
+                            failed_dep = Some((j.id, *dep));
+                            break;
+                        }
+                        None if self.jobs.contains_key(dep) => ready = false,
+                        None => {
+                            failed_dep = Some((j.id, *dep));
+                            break;
+                        }
+                    }
+                }
+                if failed_dep.is_some() {
+                    break;
+                }
+                if ready {
+                    let better = match candidate {
+                        None => true,
+                        Some((p, id)) => {
+                            (j.priority(), std::cmp::Reverse(j.id)) > (p, std::cmp::Reverse(id))
+                        }
+                    };
+                    if better {
+                        candidate = Some((j.priority(), j.id));
+                    }
+                }
+            }
+            if let Some((job, dep)) = failed_dep {
+                self.finish(
+                    job,
+                    Err(DownloadError::DependencyFailed { dependency: dep.0 }),
+                );
+                continue;
+            }
+            match candidate {
+                Some((_, id)) if active < self.config.max_active_jobs => self.start_job(id),
+                _ => break,
+            }
+        }
+        self.assign_connections();
+    }
+
+    fn start_job(&mut self, id: JobId) {
+        let j = self.jobs.get_mut(&id).expect("job exists");
+        let url = j.spec.url.to_string();
+        self.stats.first_start.get_or_insert(self.now);
+        self.event(Event::Started { job: id, url });
+        let j = self.jobs.get_mut(&id).expect("job exists");
+        if let (Some(_), Destination::File(dest)) = (j.spec.sha256, &j.spec.dest) {
+            // Already there? Hash the destination before fetching anything.
+            let path = dest.clone();
+            let file = FileId(self.next());
+            let j = self.jobs.get_mut(&id).expect("job exists");
+            j.file = Some(file);
+            j.phase = Phase::CheckingExisting { offset: 0, len: 0 };
+            self.file_io(id, FileStep::OpenExisting, IoOp::OpenRead { file, path });
+        } else {
+            self.load_state(id);
+        }
+    }
+
+    fn load_state(&mut self, id: JobId) {
+        let j = self.jobs.get_mut(&id).expect("job exists");
+        j.phase = Phase::LoadingState;
+        let path = j.spec.state_path();
+        self.file_io(
+            id,
+            FileStep::ReadState,
+            IoOp::ReadFile {
+                path,
+                max_len: STATE_MAX_BYTES,
+            },
+        );
+    }
+
+    /// Report a job's end, release its followers and dependants.
+    fn finish(&mut self, id: JobId, result: Result<Outcome, DownloadError>) {
+        let Some(job) = self.jobs.remove(&id) else {
+            return;
+        };
+        self.finished.insert(id, result.is_ok());
+        match &result {
+            Ok(_) => self.stats.done += 1,
+            Err(DownloadError::Cancelled) => self.stats.cancelled += 1,
+            Err(_) => self.stats.failed += 1,
+        }
+        for f in job.followers {
+            let Some(fj) = self.jobs.get_mut(&f) else {
+                continue;
+            };
+            match &result {
+                Ok(o) => {
+                    let dest = match &fj.spec.dest {
+                        Destination::File(p) => p.clone(),
+                        Destination::Dir(d) => d.join(
+                            o.path
+                                .file_name()
+                                .map(PathBuf::from)
+                                .unwrap_or_else(|| PathBuf::from("download")),
+                        ),
+                    };
+                    let mut outcome = o.clone();
+                    outcome.path = dest.clone();
+                    outcome.bytes_fetched = 0;
+                    outcome.resumed_from = 0;
+                    if dest == o.path {
+                        // Same destination: the leader's commit is this job's too.
+                        fj.phase = Phase::Copying {
+                            outcome: outcome.clone(),
+                        };
+                        self.pending_finish.push((f, outcome));
+                        continue;
+                    }
+                    fj.phase = Phase::Copying { outcome };
+                    self.file_io(
+                        f,
+                        FileStep::CopyFromLeader,
+                        IoOp::CopyFile {
+                            from: o.path.clone(),
+                            to: dest,
+                        },
+                    );
+                }
+                // The leader failed or was cancelled: the follower tries on its own.
+                Err(_) => fj.phase = Phase::Queued,
+            }
+        }
+        self.event(Event::Finished { job: id, result });
+        for (f, outcome) in std::mem::take(&mut self.pending_finish) {
+            self.finish(f, Ok(outcome));
+        }
+        self.schedule();
+    }
+
+    // ---------------------------------------------------------------- timers
+
+    /// The job's next deadline: (when, which timeout, transfer it concerns).
+    fn job_deadline(&self, j: &Job) -> Option<(Instant, Due, Option<u64>)> {
+        match &j.phase {
+            Phase::Backoff { until } => Some((*until, Due::Backoff, None)),
+            Phase::Running => j
+                .transfers
+                .iter()
+                .filter_map(|(tid, t)| {
+                    t.deadline(&self.config, self.now)
+                        .map(|(at, kind)| (at, kind, Some(*tid)))
+                })
+                .min_by_key(|(at, _, tid)| (*at, *tid)),
+            Phase::Paused => None,
+            _ => None,
+        }
+    }
+
+    fn handle_timers(&mut self) {
+        let now = self.now;
+        let expired: Vec<ConnId> = self
+            .conns
+            .iter()
+            .filter(|(_, c)| {
+                matches!(c.state, ConnState::Idle { since } if since + self.config.idle_connection_timeout <= now)
+            })
+            .map(|(id, _)| *id)
+            .collect();
+        for c in expired {
+            self.close_conn(c);
+        }
+        // Every due deadline, in job order; one job may have several.
+        loop {
+            let due = self.jobs.values().find_map(|j| match self.job_deadline(j) {
+                Some((t, kind, tid)) if t <= now => Some((j.id, kind, tid)),
+                _ => None,
+            });
+            let Some((id, kind, tid)) = due else { break };
+            self.on_deadline(id, kind, tid);
+        }
+    }
+
+    fn on_deadline(&mut self, id: JobId, kind: Due, tid: Option<u64>) {
+        let Some(j) = self.jobs.get_mut(&id) else {
+            return;
+        };
+        if let Phase::Backoff { .. } = j.phase {
+            self.start_attempt(id);
+            return;
+        }
+        let Some(tid) = tid else { return };
+        self.on_transfer_deadline(id, tid, kind);
+    }
+
+    // ---------------------------------------------------------------- bandwidth
+
+    /// When transfer may receive again under the rate limits (None: now).
+    fn throttle_until(&mut self, id: JobId) -> Option<Instant> {
+        let now = self.now;
+        let j = self.jobs.get_mut(&id).expect("job exists");
+        let reserve = j.priority().reserve_fraction();
+        let mut at = now;
+        if let Some(b) = j.bucket.as_mut() {
+            at = at.max(b.ready_at(now, 0.0));
+        }
+        if let Some(g) = self.global_bucket.as_mut() {
+            let cap = g.capacity();
+            at = at.max(g.ready_at(now, reserve * cap));
+        }
+        (at > now).then_some(at)
+    }
+
+    fn account(&mut self, id: JobId, bytes: u64) {
+        let now = self.now;
+        if let Some(g) = self.global_bucket.as_mut() {
+            g.consume(now, bytes);
+        }
+        if let Some(b) = self.jobs.get_mut(&id).and_then(|j| j.bucket.as_mut()) {
+            b.consume(now, bytes);
+        }
+        let s = &mut self.stats;
+        s.bytes += bytes;
+        let elapsed = now.saturating_since(s.window.0);
+        if elapsed >= Duration::from_secs(1) {
+            s.last_rate = s.window.1 as f64 / elapsed.as_secs_f64();
+            s.peak_rate = s.peak_rate.max(s.last_rate);
+            s.window = (now, 0);
+        }
+        s.window.1 += bytes;
+    }
+
+    fn wake_throttled(&mut self) {
+        let waiting: Vec<(JobId, u64)> = self
+            .jobs
+            .values()
+            .flat_map(|j| {
+                j.transfers
+                    .iter()
+                    .filter(|(_, t)| t.throttled_until.is_some())
+                    .map(move |(tid, _)| (j.id, *tid))
+            })
+            .collect();
+        for (id, tid) in waiting {
+            if let Some(t) = self
+                .jobs
+                .get_mut(&id)
+                .and_then(|j| j.transfers.get_mut(&tid))
+            {
+                t.throttled_until = None;
+            }
+            self.recv(id, tid);
+        }
+    }
+}
+
+fn origin_label(url: &url::Url) -> String {
+    Origin::of(url)
+        .map(|o| o.to_string())
+        .unwrap_or_else(|_| url.to_string())
+}
+
+fn unexpected(result: &IoResult) -> IoFailure {
+    IoFailure::new(
+        crate::io::IoErrorKind::Other,
+        format!("unexpected completion {result:?}"),
+    )
+}

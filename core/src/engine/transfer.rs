@@ -1,0 +1,1236 @@
+//! Transfers: one HTTP exchange for a byte range of a job, on one connection at a time.
+//!
+//! A single-stream job has one transfer from its resume point to the end; a segmented job
+//! has several, each with an end. This module owns connections (pooling, limits, stale
+//! keep-alive detection), requests, responses, redirects, segment planning and stealing,
+//! and attempt-level failure (backoff or termination).
+
+use bytes::Bytes;
+
+use super::{
+    origin_label, unexpected, Conn, ConnState, Due, Engine, Event, Job, JobId, Phase, DRAIN_LIMIT,
+};
+use crate::config::Config;
+use crate::download::sanitize_file_name;
+use crate::error::{DownloadError, TimeoutKind};
+use crate::http::{
+    self, BodyDecoder, ContentRange, Decoded, Framing, HeadParser, Method, Origin, ResponseHead,
+};
+use crate::io::{ConnId, IoErrorKind, IoFailure, IoOp, IoResult};
+use crate::resume::Validator;
+use crate::sched::{plan_segments, steal_point};
+use crate::time::Instant;
+
+use super::Route;
+
+#[derive(Debug)]
+pub(super) enum TPhase {
+    /// Waiting for a connection slot.
+    WaitingConn,
+    Connecting {
+        deadline: Instant,
+    },
+    Sending {
+        since: Instant,
+    },
+    Head {
+        parser: HeadParser,
+        deadline: Instant,
+        got_bytes: bool,
+    },
+    Body {
+        decoder: BodyDecoder,
+        keep_alive: bool,
+        window_start: Instant,
+        window_bytes: u64,
+    },
+    Draining {
+        decoder: BodyDecoder,
+        next: url::Url,
+    },
+}
+
+#[derive(Debug)]
+pub(super) struct Transfer {
+    pub conn: Option<ConnId>,
+    pub phase: TPhase,
+    /// The URL requested (after redirects).
+    pub url: url::Url,
+    /// URLs visited in this transfer's redirect chain.
+    pub chain: Vec<url::Url>,
+    /// Next byte offset this transfer delivers.
+    pub pos: u64,
+    /// Stop before this offset (None: to the end of the representation).
+    pub end: Option<u64>,
+    /// The request carries a Range header.
+    pub ranged: bool,
+    /// Bytes received by this transfer (for the low-speed window).
+    pub got: u64,
+    pub stale_retry_used: bool,
+    pub recv_outstanding: bool,
+    pub backpressured: bool,
+    pub throttled_until: Option<Instant>,
+    pub last_byte: Instant,
+}
+
+impl Transfer {
+    /// The transfer's next deadline.
+    pub(super) fn deadline(&self, config: &Config, _now: Instant) -> Option<(Instant, Due)> {
+        let idle = (
+            self.last_byte + config.idle_timeout,
+            Due::Timeout(TimeoutKind::Idle),
+        );
+        match &self.phase {
+            TPhase::WaitingConn => None,
+            TPhase::Connecting { deadline } => {
+                Some((*deadline, Due::Timeout(TimeoutKind::Connect)))
+            }
+            TPhase::Sending { since } => Some((
+                *since + config.head_timeout,
+                Due::Timeout(TimeoutKind::ResponseHead),
+            )),
+            TPhase::Head { deadline, .. } => Some(if idle.0 < *deadline {
+                idle
+            } else {
+                (*deadline, Due::Timeout(TimeoutKind::ResponseHead))
+            }),
+            TPhase::Body { window_start, .. } => {
+                if let Some(t) = self.throttled_until {
+                    return Some((t, Due::Throttle));
+                }
+                if !self.recv_outstanding {
+                    return None;
+                }
+                Some(match config.low_speed {
+                    Some(ls) if *window_start + ls.window < idle.0 => (
+                        *window_start + ls.window,
+                        Due::Timeout(TimeoutKind::LowSpeed),
+                    ),
+                    _ => idle,
+                })
+            }
+            TPhase::Draining { .. } if self.recv_outstanding => Some(idle),
+            TPhase::Draining { .. } => None,
+        }
+    }
+}
+
+impl Engine {
+    fn transfer(&mut self, id: JobId, tid: u64) -> Option<&mut Transfer> {
+        self.jobs.get_mut(&id)?.transfers.get_mut(&tid)
+    }
+
+    /// Start a fresh attempt: one transfer, or one per missing range of a segmented job.
+    pub(super) fn start_attempt(&mut self, id: JobId) {
+        let j = self.jobs.get_mut(&id).expect("job exists");
+        if matches!(j.phase, Phase::CleaningUp { .. } | Phase::Committing { .. }) {
+            return;
+        }
+        j.phase = Phase::Running;
+        j.transfers.clear();
+        j.gaps.clear();
+        match (j.segmented, j.total) {
+            (true, Some(total)) => {
+                let mut gaps = Vec::new();
+                let mut at = 0;
+                for (s, e) in j.received.iter() {
+                    if s > at {
+                        gaps.push((at, s));
+                    }
+                    at = at.max(e);
+                }
+                if at < total {
+                    gaps.push((at, total));
+                }
+                if gaps.is_empty() {
+                    self.after_progress(id);
+                    return;
+                }
+                let j = self.jobs.get_mut(&id).expect("job exists");
+                j.gaps = gaps;
+                self.rebalance(id);
+            }
+            _ => {
+                let pos = j.hashed;
+                if pos > 0 && j.validator.is_none() {
+                    self.restart_from_zero(id);
+                }
+                let j = self.jobs.get_mut(&id).expect("job exists");
+                let pos = j.hashed;
+                // A segmented download asks for `bytes=0-` first: the answer tells whether
+                // the server honours ranges, and how long the file is.
+                let ranged = pos > 0 || j.spec.segments > 1;
+                self.spawn_transfer(id, pos, None, ranged);
+            }
+        }
+        self.assign_connections();
+    }
+
+    fn spawn_transfer(&mut self, id: JobId, pos: u64, end: Option<u64>, ranged: bool) -> u64 {
+        let now = self.now;
+        let j = self.jobs.get_mut(&id).expect("job exists");
+        let tid = j.next_transfer;
+        j.next_transfer += 1;
+        let url = j.spec.url.clone();
+        j.transfers.insert(
+            tid,
+            Transfer {
+                conn: None,
+                phase: TPhase::WaitingConn,
+                url,
+                chain: Vec::new(),
+                pos,
+                end,
+                ranged,
+                got: 0,
+                stale_retry_used: false,
+                recv_outstanding: false,
+                backpressured: false,
+                throttled_until: None,
+                last_byte: now,
+            },
+        );
+        tid
+    }
+
+    /// Give connections to transfers waiting for one, most urgent job first, within the
+    /// per-origin and total connection limits. Idle connections are reused first.
+    pub(super) fn assign_connections(&mut self) {
+        let mut waiting: Vec<(crate::sched::Priority, JobId, u64)> = self
+            .jobs
+            .values()
+            .filter(|j| matches!(j.phase, Phase::Running))
+            .flat_map(|j| {
+                j.transfers
+                    .iter()
+                    .filter(|(_, t)| matches!(t.phase, TPhase::WaitingConn))
+                    .map(move |(tid, _)| (j.priority(), j.id, *tid))
+            })
+            .collect();
+        waiting.sort_by_key(|(p, id, tid)| (std::cmp::Reverse(*p), *id, *tid));
+        for (_, id, tid) in waiting {
+            let Some(t) = self.transfer(id, tid) else {
+                continue;
+            };
+            let origin = match Origin::of(&t.url) {
+                Ok(o) => o,
+                Err(e) => {
+                    let msg = format!("{}: {e}", t.url);
+                    self.terminate(id, DownloadError::InvalidRequest(msg), true);
+                    continue;
+                }
+            };
+            let reuse = !t.stale_retry_used;
+            let idle = reuse
+                .then(|| {
+                    self.conns
+                        .iter()
+                        .filter(|(_, c)| c.origin == origin)
+                        .filter_map(|(cid, c)| match c.state {
+                            ConnState::Idle { since } => Some((since, *cid)),
+                            _ => None,
+                        })
+                        .max()
+                        .map(|(_, cid)| cid)
+                })
+                .flatten();
+            if let Some(conn) = idle {
+                self.conns.get_mut(&conn).expect("idle conn").state =
+                    ConnState::Busy { owner: (id, tid) };
+                self.transfer(id, tid).expect("transfer").conn = Some(conn);
+                self.send_request(id, tid, conn);
+                continue;
+            }
+            let live = |c: &Conn| !matches!(c.state, ConnState::Closing);
+            let per_origin = self
+                .conns
+                .values()
+                .filter(|c| c.origin == origin && live(c))
+                .count();
+            let total = self.conns.values().filter(|c| live(c)).count();
+            if per_origin >= self.config.max_connections_per_origin {
+                continue;
+            }
+            if total >= self.config.max_connections {
+                // Make room by closing an idle connection to another origin.
+                let victim = self
+                    .conns
+                    .iter()
+                    .filter(|(_, c)| matches!(c.state, ConnState::Idle { .. }))
+                    .map(|(cid, _)| *cid)
+                    .next();
+                if let Some(v) = victim {
+                    self.close_conn(v);
+                }
+                continue;
+            }
+            let conn = ConnId(self.next());
+            let via = self.config.proxy.hop_for(&origin);
+            self.conns.insert(
+                conn,
+                Conn {
+                    origin: origin.clone(),
+                    via: via.clone(),
+                    state: ConnState::Connecting { owner: (id, tid) },
+                    served: 0,
+                },
+            );
+            let deadline = self.now + self.config.connect_timeout;
+            let t = self.transfer(id, tid).expect("transfer");
+            t.conn = Some(conn);
+            t.phase = TPhase::Connecting { deadline };
+            self.io(Route::Connect(conn), IoOp::Connect { conn, origin, via });
+        }
+    }
+
+    fn owner(&self, conn: ConnId) -> Option<(JobId, u64)> {
+        match self.conns.get(&conn)?.state {
+            ConnState::Connecting { owner } | ConnState::Busy { owner } => Some(owner),
+            _ => None,
+        }
+    }
+
+    pub(super) fn on_connected(&mut self, conn: ConnId, result: IoResult) {
+        let Some((id, tid)) = self.owner(conn) else {
+            return;
+        };
+        match result {
+            IoResult::Done => {
+                self.conns.get_mut(&conn).expect("conn").state =
+                    ConnState::Busy { owner: (id, tid) };
+                self.send_request(id, tid, conn);
+            }
+            other => {
+                let failure = match other {
+                    IoResult::Failed(f) => f,
+                    o => unexpected(&o),
+                };
+                let origin = self.conns.remove(&conn).expect("conn").origin.to_string();
+                if let Some(t) = self.transfer(id, tid) {
+                    t.conn = None;
+                }
+                self.transfer_failed(id, tid, DownloadError::Connect { origin, failure });
+            }
+        }
+    }
+
+    fn send_request(&mut self, id: JobId, tid: u64, conn: ConnId) {
+        let hop = self.conns.get(&conn).and_then(|c| c.via.clone());
+        let user_agent = self.config.user_agent.clone();
+        let j = self.jobs.get_mut(&id).expect("job exists");
+        let validator = j.validator.clone();
+        let t = j.transfers.get(&tid).expect("transfer");
+        // Credentials go only to the origin the caller named, and never again once a
+        // redirect chain has left it (a -> b -> a does not restore them).
+        let first = Origin::of(&j.spec.url).ok();
+        let same_origin = t
+            .chain
+            .iter()
+            .chain(std::iter::once(&t.url))
+            .all(|u| Origin::of(u).ok() == first);
+        let mut headers: Vec<(String, String)> = Vec::with_capacity(6 + j.spec.headers.len());
+        let user_has = |name: &str| {
+            j.spec
+                .headers
+                .iter()
+                .any(|(n, _)| n.eq_ignore_ascii_case(name))
+        };
+        if !user_has("user-agent") {
+            headers.push(("User-Agent".into(), user_agent));
+        }
+        if !user_has("accept") {
+            headers.push(("Accept".into(), "*/*".into()));
+        }
+        headers.push(("Accept-Encoding".into(), "identity".into()));
+        if t.ranged {
+            let range = match t.end {
+                Some(e) => format!("bytes={}-{}", t.pos, e - 1),
+                None => format!("bytes={}-", t.pos),
+            };
+            headers.push(("Range".into(), range));
+            if let Some(v) = &validator {
+                headers.push(("If-Range".into(), v.if_range_value().to_string()));
+            }
+        }
+        for (name, value) in &j.spec.headers {
+            let lower = name.to_ascii_lowercase();
+            let credential = lower == "authorization" || lower == "cookie";
+            let controlled = matches!(
+                lower.as_str(),
+                "host"
+                    | "range"
+                    | "if-range"
+                    | "accept-encoding"
+                    | "content-length"
+                    | "transfer-encoding"
+                    | "connection"
+                    | "proxy-authorization"
+            );
+            if controlled || (credential && !same_origin) {
+                continue;
+            }
+            headers.push((name.clone(), value.clone()));
+        }
+        let absolute_form = hop.as_ref().is_some_and(|h| !h.tunnel);
+        if let Some(auth) = hop.filter(|h| !h.tunnel).and_then(|h| h.authorization) {
+            headers.push(("Proxy-Authorization".into(), auth));
+        }
+        let mut buf = Vec::with_capacity(256);
+        if let Err(e) = http::write_request(Method::Get, &t.url, &headers, absolute_form, &mut buf)
+        {
+            let msg = format!("cannot build request for {}: {e}", t.url);
+            return self.terminate(id, DownloadError::InvalidRequest(msg), true);
+        }
+        let now = self.now;
+        let t = self.transfer(id, tid).expect("transfer");
+        t.phase = TPhase::Sending { since: now };
+        self.io(
+            Route::Send(conn),
+            IoOp::Send {
+                conn,
+                data: Bytes::from(buf),
+            },
+        );
+    }
+
+    pub(super) fn on_sent(&mut self, conn: ConnId, result: IoResult) {
+        let Some((id, tid)) = self.owner(conn) else {
+            return;
+        };
+        let now = self.now;
+        let max_head = self.config.max_head_bytes;
+        let head_timeout = self.config.head_timeout;
+        let Some(t) = self.transfer(id, tid) else {
+            return;
+        };
+        if !matches!(t.phase, TPhase::Sending { .. }) || t.conn != Some(conn) {
+            return;
+        }
+        match result {
+            IoResult::Done => {
+                t.phase = TPhase::Head {
+                    parser: HeadParser::new(max_head),
+                    deadline: now + head_timeout,
+                    got_bytes: false,
+                };
+                self.recv(id, tid);
+            }
+            other => {
+                let failure = match other {
+                    IoResult::Failed(f) => f,
+                    o => unexpected(&o),
+                };
+                self.connection_failed(id, tid, conn, failure, false);
+            }
+        }
+    }
+
+    /// Ask for the transfer's next bytes unless backpressure or a rate limit holds it.
+    pub(super) fn recv(&mut self, id: JobId, tid: u64) {
+        let throttle = match self.transfer(id, tid) {
+            Some(t)
+                if t.conn.is_some()
+                    && !t.recv_outstanding
+                    && !t.backpressured
+                    && t.throttled_until.is_none() =>
+            {
+                matches!(t.phase, TPhase::Body { .. })
+            }
+            _ => return,
+        };
+        if throttle {
+            if let Some(at) = self.throttle_until(id) {
+                self.transfer(id, tid).expect("transfer").throttled_until = Some(at);
+                return;
+            }
+        }
+        let now = self.now;
+        let t = self.transfer(id, tid).expect("transfer");
+        t.recv_outstanding = true;
+        t.last_byte = now;
+        let conn = t.conn.expect("checked");
+        self.io(Route::Recv(conn), IoOp::Recv { conn });
+    }
+
+    /// A connection broke. A reused connection that breaks before any response byte was
+    /// probably closed by the server while idle: replace it once without counting a failure.
+    fn connection_failed(
+        &mut self,
+        id: JobId,
+        tid: u64,
+        conn: ConnId,
+        failure: IoFailure,
+        got_bytes: bool,
+    ) {
+        let reused = self.conns.get(&conn).is_some_and(|c| c.served > 0);
+        let t = self.transfer(id, tid).expect("transfer");
+        if reused && !got_bytes && !t.stale_retry_used {
+            t.stale_retry_used = true;
+            t.conn = None;
+            t.recv_outstanding = false;
+            t.phase = TPhase::WaitingConn;
+            self.close_conn(conn);
+            self.assign_connections();
+            return;
+        }
+        let origin = origin_label(&t.url);
+        self.transfer_failed(id, tid, DownloadError::Connection { origin, failure });
+    }
+
+    pub(super) fn on_recv(&mut self, conn: ConnId, result: IoResult) {
+        let Some((id, tid)) = self.owner(conn) else {
+            return;
+        };
+        let now = self.now;
+        let Some(t) = self.transfer(id, tid) else {
+            return;
+        };
+        if t.conn != Some(conn) {
+            return;
+        }
+        t.recv_outstanding = false;
+        match result {
+            IoResult::Data(bytes) => {
+                t.last_byte = now;
+                match t.phase {
+                    TPhase::Head { .. } => self.on_head_bytes(id, tid, conn, bytes),
+                    TPhase::Body { .. } => self.on_body_bytes(id, tid, conn, bytes),
+                    TPhase::Draining { .. } => self.on_drain_bytes(id, tid, conn, bytes),
+                    _ => {}
+                }
+            }
+            IoResult::Eof => match &mut t.phase {
+                TPhase::Head { got_bytes, .. } => {
+                    let got = *got_bytes;
+                    let failure = IoFailure::new(
+                        IoErrorKind::Reset,
+                        "connection closed before the response head was complete",
+                    );
+                    self.connection_failed(id, tid, conn, failure, got);
+                }
+                TPhase::Body { decoder, .. } => match decoder.on_eof() {
+                    Ok(()) => self.transfer_done(id, tid, false),
+                    Err(source) => {
+                        let origin = origin_label(&t.url);
+                        self.transfer_failed(id, tid, DownloadError::Protocol { origin, source });
+                    }
+                },
+                TPhase::Draining { next, .. } => {
+                    let next = next.clone();
+                    self.close_conn(conn);
+                    self.follow(id, tid, next);
+                }
+                _ => {}
+            },
+            other => {
+                let failure = match other {
+                    IoResult::Failed(f) => f,
+                    o => unexpected(&o),
+                };
+                let got = !matches!(
+                    t.phase,
+                    TPhase::Head {
+                        got_bytes: false,
+                        ..
+                    }
+                );
+                self.connection_failed(id, tid, conn, failure, got);
+            }
+        }
+    }
+
+    fn on_head_bytes(&mut self, id: JobId, tid: u64, conn: ConnId, bytes: Bytes) {
+        let t = self.transfer(id, tid).expect("transfer");
+        let TPhase::Head {
+            parser, got_bytes, ..
+        } = &mut t.phase
+        else {
+            return;
+        };
+        *got_bytes = true;
+        match parser.feed(&bytes) {
+            Err(source) => {
+                let origin = origin_label(&t.url);
+                self.transfer_failed(id, tid, DownloadError::Protocol { origin, source });
+            }
+            Ok(None) => self.recv(id, tid),
+            Ok(Some((head, consumed))) => {
+                let rest = bytes.slice(consumed..);
+                self.on_head(id, tid, conn, head, rest);
+            }
+        }
+    }
+
+    fn on_head(&mut self, id: JobId, tid: u64, conn: ConnId, head: ResponseHead, rest: Bytes) {
+        let t = self.transfer(id, tid).expect("transfer");
+        let origin = origin_label(&t.url);
+        let framing = match http::framing(Method::Get, &head) {
+            Ok(f) => f,
+            Err(source) => {
+                return self.transfer_failed(id, tid, DownloadError::Protocol { origin, source })
+            }
+        };
+        let keep_alive = http::keep_alive(&head, framing);
+        match head.status {
+            301 | 302 | 303 | 307 | 308 => {
+                self.on_redirect(id, tid, conn, &head, framing, keep_alive, rest)
+            }
+            200 => {
+                let j = self.jobs.get_mut(&id).expect("job exists");
+                if j.segmented || j.transfers.len() > 1 {
+                    // A segment asked for a range and got the whole file: the server no
+                    // longer honours ranges for this representation. Start over, single.
+                    self.restart_from_zero(id);
+                    return self.fail_attempt(
+                        id,
+                        DownloadError::RangeMismatch {
+                            detail: "200 OK to a segment's range request".into(),
+                        },
+                    );
+                }
+                if j.present() > 0 {
+                    tracing::info!(job = %id, "server sent the whole file instead of a range; restarting from zero");
+                    self.restart_from_zero(id);
+                }
+                let j = self.jobs.get_mut(&id).expect("job exists");
+                j.validator = Validator::of_response(&head);
+                j.total = match framing {
+                    Framing::Length(n) => Some(n),
+                    _ => None,
+                };
+                let t = j.transfers.get_mut(&tid).expect("transfer");
+                t.pos = 0;
+                t.end = None;
+                self.accept_response(id, tid, conn, &head, framing, keep_alive, rest);
+            }
+            206 => {
+                let j = &self.jobs[&id];
+                match check_partial_response(j, &j.transfers[&tid], &head, framing) {
+                    Ok((complete, validator)) => {
+                        let j = self.jobs.get_mut(&id).expect("job exists");
+                        j.total = Some(complete);
+                        if j.validator.is_none() {
+                            j.validator = validator;
+                        }
+                        self.accept_response(id, tid, conn, &head, framing, keep_alive, rest);
+                        self.maybe_segment(id, tid);
+                    }
+                    Err(detail) => {
+                        self.restart_from_zero(id);
+                        self.fail_attempt(id, DownloadError::RangeMismatch { detail });
+                    }
+                }
+            }
+            416 => {
+                let j = &self.jobs[&id];
+                let t = &j.transfers[&tid];
+                let complete = head
+                    .headers
+                    .get("content-range")
+                    .and_then(|v| http::parse_content_range(v).ok());
+                match complete {
+                    Some(ContentRange::Unsatisfied { complete })
+                        if t.ranged
+                            && t.end.is_none()
+                            && complete == t.pos
+                            && complete == j.hashed
+                            && j.hashed > 0 =>
+                    {
+                        // The partial already holds every byte: verify and commit it.
+                        let j = self.jobs.get_mut(&id).expect("job exists");
+                        j.total = Some(complete);
+                        j.transfers.remove(&tid);
+                        self.close_conn(conn);
+                        self.event(Event::Response {
+                            job: id,
+                            status: 416,
+                            total: Some(complete),
+                            offset: complete,
+                        });
+                        self.maybe_complete(id);
+                    }
+                    _ => {
+                        self.restart_from_zero(id);
+                        self.fail_attempt(
+                            id,
+                            DownloadError::RangeMismatch {
+                                detail: "416 Range Not Satisfiable for the local partial".into(),
+                            },
+                        );
+                    }
+                }
+            }
+            status => {
+                let retry_after = head
+                    .headers
+                    .get("retry-after")
+                    .and_then(|v| http::parse_retry_after(v, head.headers.get("date")));
+                let url = self.transfer(id, tid).expect("transfer").url.to_string();
+                self.transfer_failed(
+                    id,
+                    tid,
+                    DownloadError::Status {
+                        url,
+                        status,
+                        retry_after,
+                    },
+                );
+            }
+        }
+    }
+
+    /// After the first 206 of a job asked to use segments: split what is left.
+    fn maybe_segment(&mut self, id: JobId, tid: u64) {
+        let Some(j) = self.jobs.get_mut(&id) else {
+            return;
+        };
+        let n = j.spec.segments;
+        if n <= 1 || j.segmented || !matches!(j.phase, Phase::Running) {
+            return;
+        }
+        let (Some(total), Some(_)) = (j.total, j.validator.as_ref()) else {
+            return;
+        };
+        let Some(t) = j.transfers.get(&tid) else {
+            return;
+        };
+        let min = j.spec.min_segment;
+        let plan = plan_segments(t.pos, total, n, min);
+        if plan.len() <= 1 {
+            return;
+        }
+        j.segmented = true;
+        j.transfers.get_mut(&tid).expect("transfer").end = Some(plan[0].1);
+        for (s, e) in plan.iter().skip(1) {
+            self.spawn_transfer(id, *s, Some(*e), true);
+        }
+        self.event(Event::Segmented {
+            job: id,
+            segments: plan.len() as u32,
+        });
+        self.assign_connections();
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn on_redirect(
+        &mut self,
+        id: JobId,
+        tid: u64,
+        conn: ConnId,
+        head: &ResponseHead,
+        framing: Framing,
+        keep_alive: bool,
+        rest: Bytes,
+    ) {
+        let max_redirects = self.config.max_redirects;
+        let t = self.transfer(id, tid).expect("transfer");
+        let Some(location) = head.headers.get("location") else {
+            let url = t.url.to_string();
+            return self.transfer_failed(
+                id,
+                tid,
+                DownloadError::Status {
+                    url,
+                    status: head.status,
+                    retry_after: None,
+                },
+            );
+        };
+        let next = match http::resolve_location(&t.url, location) {
+            Ok(u) => u,
+            Err(source) => {
+                let origin = origin_label(&t.url);
+                return self.transfer_failed(id, tid, DownloadError::Protocol { origin, source });
+            }
+        };
+        if next == t.url || t.chain.contains(&next) {
+            return self.fail_attempt(
+                id,
+                DownloadError::RedirectLoop {
+                    url: next.to_string(),
+                },
+            );
+        }
+        if t.chain.len() as u32 >= max_redirects {
+            return self.fail_attempt(
+                id,
+                DownloadError::TooManyRedirects {
+                    limit: max_redirects,
+                    url: next.to_string(),
+                },
+            );
+        }
+        let from = t.url.clone();
+        t.chain.push(from.clone());
+        self.event(Event::Redirected {
+            job: id,
+            status: head.status,
+            from: from.to_string(),
+            to: next.to_string(),
+        });
+        let drainable = keep_alive
+            && match framing {
+                Framing::Empty | Framing::Chunked => true,
+                Framing::Length(n) => n <= DRAIN_LIMIT,
+                Framing::CloseDelimited => false,
+            };
+        if !drainable {
+            self.close_conn(conn);
+            return self.follow(id, tid, next);
+        }
+        let t = self.transfer(id, tid).expect("transfer");
+        t.phase = TPhase::Draining {
+            decoder: BodyDecoder::new(framing),
+            next,
+        };
+        self.on_drain_bytes(id, tid, conn, rest);
+    }
+
+    fn on_drain_bytes(&mut self, id: JobId, tid: u64, conn: ConnId, mut bytes: Bytes) {
+        let t = self.transfer(id, tid).expect("transfer");
+        let TPhase::Draining { decoder, next } = &mut t.phase else {
+            return;
+        };
+        loop {
+            match decoder.decode(&mut bytes) {
+                Ok(Decoded::Data(_)) if decoder.received() <= DRAIN_LIMIT => continue,
+                Ok(Decoded::NeedMore) => return self.recv(id, tid),
+                Ok(Decoded::Done) if bytes.is_empty() => {
+                    let next = next.clone();
+                    self.release_conn(conn);
+                    return self.follow(id, tid, next);
+                }
+                _ => {
+                    let next = next.clone();
+                    self.close_conn(conn);
+                    return self.follow(id, tid, next);
+                }
+            }
+        }
+    }
+
+    /// Continue the transfer at a redirect target, on a connection to its origin.
+    fn follow(&mut self, id: JobId, tid: u64, next: url::Url) {
+        let t = self.transfer(id, tid).expect("transfer");
+        t.url = next;
+        t.conn = None;
+        t.recv_outstanding = false;
+        t.phase = TPhase::WaitingConn;
+        self.assign_connections();
+    }
+
+    /// A 200 or a valid 206: check what is known against expectations, then stream the body.
+    #[allow(clippy::too_many_arguments)]
+    fn accept_response(
+        &mut self,
+        id: JobId,
+        tid: u64,
+        conn: ConnId,
+        head: &ResponseHead,
+        framing: Framing,
+        keep_alive: bool,
+        rest: Bytes,
+    ) {
+        let now = self.now;
+        let j = self.jobs.get_mut(&id).expect("job exists");
+        if let (Some(expected), Some(total)) = (j.spec.size, j.total) {
+            if expected != total {
+                return self.terminate(
+                    id,
+                    DownloadError::SizeMismatch {
+                        expected,
+                        actual: total,
+                    },
+                    false,
+                );
+            }
+        }
+        if let (Some(limit), Some(total)) = (j.spec.max_size, j.total) {
+            if total > limit {
+                return self.terminate(id, DownloadError::TooLarge { limit, seen: total }, false);
+            }
+        }
+        if matches!(j.spec.dest, crate::download::Destination::Dir(_)) && j.dest_name.is_none() {
+            j.dest_name = head
+                .headers
+                .get("content-disposition")
+                .and_then(http::content_disposition_filename)
+                .and_then(|n| sanitize_file_name(&n));
+        }
+        let t = j.transfers.get_mut(&tid).expect("transfer");
+        j.last_url = Some(t.url.clone());
+        t.phase = TPhase::Body {
+            decoder: BodyDecoder::new(framing),
+            keep_alive,
+            window_start: now,
+            window_bytes: t.got,
+        };
+        let (status, total, offset) = (head.status, j.total, t.pos);
+        self.ensure_file(id);
+        self.event(Event::Response {
+            job: id,
+            status,
+            total,
+            offset,
+        });
+        self.on_body_bytes(id, tid, conn, rest);
+    }
+
+    fn on_body_bytes(&mut self, id: JobId, tid: u64, _conn: ConnId, mut bytes: Bytes) {
+        let mut finished: Option<bool> = None;
+        let mut wrote = false;
+        loop {
+            let t = self.transfer(id, tid).expect("transfer");
+            let TPhase::Body {
+                decoder,
+                keep_alive,
+                ..
+            } = &mut t.phase
+            else {
+                return;
+            };
+            let keep_alive = *keep_alive;
+            match decoder.decode(&mut bytes) {
+                Err(source) => {
+                    let origin = origin_label(&t.url);
+                    if wrote {
+                        self.after_progress(id);
+                    }
+                    return self.transfer_failed(
+                        id,
+                        tid,
+                        DownloadError::Protocol { origin, source },
+                    );
+                }
+                Ok(Decoded::Data(mut data)) => {
+                    let mut truncated = false;
+                    if let Some(end) = t.end {
+                        let room = end.saturating_sub(t.pos);
+                        if data.len() as u64 > room {
+                            truncated = true;
+                            data.truncate(room as usize);
+                        }
+                    }
+                    let offset = t.pos;
+                    let len = data.len() as u64;
+                    t.pos += len;
+                    t.got += len;
+                    if len > 0 {
+                        if let Err(e) = self.accept_data(id, offset, data) {
+                            return self.terminate(id, e, false);
+                        }
+                        wrote = true;
+                    }
+                    let t = self.transfer(id, tid).expect("transfer");
+                    if t.end == Some(t.pos) {
+                        // This segment is complete. The connection is reusable only when the
+                        // response ends exactly here (a stolen-from segment's does not).
+                        let ends_here = !truncated
+                            && match &mut t.phase {
+                                TPhase::Body { decoder, .. } => {
+                                    matches!(decoder.decode(&mut bytes), Ok(Decoded::Done))
+                                }
+                                _ => false,
+                            };
+                        finished = Some(ends_here && keep_alive && bytes.is_empty());
+                        break;
+                    }
+                }
+                Ok(Decoded::NeedMore) => break,
+                Ok(Decoded::Done) => {
+                    finished = Some(keep_alive && bytes.is_empty());
+                    break;
+                }
+            }
+        }
+        if let Some(reusable) = finished {
+            self.transfer_done(id, tid, reusable);
+            if wrote {
+                self.after_progress(id);
+            }
+            return;
+        }
+        let backlog_full = self
+            .jobs
+            .get(&id)
+            .is_some_and(|j| j.write_backlog > self.config.max_write_backlog);
+        if backlog_full {
+            self.transfer(id, tid).expect("transfer").backpressured = true;
+        } else {
+            self.recv(id, tid);
+        }
+        if wrote {
+            self.after_progress(id);
+        }
+    }
+
+    /// A transfer delivered its range (or the whole body): free its connection and give the
+    /// connection's time to what is left.
+    fn transfer_done(&mut self, id: JobId, tid: u64, reusable: bool) {
+        let j = self.jobs.get_mut(&id).expect("job exists");
+        let Some(t) = j.transfers.remove(&tid) else {
+            return;
+        };
+        if let Some(conn) = t.conn {
+            if reusable {
+                self.release_conn(conn);
+            } else {
+                self.close_conn(conn);
+            }
+        }
+        let j = self.jobs.get_mut(&id).expect("job exists");
+        match t.end {
+            Some(end) if t.pos < end => {
+                // The server ended the response early: fetch the rest again.
+                j.gaps.push((t.pos, end));
+            }
+            None if j.total.is_none() => j.total = Some(t.pos),
+            _ => {}
+        }
+        if j.segmented {
+            self.rebalance(id);
+        }
+        self.assign_connections();
+        self.maybe_complete(id);
+    }
+
+    /// Keep `segments` transfers busy: first on unfetched gaps, then by stealing half of the
+    /// largest remaining segment.
+    fn rebalance(&mut self, id: JobId) {
+        loop {
+            let j = self.jobs.get_mut(&id).expect("job exists");
+            if !matches!(j.phase, Phase::Running) || j.transfers.len() >= j.spec.segments as usize {
+                return;
+            }
+            if let Some(gap) = j.gaps.pop() {
+                let min = j.spec.min_segment;
+                // A big gap is split so that several connections can work on it.
+                let free = j.spec.segments as usize - j.transfers.len();
+                let parts = plan_segments(gap.0, gap.1, free as u32, min);
+                for (s, e) in parts {
+                    self.spawn_transfer(id, s, Some(e), true);
+                }
+                continue;
+            }
+            let min = j.spec.min_segment;
+            let victim = j
+                .transfers
+                .iter()
+                .filter(|(_, t)| matches!(t.phase, TPhase::Body { .. }))
+                .filter_map(|(tid, t)| t.end.map(|e| (e - t.pos, *tid, t.pos, e)))
+                .max();
+            let Some((_, vtid, pos, end)) = victim else {
+                return;
+            };
+            let Some(mid) = steal_point(pos, end, min) else {
+                return;
+            };
+            j.transfers.get_mut(&vtid).expect("victim").end = Some(mid);
+            self.spawn_transfer(id, mid, Some(end), true);
+        }
+    }
+
+    /// One transfer failed. A segmented job puts the range back and carries on with its
+    /// other connections; otherwise (or when nothing else runs) the attempt fails.
+    fn transfer_failed(&mut self, id: JobId, tid: u64, error: DownloadError) {
+        let Some(j) = self.jobs.get_mut(&id) else {
+            return;
+        };
+        if j.segmented && j.transfers.len() > 1 && error.retryable() {
+            let t = j.transfers.remove(&tid).expect("transfer");
+            if let Some(end) = t.end {
+                if t.pos < end {
+                    j.gaps.push((t.pos, end));
+                }
+            }
+            if let Some(conn) = t.conn {
+                self.close_conn(conn);
+            }
+            tracing::debug!(job = %id, "segment failed, its range goes back to the pool: {error}");
+            return;
+        }
+        self.fail_attempt(id, error);
+    }
+
+    pub(super) fn on_transfer_deadline(&mut self, id: JobId, tid: u64, due: Due) {
+        let now = self.now;
+        let low_speed = self.config.low_speed;
+        let Some(t) = self.transfer(id, tid) else {
+            return;
+        };
+        let kind = match due {
+            Due::Throttle => {
+                t.throttled_until = None;
+                return self.recv(id, tid);
+            }
+            Due::Backoff => return,
+            Due::Timeout(kind) => kind,
+        };
+        if kind == TimeoutKind::LowSpeed {
+            let ls = low_speed.expect("low-speed deadline implies a limit");
+            if let TPhase::Body {
+                window_start,
+                window_bytes,
+                ..
+            } = &mut t.phase
+            {
+                let got = t.got - *window_bytes;
+                let needed = (ls.bytes_per_sec as f64 * ls.window.as_secs_f64()) as u64;
+                if got >= needed {
+                    *window_start = now;
+                    *window_bytes = t.got;
+                    return;
+                }
+            }
+        }
+        let after = match kind {
+            TimeoutKind::Connect => self.config.connect_timeout,
+            TimeoutKind::ResponseHead => self.config.head_timeout,
+            TimeoutKind::Idle => self.config.idle_timeout,
+            TimeoutKind::LowSpeed => low_speed.map(|l| l.window).unwrap_or_default(),
+        };
+        let origin = origin_label(&self.transfer(id, tid).expect("transfer").url);
+        self.transfer_failed(
+            id,
+            tid,
+            DownloadError::Timeout {
+                kind,
+                origin,
+                after,
+            },
+        );
+    }
+
+    pub(super) fn release_conn(&mut self, conn: ConnId) {
+        if let Some(c) = self.conns.get_mut(&conn) {
+            c.served += 1;
+            c.state = ConnState::Idle { since: self.now };
+        }
+    }
+
+    pub(super) fn close_conn(&mut self, conn: ConnId) {
+        if let Some(c) = self.conns.get_mut(&conn) {
+            if !matches!(c.state, ConnState::Closing) {
+                c.state = ConnState::Closing;
+                self.io(Route::Close(conn), IoOp::Close { conn });
+            }
+        }
+    }
+
+    /// Close every transfer's connection and forget the transfers.
+    pub(super) fn stop_transfers(&mut self, id: JobId) {
+        let Some(j) = self.jobs.get_mut(&id) else {
+            return;
+        };
+        let conns: Vec<ConnId> = j.transfers.values().filter_map(|t| t.conn).collect();
+        j.transfers.clear();
+        j.gaps.clear();
+        for c in conns {
+            self.close_conn(c);
+        }
+    }
+
+    /// The current attempt failed: retry after a backoff, or end the job.
+    pub(super) fn fail_attempt(&mut self, id: JobId, error: DownloadError) {
+        if !self.jobs.contains_key(&id) {
+            return;
+        }
+        self.stop_transfers(id);
+        let j = self.jobs.get_mut(&id).expect("job exists");
+        if !matches!(j.phase, Phase::Running) {
+            return;
+        }
+        let policy = self.config.retry;
+        let elapsed = self.now.saturating_since(j.submitted);
+        if error.retryable() && j.attempt < policy.max_attempts {
+            let exp = policy
+                .base_delay
+                .saturating_mul(1u32 << (j.attempt - 1).min(20))
+                .min(policy.max_delay);
+            // "Equal jitter": at least half the exponential delay, so the backoff still grows.
+            let jittered = exp / 2 + exp.mul_f64(self.rng.next_f64() / 2.0);
+            let delay = match &error {
+                DownloadError::Status {
+                    retry_after: Some(ra),
+                    ..
+                } => jittered.max(*ra),
+                _ => jittered,
+            };
+            if elapsed + delay <= policy.max_elapsed {
+                let j = self.jobs.get_mut(&id).expect("job exists");
+                j.attempt += 1;
+                let attempt = j.attempt;
+                j.phase = Phase::Backoff {
+                    until: self.now + delay,
+                };
+                tracing::debug!(job = %id, attempt, ?delay, "retrying after: {error}");
+                self.event(Event::Retrying {
+                    job: id,
+                    attempt,
+                    delay,
+                    error,
+                });
+                let j = &self.jobs[&id];
+                if !j.checkpoint_running
+                    && j.file.is_some()
+                    && j.validator.is_some()
+                    && j.present() > j.durable
+                {
+                    self.start_checkpoint(id);
+                }
+                return;
+            }
+        }
+        self.terminate(id, error, true);
+    }
+}
+
+/// Whether a 206 continues what the transfer asked for: Ok((complete length, the response's
+/// validator)) or why not.
+fn check_partial_response(
+    j: &Job,
+    t: &Transfer,
+    head: &ResponseHead,
+    framing: Framing,
+) -> Result<(u64, Option<Validator>), String> {
+    if !t.ranged {
+        return Err("206 Partial Content to a request without Range".into());
+    }
+    let Some(value) = head.headers.get("content-range") else {
+        return Err("206 without Content-Range".into());
+    };
+    let (first, last, complete) = match http::parse_content_range(value) {
+        Ok(ContentRange::Bytes {
+            first,
+            last,
+            complete: Some(c),
+        }) => (first, last, c),
+        _ => return Err(format!("unusable Content-Range {value:?}")),
+    };
+    if first != t.pos {
+        return Err(format!("range starts at {first}, expected {}", t.pos));
+    }
+    let want_end = t.end.unwrap_or(complete);
+    if last + 1 != want_end.min(complete) {
+        return Err(format!("range ends at {last}, expected {}", want_end - 1));
+    }
+    if j.total.is_some_and(|total| total != complete) {
+        return Err(format!(
+            "complete length {complete} differs from the {} bytes known",
+            j.total.unwrap_or_default()
+        ));
+    }
+    if let Framing::Length(n) = framing {
+        if n != last + 1 - first {
+            return Err(format!(
+                "Content-Length {n} disagrees with Content-Range {value}"
+            ));
+        }
+    }
+    match &j.validator {
+        Some(v) if v.matches_response(head) => Ok((complete, None)),
+        Some(_) => Err("the representation's validator changed".into()),
+        None if first == 0 => Ok((complete, Validator::of_response(head))),
+        None => Err("a range of a representation without a strong validator".into()),
+    }
+}
