@@ -115,6 +115,25 @@ fn handshake(
     }
 }
 
+/// A socket error after setup, as the engine's failure class.
+pub fn net_failure(e: &std::io::Error) -> IoFailure {
+    let kind = match e.kind() {
+        ErrorKind::ConnectionRefused | ErrorKind::TimedOut | ErrorKind::AddrNotAvailable => {
+            IoErrorKind::ConnectFailed
+        }
+        _ => IoErrorKind::Reset,
+    };
+    IoFailure::new(kind, e.to_string())
+}
+
+/// The completion of a request on a connection that is closed or was never established.
+pub fn connection_closed() -> haul_core::IoResult {
+    haul_core::IoResult::Failed(IoFailure::new(
+        IoErrorKind::Cancelled,
+        "connection is closed",
+    ))
+}
+
 fn setup_failure(e: &std::io::Error, target: &Origin) -> IoFailure {
     IoFailure::new(
         IoErrorKind::ConnectFailed,

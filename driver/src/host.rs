@@ -88,6 +88,21 @@ impl Host {
     }
 }
 
+/// The job an event is about.
+pub fn event_job(ev: &Event) -> JobId {
+    match ev {
+        Event::Queued { job, .. }
+        | Event::Started { job, .. }
+        | Event::Resuming { job, .. }
+        | Event::Redirected { job, .. }
+        | Event::Response { job, .. }
+        | Event::Segmented { job, .. }
+        | Event::Progress { job, .. }
+        | Event::Retrying { job, .. }
+        | Event::Finished { job, .. } => *job,
+    }
+}
+
 /// A seed for jitter that differs between processes and clients.
 fn os_seed() -> u64 {
     let mut h = RandomState::new().build_hasher();

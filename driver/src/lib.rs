@@ -25,9 +25,9 @@ pub mod transport;
 
 use bytes::{Bytes, BytesMut};
 
-pub use connect::{establish, Established};
+pub use connect::{connection_closed, establish, net_failure, Established};
 pub use files::{BlockingSpawner, BlockingWork, Completions, Files, Threads};
-pub use host::Host;
+pub use host::{event_job, Host};
 pub use transport::{Plain, TlsSetup, TlsSetupError, Transport};
 
 /// Size of one socket read.

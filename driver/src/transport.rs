@@ -159,9 +159,8 @@ impl Transport {
                 let name = ServerName::try_from(host.to_string()).map_err(|e| {
                     IoFailure::new(IoErrorKind::Tls, format!("TLS to {host}: bad name: {e}"))
                 })?;
-                let mut c = ClientConnection::new(tls.config.clone(), name).map_err(|e| {
-                    IoFailure::new(IoErrorKind::Tls, format!("TLS to {host}: {e}"))
-                })?;
+                let mut c = ClientConnection::new(tls.config.clone(), name)
+                    .map_err(|e| IoFailure::new(IoErrorKind::Tls, format!("TLS to {host}: {e}")))?;
                 c.set_buffer_limit(None);
                 Some(c)
             }
@@ -351,7 +350,10 @@ impl Transport {
         } else {
             e.to_string()
         };
-        IoFailure::new(IoErrorKind::Reset, format!("TLS with {}: {what}", self.host))
+        IoFailure::new(
+            IoErrorKind::Reset,
+            format!("TLS with {}: {what}", self.host),
+        )
     }
 }
 
@@ -461,7 +463,10 @@ mod tests {
             .unwrap();
         let first = t.take_outgoing().unwrap();
         assert!(first.starts_with(b"CONNECT "));
-        assert!(t.take_outgoing().is_none(), "no TLS bytes before the tunnel");
+        assert!(
+            t.take_outgoing().is_none(),
+            "no TLS bytes before the tunnel"
+        );
         t.feed_wire(b"HTTP/1.0 200 OK\r\n\r\n");
         t.advance().unwrap();
         let hello = t.take_outgoing().unwrap();
@@ -488,7 +493,10 @@ mod tests {
         let der = ca.cert.der().to_vec();
         TlsSetup::new(&[pem, der]).unwrap();
         let err = TlsSetup::new(&[b"-----BEGIN NOTHING-----\n".to_vec()]).unwrap_err();
-        assert!(matches!(err, TlsSetupError::BadRoot { index: 0, .. }), "{err}");
+        assert!(
+            matches!(err, TlsSetupError::BadRoot { index: 0, .. }),
+            "{err}"
+        );
         assert!(TlsSetup::new(&[vec![1, 2, 3]]).is_err());
     }
 }

@@ -14,6 +14,9 @@
 //!
 //! Requests are written from the driver thread (a request head always fits in the socket
 //! buffer; a write timeout guards the pathological case).
+//!
+//! Shared with the async runtimes (`haul-driver`): the engine host, connection setup
+//! (proxy `CONNECT` and rustls TLS as one sans-IO transform) and the file executor.
 
 #![forbid(unsafe_code)]
 
@@ -21,17 +24,15 @@ pub mod files;
 pub mod modules;
 mod net;
 
-use std::collections::hash_map::RandomState;
 use std::collections::BTreeMap;
-use std::hash::{BuildHasher, Hasher};
 use std::sync::mpsc::{self, Receiver, RecvTimeoutError, Sender};
 use std::sync::Mutex;
 use std::time::Duration;
 
 use haul_core::{
-    CancelMode, Config, ConfigError, Download, DownloadError, Engine, Event, Input, IoId,
-    IoRequest, IoResult, JobId, Outcome, Output,
+    Config, ConfigError, Download, DownloadError, Event, IoId, IoRequest, IoResult, JobId, Outcome,
 };
+use haul_driver::{Completions, Host, Threads};
 
 pub use haul_core;
 
@@ -41,6 +42,16 @@ pub(crate) enum Msg {
     Done(IoId, IoResult),
     /// Cancel every running job (keeping partials for resume).
     CancelAll,
+}
+
+/// Completions into the driver's channel.
+#[derive(Clone)]
+pub(crate) struct Sink(pub(crate) Sender<Msg>);
+
+impl Completions for Sink {
+    fn complete(&self, id: IoId, result: IoResult) {
+        let _ = self.0.send(Msg::Done(id, result));
+    }
 }
 
 /// Wakes a running [`Client`] call from another thread to cancel its jobs.
@@ -59,17 +70,10 @@ impl CancelHandle {
 /// Executes I/O requests on threads; completions arrive on the driver's channel.
 pub(crate) struct Runtime {
     net: net::Net,
-    files: files::Files,
+    files: haul_driver::Files<Sink, Threads>,
 }
 
 impl Runtime {
-    fn new(tx: Sender<Msg>, config: &Config) -> Runtime {
-        Runtime {
-            net: net::Net::new(tx.clone(), config),
-            files: files::Files::new(tx),
-        }
-    }
-
     fn start(&mut self, req: IoRequest) {
         use haul_core::IoOp::*;
         match req.op {
@@ -81,47 +85,37 @@ impl Runtime {
 
 /// The engine and its runtime, driven on the caller's thread.
 struct Driver {
-    engine: Engine,
+    host: Host,
     runtime: Runtime,
     rx: Receiver<Msg>,
-    epoch: std::time::Instant,
 }
 
 impl Driver {
-    fn now(&self) -> haul_core::Instant {
-        haul_core::Instant::from_duration(self.epoch.elapsed())
-    }
-
     /// Run `downloads` to completion, reporting events; results in submission order.
     fn run(
         &mut self,
         downloads: Vec<Download>,
         on_event: &mut dyn FnMut(&Event),
     ) -> Vec<Result<Outcome, DownloadError>> {
-        let mut order: Vec<JobId> = Vec::with_capacity(downloads.len());
+        let order: Vec<JobId> = downloads.into_iter().map(|d| self.host.submit(d)).collect();
         let mut results: BTreeMap<JobId, Result<Outcome, DownloadError>> = BTreeMap::new();
-        for d in downloads {
-            let now = self.now();
-            order.push(self.engine.submit(now, d));
-        }
         loop {
-            while let Some(out) = self.engine.poll_output() {
-                match out {
-                    Output::Io(req) => self.runtime.start(req),
-                    Output::Event(ev) => {
-                        on_event(&ev);
-                        if let Event::Finished { job, result } = ev {
-                            results.insert(job, result);
-                        }
+            let runtime = &mut self.runtime;
+            self.host.drain(
+                |req| runtime.start(req),
+                |ev| {
+                    on_event(&ev);
+                    if let Event::Finished { job, result } = ev {
+                        results.insert(job, result);
                     }
-                }
-            }
+                },
+            );
             if results.len() == order.len() {
                 break;
             }
-            let msg = match self.engine.poll_timeout() {
+            let msg = match self.host.deadline() {
                 Some(deadline) => {
-                    let wait = deadline.saturating_since(self.now());
+                    let wait = deadline.saturating_duration_since(std::time::Instant::now());
                     match self.rx.recv_timeout(wait) {
                         Ok(m) => Some(m),
                         Err(RecvTimeoutError::Timeout) => None,
@@ -132,18 +126,16 @@ impl Driver {
                 }
                 None => Some(self.rx.recv().expect("driver holds a sender")),
             };
-            let now = self.now();
-            match msg {
-                None => self.engine.handle_input(now, Input::Tick),
-                Some(m) => {
-                    self.handle(now, m, &order, &results);
-                    // Batch whatever else completed meanwhile before polling outputs.
-                    while let Ok(m) = self.rx.try_recv() {
-                        self.handle(now, m, &order, &results);
-                    }
-                    self.engine.handle_input(now, Input::Tick);
-                }
+            let Some(m) = msg else {
+                self.host.tick();
+                continue;
+            };
+            self.handle(m, &order, &results);
+            // Batch whatever else completed meanwhile before polling outputs.
+            while let Ok(m) = self.rx.try_recv() {
+                self.handle(m, &order, &results);
             }
+            self.host.tick();
         }
         order
             .into_iter()
@@ -153,16 +145,15 @@ impl Driver {
 
     fn handle(
         &mut self,
-        now: haul_core::Instant,
         m: Msg,
         order: &[JobId],
         results: &BTreeMap<JobId, Result<Outcome, DownloadError>>,
     ) {
         match m {
-            Msg::Done(id, result) => self.engine.handle_input(now, Input::Io { id, result }),
+            Msg::Done(id, result) => self.host.complete(id, result),
             Msg::CancelAll => {
                 for job in order.iter().filter(|j| !results.contains_key(j)) {
-                    self.engine.cancel(now, *job, CancelMode::KeepPartial);
+                    self.host.cancel(*job);
                 }
             }
         }
@@ -178,19 +169,17 @@ pub struct Client {
 
 impl Client {
     /// A client with the given configuration (the jitter seed is drawn from the OS).
-    pub fn new(mut config: Config) -> Result<Client, ConfigError> {
-        config.seed = os_seed();
+    pub fn new(config: Config) -> Result<Client, ConfigError> {
         let (tx, rx) = mpsc::channel();
-        let runtime = Runtime::new(tx.clone(), &config);
-        let engine = Engine::new(config, haul_core::Instant::ZERO)?;
+        let tls = haul_driver::tls_setup(&config)?;
+        let runtime = Runtime {
+            net: net::Net::new(Sink(tx.clone()), tls, &config),
+            files: haul_driver::Files::new(Sink(tx.clone()), Threads),
+        };
+        let host = Host::new(config)?;
         Ok(Client {
-            cancel: CancelHandle { tx: tx.clone() },
-            driver: Mutex::new(Driver {
-                engine,
-                runtime,
-                rx,
-                epoch: std::time::Instant::now(),
-            }),
+            cancel: CancelHandle { tx },
+            driver: Mutex::new(Driver { host, runtime, rx }),
         })
     }
 
@@ -221,18 +210,11 @@ impl Client {
         // that arrived between calls (closing idle connections) still go to the engine.
         while let Ok(m) = driver.rx.try_recv() {
             if let Msg::Done(id, result) = m {
-                let now = driver.now();
-                driver.engine.handle_input(now, Input::Io { id, result });
+                driver.host.complete(id, result);
             }
         }
         driver.run(downloads, &mut on_event)
     }
-}
-
-fn os_seed() -> u64 {
-    let mut h = RandomState::new().build_hasher();
-    h.write_u64(std::process::id() as u64);
-    h.finish()
 }
 
 /// Longest a request write may block (a request head always fits the socket buffer).

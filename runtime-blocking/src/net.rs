@@ -1,257 +1,247 @@
-//! Sockets: one thread per connection that connects, then reads one buffer ahead.
+//! Sockets: one thread per connection that sets up (shared `haul_driver::establish`: DNS,
+//! connect, proxy `CONNECT`, TLS), then reads one buffer ahead.
 //!
 //! Closing shuts the socket down from the driver thread, which unblocks the reader; the
 //! reader then completes whatever it was asked and the close itself. Every request gets
-//! exactly one completion.
+//! exactly one completion. With TLS (or a tunnel) the shared [`Transport`] sits between the
+//! socket and the engine behind a lock that is never held across a blocking socket call, so
+//! the reader can wait for bytes while the driver thread writes the next request.
 
 use std::collections::BTreeMap;
 use std::io::{ErrorKind, Read, Write};
-use std::net::{Shutdown, TcpStream, ToSocketAddrs};
+use std::net::{Shutdown, TcpStream};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::{self, Receiver, Sender};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use bytes::BytesMut;
-use haul_core::http::{Origin, Scheme};
-use haul_core::{Config, ConnId, IoErrorKind, IoFailure, IoId, IoOp, IoRequest, IoResult};
+use haul_core::http::Origin;
+use haul_core::{Config, ConnId, IoFailure, IoId, IoOp, IoRequest, IoResult, ProxyHop};
+use haul_driver::{
+    connection_closed, establish, net_failure, Completions, Plain, ReadSlab, TlsSetup, Transport,
+};
 
-use crate::{Msg, SEND_TIMEOUT};
-
-/// Size of one socket read.
-const READ_CHUNK: usize = 256 * 1024;
-/// Size of the slab reads are carved from (amortises allocation).
-const SLAB: usize = 4 * 1024 * 1024;
+use crate::{Sink, SEND_TIMEOUT};
 
 enum Cmd {
     Recv(IoId),
     Close(IoId),
 }
 
-struct ConnHandle {
-    cmds: Sender<Cmd>,
-    /// The connected socket, for sends and for shutdown on close.
-    stream: Arc<Mutex<Option<TcpStream>>>,
-    closed: Arc<std::sync::atomic::AtomicBool>,
+/// An established connection, shared by its reader thread and the driver thread (sends).
+struct Link {
+    stream: TcpStream,
+    transport: Option<Mutex<Transport>>,
+    /// Serialises writers so TLS records leave in the order they were sealed.
+    writing: Mutex<()>,
 }
 
-pub(crate) struct Net {
-    tx: Sender<Msg>,
-    conns: BTreeMap<ConnId, ConnHandle>,
-    connect_timeout: Duration,
-}
-
-impl Net {
-    pub(crate) fn new(tx: Sender<Msg>, config: &Config) -> Net {
-        Net {
-            tx,
-            conns: BTreeMap::new(),
-            connect_timeout: config.connect_timeout,
-        }
-    }
-
-    fn done(&self, id: IoId, r: IoResult) {
-        let _ = self.tx.send(Msg::Done(id, r));
-    }
-
-    pub(crate) fn start(&mut self, req: IoRequest) {
-        match req.op {
-            IoOp::Connect { conn, origin, via } => {
-                // Until tunnels land, a plain-HTTP hop means connecting to the proxy.
-                let target = via.map(|h| h.proxy).unwrap_or(origin);
-                self.connect(req.id, conn, target)
-            }
-            IoOp::Send { conn, data } => {
-                let r = match self.conns.get(&conn) {
-                    Some(h) => send(h, &data),
-                    None => gone(),
-                };
-                self.done(req.id, r);
-            }
-            IoOp::Recv { conn } => match self.conns.get(&conn) {
-                Some(h) => {
-                    if let Err(mpsc::SendError(Cmd::Recv(id))) = h.cmds.send(Cmd::Recv(req.id)) {
-                        self.done(id, gone());
-                    }
+impl Link {
+    fn send(&self, data: &[u8]) -> IoResult {
+        let _writing = self.writing.lock().unwrap_or_else(|e| e.into_inner());
+        let out = match &self.transport {
+            None => return write(&self.stream, data),
+            Some(t) => {
+                let mut t = t.lock().unwrap_or_else(|e| e.into_inner());
+                if let Err(f) = t.send_plain(data) {
+                    return IoResult::Failed(f);
                 }
-                None => self.done(req.id, gone()),
-            },
-            IoOp::Close { conn } => match self.conns.remove(&conn) {
-                Some(h) => {
-                    h.closed.store(true, std::sync::atomic::Ordering::SeqCst);
-                    if let Some(s) = h.stream.lock().unwrap_or_else(|e| e.into_inner()).as_ref() {
-                        let _ = s.shutdown(Shutdown::Both);
-                    }
-                    if let Err(mpsc::SendError(Cmd::Close(id))) = h.cmds.send(Cmd::Close(req.id)) {
-                        self.done(id, IoResult::Done);
-                    }
-                }
-                None => self.done(req.id, IoResult::Done),
-            },
-            other => unreachable!("not a network operation: {other:?}"),
+                t.take_outgoing()
+            }
+        };
+        match out {
+            Some(out) => write(&self.stream, &out),
+            None => IoResult::Done,
         }
     }
 
-    fn connect(&mut self, id: IoId, conn: ConnId, origin: Origin) {
-        let (cmds, rx) = mpsc::channel();
-        let stream = Arc::new(Mutex::new(None));
-        let closed = Arc::new(std::sync::atomic::AtomicBool::new(false));
-        self.conns.insert(
-            conn,
-            ConnHandle {
-                cmds,
-                stream: stream.clone(),
-                closed: closed.clone(),
-            },
-        );
-        let tx = self.tx.clone();
-        let timeout = self.connect_timeout;
-        let spawned = std::thread::Builder::new()
-            .name(format!("haul-{conn}"))
-            .spawn(move || connection_thread(id, origin, timeout, stream, closed, rx, tx));
-        if let Err(e) = spawned {
-            self.conns.remove(&conn);
-            self.done(
-                id,
-                IoResult::Failed(IoFailure::new(IoErrorKind::Other, format!("spawn: {e}"))),
-            );
+    fn read(&self, slab: &mut ReadSlab, wire: &mut Vec<u8>) -> IoResult {
+        let Some(t) = &self.transport else {
+            return read_some(&self.stream, slab);
+        };
+        loop {
+            let got = t
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .read_plain(slab.chunk());
+            match got {
+                Ok(Plain::Data(n)) => return IoResult::Data(slab.take(n)),
+                Ok(Plain::Eof) => return IoResult::Eof,
+                Err(f) => return IoResult::Failed(f),
+                Ok(Plain::NeedWire) => {}
+            }
+            if wire.is_empty() {
+                *wire = vec![0; haul_driver::READ_CHUNK];
+            }
+            match (&self.stream).read(wire) {
+                Ok(n) => t
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .feed_wire(&wire[..n]),
+                Err(e) if e.kind() == ErrorKind::Interrupted => {}
+                Err(e) => return IoResult::Failed(net_failure(&e)),
+            }
         }
     }
 }
 
-fn gone() -> IoResult {
-    IoResult::Failed(IoFailure::new(
-        IoErrorKind::Cancelled,
-        "connection is closed",
-    ))
-}
-
-fn send(h: &ConnHandle, data: &[u8]) -> IoResult {
-    let guard = h.stream.lock().unwrap_or_else(|e| e.into_inner());
-    let Some(mut s) = guard.as_ref() else {
-        return gone();
-    };
-    match s.write_all(data) {
+fn write(mut stream: &TcpStream, data: &[u8]) -> IoResult {
+    match stream.write_all(data) {
         Ok(()) => IoResult::Done,
         Err(e) => IoResult::Failed(net_failure(&e)),
     }
 }
 
-pub(crate) fn net_failure(e: &std::io::Error) -> IoFailure {
-    let kind = match e.kind() {
-        ErrorKind::ConnectionRefused | ErrorKind::TimedOut | ErrorKind::AddrNotAvailable => {
-            IoErrorKind::ConnectFailed
-        }
-        ErrorKind::ConnectionReset
-        | ErrorKind::ConnectionAborted
-        | ErrorKind::BrokenPipe
-        | ErrorKind::UnexpectedEof
-        | ErrorKind::NotConnected
-        | ErrorKind::WouldBlock => IoErrorKind::Reset,
-        _ => IoErrorKind::Reset,
-    };
-    IoFailure::new(kind, e.to_string())
+/// The driver thread's view of a connection.
+struct ConnHandle {
+    cmds: Sender<Cmd>,
+    /// The established link, for sends and for shutdown on close.
+    link: Arc<Mutex<Option<Arc<Link>>>>,
+    closed: Arc<AtomicBool>,
 }
 
-fn establish(origin: &Origin, timeout: Duration) -> Result<TcpStream, IoFailure> {
-    if origin.scheme == Scheme::Https {
-        return Err(IoFailure::new(
-            IoErrorKind::Tls,
-            "https is not supported by this runtime build yet",
-        ));
-    }
-    let host = origin.host.trim_start_matches('[').trim_end_matches(']');
-    let addrs: Vec<_> = (host, origin.port)
-        .to_socket_addrs()
-        .map_err(|e| IoFailure::new(IoErrorKind::Dns, format!("cannot resolve {host}: {e}")))?
-        .collect();
-    if addrs.is_empty() {
-        return Err(IoFailure::new(
-            IoErrorKind::Dns,
-            format!("{host} has no address"),
-        ));
-    }
-    let mut last = None;
-    for addr in addrs {
-        match TcpStream::connect_timeout(&addr, timeout) {
-            Ok(s) => {
-                let _ = s.set_nodelay(true);
-                let _ = s.set_write_timeout(Some(SEND_TIMEOUT));
-                return Ok(s);
-            }
-            Err(e) => {
-                last = Some(IoFailure::new(
-                    IoErrorKind::ConnectFailed,
-                    format!("{addr}: {e}"),
-                ))
-            }
+pub(crate) struct Net {
+    sink: Sink,
+    tls: TlsSetup,
+    conns: BTreeMap<ConnId, ConnHandle>,
+    connect_timeout: Duration,
+}
+
+impl Net {
+    pub(crate) fn new(sink: Sink, tls: TlsSetup, config: &Config) -> Net {
+        Net {
+            sink,
+            tls,
+            conns: BTreeMap::new(),
+            connect_timeout: config.connect_timeout,
         }
     }
-    Err(last.expect("at least one address tried"))
+
+    pub(crate) fn start(&mut self, req: IoRequest) {
+        match req.op {
+            IoOp::Connect { conn, origin, via } => self.connect(req.id, conn, origin, via),
+            IoOp::Send { conn, data } => {
+                let link = self.conns.get(&conn).and_then(|h| current(&h.link));
+                let r = match link {
+                    Some(link) => link.send(&data),
+                    None => connection_closed(),
+                };
+                self.sink.complete(req.id, r);
+            }
+            IoOp::Recv { conn } => match self.conns.get(&conn) {
+                Some(h) => {
+                    if let Err(mpsc::SendError(Cmd::Recv(id))) = h.cmds.send(Cmd::Recv(req.id)) {
+                        self.sink.complete(id, connection_closed());
+                    }
+                }
+                None => self.sink.complete(req.id, connection_closed()),
+            },
+            IoOp::Close { conn } => match self.conns.remove(&conn) {
+                Some(h) => {
+                    h.closed.store(true, Ordering::SeqCst);
+                    if let Some(link) = current(&h.link) {
+                        let _ = link.stream.shutdown(Shutdown::Both);
+                    }
+                    if let Err(mpsc::SendError(Cmd::Close(id))) = h.cmds.send(Cmd::Close(req.id)) {
+                        self.sink.complete(id, IoResult::Done);
+                    }
+                }
+                None => self.sink.complete(req.id, IoResult::Done),
+            },
+            other => unreachable!("not a network operation: {other:?}"),
+        }
+    }
+
+    fn connect(&mut self, id: IoId, conn: ConnId, origin: Origin, via: Option<ProxyHop>) {
+        let (cmds, rx) = mpsc::channel();
+        let link = Arc::new(Mutex::new(None));
+        let closed = Arc::new(AtomicBool::new(false));
+        self.conns.insert(
+            conn,
+            ConnHandle {
+                cmds,
+                link: link.clone(),
+                closed: closed.clone(),
+            },
+        );
+        let sink = self.sink.clone();
+        let (tls, timeout) = (self.tls.clone(), self.connect_timeout);
+        let setup = move || establish(&origin, via.as_ref(), &tls, timeout);
+        let spawned = std::thread::Builder::new()
+            .name(format!("haul-{conn}"))
+            .spawn(move || connection_thread(id, setup, link, closed, rx, sink));
+        if let Err(e) = spawned {
+            self.conns.remove(&conn);
+            self.sink.complete(
+                id,
+                IoResult::Failed(IoFailure::new(
+                    haul_core::IoErrorKind::Other,
+                    format!("spawn: {e}"),
+                )),
+            );
+        }
+    }
+}
+
+fn current(slot: &Mutex<Option<Arc<Link>>>) -> Option<Arc<Link>> {
+    slot.lock().unwrap_or_else(|e| e.into_inner()).clone()
 }
 
 fn connection_thread(
     connect_id: IoId,
-    origin: Origin,
-    timeout: Duration,
-    slot: Arc<Mutex<Option<TcpStream>>>,
-    closed: Arc<std::sync::atomic::AtomicBool>,
+    setup: impl FnOnce() -> Result<haul_driver::Established, IoFailure>,
+    slot: Arc<Mutex<Option<Arc<Link>>>>,
+    closed: Arc<AtomicBool>,
     cmds: Receiver<Cmd>,
-    tx: Sender<Msg>,
+    sink: Sink,
 ) {
-    let done = |id, r| {
-        let _ = tx.send(Msg::Done(id, r));
-    };
-    let mut reader = match establish(&origin, timeout) {
-        Ok(s) => {
-            let reader = s.try_clone();
-            *slot.lock().unwrap_or_else(|e| e.into_inner()) = Some(s);
-            if closed.load(std::sync::atomic::Ordering::SeqCst) {
+    let link = match setup() {
+        Ok(e) => {
+            let _ = e.stream.set_write_timeout(Some(SEND_TIMEOUT));
+            let link = Arc::new(Link {
+                stream: e.stream,
+                transport: e.transport.map(Mutex::new),
+                writing: Mutex::new(()),
+            });
+            *slot.lock().unwrap_or_else(|e| e.into_inner()) = Some(link.clone());
+            if closed.load(Ordering::SeqCst) {
                 // Closed while connecting: the close may have missed the socket.
-                if let Some(s) = slot.lock().unwrap_or_else(|e| e.into_inner()).as_ref() {
-                    let _ = s.shutdown(Shutdown::Both);
-                }
+                let _ = link.stream.shutdown(Shutdown::Both);
             }
-            match reader {
-                Ok(r) => {
-                    done(connect_id, IoResult::Done);
-                    Some(r)
-                }
-                Err(e) => {
-                    done(connect_id, IoResult::Failed(net_failure(&e)));
-                    None
-                }
-            }
+            sink.complete(connect_id, IoResult::Done);
+            Some(link)
         }
         Err(f) => {
-            done(connect_id, IoResult::Failed(f));
+            sink.complete(connect_id, IoResult::Failed(f));
             None
         }
     };
-    let mut slab = BytesMut::new();
+    let mut slab = ReadSlab::default();
+    let mut wire = Vec::new();
     // One buffer read ahead of the engine's requests.
     let mut ahead: Option<IoResult> = None;
-    let mut finished = reader.is_none();
+    let mut finished = link.is_none();
     loop {
         if ahead.is_none() && !finished {
-            let r = reader.as_mut().expect("connected");
-            ahead = Some(read_some(r, &mut slab));
+            let link = link.as_ref().expect("connected");
+            ahead = Some(link.read(&mut slab, &mut wire));
         }
         match cmds.recv() {
             Ok(Cmd::Recv(id)) => {
                 let r = if finished {
-                    gone()
+                    connection_closed()
                 } else {
                     ahead.take().expect("read ahead")
                 };
                 if !matches!(r, IoResult::Data(_)) {
                     finished = true;
                 }
-                done(id, r);
+                sink.complete(id, r);
             }
             Ok(Cmd::Close(id)) => {
-                drop(reader.take());
                 slot.lock().unwrap_or_else(|e| e.into_inner()).take();
-                done(id, IoResult::Done);
+                drop(link);
+                sink.complete(id, IoResult::Done);
                 return;
             }
             Err(_) => return,
@@ -259,14 +249,11 @@ fn connection_thread(
     }
 }
 
-fn read_some(r: &mut TcpStream, slab: &mut BytesMut) -> IoResult {
-    if slab.len() < READ_CHUNK {
-        *slab = BytesMut::zeroed(SLAB);
-    }
+fn read_some(mut stream: &TcpStream, slab: &mut ReadSlab) -> IoResult {
     loop {
-        match r.read(&mut slab[..READ_CHUNK]) {
+        match stream.read(slab.chunk()) {
             Ok(0) => return IoResult::Eof,
-            Ok(n) => return IoResult::Data(slab.split_to(n).freeze()),
+            Ok(n) => return IoResult::Data(slab.take(n)),
             Err(e) if e.kind() == ErrorKind::Interrupted => continue,
             Err(e) => return IoResult::Failed(net_failure(&e)),
         }

@@ -1,2 +1,87 @@
-//! Work in progress.
+//! haul-smol: haul on smol (async-io, async-executor and blocking, through the `smol` crate).
+//!
+//! Owns only what smol supplies to the shared async driver ([`haul_async`]): task spawning on
+//! an executor, `blocking::unblock` for file work and connection setup, `Async<TcpStream>`
+//! and `async_io::Timer`. Everything else (the engine loop, connections, TLS, proxies,
+//! files) is shared with the other runtimes.
+//!
+//! By default tasks go to smol's global executor (`smol::spawn`); [`Smol::on`] puts them on
+//! an executor of yours instead.
 #![forbid(unsafe_code)]
+
+use std::future::Future;
+use std::io;
+use std::net::TcpStream;
+use std::sync::Arc;
+
+use haul_async::{AsyncRuntime, AsyncSocket, BlockingWork};
+use smol::io::{AsyncReadExt, AsyncWriteExt};
+use smol::{Async, Timer};
+
+pub use haul_async::{haul_core, Transfer, TransferResult};
+
+/// An async download client on smol.
+pub type Client = haul_async::Client<Smol>;
+
+/// Where a [`Client`]'s tasks run.
+#[derive(Clone, Default)]
+pub struct Smol {
+    executor: Option<Arc<smol::Executor<'static>>>,
+}
+
+impl std::fmt::Debug for Smol {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Smol")
+            .field("own_executor", &self.executor.is_some())
+            .finish()
+    }
+}
+
+impl Smol {
+    /// Spawn tasks on `executor` (someone must be running it).
+    pub fn on(executor: Arc<smol::Executor<'static>>) -> Smol {
+        Smol {
+            executor: Some(executor),
+        }
+    }
+}
+
+/// An async-io TCP stream.
+#[derive(Debug)]
+pub struct Socket(Async<TcpStream>);
+
+impl AsyncSocket for Socket {
+    async fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        self.0.read(buf).await
+    }
+
+    async fn write_all(&mut self, data: &[u8]) -> io::Result<()> {
+        self.0.write_all(data).await
+    }
+}
+
+impl AsyncRuntime for Smol {
+    type Socket = Socket;
+
+    fn spawn<F: Future<Output = ()> + Send + 'static>(&self, task: F) {
+        match &self.executor {
+            Some(ex) => ex.spawn(task).detach(),
+            None => smol::spawn(task).detach(),
+        }
+    }
+
+    fn spawn_blocking(&self, work: BlockingWork) {
+        smol::unblock(work).detach();
+    }
+
+    fn socket(&self, stream: TcpStream) -> io::Result<Socket> {
+        Async::new(stream).map(Socket)
+    }
+
+    fn sleep_until(&self, deadline: std::time::Instant) -> impl Future<Output = ()> + Send {
+        let timer = Timer::at(deadline);
+        async move {
+            timer.await;
+        }
+    }
+}

@@ -32,6 +32,55 @@ impl Runtime for Blocking {
     }
 }
 
+/// The tokio runtime: a multi-threaded tokio runtime per scenario; events come from the
+/// transfer's stream.
+pub struct Tokio {
+    runtime: tokio::runtime::Runtime,
+    client: haul_tokio::Client,
+}
+
+impl Runtime for Tokio {
+    fn with_config(config: Config) -> Self {
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .build()
+            .expect("tokio runtime");
+        let client = runtime
+            .block_on(async { haul_tokio::Client::new(config) })
+            .expect("valid config");
+        Tokio { runtime, client }
+    }
+    fn download(&self, d: Download, events: &mut Vec<Event>) -> Result<Outcome, DownloadError> {
+        self.runtime
+            .block_on(collect_events(self.client.start(d), events))
+    }
+}
+
+/// The smol runtime (smol's global executor); events come from the transfer's stream.
+pub struct Smol(haul_smol::Client);
+
+impl Runtime for Smol {
+    fn with_config(config: Config) -> Self {
+        Smol(haul_smol::Client::new(config).expect("valid config"))
+    }
+    fn download(&self, d: Download, events: &mut Vec<Event>) -> Result<Outcome, DownloadError> {
+        smol::block_on(collect_events(self.0.start(d), events))
+    }
+}
+
+/// Drain an async transfer's event stream into `events`, then take its result.
+async fn collect_events<T>(mut transfer: T, events: &mut Vec<Event>) -> T::Output
+where
+    T: futures_util::Stream<Item = Event> + std::future::IntoFuture + Unpin,
+{
+    use futures_util::StreamExt;
+    while let Some(ev) = transfer.next().await {
+        events.push(ev);
+    }
+    transfer.await
+}
+
 /// A config with short timeouts and backoff so failure scenarios run in well under a second.
 pub fn fast_config() -> Config {
     let mut c = Config {

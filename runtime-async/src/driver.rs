@@ -1,0 +1,205 @@
+//! The driver task: the engine loop, written once for every async runtime.
+//!
+//! Owns: receiving commands (submit, cancel, client gone) and completions on one channel,
+//! routing engine events to each [`crate::Transfer`], starting I/O (connections here, files
+//! through `haul_driver::Files` on the blocking pool), and waiting for the next completion or
+//! the engine's deadline. Does not own any decision (the engine's) nor socket handling
+//! ([`crate::net`]).
+
+use std::collections::BTreeMap;
+use std::future::Future;
+use std::pin::{pin, Pin};
+use std::task::{Context, Poll};
+
+use futures_channel::mpsc::{UnboundedReceiver, UnboundedSender};
+use futures_util::future::{select, Either};
+use futures_util::StreamExt;
+use haul_core::{Config, ConfigError, Download, Event, IoId, IoOp, IoResult, JobId};
+use haul_driver::{BlockingSpawner, BlockingWork, Completions, Files, Host};
+
+use crate::net::Net;
+use crate::AsyncRuntime;
+
+/// Everything that reaches the driver.
+pub(crate) enum Msg {
+    /// The completion of an I/O request.
+    Done(IoId, IoResult),
+    /// Start a download; its events go to `events`.
+    Submit {
+        ticket: u64,
+        download: Download,
+        events: UnboundedSender<Event>,
+    },
+    /// Cancel the download of `ticket` (keeping its partial).
+    Cancel { ticket: u64 },
+    /// The last client handle was dropped.
+    ClientGone,
+}
+
+/// Completions into the driver's channel.
+#[derive(Clone)]
+pub(crate) struct Sink(pub(crate) UnboundedSender<Msg>);
+
+impl Completions for Sink {
+    fn complete(&self, id: IoId, result: IoResult) {
+        let _ = self.0.unbounded_send(Msg::Done(id, result));
+    }
+}
+
+/// The runtime's blocking pool as a spawner for file workers.
+#[derive(Clone)]
+struct Pool<R>(R);
+
+impl<R: AsyncRuntime> BlockingSpawner for Pool<R> {
+    fn spawn_blocking(&self, _name: String, work: BlockingWork) -> std::io::Result<()> {
+        self.0.spawn_blocking(work);
+        Ok(())
+    }
+}
+
+/// A running job's event destination.
+struct JobSink {
+    ticket: u64,
+    events: UnboundedSender<Event>,
+}
+
+pub(crate) struct Driver<R: AsyncRuntime> {
+    runtime: R,
+    host: Host,
+    rx: UnboundedReceiver<Msg>,
+    net: Net<R>,
+    files: Files<Sink, Pool<R>>,
+    jobs: BTreeMap<JobId, JobSink>,
+    tickets: BTreeMap<u64, JobId>,
+    client_gone: bool,
+}
+
+impl<R: AsyncRuntime> Driver<R> {
+    pub(crate) fn new(
+        runtime: R,
+        config: Config,
+        tx: UnboundedSender<Msg>,
+        rx: UnboundedReceiver<Msg>,
+    ) -> Result<Self, ConfigError> {
+        let tls = haul_driver::tls_setup(&config)?;
+        let host = Host::new(config)?;
+        let net = Net::new(
+            runtime.clone(),
+            Sink(tx.clone()),
+            tls,
+            host.config().connect_timeout,
+        );
+        Ok(Driver {
+            files: Files::new(Sink(tx), Pool(runtime.clone())),
+            runtime,
+            host,
+            rx,
+            net,
+            jobs: BTreeMap::new(),
+            tickets: BTreeMap::new(),
+            client_gone: false,
+        })
+    }
+
+    /// The loop: drain outputs, wait for a message or the deadline, apply, tick.
+    pub(crate) async fn run(mut self) {
+        loop {
+            let (net, files, jobs, tickets) = (
+                &mut self.net,
+                &mut self.files,
+                &mut self.jobs,
+                &mut self.tickets,
+            );
+            self.host.drain(
+                |req| match req.op {
+                    IoOp::Connect { .. }
+                    | IoOp::Send { .. }
+                    | IoOp::Recv { .. }
+                    | IoOp::Close { .. } => net.start(req),
+                    _ => files.start(req),
+                },
+                |ev| deliver(jobs, tickets, ev),
+            );
+            if self.client_gone && self.jobs.is_empty() {
+                tracing::debug!("client dropped and no job left: driver stops");
+                return;
+            }
+            let first = match self.host.deadline() {
+                Some(at) => {
+                    let sleep = pin!(self.runtime.sleep_until(at));
+                    match select(self.rx.next(), sleep).await {
+                        Either::Left((m, _)) => Some(m),
+                        Either::Right(((), _)) => None,
+                    }
+                }
+                None => Some(self.rx.next().await),
+            };
+            match first {
+                None => self.host.tick(),
+                Some(None) => return,
+                Some(Some(m)) => {
+                    self.apply(m);
+                    // Batch whatever else arrived meanwhile before polling outputs.
+                    while let Ok(m) = self.rx.try_recv() {
+                        self.apply(m);
+                    }
+                    self.host.tick();
+                    // Hashing happened in there: let the worker run other tasks.
+                    YieldNow(false).await;
+                }
+            }
+        }
+    }
+
+    fn apply(&mut self, m: Msg) {
+        match m {
+            Msg::Done(id, result) => self.host.complete(id, result),
+            Msg::Submit {
+                ticket,
+                download,
+                events,
+            } => {
+                let job = self.host.submit(download);
+                self.jobs.insert(job, JobSink { ticket, events });
+                self.tickets.insert(ticket, job);
+            }
+            Msg::Cancel { ticket } => {
+                if let Some(job) = self.tickets.get(&ticket) {
+                    self.host.cancel(*job);
+                }
+            }
+            Msg::ClientGone => self.client_gone = true,
+        }
+    }
+}
+
+/// Send `ev` to its job's transfer; forget the job once it finished.
+fn deliver(jobs: &mut BTreeMap<JobId, JobSink>, tickets: &mut BTreeMap<u64, JobId>, ev: Event) {
+    let job = haul_driver::event_job(&ev);
+    let finished = matches!(ev, Event::Finished { .. });
+    if let Some(sink) = jobs.get(&job) {
+        // A dropped transfer has cancelled its job; its remaining events go nowhere.
+        let _ = sink.events.unbounded_send(ev);
+    }
+    if finished {
+        if let Some(sink) = jobs.remove(&job) {
+            tickets.remove(&sink.ticket);
+        }
+    }
+}
+
+/// Returns `Pending` once after asking to be polled again.
+struct YieldNow(bool);
+
+impl Future for YieldNow {
+    type Output = ();
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
+        if self.0 {
+            return Poll::Ready(());
+        }
+        self.0 = true;
+        cx.waker().wake_by_ref();
+        Poll::Pending
+    }
+}

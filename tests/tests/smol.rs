@@ -1,0 +1,3 @@
+//! Every scenario against the smol runtime.
+
+haul_tests::all_scenarios!(haul_tests::Smol);

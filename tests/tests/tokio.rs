@@ -1,0 +1,3 @@
+//! Every scenario against the tokio runtime.
+
+haul_tests::all_scenarios!(haul_tests::Tokio);
