@@ -3,9 +3,11 @@
 //! Subcommands: `get` (verified, resumable downloads) and `demo` (the main job on a fresh
 //! machine: a built-in local origin, downloads with verification, progress and a summary).
 
+mod cache;
 mod demo;
 mod exit;
 mod get;
+mod load;
 mod progress;
 mod units;
 
@@ -41,6 +43,10 @@ enum Command {
     Get(get::GetArgs),
     /// Start a built-in local origin and download generated assets from it.
     Demo(demo::DemoArgs),
+    /// Load an app's signed modules (Zipline-style manifest) into a content-addressed cache.
+    Load(load::LoadArgs),
+    /// Look at and maintain a module cache: ls, prune, verify, pins.
+    Cache(cache::CacheArgs),
 }
 
 fn main() {
@@ -66,6 +72,8 @@ fn main() {
     let code = match cli.command {
         Command::Get(args) => get::run(args),
         Command::Demo(args) => demo::run(args),
+        Command::Load(args) => load::run(args),
+        Command::Cache(args) => cache::run(args),
     };
     std::process::exit(code);
 }

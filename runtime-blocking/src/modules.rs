@@ -25,8 +25,8 @@ use std::path::{Path, PathBuf};
 
 use haul_core::{Download, DownloadError, ErrorClass, Outcome};
 use haul_modules::{
-    FetchError, FetchErrorKind, Fetcher, LoadRequest, LoadResult, Loader, ModuleError,
-    ModuleFetch, RecoveryReport, Store,
+    FetchError, FetchErrorKind, Fetcher, LoadRequest, LoadResult, Loader, ModuleError, ModuleFetch,
+    RecoveryReport, Store,
 };
 use url::Url;
 
@@ -108,7 +108,10 @@ impl Fetcher for ModuleFetcher<'_> {
         let bytes = std::fs::read(&dest).map_err(|error| {
             FetchError::new(
                 FetchErrorKind::LocalIo,
-                format!("cannot read downloaded manifest {}: {error}", dest.display()),
+                format!(
+                    "cannot read downloaded manifest {}: {error}",
+                    dest.display()
+                ),
             )
         })?;
         if bytes.len() as u64 > max_bytes {
@@ -230,7 +233,9 @@ fn module_download(job: &ModuleFetch) -> Result<Download, DownloadError> {
 
 fn remove_leftover(path: &Path) {
     match std::fs::remove_file(path) {
-        Ok(()) => tracing::debug!(path = %path.display(), "removed a failed module download's leftover"),
+        Ok(()) => {
+            tracing::debug!(path = %path.display(), "removed a failed module download's leftover")
+        }
         Err(error) if error.kind() == std::io::ErrorKind::NotFound => {}
         Err(error) => {
             tracing::warn!(path = %path.display(), %error, "cannot remove a failed module download's leftover")
@@ -252,4 +257,263 @@ pub fn fetch_error(error: &DownloadError) -> FetchError {
         ErrorClass::Cancelled => FetchErrorKind::Cancelled,
     };
     FetchError::new(kind, error.to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use ed25519_dalek::Signer as _;
+    use haul_core::Config;
+    use haul_modules::{LoadSource, ModuleSource, TrustedKey};
+    use haul_origin::{Behavior, Origin};
+    use sha2::{Digest, Sha256};
+
+    fn client() -> Client {
+        let mut config = Config::default();
+        config.retry.max_attempts = 1;
+        Client::new(config).unwrap()
+    }
+
+    fn sha256_hex(bytes: &[u8]) -> String {
+        hex::encode(Sha256::digest(bytes))
+    }
+
+    fn url(text: &str) -> Url {
+        Url::parse(text).unwrap()
+    }
+
+    fn job(url_text: &str, expected: &[u8], max_bytes: u64, dest: PathBuf) -> ModuleFetch {
+        ModuleFetch {
+            url: url(url_text),
+            sha256: sha256_hex(expected),
+            max_bytes,
+            dest,
+        }
+    }
+
+    fn names_in(dir: &Path) -> Vec<String> {
+        let mut names: Vec<String> = std::fs::read_dir(dir)
+            .unwrap()
+            .map(|entry| entry.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        names.sort();
+        names
+    }
+
+    /// A port nothing listens on.
+    fn refused_url(path: &str) -> String {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        format!("http://127.0.0.1:{port}{path}")
+    }
+
+    #[test]
+    fn module_downloads_land_at_their_destinations_with_results_in_job_order() {
+        let origin = Origin::start().unwrap();
+        let dir = tempfile::TempDir::new().unwrap();
+        let bodies: Vec<Vec<u8>> = (0..5u8).map(|i| vec![i; 1000 + usize::from(i)]).collect();
+        for (index, body) in bodies.iter().enumerate() {
+            if index != 2 {
+                origin.route(&format!("/m{index}"), body.clone(), Behavior::Normal);
+            }
+        }
+        let mut jobs: Vec<ModuleFetch> = bodies
+            .iter()
+            .enumerate()
+            .map(|(index, body)| {
+                job(
+                    &origin.url(&format!("/m{index}")),
+                    body,
+                    1 << 20,
+                    dir.path().join(format!("dest{index}")),
+                )
+            })
+            .collect();
+        jobs.push(job(
+            "ftp://127.0.0.1/m",
+            b"x",
+            1 << 20,
+            dir.path().join("dest-ftp"),
+        ));
+        let client = client();
+        let results = client.module_fetcher(2).fetch_modules(jobs);
+        let kinds: Vec<Option<FetchErrorKind>> = results
+            .iter()
+            .map(|result| result.as_ref().err().map(|error| error.kind))
+            .collect();
+        assert_eq!(
+            kinds,
+            vec![
+                None,
+                None,
+                Some(FetchErrorKind::HttpStatus(404)),
+                None,
+                None,
+                Some(FetchErrorKind::InvalidRequest)
+            ]
+        );
+        assert!(!results[2].as_ref().unwrap_err().is_network());
+        for index in [0, 1, 3, 4] {
+            assert_eq!(
+                std::fs::read(dir.path().join(format!("dest{index}"))).unwrap(),
+                bodies[index]
+            );
+        }
+        assert_eq!(names_in(dir.path()), ["dest0", "dest1", "dest3", "dest4"]);
+    }
+
+    #[test]
+    fn wrong_bytes_and_oversized_modules_are_verification_failures_that_leave_nothing() {
+        let origin = Origin::start().unwrap();
+        origin.route("/tampered", b"evil bytes".to_vec(), Behavior::Normal);
+        origin.route("/big", vec![7u8; 10_000], Behavior::Normal);
+        let dir = tempfile::TempDir::new().unwrap();
+        let results = client().fetch_modules(vec![
+            job(
+                &origin.url("/tampered"),
+                b"good bytes",
+                1 << 20,
+                dir.path().join("tampered"),
+            ),
+            job(
+                &origin.url("/big"),
+                &[7u8; 10_000],
+                4_096,
+                dir.path().join("big"),
+            ),
+        ]);
+        for result in &results {
+            let error = result.as_ref().unwrap_err();
+            assert_eq!(error.kind, FetchErrorKind::Verification, "{error}");
+            assert!(!error.is_network());
+        }
+        assert!(
+            names_in(dir.path()).is_empty(),
+            "{:?}",
+            names_in(dir.path())
+        );
+    }
+
+    #[test]
+    fn manifest_fetch_returns_the_bytes_and_classifies_failures_for_the_fallback() {
+        let origin = Origin::start().unwrap();
+        origin.route("/m.json", b"{\"modules\":{}}".to_vec(), Behavior::Normal);
+        origin.route(
+            "/busy.json",
+            b"x".to_vec(),
+            Behavior::Status {
+                status: 503,
+                retry_after: None,
+            },
+        );
+        origin.route("/huge.json", vec![b' '; 5_000], Behavior::Normal);
+        let client = client();
+        assert_eq!(
+            client
+                .fetch_manifest(&url(&origin.url("/m.json")), 1_000)
+                .unwrap(),
+            b"{\"modules\":{}}"
+        );
+        let missing = client
+            .fetch_manifest(&url(&origin.url("/missing.json")), 1_000)
+            .unwrap_err();
+        assert_eq!(missing.kind, FetchErrorKind::HttpStatus(404));
+        assert!(!missing.is_network());
+        let busy = client
+            .fetch_manifest(&url(&origin.url("/busy.json")), 1_000)
+            .unwrap_err();
+        assert_eq!(busy.kind, FetchErrorKind::HttpStatus(503));
+        assert!(busy.is_network());
+        let huge = client
+            .fetch_manifest(&url(&origin.url("/huge.json")), 1_000)
+            .unwrap_err();
+        assert_eq!(huge.kind, FetchErrorKind::Verification, "{huge}");
+        let refused = client
+            .fetch_manifest(&url(&refused_url("/m.json")), 1_000)
+            .unwrap_err();
+        assert_eq!(refused.kind, FetchErrorKind::Network, "{refused}");
+        assert!(refused.is_network());
+    }
+
+    fn signed_manifest(key: &ed25519_dalek::SigningKey, modules: &[(&str, &[u8])]) -> Vec<u8> {
+        let mut map = serde_json::Map::new();
+        for (name, bytes) in modules {
+            map.insert(
+                format!("./{name}.js"),
+                serde_json::json!({"url": format!("{name}.zipline"), "sha256": sha256_hex(bytes)}),
+            );
+        }
+        let mut document = serde_json::json!({
+            "unsigned": {"signatures": {}, "freshAtEpochMs": 100},
+            "modules": map,
+        });
+        let message = haul_modules::signed_bytes(&serde_json::to_vec(&document).unwrap()).unwrap();
+        document["unsigned"]["signatures"]["test"] =
+            serde_json::json!(hex::encode(key.sign(&message).to_bytes()));
+        serde_json::to_vec(&document).unwrap()
+    }
+
+    #[test]
+    fn load_app_stores_a_signed_apps_modules_and_falls_back_to_them_when_the_origin_is_gone() {
+        let key = ed25519_dalek::SigningKey::from_bytes(&[9; 32]);
+        let trusted = TrustedKey::new(
+            "test",
+            haul_modules::Algorithm::Ed25519,
+            key.verifying_key().to_bytes().to_vec(),
+        )
+        .unwrap();
+        let origin = Origin::start().unwrap();
+        let modules: [(&str, &[u8]); 2] = [("base", b"base module"), ("app", b"app module")];
+        origin.route(
+            "/app/manifest.json",
+            signed_manifest(&key, &modules),
+            Behavior::Normal,
+        );
+        for (name, bytes) in modules {
+            origin.route(
+                &format!("/app/{name}.zipline"),
+                bytes.to_vec(),
+                Behavior::Normal,
+            );
+        }
+        let store_dir = tempfile::TempDir::new().unwrap();
+        let mut request = LoadRequest {
+            app: "app".to_owned(),
+            manifest_url: url(&origin.url("/app/manifest.json")),
+            trusted_keys: vec![trusted],
+            embedded_dir: None,
+            allow_rollback: false,
+            freshness_window_ms: 0,
+            now_ms: 1_000,
+            module_max_bytes: 1 << 20,
+        };
+        let client = client();
+        let loaded = client.load_app(store_dir.path(), &request, 4).unwrap();
+        assert!(loaded.recovery.is_clean());
+        assert_eq!(loaded.result.manifest_source, LoadSource::Network);
+        for (module, (_, bytes)) in loaded.result.modules.iter().zip(modules) {
+            assert_eq!(module.source, ModuleSource::Network);
+            assert_eq!(std::fs::read(&module.path).unwrap(), bytes);
+        }
+
+        drop(origin);
+        request.now_ms = 2_000;
+        let fallback = client.load_app(store_dir.path(), &request, 4).unwrap();
+        assert!(
+            matches!(
+                fallback.result.manifest_source,
+                LoadSource::PinnedFallback { .. }
+            ),
+            "{:?}",
+            fallback.result.manifest_source
+        );
+        assert!(fallback
+            .result
+            .modules
+            .iter()
+            .all(|module| module.source == ModuleSource::Store));
+    }
 }

@@ -1,0 +1,719 @@
+//! `haul load` and `haul cache` end to end: the real binary against a local origin serving
+//! manifests signed here with Ed25519 and ECDSA P-256 keys.
+
+use std::collections::BTreeSet;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use haul_origin::{Behavior, Origin};
+use sha2::{Digest, Sha256};
+
+fn haul() -> Command {
+    Command::new(env!("CARGO_BIN_EXE_haul"))
+}
+
+fn sha256_hex(bytes: &[u8]) -> String {
+    hex::encode(Sha256::digest(bytes))
+}
+
+fn text(bytes: &[u8]) -> String {
+    String::from_utf8_lossy(bytes).into_owned()
+}
+
+fn describe(output: &Output) -> String {
+    format!(
+        "exit {:?}\n--- stdout\n{}\n--- stderr\n{}",
+        output.status.code(),
+        text(&output.stdout),
+        text(&output.stderr)
+    )
+}
+
+enum SigningKey {
+    Ed25519(ed25519_dalek::SigningKey),
+    EcdsaP256(p256::ecdsa::SigningKey),
+}
+
+/// A manifest signer and the `--key` argument that trusts it.
+struct Signer {
+    name: &'static str,
+    key: SigningKey,
+}
+
+impl Signer {
+    fn ed25519(name: &'static str, seed: u8) -> Signer {
+        Signer {
+            name,
+            key: SigningKey::Ed25519(ed25519_dalek::SigningKey::from_bytes(&[seed; 32])),
+        }
+    }
+
+    fn ecdsa_p256(name: &'static str, scalar: u8) -> Signer {
+        let bytes = p256::FieldBytes::from([scalar; 32]);
+        Signer {
+            name,
+            key: SigningKey::EcdsaP256(p256::ecdsa::SigningKey::from_bytes(&bytes).unwrap()),
+        }
+    }
+
+    fn key_arg(&self) -> String {
+        match &self.key {
+            SigningKey::Ed25519(key) => format!(
+                "{}:ed25519:{}",
+                self.name,
+                hex::encode(key.verifying_key().to_bytes())
+            ),
+            SigningKey::EcdsaP256(key) => format!(
+                "{}:ecdsa-p256:{}",
+                self.name,
+                hex::encode(key.verifying_key().to_encoded_point(false).as_bytes())
+            ),
+        }
+    }
+
+    fn sign_hex(&self, message: &[u8]) -> String {
+        match &self.key {
+            SigningKey::Ed25519(key) => {
+                hex::encode(ed25519_dalek::Signer::sign(key, message).to_bytes())
+            }
+            SigningKey::EcdsaP256(key) => {
+                let signature: p256::ecdsa::Signature =
+                    p256::ecdsa::signature::Signer::sign(key, message);
+                hex::encode(signature.to_der())
+            }
+        }
+    }
+}
+
+/// A module of a test manifest; `url` is relative to the manifest.
+#[derive(Clone)]
+struct Module {
+    id: &'static str,
+    url: &'static str,
+    bytes: Vec<u8>,
+    deps: Vec<&'static str>,
+}
+
+fn module(id: &'static str, url: &'static str, bytes: &[u8], deps: &[&'static str]) -> Module {
+    Module {
+        id,
+        url,
+        bytes: bytes.to_vec(),
+        deps: deps.to_vec(),
+    }
+}
+
+/// A manifest listing `modules` in the given document order, signed by `signers`.
+fn manifest(modules: &[Module], fresh_at: u64, signers: &[&Signer]) -> Vec<u8> {
+    let mut map = serde_json::Map::new();
+    for module in modules {
+        map.insert(
+            module.id.to_owned(),
+            serde_json::json!({
+                "url": module.url,
+                "sha256": sha256_hex(&module.bytes),
+                "dependsOnIds": module.deps,
+            }),
+        );
+    }
+    let mut document = serde_json::json!({
+        "unsigned": {"signatures": {}, "freshAtEpochMs": fresh_at, "baseUrl": null},
+        "modules": map,
+        "mainModuleId": modules.first().map(|module| module.id),
+        "mainFunction": "test.main",
+        "version": format!("v{fresh_at}"),
+    });
+    let message = haul_modules::signed_bytes(&serde_json::to_vec(&document).unwrap()).unwrap();
+    for signer in signers {
+        document["unsigned"]["signatures"][signer.name] =
+            serde_json::Value::String(signer.sign_hex(&message));
+    }
+    serde_json::to_vec_pretty(&document).unwrap()
+}
+
+fn manifest_path(app: &str) -> String {
+    format!("/{app}/manifest.json")
+}
+
+/// The origin path a module of `app` is served at.
+fn module_path(app: &str, module: &Module) -> String {
+    match module.url.strip_prefix("../") {
+        Some(rest) => format!("/{rest}"),
+        None => format!("/{app}/{}", module.url),
+    }
+}
+
+/// Serves a signed manifest for `app` and its modules; returns the manifest's bytes.
+fn publish(
+    origin: &Origin,
+    app: &str,
+    modules: &[Module],
+    fresh_at: u64,
+    signers: &[&Signer],
+) -> Vec<u8> {
+    let raw = manifest(modules, fresh_at, signers);
+    origin.route(&manifest_path(app), raw.clone(), Behavior::Normal);
+    for module in modules {
+        origin.route(
+            &module_path(app, module),
+            module.bytes.clone(),
+            Behavior::Normal,
+        );
+    }
+    raw
+}
+
+fn kotlin() -> Module {
+    module(
+        "./kotlin.js",
+        "../lib/kotlin.zipline",
+        b"kotlin stdlib, shared by every app",
+        &[],
+    )
+}
+
+fn app_module(app: &'static str, id: &'static str, version: &str) -> Module {
+    module(
+        id,
+        "app.zipline",
+        format!("{app} code {version}").as_bytes(),
+        &["./kotlin.js"],
+    )
+}
+
+fn load_command(manifest_url: &str, app: &str, cache: &Path, keys: &[&Signer]) -> Command {
+    let mut command = haul();
+    command
+        .args(["load", "--app", app, "--manifest", manifest_url, "--cache"])
+        .arg(cache)
+        .args(["--retries", "0"]);
+    for key in keys {
+        command.args(["--key", &key.key_arg()]);
+    }
+    command
+}
+
+fn load(origin_url: &str, app: &str, cache: &Path, keys: &[&Signer], extra: &[&str]) -> Output {
+    load_command(origin_url, app, cache, keys)
+        .args(extra)
+        .output()
+        .unwrap()
+}
+
+fn cache_command(subcommand: &[&str], cache: &Path) -> Output {
+    haul()
+        .arg("cache")
+        .args(subcommand)
+        .arg("--cache")
+        .arg(cache)
+        .output()
+        .unwrap()
+}
+
+fn cache_json(subcommand: &[&str], cache: &Path) -> serde_json::Value {
+    let mut args = subcommand.to_vec();
+    args.push("--json");
+    let output = cache_command(&args, cache);
+    assert_eq!(output.status.code(), Some(0), "{}", describe(&output));
+    serde_json::from_slice(&output.stdout).unwrap()
+}
+
+fn files_in(cache: &Path) -> BTreeSet<String> {
+    std::fs::read_dir(cache.join("files"))
+        .unwrap()
+        .map(|entry| entry.unwrap().file_name().to_string_lossy().into_owned())
+        .collect()
+}
+
+fn pinned_hashes(cache: &Path) -> BTreeSet<String> {
+    cache_json(&["pins"], cache)["apps"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .flat_map(|app| app["pins"].as_array().unwrap().clone())
+        .map(|hash| hash.as_str().unwrap().to_owned())
+        .collect()
+}
+
+/// The load order lines of `haul load`'s human output: (id, source, path).
+fn load_order(stdout: &str) -> Vec<(String, String, PathBuf)> {
+    stdout
+        .lines()
+        .skip_while(|line| !line.starts_with("load order"))
+        .skip(1)
+        .filter_map(|line| {
+            let mut words = line.split_whitespace();
+            let _position = words.next()?;
+            Some((
+                words.next()?.to_owned(),
+                words.next()?.to_owned(),
+                PathBuf::from(words.next()?),
+            ))
+        })
+        .collect()
+}
+
+#[test]
+fn good_load_prints_dependencies_first_with_each_modules_source_and_path() {
+    let origin = Origin::start().unwrap();
+    let old_key = Signer::ed25519("old", 1);
+    let new_key = Signer::ecdsa_p256("new", 2);
+    // Document order puts the app first; the load order must put dependencies first.
+    let modules = [
+        module(
+            "./app.js",
+            "app.zipline",
+            b"app code",
+            &["./util.js", "./kotlin.js"],
+        ),
+        module("./util.js", "util.zipline", b"util code", &["./kotlin.js"]),
+        kotlin(),
+    ];
+    let raw = publish(&origin, "news", &modules, 100, &[&new_key]);
+    let cache = tempfile::TempDir::new().unwrap();
+    let url = origin.url(&manifest_path("news"));
+
+    let first = load(&url, "news", cache.path(), &[&old_key, &new_key], &[]);
+    assert_eq!(first.status.code(), Some(0), "{}", describe(&first));
+    let stdout = text(&first.stdout);
+    assert!(stdout.contains("manifest: network"), "{stdout}");
+    assert!(stdout.contains(&sha256_hex(&raw)), "{stdout}");
+    assert!(stdout.contains("verified by key \"new\""), "{stdout}");
+    let order = load_order(&stdout);
+    let ids: Vec<&str> = order.iter().map(|(id, _, _)| id.as_str()).collect();
+    assert_eq!(ids, ["./kotlin.js", "./util.js", "./app.js"], "{stdout}");
+    for (id, source, path) in &order {
+        assert_eq!(source, "network", "{stdout}");
+        let expected = modules.iter().find(|module| module.id == id).unwrap();
+        assert_eq!(std::fs::read(path).unwrap(), expected.bytes);
+        assert_eq!(
+            path,
+            &cache.path().join("files").join(sha256_hex(&expected.bytes))
+        );
+    }
+
+    let second = load(&url, "news", cache.path(), &[&new_key], &["--json"]);
+    assert_eq!(second.status.code(), Some(0), "{}", describe(&second));
+    let result: serde_json::Value = serde_json::from_slice(&second.stdout).unwrap();
+    assert_eq!(result["manifest"]["source"], "network");
+    assert_eq!(result["manifest"]["verified_by"], "new");
+    let sources: Vec<(&str, &str)> = result["modules"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|module| {
+            (
+                module["id"].as_str().unwrap(),
+                module["source"].as_str().unwrap(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        sources,
+        [
+            ("./kotlin.js", "store"),
+            ("./util.js", "store"),
+            ("./app.js", "store")
+        ]
+    );
+    for module in &modules {
+        assert_eq!(
+            origin.requests_to(&module_path("news", module)).len(),
+            1,
+            "{} was downloaded again",
+            module.id
+        );
+    }
+}
+
+#[test]
+fn two_apps_sharing_a_module_store_it_once() {
+    let origin = Origin::start().unwrap();
+    let ed = Signer::ed25519("release", 7);
+    let ec = Signer::ecdsa_p256("release-p256", 9);
+    publish(
+        &origin,
+        "news",
+        &[app_module("news", "./news.js", "v1"), kotlin()],
+        100,
+        &[&ed],
+    );
+    publish(
+        &origin,
+        "mail",
+        &[app_module("mail", "./mail.js", "v1"), kotlin()],
+        100,
+        &[&ec],
+    );
+    let cache = tempfile::TempDir::new().unwrap();
+
+    let news = load(
+        &origin.url(&manifest_path("news")),
+        "news",
+        cache.path(),
+        &[&ed],
+        &[],
+    );
+    assert_eq!(news.status.code(), Some(0), "{}", describe(&news));
+    let mail = load(
+        &origin.url(&manifest_path("mail")),
+        "mail",
+        cache.path(),
+        &[&ec],
+        &[],
+    );
+    assert_eq!(mail.status.code(), Some(0), "{}", describe(&mail));
+    let order = load_order(&text(&mail.stdout));
+    assert_eq!(order[0].0, "./kotlin.js");
+    assert_eq!(order[0].1, "store", "{}", describe(&mail));
+    assert_eq!(order[1].1, "network", "{}", describe(&mail));
+
+    // Two manifests, kotlin once, one module per app.
+    let files = files_in(cache.path());
+    assert_eq!(files.len(), 5, "{files:?}");
+    assert!(files.contains(&sha256_hex(&kotlin().bytes)));
+    assert_eq!(origin.requests_to("/lib/kotlin.zipline").len(), 1);
+    let listing = cache_json(&["ls"], cache.path());
+    let kotlin_row = listing["files"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|row| row["sha256"] == sha256_hex(&kotlin().bytes))
+        .unwrap();
+    assert_eq!(kotlin_row["pinned_by"], serde_json::json!(["mail", "news"]));
+}
+
+#[test]
+fn tampered_module_exits_5_and_keeps_the_old_pins() {
+    let origin = Origin::start().unwrap();
+    let key = Signer::ed25519("release", 7);
+    publish(
+        &origin,
+        "news",
+        &[app_module("news", "./news.js", "v1"), kotlin()],
+        100,
+        &[&key],
+    );
+    let cache = tempfile::TempDir::new().unwrap();
+    let url = origin.url(&manifest_path("news"));
+    let first = load(&url, "news", cache.path(), &[&key], &[]);
+    assert_eq!(first.status.code(), Some(0), "{}", describe(&first));
+    let pins_before = cache_command(&["pins"], cache.path());
+    let files_before = files_in(cache.path());
+
+    // v2 names new bytes for news.js, but the origin serves something else.
+    publish(
+        &origin,
+        "news",
+        &[app_module("news", "./news.js", "v2"), kotlin()],
+        200,
+        &[&key],
+    );
+    origin.route(
+        "/news/app.zipline",
+        b"news code v2 with a backdoor".to_vec(),
+        Behavior::Normal,
+    );
+    let tampered = load(&url, "news", cache.path(), &[&key], &[]);
+    assert_eq!(tampered.status.code(), Some(5), "{}", describe(&tampered));
+    assert!(
+        text(&tampered.stderr).contains("sha256 mismatch"),
+        "{}",
+        describe(&tampered)
+    );
+
+    let pins_after = cache_command(&["pins"], cache.path());
+    assert_eq!(pins_after.status.code(), Some(0));
+    assert!(!pins_after.stdout.is_empty());
+    assert_eq!(text(&pins_after.stdout), text(&pins_before.stdout));
+    assert_eq!(files_in(cache.path()), files_before);
+}
+
+#[test]
+fn network_failure_falls_back_to_the_pinned_manifest_and_says_so() {
+    let origin = Origin::start().unwrap();
+    let key = Signer::ed25519("release", 7);
+    let raw = publish(
+        &origin,
+        "news",
+        &[app_module("news", "./news.js", "v1"), kotlin()],
+        100,
+        &[&key],
+    );
+    let cache = tempfile::TempDir::new().unwrap();
+    let url = origin.url(&manifest_path("news"));
+    let first = load(&url, "news", cache.path(), &[&key], &[]);
+    assert_eq!(first.status.code(), Some(0), "{}", describe(&first));
+
+    drop(origin);
+    let offline = load(&url, "news", cache.path(), &[&key], &[]);
+    assert_eq!(offline.status.code(), Some(0), "{}", describe(&offline));
+    let stdout = text(&offline.stdout);
+    assert!(
+        stdout
+            .contains("fallback: the network failed, so the last good pinned manifest was loaded"),
+        "{stdout}"
+    );
+    assert!(stdout.contains(&sha256_hex(&raw)), "{stdout}");
+    let order = load_order(&stdout);
+    assert_eq!(order.len(), 2);
+    assert!(
+        order.iter().all(|(_, source, _)| source == "store"),
+        "{stdout}"
+    );
+
+    let json = load(&url, "news", cache.path(), &[&key], &["--json"]);
+    assert_eq!(json.status.code(), Some(0), "{}", describe(&json));
+    let result: serde_json::Value = serde_json::from_slice(&json.stdout).unwrap();
+    assert_eq!(result["manifest"]["source"], "pinned-fallback");
+    assert!(result["manifest"]["fallback_reason"]
+        .as_str()
+        .unwrap()
+        .contains("connect"));
+
+    // Nothing pinned to fall back to: a network failure (exit 3).
+    let empty = tempfile::TempDir::new().unwrap();
+    let nothing = load(&url, "news", empty.path(), &[&key], &[]);
+    assert_eq!(nothing.status.code(), Some(3), "{}", describe(&nothing));
+}
+
+#[test]
+fn prune_to_budget_zero_evicts_only_unpinned_files() {
+    let origin = Origin::start().unwrap();
+    let key = Signer::ed25519("release", 7);
+    let v1 = publish(
+        &origin,
+        "news",
+        &[app_module("news", "./news.js", "v1"), kotlin()],
+        100,
+        &[&key],
+    );
+    publish(
+        &origin,
+        "mail",
+        &[app_module("mail", "./mail.js", "v1"), kotlin()],
+        100,
+        &[&key],
+    );
+    let cache = tempfile::TempDir::new().unwrap();
+    for app in ["news", "mail"] {
+        let output = load(
+            &origin.url(&manifest_path(app)),
+            app,
+            cache.path(),
+            &[&key],
+            &[],
+        );
+        assert_eq!(output.status.code(), Some(0), "{}", describe(&output));
+    }
+    // news moves to v2: its v1 manifest and module are no longer pinned.
+    publish(
+        &origin,
+        "news",
+        &[app_module("news", "./news.js", "v2"), kotlin()],
+        200,
+        &[&key],
+    );
+    let v2 = load(
+        &origin.url(&manifest_path("news")),
+        "news",
+        cache.path(),
+        &[&key],
+        &[],
+    );
+    assert_eq!(v2.status.code(), Some(0), "{}", describe(&v2));
+    assert_eq!(files_in(cache.path()).len(), 7);
+
+    let pinned = pinned_hashes(cache.path());
+    assert_eq!(pinned.len(), 5, "{pinned:?}");
+    let report = cache_json(&["prune", "--budget", "0"], cache.path());
+    let evicted: BTreeSet<String> = report["evicted"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|hash| hash.as_str().unwrap().to_owned())
+        .collect();
+    let expected: BTreeSet<String> = [
+        sha256_hex(&v1),
+        sha256_hex(&app_module("news", "./news.js", "v1").bytes),
+    ]
+    .into_iter()
+    .collect();
+    assert_eq!(evicted, expected);
+    assert_eq!(report["fits_budget"], false);
+    assert_eq!(files_in(cache.path()), pinned);
+    assert_eq!(pinned_hashes(cache.path()), pinned);
+
+    // Pruning again finds nothing more to evict.
+    let again = cache_json(&["prune", "--budget", "0"], cache.path());
+    assert_eq!(again["evicted"], serde_json::json!([]));
+    assert_eq!(files_in(cache.path()), pinned);
+}
+
+fn wait_until(what: &str, condition: impl Fn() -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !condition() {
+        assert!(Instant::now() < deadline, "timed out waiting until {what}");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+/// (sha256, state) of every row of the cache's files table, read without opening the store
+/// (which would recover it).
+fn index_rows(cache: &Path) -> Vec<(String, String)> {
+    let index = rusqlite::Connection::open_with_flags(
+        cache.join("index.sqlite"),
+        rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY,
+    )
+    .unwrap();
+    let mut statement = index
+        .prepare("SELECT sha256, state FROM files ORDER BY sha256")
+        .unwrap();
+    let rows = statement
+        .query_map([], |row| Ok((row.get(0)?, row.get(1)?)))
+        .unwrap();
+    rows.collect::<Result<_, _>>().unwrap()
+}
+
+/// Every row READY, every file a READY row's, every file's content matching its name.
+fn assert_consistent(cache: &Path) {
+    let rows = index_rows(cache);
+    assert!(rows.iter().all(|(_, state)| state == "READY"), "{rows:?}");
+    let ready: BTreeSet<String> = rows.into_iter().map(|(sha256, _)| sha256).collect();
+    assert_eq!(files_in(cache), ready);
+    for sha256 in &ready {
+        let bytes = std::fs::read(cache.join("files").join(sha256)).unwrap();
+        assert_eq!(&sha256_hex(&bytes), sha256);
+    }
+}
+
+#[test]
+fn crash_mid_download_is_recovered_at_the_next_start() {
+    let origin = Origin::start().unwrap();
+    let key = Signer::ed25519("release", 7);
+    let big = module(
+        "./news.js",
+        "app.zipline",
+        &(0..200_000u32)
+            .map(|i| (i % 251) as u8)
+            .collect::<Vec<u8>>(),
+        &["./kotlin.js"],
+    );
+    publish(&origin, "news", &[big.clone(), kotlin()], 100, &[&key]);
+    origin.route(
+        "/news/app.zipline",
+        big.bytes.clone(),
+        Behavior::Stall { after: 50_000 },
+    );
+    let cache = tempfile::TempDir::new().unwrap();
+    let url = origin.url(&manifest_path("news"));
+
+    let mut child = load_command(&url, "news", cache.path(), &[&key])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    wait_until("haul requests the stalling module", || {
+        !origin.requests_to("/news/app.zipline").is_empty()
+    });
+    // Let the first 50 000 bytes reach the partial file, then crash.
+    std::thread::sleep(Duration::from_millis(300));
+    child.kill().unwrap();
+    child.wait().unwrap();
+
+    let big_hash = sha256_hex(&big.bytes);
+    let rows = index_rows(cache.path());
+    assert!(
+        rows.contains(&(big_hash.clone(), "DIRTY".to_owned())),
+        "the crash should leave an interrupted write: {rows:?}"
+    );
+    let leftovers: Vec<String> = files_in(cache.path())
+        .into_iter()
+        .filter(|name| name.len() != 64)
+        .collect();
+    assert!(
+        !leftovers.is_empty(),
+        "the crash should leave partial files"
+    );
+
+    let verify = cache_json(&["verify"], cache.path());
+    assert!(
+        verify["recovered"]["dirty_removed"]
+            .as_array()
+            .unwrap()
+            .contains(&serde_json::json!(big_hash)),
+        "{verify}"
+    );
+    assert_consistent(cache.path());
+
+    origin.route("/news/app.zipline", big.bytes.clone(), Behavior::Normal);
+    let second = load(&url, "news", cache.path(), &[&key], &[]);
+    assert_eq!(second.status.code(), Some(0), "{}", describe(&second));
+    assert!(text(&second.stdout).contains("manifest: network"));
+    assert_consistent(cache.path());
+    assert_eq!(
+        std::fs::read(cache.path().join("files").join(&big_hash)).unwrap(),
+        big.bytes
+    );
+}
+
+#[test]
+fn bad_signature_exits_5_invalid_manifest_6_and_missing_manifest_4() {
+    let origin = Origin::start().unwrap();
+    let trusted = Signer::ed25519("release", 7);
+    let forger = Signer::ed25519("release", 8);
+    let cache = tempfile::TempDir::new().unwrap();
+
+    publish(
+        &origin,
+        "forged",
+        &[app_module("forged", "./forged.js", "v1"), kotlin()],
+        100,
+        &[&forger],
+    );
+    let forged = load(
+        &origin.url(&manifest_path("forged")),
+        "forged",
+        cache.path(),
+        &[&trusted],
+        &[],
+    );
+    assert_eq!(forged.status.code(), Some(5), "{}", describe(&forged));
+    assert!(text(&forged.stderr).contains("does not verify"));
+
+    let cycle = [
+        module("./a.js", "a.zipline", b"a", &["./b.js"]),
+        module("./b.js", "b.zipline", b"b", &["./a.js"]),
+    ];
+    publish(&origin, "cycle", &cycle, 100, &[&trusted]);
+    let cyclic = load(
+        &origin.url(&manifest_path("cycle")),
+        "cycle",
+        cache.path(),
+        &[&trusted],
+        &[],
+    );
+    assert_eq!(cyclic.status.code(), Some(6), "{}", describe(&cyclic));
+    assert!(text(&cyclic.stderr).contains("cycle"));
+
+    let missing = load(
+        &origin.url("/nobody/manifest.json"),
+        "nobody",
+        cache.path(),
+        &[&trusted],
+        &["--json"],
+    );
+    assert_eq!(missing.status.code(), Some(4), "{}", describe(&missing));
+    let error: serde_json::Value = serde_json::from_slice(&missing.stdout).unwrap();
+    assert_eq!(error["exit_code"], 4);
+
+    let bad_key = haul()
+        .args(["load", "--app", "x", "--manifest", "http://127.0.0.1:9/m"])
+        .args(["--key", "k:ed25519:abcd", "--cache"])
+        .arg(cache.path())
+        .output()
+        .unwrap();
+    assert_eq!(bad_key.status.code(), Some(2), "{}", describe(&bad_key));
+    assert!(pinned_hashes(cache.path()).is_empty());
+}
