@@ -27,7 +27,7 @@ pub(crate) enum Msg {
     /// Start a download; its events go to `events`.
     Submit {
         ticket: u64,
-        download: Download,
+        download: Box<Download>,
         events: UnboundedSender<Event>,
     },
     /// Cancel the download of `ticket` (keeping its partial).
@@ -159,7 +159,7 @@ impl<R: AsyncRuntime> Driver<R> {
                 download,
                 events,
             } => {
-                let job = self.host.submit(download);
+                let job = self.host.submit(*download);
                 self.jobs.insert(job, JobSink { ticket, events });
                 self.tickets.insert(ticket, job);
             }

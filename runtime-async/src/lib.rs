@@ -123,7 +123,7 @@ impl<R: AsyncRuntime> Client<R> {
         let (events_tx, events) = mpsc::unbounded();
         let sent = self.shared.tx.unbounded_send(Msg::Submit {
             ticket,
-            download,
+            download: Box::new(download),
             events: events_tx,
         });
         let state = match sent {

@@ -5,6 +5,7 @@
 //! `haul_origin::Origin` instances (axum + hyper) on ephemeral loopback ports.
 
 pub mod scenarios;
+pub mod secure;
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;
