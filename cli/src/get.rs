@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use clap::Args;
 use haul_blocking::Client;
-use haul_core::{Config, Download, LowSpeedLimit};
+use haul_core::{Config, Download, LowSpeedLimit, Priority};
 
 use crate::exit;
 use crate::progress::{Mode, Reporter};
@@ -15,8 +15,30 @@ use crate::units::parse_size;
 #[derive(Args, Debug, Clone)]
 pub struct GetArgs {
     /// URLs to download (http or https).
-    #[arg(required = true, value_name = "URL")]
+    #[arg(value_name = "URL", required_unless_present = "input_file")]
     pub urls: Vec<String>,
+    /// Read downloads from FILE in aria2's input-file format (URI lines, TAB-separated
+    /// mirrors, indented out=, dir=, checksum=sha-256=HEX options); `-` reads stdin.
+    #[arg(short = 'i', long = "input-file", value_name = "FILE")]
+    pub input_file: Option<PathBuf>,
+    /// Downloads running at once (more wait in the queue).
+    #[arg(short = 'j', long = "jobs", value_name = "N", default_value_t = 8)]
+    pub jobs: usize,
+    /// Connections per file when the server honours ranges (segmented download).
+    #[arg(short = 's', long = "segments", value_name = "N", default_value_t = 1)]
+    pub segments: u32,
+    /// Smallest segment worth its own connection.
+    #[arg(long = "min-segment", value_name = "SIZE", value_parser = parse_size, default_value = "1M")]
+    pub min_segment: u64,
+    /// Connections to one host at once.
+    #[arg(long = "max-connections-per-host", value_name = "N", default_value_t = 16)]
+    pub max_connections_per_host: usize,
+    /// Global rate limit in bytes/s (e.g. 20M).
+    #[arg(long = "limit-rate", value_name = "RATE", value_parser = parse_size)]
+    pub limit_rate: Option<u64>,
+    /// Scheduling class: critical, high, normal, low, background.
+    #[arg(long, value_name = "CLASS", default_value = "normal", value_parser = parse_priority)]
+    pub priority: Priority,
     /// Write to this path (one URL only).
     #[arg(
         short = 'o',
@@ -67,6 +89,12 @@ pub struct GetArgs {
     pub json: bool,
 }
 
+fn parse_priority(s: &str) -> Result<Priority, String> {
+    Priority::parse(s).ok_or_else(|| {
+        format!("{s:?} is not a priority (critical, high, normal, low, background)")
+    })
+}
+
 fn secs(name: &str, s: f64) -> Result<Duration, String> {
     if s.is_finite() && s > 0.0 {
         Ok(Duration::from_secs_f64(s))
@@ -93,17 +121,44 @@ impl GetArgs {
             ..Config::default()
         };
         c.retry.max_attempts = self.retries.saturating_add(1);
+        c.max_active_jobs = self.jobs.max(1);
+        c.max_connections_per_origin = self.max_connections_per_host.max(1);
+        c.max_connections = c.max_connections.max(c.max_connections_per_origin);
+        c.rate_limit = self.limit_rate;
         c.retry.max_elapsed = secs("retry-max-time", self.retry_max_time)?;
         c.validate().map_err(|e| e.to_string())?;
         Ok(c)
     }
 
     fn downloads(&self) -> Result<Vec<Download>, String> {
-        if self.output.is_some() && self.urls.len() > 1 {
+        let mut entries: Vec<crate::inputfile::Entry> = self
+            .urls
+            .iter()
+            .map(|u| crate::inputfile::Entry {
+                uris: vec![u.clone()],
+                ..Default::default()
+            })
+            .collect();
+        if let Some(path) = &self.input_file {
+            let text = if path.as_os_str() == "-" {
+                std::io::read_to_string(std::io::stdin())
+            } else {
+                std::fs::read_to_string(path)
+            }
+            .map_err(|e| format!("cannot read {}: {e}", path.display()))?;
+            let name = path.display().to_string();
+            let mut listed = crate::inputfile::parse(&text, |w| eprintln!("haul get: {name}: {w}"))
+                .map_err(|e| format!("{name}: {e}"))?;
+            entries.append(&mut listed);
+        }
+        if entries.is_empty() {
+            return Err("nothing to download".into());
+        }
+        if self.output.is_some() && entries.len() > 1 {
             return Err("-o names one file; use -d DIR for several URLs".into());
         }
-        if self.sha256.is_some() && self.urls.len() > 1 {
-            return Err("--sha256 applies to one URL; give one URL per command".into());
+        if self.sha256.is_some() && entries.len() > 1 {
+            return Err("--sha256 applies to one URL; use checksum= lines in -i FILE".into());
         }
         let mut headers = Vec::new();
         for h in &self.headers {
@@ -113,14 +168,24 @@ impl GetArgs {
             headers.push((name.trim().to_string(), value.trim().to_string()));
         }
         let mut out = Vec::new();
-        for url in &self.urls {
-            let mut d = match (&self.output, &self.dir) {
+        for entry in &entries {
+            let url = entry
+                .uris
+                .first()
+                .ok_or_else(|| format!("line {}: no URI", entry.line))?;
+            let dir = entry
+                .dir
+                .as_ref()
+                .map(PathBuf::from)
+                .or_else(|| self.dir.clone())
+                .unwrap_or_else(|| PathBuf::from("."));
+            let d = match (&self.output, &entry.out) {
                 (Some(o), _) => Download::new(url, o.clone()),
-                (None, Some(d)) => Download::into_dir(url, d.clone()),
-                (None, None) => Download::into_dir(url, PathBuf::from(".")),
-            }
-            .map_err(|e| e.to_string())?;
-            if let Some(h) = &self.sha256 {
+                (None, Some(name)) => Download::new(url, dir.join(name)),
+                (None, None) => Download::into_dir(url, dir),
+            };
+            let mut d = d.map_err(|e| e.to_string())?;
+            if let Some(h) = entry.sha256.as_ref().or(self.sha256.as_ref()) {
                 d = d.sha256(h).map_err(|e| e.to_string())?;
             }
             if let Some(s) = self.size {
@@ -132,6 +197,10 @@ impl GetArgs {
             for (n, v) in &headers {
                 d = d.header(n, v);
             }
+            d = d
+                .priority(self.priority)
+                .segments(self.segments.max(1))
+                .min_segment(self.min_segment);
             out.push(d);
         }
         Ok(out)

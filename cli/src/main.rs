@@ -7,6 +7,7 @@ mod cache;
 mod demo;
 mod exit;
 mod get;
+mod inputfile;
 mod load;
 mod progress;
 mod units;

@@ -1,0 +1,113 @@
+//! The aria2 input-file format, so existing download lists work unchanged.
+//!
+//! ```text
+//! # a comment
+//! http://host/a.iso<TAB>http://mirror/a.iso
+//!   out=a.iso
+//!   dir=/srv/isos
+//!   checksum=sha-256=<hex>
+//! ```
+//!
+//! One download per non-indented line (URIs separated by TABs: the first is used, the rest
+//! are mirrors of the same bytes); indented `key=value` lines set options for the download
+//! above them. Supported options: `out`, `dir`, `checksum` (sha-256 only). Options aria2
+//! knows but haul sets globally (`split`, `max-connection-per-server`, ...) are ignored with
+//! a warning, as are unknown ones.
+
+/// One download of the list.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct Entry {
+    /// The URIs (the first one is fetched; others are mirrors).
+    pub uris: Vec<String>,
+    /// `out=`: the file name.
+    pub out: Option<String>,
+    /// `dir=`: the directory.
+    pub dir: Option<String>,
+    /// `checksum=sha-256=HEX`.
+    pub sha256: Option<String>,
+    /// Line number of the URI line (1-based).
+    pub line: usize,
+}
+
+/// Parse a list; warnings go to `warn`.
+pub fn parse(text: &str, mut warn: impl FnMut(String)) -> Result<Vec<Entry>, String> {
+    let mut entries: Vec<Entry> = Vec::new();
+    for (i, raw) in text.lines().enumerate() {
+        let line_no = i + 1;
+        let line = raw.trim_end_matches('\r');
+        if line.trim().is_empty() || line.trim_start().starts_with('#') {
+            continue;
+        }
+        if line.starts_with([' ', '\t']) {
+            let opt = line.trim();
+            let Some(entry) = entries.last_mut() else {
+                return Err(format!("line {line_no}: option {opt:?} before any URI"));
+            };
+            let Some((key, value)) = opt.split_once('=') else {
+                return Err(format!("line {line_no}: expected key=value, got {opt:?}"));
+            };
+            match key.trim() {
+                "out" => entry.out = Some(value.trim().to_string()),
+                "dir" => entry.dir = Some(value.trim().to_string()),
+                "checksum" => {
+                    let (algo, hex) = value.split_once('=').ok_or_else(|| {
+                        format!("line {line_no}: checksum must be TYPE=DIGEST, got {value:?}")
+                    })?;
+                    match algo.trim().to_ascii_lowercase().as_str() {
+                        "sha-256" | "sha256" => entry.sha256 = Some(hex.trim().to_string()),
+                        other => {
+                            return Err(format!(
+                                "line {line_no}: checksum type {other:?} is not supported (sha-256 only)"
+                            ))
+                        }
+                    }
+                }
+                other => warn(format!("line {line_no}: option {other:?} ignored")),
+            }
+            continue;
+        }
+        let uris: Vec<String> = line
+            .split('\t')
+            .map(str::trim)
+            .filter(|s| !s.is_empty())
+            .map(str::to_string)
+            .collect();
+        entries.push(Entry {
+            uris,
+            line: line_no,
+            ..Entry::default()
+        });
+    }
+    Ok(entries)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_uris_mirrors_and_options() {
+        let text = "# list\nhttp://a/x\thttp://b/x\n  out=y.bin\n  dir=/tmp/d\n  checksum=sha-256=AB\n\nhttp://a/z\n";
+        let mut warnings = Vec::new();
+        let e = parse(text, |w| warnings.push(w)).unwrap();
+        assert_eq!(e.len(), 2);
+        assert_eq!(e[0].uris, vec!["http://a/x", "http://b/x"]);
+        assert_eq!(e[0].out.as_deref(), Some("y.bin"));
+        assert_eq!(e[0].dir.as_deref(), Some("/tmp/d"));
+        assert_eq!(e[0].sha256.as_deref(), Some("AB"));
+        assert_eq!(e[1].uris, vec!["http://a/z"]);
+        assert_eq!(e[1].line, 7);
+        assert!(warnings.is_empty());
+    }
+
+    #[test]
+    fn unknown_options_warn_and_bad_lines_fail() {
+        let mut warnings = Vec::new();
+        let e = parse("http://a/x\n  split=4\n", |w| warnings.push(w)).unwrap();
+        assert_eq!(e.len(), 1);
+        assert_eq!(warnings.len(), 1);
+        assert!(parse("  out=x\n", |_| {}).is_err());
+        assert!(parse("http://a\n  checksum=md5=00\n", |_| {}).is_err());
+        assert!(parse("http://a\n  nonsense\n", |_| {}).is_err());
+    }
+}
