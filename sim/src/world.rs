@@ -1,0 +1,1628 @@
+//! The simulated world and its runtime: a discrete-event loop that executes the real
+//! [`Engine`]'s I/O requests against virtual connections, origins and a virtual disk, fires
+//! the scenario's faults, crashes and restarts the engine, and checks the invariants after
+//! every step.
+//!
+//! # The loop
+//!
+//! Events live in a queue ordered by `(time, sequence)`; the clock jumps to the next event
+//! or to the engine's next deadline ([`Engine::poll_timeout`]), whichever is first (an event
+//! at the same instant goes first). Every I/O request is completed by exactly one queued
+//! event; operations on one file complete in issue order (each is scheduled no earlier than
+//! the previous one on that file), everything else completes after its own latency.
+//!
+//! # Phases
+//!
+//! From time zero to `heal_at` (the safety phase) the fault plan is live and crashes may
+//! happen between any two steps. After it (the liveness phase) nothing fails any more;
+//! every download whose bytes exist must then commit within [`LIVENESS_BOUND`]. A download
+//! that ends in an error is re-submitted (like a user running the command again) once the
+//! world is healed.
+//!
+//! # Crashes
+//!
+//! A crash drops the engine and every pending operation and connection, and makes the disk
+//! keep only its durable state ([`crate::disk`]). After the plan's restart delay a new
+//! engine is created on the same disk and the downloads that were running are submitted
+//! again: they resume from the `.haul-part`/`.haul-state` pair on disk.
+//!
+//! # Hooks
+//!
+//! Invariants are checked in [`World::check_step`] and on events ([`World::on_event`]);
+//! new ones (breaker state, mirror choice, retry budget) belong there, fed by the same
+//! events and by what origins see.
+
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
+use std::path::PathBuf;
+use std::time::Duration;
+
+use bytes::Bytes;
+use haul_core::config::{Config, LowSpeedLimit, RetryPolicy};
+use haul_core::resume::PartState;
+use haul_core::{
+    ConnId, Download, DownloadError, Engine, Event, FileId, Input, Instant, IoErrorKind, IoFailure,
+    IoId, IoOp, IoRequest, IoResult, JobId, Output,
+};
+use sha2::{Digest, Sha256};
+
+use crate::disk::{VirtualDisk, WriteFault};
+use crate::origin::{parse_request, End, Origins};
+use crate::scenario::{
+    Check, ConnectFault, DiskFault, Fault, FaultKind, PlantedBug, ResponseFault, Scenario,
+};
+use crate::seed::{mix, sub_seed, SimRng, Stream};
+use crate::trace::Trace;
+
+/// Time after the heal by which every live download must have committed.
+pub const LIVENESS_BOUND: Duration = Duration::from_secs(60);
+
+/// Inputs at one simulated instant after which the engine is declared to be spinning.
+const SAME_INSTANT_LIMIT: u32 = 20_000;
+
+/// The invariant a violation breaks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Invariant {
+    /// A committed file does not hold the expected bytes (wrong hash, or not exactly one
+    /// representation the origin served).
+    CommittedBytes,
+    /// A state file names bytes that are not durable or whose digest does not match.
+    StateFile,
+    /// A job finished twice, or an event arrived for a job that is not running.
+    OneCompletion,
+    /// The engine broke the I/O call contract (reused ids, used closed handles, malformed
+    /// requests, disagreement on pending requests).
+    CallContract,
+    /// A retry delay outside the policy's bounds, or a request before the backoff ended.
+    Backoff,
+    /// The engine made no progress in time (ticks that do nothing, too many steps).
+    BusyLoop,
+    /// The engine panicked.
+    Panic,
+    /// A download whose bytes exist did not finish in time after the heal.
+    Liveness,
+    /// A successful outcome that does not describe the committed file.
+    Outcome,
+}
+
+/// An engine bug this simulator found and reported (see FINDINGS.md), recognised precisely
+/// so swarms keep checking everything else until it is fixed. `--strict` counts them as
+/// failures.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum KnownIssue {
+    /// F1: a checkpoint that was started before a write to the partial failed still writes
+    /// a state file naming the failed write's bytes as durable.
+    CheckpointAfterFailedWrite,
+    /// F2: an empty file downloaded with `segments > 1`: the origin rightly answers the
+    /// `Range: bytes=0-` probe with 416, which the engine retries as a range mismatch
+    /// until it gives up, every time.
+    EmptyFileWithSegments,
+}
+
+impl KnownIssue {
+    /// A short stable name.
+    pub fn name(self) -> &'static str {
+        match self {
+            KnownIssue::CheckpointAfterFailedWrite => "F1-checkpoint-after-failed-write",
+            KnownIssue::EmptyFileWithSegments => "F2-empty-file-with-segments",
+        }
+    }
+}
+
+/// One broken invariant.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Violation {
+    /// Simulated time.
+    pub at: Instant,
+    /// Step of the run.
+    pub step: u64,
+    /// What is broken.
+    pub invariant: Invariant,
+    /// Details.
+    pub detail: String,
+}
+
+impl std::fmt::Display for Violation {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "{:?} violated at {} (step {}): {}",
+            self.invariant,
+            fmt_time(self.at),
+            self.step,
+            self.detail
+        )
+    }
+}
+
+/// Options of one run.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RunOptions {
+    /// Record the event trace (slower; needed for replays and determinism checks).
+    pub trace: bool,
+    /// Steps after which the run is declared to be spinning.
+    pub max_steps: u64,
+}
+
+impl Default for RunOptions {
+    fn default() -> Self {
+        RunOptions {
+            trace: false,
+            max_steps: 2_000_000,
+        }
+    }
+}
+
+/// What a run found.
+#[derive(Debug, Clone)]
+pub struct RunReport {
+    /// The scenario's seed.
+    pub seed: u64,
+    /// Broken invariants (the run stops at the first).
+    pub violations: Vec<Violation>,
+    /// Violations recognised as known engine bugs (the run went on).
+    pub known: Vec<(KnownIssue, Violation)>,
+    /// The trace, when recorded.
+    pub trace: Vec<String>,
+    /// SHA-256 of the trace (hex), when recorded.
+    pub trace_hash: Option<String>,
+    /// Faults that fired, by kind.
+    pub fired: BTreeMap<FaultKind, u32>,
+    /// Simulated time at the end.
+    pub simulated: Duration,
+    /// Steps taken.
+    pub steps: u64,
+    /// Successful commits.
+    pub commits: u32,
+    /// Engine crashes.
+    pub crashes: u32,
+}
+
+impl RunReport {
+    /// True when no invariant broke.
+    pub fn passed(&self) -> bool {
+        self.violations.is_empty()
+    }
+}
+
+/// Formats an instant as seconds with microseconds.
+pub fn fmt_time(t: Instant) -> String {
+    let us = t.as_nanos() / 1000;
+    format!("{}.{:06}s", us / 1_000_000, us % 1_000_000)
+}
+
+/// The engine configuration the simulator runs: the real engine with short timeouts.
+pub fn engine_config(sc: &Scenario, seed: u64) -> Config {
+    Config {
+        connect_timeout: Duration::from_secs(2),
+        head_timeout: Duration::from_secs(3),
+        idle_timeout: Duration::from_secs(2),
+        low_speed: Some(LowSpeedLimit {
+            bytes_per_sec: 2048,
+            window: Duration::from_secs(4),
+        }),
+        max_redirects: 5,
+        retry: RetryPolicy {
+            max_attempts: 5,
+            base_delay: Duration::from_millis(200),
+            max_delay: Duration::from_secs(4),
+            max_elapsed: Duration::from_secs(60),
+        },
+        checkpoint_bytes: sc.checkpoint_bytes,
+        checkpoint_interval: Duration::from_millis(500),
+        max_write_backlog: 64 * 1024,
+        idle_connection_timeout: Duration::from_secs(5),
+        seed,
+        max_active_jobs: usize::from(sc.max_active_jobs),
+        rate_limit: sc.rate_limit.map(u64::from),
+        ..Config::default()
+    }
+}
+
+/// Run one scenario to the end and report.
+pub fn run_scenario(sc: &Scenario, opts: RunOptions) -> RunReport {
+    let mut world = World::new(sc.clone(), opts);
+    let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| world.run()));
+    if let Err(panic) = outcome {
+        let msg = panic
+            .downcast_ref::<String>()
+            .cloned()
+            .or_else(|| panic.downcast_ref::<&str>().map(|s| s.to_string()))
+            .unwrap_or_else(|| "non-string panic".into());
+        world.violate(Invariant::Panic, format!("panic: {msg}"));
+    }
+    world.report()
+}
+
+// ------------------------------------------------------------------------ world state
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum DlStatus {
+    Active {
+        job: JobId,
+        submitted: Instant,
+    },
+    /// Failed; a re-submission is queued.
+    Waiting,
+    /// Was running when the engine crashed; submitted again at restart.
+    AwaitingRestart,
+    Succeeded,
+    /// Failed and its bytes do not exist: nothing more to do.
+    GaveUp,
+}
+
+#[derive(Debug)]
+struct DlState {
+    url: String,
+    dest: PathBuf,
+    expected_sha: Option<[u8; 32]>,
+    status: DlStatus,
+    failures_after_heal: u32,
+    backoff_until: Option<Instant>,
+    /// What the checker last verified for the (volatile, durable) view of the destination.
+    checked: [Option<crate::disk::Version>; 2],
+}
+
+#[derive(Debug, Clone)]
+enum Wire {
+    Data(Bytes),
+    Eof,
+    Reset,
+}
+
+#[derive(Debug)]
+struct NetConn {
+    /// The resolved origin, or None for a host that does not resolve.
+    origin: Option<u8>,
+    connect_fault: Option<ConnectFault>,
+    engine_closed: bool,
+    /// A hanging connect, completed only when the engine closes the connection.
+    connect_parked: Option<IoId>,
+    inbox: Vec<u8>,
+    stream: VecDeque<(Instant, Wire)>,
+    parked_recv: VecDeque<IoId>,
+    /// The server will send nothing more.
+    server_done: bool,
+    /// When the last queued byte becomes available.
+    tail: Instant,
+    bytes_per_sec: u64,
+    requests: u32,
+}
+
+#[derive(Debug, Clone, Copy)]
+enum Ev {
+    Io(IoId),
+    /// The delayed completion of an operation that already took effect.
+    Deliver(IoId),
+    ServerIdleClose {
+        conn: ConnId,
+        requests: u32,
+    },
+    Restart,
+    Resubmit(usize),
+    Heal,
+}
+
+/// The world of one run. See the module documentation.
+pub struct World {
+    sc: Scenario,
+    opts: RunOptions,
+    now: Instant,
+    seq: u64,
+    queue: BTreeMap<(Instant, u64), Ev>,
+    engine: Option<Engine>,
+    incarnation: u32,
+    engine_seed: u64,
+    pending: BTreeMap<IoId, IoOp>,
+    issued: BTreeSet<IoId>,
+    conns: BTreeMap<ConnId, NetConn>,
+    file_last: BTreeMap<FileId, Instant>,
+    /// When each file's open takes effect.
+    file_opened: BTreeMap<FileId, Instant>,
+    /// Latest completion of a sync per file (a close waits for it).
+    file_synced: BTreeMap<FileId, Instant>,
+    /// Syncs whose completion comes after their effect.
+    sync_done_at: BTreeMap<IoId, Instant>,
+    delayed: BTreeMap<IoId, IoResult>,
+    disk: VirtualDisk,
+    origins: Origins,
+    idle_close: Vec<Duration>,
+    net: SimRng,
+    disk_rng: SimRng,
+    downloads: Vec<DlState>,
+    jobs: BTreeMap<JobId, usize>,
+    healed: bool,
+    heal_at: Instant,
+    connects: Vec<u16>,
+    requests: Vec<u16>,
+    writes: u32,
+    full_left: u8,
+    connect_faults: BTreeMap<(u8, u16), ConnectFault>,
+    response_faults: BTreeMap<(u8, u16), ResponseFault>,
+    disk_faults: BTreeMap<u32, DiskFault>,
+    crash_faults: BTreeMap<u64, u32>,
+    steps: u64,
+    same_instant: u32,
+    last_input_at: Instant,
+    settled_at: Option<Instant>,
+    violations: Vec<Violation>,
+    known: Vec<(KnownIssue, Violation)>,
+    /// Paths of files a write failed on, in this incarnation (for F1).
+    failed_writes: BTreeSet<PathBuf>,
+    /// The path each open file was opened with.
+    open_paths: BTreeMap<FileId, PathBuf>,
+    trace: Trace,
+    fired: BTreeMap<FaultKind, u32>,
+    commits: u32,
+    crashes: u32,
+}
+
+fn job_of(e: &Event) -> JobId {
+    match e {
+        Event::Queued { job, .. }
+        | Event::Started { job, .. }
+        | Event::Segmented { job, .. }
+        | Event::Resuming { job, .. }
+        | Event::Redirected { job, .. }
+        | Event::Response { job, .. }
+        | Event::Progress { job, .. }
+        | Event::Retrying { job, .. }
+        | Event::Finished { job, .. } => *job,
+    }
+}
+
+fn file_of(op: &IoOp) -> Option<FileId> {
+    match op {
+        IoOp::Open { file, .. }
+        | IoOp::OpenRead { file, .. }
+        | IoOp::ReadAt { file, .. }
+        | IoOp::WriteAt { file, .. }
+        | IoOp::SetLen { file, .. }
+        | IoOp::Sync { file }
+        | IoOp::CloseFile { file } => Some(*file),
+        _ => None,
+    }
+}
+
+fn conn_of(op: &IoOp) -> Option<ConnId> {
+    match op {
+        IoOp::Connect { conn, .. }
+        | IoOp::Send { conn, .. }
+        | IoOp::Recv { conn }
+        | IoOp::Close { conn } => Some(*conn),
+        _ => None,
+    }
+}
+
+fn failed(kind: IoErrorKind, msg: &str) -> IoResult {
+    IoResult::Failed(IoFailure::new(kind, msg))
+}
+
+fn summarize_op(op: &IoOp) -> String {
+    match op {
+        IoOp::Connect { conn, origin, .. } => format!("Connect {conn} {origin}"),
+        IoOp::Send { conn, data } => format!("Send {conn} {}B", data.len()),
+        IoOp::Recv { conn } => format!("Recv {conn}"),
+        IoOp::Close { conn } => format!("Close {conn}"),
+        IoOp::ReadFile { path, .. } => format!("ReadFile {}", path.display()),
+        IoOp::WriteFileAtomic { path, data } => {
+            format!("WriteFileAtomic {} {}B", path.display(), data.len())
+        }
+        IoOp::Open {
+            file,
+            path,
+            truncate,
+        } => format!("Open f{} {} truncate={truncate}", file.0, path.display()),
+        IoOp::OpenRead { file, path } => format!("OpenRead f{} {}", file.0, path.display()),
+        IoOp::CopyFile { from, to } => format!("CopyFile {} -> {}", from.display(), to.display()),
+        IoOp::ReadAt { file, offset, len } => format!("ReadAt f{} @{offset} {len}B", file.0),
+        IoOp::WriteAt { file, offset, data } => {
+            format!("WriteAt f{} @{offset} {}B", file.0, data.len())
+        }
+        IoOp::SetLen { file, len } => format!("SetLen f{} {len}", file.0),
+        IoOp::Sync { file } => format!("Sync f{}", file.0),
+        IoOp::CloseFile { file } => format!("CloseFile f{}", file.0),
+        IoOp::Rename { from, to } => format!("Rename {} -> {}", from.display(), to.display()),
+        IoOp::Remove { path } => format!("Remove {}", path.display()),
+    }
+}
+
+fn summarize_result(r: &IoResult) -> String {
+    match r {
+        IoResult::Data(b) => format!("Data {}B", b.len()),
+        IoResult::Failed(f) => format!("Failed {f}"),
+        other => format!("{other:?}"),
+    }
+}
+
+fn summarize_event(e: &Event) -> String {
+    match e {
+        Event::Progress { job, bytes, total } => format!("Progress {job} {bytes}/{total:?}"),
+        Event::Finished { job, result: Ok(o) } => format!(
+            "Finished {job} ok size={} resumed_from={} attempts={} sha={}",
+            o.size,
+            o.resumed_from,
+            o.attempts,
+            &o.sha256_hex()[..16]
+        ),
+        Event::Finished {
+            job,
+            result: Err(e),
+        } => format!("Finished {job} err: {e}"),
+        other => format!("{other:?}"),
+    }
+}
+
+impl World {
+    /// A world for `sc`, not yet started.
+    pub fn new(sc: Scenario, opts: RunOptions) -> World {
+        let origins = Origins::new(sub_seed(sc.seed, Stream::Origins), &sc.downloads, sc.bug);
+        let mut origin_rng = SimRng::new(mix(sub_seed(sc.seed, Stream::Origins), 1));
+        let idle_close = (0..sc.origins)
+            .map(|_| Duration::from_millis(origin_rng.range(500, 8_000)))
+            .collect();
+        let downloads = sc
+            .downloads
+            .iter()
+            .enumerate()
+            .map(|(i, d)| {
+                let canonical = &origins.resources[i].versions[0].body;
+                let url = if d.dead_host {
+                    format!("http://dead{i}.sim/f/d{i}")
+                } else if let Some(r) = d.redirect_via {
+                    format!("http://o{r}.sim/r/d{i}")
+                } else {
+                    format!("http://o{}.sim/f/d{i}", d.origin)
+                };
+                let expected_sha = match d.check {
+                    Check::Sha256 => Some(Sha256::digest(canonical).into()),
+                    Check::WrongSha256 => Some(Sha256::digest(b"no representation").into()),
+                    Check::Unchecked => None,
+                };
+                DlState {
+                    url,
+                    dest: PathBuf::from(format!("/dl/d{i}.bin")),
+                    expected_sha,
+                    status: DlStatus::AwaitingRestart,
+                    failures_after_heal: 0,
+                    backoff_until: None,
+                    checked: [None, None],
+                }
+            })
+            .collect();
+        let mut connect_faults = BTreeMap::new();
+        let mut response_faults = BTreeMap::new();
+        let mut disk_faults = BTreeMap::new();
+        let mut crash_faults = BTreeMap::new();
+        for f in &sc.faults {
+            match *f {
+                Fault::Connect { origin, nth, kind } => {
+                    connect_faults.entry((origin, nth)).or_insert(kind);
+                }
+                Fault::Response { origin, nth, kind } => {
+                    response_faults.entry((origin, nth)).or_insert(kind);
+                }
+                Fault::Disk { nth_write, kind } => {
+                    disk_faults.entry(u32::from(nth_write)).or_insert(kind);
+                }
+                Fault::Crash {
+                    after_step,
+                    restart_ms,
+                } => {
+                    crash_faults
+                        .entry(u64::from(after_step))
+                        .or_insert(restart_ms);
+                }
+            }
+        }
+        World {
+            heal_at: Instant::from_duration(Duration::from_millis(sc.heal_at_ms)),
+            engine_seed: sub_seed(sc.seed, Stream::Engine),
+            net: SimRng::new(sub_seed(sc.seed, Stream::Network)),
+            disk_rng: SimRng::new(sub_seed(sc.seed, Stream::Disk)),
+            connects: vec![0; usize::from(sc.origins)],
+            requests: vec![0; usize::from(sc.origins)],
+            trace: Trace::new(opts.trace),
+            sc,
+            opts,
+            now: Instant::ZERO,
+            seq: 0,
+            queue: BTreeMap::new(),
+            engine: None,
+            incarnation: 0,
+            pending: BTreeMap::new(),
+            issued: BTreeSet::new(),
+            conns: BTreeMap::new(),
+            file_last: BTreeMap::new(),
+            file_opened: BTreeMap::new(),
+            file_synced: BTreeMap::new(),
+            sync_done_at: BTreeMap::new(),
+            delayed: BTreeMap::new(),
+            disk: VirtualDisk::new(),
+            origins,
+            idle_close,
+            downloads,
+            jobs: BTreeMap::new(),
+            healed: false,
+            writes: 0,
+            full_left: 0,
+            connect_faults,
+            response_faults,
+            disk_faults,
+            crash_faults,
+            steps: 0,
+            same_instant: 0,
+            last_input_at: Instant::ZERO,
+            settled_at: None,
+            violations: Vec::new(),
+            known: Vec::new(),
+            failed_writes: BTreeSet::new(),
+            open_paths: BTreeMap::new(),
+            fired: BTreeMap::new(),
+            commits: 0,
+            crashes: 0,
+        }
+    }
+
+    fn report(self) -> RunReport {
+        let trace_hash = self.trace.enabled().then(|| self.trace.hash());
+        RunReport {
+            seed: self.sc.seed,
+            violations: self.violations,
+            known: self.known,
+            trace: self.trace.into_lines(),
+            trace_hash,
+            fired: self.fired,
+            simulated: self.now.since_epoch(),
+            steps: self.steps,
+            commits: self.commits,
+            crashes: self.crashes,
+        }
+    }
+
+    fn log(&mut self, f: impl FnOnce() -> String) {
+        if self.trace.enabled() {
+            let line = format!("{:>14} {}", fmt_time(self.now), f());
+            self.trace.push(line);
+        }
+    }
+
+    fn violate(&mut self, invariant: Invariant, detail: String) {
+        let v = Violation {
+            at: self.now,
+            step: self.steps,
+            invariant,
+            detail,
+        };
+        if self.trace.enabled() {
+            let line = format!("{:>14} VIOLATION {v}", fmt_time(self.now));
+            self.trace.push(line);
+        }
+        self.violations.push(v);
+    }
+
+    /// A violation recognised as a known engine bug: recorded, and the run goes on.
+    fn known(&mut self, issue: KnownIssue, invariant: Invariant, detail: String) {
+        let v = Violation {
+            at: self.now,
+            step: self.steps,
+            invariant,
+            detail,
+        };
+        if self.trace.enabled() {
+            let line = format!("{:>14} KNOWN {} {v}", fmt_time(self.now), issue.name());
+            self.trace.push(line);
+        }
+        self.known.push((issue, v));
+    }
+
+    /// Whether every download still running is an empty file fetched with segments (F2).
+    fn only_empty_segmented_stuck(&self) -> bool {
+        self.downloads
+            .iter()
+            .zip(&self.sc.downloads)
+            .filter(|(d, _)| !matches!(d.status, DlStatus::Succeeded | DlStatus::GaveUp))
+            .all(|(_, p)| p.size == 0 && p.segments > 1)
+    }
+
+    fn fire(&mut self, kind: FaultKind) {
+        *self.fired.entry(kind).or_default() += 1;
+    }
+
+    fn schedule(&mut self, at: Instant, ev: Ev) {
+        let at = at.max(self.now);
+        self.seq += 1;
+        self.queue.insert((at, self.seq), ev);
+    }
+
+    // -------------------------------------------------------------------- the loop
+
+    fn run(&mut self) {
+        if self.trace.enabled() {
+            for line in self.sc.to_string().lines() {
+                self.trace.push(line.to_string());
+            }
+        }
+        self.start_engine();
+        for i in 0..self.downloads.len() {
+            self.submit(i);
+        }
+        self.schedule(self.heal_at, Ev::Heal);
+        loop {
+            if !self.violations.is_empty() {
+                return;
+            }
+            if self.steps >= self.opts.max_steps {
+                let n = self.steps;
+                self.violate(Invariant::BusyLoop, format!("{n} steps without settling"));
+                return;
+            }
+            if !self.healed && self.engine.is_some() {
+                if let Some(restart_ms) = self.crash_faults.remove(&self.steps) {
+                    self.crash(restart_ms);
+                }
+            }
+            if self.all_settled() {
+                let at = *self.settled_at.get_or_insert(self.now);
+                let quiet = self.engine.as_ref().is_none_or(|e| {
+                    e.is_idle() && e.poll_timeout().is_none() && self.pending.is_empty()
+                });
+                if quiet || self.now > at + Duration::from_secs(30) {
+                    break;
+                }
+            }
+            let next_event = self.queue.first_key_value().map(|(k, _)| k.0);
+            let timer = self.engine.as_ref().and_then(Engine::poll_timeout);
+            match (timer, next_event) {
+                (None, None) => break,
+                (Some(t), e) if e.is_none_or(|e| t < e) => self.tick(t),
+                _ => {
+                    let ((at, _), ev) = self.queue.pop_first().expect("peeked");
+                    self.now = self.now.max(at);
+                    self.process(ev);
+                }
+            }
+            self.steps += 1;
+            self.check_step();
+            if !self.all_settled() && self.now > self.heal_at + LIVENESS_BOUND {
+                let stuck: Vec<String> = self
+                    .downloads
+                    .iter()
+                    .enumerate()
+                    .filter(|(_, d)| !matches!(d.status, DlStatus::Succeeded | DlStatus::GaveUp))
+                    .map(|(i, d)| format!("d{i} ({:?})", d.status))
+                    .collect();
+                let bound = LIVENESS_BOUND.as_secs();
+                let detail = format!("not finished {bound}s after the heal: {}", stuck.join(", "));
+                if self.only_empty_segmented_stuck() {
+                    self.known(
+                        KnownIssue::EmptyFileWithSegments,
+                        Invariant::Liveness,
+                        detail,
+                    );
+                } else {
+                    self.violate(Invariant::Liveness, detail);
+                }
+                return;
+            }
+        }
+        self.final_checks();
+    }
+
+    fn all_settled(&self) -> bool {
+        self.downloads
+            .iter()
+            .all(|d| matches!(d.status, DlStatus::Succeeded | DlStatus::GaveUp))
+    }
+
+    fn final_checks(&mut self) {
+        if !self.violations.is_empty() || !self.all_settled() {
+            return;
+        }
+        if let Some(e) = &self.engine {
+            if !e.is_idle() || !self.pending.is_empty() {
+                let (jobs, io) = (e.active_jobs(), self.pending.len());
+                self.violate(
+                    Invariant::CallContract,
+                    format!("at the end {jobs} jobs and {io} requests are still pending"),
+                );
+                return;
+            }
+        }
+        if self.disk.open_files() > 0 {
+            let n = self.disk.open_files();
+            self.violate(
+                Invariant::CallContract,
+                format!("{n} files left open at the end"),
+            );
+        }
+        self.log(|| "end: every download settled".to_string());
+    }
+
+    fn tick(&mut self, t: Instant) {
+        self.now = self.now.max(t);
+        self.note_input();
+        let now = self.now;
+        let engine = self.engine.as_mut().expect("a timer implies an engine");
+        engine.handle_input(now, Input::Tick);
+        let produced = self.drain();
+        let again = self.engine.as_ref().and_then(Engine::poll_timeout);
+        if produced == 0 && again.is_some_and(|t| t <= self.now) {
+            self.violate(
+                Invariant::BusyLoop,
+                format!(
+                    "a tick did nothing and the next deadline is {} (not in the future)",
+                    again.map(fmt_time).unwrap_or_default()
+                ),
+            );
+        }
+    }
+
+    fn note_input(&mut self) {
+        if self.now == self.last_input_at {
+            self.same_instant += 1;
+            if self.same_instant == SAME_INSTANT_LIMIT {
+                self.violate(
+                    Invariant::BusyLoop,
+                    format!("{SAME_INSTANT_LIMIT} engine inputs at one instant"),
+                );
+            }
+        } else {
+            self.last_input_at = self.now;
+            self.same_instant = 0;
+        }
+    }
+
+    fn process(&mut self, ev: Ev) {
+        match ev {
+            Ev::Io(id) => self.complete(id),
+            Ev::Deliver(id) => {
+                let result = self.delayed.remove(&id).expect("a delivery has its result");
+                self.finish_io(id, result);
+            }
+            Ev::ServerIdleClose { conn, requests } => {
+                let now = self.now;
+                let Some(c) = self.conns.get_mut(&conn) else {
+                    return;
+                };
+                if c.server_done || c.engine_closed || c.requests != requests {
+                    return;
+                }
+                c.server_done = true;
+                let at = now.max(c.tail);
+                c.stream.push_back((at, Wire::Eof));
+                self.log(|| format!("server closes idle {conn}"));
+                self.wake_recv(conn);
+            }
+            Ev::Restart => self.restart(),
+            Ev::Resubmit(i) => {
+                if self.downloads[i].status == DlStatus::Waiting {
+                    if self.engine.is_some() {
+                        self.submit(i);
+                    } else {
+                        self.downloads[i].status = DlStatus::AwaitingRestart;
+                    }
+                }
+            }
+            Ev::Heal => {
+                self.healed = true;
+                self.log(|| "heal: faults stop; liveness phase begins".to_string());
+            }
+        }
+    }
+
+    fn start_engine(&mut self) {
+        let seed = mix(self.engine_seed, u64::from(self.incarnation));
+        let config = engine_config(&self.sc, seed);
+        self.engine = Some(Engine::new(config, self.now).expect("the simulator's config is valid"));
+    }
+
+    fn submit(&mut self, i: usize) {
+        let d = &self.downloads[i];
+        let plan = &self.sc.downloads[i];
+        let mut spec = Download::new(&d.url, d.dest.clone()).expect("simulated URLs are valid");
+        if let Some(sha) = d.expected_sha {
+            spec = spec
+                .sha256(&hex::encode(sha))
+                .expect("64 hex digits are a valid sha256");
+        }
+        if plan.size_hint {
+            spec = spec.size(u64::from(plan.size));
+        }
+        if plan.segments > 1 {
+            spec = spec
+                .segments(u32::from(plan.segments))
+                .min_segment(16 * 1024);
+        }
+        let now = self.now;
+        let job = self
+            .engine
+            .as_mut()
+            .expect("submit needs an engine")
+            .submit(now, spec);
+        self.jobs.insert(job, i);
+        self.downloads[i].status = DlStatus::Active {
+            job,
+            submitted: now,
+        };
+        self.log(|| format!("submit d{i} as {job}"));
+        self.drain();
+    }
+
+    fn crash(&mut self, restart_ms: u32) {
+        self.fire(FaultKind::Crash);
+        self.crashes += 1;
+        self.log(|| format!("CRASH (restart in {restart_ms}ms)"));
+        self.engine = None;
+        self.pending.clear();
+        self.issued.clear();
+        self.conns.clear();
+        self.file_last.clear();
+        self.file_synced.clear();
+        self.file_opened.clear();
+        self.failed_writes.clear();
+        self.open_paths.clear();
+        self.sync_done_at.clear();
+        self.delayed.clear();
+        self.queue
+            .retain(|_, ev| !matches!(ev, Ev::Io(_) | Ev::Deliver(_) | Ev::ServerIdleClose { .. }));
+        for (_, i) in std::mem::take(&mut self.jobs) {
+            self.downloads[i].status = DlStatus::AwaitingRestart;
+        }
+        for d in &mut self.downloads {
+            d.backoff_until = None;
+        }
+        self.disk.crash();
+        let at = self.now + Duration::from_millis(u64::from(restart_ms));
+        self.schedule(at, Ev::Restart);
+    }
+
+    fn restart(&mut self) {
+        self.incarnation += 1;
+        self.start_engine();
+        let inc = self.incarnation;
+        self.log(|| format!("restart: engine incarnation {inc}"));
+        for i in 0..self.downloads.len() {
+            if self.downloads[i].status == DlStatus::AwaitingRestart {
+                self.submit(i);
+            }
+        }
+    }
+
+    /// Take every output of the engine; returns how many there were.
+    fn drain(&mut self) -> usize {
+        let mut n = 0;
+        loop {
+            let Some(engine) = self.engine.as_mut() else {
+                return n;
+            };
+            let Some(out) = engine.poll_output() else {
+                break;
+            };
+            n += 1;
+            match out {
+                Output::Io(req) => self.on_issue(req),
+                Output::Event(e) => self.on_event(e),
+            }
+        }
+        let engine_pending = self.engine.as_ref().map_or(0, Engine::pending_io);
+        if engine_pending != self.pending.len() {
+            let mine = self.pending.len();
+            self.violate(
+                Invariant::CallContract,
+                format!("the engine counts {engine_pending} pending requests, the world {mine}"),
+            );
+        }
+        n
+    }
+
+    // -------------------------------------------------------------------- issuing I/O
+
+    fn on_issue(&mut self, req: IoRequest) {
+        let IoRequest { id, op } = req;
+        if !self.issued.insert(id) {
+            self.violate(Invariant::CallContract, format!("{id:?} issued twice"));
+            return;
+        }
+        self.log(|| format!("io#{} -> {}", id.0, summarize_op(&op)));
+        if let Some(conn) = conn_of(&op) {
+            if !matches!(op, IoOp::Connect { .. }) {
+                match self.conns.get(&conn) {
+                    None => {
+                        self.violate(
+                            Invariant::CallContract,
+                            format!("{} on unknown {conn}", summarize_op(&op)),
+                        );
+                        return;
+                    }
+                    Some(c) if c.engine_closed => {
+                        self.violate(
+                            Invariant::CallContract,
+                            format!("{} on {conn} after the engine closed it", summarize_op(&op)),
+                        );
+                        return;
+                    }
+                    Some(_) => {}
+                }
+            }
+        }
+        self.pending.insert(id, op.clone());
+        let now = self.now;
+        match &op {
+            IoOp::Connect { conn, origin, .. } => {
+                if self.conns.contains_key(conn) {
+                    self.violate(Invariant::CallContract, format!("{conn} connected twice"));
+                    return;
+                }
+                let resolved = origin
+                    .host
+                    .strip_prefix('o')
+                    .and_then(|h| h.strip_suffix(".sim"))
+                    .and_then(|n| n.parse::<u8>().ok())
+                    .filter(|&n| n < self.sc.origins && origin.port == 80);
+                let fault = match resolved {
+                    Some(o) => {
+                        let nth = self.connects[usize::from(o)];
+                        self.connects[usize::from(o)] += 1;
+                        if self.healed {
+                            None
+                        } else {
+                            self.connect_faults.get(&(o, nth)).copied()
+                        }
+                    }
+                    None => None,
+                };
+                if let Some(f) = fault {
+                    self.fire(match f {
+                        ConnectFault::Refused => FaultKind::Refused,
+                        ConnectFault::Dns => FaultKind::Dns,
+                        ConnectFault::Hang => FaultKind::ConnectHang,
+                    });
+                    self.log(|| format!("fault: connect {conn} {f:?}"));
+                }
+                let bytes_per_sec = self.net.log_range(200_000, 20_000_000);
+                let hang = fault == Some(ConnectFault::Hang);
+                self.conns.insert(
+                    *conn,
+                    NetConn {
+                        origin: resolved,
+                        connect_fault: fault,
+                        engine_closed: false,
+                        connect_parked: hang.then_some(id),
+                        inbox: Vec::new(),
+                        stream: VecDeque::new(),
+                        parked_recv: VecDeque::new(),
+                        server_done: false,
+                        tail: now,
+                        bytes_per_sec,
+                        requests: 0,
+                    },
+                );
+                if !hang {
+                    let lat = Duration::from_micros(self.net.log_range(100, 30_000));
+                    self.schedule(now + lat, Ev::Io(id));
+                }
+            }
+            IoOp::Send { .. } => {
+                let lat = Duration::from_micros(self.net.log_range(20, 2_000));
+                self.schedule(now + lat, Ev::Io(id));
+            }
+            IoOp::Recv { conn } => {
+                let c = self.conns.get_mut(conn).expect("checked above");
+                c.parked_recv.push_back(id);
+                self.wake_recv(*conn);
+            }
+            IoOp::Close { conn } => {
+                let c = self.conns.get_mut(conn).expect("checked above");
+                c.engine_closed = true;
+                let parked: Vec<IoId> = c
+                    .parked_recv
+                    .drain(..)
+                    .chain(c.connect_parked.take())
+                    .collect();
+                for p in parked {
+                    self.schedule(now, Ev::Io(p));
+                }
+                self.schedule(now, Ev::Io(id));
+            }
+            _ => {
+                let lat = match &op {
+                    IoOp::Sync { .. } => self.disk_rng.log_range(200, 8_000),
+                    IoOp::WriteAt { data, .. } => 5 + data.len() as u64 / 1000,
+                    _ => self.disk_rng.log_range(5, 1_500),
+                };
+                let mut at = now + Duration::from_micros(lat);
+                if let Some(file) = file_of(&op) {
+                    let planted_early_sync = self.sc.bug == Some(PlantedBug::DiskReordersSync)
+                        && matches!(op, IoOp::Sync { .. });
+                    if planted_early_sync {
+                        // The planted bug: a sync overtakes earlier writes to its file
+                        // (though not the open).
+                        at = self.file_opened.get(&file).copied().unwrap_or(now).max(now);
+                    } else {
+                        let last = self.file_last.get(&file).copied().unwrap_or(now);
+                        at = at.max(last);
+                        if matches!(op, IoOp::CloseFile { .. }) {
+                            // CloseFile completes after everything before it, syncs included.
+                            let synced = self.file_synced.get(&file).copied().unwrap_or(now);
+                            at = at.max(synced);
+                        }
+                        self.file_last.insert(file, at);
+                        if matches!(op, IoOp::Open { .. } | IoOp::OpenRead { .. }) {
+                            self.file_opened.insert(file, at);
+                        }
+                    }
+                    if matches!(op, IoOp::Sync { .. }) && self.disk_rng.chance(0.5) {
+                        // The contract lets a sync complete after later operations on its
+                        // file: it takes effect in order, its completion comes later.
+                        let done = at + Duration::from_micros(self.disk_rng.log_range(10, 20_000));
+                        self.sync_done_at.insert(id, done);
+                        let synced = self.file_synced.entry(file).or_insert(done);
+                        *synced = (*synced).max(done);
+                    }
+                }
+                self.schedule(at, Ev::Io(id));
+            }
+        }
+    }
+
+    /// Schedule the completion of a parked `Recv` when the connection has something for it.
+    fn wake_recv(&mut self, conn: ConnId) {
+        let now = self.now;
+        let Some(c) = self.conns.get_mut(&conn) else {
+            return;
+        };
+        let ready_at = match c.stream.front() {
+            Some((t, _)) => Some(*t),
+            None if c.engine_closed => Some(now),
+            None => None,
+        };
+        if let Some(t) = ready_at {
+            if let Some(id) = c.parked_recv.pop_front() {
+                self.schedule(t.max(now), Ev::Io(id));
+            }
+        }
+    }
+
+    // -------------------------------------------------------------------- completing I/O
+
+    fn complete(&mut self, id: IoId) {
+        let Some(op) = self.pending.get(&id).cloned() else {
+            // A crash purged the request's events, so this cannot happen.
+            panic!("simulator bug: completion for {id:?}, which is not pending");
+        };
+        let result = match &op {
+            IoOp::Connect { conn, .. } => {
+                let c = &self.conns[conn];
+                if c.engine_closed {
+                    failed(IoErrorKind::Cancelled, "connection closed")
+                } else if c.origin.is_none() {
+                    failed(IoErrorKind::Dns, "no such host")
+                } else {
+                    match c.connect_fault {
+                        Some(ConnectFault::Refused) => {
+                            failed(IoErrorKind::ConnectFailed, "connection refused")
+                        }
+                        Some(ConnectFault::Dns) => {
+                            failed(IoErrorKind::Dns, "temporary failure in name resolution")
+                        }
+                        _ => IoResult::Done,
+                    }
+                }
+            }
+            IoOp::Send { conn, data } => {
+                if self.conns[conn].engine_closed {
+                    failed(IoErrorKind::Cancelled, "connection closed")
+                } else {
+                    self.deliver_request(*conn, data);
+                    IoResult::Done
+                }
+            }
+            IoOp::Recv { conn } => {
+                let now = self.now;
+                let c = self
+                    .conns
+                    .get_mut(conn)
+                    .expect("a pending recv has its conn");
+                if c.engine_closed {
+                    failed(IoErrorKind::Cancelled, "connection closed")
+                } else {
+                    match c.stream.front() {
+                        Some((t, _)) if *t > now => {
+                            let t = *t;
+                            self.schedule(t, Ev::Io(id));
+                            return;
+                        }
+                        Some((_, Wire::Data(_))) => match c.stream.pop_front() {
+                            Some((_, Wire::Data(b))) => IoResult::Data(b),
+                            _ => unreachable!("front was data"),
+                        },
+                        Some((_, Wire::Eof)) => IoResult::Eof,
+                        Some((_, Wire::Reset)) => {
+                            failed(IoErrorKind::Reset, "connection reset by peer")
+                        }
+                        None => {
+                            c.parked_recv.push_back(id);
+                            return;
+                        }
+                    }
+                }
+            }
+            IoOp::Close { .. } => IoResult::Done,
+            _ => {
+                let result = self.execute_disk(&op);
+                if let Some(done) = self.sync_done_at.remove(&id) {
+                    // Took effect now; completes later.
+                    self.delayed.insert(id, result);
+                    self.schedule(done, Ev::Deliver(id));
+                    return;
+                }
+                result
+            }
+        };
+        self.finish_io(id, result);
+    }
+
+    /// Hand one completion to the engine.
+    fn finish_io(&mut self, id: IoId, result: IoResult) {
+        self.pending.remove(&id);
+        self.log(|| format!("io#{} <- {}", id.0, summarize_result(&result)));
+        self.note_input();
+        let now = self.now;
+        let engine = self.engine.as_mut().expect("pending I/O implies an engine");
+        engine.handle_input(now, Input::Io { id, result });
+        self.drain();
+    }
+
+    fn execute_disk(&mut self, op: &IoOp) -> IoResult {
+        let fault = match op {
+            IoOp::WriteAt { .. } | IoOp::WriteFileAtomic { .. } | IoOp::CopyFile { .. }
+                if !self.healed =>
+            {
+                let n = self.writes;
+                self.writes += 1;
+                if self.full_left > 0 {
+                    self.full_left -= 1;
+                    Some(WriteFault::NoSpace)
+                } else {
+                    match self.disk_faults.get(&n).copied() {
+                        Some(DiskFault::Full { writes }) => {
+                            self.fire(FaultKind::DiskFull);
+                            self.full_left = writes.saturating_sub(1);
+                            Some(WriteFault::NoSpace)
+                        }
+                        Some(DiskFault::ShortWrite { keep_permille }) => {
+                            self.fire(FaultKind::ShortWrite);
+                            let len = match op {
+                                IoOp::WriteAt { data, .. } => data.len(),
+                                _ => 0,
+                            };
+                            Some(WriteFault::Short {
+                                keep: len * usize::from(keep_permille) / 1000,
+                            })
+                        }
+                        None => None,
+                    }
+                }
+            }
+            _ => None,
+        };
+        if let Some(f) = fault {
+            self.log(|| format!("fault: disk write {f:?}"));
+        }
+        let result = self.disk.execute(op, fault);
+        match op {
+            IoOp::Open { file, path, .. } | IoOp::OpenRead { file, path } => {
+                self.open_paths.insert(*file, path.clone());
+            }
+            IoOp::WriteAt { file, .. } if matches!(result, IoResult::Failed(_)) => {
+                if let Some(p) = self.open_paths.get(file) {
+                    self.failed_writes.insert(p.clone());
+                }
+            }
+            _ => {}
+        }
+        if !self.disk.misuse.is_empty() {
+            let misuse = std::mem::take(&mut self.disk.misuse).join("; ");
+            self.violate(Invariant::CallContract, misuse);
+        }
+        if let (IoOp::WriteFileAtomic { path, data }, IoResult::Done) = (op, &result) {
+            if path.to_string_lossy().ends_with(".haul-state") {
+                self.check_state_write(path, data);
+            }
+        }
+        result
+    }
+
+    fn deliver_request(&mut self, conn: ConnId, data: &Bytes) {
+        let c = self.conns.get_mut(&conn).expect("send on a known conn");
+        c.inbox.extend_from_slice(data);
+        loop {
+            let c = self.conns.get_mut(&conn).expect("known conn");
+            match parse_request(&c.inbox) {
+                Err(e) => {
+                    self.violate(Invariant::CallContract, e);
+                    return;
+                }
+                Ok(None) => return,
+                Ok(Some((req, n))) => {
+                    c.inbox.drain(..n);
+                    if c.server_done {
+                        continue;
+                    }
+                    c.requests += 1;
+                    self.serve(conn, &req);
+                }
+            }
+        }
+    }
+
+    fn serve(&mut self, conn: ConnId, req: &crate::origin::Request) {
+        let origin = self.conns[&conn]
+            .origin
+            .expect("a connected conn has an origin");
+        let expected_host = format!("o{origin}.sim");
+        if req.host.as_deref() != Some(expected_host.as_str()) {
+            let host = req.host.clone();
+            self.violate(
+                Invariant::CallContract,
+                format!("request on a connection to {expected_host} has Host {host:?}"),
+            );
+            return;
+        }
+        let nth = self.requests[usize::from(origin)];
+        self.requests[usize::from(origin)] += 1;
+        let fault = if self.healed {
+            None
+        } else {
+            self.response_faults.get(&(origin, nth)).copied()
+        };
+        let reply = self
+            .origins
+            .respond(origin, req, fault, self.now.since_epoch());
+        if let Some(kind) = reply.fired {
+            self.fire(kind);
+        }
+        self.log(|| {
+            format!(
+                "o{origin} request #{nth} {} range={:?} if-range={:?} -> {}{}",
+                req.path,
+                req.range_start,
+                req.if_range,
+                reply.summary,
+                match (fault, reply.fired) {
+                    (Some(f), Some(_)) => format!(" [fault {f:?}]"),
+                    (Some(f), None) => format!(" [fault {f:?} does not apply]"),
+                    _ => String::new(),
+                }
+            )
+        });
+        if let Some(res) = reply.resource {
+            if let Some(until) = self.downloads[res].backoff_until {
+                if self.now < until {
+                    let (now, until) = (fmt_time(self.now), fmt_time(until));
+                    self.violate(
+                        Invariant::Backoff,
+                        format!("request for d{res} at {now}, before its backoff ends at {until}"),
+                    );
+                }
+            }
+        }
+        self.push_reply(conn, reply);
+    }
+
+    fn piece_size(&mut self) -> usize {
+        (match self.net.below(10) {
+            0..=1 => self.net.range(1, 64),
+            2..=7 => self.net.range(512, 16_384),
+            _ => self.net.range(16_384, 65_536),
+        }) as usize
+    }
+
+    fn push_reply(&mut self, conn: ConnId, reply: crate::origin::Reply) {
+        let latency = Duration::from_micros(self.net.log_range(100, 20_000));
+        let (bytes_per_sec, tail) = {
+            let c = &self.conns[&conn];
+            (c.bytes_per_sec, c.tail)
+        };
+        let mut t = (self.now + latency).max(tail);
+        let limit = reply.cut.map_or(reply.wire.len(), |(n, _)| n);
+        let mut end = reply.cut.map_or(reply.end, |(_, e)| e);
+        let mut pieces = Vec::new();
+        let mut offset = 0;
+        while offset < limit {
+            let size = match reply.trickle {
+                Some((piece, gap)) => {
+                    if !pieces.is_empty() {
+                        t = t + gap;
+                    }
+                    if pieces.len() >= 64 {
+                        // A trickle that outlasts any sane limit: stop here.
+                        end = End::Silent;
+                        break;
+                    }
+                    piece
+                }
+                None => {
+                    let size = self.piece_size();
+                    t = t + Duration::from_nanos(size as u64 * 1_000_000_000 / bytes_per_sec);
+                    size
+                }
+            }
+            .min(limit - offset);
+            pieces.push((t, Wire::Data(reply.wire.slice(offset..offset + size))));
+            offset += size;
+        }
+        let c = self.conns.get_mut(&conn).expect("known conn");
+        c.stream.extend(pieces);
+        c.tail = t;
+        let requests = c.requests;
+        match end {
+            End::KeepOpen => {}
+            End::Eof => {
+                c.stream.push_back((t, Wire::Eof));
+                c.server_done = true;
+            }
+            End::Reset => {
+                c.stream.push_back((t, Wire::Reset));
+                c.server_done = true;
+            }
+            End::Silent => c.server_done = true,
+        }
+        if end == End::KeepOpen {
+            let origin = usize::from(c.origin.expect("served conn has an origin"));
+            let at = t + self.idle_close[origin];
+            self.schedule(at, Ev::ServerIdleClose { conn, requests });
+        }
+        self.wake_recv(conn);
+    }
+
+    // -------------------------------------------------------------------- events and checks
+
+    fn on_event(&mut self, e: Event) {
+        let job = job_of(&e);
+        let Some(&i) = self.jobs.get(&job) else {
+            self.violate(
+                Invariant::OneCompletion,
+                format!("event for {job}, which is not running: {e:?}"),
+            );
+            return;
+        };
+        self.log(|| format!("event d{i} {}", summarize_event(&e)));
+        match e {
+            Event::Retrying {
+                attempt,
+                delay,
+                error,
+                ..
+            } => {
+                self.check_backoff(i, attempt, delay, &error);
+                self.downloads[i].backoff_until = Some(self.now + delay);
+            }
+            Event::Finished { result, .. } => {
+                self.jobs.remove(&job);
+                self.downloads[i].backoff_until = None;
+                match result {
+                    Ok(outcome) => {
+                        self.check_outcome(i, &outcome);
+                        self.downloads[i].status = DlStatus::Succeeded;
+                        self.commits += 1;
+                        if !self.sc.downloads[i].is_live() {
+                            self.violate(
+                                Invariant::CommittedBytes,
+                                format!("d{i}, whose bytes do not exist, committed"),
+                            );
+                        }
+                    }
+                    Err(error) => self.on_failure(i, &error),
+                }
+            }
+            _ => {}
+        }
+    }
+
+    fn on_failure(&mut self, i: usize, error: &DownloadError) {
+        if !self.sc.downloads[i].is_live() {
+            self.downloads[i].status = DlStatus::GaveUp;
+            return;
+        }
+        if self.healed {
+            self.downloads[i].failures_after_heal += 1;
+            if self.downloads[i].failures_after_heal > 3 {
+                let detail = format!("d{i} failed 4 times after the heal, last: {error}");
+                let plan = &self.sc.downloads[i];
+                if plan.size == 0 && plan.segments > 1 {
+                    self.known(
+                        KnownIssue::EmptyFileWithSegments,
+                        Invariant::Liveness,
+                        detail,
+                    );
+                    self.downloads[i].status = DlStatus::GaveUp;
+                } else {
+                    self.violate(Invariant::Liveness, detail);
+                }
+                return;
+            }
+        }
+        self.downloads[i].status = DlStatus::Waiting;
+        let at = (self.now + Duration::from_millis(500)).max(self.heal_at);
+        self.schedule(at, Ev::Resubmit(i));
+    }
+
+    fn check_backoff(&mut self, i: usize, attempt: u32, delay: Duration, error: &DownloadError) {
+        let policy = engine_config(&self.sc, 0).retry;
+        if attempt < 2 || attempt > policy.max_attempts {
+            let max = policy.max_attempts;
+            self.violate(
+                Invariant::Backoff,
+                format!("d{i} retries as attempt {attempt} (allowed 2..={max})"),
+            );
+            return;
+        }
+        let exp = policy
+            .base_delay
+            .saturating_mul(1 << (attempt - 2).min(20))
+            .min(policy.max_delay);
+        let retry_after = match error {
+            DownloadError::Status {
+                retry_after: Some(ra),
+                ..
+            } => *ra,
+            _ => Duration::ZERO,
+        };
+        let slack = Duration::from_micros(1);
+        let low = (exp / 2).max(retry_after);
+        let high = exp.max(retry_after) + slack;
+        if delay + slack < low || delay > high {
+            self.violate(
+                Invariant::Backoff,
+                format!("d{i} attempt {attempt} waits {delay:?}, outside [{low:?}, {high:?}]"),
+            );
+        }
+        if let DlStatus::Active { submitted, .. } = self.downloads[i].status {
+            let elapsed = self.now.saturating_since(submitted);
+            if elapsed + delay > policy.max_elapsed + slack {
+                self.violate(
+                    Invariant::Backoff,
+                    format!(
+                        "d{i} retries {elapsed:?} + {delay:?} after submission, past max_elapsed"
+                    ),
+                );
+            }
+        }
+    }
+
+    fn check_outcome(&mut self, i: usize, o: &haul_core::Outcome) {
+        let dest = self.downloads[i].dest.clone();
+        let problem = if o.path != dest {
+            Some(format!(
+                "outcome path {} is not {}",
+                o.path.display(),
+                dest.display()
+            ))
+        } else {
+            match self.disk.read(&dest) {
+                None => Some("the destination does not exist".to_string()),
+                Some(data) if data.len() as u64 != o.size => Some(format!(
+                    "outcome size {} but the file has {} bytes",
+                    o.size,
+                    data.len()
+                )),
+                Some(data) if <[u8; 32]>::from(Sha256::digest(data)) != o.sha256 => {
+                    Some("outcome sha256 differs from the file's".to_string())
+                }
+                Some(_) => None,
+            }
+        };
+        if let Some(p) = problem {
+            self.violate(Invariant::Outcome, format!("d{i}: {p}"));
+        }
+    }
+
+    fn check_state_write(&mut self, path: &std::path::Path, data: &[u8]) {
+        let state: PartState = match serde_json::from_slice(data) {
+            Ok(s) => s,
+            Err(e) => {
+                self.violate(
+                    Invariant::StateFile,
+                    format!("unparsable state written to {}: {e}", path.display()),
+                );
+                return;
+            }
+        };
+        let s = path.to_string_lossy();
+        let part = PathBuf::from(format!("{}.haul-part", s.trim_end_matches(".haul-state")));
+        let problem = match self.disk.durable_data_of(&part) {
+            None => Some(format!("{} does not exist", part.display())),
+            Some(durable) if (durable.len() as u64) < state.verified => Some(format!(
+                "only {} bytes of the partial are durable",
+                durable.len()
+            )),
+            Some(durable) => {
+                let digest = hex::encode(Sha256::digest(&durable[..state.verified as usize]));
+                (digest != state.prefix_sha256)
+                    .then(|| "the durable prefix has another digest".to_string())
+            }
+        };
+        if let Some(p) = problem {
+            let detail = format!(
+                "{} names {} verified bytes but {p}",
+                path.display(),
+                state.verified
+            );
+            if self.failed_writes.contains(&part) {
+                self.known(
+                    KnownIssue::CheckpointAfterFailedWrite,
+                    Invariant::StateFile,
+                    detail,
+                );
+            } else {
+                self.violate(Invariant::StateFile, detail);
+            }
+        }
+    }
+
+    /// The per-step invariants: every committed destination, in the volatile view and in
+    /// the view a crash would leave, holds acceptable bytes.
+    fn check_step(&mut self) {
+        for i in 0..self.downloads.len() {
+            for durable in [false, true] {
+                let dest = self.downloads[i].dest.clone();
+                let version = if durable {
+                    self.disk.durable_version(&dest)
+                } else {
+                    self.disk.version(&dest)
+                };
+                let slot = usize::from(durable);
+                if version.is_none() || version == self.downloads[i].checked[slot] {
+                    continue;
+                }
+                self.downloads[i].checked[slot] = version;
+                let data = if durable {
+                    self.disk.read_durable(&dest)
+                } else {
+                    self.disk.read(&dest)
+                }
+                .expect("versioned path exists");
+                if let Some(problem) = self.judge(i, data) {
+                    let view = if durable { "durable" } else { "visible" };
+                    self.violate(
+                        Invariant::CommittedBytes,
+                        format!("{view} {}: {problem}", self.downloads[i].dest.display()),
+                    );
+                }
+            }
+        }
+    }
+
+    /// Why `data` is not an acceptable committed file for download `i`, if it is not.
+    fn judge(&self, i: usize, data: &[u8]) -> Option<String> {
+        match self.downloads[i].expected_sha {
+            Some(expected) => {
+                let actual: [u8; 32] = Sha256::digest(data).into();
+                (actual != expected).then(|| {
+                    format!(
+                        "{} bytes with sha256 {}, expected {}",
+                        data.len(),
+                        &hex::encode(actual)[..16],
+                        &hex::encode(expected)[..16]
+                    )
+                })
+            }
+            None => {
+                let r = &self.origins.resources[i];
+                let matches = r
+                    .served
+                    .iter()
+                    .any(|&v| r.versions[v].body.as_ref() == data);
+                (!matches).then(|| {
+                    format!(
+                        "{} bytes equal to none of the {} representations served (a splice or \
+                         a corruption)",
+                        data.len(),
+                        r.served.len()
+                    )
+                })
+            }
+        }
+    }
+}
