@@ -139,11 +139,13 @@ pub fn extract_to_staging(
     select: impl Fn(&str) -> Option<String>,
     options: &ExtractOptions,
 ) -> Result<Staged, InstallError> {
-    ValidatedArchive::open(archive, &options.limits)?.extract_to_staging(
+    let mut staged = ValidatedArchive::open(archive, &options.limits)?.extract_to_staging(
         dest,
         select,
         options.modes,
-    )
+    )?;
+    staged.set_durability(options.durability);
+    Ok(staged)
 }
 
 /// Validates, extracts and commits in one call; returns what the commit did.

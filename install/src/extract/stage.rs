@@ -138,6 +138,11 @@ impl Staged {
         self.stats
     }
 
+    /// Whether [`Staged::commit`] will sync.
+    pub fn durability(&self) -> Durability {
+        self.durability
+    }
+
     /// Chooses whether [`Staged::commit`] syncs (default: [`Durability::SyncBeforeCommit`]).
     pub fn set_durability(&mut self, durability: Durability) {
         self.durability = durability;

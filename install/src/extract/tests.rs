@@ -146,6 +146,23 @@ fn replacing_an_existing_tree_is_whole() {
 }
 
 #[test]
+fn extract_to_staging_applies_the_requested_durability() {
+    let s = Scene::new();
+    write_zip(&s.archive, &[file("new.txt", b"new")]);
+    for durability in [Durability::NoSync, Durability::SyncBeforeCommit] {
+        let options = ExtractOptions {
+            durability,
+            ..ExtractOptions::default()
+        };
+        let staged =
+            extract_to_staging(&s.archive, &s.dest(), |n| Some(n.to_string()), &options).unwrap();
+        assert_eq!(staged.durability(), durability);
+        staged.commit().unwrap();
+        assert_eq!(fs::read(s.dest().join("new.txt")).unwrap(), b"new");
+    }
+}
+
+#[test]
 fn executable_by_content_policy_uses_magic_and_archive_bits() {
     let s = Scene::new();
     write_zip(
