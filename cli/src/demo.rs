@@ -218,6 +218,7 @@ fn demo(args: DemoArgs) -> Result<i32, String> {
             human_rate(total as f64 / elapsed.as_secs_f64().max(1e-9)),
         );
     }
+    let code = exit::combine([code, crate::demo_assets::run(&origin, &dir, mode)?]);
     Ok(code)
 }
 

@@ -3,14 +3,18 @@
 //! Subcommands: `get` (verified, resumable downloads) and `demo` (the main job on a fresh
 //! machine: a built-in local origin, downloads with verification, progress and a summary).
 
+mod assets;
 mod cache;
 mod demo;
+mod demo_assets;
 mod exit;
+mod extract;
 mod get;
 mod inputfile;
 mod load;
 mod progress;
 mod units;
+mod vsix;
 
 use clap::{Parser, Subcommand};
 
@@ -48,6 +52,14 @@ enum Command {
     Load(load::LoadArgs),
     /// Look at and maintain a module cache: ls, prune, verify, pins.
     Cache(cache::CacheArgs),
+    /// Install, inspect, uninstall and list VS Code extensions (.vsix).
+    Vsix(vsix::VsixArgs),
+    /// Asset catalogs: repositories, states, installs and updates of game assets.
+    Assets(assets::AssetsArgs),
+    /// Extract any zip safely into a directory, replacing it as a whole.
+    Extract(extract::ExtractArgs),
+    /// Print the SHA-256 of files like sha256sum (`HEX  FILE`).
+    Hash(extract::HashArgs),
 }
 
 fn main() {
@@ -75,6 +87,10 @@ fn main() {
         Command::Demo(args) => demo::run(args),
         Command::Load(args) => load::run(args),
         Command::Cache(args) => cache::run(args),
+        Command::Vsix(args) => vsix::run(args),
+        Command::Assets(args) => assets::run(args),
+        Command::Extract(args) => extract::run_extract(args),
+        Command::Hash(args) => extract::run_hash(args),
     };
     std::process::exit(code);
 }

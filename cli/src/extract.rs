@@ -1,0 +1,154 @@
+//! `haul extract` and `haul hash`: the local-file commands, and the exit code of an
+//! installer error.
+//!
+//! Owns: the command lines of a safe extraction of any zip into a directory (replaced as a
+//! whole) and of a SHA-256 of local files printed like `sha256sum`; the mapping of
+//! [`InstallError`] to exit codes shared by `haul vsix` and `haul assets`. Does not own the
+//! extraction rules themselves (`haul-install`).
+
+use std::fs::File;
+use std::io::{Read, Write};
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use clap::Args;
+use haul_install::extract::{self, Durability, ExtractOptions};
+use haul_install::InstallError;
+use sha2::{Digest, Sha256};
+
+use crate::exit;
+use crate::units::{human_bytes, human_rate};
+
+/// Read buffer of `haul hash` (large reads keep the syscall count low on big files).
+pub const HASH_BUFFER: usize = 1 << 20;
+
+/// Options of `haul extract`.
+#[derive(Args, Debug, Clone)]
+pub struct ExtractArgs {
+    /// The zip archive to extract.
+    #[arg(value_name = "ARCHIVE")]
+    pub archive: PathBuf,
+    /// Destination directory; an existing one is replaced as a whole, atomically.
+    #[arg(short = 'd', long = "dir", value_name = "DIR", required = true)]
+    pub dir: PathBuf,
+    /// Print nothing but errors.
+    #[arg(short, long)]
+    pub quiet: bool,
+    /// Do not make the tree durable before swapping it in (no syncfs): for scratch
+    /// extractions and for timing extraction alone against `unzip -q`.
+    #[arg(long = "no-sync")]
+    pub no_sync: bool,
+}
+
+/// Options of `haul hash`.
+#[derive(Args, Debug, Clone)]
+pub struct HashArgs {
+    /// Files to hash; each prints `HEX  FILE` like sha256sum.
+    #[arg(required = true, value_name = "FILE")]
+    pub files: Vec<PathBuf>,
+}
+
+/// The exit code for an installer error: unsafe or invalid archives, manifests, catalogs
+/// and configuration files are 6, local I/O is 7, an unusable name given on the command
+/// line is a usage error.
+pub fn exit_code_for(e: &InstallError) -> i32 {
+    if e.is_io() {
+        exit::LOCAL_IO
+    } else if matches!(e, InstallError::BadName { .. }) {
+        exit::USAGE
+    } else {
+        // is_unsafe_archive(), and bad manifests, catalogs, catalog entries and
+        // configuration files: all invalid input.
+        exit::UNSAFE_INPUT
+    }
+}
+
+/// Run `haul extract`; returns the exit code.
+pub fn run_extract(args: ExtractArgs) -> i32 {
+    let started = Instant::now();
+    let parent = match args.dir.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
+        _ => PathBuf::from("."),
+    };
+    // Leftovers of a crashed extraction into this parent (staging, old trees).
+    if let Err(e) = extract::recover(&parent) {
+        eprintln!("haul extract: {e}");
+        return exit_code_for(&e);
+    }
+    let options = ExtractOptions {
+        durability: if args.no_sync {
+            Durability::NoSync
+        } else {
+            Durability::SyncBeforeCommit
+        },
+        ..ExtractOptions::default()
+    };
+    match extract::extract_and_commit(
+        &args.archive,
+        &args.dir,
+        |name| Some(name.to_string()),
+        &options,
+    ) {
+        Ok(done) => {
+            if !args.quiet {
+                let secs = started.elapsed().as_secs_f64();
+                eprintln!(
+                    "extracted {} files, {} directories ({}) into {}{} in {secs:.3}s ({})",
+                    done.stats.files,
+                    done.stats.directories,
+                    human_bytes(done.stats.bytes),
+                    done.dest.display(),
+                    if done.replaced {
+                        ", replacing the old tree"
+                    } else {
+                        ""
+                    },
+                    human_rate(done.stats.bytes as f64 / secs.max(1e-9)),
+                );
+            }
+            exit::OK
+        }
+        Err(e) => {
+            eprintln!("haul extract: {}: {e}", args.archive.display());
+            exit_code_for(&e)
+        }
+    }
+}
+
+/// The lowercase hex SHA-256 of a file, read in [`HASH_BUFFER`]-sized pieces.
+pub fn sha256_file(path: &Path) -> std::io::Result<String> {
+    let mut file = File::open(path)?;
+    let mut hasher = Sha256::new();
+    let mut buf = vec![0u8; HASH_BUFFER];
+    loop {
+        let n = match file.read(&mut buf) {
+            Ok(0) => break,
+            Ok(n) => n,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+            Err(e) => return Err(e),
+        };
+        hasher.update(&buf[..n]);
+    }
+    Ok(hex::encode(hasher.finalize()))
+}
+
+/// Run `haul hash`; returns the exit code (7 if any file could not be read; the others
+/// are still printed).
+pub fn run_hash(args: HashArgs) -> i32 {
+    let mut code = exit::OK;
+    let mut out = std::io::stdout().lock();
+    for path in &args.files {
+        match sha256_file(path) {
+            Ok(hex) => {
+                if writeln!(out, "{hex}  {}", path.display()).is_err() {
+                    return exit::LOCAL_IO;
+                }
+            }
+            Err(e) => {
+                eprintln!("haul hash: {}: {e}", path.display());
+                code = exit::combine([code, exit::LOCAL_IO]);
+            }
+        }
+    }
+    code
+}

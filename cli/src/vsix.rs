@@ -1,0 +1,313 @@
+//! `haul vsix`: install, inspect, uninstall and list VS Code extensions.
+//!
+//! Owns: the command lines, fetching a `.vsix` given as a URL (through the engine, verified
+//! when a sha256 is given, into a temporary directory beside the root) and how results are
+//! shown. Does not own the install rules (manifest checks, folder names, exec bits,
+//! atomic swap): those are `haul_install::vsix`.
+
+use std::path::{Path, PathBuf};
+
+use clap::{Args, Subcommand};
+use haul_blocking::Client;
+use haul_core::{Config, Download};
+use haul_install::extract::recover;
+use haul_install::vsix::{self, InstalledExtension, VsixInstall};
+use serde_json::json;
+
+use crate::exit;
+use crate::extract::{exit_code_for, sha256_file};
+use crate::progress::{Mode, Reporter};
+
+/// Options of `haul vsix`.
+#[derive(Args, Debug, Clone)]
+pub struct VsixArgs {
+    #[command(subcommand)]
+    pub command: VsixCommand,
+}
+
+/// The `haul vsix` subcommands.
+#[derive(Subcommand, Debug, Clone)]
+pub enum VsixCommand {
+    /// Install a .vsix (a file, or an http/https URL) under --root.
+    Install(VsixInstallArgs),
+    /// Print an extension's package.json (the archive is validated first).
+    Manifest(VsixManifestArgs),
+    /// Remove PUBLISHER.NAME (every version) or PUBLISHER.NAME-VERSION; absent is success.
+    Uninstall(VsixUninstallArgs),
+    /// List the extensions installed under --root.
+    List(VsixListArgs),
+}
+
+/// Options of `haul vsix install`.
+#[derive(Args, Debug, Clone)]
+pub struct VsixInstallArgs {
+    /// A .vsix file, or an http/https URL to download it from.
+    #[arg(value_name = "FILE|URL")]
+    pub source: String,
+    /// The extensions directory (e.g. ~/.vscode/extensions).
+    #[arg(long, value_name = "DIR")]
+    pub root: PathBuf,
+    /// Expected SHA-256 of the .vsix; checked while downloading (or on the local file).
+    #[arg(long, value_name = "HEX")]
+    pub sha256: Option<String>,
+    /// Print nothing but errors.
+    #[arg(short, long)]
+    pub quiet: bool,
+    /// Print the result as one JSON object on stdout.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// Options of `haul vsix manifest`.
+#[derive(Args, Debug, Clone)]
+pub struct VsixManifestArgs {
+    /// A .vsix file.
+    #[arg(value_name = "FILE")]
+    pub file: PathBuf,
+}
+
+/// Options of `haul vsix uninstall`.
+#[derive(Args, Debug, Clone)]
+pub struct VsixUninstallArgs {
+    /// PUBLISHER.NAME or PUBLISHER.NAME-VERSION (case-insensitive).
+    #[arg(value_name = "ID")]
+    pub id: String,
+    /// The extensions directory.
+    #[arg(long, value_name = "DIR")]
+    pub root: PathBuf,
+    /// Print the removed extensions as JSON on stdout.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// Options of `haul vsix list`.
+#[derive(Args, Debug, Clone)]
+pub struct VsixListArgs {
+    /// The extensions directory.
+    #[arg(long, value_name = "DIR")]
+    pub root: PathBuf,
+    /// Print a JSON array on stdout.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// Run `haul vsix`; returns the exit code.
+pub fn run(args: VsixArgs) -> i32 {
+    match args.command {
+        VsixCommand::Install(a) => install(a),
+        VsixCommand::Manifest(a) => manifest(a),
+        VsixCommand::Uninstall(a) => uninstall(a),
+        VsixCommand::List(a) => list(a),
+    }
+}
+
+fn is_url(source: &str) -> bool {
+    let lower = source.get(..8).unwrap_or(source).to_ascii_lowercase();
+    lower.starts_with("http://") || lower.starts_with("https://")
+}
+
+/// The directory that holds `root` (where a downloaded .vsix waits before install).
+fn parent_of(root: &Path) -> PathBuf {
+    match root.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
+        _ => PathBuf::from("."),
+    }
+}
+
+fn install(args: VsixInstallArgs) -> i32 {
+    if let Err(e) = recover(&args.root) {
+        eprintln!("haul vsix: {e}");
+        return exit_code_for(&e);
+    }
+    // Kept alive until the install is done: it holds the downloaded .vsix.
+    let mut held_download = None;
+    let archive = if is_url(&args.source) {
+        match fetch(&args, &mut held_download) {
+            Ok(path) => path,
+            Err(code) => return code,
+        }
+    } else {
+        let path = PathBuf::from(&args.source);
+        if let Some(expected) = &args.sha256 {
+            match sha256_file(&path) {
+                Ok(actual) if actual.eq_ignore_ascii_case(expected.trim()) => {}
+                Ok(actual) => {
+                    eprintln!(
+                        "haul vsix: {}: sha256 mismatch: expected {}, got {actual}",
+                        path.display(),
+                        expected.trim()
+                    );
+                    return exit::VERIFICATION;
+                }
+                Err(e) => {
+                    eprintln!("haul vsix: {}: {e}", path.display());
+                    return exit::LOCAL_IO;
+                }
+            }
+        }
+        path
+    };
+    match vsix::install_vsix(&archive, &args.root) {
+        Ok(done) => {
+            report_install(&done, &args);
+            exit::OK
+        }
+        Err(e) => {
+            eprintln!("haul vsix: {}: {e}", args.source);
+            exit_code_for(&e)
+        }
+    }
+}
+
+/// Downloads the .vsix at `args.source` into a new temporary directory beside the root
+/// (stored in `holder` so it lives until the install is done).
+fn fetch(args: &VsixInstallArgs, holder: &mut Option<tempfile::TempDir>) -> Result<PathBuf, i32> {
+    let parent = parent_of(&args.root);
+    if let Err(e) = std::fs::create_dir_all(&parent) {
+        eprintln!("haul vsix: cannot create {}: {e}", parent.display());
+        return Err(exit::LOCAL_IO);
+    }
+    let dir = tempfile::Builder::new()
+        .prefix(".haul-vsix-")
+        .tempdir_in(&parent)
+        .map_err(|e| {
+            eprintln!(
+                "haul vsix: cannot create a temporary directory in {}: {e}",
+                parent.display()
+            );
+            exit::LOCAL_IO
+        })?;
+    let dest = dir.path().join("download.vsix");
+    let mut download = Download::new(&args.source, &dest).map_err(|e| {
+        eprintln!("haul vsix: {e}");
+        exit::USAGE
+    })?;
+    if let Some(hex) = &args.sha256 {
+        download = download.sha256(hex).map_err(|e| {
+            eprintln!("haul vsix: {e}");
+            exit::USAGE
+        })?;
+    }
+    let client = Client::new(Config::default()).map_err(|e| {
+        eprintln!("haul vsix: {e}");
+        exit::USAGE
+    })?;
+    let cancel = client.cancel_handle();
+    let _ = ctrlc::set_handler(move || cancel.cancel());
+    let mode = if args.json {
+        Mode::Quiet
+    } else {
+        Mode::choose(false, args.quiet)
+    };
+    let mut reporter = Reporter::new(mode, 1);
+    let outcome = client
+        .download(download, |ev| reporter.event(ev))
+        // The reporter has shown the error (in every mode but JSON, which is not used here).
+        .map_err(|e| exit::for_download(&e))?;
+    let path = outcome.path;
+    *holder = Some(dir);
+    Ok(path)
+}
+
+fn report_install(done: &VsixInstall, args: &VsixInstallArgs) {
+    let id = done.manifest.id();
+    let version = &done.manifest.version;
+    if args.json {
+        println!(
+            "{}",
+            json!({
+                "id": id,
+                "version": version,
+                "dir": done.dir,
+                "already_installed": done.already_installed,
+                "files": done.files,
+                "made_executable": done.healed.made_executable,
+            })
+        );
+        return;
+    }
+    if args.quiet {
+        return;
+    }
+    if done.already_installed {
+        println!("{id} {version} already installed in {}", done.dir.display());
+        if !done.healed.made_executable.is_empty() {
+            println!(
+                "  made {} file(s) executable",
+                done.healed.made_executable.len()
+            );
+        }
+    } else {
+        println!(
+            "installed {id} {version} in {} ({} files)",
+            done.dir.display(),
+            done.files
+        );
+    }
+}
+
+fn manifest(args: VsixManifestArgs) -> i32 {
+    match vsix::read_manifest(&args.file) {
+        Ok(m) => {
+            println!(
+                "{}",
+                serde_json::to_string_pretty(&m.json).expect("a JSON value serialises")
+            );
+            exit::OK
+        }
+        Err(e) => {
+            eprintln!("haul vsix: {}: {e}", args.file.display());
+            exit_code_for(&e)
+        }
+    }
+}
+
+fn extension_json(e: &InstalledExtension) -> serde_json::Value {
+    json!({
+        "id": e.id,
+        "publisher": e.publisher,
+        "name": e.name,
+        "version": e.version,
+        "dir": e.dir,
+    })
+}
+
+fn uninstall(args: VsixUninstallArgs) -> i32 {
+    let removed = match recover(&args.root).and_then(|_| vsix::uninstall(&args.id, &args.root)) {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("haul vsix: {e}");
+            return exit_code_for(&e);
+        }
+    };
+    if args.json {
+        let list: Vec<_> = removed.iter().map(extension_json).collect();
+        println!("{}", json!({ "removed": list }));
+    } else if removed.is_empty() {
+        eprintln!("{} is not installed; nothing to do", args.id);
+    } else {
+        for e in &removed {
+            println!("removed {} {} from {}", e.id, e.version, e.dir.display());
+        }
+    }
+    exit::OK
+}
+
+fn list(args: VsixListArgs) -> i32 {
+    let found = match vsix::list(&args.root) {
+        Ok(f) => f,
+        Err(e) => {
+            eprintln!("haul vsix: {e}");
+            return exit_code_for(&e);
+        }
+    };
+    if args.json {
+        let list: Vec<_> = found.iter().map(extension_json).collect();
+        println!("{}", serde_json::Value::Array(list));
+    } else {
+        for e in &found {
+            println!("{:<40} {:<16} {}", e.id, e.version, e.dir.display());
+        }
+    }
+    exit::OK
+}

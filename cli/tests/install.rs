@@ -1,0 +1,654 @@
+//! The installer commands end to end, running the real binary against a local origin:
+//! `haul vsix`, `haul assets`, `haul extract` and `haul hash`.
+
+use std::fs;
+use std::io::{Cursor, Write};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+use haul_origin::{Behavior, Origin};
+use serde_json::{json, Value};
+use sha2::{Digest, Sha256};
+use tempfile::TempDir;
+use zip::write::SimpleFileOptions;
+use zip::{CompressionMethod, ZipWriter};
+
+fn haul() -> Command {
+    let mut c = Command::new(env!("CARGO_BIN_EXE_haul"));
+    c.env_remove("HAUL_HOME").env_remove("HAUL_LOG");
+    c
+}
+
+fn run(args: &[&str]) -> Output {
+    haul().args(args).output().unwrap()
+}
+
+fn text(bytes: &[u8]) -> String {
+    String::from_utf8_lossy(bytes).into_owned()
+}
+
+#[track_caller]
+fn expect_code(out: &Output, code: i32) {
+    assert_eq!(
+        out.status.code(),
+        Some(code),
+        "stdout: {}\nstderr: {}",
+        text(&out.stdout),
+        text(&out.stderr)
+    );
+}
+
+fn s(p: &Path) -> &str {
+    p.to_str().unwrap()
+}
+
+fn sha256_hex(bytes: &[u8]) -> String {
+    hex::encode(Sha256::digest(bytes))
+}
+
+/// A deflate zip built in memory; a name ending in `/` is a directory.
+fn zip_bytes(entries: &[(&str, &[u8])]) -> Vec<u8> {
+    let mut w = ZipWriter::new(Cursor::new(Vec::new()));
+    let options = SimpleFileOptions::default()
+        .compression_method(CompressionMethod::Deflated)
+        .unix_permissions(0o644);
+    for (name, data) in entries {
+        if name.ends_with('/') {
+            w.add_directory(*name, options).unwrap();
+        } else {
+            w.start_file(*name, options).unwrap();
+            w.write_all(data).unwrap();
+        }
+    }
+    w.finish().unwrap().into_inner()
+}
+
+/// Every path under `root`, relative and sorted (directories end with `/`).
+fn listing(root: &Path) -> Vec<String> {
+    fn walk(root: &Path, dir: &Path, out: &mut Vec<String>) {
+        let Ok(items) = fs::read_dir(dir) else { return };
+        for item in items {
+            let path = item.unwrap().path();
+            let rel = path.strip_prefix(root).unwrap().display().to_string();
+            if path.is_dir() {
+                out.push(format!("{rel}/"));
+                walk(root, &path, out);
+            } else {
+                out.push(rel);
+            }
+        }
+    }
+    let mut out = Vec::new();
+    walk(root, root, &mut out);
+    out.sort();
+    out
+}
+
+// ---------------------------------------------------------------------------------------
+// vsix
+
+fn package_json(publisher: &str, name: &str, version: &str) -> String {
+    format!(
+        r#"{{"publisher":"{publisher}","name":"{name}","version":"{version}","displayName":"Test"}}"#
+    )
+}
+
+fn vsix_bytes(publisher: &str, name: &str, version: &str) -> Vec<u8> {
+    let manifest = package_json(publisher, name, version);
+    zip_bytes(&[
+        ("extension.vsixmanifest", b"<PackageManifest/>"),
+        ("[Content_Types].xml", b"<Types/>"),
+        ("extension/package.json", manifest.as_bytes()),
+        ("extension/out/main.js", b"exports.activate = () => {};\n"),
+        (
+            "extension/bin/server",
+            b"\x7fELF\x02\x01\x01 a language server",
+        ),
+    ])
+}
+
+#[test]
+fn vsix_install_from_file_reinstall_is_a_noop_list_and_uninstall() {
+    let tmp = TempDir::new().unwrap();
+    let file = tmp.path().join("ext.vsix");
+    fs::write(&file, vsix_bytes("Acme", "Widget", "1.2.3")).unwrap();
+    let root = tmp.path().join("extensions");
+
+    let out = run(&["vsix", "install", s(&file), "--root", s(&root)]);
+    expect_code(&out, 0);
+    let dir = root.join("acme.widget-1.2.3");
+    assert!(text(&out.stdout).contains(s(&dir)), "{}", text(&out.stdout));
+    assert_eq!(
+        listing(&dir),
+        vec!["bin/", "bin/server", "out/", "out/main.js", "package.json"]
+    );
+    use std::os::unix::fs::PermissionsExt;
+    let mode = |p: &Path| fs::metadata(p).unwrap().permissions().mode() & 0o777;
+    assert_eq!(
+        mode(&dir.join("bin/server")),
+        0o755,
+        "ELF content is executable"
+    );
+    assert_eq!(mode(&dir.join("out/main.js")), 0o644);
+
+    let again = run(&["vsix", "install", s(&file), "--root", s(&root)]);
+    expect_code(&again, 0);
+    assert!(
+        text(&again.stdout).contains("already installed"),
+        "{}",
+        text(&again.stdout)
+    );
+
+    let manifest = run(&["vsix", "manifest", s(&file)]);
+    expect_code(&manifest, 0);
+    let doc: Value = serde_json::from_slice(&manifest.stdout).unwrap();
+    assert_eq!(doc["displayName"], "Test");
+    assert_eq!(doc["version"], "1.2.3");
+
+    let list = run(&["vsix", "list", "--root", s(&root), "--json"]);
+    expect_code(&list, 0);
+    let list: Value = serde_json::from_slice(&list.stdout).unwrap();
+    assert_eq!(list.as_array().unwrap().len(), 1);
+    assert_eq!(list[0]["id"], "acme.widget");
+    assert_eq!(list[0]["version"], "1.2.3");
+
+    let gone = run(&["vsix", "uninstall", "ACME.Widget-1.2.3", "--root", s(&root)]);
+    expect_code(&gone, 0);
+    assert!(!dir.exists());
+    let absent = run(&["vsix", "uninstall", "acme.widget", "--root", s(&root)]);
+    expect_code(&absent, 0);
+    let list = run(&["vsix", "list", "--root", s(&root), "--json"]);
+    assert_eq!(text(&list.stdout).trim(), "[]");
+}
+
+#[test]
+fn vsix_install_from_url_checks_sha256_and_leaves_no_temporary_files() {
+    let origin = Origin::start().unwrap();
+    let body = vsix_bytes("acme", "remote", "0.1.0");
+    origin.route("/ext.vsix", body.clone(), Behavior::Normal);
+    let tmp = TempDir::new().unwrap();
+    let root = tmp.path().join("extensions");
+    let url = origin.url("/ext.vsix");
+
+    let wrong = run(&[
+        "vsix",
+        "install",
+        &url,
+        "--root",
+        s(&root),
+        "--sha256",
+        &"ab".repeat(32),
+        "--quiet",
+    ]);
+    expect_code(&wrong, 5);
+    assert!(listing(&root).is_empty());
+
+    let good = run(&[
+        "vsix",
+        "install",
+        &url,
+        "--root",
+        s(&root),
+        "--sha256",
+        &sha256_hex(&body).to_uppercase(),
+        "--quiet",
+    ]);
+    expect_code(&good, 0);
+    assert!(root.join("acme.remote-0.1.0/package.json").is_file());
+    // Only the root is left beside the root: the temporary download directory is gone.
+    assert!(listing(tmp.path())
+        .iter()
+        .all(|p| p.starts_with("extensions/")));
+}
+
+#[test]
+fn hostile_vsix_exits_6_and_writes_nothing_anywhere() {
+    let tmp = TempDir::new().unwrap();
+    let file = tmp.path().join("evil.vsix");
+    let manifest = package_json("evil", "ext", "1.0.0");
+    fs::write(
+        &file,
+        zip_bytes(&[
+            ("extension/package.json", manifest.as_bytes()),
+            ("extension/../evil", b"escaped"),
+        ]),
+    )
+    .unwrap();
+    let root = tmp.path().join("extensions");
+    fs::create_dir(&root).unwrap();
+    let before = listing(tmp.path());
+
+    let out = run(&["vsix", "install", s(&file), "--root", s(&root)]);
+    expect_code(&out, 6);
+    assert!(
+        text(&out.stderr).contains("extension/../evil"),
+        "{}",
+        text(&out.stderr)
+    );
+    assert_eq!(listing(tmp.path()), before);
+    assert!(!tmp.path().join("evil").exists());
+
+    expect_code(&run(&["vsix", "manifest", s(&file)]), 6);
+}
+
+// ---------------------------------------------------------------------------------------
+// assets
+
+/// One asset of a generated catalog.
+struct TestAsset {
+    key: &'static str,
+    name: &'static str,
+    category: &'static str,
+    directory: &'static str,
+    revision: u64,
+    files: Vec<(&'static str, &'static [u8])>,
+}
+
+impl TestAsset {
+    fn zip(&self) -> Vec<u8> {
+        let names: Vec<String> = self
+            .files
+            .iter()
+            .map(|(f, _)| format!("{}/{f}", self.directory))
+            .collect();
+        let mut entries: Vec<(&str, &[u8])> = names
+            .iter()
+            .zip(&self.files)
+            .map(|(n, (_, d))| (n.as_str(), *d))
+            .collect();
+        entries.push(("ignored-outside.txt", b"not installed"));
+        zip_bytes(&entries)
+    }
+}
+
+/// Routes every asset's zip (at `/z/<directory>-<revision>.zip`) and the catalog at
+/// `/catalog.json`, with `extra_entries` (raw JSON, e.g. bad ones) appended.
+fn publish(origin: &Origin, assets: &[TestAsset], extra_entries: &[(&str, Value)]) {
+    let mut doc = json!({"cars": [], "tracks": [], "drivers": []});
+    for a in assets {
+        let zip = a.zip();
+        let path = format!("/z/{}-{}.zip", a.directory, a.revision);
+        doc[a.key].as_array_mut().unwrap().push(json!({
+            "name": a.name, "category": a.category, "author": "t", "license": "CC0",
+            "url": origin.url(&path), "hashtype": "sha256", "hash": sha256_hex(&zip),
+            "size": zip.len().to_string(), "thumbnail": origin.url("/thumb.png"),
+            "directory": a.directory, "revision": a.revision.to_string(),
+        }));
+        origin.route(&path, zip, Behavior::Normal);
+    }
+    for (key, entry) in extra_entries {
+        doc[*key].as_array_mut().unwrap().push(entry.clone());
+    }
+    origin.route(
+        "/catalog.json",
+        serde_json::to_vec(&doc).unwrap(),
+        Behavior::Normal,
+    );
+}
+
+fn game_assets() -> Vec<TestAsset> {
+    vec![
+        TestAsset {
+            key: "cars",
+            name: "Test Car",
+            category: "GT",
+            directory: "test-car",
+            revision: 1,
+            files: vec![("test-car.xml", b"<car/>"), ("textures/a.png", b"png")],
+        },
+        TestAsset {
+            key: "tracks",
+            name: "Test Track",
+            category: "circuit",
+            directory: "test-track",
+            revision: 1,
+            files: vec![("test-track.xml", b"<track/>"), ("old-only.ac", b"old")],
+        },
+        TestAsset {
+            key: "drivers",
+            name: "Test Bot",
+            category: "simplix",
+            directory: "test-bot",
+            revision: 4,
+            files: vec![("test-bot.xml", b"<robot/>")],
+        },
+    ]
+}
+
+/// A game root and a haul home in one temporary directory.
+struct Game {
+    _tmp: TempDir,
+    root: PathBuf,
+    home: PathBuf,
+}
+
+impl Game {
+    fn new() -> Game {
+        let tmp = TempDir::new().unwrap();
+        let root = tmp.path().join("game");
+        let home = tmp.path().join("home");
+        Game {
+            _tmp: tmp,
+            root,
+            home,
+        }
+    }
+
+    /// `haul assets ARGS --root ROOT --home HOME` (`repo` subcommands get only --home).
+    fn assets(&self, args: &[&str]) -> Output {
+        let mut c = haul();
+        c.arg("assets").args(args);
+        if args.first() != Some(&"repo") {
+            c.arg("--root").arg(&self.root);
+        }
+        c.arg("--home").arg(&self.home).output().unwrap()
+    }
+
+    fn ls(&self) -> Value {
+        let out = self.assets(&["ls", "--json"]);
+        expect_code(&out, 0);
+        serde_json::from_slice(&out.stdout).unwrap()
+    }
+
+    fn state_of(&self, ls: &Value, name: &str) -> (String, Value, Value) {
+        let a = ls["assets"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|a| a["name"] == name)
+            .unwrap_or_else(|| panic!("{name} not listed in {ls}"));
+        (
+            a["state"].as_str().unwrap().to_string(),
+            a["installed_revision"].clone(),
+            a["catalog_revision"].clone(),
+        )
+    }
+}
+
+#[test]
+fn assets_repo_add_ls_install_update_rm_end_to_end() {
+    let origin = Origin::start().unwrap();
+    let mut assets = game_assets();
+    publish(&origin, &assets, &[]);
+    let g = Game::new();
+    let catalog = origin.url("/catalog.json");
+
+    let added = g.assets(&["repo", "add", &catalog]);
+    expect_code(&added, 0);
+    assert!(
+        text(&added.stdout).contains("3 assets"),
+        "{}",
+        text(&added.stdout)
+    );
+    let repos = g.assets(&["repo", "ls"]);
+    assert!(text(&repos.stdout).contains(&catalog));
+
+    let ls = g.ls();
+    assert_eq!(ls["assets"].as_array().unwrap().len(), 3);
+    let (state, installed, available) = g.state_of(&ls, "Test Track");
+    assert_eq!(
+        (state.as_str(), installed, available),
+        ("available", Value::Null, json!(1))
+    );
+    assert_eq!(ls["assets"][0]["type"], "car");
+    assert_eq!(ls["catalogs"][0]["source"], "network");
+
+    // Two downloads at a time: the third waits in the engine's queue.
+    let out = g.assets(&["install", "--all", "-j", "2", "--quiet"]);
+    expect_code(&out, 0);
+    let car = g.root.join("cars/models/test-car");
+    let track = g.root.join("tracks/circuit/test-track");
+    let bot = g.root.join("drivers/simplix/0");
+    assert_eq!(
+        listing(&car),
+        vec![".revision", "test-car.xml", "textures/", "textures/a.png"]
+    );
+    assert_eq!(fs::read_to_string(track.join(".revision")).unwrap(), "1\n");
+    assert_eq!(
+        fs::read_to_string(bot.join(".haul-driver")).unwrap(),
+        "Test Bot\n"
+    );
+    assert!(!g.root.join("ignored-outside.txt").exists());
+    // Installed zips are not kept.
+    assert!(listing(&g.home.join("downloads")).is_empty());
+    let ls = g.ls();
+    assert_eq!(g.state_of(&ls, "Test Bot").0, "installed");
+    assert_eq!(g.state_of(&ls, "Test Bot").1, json!(4));
+
+    // Installing again downloads nothing.
+    origin.clear_requests();
+    let again = g.assets(&["install", "Test Car"]);
+    expect_code(&again, 0);
+    assert!(text(&again.stdout).contains("already installed"));
+    assert!(origin.requests_to("/z/test-car-1.zip").is_empty());
+
+    // A new revision of the track with different files.
+    assets[1].revision = 2;
+    assets[1].files = vec![("test-track.xml", b"<track v2/>"), ("new-only.ac", b"new")];
+    publish(&origin, &assets, &[]);
+    let ls = g.ls();
+    let (state, installed, available) = g.state_of(&ls, "Test Track");
+    assert_eq!(
+        (state.as_str(), installed, available),
+        ("update-available", json!(1), json!(2))
+    );
+    origin.clear_requests();
+    let out = g.assets(&["update"]);
+    expect_code(&out, 0);
+    assert!(
+        text(&out.stdout).contains("replaced the old folder"),
+        "{}",
+        text(&out.stdout)
+    );
+    assert_eq!(origin.requests_to("/z/test-track-2.zip").len(), 1);
+    assert!(origin.requests_to("/z/test-car-1.zip").is_empty());
+    assert_eq!(
+        listing(&track),
+        vec![".revision", "new-only.ac", "test-track.xml"]
+    );
+    assert_eq!(fs::read_to_string(track.join(".revision")).unwrap(), "2\n");
+    let out = g.assets(&["update"]);
+    expect_code(&out, 0);
+    assert!(text(&out.stdout).contains("up to date"));
+
+    let out = g.assets(&["rm", "Test Car"]);
+    expect_code(&out, 0);
+    assert!(!car.exists());
+    assert_eq!(g.state_of(&g.ls(), "Test Car").0, "available");
+    expect_code(&g.assets(&["install", "No Such Asset"]), 2);
+
+    expect_code(&g.assets(&["repo", "rm", &catalog]), 0);
+    assert!(text(&g.assets(&["repo", "ls"]).stdout).trim().is_empty());
+}
+
+#[test]
+fn unreachable_repository_falls_back_to_the_cached_catalog() {
+    let origin = Origin::start().unwrap();
+    publish(&origin, &game_assets(), &[]);
+    let g = Game::new();
+    expect_code(&g.assets(&["repo", "add", &origin.url("/catalog.json")]), 0);
+    drop(origin);
+
+    let out = g.assets(&["ls", "--json"]);
+    expect_code(&out, 0);
+    assert!(
+        text(&out.stderr).contains("cached copy"),
+        "{}",
+        text(&out.stderr)
+    );
+    let ls: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(ls["assets"].as_array().unwrap().len(), 3);
+    assert_eq!(ls["catalogs"][0]["source"], "cache");
+}
+
+#[test]
+fn repo_add_refuses_an_unreadable_or_missing_catalog_and_adds_nothing() {
+    let origin = Origin::start().unwrap();
+    origin.route("/not-json", b"<html>".to_vec(), Behavior::Normal);
+    let g = Game::new();
+    let bad = g.assets(&["repo", "add", &origin.url("/not-json")]);
+    expect_code(&bad, 6);
+    assert!(
+        text(&bad.stderr).contains("not JSON"),
+        "{}",
+        text(&bad.stderr)
+    );
+    expect_code(&g.assets(&["repo", "add", &origin.url("/missing")]), 4);
+    expect_code(
+        &g.assets(&["repo", "add", "ftp://example.invalid/c.json"]),
+        2,
+    );
+    let repos = g.assets(&["repo", "ls"]);
+    expect_code(&repos, 0);
+    assert!(text(&repos.stdout).trim().is_empty());
+    // With no repository, listing says how to add one.
+    let ls = g.assets(&["ls"]);
+    expect_code(&ls, 2);
+    assert!(text(&ls.stderr).contains("repo add"));
+}
+
+#[test]
+fn a_bad_catalog_entry_is_named_and_skipped_while_the_good_ones_install() {
+    let origin = Origin::start().unwrap();
+    let bad = json!({
+        "name": "Sneaky Track", "category": "circuit", "author": "x", "license": "x",
+        "url": origin.url("/z/sneaky.zip"), "hashtype": "sha256", "hash": "00".repeat(32),
+        "size": "10", "thumbnail": origin.url("/t.png"), "directory": "../../escape",
+        "revision": "1",
+    });
+    publish(&origin, &game_assets(), &[("tracks", bad)]);
+    let g = Game::new();
+    let added = g.assets(&["repo", "add", &origin.url("/catalog.json")]);
+    expect_code(&added, 0);
+    assert!(text(&added.stderr).contains("Sneaky Track"));
+
+    let out = g.assets(&["install", "--all", "--quiet"]);
+    expect_code(&out, 0);
+    assert!(
+        text(&out.stderr).contains("Sneaky Track"),
+        "{}",
+        text(&out.stderr)
+    );
+    assert!(g.root.join("cars/models/test-car/test-car.xml").is_file());
+    assert!(g
+        .root
+        .join("tracks/circuit/test-track/test-track.xml")
+        .is_file());
+    assert!(origin.requests_to("/z/sneaky.zip").is_empty());
+
+    let ls = g.ls();
+    assert_eq!(ls["assets"].as_array().unwrap().len(), 3);
+    assert_eq!(ls["rejected"][0]["name"], "Sneaky Track");
+    assert_eq!(ls["rejected"][0]["field"], "directory");
+    // Asking for the bad one by name is an invalid-catalog failure.
+    let named = g.assets(&["install", "Sneaky Track"]);
+    expect_code(&named, 6);
+    assert!(text(&named.stderr).contains("Sneaky Track"));
+}
+
+#[test]
+fn an_asset_zip_that_does_not_match_its_sha256_exits_5_and_keeps_the_old_install() {
+    let origin = Origin::start().unwrap();
+    let mut assets = game_assets();
+    assets.truncate(1);
+    publish(&origin, &assets, &[]);
+    let g = Game::new();
+    expect_code(&g.assets(&["repo", "add", &origin.url("/catalog.json")]), 0);
+    expect_code(&g.assets(&["install", "Test Car", "--quiet"]), 0);
+    let car = g.root.join("cars/models/test-car");
+    let before = listing(&car);
+
+    // Revision 2 is listed, but the origin serves other bytes of the same size.
+    assets[0].revision = 2;
+    assets[0].files = vec![("test-car.xml", b"<car v2/>")];
+    publish(&origin, &assets, &[]);
+    let mut tampered = assets[0].zip();
+    let last = tampered.len() - 30;
+    tampered[last] ^= 0xff;
+    origin.route("/z/test-car-2.zip", tampered, Behavior::Normal);
+
+    let out = g.assets(&["update", "--retries", "0", "--quiet"]);
+    expect_code(&out, 5);
+    assert!(
+        text(&out.stderr).contains("Test Car"),
+        "{}",
+        text(&out.stderr)
+    );
+    assert_eq!(listing(&car), before);
+    assert_eq!(fs::read_to_string(car.join(".revision")).unwrap(), "1\n");
+    assert_eq!(fs::read(car.join("test-car.xml")).unwrap(), b"<car/>");
+    assert_eq!(g.state_of(&g.ls(), "Test Car").0, "update-available");
+}
+
+// ---------------------------------------------------------------------------------------
+// extract and hash
+
+#[test]
+fn extract_replaces_the_directory_as_a_whole_and_refuses_traversal() {
+    let tmp = TempDir::new().unwrap();
+    let archive = tmp.path().join("a.zip");
+    fs::write(
+        &archive,
+        zip_bytes(&[("top/", b""), ("top/a.txt", b"a"), ("b.txt", b"b")]),
+    )
+    .unwrap();
+    let dest = tmp.path().join("out");
+    fs::create_dir(&dest).unwrap();
+    fs::write(dest.join("stale.txt"), b"stale").unwrap();
+
+    let out = run(&[
+        "extract",
+        s(&archive),
+        "-d",
+        s(&dest),
+        "--quiet",
+        "--no-sync",
+    ]);
+    expect_code(&out, 0);
+    assert!(out.stderr.is_empty(), "{}", text(&out.stderr));
+    assert_eq!(listing(&dest), vec!["b.txt", "top/", "top/a.txt"]);
+
+    let evil = tmp.path().join("evil.zip");
+    fs::write(
+        &evil,
+        zip_bytes(&[("ok.txt", b"ok"), ("../escape.txt", b"x")]),
+    )
+    .unwrap();
+    let out = run(&["extract", s(&evil), "-d", s(&dest)]);
+    expect_code(&out, 6);
+    assert!(text(&out.stderr).contains("../escape.txt"));
+    assert_eq!(listing(&dest), vec!["b.txt", "top/", "top/a.txt"]);
+    assert!(!tmp.path().join("escape.txt").exists());
+
+    let not_zip = tmp.path().join("not.zip");
+    fs::write(&not_zip, b"this is not a zip").unwrap();
+    expect_code(&run(&["extract", s(&not_zip), "-d", s(&dest)]), 6);
+}
+
+#[test]
+fn hash_prints_lowercase_sha256_like_sha256sum() {
+    let tmp = TempDir::new().unwrap();
+    let a = tmp.path().join("a.bin");
+    // Larger than the 1 MiB read buffer, so several reads are hashed.
+    let body: Vec<u8> = (0..3_000_000u32).map(|i| (i % 251) as u8).collect();
+    fs::write(&a, &body).unwrap();
+    let empty = tmp.path().join("empty");
+    fs::write(&empty, b"").unwrap();
+
+    let out = run(&["hash", s(&a), s(&empty)]);
+    expect_code(&out, 0);
+    assert_eq!(
+        text(&out.stdout),
+        format!(
+            "{}  {}\n{}  {}\n",
+            sha256_hex(&body),
+            s(&a),
+            sha256_hex(b""),
+            s(&empty)
+        )
+    );
+
+    let missing = run(&["hash", s(&tmp.path().join("missing")), s(&a)]);
+    expect_code(&missing, 7);
+    assert!(text(&missing.stdout).contains(&sha256_hex(&body)));
+}
