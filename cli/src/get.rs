@@ -81,6 +81,15 @@ pub struct GetArgs {
     /// No retry starts later than this many seconds after the start.
     #[arg(long = "retry-max-time", value_name = "S", default_value_t = 300.0)]
     pub retry_max_time: f64,
+    /// Also trust the CA certificate(s) in FILE (PEM or DER) for https, on top of the
+    /// built-in web roots (repeatable).
+    #[arg(long = "cacert", value_name = "FILE")]
+    pub cacert: Vec<PathBuf>,
+    /// Send requests through this HTTP proxy (http://[user:pass@]host:port): plain http in
+    /// absolute form, https through CONNECT; credentials go only to the proxy. Overrides
+    /// HTTP_PROXY / HTTPS_PROXY (NO_PROXY still applies).
+    #[arg(long = "proxy", value_name = "URL")]
+    pub proxy: Option<String>,
     /// Print nothing but errors.
     #[arg(short, long)]
     pub quiet: bool,
@@ -126,6 +135,18 @@ impl GetArgs {
         c.max_connections = c.max_connections.max(c.max_connections_per_origin);
         c.rate_limit = self.limit_rate;
         c.retry.max_elapsed = secs("retry-max-time", self.retry_max_time)?;
+        c.proxy = haul_core::ProxyConfig::from_lookup(|k| std::env::var(k).ok())
+            .map_err(|e| e.to_string())?;
+        if let Some(p) = &self.proxy {
+            let url = haul_core::proxy::parse_proxy_url(p).map_err(|e| format!("--proxy: {e}"))?;
+            c.proxy.http = Some(url.clone());
+            c.proxy.https = Some(url);
+        }
+        for path in &self.cacert {
+            let pem =
+                std::fs::read(path).map_err(|e| format!("--cacert {}: {e}", path.display()))?;
+            c.extra_root_certs.push(pem);
+        }
         c.validate().map_err(|e| e.to_string())?;
         Ok(c)
     }
