@@ -30,6 +30,7 @@ pub struct Download {
     pub(crate) headers: Vec<(String, String)>,
     pub(crate) priority: crate::sched::Priority,
     pub(crate) depends_on: Vec<crate::engine::JobId>,
+    pub(crate) depends_on_index: Vec<usize>,
     pub(crate) segments: u32,
     pub(crate) min_segment: u64,
     pub(crate) rate_limit: Option<u64>,
@@ -47,6 +48,7 @@ impl Download {
             headers: Vec::new(),
             priority: crate::sched::Priority::Normal,
             depends_on: Vec::new(),
+            depends_on_index: Vec::new(),
             segments: 1,
             min_segment: DEFAULT_MIN_SEGMENT,
             rate_limit: None,
@@ -100,6 +102,13 @@ impl Download {
     /// Start only after `job` succeeded (fail if it fails).
     pub fn after(mut self, job: crate::engine::JobId) -> Download {
         self.depends_on.push(job);
+        self
+    }
+
+    /// Start only after the `index`-th download of the same [`crate::Engine::submit_batch`]
+    /// call succeeded (it must come earlier in the batch).
+    pub fn after_index(mut self, index: usize) -> Download {
+        self.depends_on_index.push(index);
         self
     }
 

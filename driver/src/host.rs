@@ -44,6 +44,12 @@ impl Host {
         haul_core::Instant::from_duration(self.epoch.elapsed())
     }
 
+    /// Queue several jobs together (priorities order them; `after_index` refers within).
+    pub fn submit_batch(&mut self, downloads: Vec<Download>) -> Vec<JobId> {
+        let now = self.now();
+        self.engine.submit_batch(now, downloads)
+    }
+
     /// Start a job.
     pub fn submit(&mut self, download: Download) -> JobId {
         let now = self.now();

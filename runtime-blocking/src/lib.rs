@@ -97,7 +97,7 @@ impl Driver {
         downloads: Vec<Download>,
         on_event: &mut dyn FnMut(&Event),
     ) -> Vec<Result<Outcome, DownloadError>> {
-        let order: Vec<JobId> = downloads.into_iter().map(|d| self.host.submit(d)).collect();
+        let order: Vec<JobId> = self.host.submit_batch(downloads);
         let mut results: BTreeMap<JobId, Result<Outcome, DownloadError>> = BTreeMap::new();
         loop {
             let runtime = &mut self.runtime;

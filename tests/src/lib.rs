@@ -21,6 +21,17 @@ pub trait Runtime {
     fn download(&self, d: Download, events: &mut Vec<Event>) -> Result<Outcome, DownloadError>;
 }
 
+/// A runtime that submits several downloads as one batch (priorities and `after_index`
+/// apply across the batch).
+pub trait BatchRuntime: Runtime {
+    /// Download several at once.
+    fn download_many(
+        &self,
+        ds: Vec<Download>,
+        events: &mut Vec<Event>,
+    ) -> Vec<Result<Outcome, DownloadError>>;
+}
+
 /// The blocking runtime.
 pub struct Blocking(haul_blocking::Client);
 
@@ -30,6 +41,16 @@ impl Runtime for Blocking {
     }
     fn download(&self, d: Download, events: &mut Vec<Event>) -> Result<Outcome, DownloadError> {
         self.0.download(d, |e| events.push(e.clone()))
+    }
+}
+
+impl BatchRuntime for Blocking {
+    fn download_many(
+        &self,
+        ds: Vec<Download>,
+        events: &mut Vec<Event>,
+    ) -> Vec<Result<Outcome, DownloadError>> {
+        self.0.download_many(ds, |e| events.push(e.clone()))
     }
 }
 
@@ -175,6 +196,22 @@ macro_rules! all_scenarios {
             changed_representation_between_runs_restarts_from_zero,
             sequential_downloads_reuse_one_connection,
             content_disposition_names_the_file_in_a_directory,
+            destination_that_already_verifies_is_not_downloaded_again,
+            segmented_download_reassembles_the_exact_bytes,
+            segmented_download_survives_a_segment_connection_dying,
+        );
+    };
+}
+
+/// Scenarios that need a [`BatchRuntime`].
+#[macro_export]
+macro_rules! batch_scenarios {
+    ($rt:ty) => {
+        $crate::scenarios!($rt;
+            priority_order_is_respected_when_slots_are_scarce,
+            dependent_job_waits_for_its_dependency,
+            dependent_job_fails_clearly_when_its_dependency_fails,
+            same_url_twice_makes_one_request,
         );
     };
 }

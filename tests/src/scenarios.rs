@@ -6,7 +6,7 @@ use haul_core::{Download, DownloadError, ErrorClass, Event, TimeoutKind};
 use haul_origin::{Behavior, Origin};
 use tempfile::TempDir;
 
-use crate::{body, fast_config, listing, sha256_hex, with_suffix, Runtime};
+use crate::{body, fast_config, listing, sha256_hex, with_suffix, BatchRuntime, Runtime};
 
 fn setup(path: &str, data: &[u8], behavior: Behavior) -> (Origin, TempDir) {
     let origin = Origin::start().expect("origin starts");
@@ -576,4 +576,186 @@ pub fn content_disposition_names_the_file_in_a_directory<R: Runtime>() {
     assert_eq!(out.path, dir.path().join("report.pdf"));
     assert_eq!(std::fs::read(&out.path).unwrap(), data);
     assert_eq!(listing(dir.path()), vec!["report.pdf"]);
+}
+
+// ------------------------------------------------------------------ many downloads at once
+
+pub fn priority_order_is_respected_when_slots_are_scarce<R: BatchRuntime>() {
+    use haul_core::Priority::*;
+    let origin = Origin::start().unwrap();
+    let dir = TempDir::new().unwrap();
+    let classes = [Background, Low, Normal, High, Critical, Normal];
+    let mut ds = Vec::new();
+    for (i, p) in classes.iter().enumerate() {
+        let path = format!("/p{i}");
+        origin.route(&path, body(100 + i as u64, 20_000), Behavior::Normal);
+        ds.push(
+            Download::new(&origin.url(&path), dir.path().join(format!("p{i}")))
+                .unwrap()
+                .priority(*p),
+        );
+    }
+    let mut cfg = fast_config();
+    cfg.max_active_jobs = 1;
+    let results = R::with_config(cfg).download_many(ds, &mut Vec::new());
+    assert!(results.iter().all(|r| r.is_ok()));
+    let order: Vec<String> = origin.requests().iter().map(|r| r.path.clone()).collect();
+    // Critical, High, then the two Normals in submission order, Low, Background.
+    assert_eq!(order, vec!["/p4", "/p3", "/p2", "/p5", "/p1", "/p0"]);
+}
+
+pub fn dependent_job_waits_for_its_dependency<R: BatchRuntime>() {
+    let (origin, dir) = setup(
+        "/base",
+        &body(30, 50_000),
+        Behavior::Trickle {
+            bytes_per_sec: 500_000,
+        },
+    );
+    origin.route("/addon", body(31, 1000), Behavior::Normal);
+    let ds = vec![
+        Download::new(&origin.url("/base"), dir.path().join("base")).unwrap(),
+        Download::new(&origin.url("/addon"), dir.path().join("addon"))
+            .unwrap()
+            .after_index(0),
+    ];
+    let results = R::with_config(fast_config()).download_many(ds, &mut Vec::new());
+    assert!(results.iter().all(|r| r.is_ok()), "{results:?}");
+    let order: Vec<String> = origin.requests().iter().map(|r| r.path.clone()).collect();
+    assert_eq!(order, vec!["/base", "/addon"], "the dependant waited");
+}
+
+pub fn dependent_job_fails_clearly_when_its_dependency_fails<R: BatchRuntime>() {
+    let (origin, dir) = setup(
+        "/base",
+        b"",
+        Behavior::Status {
+            status: 404,
+            retry_after: None,
+        },
+    );
+    origin.route("/addon", body(32, 1000), Behavior::Normal);
+    let ds = vec![
+        Download::new(&origin.url("/base"), dir.path().join("base")).unwrap(),
+        Download::new(&origin.url("/addon"), dir.path().join("addon"))
+            .unwrap()
+            .after_index(0),
+    ];
+    let results = R::with_config(fast_config()).download_many(ds, &mut Vec::new());
+    assert!(matches!(
+        results[0],
+        Err(DownloadError::Status { status: 404, .. })
+    ));
+    assert!(
+        matches!(results[1], Err(DownloadError::DependencyFailed { .. })),
+        "{:?}",
+        results[1]
+    );
+    assert!(
+        origin.requests_to("/addon").is_empty(),
+        "the dependant never ran"
+    );
+    assert!(listing(dir.path()).is_empty());
+}
+
+pub fn same_url_twice_makes_one_request<R: BatchRuntime>() {
+    let data = body(33, 300_000);
+    let (origin, dir) = setup("/shared", &data, Behavior::Normal);
+    let ds = vec![
+        Download::new(&origin.url("/shared"), dir.path().join("one")).unwrap(),
+        Download::new(&origin.url("/shared"), dir.path().join("two")).unwrap(),
+    ];
+    let results = R::with_config(fast_config()).download_many(ds, &mut Vec::new());
+    assert!(results.iter().all(|r| r.is_ok()), "{results:?}");
+    assert_eq!(origin.requests_to("/shared").len(), 1, "deduplicated");
+    assert_eq!(std::fs::read(dir.path().join("one")).unwrap(), data);
+    assert_eq!(std::fs::read(dir.path().join("two")).unwrap(), data);
+    assert_eq!(results[1].as_ref().unwrap().bytes_fetched, 0);
+}
+
+pub fn destination_that_already_verifies_is_not_downloaded_again<R: Runtime>() {
+    let data = body(34, 100_000);
+    let (origin, dir) = setup("/f", &data, Behavior::Normal);
+    let dest = dir.path().join("f");
+    std::fs::write(&dest, &data).unwrap();
+    let d = Download::new(&origin.url("/f"), &dest)
+        .unwrap()
+        .sha256(&sha256_hex(&data))
+        .unwrap();
+    let out = R::with_config(fast_config())
+        .download(d, &mut Vec::new())
+        .unwrap();
+    assert_eq!(out.bytes_fetched, 0);
+    assert!(
+        origin.requests().is_empty(),
+        "no request for a verified file"
+    );
+    // Different bytes at the destination are replaced.
+    std::fs::write(&dest, b"stale").unwrap();
+    let d = Download::new(&origin.url("/f"), &dest)
+        .unwrap()
+        .sha256(&sha256_hex(&data))
+        .unwrap();
+    R::with_config(fast_config())
+        .download(d, &mut Vec::new())
+        .unwrap();
+    assert_eq!(std::fs::read(&dest).unwrap(), data);
+}
+
+pub fn segmented_download_reassembles_the_exact_bytes<R: Runtime>() {
+    let data = body(35, 6 * 1024 * 1024 + 123);
+    let (origin, dir) = setup("/big", &data, Behavior::Normal);
+    let dest = dir.path().join("big");
+    let d = Download::new(&origin.url("/big"), &dest)
+        .unwrap()
+        .sha256(&sha256_hex(&data))
+        .unwrap()
+        .segments(4)
+        .min_segment(256 * 1024);
+    let mut ev = Vec::new();
+    let out = R::with_config(fast_config()).download(d, &mut ev).unwrap();
+    assert_eq!(std::fs::read(&dest).unwrap(), data);
+    assert_eq!(
+        out.bytes_fetched,
+        data.len() as u64,
+        "no byte fetched twice"
+    );
+    assert!(ev
+        .iter()
+        .any(|e| matches!(e, Event::Segmented { segments: 4, .. })));
+    let ranges: Vec<String> = origin
+        .requests_to("/big")
+        .iter()
+        .filter_map(|r| r.header("range").map(str::to_string))
+        .collect();
+    assert!(ranges.len() >= 4, "{ranges:?}");
+    assert_eq!(ranges[0], "bytes=0-");
+    let connections: std::collections::BTreeSet<u64> = origin
+        .requests_to("/big")
+        .iter()
+        .map(|r| r.connection_id)
+        .collect();
+    assert!(
+        connections.len() >= 4,
+        "several connections: {connections:?}"
+    );
+}
+
+pub fn segmented_download_survives_a_segment_connection_dying<R: Runtime>() {
+    let data = body(36, 4 * 1024 * 1024);
+    // Every response is cut after 700 KB: each 1 MiB segment dies midway and its rest is
+    // fetched again from where it stopped.
+    let (origin, dir) = setup("/big", &data, Behavior::Truncate { after: 700_000 });
+    let dest = dir.path().join("big");
+    let d = Download::new(&origin.url("/big"), &dest)
+        .unwrap()
+        .sha256(&sha256_hex(&data))
+        .unwrap()
+        .segments(4)
+        .min_segment(512 * 1024);
+    let mut cfg = fast_config();
+    cfg.retry.max_attempts = 10;
+    R::with_config(cfg).download(d, &mut Vec::new()).unwrap();
+    assert_eq!(std::fs::read(&dest).unwrap(), data);
+    assert!(origin.requests_to("/big").len() > 4);
 }

@@ -484,9 +484,34 @@ impl Engine {
         }
     }
 
+    /// Submit several downloads at once; they are queued together before any starts, so
+    /// priorities order them. `Download::after_index(i)` refers to the `i`-th of the batch
+    /// (an index that is not earlier in the batch makes that job fail as a failed
+    /// dependency). Returns the job ids in order.
+    pub fn submit_batch(&mut self, now: Instant, specs: Vec<Download>) -> Vec<JobId> {
+        self.advance(now);
+        let mut ids: Vec<JobId> = Vec::with_capacity(specs.len());
+        for mut spec in specs {
+            for i in std::mem::take(&mut spec.depends_on_index) {
+                // An index not earlier in the batch names no job: JobId(0) never exists.
+                spec.depends_on
+                    .push(ids.get(i).copied().unwrap_or(JobId(0)));
+            }
+            ids.push(self.enqueue(spec));
+        }
+        self.schedule();
+        ids
+    }
+
     /// Submit a download. It starts when a slot is free and its dependencies succeeded.
     pub fn submit(&mut self, now: Instant, spec: Download) -> JobId {
         self.advance(now);
+        let id = self.enqueue(spec);
+        self.schedule();
+        id
+    }
+
+    fn enqueue(&mut self, spec: Download) -> JobId {
         let id = JobId(self.next());
         let bucket = spec
             .rate_limit
@@ -535,7 +560,6 @@ impl Engine {
             }
         }
         self.event(Event::Queued { job: id, url });
-        self.schedule();
         id
     }
 
