@@ -20,6 +20,7 @@ pub mod engine;
 pub mod error;
 pub mod http;
 pub mod io;
+pub mod policy;
 pub mod proxy;
 pub mod resume;
 pub mod rng;
