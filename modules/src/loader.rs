@@ -682,18 +682,23 @@ impl<F: Fetcher> Loader<F> {
             {
                 let mut in_flight = lock(&self.in_flight);
                 let mut store = lock(&self.store);
+                let mut stored = Vec::new();
                 for item in wanted.drain(..) {
                     if let Some(flight) = in_flight.get(&item.sha256) {
                         follows.push((item, Arc::clone(flight)));
                     } else if store.contains(&item.sha256)? {
-                        store.touch(&item.sha256, request.now_ms)?;
-                        sources.insert(item.sha256.clone(), ModuleSource::Store);
+                        stored.push(item.sha256);
                     } else {
                         let flight = Arc::new(Flight::default());
                         in_flight.insert(item.sha256.clone(), Arc::clone(&flight));
                         leads.open.insert(item.sha256.clone(), flight);
                         to_lead.push(item);
                     }
+                }
+                let stored_hashes: Vec<&str> = stored.iter().map(String::as_str).collect();
+                store.touch_many(&stored_hashes, request.now_ms)?;
+                for sha256 in stored {
+                    sources.insert(sha256, ModuleSource::Store);
                 }
             }
 

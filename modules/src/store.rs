@@ -300,6 +300,62 @@ fn remove_file_if_present(path: &Path) -> Result<bool, StoreError> {
     }
 }
 
+/// How many written files are re-hashed and fsynced at once: fsyncs issued together share
+/// the file system's journal commits, and hashing uses more than one core.
+const CHECK_THREADS: usize = 8;
+
+/// Re-hashes a written temp file against its expected hash and fsyncs it; its size if good.
+fn check_written(pending: &PendingFile) -> Result<u64, StoreError> {
+    let temp_path = &pending.temp_path;
+    let mut file = OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(temp_path)
+        .map_err(io_error("read written file", temp_path))?;
+    let (actual, size) =
+        hash_reader(&mut file).map_err(io_error("read written file", temp_path))?;
+    if actual != pending.sha256 {
+        return Err(StoreError::HashMismatch {
+            expected: pending.sha256.clone(),
+            actual,
+            path: temp_path.clone(),
+        });
+    }
+    file.sync_all().map_err(io_error("fsync", temp_path))?;
+    Ok(size)
+}
+
+/// [`check_written`] for every file, on up to [`CHECK_THREADS`] threads; results in order.
+fn check_written_files(pending: &[PendingFile]) -> Vec<Result<u64, StoreError>> {
+    let threads = pending.len().min(CHECK_THREADS);
+    if threads <= 1 {
+        return pending.iter().map(check_written).collect();
+    }
+    let next = std::sync::atomic::AtomicUsize::new(0);
+    let mut results: Vec<(usize, Result<u64, StoreError>)> = std::thread::scope(|scope| {
+        let workers: Vec<_> = (0..threads)
+            .map(|_| {
+                scope.spawn(|| {
+                    let mut done = Vec::new();
+                    loop {
+                        let index = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                        let Some(file) = pending.get(index) else {
+                            break done;
+                        };
+                        done.push((index, check_written(file)));
+                    }
+                })
+            })
+            .collect();
+        workers
+            .into_iter()
+            .flat_map(|worker| worker.join().expect("a check thread panicked"))
+            .collect()
+    });
+    results.sort_by_key(|(index, _)| *index);
+    results.into_iter().map(|(_, result)| result).collect()
+}
+
 #[cfg(unix)]
 fn sync_dir(dir: &Path) -> Result<(), StoreError> {
     File::open(dir)
@@ -592,9 +648,10 @@ impl Store {
     ) -> Vec<Result<FileEntry, StoreError>> {
         let mut results: Vec<Option<Result<FileEntry, StoreError>>> = Vec::new();
         let mut renamed: Vec<(usize, String, u64)> = Vec::new();
-        for (index, pending) in pending.into_iter().enumerate() {
+        let checked = check_written_files(&pending);
+        for (index, (pending, checked)) in pending.into_iter().zip(checked).enumerate() {
             results.push(None);
-            match self.verify_and_rename(pending) {
+            match self.rename_checked(pending, checked) {
                 Ok((sha256, size)) => renamed.push((index, sha256, size)),
                 Err(error) => results[index] = Some(Err(error)),
             }
@@ -637,48 +694,28 @@ impl Store {
             .collect()
     }
 
-    /// Re-hashes a written temp file; if it matches, fsyncs it and renames it into place.
-    /// Otherwise abandons the write.
-    fn verify_and_rename(&mut self, pending: PendingFile) -> Result<(String, u64), StoreError> {
-        let temp_path = pending.temp_path.clone();
-        let hashed = OpenOptions::new()
-            .read(true)
-            .write(true)
-            .open(&temp_path)
-            .and_then(|mut file| {
-                let (actual, size) = hash_reader(&mut file)?;
-                Ok((file, actual, size))
-            });
-        let (file, actual, size) = match hashed {
-            Ok(hashed) => hashed,
-            Err(source) => {
+    /// Renames a checked temp file into place, or abandons the write if the check failed.
+    fn rename_checked(
+        &mut self,
+        pending: PendingFile,
+        checked: Result<u64, StoreError>,
+    ) -> Result<(String, u64), StoreError> {
+        let size = match checked {
+            Ok(size) => size,
+            Err(error) => {
+                if let StoreError::HashMismatch {
+                    expected, actual, ..
+                } = &error
+                {
+                    tracing::warn!(%expected, %actual, "written file has the wrong hash; discarded");
+                }
                 self.abort(pending)?;
-                return Err(StoreError::Io {
-                    op: "read written file",
-                    path: temp_path,
-                    source,
-                });
+                return Err(error);
             }
         };
-        if actual != pending.sha256 {
-            let expected = pending.sha256.clone();
-            self.abort(pending)?;
-            tracing::warn!(%expected, %actual, "written file has the wrong hash; discarded");
-            return Err(StoreError::HashMismatch {
-                expected,
-                actual,
-                path: temp_path,
-            });
-        }
-        if let Err(error) = file.sync_all().map_err(io_error("fsync", &temp_path)) {
-            drop(file);
-            self.abort(pending)?;
-            return Err(error);
-        }
-        drop(file);
         let final_path = self.files_dir.join(&pending.sha256);
-        if let Err(error) =
-            fs::rename(&temp_path, &final_path).map_err(io_error("rename into place", &temp_path))
+        if let Err(error) = fs::rename(&pending.temp_path, &final_path)
+            .map_err(io_error("rename into place", &pending.temp_path))
         {
             self.abort(pending)?;
             return Err(error);
@@ -806,13 +843,29 @@ impl Store {
 
     /// Records that a stored file was used at `now_ms` (for LRU pruning).
     pub fn touch(&mut self, sha256: &str, now_ms: u64) -> Result<(), StoreError> {
-        let sha256 = check_hash(sha256)?;
-        self.index
-            .execute(
-                "UPDATE files SET last_used_ms = ?2 WHERE sha256 = ?1 AND state = 'READY'",
-                params![sha256, to_sql_ms(now_ms)],
-            )
-            .map_err(index_error("touch"))?;
+        self.touch_many(&[sha256], now_ms)
+    }
+
+    /// [`Store::touch`] for several files in one index transaction (one index sync instead of
+    /// one per file).
+    pub fn touch_many(&mut self, hashes: &[&str], now_ms: u64) -> Result<(), StoreError> {
+        let hashes = hashes
+            .iter()
+            .map(|sha256| check_hash(sha256))
+            .collect::<Result<Vec<String>, StoreError>>()?;
+        let transaction = self
+            .index
+            .transaction()
+            .map_err(index_error("begin touch transaction"))?;
+        for sha256 in &hashes {
+            transaction
+                .execute(
+                    "UPDATE files SET last_used_ms = ?2 WHERE sha256 = ?1 AND state = 'READY'",
+                    params![sha256, to_sql_ms(now_ms)],
+                )
+                .map_err(index_error("touch"))?;
+        }
+        transaction.commit().map_err(index_error("commit touch"))?;
         Ok(())
     }
 
