@@ -339,7 +339,7 @@ impl Origins {
             (_, Some(ResponseFault::Garbage { seed })) => {
                 fired = Some(FaultKind::Garbage);
                 let valid = self.success(res, req, now, &date);
-                if matches!(valid.status, 200 | 206) {
+                if matches!(valid.status, 200 | 206 | 416) {
                     // Some garbage replays the valid response after 1xx heads.
                     self.resources[res].served.insert(valid.version);
                 }
@@ -380,7 +380,9 @@ impl Origins {
                     }
                     _ => {}
                 }
-                if matches!(s.status, 200 | 206) {
+                if matches!(s.status, 200 | 206 | 416) {
+                    // A 416 declares the representation's length and validator: for an
+                    // empty one that is all of it.
                     self.resources[res].served.insert(s.version);
                 }
                 let status = s.status;

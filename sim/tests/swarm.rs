@@ -8,7 +8,7 @@ use haul_sim::scenario::{
     BodyFraming, Check, DownloadPlan, Fault, FaultKind, PlantedBug, ResponseFault, Scenario,
     ValidatorKind,
 };
-use haul_sim::{run_scenario, run_swarm, shrink, Invariant, KnownIssue, RunOptions, SwarmReport};
+use haul_sim::{run_scenario, run_swarm, shrink, Invariant, RunOptions, SwarmReport};
 use quickcheck::{Gen, QuickCheck, TestResult};
 
 /// Seeds in the default swarm of the test suite.
@@ -290,23 +290,5 @@ fn a_crash_at_any_step_of_a_resumable_download_breaks_nothing() {
         );
         assert_eq!(r.crashes, 1, "crash after step {after_step} fired");
         assert_eq!(r.commits, 1);
-    }
-}
-
-/// These pin the engine bugs recorded in FINDINGS.md. When one fails, the engine bug is
-/// fixed: delete the matching `KnownIssue` and this case.
-#[test]
-fn the_known_engine_bugs_still_reproduce() {
-    for (seed, issue) in [
-        (300, KnownIssue::CheckpointAfterFailedWrite),
-        (60, KnownIssue::EmptyFileWithSegments),
-    ] {
-        let r = run_scenario(&Scenario::generate(seed), RunOptions::default());
-        assert!(r.passed(), "seed {seed}: {:?}", r.violations);
-        assert!(
-            r.known.iter().any(|(k, _)| *k == issue),
-            "seed {seed} no longer shows {}: is it fixed? then remove the waiver",
-            issue.name()
-        );
     }
 }
