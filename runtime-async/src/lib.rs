@@ -180,6 +180,12 @@ pub struct Transfer {
 }
 
 impl Transfer {
+    /// The future of the result (what `.await` on the transfer gives; handy where
+    /// `StreamExt::into_future` would be ambiguous).
+    pub fn result(self) -> TransferResult {
+        TransferResult(self)
+    }
+
     /// Cancel now (the same as dropping, but the result, `Cancelled`, can still be awaited).
     pub fn cancel(&self) {
         if let TransferState::Running = self.state {

@@ -4,6 +4,7 @@
 //! runtime by [`scenarios!`], so no runtime can silently lag behind. Servers are
 //! `haul_origin::Origin` instances (axum + hyper) on ephemeral loopback ports.
 
+pub mod async_scenarios;
 pub mod scenarios;
 pub mod secure;
 

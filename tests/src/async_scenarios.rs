@@ -1,0 +1,186 @@
+//! What only the async clients promise, written once for tokio and smol: progress as a
+//! stream, many downloads on one client, cancellation when a transfer is dropped (partial
+//! kept, nothing committed), and held transfers outliving their client.
+
+use std::future::Future;
+use std::time::{Duration, Instant};
+
+use futures_util::StreamExt;
+use haul_core::{Config, Download, Event};
+use haul_origin::{Behavior, Origin};
+use tempfile::TempDir;
+
+use crate::{body, fast_config, with_suffix};
+
+/// An async runtime as the scenarios need it.
+pub trait AsyncHarness {
+    /// The runtime the client runs on.
+    type Rt: haul_async::AsyncRuntime;
+    /// A fresh runtime.
+    fn new() -> Self;
+    /// A client on it.
+    fn client(&self, config: Config) -> haul_async::Client<Self::Rt>;
+    /// Run `f` to completion.
+    fn block_on<F: Future>(&self, f: F) -> F::Output;
+}
+
+/// tokio, multi-threaded.
+pub struct TokioHarness(tokio::runtime::Runtime);
+
+impl AsyncHarness for TokioHarness {
+    type Rt = haul_tokio::Tokio;
+    fn new() -> Self {
+        TokioHarness(
+            tokio::runtime::Builder::new_multi_thread()
+                .worker_threads(2)
+                .enable_all()
+                .build()
+                .expect("tokio runtime"),
+        )
+    }
+    fn client(&self, config: Config) -> haul_tokio::Client {
+        haul_async::Client::with_runtime(haul_tokio::Tokio::new(self.0.handle().clone()), config)
+            .expect("valid config")
+    }
+    fn block_on<F: Future>(&self, f: F) -> F::Output {
+        self.0.block_on(f)
+    }
+}
+
+/// smol's global executor.
+pub struct SmolHarness;
+
+impl AsyncHarness for SmolHarness {
+    type Rt = haul_smol::Smol;
+    fn new() -> Self {
+        SmolHarness
+    }
+    fn client(&self, config: Config) -> haul_smol::Client {
+        haul_smol::Client::new(config).expect("valid config")
+    }
+    fn block_on<F: Future>(&self, f: F) -> F::Output {
+        smol::block_on(f)
+    }
+}
+
+fn wait_until(what: &str, mut done: impl FnMut() -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !done() {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+/// Dropping a transfer mid-body cancels it: nothing at the destination, the partial and
+/// its state stay, and a later download resumes from them.
+pub fn dropping_a_transfer_cancels_and_keeps_the_partial_for_resume<H: AsyncHarness>() {
+    let h = H::new();
+    let data = body(90, 3 * 1024 * 1024);
+    let origin = Origin::start().expect("origin");
+    origin.route("/s.bin", data.clone(), Behavior::Stall { after: 1_000_000 });
+    let dir = TempDir::new().unwrap();
+    let dest = dir.path().join("s.bin");
+    // No checkpoint and no timeout fires during the test: only the cancel writes the state.
+    let mut config = fast_config();
+    config.checkpoint_interval = Duration::from_secs(600);
+    config.idle_timeout = Duration::from_secs(600);
+    let client = h.client(config.clone());
+    let mut transfer = client.start(Download::new(&origin.url("/s.bin"), &dest).unwrap());
+    h.block_on(async {
+        while let Some(ev) = transfer.next().await {
+            if matches!(ev, Event::Progress { bytes, .. } if bytes >= 1_000_000) {
+                break;
+            }
+        }
+    });
+    drop(transfer);
+    let state = with_suffix(&dest, ".haul-state");
+    wait_until("the cancelled job's state file", || state.exists());
+    assert!(!dest.exists(), "nothing committed");
+    assert!(with_suffix(&dest, ".haul-part").exists());
+
+    origin.route("/s.bin", data.clone(), Behavior::Normal);
+    origin.clear_requests();
+    let out = h
+        .block_on(client.download(Download::new(&origin.url("/s.bin"), &dest).unwrap()))
+        .expect("resume succeeds");
+    assert!(out.resumed_from > 0, "resumed from the kept partial");
+    assert_eq!(std::fs::read(&dest).unwrap(), data);
+    let range = origin.requests_to("/s.bin")[0]
+        .header("range")
+        .map(str::to_string);
+    assert_eq!(range, Some(format!("bytes={}-", out.resumed_from)));
+}
+
+/// One client runs several downloads at once: two finish while a third is stalled, and
+/// each transfer's stream carries only its own job's events.
+pub fn many_downloads_on_one_client_run_at_once<H: AsyncHarness>() {
+    let h = H::new();
+    let origin = Origin::start().expect("origin");
+    let (a, b) = (body(91, 900_000), body(92, 1_200_000));
+    origin.route("/a", a.clone(), Behavior::Normal);
+    origin.route("/b", b.clone(), Behavior::Normal);
+    origin.route("/stuck", body(93, 500_000), Behavior::Stall { after: 1000 });
+    let dir = TempDir::new().unwrap();
+    let client = h.client(fast_config());
+    let stuck =
+        client.start(Download::new(&origin.url("/stuck"), dir.path().join("stuck")).unwrap());
+    let mut ta = client.start(Download::new(&origin.url("/a"), dir.path().join("a")).unwrap());
+    let tb = client.start(Download::new(&origin.url("/b"), dir.path().join("b")).unwrap());
+    let (events_a, result_b) = h.block_on(async {
+        let mut events = Vec::new();
+        while let Some(ev) = ta.next().await {
+            events.push(ev);
+        }
+        (events, tb.await)
+    });
+    assert_eq!(result_b.expect("b").size, b.len() as u64);
+    let jobs: std::collections::BTreeSet<_> = events_a.iter().map(haul_driver::event_job).collect();
+    assert_eq!(jobs.len(), 1, "only a's events on a's stream: {events_a:?}");
+    assert!(matches!(
+        events_a.last(),
+        Some(Event::Finished { result: Ok(_), .. })
+    ));
+    assert_eq!(h.block_on(ta.result()).expect("a").size, a.len() as u64);
+    assert_eq!(std::fs::read(dir.path().join("a")).unwrap(), a);
+    drop(stuck);
+    assert!(
+        !dir.path().join("stuck").exists(),
+        "the stalled one never committed"
+    );
+}
+
+/// A transfer still held when its client is dropped runs to the end.
+pub fn held_transfer_outlives_its_client<H: AsyncHarness>() {
+    let h = H::new();
+    let origin = Origin::start().expect("origin");
+    let data = body(94, 2_000_000);
+    origin.route("/f", data.clone(), Behavior::Normal);
+    let dir = TempDir::new().unwrap();
+    let client = h.client(fast_config());
+    let t = client.start(Download::new(&origin.url("/f"), dir.path().join("f")).unwrap());
+    drop(client);
+    let out = h.block_on(t.result()).expect("finishes without its client");
+    assert_eq!(out.size, data.len() as u64);
+    assert_eq!(std::fs::read(dir.path().join("f")).unwrap(), data);
+}
+
+/// Instantiate every async-client scenario for the harness type `$h`.
+#[macro_export]
+macro_rules! async_scenarios {
+    ($h:ty) => {
+        $crate::async_scenarios!($h;
+            dropping_a_transfer_cancels_and_keeps_the_partial_for_resume,
+            many_downloads_on_one_client_run_at_once,
+            held_transfer_outlives_its_client,
+        );
+    };
+    ($h:ty; $($name:ident),* $(,)?) => {
+        $(
+            #[test]
+            fn $name() {
+                $crate::async_scenarios::$name::<$h>();
+            }
+        )*
+    };
+}
