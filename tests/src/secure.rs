@@ -73,6 +73,7 @@ impl TestCa {
 /// A TLS server on 127.0.0.1 forwarding plaintext to a backend origin.
 pub struct TlsFront {
     port: u16,
+    handshakes: Arc<std::sync::atomic::AtomicUsize>,
     _runtime: tokio::runtime::Runtime,
 }
 
@@ -104,14 +105,18 @@ impl TlsFront {
             .expect("bind");
         let port = listener.local_addr().expect("addr").port();
         let backend = backend.addr();
+        let handshakes = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let counter = handshakes.clone();
         runtime.spawn(async move {
             while let Ok((tcp, _)) = listener.accept().await {
                 let acceptor = acceptor.clone();
+                let counter = counter.clone();
                 tokio::spawn(async move {
                     // A client that rejects the certificate aborts the handshake here.
                     let Ok(mut tls) = acceptor.accept(tcp).await else {
                         return;
                     };
+                    counter.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
                     let Ok(mut back) = tokio::net::TcpStream::connect(backend).await else {
                         return;
                     };
@@ -121,8 +126,14 @@ impl TlsFront {
         });
         TlsFront {
             port,
+            handshakes,
             _runtime: runtime,
         }
+    }
+
+    /// TLS handshakes completed so far.
+    pub fn handshakes(&self) -> usize {
+        self.handshakes.load(std::sync::atomic::Ordering::SeqCst)
     }
 
     /// `https://HOST:PORT/PATH`.
@@ -258,6 +269,34 @@ pub fn https_with_trusted_extra_ca_downloads<R: Runtime>() {
     assert_eq!(out.size, data.len() as u64);
     assert_eq!(std::fs::read(&dest).unwrap(), data);
     assert_eq!(origin.requests_to("/f.bin").len(), 1);
+}
+
+/// Sequential downloads on one client reuse one TLS connection (the next request is written
+/// while the previous connection's reader waits for bytes), and a multi-megabyte body spans
+/// many TLS records intact.
+pub fn https_connection_is_reused_and_large_bodies_arrive_intact<R: Runtime>() {
+    let (ca, origin, front, data) = https_setup(&["localhost"], true);
+    let big = body(81, 6 * 1024 * 1024 + 5);
+    origin.route("/big.bin", big.clone(), Behavior::Normal);
+    let dir = TempDir::new().unwrap();
+    let mut config = fast_config();
+    config.extra_root_certs = vec![ca.pem().into_bytes()];
+    let rt = R::with_config(config);
+    for (path, want) in [("/big.bin", &big), ("/f.bin", &data), ("/big.bin", &big)] {
+        let dest = dir
+            .path()
+            .join(format!("{}-{}", path.trim_start_matches('/'), want.len()));
+        let _ = std::fs::remove_file(&dest);
+        let out = rt
+            .download(
+                Download::new(&front.url("127.0.0.1", path), &dest).unwrap(),
+                &mut Vec::new(),
+            )
+            .expect("https download");
+        assert_eq!(out.sha256_hex(), sha256_hex(want));
+        assert_eq!(&std::fs::read(&dest).unwrap(), want);
+    }
+    assert_eq!(front.handshakes(), 1, "one TLS connection served all three");
 }
 
 /// A DNS name works too (SNI carries it; `localhost` resolves to loopback).
@@ -473,6 +512,7 @@ macro_rules! tls_scenarios {
         $crate::secure_scenarios!($rt;
             https_with_trusted_extra_ca_downloads,
             https_by_host_name_uses_sni_and_verifies_the_name,
+            https_connection_is_reused_and_large_bodies_arrive_intact,
             https_with_wrong_host_name_fails_without_retry,
             https_with_unknown_ca_fails_without_retry,
         );
