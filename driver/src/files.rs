@@ -20,6 +20,9 @@ use std::sync::mpsc::{self, Sender};
 use bytes::{Bytes, BytesMut};
 use haul_core::{FileId, IoErrorKind, IoFailure, IoId, IoOp, IoRequest, IoResult};
 
+/// Workers for whole-file operations.
+const PATH_WORKERS: usize = 8;
+
 /// Where a runtime's I/O completions go (the driver's channel).
 pub trait Completions: Clone + Send + 'static {
     /// Deliver the single completion of request `id`.
@@ -110,16 +113,27 @@ impl<C: Completions, S: BlockingSpawner> Files<C, S> {
 
     fn start_path_op(&mut self, req: IoRequest) {
         if self.misc.is_none() {
+            // A small pool: whole-file operations of different jobs (renames with their
+            // directory syncs, state files) run concurrently, so the file system can commit
+            // their syncs together instead of one after another. The engine never has two
+            // operations on one path outstanding when their order matters.
             let (q, rx) = mpsc::channel::<IoRequest>();
-            let sink = self.sink.clone();
-            let work = Box::new(move || {
-                for req in rx {
+            let rx = std::sync::Arc::new(std::sync::Mutex::new(rx));
+            for n in 0..PATH_WORKERS {
+                let sink = self.sink.clone();
+                let rx = rx.clone();
+                let work = Box::new(move || loop {
+                    let next = rx.lock().unwrap_or_else(|e| e.into_inner()).recv();
+                    let Ok(req) = next else { return };
                     let r = execute_path_op(&req.op);
                     sink.complete(req.id, r);
+                });
+                if let Err(e) = self.spawner.spawn_blocking(format!("haul-files-{n}"), work) {
+                    if n == 0 {
+                        return self.fail(req.id, format!("start file worker: {e}"));
+                    }
+                    break;
                 }
-            });
-            if let Err(e) = self.spawner.spawn_blocking("haul-files".into(), work) {
-                return self.fail(req.id, format!("start file worker: {e}"));
             }
             self.misc = Some(q);
         }
