@@ -1405,13 +1405,10 @@ impl World {
                     Ok(outcome) => {
                         self.check_outcome(i, &outcome);
                         self.downloads[i].status = DlStatus::Succeeded;
+                        // A download whose own URL is dead may still commit through the
+                        // engine's deduplication by sha256 (the bytes exist elsewhere); the
+                        // per-step content check judges what it committed.
                         self.commits += 1;
-                        if !self.sc.downloads[i].is_live() {
-                            self.violate(
-                                Invariant::CommittedBytes,
-                                format!("d{i}, whose bytes do not exist, committed"),
-                            );
-                        }
                     }
                     Err(error) => self.on_failure(i, &error),
                 }
