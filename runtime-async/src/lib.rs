@@ -49,6 +49,12 @@ pub trait AsyncRuntime: Clone + Send + Sync + 'static {
     type Socket: AsyncSocket;
     /// Run `task` in the background.
     fn spawn<F: Future<Output = ()> + Send + 'static>(&self, task: F);
+    /// Run the driver task (it owns the engine, which hashes every byte received). By
+    /// default an ordinary task; a runtime whose executor has a single thread may give it a
+    /// thread of its own so hashing overlaps with socket reads.
+    fn spawn_driver<F: Future<Output = ()> + Send + 'static>(&self, task: F) {
+        self.spawn(task);
+    }
     /// Run blocking `work` (file I/O, connection setup) off the async threads.
     fn spawn_blocking(&self, work: BlockingWork);
     /// Register a connected std socket (already non-blocking) with the reactor.
@@ -106,7 +112,7 @@ impl<R: AsyncRuntime> Client<R> {
     pub fn with_runtime(runtime: R, config: Config) -> Result<Self, ConfigError> {
         let (tx, rx) = mpsc::unbounded();
         let task = driver::Driver::new(runtime.clone(), config, tx.clone(), rx)?;
-        runtime.spawn(task.run());
+        runtime.spawn_driver(task.run());
         Ok(Client {
             shared: Arc::new(ClientShared {
                 tx,

@@ -5,8 +5,9 @@
 //! and `async_io::Timer`. Everything else (the engine loop, connections, TLS, proxies,
 //! files) is shared with the other runtimes.
 //!
-//! By default tasks go to smol's global executor (`smol::spawn`); [`Smol::on`] puts them on
-//! an executor of yours instead.
+//! By default tasks go to smol's global executor (`smol::spawn`) and the driver task, which
+//! hashes every byte, runs on a thread of its own; [`Smol::on`]
+//! puts every task on an executor of yours instead.
 #![forbid(unsafe_code)]
 
 use std::future::Future;
@@ -67,6 +68,31 @@ impl AsyncRuntime for Smol {
         match &self.executor {
             Some(ex) => ex.spawn(task).detach(),
             None => smol::spawn(task).detach(),
+        }
+    }
+
+    /// On smol's global executor (one thread unless `SMOL_THREADS` says otherwise) the
+    /// driver gets a thread of its own, like the blocking runtime's driver: hashing then
+    /// overlaps with the connection tasks' socket reads instead of taking turns with them.
+    fn spawn_driver<F: Future<Output = ()> + Send + 'static>(&self, task: F) {
+        if self.executor.is_some() {
+            return self.spawn(task);
+        }
+        let slot = std::sync::Arc::new(std::sync::Mutex::new(Some(task)));
+        let for_thread = slot.clone();
+        let started = std::thread::Builder::new()
+            .name("haul-driver".into())
+            .spawn(move || {
+                let task = for_thread.lock().unwrap_or_else(|e| e.into_inner()).take();
+                if let Some(task) = task {
+                    smol::block_on(task);
+                }
+            });
+        if started.is_err() {
+            let task = slot.lock().unwrap_or_else(|e| e.into_inner()).take();
+            if let Some(task) = task {
+                self.spawn(task);
+            }
         }
     }
 

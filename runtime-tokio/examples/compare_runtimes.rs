@@ -65,11 +65,13 @@ fn main() {
     let mut sha = None;
     let mut rounds = 3usize;
     let mut dir = std::env::temp_dir().join("haul-compare-runtimes");
+    let mut only: Option<String> = None;
     while let Some(a) = args.next() {
         match a.as_str() {
             "--sha256" => sha = args.next(),
             "--rounds" => rounds = args.next().and_then(|n| n.parse().ok()).unwrap_or(3),
             "--dir" => dir = PathBuf::from(args.next().expect("--dir DIR")),
+            "--only" => only = args.next(),
             other => url = other.to_string(),
         }
     }
@@ -79,6 +81,12 @@ fn main() {
     for round in 0..rounds {
         for k in 0..ALL.len() {
             let i = (round + k) % ALL.len();
+            if only
+                .as_deref()
+                .is_some_and(|o| !format!("{:?}", ALL[i]).eq_ignore_ascii_case(o))
+            {
+                continue;
+            }
             let _ = std::fs::remove_file(&dest);
             let t = Instant::now();
             let out = download(ALL[i], &url, sha.as_deref(), &dest);
@@ -96,6 +104,9 @@ fn main() {
         }
     }
     let _ = std::fs::remove_file(&dest);
+    if only.is_some() {
+        return;
+    }
     let base = median(times[0].clone()).as_secs_f64();
     for (i, which) in ALL.iter().enumerate() {
         let m = median(times[i].clone()).as_secs_f64();
