@@ -308,7 +308,8 @@ impl Transport {
         }
     }
 
-    /// Copy received plaintext into `buf`.
+    /// Copy received plaintext into `buf`: as much as the wire bytes fed so far decrypt to
+    /// (many TLS records per call, so the engine sees large buffers, not 16 KiB records).
     pub fn read_plain(&mut self, buf: &mut [u8]) -> Result<Plain, IoFailure> {
         if self.tls.is_none() {
             if !self.wire_in.is_empty() {
@@ -323,25 +324,38 @@ impl Transport {
                 Plain::NeedWire
             });
         }
-        loop {
+        let mut filled = 0;
+        // Data already copied goes out first; an end or error is reported on the next call
+        // (rustls keeps reporting it).
+        let partial = |filled: usize, then: Result<Plain, IoFailure>| {
+            if filled > 0 {
+                Ok(Plain::Data(filled))
+            } else {
+                then
+            }
+        };
+        while filled < buf.len() {
             let tls = self.tls.as_mut().expect("checked above");
-            match tls.reader().read(buf) {
-                Ok(0) => return Ok(Plain::Eof),
-                Ok(n) => return Ok(Plain::Data(n)),
+            match tls.reader().read(&mut buf[filled..]) {
+                Ok(0) => return partial(filled, Ok(Plain::Eof)),
+                Ok(n) => filled += n,
                 Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
                     if self.wire_in.is_empty() && !self.wire_eof {
-                        return Ok(Plain::NeedWire);
+                        return partial(filled, Ok(Plain::NeedWire));
                     }
                     if self.wire_in.is_empty() && self.eof_given_to_tls {
                         // rustls saw the end and still has nothing: not a clean close.
                         let e = std::io::Error::from(std::io::ErrorKind::UnexpectedEof);
-                        return Err(self.closed_failure(&e));
+                        return partial(filled, Err(self.closed_failure(&e)));
                     }
-                    self.pump_tls()?;
+                    if let Err(f) = self.pump_tls() {
+                        return partial(filled, Err(f));
+                    }
                 }
-                Err(e) => return Err(self.closed_failure(&e)),
+                Err(e) => return partial(filled, Err(self.closed_failure(&e))),
             }
         }
+        Ok(Plain::Data(filled))
     }
 
     fn closed_failure(&self, e: &std::io::Error) -> IoFailure {

@@ -4,7 +4,7 @@
 //!
 //! ```sh
 //! cargo run --release -p haul-tokio --example compare_runtimes -- \
-//!     http://127.0.0.1:18080/1g.bin --sha256 HEX --rounds 3
+//!     http://127.0.0.1:18080/1g.bin --sha256 HEX --rounds 3 [--cacert CA.pem] [--only smol]
 //! ```
 
 use std::path::{Path, PathBuf};
@@ -21,13 +21,14 @@ enum Which {
 
 const ALL: [Which; 3] = [Which::Blocking, Which::Tokio, Which::Smol];
 
-fn download(which: Which, url: &str, sha: Option<&str>, dest: &Path) -> Outcome {
+fn download(which: Which, config: &Config, url: &str, sha: Option<&str>, dest: &Path) -> Outcome {
+    let config = config.clone();
     let mut d = Download::new(url, dest).expect("valid URL");
     if let Some(h) = sha {
         d = d.sha256(h).expect("valid sha256");
     }
     match which {
-        Which::Blocking => haul_blocking::Client::new(Config::default())
+        Which::Blocking => haul_blocking::Client::new(config)
             .expect("config")
             .download(d, |_| {})
             .expect("blocking download"),
@@ -37,7 +38,7 @@ fn download(which: Which, url: &str, sha: Option<&str>, dest: &Path) -> Outcome 
                 .build()
                 .expect("tokio runtime");
             rt.block_on(async {
-                haul_tokio::Client::new(Config::default())
+                haul_tokio::Client::new(config)
                     .expect("config")
                     .download(d)
                     .await
@@ -45,7 +46,7 @@ fn download(which: Which, url: &str, sha: Option<&str>, dest: &Path) -> Outcome 
             })
         }
         Which::Smol => smol::block_on(async {
-            haul_smol::Client::new(Config::default())
+            haul_smol::Client::new(config)
                 .expect("config")
                 .download(d)
                 .await
@@ -66,12 +67,16 @@ fn main() {
     let mut rounds = 3usize;
     let mut dir = std::env::temp_dir().join("haul-compare-runtimes");
     let mut only: Option<String> = None;
+    let mut config = Config::default();
     while let Some(a) = args.next() {
         match a.as_str() {
             "--sha256" => sha = args.next(),
             "--rounds" => rounds = args.next().and_then(|n| n.parse().ok()).unwrap_or(3),
             "--dir" => dir = PathBuf::from(args.next().expect("--dir DIR")),
             "--only" => only = args.next(),
+            "--cacert" => config
+                .extra_root_certs
+                .push(std::fs::read(args.next().expect("--cacert FILE")).expect("read --cacert")),
             other => url = other.to_string(),
         }
     }
@@ -89,7 +94,7 @@ fn main() {
             }
             let _ = std::fs::remove_file(&dest);
             let t = Instant::now();
-            let out = download(ALL[i], &url, sha.as_deref(), &dest);
+            let out = download(ALL[i], &config, &url, sha.as_deref(), &dest);
             let took = t.elapsed();
             println!(
                 "round {} {:?}: {} bytes in {:.3} s ({:.0} MiB/s) sha256 {}",
