@@ -24,16 +24,20 @@ use crate::AsyncRuntime;
 pub(crate) enum Msg {
     /// The completion of an I/O request.
     Done(IoId, IoResult),
-    /// Start a download; its events go to `events`.
-    Submit {
-        ticket: u64,
-        download: Box<Download>,
-        events: UnboundedSender<Event>,
-    },
+    /// Start downloads as one batch (priorities order them, `after_index` refers within);
+    /// each one's events go to its own sender.
+    Submit(Vec<Submission>),
     /// Cancel the download of `ticket` (keeping its partial).
     Cancel { ticket: u64 },
     /// The last client handle was dropped.
     ClientGone,
+}
+
+/// One download of a [`Msg::Submit`] batch.
+pub(crate) struct Submission {
+    pub(crate) ticket: u64,
+    pub(crate) download: Download,
+    pub(crate) events: UnboundedSender<Event>,
 }
 
 /// Completions into the driver's channel.
@@ -154,14 +158,22 @@ impl<R: AsyncRuntime> Driver<R> {
     fn apply(&mut self, m: Msg) {
         match m {
             Msg::Done(id, result) => self.host.complete(id, result),
-            Msg::Submit {
-                ticket,
-                download,
-                events,
-            } => {
-                let job = self.host.submit(*download);
-                self.jobs.insert(job, JobSink { ticket, events });
-                self.tickets.insert(ticket, job);
+            Msg::Submit(batch) => {
+                let (sinks, downloads): (Vec<JobSink>, Vec<Download>) = batch
+                    .into_iter()
+                    .map(|s| {
+                        let sink = JobSink {
+                            ticket: s.ticket,
+                            events: s.events,
+                        };
+                        (sink, s.download)
+                    })
+                    .unzip();
+                let jobs = self.host.submit_batch(downloads);
+                for (job, sink) in jobs.into_iter().zip(sinks) {
+                    self.tickets.insert(sink.ticket, job);
+                    self.jobs.insert(job, sink);
+                }
             }
             Msg::Cancel { ticket } => {
                 if let Some(job) = self.tickets.get(&ticket) {

@@ -41,7 +41,7 @@ use haul_core::{Config, ConfigError, Download, DownloadError, Event, Outcome};
 pub use haul_core;
 pub use haul_driver::BlockingWork;
 
-use driver::Msg;
+use driver::{Msg, Submission};
 
 /// What an executor supplies to the driver: tasks, a blocking pool, sockets and a timer.
 pub trait AsyncRuntime: Clone + Send + Sync + 'static {
@@ -125,23 +125,37 @@ impl<R: AsyncRuntime> Client<R> {
     /// Start a download and return at once. The [`Transfer`] is a `Stream` of its events and,
     /// awaited, gives the result; dropping it cancels the download (the partial is kept).
     pub fn start(&self, download: Download) -> Transfer {
-        let ticket = self.shared.next_ticket.fetch_add(1, Ordering::Relaxed);
-        let (events_tx, events) = mpsc::unbounded();
-        let sent = self.shared.tx.unbounded_send(Msg::Submit {
-            ticket,
-            download: Box::new(download),
-            events: events_tx,
-        });
-        let state = match sent {
-            Ok(()) => TransferState::Running,
-            Err(_) => TransferState::Ended(Some(Err(driver_stopped()))),
-        };
-        Transfer {
-            ticket,
-            driver: self.shared.tx.clone(),
-            events,
-            state,
+        self.start_many(vec![download])
+            .pop()
+            .expect("one transfer per download")
+    }
+
+    /// Start several downloads as one batch (queued together, so priorities order them and
+    /// `Download::after_index` refers within the batch); transfers in the order given.
+    pub fn start_many(&self, downloads: Vec<Download>) -> Vec<Transfer> {
+        let mut transfers = Vec::with_capacity(downloads.len());
+        let mut batch = Vec::with_capacity(downloads.len());
+        for download in downloads {
+            let ticket = self.shared.next_ticket.fetch_add(1, Ordering::Relaxed);
+            let (events_tx, events) = mpsc::unbounded();
+            batch.push(Submission {
+                ticket,
+                download,
+                events: events_tx,
+            });
+            transfers.push(Transfer {
+                ticket,
+                driver: self.shared.tx.clone(),
+                events,
+                state: TransferState::Running,
+            });
         }
+        if self.shared.tx.unbounded_send(Msg::Submit(batch)).is_err() {
+            for t in &mut transfers {
+                t.state = TransferState::Ended(Some(Err(driver_stopped())));
+            }
+        }
+        transfers
     }
 
     /// Download one file, verified and committed atomically. Dropping the future cancels.
@@ -154,7 +168,7 @@ impl<R: AsyncRuntime> Client<R> {
         &self,
         downloads: Vec<Download>,
     ) -> Vec<Result<Outcome, DownloadError>> {
-        let transfers: Vec<Transfer> = downloads.into_iter().map(|d| self.start(d)).collect();
+        let transfers = self.start_many(downloads);
         let mut results = Vec::with_capacity(transfers.len());
         for t in transfers {
             results.push(t.await);

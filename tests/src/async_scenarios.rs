@@ -6,7 +6,7 @@ use std::future::Future;
 use std::time::{Duration, Instant};
 
 use futures_util::StreamExt;
-use haul_core::{Config, Download, Event};
+use haul_core::{Config, Download, DownloadError, Event};
 use haul_origin::{Behavior, Origin};
 use tempfile::TempDir;
 
@@ -165,6 +165,49 @@ pub fn held_transfer_outlives_its_client<H: AsyncHarness>() {
     assert_eq!(std::fs::read(dir.path().join("f")).unwrap(), data);
 }
 
+/// `download_many` submits one batch: results come in the order given, and a download that
+/// waits for an earlier one of the batch (`after_index`) fails when that one fails.
+pub fn download_many_is_one_batch_with_results_in_order<H: AsyncHarness>() {
+    let h = H::new();
+    let origin = Origin::start().expect("origin");
+    let data = body(95, 400_000);
+    origin.route("/ok", data.clone(), Behavior::Normal);
+    origin.route(
+        "/missing",
+        Vec::new(),
+        Behavior::Status {
+            status: 404,
+            retry_after: None,
+        },
+    );
+    let dir = TempDir::new().unwrap();
+    let client = h.client(fast_config());
+    let url = |p: &str| origin.url(p);
+    let results = h.block_on(client.download_many(vec![
+        Download::new(&url("/missing"), dir.path().join("m")).unwrap(),
+        Download::new(&url("/ok"), dir.path().join("after-missing"))
+            .unwrap()
+            .after_index(0),
+        Download::new(&url("/ok"), dir.path().join("ok")).unwrap(),
+    ]));
+    assert_eq!(results.len(), 3);
+    assert!(
+        matches!(results[0], Err(DownloadError::Status { status: 404, .. })),
+        "{:?}",
+        results[0]
+    );
+    assert!(
+        matches!(results[1], Err(DownloadError::DependencyFailed { .. })),
+        "{:?}",
+        results[1]
+    );
+    assert_eq!(
+        results[2].as_ref().expect("independent one").size,
+        data.len() as u64
+    );
+    assert!(!dir.path().join("after-missing").exists());
+}
+
 /// Instantiate every async-client scenario for the harness type `$h`.
 #[macro_export]
 macro_rules! async_scenarios {
@@ -173,6 +216,7 @@ macro_rules! async_scenarios {
             dropping_a_transfer_cancels_and_keeps_the_partial_for_resume,
             many_downloads_on_one_client_run_at_once,
             held_transfer_outlives_its_client,
+            download_many_is_one_batch_with_results_in_order,
         );
     };
     ($h:ty; $($name:ident),* $(,)?) => {
