@@ -80,6 +80,17 @@ impl Runtime for Tokio {
     }
 }
 
+impl BatchRuntime for Tokio {
+    fn download_many(
+        &self,
+        ds: Vec<Download>,
+        events: &mut Vec<Event>,
+    ) -> Vec<Result<Outcome, DownloadError>> {
+        self.runtime
+            .block_on(collect_all(self.client.start_many(ds), events))
+    }
+}
+
 /// The smol runtime (smol's global executor); events come from the transfer's stream.
 pub struct Smol(haul_smol::Client);
 
@@ -90,6 +101,28 @@ impl Runtime for Smol {
     fn download(&self, d: Download, events: &mut Vec<Event>) -> Result<Outcome, DownloadError> {
         smol::block_on(collect_events(self.0.start(d), events))
     }
+}
+
+impl BatchRuntime for Smol {
+    fn download_many(
+        &self,
+        ds: Vec<Download>,
+        events: &mut Vec<Event>,
+    ) -> Vec<Result<Outcome, DownloadError>> {
+        smol::block_on(collect_all(self.0.start_many(ds), events))
+    }
+}
+
+/// Drain each transfer of a batch in turn (the others keep running meanwhile).
+async fn collect_all(
+    transfers: Vec<haul_async::Transfer>,
+    events: &mut Vec<Event>,
+) -> Vec<Result<Outcome, DownloadError>> {
+    let mut results = Vec::with_capacity(transfers.len());
+    for t in transfers {
+        results.push(collect_events(t, events).await);
+    }
+    results
 }
 
 /// Drain an async transfer's event stream into `events`, then take its result.
