@@ -6,7 +6,10 @@
 //!   (`WriteAt` runs out of space after N bytes, `Rename` fails);
 //! - fake connections answered by scripted servers: each request is parsed with httparse and
 //!   handed to a closure that returns a [`Reply`] (bytes cut into pieces, optionally delayed,
-//!   then EOF, a reset, or nothing: a stall); connects can fail or hang;
+//!   then EOF, a reset, or nothing: a stall); connects can fail or hang; [`serve_range`]
+//!   answers `Range: bytes=a-` and `bytes=a-b` with a 206 (honouring `If-Range` against a
+//!   strong ETag); the harness records how many bytes each connection delivered and the most
+//!   connections open at once per origin;
 //! - a virtual clock that jumps to the next deadline ([`Engine::poll_timeout`] or the next
 //!   scripted delivery) when no request can complete.
 //!
@@ -16,7 +19,10 @@
 //! at a deadline never leaves the deadline in the past (no busy loop), and every state file
 //! written names a durable prefix of the partial whose SHA-256 matches. Operations may run in
 //! issue order or in a seeded random order (within the per-file rule), and some may be
-//! deferred behind everything else to play a slow disk.
+//! deferred behind everything else or held until a given instant to play a slow disk.
+//!
+//! The harness is `pub(crate)` so that `engine_sched_tests` (scheduling, segments, limits)
+//! reuses it.
 
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::path::{Path, PathBuf};
@@ -38,68 +44,68 @@ use crate::rng::SeededRng;
 use crate::time::Instant;
 
 /// Steps (completions and clock jumps) one harness may take before it is declared spinning.
-const MAX_STEPS: usize = 200_000;
+pub(crate) const MAX_STEPS: usize = 200_000;
 
-fn secs(s: u64) -> Duration {
+pub(crate) fn secs(s: u64) -> Duration {
     Duration::from_secs(s)
 }
 
-fn at(d: Duration) -> Instant {
+pub(crate) fn at(d: Duration) -> Instant {
     Instant::from_duration(d)
 }
 
-fn sha(bytes: &[u8]) -> [u8; 32] {
+pub(crate) fn sha(bytes: &[u8]) -> [u8; 32] {
     Sha256::digest(bytes).into()
 }
 
-fn sha_hex(bytes: &[u8]) -> String {
+pub(crate) fn sha_hex(bytes: &[u8]) -> String {
     hex::encode(sha(bytes))
 }
 
 /// Deterministic, non-repeating-looking test content.
-fn pattern(len: usize, seed: u8) -> Vec<u8> {
+pub(crate) fn pattern(len: usize, seed: u8) -> Vec<u8> {
     (0..len as u64)
         .map(|i| (i.wrapping_mul(31) ^ (i >> 7) ^ u64::from(seed).wrapping_mul(97)) as u8)
         .collect()
 }
 
-fn failure(kind: IoErrorKind, message: &str) -> IoResult {
+pub(crate) fn failure(kind: IoErrorKind, message: &str) -> IoResult {
     IoResult::Failed(IoFailure::new(kind, message))
 }
 
 // ------------------------------------------------------------------------ fake file system
 
 #[derive(Debug, Default, Clone)]
-struct Inode {
-    data: Vec<u8>,
+pub(crate) struct Inode {
+    pub(crate) data: Vec<u8>,
     /// The contents as of the last `Sync` (what a crash would leave).
-    durable: Vec<u8>,
+    pub(crate) durable: Vec<u8>,
 }
 
 /// Files by name, inodes, open files; executes the file operations of [`IoOp`].
 #[derive(Debug, Default)]
-struct FakeFs {
-    names: BTreeMap<PathBuf, u64>,
-    inodes: BTreeMap<u64, Inode>,
-    open: BTreeMap<FileId, u64>,
-    next_inode: u64,
+pub(crate) struct FakeFs {
+    pub(crate) names: BTreeMap<PathBuf, u64>,
+    pub(crate) inodes: BTreeMap<u64, Inode>,
+    pub(crate) open: BTreeMap<FileId, u64>,
+    pub(crate) next_inode: u64,
     /// Bytes `WriteAt` may still write; the write that needs more fails with `NoSpace`
     /// after writing what fits.
-    space_left: Option<u64>,
-    fail_rename: bool,
+    pub(crate) space_left: Option<u64>,
+    pub(crate) fail_rename: bool,
     /// Every state file written, in order.
-    state_writes: Vec<PartState>,
-    violations: Vec<String>,
+    pub(crate) state_writes: Vec<PartState>,
+    pub(crate) violations: Vec<String>,
 }
 
 /// `<dest>.haul-part` for `<dest>.haul-state`.
-fn part_for_state(state: &Path) -> PathBuf {
+pub(crate) fn part_for_state(state: &Path) -> PathBuf {
     let s = state.to_string_lossy();
     PathBuf::from(format!("{}.haul-part", s.trim_end_matches(".haul-state")))
 }
 
 impl FakeFs {
-    fn new_inode(&mut self, data: Vec<u8>) -> u64 {
+    pub(crate) fn new_inode(&mut self, data: Vec<u8>) -> u64 {
         self.next_inode += 1;
         let inode = Inode {
             durable: data.clone(),
@@ -109,21 +115,21 @@ impl FakeFs {
         self.next_inode
     }
 
-    fn put(&mut self, path: impl Into<PathBuf>, data: &[u8]) {
+    pub(crate) fn put(&mut self, path: impl Into<PathBuf>, data: &[u8]) {
         let ino = self.new_inode(data.to_vec());
         self.names.insert(path.into(), ino);
     }
 
-    fn get(&self, path: impl AsRef<Path>) -> Option<&[u8]> {
+    pub(crate) fn get(&self, path: impl AsRef<Path>) -> Option<&[u8]> {
         let ino = self.names.get(path.as_ref())?;
         Some(&self.inodes[ino].data)
     }
 
-    fn exists(&self, path: impl AsRef<Path>) -> bool {
+    pub(crate) fn exists(&self, path: impl AsRef<Path>) -> bool {
         self.names.contains_key(path.as_ref())
     }
 
-    fn open_inode(&mut self, file: FileId, what: &str) -> Result<&mut Inode, IoResult> {
+    pub(crate) fn open_inode(&mut self, file: FileId, what: &str) -> Result<&mut Inode, IoResult> {
         match self.open.get(&file) {
             Some(ino) => Ok(self.inodes.get_mut(ino).expect("an open file has an inode")),
             None => {
@@ -134,7 +140,7 @@ impl FakeFs {
         }
     }
 
-    fn execute(&mut self, op: &IoOp) -> IoResult {
+    pub(crate) fn execute(&mut self, op: &IoOp) -> IoResult {
         match op {
             IoOp::ReadFile { path, max_len } => match self.names.get(path) {
                 None => IoResult::NotFound,
@@ -282,7 +288,7 @@ impl FakeFs {
     }
 
     /// A state file may only name bytes that are durable and whose digest it records.
-    fn check_state_write(&mut self, path: &Path, data: &[u8]) {
+    pub(crate) fn check_state_write(&mut self, path: &Path, data: &[u8]) {
         let state: PartState = match serde_json::from_slice(data) {
             Ok(s) => s,
             Err(e) => {
@@ -320,7 +326,7 @@ impl FakeFs {
     }
 
     /// Every state file at rest describes a prefix of its partial.
-    fn check_resting_states(&mut self) {
+    pub(crate) fn check_resting_states(&mut self) {
         let states: Vec<PathBuf> = self
             .names
             .keys()
@@ -358,20 +364,20 @@ impl FakeFs {
 
 /// One request as a scripted server sees it.
 #[derive(Debug, Clone)]
-struct Req {
-    method: String,
-    path: String,
-    headers: Vec<(String, String)>,
-    conn: ConnId,
+pub(crate) struct Req {
+    pub(crate) method: String,
+    pub(crate) path: String,
+    pub(crate) headers: Vec<(String, String)>,
+    pub(crate) conn: ConnId,
     /// Requests served on this connection before this one.
-    conn_seq: usize,
+    pub(crate) conn_seq: usize,
     /// Requests served by this origin before this one.
-    seq: usize,
-    at: Instant,
+    pub(crate) seq: usize,
+    pub(crate) at: Instant,
 }
 
 impl Req {
-    fn header(&self, name: &str) -> Option<&str> {
+    pub(crate) fn header(&self, name: &str) -> Option<&str> {
         self.headers
             .iter()
             .find(|(n, _)| n.eq_ignore_ascii_case(name))
@@ -381,7 +387,7 @@ impl Req {
 
 /// What the server does after the reply's bytes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum After {
+pub(crate) enum After {
     /// Nothing: the connection stays open (keep-alive, or a stall).
     Open,
     /// Close cleanly.
@@ -392,17 +398,17 @@ enum After {
 
 /// A server's answer to one request.
 #[derive(Debug, Clone)]
-struct Reply {
-    bytes: Vec<u8>,
+pub(crate) struct Reply {
+    pub(crate) bytes: Vec<u8>,
     /// Piece sizes in order; the last one repeats. Empty: one piece.
-    pieces: Vec<usize>,
+    pub(crate) pieces: Vec<usize>,
     /// Between two pieces.
-    gap: Duration,
-    then: After,
+    pub(crate) gap: Duration,
+    pub(crate) then: After,
 }
 
 impl Reply {
-    fn new(bytes: Vec<u8>) -> Reply {
+    pub(crate) fn new(bytes: Vec<u8>) -> Reply {
         Reply {
             bytes,
             pieces: Vec::new(),
@@ -411,72 +417,78 @@ impl Reply {
         }
     }
 
-    fn pieces(mut self, sizes: &[usize]) -> Reply {
+    pub(crate) fn pieces(mut self, sizes: &[usize]) -> Reply {
         self.pieces = sizes.to_vec();
         self
     }
 
-    fn gap(mut self, gap: Duration) -> Reply {
+    pub(crate) fn gap(mut self, gap: Duration) -> Reply {
         self.gap = gap;
         self
     }
 
-    fn then(mut self, then: After) -> Reply {
+    pub(crate) fn then(mut self, then: After) -> Reply {
         self.then = then;
         self
     }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum ConnectPlan {
+pub(crate) enum ConnectPlan {
     Accept,
     Fail(IoErrorKind),
     /// Never completes until the engine closes the connection.
     Hang,
 }
 
-type Handler = Box<dyn FnMut(&Req) -> Reply>;
-type ConnectScript = Box<dyn FnMut(usize) -> ConnectPlan>;
+pub(crate) type Handler = Box<dyn FnMut(&Req) -> Reply>;
+pub(crate) type ConnectScript = Box<dyn FnMut(usize) -> ConnectPlan>;
 
-struct Server {
-    handler: Handler,
-    connect: ConnectScript,
-    connects: usize,
-    requests: usize,
+pub(crate) struct Server {
+    pub(crate) handler: Handler,
+    pub(crate) connect: ConnectScript,
+    pub(crate) connects: usize,
+    pub(crate) requests: usize,
 }
 
 /// What a connection delivers to `Recv`.
 #[derive(Debug, Clone)]
-enum Wire {
+pub(crate) enum Wire {
     Data(Bytes),
     Eof,
     Reset,
 }
 
 #[derive(Debug)]
-struct NetConn {
-    origin: String,
-    plan: ConnectPlan,
+pub(crate) struct NetConn {
+    pub(crate) origin: String,
+    pub(crate) plan: ConnectPlan,
     /// Closed by the engine.
-    closed: bool,
+    pub(crate) closed: bool,
     /// Request bytes not yet parsed.
-    inbox: Vec<u8>,
+    pub(crate) inbox: Vec<u8>,
     /// Scripted deliveries and when they become available.
-    queue: VecDeque<(Instant, Wire)>,
+    pub(crate) queue: VecDeque<(Instant, Wire)>,
     /// The server's side ended (EOF or reset already delivered); it repeats.
-    terminal: Option<Wire>,
-    served: usize,
+    pub(crate) terminal: Option<Wire>,
+    pub(crate) served: usize,
+    /// The engine issued `Close` for it.
+    pub(crate) close_issued: bool,
+    /// Its `Connect` completed with a failure.
+    pub(crate) connect_failed: bool,
+    /// Bytes handed to the engine by `Recv`.
+    pub(crate) delivered: usize,
 }
 
 impl NetConn {
-    fn recv_ready(&self, now: Instant) -> bool {
+    pub(crate) fn recv_ready(&self, now: Instant) -> bool {
         self.closed
             || self.queue.front().is_some_and(|(t, _)| *t <= now)
             || (self.queue.is_empty() && self.terminal.is_some())
     }
 }
 
-fn enqueue(queue: &mut VecDeque<(Instant, Wire)>, now: Instant, reply: Reply) {
+pub(crate) fn enqueue(queue: &mut VecDeque<(Instant, Wire)>, now: Instant, reply: Reply) {
     let mut t = now;
     let mut rest: &[u8] = &reply.bytes;
     let mut i = 0;
@@ -502,7 +514,7 @@ fn enqueue(queue: &mut VecDeque<(Instant, Wire)>, now: Instant, reply: Reply) {
     }
 }
 
-fn reason(status: u16) -> &'static str {
+pub(crate) fn reason(status: u16) -> &'static str {
     match status {
         200 => "OK",
         206 => "Partial Content",
@@ -517,12 +529,12 @@ fn reason(status: u16) -> &'static str {
 }
 
 /// A header for [`response`].
-fn hdr(name: &str, value: impl ToString) -> (&str, String) {
+pub(crate) fn hdr(name: &str, value: impl ToString) -> (&str, String) {
     (name, value.to_string())
 }
 
 /// A response with exactly these headers and body bytes (no framing added).
-fn response(status: u16, headers: &[(&str, String)], body: &[u8]) -> Vec<u8> {
+pub(crate) fn response(status: u16, headers: &[(&str, String)], body: &[u8]) -> Vec<u8> {
     let mut head = format!("HTTP/1.1 {status} {}\r\n", reason(status));
     for (name, value) in headers {
         head.push_str(&format!("{name}: {value}\r\n"));
@@ -534,14 +546,19 @@ fn response(status: u16, headers: &[(&str, String)], body: &[u8]) -> Vec<u8> {
 }
 
 /// A response framed by `Content-Length`.
-fn with_length(status: u16, headers: &[(&str, String)], body: &[u8]) -> Vec<u8> {
+pub(crate) fn with_length(status: u16, headers: &[(&str, String)], body: &[u8]) -> Vec<u8> {
     let mut all = headers.to_vec();
     all.push(hdr("Content-Length", body.len()));
     response(status, &all, body)
 }
 
 /// A chunked response with chunks of `chunk` bytes.
-fn chunked(status: u16, headers: &[(&str, String)], body: &[u8], chunk: usize) -> Vec<u8> {
+pub(crate) fn chunked(
+    status: u16,
+    headers: &[(&str, String)],
+    body: &[u8],
+    chunk: usize,
+) -> Vec<u8> {
     let mut all = headers.to_vec();
     all.push(hdr("Transfer-Encoding", "chunked"));
     let mut encoded = Vec::new();
@@ -555,27 +572,37 @@ fn chunked(status: u16, headers: &[(&str, String)], body: &[u8], chunk: usize) -
 }
 
 /// Length of the response head at the start of `wire`.
-fn head_len(wire: &[u8]) -> usize {
+pub(crate) fn head_len(wire: &[u8]) -> usize {
     wire.windows(4)
         .position(|w| w == b"\r\n\r\n")
         .expect("a complete head")
         + 4
 }
 
-const ETAG: &str = "\"v1\"";
+pub(crate) const ETAG: &str = "\"v1\"";
+
+/// The byte range `[first, last]` a `Range: bytes=first-` or `bytes=first-last` header asks
+/// for (`last` defaults to the end), or None when there is no such header.
+pub(crate) fn requested_range(req: &Req) -> Option<(usize, Option<usize>)> {
+    let spec = req.header("range")?.strip_prefix("bytes=")?;
+    let (first, last) = spec.split_once('-')?;
+    let first = first.trim().parse().ok()?;
+    let last = match last.trim() {
+        "" => None,
+        l => Some(l.parse().ok()?),
+    };
+    Some((first, last))
+}
 
 /// What a correct server sends for `body` with a strong ETag: 200, or 206 for
-/// `Range: bytes=N-` (when `If-Range` is absent or matches), or 416 past the end.
-fn serve_range(body: &[u8], req: &Req) -> Vec<u8> {
-    let start = req
-        .header("range")
-        .and_then(|v| v.strip_prefix("bytes="))
-        .and_then(|v| v.strip_suffix('-'))
-        .and_then(|v| v.parse::<usize>().ok());
+/// `Range: bytes=a-` or `bytes=a-b` (when `If-Range` is absent or matches), or 416 past the
+/// end.
+pub(crate) fn serve_range(body: &[u8], req: &Req) -> Vec<u8> {
+    let range = requested_range(req);
     let if_range_ok = req.header("if-range").is_none_or(|v| v == ETAG);
     let len = body.len();
-    match start {
-        Some(start) if if_range_ok && start >= len => response(
+    match range {
+        Some((first, _)) if if_range_ok && first >= len => response(
             416,
             &[
                 hdr("Content-Range", format!("bytes */{len}")),
@@ -583,62 +610,71 @@ fn serve_range(body: &[u8], req: &Req) -> Vec<u8> {
             ],
             b"",
         ),
-        Some(start) if if_range_ok => with_length(
-            206,
-            &[
-                hdr("ETag", ETAG),
-                hdr("Content-Range", format!("bytes {start}-{}/{len}", len - 1)),
-            ],
-            &body[start..],
-        ),
+        Some((first, last)) if if_range_ok && last.is_none_or(|l| l >= first) => {
+            let last = last.map_or(len - 1, |l| l.min(len - 1));
+            with_length(
+                206,
+                &[
+                    hdr("ETag", ETAG),
+                    hdr("Content-Range", format!("bytes {first}-{last}/{len}")),
+                ],
+                &body[first..=last],
+            )
+        }
         _ => with_length(200, &[hdr("ETag", ETAG)], body),
     }
 }
 
-fn file_server(body: Vec<u8>) -> impl FnMut(&Req) -> Reply {
+pub(crate) fn file_server(body: Vec<u8>) -> impl FnMut(&Req) -> Reply {
     move |req| Reply::new(serve_range(&body, req))
 }
 
 // ------------------------------------------------------------------------ the driver
 
-enum Schedule {
+pub(crate) enum Schedule {
     /// Complete requests in issue order (skipping those that cannot complete yet).
     Fifo,
     /// Complete a random eligible request (still in issue order per file).
     Random(SeededRng),
 }
 
-type Defer = Box<dyn Fn(&IoOp) -> bool>;
+pub(crate) type Defer = Box<dyn Fn(&IoOp) -> bool>;
+pub(crate) type Hold = Box<dyn Fn(&IoOp) -> Option<Instant>>;
 
-struct Harness {
-    engine: Engine,
-    now: Instant,
-    fs: FakeFs,
-    servers: BTreeMap<String, Server>,
-    conns: BTreeMap<ConnId, NetConn>,
+pub(crate) struct Harness {
+    pub(crate) engine: Engine,
+    pub(crate) now: Instant,
+    pub(crate) fs: FakeFs,
+    pub(crate) servers: BTreeMap<String, Server>,
+    pub(crate) conns: BTreeMap<ConnId, NetConn>,
     /// Issued and not completed, in issue order.
-    pending: Vec<IoRequest>,
-    issued: BTreeSet<IoId>,
-    ops: Vec<(Instant, IoOp)>,
-    events: Vec<(Instant, Event)>,
-    requests: Vec<Req>,
-    schedule: Schedule,
+    pub(crate) pending: Vec<IoRequest>,
+    pub(crate) issued: BTreeSet<IoId>,
+    pub(crate) ops: Vec<(Instant, IoOp)>,
+    pub(crate) events: Vec<(Instant, Event)>,
+    pub(crate) requests: Vec<Req>,
+    pub(crate) schedule: Schedule,
     /// Operations that run only when nothing else can (a slow disk, say).
-    defer: Option<Defer>,
-    violations: Vec<String>,
-    steps: usize,
+    pub(crate) defer: Option<Defer>,
+    /// Operations that cannot complete before the instant it names (a disk that stalls).
+    pub(crate) hold: Option<Hold>,
+    pub(crate) violations: Vec<String>,
+    pub(crate) steps: usize,
     /// Feed a spurious `Tick` after every completion (the contract says they are no-ops).
-    spurious_ticks: bool,
+    pub(crate) spurious_ticks: bool,
     /// Most bytes ever handed to pending `WriteAt`s at once.
-    max_write_backlog: u64,
+    pub(crate) max_write_backlog: u64,
+    /// Most connections open at once per origin (connected or connecting, not yet closed),
+    /// sampled after every step.
+    pub(crate) max_open: BTreeMap<String, usize>,
 }
 
-fn origin_key(url: &str) -> String {
+pub(crate) fn origin_key(url: &str) -> String {
     let url = url::Url::parse(url).expect("test URL");
     Origin::of(&url).expect("http URL").to_string()
 }
 
-fn file_of(op: &IoOp) -> Option<FileId> {
+pub(crate) fn file_of(op: &IoOp) -> Option<FileId> {
     match op {
         IoOp::Open { file, .. }
         | IoOp::OpenRead { file, .. }
@@ -651,7 +687,7 @@ fn file_of(op: &IoOp) -> Option<FileId> {
     }
 }
 
-fn job_of(e: &Event) -> JobId {
+pub(crate) fn job_of(e: &Event) -> JobId {
     match e {
         Event::Queued { job, .. }
         | Event::Started { job, .. }
@@ -666,7 +702,7 @@ fn job_of(e: &Event) -> JobId {
 }
 
 impl Harness {
-    fn new(config: Config) -> Harness {
+    pub(crate) fn new(config: Config) -> Harness {
         Harness {
             engine: Engine::new(config, Instant::ZERO).expect("valid test config"),
             now: Instant::ZERO,
@@ -680,14 +716,16 @@ impl Harness {
             requests: Vec::new(),
             schedule: Schedule::Fifo,
             defer: None,
+            hold: None,
             violations: Vec::new(),
             steps: 0,
             spurious_ticks: false,
             max_write_backlog: 0,
+            max_open: BTreeMap::new(),
         }
     }
 
-    fn serve(&mut self, origin: &str, handler: impl FnMut(&Req) -> Reply + 'static) {
+    pub(crate) fn serve(&mut self, origin: &str, handler: impl FnMut(&Req) -> Reply + 'static) {
         let server = Server {
             handler: Box::new(handler),
             connect: Box::new(|_| ConnectPlan::Accept),
@@ -697,7 +735,11 @@ impl Harness {
         self.servers.insert(origin_key(origin), server);
     }
 
-    fn connect_plan(&mut self, origin: &str, plan: impl FnMut(usize) -> ConnectPlan + 'static) {
+    pub(crate) fn connect_plan(
+        &mut self,
+        origin: &str,
+        plan: impl FnMut(usize) -> ConnectPlan + 'static,
+    ) {
         let server = self
             .servers
             .get_mut(&origin_key(origin))
@@ -705,19 +747,19 @@ impl Harness {
         server.connect = Box::new(plan);
     }
 
-    fn submit(&mut self, d: Download) -> JobId {
+    pub(crate) fn submit(&mut self, d: Download) -> JobId {
         let job = self.engine.submit(self.now, d);
         self.drain();
         job
     }
 
-    fn cancel(&mut self, job: JobId, mode: CancelMode) {
+    pub(crate) fn cancel(&mut self, job: JobId, mode: CancelMode) {
         self.engine.cancel(self.now, job, mode);
         self.drain();
     }
 
     /// Take every output; returns how many there were.
-    fn drain(&mut self) -> usize {
+    pub(crate) fn drain(&mut self) -> usize {
         let mut n = 0;
         while let Some(out) = self.engine.poll_output() {
             n += 1;
@@ -752,10 +794,20 @@ impl Harness {
             })
             .sum();
         self.max_write_backlog = self.max_write_backlog.max(backlog);
+        let mut open: BTreeMap<String, usize> = BTreeMap::new();
+        for c in self.conns.values() {
+            if !c.close_issued && !c.connect_failed {
+                *open.entry(c.origin.clone()).or_default() += 1;
+            }
+        }
+        for (origin, n) in open {
+            let max = self.max_open.entry(origin).or_default();
+            *max = (*max).max(n);
+        }
         n
     }
 
-    fn on_issue(&mut self, req: &IoRequest) {
+    pub(crate) fn on_issue(&mut self, req: &IoRequest) {
         match &req.op {
             IoOp::Connect { conn, origin, .. } => {
                 let key = origin.to_string();
@@ -775,6 +827,9 @@ impl Harness {
                     queue: VecDeque::new(),
                     terminal: None,
                     served: 0,
+                    close_issued: false,
+                    connect_failed: false,
+                    delivered: 0,
                 };
                 if self.conns.insert(*conn, fresh).is_some() {
                     self.violations.push(format!("{conn} connected twice"));
@@ -790,24 +845,31 @@ impl Harness {
                         .push(format!("{:?} on {conn} after it was closed", req.op)),
                     Some(_) => {}
                 }
+                if let (IoOp::Close { .. }, Some(c)) = (&req.op, self.conns.get_mut(conn)) {
+                    c.close_issued = true;
+                }
             }
             _ => {}
         }
     }
 
-    fn completable(&self, req: &IoRequest) -> bool {
+    pub(crate) fn completable(&self, req: &IoRequest) -> bool {
         match &req.op {
             IoOp::Connect { conn, .. } => {
                 let c = &self.conns[conn];
                 c.closed || c.plan != ConnectPlan::Hang
             }
             IoOp::Recv { conn } => self.conns.get(conn).is_some_and(|c| c.recv_ready(self.now)),
-            _ => true,
+            op => self
+                .hold
+                .as_ref()
+                .and_then(|hold| hold(op))
+                .is_none_or(|until| until <= self.now),
         }
     }
 
     /// Indices of pending requests that may complete now.
-    fn eligible(&self) -> Vec<usize> {
+    pub(crate) fn eligible(&self) -> Vec<usize> {
         let mut files_seen = BTreeSet::new();
         let (mut ready, mut deferred) = (Vec::new(), Vec::new());
         for (i, req) in self.pending.iter().enumerate() {
@@ -832,7 +894,7 @@ impl Harness {
         }
     }
 
-    fn count_step(&mut self) {
+    pub(crate) fn count_step(&mut self) {
         self.steps += 1;
         assert!(
             self.steps <= MAX_STEPS,
@@ -841,7 +903,7 @@ impl Harness {
     }
 
     /// Complete one request, if any can complete now.
-    fn step_io(&mut self) -> bool {
+    pub(crate) fn step_io(&mut self) -> bool {
         let eligible = self.eligible();
         if eligible.is_empty() {
             return false;
@@ -864,7 +926,7 @@ impl Harness {
     }
 
     /// Move the clock to the next deadline or delivery; tick the engine if a deadline came.
-    fn advance(&mut self) -> bool {
+    pub(crate) fn advance(&mut self) -> bool {
         let timer = self.engine.poll_timeout();
         let delivery = self
             .pending
@@ -874,7 +936,13 @@ impl Harness {
                 _ => None,
             })
             .min();
-        let Some(wake) = timer.into_iter().chain(delivery).min() else {
+        let released = self
+            .pending
+            .iter()
+            .filter_map(|r| self.hold.as_ref().and_then(|hold| hold(&r.op)))
+            .filter(|t| *t > self.now)
+            .min();
+        let Some(wake) = timer.into_iter().chain(delivery).chain(released).min() else {
             return false;
         };
         self.count_step();
@@ -894,19 +962,22 @@ impl Harness {
         true
     }
 
-    fn step(&mut self) -> bool {
+    pub(crate) fn step(&mut self) -> bool {
         self.step_io() || self.advance()
     }
 
-    fn execute(&mut self, req: &IoRequest) -> IoResult {
+    pub(crate) fn execute(&mut self, req: &IoRequest) -> IoResult {
         let cancelled = || failure(IoErrorKind::Cancelled, "connection closed");
         match &req.op {
             IoOp::Connect { conn, .. } => {
-                let c = &self.conns[conn];
+                let c = self.conns.get_mut(conn).expect("known conn");
                 match c.plan {
                     _ if c.closed => cancelled(),
                     ConnectPlan::Accept => IoResult::Done,
-                    ConnectPlan::Fail(kind) => failure(kind, "scripted connect failure"),
+                    ConnectPlan::Fail(kind) => {
+                        c.connect_failed = true;
+                        failure(kind, "scripted connect failure")
+                    }
                     ConnectPlan::Hang => unreachable!("a hanging connect is not completable"),
                 }
             }
@@ -922,7 +993,10 @@ impl Harness {
                     _ => c.terminal.clone().expect("recv_ready"),
                 };
                 match wire {
-                    Wire::Data(b) => IoResult::Data(b),
+                    Wire::Data(b) => {
+                        c.delivered += b.len();
+                        IoResult::Data(b)
+                    }
                     Wire::Eof => {
                         c.terminal = Some(Wire::Eof);
                         IoResult::Eof
@@ -943,7 +1017,7 @@ impl Harness {
         }
     }
 
-    fn on_send(&mut self, conn: ConnId, data: &Bytes) -> IoResult {
+    pub(crate) fn on_send(&mut self, conn: ConnId, data: &Bytes) -> IoResult {
         let now = self.now;
         let c = self.conns.get_mut(&conn).expect("known conn");
         if c.closed {
@@ -1005,7 +1079,7 @@ impl Harness {
         IoResult::Done
     }
 
-    fn run_until(&mut self, what: &str, stop: impl Fn(&Harness) -> bool) {
+    pub(crate) fn run_until(&mut self, what: &str, stop: impl Fn(&Harness) -> bool) {
         while !stop(self) {
             assert!(
                 self.step(),
@@ -1017,7 +1091,7 @@ impl Harness {
 
     /// Run until `job` finishes, let everything that can complete complete, check the
     /// invariants, and return the job's result.
-    fn run(&mut self, job: JobId) -> Result<Outcome, DownloadError> {
+    pub(crate) fn run(&mut self, job: JobId) -> Result<Outcome, DownloadError> {
         loop {
             if let Some((_, result)) = self.finished(job) {
                 self.settle();
@@ -1031,7 +1105,7 @@ impl Harness {
         }
     }
 
-    fn settle(&mut self) {
+    pub(crate) fn settle(&mut self) {
         while self.step_io() {}
         if self.engine.active_jobs() == 0 {
             assert!(
@@ -1062,18 +1136,18 @@ impl Harness {
         );
     }
 
-    fn finished(&self, job: JobId) -> Option<(Instant, Result<Outcome, DownloadError>)> {
+    pub(crate) fn finished(&self, job: JobId) -> Option<(Instant, Result<Outcome, DownloadError>)> {
         self.events.iter().find_map(|(t, e)| match e {
             Event::Finished { job: j, result } if *j == job => Some((*t, result.clone())),
             _ => None,
         })
     }
 
-    fn finished_at(&self, job: JobId) -> Instant {
+    pub(crate) fn finished_at(&self, job: JobId) -> Instant {
         self.finished(job).expect("job finished").0
     }
 
-    fn events_of(&self, job: JobId) -> Vec<Event> {
+    pub(crate) fn events_of(&self, job: JobId) -> Vec<Event> {
         self.events
             .iter()
             .filter(|(_, e)| job_of(e) == job)
@@ -1082,7 +1156,7 @@ impl Harness {
     }
 
     /// (time, attempt, delay, error) of every `Retrying` event.
-    fn retries(&self, job: JobId) -> Vec<(Instant, u32, Duration, DownloadError)> {
+    pub(crate) fn retries(&self, job: JobId) -> Vec<(Instant, u32, Duration, DownloadError)> {
         self.events
             .iter()
             .filter_map(|(t, e)| match e {
@@ -1097,7 +1171,7 @@ impl Harness {
             .collect()
     }
 
-    fn progress(&self, job: JobId) -> Vec<u64> {
+    pub(crate) fn progress(&self, job: JobId) -> Vec<u64> {
         self.events
             .iter()
             .filter_map(|(_, e)| match e {
@@ -1107,14 +1181,14 @@ impl Harness {
             .collect()
     }
 
-    fn connects(&self) -> usize {
+    pub(crate) fn connects(&self) -> usize {
         self.ops
             .iter()
             .filter(|(_, op)| matches!(op, IoOp::Connect { .. }))
             .count()
     }
 
-    fn bytes_written(&self) -> u64 {
+    pub(crate) fn bytes_written(&self) -> u64 {
         self.ops
             .iter()
             .map(|(_, op)| match op {
@@ -1124,33 +1198,33 @@ impl Harness {
             .sum()
     }
 
-    fn pending_has(&self, pred: impl Fn(&IoOp) -> bool) -> bool {
+    pub(crate) fn pending_has(&self, pred: impl Fn(&IoOp) -> bool) -> bool {
         self.pending.iter().any(|r| pred(&r.op))
     }
 }
 
 // ------------------------------------------------------------------------ fixtures
 
-const ORIGIN: &str = "http://a.test";
-const URL: &str = "http://a.test/files/f.bin";
+pub(crate) const ORIGIN: &str = "http://a.test";
+pub(crate) const URL: &str = "http://a.test/files/f.bin";
 
-fn dest() -> PathBuf {
+pub(crate) fn dest() -> PathBuf {
     PathBuf::from("/dl/f.bin")
 }
 
-fn part() -> PathBuf {
+pub(crate) fn part() -> PathBuf {
     PathBuf::from("/dl/f.bin.haul-part")
 }
 
-fn state() -> PathBuf {
+pub(crate) fn state() -> PathBuf {
     PathBuf::from("/dl/f.bin.haul-state")
 }
 
-fn download() -> Download {
+pub(crate) fn download() -> Download {
     Download::new(URL, dest()).expect("valid download")
 }
 
-fn config() -> Config {
+pub(crate) fn config() -> Config {
     Config {
         retry: RetryPolicy {
             max_attempts: 4,
@@ -1163,7 +1237,7 @@ fn config() -> Config {
 }
 
 /// A state file that vouches for the first `verified` bytes of `body`.
-fn valid_state(body: &[u8], verified: usize) -> PartState {
+pub(crate) fn valid_state(body: &[u8], verified: usize) -> PartState {
     PartState {
         version: STATE_VERSION,
         url: URL.to_string(),
@@ -1175,13 +1249,13 @@ fn valid_state(body: &[u8], verified: usize) -> PartState {
     }
 }
 
-fn assert_nothing_left(h: &Harness) {
+pub(crate) fn assert_nothing_left(h: &Harness) {
     assert!(!h.fs.exists(dest()), "destination exists");
     assert!(!h.fs.exists(part()), "partial exists");
     assert!(!h.fs.exists(state()), "state file exists");
 }
 
-fn assert_committed(h: &Harness, body: &[u8]) {
+pub(crate) fn assert_committed(h: &Harness, body: &[u8]) {
     assert!(
         h.fs.get(dest()) == Some(body),
         "destination does not hold the body"
@@ -1190,7 +1264,7 @@ fn assert_committed(h: &Harness, body: &[u8]) {
     assert!(!h.fs.exists(state()), "state file left after commit");
 }
 
-fn header_of(h: &Harness, i: usize, name: &str) -> Option<String> {
+pub(crate) fn header_of(h: &Harness, i: usize, name: &str) -> Option<String> {
     h.requests[i].header(name).map(str::to_string)
 }
 

@@ -36,4 +36,6 @@ pub use proxy::{ProxyConfig, ProxyHop};
 pub use sched::Priority;
 pub use time::Instant;
 #[cfg(test)]
+mod engine_sched_tests;
+#[cfg(test)]
 mod engine_tests;

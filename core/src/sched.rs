@@ -37,8 +37,9 @@ impl Priority {
 
     /// Fraction of the global bucket's capacity that must be available before a job of this
     /// class may receive more. Critical may drain the bucket; Background only takes what the
-    /// others leave standing. This gives higher classes the larger share without starving
-    /// the lower ones entirely (their reserve refills in under a second).
+    /// others leave standing. This gives higher classes the larger share; the engine waives
+    /// the reserve for a job that has not received anything for a second, so a busy higher
+    /// class holds the lower ones back without starving them.
     pub fn reserve_fraction(self) -> f64 {
         match self {
             Priority::Critical => 0.0,

@@ -26,6 +26,14 @@ impl Engine {
             _ => None,
         };
         let cleaning = matches!(j.phase, Phase::CleaningUp { .. });
+        let open_step = matches!(
+            step,
+            FileStep::OpenExisting | FileStep::OpenPartial | FileStep::OpenFresh
+        );
+        if open_step && !matches!(result, IoResult::Opened { .. }) {
+            // The open failed: there is no file handle to use or close.
+            j.file = None;
+        }
         match step {
             FileStep::OpenExisting | FileStep::HashExisting if cleaning => {
                 self.cleanup_progress(id)
@@ -226,11 +234,16 @@ impl Engine {
                 }
                 self.cleanup_progress(id);
             }
-            FileStep::CatchUp => {
-                j.catching_up = false;
+            FileStep::CatchUp { epoch } => {
                 if cleaning {
+                    j.catching_up = false;
                     return self.cleanup_progress(id);
                 }
+                if epoch != j.epoch {
+                    // Issued before the download started over: not bytes of this hash.
+                    return;
+                }
+                j.catching_up = false;
                 match result {
                     IoResult::Data(b) if !b.is_empty() => {
                         j.hasher.update(&b);
@@ -410,6 +423,9 @@ impl Engine {
         j.total = None;
         j.segmented = false;
         j.pending_prefix = None;
+        // A read-back still in flight belongs to the old bytes; it is ignored on completion.
+        j.catching_up = false;
+        j.epoch += 1;
         if let Some(file) = j.file {
             j.touched = true;
             self.file_io(id, FileStep::SetLen, IoOp::SetLen { file, len: 0 });
@@ -494,7 +510,8 @@ impl Engine {
                     offset: j.hashed,
                     len: (end - j.hashed).min(CATCH_UP_CHUNK),
                 };
-                self.file_io(id, FileStep::CatchUp, op);
+                let epoch = j.epoch;
+                self.file_io(id, FileStep::CatchUp { epoch }, op);
             }
         }
         let j = self.jobs.get(&id).expect("job exists");

@@ -211,9 +211,16 @@ enum FileStep {
     OpenFresh,
     Rehash,
     SetLen,
-    Write { len: u64 },
-    CatchUp,
-    CheckpointSync { verified: u64 },
+    Write {
+        len: u64,
+    },
+    /// A read-back for the hash, issued in hashing epoch `epoch`.
+    CatchUp {
+        epoch: u32,
+    },
+    CheckpointSync {
+        verified: u64,
+    },
     CheckpointState,
     FinalSync,
     Close,
@@ -323,6 +330,9 @@ struct Job {
     received: RangeSet,
     /// A read-back of written-but-unhashed bytes at the frontier is in flight.
     catching_up: bool,
+    /// Bumped whenever the download starts over from zero: a read-back issued before that
+    /// completes with bytes the new hash must not see.
+    epoch: u32,
     resumed_from: u64,
     fetched: u64,
     /// Durable resume point recorded in the state file.
@@ -336,6 +346,9 @@ struct Job {
     /// The URL the last accepted response came from (after redirects).
     last_url: Option<url::Url>,
     bucket: Option<TokenBucket>,
+    /// When this job last received body bytes (or started waiting for them): a class held
+    /// back by its global-limit reserve longer than [`BURST`] reads without the reserve.
+    last_grant: Instant,
 }
 
 impl Job {
@@ -542,6 +555,7 @@ impl Engine {
             hashed: 0,
             received: RangeSet::new(),
             catching_up: false,
+            epoch: 0,
             resumed_from: 0,
             fetched: 0,
             durable: 0,
@@ -551,6 +565,7 @@ impl Engine {
             dest_name: None,
             last_url: None,
             bucket,
+            last_grant: self.now,
         };
         let url = job.spec.url.to_string();
         self.jobs.insert(id, job);
@@ -564,8 +579,16 @@ impl Engine {
     }
 
     /// A running or queued job that fetches the same bytes (same URL, or same expected
-    /// sha256) with the same expectations.
+    /// sha256) with the same expectations. A job whose dependencies have not all succeeded
+    /// yet is never a follower: copying a leader's result would skip its dependency check.
     fn find_leader(&self, spec: &Download) -> Option<JobId> {
+        let deps_met = spec
+            .depends_on
+            .iter()
+            .all(|d| self.finished.get(d) == Some(&true));
+        if !deps_met {
+            return None;
+        }
         self.jobs
             .values()
             .filter(|j| !matches!(j.phase, Phase::Following { .. } | Phase::CleaningUp { .. }))
@@ -756,6 +779,7 @@ impl Engine {
     fn start_job(&mut self, id: JobId) {
         let j = self.jobs.get_mut(&id).expect("job exists");
         let url = j.spec.url.to_string();
+        j.last_grant = self.now;
         self.stats.first_start.get_or_insert(self.now);
         self.event(Event::Started { job: id, url });
         let j = self.jobs.get_mut(&id).expect("job exists");
@@ -907,13 +931,23 @@ impl Engine {
         let now = self.now;
         let j = self.jobs.get_mut(&id).expect("job exists");
         let reserve = j.priority().reserve_fraction();
+        // The reserve keeps tokens for more urgent classes, but only for a while: a job that
+        // has waited BURST since its last read competes without it, so a busy higher class
+        // cannot starve it.
+        let starved_at = j.last_grant + BURST;
         let mut at = now;
         if let Some(b) = j.bucket.as_mut() {
             at = at.max(b.ready_at(now, 0.0));
         }
         if let Some(g) = self.global_bucket.as_mut() {
             let cap = g.capacity();
-            at = at.max(g.ready_at(now, reserve * cap));
+            let ready = if now >= starved_at {
+                g.ready_at(now, 0.0)
+            } else {
+                let with_reserve = g.ready_at(now, reserve * cap);
+                with_reserve.min(starved_at.max(g.ready_at(now, 0.0)))
+            };
+            at = at.max(ready);
         }
         (at > now).then_some(at)
     }
@@ -923,8 +957,11 @@ impl Engine {
         if let Some(g) = self.global_bucket.as_mut() {
             g.consume(now, bytes);
         }
-        if let Some(b) = self.jobs.get_mut(&id).and_then(|j| j.bucket.as_mut()) {
-            b.consume(now, bytes);
+        if let Some(j) = self.jobs.get_mut(&id) {
+            j.last_grant = now;
+            if let Some(b) = j.bucket.as_mut() {
+                b.consume(now, bytes);
+            }
         }
         let s = &mut self.stats;
         s.bytes += bytes;

@@ -649,6 +649,24 @@ impl Engine {
                         });
                         self.maybe_complete(id);
                     }
+                    Some(ContentRange::Unsatisfied { complete: 0 })
+                        if t.ranged && t.end.is_none() && t.pos == 0 && j.present() == 0 =>
+                    {
+                        // `bytes=0-` (a segmented download's probe) of an empty
+                        // representation: nothing to fetch, commit an empty file.
+                        let j = self.jobs.get_mut(&id).expect("job exists");
+                        j.total = Some(0);
+                        j.transfers.remove(&tid);
+                        self.close_conn(conn);
+                        self.ensure_file(id);
+                        self.event(Event::Response {
+                            job: id,
+                            status: 416,
+                            total: Some(0),
+                            offset: 0,
+                        });
+                        self.maybe_complete(id);
+                    }
                     _ => {
                         self.restart_from_zero(id);
                         self.fail_attempt(

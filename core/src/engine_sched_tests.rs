@@ -1,0 +1,1504 @@
+//! Scripted tests of the engine's scheduling features against the in-memory driver of
+//! [`crate::engine_tests`]: segmented downloads (probe, split, out-of-order hashing, resets,
+//! work stealing, servers that ignore ranges, resume from recorded ranges, connection
+//! limits), the priority queue and dependencies, deduplication, the existing-destination
+//! check, rate limits, pause/resume and the statistics.
+//!
+//! The harness checks the call contract on every step (see `engine_tests`); these tests pin
+//! what the features do on the wire, on the disk and in the events.
+
+use std::cell::Cell;
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::{Path, PathBuf};
+use std::rc::Rc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
+
+use quickcheck::{Arbitrary, Gen, QuickCheck, TestResult};
+
+use crate::config::Config;
+use crate::download::Download;
+use crate::engine::{CancelMode, Event, JobId};
+use crate::engine_tests::{
+    at, config, dest, download, hdr, head_len, job_of, origin_key, part, pattern, requested_range,
+    serve_range, sha, sha_hex, state, with_length, After, Harness, Reply, Req, Schedule, ETAG,
+    ORIGIN, URL,
+};
+use crate::error::DownloadError;
+use crate::io::IoOp;
+use crate::resume::PartState;
+use crate::rng::SeededRng;
+use crate::sched::Priority;
+use crate::time::Instant;
+
+fn secs(s: u64) -> Duration {
+    Duration::from_secs(s)
+}
+
+fn millis(ms: u64) -> Duration {
+    Duration::from_millis(ms)
+}
+
+/// A download of [`URL`] to [`dest`] over up to `segments` connections.
+fn segmented(segments: u32, min_segment: u64) -> Download {
+    download().segments(segments).min_segment(min_segment)
+}
+
+/// The reply `wire` with its head delivered alone, then the body in `piece`-sized pieces.
+fn head_first(wire: Vec<u8>, piece: usize) -> Reply {
+    let head = head_len(&wire);
+    Reply::new(wire).pieces(&[head, piece])
+}
+
+/// `[first, last]` of a request's `Range`, with an open end as `None`.
+fn range_of(req: &Req) -> Option<(u64, Option<u64>)> {
+    requested_range(req).map(|(f, l)| (f as u64, l.map(|l| l as u64)))
+}
+
+/// The files the engine opened (`Open` or `OpenRead`) at `path`.
+fn files_at(h: &Harness, path: &Path) -> BTreeSet<crate::io::FileId> {
+    h.ops
+        .iter()
+        .filter_map(|(_, op)| match op {
+            IoOp::Open { file, path: p, .. } | IoOp::OpenRead { file, path: p } if p == path => {
+                Some(*file)
+            }
+            _ => None,
+        })
+        .collect()
+}
+
+/// (issued at, start, end) of every `WriteAt` to a file opened at `path`.
+fn writes_to(h: &Harness, path: &Path) -> Vec<(Instant, u64, u64)> {
+    let files = files_at(h, path);
+    h.ops
+        .iter()
+        .filter_map(|(t, op)| match op {
+            IoOp::WriteAt { file, offset, data } if files.contains(file) => {
+                Some((*t, *offset, *offset + data.len() as u64))
+            }
+            _ => None,
+        })
+        .collect()
+}
+
+/// Bytes written to files opened at `path` by `WriteAt`s issued no later than `until`.
+fn written_until(h: &Harness, path: &Path, until: Instant) -> u64 {
+    writes_to(h, path)
+        .iter()
+        .filter(|(t, _, _)| *t <= until)
+        .map(|(_, s, e)| e - s)
+        .sum()
+}
+
+/// The ranges cover `[0, len)` exactly once: no byte written twice, none missing.
+fn assert_exact_cover(mut ranges: Vec<(u64, u64)>, len: u64) {
+    ranges.sort_unstable();
+    let mut at = 0;
+    for (s, e) in &ranges {
+        assert_eq!(*s, at, "written ranges overlap or leave a hole: {ranges:?}");
+        at = *e;
+    }
+    assert_eq!(at, len, "written ranges end at {at}, not {len}");
+}
+
+fn segmented_events(h: &Harness, job: JobId) -> Vec<u32> {
+    h.events_of(job)
+        .iter()
+        .filter_map(|e| match e {
+            Event::Segmented { segments, .. } => Some(*segments),
+            _ => None,
+        })
+        .collect()
+}
+
+fn started_order(h: &Harness) -> Vec<JobId> {
+    h.events
+        .iter()
+        .filter_map(|(_, e)| match e {
+            Event::Started { job, .. } => Some(*job),
+            _ => None,
+        })
+        .collect()
+}
+
+/// Index in the event log of `job`'s first event matching `what`.
+fn event_index(h: &Harness, job: JobId, what: impl Fn(&Event) -> bool) -> usize {
+    h.events
+        .iter()
+        .position(|(_, e)| what(e) && job_of(e) == job)
+        .expect("event present")
+}
+
+fn pause(h: &mut Harness, job: JobId) {
+    h.engine.pause(h.now, job);
+    h.drain();
+}
+
+fn resume(h: &mut Harness, job: JobId) {
+    h.engine.resume(h.now, job);
+    h.drain();
+}
+
+fn assert_committed_at(h: &Harness, path: &Path, body: &[u8]) {
+    assert!(
+        h.fs.get(path) == Some(body),
+        "{} does not hold the body",
+        path.display()
+    );
+}
+
+fn assert_committed(h: &Harness, body: &[u8]) {
+    assert_committed_at(h, &dest(), body);
+    assert!(!h.fs.exists(part()), "partial left after commit");
+    assert!(!h.fs.exists(state()), "state file left after commit");
+}
+
+// ------------------------------------------------------------------------ segmented
+
+#[test]
+fn segmented_download_probes_with_an_open_range_then_fetches_each_other_segment_once() {
+    let body = pattern(100_000, 1);
+    let mut h = Harness::new(config());
+    let b = body.clone();
+    h.serve(ORIGIN, move |req| head_first(serve_range(&b, req), 4096));
+    // Segments of 25 000 bytes can never be stolen from (halves would be under the minimum).
+    let job = h.submit(segmented(4, 25_000).sha256(&sha_hex(&body)).unwrap());
+    let out = h.run(job).expect("segmented download succeeds");
+    assert_committed(&h, &body);
+    assert_eq!(out.sha256, sha(&body));
+    assert_eq!(out.bytes_fetched, 100_000, "no byte fetched twice");
+    assert_eq!(segmented_events(&h, job), vec![4]);
+    let ranges: Vec<_> = h.requests.iter().map(range_of).collect();
+    assert_eq!(ranges[0], Some((0, None)), "the probe asks for bytes=0-");
+    let rest: BTreeSet<_> = ranges[1..].iter().cloned().collect();
+    let expected: BTreeSet<_> = [
+        Some((25_000, Some(49_999))),
+        Some((50_000, Some(74_999))),
+        Some((75_000, Some(99_999))),
+    ]
+    .into_iter()
+    .collect();
+    assert_eq!(h.requests.len(), 4, "requests: {ranges:?}");
+    assert_eq!(rest, expected);
+    for req in &h.requests[1..] {
+        assert_eq!(
+            req.header("if-range"),
+            Some(ETAG),
+            "segments carry If-Range"
+        );
+    }
+    let writes = writes_to(&h, &part()).iter().map(|w| (w.1, w.2)).collect();
+    assert_exact_cover(writes, 100_000);
+    // The probe's connection is cut at its segment's end; the others are reused or idle.
+    let probe_conn = h.requests[0].conn;
+    assert!(h.conns[&probe_conn].close_issued, "the cut probe is closed");
+}
+
+#[test]
+fn segmented_download_with_small_segments_writes_every_byte_exactly_once() {
+    let body = pattern(300_000, 2);
+    let mut h = Harness::new(config());
+    h.schedule = Schedule::Random(SeededRng::new(7));
+    let b = body.clone();
+    h.serve(ORIGIN, move |req| {
+        Reply::new(serve_range(&b, req)).pieces(&[1500, 3000, 700])
+    });
+    let job = h.submit(segmented(4, 4096).sha256(&sha_hex(&body)).unwrap());
+    let out = h.run(job).expect("segmented download succeeds");
+    assert_committed(&h, &body);
+    assert_eq!(out.bytes_fetched, 300_000);
+    assert!(h.requests.len() > 4, "stealing made more requests");
+    assert_eq!(range_of(&h.requests[0]), Some((0, None)));
+    for req in &h.requests[1..] {
+        assert!(
+            matches!(range_of(req), Some((_, Some(_)))),
+            "segment requests are bytes=a-b: {:?}",
+            req.header("range")
+        );
+    }
+    let writes = writes_to(&h, &part()).iter().map(|w| (w.1, w.2)).collect();
+    assert_exact_cover(writes, 300_000);
+    // Requested ranges overlap only where a response was cut: the earlier request was the
+    // last on its connection and the engine closed that connection.
+    for (i, a) in h.requests.iter().enumerate() {
+        let (a0, a1) = range_of(a).expect("ranged");
+        let a1 = a1.unwrap_or(299_999);
+        for b in &h.requests[i + 1..] {
+            let (b0, b1) = range_of(b).expect("ranged");
+            let b1 = b1.unwrap_or(299_999);
+            if a0 <= b1 && b0 <= a1 {
+                let last_on_conn = !h.requests[i + 1..].iter().any(|r| r.conn == a.conn);
+                assert!(
+                    last_on_conn && h.conns[&a.conn].close_issued,
+                    "{:?} overlaps {:?} but was not cut",
+                    a.header("range"),
+                    b.header("range")
+                );
+            }
+        }
+    }
+}
+
+#[test]
+fn segments_completing_out_of_order_are_hashed_by_reading_them_back() {
+    let body = pattern(100_000, 3);
+    let mut h = Harness::new(config());
+    let b = body.clone();
+    h.serve(ORIGIN, move |req| {
+        let wire = serve_range(&b, req);
+        if range_of(req) == Some((0, None)) {
+            // The first segment trickles: every later one is complete before it.
+            head_first(wire, 5000).gap(secs(1))
+        } else {
+            head_first(wire, 8192)
+        }
+    });
+    let job = h.submit(segmented(4, 25_000).sha256(&sha_hex(&body)).unwrap());
+    let out = h.run(job).expect("download succeeds");
+    assert_committed(&h, &body);
+    assert_eq!(out.sha256, sha(&body));
+    let writes = writes_to(&h, &part());
+    let last_of_first = writes
+        .iter()
+        .filter(|w| w.2 <= 25_000)
+        .map(|w| w.0)
+        .max()
+        .expect("first segment written");
+    let last_of_rest = writes
+        .iter()
+        .filter(|w| w.1 >= 25_000)
+        .map(|w| w.0)
+        .max()
+        .expect("other segments written");
+    assert!(
+        last_of_rest < last_of_first,
+        "later segments finished first ({last_of_rest} vs {last_of_first})"
+    );
+    // The frontier reached 25 000 last, and the bytes after it were read back to be hashed.
+    let files = files_at(&h, &part());
+    let reads: Vec<(u64, u64)> = h
+        .ops
+        .iter()
+        .filter_map(|(_, op)| match op {
+            IoOp::ReadAt { file, offset, len } if files.contains(file) => Some((*offset, *len)),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(reads, vec![(25_000, 75_000)], "one catch-up read");
+}
+
+#[test]
+fn segment_reset_midway_is_refetched_from_where_it_stopped() {
+    let body = pattern(100_000, 4);
+    let mut h = Harness::new(config());
+    let b = body.clone();
+    let mut reset_done = false;
+    h.serve(ORIGIN, move |req| {
+        let wire = serve_range(&b, req);
+        if range_of(req) == Some((50_000, Some(74_999))) && !reset_done {
+            reset_done = true;
+            let cut = head_len(&wire) + 10_000;
+            return head_first(wire[..cut].to_vec(), 4000).then(After::Reset);
+        }
+        head_first(wire, 4096)
+    });
+    let job = h.submit(segmented(4, 25_000).sha256(&sha_hex(&body)).unwrap());
+    let out = h.run(job).expect("download succeeds");
+    assert_committed(&h, &body);
+    assert_eq!(
+        out.bytes_fetched, 100_000,
+        "nothing before the reset is fetched again"
+    );
+    let ranges: Vec<_> = h.requests.iter().map(range_of).collect();
+    assert_eq!(
+        ranges.last(),
+        Some(&Some((60_000, Some(74_999)))),
+        "the rest of the reset segment is asked for: {ranges:?}"
+    );
+    assert_eq!(h.requests.len(), 5);
+    let writes = writes_to(&h, &part()).iter().map(|w| (w.1, w.2)).collect();
+    assert_exact_cover(writes, 100_000);
+}
+
+#[test]
+fn a_finished_connection_steals_half_of_a_slow_segment_and_the_victim_stops_at_the_split() {
+    let body = pattern(100_000, 5);
+    let mut cfg = config();
+    cfg.low_speed = None;
+    let mut h = Harness::new(cfg);
+    let b = body.clone();
+    h.serve(ORIGIN, move |req| {
+        let wire = serve_range(&b, req);
+        if range_of(req) == Some((50_000, Some(74_999))) {
+            head_first(wire, 2000).gap(secs(1))
+        } else {
+            head_first(wire, 4096)
+        }
+    });
+    let job = h.submit(segmented(4, 2000).sha256(&sha_hex(&body)).unwrap());
+    let out = h.run(job).expect("download succeeds");
+    assert_committed(&h, &body);
+    assert_eq!(out.bytes_fetched, 100_000);
+    let slow = h
+        .requests
+        .iter()
+        .find(|r| range_of(r) == Some((50_000, Some(74_999))))
+        .expect("the slow segment was requested")
+        .clone();
+    let thieves: Vec<u64> = h
+        .requests
+        .iter()
+        .filter(|r| r.at >= slow.at && r.conn != slow.conn)
+        .filter_map(range_of)
+        .map(|(s, _)| s)
+        .filter(|s| (50_001..75_000).contains(s))
+        .collect();
+    assert!(
+        !thieves.is_empty(),
+        "no later request starts inside the slow segment"
+    );
+    // The first steal takes the second half of what the victim had left.
+    let first_steal = thieves[0];
+    assert!(
+        (62_500..=63_500).contains(&first_steal),
+        "first steal at {first_steal}, not in the middle of the slow segment"
+    );
+    // The victim's final end is the lowest split point; it stops right there.
+    let split = *thieves.iter().min().expect("a thief");
+    let victim = &h.conns[&slow.conn];
+    assert!(victim.close_issued, "the victim's connection is closed");
+    assert!(
+        !victim.queue.is_empty(),
+        "the victim was closed before its server sent everything"
+    );
+    let head = head_len(&serve_range(&body, &slow));
+    let victim_body = (victim.delivered - head) as u64;
+    assert!(
+        victim_body >= split - 50_000 && victim_body < split - 50_000 + 2000,
+        "victim delivered {victim_body} body bytes, split at {split}"
+    );
+    let slow_alone = at(secs(25_000 / 2000));
+    assert!(
+        h.finished_at(job) < slow_alone,
+        "stealing did not speed anything up: finished at {}",
+        h.finished_at(job)
+    );
+}
+
+#[test]
+fn a_server_that_ignores_ranges_gives_a_single_stream_download() {
+    let body = pattern(80_000, 6);
+    let mut h = Harness::new(config());
+    let b = body.clone();
+    h.serve(ORIGIN, move |_| {
+        Reply::new(with_length(200, &[hdr("ETag", ETAG)], &b)).pieces(&[4096])
+    });
+    let job = h.submit(segmented(4, 1000).sha256(&sha_hex(&body)).unwrap());
+    let out = h.run(job).expect("download succeeds");
+    assert_committed(&h, &body);
+    assert_eq!(out.bytes_fetched, 80_000);
+    assert_eq!(h.requests.len(), 1, "one request, one stream");
+    assert_eq!(range_of(&h.requests[0]), Some((0, None)));
+    assert!(segmented_events(&h, job).is_empty(), "not segmented");
+    assert!(h
+        .events_of(job)
+        .iter()
+        .any(|e| matches!(e, Event::Response { status: 200, .. })));
+}
+
+#[test]
+fn a_200_to_a_segment_request_restarts_from_zero_and_still_commits_exact_bytes() {
+    let body = pattern(100_000, 7);
+    let mut h = Harness::new(config());
+    let b = body.clone();
+    let mut answered_200 = false;
+    h.serve(ORIGIN, move |req| {
+        if range_of(req) == Some((50_000, Some(74_999))) && !answered_200 {
+            answered_200 = true;
+            let headers = [hdr("ETag", ETAG)];
+            return head_first(with_length(200, &headers, &b), 4096);
+        }
+        head_first(serve_range(&b, req), 4096)
+    });
+    let job = h.submit(segmented(4, 25_000).sha256(&sha_hex(&body)).unwrap());
+    let out = h.run(job).expect("download succeeds");
+    assert_committed(&h, &body);
+    let retries = h.retries(job);
+    assert_eq!(retries.len(), 1, "{retries:?}");
+    assert!(matches!(retries[0].3, DownloadError::RangeMismatch { .. }));
+    let probes = h
+        .requests
+        .iter()
+        .filter(|r| range_of(r) == Some((0, None)))
+        .count();
+    assert_eq!(probes, 2, "the restart probes again from zero");
+    assert_eq!(out.attempts, 2);
+    assert_eq!(segmented_events(&h, job), vec![4, 4]);
+}
+
+#[test]
+fn a_read_back_still_running_when_the_download_restarts_does_not_feed_the_new_hash() {
+    let body = pattern(100_000, 18);
+    let mut h = Harness::new(config());
+    let b = body.clone();
+    let mut answered_200 = false;
+    h.serve(ORIGIN, move |req| {
+        let wire = serve_range(&b, req);
+        match range_of(req) {
+            // The first segment ends after the second: its end triggers a read-back of the
+            // second segment.
+            Some((0, None)) => head_first(wire, 5000).gap(millis(100)),
+            // The third answers 200 a second later: the download starts over.
+            Some((50_000, _)) if !answered_200 => {
+                answered_200 = true;
+                let whole = with_length(200, &[hdr("ETag", ETAG)], &b);
+                Reply::new(whole).pieces(&[1, 100_000]).gap(secs(1))
+            }
+            _ => head_first(wire, 8192),
+        }
+    });
+    // The disk takes ten seconds to answer the read-back (and everything queued behind it).
+    h.hold = Some(Box::new(|op| {
+        matches!(op, IoOp::ReadAt { offset: 25_000, .. }).then(|| at(secs(10)))
+    }));
+    let job = h.submit(segmented(4, 25_000).sha256(&sha_hex(&body)).unwrap());
+    let out = h.run(job).expect("the restarted download verifies");
+    assert_committed(&h, &body);
+    assert_eq!(out.attempts, 2);
+    let read_back_at = h
+        .ops
+        .iter()
+        .find(|(_, op)| matches!(op, IoOp::ReadAt { offset: 25_000, .. }))
+        .expect("a read-back")
+        .0;
+    let (restart_at, ..) = h.retries(job)[0].clone();
+    assert!(
+        read_back_at < restart_at,
+        "the read-back was running at the restart"
+    );
+}
+
+#[test]
+fn resume_of_a_segmented_download_refetches_only_the_missing_ranges() {
+    let body = pattern(100_000, 8);
+    let mut h = Harness::new(config());
+    let b = body.clone();
+    let slow = Rc::new(Cell::new(true));
+    let slow_in_server = slow.clone();
+    h.serve(ORIGIN, move |req| {
+        let wire = serve_range(&b, req);
+        let trickles = matches!(range_of(req), Some((25_000 | 75_000, _)));
+        if slow_in_server.get() && trickles {
+            head_first(wire, 5000).gap(secs(1))
+        } else {
+            head_first(wire, 4096)
+        }
+    });
+    let first = h.submit(segmented(4, 25_000));
+    h.run_until("two seconds of trickle", |h| h.now >= at(secs(2)));
+    while h.step_io() {}
+    h.cancel(first, CancelMode::KeepPartial);
+    assert_eq!(h.run(first), Err(DownloadError::Cancelled));
+    let saved =
+        PartState::decode_for(h.fs.get(state()).expect("state kept"), URL).expect("valid state");
+    assert_eq!(
+        saved.verified,
+        25_000 + 10_000,
+        "first two segments' prefix"
+    );
+    assert_eq!(
+        saved.ranges,
+        vec![(50_000, 85_000)],
+        "the segments beyond the prefix"
+    );
+    let partial = h.fs.get(part()).expect("partial kept").to_vec();
+    for (s, e) in &saved.ranges {
+        assert_eq!(
+            &partial[*s as usize..*e as usize],
+            &body[*s as usize..*e as usize]
+        );
+    }
+
+    slow.set(false);
+    let seen = h.requests.len();
+    let again = h.submit(segmented(4, 25_000).sha256(&sha_hex(&body)).unwrap());
+    let out = h.run(again).expect("resumed download succeeds");
+    assert_committed(&h, &body);
+    let kept = 35_000 + 35_000;
+    assert_eq!(out.resumed_from, kept);
+    assert_eq!(
+        out.bytes_fetched,
+        100_000 - kept,
+        "only the missing bytes are fetched"
+    );
+    assert!(h.events_of(again).contains(&Event::Resuming {
+        job: again,
+        offset: kept
+    }));
+    let asked: BTreeSet<_> = h.requests[seen..].iter().map(range_of).collect();
+    let expected: BTreeSet<_> = [Some((35_000, Some(49_999))), Some((85_000, Some(99_999)))]
+        .into_iter()
+        .collect();
+    assert_eq!(asked, expected);
+    for req in &h.requests[seen..] {
+        assert_eq!(req.header("if-range"), Some(ETAG));
+    }
+}
+
+#[test]
+fn connections_per_origin_never_exceed_the_limit() {
+    let mut cfg = config();
+    cfg.max_connections_per_origin = 2;
+    let mut h = Harness::new(cfg);
+    h.schedule = Schedule::Random(SeededRng::new(11));
+    let bodies: BTreeMap<String, Vec<u8>> = (0..3u8)
+        .map(|i| (format!("/f{i}"), pattern(150_000 + usize::from(i) * 7, i)))
+        .collect();
+    let served = bodies.clone();
+    h.serve(ORIGIN, move |req| {
+        Reply::new(serve_range(&served[&req.path], req)).pieces(&[6000])
+    });
+    let jobs: Vec<(JobId, PathBuf)> = bodies
+        .keys()
+        .map(|p| {
+            let to = PathBuf::from(format!("/dl{p}"));
+            let d = Download::new(&format!("{ORIGIN}{p}"), &to)
+                .unwrap()
+                .segments(4)
+                .min_segment(5000);
+            (h.submit(d), to)
+        })
+        .collect();
+    for (job, _) in &jobs {
+        h.run(*job).expect("download succeeds");
+    }
+    for (p, body) in &bodies {
+        assert_committed_at(&h, &PathBuf::from(format!("/dl{p}")), body);
+    }
+    assert_eq!(
+        h.max_open.get(&origin_key(ORIGIN)).copied(),
+        Some(2),
+        "the limit is reached and never exceeded"
+    );
+    assert!(h.requests.len() > 3, "the jobs were segmented");
+}
+
+#[test]
+fn an_empty_file_downloads_with_segments_requested() {
+    let mut h = Harness::new(config());
+    h.serve(ORIGIN, move |req| Reply::new(serve_range(b"", req)));
+    let job = h.submit(segmented(4, 1000).sha256(&sha_hex(b"")).unwrap());
+    let out = h.run(job).expect("an empty file is a valid download");
+    assert_committed(&h, b"");
+    assert_eq!(out.size, 0);
+    assert_eq!(h.requests.len(), 1, "no retry for an empty file");
+}
+
+// ------------------------------------------------------------------------ scheduling
+
+/// A server for any path under [`ORIGIN`]: the body for a path is `pattern(20_000, len)`.
+fn any_path_server(h: &mut Harness, gap: Duration) {
+    h.serve(ORIGIN, move |req| {
+        let body = pattern(20_000, req.path.len() as u8);
+        Reply::new(serve_range(&body, req)).pieces(&[5000]).gap(gap)
+    });
+}
+
+fn job_at(name: &str) -> Download {
+    Download::new(&format!("{ORIGIN}/{name}"), format!("/dl/{name}")).unwrap()
+}
+
+#[test]
+fn with_one_slot_jobs_start_by_priority_class_and_in_submission_order_within_a_class() {
+    let mut cfg = config();
+    cfg.max_active_jobs = 1;
+    let mut h = Harness::new(cfg);
+    any_path_server(&mut h, millis(100));
+    let blocker = h.submit(job_at("blocker"));
+    let plan = [
+        ("low1", Priority::Low),
+        ("background", Priority::Background),
+        ("high1", Priority::High),
+        ("normal", Priority::Normal),
+        ("critical", Priority::Critical),
+        ("high2", Priority::High),
+        ("low2", Priority::Low),
+    ];
+    let ids: BTreeMap<&str, JobId> = plan
+        .iter()
+        .map(|(name, p)| (*name, h.submit(job_at(name).priority(*p))))
+        .collect();
+    for id in ids.values() {
+        h.run(*id).expect("every job succeeds");
+    }
+    let expected: Vec<JobId> = std::iter::once(blocker)
+        .chain(
+            [
+                "critical",
+                "high1",
+                "high2",
+                "normal",
+                "low1",
+                "low2",
+                "background",
+            ]
+            .iter()
+            .map(|n| ids[n]),
+        )
+        .collect();
+    assert_eq!(started_order(&h), expected);
+    // One at a time: each job starts after the previous one finished.
+    for pair in expected.windows(2) {
+        let done = event_index(&h, pair[0], |e| matches!(e, Event::Finished { .. }));
+        let started = event_index(&h, pair[1], |e| matches!(e, Event::Started { .. }));
+        assert!(
+            done < started,
+            "{} started before {} finished",
+            pair[1],
+            pair[0]
+        );
+    }
+}
+
+#[test]
+fn a_dependent_job_starts_only_after_its_dependency_succeeded() {
+    let mut h = Harness::new(config());
+    any_path_server(&mut h, millis(500));
+    let a = h.submit(job_at("first"));
+    let b = h.submit(job_at("second").after(a));
+    h.run(b).expect("dependent succeeds");
+    assert!(h.finished(a).expect("a finished").1.is_ok());
+    let a_done = event_index(&h, a, |e| matches!(e, Event::Finished { .. }));
+    let b_started = event_index(&h, b, |e| matches!(e, Event::Started { .. }));
+    assert!(a_done < b_started, "b started before a finished");
+    let first_b_request = h
+        .requests
+        .iter()
+        .find(|r| r.path == "/second")
+        .expect("b made a request");
+    assert!(first_b_request.at >= h.finished_at(a));
+}
+
+#[test]
+fn a_dependent_of_a_failed_job_fails_with_dependency_failed_and_makes_no_request() {
+    let mut h = Harness::new(config());
+    h.serve(ORIGIN, |req| {
+        if req.path == "/missing" {
+            Reply::new(with_length(404, &[], b"no"))
+        } else {
+            Reply::new(serve_range(&pattern(1000, 1), req))
+        }
+    });
+    let a = h.submit(job_at("missing"));
+    let b = h.submit(job_at("dependent").after(a));
+    let c = h.submit(job_at("transitive").after(b));
+    assert!(matches!(
+        h.run(a),
+        Err(DownloadError::Status { status: 404, .. })
+    ));
+    assert_eq!(
+        h.run(b),
+        Err(DownloadError::DependencyFailed { dependency: a.0 })
+    );
+    assert_eq!(
+        h.run(c),
+        Err(DownloadError::DependencyFailed { dependency: b.0 })
+    );
+    assert!(h.requests.iter().all(|r| r.path == "/missing"));
+    assert!(!h
+        .events_of(b)
+        .iter()
+        .any(|e| matches!(e, Event::Started { .. })));
+    let stats = h.engine.stats();
+    assert_eq!((stats.done, stats.failed, stats.cancelled), (0, 3, 0));
+}
+
+#[test]
+fn a_dependency_on_an_unknown_job_fails_at_once_naming_that_job() {
+    let mut h = Harness::new(config());
+    any_path_server(&mut h, Duration::ZERO);
+    let unknown = JobId(9_999);
+    let b = h.submit(job_at("orphan").after(unknown));
+    let err = h
+        .run(b)
+        .expect_err("cannot depend on a job never submitted");
+    assert_eq!(err, DownloadError::DependencyFailed { dependency: 9_999 });
+    assert!(err.to_string().contains("job#9999"), "{err}");
+    assert_eq!(h.finished_at(b), Instant::ZERO);
+    assert!(h.requests.is_empty());
+}
+
+// ------------------------------------------------------------------------ dedup
+
+#[test]
+fn two_jobs_for_the_same_url_make_one_request_and_the_second_gets_a_copy() {
+    let body = pattern(30_000, 9);
+    let mut h = Harness::new(config());
+    let b = body.clone();
+    h.serve(ORIGIN, move |req| {
+        Reply::new(serve_range(&b, req))
+            .pieces(&[3000])
+            .gap(millis(50))
+    });
+    let other = PathBuf::from("/other/copy.bin");
+    let leader = h.submit(download());
+    let follower = h.submit(Download::new(URL, &other).unwrap());
+    let lo = h.run(leader).expect("leader succeeds");
+    let fo = h.run(follower).expect("follower succeeds");
+    assert_eq!(h.requests.len(), 1, "one request for both");
+    assert_committed(&h, &body);
+    assert_committed_at(&h, &other, &body);
+    let copies: Vec<_> = h
+        .ops
+        .iter()
+        .filter_map(|(_, op)| match op {
+            IoOp::CopyFile { from, to } => Some((from.clone(), to.clone())),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(copies, vec![(dest(), other.clone())]);
+    assert_eq!(lo.bytes_fetched, 30_000);
+    assert_eq!(fo.path, other);
+    assert_eq!(fo.bytes_fetched, 0);
+    assert_eq!(fo.sha256, sha(&body));
+    assert!(!h.fs.exists("/other/copy.bin.haul-part"));
+}
+
+#[test]
+fn the_same_sha256_under_different_urls_is_fetched_once() {
+    let body = pattern(30_000, 10);
+    let mut h = Harness::new(config());
+    let b = body.clone();
+    h.serve(ORIGIN, move |req| {
+        Reply::new(serve_range(&b, req)).pieces(&[3000])
+    });
+    let digest = sha_hex(&body);
+    let one = Download::new(&format!("{ORIGIN}/mirror1/f"), "/dl/one")
+        .unwrap()
+        .sha256(&digest)
+        .unwrap();
+    let two = Download::new(&format!("{ORIGIN}/mirror2/f"), "/dl/two")
+        .unwrap()
+        .sha256(&digest)
+        .unwrap();
+    let a = h.submit(one);
+    let b = h.submit(two);
+    h.run(a).expect("first succeeds");
+    let out = h.run(b).expect("second succeeds");
+    assert_eq!(h.requests.len(), 1);
+    assert_eq!(h.requests[0].path, "/mirror1/f");
+    assert_committed_at(&h, Path::new("/dl/one"), &body);
+    assert_committed_at(&h, Path::new("/dl/two"), &body);
+    assert_eq!(out.bytes_fetched, 0);
+}
+
+#[test]
+fn when_the_leader_fails_the_follower_downloads_on_its_own() {
+    let body = pattern(30_000, 11);
+    let mut h = Harness::new(config());
+    let b = body.clone();
+    h.serve(ORIGIN, move |req| {
+        if req.path == "/broken" {
+            Reply::new(with_length(404, &[], b"gone"))
+        } else {
+            Reply::new(serve_range(&b, req)).pieces(&[3000])
+        }
+    });
+    let digest = sha_hex(&body);
+    let leader = h.submit(
+        Download::new(&format!("{ORIGIN}/broken"), "/dl/one")
+            .unwrap()
+            .sha256(&digest)
+            .unwrap(),
+    );
+    let follower = h.submit(
+        Download::new(&format!("{ORIGIN}/good"), "/dl/two")
+            .unwrap()
+            .sha256(&digest)
+            .unwrap(),
+    );
+    assert!(matches!(
+        h.run(leader),
+        Err(DownloadError::Status { status: 404, .. })
+    ));
+    let out = h.run(follower).expect("follower succeeds alone");
+    assert_eq!(out.bytes_fetched, 30_000);
+    let paths: Vec<&str> = h.requests.iter().map(|r| r.path.as_str()).collect();
+    assert_eq!(paths, vec!["/broken", "/good"]);
+    assert_committed_at(&h, Path::new("/dl/two"), &body);
+    assert!(!h.fs.exists("/dl/one"));
+    assert!(!h
+        .ops
+        .iter()
+        .any(|(_, op)| matches!(op, IoOp::CopyFile { .. })));
+}
+
+#[test]
+fn a_job_waiting_for_a_failed_dependency_is_not_completed_by_a_duplicate_download() {
+    let body = pattern(20_000, 19);
+    let mut h = Harness::new(config());
+    let b = body.clone();
+    h.serve(ORIGIN, move |req| {
+        if req.path == "/missing" {
+            Reply::new(with_length(404, &[], b"no"))
+                .gap(secs(1))
+                .pieces(&[10])
+        } else {
+            Reply::new(serve_range(&b, req))
+                .pieces(&[2000])
+                .gap(millis(100))
+        }
+    });
+    let failing = h.submit(job_at("missing"));
+    let same = h.submit(job_at("shared"));
+    let dependant = h.submit(job_at("shared").after(failing));
+    h.run(same).expect("the independent copy succeeds");
+    assert!(h.run(failing).is_err());
+    assert_eq!(
+        h.run(dependant),
+        Err(DownloadError::DependencyFailed {
+            dependency: failing.0
+        })
+    );
+    assert!(!h.fs.exists("/dl/shared.haul-part"));
+    assert!(h
+        .ops
+        .iter()
+        .all(|(_, op)| !matches!(op, IoOp::CopyFile { .. })));
+}
+
+// ------------------------------------------------------------------------ existing destination
+
+#[test]
+fn a_destination_already_holding_the_expected_sha256_finishes_without_a_request() {
+    let body = pattern(50_000, 12);
+    let mut h = Harness::new(config());
+    let b = body.clone();
+    h.serve(ORIGIN, move |req| Reply::new(serve_range(&b, req)));
+    h.fs.put(dest(), &body);
+    let job = h.submit(download().sha256(&sha_hex(&body)).unwrap().size(50_000));
+    let out = h.run(job).expect("already there");
+    assert_eq!(out.bytes_fetched, 0);
+    assert_eq!(out.size, 50_000);
+    assert_eq!(out.sha256, sha(&body));
+    assert!(h.requests.is_empty() && h.connects() == 0, "no network");
+    assert_committed(&h, &body);
+    assert!(h
+        .ops
+        .iter()
+        .all(|(_, op)| !matches!(op, IoOp::WriteAt { .. } | IoOp::Rename { .. })));
+}
+
+#[test]
+fn a_destination_holding_other_bytes_is_downloaded_and_replaced() {
+    let body = pattern(50_000, 13);
+    let mut h = Harness::new(config());
+    let b = body.clone();
+    h.serve(ORIGIN, move |req| Reply::new(serve_range(&b, req)));
+    // Same length, different bytes: only the hash tells them apart.
+    h.fs.put(dest(), &pattern(50_000, 14));
+    let job = h.submit(download().sha256(&sha_hex(&body)).unwrap());
+    let out = h.run(job).expect("downloaded");
+    assert_eq!(out.bytes_fetched, 50_000);
+    assert_eq!(h.requests.len(), 1);
+    assert_committed(&h, &body);
+}
+
+#[test]
+fn cancel_while_the_destination_check_opens_it_finishes_cancelled_and_closes_nothing_unopened() {
+    let body = pattern(5_000, 20);
+    let mut h = Harness::new(config());
+    let b = body.clone();
+    h.serve(ORIGIN, move |req| Reply::new(serve_range(&b, req)));
+    let job = h.submit(segmented(4, 1000).sha256(&sha_hex(&body)).unwrap());
+    assert!(h.pending_has(|op| matches!(op, IoOp::OpenRead { .. })));
+    h.cancel(job, CancelMode::KeepPartial);
+    // The harness flags a CloseFile on a file that never opened (the destination is absent).
+    assert_eq!(h.run(job), Err(DownloadError::Cancelled));
+    assert!(h.requests.is_empty());
+    assert!(!h.fs.exists(dest()) && !h.fs.exists(part()) && !h.fs.exists(state()));
+}
+
+// ------------------------------------------------------------------------ rate limits
+
+const RATE: u64 = 512 * 1024;
+const PIECE: usize = 64 * 1024;
+
+/// A server that sends `len` bytes at once in 64 KiB pieces for any path.
+fn fast_server(h: &mut Harness, len: usize) {
+    h.serve(ORIGIN, move |req| {
+        let body = pattern(len, req.path.len() as u8);
+        Reply::new(serve_range(&body, req)).pieces(&[PIECE])
+    });
+}
+
+fn assert_rate_within_five_percent(got: u64, rate: u64, what: &str) {
+    let ten_seconds = rate * 10;
+    let expected = ten_seconds + rate; // plus the one-second burst
+    let tolerance = ten_seconds / 20;
+    assert!(
+        got.abs_diff(expected) <= tolerance,
+        "{what}: {got} bytes in 10 s, expected {expected} ± {tolerance}"
+    );
+}
+
+#[test]
+fn a_global_rate_limit_holds_received_bytes_to_the_rate_over_ten_seconds() {
+    let mut cfg = config();
+    cfg.rate_limit = Some(RATE);
+    let mut h = Harness::new(cfg);
+    fast_server(&mut h, 16 * 1024 * 1024);
+    let job = h.submit(download());
+    h.run_until("ten seconds", |h| h.now >= at(secs(10)));
+    let got = written_until(&h, &part(), at(secs(10)));
+    assert_rate_within_five_percent(got, RATE, "global limit");
+    // Steady after the burst: the last five seconds carry five seconds' worth.
+    let late = got - written_until(&h, &part(), at(secs(5)));
+    assert!(
+        late.abs_diff(5 * RATE) <= RATE / 4,
+        "{late} bytes in the last five seconds"
+    );
+    h.cancel(job, CancelMode::Discard);
+    assert_eq!(h.run(job), Err(DownloadError::Cancelled));
+}
+
+#[test]
+fn a_per_download_rate_limit_holds_that_download_to_its_rate() {
+    let mut h = Harness::new(config());
+    fast_server(&mut h, 16 * 1024 * 1024);
+    let limited = h.submit(download().rate_limit(RATE));
+    let free = h.submit(job_at("unlimited"));
+    h.run_until("ten seconds", |h| h.now >= at(secs(10)));
+    let got = written_until(&h, &part(), at(secs(10)));
+    assert_rate_within_five_percent(got, RATE, "per-download limit");
+    h.run(free)
+        .expect("the unlimited download is not held back");
+    assert!(h.finished_at(free) < at(secs(1)));
+    h.cancel(limited, CancelMode::Discard);
+    assert_eq!(h.run(limited), Err(DownloadError::Cancelled));
+}
+
+#[test]
+fn under_a_shared_global_limit_the_higher_priority_job_receives_more() {
+    let mut cfg = config();
+    cfg.rate_limit = Some(RATE);
+    let mut h = Harness::new(cfg);
+    fast_server(&mut h, 16 * 1024 * 1024);
+    let high = h.submit(job_at("high").priority(Priority::High));
+    let low = h.submit(job_at("low").priority(Priority::Low));
+    h.run_until("ten seconds", |h| h.now >= at(secs(10)));
+    let ten = at(secs(10));
+    let got_high = written_until(&h, Path::new("/dl/high.haul-part"), ten);
+    let got_low = written_until(&h, Path::new("/dl/low.haul-part"), ten);
+    assert!(
+        got_high > 2 * got_low,
+        "high {got_high} bytes, low {got_low} bytes"
+    );
+    // Past the initial burst the low class still gets reads: it is held back, not starved.
+    let five = at(secs(5));
+    let late_low = got_low - written_until(&h, Path::new("/dl/low.haul-part"), five);
+    assert!(
+        late_low >= 3 * PIECE as u64,
+        "the low-priority job got {late_low} bytes in the last five seconds"
+    );
+    assert_rate_within_five_percent(got_high + got_low, RATE, "both jobs together");
+    for job in [high, low] {
+        h.cancel(job, CancelMode::Discard);
+        assert_eq!(h.run(job), Err(DownloadError::Cancelled));
+    }
+}
+
+// ------------------------------------------------------------------------ pause and resume
+
+/// Pause after three seconds of a slow download, wait, resume; returns the harness, the job,
+/// the bytes present at the pause and the number of requests before the resume.
+fn pause_and_resume(d: Download, body: &[u8]) -> (Harness, JobId, u64, usize) {
+    let mut h = Harness::new(config());
+    let b = body.to_vec();
+    h.serve(ORIGIN, move |req| {
+        Reply::new(serve_range(&b, req))
+            .pieces(&[2500])
+            .gap(secs(1))
+    });
+    let job = h.submit(d);
+    h.run_until("three seconds", |h| h.now >= at(secs(3)));
+    let paused_at = h.now;
+    let ops_before = h.ops.len();
+    pause(&mut h, job);
+    let present = *h.progress(job).last().expect("progress before the pause");
+    // Every connection of the job is closed at once.
+    let closed: BTreeSet<_> = h.ops[ops_before..]
+        .iter()
+        .filter_map(|(_, op)| match op {
+            IoOp::Close { conn } => Some(*conn),
+            _ => None,
+        })
+        .collect();
+    let used: BTreeSet<_> = h.requests.iter().map(|r| r.conn).collect();
+    assert!(
+        used.iter()
+            .all(|c| closed.contains(c) || h.conns[c].close_issued),
+        "connections left open by pause"
+    );
+    // Paused: nothing wakes the job; time passes without a single network request.
+    while h.step_io() {}
+    assert_eq!(
+        h.engine.poll_timeout(),
+        None,
+        "a paused job sets no deadline"
+    );
+    h.now = paused_at + secs(60);
+    let paused_ops = h.ops.len();
+    resume(&mut h, job);
+    assert!(h.ops[ops_before..paused_ops]
+        .iter()
+        .all(|(_, op)| !matches!(
+            op,
+            IoOp::Recv { .. } | IoOp::Send { .. } | IoOp::Connect { .. }
+        )));
+    let seen = h.requests.len();
+    (h, job, present, seen)
+}
+
+#[test]
+fn pause_closes_connections_and_resume_continues_with_a_range_from_the_received_offset() {
+    let body = pattern(20_000, 15);
+    let d = download().sha256(&sha_hex(&body)).unwrap();
+    let (mut h, job, present, seen) = pause_and_resume(d, &body);
+    assert!(present > 0 && present < 20_000);
+    let out = h.run(job).expect("resumed");
+    assert_committed(&h, &body);
+    assert_eq!(out.bytes_fetched, 20_000, "nothing fetched twice");
+    assert_eq!(
+        h.requests[seen].header("range").map(str::to_string),
+        Some(format!("bytes={present}-"))
+    );
+    assert_eq!(h.requests[seen].header("if-range"), Some(ETAG));
+    let stats = h.engine.stats();
+    assert_eq!((stats.done, stats.failed, stats.cancelled), (1, 0, 0));
+    assert_eq!(stats.bytes, 20_000);
+}
+
+#[test]
+fn a_paused_segmented_download_resumes_only_its_missing_ranges() {
+    let body = pattern(40_000, 16);
+    let d = segmented(4, 2000).sha256(&sha_hex(&body)).unwrap();
+    let (mut h, job, _present, seen) = pause_and_resume(d, &body);
+    let out = h.run(job).expect("resumed");
+    assert_committed(&h, &body);
+    assert_eq!(out.bytes_fetched, 40_000, "nothing fetched twice");
+    assert!(h.requests.len() > seen);
+    for req in &h.requests[seen..] {
+        assert!(matches!(range_of(req), Some((_, Some(_)))));
+    }
+    let writes = writes_to(&h, &part()).iter().map(|w| (w.1, w.2)).collect();
+    assert_exact_cover(writes, 40_000);
+}
+
+// ------------------------------------------------------------------------ stats
+
+#[test]
+fn stats_count_done_failed_cancelled_and_body_bytes() {
+    let mut h = Harness::new(config());
+    let body = pattern(12_000, 17);
+    let b = body.clone();
+    h.serve(ORIGIN, move |req| match req.path.as_str() {
+        "/missing" => Reply::new(with_length(404, &[], b"no")),
+        "/slow" => Reply::new(serve_range(&pattern(50_000, 1), req))
+            .pieces(&[1000])
+            .gap(secs(1)),
+        _ => Reply::new(serve_range(&b, req)).pieces(&[4000]),
+    });
+    let ok = h.submit(job_at("ok"));
+    let missing = h.submit(job_at("missing"));
+    let slow = h.submit(job_at("slow"));
+    h.run(ok).expect("ok");
+    h.run(missing).expect_err("404");
+    h.run_until("some slow bytes", |h| h.now >= at(secs(3)));
+    let slow_bytes = *h.progress(slow).last().expect("slow progress");
+    h.cancel(slow, CancelMode::Discard);
+    assert_eq!(h.run(slow), Err(DownloadError::Cancelled));
+    let stats = h.engine.stats();
+    assert_eq!(stats.done, 1);
+    assert_eq!(stats.failed, 1);
+    assert_eq!(stats.cancelled, 1);
+    assert_eq!(stats.bytes, 12_000 + slow_bytes);
+    assert_eq!((stats.active, stats.queued), (0, 0));
+    assert!(stats.average_rate > 0.0 && stats.peak_rate >= stats.current_rate);
+}
+
+// ------------------------------------------------------------------------ property
+
+/// One random segmented download.
+#[derive(Debug, Clone)]
+struct SegCase {
+    len: usize,
+    segments: u32,
+    min_segment: u64,
+    pieces: Vec<usize>,
+    seed: u64,
+    /// Reset the response to request number `.0` after `.1` per mille of its bytes.
+    reset: Option<(usize, u16)>,
+    /// File writes and reads run only when nothing else can.
+    slow_disk: bool,
+}
+
+impl Arbitrary for SegCase {
+    fn arbitrary(g: &mut Gen) -> SegCase {
+        let pick = |g: &mut Gen, n: u64| u64::arbitrary(g) % n;
+        let len = match pick(g, 10) {
+            0 => pick(g, 64) as usize,
+            _ => pick(g, 2 * 1024 * 1024 + 1) as usize,
+        };
+        let min_segment = 1 << pick(g, 21);
+        let pieces = (0..1 + pick(g, 4))
+            .map(|_| {
+                let scale = 1usize << (8 + pick(g, 9));
+                scale + pick(g, scale as u64) as usize
+            })
+            .collect();
+        SegCase {
+            len,
+            segments: 1 + pick(g, 8) as u32,
+            min_segment,
+            pieces,
+            seed: u64::arbitrary(g),
+            reset: bool::arbitrary(g).then(|| (pick(g, 6) as usize, pick(g, 1000) as u16)),
+            slow_disk: bool::arbitrary(g),
+        }
+    }
+}
+
+fn segmented_download_is_exact(case: SegCase) -> TestResult {
+    let body = pattern(case.len, case.seed as u8);
+    let mut cfg: Config = config();
+    cfg.seed = case.seed;
+    let mut h = Harness::new(cfg);
+    h.schedule = Schedule::Random(SeededRng::new(case.seed));
+    if case.slow_disk {
+        h.defer = Some(Box::new(|op| {
+            matches!(op, IoOp::WriteAt { .. } | IoOp::ReadAt { .. })
+        }));
+    }
+    let b = body.clone();
+    let (pieces, reset) = (case.pieces.clone(), case.reset);
+    h.serve(ORIGIN, move |req| {
+        let wire = serve_range(&b, req);
+        match reset {
+            Some((n, permille)) if n == req.seq => {
+                let cut = wire.len() * usize::from(permille) / 1000;
+                Reply::new(wire[..cut].to_vec())
+                    .pieces(&pieces)
+                    .then(After::Reset)
+            }
+            _ => Reply::new(wire).pieces(&pieces),
+        }
+    });
+    let d = segmented(case.segments, case.min_segment)
+        .sha256(&sha_hex(&body))
+        .unwrap();
+    let job = h.submit(d);
+    let out = h.run(job);
+    let ok = matches!(&out, Ok(o) if o.size == case.len as u64)
+        && h.fs.get(dest()) == Some(&body[..])
+        && !h.fs.exists(part())
+        && !h.fs.exists(state());
+    if !segmented_events(&h, job).is_empty() {
+        SEGMENTED_RUNS.fetch_add(1, Ordering::Relaxed);
+    }
+    if case.reset.is_some_and(|(n, _)| n < h.requests.len()) {
+        RESET_RUNS.fetch_add(1, Ordering::Relaxed);
+    }
+    if !ok {
+        return TestResult::error(format!(
+            "result {out:?} after {} requests; dest holds {:?} bytes",
+            h.requests.len(),
+            h.fs.get(dest()).map(<[u8]>::len)
+        ));
+    }
+    TestResult::passed()
+}
+
+/// Property runs that were split over several connections, and runs whose reset happened
+/// (the property must not be vacuous).
+static SEGMENTED_RUNS: AtomicUsize = AtomicUsize::new(0);
+static RESET_RUNS: AtomicUsize = AtomicUsize::new(0);
+
+#[test]
+fn any_segmented_download_with_any_pieces_order_and_one_reset_commits_exactly_the_body() {
+    QuickCheck::new()
+        .tests(60)
+        .max_tests(60)
+        .rng(Gen::new(100))
+        .quickcheck(segmented_download_is_exact as fn(SegCase) -> TestResult);
+    let segmented = SEGMENTED_RUNS.load(Ordering::Relaxed);
+    let reset = RESET_RUNS.load(Ordering::Relaxed);
+    assert!(
+        segmented >= 15 && reset >= 5,
+        "{segmented} runs segmented, {reset} runs reset"
+    );
+}
+
+/// Each request meets a fault chosen by `faults` (a good answer, a 206 from byte 0 whatever
+/// was asked, a cut then EOF, a reset or a stall, a 503, a 200 that ignores `Range`) on a
+/// segmented download over a random number of connections, with a slow disk half the time:
+/// a success holds exactly the body, a failure is retryable and leaves nothing at the
+/// destination (the harness checks every state file left behind).
+fn segmented_ends_exact_or_clean_whatever_faults(
+    len: u32,
+    faults: Vec<u8>,
+    pieces: Vec<u8>,
+    seed: u64,
+) -> TestResult {
+    let body = pattern(len as usize % 300_000, seed as u8);
+    let sizes: Vec<usize> = pieces.iter().map(|p| usize::from(*p) * 97 + 700).collect();
+    let mut cfg = config();
+    cfg.checkpoint_bytes = 20_000;
+    cfg.idle_timeout = secs(5);
+    cfg.seed = seed;
+    cfg.max_connections_per_origin = 1 + (seed % 4) as usize;
+    cfg.retry.max_attempts = 8;
+    cfg.retry.max_delay = secs(4);
+    let mut h = Harness::new(cfg);
+    h.schedule = Schedule::Random(SeededRng::new(seed));
+    if seed & 16 == 0 {
+        h.defer = Some(Box::new(|op| {
+            matches!(
+                op,
+                IoOp::WriteAt { .. } | IoOp::ReadAt { .. } | IoOp::Sync { .. }
+            )
+        }));
+    }
+    let b = body.clone();
+    h.serve(ORIGIN, move |req| {
+        let fault = faults.get(req.seq).copied().unwrap_or(0);
+        let wire = serve_range(&b, req);
+        let cut = (usize::from(fault) * 3701 + req.seq * 11) % (wire.len() + 1);
+        let reply = match fault % 8 {
+            1 if !b.is_empty() => {
+                let cr = format!("bytes 0-{}/{}", b.len() - 1, b.len());
+                let headers = [hdr("ETag", ETAG), hdr("Content-Range", cr)];
+                Reply::new(with_length(206, &headers, &b))
+            }
+            2 => Reply::new(wire[..cut].to_vec()).then(After::Eof),
+            3 => Reply::new(wire[..cut].to_vec()).then(After::Reset),
+            4 => Reply::new(wire[..cut].to_vec()),
+            5 => Reply::new(with_length(503, &[], b"busy")),
+            6 => Reply::new(with_length(200, &[hdr("ETag", ETAG)], &b)),
+            _ => Reply::new(wire),
+        };
+        reply.pieces(&sizes)
+    });
+    let segments = 2 + (seed >> 4) as u32 % 6;
+    let min_segment = 1 + (seed >> 8) % 40_000;
+    let job = h.submit(
+        segmented(segments, min_segment)
+            .sha256(&sha_hex(&body))
+            .unwrap(),
+    );
+    let result = h.run(job);
+    let ok = match &result {
+        Ok(_) => h.fs.get(dest()) == Some(&body[..]) && !h.fs.exists(part()),
+        Err(e) => e.retryable() && !h.fs.exists(dest()),
+    };
+    let outcomes = if result.is_ok() {
+        &FAULT_RUNS_OK
+    } else {
+        &FAULT_RUNS_FAILED
+    };
+    outcomes.fetch_add(1, Ordering::Relaxed);
+    if !ok {
+        return TestResult::error(format!(
+            "result {result:?} after {} requests",
+            h.requests.len()
+        ));
+    }
+    TestResult::passed()
+}
+
+static FAULT_RUNS_OK: AtomicUsize = AtomicUsize::new(0);
+static FAULT_RUNS_FAILED: AtomicUsize = AtomicUsize::new(0);
+
+#[test]
+fn any_faults_on_a_segmented_download_end_with_exact_bytes_or_a_clean_retryable_failure() {
+    QuickCheck::new()
+        .tests(300)
+        .max_tests(300)
+        .rng(Gen::new(200))
+        .quickcheck(
+            segmented_ends_exact_or_clean_whatever_faults
+                as fn(u32, Vec<u8>, Vec<u8>, u64) -> TestResult,
+        );
+    let ok = FAULT_RUNS_OK.load(Ordering::Relaxed);
+    let failed = FAULT_RUNS_FAILED.load(Ordering::Relaxed);
+    assert!(ok >= 100 && failed >= 5, "{ok} succeeded, {failed} failed");
+}
+
+/// One job of [`any_mix_of_jobs_ends_consistently`].
+#[derive(Debug, Clone)]
+struct MixJob {
+    /// Which of three files (several jobs may share one: dedup).
+    file: u8,
+    priority: Priority,
+    /// Depend on an earlier job (index modulo the jobs so far).
+    after: Option<u8>,
+    segments: u32,
+    with_sha256: bool,
+}
+
+impl Arbitrary for MixJob {
+    fn arbitrary(g: &mut Gen) -> MixJob {
+        MixJob {
+            file: u8::arbitrary(g) % 3,
+            priority: *g.choose(&Priority::ALL).expect("non-empty"),
+            after: bool::arbitrary(g).then(|| u8::arbitrary(g)),
+            segments: 1 + u32::from(u8::arbitrary(g) % 5),
+            with_sha256: bool::arbitrary(g),
+        }
+    }
+}
+
+/// What happens to one job while the others run.
+#[derive(Debug, Clone, Copy)]
+enum Disturb {
+    CancelKeep,
+    CancelDiscard,
+    PauseResume,
+}
+
+/// Up to ten jobs over three files with random priorities, dependencies, duplicates and
+/// segments, random job and connection limits and an optional global rate limit; the server
+/// resets, answers 503 or trickles at random; one job may be cancelled or paused and resumed.
+/// Every job ends; every success holds its file's bytes; a dependant never starts before its
+/// dependency succeeded and fails with `DependencyFailed` when it did not; the counters add up.
+fn any_mix_of_jobs_ends_consistently(
+    jobs: Vec<MixJob>,
+    faults: Vec<u8>,
+    seed: u64,
+    disturb: Option<(u8, u8)>,
+    rate_limited: bool,
+) -> TestResult {
+    if jobs.is_empty() {
+        return TestResult::discard();
+    }
+    let jobs: Vec<MixJob> = jobs.into_iter().take(10).collect();
+    let mut cfg = config();
+    cfg.seed = seed;
+    cfg.idle_timeout = secs(5);
+    cfg.max_active_jobs = 1 + (seed % 3) as usize;
+    cfg.max_connections_per_origin = 1 + ((seed >> 4) % 4) as usize;
+    cfg.max_connections = 1 + ((seed >> 8) % 6) as usize;
+    cfg.rate_limit = rate_limited.then_some(200_000);
+    let mut h = Harness::new(cfg);
+    h.schedule = Schedule::Random(SeededRng::new(seed));
+    let bodies: Vec<Vec<u8>> = (0..3u8)
+        .map(|i| pattern(10_000 + usize::from(i) * 30_011, i))
+        .collect();
+    let served = bodies.clone();
+    h.serve(ORIGIN, move |req| {
+        let file: usize = req.path[2..].parse().expect("/f<n>");
+        let wire = serve_range(&served[file], req);
+        let fault = faults.get(req.seq).copied().unwrap_or(0);
+        let cut = (usize::from(fault) * 3701 + req.seq * 11) % (wire.len() + 1);
+        match fault % 6 {
+            1 => Reply::new(wire[..cut].to_vec())
+                .pieces(&[4000])
+                .then(After::Reset),
+            2 => Reply::new(with_length(503, &[], b"busy")),
+            3 => Reply::new(wire).pieces(&[3000]).gap(millis(200)),
+            _ => Reply::new(wire).pieces(&[5000]),
+        }
+    });
+    let mut ids: Vec<JobId> = Vec::new();
+    let mut deps: Vec<Option<JobId>> = Vec::new();
+    for (k, j) in jobs.iter().enumerate() {
+        let url = format!("{ORIGIN}/f{}", j.file);
+        let mut d = Download::new(&url, format!("/dl/j{k}"))
+            .unwrap()
+            .priority(j.priority)
+            .segments(j.segments)
+            .min_segment(3000);
+        if j.with_sha256 {
+            d = d.sha256(&sha_hex(&bodies[usize::from(j.file)])).unwrap();
+        }
+        let dep = j
+            .after
+            .filter(|_| !ids.is_empty())
+            .map(|a| ids[usize::from(a) % ids.len()]);
+        if let Some(dep) = dep {
+            d = d.after(dep);
+        }
+        deps.push(dep);
+        ids.push(h.submit(d));
+    }
+    if let Some((which, steps)) = disturb {
+        let victim = ids[usize::from(which) % ids.len()];
+        for _ in 0..steps {
+            if !h.step() {
+                break;
+            }
+        }
+        match [
+            Disturb::CancelKeep,
+            Disturb::CancelDiscard,
+            Disturb::PauseResume,
+        ][usize::from(which) % 3]
+        {
+            Disturb::CancelKeep => h.cancel(victim, CancelMode::KeepPartial),
+            Disturb::CancelDiscard => h.cancel(victim, CancelMode::Discard),
+            Disturb::PauseResume => {
+                pause(&mut h, victim);
+                for _ in 0..steps / 4 {
+                    if !h.step() {
+                        break;
+                    }
+                }
+                h.now = h.now + secs(3);
+                resume(&mut h, victim);
+            }
+        }
+    }
+    let results: Vec<_> = ids.iter().map(|id| h.run(*id)).collect();
+    for (k, result) in results.iter().enumerate() {
+        if let Ok(out) = result {
+            if h.fs.get(&out.path) != Some(&bodies[usize::from(jobs[k].file)][..]) {
+                return TestResult::error(format!("job {k} committed the wrong bytes"));
+            }
+        }
+        let Some(dep) = deps[k] else { continue };
+        let dep_ok = h.finished(dep).expect("dependency finished").1.is_ok();
+        let dep_done = event_index(&h, dep, |e| matches!(e, Event::Finished { .. }));
+        let started = h
+            .events
+            .iter()
+            .position(|(_, e)| matches!(e, Event::Started { job, .. } if *job == ids[k]));
+        if started.is_some_and(|s| s < dep_done || !dep_ok) {
+            return TestResult::error(format!("job {k} started without its dependency"));
+        }
+        let cancelled = *result == Err(DownloadError::Cancelled);
+        let dep_failed = *result == Err(DownloadError::DependencyFailed { dependency: dep.0 });
+        if !dep_ok && !cancelled && !dep_failed {
+            return TestResult::error(format!("job {k}: dependency failed, got {result:?}"));
+        }
+    }
+    let stats = h.engine.stats();
+    let ended = stats.done + stats.failed + stats.cancelled;
+    let done = results.iter().filter(|r| r.is_ok()).count();
+    if ended != ids.len() || stats.done != done {
+        return TestResult::error(format!("stats {stats:?} for {} jobs", ids.len()));
+    }
+    TestResult::passed()
+}
+
+#[test]
+fn any_mix_of_jobs_limits_duplicates_dependencies_and_faults_ends_consistently() {
+    QuickCheck::new()
+        .tests(300)
+        .max_tests(300)
+        .rng(Gen::new(20))
+        .quickcheck(
+            any_mix_of_jobs_ends_consistently
+                as fn(Vec<MixJob>, Vec<u8>, u64, Option<(u8, u8)>, bool) -> TestResult,
+        );
+}
