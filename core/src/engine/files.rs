@@ -264,6 +264,13 @@ impl Engine {
                     self.on_write_error(id);
                     return;
                 }
+                if j.write_error.is_some() {
+                    // A write issued before this sync failed: the bytes the checkpoint
+                    // would name are not all on disk. Record nothing.
+                    j.checkpoint_running = false;
+                    j.pending_prefix = None;
+                    return self.cleanup_progress(id);
+                }
                 self.write_state(id, verified);
             }
             FileStep::CheckpointState => {
