@@ -31,7 +31,11 @@ pub struct GetArgs {
     #[arg(long = "min-segment", value_name = "SIZE", value_parser = parse_size, default_value = "1M")]
     pub min_segment: u64,
     /// Connections to one host at once.
-    #[arg(long = "max-connections-per-host", value_name = "N", default_value_t = 16)]
+    #[arg(
+        long = "max-connections-per-host",
+        value_name = "N",
+        default_value_t = 16
+    )]
     pub max_connections_per_host: usize,
     /// Global rate limit in bytes/s (e.g. 20M).
     #[arg(long = "limit-rate", value_name = "RATE", value_parser = parse_size)]
@@ -99,9 +103,8 @@ pub struct GetArgs {
 }
 
 fn parse_priority(s: &str) -> Result<Priority, String> {
-    Priority::parse(s).ok_or_else(|| {
-        format!("{s:?} is not a priority (critical, high, normal, low, background)")
-    })
+    Priority::parse(s)
+        .ok_or_else(|| format!("{s:?} is not a priority (critical, high, normal, low, background)"))
 }
 
 fn secs(name: &str, s: f64) -> Result<Duration, String> {

@@ -107,7 +107,9 @@ impl Reporter {
                     b.set_message(format!("{segments} segments"));
                 }
                 if self.mode == Mode::Json {
-                    self.emit_json(json!({"event": "segmented", "job": job.0, "segments": segments}));
+                    self.emit_json(
+                        json!({"event": "segmented", "job": job.0, "segments": segments}),
+                    );
                 }
             }
             Event::Started { job, url } => {
@@ -205,6 +207,37 @@ impl Reporter {
                 }
                 if self.mode == Mode::Json {
                     self.emit_json(json!({"event": "retrying", "job": job.0, "attempt": attempt, "delay_ms": delay.as_millis() as u64, "error": error.to_string()}));
+                }
+            }
+            Event::Failover { job, from, to } => {
+                if let Some(v) = self.jobs.get(job) {
+                    let msg = format!("trying mirror {to}");
+                    match (&v.bar, self.mode) {
+                        (Some(b), _) => b.set_message(msg),
+                        (None, Mode::Plain) => eprintln!("{}: {msg}", v.label),
+                        _ => {}
+                    }
+                }
+                if self.mode == Mode::Json {
+                    self.emit_json(
+                        json!({"event": "failover", "job": job.0, "from": from, "to": to}),
+                    );
+                }
+            }
+            Event::BreakerOpened { origin, cooldown } => {
+                let msg = format!(
+                    "{origin} keeps failing: no new request there for {:.0}s",
+                    cooldown.as_secs_f64()
+                );
+                match self.mode {
+                    Mode::Json => self.emit_json(json!({"event": "breaker_opened", "origin": origin, "cooldown_ms": cooldown.as_millis() as u64})),
+                    Mode::Bars => {
+                        if let Some(m) = &self.multi {
+                            let _ = m.println(msg);
+                        }
+                    }
+                    Mode::Plain => eprintln!("{msg}"),
+                    Mode::Quiet => {}
                 }
             }
             Event::Finished { job, result } => self.finished(*job, result),

@@ -27,6 +27,10 @@ pub struct RetryPolicy {
     pub max_delay: Duration,
     /// No retry starts later than this after the job's first attempt.
     pub max_elapsed: Duration,
+    /// Retries per minute across the whole engine (a token bucket with this many tokens
+    /// that refills over a minute): a retry that finds it empty waits for a token, so many
+    /// failing downloads cannot turn into a retry storm.
+    pub budget_per_minute: u32,
 }
 
 impl Default for RetryPolicy {
@@ -36,6 +40,7 @@ impl Default for RetryPolicy {
             base_delay: Duration::from_secs(1),
             max_delay: Duration::from_secs(32),
             max_elapsed: Duration::from_secs(300),
+            budget_per_minute: 120,
         }
     }
 }
@@ -59,6 +64,8 @@ pub struct Config {
     pub max_head_bytes: usize,
     /// Retry policy.
     pub retry: RetryPolicy,
+    /// Circuit breaker per origin (scheme, host, port), shared by every download.
+    pub breaker: crate::policy::BreakerConfig,
     /// Written-but-unsynced bytes after which the partial file is synced and its state file
     /// updated (the durable resume point advances).
     pub checkpoint_bytes: u64,
@@ -99,6 +106,7 @@ impl Default for Config {
             max_redirects: 10,
             max_head_bytes: 64 * 1024,
             retry: RetryPolicy::default(),
+            breaker: crate::policy::BreakerConfig::default(),
             checkpoint_bytes: 64 * 1024 * 1024,
             checkpoint_interval: Duration::from_secs(5),
             max_write_backlog: 8 * 1024 * 1024,
@@ -157,6 +165,35 @@ impl Config {
                 reason: format!(
                     "{:?} is below retry.base_delay {:?}",
                     self.retry.max_delay, self.retry.base_delay
+                ),
+            });
+        }
+        if self.retry.budget_per_minute == 0 {
+            return Err(ConfigError {
+                field: "retry.budget_per_minute",
+                reason: "must be at least 1".into(),
+            });
+        }
+        let b = &self.breaker;
+        if b.failure_threshold == 0 {
+            return Err(ConfigError {
+                field: "breaker.failure_threshold",
+                reason: "must be at least 1".into(),
+            });
+        }
+        if b.success_threshold == 0 {
+            return Err(ConfigError {
+                field: "breaker.success_threshold",
+                reason: "must be at least 1".into(),
+            });
+        }
+        nonzero("breaker.cooldown", b.cooldown)?;
+        if b.max_cooldown < b.cooldown {
+            return Err(ConfigError {
+                field: "breaker.max_cooldown",
+                reason: format!(
+                    "{:?} is below breaker.cooldown {:?}",
+                    b.max_cooldown, b.cooldown
                 ),
             });
         }
@@ -219,6 +256,22 @@ mod tests {
             ..Config::default()
         };
         assert_eq!(c.validate().unwrap_err().field, "idle_timeout");
+    }
+
+    #[test]
+    fn breaker_settings_that_cannot_work_are_rejected_by_name() {
+        let mut c = Config::default();
+        c.breaker.failure_threshold = 0;
+        assert_eq!(c.validate().unwrap_err().field, "breaker.failure_threshold");
+        let mut c = Config::default();
+        c.breaker.cooldown = Duration::ZERO;
+        assert_eq!(c.validate().unwrap_err().field, "breaker.cooldown");
+        let mut c = Config::default();
+        c.breaker.max_cooldown = Duration::from_secs(1);
+        assert_eq!(c.validate().unwrap_err().field, "breaker.max_cooldown");
+        let mut c = Config::default();
+        c.retry.budget_per_minute = 0;
+        assert_eq!(c.validate().unwrap_err().field, "retry.budget_per_minute");
     }
 
     #[test]

@@ -23,6 +23,8 @@ pub enum Destination {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Download {
     pub(crate) url: url::Url,
+    /// Other URLs serving the same bytes, in the caller's order of preference.
+    pub(crate) mirrors: Vec<url::Url>,
     pub(crate) dest: Destination,
     pub(crate) sha256: Option<[u8; 32]>,
     pub(crate) size: Option<u64>,
@@ -41,6 +43,7 @@ impl Download {
     pub fn new(url: &str, dest: impl Into<PathBuf>) -> Result<Download, DownloadError> {
         Ok(Download {
             url: parse_url(url)?,
+            mirrors: Vec::new(),
             dest: Destination::File(dest.into()),
             sha256: None,
             size: None,
@@ -60,6 +63,25 @@ impl Download {
         let mut d = Download::new(url, PathBuf::new())?;
         d.dest = Destination::Dir(dir.into());
         Ok(d)
+    }
+
+    /// Another URL that serves the same bytes. A download with mirrors fails over to
+    /// another one when an attempt fails or an origin's circuit breaker is open, and prefers
+    /// the mirror with the best observed throughput and latency (sampling the others now
+    /// and then). Credentials set with [`Download::header`] (`Authorization`, `Cookie`) go
+    /// only to the first URL's origin. Without an expected sha256, switching mirrors
+    /// restarts from zero rather than resuming one server's partial from another.
+    pub fn mirror(mut self, url: &str) -> Result<Download, DownloadError> {
+        let u = parse_url(url)?;
+        if u != self.url && !self.mirrors.contains(&u) {
+            self.mirrors.push(u);
+        }
+        Ok(self)
+    }
+
+    /// The mirrors given with [`Download::mirror`].
+    pub fn mirrors(&self) -> &[url::Url] {
+        &self.mirrors
     }
 
     /// Expect this SHA-256 (64 hex digits, either case).

@@ -688,17 +688,7 @@ pub(crate) fn file_of(op: &IoOp) -> Option<FileId> {
 }
 
 pub(crate) fn job_of(e: &Event) -> JobId {
-    match e {
-        Event::Queued { job, .. }
-        | Event::Started { job, .. }
-        | Event::Segmented { job, .. }
-        | Event::Resuming { job, .. }
-        | Event::Redirected { job, .. }
-        | Event::Response { job, .. }
-        | Event::Progress { job, .. }
-        | Event::Retrying { job, .. }
-        | Event::Finished { job, .. } => *job,
-    }
+    e.job().unwrap_or(JobId(0))
 }
 
 impl Harness {
@@ -1231,6 +1221,7 @@ pub(crate) fn config() -> Config {
             base_delay: secs(1),
             max_delay: secs(8),
             max_elapsed: secs(600),
+            budget_per_minute: 1000,
         },
         ..Config::default()
     }
@@ -1344,7 +1335,7 @@ fn progress_events_are_monotonic_and_end_at_the_file_size() {
 }
 
 #[test]
-fn sha256_mismatch_leaves_no_file_at_destination_and_no_partial() {
+fn sha256_mismatch_is_retried_once_from_zero_then_leaves_no_file_and_no_partial() {
     let body = pattern(4_000, 3);
     let mut h = Harness::new(config());
     h.serve(ORIGIN, file_server(body.clone()));
@@ -1358,7 +1349,12 @@ fn sha256_mismatch_leaves_no_file_at_destination_and_no_partial() {
         other => panic!("expected HashMismatch, got {other:?}"),
     }
     assert_nothing_left(&h);
-    assert_eq!(h.requests.len(), 1, "a hash mismatch is not retried");
+    assert_eq!(h.requests.len(), 2, "a hash mismatch is retried once");
+    assert_eq!(
+        h.requests[1].header("range"),
+        None,
+        "the retry starts from zero"
+    );
 }
 
 #[test]
@@ -2071,7 +2067,10 @@ fn backoff_delays_grow_and_respect_max_delay() {
         base_delay: secs(1),
         max_delay: secs(4),
         max_elapsed: secs(600),
+        budget_per_minute: 1000,
     };
+    // Backoff alone: the origin's breaker would otherwise open after five failures.
+    cfg.breaker.failure_threshold = 100;
     let mut h = Harness::new(cfg);
     h.serve(ORIGIN, |_| Reply::new(with_length(500, &[], b"")));
     let job = h.submit(download());
@@ -2116,6 +2115,7 @@ fn max_elapsed_stops_retries_that_would_start_too_late() {
         base_delay: secs(1),
         max_delay: secs(4),
         max_elapsed: secs(20),
+        budget_per_minute: 1000,
     };
     let mut h = Harness::new(cfg);
     h.serve(ORIGIN, |_| Reply::new(with_length(500, &[], b"")));
@@ -2635,6 +2635,7 @@ fn ends_exact_or_clean_whatever_faults(
         base_delay: secs(1),
         max_delay: secs(4),
         max_elapsed: secs(600),
+        budget_per_minute: 1000,
     };
     let mut h = Harness::new(cfg);
     h.schedule = Schedule::Random(SeededRng::new(seed));

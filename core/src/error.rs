@@ -108,6 +108,10 @@ pub enum DownloadError {
     /// A job this one depends on failed (or was never submitted).
     #[error("dependency job#{dependency} did not succeed")]
     DependencyFailed { dependency: u64 },
+    /// Every URL of the download is behind an open circuit breaker for longer than the
+    /// retry policy allows waiting.
+    #[error("{origin} is failing (circuit breaker open for another {retry_in:?}) and no mirror is available")]
+    CircuitOpen { origin: String, retry_in: Duration },
 }
 
 impl DownloadError {
@@ -121,7 +125,7 @@ impl DownloadError {
             DownloadError::Status { status, .. } => {
                 matches!(status, 408 | 429 | 500 | 502 | 503 | 504)
             }
-            DownloadError::RangeMismatch { .. } => true,
+            DownloadError::RangeMismatch { .. } | DownloadError::CircuitOpen { .. } => true,
             DownloadError::InvalidRequest(_)
             | DownloadError::TooManyRedirects { .. }
             | DownloadError::RedirectLoop { .. }
@@ -131,6 +135,20 @@ impl DownloadError {
             | DownloadError::LocalIo { .. }
             | DownloadError::Cancelled
             | DownloadError::DependencyFailed { .. } => false,
+        }
+    }
+
+    /// Whether this failure says the origin is unhealthy (it counts towards the origin's
+    /// circuit breaker and lowers the mirror's score): it could not be reached, broke the
+    /// connection or the protocol, timed out, or answered 408, 429 or 5xx.
+    pub fn counts_against_origin(&self) -> bool {
+        match self {
+            DownloadError::Connect { .. }
+            | DownloadError::Connection { .. }
+            | DownloadError::Timeout { .. }
+            | DownloadError::Protocol { .. } => true,
+            DownloadError::Status { .. } => self.retryable(),
+            _ => false,
         }
     }
 
@@ -145,6 +163,7 @@ impl DownloadError {
             | DownloadError::TooManyRedirects { .. }
             | DownloadError::RedirectLoop { .. }
             | DownloadError::RangeMismatch { .. }
+            | DownloadError::CircuitOpen { .. }
             | DownloadError::DependencyFailed { .. } => ErrorClass::Network,
             DownloadError::Status { .. } => ErrorClass::HttpStatus,
             DownloadError::SizeMismatch { .. }

@@ -36,6 +36,8 @@ pub use proxy::{ProxyConfig, ProxyHop};
 pub use sched::Priority;
 pub use time::Instant;
 #[cfg(test)]
+mod engine_policy_tests;
+#[cfg(test)]
 mod engine_sched_tests;
 #[cfg(test)]
 mod engine_tests;

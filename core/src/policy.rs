@@ -208,7 +208,8 @@ impl RetryBudget {
     fn refill(&mut self, now: Instant) {
         let dt = now.saturating_since(self.last).as_secs_f64();
         self.last = self.last.max(now);
-        self.tokens = (self.tokens + dt * self.per_minute as f64 / 60.0).min(self.per_minute as f64);
+        self.tokens =
+            (self.tokens + dt * self.per_minute as f64 / 60.0).min(self.per_minute as f64);
     }
 
     /// Take one retry token; returns how long the retry must wait for it (zero when one
@@ -220,6 +221,17 @@ impl RetryBudget {
             Duration::ZERO
         } else {
             Duration::from_secs_f64(-self.tokens * 60.0 / self.per_minute as f64)
+        }
+    }
+
+    /// How long a retry asked for now would wait for its token, without taking it.
+    pub fn wait(&mut self, now: Instant) -> Duration {
+        self.refill(now);
+        let after = self.tokens - 1.0;
+        if after >= 0.0 {
+            Duration::ZERO
+        } else {
+            Duration::from_secs_f64(-after * 60.0 / self.per_minute as f64)
         }
     }
 

@@ -94,19 +94,10 @@ impl Host {
     }
 }
 
-/// The job an event is about.
-pub fn event_job(ev: &Event) -> JobId {
-    match ev {
-        Event::Queued { job, .. }
-        | Event::Started { job, .. }
-        | Event::Resuming { job, .. }
-        | Event::Redirected { job, .. }
-        | Event::Response { job, .. }
-        | Event::Segmented { job, .. }
-        | Event::Progress { job, .. }
-        | Event::Retrying { job, .. }
-        | Event::Finished { job, .. } => *job,
-    }
+/// The job an event is about (`None` for events about an origin, such as a circuit
+/// breaker opening).
+pub fn event_job(ev: &Event) -> Option<JobId> {
+    ev.job()
 }
 
 /// A seed for jitter that differs between processes and clients.

@@ -187,7 +187,10 @@ impl<R: AsyncRuntime> Driver<R> {
 
 /// Send `ev` to its job's transfer; forget the job once it finished.
 fn deliver(jobs: &mut BTreeMap<JobId, JobSink>, tickets: &mut BTreeMap<u64, JobId>, ev: Event) {
-    let job = haul_driver::event_job(&ev);
+    // Events about an origin (a breaker opening) belong to no transfer.
+    let Some(job) = haul_driver::event_job(&ev) else {
+        return;
+    };
     let finished = matches!(ev, Event::Finished { .. });
     if let Some(sink) = jobs.get(&job) {
         // A dropped transfer has cancelled its job; its remaining events go nowhere.

@@ -206,6 +206,14 @@ pub fn engine_config(sc: &Scenario, seed: u64) -> Config {
             base_delay: Duration::from_millis(200),
             max_delay: Duration::from_secs(4),
             max_elapsed: Duration::from_secs(60),
+            budget_per_minute: 600,
+        },
+        // The breaker on the simulator's time scale: faults come in bursts of seconds.
+        breaker: haul_core::policy::BreakerConfig {
+            failure_threshold: 5,
+            cooldown: Duration::from_secs(2),
+            max_cooldown: Duration::from_secs(8),
+            success_threshold: 2,
         },
         checkpoint_bytes: sc.checkpoint_bytes,
         checkpoint_interval: Duration::from_millis(500),
@@ -356,18 +364,8 @@ pub struct World {
     crashes: u32,
 }
 
-fn job_of(e: &Event) -> JobId {
-    match e {
-        Event::Queued { job, .. }
-        | Event::Started { job, .. }
-        | Event::Segmented { job, .. }
-        | Event::Resuming { job, .. }
-        | Event::Redirected { job, .. }
-        | Event::Response { job, .. }
-        | Event::Progress { job, .. }
-        | Event::Retrying { job, .. }
-        | Event::Finished { job, .. } => *job,
-    }
+fn job_of(e: &Event) -> Option<JobId> {
+    e.job()
 }
 
 fn file_of(op: &IoOp) -> Option<FileId> {
@@ -1379,7 +1377,10 @@ impl World {
     // -------------------------------------------------------------------- events and checks
 
     fn on_event(&mut self, e: Event) {
-        let job = job_of(&e);
+        let Some(job) = job_of(&e) else {
+            self.log(|| format!("event {}", summarize_event(&e)));
+            return;
+        };
         let Some(&i) = self.jobs.get(&job) else {
             self.violate(
                 Invariant::OneCompletion,

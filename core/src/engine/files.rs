@@ -635,19 +635,19 @@ impl Engine {
         if let Some(expected) = j.spec.size {
             if j.hashed != expected {
                 let actual = j.hashed;
-                return self.terminate(id, DownloadError::SizeMismatch { expected, actual }, false);
+                return self
+                    .verification_failed(id, DownloadError::SizeMismatch { expected, actual });
             }
         }
         let digest: [u8; 32] = j.hasher.clone().finalize().into();
         if let Some(expected) = j.spec.sha256 {
             if expected != digest {
-                return self.terminate(
+                return self.verification_failed(
                     id,
                     DownloadError::HashMismatch {
                         expected: hex::encode(expected),
                         actual: hex::encode(digest),
                     },
-                    false,
                 );
             }
         }

@@ -44,11 +44,20 @@
 //! the whole file in order: bytes at the hashed frontier are hashed as they arrive, bytes
 //! further on are written first and read back from disk when the frontier reaches them.
 //!
-//! Retryable failures back off (exponential, jittered) and resume from the bytes already
-//! received. A job whose URL or expected sha256 equals a running job's is deduplicated: it
+//! Retryable failures back off (exponential, equal jitter, [`crate::config::RetryPolicy`]) and
+//! resume from the bytes already received; every retry also takes a token of the engine-wide
+//! retry budget. Each origin (scheme, host, port) has a circuit breaker
+//! ([`crate::policy::Breaker`]) shared by all jobs: failures that say the origin is unhealthy
+//! ([`DownloadError::counts_against_origin`]) open it, and while it is open no attempt starts
+//! there. A job with mirrors picks, at each attempt, the URL whose origin is admitted and
+//! scores best ([`crate::policy::choose_mirror`]); after a failure it fails over at once to a
+//! URL that has not failed since its last backoff, and backs off only when every URL has. A
+//! failed verification (sha256, or size) is retried once from zero, on another mirror when
+//! there is one. A job whose URL or expected sha256 equals a running job's is deduplicated: it
 //! waits for that job and copies its result.
 
 mod files;
+mod resilience;
 mod transfer;
 
 use std::collections::{BTreeMap, VecDeque};
@@ -62,6 +71,7 @@ use crate::download::{Destination, Download, Outcome};
 use crate::error::{DownloadError, TimeoutKind};
 use crate::http::Origin;
 use crate::io::{ConnId, FileId, IoFailure, IoId, IoOp, IoRequest, IoResult};
+use crate::policy::{Breaker, MirrorStats, RetryBudget};
 use crate::resume::{PartState, Validator, STATE_MAX_BYTES};
 use crate::rng::SeededRng;
 use crate::sched::{Priority, RangeSet, TokenBucket};
@@ -122,6 +132,15 @@ pub enum Event {
         /// Bytes already on disk that this response continues.
         offset: u64,
     },
+    /// The job moved to another of its URLs (a mirror) for this attempt.
+    Failover {
+        job: JobId,
+        from: String,
+        to: String,
+    },
+    /// An origin's circuit breaker opened after repeated failures: no new request goes
+    /// there for `cooldown` (then one probe).
+    BreakerOpened { origin: String, cooldown: Duration },
     /// The download was split over several connections.
     Segmented { job: JobId, segments: u32 },
     /// Body bytes were received.
@@ -145,6 +164,25 @@ pub enum Event {
         job: JobId,
         result: Result<Outcome, DownloadError>,
     },
+}
+
+impl Event {
+    /// The job the event is about (`None` for events about an origin).
+    pub fn job(&self) -> Option<JobId> {
+        match self {
+            Event::Queued { job, .. }
+            | Event::Started { job, .. }
+            | Event::Segmented { job, .. }
+            | Event::Resuming { job, .. }
+            | Event::Redirected { job, .. }
+            | Event::Response { job, .. }
+            | Event::Failover { job, .. }
+            | Event::Progress { job, .. }
+            | Event::Retrying { job, .. }
+            | Event::Finished { job, .. } => Some(*job),
+            Event::BreakerOpened { .. } => None,
+        }
+    }
 }
 
 /// What cancelling does to the partial download.
@@ -303,6 +341,18 @@ struct Job {
     submitted: Instant,
     phase: Phase,
     attempt: u32,
+    /// Backoff delays taken so far (the exponent of the next one).
+    backoffs: u32,
+    /// Which URL this attempt uses: 0 is `spec.url`, i > 0 is `spec.mirrors[i - 1]`.
+    mirror: usize,
+    /// URLs that failed since the last backoff: a failover goes to one not in here.
+    failed_round: Vec<usize>,
+    /// The URL whose response gave `validator`.
+    validator_mirror: usize,
+    /// The one retry after a failed verification (hash or size) was used.
+    verify_retry_used: bool,
+    /// This attempt is the half-open probe of that origin's breaker.
+    probe: Option<Origin>,
     next_transfer: u64,
     transfers: BTreeMap<u64, Transfer>,
     /// Ranges nobody fetches right now (a segment whose connection died).
@@ -385,6 +435,12 @@ pub struct Engine {
     stats: StatsState,
     /// Followers whose leader committed to their own destination: finish them next.
     pending_finish: Vec<(JobId, Outcome)>,
+    /// Circuit breaker per origin, shared by every job.
+    breakers: BTreeMap<Origin, Breaker>,
+    /// Observed throughput and latency per origin, for choosing among mirrors.
+    origin_stats: BTreeMap<Origin, MirrorStats>,
+    /// Engine-wide retry budget.
+    retry_budget: RetryBudget,
 }
 
 #[derive(Debug, Default)]
@@ -411,6 +467,7 @@ impl Engine {
     pub fn new(config: Config, now: Instant) -> Result<Engine, crate::config::ConfigError> {
         config.validate()?;
         let global_bucket = config.rate_limit.map(|r| TokenBucket::new(r, BURST, now));
+        let config_budget = config.retry.budget_per_minute;
         Ok(Engine {
             rng: SeededRng::new(config.seed),
             config,
@@ -424,6 +481,9 @@ impl Engine {
             global_bucket,
             stats: StatsState::default(),
             pending_finish: Vec::new(),
+            breakers: BTreeMap::new(),
+            origin_stats: BTreeMap::new(),
+            retry_budget: RetryBudget::new(config_budget, now),
         })
     }
 
@@ -539,6 +599,12 @@ impl Engine {
                 None => Phase::Queued,
             },
             attempt: 1,
+            backoffs: 0,
+            mirror: 0,
+            failed_round: Vec::new(),
+            validator_mirror: 0,
+            verify_retry_used: false,
+            probe: None,
             next_transfer: 0,
             transfers: BTreeMap::new(),
             gaps: Vec::new(),
@@ -812,6 +878,7 @@ impl Engine {
 
     /// Report a job's end, release its followers and dependants.
     fn finish(&mut self, id: JobId, result: Result<Outcome, DownloadError>) {
+        self.abandon_probe(id);
         let Some(job) = self.jobs.remove(&id) else {
             return;
         };
@@ -998,7 +1065,7 @@ impl Engine {
     }
 }
 
-fn origin_label(url: &url::Url) -> String {
+pub(super) fn origin_label(url: &url::Url) -> String {
     Origin::of(url)
         .map(|o| o.to_string())
         .unwrap_or_else(|_| url.to_string())

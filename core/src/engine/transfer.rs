@@ -71,6 +71,10 @@ pub(super) struct Transfer {
     pub backpressured: bool,
     pub throttled_until: Option<Instant>,
     pub last_byte: Instant,
+    /// When the request was sent (latency is measured from here).
+    pub requested: Instant,
+    /// When the body started (throughput is measured from here).
+    pub body_start: Instant,
 }
 
 impl Transfer {
@@ -126,9 +130,20 @@ impl Engine {
         if matches!(j.phase, Phase::CleaningUp { .. } | Phase::Committing { .. }) {
             return;
         }
+        if let Err((until, origin)) = self.pick_url(id) {
+            return self.wait_for_breaker(id, until, origin);
+        }
+        let j = self.jobs.get_mut(&id).expect("job exists");
         j.phase = Phase::Running;
         j.transfers.clear();
         j.gaps.clear();
+        if j.present() > 0 && j.mirror != j.validator_mirror && j.spec.sha256.is_none() {
+            // Bytes from one server are not continued from another unless the expected
+            // sha256 will prove the result.
+            tracing::info!(job = %id, "switching mirrors without a sha256: starting over");
+            self.restart_from_zero(id);
+        }
+        let j = self.jobs.get_mut(&id).expect("job exists");
         match (j.segmented, j.total) {
             (true, Some(total)) => {
                 let mut gaps = Vec::new();
@@ -171,7 +186,8 @@ impl Engine {
         let j = self.jobs.get_mut(&id).expect("job exists");
         let tid = j.next_transfer;
         j.next_transfer += 1;
-        let url = j.spec.url.clone();
+        let url = self.job_url(id, self.jobs[&id].mirror).clone();
+        let j = self.jobs.get_mut(&id).expect("job exists");
         j.transfers.insert(
             tid,
             Transfer {
@@ -188,6 +204,8 @@ impl Engine {
                 backpressured: false,
                 throttled_until: None,
                 last_byte: now,
+                requested: now,
+                body_start: now,
             },
         );
         tid
@@ -384,6 +402,7 @@ impl Engine {
         let now = self.now;
         let t = self.transfer(id, tid).expect("transfer");
         t.phase = TPhase::Sending { since: now };
+        t.requested = now;
         self.io(
             Route::Send(conn),
             IoOp::Send {
@@ -571,6 +590,12 @@ impl Engine {
             }
         };
         let keep_alive = http::keep_alive(&head, framing);
+        if !matches!(head.status, 408 | 429 | 500..=599) {
+            let now = self.now;
+            let t = self.transfer(id, tid).expect("transfer");
+            let (url, latency) = (t.url.clone(), now.saturating_since(t.requested));
+            self.note_success(id, &url, latency);
+        }
         match head.status {
             301 | 302 | 303 | 307 | 308 => {
                 self.on_redirect(id, tid, conn, &head, framing, keep_alive, rest)
@@ -594,6 +619,7 @@ impl Engine {
                 }
                 let j = self.jobs.get_mut(&id).expect("job exists");
                 j.validator = Validator::of_response(&head);
+                j.validator_mirror = j.mirror;
                 j.total = match framing {
                     Framing::Length(n) => Some(n),
                     _ => None,
@@ -611,6 +637,7 @@ impl Engine {
                         j.total = Some(complete);
                         if j.validator.is_none() {
                             j.validator = validator;
+                            j.validator_mirror = j.mirror;
                         }
                         self.accept_response(id, tid, conn, &head, framing, keep_alive, rest);
                         self.maybe_segment(id, tid);
@@ -853,14 +880,15 @@ impl Engine {
         let j = self.jobs.get_mut(&id).expect("job exists");
         if let (Some(expected), Some(total)) = (j.spec.size, j.total) {
             if expected != total {
-                return self.terminate(
-                    id,
-                    DownloadError::SizeMismatch {
-                        expected,
-                        actual: total,
-                    },
-                    false,
-                );
+                let error = DownloadError::SizeMismatch {
+                    expected,
+                    actual: total,
+                };
+                if j.spec.mirrors.is_empty() {
+                    return self.terminate(id, error, false);
+                }
+                // This server has other bytes than the ones asked for; a mirror may not.
+                return self.verification_failed(id, error);
             }
         }
         if let (Some(limit), Some(total)) = (j.spec.max_size, j.total) {
@@ -877,6 +905,7 @@ impl Engine {
         }
         let t = j.transfers.get_mut(&tid).expect("transfer");
         j.last_url = Some(t.url.clone());
+        t.body_start = now;
         t.phase = TPhase::Body {
             decoder: BodyDecoder::new(framing),
             keep_alive,
@@ -989,6 +1018,8 @@ impl Engine {
         let Some(t) = j.transfers.remove(&tid) else {
             return;
         };
+        let elapsed = self.now.saturating_since(t.body_start);
+        self.note_throughput(&t.url, t.got, elapsed);
         if let Some(conn) = t.conn {
             if reusable {
                 self.release_conn(conn);
@@ -1051,6 +1082,9 @@ impl Engine {
     /// One transfer failed. A segmented job puts the range back and carries on with its
     /// other connections; otherwise (or when nothing else runs) the attempt fails.
     fn transfer_failed(&mut self, id: JobId, tid: u64, error: DownloadError) {
+        if let Some(url) = self.transfer(id, tid).map(|t| t.url.clone()) {
+            self.note_failure(id, &url, &error);
+        }
         let Some(j) = self.jobs.get_mut(&id) else {
             return;
         };
@@ -1137,6 +1171,7 @@ impl Engine {
 
     /// Close every transfer's connection and forget the transfers.
     pub(super) fn stop_transfers(&mut self, id: JobId) {
+        self.abandon_probe(id);
         let Some(j) = self.jobs.get_mut(&id) else {
             return;
         };
@@ -1146,60 +1181,6 @@ impl Engine {
         for c in conns {
             self.close_conn(c);
         }
-    }
-
-    /// The current attempt failed: retry after a backoff, or end the job.
-    pub(super) fn fail_attempt(&mut self, id: JobId, error: DownloadError) {
-        if !self.jobs.contains_key(&id) {
-            return;
-        }
-        self.stop_transfers(id);
-        let j = self.jobs.get_mut(&id).expect("job exists");
-        if !matches!(j.phase, Phase::Running) {
-            return;
-        }
-        let policy = self.config.retry;
-        let elapsed = self.now.saturating_since(j.submitted);
-        if error.retryable() && j.attempt < policy.max_attempts {
-            let exp = policy
-                .base_delay
-                .saturating_mul(1u32 << (j.attempt - 1).min(20))
-                .min(policy.max_delay);
-            // "Equal jitter": at least half the exponential delay, so the backoff still grows.
-            let jittered = exp / 2 + exp.mul_f64(self.rng.next_f64() / 2.0);
-            let delay = match &error {
-                DownloadError::Status {
-                    retry_after: Some(ra),
-                    ..
-                } => jittered.max(*ra),
-                _ => jittered,
-            };
-            if elapsed + delay <= policy.max_elapsed {
-                let j = self.jobs.get_mut(&id).expect("job exists");
-                j.attempt += 1;
-                let attempt = j.attempt;
-                j.phase = Phase::Backoff {
-                    until: self.now + delay,
-                };
-                tracing::debug!(job = %id, attempt, ?delay, "retrying after: {error}");
-                self.event(Event::Retrying {
-                    job: id,
-                    attempt,
-                    delay,
-                    error,
-                });
-                let j = &self.jobs[&id];
-                if !j.checkpoint_running
-                    && j.file.is_some()
-                    && j.validator.is_some()
-                    && j.present() > j.durable
-                {
-                    self.start_checkpoint(id);
-                }
-                return;
-            }
-        }
-        self.terminate(id, error, true);
     }
 }
 

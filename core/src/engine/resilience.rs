@@ -1,0 +1,324 @@
+//! Resilience: which URL an attempt uses (mirrors, circuit breakers), what a failure says
+//! about its origin, and whether and when the job tries again (backoff, retry budget,
+//! failover, the one retry after a failed verification).
+
+use std::time::Duration;
+
+use super::{Engine, Event, JobId, Phase};
+use crate::error::DownloadError;
+use crate::http::Origin;
+use crate::policy::{choose_mirror, Admission, Breaker, BreakerState, MirrorStats};
+use crate::time::Instant;
+
+/// Transfers shorter than this say more about latency than throughput: not sampled.
+const MIN_THROUGHPUT_SAMPLE: u64 = 64 * 1024;
+
+impl Engine {
+    /// The `i`-th URL of a job: 0 is the URL it was created with, then its mirrors.
+    pub(super) fn job_url(&self, id: JobId, i: usize) -> &url::Url {
+        let j = &self.jobs[&id];
+        match i {
+            0 => &j.spec.url,
+            i => &j.spec.mirrors[i - 1],
+        }
+    }
+
+    fn breaker(&mut self, origin: &Origin) -> &mut Breaker {
+        let config = self.config.breaker;
+        self.breakers
+            .entry(origin.clone())
+            .or_insert_with(|| Breaker::new(config))
+    }
+
+    /// The state of an origin's breaker now (closed when the engine has never seen it).
+    pub fn breaker_state(&mut self, origin: &Origin) -> BreakerState {
+        let now = self.now;
+        match self.breakers.get_mut(origin) {
+            Some(b) => b.state(now),
+            None => BreakerState::Closed { failures: 0 },
+        }
+    }
+
+    /// Choose the URL of the job's next attempt: among the URLs whose origin's breaker
+    /// admits a request, not failed since the last backoff, the best scored. Returns when
+    /// the earliest one may be tried when none can now (with that origin, for messages).
+    pub(super) fn pick_url(&mut self, id: JobId) -> Result<(), (Instant, String)> {
+        let now = self.now;
+        let j = &self.jobs[&id];
+        let count = 1 + j.spec.mirrors.len();
+        let failed = j.failed_round.clone();
+        let previous = j.mirror;
+        let mut open: Vec<(usize, MirrorStats)> = Vec::new();
+        let mut earliest: Option<(Instant, String)> = None;
+        for i in 0..count {
+            let Ok(origin) = Origin::of(self.job_url(id, i)) else {
+                // Not a usable origin: let the attempt fail on it with a clear error.
+                open.push((i, MirrorStats::default()));
+                continue;
+            };
+            let wait = match self.breaker_state(&origin) {
+                BreakerState::Closed { .. } | BreakerState::HalfOpen { probing: false, .. } => None,
+                BreakerState::HalfOpen { cooldown, .. } => {
+                    Some(now + cooldown.min(Duration::from_secs(1)))
+                }
+                BreakerState::Open { until, .. } => Some(until),
+            };
+            match wait {
+                None => {
+                    let stats = self.origin_stats.get(&origin).copied().unwrap_or_default();
+                    open.push((i, stats));
+                }
+                Some(at) => {
+                    if earliest.as_ref().is_none_or(|(e, _)| at < *e) {
+                        earliest = Some((at, origin.to_string()));
+                    }
+                }
+            }
+        }
+        if open.is_empty() {
+            return Err(earliest.expect("every URL was considered"));
+        }
+        // Prefer URLs that have not failed in this round; when all have, start a new round.
+        let fresh: Vec<(usize, MirrorStats)> = open
+            .iter()
+            .copied()
+            .filter(|(i, _)| !failed.contains(i))
+            .collect();
+        if fresh.is_empty() && !failed.is_empty() {
+            // The URL chosen for a failover became unavailable meanwhile: back off rather
+            // than go straight back to one that just failed.
+            let until = now + self.config.retry.base_delay;
+            let origin = crate::engine::origin_label(self.job_url(id, previous));
+            self.jobs
+                .get_mut(&id)
+                .expect("job exists")
+                .failed_round
+                .clear();
+            return Err((until, origin));
+        }
+        let candidates = if fresh.is_empty() { open } else { fresh };
+        let choice = choose_mirror(&candidates, &mut self.rng).expect("candidates");
+        let url = self.job_url(id, choice).clone();
+        let mut probe = None;
+        if let Ok(origin) = Origin::of(&url) {
+            if self.breaker(&origin).admit(now) == Admission::Probe {
+                probe = Some(origin);
+            }
+        }
+        let j = self.jobs.get_mut(&id).expect("job exists");
+        j.mirror = choice;
+        j.probe = probe;
+        if choice != previous {
+            let from = self.job_url(id, previous).to_string();
+            self.event(Event::Failover {
+                job: id,
+                from,
+                to: url.to_string(),
+            });
+        }
+        Ok(())
+    }
+
+    /// No URL of the job may be tried before `until`: wait in backoff, or give up when that
+    /// is beyond the retry policy's time limit.
+    pub(super) fn wait_for_breaker(&mut self, id: JobId, until: Instant, origin: String) {
+        let j = self.jobs.get_mut(&id).expect("job exists");
+        let deadline = j.submitted + self.config.retry.max_elapsed;
+        if until > deadline {
+            let retry_in = until.saturating_since(self.now);
+            return self.terminate(id, DownloadError::CircuitOpen { origin, retry_in }, true);
+        }
+        tracing::debug!(job = %id, %origin, %until, "every URL's breaker is open; waiting");
+        j.phase = Phase::Backoff { until };
+    }
+
+    /// A request of job `id` to `url` failed with `error`: count it against the origin when
+    /// the failure says something about the origin's health.
+    pub(super) fn note_failure(&mut self, id: JobId, url: &url::Url, error: &DownloadError) {
+        if !error.counts_against_origin() {
+            return;
+        }
+        let Ok(origin) = Origin::of(url) else {
+            return;
+        };
+        let now = self.now;
+        let b = self.breaker(&origin);
+        let was_open = matches!(b.state(now), BreakerState::Open { .. });
+        b.on_failure(now);
+        if let (false, BreakerState::Open { cooldown, .. }) = (was_open, b.state(now)) {
+            tracing::info!(%origin, ?cooldown, "circuit breaker opened");
+            self.event(Event::BreakerOpened {
+                origin: origin.to_string(),
+                cooldown,
+            });
+        }
+        self.origin_stats
+            .entry(origin.clone())
+            .or_default()
+            .record_failure();
+        self.clear_probe(id, &origin);
+    }
+
+    /// The origin of `url` answered a request of job `id` with a usable head after
+    /// `latency`.
+    pub(super) fn note_success(&mut self, id: JobId, url: &url::Url, latency: Duration) {
+        let Ok(origin) = Origin::of(url) else {
+            return;
+        };
+        let now = self.now;
+        self.breaker(&origin).on_success(now);
+        self.origin_stats
+            .entry(origin.clone())
+            .or_default()
+            .record_latency(latency);
+        self.clear_probe(id, &origin);
+    }
+
+    /// A transfer from `url` delivered `bytes` of body over `elapsed`.
+    pub(super) fn note_throughput(&mut self, url: &url::Url, bytes: u64, elapsed: Duration) {
+        if bytes < MIN_THROUGHPUT_SAMPLE {
+            return;
+        }
+        if let Ok(origin) = Origin::of(url) {
+            self.origin_stats
+                .entry(origin)
+                .or_default()
+                .record_transfer(bytes, elapsed);
+        }
+    }
+
+    /// Whether the breaker of `url`'s origin would let a request go now.
+    fn admits_now(&mut self, url: &url::Url) -> bool {
+        let Ok(origin) = Origin::of(url) else {
+            return true;
+        };
+        matches!(
+            self.breaker_state(&origin),
+            BreakerState::Closed { .. } | BreakerState::HalfOpen { probing: false, .. }
+        )
+    }
+
+    fn clear_probe(&mut self, id: JobId, origin: &Origin) {
+        if let Some(j) = self.jobs.get_mut(&id) {
+            if j.probe.as_ref() == Some(origin) {
+                j.probe = None;
+            }
+        }
+    }
+
+    /// The job stops before its probe got a verdict: let another request probe.
+    pub(super) fn abandon_probe(&mut self, id: JobId) {
+        let Some(origin) = self.jobs.get_mut(&id).and_then(|j| j.probe.take()) else {
+            return;
+        };
+        if let Some(b) = self.breakers.get_mut(&origin) {
+            b.on_abandon();
+        }
+    }
+
+    /// The current attempt failed: retry after a backoff, or end the job.
+    pub(super) fn fail_attempt(&mut self, id: JobId, error: DownloadError) {
+        let retryable = error.retryable();
+        self.retry_or_end(id, error, retryable);
+    }
+
+    /// The downloaded bytes failed verification (hash, or size): start over from zero once,
+    /// on another URL when the job has one; a second failure ends the job.
+    pub(super) fn verification_failed(&mut self, id: JobId, error: DownloadError) {
+        let Some(j) = self.jobs.get_mut(&id) else {
+            return;
+        };
+        if j.verify_retry_used || !matches!(j.phase, Phase::Running) {
+            return self.terminate(id, error, false);
+        }
+        j.verify_retry_used = true;
+        let url = self.job_url(id, self.jobs[&id].mirror).clone();
+        if let Ok(origin) = Origin::of(&url) {
+            self.origin_stats
+                .entry(origin)
+                .or_default()
+                .record_failure();
+        }
+        tracing::info!(job = %id, "verification failed, starting over once: {error}");
+        self.stop_transfers(id);
+        self.restart_from_zero(id);
+        self.retry_or_end(id, error, true);
+    }
+
+    /// End the attempt; when `retry` and the policy allows, start another: at once on a URL
+    /// that has not failed since the last backoff, else after an exponential backoff with
+    /// equal jitter (at least `Retry-After` when the same origin is tried again), and never
+    /// before the retry budget has a token.
+    fn retry_or_end(&mut self, id: JobId, error: DownloadError, retry: bool) {
+        if !self.jobs.contains_key(&id) {
+            return;
+        }
+        self.stop_transfers(id);
+        let j = self.jobs.get_mut(&id).expect("job exists");
+        if !matches!(j.phase, Phase::Running) {
+            return;
+        }
+        let policy = self.config.retry;
+        let elapsed = self.now.saturating_since(j.submitted);
+        if !(retry && j.attempt < policy.max_attempts) {
+            return self.terminate(id, error, true);
+        }
+        let failed = j.mirror;
+        if !j.failed_round.contains(&failed) {
+            j.failed_round.push(failed);
+        }
+        let urls = 1 + j.spec.mirrors.len();
+        let others: Vec<usize> = (0..urls).filter(|i| !j.failed_round.contains(i)).collect();
+        let untried = others.into_iter().any(|i| {
+            let url = self.job_url(id, i).clone();
+            self.admits_now(&url)
+        });
+        let j = self.jobs.get_mut(&id).expect("job exists");
+        let delay = if untried {
+            // Fail over now; the other URL's breaker is checked when the attempt starts.
+            Duration::ZERO
+        } else {
+            j.failed_round.clear();
+            let exp = policy
+                .base_delay
+                .saturating_mul(1u32 << j.backoffs.min(20))
+                .min(policy.max_delay);
+            j.backoffs += 1;
+            // "Equal jitter": at least half the exponential delay, so the backoff still grows.
+            let jittered = exp / 2 + exp.mul_f64(self.rng.next_f64() / 2.0);
+            match &error {
+                DownloadError::Status {
+                    retry_after: Some(ra),
+                    ..
+                } => jittered.max(*ra),
+                _ => jittered,
+            }
+        };
+        let delay = delay.max(self.retry_budget.wait(self.now));
+        if elapsed + delay > policy.max_elapsed {
+            return self.terminate(id, error, true);
+        }
+        self.retry_budget.take(self.now);
+        let j = self.jobs.get_mut(&id).expect("job exists");
+        j.attempt += 1;
+        let attempt = j.attempt;
+        j.phase = Phase::Backoff {
+            until: self.now + delay,
+        };
+        tracing::debug!(job = %id, attempt, ?delay, "retrying after: {error}");
+        self.event(Event::Retrying {
+            job: id,
+            attempt,
+            delay,
+            error,
+        });
+        let j = &self.jobs[&id];
+        if !j.checkpoint_running
+            && j.file.is_some()
+            && j.validator.is_some()
+            && j.present() > j.durable
+        {
+            self.start_checkpoint(id);
+        }
+    }
+}

@@ -1,0 +1,395 @@
+//! Scripted tests of the engine's resilience policies: circuit breakers shared per origin,
+//! the retry budget, mirrors with failover and preference, and the one retry after a failed
+//! verification. They reuse the harness of `engine_tests`.
+
+use std::time::Duration;
+
+use crate::config::Config;
+use crate::download::Download;
+use crate::engine::{Event, JobId};
+use crate::engine_tests::*;
+use crate::error::DownloadError;
+use crate::io::IoErrorKind;
+use crate::policy::BreakerState;
+
+const MIRROR: &str = "http://b.test";
+const MIRROR_URL: &str = "http://b.test/pub/f.bin";
+const THIRD: &str = "http://c.test";
+const THIRD_URL: &str = "http://c.test/f.bin";
+
+fn policy_config() -> Config {
+    let mut c = config();
+    c.retry.max_attempts = 6;
+    c.retry.max_elapsed = secs(3600);
+    c
+}
+
+fn failovers(h: &Harness, job: JobId) -> Vec<(String, String)> {
+    h.events_of(job)
+        .into_iter()
+        .filter_map(|e| match e {
+            Event::Failover { from, to, .. } => Some((from, to)),
+            _ => None,
+        })
+        .collect()
+}
+
+fn requests_to(h: &Harness, host: &str) -> usize {
+    h.requests
+        .iter()
+        .filter(|r| {
+            // Requests carry their origin in the Host header.
+            r.header("host") == Some(host)
+        })
+        .count()
+}
+
+fn origin(url: &str) -> crate::http::Origin {
+    crate::http::Origin::of(&url::Url::parse(url).unwrap()).unwrap()
+}
+
+#[test]
+fn a_refused_primary_fails_over_to_the_mirror_at_once() {
+    let body = pattern(50_000, 1);
+    let mut h = Harness::new(policy_config());
+    h.serve(ORIGIN, file_server(body.clone()));
+    h.connect_plan(ORIGIN, |_| ConnectPlan::Fail(IoErrorKind::ConnectFailed));
+    h.serve(MIRROR, file_server(body.clone()));
+    let job = h.submit(download().mirror(MIRROR_URL).unwrap());
+    let out = h.run(job).expect("the mirror serves the file");
+    assert_eq!(h.fs.get(dest()), Some(&body[..]));
+    assert_eq!(out.final_url, MIRROR_URL);
+    assert_eq!(
+        failovers(&h, job),
+        [(URL.to_string(), MIRROR_URL.to_string())]
+    );
+    let retries = h.retries(job);
+    assert_eq!(retries.len(), 1);
+    assert_eq!(retries[0].2, Duration::ZERO, "failover does not back off");
+    assert!(matches!(retries[0].3, DownloadError::Connect { .. }));
+}
+
+#[test]
+fn when_every_mirror_failed_the_job_backs_off_before_the_next_round() {
+    let body = pattern(10_000, 2);
+    let mut h = Harness::new(policy_config());
+    h.serve(ORIGIN, |r| {
+        if r.seq < 1 {
+            Reply::new(with_length(503, &[], b""))
+        } else {
+            file_server(pattern(10_000, 2))(r)
+        }
+    });
+    h.serve(MIRROR, |_| Reply::new(with_length(502, &[], b"")));
+    let job = h.submit(download().mirror(MIRROR_URL).unwrap());
+    h.run(job).expect("the primary recovers");
+    assert_eq!(h.fs.get(dest()), Some(&body[..]));
+    let delays: Vec<Duration> = h.retries(job).iter().map(|r| r.2).collect();
+    assert_eq!(delays.len(), 2, "{delays:?}");
+    assert_eq!(delays[0], Duration::ZERO, "first failure: fail over");
+    assert!(
+        delays[1] >= Duration::from_millis(500),
+        "both failed: back off ({delays:?})"
+    );
+}
+
+#[test]
+fn the_breaker_opens_after_consecutive_failures_and_other_jobs_wait_instead_of_hammering() {
+    let mut cfg = policy_config();
+    cfg.breaker.failure_threshold = 3;
+    cfg.breaker.cooldown = secs(60);
+    cfg.retry.max_attempts = 3;
+    let mut h = Harness::new(cfg);
+    let body = pattern(5_000, 3);
+    let healthy_from = at(secs(30));
+    let b2 = body.clone();
+    h.serve(ORIGIN, move |r| {
+        if r.at < healthy_from {
+            Reply::new(with_length(500, &[], b""))
+        } else {
+            file_server(b2.clone())(r)
+        }
+    });
+    let first = h.submit(download());
+    assert!(matches!(
+        h.run(first),
+        Err(DownloadError::Status { status: 500, .. })
+    ));
+    assert_eq!(h.requests.len(), 3);
+    assert!(h
+        .events
+        .iter()
+        .any(|(_, e)| matches!(e, Event::BreakerOpened { .. })));
+    assert!(matches!(
+        h.engine.breaker_state(&origin(URL)),
+        BreakerState::Open { .. }
+    ));
+    // A second job to the same origin sends nothing until the cool-down ends, then probes.
+    let opened_at = h.requests.last().unwrap().at;
+    let second = h.submit(Download::new("http://a.test/files/g.bin", "/dl/g.bin").unwrap());
+    h.run(second)
+        .expect("the probe succeeds once the origin is healthy");
+    assert_eq!(
+        h.requests.len(),
+        4,
+        "exactly one request after the cool-down"
+    );
+    let probe = h.requests[3].at;
+    assert!(
+        probe >= opened_at + secs(60),
+        "probe at {probe}, breaker opened at {opened_at}"
+    );
+    // One success is not enough to close it (success_threshold 2) ...
+    assert!(matches!(
+        h.engine.breaker_state(&origin(URL)),
+        BreakerState::HalfOpen { .. }
+    ));
+    // ... a second one is.
+    let third = h.submit(Download::new("http://a.test/files/h.bin", "/dl/h.bin").unwrap());
+    h.run(third).expect("another probe");
+    assert_eq!(
+        h.engine.breaker_state(&origin(URL)),
+        BreakerState::Closed { failures: 0 }
+    );
+}
+
+#[test]
+fn an_open_breaker_sends_jobs_to_a_mirror() {
+    let mut cfg = policy_config();
+    cfg.breaker.failure_threshold = 2;
+    let mut h = Harness::new(cfg);
+    let body = pattern(20_000, 4);
+    h.serve(ORIGIN, |_| Reply::new(with_length(503, &[], b"")));
+    h.serve(MIRROR, file_server(body.clone()));
+    // Failures to the primary open its breaker.
+    for name in ["x", "y"] {
+        let d = Download::new(&format!("http://a.test/{name}"), format!("/dl/{name}")).unwrap();
+        let job = h.submit(d);
+        assert!(h.run(job).is_err());
+    }
+    let before = requests_to(&h, "a.test");
+    assert!(matches!(
+        h.engine.breaker_state(&origin(URL)),
+        BreakerState::Open { .. }
+    ));
+    let job = h.submit(download().mirror(MIRROR_URL).unwrap());
+    let out = h.run(job).expect("served by the mirror");
+    assert_eq!(out.final_url, MIRROR_URL);
+    assert_eq!(
+        requests_to(&h, "a.test"),
+        before,
+        "no request to the origin whose breaker is open"
+    );
+    assert!(h.retries(job).is_empty(), "no failed attempt was needed");
+}
+
+#[test]
+fn every_url_behind_an_open_breaker_longer_than_the_policy_allows_fails_with_circuit_open() {
+    let mut cfg = policy_config();
+    cfg.breaker.failure_threshold = 1;
+    cfg.breaker.cooldown = secs(600);
+    cfg.breaker.max_cooldown = secs(600);
+    cfg.retry.max_elapsed = secs(120);
+    cfg.retry.max_attempts = 1;
+    let mut h = Harness::new(cfg);
+    h.serve(ORIGIN, |_| Reply::new(with_length(500, &[], b"")));
+    let first = h.submit(download());
+    assert!(h.run(first).is_err());
+    let second = h.submit(Download::new("http://a.test/other", "/dl/other").unwrap());
+    match h.run(second) {
+        Err(DownloadError::CircuitOpen { origin, retry_in }) => {
+            assert_eq!(origin, "http://a.test:80");
+            assert!(retry_in > secs(500));
+        }
+        other => panic!("expected CircuitOpen, got {other:?}"),
+    }
+    assert_eq!(h.requests.len(), 1, "nothing was sent for the second job");
+}
+
+#[test]
+fn the_retry_budget_spaces_out_a_storm_of_retries() {
+    let mut cfg = policy_config();
+    cfg.retry.budget_per_minute = 2;
+    cfg.retry.max_attempts = 2;
+    cfg.breaker.failure_threshold = 100;
+    let mut h = Harness::new(cfg);
+    h.serve(ORIGIN, |_| Reply::new(with_length(503, &[], b"")));
+    let jobs: Vec<JobId> = (0..4)
+        .map(|i| {
+            h.submit(Download::new(&format!("http://a.test/{i}"), format!("/dl/{i}")).unwrap())
+        })
+        .collect();
+    for job in &jobs {
+        assert!(h.run(*job).is_err());
+    }
+    let mut delays: Vec<Duration> = jobs.iter().map(|j| h.retries(*j)[0].2).collect();
+    delays.sort();
+    // Two tokens at once, then one every 30 s.
+    assert!(delays[1] <= secs(1), "{delays:?}");
+    assert!(delays[2] >= secs(29), "{delays:?}");
+    assert!(delays[3] >= secs(59), "{delays:?}");
+}
+
+#[test]
+fn a_hash_mismatch_on_one_mirror_is_retried_on_another_from_zero() {
+    let good = pattern(30_000, 5);
+    let bad = pattern(30_000, 6);
+    let mut h = Harness::new(policy_config());
+    h.serve(ORIGIN, file_server(bad));
+    h.serve(MIRROR, file_server(good.clone()));
+    let job = h.submit(
+        download()
+            .mirror(MIRROR_URL)
+            .unwrap()
+            .sha256(&sha_hex(&good))
+            .unwrap(),
+    );
+    let out = h.run(job).expect("the mirror has the right bytes");
+    assert_eq!(out.final_url, MIRROR_URL);
+    assert_eq!(h.fs.get(dest()), Some(&good[..]));
+    let retries = h.retries(job);
+    assert_eq!(retries.len(), 1);
+    assert!(matches!(retries[0].3, DownloadError::HashMismatch { .. }));
+    assert_eq!(h.requests[1].header("range"), None, "from zero");
+}
+
+#[test]
+fn a_second_hash_mismatch_fails_the_job() {
+    let good = pattern(30_000, 7);
+    let mut h = Harness::new(policy_config());
+    h.serve(ORIGIN, file_server(pattern(30_000, 8)));
+    h.serve(MIRROR, file_server(pattern(30_000, 9)));
+    h.serve(THIRD, file_server(good.clone()));
+    let job = h.submit(
+        download()
+            .mirror(MIRROR_URL)
+            .unwrap()
+            .mirror(THIRD_URL)
+            .unwrap()
+            .sha256(&sha_hex(&good))
+            .unwrap(),
+    );
+    assert!(matches!(
+        h.run(job),
+        Err(DownloadError::HashMismatch { .. })
+    ));
+    assert_eq!(h.requests.len(), 2, "one retry after a failed verification");
+    assert!(!h.fs.exists(dest()));
+}
+
+#[test]
+fn a_faster_mirror_is_preferred_once_measured() {
+    let body = pattern(400_000, 10);
+    let mut cfg = policy_config();
+    cfg.seed = 11;
+    let mut h = Harness::new(cfg);
+    let b1 = body.clone();
+    h.serve(ORIGIN, move |r| {
+        file_server(b1.clone())(r)
+            .pieces(&[16_384])
+            .gap(Duration::from_millis(40))
+    });
+    let b2 = body.clone();
+    h.serve(MIRROR, move |r| {
+        file_server(b2.clone())(r).pieces(&[65_536])
+    });
+    // Measure both: one download from each.
+    let a = h.submit(Download::new("http://a.test/f0", "/dl/f0").unwrap());
+    h.run(a).unwrap();
+    let b = h.submit(Download::new("http://b.test/f0", "/dl/g0").unwrap());
+    h.run(b).unwrap();
+    let mut from_mirror = 0;
+    for i in 1..=10 {
+        let d = Download::new(&format!("http://a.test/f{i}"), format!("/dl/f{i}"))
+            .unwrap()
+            .mirror(&format!("http://b.test/f{i}"))
+            .unwrap();
+        let job = h.submit(d);
+        let out = h.run(job).unwrap();
+        if out.final_url.starts_with("http://b.test/") {
+            from_mirror += 1;
+        }
+    }
+    assert!(
+        from_mirror >= 8,
+        "the fast mirror served {from_mirror} of 10"
+    );
+}
+
+#[test]
+fn switching_mirrors_without_a_sha256_starts_over_and_with_one_resumes() {
+    for with_hash in [false, true] {
+        let body = pattern(200_000, 12);
+        let mut h = Harness::new(policy_config());
+        let b1 = body.clone();
+        // The primary resets the connection after 100,000 bytes of the body and then refuses.
+        h.serve(ORIGIN, move |r| {
+            let wire = serve_range(&b1, r);
+            let cut = head_len(&wire) + 100_000;
+            Reply::new(wire[..cut].to_vec()).then(After::Reset)
+        });
+        h.connect_plan(ORIGIN, |n| {
+            if n == 0 {
+                ConnectPlan::Accept
+            } else {
+                ConnectPlan::Fail(IoErrorKind::ConnectFailed)
+            }
+        });
+        h.serve(MIRROR, file_server(body.clone()));
+        let mut d = download().mirror(MIRROR_URL).unwrap();
+        if with_hash {
+            d = d.sha256(&sha_hex(&body)).unwrap();
+        }
+        let job = h.submit(d);
+        h.run(job).expect("the mirror completes it");
+        assert_eq!(h.fs.get(dest()), Some(&body[..]));
+        let to_mirror: Vec<&Req> = h
+            .requests
+            .iter()
+            .filter(|r| r.header("host") == Some("b.test"))
+            .collect();
+        assert_eq!(to_mirror.len(), 1);
+        let range = to_mirror[0].header("range").map(str::to_string);
+        if with_hash {
+            assert!(
+                range.as_deref().is_some_and(|r| r.starts_with("bytes=")),
+                "resumes with a Range: {range:?}"
+            );
+        } else {
+            assert_eq!(range, None, "starts over without a hash");
+        }
+    }
+}
+
+#[test]
+fn credentials_go_only_to_the_first_url() {
+    let body = pattern(1_000, 13);
+    let mut h = Harness::new(policy_config());
+    h.serve(ORIGIN, |_| Reply::new(with_length(503, &[], b"")));
+    h.serve(MIRROR, file_server(body));
+    let job = h.submit(
+        download()
+            .header("Authorization", "Bearer secret")
+            .mirror(MIRROR_URL)
+            .unwrap(),
+    );
+    h.run(job).unwrap();
+    assert_eq!(h.requests[0].header("authorization"), Some("Bearer secret"));
+    assert_eq!(h.requests[1].header("authorization"), None);
+}
+
+#[test]
+fn mirrors_are_deduplicated_and_must_be_http() {
+    let d = download()
+        .mirror(MIRROR_URL)
+        .unwrap()
+        .mirror(MIRROR_URL)
+        .unwrap()
+        .mirror(URL)
+        .unwrap();
+    assert_eq!(d.mirrors().len(), 1);
+    assert!(matches!(
+        download().mirror("ftp://x/y"),
+        Err(DownloadError::InvalidRequest(_))
+    ));
+}
