@@ -17,6 +17,10 @@ pub struct GetArgs {
     /// URLs to download (http or https).
     #[arg(value_name = "URL", required_unless_present = "input_file")]
     pub urls: Vec<String>,
+    /// Another URL serving the same bytes (repeatable; applies to a single URL). haul fails
+    /// over between them and prefers the one with the best observed throughput.
+    #[arg(long = "mirror", value_name = "URL")]
+    pub mirrors: Vec<String>,
     /// Read downloads from FILE in aria2's input-file format (URI lines, TAB-separated
     /// mirrors, indented out=, dir=, checksum=sha-256=HEX options); `-` reads stdin.
     #[arg(short = 'i', long = "input-file", value_name = "FILE")]
@@ -181,6 +185,14 @@ impl GetArgs {
         if self.output.is_some() && entries.len() > 1 {
             return Err("-o names one file; use -d DIR for several URLs".into());
         }
+        if !self.mirrors.is_empty() {
+            if entries.len() > 1 {
+                return Err(
+                    "--mirror applies to one URL; list mirrors TAB-separated in -i FILE".into(),
+                );
+            }
+            entries[0].uris.extend(self.mirrors.iter().cloned());
+        }
         if self.sha256.is_some() && entries.len() > 1 {
             return Err("--sha256 applies to one URL; use checksum= lines in -i FILE".into());
         }
@@ -209,6 +221,9 @@ impl GetArgs {
                 (None, None) => Download::into_dir(url, dir),
             };
             let mut d = d.map_err(|e| e.to_string())?;
+            for m in &entry.uris[1..] {
+                d = d.mirror(m).map_err(|e| format!("mirror: {e}"))?;
+            }
             if let Some(h) = entry.sha256.as_ref().or(self.sha256.as_ref()) {
                 d = d.sha256(h).map_err(|e| e.to_string())?;
             }

@@ -17,7 +17,7 @@
 /// One download of the list.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct Entry {
-    /// The URIs (the first one is fetched; others are mirrors).
+    /// The URIs: the first one, then mirrors of the same bytes.
     pub uris: Vec<String>,
     /// `out=`: the file name.
     pub out: Option<String>,

@@ -185,3 +185,81 @@ fn demo_downloads_and_verifies_every_asset() {
         assert!(dir.path().join(n).is_file(), "{n} missing");
     }
 }
+
+#[test]
+fn get_fails_over_to_a_mirror_when_the_primary_is_down() {
+    let body = data(150_000);
+    let origin = Origin::start().unwrap();
+    origin.route("/m/f.bin", body.clone(), Behavior::Normal);
+    let dead = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        l.local_addr().unwrap()
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let dest = dir.path().join("f.bin");
+    let out = haul()
+        .args(["get", &format!("http://{dead}/f.bin"), "-o"])
+        .arg(&dest)
+        .args(["--mirror", &origin.url("/m/f.bin"), "--json"])
+        .args(["--sha256", &hex::encode(Sha256::digest(&body))])
+        .output()
+        .unwrap();
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(std::fs::read(&dest).unwrap(), body);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        stdout.contains("\"event\":\"failover\""),
+        "a failover line in the JSON events: {stdout}"
+    );
+}
+
+#[test]
+fn mirror_with_several_urls_is_a_usage_error() {
+    let out = haul()
+        .args(["get", "http://a.test/x", "http://a.test/y"])
+        .args(["--mirror", "http://b.test/x"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("--mirror applies to one URL"));
+}
+
+#[test]
+fn input_file_tab_separated_mirrors_are_used() {
+    let body = data(50_000);
+    let origin = Origin::start().unwrap();
+    origin.route("/x.bin", body.clone(), Behavior::Normal);
+    let dead = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        l.local_addr().unwrap()
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let list = dir.path().join("list.txt");
+    std::fs::write(
+        &list,
+        format!(
+            "http://{dead}/x.bin\t{}\n  out=x.bin\n",
+            origin.url("/x.bin")
+        ),
+    )
+    .unwrap();
+    let out = haul()
+        .args(["get", "--quiet", "-i"])
+        .arg(&list)
+        .arg("-d")
+        .arg(dir.path())
+        .output()
+        .unwrap();
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(std::fs::read(dir.path().join("x.bin")).unwrap(), body);
+}

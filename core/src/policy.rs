@@ -288,10 +288,15 @@ impl MirrorStats {
         self.failures += 1;
     }
 
-    /// Higher is better. Unmeasured mirrors score as promising so they get tried.
+    /// Higher is better. Unmeasured mirrors score as promising so they get tried, unless
+    /// they have only ever failed: then any mirror that delivered ranks above them.
     pub fn score(&self) -> f64 {
         if self.samples == 0 {
-            return f64::MAX / 4.0 / (1.0 + self.failures as f64);
+            return if self.failures == 0 {
+                f64::MAX / 4.0
+            } else {
+                1.0 / (1.0 + self.failures as f64)
+            };
         }
         self.throughput / (1.0 + self.latency) / (1.0 + self.failures as f64)
     }
@@ -316,9 +321,13 @@ pub fn choose_mirror(candidates: &[(usize, MirrorStats)], rng: &mut SeededRng) -
         })
         .map(|(pos, _)| pos)
         .expect("non-empty");
-    if candidates.len() > 1 && rng.next_f64() < EXPLORE {
-        let other = (rng.next_u64() as usize) % (candidates.len() - 1);
-        let pos = if other >= best { other + 1 } else { other };
+    // Explore only mirrors that are not failing right now: one that failed last time is
+    // tried again on failover, not by chance.
+    let others: Vec<usize> = (0..candidates.len())
+        .filter(|pos| *pos != best && candidates[*pos].1.failures == 0)
+        .collect();
+    if !others.is_empty() && rng.next_f64() < EXPLORE {
+        let pos = others[(rng.next_u64() as usize) % others.len()];
         return Some(candidates[pos].0);
     }
     Some(candidates[best].0)
@@ -421,6 +430,24 @@ mod tests {
     }
 
     #[test]
+    fn a_failing_mirror_is_never_chosen_by_exploration() {
+        let good = MirrorStats {
+            throughput: 1e6,
+            latency: 0.1,
+            failures: 0,
+            samples: 2,
+        };
+        let failing = MirrorStats {
+            failures: 1,
+            ..MirrorStats::default()
+        };
+        let mut rng = SeededRng::new(3);
+        for _ in 0..1000 {
+            assert_eq!(choose_mirror(&[(0, failing), (1, good)], &mut rng), Some(1));
+        }
+    }
+
+    #[test]
     fn unmeasured_mirrors_are_tried_and_failures_lower_the_score() {
         let mut a = MirrorStats::default();
         let b = MirrorStats {
@@ -435,5 +462,7 @@ mod tests {
         let mut c = b;
         c.record_failure();
         assert!(c.score() < b.score());
+        // A mirror that only ever failed ranks below one that delivered.
+        assert!(a.score() < c.score());
     }
 }

@@ -83,11 +83,9 @@ pub fn sha256_mismatch_leaves_nothing_at_destination<R: Runtime>() {
         "left: {:?}",
         listing(dir.path())
     );
-    assert_eq!(
-        origin.requests_to("/f").len(),
-        1,
-        "a hash mismatch is not retried"
-    );
+    let requests = origin.requests_to("/f");
+    assert_eq!(requests.len(), 2, "a hash mismatch is retried once");
+    assert_eq!(requests[1].header("range"), None, "from zero");
 }
 
 pub fn wrong_expected_size_fails_before_commit<R: Runtime>() {
@@ -758,4 +756,177 @@ pub fn segmented_download_survives_a_segment_connection_dying<R: Runtime>() {
     R::with_config(cfg).download(d, &mut Vec::new()).unwrap();
     assert_eq!(std::fs::read(&dest).unwrap(), data);
     assert!(origin.requests_to("/big").len() > 4);
+}
+
+/// Breaker settings on a test's time scale: opens after 3 failures, cools down 400 ms
+/// (doubling after a failed probe).
+fn breaker_config() -> haul_core::Config {
+    let mut c = fast_config();
+    c.retry.max_attempts = 10;
+    c.breaker.failure_threshold = 3;
+    c.breaker.cooldown = Duration::from_millis(400);
+    c.breaker.max_cooldown = Duration::from_secs(2);
+    c
+}
+
+/// An address on 127.0.0.1 where nothing listens (connections are refused).
+fn dead_address() -> std::net::SocketAddr {
+    let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    l.local_addr().expect("addr")
+}
+
+pub fn failing_origin_opens_its_breaker_and_a_probe_closes_it_after_recovery<R: Runtime>() {
+    let data = body(30, 40_000);
+    let (origin, dir) = setup(
+        "/f",
+        &data,
+        Behavior::FailTimes {
+            times: 4,
+            status: 503,
+        },
+    );
+    origin.route("/g", data.clone(), Behavior::Normal);
+    let rt = R::with_config(breaker_config());
+    let mut ev = Vec::new();
+    let started = std::time::Instant::now();
+    let out = rt
+        .download(
+            Download::new(&origin.url("/f"), dir.path().join("f")).unwrap(),
+            &mut ev,
+        )
+        .unwrap();
+    let took = started.elapsed();
+    assert_eq!(std::fs::read(dir.path().join("f")).unwrap(), data);
+    // Three failures open the breaker; the probe after 400 ms fails (4th request) and
+    // reopens it for 800 ms; the next probe succeeds. Nothing is sent while it is open.
+    assert_eq!(origin.requests_to("/f").len(), 5);
+    assert_eq!(out.attempts, 5);
+    assert!(
+        took >= Duration::from_millis(1200),
+        "the breaker's cool-downs (400 ms + 800 ms) were not waited: {took:?}"
+    );
+    // Recovered: the next download goes straight through.
+    let mut ev2 = Vec::new();
+    let out2 = rt
+        .download(
+            Download::new(&origin.url("/g"), dir.path().join("g")).unwrap(),
+            &mut ev2,
+        )
+        .unwrap();
+    assert_eq!(out2.attempts, 1);
+    assert_eq!(origin.requests_to("/g").len(), 1);
+}
+
+pub fn backoff_delays_grow_exponentially_with_jitter<R: Runtime>() {
+    let data = body(32, 10_000);
+    let (origin, dir) = setup(
+        "/f",
+        &data,
+        Behavior::FailTimes {
+            times: 3,
+            status: 500,
+        },
+    );
+    let mut config = fast_config();
+    config.retry.base_delay = Duration::from_millis(40);
+    config.retry.max_delay = Duration::from_millis(1000);
+    let mut ev = Vec::new();
+    let started = std::time::Instant::now();
+    R::with_config(config)
+        .download(
+            Download::new(&origin.url("/f"), dir.path().join("f")).unwrap(),
+            &mut ev,
+        )
+        .unwrap();
+    let delays: Vec<Duration> = ev
+        .iter()
+        .filter_map(|e| match e {
+            Event::Retrying { delay, .. } => Some(*delay),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(delays.len(), 3);
+    // Equal jitter: attempt n waits between half and all of 40 ms * 2^(n-2).
+    for (i, d) in delays.iter().enumerate() {
+        let exp = Duration::from_millis(40 << i);
+        assert!(
+            *d >= exp / 2 && *d <= exp,
+            "retry {} waited {d:?}, outside [{:?}, {exp:?}]",
+            i + 1,
+            exp / 2
+        );
+    }
+    let waited: Duration = delays.iter().sum();
+    assert!(started.elapsed() >= waited, "the delays were really waited");
+}
+
+pub fn a_mirror_serves_while_the_primary_is_down<R: Runtime>() {
+    let data = body(33, 200_000);
+    let (mirror, dir) = setup("/pub/f.bin", &data, Behavior::Normal);
+    let primary = format!("http://{}/f.bin", dead_address());
+    let rt = R::with_config(fast_config());
+    let mut ev = Vec::new();
+    let dest = dir.path().join("f.bin");
+    let d = Download::new(&primary, &dest)
+        .unwrap()
+        .mirror(&mirror.url("/pub/f.bin"))
+        .unwrap()
+        .sha256(&sha256_hex(&data))
+        .unwrap();
+    let out = rt.download(d, &mut ev).unwrap();
+    assert_eq!(std::fs::read(&dest).unwrap(), data);
+    assert_eq!(out.final_url, mirror.url("/pub/f.bin"));
+    assert!(
+        ev.iter()
+            .any(|e| matches!(e, Event::Failover { to, .. } if *to == mirror.url("/pub/f.bin"))),
+        "a Failover event names the mirror"
+    );
+    let delays: Vec<Duration> = ev
+        .iter()
+        .filter_map(|e| match e {
+            Event::Retrying { delay, .. } => Some(*delay),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(delays, [Duration::ZERO], "failing over does not back off");
+    // The dead primary now ranks below the mirror that delivered: the next download with
+    // the same URLs goes to the mirror first and fails nothing.
+    let mut ev2 = Vec::new();
+    let dest2 = dir.path().join("again.bin");
+    let d2 = Download::new(&primary, &dest2)
+        .unwrap()
+        .mirror(&mirror.url("/pub/f.bin"))
+        .unwrap();
+    rt.download(d2, &mut ev2).unwrap();
+    assert_eq!(std::fs::read(&dest2).unwrap(), data);
+    assert!(
+        !ev2.iter().any(|e| matches!(e, Event::Retrying { .. })),
+        "{ev2:?}"
+    );
+}
+
+pub fn a_mirror_with_other_bytes_is_left_for_one_with_the_right_ones<R: Runtime>() {
+    let good = body(34, 120_000);
+    let (good_origin, dir) = setup("/f", &good, Behavior::Normal);
+    let stale = Origin::start().expect("origin starts");
+    stale.route("/f", body(35, 120_000), Behavior::Normal);
+    let dest = dir.path().join("f");
+    let d = Download::new(&stale.url("/f"), &dest)
+        .unwrap()
+        .mirror(&good_origin.url("/f"))
+        .unwrap()
+        .sha256(&sha256_hex(&good))
+        .unwrap();
+    let mut ev = Vec::new();
+    let out = R::with_config(fast_config()).download(d, &mut ev).unwrap();
+    assert_eq!(std::fs::read(&dest).unwrap(), good);
+    assert_eq!(out.final_url, good_origin.url("/f"));
+    assert!(ev.iter().any(|e| matches!(
+        e,
+        Event::Retrying {
+            error: DownloadError::HashMismatch { .. },
+            ..
+        }
+    )));
+    assert!(listing(dir.path()).iter().all(|n| n == "f"));
 }
