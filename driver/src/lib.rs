@@ -33,7 +33,7 @@ pub use transport::{Plain, TlsSetup, TlsSetupError, Transport};
 /// Size of one socket read.
 pub const READ_CHUNK: usize = 256 * 1024;
 /// Size of the slab reads are carved from (amortises allocation and zeroing).
-const SLAB: usize = 4 * 1024 * 1024;
+const SLAB: usize = 1024 * 1024;
 
 /// Receive buffers: each read fills the front of a large zeroed slab and is split off as
 /// [`Bytes`] that travel to the engine and on to the file write without another copy.
