@@ -44,6 +44,11 @@ pub struct GetArgs {
     /// Global rate limit in bytes/s (e.g. 20M).
     #[arg(long = "limit-rate", value_name = "RATE", value_parser = parse_size)]
     pub limit_rate: Option<u64>,
+    /// Global rate limit by local time of day: `HH:MM=RATE,...`, each entry in force until
+    /// the next (wrapping at midnight); RATE is a size per second or `unlimited`, e.g.
+    /// `08:00=2M,18:00=unlimited`. Replaces --limit-rate.
+    #[arg(long = "limit-schedule", value_name = "SPEC", value_parser = parse_schedule, conflicts_with = "limit_rate")]
+    pub limit_schedule: Option<haul_core::RateSchedule>,
     /// Scheduling class: critical, high, normal, low, background.
     #[arg(long, value_name = "CLASS", default_value = "normal", value_parser = parse_priority)]
     pub priority: Priority,
@@ -104,6 +109,30 @@ pub struct GetArgs {
     /// Print events as JSON lines on stdout.
     #[arg(long)]
     pub json: bool,
+}
+
+/// `HH:MM=RATE,...` (RATE: a size per second, or `unlimited`/`off`).
+fn parse_schedule(spec: &str) -> Result<haul_core::RateSchedule, String> {
+    let mut entries = Vec::new();
+    for part in spec.split(',').map(str::trim).filter(|p| !p.is_empty()) {
+        let (at, rate) = part
+            .split_once('=')
+            .ok_or_else(|| format!("{part:?}: expected HH:MM=RATE"))?;
+        let (h, m) = at
+            .trim()
+            .split_once(':')
+            .ok_or_else(|| format!("{at:?}: expected HH:MM"))?;
+        let (h, m) = match (h.trim().parse::<u32>(), m.trim().parse::<u32>()) {
+            (Ok(h), Ok(m)) if h < 24 && m < 60 => (h, m),
+            _ => return Err(format!("{at:?} is not a time of day (00:00 to 23:59)")),
+        };
+        let rate = match rate.trim() {
+            "unlimited" | "off" => None,
+            r => Some(parse_size(r)?),
+        };
+        entries.push((h * 3600 + m * 60, rate));
+    }
+    haul_core::RateSchedule::new(entries).map_err(|e| e.to_string())
 }
 
 fn parse_priority(s: &str) -> Result<Priority, String> {
@@ -255,6 +284,16 @@ pub fn run(args: GetArgs) -> i32 {
             return exit::USAGE;
         }
     };
+    // Read the local UTC offset while this process has one thread (the C library's local
+    // time is not safe to read once threads run).
+    let utc_offset = args.limit_schedule.as_ref().map(|_| {
+        time::UtcOffset::current_local_offset()
+            .map(|o| o.whole_seconds())
+            .unwrap_or_else(|_| {
+                eprintln!("haul get: local time zone unknown; --limit-schedule reads UTC");
+                0
+            })
+    });
     let client = match Client::new(config) {
         Ok(c) => c,
         Err(e) => {
@@ -262,6 +301,9 @@ pub fn run(args: GetArgs) -> i32 {
             return exit::USAGE;
         }
     };
+    if let (Some(rates), Some(offset)) = (args.limit_schedule.clone(), utc_offset) {
+        client.set_rate_schedule(rates, offset);
+    }
     let cancel = client.cancel_handle();
     let _ = ctrlc::set_handler(move || cancel.cancel());
     let mode = Mode::choose(args.json, args.quiet);
@@ -278,4 +320,28 @@ pub fn run(args: GetArgs) -> i32 {
         Ok(_) => exit::OK,
         Err(e) => exit::for_download(e),
     }))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn limit_schedule_parses_times_rates_and_unlimited() {
+        let s = parse_schedule("08:00=2M, 18:30=unlimited").unwrap();
+        assert_eq!(s.rate_at(9 * 3600), Some(2 * 1024 * 1024));
+        assert_eq!(s.rate_at(19 * 3600), None);
+        assert_eq!(s.rate_at(3600), None);
+        for bad in [
+            "",
+            "8=2M",
+            "25:00=1M",
+            "08:60=1M",
+            "08:00",
+            "08:00=fast",
+            "08:00=0",
+        ] {
+            assert!(parse_schedule(bad).is_err(), "{bad:?} accepted");
+        }
+    }
 }

@@ -226,9 +226,125 @@ pub fn steal_point(pos: u64, end: u64, min: u64) -> Option<u64> {
     }
 }
 
+/// Seconds in a day.
+const DAY: u32 = 24 * 60 * 60;
+
+/// A global rate limit that changes with the time of day: each entry applies from its start
+/// (seconds after midnight) until the next entry's start, wrapping around midnight. The
+/// engine knows no wall clock; a driver looks the rate up with [`RateSchedule::rate_at`] and
+/// applies it with [`crate::Engine::set_rate_limit`] when it changes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RateSchedule {
+    /// (start second of the day, bytes per second or None for unlimited), sorted by start.
+    entries: Vec<(u32, Option<u64>)>,
+}
+
+/// A schedule that cannot work.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ScheduleError {
+    /// No entries.
+    #[error("a rate schedule needs at least one entry")]
+    Empty,
+    /// A start time outside the day.
+    #[error("{0} seconds is not a time of day (0..86400)")]
+    OutOfDay(u32),
+    /// Two entries start at the same time.
+    #[error("two entries start at {:02}:{:02}", .0 / 3600, .0 / 60 % 60)]
+    Duplicate(u32),
+    /// A rate of zero (use None for unlimited).
+    #[error("a rate of 0 bytes/s would stop every download; use unlimited instead")]
+    ZeroRate,
+}
+
+impl RateSchedule {
+    /// A schedule from (start second of the day, rate) entries in any order.
+    pub fn new(mut entries: Vec<(u32, Option<u64>)>) -> Result<RateSchedule, ScheduleError> {
+        if entries.is_empty() {
+            return Err(ScheduleError::Empty);
+        }
+        entries.sort_by_key(|e| e.0);
+        for w in entries.windows(2) {
+            if w[0].0 == w[1].0 {
+                return Err(ScheduleError::Duplicate(w[0].0));
+            }
+        }
+        for (start, rate) in &entries {
+            if *start >= DAY {
+                return Err(ScheduleError::OutOfDay(*start));
+            }
+            if *rate == Some(0) {
+                return Err(ScheduleError::ZeroRate);
+            }
+        }
+        Ok(RateSchedule { entries })
+    }
+
+    /// The entry in force at `second` of the day (the last one starting at or before it,
+    /// else the last of the day before).
+    fn index_at(&self, second: u32) -> usize {
+        let second = second % DAY;
+        match self.entries.iter().rposition(|(start, _)| *start <= second) {
+            Some(i) => i,
+            None => self.entries.len() - 1,
+        }
+    }
+
+    /// The rate in force at `second` of the day (None: unlimited).
+    pub fn rate_at(&self, second: u32) -> Option<u64> {
+        self.entries[self.index_at(second)].1
+    }
+
+    /// Seconds from `second` of the day until the next entry starts (a full day when the
+    /// schedule has one entry).
+    pub fn until_next_change(&self, second: u32) -> u32 {
+        let second = second % DAY;
+        let next = self
+            .entries
+            .iter()
+            .map(|(start, _)| *start)
+            .find(|start| *start > second)
+            .unwrap_or(self.entries[0].0 + DAY);
+        next - second
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn rate_schedule_applies_each_entry_until_the_next_and_wraps_at_midnight() {
+        let s = RateSchedule::new(vec![(18 * 3600, None), (8 * 3600, Some(2_000_000))]).unwrap();
+        assert_eq!(s.rate_at(8 * 3600), Some(2_000_000));
+        assert_eq!(s.rate_at(12 * 3600), Some(2_000_000));
+        assert_eq!(s.rate_at(18 * 3600), None);
+        assert_eq!(
+            s.rate_at(3 * 3600),
+            None,
+            "before the first entry: the last one's"
+        );
+        assert_eq!(s.until_next_change(12 * 3600), 6 * 3600);
+        assert_eq!(s.until_next_change(20 * 3600), 12 * 3600, "wraps to 08:00");
+        let one = RateSchedule::new(vec![(0, Some(5))]).unwrap();
+        assert_eq!(one.until_next_change(100), DAY - 100);
+    }
+
+    #[test]
+    fn rate_schedules_that_cannot_work_are_rejected() {
+        assert_eq!(RateSchedule::new(vec![]), Err(ScheduleError::Empty));
+        assert_eq!(
+            RateSchedule::new(vec![(DAY, None)]),
+            Err(ScheduleError::OutOfDay(DAY))
+        );
+        assert_eq!(
+            RateSchedule::new(vec![(60, None), (60, Some(1))]),
+            Err(ScheduleError::Duplicate(60))
+        );
+        assert_eq!(
+            RateSchedule::new(vec![(0, Some(0))]),
+            Err(ScheduleError::ZeroRate)
+        );
+    }
 
     fn at(ms: u64) -> Instant {
         Instant::from_nanos(ms * 1_000_000)

@@ -12,7 +12,7 @@ use std::hash::{BuildHasher, Hasher};
 
 use haul_core::{
     CancelMode, Config, ConfigError, Download, Engine, Event, Input, IoId, IoRequest, IoResult,
-    JobId, Output,
+    JobId, Output, RateSchedule,
 };
 
 /// The engine plus its clock. Every runtime's driver loop is: [`Host::drain`], wait for a
@@ -21,6 +21,25 @@ use haul_core::{
 pub struct Host {
     engine: Engine,
     epoch: std::time::Instant,
+    schedule: Option<Schedule>,
+}
+
+/// A time-of-day rate schedule and the local clock it is read on.
+struct Schedule {
+    rates: RateSchedule,
+    /// Local time minus UTC, seconds.
+    utc_offset: i32,
+    /// When the schedule must be looked at again.
+    next_check: std::time::Instant,
+}
+
+/// Seconds since local midnight now.
+fn second_of_day(utc_offset: i32) -> u32 {
+    let unix = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs() as i64)
+        .unwrap_or(0);
+    (unix + utc_offset as i64).rem_euclid(86_400) as u32
 }
 
 impl Host {
@@ -31,7 +50,45 @@ impl Host {
         Ok(Host {
             engine,
             epoch: std::time::Instant::now(),
+            schedule: None,
         })
+    }
+
+    /// Limit the global rate by time of day: `rates` is read on the local clock
+    /// `utc_offset` seconds ahead of UTC, applied now and again whenever an entry starts.
+    /// Replaces the configured fixed limit.
+    pub fn set_rate_schedule(&mut self, rates: RateSchedule, utc_offset: i32) {
+        self.schedule = Some(Schedule {
+            rates,
+            utc_offset,
+            next_check: std::time::Instant::now(),
+        });
+        self.apply_schedule();
+    }
+
+    /// The global rate limit in force (None: unlimited).
+    pub fn rate_limit(&self) -> Option<u64> {
+        self.engine.rate_limit()
+    }
+
+    fn apply_schedule(&mut self) {
+        let Some(s) = self.schedule.as_mut() else {
+            return;
+        };
+        let wall = std::time::Instant::now();
+        if wall < s.next_check {
+            return;
+        }
+        let second = second_of_day(s.utc_offset);
+        let rate = s.rates.rate_at(second);
+        // Look again just after the next entry starts.
+        let wait = s.rates.until_next_change(second) as u64;
+        s.next_check = wall + std::time::Duration::from_millis(wait * 1000 + 50);
+        if self.engine.rate_limit() != rate {
+            tracing::info!(?rate, "rate schedule: new global limit");
+            let now = self.now();
+            self.engine.set_rate_limit(now, rate);
+        }
     }
 
     /// The engine's configuration.
@@ -46,12 +103,14 @@ impl Host {
 
     /// Queue several jobs together (priorities order them; `after_index` refers within).
     pub fn submit_batch(&mut self, downloads: Vec<Download>) -> Vec<JobId> {
+        self.apply_schedule();
         let now = self.now();
         self.engine.submit_batch(now, downloads)
     }
 
     /// Start a job.
     pub fn submit(&mut self, download: Download) -> JobId {
+        self.apply_schedule();
         let now = self.now();
         self.engine.submit(now, download)
     }
@@ -81,6 +140,7 @@ impl Host {
     /// Let the engine check its deadlines (after a batch of completions, or when
     /// [`Host::deadline`] passed).
     pub fn tick(&mut self) {
+        self.apply_schedule();
         let now = self.now();
         self.engine.handle_input(now, Input::Tick);
     }
@@ -88,9 +148,21 @@ impl Host {
     /// The wall-clock instant at which the engine wants a [`Host::tick`] even if no I/O
     /// completes; `None` when only I/O can wake it.
     pub fn deadline(&self) -> Option<std::time::Instant> {
-        self.engine
+        let engine = self
+            .engine
             .poll_timeout()
-            .map(|at| self.epoch + at.since_epoch())
+            .map(|at| self.epoch + at.since_epoch());
+        // A schedule wakes the driver when its next entry starts, but only while there is
+        // work: an idle client need not wake up for it.
+        let schedule = self
+            .schedule
+            .as_ref()
+            .filter(|_| !self.engine.is_idle())
+            .map(|s| s.next_check);
+        match (engine, schedule) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        }
     }
 }
 
@@ -110,6 +182,24 @@ fn os_seed() -> u64 {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_rate_schedule_sets_the_limit_of_the_current_time_of_day() {
+        let mut host = Host::new(Config::default()).unwrap();
+        assert_eq!(host.rate_limit(), None);
+        let second = second_of_day(0);
+        // One entry that started a minute ago (limited), one an hour from now (unlimited).
+        let before = (second + 86_400 - 60) % 86_400;
+        let later = (second + 3_600) % 86_400;
+        let rates = RateSchedule::new(vec![(before, Some(1_000_000)), (later, None)]).unwrap();
+        host.set_rate_schedule(rates, 0);
+        assert_eq!(host.rate_limit(), Some(1_000_000));
+        // The same schedule read on a clock three hours ahead is past the second entry.
+        let mut ahead = Host::new(Config::default()).unwrap();
+        let rates = RateSchedule::new(vec![(before, Some(1_000_000)), (later, None)]).unwrap();
+        ahead.set_rate_schedule(rates, 3 * 3_600);
+        assert_eq!(ahead.rate_limit(), None);
+    }
 
     #[test]
     fn submitting_a_download_asks_for_io_and_reports_start() {

@@ -183,6 +183,13 @@ impl Client {
         })
     }
 
+    /// Limit the global rate by time of day, read on a local clock `utc_offset` seconds
+    /// ahead of UTC (see [`haul_core::RateSchedule`]); replaces the configured fixed limit.
+    pub fn set_rate_schedule(&self, rates: haul_core::RateSchedule, utc_offset: i32) {
+        let mut driver = self.driver.lock().unwrap_or_else(|e| e.into_inner());
+        driver.host.set_rate_schedule(rates, utc_offset);
+    }
+
     /// A handle that cancels the running call from another thread (e.g. on Ctrl-C).
     pub fn cancel_handle(&self) -> CancelHandle {
         self.cancel.clone()

@@ -530,6 +530,11 @@ impl Engine {
         }
     }
 
+    /// The global rate limit in force (None: unlimited).
+    pub fn rate_limit(&self) -> Option<u64> {
+        self.global_bucket.as_ref().map(TokenBucket::rate)
+    }
+
     /// Change the global rate limit (None: unlimited). A driver applies a time-of-day
     /// schedule by calling this when the schedule says so.
     pub fn set_rate_limit(&mut self, now: Instant, rate: Option<u64>) {
