@@ -8,9 +8,11 @@
 //!   connections, the engine's call contract, crashes and restarts, the safety and
 //!   liveness phases, and the invariants;
 //! - [`origin`]: virtual HTTP/1.1 origins (representations, `ETag`/`Last-Modified`,
-//!   `Range`/`If-Range`, redirects, response faults, garbage);
+//!   `Range`/`If-Range`, redirects, mirrors, response faults, garbage);
+//! - [`resilience`]: checkers for the engine's circuit breakers, backoff, failover and
+//!   retry budget, fed by what the world observes;
 //! - [`disk`]: a virtual disk with volatile and durable images and directory-sync semantics;
-//! - [`swarm`]: many seeds in parallel, fault coverage, shrinking;
+//! - [`swarm`]: many seeds in parallel, fault and feature coverage, shrinking;
 //! - [`seed`], [`trace`]: sub-seeds and the replayable trace.
 //!
 //! What it does not own: the engine (haul-core, used unchanged through its public API) and
@@ -22,12 +24,13 @@
 
 pub mod disk;
 pub mod origin;
+pub mod resilience;
 pub mod scenario;
 pub mod seed;
 pub mod swarm;
 pub mod trace;
 pub mod world;
 
-pub use scenario::{Fault, FaultKind, PlantedBug, Scenario};
+pub use scenario::{Fault, FaultKind, MirrorPlan, PlantedBug, Scenario};
 pub use swarm::{run_swarm, shrink, SwarmReport};
-pub use world::{run_scenario, Invariant, KnownIssue, RunOptions, RunReport, Violation};
+pub use world::{run_scenario, Feature, Invariant, KnownIssue, RunOptions, RunReport, Violation};

@@ -5,14 +5,15 @@
 //! haul-sim --seeds COUNT [--from S] [--jobs J] [--plant-bug NAME] [--strict]
 //! haul-sim --shrink N [--plant-bug NAME]
 //! ```
-//! Exit status: 0 clean, 1 an invariant broke (or replays differ, or a fault kind never fired
-//! in a swarm of at least 1000 seeds), 2 usage error. Violations recognised as known engine
-//! bugs (FINDINGS.md) are listed but fail the run only with `--strict`.
+//! Exit status: 0 clean, 1 an invariant broke (or replays differ, or, in a swarm of at least
+//! 1000 seeds, a fault kind never fired or a required resilience feature never happened),
+//! 2 usage error. Violations recognised as known engine bugs (FINDINGS.md) are listed but
+//! fail the run only with `--strict`.
 
 use std::process::ExitCode;
 use std::time::Instant as WallClock;
 
-use haul_sim::{run_scenario, run_swarm, shrink, PlantedBug, RunOptions, Scenario};
+use haul_sim::{run_scenario, run_swarm, shrink, Feature, PlantedBug, RunOptions, Scenario};
 
 const USAGE: &str = "usage:
   haul-sim --seed N [--plant-bug NAME] [--quiet] [--strict]
@@ -177,6 +178,11 @@ fn swarm(count: u64, from: u64, jobs: usize, bug: Option<PlantedBug>, strict: bo
         .map(|(k, n)| format!("{}={n}", k.name()))
         .collect();
     println!("faults fired: {}", fired.join(" "));
+    let features: Vec<String> = Feature::ALL
+        .iter()
+        .map(|f| format!("{}={}", f.name(), r.features.get(f).copied().unwrap_or(0)))
+        .collect();
+    println!("features: {}", features.join(" "));
     let mut ok = r.failures.is_empty();
     for (issue, seeds) in &r.known {
         let shown: Vec<String> = seeds.iter().take(8).map(u64::to_string).collect();
@@ -188,6 +194,14 @@ fn swarm(count: u64, from: u64, jobs: usize, bug: Option<PlantedBug>, strict: bo
             if strict { " [counted: --strict]" } else { "" }
         );
         ok &= !strict;
+    }
+    let missing = r.missing_features();
+    if !missing.is_empty() {
+        let names: Vec<&str> = missing.iter().map(|f| f.name()).collect();
+        println!("features that never happened: {}", names.join(" "));
+        if count >= 1000 {
+            ok = false;
+        }
     }
     let missing = r.missing_kinds();
     if !missing.is_empty() {

@@ -2,12 +2,17 @@
 //! answer requests with `ETag`/`Last-Modified`, `Range`/`If-Range`, redirects and the
 //! response faults of the plan.
 //!
-//! Each download of the workload has one resource `/f/d{i}` on its home origin (and a
-//! redirect `/r/d{i}` on another origin when the plan says so). Representation 0 is
-//! canonical (its SHA-256 is what checked downloads carry); an `EtagChange` fault publishes
-//! a new representation for a few requests. The origin records which representations it
-//! ever sent a success head for: the checker accepts an unchecked committed file only if
-//! it equals one of them.
+//! Each download of the workload has one resource `/f/d{i}` on its home origin, on each of
+//! its mirrors' origins (a [`Host`] each), and a redirect `/r/d{i}` on another origin when
+//! the plan says so. Representation 0 is canonical (its SHA-256 is what checked downloads
+//! carry). The representations of a resource form one list shared by all its hosts: a
+//! mirror serves representation 0 itself (same bytes and validator), a twin of it (same
+//! bytes, its own validator) or a stale one (other bytes); an `EtagChange` fault publishes
+//! a new representation on the origin it fires on, for a few requests there. Every entry
+//! has its own validator unless it is a deliberate lie (a stale mirror that claims the
+//! canonical validator). The resource records which representations any host ever sent a
+//! success head for: the checker accepts an unchecked committed file only if it equals one
+//! of them whole, so a splice of two hosts' representations is caught like any other.
 //!
 //! This module builds response bytes and says how they end; it does not deliver them
 //! (the world cuts them into timed pieces) and it does not decide which fault fires when.
@@ -18,7 +23,8 @@ use std::time::{Duration, SystemTime};
 use bytes::Bytes;
 
 use crate::scenario::{
-    BodyFraming, Check, DownloadPlan, FaultKind, PlantedBug, ResponseFault, ValidatorKind,
+    BodyFraming, Check, DownloadPlan, FaultKind, MirrorPlan, PlantedBug, ResponseFault,
+    ValidatorKind,
 };
 use crate::seed::SimRng;
 
@@ -31,6 +37,21 @@ pub struct Representation {
     pub etag: String,
     /// Its modification time, in seconds since the Unix epoch.
     pub modified: u64,
+    /// Who serves it and why, for messages ("home", "mirror o2", "change on o1"...).
+    pub note: String,
+}
+
+/// One origin that serves a resource at `/f/{name}`, with its own temporary changes.
+#[derive(Debug, Clone)]
+pub struct Host {
+    /// The origin.
+    pub origin: u8,
+    /// The representation it serves when no change is in effect.
+    pub base: usize,
+    /// The representation served now.
+    current: usize,
+    /// Requests left before a temporary representation reverts to `base`.
+    change_left: u8,
 }
 
 /// A resource and its representations.
@@ -48,14 +69,69 @@ pub struct Resource {
     pub validator: ValidatorKind,
     /// Its body framing.
     pub framing: BodyFraming,
-    /// Representation 0 is canonical.
+    /// Representation 0 is canonical; the list is shared by every host.
     pub versions: Vec<Representation>,
-    /// The representation served now.
-    current: usize,
-    /// Requests left before a temporary representation reverts to the canonical one.
-    change_left: u8,
-    /// Representations a success head was sent for.
+    /// The home origin first, then the mirrors in plan order.
+    pub hosts: Vec<Host>,
+    /// Representations a success head was sent for, by any host.
     pub served: BTreeSet<usize>,
+}
+
+impl Host {
+    fn new(origin: u8, base: usize) -> Host {
+        Host {
+            origin,
+            base,
+            current: base,
+            change_left: 0,
+        }
+    }
+}
+
+impl Resource {
+    /// Append a representation with a validator of its own (an entity tag `"{tag}{k}-{name}"`
+    /// and a modification time no other entry has); returns its index `k`.
+    fn push_version(&mut self, body: Bytes, tag: &str, note: String) -> usize {
+        let k = self.versions.len();
+        let rep = Representation {
+            body,
+            etag: format!("\"{tag}{k}-{}\"", self.name),
+            modified: self.versions[0].modified + 100 * k as u64,
+            note,
+        };
+        self.versions.push(rep);
+        k
+    }
+
+    /// The representation a mirror serves when no change is in effect.
+    fn mirror_representation(&mut self, m: &MirrorPlan, rng: &mut SimRng) -> usize {
+        let origin = m.origin;
+        if !m.stale {
+            if m.same_validator {
+                return 0;
+            }
+            // The same bytes under a validator of the mirror's own.
+            let body = self.versions[0].body.clone();
+            return self.push_version(body, "m", format!("twin on mirror o{origin}"));
+        }
+        let canonical_len = self.versions[0].body.len() as u64;
+        let len = if rng.chance(0.5) {
+            canonical_len
+        } else {
+            rng.range(canonical_len / 2, canonical_len * 3 / 2 + 1)
+        };
+        let body = content(rng.next_u64(), len as usize);
+        let k = self.push_version(body, "s", format!("stale on mirror o{origin}"));
+        if m.same_validator {
+            // A lying mirror: other bytes under the canonical validator.
+            let (etag, modified) = (self.versions[0].etag.clone(), self.versions[0].modified);
+            let rep = &mut self.versions[k];
+            rep.etag = etag;
+            rep.modified = modified;
+            rep.note = format!("stale on mirror o{origin}, canonical validator");
+        }
+        k
+    }
 }
 
 /// How a response's bytes end.
@@ -214,8 +290,9 @@ impl Origins {
                     body: content(rng.next_u64(), d.size as usize),
                     etag: format!("\"c-d{i}\""),
                     modified: EPOCH_SECS - 1_000_000 + i as u64,
+                    note: "canonical".into(),
                 };
-                Resource {
+                let mut r = Resource {
                     name: format!("d{i}"),
                     home: d.origin,
                     redirect_via: d.redirect_via,
@@ -223,10 +300,14 @@ impl Origins {
                     validator: d.validator,
                     framing: d.framing,
                     versions: vec![canonical],
-                    current: 0,
-                    change_left: 0,
+                    hosts: vec![Host::new(d.origin, 0)],
                     served: BTreeSet::new(),
+                };
+                for m in &d.mirrors {
+                    let base = r.mirror_representation(m, &mut rng);
+                    r.hosts.push(Host::new(m.origin, base));
                 }
+                r
             })
             .collect();
         Origins {
@@ -238,6 +319,15 @@ impl Origins {
 
     fn find(&self, name: &str) -> Option<usize> {
         self.resources.iter().position(|r| r.name == name)
+    }
+
+    /// The host of `res` on `origin`, or its home host for origins that only redirect.
+    fn host_on(&self, res: usize, origin: u8) -> usize {
+        self.resources[res]
+            .hosts
+            .iter()
+            .position(|h| h.origin == origin)
+            .unwrap_or(0)
     }
 
     /// Answer `req` received by origin `origin` at simulated `now`, applying `fault` (from
@@ -269,7 +359,7 @@ impl Origins {
         let resource = match kind {
             "f" => self
                 .find(name)
-                .filter(|&i| self.resources[i].home == origin),
+                .filter(|&i| self.resources[i].hosts.iter().any(|h| h.origin == origin)),
             "r" => self
                 .find(name)
                 .filter(|&i| self.resources[i].redirect_via == Some(origin)),
@@ -283,6 +373,7 @@ impl Origins {
             let wire = simple(404, &date, &[], b"not found\n");
             return reply(wire, End::KeepOpen, None, format!("404 for {path}"));
         };
+        let host = self.host_on(res, origin);
 
         // Faults that replace the response.
         let mut out = match (kind, fault) {
@@ -338,7 +429,7 @@ impl Origins {
             }
             (_, Some(ResponseFault::Garbage { seed })) => {
                 fired = Some(FaultKind::Garbage);
-                let valid = self.success(res, req, now, &date);
+                let valid = self.success(res, host, req, now, &date);
                 if matches!(valid.status, 200 | 206 | 416) {
                     // Some garbage replays the valid response after 1xx heads.
                     self.resources[res].served.insert(valid.version);
@@ -351,10 +442,10 @@ impl Origins {
             }
             _ => {
                 if let Some(ResponseFault::EtagChange { lasting }) = fault {
-                    self.publish_change(res, lasting);
+                    self.publish_change(res, host, lasting);
                     fired = Some(FaultKind::EtagChange);
                 }
-                let mut s = self.success(res, req, now, &date);
+                let mut s = self.success(res, host, req, now, &date);
                 let r = &self.resources[res];
                 let framing = r.framing;
                 // Faults that bend a success response.
@@ -447,8 +538,9 @@ impl Origins {
         out
     }
 
-    /// A new representation of `res` for this and the next `lasting - 1` requests.
-    fn publish_change(&mut self, res: usize, lasting: u8) {
+    /// A new representation of `res` on its host `host` for this and the next `lasting - 1`
+    /// requests there.
+    fn publish_change(&mut self, res: usize, host: usize, lasting: u8) {
         let r = &self.resources[res];
         let canonical_len = r.versions[0].body.len();
         let len = if self.rng.chance(0.5) {
@@ -458,27 +550,25 @@ impl Origins {
                 .range(canonical_len as u64 / 2, canonical_len as u64 * 3 / 2 + 1)
                 as usize
         };
-        let k = r.versions.len();
-        let rep = Representation {
-            body: content(self.rng.next_u64(), len),
-            etag: format!("\"a{k}-{}\"", r.name),
-            modified: r.versions[0].modified + 100 * k as u64,
-        };
+        let origin = r.hosts[host].origin;
+        let body = content(self.rng.next_u64(), len);
         let r = &mut self.resources[res];
-        r.versions.push(rep);
-        r.current = k;
-        r.change_left = lasting.max(1);
+        let k = r.push_version(body, "a", format!("change on o{origin}"));
+        let h = &mut r.hosts[host];
+        h.current = k;
+        h.change_left = lasting.max(1);
     }
 
-    /// The representation to serve for this request (reverting temporary changes).
-    fn take_current(&mut self, res: usize) -> usize {
-        let r = &mut self.resources[res];
-        if r.change_left == 0 {
-            r.current = 0;
+    /// The representation host `host` serves for this request (reverting temporary
+    /// changes).
+    fn take_current(&mut self, res: usize, host: usize) -> usize {
+        let h = &mut self.resources[res].hosts[host];
+        if h.change_left == 0 {
+            h.current = h.base;
         } else {
-            r.change_left -= 1;
+            h.change_left -= 1;
         }
-        r.current
+        h.current
     }
 
     fn validator_headers(&self, res: usize, version: usize, date: &str) -> Vec<(String, String)> {
@@ -519,8 +609,15 @@ impl Origins {
 
     /// What a correct server sends: 200, 206 for a satisfiable range whose `If-Range`
     /// matches, or 416.
-    fn success(&mut self, res: usize, req: &Request, _now: Duration, date: &str) -> Success {
-        let version = self.take_current(res);
+    fn success(
+        &mut self,
+        res: usize,
+        host: usize,
+        req: &Request,
+        _now: Duration,
+        date: &str,
+    ) -> Success {
+        let version = self.take_current(res, host);
         let len = self.resources[res].versions[version].body.len() as u64;
         let if_range_ok = match &req.if_range {
             None => true,
@@ -861,6 +958,7 @@ mod tests {
             redirect_via: None,
             dead_host: false,
             segments: 1,
+            mirrors: Vec::new(),
         }
     }
 
@@ -909,6 +1007,74 @@ mod tests {
         o.respond(0, &req("/f/d0", None, None), None, Duration::ZERO);
         o.respond(0, &req("/f/d0", None, None), None, Duration::ZERO);
         assert_eq!(o.resources[0].served, BTreeSet::from([0, 1]));
+    }
+
+    fn etag_of(wire: &[u8]) -> String {
+        let text = String::from_utf8_lossy(wire);
+        let line = text
+            .lines()
+            .find(|l| l.starts_with("ETag: "))
+            .expect("an ETag header");
+        line["ETag: ".len()..].to_string()
+    }
+
+    fn body_of(wire: &[u8]) -> &[u8] {
+        let at = wire.windows(4).position(|w| w == b"\r\n\r\n").unwrap() + 4;
+        &wire[at..]
+    }
+
+    #[test]
+    fn mirrors_serve_the_same_bytes_a_twin_or_a_stale_representation() {
+        let mirror = |origin, same_validator, stale| MirrorPlan {
+            origin,
+            same_validator,
+            stale,
+        };
+        let mut p = plan(ValidatorKind::Etag, BodyFraming::Length);
+        p.check = Check::Sha256;
+        p.mirrors = vec![
+            mirror(1, true, false),
+            mirror(2, false, false),
+            mirror(3, true, true),
+        ];
+        let mut o = Origins::new(5, &[p], None);
+        let get = |o: &mut Origins, origin: u8, fault| {
+            let mut r = req("/f/d0", None, None);
+            r.host = Some(format!("o{origin}.sim"));
+            o.respond(origin, &r, fault, Duration::ZERO)
+        };
+        let home = get(&mut o, 0, None);
+        let same = get(&mut o, 1, None);
+        let twin = get(&mut o, 2, None);
+        let stale = get(&mut o, 3, None);
+        assert_eq!(body_of(&same.wire), body_of(&home.wire));
+        assert_eq!(etag_of(&same.wire), etag_of(&home.wire));
+        assert_eq!(body_of(&twin.wire), body_of(&home.wire));
+        assert_ne!(etag_of(&twin.wire), etag_of(&home.wire));
+        assert_ne!(body_of(&stale.wire), body_of(&home.wire));
+        assert_eq!(etag_of(&stale.wire), etag_of(&home.wire), "a lying mirror");
+        assert_eq!(status_of(&get(&mut o, 4, None).wire), 404, "not a host");
+        // A change on one mirror stays there and gets a validator nobody else has.
+        let change = Some(ResponseFault::EtagChange { lasting: 1 });
+        let changed = get(&mut o, 2, change);
+        assert_eq!(status_of(&get(&mut o, 1, None).wire), 200);
+        assert_eq!(etag_of(&get(&mut o, 1, None).wire), etag_of(&home.wire));
+        let etags: BTreeSet<&str> = o.resources[0]
+            .versions
+            .iter()
+            .map(|v| v.etag.as_str())
+            .collect();
+        assert_eq!(
+            etags.len(),
+            o.resources[0].versions.len() - 1,
+            "only the liar repeats"
+        );
+        assert_ne!(body_of(&changed.wire), body_of(&home.wire));
+        assert_eq!(
+            etag_of(&get(&mut o, 2, None).wire),
+            etag_of(&twin.wire),
+            "reverted"
+        );
     }
 
     #[test]

@@ -48,6 +48,20 @@ pub enum BodyFraming {
     CloseDelimited,
 }
 
+/// A mirror of a download: another origin that serves the resource at `/f/d{i}`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct MirrorPlan {
+    /// The origin (never the resource's home origin, nor another mirror's).
+    pub origin: u8,
+    /// The mirror sends the same validator (`ETag` or `Last-Modified`) as the home origin
+    /// for the representation it serves; otherwise one of its own.
+    pub same_validator: bool,
+    /// The mirror serves another (stale) representation: other bytes. Only for downloads
+    /// with the expected sha256, which is the only way to tell. A stale mirror with
+    /// `same_validator` lies: its validator says the bytes are the canonical ones.
+    pub stale: bool,
+}
+
 /// One download of the workload and the resource behind it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct DownloadPlan {
@@ -69,12 +83,17 @@ pub struct DownloadPlan {
     pub dead_host: bool,
     /// Connections the download may use at once (segmented download when > 1).
     pub segments: u8,
+    /// Mirrors, given to the engine with `Download::mirror` in this order.
+    pub mirrors: Vec<MirrorPlan>,
 }
 
 impl DownloadPlan {
-    /// Whether the download can and must finish once faults are healed.
+    /// Whether the download can and must finish once faults are healed: its bytes exist
+    /// and at least one of its URLs serves them (a live primary, or a mirror that is not
+    /// stale).
     pub fn is_live(&self) -> bool {
-        !self.dead_host && self.check != Check::WrongSha256
+        self.check != Check::WrongSha256
+            && (!self.dead_host || self.mirrors.iter().any(|m| !m.stale))
     }
 
     /// Whether the engine can tell wrong bytes from right ones (it has a hash).
@@ -319,9 +338,16 @@ pub struct Scenario {
     pub max_active_jobs: u8,
     /// The engine's global rate limit in bytes per second, if any.
     pub rate_limit: Option<u32>,
+    /// The engine's retry budget (retries per minute). Generated scenarios use
+    /// [`RETRY_BUDGET_PER_MINUTE`]; hand-made ones may squeeze it.
+    pub retry_budget_per_minute: u32,
     /// A planted world bug, if any.
     pub bug: Option<PlantedBug>,
 }
+
+/// The retry budget of generated scenarios: with at most four downloads it never runs dry,
+/// so the budget's waits are exercised by hand-made scenarios.
+pub const RETRY_BUDGET_PER_MINUTE: u32 = 600;
 
 /// Largest body a generated download has.
 pub const MAX_BODY: u64 = 300 * 1024;
@@ -330,7 +356,7 @@ impl Scenario {
     /// The scenario of `seed`: workload and fault plan drawn from the seed's workload stream.
     pub fn generate(seed: u64) -> Scenario {
         let mut r = SimRng::new(sub_seed(seed, Stream::Workload));
-        let origins = r.range(1, 3) as u8;
+        let origins = r.range(1, 4) as u8;
         let count = r.range(1, 4) as usize;
         let downloads = (0..count).map(|_| gen_download(&mut r, origins)).collect();
         // Swarm testing: each seed enables its own subset of fault kinds.
@@ -357,6 +383,7 @@ impl Scenario {
             rate_limit: r
                 .chance(0.15)
                 .then(|| r.range(64 * 1024, 1024 * 1024) as u32),
+            retry_budget_per_minute: RETRY_BUDGET_PER_MINUTE,
             bug: None,
         }
     }
@@ -388,6 +415,13 @@ impl Scenario {
             for i in 0..self.downloads.len() {
                 let mut s = self.clone();
                 s.downloads.remove(i);
+                out.push(s);
+            }
+        }
+        for i in 0..self.downloads.len() {
+            for m in 0..self.downloads[i].mirrors.len() {
+                let mut s = self.clone();
+                s.downloads[i].mirrors.remove(m);
                 out.push(s);
             }
         }
@@ -448,20 +482,42 @@ fn gen_download(r: &mut SimRng, origins: u8) -> DownloadPlan {
     } else {
         r.log_range(1, MAX_BODY) as u32
     };
+    let origin = r.below(u64::from(origins)) as u8;
+    let size_hint = r.chance(0.2);
+    let redirect_via = r.chance(0.2).then(|| r.below(u64::from(origins)) as u8);
+    let dead_host = r.chance(0.05);
+    let segments = if r.chance(0.3) {
+        r.range(2, 4) as u8
+    } else {
+        1
+    };
+    // Mirrors live on other origins, so they need at least two.
+    let mut mirrors: Vec<MirrorPlan> = Vec::new();
+    if origins >= 2 && r.chance(0.35) {
+        let others: Vec<u8> = (0..origins).filter(|&o| o != origin).collect();
+        let count = r.range(1, 2.min(others.len() as u64)) as usize;
+        let mut pool = others;
+        for _ in 0..count {
+            let at = r.below(pool.len() as u64) as usize;
+            let o = pool.remove(at);
+            mirrors.push(MirrorPlan {
+                origin: o,
+                same_validator: r.chance(0.5),
+                stale: check == Check::Sha256 && r.chance(0.25),
+            });
+        }
+    }
     DownloadPlan {
-        origin: r.below(u64::from(origins)) as u8,
+        origin,
         size,
         check,
-        size_hint: r.chance(0.2),
+        size_hint,
         validator,
         framing,
-        redirect_via: r.chance(0.2).then(|| r.below(u64::from(origins)) as u8),
-        dead_host: r.chance(0.03),
-        segments: if r.chance(0.3) {
-            r.range(2, 4) as u8
-        } else {
-            1
-        },
+        redirect_via,
+        dead_host,
+        segments,
+        mirrors,
     }
 }
 
@@ -558,13 +614,14 @@ impl fmt::Display for Scenario {
         writeln!(
             f,
             "scenario seed={} origins={} heal_at={}ms checkpoint_bytes={} max_active_jobs={} \
-             rate_limit={:?} bug={}",
+             rate_limit={:?} retry_budget={}/min bug={}",
             self.seed,
             self.origins,
             self.heal_at_ms,
             self.checkpoint_bytes,
             self.max_active_jobs,
             self.rate_limit,
+            self.retry_budget_per_minute,
             self.bug.map_or("none", PlantedBug::name)
         )?;
         for (i, d) in self.downloads.iter().enumerate() {
@@ -598,7 +655,32 @@ mod tests {
                 if d.framing == BodyFraming::CloseDelimited {
                     assert!(d.is_verifiable(), "close-delimited only with a hash");
                 }
+                assert!(d.mirrors.len() <= 2);
+                for (k, m) in d.mirrors.iter().enumerate() {
+                    assert!(m.origin < s.origins && m.origin != d.origin);
+                    assert!(d.mirrors[..k].iter().all(|x| x.origin != m.origin));
+                    if m.stale {
+                        assert_eq!(d.check, Check::Sha256, "stale mirrors only with the hash");
+                    }
+                }
             }
+        }
+    }
+
+    #[test]
+    fn mirrors_of_every_flavour_are_generated() {
+        let mirrors: Vec<MirrorPlan> = (0..2000)
+            .flat_map(|seed| Scenario::generate(seed).downloads)
+            .flat_map(|d| d.mirrors)
+            .collect();
+        for (same_validator, stale) in [(false, false), (true, false), (false, true), (true, true)]
+        {
+            assert!(
+                mirrors
+                    .iter()
+                    .any(|m| m.same_validator == same_validator && m.stale == stale),
+                "no mirror with same_validator={same_validator} stale={stale}"
+            );
         }
     }
 

@@ -1,5 +1,5 @@
-//! Swarms: many seeds run in parallel, with the failures, fault coverage, simulated time
-//! and speed summed up; and shrinking of a failing scenario to the smallest that still fails.
+//! Swarms: many seeds run in parallel, with the failures, fault and feature coverage,
+//! simulated time and speed summed up; and shrinking of a failing scenario to the smallest that still fails.
 //!
 //! Owns only orchestration; a single run is [`crate::world::run_scenario`].
 
@@ -9,7 +9,7 @@ use std::sync::Mutex;
 use std::time::Duration;
 
 use crate::scenario::{FaultKind, PlantedBug, Scenario};
-use crate::world::{run_scenario, KnownIssue, RunOptions, RunReport, Violation};
+use crate::world::{run_scenario, Feature, KnownIssue, RunOptions, RunReport, Violation};
 
 /// What a swarm found.
 #[derive(Debug, Clone, Default)]
@@ -22,6 +22,8 @@ pub struct SwarmReport {
     pub known: BTreeMap<KnownIssue, Vec<u64>>,
     /// Faults fired across all runs, by kind.
     pub fired: BTreeMap<FaultKind, u64>,
+    /// Resilience features exercised across all runs.
+    pub features: BTreeMap<Feature, u64>,
     /// Simulated time across all runs.
     pub simulated: Duration,
     /// Steps across all runs.
@@ -42,21 +44,32 @@ impl SwarmReport {
             .collect()
     }
 
+    /// Required features no run exercised.
+    pub fn missing_features(&self) -> Vec<Feature> {
+        Feature::REQUIRED
+            .iter()
+            .copied()
+            .filter(|f| self.features.get(f).copied().unwrap_or(0) == 0)
+            .collect()
+    }
+
     fn add(&mut self, r: &RunReport) {
         self.runs += 1;
         if let Some(v) = r.violations.first() {
             self.failures.push((r.seed, v.clone()));
         }
-        for issue in r
-            .known
-            .iter()
-            .map(|(k, _)| *k)
-            .collect::<std::collections::BTreeSet<_>>()
-        {
-            self.known.entry(issue).or_default().push(r.seed);
+        if r.violations.is_empty() {
+            let issues: std::collections::BTreeSet<KnownIssue> =
+                r.known.iter().map(|(k, _)| *k).collect();
+            for issue in issues {
+                self.known.entry(issue).or_default().push(r.seed);
+            }
         }
         for (k, n) in &r.fired {
             *self.fired.entry(*k).or_default() += u64::from(*n);
+        }
+        for (f, n) in &r.features {
+            *self.features.entry(*f).or_default() += u64::from(*n);
         }
         self.simulated += r.simulated;
         self.steps += r.steps;
@@ -92,6 +105,9 @@ pub fn run_swarm(from: u64, count: u64, threads: usize, bug: Option<PlantedBug>)
                 }
                 for (k, n) in mine.fired {
                     *t.fired.entry(k).or_default() += n;
+                }
+                for (f, n) in mine.features {
+                    *t.features.entry(f).or_default() += n;
                 }
                 t.simulated += mine.simulated;
                 t.steps += mine.steps;

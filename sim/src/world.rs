@@ -15,9 +15,10 @@
 //!
 //! From time zero to `heal_at` (the safety phase) the fault plan is live and crashes may
 //! happen between any two steps. After it (the liveness phase) nothing fails any more;
-//! every download whose bytes exist must then commit within [`LIVENESS_BOUND`]. A download
-//! that ends in an error is re-submitted (like a user running the command again) once the
-//! world is healed.
+//! every download with a URL that serves its bytes (a live primary, or a mirror that is not
+//! stale) must then commit within [`LIVENESS_BOUND`], failing at most three times more. A
+//! download that ends in an error is re-submitted (like a user running the command again)
+//! once the world is healed.
 //!
 //! # Crashes
 //!
@@ -26,11 +27,27 @@
 //! engine is created on the same disk and the downloads that were running are submitted
 //! again: they resume from the `.haul-part`/`.haul-state` pair on disk.
 //!
+//! # Mirrors and resilience
+//!
+//! A download may have mirrors on other origins ([`crate::scenario::MirrorPlan`]); the
+//! engine gets them with `Download::mirror`. Faults apply per origin as before. The
+//! resilience policies are checked by [`crate::resilience`]: the circuit breaker (no
+//! attempt that began after an opening sends a first-hop request to that origin during the
+//! cool-down), the backoff of each retry (failover only with a URL not failed since the
+//! last backoff; otherwise exponential in the job's backoff count; never shorter than the
+//! retry budget's wait, modelled with the engine's own [`RetryBudget`]), one retry after a
+//! failed verification (for jobs with mirrors), and the number of retries a minute.
+//!
+//! # Known engine bugs
+//!
+//! Bugs this simulator found and reported (FINDINGS.md) are recognised precisely as
+//! [`KnownIssue`]s: listed, and the run goes on checking everything else; `--strict` makes
+//! them fail. A fixed bug's recognition is removed, so its violation fails the run again.
+//!
 //! # Hooks
 //!
-//! Invariants are checked in [`World::check_step`] and on events ([`World::on_event`]);
-//! new ones (breaker state, mirror choice, retry budget) belong there, fed by the same
-//! events and by what origins see.
+//! Invariants are checked in [`World::check_step`], on events ([`World::on_event`]) and on
+//! requests ([`World::serve`]).
 
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::path::PathBuf;
@@ -38,6 +55,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use haul_core::config::{Config, LowSpeedLimit, RetryPolicy};
+use haul_core::policy::{BreakerConfig, RetryBudget};
 use haul_core::resume::PartState;
 use haul_core::{
     ConnId, Download, DownloadError, Engine, Event, FileId, Input, Instant, IoErrorKind, IoFailure,
@@ -46,15 +64,25 @@ use haul_core::{
 use sha2::{Digest, Sha256};
 
 use crate::disk::{VirtualDisk, WriteFault};
-use crate::origin::{parse_request, End, Origins};
+use crate::origin::{parse_request, End, Origins, Representation};
+use crate::resilience::{BackoffModel, BreakerVerdict, BreakerWatch, Mark, RetryWindow};
 use crate::scenario::{
     Check, ConnectFault, DiskFault, Fault, FaultKind, PlantedBug, ResponseFault, Scenario,
 };
 use crate::seed::{mix, sub_seed, SimRng, Stream};
 use crate::trace::Trace;
 
-/// Time after the heal by which every live download must have committed.
-pub const LIVENESS_BOUND: Duration = Duration::from_secs(60);
+/// The breaker's longest cool-down in the simulator's engine configuration.
+pub const BREAKER_MAX_COOLDOWN: Duration = Duration::from_secs(8);
+
+/// Time after the heal by which every live download must have committed: the 60 s allowed
+/// before the engine had circuit breakers (as long as the retry policy's `max_elapsed`),
+/// plus one longest breaker cool-down. A breaker can still open, or reopen with a doubled
+/// cool-down, just after the heal: requests sent in the safety phase (a stall, a trickle, a
+/// hanging connect) fail by their timeouts a few seconds into the liveness phase. Until its
+/// cool-down ends no attempt starts on that origin, for up to `max_cooldown`; the probe
+/// after it is sent after the heal and succeeds.
+pub const LIVENESS_BOUND: Duration = Duration::from_secs(60 + BREAKER_MAX_COOLDOWN.as_secs());
 
 /// Inputs at one simulated instant after which the engine is declared to be spinning.
 const SAME_INSTANT_LIMIT: u32 = 20_000;
@@ -72,13 +100,21 @@ pub enum Invariant {
     /// The engine broke the I/O call contract (reused ids, used closed handles, malformed
     /// requests, disagreement on pending requests).
     CallContract,
-    /// A retry delay outside the policy's bounds, or a request before the backoff ended.
+    /// A retry delay outside the policy's bounds (failover, exponential backoff, retry
+    /// budget), a second retry after a failed verification, or a request before the
+    /// backoff ended.
     Backoff,
+    /// An attempt that began after an origin's breaker opened sent a request there during
+    /// the cool-down.
+    Breaker,
+    /// More retries in a minute than the retry budget can allow.
+    RetryBudget,
     /// The engine made no progress in time (ticks that do nothing, too many steps).
     BusyLoop,
     /// The engine panicked.
     Panic,
-    /// A download whose bytes exist did not finish in time after the heal.
+    /// A download with a URL that serves its bytes did not finish in time after the heal
+    /// (or failed a fourth time after it).
     Liveness,
     /// A successful outcome that does not describe the committed file.
     Outcome,
@@ -89,21 +125,72 @@ pub enum Invariant {
 /// failures.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
 pub enum KnownIssue {
-    /// F1: a checkpoint that was started before a write to the partial failed still writes
-    /// a state file naming the failed write's bytes as durable.
-    CheckpointAfterFailedWrite,
-    /// F2: an empty file downloaded with `segments > 1`: the origin rightly answers the
-    /// `Range: bytes=0-` probe with 416, which the engine retries as a range mismatch
-    /// until it gives up, every time.
-    EmptyFileWithSegments,
+    /// F3: a body that runs past the expected size (`Download::size`) while it streams (no
+    /// `Content-Length`) ends a job that has mirrors at once: no retry after the failed
+    /// verification, no failover, and the mirror's score is not lowered.
+    SizeOverrunEndsJob,
+    /// F4: an unmeasured mirror outranks every measured one however often it failed, so a
+    /// mirror serving wrong bytes is chosen again by every job and a healthy URL is never
+    /// tried (the job's one retry after a failed verification goes to another bad mirror).
+    FailingMirrorPreferred,
 }
 
 impl KnownIssue {
     /// A short stable name.
     pub fn name(self) -> &'static str {
         match self {
-            KnownIssue::CheckpointAfterFailedWrite => "F1-checkpoint-after-failed-write",
-            KnownIssue::EmptyFileWithSegments => "F2-empty-file-with-segments",
+            KnownIssue::SizeOverrunEndsJob => "F3-size-overrun-ends-job",
+            KnownIssue::FailingMirrorPreferred => "F4-failing-mirror-preferred",
+        }
+    }
+}
+
+/// Resilience features a run exercised, counted like fault kinds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Feature {
+    /// A `Failover` event: an attempt moved to another of its job's URLs.
+    Failover,
+    /// A `BreakerOpened` event.
+    BreakerOpened,
+    /// A retry after a failed verification (hash or size mismatch).
+    VerificationRetry,
+    /// A download committed from a mirror (its outcome's final URL is a mirror's).
+    MirrorCommit,
+    /// An attempt that began after a breaker opened followed a redirect to that origin
+    /// during the cool-down (allowed: the engine checks only the attempt's own URL).
+    RedirectPastOpenBreaker,
+    /// A retry had to wait for the retry budget.
+    BudgetWait,
+}
+
+impl Feature {
+    /// Every feature.
+    pub const ALL: [Feature; 6] = [
+        Feature::Failover,
+        Feature::BreakerOpened,
+        Feature::VerificationRetry,
+        Feature::MirrorCommit,
+        Feature::RedirectPastOpenBreaker,
+        Feature::BudgetWait,
+    ];
+
+    /// Features a default swarm must exercise.
+    pub const REQUIRED: [Feature; 4] = [
+        Feature::Failover,
+        Feature::BreakerOpened,
+        Feature::VerificationRetry,
+        Feature::MirrorCommit,
+    ];
+
+    /// A short stable name.
+    pub fn name(self) -> &'static str {
+        match self {
+            Feature::Failover => "failover",
+            Feature::BreakerOpened => "breaker-opened",
+            Feature::VerificationRetry => "verification-retry",
+            Feature::MirrorCommit => "mirror-commit",
+            Feature::RedirectPastOpenBreaker => "redirect-past-open-breaker",
+            Feature::BudgetWait => "budget-wait",
         }
     }
 }
@@ -167,6 +254,8 @@ pub struct RunReport {
     pub trace_hash: Option<String>,
     /// Faults that fired, by kind.
     pub fired: BTreeMap<FaultKind, u32>,
+    /// Resilience features exercised.
+    pub features: BTreeMap<Feature, u32>,
     /// Simulated time at the end.
     pub simulated: Duration,
     /// Steps taken.
@@ -206,13 +295,13 @@ pub fn engine_config(sc: &Scenario, seed: u64) -> Config {
             base_delay: Duration::from_millis(200),
             max_delay: Duration::from_secs(4),
             max_elapsed: Duration::from_secs(60),
-            budget_per_minute: 600,
+            budget_per_minute: sc.retry_budget_per_minute,
         },
         // The breaker on the simulator's time scale: faults come in bursts of seconds.
-        breaker: haul_core::policy::BreakerConfig {
+        breaker: BreakerConfig {
             failure_threshold: 5,
             cooldown: Duration::from_secs(2),
-            max_cooldown: Duration::from_secs(8),
+            max_cooldown: BREAKER_MAX_COOLDOWN,
             success_threshold: 2,
         },
         checkpoint_bytes: sc.checkpoint_bytes,
@@ -260,12 +349,21 @@ enum DlStatus {
 
 #[derive(Debug)]
 struct DlState {
-    url: String,
+    /// The URL, then the mirrors', as the engine prints them.
+    urls: Vec<String>,
+    /// Each URL's first hop: (origin as the engine prints it, request path).
+    first_hops: Vec<(String, String)>,
     dest: PathBuf,
     expected_sha: Option<[u8; 32]>,
     status: DlStatus,
     failures_after_heal: u32,
     backoff_until: Option<Instant>,
+    /// The retry state of the current job, as far as events show it.
+    model: BackoffModel,
+    /// Which URLs serve the bytes (a live primary, mirrors that are not stale).
+    healthy: Vec<bool>,
+    /// A job that failed after the heal never tried a healthy URL (F4's signature).
+    skipped_healthy: bool,
     /// What the checker last verified for the (volatile, durable) view of the destination.
     checked: [Option<crate::disk::Version>; 2],
 }
@@ -354,12 +452,17 @@ pub struct World {
     settled_at: Option<Instant>,
     violations: Vec<Violation>,
     known: Vec<(KnownIssue, Violation)>,
-    /// Paths of files a write failed on, in this incarnation (for F1).
-    failed_writes: BTreeSet<PathBuf>,
-    /// The path each open file was opened with.
-    open_paths: BTreeMap<FileId, PathBuf>,
+    /// When each pending `Send` was issued (requests are judged by it).
+    send_issued: BTreeMap<IoId, Instant>,
+    /// Engine events observed so far (orders the events of one instant).
+    observed: u64,
+    breakers: BreakerWatch,
+    /// The engine's retry budget, replayed from its `Retrying` events.
+    budget: RetryBudget,
+    retry_window: RetryWindow,
     trace: Trace,
     fired: BTreeMap<FaultKind, u32>,
+    features: BTreeMap<Feature, u32>,
     commits: u32,
     crashes: u32,
 }
@@ -464,25 +567,47 @@ impl World {
             .enumerate()
             .map(|(i, d)| {
                 let canonical = &origins.resources[i].versions[0].body;
-                let url = if d.dead_host {
-                    format!("http://dead{i}.sim/f/d{i}")
+                let (host, path) = if d.dead_host {
+                    (format!("dead{i}.sim"), format!("/f/d{i}"))
                 } else if let Some(r) = d.redirect_via {
-                    format!("http://o{r}.sim/r/d{i}")
+                    (format!("o{r}.sim"), format!("/r/d{i}"))
                 } else {
-                    format!("http://o{}.sim/f/d{i}", d.origin)
+                    (format!("o{}.sim", d.origin), format!("/f/d{i}"))
                 };
+                let mut first_hops = vec![(host, path)];
+                for m in &d.mirrors {
+                    first_hops.push((format!("o{}.sim", m.origin), format!("/f/d{i}")));
+                }
+                let urls = first_hops
+                    .iter()
+                    .map(|(h, p)| format!("http://{h}{p}"))
+                    .collect();
+                let first_hops = first_hops
+                    .into_iter()
+                    .map(|(h, p)| (format!("http://{h}:80"), p))
+                    .collect();
                 let expected_sha = match d.check {
                     Check::Sha256 => Some(Sha256::digest(canonical).into()),
                     Check::WrongSha256 => Some(Sha256::digest(b"no representation").into()),
                     Check::Unchecked => None,
                 };
                 DlState {
-                    url,
+                    urls,
+                    first_hops,
                     dest: PathBuf::from(format!("/dl/d{i}.bin")),
                     expected_sha,
                     status: DlStatus::AwaitingRestart,
                     failures_after_heal: 0,
                     backoff_until: None,
+                    model: BackoffModel::new(1 + d.mirrors.len()),
+                    healthy: std::iter::once(!d.dead_host && d.check != Check::WrongSha256)
+                        .chain(
+                            d.mirrors
+                                .iter()
+                                .map(|m| !m.stale && d.check != Check::WrongSha256),
+                        )
+                        .collect(),
+                    skipped_healthy: false,
                     checked: [None, None],
                 }
             })
@@ -512,8 +637,11 @@ impl World {
                 }
             }
         }
+        let budget_per_minute = engine_config(&sc, 0).retry.budget_per_minute;
         World {
             heal_at: Instant::from_duration(Duration::from_millis(sc.heal_at_ms)),
+            breakers: BreakerWatch::new(sc.downloads.len()),
+            budget: RetryBudget::new(budget_per_minute, Instant::ZERO),
             engine_seed: sub_seed(sc.seed, Stream::Engine),
             net: SimRng::new(sub_seed(sc.seed, Stream::Network)),
             disk_rng: SimRng::new(sub_seed(sc.seed, Stream::Disk)),
@@ -553,9 +681,11 @@ impl World {
             settled_at: None,
             violations: Vec::new(),
             known: Vec::new(),
-            failed_writes: BTreeSet::new(),
-            open_paths: BTreeMap::new(),
+            send_issued: BTreeMap::new(),
+            observed: 0,
+            retry_window: RetryWindow::default(),
             fired: BTreeMap::new(),
+            features: BTreeMap::new(),
             commits: 0,
             crashes: 0,
         }
@@ -570,6 +700,7 @@ impl World {
             trace: self.trace.into_lines(),
             trace_hash,
             fired: self.fired,
+            features: self.features,
             simulated: self.now.since_epoch(),
             steps: self.steps,
             commits: self.commits,
@@ -613,17 +744,21 @@ impl World {
         self.known.push((issue, v));
     }
 
-    /// Whether every download still running is an empty file fetched with segments (F2).
-    fn only_empty_segmented_stuck(&self) -> bool {
-        self.downloads
-            .iter()
-            .zip(&self.sc.downloads)
-            .filter(|(d, _)| !matches!(d.status, DlStatus::Succeeded | DlStatus::GaveUp))
-            .all(|(_, p)| p.size == 0 && p.segments > 1)
-    }
-
     fn fire(&mut self, kind: FaultKind) {
         *self.fired.entry(kind).or_default() += 1;
+    }
+
+    fn count(&mut self, feature: Feature) {
+        *self.features.entry(feature).or_default() += 1;
+    }
+
+    /// The next point in the order of observations.
+    fn mark(&mut self) -> Mark {
+        self.observed += 1;
+        Mark {
+            at: self.now,
+            seq: self.observed,
+        }
     }
 
     fn schedule(&mut self, at: Instant, ev: Ev) {
@@ -691,9 +826,14 @@ impl World {
                     .collect();
                 let bound = LIVENESS_BOUND.as_secs();
                 let detail = format!("not finished {bound}s after the heal: {}", stuck.join(", "));
-                if self.only_empty_segmented_stuck() {
+                let all_f4 = self
+                    .downloads
+                    .iter()
+                    .filter(|d| !matches!(d.status, DlStatus::Succeeded | DlStatus::GaveUp))
+                    .all(|d| d.skipped_healthy);
+                if all_f4 {
                     self.known(
-                        KnownIssue::EmptyFileWithSegments,
+                        KnownIssue::FailingMirrorPreferred,
                         Invariant::Liveness,
                         detail,
                     );
@@ -811,13 +951,20 @@ impl World {
     fn start_engine(&mut self) {
         let seed = mix(self.engine_seed, u64::from(self.incarnation));
         let config = engine_config(&self.sc, seed);
+        // A new engine has new breakers and a full retry budget.
+        self.breakers.reset();
+        self.budget = RetryBudget::new(config.retry.budget_per_minute, self.now);
+        self.retry_window.reset();
         self.engine = Some(Engine::new(config, self.now).expect("the simulator's config is valid"));
     }
 
     fn submit(&mut self, i: usize) {
         let d = &self.downloads[i];
         let plan = &self.sc.downloads[i];
-        let mut spec = Download::new(&d.url, d.dest.clone()).expect("simulated URLs are valid");
+        let mut spec = Download::new(&d.urls[0], d.dest.clone()).expect("simulated URLs are valid");
+        for m in &d.urls[1..] {
+            spec = spec.mirror(m).expect("simulated mirror URLs are valid");
+        }
         if let Some(sha) = d.expected_sha {
             spec = spec
                 .sha256(&hex::encode(sha))
@@ -842,6 +989,8 @@ impl World {
             job,
             submitted: now,
         };
+        self.downloads[i].model = BackoffModel::new(self.downloads[i].urls.len());
+        self.breakers.ended(i);
         self.log(|| format!("submit d{i} as {job}"));
         self.drain();
     }
@@ -857,8 +1006,8 @@ impl World {
         self.file_last.clear();
         self.file_synced.clear();
         self.file_opened.clear();
-        self.failed_writes.clear();
-        self.open_paths.clear();
+        self.send_issued.clear();
+        self.breakers.reset();
         self.sync_done_at.clear();
         self.delayed.clear();
         self.queue
@@ -977,6 +1126,18 @@ impl World {
                     });
                     self.log(|| format!("fault: connect {conn} {f:?}"));
                 }
+                // A host that does not resolve never sees a request; its connects are the
+                // first hops of the one download whose URL names it.
+                let dead = origin
+                    .host
+                    .strip_prefix("dead")
+                    .and_then(|h| h.strip_suffix(".sim"))
+                    .and_then(|n| n.parse::<usize>().ok())
+                    .filter(|&d| d < self.downloads.len());
+                if let Some(d) = dead {
+                    let label = format!("http://{}:{}", origin.host, origin.port);
+                    self.check_breaker(d, &label, now, true);
+                }
                 let bytes_per_sec = self.net.log_range(200_000, 20_000_000);
                 let hang = fault == Some(ConnectFault::Hang);
                 self.conns.insert(
@@ -1001,6 +1162,7 @@ impl World {
                 }
             }
             IoOp::Send { .. } => {
+                self.send_issued.insert(id, now);
                 let lat = Duration::from_micros(self.net.log_range(20, 2_000));
                 self.schedule(now + lat, Ev::Io(id));
             }
@@ -1108,10 +1270,11 @@ impl World {
                 }
             }
             IoOp::Send { conn, data } => {
+                let sent = self.send_issued.remove(&id).unwrap_or(self.now);
                 if self.conns[conn].engine_closed {
                     failed(IoErrorKind::Cancelled, "connection closed")
                 } else {
-                    self.deliver_request(*conn, data);
+                    self.deliver_request(*conn, data, sent);
                     IoResult::Done
                 }
             }
@@ -1208,17 +1371,6 @@ impl World {
             self.log(|| format!("fault: disk write {f:?}"));
         }
         let result = self.disk.execute(op, fault);
-        match op {
-            IoOp::Open { file, path, .. } | IoOp::OpenRead { file, path } => {
-                self.open_paths.insert(*file, path.clone());
-            }
-            IoOp::WriteAt { file, .. } if matches!(result, IoResult::Failed(_)) => {
-                if let Some(p) = self.open_paths.get(file) {
-                    self.failed_writes.insert(p.clone());
-                }
-            }
-            _ => {}
-        }
         if !self.disk.misuse.is_empty() {
             let misuse = std::mem::take(&mut self.disk.misuse).join("; ");
             self.violate(Invariant::CallContract, misuse);
@@ -1231,7 +1383,7 @@ impl World {
         result
     }
 
-    fn deliver_request(&mut self, conn: ConnId, data: &Bytes) {
+    fn deliver_request(&mut self, conn: ConnId, data: &Bytes, sent: Instant) {
         let c = self.conns.get_mut(&conn).expect("send on a known conn");
         c.inbox.extend_from_slice(data);
         loop {
@@ -1248,13 +1400,14 @@ impl World {
                         continue;
                     }
                     c.requests += 1;
-                    self.serve(conn, &req);
+                    self.serve(conn, &req, sent);
                 }
             }
         }
     }
 
-    fn serve(&mut self, conn: ConnId, req: &crate::origin::Request) {
+    /// Answer one request that arrived on `conn`; the engine issued its `Send` at `sent`.
+    fn serve(&mut self, conn: ConnId, req: &crate::origin::Request, sent: Instant) {
         let origin = self.conns[&conn]
             .origin
             .expect("a connected conn has an origin");
@@ -1266,6 +1419,14 @@ impl World {
                 format!("request on a connection to {expected_host} has Host {host:?}"),
             );
             return;
+        }
+        if let Some(d) = download_of_path(&req.path).filter(|&d| d < self.downloads.len()) {
+            let label = format!("http://{expected_host}:80");
+            let first_hop = self.downloads[d]
+                .first_hops
+                .iter()
+                .any(|(o, p)| *o == label && *p == req.path);
+            self.check_breaker(d, &label, sent, first_hop);
         }
         let nth = self.requests[usize::from(origin)];
         self.requests[usize::from(origin)] += 1;
@@ -1377,8 +1538,13 @@ impl World {
     // -------------------------------------------------------------------- events and checks
 
     fn on_event(&mut self, e: Event) {
+        let mark = self.mark();
         let Some(job) = job_of(&e) else {
             self.log(|| format!("event {}", summarize_event(&e)));
+            if let Event::BreakerOpened { origin, cooldown } = &e {
+                self.count(Feature::BreakerOpened);
+                self.breakers.opened(origin, mark, *cooldown);
+            }
             return;
         };
         let Some(&i) = self.jobs.get(&job) else {
@@ -1390,20 +1556,49 @@ impl World {
         };
         self.log(|| format!("event d{i} {}", summarize_event(&e)));
         match e {
+            Event::Started { .. } => self.breakers.attempt_from(i, mark),
+            Event::Failover { to, .. } => {
+                self.count(Feature::Failover);
+                self.breakers.attempt_began(i, mark);
+                let now = self.now;
+                match self.downloads[i].urls.iter().position(|u| *u == to) {
+                    Some(k) => self.downloads[i].model.failover(now, k),
+                    None => self.violate(
+                        Invariant::CallContract,
+                        format!("d{i} fails over to {to}, which is none of its URLs"),
+                    ),
+                }
+            }
             Event::Retrying {
                 attempt,
                 delay,
                 error,
                 ..
             } => {
+                if matches!(
+                    error,
+                    DownloadError::HashMismatch { .. } | DownloadError::SizeMismatch { .. }
+                ) {
+                    self.count(Feature::VerificationRetry);
+                }
                 self.check_backoff(i, attempt, delay, &error);
                 self.downloads[i].backoff_until = Some(self.now + delay);
+                let from = if delay.is_zero() {
+                    mark
+                } else {
+                    Mark::start_of(self.now + delay)
+                };
+                self.breakers.attempt_from(i, from);
             }
             Event::Finished { result, .. } => {
                 self.jobs.remove(&job);
                 self.downloads[i].backoff_until = None;
+                self.breakers.ended(i);
                 match result {
                     Ok(outcome) => {
+                        if self.downloads[i].urls[1..].contains(&outcome.final_url) {
+                            self.count(Feature::MirrorCommit);
+                        }
                         self.check_outcome(i, &outcome);
                         self.downloads[i].status = DlStatus::Succeeded;
                         // A download whose own URL is dead may still commit through the
@@ -1411,7 +1606,10 @@ impl World {
                         // per-step content check judges what it committed.
                         self.commits += 1;
                     }
-                    Err(error) => self.on_failure(i, &error),
+                    Err(error) => {
+                        self.check_failed_job(i, &error);
+                        self.on_failure(i, &error);
+                    }
                 }
             }
             _ => {}
@@ -1427,10 +1625,9 @@ impl World {
             self.downloads[i].failures_after_heal += 1;
             if self.downloads[i].failures_after_heal > 3 {
                 let detail = format!("d{i} failed 4 times after the heal, last: {error}");
-                let plan = &self.sc.downloads[i];
-                if plan.size == 0 && plan.segments > 1 {
+                if self.downloads[i].skipped_healthy {
                     self.known(
-                        KnownIssue::EmptyFileWithSegments,
+                        KnownIssue::FailingMirrorPreferred,
                         Invariant::Liveness,
                         detail,
                     );
@@ -1448,6 +1645,16 @@ impl World {
 
     fn check_backoff(&mut self, i: usize, attempt: u32, delay: Duration, error: &DownloadError) {
         let policy = engine_config(&self.sc, 0).retry;
+        let now = self.now;
+        // The engine's budget: it waits for a token and takes it for every retry it starts.
+        let budget_wait = self.budget.wait(now);
+        self.budget.take(now);
+        if !budget_wait.is_zero() {
+            self.count(Feature::BudgetWait);
+        }
+        if let Some(detail) = self.retry_window.retrying(now, i, policy.budget_per_minute) {
+            self.violate(Invariant::RetryBudget, detail);
+        }
         if attempt < 2 || attempt > policy.max_attempts {
             let max = policy.max_attempts;
             self.violate(
@@ -1456,28 +1663,19 @@ impl World {
             );
             return;
         }
-        let exp = policy
-            .base_delay
-            .saturating_mul(1 << (attempt - 2).min(20))
-            .min(policy.max_delay);
-        let retry_after = match error {
-            DownloadError::Status {
-                retry_after: Some(ra),
-                ..
-            } => *ra,
-            _ => Duration::ZERO,
-        };
-        let slack = Duration::from_micros(1);
-        let low = (exp / 2).max(retry_after);
-        let high = exp.max(retry_after) + slack;
-        if delay + slack < low || delay > high {
-            self.violate(
+        let verdict = self.downloads[i]
+            .model
+            .retrying(&policy, now, delay, error, budget_wait);
+        match verdict {
+            Err(why) => self.violate(
                 Invariant::Backoff,
-                format!("d{i} attempt {attempt} waits {delay:?}, outside [{low:?}, {high:?}]"),
-            );
+                format!("d{i} attempt {attempt} after {error}: {why}"),
+            ),
+            Ok(kind) => self.log(|| format!("check: d{i} attempt {attempt} is a {kind:?}")),
         }
+        let slack = Duration::from_micros(1);
         if let DlStatus::Active { submitted, .. } = self.downloads[i].status {
-            let elapsed = self.now.saturating_since(submitted);
+            let elapsed = now.saturating_since(submitted);
             if elapsed + delay > policy.max_elapsed + slack {
                 self.violate(
                     Invariant::Backoff,
@@ -1486,6 +1684,61 @@ impl World {
                     ),
                 );
             }
+        }
+    }
+
+    /// Download `i`'s job ended with `error`. A job with mirrors retries once after a failed
+    /// verification unless its attempts or its time ran out; and a job that fails after the
+    /// heal without trying a URL that serves the bytes is noted (F4's signature).
+    fn check_failed_job(&mut self, i: usize, error: &DownloadError) {
+        let policy = engine_config(&self.sc, 0).retry;
+        let now = self.now;
+        let d = &mut self.downloads[i];
+        let attempt = d.model.attempt();
+        let retried = d.model.verification_retried();
+        let tried_healthy = d.model.finished().iter().any(|&u| d.healthy[u]);
+        let verification = matches!(
+            error,
+            DownloadError::HashMismatch { .. } | DownloadError::SizeMismatch { .. }
+        );
+        if self.healed && verification && !tried_healthy && d.healthy.contains(&true) {
+            d.skipped_healthy = true;
+        }
+        let DlStatus::Active { submitted, .. } = d.status else {
+            return;
+        };
+        let has_mirrors = d.urls.len() > 1;
+        let budget_wait = self.budget.wait(now);
+        let time_left = now.saturating_since(submitted) + policy.max_delay.max(budget_wait)
+            <= policy.max_elapsed;
+        if !(verification && has_mirrors && !retried && attempt < policy.max_attempts && time_left)
+        {
+            return;
+        }
+        let detail = format!(
+            "d{i} (with mirrors) ended on attempt {attempt} with {error}, without its retry after \
+             a failed verification"
+        );
+        match error {
+            DownloadError::SizeMismatch { expected, actual } if actual > expected => {
+                self.known(KnownIssue::SizeOverrunEndsJob, Invariant::Backoff, detail);
+            }
+            _ => self.violate(Invariant::Backoff, detail),
+        }
+    }
+
+    /// A request (or, for a host that does not resolve, a connect) of download `d` to
+    /// `origin`, issued at `sent`; `first_hop` when it is for one of the download's URLs.
+    fn check_breaker(&mut self, d: usize, origin: &str, sent: Instant, first_hop: bool) {
+        match self.breakers.request(d, origin, sent, first_hop) {
+            BreakerVerdict::Fine => {}
+            BreakerVerdict::RedirectPastOpenBreaker => {
+                self.count(Feature::RedirectPastOpenBreaker);
+                self.log(|| {
+                    format!("note: d{d} follows a redirect to {origin}, whose breaker is open")
+                });
+            }
+            BreakerVerdict::Violation(detail) => self.violate(Invariant::Breaker, detail),
         }
     }
 
@@ -1547,15 +1800,7 @@ impl World {
                 path.display(),
                 state.verified
             );
-            if self.failed_writes.contains(&part) {
-                self.known(
-                    KnownIssue::CheckpointAfterFailedWrite,
-                    Invariant::StateFile,
-                    detail,
-                );
-            } else {
-                self.violate(Invariant::StateFile, detail);
-            }
+            self.violate(Invariant::StateFile, detail);
         }
     }
 
@@ -1608,19 +1853,79 @@ impl World {
             }
             None => {
                 let r = &self.origins.resources[i];
-                let matches = r
-                    .served
-                    .iter()
-                    .any(|&v| r.versions[v].body.as_ref() == data);
-                (!matches).then(|| {
-                    format!(
-                        "{} bytes equal to none of the {} representations served (a splice or \
-                         a corruption)",
-                        data.len(),
-                        r.served.len()
-                    )
-                })
+                splice_problem(&r.versions, &r.served, data)
             }
         }
+    }
+}
+
+/// Why `data` is not one whole representation among `served` (indexes into `versions`,
+/// which hold every origin's representations of a resource), if it is not: a splice of
+/// two representations, from one origin or from two, or a corruption.
+pub fn splice_problem(
+    versions: &[Representation],
+    served: &BTreeSet<usize>,
+    data: &[u8],
+) -> Option<String> {
+    let matches = served.iter().any(|&v| versions[v].body.as_ref() == data);
+    (!matches).then(|| {
+        let notes: Vec<String> = served
+            .iter()
+            .map(|&v| format!("v{v} {}", versions[v].note))
+            .collect();
+        format!(
+            "{} bytes equal to none of the {} representations served ({}): a splice or a \
+             corruption",
+            data.len(),
+            served.len(),
+            notes.join(", ")
+        )
+    })
+}
+
+/// The download a request path is about: `/f/d3`, `/r/d3` and `/loop/a/d3` are all d3's.
+fn download_of_path(path: &str) -> Option<usize> {
+    path.rsplit('/').next()?.strip_prefix('d')?.parse().ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn rep(body: &[u8], note: &str) -> Representation {
+        Representation {
+            body: Bytes::copy_from_slice(body),
+            etag: format!("\"{note}\""),
+            modified: 0,
+            note: note.into(),
+        }
+    }
+
+    #[test]
+    fn a_splice_of_two_origins_representations_is_caught() {
+        // The home origin's canonical bytes, a mirror's twin (same bytes, own validator) and
+        // a change published on the mirror.
+        let versions = vec![
+            rep(b"aaaaaaaa", "canonical"),
+            rep(b"aaaaaaaa", "twin on mirror o1"),
+            rep(b"bbbbbbbb", "change on o1"),
+        ];
+        let served = BTreeSet::from([0, 1, 2]);
+        assert_eq!(splice_problem(&versions, &served, b"aaaaaaaa"), None);
+        assert_eq!(splice_problem(&versions, &served, b"bbbbbbbb"), None);
+        let spliced = splice_problem(&versions, &served, b"aaaabbbb").expect("a splice");
+        assert!(spliced.contains("change on o1"), "{spliced}");
+        // Only what was served counts.
+        let only_home = BTreeSet::from([0]);
+        assert!(splice_problem(&versions, &only_home, b"bbbbbbbb").is_some());
+    }
+
+    #[test]
+    fn request_paths_name_their_download() {
+        assert_eq!(download_of_path("/f/d3"), Some(3));
+        assert_eq!(download_of_path("/r/d12"), Some(12));
+        assert_eq!(download_of_path("/loop/a/d0"), Some(0));
+        assert_eq!(download_of_path("/"), None);
+        assert_eq!(download_of_path("/f/x"), None);
     }
 }

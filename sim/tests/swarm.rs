@@ -1,14 +1,15 @@
 //! Swarm-level properties of the simulator: determinism, a clean default swarm that fires
-//! every fault kind, quickcheck shrinking, and planted bugs the invariants must catch.
+//! every fault kind and exercises failover, breakers and verification retries, quickcheck
+//! shrinking, and planted bugs the invariants must catch.
 
 use std::sync::{Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
 use haul_sim::scenario::{
-    BodyFraming, Check, DownloadPlan, Fault, FaultKind, PlantedBug, ResponseFault, Scenario,
-    ValidatorKind,
+    BodyFraming, Check, DownloadPlan, Fault, FaultKind, MirrorPlan, PlantedBug, ResponseFault,
+    Scenario, ValidatorKind,
 };
-use haul_sim::{run_scenario, run_swarm, shrink, Invariant, RunOptions, SwarmReport};
+use haul_sim::{run_scenario, run_swarm, shrink, Feature, Invariant, RunOptions, SwarmReport};
 use quickcheck::{Gen, QuickCheck, TestResult};
 
 /// Seeds in the default swarm of the test suite.
@@ -30,12 +31,17 @@ fn default_swarm() -> &'static (SwarmReport, Duration) {
         let wall = started.elapsed();
         eprintln!(
             "default swarm: {} seeds in {:.2} s wall, {:.0} simulated s, {} commits, {} crashes, \
-             known engine bugs: {:?}",
+             features: {:?}, known engine bugs: {:?}",
             report.runs,
             wall.as_secs_f64(),
             report.simulated.as_secs_f64(),
             report.commits,
             report.crashes,
+            report
+                .features
+                .iter()
+                .map(|(f, n)| (f.name(), *n))
+                .collect::<Vec<_>>(),
             report
                 .known
                 .iter()
@@ -93,6 +99,20 @@ fn every_fault_kind_fires_in_the_default_swarm() {
 }
 
 #[test]
+fn failovers_breaker_openings_and_verification_retries_happen_in_the_default_swarm() {
+    let (report, _) = default_swarm();
+    let missing: Vec<&str> = report.missing_features().iter().map(|f| f.name()).collect();
+    assert!(missing.is_empty(), "never happened: {missing:?}");
+    for f in Feature::ALL {
+        eprintln!(
+            "{:>28} {}",
+            f.name(),
+            report.features.get(&f).copied().unwrap_or(0)
+        );
+    }
+}
+
+#[test]
 fn quickcheck_finds_no_scenario_that_breaks_an_invariant() {
     fn prop(sc: Scenario) -> TestResult {
         let r = run_scenario(&sc, RunOptions::default());
@@ -119,6 +139,7 @@ fn one_download(check: Check) -> DownloadPlan {
         redirect_via: None,
         dead_host: false,
         segments: 1,
+        mirrors: Vec::new(),
     }
 }
 
@@ -137,6 +158,7 @@ fn interrupted(check: Check, bug: Option<PlantedBug>) -> Scenario {
         checkpoint_bytes: 16 * 1024,
         max_active_jobs: 16,
         rate_limit: None,
+        retry_budget_per_minute: 600,
         bug,
     }
 }
@@ -149,10 +171,17 @@ fn a_splicing_origin_never_makes_the_engine_commit_wrong_bytes_when_it_has_the_h
     );
     assert!(r.passed(), "{:?}", r.violations);
     assert!(
-        r.trace.iter().any(|l| l.contains("sha256 mismatch")),
+        r.trace
+            .iter()
+            .any(|l| l.contains("Retrying") && l.contains("HashMismatch")),
         "the engine rejected the spliced file by its hash"
     );
-    assert_eq!(r.commits, 1, "a fresh download after the heal commits");
+    assert_eq!(
+        r.features.get(&Feature::VerificationRetry),
+        Some(&1),
+        "and retried once, from zero"
+    );
+    assert_eq!(r.commits, 1, "the retry from zero commits");
 }
 
 #[test]
@@ -248,6 +277,56 @@ fn quickcheck_shrinks_a_planted_failure_through_arbitrary() {
     eprintln!("quickcheck's smallest failing plan:\n{smallest}");
     assert_eq!(smallest.downloads.len(), 1, "{smallest}");
     assert!(smallest.faults.len() <= 1, "{smallest}");
+}
+
+#[test]
+fn a_squeezed_retry_budget_delays_retries_as_the_model_expects() {
+    // Four downloads with a mirror each, both origins answering 503 for a while, and a
+    // budget of eight retries a minute: retries (failovers included) wait for tokens, and
+    // the world's replay of the budget must agree with every delay.
+    let mut waits = 0;
+    for seed in 0..20 {
+        let downloads = (0..4)
+            .map(|_| DownloadPlan {
+                mirrors: vec![MirrorPlan {
+                    origin: 1,
+                    same_validator: seed % 2 == 0,
+                    stale: false,
+                }],
+                size: 20_000,
+                ..one_download(Check::Sha256)
+            })
+            .collect();
+        let faults = (0..2u8)
+            .flat_map(|origin| {
+                (0..30u16).map(move |nth| Fault::Response {
+                    origin,
+                    nth,
+                    kind: ResponseFault::Status {
+                        code: 503,
+                        retry_after_s: None,
+                    },
+                })
+            })
+            .collect();
+        let sc = Scenario {
+            seed,
+            origins: 2,
+            downloads,
+            faults,
+            heal_at_ms: 40_000,
+            checkpoint_bytes: 16 * 1024,
+            max_active_jobs: 16,
+            rate_limit: None,
+            retry_budget_per_minute: 8,
+            bug: None,
+        };
+        let r = run_scenario(&sc, RunOptions::default());
+        assert!(r.passed(), "seed {seed}: {:?}", r.violations);
+        assert_eq!(r.commits, 4, "seed {seed}");
+        waits += r.features.get(&Feature::BudgetWait).copied().unwrap_or(0);
+    }
+    assert!(waits > 100, "retries waited for the budget {waits} times");
 }
 
 #[test]
