@@ -254,7 +254,7 @@ fn a_hash_mismatch_on_one_mirror_is_retried_on_another_from_zero() {
 }
 
 #[test]
-fn a_second_hash_mismatch_fails_the_job() {
+fn every_mirror_gets_one_chance_to_serve_the_right_bytes() {
     let good = pattern(30_000, 7);
     let mut h = Harness::new(policy_config());
     h.serve(ORIGIN, file_server(pattern(30_000, 8)));
@@ -269,12 +269,48 @@ fn a_second_hash_mismatch_fails_the_job() {
             .sha256(&sha_hex(&good))
             .unwrap(),
     );
+    let out = h.run(job).expect("the third URL has the right bytes");
+    assert_eq!(out.final_url, THIRD_URL);
+    assert_eq!(h.requests.len(), 3, "each URL asked once");
+    assert_eq!(h.fs.get(dest()), Some(&good[..]));
+}
+
+#[test]
+fn when_every_url_served_wrong_bytes_the_job_fails_without_asking_twice() {
+    let good = pattern(30_000, 14);
+    let mut h = Harness::new(policy_config());
+    h.serve(ORIGIN, file_server(pattern(30_000, 15)));
+    h.serve(MIRROR, file_server(pattern(30_000, 16)));
+    let job = h.submit(
+        download()
+            .mirror(MIRROR_URL)
+            .unwrap()
+            .sha256(&sha_hex(&good))
+            .unwrap(),
+    );
     assert!(matches!(
         h.run(job),
         Err(DownloadError::HashMismatch { .. })
     ));
-    assert_eq!(h.requests.len(), 2, "one retry after a failed verification");
+    assert_eq!(
+        h.requests.len(),
+        2,
+        "a URL that served wrong bytes is not used again"
+    );
     assert!(!h.fs.exists(dest()));
+}
+
+#[test]
+fn a_chunked_body_longer_than_the_expected_size_fails_over_to_a_mirror() {
+    let good = pattern(20_000, 17);
+    let mut h = Harness::new(policy_config());
+    let long = pattern(25_000, 18);
+    h.serve(ORIGIN, move |_| Reply::new(chunked(200, &[], &long, 4_096)));
+    h.serve(MIRROR, file_server(good.clone()));
+    let job = h.submit(download().size(20_000).mirror(MIRROR_URL).unwrap());
+    let out = h.run(job).expect("the mirror has the expected size");
+    assert_eq!(out.final_url, MIRROR_URL);
+    assert_eq!(h.fs.get(dest()), Some(&good[..]));
 }
 
 #[test]

@@ -178,6 +178,8 @@ pub struct BackoffModel {
     backoffs: (u32, u32),
     expect_failover_at: Option<Instant>,
     verify_retries: u32,
+    /// URLs that served bytes failing verification (never used again by the job).
+    bad: BTreeSet<usize>,
     /// The attempt running or about to start (1 for the first).
     attempt: u32,
     /// URLs an attempt of this job used.
@@ -205,6 +207,7 @@ impl BackoffModel {
             backoffs: (0, 0),
             expect_failover_at: None,
             verify_retries: 0,
+            bad: BTreeSet::new(),
             attempt: 1,
             tried: BTreeSet::new(),
         }
@@ -261,14 +264,29 @@ impl BackoffModel {
             DownloadError::HashMismatch { .. } | DownloadError::SizeMismatch { .. }
         ) {
             self.verify_retries += 1;
-            if self.verify_retries > 1 {
+            // One URL: one retry from zero. Several: each URL may serve wrong bytes once,
+            // and a retry needs a URL that has not.
+            if self.urls == 1 && self.verify_retries > 1 {
                 return Err(format!(
                     "a second retry after a failed verification ({error})"
                 ));
             }
+            if self.urls > 1 {
+                if !self.bad.insert(self.cur) {
+                    return Err(format!(
+                        "URL {} served wrong bytes twice to the same job ({error})",
+                        self.cur
+                    ));
+                }
+                if self.bad.len() >= self.urls {
+                    return Err(format!(
+                        "a retry after every URL served wrong bytes ({error})"
+                    ));
+                }
+            }
         }
         self.round.insert(self.cur);
-        let unfailed = (0..self.urls).any(|u| !self.round.contains(&u));
+        let unfailed = (0..self.urls).any(|u| !self.round.contains(&u) && !self.bad.contains(&u));
         let exp = |n: u32| {
             policy
                 .base_delay

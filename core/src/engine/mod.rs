@@ -52,8 +52,8 @@
 //! there. A job with mirrors picks, at each attempt, the URL whose origin is admitted and
 //! scores best ([`crate::policy::choose_mirror`]); after a failure it fails over at once to a
 //! URL that has not failed since its last backoff, and backs off only when every URL has. A
-//! failed verification (sha256, or size) is retried once from zero, on another mirror when
-//! there is one. A job whose URL or expected sha256 equals a running job's is deduplicated: it
+//! failed verification (sha256, or size) is retried from zero: once when the job has one
+//! URL, else on each other URL that has not served wrong bytes yet. A job whose URL or expected sha256 equals a running job's is deduplicated: it
 //! waits for that job and copies its result.
 
 mod files;
@@ -349,8 +349,11 @@ struct Job {
     failed_round: Vec<usize>,
     /// The URL whose response gave `validator`.
     validator_mirror: usize,
-    /// The one retry after a failed verification (hash or size) was used.
+    /// The one retry after a failed verification (hash or size) was used (a job without
+    /// mirrors).
     verify_retry_used: bool,
+    /// URLs that served bytes failing verification: not used again by this job.
+    bad_urls: Vec<usize>,
     /// This attempt is the half-open probe of that origin's breaker.
     probe: Option<Origin>,
     next_transfer: u64,
@@ -609,6 +612,7 @@ impl Engine {
             failed_round: Vec::new(),
             validator_mirror: 0,
             verify_retry_used: false,
+            bad_urls: Vec::new(),
             probe: None,
             next_transfer: 0,
             transfers: BTreeMap::new(),

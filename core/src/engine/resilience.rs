@@ -47,10 +47,11 @@ impl Engine {
         let j = &self.jobs[&id];
         let count = 1 + j.spec.mirrors.len();
         let failed = j.failed_round.clone();
+        let bad = j.bad_urls.clone();
         let previous = j.mirror;
         let mut open: Vec<(usize, MirrorStats)> = Vec::new();
         let mut earliest: Option<(Instant, String)> = None;
-        for i in 0..count {
+        for i in (0..count).filter(|i| !bad.contains(i)) {
             let Ok(origin) = Origin::of(self.job_url(id, i)) else {
                 // Not a usable origin: let the attempt fail on it with a clear error.
                 open.push((i, MirrorStats::default()));
@@ -76,7 +77,13 @@ impl Engine {
             }
         }
         if open.is_empty() {
-            return Err(earliest.expect("every URL was considered"));
+            // Every URL is behind a breaker (or served wrong bytes, which ends the job
+            // before an attempt is picked).
+            let fallback = || {
+                let label = crate::engine::origin_label(self.job_url(id, previous));
+                (now + self.config.retry.base_delay, label)
+            };
+            return Err(earliest.unwrap_or_else(fallback));
         }
         // Prefer URLs that have not failed in this round; when all have, start a new round.
         let fresh: Vec<(usize, MirrorStats)> = open
@@ -222,16 +229,31 @@ impl Engine {
         self.retry_or_end(id, error, retryable);
     }
 
-    /// The downloaded bytes failed verification (hash, or size): start over from zero once,
-    /// on another URL when the job has one; a second failure ends the job.
+    /// The downloaded bytes failed verification (hash, or size): start over from zero, once
+    /// when the job has a single URL, else on another URL that has not served wrong bytes
+    /// (a URL that did is not used again by this job); when none is left the job fails.
     pub(super) fn verification_failed(&mut self, id: JobId, error: DownloadError) {
         let Some(j) = self.jobs.get_mut(&id) else {
             return;
         };
-        if j.verify_retry_used || !matches!(j.phase, Phase::Running) {
+        if !matches!(j.phase, Phase::Running) {
             return self.terminate(id, error, false);
         }
-        j.verify_retry_used = true;
+        let urls = 1 + j.spec.mirrors.len();
+        if urls == 1 {
+            if j.verify_retry_used {
+                return self.terminate(id, error, false);
+            }
+            j.verify_retry_used = true;
+        } else {
+            let bad = j.mirror;
+            if !j.bad_urls.contains(&bad) {
+                j.bad_urls.push(bad);
+            }
+            if j.bad_urls.len() >= urls {
+                return self.terminate(id, error, false);
+            }
+        }
         let url = self.job_url(id, self.jobs[&id].mirror).clone();
         if let Ok(origin) = Origin::of(&url) {
             self.origin_stats
@@ -268,7 +290,9 @@ impl Engine {
             j.failed_round.push(failed);
         }
         let urls = 1 + j.spec.mirrors.len();
-        let others: Vec<usize> = (0..urls).filter(|i| !j.failed_round.contains(i)).collect();
+        let others: Vec<usize> = (0..urls)
+            .filter(|i| !j.failed_round.contains(i) && !j.bad_urls.contains(i))
+            .collect();
         let untried = others.into_iter().any(|i| {
             let url = self.job_url(id, i).clone();
             self.admits_now(&url)

@@ -964,6 +964,12 @@ impl Engine {
                     t.got += len;
                     if len > 0 {
                         if let Err(e) = self.accept_data(id, offset, data) {
+                            let has_mirrors = !self.jobs[&id].spec.mirrors.is_empty();
+                            if has_mirrors && matches!(e, DownloadError::SizeMismatch { .. }) {
+                                // More bytes than expected: this server has other bytes
+                                // than the ones asked for; a mirror may not.
+                                return self.verification_failed(id, e);
+                            }
                             return self.terminate(id, e, false);
                         }
                         wrote = true;
