@@ -13,7 +13,6 @@ pub const HTTP_STATUS: i32 = 4;
 /// Verification failed: size, hash or signature.
 pub const VERIFICATION: i32 = 5;
 /// Unsafe or invalid archive, manifest or catalog.
-#[allow(dead_code)]
 pub const UNSAFE_INPUT: i32 = 6;
 /// Local I/O failure.
 pub const LOCAL_IO: i32 = 7;

@@ -1,7 +1,10 @@
 //! The `haul` command.
 //!
-//! Subcommands: `get` (verified, resumable downloads) and `demo` (the main job on a fresh
-//! machine: a built-in local origin, downloads with verification, progress and a summary).
+//! Subcommands: `get` (verified, resumable downloads: mirrors, segments, input lists, rate
+//! limits), `demo` (the main job on a fresh machine: a built-in local origin, downloads with
+//! verification, an asset install and update), `extract` and `hash` (safe zip extraction,
+//! the hashing path), `vsix` (editor extensions), `assets` (game asset catalogs), `load` and
+//! `cache` (signed modules in a content-addressed store).
 
 mod assets;
 mod cache;
