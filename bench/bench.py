@@ -48,9 +48,20 @@ SCENARIO_IDS = [
     "resume-256m",
     "extract-10k",
     "sha256-1g",
+    "runtimes-1g",
+    "limit-rate-8x24m",
+    "modules-500x32k",
 ]
 RESUME_MAX_RUNS = 3
 ACCESS_LOG_SETTLE_S = 3.0
+# limit-rate-8x24m: the global limit given to both tools ("20M" is 20 MiB/s for haul and for
+# aria2c), and the burst allowance of haul's token bucket (core/src/engine/mod.rs, BURST): a
+# full bucket at the start lets the first second's worth through at once.
+LIMIT_RATE_SPEC = "20M"
+LIMIT_RATE = 20 * MIB
+HAUL_LIMIT_BURST_S = 1.0
+# runtimes-1g: haul's runtimes, one process each, compared with the blocking one.
+RUNTIMES = ["blocking", "tokio", "smol"]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -64,6 +75,10 @@ class Sizes:
     resume_bytes: int
     extract_files: int
     extract_total_bytes: int
+    limit_count: int
+    limit_file_bytes: int
+    modules_count: int
+    modules_file_bytes: int
 
 
 FULL_SIZES = Sizes(
@@ -74,6 +89,10 @@ FULL_SIZES = Sizes(
     resume_bytes=256 * MIB,
     extract_files=10_000,
     extract_total_bytes=66_000_000,
+    limit_count=8,
+    limit_file_bytes=24 * MIB,
+    modules_count=500,
+    modules_file_bytes=32 * 1024,
 )
 QUICK_SIZES = Sizes(
     single_bytes=256 * MIB,
@@ -83,6 +102,10 @@ QUICK_SIZES = Sizes(
     resume_bytes=64 * MIB,
     extract_files=2000,
     extract_total_bytes=13_200_000,
+    limit_count=8,
+    limit_file_bytes=4 * MIB,
+    modules_count=200,
+    modules_file_bytes=32 * 1024,
 )
 
 
@@ -210,6 +233,39 @@ class DataStore:
             "count": files,
             "total": total,
             "digest": digest,
+        }
+        self.manifest[dirname] = entry
+        self._save()
+        return entry
+
+    def modules(self, dirname: str, count: int, size: int, make_manifest: Path) -> dict:
+        """`count` modules of `size` bytes and a signed manifest.json in www/DIRNAME/, made by
+        haul's make_manifest example: {path, key, manifest_sha256, modules: [{url, sha256}]}."""
+        path = self.www / dirname
+        params = {"kind": "modules", "count": count, "size": size}
+        entry = self._cached(dirname, params, path)
+        if entry and (path / "manifest.json").is_file():
+            return entry
+        log(f"making {count} modules of {human_bytes(size)} and a signed manifest in {dirname}/")
+        remove_path(path)
+        proc = subprocess.run([str(make_manifest), str(path), str(count), str(size)],
+                              stdin=subprocess.DEVNULL, capture_output=True, timeout=300)
+        if proc.returncode != 0:
+            raise RuntimeError(f"{make_manifest.name} exited {proc.returncode}: "
+                               f"{proc.stderr.decode(errors='replace').strip()[-300:]}")
+        key = proc.stdout.decode().strip().splitlines()[-1]
+        document = json.loads((path / "manifest.json").read_bytes())
+        modules = [{"url": m["url"], "sha256": m["sha256"]}
+                   for m in document["modules"].values()]
+        for m in modules:
+            if sha256_file(path / m["url"]) != m["sha256"]:
+                raise RuntimeError(f"{m['url']} does not match the manifest's sha256")
+        entry = {
+            "params": params,
+            "path": str(path),
+            "key": key,
+            "manifest_sha256": sha256_file(path / "manifest.json"),
+            "modules": modules,
         }
         self.manifest[dirname] = entry
         self._save()
@@ -486,6 +542,14 @@ class ScenarioResult:
     runs_per_tool: int
     extra_columns: list[tuple[str, str]] = dataclasses.field(default_factory=list)
     notes: list[str] = dataclasses.field(default_factory=list)
+    # The ratio columns: haul's median / each peer's (the default), or, with
+    # ratio_per_reference, each tool's median / the reference's (the is_haul tool).
+    ratio_header: str = "haul/peer"
+    ratio_per_reference: bool = False
+    # The chart: each peer's wall ratio (chart_key None), or the median of the extra column
+    # chart_key of every tool that ran (haul included), where 1.0 also means "on target".
+    chart_key: str | None = None
+    chart_caption: str = "haul/peer"
 
 
 class Bench:
@@ -503,6 +567,19 @@ class Bench:
         self.haul = Path(args.haul)
         self.probe = HaulProbe(self.haul, args.haul_unavailable)
         self.runs = args.runs
+        self.examples = Path(args.examples_dir)
+        self.examples_unavailable = {
+            "compare_runtimes": args.compare_runtimes_unavailable,
+            "make_manifest": args.make_manifest_unavailable,
+        }
+
+    def example(self, name: str) -> tuple[Path, str | None]:
+        """The path of one of haul's example programs and why it cannot run, if it cannot."""
+        path = self.examples / name
+        reason = self.examples_unavailable.get(name) or None
+        if reason is None and not (path.is_file() and os.access(path, os.X_OK)):
+            reason = f"no {name} example at {path}"
+        return path, reason
 
     # The generic loop: warm-up of each tool, then A B C A B C ... with verification.
     def alternate(
@@ -851,6 +928,243 @@ class Bench:
             "appear in the tool's output.",
             tools, self.runs)
 
+    # 7. runtimes-1g
+    def runtimes(self) -> ScenarioResult:
+        size = self.sizes.single_bytes
+        src = self.data.random_file(f"single-{size // MIB}m.bin", size)
+        url = f"{self.base}/plain/{Path(src['path']).name}"
+        out_dir = self.dl / "runtimes"
+        out = out_dir / "download.bin"
+        binary, reason = self.example("compare_runtimes")
+        tools = []
+        for which in RUNTIMES:
+            argv = [str(binary), url, "--sha256", src["sha256"], "--rounds", "1",
+                    "--only", which, "--dir", str(out_dir), "--keep"]
+            tool = Tool(name=f"haul-{which}", argv=argv, is_haul=which == "blocking",
+                        not_run=reason, display=shlex.join(
+                            [os.path.relpath(binary, self.repo)] + argv[1:]))
+            tools.append(tool)
+        check = self.file_check(out, src["sha256"], size)
+        line = re.compile(r"^round 1 (\w+): (\d+) bytes in ([0-9.]+) s .*sha256 ([0-9a-f]{64})$",
+                          re.MULTILINE)
+
+        def execute(tool: Tool, log_name: str) -> RunResult:
+            reset_dir(out_dir)
+            result, stdout = self.runner.timed(tool.argv, log_name)
+            if not result.ok:
+                return result
+            m = line.search(stdout)
+            want = tool.name.removeprefix("haul-")
+            if not m or m.group(1).lower() != want:
+                problem = f"no 'round 1 {want.capitalize()}: ...' line in the output"
+            elif int(m.group(2)) != size or m.group(4) != src["sha256"]:
+                problem = f"reported {m.group(2)} bytes, sha256 {m.group(4)[:16]}…"
+            else:
+                problem = check()
+                result.extra["download_s"] = float(m.group(3))
+            if problem:
+                result.ok, result.error = False, f"verification: {problem}"
+            return result
+
+        self.alternate("runtimes-1g", tools, self.runs, execute)
+        remove_path(out_dir)
+        return ScenarioResult(
+            "runtimes-1g", f"One {human_bytes(size)} file on each of haul's runtimes",
+            f"single-1g's file ({human_bytes(size)}, full speed, one connection) downloaded "
+            "with SHA-256 verification by haul's library on each runtime, one process per run: "
+            "runtime-tokio/examples/compare_runtimes.rs with --only blocking, tokio or smol. "
+            "The reference is haul-blocking; the ratio columns are each runtime's median / "
+            "haul-blocking's (the bar: each within 10%, i.e. at most 1.10×). The file is "
+            "checked after each run (size and sha256) and the digest the example reports "
+            "must match. 'download s' is the time the example measured around the download "
+            "itself (without process start and runtime set-up).",
+            tools, self.runs,
+            extra_columns=[("download_s", "download s")],
+            ratio_header="runtime/blocking", ratio_per_reference=True,
+            chart_caption="runtime/blocking")
+
+    # 8. limit-rate-8x24m
+    def limit_rate(self) -> ScenarioResult:
+        count, fsize = self.sizes.limit_count, self.sizes.limit_file_bytes
+        src = self.data.many_files(f"limit-{count}x{fsize // MIB}m", count, fsize)
+        src_name = Path(src["path"]).name
+        total = src["total"]
+        out_dir = self.dl / "limit"
+        lists = self.out / "lists"
+        lists.mkdir(parents=True, exist_ok=True)
+        urls = [f"{self.base}/plain/{src_name}/{n}" for n in src["names"]]
+        aria_list = lists / "limit.aria2.txt"
+        aria_list.write_text("".join(
+            f"{u}\n  dir={out_dir}\n  out={n}\n" for u, n in zip(urls, src["names"])))
+        tools = [
+            self.haul_tool("haul", "get", ["-j", "--limit-rate", "-d", "--quiet"],
+                           ["get", "-j", str(count), "--limit-rate", LIMIT_RATE_SPEC,
+                            "-d", str(out_dir), "--quiet"] + urls),
+            # aria2c takes several URIs on its command line as mirrors of one file: -i.
+            self.peer("aria2c", ["aria2c", "-q", f"-j{count}",
+                                 f"--max-overall-download-limit={LIMIT_RATE_SPEC}",
+                                 "--file-allocation=none", "-i", str(aria_list)]),
+        ]
+        # The report shows the first and last URL only.
+        tools[0].display = ("haul " + shlex.join(["get", "-j", str(count), "--limit-rate",
+                                                   LIMIT_RATE_SPEC, "-d", str(out_dir),
+                                                   "--quiet", urls[0]])
+                            + f" … {shlex.quote(urls[-1])}  # {count} URLs")
+        # A tool running exactly at the limit needs total/limit seconds, haul one second
+        # less (its bucket starts full).
+        expected = {"haul": total / LIMIT_RATE - HAUL_LIMIT_BURST_S, "aria2c": total / LIMIT_RATE}
+
+        def verify() -> str | None:
+            files, got, digest = tree_digest(out_dir)
+            if files != src["count"] or got != total:
+                return f"{files} files / {got} bytes, want {src['count']} / {total}"
+            if digest != src["digest"]:
+                return "file names or contents differ from the source"
+            return None
+
+        download = self.download_runner(out_dir, verify)
+
+        def execute(tool: Tool, log_name: str) -> RunResult:
+            result = download(tool, log_name)
+            if result.ok and result.wall_s > 0:
+                want = expected[tool.name]
+                result.extra.update({
+                    "rate_mib_s": round(total / result.wall_s / MIB, 3),
+                    "rate_vs_limit": round(total / result.wall_s / LIMIT_RATE, 4),
+                    "expected_s": round(want, 3),
+                    "on_target": round(want / result.wall_s, 4),
+                    "deviation_pct": round((want / result.wall_s - 1) * 100, 2),
+                })
+            return result
+
+        self.alternate("limit-rate-8x24m", tools, self.runs, execute)
+        remove_path(out_dir)
+        limit_text = f"{human_bytes(LIMIT_RATE)}/s"
+        return ScenarioResult(
+            "limit-rate-8x24m",
+            f"{count} files of {human_bytes(fsize)} under one {limit_text} limit",
+            f"{count} files ({human_bytes(total)} in all) from nginx at full speed, all "
+            f"{count} at once, with one global limit of {limit_text} "
+            f"(haul --limit-rate {LIMIT_RATE_SPEC}; aria2c "
+            f"--max-overall-download-limit={LIMIT_RATE_SPEC}; curl's --limit-rate is per "
+            "transfer, so curl is not a peer here). 'MiB/s' = total bytes / wall time; "
+            "'rate ÷ limit' = that / the limit. 'expected s' = the time at exactly the limit: "
+            f"total / limit = {total / LIMIT_RATE:.2f} s for aria2c, and "
+            f"{HAUL_LIMIT_BURST_S:.0f} s less for haul, whose token bucket starts full (a "
+            "one-second burst allowance). 'deviation %' = expected / wall − 1: the rate "
+            "after the burst against the limit (negative: below the limit; the bar for haul: "
+            "within ±5%). Every run's files are compared with the source. The chart shows "
+            "expected / wall for both tools (1.0 = exactly at the limit). haul runs at its "
+            "default --priority normal, which leaves 20% of the bucket to more urgent classes "
+            "until a job has waited a second, so about 0.2 s of the burst goes unused; that "
+            "and the fixed costs (start, connections, the final fsync) weigh heavily on a "
+            "small total (--quick).",
+            tools, self.runs,
+            extra_columns=[("rate_mib_s", "MiB/s"), ("rate_vs_limit", "rate ÷ limit"),
+                           ("expected_s", "expected s"), ("deviation_pct", "deviation %")],
+            chart_key="on_target", chart_caption="rate ÷ limit")
+
+    # 9. modules-500x32k
+    def modules(self) -> ScenarioResult:
+        count, fsize = self.sizes.modules_count, self.sizes.modules_file_bytes
+        sid = "modules-500x32k"
+        dirname = f"modules-{count}x{fsize // 1024}k"
+        title = f"Load {count} signed modules of {human_bytes(fsize)} (cold cache)"
+        out_dir = self.dl / "modules"
+        cache = out_dir / "cache"
+        make_manifest, reason = self.example("make_manifest")
+        src = None
+        if reason is None:
+            try:
+                src = self.data.modules(dirname, count, fsize, make_manifest)
+            except (OSError, ValueError, KeyError, RuntimeError,
+                    subprocess.TimeoutExpired) as e:
+                reason = f"could not make the modules: {e}"
+                log(f"{sid}: {reason}")
+        manifest_url = f"{self.base}/plain/{dirname}/manifest.json"
+        key = src["key"] if src else "bench:ed25519:HEX"
+        modules = src["modules"] if src else []
+        file_urls = [("manifest.json", manifest_url)] + [
+            (m["url"], f"{self.base}/plain/{dirname}/{m['url']}") for m in modules]
+        lists = self.out / "lists"
+        lists.mkdir(parents=True, exist_ok=True)
+        curl_cfg = lists / "modules.curl.txt"
+        curl_cfg.write_text("".join(
+            f'url = "{u}"\noutput = "{out_dir / n}"\n' for n, u in file_urls))
+        aria_list = lists / "modules.aria2.txt"
+        aria_list.write_text("".join(f"{u}\n  dir={out_dir}\n  out={n}\n" for n, u in file_urls))
+        tools = [
+            self.haul_tool("haul", "load", ["--app", "--manifest", "--key", "--cache", "--json"],
+                           ["load", "--app", "bench", "--manifest", manifest_url, "--key", key,
+                            "--cache", str(cache), "--json"]),
+            self.peer("curl", ["curl", "--parallel", "--parallel-max", "16", "-s",
+                               "-K", str(curl_cfg)]),
+            self.peer("aria2c", ["aria2c", "-j16", "-i", str(aria_list), "-q"]),
+        ]
+        if reason:
+            for tool in tools:
+                tool.not_run = tool.not_run or reason
+
+        def verify_haul(stdout: str) -> str | None:
+            try:
+                report = json.loads(stdout)
+                loaded = {m["sha256"] for m in report["modules"]}
+            except (ValueError, KeyError, TypeError) as e:
+                return f"--json output not understood: {e}"
+            want = {m["sha256"] for m in modules}
+            if loaded != want:
+                return f"--json lists {len(loaded)} modules, {len(loaded ^ want)} differ"
+            # The cache holds each module under its sha256, and the manifest itself too.
+            files = cache / "files"
+            stored = {p.name for p in files.iterdir()} if files.is_dir() else set()
+            missing = want - stored
+            if missing:
+                return f"{len(missing)} modules missing from the cache"
+            for digest in sorted(stored):
+                if digest not in want and digest != src["manifest_sha256"]:
+                    return f"cache file {digest[:16]}… is neither a module nor the manifest"
+                if sha256_file(files / digest) != digest:
+                    return f"cache file {digest[:16]}… does not match its name"
+            return None
+
+        def verify_files() -> str | None:
+            names = sorted(p.name for p in out_dir.iterdir())
+            if len(names) != len(file_urls):
+                return f"{len(names)} files, want {len(file_urls)}"
+            if sha256_file(out_dir / "manifest.json") != src["manifest_sha256"]:
+                return "manifest.json differs from the source"
+            for m in modules:
+                path = out_dir / m["url"]
+                if not path.is_file() or sha256_file(path) != m["sha256"]:
+                    return f"{m['url']} missing or its sha256 differs"
+            return None
+
+        def execute(tool: Tool, log_name: str) -> RunResult:
+            reset_dir(out_dir)  # haul creates the (fresh) cache inside it
+            result, stdout = self.runner.timed(tool.argv, log_name)
+            if result.ok:
+                problem = verify_haul(stdout) if tool.is_haul else verify_files()
+                if problem:
+                    result.ok, result.error = False, f"verification: {problem}"
+            return result
+
+        self.alternate(sid, tools, self.runs, execute)
+        remove_path(out_dir)
+        return ScenarioResult(
+            sid, title,
+            f"{count} modules of {human_bytes(fsize)} and their Ed25519-signed manifest, made "
+            "once by cli/examples/make_manifest.rs (module i depends on module (i−1)/2), served "
+            "by nginx at full speed. haul load starts with an empty --cache each run (a cold "
+            "load): it fetches and verifies the manifest's signature, fetches the modules 16 at "
+            "a time (its default --concurrency), checks each one's sha256 and stores it in the "
+            "cache (files/SHA256 plus index.sqlite). curl (--parallel-max 16) and aria2c (-j16) "
+            "fetch the same files (manifest and modules) without any checks. Verification: "
+            "haul's --json report must list every module, and its cache must hold every "
+            "module (and nothing but the modules and the manifest), each under its sha256; "
+            "the peers' files are compared with the manifest's sha256 of each module. The "
+            "bar: haul/curl at most 1.00×.",
+            tools, self.runs)
+
     def run(self, ids: list[str]) -> list[ScenarioResult]:
         table = {
             "single-1g": self.single,
@@ -859,6 +1173,9 @@ class Bench:
             "resume-256m": self.resume,
             "extract-10k": self.extract,
             "sha256-1g": self.hashing,
+            "runtimes-1g": self.runtimes,
+            "limit-rate-8x24m": self.limit_rate,
+            "modules-500x32k": self.modules,
         }
         results = []
         for sid in ids:
@@ -897,20 +1214,38 @@ def summarize(tool: Tool, extra_keys: list[str]) -> dict:
 
 def scenario_json(s: ScenarioResult) -> dict:
     extra_keys = [k for k, _ in s.extra_columns]
+    if s.chart_key and s.chart_key not in extra_keys:
+        extra_keys.append(s.chart_key)
     tools = [summarize(t, extra_keys) for t in s.tools]
     haul = next((t for t in tools if t["is_haul"]), None)
+
+    def ratio(a: float | None, b: float | None) -> float | None:
+        return a / b if a and b else None
+
     for t in tools:
         if t["is_haul"] or haul is None or haul["status"] != "ok" or t["status"] != "ok":
             continue
-        t["ratio_wall"] = haul["median_wall_s"] / t["median_wall_s"] if t["median_wall_s"] else None
-        if haul.get("median_rss_mib") and t.get("median_rss_mib"):
-            t["ratio_rss"] = haul["median_rss_mib"] / t["median_rss_mib"]
+        if s.ratio_per_reference:
+            t["ratio_wall"] = ratio(t["median_wall_s"], haul["median_wall_s"])
+            t["ratio_rss"] = ratio(t.get("median_rss_mib"), haul.get("median_rss_mib"))
+        else:
+            t["ratio_wall"] = ratio(haul["median_wall_s"], t["median_wall_s"])
+            t["ratio_rss"] = ratio(haul.get("median_rss_mib"), t.get("median_rss_mib"))
+    if s.chart_key:
+        # Every tool that ran, haul included, on the scenario's own scale.
+        bars = [{"tool": t["tool"], "value": t.get("median_" + s.chart_key),
+                 "status": t["status"]} for t in tools if t["status"] != "not run"]
+    else:
+        bars = [{"tool": t["tool"], "value": t.get("ratio_wall"), "status": t["status"]}
+                for t in tools if not t["is_haul"]]
     return {
         "id": s.id,
         "title": s.title,
         "description": s.description,
         "runs_per_tool": s.runs_per_tool,
         "extra_columns": s.extra_columns,
+        "ratio_header": s.ratio_header,
+        "chart": {"caption": s.chart_caption, "per_tool": bool(s.chart_key), "bars": bars},
         "tools": tools,
     }
 
@@ -995,6 +1330,8 @@ def fmt_num(x) -> str:
     if x is None:
         return "–"
     if isinstance(x, float):
+        if abs(x) < 10:
+            return f"{x:.3g}"
         return f"{x:.1f}" if abs(x) < 1000 else f"{x:.0f}"
     return str(x)
 
@@ -1058,21 +1395,26 @@ def write_markdown(path: Path, results: dict, chart_rel: str) -> None:
         "file compared with the source, or the digest in the tool's output). A tool with "
         "a failed run is reported as failed, without times.",
         "- **haul/peer** = haul's median / the peer's median: below 1.00× haul is faster "
-        "(or smaller), above 1.00× it is slower (or larger).",
+        "(or smaller), above 1.00× it is slower (or larger). In `runtimes-1g` the peers are "
+        "haul's other runtimes and the ratio is **runtime/blocking** = that runtime's "
+        "median / haul-blocking's.",
         "",
         "## Summary",
         "",
         f"![haul/peer median wall-time ratio per scenario]({chart_rel})",
         "",
         "Bars: haul's median wall time divided by each peer's (lower is better for haul; "
-        "the line marks 1.0).",
+        "the line marks 1.0); under each scenario, what its bars show: in `runtimes-1g` "
+        "each runtime's median over haul-blocking's, in `limit-rate-8x24m` each tool's "
+        "rate against the limit (expected time / wall time; 1.0 = exactly at the limit).",
         "",
     ]
     for s in results["scenarios"]:
         lines += [f"## `{s['id']}`: {s['title']}", "", s["description"], ""]
         extra = s["extra_columns"]
+        rh = s.get("ratio_header", "haul/peer")
         header = ["tool", "median s", "min–max s", "median peak RSS MiB",
-                  "haul/peer wall", "haul/peer RSS"] + [label for _, label in extra]
+                  f"{rh} wall", f"{rh} RSS"] + [label for _, label in extra]
         lines.append("| " + " | ".join(header) + " |")
         lines.append("| " + " | ".join(["---"] + ["---:"] * (len(header) - 1)) + " |")
         notes = []
@@ -1108,27 +1450,33 @@ def write_markdown(path: Path, results: dict, chart_rel: str) -> None:
 
 
 PALETTE = {
+    "haul": "#edc948",
     "curl": "#4e79a7",
     "wget2": "#f28e2b",
     "aria2c": "#59a14f",
     "unzip": "#b07aa1",
     "openssl": "#e15759",
     "sha256sum": "#76b7b2",
+    "haul-tokio": "#9c755f",
+    "haul-smol": "#ff9da7",
 }
 
 
 def write_chart(path: Path, results: dict) -> None:
-    """A hand-written SVG bar chart: haul/peer median wall-time ratio per scenario."""
+    """A hand-written SVG bar chart, one group of bars per scenario: haul/peer median
+    wall-time ratio, or the scenario's own ratio (runtime/blocking, rate ÷ limit), whose
+    caption is written under the scenario id."""
     scenarios = results["scenarios"]
-    width = 900
-    left, right, top, bottom = 60, 90, 50, 120
-    height = 430
+    n = max(1, len(scenarios))
+    left, right, top, bottom = 60, 90, 50, 135
+    width = max(900, left + right + 115 * n)
+    height = 445
     plot_w = width - left - right
     plot_h = height - top - bottom
-    ratios = [t.get("ratio_wall") for s in scenarios for t in s["tools"]
-              if t.get("ratio_wall") is not None]
-    y_max = max([2.0] + [min(r, 4.0) * 1.1 for r in ratios])
+    ratios = [b["value"] for s in scenarios for b in s["chart"]["bars"]
+              if b["value"] is not None]
     clip = 4.0
+    y_max = max([2.0] + [min(r, clip) * 1.1 for r in ratios])
 
     def y_of(v: float) -> float:
         return top + plot_h - min(v, y_max) / y_max * plot_h
@@ -1156,57 +1504,69 @@ def write_chart(path: Path, results: dict) -> None:
     out.append(f'<line x1="{left}" y1="{top + plot_h}" x2="{left + plot_w}" '
                f'y2="{top + plot_h}" stroke="#333"/>')
     # Bars.
-    n = max(1, len(scenarios))
     slot = plot_w / n
+    shown_tools: list[str] = []
     for i, s in enumerate(scenarios):
         x0 = left + i * slot
-        peers = [t for t in s["tools"] if not t["is_haul"]]
+        chart = s["chart"]
+        bars = chart["bars"]
         haul = next((t for t in s["tools"] if t["is_haul"]), None)
         label_y = top + plot_h + 62
         out.append(f'<text x="{x0 + slot / 2:.1f}" y="{label_y}" text-anchor="middle" '
                    f'font-weight="bold" font-size="11">{html.escape(s["id"])}</text>')
-        if haul is None or haul["status"] != "ok":
-            status = "haul not run" if haul is None or haul["status"] == "not run" else "haul failed"
+        out.append(f'<text x="{x0 + slot / 2:.1f}" y="{label_y + 14}" text-anchor="middle" '
+                   f'font-size="10" fill="#555">{html.escape(chart["caption"])}</text>')
+        if not chart["per_tool"] and (haul is None or haul["status"] != "ok"):
+            who = haul["tool"] if haul else "haul"
+            status = f"{who} not run" if haul is None or haul["status"] == "not run" \
+                else f"{who} failed"
             out.append(f'<text x="{x0 + slot / 2:.1f}" y="{top + plot_h * 0.3:.1f}" '
-                       f'text-anchor="middle" fill="#999">{status}</text>')
+                       f'text-anchor="middle" fill="#999" font-size="11">'
+                       f'{html.escape(status)}</text>')
             continue
-        bar_w = min(34.0, (slot - 16) / max(1, len(peers)))
-        start = x0 + (slot - bar_w * len(peers)) / 2
-        for j, t in enumerate(peers):
+        bar_w = min(34.0, (slot - 16) / max(1, len(bars)))
+        start = x0 + (slot - bar_w * len(bars)) / 2
+        for j, bar in enumerate(bars):
             bx = start + j * bar_w
-            color = PALETTE.get(t["tool"], "#999")
-            r = t.get("ratio_wall")
+            name = bar["tool"]
+            color = PALETTE.get(name, "#999")
+            r = bar["value"]
             if r is None:
                 out.append(f'<text x="{bx + bar_w / 2:.1f}" y="{top + plot_h - 4:.1f}" '
-                           f'text-anchor="middle" font-size="10" fill="#999">{t["status"]}</text>')
+                           f'text-anchor="middle" font-size="10" fill="#999">'
+                           f'{html.escape(bar["status"])}</text>')
             else:
+                if name not in shown_tools:
+                    shown_tools.append(name)
                 y = y_of(min(r, clip))
                 out.append(f'<rect x="{bx + 2:.1f}" y="{y:.1f}" width="{bar_w - 4:.1f}" '
                            f'height="{top + plot_h - y:.1f}" fill="{color}">'
-                           f'<title>{html.escape(t["tool"])}: {r:.2f}×</title></rect>')
+                           f'<title>{html.escape(name)}: {r:.2f}×</title></rect>')
                 shown = f"{r:.2f}" + ("+" if r > clip else "")
                 out.append(f'<text x="{bx + bar_w / 2:.1f}" y="{y - 3:.1f}" '
                            f'text-anchor="middle" font-size="10">{shown}</text>')
             tx, ty = bx + bar_w / 2 + 3, top + plot_h + 12
             out.append(f'<text x="{tx:.1f}" y="{ty}" text-anchor="end" font-size="10" '
                        f'fill="#555" transform="rotate(-40 {tx:.1f} {ty})">'
-                       f'{html.escape(t["tool"])}</text>')
+                       f'{html.escape(name)}</text>')
     # Parity line.
     y1 = y_of(1.0)
     out.append(f'<line x1="{left}" y1="{y1:.1f}" x2="{left + plot_w}" y2="{y1:.1f}" '
                'stroke="#c00" stroke-width="1.5" stroke-dasharray="6 4"/>')
     out.append(f'<text x="{left + plot_w + 6}" y="{y1 + 4:.1f}" text-anchor="start" '
                'fill="#c00">1.0 = parity</text>')
-    # Legend.
+    # Legend: the tools with a bar, in palette order.
     lx = left
     ly = height - 28
     for name, color in PALETTE.items():
+        if name not in shown_tools:
+            continue
         out.append(f'<rect x="{lx}" y="{ly - 10}" width="12" height="12" fill="{color}"/>')
-        out.append(f'<text x="{lx + 16}" y="{ly}">{name}</text>')
-        lx += 100
+        out.append(f'<text x="{lx + 16}" y="{ly}">{html.escape(name)}</text>')
+        lx += 28 + 7 * len(name)
     out.append(f'<text x="{left}" y="{height - 8}" fill="#555" font-size="10">'
                f"Bars above {clip:.0f}× are clipped. Scenarios without bars: haul not run "
-               "or failed (see BENCHMARKS.md).</text>")
+               "or failed (see BENCHMARKS.md). Under each id: what its bars show.</text>")
     out.append("</svg>")
     path.write_text("\n".join(out) + "\n")
 
@@ -1224,11 +1584,17 @@ def main() -> int:
     ap.add_argument("--segment-rate", default="8m")
     ap.add_argument("--haul", required=True)
     ap.add_argument("--haul-unavailable", default="")
+    ap.add_argument("--examples-dir", default="",
+                    help="where haul's example programs are (default: REPO/target/release/examples)")
+    ap.add_argument("--compare-runtimes-unavailable", default="")
+    ap.add_argument("--make-manifest-unavailable", default="")
     ap.add_argument("--command", default="bench/run")
     ap.add_argument("--nginx", default="nginx")
     ap.add_argument("--quick", action="store_true")
     ap.add_argument("--only", default="")
     args = ap.parse_args()
+    if not args.examples_dir:
+        args.examples_dir = str(Path(args.repo_dir) / "target" / "release" / "examples")
 
     ids = [i for i in args.only.split(",") if i] if args.only else list(SCENARIO_IDS)
     unknown = [i for i in ids if i not in SCENARIO_IDS]
@@ -1240,8 +1606,9 @@ def main() -> int:
     out = Path(args.out_dir)
     repo = Path(args.repo_dir)
     sizes = QUICK_SIZES if args.quick else FULL_SIZES
-    need = (sizes.single_bytes * 2 + sizes.segmented_bytes * 2 + sizes.resume_bytes * 2
-            + sizes.extract_total_bytes * 3 + 512 * MIB)
+    need = (sizes.single_bytes * 3 + sizes.segmented_bytes * 2 + sizes.resume_bytes * 2
+            + sizes.extract_total_bytes * 3 + sizes.limit_count * sizes.limit_file_bytes * 2
+            + sizes.modules_count * sizes.modules_file_bytes * 3 + 512 * MIB)
     free = shutil.disk_usage(out).free
     if free < need:
         log(f"not enough disk space under {out}: {human_bytes(free)} free, "
@@ -1268,7 +1635,10 @@ def main() -> int:
                   f"{human_bytes(sizes.many_file_bytes)} files, resume "
                   f"{human_bytes(sizes.resume_bytes)}, archive of {sizes.extract_files} files "
                   f"(~{human_bytes(sizes.extract_total_bytes)}), hash "
-                  f"{human_bytes(sizes.single_bytes)}")
+                  f"{human_bytes(sizes.single_bytes)}, runtimes "
+                  f"{human_bytes(sizes.single_bytes)}, limit-rate {sizes.limit_count} × "
+                  f"{human_bytes(sizes.limit_file_bytes)}, {sizes.modules_count} modules of "
+                  f"{human_bytes(sizes.modules_file_bytes)}")
     results = {
         "meta": {
             "date": dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
@@ -1300,7 +1670,10 @@ def main() -> int:
         for t in s["tools"]:
             if t["status"] == "ok":
                 ratio = t.get("ratio_wall")
-                extra = f"  haul/peer {ratio:.2f}x" if ratio else ""
+                extra = f"  {s['ratio_header']} {ratio:.2f}x" if ratio else ""
+                if t.get("median_deviation_pct") is not None:
+                    extra += (f"  {t['median_rate_mib_s']:.2f} MiB/s, deviation "
+                              f"{t['median_deviation_pct']:+.1f}%")
                 log(f"  {s['id']:16} {t['tool']:10} {fmt_s(t['median_wall_s']):>8} s{extra}")
             else:
                 log(f"  {s['id']:16} {t['tool']:10} {t['status']}: {t['reason']}")
