@@ -85,6 +85,7 @@ fn main() {
             std::process::exit(code);
         }
     };
+    quiet_on_closed_stdout();
     let code = match cli.command {
         Command::Get(args) => get::run(args),
         Command::Demo(args) => demo::run(args),
@@ -96,4 +97,22 @@ fn main() {
         Command::Hash(args) => extract::run_hash(args),
     };
     std::process::exit(code);
+}
+
+/// Output piped into a reader that stopped (`haul cache ls | head`) ends the command the
+/// way other Unix tools end, silently with 128 + SIGPIPE, instead of a panic report.
+fn quiet_on_closed_stdout() {
+    let default = std::panic::take_hook();
+    std::panic::set_hook(Box::new(move |info| {
+        let message = info
+            .payload()
+            .downcast_ref::<String>()
+            .map(String::as_str)
+            .or_else(|| info.payload().downcast_ref::<&str>().copied())
+            .unwrap_or("");
+        if message.starts_with("failed printing to stdout") && message.contains("Broken pipe") {
+            std::process::exit(141);
+        }
+        default(info);
+    }));
 }

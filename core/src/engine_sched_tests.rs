@@ -980,6 +980,24 @@ fn a_per_download_rate_limit_holds_that_download_to_its_rate() {
 }
 
 #[test]
+fn a_low_class_alone_uses_the_whole_burst_of_the_global_limit() {
+    // 1.5 s worth of bytes: the one-second burst plus half a second at the rate. Holding
+    // back a reserve for more urgent classes that are not there would take longer.
+    let len = RATE as usize * 3 / 2;
+    let mut cfg = config();
+    cfg.rate_limit = Some(RATE);
+    let mut h = Harness::new(cfg);
+    fast_server(&mut h, len);
+    let job = h.submit(download().priority(Priority::Background));
+    h.run(job).expect("downloaded");
+    let took = h.finished_at(job);
+    assert!(
+        took <= at(Duration::from_millis(600)),
+        "finished at {took}; the burst was not all used"
+    );
+}
+
+#[test]
 fn under_a_shared_global_limit_the_higher_priority_job_receives_more() {
     let mut cfg = config();
     cfg.rate_limit = Some(RATE);

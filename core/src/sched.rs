@@ -37,9 +37,10 @@ impl Priority {
 
     /// Fraction of the global bucket's capacity that must be available before a job of this
     /// class may receive more. Critical may drain the bucket; Background only takes what the
-    /// others leave standing. This gives higher classes the larger share; the engine waives
-    /// the reserve for a job that has not received anything for a second, so a busy higher
-    /// class holds the lower ones back without starving them.
+    /// others leave standing. This gives higher classes the larger share; the engine applies
+    /// the reserve only while a more urgent class has a job running, and waives it for a job
+    /// that has not received anything for a second, so a busy higher class holds the lower
+    /// ones back without starving them.
     pub fn reserve_fraction(self) -> f64 {
         match self {
             Priority::Critical => 0.0,

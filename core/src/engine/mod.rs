@@ -1005,8 +1005,19 @@ impl Engine {
     /// When transfer may receive again under the rate limits (None: now).
     fn throttle_until(&mut self, id: JobId) -> Option<Instant> {
         let now = self.now;
+        // The reserve keeps tokens for more urgent classes only while one of them has a
+        // job running: alone, a class uses the whole limit.
+        let mine = self.jobs[&id].priority();
+        let urgent_running = self
+            .jobs
+            .values()
+            .any(|o| o.priority() > mine && matches!(o.phase, Phase::Running));
         let j = self.jobs.get_mut(&id).expect("job exists");
-        let reserve = j.priority().reserve_fraction();
+        let reserve = if urgent_running {
+            j.priority().reserve_fraction()
+        } else {
+            0.0
+        };
         // The reserve keeps tokens for more urgent classes, but only for a while: a job that
         // has waited BURST since its last read competes without it, so a busy higher class
         // cannot starve it.
