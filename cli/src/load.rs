@@ -115,6 +115,8 @@ impl LoadArgs {
             ..Config::default()
         };
         config.retry.max_attempts = self.retries.saturating_add(1);
+        // The engine's queue bounds the module downloads running at once.
+        config.max_active_jobs = self.concurrency.max(1);
         config.validate().map_err(|error| error.to_string())?;
         Ok(config)
     }

@@ -190,6 +190,12 @@ impl Client {
         driver.host.set_rate_schedule(rates, utc_offset);
     }
 
+    /// Jobs the engine runs at once (the rest of a call's downloads wait in its queue).
+    pub fn max_active_jobs(&self) -> usize {
+        let driver = self.driver.lock().unwrap_or_else(|e| e.into_inner());
+        driver.host.config().max_active_jobs
+    }
+
     /// A handle that cancels the running call from another thread (e.g. on Ctrl-C).
     pub fn cancel_handle(&self) -> CancelHandle {
         self.cancel.clone()

@@ -176,21 +176,26 @@ impl Fetcher for Client {
     }
 }
 
-/// Runs `downloads` at most `concurrency` per [`Client::download_many`] call; results in the
-/// order given (a request that could not be built keeps its error in place).
+/// Runs `downloads` with at most `concurrency` at once; results in the order given (a
+/// request that could not be built keeps its error in place).
 ///
-/// A stopgap: the engine starts every job of a call at once, so batching is the only bound
-/// today, and each batch waits for its slowest download. Replace with one `download_many`
-/// call once the engine schedules concurrency itself.
+/// When the client's engine runs no more than `concurrency` jobs at once, every download goes
+/// in one [`Client::download_many`] call and the engine's queue starts the next one as soon
+/// as any finishes. Otherwise they go in calls of `concurrency` downloads, each of which
+/// waits for its slowest download.
 fn download_in_batches(
     client: &Client,
     downloads: Vec<Result<Download, DownloadError>>,
     concurrency: usize,
 ) -> Vec<Result<Outcome, DownloadError>> {
-    let concurrency = concurrency.max(1);
+    let concurrency = if client.max_active_jobs() <= concurrency.max(1) {
+        usize::MAX
+    } else {
+        concurrency.max(1)
+    };
     let mut results: Vec<Option<Result<Outcome, DownloadError>>> =
         Vec::with_capacity(downloads.len());
-    let mut batch: Vec<(usize, Download)> = Vec::with_capacity(concurrency);
+    let mut batch: Vec<(usize, Download)> = Vec::with_capacity(concurrency.min(downloads.len()));
     for (index, download) in downloads.into_iter().enumerate() {
         match download {
             Ok(download) => {
