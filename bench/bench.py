@@ -656,6 +656,10 @@ class Bench:
             self.haul_tool("haul", "get", ["-o", "--sha256", "--quiet"],
                            ["get", url, "-o", str(out), "--sha256", src["sha256"], "--quiet"]),
             self.peer("curl", ["curl", "-s", "-o", str(out), url]),
+            # haul's file is on disk when it exits (fsync before the rename); curl's is in the
+            # page cache. This peer makes curl's file durable too, for a like-for-like time.
+            self.peer("curl+sync", ["sh", "-c", 'curl -s -o "$1" "$2" && sync "$1"', "sh",
+                                    str(out), url]),
             self.peer("wget2", ["wget2", "-q", "-O", str(out), url]),
             self.peer("aria2c", ["aria2c", "-q", "-d", str(out_dir), "-o", out.name,
                                  "--allow-overwrite=true", "--file-allocation=none", url]),
@@ -667,7 +671,9 @@ class Bench:
             "single-1g", f"One {human_bytes(size)} file, one connection",
             f"{human_bytes(size)} of random bytes from nginx at full speed (sendfile) over "
             "127.0.0.1, written to bench/out/dl; each output's sha256 is checked after each run. "
-            "haul also verifies the sha256 itself (--sha256); the peers do not.",
+            "haul also verifies the sha256 itself (--sha256); the peers do not. haul fsyncs the "
+            "file before renaming it into place; curl+sync is curl followed by `sync FILE`, the "
+            "same durability.",
             tools, self.runs)
 
     # 2. segmented-128m
