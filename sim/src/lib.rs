@@ -33,4 +33,4 @@ pub mod world;
 
 pub use scenario::{Fault, FaultKind, MirrorPlan, PlantedBug, Scenario};
 pub use swarm::{run_swarm, shrink, SwarmReport};
-pub use world::{run_scenario, Feature, Invariant, KnownIssue, RunOptions, RunReport, Violation};
+pub use world::{run_scenario, Feature, Invariant, RunOptions, RunReport, Violation};

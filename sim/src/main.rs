@@ -1,14 +1,13 @@
 //! `haul-sim`: replay one seed with its trace, or run a swarm of seeds.
 //!
 //! ```text
-//! haul-sim --seed N [--plant-bug NAME] [--quiet] [--strict]
-//! haul-sim --seeds COUNT [--from S] [--jobs J] [--plant-bug NAME] [--strict]
+//! haul-sim --seed N [--plant-bug NAME] [--quiet]
+//! haul-sim --seeds COUNT [--from S] [--jobs J] [--plant-bug NAME]
 //! haul-sim --shrink N [--plant-bug NAME]
 //! ```
 //! Exit status: 0 clean, 1 an invariant broke (or replays differ, or, in a swarm of at least
 //! 1000 seeds, a fault kind never fired or a required resilience feature never happened),
-//! 2 usage error. Violations recognised as known engine bugs (FINDINGS.md) are listed but
-//! fail the run only with `--strict`.
+//! 2 usage error.
 
 use std::process::ExitCode;
 use std::time::Instant as WallClock;
@@ -16,11 +15,9 @@ use std::time::Instant as WallClock;
 use haul_sim::{run_scenario, run_swarm, shrink, Feature, PlantedBug, RunOptions, Scenario};
 
 const USAGE: &str = "usage:
-  haul-sim --seed N [--plant-bug NAME] [--quiet] [--strict]
-                                                     replay one seed, print its trace
-  haul-sim --seeds COUNT [--from S] [--jobs J] [--plant-bug NAME] [--strict]
+  haul-sim --seed N [--plant-bug NAME] [--quiet]     replay one seed, print its trace
+  haul-sim --seeds COUNT [--from S] [--jobs J] [--plant-bug NAME]
                                                      run a swarm, print failing seeds
-  --strict: known engine bugs (FINDINGS.md) count as failures
   haul-sim --shrink N [--plant-bug NAME]             shrink a failing seed's plan
 planted bugs: disk-reorders-sync, origin-splices-ranges";
 
@@ -35,7 +32,6 @@ struct Args {
     bug: Option<PlantedBug>,
     jobs: usize,
     quiet: bool,
-    strict: bool,
 }
 
 fn parse_args() -> Result<Args, String> {
@@ -43,7 +39,6 @@ fn parse_args() -> Result<Args, String> {
     let (mut seed, mut seeds, mut from, mut shrink_seed) = (None, None, 0u64, None);
     let mut bug = None;
     let mut quiet = false;
-    let mut strict = false;
     let mut jobs = std::thread::available_parallelism().map_or(1, |n| n.get());
     let num = |v: Option<String>, flag: &str| -> Result<u64, String> {
         v.ok_or(format!("{flag} needs a value"))?
@@ -58,7 +53,6 @@ fn parse_args() -> Result<Args, String> {
             "--jobs" => jobs = num(args.next(), "--jobs")? as usize,
             "--shrink" => shrink_seed = Some(num(args.next(), "--shrink")?),
             "--quiet" => quiet = true,
-            "--strict" => strict = true,
             "--plant-bug" => {
                 let name = args.next().ok_or("--plant-bug needs a name")?;
                 bug = Some(PlantedBug::parse(&name).ok_or(format!("unknown bug {name:?}"))?);
@@ -78,7 +72,6 @@ fn parse_args() -> Result<Args, String> {
         bug,
         jobs,
         quiet,
-        strict,
     })
 }
 
@@ -99,13 +92,13 @@ fn main() -> ExitCode {
         }
     };
     match args.mode {
-        Mode::Replay(seed) => replay(seed, args.bug, args.quiet, args.strict),
-        Mode::Swarm { count, from } => swarm(count, from, args.jobs, args.bug, args.strict),
+        Mode::Replay(seed) => replay(seed, args.bug, args.quiet),
+        Mode::Swarm { count, from } => swarm(count, from, args.jobs, args.bug),
         Mode::Shrink(seed) => shrink_seed(seed, args.bug),
     }
 }
 
-fn replay(seed: u64, bug: Option<PlantedBug>, quiet: bool, strict: bool) -> ExitCode {
+fn replay(seed: u64, bug: Option<PlantedBug>, quiet: bool) -> ExitCode {
     let sc = Scenario::generate(seed).with_bug(bug);
     let opts = RunOptions {
         trace: true,
@@ -138,10 +131,6 @@ fn replay(seed: u64, bug: Option<PlantedBug>, quiet: bool, strict: bool) -> Exit
         println!("VIOLATION {v}");
         ok = false;
     }
-    for (issue, v) in &first.known {
-        println!("KNOWN ENGINE BUG {}: {v}", issue.name());
-        ok &= !strict;
-    }
     if ok {
         ExitCode::SUCCESS
     } else {
@@ -149,7 +138,7 @@ fn replay(seed: u64, bug: Option<PlantedBug>, quiet: bool, strict: bool) -> Exit
     }
 }
 
-fn swarm(count: u64, from: u64, jobs: usize, bug: Option<PlantedBug>, strict: bool) -> ExitCode {
+fn swarm(count: u64, from: u64, jobs: usize, bug: Option<PlantedBug>) -> ExitCode {
     let started = WallClock::now();
     let r = run_swarm(from, count, jobs, bug);
     let wall = started.elapsed();
@@ -184,17 +173,6 @@ fn swarm(count: u64, from: u64, jobs: usize, bug: Option<PlantedBug>, strict: bo
         .collect();
     println!("features: {}", features.join(" "));
     let mut ok = r.failures.is_empty();
-    for (issue, seeds) in &r.known {
-        let shown: Vec<String> = seeds.iter().take(8).map(u64::to_string).collect();
-        println!(
-            "known engine bug {}: {} seeds (e.g. {}){}",
-            issue.name(),
-            seeds.len(),
-            shown.join(", "),
-            if strict { " [counted: --strict]" } else { "" }
-        );
-        ok &= !strict;
-    }
     let missing = r.missing_features();
     if !missing.is_empty() {
         let names: Vec<&str> = missing.iter().map(|f| f.name()).collect();

@@ -8,7 +8,8 @@
 //! carry). The representations of a resource form one list shared by all its hosts: a
 //! mirror serves representation 0 itself (same bytes and validator), a twin of it (same
 //! bytes, its own validator) or a stale one (other bytes); an `EtagChange` fault publishes
-//! a new representation on the origin it fires on, for a few requests there. Every entry
+//! a new representation on the origin it fires on, for a few requests there (or until the
+//! heal, which withdraws it: [`Origins::heal`]). Every entry
 //! has its own validator unless it is a deliberate lie (a stale mirror that claims the
 //! canonical validator). The resource records which representations any host ever sent a
 //! success head for: the checker accepts an unchecked committed file only if it equals one
@@ -559,6 +560,23 @@ impl Origins {
         h.change_left = lasting.max(1);
     }
 
+    /// The heal: every representation change still in effect is withdrawn, each host
+    /// serving its own representation again. Returns the (resource, origin) pairs that
+    /// changed back.
+    pub fn heal(&mut self) -> Vec<(usize, u8)> {
+        let mut reverted = Vec::new();
+        for (res, r) in self.resources.iter_mut().enumerate() {
+            for h in &mut r.hosts {
+                if h.current != h.base {
+                    reverted.push((res, h.origin));
+                }
+                h.current = h.base;
+                h.change_left = 0;
+            }
+        }
+        reverted
+    }
+
     /// The representation host `host` serves for this request (reverting temporary
     /// changes).
     fn take_current(&mut self, res: usize, host: usize) -> usize {
@@ -1007,6 +1025,19 @@ mod tests {
         o.respond(0, &req("/f/d0", None, None), None, Duration::ZERO);
         o.respond(0, &req("/f/d0", None, None), None, Duration::ZERO);
         assert_eq!(o.resources[0].served, BTreeSet::from([0, 1]));
+    }
+
+    #[test]
+    fn the_heal_withdraws_a_change_that_would_outlast_it() {
+        let mut o = Origins::new(1, &[plan(ValidatorKind::Etag, BodyFraming::Length)], None);
+        let change = Some(ResponseFault::EtagChange { lasting: 4 });
+        let changed = o.respond(0, &req("/f/d0", None, None), change, Duration::ZERO);
+        assert_eq!(etag_of(&changed.wire), "\"a1-d0\"");
+        // Three more requests would get the change; the heal ends it at once.
+        assert_eq!(o.heal(), vec![(0, 0)]);
+        let r = o.respond(0, &req("/f/d0", None, None), None, Duration::ZERO);
+        assert_eq!(etag_of(&r.wire), "\"c-d0\"");
+        assert_eq!(o.heal(), Vec::new(), "nothing left to withdraw");
     }
 
     fn etag_of(wire: &[u8]) -> String {

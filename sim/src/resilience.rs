@@ -7,8 +7,9 @@
 //! - [`BackoffModel`]: each `Retrying` delay is a failover (zero, or the retry budget's
 //!   wait) only while the job has a URL that has not failed since its last backoff, and is
 //!   otherwise the exponential backoff of the job's backoff count (equal jitter, at least
-//!   `Retry-After`), never shorter than the budget's wait; at most one retry follows a
-//!   failed verification.
+//!   `Retry-After`), never shorter than the budget's wait. After a failed verification a
+//!   job with one URL retries once; a job with several never again uses a URL that served
+//!   wrong bytes, and retries only while one that did not is left.
 //! - [`RetryWindow`]: `Retrying` events in any 60 s window stay within twice the budget
 //!   (plus one per job, see there).
 //!
@@ -162,7 +163,8 @@ impl BreakerWatch {
 }
 
 /// What the model knows of a job's retry state: which URL its attempt uses, which URLs
-/// failed since its last backoff, and how many backoffs it took. One per job.
+/// failed since its last backoff, which served bytes that failed verification, and how many
+/// backoffs it took. One per job.
 ///
 /// The engine can also clear its round silently: when the URL a failover chose is no longer
 /// admitted at the attempt's start it waits a base delay without an event. A failover's
@@ -182,8 +184,6 @@ pub struct BackoffModel {
     bad: BTreeSet<usize>,
     /// The attempt running or about to start (1 for the first).
     attempt: u32,
-    /// URLs an attempt of this job used.
-    tried: BTreeSet<usize>,
 }
 
 /// How the model classified a `Retrying` event.
@@ -209,7 +209,6 @@ impl BackoffModel {
             verify_retries: 0,
             bad: BTreeSet::new(),
             attempt: 1,
-            tried: BTreeSet::new(),
         }
     }
 
@@ -223,10 +222,12 @@ impl BackoffModel {
         self.verify_retries > 0
     }
 
-    /// The job ended: the URLs its attempts used (the last one's included).
-    pub fn finished(&mut self) -> &BTreeSet<usize> {
-        self.tried.insert(self.cur);
-        &self.tried
+    /// URLs other than the current attempt's that have not served wrong bytes: where a job
+    /// with several URLs can retry after its current URL failed verification.
+    pub fn urls_left_after_bad(&self) -> usize {
+        (0..self.urls)
+            .filter(|u| *u != self.cur && !self.bad.contains(u))
+            .count()
     }
 
     /// A pending failover expectation not met by `now`: the engine cleared its round.
@@ -239,11 +240,18 @@ impl BackoffModel {
         }
     }
 
-    /// `Failover { to }` observed at `now`, `to` being URL index `to`.
-    pub fn failover(&mut self, now: Instant, to: usize) {
+    /// `Failover { to }` observed at `now`, `to` being URL index `to`. Returns why it is
+    /// wrong: `to` served bytes that failed verification earlier in this job.
+    pub fn failover(&mut self, now: Instant, to: usize) -> Result<(), String> {
         let met = self.expect_failover_at == Some(now);
         self.settle(now, met);
         self.cur = to;
+        if self.bad.contains(&to) {
+            return Err(format!(
+                "fails over to URL {to}, which served wrong bytes earlier in this job"
+            ));
+        }
+        Ok(())
     }
 
     /// `Retrying { delay, error }` observed at `now`, when the modelled retry budget makes a
@@ -257,7 +265,6 @@ impl BackoffModel {
         budget_wait: Duration,
     ) -> Result<RetryKind, String> {
         self.settle(now, false);
-        self.tried.insert(self.cur);
         self.attempt += 1;
         if matches!(
             error,
@@ -494,14 +501,14 @@ mod tests {
             m.retrying(&p, t(0), z, &reset(), z),
             Ok(RetryKind::Failover)
         );
-        m.failover(t(0), 1);
+        m.failover(t(0), 1).unwrap();
         assert!(
             m.retrying(&p, t(10), z, &reset(), z).is_err(),
             "both failed"
         );
         let mut m = BackoffModel::new(2);
         m.retrying(&p, t(0), z, &reset(), z).unwrap();
-        m.failover(t(0), 1);
+        m.failover(t(0), 1).unwrap();
         let d = Duration::from_millis(150);
         assert_eq!(
             m.retrying(&p, t(10), d, &reset(), z),
@@ -554,18 +561,97 @@ mod tests {
         );
     }
 
-    #[test]
-    fn only_one_retry_follows_a_failed_verification() {
-        let p = policy();
-        let z = Duration::ZERO;
-        let mismatch = DownloadError::HashMismatch {
+    fn mismatch() -> DownloadError {
+        DownloadError::HashMismatch {
             expected: "a".into(),
             actual: "b".into(),
+        }
+    }
+
+    #[test]
+    fn a_job_with_one_url_retries_once_after_a_failed_verification() {
+        let p = policy();
+        let z = Duration::ZERO;
+        let ms = Duration::from_millis;
+        let mut m = BackoffModel::new(1);
+        assert!(!m.verification_retried());
+        assert!(m.retrying(&p, t(0), ms(150), &mismatch(), z).is_ok());
+        assert!(m.verification_retried());
+        assert!(
+            m.retrying(&p, t(1000), ms(300), &mismatch(), z).is_err(),
+            "a second retry after a failed verification"
+        );
+        // A size mismatch counts the same.
+        let mut m = BackoffModel::new(1);
+        let size = DownloadError::SizeMismatch {
+            expected: 10,
+            actual: 12,
         };
+        assert!(m.retrying(&p, t(0), ms(150), &size, z).is_ok());
+        assert!(m.retrying(&p, t(1000), ms(300), &size, z).is_err());
+    }
+
+    #[test]
+    fn each_url_of_a_job_may_serve_wrong_bytes_once() {
+        let p = policy();
+        let z = Duration::ZERO;
+        let ms = Duration::from_millis;
+        // Three URLs, each failing verification in turn: the first two failures fail over
+        // to a URL that has not served wrong bytes; a retry after the third is one too many.
         let mut m = BackoffModel::new(3);
-        assert!(m.retrying(&p, t(0), z, &mismatch, z).is_ok());
-        m.failover(t(0), 1);
-        assert!(m.retrying(&p, t(10), z, &mismatch, z).is_err());
+        assert_eq!(m.urls_left_after_bad(), 2);
+        assert_eq!(
+            m.retrying(&p, t(0), z, &mismatch(), z),
+            Ok(RetryKind::Failover)
+        );
+        m.failover(t(0), 1).unwrap();
+        assert_eq!(m.urls_left_after_bad(), 1);
+        assert_eq!(
+            m.retrying(&p, t(10), z, &mismatch(), z),
+            Ok(RetryKind::Failover)
+        );
+        m.failover(t(10), 2).unwrap();
+        assert_eq!(
+            m.urls_left_after_bad(),
+            0,
+            "the job must end if URL 2 fails too"
+        );
+        let why = m
+            .retrying(&p, t(20), z, &mismatch(), z)
+            .expect_err("every URL served wrong bytes");
+        assert!(why.contains("every URL served wrong bytes"), "{why}");
+
+        // A URL that served wrong bytes is not used again by the job: a failover to it is
+        // caught, and so is a second failed verification there.
+        let mut m = BackoffModel::new(3);
+        m.retrying(&p, t(0), z, &mismatch(), z).unwrap();
+        m.failover(t(0), 1).unwrap();
+        m.retrying(&p, t(10), z, &reset(), z).unwrap();
+        let why = m.failover(t(10), 0).expect_err("URL 0 is bad");
+        assert!(why.contains("served wrong bytes earlier"), "{why}");
+        let why = m
+            .retrying(&p, t(20), ms(150), &mismatch(), z)
+            .expect_err("URL 0 served wrong bytes twice");
+        assert!(why.contains("URL 0 served wrong bytes twice"), "{why}");
+
+        // A URL that served wrong bytes leaves the round for good: with URL 0 bad and URL 1
+        // failed since the last backoff, no failover is possible; the next retry backs off.
+        let mut m = BackoffModel::new(2);
+        m.retrying(&p, t(0), z, &mismatch(), z).unwrap();
+        m.failover(t(0), 1).unwrap();
+        assert!(
+            m.retrying(&p, t(10), z, &reset(), z).is_err(),
+            "a zero delay with URL 0 bad and URL 1 failed"
+        );
+        let mut m = BackoffModel::new(2);
+        m.retrying(&p, t(0), z, &mismatch(), z).unwrap();
+        m.failover(t(0), 1).unwrap();
+        assert_eq!(
+            m.retrying(&p, t(10), ms(150), &reset(), z),
+            Ok(RetryKind::Backoff)
+        );
+        // After the backoff the round is new, but URL 0 is still bad: no failover to it.
+        assert!(m.retrying(&p, t(500), z, &reset(), z).is_err());
     }
 
     #[test]

@@ -9,7 +9,7 @@ use std::sync::Mutex;
 use std::time::Duration;
 
 use crate::scenario::{FaultKind, PlantedBug, Scenario};
-use crate::world::{run_scenario, Feature, KnownIssue, RunOptions, RunReport, Violation};
+use crate::world::{run_scenario, Feature, RunOptions, RunReport, Violation};
 
 /// What a swarm found.
 #[derive(Debug, Clone, Default)]
@@ -18,8 +18,6 @@ pub struct SwarmReport {
     pub runs: u64,
     /// Failing seeds with their first violation, in seed order.
     pub failures: Vec<(u64, Violation)>,
-    /// Seeds that hit a known engine bug (and nothing else), by issue, in seed order.
-    pub known: BTreeMap<KnownIssue, Vec<u64>>,
     /// Faults fired across all runs, by kind.
     pub fired: BTreeMap<FaultKind, u64>,
     /// Resilience features exercised across all runs.
@@ -58,13 +56,6 @@ impl SwarmReport {
         if let Some(v) = r.violations.first() {
             self.failures.push((r.seed, v.clone()));
         }
-        if r.violations.is_empty() {
-            let issues: std::collections::BTreeSet<KnownIssue> =
-                r.known.iter().map(|(k, _)| *k).collect();
-            for issue in issues {
-                self.known.entry(issue).or_default().push(r.seed);
-            }
-        }
         for (k, n) in &r.fired {
             *self.fired.entry(*k).or_default() += u64::from(*n);
         }
@@ -100,9 +91,6 @@ pub fn run_swarm(from: u64, count: u64, threads: usize, bug: Option<PlantedBug>)
                     .expect("no thread panics while holding the lock");
                 t.runs += mine.runs;
                 t.failures.extend(mine.failures);
-                for (k, seeds) in mine.known {
-                    t.known.entry(k).or_default().extend(seeds);
-                }
                 for (k, n) in mine.fired {
                     *t.fired.entry(k).or_default() += n;
                 }
@@ -118,9 +106,6 @@ pub fn run_swarm(from: u64, count: u64, threads: usize, bug: Option<PlantedBug>)
     });
     let mut report = total.into_inner().expect("threads finished");
     report.failures.sort_by_key(|(seed, _)| *seed);
-    for seeds in report.known.values_mut() {
-        seeds.sort_unstable();
-    }
     report
 }
 

@@ -31,7 +31,7 @@ fn default_swarm() -> &'static (SwarmReport, Duration) {
         let wall = started.elapsed();
         eprintln!(
             "default swarm: {} seeds in {:.2} s wall, {:.0} simulated s, {} commits, {} crashes, \
-             features: {:?}, known engine bugs: {:?}",
+             features: {:?}",
             report.runs,
             wall.as_secs_f64(),
             report.simulated.as_secs_f64(),
@@ -41,11 +41,6 @@ fn default_swarm() -> &'static (SwarmReport, Duration) {
                 .features
                 .iter()
                 .map(|(f, n)| (f.name(), *n))
-                .collect::<Vec<_>>(),
-            report
-                .known
-                .iter()
-                .map(|(k, s)| (k.name(), s.len()))
                 .collect::<Vec<_>>()
         );
         (report, wall)
