@@ -9,6 +9,12 @@ fn haul() -> Command {
     Command::new(env!("CARGO_BIN_EXE_haul"))
 }
 
+/// An address on 127.0.0.1 where nothing listens (connections are refused).
+fn dead_address() -> std::net::SocketAddr {
+    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    l.local_addr().unwrap()
+}
+
 fn data(len: usize) -> Vec<u8> {
     (0..len).map(|i| (i * 7 % 251) as u8).collect()
 }
@@ -191,10 +197,7 @@ fn get_fails_over_to_a_mirror_when_the_primary_is_down() {
     let body = data(150_000);
     let origin = Origin::start().unwrap();
     origin.route("/m/f.bin", body.clone(), Behavior::Normal);
-    let dead = {
-        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-        l.local_addr().unwrap()
-    };
+    let dead = dead_address();
     let dir = tempfile::tempdir().unwrap();
     let dest = dir.path().join("f.bin");
     let out = haul()
@@ -234,10 +237,7 @@ fn input_file_tab_separated_mirrors_are_used() {
     let body = data(50_000);
     let origin = Origin::start().unwrap();
     origin.route("/x.bin", body.clone(), Behavior::Normal);
-    let dead = {
-        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-        l.local_addr().unwrap()
-    };
+    let dead = dead_address();
     let dir = tempfile::tempdir().unwrap();
     let list = dir.path().join("list.txt");
     std::fs::write(

@@ -8,6 +8,17 @@ use tempfile::TempDir;
 
 use crate::{body, fast_config, listing, sha256_hex, with_suffix, BatchRuntime, Runtime};
 
+/// The delay of every `Retrying` event, in order.
+fn retry_delays(events: &[Event]) -> Vec<Duration> {
+    events
+        .iter()
+        .filter_map(|e| match e {
+            Event::Retrying { delay, .. } => Some(*delay),
+            _ => None,
+        })
+        .collect()
+}
+
 fn setup(path: &str, data: &[u8], behavior: Behavior) -> (Origin, TempDir) {
     let origin = Origin::start().expect("origin starts");
     origin.route(path, data.to_vec(), behavior);
@@ -484,13 +495,7 @@ pub fn origin_that_fails_then_recovers_is_retried<R: Runtime>() {
         .unwrap();
     assert_eq!(out.attempts, 3);
     assert_eq!(std::fs::read(&dest).unwrap(), data);
-    let delays: Vec<Duration> = ev
-        .iter()
-        .filter_map(|e| match e {
-            Event::Retrying { delay, .. } => Some(*delay),
-            _ => None,
-        })
-        .collect();
+    let delays: Vec<Duration> = retry_delays(&ev);
     assert_eq!(delays.len(), 2);
 }
 
@@ -838,13 +843,7 @@ pub fn backoff_delays_grow_exponentially_with_jitter<R: Runtime>() {
             &mut ev,
         )
         .unwrap();
-    let delays: Vec<Duration> = ev
-        .iter()
-        .filter_map(|e| match e {
-            Event::Retrying { delay, .. } => Some(*delay),
-            _ => None,
-        })
-        .collect();
+    let delays: Vec<Duration> = retry_delays(&ev);
     assert_eq!(delays.len(), 3);
     // Equal jitter: attempt n waits between half and all of 40 ms * 2^(n-2).
     for (i, d) in delays.iter().enumerate() {
@@ -881,13 +880,7 @@ pub fn a_mirror_serves_while_the_primary_is_down<R: Runtime>() {
             .any(|e| matches!(e, Event::Failover { to, .. } if *to == mirror.url("/pub/f.bin"))),
         "a Failover event names the mirror"
     );
-    let delays: Vec<Duration> = ev
-        .iter()
-        .filter_map(|e| match e {
-            Event::Retrying { delay, .. } => Some(*delay),
-            _ => None,
-        })
-        .collect();
+    let delays: Vec<Duration> = retry_delays(&ev);
     assert_eq!(delays, [Duration::ZERO], "failing over does not back off");
     // The dead primary now ranks below the mirror that delivered: the next download with
     // the same URLs goes to the mirror first and fails nothing.
