@@ -321,12 +321,14 @@ pub fn choose_mirror(candidates: &[(usize, MirrorStats)], rng: &mut SeededRng) -
         })
         .map(|(pos, _)| pos)
         .expect("non-empty");
-    // Explore only mirrors that are not failing right now: one that failed last time is
-    // tried again on failover, not by chance.
+    // Explore only once the best has been measured (before that the caller's order rules),
+    // and only mirrors that are not failing right now: one that failed last time is tried
+    // again on failover, not by chance.
     let others: Vec<usize> = (0..candidates.len())
         .filter(|pos| *pos != best && candidates[*pos].1.failures == 0)
         .collect();
-    if !others.is_empty() && rng.next_f64() < EXPLORE {
+    let measured = candidates[best].1.samples > 0;
+    if measured && !others.is_empty() && rng.next_f64() < EXPLORE {
         let pos = others[(rng.next_u64() as usize) % others.len()];
         return Some(candidates[pos].0);
     }
@@ -427,6 +429,18 @@ mod tests {
         }
         assert!(picks[1] > 850, "{picks:?}");
         assert!(picks[0] > 50, "explores: {picks:?}");
+    }
+
+    #[test]
+    fn with_nothing_measured_the_first_mirror_is_always_chosen() {
+        let mut rng = SeededRng::new(5);
+        let fresh = MirrorStats::default();
+        for _ in 0..1000 {
+            assert_eq!(
+                choose_mirror(&[(0, fresh), (1, fresh), (2, fresh)], &mut rng),
+                Some(0)
+            );
+        }
     }
 
     #[test]

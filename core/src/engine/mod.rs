@@ -132,7 +132,8 @@ pub enum Event {
         /// Bytes already on disk that this response continues.
         offset: u64,
     },
-    /// The job moved to another of its URLs (a mirror) for this attempt.
+    /// The job moved to another of its URLs for this attempt (after a failure, or because
+    /// its first URL's origin is behind an open breaker or a mirror scores better).
     Failover {
         job: JobId,
         from: String,
