@@ -2698,3 +2698,31 @@ fn any_sequence_of_faults_ends_with_exact_bytes_or_a_clean_retryable_failure() {
     let failed = FAULT_RUNS_FAILED.load(Ordering::Relaxed);
     assert!(ok >= 20 && failed >= 1, "{ok} succeeded, {failed} failed");
 }
+
+#[test]
+fn a_fresh_download_without_checkpoints_removes_no_state_file_it_never_wrote() {
+    let body = pattern(5_000, 41);
+    let mut h = Harness::new(config());
+    h.serve(ORIGIN, file_server(body.clone()));
+    let job = h.submit(download());
+    h.run(job).expect("downloaded");
+    assert_eq!(h.fs.get(dest()), Some(&body[..]));
+    assert!(
+        !h.ops.iter().any(|(_, op)| matches!(op, IoOp::Remove { .. })),
+        "a Remove was issued: {:?}",
+        h.ops
+    );
+}
+
+#[test]
+fn a_state_file_found_at_the_start_is_removed_by_the_commit() {
+    let body = pattern(40_000, 42);
+    let mut h = Harness::new(config());
+    h.serve(ORIGIN, file_server(body.clone()));
+    h.fs.put(part(), &body[..10_000]);
+    h.fs.put(state(), &valid_state(&body, 10_000).encode());
+    let job = h.submit(download());
+    let out = h.run(job).expect("resumed");
+    assert_eq!(out.resumed_from, 10_000);
+    assert!(!h.fs.exists(state()), "the state file is gone after the commit");
+}

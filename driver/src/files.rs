@@ -328,7 +328,13 @@ impl FileWorker {
         match op {
             IoOp::Open { path, truncate, .. } => {
                 self.path = path.clone();
-                if let Some(dir) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
+                // `create_dir_all` tries `mkdir` first, which takes the parent directory's
+                // lock even when the directory exists; many parallel downloads into one
+                // directory would queue on it. Look first.
+                if let Some(dir) = path
+                    .parent()
+                    .filter(|p| !p.as_os_str().is_empty() && !p.is_dir())
+                {
                     if let Err(e) = fs::create_dir_all(dir) {
                         return IoResult::Failed(local_failure(&e, "create directory", Some(dir)));
                     }

@@ -100,6 +100,8 @@ impl Engine {
             }
             FileStep::ReadState | FileStep::OpenPartial if cleaning => self.cleanup_progress(id),
             FileStep::ReadState => {
+                // Anything but "not found" may be a state file (even an unreadable one).
+                j.state_on_disk = !matches!(result, IoResult::NotFound);
                 let state = match &result {
                     IoResult::Data(b) => PartState::decode_for(b, j.spec.url.as_str()),
                     _ => None,
@@ -306,26 +308,14 @@ impl Engine {
                     self.fail_commit(id, dest, f);
                     return;
                 }
+                if !j.state_on_disk {
+                    // No state file was found and none was written: nothing to remove.
+                    return self.removed_after_commit(id);
+                }
                 let state_path = j.spec.state_path();
                 self.file_io(id, FileStep::RemoveState, IoOp::Remove { path: state_path });
             }
-            FileStep::RemovePart | FileStep::RemoveState => {
-                if let Phase::Committing { dest, digest } = &j.phase {
-                    let outcome = Outcome {
-                        path: dest.clone(),
-                        size: j.hashed,
-                        sha256: *digest,
-                        resumed_from: j.resumed_from,
-                        bytes_fetched: j.fetched,
-                        attempts: j.attempt,
-                        elapsed: self.now.saturating_since(j.submitted),
-                        final_url: j.last_url.as_ref().unwrap_or(&j.spec.url).to_string(),
-                    };
-                    self.finish(id, Ok(outcome));
-                } else {
-                    self.cleanup_progress(id);
-                }
-            }
+            FileStep::RemovePart | FileStep::RemoveState => self.removed_after_commit(id),
             FileStep::CopyFromLeader => {
                 let Phase::Copying { outcome } = &j.phase else {
                     return;
@@ -597,6 +587,7 @@ impl Engine {
             ranges,
         };
         j.durable = verified + state.ranges.iter().map(|(s, e)| e - s).sum::<u64>();
+        j.state_on_disk = true;
         let path = j.spec.state_path();
         self.file_io(
             id,
@@ -663,6 +654,29 @@ impl Engine {
         let file = j.file.expect("commit needs the partial open");
         self.file_io(id, FileStep::FinalSync, IoOp::Sync { file });
         self.file_io(id, FileStep::Close, IoOp::CloseFile { file });
+    }
+
+    /// The state file is gone (or there was none): a committing job is done; a cleaning one
+    /// goes on.
+    fn removed_after_commit(&mut self, id: JobId) {
+        let Some(j) = self.jobs.get(&id) else {
+            return;
+        };
+        if let Phase::Committing { dest, digest } = &j.phase {
+            let outcome = Outcome {
+                path: dest.clone(),
+                size: j.hashed,
+                sha256: *digest,
+                resumed_from: j.resumed_from,
+                bytes_fetched: j.fetched,
+                attempts: j.attempt,
+                elapsed: self.now.saturating_since(j.submitted),
+                final_url: j.last_url.as_ref().unwrap_or(&j.spec.url).to_string(),
+            };
+            self.finish(id, Ok(outcome));
+        } else {
+            self.cleanup_progress(id);
+        }
     }
 
     fn rename_into_place(&mut self, id: JobId) {

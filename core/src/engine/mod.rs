@@ -374,6 +374,9 @@ struct Job {
     write_error: Option<(PathBuf, IoFailure)>,
     /// The partial file was opened by this run (so cleanup may touch it).
     touched: bool,
+    /// A state file may exist beside the partial (one was found, or this run wrote one):
+    /// the commit removes it; otherwise there is nothing to remove.
+    state_on_disk: bool,
 
     validator: Option<Validator>,
     total: Option<u64>,
@@ -625,6 +628,7 @@ impl Engine {
             write_backlog: 0,
             write_error: None,
             touched: false,
+            state_on_disk: false,
             validator: None,
             total: None,
             hasher: Sha256::new(),
