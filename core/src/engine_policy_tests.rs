@@ -429,3 +429,40 @@ fn mirrors_are_deduplicated_and_must_be_http() {
         Err(DownloadError::InvalidRequest(_))
     ));
 }
+
+#[test]
+fn segments_failing_together_count_as_one_failure_of_their_origin() {
+    let body = pattern(4 * 1024 * 1024, 19);
+    let mut cfg = policy_config();
+    cfg.breaker.failure_threshold = 2;
+    let mut h = Harness::new(cfg);
+    let b = body.clone();
+    // The probe streams slowly; every other (segment) request gets its head and 1 KiB, then
+    // a reset.
+    h.serve(ORIGIN, move |r| {
+        let wire = serve_range(&b, r);
+        let head = head_len(&wire);
+        if r.seq == 0 {
+            Reply::new(wire)
+                .pieces(&[head, 64 * 1024])
+                .gap(Duration::from_millis(50))
+        } else {
+            Reply::new(wire[..head + 1024].to_vec()).then(After::Reset)
+        }
+    });
+    let job = h.submit(download().segments(8).min_segment(256 * 1024));
+    h.run_until("the segments fail", |h| {
+        h.now > at(Duration::from_millis(300))
+    });
+    let resets = h.requests.len() - 1;
+    assert!(resets >= 7, "{resets} segment requests");
+    assert!(
+        !matches!(
+            h.engine.breaker_state(&origin(URL)),
+            BreakerState::Open { .. }
+        ),
+        "one job's {resets} segments failing opened the breaker"
+    );
+    h.cancel(job, crate::engine::CancelMode::Discard);
+    let _ = h.run(job);
+}

@@ -2708,7 +2708,9 @@ fn a_fresh_download_without_checkpoints_removes_no_state_file_it_never_wrote() {
     h.run(job).expect("downloaded");
     assert_eq!(h.fs.get(dest()), Some(&body[..]));
     assert!(
-        !h.ops.iter().any(|(_, op)| matches!(op, IoOp::Remove { .. })),
+        !h.ops
+            .iter()
+            .any(|(_, op)| matches!(op, IoOp::Remove { .. })),
         "a Remove was issued: {:?}",
         h.ops
     );
@@ -2724,5 +2726,8 @@ fn a_state_file_found_at_the_start_is_removed_by_the_commit() {
     let job = h.submit(download());
     let out = h.run(job).expect("resumed");
     assert_eq!(out.resumed_from, 10_000);
-    assert!(!h.fs.exists(state()), "the state file is gone after the commit");
+    assert!(
+        !h.fs.exists(state()),
+        "the state file is gone after the commit"
+    );
 }

@@ -357,6 +357,9 @@ struct Job {
     bad_urls: Vec<usize>,
     /// This attempt is the half-open probe of that origin's breaker.
     probe: Option<Origin>,
+    /// This attempt already counted a failure against its origin: the other connections
+    /// of a segmented attempt that fail with it are one incident, not several.
+    failure_noted: bool,
     next_transfer: u64,
     transfers: BTreeMap<u64, Transfer>,
     /// Ranges nobody fetches right now (a segment whose connection died).
@@ -618,6 +621,7 @@ impl Engine {
             verify_retry_used: false,
             bad_urls: Vec::new(),
             probe: None,
+            failure_noted: false,
             next_transfer: 0,
             transfers: BTreeMap::new(),
             gaps: Vec::new(),

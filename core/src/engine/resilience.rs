@@ -115,6 +115,7 @@ impl Engine {
         let j = self.jobs.get_mut(&id).expect("job exists");
         j.mirror = choice;
         j.probe = probe;
+        j.failure_noted = false;
         if choice != previous {
             let from = self.job_url(id, previous).to_string();
             self.event(Event::Failover {
@@ -140,10 +141,15 @@ impl Engine {
     }
 
     /// A request of job `id` to `url` failed with `error`: count it against the origin when
-    /// the failure says something about the origin's health.
+    /// the failure says something about the origin's health, once per attempt (the
+    /// connections of a segmented attempt that break together are one failure).
     pub(super) fn note_failure(&mut self, id: JobId, url: &url::Url, error: &DownloadError) {
         if !error.counts_against_origin() {
             return;
+        }
+        match self.jobs.get_mut(&id) {
+            Some(j) if !j.failure_noted => j.failure_noted = true,
+            _ => return,
         }
         let Ok(origin) = Origin::of(url) else {
             return;
