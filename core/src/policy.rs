@@ -94,21 +94,30 @@ impl Breaker {
         self.state
     }
 
+    /// When a request could go, without asking to: `None` now (closed, or half-open with
+    /// no probe out), else not before the instant returned (the end of the cool-down, or a
+    /// second at most while another request probes).
+    pub fn not_before(&mut self, now: Instant) -> Option<Instant> {
+        match self.state(now) {
+            BreakerState::Closed { .. } | BreakerState::HalfOpen { probing: false, .. } => None,
+            BreakerState::HalfOpen { cooldown, .. } => {
+                Some(now + cooldown.min(Duration::from_secs(1)))
+            }
+            BreakerState::Open { until, .. } => Some(until),
+        }
+    }
+
     /// Whether a request may go now; a probe admission must be followed by
     /// [`Breaker::on_success`] or [`Breaker::on_failure`] (or [`Breaker::on_abandon`]).
     pub fn admit(&mut self, now: Instant) -> Admission {
-        match self.state(now) {
-            BreakerState::Closed { .. } => Admission::Allowed,
-            BreakerState::Open { until, .. } => Admission::RejectedUntil(until),
-            BreakerState::HalfOpen {
-                probing: true,
-                cooldown,
-                ..
-            } => Admission::RejectedUntil(now + cooldown.min(Duration::from_secs(1))),
+        if let Some(at) = self.not_before(now) {
+            return Admission::RejectedUntil(at);
+        }
+        match self.state {
             BreakerState::HalfOpen {
                 successes,
-                probing: false,
                 cooldown,
+                ..
             } => {
                 self.state = BreakerState::HalfOpen {
                     successes,
@@ -117,6 +126,7 @@ impl Breaker {
                 };
                 Admission::Probe
             }
+            _ => Admission::Allowed,
         }
     }
 

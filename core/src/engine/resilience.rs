@@ -30,6 +30,14 @@ impl Engine {
             .or_insert_with(|| Breaker::new(config))
     }
 
+    /// When the breaker of `url`'s origin lets a request go: `None` now (also for a URL
+    /// without a usable origin, which fails on its own with a clear error).
+    fn breaker_wait(&mut self, url: &url::Url) -> Option<Instant> {
+        let now = self.now;
+        let origin = Origin::of(url).ok()?;
+        self.breakers.get_mut(&origin)?.not_before(now)
+    }
+
     /// The state of an origin's breaker now (closed when the engine has never seen it).
     pub fn breaker_state(&mut self, origin: &Origin) -> BreakerState {
         let now = self.now;
@@ -52,26 +60,18 @@ impl Engine {
         let mut open: Vec<(usize, MirrorStats)> = Vec::new();
         let mut earliest: Option<(Instant, String)> = None;
         for i in (0..count).filter(|i| !bad.contains(i)) {
-            let Ok(origin) = Origin::of(self.job_url(id, i)) else {
-                // Not a usable origin: let the attempt fail on it with a clear error.
-                open.push((i, MirrorStats::default()));
-                continue;
-            };
-            let wait = match self.breaker_state(&origin) {
-                BreakerState::Closed { .. } | BreakerState::HalfOpen { probing: false, .. } => None,
-                BreakerState::HalfOpen { cooldown, .. } => {
-                    Some(now + cooldown.min(Duration::from_secs(1)))
-                }
-                BreakerState::Open { until, .. } => Some(until),
-            };
-            match wait {
+            let url = self.job_url(id, i).clone();
+            match self.breaker_wait(&url) {
                 None => {
-                    let stats = self.origin_stats.get(&origin).copied().unwrap_or_default();
+                    let stats = Origin::of(&url)
+                        .ok()
+                        .and_then(|o| self.origin_stats.get(&o).copied())
+                        .unwrap_or_default();
                     open.push((i, stats));
                 }
                 Some(at) => {
                     if earliest.as_ref().is_none_or(|(e, _)| at < *e) {
-                        earliest = Some((at, origin.to_string()));
+                        earliest = Some((at, crate::engine::origin_label(&url)));
                     }
                 }
             }
@@ -85,13 +85,12 @@ impl Engine {
             };
             return Err(earliest.unwrap_or_else(fallback));
         }
-        // Prefer URLs that have not failed in this round; when all have, start a new round.
-        let fresh: Vec<(usize, MirrorStats)> = open
-            .iter()
-            .copied()
+        // Only URLs that have not failed since the last backoff (the round is empty after one).
+        let candidates: Vec<(usize, MirrorStats)> = open
+            .into_iter()
             .filter(|(i, _)| !failed.contains(i))
             .collect();
-        if fresh.is_empty() && !failed.is_empty() {
+        if candidates.is_empty() {
             // The URL chosen for a failover became unavailable meanwhile: back off rather
             // than go straight back to one that just failed.
             let until = now + self.config.retry.base_delay;
@@ -103,7 +102,6 @@ impl Engine {
                 .clear();
             return Err((until, origin));
         }
-        let candidates = if fresh.is_empty() { open } else { fresh };
         let choice = choose_mirror(&candidates, &mut self.rng).expect("candidates");
         let url = self.job_url(id, choice).clone();
         let mut probe = None;
@@ -200,17 +198,6 @@ impl Engine {
         }
     }
 
-    /// Whether the breaker of `url`'s origin would let a request go now.
-    fn admits_now(&mut self, url: &url::Url) -> bool {
-        let Ok(origin) = Origin::of(url) else {
-            return true;
-        };
-        matches!(
-            self.breaker_state(&origin),
-            BreakerState::Closed { .. } | BreakerState::HalfOpen { probing: false, .. }
-        )
-    }
-
     fn clear_probe(&mut self, id: JobId, origin: &Origin) {
         if let Some(j) = self.jobs.get_mut(&id) {
             if j.probe.as_ref() == Some(origin) {
@@ -301,7 +288,7 @@ impl Engine {
             .collect();
         let untried = others.into_iter().any(|i| {
             let url = self.job_url(id, i).clone();
-            self.admits_now(&url)
+            self.breaker_wait(&url).is_none()
         });
         let j = self.jobs.get_mut(&id).expect("job exists");
         let delay = if untried {
