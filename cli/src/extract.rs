@@ -115,12 +115,18 @@ pub fn run_extract(args: ExtractArgs) -> i32 {
     }
 }
 
-/// The lowercase hex SHA-256 of a file. A reader thread fills [`HASH_BUFFER`]-sized buffers
+/// The lowercase hex SHA-256 of a file. For a file larger than one buffer a reader thread fills [`HASH_BUFFER`]-sized buffers
 /// while this thread hashes the previous ones, so reading (a copy out of the page cache, or
 /// the disk) overlaps hashing instead of adding to it; a few buffers circulate between them.
 pub fn sha256_file(path: &Path) -> std::io::Result<String> {
     const IN_FLIGHT: usize = 3;
     let mut file = File::open(path)?;
+    if file.metadata()?.len() <= HASH_BUFFER as u64 {
+        // One buffer's worth: nothing to overlap, no thread.
+        let mut data = Vec::new();
+        file.read_to_end(&mut data)?;
+        return Ok(hex::encode(Sha256::digest(&data)));
+    }
     let (full_tx, full_rx) = std::sync::mpsc::sync_channel::<std::io::Result<Vec<u8>>>(IN_FLIGHT);
     let (empty_tx, empty_rx) = std::sync::mpsc::sync_channel::<Vec<u8>>(IN_FLIGHT + 1);
     for _ in 0..IN_FLIGHT {
