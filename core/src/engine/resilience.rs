@@ -222,6 +222,16 @@ impl Engine {
         self.retry_or_end(id, error, retryable);
     }
 
+    /// A response announced or delivered another size than the expected one, before the
+    /// body was complete: this server has other bytes than the ones asked for. A mirror
+    /// may not; without one, retrying the same server cannot help.
+    pub(super) fn wrong_size(&mut self, id: JobId, error: DownloadError) {
+        if self.jobs[&id].spec.mirrors.is_empty() {
+            return self.terminate(id, error, false);
+        }
+        self.verification_failed(id, error);
+    }
+
     /// The downloaded bytes failed verification (hash, or size): start over from zero, once
     /// when the job has a single URL, else on another URL that has not served wrong bytes
     /// (a URL that did is not used again by this job); when none is left the job fails.

@@ -884,11 +884,7 @@ impl Engine {
                     expected,
                     actual: total,
                 };
-                if j.spec.mirrors.is_empty() {
-                    return self.terminate(id, error, false);
-                }
-                // This server has other bytes than the ones asked for; a mirror may not.
-                return self.verification_failed(id, error);
+                return self.wrong_size(id, error);
             }
         }
         if let (Some(limit), Some(total)) = (j.spec.max_size, j.total) {
@@ -964,13 +960,10 @@ impl Engine {
                     t.got += len;
                     if len > 0 {
                         if let Err(e) = self.accept_data(id, offset, data) {
-                            let has_mirrors = !self.jobs[&id].spec.mirrors.is_empty();
-                            if has_mirrors && matches!(e, DownloadError::SizeMismatch { .. }) {
-                                // More bytes than expected: this server has other bytes
-                                // than the ones asked for; a mirror may not.
-                                return self.verification_failed(id, e);
-                            }
-                            return self.terminate(id, e, false);
+                            return match e {
+                                DownloadError::SizeMismatch { .. } => self.wrong_size(id, e),
+                                e => self.terminate(id, e, false),
+                            };
                         }
                         wrote = true;
                     }
