@@ -610,6 +610,42 @@ fn job_at(name: &str) -> Download {
 }
 
 #[test]
+fn a_committing_job_leaves_its_slot_to_the_next_download_but_commits_in_flight_are_bounded() {
+    let mut cfg = config();
+    cfg.max_active_jobs = 2;
+    let mut h = Harness::new(cfg);
+    any_path_server(&mut h, millis(10));
+    // The disk takes until t = 10 s to finish any sync.
+    h.hold = Some(Box::new(|op| {
+        matches!(op, IoOp::Sync { .. }).then(|| at(secs(10)))
+    }));
+    let ids: Vec<JobId> = ["a", "b", "c", "d"]
+        .iter()
+        .map(|name| h.submit(job_at(name)))
+        .collect();
+    for id in &ids {
+        h.run(*id).expect("every job succeeds");
+    }
+    let started =
+        |h: &Harness, k: usize| event_index(h, ids[k], |e| matches!(e, Event::Started { .. }));
+    let finished =
+        |h: &Harness, k: usize| event_index(h, ids[k], |e| matches!(e, Event::Finished { .. }));
+    // a and b download; a's commit waits for the disk, c starts meanwhile.
+    assert!(
+        started(&h, 2) < finished(&h, 0),
+        "c waited for a's commit to finish"
+    );
+    let c_started_at = h.events[started(&h, 2)].0;
+    assert!(c_started_at < at(secs(10)), "c started at {c_started_at:?}");
+    // Then a and b are both committing: two commits in flight hold d back until one ends.
+    let first_commit_done = finished(&h, 0).min(finished(&h, 1));
+    assert!(
+        started(&h, 3) > first_commit_done,
+        "d started with two commits in flight"
+    );
+}
+
+#[test]
 fn with_one_slot_jobs_start_by_priority_class_and_in_submission_order_within_a_class() {
     let mut cfg = config();
     cfg.max_active_jobs = 1;

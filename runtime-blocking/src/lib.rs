@@ -174,7 +174,7 @@ impl Client {
         let tls = haul_driver::tls_setup(&config)?;
         let runtime = Runtime {
             net: net::Net::new(Sink(tx.clone()), tls, &config),
-            files: haul_driver::Files::new(Sink(tx.clone()), Threads),
+            files: haul_driver::Files::new(Sink(tx.clone()), Threads::default()),
         };
         let host = Host::new(config)?;
         Ok(Client {

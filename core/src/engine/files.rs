@@ -654,6 +654,8 @@ impl Engine {
         let file = j.file.expect("commit needs the partial open");
         self.file_io(id, FileStep::FinalSync, IoOp::Sync { file });
         self.file_io(id, FileStep::Close, IoOp::CloseFile { file });
+        // Committing, the job no longer holds a download slot.
+        self.schedule();
     }
 
     /// The state file is gone (or there was none): a committing job is done; a cleaning one

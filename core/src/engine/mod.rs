@@ -423,6 +423,13 @@ impl Job {
         )
     }
 
+    /// Whether the job holds one of the `max_active_jobs` slots: active and not committing.
+    /// A committing job has all its bytes and no connection; it only waits for the disk, so
+    /// the next download starts meanwhile (see [`Engine::schedule`]).
+    fn holds_slot(&self) -> bool {
+        self.is_active() && !matches!(self.phase, Phase::Committing { .. })
+    }
+
     /// Bytes of the file present now.
     fn present(&self) -> u64 {
         self.received.len().max(self.hashed)
@@ -808,7 +815,18 @@ impl Engine {
     /// fail jobs whose dependencies failed; then give free connections to waiting transfers.
     fn schedule(&mut self) {
         loop {
-            let active = self.jobs.values().filter(|j| j.is_active()).count();
+            // Committing jobs leave their slot to the next download (a run of small files
+            // would otherwise wait on every file's syncs with its connections idle), but at
+            // most `max_active_jobs` of them may be in flight: a slow disk holds new jobs back.
+            let (active, committing) = self.jobs.values().fold((0, 0), |(a, c), j| {
+                if j.holds_slot() {
+                    (a + 1, c)
+                } else if matches!(j.phase, Phase::Committing { .. }) {
+                    (a, c + 1)
+                } else {
+                    (a, c)
+                }
+            });
             let mut failed_dep = None;
             let mut candidate: Option<(Priority, JobId)> = None;
             for j in self.jobs.values() {
@@ -853,7 +871,12 @@ impl Engine {
                 continue;
             }
             match candidate {
-                Some((_, id)) if active < self.config.max_active_jobs => self.start_job(id),
+                Some((_, id))
+                    if active < self.config.max_active_jobs
+                        && committing < self.config.max_active_jobs =>
+                {
+                    self.start_job(id)
+                }
                 _ => break,
             }
         }
