@@ -150,8 +150,23 @@ pub struct ModuleFetch {
     pub sha256: String,
     /// Stop and fail beyond this many bytes.
     pub max_bytes: u64,
-    /// Where to write the bytes: the store's temp path. The loader re-hashes it before commit.
+    /// Where to write the bytes for the store to check: its temp path. The loader re-hashes
+    /// the file there before committing it ([`Delivery::Temp`]).
     pub dest: PathBuf,
+    /// The module's final place in the store, `files/<sha256>`, for a fetcher that verifies
+    /// and commits by itself ([`Delivery::Committed`]).
+    pub store_path: PathBuf,
+}
+
+/// Where a fetcher left a module's bytes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Delivery {
+    /// At the job's `dest`, unverified: the store re-hashes, syncs and renames them.
+    Temp,
+    /// At the job's `store_path`: verified against its sha256 as they arrived, synced, renamed
+    /// into place atomically, the directory synced. The store only records them (one create,
+    /// one rename and one sync per module instead of two of each plus a re-read).
+    Committed,
 }
 
 /// The download engine as the loader sees it.
@@ -159,9 +174,9 @@ pub trait Fetcher {
     /// The bytes at `url`, at most `max_bytes`.
     fn fetch_manifest(&self, url: &Url, max_bytes: u64) -> Result<Vec<u8>, FetchError>;
 
-    /// Downloads every job (in parallel if the engine can), each verified against its sha256
-    /// and written to its `dest`. Returns one result per job, in job order.
-    fn fetch_modules(&self, jobs: Vec<ModuleFetch>) -> Vec<Result<(), FetchError>>;
+    /// Downloads every job (in parallel if the engine can), each limited to its `max_bytes`
+    /// and delivered as the [`Delivery`] says. Returns one result per job, in job order.
+    fn fetch_modules(&self, jobs: Vec<ModuleFetch>) -> Vec<Result<Delivery, FetchError>>;
 }
 
 impl<F: Fetcher + ?Sized> Fetcher for &F {
@@ -169,7 +184,7 @@ impl<F: Fetcher + ?Sized> Fetcher for &F {
         (**self).fetch_manifest(url, max_bytes)
     }
 
-    fn fetch_modules(&self, jobs: Vec<ModuleFetch>) -> Vec<Result<(), FetchError>> {
+    fn fetch_modules(&self, jobs: Vec<ModuleFetch>) -> Vec<Result<Delivery, FetchError>> {
         (**self).fetch_modules(jobs)
     }
 }
@@ -179,7 +194,7 @@ impl<F: Fetcher + ?Sized> Fetcher for Arc<F> {
         (**self).fetch_manifest(url, max_bytes)
     }
 
-    fn fetch_modules(&self, jobs: Vec<ModuleFetch>) -> Vec<Result<(), FetchError>> {
+    fn fetch_modules(&self, jobs: Vec<ModuleFetch>) -> Vec<Result<Delivery, FetchError>> {
         (**self).fetch_modules(jobs)
     }
 }
@@ -868,6 +883,7 @@ impl<F: Fetcher> Loader<F> {
                 sha256: item.sha256.clone(),
                 max_bytes: request.module_max_bytes,
                 dest: file.temp_path().to_path_buf(),
+                store_path: file.store_path().to_path_buf(),
             })
             .collect();
         let job_count = jobs.len();
@@ -876,6 +892,7 @@ impl<F: Fetcher> Loader<F> {
 
         let mut store = lock(&self.store);
         let mut to_commit: Vec<(Wanted, PendingFile)> = Vec::new();
+        let mut to_adopt: Vec<(Wanted, PendingFile)> = Vec::new();
         for (index, (item, file)) in pending.into_iter().enumerate() {
             let result = results.next().unwrap_or_else(|| {
                 Err(FetchError::content(format!(
@@ -883,10 +900,13 @@ impl<F: Fetcher> Loader<F> {
                 )))
             });
             match result {
-                Ok(()) => match check_fetched_size(&mut store, &item, file, request) {
-                    Ok(file) => to_commit.push((item, file)),
-                    Err(error) => done.push((item, Err(error))),
-                },
+                Ok(delivery) => {
+                    match check_fetched_size(&mut store, &item, file, delivery, request) {
+                        Ok(file) if delivery == Delivery::Committed => to_adopt.push((item, file)),
+                        Ok(file) => to_commit.push((item, file)),
+                        Err(error) => done.push((item, Err(error))),
+                    }
+                }
                 Err(source) => {
                     if let Err(error) = store.abort(file) {
                         tracing::warn!(%error, "could not clean up a failed download");
@@ -901,8 +921,11 @@ impl<F: Fetcher> Loader<F> {
             }
         }
         let (items, files): (Vec<Wanted>, Vec<PendingFile>) = to_commit.into_iter().unzip();
-        let committed = store.commit_many(files, request.now_ms);
-        for (item, result) in items.into_iter().zip(committed) {
+        let mut committed = store.commit_many(files, request.now_ms);
+        let (adopted_items, adopted): (Vec<Wanted>, Vec<PendingFile>) =
+            to_adopt.into_iter().unzip();
+        committed.extend(store.adopt_many(adopted, request.now_ms));
+        for (item, result) in items.into_iter().chain(adopted_items).zip(committed) {
             let outcome =
                 result
                     .map(|_| ModuleSource::Network)
@@ -1020,9 +1043,14 @@ fn check_fetched_size(
     store: &mut Store,
     item: &Wanted,
     file: PendingFile,
+    delivery: Delivery,
     request: &LoadRequest,
 ) -> Result<PendingFile, ModuleError> {
-    let size = std::fs::metadata(file.temp_path())
+    let path = match delivery {
+        Delivery::Temp => file.temp_path(),
+        Delivery::Committed => file.store_path(),
+    };
+    let size = std::fs::metadata(path)
         .map(|metadata| metadata.len())
         .unwrap_or(0);
     if size > request.module_max_bytes {
@@ -1118,6 +1146,8 @@ mod tests {
         gate_entered: AtomicBool,
         gate_open: Mutex<bool>,
         gate_changed: Condvar,
+        /// Write modules straight to their store path and answer [`Delivery::Committed`].
+        in_place: AtomicBool,
     }
 
     impl FakeFetcher {
@@ -1158,7 +1188,7 @@ mod tests {
             Ok(served)
         }
 
-        fn fetch_modules(&self, jobs: Vec<ModuleFetch>) -> Vec<Result<(), FetchError>> {
+        fn fetch_modules(&self, jobs: Vec<ModuleFetch>) -> Vec<Result<Delivery, FetchError>> {
             let gated = lock(&self.gated_hash).clone();
             if jobs.iter().any(|job| Some(&job.sha256) == gated.as_ref()) {
                 self.gate_entered.store(true, Ordering::SeqCst);
@@ -1177,7 +1207,13 @@ mod tests {
                         .get(job.url.as_str())
                         .cloned()
                         .ok_or_else(|| FetchError::content(format!("404 for {}", job.url)))?;
-                    std::fs::write(&job.dest, bytes)
+                    let (path, delivery) = if self.in_place.load(Ordering::SeqCst) {
+                        (&job.store_path, Delivery::Committed)
+                    } else {
+                        (&job.dest, Delivery::Temp)
+                    };
+                    std::fs::write(path, bytes)
+                        .map(|()| delivery)
                         .map_err(|error| FetchError::content(error.to_string()))
                 })
                 .collect()
@@ -1370,6 +1406,47 @@ mod tests {
             "{error:?}"
         );
         assert!(world.pins().is_empty());
+    }
+
+    #[test]
+    fn modules_a_fetcher_committed_in_place_are_recorded_where_they_are_and_size_checked() {
+        let world = world();
+        world.fetcher.in_place.store(true, Ordering::SeqCst);
+        let modules = [kotlin(), app_module("news", "v1")];
+        world.publish("news", &modules, 100);
+        let mut request = world.request("news", 1_000);
+        request.module_max_bytes = 5;
+        let error = world.loader.load(&request).unwrap_err();
+        assert!(
+            matches!(error, ModuleError::ModuleTooLarge { max: 5, .. }),
+            "{error:?}"
+        );
+        let files = world.loader.with_store(|store| store.list().unwrap());
+        assert!(
+            files.iter().all(|file| file.kind == FileKind::Manifest),
+            "no module row is left: {files:?}"
+        );
+
+        let result = world.loader.load(&world.request("news", 2_000)).unwrap();
+        for (loaded, spec) in result.modules.iter().zip(&modules) {
+            assert_eq!(loaded.source, ModuleSource::Network);
+            let store_path = world
+                .loader
+                .with_store(|store| store.path(&spec.sha256()).unwrap());
+            assert_eq!(loaded.path, store_path);
+            assert!(world.stored(&spec.sha256()));
+            let bytes = world
+                .loader
+                .with_store(|store| store.read(&spec.sha256()).unwrap());
+            assert_eq!(bytes, spec.bytes);
+        }
+        let store_dir = world.loader.with_store(|store| store.dir().join("files"));
+        let mut names: Vec<String> = std::fs::read_dir(&store_dir)
+            .unwrap()
+            .map(|entry| entry.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        names.retain(|name| name.len() != 64);
+        assert!(names.is_empty(), "only content-addressed files: {names:?}");
     }
 
     #[test]

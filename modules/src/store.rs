@@ -173,17 +173,25 @@ pub struct AppRecord {
     pub loaded_at_ms: u64,
 }
 
-/// A write in progress: fill `temp_path`, then [`Store::commit`] or [`Store::abort`].
+/// A write in progress: fill `temp_path`, then [`Store::commit`] or [`Store::abort`]; or have
+/// a writer that verifies and commits by itself put the file at `store_path`, then
+/// [`Store::adopt_many`].
 #[derive(Debug)]
 pub struct PendingFile {
     sha256: String,
     temp_path: PathBuf,
+    store_path: PathBuf,
 }
 
 impl PendingFile {
     /// Where the caller writes the bytes (a sibling of the final file).
     pub fn temp_path(&self) -> &Path {
         &self.temp_path
+    }
+
+    /// The file's final place, `files/<sha256>`.
+    pub fn store_path(&self) -> &Path {
+        &self.store_path
     }
 
     /// The lowercase hash the bytes must have.
@@ -622,7 +630,12 @@ impl Store {
                         std::process::id(),
                         self.next_temp_id
                     ));
-                    PendingFile { sha256, temp_path }
+                    let store_path = self.files_dir.join(&sha256);
+                    PendingFile {
+                        sha256,
+                        temp_path,
+                        store_path,
+                    }
                 })
             })
             .collect())
@@ -664,28 +677,8 @@ impl Store {
                         results[*index] = Some(Ok(entry));
                     }
                 }
-                Err(error) => {
-                    // The rows are still DIRTY: undo the renames now (recovery at the next open
-                    // would remove the files anyway). The first write gets the error itself,
-                    // the others its text.
-                    tracing::warn!(%error, "could not mark written files READY; removing them");
-                    let reason = error.to_string();
-                    let mut error = Some(error);
-                    for (index, sha256, _) in &renamed {
-                        let path = self.files_dir.join(sha256);
-                        let _ = remove_file_if_present(&path);
-                        let _ = self.index.execute(
-                            "DELETE FROM files WHERE sha256 = ?1 AND state = 'DIRTY'",
-                            params![sha256],
-                        );
-                        results[*index] =
-                            Some(Err(error.take().unwrap_or_else(|| StoreError::Io {
-                                op: "commit",
-                                path,
-                                source: io::Error::other(reason.clone()),
-                            })));
-                    }
-                }
+                // The rows are still DIRTY: undo the renames now.
+                Err(error) => self.unmark(&renamed, error, &mut results),
             }
         }
         results
@@ -769,9 +762,85 @@ impl Store {
         Ok(entries)
     }
 
-    /// Abandons a write: removes the temp file and the DIRTY row.
+    /// Records files that a writer put straight at their [`PendingFile::store_path`], with one
+    /// index transaction for all of them, instead of [`Store::commit_many`]'s re-hash, sync and
+    /// rename. The writer vouches for what `commit_many` would have checked: the bytes were
+    /// verified against the hash while they were written, then synced, renamed into place
+    /// atomically and the directory synced. (haul's engine does exactly that for a download
+    /// with an expected sha256.) Reads still re-check the hash. A write whose file is not
+    /// there fails alone and is abandoned; one result per write, in order.
+    pub fn adopt_many(
+        &mut self,
+        pending: Vec<PendingFile>,
+        now_ms: u64,
+    ) -> Vec<Result<FileEntry, StoreError>> {
+        let mut results: Vec<Option<Result<FileEntry, StoreError>>> = Vec::new();
+        let mut present: Vec<(usize, String, u64)> = Vec::new();
+        for (index, pending) in pending.into_iter().enumerate() {
+            results.push(None);
+            match fs::symlink_metadata(&pending.store_path) {
+                Ok(metadata) if metadata.is_file() => {
+                    present.push((index, pending.sha256, metadata.len()))
+                }
+                _ => {
+                    let error = StoreError::FileMissing {
+                        sha256: pending.sha256.clone(),
+                        path: pending.store_path.clone(),
+                    };
+                    results[index] = Some(self.abort(pending).and(Err(error)));
+                }
+            }
+        }
+        if !present.is_empty() {
+            match self.mark_ready(&present, now_ms) {
+                Ok(entries) => {
+                    for ((index, _, _), entry) in present.iter().zip(entries) {
+                        results[*index] = Some(Ok(entry));
+                    }
+                }
+                Err(error) => self.unmark(&present, error, &mut results),
+            }
+        }
+        results
+            .into_iter()
+            .map(|result| result.expect("every write has a result"))
+            .collect()
+    }
+
+    /// Undoes files put in place whose rows could not be marked READY (recovery at the next
+    /// open would remove them anyway). The first write gets the error itself, the others its
+    /// text.
+    fn unmark(
+        &mut self,
+        placed: &[(usize, String, u64)],
+        error: StoreError,
+        results: &mut [Option<Result<FileEntry, StoreError>>],
+    ) {
+        tracing::warn!(%error, "could not mark written files READY; removing them");
+        let reason = error.to_string();
+        let mut error = Some(error);
+        for (index, sha256, _) in placed {
+            let path = self.files_dir.join(sha256);
+            let _ = remove_file_if_present(&path);
+            let _ = self.index.execute(
+                "DELETE FROM files WHERE sha256 = ?1 AND state = 'DIRTY'",
+                params![sha256],
+            );
+            results[*index] = Some(Err(error.take().unwrap_or_else(|| StoreError::Io {
+                op: "commit",
+                path,
+                source: io::Error::other(reason.clone()),
+            })));
+        }
+    }
+
+    /// Abandons a write: removes the temp file, whatever was put at the store path (not a
+    /// stored file: its row is DIRTY) and the DIRTY row.
     pub fn abort(&mut self, pending: PendingFile) -> Result<(), StoreError> {
         remove_file_if_present(&pending.temp_path)?;
+        if self.state_of(&pending.sha256)? == Some(FileState::Dirty) {
+            remove_file_if_present(&pending.store_path)?;
+        }
         self.index
             .execute(
                 "DELETE FROM files WHERE sha256 = ?1 AND state = 'DIRTY'",
@@ -1267,6 +1336,71 @@ mod tests {
             .map(|sha256| (sha256, FileState::Ready))
             .collect();
         assert_eq!(rows, expected_rows);
+    }
+
+    #[test]
+    fn adopt_records_files_written_in_place_and_abandons_only_a_missing_one() {
+        let dir = tempfile::TempDir::new().unwrap();
+        let (mut store, _) = open(dir.path(), 1);
+        let present = sha256_hex(b"written in place");
+        let missing = sha256_hex(b"never written");
+        let pending: Vec<PendingFile> = store
+            .begin_writes(&[(&present, FileKind::Module), (&missing, FileKind::Module)])
+            .unwrap()
+            .into_iter()
+            .map(Result::unwrap)
+            .collect();
+        assert_eq!(pending[0].store_path(), store.path(&present).unwrap());
+        fs::write(pending[0].store_path(), b"written in place").unwrap();
+        let results = store.adopt_many(pending, 5);
+        let entry = results[0].as_ref().unwrap();
+        assert_eq!(
+            (entry.state, entry.size, entry.last_used_ms, entry.kind),
+            (FileState::Ready, 16, 5, FileKind::Module)
+        );
+        assert!(matches!(
+            &results[1],
+            Err(StoreError::FileMissing { sha256, .. }) if *sha256 == missing
+        ));
+        assert_eq!(store.read(&present).unwrap(), b"written in place");
+        let rows: Vec<String> = store.list().unwrap().into_iter().map(|e| e.sha256).collect();
+        assert_eq!(rows, vec![present.clone()], "the missing one's DIRTY row is gone");
+        assert_eq!(files_on_disk(dir.path()), vec![present]);
+    }
+
+    #[test]
+    fn a_file_written_in_place_but_never_adopted_is_removed_at_the_next_open() {
+        let dir = tempfile::TempDir::new().unwrap();
+        let (mut store, _) = open(dir.path(), 1);
+        let sha256 = sha256_hex(b"crash before adopt");
+        let pending = store.begin_write(&sha256, FileKind::Module).unwrap();
+        fs::write(pending.store_path(), b"crash before adopt").unwrap();
+        drop(store);
+        let (store, report) = open(dir.path(), 2);
+        assert_eq!(report.dirty_removed, vec![sha256.clone()]);
+        assert!(!store.contains(&sha256).unwrap());
+        assert!(files_on_disk(dir.path()).is_empty());
+    }
+
+    #[test]
+    fn abort_of_a_write_in_place_removes_its_file_but_never_a_stored_one() {
+        let dir = tempfile::TempDir::new().unwrap();
+        let (mut store, _) = open(dir.path(), 1);
+        let sha256 = sha256_hex(b"aborted");
+        let pending = store.begin_write(&sha256, FileKind::Module).unwrap();
+        fs::write(pending.store_path(), b"aborted").unwrap();
+        store.abort(pending).unwrap();
+        assert!(files_on_disk(dir.path()).is_empty());
+        // A hash given twice: the second write's abort leaves the first's stored file.
+        let twice = store
+            .begin_writes(&[(&sha256, FileKind::Module), (&sha256, FileKind::Module)])
+            .unwrap();
+        let mut twice = twice.into_iter().map(Result::unwrap);
+        let (first, second) = (twice.next().unwrap(), twice.next().unwrap());
+        fs::write(first.store_path(), b"aborted").unwrap();
+        assert!(store.adopt_many(vec![first], 2)[0].is_ok());
+        store.abort(second).unwrap();
+        assert_eq!(store.read(&sha256).unwrap(), b"aborted");
     }
 
     #[test]

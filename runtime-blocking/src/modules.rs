@@ -25,8 +25,8 @@ use std::path::{Path, PathBuf};
 
 use haul_core::{Download, DownloadError, ErrorClass, Outcome};
 use haul_modules::{
-    FetchError, FetchErrorKind, Fetcher, LoadRequest, LoadResult, Loader, ModuleError, ModuleFetch,
-    RecoveryReport, Store,
+    Delivery, FetchError, FetchErrorKind, Fetcher, LoadRequest, LoadResult, Loader, ModuleError,
+    ModuleFetch, RecoveryReport, Store,
 };
 use url::Url;
 
@@ -126,11 +126,13 @@ impl Fetcher for ModuleFetcher<'_> {
         Ok(bytes)
     }
 
-    /// Downloads every module to its `dest`, verified against its SHA-256 and limited to its
-    /// `max_bytes`, at most [`ModuleFetcher::concurrency`] at a time. A failed job leaves
-    /// nothing beside its `dest` (its partial and state files are removed: the loader's temp
-    /// names are never reused, so they could not be resumed).
-    fn fetch_modules(&self, jobs: Vec<ModuleFetch>) -> Vec<Result<(), FetchError>> {
+    /// Downloads every module straight to its `store_path`, verified against its SHA-256 and
+    /// limited to its `max_bytes`, at most [`ModuleFetcher::concurrency`] at a time: the
+    /// engine's commit (sync, atomic rename, directory sync, only after the hash matched) is
+    /// the store's, so each answers [`Delivery::Committed`]. A failed job leaves nothing
+    /// beside its `store_path` (its partial and state files are removed: a later load starts
+    /// over, and the store's recovery would remove them anyway).
+    fn fetch_modules(&self, jobs: Vec<ModuleFetch>) -> Vec<Result<Delivery, FetchError>> {
         let mut downloads = Vec::with_capacity(jobs.len());
         let mut leftovers: Vec<Vec<PathBuf>> = Vec::with_capacity(jobs.len());
         for job in &jobs {
@@ -150,7 +152,7 @@ impl Fetcher for ModuleFetcher<'_> {
             .into_iter()
             .zip(leftovers)
             .map(|(result, leftover)| match result {
-                Ok(_) => Ok(()),
+                Ok(_) => Ok(Delivery::Committed),
                 Err(error) => {
                     for path in leftover {
                         remove_leftover(&path);
@@ -170,7 +172,7 @@ impl Fetcher for Client {
     }
 
     /// See [`ModuleFetcher`]'s implementation; at most [`DEFAULT_MODULE_CONCURRENCY`] at once.
-    fn fetch_modules(&self, jobs: Vec<ModuleFetch>) -> Vec<Result<(), FetchError>> {
+    fn fetch_modules(&self, jobs: Vec<ModuleFetch>) -> Vec<Result<Delivery, FetchError>> {
         self.module_fetcher(DEFAULT_MODULE_CONCURRENCY)
             .fetch_modules(jobs)
     }
@@ -231,7 +233,7 @@ fn run_batch(
 }
 
 fn module_download(job: &ModuleFetch) -> Result<Download, DownloadError> {
-    Ok(Download::new(job.url.as_str(), &job.dest)?
+    Ok(Download::new(job.url.as_str(), &job.store_path)?
         .sha256(&job.sha256)?
         .max_size(job.max_bytes))
 }
@@ -287,12 +289,16 @@ mod tests {
         Url::parse(text).unwrap()
     }
 
-    fn job(url_text: &str, expected: &[u8], max_bytes: u64, dest: PathBuf) -> ModuleFetch {
+    /// A job whose store path is `store_path` (its temp path is a sibling never written).
+    fn job(url_text: &str, expected: &[u8], max_bytes: u64, store_path: PathBuf) -> ModuleFetch {
+        let mut temp_name = store_path.file_name().unwrap().to_os_string();
+        temp_name.push(".temp");
         ModuleFetch {
             url: url(url_text),
             sha256: sha256_hex(expected),
             max_bytes,
-            dest,
+            dest: store_path.with_file_name(temp_name),
+            store_path,
         }
     }
 
