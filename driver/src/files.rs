@@ -145,6 +145,9 @@ pub struct Files<C: Completions, S: BlockingSpawner> {
     sink: C,
     spawner: S,
     open: BTreeMap<FileId, Sender<IoRequest>>,
+    /// Files whose open failed: their workers have ended (the engine sends nothing more for
+    /// a file it could not open, not even `CloseFile`); forgotten at the next start.
+    failed_opens: Arc<Mutex<Vec<FileId>>>,
     misc: Option<Sender<IoRequest>>,
 }
 
@@ -155,6 +158,7 @@ impl<C: Completions, S: BlockingSpawner> Files<C, S> {
             sink,
             spawner,
             open: BTreeMap::new(),
+            failed_opens: Arc::default(),
             misc: None,
         }
     }
@@ -181,7 +185,15 @@ impl<C: Completions, S: BlockingSpawner> Files<C, S> {
         if let IoOp::Open { .. } | IoOp::OpenRead { .. } = req.op {
             let (q, rx) = mpsc::channel::<IoRequest>();
             let (sink, spawner) = (self.sink.clone(), self.spawner.clone());
-            let work = Box::new(move || file_worker(rx, sink, spawner));
+            for gone in std::mem::take(&mut *lock(&self.failed_opens)) {
+                self.open.remove(&gone);
+            }
+            let failed_opens = self.failed_opens.clone();
+            let work = Box::new(move || {
+                if file_worker(rx, sink, spawner) == WorkerEnd::OpenFailed {
+                    lock(&failed_opens).push(file);
+                }
+            });
             if let Err(e) = self
                 .spawner
                 .spawn_blocking(format!("haul-file-{}", file.0), work)
@@ -237,22 +249,52 @@ impl<C: Completions, S: BlockingSpawner> Files<C, S> {
     }
 }
 
+/// How a file worker ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum WorkerEnd {
+    /// After `CloseFile`, or its queue closed.
+    Closed,
+    /// Its `Open`/`OpenRead` failed: the engine sends nothing more for that file.
+    OpenFailed,
+}
+
 /// Runs one file's operations in issue order. `Sync` is handed to a companion worker so that
 /// writes keep flowing while earlier data is flushed (the engine's checkpoints would otherwise
 /// stall the download for as long as the disk takes); `CloseFile` waits for outstanding syncs,
-/// so its completion still follows every earlier operation's.
+/// so its completion still follows every earlier operation's. A `Sync` already followed by
+/// `CloseFile` in the queue (a commit's) runs here: nothing would flow past it.
 fn file_worker<C: Completions, S: BlockingSpawner>(
     rx: mpsc::Receiver<IoRequest>,
     sink: C,
     spawner: S,
-) {
+) -> WorkerEnd {
     let mut worker = FileWorker::default();
     // The companion's queue and a channel that closes when it has finished.
     let mut syncer: Option<(Sender<IoId>, mpsc::Receiver<()>)> = None;
-    for req in rx {
+    let mut next: Option<IoRequest> = None;
+    loop {
+        let Some(req) = next.take().or_else(|| rx.recv().ok()) else {
+            return WorkerEnd::Closed;
+        };
         match req.op {
+            IoOp::Open { .. } | IoOp::OpenRead { .. } => {
+                let result = worker.execute(&req.op);
+                let opened = matches!(result, IoResult::Opened { .. });
+                sink.complete(req.id, result);
+                if !opened {
+                    return WorkerEnd::OpenFailed;
+                }
+            }
             IoOp::Sync { .. } => {
                 if syncer.is_none() {
+                    next = rx.try_recv().ok();
+                    if next
+                        .as_ref()
+                        .is_some_and(|n| matches!(n.op, IoOp::CloseFile { .. }))
+                    {
+                        sink.complete(req.id, worker.execute(&req.op));
+                        continue;
+                    }
                     syncer = start_syncer(&worker, &sink, &spawner);
                 }
                 match &syncer {
@@ -269,7 +311,7 @@ fn file_worker<C: Completions, S: BlockingSpawner>(
                     let _ = finished.recv();
                 }
                 sink.complete(req.id, worker.execute(&req.op));
-                return;
+                return WorkerEnd::Closed;
             }
             _ => sink.complete(req.id, worker.execute(&req.op)),
         }
@@ -577,6 +619,67 @@ mod tests {
         let busy = started.recv_timeout(Duration::from_secs(10)).unwrap();
         assert_ne!(run_on(&pool), busy);
         drop(release);
+    }
+
+    /// Completions into a channel.
+    #[derive(Clone)]
+    struct ToChannel(Sender<(IoId, IoResult)>);
+
+    impl Completions for ToChannel {
+        fn complete(&self, id: IoId, result: IoResult) {
+            let _ = self.0.send((id, result));
+        }
+    }
+
+    #[test]
+    fn a_file_whose_open_failed_gives_its_worker_back() {
+        let dir = tempfile::TempDir::new().unwrap();
+        let pool = Threads::default();
+        let (tx, done) = mpsc::channel();
+        let mut files = Files::new(ToChannel(tx), pool.clone());
+        // The engine sends nothing more (not even CloseFile) for a file it could not open.
+        files.start(IoRequest {
+            id: IoId(1),
+            op: IoOp::OpenRead {
+                file: FileId(7),
+                path: dir.path().join("absent"),
+            },
+        });
+        let (id, result) = done.recv_timeout(Duration::from_secs(10)).unwrap();
+        assert_eq!((id, result), (IoId(1), IoResult::NotFound));
+        wait_idle(&pool, 1);
+        // The next file forgets the failed one and runs on the same thread.
+        let path = dir.path().join("present");
+        for (n, op) in [
+            IoOp::Open {
+                file: FileId(8),
+                path: path.clone(),
+                truncate: true,
+            },
+            IoOp::Sync { file: FileId(8) },
+            IoOp::CloseFile { file: FileId(8) },
+        ]
+        .into_iter()
+        .enumerate()
+        {
+            files.start(IoRequest {
+                id: IoId(10 + n as u64),
+                op,
+            });
+        }
+        let results: Vec<(IoId, IoResult)> = (0..3)
+            .map(|_| done.recv_timeout(Duration::from_secs(10)).unwrap())
+            .collect();
+        assert_eq!(
+            results,
+            vec![
+                (IoId(10), IoResult::Opened { len: 0 }),
+                (IoId(11), IoResult::Done),
+                (IoId(12), IoResult::Done)
+            ]
+        );
+        assert_eq!(files.open.len(), 0, "no file is left open");
+        wait_idle(&pool, 1);
     }
 
     #[test]

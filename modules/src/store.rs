@@ -1363,8 +1363,17 @@ mod tests {
             Err(StoreError::FileMissing { sha256, .. }) if *sha256 == missing
         ));
         assert_eq!(store.read(&present).unwrap(), b"written in place");
-        let rows: Vec<String> = store.list().unwrap().into_iter().map(|e| e.sha256).collect();
-        assert_eq!(rows, vec![present.clone()], "the missing one's DIRTY row is gone");
+        let rows: Vec<String> = store
+            .list()
+            .unwrap()
+            .into_iter()
+            .map(|e| e.sha256)
+            .collect();
+        assert_eq!(
+            rows,
+            vec![present.clone()],
+            "the missing one's DIRTY row is gone"
+        );
         assert_eq!(files_on_disk(dir.path()), vec![present]);
     }
 
