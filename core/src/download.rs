@@ -36,6 +36,8 @@ pub struct Download {
     pub(crate) segments: u32,
     pub(crate) min_segment: u64,
     pub(crate) rate_limit: Option<u64>,
+    /// Sync the file and its directory at commit (see [`Download::defer_sync`]).
+    pub(crate) sync: bool,
 }
 
 impl Download {
@@ -55,7 +57,19 @@ impl Download {
             segments: 1,
             min_segment: DEFAULT_MIN_SEGMENT,
             rate_limit: None,
+            sync: true,
         })
+    }
+
+    /// Commit without making the file durable: it is still verified before anything is
+    /// committed and still renamed into place atomically, but neither its data nor the rename
+    /// is synced. For a caller that makes many files durable at once and records them only
+    /// afterwards (haul's module store syncs a load's modules together before its index
+    /// marks them stored, and removes unrecorded files after a crash). Until the caller
+    /// syncs, a crash may lose the file or leave it empty at its destination.
+    pub fn defer_sync(mut self) -> Download {
+        self.sync = false;
+        self
     }
 
     /// A download of `url` into the directory `dir`.

@@ -265,7 +265,7 @@ impl FakeFs {
                     failure(IoErrorKind::Other, "bad file descriptor")
                 }
             },
-            IoOp::Rename { from, to } => {
+            IoOp::Rename { from, to, .. } => {
                 if self.fail_rename {
                     return failure(IoErrorKind::PermissionDenied, "scripted rename failure");
                 }
@@ -1301,6 +1301,46 @@ fn plain_download_commits_exact_bytes_removes_part_and_state_and_reports_size_an
             ..
         }
     )));
+}
+
+#[test]
+fn a_download_that_defers_sync_is_verified_and_renamed_into_place_without_any_sync() {
+    let body = pattern(10_000, 2);
+    let mut h = Harness::new(config());
+    h.serve(ORIGIN, file_server(body.clone()));
+    let job = h.submit(download().sha256(&sha_hex(&body)).unwrap().defer_sync());
+    h.run(job).expect("download succeeds");
+    assert_committed(&h, &body);
+    assert!(
+        !h.ops.iter().any(|(_, op)| matches!(op, IoOp::Sync { .. })),
+        "no file sync"
+    );
+    let renames: Vec<bool> = h
+        .ops
+        .iter()
+        .filter_map(|(_, op)| match op {
+            IoOp::Rename { sync, .. } => Some(*sync),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(renames, vec![false], "one rename, its directory not synced");
+
+    // The same download with the default syncs the file before the rename, and the rename.
+    let mut h = Harness::new(config());
+    h.serve(ORIGIN, file_server(body.clone()));
+    let job = h.submit(download().sha256(&sha_hex(&body)).unwrap());
+    h.run(job).expect("download succeeds");
+    let synced_at = h
+        .ops
+        .iter()
+        .position(|(_, op)| matches!(op, IoOp::Sync { .. }))
+        .expect("a sync");
+    let renamed_at = h
+        .ops
+        .iter()
+        .position(|(_, op)| matches!(op, IoOp::Rename { sync: true, .. }))
+        .expect("a synced rename");
+    assert!(synced_at < renamed_at);
 }
 
 #[test]

@@ -100,9 +100,13 @@ pub enum IoOp {
     Sync { file: FileId },
     /// Close the file. Completes with [`IoResult::Done`].
     CloseFile { file: FileId },
-    /// Rename `from` over `to` atomically, then make the rename durable (sync the parent
-    /// directory). Completes with [`IoResult::Done`].
-    Rename { from: PathBuf, to: PathBuf },
+    /// Rename `from` over `to` atomically, then, if `sync`, make the rename durable (sync the
+    /// parent directory). Completes with [`IoResult::Done`].
+    Rename {
+        from: PathBuf,
+        to: PathBuf,
+        sync: bool,
+    },
     /// Remove a file; a missing file is success. Completes with [`IoResult::Done`].
     Remove { path: PathBuf },
 }

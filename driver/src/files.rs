@@ -398,8 +398,9 @@ pub fn execute_path_op(op: &IoOp) -> IoResult {
             Ok(()) => IoResult::Done,
             Err(e) => IoResult::Failed(local_failure(&e, "write", Some(path))),
         },
-        IoOp::Rename { from, to } => {
-            match in_dir(to, || fs::rename(from, to)).and_then(|()| sync_parent(to)) {
+        IoOp::Rename { from, to, sync } => {
+            let renamed = in_dir(to, || fs::rename(from, to));
+            match renamed.and_then(|()| if *sync { sync_parent(to) } else { Ok(()) }) {
                 Ok(()) => IoResult::Done,
                 Err(e) => IoResult::Failed(local_failure(&e, "rename to", Some(to))),
             }

@@ -163,9 +163,9 @@ pub struct ModuleFetch {
 pub enum Delivery {
     /// At the job's `dest`, unverified: the store re-hashes, syncs and renames them.
     Temp,
-    /// At the job's `store_path`: verified against its sha256 as they arrived, synced, renamed
-    /// into place atomically, the directory synced. The store only records them (one create,
-    /// one rename and one sync per module instead of two of each plus a re-read).
+    /// At the job's `store_path`: verified against its sha256 as they arrived and renamed into
+    /// place whole (synced or not). The store syncs them all at once and records them (one
+    /// create, one rename and one sync per module instead of two of each plus a re-read).
     Committed,
 }
 

@@ -333,11 +333,45 @@ fn check_written(pending: &PendingFile) -> Result<u64, StoreError> {
     Ok(size)
 }
 
+/// Syncs the data of a file written in place; its size. A missing file (or anything but a
+/// regular file) is [`StoreError::FileMissing`].
+fn sync_in_place(path: &Path) -> Result<u64, StoreError> {
+    let missing = || StoreError::FileMissing {
+        sha256: path
+            .file_name()
+            .map(|name| name.to_string_lossy().into_owned())
+            .unwrap_or_default(),
+        path: path.to_path_buf(),
+    };
+    let file = match File::open(path) {
+        Ok(file) => file,
+        Err(error) if error.kind() == io::ErrorKind::NotFound => return Err(missing()),
+        Err(error) => return Err(io_error("open written file", path)(error)),
+    };
+    let metadata = file
+        .metadata()
+        .map_err(io_error("inspect written file", path))?;
+    if !metadata.is_file() {
+        return Err(missing());
+    }
+    file.sync_data().map_err(io_error("fsync", path))?;
+    Ok(metadata.len())
+}
+
 /// [`check_written`] for every file, on up to [`CHECK_THREADS`] threads; results in order.
 fn check_written_files(pending: &[PendingFile]) -> Vec<Result<u64, StoreError>> {
+    in_parallel(pending, check_written)
+}
+
+/// `work` for every file, on up to [`CHECK_THREADS`] threads: syncs issued together share the
+/// disk's queue, and hashing uses more than one core. Results in order.
+fn in_parallel(
+    pending: &[PendingFile],
+    work: impl Fn(&PendingFile) -> Result<u64, StoreError> + Sync,
+) -> Vec<Result<u64, StoreError>> {
     let threads = pending.len().min(CHECK_THREADS);
     if threads <= 1 {
-        return pending.iter().map(check_written).collect();
+        return pending.iter().map(work).collect();
     }
     let next = std::sync::atomic::AtomicUsize::new(0);
     let mut results: Vec<(usize, Result<u64, StoreError>)> = std::thread::scope(|scope| {
@@ -350,7 +384,7 @@ fn check_written_files(pending: &[PendingFile]) -> Vec<Result<u64, StoreError>> 
                         let Some(file) = pending.get(index) else {
                             break done;
                         };
-                        done.push((index, check_written(file)));
+                        done.push((index, work(file)));
                     }
                 })
             })
@@ -762,13 +796,15 @@ impl Store {
         Ok(entries)
     }
 
-    /// Records files that a writer put straight at their [`PendingFile::store_path`], with one
-    /// index transaction for all of them, instead of [`Store::commit_many`]'s re-hash, sync and
-    /// rename. The writer vouches for what `commit_many` would have checked: the bytes were
-    /// verified against the hash while they were written, then synced, renamed into place
-    /// atomically and the directory synced. (haul's engine does exactly that for a download
-    /// with an expected sha256.) Reads still re-check the hash. A write whose file is not
-    /// there fails alone and is abandoned; one result per write, in order.
+    /// Records files that a writer put straight at their [`PendingFile::store_path`] (renamed
+    /// into place whole), instead of [`Store::commit_many`]'s re-hash and rename: the writer
+    /// vouches that the bytes were verified against the hash while they were written (haul's
+    /// engine does that for a download with an expected sha256). Makes them durable first
+    /// (each file's data synced, on up to [`CHECK_THREADS`] threads, then the directory once),
+    /// then marks them READY in one index transaction, so the writer need not sync anything:
+    /// until the rows are READY, a crash leaves DIRTY rows whose files the next open removes.
+    /// Reads still re-check the hash. A write whose file is missing or cannot be synced fails
+    /// alone and is abandoned; one result per write, in order.
     pub fn adopt_many(
         &mut self,
         pending: Vec<PendingFile>,
@@ -776,23 +812,17 @@ impl Store {
     ) -> Vec<Result<FileEntry, StoreError>> {
         let mut results: Vec<Option<Result<FileEntry, StoreError>>> = Vec::new();
         let mut present: Vec<(usize, String, u64)> = Vec::new();
-        for (index, pending) in pending.into_iter().enumerate() {
+        let synced = in_parallel(&pending, |file| sync_in_place(&file.store_path));
+        for (index, (pending, synced)) in pending.into_iter().zip(synced).enumerate() {
             results.push(None);
-            match fs::symlink_metadata(&pending.store_path) {
-                Ok(metadata) if metadata.is_file() => {
-                    present.push((index, pending.sha256, metadata.len()))
-                }
-                _ => {
-                    let error = StoreError::FileMissing {
-                        sha256: pending.sha256.clone(),
-                        path: pending.store_path.clone(),
-                    };
-                    results[index] = Some(self.abort(pending).and(Err(error)));
-                }
+            match synced {
+                Ok(size) => present.push((index, pending.sha256, size)),
+                Err(error) => results[index] = Some(self.abort(pending).and(Err(error))),
             }
         }
         if !present.is_empty() {
-            match self.mark_ready(&present, now_ms) {
+            let marked = sync_dir(&self.files_dir).and_then(|()| self.mark_ready(&present, now_ms));
+            match marked {
                 Ok(entries) => {
                     for ((index, _, _), entry) in present.iter().zip(entries) {
                         results[*index] = Some(Ok(entry));

@@ -127,9 +127,10 @@ impl Fetcher for ModuleFetcher<'_> {
     }
 
     /// Downloads every module straight to its `store_path`, verified against its SHA-256 and
-    /// limited to its `max_bytes`, at most [`ModuleFetcher::concurrency`] at a time: the
-    /// engine's commit (sync, atomic rename, directory sync, only after the hash matched) is
-    /// the store's, so each answers [`Delivery::Committed`]. A failed job leaves nothing
+    /// limited to its `max_bytes`, at most [`ModuleFetcher::concurrency`] at a time, and
+    /// renamed into place only after the hash matched; each answers [`Delivery::Committed`].
+    /// The files are not synced ([`Download::defer_sync`]): the store syncs them all at once
+    /// before it records them. A failed job leaves nothing
     /// beside its `store_path` (its partial and state files are removed: a later load starts
     /// over, and the store's recovery would remove them anyway).
     fn fetch_modules(&self, jobs: Vec<ModuleFetch>) -> Vec<Result<Delivery, FetchError>> {
@@ -233,9 +234,11 @@ fn run_batch(
 }
 
 fn module_download(job: &ModuleFetch) -> Result<Download, DownloadError> {
+    // The store syncs the load's modules together before it records them.
     Ok(Download::new(job.url.as_str(), &job.store_path)?
         .sha256(&job.sha256)?
-        .max_size(job.max_bytes))
+        .max_size(job.max_bytes)
+        .defer_sync())
 }
 
 fn remove_leftover(path: &Path) {

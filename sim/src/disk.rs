@@ -323,11 +323,13 @@ impl VirtualDisk {
                     failed(IoErrorKind::Other, "bad file descriptor")
                 }
             },
-            IoOp::Rename { from, to } => match self.names.remove(from) {
+            IoOp::Rename { from, to, sync } => match self.names.remove(from) {
                 Some(ino) => {
                     self.names.insert(to.clone(), ino);
-                    self.sync_dir(&parent(from));
-                    self.sync_dir(&parent(to));
+                    if *sync {
+                        self.sync_dir(&parent(from));
+                        self.sync_dir(&parent(to));
+                    }
                     self.next_generation += 1;
                     IoResult::Done
                 }
@@ -430,6 +432,7 @@ mod tests {
             &IoOp::Rename {
                 from: "/d/a.part".into(),
                 to: "/d/a".into(),
+                sync: true,
             },
             None,
         );

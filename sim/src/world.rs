@@ -490,7 +490,12 @@ fn summarize_op(op: &IoOp) -> String {
         IoOp::SetLen { file, len } => format!("SetLen f{} {len}", file.0),
         IoOp::Sync { file } => format!("Sync f{}", file.0),
         IoOp::CloseFile { file } => format!("CloseFile f{}", file.0),
-        IoOp::Rename { from, to } => format!("Rename {} -> {}", from.display(), to.display()),
+        IoOp::Rename { from, to, sync } => format!(
+            "Rename {} -> {}{}",
+            from.display(),
+            to.display(),
+            if *sync { "" } else { " (no sync)" }
+        ),
         IoOp::Remove { path } => format!("Remove {}", path.display()),
     }
 }

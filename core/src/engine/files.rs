@@ -652,7 +652,9 @@ impl Engine {
         };
         j.phase = Phase::Committing { dest, digest };
         let file = j.file.expect("commit needs the partial open");
-        self.file_io(id, FileStep::FinalSync, IoOp::Sync { file });
+        if j.spec.sync {
+            self.file_io(id, FileStep::FinalSync, IoOp::Sync { file });
+        }
         self.file_io(id, FileStep::Close, IoOp::CloseFile { file });
         // Committing, the job no longer holds a download slot.
         self.schedule();
@@ -689,6 +691,7 @@ impl Engine {
         let op = IoOp::Rename {
             from: j.spec.part_path(),
             to: dest.clone(),
+            sync: j.spec.sync,
         };
         self.file_io(id, FileStep::Rename, op);
     }
