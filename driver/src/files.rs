@@ -4,8 +4,10 @@
 //! Owns: one worker per open file that runs that file's operations in issue order (the
 //! engine's contract), with `Sync` handed to a companion worker so writes keep flowing while
 //! the disk flushes (a `Sync` may complete after later `WriteAt`s; `CloseFile` waits for
-//! outstanding syncs so its completion follows everything before it); one worker for
-//! whole-file operations (state files, renames, removals). Workers are long-lived blocking
+//! outstanding syncs so its completion follows everything before it); a pool of workers for
+//! whole-file operations (state files, renames, removals); optionally
+//! ([`Files::inline_small_ops`]) small operations run on the caller's thread when nothing of
+//! their file is pending on a worker, which keeps each file's order. Workers are long-lived blocking
 //! tasks started through a [`BlockingSpawner`] (plain threads for the blocking runtime,
 //! `spawn_blocking` / `unblock` for the async ones) and report through a [`Completions`] sink.
 //! Does not own deciding anything about the bytes (the engine hashes and verifies).
@@ -15,6 +17,7 @@ use std::fs::{self, File, OpenOptions};
 use std::io::{ErrorKind, Read, Write};
 use std::os::unix::fs::FileExt;
 use std::path::Path;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::mpsc::{self, RecvTimeoutError, Sender, SyncSender};
 use std::sync::{Arc, Mutex, Weak};
 use std::time::Duration;
@@ -140,15 +143,44 @@ fn pooled(first: BlockingWork, idle: Weak<Mutex<IdleThreads>>) {
     }
 }
 
+/// The largest read or write that [`Files::inline_small_ops`] runs on the caller's thread.
+const INLINE_MAX_BYTES: usize = 64 * 1024;
+
+/// One open file: its handle, shared by inline execution and its worker, and the worker's
+/// queue once it has one.
+struct OpenFile {
+    state: Arc<Mutex<FileWorker>>,
+    /// Operations handed to the worker and not completed yet.
+    outstanding: Arc<AtomicUsize>,
+    queue: Option<Sender<IoRequest>>,
+}
+
+/// A file worker's completions: each also counts the file's outstanding operations down
+/// (after it is delivered, so a later inline operation's completion follows it).
+#[derive(Clone)]
+struct Counted<C> {
+    sink: C,
+    outstanding: Arc<AtomicUsize>,
+}
+
+impl<C: Completions> Completions for Counted<C> {
+    fn complete(&self, id: IoId, result: IoResult) {
+        self.sink.complete(id, result);
+        self.outstanding.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
 /// Executes file operations on blocking workers, each open file's in order.
 pub struct Files<C: Completions, S: BlockingSpawner> {
     sink: C,
     spawner: S,
-    open: BTreeMap<FileId, Sender<IoRequest>>,
-    /// Files whose open failed: their workers have ended (the engine sends nothing more for
-    /// a file it could not open, not even `CloseFile`); forgotten at the next start.
+    open: BTreeMap<FileId, OpenFile>,
+    /// Files whose open failed on their worker: the worker has ended (the engine sends
+    /// nothing more for a file it could not open, not even `CloseFile`); forgotten at the
+    /// next open.
     failed_opens: Arc<Mutex<Vec<FileId>>>,
     misc: Option<Sender<IoRequest>>,
+    inline: bool,
 }
 
 impl<C: Completions, S: BlockingSpawner> Files<C, S> {
@@ -160,7 +192,20 @@ impl<C: Completions, S: BlockingSpawner> Files<C, S> {
             open: BTreeMap::new(),
             failed_opens: Arc::default(),
             misc: None,
+            inline: false,
         }
+    }
+
+    /// Run small operations on the calling thread when nothing of the same file is pending
+    /// on a worker: opens, closes, truncation, reads and writes of at most 64 KiB, state file
+    /// reads, removals and renames without a sync. Each of them takes microseconds, less than
+    /// handing it to a worker and its completion back (two thread switches); a download of a
+    /// small file is then mostly done without any. Syncs and large transfers stay on workers.
+    /// For a runtime whose calling thread may block briefly (the blocking runtime's driver),
+    /// never for an async executor's thread.
+    pub fn inline_small_ops(mut self) -> Files<C, S> {
+        self.inline = true;
+        self
     }
 
     fn fail(&self, id: IoId, what: String) {
@@ -183,14 +228,44 @@ impl<C: Completions, S: BlockingSpawner> Files<C, S> {
             _ => return self.start_path_op(req),
         };
         if let IoOp::Open { .. } | IoOp::OpenRead { .. } = req.op {
-            let (q, rx) = mpsc::channel::<IoRequest>();
-            let (sink, spawner) = (self.sink.clone(), self.spawner.clone());
             for gone in std::mem::take(&mut *lock(&self.failed_opens)) {
                 self.open.remove(&gone);
             }
+            self.open.insert(
+                file,
+                OpenFile {
+                    state: Arc::default(),
+                    outstanding: Arc::default(),
+                    queue: None,
+                },
+            );
+        }
+        let Some(open) = self.open.get_mut(&file) else {
+            return self.fail(req.id, "file is not open".into());
+        };
+        let closing = matches!(req.op, IoOp::CloseFile { .. });
+        if self.inline && small_op(&req.op) && open.outstanding.load(Ordering::Acquire) == 0 {
+            let result = lock(&open.state).execute(&req.op);
+            let opened = matches!(result, IoResult::Opened { .. });
+            self.sink.complete(req.id, result);
+            let failed_open =
+                matches!(req.op, IoOp::Open { .. } | IoOp::OpenRead { .. }) && !opened;
+            if closing || failed_open {
+                // Dropping the queue ends the worker, if the file had one.
+                self.open.remove(&file);
+            }
+            return;
+        }
+        if open.queue.is_none() {
+            let (q, rx) = mpsc::channel::<IoRequest>();
+            let sink = Counted {
+                sink: self.sink.clone(),
+                outstanding: open.outstanding.clone(),
+            };
+            let (state, spawner) = (open.state.clone(), self.spawner.clone());
             let failed_opens = self.failed_opens.clone();
             let work = Box::new(move || {
-                if file_worker(rx, sink, spawner) == WorkerEnd::OpenFailed {
+                if file_worker(rx, &state, sink, spawner) == WorkerEnd::OpenFailed {
                     lock(&failed_opens).push(file);
                 }
             });
@@ -198,16 +273,18 @@ impl<C: Completions, S: BlockingSpawner> Files<C, S> {
                 .spawner
                 .spawn_blocking(format!("haul-file-{}", file.0), work)
             {
+                self.open.remove(&file);
                 return self.fail(req.id, format!("start file worker: {e}"));
             }
-            self.open.insert(file, q);
+            open.queue = Some(q);
         }
-        let closing = matches!(req.op, IoOp::CloseFile { .. });
-        let sent = match self.open.get(&file) {
+        open.outstanding.fetch_add(1, Ordering::AcqRel);
+        let sent = match &open.queue {
             Some(q) => q.send(req).map_err(|e| e.0),
             None => Err(req),
         };
         if let Err(req) = sent {
+            open.outstanding.fetch_sub(1, Ordering::AcqRel);
             self.fail(req.id, "file is not open".into());
         }
         if closing {
@@ -216,6 +293,10 @@ impl<C: Completions, S: BlockingSpawner> Files<C, S> {
     }
 
     fn start_path_op(&mut self, req: IoRequest) {
+        if self.inline && small_op(&req.op) {
+            let result = execute_path_op(&req.op);
+            return self.sink.complete(req.id, result);
+        }
         if self.misc.is_none() {
             // A small pool: whole-file operations of different jobs (renames with their
             // directory syncs, state files) run concurrently, so the file system can commit
@@ -249,6 +330,29 @@ impl<C: Completions, S: BlockingSpawner> Files<C, S> {
     }
 }
 
+/// Whether `op` is small enough for [`Files::inline_small_ops`].
+fn small_op(op: &IoOp) -> bool {
+    match op {
+        IoOp::Open { .. }
+        | IoOp::OpenRead { .. }
+        | IoOp::SetLen { .. }
+        | IoOp::CloseFile { .. }
+        | IoOp::ReadFile { .. }
+        | IoOp::Remove { .. }
+        | IoOp::Rename { sync: false, .. } => true,
+        IoOp::WriteAt { data, .. } => data.len() <= INLINE_MAX_BYTES,
+        IoOp::ReadAt { len, .. } => *len as usize <= INLINE_MAX_BYTES,
+        IoOp::Sync { .. }
+        | IoOp::Rename { sync: true, .. }
+        | IoOp::WriteFileAtomic { .. }
+        | IoOp::CopyFile { .. }
+        | IoOp::Connect { .. }
+        | IoOp::Send { .. }
+        | IoOp::Recv { .. }
+        | IoOp::Close { .. } => false,
+    }
+}
+
 /// How a file worker ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum WorkerEnd {
@@ -265,10 +369,10 @@ enum WorkerEnd {
 /// `CloseFile` in the queue (a commit's) runs here: nothing would flow past it.
 fn file_worker<C: Completions, S: BlockingSpawner>(
     rx: mpsc::Receiver<IoRequest>,
+    state: &Mutex<FileWorker>,
     sink: C,
     spawner: S,
 ) -> WorkerEnd {
-    let mut worker = FileWorker::default();
     // The companion's queue and a channel that closes when it has finished.
     let mut syncer: Option<(Sender<IoId>, mpsc::Receiver<()>)> = None;
     let mut next: Option<IoRequest> = None;
@@ -278,7 +382,7 @@ fn file_worker<C: Completions, S: BlockingSpawner>(
         };
         match req.op {
             IoOp::Open { .. } | IoOp::OpenRead { .. } => {
-                let result = worker.execute(&req.op);
+                let result = lock(state).execute(&req.op);
                 let opened = matches!(result, IoResult::Opened { .. });
                 sink.complete(req.id, result);
                 if !opened {
@@ -292,16 +396,16 @@ fn file_worker<C: Completions, S: BlockingSpawner>(
                         .as_ref()
                         .is_some_and(|n| matches!(n.op, IoOp::CloseFile { .. }))
                     {
-                        sink.complete(req.id, worker.execute(&req.op));
+                        sink.complete(req.id, lock(state).execute(&req.op));
                         continue;
                     }
-                    syncer = start_syncer(&worker, &sink, &spawner);
+                    syncer = start_syncer(&lock(state), &sink, &spawner);
                 }
                 match &syncer {
                     Some((tx, _)) => {
                         let _ = tx.send(req.id);
                     }
-                    None => sink.complete(req.id, worker.execute(&req.op)),
+                    None => sink.complete(req.id, lock(state).execute(&req.op)),
                 }
             }
             IoOp::CloseFile { .. } => {
@@ -310,10 +414,10 @@ fn file_worker<C: Completions, S: BlockingSpawner>(
                     // Returns once the companion dropped its end, after its last sync.
                     let _ = finished.recv();
                 }
-                sink.complete(req.id, worker.execute(&req.op));
+                sink.complete(req.id, lock(state).execute(&req.op));
                 return WorkerEnd::Closed;
             }
-            _ => sink.complete(req.id, worker.execute(&req.op)),
+            _ => sink.complete(req.id, lock(state).execute(&req.op)),
         }
     }
 }

@@ -889,6 +889,7 @@ impl<F: Fetcher> Loader<F> {
         let job_count = jobs.len();
         tracing::debug!(app = %request.app, modules = job_count, "fetching modules");
         let mut results = self.fetcher.fetch_modules(jobs).into_iter();
+        tracing::debug!(app = %request.app, modules = job_count, "fetched modules");
 
         let mut store = lock(&self.store);
         let mut to_commit: Vec<(Wanted, PendingFile)> = Vec::new();

@@ -8,9 +8,15 @@
 //! - the caller's thread drives the engine (hashing happens there, inside the engine);
 //! - one thread per connection connects and then reads **one buffer ahead**: while the engine
 //!   hashes buffer *n*, the socket thread is already receiving buffer *n+1*;
-//! - one thread per open file executes that file's operations in issue order (the engine's
-//!   contract), so writes overlap with receiving and hashing;
-//! - one thread for small whole-file operations (state files, renames, removals).
+//! - small file operations (opens, closes, reads and writes of at most 64 KiB, state file
+//!   reads, removals, renames without a sync) run on the caller's thread when nothing of the
+//!   same file is pending elsewhere: a small download then needs no thread switch for its
+//!   file at all;
+//! - the others (syncs, large writes) go to a worker per open file that executes that file's
+//!   operations in issue order (the engine's contract), so writes overlap with receiving and
+//!   hashing; threads come from a pool and are reused;
+//! - a few threads for syncing whole-file operations (renames with their directory sync,
+//!   state file writes).
 //!
 //! Requests are written from the driver thread (a request head always fits in the socket
 //! buffer; a write timeout guards the pathological case).
@@ -174,7 +180,7 @@ impl Client {
         let tls = haul_driver::tls_setup(&config)?;
         let runtime = Runtime {
             net: net::Net::new(Sink(tx.clone()), tls, &config),
-            files: haul_driver::Files::new(Sink(tx.clone()), Threads::default()),
+            files: haul_driver::Files::new(Sink(tx.clone()), Threads::default()).inline_small_ops(),
         };
         let host = Host::new(config)?;
         Ok(Client {
