@@ -787,6 +787,97 @@ mod tests {
         wait_idle(&pool, 1);
     }
 
+    /// Threads that start their work only once the test opens the gate.
+    #[derive(Clone)]
+    struct Gated(Arc<(Mutex<bool>, std::sync::Condvar)>);
+
+    impl Gated {
+        fn open(&self) {
+            *lock(&self.0 .0) = true;
+            self.0 .1.notify_all();
+        }
+    }
+
+    impl BlockingSpawner for Gated {
+        fn spawn_blocking(&self, name: String, work: BlockingWork) -> std::io::Result<()> {
+            let gate = self.0.clone();
+            std::thread::Builder::new()
+                .name(name)
+                .spawn(move || {
+                    let mut open = lock(&gate.0);
+                    while !*open {
+                        open = gate.1.wait(open).unwrap_or_else(|e| e.into_inner());
+                    }
+                    drop(open);
+                    work()
+                })
+                .map(drop)
+        }
+    }
+
+    fn request(id: u64, op: IoOp) -> IoRequest {
+        IoRequest { id: IoId(id), op }
+    }
+
+    #[test]
+    fn small_operations_run_inline_unless_their_file_has_work_pending_on_a_worker() {
+        let dir = tempfile::TempDir::new().unwrap();
+        let path = dir.path().join("f");
+        let gate = Gated(Arc::default());
+        let (tx, done) = mpsc::channel();
+        let mut files = Files::new(ToChannel(tx), gate.clone()).inline_small_ops();
+        let file = FileId(1);
+        files.start(request(
+            1,
+            IoOp::Open {
+                file,
+                path: path.clone(),
+                truncate: true,
+            },
+        ));
+        // Inline: completed before `start` returned, although no worker may run yet.
+        assert_eq!(
+            done.try_recv().unwrap(),
+            (IoId(1), IoResult::Opened { len: 0 })
+        );
+        let big = Bytes::from(vec![b'a'; INLINE_MAX_BYTES + 1]);
+        files.start(request(
+            2,
+            IoOp::WriteAt {
+                file,
+                offset: 0,
+                data: big,
+            },
+        ));
+        // Small, but behind the big write on the (blocked) worker: it must wait its turn.
+        let small = Bytes::from_static(b"bb");
+        files.start(request(
+            3,
+            IoOp::WriteAt {
+                file,
+                offset: 0,
+                data: small,
+            },
+        ));
+        assert!(
+            done.try_recv().is_err(),
+            "nothing ran ahead of the big write"
+        );
+        gate.open();
+        let order: Vec<IoId> = (0..2)
+            .map(|_| done.recv_timeout(Duration::from_secs(10)).unwrap().0)
+            .collect();
+        assert_eq!(order, vec![IoId(2), IoId(3)]);
+        files.start(request(4, IoOp::CloseFile { file }));
+        assert_eq!(
+            done.recv_timeout(Duration::from_secs(10)).unwrap(),
+            (IoId(4), IoResult::Done)
+        );
+        let written = std::fs::read(&path).unwrap();
+        assert_eq!(&written[..3], b"bba");
+        assert!(files.open.is_empty());
+    }
+
     #[test]
     fn dropping_the_pool_ends_its_waiting_threads() {
         thread_local! {
