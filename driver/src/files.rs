@@ -564,12 +564,87 @@ fn with_suffix(path: &Path, suffix: &str) -> std::path::PathBuf {
 }
 
 /// Make a rename or creation in `path`'s directory durable.
+///
+/// Group commit: callers syncing one directory at the same time share syncs. A caller
+/// counts itself in after its change and returns once a sync that started after that has
+/// finished: its own if none is running, else the next one, which one of the waiters starts
+/// as soon as the running one ends and which covers every waiter counted in by then. Many
+/// small downloads committing into one directory then sync it a few times instead of once
+/// each.
 pub fn sync_parent(path: &Path) -> std::io::Result<()> {
     let parent = match path.parent() {
         Some(p) if !p.as_os_str().is_empty() => p,
         _ => Path::new("."),
     };
-    File::open(parent)?.sync_all()
+    let entry = lock(&DIR_SYNCS)
+        .get_or_insert_with(Default::default)
+        .entry(parent.to_path_buf())
+        .or_default()
+        .clone();
+    let result = entry.sync(parent);
+    let mut syncs = lock(&DIR_SYNCS);
+    if let Some(map) = syncs.as_mut() {
+        // Only the map and this caller hold it: nobody waits on it any more.
+        if Arc::strong_count(&entry) == 2 {
+            map.remove(parent);
+        }
+    }
+    result
+}
+
+/// Directories being synced, for [`sync_parent`]'s group commit.
+#[allow(clippy::type_complexity)]
+static DIR_SYNCS: Mutex<Option<std::collections::HashMap<std::path::PathBuf, Arc<DirSync>>>> =
+    Mutex::new(None);
+
+/// One directory's group commit.
+#[derive(Default)]
+struct DirSync {
+    state: Mutex<DirSyncState>,
+    done: std::sync::Condvar,
+}
+
+#[derive(Default)]
+struct DirSyncState {
+    /// Callers counted in so far.
+    joined: u64,
+    /// Every caller up to this one is covered by a finished sync.
+    covered: u64,
+    running: bool,
+    /// How the last finished sync failed, if it did.
+    failure: Option<(ErrorKind, String)>,
+}
+
+impl DirSync {
+    fn sync(&self, dir: &Path) -> std::io::Result<()> {
+        let mut state = lock(&self.state);
+        state.joined += 1;
+        let me = state.joined;
+        loop {
+            if state.covered >= me {
+                return match &state.failure {
+                    None => Ok(()),
+                    Some((kind, what)) => Err(std::io::Error::new(*kind, what.clone())),
+                };
+            }
+            if !state.running {
+                state.running = true;
+                let target = state.joined;
+                drop(state);
+                let result = File::open(dir).and_then(|d| d.sync_all());
+                state = lock(&self.state);
+                state.running = false;
+                state.covered = target;
+                state.failure = result
+                    .as_ref()
+                    .err()
+                    .map(|e| (e.kind(), format!("sync directory: {e}")));
+                self.done.notify_all();
+                return result;
+            }
+            state = self.done.wait(state).unwrap_or_else(|e| e.into_inner());
+        }
+    }
 }
 
 /// Executes the operations of one open file, in order.
@@ -876,6 +951,34 @@ mod tests {
         let written = std::fs::read(&path).unwrap();
         assert_eq!(&written[..3], b"bba");
         assert!(files.open.is_empty());
+    }
+
+    #[test]
+    fn directory_syncs_at_the_same_time_all_succeed_and_leave_nothing_registered() {
+        let dir = tempfile::TempDir::new().unwrap();
+        std::thread::scope(|scope| {
+            for n in 0..16 {
+                let path = dir.path().join(format!("f{n}"));
+                scope.spawn(move || {
+                    std::fs::write(&path, b"x").unwrap();
+                    sync_parent(&path).unwrap();
+                });
+            }
+        });
+        let registered = lock(&DIR_SYNCS)
+            .as_ref()
+            .is_some_and(|map| map.contains_key(dir.path()));
+        assert!(
+            !registered,
+            "the directory's group commit was not forgotten"
+        );
+    }
+
+    #[test]
+    fn a_failed_directory_sync_is_reported_to_its_caller() {
+        let dir = tempfile::TempDir::new().unwrap();
+        let error = sync_parent(&dir.path().join("gone").join("f")).unwrap_err();
+        assert_eq!(error.kind(), ErrorKind::NotFound);
     }
 
     #[test]
