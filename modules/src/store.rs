@@ -1,9 +1,10 @@
 //! The content-addressed module store: `files/<sha256>` shared by all apps, plus
 //! `index.sqlite` with file states, per-app manifests and pins.
 //!
-//! Owns the directory layout, crash recovery, the write protocol (DIRTY row -> temp file ->
-//! verify -> fsync -> rename -> fsync dir -> READY row), hash re-checks on read, pins and LRU
-//! pruning. It does not download anything, verify signatures or know about manifests' content;
+//! Owns the directory layout, crash recovery, the write protocols (DIRTY row -> temp file ->
+//! verify -> fsync -> rename -> fsync dir -> READY row; or, for a writer that verifies as it
+//! writes, DIRTY row -> file renamed into place by the writer -> fsync -> fsync dir -> READY
+//! row, see [`Store::adopt_many`]), hash re-checks on read, pins and LRU pruning. It does not download anything, verify signatures or know about manifests' content;
 //! [`crate::loader`] drives it.
 //!
 //! Rules:
