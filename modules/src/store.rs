@@ -704,22 +704,7 @@ impl Store {
                 Err(error) => results[index] = Some(Err(error)),
             }
         }
-        if !renamed.is_empty() {
-            let marked = sync_dir(&self.files_dir).and_then(|()| self.mark_ready(&renamed, now_ms));
-            match marked {
-                Ok(entries) => {
-                    for ((index, _, _), entry) in renamed.iter().zip(entries) {
-                        results[*index] = Some(Ok(entry));
-                    }
-                }
-                // The rows are still DIRTY: undo the renames now.
-                Err(error) => self.unmark(&renamed, error, &mut results),
-            }
-        }
-        results
-            .into_iter()
-            .map(|result| result.expect("every write has a result"))
-            .collect()
+        self.record_placed(&renamed, results, now_ms)
     }
 
     /// Renames a checked temp file into place, or abandons the write if the check failed.
@@ -821,15 +806,27 @@ impl Store {
                 Err(error) => results[index] = Some(self.abort(pending).and(Err(error))),
             }
         }
-        if !present.is_empty() {
-            let marked = sync_dir(&self.files_dir).and_then(|()| self.mark_ready(&present, now_ms));
+        self.record_placed(&present, results, now_ms)
+    }
+
+    /// Makes the renames of files now in place durable (one directory sync) and marks them
+    /// READY in one transaction; `results` holds the other writes' outcomes, by index. If that
+    /// fails the rows are still DIRTY: the files are removed now (see [`Store::unmark`]).
+    fn record_placed(
+        &mut self,
+        placed: &[(usize, String, u64)],
+        mut results: Vec<Option<Result<FileEntry, StoreError>>>,
+        now_ms: u64,
+    ) -> Vec<Result<FileEntry, StoreError>> {
+        if !placed.is_empty() {
+            let marked = sync_dir(&self.files_dir).and_then(|()| self.mark_ready(placed, now_ms));
             match marked {
                 Ok(entries) => {
-                    for ((index, _, _), entry) in present.iter().zip(entries) {
+                    for ((index, _, _), entry) in placed.iter().zip(entries) {
                         results[*index] = Some(Ok(entry));
                     }
                 }
-                Err(error) => self.unmark(&present, error, &mut results),
+                Err(error) => self.unmark(placed, error, &mut results),
             }
         }
         results
