@@ -1396,38 +1396,33 @@ mod tests {
     }
 
     #[test]
-    fn oversized_module_is_rejected() {
-        let world = world();
-        world.publish("news", &[kotlin(), app_module("news", "v1")], 100);
-        let mut request = world.request("news", 1_000);
-        request.module_max_bytes = 5;
-        let error = world.loader.load(&request).unwrap_err();
-        assert!(
-            matches!(error, ModuleError::ModuleTooLarge { max: 5, .. }),
-            "{error:?}"
-        );
-        assert!(world.pins().is_empty());
+    fn oversized_module_is_rejected_whether_delivered_to_a_temp_file_or_in_place() {
+        for in_place in [false, true] {
+            let world = world();
+            world.fetcher.in_place.store(in_place, Ordering::SeqCst);
+            world.publish("news", &[kotlin(), app_module("news", "v1")], 100);
+            let mut request = world.request("news", 1_000);
+            request.module_max_bytes = 5;
+            let error = world.loader.load(&request).unwrap_err();
+            assert!(
+                matches!(error, ModuleError::ModuleTooLarge { max: 5, .. }),
+                "{error:?}"
+            );
+            assert!(world.pins().is_empty());
+            let files = world.loader.with_store(|store| store.list().unwrap());
+            assert!(
+                files.iter().all(|file| file.kind == FileKind::Manifest),
+                "no module row is left (in place: {in_place}): {files:?}"
+            );
+        }
     }
 
     #[test]
-    fn modules_a_fetcher_committed_in_place_are_recorded_where_they_are_and_size_checked() {
+    fn modules_a_fetcher_committed_in_place_are_recorded_where_they_are() {
         let world = world();
         world.fetcher.in_place.store(true, Ordering::SeqCst);
         let modules = [kotlin(), app_module("news", "v1")];
         world.publish("news", &modules, 100);
-        let mut request = world.request("news", 1_000);
-        request.module_max_bytes = 5;
-        let error = world.loader.load(&request).unwrap_err();
-        assert!(
-            matches!(error, ModuleError::ModuleTooLarge { max: 5, .. }),
-            "{error:?}"
-        );
-        let files = world.loader.with_store(|store| store.list().unwrap());
-        assert!(
-            files.iter().all(|file| file.kind == FileKind::Manifest),
-            "no module row is left: {files:?}"
-        );
-
         let result = world.loader.load(&world.request("news", 2_000)).unwrap();
         for (loaded, spec) in result.modules.iter().zip(&modules) {
             assert_eq!(loaded.source, ModuleSource::Network);
