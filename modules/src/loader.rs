@@ -698,10 +698,12 @@ impl<F: Fetcher> Loader<F> {
                 let mut in_flight = lock(&self.in_flight);
                 let mut store = lock(&self.store);
                 let mut stored = Vec::new();
-                for item in wanted.drain(..) {
+                let hashes: Vec<&str> = wanted.iter().map(|item| item.sha256.as_str()).collect();
+                let present = store.contains_many(&hashes)?;
+                for (item, present) in wanted.drain(..).zip(present) {
                     if let Some(flight) = in_flight.get(&item.sha256) {
                         follows.push((item, Arc::clone(flight)));
-                    } else if store.contains(&item.sha256)? {
+                    } else if present {
                         stored.push(item.sha256);
                     } else {
                         let flight = Arc::new(Flight::default());

@@ -99,9 +99,12 @@ impl Fetcher for ModuleFetcher<'_> {
                 )
             })?;
         let dest = dir.path().join(MANIFEST_TEMP_NAME);
+        // A throwaway copy, read back at once (the store keeps the verified manifest with its
+        // own durability): no syncs.
         let download = Download::new(url.as_str(), &dest)
             .map_err(|error| fetch_error(&error))?
-            .max_size(max_bytes);
+            .max_size(max_bytes)
+            .defer_sync();
         self.client
             .download(download, |_| {})
             .map_err(|error| fetch_error(&error))?;
