@@ -765,6 +765,35 @@ fn a_dependency_on_an_unknown_job_fails_at_once_naming_that_job() {
     assert!(h.requests.is_empty());
 }
 
+#[test]
+fn a_queued_job_whose_dependency_is_cancelled_fails_at_once_even_with_every_slot_taken() {
+    let mut cfg = config();
+    cfg.max_active_jobs = 1;
+    let mut h = Harness::new(cfg);
+    // Slow responses: the first job holds the only slot for seconds.
+    any_path_server(&mut h, secs(5));
+    let busy = h.submit(job_at("busy"));
+    let waiting = h.submit(job_at("waiting"));
+    let dependent = h.submit(job_at("dependent").after(waiting));
+    h.drain();
+    h.cancel(waiting, CancelMode::Discard);
+    let cancelled_at = h.now;
+    assert_eq!(
+        h.run(dependent),
+        Err(DownloadError::DependencyFailed {
+            dependency: waiting.0
+        })
+    );
+    assert_eq!(
+        h.finished_at(dependent),
+        cancelled_at,
+        "the dependent waited for a slot before failing"
+    );
+    h.run(busy).expect("the busy job still succeeds");
+    assert!(h.finished_at(busy) > cancelled_at);
+    assert!(h.requests.iter().all(|r| r.path == "/busy"));
+}
+
 // ------------------------------------------------------------------------ dedup
 
 #[test]

@@ -60,7 +60,8 @@ mod files;
 mod resilience;
 mod transfer;
 
-use std::collections::{BTreeMap, VecDeque};
+use std::cmp::Reverse;
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::path::PathBuf;
 use std::time::Duration;
 
@@ -443,6 +444,20 @@ pub struct Engine {
     now: Instant,
     next_id: u64,
     jobs: BTreeMap<JobId, Job>,
+    /// Jobs waiting for a slot, most urgent class first, then in submission order. A
+    /// superset of the `Queued` jobs: an entry whose job has started or gone is dropped when
+    /// a scan meets it. With thousands of jobs submitted at once, scheduling and timers
+    /// look at this and at `active_ids` instead of every job on every event.
+    queue: BTreeSet<(Reverse<Priority>, JobId)>,
+    /// A superset of the active jobs ([`Job::is_active`]): added when a job starts, dropped
+    /// by [`Engine::schedule`] once the job is inactive or gone.
+    active_ids: BTreeSet<JobId>,
+    /// Unfinished jobs by the bytes they fetch (expected sha256, else URL), in id order: dedup
+    /// looks a new job's leader up here instead of comparing it with every job.
+    by_content: BTreeMap<ContentKey, Vec<JobId>>,
+    /// Set when a job failed or one with dependencies was queued: the next schedule looks
+    /// for queued jobs whose dependency failed (or never existed) and fails them.
+    check_deps: bool,
     conns: BTreeMap<ConnId, Conn>,
     pending: BTreeMap<IoId, Route>,
     outputs: VecDeque<Output>,
@@ -458,6 +473,23 @@ pub struct Engine {
     origin_stats: BTreeMap<Origin, MirrorStats>,
     /// Engine-wide retry budget.
     retry_budget: RetryBudget,
+}
+
+/// What makes two jobs fetch the same bytes, for dedup: the expected sha256 when there is
+/// one, else the URL (a job with a sha256 never shares with one without).
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
+enum ContentKey {
+    Sha256([u8; 32]),
+    Url(String),
+}
+
+impl ContentKey {
+    fn of(spec: &Download) -> ContentKey {
+        match spec.sha256 {
+            Some(sha256) => ContentKey::Sha256(sha256),
+            None => ContentKey::Url(spec.url.as_str().to_owned()),
+        }
+    }
 }
 
 #[derive(Debug, Default)]
@@ -491,6 +523,10 @@ impl Engine {
             now,
             next_id: 1,
             jobs: BTreeMap::new(),
+            queue: BTreeSet::new(),
+            active_ids: BTreeSet::new(),
+            check_deps: false,
+            by_content: BTreeMap::new(),
             conns: BTreeMap::new(),
             pending: BTreeMap::new(),
             outputs: VecDeque::new(),
@@ -527,7 +563,7 @@ impl Engine {
     /// Counters for progress displays.
     pub fn stats(&self) -> Stats {
         let s = &self.stats;
-        let active = self.jobs.values().filter(|j| j.is_active()).count();
+        let active = self.maybe_active().filter(|j| j.is_active()).count();
         let average_rate = s
             .first_start
             .map(|t| self.now.saturating_since(t).as_secs_f64())
@@ -659,6 +695,17 @@ impl Engine {
             last_grant: self.now,
         };
         let url = job.spec.url.to_string();
+        if matches!(job.phase, Phase::Queued) {
+            self.queue.insert((Reverse(job.priority()), id));
+        }
+        if !job.spec.depends_on.is_empty() {
+            self.check_deps = true;
+        }
+        // Ids only grow, so each list stays in id order.
+        self.by_content
+            .entry(ContentKey::of(&job.spec))
+            .or_default()
+            .push(id);
         self.jobs.insert(id, job);
         if let Some(leader) = leader {
             if let Some(l) = self.jobs.get_mut(&leader) {
@@ -680,17 +727,13 @@ impl Engine {
         if !deps_met {
             return None;
         }
-        self.jobs
-            .values()
+        // Same expected sha256, or (both without one) the same URL.
+        self.by_content
+            .get(&ContentKey::of(spec))?
+            .iter()
+            .filter_map(|id| self.jobs.get(id))
             .filter(|j| !matches!(j.phase, Phase::Following { .. } | Phase::CleaningUp { .. }))
-            .find(|j| {
-                let same_bytes = match (spec.sha256, j.spec.sha256) {
-                    (Some(a), Some(b)) => a == b,
-                    (None, None) => j.spec.url == spec.url,
-                    _ => false,
-                };
-                same_bytes && j.spec.size == spec.size && j.spec.max_size == spec.max_size
-            })
+            .find(|j| j.spec.size == spec.size && j.spec.max_size == spec.max_size)
             .map(|j| j.id)
     }
 
@@ -753,9 +796,9 @@ impl Engine {
 
     /// The next instant the engine must be woken at, if any.
     pub fn poll_timeout(&self) -> Option<Instant> {
+        // Only active jobs (running or in backoff) have deadlines.
         let jobs = self
-            .jobs
-            .values()
+            .maybe_active()
             .filter_map(|j| self.job_deadline(j).map(|(t, _, _)| t));
         let idle = self.conns.values().filter_map(|c| match c.state {
             ConnState::Idle { since } => Some(since + self.config.idle_connection_timeout),
@@ -814,11 +857,26 @@ impl Engine {
     /// Start queued jobs while slots are free: most urgent class first, FIFO within a class;
     /// fail jobs whose dependencies failed; then give free connections to waiting transfers.
     fn schedule(&mut self) {
+        self.debug_check_indexes();
         loop {
+            let jobs = &self.jobs;
+            self.active_ids
+                .retain(|id| jobs.get(id).is_some_and(Job::is_active));
+            if std::mem::take(&mut self.check_deps) {
+                if let Some((job, dep)) = self.failed_dependency() {
+                    // Finishing it schedules again (and looks for the next such job).
+                    self.check_deps = true;
+                    self.finish(
+                        job,
+                        Err(DownloadError::DependencyFailed { dependency: dep.0 }),
+                    );
+                    return;
+                }
+            }
             // Committing jobs leave their slot to the next download (a run of small files
             // would otherwise wait on every file's syncs with its connections idle), but at
             // most `max_active_jobs` of them may be in flight: a slow disk holds new jobs back.
-            let (active, committing) = self.jobs.values().fold((0, 0), |(a, c), j| {
+            let (active, committing) = self.maybe_active().fold((0, 0), |(a, c), j| {
                 if j.holds_slot() {
                     (a + 1, c)
                 } else if matches!(j.phase, Phase::Committing { .. }) {
@@ -827,63 +885,97 @@ impl Engine {
                     (a, c)
                 }
             });
-            let mut failed_dep = None;
-            let mut candidate: Option<(Priority, JobId)> = None;
-            for j in self.jobs.values() {
-                if !matches!(j.phase, Phase::Queued) {
+            if active >= self.config.max_active_jobs || committing >= self.config.max_active_jobs {
+                break;
+            }
+            // The most urgent queued job whose dependencies all succeeded.
+            let mut stale = Vec::new();
+            let mut candidate = None;
+            for &(priority, id) in &self.queue {
+                let Some(j) = self
+                    .jobs
+                    .get(&id)
+                    .filter(|j| matches!(j.phase, Phase::Queued))
+                else {
+                    stale.push((priority, id));
                     continue;
-                }
-                let mut ready = true;
-                for dep in &j.spec.depends_on {
-                    match self.finished.get(dep) {
-                        Some(true) => {}
-                        Some(false) => {
-                            failed_dep = Some((j.id, *dep));
-                            break;
-                        }
-                        None if self.jobs.contains_key(dep) => ready = false,
-                        None => {
-                            failed_dep = Some((j.id, *dep));
-                            break;
-                        }
-                    }
-                }
-                if failed_dep.is_some() {
+                };
+                let ready = j
+                    .spec
+                    .depends_on
+                    .iter()
+                    .all(|dep| self.finished.get(dep) == Some(&true));
+                if ready {
+                    candidate = Some((priority, id));
                     break;
                 }
-                if ready {
-                    let better = match candidate {
-                        None => true,
-                        Some((p, id)) => {
-                            (j.priority(), std::cmp::Reverse(j.id)) > (p, std::cmp::Reverse(id))
-                        }
-                    };
-                    if better {
-                        candidate = Some((j.priority(), j.id));
-                    }
-                }
             }
-            if let Some((job, dep)) = failed_dep {
-                self.finish(
-                    job,
-                    Err(DownloadError::DependencyFailed { dependency: dep.0 }),
-                );
-                continue;
+            for entry in stale {
+                self.queue.remove(&entry);
             }
-            match candidate {
-                Some((_, id))
-                    if active < self.config.max_active_jobs
-                        && committing < self.config.max_active_jobs =>
-                {
-                    self.start_job(id)
-                }
-                _ => break,
-            }
+            let Some((priority, id)) = candidate else {
+                break;
+            };
+            self.queue.remove(&(priority, id));
+            self.start_job(id);
         }
         self.assign_connections();
     }
 
+    /// A queued job with a dependency that failed or names no job, and that dependency.
+    fn failed_dependency(&self) -> Option<(JobId, JobId)> {
+        self.queue.iter().find_map(|(_, id)| {
+            let j = self
+                .jobs
+                .get(id)
+                .filter(|j| matches!(j.phase, Phase::Queued))?;
+            j.spec.depends_on.iter().find_map(|dep| {
+                let failed = match self.finished.get(dep) {
+                    Some(ok) => !ok,
+                    None => !self.jobs.contains_key(dep),
+                };
+                failed.then_some((*id, *dep))
+            })
+        })
+    }
+
+    /// The jobs that may be active, in id order (see `active_ids`).
+    fn maybe_active(&self) -> impl Iterator<Item = &Job> + '_ {
+        self.active_ids.iter().filter_map(|id| self.jobs.get(id))
+    }
+
+    /// Debug builds: every queued job is in `queue`, every active one in `active_ids` (these
+    /// may hold more, never less) and every job in `by_content`.
+    fn debug_check_indexes(&self) {
+        if cfg!(debug_assertions) {
+            for j in self.jobs.values() {
+                if matches!(j.phase, Phase::Queued) {
+                    assert!(
+                        self.queue.contains(&(Reverse(j.priority()), j.id)),
+                        "queued job {:?} missing from the queue index",
+                        j.id
+                    );
+                }
+                assert!(
+                    self.by_content
+                        .get(&ContentKey::of(&j.spec))
+                        .is_some_and(|ids| ids.contains(&j.id)),
+                    "job {:?} missing from the dedup index",
+                    j.id
+                );
+                if j.is_active() {
+                    assert!(
+                        self.active_ids.contains(&j.id),
+                        "active job {:?} missing from the active index",
+                        j.id
+                    );
+                }
+            }
+        }
+    }
+
     fn start_job(&mut self, id: JobId) {
+        self.active_ids.insert(id);
         let j = self.jobs.get_mut(&id).expect("job exists");
         let url = j.spec.url.to_string();
         j.last_grant = self.now;
@@ -923,7 +1015,17 @@ impl Engine {
         let Some(job) = self.jobs.remove(&id) else {
             return;
         };
+        let key = ContentKey::of(&job.spec);
+        if let Some(ids) = self.by_content.get_mut(&key) {
+            ids.retain(|other| *other != id);
+            if ids.is_empty() {
+                self.by_content.remove(&key);
+            }
+        }
         self.finished.insert(id, result.is_ok());
+        if result.is_err() {
+            self.check_deps = true;
+        }
         match &result {
             Ok(_) => self.stats.done += 1,
             Err(DownloadError::Cancelled) => self.stats.cancelled += 1,
@@ -967,7 +1069,10 @@ impl Engine {
                     );
                 }
                 // The leader failed or was cancelled: the follower tries on its own.
-                Err(_) => fj.phase = Phase::Queued,
+                Err(_) => {
+                    fj.phase = Phase::Queued;
+                    self.queue.insert((Reverse(fj.priority()), f));
+                }
             }
         }
         self.event(Event::Finished { job: id, result });
@@ -1011,10 +1116,12 @@ impl Engine {
         }
         // Every due deadline, in job order; one job may have several.
         loop {
-            let due = self.jobs.values().find_map(|j| match self.job_deadline(j) {
-                Some((t, kind, tid)) if t <= now => Some((j.id, kind, tid)),
-                _ => None,
-            });
+            let due = self
+                .maybe_active()
+                .find_map(|j| match self.job_deadline(j) {
+                    Some((t, kind, tid)) if t <= now => Some((j.id, kind, tid)),
+                    _ => None,
+                });
             let Some((id, kind, tid)) = due else { break };
             self.on_deadline(id, kind, tid);
         }
@@ -1095,8 +1202,7 @@ impl Engine {
 
     fn wake_throttled(&mut self) {
         let waiting: Vec<(JobId, u64)> = self
-            .jobs
-            .values()
+            .maybe_active()
             .flat_map(|j| {
                 j.transfers
                     .iter()

@@ -215,8 +215,7 @@ impl Engine {
     /// per-origin and total connection limits. Idle connections are reused first.
     pub(super) fn assign_connections(&mut self) {
         let mut waiting: Vec<(crate::sched::Priority, JobId, u64)> = self
-            .jobs
-            .values()
+            .maybe_active()
             .filter(|j| matches!(j.phase, Phase::Running))
             .flat_map(|j| {
                 j.transfers
