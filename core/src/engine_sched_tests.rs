@@ -20,9 +20,9 @@ use crate::config::Config;
 use crate::download::Download;
 use crate::engine::{CancelMode, Event, JobId};
 use crate::engine_tests::{
-    at, config, dest, download, hdr, head_len, job_of, origin_key, part, pattern, requested_range,
-    serve_range, sha, sha_hex, state, with_length, After, Harness, Reply, Req, Schedule, ETAG,
-    ORIGIN, URL,
+    assert_nothing_left, at, config, dest, download, hdr, head_len, job_of, origin_key, part,
+    pattern, requested_range, serve_range, sha, sha_hex, state, with_length, After, Harness, Reply,
+    Req, Schedule, ETAG, ORIGIN, URL,
 };
 use crate::error::DownloadError;
 use crate::io::IoOp;
@@ -286,6 +286,74 @@ fn segments_completing_out_of_order_are_hashed_by_reading_them_back() {
         })
         .collect();
     assert_eq!(reads, vec![(25_000, 75_000)], "one catch-up read");
+}
+
+#[test]
+fn once_every_segment_is_in_the_sync_runs_while_the_hash_reads_back_and_the_commit_does_not_sync_again(
+) {
+    let body = pattern(100_000, 5);
+    let mut h = Harness::new(config());
+    let b = body.clone();
+    h.serve(ORIGIN, move |req| {
+        let wire = serve_range(&b, req);
+        if range_of(req) == Some((0, None)) {
+            // The first segment trickles: the others are read back to be hashed.
+            head_first(wire, 5000).gap(secs(1))
+        } else {
+            head_first(wire, 8192)
+        }
+    });
+    // Read-backs take until t = 20 s.
+    h.hold = Some(Box::new(|op| {
+        matches!(op, IoOp::ReadAt { .. }).then(|| at(secs(20)))
+    }));
+    let job = h.submit(segmented(4, 25_000).sha256(&sha_hex(&body)).unwrap());
+    h.run(job).expect("download succeeds");
+    assert_committed(&h, &body);
+    let files = files_at(&h, &part());
+    let last_write = writes_to(&h, &part())
+        .iter()
+        .map(|w| w.0)
+        .max()
+        .expect("written");
+    let syncs: Vec<Instant> = h
+        .ops
+        .iter()
+        .filter_map(|(t, op)| match op {
+            IoOp::Sync { file } if files.contains(file) && *t >= last_write => Some(*t),
+            _ => None,
+        })
+        .collect();
+    // (A checkpoint's sync may be issued at the same moment as the early one.)
+    assert!(!syncs.is_empty(), "no sync after the last write");
+    assert!(
+        syncs.iter().all(|t| *t < at(secs(20))),
+        "a sync waited for the read-back: issued at {syncs:?}"
+    );
+}
+
+#[test]
+fn a_failed_early_sync_fails_the_segmented_download_and_leaves_nothing() {
+    let body = pattern(100_000, 6);
+    let mut h = Harness::new(config());
+    h.fs.fail_sync = true;
+    let b = body.clone();
+    h.serve(ORIGIN, move |req| {
+        let wire = serve_range(&b, req);
+        if range_of(req) == Some((0, None)) {
+            head_first(wire, 5000).gap(secs(1))
+        } else {
+            head_first(wire, 8192)
+        }
+    });
+    let job = h.submit(segmented(4, 25_000).sha256(&sha_hex(&body)).unwrap());
+    match h.run(job) {
+        Err(DownloadError::LocalIo { failure, .. }) => {
+            assert!(failure.to_string().contains("sync failed"), "{failure}")
+        }
+        other => panic!("expected LocalIo, got {other:?}"),
+    }
+    assert_nothing_left(&h);
 }
 
 #[test]

@@ -93,6 +93,8 @@ pub(crate) struct FakeFs {
     /// after writing what fits.
     pub(crate) space_left: Option<u64>,
     pub(crate) fail_rename: bool,
+    /// Every `Sync` fails (an I/O error writing the file back).
+    pub(crate) fail_sync: bool,
     /// Every state file written, in order.
     pub(crate) state_writes: Vec<PartState>,
     pub(crate) violations: Vec<String>,
@@ -250,6 +252,9 @@ impl FakeFs {
                     IoResult::Done
                 }
             },
+            IoOp::Sync { .. } if self.fail_sync => {
+                failure(IoErrorKind::Other, "injected: sync failed")
+            }
             IoOp::Sync { file } => match self.open_inode(*file, "Sync") {
                 Err(e) => e,
                 Ok(inode) => {

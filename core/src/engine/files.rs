@@ -201,7 +201,14 @@ impl Engine {
                     }
                 }
             }
-            FileStep::OpenFresh | FileStep::SetLen | FileStep::FinalSync => {
+            FileStep::EarlySync { epoch } if epoch != j.epoch => {
+                // It synced bytes of an earlier try; the commit of this one syncs again.
+                self.cleanup_progress(id);
+            }
+            FileStep::OpenFresh
+            | FileStep::SetLen
+            | FileStep::FinalSync
+            | FileStep::EarlySync { .. } => {
                 if let Some(f) = failure {
                     j.write_error.get_or_insert((part, f));
                     self.on_write_error(id);
@@ -606,6 +613,16 @@ impl Engine {
             return;
         }
         if j.catching_up || j.received.contiguous_end(j.hashed) > j.hashed {
+            // Every byte is in; the hash is still reading back what arrived out of order
+            // (most of a segmented download). Sync meanwhile, so the commit does not wait for
+            // the read-back and then for the disk.
+            let fresh = j.early_sync != Some((j.epoch, j.fetched));
+            if let (true, true, Some(file)) = (j.spec.sync, fresh, j.file) {
+                let epoch = j.epoch;
+                let j = self.jobs.get_mut(&id).expect("job exists");
+                j.early_sync = Some((epoch, j.fetched));
+                self.file_io(id, FileStep::EarlySync { epoch }, IoOp::Sync { file });
+            }
             return;
         }
         self.verify_and_commit(id);
@@ -650,9 +667,13 @@ impl Engine {
                     .unwrap_or_else(|| crate::download::file_name_from_url(&j.spec.url)),
             ),
         };
+        // An early sync covers every write when none followed it; if it is still running,
+        // the close completes after it (the executor's contract) and a failure it reports
+        // fails the commit.
+        let synced_early = j.early_sync == Some((j.epoch, j.fetched));
         j.phase = Phase::Committing { dest, digest };
         let file = j.file.expect("commit needs the partial open");
-        if j.spec.sync {
+        if j.spec.sync && !synced_early {
             self.file_io(id, FileStep::FinalSync, IoOp::Sync { file });
         }
         self.file_io(id, FileStep::Close, IoOp::CloseFile { file });

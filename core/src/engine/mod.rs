@@ -262,6 +262,11 @@ enum FileStep {
         verified: u64,
     },
     CheckpointState,
+    /// A sync issued once every byte was in while the hash was still reading back bytes
+    /// that arrived out of order, in hashing epoch `epoch`.
+    EarlySync {
+        epoch: u32,
+    },
     FinalSync,
     Close,
     Rename,
@@ -394,6 +399,10 @@ struct Job {
     /// Bumped whenever the download starts over from zero: a read-back issued before that
     /// completes with bytes the new hash must not see.
     epoch: u32,
+    /// (epoch, bytes fetched) when an early sync was issued (see [`FileStep::EarlySync`]):
+    /// while both are unchanged, no write followed it and the commit needs no sync of its
+    /// own.
+    early_sync: Option<(u32, u64)>,
     resumed_from: u64,
     fetched: u64,
     /// Durable resume point recorded in the state file.
@@ -683,6 +692,7 @@ impl Engine {
             received: RangeSet::new(),
             catching_up: false,
             epoch: 0,
+            early_sync: None,
             resumed_from: 0,
             fetched: 0,
             durable: 0,
