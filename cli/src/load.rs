@@ -272,15 +272,18 @@ fn print_result(args: &LoadArgs, result: &LoadResult) {
         .map(|module| module.id.as_str().len())
         .max()
         .unwrap_or(0);
+    // One write for the whole list, not one per line (stdout is line-buffered).
+    let mut listing = String::new();
     for (position, module) in result.modules.iter().enumerate() {
-        println!(
-            "  {:>3}. {:<id_width$}  {:<8}  {}",
+        listing.push_str(&format!(
+            "  {:>3}. {:<id_width$}  {:<8}  {}\n",
             position + 1,
             module.id.as_str(),
             module_source_name(module.source),
             module.path.display()
-        );
+        ));
     }
+    print!("{listing}");
     for warning in &result.warnings {
         eprintln!("warning: {warning}");
     }

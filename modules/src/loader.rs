@@ -983,13 +983,14 @@ impl<F: Fetcher> Loader<F> {
         let mut store = lock(&self.store);
         let mut modules = Vec::with_capacity(candidate.order.len());
         let mut module_hashes = Vec::new();
+        let mut seen_hashes = std::collections::BTreeSet::new();
         for id in &candidate.order {
             let entry = candidate
                 .manifest
                 .modules
                 .get(id.as_str())
                 .ok_or_else(|| ModuleError::UnknownModule { id: id.to_string() })?;
-            if !module_hashes.contains(&entry.sha256) {
+            if seen_hashes.insert(entry.sha256.as_str()) {
                 module_hashes.push(entry.sha256.clone());
             }
             modules.push(LoadedModule {
