@@ -1,8 +1,8 @@
 //! Download three files at once on smol, printing each one's progress stream.
 //!
 //! ```sh
-//! cargo run -p haul-smol --example download_three              # from a local origin
-//! cargo run -p haul-smol --example download_three -- URL URL URL
+//! cargo run -p haul-smol --example download_three_smol       # from a local origin
+//! cargo run -p haul-smol --example download_three_smol -- URL URL URL
 //! ```
 //!
 //! Without URLs it starts a local origin on 127.0.0.1 serving three generated files.

@@ -2,8 +2,8 @@
 //! callback.
 //!
 //! ```sh
-//! cargo run -p haul-blocking --example download_three              # from a local origin
-//! cargo run -p haul-blocking --example download_three -- URL URL URL
+//! cargo run -p haul-blocking --example download_three_blocking   # from a local origin
+//! cargo run -p haul-blocking --example download_three_blocking -- URL URL URL
 //! ```
 //!
 //! Without URLs it starts a local origin on 127.0.0.1 serving three generated files.

@@ -1,8 +1,8 @@
 //! Download three files at once on tokio, printing each one's progress stream.
 //!
 //! ```sh
-//! cargo run -p haul-tokio --example download_three              # from a local origin
-//! cargo run -p haul-tokio --example download_three -- URL URL URL
+//! cargo run -p haul-tokio --example download_three_tokio      # from a local origin
+//! cargo run -p haul-tokio --example download_three_tokio -- URL URL URL
 //! ```
 //!
 //! Without URLs it starts a local origin on 127.0.0.1 serving three generated files.
