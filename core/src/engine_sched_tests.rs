@@ -357,6 +357,70 @@ fn a_failed_early_sync_fails_the_segmented_download_and_leaves_nothing() {
 }
 
 #[test]
+fn a_long_read_back_reads_the_next_chunk_while_the_previous_one_is_hashed() {
+    let body = pattern(10_000_000, 7);
+    let mut h = Harness::new(config());
+    let b = body.clone();
+    h.serve(ORIGIN, move |req| {
+        let wire = serve_range(&b, req);
+        if range_of(req) == Some((0, None)) {
+            // The first segment trickles: megabytes after it are read back to be hashed.
+            head_first(wire, 50_000).gap(secs(1))
+        } else {
+            head_first(wire, 65_536)
+        }
+    });
+    // Read-backs take until t = 1000 s: whatever is issued before then was in flight at once.
+    h.hold = Some(Box::new(|op| {
+        matches!(op, IoOp::ReadAt { .. }).then(|| at(secs(1000)))
+    }));
+    let job = h.submit(segmented(4, 1_000_000).sha256(&sha_hex(&body)).unwrap());
+    h.run(job).expect("download succeeds");
+    assert_committed(&h, &body);
+    let files = files_at(&h, &part());
+    let reads: Vec<(Instant, u64, u64)> = h
+        .ops
+        .iter()
+        .filter_map(|(t, op)| match op {
+            IoOp::ReadAt { file, offset, len } if files.contains(file) => Some((*t, *offset, *len)),
+            _ => None,
+        })
+        .collect();
+    assert!(reads.len() >= 3, "{reads:?}");
+    let first_batch = reads.iter().filter(|r| r.0 < at(secs(1000))).count();
+    assert_eq!(first_batch, 2, "two reads in flight at once: {reads:?}");
+    for pair in reads.windows(2) {
+        assert_eq!(
+            pair[0].1 + pair[0].2,
+            pair[1].1,
+            "reads not contiguous: {reads:?}"
+        );
+    }
+    let last = reads.last().expect("reads");
+    assert_eq!(last.1 + last.2, body.len() as u64);
+}
+
+#[test]
+fn short_read_backs_still_hash_every_byte_once_in_order() {
+    let body = pattern(10_000_000, 8);
+    let mut h = Harness::new(config());
+    h.fs.max_read = Some(1_000_000);
+    let b = body.clone();
+    h.serve(ORIGIN, move |req| {
+        let wire = serve_range(&b, req);
+        if range_of(req) == Some((0, None)) {
+            head_first(wire, 50_000).gap(secs(1))
+        } else {
+            head_first(wire, 65_536)
+        }
+    });
+    let job = h.submit(segmented(4, 1_000_000).sha256(&sha_hex(&body)).unwrap());
+    let out = h.run(job).expect("download succeeds despite short reads");
+    assert_eq!(out.sha256, sha(&body));
+    assert_committed(&h, &body);
+}
+
+#[test]
 fn segment_reset_midway_is_refetched_from_where_it_stopped() {
     let body = pattern(100_000, 4);
     let mut h = Harness::new(config());

@@ -95,6 +95,8 @@ pub(crate) struct FakeFs {
     pub(crate) fail_rename: bool,
     /// Every `Sync` fails (an I/O error writing the file back).
     pub(crate) fail_sync: bool,
+    /// `ReadAt` returns at most this many bytes (a short read, as `pread` may).
+    pub(crate) max_read: Option<u64>,
     /// Every state file written, in order.
     pub(crate) state_writes: Vec<PartState>,
     pub(crate) violations: Vec<String>,
@@ -210,14 +212,17 @@ impl FakeFs {
                 }
                 None => failure(IoErrorKind::Other, "copy: no such file"),
             },
-            IoOp::ReadAt { file, offset, len } => match self.open_inode(*file, "ReadAt") {
-                Err(e) => e,
-                Ok(inode) => {
-                    let start = (*offset as usize).min(inode.data.len());
-                    let end = start.saturating_add(*len as usize).min(inode.data.len());
-                    IoResult::Data(Bytes::copy_from_slice(&inode.data[start..end]))
+            IoOp::ReadAt { file, offset, len } => {
+                let len = self.max_read.map_or(*len, |max| max.min(*len));
+                match self.open_inode(*file, "ReadAt") {
+                    Err(e) => e,
+                    Ok(inode) => {
+                        let start = (*offset as usize).min(inode.data.len());
+                        let end = start.saturating_add(len as usize).min(inode.data.len());
+                        IoResult::Data(Bytes::copy_from_slice(&inode.data[start..end]))
+                    }
                 }
-            },
+            }
             IoOp::WriteAt { file, offset, data } => {
                 let room = match self.space_left {
                     Some(left) => data.len().min(left as usize),

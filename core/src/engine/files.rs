@@ -5,7 +5,8 @@ use bytes::Bytes;
 use sha2::{Digest, Sha256};
 
 use super::{
-    unexpected, CleanStep, Engine, Event, FileStep, JobId, Phase, CATCH_UP_CHUNK, REHASH_CHUNK,
+    unexpected, CleanStep, Engine, Event, FileStep, JobId, Phase, CATCH_UP_CHUNK, CATCH_UP_READS,
+    REHASH_CHUNK,
 };
 use crate::download::{Destination, Outcome};
 use crate::error::DownloadError;
@@ -243,20 +244,28 @@ impl Engine {
                 }
                 self.cleanup_progress(id);
             }
-            FileStep::CatchUp { epoch } => {
-                if cleaning {
-                    j.catching_up = false;
-                    return self.cleanup_progress(id);
-                }
+            FileStep::CatchUp { epoch, offset } => {
                 if epoch != j.epoch {
                     // Issued before the download started over: not bytes of this hash.
+                    if cleaning {
+                        self.cleanup_progress(id);
+                    }
                     return;
                 }
-                j.catching_up = false;
+                j.catch_up_reads = j.catch_up_reads.saturating_sub(1);
+                if cleaning {
+                    return self.cleanup_progress(id);
+                }
                 match result {
-                    IoResult::Data(b) if !b.is_empty() => {
+                    IoResult::Data(b) if !b.is_empty() && offset == j.hashed => {
                         j.hasher.update(&b);
                         j.hashed += b.len() as u64;
+                        self.after_progress(id);
+                    }
+                    IoResult::Data(b) if !b.is_empty() => {
+                        // An earlier read came back short, so this one does not start at the
+                        // frontier: ignored; the frontier is read again once nothing is in
+                        // flight.
                         self.after_progress(id);
                     }
                     _ => {
@@ -427,8 +436,9 @@ impl Engine {
         j.total = None;
         j.segmented = false;
         j.pending_prefix = None;
-        // A read-back still in flight belongs to the old bytes; it is ignored on completion.
-        j.catching_up = false;
+        // Read-backs still in flight belong to the old bytes; they are ignored on completion.
+        j.catch_up_reads = 0;
+        j.catch_up_end = 0;
         j.epoch += 1;
         if let Some(file) = j.file {
             j.touched = true;
@@ -482,7 +492,7 @@ impl Engine {
                 });
             }
         }
-        if offset == j.hashed && !j.catching_up {
+        if offset == j.hashed && j.catch_up_reads == 0 {
             j.hasher.update(&data);
             j.hashed = end;
         }
@@ -502,21 +512,38 @@ impl Engine {
     /// After bytes were hashed or written: catch the frontier up, report progress,
     /// checkpoint, and commit when everything is in.
     pub(super) fn after_progress(&mut self, id: JobId) {
+        // Written but not hashed yet (arrived out of order): read it back, the next chunk
+        // while this one is hashed. Reads are ordered after the writes on the same file and
+        // complete in order.
         let j = self.jobs.get_mut(&id).expect("job exists");
-        if !j.catching_up {
-            let end = j.received.contiguous_end(j.hashed);
-            if end > j.hashed {
-                // Written but not hashed yet (arrived out of order): read it back. The read
-                // is ordered after the writes on the same file.
-                j.catching_up = true;
-                let op = IoOp::ReadAt {
-                    file: j.file.expect("partial is open"),
-                    offset: j.hashed,
-                    len: (end - j.hashed).min(CATCH_UP_CHUNK),
-                };
-                let epoch = j.epoch;
-                self.file_io(id, FileStep::CatchUp { epoch }, op);
-            }
+        let end = j.received.contiguous_end(j.hashed);
+        if j.catch_up_reads == 0 {
+            // Nothing in flight: read from the frontier (a short read leaves it behind the
+            // end of what was asked for).
+            j.catch_up_end = j.hashed;
+        }
+        let mut reads = Vec::new();
+        let mut from = j.catch_up_end.max(j.hashed);
+        while j.catch_up_reads < CATCH_UP_READS && from < end {
+            let len = (end - from).min(CATCH_UP_CHUNK);
+            j.catch_up_reads += 1;
+            j.catch_up_end = from + len;
+            let file = j.file.expect("partial is open");
+            reads.push((
+                FileStep::CatchUp {
+                    epoch: j.epoch,
+                    offset: from,
+                },
+                IoOp::ReadAt {
+                    file,
+                    offset: from,
+                    len,
+                },
+            ));
+            from += len;
+        }
+        for (step, op) in reads {
+            self.file_io(id, step, op);
         }
         let j = self.jobs.get(&id).expect("job exists");
         let (bytes, total) = (j.present(), j.total);
@@ -612,7 +639,7 @@ impl Engine {
         if !matches!(j.phase, Phase::Running) || !j.transfers.is_empty() || !j.gaps.is_empty() {
             return;
         }
-        if j.catching_up || j.received.contiguous_end(j.hashed) > j.hashed {
+        if j.catch_up_reads > 0 || j.received.contiguous_end(j.hashed) > j.hashed {
             // Every byte is in; the hash is still reading back what arrived out of order
             // (most of a segmented download). Sync meanwhile, so the commit does not wait for
             // the read-back and then for the disk.

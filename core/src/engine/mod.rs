@@ -254,9 +254,10 @@ enum FileStep {
     Write {
         len: u64,
     },
-    /// A read-back for the hash, issued in hashing epoch `epoch`.
+    /// A read-back for the hash of the bytes at `offset`, issued in hashing epoch `epoch`.
     CatchUp {
         epoch: u32,
+        offset: u64,
     },
     CheckpointSync {
         verified: u64,
@@ -394,8 +395,11 @@ struct Job {
     hashed: u64,
     /// Every byte range handed to the file (the hashed prefix included).
     received: RangeSet,
-    /// A read-back of written-but-unhashed bytes at the frontier is in flight.
-    catching_up: bool,
+    /// Read-backs of written-but-unhashed bytes at the frontier in flight (this epoch's):
+    /// up to [`CATCH_UP_READS`], so the next chunk is read while this one is hashed.
+    catch_up_reads: u8,
+    /// The end of the bytes those read-backs asked for.
+    catch_up_end: u64,
     /// Bumped whenever the download starts over from zero: a read-back issued before that
     /// completes with bytes the new hash must not see.
     epoch: u32,
@@ -516,6 +520,8 @@ struct StatsState {
 
 const REHASH_CHUNK: u64 = 1024 * 1024;
 const CATCH_UP_CHUNK: u64 = 4 * 1024 * 1024;
+/// Read-backs for the hash in flight at once per job.
+const CATCH_UP_READS: u8 = 2;
 const DRAIN_LIMIT: u64 = 64 * 1024;
 /// Burst allowance of rate limits.
 const BURST: Duration = Duration::from_secs(1);
@@ -690,7 +696,8 @@ impl Engine {
             hasher: Sha256::new(),
             hashed: 0,
             received: RangeSet::new(),
-            catching_up: false,
+            catch_up_reads: 0,
+            catch_up_end: 0,
             epoch: 0,
             early_sync: None,
             resumed_from: 0,
