@@ -240,20 +240,26 @@ fn segmented_download_with_small_segments_writes_every_byte_exactly_once() {
     }
 }
 
+/// Serves `body` with ranges; the probe (`bytes=0-`, the first segment) trickles `slow` bytes
+/// a second while every other range comes at once in pieces of `fast`: the later segments
+/// are complete before the first, so the hash reads them back.
+fn serve_with_a_trickling_first_segment(h: &mut Harness, body: &[u8], slow: usize, fast: usize) {
+    let b = body.to_vec();
+    h.serve(ORIGIN, move |req| {
+        let wire = serve_range(&b, req);
+        if range_of(req) == Some((0, None)) {
+            head_first(wire, slow).gap(secs(1))
+        } else {
+            head_first(wire, fast)
+        }
+    });
+}
+
 #[test]
 fn segments_completing_out_of_order_are_hashed_by_reading_them_back() {
     let body = pattern(100_000, 3);
     let mut h = Harness::new(config());
-    let b = body.clone();
-    h.serve(ORIGIN, move |req| {
-        let wire = serve_range(&b, req);
-        if range_of(req) == Some((0, None)) {
-            // The first segment trickles: every later one is complete before it.
-            head_first(wire, 5000).gap(secs(1))
-        } else {
-            head_first(wire, 8192)
-        }
-    });
+    serve_with_a_trickling_first_segment(&mut h, &body, 5000, 8192);
     let job = h.submit(segmented(4, 25_000).sha256(&sha_hex(&body)).unwrap());
     let out = h.run(job).expect("download succeeds");
     assert_committed(&h, &body);
@@ -293,16 +299,7 @@ fn once_every_segment_is_in_the_sync_runs_while_the_hash_reads_back_and_the_comm
 ) {
     let body = pattern(100_000, 5);
     let mut h = Harness::new(config());
-    let b = body.clone();
-    h.serve(ORIGIN, move |req| {
-        let wire = serve_range(&b, req);
-        if range_of(req) == Some((0, None)) {
-            // The first segment trickles: the others are read back to be hashed.
-            head_first(wire, 5000).gap(secs(1))
-        } else {
-            head_first(wire, 8192)
-        }
-    });
+    serve_with_a_trickling_first_segment(&mut h, &body, 5000, 8192);
     // Read-backs take until t = 20 s.
     h.hold = Some(Box::new(|op| {
         matches!(op, IoOp::ReadAt { .. }).then(|| at(secs(20)))
@@ -337,15 +334,7 @@ fn a_failed_early_sync_fails_the_segmented_download_and_leaves_nothing() {
     let body = pattern(100_000, 6);
     let mut h = Harness::new(config());
     h.fs.fail_sync = true;
-    let b = body.clone();
-    h.serve(ORIGIN, move |req| {
-        let wire = serve_range(&b, req);
-        if range_of(req) == Some((0, None)) {
-            head_first(wire, 5000).gap(secs(1))
-        } else {
-            head_first(wire, 8192)
-        }
-    });
+    serve_with_a_trickling_first_segment(&mut h, &body, 5000, 8192);
     let job = h.submit(segmented(4, 25_000).sha256(&sha_hex(&body)).unwrap());
     match h.run(job) {
         Err(DownloadError::LocalIo { failure, .. }) => {
@@ -360,16 +349,7 @@ fn a_failed_early_sync_fails_the_segmented_download_and_leaves_nothing() {
 fn a_long_read_back_reads_the_next_chunk_while_the_previous_one_is_hashed() {
     let body = pattern(10_000_000, 7);
     let mut h = Harness::new(config());
-    let b = body.clone();
-    h.serve(ORIGIN, move |req| {
-        let wire = serve_range(&b, req);
-        if range_of(req) == Some((0, None)) {
-            // The first segment trickles: megabytes after it are read back to be hashed.
-            head_first(wire, 50_000).gap(secs(1))
-        } else {
-            head_first(wire, 65_536)
-        }
-    });
+    serve_with_a_trickling_first_segment(&mut h, &body, 50_000, 65_536);
     // Read-backs take until t = 1000 s: whatever is issued before then was in flight at once.
     h.hold = Some(Box::new(|op| {
         matches!(op, IoOp::ReadAt { .. }).then(|| at(secs(1000)))
@@ -405,15 +385,7 @@ fn short_read_backs_still_hash_every_byte_once_in_order() {
     let body = pattern(10_000_000, 8);
     let mut h = Harness::new(config());
     h.fs.max_read = Some(1_000_000);
-    let b = body.clone();
-    h.serve(ORIGIN, move |req| {
-        let wire = serve_range(&b, req);
-        if range_of(req) == Some((0, None)) {
-            head_first(wire, 50_000).gap(secs(1))
-        } else {
-            head_first(wire, 65_536)
-        }
-    });
+    serve_with_a_trickling_first_segment(&mut h, &body, 50_000, 65_536);
     let job = h.submit(segmented(4, 1_000_000).sha256(&sha_hex(&body)).unwrap());
     let out = h.run(job).expect("download succeeds despite short reads");
     assert_eq!(out.sha256, sha(&body));
