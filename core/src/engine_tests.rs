@@ -1705,6 +1705,57 @@ fn with_partial(body: &[u8], verified: usize, junk: usize, state: PartState) -> 
 }
 
 #[test]
+fn resume_rehashes_the_prefix_with_the_next_read_in_flight_while_one_is_hashed() {
+    let body = pattern(4_000_000, 41);
+    let n = 3_500_000;
+    let mut h = with_partial(&body, n, 0, valid_state(&body, n));
+    h.serve(ORIGIN, file_server(body.clone()));
+    // Reads take until t = 100 s: whatever is issued before then was in flight at once.
+    h.hold = Some(Box::new(|op| {
+        matches!(op, IoOp::ReadAt { .. }).then(|| at(secs(100)))
+    }));
+    let job = h.submit(download().sha256(&sha_hex(&body)).unwrap());
+    let out = h.run(job).expect("resume succeeds");
+    assert_committed(&h, &body);
+    assert_eq!(out.resumed_from, n as u64);
+    let reads: Vec<(Instant, u64, u64)> = h
+        .ops
+        .iter()
+        .filter_map(|(t, op)| match op {
+            IoOp::ReadAt { offset, len, .. } => Some((*t, *offset, *len)),
+            _ => None,
+        })
+        .collect();
+    let first_batch = reads.iter().filter(|r| r.0 < at(secs(100))).count();
+    assert_eq!(first_batch, 2, "two reads in flight at once: {reads:?}");
+    for pair in reads.windows(2) {
+        assert_eq!(
+            pair[0].1 + pair[0].2,
+            pair[1].1,
+            "reads not contiguous: {reads:?}"
+        );
+    }
+    let last = reads.last().expect("reads");
+    assert_eq!(last.1 + last.2, n as u64, "the prefix is read exactly once");
+}
+
+#[test]
+fn resume_rehash_with_short_reads_still_checks_the_whole_prefix() {
+    let body = pattern(4_000_000, 42);
+    let n = 3_500_000;
+    let mut h = with_partial(&body, n, 0, valid_state(&body, n));
+    h.fs.max_read = Some(300_000);
+    h.serve(ORIGIN, file_server(body.clone()));
+    let job = h.submit(download().sha256(&sha_hex(&body)).unwrap());
+    let out = h.run(job).expect("resume succeeds");
+    assert_committed(&h, &body);
+    assert_eq!(
+        out.resumed_from, n as u64,
+        "the prefix verified despite short reads"
+    );
+}
+
+#[test]
 fn resume_from_a_valid_partial_sends_range_and_if_range_and_continues_the_206() {
     let body = pattern(5_000, 13);
     let n = 2_000;

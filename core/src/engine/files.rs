@@ -143,7 +143,12 @@ impl Engine {
                     .max(state.verified);
                 match result {
                     IoResult::Opened { len } if len >= needed => {
-                        j.phase = Phase::Rehashing { state, offset: 0 };
+                        j.phase = Phase::Rehashing {
+                            state,
+                            offset: 0,
+                            asked: 0,
+                            reads: 0,
+                        };
                         self.rehash_next(id);
                     }
                     IoResult::Opened { .. } | IoResult::NotFound => {
@@ -166,15 +171,23 @@ impl Engine {
                     }
                 }
             }
-            FileStep::Rehash => {
+            FileStep::Rehash { offset: at } => {
                 if cleaning {
                     return self.cleanup_progress(id);
                 }
-                let Phase::Rehashing { state, offset } = &mut j.phase else {
+                let Phase::Rehashing {
+                    state,
+                    offset,
+                    asked,
+                    reads,
+                } = &mut j.phase
+                else {
+                    // Left over from a rehash that ended (the file changed): ignored.
                     return;
                 };
+                *reads = reads.saturating_sub(1);
                 match result {
-                    IoResult::Data(b) if !b.is_empty() => {
+                    IoResult::Data(b) if !b.is_empty() && at == *offset => {
                         let take = (state.verified - *offset).min(b.len() as u64) as usize;
                         j.hasher.update(&b[..take]);
                         *offset += take as u64;
@@ -183,6 +196,14 @@ impl Engine {
                         } else {
                             self.finish_rehash(id);
                         }
+                    }
+                    IoResult::Data(b) if !b.is_empty() => {
+                        // An earlier read came back short: this one is off the frontier.
+                        // Read from the frontier again once nothing is in flight.
+                        if *reads == 0 {
+                            *asked = *offset;
+                        }
+                        self.rehash_next(id);
                     }
                     IoResult::Data(_) => {
                         // The file ended early (changed under us): start over.
@@ -372,20 +393,40 @@ impl Engine {
     }
 
     fn rehash_next(&mut self, id: JobId) {
-        let j = self.jobs.get(&id).expect("job exists");
-        let Phase::Rehashing { state, offset } = &j.phase else {
+        let j = self.jobs.get_mut(&id).expect("job exists");
+        let file = j.file.expect("partial is open");
+        let Phase::Rehashing {
+            state,
+            offset,
+            asked,
+            reads,
+        } = &mut j.phase
+        else {
             return;
         };
         if *offset >= state.verified {
             return self.finish_rehash(id);
         }
-        let len = (state.verified - offset).min(REHASH_CHUNK);
-        let op = IoOp::ReadAt {
-            file: j.file.expect("partial is open"),
-            offset: *offset,
-            len,
-        };
-        self.file_io(id, FileStep::Rehash, op);
+        if *reads == 0 {
+            *asked = *offset;
+        }
+        let mut ops = Vec::new();
+        while *reads < CATCH_UP_READS && *asked < state.verified {
+            let len = (state.verified - *asked).min(REHASH_CHUNK);
+            ops.push((
+                FileStep::Rehash { offset: *asked },
+                IoOp::ReadAt {
+                    file,
+                    offset: *asked,
+                    len,
+                },
+            ));
+            *asked += len;
+            *reads += 1;
+        }
+        for (step, op) in ops {
+            self.file_io(id, step, op);
+        }
     }
 
     fn finish_rehash(&mut self, id: JobId) {

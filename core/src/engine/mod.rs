@@ -249,7 +249,10 @@ enum FileStep {
     ReadState,
     OpenPartial,
     OpenFresh,
-    Rehash,
+    /// A read of the partial's prefix at `offset`, to hash it again.
+    Rehash {
+        offset: u64,
+    },
     SetLen,
     Write {
         len: u64,
@@ -319,7 +322,15 @@ enum Phase {
     /// Opening an existing partial to check it.
     OpeningPartial { state: PartState },
     /// Re-hashing the durable prefix of the partial.
-    Rehashing { state: PartState, offset: u64 },
+    /// Hashing the partial's verified prefix again: hashed up to `offset`; reads asked up to
+    /// `asked`, `reads` of them in flight (up to [`CATCH_UP_READS`], so the next chunk is read
+    /// while one is hashed).
+    Rehashing {
+        state: PartState,
+        offset: u64,
+        asked: u64,
+        reads: u8,
+    },
     /// Transfers are running (or waiting for connections).
     Running,
     /// Paused by the caller; transfers are closed, the partial stays open.
