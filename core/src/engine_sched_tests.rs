@@ -20,9 +20,9 @@ use crate::config::Config;
 use crate::download::Download;
 use crate::engine::{CancelMode, Event, JobId};
 use crate::engine_tests::{
-    assert_nothing_left, at, config, dest, download, hdr, head_len, job_of, origin_key, part,
-    pattern, requested_range, serve_range, sha, sha_hex, state, with_length, After, Harness, Reply,
-    Req, Schedule, ETAG, ORIGIN, URL,
+    assert_nothing_left, assert_two_reads_in_flight_covering, at, config, dest, download, hdr,
+    head_len, job_of, origin_key, part, pattern, requested_range, serve_range, sha, sha_hex, state,
+    with_length, After, Harness, Reply, Req, Schedule, ETAG, ORIGIN, URL,
 };
 use crate::error::DownloadError;
 use crate::io::IoOp;
@@ -367,17 +367,7 @@ fn a_long_read_back_reads_the_next_chunk_while_the_previous_one_is_hashed() {
         })
         .collect();
     assert!(reads.len() >= 3, "{reads:?}");
-    let first_batch = reads.iter().filter(|r| r.0 < at(secs(1000))).count();
-    assert_eq!(first_batch, 2, "two reads in flight at once: {reads:?}");
-    for pair in reads.windows(2) {
-        assert_eq!(
-            pair[0].1 + pair[0].2,
-            pair[1].1,
-            "reads not contiguous: {reads:?}"
-        );
-    }
-    let last = reads.last().expect("reads");
-    assert_eq!(last.1 + last.2, body.len() as u64);
+    assert_two_reads_in_flight_covering(&reads, at(secs(1000)), body.len() as u64);
 }
 
 #[test]

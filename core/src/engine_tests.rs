@@ -1726,7 +1726,18 @@ fn resume_rehashes_the_prefix_with_the_next_read_in_flight_while_one_is_hashed()
             _ => None,
         })
         .collect();
-    let first_batch = reads.iter().filter(|r| r.0 < at(secs(100))).count();
+    assert_two_reads_in_flight_covering(&reads, at(secs(100)), n as u64);
+}
+
+/// `reads` (issued at, offset, length), whose completions were held until `held_until`: the
+/// first two were issued before that (in flight at once), and together they read each byte up
+/// to `end` once, in order.
+pub(crate) fn assert_two_reads_in_flight_covering(
+    reads: &[(Instant, u64, u64)],
+    held_until: Instant,
+    end: u64,
+) {
+    let first_batch = reads.iter().filter(|r| r.0 < held_until).count();
     assert_eq!(first_batch, 2, "two reads in flight at once: {reads:?}");
     for pair in reads.windows(2) {
         assert_eq!(
@@ -1736,7 +1747,11 @@ fn resume_rehashes_the_prefix_with_the_next_read_in_flight_while_one_is_hashed()
         );
     }
     let last = reads.last().expect("reads");
-    assert_eq!(last.1 + last.2, n as u64, "the prefix is read exactly once");
+    assert_eq!(
+        last.1 + last.2,
+        end,
+        "not read exactly once up to {end}: {reads:?}"
+    );
 }
 
 #[test]
