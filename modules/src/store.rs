@@ -4,7 +4,8 @@
 //! Owns the directory layout, crash recovery, the write protocols (DIRTY row -> temp file ->
 //! verify -> fsync -> rename -> fsync dir -> READY row; or, for a writer that verifies as it
 //! writes, DIRTY row -> file renamed into place by the writer -> fsync -> fsync dir -> READY
-//! row, see [`Store::adopt_many`]), hash re-checks on read, pins and LRU pruning. It does not download anything, verify signatures or know about manifests' content;
+//! row, see [`Store::adopt_many`]), hash re-checks on read, pins and LRU pruning. It does
+//! not download anything, verify signatures or know about manifests' content;
 //! [`crate::loader`] drives it.
 //!
 //! Rules:
@@ -354,9 +355,9 @@ fn check_written(pending: &PendingFile) -> Result<u64, StoreError> {
     Ok(size)
 }
 
-/// Opens a file written in place and returns its size, syncing its data when `sync` is set. A
-/// missing file (or anything but a regular file) is [`StoreError::FileMissing`].
-fn sync_in_place(path: &Path, sync: bool) -> Result<u64, StoreError> {
+/// The size of a file written in place. A missing file (or anything but a regular file) is
+/// [`StoreError::FileMissing`].
+fn placed_size(path: &Path) -> Result<u64, StoreError> {
     let missing = || StoreError::FileMissing {
         sha256: path
             .file_name()
@@ -364,21 +365,21 @@ fn sync_in_place(path: &Path, sync: bool) -> Result<u64, StoreError> {
             .unwrap_or_default(),
         path: path.to_path_buf(),
     };
-    let file = match File::open(path) {
-        Ok(file) => file,
-        Err(error) if error.kind() == io::ErrorKind::NotFound => return Err(missing()),
-        Err(error) => return Err(io_error("open written file", path)(error)),
-    };
-    let metadata = file
-        .metadata()
-        .map_err(io_error("inspect written file", path))?;
-    if !metadata.is_file() {
-        return Err(missing());
+    match fs::symlink_metadata(path) {
+        Ok(metadata) if metadata.is_file() => Ok(metadata.len()),
+        Ok(_) => Err(missing()),
+        Err(error) if error.kind() == io::ErrorKind::NotFound => Err(missing()),
+        Err(error) => Err(io_error("inspect written file", path)(error)),
     }
-    if sync {
-        file.sync_data().map_err(io_error("fsync", path))?;
-    }
-    Ok(metadata.len())
+}
+
+/// [`placed_size`], after syncing the file's data.
+fn sync_placed(path: &Path) -> Result<u64, StoreError> {
+    let size = placed_size(path)?;
+    File::open(path)
+        .and_then(|file| file.sync_data())
+        .map_err(io_error("fsync", path))?;
+    Ok(size)
 }
 
 /// From how many files a batch is made durable with one `syncfs` of the store's file system
@@ -397,7 +398,7 @@ fn sync_all_in_place(files_dir: &Path, pending: &[PendingFile]) -> Vec<Result<u6
     if pending.len() >= SYNCFS_MIN_FILES {
         let inspected: Vec<_> = pending
             .iter()
-            .map(|file| sync_in_place(&file.store_path, false))
+            .map(|file| placed_size(&file.store_path))
             .collect();
         let synced =
             File::open(files_dir).and_then(|dir| rustix::fs::syncfs(&dir).map_err(io::Error::from));
@@ -412,7 +413,7 @@ fn sync_all_in_place(files_dir: &Path, pending: &[PendingFile]) -> Vec<Result<u6
     }
     #[cfg(not(target_os = "linux"))]
     let _ = files_dir;
-    in_parallel(pending, |file| sync_in_place(&file.store_path, true))
+    in_parallel(pending, |file| sync_placed(&file.store_path))
 }
 
 /// [`check_written`] for every file, on up to [`CHECK_THREADS`] threads; results in order.
@@ -872,8 +873,8 @@ impl Store {
     /// vouches that the bytes were verified against the hash while they were written (haul's
     /// engine does that for a download with an expected sha256). Makes them durable first
     /// (one syncfs for a large batch on Linux, else each file's data synced on up to
-    /// [`CHECK_THREADS`] threads; then the directory once),
-    /// then marks them READY in one index transaction, so the writer need not sync anything:
+    /// [`CHECK_THREADS`] threads; then the directory once), then marks them READY in one
+    /// index transaction, so the writer need not sync anything:
     /// until the rows are READY, a crash leaves DIRTY rows whose files the next open removes.
     /// Reads still re-check the hash. A write whose file is missing or cannot be synced fails
     /// alone and is abandoned; one result per write, in order.

@@ -133,9 +133,9 @@ impl Fetcher for ModuleFetcher<'_> {
     /// limited to its `max_bytes`, at most [`ModuleFetcher::concurrency`] at a time, and
     /// renamed into place only after the hash matched; each answers [`Delivery::Committed`].
     /// The files are not synced ([`Download::defer_sync`]): the store syncs them all at once
-    /// before it records them. A failed job leaves nothing
-    /// beside its `store_path` (its partial and state files are removed: a later load starts
-    /// over, and the store's recovery would remove them anyway).
+    /// before it records them. A failed job leaves nothing beside its `store_path` (its
+    /// partial and state files are removed: a later load starts over, and the store's
+    /// recovery would remove them anyway).
     fn fetch_modules(&self, jobs: Vec<ModuleFetch>) -> Vec<Result<Delivery, FetchError>> {
         let mut downloads = Vec::with_capacity(jobs.len());
         let mut leftovers: Vec<Vec<PathBuf>> = Vec::with_capacity(jobs.len());

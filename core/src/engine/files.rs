@@ -5,7 +5,7 @@ use bytes::Bytes;
 use sha2::{Digest, Sha256};
 
 use super::{
-    unexpected, CleanStep, Engine, Event, FileStep, JobId, Phase, CATCH_UP_CHUNK, CATCH_UP_READS,
+    unexpected, CleanStep, Engine, Event, FileStep, JobId, Phase, ReadAhead, CATCH_UP_CHUNK,
     REHASH_CHUNK,
 };
 use crate::download::{Destination, Outcome};
@@ -146,8 +146,7 @@ impl Engine {
                         j.phase = Phase::Rehashing {
                             state,
                             offset: 0,
-                            asked: 0,
-                            reads: 0,
+                            reads: ReadAhead::default(),
                         };
                         self.rehash_next(id);
                     }
@@ -178,16 +177,15 @@ impl Engine {
                 let Phase::Rehashing {
                     state,
                     offset,
-                    asked,
                     reads,
                 } = &mut j.phase
                 else {
                     // Left over from a rehash that ended (the file changed): ignored.
                     return;
                 };
-                *reads = reads.saturating_sub(1);
+                let at_frontier = reads.done(at, *offset);
                 match result {
-                    IoResult::Data(b) if !b.is_empty() && at == *offset => {
+                    IoResult::Data(b) if !b.is_empty() && at_frontier => {
                         let take = (state.verified - *offset).min(b.len() as u64) as usize;
                         j.hasher.update(&b[..take]);
                         *offset += take as u64;
@@ -197,14 +195,8 @@ impl Engine {
                             self.finish_rehash(id);
                         }
                     }
-                    IoResult::Data(b) if !b.is_empty() => {
-                        // An earlier read came back short: this one is off the frontier.
-                        // Read from the frontier again once nothing is in flight.
-                        if *reads == 0 {
-                            *asked = *offset;
-                        }
-                        self.rehash_next(id);
-                    }
+                    // Off the frontier after a short read: ignored.
+                    IoResult::Data(b) if !b.is_empty() => self.rehash_next(id),
                     IoResult::Data(_) => {
                         // The file ended early (changed under us): start over.
                         self.restart_from_zero(id);
@@ -273,22 +265,18 @@ impl Engine {
                     }
                     return;
                 }
-                j.catch_up_reads = j.catch_up_reads.saturating_sub(1);
+                let at_frontier = j.catch_up.done(offset, j.hashed);
                 if cleaning {
                     return self.cleanup_progress(id);
                 }
                 match result {
-                    IoResult::Data(b) if !b.is_empty() && offset == j.hashed => {
+                    IoResult::Data(b) if !b.is_empty() && at_frontier => {
                         j.hasher.update(&b);
                         j.hashed += b.len() as u64;
                         self.after_progress(id);
                     }
-                    IoResult::Data(b) if !b.is_empty() => {
-                        // An earlier read came back short, so this one does not start at the
-                        // frontier: ignored; the frontier is read again once nothing is in
-                        // flight.
-                        self.after_progress(id);
-                    }
+                    // Off the frontier after a short read: ignored.
+                    IoResult::Data(b) if !b.is_empty() => self.after_progress(id),
                     _ => {
                         let f = failure.unwrap_or_else(|| unexpected(&result));
                         j.write_error.get_or_insert((part, f));
@@ -398,7 +386,6 @@ impl Engine {
         let Phase::Rehashing {
             state,
             offset,
-            asked,
             reads,
         } = &mut j.phase
         else {
@@ -407,25 +394,9 @@ impl Engine {
         if *offset >= state.verified {
             return self.finish_rehash(id);
         }
-        if *reads == 0 {
-            *asked = *offset;
-        }
-        let mut ops = Vec::new();
-        while *reads < CATCH_UP_READS && *asked < state.verified {
-            let len = (state.verified - *asked).min(REHASH_CHUNK);
-            ops.push((
-                FileStep::Rehash { offset: *asked },
-                IoOp::ReadAt {
-                    file,
-                    offset: *asked,
-                    len,
-                },
-            ));
-            *asked += len;
-            *reads += 1;
-        }
-        for (step, op) in ops {
-            self.file_io(id, step, op);
+        for (offset, len) in reads.next(*offset, state.verified, REHASH_CHUNK) {
+            let op = IoOp::ReadAt { file, offset, len };
+            self.file_io(id, FileStep::Rehash { offset }, op);
         }
     }
 
@@ -478,8 +449,7 @@ impl Engine {
         j.segmented = false;
         j.pending_prefix = None;
         // Read-backs still in flight belong to the old bytes; they are ignored on completion.
-        j.catch_up_reads = 0;
-        j.catch_up_end = 0;
+        j.catch_up = ReadAhead::default();
         j.epoch += 1;
         if let Some(file) = j.file {
             j.touched = true;
@@ -533,7 +503,7 @@ impl Engine {
                 });
             }
         }
-        if offset == j.hashed && j.catch_up_reads == 0 {
+        if offset == j.hashed && j.catch_up.idle() {
             j.hasher.update(&data);
             j.hashed = end;
         }
@@ -558,33 +528,12 @@ impl Engine {
         // complete in order.
         let j = self.jobs.get_mut(&id).expect("job exists");
         let end = j.received.contiguous_end(j.hashed);
-        if j.catch_up_reads == 0 {
-            // Nothing in flight: read from the frontier (a short read leaves it behind the
-            // end of what was asked for).
-            j.catch_up_end = j.hashed;
-        }
-        let mut reads = Vec::new();
-        let mut from = j.catch_up_end.max(j.hashed);
-        while j.catch_up_reads < CATCH_UP_READS && from < end {
-            let len = (end - from).min(CATCH_UP_CHUNK);
-            j.catch_up_reads += 1;
-            j.catch_up_end = from + len;
-            let file = j.file.expect("partial is open");
-            reads.push((
-                FileStep::CatchUp {
-                    epoch: j.epoch,
-                    offset: from,
-                },
-                IoOp::ReadAt {
-                    file,
-                    offset: from,
-                    len,
-                },
-            ));
-            from += len;
-        }
-        for (step, op) in reads {
-            self.file_io(id, step, op);
+        let reads = j.catch_up.next(j.hashed, end, CATCH_UP_CHUNK);
+        let (epoch, file) = (j.epoch, j.file);
+        for (offset, len) in reads {
+            let file = file.expect("partial is open");
+            let op = IoOp::ReadAt { file, offset, len };
+            self.file_io(id, FileStep::CatchUp { epoch, offset }, op);
         }
         let j = self.jobs.get(&id).expect("job exists");
         let (bytes, total) = (j.present(), j.total);
@@ -680,7 +629,7 @@ impl Engine {
         if !matches!(j.phase, Phase::Running) || !j.transfers.is_empty() || !j.gaps.is_empty() {
             return;
         }
-        if j.catch_up_reads > 0 || j.received.contiguous_end(j.hashed) > j.hashed {
+        if !j.catch_up.idle() || j.received.contiguous_end(j.hashed) > j.hashed {
             // Every byte is in; the hash is still reading back what arrived out of order
             // (most of a segmented download). Sync meanwhile, so the commit does not wait for
             // the read-back and then for the disk.

@@ -321,15 +321,11 @@ enum Phase {
     LoadingState,
     /// Opening an existing partial to check it.
     OpeningPartial { state: PartState },
-    /// Re-hashing the durable prefix of the partial.
-    /// Hashing the partial's verified prefix again: hashed up to `offset`; reads asked up to
-    /// `asked`, `reads` of them in flight (up to [`CATCH_UP_READS`], so the next chunk is read
-    /// while one is hashed).
+    /// Hashing the partial's verified prefix again, hashed up to `offset`.
     Rehashing {
         state: PartState,
         offset: u64,
-        asked: u64,
-        reads: u8,
+        reads: ReadAhead,
     },
     /// Transfers are running (or waiting for connections).
     Running,
@@ -406,11 +402,8 @@ struct Job {
     hashed: u64,
     /// Every byte range handed to the file (the hashed prefix included).
     received: RangeSet,
-    /// Read-backs of written-but-unhashed bytes at the frontier in flight (this epoch's):
-    /// up to [`CATCH_UP_READS`], so the next chunk is read while this one is hashed.
-    catch_up_reads: u8,
-    /// The end of the bytes those read-backs asked for.
-    catch_up_end: u64,
+    /// Read-backs of written-but-unhashed bytes at the frontier (this epoch's).
+    catch_up: ReadAhead,
     /// Bumped whenever the download starts over from zero: a read-back issued before that
     /// completes with bytes the new hash must not see.
     epoch: u32,
@@ -531,8 +524,50 @@ struct StatsState {
 
 const REHASH_CHUNK: u64 = 1024 * 1024;
 const CATCH_UP_CHUNK: u64 = 4 * 1024 * 1024;
-/// Read-backs for the hash in flight at once per job.
-const CATCH_UP_READS: u8 = 2;
+/// Reads of a file back for its hash in flight at once per job.
+const READS_IN_FLIGHT: u8 = 2;
+
+/// Reads of a file back for its hash (the out-of-order bytes behind the frontier, or a
+/// resumed partial's prefix): up to [`READS_IN_FLIGHT`] at once, so the next chunk is read
+/// while one is hashed. Reads complete in issue order; when one comes back short, the later
+/// ones are off the frontier: their bytes are ignored ([`ReadAhead::done`] says so), and once
+/// none is in flight reading starts again at the frontier.
+#[derive(Debug, Clone, Copy, Default)]
+struct ReadAhead {
+    in_flight: u8,
+    /// The end of the bytes asked for so far.
+    asked: u64,
+}
+
+impl ReadAhead {
+    /// The reads (offset, length) to issue now for the bytes from `frontier` to `end`, in
+    /// chunks of at most `chunk`.
+    fn next(&mut self, frontier: u64, end: u64, chunk: u64) -> Vec<(u64, u64)> {
+        if self.in_flight == 0 {
+            self.asked = frontier;
+        }
+        let mut reads = Vec::new();
+        let mut from = self.asked.max(frontier);
+        while self.in_flight < READS_IN_FLIGHT && from < end {
+            let len = (end - from).min(chunk);
+            reads.push((from, len));
+            from += len;
+            self.in_flight += 1;
+            self.asked = from;
+        }
+        reads
+    }
+
+    /// A read issued at `offset` completed; whether its bytes are the next to hash.
+    fn done(&mut self, offset: u64, frontier: u64) -> bool {
+        self.in_flight = self.in_flight.saturating_sub(1);
+        offset == frontier
+    }
+
+    fn idle(&self) -> bool {
+        self.in_flight == 0
+    }
+}
 const DRAIN_LIMIT: u64 = 64 * 1024;
 /// Burst allowance of rate limits.
 const BURST: Duration = Duration::from_secs(1);
@@ -707,8 +742,7 @@ impl Engine {
             hasher: Sha256::new(),
             hashed: 0,
             received: RangeSet::new(),
-            catch_up_reads: 0,
-            catch_up_end: 0,
+            catch_up: ReadAhead::default(),
             epoch: 0,
             early_sync: None,
             resumed_from: 0,
