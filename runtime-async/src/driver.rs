@@ -124,6 +124,7 @@ impl<R: AsyncRuntime> Driver<R> {
                 },
                 |ev| deliver(jobs, tickets, ev),
             );
+            self.files.flush();
             if self.client_gone && self.jobs.is_empty() {
                 tracing::debug!("client dropped and no job left: driver stops");
                 return;

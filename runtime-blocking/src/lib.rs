@@ -116,6 +116,7 @@ impl Driver {
                     }
                 },
             );
+            self.runtime.files.flush();
             if results.len() == order.len() {
                 break;
             }
