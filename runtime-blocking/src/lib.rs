@@ -6,8 +6,10 @@
 //!
 //! Threads:
 //! - the caller's thread drives the engine (hashing happens there, inside the engine);
-//! - one thread per connection connects and then reads **one buffer ahead**: while the engine
-//!   hashes buffer *n*, the socket thread is already receiving buffer *n+1*;
+//! - one thread per connection connects and then reads **ahead**, pushing each read to the
+//!   caller's thread unasked (at most two not yet taken): while the engine hashes buffer *n*,
+//!   the socket thread is already receiving buffer *n+1*, and a `Recv` is usually answered
+//!   on the caller's thread without a hand-off;
 //! - small file operations (opens, closes, reads and writes of at most 64 KiB, state file
 //!   reads, removals, renames without a sync) run on the caller's thread when nothing of the
 //!   same file is pending elsewhere: a small download then needs no thread switch for its
@@ -46,6 +48,8 @@ pub use haul_core;
 pub(crate) enum Msg {
     /// The completion of an I/O request.
     Done(IoId, IoResult),
+    /// A read a connection's reader pushed ahead of the engine's `Recv`.
+    Read(haul_core::ConnId, IoResult),
     /// Cancel every running job (keeping partials for resume).
     CancelAll,
 }
@@ -150,6 +154,13 @@ impl Driver {
             .collect()
     }
 
+    /// A connection's pushed read: to the engine if a `Recv` waits for it, else kept.
+    fn pushed_read(&mut self, conn: haul_core::ConnId, read: IoResult) {
+        if let Some((id, result)) = self.runtime.net.on_read(conn, read) {
+            self.host.complete(id, result);
+        }
+    }
+
     fn handle(
         &mut self,
         m: Msg,
@@ -158,6 +169,7 @@ impl Driver {
     ) {
         match m {
             Msg::Done(id, result) => self.host.complete(id, result),
+            Msg::Read(conn, read) => self.pushed_read(conn, read),
             Msg::CancelAll => {
                 for job in order.iter().filter(|j| !results.contains_key(j)) {
                     self.host.cancel(*job);
@@ -229,8 +241,10 @@ impl Client {
         // A cancel sent while no call was running must not cancel this one; completions
         // that arrived between calls (closing idle connections) still go to the engine.
         while let Ok(m) = driver.rx.try_recv() {
-            if let Msg::Done(id, result) = m {
-                driver.host.complete(id, result);
+            match m {
+                Msg::Done(id, result) => driver.host.complete(id, result),
+                Msg::Read(conn, read) => driver.pushed_read(conn, read),
+                Msg::CancelAll => {}
             }
         }
         driver.run(downloads, &mut on_event)
