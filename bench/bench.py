@@ -22,6 +22,7 @@ import dataclasses
 import datetime as dt
 import hashlib
 import html
+import itertools
 import json
 import os
 import platform
@@ -147,8 +148,23 @@ def tree_digest(root: Path) -> tuple[int, int, str]:
     return len(entries), total, outer.hexdigest()
 
 
+# A directory of more entries than this is retired (renamed into RETIRED) instead of
+# deleted while the bench runs, and deleted at its end. After a mass deletion, ext4 without
+# a journal scans the freed inodes on every file creation for about half a minute
+# (`recently_deleted` in its inode allocator): deleting one run's 2,000 files made the
+# next run of every tool 5 to 10 times slower, whatever the tool, so the scenario measured
+# that scan instead of the downloads.
+RETIRE_OVER = 64
+RETIRED: Path | None = None
+
+
 def remove_path(path: Path) -> None:
     if path.is_dir() and not path.is_symlink():
+        if RETIRED is not None and len(list(itertools.islice(path.iterdir(),
+                                                             RETIRE_OVER + 1))) > RETIRE_OVER:
+            RETIRED.mkdir(parents=True, exist_ok=True)
+            path.rename(RETIRED / f"{path.name}-{time.monotonic_ns()}")
+            return
         shutil.rmtree(path)
     elif path.exists() or path.is_symlink():
         path.unlink()
@@ -1578,6 +1594,7 @@ def write_chart(path: Path, results: dict) -> None:
 
 
 def main() -> int:
+    global RETIRED
     ap = argparse.ArgumentParser(description="haul benchmark driver; use bench/run")
     ap.add_argument("--repo-dir", required=True)
     ap.add_argument("--out-dir", required=True)
@@ -1633,8 +1650,12 @@ def main() -> int:
                 if p.returncode == 0 and p.stdout.strip() else ""
         except (OSError, subprocess.TimeoutExpired, IndexError):
             haul_version = ""
+    RETIRED = bench.out / "retired"
+    if RETIRED.exists():
+        shutil.rmtree(RETIRED)  # left by an interrupted run
     scenarios = bench.run(ids)
     remove_path(bench.dl)
+    shutil.rmtree(RETIRED, ignore_errors=True)
 
     sizes_text = (f"single {human_bytes(sizes.single_bytes)}, segmented "
                   f"{human_bytes(sizes.segmented_bytes)}, {sizes.many_count} × "
