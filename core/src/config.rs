@@ -80,6 +80,12 @@ pub struct Config {
     pub seed: u64,
     /// Jobs transferring at once; more wait in the priority queue.
     pub max_active_jobs: usize,
+    /// Jobs committing (syncing and renaming their file) at once. A committing job leaves
+    /// its transfer slot to the next download; this bound holds new jobs back when the disk
+    /// falls behind. Large, so a runtime that makes commits durable in groups gets large
+    /// groups: with 16 commits in flight, a run of small files was paced by one device flush
+    /// per 16 files.
+    pub max_committing_jobs: usize,
     /// Connections open to one origin (scheme, host, port) at once.
     pub max_connections_per_origin: usize,
     /// Connections open in total.
@@ -113,6 +119,7 @@ impl Default for Config {
             idle_connection_timeout: Duration::from_secs(30),
             seed: 0x6861_756c,
             max_active_jobs: 16,
+            max_committing_jobs: 256,
             max_connections_per_origin: 16,
             max_connections: 64,
             rate_limit: None,
@@ -211,6 +218,7 @@ impl Config {
         }
         for (field, v) in [
             ("max_active_jobs", self.max_active_jobs),
+            ("max_committing_jobs", self.max_committing_jobs),
             (
                 "max_connections_per_origin",
                 self.max_connections_per_origin,

@@ -707,6 +707,7 @@ fn job_at(name: &str) -> Download {
 fn a_committing_job_leaves_its_slot_to_the_next_download_but_commits_in_flight_are_bounded() {
     let mut cfg = config();
     cfg.max_active_jobs = 2;
+    cfg.max_committing_jobs = 2;
     let mut h = Harness::new(cfg);
     any_path_server(&mut h, millis(10));
     // The disk takes until t = 10 s to finish any sync.
@@ -740,9 +741,42 @@ fn a_committing_job_leaves_its_slot_to_the_next_download_but_commits_in_flight_a
 }
 
 #[test]
+fn commits_in_flight_are_bounded_by_their_own_limit_not_by_the_slots() {
+    let mut cfg = config();
+    cfg.max_active_jobs = 1;
+    cfg.max_committing_jobs = 3;
+    let mut h = Harness::new(cfg);
+    any_path_server(&mut h, millis(10));
+    // The disk takes until t = 10 s to finish any sync.
+    h.hold = Some(Box::new(|op| {
+        matches!(op, IoOp::Sync { .. }).then(|| at(secs(10)))
+    }));
+    let ids: Vec<JobId> = ["a", "b", "c", "d"]
+        .iter()
+        .map(|name| h.submit(job_at(name)))
+        .collect();
+    for id in &ids {
+        h.run(*id).expect("every job succeeds");
+    }
+    let started = |k: usize| {
+        let i = event_index(&h, ids[k], |e| matches!(e, Event::Started { .. }));
+        h.events[i].0
+    };
+    // One slot, yet a, b and c all download while the disk holds their commits.
+    assert!(started(2) < at(secs(10)), "c waited for a commit");
+    // Three commits in flight hold d back until the disk lets one finish.
+    assert!(
+        started(3) >= at(secs(10)),
+        "d started with three commits in flight"
+    );
+}
+
+#[test]
 fn with_one_slot_jobs_start_by_priority_class_and_in_submission_order_within_a_class() {
     let mut cfg = config();
     cfg.max_active_jobs = 1;
+    // One job in flight at a time, its commit included.
+    cfg.max_committing_jobs = 1;
     let mut h = Harness::new(cfg);
     any_path_server(&mut h, millis(100));
     let blocker = h.submit(job_at("blocker"));

@@ -283,6 +283,8 @@ pub fn engine_config(sc: &Scenario, seed: u64) -> Config {
         idle_connection_timeout: Duration::from_secs(5),
         seed,
         max_active_jobs: usize::from(sc.max_active_jobs),
+        // Small enough that the scenarios with few slots also run into this bound.
+        max_committing_jobs: usize::from(sc.max_active_jobs),
         rate_limit: sc.rate_limit.map(u64::from),
         ..Config::default()
     }

@@ -937,7 +937,8 @@ impl Engine {
             }
             // Committing jobs leave their slot to the next download (a run of small files
             // would otherwise wait on every file's syncs with its connections idle), but at
-            // most `max_active_jobs` of them may be in flight: a slow disk holds new jobs back.
+            // most `max_committing_jobs` of them may be in flight: a slow disk holds new jobs
+            // back.
             let (active, committing) = self.maybe_active().fold((0, 0), |(a, c), j| {
                 if j.holds_slot() {
                     (a + 1, c)
@@ -947,7 +948,9 @@ impl Engine {
                     (a, c)
                 }
             });
-            if active >= self.config.max_active_jobs || committing >= self.config.max_active_jobs {
+            if active >= self.config.max_active_jobs
+                || committing >= self.config.max_committing_jobs
+            {
                 break;
             }
             // The most urgent queued job whose dependencies all succeeded.
