@@ -608,12 +608,40 @@ impl Pending {
     }
 }
 
+/// How long a round waits for more pieces while commits stream in (see
+/// [`durability_worker`]).
+const GATHER: Duration = Duration::from_millis(2);
+
+/// A round stops gathering at this many pieces.
+const ROUND_MAX: usize = 512;
+
 /// The durability worker: rounds of [`Pending`] pieces until its queue closes.
+///
+/// While commits stream in (the previous round was a syncfs round that ended moments ago),
+/// a round first gathers pieces for up to [`GATHER`]: a syncfs round costs about the same
+/// with 10 pieces as with 50 (the device flush dominates), so fewer, larger rounds keep
+/// the worker ahead of a run of small downloads (2,000 files of 16 KiB: 300 rounds without
+/// gathering, the worker busy for the whole run). A lone commit never waits: its rounds
+/// follow no busy round.
 fn durability_worker<C: Completions>(rx: mpsc::Receiver<Pending>, sink: C) {
+    let mut last: Option<(std::time::Instant, usize)> = None;
     while let Ok(first) = rx.recv() {
         let mut round = vec![first];
         round.extend(rx.try_iter());
+        let streaming =
+            last.is_some_and(|(ended, pieces)| pieces >= SYNCFS_MIN && ended.elapsed() < GATHER);
+        if streaming {
+            let until = std::time::Instant::now() + GATHER;
+            while round.len() < ROUND_MAX {
+                let left = until.saturating_duration_since(std::time::Instant::now());
+                match rx.recv_timeout(left) {
+                    Ok(piece) => round.push(piece),
+                    Err(_) => break,
+                }
+            }
+        }
         let results = make_durable(&round);
+        last = Some((std::time::Instant::now(), round.len()));
         for (pending, result) in round.into_iter().zip(results) {
             complete_durable(&sink, pending, Some(result));
         }
