@@ -690,7 +690,9 @@ impl Engine {
         let synced_early = j.early_sync == Some((j.epoch, j.fetched));
         j.phase = Phase::Committing { dest, digest };
         let file = j.file.expect("commit needs the partial open");
-        if j.spec.sync && !synced_early {
+        let (sync, early) = (j.spec.sync, synced_early);
+        self.set_committing(id, true);
+        if sync && !early {
             self.file_io(id, FileStep::FinalSync, IoOp::Sync { file });
         }
         self.file_io(id, FileStep::Close, IoOp::CloseFile { file });
@@ -747,6 +749,7 @@ impl Engine {
     }
 
     fn fail_commit(&mut self, id: JobId, path: std::path::PathBuf, failure: IoFailure) {
+        self.set_committing(id, false);
         let j = self.jobs.get_mut(&id).expect("job exists");
         j.phase = Phase::CleaningUp {
             error: DownloadError::LocalIo { path, failure },

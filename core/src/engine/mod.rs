@@ -466,9 +466,14 @@ pub struct Engine {
     /// a scan meets it. With thousands of jobs submitted at once, scheduling and timers
     /// look at this and at `active_ids` instead of every job on every event.
     queue: BTreeSet<(Reverse<Priority>, JobId)>,
-    /// A superset of the active jobs ([`Job::is_active`]): added when a job starts, dropped
-    /// by [`Engine::schedule`] once the job is inactive or gone.
+    /// A superset of the active jobs ([`Job::is_active`]) that are not committing: added when
+    /// a job starts, dropped by [`Engine::schedule`] once the job is inactive or gone, moved
+    /// to `committing_ids` while it commits.
     active_ids: BTreeSet<JobId>,
+    /// Exactly the committing jobs. Kept apart from `active_ids`: a committing job has no
+    /// transfer, deadline or connection, and with hundreds of commits in flight the scans of
+    /// the active jobs on every event would mostly walk them.
+    committing_ids: BTreeSet<JobId>,
     /// Unfinished jobs by the bytes they fetch (expected sha256, else URL), in id order: dedup
     /// looks a new job's leader up here instead of comparing it with every job.
     by_content: BTreeMap<ContentKey, Vec<JobId>>,
@@ -586,6 +591,7 @@ impl Engine {
             jobs: BTreeMap::new(),
             queue: BTreeSet::new(),
             active_ids: BTreeSet::new(),
+            committing_ids: BTreeSet::new(),
             check_deps: false,
             by_content: BTreeMap::new(),
             conns: BTreeMap::new(),
@@ -624,7 +630,8 @@ impl Engine {
     /// Counters for progress displays.
     pub fn stats(&self) -> Stats {
         let s = &self.stats;
-        let active = self.maybe_active().filter(|j| j.is_active()).count();
+        let active =
+            self.maybe_active().filter(|j| j.is_active()).count() + self.committing_ids.len();
         let average_rate = s
             .first_start
             .map(|t| self.now.saturating_since(t).as_secs_f64())
@@ -939,17 +946,9 @@ impl Engine {
             // would otherwise wait on every file's syncs with its connections idle), but at
             // most `max_committing_jobs` of them may be in flight: a slow disk holds new jobs
             // back.
-            let (active, committing) = self.maybe_active().fold((0, 0), |(a, c), j| {
-                if j.holds_slot() {
-                    (a + 1, c)
-                } else if matches!(j.phase, Phase::Committing { .. }) {
-                    (a, c + 1)
-                } else {
-                    (a, c)
-                }
-            });
+            let active = self.maybe_active().filter(|j| j.holds_slot()).count();
             if active >= self.config.max_active_jobs
-                || committing >= self.config.max_committing_jobs
+                || self.committing_ids.len() >= self.config.max_committing_jobs
             {
                 break;
             }
@@ -1004,7 +1003,20 @@ impl Engine {
         })
     }
 
-    /// The jobs that may be active, in id order (see `active_ids`).
+    /// Move a job from the active index to the committing one (it has just become
+    /// `Committing`) or back (it has just left `Committing` for another active phase).
+    fn set_committing(&mut self, id: JobId, committing: bool) {
+        if committing {
+            self.active_ids.remove(&id);
+            self.committing_ids.insert(id);
+        } else {
+            self.committing_ids.remove(&id);
+            self.active_ids.insert(id);
+        }
+    }
+
+    /// The jobs that may be active, in id order (see `active_ids`); committing jobs are not
+    /// among them (see `committing_ids`).
     fn maybe_active(&self) -> impl Iterator<Item = &Job> + '_ {
         self.active_ids.iter().filter_map(|id| self.jobs.get(id))
     }
@@ -1028,13 +1040,27 @@ impl Engine {
                     "job {:?} missing from the dedup index",
                     j.id
                 );
-                if j.is_active() {
+                if matches!(j.phase, Phase::Committing { .. }) {
+                    assert!(
+                        self.committing_ids.contains(&j.id),
+                        "committing job {:?} missing from the committing index",
+                        j.id
+                    );
+                } else if j.is_active() {
                     assert!(
                         self.active_ids.contains(&j.id),
                         "active job {:?} missing from the active index",
                         j.id
                     );
                 }
+            }
+            for id in &self.committing_ids {
+                assert!(
+                    self.jobs
+                        .get(id)
+                        .is_some_and(|j| matches!(j.phase, Phase::Committing { .. })),
+                    "job {id:?} in the committing index is not committing"
+                );
             }
         }
     }
@@ -1077,6 +1103,7 @@ impl Engine {
     /// Report a job's end, release its followers and dependants.
     fn finish(&mut self, id: JobId, result: Result<Outcome, DownloadError>) {
         self.abandon_probe(id);
+        self.committing_ids.remove(&id);
         let Some(job) = self.jobs.remove(&id) else {
             return;
         };
