@@ -1001,26 +1001,40 @@ impl FileWorker {
         match op {
             IoOp::Open { path, truncate, .. } => {
                 self.path = path.clone();
-                // `create_dir_all` tries `mkdir` first, which takes the parent directory's
-                // lock even when the directory exists; many parallel downloads into one
-                // directory would queue on it. Look first.
-                if let Some(dir) = path
-                    .parent()
-                    .filter(|p| !p.as_os_str().is_empty() && !p.is_dir())
-                {
-                    if let Err(e) = fs::create_dir_all(dir) {
-                        return IoResult::Failed(local_failure(&e, "create directory", Some(dir)));
+                let open = || {
+                    in_dir(path, || {
+                        OpenOptions::new()
+                            .read(true)
+                            .write(true)
+                            .create(true)
+                            .truncate(*truncate)
+                            .open(path)
+                    })
+                };
+                // Open first and create the parent directory only if it is missing: looking
+                // first would cost a stat per file, and `create_dir_all` tries `mkdir`, which
+                // takes the directory's lock even when it exists (many parallel downloads
+                // into one directory would queue on it).
+                let opened = match open() {
+                    Err(e) if e.kind() == ErrorKind::NotFound => {
+                        match path.parent().filter(|p| !p.as_os_str().is_empty()) {
+                            Some(dir) => {
+                                if let Err(e) = fs::create_dir_all(dir) {
+                                    let failure = local_failure(&e, "create directory", Some(dir));
+                                    return IoResult::Failed(failure);
+                                }
+                                open()
+                            }
+                            None => Err(e),
+                        }
                     }
-                }
-                let opened = in_dir(path, || {
-                    OpenOptions::new()
-                        .read(true)
-                        .write(true)
-                        .create(true)
-                        .truncate(*truncate)
-                        .open(path)
-                })
-                .and_then(|f| f.metadata().map(|m| (f, m.len())));
+                    other => other,
+                };
+                // A truncated file is empty: no need to ask its length.
+                let opened = opened.and_then(|f| match truncate {
+                    true => Ok((f, 0)),
+                    false => f.metadata().map(|m| (f, m.len())),
+                });
                 match opened {
                     Ok((f, len)) => {
                         self.file = Some(f);
@@ -1293,6 +1307,33 @@ mod tests {
 
     fn recv(done: &mpsc::Receiver<(IoId, IoResult)>) -> (IoId, IoResult) {
         done.recv_timeout(Duration::from_secs(10)).unwrap()
+    }
+
+    #[test]
+    fn open_creates_missing_directories_and_reports_the_length_it_keeps() {
+        let dir = tempfile::TempDir::new().unwrap();
+        let path = dir.path().join("a/b/f");
+        let mut worker = FileWorker::default();
+        let open = |truncate| IoOp::Open {
+            file: FileId(1),
+            path: path.clone(),
+            truncate,
+        };
+        assert_eq!(worker.execute(&open(false)), IoResult::Opened { len: 0 });
+        std::fs::write(&path, b"12345").unwrap();
+        assert_eq!(worker.execute(&open(false)), IoResult::Opened { len: 5 });
+        assert_eq!(worker.execute(&open(true)), IoResult::Opened { len: 0 });
+        assert_eq!(std::fs::metadata(&path).unwrap().len(), 0, "truncated");
+        // A parent that is a file: a clear failure naming the directory.
+        let under_file = IoOp::Open {
+            file: FileId(2),
+            path: path.join("g"),
+            truncate: true,
+        };
+        let IoResult::Failed(f) = worker.execute(&under_file) else {
+            panic!("opened under a file")
+        };
+        assert!(f.message.contains("a/b/f"), "{}", f.message);
     }
 
     #[test]
