@@ -1413,8 +1413,11 @@ def write_markdown(path: Path, results: dict, chart_rel: str) -> None:
         "## Method",
         "",
         "- A private nginx (`worker_processes 1`, `sendfile on`) on 127.0.0.1 serves files "
-        "from bench/out/www; downloads go to bench/out/dl on the same disk and are deleted "
-        "(then `sync`) before every run. The page cache is not dropped.",
+        "from bench/out/www; downloads go to bench/out/dl on the same disk and are removed "
+        "(then `sync`) before every run. A directory of more than 64 files is renamed aside "
+        "instead and deleted when the bench ends: on this kind of file system (ext4 without "
+        "a journal) a mass deletion slows every file creation for a minute or more after it, "
+        "whatever the tool. The page cache is not dropped.",
         f"- Per scenario: one untimed warm-up run of each tool, then {meta['runs']} timed "
         "runs per tool, alternating tools (A B C A B C …). Every run is limited by "
         f"`timeout {meta['timeout_s']}`.",
