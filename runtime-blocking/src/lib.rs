@@ -20,8 +20,10 @@
 //! - a few threads for syncing whole-file operations (renames with their directory sync,
 //!   state file writes).
 //!
-//! Requests are written from the driver thread (a request head always fits in the socket
-//! buffer; a write timeout guards the pathological case).
+//! Requests are written by one sender thread for all connections, in the order asked (a
+//! request head always fits in the socket buffer; a write timeout guards the pathological
+//! case): on loopback a send also runs the receiver's TCP processing, which the caller's
+//! thread, the busiest, is spared.
 //!
 //! Shared with the async runtimes (`haul-driver`): the engine host, connection setup
 //! (proxy `CONNECT` and rustls TLS as one sans-IO transform) and the file executor.
