@@ -307,7 +307,11 @@ impl<C: Completions, S: BlockingSpawner> Files<C, S> {
             // Nothing of the file is pending on a worker (which, if there is one, waits for
             // its next operation and ends when `open.queue` drops): take the file here.
             let taken = lock(&open.state).take();
-            let _ = durable.send(Pending::data(sync, close, taken));
+            if let Err(mpsc::SendError(pending)) = durable.send(Pending::data(sync, close, taken)) {
+                // The worker is gone (it never is while its queue has a sender): sync here.
+                let results = make_durable(std::slice::from_ref(&pending));
+                complete_durable(&self.sink, pending, results.into_iter().next());
+            }
             return;
         }
         if let Some(q) = &open.queue {
@@ -337,7 +341,9 @@ impl<C: Completions, S: BlockingSpawner> Files<C, S> {
     /// Run `req` on `file`: inline when allowed, else on the file's worker (started here if
     /// it has none).
     fn dispatch(&mut self, file: FileId, req: IoRequest) {
-        let durable = self.durable();
+        // A new worker gets the durability worker's queue for its commit.
+        let starts_worker = self.open.get(&file).is_some_and(|o| o.queue.is_none());
+        let durable = if starts_worker { self.durable() } else { None };
         let Some(open) = self.open.get_mut(&file) else {
             return self.fail(req.id, "file is not open".into());
         };
@@ -391,11 +397,17 @@ impl<C: Completions, S: BlockingSpawner> Files<C, S> {
     }
 
     fn start_path_op(&mut self, req: IoRequest) {
-        let durable = self.durable();
         // A rename takes microseconds; only its directory sync is slow, and that goes to the
         // durability worker.
         let durable_rename = matches!(req.op, IoOp::Rename { sync: true, .. });
-        if self.inline && (small_op(&req.op) || durable_rename) {
+        let inline = self.inline && (small_op(&req.op) || durable_rename);
+        // The pool's workers, once started, keep the queue for their durable renames.
+        let durable = if durable_rename || (!inline && self.misc.is_none()) {
+            self.durable()
+        } else {
+            None
+        };
+        if inline {
             return run_path_op(req, &self.sink, durable.as_ref());
         }
         if self.misc.is_none() {
