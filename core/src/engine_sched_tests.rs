@@ -703,14 +703,17 @@ fn job_at(name: &str) -> Download {
     Download::new(&format!("{ORIGIN}/{name}"), format!("/dl/{name}")).unwrap()
 }
 
-#[test]
-fn a_committing_job_leaves_its_slot_to_the_next_download_but_commits_in_flight_are_bounded() {
+/// Jobs a, b, c and d run to the end with `max_active_jobs` slots and at most
+/// `max_committing_jobs` commits in flight, on a disk that finishes no sync before t = 10 s.
+fn run_with_a_slow_disk(
+    max_active_jobs: usize,
+    max_committing_jobs: usize,
+) -> (Harness, Vec<JobId>) {
     let mut cfg = config();
-    cfg.max_active_jobs = 2;
-    cfg.max_committing_jobs = 2;
+    cfg.max_active_jobs = max_active_jobs;
+    cfg.max_committing_jobs = max_committing_jobs;
     let mut h = Harness::new(cfg);
     any_path_server(&mut h, millis(10));
-    // The disk takes until t = 10 s to finish any sync.
     h.hold = Some(Box::new(|op| {
         matches!(op, IoOp::Sync { .. }).then(|| at(secs(10)))
     }));
@@ -721,6 +724,12 @@ fn a_committing_job_leaves_its_slot_to_the_next_download_but_commits_in_flight_a
     for id in &ids {
         h.run(*id).expect("every job succeeds");
     }
+    (h, ids)
+}
+
+#[test]
+fn a_committing_job_leaves_its_slot_to_the_next_download_but_commits_in_flight_are_bounded() {
+    let (h, ids) = run_with_a_slow_disk(2, 2);
     let started =
         |h: &Harness, k: usize| event_index(h, ids[k], |e| matches!(e, Event::Started { .. }));
     let finished =
@@ -742,22 +751,7 @@ fn a_committing_job_leaves_its_slot_to_the_next_download_but_commits_in_flight_a
 
 #[test]
 fn commits_in_flight_are_bounded_by_their_own_limit_not_by_the_slots() {
-    let mut cfg = config();
-    cfg.max_active_jobs = 1;
-    cfg.max_committing_jobs = 3;
-    let mut h = Harness::new(cfg);
-    any_path_server(&mut h, millis(10));
-    // The disk takes until t = 10 s to finish any sync.
-    h.hold = Some(Box::new(|op| {
-        matches!(op, IoOp::Sync { .. }).then(|| at(secs(10)))
-    }));
-    let ids: Vec<JobId> = ["a", "b", "c", "d"]
-        .iter()
-        .map(|name| h.submit(job_at(name)))
-        .collect();
-    for id in &ids {
-        h.run(*id).expect("every job succeeds");
-    }
+    let (h, ids) = run_with_a_slow_disk(1, 3);
     let started = |k: usize| {
         let i = event_index(&h, ids[k], |e| matches!(e, Event::Started { .. }));
         h.events[i].0
