@@ -165,7 +165,11 @@ enum Work {
     Op(IoRequest),
     /// A commit: after every earlier operation, hand the file to the durability worker,
     /// which completes `sync` once its data is durable and then `close`.
-    Commit { sync: IoId, close: IoId },
+    Commit {
+        sync: IoId,
+        close: IoId,
+        file: FileId,
+    },
 }
 
 /// A file worker's completions: each also counts the file's outstanding operations down
@@ -307,7 +311,9 @@ impl<C: Completions, S: BlockingSpawner> Files<C, S> {
             // Nothing of the file is pending on a worker (which, if there is one, waits for
             // its next operation and ends when `open.queue` drops): take the file here.
             let taken = lock(&open.state).take();
-            if let Err(mpsc::SendError(pending)) = durable.send(Pending::data(sync, close, taken)) {
+            if let Err(mpsc::SendError(pending)) =
+                durable.send(Pending::data(sync, close, file, taken))
+            {
                 // The worker is gone (it never is while its queue has a sender): sync here.
                 let results = make_durable(std::slice::from_ref(&pending));
                 complete_durable(&self.sink, pending, results.into_iter().next());
@@ -315,7 +321,7 @@ impl<C: Completions, S: BlockingSpawner> Files<C, S> {
             return;
         }
         if let Some(q) = &open.queue {
-            if q.send(Work::Commit { sync, close }).is_ok() {
+            if q.send(Work::Commit { sync, close, file }).is_ok() {
                 return;
             }
         }
@@ -541,9 +547,9 @@ fn file_worker<C: Completions, S: BlockingSpawner>(
         };
         let req = match work {
             Work::Op(req) => req,
-            Work::Commit { sync, close } => {
+            Work::Commit { sync, close, file } => {
                 finish_syncs(&mut syncer);
-                let pending = Pending::data(sync, close, lock(state).take());
+                let pending = Pending::data(sync, close, file, lock(state).take());
                 let pending = match &durable {
                     Some(q) => match q.send(pending) {
                         Ok(()) => return WorkerEnd::Closed,
@@ -608,6 +614,8 @@ enum Pending {
     Data {
         sync: IoId,
         close: IoId,
+        /// The engine's id of the file; ids grow in the order files are opened.
+        id: FileId,
         file: Option<(File, std::path::PathBuf)>,
     },
     /// A rename to `path` is done; making its directory entry durable completes `id`.
@@ -615,8 +623,18 @@ enum Pending {
 }
 
 impl Pending {
-    fn data(sync: IoId, close: IoId, file: Option<(File, std::path::PathBuf)>) -> Pending {
-        Pending::Data { sync, close, file }
+    fn data(
+        sync: IoId,
+        close: IoId,
+        id: FileId,
+        file: Option<(File, std::path::PathBuf)>,
+    ) -> Pending {
+        Pending::Data {
+            sync,
+            close,
+            id,
+            file,
+        }
     }
 }
 
@@ -672,7 +690,9 @@ fn complete_durable<C: Completions>(
         None => IoResult::Failed(IoFailure::new(IoErrorKind::Other, "not synced")),
     };
     match pending {
-        Pending::Data { sync, close, file } => {
+        Pending::Data {
+            sync, close, file, ..
+        } => {
             sink.complete(sync, result);
             drop(file);
             sink.complete(close, IoResult::Done);
@@ -726,27 +746,7 @@ fn make_durable(round: &[Pending]) -> Vec<Result<(), IoFailure>> {
 /// whose syncfs succeeded get their result.
 #[cfg(target_os = "linux")]
 fn sync_file_systems(round: &[Pending], results: &mut [Option<Result<(), IoFailure>>]) {
-    use std::os::unix::fs::MetadataExt;
-    // Per device: a handle on it and the pieces it holds.
-    let mut devices: BTreeMap<u64, (File, Vec<usize>)> = BTreeMap::new();
-    for (n, pending) in round.iter().enumerate() {
-        let handle = match pending {
-            Pending::Data {
-                file: Some((f, _)), ..
-            } => f.try_clone(),
-            Pending::Data { file: None, .. } => continue,
-            Pending::Entry { path, .. } => File::open(parent_dir(path)),
-        };
-        let Ok((handle, dev)) = handle.and_then(|h| h.metadata().map(|m| (h, m.dev()))) else {
-            continue;
-        };
-        devices
-            .entry(dev)
-            .or_insert_with(|| (handle, Vec::new()))
-            .1
-            .push(n);
-    }
-    for (handle, pieces) in devices.into_values() {
+    for (handle, pieces) in syncfs_handles(round).into_values() {
         match rustix::fs::syncfs(&handle) {
             Ok(()) => {
                 for n in pieces {
@@ -756,6 +756,49 @@ fn sync_file_systems(round: &[Pending], results: &mut [Option<Result<(), IoFailu
             Err(e) => tracing::warn!("syncfs failed ({e}); syncing each piece instead"),
         }
     }
+}
+
+/// Per file system (device) of `round`'s pieces: the handle to call syncfs on, and the pieces.
+///
+/// syncfs reports a writeback error of the file system only if it happened after its handle
+/// was opened. The handle is therefore the earliest opened file of the round on that device
+/// (every file's writes came after its own open, so after that one's), and a directory only
+/// when the device has no file in the round (a rename's file was synced in an earlier round).
+#[cfg(target_os = "linux")]
+fn syncfs_handles(round: &[Pending]) -> BTreeMap<u64, (File, Vec<usize>)> {
+    use std::os::unix::fs::MetadataExt;
+    // Per device: the handle's rank (file id, directories last), the handle, the pieces.
+    let mut devices: BTreeMap<u64, (u64, File, Vec<usize>)> = BTreeMap::new();
+    for (n, pending) in round.iter().enumerate() {
+        let (rank, handle) = match pending {
+            Pending::Data {
+                id,
+                file: Some((f, _)),
+                ..
+            } => (id.0, f.try_clone()),
+            Pending::Data { file: None, .. } => continue,
+            Pending::Entry { path, .. } => (u64::MAX, File::open(parent_dir(path))),
+        };
+        let Ok((handle, dev)) = handle.and_then(|h| h.metadata().map(|m| (h, m.dev()))) else {
+            continue;
+        };
+        match devices.entry(dev) {
+            std::collections::btree_map::Entry::Vacant(slot) => {
+                slot.insert((rank, handle, vec![n]));
+            }
+            std::collections::btree_map::Entry::Occupied(slot) => {
+                let slot = slot.into_mut();
+                if rank < slot.0 {
+                    (slot.0, slot.1) = (rank, handle);
+                }
+                slot.2.push(n);
+            }
+        }
+    }
+    devices
+        .into_iter()
+        .map(|(dev, (_, handle, pieces))| (dev, (handle, pieces)))
+        .collect()
 }
 
 /// The directory holding `path` (`.` for a bare name).
@@ -1526,6 +1569,7 @@ mod tests {
             round.push(Pending::data(
                 IoId(n),
                 IoId(100 + n),
+                FileId(n),
                 Some((f, path.clone())),
             ));
             round.push(Pending::Entry {
@@ -1533,12 +1577,41 @@ mod tests {
                 path,
             });
         }
-        round.push(Pending::data(IoId(300), IoId(301), None));
+        round.push(Pending::data(IoId(300), IoId(301), FileId(300), None));
         let results = make_durable(&round);
         assert_eq!(results.len(), round.len());
         assert!(results[..results.len() - 1].iter().all(|r| r.is_ok()));
         let last = results.last().unwrap().as_ref().unwrap_err();
         assert!(last.message.contains("not open"), "{}", last.message);
+    }
+
+    #[cfg(target_os = "linux")]
+    #[test]
+    fn syncfs_goes_through_the_earliest_opened_file_of_a_device_and_covers_every_piece() {
+        use std::os::unix::fs::MetadataExt;
+        let dir = tempfile::TempDir::new().unwrap();
+        let mut round = vec![Pending::Entry {
+            id: IoId(1),
+            path: dir.path().join("renamed"),
+        }];
+        for (n, id) in [(0u64, 7u64), (1, 3), (2, 5)] {
+            let path = dir.path().join(format!("{n}"));
+            std::fs::write(&path, format!("file {n}")).unwrap();
+            let f = File::open(&path).unwrap();
+            round.push(Pending::data(
+                IoId(10 + n),
+                IoId(20 + n),
+                FileId(id),
+                Some((f, path)),
+            ));
+        }
+        let handles = syncfs_handles(&round);
+        assert_eq!(handles.len(), 1, "one file system");
+        let (handle, pieces) = handles.into_values().next().unwrap();
+        assert_eq!(pieces, vec![0, 1, 2, 3]);
+        // FileId(3), the earliest opened, is the round's second file (piece 2).
+        let ino = |n: &str| std::fs::metadata(dir.path().join(n)).unwrap().ino();
+        assert_eq!(handle.metadata().unwrap().ino(), ino("1"));
     }
 
     #[test]
