@@ -1301,18 +1301,25 @@ mod tests {
         IoRequest { id: IoId(id), op }
     }
 
-    #[test]
-    fn small_operations_run_inline_unless_their_file_has_work_pending_on_a_worker() {
+    /// Inline executor whose workers wait for the gate, with file 1 opened (inline) at `f`
+    /// in a new directory: the directory, the path, the gate, the completions, the executor.
+    #[allow(clippy::type_complexity)]
+    fn gated_with_one_open_file() -> (
+        tempfile::TempDir,
+        std::path::PathBuf,
+        Gated,
+        mpsc::Receiver<(IoId, IoResult)>,
+        Files<ToChannel, Gated>,
+    ) {
         let dir = tempfile::TempDir::new().unwrap();
         let path = dir.path().join("f");
         let gate = Gated(Arc::default());
         let (tx, done) = mpsc::channel();
         let mut files = Files::new(ToChannel(tx), gate.clone()).inline_small_ops();
-        let file = FileId(1);
         files.start(request(
             1,
             IoOp::Open {
-                file,
+                file: FileId(1),
                 path: path.clone(),
                 truncate: true,
             },
@@ -1322,6 +1329,13 @@ mod tests {
             done.try_recv().unwrap(),
             (IoId(1), IoResult::Opened { len: 0 })
         );
+        (dir, path, gate, done, files)
+    }
+
+    #[test]
+    fn small_operations_run_inline_unless_their_file_has_work_pending_on_a_worker() {
+        let (_dir, path, gate, done, mut files) = gated_with_one_open_file();
+        let file = FileId(1);
         let big = Bytes::from(vec![b'a'; INLINE_MAX_BYTES + 1]);
         files.start(request(
             2,
@@ -1520,19 +1534,8 @@ mod tests {
 
     #[test]
     fn a_commit_behind_a_pending_write_follows_it() {
-        let dir = tempfile::TempDir::new().unwrap();
-        let path = dir.path().join("f");
-        let gate = Gated(Arc::default());
-        let (tx, done) = mpsc::channel();
-        let mut files = Files::new(ToChannel(tx), gate.clone()).inline_small_ops();
+        let (_dir, path, gate, done, mut files) = gated_with_one_open_file();
         let file = FileId(1);
-        let open = IoOp::Open {
-            file,
-            path: path.clone(),
-            truncate: true,
-        };
-        files.start(request(1, open));
-        assert_eq!(recv(&done).0, IoId(1));
         let big = Bytes::from(vec![b'a'; INLINE_MAX_BYTES + 1]);
         files.start(request(
             2,
