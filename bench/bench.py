@@ -150,7 +150,7 @@ def tree_digest(root: Path) -> tuple[int, int, str]:
 
 # A directory of more entries than this is retired (renamed into RETIRED) instead of
 # deleted while the bench runs, and deleted at its end. After a mass deletion, ext4 without
-# a journal scans the freed inodes on every file creation for about half a minute
+# a journal scans the freed inodes on every file creation for a minute or more
 # (`recently_deleted` in its inode allocator): deleting one run's 2,000 files made the
 # next run of every tool 5 to 10 times slower, whatever the tool, so the scenario measured
 # that scan instead of the downloads.

@@ -311,14 +311,11 @@ impl<C: Completions, S: BlockingSpawner> Files<C, S> {
             // Nothing of the file is pending on a worker (which, if there is one, waits for
             // its next operation and ends when `open.queue` drops): take the file here.
             let taken = lock(&open.state).take();
-            if let Err(mpsc::SendError(pending)) =
-                durable.send(Pending::data(sync, close, file, taken))
-            {
-                // The worker is gone (it never is while its queue has a sender): sync here.
-                let results = make_durable(std::slice::from_ref(&pending));
-                complete_durable(&self.sink, pending, results.into_iter().next());
-            }
-            return;
+            return hand_over(
+                Some(&durable),
+                Pending::data(sync, close, file, taken),
+                &self.sink,
+            );
         }
         if let Some(q) = &open.queue {
             if q.send(Work::Commit { sync, close, file }).is_ok() {
@@ -469,14 +466,7 @@ fn run_path_op<C: Completions>(req: IoRequest, sink: &C, durable: Option<&Sender
             id: req.id,
             path: to.clone(),
         };
-        if let Err(mpsc::SendError(entry)) = durable.send(entry) {
-            // The worker is gone (it never is while its queue has a sender): sync here.
-            let results = make_durable(std::slice::from_ref(&entry));
-            if let (Pending::Entry { id, .. }, Some(r)) = (entry, results.into_iter().next()) {
-                sink.complete(id, r.map_or_else(IoResult::Failed, |()| IoResult::Done));
-            }
-        }
-        return;
+        return hand_over(Some(durable), entry, sink);
     }
     sink.complete(req.id, execute_path_op(&req.op));
 }
@@ -550,15 +540,7 @@ fn file_worker<C: Completions, S: BlockingSpawner>(
             Work::Commit { sync, close, file } => {
                 finish_syncs(&mut syncer);
                 let pending = Pending::data(sync, close, file, lock(state).take());
-                let pending = match &durable {
-                    Some(q) => match q.send(pending) {
-                        Ok(()) => return WorkerEnd::Closed,
-                        Err(mpsc::SendError(p)) => p,
-                    },
-                    None => pending,
-                };
-                let results = make_durable(std::slice::from_ref(&pending));
-                complete_durable(&sink, pending, results.into_iter().next());
+                hand_over(durable.as_ref(), pending, &sink);
                 return WorkerEnd::Closed;
             }
         };
@@ -644,6 +626,20 @@ const GATHER: Duration = Duration::from_millis(2);
 
 /// A round stops gathering at this many pieces.
 const ROUND_MAX: usize = 512;
+
+/// Give `pending` to the durability worker, or, without one (it never goes away while its
+/// queue has a sender), make it durable and complete it on this thread.
+fn hand_over<C: Completions>(durable: Option<&Sender<Pending>>, pending: Pending, sink: &C) {
+    let pending = match durable {
+        Some(q) => match q.send(pending) {
+            Ok(()) => return,
+            Err(mpsc::SendError(pending)) => pending,
+        },
+        None => pending,
+    };
+    let results = make_durable(std::slice::from_ref(&pending));
+    complete_durable(sink, pending, results.into_iter().next());
+}
 
 /// The durability worker: rounds of [`Pending`] pieces until its queue closes.
 ///
@@ -1302,9 +1298,10 @@ mod tests {
     }
 
     /// Inline executor whose workers wait for the gate, with file 1 opened (inline) at `f`
-    /// in a new directory: the directory, the path, the gate, the completions, the executor.
+    /// in a new directory and a write too large to run inline (request 2) waiting on its
+    /// worker: the directory, the path, the gate, the completions, the executor.
     #[allow(clippy::type_complexity)]
-    fn gated_with_one_open_file() -> (
+    fn gated_with_a_big_write_pending() -> (
         tempfile::TempDir,
         std::path::PathBuf,
         Gated,
@@ -1329,22 +1326,22 @@ mod tests {
             done.try_recv().unwrap(),
             (IoId(1), IoResult::Opened { len: 0 })
         );
+        let big = Bytes::from(vec![b'a'; INLINE_MAX_BYTES + 1]);
+        files.start(request(
+            2,
+            IoOp::WriteAt {
+                file: FileId(1),
+                offset: 0,
+                data: big,
+            },
+        ));
         (dir, path, gate, done, files)
     }
 
     #[test]
     fn small_operations_run_inline_unless_their_file_has_work_pending_on_a_worker() {
-        let (_dir, path, gate, done, mut files) = gated_with_one_open_file();
+        let (_dir, path, gate, done, mut files) = gated_with_a_big_write_pending();
         let file = FileId(1);
-        let big = Bytes::from(vec![b'a'; INLINE_MAX_BYTES + 1]);
-        files.start(request(
-            2,
-            IoOp::WriteAt {
-                file,
-                offset: 0,
-                data: big,
-            },
-        ));
         // Small, but behind the big write on the (blocked) worker: it must wait its turn.
         let small = Bytes::from_static(b"bb");
         files.start(request(
@@ -1534,17 +1531,8 @@ mod tests {
 
     #[test]
     fn a_commit_behind_a_pending_write_follows_it() {
-        let (_dir, path, gate, done, mut files) = gated_with_one_open_file();
+        let (_dir, path, gate, done, mut files) = gated_with_a_big_write_pending();
         let file = FileId(1);
-        let big = Bytes::from(vec![b'a'; INLINE_MAX_BYTES + 1]);
-        files.start(request(
-            2,
-            IoOp::WriteAt {
-                file,
-                offset: 0,
-                data: big,
-            },
-        ));
         files.start(request(3, IoOp::Sync { file }));
         files.start(request(4, IoOp::CloseFile { file }));
         files.flush();

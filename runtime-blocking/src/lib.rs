@@ -17,8 +17,9 @@
 //! - the others (syncs, large writes) go to a worker per open file that executes that file's
 //!   operations in issue order (the engine's contract), so writes overlap with receiving and
 //!   hashing; threads come from a pool and are reused;
-//! - a few threads for syncing whole-file operations (renames with their directory sync,
-//!   state file writes).
+//! - a few threads for whole-file operations (state file writes, copies);
+//! - one durability thread that makes commits durable in rounds (a file's data before its
+//!   rename, the rename after it; one `syncfs` for a round of 8 or more on Linux).
 //!
 //! Requests are written by one sender thread for all connections, in the order asked (a
 //! request head always fits in the socket buffer; a write timeout guards the pathological

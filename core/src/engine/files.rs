@@ -690,9 +690,9 @@ impl Engine {
         let synced_early = j.early_sync == Some((j.epoch, j.fetched));
         j.phase = Phase::Committing { dest, digest };
         let file = j.file.expect("commit needs the partial open");
-        let (sync, early) = (j.spec.sync, synced_early);
+        let sync_now = j.spec.sync && !synced_early;
         self.set_committing(id, true);
-        if sync && !early {
+        if sync_now {
             self.file_io(id, FileStep::FinalSync, IoOp::Sync { file });
         }
         self.file_io(id, FileStep::Close, IoOp::CloseFile { file });
