@@ -425,7 +425,8 @@ fn a_finished_connection_steals_half_of_a_slow_segment_and_the_victim_stops_at_t
     h.serve(ORIGIN, move |req| {
         let wire = serve_range(&b, req);
         if range_of(req) == Some((50_000, Some(74_999))) {
-            head_first(wire, 2000).gap(secs(1))
+            // Slow, but never silent long enough to count as stalled.
+            head_first(wire, 2000).gap(millis(40))
         } else {
             head_first(wire, 4096)
         }
@@ -472,12 +473,96 @@ fn a_finished_connection_steals_half_of_a_slow_segment_and_the_victim_stops_at_t
         victim_body >= split - 50_000 && victim_body < split - 50_000 + 2000,
         "victim delivered {victim_body} body bytes, split at {split}"
     );
-    let slow_alone = at(secs(25_000 / 2000));
+    let slow_alone = at(millis(25_000 / 2000 * 40));
     assert!(
         h.finished_at(job) < slow_alone,
         "stealing did not speed anything up: finished at {}",
         h.finished_at(job)
     );
+}
+
+/// A segmented download of 100,000 bytes in four segments too short to split (minimum
+/// 20,000), where the request for `50_000-74_999` sends its head and 10,000 bytes, then
+/// nothing for 20 s; `takeovers_stall_too` makes every later request inside that segment
+/// stall the same way after 1,000 bytes.
+fn stalled_segment_run(takeovers_stall_too: bool) -> (Harness, JobId, Vec<u8>) {
+    let body = pattern(100_000, 9);
+    let mut cfg = config();
+    cfg.low_speed = None;
+    let mut h = Harness::new(cfg);
+    let b = body.clone();
+    h.serve(ORIGIN, move |req| {
+        let wire = serve_range(&b, req);
+        let head = head_len(&wire);
+        match range_of(req) {
+            Some((50_000, Some(74_999))) => Reply::new(wire).pieces(&[head + 10_000]).gap(secs(20)),
+            Some((s, _)) if takeovers_stall_too && (50_001..75_000).contains(&s) => {
+                Reply::new(wire).pieces(&[head + 1_000]).gap(secs(20))
+            }
+            _ => head_first(wire, 4096),
+        }
+    });
+    let job = h.submit(segmented(4, 20_000).sha256(&sha_hex(&body)).unwrap());
+    (h, job, body)
+}
+
+#[test]
+fn a_stalled_segment_too_short_to_split_is_taken_over_by_a_free_connection() {
+    let (mut h, job, body) = stalled_segment_run(false);
+    let out = h.run(job).expect("download succeeds");
+    assert_committed(&h, &body);
+    let slow = h
+        .requests
+        .iter()
+        .find(|r| range_of(r) == Some((50_000, Some(74_999))))
+        .expect("the slow segment was requested")
+        .clone();
+    let takeover: Vec<_> = h
+        .requests
+        .iter()
+        .filter(|r| r.conn != slow.conn)
+        .filter(|r| range_of(r).is_some_and(|(s, _)| (50_001..75_000).contains(&s)))
+        .map(|r| (range_of(r), r.at))
+        .collect();
+    assert_eq!(
+        takeover.iter().map(|t| t.0).collect::<Vec<_>>(),
+        vec![Some((60_000, Some(74_999)))],
+        "one request takes over everything the stalled segment had left"
+    );
+    let waited = takeover[0].1.saturating_since(slow.at);
+    assert!(
+        waited >= millis(50) && waited < secs(1),
+        "taken over after {waited:?} of silence"
+    );
+    assert!(
+        h.conns[&slow.conn].close_issued,
+        "the stalled connection is closed"
+    );
+    assert!(
+        h.finished_at(job) < at(secs(2)),
+        "the download waited for the stalled connection: finished at {:?}",
+        h.finished_at(job)
+    );
+    assert_eq!(out.bytes_fetched, 100_000, "no byte is fetched twice");
+}
+
+#[test]
+fn a_segment_started_by_a_takeover_is_not_taken_over_again() {
+    let (mut h, job, body) = stalled_segment_run(true);
+    h.run(job).expect("download succeeds after the stall");
+    assert_committed(&h, &body);
+    let inside: Vec<_> = h
+        .requests
+        .iter()
+        .filter_map(range_of)
+        .filter(|(s, _)| (50_001..75_000).contains(s))
+        .collect();
+    assert_eq!(
+        inside,
+        vec![(60_000, Some(74_999))],
+        "one take-over, then the download waits for that connection"
+    );
+    assert!(h.finished_at(job) >= at(secs(20)));
 }
 
 #[test]

@@ -216,15 +216,27 @@ pub fn plan_segments(start: u64, end: u64, n: u32, min: u64) -> Vec<(u64, u64)> 
         .collect()
 }
 
-/// Work stealing: where to split a segment whose unreceived part is `[pos, end)` so a free
-/// connection can take the second half, or None when the halves would be smaller than `min`.
-pub fn steal_point(pos: u64, end: u64, min: u64) -> Option<u64> {
+/// Work stealing: where to split a segment whose unreceived part is `[pos, end)` so that a
+/// free connection can take the rest, or None when either part would be smaller than `min`.
+///
+/// The split is by time, not bytes: the victim goes on at `rate` (bytes per second, when
+/// measured) while the thief's new request waits `latency` for its first byte, so the victim
+/// keeps the bytes it receives meanwhile plus half of what is left; both then finish
+/// together. Without a rate, or with no latency, it is the midpoint.
+pub fn steal_point(
+    pos: u64,
+    end: u64,
+    rate: Option<f64>,
+    latency: Duration,
+    min: u64,
+) -> Option<u64> {
     let remaining = end.saturating_sub(pos);
-    if remaining >= 2 * min.max(1) {
-        Some(pos + remaining / 2)
-    } else {
-        None
-    }
+    let head_start = rate.map_or(0, |r| {
+        (r * latency.as_secs_f64()).min(remaining as f64) as u64
+    });
+    let keep = head_start + (remaining - head_start) / 2;
+    let min = min.max(1);
+    (keep >= min && remaining - keep >= min).then_some(pos + keep)
 }
 
 /// Seconds in a day.
@@ -417,9 +429,45 @@ mod tests {
 
     #[test]
     fn stealing_takes_half_down_to_the_minimum() {
-        assert_eq!(steal_point(0, 100, 10), Some(50));
-        assert_eq!(steal_point(90, 100, 10), None);
-        assert_eq!(steal_point(80, 100, 10), Some(90));
+        let no_wait = Duration::ZERO;
+        assert_eq!(steal_point(0, 100, None, no_wait, 10), Some(50));
+        assert_eq!(steal_point(90, 100, None, no_wait, 10), None);
+        assert_eq!(steal_point(80, 100, None, no_wait, 10), Some(90));
+        assert_eq!(steal_point(0, 100, Some(1000.0), no_wait, 10), Some(50));
+    }
+
+    #[test]
+    fn a_thief_that_waits_for_its_first_byte_takes_less() {
+        // At 1,000 bytes/s the victim gets 20 bytes during the thief's 20 ms wait, then both
+        // share the remaining 80: the victim keeps 60, the thief takes 40.
+        let wait = Duration::from_millis(20);
+        assert_eq!(steal_point(0, 100, Some(1000.0), wait, 10), Some(60));
+        // A wait longer than the whole rest: nothing worth taking.
+        assert_eq!(
+            steal_point(0, 100, Some(1000.0), Duration::from_secs(1), 10),
+            None
+        );
+        // The thief's part must still reach the minimum.
+        assert_eq!(steal_point(0, 100, Some(1000.0), wait, 41), None);
+    }
+
+    #[test]
+    fn a_steal_splits_inside_the_segment_into_parts_of_at_least_the_minimum() {
+        fn prop(pos: u32, len: u32, rate: Option<u16>, wait_ms: u8, min: u16) -> bool {
+            let (pos, len) = (u64::from(pos), u64::from(len));
+            let rate = rate.map(f64::from);
+            let wait = Duration::from_millis(wait_ms.into());
+            let min = u64::from(min).max(1);
+            match steal_point(pos, pos + len, rate, wait, min) {
+                // Both parts reach the minimum; the victim keeps at least half.
+                Some(at) => at - pos >= min && pos + len - at >= min && at - pos >= len / 2,
+                // Without a wait, a segment of twice the minimum is always split.
+                None => len < 2 * min || (rate.is_some() && wait_ms > 0),
+            }
+        }
+        quickcheck::QuickCheck::new()
+            .tests(2000)
+            .quickcheck(prop as fn(u32, u32, Option<u16>, u8, u16) -> bool);
     }
 
     #[test]

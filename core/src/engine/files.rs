@@ -21,7 +21,6 @@ impl Engine {
             return;
         };
         j.file_ops = j.file_ops.saturating_sub(1);
-        let part = j.spec.part_path();
         let failure = match &result {
             IoResult::Failed(f) => Some(f.clone()),
             _ => None,
@@ -113,12 +112,13 @@ impl Engine {
                         let j = self.jobs.get_mut(&id).expect("job exists");
                         j.file = Some(file);
                         j.phase = Phase::OpeningPartial { state };
+                        let path = j.spec.part_path();
                         self.file_io(
                             id,
                             FileStep::OpenPartial,
                             IoOp::Open {
                                 file,
-                                path: part,
+                                path,
                                 truncate: false,
                             },
                         );
@@ -159,14 +159,8 @@ impl Engine {
                     _ => {
                         let f = failure.unwrap_or_else(|| unexpected(&result));
                         j.file = None;
-                        self.terminate(
-                            id,
-                            DownloadError::LocalIo {
-                                path: part,
-                                failure: f,
-                            },
-                            false,
-                        );
+                        let path = j.spec.part_path();
+                        self.terminate(id, DownloadError::LocalIo { path, failure: f }, false);
                     }
                 }
             }
@@ -204,14 +198,8 @@ impl Engine {
                     }
                     _ => {
                         let f = failure.unwrap_or_else(|| unexpected(&result));
-                        self.terminate(
-                            id,
-                            DownloadError::LocalIo {
-                                path: part,
-                                failure: f,
-                            },
-                            false,
-                        );
+                        let path = j.spec.part_path();
+                        self.terminate(id, DownloadError::LocalIo { path, failure: f }, false);
                     }
                 }
             }
@@ -224,7 +212,7 @@ impl Engine {
             | FileStep::FinalSync
             | FileStep::EarlySync { .. } => {
                 if let Some(f) = failure {
-                    j.write_error.get_or_insert((part, f));
+                    j.write_error.get_or_insert_with(|| (j.spec.part_path(), f));
                     self.on_write_error(id);
                 } else {
                     self.cleanup_progress(id);
@@ -233,7 +221,7 @@ impl Engine {
             FileStep::Write { len } => {
                 j.write_backlog -= len;
                 if let Some(f) = failure {
-                    j.write_error.get_or_insert((part, f));
+                    j.write_error.get_or_insert_with(|| (j.spec.part_path(), f));
                     self.on_write_error(id);
                     return;
                 }
@@ -279,7 +267,7 @@ impl Engine {
                     IoResult::Data(b) if !b.is_empty() => self.after_progress(id),
                     _ => {
                         let f = failure.unwrap_or_else(|| unexpected(&result));
-                        j.write_error.get_or_insert((part, f));
+                        j.write_error.get_or_insert_with(|| (j.spec.part_path(), f));
                         self.on_write_error(id);
                     }
                 }
@@ -287,7 +275,7 @@ impl Engine {
             FileStep::CheckpointSync { verified } => {
                 if let Some(f) = failure {
                     j.checkpoint_running = false;
-                    j.write_error.get_or_insert((part, f));
+                    j.write_error.get_or_insert_with(|| (j.spec.part_path(), f));
                     self.on_write_error(id);
                     return;
                 }
@@ -328,7 +316,7 @@ impl Engine {
                 if let Some(f) = failure {
                     let dest = match &j.phase {
                         Phase::Committing { dest, .. } => dest.clone(),
-                        _ => part,
+                        _ => j.spec.part_path(),
                     };
                     self.fail_commit(id, dest, f);
                     return;
@@ -550,7 +538,10 @@ impl Engine {
 
     fn checkpoint_due(&self, id: JobId) -> bool {
         let j = &self.jobs[&id];
+        // Every byte hashed while running: the commit comes next, and its sync covers this.
+        let commit_next = matches!(j.phase, Phase::Running) && j.total == Some(j.hashed);
         !j.checkpoint_running
+            && !commit_next
             && matches!(
                 j.phase,
                 Phase::Running | Phase::Backoff { .. } | Phase::Paused

@@ -228,6 +228,8 @@ enum Due {
     Throttle,
     /// A timeout fired.
     Timeout(TimeoutKind),
+    /// A segment stalled while a connection is free: take it over.
+    Stalled,
 }
 
 /// Where a completion belongs.
@@ -1180,14 +1182,25 @@ impl Engine {
     fn job_deadline(&self, j: &Job) -> Option<(Instant, Due, Option<u64>)> {
         match &j.phase {
             Phase::Backoff { until } => Some((*until, Due::Backoff, None)),
-            Phase::Running => j
-                .transfers
-                .iter()
-                .filter_map(|(tid, t)| {
-                    t.deadline(&self.config, self.now)
-                        .map(|(at, kind)| (at, kind, Some(*tid)))
-                })
-                .min_by_key(|(at, _, tid)| (*at, *tid)),
+            Phase::Running => {
+                // A free connection with nothing left to fetch watches for stalled segments.
+                let free = j.segmented
+                    && j.gaps.is_empty()
+                    && j.transfers.len() < j.spec.segments as usize;
+                j.transfers
+                    .iter()
+                    .filter_map(|(tid, t)| {
+                        let stall = free.then(|| t.stalled_at()).flatten();
+                        let due = t.deadline(&self.config, self.now);
+                        let at = match (due, stall) {
+                            (Some(d), Some(s)) if s < d.0 => Some((s, Due::Stalled)),
+                            (None, Some(s)) => Some((s, Due::Stalled)),
+                            (d, _) => d,
+                        };
+                        at.map(|(at, kind)| (at, kind, Some(*tid)))
+                    })
+                    .min_by_key(|(at, _, tid)| (*at, *tid))
+            }
             Phase::Paused => None,
             _ => None,
         }

@@ -20,6 +20,8 @@ use crate::io::{ConnId, IoErrorKind, IoFailure, IoOp, IoResult};
 use crate::resume::Validator;
 use crate::sched::{plan_segments, steal_point};
 use crate::time::Instant;
+use std::collections::BTreeMap;
+use std::time::Duration;
 
 use super::Route;
 
@@ -75,9 +77,44 @@ pub(super) struct Transfer {
     pub requested: Instant,
     /// When the body started (throughput is measured from here).
     pub body_start: Instant,
+    /// Started by taking over a stalled segment (see [`Transfer::stalled_at`]); never taken
+    /// over itself.
+    pub takeover: bool,
 }
 
+/// The shortest silence after which a segment counts as stalled (see
+/// [`Transfer::stalled_at`]).
+pub(super) const STALL_SILENCE: Duration = Duration::from_millis(50);
+
+/// A body must have run this long before its rate counts.
+const RATE_MIN_ELAPSED: Duration = Duration::from_millis(10);
+
 impl Transfer {
+    /// The body's receive rate so far, in bytes per second; None until it has run for
+    /// [`RATE_MIN_ELAPSED`] and received something.
+    fn rate(&self, now: Instant) -> Option<f64> {
+        let elapsed = now.saturating_since(self.body_start);
+        (elapsed >= RATE_MIN_ELAPSED && self.got > 0)
+            .then(|| self.got as f64 / elapsed.as_secs_f64())
+    }
+
+    /// When this segment counts as stalled, so that a free connection takes over what it has
+    /// left: once it has waited for the network, with nothing received, for
+    /// [`STALL_SILENCE`] or four times what its request waited for the first byte, whichever
+    /// is longer. None when it is not waiting on the network (throttled, backpressured, not
+    /// in its body) or was itself started by a take-over. The engine watches this only when a
+    /// segmented download has a free connection and nothing else left to give it.
+    pub(super) fn stalled_at(&self) -> Option<Instant> {
+        let waiting = matches!(self.phase, TPhase::Body { .. })
+            && self.end.is_some_and(|e| e > self.pos)
+            && self.recv_outstanding
+            && !self.backpressured
+            && self.throttled_until.is_none()
+            && !self.takeover;
+        let first_byte = self.body_start.saturating_since(self.requested);
+        waiting.then(|| self.last_byte + STALL_SILENCE.max(first_byte * 4))
+    }
+
     /// The transfer's next deadline.
     pub(super) fn deadline(&self, config: &Config, _now: Instant) -> Option<(Instant, Due)> {
         let idle = (
@@ -117,6 +154,49 @@ impl Transfer {
             TPhase::Draining { .. } => None,
         }
     }
+}
+
+/// The segment to steal from: the one expected to finish last (what it has left over the
+/// rate it has been receiving at; by bytes left while no segment has a measured rate). With
+/// its `[pos, end)`, its rate and how long its own request waited for the first byte (what a
+/// thief's request to the same server is expected to wait).
+fn steal_victim(
+    transfers: &BTreeMap<u64, Transfer>,
+    now: Instant,
+) -> Option<(u64, u64, u64, Option<f64>, Duration)> {
+    let running = || {
+        transfers
+            .iter()
+            .filter_map(|(tid, t)| match (&t.phase, t.end) {
+                (TPhase::Body { .. }, Some(end)) if end > t.pos => Some((*tid, t, end)),
+                _ => None,
+            })
+    };
+    let rates: Vec<(u64, Option<f64>)> = running().map(|(tid, t, _)| (tid, t.rate(now))).collect();
+    let measured: Vec<f64> = rates.iter().filter_map(|(_, r)| *r).collect();
+    // A segment not measured yet is assumed to go at the others' mean rate.
+    let mean = (!measured.is_empty()).then(|| measured.iter().sum::<f64>() / measured.len() as f64);
+    let rate_of = |tid: u64| {
+        rates
+            .iter()
+            .find(|(t, _)| *t == tid)
+            .and_then(|(_, r)| *r)
+            .or(mean)
+    };
+    running()
+        .map(|(tid, t, end)| {
+            let left = (end - t.pos) as f64;
+            let key = match rate_of(tid) {
+                Some(r) if r > 0.0 => left / r,
+                _ => left,
+            };
+            (key, tid, t, end)
+        })
+        .max_by(|a, b| a.0.total_cmp(&b.0).then(a.1.cmp(&b.1)))
+        .map(|(_, tid, t, end)| {
+            let wait = t.body_start.saturating_since(t.requested);
+            (tid, t.pos, end, rate_of(tid), wait)
+        })
 }
 
 impl Engine {
@@ -206,6 +286,7 @@ impl Engine {
                 last_byte: now,
                 requested: now,
                 body_start: now,
+                takeover: false,
             },
         );
         tid
@@ -1041,6 +1122,32 @@ impl Engine {
         self.maybe_complete(id);
     }
 
+    /// A stalled segment (see [`Transfer::stalled_at`]) while a connection is free and there
+    /// is nothing else to give it: a new request takes over everything the segment has left,
+    /// and the stalled one's connection is closed. Taking over only half would leave the
+    /// download waiting on the stalled connection all the same.
+    fn take_over(&mut self, id: JobId, tid: u64) {
+        let Some(j) = self.jobs.get_mut(&id) else {
+            return;
+        };
+        let Some(t) = j.transfers.get(&tid) else {
+            return;
+        };
+        let (Some(end), pos) = (t.end, t.pos) else {
+            return;
+        };
+        tracing::debug!(job = %id, "segment {pos}-{end} stalled; a new connection takes it over");
+        let conn = j.transfers.remove(&tid).and_then(|t| t.conn);
+        if let Some(conn) = conn {
+            self.close_conn(conn);
+        }
+        let new = self.spawn_transfer(id, pos, Some(end), true);
+        if let Some(t) = self.transfer(id, new) {
+            t.takeover = true;
+        }
+        self.assign_connections();
+    }
+
     /// Keep `segments` transfers busy: first on unfetched gaps, then by stealing half of the
     /// largest remaining segment.
     fn rebalance(&mut self, id: JobId) {
@@ -1060,16 +1167,10 @@ impl Engine {
                 continue;
             }
             let min = j.spec.min_segment;
-            let victim = j
-                .transfers
-                .iter()
-                .filter(|(_, t)| matches!(t.phase, TPhase::Body { .. }))
-                .filter_map(|(tid, t)| t.end.map(|e| (e - t.pos, *tid, t.pos, e)))
-                .max();
-            let Some((_, vtid, pos, end)) = victim else {
+            let Some((vtid, pos, end, rate, wait)) = steal_victim(&j.transfers, self.now) else {
                 return;
             };
-            let Some(mid) = steal_point(pos, end, min) else {
+            let Some(mid) = steal_point(pos, end, rate, wait, min) else {
                 return;
             };
             j.transfers.get_mut(&vtid).expect("victim").end = Some(mid);
@@ -1114,6 +1215,7 @@ impl Engine {
                 return self.recv(id, tid);
             }
             Due::Backoff => return,
+            Due::Stalled => return self.take_over(id, tid),
             Due::Timeout(kind) => kind,
         };
         if kind == TimeoutKind::LowSpeed {
