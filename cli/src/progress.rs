@@ -224,6 +224,11 @@ impl Reporter {
                     );
                 }
             }
+            Event::Spread { job, url } => {
+                if self.mode == Mode::Json {
+                    self.emit_json(json!({"event": "spread", "job": job.0, "url": url}));
+                }
+            }
             Event::BreakerOpened { origin, cooldown } => {
                 let msg = format!(
                     "{origin} keeps failing: no new request there for {:.0}s",

@@ -565,6 +565,166 @@ fn a_segment_started_by_a_takeover_is_not_taken_over_again() {
     assert!(h.finished_at(job) >= at(secs(20)));
 }
 
+const SEG_MIRROR: &str = "http://m.test";
+const SEG_MIRROR_URL: &str = "http://m.test/pub/f.bin";
+
+/// Requested ranges: `(first byte, last byte)`.
+type Ranges = Vec<(u64, Option<u64>)>;
+
+/// The ranges requested from the main URL and from the mirror (`/pub/...`).
+fn ranges_by_url(h: &Harness) -> (Ranges, Ranges) {
+    let pick = |mirror: bool| {
+        h.requests
+            .iter()
+            .filter(|r| r.path.starts_with("/pub/") == mirror)
+            .filter_map(range_of)
+            .collect()
+    };
+    (pick(false), pick(true))
+}
+
+/// A segmented download of 100 000 bytes with a mirror; the mirror answers with `mirror`.
+fn mirrored_run(
+    sha256: bool,
+    mirror: impl FnMut(&Req) -> Reply + 'static,
+) -> (Harness, JobId, Vec<u8>) {
+    let body = pattern(100_000, 21);
+    let mut h = Harness::new(config());
+    let b = body.clone();
+    h.serve(ORIGIN, move |req| head_first(serve_range(&b, req), 4096));
+    h.serve(SEG_MIRROR, mirror);
+    let mut d = segmented(4, 25_000).mirror(SEG_MIRROR_URL).unwrap();
+    if sha256 {
+        d = d.sha256(&sha_hex(&body)).unwrap();
+    }
+    let job = h.submit(d);
+    (h, job, body)
+}
+
+#[test]
+fn segments_of_a_job_with_a_sha256_spread_over_its_mirrors_and_assemble_exactly() {
+    let body = pattern(100_000, 21);
+    let b = body.clone();
+    let (mut h, job, body) = mirrored_run(true, move |req| {
+        // Another validator: the mirror's segments cannot carry the main URL's If-Range.
+        assert_eq!(req.header("if-range"), None, "If-Range sent to a mirror");
+        head_first(serve_range(&b, req), 4096)
+    });
+    let out = h.run(job).expect("download succeeds");
+    assert_committed(&h, &body);
+    assert_eq!(out.bytes_fetched, 100_000, "no byte fetched twice");
+    let (main, mirror) = ranges_by_url(&h);
+    assert_eq!(main[0], (0, None), "the probe goes to the main URL");
+    assert!(
+        !mirror.is_empty() && main.len() >= 2,
+        "segments on both URLs: main {main:?}, mirror {mirror:?}"
+    );
+    let spread: Vec<String> = h
+        .events_of(job)
+        .iter()
+        .filter_map(|e| match e {
+            Event::Spread { url, .. } => Some(url.clone()),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(
+        spread,
+        [SEG_MIRROR_URL],
+        "one Spread event, naming the mirror"
+    );
+    let writes = writes_to(&h, &part()).iter().map(|w| (w.1, w.2)).collect();
+    assert_exact_cover(writes, 100_000);
+}
+
+#[test]
+fn without_a_sha256_every_segment_stays_on_one_url() {
+    let (mut h, job, body) = mirrored_run(false, |_| panic!("the mirror was asked"));
+    h.run(job).expect("download succeeds");
+    assert_committed(&h, &body);
+    let (main, mirror) = ranges_by_url(&h);
+    assert_eq!(main.len(), 4, "ranges: {main:?}");
+    assert!(mirror.is_empty());
+}
+
+#[test]
+fn a_mirror_that_answers_a_range_with_the_whole_file_gets_no_more_segments() {
+    let body = pattern(100_000, 21);
+    let b = body.clone();
+    let (mut h, job, body) =
+        mirrored_run(true, move |_| head_first(with_length(200, &[], &b), 4096));
+    let out = h.run(job).expect("the main URL completes the download");
+    assert_committed(&h, &body);
+    let (main, mirror) = ranges_by_url(&h);
+    assert!(!mirror.is_empty(), "the mirror got segments");
+    for range in &mirror {
+        assert!(
+            main.contains(range),
+            "the mirror's range {range:?} went back to the main URL: {main:?}"
+        );
+    }
+    // Segments already on their way to the mirror fail too; none is sent after the first
+    // refusal.
+    let first_refusal = h
+        .requests
+        .iter()
+        .filter(|r| !r.path.starts_with("/pub/"))
+        .find(|r| range_of(r).is_some_and(|r| mirror.contains(&r)))
+        .expect("a mirror range re-requested")
+        .at;
+    assert!(h
+        .requests
+        .iter()
+        .filter(|r| r.path.starts_with("/pub/"))
+        .all(|r| r.at <= first_refusal));
+    assert_eq!(out.final_url, URL);
+    assert!(
+        !h.events
+            .iter()
+            .any(|(_, e)| matches!(e, Event::Retrying { .. })),
+        "the attempt carried on without a retry"
+    );
+}
+
+#[test]
+fn a_corrupt_mirror_in_an_assembled_download_leads_to_one_retry_on_one_url() {
+    let mut bad = pattern(100_000, 21);
+    bad[80_000] ^= 1;
+    let (mut h, job, body) =
+        mirrored_run(true, move |req| head_first(serve_range(&bad, req), 4096));
+    let out = h.run(job).expect("the retry on one URL succeeds");
+    assert_committed(&h, &body);
+    assert_eq!(out.sha256, sha(&body));
+    let retries = h
+        .events
+        .iter()
+        .filter(|(_, e)| matches!(e, Event::Retrying { .. }))
+        .count();
+    assert!(retries >= 1, "the mixed download was retried");
+    // The second attempt keeps all its segments on one URL.
+    let first_retry = h
+        .events
+        .iter()
+        .find(|(_, e)| matches!(e, Event::Retrying { .. }))
+        .map(|(at, _)| *at)
+        .expect("retry");
+    let later: BTreeSet<bool> = h
+        .requests
+        .iter()
+        .filter(|r| r.at > first_retry)
+        .map(|r| r.path.starts_with("/pub/"))
+        .collect();
+    if out.final_url == URL {
+        assert_eq!(
+            later,
+            [false].into_iter().collect(),
+            "after the retry only the main URL"
+        );
+    } else {
+        // The retry went to the mirror first, whose bytes then failed on their own.
+        assert!(later.contains(&false));
+    }
+}
+
 #[test]
 fn a_server_that_ignores_ranges_gives_a_single_stream_download() {
     let body = pattern(80_000, 6);

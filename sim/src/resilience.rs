@@ -184,6 +184,9 @@ pub struct BackoffModel {
     bad: BTreeSet<usize>,
     /// The attempt running or about to start (1 for the first).
     attempt: u32,
+    /// The job spread segments over its URLs (`Event::Spread`), and its first failed
+    /// verification since is still to come: that one blames no URL.
+    spread_unblamed: bool,
 }
 
 /// How the model classified a `Retrying` event.
@@ -209,7 +212,14 @@ impl BackoffModel {
             verify_retries: 0,
             bad: BTreeSet::new(),
             attempt: 1,
+            spread_unblamed: false,
         }
+    }
+
+    /// `Spread` observed (the engine sends it once per job): the next failed verification
+    /// blames no URL.
+    pub fn spread(&mut self) {
+        self.spread_unblamed = true;
     }
 
     /// The attempt running or about to start.
@@ -272,13 +282,14 @@ impl BackoffModel {
         ) {
             self.verify_retries += 1;
             // One URL: one retry from zero. Several: each URL may serve wrong bytes once,
-            // and a retry needs a URL that has not.
-            if self.urls == 1 && self.verify_retries > 1 {
+            // and a retry needs a URL that has not; bytes assembled from several blame none.
+            if std::mem::take(&mut self.spread_unblamed) {
+                // Assembled from several URLs: none blamed, the job starts over on one.
+            } else if self.urls == 1 && self.verify_retries > 1 {
                 return Err(format!(
                     "a second retry after a failed verification ({error})"
                 ));
-            }
-            if self.urls > 1 {
+            } else if self.urls > 1 {
                 if !self.bad.insert(self.cur) {
                     return Err(format!(
                         "URL {} served wrong bytes twice to the same job ({error})",

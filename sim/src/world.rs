@@ -39,8 +39,9 @@
 //! last backoff; otherwise exponential in the job's backoff count; never shorter than the
 //! retry budget's wait, modelled with the engine's own [`RetryBudget`]), the retries after
 //! a failed verification (one for a job with one URL; for a job with several, a URL that
-//! served wrong bytes is not used again, and the job retries while another is left), and
-//! the number of retries a minute.
+//! served wrong bytes is not used again, and the job retries while another is left; after
+//! a `Spread` event the first failed verification blames no URL), and the number of
+//! retries a minute.
 //!
 //! # Hooks
 //!
@@ -136,25 +137,29 @@ pub enum Feature {
     RedirectPastOpenBreaker,
     /// A retry had to wait for the retry budget.
     BudgetWait,
+    /// A `Spread` event: a segment went to another of its job's URLs than the attempt's.
+    Spread,
 }
 
 impl Feature {
     /// Every feature.
-    pub const ALL: [Feature; 6] = [
+    pub const ALL: [Feature; 7] = [
         Feature::Failover,
         Feature::BreakerOpened,
         Feature::VerificationRetry,
         Feature::MirrorCommit,
         Feature::RedirectPastOpenBreaker,
         Feature::BudgetWait,
+        Feature::Spread,
     ];
 
     /// Features a default swarm must exercise.
-    pub const REQUIRED: [Feature; 4] = [
+    pub const REQUIRED: [Feature; 5] = [
         Feature::Failover,
         Feature::BreakerOpened,
         Feature::VerificationRetry,
         Feature::MirrorCommit,
+        Feature::Spread,
     ];
 
     /// A short stable name.
@@ -166,6 +171,7 @@ impl Feature {
             Feature::MirrorCommit => "mirror-commit",
             Feature::RedirectPastOpenBreaker => "redirect-past-open-breaker",
             Feature::BudgetWait => "budget-wait",
+            Feature::Spread => "spread",
         }
     }
 }
@@ -1508,6 +1514,10 @@ impl World {
         self.log(|| format!("event d{i} {}", summarize_event(&e)));
         match e {
             Event::Started { .. } => self.breakers.attempt_from(i, mark),
+            Event::Spread { .. } => {
+                self.count(Feature::Spread);
+                self.downloads[i].model.spread();
+            }
             Event::Failover { to, .. } => {
                 self.count(Feature::Failover);
                 self.breakers.attempt_began(i, mark);

@@ -39,10 +39,17 @@
 //!
 //! With `segments > 1` and a server that honours ranges with a strong validator, the rest of
 //! the file is split over several connections ([`crate::sched::plan_segments`]); a connection
-//! that finishes its segment takes half of the largest remaining one (work stealing, down to
-//! the minimum segment size), so fast connections end up carrying more. The hash still covers
-//! the whole file in order: bytes at the hashed frontier are hashed as they arrive, bytes
-//! further on are written first and read back from disk when the frontier reaches them.
+//! that finishes its segment steals from the one expected to end last
+//! (`steal_victim`, [`crate::sched::steal_point`]: the victim keeps what it
+//! receives during the thief's first-byte wait plus half the rest, never below the minimum
+//! segment size), so fast connections end up carrying more; when nothing is left to split,
+//! a free connection takes over a segment that has gone silent (`Transfer::stalled_at`).
+//! A job with an expected sha256 spreads its segments over its mirrors (the hash proves the
+//! assembled file; another mirror's 206 is checked by its length, not by the attempt's
+//! validator); a mirror whose segment fails gets no more of them, and an assembled file
+//! that fails verification starts over once with every segment on one URL. The hash still
+//! covers the whole file in order: bytes at the hashed frontier are hashed as they arrive,
+//! bytes further on are written first and read back from disk when the frontier reaches them.
 //!
 //! Retryable failures back off (exponential, equal jitter, [`crate::config::RetryPolicy`]) and
 //! resume from the bytes already received; every retry also takes a token of the engine-wide
@@ -145,6 +152,10 @@ pub enum Event {
     BreakerOpened { origin: String, cooldown: Duration },
     /// The download was split over several connections.
     Segmented { job: JobId, segments: u32 },
+    /// A segment of the job went to `url`, another of its URLs than the attempt's: the
+    /// expected sha256 proves the assembled file. Sent once per job; from then on its first
+    /// failed verification blames no URL (it starts over with every segment on one URL).
+    Spread { job: JobId, url: String },
     /// Body bytes were received.
     Progress {
         job: JobId,
@@ -175,6 +186,7 @@ impl Event {
             Event::Queued { job, .. }
             | Event::Started { job, .. }
             | Event::Segmented { job, .. }
+            | Event::Spread { job, .. }
             | Event::Resuming { job, .. }
             | Event::Redirected { job, .. }
             | Event::Response { job, .. }
@@ -371,6 +383,16 @@ struct Job {
     verify_retry_used: bool,
     /// URLs that served bytes failing verification: not used again by this job.
     bad_urls: Vec<usize>,
+    /// Mirrors that failed a segment of this job (an error, or an answer that did not fit
+    /// the file: 200 to a range, another length): no more segments go there.
+    spread_excluded: Vec<usize>,
+    /// A segment of this job went to another URL than its attempt's (see
+    /// [`Event::Spread`]): its first failed verification cannot blame one URL. Kept when the
+    /// job starts over, so that the rule is one an observer of the events can follow.
+    spread_used: bool,
+    /// Segments stay on the attempt's URL for the rest of the job (set after a mixed
+    /// download failed verification).
+    spread_off: bool,
     /// This attempt is the half-open probe of that origin's breaker.
     probe: Option<Origin>,
     /// This attempt already counted a failure against its origin: the other connections
@@ -733,6 +755,9 @@ impl Engine {
             validator_mirror: 0,
             verify_retry_used: false,
             bad_urls: Vec::new(),
+            spread_excluded: Vec::new(),
+            spread_used: false,
+            spread_off: false,
             probe: None,
             failure_noted: false,
             next_transfer: 0,

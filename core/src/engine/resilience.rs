@@ -32,7 +32,7 @@ impl Engine {
 
     /// When the breaker of `url`'s origin lets a request go: `None` now (also for a URL
     /// without a usable origin, which fails on its own with a clear error).
-    fn breaker_wait(&mut self, url: &url::Url) -> Option<Instant> {
+    pub(super) fn breaker_wait(&mut self, url: &url::Url) -> Option<Instant> {
         let now = self.now;
         let origin = Origin::of(url).ok()?;
         self.breakers.get_mut(&origin)?.not_before(now)
@@ -149,6 +149,11 @@ impl Engine {
             Some(j) if !j.failure_noted => j.failure_noted = true,
             _ => return,
         }
+        self.count_origin_failure(id, url);
+    }
+
+    /// Count one failure against `url`'s origin: its breaker and its mirror score.
+    pub(super) fn count_origin_failure(&mut self, id: JobId, url: &url::Url) {
         let Ok(origin) = Origin::of(url) else {
             return;
         };
@@ -235,6 +240,8 @@ impl Engine {
     /// The downloaded bytes failed verification (hash, or size): start over from zero, once
     /// when the job has a single URL, else on another URL that has not served wrong bytes
     /// (a URL that did is not used again by this job); when none is left the job fails.
+    /// Bytes assembled from several mirrors blame none: the job starts over once with its
+    /// segments kept on one URL.
     pub(super) fn verification_failed(&mut self, id: JobId, error: DownloadError) {
         let Some(j) = self.jobs.get_mut(&id) else {
             return;
@@ -243,6 +250,15 @@ impl Engine {
             return self.terminate(id, error, false);
         }
         let urls = 1 + j.spec.mirrors.len();
+        if j.spread_used && !j.spread_off {
+            // The bytes came from several mirrors: none can be blamed. Start over with every
+            // segment on one URL, after which a failure blames that URL as usual.
+            j.spread_off = true;
+            tracing::info!(job = %id, "a download assembled from several mirrors failed verification; starting over on one: {error}");
+            self.stop_transfers(id);
+            self.restart_from_zero(id);
+            return self.retry_or_end(id, error, true);
+        }
         if urls == 1 {
             if j.verify_retry_used {
                 return self.terminate(id, error, false);

@@ -80,6 +80,9 @@ pub(super) struct Transfer {
     /// Started by taking over a stalled segment (see [`Transfer::stalled_at`]); never taken
     /// over itself.
     pub takeover: bool,
+    /// Which of the job's URLs this transfer uses (see [`Job::mirror`]); a segment may use
+    /// another than the attempt's when the expected sha256 will prove the result.
+    pub mirror: usize,
 }
 
 /// The shortest silence after which a segment counts as stalled (see
@@ -262,11 +265,76 @@ impl Engine {
     }
 
     fn spawn_transfer(&mut self, id: JobId, pos: u64, end: Option<u64>, ranged: bool) -> u64 {
+        self.spawn_transfer_avoiding(id, pos, end, ranged, None)
+    }
+
+    /// Which URL a new segment of a segmented job uses. A job with an expected sha256 spreads
+    /// its segments over its URLs (the hash proves the assembled file): the usable URL with
+    /// the fewest running segments, `avoid` only when no other is usable, the attempt's own
+    /// URL on ties. Usable: not known to serve wrong bytes, not excluded after a failed
+    /// segment, not failed since the last backoff, and its origin's breaker admits a
+    /// request. Otherwise the attempt's URL.
+    fn segment_mirror(&mut self, id: JobId, avoid: Option<usize>) -> usize {
+        let j = &self.jobs[&id];
+        let own = j.mirror;
+        let spread = j.segmented
+            && j.total.is_some()
+            && j.spec.sha256.is_some()
+            && !j.spread_off
+            && !j.spec.mirrors.is_empty();
+        if !spread {
+            return own;
+        }
+        let candidates: Vec<usize> = (0..=j.spec.mirrors.len())
+            .filter(|i| {
+                *i == own
+                    || !(j.bad_urls.contains(i)
+                        || j.spread_excluded.contains(i)
+                        || j.failed_round.contains(i))
+            })
+            .collect();
+        let mut best: Option<((bool, usize, bool, usize), usize)> = None;
+        for i in candidates {
+            if i != own {
+                let url = self.job_url(id, i).clone();
+                if self.breaker_wait(&url).is_some() {
+                    continue;
+                }
+            }
+            let j = &self.jobs[&id];
+            let running = j.transfers.values().filter(|t| t.mirror == i).count();
+            let key = (Some(i) == avoid, running, i != own, i);
+            if best.is_none_or(|(k, _)| key < k) {
+                best = Some((key, i));
+            }
+        }
+        best.map_or(own, |(_, i)| i)
+    }
+
+    fn spawn_transfer_avoiding(
+        &mut self,
+        id: JobId,
+        pos: u64,
+        end: Option<u64>,
+        ranged: bool,
+        avoid: Option<usize>,
+    ) -> u64 {
         let now = self.now;
+        let mirror = self.segment_mirror(id, avoid);
         let j = self.jobs.get_mut(&id).expect("job exists");
         let tid = j.next_transfer;
         j.next_transfer += 1;
-        let url = self.job_url(id, self.jobs[&id].mirror).clone();
+        let first_spread = mirror != j.mirror && !j.spread_used;
+        if mirror != j.mirror {
+            j.spread_used = true;
+        }
+        let url = self.job_url(id, mirror).clone();
+        if first_spread {
+            self.event(Event::Spread {
+                job: id,
+                url: url.to_string(),
+            });
+        }
         let j = self.jobs.get_mut(&id).expect("job exists");
         j.transfers.insert(
             tid,
@@ -287,6 +355,7 @@ impl Engine {
                 requested: now,
                 body_start: now,
                 takeover: false,
+                mirror,
             },
         );
         tid
@@ -446,7 +515,9 @@ impl Engine {
                 None => format!("bytes={}-", t.pos),
             };
             headers.push(("Range".into(), range));
-            if let Some(v) = &validator {
+            // The validator is the attempt URL's; another mirror's segment is proven by the
+            // length here and the sha256 at the end.
+            if let Some(v) = validator.as_ref().filter(|_| t.mirror == j.mirror) {
                 headers.push(("If-Range".into(), v.if_range_value().to_string()));
             }
         }
@@ -682,6 +753,11 @@ impl Engine {
             }
             200 => {
                 let j = self.jobs.get_mut(&id).expect("job exists");
+                if j.transfers[&tid].mirror != j.mirror {
+                    let detail = "200 OK to a segment's range request".into();
+                    let error = DownloadError::RangeMismatch { detail };
+                    return self.transfer_failed(id, tid, error);
+                }
                 if j.segmented || j.transfers.len() > 1 {
                     // A segment asked for a range and got the whole file: the server no
                     // longer honours ranges for this representation. Start over, single.
@@ -721,6 +797,9 @@ impl Engine {
                         }
                         self.accept_response(id, tid, conn, &head, framing, keep_alive, rest);
                         self.maybe_segment(id, tid);
+                    }
+                    Err(detail) if j.transfers[&tid].mirror != j.mirror => {
+                        self.transfer_failed(id, tid, DownloadError::RangeMismatch { detail });
                     }
                     Err(detail) => {
                         self.restart_from_zero(id);
@@ -1137,11 +1216,13 @@ impl Engine {
             return;
         };
         tracing::debug!(job = %id, "segment {pos}-{end} stalled; a new connection takes it over");
-        let conn = j.transfers.remove(&tid).and_then(|t| t.conn);
-        if let Some(conn) = conn {
+        let Some(victim) = j.transfers.remove(&tid) else {
+            return;
+        };
+        if let Some(conn) = victim.conn {
             self.close_conn(conn);
         }
-        let new = self.spawn_transfer(id, pos, Some(end), true);
+        let new = self.spawn_transfer_avoiding(id, pos, Some(end), true, Some(victim.mirror));
         if let Some(t) = self.transfer(id, new) {
             t.takeover = true;
         }
@@ -1181,12 +1262,41 @@ impl Engine {
     /// One transfer failed. A segmented job puts the range back and carries on with its
     /// other connections; otherwise (or when nothing else runs) the attempt fails.
     fn transfer_failed(&mut self, id: JobId, tid: u64, error: DownloadError) {
-        if let Some(url) = self.transfer(id, tid).map(|t| t.url.clone()) {
-            self.note_failure(id, &url, &error);
-        }
-        let Some(j) = self.jobs.get_mut(&id) else {
+        let Some(j) = self.jobs.get(&id) else {
             return;
         };
+        let (url, mirror) = match j.transfers.get(&tid) {
+            Some(t) => (Some(t.url.clone()), t.mirror),
+            None => (None, j.mirror),
+        };
+        let cross = mirror != j.mirror;
+        match url {
+            // Another mirror's failure is its own incident, not the attempt's.
+            Some(url) if cross && error.counts_against_origin() => {
+                self.count_origin_failure(id, &url)
+            }
+            Some(url) if !cross => self.note_failure(id, &url, &error),
+            _ => {}
+        }
+        let j = self.jobs.get_mut(&id).expect("job exists");
+        if cross {
+            // A segment on another mirror: that mirror gets no more segments of this job;
+            // its range goes back to the pool and the attempt carries on.
+            let t = j.transfers.remove(&tid).expect("transfer");
+            if !j.spread_excluded.contains(&mirror) {
+                j.spread_excluded.push(mirror);
+            }
+            if let Some(end) = t.end.filter(|e| t.pos < *e) {
+                j.gaps.push((t.pos, end));
+            }
+            if let Some(conn) = t.conn {
+                self.close_conn(conn);
+            }
+            tracing::info!(job = %id, mirror, "a segment from a mirror failed; no more segments go there: {error}");
+            self.rebalance(id);
+            self.assign_connections();
+            return;
+        }
         if j.segmented && j.transfers.len() > 1 && error.retryable() {
             let t = j.transfers.remove(&tid).expect("transfer");
             if let Some(end) = t.end {
@@ -1325,6 +1435,14 @@ fn check_partial_response(
                 "Content-Length {n} disagrees with Content-Range {value}"
             ));
         }
+    }
+    if t.mirror != j.mirror {
+        // Another mirror's segment: its validator is not comparable; the complete length
+        // (checked above against the known one) and the final sha256 prove it.
+        return match j.total {
+            Some(_) => Ok((complete, None)),
+            None => Err("a segment from another mirror before the length is known".into()),
+        };
     }
     match &j.validator {
         Some(v) if v.matches_response(head) => Ok((complete, None)),
