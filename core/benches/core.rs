@@ -277,7 +277,7 @@ impl Driver {
                 IoResult::Data(reply.body.split_to(n))
             }
             IoOp::ReadFile { .. } | IoOp::OpenRead { .. } => IoResult::NotFound,
-            IoOp::Open { .. } => IoResult::Opened { len: 0 },
+            IoOp::Open { .. } | IoOp::OpenUnnamed { .. } => IoResult::Opened { len: 0 },
             // Read-back of bytes written earlier: they are the file's bytes.
             IoOp::ReadAt { offset, len, .. } => {
                 let from = (offset as usize).min(self.file.len());
@@ -294,6 +294,7 @@ impl Driver {
             | IoOp::Sync { .. }
             | IoOp::CloseFile { .. }
             | IoOp::Rename { .. }
+            | IoOp::Publish { .. }
             | IoOp::Remove { .. } => IoResult::Done,
         }
     }

@@ -71,6 +71,12 @@ pub struct Config {
     pub checkpoint_bytes: u64,
     /// Longest time between two checkpoints while data flows.
     pub checkpoint_interval: Duration,
+    /// A download whose length is known to be at most this many bytes is written to an
+    /// unnamed file ([`crate::IoOp::OpenUnnamed`]) that gets its name only at the commit: no
+    /// partial to create and rename (the two directory operations a small file costs), no
+    /// checkpoint, and nothing left behind by a crash; it cannot be resumed or kept when
+    /// cancelled. 0: every download uses a named partial.
+    pub unnamed_max: u64,
     /// Bytes handed to file writes and not yet completed, above which the engine stops
     /// reading from the network (backpressure keeps memory constant).
     pub max_write_backlog: u64,
@@ -115,6 +121,7 @@ impl Default for Config {
             breaker: crate::policy::BreakerConfig::default(),
             checkpoint_bytes: 64 * 1024 * 1024,
             checkpoint_interval: Duration::from_secs(5),
+            unnamed_max: 1024 * 1024,
             max_write_backlog: 8 * 1024 * 1024,
             idle_connection_timeout: Duration::from_secs(30),
             seed: 0x6861_756c,

@@ -55,12 +55,16 @@ fn range_of(req: &Req) -> Option<(u64, Option<u64>)> {
     requested_range(req).map(|(f, l)| (f as u64, l.map(|l| l as u64)))
 }
 
-/// The files the engine opened (`Open` or `OpenRead`) at `path`.
+/// The files the engine opened (`Open`, `OpenUnnamed` or `OpenRead`) at `path`.
 fn files_at(h: &Harness, path: &Path) -> BTreeSet<crate::io::FileId> {
     h.ops
         .iter()
         .filter_map(|(_, op)| match op {
-            IoOp::Open { file, path: p, .. } | IoOp::OpenRead { file, path: p } if p == path => {
+            IoOp::Open { file, path: p, .. }
+            | IoOp::OpenUnnamed { file, path: p }
+            | IoOp::OpenRead { file, path: p }
+                if p == path =>
+            {
                 Some(*file)
             }
             _ => None,

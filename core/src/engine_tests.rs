@@ -190,6 +190,34 @@ impl FakeFs {
                 self.open.insert(*file, ino);
                 IoResult::Opened { len }
             }
+            IoOp::OpenUnnamed { file, .. } => {
+                if self.open.contains_key(file) {
+                    self.violations
+                        .push(format!("{file:?} opened while already open"));
+                }
+                let ino = self.new_inode(Vec::new());
+                self.open.insert(*file, ino);
+                IoResult::Opened { len: 0 }
+            }
+            IoOp::Publish { file, to, sync, .. } => {
+                let Some(ino) = self.open.remove(file) else {
+                    self.violations
+                        .push(format!("Publish of {file:?}, which is not open"));
+                    return failure(IoErrorKind::Other, "bad file descriptor");
+                };
+                if *sync && self.fail_sync {
+                    return failure(IoErrorKind::Other, "injected: sync failed");
+                }
+                if self.fail_rename {
+                    return failure(IoErrorKind::PermissionDenied, "scripted rename failure");
+                }
+                if *sync {
+                    let inode = self.inodes.get_mut(&ino).expect("open inode");
+                    inode.durable = inode.data.clone();
+                }
+                self.names.insert(to.clone(), ino);
+                IoResult::Done
+            }
             IoOp::OpenRead { file, path } => match self.names.get(path) {
                 Some(ino) => {
                     if self.open.contains_key(file) {
@@ -687,6 +715,8 @@ pub(crate) fn origin_key(url: &str) -> String {
 pub(crate) fn file_of(op: &IoOp) -> Option<FileId> {
     match op {
         IoOp::Open { file, .. }
+        | IoOp::OpenUnnamed { file, .. }
+        | IoOp::Publish { file, .. }
         | IoOp::OpenRead { file, .. }
         | IoOp::ReadAt { file, .. }
         | IoOp::WriteAt { file, .. }
@@ -1224,6 +1254,9 @@ pub(crate) fn download() -> Download {
     Download::new(URL, dest()).expect("valid download")
 }
 
+/// The tests' engine configuration. Their bodies are small, and most pin the named
+/// partial (resume, checkpoints, keep on cancel): unnamed files are off here, on in their
+/// own tests and in half the runs of the property tests.
 pub(crate) fn config() -> Config {
     Config {
         retry: RetryPolicy {
@@ -1233,6 +1266,7 @@ pub(crate) fn config() -> Config {
             max_elapsed: secs(600),
             budget_per_minute: 1000,
         },
+        unnamed_max: 0,
         ..Config::default()
     }
 }
@@ -2383,6 +2417,139 @@ fn rename_failure_fails_with_local_io_and_leaves_nothing_at_the_destination() {
     assert_nothing_left(&h);
 }
 
+/// The tests' configuration with unnamed files for downloads of up to `max` bytes.
+fn unnamed_config(max: u64) -> Config {
+    Config {
+        unnamed_max: max,
+        ..config()
+    }
+}
+
+#[test]
+fn a_small_download_of_known_length_is_written_unnamed_and_named_only_by_its_commit() {
+    let body = pattern(5_000, 60);
+    let mut h = Harness::new(unnamed_config(5_000));
+    h.serve(ORIGIN, file_server(body.clone()));
+    let job = h.submit(download());
+    h.run(job).expect("downloaded");
+    assert_committed(&h, &body);
+    let ops: Vec<&IoOp> = h.ops.iter().map(|(_, op)| op).collect();
+    assert!(ops
+        .iter()
+        .any(|op| matches!(op, IoOp::OpenUnnamed { path, .. } if *path == part())));
+    assert!(
+        !ops.iter().any(|op| matches!(
+            op,
+            IoOp::Open { .. } | IoOp::Rename { .. } | IoOp::WriteFileAtomic { .. }
+        )),
+        "a named partial, a rename or a state file: {ops:?}"
+    );
+    let publish = ops
+        .iter()
+        .position(|op| matches!(op, IoOp::Publish { to, sync: true, .. } if *to == dest()));
+    let last_write = ops
+        .iter()
+        .rposition(|op| matches!(op, IoOp::WriteAt { .. }));
+    assert!(
+        publish > last_write,
+        "published (with sync) after the last write: {ops:?}"
+    );
+    let ino = h.fs.names[&dest()];
+    assert_eq!(
+        h.fs.inodes[&ino].durable, body,
+        "the destination's bytes are durable"
+    );
+}
+
+#[test]
+fn a_download_longer_than_unnamed_max_or_of_unknown_length_uses_a_named_partial() {
+    let body = pattern(5_000, 61);
+    let mut h = Harness::new(unnamed_config(4_999));
+    h.serve(ORIGIN, file_server(body.clone()));
+    let job = h.submit(download());
+    h.run(job).expect("downloaded");
+    assert_committed(&h, &body);
+    let b = body.clone();
+    let mut chunked_run = Harness::new(unnamed_config(u64::MAX));
+    chunked_run.serve(ORIGIN, move |_| {
+        Reply::new(chunked(200, &[hdr("ETag", ETAG)], &b, 700))
+    });
+    let job = chunked_run.submit(download());
+    chunked_run.run(job).expect("downloaded");
+    assert_committed(&chunked_run, &body);
+    for h in [&h, &chunked_run] {
+        let ops: Vec<&IoOp> = h.ops.iter().map(|(_, op)| op).collect();
+        assert!(
+            ops.iter().any(|op| matches!(op, IoOp::Open { .. }))
+                && ops.iter().any(|op| matches!(op, IoOp::Rename { .. }))
+                && !ops.iter().any(|op| matches!(op, IoOp::OpenUnnamed { .. })),
+            "{ops:?}"
+        );
+    }
+}
+
+#[test]
+fn a_failed_publish_fails_with_local_io_and_leaves_nothing_at_the_destination() {
+    let body = pattern(2_000, 62);
+    let mut h = Harness::new(unnamed_config(u64::MAX));
+    h.fs.fail_rename = true;
+    h.serve(ORIGIN, file_server(body));
+    let job = h.submit(download());
+    match h.run(job) {
+        Err(DownloadError::LocalIo { path, failure }) => {
+            assert_eq!(path, dest());
+            assert_eq!(failure.kind, IoErrorKind::PermissionDenied);
+        }
+        other => panic!("expected LocalIo, got {other:?}"),
+    }
+    assert_nothing_left(&h);
+}
+
+#[test]
+fn a_write_failure_of_an_unnamed_file_publishes_nothing() {
+    let body = pattern(10_000, 63);
+    let mut h = Harness::new(unnamed_config(u64::MAX));
+    h.fs.space_left = Some(body.len() as u64 - 1);
+    h.serve(ORIGIN, file_server(body));
+    let job = h.submit(download());
+    match h.run(job) {
+        Err(DownloadError::LocalIo { failure, .. }) => {
+            assert_eq!(failure.kind, IoErrorKind::NoSpace)
+        }
+        other => panic!("expected LocalIo, got {other:?}"),
+    }
+    assert!(
+        !h.ops
+            .iter()
+            .any(|(_, op)| matches!(op, IoOp::Publish { .. })),
+        "published after a failed write"
+    );
+    assert_nothing_left(&h);
+}
+
+#[test]
+fn an_unnamed_download_interrupted_mid_body_keeps_no_partial_and_writes_no_state() {
+    let body = pattern(10_000, 64);
+    let mut h = Harness::new(unnamed_config(u64::MAX));
+    let b = body.clone();
+    h.serve(ORIGIN, move |req| {
+        Reply::new(serve_range(&b, req)).pieces(&[500]).gap(secs(1))
+    });
+    let job = h.submit(download());
+    h.run_until("3000 bytes arrived", |h| {
+        h.progress(job).last().is_some_and(|&b| b >= 3_000)
+    });
+    h.cancel(job, CancelMode::KeepPartial);
+    assert_eq!(h.run(job), Err(DownloadError::Cancelled));
+    assert_nothing_left(&h);
+    assert!(
+        !h.ops
+            .iter()
+            .any(|(_, op)| matches!(op, IoOp::WriteFileAtomic { .. })),
+        "a state file was written for an unnamed file"
+    );
+}
+
 // ------------------------------------------------------------------------ cancel
 
 /// Starts a 10 000-byte download trickling 500 bytes a second, cancels it once 3 000 bytes
@@ -2671,6 +2838,7 @@ fn exact_bytes_whatever_the_network_does(
     let mut cfg = config();
     cfg.checkpoint_bytes = 300;
     cfg.seed = seed;
+    cfg.unnamed_max = if seed & 2 == 0 { u64::MAX } else { 0 };
     let mut h = Harness::new(cfg);
     h.schedule = Schedule::Random(SeededRng::new(seed));
     h.spurious_ticks = seed & 1 == 0;
@@ -2746,6 +2914,7 @@ fn ends_exact_or_clean_whatever_faults(
     cfg.checkpoint_bytes = 200;
     cfg.idle_timeout = secs(5);
     cfg.seed = seed;
+    cfg.unnamed_max = if seed & 2 == 0 { u64::MAX } else { 0 };
     cfg.retry = RetryPolicy {
         max_attempts: 8,
         base_delay: secs(1),

@@ -80,6 +80,23 @@ pub enum IoOp {
         path: PathBuf,
         truncate: bool,
     },
+    /// Create a new, empty file for reading and writing in `path`'s directory without a
+    /// name (Linux `O_TMPFILE`); it is named by [`IoOp::Publish`], and vanishes if closed or
+    /// lost (a crash) before. An executor that cannot create unnamed files creates (and
+    /// truncates) the file at `path` instead. Completes with [`IoResult::Opened`] (length 0).
+    OpenUnnamed { file: FileId, path: PathBuf },
+    /// Give the file opened by [`IoOp::OpenUnnamed`] (with the same `path`) the name `to`,
+    /// replacing a file there atomically, and close it. With `sync`, a [`IoOp::Sync`] of the
+    /// file issued just before has made its data durable first, and the new name is made
+    /// durable (the directory synced) before completion. Completes with [`IoResult::Done`];
+    /// on failure nothing at `to` changed, the file is closed, and what is left at `path`
+    /// (only after the fallback) is the caller's to remove.
+    Publish {
+        file: FileId,
+        path: PathBuf,
+        to: PathBuf,
+        sync: bool,
+    },
     /// Open an existing file for reading only (never creating it). Completes with
     /// [`IoResult::Opened`] or [`IoResult::NotFound`].
     OpenRead { file: FileId, path: PathBuf },

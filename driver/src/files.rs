@@ -170,6 +170,13 @@ enum Work {
         close: IoId,
         file: FileId,
     },
+    /// A durable `Publish` (`id`): after every earlier operation, hand the file to the
+    /// durability worker, which names it `to` once its data is durable.
+    Publish {
+        id: IoId,
+        file: FileId,
+        to: std::path::PathBuf,
+    },
 }
 
 /// A file worker's completions: each also counts the file's outstanding operations down
@@ -246,6 +253,8 @@ impl<C: Completions, S: BlockingSpawner> Files<C, S> {
     pub fn start(&mut self, req: IoRequest) {
         let file = match &req.op {
             IoOp::Open { file, .. }
+            | IoOp::OpenUnnamed { file, .. }
+            | IoOp::Publish { file, .. }
             | IoOp::OpenRead { file, .. }
             | IoOp::ReadAt { file, .. }
             | IoOp::WriteAt { file, .. }
@@ -254,7 +263,7 @@ impl<C: Completions, S: BlockingSpawner> Files<C, S> {
             | IoOp::CloseFile { file } => *file,
             _ => return self.start_path_op(req),
         };
-        if let IoOp::Open { .. } | IoOp::OpenRead { .. } = req.op {
+        if let IoOp::Open { .. } | IoOp::OpenUnnamed { .. } | IoOp::OpenRead { .. } = req.op {
             for gone in std::mem::take(&mut *lock(&self.failed_opens)) {
                 self.open.remove(&gone);
             }
@@ -276,6 +285,9 @@ impl<C: Completions, S: BlockingSpawner> Files<C, S> {
             (Some(sync), IoOp::CloseFile { .. }) => return self.commit(file, sync, req.id),
             (Some(sync), _) => self.dispatch(file, sync_request(sync, file)),
             (None, _) => {}
+        }
+        if let IoOp::Publish { sync: true, .. } = req.op {
+            return self.publish_durably(file, req);
         }
         if let IoOp::Sync { .. } = req.op {
             if let Some(open) = self.open.get_mut(&file) {
@@ -326,6 +338,41 @@ impl<C: Completions, S: BlockingSpawner> Files<C, S> {
         self.sink.complete(close, IoResult::Done);
     }
 
+    /// A durable `Publish` of `file`: its data made durable, then named, then its directory
+    /// synced, by the durability worker.
+    fn publish_durably(&mut self, file: FileId, req: IoRequest) {
+        let IoOp::Publish { to, .. } = req.op else {
+            return;
+        };
+        let Some(open) = self.open.remove(&file) else {
+            return self.fail(req.id, "file is not open".into());
+        };
+        let Some(durable) = self.durable() else {
+            return self.fail(req.id, "start durability worker failed".into());
+        };
+        if open.outstanding.load(Ordering::Acquire) == 0 {
+            let taken = lock(&open.state).take_unpublished();
+            let pending = Pending::Publish {
+                id: req.id,
+                file_id: file,
+                file: taken,
+                to,
+            };
+            return hand_over(Some(&durable), pending, &self.sink);
+        }
+        if let Some(q) = &open.queue {
+            let work = Work::Publish {
+                id: req.id,
+                file,
+                to,
+            };
+            if q.send(work).is_ok() {
+                return;
+            }
+        }
+        self.fail(req.id, "file worker stopped".into());
+    }
+
     /// The durability worker's queue, started on first use.
     fn durable(&mut self) -> Option<Sender<Pending>> {
         if self.durable.is_none() {
@@ -350,13 +397,15 @@ impl<C: Completions, S: BlockingSpawner> Files<C, S> {
         let Some(open) = self.open.get_mut(&file) else {
             return self.fail(req.id, "file is not open".into());
         };
-        let closing = matches!(req.op, IoOp::CloseFile { .. });
+        let closing = matches!(req.op, IoOp::CloseFile { .. } | IoOp::Publish { .. });
         if self.inline && small_op(&req.op) && open.outstanding.load(Ordering::Acquire) == 0 {
             let result = lock(&open.state).execute(&req.op);
             let opened = matches!(result, IoResult::Opened { .. });
             self.sink.complete(req.id, result);
-            let failed_open =
-                matches!(req.op, IoOp::Open { .. } | IoOp::OpenRead { .. }) && !opened;
+            let failed_open = matches!(
+                req.op,
+                IoOp::Open { .. } | IoOp::OpenUnnamed { .. } | IoOp::OpenRead { .. }
+            ) && !opened;
             if closing || failed_open {
                 // Dropping the queue ends the worker, if the file had one.
                 self.open.remove(&file);
@@ -482,6 +531,8 @@ fn sync_request(id: IoId, file: FileId) -> IoRequest {
 fn small_op(op: &IoOp) -> bool {
     match op {
         IoOp::Open { .. }
+        | IoOp::OpenUnnamed { .. }
+        | IoOp::Publish { sync: false, .. }
         | IoOp::OpenRead { .. }
         | IoOp::SetLen { .. }
         | IoOp::CloseFile { .. }
@@ -492,6 +543,7 @@ fn small_op(op: &IoOp) -> bool {
         IoOp::ReadAt { len, .. } => *len as usize <= INLINE_MAX_BYTES,
         IoOp::Sync { .. }
         | IoOp::Rename { sync: true, .. }
+        | IoOp::Publish { sync: true, .. }
         | IoOp::WriteFileAtomic { .. }
         | IoOp::CopyFile { .. }
         | IoOp::Connect { .. }
@@ -543,9 +595,20 @@ fn file_worker<C: Completions, S: BlockingSpawner>(
                 hand_over(durable.as_ref(), pending, &sink);
                 return WorkerEnd::Closed;
             }
+            Work::Publish { id, file, to } => {
+                finish_syncs(&mut syncer);
+                let pending = Pending::Publish {
+                    id,
+                    file_id: file,
+                    file: lock(state).take_unpublished(),
+                    to,
+                };
+                hand_over(durable.as_ref(), pending, &sink);
+                return WorkerEnd::Closed;
+            }
         };
         match req.op {
-            IoOp::Open { .. } | IoOp::OpenRead { .. } => {
+            IoOp::Open { .. } | IoOp::OpenUnnamed { .. } | IoOp::OpenRead { .. } => {
                 let result = lock(state).execute(&req.op);
                 let opened = matches!(result, IoResult::Opened { .. });
                 sink.complete(req.id, result);
@@ -564,7 +627,7 @@ fn file_worker<C: Completions, S: BlockingSpawner>(
                     None => sink.complete(req.id, lock(state).execute(&req.op)),
                 }
             }
-            IoOp::CloseFile { .. } => {
+            IoOp::CloseFile { .. } | IoOp::Publish { .. } => {
                 finish_syncs(&mut syncer);
                 sink.complete(req.id, lock(state).execute(&req.op));
                 return WorkerEnd::Closed;
@@ -602,6 +665,14 @@ enum Pending {
     },
     /// A rename to `path` is done; making its directory entry durable completes `id`.
     Entry { id: IoId, path: std::path::PathBuf },
+    /// A durable `Publish` (`id`) of file `file_id`: its data made durable, it is named `to`
+    /// and closed, and the name goes on as an [`Pending::Entry`] to the next round.
+    Publish {
+        id: IoId,
+        file_id: FileId,
+        file: Option<Unpublished>,
+        to: std::path::PathBuf,
+    },
 }
 
 impl Pending {
@@ -637,8 +708,11 @@ fn hand_over<C: Completions>(durable: Option<&Sender<Pending>>, pending: Pending
         },
         None => pending,
     };
-    let results = make_durable(std::slice::from_ref(&pending));
-    complete_durable(sink, pending, results.into_iter().next());
+    let mut next = Some(pending);
+    while let Some(pending) = next {
+        let results = make_durable(std::slice::from_ref(&pending));
+        next = complete_durable(sink, pending, results.into_iter().next());
+    }
 }
 
 /// The durability worker: rounds of [`Pending`] pieces until its queue closes.
@@ -651,8 +725,16 @@ fn hand_over<C: Completions>(durable: Option<&Sender<Pending>>, pending: Pending
 /// follow no busy round.
 fn durability_worker<C: Completions>(rx: mpsc::Receiver<Pending>, sink: C) {
     let mut last: Option<(std::time::Instant, usize)> = None;
-    while let Ok(first) = rx.recv() {
-        let mut round = vec![first];
+    // Pieces that follow from the last round (published names to make durable).
+    let mut carry: Vec<Pending> = Vec::new();
+    loop {
+        let mut round = std::mem::take(&mut carry);
+        if round.is_empty() {
+            match rx.recv() {
+                Ok(first) => round.push(first),
+                Err(_) => return,
+            }
+        }
         round.extend(rx.try_iter());
         let streaming =
             last.is_some_and(|(ended, pieces)| pieces >= SYNCFS_MIN && ended.elapsed() < GATHER);
@@ -669,17 +751,18 @@ fn durability_worker<C: Completions>(rx: mpsc::Receiver<Pending>, sink: C) {
         let results = make_durable(&round);
         last = Some((std::time::Instant::now(), round.len()));
         for (pending, result) in round.into_iter().zip(results) {
-            complete_durable(&sink, pending, Some(result));
+            carry.extend(complete_durable(&sink, pending, Some(result)));
         }
     }
 }
 
-/// Deliver a piece's completions: a file's sync, then (closing it) its close.
+/// Deliver a piece's completions: a file's sync, then (closing it) its close. A published
+/// file is named now; its name is the piece returned, for the next round.
 fn complete_durable<C: Completions>(
     sink: &C,
     pending: Pending,
     result: Option<Result<(), IoFailure>>,
-) {
+) -> Option<Pending> {
     let result = match result {
         Some(Ok(())) => IoResult::Done,
         Some(Err(f)) => IoResult::Failed(f),
@@ -694,7 +777,19 @@ fn complete_durable<C: Completions>(
             sink.complete(close, IoResult::Done);
         }
         Pending::Entry { id, .. } => sink.complete(id, result),
+        Pending::Publish { id, file, to, .. } => {
+            let named = match (result, file) {
+                (IoResult::Done, Some(u)) => u.publish(&to),
+                (IoResult::Failed(f), _) => Err(f),
+                (_, _) => Err(IoFailure::new(IoErrorKind::Other, "file is not open")),
+            };
+            match named {
+                Ok(()) => return Some(Pending::Entry { id, path: to }),
+                Err(f) => sink.complete(id, IoResult::Failed(f)),
+            }
+        }
     }
+    None
 }
 
 /// Make every piece of `round` durable; one result per piece, in order.
@@ -720,6 +815,15 @@ fn make_durable(round: &[Pending]) -> Vec<Result<(), IoFailure>> {
             } => f
                 .sync_data()
                 .map_err(|e| local_failure(&e, "sync", Some(path))),
+            Pending::Publish { file: None, .. } => {
+                Err(IoFailure::new(IoErrorKind::Other, "sync: file is not open"))
+            }
+            Pending::Publish {
+                file: Some(u), to, ..
+            } => u
+                .file
+                .sync_data()
+                .map_err(|e| local_failure(&e, "sync the file to publish as", Some(to))),
             Pending::Entry { path, .. } => {
                 let dir = parent_dir(path);
                 dirs.entry(dir)
@@ -772,7 +876,12 @@ fn syncfs_handles(round: &[Pending]) -> BTreeMap<u64, (File, Vec<usize>)> {
                 file: Some((f, _)),
                 ..
             } => (id.0, f.try_clone()),
-            Pending::Data { file: None, .. } => continue,
+            Pending::Publish {
+                file_id,
+                file: Some(u),
+                ..
+            } => (file_id.0, u.file.try_clone()),
+            Pending::Data { file: None, .. } | Pending::Publish { file: None, .. } => continue,
             Pending::Entry { path, .. } => (u64::MAX, File::open(parent_dir(path))),
         };
         let Ok((handle, dev)) = handle.and_then(|h| h.metadata().map(|m| (h, m.dev()))) else {
@@ -1030,11 +1139,82 @@ impl DirSync {
     }
 }
 
+/// Create a file without a name in `path`'s directory (Linux `O_TMPFILE`).
+#[cfg(target_os = "linux")]
+fn open_unnamed(path: &Path) -> std::io::Result<File> {
+    use rustix::fs::{Mode, OFlags};
+    let flags = OFlags::RDWR | OFlags::TMPFILE | OFlags::CLOEXEC;
+    let fd = rustix::fs::open(parent_dir(path), flags, Mode::from_raw_mode(0o666))?;
+    Ok(File::from(fd))
+}
+
+#[cfg(not(target_os = "linux"))]
+fn open_unnamed(_path: &Path) -> std::io::Result<File> {
+    Err(ErrorKind::Unsupported.into())
+}
+
+/// An open file waiting for its `Publish`: unnamed, or (where unnamed files are not
+/// supported) at `path`.
+struct Unpublished {
+    file: File,
+    path: std::path::PathBuf,
+    unnamed: bool,
+}
+
+impl Unpublished {
+    /// Name the file `to`, replacing what is there (data and directory syncs are the
+    /// caller's), then close it.
+    fn publish(self, to: &Path) -> Result<(), IoFailure> {
+        let fail = |e: std::io::Error| local_failure(&e, "publish as", Some(to));
+        if !self.unnamed {
+            return in_dir(to, || fs::rename(&self.path, to)).map_err(fail);
+        }
+        match in_dir(to, || link_open_file(&self.file, to)) {
+            Err(e) if e.kind() == ErrorKind::AlreadyExists => {
+                // A link cannot replace a file: name it at its partial's path, then rename
+                // that over the destination (atomic, as for a named partial).
+                in_dir(&self.path, || {
+                    let _ = fs::remove_file(&self.path);
+                    link_open_file(&self.file, &self.path)
+                })
+                .map_err(fail)?;
+                in_dir(to, || fs::rename(&self.path, to)).map_err(|e| {
+                    let _ = fs::remove_file(&self.path);
+                    fail(e)
+                })
+            }
+            other => other.map_err(fail),
+        }
+    }
+}
+
+/// Give the open (unnamed) `file` the name `to`: through its `/proc/self/fd` link, or, without
+/// `/proc`, by `AT_EMPTY_PATH` (which needs `CAP_DAC_READ_SEARCH`).
+#[cfg(target_os = "linux")]
+fn link_open_file(file: &File, to: &Path) -> std::io::Result<()> {
+    use rustix::fs::{linkat, AtFlags, CWD};
+    use std::os::fd::AsRawFd;
+    let proc_path = format!("/proc/self/fd/{}", file.as_raw_fd());
+    match linkat(CWD, proc_path.as_str(), CWD, to, AtFlags::SYMLINK_FOLLOW) {
+        Err(rustix::io::Errno::NOENT) if !Path::new("/proc/self/fd").exists() => {
+            Ok(linkat(file, "", CWD, to, AtFlags::EMPTY_PATH)?)
+        }
+        other => Ok(other?),
+    }
+}
+
+#[cfg(not(target_os = "linux"))]
+fn link_open_file(_file: &File, _to: &Path) -> std::io::Result<()> {
+    Err(ErrorKind::Unsupported.into())
+}
+
 /// Executes the operations of one open file, in order.
 #[derive(Default)]
 pub struct FileWorker {
     file: Option<File>,
     path: std::path::PathBuf,
+    /// `file` was created without a name (`OpenUnnamed`); otherwise it is at `path`.
+    unnamed: bool,
 }
 
 impl FileWorker {
@@ -1042,6 +1222,61 @@ impl FileWorker {
     fn take(&mut self) -> Option<(File, std::path::PathBuf)> {
         let file = self.file.take()?;
         Some((file, self.path.clone()))
+    }
+
+    /// Take the open file out for its `Publish`.
+    fn take_unpublished(&mut self) -> Option<Unpublished> {
+        let file = self.file.take()?;
+        Some(Unpublished {
+            file,
+            path: self.path.clone(),
+            unnamed: self.unnamed,
+        })
+    }
+
+    /// Open (creating) the file at `path`; emptied when `truncate`.
+    fn open_named(&mut self, path: &Path, truncate: bool) -> IoResult {
+        let open = || {
+            in_dir(path, || {
+                OpenOptions::new()
+                    .read(true)
+                    .write(true)
+                    .create(true)
+                    .truncate(truncate)
+                    .open(path)
+            })
+        };
+        // Open first and create the parent directory only if it is missing: looking
+        // first would cost a stat per file, and `create_dir_all` tries `mkdir`, which
+        // takes the directory's lock even when it exists (many parallel downloads
+        // into one directory would queue on it).
+        let opened = match open() {
+            Err(e) if e.kind() == ErrorKind::NotFound => {
+                match path.parent().filter(|p| !p.as_os_str().is_empty()) {
+                    Some(dir) => {
+                        if let Err(e) = fs::create_dir_all(dir) {
+                            let failure = local_failure(&e, "create directory", Some(dir));
+                            return IoResult::Failed(failure);
+                        }
+                        open()
+                    }
+                    None => Err(e),
+                }
+            }
+            other => other,
+        };
+        // A truncated file is empty: no need to ask its length.
+        let opened = opened.and_then(|f| match truncate {
+            true => Ok((f, 0)),
+            false => f.metadata().map(|m| (f, m.len())),
+        });
+        match opened {
+            Ok((f, len)) => {
+                self.file = Some(f);
+                IoResult::Opened { len }
+            }
+            Err(e) => IoResult::Failed(local_failure(&e, "open", Some(path))),
+        }
     }
 
     /// Execute one per-file operation.
@@ -1052,48 +1287,31 @@ impl FileWorker {
         match op {
             IoOp::Open { path, truncate, .. } => {
                 self.path = path.clone();
-                let open = || {
-                    in_dir(path, || {
-                        OpenOptions::new()
-                            .read(true)
-                            .write(true)
-                            .create(true)
-                            .truncate(*truncate)
-                            .open(path)
-                    })
-                };
-                // Open first and create the parent directory only if it is missing: looking
-                // first would cost a stat per file, and `create_dir_all` tries `mkdir`, which
-                // takes the directory's lock even when it exists (many parallel downloads
-                // into one directory would queue on it).
-                let opened = match open() {
-                    Err(e) if e.kind() == ErrorKind::NotFound => {
-                        match path.parent().filter(|p| !p.as_os_str().is_empty()) {
-                            Some(dir) => {
-                                if let Err(e) = fs::create_dir_all(dir) {
-                                    let failure = local_failure(&e, "create directory", Some(dir));
-                                    return IoResult::Failed(failure);
-                                }
-                                open()
-                            }
-                            None => Err(e),
-                        }
-                    }
-                    other => other,
-                };
-                // A truncated file is empty: no need to ask its length.
-                let opened = opened.and_then(|f| match truncate {
-                    true => Ok((f, 0)),
-                    false => f.metadata().map(|m| (f, m.len())),
-                });
-                match opened {
-                    Ok((f, len)) => {
+                self.unnamed = false;
+                self.open_named(path, *truncate)
+            }
+            IoOp::OpenUnnamed { path, .. } => {
+                self.path = path.clone();
+                match open_unnamed(path) {
+                    Ok(f) => {
+                        self.unnamed = true;
                         self.file = Some(f);
-                        IoResult::Opened { len }
+                        IoResult::Opened { len: 0 }
                     }
-                    Err(e) => IoResult::Failed(local_failure(&e, "open", Some(path))),
+                    // Not supported here (or the directory is missing): a named partial.
+                    Err(_) => {
+                        self.unnamed = false;
+                        self.open_named(path, true)
+                    }
                 }
             }
+            IoOp::Publish { to, .. } => match self.take_unpublished() {
+                Some(u) => match u.publish(to) {
+                    Ok(()) => IoResult::Done,
+                    Err(f) => IoResult::Failed(f),
+                },
+                None => IoResult::Failed(IoFailure::new(IoErrorKind::Other, "file is not open")),
+            },
             IoOp::OpenRead { path, .. } => {
                 self.path = path.clone();
                 match File::open(path).and_then(|f| f.metadata().map(|m| (f, m.len()))) {
@@ -1527,6 +1745,88 @@ mod tests {
             finish_commits(&mut files, &done, dir.path(), 40);
             assert!(files.open.is_empty());
         }
+    }
+
+    #[test]
+    fn unnamed_files_are_published_at_their_destination_and_never_appear_at_their_partial() {
+        for (inline, n) in [(true, 40u64), (false, 40), (true, 1)] {
+            let dir = tempfile::TempDir::new().unwrap();
+            let (tx, done) = mpsc::channel();
+            let mut files = Files::new(ToChannel(tx), Threads::default());
+            if inline {
+                files = files.inline_small_ops();
+            }
+            // One destination exists already: the publish replaces it.
+            std::fs::write(dir.path().join("0"), b"old").unwrap();
+            for f in 0..n {
+                let file = FileId(f);
+                let part = dir.path().join(format!("{f}.part"));
+                let ops = [
+                    IoOp::OpenUnnamed {
+                        file,
+                        path: part.clone(),
+                    },
+                    IoOp::WriteAt {
+                        file,
+                        offset: 0,
+                        data: Bytes::from(format!("file {f}")),
+                    },
+                    IoOp::Publish {
+                        file,
+                        path: part,
+                        to: dir.path().join(format!("{f}")),
+                        // Every other file without a sync: named at once, closed.
+                        sync: f % 2 == 0,
+                    },
+                ];
+                for (k, op) in ops.into_iter().enumerate() {
+                    files.start(request(f * 10 + k as u64, op));
+                }
+            }
+            files.flush();
+            for _ in 0..3 * n {
+                let (id, result) = recv(&done);
+                assert!(!matches!(result, IoResult::Failed(_)), "{id:?}: {result:?}");
+            }
+            for f in 0..n {
+                let got = std::fs::read(dir.path().join(format!("{f}"))).unwrap();
+                assert_eq!(got, format!("file {f}").into_bytes());
+            }
+            let names = std::fs::read_dir(dir.path()).unwrap().count() as u64;
+            assert_eq!(names, n, "only the destinations exist: no partial left");
+            assert!(files.open.is_empty());
+        }
+    }
+
+    #[test]
+    fn a_publish_into_a_missing_directory_fails_and_leaves_nothing() {
+        let dir = tempfile::TempDir::new().unwrap();
+        let (tx, done) = mpsc::channel();
+        let mut files = Files::new(ToChannel(tx), Threads::default()).inline_small_ops();
+        let file = FileId(1);
+        let part = dir.path().join("f.part");
+        files.start(request(
+            1,
+            IoOp::OpenUnnamed {
+                file,
+                path: part.clone(),
+            },
+        ));
+        assert!(matches!(recv(&done).1, IoResult::Opened { len: 0 }));
+        let to = dir.path().join("gone").join("f");
+        files.start(request(
+            2,
+            IoOp::Publish {
+                file,
+                path: part,
+                to,
+                sync: true,
+            },
+        ));
+        files.flush();
+        assert!(matches!(recv(&done).1, IoResult::Failed(_)));
+        assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 0);
+        assert!(files.open.is_empty());
     }
 
     #[test]

@@ -13,7 +13,8 @@
 //!   directory (the io.rs contract; haul-blocking calls `sync_parent`), so they are durable
 //!   when they complete, and they also make every earlier create/remove in that directory
 //!   durable. A file fsync does not make its own directory entry durable (stricter than
-//!   ext4, as POSIX allows).
+//!   ext4, as POSIX allows). `OpenUnnamed` makes an inode in no view of the namespace;
+//!   `Publish` names it (with `sync`: its data and the name made durable) and closes it.
 //! - [`VirtualDisk::crash`] keeps the durable namespace and every inode's durable image and
 //!   forgets open files. Operations still pending at a crash never happened.
 //! - Every change bumps a generation number, so the invariant checker re-verifies a
@@ -227,6 +228,38 @@ impl VirtualDisk {
                 self.open.insert(*file, ino);
                 IoResult::Opened { len }
             }
+            IoOp::OpenUnnamed { file, .. } => {
+                if self.open.contains_key(file) {
+                    self.misuse
+                        .push(format!("{file:?} opened while already open"));
+                }
+                // In no view of the namespace: a crash loses it.
+                let ino = self.new_inode(Vec::new(), Vec::new());
+                self.open.insert(*file, ino);
+                IoResult::Opened { len: 0 }
+            }
+            IoOp::Publish { file, to, sync, .. } => match self.open.remove(file) {
+                Some(ino) => {
+                    if *sync {
+                        let inode = self.inodes.get_mut(&ino).expect("open inode");
+                        if inode.durable != inode.data {
+                            inode.durable = inode.data.clone();
+                            self.bump(ino);
+                        }
+                    }
+                    self.names.insert(to.clone(), ino);
+                    if *sync {
+                        self.sync_dir(&parent(to));
+                    }
+                    self.next_generation += 1;
+                    IoResult::Done
+                }
+                None => {
+                    self.misuse
+                        .push(format!("Publish of {file:?}, which is not open"));
+                    failed(IoErrorKind::Other, "bad file descriptor")
+                }
+            },
             IoOp::OpenRead { file, path } => {
                 if self.open.contains_key(file) {
                     self.misuse

@@ -338,6 +338,8 @@ pub struct Scenario {
     pub max_active_jobs: u8,
     /// The engine's global rate limit in bytes per second, if any.
     pub rate_limit: Option<u32>,
+    /// The engine's `unnamed_max`: downloads of known length up to it use unnamed files.
+    pub unnamed_max: u64,
     /// The engine's retry budget (retries per minute). Generated scenarios use
     /// [`RETRY_BUDGET_PER_MINUTE`]; hand-made ones may squeeze it.
     pub retry_budget_per_minute: u32,
@@ -383,6 +385,8 @@ impl Scenario {
             rate_limit: r
                 .chance(0.15)
                 .then(|| r.range(64 * 1024, 1024 * 1024) as u32),
+            // Drawn last, so the draws above stay what they were before it existed.
+            unnamed_max: r.pick(&[0, 64 * 1024, u64::MAX]),
             retry_budget_per_minute: RETRY_BUDGET_PER_MINUTE,
             bug: None,
         }
@@ -391,6 +395,11 @@ impl Scenario {
     /// This scenario with a planted bug.
     pub fn with_bug(mut self, bug: Option<PlantedBug>) -> Scenario {
         self.bug = bug;
+        if bug == Some(PlantedBug::DiskReordersSync) {
+            // Only named partials issue syncs of their own (an unnamed file's data is synced
+            // by its Publish, after its writes): the bug needs them to show.
+            self.unnamed_max = 0;
+        }
         self
     }
 
@@ -614,13 +623,14 @@ impl fmt::Display for Scenario {
         writeln!(
             f,
             "scenario seed={} origins={} heal_at={}ms checkpoint_bytes={} max_active_jobs={} \
-             rate_limit={:?} retry_budget={}/min bug={}",
+             rate_limit={:?} unnamed_max={} retry_budget={}/min bug={}",
             self.seed,
             self.origins,
             self.heal_at_ms,
             self.checkpoint_bytes,
             self.max_active_jobs,
             self.rate_limit,
+            self.unnamed_max,
             self.retry_budget_per_minute,
             self.bug.map_or("none", PlantedBug::name)
         )?;

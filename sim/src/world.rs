@@ -139,11 +139,13 @@ pub enum Feature {
     BudgetWait,
     /// A `Spread` event: a segment went to another of its job's URLs than the attempt's.
     Spread,
+    /// A download written to an unnamed file was published at its destination.
+    UnnamedCommit,
 }
 
 impl Feature {
     /// Every feature.
-    pub const ALL: [Feature; 7] = [
+    pub const ALL: [Feature; 8] = [
         Feature::Failover,
         Feature::BreakerOpened,
         Feature::VerificationRetry,
@@ -151,15 +153,17 @@ impl Feature {
         Feature::RedirectPastOpenBreaker,
         Feature::BudgetWait,
         Feature::Spread,
+        Feature::UnnamedCommit,
     ];
 
     /// Features a default swarm must exercise.
-    pub const REQUIRED: [Feature; 5] = [
+    pub const REQUIRED: [Feature; 6] = [
         Feature::Failover,
         Feature::BreakerOpened,
         Feature::VerificationRetry,
         Feature::MirrorCommit,
         Feature::Spread,
+        Feature::UnnamedCommit,
     ];
 
     /// A short stable name.
@@ -172,6 +176,7 @@ impl Feature {
             Feature::RedirectPastOpenBreaker => "redirect-past-open-breaker",
             Feature::BudgetWait => "budget-wait",
             Feature::Spread => "spread",
+            Feature::UnnamedCommit => "unnamed-commit",
         }
     }
 }
@@ -285,6 +290,7 @@ pub fn engine_config(sc: &Scenario, seed: u64) -> Config {
         },
         checkpoint_bytes: sc.checkpoint_bytes,
         checkpoint_interval: Duration::from_millis(500),
+        unnamed_max: sc.unnamed_max,
         max_write_backlog: 64 * 1024,
         idle_connection_timeout: Duration::from_secs(5),
         seed,
@@ -450,6 +456,8 @@ fn job_of(e: &Event) -> Option<JobId> {
 fn file_of(op: &IoOp) -> Option<FileId> {
     match op {
         IoOp::Open { file, .. }
+        | IoOp::OpenUnnamed { file, .. }
+        | IoOp::Publish { file, .. }
         | IoOp::OpenRead { file, .. }
         | IoOp::ReadAt { file, .. }
         | IoOp::WriteAt { file, .. }
@@ -489,6 +497,19 @@ fn summarize_op(op: &IoOp) -> String {
             path,
             truncate,
         } => format!("Open f{} {} truncate={truncate}", file.0, path.display()),
+        IoOp::OpenUnnamed { file, path } => {
+            format!(
+                "OpenUnnamed f{} (in the directory of {})",
+                file.0,
+                path.display()
+            )
+        }
+        IoOp::Publish { file, to, sync, .. } => format!(
+            "Publish f{} as {}{}",
+            file.0,
+            to.display(),
+            if *sync { "" } else { " (no sync)" }
+        ),
         IoOp::OpenRead { file, path } => format!("OpenRead f{} {}", file.0, path.display()),
         IoOp::CopyFile { from, to } => format!("CopyFile {} -> {}", from.display(), to.display()),
         IoOp::ReadAt { file, offset, len } => format!("ReadAt f{} @{offset} {len}B", file.0),
@@ -1158,13 +1179,17 @@ impl World {
                     } else {
                         let last = self.file_last.get(&file).copied().unwrap_or(now);
                         at = at.max(last);
-                        if matches!(op, IoOp::CloseFile { .. }) {
-                            // CloseFile completes after everything before it, syncs included.
+                        if matches!(op, IoOp::CloseFile { .. } | IoOp::Publish { .. }) {
+                            // CloseFile and Publish complete after everything before them,
+                            // syncs included.
                             let synced = self.file_synced.get(&file).copied().unwrap_or(now);
                             at = at.max(synced);
                         }
                         self.file_last.insert(file, at);
-                        if matches!(op, IoOp::Open { .. } | IoOp::OpenRead { .. }) {
+                        if matches!(
+                            op,
+                            IoOp::Open { .. } | IoOp::OpenUnnamed { .. } | IoOp::OpenRead { .. }
+                        ) {
                             self.file_opened.insert(file, at);
                         }
                     }
@@ -1328,6 +1353,9 @@ impl World {
             self.log(|| format!("fault: disk write {f:?}"));
         }
         let result = self.disk.execute(op, fault);
+        if let (IoOp::Publish { .. }, IoResult::Done) = (op, &result) {
+            self.count(Feature::UnnamedCommit);
+        }
         if !self.disk.misuse.is_empty() {
             let misuse = std::mem::take(&mut self.disk.misuse).join("; ");
             self.violate(Invariant::CallContract, misuse);

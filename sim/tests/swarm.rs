@@ -153,6 +153,8 @@ fn interrupted(check: Check, bug: Option<PlantedBug>) -> Scenario {
         checkpoint_bytes: 16 * 1024,
         max_active_jobs: 16,
         rate_limit: None,
+        // A named partial, which the resume continues.
+        unnamed_max: 0,
         retry_budget_per_minute: 600,
         bug,
     }
@@ -313,6 +315,7 @@ fn a_squeezed_retry_budget_delays_retries_as_the_model_expects() {
             checkpoint_bytes: 16 * 1024,
             max_active_jobs: 16,
             rate_limit: None,
+            unnamed_max: 0,
             retry_budget_per_minute: 8,
             bug: None,
         };

@@ -222,6 +222,7 @@ macro_rules! all_scenarios {
             authorization_is_kept_on_same_origin_redirect,
             interrupted_download_resumes_with_range_in_a_new_run,
             server_ignoring_range_yields_a_correct_file,
+            small_downloads_are_named_only_at_their_destination,
             truncated_body_is_an_error_not_a_success,
             truncated_body_is_resumed_by_retries,
             stalled_server_trips_the_idle_timeout,

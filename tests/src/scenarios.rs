@@ -337,11 +337,41 @@ pub fn interrupted_download_resumes_with_range_in_a_new_run<R: Runtime>() {
     assert_eq!(listing(dir.path()), vec!["big"]);
 }
 
+pub fn small_downloads_are_named_only_at_their_destination<R: Runtime>() {
+    let data = body(40, 64 * 1024);
+    let (origin, dir) = setup("/s.bin", &data, Behavior::Normal);
+    // One destination new, one replacing an older file.
+    let fresh = dir.path().join("fresh.bin");
+    let old = dir.path().join("old.bin");
+    std::fs::write(&old, b"an older version").unwrap();
+    let rt = R::with_config(fast_config());
+    for dest in [&fresh, &old] {
+        let out = rt
+            .download(
+                Download::new(&origin.url("/s.bin"), dest)
+                    .unwrap()
+                    .sha256(&sha256_hex(&data))
+                    .unwrap(),
+                &mut Vec::new(),
+            )
+            .expect("download succeeds");
+        assert_eq!(std::fs::read(dest).unwrap(), data);
+        assert_eq!(out.size, data.len() as u64);
+    }
+    assert_eq!(
+        listing(dir.path()),
+        vec!["fresh.bin", "old.bin"],
+        "no partial or state left"
+    );
+}
+
 pub fn server_ignoring_range_yields_a_correct_file<R: Runtime>() {
     let data = body(12, 1024 * 1024);
     let (origin, dir) = setup("/f", &data, Behavior::Truncate { after: 300_000 });
     let dest = dir.path().join("f");
     let mut cfg = fast_config();
+    // A named partial, kept for the next run (small files are unnamed by default).
+    cfg.unnamed_max = 0;
     cfg.retry.max_attempts = 1;
     R::with_config(cfg.clone())
         .download(
@@ -423,6 +453,8 @@ pub fn stalled_server_trips_the_idle_timeout<R: Runtime>() {
     let (origin, dir) = setup("/f", &data, Behavior::Stall { after: 100_000 });
     let dest = dir.path().join("f");
     let mut cfg = fast_config();
+    // A named partial, kept for the next run (small files are unnamed by default).
+    cfg.unnamed_max = 0;
     cfg.idle_timeout = Duration::from_millis(300);
     cfg.retry.max_attempts = 1;
     let started = std::time::Instant::now();
@@ -505,6 +537,8 @@ pub fn changed_representation_between_runs_restarts_from_zero<R: Runtime>() {
     let (origin, dir) = setup("/f", &old, Behavior::Truncate { after: 400_000 });
     let dest = dir.path().join("f");
     let mut cfg = fast_config();
+    // A named partial, kept for the next run (small files are unnamed by default).
+    cfg.unnamed_max = 0;
     cfg.retry.max_attempts = 1;
     R::with_config(cfg.clone())
         .download(

@@ -17,6 +17,11 @@ use crate::sched::RangeSet;
 
 impl Engine {
     pub(super) fn on_file(&mut self, id: JobId, step: FileStep, result: IoResult) {
+        self.on_file_step(id, step, result);
+        self.maybe_publish(id);
+    }
+
+    fn on_file_step(&mut self, id: JobId, step: FileStep, result: IoResult) {
         let Some(j) = self.jobs.get_mut(&id) else {
             return;
         };
@@ -312,7 +317,12 @@ impl Engine {
                     self.cleanup_progress(id);
                 }
             }
-            FileStep::Rename => {
+            FileStep::Rename | FileStep::Publish => {
+                if step == FileStep::Publish {
+                    // Named or not, the file is closed.
+                    j.file = None;
+                    j.publishing = false;
+                }
                 if let Some(f) = failure {
                     let dest = match &j.phase {
                         Phase::Committing { dest, .. } => dest.clone(),
@@ -452,19 +462,49 @@ impl Engine {
             return;
         }
         let file = FileId(self.next());
+        let unnamed_max = self.config.unnamed_max;
         let j = self.jobs.get_mut(&id).expect("job exists");
         j.file = Some(file);
         j.touched = true;
         let path = j.spec.part_path();
-        self.file_io(
-            id,
-            FileStep::OpenFresh,
+        // A small file of known length needs no partial name: nothing of it is worth
+        // resuming, and naming it only at the commit saves a create and a rename.
+        j.unnamed = j.total.is_some_and(|t| t <= unnamed_max);
+        let op = if j.unnamed {
+            IoOp::OpenUnnamed { file, path }
+        } else {
             IoOp::Open {
                 file,
                 path,
                 truncate: true,
-            },
-        );
+            }
+        };
+        self.file_io(id, FileStep::OpenFresh, op);
+    }
+
+    /// A committing job with an unnamed file: once no other operation of the file is
+    /// outstanding (the writes are done and succeeded), give it its name.
+    fn maybe_publish(&mut self, id: JobId) {
+        let Some(j) = self.jobs.get_mut(&id) else {
+            return;
+        };
+        let Phase::Committing { dest, .. } = &j.phase else {
+            return;
+        };
+        if !j.unnamed || j.publishing || j.file_ops > 0 || j.write_error.is_some() {
+            return;
+        }
+        let Some(file) = j.file else {
+            return;
+        };
+        j.publishing = true;
+        let op = IoOp::Publish {
+            file,
+            path: j.spec.part_path(),
+            to: dest.clone(),
+            sync: j.spec.sync,
+        };
+        self.file_io(id, FileStep::Publish, op);
     }
 
     /// Hash (when at the frontier) and write one piece of body at `offset`; enforce the size
@@ -542,6 +582,7 @@ impl Engine {
         let commit_next = matches!(j.phase, Phase::Running) && j.total == Some(j.hashed);
         !j.checkpoint_running
             && !commit_next
+            && !j.unnamed
             && matches!(
                 j.phase,
                 Phase::Running | Phase::Backoff { .. } | Phase::Paused
@@ -556,6 +597,7 @@ impl Engine {
     /// Sync the partial (ordered after every write issued so far), then record what it holds.
     pub(super) fn start_checkpoint(&mut self, id: JobId) {
         let j = self.jobs.get_mut(&id).expect("job exists");
+        debug_assert!(!j.unnamed, "a checkpoint of an unnamed file");
         j.checkpoint_running = true;
         j.last_checkpoint = self.now;
         let verified = j.hashed;
@@ -625,7 +667,7 @@ impl Engine {
             // (most of a segmented download). Sync meanwhile, so the commit does not wait for
             // the read-back and then for the disk.
             let fresh = j.early_sync != Some((j.epoch, j.fetched));
-            if let (true, true, Some(file)) = (j.spec.sync, fresh, j.file) {
+            if let (true, true, false, Some(file)) = (j.spec.sync, fresh, j.unnamed, j.file) {
                 let epoch = j.epoch;
                 let j = self.jobs.get_mut(&id).expect("job exists");
                 j.early_sync = Some((epoch, j.fetched));
@@ -680,6 +722,13 @@ impl Engine {
         // fails the commit.
         let synced_early = j.early_sync == Some((j.epoch, j.fetched));
         j.phase = Phase::Committing { dest, digest };
+        if j.unnamed {
+            // Named (data synced first) once its writes are done: see `maybe_publish`.
+            self.set_committing(id, true);
+            self.maybe_publish(id);
+            self.schedule();
+            return;
+        }
         let file = j.file.expect("commit needs the partial open");
         let sync_now = j.spec.sync && !synced_early;
         self.set_committing(id, true);
@@ -785,6 +834,7 @@ impl Engine {
                 return;
             }
             let resumable = j.validator.is_some()
+                && !j.unnamed
                 && j.present() > 0
                 && j.write_error.is_none()
                 && j.file.is_some();

@@ -288,6 +288,8 @@ enum FileStep {
     FinalSync,
     Close,
     Rename,
+    /// The unnamed file gets its name (and is closed).
+    Publish,
     RemovePart,
     RemoveState,
     CopyFromLeader,
@@ -407,6 +409,11 @@ struct Job {
     followers: Vec<JobId>,
 
     file: Option<FileId>,
+    /// `file` has no name (see [`Config::unnamed_max`](crate::Config::unnamed_max)): no
+    /// checkpoint, nothing to keep; the commit names it with `Publish`.
+    unnamed: bool,
+    /// The `Publish` of the unnamed file is outstanding.
+    publishing: bool,
     /// Outstanding file operations of this job (all kinds).
     file_ops: u32,
     /// Bytes handed to `WriteAt` and not completed.
@@ -766,6 +773,8 @@ impl Engine {
             segmented: false,
             followers: Vec::new(),
             file: None,
+            unnamed: false,
+            publishing: false,
             file_ops: 0,
             write_backlog: 0,
             write_error: None,

@@ -358,6 +358,7 @@ impl Engine {
         let j = &self.jobs[&id];
         if !j.checkpoint_running
             && j.file.is_some()
+            && !j.unnamed
             && j.validator.is_some()
             && j.present() > j.durable
         {
