@@ -321,7 +321,6 @@ impl Engine {
                 if step == FileStep::Publish {
                     // Named or not, the file is closed.
                     j.file = None;
-                    j.publishing = false;
                 }
                 if let Some(f) = failure {
                     let dest = match &j.phase {
@@ -482,8 +481,9 @@ impl Engine {
         self.file_io(id, FileStep::OpenFresh, op);
     }
 
-    /// A committing job with an unnamed file: once no other operation of the file is
-    /// outstanding (the writes are done and succeeded), give it its name.
+    /// A committing job with an unnamed file: once no operation of the file is outstanding
+    /// (the writes are done and succeeded), give it its name. The `Publish` itself is such an
+    /// operation until it completes, and then the file is gone: it is issued once.
     fn maybe_publish(&mut self, id: JobId) {
         let Some(j) = self.jobs.get_mut(&id) else {
             return;
@@ -491,13 +491,12 @@ impl Engine {
         let Phase::Committing { dest, .. } = &j.phase else {
             return;
         };
-        if !j.unnamed || j.publishing || j.file_ops > 0 || j.write_error.is_some() {
+        if !j.unnamed || j.file_ops > 0 || j.write_error.is_some() {
             return;
         }
         let Some(file) = j.file else {
             return;
         };
-        j.publishing = true;
         let op = IoOp::Publish {
             file,
             path: j.spec.part_path(),

@@ -412,8 +412,6 @@ struct Job {
     /// `file` has no name (see [`Config::unnamed_max`](crate::Config::unnamed_max)): no
     /// checkpoint, nothing to keep; the commit names it with `Publish`.
     unnamed: bool,
-    /// The `Publish` of the unnamed file is outstanding.
-    publishing: bool,
     /// Outstanding file operations of this job (all kinds).
     file_ops: u32,
     /// Bytes handed to `WriteAt` and not completed.
@@ -774,7 +772,6 @@ impl Engine {
             followers: Vec::new(),
             file: None,
             unnamed: false,
-            publishing: false,
             file_ops: 0,
             write_backlog: 0,
             write_error: None,
