@@ -38,6 +38,8 @@ pub struct Download {
     pub(crate) rate_limit: Option<u64>,
     /// Sync the file and its directory at commit (see [`Download::defer_sync`]).
     pub(crate) sync: bool,
+    /// Nothing of an earlier download is there (see [`Download::fresh`]).
+    pub(crate) fresh: bool,
 }
 
 impl Download {
@@ -58,6 +60,7 @@ impl Download {
             min_segment: DEFAULT_MIN_SEGMENT,
             rate_limit: None,
             sync: true,
+            fresh: false,
         })
     }
 
@@ -69,6 +72,20 @@ impl Download {
     /// syncs, a crash may lose the file or leave it empty at its destination.
     pub fn defer_sync(mut self) -> Download {
         self.sync = false;
+        self
+    }
+
+    /// Start from nothing without looking: the caller guarantees that nothing of an earlier
+    /// download of this destination is there to reuse (no file at the destination, no
+    /// partial, no state file), so the engine neither hashes an existing destination nor
+    /// reads a state file before its first request. For a caller that owns the destination's
+    /// directory and has just cleared it (haul's module store, whose recovery removes every
+    /// file it has not recorded). If the guarantee is broken the result is still right: a
+    /// file at the destination is replaced at commit and a partial is overwritten from byte
+    /// 0; only a stale state file stays behind, naming a partial that is gone, which a later
+    /// download of the destination finds and starts over from byte 0.
+    pub fn fresh(mut self) -> Download {
+        self.fresh = true;
         self
     }
 

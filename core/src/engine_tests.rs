@@ -1388,6 +1388,58 @@ fn a_download_that_defers_sync_is_verified_and_renamed_into_place_without_any_sy
 }
 
 #[test]
+fn a_download_marked_fresh_looks_for_neither_its_destination_nor_a_state_file() {
+    let body = pattern(10_000, 5);
+    let mut h = Harness::new(config());
+    h.serve(ORIGIN, file_server(body.clone()));
+    let job = h.submit(download().sha256(&sha_hex(&body)).unwrap().fresh());
+    let out = h.run(job).expect("download succeeds");
+    assert_committed(&h, &body);
+    assert_eq!(out.resumed_from, 0);
+    let probes: Vec<&IoOp> = h
+        .ops
+        .iter()
+        .map(|(_, op)| op)
+        .filter(|op| matches!(op, IoOp::OpenRead { .. } | IoOp::ReadFile { .. }))
+        .collect();
+    assert!(probes.is_empty(), "probes issued: {probes:?}");
+
+    // Without `fresh` the same download hashes its destination's absence and reads its
+    // state file's absence first.
+    let mut h = Harness::new(config());
+    h.serve(ORIGIN, file_server(body.clone()));
+    let job = h.submit(download().sha256(&sha_hex(&body)).unwrap());
+    h.run(job).expect("download succeeds");
+    assert!(h
+        .ops
+        .iter()
+        .any(|(_, op)| matches!(op, IoOp::OpenRead { path, .. } if *path == dest())));
+    assert!(h
+        .ops
+        .iter()
+        .any(|(_, op)| matches!(op, IoOp::ReadFile { path, .. } if *path == state())));
+}
+
+#[test]
+fn a_fresh_download_over_leftovers_starts_at_byte_zero_and_replaces_the_destination() {
+    // The caller's promise is broken: a partial and a wrong file at the destination are
+    // there. Nothing of them ends up in the committed file.
+    let body = pattern(5_000, 6);
+    let mut h = Harness::new(config());
+    h.fs.put(part(), &body[..2_000]);
+    h.fs.put(dest(), b"an older, different file");
+    h.serve(ORIGIN, file_server(body.clone()));
+    let job = h.submit(download().sha256(&sha_hex(&body)).unwrap().fresh());
+    let out = h.run(job).expect("download succeeds");
+    assert_eq!(h.fs.get(dest()), Some(&body[..]));
+    assert!(!h.fs.exists(part()), "partial left after commit");
+    assert_eq!(out.resumed_from, 0);
+    assert_eq!(out.bytes_fetched, body.len() as u64);
+    assert_eq!(h.requests.len(), 1);
+    assert_eq!(header_of(&h, 0, "range"), None, "no resume of the leftover");
+}
+
+#[test]
 fn progress_events_are_monotonic_and_end_at_the_file_size() {
     let body = pattern(9_999, 2);
     let mut h = Harness::new(config());

@@ -890,7 +890,13 @@ impl<F: Fetcher> Loader<F> {
             .collect();
         let job_count = jobs.len();
         tracing::debug!(app = %request.app, modules = job_count, "fetching modules");
+        // The batch's final sync is then mostly done by the time the last module arrives.
+        let ahead = lock(&self.store).sync_ahead(job_count);
         let mut results = self.fetcher.fetch_modules(jobs).into_iter();
+        if let Some(ahead) = ahead {
+            let rounds = ahead.finish();
+            tracing::debug!(rounds, "synced ahead of the batch");
+        }
         tracing::debug!(app = %request.app, modules = job_count, "fetched modules");
 
         let mut store = lock(&self.store);

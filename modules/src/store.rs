@@ -390,6 +390,80 @@ fn sync_placed(path: &Path) -> Result<u64, StoreError> {
 #[cfg(target_os = "linux")]
 const SYNCFS_MIN_FILES: usize = 8;
 
+/// Writeback while a batch is still being written: a thread that syncs the store's file
+/// system round after round (see [`Store::sync_ahead`]), stopped and joined when dropped.
+///
+/// The final sync of a batch ([`Store::adopt_many`], [`Store::commit_many`]) still makes every
+/// file durable before its READY row; these rounds only move that work earlier, into the time
+/// the network takes. A syncfs of 500 new 32 KiB files takes ~30 ms at the end of a load on
+/// its own, and ~1 ms when rounds ran during the downloads.
+pub struct SyncAhead {
+    stop: std::sync::Arc<(std::sync::Mutex<bool>, std::sync::Condvar)>,
+    rounds: std::sync::Arc<std::sync::atomic::AtomicU64>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+/// The pause between two [`SyncAhead`] rounds: the downloads' writes gather in it, and the
+/// syncing thread leaves the CPU to them.
+const SYNC_AHEAD_PAUSE: std::time::Duration = std::time::Duration::from_millis(5);
+
+impl SyncAhead {
+    /// How many rounds have completed so far.
+    pub fn rounds(&self) -> u64 {
+        self.rounds.load(std::sync::atomic::Ordering::Acquire)
+    }
+
+    /// Stops the rounds (after the one running, if any); how many rounds completed.
+    pub fn finish(mut self) -> u64 {
+        self.stop_and_join();
+        self.rounds()
+    }
+
+    fn stop_and_join(&mut self) {
+        let (stopped, wake) = &*self.stop;
+        *stopped
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = true;
+        wake.notify_all();
+        if let Some(thread) = self.thread.take() {
+            // A panic in the thread only ends the rounds early.
+            let _ = thread.join();
+        }
+    }
+}
+
+impl Drop for SyncAhead {
+    fn drop(&mut self) {
+        self.stop_and_join();
+    }
+}
+
+#[cfg(target_os = "linux")]
+fn sync_ahead_rounds(
+    dir: File,
+    stop: &(std::sync::Mutex<bool>, std::sync::Condvar),
+    rounds: &std::sync::atomic::AtomicU64,
+) {
+    let (stopped, wake) = stop;
+    loop {
+        if let Err(error) = rustix::fs::syncfs(&dir) {
+            // Only an early start is lost: the batch's own sync reports real failures.
+            tracing::debug!(%error, "syncfs ahead of a batch failed; no more rounds");
+            return;
+        }
+        rounds.fetch_add(1, std::sync::atomic::Ordering::AcqRel);
+        let guard = stopped
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let (guard, _) = wake
+            .wait_timeout_while(guard, SYNC_AHEAD_PAUSE, |stopped| !*stopped)
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if *guard {
+            return;
+        }
+    }
+}
+
 /// Makes the data (and the names: syncfs writes directories too) of files written in place
 /// durable; their sizes, in order. Large batches on Linux use one syncfs; if it fails, every
 /// file is synced on its own, so a failure is reported per file.
@@ -653,6 +727,38 @@ impl Store {
             .optional()
             .map_err(index_error("read file state"))?;
         Ok(state.as_deref().and_then(FileState::from_sql))
+    }
+
+    /// Starts syncing the store's file system round after round on a thread of its own, for
+    /// a batch of `files` about to be written into the store; `None` when the batch is too
+    /// small for the batch sync to use syncfs (it then syncs file by file), off Linux, or when
+    /// the thread cannot start. See [`SyncAhead`].
+    pub fn sync_ahead(&self, files: usize) -> Option<SyncAhead> {
+        #[cfg(target_os = "linux")]
+        {
+            if files < SYNCFS_MIN_FILES {
+                return None;
+            }
+            let dir = File::open(&self.files_dir).ok()?;
+            let stop =
+                std::sync::Arc::new((std::sync::Mutex::new(false), std::sync::Condvar::new()));
+            let rounds = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
+            let (thread_stop, thread_rounds) = (stop.clone(), rounds.clone());
+            let thread = std::thread::Builder::new()
+                .name("haul-sync-ahead".into())
+                .spawn(move || sync_ahead_rounds(dir, &thread_stop, &thread_rounds))
+                .ok()?;
+            Some(SyncAhead {
+                stop,
+                rounds,
+                thread: Some(thread),
+            })
+        }
+        #[cfg(not(target_os = "linux"))]
+        {
+            let _ = files;
+            None
+        }
     }
 
     /// The store's directory.
@@ -1545,6 +1651,31 @@ mod tests {
                 assert_eq!(&store.read(sha256).unwrap(), bytes);
             }
         }
+    }
+
+    #[cfg(target_os = "linux")]
+    #[test]
+    fn syncing_ahead_runs_rounds_until_finished_and_only_for_batches_that_use_syncfs() {
+        let dir = tempfile::TempDir::new().unwrap();
+        let (store, _) = open(dir.path(), 1);
+        assert!(
+            store.sync_ahead(SYNCFS_MIN_FILES - 1).is_none(),
+            "a batch synced file by file gains nothing from syncfs rounds"
+        );
+        let ahead = store.sync_ahead(SYNCFS_MIN_FILES).expect("rounds start");
+        fs::write(dir.path().join(FILES_DIR).join("written-meanwhile"), b"x").unwrap();
+        // Round after round until finished (a syncfs may take long on a busy disk: wait for
+        // the rounds, not for a time).
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+        while ahead.rounds() < 3 && std::time::Instant::now() < deadline {
+            std::thread::sleep(SYNC_AHEAD_PAUSE);
+        }
+        let rounds = ahead.finish();
+        assert!(rounds >= 3, "{rounds} rounds");
+
+        // Dropped without `finish`, the thread still stops (the drop joins it).
+        let ahead = store.sync_ahead(SYNCFS_MIN_FILES).expect("rounds start");
+        drop(ahead);
     }
 
     #[test]

@@ -237,11 +237,15 @@ fn run_batch(
 }
 
 fn module_download(job: &ModuleFetch) -> Result<Download, DownloadError> {
-    // The store syncs the load's modules together before it records them.
+    // The store syncs the load's modules together before it records them; and nothing of an
+    // earlier download is at a store path it hands out (a hash without a READY row has no
+    // file: a failed fetch's leftovers are removed below, and the store's recovery removes
+    // any file it has not recorded), so there is nothing for the engine to look for.
     Ok(Download::new(job.url.as_str(), &job.store_path)?
         .sha256(&job.sha256)?
         .max_size(job.max_bytes)
-        .defer_sync())
+        .defer_sync()
+        .fresh())
 }
 
 fn remove_leftover(path: &Path) {

@@ -1106,6 +1106,12 @@ impl Engine {
         self.stats.first_start.get_or_insert(self.now);
         self.event(Event::Started { job: id, url });
         let j = self.jobs.get_mut(&id).expect("job exists");
+        if j.spec.fresh {
+            // The caller vouches that there is nothing to look at (see `Download::fresh`).
+            j.phase = Phase::LoadingState;
+            j.state_on_disk = false;
+            return self.start_attempt(id);
+        }
         if let (Some(_), Destination::File(dest)) = (j.spec.sha256, &j.spec.dest) {
             // Already there? Hash the destination before fetching anything.
             let path = dest.clone();
