@@ -405,6 +405,7 @@ pub struct SyncAhead {
 
 /// The pause between two [`SyncAhead`] rounds: the downloads' writes gather in it, and the
 /// syncing thread leaves the CPU to them.
+#[cfg(target_os = "linux")]
 const SYNC_AHEAD_PAUSE: std::time::Duration = std::time::Duration::from_millis(5);
 
 impl SyncAhead {
