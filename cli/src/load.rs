@@ -163,6 +163,7 @@ pub fn run(args: LoadArgs) -> i32 {
     let cancel = client.cancel_handle();
     let _ = ctrlc::set_handler(move || cancel.cancel());
 
+    tracing::debug!("started");
     let now_ms = now_ms();
     let (store, recovery) = match Store::open(&args.cache, now_ms) {
         Ok(opened) => opened,
@@ -188,6 +189,7 @@ pub fn run(args: LoadArgs) -> i32 {
             } else {
                 print_result(&args, &result);
             }
+            tracing::debug!("printed");
             exit::OK
         }
         Err(error) => fail(&args, module_exit_code(&error), &error.to_string()),

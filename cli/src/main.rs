@@ -96,6 +96,7 @@ fn main() {
         Command::Extract(args) => extract::run_extract(args),
         Command::Hash(args) => extract::run_hash(args),
     };
+    tracing::debug!("exiting");
     std::process::exit(code);
 }
 

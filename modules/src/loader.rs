@@ -627,6 +627,7 @@ impl<F: Fetcher> Loader<F> {
                 url: request.manifest_url.to_string(),
                 source,
             })?;
+        tracing::debug!(bytes = raw.len(), "manifest fetched");
         let candidate = Candidate::verified(
             Origin::Network,
             raw,

@@ -607,7 +607,9 @@ impl Store {
             index,
             next_temp_id: 0,
         };
+        tracing::debug!(dir = %dir.display(), "index opened");
         let report = store.recover(now_ms)?;
+        tracing::debug!("store recovered");
         if !report.is_clean() {
             tracing::info!(dir = %dir.display(), ?report, "store recovered after an unclean stop");
         }
@@ -824,25 +826,22 @@ impl Store {
                     continue;
                 }
             };
-            let state: Option<String> = cached_row(
+            // One statement: a new row, or an existing non-READY one made DIRTY again; a
+            // READY row is left as it is (no change).
+            let changed = cached_execute(
                 &transaction,
-                "SELECT state FROM files WHERE sha256 = ?1",
-                params![sha256],
-                |row| row.get(0),
-            )
-            .optional()
-            .map_err(index_error("read file state"))?;
-            if state.as_deref() == Some(FileState::Ready.as_sql()) {
-                started.push(Err(StoreError::AlreadyReady { sha256 }));
-                continue;
-            }
-            cached_execute(
-                &transaction,
-                "INSERT OR REPLACE INTO files (sha256, state, size, last_used_ms, kind)
-                     VALUES (?1, 'DIRTY', 0, 0, ?2)",
+                "INSERT INTO files (sha256, state, size, last_used_ms, kind)
+                     VALUES (?1, 'DIRTY', 0, 0, ?2)
+                 ON CONFLICT (sha256) DO UPDATE
+                     SET state = 'DIRTY', size = 0, last_used_ms = 0, kind = excluded.kind
+                     WHERE files.state <> 'READY'",
                 params![sha256, kind.as_sql()],
             )
             .map_err(index_error("record DIRTY row"))?;
+            if changed == 0 {
+                started.push(Err(StoreError::AlreadyReady { sha256 }));
+                continue;
+            }
             started.push(Ok(sha256));
         }
         transaction
@@ -941,25 +940,35 @@ impl Store {
             .map_err(index_error("begin commit transaction"))?;
         let mut entries = Vec::with_capacity(renamed.len());
         for (_, sha256, size) in renamed {
+            // The row is normally there (DIRTY, from begin_writes): one UPDATE, which also
+            // says its kind; an INSERT only if it went missing.
             let kind: Option<String> = cached_row(
                 &transaction,
-                "SELECT kind FROM files WHERE sha256 = ?1",
-                params![sha256],
+                "UPDATE files SET state = 'READY', size = ?2, last_used_ms = ?3
+                     WHERE sha256 = ?1 RETURNING kind",
+                params![sha256, to_sql_ms(*size), to_sql_ms(now_ms)],
                 |row| row.get(0),
             )
             .optional()
-            .map_err(index_error("read file kind"))?;
-            let kind = kind
-                .as_deref()
-                .and_then(FileKind::from_sql)
-                .unwrap_or(FileKind::Module);
-            cached_execute(
-                &transaction,
-                "INSERT OR REPLACE INTO files (sha256, state, size, last_used_ms, kind)
-                     VALUES (?1, 'READY', ?2, ?3, ?4)",
-                params![sha256, to_sql_ms(*size), to_sql_ms(now_ms), kind.as_sql()],
-            )
             .map_err(index_error("mark READY"))?;
+            let kind = match kind {
+                Some(kind) => FileKind::from_sql(&kind).unwrap_or(FileKind::Module),
+                None => {
+                    cached_execute(
+                        &transaction,
+                        "INSERT INTO files (sha256, state, size, last_used_ms, kind)
+                             VALUES (?1, 'READY', ?2, ?3, ?4)",
+                        params![
+                            sha256,
+                            to_sql_ms(*size),
+                            to_sql_ms(now_ms),
+                            FileKind::Module.as_sql()
+                        ],
+                    )
+                    .map_err(index_error("mark READY"))?;
+                    FileKind::Module
+                }
+            };
             entries.push(FileEntry {
                 sha256: sha256.clone(),
                 state: FileState::Ready,
