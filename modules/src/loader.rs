@@ -59,7 +59,7 @@ use sha2::{Digest, Sha256};
 use url::Url;
 
 use crate::manifest::{Manifest, ModuleId, MANIFEST_MAX_BYTES};
-use crate::signature::{verify, TrustedKey};
+use crate::signature::{check_trusted_keys, verify_parsed, TrustedKey};
 use crate::store::{FileKind, PendingFile, Store, StoreError};
 use crate::ModuleError;
 
@@ -305,8 +305,9 @@ impl Candidate {
         manifest_url: Url,
         fresh_at_ms: Option<u64>,
     ) -> Result<Candidate, ModuleError> {
-        let verified_by = verify(&raw, trusted_keys)?.0;
+        check_trusted_keys(trusted_keys)?;
         let manifest = Manifest::parse(&raw)?;
+        let verified_by = verify_parsed(&raw, &manifest, trusted_keys)?.0;
         let order = manifest.load_order()?;
         Ok(Candidate {
             origin,

@@ -179,6 +179,13 @@ pub struct VerifiedBy(pub String);
 /// Verifies a raw manifest's signatures against the trusted keys (see the module docs for the
 /// policy). Parses the manifest, so a document that is not a manifest fails here too.
 pub fn verify(raw_manifest: &[u8], trusted: &[TrustedKey]) -> Result<VerifiedBy, ModuleError> {
+    check_trusted_keys(trusted)?;
+    let manifest = Manifest::parse(raw_manifest)?;
+    verify_parsed(raw_manifest, &manifest, trusted)
+}
+
+/// The trusted keys' names must be distinct (a signature is looked up by name).
+pub fn check_trusted_keys(trusted: &[TrustedKey]) -> Result<(), ModuleError> {
     for (index, key) in trusted.iter().enumerate() {
         if trusted[..index]
             .iter()
@@ -189,7 +196,17 @@ pub fn verify(raw_manifest: &[u8], trusted: &[TrustedKey]) -> Result<VerifiedBy,
             });
         }
     }
-    let manifest = Manifest::parse(raw_manifest)?;
+    Ok(())
+}
+
+/// [`verify`] for a manifest the caller has parsed already from `raw_manifest` (with
+/// [`Manifest::parse`]): one parse less per load. The keys are not checked for duplicate
+/// names here: see [`check_trusted_keys`].
+pub fn verify_parsed(
+    raw_manifest: &[u8],
+    manifest: &Manifest,
+    trusted: &[TrustedKey],
+) -> Result<VerifiedBy, ModuleError> {
     let message = signed_bytes(raw_manifest)?;
     let signatures = &manifest.unsigned.signatures;
     let mut verified_by = None;

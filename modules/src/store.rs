@@ -255,6 +255,8 @@ pub struct Store {
     files_dir: PathBuf,
     index: Connection,
     next_temp_id: u64,
+    /// This process's id, part of temp names (asked once, not per file).
+    process_id: u32,
 }
 
 fn to_sql_ms(ms: u64) -> i64 {
@@ -606,6 +608,7 @@ impl Store {
             files_dir,
             index,
             next_temp_id: 0,
+            process_id: std::process::id(),
         };
         tracing::debug!(dir = %dir.display(), "index opened");
         let report = store.recover(now_ms)?;
@@ -809,10 +812,51 @@ impl Store {
     /// The outer error means the transaction failed and no write started; otherwise one result
     /// per hash, in order (a hash that is invalid or already stored fails alone). A hash given
     /// twice gets two pending writes; the second to commit finds the file already there.
+    ///
+    /// The DIRTY rows are committed without syncing the index (`synchronous=NORMAL` for that
+    /// one transaction: consistent, not durable): a power failure that loses them only turns
+    /// the files being written into orphans, which the next open removes like DIRTY ones. The
+    /// next synced commit makes them durable with it.
     pub fn begin_writes(
         &mut self,
         writes: &[(&str, FileKind)],
     ) -> Result<Vec<Result<PendingFile, StoreError>>, StoreError> {
+        self.index
+            .pragma_update(None, "synchronous", "NORMAL")
+            .map_err(index_error("set synchronous=NORMAL"))?;
+        let started = self.record_dirty(writes);
+        let restored = self
+            .index
+            .pragma_update(None, "synchronous", "FULL")
+            .map_err(index_error("set synchronous=FULL"));
+        let started = started?;
+        restored?;
+        Ok(started
+            .into_iter()
+            .map(|started| {
+                started.map(|sha256| {
+                    self.next_temp_id += 1;
+                    let temp_path = self.files_dir.join(format!(
+                        "{sha256}.{}-{}{TEMP_SUFFIX}",
+                        self.process_id, self.next_temp_id
+                    ));
+                    let store_path = self.files_dir.join(&sha256);
+                    PendingFile {
+                        sha256,
+                        temp_path,
+                        store_path,
+                    }
+                })
+            })
+            .collect())
+    }
+
+    /// The DIRTY rows of [`Store::begin_writes`], in one transaction; per write, its
+    /// normalised hash or why it cannot start.
+    fn record_dirty(
+        &mut self,
+        writes: &[(&str, FileKind)],
+    ) -> Result<Vec<Result<String, StoreError>>, StoreError> {
         let transaction = self
             .index
             .transaction()
@@ -847,25 +891,7 @@ impl Store {
         transaction
             .commit()
             .map_err(index_error("commit DIRTY rows"))?;
-        Ok(started
-            .into_iter()
-            .map(|started| {
-                started.map(|sha256| {
-                    self.next_temp_id += 1;
-                    let temp_path = self.files_dir.join(format!(
-                        "{sha256}.{}-{}{TEMP_SUFFIX}",
-                        std::process::id(),
-                        self.next_temp_id
-                    ));
-                    let store_path = self.files_dir.join(&sha256);
-                    PendingFile {
-                        sha256,
-                        temp_path,
-                        store_path,
-                    }
-                })
-            })
-            .collect())
+        Ok(started)
     }
 
     /// Finishes a write: re-hashes the temp file, and if it matches, fsyncs it, renames it to
@@ -1574,6 +1600,36 @@ mod tests {
             .map(|sha256| (sha256, FileState::Ready))
             .collect();
         assert_eq!(rows, expected_rows);
+    }
+
+    #[test]
+    fn dirty_rows_skip_the_index_sync_but_every_later_commit_is_synced_again() {
+        let dir = tempfile::TempDir::new().unwrap();
+        let (mut store, _) = open(dir.path(), 1);
+        let synchronous = |store: &Store| -> i64 {
+            store
+                .index
+                .query_row("PRAGMA synchronous", [], |row| row.get(0))
+                .unwrap()
+        };
+        assert_eq!(synchronous(&store), 2, "FULL from the open");
+        let ready = sha256_hex(b"ready");
+        store
+            .insert_bytes(&ready, FileKind::Module, b"ready", 1)
+            .unwrap();
+        let fresh = sha256_hex(b"fresh");
+        let started = store
+            .begin_writes(&[(&fresh, FileKind::Module), (&ready, FileKind::Module)])
+            .unwrap();
+        assert!(started[0].is_ok());
+        assert!(
+            matches!(&started[1], Err(StoreError::AlreadyReady { sha256 }) if *sha256 == ready),
+            "a READY row is left alone: {:?}",
+            started[1]
+        );
+        assert_eq!(synchronous(&store), 2, "FULL again after the DIRTY rows");
+        assert_eq!(store.state_of(&fresh).unwrap(), Some(FileState::Dirty));
+        assert_eq!(store.state_of(&ready).unwrap(), Some(FileState::Ready));
     }
 
     #[test]
