@@ -467,29 +467,10 @@ fn sync_ahead_rounds(
     }
 }
 
-/// Makes the data (and the names: syncfs writes directories too) of files written in place
-/// durable; their sizes, in order. Large batches on Linux use one syncfs; if it fails, every
-/// file is synced on its own, so a failure is reported per file.
-fn sync_all_in_place(files_dir: &Path, pending: &[PendingFile]) -> Vec<Result<u64, StoreError>> {
-    #[cfg(target_os = "linux")]
-    if pending.len() >= SYNCFS_MIN_FILES {
-        let inspected: Vec<_> = pending
-            .iter()
-            .map(|file| placed_size(&file.store_path))
-            .collect();
-        let synced =
-            File::open(files_dir).and_then(|dir| rustix::fs::syncfs(&dir).map_err(io::Error::from));
-        match synced {
-            Ok(()) => return inspected,
-            Err(error) => tracing::warn!(
-                %error,
-                dir = %files_dir.display(),
-                "syncfs failed; syncing each written file instead"
-            ),
-        }
-    }
-    #[cfg(not(target_os = "linux"))]
-    let _ = files_dir;
+/// Makes the data of files written in place durable, each file on its own (on up to
+/// [`CHECK_THREADS`] threads); their sizes, in order. Large batches on Linux take
+/// [`Store::adopt_many_overlapped`]'s one syncfs instead.
+fn sync_all_in_place(pending: &[PendingFile]) -> Vec<Result<u64, StoreError>> {
     in_parallel(pending, |file| sync_placed(&file.store_path))
 }
 
@@ -960,6 +941,19 @@ impl Store {
         renamed: &[(usize, String, u64)],
         now_ms: u64,
     ) -> Result<Vec<FileEntry>, StoreError> {
+        self.mark_ready_after(renamed, now_ms, || Ok(()))?
+    }
+
+    /// [`Store::mark_ready`] whose transaction commits only once `gate` (called after the rows
+    /// are written, before the commit) succeeds: the index work overlaps whatever `gate`
+    /// waits for. The outer error is the index's; the inner one is `gate`'s, in which case
+    /// nothing was committed.
+    fn mark_ready_after(
+        &mut self,
+        renamed: &[(usize, String, u64)],
+        now_ms: u64,
+        gate: impl FnOnce() -> Result<(), StoreError>,
+    ) -> Result<Result<Vec<FileEntry>, StoreError>, StoreError> {
         let transaction = self
             .index
             .transaction()
@@ -1003,11 +997,15 @@ impl Store {
                 kind,
             });
         }
+        if let Err(error) = gate() {
+            // Dropping the transaction rolls it back.
+            return Ok(Err(error));
+        }
         transaction
             .commit()
             .map_err(index_error("commit READY rows"))?;
         tracing::debug!(files = entries.len(), "stored files");
-        Ok(entries)
+        Ok(Ok(entries))
     }
 
     /// Records files that a writer put straight at their [`PendingFile::store_path`] (renamed
@@ -1025,9 +1023,13 @@ impl Store {
         pending: Vec<PendingFile>,
         now_ms: u64,
     ) -> Vec<Result<FileEntry, StoreError>> {
+        #[cfg(target_os = "linux")]
+        if pending.len() >= SYNCFS_MIN_FILES {
+            return self.adopt_many_overlapped(pending, now_ms);
+        }
         let mut results: Vec<Option<Result<FileEntry, StoreError>>> = Vec::new();
         let mut present: Vec<(usize, String, u64)> = Vec::new();
-        let synced = sync_all_in_place(&self.files_dir, &pending);
+        let synced = sync_all_in_place(&pending);
         for (index, (pending, synced)) in pending.into_iter().zip(synced).enumerate() {
             results.push(None);
             match synced {
@@ -1036,6 +1038,93 @@ impl Store {
             }
         }
         self.record_placed(&present, results, now_ms)
+    }
+
+    /// [`Store::adopt_many`] for a batch made durable by one syncfs: the syncfs runs on a
+    /// thread of its own while the READY rows are written, and the transaction commits only
+    /// after it succeeded (the order of the protocol is kept: no READY row is durable before
+    /// its file). If the syncfs fails, nothing is committed and every file is synced on its
+    /// own instead, so a failure is reported per file.
+    #[cfg(target_os = "linux")]
+    fn adopt_many_overlapped(
+        &mut self,
+        pending: Vec<PendingFile>,
+        now_ms: u64,
+    ) -> Vec<Result<FileEntry, StoreError>> {
+        let files_dir = self.files_dir.clone();
+        let syncfs = move || -> io::Result<()> {
+            let dir = File::open(&files_dir)?;
+            rustix::fs::syncfs(&dir)?;
+            // The names too (syncfs writes directories, but say so explicitly).
+            dir.sync_all()
+        };
+        let mut results: Vec<Option<Result<FileEntry, StoreError>>> = Vec::new();
+        let mut present: Vec<(usize, String, u64)> = Vec::new();
+        let mut present_files: Vec<PendingFile> = Vec::new();
+        let marked = std::thread::scope(|scope| {
+            let syncing = std::thread::Builder::new()
+                .name("haul-store-sync".into())
+                .spawn_scoped(scope, syncfs);
+            for (index, pending) in pending.into_iter().enumerate() {
+                results.push(None);
+                match placed_size(&pending.store_path) {
+                    Ok(size) => {
+                        present.push((index, pending.sha256.clone(), size));
+                        present_files.push(pending);
+                    }
+                    Err(error) => results[index] = Some(self.abort(pending).and(Err(error))),
+                }
+            }
+            if present.is_empty() {
+                return Ok(Ok(Vec::new()));
+            }
+            let synced_dir = self.files_dir.clone();
+            let gate = move || {
+                let synced = match syncing {
+                    Ok(thread) => thread
+                        .join()
+                        .unwrap_or_else(|_| Err(io::Error::other("the syncfs thread panicked"))),
+                    Err(error) => Err(error),
+                };
+                synced.map_err(io_error("syncfs", &synced_dir))
+            };
+            self.mark_ready_after(&present, now_ms, gate)
+        });
+        match marked {
+            Ok(Ok(entries)) => {
+                for ((index, _, _), entry) in present.iter().zip(entries) {
+                    results[*index] = Some(Ok(entry));
+                }
+                results
+                    .into_iter()
+                    .map(|result| result.expect("every write has a result"))
+                    .collect()
+            }
+            Ok(Err(sync_error)) => {
+                tracing::warn!(
+                    error = %sync_error,
+                    dir = %self.files_dir.display(),
+                    "syncfs failed; syncing each written file instead"
+                );
+                let synced = in_parallel(&present_files, |file| sync_placed(&file.store_path));
+                let mut placed = Vec::new();
+                for ((entry, file), synced) in present.into_iter().zip(present_files).zip(synced) {
+                    match synced {
+                        Ok(size) => placed.push((entry.0, entry.1, size)),
+                        Err(error) => results[entry.0] = Some(self.abort(file).and(Err(error))),
+                    }
+                }
+                self.record_placed(&placed, results, now_ms)
+            }
+            Err(index_error) => {
+                let mut results = results;
+                self.unmark(&present, index_error, &mut results);
+                results
+                    .into_iter()
+                    .map(|result| result.expect("every write has a result"))
+                    .collect()
+            }
+        }
     }
 
     /// Makes the renames of files now in place durable (one directory sync) and marks them
