@@ -1014,15 +1014,10 @@ impl<F: Fetcher> Loader<F> {
         match candidate.origin {
             Origin::Pinned => store.touch(&candidate.sha256, request.now_ms)?,
             Origin::Embedded | Origin::Network => {
-                store.insert_bytes(
-                    &candidate.sha256,
-                    FileKind::Manifest,
-                    &candidate.raw,
-                    request.now_ms,
-                )?;
-                store.set_pins(
+                store.insert_manifest_and_pin(
                     &request.app,
                     &candidate.sha256,
+                    &candidate.raw,
                     &module_hashes,
                     candidate.fresh_at_ms,
                     candidate.manifest_url.as_str(),

@@ -257,6 +257,8 @@ pub struct Store {
     next_temp_id: u64,
     /// This process's id, part of temp names (asked once, not per file).
     process_id: u32,
+    /// Inside [`Store::insert_manifest_and_pin`]'s manifest insert: commits are not synced.
+    index_sync_deferred: bool,
 }
 
 fn to_sql_ms(ms: u64) -> i64 {
@@ -590,6 +592,7 @@ impl Store {
             index,
             next_temp_id: 0,
             process_id: std::process::id(),
+            index_sync_deferred: false,
         };
         tracing::debug!(dir = %dir.display(), "index opened");
         let report = store.recover(now_ms)?;
@@ -806,10 +809,13 @@ impl Store {
             .pragma_update(None, "synchronous", "NORMAL")
             .map_err(index_error("set synchronous=NORMAL"))?;
         let started = self.record_dirty(writes);
-        let restored = self
-            .index
-            .pragma_update(None, "synchronous", "FULL")
-            .map_err(index_error("set synchronous=FULL"));
+        let restored = match self.index_sync_deferred {
+            true => Ok(()),
+            false => self
+                .index
+                .pragma_update(None, "synchronous", "FULL")
+                .map_err(index_error("set synchronous=FULL")),
+        };
         let started = started?;
         restored?;
         Ok(started
@@ -1285,6 +1291,43 @@ impl Store {
         Ok(())
     }
 
+    /// [`Store::insert_bytes`] of `app`'s manifest, then [`Store::set_pins`]. The manifest's
+    /// rows are committed without syncing the index (`synchronous=NORMAL`): the pins' commit
+    /// right after them is synced, which makes both durable with one index sync instead of
+    /// two (the manifest file itself is synced before its READY row, as always). If pinning
+    /// fails, the manifest stays stored, as after the two calls.
+    #[allow(clippy::too_many_arguments)]
+    pub fn insert_manifest_and_pin(
+        &mut self,
+        app: &str,
+        manifest_sha256: &str,
+        manifest_bytes: &[u8],
+        module_hashes: &[String],
+        fresh_at_ms: Option<u64>,
+        manifest_url: &str,
+        now_ms: u64,
+    ) -> Result<(), StoreError> {
+        self.index
+            .pragma_update(None, "synchronous", "NORMAL")
+            .map_err(index_error("set synchronous=NORMAL"))?;
+        self.index_sync_deferred = true;
+        let inserted =
+            self.insert_bytes(manifest_sha256, FileKind::Manifest, manifest_bytes, now_ms);
+        self.index_sync_deferred = false;
+        self.index
+            .pragma_update(None, "synchronous", "FULL")
+            .map_err(index_error("set synchronous=FULL"))?;
+        inserted?;
+        self.set_pins(
+            app,
+            manifest_sha256,
+            module_hashes,
+            fresh_at_ms,
+            manifest_url,
+            now_ms,
+        )
+    }
+
     /// Replaces `app`'s pins with exactly `manifest_sha256` and `module_hashes`, and records
     /// the app's manifest, in one transaction. Every hash must be READY, else nothing changes.
     /// Call after a successful load only.
@@ -1306,20 +1349,24 @@ impl Store {
             .index
             .transaction()
             .map_err(index_error("begin pin transaction"))?;
-        for sha256 in &hashes {
-            let ready: bool = cached_row(
-                &transaction,
-                "SELECT EXISTS (SELECT 1 FROM files WHERE sha256 = ?1 AND state = 'READY')",
-                params![sha256],
-                |row| row.get(0),
-            )
-            .map_err(index_error("check pinned file"))?;
-            if !ready {
-                return Err(StoreError::NotReady {
-                    sha256: sha256.clone(),
-                    app: app.to_owned(),
-                });
-            }
+        // Set-based: the hashes go in as one JSON array (json_each), not one statement each.
+        let hashes_json = serde_json::to_string(&hashes).expect("strings serialize");
+        let not_ready: Option<String> = cached_row(
+            &transaction,
+            "SELECT wanted.value FROM json_each(?1) AS wanted
+                 WHERE NOT EXISTS (SELECT 1 FROM files
+                                   WHERE sha256 = wanted.value AND state = 'READY')
+                 ORDER BY wanted.key LIMIT 1",
+            params![hashes_json],
+            |row| row.get(0),
+        )
+        .optional()
+        .map_err(index_error("check pinned files"))?;
+        if let Some(sha256) = not_ready {
+            return Err(StoreError::NotReady {
+                sha256,
+                app: app.to_owned(),
+            });
         }
         cached_execute(
             &transaction,
@@ -1327,14 +1374,12 @@ impl Store {
             params![app],
         )
         .map_err(index_error("clear pins"))?;
-        for sha256 in &hashes {
-            cached_execute(
-                &transaction,
-                "INSERT OR IGNORE INTO pins (sha256, app) VALUES (?1, ?2)",
-                params![sha256, app],
-            )
-            .map_err(index_error("insert pin"))?;
-        }
+        cached_execute(
+            &transaction,
+            "INSERT OR IGNORE INTO pins (sha256, app) SELECT value, ?2 FROM json_each(?1)",
+            params![hashes_json, app],
+        )
+        .map_err(index_error("insert pins"))?;
         cached_execute(
             &transaction,
             "INSERT OR REPLACE INTO manifests
@@ -2017,6 +2062,64 @@ mod tests {
         let mut expected_files = vec![pinned_oldest, manifest];
         expected_files.sort();
         assert_eq!(files_on_disk(dir.path()), expected_files);
+    }
+
+    #[test]
+    fn a_manifest_inserted_and_pinned_together_is_ready_pinned_and_leaves_the_index_synced() {
+        let dir = tempfile::TempDir::new().unwrap();
+        let (mut store, _) = open(dir.path(), 1);
+        let module = sha256_hex(b"module");
+        store
+            .insert_bytes(&module, FileKind::Module, b"module", 1)
+            .unwrap();
+        let manifest = sha256_hex(b"{}");
+        store
+            .insert_manifest_and_pin("app", &manifest, b"{}", &[module.clone()], Some(7), "u", 2)
+            .unwrap();
+        assert_eq!(store.read(&manifest).unwrap(), b"{}");
+        let pinned: Vec<String> = {
+            let mut statement = store
+                .index
+                .prepare("SELECT sha256 FROM pins WHERE app = 'app' ORDER BY sha256")
+                .unwrap();
+            let rows = statement.query_map([], |row| row.get(0)).unwrap();
+            rows.collect::<Result<_, _>>().unwrap()
+        };
+        let mut expected = vec![manifest.clone(), module.clone()];
+        expected.sort();
+        assert_eq!(pinned, expected);
+        let synchronous: i64 = store
+            .index
+            .query_row("PRAGMA synchronous", [], |row| row.get(0))
+            .unwrap();
+        assert_eq!(
+            synchronous, 2,
+            "FULL again after the manifest's deferred commit"
+        );
+
+        // A module that is not stored: the manifest is stored, the old pins stay.
+        let other = sha256_hex(b"{\"v\":2}");
+        let missing = sha256_hex(b"missing");
+        let error = store
+            .insert_manifest_and_pin(
+                "app",
+                &other,
+                b"{\"v\":2}",
+                &[missing.clone()],
+                None,
+                "u",
+                3,
+            )
+            .unwrap_err();
+        assert!(
+            matches!(&error, StoreError::NotReady { sha256, .. } if *sha256 == missing),
+            "{error:?}"
+        );
+        assert_eq!(store.state_of(&other).unwrap(), Some(FileState::Ready));
+        assert_eq!(
+            store.pinned_manifest("app").unwrap().map(|m| m.sha256),
+            Some(manifest)
+        );
     }
 
     #[test]
