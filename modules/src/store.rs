@@ -2074,7 +2074,15 @@ mod tests {
             .unwrap();
         let manifest = sha256_hex(b"{}");
         store
-            .insert_manifest_and_pin("app", &manifest, b"{}", &[module.clone()], Some(7), "u", 2)
+            .insert_manifest_and_pin(
+                "app",
+                &manifest,
+                b"{}",
+                std::slice::from_ref(&module),
+                Some(7),
+                "u",
+                2,
+            )
             .unwrap();
         assert_eq!(store.read(&manifest).unwrap(), b"{}");
         let pinned: Vec<String> = {
@@ -2105,7 +2113,7 @@ mod tests {
                 "app",
                 &other,
                 b"{\"v\":2}",
-                &[missing.clone()],
+                std::slice::from_ref(&missing),
                 None,
                 "u",
                 3,
