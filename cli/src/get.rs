@@ -1,6 +1,6 @@
 //! `haul get`: download one or more URLs.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use clap::Args;
@@ -244,6 +244,7 @@ impl GetArgs {
                 .map(PathBuf::from)
                 .or_else(|| self.dir.clone())
                 .unwrap_or_else(|| PathBuf::from("."));
+            let file_dest = self.output.is_some() || entry.out.is_some();
             let d = match (&self.output, &entry.out) {
                 (Some(o), _) => Download::new(url, o.clone()),
                 (None, Some(name)) => Download::new(url, dir.join(name)),
@@ -269,9 +270,76 @@ impl GetArgs {
                 .priority(self.priority)
                 .segments(self.segments.max(1))
                 .min_segment(self.min_segment);
-            out.push(d);
+            out.push((d, file_dest));
         }
-        Ok(out)
+        Ok(mark_fresh(out))
+    }
+}
+
+/// From how many downloads a list's destination directories are listed once to spare each
+/// download its probes (see [`mark_fresh`]).
+const FRESH_LISTING_MIN: usize = 16;
+
+/// Marks [`Download::fresh`] the downloads to a named file whose directory holds nothing of
+/// that name (no file, no `.haul-part`, no `.haul-state`), found by listing each directory
+/// once instead of probing for every file (a failed open of the state file and a look at the
+/// destination per download). A file that appears after the listing is still handled right
+/// (see [`Download::fresh`]). Small lists, and downloads into a directory under a name the
+/// server chooses, keep their probes.
+fn mark_fresh(downloads: Vec<(Download, bool)>) -> Vec<Download> {
+    if downloads.len() < FRESH_LISTING_MIN {
+        return downloads.into_iter().map(|(d, _)| d).collect();
+    }
+    let mut listings: std::collections::HashMap<
+        PathBuf,
+        Option<std::collections::HashSet<std::ffi::OsString>>,
+    > = std::collections::HashMap::new();
+    downloads
+        .into_iter()
+        .map(|(d, file_dest)| {
+            if !file_dest {
+                return d;
+            }
+            let path = d.provisional_path();
+            let (Some(dir), Some(name)) = (path.parent(), path.file_name()) else {
+                return d;
+            };
+            let dir = if dir.as_os_str().is_empty() {
+                Path::new(".")
+            } else {
+                dir
+            };
+            let listing = listings
+                .entry(dir.to_path_buf())
+                .or_insert_with(|| list_names(dir));
+            let Some(names) = listing else {
+                return d;
+            };
+            let taken = [".haul-part", ".haul-state", ""].iter().any(|suffix| {
+                let mut sibling = name.to_os_string();
+                sibling.push(suffix);
+                names.contains(&sibling)
+            });
+            if taken {
+                d
+            } else {
+                d.fresh()
+            }
+        })
+        .collect()
+}
+
+/// The names in `dir`; empty if it does not exist yet; `None` if it cannot be listed.
+fn list_names(dir: &Path) -> Option<std::collections::HashSet<std::ffi::OsString>> {
+    match std::fs::read_dir(dir) {
+        Ok(entries) => entries
+            .map(|entry| entry.map(|e| e.file_name()))
+            .collect::<Result<_, _>>()
+            .ok(),
+        Err(error) if error.kind() == std::io::ErrorKind::NotFound => {
+            Some(std::collections::HashSet::new())
+        }
+        Err(_) => None,
     }
 }
 
@@ -343,5 +411,43 @@ mod tests {
         ] {
             assert!(parse_schedule(bad).is_err(), "{bad:?} accepted");
         }
+    }
+
+    #[test]
+    fn a_long_list_marks_fresh_only_named_files_with_nothing_of_theirs_in_the_directory() {
+        let dir = tempfile::TempDir::new().unwrap();
+        std::fs::write(dir.path().join("done.bin"), b"x").unwrap();
+        std::fs::write(dir.path().join("partial.bin.haul-part"), b"x").unwrap();
+        std::fs::write(dir.path().join("stated.bin.haul-state"), b"x").unwrap();
+        let named = |name: &str| {
+            let d = Download::new("http://127.0.0.1:1/f", dir.path().join(name)).unwrap();
+            (d, true)
+        };
+        let mut list = vec![
+            named("done.bin"),
+            named("partial.bin"),
+            named("stated.bin"),
+            (
+                Download::into_dir("http://127.0.0.1:1/f", dir.path()).unwrap(),
+                false,
+            ),
+        ];
+        for n in 0..FRESH_LISTING_MIN {
+            list.push(named(&format!("new{n}.bin")));
+        }
+        list.push((
+            Download::new("http://127.0.0.1:1/f", dir.path().join("missing/sub.bin")).unwrap(),
+            true,
+        ));
+        let fresh: Vec<bool> = mark_fresh(list).iter().map(Download::is_fresh).collect();
+        assert_eq!(&fresh[..4], &[false, false, false, false]);
+        assert!(fresh[4..].iter().all(|&f| f), "{fresh:?}");
+
+        // A short list is left to the engine's own probes.
+        let short: Vec<bool> = mark_fresh(vec![named("new0.bin")])
+            .iter()
+            .map(Download::is_fresh)
+            .collect();
+        assert_eq!(short, vec![false]);
     }
 }

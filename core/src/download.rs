@@ -89,6 +89,11 @@ impl Download {
         self
     }
 
+    /// Whether [`Download::fresh`] was asked for.
+    pub fn is_fresh(&self) -> bool {
+        self.fresh
+    }
+
     /// A download of `url` into the directory `dir`.
     pub fn into_dir(url: &str, dir: impl Into<PathBuf>) -> Result<Download, DownloadError> {
         let mut d = Download::new(url, PathBuf::new())?;
