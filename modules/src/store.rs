@@ -257,8 +257,6 @@ pub struct Store {
     next_temp_id: u64,
     /// This process's id, part of temp names (asked once, not per file).
     process_id: u32,
-    /// Inside [`Store::insert_manifest_and_pin`]'s manifest insert: commits are not synced.
-    index_sync_deferred: bool,
 }
 
 fn to_sql_ms(ms: u64) -> i64 {
@@ -592,7 +590,6 @@ impl Store {
             index,
             next_temp_id: 0,
             process_id: std::process::id(),
-            index_sync_deferred: false,
         };
         tracing::debug!(dir = %dir.display(), "index opened");
         let report = store.recover(now_ms)?;
@@ -805,19 +802,7 @@ impl Store {
         &mut self,
         writes: &[(&str, FileKind)],
     ) -> Result<Vec<Result<PendingFile, StoreError>>, StoreError> {
-        self.index
-            .pragma_update(None, "synchronous", "NORMAL")
-            .map_err(index_error("set synchronous=NORMAL"))?;
-        let started = self.record_dirty(writes);
-        let restored = match self.index_sync_deferred {
-            true => Ok(()),
-            false => self
-                .index
-                .pragma_update(None, "synchronous", "FULL")
-                .map_err(index_error("set synchronous=FULL")),
-        };
-        let started = started?;
-        restored?;
+        let started = self.unsynced_commits(|store| store.record_dirty(writes))?;
         Ok(started
             .into_iter()
             .map(|started| {
@@ -836,6 +821,30 @@ impl Store {
                 })
             })
             .collect())
+    }
+
+    /// Runs `work` with the index's commits not synced (`synchronous=NORMAL`: consistent, not
+    /// durable until the next synced commit), then puts back the level there was before (so
+    /// calls nest).
+    fn unsynced_commits<T>(
+        &mut self,
+        work: impl FnOnce(&mut Store) -> Result<T, StoreError>,
+    ) -> Result<T, StoreError> {
+        let before: i64 = self
+            .index
+            .query_row("PRAGMA synchronous", [], |row| row.get(0))
+            .map_err(index_error("read synchronous"))?;
+        self.index
+            .pragma_update(None, "synchronous", "NORMAL")
+            .map_err(index_error("set synchronous=NORMAL"))?;
+        let result = work(self);
+        let restored = self
+            .index
+            .pragma_update(None, "synchronous", before)
+            .map_err(index_error("restore synchronous"));
+        let value = result?;
+        restored?;
+        Ok(value)
     }
 
     /// The DIRTY rows of [`Store::begin_writes`], in one transaction; per write, its
@@ -1307,17 +1316,9 @@ impl Store {
         manifest_url: &str,
         now_ms: u64,
     ) -> Result<(), StoreError> {
-        self.index
-            .pragma_update(None, "synchronous", "NORMAL")
-            .map_err(index_error("set synchronous=NORMAL"))?;
-        self.index_sync_deferred = true;
-        let inserted =
-            self.insert_bytes(manifest_sha256, FileKind::Manifest, manifest_bytes, now_ms);
-        self.index_sync_deferred = false;
-        self.index
-            .pragma_update(None, "synchronous", "FULL")
-            .map_err(index_error("set synchronous=FULL"))?;
-        inserted?;
+        self.unsynced_commits(|store| {
+            store.insert_bytes(manifest_sha256, FileKind::Manifest, manifest_bytes, now_ms)
+        })?;
         self.set_pins(
             app,
             manifest_sha256,
