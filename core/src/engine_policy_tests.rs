@@ -151,6 +151,48 @@ fn the_breaker_opens_after_consecutive_failures_and_other_jobs_wait_instead_of_h
         h.engine.breaker_state(&origin(URL)),
         BreakerState::Closed { failures: 0 }
     );
+    assert_eq!(
+        h.engine.breakers_held(),
+        0,
+        "a closed breaker with no failures is pruned"
+    );
+}
+
+#[test]
+fn origins_that_only_succeed_leave_no_breaker_behind() {
+    let mut h = Harness::new(policy_config());
+    let body = pattern(2_000, 5);
+    for host in ["a.test", "b.test", "c.test"] {
+        h.serve(&format!("http://{host}"), file_server(body.clone()));
+    }
+    for host in ["a.test", "b.test", "c.test"] {
+        let job = h.submit(Download::new(&format!("http://{host}/f.bin"), "/dl/f.bin").unwrap());
+        h.run(job).expect("served");
+    }
+    assert_eq!(h.engine.breakers_held(), 0);
+
+    // A failure makes a breaker; the success after it removes it again.
+    let mut cfg = policy_config();
+    cfg.retry.max_attempts = 2;
+    let mut h = Harness::new(cfg);
+    let calls = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let seen = calls.clone();
+    let b2 = body.clone();
+    h.serve(ORIGIN, move |r| {
+        if seen.fetch_add(1, std::sync::atomic::Ordering::SeqCst) == 0 {
+            Reply::new(with_length(500, &[], b""))
+        } else {
+            file_server(b2.clone())(r)
+        }
+    });
+    let job = h.submit(Download::new("http://a.test/f.bin", "/dl/f.bin").unwrap());
+    h.run(job).expect("the retry is served");
+    assert_eq!(calls.load(std::sync::atomic::Ordering::SeqCst), 2);
+    assert_eq!(
+        h.engine.breakers_held(),
+        0,
+        "the success cleared the failure"
+    );
 }
 
 #[test]

@@ -38,6 +38,12 @@ impl Engine {
         self.breakers.get_mut(&origin)?.not_before(now)
     }
 
+    /// How many origins have a breaker (one that remembers failures or is not closed).
+    #[cfg(test)]
+    pub(crate) fn breakers_held(&self) -> usize {
+        self.breakers.len()
+    }
+
     /// The state of an origin's breaker now (closed when the engine has never seen it).
     pub fn breaker_state(&mut self, origin: &Origin) -> BreakerState {
         let now = self.now;
@@ -106,7 +112,9 @@ impl Engine {
         let url = self.job_url(id, choice).clone();
         let mut probe = None;
         if let Ok(origin) = Origin::of(&url) {
-            if self.breaker(&origin).admit(now) == Admission::Probe {
+            // No breaker is a closed one with no failures: it admits without a probe.
+            let admitted = self.breakers.get_mut(&origin).map(|b| b.admit(now));
+            if admitted == Some(Admission::Probe) {
                 probe = Some(origin);
             }
         }
@@ -182,7 +190,15 @@ impl Engine {
             return;
         };
         let now = self.now;
-        self.breaker(&origin).on_success(now);
+        if let Some(b) = self.breakers.get_mut(&origin) {
+            b.on_success(now);
+            // Closed with no failures is what a missing breaker means: keep only breakers
+            // that remember something, so a long-lived engine does not keep one per origin
+            // it ever reached.
+            if b.state(now) == (BreakerState::Closed { failures: 0 }) {
+                self.breakers.remove(&origin);
+            }
+        }
         self.origin_stats
             .entry(origin.clone())
             .or_default()
