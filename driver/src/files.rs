@@ -1228,23 +1228,22 @@ fn link_open_file(file: &File, to: &Path) -> std::io::Result<()> {
     use std::os::fd::AsRawFd;
     use std::sync::atomic::AtomicBool;
     static EMPTY_PATH_REFUSED: AtomicBool = AtomicBool::new(false);
-    if !EMPTY_PATH_REFUSED.load(Ordering::Relaxed) {
+    let refused = EMPTY_PATH_REFUSED.load(Ordering::Relaxed);
+    if !refused {
         match linkat(file, "", CWD, to, AtFlags::EMPTY_PATH) {
-            // Without the capability the kernel answers ENOENT (or EPERM on some versions).
-            Err(rustix::io::Errno::NOENT | rustix::io::Errno::PERM) => {
-                EMPTY_PATH_REFUSED.store(true, Ordering::Relaxed);
-            }
+            // Without the capability the kernel answers ENOENT (or EPERM on some versions);
+            // ENOENT may also mean `to`'s directory is missing: the `/proc` link tells.
+            Err(rustix::io::Errno::NOENT | rustix::io::Errno::PERM) => {}
             other => return Ok(other?),
         }
     }
     let proc_path = format!("/proc/self/fd/{}", file.as_raw_fd());
-    Ok(linkat(
-        CWD,
-        proc_path.as_str(),
-        CWD,
-        to,
-        AtFlags::SYMLINK_FOLLOW,
-    )?)
+    linkat(CWD, proc_path.as_str(), CWD, to, AtFlags::SYMLINK_FOLLOW)?;
+    if !refused {
+        // The name could be given, so the descriptor itself was refused: remember it.
+        EMPTY_PATH_REFUSED.store(true, Ordering::Relaxed);
+    }
+    Ok(())
 }
 
 #[cfg(not(target_os = "linux"))]
