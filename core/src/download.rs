@@ -193,6 +193,11 @@ impl Download {
         self.sha256
     }
 
+    /// The expected size in bytes, when given ([`Download::size`]).
+    pub fn expected_size(&self) -> Option<u64> {
+        self.size
+    }
+
     /// The URL asked for.
     pub fn url(&self) -> &url::Url {
         &self.url

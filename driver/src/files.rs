@@ -26,6 +26,8 @@ use std::time::Duration;
 use bytes::{Bytes, BytesMut};
 use haul_core::{FileId, IoErrorKind, IoFailure, IoId, IoOp, IoRequest, IoResult};
 
+use crate::spares::Spares;
+
 /// Workers for whole-file operations.
 const PATH_WORKERS: usize = 8;
 
@@ -93,7 +95,7 @@ impl BlockingSpawner for Threads {
     }
 }
 
-fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+pub(crate) fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|e| e.into_inner())
 }
 
@@ -209,6 +211,14 @@ pub struct Files<C: Completions, S: BlockingSpawner> {
     /// Files that may hold a `Sync` (see [`OpenFile::held_sync`]).
     held: Vec<FileId>,
     inline: bool,
+    /// Unnamed files made ahead of their opens (see [`crate::spares`]).
+    spares: Spares,
+}
+
+impl<C: Completions, S: BlockingSpawner> Drop for Files<C, S> {
+    fn drop(&mut self) {
+        self.spares.close();
+    }
 }
 
 impl<C: Completions, S: BlockingSpawner> Files<C, S> {
@@ -223,7 +233,14 @@ impl<C: Completions, S: BlockingSpawner> Files<C, S> {
             durable: None,
             held: Vec::new(),
             inline: false,
+            spares: Spares::default(),
         }
+    }
+
+    /// `count` downloads are about to open unnamed files in `dir`: make them ahead, on a
+    /// thread of their own, so that the opens find them ready (see [`crate::spares`]).
+    pub fn expect_unnamed(&self, dir: &Path, count: usize) {
+        self.spares.expect(dir, count, &self.spawner);
     }
 
     /// Run small operations on the calling thread when nothing of the same file is pending
@@ -267,10 +284,17 @@ impl<C: Completions, S: BlockingSpawner> Files<C, S> {
             for gone in std::mem::take(&mut *lock(&self.failed_opens)) {
                 self.open.remove(&gone);
             }
+            let spare = match &req.op {
+                IoOp::OpenUnnamed { path, .. } => self.spares.take(parent_dir(path), &self.spawner),
+                _ => None,
+            };
             self.open.insert(
                 file,
                 OpenFile {
-                    state: Arc::default(),
+                    state: Arc::new(Mutex::new(FileWorker {
+                        spare,
+                        ..FileWorker::default()
+                    })),
                     outstanding: Arc::default(),
                     queue: None,
                     held_sync: None,
@@ -937,7 +961,7 @@ fn syncfs_handles(round: &[Pending]) -> BTreeMap<u64, (File, Vec<usize>)> {
 }
 
 /// The directory holding `path` (`.` for a bare name).
-fn parent_dir(path: &Path) -> &Path {
+pub(crate) fn parent_dir(path: &Path) -> &Path {
     match path.parent() {
         Some(p) if !p.as_os_str().is_empty() => p,
         _ => Path::new("."),
@@ -1171,7 +1195,7 @@ impl DirSync {
 
 /// Create a file without a name in `path`'s directory (Linux `O_TMPFILE`).
 #[cfg(target_os = "linux")]
-fn open_unnamed(path: &Path) -> std::io::Result<File> {
+pub(crate) fn open_unnamed(path: &Path) -> std::io::Result<File> {
     use rustix::fs::{Mode, OFlags};
     let flags = OFlags::RDWR | OFlags::TMPFILE | OFlags::CLOEXEC;
     let fd = rustix::fs::open(parent_dir(path), flags, Mode::from_raw_mode(0o666))?;
@@ -1179,7 +1203,7 @@ fn open_unnamed(path: &Path) -> std::io::Result<File> {
 }
 
 #[cfg(not(target_os = "linux"))]
-fn open_unnamed(_path: &Path) -> std::io::Result<File> {
+pub(crate) fn open_unnamed(_path: &Path) -> std::io::Result<File> {
     Err(ErrorKind::Unsupported.into())
 }
 
@@ -1258,6 +1282,8 @@ pub struct FileWorker {
     path: std::path::PathBuf,
     /// `file` was created without a name (`OpenUnnamed`); otherwise it is at `path`.
     unnamed: bool,
+    /// An unnamed file made ahead in the directory of this file's `OpenUnnamed`.
+    spare: Option<File>,
 }
 
 impl FileWorker {
@@ -1335,7 +1361,11 @@ impl FileWorker {
             }
             IoOp::OpenUnnamed { path, .. } => {
                 self.path = path.clone();
-                match open_unnamed(path) {
+                let opened = match self.spare.take() {
+                    Some(spare) => Ok(spare),
+                    None => open_unnamed(path),
+                };
+                match opened {
                     Ok(f) => {
                         self.unnamed = true;
                         self.file = Some(f);
@@ -1787,6 +1817,66 @@ mod tests {
             commit_files(&mut files, dir.path(), 40);
             finish_commits(&mut files, &done, dir.path(), 40);
             assert!(files.open.is_empty());
+        }
+    }
+
+    #[test]
+    fn expected_unnamed_opens_take_spares_made_ahead_and_publish_them_with_their_bytes() {
+        for inline in [true, false] {
+            let dir = tempfile::TempDir::new().unwrap();
+            let (tx, done) = mpsc::channel();
+            let mut files = Files::new(ToChannel(tx), Threads::default());
+            if inline {
+                files = files.inline_small_ops();
+            }
+            let n = 12u64;
+            files.expect_unnamed(dir.path(), n as usize);
+            let deadline = std::time::Instant::now() + Duration::from_secs(10);
+            while files.spares.ready(dir.path()) < n as usize {
+                assert!(std::time::Instant::now() < deadline, "spares were not made");
+                std::thread::sleep(Duration::from_millis(1));
+            }
+            assert_eq!(
+                std::fs::read_dir(dir.path()).unwrap().count(),
+                0,
+                "spares are unnamed"
+            );
+            for f in 0..n {
+                let file = FileId(f);
+                let part = dir.path().join(format!("{f}.part"));
+                let ops = [
+                    IoOp::OpenUnnamed {
+                        file,
+                        path: part.clone(),
+                    },
+                    IoOp::WriteAt {
+                        file,
+                        offset: 0,
+                        data: Bytes::from(format!("file {f}")),
+                    },
+                    IoOp::Publish {
+                        file,
+                        path: part,
+                        to: dir.path().join(format!("{f}")),
+                        sync: f % 2 == 0,
+                    },
+                ];
+                for (k, op) in ops.into_iter().enumerate() {
+                    files.start(request(f * 10 + k as u64, op));
+                }
+            }
+            files.flush();
+            for _ in 0..3 * n {
+                let (id, result) = recv(&done);
+                assert!(!matches!(result, IoResult::Failed(_)), "{id:?}: {result:?}");
+            }
+            assert_eq!(files.spares.ready(dir.path()), 0, "every spare was taken");
+            for f in 0..n {
+                let got = std::fs::read(dir.path().join(format!("{f}"))).unwrap();
+                assert_eq!(got, format!("file {f}").into_bytes());
+            }
+            let names = std::fs::read_dir(dir.path()).unwrap().count() as u64;
+            assert_eq!(names, n, "only the destinations exist");
         }
     }
 

@@ -21,6 +21,7 @@
 pub mod connect;
 pub mod files;
 pub mod host;
+pub mod spares;
 pub mod transport;
 
 use bytes::{Bytes, BytesMut};

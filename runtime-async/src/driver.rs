@@ -170,6 +170,10 @@ impl<R: AsyncRuntime> Driver<R> {
                         (sink, s.download)
                     })
                     .unzip();
+                let unnamed_max = self.host.config().unnamed_max;
+                for (dir, count) in haul_driver::spares::expected_unnamed(&downloads, unnamed_max) {
+                    self.files.expect_unnamed(&dir, count);
+                }
                 let jobs = self.host.submit_batch(downloads);
                 for (job, sink) in jobs.into_iter().zip(sinks) {
                     self.tickets.insert(sink.ticket, job);

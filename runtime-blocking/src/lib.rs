@@ -250,6 +250,10 @@ impl Client {
                 Msg::CancelAll => {}
             }
         }
+        let unnamed_max = driver.host.config().unnamed_max;
+        for (dir, count) in haul_driver::spares::expected_unnamed(&downloads, unnamed_max) {
+            driver.runtime.files.expect_unnamed(&dir, count);
+        }
         driver.run(downloads, &mut on_event)
     }
 }
