@@ -77,6 +77,13 @@ pub struct Config {
     /// checkpoint, and nothing left behind by a crash; it cannot be resumed or kept when
     /// cancelled. 0: every download uses a named partial.
     pub unnamed_max: u64,
+    /// The executor hashes unnamed files (see [`Config::unnamed_max`]) as they are written
+    /// and the engine asks it for the digest before the commit ([`crate::IoOp::Digest`])
+    /// instead of hashing their bytes itself: the hashing of many small downloads leaves the
+    /// thread that drives the engine. The verification is the same (the engine compares the
+    /// digest with the expected SHA-256 before anything is committed). A runtime whose
+    /// executor supports it turns it on; off by default.
+    pub executor_digests: bool,
     /// Bytes handed to file writes and not yet completed, above which the engine stops
     /// reading from the network (backpressure keeps memory constant).
     pub max_write_backlog: u64,
@@ -122,6 +129,7 @@ impl Default for Config {
             checkpoint_bytes: 64 * 1024 * 1024,
             checkpoint_interval: Duration::from_secs(5),
             unnamed_max: 1024 * 1024,
+            executor_digests: false,
             max_write_backlog: 8 * 1024 * 1024,
             idle_connection_timeout: Duration::from_secs(30),
             seed: 0x6861_756c,

@@ -251,6 +251,13 @@ impl FakeFs {
                     }
                 }
             }
+            IoOp::Digest { file, len } => match self.open_inode(*file, "Digest") {
+                Err(e) => e,
+                Ok(inode) => match inode.data.get(..*len as usize) {
+                    Some(bytes) => IoResult::Digest(Sha256::digest(bytes).into()),
+                    None => failure(IoErrorKind::Other, "file shorter than its digest"),
+                },
+            },
             IoOp::WriteAt { file, offset, data } => {
                 let room = match self.space_left {
                     Some(left) => data.len().min(left as usize),
@@ -721,6 +728,7 @@ pub(crate) fn file_of(op: &IoOp) -> Option<FileId> {
         | IoOp::ReadAt { file, .. }
         | IoOp::WriteAt { file, .. }
         | IoOp::SetLen { file, .. }
+        | IoOp::Digest { file, .. }
         | IoOp::Sync { file }
         | IoOp::CloseFile { file } => Some(*file),
         _ => None,
@@ -2511,6 +2519,75 @@ fn a_small_download_of_known_length_is_written_unnamed_and_named_only_by_its_com
         h.fs.inodes[&ino].durable, body,
         "the destination's bytes are durable"
     );
+}
+
+/// Unnamed files up to `max` bytes, hashed by the executor.
+fn executor_digest_config(max: u64) -> Config {
+    Config {
+        executor_digests: true,
+        ..unnamed_config(max)
+    }
+}
+
+#[test]
+fn with_executor_digests_an_unnamed_file_is_verified_by_the_executors_digest_before_its_publish() {
+    let body = pattern(5_000, 63);
+    let mut h = Harness::new(executor_digest_config(u64::MAX));
+    h.serve(ORIGIN, file_server(body.clone()));
+    let job = h.submit(download().sha256(&sha_hex(&body)).unwrap());
+    let outcome = h.run(job).expect("downloaded");
+    assert_eq!(hex::encode(outcome.sha256), sha_hex(&body));
+    assert_committed(&h, &body);
+    let ops: Vec<&IoOp> = h.ops.iter().map(|(_, op)| op).collect();
+    let digests: Vec<usize> = (0..ops.len())
+        .filter(|&i| matches!(ops[i], IoOp::Digest { len: 5_000, .. }))
+        .collect();
+    assert_eq!(digests.len(), 1, "one digest of the whole file: {ops:?}");
+    let last_write = ops
+        .iter()
+        .rposition(|op| matches!(op, IoOp::WriteAt { .. }));
+    let publish = ops.iter().position(|op| matches!(op, IoOp::Publish { .. }));
+    assert!(
+        last_write < Some(digests[0]) && Some(digests[0]) < publish,
+        "after the last write, before the publish: {ops:?}"
+    );
+    // A named partial (too large for an unnamed file) is hashed by the engine as before.
+    let mut named = Harness::new(executor_digest_config(4_999));
+    named.serve(ORIGIN, file_server(body.clone()));
+    let job = named.submit(download().sha256(&sha_hex(&body)).unwrap());
+    named.run(job).expect("downloaded");
+    assert!(!named
+        .ops
+        .iter()
+        .any(|(_, op)| matches!(op, IoOp::Digest { .. })));
+}
+
+#[test]
+fn with_executor_digests_a_mismatch_is_retried_from_zero_then_publishes_nothing() {
+    let body = pattern(4_000, 64);
+    let mut h = Harness::new(executor_digest_config(u64::MAX));
+    h.serve(ORIGIN, file_server(body.clone()));
+    let wrong = sha_hex(b"something else");
+    let job = h.submit(download().sha256(&wrong).unwrap());
+    match h.run(job) {
+        Err(DownloadError::HashMismatch { expected, actual }) => {
+            assert_eq!(expected, wrong);
+            assert_eq!(actual, sha_hex(&body), "the executor's digest of the bytes");
+        }
+        other => panic!("expected HashMismatch, got {other:?}"),
+    }
+    assert_nothing_left(&h);
+    assert_eq!(h.requests.len(), 2, "retried once");
+    let digests = h
+        .ops
+        .iter()
+        .filter(|(_, op)| matches!(op, IoOp::Digest { len: 4_000, .. }))
+        .count();
+    assert_eq!(digests, 2, "each attempt asks for its own digest");
+    assert!(!h
+        .ops
+        .iter()
+        .any(|(_, op)| matches!(op, IoOp::Publish { .. })));
 }
 
 #[test]

@@ -111,6 +111,12 @@ pub enum IoOp {
         offset: u64,
         data: Bytes,
     },
+    /// The SHA-256 of the file's first `len` bytes, issued after every write of them.
+    /// Completes with [`IoResult::Digest`]. Asked only with [`Config::executor_digests`]
+    /// (crate::Config::executor_digests), for unnamed files: an executor may keep a running
+    /// digest of writes made in order from offset 0 (off the thread that drives the engine)
+    /// and must otherwise read the bytes back.
+    Digest { file: FileId, len: u64 },
     /// Set the file's length. Completes with [`IoResult::Done`].
     SetLen { file: FileId, len: u64 },
     /// Flush the file's data to stable storage. Completes with [`IoResult::Done`].
@@ -141,6 +147,8 @@ pub enum IoResult {
     Opened { len: u64 },
     /// The file asked for does not exist.
     NotFound,
+    /// The SHA-256 asked for by [`IoOp::Digest`].
+    Digest([u8; 32]),
     /// The operation failed.
     Failed(IoFailure),
 }

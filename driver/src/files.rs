@@ -26,6 +26,7 @@ use std::time::Duration;
 use bytes::{Bytes, BytesMut};
 use haul_core::{FileId, IoErrorKind, IoFailure, IoId, IoOp, IoRequest, IoResult};
 
+use crate::digests::{read_back_digest, DigestDone, Digests, Running};
 use crate::spares::Spares;
 
 /// Workers for whole-file operations.
@@ -213,11 +214,18 @@ pub struct Files<C: Completions, S: BlockingSpawner> {
     inline: bool,
     /// Unnamed files made ahead of their opens (see [`crate::spares`]).
     spares: Spares,
+    /// Keep running digests of unnamed files ([`Files::running_digests`]); the thread once
+    /// started.
+    running_digests: bool,
+    digests: Option<Digests>,
 }
 
 impl<C: Completions, S: BlockingSpawner> Drop for Files<C, S> {
     fn drop(&mut self) {
         self.spares.close();
+        if let Some(digests) = &self.digests {
+            digests.stop();
+        }
     }
 }
 
@@ -234,7 +242,34 @@ impl<C: Completions, S: BlockingSpawner> Files<C, S> {
             held: Vec::new(),
             inline: false,
             spares: Spares::default(),
+            running_digests: false,
+            digests: None,
         }
+    }
+
+    /// Hash unnamed files as they are written, on a thread of their own, and answer the
+    /// engine's `Digest` from that (see [`crate::digests`]); for an engine configured with
+    /// [`haul_core::Config::executor_digests`]. Without it a `Digest` reads the file back.
+    pub fn running_digests(mut self) -> Files<C, S> {
+        self.running_digests = true;
+        self
+    }
+
+    /// The digest thread, started on first use; `None` if it is not wanted or cannot start.
+    fn digests(&mut self) -> Option<Digests> {
+        if !self.running_digests {
+            return None;
+        }
+        if self.digests.is_none() {
+            match Digests::start(&self.spawner) {
+                Ok(digests) => self.digests = Some(digests),
+                Err(error) => {
+                    tracing::debug!(%error, "no digest thread: digests read files back");
+                    self.running_digests = false;
+                }
+            }
+        }
+        self.digests.clone()
     }
 
     /// `count` downloads are about to open unnamed files in `dir`: make them ahead, on a
@@ -276,6 +311,7 @@ impl<C: Completions, S: BlockingSpawner> Files<C, S> {
             | IoOp::ReadAt { file, .. }
             | IoOp::WriteAt { file, .. }
             | IoOp::SetLen { file, .. }
+            | IoOp::Digest { file, .. }
             | IoOp::Sync { file }
             | IoOp::CloseFile { file } => *file,
             _ => return self.start_path_op(req),
@@ -284,15 +320,19 @@ impl<C: Completions, S: BlockingSpawner> Files<C, S> {
             for gone in std::mem::take(&mut *lock(&self.failed_opens)) {
                 self.open.remove(&gone);
             }
-            let spare = match &req.op {
-                IoOp::OpenUnnamed { path, .. } => self.spares.take(parent_dir(path), &self.spawner),
-                _ => None,
+            let (spare, digests) = match &req.op {
+                IoOp::OpenUnnamed { path, .. } => (
+                    self.spares.take(parent_dir(path), &self.spawner),
+                    self.digests(),
+                ),
+                _ => (None, None),
             };
             self.open.insert(
                 file,
                 OpenFile {
                     state: Arc::new(Mutex::new(FileWorker {
                         spare,
+                        digests,
                         ..FileWorker::default()
                     })),
                     outstanding: Arc::default(),
@@ -423,6 +463,13 @@ impl<C: Completions, S: BlockingSpawner> Files<C, S> {
         };
         let closing = matches!(req.op, IoOp::CloseFile { .. } | IoOp::Publish { .. });
         if self.inline && small_op(&req.op) && open.outstanding.load(Ordering::Acquire) == 0 {
+            if let IoOp::Digest { len, .. } = req.op {
+                // Answered now (read back) or by the digest thread; the engine asks nothing
+                // more of the file until it has the answer.
+                let (sink, id) = (self.sink.clone(), req.id);
+                lock(&open.state).digest(len, Box::new(move |r| sink.complete(id, r)));
+                return;
+            }
             let result = lock(&open.state).execute(&req.op);
             let opened = matches!(result, IoResult::Opened { .. });
             self.sink.complete(req.id, result);
@@ -564,6 +611,8 @@ fn small_op(op: &IoOp) -> bool {
         | IoOp::Remove { .. }
         | IoOp::Rename { sync: false, .. } => true,
         IoOp::WriteAt { data, .. } => data.len() <= INLINE_MAX_BYTES,
+        // Inline it only hands the work over (or reads a small file back).
+        IoOp::Digest { .. } => true,
         IoOp::ReadAt { len, .. } => *len as usize <= INLINE_MAX_BYTES,
         IoOp::Sync { .. }
         | IoOp::Rename { sync: true, .. }
@@ -650,6 +699,10 @@ fn file_worker<C: Completions, S: BlockingSpawner>(
                     }
                     None => sink.complete(req.id, lock(state).execute(&req.op)),
                 }
+            }
+            IoOp::Digest { len, .. } => {
+                let (sink, id) = (sink.clone(), req.id);
+                lock(state).digest(len, Box::new(move |r| sink.complete(id, r)));
             }
             IoOp::CloseFile { .. } | IoOp::Publish { .. } => {
                 finish_syncs(&mut syncer);
@@ -1284,6 +1337,10 @@ pub struct FileWorker {
     unnamed: bool,
     /// An unnamed file made ahead in the directory of this file's `OpenUnnamed`.
     spare: Option<File>,
+    /// The digest thread, for an unnamed file's running digest.
+    digests: Option<Digests>,
+    /// The digest of what was written from offset 0 in order, while that holds.
+    running: Option<Running>,
 }
 
 impl FileWorker {
@@ -1348,6 +1405,26 @@ impl FileWorker {
         }
     }
 
+    /// Answer a `Digest` of the first `len` bytes through `done`: from the running digest
+    /// (later, on the digest thread) when it covers exactly those bytes, else read back now.
+    pub fn digest(&mut self, len: u64, done: DigestDone) {
+        let done = match self.running.take() {
+            Some(running) if running.len() == len => match running.finish(done) {
+                Ok(()) => return,
+                Err(done) => done,
+            },
+            _ => done,
+        };
+        done(self.read_back(len));
+    }
+
+    fn read_back(&self, len: u64) -> IoResult {
+        match self.file.as_ref() {
+            Some(f) => read_back_digest(f, len, &self.path),
+            None => IoResult::Failed(IoFailure::new(IoErrorKind::Other, "file is not open")),
+        }
+    }
+
     /// Execute one per-file operation.
     pub fn execute(&mut self, op: &IoOp) -> IoResult {
         let path = self.path.clone();
@@ -1365,6 +1442,7 @@ impl FileWorker {
                     Some(spare) => Ok(spare),
                     None => open_unnamed(path),
                 };
+                self.running = self.digests.as_ref().map(Digests::running);
                 match opened {
                     Ok(f) => {
                         self.unnamed = true;
@@ -1423,13 +1501,33 @@ impl FileWorker {
                         IoResult::Data(buf.freeze())
                     }
                     IoOp::WriteAt { offset, data, .. } => match f.write_all_at(data, *offset) {
-                        Ok(()) => IoResult::Done,
+                        Ok(()) => {
+                            if let Some(running) = self.running.as_mut() {
+                                if !running.wrote(*offset, data) {
+                                    self.running = None;
+                                }
+                            }
+                            IoResult::Done
+                        }
                         Err(e) => fail(e, "write"),
                     },
                     IoOp::SetLen { len, .. } => match f.set_len(*len) {
-                        Ok(()) => IoResult::Done,
+                        Ok(()) => {
+                            // Emptied: the digest starts over; cut or grown: of no use.
+                            if self.running.as_ref().is_some_and(|r| r.len() != *len) {
+                                self.running = match (*len, self.digests.as_ref()) {
+                                    (0, Some(digests)) => Some(digests.running()),
+                                    _ => None,
+                                };
+                            }
+                            IoResult::Done
+                        }
                         Err(e) => fail(e, "truncate"),
                     },
+                    IoOp::Digest { len, .. } => {
+                        self.running = None;
+                        self.read_back(*len)
+                    }
                     IoOp::Sync { .. } => match f.sync_data() {
                         Ok(()) => IoResult::Done,
                         Err(e) => fail(e, "sync"),
@@ -1817,6 +1915,79 @@ mod tests {
             commit_files(&mut files, dir.path(), 40);
             finish_commits(&mut files, &done, dir.path(), 40);
             assert!(files.open.is_empty());
+        }
+    }
+
+    #[test]
+    fn a_digest_of_an_unnamed_file_covers_its_bytes_whatever_order_they_were_written_in() {
+        use sha2::Digest as _;
+        let sha = |data: &[u8]| -> [u8; 32] { sha2::Sha256::digest(data).into() };
+        let big = vec![5u8; INLINE_MAX_BYTES + 10];
+        // (writes, truncate to 0 after the first write?, expected bytes)
+        let cases: Vec<(Vec<(u64, Vec<u8>)>, bool, Vec<u8>)> = vec![
+            (
+                vec![(0, b"hello ".to_vec()), (6, b"world".to_vec())],
+                false,
+                b"hello world".to_vec(),
+            ),
+            // Out of order: the running digest is dropped, the file read back.
+            (
+                vec![(6, b"world".to_vec()), (0, b"hello ".to_vec())],
+                false,
+                b"hello world".to_vec(),
+            ),
+            // Started over from zero: the digest starts over too.
+            (
+                vec![(0, b"stale bytes".to_vec()), (0, b"fresh".to_vec())],
+                true,
+                b"fresh".to_vec(),
+            ),
+            // A write too large to run inline goes to the file's worker, the digest after it.
+            (vec![(0, big.clone())], false, big.clone()),
+        ];
+        for inline in [true, false] {
+            for (n, (writes, restart, want)) in cases.iter().enumerate() {
+                let dir = tempfile::TempDir::new().unwrap();
+                let (tx, done) = mpsc::channel();
+                let mut files = Files::new(ToChannel(tx), Threads::default()).running_digests();
+                if inline {
+                    files = files.inline_small_ops();
+                }
+                let file = FileId(1);
+                let mut ops = vec![IoOp::OpenUnnamed {
+                    file,
+                    path: dir.path().join("f.part"),
+                }];
+                for (k, (offset, data)) in writes.iter().enumerate() {
+                    ops.push(IoOp::WriteAt {
+                        file,
+                        offset: *offset,
+                        data: Bytes::from(data.clone()),
+                    });
+                    if *restart && k == 0 {
+                        ops.push(IoOp::SetLen { file, len: 0 });
+                    }
+                }
+                ops.push(IoOp::Digest {
+                    file,
+                    len: want.len() as u64,
+                });
+                let count = ops.len();
+                for (k, op) in ops.into_iter().enumerate() {
+                    files.start(request(k as u64, op));
+                }
+                files.flush();
+                let mut digest = None;
+                for _ in 0..count {
+                    let (id, result) = recv(&done);
+                    match result {
+                        IoResult::Digest(d) => digest = Some(d),
+                        IoResult::Failed(f) => panic!("case {n}: {id:?} failed: {f:?}"),
+                        _ => {}
+                    }
+                }
+                assert_eq!(digest, Some(sha(want)), "case {n}, inline {inline}");
+            }
         }
     }
 

@@ -19,6 +19,7 @@
 #![forbid(unsafe_code)]
 
 pub mod connect;
+pub mod digests;
 pub mod files;
 pub mod host;
 pub mod spares;

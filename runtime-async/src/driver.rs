@@ -86,7 +86,11 @@ impl<R: AsyncRuntime> Driver<R> {
         rx: UnboundedReceiver<Msg>,
     ) -> Result<Self, ConfigError> {
         let tls = haul_driver::tls_setup(&config)?;
-        let host = Host::new(config)?;
+        // The executor hashes small downloads as they are written (`Files::running_digests`).
+        let host = Host::new(Config {
+            executor_digests: true,
+            ..config
+        })?;
         let net = Net::new(
             runtime.clone(),
             Sink(tx.clone()),
@@ -94,7 +98,7 @@ impl<R: AsyncRuntime> Driver<R> {
             host.config().connect_timeout,
         );
         Ok(Driver {
-            files: Files::new(Sink(tx), Pool(runtime.clone())),
+            files: Files::new(Sink(tx), Pool(runtime.clone())).running_digests(),
             runtime,
             host,
             rx,

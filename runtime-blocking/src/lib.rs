@@ -196,9 +196,15 @@ impl Client {
         let tls = haul_driver::tls_setup(&config)?;
         let runtime = Runtime {
             net: net::Net::new(Sink(tx.clone()), tls, &config),
-            files: haul_driver::Files::new(Sink(tx.clone()), Threads::default()).inline_small_ops(),
+            files: haul_driver::Files::new(Sink(tx.clone()), Threads::default())
+                .inline_small_ops()
+                .running_digests(),
         };
-        let host = Host::new(config)?;
+        // The executor hashes small downloads as they are written, off this thread.
+        let host = Host::new(Config {
+            executor_digests: true,
+            ..config
+        })?;
         Ok(Client {
             cancel: CancelHandle { tx },
             driver: Mutex::new(Driver { host, runtime, rx }),

@@ -301,6 +301,17 @@ impl VirtualDisk {
                     IoResult::Data(Bytes::copy_from_slice(&data[start..end]))
                 }
             },
+            IoOp::Digest { file, len } => match self.open_inode(*file, "Digest") {
+                Err(e) => e,
+                Ok(ino) => {
+                    use sha2::Digest as _;
+                    let data = &self.inodes[&ino].data;
+                    match data.get(..*len as usize) {
+                        Some(bytes) => IoResult::Digest(sha2::Sha256::digest(bytes).into()),
+                        None => failed(IoErrorKind::Other, "file shorter than its digest"),
+                    }
+                }
+            },
             IoOp::WriteAt { file, offset, data } => match self.open_inode(*file, "WriteAt") {
                 Err(e) => e,
                 Ok(ino) => {

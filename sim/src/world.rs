@@ -291,6 +291,9 @@ pub fn engine_config(sc: &Scenario, seed: u64) -> Config {
         checkpoint_bytes: sc.checkpoint_bytes,
         checkpoint_interval: Duration::from_millis(500),
         unnamed_max: sc.unnamed_max,
+        // Half the seeds have the executor hash unnamed files (from the seed itself, so the
+        // scenario streams draw what they drew before).
+        executor_digests: seed % 2 == 1,
         max_write_backlog: 64 * 1024,
         idle_connection_timeout: Duration::from_secs(5),
         seed,
@@ -462,6 +465,7 @@ fn file_of(op: &IoOp) -> Option<FileId> {
         | IoOp::ReadAt { file, .. }
         | IoOp::WriteAt { file, .. }
         | IoOp::SetLen { file, .. }
+        | IoOp::Digest { file, .. }
         | IoOp::Sync { file }
         | IoOp::CloseFile { file } => Some(*file),
         _ => None,
@@ -517,6 +521,7 @@ fn summarize_op(op: &IoOp) -> String {
             format!("WriteAt f{} @{offset} {}B", file.0, data.len())
         }
         IoOp::SetLen { file, len } => format!("SetLen f{} {len}", file.0),
+        IoOp::Digest { file, len } => format!("Digest f{} {len}B", file.0),
         IoOp::Sync { file } => format!("Sync f{}", file.0),
         IoOp::CloseFile { file } => format!("CloseFile f{}", file.0),
         IoOp::Rename { from, to, sync } => format!(

@@ -288,6 +288,11 @@ enum FileStep {
     FinalSync,
     Close,
     Rename,
+    /// The executor's digest of the file (see `Job::executor_digest`), asked in hashing
+    /// epoch `epoch`.
+    Digest {
+        epoch: u32,
+    },
     /// The unnamed file gets its name (and is closed).
     Publish,
     RemovePart,
@@ -412,6 +417,13 @@ struct Job {
     /// `file` has no name (see [`Config::unnamed_max`](crate::Config::unnamed_max)): no
     /// checkpoint, nothing to keep; the commit names it with `Publish`.
     unnamed: bool,
+    /// The executor hashes `file` ([`Config::executor_digests`](crate::Config)): the engine
+    /// does not; `hashed` is the contiguous end handed to the file.
+    executor_digest: bool,
+    /// The executor's digest of the whole file, once it answered.
+    digest: Option<[u8; 32]>,
+    /// An `IoOp::Digest` is outstanding.
+    digest_requested: bool,
     /// Outstanding file operations of this job (all kinds).
     file_ops: u32,
     /// Bytes handed to `WriteAt` and not completed.
@@ -772,6 +784,9 @@ impl Engine {
             followers: Vec::new(),
             file: None,
             unnamed: false,
+            executor_digest: false,
+            digest: None,
+            digest_requested: false,
             file_ops: 0,
             write_backlog: 0,
             write_error: None,
