@@ -1924,7 +1924,8 @@ mod tests {
         let sha = |data: &[u8]| -> [u8; 32] { sha2::Sha256::digest(data).into() };
         let big = vec![5u8; INLINE_MAX_BYTES + 10];
         // (writes, truncate to 0 after the first write?, expected bytes)
-        let cases: Vec<(Vec<(u64, Vec<u8>)>, bool, Vec<u8>)> = vec![
+        type Case = (Vec<(u64, Vec<u8>)>, bool, Vec<u8>);
+        let cases: Vec<Case> = vec![
             (
                 vec![(0, b"hello ".to_vec()), (6, b"world".to_vec())],
                 false,

@@ -166,7 +166,9 @@ pub enum Delivery {
     /// At the job's `store_path`: verified against its sha256 as they arrived and renamed into
     /// place whole (synced or not). The store syncs them all at once and records them (one
     /// create, one rename and one sync per module instead of two of each plus a re-read).
-    Committed,
+    /// `size`: the bytes the fetcher wrote (checked against the load's module size limit
+    /// without asking the file system again).
+    Committed { size: u64 },
 }
 
 /// The download engine as the loader sees it.
@@ -913,7 +915,9 @@ impl<F: Fetcher> Loader<F> {
             match result {
                 Ok(delivery) => {
                     match check_fetched_size(&mut store, &item, file, delivery, request) {
-                        Ok(file) if delivery == Delivery::Committed => to_adopt.push((item, file)),
+                        Ok(file) if matches!(delivery, Delivery::Committed { .. }) => {
+                            to_adopt.push((item, file))
+                        }
                         Ok(file) => to_commit.push((item, file)),
                         Err(error) => done.push((item, Err(error))),
                     }
@@ -1053,13 +1057,12 @@ fn check_fetched_size(
     delivery: Delivery,
     request: &LoadRequest,
 ) -> Result<PendingFile, ModuleError> {
-    let path = match delivery {
-        Delivery::Temp => file.temp_path(),
-        Delivery::Committed => file.store_path(),
+    let size = match delivery {
+        Delivery::Temp => std::fs::metadata(file.temp_path())
+            .map(|metadata| metadata.len())
+            .unwrap_or(0),
+        Delivery::Committed { size } => size,
     };
-    let size = std::fs::metadata(path)
-        .map(|metadata| metadata.len())
-        .unwrap_or(0);
     if size > request.module_max_bytes {
         store.abort(file)?;
         return Err(ModuleError::ModuleTooLarge {
@@ -1153,7 +1156,8 @@ mod tests {
         gate_entered: AtomicBool,
         gate_open: Mutex<bool>,
         gate_changed: Condvar,
-        /// Write modules straight to their store path and answer [`Delivery::Committed`].
+        /// Write modules straight to their store path and answer [`Delivery::Committed`]
+        /// (with the size written).
         in_place: AtomicBool,
     }
 
@@ -1215,7 +1219,8 @@ mod tests {
                         .cloned()
                         .ok_or_else(|| FetchError::content(format!("404 for {}", job.url)))?;
                     let (path, delivery) = if self.in_place.load(Ordering::SeqCst) {
-                        (&job.store_path, Delivery::Committed)
+                        let size = bytes.len() as u64;
+                        (&job.store_path, Delivery::Committed { size })
                     } else {
                         (&job.dest, Delivery::Temp)
                     };

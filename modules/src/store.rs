@@ -704,15 +704,14 @@ impl Store {
     }
 
     fn state_of(&self, sha256: &str) -> Result<Option<FileState>, StoreError> {
-        let state: Option<String> = self
-            .index
-            .query_row(
-                "SELECT state FROM files WHERE sha256 = ?1",
-                params![sha256],
-                |row| row.get(0),
-            )
-            .optional()
-            .map_err(index_error("read file state"))?;
+        let state: Option<String> = cached_row(
+            &self.index,
+            "SELECT state FROM files WHERE sha256 = ?1",
+            params![sha256],
+            |row| row.get(0),
+        )
+        .optional()
+        .map_err(index_error("read file state"))?;
         Ok(state.as_deref().and_then(FileState::from_sql))
     }
 
@@ -760,18 +759,30 @@ impl Store {
 
     /// [`Store::contains`] for several hashes, read in one index transaction; in order.
     pub fn contains_many(&self, hashes: &[&str]) -> Result<Vec<bool>, StoreError> {
-        let transaction = self
-            .index
-            .unchecked_transaction()
-            .map_err(index_error("begin read transaction"))?;
-        let found = hashes
+        let hashes = hashes
             .iter()
-            .map(|sha256| self.contains(sha256))
-            .collect::<Result<Vec<bool>, StoreError>>()?;
-        transaction
-            .commit()
-            .map_err(index_error("end read transaction"))?;
-        Ok(found)
+            .map(|sha256| check_hash(sha256))
+            .collect::<Result<Vec<String>, StoreError>>()?;
+        // Set-based: one query for the READY rows among them (json_each), not one each.
+        let hashes_json = serde_json::to_string(&hashes).expect("strings serialize");
+        let ready: std::collections::BTreeSet<String> = {
+            let mut statement = self
+                .index
+                .prepare_cached(
+                    "SELECT sha256 FROM files
+                     WHERE state = 'READY' AND sha256 IN (SELECT value FROM json_each(?1))",
+                )
+                .map_err(index_error("find stored files"))?;
+            let rows = statement
+                .query_map(params![hashes_json], |row| row.get::<_, String>(0))
+                .map_err(index_error("find stored files"))?;
+            rows.collect::<rusqlite::Result<_>>()
+                .map_err(index_error("find stored files"))?
+        };
+        Ok(hashes
+            .iter()
+            .map(|sha256| ready.contains(sha256) && self.files_dir.join(sha256).is_file())
+            .collect())
     }
 
     /// Whether a verified (READY) file with this hash is stored and present on disk.

@@ -156,7 +156,7 @@ impl Fetcher for ModuleFetcher<'_> {
             .into_iter()
             .zip(leftovers)
             .map(|(result, leftover)| match result {
-                Ok(_) => Ok(Delivery::Committed),
+                Ok(outcome) => Ok(Delivery::Committed { size: outcome.size }),
                 Err(error) => {
                     for path in leftover {
                         remove_leftover(&path);
