@@ -71,6 +71,9 @@ impl HeadParser {
     fn feed_unchecked(&mut self, input: &[u8]) -> Result<Option<(ResponseHead, usize)>, HttpError> {
         let already_buffered = self.buf.len();
         let mut fed = 0;
+        // Copied in growing steps: a head is usually far smaller than the first read that
+        // carries it (with a small body behind it), so most of that body is never copied.
+        let mut step = HEAD_STEP;
         loop {
             // Copy only what can still belong to a head within the limit (plus one byte to
             // detect overflow): body bytes behind the head are never buffered in bulk.
@@ -79,7 +82,8 @@ impl HeadParser {
                 .max_head_bytes
                 .saturating_add(1)
                 .saturating_sub(in_message)
-                .min(input.len() - fed);
+                .min(input.len() - fed)
+                .min(step);
             self.buf.extend_from_slice(&input[fed..fed + window]);
             fed += window;
 
@@ -89,7 +93,11 @@ impl HeadParser {
                 if self.buf.len() - self.message_start > self.max_head_bytes {
                     return Err(self.too_large());
                 }
-                // Within the limit, so the window covered the whole input.
+                if fed < input.len() {
+                    // More input, still within the limit: the next step.
+                    step = step.saturating_mul(2);
+                    continue;
+                }
                 self.compact();
                 return Ok(None);
             };
@@ -161,6 +169,9 @@ impl HeadParser {
         })
     }
 }
+
+/// The first step in which [`HeadParser`] copies input while looking for the end of a head.
+const HEAD_STEP: usize = 2048;
 
 fn is_skipped_informational(status: u16) -> bool {
     (100..200).contains(&status) && status != 101
