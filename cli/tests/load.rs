@@ -276,6 +276,8 @@ fn good_load_prints_dependencies_first_with_each_modules_source_and_path() {
 
     let first = load(&url, "news", cache.path(), &[&old_key, &new_key], &[]);
     assert_eq!(first.status.code(), Some(0), "{}", describe(&first));
+    // A new cache's manifest is fetched while its index is created, and only once.
+    assert_eq!(origin.requests_to(&manifest_path("news")).len(), 1);
     let stdout = text(&first.stdout);
     assert!(stdout.contains("manifest: network"), "{stdout}");
     assert!(stdout.contains(&sha256_hex(&raw)), "{stdout}");
@@ -295,6 +297,7 @@ fn good_load_prints_dependencies_first_with_each_modules_source_and_path() {
 
     let second = load(&url, "news", cache.path(), &[&new_key], &["--json"]);
     assert_eq!(second.status.code(), Some(0), "{}", describe(&second));
+    assert_eq!(origin.requests_to(&manifest_path("news")).len(), 2);
     let result: serde_json::Value = serde_json::from_slice(&second.stdout).unwrap();
     assert_eq!(result["manifest"]["source"], "network");
     assert_eq!(result["manifest"]["verified_by"], "new");

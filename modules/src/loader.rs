@@ -191,6 +191,56 @@ impl<F: Fetcher + ?Sized> Fetcher for &F {
     }
 }
 
+/// A fetcher whose first fetch of one manifest was made ahead: `haul load` fetches the
+/// manifest of a new cache (which has nothing cached to use instead) while the cache's index
+/// is being created. The first [`Fetcher::fetch_manifest`] of that URL and limit answers what
+/// was fetched; everything else goes to the inner fetcher.
+pub struct Prefetched<F> {
+    inner: F,
+    manifest: Mutex<Option<PrefetchedManifest>>,
+}
+
+type PrefetchedManifest = (Url, u64, Result<Vec<u8>, FetchError>);
+
+impl<F: Fetcher> Prefetched<F> {
+    /// `inner`, with `answer` as the first fetch of the manifest at `url` with `max_bytes`.
+    pub fn new(
+        inner: F,
+        url: Url,
+        max_bytes: u64,
+        answer: Result<Vec<u8>, FetchError>,
+    ) -> Prefetched<F> {
+        Prefetched {
+            inner,
+            manifest: Mutex::new(Some((url, max_bytes, answer))),
+        }
+    }
+
+    /// `inner` with nothing fetched ahead.
+    pub fn none(inner: F) -> Prefetched<F> {
+        Prefetched {
+            inner,
+            manifest: Mutex::new(None),
+        }
+    }
+}
+
+impl<F: Fetcher> Fetcher for Prefetched<F> {
+    fn fetch_manifest(&self, url: &Url, max_bytes: u64) -> Result<Vec<u8>, FetchError> {
+        let ahead = lock(&self.manifest).take();
+        match ahead {
+            Some((ahead_url, ahead_max, answer)) if ahead_url == *url && ahead_max == max_bytes => {
+                answer
+            }
+            _ => self.inner.fetch_manifest(url, max_bytes),
+        }
+    }
+
+    fn fetch_modules(&self, jobs: Vec<ModuleFetch>) -> Vec<Result<Delivery, FetchError>> {
+        self.inner.fetch_modules(jobs)
+    }
+}
+
 impl<F: Fetcher + ?Sized> Fetcher for Arc<F> {
     fn fetch_manifest(&self, url: &Url, max_bytes: u64) -> Result<Vec<u8>, FetchError> {
         (**self).fetch_manifest(url, max_bytes)
@@ -1074,7 +1124,9 @@ fn check_fetched_size(
     Ok(file)
 }
 
-fn check_app_name(app: &str) -> Result<(), ModuleError> {
+/// Whether `app` can name an app: a plain name, not a path (the loader refuses others with
+/// [`ModuleError::InvalidAppName`] before anything else).
+pub fn check_app_name(app: &str) -> Result<(), ModuleError> {
     let unusable = app.is_empty()
         || app == "."
         || app == ".."
@@ -1785,6 +1837,56 @@ mod tests {
             matches!(error, ModuleError::SignatureMismatch { ref key } if key == "release"),
             "{error:?}"
         );
+    }
+
+    #[test]
+    fn a_prefetched_manifest_answers_the_first_fetch_of_its_url_only() {
+        let world = world();
+        let raw = world.publish("app", &[kotlin()], 1_000);
+        let url = manifest_url("app");
+        let prefetched = Prefetched::new(
+            &world.fetcher,
+            url.clone(),
+            MANIFEST_MAX_BYTES as u64,
+            Ok(b"made ahead".to_vec()),
+        );
+        let other = manifest_url("other");
+        assert!(prefetched
+            .fetch_manifest(&other, MANIFEST_MAX_BYTES as u64)
+            .is_err());
+        assert_eq!(
+            world.fetcher.manifest_calls(),
+            1,
+            "another URL asks the network"
+        );
+        // The other URL's call used up the answer made ahead (it is for the first fetch).
+        assert_eq!(
+            prefetched
+                .fetch_manifest(&url, MANIFEST_MAX_BYTES as u64)
+                .unwrap(),
+            raw
+        );
+        let fresh = Prefetched::new(
+            &world.fetcher,
+            url.clone(),
+            MANIFEST_MAX_BYTES as u64,
+            Ok(b"made ahead".to_vec()),
+        );
+        assert_eq!(
+            fresh
+                .fetch_manifest(&url, MANIFEST_MAX_BYTES as u64)
+                .unwrap(),
+            b"made ahead".to_vec()
+        );
+        let calls = world.fetcher.manifest_calls();
+        assert_eq!(
+            fresh
+                .fetch_manifest(&url, MANIFEST_MAX_BYTES as u64)
+                .unwrap(),
+            raw,
+            "the second fetch asks the network"
+        );
+        assert_eq!(world.fetcher.manifest_calls(), calls + 1);
     }
 
     #[test]

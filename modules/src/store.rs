@@ -529,6 +529,12 @@ fn sync_dir(_dir: &Path) -> Result<(), StoreError> {
 }
 
 impl Store {
+    /// Whether `dir` holds no store yet (no index): [`Store::open`] would create one, and it
+    /// would have no manifest, pin or file to offer.
+    pub fn is_new(dir: &Path) -> bool {
+        !dir.join(INDEX_FILE).exists()
+    }
+
     /// Opens (creating if needed) the store in `dir` and cleans up what a crash left: DIRTY rows
     /// and their files, orphan and temp files, rows whose file is missing or has the wrong size.
     /// `last_used_ms` values later than `now_ms` (a clock that went back) are clamped to it.
