@@ -725,7 +725,15 @@ impl<F: Fetcher> Loader<F> {
                 embedded,
             });
         }
-        self.obtain(wanted, request, network, warnings)
+        // A manifest that is not stored yet goes into the store with the modules' batch (one
+        // sync for all); `finish` then finds it there.
+        let manifest = match candidate.origin {
+            Origin::Network | Origin::Embedded => {
+                Some((candidate.sha256.as_str(), candidate.raw.as_slice()))
+            }
+            Origin::Pinned => None,
+        };
+        self.obtain(wanted, request, network, manifest, warnings)
     }
 
     /// Gets every wanted hash into the store, leading or following in-process flights.
@@ -734,6 +742,7 @@ impl<F: Fetcher> Loader<F> {
         mut wanted: Vec<Wanted>,
         request: &LoadRequest,
         network: NetworkUse,
+        mut manifest: Option<(&str, &[u8])>,
         warnings: &mut Vec<String>,
     ) -> Result<BTreeMap<String, ModuleSource>, ModuleError> {
         let mut sources = BTreeMap::new();
@@ -774,7 +783,8 @@ impl<F: Fetcher> Loader<F> {
             }
 
             let mut errors = Vec::new();
-            for (item, outcome) in self.lead(to_lead, request, network, warnings) {
+            let led = self.lead(to_lead, request, network, manifest.take(), warnings);
+            for (item, outcome) in led {
                 match &outcome {
                     Ok(source) => {
                         sources.insert(item.sha256.clone(), *source);
@@ -850,6 +860,7 @@ impl<F: Fetcher> Loader<F> {
         items: Vec<Wanted>,
         request: &LoadRequest,
         network: NetworkUse,
+        manifest: Option<(&str, &[u8])>,
         warnings: &mut Vec<String>,
     ) -> Vec<(Wanted, Result<ModuleSource, ModuleError>)> {
         let mut done = Vec::new();
@@ -887,14 +898,24 @@ impl<F: Fetcher> Loader<F> {
         // One index transaction to start every write and one to finish them: per-file
         // transactions (each an fsync of the index) dominate a load of many small modules.
         let mut pending: Vec<(Wanted, PendingFile)> = Vec::new();
+        let mut manifest_file: Option<PendingFile> = None;
         {
             let mut store = lock(&self.store);
-            let writes: Vec<(&str, FileKind)> = to_fetch
+            let mut writes: Vec<(&str, FileKind)> = to_fetch
                 .iter()
                 .map(|item| (item.sha256.as_str(), FileKind::Module))
                 .collect();
+            let manifest = manifest.filter(|(sha256, _)| !store.contains(sha256).unwrap_or(true));
+            if let Some((sha256, _)) = manifest {
+                writes.push((sha256, FileKind::Manifest));
+            }
             match store.begin_writes(&writes) {
-                Ok(started) => {
+                Ok(mut started) => {
+                    if let Some((_, raw)) = manifest {
+                        if let Some(Ok(file)) = started.pop() {
+                            manifest_file = place_manifest(&mut store, file, raw);
+                        }
+                    }
                     for (item, started) in to_fetch.into_iter().zip(started) {
                         match started {
                             Ok(file) => pending.push((item, file)),
@@ -930,6 +951,17 @@ impl<F: Fetcher> Loader<F> {
             }
         }
         if pending.is_empty() {
+            if let Some(file) = manifest_file {
+                let mut store = lock(&self.store);
+                if done.iter().any(|(_, outcome)| outcome.is_err()) {
+                    if let Err(error) = store.abort(file) {
+                        tracing::warn!(%error, "could not clean up the manifest's write");
+                    }
+                } else if let Some(Err(error)) = store.adopt_many(vec![file], request.now_ms).pop()
+                {
+                    tracing::debug!(%error, "manifest not stored with the batch");
+                }
+            }
             return done;
         }
         let jobs: Vec<ModuleFetch> = pending
@@ -987,9 +1019,32 @@ impl<F: Fetcher> Loader<F> {
         }
         let (items, files): (Vec<Wanted>, Vec<PendingFile>) = to_commit.into_iter().unzip();
         let mut committed = store.commit_many(files, request.now_ms);
-        let (adopted_items, adopted): (Vec<Wanted>, Vec<PendingFile>) =
+        let (adopted_items, mut adopted): (Vec<Wanted>, Vec<PendingFile>) =
             to_adopt.into_iter().unzip();
-        committed.extend(store.adopt_many(adopted, request.now_ms));
+        // A load that failed leaves the store's files as they were: its manifest is not kept
+        // (a module the batch itself then fails to record is the exception: its manifest
+        // stays stored, unpinned, until a prune).
+        let failed = done.iter().any(|(_, outcome)| outcome.is_err())
+            || committed.iter().any(Result::is_err);
+        let manifest_file = match manifest_file {
+            Some(file) if failed => {
+                if let Err(error) = store.abort(file) {
+                    tracing::warn!(%error, "could not clean up the manifest's write");
+                }
+                None
+            }
+            other => other,
+        };
+        let with_manifest = manifest_file.is_some();
+        adopted.extend(manifest_file);
+        let mut adopted = store.adopt_many(adopted, request.now_ms);
+        if with_manifest {
+            if let Some(Err(error)) = adopted.pop() {
+                // `finish` stores it on its own.
+                tracing::debug!(%error, "manifest not stored with the batch");
+            }
+        }
+        committed.extend(adopted);
         for (item, result) in items.into_iter().chain(adopted_items).zip(committed) {
             let outcome =
                 result
@@ -1095,6 +1150,25 @@ impl<F: Fetcher> Loader<F> {
             main_module_id: candidate.manifest.main_module_id.clone(),
             main_function: candidate.manifest.main_function.clone(),
         })
+    }
+}
+
+/// Puts a manifest's bytes at `file`'s store path (written beside it, renamed in place) for
+/// the batch's sync and READY rows; `None` (and the write abandoned) if that fails, and the
+/// manifest is then stored after the load as before.
+fn place_manifest(store: &mut Store, file: PendingFile, raw: &[u8]) -> Option<PendingFile> {
+    let placed = std::fs::write(file.temp_path(), raw)
+        .and_then(|()| std::fs::rename(file.temp_path(), file.store_path()));
+    match placed {
+        Ok(()) => Some(file),
+        Err(error) => {
+            tracing::debug!(%error, "manifest not written with the batch");
+            let _ = std::fs::remove_file(file.temp_path());
+            if let Err(error) = store.abort(file) {
+                tracing::warn!(%error, "could not clean up the manifest's write");
+            }
+            None
+        }
     }
 }
 
@@ -1456,6 +1530,10 @@ mod tests {
         assert_eq!(world.pins(), pins_before);
         assert!(!world.stored(&v2.sha256()));
         assert!(!world.stored(&sha256_hex(b"evil bytes")));
+        assert!(
+            !world.stored(&sha256_hex(&raw)),
+            "nor the manifest of the failed load"
+        );
     }
 
     #[test]
