@@ -2013,43 +2013,54 @@ mod tests {
                 0,
                 "spares are unnamed"
             );
-            for f in 0..n {
-                let file = FileId(f);
-                let part = dir.path().join(format!("{f}.part"));
-                let ops = [
-                    IoOp::OpenUnnamed {
-                        file,
-                        path: part.clone(),
-                    },
-                    IoOp::WriteAt {
-                        file,
-                        offset: 0,
-                        data: Bytes::from(format!("file {f}")),
-                    },
-                    IoOp::Publish {
-                        file,
-                        path: part,
-                        to: dir.path().join(format!("{f}")),
-                        sync: f % 2 == 0,
-                    },
-                ];
-                for (k, op) in ops.into_iter().enumerate() {
-                    files.start(request(f * 10 + k as u64, op));
-                }
-            }
-            files.flush();
-            for _ in 0..3 * n {
-                let (id, result) = recv(&done);
-                assert!(!matches!(result, IoResult::Failed(_)), "{id:?}: {result:?}");
-            }
+            publish_unnamed(&mut files, &done, dir.path(), n);
             assert_eq!(files.spares.ready(dir.path()), 0, "every spare was taken");
-            for f in 0..n {
-                let got = std::fs::read(dir.path().join(format!("{f}"))).unwrap();
-                assert_eq!(got, format!("file {f}").into_bytes());
-            }
-            let names = std::fs::read_dir(dir.path()).unwrap().count() as u64;
-            assert_eq!(names, n, "only the destinations exist");
         }
+    }
+
+    /// Opens, writes and publishes `n` unnamed files `0..n` in `dir` (every other one with a
+    /// sync), then checks that only the destinations exist, each with its bytes.
+    fn publish_unnamed(
+        files: &mut Files<ToChannel, impl BlockingSpawner>,
+        done: &mpsc::Receiver<(IoId, IoResult)>,
+        dir: &Path,
+        n: u64,
+    ) {
+        for f in 0..n {
+            let file = FileId(f);
+            let part = dir.join(format!("{f}.part"));
+            let ops = [
+                IoOp::OpenUnnamed {
+                    file,
+                    path: part.clone(),
+                },
+                IoOp::WriteAt {
+                    file,
+                    offset: 0,
+                    data: Bytes::from(format!("file {f}")),
+                },
+                IoOp::Publish {
+                    file,
+                    path: part,
+                    to: dir.join(format!("{f}")),
+                    sync: f % 2 == 0,
+                },
+            ];
+            for (k, op) in ops.into_iter().enumerate() {
+                files.start(request(f * 10 + k as u64, op));
+            }
+        }
+        files.flush();
+        for _ in 0..3 * n {
+            let (id, result) = recv(done);
+            assert!(!matches!(result, IoResult::Failed(_)), "{id:?}: {result:?}");
+        }
+        for f in 0..n {
+            let got = std::fs::read(dir.join(format!("{f}"))).unwrap();
+            assert_eq!(got, format!("file {f}").into_bytes());
+        }
+        let names = std::fs::read_dir(dir).unwrap().count() as u64;
+        assert_eq!(names, n, "only the destinations exist: no partial left");
     }
 
     #[test]
@@ -2063,42 +2074,7 @@ mod tests {
             }
             // One destination exists already: the publish replaces it.
             std::fs::write(dir.path().join("0"), b"old").unwrap();
-            for f in 0..n {
-                let file = FileId(f);
-                let part = dir.path().join(format!("{f}.part"));
-                let ops = [
-                    IoOp::OpenUnnamed {
-                        file,
-                        path: part.clone(),
-                    },
-                    IoOp::WriteAt {
-                        file,
-                        offset: 0,
-                        data: Bytes::from(format!("file {f}")),
-                    },
-                    IoOp::Publish {
-                        file,
-                        path: part,
-                        to: dir.path().join(format!("{f}")),
-                        // Every other file without a sync: named at once, closed.
-                        sync: f % 2 == 0,
-                    },
-                ];
-                for (k, op) in ops.into_iter().enumerate() {
-                    files.start(request(f * 10 + k as u64, op));
-                }
-            }
-            files.flush();
-            for _ in 0..3 * n {
-                let (id, result) = recv(&done);
-                assert!(!matches!(result, IoResult::Failed(_)), "{id:?}: {result:?}");
-            }
-            for f in 0..n {
-                let got = std::fs::read(dir.path().join(format!("{f}"))).unwrap();
-                assert_eq!(got, format!("file {f}").into_bytes());
-            }
-            let names = std::fs::read_dir(dir.path()).unwrap().count() as u64;
-            assert_eq!(names, n, "only the destinations exist: no partial left");
+            publish_unnamed(&mut files, &done, dir.path(), n);
             assert!(files.open.is_empty());
         }
     }

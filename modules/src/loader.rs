@@ -905,7 +905,7 @@ impl<F: Fetcher> Loader<F> {
                 .iter()
                 .map(|item| (item.sha256.as_str(), FileKind::Module))
                 .collect();
-            let manifest = manifest.filter(|(sha256, _)| !store.contains(sha256).unwrap_or(true));
+            // One already stored answers `AlreadyReady` below and is left as it is.
             if let Some((sha256, _)) = manifest {
                 writes.push((sha256, FileKind::Manifest));
             }

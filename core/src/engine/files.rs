@@ -486,7 +486,6 @@ impl Engine {
         }
         let file = FileId(self.next());
         let unnamed_max = self.config.unnamed_max;
-        let executor_digests = self.config.executor_digests;
         let j = self.jobs.get_mut(&id).expect("job exists");
         j.file = Some(file);
         j.touched = true;
@@ -494,7 +493,6 @@ impl Engine {
         // A small file of known length needs no partial name: nothing of it is worth
         // resuming, and naming it only at the commit saves a create and a rename.
         j.unnamed = j.total.is_some_and(|t| t <= unnamed_max);
-        j.executor_digest = j.unnamed && executor_digests;
         j.digest = None;
         j.digest_requested = false;
         let op = if j.unnamed {
@@ -542,6 +540,7 @@ impl Engine {
         offset: u64,
         data: Bytes,
     ) -> Result<(), DownloadError> {
+        let executor_digests = self.config.executor_digests;
         let j = self.jobs.get_mut(&id).expect("job exists");
         let len = data.len() as u64;
         let end = offset + len;
@@ -558,7 +557,7 @@ impl Engine {
                 });
             }
         }
-        if j.executor_digest {
+        if executor_digests && j.unnamed {
             // The executor hashes what the file holds; the frontier is what it was given.
             j.received.insert(offset, end);
             j.hashed = j.received.contiguous_end(0);
@@ -712,6 +711,7 @@ impl Engine {
     }
 
     pub(super) fn verify_and_commit(&mut self, id: JobId) {
+        let executor_digests = self.config.executor_digests;
         let j = self.jobs.get_mut(&id).expect("job exists");
         if let Some(total) = j.total {
             if j.hashed != total {
@@ -730,7 +730,7 @@ impl Engine {
                     .verification_failed(id, DownloadError::SizeMismatch { expected, actual });
             }
         }
-        let digest: [u8; 32] = if j.executor_digest {
+        let digest: [u8; 32] = if executor_digests && j.unnamed {
             let Some(digest) = j.digest else {
                 // Asked once; its completion comes back here.
                 if !j.digest_requested {

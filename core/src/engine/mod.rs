@@ -288,7 +288,7 @@ enum FileStep {
     FinalSync,
     Close,
     Rename,
-    /// The executor's digest of the file (see `Job::executor_digest`), asked in hashing
+    /// The executor's digest of an unnamed file (see `Job::digest`), asked in hashing
     /// epoch `epoch`.
     Digest {
         epoch: u32,
@@ -417,10 +417,9 @@ struct Job {
     /// `file` has no name (see [`Config::unnamed_max`](crate::Config::unnamed_max)): no
     /// checkpoint, nothing to keep; the commit names it with `Publish`.
     unnamed: bool,
-    /// The executor hashes `file` ([`Config::executor_digests`](crate::Config)): the engine
-    /// does not; `hashed` is the contiguous end handed to the file.
-    executor_digest: bool,
-    /// The executor's digest of the whole file, once it answered.
+    /// With [`Config::executor_digests`](crate::Config) an `unnamed` file is hashed by the
+    /// executor, not here (`hashed` is then the contiguous end handed to the file): its
+    /// digest of the whole file, once it answered.
     digest: Option<[u8; 32]>,
     /// An `IoOp::Digest` is outstanding.
     digest_requested: bool,
@@ -784,7 +783,6 @@ impl Engine {
             followers: Vec::new(),
             file: None,
             unnamed: false,
-            executor_digest: false,
             digest: None,
             digest_requested: false,
             file_ops: 0,
