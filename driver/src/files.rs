@@ -1514,11 +1514,10 @@ impl FileWorker {
                     IoOp::SetLen { len, .. } => match f.set_len(*len) {
                         Ok(()) => {
                             // Emptied: the digest starts over; cut or grown: of no use.
-                            if self.running.as_ref().is_some_and(|r| r.len() != *len) {
-                                self.running = match (*len, self.digests.as_ref()) {
-                                    (0, Some(digests)) => Some(digests.running()),
-                                    _ => None,
-                                };
+                            if *len == 0 {
+                                self.running = self.digests.as_ref().map(Digests::running);
+                            } else if self.running.as_ref().is_some_and(|r| r.len() != *len) {
+                                self.running = None;
                             }
                             IoResult::Done
                         }
