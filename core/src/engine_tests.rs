@@ -1220,10 +1220,12 @@ impl Harness {
     }
 
     pub(crate) fn connects(&self) -> usize {
-        self.ops
-            .iter()
-            .filter(|(_, op)| matches!(op, IoOp::Connect { .. }))
-            .count()
+        self.count_ops(|op| matches!(op, IoOp::Connect { .. }))
+    }
+
+    /// How many operations the engine issued that `pred` matches.
+    pub(crate) fn count_ops(&self, pred: impl Fn(&IoOp) -> bool) -> usize {
+        self.ops.iter().filter(|(_, op)| pred(op)).count()
     }
 
     pub(crate) fn bytes_written(&self) -> u64 {
@@ -2556,10 +2558,7 @@ fn with_executor_digests_an_unnamed_file_is_verified_by_the_executors_digest_bef
     named.serve(ORIGIN, file_server(body.clone()));
     let job = named.submit(download().sha256(&sha_hex(&body)).unwrap());
     named.run(job).expect("downloaded");
-    assert!(!named
-        .ops
-        .iter()
-        .any(|(_, op)| matches!(op, IoOp::Digest { .. })));
+    assert_eq!(named.count_ops(|op| matches!(op, IoOp::Digest { .. })), 0);
 }
 
 #[test]
@@ -2578,16 +2577,12 @@ fn with_executor_digests_a_mismatch_is_retried_from_zero_then_publishes_nothing(
     }
     assert_nothing_left(&h);
     assert_eq!(h.requests.len(), 2, "retried once");
-    let digests = h
-        .ops
-        .iter()
-        .filter(|(_, op)| matches!(op, IoOp::Digest { len: 4_000, .. }))
-        .count();
-    assert_eq!(digests, 2, "each attempt asks for its own digest");
-    assert!(!h
-        .ops
-        .iter()
-        .any(|(_, op)| matches!(op, IoOp::Publish { .. })));
+    assert_eq!(
+        h.count_ops(|op| matches!(op, IoOp::Digest { len: 4_000, .. })),
+        2,
+        "each attempt asks for its own digest"
+    );
+    assert_eq!(h.count_ops(|op| matches!(op, IoOp::Publish { .. })), 0);
 }
 
 #[test]

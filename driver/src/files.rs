@@ -1602,6 +1602,18 @@ mod tests {
         }
     }
 
+    /// An executor reporting to a channel, running small operations inline or not.
+    fn files_to_channel(
+        inline: bool,
+    ) -> (Files<ToChannel, Threads>, mpsc::Receiver<(IoId, IoResult)>) {
+        let (tx, done) = mpsc::channel();
+        let files = Files::new(ToChannel(tx), Threads::default());
+        match inline {
+            true => (files.inline_small_ops(), done),
+            false => (files, done),
+        }
+    }
+
     #[test]
     fn a_file_whose_open_failed_gives_its_worker_back() {
         let dir = tempfile::TempDir::new().unwrap();
@@ -1906,11 +1918,7 @@ mod tests {
     fn many_commits_at_once_complete_sync_before_close_and_land_renamed() {
         for inline in [true, false] {
             let dir = tempfile::TempDir::new().unwrap();
-            let (tx, done) = mpsc::channel();
-            let mut files = Files::new(ToChannel(tx), Threads::default());
-            if inline {
-                files = files.inline_small_ops();
-            }
+            let (mut files, done) = files_to_channel(inline);
             commit_files(&mut files, dir.path(), 40);
             finish_commits(&mut files, &done, dir.path(), 40);
             assert!(files.open.is_empty());
@@ -1948,11 +1956,8 @@ mod tests {
         for inline in [true, false] {
             for (n, (writes, restart, want)) in cases.iter().enumerate() {
                 let dir = tempfile::TempDir::new().unwrap();
-                let (tx, done) = mpsc::channel();
-                let mut files = Files::new(ToChannel(tx), Threads::default()).running_digests();
-                if inline {
-                    files = files.inline_small_ops();
-                }
+                let (files, done) = files_to_channel(inline);
+                let mut files = files.running_digests();
                 let file = FileId(1);
                 let mut ops = vec![IoOp::OpenUnnamed {
                     file,
@@ -1995,11 +2000,7 @@ mod tests {
     fn expected_unnamed_opens_take_spares_made_ahead_and_publish_them_with_their_bytes() {
         for inline in [true, false] {
             let dir = tempfile::TempDir::new().unwrap();
-            let (tx, done) = mpsc::channel();
-            let mut files = Files::new(ToChannel(tx), Threads::default());
-            if inline {
-                files = files.inline_small_ops();
-            }
+            let (mut files, done) = files_to_channel(inline);
             let n = 12u64;
             files.expect_unnamed(dir.path(), n as usize);
             let deadline = std::time::Instant::now() + Duration::from_secs(10);
@@ -2066,11 +2067,7 @@ mod tests {
     fn unnamed_files_are_published_at_their_destination_and_never_appear_at_their_partial() {
         for (inline, n) in [(true, 40u64), (false, 40), (true, 1)] {
             let dir = tempfile::TempDir::new().unwrap();
-            let (tx, done) = mpsc::channel();
-            let mut files = Files::new(ToChannel(tx), Threads::default());
-            if inline {
-                files = files.inline_small_ops();
-            }
+            let (mut files, done) = files_to_channel(inline);
             // One destination exists already: the publish replaces it.
             std::fs::write(dir.path().join("0"), b"old").unwrap();
             publish_unnamed(&mut files, &done, dir.path(), n);

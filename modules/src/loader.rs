@@ -951,16 +951,16 @@ impl<F: Fetcher> Loader<F> {
             }
         }
         if pending.is_empty() {
-            if let Some(file) = manifest_file {
+            if manifest_file.is_some() {
+                let failed = done.iter().any(|(_, outcome)| outcome.is_err());
                 let mut store = lock(&self.store);
-                if done.iter().any(|(_, outcome)| outcome.is_err()) {
-                    if let Err(error) = store.abort(file) {
-                        tracing::warn!(%error, "could not clean up the manifest's write");
-                    }
-                } else if let Some(Err(error)) = store.adopt_many(vec![file], request.now_ms).pop()
-                {
-                    tracing::debug!(%error, "manifest not stored with the batch");
-                }
+                adopt_with_manifest(
+                    &mut store,
+                    Vec::new(),
+                    manifest_file,
+                    failed,
+                    request.now_ms,
+                );
             }
             return done;
         }
@@ -1019,32 +1019,17 @@ impl<F: Fetcher> Loader<F> {
         }
         let (items, files): (Vec<Wanted>, Vec<PendingFile>) = to_commit.into_iter().unzip();
         let mut committed = store.commit_many(files, request.now_ms);
-        let (adopted_items, mut adopted): (Vec<Wanted>, Vec<PendingFile>) =
+        let (adopted_items, adopted): (Vec<Wanted>, Vec<PendingFile>) =
             to_adopt.into_iter().unzip();
-        // A load that failed leaves the store's files as they were: its manifest is not kept
-        // (a module the batch itself then fails to record is the exception: its manifest
-        // stays stored, unpinned, until a prune).
         let failed = done.iter().any(|(_, outcome)| outcome.is_err())
             || committed.iter().any(Result::is_err);
-        let manifest_file = match manifest_file {
-            Some(file) if failed => {
-                if let Err(error) = store.abort(file) {
-                    tracing::warn!(%error, "could not clean up the manifest's write");
-                }
-                None
-            }
-            other => other,
-        };
-        let with_manifest = manifest_file.is_some();
-        adopted.extend(manifest_file);
-        let mut adopted = store.adopt_many(adopted, request.now_ms);
-        if with_manifest {
-            if let Some(Err(error)) = adopted.pop() {
-                // `finish` stores it on its own.
-                tracing::debug!(%error, "manifest not stored with the batch");
-            }
-        }
-        committed.extend(adopted);
+        committed.extend(adopt_with_manifest(
+            &mut store,
+            adopted,
+            manifest_file,
+            failed,
+            request.now_ms,
+        ));
         for (item, result) in items.into_iter().chain(adopted_items).zip(committed) {
             let outcome =
                 result
@@ -1163,13 +1148,47 @@ fn place_manifest(store: &mut Store, file: PendingFile, raw: &[u8]) -> Option<Pe
         Ok(()) => Some(file),
         Err(error) => {
             tracing::debug!(%error, "manifest not written with the batch");
-            let _ = std::fs::remove_file(file.temp_path());
             if let Err(error) = store.abort(file) {
                 tracing::warn!(%error, "could not clean up the manifest's write");
             }
             None
         }
     }
+}
+
+/// Records `files` (written at their store paths) and the load's `manifest` together: one
+/// sync and one READY transaction for all; the results of `files`, in order. A load that
+/// `failed` leaves the store's files as they were, so its manifest is abandoned instead (if
+/// the batch itself then fails to record a module, the manifest stays stored, unpinned, until
+/// a prune). A manifest the batch could not record is stored by `finish` on its own.
+fn adopt_with_manifest(
+    store: &mut Store,
+    mut files: Vec<PendingFile>,
+    manifest: Option<PendingFile>,
+    failed: bool,
+    now_ms: u64,
+) -> Vec<Result<crate::store::FileEntry, StoreError>> {
+    let manifest = match manifest {
+        Some(file) if failed => {
+            if let Err(error) = store.abort(file) {
+                tracing::warn!(%error, "could not clean up the manifest's write");
+            }
+            None
+        }
+        other => other,
+    };
+    let with_manifest = manifest.is_some();
+    files.extend(manifest);
+    if files.is_empty() {
+        return Vec::new();
+    }
+    let mut results = store.adopt_many(files, now_ms);
+    if with_manifest {
+        if let Some(Err(error)) = results.pop() {
+            tracing::debug!(%error, "manifest not stored with the batch");
+        }
+    }
+    results
 }
 
 /// Abandons a fetched module larger than the request allows (the engine should have stopped
