@@ -462,7 +462,16 @@ impl<C: Completions, S: BlockingSpawner> Files<C, S> {
             return self.fail(req.id, "file is not open".into());
         };
         let closing = matches!(req.op, IoOp::CloseFile { .. } | IoOp::Publish { .. });
-        if self.inline && small_op(&req.op) && open.outstanding.load(Ordering::Acquire) == 0 {
+        // Creating a file is no small operation when no spare was made ahead: the inode
+        // allocation can cost a tenth of a millisecond (see `crate::spares`), which a worker
+        // pays instead of the thread that reads the network.
+        let creates =
+            matches!(req.op, IoOp::OpenUnnamed { .. }) && lock(&open.state).spare.is_none();
+        if self.inline
+            && small_op(&req.op)
+            && !creates
+            && open.outstanding.load(Ordering::Acquire) == 0
+        {
             if let IoOp::Digest { len, .. } = req.op {
                 // Answered now (read back) or by the digest thread; the engine asks nothing
                 // more of the file until it has the answer.

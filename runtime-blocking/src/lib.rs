@@ -5,26 +5,25 @@
 //! Does not own: any decision (retries, resume, verification: all in `haul-core`).
 //!
 //! Threads:
-//! - the caller's thread drives the engine (hashing happens there, inside the engine);
-//! - one thread per connection connects and then reads **ahead**, pushing each read to the
-//!   caller's thread unasked (at most two not yet taken): while the engine hashes buffer *n*,
-//!   the socket thread is already receiving buffer *n+1*, and a `Recv` is usually answered
-//!   on the caller's thread without a hand-off;
-//! - small file operations (opens, closes, reads and writes of at most 64 KiB, state file
-//!   reads, removals, renames without a sync) run on the caller's thread when nothing of the
-//!   same file is pending elsewhere: a small download then needs no thread switch for its
-//!   file at all;
-//! - the others (syncs, large writes) go to a worker per open file that executes that file's
-//!   operations in issue order (the engine's contract), so writes overlap with receiving and
-//!   hashing; threads come from a pool and are reused;
+//! - the caller's thread drives the engine (hashing of large files happens there, inside the
+//!   engine) and the sockets: it sleeps in one `mio` poller (epoll) and reads and writes
+//!   every established connection itself, non-blocking (see `net`); other threads wake it
+//!   after sending it a message;
+//! - a short-lived thread per connection sets it up (DNS, connect, proxy tunnel, TLS
+//!   handshake) and hands it over;
+//! - small file operations (opens of a spare unnamed file, closes, reads and writes of at
+//!   most 64 KiB, state file reads, removals, renames without a sync) run on the caller's
+//!   thread when nothing of the same file is pending elsewhere: a small download then needs
+//!   no thread switch for its file at all;
+//! - the others (creating a file when no spare is ready, syncs, large writes) go to a worker
+//!   per open file that executes that file's operations in issue order (the engine's
+//!   contract), so writes overlap with receiving and hashing; threads come from a pool and
+//!   are reused;
+//! - one thread makes spare unnamed files ahead of need, one hashes small files as they are
+//!   written (`haul_driver::spares`, `haul_driver::digests`);
 //! - a few threads for whole-file operations (state file writes, copies);
 //! - one durability thread that makes commits durable in rounds (a file's data before its
 //!   rename, the rename after it; one `syncfs` for a round of 8 or more on Linux).
-//!
-//! Requests are written by one sender thread for all connections, in the order asked (a
-//! request head always fits in the socket buffer; a write timeout guards the pathological
-//! case): on loopback a send also runs the receiver's TCP processing, which the caller's
-//! thread, the busiest, is spared.
 //!
 //! Shared with the async runtimes (`haul-driver`): the engine host, connection setup
 //! (proxy `CONNECT` and rustls TLS as one sans-IO transform) and the file executor.
@@ -36,9 +35,8 @@ pub mod modules;
 mod net;
 
 use std::collections::BTreeMap;
-use std::sync::mpsc::{self, Receiver, RecvTimeoutError, Sender};
-use std::sync::Mutex;
-use std::time::Duration;
+use std::sync::mpsc::{self, Receiver, Sender};
+use std::sync::{Arc, Mutex};
 
 use haul_core::{
     Config, ConfigError, Download, DownloadError, Event, IoId, IoRequest, IoResult, JobId, Outcome,
@@ -47,36 +45,51 @@ use haul_driver::{Completions, Host, Threads};
 
 pub use haul_core;
 
-/// Messages into the driver loop.
+/// Messages into the driver loop from other threads.
 pub(crate) enum Msg {
     /// The completion of an I/O request.
     Done(IoId, IoResult),
-    /// A read a connection's reader pushed ahead of the engine's `Recv`.
-    Read(haul_core::ConnId, IoResult),
+    /// A connection's setup ended: the `Connect` request's id and the connection, or why not.
+    Established(
+        haul_core::ConnId,
+        IoId,
+        Box<Result<haul_driver::Established, haul_core::IoFailure>>,
+    ),
     /// Cancel every running job (keeping partials for resume).
     CancelAll,
 }
 
-/// Completions into the driver's channel.
+/// Messages into the driver's channel, waking the driver if it sleeps in its poller.
 #[derive(Clone)]
-pub(crate) struct Sink(pub(crate) Sender<Msg>);
+pub(crate) struct Sink {
+    tx: Sender<Msg>,
+    wake: Arc<net::Wake>,
+}
+
+impl Sink {
+    pub(crate) fn send(&self, m: Msg) {
+        if self.tx.send(m).is_ok() {
+            self.wake.wake();
+        }
+    }
+}
 
 impl Completions for Sink {
     fn complete(&self, id: IoId, result: IoResult) {
-        let _ = self.0.send(Msg::Done(id, result));
+        self.send(Msg::Done(id, result));
     }
 }
 
 /// Wakes a running [`Client`] call from another thread to cancel its jobs.
 #[derive(Clone)]
 pub struct CancelHandle {
-    tx: Sender<Msg>,
+    sink: Sink,
 }
 
 impl CancelHandle {
     /// Cancel every job of the running call; partial downloads are kept for resume.
     pub fn cancel(&self) {
-        let _ = self.tx.send(Msg::CancelAll);
+        self.sink.send(Msg::CancelAll);
     }
 }
 
@@ -124,31 +137,31 @@ impl Driver {
                 },
             );
             self.runtime.files.flush();
-            if results.len() == order.len() {
+            if results.len() == order.len() && !self.runtime.net.has_done() {
                 break;
             }
-            let msg = match self.host.deadline() {
-                Some(deadline) => {
-                    let wait = deadline.saturating_duration_since(std::time::Instant::now());
-                    match self.rx.recv_timeout(wait) {
-                        Ok(m) => Some(m),
-                        Err(RecvTimeoutError::Timeout) => None,
-                        Err(RecvTimeoutError::Disconnected) => {
-                            unreachable!("driver holds a sender")
-                        }
-                    }
+            // Sleep in the poller unless completions made on this thread wait; either way
+            // serve the ready sockets, then take everything else that arrived.
+            let timeout = self
+                .host
+                .deadline()
+                .map(|d| d.saturating_duration_since(std::time::Instant::now()));
+            let mut first = None;
+            let rx = &self.rx;
+            self.runtime.net.wait(timeout, || match rx.try_recv() {
+                Ok(m) => {
+                    first = Some(m);
+                    true
                 }
-                None => Some(self.rx.recv().expect("driver holds a sender")),
-            };
-            let Some(m) = msg else {
-                self.host.tick();
-                continue;
-            };
-            self.handle(m, &order, &results);
-            // Batch whatever else completed meanwhile before polling outputs.
+                Err(_) => false,
+            });
+            if let Some(m) = first {
+                self.handle(m, &order, &results);
+            }
             while let Ok(m) = self.rx.try_recv() {
                 self.handle(m, &order, &results);
             }
+            self.feed_net();
             self.host.tick();
         }
         order
@@ -157,9 +170,9 @@ impl Driver {
             .collect()
     }
 
-    /// A connection's pushed read: to the engine if a `Recv` waits for it, else kept.
-    fn pushed_read(&mut self, conn: haul_core::ConnId, read: IoResult) {
-        if let Some((id, result)) = self.runtime.net.on_read(conn, read) {
+    /// Completions the sockets made on this thread, to the engine.
+    fn feed_net(&mut self) {
+        for (id, result) in self.runtime.net.take_done() {
             self.host.complete(id, result);
         }
     }
@@ -172,7 +185,9 @@ impl Driver {
     ) {
         match m {
             Msg::Done(id, result) => self.host.complete(id, result),
-            Msg::Read(conn, read) => self.pushed_read(conn, read),
+            Msg::Established(conn, id, result) => {
+                self.runtime.net.on_established(conn, id, *result)
+            }
             Msg::CancelAll => {
                 for job in order.iter().filter(|j| !results.contains_key(j)) {
                     self.host.cancel(*job);
@@ -194,9 +209,19 @@ impl Client {
     pub fn new(config: Config) -> Result<Client, ConfigError> {
         let (tx, rx) = mpsc::channel();
         let tls = haul_driver::tls_setup(&config)?;
+        // Creating an epoll instance fails only when the process is out of descriptors;
+        // `new` reports that as the one error it has.
+        let (poll, wake) = net::Net::poller().map_err(|e| ConfigError {
+            field: "runtime",
+            reason: format!("cannot create the socket poller: {e}"),
+        })?;
+        let sink = Sink {
+            tx,
+            wake: wake.clone(),
+        };
         let runtime = Runtime {
-            net: net::Net::new(Sink(tx.clone()), tls, &config),
-            files: haul_driver::Files::new(Sink(tx.clone()), Threads::default())
+            net: net::Net::new(sink.clone(), tls, &config, poll, wake),
+            files: haul_driver::Files::new(sink.clone(), Threads::default())
                 .inline_small_ops()
                 .running_digests(),
         };
@@ -206,7 +231,7 @@ impl Client {
             ..config
         })?;
         Ok(Client {
-            cancel: CancelHandle { tx },
+            cancel: CancelHandle { sink },
             driver: Mutex::new(Driver { host, runtime, rx }),
         })
     }
@@ -252,10 +277,13 @@ impl Client {
         while let Ok(m) = driver.rx.try_recv() {
             match m {
                 Msg::Done(id, result) => driver.host.complete(id, result),
-                Msg::Read(conn, read) => driver.pushed_read(conn, read),
+                Msg::Established(conn, id, result) => {
+                    driver.runtime.net.on_established(conn, id, *result)
+                }
                 Msg::CancelAll => {}
             }
         }
+        driver.feed_net();
         let unnamed_max = driver.host.config().unnamed_max;
         for (dir, count) in haul_driver::spares::expected_unnamed(&downloads, unnamed_max) {
             driver.runtime.files.expect_unnamed(&dir, count);
@@ -263,6 +291,3 @@ impl Client {
         driver.run(downloads, &mut on_event)
     }
 }
-
-/// Longest a request write may block (a request head always fits the socket buffer).
-pub(crate) const SEND_TIMEOUT: Duration = Duration::from_secs(30);

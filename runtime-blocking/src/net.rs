@@ -1,324 +1,418 @@
-//! Sockets: one thread per connection that sets up (shared `haul_driver::establish`: DNS,
-//! connect, proxy `CONNECT`, TLS), then reads ahead of the engine and pushes each read to
-//! the driver thread unasked, up to [`READS_AHEAD`] reads not yet taken.
+//! Sockets: set up on a short-lived thread each (shared `haul_driver::establish`: DNS,
+//! connect, proxy `CONNECT`, TLS), then driven from the driver thread itself through one
+//! `mio` poller (epoll on Linux): non-blocking reads and writes, no thread per connection.
 //!
-//! The driver thread keeps each connection's pushed reads and answers `Recv` from them, on
-//! its own thread when one is there (the common case: the reader got the response while the
-//! engine handled the previous one). A read then costs the reader's wake-up by the socket and
-//! the driver's by the channel, instead of also a hand-off of the request to the reader and
-//! its wake-up for it. The reader takes a credit from a bounded channel before each read, and
-//! the driver gives one back per read it hands to the engine: a reader whose reads are not
-//! taken waits, so memory stays bounded.
+//! A `Recv` reads the socket at once when it may hold bytes (edge-triggered readiness: a
+//! connection is readable until a read would block, and becomes readable again with the
+//! poller's next event for it); otherwise it waits for that event. A `Send` writes at once
+//! and completes when its last byte left; what the socket does not take waits for
+//! writability, behind it the later sends of the connection, in the order asked. With TLS
+//! (or a tunnel) the connection's [`Transport`] sits between the socket and the engine, on
+//! this one thread.
 //!
-//! Closing shuts the socket down and drops the credits, which ends the reader; a `Recv`
-//! waiting on the connection completes as closed, and so does every later one. Every
-//! request gets exactly one completion.
+//! Completions made here go straight back to the engine ([`Net::take_done`]), not through
+//! the driver's channel. The poller is also where the driver sleeps: other threads (file
+//! workers, connection setup, cancel) wake it with a [`Wake`] after sending their message.
 //!
-//! Requests go out through one sender thread for all connections, in the order asked. With
-//! TLS (or a tunnel) the shared [`Transport`] sits between the socket and the engine behind a
-//! lock that is never held across a blocking socket call, so the reader can wait for bytes
-//! while the sender writes the next request.
+//! Closing drops the socket; a `Recv` or `Send` waiting on the connection completes as
+//! closed, and so does every later one. Every request gets exactly one completion.
+//!
+//! This replaced a reader thread per connection and a sender thread: on a small machine
+//! (2 cores) their hand-offs, about five thread switches per small download, cost more than
+//! the reads and writes themselves.
 
 use std::collections::{BTreeMap, VecDeque};
 use std::io::{ErrorKind, Read, Write};
-use std::net::{Shutdown, TcpStream};
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::mpsc::{self, Receiver, SyncSender};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
+use bytes::Bytes;
 use haul_core::http::Origin;
 use haul_core::{Config, ConnId, IoFailure, IoId, IoOp, IoRequest, IoResult, ProxyHop};
 use haul_driver::{
-    connection_closed, establish, net_failure, Completions, Plain, ReadSlab, TlsSetup, Transport,
+    connection_closed, establish, net_failure, Established, Plain, ReadSlab, TlsSetup, Transport,
 };
+use mio::net::TcpStream;
+use mio::{Events, Interest, Poll, Token};
 
-use crate::{Msg, Sink, SEND_TIMEOUT};
+use crate::{Msg, Sink};
 
-/// Reads a connection's reader may push before the engine has taken them.
-const READS_AHEAD: usize = 2;
+/// The poller's token for [`Wake`] (connections use their id).
+const WAKE: Token = Token(usize::MAX);
 
-/// An established connection, shared by its reader thread and the driver thread (sends).
+/// Wakes the driver thread from its poll when another thread sent it a message.
+pub(crate) struct Wake {
+    waker: mio::Waker,
+    /// Set by the driver just before it polls, cleared by the first waker (or the driver)
+    /// after: only the first message of a sleep pays for the wake-up.
+    sleeping: AtomicBool,
+}
+
+impl Wake {
+    /// Call after sending to the driver's channel.
+    pub(crate) fn wake(&self) {
+        if self.sleeping.swap(false, Ordering::SeqCst) {
+            let _ = self.waker.wake();
+        }
+    }
+}
+
+/// A connection being set up, or up.
+enum Conn {
+    /// `establish` runs on its thread; a `Recv` asked meanwhile waits.
+    Connecting {
+        recv: Option<IoId>,
+    },
+    /// Setup failed: every read and send finds it closed.
+    Failed,
+    Up(Box<Link>),
+}
+
+/// An established connection.
 struct Link {
     stream: TcpStream,
-    transport: Option<Mutex<Transport>>,
-    /// Serialises writers so TLS records leave in the order they were sealed.
-    writing: Mutex<()>,
-}
-
-impl Link {
-    fn send(&self, data: &[u8]) -> IoResult {
-        let _writing = self.writing.lock().unwrap_or_else(|e| e.into_inner());
-        let out = match &self.transport {
-            None => return write(&self.stream, data),
-            Some(t) => {
-                let mut t = t.lock().unwrap_or_else(|e| e.into_inner());
-                if let Err(f) = t.send_plain(data) {
-                    return IoResult::Failed(f);
-                }
-                t.take_outgoing()
-            }
-        };
-        match out {
-            Some(out) => write(&self.stream, &out),
-            None => IoResult::Done,
-        }
-    }
-
-    fn read(&self, slab: &mut ReadSlab, wire: &mut Vec<u8>) -> IoResult {
-        let Some(t) = &self.transport else {
-            return read_some(&self.stream, slab);
-        };
-        loop {
-            let got = t
-                .lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .read_plain(slab.chunk());
-            match got {
-                Ok(Plain::Data(n)) => return IoResult::Data(slab.take(n)),
-                Ok(Plain::Eof) => return IoResult::Eof,
-                Err(f) => return IoResult::Failed(f),
-                Ok(Plain::NeedWire) => {}
-            }
-            if wire.is_empty() {
-                *wire = vec![0; haul_driver::READ_CHUNK];
-            }
-            match (&self.stream).read(wire) {
-                Ok(n) => t
-                    .lock()
-                    .unwrap_or_else(|e| e.into_inner())
-                    .feed_wire(&wire[..n]),
-                Err(e) if e.kind() == ErrorKind::Interrupted => {}
-                Err(e) => return IoResult::Failed(net_failure(&e)),
-            }
-        }
-    }
-}
-
-fn write(mut stream: &TcpStream, data: &[u8]) -> IoResult {
-    match stream.write_all(data) {
-        Ok(()) => IoResult::Done,
-        Err(e) => IoResult::Failed(net_failure(&e)),
-    }
-}
-
-/// The driver thread's view of a connection.
-struct ConnHandle {
-    /// One credit per read pushed and not taken yet (see the module docs).
-    credits: Receiver<()>,
-    /// The established link, for sends and for shutdown on close.
-    link: Arc<Mutex<Option<Arc<Link>>>>,
-    closed: Arc<AtomicBool>,
-    /// Reads pushed by the reader, oldest first.
-    ready: VecDeque<IoResult>,
-    /// A `Recv` waiting for the next read.
-    waiting: Option<IoId>,
+    transport: Option<Transport>,
+    /// The waiting `Recv`, if any.
+    recv: Option<IoId>,
+    /// A read may find bytes (no read would-blocked since the last readiness event).
+    readable: bool,
+    /// A write may make progress (likewise).
+    writable: bool,
+    /// Wire bytes not written yet, oldest first, with the send each completes (`None`: bytes
+    /// the transport produced on its own) and how much of them has left.
+    sends: VecDeque<(Option<IoId>, Bytes, usize)>,
     /// The engine got the connection's end (EOF or a failure): later reads are closed.
     finished: bool,
-}
-
-impl ConnHandle {
-    /// Hand `read` to the engine: take back its credit, note the end of the stream.
-    fn take(&mut self, read: IoResult) -> IoResult {
-        let _ = self.credits.try_recv();
-        if !matches!(read, IoResult::Data(_)) {
-            self.finished = true;
-        }
-        read
-    }
 }
 
 pub(crate) struct Net {
     sink: Sink,
     tls: TlsSetup,
-    conns: BTreeMap<ConnId, ConnHandle>,
     connect_timeout: Duration,
-    /// The sender thread's queue, once started (see [`sender`]).
-    sends: Option<mpsc::Sender<(IoId, Arc<Link>, bytes::Bytes)>>,
+    poll: Poll,
+    events: Events,
+    wake: Arc<Wake>,
+    conns: BTreeMap<ConnId, Conn>,
+    /// Completions made on this thread, for the engine.
+    done: Vec<(IoId, IoResult)>,
+    slab: ReadSlab,
+    /// Wire buffer for connections with a transport.
+    wire: Vec<u8>,
 }
 
 impl Net {
-    pub(crate) fn new(sink: Sink, tls: TlsSetup, config: &Config) -> Net {
+    /// The poller and its waker; the waker goes into the [`Sink`] before [`Net::new`].
+    pub(crate) fn poller() -> std::io::Result<(Poll, Arc<Wake>)> {
+        let poll = Poll::new()?;
+        let waker = mio::Waker::new(poll.registry(), WAKE)?;
+        let wake = Arc::new(Wake {
+            waker,
+            sleeping: AtomicBool::new(false),
+        });
+        Ok((poll, wake))
+    }
+
+    pub(crate) fn new(
+        sink: Sink,
+        tls: TlsSetup,
+        config: &Config,
+        poll: Poll,
+        wake: Arc<Wake>,
+    ) -> Net {
         Net {
             sink,
             tls,
-            conns: BTreeMap::new(),
             connect_timeout: config.connect_timeout,
-            sends: None,
+            poll,
+            events: Events::with_capacity(256),
+            wake,
+            conns: BTreeMap::new(),
+            done: Vec::new(),
+            slab: ReadSlab::default(),
+            wire: Vec::new(),
         }
     }
 
     pub(crate) fn start(&mut self, req: IoRequest) {
         match req.op {
             IoOp::Connect { conn, origin, via } => self.connect(req.id, conn, origin, via),
-            IoOp::Send { conn, data } => {
-                let Some(link) = self.conns.get(&conn).and_then(|h| current(&h.link)) else {
-                    return self.sink.complete(req.id, connection_closed());
-                };
-                if self.sends.is_none() {
-                    let (tx, rx) = mpsc::channel();
-                    let sink = self.sink.clone();
-                    let started = std::thread::Builder::new()
-                        .name("haul-send".into())
-                        .spawn(move || sender(rx, sink));
-                    if started.is_ok() {
-                        self.sends = Some(tx);
-                    }
+            IoOp::Send { conn, data } => match self.conns.get_mut(&conn) {
+                Some(Conn::Up(link)) => {
+                    link.queue_send(req.id, data, &mut self.done);
+                    link.flush(&mut self.done);
                 }
-                let unsent = match &self.sends {
-                    Some(q) => q.send((req.id, link, data)).err().map(|e| e.0),
-                    None => Some((req.id, link, data)),
-                };
-                // Without a sender thread, send here.
-                if let Some((id, link, data)) = unsent {
-                    self.sink.complete(id, link.send(&data));
+                _ => self.done.push((req.id, connection_closed())),
+            },
+            IoOp::Recv { conn } => match self.conns.get_mut(&conn) {
+                Some(Conn::Connecting { recv }) => *recv = Some(req.id),
+                Some(Conn::Up(link)) if !link.finished => {
+                    link.recv = Some(req.id);
+                    link.read(&mut self.slab, &mut self.wire, &mut self.done);
                 }
-            }
-            IoOp::Recv { conn } => {
-                let r = match self.conns.get_mut(&conn) {
-                    Some(h) if h.finished => connection_closed(),
-                    Some(h) => match h.ready.pop_front() {
-                        Some(read) => h.take(read),
-                        None => {
-                            h.waiting = Some(req.id);
-                            return;
-                        }
-                    },
-                    None => connection_closed(),
-                };
-                self.sink.complete(req.id, r);
-            }
+                _ => self.done.push((req.id, connection_closed())),
+            },
             IoOp::Close { conn } => {
-                if let Some(h) = self.conns.remove(&conn) {
-                    h.closed.store(true, Ordering::SeqCst);
-                    if let Some(link) = current(&h.link) {
-                        let _ = link.stream.shutdown(Shutdown::Both);
+                match self.conns.remove(&conn) {
+                    Some(Conn::Connecting { recv: Some(id) }) => {
+                        self.done.push((id, connection_closed()));
                     }
-                    if let Some(waiting) = h.waiting {
-                        self.sink.complete(waiting, connection_closed());
+                    Some(Conn::Up(mut link)) => {
+                        let _ = self.poll.registry().deregister(&mut link.stream);
+                        let _ = link.stream.shutdown(std::net::Shutdown::Both);
+                        link.fail_all(&mut self.done);
                     }
-                    // Dropping the credits ends the reader at its next read.
+                    _ => {}
                 }
-                self.sink.complete(req.id, IoResult::Done);
+                self.done.push((req.id, IoResult::Done));
             }
             other => unreachable!("not a network operation: {other:?}"),
         }
     }
 
-    /// A read `conn`'s reader pushed: the completion of the `Recv` waiting for it, if one is.
-    pub(crate) fn on_read(&mut self, conn: ConnId, read: IoResult) -> Option<(IoId, IoResult)> {
-        // Reads of a connection closed meanwhile are dropped.
-        let h = self.conns.get_mut(&conn)?;
-        match h.waiting.take() {
-            Some(id) => Some((id, h.take(read))),
-            None => {
-                h.ready.push_back(read);
-                None
+    /// Completions made since the last call, in the order they were made.
+    pub(crate) fn take_done(&mut self) -> std::vec::Drain<'_, (IoId, IoResult)> {
+        self.done.drain(..)
+    }
+
+    /// Whether completions wait in [`Net::take_done`].
+    pub(crate) fn has_done(&self) -> bool {
+        !self.done.is_empty()
+    }
+
+    /// Sleep until a socket is ready, another thread woke the driver, or `timeout` passed
+    /// (`None`: no limit); then serve the ready sockets. `pending` is asked after the driver
+    /// announced its sleep, so that a message sent just before is not slept over.
+    pub(crate) fn wait(&mut self, timeout: Option<Duration>, pending: impl FnOnce() -> bool) {
+        self.wake.sleeping.store(true, Ordering::SeqCst);
+        let timeout = if pending() || self.has_done() {
+            Some(Duration::ZERO)
+        } else {
+            timeout
+        };
+        if let Err(e) = self.poll.poll(&mut self.events, timeout) {
+            if e.kind() != ErrorKind::Interrupted {
+                tracing::warn!(error = %e, "poll failed");
+            }
+        }
+        self.wake.sleeping.store(false, Ordering::SeqCst);
+        let ready: Vec<(Token, bool, bool)> = self
+            .events
+            .iter()
+            .filter(|e| e.token() != WAKE)
+            .map(|e| {
+                let failed = e.is_error();
+                (
+                    e.token(),
+                    e.is_readable() || e.is_read_closed() || failed,
+                    e.is_writable() || e.is_write_closed() || failed,
+                )
+            })
+            .collect();
+        for (token, readable, writable) in ready {
+            let Some(Conn::Up(link)) = self.conns.get_mut(&ConnId(token.0 as u64)) else {
+                continue;
+            };
+            if writable {
+                link.writable = true;
+                link.flush(&mut self.done);
+            }
+            if readable {
+                link.readable = true;
+                link.read(&mut self.slab, &mut self.wire, &mut self.done);
+            }
+        }
+    }
+
+    /// A connection's setup ended (on its thread).
+    pub(crate) fn on_established(
+        &mut self,
+        conn: ConnId,
+        connect: IoId,
+        result: Result<Established, IoFailure>,
+    ) {
+        let recv = match self.conns.get_mut(&conn) {
+            Some(Conn::Connecting { recv }) => recv.take(),
+            // Closed while connecting: the socket is dropped, the connect still completes.
+            _ => {
+                self.done.push((connect, IoResult::Done));
+                return;
+            }
+        };
+        let established = result.and_then(|e| {
+            e.stream
+                .set_nonblocking(true)
+                .map_err(|err| net_failure(&err))?;
+            let mut stream = TcpStream::from_std(e.stream);
+            self.poll
+                .registry()
+                .register(
+                    &mut stream,
+                    Token(conn.0 as usize),
+                    Interest::READABLE | Interest::WRITABLE,
+                )
+                .map_err(|err| net_failure(&err))?;
+            Ok((stream, e.transport))
+        });
+        match established {
+            Ok((stream, transport)) => {
+                self.done.push((connect, IoResult::Done));
+                let mut link = Box::new(Link {
+                    stream,
+                    transport,
+                    recv,
+                    readable: true,
+                    writable: true,
+                    sends: VecDeque::new(),
+                    finished: false,
+                });
+                link.read(&mut self.slab, &mut self.wire, &mut self.done);
+                self.conns.insert(conn, Conn::Up(link));
+            }
+            Err(f) => {
+                self.done.push((connect, IoResult::Failed(f)));
+                if let Some(id) = recv {
+                    self.done.push((id, connection_closed()));
+                }
+                self.conns.insert(conn, Conn::Failed);
             }
         }
     }
 
     fn connect(&mut self, id: IoId, conn: ConnId, origin: Origin, via: Option<ProxyHop>) {
-        let (credit, credits) = mpsc::sync_channel(READS_AHEAD);
-        let link = Arc::new(Mutex::new(None));
-        let closed = Arc::new(AtomicBool::new(false));
-        self.conns.insert(
-            conn,
-            ConnHandle {
-                credits,
-                link: link.clone(),
-                closed: closed.clone(),
-                ready: VecDeque::new(),
-                waiting: None,
-                finished: false,
-            },
-        );
+        self.conns.insert(conn, Conn::Connecting { recv: None });
         let sink = self.sink.clone();
         let (tls, timeout) = (self.tls.clone(), self.connect_timeout);
-        let setup = move || establish(&origin, via.as_ref(), &tls, timeout);
         let spawned = std::thread::Builder::new()
             .name(format!("haul-{conn}"))
-            .spawn(move || connection_thread(id, conn, setup, link, closed, credit, sink));
+            .spawn(move || {
+                let result = establish(&origin, via.as_ref(), &tls, timeout);
+                sink.send(Msg::Established(conn, id, Box::new(result)));
+            });
         if let Err(e) = spawned {
-            self.conns.remove(&conn);
-            self.sink.complete(
+            self.conns.insert(conn, Conn::Failed);
+            self.done.push((
                 id,
                 IoResult::Failed(IoFailure::new(
                     haul_core::IoErrorKind::Other,
                     format!("spawn: {e}"),
                 )),
-            );
+            ));
         }
     }
 }
 
-fn current(slot: &Mutex<Option<Arc<Link>>>) -> Option<Arc<Link>> {
-    slot.lock().unwrap_or_else(|e| e.into_inner()).clone()
-}
-
-/// Writes requests for every connection, in the order they were asked: a send on loopback
-/// also runs the receiving side's TCP processing, which would otherwise take about a tenth
-/// of the driver thread in a run of many small downloads. Ends when the driver drops its
-/// queue.
-fn sender(rx: Receiver<(IoId, Arc<Link>, bytes::Bytes)>, sink: Sink) {
-    for (id, link, data) in rx {
-        let r = link.send(&data);
-        sink.complete(id, r);
-    }
-}
-
-fn connection_thread(
-    connect_id: IoId,
-    conn: ConnId,
-    setup: impl FnOnce() -> Result<haul_driver::Established, IoFailure>,
-    slot: Arc<Mutex<Option<Arc<Link>>>>,
-    closed: Arc<AtomicBool>,
-    credit: SyncSender<()>,
-    sink: Sink,
-) {
-    let link = match setup() {
-        Ok(e) => {
-            let _ = e.stream.set_write_timeout(Some(SEND_TIMEOUT));
-            let link = Arc::new(Link {
-                stream: e.stream,
-                transport: e.transport.map(Mutex::new),
-                writing: Mutex::new(()),
-            });
-            *slot.lock().unwrap_or_else(|e| e.into_inner()) = Some(link.clone());
-            if closed.load(Ordering::SeqCst) {
-                // Closed while connecting: the close may have missed the socket.
-                let _ = link.stream.shutdown(Shutdown::Both);
+impl Link {
+    /// Queue `data` (through the transport, if any) for writing; complete `id` when it left.
+    fn queue_send(&mut self, id: IoId, data: Bytes, done: &mut Vec<(IoId, IoResult)>) {
+        let wire = match self.transport.as_mut() {
+            None => data,
+            Some(t) => {
+                if let Err(f) = t.send_plain(&data) {
+                    return done.push((id, IoResult::Failed(f)));
+                }
+                t.take_outgoing().map(Bytes::from).unwrap_or_default()
             }
-            sink.complete(connect_id, IoResult::Done);
-            link
-        }
-        Err(f) => {
-            sink.complete(connect_id, IoResult::Failed(f));
-            // Any read of a connection that never came up finds it closed.
-            let _ = sink.0.send(Msg::Read(conn, connection_closed()));
-            return;
-        }
-    };
-    let mut slab = ReadSlab::default();
-    let mut wire = Vec::new();
-    // A credit per read; none left while READS_AHEAD reads wait to be taken. The send fails
-    // once the connection is closed (its credits dropped).
-    while credit.send(()).is_ok() {
-        let read = link.read(&mut slab, &mut wire);
-        let end = !matches!(read, IoResult::Data(_));
-        if sink.0.send(Msg::Read(conn, read)).is_err() || end {
-            return;
+        };
+        self.sends.push_back((Some(id), wire, 0));
+    }
+
+    /// Write queued bytes until the socket takes no more.
+    fn flush(&mut self, done: &mut Vec<(IoId, IoResult)>) {
+        while self.writable {
+            let Some((id, data, sent)) = self.sends.front_mut() else {
+                return;
+            };
+            if *sent < data.len() {
+                match (&self.stream).write(&data[*sent..]) {
+                    Ok(n) => {
+                        *sent += n;
+                        continue;
+                    }
+                    Err(e) if e.kind() == ErrorKind::WouldBlock => {
+                        self.writable = false;
+                        return;
+                    }
+                    Err(e) if e.kind() == ErrorKind::Interrupted => continue,
+                    Err(e) => {
+                        let failure = net_failure(&e);
+                        for (id, ..) in self.sends.drain(..) {
+                            if let Some(id) = id {
+                                done.push((id, IoResult::Failed(failure.clone())));
+                            }
+                        }
+                        return;
+                    }
+                }
+            }
+            if let Some(id) = *id {
+                done.push((id, IoResult::Done));
+            }
+            self.sends.pop_front();
         }
     }
-}
 
-fn read_some(mut stream: &TcpStream, slab: &mut ReadSlab) -> IoResult {
-    loop {
-        match stream.read(slab.chunk()) {
-            Ok(0) => return IoResult::Eof,
-            Ok(n) => return IoResult::Data(slab.take(n)),
-            Err(e) if e.kind() == ErrorKind::Interrupted => continue,
-            Err(e) => return IoResult::Failed(net_failure(&e)),
+    /// Answer the waiting `Recv` if the socket (or the transport) has something for it.
+    fn read(&mut self, slab: &mut ReadSlab, wire: &mut Vec<u8>, done: &mut Vec<(IoId, IoResult)>) {
+        let Some(id) = self.recv else {
+            return;
+        };
+        let Some(result) = self.try_read(slab, wire) else {
+            return;
+        };
+        self.recv = None;
+        if !matches!(result, IoResult::Data(_)) {
+            self.finished = true;
+        }
+        done.push((id, result));
+    }
+
+    /// The next read, or `None` if it would block.
+    fn try_read(&mut self, slab: &mut ReadSlab, wire: &mut Vec<u8>) -> Option<IoResult> {
+        let Some(t) = self.transport.as_mut() else {
+            while self.readable {
+                match (&self.stream).read(slab.chunk()) {
+                    Ok(0) => return Some(IoResult::Eof),
+                    Ok(n) => return Some(IoResult::Data(slab.take(n))),
+                    Err(e) if e.kind() == ErrorKind::WouldBlock => self.readable = false,
+                    Err(e) if e.kind() == ErrorKind::Interrupted => {}
+                    Err(e) => return Some(IoResult::Failed(net_failure(&e))),
+                }
+            }
+            return None;
+        };
+        loop {
+            match t.read_plain(slab.chunk()) {
+                Ok(Plain::Data(n)) => return Some(IoResult::Data(slab.take(n))),
+                Ok(Plain::Eof) => return Some(IoResult::Eof),
+                Err(f) => return Some(IoResult::Failed(f)),
+                Ok(Plain::NeedWire) => {}
+            }
+            if !self.readable {
+                return None;
+            }
+            if wire.is_empty() {
+                *wire = vec![0; haul_driver::READ_CHUNK];
+            }
+            match (&self.stream).read(wire) {
+                // Also the end (n = 0): the transport reports it.
+                Ok(n) => t.feed_wire(&wire[..n]),
+                Err(e) if e.kind() == ErrorKind::WouldBlock => self.readable = false,
+                Err(e) if e.kind() == ErrorKind::Interrupted => {}
+                Err(e) => return Some(IoResult::Failed(net_failure(&e))),
+            }
+        }
+    }
+
+    /// The connection closed: everything waiting on it completes as closed.
+    fn fail_all(&mut self, done: &mut Vec<(IoId, IoResult)>) {
+        if let Some(id) = self.recv.take() {
+            done.push((id, connection_closed()));
+        }
+        for (id, ..) in self.sends.drain(..) {
+            if let Some(id) = id {
+                done.push((id, connection_closed()));
+            }
         }
     }
 }
@@ -328,16 +422,39 @@ mod tests {
     use super::*;
     use haul_core::http::Scheme;
     use std::net::TcpListener;
+    use std::sync::mpsc::{self, Receiver};
+    use std::time::Instant;
 
     fn net() -> (Net, Receiver<Msg>) {
         let (tx, rx) = mpsc::channel();
         let config = Config::default();
         let tls = haul_driver::tls_setup(&config).unwrap();
-        (Net::new(Sink(tx), tls, &config), rx)
+        let (poll, wake) = Net::poller().unwrap();
+        let sink = Sink {
+            tx,
+            wake: wake.clone(),
+        };
+        (Net::new(sink, tls, &config, poll, wake), rx)
     }
 
-    fn next(rx: &Receiver<Msg>) -> Msg {
-        rx.recv_timeout(Duration::from_secs(10)).expect("a message")
+    /// Drive `net` as the driver does until a completion arrives; messages from other
+    /// threads are handled on the way.
+    fn next(net: &mut Net, rx: &Receiver<Msg>) -> (IoId, IoResult) {
+        let give_up = Instant::now() + Duration::from_secs(10);
+        loop {
+            if let Some(c) = net.done.first().cloned() {
+                net.done.remove(0);
+                return c;
+            }
+            assert!(Instant::now() < give_up, "no completion");
+            net.wait(Some(Duration::from_millis(100)), || false);
+            while let Ok(m) = rx.try_recv() {
+                match m {
+                    Msg::Established(conn, id, result) => net.on_established(conn, id, *result),
+                    Msg::Done(..) | Msg::CancelAll => panic!("not a network message"),
+                }
+            }
+        }
     }
 
     fn connect(net: &mut Net, rx: &Receiver<Msg>, port: u16) -> ConnId {
@@ -355,15 +472,12 @@ mod tests {
                 via: None,
             },
         });
-        assert!(matches!(next(rx), Msg::Done(IoId(1), IoResult::Done)));
+        assert!(matches!(next(net, rx), (IoId(1), IoResult::Done)));
         conn
     }
 
-    fn recv(net: &mut Net, conn: ConnId, id: u64) {
-        net.start(IoRequest {
-            id: IoId(id),
-            op: IoOp::Recv { conn },
-        });
+    fn request(net: &mut Net, id: u64, op: IoOp) {
+        net.start(IoRequest { id: IoId(id), op });
     }
 
     #[test]
@@ -379,129 +493,180 @@ mod tests {
         let (mut net, rx) = net();
         let conn = connect(&mut net, &rx, port);
         for (id, data) in [(2, "first "), (3, "second "), (4, "third")] {
-            net.start(IoRequest {
-                id: IoId(id),
-                op: IoOp::Send {
-                    conn,
-                    data: bytes::Bytes::from_static(data.as_bytes()),
-                },
-            });
+            let data = Bytes::from_static(data.as_bytes());
+            request(&mut net, id, IoOp::Send { conn, data });
         }
-        let mut done = Vec::new();
-        while done.len() < 3 {
-            match next(&rx) {
-                Msg::Done(id, IoResult::Done) => done.push(id.0),
-                Msg::Read(..) => {}
-                _ => panic!("a send failed"),
-            }
-        }
+        let done: Vec<u64> = (0..3)
+            .map(|_| match next(&mut net, &rx) {
+                (id, IoResult::Done) => id.0,
+                other => panic!("a send failed: {other:?}"),
+            })
+            .collect();
         assert_eq!(done, vec![2, 3, 4]);
-        net.start(IoRequest {
-            id: IoId(5),
-            op: IoOp::Close { conn },
-        });
+        request(&mut net, 5, IoOp::Close { conn });
+        assert!(matches!(next(&mut net, &rx), (IoId(5), IoResult::Done)));
         assert_eq!(server.join().unwrap(), b"first second third");
         // A send on a closed connection fails at once.
-        net.start(IoRequest {
-            id: IoId(6),
-            op: IoOp::Send {
-                conn,
-                data: bytes::Bytes::from_static(b"late"),
-            },
-        });
-        loop {
-            match next(&rx) {
-                Msg::Done(IoId(6), r) => {
-                    assert!(matches!(r, IoResult::Failed(_)), "{r:?}");
-                    break;
-                }
-                _ => continue,
-            }
-        }
+        let data = Bytes::from_static(b"late");
+        request(&mut net, 6, IoOp::Send { conn, data });
+        let (id, r) = next(&mut net, &rx);
+        assert_eq!(id, IoId(6));
+        assert!(matches!(r, IoResult::Failed(_)), "{r:?}");
     }
 
     #[test]
-    fn a_reader_pushes_at_most_two_reads_until_the_engine_takes_one() {
+    fn a_send_the_socket_cannot_take_completes_once_the_peer_reads_it_and_later_sends_follow() {
         let listener = TcpListener::bind("127.0.0.1:0").unwrap();
         let port = listener.local_addr().unwrap().port();
+        let (go, wait_go) = mpsc::channel::<()>();
+        let big = vec![5u8; 32 << 20];
         let server = std::thread::spawn(move || {
             let (mut s, _) = listener.accept().unwrap();
-            // Far more than two reads' worth; the writes block once the buffers fill.
-            let _ = s.write_all(&vec![7u8; 16 * haul_driver::READ_CHUNK]);
+            // Read nothing until told: the client's socket buffers fill up.
+            wait_go.recv().unwrap();
+            let mut got = Vec::new();
+            s.read_to_end(&mut got).unwrap();
+            got.len()
         });
         let (mut net, rx) = net();
         let conn = connect(&mut net, &rx, port);
-        let mut pushed = 0;
-        let mut bytes = 0;
-        while pushed < READS_AHEAD {
-            let Msg::Read(c, IoResult::Data(d)) = next(&rx) else {
-                panic!("not a read")
-            };
-            assert_eq!(c, conn);
-            pushed += 1;
-            bytes += d.len();
-            assert!(net.on_read(c, IoResult::Data(d)).is_none(), "no Recv waits");
+        let data = Bytes::from(big);
+        request(&mut net, 2, IoOp::Send { conn, data });
+        let data = Bytes::from_static(b"tail");
+        request(&mut net, 3, IoOp::Send { conn, data });
+        // Nothing completes while the peer does not read (the poll returns empty-handed).
+        for _ in 0..3 {
+            net.wait(Some(Duration::from_millis(50)), || false);
         }
-        std::thread::sleep(Duration::from_millis(200));
-        assert!(rx.try_recv().is_err(), "a third read before any was taken");
-        // Taking one (from the kept reads, on this thread) lets the reader read once more.
-        recv(&mut net, conn, 2);
-        let (mut answered, mut read_again) = (false, false);
-        for _ in 0..2 {
-            match next(&rx) {
-                Msg::Done(IoId(2), IoResult::Data(_)) => answered = true,
-                Msg::Read(_, IoResult::Data(_)) => read_again = true,
-                _ => panic!("neither the answer nor a new read"),
-            }
-        }
-        assert!(answered && read_again);
-        assert!(bytes > 0);
-        net.start(IoRequest {
-            id: IoId(3),
-            op: IoOp::Close { conn },
-        });
-        assert!(matches!(next(&rx), Msg::Done(IoId(3), IoResult::Done)));
-        server.join().unwrap();
+        assert!(net.done.is_empty(), "{:?}", net.done);
+        go.send(()).unwrap();
+        assert!(matches!(next(&mut net, &rx), (IoId(2), IoResult::Done)));
+        assert!(matches!(next(&mut net, &rx), (IoId(3), IoResult::Done)));
+        request(&mut net, 4, IoOp::Close { conn });
+        assert!(matches!(next(&mut net, &rx), (IoId(4), IoResult::Done)));
+        assert_eq!(server.join().unwrap(), (32 << 20) + 4);
     }
 
     #[test]
-    fn reads_are_taken_in_order_then_the_end_then_closed() {
+    fn reads_come_in_order_then_the_end_then_closed() {
         let listener = TcpListener::bind("127.0.0.1:0").unwrap();
         let port = listener.local_addr().unwrap().port();
+        let (go, wait_go) = mpsc::channel::<()>();
         let server = std::thread::spawn(move || {
             let (mut s, _) = listener.accept().unwrap();
             s.write_all(b"hello").unwrap();
+            // The rest only after the client waited on an empty socket.
+            wait_go.recv().unwrap();
+            s.write_all(b" world").unwrap();
         });
         let (mut net, rx) = net();
         let conn = connect(&mut net, &rx, port);
-        server.join().unwrap();
-        // Each Recv is answered from the kept reads or by the next push, in order.
         let mut got = Vec::new();
         let mut id = 2;
-        recv(&mut net, conn, id);
         loop {
-            let (done, result) = match next(&rx) {
-                Msg::Read(c, read) => match net.on_read(c, read) {
-                    Some(completion) => completion,
-                    None => continue,
-                },
-                Msg::Done(done, result) => (done, result),
-                Msg::CancelAll => panic!("no cancel was sent"),
-            };
-            assert_eq!(done, IoId(id), "completions come in request order");
+            request(&mut net, id, IoOp::Recv { conn });
+            let (done, result) = next(&mut net, &rx);
+            assert_eq!(done, IoId(id));
             match result {
                 IoResult::Data(d) => got.extend_from_slice(&d),
                 IoResult::Eof => break,
                 other => panic!("{other:?}"),
             }
+            if got == b"hello" {
+                // The next Recv waits for the poller: nothing is there yet.
+                request(&mut net, 100, IoOp::Recv { conn });
+                net.wait(Some(Duration::from_millis(50)), || false);
+                assert!(net.done.is_empty(), "a read of an empty socket completed");
+                go.send(()).unwrap();
+                let (done, result) = next(&mut net, &rx);
+                assert_eq!(done, IoId(100));
+                let IoResult::Data(d) = result else {
+                    panic!("{result:?}")
+                };
+                got.extend_from_slice(&d);
+            }
             id += 1;
-            recv(&mut net, conn, id);
         }
-        assert_eq!(got, b"hello");
+        server.join().unwrap();
+        assert_eq!(got, b"hello world");
         // After the end, every read finds the connection closed.
-        recv(&mut net, conn, 100);
-        let Msg::Done(IoId(100), IoResult::Failed(_)) = next(&rx) else {
-            panic!("not closed")
+        request(&mut net, 200, IoOp::Recv { conn });
+        assert!(matches!(
+            next(&mut net, &rx),
+            (IoId(200), IoResult::Failed(_))
+        ));
+    }
+
+    #[test]
+    fn closing_a_connection_completes_its_waiting_read_as_closed() {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let (mut net, rx) = net();
+        let conn = connect(&mut net, &rx, port);
+        let _peer = listener.accept().unwrap();
+        request(&mut net, 2, IoOp::Recv { conn });
+        net.wait(Some(Duration::from_millis(20)), || false);
+        assert!(net.done.is_empty());
+        request(&mut net, 3, IoOp::Close { conn });
+        let (id, r) = next(&mut net, &rx);
+        assert_eq!(id, IoId(2));
+        assert!(matches!(r, IoResult::Failed(_)), "{r:?}");
+        assert!(matches!(next(&mut net, &rx), (IoId(3), IoResult::Done)));
+    }
+
+    #[test]
+    fn a_failed_setup_fails_the_connect_and_every_later_read() {
+        // A port nobody listens on: bind one, learn it, free it.
+        let port = {
+            let l = TcpListener::bind("127.0.0.1:0").unwrap();
+            l.local_addr().unwrap().port()
         };
+        let (mut net, rx) = net();
+        let conn = ConnId(7);
+        let origin = Origin {
+            scheme: Scheme::Http,
+            host: "127.0.0.1".into(),
+            port,
+        };
+        let via = None;
+        request(&mut net, 1, IoOp::Connect { conn, origin, via });
+        // A Recv asked while connecting waits for the setup, then finds it closed.
+        request(&mut net, 2, IoOp::Recv { conn });
+        let (id, r) = next(&mut net, &rx);
+        assert_eq!(id, IoId(1));
+        assert!(matches!(r, IoResult::Failed(_)), "{r:?}");
+        assert!(matches!(
+            next(&mut net, &rx),
+            (IoId(2), IoResult::Failed(_))
+        ));
+        request(&mut net, 3, IoOp::Recv { conn });
+        assert!(matches!(
+            next(&mut net, &rx),
+            (IoId(3), IoResult::Failed(_))
+        ));
+    }
+
+    #[test]
+    fn a_message_from_another_thread_wakes_a_sleeping_driver() {
+        let (mut net, rx) = net();
+        let sink = net.sink.clone();
+        let sender = std::thread::spawn(move || {
+            std::thread::sleep(Duration::from_millis(50));
+            sink.send(Msg::CancelAll);
+        });
+        let start = Instant::now();
+        // As the driver does: the channel is asked after the sleep is announced. Without
+        // the wake each of these polls would sleep the whole minute.
+        let mut got = None;
+        while got.is_none() {
+            net.wait(Some(Duration::from_secs(60)), || {
+                got = rx.try_recv().ok();
+                got.is_some()
+            });
+            got = got.or_else(|| rx.try_recv().ok());
+        }
+        assert!(matches!(got, Some(Msg::CancelAll)));
+        assert!(start.elapsed() < Duration::from_secs(30));
+        sender.join().unwrap();
     }
 }
