@@ -8,13 +8,16 @@
 //! the end is answered by that thread once it has hashed the file's last write. A file whose
 //! writes were not in order (or that was truncated to anything but 0) loses its running
 //! digest and is read back instead ([`read_back_digest`]): slower, never wrong.
+//!
+//! Handing work over does not wake the thread: the driver calls [`Digests::kick`] once it
+//! has started everything the engine asked for (a waiting thread is woken once per batch of
+//! files, not once per write), and a digest finished off the driver's thread kicks at once.
 
 use std::collections::BTreeMap;
 use std::fs::File;
 use std::os::unix::fs::FileExt;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::mpsc::{self, Sender};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Condvar, Mutex};
 
 use bytes::Bytes;
 use haul_core::IoResult;
@@ -34,19 +37,49 @@ enum Msg {
 /// The digest thread's queue, shared by the files of one executor.
 #[derive(Clone)]
 pub struct Digests {
-    tx: Arc<Mutex<Option<Sender<Msg>>>>,
+    shared: Arc<Shared>,
     next_key: Arc<AtomicU64>,
+}
+
+struct Shared {
+    queue: Mutex<Queue>,
+    wake: Condvar,
+}
+
+#[derive(Default)]
+struct Queue {
+    msgs: Vec<Msg>,
+    /// The thread waits for work (a kick must wake it).
+    waiting: bool,
+    /// No more work is taken; the thread ends once the queue is empty.
+    stopped: bool,
 }
 
 impl Digests {
     /// Starts the digest thread with `spawner`.
     pub fn start(spawner: &impl BlockingSpawner) -> std::io::Result<Digests> {
-        let (tx, rx) = mpsc::channel::<Msg>();
-        spawner.spawn_blocking("haul-digests".into(), Box::new(move || digest_thread(rx)))?;
+        let shared = Arc::new(Shared {
+            queue: Mutex::new(Queue::default()),
+            wake: Condvar::new(),
+        });
+        let thread_shared = shared.clone();
+        spawner.spawn_blocking(
+            "haul-digests".into(),
+            Box::new(move || digest_thread(&thread_shared)),
+        )?;
         Ok(Digests {
-            tx: Arc::new(Mutex::new(Some(tx))),
+            shared,
             next_key: Arc::default(),
         })
+    }
+
+    /// Wake the thread if work waits for it (see the module docs).
+    pub fn kick(&self) {
+        let queue = lock(&self.shared.queue);
+        if queue.waiting && !queue.msgs.is_empty() {
+            drop(queue);
+            self.shared.wake.notify_one();
+        }
     }
 
     /// A new, empty running digest.
@@ -58,31 +91,55 @@ impl Digests {
         }
     }
 
+    /// Queue `msg` for the thread, without waking it.
     fn send(&self, msg: Msg) -> Result<(), Msg> {
-        match lock(&self.tx).as_ref() {
-            Some(tx) => tx.send(msg).map_err(|e| e.0),
-            None => Err(msg),
+        let mut queue = lock(&self.shared.queue);
+        if queue.stopped {
+            return Err(msg);
         }
+        queue.msgs.push(msg);
+        Ok(())
     }
 
     /// Ends the thread once it has answered everything queued.
     pub fn stop(&self) {
-        lock(&self.tx).take();
+        lock(&self.shared.queue).stopped = true;
+        self.shared.wake.notify_one();
     }
 }
 
-fn digest_thread(rx: mpsc::Receiver<Msg>) {
+fn digest_thread(shared: &Shared) {
     let mut hashers: BTreeMap<u64, Sha256> = BTreeMap::new();
-    while let Ok(msg) = rx.recv() {
-        match msg {
-            Msg::Feed { key, data } => hashers.entry(key).or_default().update(&data),
-            Msg::Finish { key, done } => {
-                let digest: [u8; 32] = hashers.remove(&key).unwrap_or_default().finalize().into();
-                done(IoResult::Digest(digest));
+    loop {
+        let batch = {
+            let mut queue = lock(&shared.queue);
+            loop {
+                if !queue.msgs.is_empty() {
+                    break std::mem::take(&mut queue.msgs);
+                }
+                if queue.stopped {
+                    return;
+                }
+                queue.waiting = true;
+                queue = shared.wake.wait(queue).unwrap_or_else(|e| e.into_inner());
+                queue.waiting = false;
             }
-            Msg::Forget { key } => {
-                hashers.remove(&key);
-            }
+        };
+        for msg in batch {
+            digest_step(&mut hashers, msg);
+        }
+    }
+}
+
+fn digest_step(hashers: &mut BTreeMap<u64, Sha256>, msg: Msg) {
+    match msg {
+        Msg::Feed { key, data } => hashers.entry(key).or_default().update(&data),
+        Msg::Finish { key, done } => {
+            let digest: [u8; 32] = hashers.remove(&key).unwrap_or_default().finalize().into();
+            done(IoResult::Digest(digest));
+        }
+        Msg::Forget { key } => {
+            hashers.remove(&key);
         }
     }
 }
@@ -128,7 +185,8 @@ impl Running {
     }
 
     /// Hands the digest to the thread, which calls `done` with it after hashing every byte
-    /// handed to it before; gives `done` back if the thread is gone.
+    /// handed to it before; gives `done` back if the thread is gone. The thread is not woken:
+    /// the caller kicks ([`Digests::kick`]) before it waits for `done`.
     pub fn finish(self, done: DigestDone) -> Result<(), DigestDone> {
         let key = self.key;
         let digests = self.digests.clone();
@@ -184,11 +242,13 @@ mod tests {
     }
 
     fn finish(running: Running) -> IoResult {
-        let (tx, rx) = mpsc::channel();
+        let (tx, rx) = std::sync::mpsc::channel();
+        let digests = running.digests.clone();
         running
             .finish(Box::new(move |r| tx.send(r).unwrap()))
             .map_err(|_| "thread gone")
             .unwrap();
+        digests.kick();
         rx.recv().unwrap()
     }
 

@@ -365,6 +365,9 @@ impl<C: Completions, S: BlockingSpawner> Files<C, S> {
 
     /// Start the `Sync`s still held: the engine has nothing more to ask for now.
     pub fn flush(&mut self) {
+        if let Some(digests) = &self.digests {
+            digests.kick();
+        }
         for file in std::mem::take(&mut self.held) {
             let held = self.open.get_mut(&file).and_then(|o| o.held_sync.take());
             if let Some(sync) = held {
@@ -711,7 +714,12 @@ fn file_worker<C: Completions, S: BlockingSpawner>(
             }
             IoOp::Digest { len, .. } => {
                 let (sink, id) = (sink.clone(), req.id);
-                lock(state).digest(len, Box::new(move |r| sink.complete(id, r)));
+                let mut state = lock(state);
+                state.digest(len, Box::new(move |r| sink.complete(id, r)));
+                // Off the driver's thread: no flush follows to wake the digest thread.
+                if let Some(digests) = &state.digests {
+                    digests.kick();
+                }
             }
             IoOp::CloseFile { .. } | IoOp::Publish { .. } => {
                 finish_syncs(&mut syncer);
@@ -824,15 +832,12 @@ fn durability_worker<C: Completions>(rx: mpsc::Receiver<Pending>, sink: C) {
         round.extend(rx.try_iter());
         let streaming =
             last.is_some_and(|(ended, pieces)| pieces >= SYNCFS_MIN && ended.elapsed() < GATHER);
-        if streaming {
-            let until = std::time::Instant::now() + GATHER;
-            while round.len() < ROUND_MAX {
-                let left = until.saturating_duration_since(std::time::Instant::now());
-                match rx.recv_timeout(left) {
-                    Ok(piece) => round.push(piece),
-                    Err(_) => break,
-                }
-            }
+        if streaming && round.len() < ROUND_MAX {
+            // Sleep rather than wait on the queue: a waiting receiver is woken by every
+            // piece sent, which costs the sender (the driver's thread) a wake-up each.
+            std::thread::sleep(GATHER);
+            let room = ROUND_MAX - round.len();
+            round.extend(rx.try_iter().take(room));
         }
         let results = make_durable(&round);
         last = Some((std::time::Instant::now(), round.len()));

@@ -76,6 +76,8 @@ struct State {
     dirs: BTreeMap<PathBuf, Dir>,
     /// The maker thread is running (or starting).
     maker: bool,
+    /// The maker thread waits for work (only then does a take wake it).
+    maker_waiting: bool,
     /// The owner is gone: the maker ends and nothing more is made.
     closed: bool,
 }
@@ -106,6 +108,12 @@ impl Dir {
 
     fn wants_more(&self) -> bool {
         !self.failed && self.ready.len() < self.keep()
+    }
+
+    /// Few enough left that the maker should be woken: at most half of what is kept, so a
+    /// run of takes wakes it once per several files rather than once per file.
+    fn runs_low(&self) -> bool {
+        !self.failed && self.ready.len() <= self.keep() / 2
     }
 }
 
@@ -182,8 +190,13 @@ impl Spares {
             return;
         }
         if state.maker {
+            // A busy maker finds the work itself; a waiting one is woken when a directory
+            // runs low (or was just asked for, by `expect`).
+            let wake = state.maker_waiting && state.dirs.values().any(Dir::runs_low);
             drop(state);
-            self.shared.wake.notify_one();
+            if wake {
+                self.shared.wake.notify_one();
+            }
             return;
         }
         state.maker = true;
@@ -234,10 +247,12 @@ fn make_spares(shared: &Shared) {
             .find(|(_, d)| d.wants_more())
             .map(|(p, _)| p.clone());
         let Some(dir) = next else {
-            let (guard, _) = shared
+            state.maker_waiting = true;
+            let (mut guard, _) = shared
                 .wake
                 .wait_timeout(state, IDLE)
                 .unwrap_or_else(|e| e.into_inner());
+            guard.maker_waiting = false;
             state = guard;
             continue;
         };

@@ -117,7 +117,7 @@ impl Engine {
                         let j = self.jobs.get_mut(&id).expect("job exists");
                         j.file = Some(file);
                         j.phase = Phase::OpeningPartial { state };
-                        let path = j.spec.part_path();
+                        let path = j.part_path.clone();
                         self.file_io(
                             id,
                             FileStep::OpenPartial,
@@ -164,7 +164,7 @@ impl Engine {
                     _ => {
                         let f = failure.unwrap_or_else(|| unexpected(&result));
                         j.file = None;
-                        let path = j.spec.part_path();
+                        let path = j.part_path.clone();
                         self.terminate(id, DownloadError::LocalIo { path, failure: f }, false);
                     }
                 }
@@ -203,7 +203,7 @@ impl Engine {
                     }
                     _ => {
                         let f = failure.unwrap_or_else(|| unexpected(&result));
-                        let path = j.spec.part_path();
+                        let path = j.part_path.clone();
                         self.terminate(id, DownloadError::LocalIo { path, failure: f }, false);
                     }
                 }
@@ -217,7 +217,8 @@ impl Engine {
             | FileStep::FinalSync
             | FileStep::EarlySync { .. } => {
                 if let Some(f) = failure {
-                    j.write_error.get_or_insert_with(|| (j.spec.part_path(), f));
+                    j.write_error
+                        .get_or_insert_with(|| (j.part_path.clone(), f));
                     self.on_write_error(id);
                 } else {
                     self.cleanup_progress(id);
@@ -226,7 +227,8 @@ impl Engine {
             FileStep::Write { len } => {
                 j.write_backlog -= len;
                 if let Some(f) = failure {
-                    j.write_error.get_or_insert_with(|| (j.spec.part_path(), f));
+                    j.write_error
+                        .get_or_insert_with(|| (j.part_path.clone(), f));
                     self.on_write_error(id);
                     return;
                 }
@@ -267,7 +269,7 @@ impl Engine {
                     other => {
                         let failure = failure.unwrap_or_else(|| unexpected(&other));
                         j.write_error
-                            .get_or_insert_with(|| (j.spec.part_path(), failure));
+                            .get_or_insert_with(|| (j.part_path.clone(), failure));
                         self.on_write_error(id);
                     }
                 }
@@ -294,7 +296,8 @@ impl Engine {
                     IoResult::Data(b) if !b.is_empty() => self.after_progress(id),
                     _ => {
                         let f = failure.unwrap_or_else(|| unexpected(&result));
-                        j.write_error.get_or_insert_with(|| (j.spec.part_path(), f));
+                        j.write_error
+                            .get_or_insert_with(|| (j.part_path.clone(), f));
                         self.on_write_error(id);
                     }
                 }
@@ -302,7 +305,8 @@ impl Engine {
             FileStep::CheckpointSync { verified } => {
                 if let Some(f) = failure {
                     j.checkpoint_running = false;
-                    j.write_error.get_or_insert_with(|| (j.spec.part_path(), f));
+                    j.write_error
+                        .get_or_insert_with(|| (j.part_path.clone(), f));
                     self.on_write_error(id);
                     return;
                 }
@@ -347,7 +351,7 @@ impl Engine {
                 if let Some(f) = failure {
                     let dest = match &j.phase {
                         Phase::Committing { dest, .. } => dest.clone(),
-                        _ => j.spec.part_path(),
+                        _ => j.part_path.clone(),
                     };
                     self.fail_commit(id, dest, f);
                     return;
@@ -489,7 +493,7 @@ impl Engine {
         let j = self.jobs.get_mut(&id).expect("job exists");
         j.file = Some(file);
         j.touched = true;
-        let path = j.spec.part_path();
+        let path = j.part_path.clone();
         // A small file of known length needs no partial name: nothing of it is worth
         // resuming, and naming it only at the commit saves a create and a rename.
         j.unnamed = j.total.is_some_and(|t| t <= unnamed_max);
@@ -525,7 +529,7 @@ impl Engine {
         };
         let op = IoOp::Publish {
             file,
-            path: j.spec.part_path(),
+            path: j.part_path.clone(),
             to: dest.clone(),
             sync: j.spec.sync,
         };
@@ -817,7 +821,7 @@ impl Engine {
             return;
         };
         let op = IoOp::Rename {
-            from: j.spec.part_path(),
+            from: j.part_path.clone(),
             to: dest.clone(),
             sync: j.spec.sync,
         };
@@ -922,7 +926,7 @@ impl Engine {
                 CleanStep::Remove => {
                     *step = CleanStep::Report;
                     if !*keep && !*untouched {
-                        let (part, state) = (j.spec.part_path(), j.spec.state_path());
+                        let (part, state) = (j.part_path.clone(), j.spec.state_path());
                         self.file_io(id, FileStep::RemovePart, IoOp::Remove { path: part });
                         self.file_io(id, FileStep::RemoveState, IoOp::Remove { path: state });
                         return;

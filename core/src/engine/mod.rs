@@ -68,7 +68,7 @@ mod resilience;
 mod transfer;
 
 use std::cmp::Reverse;
-use std::collections::{BTreeMap, BTreeSet, VecDeque};
+use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
 use std::path::PathBuf;
 use std::time::Duration;
 
@@ -374,6 +374,8 @@ type PendingPrefix = (u64, String, Vec<(u64, u64)>);
 struct Job {
     id: JobId,
     spec: Download,
+    /// `spec.part_path()`, computed once (the engine asks for it at every file step).
+    part_path: PathBuf,
     submitted: Instant,
     phase: Phase,
     attempt: u32,
@@ -500,7 +502,11 @@ pub struct Engine {
     rng: SeededRng,
     now: Instant,
     next_id: u64,
-    jobs: BTreeMap<JobId, Job>,
+    /// Every unfinished job. A hash map: the engine looks jobs up by id on every event, and
+    /// nothing iterates it in an order that could reach an output (the two walks over all
+    /// jobs ask `any`, or check invariants); ordered walks go through the id-ordered indexes
+    /// below.
+    jobs: HashMap<JobId, Job>,
     /// Jobs waiting for a slot, most urgent class first, then in submission order. A
     /// superset of the `Queued` jobs: an entry whose job has started or gone is dropped when
     /// a scan meets it. With thousands of jobs submitted at once, scheduling and timers
@@ -628,7 +634,7 @@ impl Engine {
             config,
             now,
             next_id: 1,
-            jobs: BTreeMap::new(),
+            jobs: HashMap::new(),
             queue: BTreeSet::new(),
             active_ids: BTreeSet::new(),
             committing_ids: BTreeSet::new(),
@@ -758,6 +764,7 @@ impl Engine {
         let leader = self.find_leader(&spec);
         let job = Job {
             id,
+            part_path: spec.part_path(),
             spec,
             submitted: self.now,
             phase: match leader {
