@@ -736,6 +736,8 @@ impl Engine {
     pub fn submit_batch(&mut self, now: Instant, specs: Vec<Download>) -> Vec<JobId> {
         self.advance(now);
         let mut ids: Vec<JobId> = Vec::with_capacity(specs.len());
+        // Jobs are large: growing the map step by step would move each several times.
+        self.jobs.reserve(specs.len());
         for mut spec in specs {
             for i in std::mem::take(&mut spec.depends_on_index) {
                 // An index not earlier in the batch names no job: JobId(0) never exists.
