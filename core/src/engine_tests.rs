@@ -2553,12 +2553,85 @@ fn with_executor_digests_an_unnamed_file_is_verified_by_the_executors_digest_bef
         last_write < Some(digests[0]) && Some(digests[0]) < publish,
         "after the last write, before the publish: {ops:?}"
     );
-    // A named partial (too large for an unnamed file) is hashed by the engine as before.
+    // A named partial (too large for an unnamed file) written by one transfer too.
     let mut named = Harness::new(executor_digest_config(4_999));
     named.serve(ORIGIN, file_server(body.clone()));
     let job = named.submit(download().sha256(&sha_hex(&body)).unwrap());
     named.run(job).expect("downloaded");
-    assert_eq!(named.count_ops(|op| matches!(op, IoOp::Digest { .. })), 0);
+    assert_committed(&named, &body);
+    assert_eq!(
+        named.count_ops(|op| matches!(op, IoOp::Digest { len: 5_000, .. })),
+        1
+    );
+}
+
+#[test]
+fn with_executor_digests_a_segmented_download_is_hashed_by_the_engine() {
+    let body = pattern(40_000, 66);
+    let mut h = Harness::new(executor_digest_config(0));
+    let b = body.clone();
+    h.serve(ORIGIN, move |req| {
+        Reply::new(serve_range(&b, req)).pieces(&[1_000])
+    });
+    let job = h.submit(
+        download()
+            .sha256(&sha_hex(&body))
+            .unwrap()
+            .segments(4)
+            .min_segment(4_000),
+    );
+    h.run(job).expect("downloaded");
+    assert_committed(&h, &body);
+    assert!(
+        h.requests.len() > 1,
+        "segmented: {} requests",
+        h.requests.len()
+    );
+    assert_eq!(h.count_ops(|op| matches!(op, IoOp::Digest { .. })), 0);
+}
+
+#[test]
+fn with_executor_digests_checkpoints_vouch_for_no_hashed_prefix_and_a_resume_hashes_the_kept_bytes_back(
+) {
+    let body = pattern(10_000, 67);
+    let mut cfg = executor_digest_config(0);
+    cfg.checkpoint_bytes = 1_000;
+    let mut h = Harness::new(cfg);
+    let b = body.clone();
+    h.serve(ORIGIN, move |req| {
+        Reply::new(serve_range(&b, req)).pieces(&[500]).gap(secs(1))
+    });
+    let job = h.submit(download().sha256(&sha_hex(&body)).unwrap());
+    h.run_until("3000 bytes arrived", |h| {
+        h.progress(job).last().is_some_and(|&b| b >= 3_000)
+    });
+    h.cancel(job, CancelMode::KeepPartial);
+    assert_eq!(h.run(job), Err(DownloadError::Cancelled));
+    assert!(!h.fs.state_writes.is_empty(), "checkpoints were written");
+    // The engine hashed nothing itself: every checkpoint lists the bytes as received ranges.
+    for s in &h.fs.state_writes {
+        assert_eq!(s.verified, 0, "{s:?}");
+        assert_eq!(s.ranges.first().map(|r| r.0), Some(0), "{s:?}");
+    }
+    let saved =
+        PartState::decode_for(h.fs.get(state()).expect("state kept"), URL).expect("valid state");
+    let kept = saved.ranges.iter().map(|(s, e)| e - s).sum::<u64>();
+    assert!(kept >= 3_000, "{saved:?}");
+    // A new job resumes after the kept bytes, reads them back to hash them (no executor
+    // digest: the file was not written from zero by this job) and commits the exact bytes.
+    let digests_before = h.count_ops(|op| matches!(op, IoOp::Digest { .. }));
+    let again = h.submit(download().sha256(&sha_hex(&body)).unwrap());
+    let out = h.run(again).expect("resumed job");
+    assert_committed(&h, &body);
+    assert_eq!(out.resumed_from, kept);
+    assert_eq!(
+        h.count_ops(|op| matches!(op, IoOp::Digest { .. })),
+        digests_before
+    );
+    assert!(
+        h.count_ops(|op| matches!(op, IoOp::ReadAt { .. })) > 0,
+        "read back"
+    );
 }
 
 #[test]

@@ -44,11 +44,22 @@ pub struct Digests {
 struct Shared {
     queue: Mutex<Queue>,
     wake: Condvar,
+    /// Signalled when the thread took the queue while a sender waited for room.
+    room: Condvar,
 }
+
+/// Bytes handed over and not yet taken by the thread, beyond which a write waits: a large
+/// download arriving faster than it is hashed must not pile up in memory. The wait holds
+/// the write's completion back, and with it the engine's next reads.
+pub const QUEUED_MAX: usize = 32 * 1024 * 1024;
 
 #[derive(Default)]
 struct Queue {
     msgs: Vec<Msg>,
+    /// Bytes of the queued `Feed`s (bounded by [`QUEUED_MAX`]).
+    bytes: usize,
+    /// A sender waits for the queue to shrink.
+    full: bool,
     /// The thread waits for work (a kick must wake it).
     waiting: bool,
     /// No more work is taken; the thread ends once the queue is empty.
@@ -61,6 +72,7 @@ impl Digests {
         let shared = Arc::new(Shared {
             queue: Mutex::new(Queue::default()),
             wake: Condvar::new(),
+            room: Condvar::new(),
         });
         let thread_shared = shared.clone();
         spawner.spawn_blocking(
@@ -91,11 +103,26 @@ impl Digests {
         }
     }
 
-    /// Queue `msg` for the thread, without waking it.
+    /// Queue `msg` for the thread, without waking it unless the queue is full (see
+    /// [`QUEUED_MAX`]): then wake it and wait for room.
     fn send(&self, msg: Msg) -> Result<(), Msg> {
         let mut queue = lock(&self.shared.queue);
+        while queue.bytes >= QUEUED_MAX && !queue.stopped {
+            queue.full = true;
+            if queue.waiting {
+                self.shared.wake.notify_one();
+            }
+            queue = self
+                .shared
+                .room
+                .wait(queue)
+                .unwrap_or_else(|e| e.into_inner());
+        }
         if queue.stopped {
             return Err(msg);
+        }
+        if let Msg::Feed { data, .. } = &msg {
+            queue.bytes += data.len();
         }
         queue.msgs.push(msg);
         Ok(())
@@ -105,6 +132,7 @@ impl Digests {
     pub fn stop(&self) {
         lock(&self.shared.queue).stopped = true;
         self.shared.wake.notify_one();
+        self.shared.room.notify_all();
     }
 }
 
@@ -115,6 +143,10 @@ fn digest_thread(shared: &Shared) {
             let mut queue = lock(&shared.queue);
             loop {
                 if !queue.msgs.is_empty() {
+                    queue.bytes = 0;
+                    if std::mem::take(&mut queue.full) {
+                        shared.room.notify_all();
+                    }
                     break std::mem::take(&mut queue.msgs);
                 }
                 if queue.stopped {
@@ -276,6 +308,32 @@ mod tests {
         digests.stop();
         assert!(!a.wrote(3, &Bytes::from_static(b"d")), "no thread");
         assert!(a.finish(Box::new(|_| ())).is_err());
+    }
+
+    #[test]
+    fn writes_beyond_the_queue_bound_wake_the_thread_and_wait_for_room_instead_of_piling_up() {
+        let digests = Digests::start(&Threads::default()).unwrap();
+        let chunk = Bytes::from(vec![3u8; QUEUED_MAX / 2]);
+        let (tx, rx) = std::sync::mpsc::channel();
+        let feeder = {
+            let (digests, chunk) = (digests.clone(), chunk.clone());
+            std::thread::spawn(move || {
+                let mut running = digests.running();
+                // Nobody kicks: the third write finds the queue full and must wake the
+                // thread itself.
+                for i in 0..4u64 {
+                    assert!(running.wrote(i * chunk.len() as u64, &chunk));
+                    assert!(lock(&digests.shared.queue).bytes <= QUEUED_MAX);
+                }
+                tx.send(running).unwrap();
+            })
+        };
+        let running = rx
+            .recv_timeout(std::time::Duration::from_secs(30))
+            .expect("the writes went through without a kick");
+        feeder.join().unwrap();
+        let all = vec![3u8; 4 * chunk.len()];
+        assert_eq!(finish(running), IoResult::Digest(sha(&all)));
     }
 
     #[test]

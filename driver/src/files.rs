@@ -320,11 +320,13 @@ impl<C: Completions, S: BlockingSpawner> Files<C, S> {
             for gone in std::mem::take(&mut *lock(&self.failed_opens)) {
                 self.open.remove(&gone);
             }
+            // A file opened empty is written from 0: its writes may feed a running digest.
             let (spare, digests) = match &req.op {
                 IoOp::OpenUnnamed { path, .. } => (
                     self.spares.take(parent_dir(path), &self.spawner),
                     self.digests(),
                 ),
+                IoOp::Open { truncate: true, .. } => (None, self.digests()),
                 _ => (None, None),
             };
             self.open.insert(
@@ -1448,6 +1450,9 @@ impl FileWorker {
             IoOp::Open { path, truncate, .. } => {
                 self.path = path.clone();
                 self.unnamed = false;
+                self.running = truncate
+                    .then(|| self.digests.as_ref().map(Digests::running))
+                    .flatten();
                 self.open_named(path, *truncate)
             }
             IoOp::OpenUnnamed { path, .. } => {

@@ -874,33 +874,51 @@ impl Store {
             .index
             .transaction()
             .map_err(index_error("begin write transaction"))?;
-        let mut started = Vec::with_capacity(writes.len());
-        for &(sha256, kind) in writes {
-            let sha256 = match check_hash(sha256) {
-                Ok(sha256) => sha256,
-                Err(error) => {
-                    started.push(Err(error));
-                    continue;
+        let checked: Vec<Result<String, StoreError>> = writes
+            .iter()
+            .map(|&(sha256, _)| check_hash(sha256))
+            .collect();
+        // Set-based: every row in one statement (json_each), not one statement each. A new
+        // row, or an existing non-READY one made DIRTY again, is returned; a READY row is
+        // left as it is and not returned.
+        let rows: Vec<(&str, &str)> = checked
+            .iter()
+            .zip(writes)
+            .filter_map(|(sha256, &(_, kind))| {
+                Some((sha256.as_ref().ok()?.as_str(), kind.as_sql()))
+            })
+            .collect();
+        let rows_json = serde_json::to_string(&rows).expect("strings serialize");
+        let dirty: std::collections::HashSet<String> = {
+            let mut statement = transaction
+                .prepare_cached(
+                    "INSERT INTO files (sha256, state, size, last_used_ms, kind)
+                         SELECT value ->> 0, 'DIRTY', 0, 0, value ->> 1 FROM json_each(?1)
+                         WHERE true
+                     ON CONFLICT (sha256) DO UPDATE
+                         SET state = 'DIRTY', size = 0, last_used_ms = 0, kind = excluded.kind
+                         WHERE files.state <> 'READY'
+                     RETURNING sha256",
+                )
+                .map_err(index_error("record DIRTY rows"))?;
+            let returned = statement
+                .query_map(params![rows_json], |row| row.get::<_, String>(0))
+                .map_err(index_error("record DIRTY rows"))?;
+            returned
+                .collect::<rusqlite::Result<_>>()
+                .map_err(index_error("record DIRTY rows"))?
+        };
+        let started = checked
+            .into_iter()
+            .map(|sha256| {
+                let sha256 = sha256?;
+                if dirty.contains(&sha256) {
+                    Ok(sha256)
+                } else {
+                    Err(StoreError::AlreadyReady { sha256 })
                 }
-            };
-            // One statement: a new row, or an existing non-READY one made DIRTY again; a
-            // READY row is left as it is (no change).
-            let changed = cached_execute(
-                &transaction,
-                "INSERT INTO files (sha256, state, size, last_used_ms, kind)
-                     VALUES (?1, 'DIRTY', 0, 0, ?2)
-                 ON CONFLICT (sha256) DO UPDATE
-                     SET state = 'DIRTY', size = 0, last_used_ms = 0, kind = excluded.kind
-                     WHERE files.state <> 'READY'",
-                params![sha256, kind.as_sql()],
-            )
-            .map_err(index_error("record DIRTY row"))?;
-            if changed == 0 {
-                started.push(Err(StoreError::AlreadyReady { sha256 }));
-                continue;
-            }
-            started.push(Ok(sha256));
-        }
+            })
+            .collect();
         transaction
             .commit()
             .map_err(index_error("commit DIRTY rows"))?;
@@ -990,21 +1008,35 @@ impl Store {
             .index
             .transaction()
             .map_err(index_error("begin commit transaction"))?;
+        // Set-based: the rows are normally there (DIRTY, from begin_writes): one UPDATE for
+        // all of them, which also says each one's kind; an INSERT only for one that went
+        // missing.
+        let rows: Vec<(&str, i64)> = renamed
+            .iter()
+            .map(|(_, sha256, size)| (sha256.as_str(), to_sql_ms(*size)))
+            .collect();
+        let rows_json = serde_json::to_string(&rows).expect("strings serialize");
+        let kinds: std::collections::HashMap<String, String> = {
+            let mut statement = transaction
+                .prepare_cached(
+                    "UPDATE files SET state = 'READY', size = w.value ->> 1, last_used_ms = ?2
+                         FROM json_each(?1) AS w WHERE files.sha256 = w.value ->> 0
+                     RETURNING sha256, kind",
+                )
+                .map_err(index_error("mark READY"))?;
+            let returned = statement
+                .query_map(params![rows_json, to_sql_ms(now_ms)], |row| {
+                    Ok((row.get::<_, String>(0)?, row.get::<_, String>(1)?))
+                })
+                .map_err(index_error("mark READY"))?;
+            returned
+                .collect::<rusqlite::Result<_>>()
+                .map_err(index_error("mark READY"))?
+        };
         let mut entries = Vec::with_capacity(renamed.len());
         for (_, sha256, size) in renamed {
-            // The row is normally there (DIRTY, from begin_writes): one UPDATE, which also
-            // says its kind; an INSERT only if it went missing.
-            let kind: Option<String> = cached_row(
-                &transaction,
-                "UPDATE files SET state = 'READY', size = ?2, last_used_ms = ?3
-                     WHERE sha256 = ?1 RETURNING kind",
-                params![sha256, to_sql_ms(*size), to_sql_ms(now_ms)],
-                |row| row.get(0),
-            )
-            .optional()
-            .map_err(index_error("mark READY"))?;
-            let kind = match kind {
-                Some(kind) => FileKind::from_sql(&kind).unwrap_or(FileKind::Module),
+            let kind = match kinds.get(sha256) {
+                Some(kind) => FileKind::from_sql(kind).unwrap_or(FileKind::Module),
                 None => {
                     cached_execute(
                         &transaction,

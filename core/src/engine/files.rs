@@ -116,6 +116,8 @@ impl Engine {
                         let file = FileId(self.next());
                         let j = self.jobs.get_mut(&id).expect("job exists");
                         j.file = Some(file);
+                        // A resumed file is hashed here, its prefix read back first.
+                        j.executor_hash = false;
                         j.phase = Phase::OpeningPartial { state };
                         let path = j.part_path.clone();
                         self.file_io(
@@ -445,7 +447,10 @@ impl Engine {
         j.hashed = state.verified;
         j.durable = state.verified;
         j.resumed_from = received.len();
-        j.segmented = !state.ranges.is_empty();
+        // Kept bytes that are one prefix (also a file hashed by the executor, whose state
+        // lists its bytes as one received range) resume as one transfer of the tail.
+        let prefix_only = received.iter().count() == 1 && received.iter().all(|r| r.0 == 0);
+        j.segmented = !state.ranges.is_empty() && !prefix_only;
         j.received = received;
         j.validator = Some(state.validator);
         j.total = state.total;
@@ -489,7 +494,8 @@ impl Engine {
             return;
         }
         let file = FileId(self.next());
-        let unnamed_max = self.config.unnamed_max;
+        let (unnamed_max, executor_digests) =
+            (self.config.unnamed_max, self.config.executor_digests);
         let j = self.jobs.get_mut(&id).expect("job exists");
         j.file = Some(file);
         j.touched = true;
@@ -497,6 +503,9 @@ impl Engine {
         // A small file of known length needs no partial name: nothing of it is worth
         // resuming, and naming it only at the commit saves a create and a rename.
         j.unnamed = j.total.is_some_and(|t| t <= unnamed_max);
+        // Segments write out of order: the engine hashes those (and reads back what arrived
+        // ahead of the frontier).
+        j.executor_hash = executor_digests && (j.unnamed || j.spec.segments <= 1);
         j.digest = None;
         j.digest_requested = false;
         let op = if j.unnamed {
@@ -544,7 +553,6 @@ impl Engine {
         offset: u64,
         data: Bytes,
     ) -> Result<(), DownloadError> {
-        let executor_digests = self.config.executor_digests;
         let j = self.jobs.get_mut(&id).expect("job exists");
         let len = data.len() as u64;
         let end = offset + len;
@@ -561,7 +569,7 @@ impl Engine {
                 });
             }
         }
-        if executor_digests && j.unnamed {
+        if j.executor_hash {
             // The executor hashes what the file holds; the frontier is what it was given.
             j.received.insert(offset, end);
             j.hashed = j.received.contiguous_end(0);
@@ -636,8 +644,13 @@ impl Engine {
         debug_assert!(!j.unnamed, "a checkpoint of an unnamed file");
         j.checkpoint_running = true;
         j.last_checkpoint = self.now;
-        let verified = j.hashed;
-        let digest: [u8; 32] = j.hasher.clone().finalize().into();
+        // Hashed by the executor: no verified prefix, every byte is a received range that a
+        // resume hashes back from the file.
+        let (verified, digest): (u64, [u8; 32]) = if j.executor_hash {
+            (0, Sha256::new().finalize().into())
+        } else {
+            (j.hashed, j.hasher.clone().finalize().into())
+        };
         let ranges: Vec<(u64, u64)> = j
             .received
             .iter()
@@ -715,7 +728,6 @@ impl Engine {
     }
 
     pub(super) fn verify_and_commit(&mut self, id: JobId) {
-        let executor_digests = self.config.executor_digests;
         let j = self.jobs.get_mut(&id).expect("job exists");
         if let Some(total) = j.total {
             if j.hashed != total {
@@ -734,7 +746,7 @@ impl Engine {
                     .verification_failed(id, DownloadError::SizeMismatch { expected, actual });
             }
         }
-        let digest: [u8; 32] = if executor_digests && j.unnamed {
+        let digest: [u8; 32] = if j.executor_hash {
             let Some(digest) = j.digest else {
                 // Asked once; its completion comes back here.
                 if !j.digest_requested {

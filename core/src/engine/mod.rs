@@ -419,10 +419,15 @@ struct Job {
     /// `file` has no name (see [`Config::unnamed_max`](crate::Config::unnamed_max)): no
     /// checkpoint, nothing to keep; the commit names it with `Publish`.
     unnamed: bool,
-    /// With [`Config::executor_digests`](crate::Config) an `unnamed` file is hashed by the
-    /// executor, not here (`hashed` is then the contiguous end handed to the file): its
-    /// digest of the whole file, once it answered.
+    /// The executor hashes the file, not the engine (see `executor_hash`): its digest of
+    /// the whole file, once it answered.
     digest: Option<[u8; 32]>,
+    /// With [`Config::executor_digests`](crate::Config), a file opened fresh that is written
+    /// in order (unnamed, or a download without segments) is hashed by the executor as it is
+    /// written: `hashed` is then the contiguous end handed to the file, the engine's hasher
+    /// is unused, the commit asks the executor for the digest, and a checkpoint records the
+    /// bytes as received but not verified (a resume hashes them back from the file).
+    executor_hash: bool,
     /// An `IoOp::Digest` is outstanding.
     digest_requested: bool,
     /// Outstanding file operations of this job (all kinds).
@@ -794,6 +799,7 @@ impl Engine {
             unnamed: false,
             digest: None,
             digest_requested: false,
+            executor_hash: false,
             file_ops: 0,
             write_backlog: 0,
             write_error: None,

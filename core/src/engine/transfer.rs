@@ -249,12 +249,14 @@ impl Engine {
                 self.rebalance(id);
             }
             _ => {
-                let pos = j.hashed;
+                // After what the file holds from 0: hashed, or kept and hashed back from the
+                // file as the rest arrives (a resumed file the executor had hashed).
+                let pos = j.received.contiguous_end(j.hashed).max(j.hashed);
                 if pos > 0 && j.validator.is_none() {
                     self.restart_from_zero(id);
                 }
                 let j = self.jobs.get_mut(&id).expect("job exists");
-                let pos = j.hashed;
+                let pos = j.received.contiguous_end(j.hashed).max(j.hashed);
                 // A segmented download asks for `bytes=0-` first: the answer tells whether
                 // the server honours ranges, and how long the file is.
                 let ranged = pos > 0 || j.spec.segments > 1;
