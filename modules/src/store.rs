@@ -546,12 +546,16 @@ impl Store {
         index
             .busy_timeout(std::time::Duration::from_secs(5))
             .map_err(index_error("set busy timeout"))?;
+        // Creating the store syncs nothing (WAL at synchronous=NORMAL: consistent after a
+        // crash, not durable): its first synced commit makes the schema durable with it, and
+        // a store lost before that is created again. That saves a new cache two or three
+        // fsyncs.
+        index
+            .pragma_update(None, "synchronous", "NORMAL")
+            .map_err(index_error("set synchronous=NORMAL"))?;
         index
             .pragma_update_and_check(None, "journal_mode", "WAL", |row| row.get::<_, String>(0))
             .map_err(index_error("enable WAL"))?;
-        index
-            .pragma_update(None, "synchronous", "FULL")
-            .map_err(index_error("set synchronous=FULL"))?;
         // The WAL is checkpointed as it grows (SQLite's autocheckpoint), not when the store
         // closes: a checkpoint at close costs a process that loads and exits several fsyncs,
         // and a WAL left behind is read by the next open like any other.
@@ -590,6 +594,9 @@ impl Store {
                 COMMIT;"
             ))
             .map_err(index_error("create schema"))?;
+        index
+            .pragma_update(None, "synchronous", "FULL")
+            .map_err(index_error("set synchronous=FULL"))?;
         let mut store = Store {
             dir: dir.to_path_buf(),
             files_dir,
