@@ -2566,6 +2566,33 @@ fn with_executor_digests_an_unnamed_file_is_verified_by_the_executors_digest_bef
 }
 
 #[test]
+fn a_kept_partial_listed_as_one_complete_received_range_commits_after_a_416_without_a_body() {
+    // What a checkpoint of an executor-hashed file that had every byte leaves behind.
+    let body = pattern(6_000, 68);
+    let state = PartState {
+        verified: 0,
+        prefix_sha256: sha_hex(b""),
+        ranges: vec![(0, body.len() as u64)],
+        ..valid_state(&body, 0)
+    };
+    let mut h = with_partial(&body, body.len(), 0, state);
+    h.serve(ORIGIN, file_server(body.clone()));
+    let job = h.submit(download().sha256(&sha_hex(&body)).unwrap());
+    let out = h.run(job).expect("committed from the kept bytes");
+    assert_committed(&h, &body);
+    assert_eq!(out.resumed_from, body.len() as u64);
+    // The server confirms the kept bytes are still its representation (416 for the range
+    // after them), nothing is fetched, and the kept bytes are hashed back.
+    assert_eq!(header_of(&h, 0, "range").as_deref(), Some("bytes=6000-"));
+    assert_eq!(h.requests.len(), 1);
+    assert_eq!(out.bytes_fetched, 0);
+    assert!(
+        h.count_ops(|op| matches!(op, IoOp::ReadAt { .. })) > 0,
+        "hashed back"
+    );
+}
+
+#[test]
 fn with_executor_digests_a_segmented_download_is_hashed_by_the_engine() {
     let body = pattern(40_000, 66);
     let mut h = Harness::new(executor_digest_config(0));

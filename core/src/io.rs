@@ -113,9 +113,10 @@ pub enum IoOp {
     },
     /// The SHA-256 of the file's first `len` bytes, issued after every write of them.
     /// Completes with [`IoResult::Digest`]. Asked only with [`Config::executor_digests`]
-    /// (crate::Config::executor_digests), for unnamed files: an executor may keep a running
-    /// digest of writes made in order from offset 0 (off the thread that drives the engine)
-    /// and must otherwise read the bytes back.
+    /// (crate::Config::executor_digests), for a file the engine opened empty and wrote from
+    /// offset 0 with one transfer (unnamed files, downloads without segments): an executor
+    /// may keep a running digest of writes made in order from offset 0 (off the thread that
+    /// drives the engine) and must otherwise read the bytes back.
     Digest { file: FileId, len: u64 },
     /// Set the file's length. Completes with [`IoResult::Done`].
     SetLen { file: FileId, len: u64 },

@@ -13,6 +13,7 @@
 //! has started everything the engine asked for (a waiting thread is woken once per batch of
 //! files, not once per write), and a digest finished off the driver's thread kicks at once.
 
+use std::cell::Cell;
 use std::collections::BTreeMap;
 use std::fs::File;
 use std::os::unix::fs::FileExt;
@@ -32,6 +33,16 @@ enum Msg {
     Feed { key: u64, data: Bytes },
     Finish { key: u64, done: DigestDone },
     Forget { key: u64 },
+}
+
+thread_local! {
+    static DRIVER_THREAD: Cell<bool> = const { Cell::new(false) };
+}
+
+/// Marks the calling thread as the one that drives the engine: its writes never wait for
+/// the digest thread (see [`Digests`]).
+pub fn mark_driver_thread() {
+    DRIVER_THREAD.with(|d| d.set(true));
 }
 
 /// The digest thread's queue, shared by the files of one executor.
@@ -104,10 +115,16 @@ impl Digests {
     }
 
     /// Queue `msg` for the thread, without waking it unless the queue is full (see
-    /// [`QUEUED_MAX`]): then wake it and wait for room.
+    /// [`QUEUED_MAX`]): then a write waits for room, except on the thread that drives the
+    /// engine ([`mark_driver_thread`]), which must not stall every socket behind another
+    /// file's hashing: its write is refused, and that file is read back instead.
     fn send(&self, msg: Msg) -> Result<(), Msg> {
         let mut queue = lock(&self.shared.queue);
-        while queue.bytes >= QUEUED_MAX && !queue.stopped {
+        let feed = matches!(msg, Msg::Feed { .. });
+        if feed && queue.bytes >= QUEUED_MAX && DRIVER_THREAD.with(Cell::get) {
+            return Err(msg);
+        }
+        while feed && queue.bytes >= QUEUED_MAX && !queue.stopped {
             queue.full = true;
             if queue.waiting {
                 self.shared.wake.notify_one();
@@ -334,6 +351,24 @@ mod tests {
         feeder.join().unwrap();
         let all = vec![3u8; 4 * chunk.len()];
         assert_eq!(finish(running), IoResult::Digest(sha(&all)));
+    }
+
+    #[test]
+    fn on_the_driver_thread_a_write_to_a_full_queue_is_refused_instead_of_waiting() {
+        let digests = Digests::start(&Threads::default()).unwrap();
+        let big = Bytes::from(vec![1u8; QUEUED_MAX]);
+        let driver = std::thread::spawn(move || {
+            mark_driver_thread();
+            let mut filler = digests.running();
+            // Nobody kicks: the queue stays full.
+            assert!(filler.wrote(0, &big));
+            let mut small = digests.running();
+            let refused = !small.wrote(0, &Bytes::from_static(b"x"));
+            (refused, small.len())
+        });
+        let (refused, len) = driver.join().unwrap();
+        assert!(refused, "the driver's write is refused, not queued");
+        assert_eq!(len, 0, "nothing counted: the file will be read back");
     }
 
     #[test]

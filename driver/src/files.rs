@@ -303,6 +303,7 @@ impl<C: Completions, S: BlockingSpawner> Files<C, S> {
     /// (`Sync` then `CloseFile`, issued together) then goes to the durability worker as one
     /// piece. The runtime calls `flush` once it has started every request the engine had.
     pub fn start(&mut self, req: IoRequest) {
+        crate::digests::mark_driver_thread();
         let file = match &req.op {
             IoOp::Open { file, .. }
             | IoOp::OpenUnnamed { file, .. }
@@ -472,9 +473,16 @@ impl<C: Completions, S: BlockingSpawner> Files<C, S> {
         // pays instead of the thread that reads the network.
         let creates =
             matches!(req.op, IoOp::OpenUnnamed { .. }) && lock(&open.state).spare.is_none();
+        // Nor is a digest that must read the file back (its running digest was dropped):
+        // the file may be large.
+        let reads_back = match req.op {
+            IoOp::Digest { len, .. } => !lock(&open.state).running_covers(len),
+            _ => false,
+        };
         if self.inline
             && small_op(&req.op)
             && !creates
+            && !reads_back
             && open.outstanding.load(Ordering::Acquire) == 0
         {
             if let IoOp::Digest { len, .. } = req.op {
@@ -1423,6 +1431,12 @@ impl FileWorker {
 
     /// Answer a `Digest` of the first `len` bytes through `done`: from the running digest
     /// (later, on the digest thread) when it covers exactly those bytes, else read back now.
+    /// Whether the running digest covers exactly the first `len` bytes (a `Digest` of them
+    /// then needs no read-back).
+    fn running_covers(&self, len: u64) -> bool {
+        self.running.as_ref().is_some_and(|r| r.len() == len)
+    }
+
     pub fn digest(&mut self, len: u64, done: DigestDone) {
         let done = match self.running.take() {
             Some(running) if running.len() == len => match running.finish(done) {

@@ -113,7 +113,7 @@ impl Dir {
     /// Few enough left that the maker should be woken: at most half of what is kept, so a
     /// run of takes wakes it once per several files rather than once per file.
     fn runs_low(&self) -> bool {
-        !self.failed && self.ready.len() <= self.keep() / 2
+        self.wants_more() && self.ready.len() <= self.keep() / 2
     }
 }
 
@@ -191,7 +191,7 @@ impl Spares {
         }
         if state.maker {
             // A busy maker finds the work itself; a waiting one is woken when a directory
-            // runs low (or was just asked for, by `expect`).
+            // runs low (a directory just expected with none ready does).
             let wake = state.maker_waiting && state.dirs.values().any(Dir::runs_low);
             drop(state);
             if wake {

@@ -1045,10 +1045,13 @@ impl Store {
             let kind = match kinds.get(sha256) {
                 Some(kind) => FileKind::from_sql(kind).unwrap_or(FileKind::Module),
                 None => {
+                    // Also a second copy of the same hash in the batch finds this row.
                     cached_execute(
                         &transaction,
                         "INSERT INTO files (sha256, state, size, last_used_ms, kind)
-                             VALUES (?1, 'READY', ?2, ?3, ?4)",
+                             VALUES (?1, 'READY', ?2, ?3, ?4)
+                         ON CONFLICT (sha256) DO UPDATE SET state = 'READY',
+                             size = excluded.size, last_used_ms = excluded.last_used_ms",
                         params![
                             sha256,
                             to_sql_ms(*size),

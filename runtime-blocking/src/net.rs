@@ -23,7 +23,7 @@
 
 use std::collections::{BTreeMap, VecDeque};
 use std::io::{ErrorKind, Read, Write};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{fence, AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -52,6 +52,9 @@ pub(crate) struct Wake {
 impl Wake {
     /// Call after sending to the driver's channel.
     pub(crate) fn wake(&self) {
+        // The message sent before is visible to the driver's check after its announcement,
+        // or this sees the announcement (the fences pair with the one in `Net::wait`).
+        fence(Ordering::SeqCst);
         if self.sleeping.swap(false, Ordering::SeqCst) {
             let _ = self.waker.wake();
         }
@@ -60,12 +63,11 @@ impl Wake {
 
 /// A connection being set up, or up.
 enum Conn {
-    /// `establish` runs on its thread; a `Recv` asked meanwhile waits.
+    /// `establish` runs on its thread; a `Recv` asked meanwhile waits. (A connection whose
+    /// setup failed is forgotten: every read and send finds it closed.)
     Connecting {
         recv: Option<IoId>,
     },
-    /// Setup failed: every read and send finds it closed.
-    Failed,
     Up(Box<Link>),
 }
 
@@ -185,6 +187,7 @@ impl Net {
     /// announced its sleep, so that a message sent just before is not slept over.
     pub(crate) fn wait(&mut self, timeout: Option<Duration>, pending: impl FnOnce() -> bool) {
         self.wake.sleeping.store(true, Ordering::SeqCst);
+        fence(Ordering::SeqCst);
         let timeout = if pending() || self.has_done() {
             Some(Duration::ZERO)
         } else {
@@ -274,7 +277,7 @@ impl Net {
                 if let Some(id) = recv {
                     self.done.push((id, connection_closed()));
                 }
-                self.conns.insert(conn, Conn::Failed);
+                self.conns.remove(&conn);
             }
         }
     }
@@ -290,7 +293,7 @@ impl Net {
                 sink.send(Msg::Established(conn, id, Box::new(result)));
             });
         if let Err(e) = spawned {
-            self.conns.insert(conn, Conn::Failed);
+            self.conns.remove(&conn);
             self.done.push((
                 id,
                 IoResult::Failed(IoFailure::new(
@@ -325,6 +328,10 @@ impl Link {
             };
             if *sent < data.len() {
                 match (&self.stream).write(&data[*sent..]) {
+                    Ok(0) => {
+                        let e = std::io::Error::from(ErrorKind::WriteZero);
+                        return self.fail_sends(&net_failure(&e), done);
+                    }
                     Ok(n) => {
                         *sent += n;
                         continue;
@@ -334,21 +341,22 @@ impl Link {
                         return;
                     }
                     Err(e) if e.kind() == ErrorKind::Interrupted => continue,
-                    Err(e) => {
-                        let failure = net_failure(&e);
-                        for (id, ..) in self.sends.drain(..) {
-                            if let Some(id) = id {
-                                done.push((id, IoResult::Failed(failure.clone())));
-                            }
-                        }
-                        return;
-                    }
+                    Err(e) => return self.fail_sends(&net_failure(&e), done),
                 }
             }
             if let Some(id) = *id {
                 done.push((id, IoResult::Done));
             }
             self.sends.pop_front();
+        }
+    }
+
+    /// Every queued send fails with `failure`.
+    fn fail_sends(&mut self, failure: &IoFailure, done: &mut Vec<(IoId, IoResult)>) {
+        for (id, ..) in self.sends.drain(..) {
+            if let Some(id) = id {
+                done.push((id, IoResult::Failed(failure.clone())));
+            }
         }
     }
 

@@ -812,6 +812,8 @@ impl Engine {
             416 => {
                 let j = &self.jobs[&id];
                 let t = &j.transfers[&tid];
+                // What the file holds from 0: hashed, or kept by a resume and not hashed yet.
+                let held = j.received.contiguous_end(j.hashed).max(j.hashed);
                 let complete = head
                     .headers
                     .get("content-range")
@@ -821,12 +823,14 @@ impl Engine {
                         if t.ranged
                             && t.end.is_none()
                             && complete == t.pos
-                            && complete == j.hashed
-                            && j.hashed > 0 =>
+                            && complete == held
+                            && held > 0 =>
                     {
-                        // The partial already holds every byte: verify and commit it.
+                        // The partial already holds every byte: verify and commit it (after
+                        // hashing back what a resume kept unhashed).
                         let j = self.jobs.get_mut(&id).expect("job exists");
                         j.total = Some(complete);
+                        let hashed_all = j.hashed == complete;
                         j.transfers.remove(&tid);
                         self.close_conn(conn);
                         self.event(Event::Response {
@@ -835,7 +839,11 @@ impl Engine {
                             total: Some(complete),
                             offset: complete,
                         });
-                        self.maybe_complete(id);
+                        if hashed_all {
+                            self.maybe_complete(id);
+                        } else {
+                            self.after_progress(id);
+                        }
                     }
                     Some(ContentRange::Unsatisfied { complete: 0 })
                         if t.ranged && t.end.is_none() && t.pos == 0 && j.present() == 0 =>
