@@ -62,7 +62,7 @@ struct Shared {
 /// Bytes handed over and not yet taken by the thread, beyond which a write waits: a large
 /// download arriving faster than it is hashed must not pile up in memory. The wait holds
 /// the write's completion back, and with it the engine's next reads.
-pub const QUEUED_MAX: usize = 8 * 1024 * 1024;
+pub const QUEUED_MAX: usize = 4 * 1024 * 1024;
 
 #[derive(Default)]
 struct Queue {
