@@ -989,9 +989,16 @@ impl Engine {
     fn schedule(&mut self) {
         self.debug_check_indexes();
         loop {
+            // One pass: drop the ids of jobs no longer active, count those holding a slot.
             let jobs = &self.jobs;
-            self.active_ids
-                .retain(|id| jobs.get(id).is_some_and(Job::is_active));
+            let mut active = 0;
+            self.active_ids.retain(|id| match jobs.get(id) {
+                Some(j) if j.is_active() => {
+                    active += usize::from(j.holds_slot());
+                    true
+                }
+                _ => false,
+            });
             if std::mem::take(&mut self.check_deps) {
                 if let Some((job, dep)) = self.failed_dependency() {
                     // Finishing it schedules again (and looks for the next such job).
@@ -1007,7 +1014,6 @@ impl Engine {
             // would otherwise wait on every file's syncs with its connections idle), but at
             // most `max_committing_jobs` of them may be in flight: a slow disk holds new jobs
             // back.
-            let active = self.maybe_active().filter(|j| j.holds_slot()).count();
             if active >= self.config.max_active_jobs
                 || self.committing_ids.len() >= self.config.max_committing_jobs
             {
