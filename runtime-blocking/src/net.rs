@@ -81,9 +81,9 @@ struct Link {
     readable: bool,
     /// A write may make progress (likewise).
     writable: bool,
-    /// Wire bytes not written yet, oldest first, with the send each completes (`None`: bytes
-    /// the transport produced on its own) and how much of them has left.
-    sends: VecDeque<(Option<IoId>, Bytes, usize)>,
+    /// Wire bytes not written yet, oldest first, with the send each completes and how much
+    /// of them has left.
+    sends: VecDeque<(IoId, Bytes, usize)>,
     /// The engine got the connection's end (EOF or a failure): later reads are closed.
     finished: bool,
 }
@@ -317,7 +317,7 @@ impl Link {
                 t.take_outgoing().map(Bytes::from).unwrap_or_default()
             }
         };
-        self.sends.push_back((Some(id), wire, 0));
+        self.sends.push_back((id, wire, 0));
     }
 
     /// Write queued bytes until the socket takes no more.
@@ -344,9 +344,7 @@ impl Link {
                     Err(e) => return self.fail_sends(&net_failure(&e), done),
                 }
             }
-            if let Some(id) = *id {
-                done.push((id, IoResult::Done));
-            }
+            done.push((*id, IoResult::Done));
             self.sends.pop_front();
         }
     }
@@ -354,9 +352,7 @@ impl Link {
     /// Every queued send fails with `failure`.
     fn fail_sends(&mut self, failure: &IoFailure, done: &mut Vec<(IoId, IoResult)>) {
         for (id, ..) in self.sends.drain(..) {
-            if let Some(id) = id {
-                done.push((id, IoResult::Failed(failure.clone())));
-            }
+            done.push((id, IoResult::Failed(failure.clone())));
         }
     }
 
@@ -418,9 +414,7 @@ impl Link {
             done.push((id, connection_closed()));
         }
         for (id, ..) in self.sends.drain(..) {
-            if let Some(id) = id {
-                done.push((id, connection_closed()));
-            }
+            done.push((id, connection_closed()));
         }
     }
 }
