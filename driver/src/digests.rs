@@ -9,6 +9,15 @@
 //! writes were not in order (or that was truncated to anything but 0) loses its running
 //! digest and is read back instead ([`read_back_digest`]): slower, never wrong.
 //!
+//! Write-behind ([`Running::write_behind`]): the thread that drives the engine may also hand
+//! an unnamed file's small writes themselves to the digest thread, which writes each one
+//! (`pwrite`) before it hashes it. The write completes for the engine at once; the file's
+//! [`Behind`] counts the writes not done yet and keeps the first failure, and every other
+//! operation on the file waits for them first ([`Behind::settle`]) and reports that failure.
+//! The engine's `Digest` needs no wait: the thread answers it after the file's writes, with
+//! the failure instead of a digest if one failed. The driver's thread then spends no time in
+//! the kernel's write path for small downloads.
+//!
 //! Handing work over does not wake the thread: the driver calls [`Digests::kick`] once it
 //! has started everything the engine asked for (a waiting thread is woken once per batch of
 //! files, not once per write), and a digest finished off the driver's thread kicks at once.
@@ -30,9 +39,25 @@ use crate::files::{local_failure, lock, BlockingSpawner};
 pub type DigestDone = Box<dyn FnOnce(IoResult) + Send>;
 
 enum Msg {
-    Feed { key: u64, data: Bytes },
-    Finish { key: u64, done: DigestDone },
-    Forget { key: u64 },
+    Feed {
+        key: u64,
+        data: Bytes,
+    },
+    /// Write `data` at `offset` of `file`, then hash it like a `Feed`.
+    Write {
+        key: u64,
+        file: Arc<File>,
+        offset: u64,
+        data: Bytes,
+        behind: Arc<Behind>,
+    },
+    Finish {
+        key: u64,
+        done: DigestDone,
+    },
+    Forget {
+        key: u64,
+    },
 }
 
 thread_local! {
@@ -120,7 +145,7 @@ impl Digests {
     /// file's hashing: its write is refused, and that file is read back instead.
     fn send(&self, msg: Msg) -> Result<(), Msg> {
         let mut queue = lock(&self.shared.queue);
-        let feed = matches!(msg, Msg::Feed { .. });
+        let feed = matches!(msg, Msg::Feed { .. } | Msg::Write { .. });
         if feed && queue.bytes >= QUEUED_MAX && DRIVER_THREAD.with(Cell::get) {
             return Err(msg);
         }
@@ -138,7 +163,7 @@ impl Digests {
         if queue.stopped {
             return Err(msg);
         }
-        if let Msg::Feed { data, .. } = &msg {
+        if let Msg::Feed { data, .. } | Msg::Write { data, .. } = &msg {
             queue.bytes += data.len();
         }
         queue.msgs.push(msg);
@@ -153,8 +178,15 @@ impl Digests {
     }
 }
 
+/// One running digest on the thread: the hash so far, or the failure of one of its writes.
+#[derive(Default)]
+struct Hashing {
+    hasher: Sha256,
+    failed: Option<haul_core::IoFailure>,
+}
+
 fn digest_thread(shared: &Shared) {
-    let mut hashers: BTreeMap<u64, Sha256> = BTreeMap::new();
+    let mut hashers: BTreeMap<u64, Hashing> = BTreeMap::new();
     loop {
         let batch = {
             let mut queue = lock(&shared.queue);
@@ -180,12 +212,38 @@ fn digest_thread(shared: &Shared) {
     }
 }
 
-fn digest_step(hashers: &mut BTreeMap<u64, Sha256>, msg: Msg) {
+fn digest_step(hashers: &mut BTreeMap<u64, Hashing>, msg: Msg) {
     match msg {
-        Msg::Feed { key, data } => hashers.entry(key).or_default().update(&data),
+        Msg::Feed { key, data } => hashers.entry(key).or_default().hasher.update(&data),
+        Msg::Write {
+            key,
+            file,
+            offset,
+            data,
+            behind,
+        } => {
+            let written = file.write_all_at(&data, offset);
+            // The file's last reference from here goes before the count says done: once
+            // settled, the file's owner holds the only one.
+            drop(file);
+            let hashing = hashers.entry(key).or_default();
+            match written {
+                Ok(()) => hashing.hasher.update(&data),
+                Err(e) => {
+                    let failure = local_failure(&e, "write", Some(&behind.path));
+                    hashing.failed.get_or_insert(failure.clone());
+                    behind.done(Some(failure));
+                    return;
+                }
+            }
+            behind.done(None);
+        }
         Msg::Finish { key, done } => {
-            let digest: [u8; 32] = hashers.remove(&key).unwrap_or_default().finalize().into();
-            done(IoResult::Digest(digest));
+            let hashing = hashers.remove(&key).unwrap_or_default();
+            done(match hashing.failed {
+                Some(failure) => IoResult::Failed(failure),
+                None => IoResult::Digest(hashing.hasher.finalize().into()),
+            });
         }
         Msg::Forget { key } => {
             hashers.remove(&key);
@@ -233,6 +291,41 @@ impl Running {
         }
     }
 
+    /// Hands `data`, to be written at `offset` of `file`, to the thread, which writes it and
+    /// then extends the digest (see the module docs); `behind` counts it until it is written.
+    /// `false` if it cannot (not in order, the queue is full on the driver's thread, or the
+    /// thread is gone): the caller writes it itself and drops the digest.
+    pub fn write_behind(
+        &mut self,
+        file: &Arc<File>,
+        offset: u64,
+        data: &Bytes,
+        behind: &Arc<Behind>,
+    ) -> bool {
+        if offset != self.len {
+            return false;
+        }
+        // Counted before it is sent: the thread may write it at once.
+        behind.add();
+        let msg = Msg::Write {
+            key: self.key,
+            file: file.clone(),
+            offset,
+            data: data.clone(),
+            behind: behind.clone(),
+        };
+        match self.digests.send(msg) {
+            Ok(()) => {
+                self.len += data.len() as u64;
+                true
+            }
+            Err(_) => {
+                behind.done(None);
+                false
+            }
+        }
+    }
+
     /// Hands the digest to the thread, which calls `done` with it after hashing every byte
     /// handed to it before; gives `done` back if the thread is gone. The thread is not woken:
     /// the caller kicks ([`Digests::kick`]) before it waits for `done`.
@@ -252,6 +345,68 @@ impl Running {
 impl Drop for Running {
     fn drop(&mut self) {
         let _ = self.digests.send(Msg::Forget { key: self.key });
+    }
+}
+
+/// The writes of one file handed to the digest thread ([`Running::write_behind`]) and not
+/// done yet, and the first that failed.
+pub struct Behind {
+    state: Mutex<BehindState>,
+    settled: Condvar,
+    /// The file's path, for the failure's message.
+    path: std::path::PathBuf,
+}
+
+#[derive(Default)]
+struct BehindState {
+    pending: usize,
+    failed: Option<haul_core::IoFailure>,
+}
+
+impl Behind {
+    /// No writes pending yet for the file at `path`.
+    pub fn new(path: std::path::PathBuf) -> Behind {
+        Behind {
+            state: Mutex::default(),
+            settled: Condvar::new(),
+            path,
+        }
+    }
+
+    fn add(&self) {
+        lock(&self.state).pending += 1;
+    }
+
+    fn done(&self, failed: Option<haul_core::IoFailure>) {
+        let mut state = lock(&self.state);
+        state.pending -= 1;
+        if state.failed.is_none() {
+            state.failed = failed;
+        }
+        if state.pending == 0 {
+            self.settled.notify_all();
+        }
+    }
+
+    /// Waits until every write handed over is done (kicking `digests`, whose thread may be
+    /// waiting for work); the first failure among them, if any (it stays: the file's bytes
+    /// are not what the engine wrote).
+    pub fn settle(&self, digests: Option<&Digests>) -> Result<(), haul_core::IoFailure> {
+        let mut state = lock(&self.state);
+        if state.pending > 0 {
+            if let Some(digests) = digests {
+                drop(state);
+                digests.kick();
+                state = lock(&self.state);
+            }
+            while state.pending > 0 {
+                state = self.settled.wait(state).unwrap_or_else(|e| e.into_inner());
+            }
+        }
+        match &state.failed {
+            Some(failure) => Err(failure.clone()),
+            None => Ok(()),
+        }
     }
 }
 
@@ -369,6 +524,59 @@ mod tests {
         let (refused, len) = driver.join().unwrap();
         assert!(refused, "the driver's write is refused, not queued");
         assert_eq!(len, 0, "nothing counted: the file will be read back");
+    }
+
+    #[test]
+    fn writes_handed_over_are_written_then_hashed_and_settle_once_done() {
+        let digests = Digests::start(&Threads::default()).unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("f");
+        let file = Arc::new(
+            std::fs::OpenOptions::new()
+                .read(true)
+                .write(true)
+                .create(true)
+                .truncate(true)
+                .open(&path)
+                .unwrap(),
+        );
+        let behind = Arc::new(Behind::new(path.clone()));
+        let mut running = digests.running();
+        assert!(running.write_behind(&file, 0, &Bytes::from_static(b"hello "), &behind));
+        assert!(running.write_behind(&file, 6, &Bytes::from_static(b"world"), &behind));
+        assert!(
+            !running.write_behind(&file, 20, &Bytes::from_static(b"gap"), &behind),
+            "out of order: the caller writes it"
+        );
+        // Nobody else kicks: settling wakes the thread itself.
+        behind.settle(Some(&digests)).expect("written");
+        assert_eq!(std::fs::read(&path).unwrap(), b"hello world");
+        assert_eq!(Arc::strong_count(&file), 1, "the thread let go of the file");
+        assert_eq!(finish(running), IoResult::Digest(sha(b"hello world")));
+    }
+
+    #[test]
+    fn a_write_handed_over_that_fails_fails_the_digest_and_every_settle_naming_the_file() {
+        let digests = Digests::start(&Threads::default()).unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("read-only");
+        std::fs::write(&path, b"").unwrap();
+        // Opened for reading only: the write fails (EBADF).
+        let file = Arc::new(File::open(&path).unwrap());
+        let behind = Arc::new(Behind::new(path.clone()));
+        let mut running = digests.running();
+        assert!(running.write_behind(&file, 0, &Bytes::from_static(b"abc"), &behind));
+        let failure = behind.settle(Some(&digests)).expect_err("the write failed");
+        assert!(
+            failure.message.contains("read-only"),
+            "names the file: {}",
+            failure.message
+        );
+        assert!(behind.settle(None).is_err(), "the failure stays");
+        match finish(running) {
+            IoResult::Failed(f) => assert_eq!(f, failure),
+            other => panic!("a digest of bytes that were not written: {other:?}"),
+        }
     }
 
     #[test]

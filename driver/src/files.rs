@@ -26,7 +26,7 @@ use std::time::Duration;
 use bytes::{Bytes, BytesMut};
 use haul_core::{FileId, IoErrorKind, IoFailure, IoId, IoOp, IoRequest, IoResult};
 
-use crate::digests::{read_back_digest, DigestDone, Digests, Running};
+use crate::digests::{read_back_digest, Behind, DigestDone, Digests, Running};
 use crate::spares::Spares;
 
 /// Workers for whole-file operations.
@@ -218,6 +218,8 @@ pub struct Files<C: Completions, S: BlockingSpawner> {
     /// started.
     running_digests: bool,
     digests: Option<Digests>,
+    /// Hand inline writes of unnamed files to the digest thread ([`Files::writes_behind`]).
+    write_behind: bool,
 }
 
 impl<C: Completions, S: BlockingSpawner> Drop for Files<C, S> {
@@ -244,6 +246,7 @@ impl<C: Completions, S: BlockingSpawner> Files<C, S> {
             spares: Spares::default(),
             running_digests: false,
             digests: None,
+            write_behind: false,
         }
     }
 
@@ -252,6 +255,16 @@ impl<C: Completions, S: BlockingSpawner> Files<C, S> {
     /// [`haul_core::Config::executor_digests`]. Without it a `Digest` reads the file back.
     pub fn running_digests(mut self) -> Files<C, S> {
         self.running_digests = true;
+        self
+    }
+
+    /// With [`Files::inline_small_ops`] and [`Files::running_digests`]: a small write of an
+    /// unnamed file that would run inline is handed to the digest thread instead, which
+    /// writes and then hashes it (see [`crate::digests`]); the write completes at once. The
+    /// calling thread then never waits in the kernel's write path for a small download; a
+    /// failed write fails the file's next operation (its `Digest`, `Publish`, ...).
+    pub fn writes_behind(mut self) -> Files<C, S> {
+        self.write_behind = true;
         self
     }
 
@@ -491,6 +504,11 @@ impl<C: Completions, S: BlockingSpawner> Files<C, S> {
                 let (sink, id) = (self.sink.clone(), req.id);
                 lock(&open.state).digest(len, Box::new(move |r| sink.complete(id, r)));
                 return;
+            }
+            if let (IoOp::WriteAt { offset, data, .. }, true) = (&req.op, self.write_behind) {
+                if lock(&open.state).write_behind(*offset, data) {
+                    return self.sink.complete(req.id, IoResult::Done);
+                }
             }
             let result = lock(&open.state).execute(&req.op);
             let opened = matches!(result, IoResult::Opened { .. });
@@ -759,13 +777,14 @@ const SYNCFS_MIN: usize = 8;
 /// piece it belongs to.
 enum Pending {
     /// A commit's file: its data made durable completes `sync`; then it is closed, which
-    /// completes `close`. `None` if the file was not open.
+    /// completes `close`. The failure instead if the file was not open or one of its writes
+    /// failed.
     Data {
         sync: IoId,
         close: IoId,
         /// The engine's id of the file; ids grow in the order files are opened.
         id: FileId,
-        file: Option<(File, std::path::PathBuf)>,
+        file: Result<(File, std::path::PathBuf), IoFailure>,
     },
     /// A rename to `path` is done; making its directory entry durable completes `id`.
     Entry { id: IoId, path: std::path::PathBuf },
@@ -774,7 +793,7 @@ enum Pending {
     Publish {
         id: IoId,
         file_id: FileId,
-        file: Option<Unpublished>,
+        file: Result<Unpublished, IoFailure>,
         to: std::path::PathBuf,
     },
 }
@@ -784,13 +803,15 @@ impl Pending {
         sync: IoId,
         close: IoId,
         id: FileId,
-        file: Option<(File, std::path::PathBuf)>,
+        file: Option<Result<(File, std::path::PathBuf), IoFailure>>,
     ) -> Pending {
         Pending::Data {
             sync,
             close,
             id,
-            file,
+            file: file.unwrap_or_else(|| {
+                Err(IoFailure::new(IoErrorKind::Other, "sync: file is not open"))
+            }),
         }
     }
 }
@@ -880,8 +901,8 @@ fn complete_durable<C: Completions>(
         Pending::Entry { id, .. } => sink.complete(id, result),
         Pending::Publish { id, file, to, .. } => {
             let named = match (result, file) {
-                (IoResult::Done, Some(u)) => u.publish(&to),
-                (IoResult::Failed(f), _) => Err(f),
+                (IoResult::Done, Ok(u)) => u.publish(&to),
+                (IoResult::Failed(f), _) | (_, Err(f)) => Err(f),
                 (_, _) => Err(IoFailure::new(IoErrorKind::Other, "file is not open")),
             };
             match named {
@@ -907,20 +928,17 @@ fn make_durable(round: &[Pending]) -> Vec<Result<(), IoFailure>> {
             continue;
         }
         *result = Some(match pending {
-            Pending::Data { file: None, .. } => {
-                Err(IoFailure::new(IoErrorKind::Other, "sync: file is not open"))
+            Pending::Data { file: Err(f), .. } | Pending::Publish { file: Err(f), .. } => {
+                Err(f.clone())
             }
             Pending::Data {
-                file: Some((f, path)),
+                file: Ok((f, path)),
                 ..
             } => f
                 .sync_data()
                 .map_err(|e| local_failure(&e, "sync", Some(path))),
-            Pending::Publish { file: None, .. } => {
-                Err(IoFailure::new(IoErrorKind::Other, "sync: file is not open"))
-            }
             Pending::Publish {
-                file: Some(u), to, ..
+                file: Ok(u), to, ..
             } => u
                 .file
                 .sync_data()
@@ -978,15 +996,15 @@ fn syncfs_handles(round: &[Pending]) -> BTreeMap<u64, (File, Vec<usize>)> {
         let (rank, file) = match pending {
             Pending::Data {
                 id,
-                file: Some((f, _)),
+                file: Ok((f, _)),
                 ..
             } => (id.0, f),
             Pending::Publish {
                 file_id,
-                file: Some(u),
+                file: Ok(u),
                 ..
             } => (file_id.0, &u.file),
-            Pending::Data { file: None, .. } | Pending::Publish { file: None, .. } => continue,
+            Pending::Data { file: Err(_), .. } | Pending::Publish { file: Err(_), .. } => continue,
             Pending::Entry { path, .. } => {
                 // A round often names many files in one directory: open it once.
                 if let Some(slot) = dir_devices
@@ -1352,10 +1370,22 @@ fn link_open_file(_file: &File, _to: &Path) -> std::io::Result<()> {
     Err(ErrorKind::Unsupported.into())
 }
 
+/// The file itself once nobody else holds it: the digest thread lets go of it before the
+/// writes it did for it count as done, so after [`FileWorker::settle`] this is the only
+/// reference (a duplicate descriptor otherwise).
+fn owned(file: Arc<File>) -> Result<File, IoFailure> {
+    Arc::try_unwrap(file).or_else(|shared| {
+        shared
+            .try_clone()
+            .map_err(|e| local_failure(&e, "duplicate the descriptor of", None))
+    })
+}
+
 /// Executes the operations of one open file, in order.
 #[derive(Default)]
 pub struct FileWorker {
-    file: Option<File>,
+    /// Shared with the digest thread while it writes for the file (see `behind`).
+    file: Option<Arc<File>>,
     path: std::path::PathBuf,
     /// `file` was created without a name (`OpenUnnamed`); otherwise it is at `path`.
     unnamed: bool,
@@ -1365,23 +1395,60 @@ pub struct FileWorker {
     digests: Option<Digests>,
     /// The digest of what was written from offset 0 in order, while that holds.
     running: Option<Running>,
+    /// Writes handed to the digest thread ([`FileWorker::write_behind`]); every other
+    /// operation waits for them ([`FileWorker::settle`]).
+    behind: Option<Arc<Behind>>,
 }
 
 impl FileWorker {
-    /// Take the open file and its path out (a commit hands them on).
-    fn take(&mut self) -> Option<(File, std::path::PathBuf)> {
-        let file = self.file.take()?;
-        Some((file, self.path.clone()))
+    /// Take the open file and its path out (a commit hands them on), once its writes are
+    /// done; `None` if it is not open.
+    fn take(&mut self) -> Option<Result<(File, std::path::PathBuf), IoFailure>> {
+        let settled = self.settle();
+        let file = owned(self.file.take()?);
+        Some(settled.and(file).map(|file| (file, self.path.clone())))
     }
 
-    /// Take the open file out for its `Publish`.
-    fn take_unpublished(&mut self) -> Option<Unpublished> {
-        let file = self.file.take()?;
-        Some(Unpublished {
-            file,
+    /// Take the open file out for its `Publish`, once its writes are done.
+    fn take_unpublished(&mut self) -> Result<Unpublished, IoFailure> {
+        let settled = self.settle();
+        let file = self
+            .file
+            .take()
+            .ok_or_else(|| IoFailure::new(IoErrorKind::Other, "file is not open"))?;
+        settled?;
+        Ok(Unpublished {
+            file: owned(file)?,
             path: self.path.clone(),
             unnamed: self.unnamed,
         })
+    }
+
+    /// Waits for the writes handed to the digest thread; the first of them that failed.
+    fn settle(&mut self) -> Result<(), IoFailure> {
+        match &self.behind {
+            Some(behind) => behind.settle(self.digests.as_ref()),
+            None => Ok(()),
+        }
+    }
+
+    /// A write of an unnamed file that follows its running digest, handed to the digest
+    /// thread (see [`crate::digests`]): `true` if it was (it is then as good as done; a
+    /// failure comes with the file's next operation), `false` if the caller must execute it.
+    pub fn write_behind(&mut self, offset: u64, data: &Bytes) -> bool {
+        let (Some(file), Some(running), true) = (&self.file, &mut self.running, self.unnamed)
+        else {
+            return false;
+        };
+        let behind = self
+            .behind
+            .get_or_insert_with(|| Arc::new(Behind::new(self.path.clone())));
+        if running.write_behind(file, offset, data, behind) {
+            return true;
+        }
+        // Written by the caller instead: the digest no longer covers the file in order.
+        self.running = None;
+        false
     }
 
     /// Open (creating) the file at `path`; emptied when `truncate`.
@@ -1422,7 +1489,7 @@ impl FileWorker {
         });
         match opened {
             Ok((f, len)) => {
-                self.file = Some(f);
+                self.file = Some(Arc::new(f));
                 IoResult::Opened { len }
             }
             Err(e) => IoResult::Failed(local_failure(&e, "open", Some(path))),
@@ -1448,15 +1515,29 @@ impl FileWorker {
         done(self.read_back(len));
     }
 
-    fn read_back(&self, len: u64) -> IoResult {
+    fn read_back(&mut self, len: u64) -> IoResult {
+        if let Err(failure) = self.settle() {
+            return IoResult::Failed(failure);
+        }
         match self.file.as_ref() {
             Some(f) => read_back_digest(f, len, &self.path),
             None => IoResult::Failed(IoFailure::new(IoErrorKind::Other, "file is not open")),
         }
     }
 
-    /// Execute one per-file operation.
+    /// Execute one per-file operation (after the writes handed to the digest thread, except
+    /// another write: the engine's writes of a file never overlap while they are in flight).
     pub fn execute(&mut self, op: &IoOp) -> IoResult {
+        if !matches!(op, IoOp::WriteAt { .. }) {
+            let settled = self.settle();
+            if let (Err(failure), false) = (settled, matches!(op, IoOp::CloseFile { .. })) {
+                if let IoOp::Publish { .. } = op {
+                    // Not published: the file goes, as after any failed publish.
+                    self.file = None;
+                }
+                return IoResult::Failed(failure);
+            }
+        }
         let path = self.path.clone();
         let fail =
             |e: std::io::Error, what: &str| IoResult::Failed(local_failure(&e, what, Some(&path)));
@@ -1479,7 +1560,7 @@ impl FileWorker {
                 match opened {
                     Ok(f) => {
                         self.unnamed = true;
-                        self.file = Some(f);
+                        self.file = Some(Arc::new(f));
                         IoResult::Opened { len: 0 }
                     }
                     // Not supported here (or the directory is missing): a named partial.
@@ -1490,17 +1571,17 @@ impl FileWorker {
                 }
             }
             IoOp::Publish { to, .. } => match self.take_unpublished() {
-                Some(u) => match u.publish(to) {
+                Ok(u) => match u.publish(to) {
                     Ok(()) => IoResult::Done,
                     Err(f) => IoResult::Failed(f),
                 },
-                None => IoResult::Failed(IoFailure::new(IoErrorKind::Other, "file is not open")),
+                Err(f) => IoResult::Failed(f),
             },
             IoOp::OpenRead { path, .. } => {
                 self.path = path.clone();
                 match File::open(path).and_then(|f| f.metadata().map(|m| (f, m.len()))) {
                     Ok((f, len)) => {
-                        self.file = Some(f);
+                        self.file = Some(Arc::new(f));
                         IoResult::Opened { len }
                     }
                     Err(e) if e.kind() == ErrorKind::NotFound => IoResult::NotFound,
@@ -1986,11 +2067,15 @@ mod tests {
             // A write too large to run inline goes to the file's worker, the digest after it.
             (vec![(0, big.clone())], false, big.clone()),
         ];
-        for inline in [true, false] {
+        // Inline, with inline writes handed to the digest thread, on workers.
+        for (inline, behind) in [(true, false), (true, true), (false, false)] {
             for (n, (writes, restart, want)) in cases.iter().enumerate() {
                 let dir = tempfile::TempDir::new().unwrap();
                 let (files, done) = files_to_channel(inline);
                 let mut files = files.running_digests();
+                if behind {
+                    files = files.writes_behind();
+                }
                 let file = FileId(1);
                 let mut ops = vec![IoOp::OpenUnnamed {
                     file,
@@ -2010,23 +2095,75 @@ mod tests {
                     file,
                     len: want.len() as u64,
                 });
+                // What the file holds (a write handed over lands before anything after it).
+                ops.push(IoOp::ReadAt {
+                    file,
+                    offset: 0,
+                    len: want.len() as u64 + 16,
+                });
                 let count = ops.len();
                 for (k, op) in ops.into_iter().enumerate() {
                     files.start(request(k as u64, op));
                 }
                 files.flush();
-                let mut digest = None;
+                let (mut digest, mut data) = (None, None);
                 for _ in 0..count {
                     let (id, result) = recv(&done);
                     match result {
                         IoResult::Digest(d) => digest = Some(d),
+                        IoResult::Data(d) => data = Some(d),
                         IoResult::Failed(f) => panic!("case {n}: {id:?} failed: {f:?}"),
                         _ => {}
                     }
                 }
-                assert_eq!(digest, Some(sha(want)), "case {n}, inline {inline}");
+                let case = format!("case {n}, inline {inline}, behind {behind}");
+                assert_eq!(digest, Some(sha(want)), "{case}");
+                assert_eq!(data.as_deref(), Some(&want[..]), "{case}");
             }
         }
+    }
+
+    #[test]
+    fn operations_after_writes_handed_to_the_digest_thread_wait_for_them() {
+        let dir = tempfile::TempDir::new().unwrap();
+        let digests = Digests::start(&Threads::default()).unwrap();
+        // Let the thread reach its wait: nothing queued below is taken until a kick.
+        std::thread::sleep(Duration::from_millis(50));
+        // Another file's bytes ahead in the queue keep the thread busy once it is woken.
+        let mut other = digests.running();
+        assert!(other.wrote(0, &Bytes::from(vec![9u8; 3 << 20])));
+        let mut worker = FileWorker {
+            digests: Some(digests.clone()),
+            ..FileWorker::default()
+        };
+        let path = dir.path().join("f.part");
+        let opened = worker.execute(&IoOp::OpenUnnamed {
+            file: FileId(1),
+            path: path.clone(),
+        });
+        assert_eq!(opened, IoResult::Opened { len: 0 });
+        assert!(worker.unnamed, "this file system makes unnamed files");
+        let data = Bytes::from_static(b"written behind");
+        assert!(worker.write_behind(0, &data), "handed over");
+        // Not written yet (nobody kicked); the read waits for it.
+        let read = worker.execute(&IoOp::ReadAt {
+            file: FileId(1),
+            offset: 0,
+            len: 64,
+        });
+        assert_eq!(read, IoResult::Data(data.clone()));
+        let published = dir.path().join("f");
+        assert_eq!(
+            worker.execute(&IoOp::Publish {
+                file: FileId(1),
+                path,
+                to: published.clone(),
+                sync: false,
+            }),
+            IoResult::Done
+        );
+        assert_eq!(std::fs::read(&published).unwrap(), &data[..]);
+        drop(other);
     }
 
     #[test]
@@ -2171,7 +2308,7 @@ mod tests {
                 IoId(n),
                 IoId(100 + n),
                 FileId(n),
-                Some((f, path.clone())),
+                Some(Ok((f, path.clone()))),
             ));
             round.push(Pending::Entry {
                 id: IoId(200 + n),
@@ -2203,7 +2340,7 @@ mod tests {
                 IoId(10 + n),
                 IoId(20 + n),
                 FileId(id),
-                Some((f, path)),
+                Some(Ok((f, path))),
             ));
         }
         let handles = syncfs_handles(&round);

@@ -223,7 +223,8 @@ impl Client {
             net: net::Net::new(sink.clone(), tls, &config, poll, wake),
             files: haul_driver::Files::new(sink.clone(), Threads::default())
                 .inline_small_ops()
-                .running_digests(),
+                .running_digests()
+                .writes_behind(),
         };
         // The executor hashes small downloads as they are written, off this thread.
         let host = Host::new(Config {
