@@ -1014,6 +1014,52 @@ fn commits_in_flight_are_bounded_by_their_own_limit_not_by_the_slots() {
     );
 }
 
+/// Jobs a, b, c and d (unnamed files hashed by the executor) run to the end with one slot
+/// and at most `max_committing_jobs` commits in flight, with an executor whose digests
+/// take until t = 10 s.
+fn run_with_slow_digests(max_committing_jobs: usize) -> (Harness, Vec<JobId>) {
+    let mut cfg = config();
+    cfg.unnamed_max = u64::MAX;
+    cfg.executor_digests = true;
+    cfg.max_active_jobs = 1;
+    cfg.max_committing_jobs = max_committing_jobs;
+    let mut h = Harness::new(cfg);
+    any_path_server(&mut h, millis(10));
+    h.hold = Some(Box::new(|op| {
+        matches!(op, IoOp::Digest { .. }).then(|| at(secs(10)))
+    }));
+    let ids: Vec<JobId> = ["a", "b", "c", "d"]
+        .iter()
+        .map(|name| h.submit(job_at(name)))
+        .collect();
+    for id in &ids {
+        h.run(*id).expect("every job succeeds");
+    }
+    (h, ids)
+}
+
+#[test]
+fn a_job_waiting_for_its_executor_digest_leaves_its_slot_but_counts_as_a_commit_in_flight() {
+    let (h, ids) = run_with_slow_digests(3);
+    let started = |k: usize| {
+        let i = event_index(&h, ids[k], |e| matches!(e, Event::Started { .. }));
+        h.events[i].0
+    };
+    // One slot, yet a, b and c all download while their digests are being computed.
+    assert!(started(1) < at(secs(10)), "b waited for a's digest");
+    assert!(started(2) < at(secs(10)), "c waited for a digest");
+    // Three waiting for their digest hold d back until one has it.
+    assert!(
+        started(3) >= at(secs(10)),
+        "d started with three digests in flight"
+    );
+    assert_eq!(
+        h.count_ops(|op| matches!(op, IoOp::Digest { .. })),
+        4,
+        "each file verified by the executor's digest"
+    );
+}
+
 #[test]
 fn with_one_slot_jobs_start_by_priority_class_and_in_submission_order_within_a_class() {
     let mut cfg = config();

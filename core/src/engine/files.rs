@@ -755,6 +755,8 @@ impl Engine {
                     let file = j.file.expect("every byte is in the open file");
                     let op = IoOp::Digest { file, len };
                     self.file_io(id, FileStep::Digest { epoch }, op);
+                    // Waiting for its digest, the job no longer holds a download slot.
+                    self.schedule();
                 }
                 return;
             };

@@ -488,11 +488,18 @@ impl Job {
         )
     }
 
-    /// Whether the job holds one of the `max_active_jobs` slots: active and not committing.
-    /// A committing job has all its bytes and no connection; it only waits for the disk, so
-    /// the next download starts meanwhile (see [`Engine::schedule`]).
+    /// Whether the job holds one of the `max_active_jobs` slots: active, not committing and
+    /// not waiting for its executor digest. Such a job has all its bytes and no connection;
+    /// it only waits for the disk or the hashing thread, so the next download starts
+    /// meanwhile (see [`Engine::schedule`]).
     fn holds_slot(&self) -> bool {
-        self.is_active() && !matches!(self.phase, Phase::Committing { .. })
+        self.is_active() && !matches!(self.phase, Phase::Committing { .. }) && !self.digesting()
+    }
+
+    /// Every byte is in and the executor's digest of them is asked for (see
+    /// [`Job::executor_hash`]): the job verifies and commits once it comes.
+    fn digesting(&self) -> bool {
+        matches!(self.phase, Phase::Running) && self.digest_requested && self.transfers.is_empty()
     }
 
     /// Bytes of the file present now.
@@ -991,10 +998,11 @@ impl Engine {
         loop {
             // One pass: drop the ids of jobs no longer active, count those holding a slot.
             let jobs = &self.jobs;
-            let mut active = 0;
+            let (mut active, mut digesting) = (0, 0);
             self.active_ids.retain(|id| match jobs.get(id) {
                 Some(j) if j.is_active() => {
                     active += usize::from(j.holds_slot());
+                    digesting += usize::from(j.digesting());
                     true
                 }
                 _ => false,
@@ -1010,12 +1018,12 @@ impl Engine {
                     return;
                 }
             }
-            // Committing jobs leave their slot to the next download (a run of small files
-            // would otherwise wait on every file's syncs with its connections idle), but at
-            // most `max_committing_jobs` of them may be in flight: a slow disk holds new jobs
-            // back.
+            // Committing jobs, and those waiting for their digest, leave their slot to the
+            // next download (a run of small files would otherwise wait on every file's hash
+            // and syncs with its connections idle), but at most `max_committing_jobs` of them
+            // may be in flight: a slow disk holds new jobs back.
             if active >= self.config.max_active_jobs
-                || self.committing_ids.len() >= self.config.max_committing_jobs
+                || self.committing_ids.len() + digesting >= self.config.max_committing_jobs
             {
                 break;
             }
