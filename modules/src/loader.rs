@@ -897,50 +897,38 @@ impl<F: Fetcher> Loader<F> {
 
         // One index transaction to start every write and one to finish them: per-file
         // transactions (each an fsync of the index) dominate a load of many small modules.
+        // The first one (the DIRTY rows) runs on a thread of its own while the modules are
+        // fetched; nothing is committed before it ended.
         let mut pending: Vec<(Wanted, PendingFile)> = Vec::new();
         let mut manifest_file: Option<PendingFile> = None;
-        {
+        let mut writes: Vec<(String, FileKind)> = Vec::new();
+        let ahead = {
             let mut store = lock(&self.store);
-            let mut writes: Vec<(&str, FileKind)> = to_fetch
+            let mut planned_writes: Vec<(&str, FileKind)> = to_fetch
                 .iter()
                 .map(|item| (item.sha256.as_str(), FileKind::Module))
                 .collect();
-            // One already stored answers `AlreadyReady` below and is left as it is.
             if let Some((sha256, _)) = manifest {
-                writes.push((sha256, FileKind::Manifest));
+                planned_writes.push((sha256, FileKind::Manifest));
             }
-            match store.begin_writes(&writes) {
-                Ok(mut started) => {
-                    if let Some((_, raw)) = manifest {
-                        if let Some(Ok(file)) = started.pop() {
-                            manifest_file = place_manifest(&mut store, file, raw);
-                        }
-                    }
-                    for (item, started) in to_fetch.into_iter().zip(started) {
-                        match started {
-                            Ok(file) => pending.push((item, file)),
-                            Err(StoreError::AlreadyReady { .. }) => {
-                                done.push((item, Ok(ModuleSource::Store)));
-                            }
-                            Err(source) => {
-                                let error = ModuleError::ModuleCommit {
-                                    id: item.id.to_string(),
-                                    source,
-                                };
-                                done.push((item, Err(error)));
-                            }
-                        }
+            let mut planned = store.plan_writes(&planned_writes);
+            if let Some((sha256, raw)) = manifest {
+                if let Some(Ok(file)) = planned.pop() {
+                    // Placed now (the same bytes if it is stored already); recorded below
+                    // with the modules, unless its row says it is stored.
+                    manifest_file = place_manifest(&mut store, file, raw);
+                    if manifest_file.is_some() {
+                        writes.push((sha256.to_owned(), FileKind::Manifest));
                     }
                 }
-                Err(source) => {
-                    let reason = source.to_string();
-                    let mut source = Some(source);
-                    for item in to_fetch {
-                        let source = source.take().unwrap_or_else(|| StoreError::Io {
-                            op: "start writing",
-                            path: store.dir().to_path_buf(),
-                            source: std::io::Error::other(reason.clone()),
-                        });
+            }
+            for (item, planned) in to_fetch.into_iter().zip(planned) {
+                match planned {
+                    Ok(file) => {
+                        writes.push((item.sha256.clone(), FileKind::Module));
+                        pending.push((item, file));
+                    }
+                    Err(source) => {
                         let error = ModuleError::ModuleCommit {
                             id: item.id.to_string(),
                             source,
@@ -949,21 +937,11 @@ impl<F: Fetcher> Loader<F> {
                     }
                 }
             }
-        }
-        if pending.is_empty() {
-            if manifest_file.is_some() {
-                let failed = done.iter().any(|(_, outcome)| outcome.is_err());
-                let mut store = lock(&self.store);
-                adopt_with_manifest(
-                    &mut store,
-                    Vec::new(),
-                    manifest_file,
-                    failed,
-                    request.now_ms,
-                );
-            }
-            return done;
-        }
+            // The batch's final sync is then mostly done by the time the last module arrives.
+            (!pending.is_empty())
+                .then(|| store.sync_ahead(pending.len()))
+                .flatten()
+        };
         let jobs: Vec<ModuleFetch> = pending
             .iter()
             .map(|(item, file)| ModuleFetch {
@@ -975,17 +953,85 @@ impl<F: Fetcher> Loader<F> {
             })
             .collect();
         let job_count = jobs.len();
-        tracing::debug!(app = %request.app, modules = job_count, "fetching modules");
-        // The batch's final sync is then mostly done by the time the last module arrives.
-        let ahead = lock(&self.store).sync_ahead(job_count);
-        let mut results = self.fetcher.fetch_modules(jobs).into_iter();
+        if job_count > 0 {
+            tracing::debug!(app = %request.app, modules = job_count, "fetching modules");
+        }
+        let (results, recorded) = std::thread::scope(|scope| {
+            let store = &self.store;
+            let writes = &writes;
+            let recording = std::thread::Builder::new()
+                .name("haul-store-dirty".into())
+                .spawn_scoped(scope, move || {
+                    let writes: Vec<(&str, FileKind)> = writes
+                        .iter()
+                        .map(|(sha256, kind)| (sha256.as_str(), *kind))
+                        .collect();
+                    lock(store).record_writes(&writes)
+                });
+            let results = match job_count {
+                0 => Vec::new(),
+                _ => self.fetcher.fetch_modules(jobs),
+            };
+            let recorded = match recording {
+                Ok(thread) => thread
+                    .join()
+                    .unwrap_or_else(|panic| std::panic::resume_unwind(panic)),
+                // No thread: recorded here, after the fetch.
+                Err(_) => {
+                    let writes: Vec<(&str, FileKind)> = writes
+                        .iter()
+                        .map(|(sha256, kind)| (sha256.as_str(), *kind))
+                        .collect();
+                    lock(store).record_writes(&writes)
+                }
+            };
+            (results, recorded)
+        });
         if let Some(ahead) = ahead {
             let rounds = ahead.finish();
             tracing::debug!(rounds, "synced ahead of the batch");
         }
-        tracing::debug!(app = %request.app, modules = job_count, "fetched modules");
-
+        if job_count > 0 {
+            tracing::debug!(app = %request.app, modules = job_count, "fetched modules");
+        }
+        let mut results = results.into_iter();
+        // Per write, in `writes` order (the manifest first when it is there): whether its
+        // DIRTY row was recorded.
+        let mut recorded: Vec<Result<(), StoreError>> = match recorded {
+            Ok(rows) => rows
+                .into_iter()
+                .map(|row| row.map(|_| ()))
+                .collect::<Vec<_>>(),
+            Err(source) => {
+                let reason = source.to_string();
+                let mut source = Some(source);
+                writes
+                    .iter()
+                    .map(|_| {
+                        Err(source.take().unwrap_or_else(|| StoreError::Io {
+                            op: "start writing",
+                            path: lock(&self.store).dir().to_path_buf(),
+                            source: std::io::Error::other(reason.clone()),
+                        }))
+                    })
+                    .collect()
+            }
+        }
+        .into_iter()
+        .rev()
+        .collect();
         let mut store = lock(&self.store);
+        if let Some(file) = manifest_file.take() {
+            match recorded.pop() {
+                Some(Ok(())) => manifest_file = Some(file),
+                // Stored already (its row says so), or not recordable: left as it is.
+                _ => {
+                    if let Err(error) = store.abort(file) {
+                        tracing::warn!(%error, "could not clean up the manifest's write");
+                    }
+                }
+            }
+        }
         let mut to_commit: Vec<(Wanted, PendingFile)> = Vec::new();
         let mut to_adopt: Vec<(Wanted, PendingFile)> = Vec::new();
         for (index, (item, file)) in pending.into_iter().enumerate() {
@@ -994,6 +1040,38 @@ impl<F: Fetcher> Loader<F> {
                     "the fetcher returned no result for job {index} of {job_count}"
                 )))
             });
+            match recorded.pop() {
+                Some(Ok(())) => {}
+                Some(Err(StoreError::AlreadyReady { .. })) => {
+                    // Stored meanwhile (by another process): what it fetched is the same.
+                    if let Err(error) = store.abort(file) {
+                        tracing::warn!(%error, "could not clean up a module's write");
+                    }
+                    done.push((item, Ok(ModuleSource::Store)));
+                    continue;
+                }
+                other => {
+                    let source = match other {
+                        Some(Err(source)) => source,
+                        _ => StoreError::Io {
+                            op: "start writing",
+                            path: store.dir().to_path_buf(),
+                            source: std::io::Error::other("no DIRTY row recorded"),
+                        },
+                    };
+                    // Without a row the file is not the store's: removed (or, if that
+                    // fails, by the next open, as an orphan).
+                    if let Err(error) = store.abort(file) {
+                        tracing::warn!(%error, "could not clean up a module's write");
+                    }
+                    let error = ModuleError::ModuleCommit {
+                        id: item.id.to_string(),
+                        source,
+                    };
+                    done.push((item, Err(error)));
+                    continue;
+                }
+            }
             match result {
                 Ok(delivery) => {
                     match check_fetched_size(&mut store, &item, file, delivery, request) {

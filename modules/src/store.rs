@@ -776,6 +776,15 @@ impl Store {
             .iter()
             .map(|sha256| check_hash(sha256))
             .collect::<Result<Vec<String>, StoreError>>()?;
+        // A new store (a cold load) has none: one cheap query instead of the set below.
+        let any_ready: bool = self
+            .index
+            .prepare_cached("SELECT EXISTS (SELECT 1 FROM files WHERE state = 'READY')")
+            .and_then(|mut statement| statement.query_row([], |row| row.get(0)))
+            .map_err(index_error("find stored files"))?;
+        if !any_ready {
+            return Ok(vec![false; hashes.len()]);
+        }
         // Set-based: one query for the READY rows among them (json_each), not one each.
         let hashes_json = serde_json::to_string(&hashes).expect("strings serialize");
         let ready: std::collections::BTreeSet<String> = {
@@ -826,25 +835,54 @@ impl Store {
         &mut self,
         writes: &[(&str, FileKind)],
     ) -> Result<Vec<Result<PendingFile, StoreError>>, StoreError> {
-        let started = self.unsynced_commits(|store| store.record_dirty(writes))?;
+        let started = self.record_writes(writes)?;
         Ok(started
             .into_iter()
-            .map(|started| {
-                started.map(|sha256| {
-                    self.next_temp_id += 1;
-                    let temp_path = self.files_dir.join(format!(
-                        "{sha256}.{}-{}{TEMP_SUFFIX}",
-                        self.process_id, self.next_temp_id
-                    ));
-                    let store_path = self.files_dir.join(&sha256);
-                    PendingFile {
-                        sha256,
-                        temp_path,
-                        store_path,
-                    }
-                })
-            })
+            .map(|started| started.map(|sha256| self.pending_file(sha256)))
             .collect())
+    }
+
+    /// [`Store::begin_writes`] in two steps, for a writer that records the DIRTY rows while
+    /// it already writes: the pending files of `writes` (one result per write, in order; an
+    /// invalid hash fails alone), with no index work. The files may be written at once;
+    /// [`Store::record_writes`] of the same `writes` must follow before any of them is
+    /// committed or adopted. A crash in between leaves files without a row, which the next
+    /// open removes as orphans, like files of DIRTY rows.
+    pub fn plan_writes(
+        &mut self,
+        writes: &[(&str, FileKind)],
+    ) -> Vec<Result<PendingFile, StoreError>> {
+        writes
+            .iter()
+            .map(|&(sha256, _)| check_hash(sha256).map(|sha256| self.pending_file(sha256)))
+            .collect()
+    }
+
+    /// The DIRTY rows of [`Store::plan_writes`] (or of [`Store::begin_writes`]), in one index
+    /// transaction that is not synced (see [`Store::begin_writes`]). The outer error means
+    /// none was recorded; otherwise one result per write, in order: its normalised hash, or
+    /// why it cannot be written ([`StoreError::AlreadyReady`] if the hash is stored).
+    pub fn record_writes(
+        &mut self,
+        writes: &[(&str, FileKind)],
+    ) -> Result<Vec<Result<String, StoreError>>, StoreError> {
+        self.unsynced_commits(|store| store.record_dirty(writes))
+    }
+
+    /// A new pending write of `sha256` (normalised): a temp path of its own beside its store
+    /// path.
+    fn pending_file(&mut self, sha256: String) -> PendingFile {
+        self.next_temp_id += 1;
+        let temp_path = self.files_dir.join(format!(
+            "{sha256}.{}-{}{TEMP_SUFFIX}",
+            self.process_id, self.next_temp_id
+        ));
+        let store_path = self.files_dir.join(&sha256);
+        PendingFile {
+            sha256,
+            temp_path,
+            store_path,
+        }
     }
 
     /// Runs `work` with the index's commits not synced (`synchronous=NORMAL`: consistent, not
@@ -1950,6 +1988,68 @@ mod tests {
         assert_eq!(report.dirty_removed, vec![sha256.clone()]);
         assert!(!store.contains(&sha256).unwrap());
         assert!(files_on_disk(dir.path()).is_empty());
+    }
+
+    #[test]
+    fn planned_writes_get_their_rows_only_when_recorded_and_a_crash_before_removes_the_files() {
+        let dir = tempfile::TempDir::new().unwrap();
+        let (mut store, _) = open(dir.path(), 1);
+        let stored = put(&mut store, b"stored", 1);
+        let new = sha256_hex(b"planned");
+        let writes = [
+            (new.as_str(), FileKind::Module),
+            ("not a hash", FileKind::Module),
+            (stored.as_str(), FileKind::Module),
+        ];
+        let planned = store.plan_writes(&writes);
+        assert!(matches!(planned[1], Err(StoreError::InvalidHash { .. })));
+        let file = planned.into_iter().next().unwrap().unwrap();
+        assert_eq!(
+            store.state_of(&new).unwrap(),
+            None,
+            "no row before it is recorded"
+        );
+        fs::write(file.store_path(), b"planned").unwrap();
+        let recorded = store.record_writes(&writes).unwrap();
+        assert_eq!(recorded[0].as_deref().ok(), Some(new.as_str()));
+        assert!(matches!(recorded[1], Err(StoreError::InvalidHash { .. })));
+        assert!(matches!(recorded[2], Err(StoreError::AlreadyReady { .. })));
+        assert_eq!(store.state_of(&new).unwrap(), Some(FileState::Dirty));
+        assert!(store.adopt_many(vec![file], 2)[0].is_ok());
+        assert!(store.contains(&new).unwrap());
+        // Planned and written, never recorded (a crash first): an orphan the next open removes.
+        let lost = sha256_hex(b"lost");
+        let file = store
+            .plan_writes(&[(&lost, FileKind::Module)])
+            .pop()
+            .unwrap()
+            .unwrap();
+        fs::write(file.store_path(), b"lost").unwrap();
+        drop(store);
+        let (store, _) = open(dir.path(), 3);
+        assert!(!store.contains(&lost).unwrap());
+        assert_eq!(files_on_disk(dir.path()), {
+            let mut kept = vec![stored, new];
+            kept.sort();
+            kept
+        });
+    }
+
+    #[test]
+    fn an_empty_store_contains_nothing_and_still_refuses_a_bad_hash() {
+        let dir = tempfile::TempDir::new().unwrap();
+        let (mut store, _) = open(dir.path(), 1);
+        let a = sha256_hex(b"a");
+        assert_eq!(store.contains_many(&[&a, &a]).unwrap(), vec![false, false]);
+        assert!(matches!(
+            store.contains_many(&[&a, "nope"]),
+            Err(StoreError::InvalidHash { .. })
+        ));
+        put(&mut store, b"a", 1);
+        assert_eq!(
+            store.contains_many(&[&a, &sha256_hex(b"b")]).unwrap(),
+            vec![true, false]
+        );
     }
 
     #[test]
