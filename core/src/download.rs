@@ -45,8 +45,15 @@ pub struct Download {
 impl Download {
     /// A download of `url` to the file `dest`.
     pub fn new(url: &str, dest: impl Into<PathBuf>) -> Result<Download, DownloadError> {
+        Download::from_url(parse_url(url)?, dest)
+    }
+
+    /// [`Download::new`] for a URL parsed already (checked the same way: http or https, with
+    /// a host).
+    pub fn from_url(url: url::Url, dest: impl Into<PathBuf>) -> Result<Download, DownloadError> {
+        check_url(&url)?;
         Ok(Download {
-            url: parse_url(url)?,
+            url,
             mirrors: Vec::new(),
             dest: Destination::File(dest.into()),
             sha256: None,
@@ -230,6 +237,13 @@ impl Download {
 fn parse_url(s: &str) -> Result<url::Url, DownloadError> {
     let url = url::Url::parse(s)
         .map_err(|e| DownloadError::InvalidRequest(format!("bad URL {s:?}: {e}")))?;
+    check_url(&url)?;
+    Ok(url)
+}
+
+/// A URL haul can download: http or https, with a host.
+fn check_url(url: &url::Url) -> Result<(), DownloadError> {
+    let s = url.as_str();
     match url.scheme() {
         "http" | "https" => {}
         other => {
@@ -243,7 +257,7 @@ fn parse_url(s: &str) -> Result<url::Url, DownloadError> {
             "URL {s:?} has no host"
         )));
     }
-    Ok(url)
+    Ok(())
 }
 
 /// `path` with `suffix` appended to its file name.
@@ -357,6 +371,22 @@ mod tests {
         assert_eq!(file_name_from_url(&u), "download");
         let u = url::Url::parse("http://h/%2e%2e").unwrap();
         assert_eq!(file_name_from_url(&u), "download");
+    }
+
+    #[test]
+    fn a_parsed_url_is_checked_like_a_string_one() {
+        let ok = url::Url::parse("https://h/x").unwrap();
+        assert_eq!(Download::from_url(ok.clone(), "o").unwrap().url(), &ok);
+        for bad in ["ftp://h/x", "file:///etc/passwd"] {
+            let url = url::Url::parse(bad).unwrap();
+            assert!(
+                matches!(
+                    Download::from_url(url, "o"),
+                    Err(DownloadError::InvalidRequest(_))
+                ),
+                "{bad}"
+            );
+        }
     }
 
     #[test]

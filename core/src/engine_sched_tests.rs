@@ -18,7 +18,7 @@ use quickcheck::{Arbitrary, Gen, QuickCheck, TestResult};
 
 use crate::config::Config;
 use crate::download::Download;
-use crate::engine::{CancelMode, Event, JobId};
+use crate::engine::{CancelMode, Engine, Event, JobId};
 use crate::engine_tests::{
     assert_nothing_left, assert_two_reads_in_flight_covering, at, config, dest, download, hdr,
     head_len, job_of, origin_key, part, pattern, requested_range, serve_range, sha, sha_hex, state,
@@ -1209,6 +1209,23 @@ fn a_queued_job_whose_dependency_is_cancelled_fails_at_once_even_with_every_slot
     h.run(busy).expect("the busy job still succeeds");
     assert!(h.finished_at(busy) > cancelled_at);
     assert!(h.requests.iter().all(|r| r.path == "/busy"));
+}
+
+#[test]
+fn a_batch_may_be_split_only_if_one_class_without_indexes_or_shared_transfers() {
+    let d = |name: &str| job_at(name);
+    let hashed = |name: &str, byte: u8| job_at(name).sha256(&hex::encode([byte; 32])).unwrap();
+    assert!(Engine::may_split_batch(&[]));
+    assert!(Engine::may_split_batch(&[d("a"), d("b"), d("c")]));
+    assert!(!Engine::may_split_batch(&[
+        d("a"),
+        d("b").priority(Priority::High)
+    ]));
+    assert!(!Engine::may_split_batch(&[d("a"), d("b").after_index(0)]));
+    // The same URL twice, or the same expected bytes under two URLs: one transfer.
+    assert!(!Engine::may_split_batch(&[d("a"), d("b"), d("a")]));
+    assert!(!Engine::may_split_batch(&[hashed("a", 1), hashed("b", 1)]));
+    assert!(Engine::may_split_batch(&[hashed("a", 1), hashed("a", 2)]));
 }
 
 // ------------------------------------------------------------------------ dedup

@@ -109,6 +109,10 @@ impl Runtime {
     }
 }
 
+/// Downloads handed to the engine per turn of the driver's loop after the first part (see
+/// [`Driver::run`]).
+const SUBMIT_PART: usize = 64;
+
 /// The engine and its runtime, driven on the caller's thread.
 struct Driver {
     host: Host,
@@ -123,9 +127,27 @@ impl Driver {
         downloads: Vec<Download>,
         on_event: &mut dyn FnMut(&Event),
     ) -> Vec<Result<Outcome, DownloadError>> {
-        let order: Vec<JobId> = self.host.submit_batch(downloads);
+        // Submitted in parts when that changes nothing but timing (see
+        // `Engine::may_split_batch`): the first downloads start at once instead of after the
+        // engine has taken every one of thousands; the rest follow one part per turn of the
+        // loop.
+        let total = downloads.len();
+        let first = match haul_core::Engine::may_split_batch(&downloads) {
+            true => (2 * self.host.config().max_active_jobs).max(SUBMIT_PART),
+            false => total,
+        };
+        let mut unsubmitted = downloads.into_iter();
+        let mut order: Vec<JobId> = Vec::with_capacity(total);
+        order.extend(
+            self.host
+                .submit_batch(unsubmitted.by_ref().take(first).collect()),
+        );
         let mut results: BTreeMap<JobId, Result<Outcome, DownloadError>> = BTreeMap::new();
         loop {
+            if order.len() < total {
+                let part: Vec<Download> = unsubmitted.by_ref().take(SUBMIT_PART).collect();
+                order.extend(self.host.submit_batch(part));
+            }
             let runtime = &mut self.runtime;
             self.host.drain(
                 |req| runtime.start(req),
@@ -137,15 +159,19 @@ impl Driver {
                 },
             );
             self.runtime.files.flush();
-            if results.len() == order.len() && !self.runtime.net.has_done() {
+            if results.len() == total && !self.runtime.net.has_done() {
                 break;
             }
             // Sleep in the poller unless completions made on this thread wait; either way
             // serve the ready sockets, then take everything else that arrived.
-            let timeout = self
-                .host
-                .deadline()
-                .map(|d| d.saturating_duration_since(std::time::Instant::now()));
+            // Not while downloads wait to be handed over (nothing may be running to wake it).
+            let timeout = match order.len() < total {
+                true => Some(std::time::Duration::ZERO),
+                false => self
+                    .host
+                    .deadline()
+                    .map(|d| d.saturating_duration_since(std::time::Instant::now())),
+            };
             let mut first = None;
             let rx = &self.rx;
             self.runtime.net.wait(timeout, || match rx.try_recv() {
@@ -155,11 +181,19 @@ impl Driver {
                 }
                 Err(_) => false,
             });
+            let mut cancel = false;
             if let Some(m) = first {
-                self.handle(m, &order, &results);
+                cancel |= self.handle(m);
             }
             while let Ok(m) = self.rx.try_recv() {
-                self.handle(m, &order, &results);
+                cancel |= self.handle(m);
+            }
+            if cancel {
+                // Every job of the call is cancelled, those not handed over yet too.
+                order.extend(self.host.submit_batch(unsubmitted.by_ref().collect()));
+                for job in order.iter().filter(|j| !results.contains_key(j)) {
+                    self.host.cancel(*job);
+                }
             }
             self.feed_net();
             self.host.tick();
@@ -177,23 +211,16 @@ impl Driver {
         }
     }
 
-    fn handle(
-        &mut self,
-        m: Msg,
-        order: &[JobId],
-        results: &BTreeMap<JobId, Result<Outcome, DownloadError>>,
-    ) {
+    /// Takes one message; `true` if it asks to cancel every job of the call.
+    fn handle(&mut self, m: Msg) -> bool {
         match m {
             Msg::Done(id, result) => self.host.complete(id, result),
             Msg::Established(conn, id, result) => {
                 self.runtime.net.on_established(conn, id, *result)
             }
-            Msg::CancelAll => {
-                for job in order.iter().filter(|j| !results.contains_key(j)) {
-                    self.host.cancel(*job);
-                }
-            }
+            Msg::CancelAll => return true,
         }
+        false
     }
 }
 

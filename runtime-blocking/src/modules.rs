@@ -21,7 +21,7 @@
 //! size and too large are [`FetchErrorKind::Verification`]; local file failures
 //! [`FetchErrorKind::LocalIo`]; an unusable URL [`FetchErrorKind::InvalidRequest`].
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use haul_core::{Download, DownloadError, ErrorClass, Outcome};
 use haul_modules::{
@@ -137,29 +137,18 @@ impl Fetcher for ModuleFetcher<'_> {
     /// partial and state files are removed: a later load starts over, and the store's
     /// recovery would remove them anyway).
     fn fetch_modules(&self, jobs: Vec<ModuleFetch>) -> Vec<Result<Delivery, FetchError>> {
-        let mut downloads = Vec::with_capacity(jobs.len());
-        let mut leftovers: Vec<Vec<PathBuf>> = Vec::with_capacity(jobs.len());
-        for job in &jobs {
-            match module_download(job) {
-                Ok(download) => {
-                    leftovers.push(vec![download.part_path(), download.state_path()]);
-                    downloads.push(Ok(download));
-                }
-                Err(error) => {
-                    leftovers.push(Vec::new());
-                    downloads.push(Err(error));
-                }
-            }
-        }
+        let downloads = jobs.iter().map(module_download).collect();
         let results = download_in_batches(self.client, downloads, self.concurrency);
         results
             .into_iter()
-            .zip(leftovers)
-            .map(|(result, leftover)| match result {
+            .zip(&jobs)
+            .map(|(result, job)| match result {
                 Ok(outcome) => Ok(Delivery::Committed { size: outcome.size }),
                 Err(error) => {
-                    for path in leftover {
-                        remove_leftover(&path);
+                    // What a failed download may leave beside its destination.
+                    if let Ok(download) = module_download(job) {
+                        remove_leftover(&download.part_path());
+                        remove_leftover(&download.state_path());
                     }
                     Err(fetch_error(&error))
                 }
@@ -241,7 +230,7 @@ fn module_download(job: &ModuleFetch) -> Result<Download, DownloadError> {
     // earlier download is at a store path it hands out (a hash without a READY row has no
     // file: a failed fetch's leftovers are removed below, and the store's recovery removes
     // any file it has not recorded), so there is nothing for the engine to look for.
-    Ok(Download::new(job.url.as_str(), &job.store_path)?
+    Ok(Download::from_url(job.url.clone(), &job.store_path)?
         .sha256(&job.sha256)?
         .max_size(job.max_bytes)
         .defer_sync()
@@ -284,6 +273,7 @@ mod tests {
     use haul_modules::{LoadSource, ModuleSource, TrustedKey};
     use haul_origin::{Behavior, Origin};
     use sha2::{Digest, Sha256};
+    use std::path::PathBuf;
 
     fn client() -> Client {
         let mut config = Config::default();

@@ -248,6 +248,7 @@ macro_rules! batch_scenarios {
     ($rt:ty) => {
         $crate::scenarios!($rt;
             priority_order_is_respected_when_slots_are_scarce,
+            a_long_batch_keeps_its_order_and_an_urgent_download_at_its_end_goes_first,
             dependent_job_waits_for_its_dependency,
             dependent_job_fails_clearly_when_its_dependency_fails,
             same_url_twice_makes_one_request,

@@ -641,6 +641,57 @@ pub fn priority_order_is_respected_when_slots_are_scarce<R: BatchRuntime>() {
     assert_eq!(order, vec!["/p4", "/p3", "/p2", "/p5", "/p1", "/p0"]);
 }
 
+/// A long batch of one class keeps its order (a runtime may hand it over in parts); one
+/// more urgent download at its end still goes first (such a batch is taken whole).
+pub fn a_long_batch_keeps_its_order_and_an_urgent_download_at_its_end_goes_first<
+    R: BatchRuntime,
+>() {
+    let origin = Origin::start().unwrap();
+    let dir = TempDir::new().unwrap();
+    let n = 150;
+    let downloads = |urgent: bool| -> Vec<Download> {
+        (0..n)
+            .map(|i| {
+                let path = format!("/l{i}");
+                let d = Download::new(&origin.url(&path), dir.path().join(format!("l{i}")))
+                    .unwrap()
+                    .sha256(&sha256_hex(&body(200 + i, 2_000)))
+                    .unwrap();
+                match urgent && i == n - 1 {
+                    true => d.priority(haul_core::Priority::High),
+                    false => d,
+                }
+            })
+            .collect()
+    };
+    for i in 0..n {
+        origin.route(&format!("/l{i}"), body(200 + i, 2_000), Behavior::Normal);
+    }
+    let mut cfg = fast_config();
+    cfg.max_active_jobs = 1;
+    let results = R::with_config(cfg.clone()).download_many(downloads(false), &mut Vec::new());
+    for (i, result) in results.iter().enumerate() {
+        let outcome = result.as_ref().expect("downloaded");
+        assert_eq!(
+            outcome.path,
+            dir.path().join(format!("l{i}")),
+            "result {i} in order"
+        );
+    }
+    let order: Vec<String> = origin.requests().iter().map(|r| r.path.clone()).collect();
+    let want: Vec<String> = (0..n).map(|i| format!("/l{i}")).collect();
+    assert_eq!(order, want, "requested in submission order");
+
+    for i in 0..n {
+        std::fs::remove_file(dir.path().join(format!("l{i}"))).unwrap();
+    }
+    let before = origin.requests().len();
+    let results = R::with_config(cfg).download_many(downloads(true), &mut Vec::new());
+    assert!(results.iter().all(|r| r.is_ok()), "{results:?}");
+    let first = &origin.requests()[before];
+    assert_eq!(first.path, format!("/l{}", n - 1), "the urgent one first");
+}
+
 pub fn dependent_job_waits_for_its_dependency<R: BatchRuntime>() {
     let (origin, dir) = setup(
         "/base",

@@ -762,6 +762,24 @@ impl Engine {
         ids
     }
 
+    /// Whether `batch` may be handed over in consecutive parts (one [`Engine::submit_batch`]
+    /// each, in order) with the same outcome as in one call: every download of one priority
+    /// class (the queue is then FIFO, whatever the parts), none with `after_index` (indexes
+    /// are per call), and no two that would share one transfer (a duplicate submitted after
+    /// its leader ended would fetch again). A runtime may then start the first downloads of
+    /// a long list before the engine has taken the rest.
+    pub fn may_split_batch(batch: &[Download]) -> bool {
+        let Some(first) = batch.first() else {
+            return true;
+        };
+        let mut keys = BTreeSet::new();
+        batch.iter().all(|spec| {
+            spec.priority == first.priority
+                && spec.depends_on_index.is_empty()
+                && keys.insert(ContentKey::of(spec))
+        })
+    }
+
     /// Submit a download. It starts when a slot is free and its dependencies succeeded.
     pub fn submit(&mut self, now: Instant, spec: Download) -> JobId {
         self.advance(now);
