@@ -34,6 +34,6 @@ pub use manifest::{
 };
 pub use signature::{verify, Algorithm, TrustedKey, VerifiedBy};
 pub use store::{
-    AppRecord, FileEntry, FileKind, FileState, PendingFile, Pin, PinnedManifest, PruneReport,
-    RecoveryReport, Store, StoreError, VerifyReport,
+    AppRecord, FileEntry, FileKind, FileState, PendingFile, Pin, PinPlan, PinnedManifest,
+    PruneReport, RecoveryReport, Store, StoreError, VerifyReport,
 };

@@ -60,7 +60,7 @@ use url::Url;
 
 use crate::manifest::{Manifest, ModuleId, MANIFEST_MAX_BYTES};
 use crate::signature::{check_trusted_keys, verify_parsed, TrustedKey};
-use crate::store::{FileKind, PendingFile, Store, StoreError};
+use crate::store::{FileKind, PendingFile, PinPlan, Store, StoreError};
 use crate::ModuleError;
 
 /// What kind of failure a fetch was, as the download engine classifies it. The kind decides
@@ -397,6 +397,16 @@ enum NetworkUse {
 }
 
 /// A module hash this load needs and does not have yet.
+/// How one hash a load led ended.
+type Led = (Wanted, Result<ModuleSource, ModuleError>);
+
+/// Every module of a load in the store, where each came from, and whether the load's pins
+/// were set with them (see [`Store::adopt_many_and_pin`]).
+struct Obtained {
+    sources: BTreeMap<String, ModuleSource>,
+    pinned: bool,
+}
+
 struct Wanted {
     id: ModuleId,
     sha256: String,
@@ -525,7 +535,7 @@ impl<F: Fetcher> Loader<F> {
                 _ => LoadSource::Store,
             };
             match self.materialize(local, request, NetworkUse::Allowed, &mut warnings) {
-                Ok(sources) => return self.finish(local, sources, source, request, warnings),
+                Ok(got) => return self.finish(local, got, source, request, warnings),
                 Err(error) => warnings.push(format!(
                     "fresh {} manifest could not be loaded, asking the network: {error}",
                     local.origin
@@ -536,14 +546,8 @@ impl<F: Fetcher> Loader<F> {
         let network_error = match self.network_candidate(request, rollback_floor, &mut warnings) {
             Ok(candidate) => {
                 match self.materialize(&candidate, request, NetworkUse::Allowed, &mut warnings) {
-                    Ok(sources) => {
-                        return self.finish(
-                            &candidate,
-                            sources,
-                            LoadSource::Network,
-                            request,
-                            warnings,
-                        )
+                    Ok(got) => {
+                        return self.finish(&candidate, got, LoadSource::Network, request, warnings)
                     }
                     Err(error) => error,
                 }
@@ -557,7 +561,7 @@ impl<F: Fetcher> Loader<F> {
         let reason = network_error.to_string();
         for local in [pinned.as_ref(), embedded.as_ref()].into_iter().flatten() {
             match self.materialize(local, request, NetworkUse::Forbidden, &mut warnings) {
-                Ok(sources) => {
+                Ok(got) => {
                     let source = match local.origin {
                         Origin::Embedded => LoadSource::EmbeddedFallback {
                             reason: reason.clone(),
@@ -566,7 +570,7 @@ impl<F: Fetcher> Loader<F> {
                             reason: reason.clone(),
                         },
                     };
-                    return self.finish(local, sources, source, request, warnings);
+                    return self.finish(local, got, source, request, warnings);
                 }
                 Err(error) => warnings.push(format!(
                     "{} manifest cannot replace the network: {error}",
@@ -699,7 +703,7 @@ impl<F: Fetcher> Loader<F> {
         request: &LoadRequest,
         network: NetworkUse,
         warnings: &mut Vec<String>,
-    ) -> Result<BTreeMap<String, ModuleSource>, ModuleError> {
+    ) -> Result<Obtained, ModuleError> {
         let mut wanted = Vec::new();
         let mut seen = std::collections::BTreeSet::new();
         for id in &candidate.order {
@@ -733,7 +737,15 @@ impl<F: Fetcher> Loader<F> {
             }
             Origin::Pinned => None,
         };
-        self.obtain(wanted, request, network, manifest, warnings)
+        // Its pins too, if nothing else can fail the load by then (see `Loader::finish`).
+        let pins = manifest.map(|(sha256, _)| PinPlan {
+            app: request.app.clone(),
+            manifest_sha256: sha256.to_owned(),
+            module_hashes: wanted.iter().map(|item| item.sha256.clone()).collect(),
+            fresh_at_ms: candidate.fresh_at_ms,
+            manifest_url: candidate.manifest_url.to_string(),
+        });
+        self.obtain(wanted, request, network, manifest, pins.as_ref(), warnings)
     }
 
     /// Gets every wanted hash into the store, leading or following in-process flights.
@@ -743,9 +755,11 @@ impl<F: Fetcher> Loader<F> {
         request: &LoadRequest,
         network: NetworkUse,
         mut manifest: Option<(&str, &[u8])>,
+        mut pins: Option<&PinPlan>,
         warnings: &mut Vec<String>,
-    ) -> Result<BTreeMap<String, ModuleSource>, ModuleError> {
+    ) -> Result<Obtained, ModuleError> {
         let mut sources = BTreeMap::new();
+        let mut pinned = false;
         // A follower whose leader could not use the network tries again as leader; bounded.
         for _round in 0..3 {
             if wanted.is_empty() {
@@ -783,7 +797,12 @@ impl<F: Fetcher> Loader<F> {
             }
 
             let mut errors = Vec::new();
-            let led = self.lead(to_lead, request, network, manifest.take(), warnings);
+            // The pins may go with the batch only when no other load's download can still
+            // fail this one.
+            let pins = pins.take().filter(|_| follows.is_empty());
+            let (led, pinned_here) =
+                self.lead(to_lead, request, network, manifest.take(), pins, warnings);
+            pinned |= pinned_here;
             for (item, outcome) in led {
                 match &outcome {
                     Ok(source) => {
@@ -851,7 +870,7 @@ impl<F: Fetcher> Loader<F> {
                 sha256: item.sha256,
             });
         }
-        Ok(sources)
+        Ok(Obtained { sources, pinned })
     }
 
     /// Obtains hashes this load leads: embedded copy first, then one batch to the fetcher.
@@ -861,8 +880,9 @@ impl<F: Fetcher> Loader<F> {
         request: &LoadRequest,
         network: NetworkUse,
         manifest: Option<(&str, &[u8])>,
+        pins: Option<&PinPlan>,
         warnings: &mut Vec<String>,
-    ) -> Vec<(Wanted, Result<ModuleSource, ModuleError>)> {
+    ) -> (Vec<Led>, bool) {
         let mut done = Vec::new();
         let mut to_fetch = Vec::new();
         for item in items {
@@ -892,7 +912,7 @@ impl<F: Fetcher> Loader<F> {
             to_fetch.push(item);
         }
         if to_fetch.is_empty() {
-            return done;
+            return (done, false);
         }
 
         // One index transaction to start every write and one to finish them: per-file
@@ -1101,13 +1121,15 @@ impl<F: Fetcher> Loader<F> {
             to_adopt.into_iter().unzip();
         let failed = done.iter().any(|(_, outcome)| outcome.is_err())
             || committed.iter().any(Result::is_err);
-        committed.extend(adopt_with_manifest(
+        let (adopted, pinned) = adopt_with_manifest(
             &mut store,
             adopted,
             manifest_file,
             failed,
+            pins.filter(|_| !failed),
             request.now_ms,
-        ));
+        );
+        committed.extend(adopted);
         for (item, result) in items.into_iter().chain(adopted_items).zip(committed) {
             let outcome =
                 result
@@ -1118,7 +1140,7 @@ impl<F: Fetcher> Loader<F> {
                     });
             done.push((item, outcome));
         }
-        done
+        (done, pinned)
     }
 
     /// Copies an embedded module into the store; the store's commit re-checks the hash.
@@ -1155,11 +1177,12 @@ impl<F: Fetcher> Loader<F> {
     fn finish(
         &self,
         candidate: &Candidate,
-        sources: BTreeMap<String, ModuleSource>,
+        obtained: Obtained,
         manifest_source: LoadSource,
         request: &LoadRequest,
         warnings: Vec<String>,
     ) -> Result<LoadResult, ModuleError> {
+        let Obtained { sources, pinned } = obtained;
         let mut store = lock(&self.store);
         let mut modules = Vec::with_capacity(candidate.order.len());
         let mut module_hashes = Vec::new();
@@ -1185,6 +1208,8 @@ impl<F: Fetcher> Loader<F> {
         }
         match candidate.origin {
             Origin::Pinned => store.touch(&candidate.sha256, request.now_ms)?,
+            // Stored and pinned with the modules' batch, in its transaction.
+            Origin::Embedded | Origin::Network if pinned => {}
             Origin::Embedded | Origin::Network => {
                 store.insert_manifest_and_pin(
                     &request.app,
@@ -1244,8 +1269,9 @@ fn adopt_with_manifest(
     mut files: Vec<PendingFile>,
     manifest: Option<PendingFile>,
     failed: bool,
+    pins: Option<&PinPlan>,
     now_ms: u64,
-) -> Vec<Result<crate::store::FileEntry, StoreError>> {
+) -> (Vec<Result<crate::store::FileEntry, StoreError>>, bool) {
     let manifest = match manifest {
         Some(file) if failed => {
             if let Err(error) = store.abort(file) {
@@ -1258,15 +1284,15 @@ fn adopt_with_manifest(
     let with_manifest = manifest.is_some();
     files.extend(manifest);
     if files.is_empty() {
-        return Vec::new();
+        return (Vec::new(), false);
     }
-    let mut results = store.adopt_many(files, now_ms);
+    let (mut results, pinned) = store.adopt_many_and_pin(files, now_ms, pins);
     if with_manifest {
         if let Some(Err(error)) = results.pop() {
             tracing::debug!(%error, "manifest not stored with the batch");
         }
     }
-    results
+    (results, pinned)
 }
 
 /// Abandons a fetched module larger than the request allows (the engine should have stopped
@@ -1631,6 +1657,65 @@ mod tests {
             !world.stored(&sha256_hex(&raw)),
             "nor the manifest of the failed load"
         );
+    }
+
+    /// `n` library modules of `version` and the app's module depending on all of them.
+    fn many_modules(n: usize, version: &str) -> Vec<ModuleSpec> {
+        let ids: Vec<String> = (0..n).map(|i| format!("./lib{i}.js")).collect();
+        let mut modules: Vec<ModuleSpec> = ids
+            .iter()
+            .map(|id| ModuleSpec::new(id, format!("{id} {version}").as_bytes(), &[]))
+            .collect();
+        let deps: Vec<&str> = ids.iter().map(String::as_str).collect();
+        let main = format!("main {version}");
+        modules.push(ModuleSpec::new("./news.js", main.as_bytes(), &deps));
+        modules
+    }
+
+    #[test]
+    fn a_large_load_pins_exactly_its_modules_and_a_failed_one_keeps_the_old_pins() {
+        // Enough modules for the store's batch path, whose transaction takes the pins too.
+        for in_place in [true, false] {
+            let world = world();
+            world.fetcher.in_place.store(in_place, Ordering::SeqCst);
+            let v1 = many_modules(12, "v1");
+            let raw = world.publish("news", &v1, 100);
+            world.loader.load(&world.request("news", 1_000)).unwrap();
+            let mut want: Vec<Pin> = v1
+                .iter()
+                .map(ModuleSpec::sha256)
+                .chain([sha256_hex(&raw)])
+                .map(|sha256| Pin {
+                    app: "news".into(),
+                    sha256,
+                })
+                .collect();
+            want.sort();
+            assert_eq!(world.pins(), want, "in place: {in_place}");
+            let app = world.loader.with_store(|store| store.apps().unwrap());
+            assert_eq!(app[0].manifest_sha256, sha256_hex(&raw));
+
+            let v2 = many_modules(12, "v2");
+            let raw2 = world.publish("news", &v2, 200);
+            let url = Manifest::parse(&raw2)
+                .unwrap()
+                .module_url(&v2[5].id, &manifest_url("news"))
+                .unwrap();
+            // One module of the batch is not there (404): the load fails.
+            lock(&world.fetcher.modules).remove(url.as_str());
+            let error = world
+                .loader
+                .load(&world.request("news", 2_000))
+                .unwrap_err();
+            assert!(!error.is_network(), "{error:?}");
+            assert_eq!(
+                world.pins(),
+                want,
+                "the old pins stay (in place: {in_place})"
+            );
+            let app = world.loader.with_store(|store| store.apps().unwrap());
+            assert_eq!(app[0].manifest_sha256, sha256_hex(&raw));
+        }
     }
 
     #[test]

@@ -1036,19 +1036,23 @@ impl Store {
         renamed: &[(usize, String, u64)],
         now_ms: u64,
     ) -> Result<Vec<FileEntry>, StoreError> {
-        self.mark_ready_after(renamed, now_ms, || Ok(()))?
+        Ok(self.mark_ready_after(renamed, now_ms, None, || Ok(()))??.0)
     }
 
     /// [`Store::mark_ready`] whose transaction commits only once `gate` (called after the rows
     /// are written, before the commit) succeeds: the index work overlaps whatever `gate`
-    /// waits for. The outer error is the index's; the inner one is `gate`'s, in which case
-    /// nothing was committed.
+    /// waits for. With `pins`, the app's pins are replaced in the same transaction, if they
+    /// can be (every pinned hash READY, these rows included; else they are left as they
+    /// were): the `bool` says whether they were. The outer error is the index's; the inner
+    /// one is `gate`'s, in which case nothing was committed.
+    #[allow(clippy::type_complexity)]
     fn mark_ready_after(
         &mut self,
         renamed: &[(usize, String, u64)],
         now_ms: u64,
+        pins: Option<&PinPlan>,
         gate: impl FnOnce() -> Result<(), StoreError>,
-    ) -> Result<Result<Vec<FileEntry>, StoreError>, StoreError> {
+    ) -> Result<Result<(Vec<FileEntry>, bool), StoreError>, StoreError> {
         let transaction = self
             .index
             .transaction()
@@ -1109,6 +1113,10 @@ impl Store {
                 kind,
             });
         }
+        let pinned = match pins {
+            Some(plan) => pin_in_savepoint(&transaction, plan, now_ms)?,
+            None => false,
+        };
         if let Err(error) = gate() {
             // Dropping the transaction rolls it back.
             return Ok(Err(error));
@@ -1116,8 +1124,8 @@ impl Store {
         transaction
             .commit()
             .map_err(index_error("commit READY rows"))?;
-        tracing::debug!(files = entries.len(), "stored files");
-        Ok(Ok(entries))
+        tracing::debug!(files = entries.len(), pinned, "stored files");
+        Ok(Ok((entries, pinned)))
     }
 
     /// Records files that a writer put straight at their [`PendingFile::store_path`] (renamed
@@ -1135,10 +1143,24 @@ impl Store {
         pending: Vec<PendingFile>,
         now_ms: u64,
     ) -> Vec<Result<FileEntry, StoreError>> {
+        self.adopt_many_and_pin(pending, now_ms, None).0
+    }
+
+    /// [`Store::adopt_many`], and with `pins`, for a batch whose every file is adopted, the
+    /// app's pins replaced in the same index transaction (see [`Store::set_pins`]): a load's
+    /// last sync then commits its files and its pins together. The `bool` says whether the
+    /// pins were replaced (if not, they are as they were: the caller sets them on its own).
+    pub fn adopt_many_and_pin(
+        &mut self,
+        pending: Vec<PendingFile>,
+        now_ms: u64,
+        pins: Option<&PinPlan>,
+    ) -> (Vec<Result<FileEntry, StoreError>>, bool) {
         #[cfg(target_os = "linux")]
         if pending.len() >= SYNCFS_MIN_FILES {
-            return self.adopt_many_overlapped(pending, now_ms);
+            return self.adopt_many_overlapped(pending, now_ms, pins);
         }
+        let _ = pins;
         let mut results: Vec<Option<Result<FileEntry, StoreError>>> = Vec::new();
         let mut present: Vec<(usize, String, u64)> = Vec::new();
         let synced = sync_all_in_place(&pending);
@@ -1149,7 +1171,7 @@ impl Store {
                 Err(error) => results[index] = Some(self.abort(pending).and(Err(error))),
             }
         }
-        self.record_placed(&present, results, now_ms)
+        (self.record_placed(&present, results, now_ms), false)
     }
 
     /// [`Store::adopt_many`] for a batch made durable by one syncfs: the syncfs runs on a
@@ -1162,7 +1184,8 @@ impl Store {
         &mut self,
         pending: Vec<PendingFile>,
         now_ms: u64,
-    ) -> Vec<Result<FileEntry, StoreError>> {
+        pins: Option<&PinPlan>,
+    ) -> (Vec<Result<FileEntry, StoreError>>, bool) {
         let files_dir = self.files_dir.clone();
         let syncfs = move || -> io::Result<()> {
             let dir = File::open(&files_dir)?;
@@ -1188,8 +1211,10 @@ impl Store {
                 }
             }
             if present.is_empty() {
-                return Ok(Ok(Vec::new()));
+                return Ok(Ok((Vec::new(), false)));
             }
+            // Pins only for a batch without a failure: the load may still fail otherwise.
+            let pins = pins.filter(|_| results.iter().all(Option::is_none));
             let synced_dir = self.files_dir.clone();
             let gate = move || {
                 let synced = match syncing {
@@ -1200,17 +1225,18 @@ impl Store {
                 };
                 synced.map_err(io_error("syncfs", &synced_dir))
             };
-            self.mark_ready_after(&present, now_ms, gate)
+            self.mark_ready_after(&present, now_ms, pins, gate)
         });
         match marked {
-            Ok(Ok(entries)) => {
+            Ok(Ok((entries, pinned))) => {
                 for ((index, _, _), entry) in present.iter().zip(entries) {
                     results[*index] = Some(Ok(entry));
                 }
-                results
+                let results = results
                     .into_iter()
                     .map(|result| result.expect("every write has a result"))
-                    .collect()
+                    .collect();
+                (results, pinned)
             }
             Ok(Err(sync_error)) => {
                 tracing::warn!(
@@ -1226,15 +1252,16 @@ impl Store {
                         Err(error) => results[entry.0] = Some(self.abort(file).and(Err(error))),
                     }
                 }
-                self.record_placed(&placed, results, now_ms)
+                (self.record_placed(&placed, results, now_ms), false)
             }
             Err(index_error) => {
                 let mut results = results;
                 self.unmark(&present, index_error, &mut results);
-                results
+                let results = results
                     .into_iter()
                     .map(|result| result.expect("every write has a result"))
-                    .collect()
+                    .collect();
+                (results, false)
             }
         }
     }
@@ -1438,64 +1465,119 @@ impl Store {
         manifest_url: &str,
         now_ms: u64,
     ) -> Result<(), StoreError> {
-        let manifest_sha256 = check_hash(manifest_sha256)?;
-        let mut hashes = vec![manifest_sha256.clone()];
-        for hash in module_hashes {
-            hashes.push(check_hash(hash)?);
-        }
+        let plan = PinPlan {
+            app: app.to_owned(),
+            manifest_sha256: manifest_sha256.to_owned(),
+            module_hashes: module_hashes.to_vec(),
+            fresh_at_ms,
+            manifest_url: manifest_url.to_owned(),
+        };
         let transaction = self
             .index
             .transaction()
             .map_err(index_error("begin pin transaction"))?;
-        // Set-based: the hashes go in as one JSON array (json_each), not one statement each.
-        let hashes_json = serde_json::to_string(&hashes).expect("strings serialize");
-        let not_ready: Option<String> = cached_row(
-            &transaction,
-            "SELECT wanted.value FROM json_each(?1) AS wanted
-                 WHERE NOT EXISTS (SELECT 1 FROM files
-                                   WHERE sha256 = wanted.value AND state = 'READY')
-                 ORDER BY wanted.key LIMIT 1",
-            params![hashes_json],
-            |row| row.get(0),
-        )
-        .optional()
-        .map_err(index_error("check pinned files"))?;
-        if let Some(sha256) = not_ready {
-            return Err(StoreError::NotReady {
-                sha256,
-                app: app.to_owned(),
-            });
-        }
-        cached_execute(
-            &transaction,
-            "DELETE FROM pins WHERE app = ?1",
-            params![app],
-        )
-        .map_err(index_error("clear pins"))?;
-        cached_execute(
-            &transaction,
-            "INSERT OR IGNORE INTO pins (sha256, app) SELECT value, ?2 FROM json_each(?1)",
-            params![hashes_json, app],
-        )
-        .map_err(index_error("insert pins"))?;
-        cached_execute(
-            &transaction,
-            "INSERT OR REPLACE INTO manifests
-                 (app, manifest_sha256, fresh_at_ms, manifest_url, loaded_at_ms)
-                 VALUES (?1, ?2, ?3, ?4, ?5)",
-            params![
-                app,
-                manifest_sha256,
-                fresh_at_ms.map(to_sql_ms),
-                manifest_url,
-                to_sql_ms(now_ms)
-            ],
-        )
-        .map_err(index_error("record app manifest"))?;
+        write_pins(&transaction, &plan, now_ms)?;
         transaction.commit().map_err(index_error("commit pins"))?;
         Ok(())
     }
+}
 
+/// What [`Store::set_pins`] records: the app, its manifest and the modules it pins.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PinPlan {
+    pub app: String,
+    pub manifest_sha256: String,
+    pub module_hashes: Vec<String>,
+    pub fresh_at_ms: Option<u64>,
+    pub manifest_url: String,
+}
+
+/// [`write_pins`] inside a savepoint of `transaction`: `true` if the pins were replaced,
+/// `false` if a pinned hash is not READY (the pins then stay as they were; the rest of the
+/// transaction is kept). An index failure fails the transaction.
+fn pin_in_savepoint(
+    transaction: &rusqlite::Transaction<'_>,
+    plan: &PinPlan,
+    now_ms: u64,
+) -> Result<bool, StoreError> {
+    transaction
+        .execute_batch("SAVEPOINT pins")
+        .map_err(index_error("begin pins"))?;
+    match write_pins(transaction, plan, now_ms) {
+        Ok(()) => {
+            transaction
+                .execute_batch("RELEASE pins")
+                .map_err(index_error("release pins"))?;
+            Ok(true)
+        }
+        Err(error @ (StoreError::NotReady { .. } | StoreError::InvalidHash { .. })) => {
+            tracing::debug!(%error, "pins left to the load's end");
+            transaction
+                .execute_batch("ROLLBACK TO pins; RELEASE pins")
+                .map_err(index_error("undo pins"))?;
+            Ok(false)
+        }
+        Err(error) => Err(error),
+    }
+}
+
+/// The statements of [`Store::set_pins`], in `transaction`.
+fn write_pins(
+    transaction: &rusqlite::Transaction<'_>,
+    plan: &PinPlan,
+    now_ms: u64,
+) -> Result<(), StoreError> {
+    let app = plan.app.as_str();
+    let manifest_sha256 = check_hash(&plan.manifest_sha256)?;
+    let mut hashes = vec![manifest_sha256.clone()];
+    for hash in &plan.module_hashes {
+        hashes.push(check_hash(hash)?);
+    }
+    // Set-based: the hashes go in as one JSON array (json_each), not one statement each.
+    let hashes_json = serde_json::to_string(&hashes).expect("strings serialize");
+    let not_ready: Option<String> = cached_row(
+        transaction,
+        "SELECT wanted.value FROM json_each(?1) AS wanted
+                 WHERE NOT EXISTS (SELECT 1 FROM files
+                                   WHERE sha256 = wanted.value AND state = 'READY')
+                 ORDER BY wanted.key LIMIT 1",
+        params![hashes_json],
+        |row| row.get(0),
+    )
+    .optional()
+    .map_err(index_error("check pinned files"))?;
+    if let Some(sha256) = not_ready {
+        return Err(StoreError::NotReady {
+            sha256,
+            app: app.to_owned(),
+        });
+    }
+    cached_execute(transaction, "DELETE FROM pins WHERE app = ?1", params![app])
+        .map_err(index_error("clear pins"))?;
+    cached_execute(
+        transaction,
+        "INSERT OR IGNORE INTO pins (sha256, app) SELECT value, ?2 FROM json_each(?1)",
+        params![hashes_json, app],
+    )
+    .map_err(index_error("insert pins"))?;
+    cached_execute(
+        transaction,
+        "INSERT OR REPLACE INTO manifests
+                 (app, manifest_sha256, fresh_at_ms, manifest_url, loaded_at_ms)
+                 VALUES (?1, ?2, ?3, ?4, ?5)",
+        params![
+            app,
+            manifest_sha256,
+            plan.fresh_at_ms.map(to_sql_ms),
+            plan.manifest_url,
+            to_sql_ms(now_ms)
+        ],
+    )
+    .map_err(index_error("record app manifest"))?;
+    Ok(())
+}
+
+impl Store {
     /// The manifest `app` last loaded successfully, its bytes re-checked against its hash.
     pub fn pinned_manifest(&mut self, app: &str) -> Result<Option<PinnedManifest>, StoreError> {
         let record: Option<(String, Option<i64>, String, i64)> = self
@@ -1949,6 +2031,96 @@ mod tests {
                 assert_eq!(&store.read(sha256).unwrap(), bytes);
             }
         }
+    }
+
+    /// The pins of `app`, sorted.
+    fn pins_of(store: &Store, app: &str) -> Vec<String> {
+        let mut pins: Vec<String> = store
+            .pins()
+            .unwrap()
+            .into_iter()
+            .filter(|pin| pin.app == app)
+            .map(|pin| pin.sha256)
+            .collect();
+        pins.sort();
+        pins
+    }
+
+    #[cfg(target_os = "linux")]
+    #[test]
+    fn a_batch_adopted_whole_takes_the_apps_pins_in_its_transaction_unless_one_is_not_ready() {
+        let dir = tempfile::TempDir::new().unwrap();
+        let (mut store, _) = open(dir.path(), 1);
+        let old = put(&mut store, b"old module", 1);
+        let old_manifest = put(&mut store, b"old manifest", 1);
+        store
+            .set_pins(
+                "app",
+                &old_manifest,
+                std::slice::from_ref(&old),
+                None,
+                "http://h/m",
+                1,
+            )
+            .unwrap();
+        let before = pins_of(&store, "app");
+        // A batch large enough for one syncfs: 11 modules and the manifest; the second plan
+        // also names a module that is nowhere.
+        for (round, missing) in [(0u8, true), (1, false)] {
+            let contents: Vec<Vec<u8>> = (0..12)
+                .map(|n| vec![b'a' + n as u8 + 20 * round; 50])
+                .collect();
+            let hashes: Vec<String> = contents.iter().map(|bytes| sha256_hex(bytes)).collect();
+            let writes: Vec<(&str, FileKind)> = hashes
+                .iter()
+                .map(|sha256| (sha256.as_str(), FileKind::Module))
+                .collect();
+            let pending: Vec<PendingFile> = store
+                .begin_writes(&writes)
+                .unwrap()
+                .into_iter()
+                .map(Result::unwrap)
+                .collect();
+            for (file, bytes) in pending.iter().zip(&contents) {
+                fs::write(file.store_path(), bytes).unwrap();
+            }
+            let mut modules = hashes[..11].to_vec();
+            if missing {
+                modules.push(sha256_hex(b"nowhere"));
+            }
+            let plan = PinPlan {
+                app: "app".into(),
+                manifest_sha256: hashes[11].clone(),
+                module_hashes: modules.clone(),
+                fresh_at_ms: Some(7),
+                manifest_url: "http://h/new".into(),
+            };
+            let (results, pinned) = store.adopt_many_and_pin(pending, 2, Some(&plan));
+            assert!(results.iter().all(Result::is_ok), "{results:?}");
+            // Recorded either way; pinned only when every pinned hash is READY.
+            assert!(hashes.iter().all(|sha256| store.contains(sha256).unwrap()));
+            assert_eq!(pinned, !missing, "round {round}");
+            if missing {
+                assert_eq!(pins_of(&store, "app"), before, "the old pins stay");
+            } else {
+                let mut want = hashes.clone();
+                want.sort();
+                assert_eq!(pins_of(&store, "app"), want);
+                let app = store
+                    .apps()
+                    .unwrap()
+                    .into_iter()
+                    .find(|a| a.app == "app")
+                    .unwrap();
+                assert_eq!(app.manifest_sha256, hashes[11]);
+            }
+        }
+        // Committed for good: a reopened store has the same pins.
+        let after = pins_of(&store, "app");
+        drop(store);
+        let (store, report) = open(dir.path(), 3);
+        assert!(report.is_clean(), "{report:?}");
+        assert_eq!(pins_of(&store, "app"), after);
     }
 
     #[cfg(target_os = "linux")]
