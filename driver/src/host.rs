@@ -101,6 +101,11 @@ impl Host {
         haul_core::Instant::from_duration(self.epoch.elapsed())
     }
 
+    /// Room for `additional` more jobs (see [`haul_core::Engine::reserve`]).
+    pub fn reserve(&mut self, additional: usize) {
+        self.engine.reserve(additional);
+    }
+
     /// Queue several jobs together (priorities order them; `after_index` refers within).
     pub fn submit_batch(&mut self, downloads: Vec<Download>) -> Vec<JobId> {
         self.apply_schedule();

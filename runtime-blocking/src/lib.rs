@@ -136,6 +136,7 @@ impl Driver {
             true => (2 * self.host.config().max_active_jobs).max(SUBMIT_PART),
             false => total,
         };
+        self.host.reserve(total);
         let mut unsubmitted = downloads.into_iter();
         let mut order: Vec<JobId> = Vec::with_capacity(total);
         order.extend(

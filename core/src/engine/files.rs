@@ -22,6 +22,10 @@ impl Engine {
     }
 
     fn on_file_step(&mut self, id: JobId, step: FileStep, result: IoResult) {
+        if let FileStep::Digest { .. } = step {
+            // No longer waiting for it, whatever it says.
+            self.set_digesting(id, false);
+        }
         let Some(j) = self.jobs.get_mut(&id) else {
             return;
         };
@@ -465,6 +469,7 @@ impl Engine {
 
     /// Forget every byte: the next response starts the file from zero.
     pub(super) fn restart_from_zero(&mut self, id: JobId) {
+        self.set_digesting(id, false);
         let j = self.jobs.get_mut(&id).expect("job exists");
         j.hasher = Sha256::new();
         j.hashed = 0;
@@ -493,6 +498,7 @@ impl Engine {
         if j.file.is_some() {
             return;
         }
+        self.set_digesting(id, false);
         let file = FileId(self.next());
         let (unnamed_max, executor_digests) =
             (self.config.unnamed_max, self.config.executor_digests);
@@ -756,6 +762,7 @@ impl Engine {
                     let op = IoOp::Digest { file, len };
                     self.file_io(id, FileStep::Digest { epoch }, op);
                     // Waiting for its digest, the job no longer holds a download slot.
+                    self.set_digesting(id, true);
                     self.schedule();
                 }
                 return;

@@ -532,6 +532,12 @@ pub struct Engine {
     /// transfer, deadline or connection, and with hundreds of commits in flight the scans of
     /// the active jobs on every event would mostly walk them.
     committing_ids: BTreeSet<JobId>,
+    /// The jobs waiting for their executor digest ([`Job::digesting`]), moved here from
+    /// `active_ids` while they wait: like committing jobs they have no transfer, deadline
+    /// or connection, and on a run of small files there are often more of them than of
+    /// downloading ones. A superset: an entry whose job stopped waiting otherwise (it was
+    /// cancelled, say) stays until its digest's completion or the job's end.
+    digesting_ids: BTreeSet<JobId>,
     /// Unfinished jobs by the bytes they fetch (expected sha256, else URL), in id order: dedup
     /// looks a new job's leader up here instead of comparing it with every job.
     by_content: BTreeMap<ContentKey, Vec<JobId>>,
@@ -650,6 +656,7 @@ impl Engine {
             queue: BTreeSet::new(),
             active_ids: BTreeSet::new(),
             committing_ids: BTreeSet::new(),
+            digesting_ids: BTreeSet::new(),
             check_deps: false,
             by_content: BTreeMap::new(),
             conns: BTreeMap::new(),
@@ -688,8 +695,9 @@ impl Engine {
     /// Counters for progress displays.
     pub fn stats(&self) -> Stats {
         let s = &self.stats;
-        let active =
-            self.maybe_active().filter(|j| j.is_active()).count() + self.committing_ids.len();
+        let active = self.maybe_active().filter(|j| j.is_active()).count()
+            + self.committing_ids.len()
+            + self.digesting_ids.len();
         let average_rate = s
             .first_start
             .map(|t| self.now.saturating_since(t).as_secs_f64())
@@ -760,6 +768,13 @@ impl Engine {
         }
         self.schedule();
         ids
+    }
+
+    /// Makes room for `additional` more jobs at once, for a runtime that submits a long batch
+    /// in parts (see [`Engine::may_split_batch`]): jobs are large, and a table grown part by
+    /// part would move every job several times.
+    pub fn reserve(&mut self, additional: usize) {
+        self.jobs.reserve(additional);
     }
 
     /// Whether `batch` may be handed over in consecutive parts (one [`Engine::submit_batch`]
@@ -1016,15 +1031,15 @@ impl Engine {
         loop {
             // One pass: drop the ids of jobs no longer active, count those holding a slot.
             let jobs = &self.jobs;
-            let (mut active, mut digesting) = (0, 0);
+            let mut active = 0;
             self.active_ids.retain(|id| match jobs.get(id) {
                 Some(j) if j.is_active() => {
                     active += usize::from(j.holds_slot());
-                    digesting += usize::from(j.digesting());
                     true
                 }
                 _ => false,
             });
+            let digesting = self.digesting_ids.len();
             if std::mem::take(&mut self.check_deps) {
                 if let Some((job, dep)) = self.failed_dependency() {
                     // Finishing it schedules again (and looks for the next such job).
@@ -1108,8 +1123,20 @@ impl Engine {
         }
     }
 
-    /// The jobs that may be active, in id order (see `active_ids`); committing jobs are not
-    /// among them (see `committing_ids`).
+    /// Move a job from the active index to the digesting one (it has just asked for its
+    /// executor digest) or back (it has its digest, or starts over).
+    pub(super) fn set_digesting(&mut self, id: JobId, digesting: bool) {
+        if digesting {
+            self.active_ids.remove(&id);
+            self.digesting_ids.insert(id);
+        } else if self.digesting_ids.remove(&id) {
+            self.active_ids.insert(id);
+        }
+    }
+
+    /// The jobs that may be active, in id order (see `active_ids`); committing jobs and
+    /// those waiting for their digest are not among them (see `committing_ids`,
+    /// `digesting_ids`).
     fn maybe_active(&self) -> impl Iterator<Item = &Job> + '_ {
         self.active_ids.iter().filter_map(|id| self.jobs.get(id))
     }
@@ -1137,6 +1164,12 @@ impl Engine {
                     assert!(
                         self.committing_ids.contains(&j.id),
                         "committing job {:?} missing from the committing index",
+                        j.id
+                    );
+                } else if j.digesting() {
+                    assert!(
+                        self.digesting_ids.contains(&j.id),
+                        "job {:?} waiting for its digest missing from the digesting index",
                         j.id
                     );
                 } else if j.is_active() {
@@ -1203,6 +1236,7 @@ impl Engine {
     fn finish(&mut self, id: JobId, result: Result<Outcome, DownloadError>) {
         self.abandon_probe(id);
         self.committing_ids.remove(&id);
+        self.digesting_ids.remove(&id);
         let Some(job) = self.jobs.remove(&id) else {
             return;
         };
