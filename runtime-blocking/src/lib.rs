@@ -5,8 +5,9 @@
 //! Does not own: any decision (retries, resume, verification: all in `haul-core`).
 //!
 //! Threads:
-//! - the caller's thread drives the engine (hashing of large files happens there, inside the
-//!   engine) and the sockets: it sleeps in one `mio` poller (epoll) and reads and writes
+//! - the caller's thread drives the engine (hashing of segmented files happens there, inside
+//!   the engine) and the sockets; a long batch of one class is handed to the engine in parts
+//!   (`haul_core::Engine::may_split_batch`) so that its first downloads start at once: it sleeps in one `mio` poller (epoll) and reads and writes
 //!   every established connection itself, non-blocking (see `net`); other threads wake it
 //!   after sending it a message;
 //! - a short-lived thread per connection sets it up (DNS, connect, proxy tunnel, TLS
@@ -14,13 +15,15 @@
 //! - small file operations (opens of a spare unnamed file, closes, reads and writes of at
 //!   most 64 KiB, state file reads, removals, renames without a sync) run on the caller's
 //!   thread when nothing of the same file is pending elsewhere: a small download then needs
-//!   no thread switch for its file at all;
+//!   no thread switch for its file at all; except the writes of an unnamed file, which go to
+//!   the digest thread (below) and complete at once (`Files::writes_behind`);
 //! - the others (creating a file when no spare is ready, syncs, large writes) go to a worker
 //!   per open file that executes that file's operations in issue order (the engine's
 //!   contract), so writes overlap with receiving and hashing; threads come from a pool and
 //!   are reused;
-//! - one thread makes spare unnamed files ahead of need, one hashes small files as they are
-//!   written (`haul_driver::spares`, `haul_driver::digests`);
+//! - one thread makes spare unnamed files ahead of need, one writes the small files' bytes
+//!   handed to it and hashes small files as they are written (`haul_driver::spares`,
+//!   `haul_driver::digests`);
 //! - a few threads for whole-file operations (state file writes, copies);
 //! - one durability thread that makes commits durable in rounds (a file's data before its
 //!   rename, the rename after it; one `syncfs` for a round of 8 or more on Linux).
