@@ -68,6 +68,15 @@ enum Conn {
     Connecting {
         recv: Option<IoId>,
     },
+    /// A plain connection to an IP address, connecting without blocking on this thread (see
+    /// [`Net::dial`]); its `Connect` (`connect`) completes once the socket is writable. The
+    /// engine's connect timeout bounds it (it closes the connection).
+    Dialing {
+        stream: TcpStream,
+        connect: IoId,
+        recv: Option<IoId>,
+        addr: std::net::SocketAddr,
+    },
     Up(Box<Link>),
 }
 
@@ -147,7 +156,9 @@ impl Net {
                 _ => self.done.push((req.id, connection_closed())),
             },
             IoOp::Recv { conn } => match self.conns.get_mut(&conn) {
-                Some(Conn::Connecting { recv }) => *recv = Some(req.id),
+                Some(Conn::Connecting { recv } | Conn::Dialing { recv, .. }) => {
+                    *recv = Some(req.id)
+                }
                 Some(Conn::Up(link)) if !link.finished => {
                     link.recv = Some(req.id);
                     link.read(&mut self.slab, &mut self.wire, &mut self.done);
@@ -158,6 +169,19 @@ impl Net {
                 match self.conns.remove(&conn) {
                     Some(Conn::Connecting { recv: Some(id) }) => {
                         self.done.push((id, connection_closed()));
+                    }
+                    Some(Conn::Dialing {
+                        mut stream,
+                        connect,
+                        recv,
+                        ..
+                    }) => {
+                        let _ = self.poll.registry().deregister(&mut stream);
+                        // Like a setup that ends after its close: the connect completes.
+                        self.done.push((connect, IoResult::Done));
+                        if let Some(id) = recv {
+                            self.done.push((id, connection_closed()));
+                        }
                     }
                     Some(Conn::Up(mut link)) => {
                         let _ = self.poll.registry().deregister(&mut link.stream);
@@ -213,7 +237,12 @@ impl Net {
             })
             .collect();
         for (token, readable, writable) in ready {
-            let Some(Conn::Up(link)) = self.conns.get_mut(&ConnId(token.0 as u64)) else {
+            let conn = ConnId(token.0 as u64);
+            if let (Some(Conn::Dialing { .. }), true) = (self.conns.get(&conn), writable) {
+                self.dialed(conn);
+                continue;
+            }
+            let Some(Conn::Up(link)) = self.conns.get_mut(&conn) else {
                 continue;
             };
             if writable {
@@ -282,7 +311,104 @@ impl Net {
         }
     }
 
+    /// Starts a plain connection to an IP address on this thread, without blocking: no DNS,
+    /// no proxy, no handshake, so nothing for a setup thread to do (starting one costs more
+    /// than the connect). `false` if `origin` needs the setup thread.
+    fn dial(&mut self, id: IoId, conn: ConnId, origin: &Origin, via: Option<&ProxyHop>) -> bool {
+        if via.is_some() || origin.scheme != haul_core::http::Scheme::Http {
+            return false;
+        }
+        let host = origin.host.trim_start_matches('[').trim_end_matches(']');
+        let Ok(ip) = host.parse::<std::net::IpAddr>() else {
+            return false;
+        };
+        let addr = std::net::SocketAddr::new(ip, origin.port);
+        let registered = TcpStream::connect(addr).and_then(|mut stream| {
+            let _ = stream.set_nodelay(true);
+            self.poll.registry().register(
+                &mut stream,
+                Token(conn.0 as usize),
+                Interest::READABLE | Interest::WRITABLE,
+            )?;
+            Ok(stream)
+        });
+        match registered {
+            Ok(stream) => {
+                let dialing = Conn::Dialing {
+                    stream,
+                    connect: id,
+                    recv: None,
+                    addr,
+                };
+                self.conns.insert(conn, dialing);
+            }
+            Err(e) => {
+                let failure = IoFailure::new(
+                    haul_core::IoErrorKind::ConnectFailed,
+                    format!("{addr}: {e}"),
+                );
+                self.done.push((id, IoResult::Failed(failure)));
+            }
+        }
+        true
+    }
+
+    /// A dialing connection's socket became writable: connected, or failed.
+    fn dialed(&mut self, conn: ConnId) {
+        let Some(Conn::Dialing { stream, .. }) = self.conns.get(&conn) else {
+            return;
+        };
+        let outcome = match stream.take_error() {
+            Ok(Some(e)) | Err(e) => Err(e),
+            Ok(None) => match stream.peer_addr() {
+                Ok(_) => Ok(()),
+                // Not connected yet (a spurious wake-up): wait for the next event.
+                Err(e) if e.kind() == ErrorKind::NotConnected => return,
+                Err(e) => Err(e),
+            },
+        };
+        let Some(Conn::Dialing {
+            mut stream,
+            connect,
+            recv,
+            addr,
+        }) = self.conns.remove(&conn)
+        else {
+            return;
+        };
+        match outcome {
+            Ok(()) => {
+                self.done.push((connect, IoResult::Done));
+                let mut link = Box::new(Link {
+                    stream,
+                    transport: None,
+                    recv,
+                    readable: true,
+                    writable: true,
+                    sends: VecDeque::new(),
+                    finished: false,
+                });
+                link.read(&mut self.slab, &mut self.wire, &mut self.done);
+                self.conns.insert(conn, Conn::Up(link));
+            }
+            Err(e) => {
+                let _ = self.poll.registry().deregister(&mut stream);
+                let failure = IoFailure::new(
+                    haul_core::IoErrorKind::ConnectFailed,
+                    format!("{addr}: {e}"),
+                );
+                self.done.push((connect, IoResult::Failed(failure)));
+                if let Some(id) = recv {
+                    self.done.push((id, connection_closed()));
+                }
+            }
+        }
+    }
+
     fn connect(&mut self, id: IoId, conn: ConnId, origin: Origin, via: Option<ProxyHop>) {
+        if self.dial(id, conn, &origin, via.as_ref()) {
+            return;
+        }
         self.conns.insert(conn, Conn::Connecting { recv: None });
         let sink = self.sink.clone();
         let (tls, timeout) = (self.tls.clone(), self.connect_timeout);
@@ -616,36 +742,92 @@ mod tests {
         assert!(matches!(next(&mut net, &rx), (IoId(3), IoResult::Done)));
     }
 
-    #[test]
-    fn a_failed_setup_fails_the_connect_and_every_later_read() {
-        // A port nobody listens on: bind one, learn it, free it.
-        let port = {
-            let l = TcpListener::bind("127.0.0.1:0").unwrap();
-            l.local_addr().unwrap().port()
-        };
-        let (mut net, rx) = net();
-        let conn = ConnId(7);
+    /// Plain http to an address is dialed on the driver's thread; by name it is set up on a
+    /// thread of its own (it needs DNS).
+    const HOSTS: [&str; 2] = ["127.0.0.1", "localhost"];
+
+    fn connect_to(net: &mut Net, id: u64, conn: ConnId, host: &str, port: u16) {
         let origin = Origin {
             scheme: Scheme::Http,
-            host: "127.0.0.1".into(),
+            host: host.into(),
             port,
         };
         let via = None;
-        request(&mut net, 1, IoOp::Connect { conn, origin, via });
-        // A Recv asked while connecting waits for the setup, then finds it closed.
+        request(net, id, IoOp::Connect { conn, origin, via });
+    }
+
+    #[test]
+    fn a_failed_setup_fails_the_connect_and_every_later_read() {
+        for host in HOSTS {
+            // A port nobody listens on: bind one, learn it, free it.
+            let port = {
+                let l = TcpListener::bind("127.0.0.1:0").unwrap();
+                l.local_addr().unwrap().port()
+            };
+            let (mut net, rx) = net();
+            let conn = ConnId(7);
+            connect_to(&mut net, 1, conn, host, port);
+            // A Recv asked while connecting waits for the setup, then finds it closed.
+            request(&mut net, 2, IoOp::Recv { conn });
+            let (id, r) = next(&mut net, &rx);
+            assert_eq!(id, IoId(1), "{host}");
+            match r {
+                IoResult::Failed(f) => assert_eq!(f.kind, haul_core::IoErrorKind::ConnectFailed),
+                other => panic!("{host}: {other:?}"),
+            }
+            assert!(matches!(
+                next(&mut net, &rx),
+                (IoId(2), IoResult::Failed(_))
+            ));
+            request(&mut net, 3, IoOp::Recv { conn });
+            assert!(matches!(
+                next(&mut net, &rx),
+                (IoId(3), IoResult::Failed(_))
+            ));
+        }
+    }
+
+    #[test]
+    fn a_connection_by_address_or_by_name_carries_bytes_both_ways() {
+        for host in HOSTS {
+            let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+            let port = listener.local_addr().unwrap().port();
+            let (mut net, rx) = net();
+            let conn = ConnId(3);
+            connect_to(&mut net, 1, conn, host, port);
+            // Asked before the connection is up: answered once it is.
+            request(&mut net, 2, IoOp::Recv { conn });
+            let (mut peer, _) = listener.accept().unwrap();
+            assert!(matches!(next(&mut net, &rx), (IoId(1), IoResult::Done)));
+            peer.write_all(b"hello").unwrap();
+            match next(&mut net, &rx) {
+                (IoId(2), IoResult::Data(d)) => assert_eq!(&d[..], b"hello", "{host}"),
+                other => panic!("{host}: {other:?}"),
+            }
+            let data = Bytes::from_static(b"ping");
+            request(&mut net, 3, IoOp::Send { conn, data });
+            assert!(matches!(next(&mut net, &rx), (IoId(3), IoResult::Done)));
+            let mut got = [0u8; 4];
+            peer.read_exact(&mut got).unwrap();
+            assert_eq!(&got, b"ping");
+        }
+    }
+
+    #[test]
+    fn closing_a_connection_while_it_connects_completes_its_connect_and_read() {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let (mut net, rx) = net();
+        let conn = ConnId(4);
+        connect_to(&mut net, 1, conn, "127.0.0.1", port);
+        // Nothing polled yet: the connection is still dialing when it is closed.
+        assert!(matches!(net.conns.get(&conn), Some(Conn::Dialing { .. })));
         request(&mut net, 2, IoOp::Recv { conn });
-        let (id, r) = next(&mut net, &rx);
-        assert_eq!(id, IoId(1));
-        assert!(matches!(r, IoResult::Failed(_)), "{r:?}");
-        assert!(matches!(
-            next(&mut net, &rx),
-            (IoId(2), IoResult::Failed(_))
-        ));
-        request(&mut net, 3, IoOp::Recv { conn });
-        assert!(matches!(
-            next(&mut net, &rx),
-            (IoId(3), IoResult::Failed(_))
-        ));
+        request(&mut net, 3, IoOp::Close { conn });
+        let mut got: Vec<IoId> = (0..3).map(|_| next(&mut net, &rx).0).collect();
+        got.sort();
+        assert_eq!(got, vec![IoId(1), IoId(2), IoId(3)]);
+        assert!(net.conns.is_empty());
     }
 
     #[test]
