@@ -1212,6 +1212,45 @@ fn a_queued_job_whose_dependency_is_cancelled_fails_at_once_even_with_every_slot
 }
 
 #[test]
+fn a_job_paused_or_cancelled_while_its_digest_is_computed_resumes_or_ends_cleanly() {
+    // (cancel, let the digest come while paused)
+    for (cancel, digest_while_paused) in [(false, false), (false, true), (true, false)] {
+        let body = pattern(6_000, 71);
+        let mut cfg = config();
+        cfg.unnamed_max = u64::MAX;
+        cfg.executor_digests = true;
+        let mut h = Harness::new(cfg);
+        h.serve(ORIGIN, crate::engine_tests::file_server(body.clone()));
+        h.hold = Some(Box::new(|op| {
+            matches!(op, IoOp::Digest { .. }).then(|| at(secs(10)))
+        }));
+        let job = h.submit(download().sha256(&sha_hex(&body)).unwrap());
+        h.run_until("the digest is asked for", |h| {
+            h.count_ops(|op| matches!(op, IoOp::Digest { .. })) > 0
+        });
+        if cancel {
+            h.cancel(job, CancelMode::Discard);
+            assert!(matches!(h.run(job), Err(DownloadError::Cancelled)));
+            assert_nothing_left(&h);
+        } else {
+            pause(&mut h, job);
+            if digest_while_paused {
+                h.run_until("the digest came back", |h| h.pending.is_empty());
+                assert!(h.finished(job).is_none(), "a paused job does not commit");
+            }
+            resume(&mut h, job);
+            h.run(job).expect("committed after the pause");
+            assert_committed(&h, &body);
+            assert_eq!(
+                h.count_ops(|op| matches!(op, IoOp::Digest { .. })),
+                1,
+                "nothing fetched or hashed again"
+            );
+        }
+    }
+}
+
+#[test]
 fn a_batch_may_be_split_only_if_one_class_without_indexes_or_shared_transfers() {
     let d = |name: &str| job_at(name);
     let hashed = |name: &str, byte: u8| job_at(name).sha256(&hex::encode([byte; 32])).unwrap();

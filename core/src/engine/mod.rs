@@ -912,6 +912,8 @@ impl Engine {
     /// A job already committing its verified file finishes normally.
     pub fn cancel(&mut self, now: Instant, job: JobId, mode: CancelMode) {
         self.advance(now);
+        // No longer only waiting for its digest: back among the active jobs.
+        self.set_digesting(job, false);
         let Some(j) = self.jobs.get_mut(&job) else {
             return;
         };
@@ -945,6 +947,7 @@ impl Engine {
         if !matches!(j.phase, Phase::Running | Phase::Backoff { .. }) {
             return;
         }
+        self.set_digesting(job, false);
         self.stop_transfers(job);
         if let Some(j) = self.jobs.get_mut(&job) {
             j.phase = Phase::Paused;
@@ -955,9 +958,24 @@ impl Engine {
     /// Resume a paused job.
     pub fn resume(&mut self, now: Instant, job: JobId) {
         self.advance(now);
-        if matches!(self.jobs.get(&job).map(|j| &j.phase), Some(Phase::Paused)) {
-            self.start_attempt(job);
+        let Some(j) = self.jobs.get_mut(&job) else {
+            return;
+        };
+        if !matches!(j.phase, Phase::Paused) {
+            return;
         }
+        if j.digest_requested || j.digest.is_some() {
+            // Paused with every byte in, at its verification: nothing to fetch. It waits
+            // for its executor digest again, or verifies and commits with the one that came.
+            j.phase = Phase::Running;
+            if j.digest_requested {
+                self.set_digesting(job, true);
+            } else {
+                self.maybe_complete(job);
+            }
+            return self.schedule();
+        }
+        self.start_attempt(job);
     }
 
     /// The next output, or `None` when there is nothing more to do right now.
@@ -1176,8 +1194,10 @@ impl Engine {
                         j.id
                     );
                 } else if j.is_active() {
+                    // (An entry of the digesting index whose job stopped waiting otherwise
+                    // goes back with its digest's completion.)
                     assert!(
-                        self.active_ids.contains(&j.id),
+                        self.active_ids.contains(&j.id) || self.digesting_ids.contains(&j.id),
                         "active job {:?} missing from the active index",
                         j.id
                     );
