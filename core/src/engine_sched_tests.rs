@@ -961,11 +961,15 @@ fn run_with_a_slow_disk(
     let mut cfg = config();
     cfg.max_active_jobs = max_active_jobs;
     cfg.max_committing_jobs = max_committing_jobs;
+    run_four_holding(cfg, |op| matches!(op, IoOp::Sync { .. }))
+}
+
+/// Jobs a, b, c and d run to the end with `cfg`, the operations `held` names finishing no
+/// earlier than t = 10 s.
+fn run_four_holding(cfg: Config, held: fn(&IoOp) -> bool) -> (Harness, Vec<JobId>) {
     let mut h = Harness::new(cfg);
     any_path_server(&mut h, millis(10));
-    h.hold = Some(Box::new(|op| {
-        matches!(op, IoOp::Sync { .. }).then(|| at(secs(10)))
-    }));
+    h.hold = Some(Box::new(move |op| held(op).then(|| at(secs(10)))));
     let ids: Vec<JobId> = ["a", "b", "c", "d"]
         .iter()
         .map(|name| h.submit(job_at(name)))
@@ -1023,19 +1027,7 @@ fn run_with_slow_digests(max_committing_jobs: usize) -> (Harness, Vec<JobId>) {
     cfg.executor_digests = true;
     cfg.max_active_jobs = 1;
     cfg.max_committing_jobs = max_committing_jobs;
-    let mut h = Harness::new(cfg);
-    any_path_server(&mut h, millis(10));
-    h.hold = Some(Box::new(|op| {
-        matches!(op, IoOp::Digest { .. }).then(|| at(secs(10)))
-    }));
-    let ids: Vec<JobId> = ["a", "b", "c", "d"]
-        .iter()
-        .map(|name| h.submit(job_at(name)))
-        .collect();
-    for id in &ids {
-        h.run(*id).expect("every job succeeds");
-    }
-    (h, ids)
+    run_four_holding(cfg, |op| matches!(op, IoOp::Digest { .. }))
 }
 
 #[test]

@@ -1802,6 +1802,22 @@ mod tests {
         names
     }
 
+    /// Starts a write of each of `contents` (module files); their hashes and pending files.
+    fn begin_all(store: &mut Store, contents: &[Vec<u8>]) -> (Vec<String>, Vec<PendingFile>) {
+        let hashes: Vec<String> = contents.iter().map(|bytes| sha256_hex(bytes)).collect();
+        let writes: Vec<(&str, FileKind)> = hashes
+            .iter()
+            .map(|sha256| (sha256.as_str(), FileKind::Module))
+            .collect();
+        let pending = store
+            .begin_writes(&writes)
+            .unwrap()
+            .into_iter()
+            .map(Result::unwrap)
+            .collect();
+        (hashes, pending)
+    }
+
     #[test]
     fn store_handle_is_send() {
         fn assert_send<T: Send>() {}
@@ -1991,17 +2007,7 @@ mod tests {
         let dir = tempfile::TempDir::new().unwrap();
         let (mut store, _) = open(dir.path(), 1);
         let contents: Vec<Vec<u8>> = (0..20).map(|n| vec![b'a' + n as u8; 100 + n]).collect();
-        let hashes: Vec<String> = contents.iter().map(|bytes| sha256_hex(bytes)).collect();
-        let writes: Vec<(&str, FileKind)> = hashes
-            .iter()
-            .map(|sha256| (sha256.as_str(), FileKind::Module))
-            .collect();
-        let pending: Vec<PendingFile> = store
-            .begin_writes(&writes)
-            .unwrap()
-            .into_iter()
-            .map(Result::unwrap)
-            .collect();
+        let (hashes, pending) = begin_all(&mut store, &contents);
         for (index, (file, bytes)) in pending.iter().zip(&contents).enumerate() {
             if index != 7 {
                 fs::write(file.store_path(), bytes).unwrap();
@@ -2070,17 +2076,7 @@ mod tests {
             let contents: Vec<Vec<u8>> = (0..12)
                 .map(|n| vec![b'a' + n as u8 + 20 * round; 50])
                 .collect();
-            let hashes: Vec<String> = contents.iter().map(|bytes| sha256_hex(bytes)).collect();
-            let writes: Vec<(&str, FileKind)> = hashes
-                .iter()
-                .map(|sha256| (sha256.as_str(), FileKind::Module))
-                .collect();
-            let pending: Vec<PendingFile> = store
-                .begin_writes(&writes)
-                .unwrap()
-                .into_iter()
-                .map(Result::unwrap)
-                .collect();
+            let (hashes, pending) = begin_all(&mut store, &contents);
             for (file, bytes) in pending.iter().zip(&contents) {
                 fs::write(file.store_path(), bytes).unwrap();
             }

@@ -287,27 +287,42 @@ impl Net {
             Ok((stream, e.transport))
         });
         match established {
-            Ok((stream, transport)) => {
-                self.done.push((connect, IoResult::Done));
-                let mut link = Box::new(Link {
-                    stream,
-                    transport,
-                    recv,
-                    readable: true,
-                    writable: true,
-                    sends: VecDeque::new(),
-                    finished: false,
-                });
-                link.read(&mut self.slab, &mut self.wire, &mut self.done);
-                self.conns.insert(conn, Conn::Up(link));
-            }
+            Ok((stream, transport)) => self.up(conn, connect, stream, transport, recv),
             Err(f) => {
-                self.done.push((connect, IoResult::Failed(f)));
-                if let Some(id) = recv {
-                    self.done.push((id, connection_closed()));
-                }
                 self.conns.remove(&conn);
+                self.setup_failed(connect, f, recv);
             }
+        }
+    }
+
+    /// A connection is up: its `Connect` completes and a waiting `Recv` reads.
+    fn up(
+        &mut self,
+        conn: ConnId,
+        connect: IoId,
+        stream: TcpStream,
+        transport: Option<Transport>,
+        recv: Option<IoId>,
+    ) {
+        self.done.push((connect, IoResult::Done));
+        let mut link = Box::new(Link {
+            stream,
+            transport,
+            recv,
+            readable: true,
+            writable: true,
+            sends: VecDeque::new(),
+            finished: false,
+        });
+        link.read(&mut self.slab, &mut self.wire, &mut self.done);
+        self.conns.insert(conn, Conn::Up(link));
+    }
+
+    /// A connection's setup failed: its `Connect` fails and a waiting `Recv` finds it closed.
+    fn setup_failed(&mut self, connect: IoId, failure: IoFailure, recv: Option<IoId>) {
+        self.done.push((connect, IoResult::Failed(failure)));
+        if let Some(id) = recv {
+            self.done.push((id, connection_closed()));
         }
     }
 
@@ -377,30 +392,14 @@ impl Net {
             return;
         };
         match outcome {
-            Ok(()) => {
-                self.done.push((connect, IoResult::Done));
-                let mut link = Box::new(Link {
-                    stream,
-                    transport: None,
-                    recv,
-                    readable: true,
-                    writable: true,
-                    sends: VecDeque::new(),
-                    finished: false,
-                });
-                link.read(&mut self.slab, &mut self.wire, &mut self.done);
-                self.conns.insert(conn, Conn::Up(link));
-            }
+            Ok(()) => self.up(conn, connect, stream, None, recv),
             Err(e) => {
                 let _ = self.poll.registry().deregister(&mut stream);
                 let failure = IoFailure::new(
                     haul_core::IoErrorKind::ConnectFailed,
                     format!("{addr}: {e}"),
                 );
-                self.done.push((connect, IoResult::Failed(failure)));
-                if let Some(id) = recv {
-                    self.done.push((id, connection_closed()));
-                }
+                self.setup_failed(connect, failure, recv);
             }
         }
     }
