@@ -396,7 +396,6 @@ enum NetworkUse {
     Forbidden,
 }
 
-/// A module hash this load needs and does not have yet.
 /// How one hash a load led ended.
 type Led = (Wanted, Result<ModuleSource, ModuleError>);
 
@@ -407,6 +406,7 @@ struct Obtained {
     pinned: bool,
 }
 
+/// A module hash this load needs and does not have yet.
 struct Wanted {
     id: ModuleId,
     sha256: String,
@@ -976,18 +976,16 @@ impl<F: Fetcher> Loader<F> {
         if job_count > 0 {
             tracing::debug!(app = %request.app, modules = job_count, "fetching modules");
         }
+        let write_refs: Vec<(&str, FileKind)> = writes
+            .iter()
+            .map(|(sha256, kind)| (sha256.as_str(), *kind))
+            .collect();
         let (results, recorded) = std::thread::scope(|scope| {
-            let store = &self.store;
-            let writes = &writes;
+            let (store, write_refs) = (&self.store, &write_refs);
+            let record = move || lock(store).record_writes(write_refs);
             let recording = std::thread::Builder::new()
                 .name("haul-store-dirty".into())
-                .spawn_scoped(scope, move || {
-                    let writes: Vec<(&str, FileKind)> = writes
-                        .iter()
-                        .map(|(sha256, kind)| (sha256.as_str(), *kind))
-                        .collect();
-                    lock(store).record_writes(&writes)
-                });
+                .spawn_scoped(scope, record);
             let results = match job_count {
                 0 => Vec::new(),
                 _ => self.fetcher.fetch_modules(jobs),
@@ -997,13 +995,7 @@ impl<F: Fetcher> Loader<F> {
                     .join()
                     .unwrap_or_else(|panic| std::panic::resume_unwind(panic)),
                 // No thread: recorded here, after the fetch.
-                Err(_) => {
-                    let writes: Vec<(&str, FileKind)> = writes
-                        .iter()
-                        .map(|(sha256, kind)| (sha256.as_str(), *kind))
-                        .collect();
-                    lock(store).record_writes(&writes)
-                }
+                Err(_) => record(),
             };
             (results, recorded)
         });
