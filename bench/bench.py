@@ -1128,6 +1128,10 @@ class Bench:
                             "--cache", str(cache), "--json"]),
             self.peer("curl", ["curl", "--parallel", "--parallel-max", "16", "-s",
                                "-K", str(curl_cfg)]),
+            # haul's modules and index are on disk when it returns; curl's files are in the
+            # page cache. For reference, as in many-2000x16k: curl and one `sync -f` at the end.
+            self.peer("curl+sync", ["sh", "-c", 'curl --parallel --parallel-max 16 -s -K "$1" '
+                                    '&& sync -f "$2"', "sh", str(curl_cfg), str(out_dir)]),
             self.peer("aria2c", ["aria2c", "-j16", "-i", str(aria_list), "-q"]),
         ]
         if reason:
@@ -1186,8 +1190,10 @@ class Bench:
             "by nginx at full speed. haul load starts with an empty --cache each run (a cold "
             "load): it fetches and verifies the manifest's signature, fetches the modules 16 at "
             "a time (its default --concurrency), checks each one's sha256 and stores it in the "
-            "cache (files/SHA256 plus index.sqlite). curl (--parallel-max 16) and aria2c (-j16) "
-            "fetch the same files (manifest and modules) without any checks. Verification: "
+            "cache (files/SHA256 plus index.sqlite), durably. curl (--parallel-max 16) and "
+            "aria2c (-j16) fetch the same files (manifest and modules) without any checks; "
+            "curl+sync is curl followed by one `sync -f` of the output's file system. "
+            "Verification: "
             "haul's --json report must list every module, and its cache must hold every "
             "module (and nothing but the modules and the manifest), each under its sha256; "
             "the peers' files are compared with the manifest's sha256 of each module. The "
