@@ -16,6 +16,7 @@ use haul_modules::{
     check_app_name, FetchErrorKind, Fetcher, LoadRequest, LoadResult, LoadSource, Loader,
     ModuleError, ModuleSource, Prefetched, RecoveryReport, Store, TrustedKey, MANIFEST_MAX_BYTES,
 };
+use serde::Serialize;
 use serde_json::json;
 use url::Url;
 
@@ -326,35 +327,60 @@ fn print_result(args: &LoadArgs, result: &LoadResult) {
 }
 
 fn result_json(args: &LoadArgs, result: &LoadResult, recovery: &RecoveryReport) -> String {
-    let modules: Vec<serde_json::Value> = result
-        .modules
-        .iter()
-        .map(|module| {
-            json!({
-                "id": module.id.as_str(),
-                "sha256": module.sha256,
-                "source": module_source_name(module.source),
-                "path": module.path.to_string_lossy(),
-            })
-        })
-        .collect();
-    json!({
-        "app": args.app,
-        "manifest": {
-            "source": source_name(&result.manifest_source),
-            "fallback_reason": fallback_reason(&result.manifest_source),
-            "url": args.manifest.as_str(),
-            "sha256": result.manifest_sha256,
-            "verified_by": result.verified_by,
-            "version": result.version,
-            "main_module_id": result.main_module_id.as_ref().map(|id| id.as_str()),
-            "main_function": result.main_function,
+    // Written straight from the result (no intermediate JSON tree): a load of many modules
+    // prints one entry per module.
+    #[derive(Serialize)]
+    struct Report<'a> {
+        app: &'a str,
+        manifest: ManifestReport<'a>,
+        modules: Vec<ModuleReport<'a>>,
+        warnings: &'a [String],
+        recovered: serde_json::Value,
+    }
+    #[derive(Serialize)]
+    struct ManifestReport<'a> {
+        source: &'static str,
+        fallback_reason: Option<&'a str>,
+        url: &'a str,
+        sha256: &'a str,
+        verified_by: &'a str,
+        version: &'a Option<String>,
+        main_module_id: Option<&'a str>,
+        main_function: &'a Option<String>,
+    }
+    #[derive(Serialize)]
+    struct ModuleReport<'a> {
+        id: &'a str,
+        sha256: &'a str,
+        source: &'static str,
+        path: std::borrow::Cow<'a, str>,
+    }
+    let report = Report {
+        app: &args.app,
+        manifest: ManifestReport {
+            source: source_name(&result.manifest_source),
+            fallback_reason: fallback_reason(&result.manifest_source),
+            url: args.manifest.as_str(),
+            sha256: &result.manifest_sha256,
+            verified_by: &result.verified_by,
+            version: &result.version,
+            main_module_id: result.main_module_id.as_ref().map(|id| id.as_str()),
+            main_function: &result.main_function,
         },
-        "modules": modules,
-        "warnings": result.warnings,
-        "recovered": recovery_json(recovery),
-    })
-    .to_string()
+        modules: result
+            .modules
+            .iter()
+            .map(|module| ModuleReport {
+                id: module.id.as_str(),
+                sha256: &module.sha256,
+                source: module_source_name(module.source),
+                path: module.path.to_string_lossy(),
+            })
+            .collect(),
+        warnings: &result.warnings,
+        recovered: recovery_json(recovery),
+    };
+    serde_json::to_string(&report).expect("a load report serializes")
 }
 
 /// The exit code for a failed load: 5 for signatures and wrong bytes, 6 for an invalid or

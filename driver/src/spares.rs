@@ -43,7 +43,9 @@ pub fn expected_unnamed(
     downloads: &[haul_core::Download],
     unnamed_max: u64,
 ) -> Vec<(PathBuf, usize)> {
-    let mut dirs: BTreeMap<PathBuf, usize> = BTreeMap::new();
+    let mut dirs: BTreeMap<&Path, usize> = BTreeMap::new();
+    // A long list mostly names one directory after another: counted without a lookup each.
+    let mut run: Option<(&Path, usize)> = None;
     for download in downloads {
         if download
             .expected_size()
@@ -52,12 +54,28 @@ pub fn expected_unnamed(
         {
             continue;
         }
-        let part = download.part_path();
-        *dirs
-            .entry(crate::files::parent_dir(&part).to_path_buf())
-            .or_default() += 1;
+        // The partial's directory: the destination's (the partial is its sibling).
+        let dir = match download.destination() {
+            haul_core::Destination::File(path) => crate::files::parent_dir(path),
+            haul_core::Destination::Dir(dir) if dir.as_os_str().is_empty() => Path::new("."),
+            haul_core::Destination::Dir(dir) => dir.as_path(),
+        };
+        match &mut run {
+            Some((current, count)) if current.as_os_str() == dir.as_os_str() => *count += 1,
+            _ => {
+                if let Some((current, count)) = run.replace((dir, 1)) {
+                    *dirs.entry(current).or_default() += count;
+                }
+            }
+        }
     }
-    dirs.into_iter().filter(|(_, n)| *n >= EXPECT_MIN).collect()
+    if let Some((current, count)) = run {
+        *dirs.entry(current).or_default() += count;
+    }
+    dirs.into_iter()
+        .filter(|(_, n)| *n >= EXPECT_MIN)
+        .map(|(dir, n)| (dir.to_path_buf(), n))
+        .collect()
 }
 
 /// Spare unnamed files by directory, made by a thread started on demand.

@@ -1087,10 +1087,12 @@ impl<F: Fetcher> Loader<F> {
             match result {
                 Ok(delivery) => {
                     match check_fetched_size(&mut store, &item, file, delivery, request) {
-                        Ok(file) if matches!(delivery, Delivery::Committed { .. }) => {
-                            to_adopt.push((item, file))
-                        }
-                        Ok(file) => to_commit.push((item, file)),
+                        Ok(file) => match delivery {
+                            Delivery::Committed { size } => {
+                                to_adopt.push((item, file.written(size)))
+                            }
+                            Delivery::Temp => to_commit.push((item, file)),
+                        },
                         Err(error) => done.push((item, Err(error))),
                     }
                 }
@@ -1240,7 +1242,7 @@ fn place_manifest(store: &mut Store, file: PendingFile, raw: &[u8]) -> Option<Pe
     let placed = std::fs::write(file.temp_path(), raw)
         .and_then(|()| std::fs::rename(file.temp_path(), file.store_path()));
     match placed {
-        Ok(()) => Some(file),
+        Ok(()) => Some(file.written(raw.len() as u64)),
         Err(error) => {
             tracing::debug!(%error, "manifest not written with the batch");
             if let Err(error) = store.abort(file) {

@@ -183,6 +183,8 @@ pub struct PendingFile {
     sha256: String,
     temp_path: PathBuf,
     store_path: PathBuf,
+    /// The size its writer says it wrote at `store_path` (see [`PendingFile::written`]).
+    written: Option<u64>,
 }
 
 impl PendingFile {
@@ -199,6 +201,15 @@ impl PendingFile {
     /// The lowercase hash the bytes must have.
     pub fn sha256(&self) -> &str {
         &self.sha256
+    }
+
+    /// Says that the writer put `size` bytes at [`PendingFile::store_path`]. A large batch of
+    /// such files is then recorded with that size without asking the file system for each one
+    /// first: [`Store::adopt_many`] checks the files beside its sync instead, off the caller's
+    /// path, and one that is missing or of another size is reported as before.
+    pub fn written(mut self, size: u64) -> PendingFile {
+        self.written = Some(size);
+        self
     }
 }
 
@@ -882,6 +893,7 @@ impl Store {
             sha256,
             temp_path,
             store_path,
+            written: None,
         }
     }
 
@@ -1114,7 +1126,13 @@ impl Store {
             });
         }
         let pinned = match pins {
-            Some(plan) => pin_in_savepoint(&transaction, plan, now_ms)?,
+            Some(plan) => {
+                let marked: std::collections::HashSet<&str> = renamed
+                    .iter()
+                    .map(|(_, sha256, _)| sha256.as_str())
+                    .collect();
+                pin_in_savepoint(&transaction, plan, now_ms, &marked)?
+            }
             None => false,
         };
         if let Err(error) = gate() {
@@ -1186,12 +1204,32 @@ impl Store {
         now_ms: u64,
         pins: Option<&PinPlan>,
     ) -> (Vec<Result<FileEntry, StoreError>>, bool) {
+        // Files whose writer said what it wrote are checked on the sync thread, before the
+        // syncfs, while the rows are written here: a file missing or of another size then
+        // fails the gate, and the batch goes the per-file way below, which reports it alone.
+        let claimed: Vec<(PathBuf, u64)> = pending
+            .iter()
+            .filter_map(|file| Some((file.store_path.clone(), file.written?)))
+            .collect();
         let files_dir = self.files_dir.clone();
-        let syncfs = move || -> io::Result<()> {
-            let dir = File::open(&files_dir)?;
-            rustix::fs::syncfs(&dir)?;
+        let syncfs = move || -> Result<(), StoreError> {
+            for (path, size) in &claimed {
+                let placed = placed_size(path)?;
+                if placed != *size {
+                    return Err(StoreError::Io {
+                        op: "check written file",
+                        path: path.clone(),
+                        source: io::Error::other(format!(
+                            "{placed} bytes, its writer reported {size}"
+                        )),
+                    });
+                }
+            }
+            let dir = File::open(&files_dir).map_err(io_error("open", &files_dir))?;
+            rustix::fs::syncfs(&dir).map_err(|e| io_error("syncfs", &files_dir)(e.into()))?;
             // The names too (syncfs writes directories, but say so explicitly).
             dir.sync_all()
+                .map_err(io_error("fsync directory", &files_dir))
         };
         let mut results: Vec<Option<Result<FileEntry, StoreError>>> = Vec::new();
         let mut present: Vec<(usize, String, u64)> = Vec::new();
@@ -1202,7 +1240,11 @@ impl Store {
                 .spawn_scoped(scope, syncfs);
             for (index, pending) in pending.into_iter().enumerate() {
                 results.push(None);
-                match placed_size(&pending.store_path) {
+                let size = match pending.written {
+                    Some(size) => Ok(size),
+                    None => placed_size(&pending.store_path),
+                };
+                match size {
                     Ok(size) => {
                         present.push((index, pending.sha256.clone(), size));
                         present_files.push(pending);
@@ -1216,14 +1258,13 @@ impl Store {
             // Pins only for a batch without a failure: the load may still fail otherwise.
             let pins = pins.filter(|_| results.iter().all(Option::is_none));
             let synced_dir = self.files_dir.clone();
-            let gate = move || {
-                let synced = match syncing {
-                    Ok(thread) => thread
-                        .join()
-                        .unwrap_or_else(|_| Err(io::Error::other("the syncfs thread panicked"))),
-                    Err(error) => Err(error),
-                };
-                synced.map_err(io_error("syncfs", &synced_dir))
+            let gate = move || match syncing {
+                Ok(thread) => thread.join().unwrap_or_else(|_| {
+                    Err(io_error("syncfs", &synced_dir)(io::Error::other(
+                        "the syncfs thread panicked",
+                    )))
+                }),
+                Err(error) => Err(io_error("start the syncfs thread for", &synced_dir)(error)),
             };
             self.mark_ready_after(&present, now_ms, pins, gate)
         });
@@ -1242,7 +1283,7 @@ impl Store {
                 tracing::warn!(
                     error = %sync_error,
                     dir = %self.files_dir.display(),
-                    "syncfs failed; syncing each written file instead"
+                    "the batch's check or syncfs failed; checking and syncing each written file instead"
                 );
                 let synced = in_parallel(&present_files, |file| sync_placed(&file.store_path));
                 let mut placed = Vec::new();
@@ -1476,7 +1517,7 @@ impl Store {
             .index
             .transaction()
             .map_err(index_error("begin pin transaction"))?;
-        write_pins(&transaction, &plan, now_ms)?;
+        write_pins(&transaction, &plan, now_ms, &Default::default())?;
         transaction.commit().map_err(index_error("commit pins"))?;
         Ok(())
     }
@@ -1499,11 +1540,12 @@ fn pin_in_savepoint(
     transaction: &rusqlite::Transaction<'_>,
     plan: &PinPlan,
     now_ms: u64,
+    ready: &std::collections::HashSet<&str>,
 ) -> Result<bool, StoreError> {
     transaction
         .execute_batch("SAVEPOINT pins")
         .map_err(index_error("begin pins"))?;
-    match write_pins(transaction, plan, now_ms) {
+    match write_pins(transaction, plan, now_ms, ready) {
         Ok(()) => {
             transaction
                 .execute_batch("RELEASE pins")
@@ -1521,11 +1563,13 @@ fn pin_in_savepoint(
     }
 }
 
-/// The statements of [`Store::set_pins`], in `transaction`.
+/// The statements of [`Store::set_pins`], in `transaction`; `ready`: hashes this
+/// transaction has marked READY already (not looked up again).
 fn write_pins(
     transaction: &rusqlite::Transaction<'_>,
     plan: &PinPlan,
     now_ms: u64,
+    ready: &std::collections::HashSet<&str>,
 ) -> Result<(), StoreError> {
     let app = plan.app.as_str();
     let manifest_sha256 = check_hash(&plan.manifest_sha256)?;
@@ -1535,17 +1579,25 @@ fn write_pins(
     }
     // Set-based: the hashes go in as one JSON array (json_each), not one statement each.
     let hashes_json = serde_json::to_string(&hashes).expect("strings serialize");
-    let not_ready: Option<String> = cached_row(
-        transaction,
-        "SELECT wanted.value FROM json_each(?1) AS wanted
+    let unchecked: Vec<&str> = hashes
+        .iter()
+        .map(String::as_str)
+        .filter(|sha256| !ready.contains(sha256))
+        .collect();
+    let not_ready: Option<String> = match unchecked.len() {
+        0 => None,
+        _ => cached_row(
+            transaction,
+            "SELECT wanted.value FROM json_each(?1) AS wanted
                  WHERE NOT EXISTS (SELECT 1 FROM files
                                    WHERE sha256 = wanted.value AND state = 'READY')
                  ORDER BY wanted.key LIMIT 1",
-        params![hashes_json],
-        |row| row.get(0),
-    )
-    .optional()
-    .map_err(index_error("check pinned files"))?;
+            params![serde_json::to_string(&unchecked).expect("strings serialize")],
+            |row| row.get(0),
+        )
+        .optional()
+        .map_err(index_error("check pinned files"))?,
+    };
     if let Some(sha256) = not_ready {
         return Err(StoreError::NotReady {
             sha256,
@@ -2037,6 +2089,85 @@ mod tests {
                 assert_eq!(&store.read(sha256).unwrap(), bytes);
             }
         }
+    }
+
+    #[test]
+    fn a_batch_recorded_with_its_writers_sizes_still_finds_a_missing_or_resized_file() {
+        let dir = tempfile::TempDir::new().unwrap();
+        let (mut store, _) = open(dir.path(), 1);
+        let contents: Vec<Vec<u8>> = (0..20).map(|n| vec![b'k' + n as u8; 200 + n]).collect();
+        let (hashes, pending) = begin_all(&mut store, &contents);
+        let mut claimed = Vec::new();
+        for (index, (file, bytes)) in pending.into_iter().zip(&contents).enumerate() {
+            if index != 7 {
+                fs::write(file.store_path(), bytes).unwrap();
+            }
+            // File 3's writer reports a byte more than is there.
+            let reported = bytes.len() as u64 + u64::from(index == 3);
+            claimed.push(file.written(reported));
+        }
+        let results = store.adopt_many(claimed, 4);
+        for (index, result) in results.iter().enumerate() {
+            match index {
+                7 => assert!(
+                    matches!(result, Err(StoreError::FileMissing { sha256, .. }) if *sha256 == hashes[7]),
+                    "{result:?}"
+                ),
+                // What is there is recorded, not what was reported.
+                _ => assert_eq!(
+                    result
+                        .as_ref()
+                        .map(|entry| (entry.state, entry.size))
+                        .unwrap(),
+                    (FileState::Ready, 200 + index as u64)
+                ),
+            }
+        }
+        drop(store);
+        let (mut store, report) = open(dir.path(), 5);
+        assert!(report.is_clean(), "{report:?}");
+        for (index, (sha256, bytes)) in hashes.iter().zip(&contents).enumerate() {
+            if index == 7 {
+                assert!(!store.contains(sha256).unwrap());
+            } else {
+                assert_eq!(&store.read(sha256).unwrap(), bytes);
+            }
+        }
+    }
+
+    #[test]
+    fn a_batch_recorded_with_its_writers_sizes_takes_them_when_they_hold() {
+        let dir = tempfile::TempDir::new().unwrap();
+        let (mut store, _) = open(dir.path(), 1);
+        let contents: Vec<Vec<u8>> = (0..20).map(|n| vec![b'A' + n as u8; 50 + n]).collect();
+        let (hashes, pending) = begin_all(&mut store, &contents);
+        let claimed: Vec<PendingFile> = pending
+            .into_iter()
+            .zip(&contents)
+            .map(|(file, bytes)| {
+                fs::write(file.store_path(), bytes).unwrap();
+                file.written(bytes.len() as u64)
+            })
+            .collect();
+        let plan = PinPlan {
+            app: "app".into(),
+            manifest_sha256: hashes[0].clone(),
+            module_hashes: hashes[1..].to_vec(),
+            fresh_at_ms: Some(1),
+            manifest_url: "http://127.0.0.1:1/m.json".into(),
+        };
+        let (results, pinned) = store.adopt_many_and_pin(claimed, 6, Some(&plan));
+        assert!(pinned, "every pinned hash was made READY by the batch");
+        for (result, bytes) in results.iter().zip(&contents) {
+            let entry = result.as_ref().unwrap();
+            assert_eq!(
+                (entry.state, entry.size),
+                (FileState::Ready, bytes.len() as u64)
+            );
+        }
+        let mut want = hashes.clone();
+        want.sort();
+        assert_eq!(pins_of(&store, "app"), want);
     }
 
     /// The pins of `app`, sorted.
