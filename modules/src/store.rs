@@ -1155,7 +1155,10 @@ impl Store {
     /// index transaction, so the writer need not sync anything:
     /// until the rows are READY, a crash leaves DIRTY rows whose files the next open removes.
     /// Reads still re-check the hash. A write whose file is missing or cannot be synced fails
-    /// alone and is abandoned; one result per write, in order.
+    /// alone and is abandoned; one result per write, in order. In a large batch, the sizes
+    /// writers reported ([`PendingFile::written`]) go into the rows while the sync thread
+    /// checks the files against them; a file that is missing or of another size sends the
+    /// batch the per-file way (each file checked and synced on its own).
     pub fn adopt_many(
         &mut self,
         pending: Vec<PendingFile>,
