@@ -1402,6 +1402,9 @@ mod tests {
         /// Write modules straight to their store path and answer [`Delivery::Committed`]
         /// (with the size written).
         in_place: AtomicBool,
+        /// Run once at the next manifest fetch / module batch (before serving it).
+        on_manifest: Mutex<Option<Box<dyn FnOnce() + Send>>>,
+        on_modules: Mutex<Option<Box<dyn FnOnce() + Send>>>,
     }
 
     impl FakeFetcher {
@@ -1434,6 +1437,9 @@ mod tests {
     impl Fetcher for FakeFetcher {
         fn fetch_manifest(&self, url: &Url, max_bytes: u64) -> Result<Vec<u8>, FetchError> {
             self.manifest_calls.fetch_add(1, Ordering::SeqCst);
+            if let Some(hook) = lock(&self.on_manifest).take() {
+                hook();
+            }
             let served = lock(&self.manifests)
                 .get(url.as_str())
                 .cloned()
@@ -1443,6 +1449,9 @@ mod tests {
         }
 
         fn fetch_modules(&self, jobs: Vec<ModuleFetch>) -> Vec<Result<Delivery, FetchError>> {
+            if let Some(hook) = lock(&self.on_modules).take() {
+                hook();
+            }
             let gated = lock(&self.gated_hash).clone();
             if jobs.iter().any(|job| Some(&job.sha256) == gated.as_ref()) {
                 self.gate_entered.store(true, Ordering::SeqCst);
@@ -1588,6 +1597,78 @@ mod tests {
             .collect();
         expected.sort();
         assert_eq!(world.pins(), expected);
+    }
+
+    #[test]
+    fn a_module_another_process_stores_during_the_fetch_is_taken_from_the_store() {
+        // Another process (its own connection to the index) holds the index's write lock from
+        // before this load records its DIRTY rows, and stores the shared module while this
+        // load fetches it: the load's DIRTY row for it is refused (READY already), its own
+        // copy is abandoned without touching the stored file, and the module counts as
+        // coming from the store.
+        let world = world();
+        world.fetcher.in_place.store(true, Ordering::SeqCst);
+        let modules = [kotlin(), app_module("news", "v1")];
+        world.publish("news", &modules, 100);
+        let (store_dir, files_dir) = world
+            .loader
+            .with_store(|store| (store.dir().to_path_buf(), store.dir().join("files")));
+        let other = Arc::new(Mutex::new(Some(
+            rusqlite::Connection::open(store_dir.join("index.sqlite")).unwrap(),
+        )));
+        let holder = Arc::clone(&other);
+        *lock(&world.fetcher.on_manifest) = Some(Box::new(move || {
+            let guard = lock(&holder);
+            let connection = guard.as_ref().unwrap();
+            connection.busy_timeout(Duration::from_secs(10)).unwrap();
+            connection.execute_batch("BEGIN IMMEDIATE").unwrap();
+        }));
+        let kotlin = modules[0].clone();
+        let stored_by_other = kotlin.sha256();
+        let (stored, files) = (stored_by_other.clone(), files_dir.clone());
+        *lock(&world.fetcher.on_modules) = Some(Box::new(move || {
+            std::fs::write(files.join(&stored), &kotlin.bytes).unwrap();
+            let connection = lock(&other).take().unwrap();
+            connection
+                .execute(
+                    "INSERT INTO files (sha256, state, size, last_used_ms, kind)
+                     VALUES (?1, 'READY', ?2, 1, 'MODULE')",
+                    rusqlite::params![stored, kotlin.bytes.len() as i64],
+                )
+                .unwrap();
+            connection.execute_batch("COMMIT").unwrap();
+        }));
+        let result = world.loader.load(&world.request("news", 1_000)).unwrap();
+        assert_eq!(
+            sources(&result),
+            vec![
+                ("./kotlin_kotlin.js".to_owned(), ModuleSource::Store),
+                ("./news.js".to_owned(), ModuleSource::Network)
+            ]
+        );
+        for (loaded, spec) in result.modules.iter().zip(&modules) {
+            assert_eq!(std::fs::read(&loaded.path).unwrap(), spec.bytes);
+        }
+        assert!(world.pins().iter().any(|pin| pin.sha256 == stored_by_other));
+        let mut names: Vec<String> = std::fs::read_dir(&files_dir)
+            .unwrap()
+            .map(|entry| entry.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        names.sort();
+        assert_eq!(
+            names.len(),
+            3,
+            "the manifest and two modules, nothing else: {names:?}"
+        );
+        let report = world.loader.with_store(|store| store.verify_all().unwrap());
+        assert_eq!(
+            (
+                report.checked,
+                report.corrupt_removed.len(),
+                report.missing_forgotten.len()
+            ),
+            (3, 0, 0)
+        );
     }
 
     #[test]
