@@ -65,6 +65,15 @@ enum Command {
     Hash(extract::HashArgs),
 }
 
+/// mimalloc for the command: its per-thread heaps take the buffers the network thread
+/// allocates and the digest and file threads free without the cross-thread arena locking of
+/// the system allocator. 2,000 small downloads: about 6% less CPU and wall time; a cold load
+/// of 500 modules about 2% (interleaved A/B on this project's 2-core machine). It keeps about
+/// 13 MB more resident (freed pages are returned after a delay), still bounded. The library
+/// crates leave the allocator to the application that embeds them.
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 fn main() {
     let _ = tracing_subscriber::fmt()
         .with_env_filter(
