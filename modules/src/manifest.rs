@@ -281,6 +281,9 @@ impl Manifest {
 /// byte-identical, but a signer that writes floats in another notation (`1e2`) or escapes
 /// characters serde_json writes raw (`\/`, `\u00e9`) signs different bytes. Zipline's signer
 /// writes compact JSON the same way for the fields a manifest has.
+///
+/// A document the round trip would only strip of whitespace is compacted from its text
+/// instead (see `compacted`): the same bytes, without building the document.
 pub fn signed_bytes(raw: &[u8]) -> Result<Vec<u8>, ModuleError> {
     check_size(raw)?;
     if let Some(compact) = compacted(raw) {
