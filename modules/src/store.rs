@@ -479,18 +479,18 @@ fn sync_ahead_rounds(
 }
 
 /// Makes the data of files written in place durable, each file on its own (on up to
-/// [`CHECK_THREADS`] threads); their sizes, in order. Large batches on Linux take
+/// `CHECK_THREADS` threads); their sizes, in order. Large batches on Linux take
 /// [`Store::adopt_many_overlapped`]'s one syncfs instead.
 fn sync_all_in_place(pending: &[PendingFile]) -> Vec<Result<u64, StoreError>> {
     in_parallel(pending, |file| sync_placed(&file.store_path))
 }
 
-/// [`check_written`] for every file, on up to [`CHECK_THREADS`] threads; results in order.
+/// [`check_written`] for every file, on up to `CHECK_THREADS` threads; results in order.
 fn check_written_files(pending: &[PendingFile]) -> Vec<Result<u64, StoreError>> {
     in_parallel(pending, check_written)
 }
 
-/// `work` for every file, on up to [`CHECK_THREADS`] threads: syncs issued together share the
+/// `work` for every file, on up to `CHECK_THREADS` threads: syncs issued together share the
 /// disk's queue, and hashing uses more than one core. Results in order.
 fn in_parallel(
     pending: &[PendingFile],
@@ -1151,7 +1151,7 @@ impl Store {
     /// vouches that the bytes were verified against the hash while they were written (haul's
     /// engine does that for a download with an expected sha256). Makes them durable first
     /// (one syncfs for a large batch on Linux, else each file's data synced on up to
-    /// [`CHECK_THREADS`] threads; then the directory once), then marks them READY in one
+    /// `CHECK_THREADS` threads; then the directory once), then marks them READY in one
     /// index transaction, so the writer need not sync anything:
     /// until the rows are READY, a crash leaves DIRTY rows whose files the next open removes.
     /// Reads still re-check the hash. A write whose file is missing or cannot be synced fails
