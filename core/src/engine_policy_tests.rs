@@ -159,6 +159,51 @@ fn the_breaker_opens_after_consecutive_failures_and_other_jobs_wait_instead_of_h
 }
 
 #[test]
+fn stats_are_kept_for_a_bounded_number_of_origins_forgetting_the_least_informative() {
+    use crate::engine::ORIGIN_STATS_MAX;
+    let mut h = Harness::new(policy_config());
+    let body = pattern(2_000, 9);
+    // One origin that failed once before it served: its failure is what is remembered longest.
+    let calls = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let seen = calls.clone();
+    let b2 = body.clone();
+    h.serve("http://flaky.test", move |r| {
+        if seen.fetch_add(1, std::sync::atomic::Ordering::SeqCst) == 0 {
+            Reply::new(with_length(500, &[], b""))
+        } else {
+            file_server(b2.clone())(r)
+        }
+    });
+    let job = h.submit(Download::new("http://flaky.test/f.bin", "/dl/flaky.bin").unwrap());
+    h.run(job).expect("the retry is served");
+    let hosts: Vec<String> = (0..ORIGIN_STATS_MAX + 10)
+        .map(|i| format!("http://h{i:05}.test"))
+        .collect();
+    for host in &hosts {
+        h.serve(host, file_server(body.clone()));
+        let job = h.submit(Download::new(&format!("{host}/f.bin"), "/dl/f.bin").unwrap());
+        h.run(job).expect("served");
+        assert!(h.engine.origin_stats_held() <= ORIGIN_STATS_MAX);
+    }
+    assert_eq!(h.engine.origin_stats_held(), ORIGIN_STATS_MAX);
+    let last = hosts.last().unwrap();
+    assert!(
+        h.engine.has_origin_stats(&origin(&format!("{last}/f.bin"))),
+        "the newest origin is remembered"
+    );
+    assert!(
+        !h.engine
+            .has_origin_stats(&origin(&format!("{}/f.bin", hosts[0]))),
+        "the first of the equally measured origins is forgotten first"
+    );
+    assert!(
+        h.engine
+            .has_origin_stats(&origin("http://flaky.test/f.bin")),
+        "an origin with a failure to remember outlives the others"
+    );
+}
+
+#[test]
 fn origins_that_only_succeed_leave_no_breaker_behind() {
     let mut h = Harness::new(policy_config());
     let body = pattern(2_000, 5);

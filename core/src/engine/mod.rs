@@ -85,6 +85,8 @@ use crate::rng::SeededRng;
 use crate::sched::{Priority, RangeSet, TokenBucket};
 use crate::time::Instant;
 
+#[cfg(test)]
+pub(crate) use resilience::ORIGIN_STATS_MAX;
 use transfer::Transfer;
 
 /// Identifies a submitted job.

@@ -13,6 +13,12 @@ use crate::time::Instant;
 /// Transfers shorter than this say more about latency than throughput: not sampled.
 const MIN_THROUGHPUT_SAMPLE: u64 = 64 * 1024;
 
+/// Origins whose latency, throughput and failures the engine remembers, at most: an engine
+/// that lives long and reaches many origins forgets the least informative first (no failure
+/// to remember, fewest measured transfers, then key order). Their breakers are kept apart and
+/// pruned when closed (see `note_success`).
+pub(crate) const ORIGIN_STATS_MAX: usize = 1024;
+
 impl Engine {
     /// The `i`-th URL of a job: 0 is the URL it was created with, then its mirrors.
     pub(super) fn job_url(&self, id: JobId, i: usize) -> &url::Url {
@@ -36,6 +42,33 @@ impl Engine {
         let now = self.now;
         let origin = Origin::of(url).ok()?;
         self.breakers.get_mut(&origin)?.not_before(now)
+    }
+
+    /// How many origins have stats (latency, throughput, failures).
+    #[cfg(test)]
+    pub(crate) fn origin_stats_held(&self) -> usize {
+        self.origin_stats.len()
+    }
+
+    /// Whether `origin` has stats.
+    #[cfg(test)]
+    pub(crate) fn has_origin_stats(&self, origin: &Origin) -> bool {
+        self.origin_stats.contains_key(origin)
+    }
+
+    /// The stats of `origin`, made room for within [`ORIGIN_STATS_MAX`].
+    fn origin_stats_mut(&mut self, origin: Origin) -> &mut MirrorStats {
+        if self.origin_stats.len() >= ORIGIN_STATS_MAX && !self.origin_stats.contains_key(&origin) {
+            let least = self
+                .origin_stats
+                .iter()
+                .min_by_key(|(_, stats)| (stats.failures > 0, stats.samples))
+                .map(|(known, _)| known.clone());
+            if let Some(least) = least {
+                self.origin_stats.remove(&least);
+            }
+        }
+        self.origin_stats.entry(origin).or_default()
     }
 
     /// How many origins have a breaker (one that remembers failures or is not closed).
@@ -176,10 +209,7 @@ impl Engine {
                 cooldown,
             });
         }
-        self.origin_stats
-            .entry(origin.clone())
-            .or_default()
-            .record_failure();
+        self.origin_stats_mut(origin.clone()).record_failure();
         self.clear_probe(id, &origin);
     }
 
@@ -199,9 +229,7 @@ impl Engine {
                 self.breakers.remove(&origin);
             }
         }
-        self.origin_stats
-            .entry(origin.clone())
-            .or_default()
+        self.origin_stats_mut(origin.clone())
             .record_latency(latency);
         self.clear_probe(id, &origin);
     }
@@ -212,9 +240,7 @@ impl Engine {
             return;
         }
         if let Ok(origin) = Origin::of(url) {
-            self.origin_stats
-                .entry(origin)
-                .or_default()
+            self.origin_stats_mut(origin)
                 .record_transfer(bytes, elapsed);
         }
     }
@@ -291,10 +317,7 @@ impl Engine {
         }
         let url = self.job_url(id, self.jobs[&id].mirror).clone();
         if let Ok(origin) = Origin::of(&url) {
-            self.origin_stats
-                .entry(origin)
-                .or_default()
-                .record_failure();
+            self.origin_stats_mut(origin).record_failure();
         }
         tracing::info!(job = %id, "verification failed, starting over once: {error}");
         self.stop_transfers(id);
