@@ -585,7 +585,7 @@ class Bench:
         self.out = Path(args.out_dir)
         self.repo = Path(args.repo_dir)
         self.www = self.out / "www"
-        self.dl = self.out / "dl"
+        self.dl = Path(args.dl_dir) if args.dl_dir else self.out / "dl"
         self.data = DataStore(self.www, self.out / "data")
         self.runner = Runner(self.out / "logs", args.timeout)
         self.access_log = AccessLog(Path(args.access_log))
@@ -1295,7 +1295,25 @@ def scenario_json(s: ScenarioResult) -> dict:
     }
 
 
-def machine_info(out: Path, repo: Path, nginx: str) -> dict:
+def mount_of(path: Path) -> str:
+    """The mount point and file system type `path` is on (from /proc/mounts), e.g. "/ (ext4)"."""
+    target = os.path.realpath(path)
+    best = ("?", "?")
+    try:
+        for line in Path("/proc/mounts").read_text().splitlines():
+            fields = line.split()
+            if len(fields) < 3:
+                continue
+            point = fields[1].replace("\\040", " ")
+            inside = target == point or target.startswith(point.rstrip("/") + "/")
+            if inside and len(point) >= len(best[0] if best[0] != "?" else ""):
+                best = (point, fields[2])
+    except OSError:
+        pass
+    return f"{best[0]} ({best[1]})"
+
+
+def machine_info(out: Path, repo: Path, nginx: str, dl: Path) -> dict:
     cpu = "unknown"
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
@@ -1335,6 +1353,8 @@ def machine_info(out: Path, repo: Path, nginx: str) -> dict:
         "kernel": platform.release(),
         "os": _os_name(),
         "disk_free_gib": round(disk.free / GIB, 1),
+        "downloads_dir": str(dl),
+        "downloads_fs": mount_of(dl.parent if not dl.exists() else dl),
         "loadavg_at_start": [round(x, 2) for x in os.getloadavg()],
         "git_commit": git("rev-parse", "HEAD") or "unknown",
         "git_dirty": bool(git("status", "--porcelain", "--untracked-files=no")),
@@ -1417,6 +1437,7 @@ def write_markdown(path: Path, results: dict, chart_rel: str) -> None:
         f"| memory | {m['memory_gib']} GiB |",
         f"| OS / kernel | {m['os']} / {m['kernel']} |",
         f"| disk free (bench/out) | {m['disk_free_gib']} GiB |",
+        f"| downloads written to | `{m.get('downloads_dir', '?')}` on {m.get('downloads_fs', '?')} |",
         f"| load average at start / end | {' '.join(map(str, m['loadavg_at_start']))} / "
         f"{' '.join(map(str, meta['loadavg_at_end']))} |",
         f"| git commit | `{m['git_commit']}`{' (with uncommitted changes)' if m['git_dirty'] else ''} |",
@@ -1641,6 +1662,7 @@ def main() -> int:
     ap.add_argument("--nginx", default="nginx")
     ap.add_argument("--quick", action="store_true")
     ap.add_argument("--only", default="")
+    ap.add_argument("--dl-dir", default="")
     args = ap.parse_args()
     if not args.examples_dir:
         args.examples_dir = str(Path(args.repo_dir) / "target" / "release" / "examples")
@@ -1665,7 +1687,8 @@ def main() -> int:
         return 1
 
     started = time.monotonic()
-    machine = machine_info(out, repo, args.nginx)
+    machine = machine_info(out, repo, args.nginx,
+                           Path(args.dl_dir) if args.dl_dir else out / "dl")
     bench = Bench(args)
     haul_version = ""
     if not args.haul_unavailable and Path(args.haul).is_file():
@@ -1676,12 +1699,14 @@ def main() -> int:
                 if p.returncode == 0 and p.stdout.strip() else ""
         except (OSError, subprocess.TimeoutExpired, IndexError):
             haul_version = ""
-    RETIRED = bench.out / "retired"
+    # Beside the downloads (a rename does not cross file systems).
+    RETIRED = bench.dl / ".retired"
     if RETIRED.exists():
         shutil.rmtree(RETIRED)  # left by an interrupted run
     scenarios = bench.run(ids)
+    retired, RETIRED = RETIRED, None
+    shutil.rmtree(retired, ignore_errors=True)
     remove_path(bench.dl)
-    shutil.rmtree(RETIRED, ignore_errors=True)
 
     sizes_text = (f"single {human_bytes(sizes.single_bytes)}, segmented "
                   f"{human_bytes(sizes.segmented_bytes)}, {sizes.many_count} × "
