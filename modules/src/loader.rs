@@ -920,7 +920,9 @@ impl<F: Fetcher> Loader<F> {
         // The first one (the DIRTY rows) runs on a thread of its own while the modules are
         // fetched; nothing is committed before it ended.
         let mut pending: Vec<(Wanted, PendingFile)> = Vec::new();
-        let mut manifest_file: Option<PendingFile> = None;
+        // The manifest's write, placed on the recording thread once its DIRTY row is there
+        // (a file creation and its bytes off the path to the first module request).
+        let manifest_write: Mutex<Option<(PendingFile, &[u8])>> = Mutex::new(None);
         let mut writes: Vec<(String, FileKind)> = Vec::new();
         let ahead = {
             let mut store = lock(&self.store);
@@ -934,12 +936,9 @@ impl<F: Fetcher> Loader<F> {
             let mut planned = store.plan_writes(&planned_writes);
             if let Some((sha256, raw)) = manifest {
                 if let Some(Ok(file)) = planned.pop() {
-                    // Placed now (the same bytes if it is stored already); recorded below
-                    // with the modules, unless its row says it is stored.
-                    manifest_file = place_manifest(&mut store, file, raw);
-                    if manifest_file.is_some() {
-                        writes.push((sha256.to_owned(), FileKind::Manifest));
-                    }
+                    // First in `writes` (and in what recording them answers).
+                    writes.push((sha256.to_owned(), FileKind::Manifest));
+                    *lock(&manifest_write) = Some((file, raw));
                 }
             }
             for (item, planned) in to_fetch.into_iter().zip(planned) {
@@ -980,9 +979,27 @@ impl<F: Fetcher> Loader<F> {
             .iter()
             .map(|(sha256, kind)| (sha256.as_str(), *kind))
             .collect();
-        let (results, recorded) = std::thread::scope(|scope| {
-            let (store, write_refs) = (&self.store, &write_refs);
-            let record = move || lock(store).record_writes(write_refs);
+        let manifest_planned = lock(&manifest_write).is_some();
+        let (results, (recorded, manifest_file)) = std::thread::scope(|scope| {
+            let (store, write_refs, manifest_write) = (&self.store, &write_refs, &manifest_write);
+            let record = move || {
+                let mut store = lock(store);
+                let recorded = store.record_writes(write_refs);
+                // The manifest goes to its store path once its row is DIRTY; a row that says
+                // it is stored already (or could not be written) leaves it as it is.
+                let placed = lock(manifest_write).take().and_then(|(file, raw)| {
+                    let row_recorded =
+                        matches!(&recorded, Ok(rows) if matches!(rows.first(), Some(Ok(_))));
+                    if row_recorded {
+                        return place_manifest(&mut store, file, raw);
+                    }
+                    if let Err(error) = store.abort(file) {
+                        tracing::warn!(%error, "could not clean up the manifest's write");
+                    }
+                    None
+                });
+                (recorded, placed)
+            };
             let recording = std::thread::Builder::new()
                 .name("haul-store-dirty".into())
                 .spawn_scoped(scope, record);
@@ -1033,16 +1050,9 @@ impl<F: Fetcher> Loader<F> {
         .rev()
         .collect();
         let mut store = lock(&self.store);
-        if let Some(file) = manifest_file.take() {
-            match recorded.pop() {
-                Some(Ok(())) => manifest_file = Some(file),
-                // Stored already (its row says so), or not recordable: left as it is.
-                _ => {
-                    if let Err(error) = store.abort(file) {
-                        tracing::warn!(%error, "could not clean up the manifest's write");
-                    }
-                }
-            }
+        if manifest_planned {
+            // Settled on the recording thread (`manifest_file`).
+            recorded.pop();
         }
         let mut to_commit: Vec<(Wanted, PendingFile)> = Vec::new();
         let mut to_adopt: Vec<(Wanted, PendingFile)> = Vec::new();
