@@ -158,22 +158,31 @@ fn the_breaker_opens_after_consecutive_failures_and_other_jobs_wait_instead_of_h
     );
 }
 
+/// Serves `body` at `origin`, except that its first request is answered 500; counts requests.
+fn serve_failing_once(
+    h: &mut Harness,
+    origin: &str,
+    body: Vec<u8>,
+) -> std::sync::Arc<std::sync::atomic::AtomicUsize> {
+    let calls = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let seen = calls.clone();
+    h.serve(origin, move |r| {
+        if seen.fetch_add(1, std::sync::atomic::Ordering::SeqCst) == 0 {
+            Reply::new(with_length(500, &[], b""))
+        } else {
+            file_server(body.clone())(r)
+        }
+    });
+    calls
+}
+
 #[test]
 fn stats_are_kept_for_a_bounded_number_of_origins_forgetting_the_least_informative() {
     use crate::engine::ORIGIN_STATS_MAX;
     let mut h = Harness::new(policy_config());
     let body = pattern(2_000, 9);
     // One origin that failed once before it served: its failure is what is remembered longest.
-    let calls = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
-    let seen = calls.clone();
-    let b2 = body.clone();
-    h.serve("http://flaky.test", move |r| {
-        if seen.fetch_add(1, std::sync::atomic::Ordering::SeqCst) == 0 {
-            Reply::new(with_length(500, &[], b""))
-        } else {
-            file_server(b2.clone())(r)
-        }
-    });
+    serve_failing_once(&mut h, "http://flaky.test", body.clone());
     let job = h.submit(Download::new("http://flaky.test/f.bin", "/dl/flaky.bin").unwrap());
     h.run(job).expect("the retry is served");
     let hosts: Vec<String> = (0..ORIGIN_STATS_MAX + 10)
@@ -220,16 +229,7 @@ fn origins_that_only_succeed_leave_no_breaker_behind() {
     let mut cfg = policy_config();
     cfg.retry.max_attempts = 2;
     let mut h = Harness::new(cfg);
-    let calls = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
-    let seen = calls.clone();
-    let b2 = body.clone();
-    h.serve(ORIGIN, move |r| {
-        if seen.fetch_add(1, std::sync::atomic::Ordering::SeqCst) == 0 {
-            Reply::new(with_length(500, &[], b""))
-        } else {
-            file_server(b2.clone())(r)
-        }
-    });
+    let calls = serve_failing_once(&mut h, ORIGIN, body.clone());
     let job = h.submit(Download::new("http://a.test/f.bin", "/dl/f.bin").unwrap());
     h.run(job).expect("the retry is served");
     assert_eq!(calls.load(std::sync::atomic::Ordering::SeqCst), 2);
