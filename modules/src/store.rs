@@ -404,7 +404,8 @@ fn sync_placed(path: &Path) -> Result<u64, StoreError> {
 const SYNCFS_MIN_FILES: usize = 8;
 
 /// Writeback while a batch is still being written: a thread that syncs the store's file
-/// system round after round (see [`Store::sync_ahead`]), stopped and joined when dropped.
+/// system round after round (see [`Store::sync_ahead`]), stopped by [`SyncAhead::finish`] or
+/// when dropped.
 ///
 /// The final sync of a batch ([`Store::adopt_many`], [`Store::commit_many`]) still makes every
 /// file durable before its READY row; these rounds only move that work earlier, into the time
@@ -427,28 +428,34 @@ impl SyncAhead {
         self.rounds.load(std::sync::atomic::Ordering::Acquire)
     }
 
-    /// Stops the rounds (after the one running, if any); how many rounds completed.
+    /// Stops the rounds without waiting for the one running, if any: it ends on its own (a
+    /// syncfs in flight covers only what was written before it began, so the batch's own
+    /// sync starts at once rather than after it). How many rounds had completed.
     pub fn finish(mut self) -> u64 {
-        self.stop_and_join();
+        self.signal_stop();
+        // Dropping the handle detaches the thread; `Drop` finds nothing left to join.
+        drop(self.thread.take());
         self.rounds()
     }
 
-    fn stop_and_join(&mut self) {
+    fn signal_stop(&self) {
         let (stopped, wake) = &*self.stop;
         *stopped
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner) = true;
         wake.notify_all();
-        if let Some(thread) = self.thread.take() {
-            // A panic in the thread only ends the rounds early.
-            let _ = thread.join();
-        }
     }
 }
 
 impl Drop for SyncAhead {
+    /// Dropped without [`SyncAhead::finish`] (a load that failed early): stops the rounds and
+    /// waits for the thread.
     fn drop(&mut self) {
-        self.stop_and_join();
+        self.signal_stop();
+        if let Some(thread) = self.thread.take() {
+            // A panic in the thread only ends the rounds early.
+            let _ = thread.join();
+        }
     }
 }
 
@@ -475,6 +482,22 @@ fn sync_ahead_rounds(
         if *guard {
             return;
         }
+    }
+}
+
+/// The result of a helper thread of [`Store::adopt_many_overlapped`]; a thread that could
+/// not start or panicked is an error of `op` on `dir`.
+#[cfg(target_os = "linux")]
+fn joined(
+    thread: io::Result<std::thread::ScopedJoinHandle<'_, Result<(), StoreError>>>,
+    op: &'static str,
+    dir: &Path,
+) -> Result<(), StoreError> {
+    match thread {
+        Ok(thread) => thread
+            .join()
+            .unwrap_or_else(|_| Err(io_error(op, dir)(io::Error::other("its thread panicked")))),
+        Err(error) => Err(io_error(op, dir)(error)),
     }
 }
 
@@ -1207,15 +1230,15 @@ impl Store {
         now_ms: u64,
         pins: Option<&PinPlan>,
     ) -> (Vec<Result<FileEntry, StoreError>>, bool) {
-        // Files whose writer said what it wrote are checked on the sync thread, before the
-        // syncfs, while the rows are written here: a file missing or of another size then
-        // fails the gate, and the batch goes the per-file way below, which reports it alone.
+        // Files whose writer said what it wrote are checked on a thread of their own while
+        // the syncfs runs on another and the rows are written here: a file missing or of
+        // another size then fails the gate, and the batch goes the per-file way below, which
+        // reports it alone.
         let claimed: Vec<(PathBuf, u64)> = pending
             .iter()
             .filter_map(|file| Some((file.store_path.clone(), file.written?)))
             .collect();
-        let files_dir = self.files_dir.clone();
-        let syncfs = move || -> Result<(), StoreError> {
+        let check = move || -> Result<(), StoreError> {
             for (path, size) in &claimed {
                 let placed = placed_size(path)?;
                 if placed != *size {
@@ -1228,6 +1251,10 @@ impl Store {
                     });
                 }
             }
+            Ok(())
+        };
+        let files_dir = self.files_dir.clone();
+        let syncfs = move || -> Result<(), StoreError> {
             let dir = File::open(&files_dir).map_err(io_error("open", &files_dir))?;
             rustix::fs::syncfs(&dir).map_err(|e| io_error("syncfs", &files_dir)(e.into()))?;
             // The names too (syncfs writes directories, but say so explicitly).
@@ -1241,6 +1268,9 @@ impl Store {
             let syncing = std::thread::Builder::new()
                 .name("haul-store-sync".into())
                 .spawn_scoped(scope, syncfs);
+            let checking = std::thread::Builder::new()
+                .name("haul-store-check".into())
+                .spawn_scoped(scope, check);
             for (index, pending) in pending.into_iter().enumerate() {
                 results.push(None);
                 let size = match pending.written {
@@ -1260,14 +1290,11 @@ impl Store {
             }
             // Pins only for a batch without a failure: the load may still fail otherwise.
             let pins = pins.filter(|_| results.iter().all(Option::is_none));
-            let synced_dir = self.files_dir.clone();
-            let gate = move || match syncing {
-                Ok(thread) => thread.join().unwrap_or_else(|_| {
-                    Err(io_error("syncfs", &synced_dir)(io::Error::other(
-                        "the syncfs thread panicked",
-                    )))
-                }),
-                Err(error) => Err(io_error("start the syncfs thread for", &synced_dir)(error)),
+            let dir = self.files_dir.clone();
+            let gate = move || {
+                let checked = joined(checking, "check the written files in", &dir);
+                let synced = joined(syncing, "syncfs", &dir);
+                checked.and(synced)
             };
             self.mark_ready_after(&present, now_ms, pins, gate)
         });
