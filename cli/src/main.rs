@@ -68,13 +68,25 @@ enum Command {
 /// mimalloc for the command: its per-thread heaps take the buffers the network thread
 /// allocates and the digest and file threads free without the cross-thread arena locking of
 /// the system allocator. 2,000 small downloads: about 6% less CPU and wall time; a cold load
-/// of 500 modules about 2% (interleaved A/B on this project's 2-core machine). It keeps about
-/// 13 MB more resident (freed pages are returned after a delay), still bounded. The library
-/// crates leave the allocator to the application that embeds them.
+/// of 500 modules about 2% (interleaved A/B on this project's 2-core machine). The library
+/// crates leave the allocator to the application that embeds them. See also
+/// [`small_pages_only`].
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
+/// Turns transparent huge pages off for this process. mimalloc asks for them on its arenas
+/// (`MADV_HUGEPAGE`), so the first touch of any of its memory zeroes a whole 2 MiB page: a
+/// cold load of 500 modules kept 45 MB resident instead of 21, and zeroing those pages was
+/// the largest item in the network thread's profile (8-16 ms of CPU per load; on a VM each
+/// fresh page also costs the host a fault). haul's heap is small and short-lived, so it
+/// gains nothing from huge pages. A refusal (an old kernel) changes nothing else.
+fn small_pages_only() {
+    #[cfg(target_os = "linux")]
+    let _ = rustix::thread::disable_transparent_huge_pages(true);
+}
+
 fn main() {
+    small_pages_only();
     let _ = tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_env("HAUL_LOG")
