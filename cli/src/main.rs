@@ -76,10 +76,9 @@ static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 /// Turns transparent huge pages off for this process. mimalloc asks for them on its arenas
 /// (`MADV_HUGEPAGE`), so the first touch of any of its memory zeroes a whole 2 MiB page: a
-/// cold load of 500 modules kept 45 MB resident instead of 21, and zeroing those pages was
-/// the largest item in the network thread's profile (8-16 ms of CPU per load; on a VM each
-/// fresh page also costs the host a fault). haul's heap is small and short-lived, so it
-/// gains nothing from huge pages. A refusal (an old kernel) changes nothing else.
+/// cold load of 500 modules kept 45 MB resident, 22 MB with this (wall and CPU time the same
+/// within noise). haul's heap is small and short-lived; it gains nothing from huge pages. A
+/// refusal (an old kernel) changes nothing else.
 fn small_pages_only() {
     #[cfg(target_os = "linux")]
     let _ = rustix::thread::disable_transparent_huge_pages(true);
