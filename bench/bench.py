@@ -156,6 +156,8 @@ def tree_digest(root: Path) -> tuple[int, int, str]:
 # levels down (cache/files/), and deleting them slowed the next run (interleaved A/B on
 # disk: a cold load 87 ms after such a deletion, 67 ms without; curl 64 and 58 ms).
 RETIRE_OVER = 64
+# many-2000x16k and modules-500x32k run this many times --runs rounds.
+SHORT_RUNS_FACTOR = 3
 RETIRED: Path | None = None
 
 
@@ -593,6 +595,9 @@ class Bench:
         self.haul = Path(args.haul)
         self.probe = HaulProbe(self.haul, args.haul_unavailable)
         self.runs = args.runs
+        # The small-file scenarios' runs take a fraction of a second, where the machine's
+        # noise weighs most: three times the rounds, for a paired ratio worth reading.
+        self.short_runs = args.runs * SHORT_RUNS_FACTOR
         self.examples = Path(args.examples_dir)
         self.examples_unavailable = {
             "compare_runtimes": args.compare_runtimes_unavailable,
@@ -786,7 +791,8 @@ class Bench:
                 return "file names or contents differ from the source"
             return None
 
-        self.alternate("many-2000x16k", tools, self.runs, self.download_runner(out_dir, verify))
+        self.alternate("many-2000x16k", tools, self.short_runs,
+                       self.download_runner(out_dir, verify))
         remove_path(out_dir)
         return ScenarioResult(
             "many-2000x16k", f"{count} files of {human_bytes(fsize)}, 16 at a time",
@@ -794,7 +800,7 @@ class Bench:
             "directory must hold exactly the source files (names and contents). haul syncs "
             "every file before renaming it into place (in groups); curl+sync is curl "
             "followed by one `sync -f` of the output's file system.",
-            tools, self.runs)
+            tools, self.short_runs)
 
     # 4. resume-256m
     def resume(self) -> ScenarioResult:
@@ -1191,7 +1197,7 @@ class Bench:
                     result.ok, result.error = False, f"verification: {problem}"
             return result
 
-        self.alternate(sid, tools, self.runs, execute)
+        self.alternate(sid, tools, self.short_runs, execute)
         remove_path(out_dir)
         return ScenarioResult(
             sid, title,
@@ -1208,7 +1214,7 @@ class Bench:
             "module (and nothing but the modules and the manifest), each under its sha256; "
             "the peers' files are compared with the manifest's sha256 of each module. The "
             "bar: haul/curl at most 1.00×.",
-            tools, self.runs)
+            tools, self.short_runs)
 
     def run(self, ids: list[str]) -> list[ScenarioResult]:
         table = {
@@ -1257,6 +1263,21 @@ def summarize(tool: Tool, extra_keys: list[str]) -> dict:
     return summary
 
 
+def paired_ratio(num_runs: list[dict], den_runs: list[dict], seed: str) -> dict | None:
+    """The median of per-round ratios num/den (round i of each tool ran back to back, so a
+    slow phase of the machine weighs on both), with a 95% bootstrap interval of that median
+    (2,000 resamples, seeded by `seed`: the same runs give the same interval)."""
+    ratios = [a["wall_s"] / b["wall_s"] for a, b in zip(num_runs, den_runs)
+              if a.get("ok") and b.get("ok") and a["wall_s"] > 0 and b["wall_s"] > 0]
+    if not ratios:
+        return None
+    rng = random.Random(seed)
+    medians = sorted(statistics.median(rng.choices(ratios, k=len(ratios)))
+                     for _ in range(2000))
+    return {"median": statistics.median(ratios), "lo": medians[49], "hi": medians[1949],
+            "rounds": len(ratios)}
+
+
 def scenario_json(s: ScenarioResult) -> dict:
     extra_keys = [k for k, _ in s.extra_columns]
     if s.chart_key and s.chart_key not in extra_keys:
@@ -1270,12 +1291,15 @@ def scenario_json(s: ScenarioResult) -> dict:
     for t in tools:
         if t["is_haul"] or haul is None or haul["status"] != "ok" or t["status"] != "ok":
             continue
+        seed = f"{s.id}/{t['tool']}"
         if s.ratio_per_reference:
             t["ratio_wall"] = ratio(t["median_wall_s"], haul["median_wall_s"])
             t["ratio_rss"] = ratio(t.get("median_rss_mib"), haul.get("median_rss_mib"))
+            t["paired_wall"] = paired_ratio(t["runs"], haul["runs"], seed)
         else:
             t["ratio_wall"] = ratio(haul["median_wall_s"], t["median_wall_s"])
             t["ratio_rss"] = ratio(haul.get("median_rss_mib"), t.get("median_rss_mib"))
+            t["paired_wall"] = paired_ratio(haul["runs"], t["runs"], seed)
     if s.chart_key:
         # Every tool that ran, haul included, on the scenario's own scale.
         bars = [{"tool": t["tool"], "value": t.get("median_" + s.chart_key),
@@ -1391,6 +1415,12 @@ def fmt_ratio(x: float | None) -> str:
     return "–" if x is None else f"{x:.2f}×"
 
 
+def fmt_paired(p: dict | None) -> str:
+    if not p:
+        return "–"
+    return f"{p['median']:.2f}× [{p['lo']:.2f}–{p['hi']:.2f}]"
+
+
 def fmt_num(x) -> str:
     if x is None:
         return "–"
@@ -1457,7 +1487,9 @@ def write_markdown(path: Path, results: dict, chart_rel: str) -> None:
         "whatever the tool. The page cache is not dropped.",
         f"- Per scenario: one untimed warm-up run of each tool, then {meta['runs']} timed "
         "runs per tool, alternating tools (A B C A B C …). Every run is limited by "
-        f"`timeout {meta['timeout_s']}`.",
+        f"`timeout {meta['timeout_s']}`. The two small-file scenarios (many-2000x16k, "
+        f"modules-500x32k; runs of a fraction of a second) run {SHORT_RUNS_FACTOR}× as many "
+        "rounds.",
         "- Wall time: measured around the command (Python `perf_counter`); peak RSS: "
         "`/usr/bin/time -f '%e %M'` (max resident set, MiB).",
         "- Every run's output is verified (sha256 of the file, or every extracted/downloaded "
@@ -1467,6 +1499,12 @@ def write_markdown(path: Path, results: dict, chart_rel: str) -> None:
         "(or smaller), above 1.00× it is slower (or larger). In `runtimes-1g` the peers are "
         "haul's other runtimes and the ratio is **runtime/blocking** = that runtime's "
         "median / haul-blocking's.",
+        "- **paired (95% CI)**: round by round, haul's run divided by the peer's run of the "
+        "same round (they ran back to back, so a slow phase of the machine weighs on both); "
+        "the median of those ratios and, in brackets, a 95% bootstrap interval of it (2,000 "
+        "resamples). A bar of \"at least as fast\" is met beyond doubt when the interval ends "
+        "at or below 1.00×, missed beyond doubt when it starts above; with few runs the "
+        "interval is wide.",
         "",
         "## Summary",
         "",
@@ -1483,7 +1521,7 @@ def write_markdown(path: Path, results: dict, chart_rel: str) -> None:
         extra = s["extra_columns"]
         rh = s.get("ratio_header", "haul/peer")
         header = ["tool", "median s", "min–max s", "median peak RSS MiB",
-                  f"{rh} wall", f"{rh} RSS"] + [label for _, label in extra]
+                  f"{rh} wall", "paired (95% CI)", f"{rh} RSS"] + [label for _, label in extra]
         lines.append("| " + " | ".join(header) + " |")
         lines.append("| " + " | ".join(["---"] + ["---:"] * (len(header) - 1)) + " |")
         notes = []
@@ -1492,7 +1530,7 @@ def write_markdown(path: Path, results: dict, chart_rel: str) -> None:
             if t["status"] != "ok":
                 mark = f"[{len(notes) + 1}]"
                 notes.append(f"{mark} {t['tool']}: {t['status']}: {t['reason']}")
-                row = [name, f"{t['status']} {mark}", "–", "–", "–", "–"] + ["–"] * len(extra)
+                row = [name, f"{t['status']} {mark}", "–", "–", "–", "–", "–"] + ["–"] * len(extra)
             else:
                 row = [
                     name,
@@ -1500,6 +1538,7 @@ def write_markdown(path: Path, results: dict, chart_rel: str) -> None:
                     f"{fmt_s(t['min_wall_s'])}–{fmt_s(t['max_wall_s'])}",
                     fmt_num(t["median_rss_mib"]),
                     "1.00× (ref)" if t["is_haul"] else fmt_ratio(t.get("ratio_wall")),
+                    "–" if t["is_haul"] else fmt_paired(t.get("paired_wall")),
                     "1.00× (ref)" if t["is_haul"] else fmt_ratio(t.get("ratio_rss")),
                 ] + [fmt_num(t.get("median_" + key)) for key, _ in extra]
             lines.append("| " + " | ".join(row) + " |")
@@ -1749,6 +1788,8 @@ def main() -> int:
             if t["status"] == "ok":
                 ratio = t.get("ratio_wall")
                 extra = f"  {s['ratio_header']} {ratio:.2f}x" if ratio else ""
+                if t.get("paired_wall"):
+                    extra += f" (paired {fmt_paired(t['paired_wall'])})"
                 if t.get("median_deviation_pct") is not None:
                     extra += (f"  {t['median_rate_mib_s']:.2f} MiB/s, deviation "
                               f"{t['median_deviation_pct']:+.1f}%")
