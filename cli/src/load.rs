@@ -13,8 +13,8 @@ use clap::Args;
 use haul_blocking::Client;
 use haul_core::Config;
 use haul_modules::{
-    check_app_name, FetchErrorKind, Fetcher, LoadRequest, LoadResult, LoadSource, Loader,
-    ModuleError, ModuleSource, Prefetched, RecoveryReport, Store, TrustedKey, MANIFEST_MAX_BYTES,
+    open_for_load, FetchErrorKind, LoadRequest, LoadResult, LoadSource, Loader, ModuleError,
+    ModuleSource, RecoveryReport, TrustedKey,
 };
 use serde::Serialize;
 use serde_json::json;
@@ -167,26 +167,11 @@ pub fn run(args: LoadArgs) -> i32 {
     tracing::debug!("started");
     let now_ms = now_ms();
     let request = args.request(now_ms);
-    let fetcher = client.module_fetcher(args.concurrency);
-    // A new cache has nothing to load from but the network (no pinned manifest; with no
-    // embedded directory either, the manifest is always fetched): fetch it while the index
-    // is created. A name the loader refuses at once fetches nothing.
-    let cold = args.embedded.is_none()
-        && Store::is_new(&args.cache)
-        && check_app_name(&request.app).is_ok();
-    let max_manifest = MANIFEST_MAX_BYTES as u64;
-    let (opened, ahead) = if cold {
-        std::thread::scope(|scope| {
-            let opening = scope.spawn(|| Store::open(&args.cache, now_ms));
-            let manifest = fetcher.fetch_manifest(&request.manifest_url, max_manifest);
-            let opened = opening
-                .join()
-                .unwrap_or_else(|panic| std::panic::resume_unwind(panic));
-            (opened, Some(manifest))
-        })
-    } else {
-        (Store::open(&args.cache, now_ms), None)
-    };
+    let (opened, fetcher) = open_for_load(
+        &args.cache,
+        &request,
+        client.module_fetcher(args.concurrency),
+    );
     let (store, recovery) = match opened {
         Ok(opened) => opened,
         Err(error) => {
@@ -203,12 +188,6 @@ pub fn run(args: LoadArgs) -> i32 {
             recovery_summary(&recovery)
         );
     }
-    let fetcher = match ahead {
-        Some(answer) => {
-            Prefetched::new(fetcher, request.manifest_url.clone(), max_manifest, answer)
-        }
-        None => Prefetched::none(fetcher),
-    };
     let loader = Loader::new(store, fetcher);
     let code = match loader.load(&request) {
         Ok(result) => {

@@ -60,7 +60,7 @@ use url::Url;
 
 use crate::manifest::{Manifest, ModuleId, MANIFEST_MAX_BYTES};
 use crate::signature::{check_trusted_keys, verify_parsed, TrustedKey};
-use crate::store::{FileKind, PendingFile, PinPlan, Store, StoreError};
+use crate::store::{FileKind, PendingFile, PinPlan, RecoveryReport, Store, StoreError};
 use crate::ModuleError;
 
 /// What kind of failure a fetch was, as the download engine classifies it. The kind decides
@@ -191,8 +191,8 @@ impl<F: Fetcher + ?Sized> Fetcher for &F {
     }
 }
 
-/// A fetcher whose first fetch of one manifest was made ahead: `haul load` fetches the
-/// manifest of a new cache (which has nothing cached to use instead) while the cache's index
+/// A fetcher whose first fetch of one manifest was made ahead: [`open_for_load`] fetches the
+/// manifest of a new store (which has nothing cached to use instead) while the store's index
 /// is being created. The first [`Fetcher::fetch_manifest`] of that URL and limit answers what
 /// was fetched; everything else goes to the inner fetcher.
 pub struct Prefetched<F> {
@@ -223,6 +223,37 @@ impl<F: Fetcher> Prefetched<F> {
             manifest: Mutex::new(None),
         }
     }
+}
+
+/// Opens (and recovers) the store in `dir` for one load of `request`, and the fetcher for that
+/// load. A store that does not exist yet has nothing to load from but the network: unless the
+/// request has an embedded directory (or an app name the loader refuses at once), its
+/// manifest is fetched through `fetcher` on this thread while another creates the store, and
+/// the loader's own fetch of it gets that answer ([`Prefetched`]). On a disk that syncs, the
+/// store's creation then costs the load nothing but its excess over the fetch.
+#[allow(clippy::type_complexity)]
+pub fn open_for_load<F: Fetcher>(
+    dir: &Path,
+    request: &LoadRequest,
+    fetcher: F,
+) -> (Result<(Store, RecoveryReport), StoreError>, Prefetched<F>) {
+    let cold = request.embedded_dir.is_none()
+        && Store::is_new(dir)
+        && check_app_name(&request.app).is_ok();
+    if !cold {
+        return (Store::open(dir, request.now_ms), Prefetched::none(fetcher));
+    }
+    let max_bytes = MANIFEST_MAX_BYTES as u64;
+    let (opened, answer) = std::thread::scope(|scope| {
+        let opening = scope.spawn(|| Store::open(dir, request.now_ms));
+        let answer = fetcher.fetch_manifest(&request.manifest_url, max_bytes);
+        let opened = opening
+            .join()
+            .unwrap_or_else(|panic| std::panic::resume_unwind(panic));
+        (opened, answer)
+    });
+    let fetcher = Prefetched::new(fetcher, request.manifest_url.clone(), max_bytes, answer);
+    (opened, fetcher)
 }
 
 impl<F: Fetcher> Fetcher for Prefetched<F> {
@@ -2182,6 +2213,45 @@ mod tests {
             matches!(error, ModuleError::SignatureMismatch { ref key } if key == "release"),
             "{error:?}"
         );
+    }
+
+    #[test]
+    fn opening_a_new_store_fetches_the_manifest_meanwhile_and_the_load_uses_that_fetch() {
+        let world = world();
+        world.publish("app", &[kotlin()], 1_000);
+        let dir = tempfile::TempDir::new().unwrap();
+        let store_dir = dir.path().join("new-store");
+        let request = world.request("app", 2_000);
+        let (opened, fetcher) = open_for_load(&store_dir, &request, &*world.fetcher);
+        let (store, recovery) = opened.unwrap();
+        assert!(recovery.is_clean());
+        assert_eq!(
+            world.fetcher.manifest_calls(),
+            1,
+            "fetched while the store was created"
+        );
+        let loaded = Loader::new(store, fetcher).load(&request).unwrap();
+        assert_eq!(loaded.manifest_source, LoadSource::Network);
+        assert_eq!(
+            world.fetcher.manifest_calls(),
+            1,
+            "the load used the fetch made ahead"
+        );
+
+        // A store that exists has more to load from: nothing is fetched ahead.
+        let (opened, _) = open_for_load(&store_dir, &request, &*world.fetcher);
+        drop(opened.unwrap());
+        assert_eq!(world.fetcher.manifest_calls(), 1);
+        // Nor for a load with an embedded directory, even into a new store, nor for an app
+        // name the load refuses.
+        let mut embedded = world.request("app", 3_000);
+        embedded.embedded_dir = Some(world.embedded_dir.clone());
+        let (opened, _) = open_for_load(&dir.path().join("other"), &embedded, &*world.fetcher);
+        drop(opened.unwrap());
+        let refused = world.request("../app", 3_000);
+        let (opened, _) = open_for_load(&dir.path().join("third"), &refused, &*world.fetcher);
+        drop(opened.unwrap());
+        assert_eq!(world.fetcher.manifest_calls(), 1);
     }
 
     #[test]

@@ -25,8 +25,8 @@ use std::path::Path;
 
 use haul_core::{Download, DownloadError, ErrorClass, Outcome};
 use haul_modules::{
-    Delivery, FetchError, FetchErrorKind, Fetcher, LoadRequest, LoadResult, Loader, ModuleError,
-    ModuleFetch, RecoveryReport, Store,
+    open_for_load, Delivery, FetchError, FetchErrorKind, Fetcher, LoadRequest, LoadResult, Loader,
+    ModuleError, ModuleFetch, RecoveryReport,
 };
 use url::Url;
 
@@ -71,15 +71,18 @@ impl Client {
     }
 
     /// Opens (and recovers) the store in `store_dir` and loads one app into it, downloading
-    /// at most `concurrency` modules at once. The store's clock is `request.now_ms`.
+    /// at most `concurrency` modules at once. The store's clock is `request.now_ms`. A store
+    /// that does not exist yet is created while the manifest is fetched
+    /// ([`haul_modules::open_for_load`]).
     pub fn load_app(
         &self,
         store_dir: &Path,
         request: &LoadRequest,
         concurrency: usize,
     ) -> Result<AppLoad, ModuleError> {
-        let (store, recovery) = Store::open(store_dir, request.now_ms)?;
-        let loader = Loader::new(store, self.module_fetcher(concurrency));
+        let (opened, fetcher) = open_for_load(store_dir, request, self.module_fetcher(concurrency));
+        let (store, recovery) = opened?;
+        let loader = Loader::new(store, fetcher);
         let result = loader.load(request)?;
         Ok(AppLoad { result, recovery })
     }
