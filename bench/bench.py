@@ -156,6 +156,15 @@ def tree_digest(root: Path) -> tuple[int, int, str]:
 # levels down (cache/files/), and deleting them slowed the next run (interleaved A/B on
 # disk: a cold load 87 ms after such a deletion, 67 ms without; curl 64 and 58 ms).
 RETIRE_OVER = 64
+# After a mass deletion, the same inode allocator skips every inode freed less than 60 s ago
+# (300 s more while its inode table block is not written back): a bench run started right
+# after another one's end (which deletes the retired trees) measured that for minutes (the
+# same haul command took 50 ms in one directory and 60-110 ms in another of the same file
+# system, where 52% of its samples were in `recently_deleted`). The time of the last such
+# deletion is kept in this file under the output directory, and the next run waits until
+# SETTLE_S seconds have passed since (the deletion is synced at once, so 60 s apply).
+DELETED_AT_FILE = ".retired-deleted-at"
+SETTLE_S = 70
 # many-2000x16k and modules-500x32k run this many times --runs rounds.
 SHORT_RUNS_FACTOR = 3
 RETIRED: Path | None = None
@@ -180,6 +189,29 @@ def remove_path(path: Path) -> None:
         shutil.rmtree(path)
     elif path.exists() or path.is_symlink():
         path.unlink()
+
+
+def delete_retired(retired: Path, marker: Path) -> None:
+    """Deletes the retired trees, syncs, and notes the time for `settle`."""
+    shutil.rmtree(retired, ignore_errors=True)
+    os.sync()
+    try:
+        marker.write_text(f"{time.time()}\n")
+    except OSError:
+        pass
+
+
+def settle(marker: Path) -> None:
+    """Waits until SETTLE_S seconds have passed since the last deletion of retired trees."""
+    try:
+        deleted_at = float(marker.read_text())
+    except (OSError, ValueError):
+        return
+    wait = deleted_at + SETTLE_S - time.time()
+    if wait > 0:
+        log(f"outputs of many files were deleted {SETTLE_S - wait:.0f} s ago; waiting "
+            f"{wait:.0f} s until the file system allocates new inodes at its normal pace")
+        time.sleep(wait)
 
 
 def reset_dir(path: Path) -> None:
@@ -1484,7 +1516,8 @@ def write_markdown(path: Path, results: dict, chart_rel: str) -> None:
         "(then `sync`) before every run. A directory of more than 64 files is renamed aside "
         "instead and deleted when the bench ends: on this kind of file system (ext4 without "
         "a journal) a mass deletion slows every file creation for a minute or more after it, "
-        "whatever the tool. The page cache is not dropped.",
+        f"whatever the tool; a run starts only {SETTLE_S} s or more after the last one's "
+        "deletion. The page cache is not dropped.",
         f"- Per scenario: one untimed warm-up run of each tool, then {meta['runs']} timed "
         "runs per tool, alternating tools (A B C A B C …). Every run is limited by "
         f"`timeout {meta['timeout_s']}`. The two small-file scenarios (many-2000x16k, "
@@ -1740,11 +1773,13 @@ def main() -> int:
             haul_version = ""
     # Beside the downloads (a rename does not cross file systems).
     RETIRED = bench.dl / ".retired"
+    deleted_at = out / DELETED_AT_FILE
     if RETIRED.exists():
-        shutil.rmtree(RETIRED)  # left by an interrupted run
+        delete_retired(RETIRED, deleted_at)  # left by an interrupted run
+    settle(deleted_at)
     scenarios = bench.run(ids)
     retired, RETIRED = RETIRED, None
-    shutil.rmtree(retired, ignore_errors=True)
+    delete_retired(retired, deleted_at)
     remove_path(bench.dl)
 
     sizes_text = (f"single {human_bytes(sizes.single_bytes)}, segmented "
