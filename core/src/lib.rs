@@ -12,6 +12,7 @@
 //! - [`download`]: what a caller asks for and gets back.
 //! - [`resume`]: the state file that makes resume safe.
 //! - [`config`], [`error`], [`time`], [`rng`]: settings, typed errors, time and jitter.
+//! - [`writeback`]: whether one `syncfs` makes a runtime's batch of files durable.
 #![forbid(unsafe_code)]
 
 pub mod config;
@@ -26,6 +27,7 @@ pub mod resume;
 pub mod rng;
 pub mod sched;
 pub mod time;
+pub mod writeback;
 
 pub use config::{Config, ConfigError, LowSpeedLimit, RetryPolicy};
 pub use download::{Destination, Download, Outcome};

@@ -268,6 +268,23 @@ pub struct Store {
     next_temp_id: u64,
     /// This process's id, part of temp names (asked once, not per file).
     process_id: u32,
+    /// How many bytes wait for writeback system-wide, for [`Store::syncfs_pays`].
+    #[cfg_attr(not(target_os = "linux"), allow(dead_code))]
+    pending_writeback: fn() -> Option<u64>,
+}
+
+/// Bytes dirty or under writeback system-wide (`/proc/meminfo`); `None` where unknown.
+fn system_pending_writeback() -> Option<u64> {
+    #[cfg(target_os = "linux")]
+    {
+        std::fs::read_to_string("/proc/meminfo")
+            .ok()
+            .and_then(|text| haul_core::writeback::pending_writeback(&text))
+    }
+    #[cfg(not(target_os = "linux"))]
+    {
+        None
+    }
 }
 
 fn to_sql_ms(ms: u64) -> i64 {
@@ -637,6 +654,7 @@ impl Store {
             index,
             next_temp_id: 0,
             process_id: std::process::id(),
+            pending_writeback: system_pending_writeback,
         };
         tracing::debug!(dir = %dir.display(), "index opened");
         let report = store.recover(now_ms)?;
@@ -769,7 +787,7 @@ impl Store {
     pub fn sync_ahead(&self, files: usize) -> Option<SyncAhead> {
         #[cfg(target_os = "linux")]
         {
-            if files < SYNCFS_MIN_FILES {
+            if files < SYNCFS_MIN_FILES || !self.syncfs_pays(files, 0) {
                 return None;
             }
             let dir = File::open(&self.files_dir).ok()?;
@@ -792,6 +810,14 @@ impl Store {
             let _ = files;
             None
         }
+    }
+
+    /// Whether one syncfs should make a batch of `files` durable, `own_bytes` of them the
+    /// batch's (see [`haul_core::writeback`]): not when another program's data waiting for
+    /// writeback would make the load wait for it too.
+    #[cfg_attr(not(target_os = "linux"), allow(dead_code))]
+    fn syncfs_pays(&self, files: usize, own_bytes: u64) -> bool {
+        haul_core::writeback::syncfs_pays(files, own_bytes, (self.pending_writeback)())
     }
 
     /// The store's directory.
@@ -1202,7 +1228,14 @@ impl Store {
     ) -> (Vec<Result<FileEntry, StoreError>>, bool) {
         #[cfg(target_os = "linux")]
         if pending.len() >= SYNCFS_MIN_FILES {
-            return self.adopt_many_overlapped(pending, now_ms, pins);
+            let own: u64 = pending.iter().filter_map(|file| file.written).sum();
+            if self.syncfs_pays(pending.len(), own) {
+                return self.adopt_many_overlapped(pending, now_ms, pins);
+            }
+            tracing::debug!(
+                files = pending.len(),
+                "others' data waits for writeback: syncing the batch file by file"
+            );
         }
         let _ = pins;
         let mut results: Vec<Option<Result<FileEntry, StoreError>>> = Vec::new();
@@ -2293,6 +2326,40 @@ mod tests {
         // Dropped without `finish`, the thread still stops (the drop joins it).
         let ahead = store.sync_ahead(SYNCFS_MIN_FILES).expect("rounds start");
         drop(ahead);
+    }
+
+    #[test]
+    fn a_batch_is_synced_file_by_file_while_others_have_much_data_waiting_for_writeback() {
+        let dir = tempfile::TempDir::new().unwrap();
+        let (mut store, _) = open(dir.path(), 1);
+        // A quiet machine: one syncfs (and rounds ahead of it).
+        store.pending_writeback = || Some(1 << 20);
+        assert!(store.syncfs_pays(SYNCFS_MIN_FILES, 0));
+        drop(store.sync_ahead(SYNCFS_MIN_FILES).expect("rounds start"));
+        // 4 GiB written by someone else and not on disk yet: a syncfs would wait for it all.
+        store.pending_writeback = || Some(4 << 30);
+        assert!(!store.syncfs_pays(SYNCFS_MIN_FILES, 16 << 20));
+        assert!(
+            store.sync_ahead(SYNCFS_MIN_FILES).is_none(),
+            "no syncfs rounds while others' data waits"
+        );
+        // The batch still ends durable and recorded, file by file; a missing file fails alone.
+        let contents: Vec<Vec<u8>> = (0..20).map(|n| vec![b'k' + n as u8; 50 + n]).collect();
+        let (hashes, pending) = begin_all(&mut store, &contents);
+        let pending: Vec<PendingFile> = pending
+            .into_iter()
+            .zip(&contents)
+            .enumerate()
+            .map(|(index, (file, bytes))| {
+                if index != 3 {
+                    fs::write(file.store_path(), bytes).unwrap();
+                }
+                file.written(bytes.len() as u64)
+            })
+            .collect();
+        let results = store.adopt_many(pending, 9);
+        drop(store);
+        all_stored_but_one(dir.path(), &results, &hashes, &contents, 3);
     }
 
     #[test]
