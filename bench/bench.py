@@ -156,15 +156,16 @@ def tree_digest(root: Path) -> tuple[int, int, str]:
 # levels down (cache/files/), and deleting them slowed the next run (interleaved A/B on
 # disk: a cold load 87 ms after such a deletion, 67 ms without; curl 64 and 58 ms).
 RETIRE_OVER = 64
-# After a mass deletion, the same inode allocator skips every inode freed less than 60 s ago
-# (300 s more while its inode table block is not written back): a bench run started right
-# after another one's end (which deletes the retired trees) measured that for minutes (the
-# same haul command took 50 ms in one directory and 60-110 ms in another of the same file
-# system, where 52% of its samples were in `recently_deleted`). The time of the last such
-# deletion is kept in this file under the output directory, and the next run waits until
-# SETTLE_S seconds have passed since (the deletion is synced at once, so 60 s apply).
+# After a mass deletion, the same inode allocator skips every inode freed less than 60 s ago,
+# or 360 s ago when the inode table block holding it is dirty, which every new inode written
+# into that block makes it: a bench run started right after another one's end (which deletes
+# the retired trees) measured that for minutes (the same haul command took 50 ms in one
+# directory and 60-110 ms in another of the same file system, where 52% of its samples were
+# in `recently_deleted`; curl took 130-200 ms against its usual 55 for 2 minutes after one).
+# The time of the last such deletion is kept in this file under the output directory, and
+# the next run waits until SETTLE_S seconds have passed since.
 DELETED_AT_FILE = ".retired-deleted-at"
-SETTLE_S = 70
+SETTLE_S = 370
 # many-2000x16k and modules-500x32k run this many times --runs rounds.
 SHORT_RUNS_FACTOR = 3
 RETIRED: Path | None = None
