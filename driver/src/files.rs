@@ -2404,13 +2404,14 @@ mod tests {
         assert_eq!(std::fs::read(&path).unwrap().len(), INLINE_MAX_BYTES + 1);
     }
 
-    #[test]
-    fn a_round_of_many_pieces_succeeds_except_a_file_that_was_not_open() {
-        let dir = tempfile::TempDir::new().unwrap();
+    /// A round of `files` written files, each followed by its rename's entry, and last a
+    /// file that was not open.
+    fn round_of_files(dir: &Path, files: u64) -> Vec<Pending> {
         let mut round = Vec::new();
-        for n in 0..SYNCFS_MIN as u64 {
-            let path = dir.path().join(format!("{n}"));
-            let f = File::create(&path).unwrap();
+        for n in 0..files {
+            let path = dir.join(format!("{n}"));
+            std::fs::write(&path, b"bytes").unwrap();
+            let f = File::options().write(true).open(&path).unwrap();
             round.push(Pending::data(
                 IoId(n),
                 IoId(100 + n),
@@ -2423,34 +2424,29 @@ mod tests {
             });
         }
         round.push(Pending::data(IoId(300), IoId(301), FileId(300), None));
-        let results = make_durable(&round);
+        round
+    }
+
+    /// Every piece of [`round_of_files`]'s round done but the last, which failed as not open.
+    fn all_done_but_the_file_not_open(round: &[Pending], results: &[Result<(), IoFailure>]) {
         assert_eq!(results.len(), round.len());
         assert!(results[..results.len() - 1].iter().all(|r| r.is_ok()));
         let last = results.last().unwrap().as_ref().unwrap_err();
         assert!(last.message.contains("not open"), "{}", last.message);
     }
 
+    #[test]
+    fn a_round_of_many_pieces_succeeds_except_a_file_that_was_not_open() {
+        let dir = tempfile::TempDir::new().unwrap();
+        let round = round_of_files(dir.path(), SYNCFS_MIN as u64);
+        all_done_but_the_file_not_open(&round, &make_durable(&round));
+    }
+
     #[cfg(target_os = "linux")]
     #[test]
     fn a_large_round_syncs_its_files_in_parallel_while_others_have_much_waiting_for_writeback() {
         let dir = tempfile::TempDir::new().unwrap();
-        let mut round = Vec::new();
-        for n in 0..2 * SYNCFS_MIN as u64 {
-            let path = dir.path().join(format!("{n}"));
-            let mut f = File::create(&path).unwrap();
-            std::io::Write::write_all(&mut f, b"bytes").unwrap();
-            round.push(Pending::data(
-                IoId(n),
-                IoId(100 + n),
-                FileId(n),
-                Some(Ok((f, path.clone()))),
-            ));
-            round.push(Pending::Entry {
-                id: IoId(200 + n),
-                path,
-            });
-        }
-        round.push(Pending::data(IoId(300), IoId(301), FileId(300), None));
+        let round = round_of_files(dir.path(), 2 * SYNCFS_MIN as u64);
         assert!(!syncfs_pays(&round, Some(8 << 30)), "8 GiB waiting");
         assert!(syncfs_pays(&round, Some(1 << 20)));
         assert!(syncfs_pays(&round, None));
@@ -2465,11 +2461,7 @@ mod tests {
             }
         }
         // The whole round that way: every piece done, the file not open failed alone.
-        let results = make_durable_given(&round, || Some(8 << 30));
-        assert_eq!(results.len(), round.len());
-        assert!(results[..results.len() - 1].iter().all(|r| r.is_ok()));
-        let last = results.last().unwrap().as_ref().unwrap_err();
-        assert!(last.message.contains("not open"), "{}", last.message);
+        all_done_but_the_file_not_open(&round, &make_durable_given(&round, || Some(8 << 30)));
     }
 
     #[cfg(target_os = "linux")]
