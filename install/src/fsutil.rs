@@ -217,30 +217,87 @@ pub(crate) fn sync_dir(dir: &Path) -> Result<(), InstallError> {
         .map_err(InstallError::io("fsync directory", dir))
 }
 
-/// Flushes a freshly written tree to stable storage before it is renamed into place.
-#[cfg(target_os = "linux")]
-pub(crate) fn sync_tree(root: &Path) -> Result<(), InstallError> {
-    // One syncfs for the whole filesystem instead of an fsync per file.
-    let f = File::open(root).map_err(InstallError::io("open directory", root))?;
-    rustix::fs::syncfs(&f).map_err(|e| InstallError::io("syncfs", root)(e.into()))
+/// Flushes a freshly written tree (`entries` files and directories, `bytes` bytes of data)
+/// to stable storage before it is renamed into place: on Linux one `syncfs` of its file
+/// system, unless much of other programs' data waits for writeback there (see
+/// [`haul_core::writeback`]: a syncfs would wait for all of it); otherwise, and off Linux,
+/// every file and directory of the tree synced on its own ([`sync_each`]).
+pub(crate) fn sync_tree(root: &Path, entries: u64, bytes: u64) -> Result<(), InstallError> {
+    #[cfg(target_os = "linux")]
+    {
+        let pending = fs::read_to_string("/proc/meminfo")
+            .ok()
+            .and_then(|text| haul_core::writeback::pending_writeback(&text));
+        let entries = usize::try_from(entries).unwrap_or(usize::MAX);
+        if haul_core::writeback::syncfs_pays(entries, bytes, pending) {
+            let f = File::open(root).map_err(InstallError::io("open directory", root))?;
+            return rustix::fs::syncfs(&f).map_err(|e| InstallError::io("syncfs", root)(e.into()));
+        }
+        tracing::debug!(
+            root = %root.display(),
+            "others' data waits for writeback: syncing the tree file by file"
+        );
+    }
+    #[cfg(not(target_os = "linux"))]
+    let _ = (entries, bytes);
+    sync_each(root).map(|_| ())
 }
 
-/// Flushes a freshly written tree to stable storage before it is renamed into place.
-#[cfg(not(target_os = "linux"))]
-pub(crate) fn sync_tree(root: &Path) -> Result<(), InstallError> {
-    for item in fs::read_dir(root).map_err(InstallError::io("read directory", root))? {
-        let item = item.map_err(InstallError::io("read directory", root))?;
-        let path = item.path();
-        let ty = item.file_type().map_err(InstallError::io("stat", &path))?;
-        if ty.is_dir() {
-            sync_tree(&path)?;
-        } else if ty.is_file() {
-            File::open(&path)
-                .and_then(|f| f.sync_all())
-                .map_err(InstallError::io("fsync", &path))?;
+/// Threads [`sync_each`] syncs files on.
+const SYNC_THREADS: usize = 8;
+
+/// Syncs every regular file under `root` (on up to [`SYNC_THREADS`] threads, the disk takes
+/// their syncs together), then every directory, `root` last; how many files. The first
+/// failure is returned (the other files are still synced).
+pub(crate) fn sync_each(root: &Path) -> Result<usize, InstallError> {
+    let mut files = Vec::new();
+    let mut dirs = vec![root.to_path_buf()];
+    let mut walked = 0;
+    while let Some(dir) = dirs.get(walked).cloned() {
+        walked += 1;
+        for item in fs::read_dir(&dir).map_err(InstallError::io("read directory", &dir))? {
+            let item = item.map_err(InstallError::io("read directory", &dir))?;
+            let ty = item
+                .file_type()
+                .map_err(InstallError::io("stat", &item.path()))?;
+            if ty.is_dir() {
+                dirs.push(item.path());
+            } else if ty.is_file() {
+                files.push(item.path());
+            }
         }
     }
-    sync_dir(root)
+    let next = std::sync::atomic::AtomicUsize::new(0);
+    let failures: Vec<InstallError> = std::thread::scope(|scope| {
+        let workers: Vec<_> = (0..SYNC_THREADS.min(files.len()))
+            .map(|_| {
+                scope.spawn(|| {
+                    let mut failures = Vec::new();
+                    loop {
+                        let n = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                        let Some(path) = files.get(n) else {
+                            break failures;
+                        };
+                        if let Err(e) = File::open(path).and_then(|f| f.sync_all()) {
+                            failures.push(InstallError::io("fsync", path)(e));
+                        }
+                    }
+                })
+            })
+            .collect();
+        workers
+            .into_iter()
+            .flat_map(|worker| worker.join().expect("a sync thread panicked"))
+            .collect()
+    });
+    if let Some(failure) = failures.into_iter().next() {
+        return Err(failure);
+    }
+    // Deepest first: each directory's entries are durable before its parent's.
+    for dir in dirs.iter().rev() {
+        sync_dir(dir)?;
+    }
+    Ok(files.len())
 }
 
 pub(crate) enum ExchangeError {
@@ -341,6 +398,23 @@ mod tests {
             .map(|e| e.unwrap().file_name())
             .collect();
         assert_eq!(names, vec![OsString::from("state.json")]);
+    }
+
+    #[test]
+    fn syncing_a_tree_file_by_file_reaches_every_nested_file_and_names_a_missing_root() {
+        let dir = tempfile::TempDir::new().unwrap();
+        let root = dir.path().join("tree");
+        fs::create_dir_all(root.join("a/b/c")).unwrap();
+        fs::create_dir_all(root.join("empty")).unwrap();
+        for (n, sub) in ["", "a", "a/b", "a/b/c", "a/b/c"].iter().enumerate() {
+            fs::write(root.join(sub).join(format!("f{n}")), b"x").unwrap();
+        }
+        std::os::unix::fs::symlink("f0", root.join("link")).unwrap();
+        assert_eq!(sync_each(&root).unwrap(), 5, "files only, every level");
+        let missing = sync_each(&dir.path().join("nothing")).unwrap_err();
+        assert!(missing.to_string().contains("nothing"), "{missing}");
+        // The whole-tree sync, whichever way it goes here.
+        sync_tree(&root, 11, 5).unwrap();
     }
 
     #[test]

@@ -267,11 +267,16 @@ impl Staged {
     ///
     /// Durability: files are not fsynced one by one while extracting; instead the
     /// whole filesystem holding the staging tree is synced once here (`syncfs` on Linux,
-    /// a walk with `fsync` per file and directory elsewhere), then the parent directory
-    /// is fsynced after the rename.
+    /// unless much of other programs' data waits for writeback; then, and elsewhere, a
+    /// walk with `fsync` per file and directory), then the parent directory is fsynced
+    /// after the rename.
     pub fn commit(mut self) -> Result<Committed, InstallError> {
         if self.durability == Durability::SyncBeforeCommit {
-            fsutil::sync_tree(&self.staging)?;
+            fsutil::sync_tree(
+                &self.staging,
+                self.stats.files + self.stats.directories,
+                self.stats.bytes,
+            )?;
         }
         let parent = fsutil::parent_of(&self.dest)?;
         let replaced = match fs::symlink_metadata(&self.dest) {
