@@ -1535,7 +1535,8 @@ mod tests {
 
     fn world() -> World {
         let dir = tempfile::TempDir::new().unwrap();
-        let (store, _) = Store::open(&dir.path().join("store"), 0).unwrap();
+        let (mut store, _) = Store::open(&dir.path().join("store"), 0).unwrap();
+        store.decide_syncs_as_on_a_quiet_machine();
         let embedded_dir = dir.path().join("embedded");
         std::fs::create_dir_all(&embedded_dir).unwrap();
         let fetcher = Arc::new(FakeFetcher::default());
