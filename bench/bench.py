@@ -2,8 +2,8 @@
 """haul benchmark driver (standard library only; started by bench/run).
 
 Owns: making the benchmark data under bench/out/, running every scenario against haul and
-its peers in the same run (tools alternate A B C A B C ..., one untimed warm-up each),
-verifying each tool's output after every run, and writing bench/out/results.json,
+its peers in the same run (tools alternate in rounds of a balanced order, one untimed
+warm-up each), verifying each tool's output after every run, and writing bench/out/results.json,
 bench/chart.svg and BENCHMARKS.md.
 
 Does not own: installing tools, building haul, or starting and stopping nginx; bench/run
@@ -613,6 +613,26 @@ class ScenarioResult:
     chart_caption: str = "haul/peer"
 
 
+def round_order(n: int, i: int) -> list[int]:
+    """The order of `n` tools in round `i`: a Williams design (0, 1, n-1, 2, n-2, ... shifted
+    by i), in which over n rounds (2n when n is odd, the second n mirrored) each tool runs
+    right after each other tool equally often, and first equally often."""
+    if n <= 0:
+        return []
+    base = [0]
+    low, high = 1, n - 1
+    while len(base) < n:
+        base.append(low)
+        low += 1
+        if len(base) < n:
+            base.append(high)
+            high -= 1
+    order = [(i + k) % n for k in base]
+    if n % 2 == 1 and (i // n) % 2 == 1:
+        order.reverse()
+    return order
+
+
 class Bench:
     def __init__(self, args: argparse.Namespace) -> None:
         self.args = args
@@ -645,7 +665,7 @@ class Bench:
             reason = f"no {name} example at {path}"
         return path, reason
 
-    # The generic loop: warm-up of each tool, then A B C A B C ... with verification.
+    # The generic loop: warm-up of each tool, then rounds (round_order) with verification.
     def alternate(
         self,
         scenario: str,
@@ -662,7 +682,12 @@ class Bench:
                 log(f"{scenario}: {tool.name} {tool.failed}")
         active = [t for t in active if t.failed is None]
         for i in range(runs):
-            for tool in active:
+            # Rounds in a balanced order (see `round_order`): a tool's run can leave the file
+            # system slower for the next one (aria2c deletes a control file per download, and
+            # the inode allocator then scans for a while; a cold haul load right after aria2c
+            # took 70 ms, right after curl 62, while curl took 52 after either), so every tool
+            # follows every other one equally often.
+            for tool in (active[k] for k in round_order(len(active), i)):
                 result = execute(tool, f"{scenario}.{tool.name}.{i + 1}")
                 tool.runs.append(result)
                 state = "ok" if result.ok else f"FAILED: {result.error}"
@@ -1520,7 +1545,9 @@ def write_markdown(path: Path, results: dict, chart_rel: str) -> None:
         f"whatever the tool; a run starts only {SETTLE_S} s or more after the last one's "
         "deletion. The page cache is not dropped.",
         f"- Per scenario: one untimed warm-up run of each tool, then {meta['runs']} timed "
-        "runs per tool, alternating tools (A B C A B C …). Every run is limited by "
+        "runs per tool, alternating tools in rounds of a balanced order (a Williams design: "
+        "each tool runs right after each other one equally often, since a run can slow the "
+        "next tool's). Every run is limited by "
         f"`timeout {meta['timeout_s']}`. The two small-file scenarios (many-2000x16k, "
         f"modules-500x32k; runs of a fraction of a second) run {SHORT_RUNS_FACTOR}× as many "
         "rounds.",
