@@ -2177,6 +2177,26 @@ mod tests {
         }
     }
 
+    /// Writes each planned file's bytes at its store path (all but `missing`'s) and claims
+    /// the size written, as the engine's writer does.
+    fn write_and_claim(
+        pending: Vec<PendingFile>,
+        contents: &[Vec<u8>],
+        missing: Option<usize>,
+    ) -> Vec<PendingFile> {
+        pending
+            .into_iter()
+            .zip(contents)
+            .enumerate()
+            .map(|(index, (file, bytes))| {
+                if Some(index) != missing {
+                    fs::write(file.store_path(), bytes).unwrap();
+                }
+                file.written(bytes.len() as u64)
+            })
+            .collect()
+    }
+
     #[test]
     fn a_batch_recorded_with_its_writers_sizes_still_finds_a_missing_or_resized_file() {
         let dir = tempfile::TempDir::new().unwrap();
@@ -2204,14 +2224,7 @@ mod tests {
         let (mut store, _) = open(dir.path(), 1);
         let contents: Vec<Vec<u8>> = (0..20).map(|n| vec![b'A' + n as u8; 50 + n]).collect();
         let (hashes, pending) = begin_all(&mut store, &contents);
-        let claimed: Vec<PendingFile> = pending
-            .into_iter()
-            .zip(&contents)
-            .map(|(file, bytes)| {
-                fs::write(file.store_path(), bytes).unwrap();
-                file.written(bytes.len() as u64)
-            })
-            .collect();
+        let claimed = write_and_claim(pending, &contents, None);
         let plan = PinPlan {
             app: "app".into(),
             manifest_sha256: hashes[0].clone(),
@@ -2356,18 +2369,7 @@ mod tests {
         // The batch still ends durable and recorded, file by file; a missing file fails alone.
         let contents: Vec<Vec<u8>> = (0..20).map(|n| vec![b'k' + n as u8; 50 + n]).collect();
         let (hashes, pending) = begin_all(&mut store, &contents);
-        let pending: Vec<PendingFile> = pending
-            .into_iter()
-            .zip(&contents)
-            .enumerate()
-            .map(|(index, (file, bytes))| {
-                if index != 3 {
-                    fs::write(file.store_path(), bytes).unwrap();
-                }
-                file.written(bytes.len() as u64)
-            })
-            .collect();
-        let results = store.adopt_many(pending, 9);
+        let results = store.adopt_many(write_and_claim(pending, &contents, Some(3)), 9);
         drop(store);
         all_stored_but_one(dir.path(), &results, &hashes, &contents, 3);
     }
