@@ -204,9 +204,12 @@ impl GetArgs {
             }
             .map_err(|e| format!("cannot read {}: {e}", path.display()))?;
             let name = path.display().to_string();
-            let mut listed = crate::inputfile::parse(&text, |w| eprintln!("haul get: {name}: {w}"))
+            let listed = crate::inputfile::parse(&text, |w| eprintln!("haul get: {name}: {w}"))
                 .map_err(|e| format!("{name}: {e}"))?;
-            entries.append(&mut listed);
+            entries.extend(listed.into_iter().map(|entry| crate::inputfile::Entry {
+                list: Some(name.clone()),
+                ..entry
+            }));
         }
         if entries.is_empty() {
             return Err("nothing to download".into());
@@ -225,6 +228,11 @@ impl GetArgs {
         if self.sha256.is_some() && entries.len() > 1 {
             return Err("--sha256 applies to one URL; use checksum= lines in -i FILE".into());
         }
+        if self.size.is_some() && entries.len() > 1 {
+            return Err(
+                "--size is the exact size of one file; for several, --max-size caps each".into(),
+            );
+        }
         let mut headers = Vec::new();
         for h in &self.headers {
             let (name, value) = h
@@ -234,10 +242,7 @@ impl GetArgs {
         }
         let mut out = Vec::new();
         for entry in &entries {
-            let url = entry
-                .uris
-                .first()
-                .ok_or_else(|| format!("line {}: no URI", entry.line))?;
+            let url = entry.uris.first().ok_or_else(|| entry.locate("no URI"))?;
             let dir = entry
                 .dir
                 .as_ref()
@@ -250,12 +255,14 @@ impl GetArgs {
                 (None, Some(name)) => Download::new(url, dir.join(name)),
                 (None, None) => Download::into_dir(url, dir),
             };
-            let mut d = d.map_err(|e| e.to_string())?;
+            let mut d = d.map_err(|e| entry.locate(e))?;
             for m in &entry.uris[1..] {
-                d = d.mirror(m).map_err(|e| format!("mirror: {e}"))?;
+                d = d
+                    .mirror(m)
+                    .map_err(|e| entry.locate(format!("mirror: {e}")))?;
             }
             if let Some(h) = entry.sha256.as_ref().or(self.sha256.as_ref()) {
-                d = d.sha256(h).map_err(|e| e.to_string())?;
+                d = d.sha256(h).map_err(|e| entry.locate(e))?;
             }
             if let Some(s) = self.size {
                 d = d.size(s);

@@ -13,6 +13,11 @@
 //! above them. Supported options: `out`, `dir`, `checksum` (sha-256 only). Options aria2
 //! knows but haul sets globally (`split`, `max-connection-per-server`, ...) are ignored with
 //! a warning, as are unknown ones.
+//!
+//! Lists often come from elsewhere, so `out=` is a path *inside* the download's directory, as
+//! aria2 documents it: an absolute path, a `..` part, or a name that is no file (empty, `.`,
+//! ending in `/`) is an error naming the line, found before anything is downloaded. An empty
+//! `dir=` is an error too. A UTF-8 byte order mark at the start is skipped.
 
 /// One download of the list.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
@@ -27,11 +32,52 @@ pub struct Entry {
     pub sha256: Option<String>,
     /// Line number of the URI line (1-based).
     pub line: usize,
+    /// The list it came from (its name, as given), for messages; `None` for a URL argument.
+    pub list: Option<String>,
+}
+
+impl Entry {
+    /// `message` about this download, prefixed with its list and line when it has them.
+    pub fn locate(&self, message: impl std::fmt::Display) -> String {
+        match &self.list {
+            Some(list) => format!("{list}: line {}: {message}", self.line),
+            None => message.to_string(),
+        }
+    }
+}
+
+/// `value` of `out=` as a relative file path within the download's directory.
+fn check_out(value: &str) -> Result<String, String> {
+    use std::path::{Component, Path};
+    let bad = |why: &str| Err(format!("out={value:?} {why}"));
+    if value.is_empty() {
+        return bad("names no file");
+    }
+    if value.ends_with(['/', '\\']) {
+        return bad("names a directory, not a file");
+    }
+    let path = Path::new(value);
+    for component in path.components() {
+        match component {
+            Component::Normal(_) | Component::CurDir => {}
+            Component::ParentDir => {
+                return bad("leaves the download's directory ('..'); out= is a path inside dir=")
+            }
+            Component::RootDir | Component::Prefix(_) => {
+                return bad("is absolute; out= is a path inside dir= (use dir= for another place)")
+            }
+        }
+    }
+    if !matches!(path.components().next_back(), Some(Component::Normal(_))) {
+        return bad("names no file");
+    }
+    Ok(value.to_string())
 }
 
 /// Parse a list; warnings go to `warn`.
 pub fn parse(text: &str, mut warn: impl FnMut(String)) -> Result<Vec<Entry>, String> {
     let mut entries: Vec<Entry> = Vec::new();
+    let text = text.strip_prefix('\u{feff}').unwrap_or(text);
     for (i, raw) in text.lines().enumerate() {
         let line_no = i + 1;
         let line = raw.trim_end_matches('\r');
@@ -47,8 +93,17 @@ pub fn parse(text: &str, mut warn: impl FnMut(String)) -> Result<Vec<Entry>, Str
                 return Err(format!("line {line_no}: expected key=value, got {opt:?}"));
             };
             match key.trim() {
-                "out" => entry.out = Some(value.trim().to_string()),
-                "dir" => entry.dir = Some(value.trim().to_string()),
+                "out" => {
+                    entry.out =
+                        Some(check_out(value.trim()).map_err(|e| format!("line {line_no}: {e}"))?)
+                }
+                "dir" => {
+                    let dir = value.trim();
+                    if dir.is_empty() {
+                        return Err(format!("line {line_no}: dir= names no directory"));
+                    }
+                    entry.dir = Some(dir.to_string());
+                }
                 "checksum" => {
                     let (algo, hex) = value.split_once('=').ok_or_else(|| {
                         format!("line {line_no}: checksum must be TYPE=DIGEST, got {value:?}")
@@ -109,5 +164,38 @@ mod tests {
         assert!(parse("  out=x\n", |_| {}).is_err());
         assert!(parse("http://a\n  checksum=md5=00\n", |_| {}).is_err());
         assert!(parse("http://a\n  nonsense\n", |_| {}).is_err());
+    }
+
+    #[test]
+    fn a_byte_order_mark_at_the_start_is_not_part_of_the_first_line() {
+        let e = parse("\u{feff}http://a/x\n", |_| {}).unwrap();
+        assert_eq!(e[0].uris, vec!["http://a/x"]);
+        let e = parse("\u{feff}# list\nhttp://a/y\n", |_| {}).unwrap();
+        assert_eq!(e.len(), 1);
+        assert_eq!(e[0].uris, vec!["http://a/y"]);
+    }
+
+    #[test]
+    fn out_is_a_file_path_inside_the_directory_and_anything_else_names_its_line() {
+        for good in ["f.bin", "sub/f.bin", "./f.bin", "a b.txt"] {
+            let e = parse(&format!("http://a/x\n  out={good}\n"), |_| {}).unwrap();
+            assert_eq!(e[0].out.as_deref(), Some(good));
+        }
+        for bad in [
+            "",
+            ".",
+            "..",
+            "sub/",
+            "../escaped",
+            "sub/../../escaped",
+            "/etc/passwd",
+            "sub/..",
+        ] {
+            let error =
+                parse(&format!("# list\nhttp://a/x\n  out={bad}\n"), |_| {}).expect_err(bad);
+            assert!(error.starts_with("line 3: out="), "{bad:?}: {error}");
+        }
+        let error = parse("http://a/x\n  dir=\n", |_| {}).unwrap_err();
+        assert!(error.contains("line 2: dir="), "{error}");
     }
 }

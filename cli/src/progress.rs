@@ -52,12 +52,25 @@ pub struct Reporter {
     multi: Option<MultiProgress>,
     overall: Option<ProgressBar>,
     jobs: BTreeMap<JobId, JobView>,
+    /// The label of each job queued and not started yet: one that fails before it starts
+    /// (refused, or its dependency failed) is still named in its error line.
+    waiting: BTreeMap<JobId, String>,
     started: Instant,
     total_jobs: usize,
     done_jobs: usize,
 }
 
 const JSON_PROGRESS_EVERY: Duration = Duration::from_millis(200);
+
+/// How a download is named on its bar and in its lines: the URL's last path segment.
+fn label_of(url: &str) -> String {
+    url.rsplit('/')
+        .find(|s| !s.is_empty())
+        .unwrap_or(url)
+        .chars()
+        .take(40)
+        .collect()
+}
 
 impl Reporter {
     /// A reporter for `total_jobs` downloads.
@@ -83,6 +96,7 @@ impl Reporter {
             multi,
             overall,
             jobs: BTreeMap::new(),
+            waiting: BTreeMap::new(),
             started: Instant::now(),
             total_jobs,
             done_jobs: 0,
@@ -100,6 +114,8 @@ impl Reporter {
             Event::Queued { job, url } => {
                 if self.mode == Mode::Json {
                     self.emit_json(json!({"event": "queued", "job": job.0, "url": url}));
+                } else {
+                    self.waiting.insert(*job, label_of(url));
                 }
             }
             Event::Segmented { job, segments } => {
@@ -113,13 +129,8 @@ impl Reporter {
                 }
             }
             Event::Started { job, url } => {
-                let label = url
-                    .rsplit('/')
-                    .find(|s| !s.is_empty())
-                    .unwrap_or(url)
-                    .chars()
-                    .take(40)
-                    .collect::<String>();
+                self.waiting.remove(job);
+                let label = label_of(url);
                 let bar = self.multi.as_ref().map(|m| {
                     let b = m.add(ProgressBar::new_spinner());
                     b.set_style(bar_style(false));
@@ -261,7 +272,8 @@ impl Reporter {
                 m.remove(b);
             }
         }
-        let label = view.map(|v| v.label).unwrap_or_default();
+        let waiting = self.waiting.remove(&job);
+        let label = view.map(|v| v.label).or(waiting).unwrap_or_default();
         match (self.mode, result) {
             (Mode::Json, Ok(o)) => self.emit_json(json!({
                 "event": "finished", "job": job.0, "ok": true, "path": o.path, "size": o.size,

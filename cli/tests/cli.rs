@@ -263,3 +263,96 @@ fn input_file_tab_separated_mirrors_are_used() {
     );
     assert_eq!(std::fs::read(dir.path().join("x.bin")).unwrap(), body);
 }
+
+#[test]
+fn two_list_entries_for_one_file_keep_the_first_file_whole_and_fail_the_second() {
+    let (a, b) = (
+        data(300_000),
+        data(200_000).into_iter().rev().collect::<Vec<u8>>(),
+    );
+    let origin = Origin::start().unwrap();
+    origin.route("/a.bin", a.clone(), Behavior::Normal);
+    origin.route("/b.bin", b, Behavior::Normal);
+    let dir = tempfile::tempdir().unwrap();
+    let list = dir.path().join("list.txt");
+    std::fs::write(
+        &list,
+        format!(
+            "{}\n  out=same.bin\n{}\n  out=same.bin\n",
+            origin.url("/a.bin"),
+            origin.url("/b.bin")
+        ),
+    )
+    .unwrap();
+    let out = haul()
+        .args(["get", "-i"])
+        .arg(&list)
+        .arg("-d")
+        .arg(dir.path().join("dl"))
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    assert!(
+        stderr.contains("b.bin:") && stderr.contains("same.bin is already the destination"),
+        "{stderr}"
+    );
+    assert_eq!(std::fs::read(dir.path().join("dl/same.bin")).unwrap(), a);
+    assert!(
+        origin.requests_to("/b.bin").is_empty(),
+        "the second was never fetched"
+    );
+    let left: Vec<_> = std::fs::read_dir(dir.path().join("dl")).unwrap().collect();
+    assert_eq!(left.len(), 1, "nothing but the first file: {left:?}");
+}
+
+#[test]
+fn a_list_entry_whose_out_leaves_its_directory_fails_the_list_before_any_request() {
+    let origin = Origin::start().unwrap();
+    origin.route("/x.bin", data(1000), Behavior::Normal);
+    let dir = tempfile::tempdir().unwrap();
+    let list = dir.path().join("list.txt");
+    for out_value in ["../escaped.bin", "/tmp/escaped.bin"] {
+        std::fs::write(
+            &list,
+            format!("{}\n  out={out_value}\n", origin.url("/x.bin")),
+        )
+        .unwrap();
+        let out = haul()
+            .args(["get", "-i"])
+            .arg(&list)
+            .arg("-d")
+            .arg(dir.path().join("dl"))
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{stderr}");
+        assert!(stderr.contains("list.txt: line 2: out="), "{stderr}");
+    }
+    assert!(origin.requests().is_empty());
+    assert!(!dir.path().join("escaped.bin").exists());
+}
+
+#[test]
+fn a_list_saved_with_a_byte_order_mark_downloads_its_first_line() {
+    let body = data(10_000);
+    let origin = Origin::start().unwrap();
+    origin.route("/x.bin", body.clone(), Behavior::Normal);
+    let dir = tempfile::tempdir().unwrap();
+    let list = dir.path().join("list.txt");
+    std::fs::write(&list, format!("\u{feff}{}\n", origin.url("/x.bin"))).unwrap();
+    let out = haul()
+        .args(["get", "--quiet", "-i"])
+        .arg(&list)
+        .arg("-d")
+        .arg(dir.path())
+        .output()
+        .unwrap();
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(std::fs::read(dir.path().join("x.bin")).unwrap(), body);
+}

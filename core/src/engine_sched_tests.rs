@@ -1256,7 +1256,13 @@ fn a_batch_may_be_split_only_if_one_class_without_indexes_or_shared_transfers() 
     // The same URL twice, or the same expected bytes under two URLs: one transfer.
     assert!(!Engine::may_split_batch(&[d("a"), d("b"), d("a")]));
     assert!(!Engine::may_split_batch(&[hashed("a", 1), hashed("b", 1)]));
-    assert!(Engine::may_split_batch(&[hashed("a", 1), hashed("a", 2)]));
+    // Other bytes from one URL to one file: the second is refused only while the first runs.
+    assert!(!Engine::may_split_batch(&[hashed("a", 1), hashed("a", 2)]));
+    let elsewhere = Download::new(&format!("{ORIGIN}/a"), "/elsewhere/a")
+        .unwrap()
+        .sha256(&hex::encode([2u8; 32]))
+        .unwrap();
+    assert!(Engine::may_split_batch(&[hashed("a", 1), elsewhere]));
 }
 
 // ------------------------------------------------------------------------ dedup
@@ -1382,7 +1388,12 @@ fn a_job_waiting_for_a_failed_dependency_is_not_completed_by_a_duplicate_downloa
     });
     let failing = h.submit(job_at("missing"));
     let same = h.submit(job_at("shared"));
-    let dependant = h.submit(job_at("shared").after(failing));
+    // The same URL as `same`, to a file of its own (one destination twice is refused).
+    let dependant = h.submit(
+        Download::new(&format!("{ORIGIN}/shared"), "/dl/shared-too")
+            .unwrap()
+            .after(failing),
+    );
     h.run(same).expect("the independent copy succeeds");
     assert!(h.run(failing).is_err());
     assert_eq!(
@@ -1391,11 +1402,122 @@ fn a_job_waiting_for_a_failed_dependency_is_not_completed_by_a_duplicate_downloa
             dependency: failing.0
         })
     );
-    assert!(!h.fs.exists("/dl/shared.haul-part"));
+    assert!(!h.fs.exists("/dl/shared-too"));
     assert!(h
         .ops
         .iter()
         .all(|(_, op)| !matches!(op, IoOp::CopyFile { .. })));
+}
+
+// ------------------------------------------------------------------------ one destination
+
+#[test]
+fn a_second_job_for_a_destination_in_use_is_refused_and_the_first_commits_its_own_bytes() {
+    let mut h = Harness::new(config());
+    any_path_server(&mut h, millis(50));
+    let first = h.submit(Download::new(&format!("{ORIGIN}/a"), "/dl/same").unwrap());
+    let second = h.submit(Download::new(&format!("{ORIGIN}/bb"), "/dl/same").unwrap());
+    assert_eq!(
+        h.run(second),
+        Err(DownloadError::DestinationInUse {
+            path: PathBuf::from("/dl/same"),
+            job: first.0
+        })
+    );
+    h.run(first).expect("the first job is unaffected");
+    let paths: Vec<&str> = h.requests.iter().map(|r| r.path.as_str()).collect();
+    assert_eq!(paths, vec!["/a"], "the refused job made no request");
+    assert_committed_at(&h, Path::new("/dl/same"), &pattern(20_000, 2));
+    // Once the first has ended, the destination is free again.
+    let again = h.submit(Download::new(&format!("{ORIGIN}/bb"), "/dl/same").unwrap());
+    h.run(again).expect("a later job may replace the file");
+    assert_committed_at(&h, Path::new("/dl/same"), &pattern(20_000, 3));
+}
+
+#[test]
+fn a_job_that_depends_on_a_refused_one_fails_as_its_dependant() {
+    let mut h = Harness::new(config());
+    any_path_server(&mut h, millis(50));
+    let first = h.submit(job_at("a"));
+    let refused = h.submit(Download::new(&format!("{ORIGIN}/bb"), "/dl/a").unwrap());
+    let dependant = h.submit(job_at("ccc").after(refused));
+    h.run(first).expect("first");
+    assert!(matches!(
+        h.run(refused),
+        Err(DownloadError::DestinationInUse { .. })
+    ));
+    assert_eq!(
+        h.run(dependant),
+        Err(DownloadError::DependencyFailed {
+            dependency: refused.0
+        })
+    );
+}
+
+#[test]
+fn followers_bound_for_a_failed_leaders_destination_retry_it_once_not_side_by_side() {
+    let body = pattern(30_000, 21);
+    let mut h = Harness::new(config());
+    let b = body.clone();
+    let mut first_answer = true;
+    h.serve(ORIGIN, move |req| {
+        if std::mem::take(&mut first_answer) {
+            Reply::new(with_length(404, &[], b"not yet"))
+                .gap(millis(100))
+                .pieces(&[2])
+        } else {
+            Reply::new(serve_range(&b, req))
+                .pieces(&[3000])
+                .gap(millis(10))
+        }
+    });
+    // Three jobs for the same URL and file: the second and third follow the first.
+    let leader = h.submit(download());
+    let followers = [h.submit(download()), h.submit(download())];
+    assert!(matches!(
+        h.run(leader),
+        Err(DownloadError::Status { status: 404, .. })
+    ));
+    for job in followers {
+        h.run(job).expect("each follower ends with the file");
+    }
+    assert_eq!(
+        h.requests.len(),
+        2,
+        "the 404, then one retry for both followers"
+    );
+    assert_committed(&h, &body);
+}
+
+#[test]
+fn two_downloads_into_a_directory_named_alike_by_the_server_do_not_share_a_file() {
+    let mut h = Harness::new(config());
+    h.serve(ORIGIN, move |req| {
+        let body = pattern(20_000, req.path.len() as u8);
+        let disposition = (
+            "Content-Disposition",
+            "attachment; filename=\"same.bin\"".to_string(),
+        );
+        Reply::new(with_length(200, &[disposition], &body))
+            .pieces(&[5000])
+            .gap(millis(50))
+    });
+    let a = h.submit(Download::into_dir(&format!("{ORIGIN}/a"), "/dl").unwrap());
+    let b = h.submit(Download::into_dir(&format!("{ORIGIN}/bb"), "/dl").unwrap());
+    let first = h.run(a).expect("the first named the file");
+    assert_eq!(first.path, PathBuf::from("/dl/same.bin"));
+    assert_eq!(
+        h.run(b),
+        Err(DownloadError::DestinationInUse {
+            path: PathBuf::from("/dl/same.bin"),
+            job: a.0
+        })
+    );
+    assert_committed_at(&h, Path::new("/dl/same.bin"), &pattern(20_000, 2));
+    assert!(
+        !h.fs.exists("/dl/bb.haul-part"),
+        "the refused job left nothing"
+    );
 }
 
 // ------------------------------------------------------------------------ existing destination

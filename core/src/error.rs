@@ -112,6 +112,10 @@ pub enum DownloadError {
     /// retry policy allows waiting.
     #[error("{origin} is failing (circuit breaker open for another {retry_in:?}) and no mirror is available")]
     CircuitOpen { origin: String, retry_in: Duration },
+    /// Another unfinished job of the engine writes the same destination (two downloads to
+    /// one file would share, and corrupt, one partial file): this one was refused.
+    #[error("{path} is already the destination of job#{job}", path = path.display())]
+    DestinationInUse { path: PathBuf, job: u64 },
 }
 
 impl DownloadError {
@@ -127,6 +131,7 @@ impl DownloadError {
             }
             DownloadError::RangeMismatch { .. } | DownloadError::CircuitOpen { .. } => true,
             DownloadError::InvalidRequest(_)
+            | DownloadError::DestinationInUse { .. }
             | DownloadError::TooManyRedirects { .. }
             | DownloadError::RedirectLoop { .. }
             | DownloadError::SizeMismatch { .. }
@@ -155,7 +160,9 @@ impl DownloadError {
     /// The coarse class of this failure.
     pub fn class(&self) -> ErrorClass {
         match self {
-            DownloadError::InvalidRequest(_) => ErrorClass::Usage,
+            DownloadError::InvalidRequest(_) | DownloadError::DestinationInUse { .. } => {
+                ErrorClass::Usage
+            }
             DownloadError::Connect { .. }
             | DownloadError::Connection { .. }
             | DownloadError::Timeout { .. }

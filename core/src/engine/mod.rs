@@ -470,6 +470,12 @@ struct Job {
     last_checkpoint: Instant,
     /// File name chosen from `Content-Disposition` for a directory destination.
     dest_name: Option<String>,
+    /// The job holds its provisional path in [`Engine::dest_claims`] (a follower bound for
+    /// its leader's destination does not).
+    claims_provisional: bool,
+    /// The final path a response named, when it differs from the provisional one, held in
+    /// [`Engine::dest_claims`] too.
+    claimed_final: Option<PathBuf>,
     /// The URL the last accepted response came from (after redirects).
     last_url: Option<url::Url>,
     bucket: Option<TokenBucket>,
@@ -544,6 +550,12 @@ pub struct Engine {
     /// Unfinished jobs by the bytes they fetch (expected sha256, else URL), in id order: dedup
     /// looks a new job's leader up here instead of comparing it with every job.
     by_content: BTreeMap<ContentKey, Vec<JobId>>,
+    /// The destinations of unfinished jobs (each one's provisional path, and the final path a
+    /// response named) and the job that writes each: a second job for a destination in use
+    /// is refused ([`DownloadError::DestinationInUse`]) instead of sharing, and corrupting,
+    /// its partial file. A follower bound for its leader's destination holds none: the
+    /// leader's commit is its own.
+    dest_claims: BTreeMap<PathBuf, JobId>,
     /// Set when a job failed or one with dependencies was queued: the next schedule looks
     /// for queued jobs whose dependency failed (or never existed) and fails them.
     check_deps: bool,
@@ -662,6 +674,7 @@ impl Engine {
             digesting_ids: BTreeSet::new(),
             check_deps: false,
             by_content: BTreeMap::new(),
+            dest_claims: BTreeMap::new(),
             conns: BTreeMap::new(),
             pending: BTreeMap::new(),
             outputs: VecDeque::new(),
@@ -783,18 +796,21 @@ impl Engine {
     /// Whether `batch` may be handed over in consecutive parts (one [`Engine::submit_batch`]
     /// each, in order) with the same outcome as in one call: every download of one priority
     /// class (the queue is then FIFO, whatever the parts), none with `after_index` (indexes
-    /// are per call), and no two that would share one transfer (a duplicate submitted after
-    /// its leader ended would fetch again). A runtime may then start the first downloads of
+    /// are per call), no two that would share one transfer (a duplicate submitted after its
+    /// leader ended would fetch again) and no two bound for one destination (the second is
+    /// refused only while the first is unfinished). A runtime may then start the first downloads of
     /// a long list before the engine has taken the rest.
     pub fn may_split_batch(batch: &[Download]) -> bool {
         let Some(first) = batch.first() else {
             return true;
         };
         let mut keys = BTreeSet::new();
+        let mut paths = std::collections::HashSet::new();
         batch.iter().all(|spec| {
             spec.priority == first.priority
                 && spec.depends_on_index.is_empty()
                 && keys.insert(ContentKey::of(spec))
+                && paths.insert(spec.provisional_path())
         })
     }
 
@@ -808,10 +824,28 @@ impl Engine {
 
     fn enqueue(&mut self, spec: Download) -> JobId {
         let id = JobId(self.next());
+        let leader = self.find_leader(&spec);
+        let path = spec.provisional_path();
+        let shares_leader_dest = leader
+            .and_then(|l| self.jobs.get(&l))
+            .is_some_and(|l| l.spec.provisional_path() == path);
+        if !shares_leader_dest {
+            if let Some(&holder) = self.dest_claims.get(&path) {
+                self.refuse(
+                    id,
+                    &spec,
+                    DownloadError::DestinationInUse {
+                        path,
+                        job: holder.0,
+                    },
+                );
+                return id;
+            }
+            self.dest_claims.insert(path, id);
+        }
         let bucket = spec
             .rate_limit
             .map(|r| TokenBucket::new(r, BURST, self.now));
-        let leader = self.find_leader(&spec);
         let job = Job {
             id,
             part_path: spec.part_path(),
@@ -863,6 +897,8 @@ impl Engine {
             pending_prefix: None,
             last_checkpoint: self.now,
             dest_name: None,
+            claims_provisional: !shares_leader_dest,
+            claimed_final: None,
             last_url: None,
             bucket,
             last_grant: self.now,
@@ -887,6 +923,62 @@ impl Engine {
         }
         self.event(Event::Queued { job: id, url });
         id
+    }
+
+    /// Ends job `id` (of `spec`) as soon as it is submitted, with `error`: it never enters the
+    /// queue or the indexes, and its dependents fail as after any failure.
+    fn refuse(&mut self, id: JobId, spec: &Download, error: DownloadError) {
+        self.event(Event::Queued {
+            job: id,
+            url: spec.url.to_string(),
+        });
+        self.finished.insert(id, false);
+        self.check_deps = true;
+        self.stats.failed += 1;
+        self.event(Event::Finished {
+            job: id,
+            result: Err(error),
+        });
+    }
+
+    /// Gives back the destinations job `id` holds (see [`Engine::dest_claims`]).
+    fn release_claims(&mut self, id: JobId, job: &Job) {
+        let mut release = |path: PathBuf| {
+            if self.dest_claims.get(&path) == Some(&id) {
+                self.dest_claims.remove(&path);
+            }
+        };
+        if job.claims_provisional {
+            release(job.spec.provisional_path());
+        }
+        if let Some(path) = &job.claimed_final {
+            release(path.clone());
+        }
+    }
+
+    /// Holds the final path a response named for job `id` (a directory destination's
+    /// `Content-Disposition` name; see [`Engine::dest_claims`]); the error to end the job
+    /// with if another unfinished job holds that path.
+    fn claim_named_destination(&mut self, id: JobId) -> Option<DownloadError> {
+        let j = self.jobs.get(&id)?;
+        let (Destination::Dir(dir), Some(name)) = (&j.spec.dest, &j.dest_name) else {
+            return None;
+        };
+        let path = dir.join(name);
+        if path == j.spec.provisional_path() || j.claimed_final.as_ref() == Some(&path) {
+            return None;
+        }
+        match self.dest_claims.get(&path) {
+            Some(&holder) if holder != id => Some(DownloadError::DestinationInUse {
+                path,
+                job: holder.0,
+            }),
+            _ => {
+                self.dest_claims.insert(path.clone(), id);
+                self.jobs.get_mut(&id)?.claimed_final = Some(path);
+                None
+            }
+        }
     }
 
     /// A running or queued job that fetches the same bytes (same URL, or same expected
@@ -1205,6 +1297,17 @@ impl Engine {
                     );
                 }
             }
+            for (path, holder) in &self.dest_claims {
+                let j = self.jobs.get(holder).unwrap_or_else(|| {
+                    panic!("{} held by job {holder:?}, which has ended", path.display())
+                });
+                assert!(
+                    (j.claims_provisional && j.spec.provisional_path() == *path)
+                        || j.claimed_final.as_ref() == Some(path),
+                    "{} held by job {holder:?}, which is not bound for it",
+                    path.display()
+                );
+            }
             for id in &self.committing_ids {
                 assert!(
                     self.jobs
@@ -1272,6 +1375,7 @@ impl Engine {
                 self.by_content.remove(&key);
             }
         }
+        self.release_claims(id, &job);
         self.finished.insert(id, result.is_ok());
         if result.is_err() {
             self.check_deps = true;
@@ -1318,8 +1422,22 @@ impl Engine {
                         },
                     );
                 }
-                // The leader failed or was cancelled: the follower tries on its own.
+                // The leader failed or was cancelled: the follower tries on its own. One
+                // bound for the leader's destination takes it over; a second one bound
+                // there follows the first (the same bytes, to the same file).
                 Err(_) => {
+                    if !fj.claims_provisional {
+                        let path = fj.spec.provisional_path();
+                        if let Some(&first) = self.dest_claims.get(&path) {
+                            fj.phase = Phase::Following { leader: first };
+                            if let Some(first) = self.jobs.get_mut(&first) {
+                                first.followers.push(f);
+                            }
+                            continue;
+                        }
+                        fj.claims_provisional = true;
+                        self.dest_claims.insert(path, f);
+                    }
                     fj.phase = Phase::Queued;
                     self.queue.insert((Reverse(fj.priority()), f));
                 }

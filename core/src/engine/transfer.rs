@@ -1067,7 +1067,13 @@ impl Engine {
                 .get("content-disposition")
                 .and_then(http::content_disposition_filename)
                 .and_then(|n| sanitize_file_name(&n));
+            if j.dest_name.is_some() {
+                if let Some(error) = self.claim_named_destination(id) {
+                    return self.terminate(id, error, false);
+                }
+            }
         }
+        let j = self.jobs.get_mut(&id).expect("job exists");
         let t = j.transfers.get_mut(&tid).expect("transfer");
         j.last_url = Some(t.url.clone());
         t.body_start = now;
