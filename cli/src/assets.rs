@@ -29,6 +29,7 @@ use haul_install::catalog::{
     asset_state, install_asset, recover_root, remove_asset, Asset, AssetKind, AssetState,
     CatalogParse, Home, InstalledAsset, MergedAsset, MergedCatalog, CATALOG_MAX_BYTES,
 };
+use haul_install::extract::{lock_dir, DirLock};
 use haul_install::InstallError;
 use serde_json::json;
 
@@ -554,7 +555,7 @@ pub fn print_table(rows: &[AssetRow]) {
 
 fn ls(args: LsArgs) -> Result<i32, Failure> {
     let home = resolve_home(&args.places.home)?;
-    recover(&args.places.root)?;
+    let _lock = recover(&args.places.root)?;
     let catalogs = refresh_catalogs(&catalog_client(), &home, args.places.offline)?;
     let rows = rows(&args.places.root, &catalogs.merged);
     if args.json {
@@ -863,13 +864,28 @@ fn resolve<'a>(merged: &'a MergedCatalog, name: &str) -> Result<Resolved<'a>, Fa
     )))
 }
 
-/// Creates `root` and cleans what an interrupted install left in it.
-pub fn prepare_root(root: &Path) -> Result<(), Failure> {
+/// Creates `root`, locks it for this command (another `haul` command that installs into it
+/// waits: its recovery would take this one's staging trees for a crash's leftovers) and
+/// cleans what an interrupted install left in it. The lock lasts as long as the guard.
+pub fn prepare_root(root: &Path) -> Result<DirLock, Failure> {
     std::fs::create_dir_all(root).map_err(|e| dir_failure("create", root, e))?;
-    recover(root)
+    let lock = lock_dir(root)?;
+    recover_locked(root)?;
+    Ok(lock)
 }
 
-fn recover(root: &Path) -> Result<(), Failure> {
+/// [`prepare_root`] for a command that creates nothing: a missing `root` holds nothing to
+/// clean or lock.
+fn recover(root: &Path) -> Result<Option<DirLock>, Failure> {
+    if !root.is_dir() {
+        return Ok(None);
+    }
+    let lock = lock_dir(root)?;
+    recover_locked(root)?;
+    Ok(Some(lock))
+}
+
+fn recover_locked(root: &Path) -> Result<(), Failure> {
     let report = recover_root(root)?;
     for p in &report.removed {
         eprintln!(
@@ -898,7 +914,7 @@ fn set_cancel(clients: [&Client; 2]) {
 fn install(args: InstallArgs) -> Result<i32, Failure> {
     let home = resolve_home(&args.places.home)?;
     let root = &args.places.root;
-    prepare_root(root)?;
+    let _lock = prepare_root(root)?;
     let catalogs_client = catalog_client();
     let assets_client = asset_client(args.fetch.retries, args.fetch.jobs);
     set_cancel([&catalogs_client, &assets_client]);
@@ -946,7 +962,7 @@ fn install(args: InstallArgs) -> Result<i32, Failure> {
 fn update(args: UpdateArgs) -> Result<i32, Failure> {
     let home = resolve_home(&args.places.home)?;
     let root = &args.places.root;
-    prepare_root(root)?;
+    let _lock = prepare_root(root)?;
     let catalogs_client = catalog_client();
     let assets_client = asset_client(args.fetch.retries, args.fetch.jobs);
     set_cancel([&catalogs_client, &assets_client]);
@@ -979,7 +995,7 @@ fn rm(args: RmArgs) -> Result<i32, Failure> {
             Resolved::Rejected(why) => return Err(Failure::usage(why)),
         }
     }
-    recover(&args.root)?;
+    let _lock = recover(&args.root)?;
     for m in found {
         if remove_asset(&args.root, &m.asset)? {
             println!("removed {} {:?}", m.asset.kind, m.asset.name);

@@ -248,7 +248,7 @@ pub fn run(origin: &Origin, dir: &Path, mode: Mode) -> Result<i32, String> {
         .map_err(|e| format!("cannot fetch the demo catalog: {}", e.message))?;
     home.add_repository(&catalog_url)
         .map_err(|e| e.to_string())?;
-    assets::prepare_root(&game).map_err(fail)?;
+    let _lock = assets::prepare_root(&game).map_err(fail)?;
 
     let catalogs = assets::refresh_catalogs(&catalog_client, &home, false).map_err(fail)?;
     let everything: Vec<_> = catalogs

@@ -54,7 +54,10 @@ pub struct HashArgs {
 pub fn exit_code_for(e: &InstallError) -> i32 {
     if e.is_io() {
         exit::LOCAL_IO
-    } else if matches!(e, InstallError::BadName { .. }) {
+    } else if matches!(
+        e,
+        InstallError::BadName { .. } | InstallError::DestinationNotDirectory { .. }
+    ) {
         exit::USAGE
     } else {
         // is_unsafe_archive(), and bad manifests, catalogs, catalog entries and
@@ -70,8 +73,37 @@ pub fn run_extract(args: ExtractArgs) -> i32 {
         Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
         _ => PathBuf::from("."),
     };
+    // The parent is created here (and removed again if the extraction fails) so that it can
+    // be locked: another `haul extract` into it waits instead of having its staging tree
+    // taken for a crash's leftover and deleted by this one's recovery.
+    let created = match create_dir_tracked(&parent) {
+        Ok(created) => created,
+        Err(e) => {
+            let e = InstallError::Io {
+                op: "create directory",
+                path: parent.clone(),
+                source: e,
+            };
+            eprintln!("haul extract: {e}");
+            return exit_code_for(&e);
+        }
+    };
+    let undo_created = || {
+        for dir in created.iter().rev() {
+            let _ = std::fs::remove_dir(dir);
+        }
+    };
+    let _lock = match extract::lock_dir(&parent) {
+        Ok(lock) => lock,
+        Err(e) => {
+            undo_created();
+            eprintln!("haul extract: {e}");
+            return exit_code_for(&e);
+        }
+    };
     // Leftovers of a crashed extraction into this parent (staging, old trees).
     if let Err(e) = extract::recover(&parent) {
+        undo_created();
         eprintln!("haul extract: {e}");
         return exit_code_for(&e);
     }
@@ -109,10 +141,40 @@ pub fn run_extract(args: ExtractArgs) -> i32 {
             exit::OK
         }
         Err(e) => {
+            undo_created();
             eprintln!("haul extract: {}: {e}", args.archive.display());
             exit_code_for(&e)
         }
     }
+}
+
+/// Creates `dir` and its missing ancestors; the directories it created, outermost first.
+fn create_dir_tracked(dir: &Path) -> std::io::Result<Vec<PathBuf>> {
+    let mut missing = Vec::new();
+    let mut at = Some(dir);
+    while let Some(path) = at.filter(|p| !p.as_os_str().is_empty()) {
+        match std::fs::symlink_metadata(path) {
+            Ok(_) => break,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => missing.push(path.to_path_buf()),
+            Err(e) => return Err(e),
+        }
+        at = path.parent();
+    }
+    missing.reverse();
+    let mut created = Vec::new();
+    for path in missing {
+        match std::fs::create_dir(&path) {
+            Ok(()) => created.push(path),
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
+            Err(e) => {
+                for dir in created.iter().rev() {
+                    let _ = std::fs::remove_dir(dir);
+                }
+                return Err(e);
+            }
+        }
+    }
+    Ok(created)
 }
 
 /// The lowercase hex SHA-256 of a file. For a file larger than one buffer a reader thread fills [`HASH_BUFFER`]-sized buffers

@@ -10,8 +10,9 @@ use std::path::{Path, PathBuf};
 use clap::{Args, Subcommand};
 use haul_blocking::Client;
 use haul_core::{Config, Download};
-use haul_install::extract::recover;
+use haul_install::extract::{lock_dir, recover, DirLock};
 use haul_install::vsix::{self, InstalledExtension, VsixInstall};
+use haul_install::InstallError;
 use serde_json::json;
 
 use crate::exit;
@@ -114,11 +115,32 @@ fn parent_of(root: &Path) -> PathBuf {
     }
 }
 
-fn install(args: VsixInstallArgs) -> i32 {
-    if let Err(e) = recover(&args.root) {
-        eprintln!("haul vsix: {e}");
-        return exit_code_for(&e);
+/// Locks `root` for this command (another install into it waits instead of having its
+/// staging tree taken for a crash's leftover) and cleans what an interrupted install left.
+/// A missing `root` is created first when `create`, else left alone (nothing to clean).
+fn lock_and_recover(root: &Path, create: bool) -> Result<Option<DirLock>, InstallError> {
+    if create {
+        std::fs::create_dir_all(root).map_err(|source| InstallError::Io {
+            op: "create directory",
+            path: root.to_path_buf(),
+            source,
+        })?;
+    } else if !root.is_dir() {
+        return Ok(None);
     }
+    let lock = lock_dir(root)?;
+    recover(root)?;
+    Ok(Some(lock))
+}
+
+fn install(args: VsixInstallArgs) -> i32 {
+    let _lock = match lock_and_recover(&args.root, true) {
+        Ok(lock) => lock,
+        Err(e) => {
+            eprintln!("haul vsix: {e}");
+            return exit_code_for(&e);
+        }
+    };
     // Kept alive until the install is done: it holds the downloaded .vsix.
     let mut held_download = None;
     let archive = if is_url(&args.source) {
@@ -273,7 +295,10 @@ fn extension_json(e: &InstalledExtension) -> serde_json::Value {
 }
 
 fn uninstall(args: VsixUninstallArgs) -> i32 {
-    let removed = match recover(&args.root).and_then(|_| vsix::uninstall(&args.id, &args.root)) {
+    let removed = match lock_and_recover(&args.root, false)
+        .and_then(|lock| vsix::uninstall(&args.id, &args.root).map(|r| (r, lock)))
+        .map(|(r, _lock)| r)
+    {
         Ok(r) => r,
         Err(e) => {
             eprintln!("haul vsix: {e}");

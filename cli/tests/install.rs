@@ -652,3 +652,72 @@ fn hash_prints_lowercase_sha256_like_sha256sum() {
     expect_code(&missing, 7);
     assert!(text(&missing.stdout).contains(&sha256_hex(&body)));
 }
+
+#[test]
+fn extract_waits_for_another_extraction_into_the_same_parent_and_only_then_recovers() {
+    let dir = TempDir::new().unwrap();
+    let archive = dir.path().join("a.zip");
+    fs::write(&archive, zip_bytes(&[("a.txt", b"A")])).unwrap();
+    let parent = dir.path().join("installs");
+    fs::create_dir(&parent).unwrap();
+    // Another extraction is writing its staging tree here and holds the parent's lock.
+    let live = parent.join(".other.haul-staging-0");
+    fs::create_dir(&live).unwrap();
+    fs::write(live.join("half.txt"), b"in progress").unwrap();
+    let held = haul_install::extract::lock_dir(&parent).unwrap();
+    let mut child = haul()
+        .args(["extract", s(&archive), "-d"])
+        .arg(parent.join("mine"))
+        .spawn()
+        .unwrap();
+    std::thread::sleep(std::time::Duration::from_millis(300));
+    assert!(
+        child.try_wait().unwrap().is_none(),
+        "extract went ahead while another extraction held the parent"
+    );
+    assert!(
+        live.join("half.txt").is_file(),
+        "the live staging tree was touched"
+    );
+    drop(held);
+    let status = child.wait().unwrap();
+    assert!(status.success(), "{status}");
+    assert_eq!(fs::read(parent.join("mine/a.txt")).unwrap(), b"A");
+    // Once the other is gone, its tree is a crash's leftover, and recovery removed it.
+    assert!(!live.exists());
+}
+
+#[test]
+fn extract_into_a_file_is_refused_and_a_failed_extract_removes_the_parents_it_made() {
+    let dir = TempDir::new().unwrap();
+    let archive = dir.path().join("a.zip");
+    fs::write(&archive, zip_bytes(&[("a.txt", b"A")])).unwrap();
+    let file = dir.path().join("precious");
+    fs::write(&file, b"keep").unwrap();
+    let out = run(&["extract", s(&archive), "-d", s(&file)]);
+    expect_code(&out, 2);
+    assert!(
+        text(&out.stderr).contains("is not a directory"),
+        "{}",
+        text(&out.stderr)
+    );
+    assert_eq!(fs::read(&file).unwrap(), b"keep");
+    let out = run(&["extract", s(&archive), "-d", s(&archive)]);
+    expect_code(&out, 2);
+    assert!(archive.is_file());
+    // A bad archive into new nested parents leaves none of them behind.
+    let bad = dir.path().join("bad.zip");
+    fs::write(&bad, b"not a zip at all").unwrap();
+    let out = run(&[
+        "extract",
+        s(&bad),
+        "-d",
+        s(&dir.path().join("new/nested/dest")),
+    ]);
+    assert_ne!(out.status.code(), Some(0));
+    assert!(
+        !dir.path().join("new").exists(),
+        "left {:?}",
+        listing(dir.path())
+    );
+}

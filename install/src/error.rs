@@ -99,6 +99,16 @@ pub enum InstallError {
     #[error("archive has {count} entries, limit is {limit}")]
     TooManyEntries { count: u64, limit: u64 },
 
+    /// The entries' paths would create more directories (listed or implied by a path) than
+    /// the limit: deep paths of empty folders are a bomb no byte count sees.
+    #[error("archive creates more than {limit} directories")]
+    TooManyDirectories { limit: u64 },
+
+    /// The destination exists and is not a directory: extracting would replace it (a file,
+    /// perhaps the archive itself) with the tree.
+    #[error("destination {path:?} exists and is not a directory")]
+    DestinationNotDirectory { path: std::path::PathBuf },
+
     /// Declared total uncompressed size over the limit.
     #[error("archive declares {total} bytes uncompressed, limit is {limit}")]
     TooLarge { total: u64, limit: u64 },
@@ -191,6 +201,7 @@ impl InstallError {
                 | InstallError::HeaderMismatch { .. }
                 | InstallError::UnlistedLocalHeader { .. }
                 | InstallError::TooManyEntries { .. }
+                | InstallError::TooManyDirectories { .. }
                 | InstallError::TooLarge { .. }
                 | InstallError::RatioTooHigh { .. }
                 | InstallError::CorruptEntry { .. }

@@ -120,6 +120,23 @@ fn parse_leftover(file_name: &str) -> Option<(Leftover, &str)> {
     None
 }
 
+/// An exclusive lock on a directory, held until dropped (see [`lock_dir`]).
+#[derive(Debug)]
+pub struct DirLock {
+    _dir: File,
+}
+
+/// Waits for, then takes, an exclusive `flock` on directory `dir` (no file is created):
+/// installers into one parent directory hold it from [`recover`] to their commit, so that
+/// one's recovery never deletes the staging tree another is still writing. Released when
+/// the [`DirLock`] is dropped, or by the kernel when the process ends, however it ends.
+pub fn lock_dir(dir: &Path) -> Result<DirLock, InstallError> {
+    let handle = File::open(dir).map_err(InstallError::io("open directory", dir))?;
+    rustix::fs::flock(&handle, rustix::fs::FlockOperation::LockExclusive)
+        .map_err(|e| InstallError::io("lock directory", dir)(e.into()))?;
+    Ok(DirLock { _dir: handle })
+}
+
 /// What [`recover`] did.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct RecoverReport {
@@ -278,7 +295,7 @@ pub(crate) fn sync_each(root: &Path) -> Result<usize, InstallError> {
                         let Some(path) = files.get(n) else {
                             break failures;
                         };
-                        if let Err(e) = File::open(path).and_then(|f| f.sync_all()) {
+                        if let Err(e) = sync_file(path) {
                             failures.push(InstallError::io("fsync", path)(e));
                         }
                     }
@@ -298,6 +315,45 @@ pub(crate) fn sync_each(root: &Path) -> Result<usize, InstallError> {
         sync_dir(dir)?;
     }
     Ok(files.len())
+}
+
+/// Syncs the file at `path` (data and metadata). A file whose final mode denies its owner
+/// reading (an archive may ask for 0o200 or 0o111) cannot be opened to sync it: it gets
+/// read permission for the open, and its mode back through the open handle before the sync,
+/// so the sync covers the mode it keeps.
+fn sync_file(path: &Path) -> io::Result<()> {
+    let denied = match open_for_sync(path) {
+        Ok(file) => return file.sync_all(),
+        Err(e) if e.kind() == io::ErrorKind::PermissionDenied => e,
+        Err(e) => return Err(e),
+    };
+    use std::os::unix::fs::PermissionsExt;
+    let mode = fs::symlink_metadata(path)?.permissions().mode() & 0o7777;
+    if fs::set_permissions(path, fs::Permissions::from_mode(mode | 0o400)).is_err() {
+        return Err(denied);
+    }
+    let file = File::open(path);
+    let restored = match &file {
+        Ok(file) => file.set_permissions(fs::Permissions::from_mode(mode)),
+        Err(_) => fs::set_permissions(path, fs::Permissions::from_mode(mode)),
+    };
+    let file = file?;
+    restored?;
+    file.sync_all()
+}
+
+#[cfg(test)]
+thread_local! {
+    /// Lets a test (which may run as root, whom no mode stops) see opens denied.
+    pub(crate) static DENY_SYNC_OPENS: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+}
+
+fn open_for_sync(path: &Path) -> io::Result<File> {
+    #[cfg(test)]
+    if DENY_SYNC_OPENS.with(|deny| deny.replace(false)) {
+        return Err(io::ErrorKind::PermissionDenied.into());
+    }
+    File::open(path)
 }
 
 pub(crate) enum ExchangeError {
@@ -415,6 +471,48 @@ mod tests {
         assert!(missing.to_string().contains("nothing"), "{missing}");
         // The whole-tree sync, whichever way it goes here.
         sync_tree(&root, 11, 5).unwrap();
+    }
+
+    #[test]
+    fn a_file_its_owner_may_not_read_is_synced_and_keeps_its_mode() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::TempDir::new().unwrap();
+        for mode in [0o200, 0o111, 0o000] {
+            let path = dir.path().join(format!("f{mode:o}"));
+            fs::write(&path, b"x").unwrap();
+            fs::set_permissions(&path, fs::Permissions::from_mode(mode)).unwrap();
+            DENY_SYNC_OPENS.with(|deny| deny.set(true));
+            sync_file(&path).unwrap();
+            let kept = fs::metadata(&path).unwrap().permissions().mode() & 0o7777;
+            assert_eq!(kept, mode, "mode {mode:o} changed to {kept:o}");
+        }
+        // Another failure is not retried.
+        assert_eq!(
+            sync_file(&dir.path().join("missing")).unwrap_err().kind(),
+            io::ErrorKind::NotFound
+        );
+    }
+
+    #[test]
+    fn a_directory_lock_is_exclusive_until_dropped() {
+        let dir = tempfile::TempDir::new().unwrap();
+        let held = lock_dir(dir.path()).unwrap();
+        let (tx, rx) = std::sync::mpsc::channel();
+        let path = dir.path().to_path_buf();
+        let waiter = std::thread::spawn(move || {
+            let _second = lock_dir(&path).unwrap();
+            tx.send(()).unwrap();
+        });
+        assert!(
+            rx.recv_timeout(std::time::Duration::from_millis(200))
+                .is_err(),
+            "a second lock was granted while the first was held"
+        );
+        drop(held);
+        rx.recv_timeout(std::time::Duration::from_secs(10))
+            .expect("the second lock once the first was dropped");
+        waiter.join().unwrap();
+        assert!(lock_dir(&dir.path().join("missing")).is_err());
     }
 
     #[test]

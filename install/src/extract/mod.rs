@@ -59,7 +59,7 @@ mod validate;
 
 use std::path::Path;
 
-pub use crate::fsutil::{recover, RecoverReport};
+pub use crate::fsutil::{lock_dir, recover, DirLock, RecoverReport};
 pub use names::{check_component, MAX_COMPONENT_LEN};
 pub use stage::{Committed, StageStats, Staged};
 pub use validate::{EntryInfo, EntryKind, ValidatedArchive};
@@ -82,7 +82,15 @@ pub struct ExtractLimits {
     pub ratio_applies_above: u64,
     /// Longest entry name in bytes.
     pub max_name_len: usize,
+    /// Most directories the entries may create, listed or implied by their paths. Each one
+    /// also counts as [`DIRECTORY_BYTES`] towards `max_total_uncompressed` and the
+    /// archive's ratio: a few hundred entries of deeply nested empty folders otherwise make
+    /// hundreds of thousands of directories from a kilobyte-sized archive.
+    pub max_directories: u64,
 }
+
+/// What one directory costs on disk (one block), in the size and ratio limits.
+pub const DIRECTORY_BYTES: u64 = 4096;
 
 impl Default for ExtractLimits {
     fn default() -> Self {
@@ -92,6 +100,7 @@ impl Default for ExtractLimits {
             max_ratio: 200,
             ratio_applies_above: 1024 * 1024,
             max_name_len: 1024,
+            max_directories: 50_000,
         }
     }
 }
@@ -139,6 +148,7 @@ pub fn extract_to_staging(
     select: impl Fn(&str) -> Option<String>,
     options: &ExtractOptions,
 ) -> Result<Staged, InstallError> {
+    check_destination(dest)?;
     let mut staged = ValidatedArchive::open(archive, &options.limits)?.extract_to_staging(
         dest,
         select,
@@ -146,6 +156,22 @@ pub fn extract_to_staging(
     )?;
     staged.set_durability(options.durability);
     Ok(staged)
+}
+
+/// A destination may be missing, a directory (replaced as a whole) or a symlink (the link
+/// is replaced, not what it points to); anything else (a file, perhaps the archive itself)
+/// is refused.
+fn check_destination(dest: &Path) -> Result<(), InstallError> {
+    match std::fs::symlink_metadata(dest) {
+        Ok(meta) if !meta.is_dir() && !meta.file_type().is_symlink() => {
+            Err(InstallError::DestinationNotDirectory {
+                path: dest.to_path_buf(),
+            })
+        }
+        Ok(_) => Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+        Err(e) => Err(InstallError::io("stat", dest)(e)),
+    }
 }
 
 /// Validates, extracts and commits in one call; returns what the commit did.

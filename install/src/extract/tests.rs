@@ -766,3 +766,82 @@ fn an_entry_count_over_the_limit_is_refused_from_the_end_record_alone() {
     let err = s.extract().unwrap_err();
     assert!(matches!(err, InstallError::Zip { .. }), "{err:?}");
 }
+
+#[test]
+fn deep_paths_of_empty_folders_count_as_directories_and_are_refused() {
+    let s = Scene::new();
+    // 20 entries, each 400 folders deep: 8,000 directories from a ~40 KB archive.
+    let names: Vec<String> = (0..20)
+        .map(|i| format!("{i:02}/{}f", "d/".repeat(399)))
+        .collect();
+    let items: Vec<_> = names.iter().map(|name| file(name, b"")).collect();
+    write_zip(&s.archive, &items);
+    let err = s.refused();
+    assert!(
+        matches!(err, InstallError::RatioTooHigh { entry: None, .. }),
+        "{err}"
+    );
+    // With a directory limit below the count, that limit says so.
+    let options = ExtractOptions {
+        limits: ExtractLimits {
+            max_directories: 1_000,
+            ..ExtractLimits::default()
+        },
+        ..ExtractOptions::default()
+    };
+    let err = extract_and_commit(&s.archive, &s.dest(), |n| Some(n.to_string()), &options)
+        .expect_err("over the directory limit");
+    assert!(
+        matches!(err, InstallError::TooManyDirectories { limit: 1_000 }),
+        "{err}"
+    );
+    assert_eq!(fs::read(s.dest().join("old.txt")).unwrap(), b"old");
+}
+
+#[test]
+fn an_archive_of_ordinary_folders_stays_within_the_directory_limits() {
+    let s = Scene::new();
+    let names: Vec<String> = (0..300)
+        .map(|i| format!("a/b{}/c{i}/f.txt", i % 7))
+        .collect();
+    let items: Vec<_> = names.iter().map(|name| file(name, b"data")).collect();
+    write_zip(&s.archive, &items);
+    let done = s.extract().expect("an ordinary tree");
+    assert_eq!(done.stats.files, 300);
+    assert!(s.dest().join("a/b6/c13/f.txt").is_file());
+}
+
+#[test]
+fn a_destination_that_is_a_file_is_refused_and_kept() {
+    let s = Scene::new();
+    write_zip(&s.archive, &[file("a.txt", b"new")]);
+    let target = s.root.path().join("precious");
+    fs::write(&target, b"keep me").unwrap();
+    let before = listing(s.root.path());
+    let err = extract_and_commit(
+        &s.archive,
+        &target,
+        |n| Some(n.to_string()),
+        &ExtractOptions::default(),
+    )
+    .expect_err("a file is no destination");
+    assert!(
+        matches!(&err, InstallError::DestinationNotDirectory { path } if *path == target),
+        "{err}"
+    );
+    assert_eq!(fs::read(&target).unwrap(), b"keep me");
+    assert_eq!(listing(s.root.path()), before);
+    // Nor is the archive itself.
+    let err = extract_and_commit(
+        &s.archive,
+        &s.archive,
+        |n| Some(n.to_string()),
+        &ExtractOptions::default(),
+    )
+    .expect_err("the archive is no destination");
+    assert!(
+        matches!(err, InstallError::DestinationNotDirectory { .. }),
+        "{err}"
+    );
+    assert!(s.archive.is_file());
+}

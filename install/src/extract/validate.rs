@@ -172,6 +172,16 @@ impl ValidatedArchive {
             });
             raw_names.push(display);
         }
+        // Directories cost disk space no entry declares: count them (listed, or implied by
+        // a path) and charge each one block.
+        let directories = count_directories(&entries, limits.max_directories)?;
+        let total = total.saturating_add(directories.saturating_mul(super::DIRECTORY_BYTES));
+        if total > limits.max_total_uncompressed {
+            return Err(InstallError::TooLarge {
+                total,
+                limit: limits.max_total_uncompressed,
+            });
+        }
         check_ratio(None, total, archive_len, limits)?;
         check_collisions(
             entries
@@ -267,6 +277,32 @@ impl ValidatedArchive {
         super::stage::copy_entry(self, &entry, &mut buf, &mut sink)?;
         Ok(Some(out))
     }
+}
+
+/// How many distinct directories `entries` create: every directory entry and every
+/// ancestor of an entry's path; [`InstallError::TooManyDirectories`] once more than `limit`.
+/// Each path's ancestors are walked from the deepest up and the walk stops at the first one
+/// already counted (its own ancestors are counted too), so the work is bounded by the
+/// limit, not by the depth of every path.
+fn count_directories(entries: &[EntryInfo], limit: u64) -> Result<u64, InstallError> {
+    let mut seen: std::collections::HashSet<&str> = std::collections::HashSet::new();
+    for entry in entries {
+        let name = entry.name.as_str();
+        let mut dir = match entry.kind {
+            EntryKind::Directory => Some(name),
+            EntryKind::File => name.rfind('/').map(|at| &name[..at]),
+        };
+        while let Some(path) = dir.filter(|path| !path.is_empty()) {
+            if !seen.insert(path) {
+                break;
+            }
+            if seen.len() as u64 > limit {
+                return Err(InstallError::TooManyDirectories { limit });
+            }
+            dir = path.rfind('/').map(|at| &path[..at]);
+        }
+    }
+    Ok(seen.len() as u64)
 }
 
 fn check_ratio(
