@@ -555,7 +555,9 @@ pub struct Engine {
     /// is refused ([`DownloadError::DestinationInUse`]) instead of sharing, and corrupting,
     /// its partial file. A follower bound for its leader's destination holds none: the
     /// leader's commit is its own.
-    dest_claims: BTreeMap<PathBuf, JobId>,
+    /// (Hashed: a path compares component by component, and a long batch inserts one per
+    /// job; nothing iterates it into an output.)
+    dest_claims: HashMap<PathBuf, JobId>,
     /// Set when a job failed or one with dependencies was queued: the next schedule looks
     /// for queued jobs whose dependency failed (or never existed) and fails them.
     check_deps: bool,
@@ -674,7 +676,7 @@ impl Engine {
             digesting_ids: BTreeSet::new(),
             check_deps: false,
             by_content: BTreeMap::new(),
-            dest_claims: BTreeMap::new(),
+            dest_claims: HashMap::new(),
             conns: BTreeMap::new(),
             pending: BTreeMap::new(),
             outputs: VecDeque::new(),
