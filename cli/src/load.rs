@@ -39,7 +39,7 @@ pub struct LoadArgs {
     #[arg(long = "key", value_name = "NAME:ALG:HEX", required = true, value_parser = parse_key)]
     pub keys: Vec<TrustedKey>,
     /// The module cache: files/<sha256> shared by all apps, plus index.sqlite. Created if
-    /// missing. One haul process per cache at a time.
+    /// missing. One haul process uses a cache at a time (a second one waits).
     #[arg(long, value_name = "DIR")]
     pub cache: PathBuf,
     /// A directory shipped with the app: <NAME>.manifest.json and module files named by

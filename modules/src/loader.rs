@@ -43,8 +43,8 @@
 //! stored file. The check "in the map, else in the store, else lead" happens under the map's
 //! lock, and a leader commits to the store before it leaves the map, so a hash is never fetched
 //! twice by concurrent loads in one process. A leader finishes all its own downloads before it
-//! waits for anyone else's, so loads cannot wait on each other in a cycle. Other processes are
-//! not coordinated (see [`crate::store`]: one process per store).
+//! waits for anyone else's, so loads cannot wait on each other in a cycle. Another process
+//! waits for the store's lock (see [`crate::store`]).
 //!
 //! Lock order: the in-flight map, then the store. The store lock is never held while the
 //! fetcher runs.
@@ -619,17 +619,25 @@ impl<F: Fetcher> Loader<F> {
         request: &LoadRequest,
         warnings: &mut Vec<String>,
     ) -> (Option<Candidate>, Option<u64>) {
+        // Recorded with the pins: the floor holds even when the pinned file does not.
+        let recorded_floor = lock(&self.store)
+            .rollback_floor(&request.app)
+            .unwrap_or_else(|error| {
+                warnings.push(format!("rollback floor unreadable: {error}"));
+                None
+            });
         let pinned = match lock(&self.store).pinned_manifest(&request.app) {
             Ok(Some(pinned)) => pinned,
-            Ok(None) => return (None, None),
+            Ok(None) => return (None, recorded_floor),
             Err(error) => {
                 warnings.push(format!("cached manifest skipped: {error}"));
-                return (None, None);
+                return (None, recorded_floor);
             }
         };
         let floor = Manifest::parse(&pinned.bytes)
             .ok()
-            .map(|manifest| manifest.fresh_at_epoch_ms().unwrap_or(0));
+            .map(|manifest| manifest.fresh_at_epoch_ms().unwrap_or(0))
+            .max(recorded_floor);
         let manifest_url = Url::parse(&pinned.manifest_url).unwrap_or_else(|_| {
             warnings.push(format!(
                 "cached manifest URL {:?} is not a URL; resolving modules against {}",
@@ -775,6 +783,7 @@ impl<F: Fetcher> Loader<F> {
             module_hashes: wanted.iter().map(|item| item.sha256.clone()).collect(),
             fresh_at_ms: candidate.fresh_at_ms,
             manifest_url: candidate.manifest_url.to_string(),
+            rollback_floor_ms: candidate.manifest.fresh_at_epoch_ms(),
         });
         self.obtain(wanted, request, network, manifest, pins.as_ref(), warnings)
     }
@@ -807,7 +816,26 @@ impl<F: Fetcher> Loader<F> {
                 let mut store = lock(&self.store);
                 let mut stored = Vec::new();
                 let hashes: Vec<&str> = wanted.iter().map(|item| item.sha256.as_str()).collect();
-                let present = store.contains_many(&hashes)?;
+                let mut present = store.contains_many(&hashes)?;
+                // A stored module is hashed again before it is handed out: one changed on disk
+                // since is dropped, and fetched again like a missing one.
+                let stored_hashes: Vec<&str> = hashes
+                    .iter()
+                    .zip(&present)
+                    .filter(|(_, present)| **present)
+                    .map(|(sha256, _)| *sha256)
+                    .collect();
+                if !stored_hashes.is_empty() {
+                    let mut kept = store.recheck_many(&stored_hashes)?.into_iter();
+                    for (sha256, present) in hashes.iter().zip(present.iter_mut()) {
+                        if *present && !kept.next().unwrap_or(false) {
+                            *present = false;
+                            warnings.push(format!(
+                                "stored module {sha256} no longer matched its hash and was removed"
+                            ));
+                        }
+                    }
+                }
                 for (item, present) in wanted.drain(..).zip(present) {
                     if let Some(flight) = in_flight.get(&item.sha256) {
                         follows.push((item, Arc::clone(flight)));
@@ -1741,6 +1769,43 @@ mod tests {
     }
 
     #[test]
+    fn a_stored_module_changed_on_disk_is_hashed_again_removed_and_fetched_again() {
+        let world = world();
+        world.publish("news", &[kotlin(), app_module("news", "v1")], 100);
+        world.loader.load(&world.request("news", 1_000)).unwrap();
+        let kotlin_hash = kotlin().sha256();
+        let path = world
+            .loader
+            .with_store(|store| store.path(&kotlin_hash).unwrap());
+        // Same size, other bytes: only a hash tells.
+        let mut bytes = std::fs::read(&path).unwrap();
+        bytes[0] ^= 0xff;
+        std::fs::write(&path, &bytes).unwrap();
+        world.publish("mail", &[kotlin(), app_module("mail", "v1")], 100);
+        let mail = world.loader.load(&world.request("mail", 2_000)).unwrap();
+        assert_eq!(mail.modules[0].sha256, kotlin_hash);
+        assert_eq!(
+            mail.modules[0].source,
+            ModuleSource::Network,
+            "not the changed copy"
+        );
+        assert_eq!(
+            sha256_hex(&std::fs::read(&mail.modules[0].path).unwrap()),
+            kotlin_hash
+        );
+        assert!(
+            mail.warnings.iter().any(|w| w.contains(&kotlin_hash)),
+            "{:?}",
+            mail.warnings
+        );
+        let fetched = world.fetcher.fetched();
+        assert_eq!(
+            fetched.iter().filter(|hash| **hash == kotlin_hash).count(),
+            2
+        );
+    }
+
+    #[test]
     fn tampered_module_fails_the_load_and_keeps_the_old_pins() {
         let world = world();
         world.publish("news", &[kotlin(), app_module("news", "v1")], 100);
@@ -2036,6 +2101,38 @@ mod tests {
             .pins()
             .iter()
             .any(|pin| pin.sha256 == sha256_hex(&old)));
+    }
+
+    #[test]
+    fn the_rollback_floor_holds_when_the_pinned_manifest_file_is_lost_or_changed() {
+        for damage in ["delete", "change"] {
+            let world = world();
+            let pinned = world.publish("news", &[kotlin(), app_module("news", "v2")], 200);
+            world.loader.load(&world.request("news", 1_000)).unwrap();
+            let path = world
+                .loader
+                .with_store(|store| store.path(&sha256_hex(&pinned)).unwrap());
+            match damage {
+                "delete" => std::fs::remove_file(&path).unwrap(),
+                _ => std::fs::write(&path, b"{\"modules\":{}}").unwrap(),
+            }
+            world.publish("news", &[kotlin(), app_module("news", "v1")], 100);
+            let error = world
+                .loader
+                .load(&world.request("news", 2_000))
+                .unwrap_err();
+            assert!(
+                matches!(
+                    error,
+                    ModuleError::Rollback {
+                        pinned_fresh_at_ms: 200,
+                        offered_fresh_at_ms: Some(100),
+                        ..
+                    }
+                ),
+                "{damage}: {error:?}"
+            );
+        }
     }
 
     #[test]

@@ -13,9 +13,11 @@
 //!   written. Anything else found at start (DIRTY rows, files without a READY row, temp files
 //!   `*.haul-part`, READY rows without a file or with the wrong size) is removed by
 //!   [`Store::open`].
-//! - One [`Store`] handle per directory and one process per directory: recovery at open removes
-//!   other writers' in-progress files. The handle is `Send` but not `Sync`; share it behind a
-//!   `Mutex` (as [`crate::Loader`] does).
+//! - One [`Store`] handle per directory at a time: recovery at open removes other writers'
+//!   in-progress files, so [`Store::open`] waits for an exclusive `flock` on the directory,
+//!   held by the handle (a second open, in this process or another, waits for the first
+//!   handle to be dropped). The handle is `Send` but not `Sync`; share it behind a `Mutex`
+//!   (as [`crate::Loader`] does).
 //! - The store never reads the clock: every timestamp is a parameter.
 //! - A [`PendingFile`] dropped without [`Store::commit`] or [`Store::abort`] leaves a DIRTY row
 //!   and maybe a temp file; the next [`Store::open`] removes them.
@@ -32,7 +34,8 @@ use crate::manifest::is_sha256_hex;
 const FILES_DIR: &str = "files";
 const INDEX_FILE: &str = "index.sqlite";
 const TEMP_SUFFIX: &str = ".haul-part";
-const SCHEMA_VERSION: i64 = 1;
+/// 2: `manifests.rollback_floor_ms` (version 1 stores gain the column when opened).
+const SCHEMA_VERSION: i64 = 2;
 
 /// What failed in the store, and where.
 #[derive(Debug, thiserror::Error)]
@@ -271,6 +274,35 @@ pub struct Store {
     /// How many bytes wait for writeback system-wide, for [`Store::syncfs_pays`].
     #[cfg_attr(not(target_os = "linux"), allow(dead_code))]
     pending_writeback: fn() -> Option<u64>,
+    /// The store directory, open with an exclusive `flock` for as long as this handle
+    /// lives (see [`lock_store`]).
+    _lock: Option<File>,
+}
+
+/// Waits for, then takes, an exclusive `flock` on the store directory (no lock file): one
+/// process at a time uses a store. Opening runs recovery, which takes another process's
+/// in-flight writes (DIRTY rows, temp files) for a crash's leftovers; a second `haul load`,
+/// or even a `haul cache ls`, on a cache in use used to delete a running load's files.
+/// Released when the [`Store`] is dropped, or by the kernel when the process ends.
+#[cfg(target_os = "linux")]
+fn lock_store(dir: &Path) -> Result<Option<File>, StoreError> {
+    use rustix::fs::{flock, FlockOperation};
+    let handle = File::open(dir).map_err(io_error("open", dir))?;
+    match flock(&handle, FlockOperation::NonBlockingLockExclusive) {
+        Ok(()) => return Ok(Some(handle)),
+        Err(rustix::io::Errno::WOULDBLOCK) => {
+            tracing::warn!(dir = %dir.display(), "another process is using the store; waiting for it");
+        }
+        Err(error) => return Err(io_error("lock", dir)(error.into())),
+    }
+    flock(&handle, FlockOperation::LockExclusive)
+        .map_err(|error| io_error("lock", dir)(error.into()))?;
+    Ok(Some(handle))
+}
+
+#[cfg(not(target_os = "linux"))]
+fn lock_store(_dir: &Path) -> Result<Option<File>, StoreError> {
+    Ok(None)
 }
 
 /// Bytes dirty or under writeback system-wide (`/proc/meminfo`); `None` where unknown.
@@ -532,16 +564,13 @@ fn check_written_files(pending: &[PendingFile]) -> Vec<Result<u64, StoreError>> 
 
 /// `work` for every file, on up to `CHECK_THREADS` threads: syncs issued together share the
 /// disk's queue, and hashing uses more than one core. Results in order.
-fn in_parallel(
-    pending: &[PendingFile],
-    work: impl Fn(&PendingFile) -> Result<u64, StoreError> + Sync,
-) -> Vec<Result<u64, StoreError>> {
+fn in_parallel<T: Sync, R: Send>(pending: &[T], work: impl Fn(&T) -> R + Sync) -> Vec<R> {
     let threads = pending.len().min(CHECK_THREADS);
     if threads <= 1 {
         return pending.iter().map(work).collect();
     }
     let next = std::sync::atomic::AtomicUsize::new(0);
-    let mut results: Vec<(usize, Result<u64, StoreError>)> = std::thread::scope(|scope| {
+    let mut results: Vec<(usize, R)> = std::thread::scope(|scope| {
         let workers: Vec<_> = (0..threads)
             .map(|_| {
                 scope.spawn(|| {
@@ -592,6 +621,7 @@ impl Store {
     pub fn open(dir: &Path, now_ms: u64) -> Result<(Store, RecoveryReport), StoreError> {
         let files_dir = dir.join(FILES_DIR);
         fs::create_dir_all(&files_dir).map_err(io_error("create directory", &files_dir))?;
+        let lock = lock_store(dir)?;
         let index_path = dir.join(INDEX_FILE);
         let index = Connection::open(&index_path).map_err(index_error("open index.sqlite"))?;
         index
@@ -616,6 +646,15 @@ impl Store {
                 true,
             )
             .map_err(index_error("keep the WAL at close"))?;
+        let version: i64 = index
+            .pragma_query_value(None, "user_version", |row| row.get(0))
+            .map_err(index_error("read schema version"))?;
+        // Version 1 had no rollback floor per app.
+        let migrate = if version == 1 {
+            "ALTER TABLE manifests ADD COLUMN rollback_floor_ms INTEGER;"
+        } else {
+            ""
+        };
         // One transaction for the schema: each statement on its own would be a commit (an
         // fsync of the WAL) when the store is created.
         index
@@ -633,8 +672,10 @@ impl Store {
                     manifest_sha256 TEXT NOT NULL,
                     fresh_at_ms INTEGER,
                     manifest_url TEXT NOT NULL,
-                    loaded_at_ms INTEGER NOT NULL
+                    loaded_at_ms INTEGER NOT NULL,
+                    rollback_floor_ms INTEGER
                 );
+                {migrate}
                 CREATE TABLE IF NOT EXISTS pins (
                     sha256 TEXT NOT NULL,
                     app TEXT NOT NULL,
@@ -655,6 +696,7 @@ impl Store {
             next_temp_id: 0,
             process_id: std::process::id(),
             pending_writeback: system_pending_writeback,
+            _lock: lock,
         };
         tracing::debug!(dir = %dir.display(), "index opened");
         let report = store.recover(now_ms)?;
@@ -872,6 +914,42 @@ impl Store {
             .iter()
             .map(|sha256| ready.contains(sha256) && self.files_dir.join(sha256).is_file())
             .collect())
+    }
+
+    /// Hashes the stored (READY) files `hashes` again, on up to `CHECK_THREADS` threads, before
+    /// they are handed out: each one whose bytes no longer match its name (changed on disk
+    /// since it was stored) is removed with its row, as is the row of one that went missing.
+    /// Per hash, in order: whether it is still stored.
+    pub fn recheck_many(&mut self, hashes: &[&str]) -> Result<Vec<bool>, StoreError> {
+        let paths = hashes
+            .iter()
+            .map(|sha256| self.path(sha256))
+            .collect::<Result<Vec<PathBuf>, StoreError>>()?;
+        let hashed = in_parallel(&paths, |path| hash_file(path));
+        let mut kept = Vec::with_capacity(hashes.len());
+        for ((sha256, path), hashed) in hashes.iter().zip(paths).zip(hashed) {
+            match hashed {
+                Ok((actual, _)) if actual == *sha256 => kept.push(true),
+                Ok((actual, _)) => {
+                    tracing::warn!(%sha256, %actual, "stored file is corrupt; removing it");
+                    remove_file_if_present(&path)?;
+                    self.delete_row(sha256)?;
+                    kept.push(false);
+                }
+                Err(error) if error.kind() == io::ErrorKind::NotFound => {
+                    self.delete_row(sha256)?;
+                    kept.push(false);
+                }
+                Err(source) => {
+                    return Err(StoreError::Io {
+                        op: "check stored file",
+                        path,
+                        source,
+                    })
+                }
+            }
+        }
+        Ok(kept)
     }
 
     /// Whether a verified (READY) file with this hash is stored and present on disk.
@@ -1554,14 +1632,17 @@ impl Store {
         self.unsynced_commits(|store| {
             store.insert_bytes(manifest_sha256, FileKind::Manifest, manifest_bytes, now_ms)
         })?;
-        self.set_pins(
-            app,
-            manifest_sha256,
-            module_hashes,
+        let plan = PinPlan {
+            app: app.to_owned(),
+            manifest_sha256: manifest_sha256.to_owned(),
+            module_hashes: module_hashes.to_vec(),
             fresh_at_ms,
-            manifest_url,
-            now_ms,
-        )
+            manifest_url: manifest_url.to_owned(),
+            rollback_floor_ms: crate::manifest::Manifest::parse(manifest_bytes)
+                .ok()
+                .and_then(|manifest| manifest.fresh_at_epoch_ms()),
+        };
+        self.pin(&plan, now_ms)
     }
 
     /// Replaces `app`'s pins with exactly `manifest_sha256` and `module_hashes`, and records
@@ -1582,14 +1663,34 @@ impl Store {
             module_hashes: module_hashes.to_vec(),
             fresh_at_ms,
             manifest_url: manifest_url.to_owned(),
+            rollback_floor_ms: None,
         };
+        self.pin(&plan, now_ms)
+    }
+
+    fn pin(&mut self, plan: &PinPlan, now_ms: u64) -> Result<(), StoreError> {
         let transaction = self
             .index
             .transaction()
             .map_err(index_error("begin pin transaction"))?;
-        write_pins(&transaction, &plan, now_ms, &Default::default())?;
+        write_pins(&transaction, plan, now_ms, &Default::default())?;
         transaction.commit().map_err(index_error("commit pins"))?;
         Ok(())
+    }
+
+    /// The rollback floor recorded with `app`'s pins (its pinned manifest's
+    /// `freshAtEpochMs`), whatever became of the manifest's file.
+    pub fn rollback_floor(&self, app: &str) -> Result<Option<u64>, StoreError> {
+        let floor: Option<Option<i64>> = self
+            .index
+            .query_row(
+                "SELECT rollback_floor_ms FROM manifests WHERE app = ?1",
+                params![app],
+                |row| row.get(0),
+            )
+            .optional()
+            .map_err(index_error("read rollback floor"))?;
+        Ok(floor.flatten().map(from_sql_ms))
     }
 }
 
@@ -1601,6 +1702,9 @@ pub struct PinPlan {
     pub module_hashes: Vec<String>,
     pub fresh_at_ms: Option<u64>,
     pub manifest_url: String,
+    /// The manifest's `freshAtEpochMs`, kept beside the pins: the app's rollback floor
+    /// outlives its pinned manifest file (corrupt, deleted, removed by `verify`).
+    pub rollback_floor_ms: Option<u64>,
 }
 
 /// [`write_pins`] inside a savepoint of `transaction`: `true` if the pins were replaced,
@@ -1685,14 +1789,15 @@ fn write_pins(
     cached_execute(
         transaction,
         "INSERT OR REPLACE INTO manifests
-                 (app, manifest_sha256, fresh_at_ms, manifest_url, loaded_at_ms)
-                 VALUES (?1, ?2, ?3, ?4, ?5)",
+                 (app, manifest_sha256, fresh_at_ms, manifest_url, loaded_at_ms, rollback_floor_ms)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
         params![
             app,
             manifest_sha256,
             plan.fresh_at_ms.map(to_sql_ms),
             plan.manifest_url,
-            to_sql_ms(now_ms)
+            to_sql_ms(now_ms),
+            plan.rollback_floor_ms.map(to_sql_ms)
         ],
     )
     .map_err(index_error("record app manifest"))?;
@@ -1941,6 +2046,78 @@ mod tests {
             .map(Result::unwrap)
             .collect();
         (hashes, pending)
+    }
+
+    #[cfg(target_os = "linux")]
+    #[test]
+    fn a_second_open_of_a_store_in_use_waits_and_recovers_nothing_of_the_first() {
+        let dir = tempfile::TempDir::new().unwrap();
+        let (mut first, _) = open(dir.path(), 1_000);
+        // A write in flight: its DIRTY row and temp file are what a recovery would remove.
+        let pending = first
+            .begin_write(&sha256_hex(b"in flight"), FileKind::Module)
+            .unwrap();
+        fs::write(pending.temp_path(), b"in flight").unwrap();
+        let (tx, rx) = std::sync::mpsc::channel();
+        let path = dir.path().to_path_buf();
+        let second = std::thread::spawn(move || {
+            let opened = Store::open(&path, 2_000).map(|(_, report)| report);
+            tx.send(()).unwrap();
+            opened
+        });
+        assert!(
+            rx.recv_timeout(std::time::Duration::from_millis(300))
+                .is_err(),
+            "the second open went ahead while the store was in use"
+        );
+        assert!(
+            pending.temp_path().is_file(),
+            "the in-flight write was touched"
+        );
+        let entry = first.commit(pending, 1_500).unwrap();
+        drop(first);
+        rx.recv_timeout(std::time::Duration::from_secs(10))
+            .expect("the second open once the first handle was dropped");
+        let report = second.join().unwrap().unwrap();
+        assert!(report.is_clean(), "{report:?}");
+        assert_eq!(entry.state, FileState::Ready);
+    }
+
+    #[test]
+    fn a_version_1_index_gains_the_rollback_floor_column_when_opened() {
+        let dir = tempfile::TempDir::new().unwrap();
+        fs::create_dir_all(dir.path().join(FILES_DIR)).unwrap();
+        {
+            let old = Connection::open(dir.path().join(INDEX_FILE)).unwrap();
+            old.execute_batch(
+                "CREATE TABLE files (sha256 TEXT PRIMARY KEY NOT NULL,
+                     state TEXT NOT NULL CHECK (state IN ('DIRTY', 'READY')),
+                     size INTEGER NOT NULL DEFAULT 0, last_used_ms INTEGER NOT NULL DEFAULT 0,
+                     kind TEXT NOT NULL CHECK (kind IN ('MODULE', 'MANIFEST')));
+                 CREATE TABLE manifests (app TEXT PRIMARY KEY NOT NULL,
+                     manifest_sha256 TEXT NOT NULL, fresh_at_ms INTEGER,
+                     manifest_url TEXT NOT NULL, loaded_at_ms INTEGER NOT NULL);
+                 CREATE TABLE pins (sha256 TEXT NOT NULL, app TEXT NOT NULL,
+                     PRIMARY KEY (sha256, app));
+                 INSERT INTO manifests VALUES ('old', 'aa', 1, 'u', 1);
+                 PRAGMA user_version = 1;",
+            )
+            .unwrap();
+        }
+        let (mut store, _) = open(dir.path(), 10);
+        assert_eq!(store.rollback_floor("old").unwrap(), None);
+        let manifest = br#"{"modules": {}, "unsigned": {"freshAtEpochMs": 42}}"#;
+        store
+            .insert_manifest_and_pin("new", &sha256_hex(manifest), manifest, &[], None, "u", 11)
+            .unwrap();
+        assert_eq!(store.rollback_floor("new").unwrap(), Some(42));
+        drop(store);
+        let (store, _) = open(dir.path(), 12);
+        assert_eq!(
+            store.rollback_floor("new").unwrap(),
+            Some(42),
+            "kept across opens"
+        );
     }
 
     #[test]
@@ -2231,9 +2408,11 @@ mod tests {
             module_hashes: hashes[1..].to_vec(),
             fresh_at_ms: Some(1),
             manifest_url: "http://127.0.0.1:1/m.json".into(),
+            rollback_floor_ms: Some(3),
         };
         let (results, pinned) = store.adopt_many_and_pin(claimed, 6, Some(&plan));
         assert!(pinned, "every pinned hash was made READY by the batch");
+        assert_eq!(store.rollback_floor("app").unwrap(), Some(3));
         for (result, bytes) in results.iter().zip(&contents) {
             let entry = result.as_ref().unwrap();
             assert_eq!(
@@ -2297,6 +2476,7 @@ mod tests {
                 module_hashes: modules.clone(),
                 fresh_at_ms: Some(7),
                 manifest_url: "http://h/new".into(),
+                rollback_floor_ms: None,
             };
             let (results, pinned) = store.adopt_many_and_pin(pending, 2, Some(&plan));
             assert!(results.iter().all(Result::is_ok), "{results:?}");
