@@ -376,6 +376,7 @@ pub fn module_exit_code(error: &ModuleError) -> i32 {
         | ModuleError::MissingMainModule { .. }
         | ModuleError::UnknownModule { .. }
         | ModuleError::InvalidUrl { .. }
+        | ModuleError::UnsupportedModuleUrl { .. }
         | ModuleError::Rollback { .. } => exit::UNSAFE_INPUT,
         ModuleError::InvalidTrustedKey { .. }
         | ModuleError::DuplicateTrustedKey { .. }

@@ -51,6 +51,10 @@ pub enum ModuleError {
         source: url::ParseError,
     },
 
+    /// A module URL resolved to a scheme haul does not fetch (only http and https).
+    #[error("module {id:?} resolves to {url:?}: only http and https URLs are fetched")]
+    UnsupportedModuleUrl { id: String, url: String },
+
     /// A trusted key given by the caller is malformed.
     #[error("invalid trusted key {input:?}: {reason}")]
     InvalidTrustedKey { input: String, reason: String },

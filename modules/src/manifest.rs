@@ -265,12 +265,22 @@ impl Manifest {
             }
             None => manifest_url.clone(),
         };
-        base.join(&entry.url)
+        let url = base
+            .join(&entry.url)
             .map_err(|source| ModuleError::InvalidUrl {
                 what: format!("module {id:?}"),
                 value: entry.url.clone(),
                 source,
-            })
+            })?;
+        // Checked here, when the load resolves every module before fetching any: a signed
+        // manifest naming `file:` or `data:` is invalid as a whole.
+        if !matches!(url.scheme(), "http" | "https") {
+            return Err(ModuleError::UnsupportedModuleUrl {
+                id: id.to_owned(),
+                url: url.to_string(),
+            });
+        }
+        Ok(url)
     }
 }
 
@@ -878,5 +888,27 @@ mod tests {
             relative.module_url("a", &manifest_url).unwrap().as_str(),
             "https://example.test/cdn/a.zipline"
         );
+    }
+
+    #[test]
+    fn a_module_url_that_is_not_http_is_an_invalid_manifest() {
+        let manifest_url = Url::parse("https://example.test/apps/app.manifest.json").unwrap();
+        for (url, base) in [
+            ("file:///etc/passwd", ""),
+            ("data:text/plain,hi", ""),
+            ("a.zipline", r#","unsigned":{"baseUrl":"ftp://cdn.test/"}"#),
+        ] {
+            let manifest = manifest_with(
+                &format!(r#""a":{{"url":"{url}","sha256":"{HASH_A}"}}"#),
+                base,
+            );
+            assert!(
+                matches!(
+                    manifest.module_url("a", &manifest_url),
+                    Err(ModuleError::UnsupportedModuleUrl { ref id, .. }) if id == "a"
+                ),
+                "{url} {base}"
+            );
+        }
     }
 }
