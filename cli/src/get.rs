@@ -217,6 +217,9 @@ impl GetArgs {
         if self.output.is_some() && entries.len() > 1 {
             return Err("-o names one file; use -d DIR for several URLs".into());
         }
+        if let Some(output) = &self.output {
+            check_output(output)?;
+        }
         if !self.mirrors.is_empty() {
             if entries.len() > 1 {
                 return Err(
@@ -280,6 +283,24 @@ impl GetArgs {
             out.push((d, file_dest));
         }
         Ok(mark_fresh(out))
+    }
+}
+
+/// `-o PATH` must name a file haul may replace: checked before anything is fetched (a
+/// directory would fail only at the final rename; a device such as `/dev/null`, a FIFO or a
+/// socket would be replaced by a regular file, or block the open).
+fn check_output(output: &Path) -> Result<(), String> {
+    let shown = output.display();
+    if output.as_os_str().to_string_lossy().ends_with('/') {
+        return Err(format!("-o {shown} names a directory; use -d DIR"));
+    }
+    match std::fs::metadata(output) {
+        Ok(meta) if meta.is_dir() => Err(format!("-o {shown} is a directory; use -d DIR")),
+        Ok(meta) if !meta.is_file() => Err(format!(
+            "-o {shown} is not a regular file (a device, FIFO or socket); haul replaces its \
+             destination with the verified file"
+        )),
+        _ => Ok(()),
     }
 }
 

@@ -356,3 +356,29 @@ fn a_list_saved_with_a_byte_order_mark_downloads_its_first_line() {
     );
     assert_eq!(std::fs::read(dir.path().join("x.bin")).unwrap(), body);
 }
+
+#[test]
+fn an_output_that_is_no_replaceable_file_is_refused_before_any_request() {
+    let origin = Origin::start().unwrap();
+    origin.route("/x.bin", data(1000), Behavior::Normal);
+    let dir = tempfile::tempdir().unwrap();
+    let dir_arg = dir.path().to_str().unwrap().to_string();
+    let slash = format!("{dir_arg}/new/");
+    let reserved = format!("{dir_arg}/x.bin.haul-part");
+    for (output, says) in [
+        (dir_arg.as_str(), "is a directory"),
+        ("/dev/null", "is not a regular file"),
+        (slash.as_str(), "names a directory"),
+        (reserved.as_str(), "haul's working files"),
+    ] {
+        let out = haul()
+            .args(["get", &origin.url("/x.bin"), "-o", output])
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{output}: {stderr}");
+        assert!(stderr.contains(says), "{output}: {stderr}");
+    }
+    assert!(origin.requests().is_empty());
+    assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 0);
+}

@@ -52,10 +52,20 @@ impl Download {
     /// a host).
     pub fn from_url(url: url::Url, dest: impl Into<PathBuf>) -> Result<Download, DownloadError> {
         check_url(&url)?;
+        let dest = dest.into();
+        if let Some(name) = dest.file_name().and_then(|n| n.to_str()) {
+            if is_reserved_name(name) {
+                return Err(DownloadError::InvalidRequest(format!(
+                    "destination {} ends like one of haul's working files ({})",
+                    dest.display(),
+                    RESERVED_SUFFIXES.join(", ")
+                )));
+            }
+        }
         Ok(Download {
             url,
             mirrors: Vec::new(),
-            dest: Destination::File(dest.into()),
+            dest: Destination::File(dest),
             sha256: None,
             size: None,
             max_size: None,
@@ -280,7 +290,21 @@ pub fn file_name_from_url(url: &url::Url) -> String {
     sanitize_file_name(&decoded).unwrap_or_else(|| "download".to_string())
 }
 
-/// A name usable as a single path component, or None.
+/// The endings of the names haul gives its own files beside a destination (partial, state,
+/// the state's temporary, a follower's copy). A destination named like that would be
+/// another download's working file: such names are refused.
+pub const RESERVED_SUFFIXES: [&str; 4] =
+    [".haul-part", ".haul-state", ".haul-state.tmp", ".haul-copy"];
+
+/// Whether `name` ends like one of haul's working files ([`RESERVED_SUFFIXES`]).
+pub fn is_reserved_name(name: &str) -> bool {
+    RESERVED_SUFFIXES
+        .iter()
+        .any(|suffix| name.ends_with(suffix))
+}
+
+/// A name usable as a single path component (and not one of haul's working file names, see
+/// [`RESERVED_SUFFIXES`]), or None.
 pub fn sanitize_file_name(name: &str) -> Option<String> {
     let name = name.trim();
     if name.is_empty()
@@ -288,6 +312,7 @@ pub fn sanitize_file_name(name: &str) -> Option<String> {
         || name == ".."
         || name.contains(['/', '\\', '\0'])
         || name.chars().any(char::is_control)
+        || is_reserved_name(name)
     {
         return None;
     }
@@ -403,6 +428,30 @@ mod tests {
         assert!(d.clone().sha256("zz").is_err());
         let upper = "AB".repeat(32);
         assert_eq!(d.sha256(&upper).unwrap().sha256, Some([0xab; 32]));
+    }
+
+    #[test]
+    fn names_of_haul_working_files_are_no_destination() {
+        for name in [
+            "a.iso.haul-part",
+            "a.iso.haul-state",
+            "a.haul-state.tmp",
+            "b.haul-copy",
+        ] {
+            assert!(
+                matches!(
+                    Download::new("http://h/x", format!("/dl/{name}")),
+                    Err(DownloadError::InvalidRequest(_))
+                ),
+                "{name}"
+            );
+            // Nor a server's name for one: the URL's name is used instead.
+            assert_eq!(sanitize_file_name(name), None, "{name}");
+            let url = url::Url::parse(&format!("http://h/{name}")).unwrap();
+            assert_eq!(file_name_from_url(&url), "download");
+        }
+        assert!(Download::new("http://h/x", "/dl/a.haul-partial").is_ok());
+        assert!(Download::new("http://h/x", "/dl/notes.tmp").is_ok());
     }
 
     #[test]

@@ -1979,6 +1979,38 @@ fn resume_answered_416_with_the_partials_length_commits_without_a_body() {
 }
 
 #[test]
+fn a_416_for_another_version_restarts_from_zero_instead_of_committing_the_old_prefix() {
+    // The partial holds the first 2,000 bytes of an 8,000-byte version; the server, which
+    // ignores If-Range, now has a 2,000-byte file under another ETag.
+    let old = pattern(8_000, 40);
+    let new = pattern(2_000, 41);
+    for (etag, what) in [("\"v2\"", "another validator"), (ETAG, "another length")] {
+        let mut h = with_partial(&old, 2_000, 0, valid_state(&old, 2_000));
+        let n = new.clone();
+        h.serve(ORIGIN, move |req| {
+            if req.header("range").is_some() {
+                Reply::new(response(
+                    416,
+                    &[
+                        hdr("ETag", etag),
+                        hdr("Content-Range", "bytes */2000"),
+                        hdr("Content-Length", 0),
+                    ],
+                    b"",
+                ))
+            } else {
+                Reply::new(with_length(200, &[hdr("ETag", etag)], &n))
+            }
+        });
+        let job = h.submit(download());
+        let out = h.run(job).expect("the new version downloads");
+        assert_committed(&h, &new);
+        assert_eq!(out.resumed_from, 0, "{what}");
+        assert_eq!(out.sha256, sha(&new), "{what}");
+    }
+}
+
+#[test]
 fn state_whose_prefix_digest_does_not_match_the_partial_starts_from_zero_without_range() {
     let body = pattern(5_000, 17);
     let n = 2_500;

@@ -818,6 +818,32 @@ impl Engine {
                     .headers
                     .get("content-range")
                     .and_then(|v| http::parse_content_range(v).ok());
+                // "Nothing past your end" only says the partial is whole if it is the same
+                // representation: a 416 that names another validator, or another length than
+                // the one the partial was started with, is of a new file (a server that
+                // ignores If-Range answers a resume of a shrunk file like this).
+                let other_validator = matches!(
+                    (&j.validator, Validator::of_response(&head)),
+                    (Some(ours), Some(_)) if !ours.matches_response(&head)
+                );
+                let other_length = matches!(
+                    (j.total, &complete),
+                    (Some(known), Some(ContentRange::Unsatisfied { complete })) if known != *complete
+                );
+                if t.ranged && held > 0 && (other_validator || other_length) {
+                    let detail = if other_validator {
+                        "416 for a representation with another validator"
+                    } else {
+                        "416 naming another length than the partial's file"
+                    };
+                    self.restart_from_zero(id);
+                    return self.fail_attempt(
+                        id,
+                        DownloadError::RangeMismatch {
+                            detail: detail.into(),
+                        },
+                    );
+                }
                 match complete {
                     Some(ContentRange::Unsatisfied { complete })
                         if t.ranged
