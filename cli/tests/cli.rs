@@ -232,6 +232,37 @@ fn mirror_with_several_urls_is_a_usage_error() {
     assert!(String::from_utf8_lossy(&out.stderr).contains("--mirror applies to one URL"));
 }
 
+/// Writes `list` to `<dir>/list.txt` and runs `haul get -i` on it into `dest`, with `extra`
+/// options.
+fn get_list(
+    dir: &std::path::Path,
+    list: &str,
+    dest: &std::path::Path,
+    extra: &[&str],
+) -> std::process::Output {
+    let path = dir.join("list.txt");
+    std::fs::write(&path, list).unwrap();
+    haul()
+        .args(["get"])
+        .args(extra)
+        .arg("-i")
+        .arg(&path)
+        .arg("-d")
+        .arg(dest)
+        .output()
+        .unwrap()
+}
+
+/// Asserts `out` exited 0, showing its stderr if not.
+fn assert_ok(out: &std::process::Output) {
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
 #[test]
 fn input_file_tab_separated_mirrors_are_used() {
     let body = data(50_000);
@@ -239,28 +270,11 @@ fn input_file_tab_separated_mirrors_are_used() {
     origin.route("/x.bin", body.clone(), Behavior::Normal);
     let dead = dead_address();
     let dir = tempfile::tempdir().unwrap();
-    let list = dir.path().join("list.txt");
-    std::fs::write(
-        &list,
-        format!(
-            "http://{dead}/x.bin\t{}\n  out=x.bin\n",
-            origin.url("/x.bin")
-        ),
-    )
-    .unwrap();
-    let out = haul()
-        .args(["get", "--quiet", "-i"])
-        .arg(&list)
-        .arg("-d")
-        .arg(dir.path())
-        .output()
-        .unwrap();
-    assert_eq!(
-        out.status.code(),
-        Some(0),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
+    let list = format!(
+        "http://{dead}/x.bin\t{}\n  out=x.bin\n",
+        origin.url("/x.bin")
     );
+    assert_ok(&get_list(dir.path(), &list, dir.path(), &["--quiet"]));
     assert_eq!(std::fs::read(dir.path().join("x.bin")).unwrap(), body);
 }
 
@@ -274,23 +288,12 @@ fn two_list_entries_for_one_file_keep_the_first_file_whole_and_fail_the_second()
     origin.route("/a.bin", a.clone(), Behavior::Normal);
     origin.route("/b.bin", b, Behavior::Normal);
     let dir = tempfile::tempdir().unwrap();
-    let list = dir.path().join("list.txt");
-    std::fs::write(
-        &list,
-        format!(
-            "{}\n  out=same.bin\n{}\n  out=same.bin\n",
-            origin.url("/a.bin"),
-            origin.url("/b.bin")
-        ),
-    )
-    .unwrap();
-    let out = haul()
-        .args(["get", "-i"])
-        .arg(&list)
-        .arg("-d")
-        .arg(dir.path().join("dl"))
-        .output()
-        .unwrap();
+    let list = format!(
+        "{}\n  out=same.bin\n{}\n  out=same.bin\n",
+        origin.url("/a.bin"),
+        origin.url("/b.bin")
+    );
+    let out = get_list(dir.path(), &list, &dir.path().join("dl"), &[]);
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(2), "{stderr}");
     assert!(
@@ -311,20 +314,9 @@ fn a_list_entry_whose_out_leaves_its_directory_fails_the_list_before_any_request
     let origin = Origin::start().unwrap();
     origin.route("/x.bin", data(1000), Behavior::Normal);
     let dir = tempfile::tempdir().unwrap();
-    let list = dir.path().join("list.txt");
     for out_value in ["../escaped.bin", "/tmp/escaped.bin"] {
-        std::fs::write(
-            &list,
-            format!("{}\n  out={out_value}\n", origin.url("/x.bin")),
-        )
-        .unwrap();
-        let out = haul()
-            .args(["get", "-i"])
-            .arg(&list)
-            .arg("-d")
-            .arg(dir.path().join("dl"))
-            .output()
-            .unwrap();
+        let list = format!("{}\n  out={out_value}\n", origin.url("/x.bin"));
+        let out = get_list(dir.path(), &list, &dir.path().join("dl"), &[]);
         let stderr = String::from_utf8_lossy(&out.stderr);
         assert_eq!(out.status.code(), Some(2), "{stderr}");
         assert!(stderr.contains("list.txt: line 2: out="), "{stderr}");
@@ -339,21 +331,8 @@ fn a_list_saved_with_a_byte_order_mark_downloads_its_first_line() {
     let origin = Origin::start().unwrap();
     origin.route("/x.bin", body.clone(), Behavior::Normal);
     let dir = tempfile::tempdir().unwrap();
-    let list = dir.path().join("list.txt");
-    std::fs::write(&list, format!("\u{feff}{}\n", origin.url("/x.bin"))).unwrap();
-    let out = haul()
-        .args(["get", "--quiet", "-i"])
-        .arg(&list)
-        .arg("-d")
-        .arg(dir.path())
-        .output()
-        .unwrap();
-    assert_eq!(
-        out.status.code(),
-        Some(0),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let list = format!("\u{feff}{}\n", origin.url("/x.bin"));
+    assert_ok(&get_list(dir.path(), &list, dir.path(), &["--quiet"]));
     assert_eq!(std::fs::read(dir.path().join("x.bin")).unwrap(), body);
 }
 
