@@ -2071,21 +2071,7 @@ mod tests {
         let pins_before = world.pins();
 
         let old = world.publish("news", &[kotlin(), app_module("news", "v1")], 100);
-        let error = world
-            .loader
-            .load(&world.request("news", 2_000))
-            .unwrap_err();
-        assert!(
-            matches!(
-                error,
-                ModuleError::Rollback {
-                    pinned_fresh_at_ms: 200,
-                    offered_fresh_at_ms: Some(100),
-                    ..
-                }
-            ),
-            "{error:?}"
-        );
+        expect_rollback_refused(&world, "pinned file intact");
         assert_eq!(world.pins(), pins_before);
 
         let mut request = world.request("news", 3_000);
@@ -2117,22 +2103,27 @@ mod tests {
                 _ => std::fs::write(&path, b"{\"modules\":{}}").unwrap(),
             }
             world.publish("news", &[kotlin(), app_module("news", "v1")], 100);
-            let error = world
-                .loader
-                .load(&world.request("news", 2_000))
-                .unwrap_err();
-            assert!(
-                matches!(
-                    error,
-                    ModuleError::Rollback {
-                        pinned_fresh_at_ms: 200,
-                        offered_fresh_at_ms: Some(100),
-                        ..
-                    }
-                ),
-                "{damage}: {error:?}"
-            );
+            expect_rollback_refused(&world, damage);
         }
+    }
+
+    /// Loading news (now at `freshAtEpochMs` 100, pinned at 200) fails as a rollback.
+    fn expect_rollback_refused(world: &World, case: &str) {
+        let error = world
+            .loader
+            .load(&world.request("news", 2_000))
+            .unwrap_err();
+        assert!(
+            matches!(
+                error,
+                ModuleError::Rollback {
+                    pinned_fresh_at_ms: 200,
+                    offered_fresh_at_ms: Some(100),
+                    ..
+                }
+            ),
+            "{case}: {error:?}"
+        );
     }
 
     #[test]
