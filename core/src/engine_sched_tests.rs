@@ -1523,6 +1523,39 @@ fn two_downloads_into_a_directory_named_alike_by_the_server_do_not_share_a_file(
 // ------------------------------------------------------------------------ existing destination
 
 #[test]
+fn a_file_the_url_names_in_a_directory_destination_is_not_fetched_again_when_it_matches() {
+    let body = pattern(50_000, 43);
+    let mut h = Harness::new(config());
+    let b = body.clone();
+    h.serve(ORIGIN, move |req| Reply::new(serve_range(&b, req)));
+    h.fs.put(dest(), &body);
+    let job = h.submit(
+        Download::into_dir(URL, "/dl")
+            .unwrap()
+            .sha256(&sha_hex(&body))
+            .unwrap(),
+    );
+    let out = h.run(job).expect("already there");
+    assert_eq!(out.path, dest());
+    assert_eq!(out.bytes_fetched, 0);
+    assert!(h.requests.is_empty() && h.connects() == 0, "no network");
+    // Other bytes under that name: fetched and replaced.
+    let mut h = Harness::new(config());
+    let b = body.clone();
+    h.serve(ORIGIN, move |req| Reply::new(serve_range(&b, req)));
+    h.fs.put(dest(), b"old bytes");
+    let job = h.submit(
+        Download::into_dir(URL, "/dl")
+            .unwrap()
+            .sha256(&sha_hex(&body))
+            .unwrap(),
+    );
+    h.run(job).expect("fetched");
+    assert_eq!(h.requests.len(), 1);
+    assert_committed(&h, &body);
+}
+
+#[test]
 fn a_destination_already_holding_the_expected_sha256_finishes_without_a_request() {
     let body = pattern(50_000, 12);
     let mut h = Harness::new(config());

@@ -88,10 +88,7 @@ impl Engine {
                 };
                 let digest: [u8; 32] = hasher.finalize().into();
                 if offset == len && Some(digest) == j.spec.sha256 {
-                    let path = match &j.spec.dest {
-                        Destination::File(p) => p.clone(),
-                        Destination::Dir(d) => d.clone(),
-                    };
+                    let path = j.spec.provisional_path();
                     let outcome = Outcome {
                         path,
                         size: len,

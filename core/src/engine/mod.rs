@@ -1335,9 +1335,10 @@ impl Engine {
             j.state_on_disk = false;
             return self.start_attempt(id);
         }
-        if let (Some(_), Destination::File(dest)) = (j.spec.sha256, &j.spec.dest) {
-            // Already there? Hash the destination before fetching anything.
-            let path = dest.clone();
+        if j.spec.sha256.is_some() {
+            // Already there? Hash the destination before fetching anything (for a directory,
+            // the file the URL names: a server's own name is only known from a response).
+            let path = j.spec.provisional_path();
             let file = FileId(self.next());
             let j = self.jobs.get_mut(&id).expect("job exists");
             j.file = Some(file);
