@@ -286,6 +286,16 @@ impl Reporter {
                 "class": format!("{:?}", e.class()), "retryable": e.retryable(),
                 "exit_code": crate::exit::for_download(e),
             })),
+            (Mode::Bars | Mode::Plain, Ok(o)) if o.attempts == 0 && o.resumed_from == o.size => {
+                // No attempt: the destination already held the expected bytes.
+                let line = format!(
+                    "kept {} ({}, sha256 {}): it already holds these bytes; nothing fetched",
+                    o.path.display(),
+                    human_bytes(o.size),
+                    o.sha256_hex(),
+                );
+                self.println(&line);
+            }
             (Mode::Bars | Mode::Plain, Ok(o)) => {
                 let line = format!(
                     "saved {} ({}, sha256 {}) in {:.2}s at {}{}",

@@ -361,3 +361,25 @@ fn an_output_that_is_no_replaceable_file_is_refused_before_any_request() {
     assert!(origin.requests().is_empty());
     assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 0);
 }
+
+#[test]
+fn a_destination_that_already_holds_the_bytes_is_kept_and_said_so() {
+    let body = data(20_000);
+    let origin = Origin::start().unwrap();
+    origin.route("/x.bin", body.clone(), Behavior::Normal);
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("x.bin"), &body).unwrap();
+    let digest = hex::encode(Sha256::digest(&body));
+    let out = haul()
+        .args(["get", &origin.url("/x.bin"), "--sha256", &digest, "-d"])
+        .arg(dir.path())
+        .output()
+        .unwrap();
+    assert_ok(&out);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("nothing fetched") && !stderr.contains("resumed"),
+        "{stderr}"
+    );
+    assert!(origin.requests().is_empty());
+}
