@@ -479,6 +479,18 @@ fn network_failure_falls_back_to_the_pinned_manifest_and_says_so() {
     let empty = tempfile::TempDir::new().unwrap();
     let nothing = load(&url, "news", empty.path(), &[&key], &[]);
     assert_eq!(nothing.status.code(), Some(3), "{}", describe(&nothing));
+
+    // A pinned manifest whose module is gone cannot stand in: the network error, and why the
+    // fallback did not do, are both said.
+    let kotlin_file = cache.path().join("files").join(sha256_hex(&kotlin().bytes));
+    std::fs::remove_file(&kotlin_file).unwrap();
+    let broken = load(&url, "news", cache.path(), &[&key], &[]);
+    assert_eq!(broken.status.code(), Some(3), "{}", describe(&broken));
+    let stderr = text(&broken.stderr);
+    assert!(
+        stderr.contains("manifest cannot replace the network"),
+        "{stderr}"
+    );
 }
 
 #[test]

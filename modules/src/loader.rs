@@ -609,6 +609,11 @@ impl<F: Fetcher> Loader<F> {
                 )),
             }
         }
+        // The error goes back alone: what was tried instead, and why it did not do, goes to
+        // the log (a caller sees no result to read warnings from).
+        for warning in &warnings {
+            tracing::warn!(app = %request.app, "{warning}");
+        }
         Err(network_error)
     }
 
