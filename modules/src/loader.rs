@@ -1620,6 +1620,11 @@ mod tests {
             self.loader
                 .with_store(|store| store.contains(sha256).unwrap())
         }
+
+        /// Where the store keeps the file of `sha256`.
+        fn store_path(&self, sha256: &str) -> std::path::PathBuf {
+            self.loader.with_store(|store| store.path(sha256).unwrap())
+        }
     }
 
     fn kotlin() -> ModuleSpec {
@@ -1779,9 +1784,7 @@ mod tests {
         world.publish("news", &[kotlin(), app_module("news", "v1")], 100);
         world.loader.load(&world.request("news", 1_000)).unwrap();
         let kotlin_hash = kotlin().sha256();
-        let path = world
-            .loader
-            .with_store(|store| store.path(&kotlin_hash).unwrap());
+        let path = world.store_path(&kotlin_hash);
         // Same size, other bytes: only a hash tells.
         let mut bytes = std::fs::read(&path).unwrap();
         bytes[0] ^= 0xff;
@@ -1936,9 +1939,7 @@ mod tests {
         let result = world.loader.load(&world.request("news", 2_000)).unwrap();
         for (loaded, spec) in result.modules.iter().zip(&modules) {
             assert_eq!(loaded.source, ModuleSource::Network);
-            let store_path = world
-                .loader
-                .with_store(|store| store.path(&spec.sha256()).unwrap());
+            let store_path = world.store_path(&spec.sha256());
             assert_eq!(loaded.path, store_path);
             assert!(world.stored(&spec.sha256()));
             let bytes = world
@@ -2100,9 +2101,7 @@ mod tests {
             let world = world();
             let pinned = world.publish("news", &[kotlin(), app_module("news", "v2")], 200);
             world.loader.load(&world.request("news", 1_000)).unwrap();
-            let path = world
-                .loader
-                .with_store(|store| store.path(&sha256_hex(&pinned)).unwrap());
+            let path = world.store_path(&sha256_hex(&pinned));
             match damage {
                 "delete" => std::fs::remove_file(&path).unwrap(),
                 _ => std::fs::write(&path, b"{\"modules\":{}}").unwrap(),
@@ -2253,9 +2252,7 @@ mod tests {
         let world = world();
         let raw = world.publish("news", &[kotlin(), app_module("news", "v1")], 100);
         world.loader.load(&world.request("news", 1_000)).unwrap();
-        let path = world
-            .loader
-            .with_store(|store| store.path(&sha256_hex(&raw)).unwrap());
+        let path = world.store_path(&sha256_hex(&raw));
         std::fs::write(&path, b"{\"modules\":{}}").unwrap();
         let result = world.loader.load(&world.request("news", 2_000)).unwrap();
         assert_eq!(result.manifest_source, LoadSource::Network);
