@@ -383,3 +383,50 @@ fn a_destination_that_already_holds_the_bytes_is_kept_and_said_so() {
     );
     assert!(origin.requests().is_empty());
 }
+
+#[test]
+fn a_second_process_downloading_to_the_same_file_is_refused_and_the_first_stays_whole() {
+    let body = data(3_000_000);
+    let other = data(2_000_000).into_iter().rev().collect::<Vec<u8>>();
+    let origin = Origin::start().unwrap();
+    // Over 1 MiB (a named partial), slow enough for the second process to start meanwhile.
+    origin.route(
+        "/slow",
+        body.clone(),
+        Behavior::Trickle {
+            bytes_per_sec: 1_500_000,
+        },
+    );
+    origin.route("/other", other, Behavior::Normal);
+    let dir = tempfile::tempdir().unwrap();
+    let dest = dir.path().join("f.bin");
+    let part = dir.path().join("f.bin.haul-part");
+    let sha = hex::encode(Sha256::digest(&body));
+    let first = haul()
+        .args(["get", &origin.url("/slow"), "--sha256", &sha, "-o"])
+        .arg(&dest)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let started = std::time::Instant::now();
+    while std::fs::metadata(&part).map_or(true, |m| m.len() == 0) {
+        assert!(started.elapsed().as_secs() < 20, "the first never wrote");
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
+    let second = haul()
+        .args(["get", &origin.url("/other"), "-o"])
+        .arg(&dest)
+        .output()
+        .unwrap();
+    let first = first.wait_with_output().unwrap();
+    assert_eq!(first.status.code(), Some(0), "{first:?}");
+    assert_eq!(
+        std::fs::read(&dest).unwrap(),
+        body,
+        "the first file is whole"
+    );
+    assert_eq!(second.status.code(), Some(2), "{second:?}");
+    let stderr = String::from_utf8_lossy(&second.stderr);
+    assert!(stderr.contains("another process"), "{stderr}");
+}

@@ -97,6 +97,11 @@ pub(crate) struct FakeFs {
     pub(crate) fail_sync: bool,
     /// `ReadAt` returns at most this many bytes (a short read, as `pread` may).
     pub(crate) max_read: Option<u64>,
+    /// Paths another process holds locked (it downloads there): an `Open` of one fails
+    /// with `Busy` and changes nothing, as the runtime's executor does.
+    pub(crate) held_elsewhere: BTreeSet<PathBuf>,
+    /// Files whose `Open` failed with `Busy`: their later operations fail as not open.
+    pub(crate) refused: BTreeSet<FileId>,
     /// Every state file written, in order.
     pub(crate) state_writes: Vec<PartState>,
     pub(crate) violations: Vec<String>,
@@ -134,6 +139,10 @@ impl FakeFs {
     }
 
     pub(crate) fn open_inode(&mut self, file: FileId, what: &str) -> Result<&mut Inode, IoResult> {
+        if self.refused.contains(&file) {
+            // Issued behind an open that failed, before its failure was known.
+            return Err(failure(IoErrorKind::Other, "file is not open"));
+        }
         match self.open.get(&file) {
             Some(ino) => Ok(self.inodes.get_mut(ino).expect("an open file has an inode")),
             None => {
@@ -173,6 +182,10 @@ impl FakeFs {
                 if self.open.contains_key(file) {
                     self.violations
                         .push(format!("{file:?} opened while already open"));
+                }
+                if self.held_elsewhere.contains(path) {
+                    self.refused.insert(*file);
+                    return failure(IoErrorKind::Busy, "locked by another process");
                 }
                 let ino = match self.names.get(path) {
                     Some(ino) => *ino,
@@ -302,7 +315,10 @@ impl FakeFs {
                     IoResult::Done
                 }
             },
-            IoOp::CloseFile { file } => match self.open.remove(file) {
+            IoOp::CloseFile { file, .. } if self.refused.contains(file) => {
+                failure(IoErrorKind::Other, "file is not open")
+            }
+            IoOp::CloseFile { file, .. } => match self.open.remove(file) {
                 Some(_) => IoResult::Done,
                 None => {
                     self.violations
@@ -730,7 +746,7 @@ pub(crate) fn file_of(op: &IoOp) -> Option<FileId> {
         | IoOp::SetLen { file, .. }
         | IoOp::Digest { file, .. }
         | IoOp::Sync { file }
-        | IoOp::CloseFile { file } => Some(*file),
+        | IoOp::CloseFile { file, .. } => Some(*file),
         _ => None,
     }
 }
@@ -1896,6 +1912,71 @@ fn resume_from_a_valid_partial_sends_range_and_if_range_and_continues_the_206() 
         h.progress(job).iter().all(|&b| b > n as u64),
         "progress counts the resumed prefix"
     );
+}
+
+#[test]
+fn a_partial_another_process_holds_ends_the_job_and_stays_as_it_was() {
+    // Fresh: no state file, so the job downloads and opens the partial to write it.
+    let body = pattern(5_000, 15);
+    let theirs = pattern(1_234, 16);
+    let mut h = Harness::new(config());
+    h.fs.put(part(), &theirs);
+    h.fs.held_elsewhere.insert(part());
+    h.serve(ORIGIN, file_server(body.clone()));
+    let job = h.submit(download().sha256(&sha_hex(&body)).unwrap());
+    match h.run(job) {
+        Err(e @ DownloadError::PartialInUse { .. }) => {
+            assert_eq!(e, DownloadError::PartialInUse { path: part() });
+            assert_eq!(e.class(), crate::ErrorClass::Usage);
+        }
+        other => panic!("expected PartialInUse, got {other:?}"),
+    }
+    assert_eq!(
+        h.fs.get(part()),
+        Some(&theirs[..]),
+        "their partial is untouched"
+    );
+    assert!(!h.fs.exists(dest()), "nothing committed");
+    assert!(!h.fs.exists(state()), "no state file written");
+    assert!(h.fs.violations.is_empty(), "{:?}", h.fs.violations);
+
+    // Resumable: their state vouches for a prefix; neither it nor the partial changes.
+    let n = 2_000;
+    let mut h = with_partial(&body, n, 0, valid_state(&body, n));
+    h.fs.held_elsewhere.insert(part());
+    h.serve(ORIGIN, file_server(body.clone()));
+    let job = h.submit(download().sha256(&sha_hex(&body)).unwrap());
+    assert!(matches!(
+        h.run(job),
+        Err(DownloadError::PartialInUse { .. })
+    ));
+    assert_eq!(h.fs.get(part()), Some(&body[..n]));
+    assert_eq!(h.fs.get(state()), Some(&valid_state(&body, n).encode()[..]));
+    assert!(!h.fs.exists(dest()));
+    assert!(
+        h.requests.is_empty(),
+        "the refused resume asked for nothing"
+    );
+
+    // Whatever order the open's answer takes among the writes, the hashing and the commit
+    // (all bytes may be in before it), with and without executor digests.
+    for seed in 0..200u64 {
+        let mut cfg = config();
+        cfg.executor_digests = seed % 2 == 0;
+        let mut h = Harness::new(cfg);
+        h.schedule = Schedule::Random(SeededRng::new(seed));
+        h.fs.put(part(), &theirs);
+        h.fs.held_elsewhere.insert(part());
+        h.serve(ORIGIN, file_server(body.clone()));
+        let job = h.submit(download().sha256(&sha_hex(&body)).unwrap());
+        let result = h.run(job);
+        assert!(
+            matches!(result, Err(DownloadError::PartialInUse { .. })),
+            "seed {seed}: {result:?}"
+        );
+        assert_eq!(h.fs.get(part()), Some(&theirs[..]), "seed {seed}");
+        assert!(!h.fs.exists(dest()) && !h.fs.exists(state()), "seed {seed}");
+    }
 }
 
 #[test]

@@ -116,6 +116,10 @@ pub enum DownloadError {
     /// one file would share, and corrupt, one partial file): this one was refused.
     #[error("{path} is already the destination of job#{job}", path = path.display())]
     DestinationInUse { path: PathBuf, job: u64 },
+    /// Another process is downloading to the same destination: it holds the partial file
+    /// (`path`) locked. Nothing of that partial was changed; this job was refused.
+    #[error("{path} is being written by another process (it holds the partial file locked)", path = path.display())]
+    PartialInUse { path: PathBuf },
 }
 
 impl DownloadError {
@@ -132,6 +136,7 @@ impl DownloadError {
             DownloadError::RangeMismatch { .. } | DownloadError::CircuitOpen { .. } => true,
             DownloadError::InvalidRequest(_)
             | DownloadError::DestinationInUse { .. }
+            | DownloadError::PartialInUse { .. }
             | DownloadError::TooManyRedirects { .. }
             | DownloadError::RedirectLoop { .. }
             | DownloadError::SizeMismatch { .. }
@@ -160,9 +165,9 @@ impl DownloadError {
     /// The coarse class of this failure.
     pub fn class(&self) -> ErrorClass {
         match self {
-            DownloadError::InvalidRequest(_) | DownloadError::DestinationInUse { .. } => {
-                ErrorClass::Usage
-            }
+            DownloadError::InvalidRequest(_)
+            | DownloadError::DestinationInUse { .. }
+            | DownloadError::PartialInUse { .. } => ErrorClass::Usage,
             DownloadError::Connect { .. }
             | DownloadError::Connection { .. }
             | DownloadError::Timeout { .. }

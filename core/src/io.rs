@@ -122,8 +122,10 @@ pub enum IoOp {
     SetLen { file: FileId, len: u64 },
     /// Flush the file's data to stable storage. Completes with [`IoResult::Done`].
     Sync { file: FileId },
-    /// Close the file. Completes with [`IoResult::Done`].
-    CloseFile { file: FileId },
+    /// Close the file. Completes with [`IoResult::Done`]. `then` says whether a `Rename` of
+    /// the file's path follows (a commit): an executor that locks partials against other
+    /// processes keeps the lock until that rename, so that nobody opens the path between.
+    CloseFile { file: FileId, then: AfterClose },
     /// Rename `from` over `to` atomically, then, if `sync`, make the rename durable (sync the
     /// parent directory). Completes with [`IoResult::Done`].
     Rename {
@@ -133,6 +135,15 @@ pub enum IoOp {
     },
     /// Remove a file; a missing file is success. Completes with [`IoResult::Done`].
     Remove { path: PathBuf },
+}
+
+/// What follows the close of a file ([`IoOp::CloseFile`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AfterClose {
+    /// Nothing that needs the file held: any lock on it goes with the close.
+    Done,
+    /// A `Rename` of its path (the commit of a partial): its lock is held until then.
+    Renamed,
 }
 
 /// The single completion of an [`IoRequest`].
@@ -196,6 +207,9 @@ pub enum IoErrorKind {
     NoSpace,
     /// Permission denied.
     PermissionDenied,
+    /// Another process holds the file (an exclusive lock on a partial): it is writing it.
+    /// Nothing of the file was changed.
+    Busy,
     /// Any other local I/O failure.
     Other,
 }

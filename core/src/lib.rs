@@ -33,7 +33,7 @@ pub use config::{Config, ConfigError, LowSpeedLimit, RetryPolicy};
 pub use download::{Destination, Download, Outcome};
 pub use engine::{CancelMode, Engine, Event, Input, JobId, Output};
 pub use error::{DownloadError, ErrorClass, TimeoutKind};
-pub use io::{ConnId, FileId, IoErrorKind, IoFailure, IoId, IoOp, IoRequest, IoResult};
+pub use io::{AfterClose, ConnId, FileId, IoErrorKind, IoFailure, IoId, IoOp, IoRequest, IoResult};
 pub use proxy::{ProxyConfig, ProxyHop};
 pub use sched::{Priority, RateSchedule, ScheduleError};
 pub use time::Instant;

@@ -17,17 +17,88 @@ use std::collections::BTreeMap;
 use std::fs::{self, File, OpenOptions};
 use std::io::{ErrorKind, Read, Write};
 use std::os::unix::fs::FileExt;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::mpsc::{self, RecvTimeoutError, Sender, SyncSender};
 use std::sync::{Arc, Mutex, Weak};
 use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
-use haul_core::{FileId, IoErrorKind, IoFailure, IoId, IoOp, IoRequest, IoResult};
+use haul_core::{AfterClose, FileId, IoErrorKind, IoFailure, IoId, IoOp, IoRequest, IoResult};
 
 use crate::digests::{read_back_digest, Behind, DigestDone, Digests, Running};
 use crate::spares::Spares;
+
+/// The named partials this process writes, each held with an exclusive `flock` from its
+/// open until the rename that commits it or the removal that discards it (the lock stays
+/// through the close before a commit's rename, on a descriptor of its own).
+///
+/// Another process that downloads to the same destination opens the same partial: its open
+/// fails with [`IoErrorKind::Busy`] and changes nothing, where it would otherwise truncate
+/// and overwrite the bytes this process has already hashed. A later open of the same path
+/// in this process (the engine never has two) first lets go of the earlier lease.
+#[derive(Clone, Default)]
+pub struct Leases(Arc<Mutex<BTreeMap<PathBuf, (FileId, File)>>>);
+
+impl Leases {
+    /// Lock `file`, just opened at `path`, for this process.
+    fn take(&self, path: &Path, id: FileId, file: &File) -> std::io::Result<Lease> {
+        drop(lock(&self.0).remove(path));
+        match file.try_lock() {
+            Ok(()) => {}
+            Err(std::fs::TryLockError::WouldBlock) => return Ok(Lease::HeldElsewhere),
+            Err(std::fs::TryLockError::Error(error)) => {
+                // A file system without locks: nothing to hold, nothing to refuse.
+                tracing::debug!(%error, path = %path.display(), "partial not locked");
+                return Ok(Lease::Taken);
+            }
+        }
+        if !names_same_file(path, file)? {
+            return Ok(Lease::Moved);
+        }
+        lock(&self.0).insert(path.to_path_buf(), (id, file.try_clone()?));
+        Ok(Lease::Taken)
+    }
+
+    /// The partial at `path` was renamed or removed: its lock goes.
+    fn release(&self, path: &Path) {
+        drop(lock(&self.0).remove(path));
+    }
+
+    /// `id` is closed with nothing to follow (see [`AfterClose`]): its lease goes. (Its own
+    /// descriptor holds the lock until it is closed; this one need not wait for that.)
+    fn release_file(&self, id: FileId) {
+        lock(&self.0).retain(|_, (held, _)| *held != id);
+    }
+
+    /// How many partials are held (for tests).
+    pub fn held(&self) -> usize {
+        lock(&self.0).len()
+    }
+}
+
+/// What [`Leases::take`] found.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Lease {
+    /// The file is this process's until it is renamed or removed.
+    Taken,
+    /// Another process holds it.
+    HeldElsewhere,
+    /// The lock was had, but `path` no longer names the file (another process committed or
+    /// removed it meanwhile): open the path again.
+    Moved,
+}
+
+/// Whether `path` still names the open `file` (same device and inode).
+fn names_same_file(path: &Path, file: &File) -> std::io::Result<bool> {
+    use std::os::unix::fs::MetadataExt;
+    let open = file.metadata()?;
+    match fs::metadata(path) {
+        Ok(named) => Ok(named.dev() == open.dev() && named.ino() == open.ino()),
+        Err(e) if e.kind() == ErrorKind::NotFound => Ok(false),
+        Err(e) => Err(e),
+    }
+}
 
 /// Workers for whole-file operations.
 const PATH_WORKERS: usize = 8;
@@ -220,6 +291,8 @@ pub struct Files<C: Completions, S: BlockingSpawner> {
     digests: Option<Digests>,
     /// Hand inline writes of unnamed files to the digest thread ([`Files::writes_behind`]).
     write_behind: bool,
+    /// Named partials locked for this process until renamed or removed.
+    leases: Leases,
 }
 
 impl<C: Completions, S: BlockingSpawner> Drop for Files<C, S> {
@@ -247,7 +320,13 @@ impl<C: Completions, S: BlockingSpawner> Files<C, S> {
             running_digests: false,
             digests: None,
             write_behind: false,
+            leases: Leases::default(),
         }
+    }
+
+    /// The named partials this executor holds locked.
+    pub fn leases(&self) -> &Leases {
+        &self.leases
     }
 
     /// Hash unnamed files as they are written, on a thread of their own, and answer the
@@ -327,7 +406,7 @@ impl<C: Completions, S: BlockingSpawner> Files<C, S> {
             | IoOp::SetLen { file, .. }
             | IoOp::Digest { file, .. }
             | IoOp::Sync { file }
-            | IoOp::CloseFile { file } => *file,
+            | IoOp::CloseFile { file, .. } => *file,
             _ => return self.start_path_op(req),
         };
         if let IoOp::Open { .. } | IoOp::OpenUnnamed { .. } | IoOp::OpenRead { .. } = req.op {
@@ -349,6 +428,7 @@ impl<C: Completions, S: BlockingSpawner> Files<C, S> {
                     state: Arc::new(Mutex::new(FileWorker {
                         spare,
                         digests,
+                        leases: self.leases.clone(),
                         ..FileWorker::default()
                     })),
                     outstanding: Arc::default(),
@@ -356,6 +436,13 @@ impl<C: Completions, S: BlockingSpawner> Files<C, S> {
                     held_sync: None,
                 },
             );
+        }
+        if let IoOp::CloseFile {
+            then: AfterClose::Done,
+            ..
+        } = req.op
+        {
+            self.leases.release_file(file);
         }
         let Some(open) = self.open.get_mut(&file) else {
             return self.fail(req.id, "file is not open".into());
@@ -492,10 +579,15 @@ impl<C: Completions, S: BlockingSpawner> Files<C, S> {
             IoOp::Digest { len, .. } => !lock(&open.state).running_covers(len),
             _ => false,
         };
+        // A file with a worker closes there: the worker first ends its companion syncer,
+        // whose descriptor of the file would otherwise outlive the close (and hold the
+        // partial's lock, see `Leases`, a moment longer).
+        let closes_worker = closing && open.queue.is_some();
         if self.inline
             && small_op(&req.op)
             && !creates
             && !reads_back
+            && !closes_worker
             && open.outstanding.load(Ordering::Acquire) == 0
         {
             if let IoOp::Digest { len, .. } = req.op {
@@ -571,7 +663,7 @@ impl<C: Completions, S: BlockingSpawner> Files<C, S> {
             None
         };
         if inline {
-            return run_path_op(req, &self.sink, durable.as_ref());
+            return run_path_op(req, &self.sink, durable.as_ref(), &self.leases);
         }
         if self.misc.is_none() {
             // A small pool: whole-file operations of different jobs (renames with their
@@ -584,10 +676,11 @@ impl<C: Completions, S: BlockingSpawner> Files<C, S> {
                 let sink = self.sink.clone();
                 let rx = rx.clone();
                 let durable = durable.clone();
+                let leases = self.leases.clone();
                 let work = Box::new(move || loop {
                     let next = rx.lock().unwrap_or_else(|e| e.into_inner()).recv();
                     let Ok(req) = next else { return };
-                    run_path_op(req, &sink, durable.as_ref());
+                    run_path_op(req, &sink, durable.as_ref(), &leases);
                 });
                 if let Err(e) = self.spawner.spawn_blocking(format!("haul-files-{n}"), work) {
                     if n == 0 {
@@ -608,7 +701,14 @@ impl<C: Completions, S: BlockingSpawner> Files<C, S> {
 
 /// Run a whole-file operation and complete it. A rename that must be durable is done here
 /// and its directory sync left to the durability worker, which completes it.
-fn run_path_op<C: Completions>(req: IoRequest, sink: &C, durable: Option<&Sender<Pending>>) {
+/// Run a whole-file operation; a partial renamed (committed) or removed is no longer leased
+/// (released before the completion, so that a later open in this process finds it free).
+fn run_path_op<C: Completions>(
+    req: IoRequest,
+    sink: &C,
+    durable: Option<&Sender<Pending>>,
+    leases: &Leases,
+) {
     if let (
         IoOp::Rename {
             from,
@@ -622,13 +722,20 @@ fn run_path_op<C: Completions>(req: IoRequest, sink: &C, durable: Option<&Sender
             let failure = local_failure(&e, "rename to", Some(to));
             return sink.complete(req.id, IoResult::Failed(failure));
         }
+        leases.release(from);
         let entry = Pending::Entry {
             id: req.id,
             path: to.clone(),
         };
         return hand_over(Some(durable), entry, sink);
     }
-    sink.complete(req.id, execute_path_op(&req.op));
+    let result = execute_path_op(&req.op);
+    match (&req.op, &result) {
+        (IoOp::Rename { from, .. }, IoResult::Done) => leases.release(from),
+        (IoOp::Remove { path }, _) => leases.release(path),
+        _ => {}
+    }
+    sink.complete(req.id, result);
 }
 
 fn sync_request(id: IoId, file: FileId) -> IoRequest {
@@ -1181,7 +1288,6 @@ fn start_syncer<C: Completions, S: BlockingSpawner>(
     let sink = sink.clone();
     let path = worker.path.clone();
     let work = Box::new(move || {
-        let _finished = finished_tx;
         for id in rx {
             let r = match f.sync_data() {
                 Ok(()) => IoResult::Done,
@@ -1189,6 +1295,10 @@ fn start_syncer<C: Completions, S: BlockingSpawner>(
             };
             sink.complete(id, r);
         }
+        // Its descriptor is closed before the worker hears it finished: once a close
+        // completes, nothing of the file is open (its lock, see `Leases`, is gone).
+        drop(f);
+        drop(finished_tx);
     });
     spawner
         .spawn_blocking("haul-sync".into(), work)
@@ -1505,6 +1615,8 @@ pub struct FileWorker {
     /// Writes handed to the digest thread ([`FileWorker::write_behind`]); every other
     /// operation waits for them ([`FileWorker::settle`]).
     behind: Option<Arc<Behind>>,
+    /// Named partials locked for this process.
+    leases: Leases,
 }
 
 impl FileWorker {
@@ -1558,15 +1670,56 @@ impl FileWorker {
         false
     }
 
-    /// Open (creating) the file at `path`; emptied when `truncate`.
-    fn open_named(&mut self, path: &Path, truncate: bool) -> IoResult {
+    /// Open (creating) the file at `path`, locked for this process (see [`Leases`]);
+    /// emptied when `truncate`, which happens only once the lock is had: a partial another
+    /// process writes fails the open with [`IoErrorKind::Busy`] and is left as it was.
+    fn open_named(&mut self, id: FileId, path: &Path, truncate: bool) -> IoResult {
+        // A file this worker still has open would hold the lock against the new open.
+        self.file = None;
+        // A few tries: each one that finds the path renamed or removed under the lock lost
+        // a race with another process's commit or clean-up, which leaves the path free.
+        for _ in 0..3 {
+            let file = match self.open_named_unlocked(path) {
+                Ok(file) => file,
+                Err(failure) => return IoResult::Failed(failure),
+            };
+            let lease = match self.leases.take(path, id, &file) {
+                Ok(lease) => lease,
+                Err(e) => return IoResult::Failed(local_failure(&e, "lock", Some(path))),
+            };
+            let len = match lease {
+                Lease::Moved => continue,
+                Lease::HeldElsewhere => {
+                    let what = format!("{} is locked by another process", path.display());
+                    return IoResult::Failed(IoFailure::new(IoErrorKind::Busy, what));
+                }
+                Lease::Taken if truncate => file.set_len(0).map(|()| 0),
+                Lease::Taken => file.metadata().map(|m| m.len()),
+            };
+            return match len {
+                Ok(len) => {
+                    self.file = Some(Arc::new(file));
+                    IoResult::Opened { len }
+                }
+                Err(e) => {
+                    self.leases.release(path);
+                    IoResult::Failed(local_failure(&e, "open", Some(path)))
+                }
+            };
+        }
+        let what = format!("{} keeps being replaced by another process", path.display());
+        IoResult::Failed(IoFailure::new(IoErrorKind::Busy, what))
+    }
+
+    /// Open (creating) the file at `path` for reading and writing, as it is.
+    fn open_named_unlocked(&self, path: &Path) -> Result<File, IoFailure> {
         let open = || {
             in_dir(path, || {
                 OpenOptions::new()
                     .read(true)
                     .write(true)
                     .create(true)
-                    .truncate(truncate)
+                    .truncate(false)
                     .open(path)
             })
         };
@@ -1579,8 +1732,7 @@ impl FileWorker {
                 match path.parent().filter(|p| !p.as_os_str().is_empty()) {
                     Some(dir) => {
                         if let Err(e) = fs::create_dir_all(dir) {
-                            let failure = local_failure(&e, "create directory", Some(dir));
-                            return IoResult::Failed(failure);
+                            return Err(local_failure(&e, "create directory", Some(dir)));
                         }
                         open()
                     }
@@ -1589,18 +1741,7 @@ impl FileWorker {
             }
             other => other,
         };
-        // A truncated file is empty: no need to ask its length.
-        let opened = opened.and_then(|f| match truncate {
-            true => Ok((f, 0)),
-            false => f.metadata().map(|m| (f, m.len())),
-        });
-        match opened {
-            Ok((f, len)) => {
-                self.file = Some(Arc::new(f));
-                IoResult::Opened { len }
-            }
-            Err(e) => IoResult::Failed(local_failure(&e, "open", Some(path))),
-        }
+        opened.map_err(|e| local_failure(&e, "open", Some(path)))
     }
 
     /// Answer a `Digest` of the first `len` bytes through `done`: from the running digest
@@ -1649,15 +1790,19 @@ impl FileWorker {
         let fail =
             |e: std::io::Error, what: &str| IoResult::Failed(local_failure(&e, what, Some(&path)));
         match op {
-            IoOp::Open { path, truncate, .. } => {
+            IoOp::Open {
+                file,
+                path,
+                truncate,
+            } => {
                 self.path = path.clone();
                 self.unnamed = false;
                 self.running = truncate
                     .then(|| self.digests.as_ref().map(Digests::running))
                     .flatten();
-                self.open_named(path, *truncate)
+                self.open_named(*file, path, *truncate)
             }
-            IoOp::OpenUnnamed { path, .. } => {
+            IoOp::OpenUnnamed { file, path } => {
                 self.path = path.clone();
                 let opened = match self.spare.take() {
                     Some(spare) => Ok(spare),
@@ -1673,13 +1818,17 @@ impl FileWorker {
                     // Not supported here (or the directory is missing): a named partial.
                     Err(_) => {
                         self.unnamed = false;
-                        self.open_named(path, true)
+                        self.open_named(*file, path, true)
                     }
                 }
             }
             IoOp::Publish { to, .. } => match self.take_unpublished() {
                 Ok(u) => match u.publish(to) {
-                    Ok(()) => IoResult::Done,
+                    Ok(()) => {
+                        // A partial named after a failed unnamed open has been renamed.
+                        self.leases.release(&path);
+                        IoResult::Done
+                    }
                     Err(f) => IoResult::Failed(f),
                 },
                 Err(f) => IoResult::Failed(f),
@@ -1861,7 +2010,10 @@ mod tests {
                 truncate: true,
             },
             IoOp::Sync { file: FileId(8) },
-            IoOp::CloseFile { file: FileId(8) },
+            IoOp::CloseFile {
+                file: FileId(8),
+                then: AfterClose::Done,
+            },
         ]
         .into_iter()
         .enumerate()
@@ -1916,6 +2068,74 @@ mod tests {
 
     fn request(id: u64, op: IoOp) -> IoRequest {
         IoRequest { id: IoId(id), op }
+    }
+
+    #[test]
+    fn a_partial_is_locked_from_its_open_to_its_rename_against_other_executors() {
+        let dir = tempfile::TempDir::new().unwrap();
+        let (part, dest) = (dir.path().join("f.haul-part"), dir.path().join("f"));
+        let (tx, done) = mpsc::channel();
+        let mut ours = Files::new(ToChannel(tx.clone()), Threads::default()).inline_small_ops();
+        let mut theirs = Files::new(ToChannel(tx), Threads::default()).inline_small_ops();
+        let open = |file: u64| IoOp::Open {
+            file: FileId(file),
+            path: part.clone(),
+            truncate: true,
+        };
+        let run = |files: &mut Files<ToChannel, Threads>, id: u64, op: IoOp| {
+            files.start(request(id, op));
+            files.flush();
+            let (got, result) = done.recv_timeout(Duration::from_secs(10)).unwrap();
+            assert_eq!(got, IoId(id));
+            result
+        };
+        let busy = |result: IoResult| match result {
+            IoResult::Failed(f) => f.kind == IoErrorKind::Busy,
+            _ => false,
+        };
+        assert_eq!(run(&mut ours, 1, open(1)), IoResult::Opened { len: 0 });
+        let data = Bytes::from_static(b"ours!");
+        let write = IoOp::WriteAt {
+            file: FileId(1),
+            offset: 0,
+            data,
+        };
+        assert_eq!(run(&mut ours, 2, write), IoResult::Done);
+        // Their open (which would truncate) is refused and changes nothing.
+        assert!(busy(run(&mut theirs, 3, open(7))));
+        assert_eq!(fs::read(&part).unwrap(), b"ours!");
+        // Still refused between our close and our rename (a commit's order).
+        let close = IoOp::CloseFile {
+            file: FileId(1),
+            then: AfterClose::Renamed,
+        };
+        assert_eq!(run(&mut ours, 4, close), IoResult::Done);
+        assert!(busy(run(&mut theirs, 5, open(8))));
+        assert_eq!(ours.leases().held(), 1);
+        let rename = IoOp::Rename {
+            from: part.clone(),
+            to: dest.clone(),
+            sync: false,
+        };
+        assert_eq!(run(&mut ours, 6, rename), IoResult::Done);
+        assert_eq!(ours.leases().held(), 0, "the committed partial is let go");
+        // Now a new partial: theirs to write, our committed file untouched.
+        assert_eq!(run(&mut theirs, 7, open(9)), IoResult::Opened { len: 0 });
+        assert_eq!(fs::read(&dest).unwrap(), b"ours!");
+        assert!(busy(run(&mut ours, 8, open(2))));
+        // A partial closed with nothing to follow (kept for a later resume) is free again.
+        let close = IoOp::CloseFile {
+            file: FileId(9),
+            then: AfterClose::Done,
+        };
+        assert_eq!(run(&mut theirs, 9, close), IoResult::Done);
+        assert_eq!(theirs.leases().held(), 0, "a kept partial is let go");
+        assert_eq!(run(&mut ours, 10, open(3)), IoResult::Opened { len: 0 });
+        // Until it is removed (a failed download's clean-up), theirs is refused.
+        assert!(busy(run(&mut theirs, 11, open(10))));
+        let remove = IoOp::Remove { path: part.clone() };
+        assert_eq!(run(&mut ours, 12, remove), IoResult::Done);
+        assert_eq!(ours.leases().held(), 0, "a removed partial is let go");
     }
 
     /// Inline executor whose workers wait for the gate, with file 1 opened (inline) at `f`
@@ -1982,7 +2202,13 @@ mod tests {
             .map(|_| done.recv_timeout(Duration::from_secs(10)).unwrap().0)
             .collect();
         assert_eq!(order, vec![IoId(2), IoId(3)]);
-        files.start(request(4, IoOp::CloseFile { file }));
+        files.start(request(
+            4,
+            IoOp::CloseFile {
+                file,
+                then: AfterClose::Done,
+            },
+        ));
         assert_eq!(
             done.recv_timeout(Duration::from_secs(10)).unwrap(),
             (IoId(4), IoResult::Done)
@@ -2062,7 +2288,13 @@ mod tests {
             got,
             vec![(IoId(3), IoResult::Done), (IoId(4), IoResult::Done)]
         );
-        files.start(request(5, IoOp::CloseFile { file }));
+        files.start(request(
+            5,
+            IoOp::CloseFile {
+                file,
+                then: AfterClose::Done,
+            },
+        ));
         assert_eq!(recv(&done), (IoId(5), IoResult::Done));
         assert!(files.open.is_empty());
     }
@@ -2086,7 +2318,10 @@ mod tests {
                     data,
                 },
                 IoOp::Sync { file },
-                IoOp::CloseFile { file },
+                IoOp::CloseFile {
+                    file,
+                    then: AfterClose::Renamed,
+                },
             ];
             for (k, op) in ops.into_iter().enumerate() {
                 files.start(request(f * 10 + k as u64, op));
@@ -2388,7 +2623,13 @@ mod tests {
         let (_dir, path, gate, done, mut files) = gated_with_a_big_write_pending();
         let file = FileId(1);
         files.start(request(3, IoOp::Sync { file }));
-        files.start(request(4, IoOp::CloseFile { file }));
+        files.start(request(
+            4,
+            IoOp::CloseFile {
+                file,
+                then: AfterClose::Done,
+            },
+        ));
         files.flush();
         assert!(done.try_recv().is_err(), "nothing ran ahead of the write");
         gate.open();

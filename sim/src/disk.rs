@@ -359,7 +359,7 @@ impl VirtualDisk {
                     IoResult::Done
                 }
             },
-            IoOp::CloseFile { file } => match self.open.remove(file) {
+            IoOp::CloseFile { file, .. } => match self.open.remove(file) {
                 Some(_) => IoResult::Done,
                 None => {
                     self.misuse
@@ -471,7 +471,13 @@ mod tests {
         write(&mut disk, f, 0, b"abc");
         disk.execute(&IoOp::Sync { file: f }, None);
         write(&mut disk, f, 3, b"def");
-        disk.execute(&IoOp::CloseFile { file: f }, None);
+        disk.execute(
+            &IoOp::CloseFile {
+                file: f,
+                then: haul_core::AfterClose::Done,
+            },
+            None,
+        );
         let r = disk.execute(
             &IoOp::Rename {
                 from: "/d/a.part".into(),

@@ -467,7 +467,7 @@ fn file_of(op: &IoOp) -> Option<FileId> {
         | IoOp::SetLen { file, .. }
         | IoOp::Digest { file, .. }
         | IoOp::Sync { file }
-        | IoOp::CloseFile { file } => Some(*file),
+        | IoOp::CloseFile { file, .. } => Some(*file),
         _ => None,
     }
 }
@@ -523,7 +523,7 @@ fn summarize_op(op: &IoOp) -> String {
         IoOp::SetLen { file, len } => format!("SetLen f{} {len}", file.0),
         IoOp::Digest { file, len } => format!("Digest f{} {len}B", file.0),
         IoOp::Sync { file } => format!("Sync f{}", file.0),
-        IoOp::CloseFile { file } => format!("CloseFile f{}", file.0),
+        IoOp::CloseFile { file, .. } => format!("CloseFile f{}", file.0),
         IoOp::Rename { from, to, sync } => format!(
             "Rename {} -> {}{}",
             from.display(),

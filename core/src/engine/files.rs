@@ -11,7 +11,7 @@ use super::{
 use crate::download::{Destination, Outcome};
 use crate::error::DownloadError;
 use crate::http::HttpError;
-use crate::io::{FileId, IoFailure, IoOp, IoResult};
+use crate::io::{AfterClose, FileId, IoErrorKind, IoFailure, IoOp, IoResult};
 use crate::resume::{PartState, STATE_VERSION};
 use crate::sched::RangeSet;
 
@@ -42,6 +42,13 @@ impl Engine {
         if open_step && !matches!(result, IoResult::Opened { .. }) {
             // The open failed: there is no file handle to use or close.
             j.file = None;
+        }
+        if open_step
+            && failure
+                .as_ref()
+                .is_some_and(|f| f.kind == IoErrorKind::Busy)
+        {
+            return self.yield_partial(id);
         }
         match step {
             FileStep::OpenExisting | FileStep::HashExisting if cleaning => {
@@ -403,7 +410,8 @@ impl Engine {
     fn close_existing(&mut self, id: JobId) {
         let j = self.jobs.get(&id).expect("job exists");
         let file = j.file.expect("existing file is open");
-        self.file_io(id, FileStep::CloseExisting, IoOp::CloseFile { file });
+        let then = AfterClose::Done;
+        self.file_io(id, FileStep::CloseExisting, IoOp::CloseFile { file, then });
     }
 
     fn rehash_next(&mut self, id: JobId) {
@@ -805,7 +813,8 @@ impl Engine {
         if sync_now {
             self.file_io(id, FileStep::FinalSync, IoOp::Sync { file });
         }
-        self.file_io(id, FileStep::Close, IoOp::CloseFile { file });
+        let then = AfterClose::Renamed;
+        self.file_io(id, FileStep::Close, IoOp::CloseFile { file, then });
         // Committing, the job no longer holds a download slot.
         self.schedule();
     }
@@ -868,6 +877,38 @@ impl Engine {
             untouched: false,
         };
         self.cleanup_progress(id);
+    }
+
+    /// The partial could not be opened because another process holds it (it is downloading
+    /// to the same destination): end the job without touching the partial or its state,
+    /// which are that process's, whatever else this job had started.
+    fn yield_partial(&mut self, id: JobId) {
+        let j = self.jobs.get_mut(&id).expect("job exists");
+        j.file = None;
+        let error = DownloadError::PartialInUse {
+            path: j.part_path.clone(),
+        };
+        match &mut j.phase {
+            Phase::CleaningUp { untouched, .. } => {
+                *untouched = true;
+                self.cleanup_progress(id)
+            }
+            Phase::Committing { .. } => {
+                // Every byte arrived (and was hashed) before the open's answer.
+                j.phase = Phase::CleaningUp {
+                    error,
+                    keep: true,
+                    step: CleanStep::Start,
+                    untouched: true,
+                };
+                self.set_committing(id, false);
+                self.cleanup_progress(id)
+            }
+            _ => {
+                j.touched = false;
+                self.terminate(id, error, true)
+            }
+        }
     }
 
     /// End the job with `error`, keeping a resumable partial when `keep` and possible.
@@ -937,7 +978,8 @@ impl Engine {
                 CleanStep::Close => {
                     *step = CleanStep::Remove;
                     if let Some(file) = file {
-                        self.file_io(id, FileStep::Close, IoOp::CloseFile { file });
+                        let then = AfterClose::Done;
+                        self.file_io(id, FileStep::Close, IoOp::CloseFile { file, then });
                         return;
                     }
                 }
