@@ -128,6 +128,21 @@ impl Reporter {
                     );
                 }
             }
+            Event::SingleConnection { job, reason } => {
+                if let Some(v) = self.jobs.get(job) {
+                    let msg = format!("segments do not fit together ({reason}): one connection");
+                    match (&v.bar, self.mode) {
+                        (Some(b), _) => b.set_message(msg),
+                        (None, Mode::Plain) => eprintln!("{}: {msg}", v.label),
+                        _ => {}
+                    }
+                }
+                if self.mode == Mode::Json {
+                    self.emit_json(
+                        json!({"event": "single_connection", "job": job.0, "reason": reason}),
+                    );
+                }
+            }
             Event::Started { job, url } => {
                 self.waiting.remove(job);
                 let label = label_of(url);

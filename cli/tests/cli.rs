@@ -430,3 +430,47 @@ fn a_second_process_downloading_to_the_same_file_is_refused_and_the_first_stays_
     let stderr = String::from_utf8_lossy(&second.stderr);
     assert!(stderr.contains("another process"), "{stderr}");
 }
+
+#[test]
+fn segments_answered_with_the_whole_file_go_on_over_one_connection_and_verify() {
+    let body = data(3_000_000);
+    let origin = Origin::start().unwrap();
+    // The first request (`bytes=0-`) is honoured; every later segment gets the whole file.
+    origin.route("/f.bin", body.clone(), Behavior::RangeFromZeroOnly);
+    let dir = tempfile::tempdir().unwrap();
+    let dest = dir.path().join("f.bin");
+    let out = haul()
+        .args([
+            "get",
+            &origin.url("/f.bin"),
+            "-s",
+            "4",
+            "--min-segment",
+            "64K",
+        ])
+        .args(["--json", "-o"])
+        .arg(&dest)
+        .args(["--sha256", &hex::encode(Sha256::digest(&body))])
+        .output()
+        .unwrap();
+    assert_ok(&out);
+    assert_eq!(std::fs::read(&dest).unwrap(), body);
+    let events: Vec<serde_json::Value> = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(|l| serde_json::from_str(l).expect("every stdout line is JSON"))
+        .collect();
+    let count = |kind: &str| events.iter().filter(|e| e["event"] == kind).count();
+    assert_eq!(count("segmented"), 1, "split once: {events:?}");
+    assert_eq!(
+        count("single_connection"),
+        1,
+        "then one connection: {events:?}"
+    );
+    assert_eq!(count("retrying"), 1, "{events:?}");
+    let last = origin.requests_to("/f.bin").pop().expect("requests");
+    assert_eq!(
+        last.header("range"),
+        None,
+        "the last request fetched the whole file"
+    );
+}

@@ -25,8 +25,8 @@ use crate::engine_tests::{
     with_length, After, Harness, Reply, Req, Schedule, ETAG, ORIGIN, URL,
 };
 use crate::error::DownloadError;
-use crate::io::IoOp;
-use crate::resume::PartState;
+use crate::io::{ConnId, IoOp};
+use crate::resume::{PartState, Validator, STATE_VERSION};
 use crate::rng::SeededRng;
 use crate::sched::Priority;
 use crate::time::Instant;
@@ -751,7 +751,7 @@ fn a_server_that_ignores_ranges_gives_a_single_stream_download() {
 }
 
 #[test]
-fn a_200_to_a_segment_request_restarts_from_zero_and_still_commits_exact_bytes() {
+fn a_200_to_a_segment_request_restarts_from_zero_on_one_connection_and_commits_exact_bytes() {
     let body = pattern(100_000, 7);
     let mut h = Harness::new(config());
     let b = body.clone();
@@ -770,14 +770,174 @@ fn a_200_to_a_segment_request_restarts_from_zero_and_still_commits_exact_bytes()
     let retries = h.retries(job);
     assert_eq!(retries.len(), 1, "{retries:?}");
     assert!(matches!(retries[0].3, DownloadError::RangeMismatch { .. }));
-    let probes = h
-        .requests
-        .iter()
-        .filter(|r| range_of(r) == Some((0, None)))
-        .count();
-    assert_eq!(probes, 2, "the restart probes again from zero");
     assert_eq!(out.attempts, 2);
-    assert_eq!(segmented_events(&h, job), vec![4, 4]);
+    // The server ignored one range: it may ignore the next split's too, so the job does
+    // not split again.
+    assert_eq!(segmented_events(&h, job), vec![4]);
+    assert_eq!(single_connection_reasons(&h, job).len(), 1);
+    assert_one_plain_request_after_the_retry(&h, job);
+}
+
+/// The reasons of `job`'s [`Event::SingleConnection`] events.
+fn single_connection_reasons(h: &Harness, job: JobId) -> Vec<String> {
+    h.events_of(job)
+        .into_iter()
+        .filter_map(|e| match e {
+            Event::SingleConnection { reason, .. } => Some(reason),
+            _ => None,
+        })
+        .collect()
+}
+
+/// After `job`'s only retry, one request fetched the whole file: no `Range`, no `If-Range`.
+fn assert_one_plain_request_after_the_retry(h: &Harness, job: JobId) {
+    let (at, _, delay, _) = h.retries(job)[0].clone();
+    let after: Vec<&Req> = h.requests.iter().filter(|r| r.at >= at + delay).collect();
+    assert_eq!(after.len(), 1, "one request after the retry");
+    assert_eq!(after[0].header("range"), None);
+    assert_eq!(after[0].header("if-range"), None);
+}
+
+#[test]
+fn a_server_that_answers_every_later_segment_with_the_whole_file_is_used_over_one_connection() {
+    let body = pattern(100_000, 22);
+    let mut h = Harness::new(config());
+    let b = body.clone();
+    // Ranges from byte 0 are honoured (the probe); any other gets the whole file.
+    h.serve(ORIGIN, move |req| match range_of(req) {
+        Some((first, _)) if first > 0 => {
+            head_first(with_length(200, &[hdr("ETag", ETAG)], &b), 4096)
+        }
+        _ => head_first(serve_range(&b, req), 4096),
+    });
+    let job = h.submit(segmented(4, 25_000).sha256(&sha_hex(&body)).unwrap());
+    let out = h.run(job).expect("one connection completes the download");
+    assert_committed(&h, &body);
+    assert_eq!(out.sha256, sha(&body));
+    assert_eq!(out.attempts, 2, "split once, then one connection");
+    assert_eq!(segmented_events(&h, job), vec![4]);
+    let reasons = single_connection_reasons(&h, job);
+    assert_eq!(reasons.len(), 1, "{reasons:?}");
+    assert!(reasons[0].contains("200"), "{reasons:?}");
+    assert_one_plain_request_after_the_retry(&h, job);
+}
+
+/// Serves `body` from two nodes that tag it with different ETags: each new connection goes to
+/// the next node in turn. A node that `honours_if_range` answers a range whose `If-Range`
+/// names the other node's tag with the whole file (200); otherwise with the range all the
+/// same (206, under its own tag).
+fn serve_from_two_nodes(h: &mut Harness, body: &[u8], honours_if_range: bool) {
+    let b = body.to_vec();
+    let mut node_of: BTreeMap<ConnId, usize> = BTreeMap::new();
+    h.serve(ORIGIN, move |req| {
+        let next = node_of.len() % 2;
+        let node = *node_of.entry(req.conn).or_insert(next);
+        let etag = format!("\"node{node}\"");
+        let other_tag = req.header("if-range").is_some_and(|v| v != etag);
+        let wire = match requested_range(req) {
+            Some((first, last)) if !(other_tag && honours_if_range) => {
+                let last = last.map_or(b.len() - 1, |l| l.min(b.len() - 1));
+                let range = format!("bytes {first}-{last}/{}", b.len());
+                let headers = [hdr("ETag", &etag), hdr("Content-Range", range)];
+                with_length(206, &headers, &b[first..=last])
+            }
+            _ => with_length(200, &[hdr("ETag", &etag)], &b),
+        };
+        head_first(wire, 4096)
+    });
+}
+
+fn two_nodes_run(honours_if_range: bool) -> (Harness, JobId) {
+    let body = pattern(100_000, 23);
+    let mut h = Harness::new(config());
+    serve_from_two_nodes(&mut h, &body, honours_if_range);
+    let job = h.submit(segmented(4, 25_000).sha256(&sha_hex(&body)).unwrap());
+    let out = h.run(job).expect("one connection completes the download");
+    assert_committed(&h, &body);
+    assert_eq!(out.sha256, sha(&body));
+    assert_eq!(out.attempts, 2, "split once, then one connection");
+    assert_eq!(segmented_events(&h, job), vec![4]);
+    assert_one_plain_request_after_the_retry(&h, job);
+    (h, job)
+}
+
+#[test]
+fn segments_whose_206s_carry_another_nodes_etag_make_the_job_use_one_connection() {
+    let (h, job) = two_nodes_run(false);
+    let reasons = single_connection_reasons(&h, job);
+    assert_eq!(reasons.len(), 1, "{reasons:?}");
+    assert!(reasons[0].contains("validator"), "{reasons:?}");
+}
+
+#[test]
+fn segments_answered_200_by_a_node_with_another_etag_make_the_job_use_one_connection() {
+    let (h, job) = two_nodes_run(true);
+    let reasons = single_connection_reasons(&h, job);
+    assert_eq!(reasons.len(), 1, "{reasons:?}");
+    assert!(reasons[0].contains("200"), "{reasons:?}");
+}
+
+/// A partial from an earlier run of a 100 000-byte file, recorded under `validator`: the
+/// first quarter of `kept` (hashed) and its third quarter, so that a resume fetches the
+/// second and fourth quarters as two segments.
+fn with_a_split_partial(h: &mut Harness, kept: &[u8], validator: &str) {
+    h.fs.put(part(), &kept[..75_000]);
+    let saved = PartState {
+        version: STATE_VERSION,
+        url: URL.to_string(),
+        validator: Validator::Etag(validator.to_string()),
+        total: Some(100_000),
+        verified: 25_000,
+        prefix_sha256: sha_hex(&kept[..25_000]),
+        ranges: vec![(50_000, 75_000)],
+    };
+    h.fs.put(state(), &saved.encode());
+}
+
+#[test]
+fn a_partial_from_an_earlier_run_of_a_file_changed_since_starts_over_and_still_splits() {
+    let old = pattern(100_000, 24);
+    let body = pattern(100_000, 25);
+    let mut h = Harness::new(config());
+    with_a_split_partial(&mut h, &old, "\"v0\"");
+    // The server now has `body` under ETAG: the old validator's If-Range gets the whole file.
+    let b = body.clone();
+    h.serve(ORIGIN, move |req| head_first(serve_range(&b, req), 4096));
+    let job = h.submit(segmented(4, 25_000).sha256(&sha_hex(&body)).unwrap());
+    let out = h.run(job).expect("the new file downloads");
+    assert_committed(&h, &body);
+    assert_eq!(out.attempts, 2);
+    assert_eq!(out.resumed_from, 0, "nothing of the old file kept");
+    // Only the old partial's validator disagreed, not two answers of this server: the new
+    // file is split as usual.
+    assert!(single_connection_reasons(&h, job).is_empty());
+    assert_eq!(segmented_events(&h, job), vec![4]);
+}
+
+#[test]
+fn once_a_resumed_segment_confirmed_the_partials_validator_a_200_to_another_means_one_connection() {
+    let body = pattern(100_000, 26);
+    let mut h = Harness::new(config());
+    with_a_split_partial(&mut h, &body, ETAG);
+    // The segment from 25 000 is honoured at once; the one from 75 000 gets the whole file,
+    // a second later.
+    let b = body.clone();
+    h.serve(ORIGIN, move |req| match range_of(req) {
+        Some((first, _)) if first >= 75_000 => {
+            let whole = with_length(200, &[hdr("ETag", ETAG)], &b);
+            Reply::new(whole).pieces(&[1, 100_000]).gap(secs(1))
+        }
+        _ => head_first(serve_range(&b, req), 4096),
+    });
+    let job = h.submit(segmented(4, 25_000).sha256(&sha_hex(&body)).unwrap());
+    let out = h.run(job).expect("one connection completes the download");
+    assert_committed(&h, &body);
+    // Two answers of this run disagreed: no second split before the job keeps to one
+    // connection.
+    assert_eq!(out.attempts, 2);
+    assert_eq!(single_connection_reasons(&h, job).len(), 1);
+    assert!(segmented_events(&h, job).is_empty());
+    assert_one_plain_request_after_the_retry(&h, job);
 }
 
 #[test]
@@ -1945,14 +2105,18 @@ fn any_segmented_download_with_any_pieces_order_and_one_reset_commits_exactly_th
 
 /// Each request meets a fault chosen by `faults` (a good answer, a 206 from byte 0 whatever
 /// was asked, a cut then EOF, a reset or a stall, a 503, a 200 that ignores `Range`) on a
-/// segmented download over a random number of connections, with a slow disk half the time:
-/// a success holds exactly the body, a failure is retryable and leaves nothing at the
-/// destination (the harness checks every state file left behind).
+/// segmented download over a random number of connections, with a slow disk half the time
+/// and, when `two_attempts`, a retry policy that gives up after the second attempt (a 200 or
+/// a misfit 206 to a segment leaves the job on one connection, which most faults then only
+/// slow down: without a short budget nearly every run would succeed, and the failure path go
+/// untested): a success holds exactly the body, a failure is retryable and leaves nothing at
+/// the destination (the harness checks every state file left behind).
 fn segmented_ends_exact_or_clean_whatever_faults(
     len: u32,
     faults: Vec<u8>,
     pieces: Vec<u8>,
     seed: u64,
+    two_attempts: bool,
 ) -> TestResult {
     let body = pattern(len as usize % 300_000, seed as u8);
     let sizes: Vec<usize> = pieces.iter().map(|p| usize::from(*p) * 97 + 700).collect();
@@ -1961,7 +2125,7 @@ fn segmented_ends_exact_or_clean_whatever_faults(
     cfg.idle_timeout = secs(5);
     cfg.seed = seed;
     cfg.max_connections_per_origin = 1 + (seed % 4) as usize;
-    cfg.retry.max_attempts = 8;
+    cfg.retry.max_attempts = if two_attempts { 2 } else { 8 };
     cfg.retry.max_delay = secs(4);
     let mut h = Harness::new(cfg);
     h.schedule = Schedule::Random(SeededRng::new(seed));
@@ -2011,6 +2175,9 @@ fn segmented_ends_exact_or_clean_whatever_faults(
         &FAULT_RUNS_FAILED
     };
     outcomes.fetch_add(1, Ordering::Relaxed);
+    if !single_connection_reasons(&h, job).is_empty() {
+        FAULT_RUNS_SINGLE.fetch_add(1, Ordering::Relaxed);
+    }
     if !ok {
         return TestResult::error(format!(
             "result {result:?} after {} requests",
@@ -2020,8 +2187,11 @@ fn segmented_ends_exact_or_clean_whatever_faults(
     TestResult::passed()
 }
 
+/// Property runs that succeeded, that failed, and that went on over one connection (the
+/// property must cover each).
 static FAULT_RUNS_OK: AtomicUsize = AtomicUsize::new(0);
 static FAULT_RUNS_FAILED: AtomicUsize = AtomicUsize::new(0);
+static FAULT_RUNS_SINGLE: AtomicUsize = AtomicUsize::new(0);
 
 #[test]
 fn any_faults_on_a_segmented_download_end_with_exact_bytes_or_a_clean_retryable_failure() {
@@ -2031,11 +2201,15 @@ fn any_faults_on_a_segmented_download_end_with_exact_bytes_or_a_clean_retryable_
         .rng(Gen::new(200))
         .quickcheck(
             segmented_ends_exact_or_clean_whatever_faults
-                as fn(u32, Vec<u8>, Vec<u8>, u64) -> TestResult,
+                as fn(u32, Vec<u8>, Vec<u8>, u64, bool) -> TestResult,
         );
     let ok = FAULT_RUNS_OK.load(Ordering::Relaxed);
     let failed = FAULT_RUNS_FAILED.load(Ordering::Relaxed);
-    assert!(ok >= 100 && failed >= 5, "{ok} succeeded, {failed} failed");
+    let single = FAULT_RUNS_SINGLE.load(Ordering::Relaxed);
+    assert!(
+        ok >= 100 && failed >= 5 && single >= 20,
+        "{ok} succeeded, {failed} failed, {single} went on over one connection"
+    );
 }
 
 /// One job of [`any_mix_of_jobs_ends_consistently`].

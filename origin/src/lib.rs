@@ -233,6 +233,11 @@ pub enum Behavior {
     /// Like Normal but ignores Range entirely (always 200 with the full body) and sends no
     /// `Accept-Ranges`.
     IgnoreRange,
+    /// Like Normal, but honours only ranges that start at byte 0 (`bytes=0-`, `bytes=0-M`):
+    /// any other range gets the full 200, as from a cache that ignores ranges it does not
+    /// hold. A client that splits a download over several connections sees its first
+    /// request honoured and its other segments answered with the whole file.
+    RangeFromZeroOnly,
     /// `Transfer-Encoding: chunked` (no Content-Length), one HTTP chunk per `chunk` bytes.
     Chunked {
         /// Bytes per HTTP chunk (0 is treated as 1).

@@ -38,10 +38,21 @@ enum Framing {
     CloseDelimited,
 }
 
+/// Which `Range` requests a behaviour honours.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum RangeSupport {
+    /// Every range, as [`Behavior::Normal`] describes.
+    All,
+    /// Only ranges from byte 0; any other gets the full 200.
+    FromZero,
+    /// None: always the full 200, and no `Accept-Ranges`.
+    Ignored,
+}
+
 /// How one behaviour serves its representation.
 #[derive(Debug, Clone, Copy)]
 struct Serving {
-    honours_range: bool,
+    ranges: RangeSupport,
     framing: Framing,
     piece: usize,
     bytes_per_sec: Option<u64>,
@@ -54,7 +65,7 @@ struct Serving {
 impl Serving {
     fn normal() -> Serving {
         Serving {
-            honours_range: true,
+            ranges: RangeSupport::All,
             framing: Framing::ContentLength,
             piece: MAX_PIECE,
             bytes_per_sec: None,
@@ -116,7 +127,8 @@ async fn respond(request: &Parts, hit: RouteHit) -> Response {
     let mut extra_headers: Vec<(HeaderName, HeaderValue)> = Vec::new();
     match &hit.behavior {
         Behavior::Normal => {}
-        Behavior::IgnoreRange => serving.honours_range = false,
+        Behavior::IgnoreRange => serving.ranges = RangeSupport::Ignored,
+        Behavior::RangeFromZeroOnly => serving.ranges = RangeSupport::FromZero,
         Behavior::Chunked { chunk } => {
             serving.framing = Framing::Chunked;
             serving.piece = (*chunk).max(1);
@@ -158,7 +170,7 @@ async fn respond(request: &Parts, hit: RouteHit) -> Response {
             }
         }
         Behavior::Endless { extra } => {
-            serving.honours_range = false;
+            serving.ranges = RangeSupport::Ignored;
             serving.framing = Framing::CloseDelimited;
             serving.filler = *extra;
         }
@@ -250,7 +262,7 @@ fn serve(request: &Parts, representation: Representation, serving: Serving) -> R
             .get(name)
             .and_then(|value| value.to_str().ok())
     };
-    let decision = if serving.honours_range && !is_head {
+    let decision = if serving.ranges != RangeSupport::Ignored && !is_head {
         range::decide(
             header_text(header::RANGE),
             header_text(header::IF_RANGE),
@@ -263,6 +275,14 @@ fn serve(request: &Parts, representation: Representation, serving: Serving) -> R
     } else {
         RangeDecision::Full
     };
+    let decision = match decision {
+        RangeDecision::Partial { first, .. }
+            if first > 0 && serving.ranges == RangeSupport::FromZero =>
+        {
+            RangeDecision::Full
+        }
+        decision => decision,
+    };
 
     let mut headers = HeaderMap::new();
     headers.insert(header::ETAG, header_value(&representation.etag));
@@ -270,7 +290,7 @@ fn serve(request: &Parts, representation: Representation, serving: Serving) -> R
         header::LAST_MODIFIED,
         header_value(&httpdate::fmt_http_date(representation.last_modified)),
     );
-    if serving.honours_range {
+    if serving.ranges != RangeSupport::Ignored {
         headers.insert(header::ACCEPT_RANGES, HeaderValue::from_static("bytes"));
     }
     let (status, offset, len) = match decision {

@@ -289,6 +289,24 @@ fn ignore_range_answers_full_200() {
 }
 
 #[test]
+fn range_from_zero_only_honours_ranges_from_byte_0_and_answers_others_with_the_full_body() {
+    let body = content(100);
+    let origin = origin_with("/f", &body, Behavior::RangeFromZeroOnly);
+    let mut client = RawClient::connect(&origin);
+    let first = client.get("/f", &[("Range", "bytes=0-")]);
+    assert_eq!(first.status, 206);
+    assert_eq!(first.header("content-range"), Some("bytes 0-99/100"));
+    let head = client.get("/f", &[("Range", "bytes=0-9")]);
+    assert_eq!(head.status, 206);
+    assert_eq!(head.body, &body[..10]);
+    let later = client.get("/f", &[("Range", "bytes=50-")]);
+    assert_eq!(later.status, 200);
+    assert_eq!(later.header("content-range"), None);
+    assert_eq!(later.header("etag"), Some(expected_etag(&body).as_str()));
+    assert_eq!(later.body, body);
+}
+
+#[test]
 fn head_sends_headers_only_and_keeps_the_connection_usable() {
     let body = content(300);
     let origin = origin_with("/f", &body, Behavior::Normal);

@@ -141,11 +141,14 @@ pub enum Feature {
     Spread,
     /// A download written to an unnamed file was published at its destination.
     UnnamedCommit,
+    /// A `SingleConnection` event: a segment's answer did not fit the file, and the job
+    /// went on over one connection.
+    SingleConnection,
 }
 
 impl Feature {
     /// Every feature.
-    pub const ALL: [Feature; 8] = [
+    pub const ALL: [Feature; 9] = [
         Feature::Failover,
         Feature::BreakerOpened,
         Feature::VerificationRetry,
@@ -154,6 +157,7 @@ impl Feature {
         Feature::BudgetWait,
         Feature::Spread,
         Feature::UnnamedCommit,
+        Feature::SingleConnection,
     ];
 
     /// Features a default swarm must exercise.
@@ -177,6 +181,7 @@ impl Feature {
             Feature::BudgetWait => "budget-wait",
             Feature::Spread => "spread",
             Feature::UnnamedCommit => "unnamed-commit",
+            Feature::SingleConnection => "single-connection",
         }
     }
 }
@@ -1551,6 +1556,7 @@ impl World {
                 self.count(Feature::Spread);
                 self.downloads[i].model.spread();
             }
+            Event::SingleConnection { .. } => self.count(Feature::SingleConnection),
             Event::Failover { to, .. } => {
                 self.count(Feature::Failover);
                 self.breakers.attempt_began(i, mark);

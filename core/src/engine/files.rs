@@ -5,8 +5,8 @@ use bytes::Bytes;
 use sha2::{Digest, Sha256};
 
 use super::{
-    unexpected, CleanStep, Engine, Event, FileStep, JobId, Phase, ReadAhead, CATCH_UP_CHUNK,
-    REHASH_CHUNK,
+    unexpected, CleanStep, Engine, Event, FileStep, JobId, Phase, ReadAhead, ValidatorSource,
+    CATCH_UP_CHUNK, REHASH_CHUNK,
 };
 use crate::download::{Destination, Outcome};
 use crate::error::DownloadError;
@@ -462,6 +462,7 @@ impl Engine {
         j.segmented = !state.ranges.is_empty() && !prefix_only;
         j.received = received;
         j.validator = Some(state.validator);
+        j.validator_source = ValidatorSource::StateFile;
         j.total = state.total;
         let file = j.file.expect("partial is open");
         j.touched = true;
@@ -485,6 +486,7 @@ impl Engine {
         j.durable = 0;
         j.resumed_from = 0;
         j.validator = None;
+        j.validator_source = ValidatorSource::ThisRun;
         j.total = None;
         j.segmented = false;
         j.pending_prefix = None;

@@ -50,6 +50,11 @@
 //! that fails verification starts over once with every segment on one URL. The hash still
 //! covers the whole file in order: bytes at the hashed frontier are hashed as they arrive,
 //! bytes further on are written first and read back from disk when the frontier reaches them.
+//! A segment answered with the whole file (200), or with a 206 that does not fit the file
+//! (another validator, range or length), makes the attempt start over from zero; when an
+//! earlier answer of this run carried the validator it disagrees with, the server cannot serve
+//! segments that fit together (it ignores some ranges, or its nodes tag the file differently),
+//! and the job keeps to one connection for the rest of its life ([`Event::SingleConnection`]).
 //!
 //! Retryable failures back off (exponential, equal jitter, [`crate::config::RetryPolicy`]) and
 //! resume from the bytes already received; every retry also takes a token of the engine-wide
@@ -154,6 +159,10 @@ pub enum Event {
     BreakerOpened { origin: String, cooldown: Duration },
     /// The download was split over several connections.
     Segmented { job: JobId, segments: u32 },
+    /// The server's answer to a segment could not be put together with its other answers
+    /// (`reason`: a range answered with the whole file, or with a 206 of another validator,
+    /// range or length): the job starts over and uses one connection for the rest of its life.
+    SingleConnection { job: JobId, reason: String },
     /// A segment of the job went to `url`, another of its URLs than the attempt's: the
     /// expected sha256 proves the assembled file. Sent once per job; from then on its first
     /// failed verification blames no URL (it starts over with every segment on one URL).
@@ -188,6 +197,7 @@ impl Event {
             Event::Queued { job, .. }
             | Event::Started { job, .. }
             | Event::Segmented { job, .. }
+            | Event::SingleConnection { job, .. }
             | Event::Spread { job, .. }
             | Event::Resuming { job, .. }
             | Event::Redirected { job, .. }
@@ -319,6 +329,30 @@ struct Conn {
     served: u32,
 }
 
+/// Whether a job may split its download over several connections.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Splitting {
+    /// Over up to `segments` connections, once an answer shows that the server honours
+    /// ranges with a strong validator.
+    Allowed,
+    /// One connection for the rest of the job: two answers of this run could not be put
+    /// together (a segment's range answered with the whole file, or with a 206 of another
+    /// validator, range or length: a server that ignores some ranges, or whose nodes tag
+    /// the file differently), and splitting again would fail the same way.
+    SingleConnection,
+}
+
+/// Where a job's validator comes from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum ValidatorSource {
+    /// An answer of this run gave it, or carried it when it was already known (also while
+    /// the job has none: the next answer gives it).
+    ThisRun,
+    /// The state file of a partial from an earlier run, and no answer of this run carried it
+    /// yet: an answer with another validator may just be of a file changed since.
+    StateFile,
+}
+
 /// Steps of tidying up after a failure, in order.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum CleanStep {
@@ -404,6 +438,8 @@ struct Job {
     /// Segments stay on the attempt's URL for the rest of the job (set after a mixed
     /// download failed verification).
     spread_off: bool,
+    /// Whether the job may still split over several connections.
+    splitting: Splitting,
     /// This attempt is the half-open probe of that origin's breaker.
     probe: Option<Origin>,
     /// This attempt already counted a failure against its origin: the other connections
@@ -445,6 +481,7 @@ struct Job {
     state_on_disk: bool,
 
     validator: Option<Validator>,
+    validator_source: ValidatorSource,
     total: Option<u64>,
     hasher: Sha256,
     /// Contiguous bytes hashed from the start of the file.
@@ -867,6 +904,7 @@ impl Engine {
             spread_excluded: Vec::new(),
             spread_used: false,
             spread_off: false,
+            splitting: Splitting::Allowed,
             probe: None,
             failure_noted: false,
             next_transfer: 0,
@@ -885,6 +923,7 @@ impl Engine {
             touched: false,
             state_on_disk: false,
             validator: None,
+            validator_source: ValidatorSource::ThisRun,
             total: None,
             hasher: Sha256::new(),
             hashed: 0,

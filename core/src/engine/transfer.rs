@@ -8,7 +8,8 @@
 use bytes::Bytes;
 
 use super::{
-    origin_label, unexpected, Conn, ConnState, Due, Engine, Event, Job, JobId, Phase, DRAIN_LIMIT,
+    origin_label, unexpected, Conn, ConnState, Due, Engine, Event, Job, JobId, Phase, Splitting,
+    ValidatorSource, DRAIN_LIMIT,
 };
 use crate::config::Config;
 use crate::download::sanitize_file_name;
@@ -259,7 +260,8 @@ impl Engine {
                 let pos = j.received.contiguous_end(j.hashed).max(j.hashed);
                 // A segmented download asks for `bytes=0-` first: the answer tells whether
                 // the server honours ranges, and how long the file is.
-                let ranged = pos > 0 || j.spec.segments > 1;
+                let splits = j.spec.segments > 1 && j.splitting == Splitting::Allowed;
+                let ranged = pos > 0 || splits;
                 self.spawn_transfer(id, pos, None, ranged);
             }
         }
@@ -761,15 +763,10 @@ impl Engine {
                     return self.transfer_failed(id, tid, error);
                 }
                 if j.segmented || j.transfers.len() > 1 {
-                    // A segment asked for a range and got the whole file: the server no
-                    // longer honours ranges for this representation. Start over, single.
-                    self.restart_from_zero(id);
-                    return self.fail_attempt(
-                        id,
-                        DownloadError::RangeMismatch {
-                            detail: "200 OK to a segment's range request".into(),
-                        },
-                    );
+                    // A segment asked for a range and got the whole file: the server does not
+                    // honour ranges for this representation (or not on every node).
+                    let detail = "200 OK to a segment's range request".into();
+                    return self.segment_does_not_fit(id, detail);
                 }
                 if j.present() > 0 {
                     tracing::info!(job = %id, "server sent the whole file instead of a range; restarting from zero");
@@ -777,6 +774,7 @@ impl Engine {
                 }
                 let j = self.jobs.get_mut(&id).expect("job exists");
                 j.validator = Validator::of_response(&head);
+                j.validator_source = ValidatorSource::ThisRun;
                 j.validator_mirror = j.mirror;
                 j.total = match framing {
                     Framing::Length(n) => Some(n),
@@ -797,11 +795,19 @@ impl Engine {
                             j.validator = validator;
                             j.validator_mirror = j.mirror;
                         }
+                        if j.transfers[&tid].mirror == j.mirror {
+                            // Given or matched by this answer (another mirror's is not
+                            // compared).
+                            j.validator_source = ValidatorSource::ThisRun;
+                        }
                         self.accept_response(id, tid, conn, &head, framing, keep_alive, rest);
                         self.maybe_segment(id, tid);
                     }
                     Err(detail) if j.transfers[&tid].mirror != j.mirror => {
                         self.transfer_failed(id, tid, DownloadError::RangeMismatch { detail });
+                    }
+                    Err(detail) if j.segmented || j.transfers.len() > 1 => {
+                        self.segment_does_not_fit(id, detail);
                     }
                     Err(detail) => {
                         self.restart_from_zero(id);
@@ -919,13 +925,38 @@ impl Engine {
         }
     }
 
+    /// The attempt URL's answer to a segment of a split download does not fit the file
+    /// (`detail` says why: a 200, or a 206 with another validator, range or length): the
+    /// attempt fails and the job starts over from zero. When an earlier answer of this run
+    /// carried the validator it disagrees with, this server's answers do not fit together,
+    /// and splitting again would fail the same way: the job keeps to one connection from now
+    /// on. (When only a partial's state file from an earlier run did, the file may just have
+    /// changed since: the new one may still be split.)
+    fn segment_does_not_fit(&mut self, id: JobId, detail: String) {
+        let j = self.jobs.get_mut(&id).expect("job exists");
+        if j.splitting == Splitting::Allowed && j.validator_source == ValidatorSource::ThisRun {
+            j.splitting = Splitting::SingleConnection;
+            tracing::info!(job = %id, "the server's segments do not fit together ({detail}); one connection from now on");
+            self.event(Event::SingleConnection {
+                job: id,
+                reason: detail.clone(),
+            });
+        }
+        self.restart_from_zero(id);
+        self.fail_attempt(id, DownloadError::RangeMismatch { detail });
+    }
+
     /// After the first 206 of a job asked to use segments: split what is left.
     fn maybe_segment(&mut self, id: JobId, tid: u64) {
         let Some(j) = self.jobs.get_mut(&id) else {
             return;
         };
         let n = j.spec.segments;
-        if n <= 1 || j.segmented || !matches!(j.phase, Phase::Running) {
+        if n <= 1
+            || j.segmented
+            || j.splitting != Splitting::Allowed
+            || !matches!(j.phase, Phase::Running)
+        {
             return;
         }
         let (Some(total), Some(_)) = (j.total, j.validator.as_ref()) else {
