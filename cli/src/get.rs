@@ -332,6 +332,7 @@ fn mark_fresh(downloads: Vec<(Download, bool)>) -> Vec<Download> {
             let (Some(dir), Some(name)) = (path.parent(), path.file_name()) else {
                 return d;
             };
+            let (part, state) = (d.part_path(), d.state_path());
             let dir = if dir.as_os_str().is_empty() {
                 Path::new(".")
             } else {
@@ -343,11 +344,10 @@ fn mark_fresh(downloads: Vec<(Download, bool)>) -> Vec<Download> {
             let Some(names) = listing else {
                 return d;
             };
-            let taken = [".haul-part", ".haul-state", ""].iter().any(|suffix| {
-                let mut sibling = name.to_os_string();
-                sibling.push(suffix);
-                names.contains(&sibling)
-            });
+            let taken = [Some(name), part.file_name(), state.file_name()]
+                .into_iter()
+                .flatten()
+                .any(|taken| names.contains(taken));
             if taken {
                 d
             } else {
@@ -451,10 +451,16 @@ mod tests {
             let d = Download::new("http://127.0.0.1:1/f", dir.path().join(name)).unwrap();
             (d, true)
         };
+        // A name too long for `<name>.haul-part`: its partial has a shortened name.
+        let long = format!("{}.bin", "l".repeat(246));
+        let long_partial = named(&long).0.part_path();
+        assert_ne!(long_partial, dir.path().join(format!("{long}.haul-part")));
+        std::fs::write(&long_partial, b"x").unwrap();
         let mut list = vec![
             named("done.bin"),
             named("partial.bin"),
             named("stated.bin"),
+            named(&long),
             (
                 Download::into_dir("http://127.0.0.1:1/f", dir.path()).unwrap(),
                 false,
@@ -468,8 +474,8 @@ mod tests {
             true,
         ));
         let fresh: Vec<bool> = mark_fresh(list).iter().map(Download::is_fresh).collect();
-        assert_eq!(&fresh[..4], &[false, false, false, false]);
-        assert!(fresh[4..].iter().all(|&f| f), "{fresh:?}");
+        assert_eq!(&fresh[..5], &[false; 5]);
+        assert!(fresh[5..].iter().all(|&f| f), "{fresh:?}");
 
         // A short list is left to the engine's own probes.
         let short: Vec<bool> = mark_fresh(vec![named("new0.bin")])

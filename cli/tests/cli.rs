@@ -474,3 +474,69 @@ fn segments_answered_with_the_whole_file_go_on_over_one_connection_and_verify() 
         "the last request fetched the whole file"
     );
 }
+
+#[test]
+fn a_250_byte_destination_name_downloads_and_resumes_and_a_longer_one_is_refused_first() {
+    let body = data(3_000_000);
+    let origin = Origin::start().unwrap();
+    origin.route(
+        "/big",
+        body.clone(),
+        Behavior::Truncate { after: 1_000_000 },
+    );
+    let dir = tempfile::tempdir().unwrap();
+    // 250 bytes: a valid ext4 name, too long for `<name>.haul-state` beside it.
+    let name = "é".repeat(120) + &"n".repeat(10);
+    let dest = dir.path().join(&name);
+    let run = |dest: &std::path::Path| {
+        haul()
+            .args(["get", &origin.url("/big"), "--retries", "0", "--json", "-o"])
+            .arg(dest)
+            .output()
+            .unwrap()
+    };
+    let first = run(&dest);
+    assert_eq!(
+        first.status.code(),
+        Some(3),
+        "{}",
+        String::from_utf8_lossy(&first.stderr)
+    );
+    let names = || -> Vec<String> {
+        let mut names: Vec<String> = std::fs::read_dir(dir.path())
+            .unwrap()
+            .map(|e| e.unwrap().file_name().into_string().unwrap())
+            .collect();
+        names.sort();
+        names
+    };
+    let left = names();
+    assert_eq!(left.len(), 2, "a partial and its state file: {left:?}");
+    assert!(left.iter().all(|n| n.len() <= 255), "{left:?}");
+    assert!(left.iter().any(|n| n.ends_with(".haul-part")), "{left:?}");
+    assert!(left.iter().any(|n| n.ends_with(".haul-state")), "{left:?}");
+
+    origin.route("/big", body.clone(), Behavior::Normal);
+    let second = run(&dest);
+    assert_eq!(
+        second.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&second.stderr)
+    );
+    assert_eq!(std::fs::read(&dest).unwrap(), body);
+    assert_eq!(names(), vec![name]);
+    let finished: serde_json::Value = String::from_utf8_lossy(&second.stdout)
+        .lines()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .find(|v| v["event"] == "finished")
+        .expect("a finished event");
+    assert_eq!(finished["resumed_from"], 1_000_000);
+
+    origin.clear_requests();
+    let too_long = run(&dir.path().join("x".repeat(256)));
+    assert_eq!(too_long.status.code(), Some(2));
+    let stderr = String::from_utf8_lossy(&too_long.stderr);
+    assert!(stderr.contains("256 bytes"), "{stderr}");
+    assert!(origin.requests().is_empty(), "asked the origin first");
+}

@@ -721,3 +721,36 @@ fn extract_into_a_file_is_refused_and_a_failed_extract_removes_the_parents_it_ma
         listing(dir.path())
     );
 }
+
+#[test]
+fn extract_into_a_250_byte_name_replaces_it_and_a_longer_name_is_a_usage_error() {
+    let dir = TempDir::new().unwrap();
+    let archive = dir.path().join("a.zip");
+    // 250 bytes: a valid ext4 name, too long for `.<name>.haul-staging-0` beside it.
+    let name = "é".repeat(120) + &"n".repeat(10);
+    let dest = dir.path().join(&name);
+    for content in [&b"one"[..], b"two"] {
+        fs::write(&archive, zip_bytes(&[("a.txt", content)])).unwrap();
+        expect_code(
+            &run(&["extract", s(&archive), "-d", s(&dest), "--quiet"]),
+            0,
+        );
+        assert_eq!(fs::read(dest.join("a.txt")).unwrap(), content);
+    }
+    assert_eq!(
+        listing(dir.path()),
+        vec![
+            "a.zip".to_string(),
+            format!("{name}/"),
+            format!("{name}/a.txt")
+        ]
+    );
+    let too_long = dir.path().join("x".repeat(256));
+    let out = run(&["extract", s(&archive), "-d", s(&too_long)]);
+    expect_code(&out, 2);
+    assert!(
+        text(&out.stderr).contains("256 bytes"),
+        "{}",
+        text(&out.stderr)
+    );
+}

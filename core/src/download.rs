@@ -5,6 +5,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use crate::error::DownloadError;
+use crate::working_name::{working_stem, MAX_NAME_BYTES};
 
 /// Default smallest segment of a segmented download.
 pub const DEFAULT_MIN_SEGMENT: u64 = 1024 * 1024;
@@ -53,6 +54,16 @@ impl Download {
     pub fn from_url(url: url::Url, dest: impl Into<PathBuf>) -> Result<Download, DownloadError> {
         check_url(&url)?;
         let dest = dest.into();
+        if let Some(name) = dest.file_name() {
+            let len = name.as_encoded_bytes().len();
+            if len > MAX_NAME_BYTES {
+                return Err(DownloadError::InvalidRequest(format!(
+                    "destination {} has a file name of {len} bytes; file systems take at \
+                     most {MAX_NAME_BYTES}",
+                    dest.display()
+                )));
+            }
+        }
         if let Some(name) = dest.file_name().and_then(|n| n.to_str()) {
             if is_reserved_name(name) {
                 return Err(DownloadError::InvalidRequest(format!(
@@ -225,14 +236,16 @@ impl Download {
         &self.dest
     }
 
-    /// Path of the partial file while the download runs (`<dest>.haul-part`).
+    /// Path of the partial file while the download runs (`<dest>.haul-part`, see
+    /// [`working_sibling`] for long names).
     pub fn part_path(&self) -> PathBuf {
-        sibling(&self.provisional_path(), ".haul-part")
+        working_sibling(&self.provisional_path(), ".haul-part")
     }
 
-    /// Path of the small state file beside the partial (`<dest>.haul-state`).
+    /// Path of the small state file beside the partial (`<dest>.haul-state`, see
+    /// [`working_sibling`] for long names).
     pub fn state_path(&self) -> PathBuf {
-        sibling(&self.provisional_path(), ".haul-state")
+        working_sibling(&self.provisional_path(), ".haul-state")
     }
 
     /// The destination path as far as it is known before the response.
@@ -279,15 +292,36 @@ fn check_url(url: &url::Url) -> Result<(), DownloadError> {
     Ok(())
 }
 
-/// `path` with `suffix` appended to its file name.
-pub(crate) fn sibling(path: &Path, suffix: &str) -> PathBuf {
-    let mut name = path
-        .file_name()
-        .map(|n| n.to_os_string())
-        .unwrap_or_default();
-    name.push(suffix);
-    path.with_file_name(name)
+/// The working file with `suffix` (one of [`RESERVED_SUFFIXES`]) beside the destination
+/// `path`: `path` with `suffix` appended to its file name, unless that could be too long for
+/// a file name. All the working files of one destination share one stem (the file name, or
+/// for a long name a shortened one, see [`working_stem`]) chosen so that the longest suffix
+/// fits: a 255-byte destination has working files too, and each of them, its state file's
+/// temporary included (the state file's name with `.tmp`), is found from any other by its
+/// suffix. File names of up to 240 bytes keep their plain working names.
+pub fn working_sibling(path: &Path, suffix: &str) -> PathBuf {
+    debug_assert!(
+        suffix.len() <= WORKING_SUFFIX_ROOM,
+        "{suffix} is not reserved"
+    );
+    let name = path.file_name().unwrap_or_default();
+    let mut sibling = working_stem(name, WORKING_SUFFIX_ROOM).into_owned();
+    sibling.push(suffix);
+    path.with_file_name(sibling)
 }
+
+/// Bytes the longest of [`RESERVED_SUFFIXES`] adds to a destination's name.
+const WORKING_SUFFIX_ROOM: usize = {
+    let mut longest = 0;
+    let mut i = 0;
+    while i < RESERVED_SUFFIXES.len() {
+        if RESERVED_SUFFIXES[i].len() > longest {
+            longest = RESERVED_SUFFIXES[i].len();
+        }
+        i += 1;
+    }
+    longest
+};
 
 /// A safe file name from the URL's last non-empty path segment, percent-decoded.
 pub fn file_name_from_url(url: &url::Url) -> String {
@@ -312,11 +346,12 @@ pub fn is_reserved_name(name: &str) -> bool {
         .any(|suffix| name.ends_with(suffix))
 }
 
-/// A name usable as a single path component (and not one of haul's working file names, see
-/// [`RESERVED_SUFFIXES`]), or None.
+/// A name usable as a single path component (at most [`MAX_NAME_BYTES`] long, and not one
+/// of haul's working file names, see [`RESERVED_SUFFIXES`]), or None.
 pub fn sanitize_file_name(name: &str) -> Option<String> {
     let name = name.trim();
     if name.is_empty()
+        || name.len() > MAX_NAME_BYTES
         || name == "."
         || name == ".."
         || name.contains(['/', '\\', '\0'])
@@ -489,5 +524,75 @@ mod tests {
             d.state_path(),
             PathBuf::from("/tmp/out/file.bin.haul-state")
         );
+    }
+
+    #[test]
+    fn working_files_of_a_name_up_to_240_bytes_are_named_as_always() {
+        let name = "n".repeat(240);
+        let dest = PathBuf::from("/dl").join(&name);
+        for suffix in RESERVED_SUFFIXES {
+            assert_eq!(
+                working_sibling(&dest, suffix),
+                PathBuf::from(format!("/dl/{name}{suffix}"))
+            );
+        }
+    }
+
+    #[test]
+    fn working_files_of_a_long_name_fit_in_a_file_name_and_share_one_stem() {
+        for len in [241, 246, 250, 255] {
+            let name = "é".repeat(len / 2) + &"n".repeat(len % 2);
+            assert_eq!(name.len(), len);
+            let dest = PathBuf::from("/dl").join(&name);
+            let d = Download::new("http://h/x", &dest).unwrap();
+            let state = d.state_path();
+            let stem = state.file_name().unwrap().to_str().unwrap();
+            let stem = stem.strip_suffix(".haul-state").unwrap();
+            assert!(name.starts_with(&stem[..stem.len() - 17]), "{len}");
+            assert_eq!(
+                d.part_path(),
+                dest.with_file_name(format!("{stem}.haul-part"))
+            );
+            for suffix in RESERVED_SUFFIXES {
+                let sibling = working_sibling(&dest, suffix);
+                let sibling = sibling.file_name().unwrap().to_str().unwrap();
+                assert!(sibling.len() <= MAX_NAME_BYTES, "{len} {sibling}");
+                assert_eq!(sibling, format!("{stem}{suffix}"));
+                // Still recognised as haul's, so never taken for a destination.
+                assert!(is_reserved_name(sibling), "{sibling}");
+            }
+            // The state file's temporary (its name and `.tmp`) fits too.
+            assert!(stem.len() + ".haul-state.tmp".len() <= MAX_NAME_BYTES);
+            // The same destination, the same working files (a resume finds them).
+            assert_eq!(
+                Download::new("http://h/y", &dest).unwrap().state_path(),
+                state
+            );
+        }
+    }
+
+    #[test]
+    fn long_destinations_sharing_their_first_240_bytes_keep_apart() {
+        let common = "c".repeat(240);
+        let a = Download::new("http://h/x", format!("/dl/{common}-a.bin")).unwrap();
+        let b = Download::new("http://h/x", format!("/dl/{common}-b.bin")).unwrap();
+        assert_ne!(a.part_path(), b.part_path());
+        assert_ne!(a.state_path(), b.state_path());
+    }
+
+    #[test]
+    fn a_name_longer_than_a_file_name_is_refused_before_anything_starts() {
+        let name = "x".repeat(MAX_NAME_BYTES + 1);
+        let Err(DownloadError::InvalidRequest(message)) =
+            Download::new("http://h/x", format!("/dl/{name}"))
+        else {
+            panic!("a {}-byte name accepted", name.len());
+        };
+        assert!(message.contains("256 bytes"), "{message}");
+        assert!(Download::new("http://h/x", format!("/dl/{}", &name[1..])).is_ok());
+        // A server's name that long is not used either: the URL's, else `download`.
+        assert_eq!(sanitize_file_name(&name), None);
+        let url = url::Url::parse(&format!("http://h/{name}")).unwrap();
+        assert_eq!(file_name_from_url(&url), "download");
     }
 }

@@ -13,6 +13,7 @@
 //! - [`resume`]: the state file that makes resume safe.
 //! - [`config`], [`error`], [`time`], [`rng`]: settings, typed errors, time and jitter.
 //! - [`writeback`]: whether one `syncfs` makes a runtime's batch of files durable.
+//! - [`working_name`]: the names of haul's working files beside a file someone named.
 #![forbid(unsafe_code)]
 
 pub mod config;
@@ -27,6 +28,7 @@ pub mod resume;
 pub mod rng;
 pub mod sched;
 pub mod time;
+pub mod working_name;
 pub mod writeback;
 
 pub use config::{Config, ConfigError, LowSpeedLimit, RetryPolicy};

@@ -1383,6 +1383,8 @@ pub fn execute_path_op(op: &IoOp) -> IoResult {
     }
 }
 
+/// Replace `path` through `<path>.tmp` (the engine writes only state files this way, whose
+/// names leave room for it: see [`haul_core::download::working_sibling`]).
 fn write_atomic(path: &Path, data: &[u8]) -> std::io::Result<()> {
     let tmp = with_suffix(path, ".tmp");
     {
@@ -1396,7 +1398,7 @@ fn write_atomic(path: &Path, data: &[u8]) -> std::io::Result<()> {
 
 /// Copy through a temporary sibling so `to` is either absent/old or complete.
 fn copy_atomic(from: &Path, to: &Path) -> std::io::Result<()> {
-    let tmp = with_suffix(to, ".haul-copy");
+    let tmp = haul_core::download::working_sibling(to, ".haul-copy");
     if let Some(dir) = to.parent().filter(|p| !p.as_os_str().is_empty()) {
         fs::create_dir_all(dir)?;
     }
@@ -2732,6 +2734,33 @@ mod tests {
         // FileId(3), the earliest opened, is the round's second file (piece 2).
         let ino = |n: &str| std::fs::metadata(dir.path().join(n)).unwrap().ino();
         assert_eq!(handle.metadata().unwrap().ino(), ino("1"));
+    }
+
+    #[test]
+    fn a_copy_and_a_state_file_beside_a_255_byte_name_are_written() {
+        let dir = tempfile::TempDir::new().unwrap();
+        let from = dir.path().join("from");
+        std::fs::write(&from, b"bytes").unwrap();
+        let to = dir.path().join("c".repeat(255));
+        let copy = IoOp::CopyFile {
+            from,
+            to: to.clone(),
+        };
+        assert!(matches!(execute_path_op(&copy), IoResult::Done));
+        assert_eq!(std::fs::read(&to).unwrap(), b"bytes");
+        // The state file of a download to that name, replaced through its temporary.
+        let state = haul_core::Download::new("http://h/x", &to)
+            .unwrap()
+            .state_path();
+        for data in ["{}", "{ }"] {
+            let write = IoOp::WriteFileAtomic {
+                path: state.clone(),
+                data: Bytes::from(data),
+            };
+            assert!(matches!(execute_path_op(&write), IoResult::Done));
+        }
+        assert_eq!(std::fs::read(&state).unwrap(), b"{ }");
+        assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 3);
     }
 
     #[test]

@@ -4,13 +4,19 @@
 //!
 //! Owns the naming scheme `.<name>.haul-<kind>-<n>` and what `recover` does with each
 //! kind. Does not own deciding when to recover (callers run it at start, while holding
-//! whatever lock keeps a second installer away from the same directory).
+//! whatever lock keeps a second installer away from the same directory), nor the mapping
+//! of a name too long for that scheme to a shortened stem
+//! ([`haul_core::working_name::working_stem`]): `.<stem>.haul-<kind>-<n>` then. An old
+//! tree of such a name is moved aside into a `haul-old` directory under its own name (see
+//! [`move_aside`]), so that recovery can still put it back where it was.
 
-use std::ffi::OsString;
+use std::ffi::{OsStr, OsString};
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, Write};
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
+
+use haul_core::working_name::{has_shortened_form, is_shortened, working_stem, MAX_NAME_BYTES};
 
 use crate::error::InstallError;
 
@@ -49,6 +55,17 @@ impl Leftover {
 /// Most attempts at finding a free sibling name.
 const MAX_SIBLING_ATTEMPTS: u64 = 10_000;
 
+/// Bytes a sibling name adds to its destination's stem: the leading dot and the longest
+/// `.haul-<kind>-<n>` (`n` below [`MAX_SIBLING_ATTEMPTS`]). All siblings of one destination
+/// share one stem.
+const SIBLING_ROOM: usize = ".".len() + ".haul-staging-".len() + 4;
+
+/// What stands for the destination `name` in its siblings' names: `name` itself, unless
+/// that would make a sibling name too long for a file name.
+fn sibling_stem(name: &OsStr) -> std::borrow::Cow<'_, OsStr> {
+    working_stem(name, SIBLING_ROOM)
+}
+
 pub(crate) fn parent_of(path: &Path) -> Result<PathBuf, InstallError> {
     match path.parent() {
         Some(p) if p.as_os_str().is_empty() => Ok(PathBuf::from(".")),
@@ -61,14 +78,30 @@ pub(crate) fn parent_of(path: &Path) -> Result<PathBuf, InstallError> {
     }
 }
 
-fn sibling_name(dest: &Path, kind: Leftover, n: u64) -> Result<PathBuf, InstallError> {
+/// `dest`'s file name: one a file system takes (at most [`MAX_NAME_BYTES`]), so that an
+/// install into a name no file system takes fails before any work, not at its last rename.
+pub(crate) fn dest_name(dest: &Path) -> Result<&OsStr, InstallError> {
     let name = dest.file_name().ok_or_else(|| InstallError::BadName {
         what: "destination",
         value: dest.display().to_string(),
         reason: "has no final component".into(),
     })?;
+    let len = name.as_encoded_bytes().len();
+    if len > MAX_NAME_BYTES {
+        return Err(InstallError::BadName {
+            what: "destination",
+            value: dest.display().to_string(),
+            reason: format!(
+                "has a file name of {len} bytes; file systems take at most {MAX_NAME_BYTES}"
+            ),
+        });
+    }
+    Ok(name)
+}
+
+fn sibling_name(dest: &Path, kind: Leftover, n: u64) -> Result<PathBuf, InstallError> {
     let mut s = OsString::from(".");
-    s.push(name);
+    s.push(sibling_stem(dest_name(dest)?));
     s.push(format!(".{}-{n}", kind.tag()));
     Ok(parent_of(dest)?.join(s))
 }
@@ -104,7 +137,82 @@ pub(crate) fn unique_sibling(dest: &Path, kind: Leftover) -> Result<PathBuf, Ins
     )))
 }
 
-/// Splits `.<dest>.haul-<kind>-<n>` into its kind and destination name.
+/// A tree [`move_aside`] moved out of its destination's way.
+#[derive(Debug)]
+pub(crate) struct MovedAside {
+    /// Where the tree is now.
+    pub(crate) tree: PathBuf,
+    /// What to remove once the tree is no longer needed: the tree, or the directory
+    /// holding it.
+    pub(crate) leftover: PathBuf,
+}
+
+/// Moves the tree at `dest` aside before another takes its place, where [`recover`] puts it
+/// back if `dest` is still missing then: to a free `.<name>.haul-old-<n>`, or, when the
+/// name is too long for that (the sibling then has a shortened stem, which does not say
+/// where the tree came from), into a new directory of that name, under its own name.
+pub(crate) fn move_aside(dest: &Path) -> Result<MovedAside, InstallError> {
+    let name = dest_name(dest)?;
+    if !is_shortened(name, SIBLING_ROOM) {
+        let old = unique_sibling(dest, Leftover::Old)?;
+        fs::rename(dest, &old).map_err(InstallError::io("rename", dest))?;
+        return Ok(MovedAside {
+            tree: old.clone(),
+            leftover: old,
+        });
+    }
+    let holder = create_unique_dir(dest, Leftover::Old)?;
+    let tree = holder.join(name);
+    if let Err(e) = fs::rename(dest, &tree) {
+        let _ = fs::remove_dir(&holder);
+        return Err(InstallError::io("rename", dest)(e));
+    }
+    Ok(MovedAside {
+        tree,
+        leftover: holder,
+    })
+}
+
+/// What a `haul-old` leftover holds (see [`move_aside`]).
+enum HeldTree {
+    /// It is the old tree itself (its destination's name fits in the leftover's).
+    NotAHolder,
+    /// A holder whose tree was not moved in yet (a crash right after creating it).
+    NotYet,
+    /// A holder of the old tree of this name.
+    Named(OsString),
+}
+
+/// What the `haul-old` leftover at `leftover`, named with `stem`, holds. A holder is told
+/// by its content, one entry whose name has `stem` for its stem; an empty one by the form
+/// of its stem (of a name that fits, only an empty tree of a name chosen to look shortened
+/// would be taken for an empty holder, and removed rather than restored).
+fn held_tree(leftover: &Path, stem: &str) -> HeldTree {
+    let Ok(mut entries) = fs::read_dir(leftover) else {
+        return HeldTree::NotAHolder;
+    };
+    let Some(first) = entries.next() else {
+        return if has_shortened_form(OsStr::new(stem), SIBLING_ROOM) {
+            HeldTree::NotYet
+        } else {
+            HeldTree::NotAHolder
+        };
+    };
+    let Ok(only) = first.map(|e| e.file_name()) else {
+        return HeldTree::NotAHolder;
+    };
+    if entries.next().is_some() {
+        return HeldTree::NotAHolder;
+    }
+    if is_shortened(&only, SIBLING_ROOM) && sibling_stem(&only) == OsStr::new(stem) {
+        HeldTree::Named(only)
+    } else {
+        HeldTree::NotAHolder
+    }
+}
+
+/// Splits `.<dest>.haul-<kind>-<n>` into its kind and destination name (or the shortened
+/// stem standing for it).
 fn parse_leftover(file_name: &str) -> Option<(Leftover, &str)> {
     let rest = file_name.strip_prefix('.')?;
     for kind in Leftover::ALL {
@@ -149,7 +257,8 @@ pub struct RecoverReport {
 /// Cleans what a crashed install left in `parent`: `*.haul-staging-*`,
 /// `*.haul-trash-*` and `*.haul-tmp-*` are deleted; a `*.haul-old-*` tree is renamed
 /// back to its destination when the destination is missing (a crash inside the
-/// non-exchange fallback), otherwise deleted. A missing `parent` is fine.
+/// non-exchange fallback), otherwise deleted; so is the tree a `*.haul-old-*` directory of
+/// a long name holds (see [`move_aside`]). A missing `parent` is fine.
 ///
 /// Run it before installing, never while another installer works in `parent`.
 pub fn recover(parent: &Path) -> Result<RecoverReport, InstallError> {
@@ -170,12 +279,30 @@ pub fn recover(parent: &Path) -> Result<RecoverReport, InstallError> {
     }
     found.sort_by(|a, b| a.2.cmp(&b.2));
     for (kind, dest, path) in found {
-        let dest_path = parent.join(&dest);
-        if kind == Leftover::Old && fs::symlink_metadata(&dest_path).is_err() {
-            fs::rename(&path, &dest_path).map_err(InstallError::io("rename", &path))?;
-            tracing::warn!(restored = %dest_path.display(), "restored a tree a crashed install moved aside");
-            report.restored.push(dest_path);
-            continue;
+        if kind == Leftover::Old {
+            match held_tree(&path, &dest) {
+                HeldTree::Named(held) => {
+                    let dest_path = parent.join(&held);
+                    if fs::symlink_metadata(&dest_path).is_err() {
+                        let tree = path.join(&held);
+                        fs::rename(&tree, &dest_path).map_err(InstallError::io("rename", &tree))?;
+                        remove_any(&path)?;
+                        tracing::warn!(restored = %dest_path.display(), "restored a tree a crashed install moved aside");
+                        report.restored.push(dest_path);
+                        continue;
+                    }
+                }
+                HeldTree::NotYet => {}
+                HeldTree::NotAHolder => {
+                    let dest_path = parent.join(&dest);
+                    if fs::symlink_metadata(&dest_path).is_err() {
+                        fs::rename(&path, &dest_path).map_err(InstallError::io("rename", &path))?;
+                        tracing::warn!(restored = %dest_path.display(), "restored a tree a crashed install moved aside");
+                        report.restored.push(dest_path);
+                        continue;
+                    }
+                }
+            }
         }
         remove_any(&path)?;
         tracing::warn!(removed = %path.display(), "removed a leftover of a crashed install");
@@ -440,6 +567,37 @@ mod tests {
         assert_eq!(parse_leftover(".x.haul-staging-1a"), None);
         assert_eq!(parse_leftover(".haul-staging-1"), None);
         assert_eq!(parse_leftover(".gitignore"), None);
+    }
+
+    #[test]
+    fn siblings_of_a_long_name_fit_and_are_still_recognised() {
+        let parent = Path::new("/root");
+        let short = parent.join("x".repeat(255 - SIBLING_ROOM));
+        let name = sibling_name(&short, Leftover::Staging, 9999).unwrap();
+        assert_eq!(
+            name.file_name().unwrap().to_str().unwrap(),
+            format!(".{}.haul-staging-9999", "x".repeat(255 - SIBLING_ROOM))
+        );
+        for len in [255 - SIBLING_ROOM + 1, 250, 255] {
+            let dest = parent.join("y".repeat(len));
+            let stem = sibling_stem(dest.file_name().unwrap()).into_owned();
+            for kind in Leftover::ALL {
+                for n in [0, 9999] {
+                    let sibling = sibling_name(&dest, kind, n).unwrap();
+                    let file_name = sibling.file_name().unwrap().to_str().unwrap();
+                    assert!(file_name.len() <= MAX_NAME_BYTES, "{len} {file_name}");
+                    assert_eq!(
+                        parse_leftover(file_name),
+                        Some((kind, stem.to_str().unwrap()))
+                    );
+                }
+            }
+        }
+        let other = parent.join("y".repeat(249) + "z");
+        assert_ne!(
+            sibling_name(&other, Leftover::Old, 0).unwrap(),
+            sibling_name(&parent.join("y".repeat(250)), Leftover::Old, 0).unwrap()
+        );
     }
 
     #[test]

@@ -1776,6 +1776,8 @@ impl World {
                 return;
             }
         };
+        // A destination's working files share one stem, even a long name's shortened one
+        // (`haul_core::download::working_sibling`).
         let s = path.to_string_lossy();
         let part = PathBuf::from(format!("{}.haul-part", s.trim_end_matches(".haul-state")));
         let problem = match self.disk.durable_data_of(&part) {

@@ -160,8 +160,9 @@ pub fn extract_to_staging(
 
 /// A destination may be missing, a directory (replaced as a whole) or a symlink (the link
 /// is replaced, not what it points to); anything else (a file, perhaps the archive itself)
-/// is refused.
+/// is refused, and so is a name no file system takes.
 fn check_destination(dest: &Path) -> Result<(), InstallError> {
+    crate::fsutil::dest_name(dest)?;
     match std::fs::symlink_metadata(dest) {
         Ok(meta) if !meta.is_dir() && !meta.file_type().is_symlink() => {
             Err(InstallError::DestinationNotDirectory {

@@ -261,9 +261,10 @@ impl Staged {
     ///   step; the old tree, now under the staging name, is then deleted (a crash during
     ///   the delete leaves a staging-named leftover for [`super::recover`]).
     /// - `dest` present elsewhere (or a filesystem without exchange support): `dest` is
-    ///   renamed to `.<name>.haul-old-<n>`, the staging tree is renamed to `dest`, the old
-    ///   tree is deleted. A crash between the two renames leaves no `dest` but a
-    ///   `haul-old` sibling, which [`super::recover`] renames back.
+    ///   renamed to `.<name>.haul-old-<n>` (into it, for a long name: see
+    ///   [`fsutil::move_aside`]), the staging tree is renamed to `dest`, the old tree is
+    ///   deleted. A crash between the two renames leaves no `dest` but a `haul-old`
+    ///   sibling, which [`super::recover`] renames back.
     ///
     /// Durability: files are not fsynced one by one while extracting; instead the
     /// whole filesystem holding the staging tree is synced once here (`syncfs` on Linux,
@@ -293,15 +294,17 @@ impl Staged {
                     fsutil::remove_quietly(&self.staging);
                 }
                 Err(fsutil::ExchangeError::Unsupported) => {
-                    let old = fsutil::unique_sibling(&self.dest, Leftover::Old)?;
-                    fs::rename(&self.dest, &old).map_err(InstallError::io("rename", &self.dest))?;
+                    let old = fsutil::move_aside(&self.dest)?;
                     if let Err(e) = fs::rename(&self.staging, &self.dest) {
-                        let _ = fs::rename(&old, &self.dest);
+                        if fs::rename(&old.tree, &self.dest).is_ok() {
+                            // An emptied holder (nothing, when the tree was the leftover).
+                            let _ = fs::remove_dir(&old.leftover);
+                        }
                         return Err(InstallError::io("rename", &self.staging)(e));
                     }
                     self.finished = true;
                     self.sync_dir(&parent)?;
-                    fsutil::remove_quietly(&old);
+                    fsutil::remove_quietly(&old.leftover);
                 }
                 Err(fsutil::ExchangeError::Failed(e)) => return Err(e),
             }

@@ -687,6 +687,125 @@ fn a_crash_between_the_fallback_renames_is_rolled_back_by_recover() {
     assert_eq!(listing(p), vec!["dest/", "dest/old.txt"]);
 }
 
+/// A 250-byte directory name: ext4 takes it, but not with `.<name>.haul-staging-0` around it.
+fn long_name(tag: char) -> String {
+    let name = format!("{}{tag}", "é".repeat(120)) + &"n".repeat(9);
+    assert_eq!(name.len(), 250);
+    name
+}
+
+#[test]
+fn a_destination_with_a_250_byte_name_is_extracted_and_replaced() {
+    for fallback in [false, true] {
+        crate::fsutil::FORCE_EXCHANGE_FALLBACK.with(|f| f.set(fallback));
+        let s = Scene::new();
+        let dest = s.root.path().join(long_name('a'));
+        write_zip(&s.archive, &[file("one.txt", b"1")]);
+        let staged = extract_to_staging(
+            &s.archive,
+            &dest,
+            |n| Some(n.to_string()),
+            &ExtractOptions::default(),
+        )
+        .unwrap();
+        let staging = staged.staging_path().file_name().unwrap().len();
+        assert!(staging <= 255, "{staging}");
+        assert!(!staged.commit().unwrap().replaced);
+        write_zip(&s.archive, &[file("two.txt", b"2")]);
+        let replaced = extract_and_commit(
+            &s.archive,
+            &dest,
+            |n| Some(n.to_string()),
+            &ExtractOptions::default(),
+        );
+        crate::fsutil::FORCE_EXCHANGE_FALLBACK.with(|f| f.set(false));
+        assert!(replaced.unwrap().replaced);
+        assert_eq!(
+            listing(s.root.path()),
+            vec![
+                "dest/".to_string(),
+                "dest/old.txt".to_string(),
+                format!("{}/", long_name('a')),
+                format!("{}/two.txt", long_name('a')),
+            ],
+            "fallback: {fallback}"
+        );
+    }
+}
+
+#[test]
+fn a_destination_name_no_file_system_takes_fails_before_extracting() {
+    let s = Scene::new();
+    write_zip(&s.archive, &[file("a.txt", b"a")]);
+    let before = listing(s.root.path());
+    let dest = s.root.path().join("x".repeat(256));
+    let err = extract_and_commit(
+        &s.archive,
+        &dest,
+        |n| Some(n.to_string()),
+        &ExtractOptions::default(),
+    )
+    .unwrap_err();
+    assert!(
+        matches!(&err, InstallError::BadName { reason, .. } if reason.contains("256 bytes")),
+        "{err}"
+    );
+    assert_eq!(listing(s.root.path()), before);
+}
+
+#[test]
+fn a_crash_between_the_fallback_renames_of_long_names_is_rolled_back_by_recover() {
+    let root = TempDir::new().unwrap();
+    let p = root.path();
+    // Two names that share their first 240 bytes, each moved aside (its new tree not yet
+    // renamed in), and a third whose holder was created but nothing moved into it yet.
+    let mut moved = Vec::new();
+    for tag in ['a', 'b'] {
+        let dest = p.join(long_name(tag));
+        fs::create_dir(&dest).unwrap();
+        fs::write(dest.join("old.txt"), tag.to_string()).unwrap();
+        let old = crate::fsutil::move_aside(&dest).unwrap();
+        assert!(!dest.exists() && old.tree.join("old.txt").exists());
+        moved.push(old.leftover);
+        fs::create_dir(
+            crate::fsutil::create_unique_dir(&dest, crate::fsutil::Leftover::Staging)
+                .unwrap()
+                .join("new"),
+        )
+        .unwrap();
+    }
+    assert_ne!(moved[0], moved[1]);
+    let kept = p.join(long_name('c'));
+    fs::create_dir(&kept).unwrap();
+    crate::fsutil::create_unique_dir(&kept, crate::fsutil::Leftover::Old).unwrap();
+    let mut restored = recover(p).unwrap().restored;
+    restored.sort();
+    assert_eq!(
+        restored,
+        vec![p.join(long_name('a')), p.join(long_name('b'))]
+    );
+    let mut want = vec![
+        format!("{}/", long_name('a')),
+        format!("{}/old.txt", long_name('a')),
+        format!("{}/", long_name('b')),
+        format!("{}/old.txt", long_name('b')),
+        format!("{}/", long_name('c')),
+    ];
+    want.sort();
+    assert_eq!(listing(p), want);
+    assert_eq!(
+        fs::read(p.join(long_name('b')).join("old.txt")).unwrap(),
+        b"b"
+    );
+    // A holder whose destination is back in place is only removed.
+    let dest = p.join(long_name('a'));
+    crate::fsutil::move_aside(&dest).unwrap();
+    fs::create_dir(&dest).unwrap();
+    let report = recover(p).unwrap();
+    assert!(report.restored.is_empty() && report.removed.len() == 1);
+    assert!(!dest.join("old.txt").exists());
+}
+
 #[test]
 fn entries_with_data_descriptors_extract() {
     let s = Scene::new();
