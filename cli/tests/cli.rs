@@ -540,3 +540,33 @@ fn a_250_byte_destination_name_downloads_and_resumes_and_a_longer_one_is_refused
     assert!(stderr.contains("256 bytes"), "{stderr}");
     assert!(origin.requests().is_empty(), "asked the origin first");
 }
+
+#[test]
+fn get_fails_over_to_a_mirror_when_the_primary_answers_404() {
+    let body = data(150_000);
+    let origin = Origin::start().unwrap();
+    origin.route(
+        "/gone/f.bin",
+        Vec::new(),
+        Behavior::Status {
+            status: 404,
+            retry_after: None,
+        },
+    );
+    origin.route("/m/f.bin", body.clone(), Behavior::Normal);
+    let dir = tempfile::tempdir().unwrap();
+    let dest = dir.path().join("f.bin");
+    let out = haul()
+        .args(["get", &origin.url("/gone/f.bin"), "-o"])
+        .arg(&dest)
+        .args(["--mirror", &origin.url("/m/f.bin"), "--retries", "1"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(0), "{out:?}");
+    assert_eq!(std::fs::read(&dest).unwrap(), body);
+    assert_eq!(
+        origin.requests_to("/gone/f.bin").len(),
+        1,
+        "the 404 is not retried"
+    );
+}

@@ -105,7 +105,7 @@ fn the_breaker_opens_after_consecutive_failures_and_other_jobs_wait_instead_of_h
     let b2 = body.clone();
     h.serve(ORIGIN, move |r| {
         if r.at < healthy_from {
-            Reply::new(with_length(500, &[], b""))
+            Reply::new(with_length(503, &[], b""))
         } else {
             file_server(b2.clone())(r)
         }
@@ -113,7 +113,7 @@ fn the_breaker_opens_after_consecutive_failures_and_other_jobs_wait_instead_of_h
     let first = h.submit(download());
     assert!(matches!(
         h.run(first),
-        Err(DownloadError::Status { status: 500, .. })
+        Err(DownloadError::Status { status: 503, .. })
     ));
     assert_eq!(h.requests.len(), 3);
     assert!(h
@@ -158,7 +158,7 @@ fn the_breaker_opens_after_consecutive_failures_and_other_jobs_wait_instead_of_h
     );
 }
 
-/// Serves `body` at `origin`, except that its first request is answered 500; counts requests.
+/// Serves `body` at `origin`, except that its first request is answered 503; counts requests.
 fn serve_failing_once(
     h: &mut Harness,
     origin: &str,
@@ -168,7 +168,7 @@ fn serve_failing_once(
     let seen = calls.clone();
     h.serve(origin, move |r| {
         if seen.fetch_add(1, std::sync::atomic::Ordering::SeqCst) == 0 {
-            Reply::new(with_length(500, &[], b""))
+            Reply::new(with_length(503, &[], b""))
         } else {
             file_server(body.clone())(r)
         }
@@ -279,7 +279,7 @@ fn every_url_behind_an_open_breaker_longer_than_the_policy_allows_fails_with_cir
     cfg.retry.max_elapsed = secs(120);
     cfg.retry.max_attempts = 1;
     let mut h = Harness::new(cfg);
-    h.serve(ORIGIN, |_| Reply::new(with_length(500, &[], b"")));
+    h.serve(ORIGIN, |_| Reply::new(with_length(503, &[], b"")));
     let first = h.submit(download());
     assert!(h.run(first).is_err());
     let second = h.submit(Download::new("http://a.test/other", "/dl/other").unwrap());
@@ -552,4 +552,103 @@ fn segments_failing_together_count_as_one_failure_of_their_origin() {
     );
     h.cancel(job, crate::engine::CancelMode::Discard);
     let _ = h.run(job);
+}
+
+#[test]
+fn a_404_on_one_url_fails_over_to_a_mirror_and_a_404_everywhere_ends_after_one_request_each() {
+    let body = pattern(20_000, 71);
+    let mut h = Harness::new(policy_config());
+    h.serve(ORIGIN, |_| Reply::new(with_length(404, &[], b"")));
+    h.serve(MIRROR, file_server(body.clone()));
+    let job = h.submit(download().mirror(MIRROR_URL).unwrap());
+    h.run(job).expect("the mirror serves the file");
+    assert_eq!(h.fs.get(dest()), Some(&body[..]));
+    assert_eq!(requests_to(&h, "a.test"), 1, "the 404 is not retried");
+    assert_eq!(failovers(&h, job).len(), 1);
+
+    let mut h = Harness::new(policy_config());
+    h.serve(ORIGIN, |_| Reply::new(with_length(404, &[], b"")));
+    h.serve(MIRROR, |_| Reply::new(with_length(410, &[], b"")));
+    let job = h.submit(download().mirror(MIRROR_URL).unwrap());
+    match h.run(job) {
+        Err(DownloadError::Status { status: 410, .. }) => {}
+        other => panic!("expected the mirror's 410, got {other:?}"),
+    }
+    assert_eq!(h.requests.len(), 2, "each URL asked once");
+    assert!(!h.fs.exists(dest()));
+}
+
+#[test]
+fn a_tls_failure_on_the_primary_fails_over_to_the_mirror() {
+    let body = pattern(20_000, 72);
+    let mut h = Harness::new(policy_config());
+    h.serve(ORIGIN, file_server(body.clone()));
+    h.connect_plan(ORIGIN, |_| ConnectPlan::Fail(IoErrorKind::Tls));
+    h.serve(MIRROR, file_server(body.clone()));
+    let job = h.submit(download().mirror(MIRROR_URL).unwrap());
+    h.run(job).expect("the mirror serves the file");
+    assert_eq!(h.fs.get(dest()), Some(&body[..]));
+}
+
+#[test]
+fn broken_paths_answering_500_do_not_open_the_breaker_for_the_good_files_of_the_origin() {
+    let body = pattern(5_000, 73);
+    let mut cfg = policy_config();
+    cfg.retry.max_attempts = 2;
+    let mut h = Harness::new(cfg);
+    let good = body.clone();
+    h.serve(ORIGIN, move |r| {
+        if r.path.starts_with("/broken") {
+            Reply::new(with_length(500, &[], b""))
+        } else {
+            file_server(good.clone())(r)
+        }
+    });
+    for n in 0..8 {
+        let url = format!("http://a.test/broken{n}");
+        let job = h.submit(Download::new(&url, format!("/dl/broken{n}")).unwrap());
+        assert!(matches!(
+            h.run(job),
+            Err(DownloadError::Status { status: 500, .. })
+        ));
+    }
+    assert_eq!(
+        h.engine.breaker_state(&origin(URL)),
+        BreakerState::Closed { failures: 0 }
+    );
+    let job = h.submit(download());
+    h.run(job)
+        .expect("a good file of the same origin downloads");
+    assert_eq!(h.fs.get(dest()), Some(&body[..]));
+}
+
+#[test]
+fn the_retry_time_limit_counts_from_when_a_job_starts_not_from_when_it_was_queued() {
+    let body = pattern(5_000, 74);
+    let mut cfg = policy_config();
+    cfg.max_active_jobs = 1;
+    cfg.retry.max_elapsed = secs(5);
+    let mut h = Harness::new(cfg);
+    // The first job takes 10 s (its body arrives in two pieces 10 s apart); the second's
+    // first request is answered 503, then it is served.
+    let slow = body.clone();
+    let calls = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let seen = calls.clone();
+    h.serve(ORIGIN, move |r| {
+        if r.path == "/slow" {
+            let half = slow.len() / 2 + 200;
+            return file_server(slow.clone())(r).pieces(&[half]).gap(secs(10));
+        }
+        if seen.fetch_add(1, std::sync::atomic::Ordering::SeqCst) == 0 {
+            Reply::new(with_length(503, &[], b""))
+        } else {
+            file_server(slow.clone())(r)
+        }
+    });
+    let first = h.submit(Download::new("http://a.test/slow", "/dl/slow").unwrap());
+    let second = h.submit(download());
+    h.run(first).expect("the slow file");
+    h.run(second)
+        .expect("queued behind it for longer than the limit, it still gets its retry");
+    assert_eq!(calls.load(std::sync::atomic::Ordering::SeqCst), 2);
 }

@@ -2379,3 +2379,26 @@ fn any_mix_of_jobs_limits_duplicates_dependencies_and_faults_ends_consistently()
                 as fn(Vec<MixJob>, Vec<u8>, u64, Option<(u8, u8)>, bool) -> TestResult,
         );
 }
+
+#[test]
+fn a_206_of_unknown_complete_length_to_the_probe_is_the_whole_file_on_one_connection() {
+    let body = pattern(60_000, 77);
+    let mut h = Harness::new(config());
+    let b = body.clone();
+    h.serve(ORIGIN, move |_| {
+        let range = format!("bytes 0-{}/*", b.len() - 1);
+        Reply::new(with_length(
+            206,
+            &[hdr("Content-Range", range), hdr("ETag", ETAG)],
+            &b,
+        ))
+    });
+    let job = h.submit(segmented(4, 10_000).sha256(&sha_hex(&body)).unwrap());
+    h.run(job).expect("the one answer holds the file");
+    assert_committed(&h, &body);
+    assert_eq!(
+        h.requests.len(),
+        1,
+        "no retry, no segment: the length was never vouched for"
+    );
+}

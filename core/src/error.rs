@@ -126,7 +126,9 @@ impl DownloadError {
     /// Whether trying again (after a delay) could succeed.
     pub fn retryable(&self) -> bool {
         match self {
-            DownloadError::Connect { failure, .. } => failure.kind != IoErrorKind::Tls,
+            DownloadError::Connect { failure, .. } => {
+                !matches!(failure.kind, IoErrorKind::Tls | IoErrorKind::ProxyRefused)
+            }
             DownloadError::Connection { failure, .. } => failure.kind != IoErrorKind::Tls,
             DownloadError::Timeout { .. } => true,
             DownloadError::Protocol { source, .. } => matches!(source, HttpError::Truncated { .. }),
@@ -150,14 +152,32 @@ impl DownloadError {
 
     /// Whether this failure says the origin is unhealthy (it counts towards the origin's
     /// circuit breaker and lowers the mirror's score): it could not be reached, broke the
-    /// connection or the protocol, timed out, or answered 408, 429 or 5xx.
+    /// connection or the protocol, timed out, or answered 408, 429, 502, 503 or 504. A 500
+    /// is retried but not counted: it is usually one path's failure (a broken file or
+    /// handler), and counting it let a few broken files of a list open the breaker for the
+    /// good ones. A proxy refusing the tunnel says nothing about the origin either.
     pub fn counts_against_origin(&self) -> bool {
         match self {
-            DownloadError::Connect { .. }
-            | DownloadError::Connection { .. }
+            DownloadError::Connect { failure, .. } => failure.kind != IoErrorKind::ProxyRefused,
+            DownloadError::Connection { .. }
             | DownloadError::Timeout { .. }
             | DownloadError::Protocol { .. } => true,
-            DownloadError::Status { .. } => self.retryable(),
+            DownloadError::Status { status, .. } => self.retryable() && *status != 500,
+            _ => false,
+        }
+    }
+
+    /// Whether the failure belongs to the URL rather than to the file: it answered a client
+    /// error (404, 403, 410, ...), its TLS or its proxy failed, or its redirects went wrong.
+    /// Another URL of the same file (a mirror) may well serve it, though retrying this one
+    /// cannot help.
+    pub fn another_url_may_serve(&self) -> bool {
+        match self {
+            DownloadError::Status { .. }
+            | DownloadError::Connect { .. }
+            | DownloadError::Connection { .. }
+            | DownloadError::TooManyRedirects { .. }
+            | DownloadError::RedirectLoop { .. } => !self.retryable(),
             _ => false,
         }
     }
@@ -239,5 +259,25 @@ mod tests {
             },
         };
         assert!(truncated.retryable());
+    }
+
+    #[test]
+    fn a_proxy_refusing_the_tunnel_is_final_says_nothing_of_the_origin_and_a_mirror_may_serve() {
+        let refused = DownloadError::Connect {
+            origin: "https://h:443".into(),
+            failure: IoFailure::new(IoErrorKind::ProxyRefused, "proxy answered 407"),
+        };
+        assert!(!refused.retryable());
+        assert!(!refused.counts_against_origin());
+        assert!(refused.another_url_may_serve());
+        let status = |status| DownloadError::Status {
+            url: "http://h/f".into(),
+            status,
+            retry_after: None,
+        };
+        // A broken path's 500 is retried but not held against its origin; a 503 is both.
+        assert!(status(500).retryable() && !status(500).counts_against_origin());
+        assert!(status(503).retryable() && status(503).counts_against_origin());
+        assert!(status(404).another_url_may_serve() && !status(503).another_url_may_serve());
     }
 }

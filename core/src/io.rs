@@ -201,6 +201,10 @@ pub enum IoErrorKind {
     Reset,
     /// The TLS handshake or certificate check failed (not worth retrying).
     Tls,
+    /// The proxy refused to open a tunnel: it answered `CONNECT` with a client error (407
+    /// without or with wrong credentials, 403 for a port it does not allow). Retrying
+    /// cannot help, and it says nothing about the origin behind the proxy.
+    ProxyRefused,
     /// The operation was abandoned because its connection or file was closed.
     Cancelled,
     /// The disk is full or a quota was hit.
@@ -223,6 +227,7 @@ impl IoErrorKind {
                 | IoErrorKind::ConnectFailed
                 | IoErrorKind::Reset
                 | IoErrorKind::Tls
+                | IoErrorKind::ProxyRefused
                 | IoErrorKind::Cancelled
         )
     }

@@ -235,7 +235,12 @@ impl Transport {
             let code = resp.code.unwrap_or(0);
             if !(200..300).contains(&code) {
                 let reason = format!("answered {code} {}", resp.reason.unwrap_or(""));
-                return Err(self.proxy_failure(proxy, &reason));
+                let mut failure = self.proxy_failure(proxy, &reason);
+                if (400..500).contains(&code) && !matches!(code, 408 | 429) {
+                    // Its own refusal (credentials, an allowed-ports rule): final.
+                    failure.kind = IoErrorKind::ProxyRefused;
+                }
+                return Err(failure);
             }
             tracing::debug!(proxy = %proxy, host = %self.host, "tunnel open");
             self.wire_in.advance(end);
@@ -451,7 +456,7 @@ mod tests {
     }
 
     #[test]
-    fn proxy_refusing_the_tunnel_is_a_connect_failure_naming_proxy_and_host() {
+    fn proxy_refusing_the_tunnel_is_a_final_failure_naming_proxy_and_host() {
         let tls = TlsSetup::new(&[]).unwrap();
         let o = origin("https://secret.example/");
         let mut t = Transport::for_connection(&o, Some(&hop(true, None)), &tls)
@@ -462,10 +467,18 @@ mod tests {
         assert!(!req.contains("Proxy-Authorization"));
         t.feed_wire(b"HTTP/1.1 407 Proxy Authentication Required\r\n\r\n");
         let err = t.advance().unwrap_err();
-        assert_eq!(err.kind, IoErrorKind::ConnectFailed);
+        // Its own refusal: not retried, not counted against the origin.
+        assert_eq!(err.kind, IoErrorKind::ProxyRefused);
         assert!(err.message.contains("127.0.0.1:3128"), "{}", err.message);
         assert!(err.message.contains("secret.example"), "{}", err.message);
         assert!(err.message.contains("407"), "{}", err.message);
+        // A proxy that could not reach the origin (502) is a connect failure, retried.
+        let mut t = Transport::for_connection(&o, Some(&hop(true, None)), &tls)
+            .unwrap()
+            .unwrap();
+        t.take_outgoing();
+        t.feed_wire(b"HTTP/1.1 502 Bad Gateway\r\n\r\n");
+        assert_eq!(t.advance().unwrap_err().kind, IoErrorKind::ConnectFailed);
     }
 
     #[test]

@@ -180,7 +180,8 @@ pub struct BackoffModel {
     backoffs: (u32, u32),
     expect_failover_at: Option<Instant>,
     verify_retries: u32,
-    /// URLs that served bytes failing verification (never used again by the job).
+    /// URLs that served bytes failing verification, or failed for a reason of their own
+    /// (a redirect loop, a client error): never used again by the job.
     bad: BTreeSet<usize>,
     /// The attempt running or about to start (1 for the first).
     attempt: u32,
@@ -301,6 +302,14 @@ impl BackoffModel {
                         "a retry after every URL served wrong bytes ({error})"
                     ));
                 }
+            }
+        } else if !error.retryable() && error.another_url_may_serve() {
+            // Retried at all only on another URL; this one is not used again.
+            self.bad.insert(self.cur);
+            if self.urls == 1 || self.bad.len() >= self.urls {
+                return Err(format!(
+                    "a retry after a failure of its own on every URL ({error})"
+                ));
             }
         }
         self.round.insert(self.cur);

@@ -443,26 +443,35 @@ pub fn https_through_proxy_tunnels_with_connect<R: Runtime>() {
     );
 }
 
-/// A tunnel refused by the proxy (wrong credentials) is a connect failure naming the proxy.
+/// A tunnel refused by the proxy (wrong credentials) is a final connect failure naming the
+/// proxy: not retried (it would refuse again), not held against the origin.
 pub fn https_through_proxy_refusing_the_tunnel_fails<R: Runtime>() {
     let proxy = Tinyproxy::start(Some(("haul", "s3cret")));
     let (ca, origin, front, _) = https_setup(&["localhost"], true);
     let dir = TempDir::new().unwrap();
     let mut config = fast_config();
-    config.retry.max_attempts = 1;
+    config.retry.max_attempts = 3;
     config.extra_root_certs = vec![ca.pem().into_bytes()];
     config.proxy.https = Some(haul_core::proxy::parse_proxy_url(&proxy.url(None)).unwrap());
+    let mut events = Vec::new();
     let err = R::with_config(config)
         .download(
             Download::new(&front.url("127.0.0.1", "/f.bin"), dir.path().join("t")).unwrap(),
-            &mut Vec::new(),
+            &mut events,
         )
         .unwrap_err();
     let DownloadError::Connect { failure, .. } = &err else {
         panic!("expected a connect failure, got {err:?}");
     };
-    assert_eq!(failure.kind, IoErrorKind::ConnectFailed, "{failure}");
+    assert_eq!(failure.kind, IoErrorKind::ProxyRefused, "{failure}");
     assert!(failure.message.contains("407"), "{failure}");
+    assert!(!err.retryable());
+    assert!(
+        !events
+            .iter()
+            .any(|e| matches!(e, haul_core::Event::Retrying { .. })),
+        "a refusal is not retried: {events:?}"
+    );
     assert!(origin.requests().is_empty());
 }
 

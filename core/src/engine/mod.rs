@@ -413,6 +413,9 @@ struct Job {
     /// `spec.part_path()`, computed once (the engine asks for it at every file step).
     part_path: PathBuf,
     submitted: Instant,
+    /// When the job last left the queue: its retries' time limit counts from here, not from
+    /// its submission (a long list's later jobs would otherwise get no retries at all).
+    started: Instant,
     phase: Phase,
     attempt: u32,
     /// Backoff delays taken so far (the exponent of the next one).
@@ -426,7 +429,8 @@ struct Job {
     /// The one retry after a failed verification (hash or size) was used (a job without
     /// mirrors).
     verify_retry_used: bool,
-    /// URLs that served bytes failing verification: not used again by this job.
+    /// URLs that served bytes failing verification, or failed in a way of their own (a
+    /// 404, their TLS): not used again by this job.
     bad_urls: Vec<usize>,
     /// Mirrors that failed a segment of this job (an error, or an answer that did not fit
     /// the file: 200 to a range, another length): no more segments go there.
@@ -890,6 +894,7 @@ impl Engine {
             part_path: spec.part_path(),
             spec,
             submitted: self.now,
+            started: self.now,
             phase: match leader {
                 Some(leader) => Phase::Following { leader },
                 None => Phase::Queued,
@@ -1365,6 +1370,7 @@ impl Engine {
         let j = self.jobs.get_mut(&id).expect("job exists");
         let url = j.spec.url.to_string();
         j.last_grant = self.now;
+        j.started = self.now;
         self.stats.first_start.get_or_insert(self.now);
         self.event(Event::Started { job: id, url });
         let j = self.jobs.get_mut(&id).expect("job exists");

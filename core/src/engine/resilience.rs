@@ -170,7 +170,7 @@ impl Engine {
     /// is beyond the retry policy's time limit.
     pub(super) fn wait_for_breaker(&mut self, id: JobId, until: Instant, origin: String) {
         let j = self.jobs.get_mut(&id).expect("job exists");
-        let deadline = j.submitted + self.config.retry.max_elapsed;
+        let deadline = j.started + self.config.retry.max_elapsed;
         if until > deadline {
             let retry_in = until.saturating_since(self.now);
             return self.terminate(id, DownloadError::CircuitOpen { origin, retry_in }, true);
@@ -264,9 +264,29 @@ impl Engine {
     }
 
     /// The current attempt failed: retry after a backoff, or end the job.
+    /// A failure that belongs to the URL (a 404 on one mirror, its TLS) fails over to
+    /// another URL of the job that has not failed that way, where retrying the same one
+    /// could not help; the URL is not used again by this job.
     pub(super) fn fail_attempt(&mut self, id: JobId, error: DownloadError) {
-        let retryable = error.retryable();
-        self.retry_or_end(id, error, retryable);
+        let retry = error.retryable() || (error.another_url_may_serve() && self.drop_url(id));
+        self.retry_or_end(id, error, retry);
+    }
+
+    /// Stop using the current attempt's URL for this job: whether another one is left.
+    fn drop_url(&mut self, id: JobId) -> bool {
+        let Some(j) = self.jobs.get_mut(&id) else {
+            return false;
+        };
+        let urls = 1 + j.spec.mirrors.len();
+        if urls == 1 {
+            return false;
+        }
+        let url = j.mirror;
+        if !j.bad_urls.contains(&url) {
+            j.bad_urls.push(url);
+        }
+        tracing::info!(job = %id, url, "this URL cannot serve the file: failing over");
+        j.bad_urls.len() < urls
     }
 
     /// A response announced or delivered another size than the expected one, before the
@@ -339,7 +359,7 @@ impl Engine {
             return;
         }
         let policy = self.config.retry;
-        let elapsed = self.now.saturating_since(j.submitted);
+        let elapsed = self.now.saturating_since(j.started);
         if !(retry && j.attempt < policy.max_attempts) {
             return self.terminate(id, error, true);
         }

@@ -1487,6 +1487,16 @@ fn check_partial_response(
             last,
             complete: Some(c),
         }) => (first, last, c),
+        // A complete length the server does not know (`bytes 0-N/*`), answering the first
+        // request of a download (`bytes=0-`): everything it has, which is the file (it
+        // cannot be split without a length it vouches for, nor resumed against one).
+        Ok(ContentRange::Bytes {
+            first: 0,
+            last,
+            complete: None,
+        }) if t.pos == 0 && t.end.is_none() && j.total.is_none() && j.validator.is_none() => {
+            (0, last, last.saturating_add(1))
+        }
         _ => return Err(format!("unusable Content-Range {value:?}")),
     };
     if first != t.pos {
