@@ -28,8 +28,9 @@ pub struct GetArgs {
     /// Downloads running at once (more wait in the queue).
     #[arg(short = 'j', long = "jobs", value_name = "N", default_value_t = 8)]
     pub jobs: usize,
-    /// Connections per file when the server honours ranges (segmented download).
-    #[arg(short = 's', long = "segments", value_name = "N", default_value_t = 1)]
+    /// Connections per file when the server honours ranges (segmented download), 1 to 64.
+    #[arg(short = 's', long = "segments", value_name = "N", default_value_t = 1,
+          value_parser = clap::value_parser!(u32).range(1..=haul_core::MAX_SEGMENTS as i64))]
     pub segments: u32,
     /// Smallest segment worth its own connection.
     #[arg(long = "min-segment", value_name = "SIZE", value_parser = parse_size, default_value = "1M")]

@@ -198,9 +198,10 @@ impl Download {
         self
     }
 
-    /// Fetch over up to `n` connections at once when the server honours ranges.
+    /// Fetch over up to `n` connections at once when the server honours ranges; `n` is
+    /// taken between 1 and [`MAX_SEGMENTS`].
     pub fn segments(mut self, n: u32) -> Download {
-        self.segments = n.max(1);
+        self.segments = n.clamp(1, MAX_SEGMENTS);
         self
     }
 
@@ -291,6 +292,10 @@ fn check_url(url: &url::Url) -> Result<(), DownloadError> {
     }
     Ok(())
 }
+
+/// The most connections one download is split over: more connections to one file do not
+/// make it faster, and the engine's segment bookkeeping grows with their number.
+pub const MAX_SEGMENTS: u32 = 64;
 
 /// The working file with `suffix` (one of [`RESERVED_SUFFIXES`]) beside the destination
 /// `path`: `path` with `suffix` appended to its file name, unless that could be too long for
@@ -423,6 +428,15 @@ impl Outcome {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_segment_count_is_taken_between_one_and_the_maximum() {
+        let d = || Download::new("http://h/f", "/dl/f").unwrap();
+        assert_eq!(d().segments(0).segments, 1);
+        assert_eq!(d().segments(16).segments, 16);
+        assert_eq!(d().segments(100_000).segments, MAX_SEGMENTS);
+        assert_eq!(d().segments(u32::MAX).segments, MAX_SEGMENTS);
+    }
 
     #[test]
     fn file_name_comes_from_last_segment_and_is_decoded() {

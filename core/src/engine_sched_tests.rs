@@ -2402,3 +2402,31 @@ fn a_206_of_unknown_complete_length_to_the_probe_is_the_whole_file_on_one_connec
         "no retry, no segment: the length was never vouched for"
     );
 }
+
+#[test]
+fn an_after_index_naming_no_earlier_download_of_the_batch_is_an_invalid_request() {
+    let mut h = Harness::new(config());
+    fast_server(&mut h, 3_000);
+    let d = |name: &str| {
+        Download::new(&format!("http://a.test/{name}"), format!("/dl/{name}")).unwrap()
+    };
+    let batch = vec![
+        d("a"),
+        d("b").after_index(5),
+        d("c").after_index(2),
+        d("e").after_index(0),
+    ];
+    let ids = h.engine.submit_batch(h.now, batch);
+    h.drain();
+    for (n, index) in [(1, 5), (2, 2)] {
+        match h.finished(ids[n]) {
+            Some((_, Err(DownloadError::InvalidRequest(why)))) => {
+                assert!(why.contains(&format!("after_index({index})")), "{why}")
+            }
+            other => panic!("download {n}: expected InvalidRequest, got {other:?}"),
+        }
+    }
+    h.run(ids[3])
+        .expect("a valid after_index still waits and runs");
+    h.run(ids[0]).expect("the first download");
+}

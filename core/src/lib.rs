@@ -32,7 +32,7 @@ pub mod working_name;
 pub mod writeback;
 
 pub use config::{Config, ConfigError, LowSpeedLimit, RetryPolicy};
-pub use download::{Destination, Download, Outcome};
+pub use download::{Destination, Download, Outcome, MAX_SEGMENTS};
 pub use engine::{CancelMode, Engine, Event, Input, JobId, Output};
 pub use error::{DownloadError, ErrorClass, TimeoutKind};
 pub use io::{AfterClose, ConnId, FileId, IoErrorKind, IoFailure, IoId, IoOp, IoRequest, IoResult};

@@ -264,7 +264,13 @@ struct Counted<C> {
 impl<C: Completions> Completions for Counted<C> {
     fn complete(&self, id: IoId, result: IoResult) {
         self.sink.complete(id, result);
-        self.outstanding.fetch_sub(1, Ordering::AcqRel);
+        // Saturating: a commit handed to a worker whose open failed completes two
+        // operations that were never counted (see `file_worker`).
+        let _ = self
+            .outstanding
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
+                Some(n.saturating_sub(1))
+            });
     }
 }
 
@@ -624,9 +630,7 @@ impl<C: Completions, S: BlockingSpawner> Files<C, S> {
             let (state, spawner) = (open.state.clone(), self.spawner.clone());
             let failed_opens = self.failed_opens.clone();
             let work = Box::new(move || {
-                if file_worker(rx, &state, sink, spawner, durable) == WorkerEnd::OpenFailed {
-                    lock(&failed_opens).push(file);
-                }
+                file_worker(rx, &state, sink, spawner, durable, (&failed_opens, file));
             });
             if let Err(e) = self
                 .spawner
@@ -638,10 +642,15 @@ impl<C: Completions, S: BlockingSpawner> Files<C, S> {
             open.queue = Some(q);
         }
         open.outstanding.fetch_add(1, Ordering::AcqRel);
+        // Held while sending: a worker whose open failed drains its queue under this lock,
+        // so an operation is either drained (and failed) there or refused here.
+        let failed_opens = lock(&self.failed_opens);
         let sent = match &open.queue {
+            Some(_) if failed_opens.contains(&file) => Err(Work::Op(req)),
             Some(q) => q.send(Work::Op(req)).map_err(|e| e.0),
             None => Err(Work::Op(req)),
         };
+        drop(failed_opens);
         if let Err(Work::Op(req)) = sent {
             open.outstanding.fetch_sub(1, Ordering::AcqRel);
             self.fail(req.id, "file is not open".into());
@@ -787,12 +796,18 @@ enum WorkerEnd {
 /// stall the download for as long as the disk takes); `CloseFile` and a commit wait for
 /// outstanding syncs, so their completions still follow every earlier operation's. A commit
 /// hands the file to the durability worker (`durable`), or runs here without one.
+///
+/// If its open fails, the file joins `failed` (the executor forgets it at its next open and
+/// refuses its operations until then) and every operation already queued behind the open
+/// fails: the engine may have issued writes, even a commit, before it learnt of the failure,
+/// and each needs its completion.
 fn file_worker<C: Completions, S: BlockingSpawner>(
     rx: mpsc::Receiver<Work>,
     state: &Mutex<FileWorker>,
     sink: C,
     spawner: S,
     durable: Option<Sender<Pending>>,
+    failed: (&Mutex<Vec<FileId>>, FileId),
 ) -> WorkerEnd {
     // The companion's queue and a channel that closes when it has finished.
     let mut syncer: Option<(Sender<IoId>, mpsc::Receiver<()>)> = None;
@@ -833,6 +848,23 @@ fn file_worker<C: Completions, S: BlockingSpawner>(
                 let opened = matches!(result, IoResult::Opened { .. });
                 sink.complete(req.id, result);
                 if !opened {
+                    let (failed_opens, file) = failed;
+                    let mut failed_opens = lock(failed_opens);
+                    failed_opens.push(file);
+                    let not_open =
+                        || IoResult::Failed(IoFailure::new(IoErrorKind::Other, "file is not open"));
+                    while let Ok(work) = rx.try_recv() {
+                        match work {
+                            Work::Op(req) => sink.complete(req.id, not_open()),
+                            Work::Commit { sync, close, .. } => {
+                                sink.complete(sync, not_open());
+                                sink.complete(close, IoResult::Done);
+                            }
+                            Work::Publish { id, .. } => sink.complete(id, not_open()),
+                        }
+                    }
+                    drop(rx);
+                    drop(failed_opens);
                     return WorkerEnd::OpenFailed;
                 }
             }

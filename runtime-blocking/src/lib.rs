@@ -136,7 +136,12 @@ impl Driver {
         // loop.
         let total = downloads.len();
         let first = match haul_core::Engine::may_split_batch(&downloads) {
-            true => (2 * self.host.config().max_active_jobs).max(SUBMIT_PART),
+            true => self
+                .host
+                .config()
+                .max_active_jobs
+                .saturating_mul(2)
+                .max(SUBMIT_PART),
             false => total,
         };
         self.host.reserve(total);

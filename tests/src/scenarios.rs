@@ -365,6 +365,35 @@ pub fn small_downloads_are_named_only_at_their_destination<R: Runtime>() {
     );
 }
 
+/// A destination whose parent is a regular file: the open fails (on a worker, where the
+/// engine may already have queued writes behind it); every size of file ends the download
+/// with a local I/O error naming the path, instead of waiting for completions that never
+/// came.
+pub fn a_destination_under_a_regular_file_fails_at_once_with_local_io<R: Runtime>() {
+    for len in [200_000, 3 * 1024 * 1024] {
+        let data = body(13, len);
+        let (origin, dir) = setup("/f", &data, Behavior::Normal);
+        std::fs::write(dir.path().join("afile"), b"x").unwrap();
+        let dest = dir.path().join("afile").join("x");
+        let (tx, rx) = std::sync::mpsc::channel();
+        let url = origin.url("/f");
+        let dest2 = dest.clone();
+        std::thread::spawn(move || {
+            let result = R::with_config(fast_config())
+                .download(Download::new(&url, &dest2).unwrap(), &mut Vec::new());
+            let _ = tx.send(result);
+        });
+        let result = rx
+            .recv_timeout(std::time::Duration::from_secs(30))
+            .unwrap_or_else(|_| panic!("a {len}-byte download under a file never ended"));
+        match result {
+            Err(DownloadError::LocalIo { .. }) => {}
+            other => panic!("{len} bytes: expected LocalIo, got {other:?}"),
+        }
+        assert_eq!(std::fs::read(dir.path().join("afile")).unwrap(), b"x");
+    }
+}
+
 pub fn server_ignoring_range_yields_a_correct_file<R: Runtime>() {
     let data = body(12, 1024 * 1024);
     let (origin, dir) = setup("/f", &data, Behavior::Truncate { after: 300_000 });

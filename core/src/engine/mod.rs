@@ -810,18 +810,30 @@ impl Engine {
 
     /// Submit several downloads at once; they are queued together before any starts, so
     /// priorities order them. `Download::after_index(i)` refers to the `i`-th of the batch
-    /// (an index that is not earlier in the batch makes that job fail as a failed
-    /// dependency). Returns the job ids in order.
+    /// (an index that is not earlier in the batch ends that job at once with
+    /// [`DownloadError::InvalidRequest`] naming it). Returns the job ids in order.
     pub fn submit_batch(&mut self, now: Instant, specs: Vec<Download>) -> Vec<JobId> {
         self.advance(now);
         let mut ids: Vec<JobId> = Vec::with_capacity(specs.len());
         // Jobs are large: growing the map step by step would move each several times.
         self.jobs.reserve(specs.len());
         for mut spec in specs {
+            let at = ids.len();
+            let mut unknown = None;
             for i in std::mem::take(&mut spec.depends_on_index) {
-                // An index not earlier in the batch names no job: JobId(0) never exists.
-                spec.depends_on
-                    .push(ids.get(i).copied().unwrap_or(JobId(0)));
+                match ids.get(i) {
+                    Some(&dependency) => spec.depends_on.push(dependency),
+                    None => unknown = Some(i),
+                }
+            }
+            if let Some(i) = unknown {
+                let id = JobId(self.next());
+                let error = DownloadError::InvalidRequest(format!(
+                    "after_index({i}) of download {at} of the batch names no earlier download"
+                ));
+                self.refuse(id, &spec, error);
+                ids.push(id);
+                continue;
             }
             ids.push(self.enqueue(spec));
         }
