@@ -116,9 +116,9 @@ pub enum DownloadError {
     /// one file would share, and corrupt, one partial file): this one was refused.
     #[error("{path} is already the destination of job#{job}", path = path.display())]
     DestinationInUse { path: PathBuf, job: u64 },
-    /// Another process is downloading to the same destination: it holds the partial file
-    /// (`path`) locked. Nothing of that partial was changed; this job was refused.
-    #[error("{path} is being written by another process (it holds the partial file locked)", path = path.display())]
+    /// Another process (or another client of this one) is downloading to the same
+    /// destination: it holds the partial file (`path`) locked. Nothing of that partial was changed; this job was refused.
+    #[error("{path} is being written by another download (another process, or another client in this one, holds the partial file locked)", path = path.display())]
     PartialInUse { path: PathBuf },
 }
 

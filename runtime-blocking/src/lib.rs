@@ -151,22 +151,51 @@ impl Driver {
             self.host
                 .submit_batch(unsubmitted.by_ref().take(first).collect()),
         );
+        // This call's jobs: events of others (a call that unwound left its jobs cancelled,
+        // and they may still report) are not this caller's.
+        let mut mine: std::collections::HashSet<JobId> = order.iter().copied().collect();
         let mut results: BTreeMap<JobId, Result<Outcome, DownloadError>> = BTreeMap::new();
+        let mut panicked = None;
+        let mut unwinding = None;
+        let mut total = total;
         loop {
             if order.len() < total {
                 let part: Vec<Download> = unsubmitted.by_ref().take(SUBMIT_PART).collect();
-                order.extend(self.host.submit_batch(part));
+                let ids = self.host.submit_batch(part);
+                mine.extend(ids.iter().copied());
+                order.extend(ids);
             }
             let runtime = &mut self.runtime;
             self.host.drain(
                 |req| runtime.start(req),
                 |ev| {
-                    on_event(&ev);
+                    if ev.job().is_some_and(|job| !mine.contains(&job)) {
+                        return;
+                    }
+                    if panicked.is_none() && unwinding.is_none() {
+                        let delivered =
+                            std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                                on_event(&ev)
+                            }));
+                        panicked = delivered.err();
+                    }
                     if let Event::Finished { job, result } = ev {
                         results.insert(job, result);
                     }
                 },
             );
+            if let (Some(panic), None) = (panicked.take(), &unwinding) {
+                // The caller's callback panicked: the call ends, and its jobs with it (those
+                // not handed over yet are never submitted); once they have ended (cleaned up,
+                // their destinations free) the panic goes on to the caller.
+                unsubmitted.by_ref().for_each(drop);
+                total = order.len();
+                for job in order.iter().filter(|j| !results.contains_key(j)) {
+                    self.host.cancel(*job);
+                }
+                unwinding = Some(panic);
+                continue;
+            }
             self.runtime.files.flush();
             if results.len() == total && !self.runtime.net.has_done() {
                 break;
@@ -206,6 +235,9 @@ impl Driver {
             }
             self.feed_net();
             self.host.tick();
+        }
+        if let Some(panic) = unwinding {
+            std::panic::resume_unwind(panic);
         }
         order
             .into_iter()
