@@ -261,7 +261,7 @@ impl Driver {
                 self.replies.insert(conn, reply);
                 IoResult::Done
             }
-            IoOp::Recv { conn } => {
+            IoOp::Recv { conn, .. } => {
                 self.reads += 1;
                 self.now = Instant::from_nanos(self.now.as_nanos() + 1_000_000);
                 let Some(reply) = self.replies.get_mut(&conn) else {

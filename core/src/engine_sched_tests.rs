@@ -2430,3 +2430,30 @@ fn an_after_index_naming_no_earlier_download_of_the_batch_is_an_invalid_request(
         .expect("a valid after_index still waits and runs");
     h.run(ids[0]).expect("the first download");
 }
+
+#[test]
+fn a_rate_limited_read_takes_no_more_than_the_tokens_so_a_small_file_cannot_outrun_the_limit() {
+    // 300 000 bytes at 20 000 B/s with one second of burst: 14 s, less at most one smallest
+    // read past the tokens (8 KiB, 0.4 s), although the server sends the whole file at once
+    // (one read used to take it all, far past the tokens: 0.1 s).
+    const RATE: u64 = 20_000;
+    let body = pattern(300_000, 79);
+    let mut cfg = config();
+    cfg.rate_limit = Some(RATE);
+    let mut h = Harness::new(cfg);
+    h.serve(ORIGIN, crate::engine_tests::file_server(body.clone()));
+    let job = h.submit(download());
+    h.run(job).expect("downloaded");
+    assert_committed(&h, &body);
+    let took = h.finished_at(job).saturating_since(Instant::ZERO);
+    assert!(
+        took >= Duration::from_millis(13_500),
+        "300 kB at 20 kB/s took {took:?}"
+    );
+    assert!(took <= secs(15), "and not much longer: {took:?}");
+    for (_, op) in &h.ops {
+        if let IoOp::Recv { max, .. } = op {
+            assert!(*max <= 2 * RATE as usize, "a read may take {max} bytes");
+        }
+    }
+}

@@ -889,7 +889,7 @@ impl Harness {
                     self.violations.push(format!("{conn} connected twice"));
                 }
             }
-            IoOp::Send { conn, .. } | IoOp::Recv { conn } | IoOp::Close { conn } => {
+            IoOp::Send { conn, .. } | IoOp::Recv { conn, .. } | IoOp::Close { conn } => {
                 match self.conns.get(conn) {
                     None => self
                         .violations
@@ -913,7 +913,7 @@ impl Harness {
                 let c = &self.conns[conn];
                 c.closed || c.plan != ConnectPlan::Hang
             }
-            IoOp::Recv { conn } => self.conns.get(conn).is_some_and(|c| c.recv_ready(self.now)),
+            IoOp::Recv { conn, .. } => self.conns.get(conn).is_some_and(|c| c.recv_ready(self.now)),
             op => self
                 .hold
                 .as_ref()
@@ -986,7 +986,7 @@ impl Harness {
             .pending
             .iter()
             .filter_map(|r| match &r.op {
-                IoOp::Recv { conn } => self.conns.get(conn)?.queue.front().map(|(t, _)| *t),
+                IoOp::Recv { conn, .. } => self.conns.get(conn)?.queue.front().map(|(t, _)| *t),
                 _ => None,
             })
             .min();
@@ -1036,7 +1036,7 @@ impl Harness {
                 }
             }
             IoOp::Send { conn, data } => self.on_send(*conn, data),
-            IoOp::Recv { conn } => {
+            IoOp::Recv { conn, max } => {
                 let now = self.now;
                 let c = self.conns.get_mut(conn).expect("known conn");
                 if c.closed {
@@ -1047,7 +1047,12 @@ impl Harness {
                     _ => c.terminal.clone().expect("recv_ready"),
                 };
                 match wire {
-                    Wire::Data(b) => {
+                    Wire::Data(mut b) => {
+                        if b.len() > *max {
+                            // At most `max`: the rest is the next read's, available at once.
+                            let rest = b.split_off(*max);
+                            c.queue.push_front((now, Wire::Data(rest)));
+                        }
                         c.delivered += b.len();
                         IoResult::Data(b)
                     }

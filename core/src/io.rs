@@ -61,9 +61,11 @@ pub enum IoOp {
     },
     /// Write all of `data` to the connection. Completes with [`IoResult::Done`].
     Send { conn: ConnId, data: Bytes },
-    /// Read the next bytes available on the connection (any amount the runtime likes).
-    /// Completes with [`IoResult::Data`] (never empty) or [`IoResult::Eof`].
-    Recv { conn: ConnId },
+    /// Read the next bytes available on the connection: any amount the runtime likes up to
+    /// `max` bytes (the engine asks for less only under a rate limit, so that one read does
+    /// not take more than the limit allows). Completes with [`IoResult::Data`] (never empty,
+    /// at most `max` bytes) or [`IoResult::Eof`].
+    Recv { conn: ConnId, max: usize },
     /// Close the connection; pending requests on it complete with a failure.
     /// Completes with [`IoResult::Done`].
     Close { conn: ConnId },

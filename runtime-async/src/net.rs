@@ -27,7 +27,8 @@ use crate::{AsyncRuntime, AsyncSocket};
 
 enum Cmd {
     Send(IoId, Bytes),
-    Recv(IoId),
+    /// A `Recv` and the most bytes it takes.
+    Recv(IoId, usize),
     Close(IoId),
 }
 
@@ -62,7 +63,7 @@ impl<R: AsyncRuntime> Net<R> {
                 return;
             }
             IoOp::Send { conn, data } => (conn, Cmd::Send(req.id, data)),
-            IoOp::Recv { conn } => (conn, Cmd::Recv(req.id)),
+            IoOp::Recv { conn, max } => (conn, Cmd::Recv(req.id, max.max(1))),
             IoOp::Close { conn } => match self.conns.remove(&conn) {
                 Some(q) => {
                     if q.unbounded_send(Cmd::Close(req.id)).is_err() {
@@ -78,7 +79,7 @@ impl<R: AsyncRuntime> Net<R> {
             Some(q) => q.unbounded_send(cmd).map_err(|e| e.into_inner()),
             None => Err(cmd),
         };
-        if let Err(Cmd::Send(id, _) | Cmd::Recv(id) | Cmd::Close(id)) = sent {
+        if let Err(Cmd::Send(id, _) | Cmd::Recv(id, _) | Cmd::Close(id)) = sent {
             self.sink.complete(id, connection_closed());
         }
     }
@@ -205,7 +206,7 @@ async fn connection<R: AsyncRuntime>(
     };
     // One read ahead of the engine's requests; `ended` once a read gave no data.
     let mut ahead: Option<IoResult> = None;
-    let mut waiting: Option<IoId> = None;
+    let mut waiting: Option<(IoId, usize)> = None;
     let mut ended = false;
     loop {
         let step = if ahead.is_none() && !ended {
@@ -220,21 +221,21 @@ async fn connection<R: AsyncRuntime>(
             Step::Read(r) => {
                 ended = !matches!(r, IoResult::Data(_));
                 match waiting.take() {
-                    Some(id) => sink.complete(id, r),
+                    Some((id, max)) => sink.complete(id, at_most(r, max, &mut ahead)),
                     None => ahead = Some(r),
                 }
             }
-            Step::Cmd(Some(Cmd::Recv(id))) => match ahead.take() {
-                Some(r) => sink.complete(id, r),
+            Step::Cmd(Some(Cmd::Recv(id, max))) => match ahead.take() {
+                Some(r) => sink.complete(id, at_most(r, max, &mut ahead)),
                 None if ended => sink.complete(id, connection_closed()),
-                None => waiting = Some(id),
+                None => waiting = Some((id, max)),
             },
             Step::Cmd(Some(Cmd::Send(id, data))) => {
                 let r = link.send(&data).await;
                 sink.complete(id, r);
             }
             Step::Cmd(Some(Cmd::Close(id))) => {
-                if let Some(w) = waiting.take() {
+                if let Some((w, _)) = waiting.take() {
                     sink.complete(w, connection_closed());
                 }
                 sink.complete(id, IoResult::Done);
@@ -242,6 +243,17 @@ async fn connection<R: AsyncRuntime>(
             }
             Step::Cmd(None) => return,
         }
+    }
+}
+
+/// At most `max` bytes of a read for a `Recv`; the rest waits in `ahead` for the next.
+fn at_most(read: IoResult, max: usize, ahead: &mut Option<IoResult>) -> IoResult {
+    match read {
+        IoResult::Data(mut data) if data.len() > max => {
+            *ahead = Some(IoResult::Data(data.split_off(max)));
+            IoResult::Data(data)
+        }
+        other => other,
     }
 }
 
@@ -253,7 +265,7 @@ enum Step {
 fn refuse(sink: &Sink, cmd: Cmd) {
     match cmd {
         Cmd::Close(id) => sink.complete(id, IoResult::Done),
-        Cmd::Send(id, _) | Cmd::Recv(id) => sink.complete(id, connection_closed()),
+        Cmd::Send(id, _) | Cmd::Recv(id, _) => sink.complete(id, connection_closed()),
     }
 }
 
@@ -265,5 +277,28 @@ async fn serve_closed(mut cmds: UnboundedReceiver<Cmd>, sink: &Sink) {
         if closing {
             return;
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use bytes::Bytes;
+
+    #[test]
+    fn a_read_longer_than_a_recv_takes_gives_it_max_bytes_and_keeps_the_rest_ahead() {
+        let mut ahead = None;
+        let read = IoResult::Data(Bytes::from_static(b"0123456789"));
+        assert_eq!(
+            at_most(read, 4, &mut ahead),
+            IoResult::Data(Bytes::from_static(b"0123"))
+        );
+        assert_eq!(ahead, Some(IoResult::Data(Bytes::from_static(b"456789"))));
+        let mut ahead = None;
+        assert_eq!(at_most(IoResult::Eof, 4, &mut ahead), IoResult::Eof);
+        assert_eq!(ahead, None);
+        let short = IoResult::Data(Bytes::from_static(b"01"));
+        assert_eq!(at_most(short.clone(), 4, &mut ahead), short);
+        assert_eq!(ahead, None);
     }
 }

@@ -86,6 +86,8 @@ struct Link {
     transport: Option<Transport>,
     /// The waiting `Recv`, if any.
     recv: Option<IoId>,
+    /// The most bytes the waiting `Recv` takes (see `IoOp::Recv`).
+    recv_max: usize,
     /// A read may find bytes (no read would-blocked since the last readiness event).
     readable: bool,
     /// A write may make progress (likewise).
@@ -155,12 +157,13 @@ impl Net {
                 }
                 _ => self.done.push((req.id, connection_closed())),
             },
-            IoOp::Recv { conn } => match self.conns.get_mut(&conn) {
+            IoOp::Recv { conn, max } => match self.conns.get_mut(&conn) {
                 Some(Conn::Connecting { recv } | Conn::Dialing { recv, .. }) => {
                     *recv = Some(req.id)
                 }
                 Some(Conn::Up(link)) if !link.finished => {
                     link.recv = Some(req.id);
+                    link.recv_max = max.max(1);
                     link.read(&mut self.slab, &mut self.wire, &mut self.done);
                 }
                 _ => self.done.push((req.id, connection_closed())),
@@ -309,6 +312,7 @@ impl Net {
             stream,
             transport,
             recv,
+            recv_max: usize::MAX,
             readable: true,
             writable: true,
             sends: VecDeque::new(),
@@ -500,7 +504,9 @@ impl Link {
     fn try_read(&mut self, slab: &mut ReadSlab, wire: &mut Vec<u8>) -> Option<IoResult> {
         let Some(t) = self.transport.as_mut() else {
             while self.readable {
-                match (&self.stream).read(slab.chunk()) {
+                let chunk = slab.chunk();
+                let room = chunk.len().min(self.recv_max);
+                match (&self.stream).read(&mut chunk[..room]) {
                     Ok(0) => return Some(IoResult::Eof),
                     Ok(n) => return Some(IoResult::Data(slab.take(n))),
                     Err(e) if e.kind() == ErrorKind::WouldBlock => self.readable = false,
@@ -511,7 +517,9 @@ impl Link {
             return None;
         };
         loop {
-            match t.read_plain(slab.chunk()) {
+            let chunk = slab.chunk();
+            let room = chunk.len().min(self.recv_max);
+            match t.read_plain(&mut chunk[..room]) {
                 Ok(Plain::Data(n)) => return Some(IoResult::Data(slab.take(n))),
                 Ok(Plain::Eof) => return Some(IoResult::Eof),
                 Err(f) => return Some(IoResult::Failed(f)),
@@ -691,7 +699,14 @@ mod tests {
         let mut got = Vec::new();
         let mut id = 2;
         loop {
-            request(&mut net, id, IoOp::Recv { conn });
+            request(
+                &mut net,
+                id,
+                IoOp::Recv {
+                    conn,
+                    max: usize::MAX,
+                },
+            );
             let (done, result) = next(&mut net, &rx);
             assert_eq!(done, IoId(id));
             match result {
@@ -701,7 +716,14 @@ mod tests {
             }
             if got == b"hello" {
                 // The next Recv waits for the poller: nothing is there yet.
-                request(&mut net, 100, IoOp::Recv { conn });
+                request(
+                    &mut net,
+                    100,
+                    IoOp::Recv {
+                        conn,
+                        max: usize::MAX,
+                    },
+                );
                 net.wait(Some(Duration::from_millis(50)), || false);
                 assert!(net.done.is_empty(), "a read of an empty socket completed");
                 go.send(()).unwrap();
@@ -717,7 +739,14 @@ mod tests {
         server.join().unwrap();
         assert_eq!(got, b"hello world");
         // After the end, every read finds the connection closed.
-        request(&mut net, 200, IoOp::Recv { conn });
+        request(
+            &mut net,
+            200,
+            IoOp::Recv {
+                conn,
+                max: usize::MAX,
+            },
+        );
         assert!(matches!(
             next(&mut net, &rx),
             (IoId(200), IoResult::Failed(_))
@@ -731,7 +760,14 @@ mod tests {
         let (mut net, rx) = net();
         let conn = connect(&mut net, &rx, port);
         let _peer = listener.accept().unwrap();
-        request(&mut net, 2, IoOp::Recv { conn });
+        request(
+            &mut net,
+            2,
+            IoOp::Recv {
+                conn,
+                max: usize::MAX,
+            },
+        );
         net.wait(Some(Duration::from_millis(20)), || false);
         assert!(net.done.is_empty());
         request(&mut net, 3, IoOp::Close { conn });
@@ -767,7 +803,14 @@ mod tests {
             let conn = ConnId(7);
             connect_to(&mut net, 1, conn, host, port);
             // A Recv asked while connecting waits for the setup, then finds it closed.
-            request(&mut net, 2, IoOp::Recv { conn });
+            request(
+                &mut net,
+                2,
+                IoOp::Recv {
+                    conn,
+                    max: usize::MAX,
+                },
+            );
             let (id, r) = next(&mut net, &rx);
             assert_eq!(id, IoId(1), "{host}");
             match r {
@@ -778,7 +821,14 @@ mod tests {
                 next(&mut net, &rx),
                 (IoId(2), IoResult::Failed(_))
             ));
-            request(&mut net, 3, IoOp::Recv { conn });
+            request(
+                &mut net,
+                3,
+                IoOp::Recv {
+                    conn,
+                    max: usize::MAX,
+                },
+            );
             assert!(matches!(
                 next(&mut net, &rx),
                 (IoId(3), IoResult::Failed(_))
@@ -795,7 +845,14 @@ mod tests {
             let conn = ConnId(3);
             connect_to(&mut net, 1, conn, host, port);
             // Asked before the connection is up: answered once it is.
-            request(&mut net, 2, IoOp::Recv { conn });
+            request(
+                &mut net,
+                2,
+                IoOp::Recv {
+                    conn,
+                    max: usize::MAX,
+                },
+            );
             let (mut peer, _) = listener.accept().unwrap();
             assert!(matches!(next(&mut net, &rx), (IoId(1), IoResult::Done)));
             peer.write_all(b"hello").unwrap();
@@ -821,7 +878,14 @@ mod tests {
         connect_to(&mut net, 1, conn, "127.0.0.1", port);
         // Nothing polled yet: the connection is still dialing when it is closed.
         assert!(matches!(net.conns.get(&conn), Some(Conn::Dialing { .. })));
-        request(&mut net, 2, IoOp::Recv { conn });
+        request(
+            &mut net,
+            2,
+            IoOp::Recv {
+                conn,
+                max: usize::MAX,
+            },
+        );
         request(&mut net, 3, IoOp::Close { conn });
         let mut got: Vec<IoId> = (0..3).map(|_| next(&mut net, &rx).0).collect();
         got.sort();

@@ -481,7 +481,7 @@ fn conn_of(op: &IoOp) -> Option<ConnId> {
     match op {
         IoOp::Connect { conn, .. }
         | IoOp::Send { conn, .. }
-        | IoOp::Recv { conn }
+        | IoOp::Recv { conn, .. }
         | IoOp::Close { conn } => Some(*conn),
         _ => None,
     }
@@ -495,7 +495,7 @@ fn summarize_op(op: &IoOp) -> String {
     match op {
         IoOp::Connect { conn, origin, .. } => format!("Connect {conn} {origin}"),
         IoOp::Send { conn, data } => format!("Send {conn} {}B", data.len()),
-        IoOp::Recv { conn } => format!("Recv {conn}"),
+        IoOp::Recv { conn, .. } => format!("Recv {conn}"),
         IoOp::Close { conn } => format!("Close {conn}"),
         IoOp::ReadFile { path, .. } => format!("ReadFile {}", path.display()),
         IoOp::WriteFileAtomic { path, data } => {
@@ -1154,7 +1154,7 @@ impl World {
                 let lat = Duration::from_micros(self.net.log_range(20, 2_000));
                 self.schedule(now + lat, Ev::Io(id));
             }
-            IoOp::Recv { conn } => {
+            IoOp::Recv { conn, .. } => {
                 let c = self.conns.get_mut(conn).expect("checked above");
                 c.parked_recv.push_back(id);
                 self.wake_recv(*conn);
@@ -1270,8 +1270,9 @@ impl World {
                     IoResult::Done
                 }
             }
-            IoOp::Recv { conn } => {
+            IoOp::Recv { conn, max } => {
                 let now = self.now;
+                let max = *max;
                 let c = self
                     .conns
                     .get_mut(conn)
@@ -1286,7 +1287,13 @@ impl World {
                             return;
                         }
                         Some((_, Wire::Data(_))) => match c.stream.pop_front() {
-                            Some((_, Wire::Data(b))) => IoResult::Data(b),
+                            Some((t, Wire::Data(mut b))) => {
+                                if b.len() > max {
+                                    // At most `max`: the rest is the next read's.
+                                    c.stream.push_front((t, Wire::Data(b.split_off(max))));
+                                }
+                                IoResult::Data(b)
+                            }
                             _ => unreachable!("front was data"),
                         },
                         Some((_, Wire::Eof)) => IoResult::Eof,

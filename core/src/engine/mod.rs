@@ -698,6 +698,8 @@ impl ReadAhead {
 const DRAIN_LIMIT: u64 = 64 * 1024;
 /// Burst allowance of rate limits.
 const BURST: Duration = Duration::from_secs(1);
+/// The smallest read a rate-limited transfer asks for (see [`Engine::read_allowance`]).
+const MIN_THROTTLED_READ: usize = 8 * 1024;
 
 impl Engine {
     /// A new engine. `now` is the engine's current time (usually [`Instant::ZERO`]).
@@ -1615,6 +1617,34 @@ impl Engine {
             at = at.max(ready);
         }
         (at > now).then_some(at)
+    }
+
+    /// How many bytes job `id`'s next read may take under its rate limits (unlimited
+    /// without one): the tokens its buckets hold now, but at least an eighth of a second of
+    /// the tightest rate (and [`MIN_THROTTLED_READ`]), so that a read past the tokens goes
+    /// at most that far beyond the limit's one-second allowance, and a job of a lower class
+    /// that reads when it has waited long enough (see `throttle_until`) still gets a useful
+    /// share. Without the cap one read took up to a whole receive chunk (256 KiB), which at
+    /// a low rate is many seconds of the limit, never paid back after a file's last read.
+    pub(super) fn read_allowance(&mut self, id: JobId) -> usize {
+        let now = self.now;
+        let mut allowed = f64::INFINITY;
+        let mut rate = u64::MAX;
+        if let Some(b) = self.jobs.get_mut(&id).and_then(|j| j.bucket.as_mut()) {
+            allowed = allowed.min(b.available(now));
+            rate = rate.min(b.rate());
+        }
+        if let Some(g) = self.global_bucket.as_mut() {
+            allowed = allowed.min(g.available(now));
+            rate = rate.min(g.rate());
+        }
+        if allowed.is_infinite() {
+            return usize::MAX;
+        }
+        let floor = usize::try_from(rate / 8)
+            .unwrap_or(usize::MAX)
+            .max(MIN_THROTTLED_READ);
+        (allowed.max(0.0) as usize).max(floor)
     }
 
     fn account(&mut self, id: JobId, bytes: u64) {

@@ -618,12 +618,14 @@ impl Engine {
                 return;
             }
         }
+        // Also a head's read: it may bring body bytes with it.
+        let max = self.read_allowance(id);
         let now = self.now;
         let t = self.transfer(id, tid).expect("transfer");
         t.recv_outstanding = true;
         t.last_byte = now;
         let conn = t.conn.expect("checked");
-        self.io(Route::Recv(conn), IoOp::Recv { conn });
+        self.io(Route::Recv(conn), IoOp::Recv { conn, max });
     }
 
     /// A connection broke. A reused connection that breaks before any response byte was
