@@ -103,6 +103,18 @@ impl Reporter {
         }
     }
 
+    /// A job's news: on its bar, or as a line in plain mode (nothing in JSON mode, whose
+    /// events say it).
+    fn tell(&self, job: &JobId, msg: String) {
+        if let Some(v) = self.jobs.get(job) {
+            match (&v.bar, self.mode) {
+                (Some(b), _) => b.set_message(msg),
+                (None, Mode::Plain) => eprintln!("{}: {msg}", v.label),
+                _ => {}
+            }
+        }
+    }
+
     fn emit_json(&self, v: serde_json::Value) {
         let mut out = std::io::stdout().lock();
         let _ = writeln!(out, "{v}");
@@ -129,14 +141,10 @@ impl Reporter {
                 }
             }
             Event::SingleConnection { job, reason } => {
-                if let Some(v) = self.jobs.get(job) {
-                    let msg = format!("segments do not fit together ({reason}): one connection");
-                    match (&v.bar, self.mode) {
-                        (Some(b), _) => b.set_message(msg),
-                        (None, Mode::Plain) => eprintln!("{}: {msg}", v.label),
-                        _ => {}
-                    }
-                }
+                self.tell(
+                    job,
+                    format!("segments do not fit together ({reason}): one connection"),
+                );
                 if self.mode == Mode::Json {
                     self.emit_json(
                         json!({"event": "single_connection", "job": job.0, "reason": reason}),
@@ -223,27 +231,16 @@ impl Reporter {
                 delay,
                 error,
             } => {
-                if let Some(v) = self.jobs.get(job) {
-                    let msg = format!("retry {attempt} in {:.1}s: {error}", delay.as_secs_f64());
-                    match (&v.bar, self.mode) {
-                        (Some(b), _) => b.set_message(msg),
-                        (None, Mode::Plain) => eprintln!("{}: {msg}", v.label),
-                        _ => {}
-                    }
-                }
+                self.tell(
+                    job,
+                    format!("retry {attempt} in {:.1}s: {error}", delay.as_secs_f64()),
+                );
                 if self.mode == Mode::Json {
                     self.emit_json(json!({"event": "retrying", "job": job.0, "attempt": attempt, "delay_ms": delay.as_millis() as u64, "error": error.to_string()}));
                 }
             }
             Event::Failover { job, from, to } => {
-                if let Some(v) = self.jobs.get(job) {
-                    let msg = format!("trying mirror {to}");
-                    match (&v.bar, self.mode) {
-                        (Some(b), _) => b.set_message(msg),
-                        (None, Mode::Plain) => eprintln!("{}: {msg}", v.label),
-                        _ => {}
-                    }
-                }
+                self.tell(job, format!("trying mirror {to}"));
                 if self.mode == Mode::Json {
                     self.emit_json(
                         json!({"event": "failover", "job": job.0, "from": from, "to": to}),
