@@ -782,15 +782,6 @@ fn small_op(op: &IoOp) -> bool {
     }
 }
 
-/// How a file worker ended.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum WorkerEnd {
-    /// After `CloseFile`, or its queue closed.
-    Closed,
-    /// Its `Open`/`OpenRead` failed: the engine sends nothing more for that file.
-    OpenFailed,
-}
-
 /// Runs one file's operations in issue order. `Sync` is handed to a companion worker so that
 /// writes keep flowing while earlier data is flushed (the engine's checkpoints would otherwise
 /// stall the download for as long as the disk takes); `CloseFile` and a commit wait for
@@ -808,7 +799,7 @@ fn file_worker<C: Completions, S: BlockingSpawner>(
     spawner: S,
     durable: Option<Sender<Pending>>,
     failed: (&Mutex<Vec<FileId>>, FileId),
-) -> WorkerEnd {
+) {
     // The companion's queue and a channel that closes when it has finished.
     let mut syncer: Option<(Sender<IoId>, mpsc::Receiver<()>)> = None;
     let finish_syncs = |syncer: &mut Option<(Sender<IoId>, mpsc::Receiver<()>)>| {
@@ -820,7 +811,7 @@ fn file_worker<C: Completions, S: BlockingSpawner>(
     };
     loop {
         let Ok(work) = rx.recv() else {
-            return WorkerEnd::Closed;
+            return;
         };
         let req = match work {
             Work::Op(req) => req,
@@ -828,7 +819,7 @@ fn file_worker<C: Completions, S: BlockingSpawner>(
                 finish_syncs(&mut syncer);
                 let pending = Pending::data(sync, close, file, lock(state).take());
                 hand_over(durable.as_ref(), pending, &sink);
-                return WorkerEnd::Closed;
+                return;
             }
             Work::Publish { id, file, to } => {
                 finish_syncs(&mut syncer);
@@ -839,7 +830,7 @@ fn file_worker<C: Completions, S: BlockingSpawner>(
                     to,
                 };
                 hand_over(durable.as_ref(), pending, &sink);
-                return WorkerEnd::Closed;
+                return;
             }
         };
         match req.op {
@@ -865,7 +856,7 @@ fn file_worker<C: Completions, S: BlockingSpawner>(
                     }
                     drop(rx);
                     drop(failed_opens);
-                    return WorkerEnd::OpenFailed;
+                    return;
                 }
             }
             IoOp::Sync { .. } => {
@@ -891,7 +882,7 @@ fn file_worker<C: Completions, S: BlockingSpawner>(
             IoOp::CloseFile { .. } | IoOp::Publish { .. } => {
                 finish_syncs(&mut syncer);
                 sink.complete(req.id, lock(state).execute(&req.op));
-                return WorkerEnd::Closed;
+                return;
             }
             _ => sink.complete(req.id, lock(state).execute(&req.op)),
         }
