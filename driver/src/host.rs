@@ -122,8 +122,25 @@ impl Host {
 
     /// Cancel a job, keeping its partial file and state for a later resume.
     pub fn cancel(&mut self, job: JobId) {
+        self.cancel_with(job, CancelMode::KeepPartial);
+    }
+
+    /// Cancel a job: its partial file and state are kept or removed as `mode` says.
+    pub fn cancel_with(&mut self, job: JobId, mode: CancelMode) {
         let now = self.now();
-        self.engine.cancel(now, job, CancelMode::KeepPartial);
+        self.engine.cancel(now, job, mode);
+    }
+
+    /// Pause a job (see [`Engine::pause`]).
+    pub fn pause(&mut self, job: JobId) {
+        let now = self.now();
+        self.engine.pause(now, job);
+    }
+
+    /// Resume a paused job (see [`Engine::resume`]).
+    pub fn resume(&mut self, job: JobId) {
+        let now = self.now();
+        self.engine.resume(now, job);
     }
 
     /// Drain every pending output: I/O requests go to `start`, events to `on_event`.

@@ -14,7 +14,7 @@ use std::task::{Context, Poll};
 use futures_channel::mpsc::{UnboundedReceiver, UnboundedSender};
 use futures_util::future::{select, Either};
 use futures_util::StreamExt;
-use haul_core::{Config, ConfigError, Download, Event, IoId, IoOp, IoResult, JobId};
+use haul_core::{CancelMode, Config, ConfigError, Download, Event, IoId, IoOp, IoResult, JobId};
 use haul_driver::{BlockingSpawner, BlockingWork, Completions, Files, Host};
 
 use crate::net::Net;
@@ -27,8 +27,12 @@ pub(crate) enum Msg {
     /// Start downloads as one batch (priorities order them, `after_index` refers within);
     /// each one's events go to its own sender.
     Submit(Vec<Submission>),
-    /// Cancel the download of `ticket` (keeping its partial).
-    Cancel { ticket: u64 },
+    /// Cancel the download of `ticket`, keeping its partial or not as `mode` says.
+    Cancel { ticket: u64, mode: CancelMode },
+    /// Pause the download of `ticket`.
+    Pause { ticket: u64 },
+    /// Resume the download of `ticket`.
+    Resume { ticket: u64 },
     /// The last client handle was dropped.
     ClientGone,
 }
@@ -184,9 +188,19 @@ impl<R: AsyncRuntime> Driver<R> {
                     self.jobs.insert(job, sink);
                 }
             }
-            Msg::Cancel { ticket } => {
+            Msg::Cancel { ticket, mode } => {
                 if let Some(job) = self.tickets.get(&ticket) {
-                    self.host.cancel(*job);
+                    self.host.cancel_with(*job, mode);
+                }
+            }
+            Msg::Pause { ticket } => {
+                if let Some(job) = self.tickets.get(&ticket) {
+                    self.host.pause(*job);
+                }
+            }
+            Msg::Resume { ticket } => {
+                if let Some(job) = self.tickets.get(&ticket) {
+                    self.host.resume(*job);
                 }
             }
             Msg::ClientGone => self.client_gone = true,

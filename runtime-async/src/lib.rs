@@ -36,7 +36,7 @@ use std::task::{Context, Poll};
 
 use futures_channel::mpsc::{self, UnboundedReceiver, UnboundedSender};
 use futures_core::Stream;
-use haul_core::{Config, ConfigError, Download, DownloadError, Event, Outcome};
+use haul_core::{CancelMode, Config, ConfigError, Download, DownloadError, Event, Outcome};
 
 pub use haul_core;
 pub use haul_driver::BlockingWork;
@@ -206,12 +206,40 @@ impl Transfer {
         TransferResult(self)
     }
 
-    /// Cancel now (the same as dropping, but the result, `Cancelled`, can still be awaited).
+    /// Cancel now, keeping the partial file for a later resume (the same as dropping, but
+    /// the result, `Cancelled`, can still be awaited).
     pub fn cancel(&self) {
+        self.cancel_with(CancelMode::KeepPartial);
+    }
+
+    /// Cancel now, keeping the partial file ([`CancelMode::KeepPartial`]) or removing it
+    /// and its state ([`CancelMode::Discard`]).
+    pub fn cancel_with(&self, mode: CancelMode) {
+        self.send(Msg::Cancel {
+            ticket: self.ticket,
+            mode,
+        });
+    }
+
+    /// Pause the download: its connections close and it holds no slot until
+    /// [`Transfer::resume`], which continues from the bytes already verified.
+    pub fn pause(&self) {
+        self.send(Msg::Pause {
+            ticket: self.ticket,
+        });
+    }
+
+    /// Resume a paused download.
+    pub fn resume(&self) {
+        self.send(Msg::Resume {
+            ticket: self.ticket,
+        });
+    }
+
+    /// Tell the driver about this transfer, while it runs.
+    fn send(&self, msg: Msg) {
         if let TransferState::Running = self.state {
-            let _ = self.driver.unbounded_send(Msg::Cancel {
-                ticket: self.ticket,
-            });
+            let _ = self.driver.unbounded_send(msg);
         }
     }
 }

@@ -210,6 +210,90 @@ pub fn download_many_is_one_batch_with_results_in_order<H: AsyncHarness>() {
 }
 
 /// Instantiate every async-client scenario for the harness type `$h`.
+/// A transfer paused mid-body asks for nothing more until it is resumed; then it continues
+/// from the bytes it has and commits the exact file.
+pub fn a_paused_transfer_fetches_nothing_until_resumed_and_then_commits<H: AsyncHarness>() {
+    let h = H::new();
+    let data = body(91, 3 * 1024 * 1024);
+    let origin = Origin::start().expect("origin");
+    origin.route(
+        "/p.bin",
+        data.clone(),
+        Behavior::Trickle {
+            bytes_per_sec: 2_000_000,
+        },
+    );
+    let dir = TempDir::new().unwrap();
+    let dest = dir.path().join("p.bin");
+    let client = h.client(fast_config());
+    let mut transfer = client.start(Download::new(&origin.url("/p.bin"), &dest).unwrap());
+    h.block_on(async {
+        while let Some(ev) = transfer.next().await {
+            if matches!(ev, Event::Progress { bytes, .. } if bytes >= 500_000) {
+                break;
+            }
+        }
+    });
+    transfer.pause();
+    std::thread::sleep(Duration::from_millis(300));
+    let requests = origin.requests_to("/p.bin").len();
+    std::thread::sleep(Duration::from_millis(700));
+    assert_eq!(
+        origin.requests_to("/p.bin").len(),
+        requests,
+        "nothing asked while paused"
+    );
+    assert!(!dest.exists(), "nothing committed while paused");
+    transfer.resume();
+    let out = h
+        .block_on(transfer.result())
+        .expect("resumed and committed");
+    assert_eq!(std::fs::read(&dest).unwrap(), data);
+    assert!(
+        out.bytes_fetched < 2 * data.len() as u64,
+        "continued, not restarted twice"
+    );
+    let resumed = origin
+        .requests_to("/p.bin")
+        .last()
+        .and_then(|r| r.header("range").map(str::to_string));
+    assert!(
+        resumed.as_deref().is_some_and(|r| r != "bytes=0-"),
+        "the resume asks for the rest: {resumed:?}"
+    );
+}
+
+/// `cancel_with(CancelMode::Discard)` ends the download and removes its partial and state.
+pub fn cancelling_with_discard_removes_the_partial_and_its_state<H: AsyncHarness>() {
+    let h = H::new();
+    let data = body(92, 3 * 1024 * 1024);
+    let origin = Origin::start().expect("origin");
+    origin.route("/d.bin", data, Behavior::Stall { after: 1_000_000 });
+    let dir = TempDir::new().unwrap();
+    let dest = dir.path().join("d.bin");
+    let client = h.client(fast_config());
+    let mut transfer = client.start(Download::new(&origin.url("/d.bin"), &dest).unwrap());
+    h.block_on(async {
+        while let Some(ev) = transfer.next().await {
+            if matches!(ev, Event::Progress { bytes, .. } if bytes >= 1_000_000) {
+                break;
+            }
+        }
+    });
+    transfer.cancel_with(haul_core::CancelMode::Discard);
+    let result = h.block_on(transfer.result());
+    assert!(
+        matches!(result, Err(DownloadError::Cancelled)),
+        "{result:?}"
+    );
+    assert!(!dest.exists());
+    assert!(
+        !with_suffix(&dest, ".haul-part").exists(),
+        "the partial is removed"
+    );
+    assert!(!with_suffix(&dest, ".haul-state").exists(), "its state too");
+}
+
 #[macro_export]
 macro_rules! async_scenarios {
     ($h:ty) => {
@@ -218,6 +302,8 @@ macro_rules! async_scenarios {
             many_downloads_on_one_client_run_at_once,
             held_transfer_outlives_its_client,
             download_many_is_one_batch_with_results_in_order,
+            a_paused_transfer_fetches_nothing_until_resumed_and_then_commits,
+            cancelling_with_discard_removes_the_partial_and_its_state,
         );
     };
     ($h:ty; $($name:ident),* $(,)?) => {
