@@ -42,7 +42,8 @@ use std::sync::mpsc::{self, Receiver, Sender};
 use std::sync::{Arc, Mutex};
 
 use haul_core::{
-    Config, ConfigError, Download, DownloadError, Event, IoId, IoRequest, IoResult, JobId, Outcome,
+    CancelMode, Config, ConfigError, Download, DownloadError, Event, IoId, IoRequest, IoResult,
+    JobId, Outcome,
 };
 use haul_driver::{Completions, Host, Threads};
 
@@ -58,8 +59,8 @@ pub(crate) enum Msg {
         IoId,
         Box<Result<haul_driver::Established, haul_core::IoFailure>>,
     ),
-    /// Cancel every running job (keeping partials for resume).
-    CancelAll,
+    /// Cancel every running job of the call, keeping partials for resume or not.
+    CancelAll(CancelMode),
 }
 
 /// Messages into the driver's channel, waking the driver if it sleeps in its poller.
@@ -92,7 +93,13 @@ pub struct CancelHandle {
 impl CancelHandle {
     /// Cancel every job of the running call; partial downloads are kept for resume.
     pub fn cancel(&self) {
-        self.sink.send(Msg::CancelAll);
+        self.cancel_with(CancelMode::KeepPartial);
+    }
+
+    /// Cancel every job of the running call, keeping partial downloads
+    /// ([`CancelMode::KeepPartial`]) or removing them and their state ([`CancelMode::Discard`]).
+    pub fn cancel_with(&self, mode: CancelMode) {
+        self.sink.send(Msg::CancelAll(mode));
     }
 }
 
@@ -219,18 +226,20 @@ impl Driver {
                 }
                 Err(_) => false,
             });
-            let mut cancel = false;
+            let mut cancel = None;
             if let Some(m) = first {
-                cancel |= self.handle(m);
+                cancel = self.handle(m).or(cancel);
             }
             while let Ok(m) = self.rx.try_recv() {
-                cancel |= self.handle(m);
+                cancel = self.handle(m).or(cancel);
             }
-            if cancel {
+            if let Some(mode) = cancel {
                 // Every job of the call is cancelled, those not handed over yet too.
-                order.extend(self.host.submit_batch(unsubmitted.by_ref().collect()));
+                let ids = self.host.submit_batch(unsubmitted.by_ref().collect());
+                mine.extend(ids.iter().copied());
+                order.extend(ids);
                 for job in order.iter().filter(|j| !results.contains_key(j)) {
-                    self.host.cancel(*job);
+                    self.host.cancel_with(*job, mode);
                 }
             }
             self.feed_net();
@@ -252,16 +261,16 @@ impl Driver {
         }
     }
 
-    /// Takes one message; `true` if it asks to cancel every job of the call.
-    fn handle(&mut self, m: Msg) -> bool {
+    /// Takes one message; how to cancel every job of the call, if it asks to.
+    fn handle(&mut self, m: Msg) -> Option<CancelMode> {
         match m {
             Msg::Done(id, result) => self.host.complete(id, result),
             Msg::Established(conn, id, result) => {
                 self.runtime.net.on_established(conn, id, *result)
             }
-            Msg::CancelAll => return true,
+            Msg::CancelAll(mode) => return Some(mode),
         }
-        false
+        None
     }
 }
 
@@ -349,7 +358,7 @@ impl Client {
                 Msg::Established(conn, id, result) => {
                     driver.runtime.net.on_established(conn, id, *result)
                 }
-                Msg::CancelAll => {}
+                Msg::CancelAll(_) => {}
             }
         }
         driver.feed_net();

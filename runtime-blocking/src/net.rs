@@ -586,7 +586,7 @@ mod tests {
             while let Ok(m) = rx.try_recv() {
                 match m {
                     Msg::Established(conn, id, result) => net.on_established(conn, id, *result),
-                    Msg::Done(..) | Msg::CancelAll => panic!("not a network message"),
+                    Msg::Done(..) | Msg::CancelAll(_) => panic!("not a network message"),
                 }
             }
         }
@@ -899,7 +899,7 @@ mod tests {
         let sink = net.sink.clone();
         let sender = std::thread::spawn(move || {
             std::thread::sleep(Duration::from_millis(50));
-            sink.send(Msg::CancelAll);
+            sink.send(Msg::CancelAll(haul_core::CancelMode::KeepPartial));
         });
         let start = Instant::now();
         // As the driver does: the channel is asked after the sleep is announced. Without
@@ -912,7 +912,7 @@ mod tests {
             });
             got = got.or_else(|| rx.try_recv().ok());
         }
-        assert!(matches!(got, Some(Msg::CancelAll)));
+        assert!(matches!(got, Some(Msg::CancelAll(_))));
         assert!(start.elapsed() < Duration::from_secs(30));
         sender.join().unwrap();
     }
