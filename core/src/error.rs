@@ -110,7 +110,7 @@ pub enum DownloadError {
     DependencyFailed { dependency: u64 },
     /// Every URL of the download is behind an open circuit breaker for longer than the
     /// retry policy allows waiting.
-    #[error("{origin} is failing (circuit breaker open for another {retry_in:?}) and no mirror is available")]
+    #[error("{origin} is failing (circuit breaker open for another {retry_in:.1?}) and no mirror is available")]
     CircuitOpen { origin: String, retry_in: Duration },
     /// Another unfinished job of the engine writes the same destination (two downloads to
     /// one file would share, and corrupt, one partial file): this one was refused.
@@ -259,6 +259,18 @@ mod tests {
             },
         };
         assert!(truncated.retryable());
+    }
+
+    #[test]
+    fn an_open_breaker_says_how_long_in_tenths_of_a_second() {
+        let e = DownloadError::CircuitOpen {
+            origin: "http://h:80".into(),
+            retry_in: Duration::from_nanos(239_000_336_276),
+        };
+        assert_eq!(
+            e.to_string(),
+            "http://h:80 is failing (circuit breaker open for another 239.0s) and no mirror is available"
+        );
     }
 
     #[test]

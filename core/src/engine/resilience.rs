@@ -398,6 +398,14 @@ impl Engine {
         };
         let delay = delay.max(self.retry_budget.wait(self.now));
         if elapsed + delay > policy.max_elapsed {
+            // The error says what failed; this says why it was not tried again.
+            tracing::warn!(
+                job = %id,
+                "not retrying: the next try, {:.1?} away, would pass the retry time limit of {:?} ({:.1?} used)",
+                delay,
+                policy.max_elapsed,
+                elapsed
+            );
             return self.terminate(id, error, true);
         }
         self.retry_budget.take(self.now);
