@@ -13,7 +13,8 @@ use crate::io::{IoErrorKind, IoFailure};
 /// Which timeout fired.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum TimeoutKind {
-    /// The connection was not established in time.
+    /// The connection was not established in time (TCP, a proxy's tunnel, or the TLS
+    /// handshake: an https URL pointing at a plain-http port ends here).
     Connect,
     /// The response head did not arrive in time after the request was sent.
     ResponseHead,
@@ -26,7 +27,7 @@ pub enum TimeoutKind {
 impl std::fmt::Display for TimeoutKind {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str(match self {
-            TimeoutKind::Connect => "connect",
+            TimeoutKind::Connect => "connect (TCP, tunnel or TLS handshake)",
             TimeoutKind::ResponseHead => "response head",
             TimeoutKind::Idle => "idle",
             TimeoutKind::LowSpeed => "low speed",
