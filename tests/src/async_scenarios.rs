@@ -12,6 +12,17 @@ use tempfile::TempDir;
 
 use crate::{body, fast_config, with_suffix};
 
+/// Takes `transfer`'s events until it reports at least `bytes` received (or ends).
+fn until_bytes<H: AsyncHarness>(h: &H, transfer: &mut haul_async::Transfer, bytes: u64) {
+    h.block_on(async {
+        while let Some(ev) = transfer.next().await {
+            if matches!(ev, Event::Progress { bytes: got, .. } if got >= bytes) {
+                break;
+            }
+        }
+    });
+}
+
 /// An async runtime as the scenarios need it.
 pub trait AsyncHarness {
     /// The runtime the client runs on.
@@ -86,13 +97,7 @@ pub fn dropping_a_transfer_cancels_and_keeps_the_partial_for_resume<H: AsyncHarn
     config.idle_timeout = Duration::from_secs(600);
     let client = h.client(config.clone());
     let mut transfer = client.start(Download::new(&origin.url("/s.bin"), &dest).unwrap());
-    h.block_on(async {
-        while let Some(ev) = transfer.next().await {
-            if matches!(ev, Event::Progress { bytes, .. } if bytes >= 1_000_000) {
-                break;
-            }
-        }
-    });
+    until_bytes(&h, &mut transfer, 1_000_000);
     drop(transfer);
     let state = with_suffix(&dest, ".haul-state");
     wait_until("the cancelled job's state file", || state.exists());
@@ -227,13 +232,7 @@ pub fn a_paused_transfer_fetches_nothing_until_resumed_and_then_commits<H: Async
     let dest = dir.path().join("p.bin");
     let client = h.client(fast_config());
     let mut transfer = client.start(Download::new(&origin.url("/p.bin"), &dest).unwrap());
-    h.block_on(async {
-        while let Some(ev) = transfer.next().await {
-            if matches!(ev, Event::Progress { bytes, .. } if bytes >= 500_000) {
-                break;
-            }
-        }
-    });
+    until_bytes(&h, &mut transfer, 500_000);
     transfer.pause();
     std::thread::sleep(Duration::from_millis(300));
     let requests = origin.requests_to("/p.bin").len();
@@ -273,13 +272,7 @@ pub fn cancelling_with_discard_removes_the_partial_and_its_state<H: AsyncHarness
     let dest = dir.path().join("d.bin");
     let client = h.client(fast_config());
     let mut transfer = client.start(Download::new(&origin.url("/d.bin"), &dest).unwrap());
-    h.block_on(async {
-        while let Some(ev) = transfer.next().await {
-            if matches!(ev, Event::Progress { bytes, .. } if bytes >= 1_000_000) {
-                break;
-            }
-        }
-    });
+    until_bytes(&h, &mut transfer, 1_000_000);
     transfer.cancel_with(haul_core::CancelMode::Discard);
     let result = h.block_on(transfer.result());
     assert!(
