@@ -159,7 +159,10 @@ impl DownloadError {
     /// good ones. A proxy refusing the tunnel says nothing about the origin either.
     pub fn counts_against_origin(&self) -> bool {
         match self {
-            DownloadError::Connect { failure, .. } => failure.kind != IoErrorKind::ProxyRefused,
+            DownloadError::Connect { failure, .. } => !matches!(
+                failure.kind,
+                IoErrorKind::ProxyRefused | IoErrorKind::ProxyUnreachable
+            ),
             DownloadError::Connection { .. }
             | DownloadError::Timeout { .. }
             | DownloadError::Protocol { .. } => true,
@@ -283,6 +286,16 @@ mod tests {
         assert!(!refused.retryable());
         assert!(!refused.counts_against_origin());
         assert!(refused.another_url_may_serve());
+        // A proxy that is down: worth another try, but not the origin's fault either.
+        let down = DownloadError::Connect {
+            origin: "https://h:443".into(),
+            failure: IoFailure::new(
+                IoErrorKind::ProxyUnreachable,
+                "proxy 127.0.0.1:9 unreachable",
+            ),
+        };
+        assert!(down.retryable());
+        assert!(!down.counts_against_origin());
         let status = |status| DownloadError::Status {
             url: "http://h/f".into(),
             status,

@@ -207,6 +207,10 @@ pub enum IoErrorKind {
     /// without or with wrong credentials, 403 for a port it does not allow). Retrying
     /// cannot help, and it says nothing about the origin behind the proxy.
     ProxyRefused,
+    /// The proxy itself could not be reached: its name did not resolve or it refused or
+    /// dropped the connection. Worth retrying, but it says nothing about the origin behind
+    /// the proxy, so it does not count against the origin's breaker.
+    ProxyUnreachable,
     /// The operation was abandoned because its connection or file was closed.
     Cancelled,
     /// The disk is full or a quota was hit.
@@ -230,6 +234,7 @@ impl IoErrorKind {
                 | IoErrorKind::Reset
                 | IoErrorKind::Tls
                 | IoErrorKind::ProxyRefused
+                | IoErrorKind::ProxyUnreachable
                 | IoErrorKind::Cancelled
         )
     }

@@ -38,7 +38,17 @@ pub fn establish(
     let deadline = Instant::now() + timeout;
     let mut transport = Transport::for_connection(origin, via, tls)?;
     let target = via.map(|h| &h.proxy).unwrap_or(origin);
-    let mut stream = connect_tcp(target, timeout)?;
+    let mut stream = connect_tcp(target, timeout).map_err(|mut failure| {
+        if via.is_some() {
+            // The proxy is down, not the origin: say so, and keep it off the origin's breaker.
+            failure.kind = IoErrorKind::ProxyUnreachable;
+            failure.message = format!(
+                "proxy {}:{} unreachable: {}",
+                target.host, target.port, failure.message
+            );
+        }
+        failure
+    })?;
     if let Some(t) = transport.as_mut() {
         handshake(&mut stream, t, deadline, target)?;
         stream
@@ -142,4 +152,44 @@ fn setup_failure(e: &std::io::Error, target: &Origin) -> IoFailure {
             target.host, target.port
         ),
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn origin(u: &str) -> Origin {
+        Origin::of(&url::Url::parse(u).unwrap()).unwrap()
+    }
+
+    /// A port on loopback where nothing listens.
+    fn closed_port() -> u16 {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        l.local_addr().unwrap().port()
+    }
+
+    #[test]
+    fn a_proxy_that_cannot_be_reached_is_named_and_not_blamed_on_the_origin() {
+        let port = closed_port();
+        let tls = TlsSetup::new(&[]).unwrap();
+        let o = origin("https://files.example:8443/");
+        for tunnel in [true, false] {
+            let hop = ProxyHop {
+                proxy: origin(&format!("http://127.0.0.1:{port}/")),
+                tunnel,
+                authorization: None,
+            };
+            let err = establish(&o, Some(&hop), &tls, Duration::from_secs(5)).unwrap_err();
+            assert_eq!(err.kind, IoErrorKind::ProxyUnreachable, "{err}");
+            assert!(
+                err.message
+                    .contains(&format!("proxy 127.0.0.1:{port} unreachable")),
+                "{err}"
+            );
+        }
+        // Without a proxy the same refusal is the origin's.
+        let direct = origin(&format!("http://127.0.0.1:{port}/"));
+        let err = establish(&direct, None, &tls, Duration::from_secs(5)).unwrap_err();
+        assert_eq!(err.kind, IoErrorKind::ConnectFailed, "{err}");
+    }
 }

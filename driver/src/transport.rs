@@ -102,7 +102,12 @@ pub enum Plain {
 #[derive(Debug)]
 enum Stage {
     /// Waiting for the proxy's answer to `CONNECT`.
-    Tunnelling { proxy: String },
+    Tunnelling {
+        /// The proxy, `host:port`.
+        proxy: String,
+        /// The tunnel's other end, the origin's `host:port`.
+        to: String,
+    },
     /// TLS handshake in progress.
     Handshaking,
     /// Ready for HTTP.
@@ -179,6 +184,7 @@ impl Transport {
             t.wire_out = connect_request(origin, hop);
             t.stage = Stage::Tunnelling {
                 proxy: format!("{}:{}", hop.proxy.host, hop.proxy.port),
+                to: format!("{}:{}", origin.host, origin.port),
             };
         } else if t.tls.is_some() {
             t.stage = Stage::Handshaking;
@@ -216,13 +222,13 @@ impl Transport {
 
     /// Move setup forward with the wire bytes fed so far. Errors are final.
     pub fn advance(&mut self) -> Result<(), IoFailure> {
-        if let Stage::Tunnelling { proxy } = &self.stage {
+        if let Stage::Tunnelling { proxy, to } = &self.stage {
             let Some(end) = find_head_end(&self.wire_in) else {
                 if self.wire_in.len() > MAX_TUNNEL_HEAD {
-                    return Err(self.proxy_failure(proxy, "answer head too large"));
+                    return Err(Self::proxy_failure(proxy, to, "answer head too large"));
                 }
                 if self.wire_eof {
-                    return Err(self.proxy_failure(proxy, "closed the connection"));
+                    return Err(Self::proxy_failure(proxy, to, "closed the connection"));
                 }
                 return Ok(());
             };
@@ -230,12 +236,18 @@ impl Transport {
             let mut resp = httparse::Response::new(&mut headers);
             match resp.parse(&self.wire_in[..end]) {
                 Ok(httparse::Status::Complete(_)) => {}
-                _ => return Err(self.proxy_failure(proxy, "answered with a malformed head")),
+                _ => {
+                    return Err(Self::proxy_failure(
+                        proxy,
+                        to,
+                        "answered with a malformed head",
+                    ))
+                }
             }
             let code = resp.code.unwrap_or(0);
             if !(200..300).contains(&code) {
                 let reason = format!("answered {code} {}", resp.reason.unwrap_or(""));
-                let mut failure = self.proxy_failure(proxy, &reason);
+                let mut failure = Self::proxy_failure(proxy, to, &reason);
                 if (400..500).contains(&code) && !matches!(code, 408 | 429) {
                     // Its own refusal (credentials, an allowed-ports rule): final.
                     failure.kind = IoErrorKind::ProxyRefused;
@@ -266,10 +278,10 @@ impl Transport {
         Ok(())
     }
 
-    fn proxy_failure(&self, proxy: &str, what: &str) -> IoFailure {
+    fn proxy_failure(proxy: &str, to: &str, what: &str) -> IoFailure {
         IoFailure::new(
             IoErrorKind::ConnectFailed,
-            format!("proxy {proxy} refused a tunnel to {}: {what}", self.host),
+            format!("proxy {proxy} refused a tunnel to {to}: {what}"),
         )
     }
 
@@ -391,15 +403,37 @@ fn find_head_end(buf: &[u8]) -> Option<usize> {
     buf.windows(4).position(|w| w == b"\r\n\r\n").map(|p| p + 4)
 }
 
-/// A rustls error as a non-retryable failure that names the host.
+/// A rustls error as a non-retryable failure that names the host and, for the certificate
+/// problems people meet with private servers, says what to do about them.
 fn tls_failure(host: &str, e: &rustls::Error) -> IoFailure {
     let msg = match e {
-        rustls::Error::InvalidCertificate(c) => {
-            format!("TLS certificate of {host} rejected: {c:?}")
-        }
+        rustls::Error::InvalidCertificate(c) => match certificate_hint(c) {
+            Some(hint) => format!("TLS certificate of {host} rejected: {c}: {hint}"),
+            None => format!("TLS certificate of {host} rejected: {c}"),
+        },
         other => format!("TLS with {host} failed: {other}"),
     };
     IoFailure::new(IoErrorKind::Tls, msg)
+}
+
+/// What to do about a rejected certificate, where rustls's own words ("UnknownIssuer",
+/// "CaUsedAsEndEntity") do not say it.
+fn certificate_hint(c: &rustls::CertificateError) -> Option<&'static str> {
+    use rustls::CertificateError as C;
+    match c {
+        C::UnknownIssuer => Some(
+            "it is not signed by a trusted certificate authority \
+             (a private CA's certificate can be added as an extra trusted root: --cacert FILE)",
+        ),
+        // webpki's CaUsedAsEndEntity reaches rustls as an opaque error: known by its name.
+        C::Other(other) if other.to_string().contains("CaUsedAsEndEntity") => Some(
+            "the server presents a CA certificate (basicConstraints CA:TRUE) as its own, which \
+             cannot identify a server even when it is trusted (--cacert); give the server a \
+             certificate without CA:TRUE (openssl req -x509 ... -addext \
+             basicConstraints=critical,CA:FALSE) or one signed by that CA",
+        ),
+        _ => None,
+    }
 }
 
 #[cfg(test)]
@@ -470,7 +504,11 @@ mod tests {
         // Its own refusal: not retried, not counted against the origin.
         assert_eq!(err.kind, IoErrorKind::ProxyRefused);
         assert!(err.message.contains("127.0.0.1:3128"), "{}", err.message);
-        assert!(err.message.contains("secret.example"), "{}", err.message);
+        assert!(
+            err.message.contains("secret.example:443"),
+            "{}",
+            err.message
+        );
         assert!(err.message.contains("407"), "{}", err.message);
         // A proxy that could not reach the origin (502) is a connect failure, retried.
         let mut t = Transport::for_connection(&o, Some(&hop(true, None)), &tls)

@@ -50,6 +50,23 @@ impl TestCa {
         self.cert.pem()
     }
 
+    /// A self-signed certificate for 127.0.0.1 that is also a CA (basicConstraints CA:TRUE),
+    /// as `openssl req -x509` makes by default, and which trusts itself: its PEM is both the
+    /// server's certificate and the root to trust.
+    pub fn self_signed_ca_as_server() -> Leaf {
+        let mut params = CertificateParams::new(vec!["localhost".to_string()]).expect("params");
+        params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        params
+            .subject_alt_names
+            .push(SanType::IpAddress(IpAddr::V4(Ipv4Addr::LOCALHOST)));
+        let key = KeyPair::generate().expect("key");
+        let cert = params.self_signed(&key).expect("self-signed cert");
+        Leaf {
+            cert_pem: cert.pem(),
+            key_pem: key.serialize_pem(),
+        }
+    }
+
     /// A server certificate for `dns_names` and 127.0.0.1 when `with_loopback_ip`.
     pub fn issue(&self, dns_names: &[&str], with_loopback_ip: bool) -> Leaf {
         let names: Vec<String> = dns_names.iter().map(|s| s.to_string()).collect();
@@ -348,6 +365,38 @@ pub fn https_with_unknown_ca_fails_without_retry<R: Runtime>() {
         .unwrap_err();
     assert_tls_failure(&err, "localhost", &events);
     assert!(err.to_string().contains("UnknownIssuer"), "says why: {err}");
+    assert!(
+        err.to_string().contains("--cacert"),
+        "says what to do: {err}"
+    );
+    assert!(origin.requests().is_empty());
+}
+
+/// A self-signed CA certificate serving as the server's own, trusted as an extra root, is
+/// refused (webpki does not let a CA certificate identify a server), and the error says what
+/// to change rather than only rustls's "CaUsedAsEndEntity".
+pub fn https_with_ca_certificate_as_server_certificate_says_how_to_fix_it<R: Runtime>() {
+    let leaf = TestCa::self_signed_ca_as_server();
+    let origin = Origin::start().expect("origin starts");
+    origin.route("/f.bin", body(80, 1000), Behavior::Normal);
+    let front = TlsFront::start(&leaf, &origin);
+    let dir = TempDir::new().unwrap();
+    let mut config = fast_config();
+    config.extra_root_certs = vec![leaf.cert_pem.clone().into_bytes()];
+    let mut events = Vec::new();
+    let err = R::with_config(config)
+        .download(
+            Download::new(&front.url("127.0.0.1", "/f.bin"), dir.path().join("f")).unwrap(),
+            &mut events,
+        )
+        .unwrap_err();
+    assert_tls_failure(&err, "127.0.0.1", &events);
+    let text = err.to_string();
+    assert!(
+        text.contains("CaUsedAsEndEntity"),
+        "keeps rustls's word: {text}"
+    );
+    assert!(text.contains("CA:FALSE"), "says what to change: {text}");
     assert!(origin.requests().is_empty());
 }
 
@@ -524,6 +573,7 @@ macro_rules! tls_scenarios {
             https_connection_is_reused_and_large_bodies_arrive_intact,
             https_with_wrong_host_name_fails_without_retry,
             https_with_unknown_ca_fails_without_retry,
+            https_with_ca_certificate_as_server_certificate_says_how_to_fix_it,
         );
     };
 }

@@ -442,6 +442,8 @@ struct Job {
     /// Segments stay on the attempt's URL for the rest of the job (set after a mixed
     /// download failed verification).
     spread_off: bool,
+    /// The warning about a content coding the server applied unasked was given.
+    warned_content_coding: bool,
     /// Whether the job may still split over several connections.
     splitting: Splitting,
     /// This attempt is the half-open probe of that origin's breaker.
@@ -923,6 +925,7 @@ impl Engine {
             spread_excluded: Vec::new(),
             spread_used: false,
             spread_off: false,
+            warned_content_coding: false,
             splitting: Splitting::Allowed,
             probe: None,
             failure_noted: false,

@@ -1106,6 +1106,19 @@ impl Engine {
     ) {
         let now = self.now;
         let j = self.jobs.get_mut(&id).expect("job exists");
+        if let Some(coding) = http::unrequested_content_coding(head) {
+            if !j.warned_content_coding {
+                // The request asked for identity: a server that compresses anyway makes the
+                // stored file the compressed bytes, and a size or sha256 of the real file
+                // then fails with nothing else pointing at the cause.
+                j.warned_content_coding = true;
+                tracing::warn!(
+                    job = %id,
+                    url = %j.transfers[&tid].url,
+                    "the server sent the body with Content-Encoding: {coding} although identity was asked for; it is stored as sent, still encoded"
+                );
+            }
+        }
         if let (Some(expected), Some(total)) = (j.spec.size, j.total) {
             if expected != total {
                 let error = DownloadError::SizeMismatch {

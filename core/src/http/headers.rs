@@ -285,6 +285,17 @@ pub fn content_disposition_filename(value: &str) -> Option<String> {
     Some(name)
 }
 
+/// The content coding of a response to a request that asked for `identity` only, when the
+/// server applied one anyway (`Content-Encoding` other than `identity`): its value, as sent.
+pub fn unrequested_content_coding(head: &crate::http::ResponseHead) -> Option<&str> {
+    let value = head.headers.get("content-encoding")?.trim();
+    let applied = value
+        .split(',')
+        .map(str::trim)
+        .any(|c| !c.is_empty() && !c.eq_ignore_ascii_case("identity"));
+    applied.then_some(value)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -503,5 +514,29 @@ mod tests {
         ] {
             assert_eq!(content_disposition_filename(hostile), None, "{hostile:?}");
         }
+    }
+
+    #[test]
+    fn a_content_coding_other_than_identity_is_reported_as_unrequested() {
+        let coding = |value: Option<&str>| {
+            let mut text = String::from("HTTP/1.1 200 OK\r\nContent-Length: 3\r\n");
+            if let Some(v) = value {
+                text.push_str(&format!("Content-Encoding: {v}\r\n"));
+            }
+            text.push_str("\r\n");
+            let (head, _) = crate::http::HeadParser::new(4096)
+                .feed(text.as_bytes())
+                .unwrap()
+                .unwrap();
+            unrequested_content_coding(&head).map(str::to_string)
+        };
+        assert_eq!(coding(None), None);
+        assert_eq!(coding(Some("identity")), None);
+        assert_eq!(coding(Some("Identity ")), None);
+        assert_eq!(coding(Some("gzip")), Some("gzip".to_string()));
+        assert_eq!(
+            coding(Some("identity, br")),
+            Some("identity, br".to_string())
+        );
     }
 }

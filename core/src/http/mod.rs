@@ -29,7 +29,7 @@ mod response;
 pub use body::{BodyDecoder, Decoded, CHUNK_LINE_LIMIT, TRAILERS_LIMIT};
 pub use headers::{
     content_disposition_filename, is_strong_etag, parse_content_range, parse_retry_after,
-    ContentRange, Headers, RETRY_AFTER_CAP,
+    unrequested_content_coding, ContentRange, Headers, RETRY_AFTER_CAP,
 };
 pub use request::{resolve_location, write_request, Method, Origin, Scheme};
 pub use response::{framing, keep_alive, Framing, HeadParser, ResponseHead};
