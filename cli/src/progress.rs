@@ -206,7 +206,13 @@ impl Reporter {
                     self.emit_json(json!({"event": "response", "job": job.0, "status": status, "total": total, "offset": offset}));
                 }
             }
-            Event::Progress { job, bytes, total } => {
+            Event::Progress {
+                job,
+                bytes,
+                total,
+                rate,
+                eta,
+            } => {
                 let Some(v) = self.jobs.get_mut(job) else {
                     return;
                 };
@@ -221,7 +227,8 @@ impl Reporter {
                         .is_none_or(|t| now.duration_since(t) >= JSON_PROGRESS_EVERY);
                     if due {
                         v.last_json = Some(now);
-                        self.emit_json(json!({"event": "progress", "job": job.0, "bytes": bytes, "total": total}));
+                        let eta_s = eta.map(|e| e.as_secs_f64());
+                        self.emit_json(json!({"event": "progress", "job": job.0, "bytes": bytes, "total": total, "rate": rate, "eta_s": eta_s}));
                     }
                 }
             }

@@ -1471,6 +1471,46 @@ fn a_fresh_download_over_leftovers_starts_at_byte_zero_and_replaces_the_destinat
 }
 
 #[test]
+fn progress_events_carry_the_jobs_rate_and_the_time_left_at_that_rate() {
+    // 40 pieces of 1000 bytes, one every 250 ms: 4000 bytes/s for 10 s.
+    let body = pattern(40_000, 3);
+    let mut h = Harness::new(config());
+    let b = body.clone();
+    h.serve(ORIGIN, move |req| {
+        Reply::new(serve_range(&b, req))
+            .pieces(&[1000])
+            .gap(Duration::from_millis(250))
+    });
+    let job = h.submit(download());
+    h.run(job).expect("download succeeds");
+    let progress: Vec<(u64, u64, Option<Duration>)> = h
+        .events_of(job)
+        .iter()
+        .filter_map(|e| match e {
+            Event::Progress {
+                bytes, rate, eta, ..
+            } => Some((*bytes, *rate, *eta)),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(progress[0].1, 0, "no rate from the first piece alone");
+    assert_eq!(progress[0].2, None, "and so no estimate");
+    // After the first seconds every event has a rate near 4000 bytes/s and the matching ETA.
+    let steady = &progress[8..progress.len() - 1];
+    assert!(!steady.is_empty());
+    for &(bytes, rate, eta) in steady {
+        assert!((3000..=5000).contains(&rate), "rate {rate} at {bytes}");
+        let eta = eta.expect("length and rate known");
+        let want = (40_000 - bytes) as f64 / rate as f64;
+        assert!(
+            (eta.as_secs_f64() - want).abs() < 0.01,
+            "eta {eta:?} for {bytes} bytes at {rate} B/s"
+        );
+    }
+    assert_eq!(progress.last().unwrap().2, Some(Duration::ZERO), "nothing left");
+}
+
+#[test]
 fn progress_events_are_monotonic_and_end_at_the_file_size() {
     let body = pattern(9_999, 2);
     let mut h = Harness::new(config());

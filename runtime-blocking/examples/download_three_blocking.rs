@@ -31,9 +31,17 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         .collect::<Result<Vec<_>, _>>()?;
     let client = haul_blocking::Client::new(Config::default())?;
     let results = client.download_many(downloads, |event| {
-        if let Event::Progress { job, bytes, total } = event {
+        if let Event::Progress {
+            job,
+            bytes,
+            total,
+            rate,
+            eta,
+        } = event
+        {
             let total = total.map_or("?".to_string(), |t| t.to_string());
-            println!("{job}: {bytes}/{total} bytes");
+            let eta = eta.map_or("?".to_string(), |e| format!("{:.1}s", e.as_secs_f64()));
+            println!("{job}: {bytes}/{total} bytes, {rate} B/s, eta {eta}");
         }
     });
     for (url, result) in urls.iter().zip(results) {

@@ -549,7 +549,9 @@ fn summarize_result(r: &IoResult) -> String {
 
 fn summarize_event(e: &Event) -> String {
     match e {
-        Event::Progress { job, bytes, total } => format!("Progress {job} {bytes}/{total:?}"),
+        Event::Progress {
+            job, bytes, total, ..
+        } => format!("Progress {job} {bytes}/{total:?}"),
         Event::Finished { job, result: Ok(o) } => format!(
             "Finished {job} ok size={} resumed_from={} attempts={} sha={}",
             o.size,

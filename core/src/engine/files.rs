@@ -622,10 +622,14 @@ impl Engine {
         }
         let j = self.jobs.get(&id).expect("job exists");
         let (bytes, total) = (j.present(), j.total);
+        let rate = j.meter.rate(self.now);
+        let eta = total.and_then(|t| super::meter::eta(t.saturating_sub(bytes), rate));
         self.event(Event::Progress {
             job: id,
             bytes,
             total,
+            rate: rate.unwrap_or(0.0) as u64,
+            eta,
         });
         if self.checkpoint_due(id) {
             self.start_checkpoint(id);

@@ -69,6 +69,7 @@
 //! waits for that job and copies its result.
 
 mod files;
+mod meter;
 mod resilience;
 mod transfer;
 
@@ -90,6 +91,7 @@ use crate::rng::SeededRng;
 use crate::sched::{Priority, RangeSet, TokenBucket};
 use crate::time::Instant;
 
+use meter::RateMeter;
 #[cfg(test)]
 pub(crate) use resilience::ORIGIN_STATS_MAX;
 use transfer::Transfer;
@@ -174,6 +176,11 @@ pub enum Event {
         bytes: u64,
         /// Complete length, when known.
         total: Option<u64>,
+        /// The job's receive rate in bytes per second over the last second (0 until a
+        /// quarter of a second of bytes has arrived).
+        rate: u64,
+        /// How long the rest takes at that rate, when the length and a rate are known.
+        eta: Option<Duration>,
     },
     /// An attempt failed; another follows after `delay`.
     Retrying {
@@ -525,6 +532,8 @@ struct Job {
     /// When this job last received body bytes (or started waiting for them): a class held
     /// back by its global-limit reserve longer than [`BURST`] reads without the reserve.
     last_grant: Instant,
+    /// This job's body bytes, for the rate and ETA of its progress events.
+    meter: RateMeter,
 }
 
 impl Job {
@@ -645,10 +654,8 @@ struct StatsState {
     cancelled: usize,
     bytes: u64,
     first_start: Option<Instant>,
-    /// (start of one-second window, bytes in it)
-    window: (Instant, u64),
-    last_rate: f64,
-    peak_rate: f64,
+    /// Every job's body bytes together.
+    meter: RateMeter,
 }
 
 const REHASH_CHUNK: u64 = 1024 * 1024;
@@ -774,9 +781,9 @@ impl Engine {
             failed: s.failed,
             cancelled: s.cancelled,
             bytes: s.bytes,
-            current_rate: s.last_rate,
+            current_rate: s.meter.rate(self.now).unwrap_or(0.0),
             average_rate,
-            peak_rate: s.peak_rate,
+            peak_rate: s.meter.peak(),
         }
     }
 
@@ -965,6 +972,7 @@ impl Engine {
             last_url: None,
             bucket,
             last_grant: self.now,
+            meter: RateMeter::default(),
         };
         let url = job.spec.url.to_string();
         if matches!(job.phase, Phase::Queued) {
@@ -1661,15 +1669,12 @@ impl Engine {
                 b.consume(now, bytes);
             }
         }
+        if let Some(j) = self.jobs.get_mut(&id) {
+            j.meter.record(now, bytes);
+        }
         let s = &mut self.stats;
         s.bytes += bytes;
-        let elapsed = now.saturating_since(s.window.0);
-        if elapsed >= Duration::from_secs(1) {
-            s.last_rate = s.window.1 as f64 / elapsed.as_secs_f64();
-            s.peak_rate = s.peak_rate.max(s.last_rate);
-            s.window = (now, 0);
-        }
-        s.window.1 += bytes;
+        s.meter.record(now, bytes);
     }
 
     fn wake_throttled(&mut self) {
