@@ -1507,7 +1507,11 @@ fn progress_events_carry_the_jobs_rate_and_the_time_left_at_that_rate() {
             "eta {eta:?} for {bytes} bytes at {rate} B/s"
         );
     }
-    assert_eq!(progress.last().unwrap().2, Some(Duration::ZERO), "nothing left");
+    assert_eq!(
+        progress.last().unwrap().2,
+        Some(Duration::ZERO),
+        "nothing left"
+    );
 }
 
 #[test]

@@ -17,6 +17,7 @@ use futures_util::StreamExt;
 use haul_core::{CancelMode, Config, ConfigError, Download, Event, IoId, IoOp, IoResult, JobId};
 use haul_driver::{BlockingSpawner, BlockingWork, Completions, Files, Host};
 
+use crate::events::EventSender;
 use crate::net::Net;
 use crate::AsyncRuntime;
 
@@ -41,7 +42,7 @@ pub(crate) enum Msg {
 pub(crate) struct Submission {
     pub(crate) ticket: u64,
     pub(crate) download: Download,
-    pub(crate) events: UnboundedSender<Event>,
+    pub(crate) events: EventSender,
 }
 
 /// Completions into the driver's channel.
@@ -68,7 +69,7 @@ impl<R: AsyncRuntime> BlockingSpawner for Pool<R> {
 /// A running job's event destination.
 struct JobSink {
     ticket: u64,
-    events: UnboundedSender<Event>,
+    events: EventSender,
 }
 
 pub(crate) struct Driver<R: AsyncRuntime> {
@@ -217,7 +218,7 @@ fn deliver(jobs: &mut BTreeMap<JobId, JobSink>, tickets: &mut BTreeMap<u64, JobI
     let finished = matches!(ev, Event::Finished { .. });
     if let Some(sink) = jobs.get(&job) {
         // A dropped transfer has cancelled its job; its remaining events go nowhere.
-        let _ = sink.events.unbounded_send(ev);
+        sink.events.send(ev);
     }
     if finished {
         if let Some(sink) = jobs.remove(&job) {

@@ -24,6 +24,7 @@
 #![forbid(unsafe_code)]
 
 mod driver;
+mod events;
 mod net;
 
 use std::future::{Future, IntoFuture};
@@ -34,7 +35,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::task::{Context, Poll};
 
-use futures_channel::mpsc::{self, UnboundedReceiver, UnboundedSender};
+use futures_channel::mpsc::{self, UnboundedSender};
 use futures_core::Stream;
 use haul_core::{CancelMode, Config, ConfigError, Download, DownloadError, Event, Outcome};
 
@@ -137,7 +138,7 @@ impl<R: AsyncRuntime> Client<R> {
         let mut batch = Vec::with_capacity(downloads.len());
         for download in downloads {
             let ticket = self.shared.next_ticket.fetch_add(1, Ordering::Relaxed);
-            let (events_tx, events) = mpsc::unbounded();
+            let (events_tx, events) = events::channel();
             batch.push(Submission {
                 ticket,
                 download,
@@ -191,11 +192,13 @@ enum TransferState {
 
 /// One running download: a `Stream` of its [`Event`]s (ending after
 /// [`Event::Finished`]) and, through `.await`, its result. Dropping it before the end
-/// cancels the download and keeps the partial file for resume.
+/// cancels the download and keeps the partial file for resume. A progress event not taken
+/// before the next one arrives is replaced by it, so a transfer that is only awaited, or
+/// read slowly, holds a few events rather than one per chunk of the file.
 pub struct Transfer {
     ticket: u64,
     driver: UnboundedSender<Msg>,
-    events: UnboundedReceiver<Event>,
+    events: events::EventReceiver,
     state: TransferState,
 }
 
@@ -252,7 +255,7 @@ impl Stream for Transfer {
         if let TransferState::Ended(_) = this.state {
             return Poll::Ready(None);
         }
-        match Pin::new(&mut this.events).poll_next(cx) {
+        match this.events.poll_next(cx) {
             Poll::Ready(Some(ev)) => {
                 if let Event::Finished { result, .. } = &ev {
                     this.state = TransferState::Ended(Some(result.clone()));
