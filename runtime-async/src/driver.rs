@@ -34,6 +34,11 @@ pub(crate) enum Msg {
     Pause { ticket: u64 },
     /// Resume the download of `ticket`.
     Resume { ticket: u64 },
+    /// Limit the global rate by time of day (see [`crate::Client::set_rate_schedule`]).
+    RateSchedule {
+        rates: haul_core::RateSchedule,
+        utc_offset: i32,
+    },
     /// The last client handle was dropped.
     ClientGone,
 }
@@ -203,6 +208,9 @@ impl<R: AsyncRuntime> Driver<R> {
                 if let Some(job) = self.tickets.get(&ticket) {
                     self.host.resume(*job);
                 }
+            }
+            Msg::RateSchedule { rates, utc_offset } => {
+                self.host.set_rate_schedule(rates, utc_offset)
             }
             Msg::ClientGone => self.client_gone = true,
         }

@@ -159,6 +159,16 @@ impl<R: AsyncRuntime> Client<R> {
         transfers
     }
 
+    /// Limit the global rate by time of day, read on a local clock `utc_offset` seconds
+    /// ahead of UTC (see [`haul_core::RateSchedule`]); replaces the configured fixed limit,
+    /// for the downloads running and those to come.
+    pub fn set_rate_schedule(&self, rates: haul_core::RateSchedule, utc_offset: i32) {
+        let _ = self
+            .shared
+            .tx
+            .unbounded_send(Msg::RateSchedule { rates, utc_offset });
+    }
+
     /// Download one file, verified and committed atomically. Dropping the future cancels.
     pub async fn download(&self, download: Download) -> Result<Outcome, DownloadError> {
         self.start(download).await

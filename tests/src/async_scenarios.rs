@@ -106,9 +106,18 @@ pub fn dropping_a_transfer_cancels_and_keeps_the_partial_for_resume<H: AsyncHarn
 
     origin.route("/s.bin", data.clone(), Behavior::Normal);
     origin.clear_requests();
-    let out = h
-        .block_on(client.download(Download::new(&origin.url("/s.bin"), &dest).unwrap()))
-        .expect("resume succeeds");
+    // The state file is written before the cancelled job has closed its files and ended;
+    // until then the destination is still that job's, and a new download is refused.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let out = loop {
+        let download = Download::new(&origin.url("/s.bin"), &dest).unwrap();
+        match h.block_on(client.download(download)) {
+            Err(DownloadError::DestinationInUse { .. }) if Instant::now() < deadline => {
+                std::thread::sleep(Duration::from_millis(10))
+            }
+            other => break other.expect("resume succeeds"),
+        }
+    };
     assert!(out.resumed_from > 0, "resumed from the kept partial");
     assert_eq!(std::fs::read(&dest).unwrap(), data);
     let range = origin.requests_to("/s.bin")[0]
@@ -287,6 +296,31 @@ pub fn cancelling_with_discard_removes_the_partial_and_its_state<H: AsyncHarness
     assert!(!with_suffix(&dest, ".haul-state").exists(), "its state too");
 }
 
+/// A rate schedule set on the client limits the downloads it runs: 3 MB under an all-day
+/// limit of 1 MB/s (with its one-second burst allowance) takes about two seconds, at least
+/// 1.5 (the last read's debt is not waited for); unlimited, it takes milliseconds. Only a
+/// lower bound is checked: a slow machine makes the download slower, never faster.
+pub fn a_rate_schedule_limits_the_clients_downloads<H: AsyncHarness>() {
+    let h = H::new();
+    let data = body(93, 3_000_000);
+    let origin = Origin::start().expect("origin");
+    origin.route("/r.bin", data.clone(), Behavior::Normal);
+    let dir = TempDir::new().unwrap();
+    let dest = dir.path().join("r.bin");
+    let client = h.client(fast_config());
+    let all_day = haul_core::RateSchedule::new(vec![(0, Some(1_000_000))]).unwrap();
+    client.set_rate_schedule(all_day, 0);
+    let started = Instant::now();
+    h.block_on(client.download(Download::new(&origin.url("/r.bin"), &dest).unwrap()))
+        .expect("download");
+    let took = started.elapsed();
+    assert_eq!(std::fs::read(&dest).unwrap(), data);
+    assert!(
+        took >= Duration::from_millis(1_500),
+        "3 MB at 1 MB/s after a 1 MB burst took only {took:?}"
+    );
+}
+
 #[macro_export]
 macro_rules! async_scenarios {
     ($h:ty) => {
@@ -297,6 +331,7 @@ macro_rules! async_scenarios {
             download_many_is_one_batch_with_results_in_order,
             a_paused_transfer_fetches_nothing_until_resumed_and_then_commits,
             cancelling_with_discard_removes_the_partial_and_its_state,
+            a_rate_schedule_limits_the_clients_downloads,
         );
     };
     ($h:ty; $($name:ident),* $(,)?) => {
