@@ -385,6 +385,13 @@ pub fn module_exit_code(error: &ModuleError) -> i32 {
         | ModuleError::SignatureMismatch { .. }
         | ModuleError::NoTrustedSignature { .. }
         | ModuleError::ModuleTooLarge { .. } => exit::VERIFICATION,
+        // A manifest is fetched with no expected hash, only a size cap: wrong content there
+        // is a manifest over the cap, as invalid as one read from disk over it.
+        ModuleError::ManifestFetch { source, .. }
+            if source.kind == FetchErrorKind::Verification =>
+        {
+            exit::UNSAFE_INPUT
+        }
         ModuleError::ManifestFetch { source, .. } | ModuleError::ModuleFetch { source, .. } => {
             match source.kind {
                 FetchErrorKind::Network => exit::NETWORK,

@@ -714,6 +714,21 @@ fn bad_signature_exits_5_invalid_manifest_6_and_missing_manifest_4() {
     assert_eq!(cyclic.status.code(), Some(6), "{}", describe(&cyclic));
     assert!(text(&cyclic.stderr).contains("cycle"));
 
+    // A manifest over the 640 KiB cap is invalid (6) whether it comes from the network or
+    // from disk, not a verification failure.
+    let mut huge = b"{\"modules\": {}, \"padding\": \"".to_vec();
+    huge.resize(640 * 1024 + 10, b'x');
+    huge.extend_from_slice(b"\"}");
+    origin.route("/huge/manifest.json", huge, Behavior::Normal);
+    let oversized = load(
+        &origin.url("/huge/manifest.json"),
+        "huge",
+        cache.path(),
+        &[&trusted],
+        &[],
+    );
+    assert_eq!(oversized.status.code(), Some(6), "{}", describe(&oversized));
+
     let missing = load(
         &origin.url("/nobody/manifest.json"),
         "nobody",
