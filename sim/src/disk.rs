@@ -62,6 +62,9 @@ pub struct VirtualDisk {
     names: BTreeMap<PathBuf, u64>,
     durable_names: BTreeMap<PathBuf, u64>,
     open: BTreeMap<FileId, u64>,
+    /// Files whose open was refused: what the engine queued behind the open fails, as the
+    /// runtimes fail it, until the file's close.
+    refused: std::collections::BTreeSet<FileId>,
     next_inode: u64,
     next_generation: u64,
     /// Contract breaches seen while executing (an operation on a file that is not open...).
@@ -165,6 +168,7 @@ impl VirtualDisk {
     /// A crash: only durable names and durable images survive; nothing stays open.
     pub fn crash(&mut self) {
         self.open.clear();
+        self.refused.clear();
         self.names = self.durable_names.clone();
         let live: std::collections::BTreeSet<u64> = self.names.values().copied().collect();
         self.inodes.retain(|ino, _| live.contains(ino));
@@ -361,6 +365,9 @@ impl VirtualDisk {
             },
             IoOp::CloseFile { file, .. } => match self.open.remove(file) {
                 Some(_) => IoResult::Done,
+                None if self.refused.remove(file) => {
+                    failed(IoErrorKind::Other, "the file's open failed")
+                }
                 None => {
                     self.misuse
                         .push(format!("CloseFile on {file:?}, which is not open"));
@@ -394,9 +401,23 @@ impl VirtualDisk {
         }
     }
 
+    /// The open of `file` at `path` was refused: another process holds the file there
+    /// locked (made now, with `data`, if nothing was there: that process is writing it).
+    /// Nothing of this engine's was opened, and the operations queued behind the open fail.
+    pub fn refuse_open(&mut self, file: FileId, path: &Path, data: &[u8]) {
+        self.refused.insert(file);
+        if !self.names.contains_key(path) {
+            let ino = self.new_inode(data.to_vec(), Vec::new());
+            self.names.insert(path.to_path_buf(), ino);
+        }
+    }
+
     fn open_inode(&mut self, file: FileId, what: &str) -> Result<u64, IoResult> {
         match self.open.get(&file) {
             Some(ino) => Ok(*ino),
+            None if self.refused.contains(&file) => {
+                Err(failed(IoErrorKind::Other, "the file's open failed"))
+            }
             None => {
                 self.misuse
                     .push(format!("{what} on {file:?}, which is not open"));

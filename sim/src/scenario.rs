@@ -178,6 +178,9 @@ pub enum Fault {
     /// The machine crashes after `after_step` steps of the run (between two events); the
     /// engine restarts `restart_ms` later from what is on disk.
     Crash { after_step: u32, restart_ms: u32 },
+    /// The `nth` (from 0) open of a named partial file is refused: another process holds
+    /// it locked (`IoErrorKind::Busy`).
+    PartialBusy { nth_open: u16 },
 }
 
 /// Fault kinds, for coverage counting.
@@ -202,11 +205,12 @@ pub enum FaultKind {
     DiskFull,
     ShortWrite,
     Crash,
+    PartialBusy,
 }
 
 impl FaultKind {
     /// Every kind; a default swarm must fire each at least once.
-    pub const ALL: [FaultKind; 19] = [
+    pub const ALL: [FaultKind; 20] = [
         FaultKind::Refused,
         FaultKind::Dns,
         FaultKind::ConnectHang,
@@ -226,6 +230,7 @@ impl FaultKind {
         FaultKind::DiskFull,
         FaultKind::ShortWrite,
         FaultKind::Crash,
+        FaultKind::PartialBusy,
     ];
 
     /// A short stable name.
@@ -250,6 +255,7 @@ impl FaultKind {
             FaultKind::DiskFull => "disk-full",
             FaultKind::ShortWrite => "short-write",
             FaultKind::Crash => "crash",
+            FaultKind::PartialBusy => "partial-busy",
         }
     }
 }
@@ -283,6 +289,7 @@ impl Fault {
                 DiskFault::ShortWrite { .. } => FaultKind::ShortWrite,
             },
             Fault::Crash { .. } => FaultKind::Crash,
+            Fault::PartialBusy { .. } => FaultKind::PartialBusy,
         }
     }
 }
@@ -362,9 +369,11 @@ impl Scenario {
         let count = r.range(1, 4) as usize;
         let downloads = (0..count).map(|_| gen_download(&mut r, origins)).collect();
         // Swarm testing: each seed enables its own subset of fault kinds.
+        // (Kinds added later are drawn at the end, so older seeds keep their plans.)
         let enabled: Vec<FaultKind> = FaultKind::ALL
             .iter()
             .copied()
+            .filter(|k| *k != FaultKind::PartialBusy)
             .filter(|_| r.chance(0.45))
             .collect();
         let mut faults = Vec::new();
@@ -374,7 +383,7 @@ impl Scenario {
                 faults.push(gen_fault(&mut r, kind, origins));
             }
         }
-        Scenario {
+        let mut scenario = Scenario {
             seed,
             origins,
             downloads,
@@ -389,7 +398,15 @@ impl Scenario {
             unnamed_max: r.pick(&[0, 64 * 1024, u64::MAX]),
             retry_budget_per_minute: RETRY_BUDGET_PER_MINUTE,
             bug: None,
+        };
+        // Drawn after everything else, for the same reason.
+        if r.chance(0.25) {
+            for _ in 0..r.range(1, 4) {
+                let kind = FaultKind::PartialBusy;
+                scenario.faults.push(gen_fault(&mut r, kind, origins));
+            }
         }
+        scenario
     }
 
     /// This scenario with a planted bug.
@@ -456,6 +473,9 @@ impl Scenario {
                 Fault::Disk { nth_write, kind } if nth_write > 0 => Some(Fault::Disk {
                     nth_write: nth_write / 2,
                     kind,
+                }),
+                Fault::PartialBusy { nth_open } if nth_open > 0 => Some(Fault::PartialBusy {
+                    nth_open: nth_open / 2,
                 }),
                 _ => None,
             };
@@ -604,6 +624,9 @@ fn gen_fault(r: &mut SimRng, kind: FaultKind, origins: u8) -> Fault {
         FaultKind::Crash => Fault::Crash {
             after_step: r.log_range(1, 400) as u32,
             restart_ms: r.range(0, 3000) as u32,
+        },
+        FaultKind::PartialBusy => Fault::PartialBusy {
+            nth_open: r.range(0, 6) as u16,
         },
     }
 }

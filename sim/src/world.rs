@@ -119,6 +119,9 @@ pub enum Invariant {
     Liveness,
     /// A successful outcome that does not describe the committed file.
     Outcome,
+    /// A job refused its partial file (another process holds it locked) did not end with
+    /// `PartialInUse`, or changed that partial or its state file before it ended.
+    PartialLock,
 }
 
 /// Resilience features a run exercised, counted like fault kinds.
@@ -437,6 +440,12 @@ pub struct World {
     response_faults: BTreeMap<(u8, u16), ResponseFault>,
     disk_faults: BTreeMap<u32, DiskFault>,
     crash_faults: BTreeMap<u64, u32>,
+    /// Opens of named partials so far (in the safety phase), and those to refuse.
+    partial_opens: u32,
+    busy_faults: BTreeSet<u32>,
+    /// Downloads whose partial open was refused, with what their partial and state file
+    /// were at the refusal: both must be the same when the job ends.
+    refused: BTreeMap<usize, [Option<crate::disk::Version>; 2]>,
     steps: u64,
     same_instant: u32,
     last_input_at: Instant,
@@ -622,6 +631,7 @@ impl World {
         let mut response_faults = BTreeMap::new();
         let mut disk_faults = BTreeMap::new();
         let mut crash_faults = BTreeMap::new();
+        let mut busy_faults = BTreeSet::new();
         for f in &sc.faults {
             match *f {
                 Fault::Connect { origin, nth, kind } => {
@@ -640,6 +650,9 @@ impl World {
                     crash_faults
                         .entry(u64::from(after_step))
                         .or_insert(restart_ms);
+                }
+                Fault::PartialBusy { nth_open } => {
+                    busy_faults.insert(u32::from(nth_open));
                 }
             }
         }
@@ -681,6 +694,9 @@ impl World {
             response_faults,
             disk_faults,
             crash_faults,
+            partial_opens: 0,
+            busy_faults,
+            refused: BTreeMap::new(),
             steps: 0,
             same_instant: 0,
             last_input_at: Instant::ZERO,
@@ -1000,6 +1016,8 @@ impl World {
         self.breakers.reset();
         self.sync_done_at.clear();
         self.delayed.clear();
+        // The process that was refused is gone; whatever it did is judged by the rest.
+        self.refused.clear();
         self.queue
             .retain(|_, ev| !matches!(ev, Ev::Io(_) | Ev::Deliver(_) | Ev::ServerIdleClose { .. }));
         for (_, i) in std::mem::take(&mut self.jobs) {
@@ -1336,6 +1354,9 @@ impl World {
     }
 
     fn execute_disk(&mut self, op: &IoOp) -> IoResult {
+        if let Some(refusal) = self.partial_busy(op) {
+            return refusal;
+        }
         let fault = match op {
             IoOp::WriteAt { .. } | IoOp::WriteFileAtomic { .. } | IoOp::CopyFile { .. }
                 if !self.healed =>
@@ -1605,6 +1626,7 @@ impl World {
             }
             Event::Finished { result, .. } => {
                 self.jobs.remove(&job);
+                self.check_refused_partial(i, &result);
                 self.downloads[i].backoff_until = None;
                 self.breakers.ended(i);
                 match result {
@@ -1626,6 +1648,66 @@ impl World {
                 }
             }
             _ => {}
+        }
+    }
+
+    /// The refusal of `op` when it is an open of a named partial that the fault plan says
+    /// another process holds locked.
+    fn partial_busy(&mut self, op: &IoOp) -> Option<IoResult> {
+        let IoOp::Open { path, file, .. } = op else {
+            return None;
+        };
+        if self.healed || !path.to_string_lossy().ends_with(".haul-part") {
+            return None;
+        }
+        let n = self.partial_opens;
+        self.partial_opens += 1;
+        if !self.busy_faults.contains(&n) {
+            return None;
+        }
+        let i = self
+            .downloads
+            .iter()
+            .position(|d| with_suffix(&d.dest, ".haul-part") == *path)?;
+        self.fire(FaultKind::PartialBusy);
+        self.log(|| format!("fault: {} held by another process", path.display()));
+        self.disk
+            .refuse_open(*file, path, b"another process's bytes");
+        let state = with_suffix(&self.downloads[i].dest, ".haul-state");
+        let versions = [self.disk.version(path), self.disk.version(&state)];
+        self.refused.entry(i).or_insert(versions);
+        Some(failed(IoErrorKind::Busy, "held locked by another process"))
+    }
+
+    /// Download `i`'s job ended with `result`: if its partial was refused, it must have
+    /// failed, leaving the partial and state as they were; with `PartialInUse` for that
+    /// partial, unless the job had already failed for another reason when the refusal came
+    /// (a body over the expected size can end it before its partial's open is answered).
+    fn check_refused_partial(
+        &mut self,
+        i: usize,
+        result: &Result<haul_core::Outcome, DownloadError>,
+    ) {
+        let Some(before) = self.refused.remove(&i) else {
+            return;
+        };
+        let part = with_suffix(&self.downloads[i].dest, ".haul-part");
+        let state = with_suffix(&self.downloads[i].dest, ".haul-state");
+        match result {
+            Err(DownloadError::PartialInUse { path }) if *path == part => {}
+            Err(e) if !matches!(e, DownloadError::PartialInUse { .. }) => {
+                self.log(|| format!("check: d{i} had failed before its refusal: {e}"));
+            }
+            other => {
+                let detail = format!("d{i}'s partial was held elsewhere, yet it ended {other:?}");
+                return self.violate(Invariant::PartialLock, detail);
+            }
+        }
+        let after = [self.disk.version(&part), self.disk.version(&state)];
+        if after != before {
+            let detail =
+                format!("d{i} changed its refused partial or state: {before:?} -> {after:?}");
+            self.violate(Invariant::PartialLock, detail);
         }
     }
 
@@ -1935,4 +2017,11 @@ mod tests {
         assert_eq!(download_of_path("/"), None);
         assert_eq!(download_of_path("/f/x"), None);
     }
+}
+
+/// `path` with `suffix` appended to its file name (how the engine names working files).
+fn with_suffix(path: &std::path::Path, suffix: &str) -> PathBuf {
+    let mut name = path.as_os_str().to_os_string();
+    name.push(suffix);
+    PathBuf::from(name)
 }
