@@ -1977,6 +1977,13 @@ fn download_of_path(path: &str) -> Option<usize> {
     path.rsplit('/').next()?.strip_prefix('d')?.parse().ok()
 }
 
+/// `path` with `suffix` appended to its file name (how the engine names working files).
+fn with_suffix(path: &std::path::Path, suffix: &str) -> PathBuf {
+    let mut name = path.as_os_str().to_os_string();
+    name.push(suffix);
+    PathBuf::from(name)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -2017,11 +2024,4 @@ mod tests {
         assert_eq!(download_of_path("/"), None);
         assert_eq!(download_of_path("/f/x"), None);
     }
-}
-
-/// `path` with `suffix` appended to its file name (how the engine names working files).
-fn with_suffix(path: &std::path::Path, suffix: &str) -> PathBuf {
-    let mut name = path.as_os_str().to_os_string();
-    name.push(suffix);
-    PathBuf::from(name)
 }
