@@ -66,6 +66,11 @@ impl Host {
         self.apply_schedule();
     }
 
+    /// The engine's counters: jobs active, queued and ended, bytes and rates.
+    pub fn stats(&self) -> haul_core::engine::Stats {
+        self.engine.stats()
+    }
+
     /// The global rate limit in force (None: unlimited).
     pub fn rate_limit(&self) -> Option<u64> {
         self.engine.rate_limit()

@@ -34,6 +34,8 @@ pub(crate) enum Msg {
     Pause { ticket: u64 },
     /// Resume the download of `ticket`.
     Resume { ticket: u64 },
+    /// Answer with the engine's counters (see [`crate::Client::stats`]).
+    Stats(futures_channel::oneshot::Sender<haul_core::engine::Stats>),
     /// Limit the global rate by time of day (see [`crate::Client::set_rate_schedule`]).
     RateSchedule {
         rates: haul_core::RateSchedule,
@@ -208,6 +210,9 @@ impl<R: AsyncRuntime> Driver<R> {
                 if let Some(job) = self.tickets.get(&ticket) {
                     self.host.resume(*job);
                 }
+            }
+            Msg::Stats(reply) => {
+                let _ = reply.send(self.host.stats());
             }
             Msg::RateSchedule { rates, utc_offset } => {
                 self.host.set_rate_schedule(rates, utc_offset)

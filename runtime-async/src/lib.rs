@@ -169,6 +169,17 @@ impl<R: AsyncRuntime> Client<R> {
             .unbounded_send(Msg::RateSchedule { rates, utc_offset });
     }
 
+    /// The client's counters: downloads active, queued, done, failed and cancelled, body
+    /// bytes received, and the current (last second), average and peak rates. All zero when
+    /// the client's runtime has shut down.
+    pub async fn stats(&self) -> haul_core::engine::Stats {
+        let (tx, rx) = futures_channel::oneshot::channel();
+        if self.shared.tx.unbounded_send(Msg::Stats(tx)).is_err() {
+            return Default::default();
+        }
+        rx.await.unwrap_or_default()
+    }
+
     /// Download one file, verified and committed atomically. Dropping the future cancels.
     pub async fn download(&self, download: Download) -> Result<Outcome, DownloadError> {
         self.start(download).await

@@ -321,6 +321,32 @@ pub fn a_rate_schedule_limits_the_clients_downloads<H: AsyncHarness>() {
     );
 }
 
+/// The client's counters add up: two downloads done, one failed (404), their bytes, and
+/// nothing active or queued afterwards.
+pub fn the_clients_stats_count_its_downloads_and_bytes<H: AsyncHarness>() {
+    let h = H::new();
+    let origin = Origin::start().expect("origin");
+    let (a, b) = (body(94, 300_000), body(95, 20_000));
+    origin.route("/a.bin", a.clone(), Behavior::Normal);
+    origin.route("/b.bin", b.clone(), Behavior::Normal);
+    let dir = TempDir::new().unwrap();
+    let client = h.client(fast_config());
+    let downloads = ["/a.bin", "/b.bin", "/missing.bin"]
+        .iter()
+        .map(|p| Download::new(&origin.url(p), dir.path().join(&p[1..])).unwrap())
+        .collect();
+    let results = h.block_on(client.download_many(downloads));
+    assert!(results[0].is_ok() && results[1].is_ok() && results[2].is_err());
+    let stats = h.block_on(client.stats());
+    assert_eq!((stats.done, stats.failed, stats.cancelled), (2, 1, 0));
+    assert_eq!((stats.active, stats.queued), (0, 0));
+    assert_eq!(stats.bytes, (a.len() + b.len()) as u64);
+    assert!(
+        stats.peak_rate >= 0.0 && stats.average_rate > 0.0,
+        "{stats:?}"
+    );
+}
+
 #[macro_export]
 macro_rules! async_scenarios {
     ($h:ty) => {
@@ -332,6 +358,7 @@ macro_rules! async_scenarios {
             a_paused_transfer_fetches_nothing_until_resumed_and_then_commits,
             cancelling_with_discard_removes_the_partial_and_its_state,
             a_rate_schedule_limits_the_clients_downloads,
+            the_clients_stats_count_its_downloads_and_bytes,
         );
     };
     ($h:ty; $($name:ident),* $(,)?) => {
