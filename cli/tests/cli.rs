@@ -164,6 +164,16 @@ fn json_mode_prints_parseable_event_lines() {
     assert_eq!(kinds.first(), Some(&"queued"));
     assert!(kinds.contains(&"started"));
     assert!(kinds.contains(&"finished"));
+    let progress = events
+        .iter()
+        .find(|e| e["event"] == "progress")
+        .expect("a progress line");
+    assert_eq!(progress["total"], 5000);
+    assert!(progress["rate"].is_u64(), "rate in bytes/s: {progress}");
+    assert!(
+        progress.get("eta_s").is_some(),
+        "eta_s, null until a rate is known: {progress}"
+    );
 }
 
 #[test]
