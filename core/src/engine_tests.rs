@@ -2993,6 +2993,37 @@ fn cancel_keep_partial_mid_body_keeps_part_and_state_and_a_later_job_resumes() {
 }
 
 #[test]
+fn a_download_submitted_while_its_cancelled_predecessor_tidies_up_waits_and_resumes_its_partial() {
+    let body = pattern(10_000, 33);
+    let b = body.clone();
+    let mut h = Harness::new(config());
+    h.serve(ORIGIN, move |req| {
+        Reply::new(serve_range(&b, req)).pieces(&[500]).gap(secs(1))
+    });
+    let first = h.submit(download());
+    h.run_until("3000 bytes arrived", |h| {
+        h.progress(first).last().is_some_and(|&b| b >= 3_000)
+    });
+    let received = *h.progress(first).last().expect("progress");
+    h.cancel(first, CancelMode::KeepPartial);
+    assert!(
+        h.finished(first).is_none(),
+        "the cancelled job still closes its partial and writes its state"
+    );
+    // The same download again, at once (a caller restarting what it just cancelled).
+    let again = h.submit(download().sha256(&sha_hex(&body)).unwrap());
+    assert_eq!(h.run(first), Err(DownloadError::Cancelled));
+    let out = h
+        .run(again)
+        .expect("not refused: it waited for its predecessor to end");
+    assert_committed(&h, &body);
+    assert_eq!(
+        out.resumed_from, received,
+        "and resumed the partial it kept"
+    );
+}
+
+#[test]
 fn cancel_discard_mid_body_removes_part_and_state() {
     let (h, _job, result, _) = cancel_mid_body(CancelMode::Discard);
     assert_eq!(result, Err(DownloadError::Cancelled));

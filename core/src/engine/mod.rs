@@ -890,11 +890,26 @@ impl Engine {
 
     fn enqueue(&mut self, spec: Download) -> JobId {
         let id = JobId(self.next());
-        let leader = self.find_leader(&spec);
+        let mut leader = self.find_leader(&spec);
         let path = spec.provisional_path();
-        let shares_leader_dest = leader
+        let mut shares_leader_dest = leader
             .and_then(|l| self.jobs.get(&l))
             .is_some_and(|l| l.spec.provisional_path() == path);
+        if !shares_leader_dest {
+            let holder = self.dest_claims.get(&path).copied();
+            let ending = holder
+                .and_then(|h| self.jobs.get(&h))
+                .filter(|h| h.spec.provisional_path() == path)
+                .is_some_and(|h| matches!(h.phase, Phase::CleaningUp { .. }));
+            if ending {
+                // The holder was cancelled or failed and is only tidying its files (a
+                // download restarted right after cancelling its predecessor): follow it.
+                // It ends with an error, and a follower bound for the destination of a leader
+                // that failed takes that destination over and runs on its own.
+                leader = holder;
+                shares_leader_dest = true;
+            }
+        }
         if !shares_leader_dest {
             if let Some(&holder) = self.dest_claims.get(&path) {
                 self.refuse(
