@@ -1328,10 +1328,64 @@ fn a_dependency_on_an_unknown_job_fails_at_once_naming_that_job() {
     let err = h
         .run(b)
         .expect_err("cannot depend on a job never submitted");
-    assert_eq!(err, DownloadError::DependencyFailed { dependency: 9_999 });
+    assert_eq!(
+        err,
+        DownloadError::DependencyUnknown {
+            dependency: 9_999,
+            kept: crate::FINISHED_KEPT
+        }
+    );
     assert!(err.to_string().contains("job#9999"), "{err}");
     assert_eq!(h.finished_at(b), Instant::ZERO);
     assert!(h.requests.is_empty());
+}
+
+/// A long-running engine keeps the outcomes of the last `FINISHED_KEPT` jobs to finish, not
+/// of every job it ever ran; one a waiting dependant needs stays however old it is (the
+/// dependant starts and succeeds after thousands of later jobs), and a job submitted
+/// depending on a job whose outcome is gone fails at once, saying so.
+#[test]
+fn finished_outcomes_are_bounded_but_kept_while_a_waiting_job_depends_on_them() {
+    let mut cfg = config();
+    cfg.max_active_jobs = 1;
+    let mut h = Harness::new(cfg);
+    any_path_server(&mut h, millis(10));
+    let early = h.submit(job_at("early"));
+    h.run(early).expect("early succeeds");
+    // The only slot is taken: the dependant waits in the queue, its dependency long done.
+    let busy = h.submit(job_at("busy"));
+    let dependant = h.submit(job_at("dependant").after(early));
+    let mut gone = Vec::new();
+    for n in 0..3 * crate::FINISHED_KEPT {
+        let job = h.submit(job_at(&format!("n{n}")));
+        h.cancel(job, CancelMode::Discard);
+        gone.push(job);
+        assert!(
+            h.engine.finished_kept() <= crate::FINISHED_KEPT + 1,
+            "{} outcomes kept after {n} more jobs",
+            h.engine.finished_kept()
+        );
+    }
+    let orphan = h.submit(job_at("orphan").after(gone[0]));
+    assert_eq!(
+        h.run(orphan),
+        Err(DownloadError::DependencyUnknown {
+            dependency: gone[0].0,
+            kept: crate::FINISHED_KEPT
+        })
+    );
+    let recent = h.submit(job_at("recent").after(*gone.last().unwrap()));
+    assert_eq!(
+        h.run(recent),
+        Err(DownloadError::DependencyFailed {
+            dependency: gone.last().unwrap().0
+        }),
+        "a recent dependency's outcome is still known"
+    );
+    h.run(busy).expect("busy succeeds");
+    h.run(dependant)
+        .expect("the dependant of an old success still starts and succeeds");
+    assert!(h.requests.iter().any(|r| r.path == "/dependant"));
 }
 
 #[test]

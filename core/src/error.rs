@@ -106,9 +106,13 @@ pub enum DownloadError {
     /// The job was cancelled.
     #[error("cancelled")]
     Cancelled,
-    /// A job this one depends on failed (or was never submitted).
+    /// A job this one depends on failed.
     #[error("dependency job#{dependency} did not succeed")]
     DependencyFailed { dependency: u64 },
+    /// A job this one depends on is unknown to the engine: it was never submitted, or it
+    /// finished before the last `kept` jobs to finish and its outcome is no longer held.
+    #[error("dependency job#{dependency} is unknown: never submitted, or finished before the last {kept} jobs to finish and forgotten")]
+    DependencyUnknown { dependency: u64, kept: usize },
     /// Every URL of the download is behind an open circuit breaker for longer than the
     /// retry policy allows waiting.
     #[error("{origin} is failing (circuit breaker open for another {retry_in:.1?}) and no mirror is available")]
@@ -147,7 +151,8 @@ impl DownloadError {
             | DownloadError::HashMismatch { .. }
             | DownloadError::LocalIo { .. }
             | DownloadError::Cancelled
-            | DownloadError::DependencyFailed { .. } => false,
+            | DownloadError::DependencyFailed { .. }
+            | DownloadError::DependencyUnknown { .. } => false,
         }
     }
 
@@ -188,7 +193,8 @@ impl DownloadError {
         match self {
             DownloadError::InvalidRequest(_)
             | DownloadError::DestinationInUse { .. }
-            | DownloadError::PartialInUse { .. } => ErrorClass::Usage,
+            | DownloadError::PartialInUse { .. }
+            | DownloadError::DependencyUnknown { .. } => ErrorClass::Usage,
             DownloadError::Connect { .. }
             | DownloadError::Connection { .. }
             | DownloadError::Timeout { .. }
