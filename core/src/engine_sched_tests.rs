@@ -1302,13 +1302,27 @@ fn a_dependent_of_a_failed_job_fails_with_dependency_failed_and_makes_no_request
         h.run(a),
         Err(DownloadError::Status { status: 404, .. })
     ));
+    let b_err = h.run(b).expect_err("b fails with a");
+    let a_err = h.run(a).expect_err("a failed");
     assert_eq!(
-        h.run(b),
-        Err(DownloadError::DependencyFailed { dependency: a.0 })
+        b_err,
+        DownloadError::DependencyFailed {
+            dependency: a.0,
+            cause: Box::new(a_err.clone())
+        }
     );
     assert_eq!(
+        b_err.to_string(),
+        format!("dependency {a} failed: {a_err}"),
+        "it says why"
+    );
+    assert_eq!(b_err.class(), crate::ErrorClass::HttpStatus, "a's class");
+    assert_eq!(
         h.run(c),
-        Err(DownloadError::DependencyFailed { dependency: b.0 })
+        Err(DownloadError::DependencyFailed {
+            dependency: b.0,
+            cause: Box::new(b_err)
+        })
     );
     assert!(h.requests.iter().all(|r| r.path == "/missing"));
     assert!(!h
@@ -1378,7 +1392,8 @@ fn finished_outcomes_are_bounded_but_kept_while_a_waiting_job_depends_on_them() 
     assert_eq!(
         h.run(recent),
         Err(DownloadError::DependencyFailed {
-            dependency: gone.last().unwrap().0
+            dependency: gone.last().unwrap().0,
+            cause: Box::new(DownloadError::Cancelled)
         }),
         "a recent dependency's outcome is still known"
     );
@@ -1404,7 +1419,8 @@ fn a_queued_job_whose_dependency_is_cancelled_fails_at_once_even_with_every_slot
     assert_eq!(
         h.run(dependent),
         Err(DownloadError::DependencyFailed {
-            dependency: waiting.0
+            dependency: waiting.0,
+            cause: Box::new(DownloadError::Cancelled)
         })
     );
     assert_eq!(
@@ -1609,11 +1625,12 @@ fn a_job_waiting_for_a_failed_dependency_is_not_completed_by_a_duplicate_downloa
             .after(failing),
     );
     h.run(same).expect("the independent copy succeeds");
-    assert!(h.run(failing).is_err());
+    let failure = h.run(failing).expect_err("the missing file fails");
     assert_eq!(
         h.run(dependant),
         Err(DownloadError::DependencyFailed {
-            dependency: failing.0
+            dependency: failing.0,
+            cause: Box::new(failure)
         })
     );
     assert!(!h.fs.exists("/dl/shared-too"));
@@ -1656,14 +1673,13 @@ fn a_job_that_depends_on_a_refused_one_fails_as_its_dependant() {
     let refused = h.submit(Download::new(&format!("{ORIGIN}/bb"), "/dl/a").unwrap());
     let dependant = h.submit(job_at("ccc").after(refused));
     h.run(first).expect("first");
-    assert!(matches!(
-        h.run(refused),
-        Err(DownloadError::DestinationInUse { .. })
-    ));
+    let refusal = h.run(refused).expect_err("refused");
+    assert!(matches!(refusal, DownloadError::DestinationInUse { .. }));
     assert_eq!(
         h.run(dependant),
         Err(DownloadError::DependencyFailed {
-            dependency: refused.0
+            dependency: refused.0,
+            cause: Box::new(refusal)
         })
     );
 }
@@ -2398,7 +2414,8 @@ fn any_mix_of_jobs_ends_consistently(
             }
         }
         let Some(dep) = deps[k] else { continue };
-        let dep_ok = h.finished(dep).expect("dependency finished").1.is_ok();
+        let dep_result = h.finished(dep).expect("dependency finished").1;
+        let dep_ok = dep_result.is_ok();
         let dep_done = event_index(&h, dep, |e| matches!(e, Event::Finished { .. }));
         let started = h
             .events
@@ -2408,7 +2425,13 @@ fn any_mix_of_jobs_ends_consistently(
             return TestResult::error(format!("job {k} started without its dependency"));
         }
         let cancelled = *result == Err(DownloadError::Cancelled);
-        let dep_failed = *result == Err(DownloadError::DependencyFailed { dependency: dep.0 });
+        let dep_failed = dep_result.as_ref().err().is_some_and(|cause| {
+            *result
+                == Err(DownloadError::DependencyFailed {
+                    dependency: dep.0,
+                    cause: Box::new(cause.clone()),
+                })
+        });
         if !dep_ok && !cancelled && !dep_failed {
             return TestResult::error(format!("job {k}: dependency failed, got {result:?}"));
         }

@@ -106,9 +106,14 @@ pub enum DownloadError {
     /// The job was cancelled.
     #[error("cancelled")]
     Cancelled,
-    /// A job this one depends on failed.
-    #[error("dependency job#{dependency} did not succeed")]
-    DependencyFailed { dependency: u64 },
+    /// A job this one depends on failed, with `cause` (which the error's class is). The
+    /// cause is printed as part of this error's message, not also given as its `source`: a
+    /// printer of source chains would otherwise say it twice.
+    #[error("dependency job#{dependency} failed: {cause}")]
+    DependencyFailed {
+        dependency: u64,
+        cause: Box<DownloadError>,
+    },
     /// A job this one depends on is unknown to the engine: it was never submitted, or it
     /// finished before the last `kept` jobs to finish and its outcome is no longer held.
     #[error("dependency job#{dependency} is unknown: never submitted, or finished before the last {kept} jobs to finish and forgotten")]
@@ -202,8 +207,10 @@ impl DownloadError {
             | DownloadError::TooManyRedirects { .. }
             | DownloadError::RedirectLoop { .. }
             | DownloadError::RangeMismatch { .. }
-            | DownloadError::CircuitOpen { .. }
-            | DownloadError::DependencyFailed { .. } => ErrorClass::Network,
+            | DownloadError::CircuitOpen { .. } => ErrorClass::Network,
+            // Why the dependant did not run is why its dependency failed: a dependency
+            // whose bytes failed verification is a verification failure of the set.
+            DownloadError::DependencyFailed { cause, .. } => cause.class(),
             DownloadError::Status { .. } => ErrorClass::HttpStatus,
             DownloadError::SizeMismatch { .. }
             | DownloadError::TooLarge { .. }
@@ -244,6 +251,37 @@ mod tests {
         };
         assert!(!e.retryable());
         assert_eq!(e.class(), ErrorClass::Verification);
+    }
+
+    #[test]
+    fn a_failed_dependency_says_why_and_takes_its_class() {
+        let hash = DownloadError::HashMismatch {
+            expected: "aa".into(),
+            actual: "bb".into(),
+        };
+        let e = DownloadError::DependencyFailed {
+            dependency: 3,
+            cause: Box::new(hash),
+        };
+        assert_eq!(
+            e.to_string(),
+            "dependency job#3 failed: sha256 mismatch: expected aa, got bb"
+        );
+        assert_eq!(e.class(), ErrorClass::Verification);
+        assert!(!e.retryable());
+        // A chain of dependants carries the first failure's class to its end.
+        let chained = DownloadError::DependencyFailed {
+            dependency: 4,
+            cause: Box::new(DownloadError::DependencyFailed {
+                dependency: 3,
+                cause: Box::new(status(404)),
+            }),
+        };
+        assert_eq!(chained.class(), ErrorClass::HttpStatus);
+        assert_eq!(
+            chained.to_string(),
+            "dependency job#4 failed: dependency job#3 failed: http://x/ answered HTTP 404"
+        );
     }
 
     #[test]

@@ -763,11 +763,14 @@ pub fn dependent_job_fails_clearly_when_its_dependency_fails<R: BatchRuntime>() 
         results[0],
         Err(DownloadError::Status { status: 404, .. })
     ));
-    assert!(
-        matches!(results[1], Err(DownloadError::DependencyFailed { .. })),
-        "{:?}",
-        results[1]
-    );
+    match &results[1] {
+        Err(e @ DownloadError::DependencyFailed { cause, .. }) => {
+            assert_eq!(Err(&**cause), results[0].as_ref(), "it carries why");
+            assert!(e.to_string().ends_with("answered HTTP 404"), "{e}");
+            assert_eq!(e.class(), haul_core::ErrorClass::HttpStatus);
+        }
+        other => panic!("expected DependencyFailed, got {other:?}"),
+    }
     assert!(
         origin.requests_to("/addon").is_empty(),
         "the dependant never ran"

@@ -650,8 +650,8 @@ pub const FINISHED_KEPT: usize = 4096;
 /// as one depending on a job never submitted does, instead of waiting for ever.
 #[derive(Debug, Default)]
 struct Finished {
-    /// Success or not, by job.
-    outcomes: HashMap<JobId, bool>,
+    /// Success, or the error the job failed with (a dependant's failure carries it), by job.
+    outcomes: HashMap<JobId, Result<(), DownloadError>>,
     /// Finished jobs kept for their recency, oldest first; each of `outcomes` is in here or
     /// in `pinned`, never both.
     recent: VecDeque<JobId>,
@@ -663,17 +663,22 @@ struct Finished {
 }
 
 impl Finished {
-    fn get(&self, id: &JobId) -> Option<&bool> {
+    fn get(&self, id: &JobId) -> Option<&Result<(), DownloadError>> {
         self.outcomes.get(id)
+    }
+
+    /// Whether job `id` is known to have succeeded.
+    fn succeeded(&self, id: &JobId) -> bool {
+        matches!(self.outcomes.get(id), Some(Ok(())))
     }
 
     fn len(&self) -> usize {
         self.outcomes.len()
     }
 
-    /// Job `id` finished (`ok`: successfully).
-    fn insert(&mut self, id: JobId, ok: bool) {
-        if self.outcomes.insert(id, ok).is_none() {
+    /// Job `id` finished, with `outcome`.
+    fn insert(&mut self, id: JobId, outcome: Result<(), DownloadError>) {
+        if self.outcomes.insert(id, outcome).is_none() {
             self.recent.push_back(id);
         }
         self.prune();
@@ -1080,7 +1085,7 @@ impl Engine {
             job: id,
             url: spec.url.to_string(),
         });
-        self.finished.insert(id, false);
+        self.finished.insert(id, Err(error.clone()));
         self.check_deps = true;
         self.stats.failed += 1;
         self.event(Event::Finished {
@@ -1133,10 +1138,7 @@ impl Engine {
     /// sha256) with the same expectations. A job whose dependencies have not all succeeded
     /// yet is never a follower: copying a leader's result would skip its dependency check.
     fn find_leader(&self, spec: &Download) -> Option<JobId> {
-        let deps_met = spec
-            .depends_on
-            .iter()
-            .all(|d| self.finished.get(d) == Some(&true));
+        let deps_met = spec.depends_on.iter().all(|d| self.finished.succeeded(d));
         if !deps_met {
             return None;
         }
@@ -1302,12 +1304,15 @@ impl Engine {
             });
             let digesting = self.digesting_ids.len();
             if std::mem::take(&mut self.check_deps) {
-                if let Some((job, dep, known)) = self.failed_dependency() {
+                if let Some((job, dep, cause)) = self.failed_dependency() {
                     // Finishing it schedules again (and looks for the next such job).
                     self.check_deps = true;
-                    let error = match known {
-                        true => DownloadError::DependencyFailed { dependency: dep.0 },
-                        false => DownloadError::DependencyUnknown {
+                    let error = match cause {
+                        Some(cause) => DownloadError::DependencyFailed {
+                            dependency: dep.0,
+                            cause: Box::new(cause),
+                        },
+                        None => DownloadError::DependencyUnknown {
                             dependency: dep.0,
                             kept: FINISHED_KEPT,
                         },
@@ -1341,7 +1346,7 @@ impl Engine {
                     .spec
                     .depends_on
                     .iter()
-                    .all(|dep| self.finished.get(dep) == Some(&true));
+                    .all(|dep| self.finished.succeeded(dep));
                 if ready {
                     candidate = Some((priority, id));
                     break;
@@ -1360,9 +1365,9 @@ impl Engine {
     }
 
     /// A queued job with a dependency that failed or names no job the engine knows of, that
-    /// dependency, and whether it is known (false: never submitted, or finished too long
-    /// ago for its outcome to be kept).
-    fn failed_dependency(&self) -> Option<(JobId, JobId, bool)> {
+    /// dependency, and the error it failed with (`None`: unknown, never submitted or
+    /// finished too long ago for its outcome to be kept).
+    fn failed_dependency(&self) -> Option<(JobId, JobId, Option<DownloadError>)> {
         self.queue.iter().find_map(|(_, id)| {
             let j = self
                 .jobs
@@ -1372,9 +1377,9 @@ impl Engine {
                 .depends_on
                 .iter()
                 .find_map(|dep| match self.finished.get(dep) {
-                    Some(false) => Some((*id, *dep, true)),
-                    Some(true) => None,
-                    None => (!self.jobs.contains_key(dep)).then_some((*id, *dep, false)),
+                    Some(Err(error)) => Some((*id, *dep, Some(error.clone()))),
+                    Some(Ok(())) => None,
+                    None => (!self.jobs.contains_key(dep)).then_some((*id, *dep, None)),
                 })
         })
     }
@@ -1534,7 +1539,8 @@ impl Engine {
         }
         self.release_claims(id, &job);
         self.finished.release(&job.spec.depends_on);
-        self.finished.insert(id, result.is_ok());
+        self.finished
+            .insert(id, result.as_ref().map(|_| ()).map_err(Clone::clone));
         if result.is_err() {
             self.check_deps = true;
         }
