@@ -551,6 +551,20 @@ impl Job {
         matches!(self.phase, Phase::Running) && self.digest_requested && self.transfers.is_empty()
     }
 
+    /// The file the job commits to: its destination file, or in a destination directory
+    /// the name a response gave (`Content-Disposition`) or else the URL's (the name known so
+    /// far, before a response).
+    fn dest_path(&self) -> PathBuf {
+        match &self.spec.dest {
+            Destination::File(p) => p.clone(),
+            Destination::Dir(d) => d.join(
+                self.dest_name
+                    .clone()
+                    .unwrap_or_else(|| crate::download::file_name_from_url(&self.spec.url)),
+            ),
+        }
+    }
+
     /// Bytes of the file present now.
     fn present(&self) -> u64 {
         self.received.len().max(self.hashed)
