@@ -1302,13 +1302,27 @@ fn a_dependent_of_a_failed_job_fails_with_dependency_failed_and_makes_no_request
         h.run(a),
         Err(DownloadError::Status { status: 404, .. })
     ));
+    let b_err = h.run(b).expect_err("b fails with a");
+    let a_err = h.run(a).expect_err("a failed");
     assert_eq!(
-        h.run(b),
-        Err(DownloadError::DependencyFailed { dependency: a.0 })
+        b_err,
+        DownloadError::DependencyFailed {
+            dependency: a.0,
+            cause: Box::new(a_err.clone())
+        }
     );
     assert_eq!(
+        b_err.to_string(),
+        format!("dependency {a} failed: {a_err}"),
+        "it says why"
+    );
+    assert_eq!(b_err.class(), crate::ErrorClass::HttpStatus, "a's class");
+    assert_eq!(
         h.run(c),
-        Err(DownloadError::DependencyFailed { dependency: b.0 })
+        Err(DownloadError::DependencyFailed {
+            dependency: b.0,
+            cause: Box::new(b_err)
+        })
     );
     assert!(h.requests.iter().all(|r| r.path == "/missing"));
     assert!(!h
@@ -1328,10 +1342,65 @@ fn a_dependency_on_an_unknown_job_fails_at_once_naming_that_job() {
     let err = h
         .run(b)
         .expect_err("cannot depend on a job never submitted");
-    assert_eq!(err, DownloadError::DependencyFailed { dependency: 9_999 });
+    assert_eq!(
+        err,
+        DownloadError::DependencyUnknown {
+            dependency: 9_999,
+            kept: crate::FINISHED_KEPT
+        }
+    );
     assert!(err.to_string().contains("job#9999"), "{err}");
     assert_eq!(h.finished_at(b), Instant::ZERO);
     assert!(h.requests.is_empty());
+}
+
+/// A long-running engine keeps the outcomes of the last `FINISHED_KEPT` jobs to finish, not
+/// of every job it ever ran; one a waiting dependant needs stays however old it is (the
+/// dependant starts and succeeds after thousands of later jobs), and a job submitted
+/// depending on a job whose outcome is gone fails at once, saying so.
+#[test]
+fn finished_outcomes_are_bounded_but_kept_while_a_waiting_job_depends_on_them() {
+    let mut cfg = config();
+    cfg.max_active_jobs = 1;
+    let mut h = Harness::new(cfg);
+    any_path_server(&mut h, millis(10));
+    let early = h.submit(job_at("early"));
+    h.run(early).expect("early succeeds");
+    // The only slot is taken: the dependant waits in the queue, its dependency long done.
+    let busy = h.submit(job_at("busy"));
+    let dependant = h.submit(job_at("dependant").after(early));
+    let mut gone = Vec::new();
+    for n in 0..3 * crate::FINISHED_KEPT {
+        let job = h.submit(job_at(&format!("n{n}")));
+        h.cancel(job, CancelMode::Discard);
+        gone.push(job);
+        assert!(
+            h.engine.finished_kept() <= crate::FINISHED_KEPT + 1,
+            "{} outcomes kept after {n} more jobs",
+            h.engine.finished_kept()
+        );
+    }
+    let orphan = h.submit(job_at("orphan").after(gone[0]));
+    assert_eq!(
+        h.run(orphan),
+        Err(DownloadError::DependencyUnknown {
+            dependency: gone[0].0,
+            kept: crate::FINISHED_KEPT
+        })
+    );
+    let recent = h.submit(job_at("recent").after(*gone.last().unwrap()));
+    assert_eq!(
+        h.run(recent),
+        Err(DownloadError::DependencyFailed {
+            dependency: gone.last().unwrap().0,
+            cause: Box::new(DownloadError::Cancelled)
+        }),
+        "a recent dependency's outcome is still known"
+    );
+    h.run(busy).expect("busy succeeds");
+    h.run(dependant)
+        .expect("the dependant of an old success still starts and succeeds");
+    assert!(h.requests.iter().any(|r| r.path == "/dependant"));
 }
 
 #[test]
@@ -1350,7 +1419,8 @@ fn a_queued_job_whose_dependency_is_cancelled_fails_at_once_even_with_every_slot
     assert_eq!(
         h.run(dependent),
         Err(DownloadError::DependencyFailed {
-            dependency: waiting.0
+            dependency: waiting.0,
+            cause: Box::new(DownloadError::Cancelled)
         })
     );
     assert_eq!(
@@ -1555,11 +1625,12 @@ fn a_job_waiting_for_a_failed_dependency_is_not_completed_by_a_duplicate_downloa
             .after(failing),
     );
     h.run(same).expect("the independent copy succeeds");
-    assert!(h.run(failing).is_err());
+    let failure = h.run(failing).expect_err("the missing file fails");
     assert_eq!(
         h.run(dependant),
         Err(DownloadError::DependencyFailed {
-            dependency: failing.0
+            dependency: failing.0,
+            cause: Box::new(failure)
         })
     );
     assert!(!h.fs.exists("/dl/shared-too"));
@@ -1602,14 +1673,13 @@ fn a_job_that_depends_on_a_refused_one_fails_as_its_dependant() {
     let refused = h.submit(Download::new(&format!("{ORIGIN}/bb"), "/dl/a").unwrap());
     let dependant = h.submit(job_at("ccc").after(refused));
     h.run(first).expect("first");
-    assert!(matches!(
-        h.run(refused),
-        Err(DownloadError::DestinationInUse { .. })
-    ));
+    let refusal = h.run(refused).expect_err("refused");
+    assert!(matches!(refusal, DownloadError::DestinationInUse { .. }));
     assert_eq!(
         h.run(dependant),
         Err(DownloadError::DependencyFailed {
-            dependency: refused.0
+            dependency: refused.0,
+            cause: Box::new(refusal)
         })
     );
 }
@@ -2344,7 +2414,8 @@ fn any_mix_of_jobs_ends_consistently(
             }
         }
         let Some(dep) = deps[k] else { continue };
-        let dep_ok = h.finished(dep).expect("dependency finished").1.is_ok();
+        let dep_result = h.finished(dep).expect("dependency finished").1;
+        let dep_ok = dep_result.is_ok();
         let dep_done = event_index(&h, dep, |e| matches!(e, Event::Finished { .. }));
         let started = h
             .events
@@ -2354,7 +2425,13 @@ fn any_mix_of_jobs_ends_consistently(
             return TestResult::error(format!("job {k} started without its dependency"));
         }
         let cancelled = *result == Err(DownloadError::Cancelled);
-        let dep_failed = *result == Err(DownloadError::DependencyFailed { dependency: dep.0 });
+        let dep_failed = dep_result.as_ref().err().is_some_and(|cause| {
+            *result
+                == Err(DownloadError::DependencyFailed {
+                    dependency: dep.0,
+                    cause: Box::new(cause.clone()),
+                })
+        });
         if !dep_ok && !cancelled && !dep_failed {
             return TestResult::error(format!("job {k}: dependency failed, got {result:?}"));
         }

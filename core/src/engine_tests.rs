@@ -1553,9 +1553,16 @@ fn sha256_mismatch_is_retried_once_from_zero_then_leaves_no_file_and_no_partial(
     let wrong = sha_hex(b"something else");
     let job = h.submit(download().sha256(&wrong).unwrap());
     match h.run(job) {
-        Err(DownloadError::HashMismatch { expected, actual }) => {
+        Err(DownloadError::HashMismatch {
+            url,
+            path,
+            expected,
+            actual,
+        }) => {
             assert_eq!(expected, wrong);
             assert_eq!(actual, sha_hex(&body));
+            // Which download of a list failed: its URL and destination.
+            assert_eq!((url.as_str(), path), (URL, dest()));
         }
         other => panic!("expected HashMismatch, got {other:?}"),
     }
@@ -1575,8 +1582,14 @@ fn expected_size_mismatch_from_content_length_fails_before_writing_the_body() {
     h.serve(ORIGIN, file_server(body.clone()));
     let job = h.submit(download().size(3_999));
     match h.run(job) {
-        Err(DownloadError::SizeMismatch { expected, actual }) => {
+        Err(DownloadError::SizeMismatch {
+            url,
+            path,
+            expected,
+            actual,
+        }) => {
             assert_eq!((expected, actual), (3_999, 4_000));
+            assert_eq!((url.as_str(), path), (URL, dest()));
         }
         other => panic!("expected SizeMismatch, got {other:?}"),
     }
@@ -1597,7 +1610,9 @@ fn expected_size_exceeded_by_a_chunked_body_fails_as_bytes_arrive() {
     });
     let job = h.submit(download().size(1_000));
     match h.run(job) {
-        Err(DownloadError::SizeMismatch { expected, actual }) => {
+        Err(DownloadError::SizeMismatch {
+            expected, actual, ..
+        }) => {
             assert_eq!(expected, 1_000);
             assert!(actual > 1_000 && actual <= 1_100, "actual {actual}");
         }
@@ -1615,7 +1630,15 @@ fn max_size_exceeded_by_content_length_fails_before_writing_the_body() {
     h.serve(ORIGIN, file_server(body));
     let job = h.submit(download().max_size(1_000));
     match h.run(job) {
-        Err(DownloadError::TooLarge { limit, seen }) => assert_eq!((limit, seen), (1_000, 4_000)),
+        Err(DownloadError::TooLarge {
+            url,
+            path,
+            limit,
+            seen,
+        }) => {
+            assert_eq!((limit, seen), (1_000, 4_000));
+            assert_eq!((url.as_str(), path), (URL, dest()));
+        }
         other => panic!("expected TooLarge, got {other:?}"),
     }
     assert_eq!(h.bytes_written(), 0);
@@ -1629,7 +1652,13 @@ fn assert_too_large_as_bytes_arrive(wire: Vec<u8>, then: After) {
     });
     let job = h.submit(download().max_size(1_000));
     match h.run(job) {
-        Err(DownloadError::TooLarge { limit, seen }) => {
+        Err(DownloadError::TooLarge {
+            url,
+            path,
+            limit,
+            seen,
+        }) => {
+            assert_eq!((url.as_str(), path), (URL, dest()));
             assert_eq!(limit, 1_000);
             assert!(
                 seen > 1_000 && seen <= 1_100,
@@ -2831,7 +2860,9 @@ fn with_executor_digests_a_mismatch_is_retried_from_zero_then_publishes_nothing(
     let wrong = sha_hex(b"something else");
     let job = h.submit(download().sha256(&wrong).unwrap());
     match h.run(job) {
-        Err(DownloadError::HashMismatch { expected, actual }) => {
+        Err(DownloadError::HashMismatch {
+            expected, actual, ..
+        }) => {
             assert_eq!(expected, wrong);
             assert_eq!(actual, sha_hex(&body), "the executor's digest of the bytes");
         }

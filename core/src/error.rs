@@ -91,24 +91,51 @@ pub enum DownloadError {
     /// A resumed response did not continue the representation we hold.
     #[error("server's range response does not continue the local partial file: {detail}")]
     RangeMismatch { detail: String },
-    /// The body's size differed from the expected size.
-    #[error("size mismatch: expected {expected} bytes, got {actual}")]
-    SizeMismatch { expected: u64, actual: u64 },
-    /// The body exceeded the maximum size.
-    #[error("body exceeds the maximum size of {limit} bytes (at least {seen} bytes)")]
-    TooLarge { limit: u64, seen: u64 },
-    /// The body's SHA-256 differed from the expected one.
-    #[error("sha256 mismatch: expected {expected}, got {actual}")]
-    HashMismatch { expected: String, actual: String },
+    /// The body's size differed from the expected size. `url` is the download's URL as
+    /// submitted and `path` its destination, so that the failure of one file of a list
+    /// says which.
+    #[error("size mismatch for {url} (to {path}): expected {expected} bytes, got {actual}", path = path.display())]
+    SizeMismatch {
+        url: String,
+        path: PathBuf,
+        expected: u64,
+        actual: u64,
+    },
+    /// The body exceeded the maximum size (`url`, `path`: as for `SizeMismatch`).
+    #[error("body of {url} (to {path}) exceeds the maximum size of {limit} bytes (at least {seen} bytes)", path = path.display())]
+    TooLarge {
+        url: String,
+        path: PathBuf,
+        limit: u64,
+        seen: u64,
+    },
+    /// The body's SHA-256 differed from the expected one (`url`, `path`: as for
+    /// `SizeMismatch`).
+    #[error("sha256 mismatch for {url} (to {path}): expected {expected}, got {actual}", path = path.display())]
+    HashMismatch {
+        url: String,
+        path: PathBuf,
+        expected: String,
+        actual: String,
+    },
     /// A local file operation failed.
     #[error("local I/O failed on {path}: {failure}", path = path.display())]
     LocalIo { path: PathBuf, failure: IoFailure },
     /// The job was cancelled.
     #[error("cancelled")]
     Cancelled,
-    /// A job this one depends on failed (or was never submitted).
-    #[error("dependency job#{dependency} did not succeed")]
-    DependencyFailed { dependency: u64 },
+    /// A job this one depends on failed, with `cause` (which the error's class is). The
+    /// cause is printed as part of this error's message, not also given as its `source`: a
+    /// printer of source chains would otherwise say it twice.
+    #[error("dependency job#{dependency} failed: {cause}")]
+    DependencyFailed {
+        dependency: u64,
+        cause: Box<DownloadError>,
+    },
+    /// A job this one depends on is unknown to the engine: it was never submitted, or it
+    /// finished before the last `kept` jobs to finish and its outcome is no longer held.
+    #[error("dependency job#{dependency} is unknown: never submitted, or finished before the last {kept} jobs to finish and forgotten")]
+    DependencyUnknown { dependency: u64, kept: usize },
     /// Every URL of the download is behind an open circuit breaker for longer than the
     /// retry policy allows waiting.
     #[error("{origin} is failing (circuit breaker open for another {retry_in:.1?}) and no mirror is available")]
@@ -147,7 +174,8 @@ impl DownloadError {
             | DownloadError::HashMismatch { .. }
             | DownloadError::LocalIo { .. }
             | DownloadError::Cancelled
-            | DownloadError::DependencyFailed { .. } => false,
+            | DownloadError::DependencyFailed { .. }
+            | DownloadError::DependencyUnknown { .. } => false,
         }
     }
 
@@ -191,7 +219,8 @@ impl DownloadError {
         match self {
             DownloadError::InvalidRequest(_)
             | DownloadError::DestinationInUse { .. }
-            | DownloadError::PartialInUse { .. } => ErrorClass::Usage,
+            | DownloadError::PartialInUse { .. }
+            | DownloadError::DependencyUnknown { .. } => ErrorClass::Usage,
             DownloadError::Connect { .. }
             | DownloadError::Connection { .. }
             | DownloadError::Timeout { .. }
@@ -199,8 +228,10 @@ impl DownloadError {
             | DownloadError::TooManyRedirects { .. }
             | DownloadError::RedirectLoop { .. }
             | DownloadError::RangeMismatch { .. }
-            | DownloadError::CircuitOpen { .. }
-            | DownloadError::DependencyFailed { .. } => ErrorClass::Network,
+            | DownloadError::CircuitOpen { .. } => ErrorClass::Network,
+            // Why the dependant did not run is why its dependency failed: a dependency
+            // whose bytes failed verification is a verification failure of the set.
+            DownloadError::DependencyFailed { cause, .. } => cause.class(),
             DownloadError::Status { .. } => ErrorClass::HttpStatus,
             DownloadError::SizeMismatch { .. }
             | DownloadError::TooLarge { .. }
@@ -236,11 +267,82 @@ mod tests {
     #[test]
     fn verification_failures_are_not_retryable_and_classified() {
         let e = DownloadError::HashMismatch {
+            url: "http://x/a".into(),
+            path: "d/a".into(),
             expected: "a".into(),
             actual: "b".into(),
         };
         assert!(!e.retryable());
         assert_eq!(e.class(), ErrorClass::Verification);
+    }
+
+    #[test]
+    fn verification_failures_say_which_download_failed() {
+        let (url, path) = (String::from("http://h/b.iso"), PathBuf::from("d/b.iso"));
+        let hash = DownloadError::HashMismatch {
+            url: url.clone(),
+            path: path.clone(),
+            expected: "aa".into(),
+            actual: "bb".into(),
+        };
+        assert_eq!(
+            hash.to_string(),
+            "sha256 mismatch for http://h/b.iso (to d/b.iso): expected aa, got bb"
+        );
+        let size = DownloadError::SizeMismatch {
+            url: url.clone(),
+            path: path.clone(),
+            expected: 10,
+            actual: 12,
+        };
+        assert_eq!(
+            size.to_string(),
+            "size mismatch for http://h/b.iso (to d/b.iso): expected 10 bytes, got 12"
+        );
+        let large = DownloadError::TooLarge {
+            url,
+            path,
+            limit: 10,
+            seen: 12,
+        };
+        assert_eq!(
+            large.to_string(),
+            "body of http://h/b.iso (to d/b.iso) exceeds the maximum size of 10 bytes (at least 12 bytes)"
+        );
+        assert_eq!(large.class(), ErrorClass::Verification);
+    }
+
+    #[test]
+    fn a_failed_dependency_says_why_and_takes_its_class() {
+        let hash = DownloadError::HashMismatch {
+            url: "http://h/a".into(),
+            path: "d/a".into(),
+            expected: "aa".into(),
+            actual: "bb".into(),
+        };
+        let e = DownloadError::DependencyFailed {
+            dependency: 3,
+            cause: Box::new(hash),
+        };
+        assert_eq!(
+            e.to_string(),
+            "dependency job#3 failed: sha256 mismatch for http://h/a (to d/a): expected aa, got bb"
+        );
+        assert_eq!(e.class(), ErrorClass::Verification);
+        assert!(!e.retryable());
+        // A chain of dependants carries the first failure's class to its end.
+        let chained = DownloadError::DependencyFailed {
+            dependency: 4,
+            cause: Box::new(DownloadError::DependencyFailed {
+                dependency: 3,
+                cause: Box::new(status(404)),
+            }),
+        };
+        assert_eq!(chained.class(), ErrorClass::HttpStatus);
+        assert_eq!(
+            chained.to_string(),
+            "dependency job#4 failed: dependency job#3 failed: http://x/ answered HTTP 404"
+        );
     }
 
     #[test]

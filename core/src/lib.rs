@@ -33,7 +33,7 @@ pub mod writeback;
 
 pub use config::{Config, ConfigError, LowSpeedLimit, RetryPolicy};
 pub use download::{Destination, Download, Outcome, MAX_SEGMENTS};
-pub use engine::{CancelMode, Engine, Event, Input, JobId, Output};
+pub use engine::{CancelMode, Engine, Event, Input, JobId, Output, FINISHED_KEPT};
 pub use error::{DownloadError, ErrorClass, TimeoutKind};
 pub use io::{AfterClose, ConnId, FileId, IoErrorKind, IoFailure, IoId, IoOp, IoRequest, IoResult};
 pub use proxy::{ProxyConfig, ProxyHop};

@@ -61,6 +61,22 @@ pub(crate) enum Msg {
     ),
     /// Cancel every running job of the call, keeping partials for resume or not.
     CancelAll(CancelMode),
+    /// Pause, resume or cancel one job of the running call.
+    Job(JobId, JobCommand),
+}
+
+/// What [`CancelHandle`] asks of one job.
+#[derive(Debug, Clone, Copy)]
+pub(crate) enum JobCommand {
+    Pause,
+    Resume,
+    Cancel(CancelMode),
+}
+
+/// What the driver loop does after taking the messages of one turn.
+enum Control {
+    CancelAll(CancelMode),
+    Job(JobId, JobCommand),
 }
 
 /// Messages into the driver's channel, waking the driver if it sleeps in its poller.
@@ -84,7 +100,14 @@ impl Completions for Sink {
     }
 }
 
-/// Wakes a running [`Client`] call from another thread to cancel its jobs.
+/// Wakes a running [`Client`] call, from another thread or from its own event callback, to
+/// cancel its jobs, or to pause, resume or cancel one of them by the [`JobId`] its events
+/// carry.
+///
+/// Commands take effect at the driver loop's next turn (events already on their way to the
+/// callback still arrive). A command for a job that is not one of the running call's, or that
+/// has already finished, is ignored, and so is every command sent while no call runs: a
+/// handle cannot reach into a later call, whose job ids it has not seen.
 #[derive(Clone)]
 pub struct CancelHandle {
     sink: Sink,
@@ -100,6 +123,26 @@ impl CancelHandle {
     /// ([`CancelMode::KeepPartial`]) or removing them and their state ([`CancelMode::Discard`]).
     pub fn cancel_with(&self, mode: CancelMode) {
         self.sink.send(Msg::CancelAll(mode));
+    }
+
+    /// Pause one job of the running call: its connections close, its partial stays, and it
+    /// holds no slot (the call's other jobs go on) until [`CancelHandle::resume`], which
+    /// continues from the bytes already received. A paused job keeps its call from returning
+    /// until it is resumed or cancelled.
+    pub fn pause(&self, job: JobId) {
+        self.sink.send(Msg::Job(job, JobCommand::Pause));
+    }
+
+    /// Resume a job of the running call paused by [`CancelHandle::pause`].
+    pub fn resume(&self, job: JobId) {
+        self.sink.send(Msg::Job(job, JobCommand::Resume));
+    }
+
+    /// Cancel one job of the running call, keeping its partial download
+    /// ([`CancelMode::KeepPartial`]) or removing it and its state ([`CancelMode::Discard`]);
+    /// it finishes with [`DownloadError::Cancelled`] and the call's other jobs go on.
+    pub fn cancel_job(&self, job: JobId, mode: CancelMode) {
+        self.sink.send(Msg::Job(job, JobCommand::Cancel(mode)));
     }
 }
 
@@ -226,20 +269,32 @@ impl Driver {
                 }
                 Err(_) => false,
             });
-            let mut cancel = None;
-            if let Some(m) = first {
-                cancel = self.handle(m).or(cancel);
-            }
+            let mut controls = Vec::new();
+            controls.extend(first.and_then(|m| self.handle(m)));
             while let Ok(m) = self.rx.try_recv() {
-                cancel = self.handle(m).or(cancel);
+                controls.extend(self.handle(m));
             }
-            if let Some(mode) = cancel {
-                // Every job of the call is cancelled, those not handed over yet too.
-                let ids = self.host.submit_batch(unsubmitted.by_ref().collect());
-                mine.extend(ids.iter().copied());
-                order.extend(ids);
-                for job in order.iter().filter(|j| !results.contains_key(j)) {
-                    self.host.cancel_with(*job, mode);
+            // In the order sent: a pause then a cancel of every job leaves none paused.
+            for control in controls {
+                match control {
+                    Control::CancelAll(mode) => {
+                        // Every job of the call is cancelled, those not handed over yet too.
+                        let ids = self.host.submit_batch(unsubmitted.by_ref().collect());
+                        mine.extend(ids.iter().copied());
+                        order.extend(ids);
+                        for job in order.iter().filter(|j| !results.contains_key(j)) {
+                            self.host.cancel_with(*job, mode);
+                        }
+                    }
+                    // Only this call's unfinished jobs: an id from an earlier call may name
+                    // a job of that call still tidying up after it unwound, which is not
+                    // the caller's to touch any more.
+                    Control::Job(job, _) if !mine.contains(&job) || results.contains_key(&job) => {
+                        tracing::debug!(%job, "command for a job not running in this call ignored");
+                    }
+                    Control::Job(job, JobCommand::Pause) => self.host.pause(job),
+                    Control::Job(job, JobCommand::Resume) => self.host.resume(job),
+                    Control::Job(job, JobCommand::Cancel(mode)) => self.host.cancel_with(job, mode),
                 }
             }
             self.feed_net();
@@ -261,14 +316,15 @@ impl Driver {
         }
     }
 
-    /// Takes one message; how to cancel every job of the call, if it asks to.
-    fn handle(&mut self, m: Msg) -> Option<CancelMode> {
+    /// Takes one message; what to do to the call's jobs, if it asks for something.
+    fn handle(&mut self, m: Msg) -> Option<Control> {
         match m {
             Msg::Done(id, result) => self.host.complete(id, result),
             Msg::Established(conn, id, result) => {
                 self.runtime.net.on_established(conn, id, *result)
             }
-            Msg::CancelAll(mode) => return Some(mode),
+            Msg::CancelAll(mode) => return Some(Control::CancelAll(mode)),
+            Msg::Job(job, command) => return Some(Control::Job(job, command)),
         }
         None
     }
@@ -327,7 +383,8 @@ impl Client {
         driver.host.config().max_active_jobs
     }
 
-    /// A handle that cancels the running call from another thread (e.g. on Ctrl-C).
+    /// A handle that cancels the running call from another thread (e.g. on Ctrl-C), or
+    /// pauses, resumes or cancels one of its jobs.
     pub fn cancel_handle(&self) -> CancelHandle {
         self.cancel.clone()
     }
@@ -358,7 +415,7 @@ impl Client {
                 Msg::Established(conn, id, result) => {
                     driver.runtime.net.on_established(conn, id, *result)
                 }
-                Msg::CancelAll(_) => {}
+                Msg::CancelAll(_) | Msg::Job(..) => {}
             }
         }
         driver.feed_net();

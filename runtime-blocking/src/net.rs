@@ -586,7 +586,9 @@ mod tests {
             while let Ok(m) = rx.try_recv() {
                 match m {
                     Msg::Established(conn, id, result) => net.on_established(conn, id, *result),
-                    Msg::Done(..) | Msg::CancelAll(_) => panic!("not a network message"),
+                    Msg::Done(..) | Msg::CancelAll(_) | Msg::Job(..) => {
+                        panic!("not a network message")
+                    }
                 }
             }
         }

@@ -583,6 +583,8 @@ mod tests {
 
     fn mismatch() -> DownloadError {
         DownloadError::HashMismatch {
+            url: "http://a/f".into(),
+            path: "f".into(),
             expected: "a".into(),
             actual: "b".into(),
         }
@@ -604,6 +606,8 @@ mod tests {
         // A size mismatch counts the same.
         let mut m = BackoffModel::new(1);
         let size = DownloadError::SizeMismatch {
+            url: "http://a/f".into(),
+            path: "f".into(),
             expected: 10,
             actual: 12,
         };

@@ -89,6 +89,10 @@ pub fn sha256_mismatch_leaves_nothing_at_destination<R: Runtime>() {
         .unwrap_err();
     assert!(matches!(err, DownloadError::HashMismatch { .. }), "{err}");
     assert_eq!(err.class(), ErrorClass::Verification);
+    // One failure of a list says which download it is.
+    let message = err.to_string();
+    assert!(message.contains(&origin.url("/f")), "{message}");
+    assert!(message.contains(&dest.display().to_string()), "{message}");
     assert!(
         listing(dir.path()).is_empty(),
         "left: {:?}",
@@ -112,6 +116,8 @@ pub fn wrong_expected_size_fails_before_commit<R: Runtime>() {
     assert_eq!(
         err,
         DownloadError::SizeMismatch {
+            url: origin.url("/f"),
+            path: dest,
             expected: 49_999,
             actual: 50_000
         }
@@ -136,7 +142,13 @@ pub fn max_size_guard_stops_a_server_that_sends_more<R: Runtime>() {
         .download(d, &mut Vec::new())
         .unwrap_err();
     match err {
-        DownloadError::TooLarge { limit, seen } => {
+        DownloadError::TooLarge {
+            url,
+            path,
+            limit,
+            seen,
+        } => {
+            assert_eq!((url, path), (origin.url("/f"), dest));
             assert_eq!(limit, 64 * 1024);
             assert!(
                 seen > limit && seen < 64 * 1024 + 1024 * 1024,
@@ -763,11 +775,14 @@ pub fn dependent_job_fails_clearly_when_its_dependency_fails<R: BatchRuntime>() 
         results[0],
         Err(DownloadError::Status { status: 404, .. })
     ));
-    assert!(
-        matches!(results[1], Err(DownloadError::DependencyFailed { .. })),
-        "{:?}",
-        results[1]
-    );
+    match &results[1] {
+        Err(e @ DownloadError::DependencyFailed { cause, .. }) => {
+            assert_eq!(Err(&**cause), results[0].as_ref(), "it carries why");
+            assert!(e.to_string().ends_with("answered HTTP 404"), "{e}");
+            assert_eq!(e.class(), haul_core::ErrorClass::HttpStatus);
+        }
+        other => panic!("expected DependencyFailed, got {other:?}"),
+    }
     assert!(
         origin.requests_to("/addon").is_empty(),
         "the dependant never ran"

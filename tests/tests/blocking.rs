@@ -126,3 +126,161 @@ fn cancelling_a_long_call_ends_every_download_and_discard_leaves_no_partial() {
         }
     }
 }
+
+/// `CancelHandle::pause(job)` from the event callback holds that one job of the call: no
+/// progress of it arrives while the call's other job goes on, and `resume(job)` continues it
+/// from the bytes it has (a ranged request) to the exact file.
+#[test]
+fn pausing_one_job_of_a_call_holds_it_while_the_others_go_on_and_resume_completes_it() {
+    use haul_core::{Download, Event, JobId};
+    use haul_origin::{Behavior, Origin};
+    let origin = Origin::start().unwrap();
+    let a = haul_tests::body(11, 1_500_000);
+    let b = haul_tests::body(12, 600_000);
+    let trickle = |bytes_per_sec| Behavior::Trickle { bytes_per_sec };
+    origin.route("/a", a.clone(), trickle(1_000_000));
+    origin.route("/b", b.clone(), trickle(500_000));
+    let dir = tempfile::TempDir::new().unwrap();
+    let client = haul_blocking::Client::new(haul_tests::fast_config()).unwrap();
+    let handle = client.cancel_handle();
+    let (dest_a, dest_b) = (dir.path().join("a"), dir.path().join("b"));
+    let downloads = vec![
+        Download::new(&origin.url("/a"), &dest_a).unwrap(),
+        Download::new(&origin.url("/b"), &dest_b).unwrap(),
+    ];
+    let (mut job_a, mut job_b) = (None::<JobId>, None::<JobId>);
+    // The progress events of both jobs, in order, and where the pause and resume were asked.
+    let mut log: Vec<(JobId, u64)> = Vec::new();
+    let (mut paused_at, mut resumed_at) = (None, None);
+    let results = client.download_many(downloads, |e| match e {
+        Event::Queued { job, url } if url.ends_with("/a") => job_a = Some(*job),
+        Event::Queued { job, .. } => job_b = Some(*job),
+        Event::Progress { job, bytes, .. } => {
+            log.push((*job, *bytes));
+            if Some(*job) == job_a && paused_at.is_none() {
+                handle.pause(*job);
+                paused_at = Some(log.len());
+            }
+        }
+        Event::Finished { job, .. } if Some(*job) == job_b => {
+            handle.resume(job_a.expect("a was queued"));
+            resumed_at = Some(log.len());
+        }
+        _ => {}
+    });
+    let (job_a, job_b) = (job_a.unwrap(), job_b.unwrap());
+    assert_eq!(
+        results[1].as_ref().expect("b completes").size,
+        b.len() as u64
+    );
+    assert_eq!(
+        results[0].as_ref().expect("a completes").size,
+        a.len() as u64
+    );
+    assert_eq!(std::fs::read(&dest_a).unwrap(), a);
+    assert_eq!(std::fs::read(&dest_b).unwrap(), b);
+    let (paused_at, resumed_at) = (paused_at.unwrap(), resumed_at.unwrap());
+    // The pause takes effect at the driver's next turn: progress of `a` already on its way
+    // may follow the request, but none once `b` has gone on receiving.
+    let held = &log[paused_at..resumed_at];
+    let last_a = held.iter().rposition(|(job, _)| *job == job_a);
+    let b_after = held[last_a.map_or(0, |i| i + 1)..]
+        .iter()
+        .filter(|(job, _)| *job == job_b)
+        .count();
+    assert!(
+        b_after >= 3,
+        "b went on receiving while a was held ({b_after} progress events of b after a's last)"
+    );
+    let a_held = log[..resumed_at]
+        .iter()
+        .rev()
+        .find(|(job, _)| *job == job_a)
+        .map(|(_, bytes)| *bytes)
+        .unwrap();
+    assert!(
+        a_held < a.len() as u64,
+        "a was held before its end ({a_held} bytes)"
+    );
+    assert!(
+        log[resumed_at..].iter().any(|(job, _)| *job == job_a),
+        "a received again once resumed"
+    );
+    let last_range = origin
+        .requests_to("/a")
+        .last()
+        .and_then(|r| r.header("range").map(str::to_string));
+    assert!(
+        last_range.as_deref().is_some_and(|r| r != "bytes=0-"),
+        "the resume asks for the rest: {last_range:?}"
+    );
+}
+
+/// `CancelHandle::cancel_job(job, mode)` ends that one job of the call (`Cancelled`), keeping
+/// its partial or, with `CancelMode::Discard`, leaving none, while the call's other job
+/// succeeds; a command naming a job that is not the call's is ignored.
+#[test]
+fn cancelling_one_job_of_a_call_ends_only_that_job_and_discard_leaves_no_partial() {
+    use haul_core::{CancelMode, Download, DownloadError, Event, JobId};
+    use haul_origin::{Behavior, Origin};
+    let origin = Origin::start().unwrap();
+    origin.route(
+        "/stall",
+        haul_tests::body(13, 2 << 20),
+        Behavior::Stall { after: 1_000_000 },
+    );
+    let ok = haul_tests::body(14, 800_000);
+    origin.route(
+        "/ok",
+        ok.clone(),
+        Behavior::Trickle {
+            bytes_per_sec: 1_000_000,
+        },
+    );
+    for mode in [CancelMode::KeepPartial, CancelMode::Discard] {
+        let dir = tempfile::TempDir::new().unwrap();
+        let mut config = haul_tests::fast_config();
+        config.idle_timeout = std::time::Duration::from_secs(600);
+        let client = haul_blocking::Client::new(config).unwrap();
+        let handle = client.cancel_handle();
+        let (stalled, done) = (dir.path().join("stalled"), dir.path().join("ok"));
+        let downloads = vec![
+            Download::new(&origin.url("/stall"), &stalled).unwrap(),
+            Download::new(&origin.url("/ok"), &done).unwrap(),
+        ];
+        let (mut stalling, mut cancelled) = (None::<JobId>, false);
+        let results = client.download_many(downloads, |e| match e {
+            Event::Queued { job, url } if url.ends_with("/stall") => stalling = Some(*job),
+            Event::Progress { job, bytes, .. }
+                if Some(*job) == stalling && *bytes >= 1_000_000 && !cancelled =>
+            {
+                // Not the call's jobs: ignored (the call still ends with both results).
+                handle.pause(JobId(u64::MAX));
+                handle.cancel_job(JobId(u64::MAX - 1), mode);
+                handle.cancel_job(*job, mode);
+                cancelled = true;
+            }
+            _ => {}
+        });
+        assert!(
+            matches!(results[0], Err(DownloadError::Cancelled)),
+            "{mode:?}: {:?}",
+            results[0]
+        );
+        assert_eq!(
+            results[1].as_ref().expect("the other job succeeds").size,
+            ok.len() as u64
+        );
+        assert_eq!(std::fs::read(&done).unwrap(), ok);
+        assert!(!stalled.exists(), "nothing committed for the cancelled job");
+        let part = haul_tests::with_suffix(&stalled, ".haul-part");
+        let state = haul_tests::with_suffix(&stalled, ".haul-state");
+        match mode {
+            CancelMode::KeepPartial => assert!(part.exists(), "the partial stays for resume"),
+            CancelMode::Discard => {
+                assert!(!part.exists(), "no partial stays");
+                assert!(!state.exists(), "nor its state");
+            }
+        }
+    }
+}

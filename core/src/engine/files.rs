@@ -8,7 +8,7 @@ use super::{
     unexpected, CleanStep, Engine, Event, FileStep, JobId, Phase, ReadAhead, ValidatorSource,
     CATCH_UP_CHUNK, REHASH_CHUNK,
 };
-use crate::download::{Destination, Outcome};
+use crate::download::Outcome;
 use crate::error::DownloadError;
 use crate::http::HttpError;
 use crate::io::{AfterClose, FileId, IoErrorKind, IoFailure, IoOp, IoResult};
@@ -571,12 +571,19 @@ impl Engine {
         let end = offset + len;
         if let Some(limit) = j.spec.max_size {
             if end > limit {
-                return Err(DownloadError::TooLarge { limit, seen: end });
+                return Err(DownloadError::TooLarge {
+                    url: j.spec.url.to_string(),
+                    path: j.dest_path(),
+                    limit,
+                    seen: end,
+                });
             }
         }
         if let Some(expected) = j.spec.size {
             if end > expected {
                 return Err(DownloadError::SizeMismatch {
+                    url: j.spec.url.to_string(),
+                    path: j.dest_path(),
                     expected,
                     actual: end,
                 });
@@ -758,9 +765,13 @@ impl Engine {
         }
         if let Some(expected) = j.spec.size {
             if j.hashed != expected {
-                let actual = j.hashed;
-                return self
-                    .verification_failed(id, DownloadError::SizeMismatch { expected, actual });
+                let error = DownloadError::SizeMismatch {
+                    url: j.spec.url.to_string(),
+                    path: j.dest_path(),
+                    expected,
+                    actual: j.hashed,
+                };
+                return self.verification_failed(id, error);
             }
         }
         let digest: [u8; 32] = if j.executor_hash {
@@ -784,23 +795,16 @@ impl Engine {
         };
         if let Some(expected) = j.spec.sha256 {
             if expected != digest {
-                return self.verification_failed(
-                    id,
-                    DownloadError::HashMismatch {
-                        expected: hex::encode(expected),
-                        actual: hex::encode(digest),
-                    },
-                );
+                let error = DownloadError::HashMismatch {
+                    url: j.spec.url.to_string(),
+                    path: j.dest_path(),
+                    expected: hex::encode(expected),
+                    actual: hex::encode(digest),
+                };
+                return self.verification_failed(id, error);
             }
         }
-        let dest = match &j.spec.dest {
-            Destination::File(p) => p.clone(),
-            Destination::Dir(d) => d.join(
-                j.dest_name
-                    .clone()
-                    .unwrap_or_else(|| crate::download::file_name_from_url(&j.spec.url)),
-            ),
-        };
+        let dest = j.dest_path();
         // An early sync covers every write when none followed it; if it is still running,
         // the close completes after it (the executor's contract) and a failure it reports
         // fails the commit.

@@ -562,6 +562,20 @@ impl Job {
         matches!(self.phase, Phase::Running) && self.digest_requested && self.transfers.is_empty()
     }
 
+    /// The file the job commits to: its destination file, or in a destination directory
+    /// the name a response gave (`Content-Disposition`) or else the URL's (the name known so
+    /// far, before a response).
+    fn dest_path(&self) -> PathBuf {
+        match &self.spec.dest {
+            Destination::File(p) => p.clone(),
+            Destination::Dir(d) => d.join(
+                self.dest_name
+                    .clone()
+                    .unwrap_or_else(|| crate::download::file_name_from_url(&self.spec.url)),
+            ),
+        }
+    }
+
     /// Bytes of the file present now.
     fn present(&self) -> u64 {
         self.received.len().max(self.hashed)
@@ -616,8 +630,9 @@ pub struct Engine {
     conns: BTreeMap<ConnId, Conn>,
     pending: BTreeMap<IoId, Route>,
     outputs: VecDeque<Output>,
-    /// Outcome of every finished job: true for success (dependencies look here).
-    finished: BTreeMap<JobId, bool>,
+    /// Outcomes of finished jobs, for dependencies: the last [`FINISHED_KEPT`] to finish and
+    /// any an unfinished job depends on (see [`Finished`]).
+    finished: Finished,
     global_bucket: Option<TokenBucket>,
     stats: StatsState,
     /// Followers whose leader committed to their own destination: finish them next.
@@ -643,6 +658,91 @@ impl ContentKey {
         match spec.sha256 {
             Some(sha256) => ContentKey::Sha256(sha256),
             None => ContentKey::Url(spec.url.as_str().to_owned()),
+        }
+    }
+}
+
+/// How many finished jobs' outcomes the engine keeps beyond those an unfinished job depends
+/// on (see [`Finished`]).
+pub const FINISHED_KEPT: usize = 4096;
+
+/// The outcomes of finished jobs that a dependency may still ask about. Kept for every job
+/// the engine ever ran, the map grew by one entry per job for the life of a client (a
+/// long-running service submits without end); now it holds the last [`FINISHED_KEPT`] jobs
+/// to finish, plus every finished job an unfinished job depends on, whatever its age: a
+/// waiting dependant never loses the outcome it waits for. A job submitted later depending
+/// on a job whose outcome is gone fails at once with [`DownloadError::DependencyUnknown`],
+/// as one depending on a job never submitted does, instead of waiting for ever.
+#[derive(Debug, Default)]
+struct Finished {
+    /// Success, or the error the job failed with (a dependant's failure carries it), by job.
+    outcomes: HashMap<JobId, Result<(), DownloadError>>,
+    /// Finished jobs kept for their recency, oldest first; each of `outcomes` is in here or
+    /// in `pinned`, never both.
+    recent: VecDeque<JobId>,
+    /// Finished jobs pushed out of `recent` while an unfinished job depended on them; they
+    /// go back to `recent`'s end when the last of those finishes.
+    pinned: std::collections::HashSet<JobId>,
+    /// How many unfinished jobs depend on each job (finished or not, or unknown).
+    wanted: HashMap<JobId, u32>,
+}
+
+impl Finished {
+    fn get(&self, id: &JobId) -> Option<&Result<(), DownloadError>> {
+        self.outcomes.get(id)
+    }
+
+    /// Whether job `id` is known to have succeeded.
+    fn succeeded(&self, id: &JobId) -> bool {
+        matches!(self.outcomes.get(id), Some(Ok(())))
+    }
+
+    fn len(&self) -> usize {
+        self.outcomes.len()
+    }
+
+    /// Job `id` finished, with `outcome`.
+    fn insert(&mut self, id: JobId, outcome: Result<(), DownloadError>) {
+        if self.outcomes.insert(id, outcome).is_none() {
+            self.recent.push_back(id);
+        }
+        self.prune();
+    }
+
+    /// An unfinished job depending on `deps` entered the engine.
+    fn want(&mut self, deps: &[JobId]) {
+        for dep in deps {
+            *self.wanted.entry(*dep).or_default() += 1;
+        }
+    }
+
+    /// An unfinished job depending on `deps` left the engine.
+    fn release(&mut self, deps: &[JobId]) {
+        for dep in deps {
+            let Some(count) = self.wanted.get_mut(dep) else {
+                continue;
+            };
+            *count -= 1;
+            if *count == 0 {
+                self.wanted.remove(dep);
+                if self.pinned.remove(dep) {
+                    self.recent.push_back(*dep);
+                }
+            }
+        }
+        self.prune();
+    }
+
+    fn prune(&mut self) {
+        while self.recent.len() > FINISHED_KEPT {
+            let Some(id) = self.recent.pop_front() else {
+                break;
+            };
+            if self.wanted.contains_key(&id) {
+                self.pinned.insert(id);
+            } else {
+                self.outcomes.remove(&id);
+            }
         }
     }
 }
@@ -732,7 +832,7 @@ impl Engine {
             conns: BTreeMap::new(),
             pending: BTreeMap::new(),
             outputs: VecDeque::new(),
-            finished: BTreeMap::new(),
+            finished: Finished::default(),
             global_bucket,
             stats: StatsState::default(),
             pending_finish: Vec::new(),
@@ -750,6 +850,12 @@ impl Engine {
     /// Jobs not yet finished.
     pub fn active_jobs(&self) -> usize {
         self.jobs.len()
+    }
+
+    /// Finished jobs whose outcome the engine still holds for dependencies (see
+    /// [`FINISHED_KEPT`]).
+    pub fn finished_kept(&self) -> usize {
+        self.finished.len()
     }
 
     /// I/O requests issued and not yet completed.
@@ -995,6 +1101,7 @@ impl Engine {
         }
         if !job.spec.depends_on.is_empty() {
             self.check_deps = true;
+            self.finished.want(&job.spec.depends_on);
         }
         // Ids only grow, so each list stays in id order.
         self.by_content
@@ -1018,7 +1125,7 @@ impl Engine {
             job: id,
             url: spec.url.to_string(),
         });
-        self.finished.insert(id, false);
+        self.finished.insert(id, Err(error.clone()));
         self.check_deps = true;
         self.stats.failed += 1;
         self.event(Event::Finished {
@@ -1071,10 +1178,7 @@ impl Engine {
     /// sha256) with the same expectations. A job whose dependencies have not all succeeded
     /// yet is never a follower: copying a leader's result would skip its dependency check.
     fn find_leader(&self, spec: &Download) -> Option<JobId> {
-        let deps_met = spec
-            .depends_on
-            .iter()
-            .all(|d| self.finished.get(d) == Some(&true));
+        let deps_met = spec.depends_on.iter().all(|d| self.finished.succeeded(d));
         if !deps_met {
             return None;
         }
@@ -1240,13 +1344,20 @@ impl Engine {
             });
             let digesting = self.digesting_ids.len();
             if std::mem::take(&mut self.check_deps) {
-                if let Some((job, dep)) = self.failed_dependency() {
+                if let Some((job, dep, cause)) = self.failed_dependency() {
                     // Finishing it schedules again (and looks for the next such job).
                     self.check_deps = true;
-                    self.finish(
-                        job,
-                        Err(DownloadError::DependencyFailed { dependency: dep.0 }),
-                    );
+                    let error = match cause {
+                        Some(cause) => DownloadError::DependencyFailed {
+                            dependency: dep.0,
+                            cause: Box::new(cause),
+                        },
+                        None => DownloadError::DependencyUnknown {
+                            dependency: dep.0,
+                            kept: FINISHED_KEPT,
+                        },
+                    };
+                    self.finish(job, Err(error));
                     return;
                 }
             }
@@ -1275,7 +1386,7 @@ impl Engine {
                     .spec
                     .depends_on
                     .iter()
-                    .all(|dep| self.finished.get(dep) == Some(&true));
+                    .all(|dep| self.finished.succeeded(dep));
                 if ready {
                     candidate = Some((priority, id));
                     break;
@@ -1293,20 +1404,23 @@ impl Engine {
         self.assign_connections();
     }
 
-    /// A queued job with a dependency that failed or names no job, and that dependency.
-    fn failed_dependency(&self) -> Option<(JobId, JobId)> {
+    /// A queued job with a dependency that failed or names no job the engine knows of, that
+    /// dependency, and the error it failed with (`None`: unknown, never submitted or
+    /// finished too long ago for its outcome to be kept).
+    fn failed_dependency(&self) -> Option<(JobId, JobId, Option<DownloadError>)> {
         self.queue.iter().find_map(|(_, id)| {
             let j = self
                 .jobs
                 .get(id)
                 .filter(|j| matches!(j.phase, Phase::Queued))?;
-            j.spec.depends_on.iter().find_map(|dep| {
-                let failed = match self.finished.get(dep) {
-                    Some(ok) => !ok,
-                    None => !self.jobs.contains_key(dep),
-                };
-                failed.then_some((*id, *dep))
-            })
+            j.spec
+                .depends_on
+                .iter()
+                .find_map(|dep| match self.finished.get(dep) {
+                    Some(Err(error)) => Some((*id, *dep, Some(error.clone()))),
+                    Some(Ok(())) => None,
+                    None => (!self.jobs.contains_key(dep)).then_some((*id, *dep, None)),
+                })
         })
     }
 
@@ -1464,7 +1578,9 @@ impl Engine {
             }
         }
         self.release_claims(id, &job);
-        self.finished.insert(id, result.is_ok());
+        self.finished.release(&job.spec.depends_on);
+        self.finished
+            .insert(id, result.as_ref().map(|_| ()).map_err(Clone::clone));
         if result.is_err() {
             self.check_deps = true;
         }

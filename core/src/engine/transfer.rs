@@ -1122,6 +1122,8 @@ impl Engine {
         if let (Some(expected), Some(total)) = (j.spec.size, j.total) {
             if expected != total {
                 let error = DownloadError::SizeMismatch {
+                    url: j.spec.url.to_string(),
+                    path: j.dest_path(),
                     expected,
                     actual: total,
                 };
@@ -1130,7 +1132,13 @@ impl Engine {
         }
         if let (Some(limit), Some(total)) = (j.spec.max_size, j.total) {
             if total > limit {
-                return self.terminate(id, DownloadError::TooLarge { limit, seen: total }, false);
+                let error = DownloadError::TooLarge {
+                    url: j.spec.url.to_string(),
+                    path: j.dest_path(),
+                    limit,
+                    seen: total,
+                };
+                return self.terminate(id, error, false);
             }
         }
         if matches!(j.spec.dest, crate::download::Destination::Dir(_)) && j.dest_name.is_none() {
