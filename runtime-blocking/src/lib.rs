@@ -41,6 +41,7 @@ use std::collections::BTreeMap;
 use std::sync::mpsc::{self, Receiver, Sender};
 use std::sync::{Arc, Mutex};
 
+use haul_core::engine::Stats;
 use haul_core::{
     CancelMode, Config, ConfigError, Download, DownloadError, Event, IoId, IoRequest, IoResult,
     JobId, Outcome,
@@ -171,6 +172,9 @@ struct Driver {
     host: Host,
     runtime: Runtime,
     rx: Receiver<Msg>,
+    /// The engine's counters as of the last turn of the loop, for [`Client::stats`] (which
+    /// must not wait for the running call, and may be asked from its callback).
+    stats: Arc<Mutex<Stats>>,
 }
 
 impl Driver {
@@ -234,6 +238,7 @@ impl Driver {
                     }
                 },
             );
+            *self.stats.lock().unwrap_or_else(|e| e.into_inner()) = self.host.stats();
             if let (Some(panic), None) = (panicked.take(), &unwinding) {
                 // The caller's callback panicked: the call ends, and its jobs with it (those
                 // not handed over yet are never submitted); once they have ended (cleaned up,
@@ -335,6 +340,7 @@ impl Driver {
 pub struct Client {
     driver: Mutex<Driver>,
     cancel: CancelHandle,
+    stats: Arc<Mutex<Stats>>,
 }
 
 impl Client {
@@ -364,9 +370,16 @@ impl Client {
             executor_digests: true,
             ..config
         })?;
+        let stats = Arc::new(Mutex::new(Stats::default()));
         Ok(Client {
             cancel: CancelHandle { sink },
-            driver: Mutex::new(Driver { host, runtime, rx }),
+            driver: Mutex::new(Driver {
+                host,
+                runtime,
+                rx,
+                stats: stats.clone(),
+            }),
+            stats,
         })
     }
 
@@ -375,6 +388,14 @@ impl Client {
     pub fn set_rate_schedule(&self, rates: haul_core::RateSchedule, utc_offset: i32) {
         let mut driver = self.driver.lock().unwrap_or_else(|e| e.into_inner());
         driver.host.set_rate_schedule(rates, utc_offset);
+    }
+
+    /// The client's counters: downloads active, queued, done, failed and cancelled, body
+    /// bytes received, and the current (last second), average and peak rates; as of the
+    /// running call's last turn (so it may be asked from another thread, or from the event
+    /// callback, while a call runs).
+    pub fn stats(&self) -> Stats {
+        self.stats.lock().unwrap_or_else(|e| e.into_inner()).clone()
     }
 
     /// Jobs the engine runs at once (the rest of a call's downloads wait in its queue).

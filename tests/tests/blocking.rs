@@ -284,3 +284,36 @@ fn cancelling_one_job_of_a_call_ends_only_that_job_and_discard_leaves_no_partial
         }
     }
 }
+
+/// The client's counters can be read while a call runs (here from its own callback: one
+/// download active with bytes counted) and add up afterwards: two done, one failed (404),
+/// their bytes, nothing active or queued.
+#[test]
+fn the_clients_stats_are_readable_during_a_call_and_add_up_after_it() {
+    use haul_core::{Download, Event};
+    use haul_origin::{Behavior, Origin};
+    let origin = Origin::start().unwrap();
+    let (a, b) = (haul_tests::body(3, 300_000), haul_tests::body(4, 20_000));
+    origin.route("/a", a.clone(), Behavior::Normal);
+    origin.route("/b", b.clone(), Behavior::Normal);
+    let dir = tempfile::TempDir::new().unwrap();
+    let client = haul_blocking::Client::new(haul_tests::fast_config()).unwrap();
+    let downloads = ["/a", "/b", "/missing"]
+        .iter()
+        .map(|p| Download::new(&origin.url(p), dir.path().join(&p[1..])).unwrap())
+        .collect();
+    let mut during = None;
+    let results = client.download_many(downloads, |e| {
+        if during.is_none() && matches!(e, Event::Progress { bytes, .. } if *bytes > 0) {
+            during = Some(client.stats());
+        }
+    });
+    assert!(results[0].is_ok() && results[1].is_ok() && results[2].is_err());
+    let during = during.expect("progress was seen");
+    assert!(during.active + during.queued >= 1, "{during:?}");
+    let after = client.stats();
+    assert_eq!((after.done, after.failed, after.cancelled), (2, 1, 0));
+    assert_eq!((after.active, after.queued), (0, 0));
+    assert_eq!(after.bytes, (a.len() + b.len()) as u64);
+    assert!(after.bytes >= during.bytes);
+}
