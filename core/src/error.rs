@@ -124,6 +124,11 @@ pub enum DownloadError {
     /// The job was cancelled.
     #[error("cancelled")]
     Cancelled,
+    /// The client's driver stopped before the job ended: the async runtime it ran on shut
+    /// down (or its driver task was dropped). Nothing was committed; what the partial and
+    /// its last checkpoint hold stays for a later resume.
+    #[error("the client's runtime shut down before the download ended")]
+    ClientStopped,
     /// A job this one depends on failed, with `cause` (which the error's class is). The
     /// cause is printed as part of this error's message, not also given as its `source`: a
     /// printer of source chains would otherwise say it twice.
@@ -174,6 +179,7 @@ impl DownloadError {
             | DownloadError::HashMismatch { .. }
             | DownloadError::LocalIo { .. }
             | DownloadError::Cancelled
+            | DownloadError::ClientStopped
             | DownloadError::DependencyFailed { .. }
             | DownloadError::DependencyUnknown { .. } => false,
         }
@@ -237,7 +243,7 @@ impl DownloadError {
             | DownloadError::TooLarge { .. }
             | DownloadError::HashMismatch { .. } => ErrorClass::Verification,
             DownloadError::LocalIo { .. } => ErrorClass::LocalIo,
-            DownloadError::Cancelled => ErrorClass::Cancelled,
+            DownloadError::Cancelled | DownloadError::ClientStopped => ErrorClass::Cancelled,
         }
     }
 }

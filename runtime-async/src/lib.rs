@@ -201,7 +201,7 @@ impl<R: AsyncRuntime> Client<R> {
 
 /// The error a transfer reports when its driver is gone (the runtime shut down).
 fn driver_stopped() -> DownloadError {
-    DownloadError::Cancelled
+    DownloadError::ClientStopped
 }
 
 /// Where a transfer is.
