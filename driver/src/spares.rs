@@ -295,8 +295,11 @@ mod tests {
     use super::*;
     use crate::files::Threads;
 
+    /// Waits for `condition`, failing after a minute: a bound for a hung maker, far above
+    /// what a loaded machine takes (one of these waits once passed 10 s under a parallel
+    /// test run on two cores).
     fn wait_until(what: &str, condition: impl Fn() -> bool) {
-        let deadline = Instant::now() + Duration::from_secs(10);
+        let deadline = Instant::now() + Duration::from_secs(60);
         while !condition() {
             assert!(Instant::now() < deadline, "timed out waiting for {what}");
             std::thread::sleep(Duration::from_millis(1));
