@@ -442,6 +442,9 @@ struct Job {
     /// Segments stay on the attempt's URL for the rest of the job (set after a mixed
     /// download failed verification).
     spread_off: bool,
+    /// The next attempt stays on the URL of the last one (`mirror`): the start-over after a
+    /// mixed download failed verification, which blamed no URL. Taken by `pick_url`.
+    stay_on_url: bool,
     /// Whether the job may still split over several connections.
     splitting: Splitting,
     /// This attempt is the half-open probe of that origin's breaker.
@@ -923,6 +926,7 @@ impl Engine {
             spread_excluded: Vec::new(),
             spread_used: false,
             spread_off: false,
+            stay_on_url: false,
             splitting: Splitting::Allowed,
             probe: None,
             failure_noted: false,
