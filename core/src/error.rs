@@ -151,9 +151,10 @@ impl DownloadError {
         }
     }
 
-    /// Whether this failure says the origin is unhealthy (it counts towards the origin's
-    /// circuit breaker and lowers the mirror's score): it could not be reached, broke the
-    /// connection or the protocol, timed out, or answered 408, 429, 502, 503 or 504. A 500
+    /// Whether this failure says the origin is unhealthy (it lowers the mirror's score, and
+    /// but for the exception of [`DownloadError::counts_toward_breaker`] counts towards the
+    /// origin's circuit breaker): it could not be reached, broke the connection or the
+    /// protocol, timed out, or answered 408, 429, 502, 503 or 504. A 500
     /// is retried but not counted: it is usually one path's failure (a broken file or
     /// handler), and counting it let a few broken files of a list open the breaker for the
     /// good ones. A proxy refusing the tunnel says nothing about the origin either.
@@ -165,6 +166,28 @@ impl DownloadError {
             | DownloadError::Protocol { .. } => true,
             DownloadError::Status { status, .. } => self.retryable() && *status != 500,
             _ => false,
+        }
+    }
+
+    /// Whether this failure counts towards the origin's circuit breaker: one that counts
+    /// against the origin, except a 429 or 503 that says when to come back (`Retry-After`).
+    /// That answer comes from a server that is up and chose to say "not now" to one request,
+    /// and the retry already waits as long as it asked. Many servers give it per file (a
+    /// CDN filling its cache, a mirror syncing a file on its first request): counted, the
+    /// first requests of a list's concurrent jobs opened the breaker for a minute or more,
+    /// and each half-open probe (a new file, refused once again) doubled the cool-down, so
+    /// a list whose every file was served a second later failed with `CircuitOpen`. It
+    /// still lowers the origin's mirror score (`counts_against_origin`). The cost: an origin
+    /// that answers every request so (down for maintenance) is not cut off by its breaker;
+    /// each job still waits as told, and gives up when that is past its retry time limit.
+    pub fn counts_toward_breaker(&self) -> bool {
+        match self {
+            DownloadError::Status {
+                status: 429 | 503,
+                retry_after: Some(_),
+                ..
+            } => false,
+            _ => self.counts_against_origin(),
         }
     }
 
@@ -260,6 +283,24 @@ mod tests {
             },
         };
         assert!(truncated.retryable());
+    }
+
+    #[test]
+    fn a_429_or_503_saying_when_to_come_back_lowers_the_score_but_does_not_trip_the_breaker() {
+        let status = |status, retry_after| DownloadError::Status {
+            url: "http://h/f".into(),
+            status,
+            retry_after,
+        };
+        let later = Some(Duration::from_secs(1));
+        for code in [429, 503] {
+            assert!(status(code, later).counts_against_origin(), "{code}");
+            assert!(!status(code, later).counts_toward_breaker(), "{code}");
+            assert!(status(code, None).counts_toward_breaker(), "{code}");
+        }
+        // Other failures count where they count against the origin.
+        assert!(status(502, later).counts_toward_breaker());
+        assert!(!status(500, None).counts_toward_breaker());
     }
 
     #[test]

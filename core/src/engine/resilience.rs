@@ -210,14 +210,26 @@ impl Engine {
             Some(j) if !j.failure_noted => j.failure_noted = true,
             _ => return,
         }
-        self.count_origin_failure(id, url);
+        self.count_origin_failure(id, url, error);
     }
 
-    /// Count one failure against `url`'s origin: its breaker and its mirror score.
-    pub(super) fn count_origin_failure(&mut self, id: JobId, url: &url::Url) {
+    /// Count one failure against `url`'s origin: its mirror score, and its breaker when
+    /// the failure counts there (see [`DownloadError::counts_toward_breaker`]).
+    pub(super) fn count_origin_failure(
+        &mut self,
+        id: JobId,
+        url: &url::Url,
+        error: &DownloadError,
+    ) {
         let Ok(origin) = Origin::of(url) else {
             return;
         };
+        self.origin_stats_mut(origin.clone()).record_failure();
+        if !error.counts_toward_breaker() {
+            // No verdict for a probe this attempt holds: it is given up when the attempt
+            // ends (`abandon_probe`), and the breaker admits another without reopening.
+            return;
+        }
         let now = self.now;
         let b = self.breaker(&origin);
         let was_open = matches!(b.state(now), BreakerState::Open { .. });
@@ -229,7 +241,6 @@ impl Engine {
                 cooldown,
             });
         }
-        self.origin_stats_mut(origin.clone()).record_failure();
         self.clear_probe(id, &origin);
     }
 

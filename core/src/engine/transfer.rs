@@ -1348,7 +1348,7 @@ impl Engine {
         match url {
             // Another mirror's failure is its own incident, not the attempt's.
             Some(url) if cross && error.counts_against_origin() => {
-                self.count_origin_failure(id, &url)
+                self.count_origin_failure(id, &url, &error)
             }
             Some(url) if !cross => self.note_failure(id, &url, &error),
             _ => {}
