@@ -570,3 +570,65 @@ fn get_fails_over_to_a_mirror_when_the_primary_answers_404() {
         "the 404 is not retried"
     );
 }
+
+#[test]
+fn a_redirect_loop_exits_4_like_the_http_status_it_is() {
+    let origin = Origin::start().unwrap();
+    origin.route(
+        "/loop",
+        Vec::new(),
+        Behavior::Redirect {
+            status: 302,
+            location: "/loop".into(),
+        },
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let out = haul()
+        .args(["get", &origin.url("/loop"), "-d"])
+        .arg(dir.path())
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(4), "{stderr}");
+    assert!(stderr.contains("redirect loop"), "{stderr}");
+}
+
+/// A server on 127.0.0.1 that answers every request with `wire` and closes; its URL.
+fn raw_server(wire: &'static [u8]) -> String {
+    use std::io::{Read, Write};
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let url = format!("http://{}/f", listener.local_addr().unwrap());
+    std::thread::spawn(move || {
+        for mut conn in listener.incoming().flatten() {
+            let mut request = [0u8; 4096];
+            let _ = conn.read(&mut request);
+            let _ = conn.write_all(wire);
+        }
+    });
+    url
+}
+
+#[test]
+fn a_malformed_response_head_exits_3_and_says_the_head_was_malformed() {
+    // A bad status line, and two Content-Lengths that disagree: both malformed heads.
+    let wires: [&'static [u8]; 2] = [
+        b"HTTP/1.1 2x0 OK\r\nContent-Length: 3\r\n\r\nabc",
+        b"HTTP/1.1 200 OK\r\nContent-Length: 3\r\nContent-Length: 4\r\n\r\nabc",
+    ];
+    for wire in wires {
+        let url = raw_server(wire);
+        let dir = tempfile::tempdir().unwrap();
+        let out = haul()
+            .args(["get", &url, "-d"])
+            .arg(dir.path())
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(3), "{stderr}");
+        assert!(
+            stderr.contains("HTTP protocol error from")
+                && stderr.contains("malformed HTTP response head"),
+            "{stderr}"
+        );
+    }
+}

@@ -1732,7 +1732,16 @@ fn redirect_loop_fails_with_redirect_loop_error_and_is_not_retried() {
     });
     let job = h.submit(Download::new("http://a.test/a", dest()).unwrap());
     match h.run(job) {
-        Err(DownloadError::RedirectLoop { url }) => assert_eq!(url, "http://a.test/a"),
+        Err(e @ DownloadError::RedirectLoop { .. }) => {
+            assert_eq!(
+                e,
+                DownloadError::RedirectLoop {
+                    url: "http://a.test/a".into()
+                }
+            );
+            // The server's answers went in a circle: an HTTP failure, not the network's.
+            assert_eq!(e.class(), crate::ErrorClass::HttpStatus);
+        }
         other => panic!("expected RedirectLoop, got {other:?}"),
     }
     assert_eq!(h.requests.len(), 2);
@@ -1753,15 +1762,53 @@ fn more_than_ten_redirects_fail_with_too_many_redirects() {
     });
     let job = h.submit(Download::new("http://a.test/r0", dest()).unwrap());
     match h.run(job) {
-        Err(DownloadError::TooManyRedirects { limit, url }) => {
-            assert_eq!(limit, 10);
+        Err(e @ DownloadError::TooManyRedirects { .. }) => {
+            let DownloadError::TooManyRedirects { limit, url } = &e else {
+                unreachable!()
+            };
+            assert_eq!(*limit, 10);
             assert_eq!(url, "http://a.test/r11");
+            assert_eq!(e.class(), crate::ErrorClass::HttpStatus);
         }
         other => panic!("expected TooManyRedirects, got {other:?}"),
     }
     assert_eq!(h.requests.len(), 11, "the first request and ten redirects");
     assert!(h.retries(job).is_empty());
     assert_nothing_left(&h);
+}
+
+#[test]
+fn a_malformed_response_head_is_a_protocol_failure_that_says_the_head_was_malformed() {
+    for (wire, detail) in [
+        (
+            &b"HTTP/1.1 2x0 OK\r\nContent-Length: 3\r\n\r\nabc"[..],
+            "status",
+        ),
+        (
+            &b"HTTP/1.1 200 OK\r\nContent-Length: 3\r\nContent-Length: 4\r\n\r\nabc"[..],
+            "Content-Length",
+        ),
+    ] {
+        let mut h = Harness::new(config());
+        let wire = wire.to_vec();
+        h.serve(ORIGIN, move |_| Reply::new(wire.clone()));
+        let job = h.submit(download());
+        let e = h.run(job).expect_err("no file from a malformed head");
+        assert!(
+            matches!(e, DownloadError::Protocol { .. }),
+            "{detail}: expected a protocol failure, got {e:?}"
+        );
+        let message = e.to_string();
+        assert!(
+            message.contains("malformed HTTP response head") && message.contains(detail),
+            "{message}"
+        );
+        assert!(message.contains("protocol error"), "{message}");
+        // Not the server's status: the network class (exit 3 of the CLI).
+        assert_eq!(e.class(), crate::ErrorClass::Network);
+        assert!(h.retries(job).is_empty(), "not retried");
+        assert_nothing_left(&h);
+    }
 }
 
 /// Authorization seen by each request of a download of `/x` redirected to `target`.

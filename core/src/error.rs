@@ -38,9 +38,11 @@ impl std::fmt::Display for TimeoutKind {
 /// Coarse classes of failure; the CLI maps each to an exit code.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum ErrorClass {
-    /// The network failed (after retries): connect, reset, timeout, truncation, protocol.
+    /// The network failed (after retries): connect, reset, timeout, truncation, protocol
+    /// (a malformed response head included).
     Network,
-    /// The server answered with an HTTP status that is not success.
+    /// The server answered with an HTTP status that is not success, or with redirects that
+    /// lead nowhere (a loop, too many).
     HttpStatus,
     /// The bytes were not the expected ones: size, hash or signature.
     Verification,
@@ -72,7 +74,7 @@ pub enum DownloadError {
         after: Duration,
     },
     /// The server's bytes broke HTTP/1.1 (or the body was truncated).
-    #[error("HTTP error from {origin}: {source}")]
+    #[error("HTTP protocol error from {origin}: {source}")]
     Protocol { origin: String, source: HttpError },
     /// The server answered with an unexpected status.
     #[error("{url} answered HTTP {status}")]
@@ -216,12 +218,14 @@ impl DownloadError {
             | DownloadError::Connection { .. }
             | DownloadError::Timeout { .. }
             | DownloadError::Protocol { .. }
-            | DownloadError::TooManyRedirects { .. }
-            | DownloadError::RedirectLoop { .. }
             | DownloadError::RangeMismatch { .. }
             | DownloadError::CircuitOpen { .. }
             | DownloadError::DependencyFailed { .. } => ErrorClass::Network,
-            DownloadError::Status { .. } => ErrorClass::HttpStatus,
+            // Redirects that go in a circle, or on and on, are what the server answered: its
+            // HTTP responses are at fault, not the network that carried them.
+            DownloadError::Status { .. }
+            | DownloadError::TooManyRedirects { .. }
+            | DownloadError::RedirectLoop { .. } => ErrorClass::HttpStatus,
             DownloadError::SizeMismatch { .. }
             | DownloadError::TooLarge { .. }
             | DownloadError::HashMismatch { .. } => ErrorClass::Verification,
@@ -283,6 +287,45 @@ mod tests {
             },
         };
         assert!(truncated.retryable());
+    }
+
+    #[test]
+    fn redirects_that_lead_nowhere_are_the_servers_http_answer_not_a_network_failure() {
+        let errors = [
+            DownloadError::RedirectLoop {
+                url: "http://h/a".into(),
+            },
+            DownloadError::TooManyRedirects {
+                limit: 10,
+                url: "http://h/r11".into(),
+            },
+        ];
+        for e in errors {
+            assert_eq!(e.class(), ErrorClass::HttpStatus, "{e}");
+            assert!(!e.retryable() && e.another_url_may_serve(), "{e}");
+        }
+    }
+
+    #[test]
+    fn a_malformed_head_is_a_protocol_failure_whose_message_says_so() {
+        for source in [
+            HttpError::MalformedHead("invalid response status".into()),
+            HttpError::InvalidContentLength("conflicting values 3 and 4".into()),
+        ] {
+            let e = DownloadError::Protocol {
+                origin: "http://h:80".into(),
+                source,
+            };
+            assert_eq!(e.class(), ErrorClass::Network);
+            assert!(!e.retryable());
+            let message = e.to_string();
+            assert!(
+                message.starts_with(
+                    "HTTP protocol error from http://h:80: malformed HTTP response head: "
+                ),
+                "{message}"
+            );
+        }
     }
 
     #[test]
