@@ -632,3 +632,61 @@ fn a_malformed_response_head_exits_3_and_says_the_head_was_malformed() {
         );
     }
 }
+
+#[test]
+fn a_204_no_content_saves_an_empty_file_and_fails_a_sha256_of_bytes_with_exit_5() {
+    let origin = Origin::start().unwrap();
+    let no_content = Behavior::Status {
+        status: 204,
+        retry_after: None,
+    };
+    origin.route("/empty", Vec::new(), no_content);
+    let dir = tempfile::tempdir().unwrap();
+    let dest = dir.path().join("empty");
+    let out = haul()
+        .args(["get", &origin.url("/empty"), "-o"])
+        .arg(&dest)
+        .output()
+        .unwrap();
+    assert_ok(&out);
+    assert_eq!(std::fs::read(&dest).unwrap(), b"");
+
+    let other = tempfile::tempdir().unwrap();
+    let out = haul()
+        .args(["get", &origin.url("/empty"), "-d"])
+        .arg(other.path())
+        .args(["--sha256", &hex::encode(Sha256::digest(data(100)))])
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(5), "{stderr}");
+    assert!(
+        stderr.contains("sha256 mismatch") && stderr.contains("the server sent an empty file"),
+        "{stderr}"
+    );
+    assert_eq!(std::fs::read_dir(other.path()).unwrap().count(), 0);
+}
+
+#[test]
+fn a_203_non_authoritative_answer_is_saved_like_a_200() {
+    let origin = Origin::start().unwrap();
+    let non_authoritative = Behavior::Status {
+        status: 203,
+        retry_after: None,
+    };
+    origin.route("/f", Vec::new(), non_authoritative);
+    let dir = tempfile::tempdir().unwrap();
+    let dest = dir.path().join("f");
+    let out = haul()
+        .args(["get", &origin.url("/f"), "-o"])
+        .arg(&dest)
+        .output()
+        .unwrap();
+    assert_ok(&out);
+    // The origin's status answers carry their status line (code and reason) as the body.
+    let saved = String::from_utf8(std::fs::read(&dest).unwrap()).unwrap();
+    assert!(
+        saved.starts_with("203 ") && saved.ends_with("Information\n"),
+        "{saved:?}"
+    );
+}

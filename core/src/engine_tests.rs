@@ -1525,6 +1525,85 @@ fn sha256_mismatch_is_retried_once_from_zero_then_leaves_no_file_and_no_partial(
 }
 
 #[test]
+fn a_203_non_authoritative_answer_is_a_full_response_and_is_committed() {
+    // A transforming proxy's 203 carries the whole body, like a 200: the expected sha256
+    // decides whether it is the file.
+    let body = pattern(4_000, 31);
+    let mut h = Harness::new(config());
+    let b = body.clone();
+    h.serve(ORIGIN, move |_| {
+        Reply::new(with_length(203, &[hdr("ETag", ETAG)], &b))
+    });
+    let job = h.submit(download().sha256(&sha_hex(&body)).unwrap());
+    let out = h.run(job).expect("a 203 serves the file");
+    assert_committed(&h, &body);
+    assert_eq!(out.size, 4_000);
+    assert_eq!(h.requests.len(), 1);
+    assert!(h
+        .events_of(job)
+        .iter()
+        .any(|e| matches!(e, Event::Response { status: 203, .. })));
+}
+
+#[test]
+fn a_204_no_content_is_an_empty_file() {
+    for segments in [1, 4] {
+        let mut h = Harness::new(config());
+        h.serve(ORIGIN, |_| Reply::new(response(204, &[], b"")));
+        let job = h.submit(download().segments(segments));
+        let out = h.run(job).expect("a 204 is an empty file");
+        assert_committed(&h, b"");
+        assert_eq!(out.size, 0, "{segments} segments");
+        assert_eq!(out.sha256, sha(b""));
+        assert_eq!(h.requests.len(), 1, "{segments} segments");
+        assert!(h.events_of(job).iter().any(|e| matches!(
+            e,
+            Event::Response {
+                status: 204,
+                total: Some(0),
+                ..
+            }
+        )));
+    }
+}
+
+#[test]
+fn a_204_no_content_for_a_file_expected_to_hold_bytes_fails_verification() {
+    let body = pattern(4_000, 32);
+    let mut h = Harness::new(config());
+    h.serve(ORIGIN, |_| Reply::new(response(204, &[], b"")));
+    let job = h.submit(download().sha256(&sha_hex(&body)).unwrap());
+    match h.run(job) {
+        Err(e @ DownloadError::HashMismatch { .. }) => {
+            let DownloadError::HashMismatch { expected, actual } = &e else {
+                unreachable!()
+            };
+            assert_eq!(*expected, sha_hex(&body));
+            assert_eq!(*actual, sha_hex(b""), "the empty file's digest");
+            assert!(
+                e.to_string().contains("the server sent an empty file"),
+                "{e}"
+            );
+        }
+        other => panic!("expected HashMismatch, got {other:?}"),
+    }
+    assert_nothing_left(&h);
+    assert_eq!(h.requests.len(), 2, "retried once like any other mismatch");
+
+    let mut h = Harness::new(config());
+    h.serve(ORIGIN, |_| Reply::new(response(204, &[], b"")));
+    let job = h.submit(download().size(4_000));
+    assert_eq!(
+        h.run(job).unwrap_err(),
+        DownloadError::SizeMismatch {
+            expected: 4_000,
+            actual: 0
+        }
+    );
+    assert_nothing_left(&h);
+}
+
+#[test]
 fn expected_size_mismatch_from_content_length_fails_before_writing_the_body() {
     let body = pattern(4_000, 4);
     let mut h = Harness::new(config());

@@ -35,6 +35,19 @@ impl std::fmt::Display for TimeoutKind {
     }
 }
 
+/// The SHA-256 of no bytes, hex.
+const EMPTY_SHA256: &str = "e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855";
+
+/// What a hash mismatch adds when the digest it got is of no bytes: the server sent an
+/// empty file (a 204 No Content, say), which a bare digest leaves the reader to recognise.
+fn empty_note(actual: &str) -> &'static str {
+    if actual == EMPTY_SHA256 {
+        " (the digest of no bytes: the server sent an empty file)"
+    } else {
+        ""
+    }
+}
+
 /// Coarse classes of failure; the CLI maps each to an exit code.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum ErrorClass {
@@ -100,7 +113,10 @@ pub enum DownloadError {
     #[error("body exceeds the maximum size of {limit} bytes (at least {seen} bytes)")]
     TooLarge { limit: u64, seen: u64 },
     /// The body's SHA-256 differed from the expected one.
-    #[error("sha256 mismatch: expected {expected}, got {actual}")]
+    #[error(
+        "sha256 mismatch: expected {expected}, got {actual}{}",
+        empty_note(actual)
+    )]
     HashMismatch { expected: String, actual: String },
     /// A local file operation failed.
     #[error("local I/O failed on {path}: {failure}", path = path.display())]
