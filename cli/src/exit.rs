@@ -6,9 +6,11 @@ use haul_core::{DownloadError, ErrorClass};
 pub const OK: i32 = 0;
 /// Bad command line or invalid request.
 pub const USAGE: i32 = 2;
-/// Network failure after retries (connect, reset, timeout, truncation, protocol).
+/// Network failure after retries (connect, reset, timeout, truncation, protocol: a
+/// malformed response head too).
 pub const NETWORK: i32 = 3;
-/// The server answered with an error status.
+/// The server answered with an error status, or with redirects that lead nowhere (a loop,
+/// too many).
 pub const HTTP_STATUS: i32 = 4;
 /// Verification failed: size, hash or signature.
 pub const VERIFICATION: i32 = 5;
@@ -23,8 +25,10 @@ pub const INTERRUPTED: i32 = 130;
 pub const TABLE: &str = "EXIT CODES:
   0  success
   2  usage error (bad option, bad URL)
-  3  network failure after retries (connect, reset, timeout, truncated body)
-  4  HTTP error status (404, 403, 500 after retries, ...)
+  3  network failure after retries (connect, reset, timeout, truncated body,
+     malformed response)
+  4  HTTP error status (404, 403, 500 after retries, ...), redirect loop or too many
+     redirects
   5  verification failed (size, sha256, signature); nothing is left at the destination
   6  unsafe or invalid archive, manifest or catalog
   7  local I/O failure (disk full, permissions)

@@ -580,3 +580,123 @@ fn get_fails_over_to_a_mirror_when_the_primary_answers_404() {
         "the 404 is not retried"
     );
 }
+
+#[test]
+fn a_redirect_loop_exits_4_like_the_http_status_it_is() {
+    let origin = Origin::start().unwrap();
+    origin.route(
+        "/loop",
+        Vec::new(),
+        Behavior::Redirect {
+            status: 302,
+            location: "/loop".into(),
+        },
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let out = haul()
+        .args(["get", &origin.url("/loop"), "-d"])
+        .arg(dir.path())
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(4), "{stderr}");
+    assert!(stderr.contains("redirect loop"), "{stderr}");
+}
+
+/// A server on 127.0.0.1 that answers every request with `wire` and closes; its URL.
+fn raw_server(wire: &'static [u8]) -> String {
+    use std::io::{Read, Write};
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let url = format!("http://{}/f", listener.local_addr().unwrap());
+    std::thread::spawn(move || {
+        for mut conn in listener.incoming().flatten() {
+            let mut request = [0u8; 4096];
+            let _ = conn.read(&mut request);
+            let _ = conn.write_all(wire);
+        }
+    });
+    url
+}
+
+#[test]
+fn a_malformed_response_head_exits_3_and_says_the_head_was_malformed() {
+    // A bad status line, and two Content-Lengths that disagree: both malformed heads.
+    let wires: [&'static [u8]; 2] = [
+        b"HTTP/1.1 2x0 OK\r\nContent-Length: 3\r\n\r\nabc",
+        b"HTTP/1.1 200 OK\r\nContent-Length: 3\r\nContent-Length: 4\r\n\r\nabc",
+    ];
+    for wire in wires {
+        let url = raw_server(wire);
+        let dir = tempfile::tempdir().unwrap();
+        let out = haul()
+            .args(["get", &url, "-d"])
+            .arg(dir.path())
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(3), "{stderr}");
+        assert!(
+            stderr.contains("HTTP protocol error from")
+                && stderr.contains("malformed HTTP response head"),
+            "{stderr}"
+        );
+    }
+}
+
+#[test]
+fn a_204_no_content_saves_an_empty_file_and_fails_a_sha256_of_bytes_with_exit_5() {
+    let origin = Origin::start().unwrap();
+    let no_content = Behavior::Status {
+        status: 204,
+        retry_after: None,
+    };
+    origin.route("/empty", Vec::new(), no_content);
+    let dir = tempfile::tempdir().unwrap();
+    let dest = dir.path().join("empty");
+    let out = haul()
+        .args(["get", &origin.url("/empty"), "-o"])
+        .arg(&dest)
+        .output()
+        .unwrap();
+    assert_ok(&out);
+    assert_eq!(std::fs::read(&dest).unwrap(), b"");
+
+    let other = tempfile::tempdir().unwrap();
+    let out = haul()
+        .args(["get", &origin.url("/empty"), "-d"])
+        .arg(other.path())
+        .args(["--sha256", &hex::encode(Sha256::digest(data(100)))])
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(5), "{stderr}");
+    assert!(
+        stderr.contains("sha256 mismatch") && stderr.contains("the server sent an empty file"),
+        "{stderr}"
+    );
+    assert_eq!(std::fs::read_dir(other.path()).unwrap().count(), 0);
+}
+
+#[test]
+fn a_203_non_authoritative_answer_is_saved_like_a_200() {
+    let origin = Origin::start().unwrap();
+    let non_authoritative = Behavior::Status {
+        status: 203,
+        retry_after: None,
+    };
+    origin.route("/f", Vec::new(), non_authoritative);
+    let dir = tempfile::tempdir().unwrap();
+    let dest = dir.path().join("f");
+    let out = haul()
+        .args(["get", &origin.url("/f"), "-o"])
+        .arg(&dest)
+        .output()
+        .unwrap();
+    assert_ok(&out);
+    // The origin's status answers carry their status line (code and reason) as the body.
+    let saved = String::from_utf8(std::fs::read(&dest).unwrap()).unwrap();
+    assert!(
+        saved.starts_with("203 ") && saved.ends_with("Information\n"),
+        "{saved:?}"
+    );
+}

@@ -652,3 +652,101 @@ fn the_retry_time_limit_counts_from_when_a_job_starts_not_from_when_it_was_queue
         .expect("queued behind it for longer than the limit, it still gets its retry");
     assert_eq!(calls.load(std::sync::atomic::Ordering::SeqCst), 2);
 }
+
+/// A server (a CDN filling its cache, say) that answers the first request for each file
+/// 503 with `Retry-After: 1`, and serves it from the second.
+fn serve_each_file_after_one_503(h: &mut Harness, origin: &str, body: Vec<u8>) {
+    let mut seen: std::collections::BTreeSet<String> = Default::default();
+    h.serve(origin, move |r| {
+        if seen.insert(r.path.clone()) {
+            Reply::new(with_length(503, &[hdr("Retry-After", 1)], b""))
+        } else {
+            file_server(body.clone())(r)
+        }
+    });
+}
+
+#[test]
+fn a_503_with_retry_after_for_each_new_file_does_not_open_the_breaker_on_a_list() {
+    // Sixteen jobs start at once and each first request is refused "for a second": counted
+    // against the breaker these opened it for its 60 s cool-down, longer than the jobs may
+    // wait, and the list failed with CircuitOpen though every file was served a second later.
+    let body = pattern(3_000, 75);
+    let mut cfg = config();
+    cfg.retry.max_elapsed = secs(20);
+    assert!(cfg.retry.max_elapsed < cfg.breaker.cooldown);
+    let mut h = Harness::new(cfg);
+    serve_each_file_after_one_503(&mut h, ORIGIN, body.clone());
+    let jobs: Vec<(JobId, String)> = (0..30)
+        .map(|n| {
+            let dest = format!("/dl/f{n}.bin");
+            let d = Download::new(&format!("http://a.test/files/f{n}.bin"), &dest).unwrap();
+            (h.submit(d), dest)
+        })
+        .collect();
+    for (job, dest) in &jobs {
+        let out = h.run(*job).expect("every file is served on its retry");
+        assert_eq!(out.attempts, 2, "{dest}");
+        assert_eq!(h.fs.get(dest), Some(&body[..]), "{dest}");
+    }
+    assert!(
+        !h.events
+            .iter()
+            .any(|(_, e)| matches!(e, Event::BreakerOpened { .. })),
+        "the breaker stayed closed"
+    );
+    assert_eq!(requests_to(&h, "a.test"), 60, "two requests per file");
+}
+
+#[test]
+fn a_half_open_probe_answered_503_with_retry_after_does_not_double_the_cooldown() {
+    let body = pattern(3_000, 76);
+    let mut cfg = policy_config();
+    cfg.breaker.failure_threshold = 1;
+    let cooldown = cfg.breaker.cooldown;
+    let mut h = Harness::new(cfg);
+    let mut seen: std::collections::BTreeSet<String> = Default::default();
+    let b = body.clone();
+    h.serve(ORIGIN, move |r| {
+        if r.path == "/down" {
+            // Garbage for a head: counted against the origin (opening its breaker, with a
+            // threshold of one) and not retried, so the job ends at once.
+            Reply::new(b"HTTP/1.1 OK\r\n\r\n".to_vec())
+        } else if seen.insert(r.path.clone()) {
+            Reply::new(with_length(503, &[hdr("Retry-After", 1)], b""))
+        } else {
+            file_server(b.clone())(r)
+        }
+    });
+    let first = h.submit(Download::new("http://a.test/down", "/dl/down").unwrap());
+    assert!(h.run(first).is_err());
+    let openings = |h: &Harness| {
+        h.events
+            .iter()
+            .filter(|(_, e)| matches!(e, Event::BreakerOpened { .. }))
+            .count()
+    };
+    assert_eq!(openings(&h), 1);
+    let opened_at = h
+        .events
+        .iter()
+        .find(|(_, e)| matches!(e, Event::BreakerOpened { .. }))
+        .map(|(t, _)| *t)
+        .unwrap();
+    // After the cool-down this job's first request is the probe; its 503 says "in a second"
+    // and the retry is served.
+    let job = h.submit(download());
+    h.run(job)
+        .expect("served on the retry after the probe's 503");
+    assert_eq!(h.fs.get(dest()), Some(&body[..]));
+    assert_eq!(
+        openings(&h),
+        1,
+        "the probe's 503 did not reopen the breaker"
+    );
+    assert!(
+        h.finished_at(job) < opened_at + cooldown + secs(10),
+        "finished at {}, opened at {opened_at}",
+        h.finished_at(job)
+    );
+}

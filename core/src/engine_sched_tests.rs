@@ -592,8 +592,17 @@ fn mirrored_run(
     sha256: bool,
     mirror: impl FnMut(&Req) -> Reply + 'static,
 ) -> (Harness, JobId, Vec<u8>) {
+    mirrored_run_with(config(), sha256, mirror)
+}
+
+/// [`mirrored_run`] with the engine configured by `cfg`.
+fn mirrored_run_with(
+    cfg: Config,
+    sha256: bool,
+    mirror: impl FnMut(&Req) -> Reply + 'static,
+) -> (Harness, JobId, Vec<u8>) {
     let body = pattern(100_000, 21);
-    let mut h = Harness::new(config());
+    let mut h = Harness::new(cfg);
     let b = body.clone();
     h.serve(ORIGIN, move |req| head_first(serve_range(&b, req), 4096));
     h.serve(SEG_MIRROR, mirror);
@@ -698,34 +707,83 @@ fn a_corrupt_mirror_in_an_assembled_download_leads_to_one_retry_on_one_url() {
     let out = h.run(job).expect("the retry on one URL succeeds");
     assert_committed(&h, &body);
     assert_eq!(out.sha256, sha(&body));
-    let retries = h
-        .events
-        .iter()
-        .filter(|(_, e)| matches!(e, Event::Retrying { .. }))
-        .count();
-    assert!(retries >= 1, "the mixed download was retried");
-    // The second attempt keeps all its segments on one URL.
-    let first_retry = h
-        .events
-        .iter()
-        .find(|(_, e)| matches!(e, Event::Retrying { .. }))
-        .map(|(at, _)| *at)
-        .expect("retry");
-    let later: BTreeSet<bool> = h
+    let retries = h.retries(job);
+    assert_eq!(
+        retries.len(),
+        1,
+        "the mixed download was retried once: {retries:?}"
+    );
+    assert!(matches!(retries[0].3, DownloadError::HashMismatch { .. }));
+    // The second attempt keeps all its segments on one URL: the attempt's own.
+    assert_eq!(out.final_url, URL);
+    assert!(
+        after_start_over(&h)
+            .iter()
+            .all(|r| !r.path.starts_with("/pub/")),
+        "after the start-over only the main URL"
+    );
+}
+
+/// The requests from the start-over of a mirrored run on: from the second request to the
+/// main URL for a range that begins at byte 0 (the first is the first attempt's probe; a
+/// start-over from zero asks for byte 0 again, and the first attempt never does).
+fn after_start_over(h: &Harness) -> &[Req] {
+    let start = h
         .requests
         .iter()
-        .filter(|r| r.at > first_retry)
-        .map(|r| r.path.starts_with("/pub/"))
-        .collect();
-    if out.final_url == URL {
+        .enumerate()
+        .filter(|(_, r)| !r.path.starts_with("/pub/"))
+        .filter(|(_, r)| range_of(r).is_some_and(|(first, _)| first == 0))
+        .nth(1)
+        .map(|(i, _)| i)
+        .expect("the start-over asks the main URL for byte 0 again");
+    &h.requests[start..]
+}
+
+#[test]
+fn an_assembled_download_that_fails_verification_starts_over_on_its_own_url_not_the_mirror() {
+    // The mirror serves other bytes of the same length. With two attempts in all, the
+    // start-over on one URL must be made on the URL of the attempt (the good primary): a
+    // failover to the mirror would spend the last attempt on the URL that served the bad
+    // segments.
+    let mut cfg = config();
+    cfg.retry.max_attempts = 2;
+    let other = pattern(100_000, 99);
+    let (mut h, job, body) = mirrored_run_with(cfg, true, move |req| {
+        head_first(serve_range(&other, req), 4096)
+    });
+    let out = h.run(job).expect("the start-over on the primary succeeds");
+    assert_committed(&h, &body);
+    assert_eq!(out.final_url, URL);
+    let (_, mirror) = ranges_by_url(&h);
+    assert!(!mirror.is_empty(), "the first attempt spread to the mirror");
+    let events = h.events_of(job);
+    assert!(
+        !events.iter().any(|e| matches!(e, Event::Failover { .. })),
+        "no failover: {events:?}"
+    );
+    let retries = h.retries(job);
+    assert_eq!(retries.len(), 1, "{retries:?}");
+    assert!(matches!(retries[0].3, DownloadError::HashMismatch { .. }));
+    assert_eq!(
+        retries[0].2,
+        Duration::ZERO,
+        "the primary did not fail: no backoff"
+    );
+    assert!(
+        after_start_over(&h)
+            .iter()
+            .all(|r| !r.path.starts_with("/pub/")),
+        "after the start-over only the primary is asked"
+    );
+    // Nothing was held against either origin: no failure recorded that could open a breaker.
+    for url in [URL, SEG_MIRROR_URL] {
+        let origin = crate::http::Origin::of(&url::Url::parse(url).unwrap()).unwrap();
         assert_eq!(
-            later,
-            [false].into_iter().collect(),
-            "after the retry only the main URL"
+            h.engine.breaker_state(&origin),
+            crate::policy::BreakerState::Closed { failures: 0 },
+            "{url}"
         );
-    } else {
-        // The retry went to the mirror first, whose bytes then failed on their own.
-        assert!(later.contains(&false));
     }
 }
 

@@ -1576,6 +1576,90 @@ fn sha256_mismatch_is_retried_once_from_zero_then_leaves_no_file_and_no_partial(
 }
 
 #[test]
+fn a_203_non_authoritative_answer_is_a_full_response_and_is_committed() {
+    // A transforming proxy's 203 carries the whole body, like a 200: the expected sha256
+    // decides whether it is the file.
+    let body = pattern(4_000, 31);
+    let mut h = Harness::new(config());
+    let b = body.clone();
+    h.serve(ORIGIN, move |_| {
+        Reply::new(with_length(203, &[hdr("ETag", ETAG)], &b))
+    });
+    let job = h.submit(download().sha256(&sha_hex(&body)).unwrap());
+    let out = h.run(job).expect("a 203 serves the file");
+    assert_committed(&h, &body);
+    assert_eq!(out.size, 4_000);
+    assert_eq!(h.requests.len(), 1);
+    assert!(h
+        .events_of(job)
+        .iter()
+        .any(|e| matches!(e, Event::Response { status: 203, .. })));
+}
+
+#[test]
+fn a_204_no_content_is_an_empty_file() {
+    for segments in [1, 4] {
+        let mut h = Harness::new(config());
+        h.serve(ORIGIN, |_| Reply::new(response(204, &[], b"")));
+        let job = h.submit(download().segments(segments));
+        let out = h.run(job).expect("a 204 is an empty file");
+        assert_committed(&h, b"");
+        assert_eq!(out.size, 0, "{segments} segments");
+        assert_eq!(out.sha256, sha(b""));
+        assert_eq!(h.requests.len(), 1, "{segments} segments");
+        assert!(h.events_of(job).iter().any(|e| matches!(
+            e,
+            Event::Response {
+                status: 204,
+                total: Some(0),
+                ..
+            }
+        )));
+    }
+}
+
+#[test]
+fn a_204_no_content_for_a_file_expected_to_hold_bytes_fails_verification() {
+    let body = pattern(4_000, 32);
+    let mut h = Harness::new(config());
+    h.serve(ORIGIN, |_| Reply::new(response(204, &[], b"")));
+    let job = h.submit(download().sha256(&sha_hex(&body)).unwrap());
+    match h.run(job) {
+        Err(e @ DownloadError::HashMismatch { .. }) => {
+            let DownloadError::HashMismatch {
+                expected, actual, ..
+            } = &e
+            else {
+                unreachable!()
+            };
+            assert_eq!(*expected, sha_hex(&body));
+            assert_eq!(*actual, sha_hex(b""), "the empty file's digest");
+            assert!(
+                e.to_string().contains("the server sent an empty file"),
+                "{e}"
+            );
+        }
+        other => panic!("expected HashMismatch, got {other:?}"),
+    }
+    assert_nothing_left(&h);
+    assert_eq!(h.requests.len(), 2, "retried once like any other mismatch");
+
+    let mut h = Harness::new(config());
+    h.serve(ORIGIN, |_| Reply::new(response(204, &[], b"")));
+    let job = h.submit(download().size(4_000));
+    assert_eq!(
+        h.run(job).unwrap_err(),
+        DownloadError::SizeMismatch {
+            url: URL.to_string(),
+            path: dest(),
+            expected: 4_000,
+            actual: 0
+        }
+    );
+    assert_nothing_left(&h);
+}
+
+#[test]
 fn expected_size_mismatch_from_content_length_fails_before_writing_the_body() {
     let body = pattern(4_000, 4);
     let mut h = Harness::new(config());
@@ -1805,7 +1889,16 @@ fn redirect_loop_fails_with_redirect_loop_error_and_is_not_retried() {
     });
     let job = h.submit(Download::new("http://a.test/a", dest()).unwrap());
     match h.run(job) {
-        Err(DownloadError::RedirectLoop { url }) => assert_eq!(url, "http://a.test/a"),
+        Err(e @ DownloadError::RedirectLoop { .. }) => {
+            assert_eq!(
+                e,
+                DownloadError::RedirectLoop {
+                    url: "http://a.test/a".into()
+                }
+            );
+            // The server's answers went in a circle: an HTTP failure, not the network's.
+            assert_eq!(e.class(), crate::ErrorClass::HttpStatus);
+        }
         other => panic!("expected RedirectLoop, got {other:?}"),
     }
     assert_eq!(h.requests.len(), 2);
@@ -1826,15 +1919,53 @@ fn more_than_ten_redirects_fail_with_too_many_redirects() {
     });
     let job = h.submit(Download::new("http://a.test/r0", dest()).unwrap());
     match h.run(job) {
-        Err(DownloadError::TooManyRedirects { limit, url }) => {
-            assert_eq!(limit, 10);
+        Err(e @ DownloadError::TooManyRedirects { .. }) => {
+            let DownloadError::TooManyRedirects { limit, url } = &e else {
+                unreachable!()
+            };
+            assert_eq!(*limit, 10);
             assert_eq!(url, "http://a.test/r11");
+            assert_eq!(e.class(), crate::ErrorClass::HttpStatus);
         }
         other => panic!("expected TooManyRedirects, got {other:?}"),
     }
     assert_eq!(h.requests.len(), 11, "the first request and ten redirects");
     assert!(h.retries(job).is_empty());
     assert_nothing_left(&h);
+}
+
+#[test]
+fn a_malformed_response_head_is_a_protocol_failure_that_says_the_head_was_malformed() {
+    for (wire, detail) in [
+        (
+            &b"HTTP/1.1 2x0 OK\r\nContent-Length: 3\r\n\r\nabc"[..],
+            "status",
+        ),
+        (
+            &b"HTTP/1.1 200 OK\r\nContent-Length: 3\r\nContent-Length: 4\r\n\r\nabc"[..],
+            "Content-Length",
+        ),
+    ] {
+        let mut h = Harness::new(config());
+        let wire = wire.to_vec();
+        h.serve(ORIGIN, move |_| Reply::new(wire.clone()));
+        let job = h.submit(download());
+        let e = h.run(job).expect_err("no file from a malformed head");
+        assert!(
+            matches!(e, DownloadError::Protocol { .. }),
+            "{detail}: expected a protocol failure, got {e:?}"
+        );
+        let message = e.to_string();
+        assert!(
+            message.contains("malformed HTTP response head") && message.contains(detail),
+            "{message}"
+        );
+        assert!(message.contains("protocol error"), "{message}");
+        // Not the server's status: the network class (exit 3 of the CLI).
+        assert_eq!(e.class(), crate::ErrorClass::Network);
+        assert!(h.retries(job).is_empty(), "not retried");
+        assert_nothing_left(&h);
+    }
 }
 
 /// Authorization seen by each request of a download of `/x` redirected to `target`.

@@ -35,12 +35,27 @@ impl std::fmt::Display for TimeoutKind {
     }
 }
 
+/// The SHA-256 of no bytes, hex.
+const EMPTY_SHA256: &str = "e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855";
+
+/// What a hash mismatch adds when the digest it got is of no bytes: the server sent an
+/// empty file (a 204 No Content, say), which a bare digest leaves the reader to recognise.
+fn empty_note(actual: &str) -> &'static str {
+    if actual == EMPTY_SHA256 {
+        " (the digest of no bytes: the server sent an empty file)"
+    } else {
+        ""
+    }
+}
+
 /// Coarse classes of failure; the CLI maps each to an exit code.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum ErrorClass {
-    /// The network failed (after retries): connect, reset, timeout, truncation, protocol.
+    /// The network failed (after retries): connect, reset, timeout, truncation, protocol
+    /// (a malformed response head included).
     Network,
-    /// The server answered with an HTTP status that is not success.
+    /// The server answered with an HTTP status that is not success, or with redirects that
+    /// lead nowhere (a loop, too many).
     HttpStatus,
     /// The bytes were not the expected ones: size, hash or signature.
     Verification,
@@ -72,7 +87,7 @@ pub enum DownloadError {
         after: Duration,
     },
     /// The server's bytes broke HTTP/1.1 (or the body was truncated).
-    #[error("HTTP error from {origin}: {source}")]
+    #[error("HTTP protocol error from {origin}: {source}")]
     Protocol { origin: String, source: HttpError },
     /// The server answered with an unexpected status.
     #[error("{url} answered HTTP {status}")]
@@ -111,7 +126,7 @@ pub enum DownloadError {
     },
     /// The body's SHA-256 differed from the expected one (`url`, `path`: as for
     /// `SizeMismatch`).
-    #[error("sha256 mismatch for {url} (to {path}): expected {expected}, got {actual}", path = path.display())]
+    #[error("sha256 mismatch for {url} (to {path}): expected {expected}, got {actual}{}", empty_note(actual), path = path.display())]
     HashMismatch {
         url: String,
         path: PathBuf,
@@ -185,9 +200,10 @@ impl DownloadError {
         }
     }
 
-    /// Whether this failure says the origin is unhealthy (it counts towards the origin's
-    /// circuit breaker and lowers the mirror's score): it could not be reached, broke the
-    /// connection or the protocol, timed out, or answered 408, 429, 502, 503 or 504. A 500
+    /// Whether this failure says the origin is unhealthy (it lowers the mirror's score, and
+    /// but for the exception of [`DownloadError::counts_toward_breaker`] counts towards the
+    /// origin's circuit breaker): it could not be reached, broke the connection or the
+    /// protocol, timed out, or answered 408, 429, 502, 503 or 504. A 500
     /// is retried but not counted: it is usually one path's failure (a broken file or
     /// handler), and counting it let a few broken files of a list open the breaker for the
     /// good ones. A proxy refusing the tunnel says nothing about the origin either.
@@ -202,6 +218,28 @@ impl DownloadError {
             | DownloadError::Protocol { .. } => true,
             DownloadError::Status { status, .. } => self.retryable() && *status != 500,
             _ => false,
+        }
+    }
+
+    /// Whether this failure counts towards the origin's circuit breaker: one that counts
+    /// against the origin, except a 429 or 503 that says when to come back (`Retry-After`).
+    /// That answer comes from a server that is up and chose to say "not now" to one request,
+    /// and the retry already waits as long as it asked. Many servers give it per file (a
+    /// CDN filling its cache, a mirror syncing a file on its first request): counted, the
+    /// first requests of a list's concurrent jobs opened the breaker for a minute or more,
+    /// and each half-open probe (a new file, refused once again) doubled the cool-down, so
+    /// a list whose every file was served a second later failed with `CircuitOpen`. It
+    /// still lowers the origin's mirror score (`counts_against_origin`). The cost: an origin
+    /// that answers every request so (down for maintenance) is not cut off by its breaker;
+    /// each job still waits as told, and gives up when that is past its retry time limit.
+    pub fn counts_toward_breaker(&self) -> bool {
+        match self {
+            DownloadError::Status {
+                status: 429 | 503,
+                retry_after: Some(_),
+                ..
+            } => false,
+            _ => self.counts_against_origin(),
         }
     }
 
@@ -231,14 +269,16 @@ impl DownloadError {
             | DownloadError::Connection { .. }
             | DownloadError::Timeout { .. }
             | DownloadError::Protocol { .. }
-            | DownloadError::TooManyRedirects { .. }
-            | DownloadError::RedirectLoop { .. }
             | DownloadError::RangeMismatch { .. }
             | DownloadError::CircuitOpen { .. } => ErrorClass::Network,
             // Why the dependant did not run is why its dependency failed: a dependency
             // whose bytes failed verification is a verification failure of the set.
             DownloadError::DependencyFailed { cause, .. } => cause.class(),
-            DownloadError::Status { .. } => ErrorClass::HttpStatus,
+            // Redirects that go in a circle, or on and on, are what the server answered: its
+            // HTTP responses are at fault, not the network that carried them.
+            DownloadError::Status { .. }
+            | DownloadError::TooManyRedirects { .. }
+            | DownloadError::RedirectLoop { .. } => ErrorClass::HttpStatus,
             DownloadError::SizeMismatch { .. }
             | DownloadError::TooLarge { .. }
             | DownloadError::HashMismatch { .. } => ErrorClass::Verification,
@@ -371,6 +411,63 @@ mod tests {
             },
         };
         assert!(truncated.retryable());
+    }
+
+    #[test]
+    fn redirects_that_lead_nowhere_are_the_servers_http_answer_not_a_network_failure() {
+        let errors = [
+            DownloadError::RedirectLoop {
+                url: "http://h/a".into(),
+            },
+            DownloadError::TooManyRedirects {
+                limit: 10,
+                url: "http://h/r11".into(),
+            },
+        ];
+        for e in errors {
+            assert_eq!(e.class(), ErrorClass::HttpStatus, "{e}");
+            assert!(!e.retryable() && e.another_url_may_serve(), "{e}");
+        }
+    }
+
+    #[test]
+    fn a_malformed_head_is_a_protocol_failure_whose_message_says_so() {
+        for source in [
+            HttpError::MalformedHead("invalid response status".into()),
+            HttpError::InvalidContentLength("conflicting values 3 and 4".into()),
+        ] {
+            let e = DownloadError::Protocol {
+                origin: "http://h:80".into(),
+                source,
+            };
+            assert_eq!(e.class(), ErrorClass::Network);
+            assert!(!e.retryable());
+            let message = e.to_string();
+            assert!(
+                message.starts_with(
+                    "HTTP protocol error from http://h:80: malformed HTTP response head: "
+                ),
+                "{message}"
+            );
+        }
+    }
+
+    #[test]
+    fn a_429_or_503_saying_when_to_come_back_lowers_the_score_but_does_not_trip_the_breaker() {
+        let status = |status, retry_after| DownloadError::Status {
+            url: "http://h/f".into(),
+            status,
+            retry_after,
+        };
+        let later = Some(Duration::from_secs(1));
+        for code in [429, 503] {
+            assert!(status(code, later).counts_against_origin(), "{code}");
+            assert!(!status(code, later).counts_toward_breaker(), "{code}");
+            assert!(status(code, None).counts_toward_breaker(), "{code}");
+        }
+        // Other failures count where they count against the origin.
+        assert!(status(502, later).counts_toward_breaker());
+        assert!(!status(500, None).counts_toward_breaker());
     }
 
     #[test]

@@ -9,7 +9,9 @@
 //!   otherwise the exponential backoff of the job's backoff count (equal jitter, at least
 //!   `Retry-After`), never shorter than the budget's wait. After a failed verification a
 //!   job with one URL retries once; a job with several never again uses a URL that served
-//!   wrong bytes, and retries only while one that did not is left.
+//!   wrong bytes, and retries only while one that did not is left; bytes assembled from
+//!   several URLs (after `Spread`) blame none, and the job starts over at once on its
+//!   attempt's URL (no failover before its next retry).
 //! - [`RetryWindow`]: `Retrying` events in any 60 s window stay within twice the budget
 //!   (plus one per job, see there).
 //!
@@ -188,6 +190,9 @@ pub struct BackoffModel {
     /// The job spread segments over its URLs (`Event::Spread`), and its first failed
     /// verification since is still to come: that one blames no URL.
     spread_unblamed: bool,
+    /// The retry after that verification starts the job over on its attempt's URL: until
+    /// the next retry the job does not fail over.
+    stay: bool,
 }
 
 /// How the model classified a `Retrying` event.
@@ -199,6 +204,9 @@ pub enum RetryKind {
     Backoff,
     /// Either (the budget's wait covers both).
     Either,
+    /// At once (or after the budget's wait) on the same URL: the start-over after bytes
+    /// assembled from several URLs failed verification.
+    StartOver,
 }
 
 impl BackoffModel {
@@ -214,6 +222,7 @@ impl BackoffModel {
             bad: BTreeSet::new(),
             attempt: 1,
             spread_unblamed: false,
+            stay: false,
         }
     }
 
@@ -256,6 +265,13 @@ impl BackoffModel {
     pub fn failover(&mut self, now: Instant, to: usize) -> Result<(), String> {
         let met = self.expect_failover_at == Some(now);
         self.settle(now, met);
+        if self.stay {
+            return Err(format!(
+                "fails over from URL {} to URL {to} in the start-over after an assembled \
+                 download failed verification, which stays on its URL",
+                self.cur
+            ));
+        }
         self.cur = to;
         if self.bad.contains(&to) {
             return Err(format!(
@@ -277,6 +293,9 @@ impl BackoffModel {
     ) -> Result<RetryKind, String> {
         self.settle(now, false);
         self.attempt += 1;
+        self.stay = false;
+        // Float rounding in the budget's refill, and nanosecond truncation.
+        let slack = Duration::from_micros(10);
         if matches!(
             error,
             DownloadError::HashMismatch { .. } | DownloadError::SizeMismatch { .. }
@@ -285,7 +304,16 @@ impl BackoffModel {
             // One URL: one retry from zero. Several: each URL may serve wrong bytes once,
             // and a retry needs a URL that has not; bytes assembled from several blame none.
             if std::mem::take(&mut self.spread_unblamed) {
-                // Assembled from several URLs: none blamed, the job starts over on one.
+                // Assembled from several URLs: none blamed, the job starts over at once on
+                // its attempt's URL, which is not counted as failed this round.
+                if delay + slack < budget_wait || delay > budget_wait + slack {
+                    return Err(format!(
+                        "waits {delay:?} to start over on its URL after an assembled download \
+                         failed verification: not at once (the budget's wait {budget_wait:?})"
+                    ));
+                }
+                self.stay = true;
+                return Ok(RetryKind::StartOver);
             } else if self.urls == 1 && self.verify_retries > 1 {
                 return Err(format!(
                     "a second retry after a failed verification ({error})"
@@ -327,8 +355,6 @@ impl BackoffModel {
             } => *ra,
             _ => Duration::ZERO,
         };
-        // Float rounding in the budget's refill, and nanosecond truncation.
-        let slack = Duration::from_micros(10);
         let low = (exp(self.backoffs.0) / 2).max(retry_after).max(budget_wait);
         let high = exp(self.backoffs.1).max(retry_after).max(budget_wait);
         let failover = unfailed && delay + slack >= budget_wait && delay <= budget_wait + slack;
@@ -676,6 +702,45 @@ mod tests {
         );
         // After the backoff the round is new, but URL 0 is still bad: no failover to it.
         assert!(m.retrying(&p, t(500), z, &reset(), z).is_err());
+    }
+
+    #[test]
+    fn an_assembled_download_that_failed_verification_starts_over_at_once_on_its_url() {
+        let p = policy();
+        let z = Duration::ZERO;
+        let ms = Duration::from_millis;
+        let mut m = BackoffModel::new(2);
+        m.spread();
+        assert_eq!(
+            m.retrying(&p, t(0), z, &mismatch(), z),
+            Ok(RetryKind::StartOver)
+        );
+        let why = m
+            .failover(t(0), 1)
+            .expect_err("the start-over stays on URL 0");
+        assert!(why.contains("stays on its URL"), "{why}");
+        // Its URL did not fail this round: a later failure there may still fail over.
+        let mut m = BackoffModel::new(2);
+        m.spread();
+        m.retrying(&p, t(0), z, &mismatch(), z).unwrap();
+        assert_eq!(
+            m.retrying(&p, t(10), z, &reset(), z),
+            Ok(RetryKind::Failover)
+        );
+        m.failover(t(10), 1).unwrap();
+        // A backoff is no start-over, and the budget's wait is respected.
+        let mut m = BackoffModel::new(2);
+        m.spread();
+        assert!(m.retrying(&p, t(0), ms(150), &mismatch(), z).is_err());
+        let mut m = BackoffModel::new(2);
+        m.spread();
+        assert_eq!(
+            m.retrying(&p, t(0), ms(40), &mismatch(), ms(40)),
+            Ok(RetryKind::StartOver)
+        );
+        let mut m = BackoffModel::new(2);
+        m.spread();
+        assert!(m.retrying(&p, t(0), z, &mismatch(), ms(40)).is_err());
     }
 
     #[test]

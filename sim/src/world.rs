@@ -40,8 +40,8 @@
 //! retry budget's wait, modelled with the engine's own [`RetryBudget`]), the retries after
 //! a failed verification (one for a job with one URL; for a job with several, a URL that
 //! served wrong bytes is not used again, and the job retries while another is left; after
-//! a `Spread` event the first failed verification blames no URL), and the number of
-//! retries a minute.
+//! a `Spread` event the first failed verification blames no URL, and the job starts over
+//! at once on its attempt's URL), and the number of retries a minute.
 //!
 //! # Hooks
 //!

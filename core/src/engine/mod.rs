@@ -451,6 +451,9 @@ struct Job {
     spread_off: bool,
     /// The warning about a content coding the server applied unasked was given.
     warned_content_coding: bool,
+    /// The next attempt stays on the URL of the last one (`mirror`): the start-over after a
+    /// mixed download failed verification, which blamed no URL. Taken by `pick_url`.
+    stay_on_url: bool,
     /// Whether the job may still split over several connections.
     splitting: Splitting,
     /// This attempt is the half-open probe of that origin's breaker.
@@ -1054,6 +1057,7 @@ impl Engine {
             spread_used: false,
             spread_off: false,
             warned_content_coding: false,
+            stay_on_url: false,
             splitting: Splitting::Allowed,
             probe: None,
             failure_noted: false,

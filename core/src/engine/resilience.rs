@@ -87,11 +87,23 @@ impl Engine {
     }
 
     /// Choose the URL of the job's next attempt: among the URLs whose origin's breaker
-    /// admits a request, not failed since the last backoff, the best scored. Returns when
-    /// the earliest one may be tried when none can now (with that origin, for messages).
+    /// admits a request, not failed since the last backoff, the best scored (or the last
+    /// attempt's URL, when the job is to stay there). Returns when the earliest one may be
+    /// tried when none can now (with that origin, for messages).
     pub(super) fn pick_url(&mut self, id: JobId) -> Result<(), (Instant, String)> {
         let now = self.now;
         let j = &self.jobs[&id];
+        if j.stay_on_url {
+            // The start-over after a mixed download failed verification: that URL did not
+            // fail, so it is neither skipped as failed this round nor scored against another.
+            let stay = j.mirror;
+            let url = self.job_url(id, stay).clone();
+            if let Some(at) = self.breaker_wait(&url) {
+                return Err((at, crate::engine::origin_label(&url)));
+            }
+            self.jobs.get_mut(&id).expect("job exists").stay_on_url = false;
+            return self.use_url(id, stay);
+        }
         let count = 1 + j.spec.mirrors.len();
         let failed = j.failed_round.clone();
         let bad = j.bad_urls.clone();
@@ -142,6 +154,14 @@ impl Engine {
             return Err((until, origin));
         }
         let choice = choose_mirror(&candidates, &mut self.rng).expect("candidates");
+        self.use_url(id, choice)
+    }
+
+    /// The job's next attempt uses its `choice`-th URL (admitted by its origin's breaker):
+    /// take the breaker's probe when it is half-open, and say so when this is a failover.
+    fn use_url(&mut self, id: JobId, choice: usize) -> Result<(), (Instant, String)> {
+        let now = self.now;
+        let previous = self.jobs[&id].mirror;
         let url = self.job_url(id, choice).clone();
         let mut probe = None;
         if let Ok(origin) = Origin::of(&url) {
@@ -190,14 +210,26 @@ impl Engine {
             Some(j) if !j.failure_noted => j.failure_noted = true,
             _ => return,
         }
-        self.count_origin_failure(id, url);
+        self.count_origin_failure(id, url, error);
     }
 
-    /// Count one failure against `url`'s origin: its breaker and its mirror score.
-    pub(super) fn count_origin_failure(&mut self, id: JobId, url: &url::Url) {
+    /// Count one failure against `url`'s origin: its mirror score, and its breaker when
+    /// the failure counts there (see [`DownloadError::counts_toward_breaker`]).
+    pub(super) fn count_origin_failure(
+        &mut self,
+        id: JobId,
+        url: &url::Url,
+        error: &DownloadError,
+    ) {
         let Ok(origin) = Origin::of(url) else {
             return;
         };
+        self.origin_stats_mut(origin.clone()).record_failure();
+        if !error.counts_toward_breaker() {
+            // No verdict for a probe this attempt holds: it is given up when the attempt
+            // ends (`abandon_probe`), and the breaker admits another without reopening.
+            return;
+        }
         let now = self.now;
         let b = self.breaker(&origin);
         let was_open = matches!(b.state(now), BreakerState::Open { .. });
@@ -209,7 +241,6 @@ impl Engine {
                 cooldown,
             });
         }
-        self.origin_stats_mut(origin.clone()).record_failure();
         self.clear_probe(id, &origin);
     }
 
@@ -314,8 +345,12 @@ impl Engine {
         let urls = 1 + j.spec.mirrors.len();
         if j.spread_used && !j.spread_off {
             // The bytes came from several mirrors: none can be blamed. Start over with every
-            // segment on one URL, after which a failure blames that URL as usual.
+            // segment on one URL, after which a failure blames that URL as usual. That URL
+            // is the attempt's own, at once: it did not fail (not in this round's failures,
+            // nothing held against its origin), and a failover would go to a URL that served
+            // some of the bytes, perhaps the wrong ones.
             j.spread_off = true;
+            j.stay_on_url = true;
             tracing::info!(job = %id, "a download assembled from several mirrors failed verification; starting over on one: {error}");
             self.stop_transfers(id);
             self.restart_from_zero(id);
@@ -363,21 +398,24 @@ impl Engine {
         if !(retry && j.attempt < policy.max_attempts) {
             return self.terminate(id, error, true);
         }
+        let stay = j.stay_on_url;
         let failed = j.mirror;
-        if !j.failed_round.contains(&failed) {
+        if !stay && !j.failed_round.contains(&failed) {
             j.failed_round.push(failed);
         }
         let urls = 1 + j.spec.mirrors.len();
         let others: Vec<usize> = (0..urls)
             .filter(|i| !j.failed_round.contains(i) && !j.bad_urls.contains(i))
             .collect();
-        let untried = others.into_iter().any(|i| {
-            let url = self.job_url(id, i).clone();
-            self.breaker_wait(&url).is_none()
-        });
+        let untried = stay
+            || others.into_iter().any(|i| {
+                let url = self.job_url(id, i).clone();
+                self.breaker_wait(&url).is_none()
+            });
         let j = self.jobs.get_mut(&id).expect("job exists");
         let delay = if untried {
-            // Fail over now; the other URL's breaker is checked when the attempt starts.
+            // Fail over now (or start over on a URL that did not fail); the URL's breaker is
+            // checked when the attempt starts.
             Duration::ZERO
         } else {
             j.failed_round.clear();

@@ -757,17 +757,25 @@ impl Engine {
             301 | 302 | 303 | 307 | 308 => {
                 self.on_redirect(id, tid, conn, &head, framing, keep_alive, rest)
             }
-            200 => {
+            // A 203 is a 200 whose body a transforming proxy may have changed: the whole
+            // representation all the same (an expected sha256 judges the bytes). A 204 to a
+            // GET says the file is empty: zero bytes, checked like any other body.
+            200 | 203 | 204 => {
                 let j = self.jobs.get_mut(&id).expect("job exists");
+                let whole = match head.status {
+                    200 => "200 OK",
+                    203 => "203 Non-Authoritative Information",
+                    _ => "204 No Content",
+                };
                 if j.transfers[&tid].mirror != j.mirror {
-                    let detail = "200 OK to a segment's range request".into();
+                    let detail = format!("{whole} to a segment's range request");
                     let error = DownloadError::RangeMismatch { detail };
                     return self.transfer_failed(id, tid, error);
                 }
                 if j.segmented || j.transfers.len() > 1 {
                     // A segment asked for a range and got the whole file: the server does not
                     // honour ranges for this representation (or not on every node).
-                    let detail = "200 OK to a segment's range request".into();
+                    let detail = format!("{whole} to a segment's range request");
                     return self.segment_does_not_fit(id, detail);
                 }
                 if j.present() > 0 {
@@ -780,6 +788,8 @@ impl Engine {
                 j.validator_mirror = j.mirror;
                 j.total = match framing {
                     Framing::Length(n) => Some(n),
+                    // Only a 204 gets here without a body.
+                    Framing::Empty => Some(0),
                     _ => None,
                 };
                 let t = j.transfers.get_mut(&tid).expect("transfer");
@@ -1369,7 +1379,7 @@ impl Engine {
         match url {
             // Another mirror's failure is its own incident, not the attempt's.
             Some(url) if cross && error.counts_against_origin() => {
-                self.count_origin_failure(id, &url)
+                self.count_origin_failure(id, &url, &error)
             }
             Some(url) if !cross => self.note_failure(id, &url, &error),
             _ => {}

@@ -47,8 +47,9 @@ pub enum HttpError {
     /// A request header name is not a token, or its value contains CR, LF or NUL.
     #[error("invalid request header {name:?}: name must be a token and the value must not contain CR, LF or NUL")]
     InvalidHeaderValue { name: String },
-    /// Content-Length is unparsable, negative, overflowing or conflicting.
-    #[error("invalid Content-Length: {0}")]
+    /// Content-Length is unparsable, negative, overflowing or conflicting (in a response
+    /// head, which is then malformed: the message says so).
+    #[error("malformed HTTP response head: invalid Content-Length: {0}")]
     InvalidContentLength(String),
     /// Transfer-Encoding is anything other than exactly `chunked`.
     #[error("unsupported Transfer-Encoding: {0:?} (only \"chunked\" is supported)")]
