@@ -1724,6 +1724,41 @@ fn a_second_job_for_a_destination_in_use_is_refused_and_the_first_commits_its_ow
 }
 
 #[test]
+fn jobs_queued_behind_a_cancelled_holder_of_their_destination_each_fetch_and_verify_their_own() {
+    let mut h = Harness::new(config());
+    any_path_server(&mut h, millis(50));
+    let same = "/dl/same";
+    let at_same = |path: &str| Download::new(&format!("{ORIGIN}{path}"), same).unwrap();
+    let holder = h.submit(at_same("/a"));
+    h.run_until("the holder has bytes", |h| !h.progress(holder).is_empty());
+    h.cancel(holder, CancelMode::KeepPartial);
+    assert!(h.finished(holder).is_none(), "still tidying up");
+    let dep = h.submit(job_at("dep"));
+    h.cancel(dep, CancelMode::Discard);
+    // Three downloads of other bytes to the destination, submitted while it is held.
+    let (bb, ccc) = (pattern(20_000, 3), pattern(20_000, 4));
+    let b = h.submit(at_same("/bb").sha256(&sha_hex(&bb)).unwrap());
+    let c = h.submit(at_same("/ccc").sha256(&sha_hex(&ccc)).unwrap());
+    let d = h.submit(at_same("/dddd").after(dep));
+    assert_eq!(h.run(holder), Err(DownloadError::Cancelled));
+    assert_eq!(h.run(b).expect("b").sha256, sha(&bb));
+    let out = h.run(c).expect("c fetches its own bytes, not b's");
+    assert_eq!(out.sha256, sha(&ccc));
+    assert!(out.bytes_fetched > 0);
+    assert!(
+        matches!(h.run(d), Err(DownloadError::DependencyFailed { dependency, .. }) if dependency == dep.0),
+        "d's dependency is checked"
+    );
+    assert_committed_at(&h, Path::new(same), &ccc);
+    let paths: Vec<&str> = h.requests.iter().map(|r| r.path.as_str()).collect();
+    assert!(
+        paths.contains(&"/bb") && paths.contains(&"/ccc"),
+        "{paths:?}"
+    );
+    assert!(!paths.contains(&"/dddd"), "{paths:?}");
+}
+
+#[test]
 fn a_job_that_depends_on_a_refused_one_fails_as_its_dependant() {
     let mut h = Harness::new(config());
     any_path_server(&mut h, millis(50));

@@ -1594,11 +1594,25 @@ impl Engine {
             Err(_) => self.stats.failed += 1,
         }
         for f in job.followers {
-            let Some(fj) = self.jobs.get_mut(&f) else {
+            let Some(fj) = self.jobs.get(&f) else {
                 continue;
             };
+            // Only a follower that fetches the same bytes with the same expectations, its
+            // dependencies met (what `find_leader` asks), may take the leader's success as its
+            // own. One that only waited for the leader's destination to be free (submitted
+            // while the leader, cancelled, tidied up), or that followed such a one, runs on its
+            // own: its URL fetched, its sha256 and dependencies checked.
+            let duplicate = ContentKey::of(&fj.spec) == ContentKey::of(&job.spec)
+                && fj.spec.size == job.spec.size
+                && fj.spec.max_size == job.spec.max_size
+                && fj
+                    .spec
+                    .depends_on
+                    .iter()
+                    .all(|d| self.finished.succeeded(d));
+            let fj = self.jobs.get_mut(&f).expect("follower exists");
             match &result {
-                Ok(o) => {
+                Ok(o) if duplicate => {
                     let dest = match &fj.spec.dest {
                         Destination::File(p) => p.clone(),
                         Destination::Dir(d) => d.join(
@@ -1630,10 +1644,10 @@ impl Engine {
                         },
                     );
                 }
-                // The leader failed or was cancelled: the follower tries on its own. One
-                // bound for the leader's destination takes it over; a second one bound
-                // there follows the first (the same bytes, to the same file).
-                Err(_) => {
+                // The leader failed or was cancelled, or this job is no duplicate of it: the
+                // follower tries on its own. One bound for the leader's destination takes it
+                // over; a second one bound there follows the first until it ends.
+                _ => {
                     if !fj.claims_provisional {
                         let path = fj.spec.provisional_path();
                         if let Some(&first) = self.dest_claims.get(&path) {
@@ -1647,6 +1661,9 @@ impl Engine {
                         self.dest_claims.insert(path, f);
                     }
                     fj.phase = Phase::Queued;
+                    // Queued with dependencies: the next schedule checks them (one may
+                    // have failed while this job waited).
+                    self.check_deps |= !fj.spec.depends_on.is_empty();
                     self.queue.insert((Reverse(fj.priority()), f));
                 }
             }
