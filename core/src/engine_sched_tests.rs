@@ -1375,11 +1375,12 @@ fn a_dependent_of_a_failed_job_fails_with_dependency_failed_and_makes_no_request
         "it says why"
     );
     assert_eq!(b_err.class(), crate::ErrorClass::HttpStatus, "a's class");
+    // A chain carries its first failure, not a chain of errors.
     assert_eq!(
         h.run(c),
         Err(DownloadError::DependencyFailed {
             dependency: b.0,
-            cause: Box::new(b_err)
+            cause: Box::new(a_err)
         })
     );
     assert!(h.requests.iter().all(|r| r.path == "/missing"));
@@ -2519,11 +2520,7 @@ fn any_mix_of_jobs_ends_consistently(
         }
         let cancelled = *result == Err(DownloadError::Cancelled);
         let dep_failed = dep_result.as_ref().err().is_some_and(|cause| {
-            *result
-                == Err(DownloadError::DependencyFailed {
-                    dependency: dep.0,
-                    cause: Box::new(cause.clone()),
-                })
+            *result == Err(DownloadError::dependency_failed(dep.0, cause.clone()))
         });
         if !dep_ok && !cancelled && !dep_failed {
             return TestResult::error(format!("job {k}: dependency failed, got {result:?}"));

@@ -144,9 +144,12 @@ pub enum DownloadError {
     /// its last checkpoint hold stays for a later resume.
     #[error("the client's runtime shut down before the download ended")]
     ClientStopped,
-    /// A job this one depends on failed, with `cause` (which the error's class is). The
-    /// cause is printed as part of this error's message, not also given as its `source`: a
-    /// printer of source chains would otherwise say it twice.
+    /// A job this one depends on failed, with `cause` (which the error's class is): the
+    /// failure that began the chain, when the dependency itself failed for a dependency of
+    /// its own (see [`DownloadError::dependency_failed`]), so that a chain of thousands of
+    /// dependants holds no chain of errors. The cause is printed as part of this error's
+    /// message, not also given as its `source`: a printer of source chains would otherwise
+    /// say it twice.
     #[error("dependency job#{dependency} failed: {cause}")]
     DependencyFailed {
         dependency: u64,
@@ -171,6 +174,16 @@ pub enum DownloadError {
 }
 
 impl DownloadError {
+    /// The error of a job whose dependency `dependency` failed with `error`: its cause is
+    /// `error`, or the cause `error` carries when it is itself a dependency's failure.
+    pub fn dependency_failed(dependency: u64, error: DownloadError) -> DownloadError {
+        let cause = match error {
+            DownloadError::DependencyFailed { cause, .. } => cause,
+            other => Box::new(other),
+        };
+        DownloadError::DependencyFailed { dependency, cause }
+    }
+
     /// Whether trying again (after a delay) could succeed.
     pub fn retryable(&self) -> bool {
         match self {
@@ -376,19 +389,21 @@ mod tests {
         );
         assert_eq!(e.class(), ErrorClass::Verification);
         assert!(!e.retryable());
-        // A chain of dependants carries the first failure's class to its end.
-        let chained = DownloadError::DependencyFailed {
-            dependency: 4,
-            cause: Box::new(DownloadError::DependencyFailed {
-                dependency: 3,
-                cause: Box::new(status(404)),
-            }),
-        };
+        // A chain of dependants carries the first failure, and its class, to its end, one
+        // level deep however long the chain.
+        let mut chained = status(404);
+        for dependency in 3..3_000 {
+            chained = DownloadError::dependency_failed(dependency, chained);
+        }
         assert_eq!(chained.class(), ErrorClass::HttpStatus);
         assert_eq!(
             chained.to_string(),
-            "dependency job#4 failed: dependency job#3 failed: http://x/ answered HTTP 404"
+            "dependency job#2999 failed: http://x/ answered HTTP 404"
         );
+        let DownloadError::DependencyFailed { cause, .. } = &chained else {
+            unreachable!()
+        };
+        assert_eq!(**cause, status(404));
     }
 
     #[test]

@@ -1352,10 +1352,7 @@ impl Engine {
                     // Finishing it schedules again (and looks for the next such job).
                     self.check_deps = true;
                     let error = match cause {
-                        Some(cause) => DownloadError::DependencyFailed {
-                            dependency: dep.0,
-                            cause: Box::new(cause),
-                        },
+                        Some(cause) => DownloadError::dependency_failed(dep.0, cause),
                         None => DownloadError::DependencyUnknown {
                             dependency: dep.0,
                             kept: FINISHED_KEPT,
