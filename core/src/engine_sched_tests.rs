@@ -1725,6 +1725,66 @@ fn a_second_job_for_a_destination_in_use_is_refused_and_the_first_commits_its_ow
 }
 
 #[test]
+fn a_paused_job_gives_its_slot_to_the_next_download_and_resumes_at_once() {
+    let mut cfg = config();
+    cfg.max_active_jobs = 1;
+    let mut h = Harness::new(cfg);
+    any_path_server(&mut h, millis(50));
+    let a = h.submit(job_at("a"));
+    let b = h.submit(job_at("bb"));
+    h.run_until("a has bytes", |h| !h.progress(a).is_empty());
+    assert_eq!(started_order(&h), vec![a], "one slot");
+    pause(&mut h, a);
+    assert_eq!(
+        started_order(&h),
+        vec![a, b],
+        "b takes the paused job's slot"
+    );
+    assert_eq!(h.engine.stats().active, 1, "a paused job is not active");
+    h.run(b).expect("b");
+    resume(&mut h, a);
+    h.run(a).expect("a");
+    assert_committed_at(&h, Path::new("/dl/a"), &pattern(20_000, 2));
+}
+
+#[test]
+fn a_job_paused_before_it_started_stays_queued_until_resumed() {
+    let mut cfg = config();
+    cfg.max_active_jobs = 1;
+    let mut h = Harness::new(cfg);
+    any_path_server(&mut h, millis(50));
+    let a = h.submit(job_at("a"));
+    let b = h.submit(job_at("bb"));
+    pause(&mut h, b);
+    h.run(a).expect("a");
+    h.settle();
+    assert!(h.finished(b).is_none());
+    assert_eq!(started_order(&h), vec![a], "the paused job did not start");
+    resume(&mut h, b);
+    h.run(b).expect("b once resumed");
+    assert_eq!(started_order(&h), vec![a, b]);
+}
+
+#[test]
+fn a_job_paused_while_it_checks_its_files_stops_before_its_first_request() {
+    let mut h = Harness::new(config());
+    any_path_server(&mut h, millis(50));
+    let a = h.submit(job_at("a"));
+    assert!(
+        !h.pending.is_empty(),
+        "checking its destination and state file"
+    );
+    pause(&mut h, a);
+    h.settle();
+    assert!(h.finished(a).is_none());
+    assert!(h.requests.is_empty(), "no request while paused");
+    assert_eq!(h.engine.stats().active, 0);
+    resume(&mut h, a);
+    h.run(a).expect("a once resumed");
+    assert_committed_at(&h, Path::new("/dl/a"), &pattern(20_000, 2));
+}
+
+#[test]
 fn jobs_queued_behind_a_cancelled_holder_of_their_destination_each_fetch_and_verify_their_own() {
     let mut h = Harness::new(config());
     any_path_server(&mut h, millis(50));

@@ -68,7 +68,7 @@ impl Host {
 
     /// The engine's counters: jobs active, queued and ended, bytes and rates.
     pub fn stats(&self) -> haul_core::engine::Stats {
-        self.engine.stats()
+        self.engine.stats_at(self.now())
     }
 
     /// The global rate limit in force (None: unlimited).

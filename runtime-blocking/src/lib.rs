@@ -391,11 +391,18 @@ impl Client {
     }
 
     /// The client's counters: downloads active, queued, done, failed and cancelled, body
-    /// bytes received, and the current (last second), average and peak rates; as of the
-    /// running call's last turn (so it may be asked from another thread, or from the event
-    /// callback, while a call runs).
+    /// bytes received, and the current (last second), average and peak rates. While a call
+    /// runs, as of its loop's last turn (so they may be asked from another thread, or from
+    /// the event callback); between calls, as of now.
     pub fn stats(&self) -> Stats {
-        self.stats.lock().unwrap_or_else(|e| e.into_inner()).clone()
+        match self.driver.try_lock() {
+            // No call runs: the engine itself, as of now.
+            Ok(driver) => driver.host.stats(),
+            Err(std::sync::TryLockError::Poisoned(e)) => e.into_inner().host.stats(),
+            Err(std::sync::TryLockError::WouldBlock) => {
+                self.stats.lock().unwrap_or_else(|e| e.into_inner()).clone()
+            }
+        }
     }
 
     /// Jobs the engine runs at once (the rest of a call's downloads wait in its queue).

@@ -317,3 +317,34 @@ fn the_clients_stats_are_readable_during_a_call_and_add_up_after_it() {
     assert_eq!(after.bytes, (a.len() + b.len()) as u64);
     assert!(after.bytes >= during.bytes);
 }
+
+/// Between calls the counters are as of now: the current rate of a download that ran at
+/// 400 kB/s falls once no bytes have come for two seconds (it used to stay at its last
+/// value until the next call).
+#[test]
+fn the_clients_current_rate_decays_between_calls() {
+    use haul_core::Download;
+    use haul_origin::{Behavior, Origin};
+    let origin = Origin::start().unwrap();
+    let data = haul_tests::body(6, 600_000);
+    origin.route(
+        "/t",
+        data,
+        Behavior::Trickle {
+            bytes_per_sec: 400_000,
+        },
+    );
+    let dir = tempfile::TempDir::new().unwrap();
+    let client = haul_blocking::Client::new(haul_tests::fast_config()).unwrap();
+    client
+        .download(
+            Download::new(&origin.url("/t"), dir.path().join("t")).unwrap(),
+            |_| {},
+        )
+        .expect("download");
+    let at_end = client.stats().current_rate;
+    assert!(at_end > 100_000.0, "measured while it ran: {at_end}");
+    std::thread::sleep(std::time::Duration::from_millis(2_500));
+    let idle = client.stats().current_rate;
+    assert!(idle < at_end / 2.0, "decays while idle: {at_end} -> {idle}");
+}

@@ -35,6 +35,14 @@ impl RateMeter {
     pub(super) fn record(&mut self, now: Instant, bytes: u64) {
         let start = *self.window_start.get_or_insert(now);
         let elapsed = now.saturating_since(start);
+        if elapsed >= 2 * WINDOW {
+            // Bytes again after a pause, a backoff or a stall: the gap is no measure of the
+            // rate to come, so the meter starts over (keeping its peak).
+            self.window_start = Some(now);
+            self.window_bytes = bytes;
+            self.last = None;
+            return;
+        }
         if elapsed >= WINDOW {
             let rate = self.window_bytes as f64 / elapsed.as_secs_f64();
             self.last = Some(rate);
@@ -120,6 +128,27 @@ mod tests {
         );
         // 400 bytes (counted at 1000 ms) over 4 s of silence.
         assert_eq!(m.rate(at(5000)), Some(100.0));
+    }
+
+    #[test]
+    fn bytes_after_a_gap_start_the_meter_over_instead_of_averaging_the_gap_in() {
+        let mut m = RateMeter::default();
+        for ms in (0..=1000).step_by(100) {
+            m.record(at(ms), 400);
+        }
+        assert_eq!(m.rate(at(1000)), Some(4000.0));
+        // Paused for 4 s, then bytes at the old pace again.
+        m.record(at(5000), 400);
+        assert_eq!(m.rate(at(5100)), None, "no estimate from the gap");
+        for ms in (5100..=5400).step_by(100) {
+            m.record(at(ms), 400);
+        }
+        assert_eq!(
+            m.rate(at(5400)),
+            Some(2000.0 / 0.4),
+            "the pace since the gap"
+        );
+        assert_eq!(m.peak(), 4000.0, "the peak stays");
     }
 
     #[test]

@@ -451,6 +451,9 @@ struct Job {
     spread_off: bool,
     /// The warning about a content coding the server applied unasked was given.
     warned_content_coding: bool,
+    /// Paused before it ran (queued, or still checking its destination or partial): it
+    /// stays queued, or stops as `Paused` where its first attempt would start.
+    pause_requested: bool,
     /// The next attempt stays on the URL of the last one (`mirror`): the start-over after a
     /// mixed download failed verification, which blamed no URL. Taken by `pick_url`.
     stay_on_url: bool,
@@ -551,12 +554,16 @@ impl Job {
         )
     }
 
-    /// Whether the job holds one of the `max_active_jobs` slots: active, not committing and
-    /// not waiting for its executor digest. Such a job has all its bytes and no connection;
-    /// it only waits for the disk or the hashing thread, so the next download starts
-    /// meanwhile (see [`Engine::schedule`]).
+    /// Whether the job holds one of the `max_active_jobs` slots: active, not committing, not
+    /// waiting for its executor digest and not paused. A committing or digesting job has all
+    /// its bytes and no connection; it only waits for the disk or the hashing thread, so the
+    /// next download starts meanwhile (see [`Engine::schedule`]). A paused one waits for
+    /// its caller, who may take long: its slot goes to the next download, and its resume
+    /// starts it at once (the limit may be passed by the jobs resumed).
     fn holds_slot(&self) -> bool {
-        self.is_active() && !matches!(self.phase, Phase::Committing { .. }) && !self.digesting()
+        self.is_active()
+            && !matches!(self.phase, Phase::Committing { .. } | Phase::Paused)
+            && !self.digesting()
     }
 
     /// Every byte is in and the executor's digest of them is asked for (see
@@ -873,13 +880,23 @@ impl Engine {
 
     /// Counters for progress displays.
     pub fn stats(&self) -> Stats {
+        self.stats_at(self.now)
+    }
+
+    /// [`Engine::stats`] as of `now` (no earlier than the engine's clock): the current rate
+    /// decays while no bytes arrive, without the engine being woken.
+    pub fn stats_at(&self, now: Instant) -> Stats {
+        let now = now.max(self.now);
         let s = &self.stats;
-        let active = self.maybe_active().filter(|j| j.is_active()).count()
+        let active = self
+            .maybe_active()
+            .filter(|j| j.is_active() && !matches!(j.phase, Phase::Paused))
+            .count()
             + self.committing_ids.len()
             + self.digesting_ids.len();
         let average_rate = s
             .first_start
-            .map(|t| self.now.saturating_since(t).as_secs_f64())
+            .map(|t| now.saturating_since(t).as_secs_f64())
             .filter(|secs| *secs > 0.0)
             .map(|secs| s.bytes as f64 / secs)
             .unwrap_or(0.0);
@@ -890,7 +907,7 @@ impl Engine {
             failed: s.failed,
             cancelled: s.cancelled,
             bytes: s.bytes,
-            current_rate: s.meter.rate(self.now).unwrap_or(0.0),
+            current_rate: s.meter.rate(now).unwrap_or(0.0),
             average_rate,
             peak_rate: s.meter.peak(),
         }
@@ -1057,6 +1074,7 @@ impl Engine {
             spread_used: false,
             spread_off: false,
             warned_content_coding: false,
+            pause_requested: false,
             stay_on_url: false,
             splitting: Splitting::Allowed,
             probe: None,
@@ -1229,11 +1247,23 @@ impl Engine {
     /// continues it from the bytes received.
     pub fn pause(&mut self, now: Instant, job: JobId) {
         self.advance(now);
-        let Some(j) = self.jobs.get(&job) else {
+        let Some(j) = self.jobs.get_mut(&job) else {
             return;
         };
-        if !matches!(j.phase, Phase::Running | Phase::Backoff { .. }) {
-            return;
+        match j.phase {
+            Phase::Running | Phase::Backoff { .. } => {}
+            // Not started yet: it stays queued, or stops where its first attempt would
+            // start (`start_attempt`).
+            Phase::Queued
+            | Phase::Following { .. }
+            | Phase::CheckingExisting { .. }
+            | Phase::LoadingState
+            | Phase::OpeningPartial { .. }
+            | Phase::Rehashing { .. } => {
+                j.pause_requested = true;
+                return;
+            }
+            _ => return,
         }
         self.set_digesting(job, false);
         self.stop_transfers(job);
@@ -1249,6 +1279,10 @@ impl Engine {
         let Some(j) = self.jobs.get_mut(&job) else {
             return;
         };
+        if std::mem::take(&mut j.pause_requested) {
+            // Paused before it started: it goes on from where it waited.
+            return self.schedule();
+        }
         if !matches!(j.phase, Phase::Paused) {
             return;
         }
@@ -1383,11 +1417,11 @@ impl Engine {
                     stale.push((priority, id));
                     continue;
                 };
-                let ready = j
-                    .spec
-                    .depends_on
-                    .iter()
-                    .all(|dep| self.finished.succeeded(dep));
+                let ready = !j.pause_requested
+                    && j.spec
+                        .depends_on
+                        .iter()
+                        .all(|dep| self.finished.succeeded(dep));
                 if ready {
                     candidate = Some((priority, id));
                     break;

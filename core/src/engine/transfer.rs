@@ -214,6 +214,11 @@ impl Engine {
         if matches!(j.phase, Phase::CleaningUp { .. } | Phase::Committing { .. }) {
             return;
         }
+        if std::mem::take(&mut j.pause_requested) {
+            // Paused while it checked its destination or partial: it stops here, ready.
+            j.phase = Phase::Paused;
+            return self.schedule();
+        }
         if let Err((until, origin)) = self.pick_url(id) {
             return self.wait_for_breaker(id, until, origin);
         }
