@@ -395,7 +395,7 @@ pub fn module_exit_code(error: &ModuleError) -> i32 {
         ModuleError::ManifestFetch { source, .. } | ModuleError::ModuleFetch { source, .. } => {
             match source.kind {
                 FetchErrorKind::Network => exit::NETWORK,
-                FetchErrorKind::HttpStatus(_) => exit::HTTP_STATUS,
+                FetchErrorKind::HttpStatus(_) | FetchErrorKind::Redirects => exit::HTTP_STATUS,
                 FetchErrorKind::Verification => exit::VERIFICATION,
                 FetchErrorKind::LocalIo => exit::LOCAL_IO,
                 FetchErrorKind::InvalidRequest => exit::USAGE,
@@ -431,6 +431,7 @@ mod tests {
         assert_eq!(module_exit_code(&fetch(FetchErrorKind::Network)), 3);
         assert_eq!(module_exit_code(&fetch(FetchErrorKind::HttpStatus(503))), 4);
         assert_eq!(module_exit_code(&fetch(FetchErrorKind::HttpStatus(404))), 4);
+        assert_eq!(module_exit_code(&fetch(FetchErrorKind::Redirects)), 4);
         assert_eq!(module_exit_code(&fetch(FetchErrorKind::Verification)), 5);
         assert_eq!(module_exit_code(&fetch(FetchErrorKind::LocalIo)), 7);
         assert_eq!(module_exit_code(&fetch(FetchErrorKind::Cancelled)), 130);

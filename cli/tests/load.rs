@@ -729,6 +729,30 @@ fn bad_signature_exits_5_invalid_manifest_6_and_missing_manifest_4() {
     );
     assert_eq!(oversized.status.code(), Some(6), "{}", describe(&oversized));
 
+    // Redirects in a loop are the server's wrong answer: exit 4 as for `haul get`, and no
+    // fallback to local manifests as if the network had failed.
+    origin.route(
+        "/loop/manifest.json",
+        Vec::new(),
+        Behavior::Redirect {
+            status: 302,
+            location: "/loop/manifest.json".into(),
+        },
+    );
+    let looping = load(
+        &origin.url("/loop/manifest.json"),
+        "loop",
+        cache.path(),
+        &[&trusted],
+        &[],
+    );
+    assert_eq!(looping.status.code(), Some(4), "{}", describe(&looping));
+    assert!(
+        text(&looping.stderr).contains("redirect"),
+        "{}",
+        describe(&looping)
+    );
+
     let missing = load(
         &origin.url("/nobody/manifest.json"),
         "nobody",

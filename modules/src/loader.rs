@@ -68,10 +68,13 @@ use crate::ModuleError;
 /// report the failure precisely (the CLI maps kinds to exit codes).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum FetchErrorKind {
-    /// Connect, DNS, reset, timeout, truncated body, broken HTTP, redirect trouble.
+    /// Connect, DNS, reset, timeout, truncated body, broken HTTP.
     Network,
     /// The server answered this (non-success) HTTP status.
     HttpStatus(u16),
+    /// The server's redirects went in a loop or on past the limit: its answers are wrong,
+    /// not the network (no fallback, as for a 404).
+    Redirects,
     /// The bytes were not the expected ones: hash, size, larger than allowed.
     Verification,
     /// The local file system failed.
@@ -118,6 +121,7 @@ impl FetchError {
             FetchErrorKind::Network => true,
             FetchErrorKind::HttpStatus(status) => matches!(status, 408 | 429 | 500..=599),
             FetchErrorKind::Verification
+            | FetchErrorKind::Redirects
             | FetchErrorKind::LocalIo
             | FetchErrorKind::InvalidRequest
             | FetchErrorKind::Cancelled => false,
@@ -135,6 +139,7 @@ impl fmt::Display for FetchError {
             FetchErrorKind::LocalIo => "local I/O error",
             FetchErrorKind::InvalidRequest => "invalid request",
             FetchErrorKind::Cancelled => "cancelled",
+            FetchErrorKind::Redirects => "bad redirects",
         };
         write!(f, "{} ({class})", self.message)
     }
@@ -2026,6 +2031,7 @@ mod tests {
         }
         for kind in [
             FetchErrorKind::Verification,
+            FetchErrorKind::Redirects,
             FetchErrorKind::LocalIo,
             FetchErrorKind::InvalidRequest,
             FetchErrorKind::Cancelled,

@@ -258,7 +258,8 @@ pub fn fetch_error(error: &DownloadError) -> FetchError {
         ErrorClass::Network => FetchErrorKind::Network,
         ErrorClass::HttpStatus => match error {
             DownloadError::Status { status, .. } => FetchErrorKind::HttpStatus(*status),
-            _ => FetchErrorKind::Network,
+            DownloadError::DependencyFailed { cause, .. } => return fetch_error(cause),
+            _ => FetchErrorKind::Redirects,
         },
         ErrorClass::Verification => FetchErrorKind::Verification,
         ErrorClass::LocalIo => FetchErrorKind::LocalIo,
