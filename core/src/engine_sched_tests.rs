@@ -907,7 +907,10 @@ fn serve_from_two_nodes(h: &mut Harness, body: &[u8], honours_if_range: bool) {
 
 fn two_nodes_run(honours_if_range: bool) -> (Harness, JobId) {
     let body = pattern(100_000, 23);
-    let mut h = Harness::new(config());
+    // Checkpoints every 16 KiB, so that some come after the decision.
+    let mut cfg = config();
+    cfg.checkpoint_bytes = 16 * 1024;
+    let mut h = Harness::new(cfg);
     serve_from_two_nodes(&mut h, &body, honours_if_range);
     let job = h.submit(segmented(4, 25_000).sha256(&sha_hex(&body)).unwrap());
     let out = h.run(job).expect("one connection completes the download");
@@ -925,6 +928,22 @@ fn segments_whose_206s_carry_another_nodes_etag_make_the_job_use_one_connection(
     let reasons = single_connection_reasons(&h, job);
     assert_eq!(reasons.len(), 1, "{reasons:?}");
     assert!(reasons[0].contains("validator"), "{reasons:?}");
+    // Checkpoints written from then on record it, for a resume after a crash.
+    let since = event_index(&h, job, |e| matches!(e, Event::SingleConnection { .. }));
+    let decided_at = h.events[since].0;
+    let states: Vec<PartState> = h
+        .ops
+        .iter()
+        .filter(|(at, _)| *at >= decided_at)
+        .filter_map(|(_, op)| match op {
+            IoOp::WriteFileAtomic { path, data } if *path == state() => {
+                PartState::decode_for(data, URL)
+            }
+            _ => None,
+        })
+        .collect();
+    assert!(!states.is_empty(), "a checkpoint after the decision");
+    assert!(states.iter().all(|s| s.single_connection), "{states:?}");
 }
 
 #[test]
@@ -933,6 +952,41 @@ fn segments_answered_200_by_a_node_with_another_etag_make_the_job_use_one_connec
     let reasons = single_connection_reasons(&h, job);
     assert_eq!(reasons.len(), 1, "{reasons:?}");
     assert!(reasons[0].contains("200"), "{reasons:?}");
+}
+
+#[test]
+fn a_resume_keeps_to_one_connection_when_the_run_that_saved_the_partial_had_to() {
+    let body = pattern(100_000, 23);
+    let mut attempts = Vec::new();
+    for single_connection in [true, false] {
+        let mut h = Harness::new(config());
+        serve_from_two_nodes(&mut h, &body, false);
+        h.fs.put(part(), &body[..25_000]);
+        let saved = PartState {
+            version: STATE_VERSION,
+            url: URL.to_string(),
+            validator: Validator::Etag("\"node0\"".into()),
+            total: Some(100_000),
+            verified: 25_000,
+            prefix_sha256: sha_hex(&body[..25_000]),
+            ranges: Vec::new(),
+            single_connection,
+        };
+        h.fs.put(state(), &saved.encode());
+        let job = h.submit(segmented(4, 10_000).sha256(&sha_hex(&body)).unwrap());
+        let out = h.run(job).expect("completes");
+        assert_committed(&h, &body);
+        if single_connection {
+            assert_eq!(out.resumed_from, 25_000, "resumed on one connection");
+            assert!(segmented_events(&h, job).is_empty(), "never split");
+        }
+        attempts.push(out.attempts);
+    }
+    assert_eq!(attempts[0], 1, "kept to one connection: one attempt");
+    assert!(
+        attempts[1] > 1,
+        "without the record it splits, fails and starts over: {attempts:?}"
+    );
 }
 
 /// A partial from an earlier run of a 100 000-byte file, recorded under `validator`: the
@@ -948,6 +1002,7 @@ fn with_a_split_partial(h: &mut Harness, kept: &[u8], validator: &str) {
         verified: 25_000,
         prefix_sha256: sha_hex(&kept[..25_000]),
         ranges: vec![(50_000, 75_000)],
+        single_connection: false,
     };
     h.fs.put(state(), &saved.encode());
 }

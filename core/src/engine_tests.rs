@@ -1312,6 +1312,7 @@ pub(crate) fn valid_state(body: &[u8], verified: usize) -> PartState {
         verified: verified as u64,
         prefix_sha256: sha_hex(&body[..verified]),
         ranges: Vec::new(),
+        single_connection: false,
     }
 }
 

@@ -84,6 +84,11 @@ pub struct PartState {
     /// them.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub ranges: Vec<(u64, u64)>,
+    /// The server's answers to segments did not fit together in the run that wrote this
+    /// (see `Event::SingleConnection`): a resume keeps to one connection too, instead of
+    /// splitting, failing the same way, and starting over from zero.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub single_connection: bool,
 }
 
 impl PartState {
@@ -140,11 +145,31 @@ mod tests {
             verified: 40,
             prefix_sha256: "00".repeat(32),
             ranges: Vec::new(),
+            single_connection: false,
         };
         let bytes = st.encode();
         assert_eq!(PartState::decode_for(&bytes, "http://h/a"), Some(st));
         assert_eq!(PartState::decode_for(&bytes, "http://h/b"), None);
         assert_eq!(PartState::decode_for(b"{garbage", "http://h/a"), None);
+    }
+
+    #[test]
+    fn single_connection_is_written_only_when_set_and_read_as_false_from_older_files() {
+        let mut st = PartState {
+            version: STATE_VERSION,
+            url: "u".into(),
+            validator: Validator::Etag("\"a\"".into()),
+            total: Some(10),
+            verified: 1,
+            prefix_sha256: "00".repeat(32),
+            ranges: Vec::new(),
+            single_connection: false,
+        };
+        let older = st.encode();
+        assert!(!String::from_utf8_lossy(&older).contains("single_connection"));
+        assert_eq!(PartState::decode_for(&older, "u"), Some(st.clone()));
+        st.single_connection = true;
+        assert_eq!(PartState::decode_for(&st.encode(), "u"), Some(st));
     }
 
     #[test]
@@ -157,6 +182,7 @@ mod tests {
             verified: 11,
             prefix_sha256: "00".repeat(32),
             ranges: Vec::new(),
+            single_connection: false,
         };
         assert_eq!(PartState::decode_for(&st.encode(), "u"), None);
     }

@@ -463,6 +463,9 @@ impl Engine {
         j.received = received;
         j.validator = Some(state.validator);
         j.validator_source = ValidatorSource::StateFile;
+        if state.single_connection {
+            j.splitting = super::Splitting::SingleConnection;
+        }
         j.total = state.total;
         let file = j.file.expect("partial is open");
         j.touched = true;
@@ -715,6 +718,7 @@ impl Engine {
             verified,
             prefix_sha256,
             ranges,
+            single_connection: j.splitting == super::Splitting::SingleConnection,
         };
         j.durable = verified + state.ranges.iter().map(|(s, e)| e - s).sum::<u64>();
         j.state_on_disk = true;
