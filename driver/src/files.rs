@@ -1420,20 +1420,47 @@ fn write_atomic(path: &Path, data: &[u8]) -> std::io::Result<()> {
 }
 
 /// Copy through a temporary sibling so `to` is either absent/old or complete.
+///
+/// The sibling has one name per destination, so two copies to one destination (two
+/// processes, or two clients of one) would write it at once and one could rename the
+/// other's half-written bytes into place. Each copy therefore holds the sibling locked
+/// (`flock`, waiting for another holder) from before it empties it until after the rename;
+/// a copy that gets the lock only once the sibling was renamed away opens the path again.
 fn copy_atomic(from: &Path, to: &Path) -> std::io::Result<()> {
     let tmp = haul_core::download::working_sibling(to, ".haul-copy");
     if let Some(dir) = to.parent().filter(|p| !p.as_os_str().is_empty()) {
         fs::create_dir_all(dir)?;
     }
+    let mut file = loop {
+        let file = in_dir(&tmp, || {
+            fs::OpenOptions::new()
+                .write(true)
+                .create(true)
+                .truncate(false)
+                .open(&tmp)
+        })?;
+        match file.lock() {
+            Ok(()) => {}
+            // A file system without locks: copy as before.
+            Err(e) if e.kind() == ErrorKind::Unsupported => break file,
+            Err(e) => return Err(e),
+        }
+        if names_same_file(&tmp, &file)? {
+            break file;
+        }
+    };
     let result = (|| {
-        fs::copy(from, &tmp)?;
-        File::open(&tmp)?.sync_all()?;
+        file.set_len(0)?;
+        std::io::copy(&mut File::open(from)?, &mut file)?;
+        file.sync_all()?;
         fs::rename(&tmp, to)?;
         sync_parent(to)
     })();
-    if result.is_err() {
+    if result.is_err() && names_same_file(&tmp, &file).unwrap_or(false) {
         let _ = fs::remove_file(&tmp);
     }
+    // The lock goes with the descriptor, after the rename.
+    drop(file);
     result
 }
 
@@ -2784,6 +2811,42 @@ mod tests {
         }
         assert_eq!(std::fs::read(&state).unwrap(), b"{ }");
         assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 3);
+    }
+
+    #[test]
+    fn copies_to_one_destination_at_once_each_put_a_whole_source_in_place() {
+        // Eight copies of different 2 MiB files to one destination, at once, several
+        // times: with one shared temporary sibling and no lock, one copy renamed another's
+        // half-written bytes into place.
+        let dir = tempfile::TempDir::new().unwrap();
+        let sources: Vec<(PathBuf, Vec<u8>)> = (0..8u8)
+            .map(|i| {
+                let path = dir.path().join(format!("src{i}"));
+                let data = vec![i; 2 << 20];
+                std::fs::write(&path, &data).unwrap();
+                (path, data)
+            })
+            .collect();
+        let to = dir.path().join("dest");
+        for _ in 0..4 {
+            std::thread::scope(|s| {
+                for (from, _) in &sources {
+                    let to = &to;
+                    s.spawn(move || copy_atomic(from, to).expect("copy"));
+                }
+            });
+            let got = std::fs::read(&to).unwrap();
+            assert!(
+                sources.iter().any(|(_, data)| *data == got),
+                "the destination holds one whole source ({} bytes, first byte {:?})",
+                got.len(),
+                got.first()
+            );
+        }
+        assert!(
+            !haul_core::download::working_sibling(&to, ".haul-copy").exists(),
+            "no temporary left"
+        );
     }
 
     #[test]
