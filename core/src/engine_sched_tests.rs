@@ -1959,6 +1959,47 @@ fn two_downloads_into_a_directory_named_alike_by_the_server_do_not_share_a_file(
     );
 }
 
+#[test]
+fn a_download_to_a_name_a_cancelled_job_got_from_the_server_waits_for_it_to_tidy_up() {
+    let mut h = Harness::new(config());
+    h.serve(ORIGIN, move |req| {
+        let body = pattern(20_000, req.path.len() as u8);
+        let disposition = (
+            "Content-Disposition",
+            "attachment; filename=\"named.bin\"".to_string(),
+        );
+        Reply::new(with_length(200, &[disposition], &body))
+            .pieces(&[5000])
+            .gap(millis(50))
+    });
+    let a = h.submit(Download::into_dir(&format!("{ORIGIN}/a"), "/dl").unwrap());
+    h.run_until("a has bytes", |h| !h.progress(a).is_empty());
+    h.cancel(a, CancelMode::KeepPartial);
+    assert!(h.finished(a).is_none(), "still tidying up");
+    let b = h.submit(Download::new(&format!("{ORIGIN}/bb"), "/dl/named.bin").unwrap());
+    assert_eq!(h.run(a), Err(DownloadError::Cancelled));
+    h.run(b)
+        .expect("not refused: it waited for the cancelled job");
+    assert_committed_at(&h, Path::new("/dl/named.bin"), &pattern(20_000, 3));
+}
+
+#[test]
+fn a_job_paused_before_it_started_is_no_leader_for_a_later_duplicate() {
+    let mut cfg = config();
+    cfg.max_active_jobs = 1;
+    let mut h = Harness::new(cfg);
+    any_path_server(&mut h, millis(50));
+    let x = h.submit(job_at("x"));
+    let a = h.submit(job_at("a"));
+    pause(&mut h, a);
+    // The same URL to another file: it must not wait on the paused job's caller.
+    let b = h.submit(Download::new(&format!("{ORIGIN}/a"), "/dl/other").unwrap());
+    h.run(x).expect("x");
+    h.run(b).expect("b runs on its own");
+    assert!(h.finished(a).is_none(), "a stays paused");
+    assert_committed_at(&h, Path::new("/dl/other"), &pattern(20_000, 2));
+}
+
 // ------------------------------------------------------------------------ existing destination
 
 #[test]

@@ -258,13 +258,24 @@ impl Driver {
             // Sleep in the poller unless completions made on this thread wait; either way
             // serve the ready sockets, then take everything else that arrived.
             // Not while downloads wait to be handed over (nothing may be running to wake it).
-            let timeout = match order.len() < total {
+            let mut timeout = match order.len() < total {
                 true => Some(std::time::Duration::ZERO),
                 false => self
                     .host
                     .deadline()
                     .map(|d| d.saturating_duration_since(std::time::Instant::now())),
             };
+            // While the published rate is not yet zero, wake at least every second to let it
+            // decay (with every job paused, nothing else would, until a resume).
+            let rate = self
+                .stats
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .current_rate;
+            if rate > 0.0 {
+                let second = std::time::Duration::from_secs(1);
+                timeout = Some(timeout.map_or(second, |t| t.min(second)));
+            }
             let mut first = None;
             let rx = &self.rx;
             self.runtime.net.wait(timeout, || match rx.try_recv() {

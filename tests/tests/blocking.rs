@@ -348,3 +348,61 @@ fn the_clients_current_rate_decays_between_calls() {
     let idle = client.stats().current_rate;
     assert!(idle < at_end / 2.0, "decays while idle: {at_end} -> {idle}");
 }
+
+/// While every job of a call is paused, the client's counters still move: the current rate
+/// decays (the driver, otherwise asleep until a resume, wakes to publish it).
+#[test]
+fn the_clients_rate_decays_while_every_job_of_a_call_is_paused() {
+    use haul_core::{Download, Event};
+    use haul_origin::{Behavior, Origin};
+    use std::time::Duration;
+    let origin = Origin::start().unwrap();
+    origin.route(
+        "/t",
+        haul_tests::body(7, 2_000_000),
+        Behavior::Trickle {
+            bytes_per_sec: 400_000,
+        },
+    );
+    let dir = tempfile::TempDir::new().unwrap();
+    let client =
+        std::sync::Arc::new(haul_blocking::Client::new(haul_tests::fast_config()).unwrap());
+    let handle = client.cancel_handle();
+    let (paused_tx, paused_rx) = std::sync::mpsc::channel();
+    let watcher = {
+        let (client, handle) = (client.clone(), handle.clone());
+        std::thread::spawn(move || {
+            let job = paused_rx.recv().unwrap();
+            std::thread::sleep(Duration::from_millis(100));
+            let at_pause = client.stats().current_rate;
+            std::thread::sleep(Duration::from_millis(3_000));
+            let later = client.stats().current_rate;
+            handle.resume(job);
+            (at_pause, later)
+        })
+    };
+    let mut paused = false;
+    client
+        .download(
+            Download::new(&origin.url("/t"), dir.path().join("t")).unwrap(),
+            |e| {
+                if let Event::Progress { job, bytes, .. } = e {
+                    if !paused && *bytes >= 600_000 {
+                        paused = true;
+                        handle.pause(*job);
+                        paused_tx.send(*job).unwrap();
+                    }
+                }
+            },
+        )
+        .expect("completes once resumed");
+    let (at_pause, later) = watcher.join().unwrap();
+    assert!(
+        at_pause > 100_000.0,
+        "measured before the pause: {at_pause}"
+    );
+    assert!(
+        later < at_pause / 2.0,
+        "decays while paused: {at_pause} -> {later}"
+    );
+}

@@ -4,7 +4,7 @@
 //! first window completes, it is the bytes so far over the time since the first of them, once
 //! that time is long enough to mean something ([`FIRST_ESTIMATE_AFTER`]); a window that has
 //! run on past a second without bytes decays the rate (a stalled job shows its rate falling,
-//! not the last good one).
+//! not the last good one), to 0 after [`SILENT`].
 
 use std::time::Duration;
 
@@ -12,6 +12,10 @@ use crate::time::Instant;
 
 /// How long a window lasts.
 const WINDOW: Duration = Duration::from_secs(1);
+
+/// A window this long without closing means nothing is flowing: the rate is 0 (rather
+/// than an average that only tends to it).
+const SILENT: Duration = Duration::from_secs(5);
 
 /// The first estimate is given this long after the first bytes: a few milliseconds of a
 /// burst say nothing about the rate.
@@ -35,14 +39,6 @@ impl RateMeter {
     pub(super) fn record(&mut self, now: Instant, bytes: u64) {
         let start = *self.window_start.get_or_insert(now);
         let elapsed = now.saturating_since(start);
-        if elapsed >= 2 * WINDOW {
-            // Bytes again after a pause, a backoff or a stall: the gap is no measure of the
-            // rate to come, so the meter starts over (keeping its peak).
-            self.window_start = Some(now);
-            self.window_bytes = bytes;
-            self.last = None;
-            return;
-        }
         if elapsed >= WINDOW {
             let rate = self.window_bytes as f64 / elapsed.as_secs_f64();
             self.last = Some(rate);
@@ -57,6 +53,9 @@ impl RateMeter {
     pub(super) fn rate(&self, now: Instant) -> Option<f64> {
         let start = self.window_start?;
         let elapsed = now.saturating_since(start);
+        if elapsed > SILENT {
+            return Some(0.0);
+        }
         let running = self.window_bytes as f64 / elapsed.as_secs_f64().max(f64::MIN_POSITIVE);
         match self.last {
             // The window overran without closing: nothing (or little) arrived for a while.
@@ -65,6 +64,15 @@ impl RateMeter {
             None if elapsed >= FIRST_ESTIMATE_AFTER => Some(running),
             None => None,
         }
+    }
+
+    /// Forget the windows, keeping the peak: the job paused or waited out a backoff, and the
+    /// gap is no measure of the rate to come. (A gap is not inferred from the timing of
+    /// reads: a slow stream's reads may come seconds apart.)
+    pub(super) fn restart(&mut self) {
+        self.window_start = None;
+        self.window_bytes = 0;
+        self.last = None;
     }
 
     /// The highest rate of a complete window so far (0 before the first).
@@ -128,16 +136,22 @@ mod tests {
         );
         // 400 bytes (counted at 1000 ms) over 4 s of silence.
         assert_eq!(m.rate(at(5000)), Some(100.0));
+        assert_eq!(
+            m.rate(at(6001)),
+            Some(0.0),
+            "silent for over 5 s: nothing flows"
+        );
     }
 
     #[test]
-    fn bytes_after_a_gap_start_the_meter_over_instead_of_averaging_the_gap_in() {
+    fn a_restarted_meter_measures_from_its_next_bytes_and_keeps_its_peak() {
         let mut m = RateMeter::default();
         for ms in (0..=1000).step_by(100) {
             m.record(at(ms), 400);
         }
         assert_eq!(m.rate(at(1000)), Some(4000.0));
         // Paused for 4 s, then bytes at the old pace again.
+        m.restart();
         m.record(at(5000), 400);
         assert_eq!(m.rate(at(5100)), None, "no estimate from the gap");
         for ms in (5100..=5400).step_by(100) {
@@ -149,6 +163,16 @@ mod tests {
             "the pace since the gap"
         );
         assert_eq!(m.peak(), 4000.0, "the peak stays");
+    }
+
+    #[test]
+    fn a_slow_stream_whose_reads_come_seconds_apart_keeps_its_rate() {
+        let mut m = RateMeter::default();
+        // 5 000 bytes every 2.5 s: 2 000 bytes/s.
+        for i in 0..6 {
+            m.record(at(i * 2_500), 5_000);
+        }
+        assert_eq!(m.rate(at(12_500)), Some(2_000.0));
     }
 
     #[test]

@@ -1025,7 +1025,9 @@ impl Engine {
             let holder = self.dest_claims.get(&path).copied();
             let ending = holder
                 .and_then(|h| self.jobs.get(&h))
-                .filter(|h| h.spec.provisional_path() == path)
+                .filter(|h| {
+                    h.spec.provisional_path() == path || h.claimed_final.as_ref() == Some(&path)
+                })
                 .is_some_and(|h| matches!(h.phase, Phase::CleaningUp { .. }));
             if ending {
                 // The holder was cancelled or failed and is only tidying its files (a
@@ -1209,7 +1211,14 @@ impl Engine {
             .get(&ContentKey::of(spec))?
             .iter()
             .filter_map(|id| self.jobs.get(id))
-            .filter(|j| !matches!(j.phase, Phase::Following { .. } | Phase::CleaningUp { .. }))
+            // Nor a paused job: its duplicates would wait for its caller's resume.
+            .filter(|j| {
+                !j.pause_requested
+                    && !matches!(
+                        j.phase,
+                        Phase::Following { .. } | Phase::CleaningUp { .. } | Phase::Paused
+                    )
+            })
             .find(|j| j.spec.size == spec.size && j.spec.max_size == spec.max_size)
             .map(|j| j.id)
     }
@@ -1243,8 +1252,12 @@ impl Engine {
         }
     }
 
-    /// Pause a running job: its connections close, its partial stays; [`Engine::resume`]
-    /// continues it from the bytes received.
+    /// Pause a job: a running one closes its connections and keeps its partial, and its slot
+    /// goes to the next download; one not started yet stays queued, or stops where its first
+    /// request would go. [`Engine::resume`] continues it from the bytes received. A paused
+    /// job fetches nothing, but one that only awaits a duplicate's result (it follows the
+    /// same download) still takes that result when it comes, and one whose destination
+    /// already holds the expected bytes still finishes.
     pub fn pause(&mut self, now: Instant, job: JobId) {
         self.advance(now);
         let Some(j) = self.jobs.get_mut(&job) else {
@@ -1269,6 +1282,7 @@ impl Engine {
         self.stop_transfers(job);
         if let Some(j) = self.jobs.get_mut(&job) {
             j.phase = Phase::Paused;
+            j.meter.restart();
         }
         self.schedule();
     }

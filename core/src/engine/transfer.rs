@@ -219,6 +219,8 @@ impl Engine {
             j.phase = Phase::Paused;
             return self.schedule();
         }
+        // A new attempt (after a backoff, a pause or a failover): its rate is its own.
+        j.meter.restart();
         if let Err((until, origin)) = self.pick_url(id) {
             return self.wait_for_breaker(id, until, origin);
         }
