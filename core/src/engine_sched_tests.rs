@@ -1984,6 +1984,23 @@ fn a_download_to_a_name_a_cancelled_job_got_from_the_server_waits_for_it_to_tidy
 }
 
 #[test]
+fn of_the_jobs_waiting_for_a_cancelled_holder_the_most_urgent_takes_the_destination_first() {
+    let mut h = Harness::new(config());
+    any_path_server(&mut h, millis(50));
+    let same = "/dl/same";
+    let at_same = |path: &str| Download::new(&format!("{ORIGIN}{path}"), same).unwrap();
+    let holder = h.submit(at_same("/a"));
+    h.run_until("the holder has bytes", |h| !h.progress(holder).is_empty());
+    h.cancel(holder, CancelMode::KeepPartial);
+    let low = h.submit(at_same("/bb").priority(Priority::Low));
+    let high = h.submit(at_same("/ccc").priority(Priority::High));
+    h.run(low).expect("low");
+    h.run(high).expect("high");
+    assert_eq!(started_order(&h), vec![holder, high, low]);
+    assert_committed_at(&h, Path::new(same), &pattern(20_000, 3));
+}
+
+#[test]
 fn a_job_paused_before_it_started_is_no_leader_for_a_later_duplicate() {
     let mut cfg = config();
     cfg.max_active_jobs = 1;

@@ -1638,7 +1638,11 @@ impl Engine {
             Err(DownloadError::Cancelled) => self.stats.cancelled += 1,
             Err(_) => self.stats.failed += 1,
         }
-        for f in job.followers {
+        // The most urgent first: of several jobs that waited for this one's destination, it
+        // is the one that takes it over (the others wait for it in turn).
+        let mut followers = job.followers;
+        followers.sort_by_key(|f| self.jobs.get(f).map(|fj| Reverse(fj.priority())));
+        for f in followers {
             let Some(fj) = self.jobs.get(&f) else {
                 continue;
             };
