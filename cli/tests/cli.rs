@@ -643,23 +643,31 @@ fn a_malformed_response_head_exits_3_and_says_the_head_was_malformed() {
     }
 }
 
-#[test]
-fn a_204_no_content_saves_an_empty_file_and_fails_a_sha256_of_bytes_with_exit_5() {
+/// An origin answering `status` at `path`, and `haul get` of it to a file: the origin, the
+/// run's output and what it saved (`None`: nothing).
+fn get_status(status: u16, path: &str) -> (Origin, std::process::Output, Option<Vec<u8>>) {
     let origin = Origin::start().unwrap();
-    let no_content = Behavior::Status {
-        status: 204,
+    let answer = Behavior::Status {
+        status,
         retry_after: None,
     };
-    origin.route("/empty", Vec::new(), no_content);
+    origin.route(path, Vec::new(), answer);
     let dir = tempfile::tempdir().unwrap();
-    let dest = dir.path().join("empty");
+    let dest = dir.path().join("saved");
     let out = haul()
-        .args(["get", &origin.url("/empty"), "-o"])
+        .args(["get", &origin.url(path), "-o"])
         .arg(&dest)
         .output()
         .unwrap();
+    let saved = std::fs::read(&dest).ok();
+    (origin, out, saved)
+}
+
+#[test]
+fn a_204_no_content_saves_an_empty_file_and_fails_a_sha256_of_bytes_with_exit_5() {
+    let (origin, out, saved) = get_status(204, "/empty");
     assert_ok(&out);
-    assert_eq!(std::fs::read(&dest).unwrap(), b"");
+    assert_eq!(saved.as_deref(), Some(&b""[..]));
 
     let other = tempfile::tempdir().unwrap();
     let out = haul()
@@ -679,22 +687,10 @@ fn a_204_no_content_saves_an_empty_file_and_fails_a_sha256_of_bytes_with_exit_5(
 
 #[test]
 fn a_203_non_authoritative_answer_is_saved_like_a_200() {
-    let origin = Origin::start().unwrap();
-    let non_authoritative = Behavior::Status {
-        status: 203,
-        retry_after: None,
-    };
-    origin.route("/f", Vec::new(), non_authoritative);
-    let dir = tempfile::tempdir().unwrap();
-    let dest = dir.path().join("f");
-    let out = haul()
-        .args(["get", &origin.url("/f"), "-o"])
-        .arg(&dest)
-        .output()
-        .unwrap();
+    let (_origin, out, saved) = get_status(203, "/f");
     assert_ok(&out);
     // The origin's status answers carry their status line (code and reason) as the body.
-    let saved = String::from_utf8(std::fs::read(&dest).unwrap()).unwrap();
+    let saved = String::from_utf8(saved.expect("saved")).unwrap();
     assert!(
         saved.starts_with("203 ") && saved.ends_with("Information\n"),
         "{saved:?}"

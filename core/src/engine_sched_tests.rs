@@ -1928,19 +1928,25 @@ fn followers_bound_for_a_failed_leaders_destination_retry_it_once_not_side_by_si
     assert_committed(&h, &body);
 }
 
-#[test]
-fn two_downloads_into_a_directory_named_alike_by_the_server_do_not_share_a_file() {
-    let mut h = Harness::new(config());
+/// Like [`any_path_server`], with every answer naming the file `name`
+/// (`Content-Disposition`).
+fn naming_server(h: &mut Harness, name: &'static str) {
     h.serve(ORIGIN, move |req| {
         let body = pattern(20_000, req.path.len() as u8);
         let disposition = (
             "Content-Disposition",
-            "attachment; filename=\"same.bin\"".to_string(),
+            format!("attachment; filename=\"{name}\""),
         );
         Reply::new(with_length(200, &[disposition], &body))
             .pieces(&[5000])
             .gap(millis(50))
     });
+}
+
+#[test]
+fn two_downloads_into_a_directory_named_alike_by_the_server_do_not_share_a_file() {
+    let mut h = Harness::new(config());
+    naming_server(&mut h, "same.bin");
     let a = h.submit(Download::into_dir(&format!("{ORIGIN}/a"), "/dl").unwrap());
     let b = h.submit(Download::into_dir(&format!("{ORIGIN}/bb"), "/dl").unwrap());
     let first = h.run(a).expect("the first named the file");
@@ -1962,16 +1968,7 @@ fn two_downloads_into_a_directory_named_alike_by_the_server_do_not_share_a_file(
 #[test]
 fn a_download_to_a_name_a_cancelled_job_got_from_the_server_waits_for_it_to_tidy_up() {
     let mut h = Harness::new(config());
-    h.serve(ORIGIN, move |req| {
-        let body = pattern(20_000, req.path.len() as u8);
-        let disposition = (
-            "Content-Disposition",
-            "attachment; filename=\"named.bin\"".to_string(),
-        );
-        Reply::new(with_length(200, &[disposition], &body))
-            .pieces(&[5000])
-            .gap(millis(50))
-    });
+    naming_server(&mut h, "named.bin");
     let a = h.submit(Download::into_dir(&format!("{ORIGIN}/a"), "/dl").unwrap());
     h.run_until("a has bytes", |h| !h.progress(a).is_empty());
     h.cancel(a, CancelMode::KeepPartial);
