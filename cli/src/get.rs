@@ -22,7 +22,8 @@ pub struct GetArgs {
     #[arg(long = "mirror", value_name = "URL")]
     pub mirrors: Vec<String>,
     /// Read downloads from FILE in aria2's input-file format (URI lines, TAB-separated
-    /// mirrors, indented out=, dir=, checksum=sha-256=HEX options); `-` reads stdin.
+    /// mirrors, indented out=, dir=, checksum=sha-256=HEX, header=, http-user=,
+    /// http-passwd= options); `-` reads stdin.
     #[arg(short = 'i', long = "input-file", value_name = "FILE")]
     pub input_file: Option<PathBuf>,
     /// Downloads running at once (more wait in the queue).
@@ -274,7 +275,7 @@ impl GetArgs {
             if let Some(m) = self.max_size {
                 d = d.max_size(m);
             }
-            for (n, v) in &headers {
+            for (n, v) in headers.iter().chain(&entry.headers) {
                 d = d.header(n, v);
             }
             d = d

@@ -10,9 +10,11 @@
 //!
 //! One download per non-indented line (URIs separated by TABs: the first is used, the rest
 //! are mirrors of the same bytes); indented `key=value` lines set options for the download
-//! above them. Supported options: `out`, `dir`, `checksum` (sha-256 only). Options aria2
-//! knows but haul sets globally (`split`, `max-connection-per-server`, ...) are ignored with
-//! a warning, as are unknown ones.
+//! above them. Supported options: `out`, `dir`, `checksum` (sha-256 only), `header`
+//! (`Name: value`, repeatable), `http-user` and `http-passwd` (sent as Basic
+//! `Authorization`, which like `-H` goes to the first URL only and not across origins).
+//! Options aria2 knows but haul sets globally (`split`, `max-connection-per-server`, ...) are
+//! ignored with a warning, as are unknown ones.
 //!
 //! Lists often come from elsewhere, so `out=` is a path *inside* the download's directory, as
 //! aria2 documents it: an absolute path, a `..` part, or a name that is no file (empty, `.`,
@@ -30,6 +32,9 @@ pub struct Entry {
     pub dir: Option<String>,
     /// `checksum=sha-256=HEX`.
     pub sha256: Option<String>,
+    /// `header=Name: value` lines, then the `Authorization` that `http-user=` and
+    /// `http-passwd=` make.
+    pub headers: Vec<(String, String)>,
     /// Line number of the URI line (1-based).
     pub line: usize,
     /// The list it came from (its name, as given), for messages; `None` for a URL argument.
@@ -74,9 +79,49 @@ fn check_out(value: &str) -> Result<String, String> {
     Ok(value.to_string())
 }
 
+/// `http-user=` and `http-passwd=` of the entry being read, until its end.
+#[derive(Default)]
+struct Credentials {
+    user: Option<String>,
+    password: Option<String>,
+    /// The line of the first of them, for messages.
+    line: usize,
+}
+
+impl Credentials {
+    /// The `Authorization` header they make, if any (a password needs a user).
+    fn header(self) -> Result<Option<(String, String)>, String> {
+        use base64::Engine as _;
+        match (self.user, self.password) {
+            (None, None) => Ok(None),
+            (None, Some(_)) => Err(format!(
+                "line {}: http-passwd= without http-user=",
+                self.line
+            )),
+            (Some(user), password) => {
+                let pair = format!("{user}:{}", password.unwrap_or_default());
+                let token = base64::engine::general_purpose::STANDARD.encode(pair);
+                Ok(Some(("Authorization".into(), format!("Basic {token}"))))
+            }
+        }
+    }
+}
+
+/// The entry being read (the last) takes the header its credentials make, once its options
+/// have ended.
+fn close(entries: &mut [Entry], credentials: &mut Credentials) -> Result<(), String> {
+    if let Some(header) = std::mem::take(credentials).header()? {
+        if let Some(entry) = entries.last_mut() {
+            entry.headers.push(header);
+        }
+    }
+    Ok(())
+}
+
 /// Parse a list; warnings go to `warn`.
 pub fn parse(text: &str, mut warn: impl FnMut(String)) -> Result<Vec<Entry>, String> {
     let mut entries: Vec<Entry> = Vec::new();
+    let mut credentials = Credentials::default();
     let text = text.strip_prefix('\u{feff}').unwrap_or(text);
     for (i, raw) in text.lines().enumerate() {
         let line_no = i + 1;
@@ -117,10 +162,32 @@ pub fn parse(text: &str, mut warn: impl FnMut(String)) -> Result<Vec<Entry>, Str
                         }
                     }
                 }
+                "header" => {
+                    let (name, value) = value
+                        .split_once(':')
+                        .filter(|(name, _)| !name.trim().is_empty())
+                        .ok_or_else(|| {
+                            format!("line {line_no}: header must look like 'Name: value', got {value:?}")
+                        })?;
+                    entry
+                        .headers
+                        .push((name.trim().to_string(), value.trim().to_string()));
+                }
+                "http-user" | "http-passwd" => {
+                    if credentials.line == 0 {
+                        credentials.line = line_no;
+                    }
+                    let slot = match key.trim() {
+                        "http-user" => &mut credentials.user,
+                        _ => &mut credentials.password,
+                    };
+                    *slot = Some(value.to_string());
+                }
                 other => warn(format!("line {line_no}: option {other:?} ignored")),
             }
             continue;
         }
+        close(&mut entries, &mut credentials)?;
         let uris: Vec<String> = line
             .split('\t')
             .map(str::trim)
@@ -133,6 +200,7 @@ pub fn parse(text: &str, mut warn: impl FnMut(String)) -> Result<Vec<Entry>, Str
             ..Entry::default()
         });
     }
+    close(&mut entries, &mut credentials)?;
     Ok(entries)
 }
 
@@ -164,6 +232,39 @@ mod tests {
         assert!(parse("  out=x\n", |_| {}).is_err());
         assert!(parse("http://a\n  checksum=md5=00\n", |_| {}).is_err());
         assert!(parse("http://a\n  nonsense\n", |_| {}).is_err());
+    }
+
+    #[test]
+    fn headers_and_http_credentials_are_the_entrys_own_request_headers() {
+        let text = "http://a/x\n  header=X-Token: abc\n  http-user=me\n  http-passwd=p:w\n\
+                    http://a/y\n  header=Accept: */*\n";
+        let mut warnings = Vec::new();
+        let e = parse(text, |w| warnings.push(w)).unwrap();
+        assert!(warnings.is_empty(), "{warnings:?}");
+        assert_eq!(
+            e[0].headers,
+            vec![
+                ("X-Token".to_string(), "abc".to_string()),
+                // base64("me:p:w")
+                ("Authorization".to_string(), "Basic bWU6cDp3".to_string()),
+            ]
+        );
+        assert_eq!(
+            e[1].headers,
+            vec![("Accept".to_string(), "*/*".to_string())]
+        );
+        let e = parse("http://a/x\n  http-user=me\n", |_| {}).unwrap();
+        assert_eq!(e[0].headers[0].1, "Basic bWU6", "no password: an empty one");
+        let error = parse("http://a/x\n  http-passwd=p\n", |_| {}).unwrap_err();
+        assert!(
+            error.contains("line 2: http-passwd= without http-user="),
+            "{error}"
+        );
+        let error = parse("http://a/x\n  header=no colon\n", |_| {}).unwrap_err();
+        assert!(
+            error.starts_with("line 2: header must look like"),
+            "{error}"
+        );
     }
 
     #[test]

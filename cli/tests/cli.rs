@@ -289,6 +289,47 @@ fn input_file_tab_separated_mirrors_are_used() {
 }
 
 #[test]
+fn input_file_credentials_and_headers_go_with_their_own_entry() {
+    let body = data(10_000);
+    let origin = Origin::start().unwrap();
+    // base64("me:secret")
+    let expected = "Basic bWU6c2VjcmV0".to_string();
+    origin.route(
+        "/private.bin",
+        body.clone(),
+        Behavior::RequireAuth { expected },
+    );
+    origin.route("/public.bin", body.clone(), Behavior::Normal);
+    let dir = tempfile::tempdir().unwrap();
+    let list = format!(
+        "{}\n  http-user=me\n  http-passwd=secret\n  header=X-Client: list\n{}\n",
+        origin.url("/private.bin"),
+        origin.url("/public.bin")
+    );
+    assert_ok(&get_list(dir.path(), &list, dir.path(), &["--quiet"]));
+    assert_eq!(std::fs::read(dir.path().join("private.bin")).unwrap(), body);
+    let private = &origin.requests_to("/private.bin")[0];
+    assert_eq!(private.header("x-client"), Some("list"));
+    let public = &origin.requests_to("/public.bin")[0];
+    assert_eq!(
+        public.header("authorization"),
+        None,
+        "not the other entry's"
+    );
+    assert_eq!(public.header("x-client"), None);
+    // Without them the server refuses: exit 4.
+    let other = tempfile::tempdir().unwrap();
+    let list = format!("{}\n", origin.url("/private.bin"));
+    let out = get_list(other.path(), &list, other.path(), &["--quiet"]);
+    assert_eq!(
+        out.status.code(),
+        Some(4),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+#[test]
 fn two_list_entries_for_one_file_keep_the_first_file_whole_and_fail_the_second() {
     let (a, b) = (
         data(300_000),
