@@ -1839,15 +1839,22 @@ fn a_job_paused_while_it_checks_its_files_stops_before_its_first_request() {
     assert_committed_at(&h, Path::new("/dl/a"), &pattern(20_000, 2));
 }
 
+/// Submits `d`, lets it receive bytes and cancels it keeping its partial: it holds its
+/// destination while it tidies up.
+fn cancelled_holder(h: &mut Harness, d: Download) -> JobId {
+    let holder = h.submit(d);
+    h.run_until("the holder has bytes", |h| !h.progress(holder).is_empty());
+    h.cancel(holder, CancelMode::KeepPartial);
+    holder
+}
+
 #[test]
 fn jobs_queued_behind_a_cancelled_holder_of_their_destination_each_fetch_and_verify_their_own() {
     let mut h = Harness::new(config());
     any_path_server(&mut h, millis(50));
     let same = "/dl/same";
     let at_same = |path: &str| Download::new(&format!("{ORIGIN}{path}"), same).unwrap();
-    let holder = h.submit(at_same("/a"));
-    h.run_until("the holder has bytes", |h| !h.progress(holder).is_empty());
-    h.cancel(holder, CancelMode::KeepPartial);
+    let holder = cancelled_holder(&mut h, at_same("/a"));
     assert!(h.finished(holder).is_none(), "still tidying up");
     let dep = h.submit(job_at("dep"));
     h.cancel(dep, CancelMode::Discard);
@@ -1969,9 +1976,10 @@ fn two_downloads_into_a_directory_named_alike_by_the_server_do_not_share_a_file(
 fn a_download_to_a_name_a_cancelled_job_got_from_the_server_waits_for_it_to_tidy_up() {
     let mut h = Harness::new(config());
     naming_server(&mut h, "named.bin");
-    let a = h.submit(Download::into_dir(&format!("{ORIGIN}/a"), "/dl").unwrap());
-    h.run_until("a has bytes", |h| !h.progress(a).is_empty());
-    h.cancel(a, CancelMode::KeepPartial);
+    let a = cancelled_holder(
+        &mut h,
+        Download::into_dir(&format!("{ORIGIN}/a"), "/dl").unwrap(),
+    );
     assert!(h.finished(a).is_none(), "still tidying up");
     let b = h.submit(Download::new(&format!("{ORIGIN}/bb"), "/dl/named.bin").unwrap());
     assert_eq!(h.run(a), Err(DownloadError::Cancelled));
@@ -1986,9 +1994,7 @@ fn of_the_jobs_waiting_for_a_cancelled_holder_the_most_urgent_takes_the_destinat
     any_path_server(&mut h, millis(50));
     let same = "/dl/same";
     let at_same = |path: &str| Download::new(&format!("{ORIGIN}{path}"), same).unwrap();
-    let holder = h.submit(at_same("/a"));
-    h.run_until("the holder has bytes", |h| !h.progress(holder).is_empty());
-    h.cancel(holder, CancelMode::KeepPartial);
+    let holder = cancelled_holder(&mut h, at_same("/a"));
     let low = h.submit(at_same("/bb").priority(Priority::Low));
     let high = h.submit(at_same("/ccc").priority(Priority::High));
     h.run(low).expect("low");
