@@ -24,7 +24,7 @@ use std::time::Duration;
 
 use clap::{Args, Subcommand};
 use haul_blocking::Client;
-use haul_core::{Config, Download, DownloadError, Event};
+use haul_core::{CancelMode, Config, Download, DownloadError, Event};
 use haul_install::catalog::{
     asset_state, install_asset, recover_root, remove_asset, Asset, AssetKind, AssetState,
     CatalogParse, Home, InstalledAsset, MergedAsset, MergedCatalog, CATALOG_MAX_BYTES,
@@ -906,7 +906,7 @@ fn set_cancel(clients: [&Client; 2]) {
     let handles: Vec<_> = clients.iter().map(|c| c.cancel_handle()).collect();
     let _ = ctrlc::set_handler(move || {
         for h in &handles {
-            h.cancel();
+            h.cancel_with(CancelMode::KeepPartial);
         }
     });
 }

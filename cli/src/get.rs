@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use clap::Args;
 use haul_blocking::Client;
-use haul_core::{Config, Download, LowSpeedLimit, Priority};
+use haul_core::{CancelMode, Config, Download, LowSpeedLimit, Priority};
 
 use crate::exit;
 use crate::progress::{Mode, Reporter};
@@ -403,7 +403,7 @@ pub fn run(args: GetArgs) -> i32 {
         client.set_rate_schedule(rates, offset);
     }
     let cancel = client.cancel_handle();
-    let _ = ctrlc::set_handler(move || cancel.cancel());
+    let _ = ctrlc::set_handler(move || cancel.cancel_with(CancelMode::KeepPartial));
     let mode = Mode::choose(args.json, args.quiet);
     let mut reporter = Reporter::new(mode, downloads.len());
     let results = client.download_many(downloads, |ev| reporter.event(ev));

@@ -11,7 +11,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use clap::Args;
 use haul_blocking::Client;
-use haul_core::Config;
+use haul_core::{CancelMode, Config};
 use haul_modules::{
     open_for_load, FetchErrorKind, LoadRequest, LoadResult, LoadSource, Loader, ModuleError,
     ModuleSource, RecoveryReport, TrustedKey,
@@ -162,7 +162,7 @@ pub fn run(args: LoadArgs) -> i32 {
         Err(error) => return fail(&args, exit::USAGE, &error.to_string()),
     };
     let cancel = client.cancel_handle();
-    let _ = ctrlc::set_handler(move || cancel.cancel());
+    let _ = ctrlc::set_handler(move || cancel.cancel_with(CancelMode::KeepPartial));
 
     tracing::debug!("started");
     let now_ms = now_ms();

@@ -9,7 +9,7 @@ use std::path::{Path, PathBuf};
 
 use clap::{Args, Subcommand};
 use haul_blocking::Client;
-use haul_core::{Config, Download};
+use haul_core::{CancelMode, Config, Download};
 use haul_install::extract::{lock_dir, recover, DirLock};
 use haul_install::vsix::{self, InstalledExtension, VsixInstall};
 use haul_install::InstallError;
@@ -215,7 +215,7 @@ fn fetch(args: &VsixInstallArgs, holder: &mut Option<tempfile::TempDir>) -> Resu
         exit::USAGE
     })?;
     let cancel = client.cancel_handle();
-    let _ = ctrlc::set_handler(move || cancel.cancel());
+    let _ = ctrlc::set_handler(move || cancel.cancel_with(CancelMode::KeepPartial));
     let mode = if args.json {
         Mode::Quiet
     } else {

@@ -18,7 +18,9 @@
 //!   file write never blocks an async worker thread.
 //!
 //! Cancellation: dropping a [`Transfer`] (or the future of [`Client::download`]) cancels its
-//! job; the partial file and its state are kept for a later resume and nothing is committed.
+//! job; nothing is committed, and the partial file and its state are removed. A download to
+//! be continued later is cancelled with [`Transfer::cancel_with`]`(CancelMode::KeepPartial)`
+//! (or paused) first.
 //! Dropping the last [`Client`] lets the driver finish the running jobs' transfers that are
 //! still held, then stop.
 #![forbid(unsafe_code)]
@@ -124,7 +126,7 @@ impl<R: AsyncRuntime> Client<R> {
     }
 
     /// Start a download and return at once. The [`Transfer`] is a `Stream` of its events and,
-    /// awaited, gives the result; dropping it cancels the download (the partial is kept).
+    /// awaited, gives the result; dropping it cancels the download (and removes the partial).
     pub fn start(&self, download: Download) -> Transfer {
         self.start_many(vec![download])
             .pop()
@@ -213,7 +215,9 @@ enum TransferState {
 
 /// One running download: a `Stream` of its [`Event`]s (ending after
 /// [`Event::Finished`]) and, through `.await`, its result. Dropping it before the end
-/// cancels the download and keeps the partial file for resume. A progress event not taken
+/// cancels the download and removes its partial file (call
+/// [`cancel_with`](Transfer::cancel_with)`(CancelMode::KeepPartial)` first to keep it for a
+/// later resume). A progress event not taken
 /// before the next one arrives is replaced by it, so a transfer that is only awaited, or
 /// read slowly, holds a few events rather than one per chunk of the file.
 pub struct Transfer {
@@ -230,14 +234,16 @@ impl Transfer {
         TransferResult(self)
     }
 
-    /// Cancel now, keeping the partial file for a later resume (the same as dropping, but
-    /// the result, `Cancelled`, can still be awaited).
+    /// Cancel now and remove the partial file and its state (the same as dropping, but the
+    /// result, `Cancelled`, can still be awaited). [`Transfer::cancel_with`] keeps them.
     pub fn cancel(&self) {
-        self.cancel_with(CancelMode::KeepPartial);
+        self.cancel_with(CancelMode::Discard);
     }
 
-    /// Cancel now, keeping the partial file ([`CancelMode::KeepPartial`]) or removing it
-    /// and its state ([`CancelMode::Discard`]).
+    /// Cancel now, keeping the partial file ([`CancelMode::KeepPartial`]) for a later
+    /// download of the same file to resume, or removing it and its state
+    /// ([`CancelMode::Discard`]). A transfer cancelled one way and then dropped stays
+    /// cancelled that way.
     pub fn cancel_with(&self, mode: CancelMode) {
         self.send(Msg::Cancel {
             ticket: self.ticket,

@@ -115,9 +115,10 @@ pub struct CancelHandle {
 }
 
 impl CancelHandle {
-    /// Cancel every job of the running call; partial downloads are kept for resume.
+    /// Cancel every job of the running call and remove their partial downloads and state
+    /// ([`CancelHandle::cancel_with`] keeps them for a later resume).
     pub fn cancel(&self) {
-        self.cancel_with(CancelMode::KeepPartial);
+        self.cancel_with(CancelMode::Discard);
     }
 
     /// Cancel every job of the running call, keeping partial downloads

@@ -82,9 +82,10 @@ fn wait_until(what: &str, mut done: impl FnMut() -> bool) {
     }
 }
 
-/// Dropping a transfer mid-body cancels it: nothing at the destination, the partial and
-/// its state stay, and a later download resumes from them.
-pub fn dropping_a_transfer_cancels_and_keeps_the_partial_for_resume<H: AsyncHarness>() {
+/// `cancel_with(CancelMode::KeepPartial)` mid-body, then dropping the transfer: nothing at
+/// the destination, the partial and its state stay (the drop does not discard what the
+/// cancel kept), and a later download resumes from them.
+pub fn cancelling_with_keep_partial_keeps_it_for_resume<H: AsyncHarness>() {
     let h = H::new();
     let data = body(90, 3 * 1024 * 1024);
     let origin = Origin::start().expect("origin");
@@ -98,6 +99,7 @@ pub fn dropping_a_transfer_cancels_and_keeps_the_partial_for_resume<H: AsyncHarn
     let client = h.client(config.clone());
     let mut transfer = client.start(Download::new(&origin.url("/s.bin"), &dest).unwrap());
     until_bytes(&h, &mut transfer, 1_000_000);
+    transfer.cancel_with(haul_core::CancelMode::KeepPartial);
     drop(transfer);
     let state = with_suffix(&dest, ".haul-state");
     wait_until("the cancelled job's state file", || state.exists());
@@ -117,6 +119,39 @@ pub fn dropping_a_transfer_cancels_and_keeps_the_partial_for_resume<H: AsyncHarn
         .header("range")
         .map(str::to_string);
     assert_eq!(range, Some(format!("bytes={}-", out.resumed_from)));
+}
+
+/// Dropping a transfer mid-body cancels it and removes what it wrote: nothing at the
+/// destination, no partial, no state file, and the next download of the file starts at 0.
+pub fn dropping_a_transfer_cancels_and_removes_its_partial<H: AsyncHarness>() {
+    let h = H::new();
+    let data = body(94, 3 * 1024 * 1024);
+    let origin = Origin::start().expect("origin");
+    origin.route("/p.bin", data.clone(), Behavior::Stall { after: 1_000_000 });
+    let dir = TempDir::new().unwrap();
+    let dest = dir.path().join("p.bin");
+    let mut config = fast_config();
+    config.idle_timeout = Duration::from_secs(600);
+    let client = h.client(config);
+    let mut transfer = client.start(Download::new(&origin.url("/p.bin"), &dest).unwrap());
+    until_bytes(&h, &mut transfer, 1_000_000);
+    drop(transfer);
+    let part = with_suffix(&dest, ".haul-part");
+    // The cancel is done once the client has no job left.
+    wait_until("the dropped job's end", || {
+        let stats = h.block_on(client.stats());
+        stats.active + stats.queued == 0 && stats.cancelled == 1
+    });
+    assert!(!dest.exists(), "nothing committed");
+    assert!(!part.exists(), "the partial is removed");
+    assert!(!with_suffix(&dest, ".haul-state").exists(), "its state too");
+
+    origin.route("/p.bin", data.clone(), Behavior::Normal);
+    let out = h
+        .block_on(client.download(Download::new(&origin.url("/p.bin"), &dest).unwrap()))
+        .expect("the next download succeeds");
+    assert_eq!(out.resumed_from, 0, "nothing was kept to resume from");
+    assert_eq!(std::fs::read(&dest).unwrap(), data);
 }
 
 /// One client runs several downloads at once: two finish while a third is stalled, and
@@ -344,7 +379,8 @@ pub fn the_clients_stats_count_its_downloads_and_bytes<H: AsyncHarness>() {
 macro_rules! async_scenarios {
     ($h:ty) => {
         $crate::async_scenarios!($h;
-            dropping_a_transfer_cancels_and_keeps_the_partial_for_resume,
+            cancelling_with_keep_partial_keeps_it_for_resume,
+            dropping_a_transfer_cancels_and_removes_its_partial,
             many_downloads_on_one_client_run_at_once,
             held_transfer_outlives_its_client,
             download_many_is_one_batch_with_results_in_order,
