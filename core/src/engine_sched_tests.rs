@@ -1803,6 +1803,62 @@ fn a_paused_job_gives_its_slot_to_the_next_download_and_resumes_at_once() {
 }
 
 #[test]
+fn a_job_resumed_while_every_slot_is_taken_waits_for_one_and_goes_before_the_queue() {
+    let mut cfg = config();
+    cfg.max_active_jobs = 1;
+    let mut h = Harness::new(cfg);
+    any_path_server(&mut h, millis(50));
+    let a = h.submit(job_at("a"));
+    let b = h.submit(job_at("bb"));
+    let c = h.submit(job_at("ccc"));
+    h.run_until("a has bytes", |h| !h.progress(a).is_empty());
+    pause(&mut h, a);
+    assert_eq!(
+        started_order(&h),
+        vec![a, b],
+        "b takes the paused job's slot"
+    );
+    resume(&mut h, a);
+    assert_eq!(
+        h.engine.stats().active,
+        1,
+        "the limit holds: a waits for b's slot"
+    );
+    let resumed_at = h.events.len();
+    h.run(b).expect("b");
+    h.run(a).expect("a, once b's slot was free");
+    let b_done = event_index(&h, b, |e| matches!(e, Event::Finished { .. }));
+    let a_again = resumed_at
+        + h.events[resumed_at..]
+            .iter()
+            .position(|(_, e)| matches!(e, Event::Progress { job, .. } if *job == a))
+            .expect("a made progress after its resume");
+    assert!(
+        a_again > b_done,
+        "a fetched nothing before b's slot was free"
+    );
+    assert!(
+        h.finished(c).is_none(),
+        "the resumed job went before c, queued after it started"
+    );
+    h.run(c).expect("c");
+    assert_committed_at(&h, Path::new("/dl/a"), &pattern(20_000, 2));
+
+    // Paused again before a slot came: it stays paused.
+    let d = h.submit(job_at("dddd"));
+    let e = h.submit(job_at("eeeee"));
+    h.run_until("d has bytes", |h| !h.progress(d).is_empty());
+    pause(&mut h, d);
+    resume(&mut h, d);
+    pause(&mut h, d);
+    h.run(e).expect("e");
+    h.settle();
+    assert!(h.finished(d).is_none(), "d stays paused");
+    resume(&mut h, d);
+    h.run(d).expect("d once resumed again");
+}
+
+#[test]
 fn a_job_paused_before_it_started_stays_queued_until_resumed() {
     let mut cfg = config();
     cfg.max_active_jobs = 1;

@@ -259,7 +259,8 @@ impl Transfer {
         });
     }
 
-    /// Resume a paused download.
+    /// Resume a paused download: it goes on from its bytes at the next free slot (at once
+    /// if one is free), before the queued downloads of its priority.
     pub fn resume(&self) {
         self.send(Msg::Resume {
             ticket: self.ticket,

@@ -135,7 +135,8 @@ impl CancelHandle {
         self.sink.send(Msg::Job(job, JobCommand::Pause));
     }
 
-    /// Resume a job of the running call paused by [`CancelHandle::pause`].
+    /// Resume a job of the running call paused by [`CancelHandle::pause`]: it goes on at the
+    /// next free slot (at once if one is free), before the queued jobs of its priority.
     pub fn resume(&self, job: JobId) {
         self.sink.send(Msg::Job(job, JobCommand::Resume));
     }

@@ -454,6 +454,9 @@ struct Job {
     /// Paused before it ran (queued, or still checking its destination or partial): it
     /// stays queued, or stops as `Paused` where its first attempt would start.
     pause_requested: bool,
+    /// Resumed while every slot was taken: still `Paused`, it waits in
+    /// [`Engine::resuming`] for a slot, ahead of queued jobs of its class.
+    resume_waiting: bool,
     /// The next attempt stays on the URL of the last one (`mirror`): the start-over after a
     /// mixed download failed verification, which blamed no URL. Taken by `pick_url`.
     stay_on_url: bool,
@@ -558,8 +561,8 @@ impl Job {
     /// waiting for its executor digest and not paused. A committing or digesting job has all
     /// its bytes and no connection; it only waits for the disk or the hashing thread, so the
     /// next download starts meanwhile (see [`Engine::schedule`]). A paused one waits for
-    /// its caller, who may take long: its slot goes to the next download, and its resume
-    /// starts it at once (the limit may be passed by the jobs resumed).
+    /// its caller, who may take long: its slot goes to the next download, and once resumed
+    /// it takes the next free slot, before the queued jobs of its class.
     fn holds_slot(&self) -> bool {
         self.is_active()
             && !matches!(self.phase, Phase::Committing { .. } | Phase::Paused)
@@ -609,6 +612,10 @@ pub struct Engine {
     /// a scan meets it. With thousands of jobs submitted at once, scheduling and timers
     /// look at this and at `active_ids` instead of every job on every event.
     queue: BTreeSet<(Reverse<Priority>, JobId)>,
+    /// Paused jobs resumed while every slot was taken ([`Job::resume_waiting`]), most urgent
+    /// class first. A superset: an entry whose job was paused again, cancelled or gone is
+    /// dropped when a scan meets it.
+    resuming: BTreeSet<(Reverse<Priority>, JobId)>,
     /// A superset of the active jobs ([`Job::is_active`]) that are not committing: added when
     /// a job starts, dropped by [`Engine::schedule`] once the job is inactive or gone, moved
     /// to `committing_ids` while it commits.
@@ -833,6 +840,7 @@ impl Engine {
             next_id: 1,
             jobs: HashMap::new(),
             queue: BTreeSet::new(),
+            resuming: BTreeSet::new(),
             active_ids: BTreeSet::new(),
             committing_ids: BTreeSet::new(),
             digesting_ids: BTreeSet::new(),
@@ -1077,6 +1085,7 @@ impl Engine {
             spread_off: false,
             warned_content_coding: false,
             pause_requested: false,
+            resume_waiting: false,
             stay_on_url: false,
             splitting: Splitting::Allowed,
             probe: None,
@@ -1276,6 +1285,12 @@ impl Engine {
                 j.pause_requested = true;
                 return;
             }
+            // Resumed but still waiting for a slot: it stays paused (its entry in
+            // `resuming` is dropped when met).
+            Phase::Paused => {
+                j.resume_waiting = false;
+                return;
+            }
             _ => return,
         }
         self.set_digesting(job, false);
@@ -1287,7 +1302,10 @@ impl Engine {
         self.schedule();
     }
 
-    /// Resume a paused job.
+    /// Resume a paused job. It continues from the bytes it has once it has a slot: at once
+    /// if one is free (a paused job holds none), else at the next free one, before the queued
+    /// jobs of its class (it had started before them). A job paused at its verification
+    /// needs no slot and goes on at once.
     pub fn resume(&mut self, now: Instant, job: JobId) {
         self.advance(now);
         let Some(j) = self.jobs.get_mut(&job) else {
@@ -1311,7 +1329,12 @@ impl Engine {
             }
             return self.schedule();
         }
-        self.start_attempt(job);
+        // It goes on from its bytes once it has a slot: now if one is free, else before the
+        // queued jobs of its class.
+        j.resume_waiting = true;
+        let entry = (Reverse(j.priority()), job);
+        self.resuming.insert(entry);
+        self.schedule();
     }
 
     /// The next output, or `None` when there is nothing more to do right now.
@@ -1419,6 +1442,21 @@ impl Engine {
             {
                 break;
             }
+            // A resumed job waiting for a slot goes first, unless a queued job of a more
+            // urgent class is ready.
+            let resumed = loop {
+                let Some(&entry) = self.resuming.first() else {
+                    break None;
+                };
+                if self
+                    .jobs
+                    .get(&entry.1)
+                    .is_some_and(|j| j.resume_waiting && matches!(j.phase, Phase::Paused))
+                {
+                    break Some(entry);
+                }
+                self.resuming.remove(&entry);
+            };
             // The most urgent queued job whose dependencies all succeeded.
             let mut stale = Vec::new();
             let mut candidate = None;
@@ -1443,6 +1481,14 @@ impl Engine {
             }
             for entry in stale {
                 self.queue.remove(&entry);
+            }
+            if let Some(entry) = resumed.filter(|r| candidate.is_none_or(|c| r.0 <= c.0)) {
+                self.resuming.remove(&entry);
+                if let Some(j) = self.jobs.get_mut(&entry.1) {
+                    j.resume_waiting = false;
+                }
+                self.start_attempt(entry.1);
+                continue;
             }
             let Some((priority, id)) = candidate else {
                 break;
