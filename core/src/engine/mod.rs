@@ -1563,6 +1563,13 @@ impl Engine {
                         j.id
                     );
                 }
+                if j.resume_waiting && matches!(j.phase, Phase::Paused) {
+                    assert!(
+                        self.resuming.contains(&(Reverse(j.priority()), j.id)),
+                        "resumed job {:?} waits outside the resuming index",
+                        j.id
+                    );
+                }
                 assert!(
                     self.by_content
                         .get(&ContentKey::of(&j.spec))
