@@ -181,6 +181,25 @@ pub enum Fault {
     /// The `nth` (from 0) open of a named partial file is refused: another process holds
     /// it locked (`IoErrorKind::Busy`).
     PartialBusy { nth_open: u16 },
+    /// The caller acts on a download after `after_step` steps of the run, if it is running
+    /// then: the plans's download `download` (modulo their number).
+    Control {
+        after_step: u32,
+        download: u8,
+        action: ControlAction,
+    },
+}
+
+/// What the caller does to a running download ([`Fault::Control`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ControlAction {
+    /// Cancel it, keeping its partial (`CancelMode::KeepPartial`); it is started again
+    /// later, and resumes.
+    CancelKeep,
+    /// Cancel it and remove its partial (`CancelMode::Discard`); it is started again later.
+    CancelDiscard,
+    /// Pause it, and resume it `resume_ms` later.
+    Pause { resume_ms: u16 },
 }
 
 /// Fault kinds, for coverage counting.
@@ -206,11 +225,13 @@ pub enum FaultKind {
     ShortWrite,
     Crash,
     PartialBusy,
+    Cancel,
+    Pause,
 }
 
 impl FaultKind {
     /// Every kind; a default swarm must fire each at least once.
-    pub const ALL: [FaultKind; 20] = [
+    pub const ALL: [FaultKind; 22] = [
         FaultKind::Refused,
         FaultKind::Dns,
         FaultKind::ConnectHang,
@@ -231,6 +252,8 @@ impl FaultKind {
         FaultKind::ShortWrite,
         FaultKind::Crash,
         FaultKind::PartialBusy,
+        FaultKind::Cancel,
+        FaultKind::Pause,
     ];
 
     /// A short stable name.
@@ -256,6 +279,8 @@ impl FaultKind {
             FaultKind::ShortWrite => "short-write",
             FaultKind::Crash => "crash",
             FaultKind::PartialBusy => "partial-busy",
+            FaultKind::Cancel => "cancel",
+            FaultKind::Pause => "pause",
         }
     }
 }
@@ -290,6 +315,10 @@ impl Fault {
             },
             Fault::Crash { .. } => FaultKind::Crash,
             Fault::PartialBusy { .. } => FaultKind::PartialBusy,
+            Fault::Control { action, .. } => match action {
+                ControlAction::CancelKeep | ControlAction::CancelDiscard => FaultKind::Cancel,
+                ControlAction::Pause { .. } => FaultKind::Pause,
+            },
         }
     }
 }
@@ -373,7 +402,12 @@ impl Scenario {
         let enabled: Vec<FaultKind> = FaultKind::ALL
             .iter()
             .copied()
-            .filter(|k| *k != FaultKind::PartialBusy)
+            .filter(|k| {
+                !matches!(
+                    k,
+                    FaultKind::PartialBusy | FaultKind::Cancel | FaultKind::Pause
+                )
+            })
             .filter(|_| r.chance(0.45))
             .collect();
         let mut faults = Vec::new();
@@ -403,6 +437,13 @@ impl Scenario {
         if r.chance(0.25) {
             for _ in 0..r.range(1, 4) {
                 let kind = FaultKind::PartialBusy;
+                scenario.faults.push(gen_fault(&mut r, kind, origins));
+            }
+        }
+        // The caller's own acts, drawn after everything else for the same reason.
+        if r.chance(0.3) {
+            for _ in 0..r.range(1, 3) {
+                let kind = r.pick(&[FaultKind::Cancel, FaultKind::Pause]);
                 scenario.faults.push(gen_fault(&mut r, kind, origins));
             }
         }
@@ -476,6 +517,15 @@ impl Scenario {
                 }),
                 Fault::PartialBusy { nth_open } if nth_open > 0 => Some(Fault::PartialBusy {
                     nth_open: nth_open / 2,
+                }),
+                Fault::Control {
+                    after_step,
+                    download,
+                    action,
+                } if after_step > 1 => Some(Fault::Control {
+                    after_step: after_step / 2,
+                    download,
+                    action,
                 }),
                 _ => None,
             };
@@ -627,6 +677,17 @@ fn gen_fault(r: &mut SimRng, kind: FaultKind, origins: u8) -> Fault {
         },
         FaultKind::PartialBusy => Fault::PartialBusy {
             nth_open: r.range(0, 6) as u16,
+        },
+        FaultKind::Cancel | FaultKind::Pause => Fault::Control {
+            after_step: r.log_range(1, 600) as u32,
+            download: r.below(4) as u8,
+            action: match kind {
+                FaultKind::Pause => ControlAction::Pause {
+                    resume_ms: r.range(0, 4000) as u16,
+                },
+                _ if r.chance(0.5) => ControlAction::CancelKeep,
+                _ => ControlAction::CancelDiscard,
+            },
         },
     }
 }

@@ -29,6 +29,15 @@
 //! engine is created on the same disk and the downloads that were running are submitted
 //! again: they resume from the `.haul-part`/`.haul-state` pair on disk.
 //!
+//! # The caller's acts
+//!
+//! A [`Fault::Control`] has the caller act on a running download in the safety phase:
+//! cancel it keeping its partial, cancel it discarding it, or pause it and resume it a
+//! little later. A cancelled download is submitted again shortly after its job ends (it
+//! resumes, or starts over). Checked: a job cancelled with `Discard` that ends `Cancelled`
+//! leaves neither partial nor state file at its destination; a paused job sends no request
+//! until it is resumed.
+//!
 //! # Mirrors and resilience
 //!
 //! A download may have mirrors on other origins ([`crate::scenario::MirrorPlan`]); the
@@ -57,8 +66,8 @@ use haul_core::config::{Config, LowSpeedLimit, RetryPolicy};
 use haul_core::policy::{BreakerConfig, RetryBudget};
 use haul_core::resume::PartState;
 use haul_core::{
-    ConnId, Download, DownloadError, Engine, Event, FileId, Input, Instant, IoErrorKind, IoFailure,
-    IoId, IoOp, IoRequest, IoResult, JobId, Output,
+    CancelMode, ConnId, Download, DownloadError, Engine, Event, FileId, Input, Instant,
+    IoErrorKind, IoFailure, IoId, IoOp, IoRequest, IoResult, JobId, Output,
 };
 use sha2::{Digest, Sha256};
 
@@ -66,7 +75,8 @@ use crate::disk::{VirtualDisk, WriteFault};
 use crate::origin::{parse_request, End, Origins, Representation};
 use crate::resilience::{BackoffModel, BreakerVerdict, BreakerWatch, Mark, RetryWindow};
 use crate::scenario::{
-    Check, ConnectFault, DiskFault, Fault, FaultKind, PlantedBug, ResponseFault, Scenario,
+    Check, ConnectFault, ControlAction, DiskFault, Fault, FaultKind, PlantedBug, ResponseFault,
+    Scenario,
 };
 use crate::seed::{mix, sub_seed, SimRng, Stream};
 use crate::trace::Trace;
@@ -122,6 +132,9 @@ pub enum Invariant {
     /// A job refused its partial file (another process holds it locked) did not end with
     /// `PartialInUse`, or changed that partial or its state file before it ended.
     PartialLock,
+    /// The caller's acts were not honoured: a job cancelled with `Discard` ended `Cancelled`
+    /// but left its partial or state file, or a paused job sent a request before its resume.
+    Control,
 }
 
 /// Resilience features a run exercised, counted like fault kinds.
@@ -400,6 +413,8 @@ enum Ev {
     Restart,
     Resubmit(usize),
     Heal,
+    /// The caller resumes the job it paused.
+    Resume(JobId),
 }
 
 /// The world of one run. See the module documentation.
@@ -440,6 +455,12 @@ pub struct World {
     response_faults: BTreeMap<(u8, u16), ResponseFault>,
     disk_faults: BTreeMap<u32, DiskFault>,
     crash_faults: BTreeMap<u64, u32>,
+    /// The caller's acts by step: (download, action).
+    control_faults: BTreeMap<u64, Vec<(u8, ControlAction)>>,
+    /// Jobs the caller cancelled, and how.
+    cancelled: BTreeMap<JobId, CancelMode>,
+    /// Downloads whose job the caller paused and has not resumed yet.
+    paused: BTreeMap<usize, JobId>,
     /// Opens of named partials so far (in the safety phase), and those to refuse.
     partial_opens: u32,
     busy_faults: BTreeSet<u32>,
@@ -632,6 +653,7 @@ impl World {
         let mut disk_faults = BTreeMap::new();
         let mut crash_faults = BTreeMap::new();
         let mut busy_faults = BTreeSet::new();
+        let mut control_faults: BTreeMap<u64, Vec<(u8, ControlAction)>> = BTreeMap::new();
         for f in &sc.faults {
             match *f {
                 Fault::Connect { origin, nth, kind } => {
@@ -654,6 +676,14 @@ impl World {
                 Fault::PartialBusy { nth_open } => {
                     busy_faults.insert(u32::from(nth_open));
                 }
+                Fault::Control {
+                    after_step,
+                    download,
+                    action,
+                } => control_faults
+                    .entry(u64::from(after_step))
+                    .or_default()
+                    .push((download, action)),
             }
         }
         let budget_per_minute = engine_config(&sc, 0).retry.budget_per_minute;
@@ -694,6 +724,9 @@ impl World {
             response_faults,
             disk_faults,
             crash_faults,
+            control_faults,
+            cancelled: BTreeMap::new(),
+            paused: BTreeMap::new(),
             partial_opens: 0,
             busy_faults,
             refused: BTreeMap::new(),
@@ -797,6 +830,13 @@ impl World {
             if !self.healed && self.engine.is_some() {
                 if let Some(restart_ms) = self.crash_faults.remove(&self.steps) {
                     self.crash(restart_ms);
+                }
+            }
+            if !self.healed && self.engine.is_some() {
+                for (download, action) in
+                    self.control_faults.remove(&self.steps).unwrap_or_default()
+                {
+                    self.control(download, action);
                 }
             }
             if self.all_settled() {
@@ -924,6 +964,21 @@ impl World {
                 self.wake_recv(conn);
             }
             Ev::Restart => self.restart(),
+            Ev::Resume(job) => {
+                let Some(&i) = self.jobs.get(&job) else {
+                    return;
+                };
+                if self.paused.get(&i) != Some(&job) {
+                    return;
+                }
+                self.paused.remove(&i);
+                self.log(|| format!("caller resumes d{i} ({job})"));
+                let now = self.now;
+                if let Some(engine) = self.engine.as_mut() {
+                    engine.resume(now, job);
+                    self.drain();
+                }
+            }
             Ev::Resubmit(i) => {
                 if self.downloads[i].status == DlStatus::Waiting {
                     if self.engine.is_some() {
@@ -1001,6 +1056,46 @@ impl World {
         self.drain();
     }
 
+    /// The caller acts on download `download` (modulo their number) if it is running.
+    fn control(&mut self, download: u8, action: ControlAction) {
+        let i = usize::from(download) % self.downloads.len();
+        let DlStatus::Active { job, .. } = self.downloads[i].status else {
+            return;
+        };
+        if self.cancelled.contains_key(&job) || self.paused.contains_key(&i) {
+            return;
+        }
+        let now = self.now;
+        match action {
+            ControlAction::CancelKeep | ControlAction::CancelDiscard => {
+                let mode = if action == ControlAction::CancelKeep {
+                    CancelMode::KeepPartial
+                } else {
+                    CancelMode::Discard
+                };
+                self.fire(FaultKind::Cancel);
+                self.log(|| format!("caller cancels d{i} ({job}, {mode:?})"));
+                self.cancelled.insert(job, mode);
+                self.engine
+                    .as_mut()
+                    .expect("checked by the caller")
+                    .cancel(now, job, mode);
+            }
+            ControlAction::Pause { resume_ms } => {
+                self.fire(FaultKind::Pause);
+                self.log(|| format!("caller pauses d{i} ({job}) for {resume_ms}ms"));
+                self.paused.insert(i, job);
+                self.engine
+                    .as_mut()
+                    .expect("checked by the caller")
+                    .pause(now, job);
+                let at = now + Duration::from_millis(u64::from(resume_ms));
+                self.schedule(at, Ev::Resume(job));
+            }
+        }
+        self.drain();
+    }
+
     fn crash(&mut self, restart_ms: u32) {
         self.fire(FaultKind::Crash);
         self.crashes += 1;
@@ -1018,6 +1113,9 @@ impl World {
         self.delayed.clear();
         // The process that was refused is gone; whatever it did is judged by the rest.
         self.refused.clear();
+        // So are the caller's jobs: the downloads start again, neither paused nor cancelled.
+        self.cancelled.clear();
+        self.paused.clear();
         self.queue
             .retain(|_, ev| !matches!(ev, Ev::Io(_) | Ev::Deliver(_) | Ev::ServerIdleClose { .. }));
         for (_, i) in std::mem::take(&mut self.jobs) {
@@ -1169,7 +1267,8 @@ impl World {
                     self.schedule(now + lat, Ev::Io(id));
                 }
             }
-            IoOp::Send { .. } => {
+            IoOp::Send { data, .. } => {
+                self.check_paused_send(data);
                 self.send_issued.insert(id, now);
                 let lat = Duration::from_micros(self.net.log_range(20, 2_000));
                 self.schedule(now + lat, Ev::Io(id));
@@ -1626,7 +1725,19 @@ impl World {
             }
             Event::Finished { result, .. } => {
                 self.jobs.remove(&job);
+                if self.paused.get(&i) == Some(&job) {
+                    self.paused.remove(&i);
+                }
+                let refused = self.refused.contains_key(&i);
                 self.check_refused_partial(i, &result);
+                if let Some(mode) = self.cancelled.remove(&job) {
+                    if result == Err(DownloadError::Cancelled) {
+                        self.downloads[i].backoff_until = None;
+                        self.breakers.ended(i);
+                        self.on_cancelled(i, mode, refused);
+                        return;
+                    }
+                }
                 self.downloads[i].backoff_until = None;
                 self.breakers.ended(i);
                 match result {
@@ -1709,6 +1820,52 @@ impl World {
                 format!("d{i} changed its refused partial or state: {before:?} -> {after:?}");
             self.violate(Invariant::PartialLock, detail);
         }
+    }
+
+    /// A request issued while its download's job is paused breaks the caller's pause.
+    fn check_paused_send(&mut self, data: &Bytes) {
+        if self.paused.is_empty() {
+            return;
+        }
+        let Ok(Some((req, _))) = parse_request(data) else {
+            return;
+        };
+        let Some(i) = download_of_path(&req.path) else {
+            return;
+        };
+        if let Some(&job) = self.paused.get(&i) {
+            let path = req.path.clone();
+            self.violate(
+                Invariant::Control,
+                format!("d{i} ({job}) requests {path} while the caller has it paused"),
+            );
+        }
+    }
+
+    /// Download `i`'s job, which the caller cancelled with `mode`, ended `Cancelled`:
+    /// cancelled with `Discard`, it leaves no partial and no state file. A job refused its
+    /// partial (another process holds it) leaves that process's files alone instead (see
+    /// [`World::check_refused_partial`]). The download is submitted again shortly.
+    fn on_cancelled(&mut self, i: usize, mode: CancelMode, refused: bool) {
+        if mode == CancelMode::Discard && !refused {
+            let dest = &self.downloads[i].dest;
+            let left: Vec<String> = [".haul-part", ".haul-state"]
+                .iter()
+                .map(|s| with_suffix(dest, s))
+                .filter(|p| self.disk.version(p).is_some())
+                .map(|p| p.display().to_string())
+                .collect();
+            if !left.is_empty() {
+                let detail = format!(
+                    "d{i} was cancelled with Discard and left {}",
+                    left.join(" and ")
+                );
+                return self.violate(Invariant::Control, detail);
+            }
+        }
+        self.downloads[i].status = DlStatus::Waiting;
+        let at = self.now + Duration::from_millis(300);
+        self.schedule(at, Ev::Resubmit(i));
     }
 
     fn on_failure(&mut self, i: usize, error: &DownloadError) {
