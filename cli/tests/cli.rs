@@ -288,6 +288,34 @@ fn input_file_tab_separated_mirrors_are_used() {
     assert_eq!(std::fs::read(dir.path().join("x.bin")).unwrap(), body);
 }
 
+/// Two list entries with the same bytes (the same sha256 under two URLs, or one URL twice)
+/// make one transfer, and each entry's file is written under its own name.
+#[test]
+fn list_entries_with_the_same_bytes_are_each_saved_under_their_own_name() {
+    let body = data(50_000);
+    let origin = Origin::start().unwrap();
+    origin.route("/big.bin", body.clone(), Behavior::Normal);
+    origin.route("/big2.bin", body.clone(), Behavior::Normal);
+    let dir = tempfile::tempdir().unwrap();
+    let sha = hex::encode(Sha256::digest(&body));
+    let list = format!(
+        "{}\n  checksum=sha-256={sha}\n{}\n  checksum=sha-256={sha}\n{}\n  out=renamed.bin\n{}\n  dir={}\n",
+        origin.url("/big.bin"),
+        origin.url("/big2.bin"),
+        origin.url("/big2.bin"),
+        origin.url("/big2.bin"),
+        dir.path().join("d2").display(),
+    );
+    assert_ok(&get_list(dir.path(), &list, dir.path(), &["--quiet"]));
+    for name in ["big.bin", "big2.bin", "renamed.bin", "d2/big2.bin"] {
+        assert_eq!(
+            std::fs::read(dir.path().join(name)).ok().as_deref(),
+            Some(&body[..]),
+            "{name}"
+        );
+    }
+}
+
 #[test]
 fn input_file_credentials_and_headers_go_with_their_own_entry() {
     let body = data(10_000);

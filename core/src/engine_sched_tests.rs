@@ -1674,6 +1674,52 @@ fn the_same_sha256_under_different_urls_is_fetched_once() {
 }
 
 #[test]
+fn a_duplicate_into_a_directory_is_saved_under_its_own_name_not_the_leaders() {
+    let body = pattern(30_000, 12);
+    let mut h = Harness::new(config());
+    let b = body.clone();
+    h.serve(ORIGIN, move |req| {
+        Reply::new(serve_range(&b, req)).pieces(&[3000])
+    });
+    let digest = sha_hex(&body);
+    // The same bytes under two URLs into one directory: each keeps its URL's name.
+    let one = Download::into_dir(&format!("{ORIGIN}/x/big.bin"), "/dl")
+        .unwrap()
+        .sha256(&digest)
+        .unwrap();
+    let two = Download::into_dir(&format!("{ORIGIN}/y/big2.bin"), "/dl")
+        .unwrap()
+        .sha256(&digest)
+        .unwrap();
+    // The first URL again, once to a named file and once into another directory.
+    let named = Download::new(&format!("{ORIGIN}/x/big.bin"), "/dl/renamed.bin")
+        .unwrap()
+        .sha256(&digest)
+        .unwrap();
+    let same_url = Download::into_dir(&format!("{ORIGIN}/x/big.bin"), "/d2").unwrap();
+    let ids: Vec<JobId> = [one, two, named].into_iter().map(|d| h.submit(d)).collect();
+    let outs: Vec<_> = ids
+        .iter()
+        .map(|id| h.run(*id).expect("each succeeds"))
+        .collect();
+    assert_eq!(h.requests.len(), 1, "one transfer for all");
+    for (out, path) in outs
+        .iter()
+        .zip(["/dl/big.bin", "/dl/big2.bin", "/dl/renamed.bin"])
+    {
+        assert_eq!(out.path, Path::new(path));
+        assert_committed_at(&h, Path::new(path), &body);
+    }
+    // Led by the named download, a directory download of its URL takes the URL's name.
+    let lead = h.submit(Download::new(&format!("{ORIGIN}/x/big.bin"), "/d2/out.bin").unwrap());
+    let follow = h.submit(same_url);
+    h.run(lead).expect("lead");
+    let out = h.run(follow).expect("follower");
+    assert_eq!(out.path, Path::new("/d2/big.bin"));
+    assert_committed_at(&h, Path::new("/d2/big.bin"), &body);
+}
+
+#[test]
 fn when_the_leader_fails_the_follower_downloads_on_its_own() {
     let body = pattern(30_000, 11);
     let mut h = Harness::new(config());

@@ -1715,14 +1715,19 @@ impl Engine {
             let fj = self.jobs.get_mut(&f).expect("follower exists");
             match &result {
                 Ok(o) if duplicate => {
+                    // A follower into a directory gets its own name: its URL's, or, for the
+                    // leader's URL into a directory too, the name the leader's response gave
+                    // (`Content-Disposition`), as its own response would. Never the leader's
+                    // name otherwise: two URLs with the same bytes, or one URL also listed
+                    // with an `out=` name, keep their own names.
                     let dest = match &fj.spec.dest {
                         Destination::File(p) => p.clone(),
-                        Destination::Dir(d) => d.join(
-                            o.path
-                                .file_name()
-                                .map(PathBuf::from)
-                                .unwrap_or_else(|| PathBuf::from("download")),
-                        ),
+                        Destination::Dir(d) => d.join(match (&job.spec.dest, &job.dest_name) {
+                            (Destination::Dir(_), Some(name)) if fj.spec.url == job.spec.url => {
+                                name.clone()
+                            }
+                            _ => crate::download::file_name_from_url(&fj.spec.url),
+                        }),
                     };
                     let mut outcome = o.clone();
                     outcome.path = dest.clone();
