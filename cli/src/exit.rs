@@ -46,7 +46,33 @@ pub fn for_download(e: &DownloadError) -> i32 {
     }
 }
 
-/// The code of the first failure, in the order the downloads were given.
+/// The code of the first failure, in the order the downloads were given; but an
+/// interruption wins over every failure: a script that sees 130 knows to run the command
+/// again to resume what was cut short, whatever else failed before it.
 pub fn combine(codes: impl IntoIterator<Item = i32>) -> i32 {
-    codes.into_iter().find(|c| *c != OK).unwrap_or(OK)
+    let mut first = OK;
+    for code in codes {
+        if code == INTERRUPTED {
+            return INTERRUPTED;
+        }
+        if first == OK {
+            first = code;
+        }
+    }
+    first
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn combine_takes_the_first_failure_but_an_interruption_over_any() {
+        assert_eq!(combine([OK, OK]), OK);
+        assert_eq!(combine([OK, HTTP_STATUS, NETWORK]), HTTP_STATUS);
+        assert_eq!(
+            combine([HTTP_STATUS, OK, INTERRUPTED, NETWORK]),
+            INTERRUPTED
+        );
+    }
 }

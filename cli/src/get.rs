@@ -373,14 +373,25 @@ fn list_names(dir: &Path) -> Option<std::collections::HashSet<std::ffi::OsString
     }
 }
 
+/// A command refused before any download (bad options, a bad list): the reason on stderr
+/// and, with `--json`, as a JSON line on stdout too, so that a consumer of the lines learns
+/// why there are none; exit 2.
+fn refuse(args: &GetArgs, msg: &str) -> i32 {
+    eprintln!("haul get: {msg}");
+    if args.json {
+        println!(
+            "{}",
+            serde_json::json!({"event": "error", "error": msg, "exit_code": exit::USAGE})
+        );
+    }
+    exit::USAGE
+}
+
 /// Run `haul get`; returns the exit code.
 pub fn run(args: GetArgs) -> i32 {
     let (config, downloads) = match args.config().and_then(|c| Ok((c, args.downloads()?))) {
         Ok(x) => x,
-        Err(msg) => {
-            eprintln!("haul get: {msg}");
-            return exit::USAGE;
-        }
+        Err(msg) => return refuse(&args, &msg),
     };
     // Read the local UTC offset while this process has one thread (the C library's local
     // time is not safe to read once threads run).
@@ -394,10 +405,7 @@ pub fn run(args: GetArgs) -> i32 {
     });
     let client = match Client::new(config) {
         Ok(c) => c,
-        Err(e) => {
-            eprintln!("haul get: {e}");
-            return exit::USAGE;
-        }
+        Err(e) => return refuse(&args, &e.to_string()),
     };
     if let (Some(rates), Some(offset)) = (args.limit_schedule.clone(), utc_offset) {
         client.set_rate_schedule(rates, offset);

@@ -55,6 +55,8 @@ pub struct Reporter {
     /// The label of each job queued and not started yet: one that fails before it starts
     /// (refused, or its dependency failed) is still named in its error line.
     waiting: BTreeMap<JobId, String>,
+    /// With `--json`, each unfinished job's URL, for its `finished` line when it fails.
+    urls: BTreeMap<JobId, String>,
     started: Instant,
     total_jobs: usize,
     done_jobs: usize,
@@ -97,6 +99,7 @@ impl Reporter {
             overall,
             jobs: BTreeMap::new(),
             waiting: BTreeMap::new(),
+            urls: BTreeMap::new(),
             started: Instant::now(),
             total_jobs,
             done_jobs: 0,
@@ -126,6 +129,7 @@ impl Reporter {
             Event::Queued { job, url } => {
                 if self.mode == Mode::Json {
                     self.emit_json(json!({"event": "queued", "job": job.0, "url": url}));
+                    self.urls.insert(*job, url.clone());
                 } else {
                     self.waiting.insert(*job, label_of(url));
                 }
@@ -292,16 +296,17 @@ impl Reporter {
             }
         }
         let waiting = self.waiting.remove(&job);
+        let url = self.urls.remove(&job);
         let label = view.map(|v| v.label).or(waiting).unwrap_or_default();
         match (self.mode, result) {
             (Mode::Json, Ok(o)) => self.emit_json(json!({
-                "event": "finished", "job": job.0, "ok": true, "path": o.path, "size": o.size,
+                "event": "finished", "job": job.0, "ok": true, "path": o.path.to_string_lossy(), "size": o.size,
                 "sha256": o.sha256_hex(), "resumed_from": o.resumed_from, "fetched": o.bytes_fetched,
                 "attempts": o.attempts, "seconds": o.elapsed.as_secs_f64(), "rate": o.average_rate(),
                 "url": o.final_url,
             })),
             (Mode::Json, Err(e)) => self.emit_json(json!({
-                "event": "finished", "job": job.0, "ok": false, "error": e.to_string(),
+                "event": "finished", "job": job.0, "ok": false, "url": url, "error": e.to_string(),
                 "class": format!("{:?}", e.class()), "retryable": e.retryable(),
                 "exit_code": crate::exit::for_download(e),
             })),

@@ -240,7 +240,7 @@ fn report_install(done: &VsixInstall, args: &VsixInstallArgs) {
             json!({
                 "id": id,
                 "version": version,
-                "dir": done.dir,
+                "dir": done.dir.to_string_lossy(),
                 "already_installed": done.already_installed,
                 "files": done.files,
                 "made_executable": done.healed.made_executable,
@@ -290,7 +290,7 @@ fn extension_json(e: &InstalledExtension) -> serde_json::Value {
         "publisher": e.publisher,
         "name": e.name,
         "version": e.version,
-        "dir": e.dir,
+        "dir": e.dir.to_string_lossy(),
     })
 }
 

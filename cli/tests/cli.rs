@@ -176,6 +176,68 @@ fn json_mode_prints_parseable_event_lines() {
     );
 }
 
+/// `--json` stays JSON whatever the destination's name: a directory whose name is not UTF-8
+/// is written lossily in the `finished` line (it used to panic after the download).
+#[test]
+fn json_mode_writes_a_destination_that_is_not_utf8_lossily() {
+    use std::os::unix::ffi::OsStrExt;
+    let origin = Origin::start().unwrap();
+    origin.route("/a", data(5000), Behavior::Normal);
+    let dir = tempfile::tempdir().unwrap();
+    let odd = dir.path().join(std::ffi::OsStr::from_bytes(b"dir\xff"));
+    let out = haul()
+        .args(["get", &origin.url("/a"), "--json", "-d"])
+        .arg(&odd)
+        .output()
+        .unwrap();
+    assert_ok(&out);
+    let finished: serde_json::Value = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(|l| serde_json::from_str::<serde_json::Value>(l).expect("every line is JSON"))
+        .find(|v| v["event"] == "finished")
+        .expect("a finished line");
+    assert!(
+        finished["path"]
+            .as_str()
+            .unwrap()
+            .ends_with("dir\u{fffd}/a"),
+        "{finished}"
+    );
+    assert_eq!(std::fs::read(odd.join("a")).unwrap(), data(5000));
+}
+
+/// With `--json`, a command refused before any download says why on stdout too, and a
+/// failed download's `finished` line names its URL.
+#[test]
+fn json_mode_reports_refusals_and_names_the_url_of_a_failure() {
+    let out = haul()
+        .args(["get", "--json", "ftp://example.invalid/x"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let line: serde_json::Value = serde_json::from_slice(&out.stdout).expect("one JSON line");
+    assert_eq!(line["event"], "error");
+    assert_eq!(line["exit_code"], 2);
+    assert!(line["error"].as_str().unwrap().contains("ftp"), "{line}");
+
+    let origin = Origin::start().unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let url = origin.url("/missing");
+    let out = haul()
+        .args(["get", &url, "--json", "-d"])
+        .arg(dir.path())
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(4));
+    let finished: serde_json::Value = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .find(|v| v["event"] == "finished")
+        .expect("a finished line");
+    assert_eq!(finished["ok"], false);
+    assert_eq!(finished["url"], url.as_str());
+}
+
 #[test]
 fn demo_downloads_and_verifies_every_asset() {
     let dir = tempfile::tempdir().unwrap();
