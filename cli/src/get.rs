@@ -43,7 +43,7 @@ pub struct GetArgs {
         default_value_t = 16
     )]
     pub max_connections_per_host: usize,
-    /// Global rate limit in bytes/s (e.g. 20M).
+    /// Global rate limit in bytes/s (e.g. 20M); 0 means unlimited, as for curl and aria2.
     #[arg(long = "limit-rate", value_name = "RATE", value_parser = parse_size)]
     pub limit_rate: Option<u64>,
     /// Global rate limit by local time of day: `HH:MM=RATE,...`, each entry in force until
@@ -171,7 +171,7 @@ impl GetArgs {
         c.max_active_jobs = self.jobs.max(1);
         c.max_connections_per_origin = self.max_connections_per_host.max(1);
         c.max_connections = c.max_connections.max(c.max_connections_per_origin);
-        c.rate_limit = self.limit_rate;
+        c.rate_limit = self.limit_rate.filter(|rate| *rate > 0);
         c.retry.max_elapsed = secs("retry-max-time", self.retry_max_time)?;
         c.proxy = haul_core::ProxyConfig::from_lookup(|k| std::env::var(k).ok())
             .map_err(|e| e.to_string())?;
@@ -257,7 +257,13 @@ impl GetArgs {
             let file_dest = self.output.is_some() || entry.out.is_some();
             let d = match (&self.output, &entry.out) {
                 (Some(o), _) => Download::new(url, o.clone()),
-                (None, Some(name)) => Download::new(url, dir.join(name)),
+                (None, Some(name)) => {
+                    let path = dir.join(name);
+                    check_file_dest(&path).map_err(|why| {
+                        entry.locate(format!("out={name}: {} {why}", path.display()))
+                    })?;
+                    Download::new(url, path)
+                }
                 (None, None) => Download::into_dir(url, dir),
             };
             let mut d = d.map_err(|e| entry.locate(e))?;
@@ -292,16 +298,26 @@ impl GetArgs {
 /// directory would fail only at the final rename; a device such as `/dev/null`, a FIFO or a
 /// socket would be replaced by a regular file, or block the open).
 fn check_output(output: &Path) -> Result<(), String> {
-    let shown = output.display();
-    if output.as_os_str().to_string_lossy().ends_with('/') {
-        return Err(format!("-o {shown} names a directory; use -d DIR"));
+    check_file_dest(output).map_err(|why| format!("-o {} {why}; use -d DIR", output.display()))
+}
+
+/// Why `path` cannot be a file that haul replaces with a download, if it cannot: it ends in
+/// `/`, `.` or `..` (a directory by its name), or it is a directory, a device, a FIFO or a
+/// socket now. (`Path` drops a final `.`, so the name is looked at as written.)
+fn check_file_dest(path: &Path) -> Result<(), String> {
+    use std::os::unix::ffi::OsStrExt;
+    let raw = path.as_os_str().as_bytes();
+    let last = raw.rsplit(|b| *b == b'/').next().unwrap_or_default();
+    if raw.ends_with(b"/") || last == b"." || last == b".." {
+        return Err("names a directory, not a file".into());
     }
-    match std::fs::metadata(output) {
-        Ok(meta) if meta.is_dir() => Err(format!("-o {shown} is a directory; use -d DIR")),
-        Ok(meta) if !meta.is_file() => Err(format!(
-            "-o {shown} is not a regular file (a device, FIFO or socket); haul replaces its \
-             destination with the verified file"
-        )),
+    match std::fs::metadata(path) {
+        Ok(meta) if meta.is_dir() => Err("is a directory".into()),
+        Ok(meta) if !meta.is_file() => Err(
+            "is not a regular file (a device, FIFO or socket); haul replaces its destination \
+             with the verified file"
+                .into(),
+        ),
         _ => Ok(()),
     }
 }

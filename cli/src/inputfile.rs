@@ -58,7 +58,8 @@ fn check_out(value: &str) -> Result<String, String> {
     if value.is_empty() {
         return bad("names no file");
     }
-    if value.ends_with(['/', '\\']) {
+    let last = value.rsplit(['/', '\\']).next().unwrap_or_default();
+    if value.ends_with(['/', '\\']) || last == "." || last == ".." {
         return bad("names a directory, not a file");
     }
     let path = Path::new(value);

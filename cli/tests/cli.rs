@@ -92,6 +92,28 @@ fn http_404_exits_4_and_refused_connection_exits_3() {
     );
 }
 
+/// `--limit-rate 0` is no limit (curl's and aria2's meaning), not a refused configuration.
+#[test]
+fn limit_rate_0_means_unlimited() {
+    let origin = Origin::start().unwrap();
+    origin.route("/a", data(100_000), Behavior::Normal);
+    let dir = tempfile::tempdir().unwrap();
+    let out = haul()
+        .args([
+            "get",
+            &origin.url("/a"),
+            "--limit-rate",
+            "0",
+            "--quiet",
+            "-d",
+        ])
+        .arg(dir.path())
+        .output()
+        .unwrap();
+    assert_ok(&out);
+    assert_eq!(std::fs::read(dir.path().join("a")).unwrap(), data(100_000));
+}
+
 #[test]
 fn usage_errors_exit_2() {
     let out = haul().args(["get", "ftp://x/y"]).output().unwrap();
@@ -455,12 +477,24 @@ fn a_list_entry_whose_out_leaves_its_directory_fails_the_list_before_any_request
     let origin = Origin::start().unwrap();
     origin.route("/x.bin", data(1000), Behavior::Normal);
     let dir = tempfile::tempdir().unwrap();
-    for out_value in ["../escaped.bin", "/tmp/escaped.bin"] {
+    // An out= that is a directory, by its name or on disk, fails the same way (it used to
+    // fail only at the commit, after the download).
+    std::fs::create_dir_all(dir.path().join("dl/sub")).unwrap();
+    for out_value in [
+        "../escaped.bin",
+        "/tmp/escaped.bin",
+        "sub",
+        "new/.",
+        "new/..",
+    ] {
         let list = format!("{}\n  out={out_value}\n", origin.url("/x.bin"));
         let out = get_list(dir.path(), &list, &dir.path().join("dl"), &[]);
         let stderr = String::from_utf8_lossy(&out.stderr);
         assert_eq!(out.status.code(), Some(2), "{stderr}");
-        assert!(stderr.contains("list.txt: line 2: out="), "{stderr}");
+        assert!(
+            stderr.contains("list.txt: line ") && stderr.contains(": out="),
+            "{stderr}"
+        );
     }
     assert!(origin.requests().is_empty());
     assert!(!dir.path().join("escaped.bin").exists());
@@ -484,11 +518,15 @@ fn an_output_that_is_no_replaceable_file_is_refused_before_any_request() {
     let dir = tempfile::tempdir().unwrap();
     let dir_arg = dir.path().to_str().unwrap().to_string();
     let slash = format!("{dir_arg}/new/");
+    let dot = format!("{dir_arg}/new/.");
+    let dotdot = format!("{dir_arg}/new/..");
     let reserved = format!("{dir_arg}/x.bin.haul-part");
     for (output, says) in [
         (dir_arg.as_str(), "is a directory"),
         ("/dev/null", "is not a regular file"),
         (slash.as_str(), "names a directory"),
+        (dot.as_str(), "names a directory"),
+        (dotdot.as_str(), "names a directory"),
         (reserved.as_str(), "haul's working files"),
     ] {
         let out = haul()
