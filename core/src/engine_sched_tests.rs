@@ -1905,6 +1905,45 @@ fn a_job_resumed_while_every_slot_is_taken_waits_for_one_and_goes_before_the_que
 }
 
 #[test]
+fn a_job_paused_in_its_backoff_and_resumed_waits_out_the_rest_of_it() {
+    let mut h = Harness::new(config());
+    let body = pattern(20_000, 7);
+    let b = body.clone();
+    h.serve(ORIGIN, move |req| {
+        if req.seq == 0 {
+            Reply::new(with_length(503, &[], b"busy"))
+        } else {
+            Reply::new(serve_range(&b, req)).pieces(&[5000])
+        }
+    });
+    let job = h.submit(job_at("a"));
+    h.run_until("a retry is due", |h| {
+        h.events
+            .iter()
+            .any(|(_, e)| matches!(e, Event::Retrying { .. }))
+    });
+    let until = h
+        .events
+        .iter()
+        .find_map(|(t, e)| match e {
+            Event::Retrying { delay, .. } => Some(*t + *delay),
+            _ => None,
+        })
+        .expect("a retry");
+    assert!(until > h.now, "the backoff is not over");
+    pause(&mut h, job);
+    resume(&mut h, job);
+    h.run(job).expect("the retry succeeds");
+    assert_eq!(h.requests.len(), 2);
+    assert!(
+        h.requests[1].at >= until,
+        "the retry went at {:?}, before its backoff ended at {until:?}",
+        h.requests[1].at
+    );
+    assert_committed_at(&h, Path::new("/dl/a"), &body);
+}
+
+#[test]
 fn a_job_paused_before_it_started_stays_queued_until_resumed() {
     let mut cfg = config();
     cfg.max_active_jobs = 1;

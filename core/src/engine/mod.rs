@@ -457,6 +457,9 @@ struct Job {
     /// Resumed while every slot was taken: still `Paused`, it waits in
     /// [`Engine::resuming`] for a slot, ahead of queued jobs of its class.
     resume_waiting: bool,
+    /// Paused in a backoff (or a wait for a breaker) that ends then: resumed before, it
+    /// waits out the rest instead of starting its next attempt at once.
+    paused_backoff: Option<Instant>,
     /// The next attempt stays on the URL of the last one (`mirror`): the start-over after a
     /// mixed download failed verification, which blamed no URL. Taken by `pick_url`.
     stay_on_url: bool,
@@ -1086,6 +1089,7 @@ impl Engine {
             warned_content_coding: false,
             pause_requested: false,
             resume_waiting: false,
+            paused_backoff: None,
             stay_on_url: false,
             splitting: Splitting::Allowed,
             probe: None,
@@ -1296,6 +1300,10 @@ impl Engine {
         self.set_digesting(job, false);
         self.stop_transfers(job);
         if let Some(j) = self.jobs.get_mut(&job) {
+            j.paused_backoff = match j.phase {
+                Phase::Backoff { until } => Some(until),
+                _ => None,
+            };
             j.phase = Phase::Paused;
             j.meter.restart();
         }
@@ -1484,10 +1492,20 @@ impl Engine {
             }
             if let Some(entry) = resumed.filter(|r| candidate.is_none_or(|c| r.0 <= c.0)) {
                 self.resuming.remove(&entry);
-                if let Some(j) = self.jobs.get_mut(&entry.1) {
+                let now = self.now;
+                let backoff = self.jobs.get_mut(&entry.1).and_then(|j| {
                     j.resume_waiting = false;
+                    j.paused_backoff.take().filter(|until| *until > now)
+                });
+                match backoff {
+                    // Paused in a backoff not over yet: it waits out the rest.
+                    Some(until) => {
+                        if let Some(j) = self.jobs.get_mut(&entry.1) {
+                            j.phase = Phase::Backoff { until };
+                        }
+                    }
+                    None => self.start_attempt(entry.1),
                 }
-                self.start_attempt(entry.1);
                 continue;
             }
             let Some((priority, id)) = candidate else {
