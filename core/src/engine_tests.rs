@@ -3356,6 +3356,57 @@ fn directory_destination_takes_its_name_from_content_disposition() {
     assert!(!h.fs.exists(part()), "the partial was named after the URL");
 }
 
+/// A server's name never replaces a file that is there: the job fails with
+/// `ServerNameTaken`, the existing file untouched; once it is gone, the same download
+/// commits under the server's name.
+#[test]
+fn a_name_from_content_disposition_never_replaces_an_existing_file() {
+    let body = pattern(1_000, 45);
+    let mut h = Harness::new(config());
+    let b = body.clone();
+    h.serve(ORIGIN, move |_| {
+        let cd = hdr("Content-Disposition", "attachment; filename=\"real.bin\"");
+        Reply::new(with_length(200, &[cd], &b))
+    });
+    h.fs.put("/dl/real.bin", b"the user's own file");
+    let job = h.submit(Download::into_dir(URL, "/dl").unwrap());
+    let result = h.run(job);
+    assert_eq!(
+        result,
+        Err(DownloadError::ServerNameTaken {
+            path: PathBuf::from("/dl/real.bin")
+        })
+    );
+    assert_eq!(result.unwrap_err().class(), crate::ErrorClass::Usage);
+    assert_eq!(h.fs.get("/dl/real.bin"), Some(&b"the user's own file"[..]));
+    h.settle();
+    assert_eq!(h.engine.active_jobs(), 0);
+
+    h.fs.names.remove(Path::new("/dl/real.bin"));
+    let again = h.submit(Download::into_dir(URL, "/dl").unwrap());
+    let out = h.run(again).expect("the name is free now");
+    assert_eq!(out.path, PathBuf::from("/dl/real.bin"));
+    assert_eq!(h.fs.get("/dl/real.bin"), Some(&body[..]));
+}
+
+/// A hidden name from a server (`.bashrc`) is not taken: the URL's name is used.
+#[test]
+fn a_hidden_name_from_content_disposition_is_ignored_for_the_urls() {
+    let body = pattern(1_000, 46);
+    let mut h = Harness::new(config());
+    let b = body.clone();
+    h.serve(ORIGIN, move |_| {
+        let cd = hdr("Content-Disposition", "attachment; filename=\".bashrc\"");
+        Reply::new(with_length(200, &[cd], &b))
+    });
+    h.fs.put("/dl/.bashrc", b"alias ls='ls -F'");
+    let job = h.submit(Download::into_dir(URL, "/dl").unwrap());
+    let out = h.run(job).expect("download succeeds");
+    assert_eq!(out.path, dest());
+    assert_eq!(h.fs.get(dest()), Some(&body[..]));
+    assert_eq!(h.fs.get("/dl/.bashrc"), Some(&b"alias ls='ls -F'"[..]));
+}
+
 /// A body cut after 1 000 bytes on the first attempt, served with `validator` headers.
 fn cut_once_without_strong_validator(validator: &[(&'static str, String)]) {
     let body = pattern(3_000, 44);

@@ -171,6 +171,11 @@ pub enum DownloadError {
     /// destination: it holds the partial file (`path`) locked. Nothing of that partial was changed; this job was refused.
     #[error("{path} is being written by another download (another process, or another client in this one, holds the partial file locked)", path = path.display())]
     PartialInUse { path: PathBuf },
+    /// The server named the file (`Content-Disposition`) after one that already exists in
+    /// the destination directory: a name the server chose never replaces a file. Nothing
+    /// was committed.
+    #[error("the server names the file {path}, which already exists; a name the server chose never replaces a file (remove it, or name the download's file yourself)", path = path.display())]
+    ServerNameTaken { path: PathBuf },
 }
 
 impl DownloadError {
@@ -200,6 +205,7 @@ impl DownloadError {
             DownloadError::InvalidRequest(_)
             | DownloadError::DestinationInUse { .. }
             | DownloadError::PartialInUse { .. }
+            | DownloadError::ServerNameTaken { .. }
             | DownloadError::TooManyRedirects { .. }
             | DownloadError::RedirectLoop { .. }
             | DownloadError::SizeMismatch { .. }
@@ -277,6 +283,7 @@ impl DownloadError {
             DownloadError::InvalidRequest(_)
             | DownloadError::DestinationInUse { .. }
             | DownloadError::PartialInUse { .. }
+            | DownloadError::ServerNameTaken { .. }
             | DownloadError::DependencyUnknown { .. } => ErrorClass::Usage,
             DownloadError::Connect { .. }
             | DownloadError::Connection { .. }

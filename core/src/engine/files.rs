@@ -5,8 +5,8 @@ use bytes::Bytes;
 use sha2::{Digest, Sha256};
 
 use super::{
-    unexpected, CleanStep, Engine, Event, FileStep, JobId, Phase, ReadAhead, ValidatorSource,
-    CATCH_UP_CHUNK, REHASH_CHUNK,
+    unexpected, CleanStep, Engine, Event, FileStep, JobId, NameProbe, Phase, ReadAhead,
+    ValidatorSource, CATCH_UP_CHUNK, REHASH_CHUNK,
 };
 use crate::download::Outcome;
 use crate::error::DownloadError;
@@ -374,6 +374,28 @@ impl Engine {
                 self.file_io(id, FileStep::RemoveState, IoOp::Remove { path: state_path });
             }
             FileStep::RemovePart | FileStep::RemoveState => self.removed_after_commit(id),
+            FileStep::ProbeName { file } => {
+                let found = !matches!(result, IoResult::NotFound);
+                j.name_probe = if found {
+                    NameProbe::Taken
+                } else {
+                    NameProbe::Free
+                };
+                if let IoResult::Opened { .. } = result {
+                    let then = AfterClose::Done;
+                    return self.file_io(id, FileStep::CloseProbe, IoOp::CloseFile { file, then });
+                }
+                if cleaning {
+                    return self.cleanup_progress(id);
+                }
+                self.maybe_complete(id);
+            }
+            FileStep::CloseProbe => {
+                if cleaning {
+                    return self.cleanup_progress(id);
+                }
+                self.maybe_complete(id);
+            }
             FileStep::CopyFromLeader => {
                 let Phase::Copying { outcome } = &j.phase else {
                     return;
@@ -389,6 +411,26 @@ impl Engine {
                 self.finish(id, result);
             }
         }
+    }
+
+    /// The response named the file (`Content-Disposition`) other than its URL does: ask
+    /// whether a file is there already (an open for reading), so that the commit does not
+    /// replace it. The answer comes long before the body's end, in practice; a file that
+    /// appears at that name after it is still replaced.
+    pub(super) fn probe_server_name(&mut self, id: JobId) {
+        let j = self.jobs.get(&id).expect("job exists");
+        let path = j.dest_path();
+        if path == j.spec.provisional_path() {
+            return;
+        }
+        let file = FileId(self.next());
+        let j = self.jobs.get_mut(&id).expect("job exists");
+        j.name_probe = NameProbe::Pending;
+        self.file_io(
+            id,
+            FileStep::ProbeName { file },
+            IoOp::OpenRead { file, path },
+        );
     }
 
     fn hash_existing_next(&mut self, id: JobId) {
@@ -807,6 +849,15 @@ impl Engine {
                 };
                 return self.verification_failed(id, error);
             }
+        }
+        match j.name_probe {
+            // Its answer calls this again.
+            NameProbe::Pending => return,
+            NameProbe::Taken => {
+                let path = j.dest_path();
+                return self.terminate(id, DownloadError::ServerNameTaken { path }, true);
+            }
+            NameProbe::NotNeeded | NameProbe::Free => {}
         }
         let dest = j.dest_path();
         // An early sync covers every write when none followed it; if it is still running,

@@ -317,6 +317,27 @@ enum FileStep {
     RemovePart,
     RemoveState,
     CopyFromLeader,
+    /// Is there a file at the name the server gave (`Job::name_probe`)? An open of it.
+    ProbeName {
+        file: FileId,
+    },
+    /// The probe found one and closes it.
+    CloseProbe,
+}
+
+/// Whether a file exists at the name a response gave a download into a directory
+/// (`Content-Disposition`), when that differs from the URL's: a name the server chose
+/// never replaces a file, so the commit waits for the answer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum NameProbe {
+    /// No name from the server, or the URL's own name.
+    NotNeeded,
+    /// The open of that path is in flight.
+    Pending,
+    /// Nothing is there: the commit may go on.
+    Free,
+    /// Something is there (or it could not be told): the job fails.
+    Taken,
 }
 
 #[derive(Debug)]
@@ -538,6 +559,8 @@ struct Job {
     /// The final path a response named, when it differs from the provisional one, held in
     /// [`Engine::dest_claims`] too.
     claimed_final: Option<PathBuf>,
+    /// Whether the name the server gave is free (see [`NameProbe`]).
+    name_probe: NameProbe,
     /// The URL the last accepted response came from (after redirects).
     last_url: Option<url::Url>,
     bucket: Option<TokenBucket>,
@@ -1127,6 +1150,7 @@ impl Engine {
             dest_name: None,
             claims_provisional: !shares_leader_dest,
             claimed_final: None,
+            name_probe: NameProbe::NotNeeded,
             last_url: None,
             bucket,
             last_grant: self.now,

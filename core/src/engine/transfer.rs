@@ -1159,15 +1159,19 @@ impl Engine {
             }
         }
         if matches!(j.spec.dest, crate::download::Destination::Dir(_)) && j.dest_name.is_none() {
+            // A hidden name (`.bashrc`, `.profile`) is never taken from a server: the URL's
+            // name is used instead.
             j.dest_name = head
                 .headers
                 .get("content-disposition")
                 .and_then(http::content_disposition_filename)
-                .and_then(|n| sanitize_file_name(&n));
+                .and_then(|n| sanitize_file_name(&n))
+                .filter(|n| !n.starts_with('.'));
             if j.dest_name.is_some() {
                 if let Some(error) = self.claim_named_destination(id) {
                     return self.terminate(id, error, false);
                 }
+                self.probe_server_name(id);
             }
         }
         let j = self.jobs.get_mut(&id).expect("job exists");
