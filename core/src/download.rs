@@ -328,7 +328,8 @@ const WORKING_SUFFIX_ROOM: usize = {
     longest
 };
 
-/// A safe file name from the URL's last non-empty path segment, percent-decoded.
+/// A safe file name from the URL's last non-empty path segment, percent-decoded (kept
+/// encoded if the decoded bytes are not UTF-8).
 pub fn file_name_from_url(url: &url::Url) -> String {
     let seg = url
         .path_segments()
@@ -384,7 +385,9 @@ fn percent_decode(s: &str) -> String {
         out.push(bytes[i]);
         i += 1;
     }
-    String::from_utf8_lossy(&out).into_owned()
+    // Bytes that are no UTF-8 would be replaced by U+FFFD: two such names would collide
+    // and neither says what the URL said. The segment as written (still encoded) does.
+    String::from_utf8(out).unwrap_or_else(|_| s.to_string())
 }
 
 /// A verified, committed download.
@@ -446,6 +449,11 @@ mod tests {
         assert_eq!(file_name_from_url(&u), "dir");
         let u = url::Url::parse("http://h/").unwrap();
         assert_eq!(file_name_from_url(&u), "download");
+        // Encoded bytes that are no UTF-8 stay encoded rather than turn into U+FFFD.
+        let u = url::Url::parse("http://h/%FF%FE.bin").unwrap();
+        assert_eq!(file_name_from_url(&u), "%FF%FE.bin");
+        let u = url::Url::parse("http://h/caf%C3%A9.txt").unwrap();
+        assert_eq!(file_name_from_url(&u), "café.txt");
     }
 
     #[test]
