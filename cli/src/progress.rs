@@ -66,9 +66,12 @@ const JSON_PROGRESS_EVERY: Duration = Duration::from_millis(200);
 
 /// How a download is named on its bar and in its lines: the URL's last path segment.
 fn label_of(url: &str) -> String {
-    url.rsplit('/')
+    // The path's last segment, without the query or fragment (a signed URL's query would
+    // fill the label).
+    let path = url.split(['?', '#']).next().unwrap_or(url);
+    path.rsplit('/')
         .find(|s| !s.is_empty())
-        .unwrap_or(url)
+        .unwrap_or(path)
         .chars()
         .take(40)
         .collect()
@@ -382,4 +385,16 @@ fn bar_style(known_length: bool) -> ProgressStyle {
     ProgressStyle::with_template(t)
         .expect("template")
         .progress_chars("=> ")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_label_is_the_urls_last_path_segment_without_its_query() {
+        assert_eq!(label_of("http://h/a/two.bin?v=x%3Dc.t&sig=abc"), "two.bin");
+        assert_eq!(label_of("http://h/dir/#top"), "dir");
+        assert_eq!(label_of("http://h/f.zip"), "f.zip");
+    }
 }
