@@ -59,7 +59,7 @@ mod validate;
 
 use std::path::Path;
 
-pub use crate::fsutil::{lock_dir, recover, DirLock, RecoverReport};
+pub use crate::fsutil::{create_and_lock_dir, lock_dir, recover, DirLock, RecoverReport};
 pub use names::{check_component, MAX_COMPONENT_LEN};
 pub use stage::{Committed, StageStats, Staged};
 pub use validate::{EntryInfo, EntryKind, ValidatedArchive};
