@@ -250,7 +250,7 @@ fn prune(store: &mut Store, dir: &CacheDir, _: u64, _: &RecoveryReport, budget: 
 
 fn verify(store: &mut Store, dir: &CacheDir, _: u64, _: &RecoveryReport) -> Report {
     let report = store.verify_all()?;
-    let damaged = report.corrupt_removed.len() + report.missing_forgotten.len();
+    let damaged = report.damaged();
     if !dir.json {
         for sha256 in &report.corrupt_removed {
             println!("corrupt, removed: {sha256}");
@@ -258,25 +258,42 @@ fn verify(store: &mut Store, dir: &CacheDir, _: u64, _: &RecoveryReport) -> Repo
         for sha256 in &report.missing_forgotten {
             println!("missing, forgotten: {sha256}");
         }
+        for sha256 in &report.unreadable_removed {
+            println!("unreadable, removed: {sha256}");
+        }
+        for (sha256, why) in &report.unremovable {
+            println!("unreadable, kept: {sha256}");
+            eprintln!("haul cache verify: {why}");
+        }
         println!(
-            "checked {} files: {} good, {} corrupt, {} missing",
+            "checked {} files: {} good, {} corrupt, {} missing, {} unreadable",
             report.checked,
-            report.checked - damaged,
+            report.checked - damaged - report.unremovable.len(),
             report.corrupt_removed.len(),
-            report.missing_forgotten.len()
+            report.missing_forgotten.len(),
+            report.unreadable_removed.len() + report.unremovable.len(),
         );
     }
-    let code = if damaged == 0 {
+    let mut code = if damaged == 0 {
         exit::OK
     } else {
         exit::VERIFICATION
     };
+    if !report.unremovable.is_empty() {
+        code = exit::combine([code, exit::LOCAL_IO]);
+    }
     Ok((
         code,
         json!({
             "checked": report.checked,
             "corrupt_removed": report.corrupt_removed,
             "missing_forgotten": report.missing_forgotten,
+            "unreadable_removed": report.unreadable_removed,
+            "unremovable": report
+                .unremovable
+                .iter()
+                .map(|(sha256, error)| json!({"sha256": sha256, "error": error}))
+                .collect::<Vec<_>>(),
         }),
     ))
 }
@@ -339,7 +356,8 @@ pub fn store_exit_code(error: &StoreError) -> i32 {
         | StoreError::AlreadyReady { .. }
         | StoreError::NotFound { .. }
         | StoreError::FileMissing { .. }
-        | StoreError::NotReady { .. } => exit::LOCAL_IO,
+        | StoreError::NotReady { .. }
+        | StoreError::Unreadable { .. } => exit::LOCAL_IO,
     }
 }
 

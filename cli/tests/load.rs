@@ -566,6 +566,131 @@ fn prune_to_budget_zero_evicts_only_unpinned_files() {
     assert_eq!(files_in(cache.path()), pinned);
 }
 
+/// Whether the tests run as root, for whom permission bits mean nothing.
+fn running_as_root() -> bool {
+    use std::os::unix::fs::MetadataExt;
+    std::fs::metadata("/proc/self")
+        .map(|m| m.uid() == 0)
+        .unwrap_or(false)
+}
+
+/// `haul` as a user that permission bits apply to: the tests' own user, or, when that is
+/// root, nobody (through `setpriv`; `None` when it is missing). A cache it must write is
+/// first given to that user with [`give_to_unprivileged`].
+fn haul_unprivileged() -> Option<Command> {
+    if !running_as_root() {
+        return Some(haul());
+    }
+    let found = Command::new("setpriv")
+        .arg("--version")
+        .output()
+        .is_ok_and(|o| o.status.success());
+    if !found {
+        eprintln!("setpriv is missing: skipping a test that needs an unprivileged user");
+        return None;
+    }
+    let mut command = Command::new("setpriv");
+    command
+        .args(["--reuid=65534", "--regid=65534", "--clear-groups"])
+        .arg(env!("CARGO_BIN_EXE_haul"));
+    Some(command)
+}
+
+/// Makes `dir` (a temporary directory) reachable by [`haul_unprivileged`]'s user, and when
+/// `own`, that user's to write.
+fn give_to_unprivileged(dir: &Path, own: bool) {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o755)).unwrap();
+    if own && running_as_root() {
+        let status = Command::new("chown")
+            .args(["-R", "65534:65534"])
+            .arg(dir)
+            .status()
+            .unwrap();
+        assert!(status.success());
+    }
+}
+
+fn set_mode(path: &Path, mode: u32) {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode)).unwrap();
+}
+
+#[test]
+fn an_unreadable_stored_module_is_fetched_again_and_verify_reports_each_one() {
+    let origin = Origin::start().unwrap();
+    let key = Signer::ed25519("release", 7);
+    publish(
+        &origin,
+        "news",
+        &[app_module("news", "./news.js", "v1"), kotlin()],
+        100,
+        &[&key],
+    );
+    let cache = tempfile::TempDir::new().unwrap();
+    let url = origin.url(&manifest_path("news"));
+    let first = load(&url, "news", cache.path(), &[&key], &[]);
+    assert_eq!(first.status.code(), Some(0), "{}", describe(&first));
+    give_to_unprivileged(cache.path(), true);
+    let Some(_) = haul_unprivileged() else { return };
+    let kotlin_file = cache.path().join("files").join(sha256_hex(&kotlin().bytes));
+    let news_file = cache
+        .path()
+        .join("files")
+        .join(sha256_hex(&app_module("news", "./news.js", "v1").bytes));
+
+    // A load removes the unreadable file and fetches it again.
+    set_mode(&kotlin_file, 0o000);
+    let mut command = haul_unprivileged().unwrap();
+    command
+        .args(["load", "--app", "news", "--manifest", &url, "--cache"])
+        .arg(cache.path())
+        .args(["--retries", "0", "--key", &key.key_arg()]);
+    let reload = command.output().unwrap();
+    assert_eq!(reload.status.code(), Some(0), "{}", describe(&reload));
+    assert_eq!(origin.requests_to("/lib/kotlin.zipline").len(), 2);
+    assert_eq!(std::fs::read(&kotlin_file).unwrap(), kotlin().bytes);
+
+    // `cache verify` reports every unreadable file and goes on: one it can remove, one it
+    // cannot (files/ is read-only), then exits non-zero.
+    set_mode(&kotlin_file, 0o000);
+    set_mode(&news_file, 0o000);
+    let verify = |json: bool| {
+        let mut command = haul_unprivileged().unwrap();
+        command
+            .args(["cache", "verify", "--cache"])
+            .arg(cache.path());
+        if json {
+            command.arg("--json");
+        }
+        command.output().unwrap()
+    };
+    set_mode(&cache.path().join("files"), 0o555);
+    let stuck = verify(false);
+    set_mode(&cache.path().join("files"), 0o755);
+    assert_eq!(stuck.status.code(), Some(7), "{}", describe(&stuck));
+    let stdout = text(&stuck.stdout);
+    assert!(
+        stdout.contains(&format!(
+            "unreadable, kept: {}",
+            sha256_hex(&kotlin().bytes)
+        )) && stdout.contains("unreadable, kept: ")
+            && stdout.contains("checked 3 files: 1 good, 0 corrupt, 0 missing, 2 unreadable"),
+        "{}",
+        describe(&stuck)
+    );
+    assert!(
+        text(&stuck.stderr).contains(&kotlin_file.display().to_string()),
+        "{}",
+        describe(&stuck)
+    );
+    let removed = verify(true);
+    assert_eq!(removed.status.code(), Some(5), "{}", describe(&removed));
+    let report: serde_json::Value = serde_json::from_slice(&removed.stdout).unwrap();
+    assert_eq!(report["unreadable_removed"].as_array().unwrap().len(), 2);
+    assert!(!kotlin_file.exists() && !news_file.exists());
+}
+
 fn wait_until(what: &str, condition: impl Fn() -> bool) {
     let deadline = Instant::now() + Duration::from_secs(30);
     while !condition() {
