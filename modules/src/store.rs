@@ -75,6 +75,10 @@ pub enum StoreError {
     FileMissing { sha256: String, path: PathBuf },
     #[error("cannot pin {sha256} for app {app:?}: it is not a stored (READY) file")]
     NotReady { sha256: String, app: String },
+    #[error("the module cache {path} is not writable by this user; only `haul cache ls` and `haul cache pins` work on it")]
+    NotWritable { path: PathBuf },
+    #[error("{path} holds no module cache index (an empty file, or not a haul cache)")]
+    NoSchema { path: PathBuf },
     #[error("stored file {path} cannot be read ({read}) nor removed ({source}); fix its permissions or delete it")]
     Unreadable {
         path: PathBuf,
@@ -637,6 +641,11 @@ impl Store {
     /// and their files, orphan and temp files, rows whose file is missing or has the wrong size.
     /// `last_used_ms` values later than `now_ms` (a clock that went back) are clamped to it.
     pub fn open(dir: &Path, now_ms: u64) -> Result<(Store, RecoveryReport), StoreError> {
+        if !Store::is_writable(dir) {
+            return Err(StoreError::NotWritable {
+                path: dir.to_path_buf(),
+            });
+        }
         let files_dir = dir.join(FILES_DIR);
         fs::create_dir_all(&files_dir).map_err(io_error("create directory", &files_dir))?;
         let lock = lock_store(dir)?;
@@ -723,6 +732,85 @@ impl Store {
             tracing::info!(dir = %dir.display(), ?report, "store recovered after an unclean stop");
         }
         Ok((store, report))
+    }
+
+    /// Whether this process may write the store in `dir` (its directory, `files/` and index,
+    /// those that exist), as [`Store::open`] must. A missing `dir` counts as writable: open
+    /// creates it, or says why it cannot.
+    pub fn is_writable(dir: &Path) -> bool {
+        #[cfg(target_os = "linux")]
+        {
+            use rustix::fs::{accessat, Access, AtFlags, CWD};
+            [dir.to_path_buf(), dir.join(FILES_DIR), dir.join(INDEX_FILE)]
+                .iter()
+                .all(
+                    |path| match accessat(CWD, path, Access::WRITE_OK, AtFlags::EACCESS) {
+                        Ok(()) => true,
+                        Err(rustix::io::Errno::NOENT) => true,
+                        Err(_) => false,
+                    },
+                )
+        }
+        #[cfg(not(target_os = "linux"))]
+        {
+            let _ = dir;
+            true
+        }
+    }
+
+    /// Opens the store in `dir` to read it only: for a cache this process cannot write
+    /// (another user's, or on a read-only file system). Nothing is created, cleaned or locked:
+    /// what an unclean stop left shows as it is (DIRTY rows), and reads see the index as of
+    /// their start. Only the listings ([`Store::list`], [`Store::pins`], [`Store::apps`])
+    /// are meant for such a handle; anything that writes fails.
+    ///
+    /// An index without the store's tables (an empty file, another program's database) is
+    /// [`StoreError::NoSchema`].
+    pub fn open_read_only(dir: &Path) -> Result<Store, StoreError> {
+        use rusqlite::OpenFlags;
+        let index_path = dir.join(INDEX_FILE);
+        let flags = OpenFlags::SQLITE_OPEN_READ_ONLY
+            | OpenFlags::SQLITE_OPEN_NO_MUTEX
+            | OpenFlags::SQLITE_OPEN_URI;
+        let open = |immutable: bool| -> Result<(Connection, i64), rusqlite::Error> {
+            let index = if immutable {
+                // Reading a WAL-mode index needs its shared-memory file, which a read-only
+                // directory cannot gain: read the main file as is. A WAL left there would
+                // hold only what the last writer did not checkpoint before it stopped.
+                let mut uri = url::Url::from_file_path(
+                    std::path::absolute(&index_path).unwrap_or_else(|_| index_path.clone()),
+                )
+                .map_err(|()| rusqlite::Error::InvalidPath(index_path.clone()))?;
+                uri.set_query(Some("immutable=1"));
+                Connection::open_with_flags(uri.as_str(), flags)?
+            } else {
+                Connection::open_with_flags(&index_path, flags)?
+            };
+            let version = index.pragma_query_value(None, "user_version", |row| row.get(0))?;
+            Ok((index, version))
+        };
+        let (index, version) = open(false)
+            .or_else(|_| open(true))
+            .map_err(index_error("open index.sqlite read-only"))?;
+        let has_files_table: bool = index
+            .query_row(
+                "SELECT EXISTS (SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'files')",
+                [],
+                |row| row.get(0),
+            )
+            .map_err(index_error("read the schema"))?;
+        if version == 0 || !has_files_table {
+            return Err(StoreError::NoSchema { path: index_path });
+        }
+        Ok(Store {
+            dir: dir.to_path_buf(),
+            files_dir: dir.join(FILES_DIR),
+            index,
+            next_temp_id: 0,
+            process_id: std::process::id(),
+            pending_writeback: system_pending_writeback,
+            _lock: None,
+        })
     }
 
     fn recover(&mut self, now_ms: u64) -> Result<RecoveryReport, StoreError> {
