@@ -29,7 +29,7 @@ use haul_install::catalog::{
     asset_state, install_asset, recover_root, remove_asset, Asset, AssetKind, AssetState,
     CatalogParse, Home, InstalledAsset, MergedAsset, MergedCatalog, CATALOG_MAX_BYTES,
 };
-use haul_install::extract::{lock_dir, DirLock};
+use haul_install::extract::{create_and_lock_dir, lock_dir, DirLock};
 use haul_install::InstallError;
 use serde_json::json;
 
@@ -868,8 +868,21 @@ fn resolve<'a>(merged: &'a MergedCatalog, name: &str) -> Result<Resolved<'a>, Fa
 /// waits: its recovery would take this one's staging trees for a crash's leftovers) and
 /// cleans what an interrupted install left in it. The lock lasts as long as the guard.
 pub fn prepare_root(root: &Path) -> Result<DirLock, Failure> {
-    std::fs::create_dir_all(root).map_err(|e| dir_failure("create", root, e))?;
-    let lock = lock_dir(root)?;
+    let lock = create_and_lock_dir(root, || {
+        std::fs::create_dir_all(root).map_err(|source| InstallError::Io {
+            op: "create directory",
+            path: root.to_path_buf(),
+            source,
+        })
+    })
+    .map_err(|e| match e {
+        InstallError::Io {
+            op: "create directory",
+            source,
+            ..
+        } => dir_failure("create", root, source),
+        e => e.into(),
+    })?;
     recover_locked(root)?;
     Ok(lock)
 }

@@ -2,7 +2,7 @@
 //!
 //! Owns the command lines and output of those subcommands and the exit codes of store
 //! failures. Every subcommand opens the store, which first cleans up what an unclean stop left
-//! (the report is shown). It does not own the store's rules (`haul_modules::store`).
+//! (the report is shown); `ls` and `pins` read a cache this user cannot write as it is. It does not own the store's rules (`haul_modules::store`).
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -64,24 +64,38 @@ const INDEX_FILE: &str = "index.sqlite";
 /// Run `haul cache`; returns the exit code.
 pub fn run(args: CacheArgs) -> i32 {
     match args.command {
-        CacheCommand::Ls(dir) => with_store(&dir, "ls", ls),
+        CacheCommand::Ls(dir) => with_store(&dir, "ls", Access::ReadOnlyIfNeeded, ls),
         CacheCommand::Prune(prune_args) => {
             let budget = prune_args.budget;
-            with_store(&prune_args.dir, "prune", |store, dir, now_ms, recovered| {
-                prune(store, dir, now_ms, recovered, budget)
-            })
+            with_store(
+                &prune_args.dir,
+                "prune",
+                Access::Write,
+                |store, dir, now_ms, recovered| prune(store, dir, now_ms, recovered, budget),
+            )
         }
-        CacheCommand::Verify(dir) => with_store(&dir, "verify", verify),
-        CacheCommand::Pins(dir) => with_store(&dir, "pins", pins),
+        CacheCommand::Verify(dir) => with_store(&dir, "verify", Access::Write, verify),
+        CacheCommand::Pins(dir) => with_store(&dir, "pins", Access::ReadOnlyIfNeeded, pins),
     }
 }
 
 /// What a subcommand's body reports.
 type Report = Result<(i32, serde_json::Value), StoreError>;
 
+/// What a subcommand needs of the cache.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Access {
+    /// It writes (prune, verify): a cache this user cannot write is an error.
+    Write,
+    /// It only reads (ls, pins): a cache this user cannot write is read as it is, without
+    /// the clean-up of an unclean stop.
+    ReadOnlyIfNeeded,
+}
+
 fn with_store(
     dir: &CacheDir,
     name: &str,
+    access: Access,
     body: impl FnOnce(&mut Store, &CacheDir, u64, &RecoveryReport) -> Report,
 ) -> i32 {
     if !is_cache(&dir.cache) {
@@ -96,7 +110,12 @@ fn with_store(
         );
     }
     let now_ms = now_ms();
-    let (mut store, recovery) = match Store::open(&dir.cache, now_ms) {
+    let opened = if access == Access::ReadOnlyIfNeeded && !Store::is_writable(&dir.cache) {
+        Store::open_read_only(&dir.cache).map(|store| (store, RecoveryReport::default()))
+    } else {
+        Store::open(&dir.cache, now_ms)
+    };
+    let (mut store, recovery) = match opened {
         Ok(opened) => opened,
         Err(error) => return fail(dir, name, store_exit_code(&error), &error.to_string()),
     };
@@ -250,7 +269,7 @@ fn prune(store: &mut Store, dir: &CacheDir, _: u64, _: &RecoveryReport, budget: 
 
 fn verify(store: &mut Store, dir: &CacheDir, _: u64, _: &RecoveryReport) -> Report {
     let report = store.verify_all()?;
-    let damaged = report.corrupt_removed.len() + report.missing_forgotten.len();
+    let damaged = report.damaged();
     if !dir.json {
         for sha256 in &report.corrupt_removed {
             println!("corrupt, removed: {sha256}");
@@ -258,25 +277,42 @@ fn verify(store: &mut Store, dir: &CacheDir, _: u64, _: &RecoveryReport) -> Repo
         for sha256 in &report.missing_forgotten {
             println!("missing, forgotten: {sha256}");
         }
+        for sha256 in &report.unreadable_removed {
+            println!("unreadable, removed: {sha256}");
+        }
+        for (sha256, why) in &report.unremovable {
+            println!("unreadable, kept: {sha256}");
+            eprintln!("haul cache verify: {why}");
+        }
         println!(
-            "checked {} files: {} good, {} corrupt, {} missing",
+            "checked {} files: {} good, {} corrupt, {} missing, {} unreadable",
             report.checked,
-            report.checked - damaged,
+            report.checked - damaged - report.unremovable.len(),
             report.corrupt_removed.len(),
-            report.missing_forgotten.len()
+            report.missing_forgotten.len(),
+            report.unreadable_removed.len() + report.unremovable.len(),
         );
     }
-    let code = if damaged == 0 {
+    let mut code = if damaged == 0 {
         exit::OK
     } else {
         exit::VERIFICATION
     };
+    if !report.unremovable.is_empty() {
+        code = exit::combine([code, exit::LOCAL_IO]);
+    }
     Ok((
         code,
         json!({
             "checked": report.checked,
             "corrupt_removed": report.corrupt_removed,
             "missing_forgotten": report.missing_forgotten,
+            "unreadable_removed": report.unreadable_removed,
+            "unremovable": report
+                .unremovable
+                .iter()
+                .map(|(sha256, error)| json!({"sha256": sha256, "error": error}))
+                .collect::<Vec<_>>(),
         }),
     ))
 }
@@ -339,7 +375,10 @@ pub fn store_exit_code(error: &StoreError) -> i32 {
         | StoreError::AlreadyReady { .. }
         | StoreError::NotFound { .. }
         | StoreError::FileMissing { .. }
-        | StoreError::NotReady { .. } => exit::LOCAL_IO,
+        | StoreError::NotReady { .. }
+        | StoreError::Unreadable { .. }
+        | StoreError::NotWritable { .. } => exit::LOCAL_IO,
+        StoreError::NoSchema { .. } => exit::USAGE,
     }
 }
 

@@ -75,25 +75,25 @@ pub fn run_extract(args: ExtractArgs) -> i32 {
     };
     // The parent is created here (and removed again if the extraction fails) so that it can
     // be locked: another `haul extract` into it waits instead of having its staging tree
-    // taken for a crash's leftover and deleted by this one's recovery.
-    let created = match create_dir_tracked(&parent) {
-        Ok(created) => created,
-        Err(e) => {
-            let e = InstallError::Io {
-                op: "create directory",
-                path: parent.clone(),
-                source: e,
-            };
-            eprintln!("haul extract: {e}");
-            return exit_code_for(&e);
-        }
-    };
+    // taken for a crash's leftover and deleted by this one's recovery. One that waited while
+    // this one removed the parent notices and locks the parent created again
+    // (see `create_and_lock_dir`).
+    let mut created: Vec<PathBuf> = Vec::new();
+    let locked = extract::create_and_lock_dir(&parent, || {
+        let made = create_dir_tracked(&parent).map_err(|source| InstallError::Io {
+            op: "create directory",
+            path: parent.clone(),
+            source,
+        })?;
+        created.extend(made);
+        Ok(())
+    });
     let undo_created = || {
         for dir in created.iter().rev() {
             let _ = std::fs::remove_dir(dir);
         }
     };
-    let _lock = match extract::lock_dir(&parent) {
+    let _lock = match locked {
         Ok(lock) => lock,
         Err(e) => {
             undo_created();

@@ -10,7 +10,7 @@ use std::path::{Path, PathBuf};
 use clap::{Args, Subcommand};
 use haul_blocking::Client;
 use haul_core::{CancelMode, Config, Download};
-use haul_install::extract::{lock_dir, recover, DirLock};
+use haul_install::extract::{create_and_lock_dir, lock_dir, recover, DirLock};
 use haul_install::vsix::{self, InstalledExtension, VsixInstall};
 use haul_install::InstallError;
 use serde_json::json;
@@ -119,16 +119,19 @@ fn parent_of(root: &Path) -> PathBuf {
 /// staging tree taken for a crash's leftover) and cleans what an interrupted install left.
 /// A missing `root` is created first when `create`, else left alone (nothing to clean).
 fn lock_and_recover(root: &Path, create: bool) -> Result<Option<DirLock>, InstallError> {
-    if create {
-        std::fs::create_dir_all(root).map_err(|source| InstallError::Io {
-            op: "create directory",
-            path: root.to_path_buf(),
-            source,
-        })?;
+    let lock = if create {
+        create_and_lock_dir(root, || {
+            std::fs::create_dir_all(root).map_err(|source| InstallError::Io {
+                op: "create directory",
+                path: root.to_path_buf(),
+                source,
+            })
+        })?
     } else if !root.is_dir() {
         return Ok(None);
-    }
-    let lock = lock_dir(root)?;
+    } else {
+        lock_dir(root)?
+    };
     recover(root)?;
     Ok(Some(lock))
 }

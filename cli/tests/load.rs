@@ -566,6 +566,238 @@ fn prune_to_budget_zero_evicts_only_unpinned_files() {
     assert_eq!(files_in(cache.path()), pinned);
 }
 
+/// Whether the tests run as root, for whom permission bits mean nothing.
+fn running_as_root() -> bool {
+    use std::os::unix::fs::MetadataExt;
+    std::fs::metadata("/proc/self")
+        .map(|m| m.uid() == 0)
+        .unwrap_or(false)
+}
+
+/// `haul` as a user that permission bits apply to: the tests' own user, or, when that is
+/// root, nobody (through `setpriv`; `None` when it is missing). A cache it must write is
+/// first given to that user with [`give_to_unprivileged`].
+fn haul_unprivileged() -> Option<Command> {
+    if !running_as_root() {
+        return Some(haul());
+    }
+    let found = Command::new("setpriv")
+        .arg("--version")
+        .output()
+        .is_ok_and(|o| o.status.success());
+    if !found {
+        eprintln!("setpriv is missing: skipping a test that needs an unprivileged user");
+        return None;
+    }
+    let mut command = Command::new("setpriv");
+    command
+        .args(["--reuid=65534", "--regid=65534", "--clear-groups"])
+        .arg(env!("CARGO_BIN_EXE_haul"));
+    Some(command)
+}
+
+/// Makes `dir` (a temporary directory) reachable by [`haul_unprivileged`]'s user, and when
+/// `own`, that user's to write.
+fn give_to_unprivileged(dir: &Path, own: bool) {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o755)).unwrap();
+    if own && running_as_root() {
+        let status = Command::new("chown")
+            .args(["-R", "65534:65534"])
+            .arg(dir)
+            .status()
+            .unwrap();
+        assert!(status.success());
+    }
+}
+
+fn set_mode(path: &Path, mode: u32) {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode)).unwrap();
+}
+
+#[test]
+fn an_unreadable_stored_module_is_fetched_again_and_verify_reports_each_one() {
+    let origin = Origin::start().unwrap();
+    let key = Signer::ed25519("release", 7);
+    publish(
+        &origin,
+        "news",
+        &[app_module("news", "./news.js", "v1"), kotlin()],
+        100,
+        &[&key],
+    );
+    let cache = tempfile::TempDir::new().unwrap();
+    let url = origin.url(&manifest_path("news"));
+    let first = load(&url, "news", cache.path(), &[&key], &[]);
+    assert_eq!(first.status.code(), Some(0), "{}", describe(&first));
+    give_to_unprivileged(cache.path(), true);
+    let Some(_) = haul_unprivileged() else { return };
+    let kotlin_file = cache.path().join("files").join(sha256_hex(&kotlin().bytes));
+    let news_file = cache
+        .path()
+        .join("files")
+        .join(sha256_hex(&app_module("news", "./news.js", "v1").bytes));
+
+    // A load removes the unreadable file and fetches it again.
+    set_mode(&kotlin_file, 0o000);
+    let mut command = haul_unprivileged().unwrap();
+    command
+        .args(["load", "--app", "news", "--manifest", &url, "--cache"])
+        .arg(cache.path())
+        .args(["--retries", "0", "--key", &key.key_arg()]);
+    let reload = command.output().unwrap();
+    assert_eq!(reload.status.code(), Some(0), "{}", describe(&reload));
+    assert_eq!(origin.requests_to("/lib/kotlin.zipline").len(), 2);
+    assert_eq!(std::fs::read(&kotlin_file).unwrap(), kotlin().bytes);
+
+    // `cache verify` reports every unreadable file and goes on, then exits non-zero. When
+    // the tests run as root, first with files it can neither read nor remove (root's, in a
+    // sticky files/ everyone may write).
+    set_mode(&kotlin_file, 0o000);
+    set_mode(&news_file, 0o000);
+    let verify = |json: bool| {
+        let mut command = haul_unprivileged().unwrap();
+        command
+            .args(["cache", "verify", "--cache"])
+            .arg(cache.path());
+        if json {
+            command.arg("--json");
+        }
+        command.output().unwrap()
+    };
+    if running_as_root() {
+        let files_dir = cache.path().join("files");
+        for path in [&files_dir, &kotlin_file, &news_file] {
+            std::os::unix::fs::chown(path, Some(0), Some(0)).unwrap();
+        }
+        set_mode(&files_dir, 0o1777);
+        let stuck = verify(false);
+        std::os::unix::fs::chown(&files_dir, Some(65534), Some(65534)).unwrap();
+        set_mode(&files_dir, 0o755);
+        assert_eq!(stuck.status.code(), Some(7), "{}", describe(&stuck));
+        let stdout = text(&stuck.stdout);
+        for file in [&kotlin_file, &news_file] {
+            let name = file.file_name().unwrap().to_string_lossy();
+            assert!(
+                stdout.contains(&format!("unreadable, kept: {name}")),
+                "{}",
+                describe(&stuck)
+            );
+            assert!(
+                text(&stuck.stderr).contains(&file.display().to_string()),
+                "{}",
+                describe(&stuck)
+            );
+        }
+        assert!(
+            stdout.contains("checked 3 files: 1 good, 0 corrupt, 0 missing, 2 unreadable"),
+            "{}",
+            describe(&stuck)
+        );
+    }
+    let removed = verify(true);
+    assert_eq!(removed.status.code(), Some(5), "{}", describe(&removed));
+    let report: serde_json::Value = serde_json::from_slice(&removed.stdout).unwrap();
+    assert_eq!(report["unreadable_removed"].as_array().unwrap().len(), 2);
+    assert!(!kotlin_file.exists() && !news_file.exists());
+}
+
+#[test]
+fn a_read_only_cache_can_be_listed_and_writers_say_it_is_not_writable() {
+    let origin = Origin::start().unwrap();
+    let key = Signer::ed25519("release", 7);
+    publish(
+        &origin,
+        "news",
+        &[app_module("news", "./news.js", "v1"), kotlin()],
+        100,
+        &[&key],
+    );
+    let cache = tempfile::TempDir::new().unwrap();
+    let url = origin.url(&manifest_path("news"));
+    let first = load(&url, "news", cache.path(), &[&key], &[]);
+    assert_eq!(first.status.code(), Some(0), "{}", describe(&first));
+    let listing = cache_json(&["ls"], cache.path());
+    let pins = cache_command(&["pins"], cache.path());
+    let files = files_in(cache.path());
+    // Read-only for the unprivileged user: another user's cache (when the tests run as
+    // root), or one whose modes forbid writing.
+    give_to_unprivileged(cache.path(), false);
+    let read_only = |path: &Path, writable: bool| {
+        for entry in [path.to_path_buf(), path.join("files")] {
+            set_mode(&entry, if writable { 0o755 } else { 0o555 });
+        }
+        for entry in std::fs::read_dir(path).unwrap() {
+            let entry = entry.unwrap().path();
+            if entry.is_file() {
+                set_mode(&entry, if writable { 0o644 } else { 0o444 });
+            }
+        }
+    };
+    read_only(cache.path(), false);
+    let Some(_) = haul_unprivileged() else {
+        read_only(cache.path(), true);
+        return;
+    };
+    let run = |args: &[&str]| {
+        let mut command = haul_unprivileged().unwrap();
+        command.args(args).arg(cache.path());
+        command.output().unwrap()
+    };
+    let ls = run(&["cache", "ls", "--json", "--cache"]);
+    let ls_pins = run(&["cache", "pins", "--cache"]);
+    let verify = run(&["cache", "verify", "--cache"]);
+    let prune = run(&["cache", "prune", "--budget", "0", "--cache"]);
+    let mut command = haul_unprivileged().unwrap();
+    command
+        .args(["load", "--app", "news", "--manifest", &url, "--cache"])
+        .arg(cache.path())
+        .args(["--retries", "0", "--key", &key.key_arg()]);
+    let reload = command.output().unwrap();
+    read_only(cache.path(), true);
+
+    assert_eq!(ls.status.code(), Some(0), "{}", describe(&ls));
+    let read: serde_json::Value = serde_json::from_slice(&ls.stdout).unwrap();
+    assert_eq!(read["files"], listing["files"], "{}", describe(&ls));
+    assert_eq!(ls_pins.status.code(), Some(0), "{}", describe(&ls_pins));
+    assert_eq!(text(&ls_pins.stdout), text(&pins.stdout));
+    for writer in [&verify, &prune, &reload] {
+        assert_eq!(writer.status.code(), Some(7), "{}", describe(writer));
+        let stderr = text(&writer.stderr);
+        assert!(
+            stderr.contains("not writable") && stderr.contains(&cache.path().display().to_string()),
+            "{}",
+            describe(writer)
+        );
+    }
+    assert_eq!(files_in(cache.path()), files);
+}
+
+#[test]
+fn listing_an_index_without_the_cache_schema_says_it_is_not_a_cache() {
+    let cache = tempfile::TempDir::new().unwrap();
+    std::fs::write(cache.path().join("index.sqlite"), b"").unwrap();
+    give_to_unprivileged(cache.path(), false);
+    set_mode(cache.path(), 0o555);
+    let Some(mut command) = haul_unprivileged() else {
+        set_mode(cache.path(), 0o755);
+        return;
+    };
+    let ls = command
+        .args(["cache", "ls", "--cache"])
+        .arg(cache.path())
+        .output()
+        .unwrap();
+    set_mode(cache.path(), 0o755);
+    assert_eq!(ls.status.code(), Some(2), "{}", describe(&ls));
+    assert!(
+        text(&ls.stderr).contains("not a haul cache"),
+        "{}",
+        describe(&ls)
+    );
+}
+
 fn wait_until(what: &str, condition: impl Fn() -> bool) {
     let deadline = Instant::now() + Duration::from_secs(30);
     while !condition() {

@@ -238,11 +238,55 @@ pub struct DirLock {
 /// installers into one parent directory hold it from [`recover`] to their commit, so that
 /// one's recovery never deletes the staging tree another is still writing. Released when
 /// the [`DirLock`] is dropped, or by the kernel when the process ends, however it ends.
+///
+/// The lock is on the directory's inode, not its path: a holder may remove the directory
+/// (an extraction that fails removes the parents it created), and whoever waited on it
+/// would then hold a lock on a deleted directory while another process creates and locks a
+/// new one under the same name. So once granted, the lock is checked against the directory
+/// now at `dir`; when that is another one, it is dropped and the new one locked instead,
+/// and when nothing is there any more this fails with [`io::ErrorKind::NotFound`] (see
+/// [`create_and_lock_dir`] for a caller that creates the directory again).
 pub fn lock_dir(dir: &Path) -> Result<DirLock, InstallError> {
+    loop {
+        if let Some(lock) = lock_if_current(dir)? {
+            return Ok(lock);
+        }
+    }
+}
+
+/// Creates `dir` with `create` (which must succeed when `dir` already exists) and locks it
+/// as [`lock_dir`] does; when a holder of the lock removed the directory while this one
+/// waited, `create` runs again and the new directory is locked.
+pub fn create_and_lock_dir(
+    dir: &Path,
+    mut create: impl FnMut() -> Result<(), InstallError>,
+) -> Result<DirLock, InstallError> {
+    loop {
+        create()?;
+        match lock_dir(dir) {
+            Err(InstallError::Io { source, .. }) if source.kind() == io::ErrorKind::NotFound => {
+                tracing::debug!(dir = %dir.display(), "the directory was removed while waiting for its lock; creating it again");
+            }
+            other => return other,
+        }
+    }
+}
+
+/// One attempt of [`lock_dir`]: the lock when the directory locked is still the one at
+/// `dir`, `None` when another directory took its name while this one waited.
+fn lock_if_current(dir: &Path) -> Result<Option<DirLock>, InstallError> {
+    use std::os::unix::fs::MetadataExt;
     let handle = File::open(dir).map_err(InstallError::io("open directory", dir))?;
     rustix::fs::flock(&handle, rustix::fs::FlockOperation::LockExclusive)
         .map_err(|e| InstallError::io("lock directory", dir)(e.into()))?;
-    Ok(DirLock { _dir: handle })
+    let locked = handle.metadata().map_err(InstallError::io("stat", dir))?;
+    let now = fs::metadata(dir).map_err(InstallError::io("open directory", dir))?;
+    if (locked.dev(), locked.ino()) == (now.dev(), now.ino()) {
+        Ok(Some(DirLock { _dir: handle }))
+    } else {
+        tracing::debug!(dir = %dir.display(), "the directory locked was replaced while waiting; locking the new one");
+        Ok(None)
+    }
 }
 
 /// What [`recover`] did.
@@ -671,6 +715,83 @@ mod tests {
             .expect("the second lock once the first was dropped");
         waiter.join().unwrap();
         assert!(lock_dir(&dir.path().join("missing")).is_err());
+    }
+
+    /// Whether some process waits for an `flock` on the inode `ino` (`/proc/locks` lists a
+    /// blocked request as `-> FLOCK ... <dev>:<ino> ...`).
+    fn someone_waits_for_lock_on(ino: u64) -> bool {
+        let locks = fs::read_to_string("/proc/locks").unwrap_or_default();
+        locks.lines().any(|line| {
+            line.contains("->")
+                && line.contains("FLOCK")
+                && line
+                    .split_whitespace()
+                    .any(|field| field.rsplit(':').next() == Some(&ino.to_string()))
+        })
+    }
+
+    #[test]
+    fn a_waiter_whose_locked_directory_was_removed_locks_the_one_created_again() {
+        use std::os::unix::fs::MetadataExt;
+        let top = tempfile::TempDir::new().unwrap();
+        let dir = top.path().join("parent");
+        fs::create_dir(&dir).unwrap();
+        let first_ino = fs::metadata(&dir).unwrap().ino();
+        let held = lock_dir(&dir).unwrap();
+        let (tx, rx) = std::sync::mpsc::channel();
+        let (release_tx, release_rx) = std::sync::mpsc::channel::<()>();
+        let path = dir.clone();
+        let waiter = std::thread::spawn(move || {
+            let lock = create_and_lock_dir(&path, || {
+                fs::create_dir_all(&path).map_err(InstallError::io("create directory", &path))
+            })
+            .unwrap();
+            tx.send(()).unwrap();
+            release_rx.recv().unwrap();
+            drop(lock);
+        });
+        // The waiter is blocked on the first directory's lock.
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        while !someone_waits_for_lock_on(first_ino) {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the waiter never blocked on the lock"
+            );
+            std::thread::sleep(std::time::Duration::from_millis(5));
+        }
+        // The holder removes the directory (as a failed extraction removes the parents it
+        // created), then releases it.
+        fs::remove_dir(&dir).unwrap();
+        drop(held);
+        rx.recv_timeout(std::time::Duration::from_secs(10))
+            .expect("the waiter's lock");
+        // The waiter holds the directory now at that path, not the deleted one (whose inode
+        // number the new one may reuse once no handle keeps the old one): a third locker must
+        // wait.
+        let now = File::open(&dir).expect("the waiter created the directory again");
+        assert_eq!(
+            rustix::fs::flock(&now, rustix::fs::FlockOperation::NonBlockingLockExclusive),
+            Err(rustix::io::Errno::WOULDBLOCK),
+            "the waiter holds a lock on the removed directory, not on the one at its path"
+        );
+        release_tx.send(()).unwrap();
+        waiter.join().unwrap();
+        // Without a creator, a directory removed under the waiter is an error, not a lock.
+        let held = lock_dir(&dir).unwrap();
+        let path = dir.clone();
+        let plain = std::thread::spawn(move || lock_dir(&path).map(drop));
+        let ino = fs::metadata(&dir).unwrap().ino();
+        while !someone_waits_for_lock_on(ino) {
+            std::thread::sleep(std::time::Duration::from_millis(5));
+        }
+        fs::remove_dir(&dir).unwrap();
+        drop(held);
+        match plain.join().unwrap() {
+            Err(InstallError::Io { source, .. }) => {
+                assert_eq!(source.kind(), io::ErrorKind::NotFound)
+            }
+            other => panic!("expected NotFound, got {other:?}"),
+        }
     }
 
     #[test]

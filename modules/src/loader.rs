@@ -841,7 +841,7 @@ impl<F: Fetcher> Loader<F> {
                         if *present && !kept.next().unwrap_or(false) {
                             *present = false;
                             warnings.push(format!(
-                                "stored module {sha256} no longer matched its hash and was removed"
+                                "stored module {sha256} no longer matched its hash, or could not be read, and was removed"
                             ));
                         }
                     }

@@ -75,6 +75,17 @@ pub enum StoreError {
     FileMissing { sha256: String, path: PathBuf },
     #[error("cannot pin {sha256} for app {app:?}: it is not a stored (READY) file")]
     NotReady { sha256: String, app: String },
+    #[error("the module cache {path} is not writable by this user; only `haul cache ls` and `haul cache pins` work on it")]
+    NotWritable { path: PathBuf },
+    #[error("{path} holds no module cache index (an empty file, or not a haul cache)")]
+    NoSchema { path: PathBuf },
+    #[error("stored file {path} cannot be read ({read}) nor removed ({source}); fix its permissions or delete it")]
+    Unreadable {
+        path: PathBuf,
+        read: io::Error,
+        #[source]
+        source: io::Error,
+    },
 }
 
 fn index_error(op: &'static str) -> impl FnOnce(rusqlite::Error) -> StoreError {
@@ -260,6 +271,17 @@ pub struct VerifyReport {
     pub corrupt_removed: Vec<String>,
     /// READY rows whose file was missing; forgotten.
     pub missing_forgotten: Vec<String>,
+    /// Files that could not be read (permissions, I/O errors); removed like corrupt ones.
+    pub unreadable_removed: Vec<String>,
+    /// Files that could not be read nor removed: each one's hash and why; left in place.
+    pub unremovable: Vec<(String, String)>,
+}
+
+impl VerifyReport {
+    /// Files found bad and dealt with (removed or forgotten).
+    pub fn damaged(&self) -> usize {
+        self.corrupt_removed.len() + self.missing_forgotten.len() + self.unreadable_removed.len()
+    }
 }
 
 /// The store handle. See the module docs for the rules.
@@ -619,6 +641,11 @@ impl Store {
     /// and their files, orphan and temp files, rows whose file is missing or has the wrong size.
     /// `last_used_ms` values later than `now_ms` (a clock that went back) are clamped to it.
     pub fn open(dir: &Path, now_ms: u64) -> Result<(Store, RecoveryReport), StoreError> {
+        if !Store::is_writable(dir) {
+            return Err(StoreError::NotWritable {
+                path: dir.to_path_buf(),
+            });
+        }
         let files_dir = dir.join(FILES_DIR);
         fs::create_dir_all(&files_dir).map_err(io_error("create directory", &files_dir))?;
         let lock = lock_store(dir)?;
@@ -705,6 +732,85 @@ impl Store {
             tracing::info!(dir = %dir.display(), ?report, "store recovered after an unclean stop");
         }
         Ok((store, report))
+    }
+
+    /// Whether this process may write the store in `dir` (its directory, `files/` and index,
+    /// those that exist), as [`Store::open`] must. A missing `dir` counts as writable: open
+    /// creates it, or says why it cannot.
+    pub fn is_writable(dir: &Path) -> bool {
+        #[cfg(target_os = "linux")]
+        {
+            use rustix::fs::{accessat, Access, AtFlags, CWD};
+            [dir.to_path_buf(), dir.join(FILES_DIR), dir.join(INDEX_FILE)]
+                .iter()
+                .all(
+                    |path| match accessat(CWD, path, Access::WRITE_OK, AtFlags::EACCESS) {
+                        Ok(()) => true,
+                        Err(rustix::io::Errno::NOENT) => true,
+                        Err(_) => false,
+                    },
+                )
+        }
+        #[cfg(not(target_os = "linux"))]
+        {
+            let _ = dir;
+            true
+        }
+    }
+
+    /// Opens the store in `dir` to read it only: for a cache this process cannot write
+    /// (another user's, or on a read-only file system). Nothing is created, cleaned or locked:
+    /// what an unclean stop left shows as it is (DIRTY rows), and reads see the index as of
+    /// their start. Only the listings ([`Store::list`], [`Store::pins`], [`Store::apps`])
+    /// are meant for such a handle; anything that writes fails.
+    ///
+    /// An index without the store's tables (an empty file, another program's database) is
+    /// [`StoreError::NoSchema`].
+    pub fn open_read_only(dir: &Path) -> Result<Store, StoreError> {
+        use rusqlite::OpenFlags;
+        let index_path = dir.join(INDEX_FILE);
+        let flags = OpenFlags::SQLITE_OPEN_READ_ONLY
+            | OpenFlags::SQLITE_OPEN_NO_MUTEX
+            | OpenFlags::SQLITE_OPEN_URI;
+        let open = |immutable: bool| -> Result<(Connection, i64), rusqlite::Error> {
+            let index = if immutable {
+                // Reading a WAL-mode index needs its shared-memory file, which a read-only
+                // directory cannot gain: read the main file as is. A WAL left there would
+                // hold only what the last writer did not checkpoint before it stopped.
+                let mut uri = url::Url::from_file_path(
+                    std::path::absolute(&index_path).unwrap_or_else(|_| index_path.clone()),
+                )
+                .map_err(|()| rusqlite::Error::InvalidPath(index_path.clone()))?;
+                uri.set_query(Some("immutable=1"));
+                Connection::open_with_flags(uri.as_str(), flags)?
+            } else {
+                Connection::open_with_flags(&index_path, flags)?
+            };
+            let version = index.pragma_query_value(None, "user_version", |row| row.get(0))?;
+            Ok((index, version))
+        };
+        let (index, version) = open(false)
+            .or_else(|_| open(true))
+            .map_err(index_error("open index.sqlite read-only"))?;
+        let has_files_table: bool = index
+            .query_row(
+                "SELECT EXISTS (SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'files')",
+                [],
+                |row| row.get(0),
+            )
+            .map_err(index_error("read the schema"))?;
+        if version == 0 || !has_files_table {
+            return Err(StoreError::NoSchema { path: index_path });
+        }
+        Ok(Store {
+            dir: dir.to_path_buf(),
+            files_dir: dir.join(FILES_DIR),
+            index,
+            next_temp_id: 0,
+            process_id: std::process::id(),
+            pending_writeback: system_pending_writeback,
+            _lock: None,
+        })
     }
 
     fn recover(&mut self, now_ms: u64) -> Result<RecoveryReport, StoreError> {
@@ -918,7 +1024,9 @@ impl Store {
 
     /// Hashes the stored (READY) files `hashes` again, on up to `CHECK_THREADS` threads, before
     /// they are handed out: each one whose bytes no longer match its name (changed on disk
-    /// since it was stored) is removed with its row, as is the row of one that went missing.
+    /// since it was stored) or that cannot be read (permissions, I/O errors) is removed with
+    /// its row, as is the row of one that went missing; one that can be neither read nor
+    /// removed fails the call ([`StoreError::Unreadable`], naming it).
     /// Per hash, in order: whether it is still stored.
     pub fn recheck_many(&mut self, hashes: &[&str]) -> Result<Vec<bool>, StoreError> {
         let paths = hashes
@@ -940,12 +1048,11 @@ impl Store {
                     self.delete_row(sha256)?;
                     kept.push(false);
                 }
-                Err(source) => {
-                    return Err(StoreError::Io {
-                        op: "check stored file",
-                        path,
-                        source,
-                    })
+                Err(read) => {
+                    // As good as corrupt: it cannot be handed out, and files/ is this
+                    // store's to write, so it goes and is fetched again.
+                    self.remove_unreadable(sha256, &path, read)?;
+                    kept.push(false);
                 }
             }
         }
@@ -1972,7 +2079,9 @@ impl Store {
             .map_err(index_error("list apps"))
     }
 
-    /// Re-hashes every READY file; corrupt files are removed and missing ones forgotten.
+    /// Re-hashes every READY file; corrupt and unreadable files are removed and missing ones
+    /// forgotten. One file that can be neither read nor removed does not stop the others: it
+    /// is listed in [`VerifyReport::unremovable`].
     pub fn verify_all(&mut self) -> Result<VerifyReport, StoreError> {
         let mut report = VerifyReport::default();
         for sha256 in self.hashes_in_state(FileState::Ready)? {
@@ -1990,16 +2099,39 @@ impl Store {
                     self.delete_row(&sha256)?;
                     report.missing_forgotten.push(sha256);
                 }
-                Err(source) => {
-                    return Err(StoreError::Io {
-                        op: "verify",
-                        path,
-                        source,
-                    })
-                }
+                Err(read) => match self.remove_unreadable(&sha256, &path, read) {
+                    Ok(()) => report.unreadable_removed.push(sha256),
+                    Err(error @ StoreError::Unreadable { .. }) => {
+                        report.unremovable.push((sha256, error.to_string()));
+                    }
+                    Err(error) => return Err(error),
+                },
             }
         }
         Ok(report)
+    }
+
+    /// Removes a stored file that could not be read (`read`), and its row. One that cannot
+    /// be removed either is [`StoreError::Unreadable`], naming it; its row stays.
+    fn remove_unreadable(
+        &mut self,
+        sha256: &str,
+        path: &Path,
+        read: io::Error,
+    ) -> Result<(), StoreError> {
+        tracing::warn!(%sha256, path = %path.display(), error = %read, "stored file cannot be read; removing it");
+        match fs::remove_file(path) {
+            Ok(()) => {}
+            Err(error) if error.kind() == io::ErrorKind::NotFound => {}
+            Err(source) => {
+                return Err(StoreError::Unreadable {
+                    path: path.to_path_buf(),
+                    read,
+                    source,
+                })
+            }
+        }
+        self.delete_row(sha256)
     }
 }
 
@@ -2974,6 +3106,90 @@ mod tests {
             .map(|e| e.sha256)
             .collect();
         assert_eq!(hashes, vec![good]);
+    }
+
+    /// Makes the stored file of `sha256` unreadable in a way that holds even for root (who
+    /// reads files whatever their mode): a symlink to itself, which fails to open (ELOOP) but
+    /// can be removed.
+    #[cfg(unix)]
+    fn make_unreadable(store: &Store, sha256: &str) -> PathBuf {
+        let path = store.path(sha256).unwrap();
+        fs::remove_file(&path).unwrap();
+        std::os::unix::fs::symlink(&path, &path).unwrap();
+        assert!(File::open(&path).is_err());
+        path
+    }
+
+    /// Makes the stored file of `sha256` unreadable and impossible to remove as a file: a
+    /// directory with something in it.
+    fn make_unremovable(store: &Store, sha256: &str) -> PathBuf {
+        let path = store.path(sha256).unwrap();
+        fs::remove_file(&path).unwrap();
+        fs::create_dir(&path).unwrap();
+        fs::write(path.join("inside"), b"x").unwrap();
+        path
+    }
+
+    #[cfg(unix)]
+    #[test]
+    fn recheck_removes_an_unreadable_stored_file_like_a_corrupt_one() {
+        let dir = tempfile::TempDir::new().unwrap();
+        let (mut store, _) = open(dir.path(), 1);
+        let good = put(&mut store, b"good", 1);
+        let unreadable = put(&mut store, b"unreadable", 1);
+        let path = make_unreadable(&store, &unreadable);
+        let kept = store.recheck_many(&[&good, &unreadable]).unwrap();
+        assert_eq!(kept, vec![true, false]);
+        assert!(fs::symlink_metadata(&path).is_err(), "the file stayed");
+        assert!(!store.contains(&unreadable).unwrap());
+        // It can be stored again.
+        put(&mut store, b"unreadable", 2);
+        assert_eq!(store.recheck_many(&[&unreadable]).unwrap(), vec![true]);
+    }
+
+    #[test]
+    fn recheck_names_a_stored_file_it_can_neither_read_nor_remove() {
+        let dir = tempfile::TempDir::new().unwrap();
+        let (mut store, _) = open(dir.path(), 1);
+        let stuck = put(&mut store, b"stuck", 1);
+        let path = make_unremovable(&store, &stuck);
+        match store.recheck_many(&[&stuck]) {
+            Err(error @ StoreError::Unreadable { .. }) => {
+                assert!(error.to_string().contains(&path.display().to_string()));
+            }
+            other => panic!("expected Unreadable, got {other:?}"),
+        }
+    }
+
+    #[cfg(unix)]
+    #[test]
+    fn verify_all_reports_every_unreadable_file_and_carries_on() {
+        let dir = tempfile::TempDir::new().unwrap();
+        let (mut store, _) = open(dir.path(), 1);
+        let stuck = put(&mut store, b"a stuck one", 1);
+        let unreadable = put(&mut store, b"an unreadable one", 1);
+        let corrupt = put(&mut store, b"a corrupt one", 1);
+        let good = put(&mut store, b"a good one", 1);
+        make_unremovable(&store, &stuck);
+        make_unreadable(&store, &unreadable);
+        fs::write(store.path(&corrupt).unwrap(), b"CORRUPT").unwrap();
+        let report = store.verify_all().unwrap();
+        assert_eq!(report.checked, 4);
+        assert_eq!(report.corrupt_removed, vec![corrupt]);
+        assert_eq!(report.unreadable_removed, vec![unreadable.clone()]);
+        assert_eq!(report.unremovable.len(), 1);
+        assert_eq!(report.unremovable[0].0, stuck);
+        assert_eq!(report.damaged(), 2);
+        let mut left: Vec<String> = store
+            .list()
+            .unwrap()
+            .into_iter()
+            .map(|e| e.sha256)
+            .collect();
+        left.sort();
+        let mut expected = vec![good, stuck];
+        expected.sort();
+        assert_eq!(left, expected, "the stuck file keeps its row");
     }
 
     #[test]

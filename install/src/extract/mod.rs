@@ -24,7 +24,10 @@
 //!   directory (`a` and `a/b`);
 //! - entries whose bytes `[local header start, data start + compressed size)` overlap
 //!   another entry's (shared data = non-recursive zip bomb) or reach the central
-//!   directory; local file headers hidden in uncovered bytes between entries;
+//!   directory; local file headers hidden in uncovered bytes, from the file's first byte
+//!   to the central directory (between entries, in bytes prepended to the archive, or all
+//!   of them when an end record hidden in the comment lists none); a self-extracting stub
+//!   without a local header signature is accepted;
 //! - a local header whose name, compression method or data-descriptor flag differs
 //!   from the central directory, or (when bit 3 is clear) whose CRC or sizes differ;
 //! - encrypted entries and compression methods other than stored and deflate;
@@ -59,7 +62,7 @@ mod validate;
 
 use std::path::Path;
 
-pub use crate::fsutil::{lock_dir, recover, DirLock, RecoverReport};
+pub use crate::fsutil::{create_and_lock_dir, lock_dir, recover, DirLock, RecoverReport};
 pub use names::{check_component, MAX_COMPONENT_LEN};
 pub use stage::{Committed, StageStats, Staged};
 pub use validate::{EntryInfo, EntryKind, ValidatedArchive};

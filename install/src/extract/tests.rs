@@ -425,6 +425,48 @@ fn a_local_header_hidden_between_entries_is_refused() {
 }
 
 #[test]
+fn a_local_header_hidden_before_the_archive_start_is_refused() {
+    // `cat evil.zip ok.zip`: the central directory lists ok.zip's entries only, a streaming
+    // reader starts with evil.zip's.
+    let s = Scene::new();
+    let mut bytes = raw_zip(&[RawEntry::stored("payload.sh", b"#!/bin/sh\necho owned\n")]).bytes();
+    bytes.extend_from_slice(&raw_zip(&[RawEntry::stored("a", b"aaaa")]).bytes());
+    fs::write(&s.archive, bytes).unwrap();
+    match s.refused() {
+        InstallError::UnlistedLocalHeader { offset } => assert_eq!(offset, 0),
+        other => panic!("expected UnlistedLocalHeader, got {other:?}"),
+    }
+}
+
+#[test]
+fn a_self_extracting_stub_without_local_headers_before_the_archive_is_accepted() {
+    let s = Scene::new();
+    let mut bytes = b"#!/bin/sh\nexec unzip \"$0\"\n".repeat(8);
+    bytes.extend_from_slice(&raw_zip(&[RawEntry::stored("a", b"aaaa")]).bytes());
+    fs::write(&s.archive, bytes).unwrap();
+    s.extract().unwrap();
+    assert_eq!(fs::read(s.dest().join("a")).unwrap(), b"aaaa");
+}
+
+#[test]
+fn an_end_record_hidden_in_the_archive_comment_is_refused() {
+    // The comment ends with an empty end-of-central-directory record: read from the end,
+    // the archive looks empty, and would replace the destination with nothing.
+    let s = Scene::new();
+    let mut bytes = raw_zip(&[RawEntry::stored("a", b"aaaa")]).bytes();
+    let fake: Vec<u8> = [&0x0605_4b50u32.to_le_bytes()[..], &[0u8; 18]].concat();
+    let len = bytes.len();
+    bytes[len - 2..].copy_from_slice(&(fake.len() as u16).to_le_bytes());
+    bytes.extend_from_slice(&fake);
+    fs::write(&s.archive, bytes).unwrap();
+    let err = s.refused();
+    assert!(
+        matches!(err, InstallError::UnlistedLocalHeader { offset: 0 }),
+        "{err:?}"
+    );
+}
+
+#[test]
 fn entries_producing_more_bytes_than_declared_are_stopped() {
     // Both headers agree on a 10-byte size, the stored data holds 100 bytes.
     let s = Scene::new();

@@ -227,7 +227,10 @@ impl ValidatedArchive {
             });
         }
         check_overlaps(&mut ranges, &raw_names)?;
-        scan_gaps(&probe, path, &ranges, zip.offset(), cd_start)?;
+        // From byte 0, not from where the archive starts: bytes prepended to it (another
+        // zip, `cat evil.zip ok.zip`) may hide local headers too. A self-extracting stub
+        // holds none and passes.
+        scan_gaps(&probe, path, &ranges, 0, cd_start)?;
 
         tracing::debug!(archive = %path.display(), entries = entries.len(), total, "archive validated");
         Ok(ValidatedArchive {
@@ -493,17 +496,19 @@ fn check_overlaps(ranges: &mut [LocalRange], names: &[String]) -> Result<(), Ins
     Ok(())
 }
 
-/// Looks for local header signatures in the bytes no entry covers (between the archive
-/// start and the central directory). Data descriptors live there and are tiny; a whole
-/// hidden local header is not allowed.
+/// Looks for local header signatures in the bytes no entry covers, from `scan_start` (the
+/// file's first byte) to the central directory. Data descriptors live there and are tiny;
+/// a whole hidden local header is not allowed. An end record hidden in the archive comment
+/// (an empty central directory placed after every entry) leaves all the entries uncovered,
+/// so it is refused here too.
 fn scan_gaps(
     file: &File,
     path: &Path,
     sorted: &[LocalRange],
-    archive_start: u64,
+    scan_start: u64,
     cd_start: u64,
 ) -> Result<(), InstallError> {
-    let mut cursor = archive_start;
+    let mut cursor = scan_start;
     let mut gaps = Vec::new();
     for r in sorted {
         if r.start > cursor {
