@@ -1757,19 +1757,16 @@ impl Engine {
             let fj = self.jobs.get_mut(&f).expect("follower exists");
             match &result {
                 Ok(o) if duplicate => {
-                    // A follower into a directory gets its own name: its URL's, or, for the
-                    // leader's URL into a directory too, the name the leader's response gave
-                    // (`Content-Disposition`), as its own response would. Never the leader's
-                    // name otherwise: two URLs with the same bytes, or one URL also listed
-                    // with an `out=` name, keep their own names.
+                    // A follower into a directory is named after its own URL, never after
+                    // its leader's file: two URLs with the same bytes, or one URL also listed
+                    // with an `out=` name, keep their own names. Nor after a name the
+                    // leader's response gave (`Content-Disposition`): the copy would replace
+                    // whatever is there under a name the server chose, unchecked.
                     let dest = match &fj.spec.dest {
                         Destination::File(p) => p.clone(),
-                        Destination::Dir(d) => d.join(match (&job.spec.dest, &job.dest_name) {
-                            (Destination::Dir(_), Some(name)) if fj.spec.url == job.spec.url => {
-                                name.clone()
-                            }
-                            _ => crate::download::file_name_from_url(&fj.spec.url),
-                        }),
+                        Destination::Dir(d) => {
+                            d.join(crate::download::file_name_from_url(&fj.spec.url))
+                        }
                     };
                     let mut outcome = o.clone();
                     outcome.path = dest.clone();
