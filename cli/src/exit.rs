@@ -12,7 +12,7 @@ pub const NETWORK: i32 = 3;
 /// The server answered with an error status, or with redirects that lead nowhere (a loop,
 /// too many).
 pub const HTTP_STATUS: i32 = 4;
-/// Verification failed: size, hash or signature.
+/// Verification failed: size, hash (sha256 or another checksum) or signature.
 pub const VERIFICATION: i32 = 5;
 /// Unsafe or invalid archive, manifest or catalog.
 pub const UNSAFE_INPUT: i32 = 6;
@@ -29,7 +29,8 @@ pub const TABLE: &str = "EXIT CODES:
      malformed response)
   4  HTTP error status (404, 403, 500 after retries, ...), redirect loop or too many
      redirects
-  5  verification failed (size, sha256, signature); nothing is left at the destination
+  5  verification failed (size, sha256 or another checksum, signature); nothing is
+     left at the destination
   6  unsafe or invalid archive, manifest or catalog
   7  local I/O failure (disk full, permissions)
   130 interrupted; partial downloads are kept and the same command resumes them";

@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use clap::Args;
 use haul_blocking::Client;
-use haul_core::{CancelMode, Config, Download, LowSpeedLimit, Priority};
+use haul_core::{CancelMode, ChecksumAlgorithm, Config, Download, LowSpeedLimit, Priority};
 
 use crate::exit;
 use crate::progress::{Mode, Reporter};
@@ -22,8 +22,8 @@ pub struct GetArgs {
     #[arg(long = "mirror", value_name = "URL")]
     pub mirrors: Vec<String>,
     /// Read downloads from FILE in aria2's input-file format (URI lines, TAB-separated
-    /// mirrors, indented out=, dir=, checksum=sha-256=HEX, header=, http-user=,
-    /// http-passwd= options); `-` reads stdin.
+    /// mirrors, indented out=, dir=, checksum=TYPE=HEX, header=, http-user=, http-passwd=
+    /// options; checksum TYPEs as for --checksum); `-` reads stdin.
     #[arg(short = 'i', long = "input-file", value_name = "FILE")]
     pub input_file: Option<PathBuf>,
     /// Downloads running at once (more wait in the queue).
@@ -68,6 +68,12 @@ pub struct GetArgs {
     /// Expected SHA-256 (64 hex digits); a mismatch leaves nothing at the destination.
     #[arg(long, value_name = "HEX")]
     pub sha256: Option<String>,
+    /// Expected digest as aria2 writes it, TYPE=HEX (one URL only): TYPE is sha-1,
+    /// sha-224, sha-256, sha-384, sha-512, md5 or adler32 (any case, hyphen optional).
+    /// sha-256 is --sha256; the others are checked by reading the file back before it is
+    /// committed, and a mismatch leaves nothing at the destination.
+    #[arg(long, value_name = "TYPE=HEX", value_parser = parse_checksum)]
+    pub checksum: Option<ChecksumArg>,
     /// Expected exact size (e.g. 1048576, 64K, 1.5M).
     #[arg(long, value_name = "BYTES", value_parser = parse_size)]
     pub size: Option<u64>,
@@ -111,6 +117,23 @@ pub struct GetArgs {
     /// Print events as JSON lines on stdout.
     #[arg(long)]
     pub json: bool,
+}
+
+/// `--checksum TYPE=HEX`: the algorithm (`None`: sha-256) and the digest, as given.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ChecksumArg {
+    algorithm: Option<ChecksumAlgorithm>,
+    hex: String,
+}
+
+fn parse_checksum(value: &str) -> Result<ChecksumArg, String> {
+    let (kind, hex) = value
+        .split_once('=')
+        .ok_or_else(|| format!("{value:?}: expected TYPE=HEX, e.g. sha-1=<40 hex digits>"))?;
+    Ok(ChecksumArg {
+        algorithm: crate::inputfile::checksum_type(kind)?,
+        hex: hex.trim().to_string(),
+    })
 }
 
 /// `HH:MM=RATE,...` (RATE: a size per second, or `unlimited`/`off`).
@@ -233,6 +256,30 @@ impl GetArgs {
         if self.sha256.is_some() && entries.len() > 1 {
             return Err("--sha256 applies to one URL; use checksum= lines in -i FILE".into());
         }
+        if self.checksum.is_some() && entries.len() > 1 {
+            return Err("--checksum applies to one URL; use checksum= lines in -i FILE".into());
+        }
+        // `--checksum sha-256=HEX` is `--sha256 HEX`; the other types are the checksum.
+        let (sha256_arg, checksum_arg) = match &self.checksum {
+            Some(ChecksumArg {
+                algorithm: None,
+                hex,
+            }) => {
+                if self
+                    .sha256
+                    .as_ref()
+                    .is_some_and(|s| !s.trim().eq_ignore_ascii_case(hex))
+                {
+                    return Err("--sha256 and --checksum sha-256=... name different digests".into());
+                }
+                (Some(hex), None)
+            }
+            Some(ChecksumArg {
+                algorithm: Some(algorithm),
+                hex,
+            }) => (self.sha256.as_ref(), Some((*algorithm, hex.clone()))),
+            None => (self.sha256.as_ref(), None),
+        };
         if self.size.is_some() && entries.len() > 1 {
             return Err(
                 "--size is the exact size of one file; for several, --max-size caps each".into(),
@@ -272,8 +319,11 @@ impl GetArgs {
                     .mirror(m)
                     .map_err(|e| entry.locate(format!("mirror: {e}")))?;
             }
-            if let Some(h) = entry.sha256.as_ref().or(self.sha256.as_ref()) {
+            if let Some(h) = entry.sha256.as_ref().or(sha256_arg) {
                 d = d.sha256(h).map_err(|e| entry.locate(e))?;
+            }
+            if let Some((algorithm, h)) = entry.checksum.as_ref().or(checksum_arg.as_ref()) {
+                d = d.checksum(*algorithm, h).map_err(|e| entry.locate(e))?;
             }
             if let Some(s) = self.size {
                 d = d.size(s);

@@ -10,7 +10,9 @@
 //!
 //! One download per non-indented line (URIs separated by TABs: the first is used, the rest
 //! are mirrors of the same bytes); indented `key=value` lines set options for the download
-//! above them. Supported options: `out`, `dir`, `checksum` (sha-256 only), `header`
+//! above them. Supported options: `out`, `dir`, `checksum` (`TYPE=DIGEST`, TYPE one of
+//! aria2's: sha-1, sha-224, sha-256, sha-384, sha-512, md5, adler32, in any case, with or
+//! without the hyphen; another type is an error naming the line), `header`
 //! (`Name: value`, repeatable), `http-user` and `http-passwd` (sent as Basic
 //! `Authorization`, which like `-H` goes to the first URL only and not across origins).
 //! Options aria2 knows but haul sets globally (`split`, `max-connection-per-server`, ...) are
@@ -20,6 +22,27 @@
 //! aria2 documents it: an absolute path, a `..` part, or a name that is no file (empty, `.`,
 //! ending in `/`) is an error naming the line, found before anything is downloaded. An empty
 //! `dir=` is an error too. A UTF-8 byte order mark at the start is skipped.
+
+use haul_core::ChecksumAlgorithm;
+
+/// The algorithm a `checksum=` (or `--checksum`) TYPE names: `None` for sha-256 (haul's own
+/// digest, `Download::sha256`), else one of the others; an error naming the types known.
+pub fn checksum_type(kind: &str) -> Result<Option<ChecksumAlgorithm>, String> {
+    let kind = kind.trim();
+    if kind.eq_ignore_ascii_case("sha-256") || kind.eq_ignore_ascii_case("sha256") {
+        return Ok(None);
+    }
+    ChecksumAlgorithm::from_aria2_name(kind)
+        .map(Some)
+        .ok_or_else(|| {
+            format!(
+                "checksum type {kind:?} is not supported (sha-256, {})",
+                ChecksumAlgorithm::ALL
+                    .map(ChecksumAlgorithm::name)
+                    .join(", ")
+            )
+        })
+}
 
 /// One download of the list.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
@@ -32,6 +55,8 @@ pub struct Entry {
     pub dir: Option<String>,
     /// `checksum=sha-256=HEX`.
     pub sha256: Option<String>,
+    /// `checksum=TYPE=HEX` of another type than sha-256 (the last one given).
+    pub checksum: Option<(ChecksumAlgorithm, String)>,
     /// `header=Name: value` lines, then the `Authorization` that `http-user=` and
     /// `http-passwd=` make.
     pub headers: Vec<(String, String)>,
@@ -154,13 +179,10 @@ pub fn parse(text: &str, mut warn: impl FnMut(String)) -> Result<Vec<Entry>, Str
                     let (algo, hex) = value.split_once('=').ok_or_else(|| {
                         format!("line {line_no}: checksum must be TYPE=DIGEST, got {value:?}")
                     })?;
-                    match algo.trim().to_ascii_lowercase().as_str() {
-                        "sha-256" | "sha256" => entry.sha256 = Some(hex.trim().to_string()),
-                        other => {
-                            return Err(format!(
-                                "line {line_no}: checksum type {other:?} is not supported (sha-256 only)"
-                            ))
-                        }
+                    let hex = hex.trim().to_string();
+                    match checksum_type(algo).map_err(|e| format!("line {line_no}: {e}"))? {
+                        None => entry.sha256 = Some(hex),
+                        Some(algorithm) => entry.checksum = Some((algorithm, hex)),
                     }
                 }
                 "header" => {
@@ -231,8 +253,44 @@ mod tests {
         assert_eq!(e.len(), 1);
         assert_eq!(warnings.len(), 1);
         assert!(parse("  out=x\n", |_| {}).is_err());
-        assert!(parse("http://a\n  checksum=md5=00\n", |_| {}).is_err());
+        assert!(parse("http://a\n  checksum=crc32=00\n", |_| {}).is_err());
         assert!(parse("http://a\n  nonsense\n", |_| {}).is_err());
+    }
+
+    #[test]
+    fn checksum_lines_of_every_aria2_type_are_taken_and_another_type_names_its_line() {
+        let text = "http://a/1\n  checksum=SHA-1=aa\nhttp://a/2\n  checksum=md5=bb\n\
+                    http://a/3\n  checksum=sha512=cc\nhttp://a/4\n  checksum=adler32=dd\n\
+                    http://a/5\n  checksum=Sha-256=ee\nhttp://a/6\n  checksum=sha-224=ff\n\
+                    http://a/7\n  checksum=sha-384=11\n";
+        let e = parse(text, |w| panic!("{w}")).unwrap();
+        let taken: Vec<_> = e
+            .iter()
+            .map(|e| (e.checksum.clone(), e.sha256.clone()))
+            .collect();
+        let other = |a, h: &str| (Some((a, h.to_string())), None);
+        assert_eq!(
+            taken,
+            vec![
+                other(ChecksumAlgorithm::Sha1, "aa"),
+                other(ChecksumAlgorithm::Md5, "bb"),
+                other(ChecksumAlgorithm::Sha512, "cc"),
+                other(ChecksumAlgorithm::Adler32, "dd"),
+                (None, Some("ee".to_string())),
+                other(ChecksumAlgorithm::Sha224, "ff"),
+                other(ChecksumAlgorithm::Sha384, "11"),
+            ]
+        );
+        let error = parse("# list\nhttp://a/x\n  checksum=crc32=00\n", |_| {}).unwrap_err();
+        assert!(
+            error.starts_with("line 3: checksum type \"crc32\" is not supported (sha-256, sha-1"),
+            "{error}"
+        );
+        let error = parse("http://a/x\n  checksum=md5\n", |_| {}).unwrap_err();
+        assert!(
+            error.starts_with("line 2: checksum must be TYPE=DIGEST"),
+            "{error}"
+        );
     }
 
     #[test]

@@ -47,7 +47,8 @@ struct Cli {
 
 #[derive(Subcommand, Debug)]
 enum Command {
-    /// Download files, verified (size, sha256) and committed atomically; resumable.
+    /// Download files, verified (size, sha256 or another checksum) and committed atomically;
+    /// resumable.
     Get(get::GetArgs),
     /// Start a built-in local origin and download generated assets from it.
     Demo(demo::DemoArgs),

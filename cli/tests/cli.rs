@@ -358,6 +358,140 @@ fn assert_ok(out: &std::process::Output) {
 }
 
 #[test]
+fn input_file_sha1_md5_and_adler32_checksums_are_verified_and_committed() {
+    let (a, b, c) = (data(300_000), data(1_500_000), data(70_000));
+    let origin = Origin::start().unwrap();
+    origin.route("/a.bin", a.clone(), Behavior::Normal);
+    origin.route("/b.bin", b.clone(), Behavior::Normal);
+    origin.route("/c.bin", c.clone(), Behavior::Normal);
+    let (lists, dest) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let list = format!(
+        "{}\n  checksum=sha-1={}\n{}\n  checksum=MD5={}\n{}\n  checksum=adler32={}\n",
+        origin.url("/a.bin"),
+        hex::encode(sha1::Sha1::digest(&a)),
+        origin.url("/b.bin"),
+        hex::encode(md5::Md5::digest(&b)).to_uppercase(),
+        origin.url("/c.bin"),
+        adler32_hex(&c),
+    );
+    // Segmented too: the read-back covers a file written out of order.
+    assert_ok(&get_list(
+        lists.path(),
+        &list,
+        dest.path(),
+        &["--quiet", "-s", "3", "--min-segment", "64K"],
+    ));
+    for (name, body) in [("a.bin", &a), ("b.bin", &b), ("c.bin", &c)] {
+        assert_eq!(
+            &std::fs::read(dest.path().join(name)).unwrap(),
+            body,
+            "{name}"
+        );
+    }
+}
+
+/// Adler-32 of `bytes` as aria2 writes it (8 hex digits), computed here by its definition.
+fn adler32_hex(bytes: &[u8]) -> String {
+    let (mut a, mut b) = (1u32, 0u32);
+    for &byte in bytes {
+        a = (a + u32::from(byte)) % 65_521;
+        b = (b + a) % 65_521;
+    }
+    format!("{:08x}", (b << 16) | a)
+}
+
+#[test]
+fn input_file_wrong_sha512_exits_5_names_the_checksum_and_leaves_nothing() {
+    let body = data(100_000);
+    let origin = Origin::start().unwrap();
+    origin.route("/x.bin", body.clone(), Behavior::Normal);
+    let (lists, dest) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let wrong = hex::encode(sha2::Sha512::digest(b"other bytes"));
+    let list = format!(
+        "{}\n  out=x.bin\n  checksum=sha-512={wrong}\n",
+        origin.url("/x.bin")
+    );
+    let out = get_list(lists.path(), &list, dest.path(), &[]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(5), "{stderr}");
+    assert!(stderr.contains("sha-512 checksum mismatch"), "{stderr}");
+    assert!(stderr.contains(&wrong), "{stderr}");
+    let left: Vec<_> = std::fs::read_dir(dest.path()).unwrap().collect();
+    assert!(left.is_empty(), "{left:?}");
+}
+
+#[test]
+fn input_file_checksum_of_an_unknown_type_is_a_usage_error_naming_the_line() {
+    let (lists, dest) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let list = "http://127.0.0.1:9/x\n  checksum=crc32=00000000\n";
+    let out = get_list(lists.path(), list, dest.path(), &[]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    assert!(
+        stderr.contains("line 2: checksum type \"crc32\" is not supported"),
+        "{stderr}"
+    );
+}
+
+#[test]
+fn checksum_option_takes_aria2_types_and_its_sha_256_is_the_sha256() {
+    let body = data(200_000);
+    let origin = Origin::start().unwrap();
+    origin.route("/f.bin", body.clone(), Behavior::Normal);
+    let dir = tempfile::tempdir().unwrap();
+    let get = |dest: &str, checksum: String| {
+        haul()
+            .args(["get", &origin.url("/f.bin"), "-o"])
+            .arg(dir.path().join(dest))
+            .args(["--checksum", &checksum, "--quiet"])
+            .output()
+            .unwrap()
+    };
+    let out = get(
+        "md5.bin",
+        format!("md5={}", hex::encode(md5::Md5::digest(&body))),
+    );
+    assert_ok(&out);
+    assert_eq!(std::fs::read(dir.path().join("md5.bin")).unwrap(), body);
+    let sha384 = hex::encode(sha2::Sha384::digest(&body));
+    assert_ok(&get("384.bin", format!("SHA384={sha384}")));
+
+    let out = get("bad.bin", format!("sha-256={}", "ab".repeat(32)));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(5), "{stderr}");
+    assert!(stderr.contains("sha256 mismatch"), "{stderr}");
+    assert!(!dir.path().join("bad.bin").exists());
+
+    for (checksum, says) in [
+        (
+            "crc32=00".to_string(),
+            "checksum type \"crc32\" is not supported",
+        ),
+        ("md5=abc".to_string(), "md5 checksum must be 32 hex digits"),
+        ("md5".to_string(), "expected TYPE=HEX"),
+    ] {
+        let out = get("usage.bin", checksum.clone());
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{checksum}: {stderr}");
+        assert!(stderr.contains(says), "{checksum}: {stderr}");
+    }
+    let out = haul()
+        .args(["get", "http://a.test/x", "http://a.test/y"])
+        .args(["--checksum", &format!("md5={}", "0".repeat(32))])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("--checksum applies to one URL"));
+
+    let out = haul().args(["get", "--help"]).output().unwrap();
+    let help = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        help.contains("--checksum <TYPE=HEX>") && help.contains("adler32"),
+        "{help}"
+    );
+}
+
+#[test]
 fn input_file_tab_separated_mirrors_are_used() {
     let body = data(50_000);
     let origin = Origin::start().unwrap();

@@ -1,5 +1,7 @@
 //! What the caller asks for: a [`Download`] (URL, destination, expectations) and what it gets
-//! back: an [`Outcome`].
+//! back: an [`Outcome`]. Expectations are a size, a SHA-256 (haul's own digest, computed as
+//! bytes arrive) and optionally one more digest of another algorithm ([`ChecksumAlgorithm`],
+//! what aria2 lists carry), checked by reading the file back before the commit.
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -28,6 +30,8 @@ pub struct Download {
     pub(crate) mirrors: Vec<url::Url>,
     pub(crate) dest: Destination,
     pub(crate) sha256: Option<[u8; 32]>,
+    /// Another digest to check before the commit (see [`Download::checksum`]).
+    pub(crate) checksum: Option<ExpectedChecksum>,
     pub(crate) size: Option<u64>,
     pub(crate) max_size: Option<u64>,
     pub(crate) headers: Vec<(String, String)>,
@@ -78,6 +82,7 @@ impl Download {
             mirrors: Vec::new(),
             dest: Destination::File(dest),
             sha256: None,
+            checksum: None,
             size: None,
             max_size: None,
             headers: Vec::new(),
@@ -160,6 +165,23 @@ impl Download {
         Ok(self)
     }
 
+    /// Expect this digest of another algorithm than SHA-256 (`hex_digest`: hex digits,
+    /// either case, as many as the algorithm's digest has: 40 for sha-1, 32 for md5, ...).
+    /// The engine reads the complete file back (in chunks of 1 MiB) once size and SHA-256
+    /// passed, and commits only if this digest matches too; a mismatch is a
+    /// [`DownloadError::ChecksumMismatch`] and is handled like a SHA-256 mismatch (retried
+    /// from zero, then nothing committed). One checksum per download: a second call replaces
+    /// the first. With [`Download::sha256`] too, both are checked. The read-back costs a
+    /// second pass over the file, so prefer [`Download::sha256`] when the SHA-256 is known.
+    pub fn checksum(
+        mut self,
+        algorithm: ChecksumAlgorithm,
+        hex_digest: &str,
+    ) -> Result<Download, DownloadError> {
+        self.checksum = Some(ExpectedChecksum::parse(algorithm, hex_digest)?);
+        Ok(self)
+    }
+
     /// Expect exactly this many bytes.
     pub fn size(mut self, bytes: u64) -> Download {
         self.size = Some(bytes);
@@ -222,6 +244,11 @@ impl Download {
         self.sha256
     }
 
+    /// The expected checksum of another algorithm, when given ([`Download::checksum`]).
+    pub fn expected_checksum(&self) -> Option<&ExpectedChecksum> {
+        self.checksum.as_ref()
+    }
+
     /// The expected size in bytes, when given ([`Download::size`]).
     pub fn expected_size(&self) -> Option<u64> {
         self.size
@@ -255,6 +282,141 @@ impl Download {
             Destination::File(p) => p.clone(),
             Destination::Dir(d) => d.join(file_name_from_url(&self.url)),
         }
+    }
+}
+
+/// A digest algorithm a download may be checked with besides SHA-256 (see
+/// [`Download::checksum`]): the other types aria2's `checksum=` option takes. SHA-256 is not
+/// among them: it is [`Download::sha256`], which the engine computes as bytes arrive.
+/// SHA-1 and MD5 are broken against an adversary and Adler-32 is no cryptographic digest at
+/// all: they catch damaged or wrong files, not forged ones.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum ChecksumAlgorithm {
+    Sha1,
+    Sha224,
+    Sha384,
+    Sha512,
+    Md5,
+    /// Adler-32, written as aria2 writes it: the 32-bit sum in 8 hex digits, big-endian.
+    Adler32,
+}
+
+impl ChecksumAlgorithm {
+    /// Every algorithm, in the order aria2 documents them.
+    pub const ALL: [ChecksumAlgorithm; 6] = [
+        ChecksumAlgorithm::Sha1,
+        ChecksumAlgorithm::Sha224,
+        ChecksumAlgorithm::Sha384,
+        ChecksumAlgorithm::Sha512,
+        ChecksumAlgorithm::Md5,
+        ChecksumAlgorithm::Adler32,
+    ];
+
+    /// The algorithm an aria2 checksum type names: `sha-1`, `sha-224`, `sha-384`, `sha-512`,
+    /// `md5`, `adler32`, in any case, with or without the hyphen (`sha1`, `SHA-512`,
+    /// `md-5`). `sha-256` is not one: it is [`Download::sha256`].
+    pub fn from_aria2_name(name: &str) -> Option<ChecksumAlgorithm> {
+        let name = name.trim().to_ascii_lowercase().replace('-', "");
+        Some(match name.as_str() {
+            "sha1" => ChecksumAlgorithm::Sha1,
+            "sha224" => ChecksumAlgorithm::Sha224,
+            "sha384" => ChecksumAlgorithm::Sha384,
+            "sha512" => ChecksumAlgorithm::Sha512,
+            "md5" => ChecksumAlgorithm::Md5,
+            "adler32" => ChecksumAlgorithm::Adler32,
+            _ => return None,
+        })
+    }
+
+    /// aria2's name of the algorithm (`sha-1`, `md5`, `adler32`, ...).
+    pub fn name(self) -> &'static str {
+        match self {
+            ChecksumAlgorithm::Sha1 => "sha-1",
+            ChecksumAlgorithm::Sha224 => "sha-224",
+            ChecksumAlgorithm::Sha384 => "sha-384",
+            ChecksumAlgorithm::Sha512 => "sha-512",
+            ChecksumAlgorithm::Md5 => "md5",
+            ChecksumAlgorithm::Adler32 => "adler32",
+        }
+    }
+
+    /// Bytes in the algorithm's digest (twice as many hex digits).
+    pub fn digest_len(self) -> usize {
+        match self {
+            ChecksumAlgorithm::Sha1 => 20,
+            ChecksumAlgorithm::Sha224 => 28,
+            ChecksumAlgorithm::Sha384 => 48,
+            ChecksumAlgorithm::Sha512 => 64,
+            ChecksumAlgorithm::Md5 => 16,
+            ChecksumAlgorithm::Adler32 => 4,
+        }
+    }
+}
+
+impl std::fmt::Display for ChecksumAlgorithm {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+impl std::str::FromStr for ChecksumAlgorithm {
+    type Err = String;
+
+    /// [`ChecksumAlgorithm::from_aria2_name`], with a message naming the known types.
+    fn from_str(s: &str) -> Result<ChecksumAlgorithm, String> {
+        ChecksumAlgorithm::from_aria2_name(s).ok_or_else(|| {
+            format!(
+                "{s:?} is not a checksum type ({})",
+                ChecksumAlgorithm::ALL
+                    .map(ChecksumAlgorithm::name)
+                    .join(", ")
+            )
+        })
+    }
+}
+
+/// A digest a download is expected to have ([`Download::checksum`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ExpectedChecksum {
+    algorithm: ChecksumAlgorithm,
+    digest: Vec<u8>,
+}
+
+impl ExpectedChecksum {
+    /// `hex_digest` (surrounding white space ignored, either case) as a digest of
+    /// `algorithm`: exactly `2 * algorithm.digest_len()` hex digits.
+    pub fn parse(
+        algorithm: ChecksumAlgorithm,
+        hex_digest: &str,
+    ) -> Result<ExpectedChecksum, DownloadError> {
+        let digits = algorithm.digest_len() * 2;
+        let hex_digest = hex_digest.trim();
+        let digest = hex::decode(hex_digest)
+            .ok()
+            .filter(|d| d.len() == algorithm.digest_len())
+            .ok_or_else(|| {
+                DownloadError::InvalidRequest(format!(
+                    "the {algorithm} checksum must be {digits} hex digits, got {hex_digest:?} \
+                     ({} characters)",
+                    hex_digest.chars().count()
+                ))
+            })?;
+        Ok(ExpectedChecksum { algorithm, digest })
+    }
+
+    /// The algorithm.
+    pub fn algorithm(&self) -> ChecksumAlgorithm {
+        self.algorithm
+    }
+
+    /// The expected digest's bytes.
+    pub fn digest(&self) -> &[u8] {
+        &self.digest
+    }
+
+    /// The expected digest in lowercase hex.
+    pub fn hex(&self) -> String {
+        hex::encode(&self.digest)
     }
 }
 
@@ -494,6 +656,85 @@ mod tests {
         assert!(d.clone().sha256("zz").is_err());
         let upper = "AB".repeat(32);
         assert_eq!(d.sha256(&upper).unwrap().sha256, Some([0xab; 32]));
+    }
+
+    #[test]
+    fn aria2_checksum_names_parse_in_any_case_with_or_without_the_hyphen() {
+        use ChecksumAlgorithm::*;
+        for (names, algorithm) in [
+            (&["sha-1", "sha1", "SHA-1", "Sha1"][..], Sha1),
+            (&["sha-224", "sha224", "SHA-224"][..], Sha224),
+            (&["sha-384", "sha384", "SHA384"][..], Sha384),
+            (&["sha-512", "sha512", " SHA-512 "][..], Sha512),
+            (&["md5", "MD5", "md-5"][..], Md5),
+            (&["adler32", "ADLER32", "adler-32"][..], Adler32),
+        ] {
+            for name in names {
+                assert_eq!(
+                    ChecksumAlgorithm::from_aria2_name(name),
+                    Some(algorithm),
+                    "{name}"
+                );
+                assert_eq!(name.parse::<ChecksumAlgorithm>(), Ok(algorithm), "{name}");
+            }
+            // aria2's own spelling comes back.
+            assert_eq!(
+                ChecksumAlgorithm::from_aria2_name(algorithm.name()),
+                Some(algorithm)
+            );
+        }
+        // SHA-256 is `Download::sha256`, not one of these; nor is anything else.
+        for name in ["sha-256", "sha256", "crc32", "sha3-256", "", "sha"] {
+            assert_eq!(ChecksumAlgorithm::from_aria2_name(name), None, "{name}");
+        }
+        let error = "crc32".parse::<ChecksumAlgorithm>().unwrap_err();
+        assert!(error.contains("sha-1") && error.contains("md5"), "{error}");
+    }
+
+    #[test]
+    fn a_checksum_takes_exactly_its_algorithms_hex_length_and_names_both_otherwise() {
+        let d = || Download::new("http://h/x", "o").unwrap();
+        for algorithm in ChecksumAlgorithm::ALL {
+            let digits = algorithm.digest_len() * 2;
+            let good = "aB".repeat(digits / 2);
+            let with = d().checksum(algorithm, &format!(" {good}\n")).unwrap();
+            let expected = with.expected_checksum().unwrap();
+            assert_eq!(expected.algorithm(), algorithm);
+            assert_eq!(expected.digest(), vec![0xab; algorithm.digest_len()]);
+            assert_eq!(expected.hex(), "ab".repeat(digits / 2));
+            for bad in [
+                good[..digits - 2].to_string(),
+                format!("{good}00"),
+                format!("{}zz", &good[..digits - 2]),
+                format!("{}a", &good[..digits - 2]),
+                String::new(),
+            ] {
+                let Err(DownloadError::InvalidRequest(message)) = d().checksum(algorithm, &bad)
+                else {
+                    panic!("{algorithm} took {bad:?}");
+                };
+                assert!(
+                    message.contains(&format!("{algorithm} checksum must be {digits} hex digits")),
+                    "{message}"
+                );
+            }
+        }
+        assert!(d().expected_checksum().is_none());
+    }
+
+    #[test]
+    fn a_sha256_and_a_checksum_are_both_expected() {
+        let both = Download::new("http://h/x", "o")
+            .unwrap()
+            .sha256(&"cd".repeat(32))
+            .unwrap()
+            .checksum(ChecksumAlgorithm::Md5, &"00".repeat(16))
+            .unwrap();
+        assert_eq!(both.expected_sha256(), Some([0xcd; 32]));
+        assert_eq!(
+            both.expected_checksum().map(ExpectedChecksum::algorithm),
+            Some(ChecksumAlgorithm::Md5)
+        );
     }
 
     #[test]

@@ -7,6 +7,7 @@
 use std::path::PathBuf;
 use std::time::Duration;
 
+use crate::download::ChecksumAlgorithm;
 use crate::http::HttpError;
 use crate::io::{IoErrorKind, IoFailure};
 
@@ -133,6 +134,17 @@ pub enum DownloadError {
         expected: String,
         actual: String,
     },
+    /// The file's digest of the download's other checksum algorithm
+    /// ([`crate::Download::checksum`]) differed from the expected one (`url`, `path`: as for
+    /// `SizeMismatch`; `expected` and `actual` in lowercase hex).
+    #[error("{algorithm} checksum mismatch for {url} (to {path}): expected {expected}, got {actual}", path = path.display())]
+    ChecksumMismatch {
+        algorithm: ChecksumAlgorithm,
+        url: String,
+        path: PathBuf,
+        expected: String,
+        actual: String,
+    },
     /// A local file operation failed.
     #[error("local I/O failed on {path}: {failure}", path = path.display())]
     LocalIo { path: PathBuf, failure: IoFailure },
@@ -211,6 +223,7 @@ impl DownloadError {
             | DownloadError::SizeMismatch { .. }
             | DownloadError::TooLarge { .. }
             | DownloadError::HashMismatch { .. }
+            | DownloadError::ChecksumMismatch { .. }
             | DownloadError::LocalIo { .. }
             | DownloadError::Cancelled
             | DownloadError::ClientStopped
@@ -301,7 +314,8 @@ impl DownloadError {
             | DownloadError::RedirectLoop { .. } => ErrorClass::HttpStatus,
             DownloadError::SizeMismatch { .. }
             | DownloadError::TooLarge { .. }
-            | DownloadError::HashMismatch { .. } => ErrorClass::Verification,
+            | DownloadError::HashMismatch { .. }
+            | DownloadError::ChecksumMismatch { .. } => ErrorClass::Verification,
             DownloadError::LocalIo { .. } => ErrorClass::LocalIo,
             DownloadError::Cancelled | DownloadError::ClientStopped => ErrorClass::Cancelled,
         }
@@ -376,6 +390,25 @@ mod tests {
             "body of http://h/b.iso (to d/b.iso) exceeds the maximum size of 10 bytes (at least 12 bytes)"
         );
         assert_eq!(large.class(), ErrorClass::Verification);
+    }
+
+    #[test]
+    fn a_checksum_mismatch_names_its_algorithm_and_download_and_is_a_verification_failure() {
+        let e = DownloadError::ChecksumMismatch {
+            algorithm: ChecksumAlgorithm::Md5,
+            url: "http://h/b.iso".into(),
+            path: "d/b.iso".into(),
+            expected: "aa".into(),
+            actual: "bb".into(),
+        };
+        assert_eq!(
+            e.to_string(),
+            "md5 checksum mismatch for http://h/b.iso (to d/b.iso): expected aa, got bb"
+        );
+        assert_eq!(e.class(), ErrorClass::Verification);
+        assert!(!e.retryable());
+        assert!(!e.counts_against_origin());
+        assert!(!e.another_url_may_serve());
     }
 
     #[test]

@@ -32,13 +32,17 @@ pub mod working_name;
 pub mod writeback;
 
 pub use config::{Config, ConfigError, LowSpeedLimit, RetryPolicy};
-pub use download::{Destination, Download, Outcome, MAX_SEGMENTS};
+pub use download::{
+    ChecksumAlgorithm, Destination, Download, ExpectedChecksum, Outcome, MAX_SEGMENTS,
+};
 pub use engine::{CancelMode, Engine, Event, Input, JobId, Output, FINISHED_KEPT};
 pub use error::{DownloadError, ErrorClass, TimeoutKind};
 pub use io::{AfterClose, ConnId, FileId, IoErrorKind, IoFailure, IoId, IoOp, IoRequest, IoResult};
 pub use proxy::{ProxyConfig, ProxyHop};
 pub use sched::{Priority, RateSchedule, ScheduleError};
 pub use time::Instant;
+#[cfg(test)]
+mod engine_checksum_tests;
 #[cfg(test)]
 mod engine_policy_tests;
 #[cfg(test)]

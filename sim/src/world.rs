@@ -66,10 +66,10 @@ use haul_core::config::{Config, LowSpeedLimit, RetryPolicy};
 use haul_core::policy::{BreakerConfig, RetryBudget};
 use haul_core::resume::PartState;
 use haul_core::{
-    CancelMode, ConnId, Download, DownloadError, Engine, Event, FileId, Input, Instant,
-    IoErrorKind, IoFailure, IoId, IoOp, IoRequest, IoResult, JobId, Output,
+    CancelMode, ChecksumAlgorithm, ConnId, Download, DownloadError, Engine, Event, FileId, Input,
+    Instant, IoErrorKind, IoFailure, IoId, IoOp, IoRequest, IoResult, JobId, Output,
 };
-use sha2::{Digest, Sha256};
+use sha2::{Digest, Sha256, Sha512};
 
 use crate::disk::{VirtualDisk, WriteFault};
 use crate::origin::{parse_request, End, Origins, Representation};
@@ -100,7 +100,9 @@ const SAME_INSTANT_LIMIT: u32 = 20_000;
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
 pub enum Invariant {
     /// A committed file does not hold the expected bytes (wrong hash, or not exactly one
-    /// representation the origin served).
+    /// representation the origin served), or a download reported its other checksum
+    /// mismatched although that is the digest of the bytes its SHA-256 proved (its read-back
+    /// hashed other bytes than the file's).
     CommittedBytes,
     /// A state file names bytes that are not durable or whose digest does not match.
     StateFile,
@@ -157,6 +159,9 @@ pub enum Feature {
     Spread,
     /// A download written to an unnamed file was published at its destination.
     UnnamedCommit,
+    /// A download with another checksum (`Download::checksum`) committed after its
+    /// read-back.
+    ChecksumCommit,
     /// A `SingleConnection` event: a segment's answer did not fit the file, and the job
     /// went on over one connection.
     SingleConnection,
@@ -164,7 +169,7 @@ pub enum Feature {
 
 impl Feature {
     /// Every feature.
-    pub const ALL: [Feature; 9] = [
+    pub const ALL: [Feature; 10] = [
         Feature::Failover,
         Feature::BreakerOpened,
         Feature::VerificationRetry,
@@ -174,16 +179,18 @@ impl Feature {
         Feature::Spread,
         Feature::UnnamedCommit,
         Feature::SingleConnection,
+        Feature::ChecksumCommit,
     ];
 
     /// Features a default swarm must exercise.
-    pub const REQUIRED: [Feature; 6] = [
+    pub const REQUIRED: [Feature; 7] = [
         Feature::Failover,
         Feature::BreakerOpened,
         Feature::VerificationRetry,
         Feature::MirrorCommit,
         Feature::Spread,
         Feature::UnnamedCommit,
+        Feature::ChecksumCommit,
     ];
 
     /// A short stable name.
@@ -198,6 +205,7 @@ impl Feature {
             Feature::Spread => "spread",
             Feature::UnnamedCommit => "unnamed-commit",
             Feature::SingleConnection => "single-connection",
+            Feature::ChecksumCommit => "checksum-commit",
         }
     }
 }
@@ -366,6 +374,14 @@ struct DlState {
     first_hops: Vec<(String, String)>,
     dest: PathBuf,
     expected_sha: Option<[u8; 32]>,
+    /// The SHA-512 (hex) of the canonical representation, expected as the download's other
+    /// checksum, so the read-back before the commit runs under the faults too. It always
+    /// matches a file whose SHA-256 passed. Only every other segmented download that
+    /// expects the SHA-256 has one: the read-back completes the file's writes before its
+    /// final sync is issued, which closes the window a disk that lets syncs overtake writes
+    /// needs to show (see the planted-bug swarm test); a segmented download's early sync
+    /// comes before its read-back and keeps that window.
+    checksum: Option<String>,
     status: DlStatus,
     failures_after_heal: u32,
     backoff_until: Option<Instant>,
@@ -635,11 +651,14 @@ impl World {
                     Check::WrongSha256 => Some(Sha256::digest(b"no representation").into()),
                     Check::Unchecked => None,
                 };
+                let checksum = (d.check == Check::Sha256 && i % 2 == 0 && d.segments > 1)
+                    .then(|| hex::encode(Sha512::digest(canonical)));
                 DlState {
                     urls,
                     first_hops,
                     dest: PathBuf::from(format!("/dl/d{i}.bin")),
                     expected_sha,
+                    checksum,
                     status: DlStatus::AwaitingRestart,
                     failures_after_heal: 0,
                     backoff_until: None,
@@ -1030,6 +1049,11 @@ impl World {
             spec = spec
                 .sha256(&hex::encode(sha))
                 .expect("64 hex digits are a valid sha256");
+        }
+        if let Some(checksum) = &d.checksum {
+            spec = spec
+                .checksum(ChecksumAlgorithm::Sha512, checksum)
+                .expect("128 hex digits are a valid sha-512");
         }
         if plan.size_hint {
             spec = spec.size(u64::from(plan.size));
@@ -1708,6 +1732,7 @@ impl World {
                 error,
                 ..
             } => {
+                self.check_checksum_error(i, &error);
                 if matches!(
                     error,
                     DownloadError::HashMismatch { .. } | DownloadError::SizeMismatch { .. }
@@ -1745,6 +1770,9 @@ impl World {
                         if self.downloads[i].urls[1..].contains(&outcome.final_url) {
                             self.count(Feature::MirrorCommit);
                         }
+                        if self.downloads[i].checksum.is_some() {
+                            self.count(Feature::ChecksumCommit);
+                        }
                         self.check_outcome(i, &outcome);
                         self.downloads[i].status = DlStatus::Succeeded;
                         // A download whose own URL is dead may still commit through the
@@ -1753,6 +1781,7 @@ impl World {
                         self.commits += 1;
                     }
                     Err(error) => {
+                        self.check_checksum_error(i, &error);
                         self.check_failed_job(i, &error);
                         self.on_failure(i, &error);
                     }
@@ -1935,6 +1964,17 @@ impl World {
     /// wrong bytes (it retries there), and for a job with one URL that has not used its one
     /// retry after a hash mismatch. (A size mismatch of a job with one URL may end it at
     /// once: a `Content-Length` or a body that overruns `Download::size`.)
+    /// A download's checksum is the digest of the bytes its SHA-256 proves, and the
+    /// read-back runs only after the SHA-256 passed: a mismatch means it hashed other bytes.
+    fn check_checksum_error(&mut self, i: usize, error: &DownloadError) {
+        if let DownloadError::ChecksumMismatch { .. } = error {
+            self.violate(
+                Invariant::CommittedBytes,
+                format!("d{i}: {error}, though its SHA-256 passed on the same bytes"),
+            );
+        }
+    }
+
     fn check_failed_job(&mut self, i: usize, error: &DownloadError) {
         let policy = engine_config(&self.sc, 0).retry;
         let now = self.now;

@@ -1,5 +1,6 @@
 //! The job's side of the disk: the existing-destination check, the state file, re-hashing a
-//! partial, writes and the hashed frontier, checkpoints, commit and clean-up.
+//! partial, writes and the hashed frontier, checkpoints, commit and clean-up. The read-back
+//! for a download's other checksum before the commit is in `checksum`.
 
 use bytes::Bytes;
 use sha2::{Digest, Sha256};
@@ -56,7 +57,9 @@ impl Engine {
             }
             FileStep::OpenExisting => match result {
                 IoResult::Opened { len } if j.spec.size.is_none_or(|s| s == len) => {
-                    j.phase = Phase::CheckingExisting { offset: 0, len };
+                    if let Phase::CheckingExisting { len: known, .. } = &mut j.phase {
+                        *known = len;
+                    }
                     self.hash_existing_next(id);
                 }
                 IoResult::Opened { .. } => self.close_existing(id),
@@ -67,12 +70,20 @@ impl Engine {
                 }
             },
             FileStep::HashExisting => {
-                let Phase::CheckingExisting { offset, len } = &mut j.phase else {
+                let Phase::CheckingExisting {
+                    offset,
+                    len,
+                    checksum,
+                } = &mut j.phase
+                else {
                     return;
                 };
                 match result {
                     IoResult::Data(b) if !b.is_empty() => {
                         j.hasher.update(&b);
+                        if let Some(checksum) = checksum {
+                            checksum.update(&b);
+                        }
                         *offset += b.len() as u64;
                         if *offset < *len {
                             self.hash_existing_next(id);
@@ -89,12 +100,21 @@ impl Engine {
                     return self.cleanup_progress(id);
                 }
                 let hasher = std::mem::replace(&mut j.hasher, Sha256::new());
-                let (offset, len) = match j.phase {
-                    Phase::CheckingExisting { offset, len } => (offset, len),
-                    _ => (0, 1),
-                };
+                let (offset, len, checksum) =
+                    match std::mem::replace(&mut j.phase, Phase::LoadingState) {
+                        Phase::CheckingExisting {
+                            offset,
+                            len,
+                            checksum,
+                        } => (offset, len, checksum),
+                        _ => (0, 1, None),
+                    };
                 let digest: [u8; 32] = hasher.finalize().into();
-                if offset == len && Some(digest) == j.spec.sha256 {
+                // The download's other checksum, when it has one, must match too.
+                let checksum_matches = j.spec.checksum.as_ref().is_none_or(|expected| {
+                    checksum.is_some_and(|hasher| hasher.finalize() == expected.digest())
+                });
+                if offset == len && Some(digest) == j.spec.sha256 && checksum_matches {
                     let path = j.spec.provisional_path();
                     let outcome = Outcome {
                         path,
@@ -312,6 +332,16 @@ impl Engine {
                     }
                 }
             }
+            FileStep::Checksum { epoch, offset } => {
+                if cleaning {
+                    return self.cleanup_progress(id);
+                }
+                if epoch != j.epoch {
+                    // Issued before the download started over: not this file's bytes.
+                    return;
+                }
+                self.on_checksum_read(id, offset, result);
+            }
             FileStep::CheckpointSync { verified } => {
                 if let Some(f) = failure {
                     j.checkpoint_running = false;
@@ -435,7 +465,7 @@ impl Engine {
 
     fn hash_existing_next(&mut self, id: JobId) {
         let j = self.jobs.get(&id).expect("job exists");
-        let Phase::CheckingExisting { offset, len } = j.phase else {
+        let Phase::CheckingExisting { offset, len, .. } = j.phase else {
             return;
         };
         if offset >= len {
@@ -859,6 +889,17 @@ impl Engine {
             }
             NameProbe::NotNeeded | NameProbe::Free => {}
         }
+        if j.spec.checksum.is_some() {
+            // The commit follows once the file read back has the expected checksum too.
+            return self.start_checksum(id, digest);
+        }
+        self.commit_verified(id, digest);
+    }
+
+    /// Size and every digest passed (`digest`: the SHA-256): sync, close and rename (or
+    /// publish an unnamed file).
+    pub(super) fn commit_verified(&mut self, id: JobId, digest: [u8; 32]) {
+        let j = self.jobs.get_mut(&id).expect("job exists");
         let dest = j.dest_path();
         // An early sync covers every write when none followed it; if it is still running,
         // the close completes after it (the executor's contract) and a failure it reports

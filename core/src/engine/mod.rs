@@ -35,7 +35,9 @@
 //! the durable prefix it names and checks it against the recorded digest → requests (with
 //! `Range`/`If-Range` when resuming) → follows redirects → streams the body through the
 //! SHA-256 hasher into `WriteAt`s on `<dest>.haul-part`, checkpointing (sync, then state file)
-//! as it goes → verifies size and hash → syncs, closes and renames over the destination.
+//! as it goes → verifies size and hash → (with another checksum, [`Download::checksum`])
+//! reads the file back to check that digest too → syncs, closes and renames over the
+//! destination.
 //!
 //! With `segments > 1` and a server that honours ranges with a strong validator, the rest of
 //! the file is split over several connections ([`crate::sched::plan_segments`]); a connection
@@ -64,10 +66,12 @@
 //! there. A job with mirrors picks, at each attempt, the URL whose origin is admitted and
 //! scores best ([`crate::policy::choose_mirror`]); after a failure it fails over at once to a
 //! URL that has not failed since its last backoff, and backs off only when every URL has. A
-//! failed verification (sha256, or size) is retried from zero: once when the job has one
-//! URL, else on each other URL that has not served wrong bytes yet. A job whose URL or expected sha256 equals a running job's is deduplicated: it
-//! waits for that job and copies its result.
+//! failed verification (sha256, another checksum, or size) is retried from zero: once when
+//! the job has one URL, else on each other URL that has not served wrong bytes yet. A job
+//! whose URL or expected sha256 equals a running job's (with the same other expectations) is
+//! deduplicated: it waits for that job and copies its result.
 
+mod checksum;
 mod files;
 mod meter;
 mod resilience;
@@ -295,6 +299,12 @@ enum FileStep {
         epoch: u32,
         offset: u64,
     },
+    /// A read-back of the verified file at `offset` for its other checksum (see
+    /// `checksum`), issued in hashing epoch `epoch`.
+    Checksum {
+        epoch: u32,
+        offset: u64,
+    },
     CheckpointSync {
         verified: u64,
     },
@@ -400,8 +410,13 @@ enum Phase {
     Following { leader: JobId },
     /// Copying the leader's committed file to this job's destination.
     Copying { outcome: Outcome },
-    /// Checking whether the destination already holds the expected bytes.
-    CheckingExisting { offset: u64, len: u64 },
+    /// Checking whether the destination already holds the expected bytes: its SHA-256 and,
+    /// when the download has one, its other checksum (`checksum`).
+    CheckingExisting {
+        offset: u64,
+        len: u64,
+        checksum: Option<checksum::ChecksumHasher>,
+    },
     /// Reading the state file.
     LoadingState,
     /// Opening an existing partial to check it.
@@ -418,6 +433,14 @@ enum Phase {
     Paused,
     /// Waiting to start the next attempt.
     Backoff { until: Instant },
+    /// Size and SHA-256 (`digest`) verified; reading the file back for its other checksum,
+    /// hashed up to `offset` (see `checksum`).
+    Checksumming {
+        digest: [u8; 32],
+        hasher: checksum::ChecksumHasher,
+        offset: u64,
+        reads: ReadAhead,
+    },
     /// Verified; syncing, closing and renaming.
     Committing { dest: PathBuf, digest: [u8; 32] },
     /// Failed or cancelled; cleaning up before reporting `error`.
@@ -1236,8 +1259,9 @@ impl Engine {
     }
 
     /// A running or queued job that fetches the same bytes (same URL, or same expected
-    /// sha256) with the same expectations. A job whose dependencies have not all succeeded
-    /// yet is never a follower: copying a leader's result would skip its dependency check.
+    /// sha256) with the same expectations (size, maximum size, other checksum). A job whose
+    /// dependencies have not all succeeded yet is never a follower: copying a leader's result
+    /// would skip its dependency check.
     fn find_leader(&self, spec: &Download) -> Option<JobId> {
         let deps_met = spec.depends_on.iter().all(|d| self.finished.succeeded(d));
         if !deps_met {
@@ -1256,7 +1280,11 @@ impl Engine {
                         Phase::Following { .. } | Phase::CleaningUp { .. } | Phase::Paused
                     )
             })
-            .find(|j| j.spec.size == spec.size && j.spec.max_size == spec.max_size)
+            .find(|j| {
+                j.spec.size == spec.size
+                    && j.spec.max_size == spec.max_size
+                    && j.spec.checksum == spec.checksum
+            })
             .map(|j| j.id)
     }
 
@@ -1293,8 +1321,10 @@ impl Engine {
     /// goes to the next download; one not started yet stays queued, or stops where its first
     /// request would go. [`Engine::resume`] continues it from the bytes received. A paused
     /// job fetches nothing, but one that only awaits a duplicate's result (it follows the
-    /// same download) still takes that result when it comes, and one whose destination
-    /// already holds the expected bytes still finishes.
+    /// same download) still takes that result when it comes, one whose destination
+    /// already holds the expected bytes still finishes, and one reading its file back for its
+    /// other checksum finishes that check: it commits if the file passes, and stops where its
+    /// next attempt would start if not.
     pub fn pause(&mut self, now: Instant, job: JobId) {
         self.advance(now);
         let Some(j) = self.jobs.get_mut(&job) else {
@@ -1309,7 +1339,9 @@ impl Engine {
             | Phase::CheckingExisting { .. }
             | Phase::LoadingState
             | Phase::OpeningPartial { .. }
-            | Phase::Rehashing { .. } => {
+            | Phase::Rehashing { .. }
+            // Reading its file back for its checksum: the check goes on (see `checksum`).
+            | Phase::Checksumming { .. } => {
                 j.pause_requested = true;
                 return;
             }
@@ -1685,7 +1717,16 @@ impl Engine {
             let file = FileId(self.next());
             let j = self.jobs.get_mut(&id).expect("job exists");
             j.file = Some(file);
-            j.phase = Phase::CheckingExisting { offset: 0, len: 0 };
+            let checksum = j
+                .spec
+                .checksum
+                .as_ref()
+                .map(|c| checksum::ChecksumHasher::new(c.algorithm()));
+            j.phase = Phase::CheckingExisting {
+                offset: 0,
+                len: 0,
+                checksum,
+            };
             self.file_io(id, FileStep::OpenExisting, IoOp::OpenRead { file, path });
         } else {
             self.load_state(id);
@@ -1749,6 +1790,7 @@ impl Engine {
             let duplicate = ContentKey::of(&fj.spec) == ContentKey::of(&job.spec)
                 && fj.spec.size == job.spec.size
                 && fj.spec.max_size == job.spec.max_size
+                && fj.spec.checksum == job.spec.checksum
                 && fj
                     .spec
                     .depends_on
