@@ -77,6 +77,12 @@ pub struct GetArgs {
     /// Expected exact size (e.g. 1048576, 64K, 1.5M).
     #[arg(long, value_name = "BYTES", value_parser = parse_size)]
     pub size: Option<u64>,
+    /// Do not make each file durable before it is named (no fsync of its data or its
+    /// directory): files are still verified and renamed into place atomically, but a power
+    /// loss or crash of the machine may leave a committed file empty or lose it. Like curl
+    /// and aria2, which never sync; for scratch downloads and for timing haul against them.
+    #[arg(long = "no-sync")]
+    pub no_sync: bool,
     /// Refuse bodies larger than this, checked as bytes arrive.
     #[arg(long = "max-size", value_name = "BYTES", value_parser = parse_size)]
     pub max_size: Option<u64>,
@@ -330,6 +336,9 @@ impl GetArgs {
             }
             if let Some(m) = self.max_size {
                 d = d.max_size(m);
+            }
+            if self.no_sync {
+                d = d.defer_sync();
             }
             for (n, v) in headers.iter().chain(&entry.headers) {
                 d = d.header(n, v);

@@ -41,6 +41,36 @@ fn get_with_matching_sha256_exits_zero_and_writes_the_file() {
     assert_eq!(std::fs::read(&dest).unwrap(), body);
 }
 
+/// `--no-sync` skips only durability: the file is still verified before it is named, and a
+/// wrong one still leaves nothing.
+#[test]
+fn no_sync_still_verifies_before_committing() {
+    let body = data(300_000);
+    let origin = Origin::start().unwrap();
+    origin.route("/f.bin", body.clone(), Behavior::Normal);
+    let dir = tempfile::tempdir().unwrap();
+    let good = haul()
+        .args(["get", &origin.url("/f.bin"), "--no-sync", "--quiet", "-o"])
+        .arg(dir.path().join("f.bin"))
+        .args(["--sha256", &hex::encode(Sha256::digest(&body))])
+        .output()
+        .unwrap();
+    assert_ok(&good);
+    assert_eq!(std::fs::read(dir.path().join("f.bin")).unwrap(), body);
+    let bad = haul()
+        .args(["get", &origin.url("/f.bin"), "--no-sync", "--quiet", "-o"])
+        .arg(dir.path().join("g.bin"))
+        .args(["--sha256", &"ab".repeat(32)])
+        .output()
+        .unwrap();
+    assert_eq!(bad.status.code(), Some(5));
+    assert_eq!(
+        std::fs::read_dir(dir.path()).unwrap().count(),
+        1,
+        "only f.bin"
+    );
+}
+
 #[test]
 fn sha256_mismatch_exits_5_and_leaves_nothing() {
     let origin = Origin::start().unwrap();
