@@ -826,9 +826,16 @@ class Bench:
             f'url = "{u}"\noutput = "{out_dir / n}"\n' for u, n in zip(urls, src["names"])))
         url_list = lists / "many.urls.txt"
         url_list.write_text("".join(u + "\n" for u in urls))
+        # haul without its syncs, as a peer: what the durability costs haul, and haul's
+        # time on the same terms as curl's (files in the page cache when it exits).
+        no_sync = self.haul_tool("haul --no-sync", "get", ["-j", "-i", "--quiet", "--no-sync"],
+                                 ["get", "-j", "16", "-i", str(aria_list), "--quiet",
+                                  "--no-sync"])
+        no_sync.is_haul = False
         tools = [
             self.haul_tool("haul", "get", ["-j", "-i", "--quiet"],
                            ["get", "-j", "16", "-i", str(aria_list), "--quiet"]),
+            no_sync,
             self.peer("curl", ["curl", "--parallel", "--parallel-max", "16", "-s",
                                "-K", str(curl_cfg)]),
             # haul's files are on disk when it exits (each commit synced, in groups); curl's
@@ -857,7 +864,9 @@ class Bench:
             f"{count} small files from nginx, 16 concurrent transfers; each run's output "
             "directory must hold exactly the source files (names and contents). haul syncs "
             "every file before renaming it into place (in groups); curl+sync is curl "
-            "followed by one `sync -f` of the output's file system.",
+            "followed by one `sync -f` of the output's file system. haul --no-sync is haul "
+            "without those syncs (still verified and renamed atomically): like curl, its "
+            "files are in the page cache when it exits.",
             tools, self.short_runs)
 
     # 4. resume-256m
