@@ -200,11 +200,13 @@ fn a_splicing_origin_is_caught_by_the_splice_invariant_when_there_is_no_hash() {
 
 #[test]
 fn a_disk_that_lets_syncs_overtake_writes_is_caught() {
-    let r = run_swarm(0, 100, 2, Some(PlantedBug::DiskReordersSync));
-    // Seeds whose files are too small to checkpoint, or that fail early, cannot show it.
+    // Seeds whose files are too small to checkpoint, or that fail early, cannot show it:
+    // about a third catch it (162 of the first 500 at the time of writing). 500 seeds and a
+    // bar of one in five leave a margin for changes to the generator.
+    let r = run_swarm(0, 500, 2, Some(PlantedBug::DiskReordersSync));
     assert!(
-        r.failures.len() >= 30,
-        "many seeds catch it: {} of 100",
+        r.failures.len() >= 100,
+        "many seeds catch it: {} of 500",
         r.failures.len()
     );
     for (seed, v) in &r.failures {
