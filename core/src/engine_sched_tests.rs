@@ -1944,6 +1944,18 @@ fn a_job_paused_in_its_backoff_and_resumed_waits_out_the_rest_of_it() {
 }
 
 #[test]
+fn jobs_are_numbered_in_submission_order_apart_from_io_ids() {
+    let mut h = Harness::new(config());
+    any_path_server(&mut h, millis(5));
+    let ids: Vec<JobId> = ["a", "bb", "ccc"].map(|p| h.submit(job_at(p))).to_vec();
+    assert_eq!(ids, vec![JobId(1), JobId(2), JobId(3)]);
+    for id in &ids {
+        h.run(*id).expect("each");
+    }
+    assert_eq!(h.submit(job_at("dddd")), JobId(4));
+}
+
+#[test]
 fn a_job_paused_before_it_started_stays_queued_until_resumed() {
     let mut cfg = config();
     cfg.max_active_jobs = 1;

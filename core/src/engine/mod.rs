@@ -649,7 +649,10 @@ pub struct Engine {
     config: Config,
     rng: SeededRng,
     now: Instant,
+    /// The next id of an I/O operation, a file or a connection.
     next_id: u64,
+    /// The next job's number ([`Engine::next_job_id`]).
+    next_job: u64,
     /// Every unfinished job. A hash map: the engine looks jobs up by id on every event, and
     /// nothing iterates it in an order that could reach an output (the two walks over all
     /// jobs ask `any`, or check invariants); ordered walks go through the id-ordered indexes
@@ -887,6 +890,7 @@ impl Engine {
             config,
             now,
             next_id: 1,
+            next_job: 1,
             jobs: HashMap::new(),
             queue: BTreeSet::new(),
             resuming: BTreeSet::new(),
@@ -996,6 +1000,14 @@ impl Engine {
         id
     }
 
+    /// The next job's id: jobs are numbered 1, 2, 3... in submission order, apart from the
+    /// ids of I/O operations, files and connections.
+    fn next_job_id(&mut self) -> JobId {
+        let id = JobId(self.next_job);
+        self.next_job += 1;
+        id
+    }
+
     fn advance(&mut self, now: Instant) {
         if now > self.now {
             self.now = now;
@@ -1021,7 +1033,7 @@ impl Engine {
                 }
             }
             if let Some(i) = unknown {
-                let id = JobId(self.next());
+                let id = self.next_job_id();
                 let error = DownloadError::InvalidRequest(format!(
                     "after_index({i}) of download {at} of the batch names no earlier download"
                 ));
@@ -1072,7 +1084,7 @@ impl Engine {
     }
 
     fn enqueue(&mut self, spec: Download) -> JobId {
-        let id = JobId(self.next());
+        let id = self.next_job_id();
         let mut leader = self.find_leader(&spec);
         let path = spec.provisional_path();
         let mut shares_leader_dest = leader
