@@ -1679,9 +1679,13 @@ fn expected_size_mismatch_from_content_length_fails_before_writing_the_body() {
         other => panic!("expected SizeMismatch, got {other:?}"),
     }
     assert_eq!(h.bytes_written(), 0, "no body byte may be written");
+    // The only open is the clean-up's claim of the partial's name (to remove it).
     assert!(
-        !h.ops.iter().any(|(_, op)| matches!(op, IoOp::Open { .. })),
-        "the partial must not even be created"
+        !h.ops.iter().any(|(_, op)| matches!(
+            op,
+            IoOp::Open { truncate: true, .. } | IoOp::OpenUnnamed { .. }
+        )),
+        "no partial is started for the body"
     );
     assert_nothing_left(&h);
 }
@@ -2186,6 +2190,62 @@ fn a_partial_another_process_holds_ends_the_job_and_stays_as_it_was() {
         );
         assert_eq!(h.fs.get(part()), Some(&theirs[..]), "seed {seed}");
         assert!(!h.fs.exists(dest()) && !h.fs.exists(state()), "seed {seed}");
+    }
+}
+
+/// A job cancelled with `Discard` (or failing for good) before it opened its partial opens
+/// it first to remove it: a partial another process holds (its lock refuses the open) stays
+/// as it was, with its state file; one nobody holds goes, with its state file.
+#[test]
+fn a_discard_before_the_partial_was_opened_removes_only_a_partial_nobody_holds() {
+    let body = pattern(5_000, 17);
+    let n = 2_000;
+    for held in [true, false] {
+        // While the state file is read (an earlier run's, or the other process's).
+        let mut h = with_partial(&body, n, 0, valid_state(&body, n));
+        if held {
+            h.fs.held_elsewhere.insert(part());
+        }
+        h.serve(ORIGIN, file_server(body.clone()));
+        h.hold = Some(Box::new(|op| {
+            matches!(op, IoOp::ReadFile { .. }).then(|| at(secs(100)))
+        }));
+        let job = h.submit(download());
+        h.run_until("reading the state file", |h| {
+            h.pending_has(|op| matches!(op, IoOp::ReadFile { .. }))
+        });
+        h.cancel(job, CancelMode::Discard);
+        assert_eq!(h.run(job), Err(DownloadError::Cancelled));
+        if held {
+            assert_eq!(h.fs.get(part()), Some(&body[..n]), "their partial stays");
+            assert_eq!(h.fs.get(state()), Some(&valid_state(&body, n).encode()[..]));
+        } else {
+            assert!(!h.fs.exists(part()) && !h.fs.exists(state()), "discarded");
+        }
+        assert!(h.fs.violations.is_empty(), "{:?}", h.fs.violations);
+
+        // While connecting, with no state file: the same.
+        let mut h = Harness::new(config());
+        let theirs = pattern(1_234, 18);
+        h.fs.put(part(), &theirs);
+        if held {
+            h.fs.held_elsewhere.insert(part());
+        }
+        h.serve(ORIGIN, file_server(body.clone()));
+        h.hold = Some(Box::new(|op| {
+            matches!(op, IoOp::Connect { .. }).then(|| at(secs(100)))
+        }));
+        let job = h.submit(download());
+        h.run_until("connecting", |h| {
+            h.pending_has(|op| matches!(op, IoOp::Connect { .. }))
+        });
+        h.cancel(job, CancelMode::Discard);
+        assert_eq!(h.run(job), Err(DownloadError::Cancelled));
+        assert_eq!(h.fs.exists(part()), held, "held: {held}");
+        if held {
+            assert_eq!(h.fs.get(part()), Some(&theirs[..]));
+        }
+        assert!(h.fs.violations.is_empty(), "{:?}", h.fs.violations);
     }
 }
 

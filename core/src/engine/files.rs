@@ -420,6 +420,22 @@ impl Engine {
                 }
                 self.maybe_complete(id);
             }
+            FileStep::Claim { file } => {
+                match result {
+                    // Its lock is this job's now: the partial and its state go.
+                    IoResult::Opened { .. } => {
+                        j.file = Some(file);
+                        j.touched = true;
+                    }
+                    // Held by another process (or not to be opened): left as it is.
+                    _ => {
+                        if let Phase::CleaningUp { untouched, .. } = &mut j.phase {
+                            *untouched = true;
+                        }
+                    }
+                }
+                self.cleanup_progress(id);
+            }
             FileStep::CloseProbe => {
                 if cleaning {
                     return self.cleanup_progress(id);
@@ -1072,6 +1088,21 @@ impl Engine {
                         *step = CleanStep::Close;
                         continue;
                     }
+                    if !*keep && !j.touched && file.is_none() && !j.unnamed {
+                        // To be removed, but never opened by this run (it ended while it
+                        // read the state file, connected or waited): whatever is there may be
+                        // another process's download. Open it first, which takes its lock
+                        // (and creates an empty one where there was none, removed with it).
+                        *step = CleanStep::Claim;
+                        let (path, file) = (j.part_path.clone(), FileId(self.next()));
+                        let op = IoOp::Open {
+                            file,
+                            path,
+                            truncate: false,
+                        };
+                        self.file_io(id, FileStep::Claim { file }, op);
+                        return;
+                    }
                     *keep = *keep && resumable;
                     if *keep && durable < present {
                         *step = CleanStep::Checkpoint;
@@ -1080,7 +1111,7 @@ impl Engine {
                     }
                     *step = CleanStep::Close;
                 }
-                CleanStep::Checkpoint => *step = CleanStep::Close,
+                CleanStep::Claim | CleanStep::Checkpoint => *step = CleanStep::Close,
                 CleanStep::Close => {
                     *step = CleanStep::Remove;
                     if let Some(file) = file {

@@ -333,6 +333,10 @@ enum FileStep {
     },
     /// The probe found one and closes it.
     CloseProbe,
+    /// The open (and lock) of a partial to remove (`CleanStep::Claim`).
+    Claim {
+        file: FileId,
+    },
 }
 
 /// Whether a file exists at the name a response gave a download into a directory
@@ -395,6 +399,9 @@ enum ValidatorSource {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum CleanStep {
     Start,
+    /// A job that removes its partial without having opened it opens it first: the open
+    /// takes the partial's lock, so a partial another process holds is never removed.
+    Claim,
     Checkpoint,
     Close,
     Remove,
