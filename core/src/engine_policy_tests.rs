@@ -750,3 +750,56 @@ fn a_half_open_probe_answered_503_with_retry_after_does_not_double_the_cooldown(
         h.finished_at(job)
     );
 }
+
+#[test]
+fn a_paused_job_resumes_on_the_url_it_was_fetching_from_never_fails_over() {
+    // A pause is no failure of the URL: the resumed attempt continues where it was, though
+    // a fresh choice among measured mirrors explores another one now and then (one in ten).
+    // Large enough for a throughput sample (64 KiB).
+    let body = pattern(200_000, 61);
+    let mut moved = 0;
+    for seed in 0..60 {
+        let mut cfg = policy_config();
+        cfg.seed = seed;
+        let mut h = Harness::new(cfg);
+        for (origin, gap) in [(ORIGIN, 1), (MIRROR, 2)] {
+            let b = body.clone();
+            h.serve(origin, move |req| {
+                Reply::new(serve_range(&b, req))
+                    .pieces(&[20_000])
+                    .gap(secs(gap))
+            });
+        }
+        // Both origins measured first: the primary faster.
+        for (url, to) in [(URL, "/dl/a.bin"), (MIRROR_URL, "/dl/b.bin")] {
+            let first = h.submit(Download::new(url, to).unwrap());
+            h.run(first).expect("measured");
+        }
+        let d = download()
+            .mirror(MIRROR_URL)
+            .unwrap()
+            .sha256(&sha_hex(&body))
+            .unwrap();
+        let job = h.submit(d);
+        let start = h.now;
+        h.run_until("three seconds in", |h| h.now >= start + secs(3));
+        let seen = h.requests.len();
+        let host = h.requests[seen - 1].header("host").unwrap().to_string();
+        let before = failovers(&h, job).len();
+        h.engine.pause(h.now, job);
+        h.drain();
+        h.now = h.now + secs(10);
+        h.engine.resume(h.now, job);
+        h.drain();
+        h.run(job).expect("resumed");
+        assert_eq!(h.fs.get(dest()), Some(&body[..]));
+        let after_pause = failovers(&h, job).split_off(before);
+        assert!(after_pause.is_empty(), "seed {seed}: {after_pause:?}");
+        let after = &h.requests[seen];
+        assert!(after.header("range").is_some(), "seed {seed}: it resumed");
+        assert_eq!(after.header("host"), Some(&host[..]), "seed {seed}");
+        moved += usize::from(host != "a.test");
+    }
+    // The first choice did explore now and then: the seeds cover a choice that would move.
+    assert!(moved > 0, "no seed started on the mirror");
+}

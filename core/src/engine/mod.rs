@@ -1570,7 +1570,12 @@ impl Engine {
                 let now = self.now;
                 let backoff = self.jobs.get_mut(&entry.1).and_then(|j| {
                     j.resume_waiting = false;
-                    j.paused_backoff.take().filter(|until| *until > now)
+                    let backoff = j.paused_backoff.take();
+                    // Paused mid-attempt: that URL did not fail, and the attempt goes on
+                    // there (a fresh choice could move a start-over that must stay on one
+                    // URL, or splice another mirror's bytes on for no reason).
+                    j.stay_on_url |= backoff.is_none();
+                    backoff.filter(|until| *until > now)
                 });
                 match backoff {
                     // Paused in a backoff not over yet: it waits out the rest.
