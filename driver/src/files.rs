@@ -1887,6 +1887,17 @@ impl FileWorker {
             },
             IoOp::OpenRead { path, .. } => {
                 self.path = path.clone();
+                // Only a regular file is opened: opening a FIFO (a name probe, an existing
+                // destination checked) would block this worker until a writer came.
+                match std::fs::metadata(path) {
+                    Ok(m) if !m.is_file() => {
+                        return IoResult::Failed(IoFailure::new(
+                            IoErrorKind::Other,
+                            format!("{} is not a regular file", path.display()),
+                        ));
+                    }
+                    _ => {}
+                }
                 match File::open(path).and_then(|f| f.metadata().map(|m| (f, m.len()))) {
                     Ok((f, len)) => {
                         self.file = Some(Arc::new(f));
@@ -2033,6 +2044,33 @@ mod tests {
         match inline {
             true => (files.inline_small_ops(), done),
             false => (files, done),
+        }
+    }
+
+    #[cfg(unix)]
+    #[test]
+    fn open_read_of_a_fifo_fails_at_once_instead_of_waiting_for_a_writer() {
+        let dir = tempfile::TempDir::new().unwrap();
+        let fifo = dir.path().join("name.bin");
+        let made = std::process::Command::new("mkfifo")
+            .arg(&fifo)
+            .status()
+            .unwrap();
+        assert!(made.success());
+        let (mut files, done) = files_to_channel(false);
+        files.start(IoRequest {
+            id: IoId(1),
+            op: IoOp::OpenRead {
+                file: FileId(3),
+                path: fifo.clone(),
+            },
+        });
+        files.flush();
+        let (id, result) = done.recv_timeout(Duration::from_secs(10)).unwrap();
+        assert_eq!(id, IoId(1));
+        match result {
+            IoResult::Failed(f) => assert!(f.message.contains("not a regular file"), "{f:?}"),
+            other => panic!("expected a failure, got {other:?}"),
         }
     }
 
