@@ -2126,6 +2126,30 @@ fn two_downloads_into_a_directory_named_alike_by_the_server_do_not_share_a_file(
 }
 
 #[test]
+fn the_same_url_twice_into_one_directory_is_one_file_under_the_servers_name() {
+    let mut h = Harness::new(config());
+    naming_server(&mut h, "served.bin");
+    // A file of the user's at the URL's own name: no copy may land on it.
+    h.fs.put("/dl/a", b"mine");
+    let url = format!("{ORIGIN}/a");
+    let first = h.submit(Download::into_dir(&url, "/dl").unwrap());
+    let second = h.submit(Download::into_dir(&url, "/dl").unwrap());
+    let a = h.run(first).expect("first");
+    let b = h.run(second).expect("its duplicate");
+    let served = PathBuf::from("/dl/served.bin");
+    assert_eq!((a.path, b.path), (served.clone(), served.clone()));
+    assert_eq!(h.requests.len(), 1, "one transfer");
+    assert_committed_at(&h, &served, &pattern(20_000, 2));
+    assert_eq!(h.fs.get("/dl/a"), Some(&b"mine"[..]), "untouched");
+    assert!(
+        !h.ops
+            .iter()
+            .any(|(_, op)| matches!(op, IoOp::CopyFile { .. })),
+        "nothing copied"
+    );
+}
+
+#[test]
 fn a_download_to_a_name_a_cancelled_job_got_from_the_server_waits_for_it_to_tidy_up() {
     let mut h = Harness::new(config());
     naming_server(&mut h, "named.bin");

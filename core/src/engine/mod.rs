@@ -1827,10 +1827,17 @@ impl Engine {
                     // its leader's file: two URLs with the same bytes, or one URL also listed
                     // with an `out=` name, keep their own names. Nor after a name the
                     // leader's response gave (`Content-Disposition`): the copy would replace
-                    // whatever is there under a name the server chose, unchecked.
-                    let dest = match &fj.spec.dest {
-                        Destination::File(p) => p.clone(),
-                        Destination::Dir(d) => {
+                    // whatever is there under a name the server chose, unchecked. The same
+                    // URL into the same directory is the same download: the leader's file,
+                    // under whatever name it got, is this job's too.
+                    let dest = match (&fj.spec.dest, &job.spec.dest) {
+                        (Destination::File(p), _) => p.clone(),
+                        (Destination::Dir(d), Destination::Dir(ld))
+                            if d == ld && fj.spec.url == job.spec.url =>
+                        {
+                            o.path.clone()
+                        }
+                        (Destination::Dir(d), _) => {
                             d.join(crate::download::file_name_from_url(&fj.spec.url))
                         }
                     };
