@@ -92,6 +92,18 @@ fn index_error(op: &'static str) -> impl FnOnce(rusqlite::Error) -> StoreError {
     move |source| StoreError::Index { op, source }
 }
 
+/// A read that failed for want of the process's or the system's resources (open files,
+/// memory) or was interrupted: it says nothing of the file, which must not be removed for it.
+fn short_of_resources(error: &io::Error) -> bool {
+    // EMFILE and ENFILE (the same numbers on Linux and the BSDs); no stable ErrorKind yet.
+    const EMFILE: i32 = 24;
+    const ENFILE: i32 = 23;
+    matches!(
+        error.kind(),
+        io::ErrorKind::OutOfMemory | io::ErrorKind::Interrupted | io::ErrorKind::WouldBlock
+    ) || (cfg!(unix) && matches!(error.raw_os_error(), Some(EMFILE | ENFILE)))
+}
+
 fn io_error<'a>(op: &'static str, path: &'a Path) -> impl FnOnce(io::Error) -> StoreError + 'a {
     move |source| StoreError::Io {
         op,
@@ -1026,7 +1038,9 @@ impl Store {
     /// they are handed out: each one whose bytes no longer match its name (changed on disk
     /// since it was stored) or that cannot be read (permissions, I/O errors) is removed with
     /// its row, as is the row of one that went missing; one that can be neither read nor
-    /// removed fails the call ([`StoreError::Unreadable`], naming it).
+    /// removed fails the call ([`StoreError::Unreadable`], naming it), and so does a read that
+    /// failed for want of resources (too many open files, no memory: [`StoreError::Io`]),
+    /// with the file kept.
     /// Per hash, in order: whether it is still stored.
     pub fn recheck_many(&mut self, hashes: &[&str]) -> Result<Vec<bool>, StoreError> {
         let paths = hashes
@@ -1047,6 +1061,10 @@ impl Store {
                 Err(error) if error.kind() == io::ErrorKind::NotFound => {
                     self.delete_row(sha256)?;
                     kept.push(false);
+                }
+                // Out of descriptors or memory: the file is not at fault and stays.
+                Err(read) if short_of_resources(&read) => {
+                    return Err(io_error("read", &path)(read));
                 }
                 Err(read) => {
                     // As good as corrupt: it cannot be handed out, and files/ is this
@@ -2081,7 +2099,8 @@ impl Store {
 
     /// Re-hashes every READY file; corrupt and unreadable files are removed and missing ones
     /// forgotten. One file that can be neither read nor removed does not stop the others: it
-    /// is listed in [`VerifyReport::unremovable`].
+    /// is listed in [`VerifyReport::unremovable`]. A read that fails for want of resources
+    /// (open files, memory) stops the check with [`StoreError::Io`], removing nothing for it.
     pub fn verify_all(&mut self) -> Result<VerifyReport, StoreError> {
         let mut report = VerifyReport::default();
         for sha256 in self.hashes_in_state(FileState::Ready)? {
@@ -2098,6 +2117,9 @@ impl Store {
                 Err(error) if error.kind() == io::ErrorKind::NotFound => {
                     self.delete_row(&sha256)?;
                     report.missing_forgotten.push(sha256);
+                }
+                Err(read) if short_of_resources(&read) => {
+                    return Err(io_error("read", &path)(read));
                 }
                 Err(read) => match self.remove_unreadable(&sha256, &path, read) {
                     Ok(()) => report.unreadable_removed.push(sha256),
@@ -3145,6 +3167,60 @@ mod tests {
         // It can be stored again.
         put(&mut store, b"unreadable", 2);
         assert_eq!(store.recheck_many(&[&unreadable]).unwrap(), vec![true]);
+    }
+
+    /// Run in a child of the test binary under `ulimit -n 64` (the exhaustion of descriptors
+    /// below must not touch the other tests' threads): with every descriptor taken, the
+    /// re-check fails with `Io` and the stored file, not at fault, stays.
+    #[cfg(target_os = "linux")]
+    #[test]
+    fn recheck_out_of_file_descriptors_fails_and_removes_nothing() {
+        const CHILD: &str = "HAUL_TEST_FD_CHILD";
+        let name = "store::tests::recheck_out_of_file_descriptors_fails_and_removes_nothing";
+        if std::env::var_os(CHILD).is_none() {
+            let exe = std::env::current_exe().unwrap();
+            let out = std::process::Command::new("sh")
+                .arg("-c")
+                .arg("ulimit -n 64 && exec \"$0\" --exact \"$1\" --test-threads=1 --nocapture")
+                .arg(exe)
+                .arg(name)
+                .env(CHILD, "1")
+                .output()
+                .unwrap();
+            let text = String::from_utf8_lossy(&out.stdout).into_owned()
+                + &String::from_utf8_lossy(&out.stderr);
+            assert!(out.status.success(), "{text}");
+            assert!(text.contains("1 passed"), "the child ran the test: {text}");
+            return;
+        }
+        let dir = tempfile::TempDir::new().unwrap();
+        let (mut store, _) = open(dir.path(), 1);
+        let stored = put(&mut store, b"stored", 1);
+        let path = store.path(&stored).unwrap();
+        let mut held = Vec::new();
+        while let Ok(f) = File::open("/dev/null") {
+            held.push(f);
+        }
+        let result = store.recheck_many(&[&stored]);
+        drop(held);
+        match result {
+            Err(StoreError::Io { op: "read", .. }) => {}
+            other => panic!("expected Io on read, got {other:?}"),
+        }
+        assert!(path.is_file(), "the stored file stays");
+        assert!(store.contains(&stored).unwrap());
+        assert_eq!(store.recheck_many(&[&stored]).unwrap(), vec![true]);
+    }
+
+    #[test]
+    fn short_of_resources_is_only_descriptors_memory_or_interruption() {
+        for short in [24, 23] {
+            assert!(short_of_resources(&io::Error::from_raw_os_error(short)));
+        }
+        assert!(short_of_resources(&io::ErrorKind::OutOfMemory.into()));
+        assert!(!short_of_resources(&io::ErrorKind::PermissionDenied.into()));
+        // EIO: the disk failed this file; it goes and is fetched again.
+        assert!(!short_of_resources(&io::Error::from_raw_os_error(5)));
     }
 
     #[test]
