@@ -3449,6 +3449,32 @@ fn a_name_from_content_disposition_never_replaces_an_existing_file() {
     assert_eq!(h.fs.get("/dl/real.bin"), Some(&body[..]));
 }
 
+/// A taken name ends the download as soon as the probe says so, not after the whole body.
+#[test]
+fn a_taken_server_name_ends_the_download_before_its_body_is_fetched() {
+    let body = pattern(40_000, 47);
+    let mut h = Harness::new(config());
+    let b = body.clone();
+    h.serve(ORIGIN, move |_| {
+        let cd = hdr("Content-Disposition", "attachment; filename=\"real.bin\"");
+        Reply::new(with_length(200, &[cd, hdr("ETag", ETAG)], &b))
+            .pieces(&[4_000])
+            .gap(secs(1))
+    });
+    h.fs.put("/dl/real.bin", b"the user's own file");
+    let job = h.submit(Download::into_dir(URL, "/dl").unwrap());
+    assert_eq!(
+        h.run(job),
+        Err(DownloadError::ServerNameTaken {
+            path: PathBuf::from("/dl/real.bin")
+        })
+    );
+    assert!(h.now < at(secs(3)), "ended at {:?}", h.now);
+    let fetched = h.bytes_written();
+    assert!(fetched < 20_000, "{fetched} bytes fetched for nothing");
+    assert_eq!(h.fs.get("/dl/real.bin"), Some(&b"the user's own file"[..]));
+}
+
 /// A hidden name from a server (`.bashrc`) is not taken: the URL's name is used.
 #[test]
 fn a_hidden_name_from_content_disposition_is_ignored_for_the_urls() {

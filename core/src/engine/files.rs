@@ -418,7 +418,7 @@ impl Engine {
                 if cleaning {
                     return self.cleanup_progress(id);
                 }
-                self.maybe_complete(id);
+                self.name_probed(id);
             }
             FileStep::Claim { file } => {
                 match result {
@@ -440,7 +440,7 @@ impl Engine {
                 if cleaning {
                     return self.cleanup_progress(id);
                 }
-                self.maybe_complete(id);
+                self.name_probed(id);
             }
             FileStep::CopyFromLeader => {
                 let Phase::Copying { outcome } = &j.phase else {
@@ -477,6 +477,18 @@ impl Engine {
             FileStep::ProbeName { file },
             IoOp::OpenRead { file, path },
         );
+    }
+
+    /// The probe of a name a response gave has its answer: a taken name ends a download
+    /// still fetching at once (its body would be for nothing: the commit refuses it), keeping
+    /// a resumable partial for when the name is free; else the commit may go on.
+    fn name_probed(&mut self, id: JobId) {
+        let j = self.jobs.get(&id).expect("job exists");
+        if j.name_probe == NameProbe::Taken && matches!(j.phase, Phase::Running) {
+            let path = j.dest_path();
+            return self.terminate(id, DownloadError::ServerNameTaken { path }, true);
+        }
+        self.maybe_complete(id);
     }
 
     fn hash_existing_next(&mut self, id: JobId) {
