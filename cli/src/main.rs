@@ -103,6 +103,17 @@ fn main() {
                 exit::OK
             };
             let _ = e.print();
+            if code == exit::USAGE && json_requested() {
+                // As the commands' own refusals: a consumer of the JSON lines learns why
+                // there are none.
+                let rendered = e.render().to_string();
+                let first = rendered.lines().next().unwrap_or_default();
+                let msg = first.strip_prefix("error: ").unwrap_or(first);
+                println!(
+                    "{}",
+                    serde_json::json!({"event": "error", "error": msg, "exit_code": code})
+                );
+            }
             std::process::exit(code);
         }
     };
@@ -119,6 +130,15 @@ fn main() {
     };
     tracing::debug!("exiting");
     std::process::exit(code);
+}
+
+/// Whether `--json` is among the arguments (before any `--`), for a command line clap
+/// refused: it is then asked for even though it was not parsed.
+fn json_requested() -> bool {
+    std::env::args_os()
+        .skip(1)
+        .take_while(|a| a != "--")
+        .any(|a| a == "--json")
 }
 
 /// Output piped into a reader that stopped (`haul cache ls | head`) ends the command the

@@ -271,6 +271,24 @@ fn json_mode_reports_refusals_and_names_the_url_of_a_failure() {
     assert_eq!(line["event"], "error");
     assert_eq!(line["exit_code"], 2);
     assert!(line["error"].as_str().unwrap().contains("ftp"), "{line}");
+    // Refused by the argument parser itself: the same line.
+    let out = haul()
+        .args([
+            "get",
+            "--json",
+            "--segments",
+            "many",
+            "http://127.0.0.1:9/x",
+        ])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let line: serde_json::Value = serde_json::from_slice(&out.stdout).expect("one JSON line");
+    assert_eq!(
+        (&line["event"], &line["exit_code"]),
+        (&"error".into(), &2.into())
+    );
+    assert!(line["error"].as_str().unwrap().contains("many"), "{line}");
 
     let origin = Origin::start().unwrap();
     let dir = tempfile::tempdir().unwrap();
