@@ -228,12 +228,25 @@ impl GetArgs {
             })
             .collect();
         if let Some(path) = &self.input_file {
-            let text = if path.as_os_str() == "-" {
-                std::io::read_to_string(std::io::stdin())
+            let bytes = if path.as_os_str() == "-" {
+                let mut bytes = Vec::new();
+                std::io::Read::read_to_end(&mut std::io::stdin(), &mut bytes).map(|_| bytes)
             } else {
-                std::fs::read_to_string(path)
+                std::fs::read(path)
             }
             .map_err(|e| format!("cannot read {}: {e}", path.display()))?;
+            let text = String::from_utf8(bytes).map_err(|e| {
+                let valid = e.utf8_error().valid_up_to();
+                let line = 1 + e.as_bytes()[..valid]
+                    .iter()
+                    .filter(|&&b| b == b'\n')
+                    .count();
+                format!(
+                    "{}: line {line} is not UTF-8 (lists are read as UTF-8; convert it, \
+                     e.g. with iconv)",
+                    path.display()
+                )
+            })?;
             let name = path.display().to_string();
             let listed = crate::inputfile::parse(&text, |w| eprintln!("haul get: {name}: {w}"))
                 .map_err(|e| format!("{name}: {e}"))?;

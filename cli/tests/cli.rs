@@ -694,6 +694,28 @@ fn a_list_saved_with_a_byte_order_mark_downloads_its_first_line() {
 }
 
 #[test]
+fn a_list_that_is_not_utf8_is_refused_naming_the_line() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("latin1.txt");
+    // "caf\xe9" in Latin-1 on line 3.
+    std::fs::write(
+        &path,
+        b"# list\nhttp://127.0.0.1:9/a\n  out=caf\xe9.bin\n".as_slice(),
+    )
+    .unwrap();
+    let out = haul()
+        .args(["get", "-i"])
+        .arg(&path)
+        .arg("-d")
+        .arg(dir.path())
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("line 3 is not UTF-8"), "{stderr}");
+}
+
+#[test]
 fn an_output_that_is_no_replaceable_file_is_refused_before_any_request() {
     let origin = Origin::start().unwrap();
     origin.route("/x.bin", data(1000), Behavior::Normal);
