@@ -1,7 +1,13 @@
 //! A job's other checksum ([`crate::Download::checksum`]): the digest of another algorithm
-//! than SHA-256, checked by reading the complete file back before the commit.
+//! than SHA-256, checked before the commit.
 //!
-//! It runs once size and SHA-256 passed (`verify_and_commit`), in `Phase::Checksumming`:
+//! Where the engine hashes the file's prefix itself (the body as it streams in order, the
+//! parts that arrived out of order as they are read back, a resumed prefix as it is hashed
+//! again), the other digest is fed the same bytes beside the SHA-256 ([`Streamed`],
+//! [`hash_prefix`]) and the check needs no pass of its own. Otherwise (the executor hashed
+//! the file, `Job::executor_hash`) the complete file is read back.
+//!
+//! The read-back runs once size and SHA-256 passed (`verify_and_commit`), in `Phase::Checksumming`:
 //! `ReadAt`s of [`CHECKSUM_CHUNK`] bytes, up to two in flight ([`ReadAhead`]), so memory stays
 //! bounded whatever the file's size, and every runtime and the simulator run it with the file
 //! operations they already have (named partials and unnamed files alike). A match goes on to
@@ -76,9 +82,38 @@ impl ChecksumHasher {
     }
 }
 
+/// The other checksum of the bytes the engine hashed from the start of the file, beside its
+/// SHA-256: `len` bytes so far.
+#[derive(Debug, Clone)]
+pub(super) struct Streamed {
+    hasher: ChecksumHasher,
+    len: u64,
+}
+
+impl Streamed {
+    pub(super) fn new(algorithm: ChecksumAlgorithm) -> Streamed {
+        Streamed {
+            hasher: ChecksumHasher::new(algorithm),
+            len: 0,
+        }
+    }
+}
+
+/// Feed the next `bytes` of the file's prefix to the engine's SHA-256 and, when the job has
+/// one, its other checksum: the only way the engine hashes the prefix, so both see the same
+/// bytes.
+pub(super) fn hash_prefix(sha256: &mut sha2::Sha256, other: &mut Option<Streamed>, bytes: &[u8]) {
+    sha256.update(bytes);
+    if let Some(other) = other {
+        other.hasher.update(bytes);
+        other.len += bytes.len() as u64;
+    }
+}
+
 impl Engine {
-    /// Size and SHA-256 passed (`digest`): read the file back for the job's other checksum;
-    /// the commit follows once it matches.
+    /// Size and SHA-256 passed (`digest`): check the job's other checksum, from the digest
+    /// streamed beside the SHA-256 when it covers the whole file, else by reading the file
+    /// back; the commit follows once it matches.
     pub(super) fn start_checksum(&mut self, id: JobId, digest: [u8; 32]) {
         let j = self.jobs.get_mut(&id).expect("job exists");
         let algorithm = j
@@ -87,10 +122,14 @@ impl Engine {
             .as_ref()
             .expect("a job with a checksum")
             .algorithm();
+        let (hasher, offset) = match j.checksum_stream.take() {
+            Some(streamed) if streamed.len == j.hashed => (streamed.hasher, j.hashed),
+            _ => (ChecksumHasher::new(algorithm), 0),
+        };
         j.phase = Phase::Checksumming {
             digest,
-            hasher: ChecksumHasher::new(algorithm),
-            offset: 0,
+            hasher,
+            offset,
             reads: ReadAhead::default(),
         };
         self.checksum_next(id);

@@ -5,6 +5,7 @@
 use bytes::Bytes;
 use sha2::{Digest, Sha256};
 
+use super::checksum::hash_prefix;
 use super::{
     unexpected, CleanStep, Engine, Event, FileStep, JobId, NameProbe, Phase, ReadAhead,
     ValidatorSource, CATCH_UP_CHUNK, REHASH_CHUNK,
@@ -216,7 +217,7 @@ impl Engine {
                 match result {
                     IoResult::Data(b) if !b.is_empty() && at_frontier => {
                         let take = (state.verified - *offset).min(b.len() as u64) as usize;
-                        j.hasher.update(&b[..take]);
+                        hash_prefix(&mut j.hasher, &mut j.checksum_stream, &b[..take]);
                         *offset += take as u64;
                         if *offset < state.verified {
                             self.rehash_next(id);
@@ -318,7 +319,7 @@ impl Engine {
                 }
                 match result {
                     IoResult::Data(b) if !b.is_empty() && at_frontier => {
-                        j.hasher.update(&b);
+                        hash_prefix(&mut j.hasher, &mut j.checksum_stream, &b);
                         j.hashed += b.len() as u64;
                         self.after_progress(id);
                     }
@@ -581,6 +582,11 @@ impl Engine {
         self.set_digesting(id, false);
         let j = self.jobs.get_mut(&id).expect("job exists");
         j.hasher = Sha256::new();
+        j.checksum_stream = j
+            .spec
+            .checksum
+            .as_ref()
+            .map(|c| super::checksum::Streamed::new(c.algorithm()));
         j.hashed = 0;
         j.digest = None;
         j.digest_requested = false;
@@ -698,7 +704,7 @@ impl Engine {
             j.hashed = j.received.contiguous_end(0);
         } else {
             if offset == j.hashed && j.catch_up.idle() {
-                j.hasher.update(&data);
+                hash_prefix(&mut j.hasher, &mut j.checksum_stream, &data);
                 j.hashed = end;
             }
             j.received.insert(offset, end);

@@ -560,6 +560,9 @@ struct Job {
     validator_source: ValidatorSource,
     total: Option<u64>,
     hasher: Sha256,
+    /// The other checksum ([`Download::checksum`]) of the bytes `hasher` was fed, when the
+    /// job has one; taken by the check before the commit (`checksum::start_checksum`).
+    checksum_stream: Option<checksum::Streamed>,
     /// Contiguous bytes hashed from the start of the file.
     hashed: u64,
     /// Every byte range handed to the file (the hashed prefix included).
@@ -1091,6 +1094,10 @@ impl Engine {
     }
 
     fn enqueue(&mut self, spec: Download) -> JobId {
+        let checksum_stream = spec
+            .checksum
+            .as_ref()
+            .map(|c| checksum::Streamed::new(c.algorithm()));
         let id = self.next_job_id();
         let mut leader = self.find_leader(&spec);
         let path = spec.provisional_path();
@@ -1178,6 +1185,7 @@ impl Engine {
             validator_source: ValidatorSource::ThisRun,
             total: None,
             hasher: Sha256::new(),
+            checksum_stream,
             hashed: 0,
             received: RangeSet::new(),
             catch_up: ReadAhead::default(),
