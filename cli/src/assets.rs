@@ -917,7 +917,7 @@ fn recover_locked(root: &Path) -> Result<(), Failure> {
 
 fn set_cancel(clients: [&Client; 2]) {
     let handles: Vec<_> = clients.iter().map(|c| c.cancel_handle()).collect();
-    let _ = ctrlc::set_handler(move || {
+    crate::signals::on_interrupt(move || {
         for h in &handles {
             h.cancel_with(CancelMode::KeepPartial);
         }

@@ -18,7 +18,9 @@ pub const VERIFICATION: i32 = 5;
 pub const UNSAFE_INPUT: i32 = 6;
 /// Local I/O failure.
 pub const LOCAL_IO: i32 = 7;
-/// Interrupted (Ctrl-C); partial downloads are kept for resume.
+/// Interrupted (Ctrl-C); partial downloads are kept for resume. Inside the commands it
+/// stands for any interrupting signal; `main` exits with 128 + the signal received
+/// (`signals::interrupted_exit_code`).
 pub const INTERRUPTED: i32 = 130;
 
 /// The help text's table.
@@ -33,7 +35,8 @@ pub const TABLE: &str = "EXIT CODES:
      left at the destination
   6  unsafe or invalid archive, manifest or catalog
   7  local I/O failure (disk full, permissions)
-  130 interrupted; partial downloads are kept and the same command resumes them";
+  130 interrupted (Ctrl-C; 143 SIGTERM, 129 SIGHUP); partial downloads are kept and
+      the same command resumes them";
 
 /// The exit code for a download failure.
 pub fn for_download(e: &DownloadError) -> i32 {

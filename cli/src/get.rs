@@ -499,7 +499,7 @@ pub fn run(args: GetArgs) -> i32 {
         client.set_rate_schedule(rates, offset);
     }
     let cancel = client.cancel_handle();
-    let _ = ctrlc::set_handler(move || cancel.cancel_with(CancelMode::KeepPartial));
+    crate::signals::on_interrupt(move || cancel.cancel_with(CancelMode::KeepPartial));
     let mode = Mode::choose(args.json, args.quiet);
     let mut reporter = Reporter::new(mode, downloads.len());
     let results = client.download_many(downloads, |ev| reporter.event(ev));

@@ -16,6 +16,7 @@ mod get;
 mod inputfile;
 mod load;
 mod progress;
+mod signals;
 mod units;
 mod vsix;
 
@@ -129,6 +130,11 @@ fn main() {
         Command::Hash(args) => extract::run_hash(args),
     };
     tracing::debug!("exiting");
+    let code = if code == exit::INTERRUPTED {
+        signals::interrupted_exit_code()
+    } else {
+        code
+    };
     std::process::exit(code);
 }
 

@@ -218,7 +218,7 @@ fn fetch(args: &VsixInstallArgs, holder: &mut Option<tempfile::TempDir>) -> Resu
         exit::USAGE
     })?;
     let cancel = client.cancel_handle();
-    let _ = ctrlc::set_handler(move || cancel.cancel_with(CancelMode::KeepPartial));
+    crate::signals::on_interrupt(move || cancel.cancel_with(CancelMode::KeepPartial));
     let mode = if args.json {
         Mode::Quiet
     } else {

@@ -767,58 +767,60 @@ fn a_destination_that_already_holds_the_bytes_is_kept_and_said_so() {
     assert!(origin.requests().is_empty());
 }
 
-/// Ctrl-C (SIGINT) mid-body: exit 130, nothing at the destination, the partial and its state
-/// kept (the command asks the library to keep them; a library cancel discards by default),
-/// and the same command resumes from them.
+/// Ctrl-C (SIGINT) or SIGTERM mid-body: exit 128 + the signal (130, 143), nothing at the
+/// destination, the partial and its state kept (the command asks the library to keep them; a
+/// library cancel discards by default), and the same command resumes from them.
 #[test]
-fn an_interrupted_get_exits_130_keeps_its_partial_and_the_same_command_resumes() {
-    let body = data(3_000_000);
-    let origin = Origin::start().unwrap();
-    origin.route("/big", body.clone(), Behavior::Stall { after: 1_200_000 });
-    let dir = tempfile::tempdir().unwrap();
-    let dest = dir.path().join("big");
-    let part = dir.path().join("big.haul-part");
-    let command = |origin: &Origin| {
-        let mut c = haul();
-        c.args(["get", &origin.url("/big"), "--json", "-o"])
-            .arg(&dest)
-            .args(["--sha256", &hex::encode(Sha256::digest(&body))]);
-        c
-    };
-    let first = command(&origin)
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
-    let started = std::time::Instant::now();
-    while std::fs::metadata(&part).map_or(true, |m| m.len() < 1_000_000) {
-        assert!(started.elapsed().as_secs() < 20, "the first never wrote");
-        std::thread::sleep(std::time::Duration::from_millis(10));
-    }
-    let kill = Command::new("kill")
-        .args(["-INT", &first.id().to_string()])
-        .status()
-        .unwrap();
-    assert!(kill.success());
-    let first = first.wait_with_output().unwrap();
-    assert_eq!(first.status.code(), Some(130), "{first:?}");
-    assert!(!dest.exists(), "nothing committed");
-    assert!(part.exists(), "the partial is kept");
-    assert!(dir.path().join("big.haul-state").exists(), "and its state");
+fn an_interrupted_get_exits_128_plus_the_signal_keeps_its_partial_and_the_same_command_resumes() {
+    for (signal, code) in [("INT", 130), ("TERM", 143)] {
+        let body = data(3_000_000);
+        let origin = Origin::start().unwrap();
+        origin.route("/big", body.clone(), Behavior::Stall { after: 1_200_000 });
+        let dir = tempfile::tempdir().unwrap();
+        let dest = dir.path().join("big");
+        let part = dir.path().join("big.haul-part");
+        let command = |origin: &Origin| {
+            let mut c = haul();
+            c.args(["get", &origin.url("/big"), "--json", "-o"])
+                .arg(&dest)
+                .args(["--sha256", &hex::encode(Sha256::digest(&body))]);
+            c
+        };
+        let first = command(&origin)
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        let started = std::time::Instant::now();
+        while std::fs::metadata(&part).map_or(true, |m| m.len() < 1_000_000) {
+            assert!(started.elapsed().as_secs() < 20, "the first never wrote");
+            std::thread::sleep(std::time::Duration::from_millis(10));
+        }
+        let kill = Command::new("kill")
+            .args([&format!("-{signal}"), &first.id().to_string()])
+            .status()
+            .unwrap();
+        assert!(kill.success());
+        let first = first.wait_with_output().unwrap();
+        assert_eq!(first.status.code(), Some(code), "{signal}: {first:?}");
+        assert!(!dest.exists(), "nothing committed");
+        assert!(part.exists(), "the partial is kept");
+        assert!(dir.path().join("big.haul-state").exists(), "and its state");
 
-    origin.route("/big", body.clone(), Behavior::Normal);
-    let second = command(&origin).output().unwrap();
-    assert_ok(&second);
-    assert_eq!(std::fs::read(&dest).unwrap(), body);
-    let finished: serde_json::Value = String::from_utf8_lossy(&second.stdout)
-        .lines()
-        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
-        .find(|v| v["event"] == "finished")
-        .expect("a finished event");
-    assert!(
-        finished["resumed_from"].as_u64().unwrap() >= 1_000_000,
-        "{finished}"
-    );
+        origin.route("/big", body.clone(), Behavior::Normal);
+        let second = command(&origin).output().unwrap();
+        assert_ok(&second);
+        assert_eq!(std::fs::read(&dest).unwrap(), body);
+        let finished: serde_json::Value = String::from_utf8_lossy(&second.stdout)
+            .lines()
+            .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+            .find(|v| v["event"] == "finished")
+            .expect("a finished event");
+        assert!(
+            finished["resumed_from"].as_u64().unwrap() >= 1_000_000,
+            "{finished}"
+        );
+    }
 }
 
 #[test]

@@ -1,0 +1,42 @@
+//! Interruption by signal: SIGINT (Ctrl-C), SIGTERM and SIGHUP stop the command the same way
+//! (partial downloads kept for resume), and the exit code says which one it was, as shells
+//! do: 128 + the signal's number (130 for SIGINT, 143 for SIGTERM, 129 for SIGHUP).
+
+use std::sync::atomic::{AtomicI32, Ordering};
+
+/// The number of the first signal that interrupted the command; 0 before any.
+static RECEIVED: AtomicI32 = AtomicI32::new(0);
+
+/// Call `stop` on the first and on every later interrupting signal (from a thread of its
+/// own). Only the first one is remembered for the exit code.
+#[cfg(unix)]
+pub fn on_interrupt(stop: impl Fn() + Send + 'static) {
+    use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
+    let Ok(mut signals) = signal_hook::iterator::Signals::new([SIGINT, SIGTERM, SIGHUP]) else {
+        return;
+    };
+    let spawned = std::thread::Builder::new()
+        .name("haul-signals".into())
+        .spawn(move || {
+            for signal in signals.forever() {
+                let _ = RECEIVED.compare_exchange(0, signal, Ordering::SeqCst, Ordering::SeqCst);
+                stop();
+            }
+        });
+    drop(spawned);
+}
+
+/// Call `stop` on Ctrl-C (and the console's close).
+#[cfg(not(unix))]
+pub fn on_interrupt(stop: impl Fn() + Send + 'static) {
+    let _ = ctrlc::set_handler(stop);
+}
+
+/// The exit code of a command that ended interrupted (`crate::exit::INTERRUPTED` inside the
+/// commands): 128 + the signal that interrupted it, 130 (SIGINT) if none is known.
+pub fn interrupted_exit_code() -> i32 {
+    match RECEIVED.load(Ordering::SeqCst) {
+        0 => crate::exit::INTERRUPTED,
+        signal => 128 + signal,
+    }
+}
