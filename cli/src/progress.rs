@@ -247,7 +247,7 @@ impl Reporter {
             } => {
                 self.tell(
                     job,
-                    format!("retry {attempt} in {:.1}s: {error}", delay.as_secs_f64()),
+                    format!("attempt {attempt} in {:.1}s: {error}", delay.as_secs_f64()),
                 );
                 if self.mode == Mode::Json {
                     self.emit_json(json!({"event": "retrying", "job": job.0, "attempt": attempt, "delay_ms": delay.as_millis() as u64, "error": error.to_string()}));
