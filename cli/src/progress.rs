@@ -339,6 +339,10 @@ impl Reporter {
                 );
                 self.println(&line);
             }
+            // Only a signal cancels a command's downloads (their partials kept).
+            (Mode::Bars | Mode::Plain, Err(DownloadError::Cancelled)) => self.println(&format!(
+                "haul: {label}: interrupted; the same command again resumes it"
+            )),
             (_, Err(e)) => self.println(&format!("haul: {label}: {e}")),
             (Mode::Quiet, Ok(_)) => {}
         }

@@ -779,14 +779,17 @@ fn an_interrupted_get_exits_128_plus_the_signal_keeps_its_partial_and_the_same_c
         let dir = tempfile::tempdir().unwrap();
         let dest = dir.path().join("big");
         let part = dir.path().join("big.haul-part");
-        let command = |origin: &Origin| {
+        let command = |origin: &Origin, json: bool| {
             let mut c = haul();
-            c.args(["get", &origin.url("/big"), "--json", "-o"])
+            c.args(["get", &origin.url("/big"), "-o"])
                 .arg(&dest)
                 .args(["--sha256", &hex::encode(Sha256::digest(&body))]);
+            if json {
+                c.arg("--json");
+            }
             c
         };
-        let first = command(&origin)
+        let first = command(&origin, false)
             .stdout(std::process::Stdio::piped())
             .stderr(std::process::Stdio::piped())
             .spawn()
@@ -803,12 +806,17 @@ fn an_interrupted_get_exits_128_plus_the_signal_keeps_its_partial_and_the_same_c
         assert!(kill.success());
         let first = first.wait_with_output().unwrap();
         assert_eq!(first.status.code(), Some(code), "{signal}: {first:?}");
+        let said = String::from_utf8_lossy(&first.stderr);
+        assert!(
+            said.contains("big: interrupted; the same command again resumes it"),
+            "{said}"
+        );
         assert!(!dest.exists(), "nothing committed");
         assert!(part.exists(), "the partial is kept");
         assert!(dir.path().join("big.haul-state").exists(), "and its state");
 
         origin.route("/big", body.clone(), Behavior::Normal);
-        let second = command(&origin).output().unwrap();
+        let second = command(&origin, true).output().unwrap();
         assert_ok(&second);
         assert_eq!(std::fs::read(&dest).unwrap(), body);
         let finished: serde_json::Value = String::from_utf8_lossy(&second.stdout)
