@@ -323,6 +323,17 @@ impl Reporter {
                 );
                 self.println(&line);
             }
+            (Mode::Bars | Mode::Plain, Ok(o)) if o.attempts == 0 => {
+                // No attempt of its own: a duplicate of another download of the command.
+                let line = format!(
+                    "saved {} ({}, sha256 {}): the same download as another of this command, \
+                     fetched once",
+                    o.path.display(),
+                    human_bytes(o.size),
+                    o.sha256_hex(),
+                );
+                self.println(&line);
+            }
             (Mode::Bars | Mode::Plain, Ok(o)) => {
                 let line = format!(
                     "saved {} ({}, sha256 {}) in {:.2}s at {}{}",

@@ -572,7 +572,8 @@ fn list_entries_with_the_same_bytes_are_each_saved_under_their_own_name() {
         origin.url("/big2.bin"),
         dir.path().join("d2").display(),
     );
-    assert_ok(&get_list(dir.path(), &list, dir.path(), &["--quiet"]));
+    let out = get_list(dir.path(), &list, dir.path(), &[]);
+    assert_ok(&out);
     for name in ["big.bin", "big2.bin", "renamed.bin", "d2/big2.bin"] {
         assert_eq!(
             std::fs::read(dir.path().join(name)).ok().as_deref(),
@@ -580,6 +581,14 @@ fn list_entries_with_the_same_bytes_are_each_saved_under_their_own_name() {
             "{name}"
         );
     }
+    // Two fetches (by sha256: big.bin, big2.bin; by URL without one: renamed.bin,
+    // d2/big2.bin); each second one says it got the first one's bytes.
+    let said = String::from_utf8_lossy(&out.stderr);
+    let shared = said
+        .lines()
+        .filter(|l| l.ends_with("the same download as another of this command, fetched once"))
+        .count();
+    assert_eq!(shared, 2, "{said}");
 }
 
 #[test]

@@ -565,7 +565,8 @@ pub struct Outcome {
     pub resumed_from: u64,
     /// Bytes received from the network for this job (all attempts).
     pub bytes_fetched: u64,
-    /// Attempts made (1 when the first succeeded).
+    /// Attempts made (1 when the first succeeded); 0 when none was needed: the destination
+    /// already held the bytes, or another job of the engine fetched them (a duplicate).
     pub attempts: u32,
     /// Time from submit to commit.
     pub elapsed: Duration,

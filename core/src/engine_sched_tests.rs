@@ -1640,7 +1640,11 @@ fn two_jobs_for_the_same_url_make_one_request_and_the_second_gets_a_copy() {
     assert_eq!(copies, vec![(dest(), other.clone())]);
     assert_eq!(lo.bytes_fetched, 30_000);
     assert_eq!(fo.path, other);
-    assert_eq!(fo.bytes_fetched, 0);
+    assert_eq!(
+        (fo.bytes_fetched, fo.attempts),
+        (0, 0),
+        "the leader's, not its own"
+    );
     assert_eq!(fo.sha256, sha(&body));
     assert!(!h.fs.exists("/other/copy.bin.haul-part"));
 }

@@ -1849,10 +1849,13 @@ impl Engine {
                             d.join(crate::download::file_name_from_url(&fj.spec.url))
                         }
                     };
+                    // Its own outcome: no attempt and no byte of its own, over its own life.
                     let mut outcome = o.clone();
                     outcome.path = dest.clone();
                     outcome.bytes_fetched = 0;
                     outcome.resumed_from = 0;
+                    outcome.attempts = 0;
+                    outcome.elapsed = self.now.saturating_since(fj.submitted);
                     if dest == o.path {
                         // Same destination: the leader's commit is this job's too.
                         fj.phase = Phase::Copying {
