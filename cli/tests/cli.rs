@@ -87,6 +87,22 @@ fn sha256_mismatch_exits_5_and_leaves_nothing() {
     assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 0);
 }
 
+/// A download refused before its body (too large) into directories that do not exist yet
+/// leaves no directory behind either.
+#[test]
+fn a_download_refused_before_its_body_creates_no_directory() {
+    let origin = Origin::start().unwrap();
+    origin.route("/f", data(100_000), Behavior::Normal);
+    let dir = tempfile::tempdir().unwrap();
+    let out = haul()
+        .args(["get", &origin.url("/f"), "--max-size", "10", "-o"])
+        .arg(dir.path().join("new/deep/out.bin"))
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(5), "{out:?}");
+    assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 0);
+}
+
 #[test]
 fn http_404_exits_4_and_refused_connection_exits_3() {
     let origin = Origin::start().unwrap();

@@ -301,7 +301,8 @@ impl Driver {
             | IoOp::CloseFile { .. }
             | IoOp::Rename { .. }
             | IoOp::Publish { .. }
-            | IoOp::Remove { .. } => IoResult::Done,
+            | IoOp::Remove { .. }
+            | IoOp::RemoveUnheld { .. } => IoResult::Done,
         }
     }
 

@@ -342,6 +342,15 @@ impl FakeFs {
                 self.names.remove(path);
                 IoResult::Done
             }
+            IoOp::RemoveUnheld { path } => {
+                if self.held_elsewhere.contains(path) {
+                    return failure(IoErrorKind::Busy, "locked by another process");
+                }
+                match self.names.remove(path) {
+                    Some(_) => IoResult::Done,
+                    None => IoResult::NotFound,
+                }
+            }
             IoOp::Connect { .. } | IoOp::Send { .. } | IoOp::Recv { .. } | IoOp::Close { .. } => {
                 unreachable!("network operation sent to the file system: {op:?}")
             }
@@ -1679,13 +1688,11 @@ fn expected_size_mismatch_from_content_length_fails_before_writing_the_body() {
         other => panic!("expected SizeMismatch, got {other:?}"),
     }
     assert_eq!(h.bytes_written(), 0, "no body byte may be written");
-    // The only open is the clean-up's claim of the partial's name (to remove it).
     assert!(
-        !h.ops.iter().any(|(_, op)| matches!(
-            op,
-            IoOp::Open { truncate: true, .. } | IoOp::OpenUnnamed { .. }
-        )),
-        "no partial is started for the body"
+        !h.ops
+            .iter()
+            .any(|(_, op)| matches!(op, IoOp::Open { .. } | IoOp::OpenUnnamed { .. })),
+        "the partial must not even be created"
     );
     assert_nothing_left(&h);
 }
@@ -2245,6 +2252,44 @@ fn a_discard_before_the_partial_was_opened_removes_only_a_partial_nobody_holds()
         if held {
             assert_eq!(h.fs.get(part()), Some(&theirs[..]));
         }
+        assert!(h.fs.violations.is_empty(), "{:?}", h.fs.violations);
+    }
+}
+
+/// The same while the job still checks what its destination holds (a file is open then, the
+/// destination's, not the partial).
+#[test]
+fn a_discard_while_the_destination_is_checked_removes_only_a_partial_nobody_holds() {
+    let body = pattern(5_000, 19);
+    for held in [true, false] {
+        let mut h = Harness::new(config());
+        h.fs.put(dest(), b"an older file at the destination");
+        let theirs = pattern(1_234, 20);
+        h.fs.put(part(), &theirs);
+        h.fs.put(state(), b"their state");
+        if held {
+            h.fs.held_elsewhere.insert(part());
+        }
+        h.serve(ORIGIN, file_server(body.clone()));
+        h.hold = Some(Box::new(|op| {
+            matches!(op, IoOp::ReadAt { .. }).then(|| at(secs(100)))
+        }));
+        let job = h.submit(download().sha256(&sha_hex(&body)).unwrap());
+        h.run_until("checking the destination", |h| {
+            h.pending_has(|op| matches!(op, IoOp::ReadAt { .. }))
+        });
+        h.cancel(job, CancelMode::Discard);
+        assert_eq!(h.run(job), Err(DownloadError::Cancelled));
+        if held {
+            assert_eq!(h.fs.get(part()), Some(&theirs[..]), "their partial stays");
+            assert_eq!(h.fs.get(state()), Some(&b"their state"[..]));
+        } else {
+            assert!(!h.fs.exists(part()) && !h.fs.exists(state()), "discarded");
+        }
+        assert_eq!(
+            h.fs.get(dest()),
+            Some(&b"an older file at the destination"[..])
+        );
         assert!(h.fs.violations.is_empty(), "{:?}", h.fs.violations);
     }
 }

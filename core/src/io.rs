@@ -137,6 +137,13 @@ pub enum IoOp {
     },
     /// Remove a file; a missing file is success. Completes with [`IoResult::Done`].
     Remove { path: PathBuf },
+    /// Remove the partial at `path` unless another process holds it (the lock an executor
+    /// that locks partials takes at [`IoOp::Open`]): it is removed while this request holds
+    /// the lock, so no other process's download can be in it. Nothing is created or
+    /// followed: no missing directory is made, and a symbolic link there is removed itself.
+    /// Completes with [`IoResult::Done`], [`IoResult::NotFound`] when nothing is there, or a
+    /// failure of kind [`IoErrorKind::Busy`] when it is held (and left as it is).
+    RemoveUnheld { path: PathBuf },
 }
 
 /// What follows the close of a file ([`IoOp::CloseFile`]).

@@ -765,6 +765,7 @@ fn small_op(op: &IoOp) -> bool {
         | IoOp::CloseFile { .. }
         | IoOp::ReadFile { .. }
         | IoOp::Remove { .. }
+        | IoOp::RemoveUnheld { .. }
         | IoOp::Rename { sync: false, .. } => true,
         IoOp::WriteAt { data, .. } => data.len() <= INLINE_MAX_BYTES,
         // Inline it only hands the work over (or reads a small file back).
@@ -1399,10 +1400,54 @@ pub fn execute_path_op(op: &IoOp) -> IoResult {
             Err(e) if e.kind() == ErrorKind::NotFound => IoResult::Done,
             Err(e) => IoResult::Failed(local_failure(&e, "remove", Some(path))),
         },
+        IoOp::RemoveUnheld { path } => remove_unheld(path),
         other => IoResult::Failed(IoFailure::new(
             IoErrorKind::Other,
             format!("not a whole-file operation: {other:?}"),
         )),
+    }
+}
+
+/// [`IoOp::RemoveUnheld`]: remove the partial at `path` while holding its lock, unless
+/// another process holds it. Only an existing regular file is opened (never created, no
+/// directory made); anything else there (a symbolic link, ...) is removed by name, as it is
+/// no partial of anyone's.
+fn remove_unheld(path: &Path) -> IoResult {
+    let failed = |e: &std::io::Error| IoResult::Failed(local_failure(e, "remove", Some(path)));
+    let remove = || match in_dir(path, || fs::remove_file(path)) {
+        Ok(()) => IoResult::Done,
+        Err(e) if e.kind() == ErrorKind::NotFound => IoResult::NotFound,
+        Err(e) => failed(&e),
+    };
+    match fs::symlink_metadata(path) {
+        Ok(m) if m.is_file() => {}
+        Ok(_) => return remove(),
+        Err(e) if e.kind() == ErrorKind::NotFound => return IoResult::NotFound,
+        Err(e) => return failed(&e),
+    }
+    let file = match OpenOptions::new().read(true).write(true).open(path) {
+        Ok(file) => file,
+        Err(e) if e.kind() == ErrorKind::NotFound => return IoResult::NotFound,
+        Err(e) => return failed(&e),
+    };
+    match file.try_lock() {
+        Ok(()) => {}
+        Err(std::fs::TryLockError::WouldBlock) => {
+            let what = format!("{} is locked by another process", path.display());
+            return IoResult::Failed(IoFailure::new(IoErrorKind::Busy, what));
+        }
+        // A file system without locks: nothing to ask.
+        Err(std::fs::TryLockError::Error(_)) => {}
+    }
+    // Under the lock: the name still has to be this file (another process may have
+    // committed or removed it meanwhile, and a new one may be there, its own).
+    match names_same_file(path, &file) {
+        Ok(true) => remove(),
+        Ok(false) => {
+            let what = format!("{} was replaced by another process", path.display());
+            IoResult::Failed(IoFailure::new(IoErrorKind::Busy, what))
+        }
+        Err(e) => failed(&e),
     }
 }
 
@@ -2045,6 +2090,36 @@ mod tests {
             true => (files.inline_small_ops(), done),
             false => (files, done),
         }
+    }
+
+    #[test]
+    fn remove_unheld_removes_only_an_unlocked_partial_and_creates_nothing() {
+        let dir = tempfile::TempDir::new().unwrap();
+        let remove = |path: &Path| execute_path_op(&IoOp::RemoveUnheld { path: path.into() });
+        // Nothing there, not even its directory: nothing made.
+        let missing = dir.path().join("new/deep/f.bin.haul-part");
+        assert_eq!(remove(&missing), IoResult::NotFound);
+        assert!(!dir.path().join("new").exists());
+        // Held (another open file description's lock, as another process's): left.
+        let held = dir.path().join("held.haul-part");
+        fs::write(&held, b"theirs").unwrap();
+        let theirs = File::open(&held).unwrap();
+        theirs.lock().unwrap();
+        match remove(&held) {
+            IoResult::Failed(f) => assert_eq!(f.kind, IoErrorKind::Busy, "{f:?}"),
+            other => panic!("expected Busy, got {other:?}"),
+        }
+        assert_eq!(fs::read(&held).unwrap(), b"theirs");
+        drop(theirs);
+        // Free: removed.
+        assert_eq!(remove(&held), IoResult::Done);
+        assert!(!held.exists());
+        // A dangling symbolic link: the link goes, its target is not created.
+        let link = dir.path().join("link.haul-part");
+        let target = dir.path().join("elsewhere");
+        std::os::unix::fs::symlink(&target, &link).unwrap();
+        assert_eq!(remove(&link), IoResult::Done);
+        assert!(fs::symlink_metadata(&link).is_err() && !target.exists());
     }
 
     #[cfg(unix)]

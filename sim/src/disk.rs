@@ -393,6 +393,11 @@ impl VirtualDisk {
                 self.names.remove(path);
                 IoResult::Done
             }
+            // Held partials are refused before they reach the disk (the world's fault plan).
+            IoOp::RemoveUnheld { path } => match self.names.remove(path) {
+                Some(_) => IoResult::Done,
+                None => IoResult::NotFound,
+            },
             IoOp::Connect { .. } | IoOp::Send { .. } | IoOp::Recv { .. } | IoOp::Close { .. } => {
                 self.misuse
                     .push(format!("network operation sent to the disk: {op:?}"));
@@ -406,6 +411,12 @@ impl VirtualDisk {
     /// Nothing of this engine's was opened, and the operations queued behind the open fail.
     pub fn refuse_open(&mut self, file: FileId, path: &Path, data: &[u8]) {
         self.refused.insert(file);
+        self.hold_elsewhere(path, data);
+    }
+
+    /// Another process holds the file at `path` locked (made now, with `data`, if nothing
+    /// was there: that process is writing it).
+    pub fn hold_elsewhere(&mut self, path: &Path, data: &[u8]) {
         if !self.names.contains_key(path) {
             let ino = self.new_inode(data.to_vec(), Vec::new());
             self.names.insert(path.to_path_buf(), ino);

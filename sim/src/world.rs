@@ -582,6 +582,7 @@ fn summarize_op(op: &IoOp) -> String {
             if *sync { "" } else { " (no sync)" }
         ),
         IoOp::Remove { path } => format!("Remove {}", path.display()),
+        IoOp::RemoveUnheld { path } => format!("RemoveUnheld {}", path.display()),
     }
 }
 
@@ -1791,11 +1792,14 @@ impl World {
         }
     }
 
-    /// The refusal of `op` when it is an open of a named partial that the fault plan says
-    /// another process holds locked.
+    /// The refusal of `op` when it is an open (or a `RemoveUnheld`) of a named partial that
+    /// the fault plan says another process holds locked.
     fn partial_busy(&mut self, op: &IoOp) -> Option<IoResult> {
-        let IoOp::Open { path, file, .. } = op else {
-            return None;
+        // An open, or the removal of a partial its job never opened: either finds it held.
+        let (path, file) = match op {
+            IoOp::Open { path, file, .. } => (path, Some(file)),
+            IoOp::RemoveUnheld { path } => (path, None),
+            _ => return None,
         };
         if self.healed || !path.to_string_lossy().ends_with(".haul-part") {
             return None;
@@ -1811,8 +1815,12 @@ impl World {
             .position(|d| with_suffix(&d.dest, ".haul-part") == *path)?;
         self.fire(FaultKind::PartialBusy);
         self.log(|| format!("fault: {} held by another process", path.display()));
-        self.disk
-            .refuse_open(*file, path, b"another process's bytes");
+        match file {
+            Some(file) => self
+                .disk
+                .refuse_open(*file, path, b"another process's bytes"),
+            None => self.disk.hold_elsewhere(path, b"another process's bytes"),
+        }
         let state = with_suffix(&self.downloads[i].dest, ".haul-state");
         let versions = [self.disk.version(path), self.disk.version(&state)];
         self.refused.entry(i).or_insert(versions);

@@ -421,18 +421,22 @@ impl Engine {
                 }
                 self.name_probed(id);
             }
-            FileStep::Claim { file } => {
-                match result {
-                    // Its lock is this job's now: the partial and its state go.
-                    IoResult::Opened { .. } => {
-                        j.file = Some(file);
-                        j.touched = true;
-                    }
-                    // Held by another process (or not to be opened): left as it is.
-                    _ => {
-                        if let Phase::CleaningUp { untouched, .. } = &mut j.phase {
+            FileStep::Claim => {
+                if let Phase::CleaningUp {
+                    step, untouched, ..
+                } = &mut j.phase
+                {
+                    match &result {
+                        // Removed under its lock, or nothing there: the state file goes too.
+                        IoResult::Done | IoResult::NotFound => *step = CleanStep::RemoveState,
+                        // Another process's download: its partial and state stay.
+                        IoResult::Failed(f) if f.kind == IoErrorKind::Busy => {
                             *untouched = true;
+                            *step = CleanStep::Report;
                         }
+                        // Could not be looked at (permissions, ...): removed by name, as
+                        // before there was a lock to ask.
+                        _ => *step = CleanStep::RemoveBoth,
                     }
                 }
                 self.cleanup_progress(id);
@@ -1106,21 +1110,6 @@ impl Engine {
                         *step = CleanStep::Close;
                         continue;
                     }
-                    if !*keep && !j.touched && file.is_none() && !j.unnamed {
-                        // To be removed, but never opened by this run (it ended while it
-                        // read the state file, connected or waited): whatever is there may be
-                        // another process's download. Open it first, which takes its lock
-                        // (and creates an empty one where there was none, removed with it).
-                        *step = CleanStep::Claim;
-                        let (path, file) = (j.part_path.clone(), FileId(self.next()));
-                        let op = IoOp::Open {
-                            file,
-                            path,
-                            truncate: false,
-                        };
-                        self.file_io(id, FileStep::Claim { file }, op);
-                        return;
-                    }
                     *keep = *keep && resumable;
                     if *keep && durable < present {
                         *step = CleanStep::Checkpoint;
@@ -1129,7 +1118,7 @@ impl Engine {
                     }
                     *step = CleanStep::Close;
                 }
-                CleanStep::Claim | CleanStep::Checkpoint => *step = CleanStep::Close,
+                CleanStep::Checkpoint => *step = CleanStep::Close,
                 CleanStep::Close => {
                     *step = CleanStep::Remove;
                     if let Some(file) = file {
@@ -1141,11 +1130,34 @@ impl Engine {
                 CleanStep::Remove => {
                     *step = CleanStep::Report;
                     if !*keep && !*untouched {
-                        let (part, state) = (j.part_path.clone(), j.spec.state_path());
-                        self.file_io(id, FileStep::RemovePart, IoOp::Remove { path: part });
-                        self.file_io(id, FileStep::RemoveState, IoOp::Remove { path: state });
-                        return;
+                        if !j.touched && !j.unnamed {
+                            // Never opened by this run (it ended while it read the state
+                            // file, checked its destination, connected or waited): whatever
+                            // is there may be another process's download. Removed only if
+                            // nobody holds its lock (the state file after it).
+                            *step = CleanStep::Claim;
+                            let path = j.part_path.clone();
+                            self.file_io(id, FileStep::Claim, IoOp::RemoveUnheld { path });
+                            return;
+                        }
+                        *step = CleanStep::RemoveBoth;
+                        continue;
                     }
+                }
+                // Its answer moves on (`FileStep::Claim`).
+                CleanStep::Claim => *step = CleanStep::Report,
+                CleanStep::RemoveBoth => {
+                    *step = CleanStep::Report;
+                    let (part, state) = (j.part_path.clone(), j.spec.state_path());
+                    self.file_io(id, FileStep::RemovePart, IoOp::Remove { path: part });
+                    self.file_io(id, FileStep::RemoveState, IoOp::Remove { path: state });
+                    return;
+                }
+                CleanStep::RemoveState => {
+                    *step = CleanStep::Report;
+                    let state = j.spec.state_path();
+                    self.file_io(id, FileStep::RemoveState, IoOp::Remove { path: state });
+                    return;
                 }
                 CleanStep::Report => {
                     let error = match &j.phase {

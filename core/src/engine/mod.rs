@@ -333,10 +333,9 @@ enum FileStep {
     },
     /// The probe found one and closes it.
     CloseProbe,
-    /// The open (and lock) of a partial to remove (`CleanStep::Claim`).
-    Claim {
-        file: FileId,
-    },
+    /// The removal of a partial this run never opened, if nobody holds it
+    /// (`CleanStep::Claim`).
+    Claim,
 }
 
 /// Whether a file exists at the name a response gave a download into a directory
@@ -399,12 +398,16 @@ enum ValidatorSource {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum CleanStep {
     Start,
-    /// A job that removes its partial without having opened it opens it first: the open
-    /// takes the partial's lock, so a partial another process holds is never removed.
-    Claim,
     Checkpoint,
     Close,
     Remove,
+    /// A job that removes a partial it never opened asks for it to be removed only if no
+    /// process holds it ([`IoOp::RemoveUnheld`]): another process's download stays.
+    Claim,
+    /// Remove the partial and the state file by name.
+    RemoveBoth,
+    /// The claimed partial is gone: remove the state file.
+    RemoveState,
     Report,
 }
 
