@@ -803,3 +803,58 @@ fn a_paused_job_resumes_on_the_url_it_was_fetching_from_never_fails_over() {
     // The first choice did explore now and then: the seeds cover a choice that would move.
     assert!(moved > 0, "no seed started on the mirror");
 }
+
+#[test]
+fn a_paused_job_whose_url_breaker_opened_meanwhile_resumes_on_its_mirror() {
+    let mut cfg = policy_config();
+    cfg.breaker.failure_threshold = 2;
+    cfg.breaker.cooldown = secs(600);
+    cfg.retry.max_elapsed = secs(300);
+    cfg.retry.max_attempts = 1;
+    let mut h = Harness::new(cfg);
+    let body = pattern(200_000, 62);
+    let b = body.clone();
+    h.serve(ORIGIN, move |req| {
+        if req.path == "/files/f.bin" {
+            Reply::new(serve_range(&b, req))
+                .pieces(&[20_000])
+                .gap(secs(1))
+        } else {
+            Reply::new(with_length(503, &[], b""))
+        }
+    });
+    h.serve(MIRROR, file_server(body.clone()));
+    let d = download()
+        .mirror(MIRROR_URL)
+        .unwrap()
+        .sha256(&sha_hex(&body))
+        .unwrap();
+    let job = h.submit(d);
+    h.run_until("three seconds in", |h| h.now >= at(secs(3)));
+    assert_eq!(requests_to(&h, "b.test"), 0, "on the primary so far");
+    h.engine.pause(h.now, job);
+    h.drain();
+    // Meanwhile other downloads from the primary's origin fail: its breaker opens.
+    for path in ["/x", "/y"] {
+        let other = h.submit(Download::new(&format!("{ORIGIN}{path}"), "/dl/x").unwrap());
+        assert!(h.run(other).is_err());
+    }
+    assert!(
+        matches!(
+            h.engine.breaker_state(&origin(URL)),
+            BreakerState::Open { .. }
+        ),
+        "the breaker is open"
+    );
+    let resumed_at = h.now;
+    h.engine.resume(h.now, job);
+    h.drain();
+    let out = h.run(job).expect("finished on the mirror");
+    assert_eq!(out.final_url, MIRROR_URL);
+    assert_eq!(h.fs.get(dest()), Some(&body[..]));
+    assert!(
+        h.now < resumed_at + secs(60),
+        "it did not wait out the breaker: {:?}",
+        h.now.saturating_since(resumed_at)
+    );
+}

@@ -517,6 +517,13 @@ struct Job {
     /// The next attempt stays on the URL of the last one (`mirror`): the start-over after a
     /// mixed download failed verification, which blamed no URL. Taken by `pick_url`.
     stay_on_url: bool,
+    /// The attempt running is such a start-over (until its attempt ends, `retry_or_end`): a
+    /// pause and resume in it goes on there too, whatever its breaker says.
+    in_stay_attempt: bool,
+    /// The next attempt goes on the URL of the last one if its breaker admits a request, else
+    /// chooses as usual: a job resumed from a pause in the middle of an attempt, which was no
+    /// failure of that URL. Taken by `pick_url`.
+    prefer_url: bool,
     /// Whether the job may still split over several connections.
     splitting: Splitting,
     /// This attempt is the half-open probe of that origin's breaker.
@@ -1166,6 +1173,8 @@ impl Engine {
             resume_waiting: false,
             paused_backoff: None,
             stay_on_url: false,
+            in_stay_attempt: false,
+            prefer_url: false,
             splitting: Splitting::Allowed,
             probe: None,
             failure_noted: false,
@@ -1583,9 +1592,16 @@ impl Engine {
                     j.resume_waiting = false;
                     let backoff = j.paused_backoff.take();
                     // Paused mid-attempt: that URL did not fail, and the attempt goes on
-                    // there (a fresh choice could move a start-over that must stay on one
-                    // URL, or splice another mirror's bytes on for no reason).
-                    j.stay_on_url |= backoff.is_none();
+                    // there (a fresh choice would splice another mirror's bytes on for no
+                    // reason), unless its breaker opened meanwhile; a start-over that must
+                    // stay on its URL stays whatever the breaker says.
+                    if backoff.is_none() {
+                        if j.in_stay_attempt {
+                            j.stay_on_url = true;
+                        } else {
+                            j.prefer_url = true;
+                        }
+                    }
                     backoff.filter(|until| *until > now)
                 });
                 match backoff {

@@ -101,9 +101,20 @@ impl Engine {
             if let Some(at) = self.breaker_wait(&url) {
                 return Err((at, crate::engine::origin_label(&url)));
             }
-            self.jobs.get_mut(&id).expect("job exists").stay_on_url = false;
+            let j = self.jobs.get_mut(&id).expect("job exists");
+            j.stay_on_url = false;
+            j.in_stay_attempt = true;
             return self.use_url(id, stay);
         }
+        if std::mem::take(&mut self.jobs.get_mut(&id).expect("job exists").prefer_url) {
+            // Resumed mid-attempt: on where it was, when that URL may be asked.
+            let current = self.jobs[&id].mirror;
+            let url = self.job_url(id, current).clone();
+            if self.breaker_wait(&url).is_none() {
+                return self.use_url(id, current);
+            }
+        }
+        let j = &self.jobs[&id];
         let count = 1 + j.spec.mirrors.len();
         let failed = j.failed_round.clone();
         let bad = j.bad_urls.clone();
@@ -399,6 +410,8 @@ impl Engine {
             return self.terminate(id, error, true);
         }
         let stay = j.stay_on_url;
+        // The attempt ended: a start-over's hold on its URL with it.
+        j.in_stay_attempt = false;
         let failed = j.mirror;
         if !stay && !j.failed_round.contains(&failed) {
             j.failed_round.push(failed);
