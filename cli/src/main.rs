@@ -6,6 +6,8 @@
 //! the hashing path), `vsix` (editor extensions), `assets` (game asset catalogs), `load` and
 //! `cache` (signed modules in a content-addressed store).
 
+use std::io::Write;
+
 mod assets;
 mod cache;
 mod demo;
@@ -104,16 +106,24 @@ fn main() {
                 exit::OK
             };
             let _ = e.print();
-            if code == exit::USAGE && json_requested() {
+            let about_json = e.kind() == clap::error::ErrorKind::UnknownArgument
+                && e.to_string().contains("'--json'");
+            if code == exit::USAGE && json_requested() && !about_json {
                 // As the commands' own refusals: a consumer of the JSON lines learns why
-                // there are none.
+                // there are none. The message without the usage and help hint that follow it.
                 let rendered = e.render().to_string();
-                let first = rendered.lines().next().unwrap_or_default();
-                let msg = first.strip_prefix("error: ").unwrap_or(first);
-                println!(
-                    "{}",
-                    serde_json::json!({"event": "error", "error": msg, "exit_code": code})
-                );
+                let msg = rendered
+                    .split("\n\n")
+                    .next()
+                    .unwrap_or_default()
+                    .lines()
+                    .map(str::trim)
+                    .collect::<Vec<_>>()
+                    .join(" ");
+                let msg = msg.strip_prefix("error: ").unwrap_or(&msg);
+                let line = serde_json::json!({"event": "error", "error": msg, "exit_code": code});
+                // A closed stdout (`| true`) loses the line, not the exit code.
+                let _ = writeln!(std::io::stdout(), "{line}");
             }
             std::process::exit(code);
         }

@@ -305,6 +305,19 @@ fn json_mode_reports_refusals_and_names_the_url_of_a_failure() {
         (&"error".into(), &2.into())
     );
     assert!(line["error"].as_str().unwrap().contains("many"), "{line}");
+    // A message over several lines: all of it, not its first line.
+    let out = haul().args(["vsix", "install", "--json"]).output().unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let line: serde_json::Value = serde_json::from_slice(&out.stdout).expect("one JSON line");
+    let said = line["error"].as_str().unwrap();
+    assert!(
+        said.contains("not provided") && said.contains("--root"),
+        "{line}"
+    );
+    // A command without --json refuses it without a JSON line.
+    let out = haul().args(["hash", "--json", "x"]).output().unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    assert!(out.stdout.is_empty(), "{out:?}");
 
     let origin = Origin::start().unwrap();
     let dir = tempfile::tempdir().unwrap();
