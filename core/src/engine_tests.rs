@@ -3494,30 +3494,49 @@ fn a_name_from_content_disposition_never_replaces_an_existing_file() {
     assert_eq!(h.fs.get("/dl/real.bin"), Some(&body[..]));
 }
 
-/// A taken name ends the download as soon as the probe says so, not after the whole body.
+/// A taken name ends the download as soon as the probe says so, not after the whole body;
+/// also when the answer finds the download paused (nothing more is fetched when resumed).
 #[test]
 fn a_taken_server_name_ends_the_download_before_its_body_is_fetched() {
     let body = pattern(40_000, 47);
-    let mut h = Harness::new(config());
-    let b = body.clone();
-    h.serve(ORIGIN, move |_| {
-        let cd = hdr("Content-Disposition", "attachment; filename=\"real.bin\"");
-        Reply::new(with_length(200, &[cd, hdr("ETag", ETAG)], &b))
-            .pieces(&[4_000])
-            .gap(secs(1))
-    });
-    h.fs.put("/dl/real.bin", b"the user's own file");
-    let job = h.submit(Download::into_dir(URL, "/dl").unwrap());
-    assert_eq!(
-        h.run(job),
-        Err(DownloadError::ServerNameTaken {
-            path: PathBuf::from("/dl/real.bin")
-        })
-    );
-    assert!(h.now < at(secs(3)), "ended at {:?}", h.now);
-    let fetched = h.bytes_written();
-    assert!(fetched < 20_000, "{fetched} bytes fetched for nothing");
-    assert_eq!(h.fs.get("/dl/real.bin"), Some(&b"the user's own file"[..]));
+    for paused in [false, true] {
+        let mut h = Harness::new(config());
+        let b = body.clone();
+        h.serve(ORIGIN, move |_| {
+            let cd = hdr("Content-Disposition", "attachment; filename=\"real.bin\"");
+            Reply::new(with_length(200, &[cd, hdr("ETag", ETAG)], &b))
+                .pieces(&[4_000])
+                .gap(secs(1))
+        });
+        h.fs.put("/dl/real.bin", b"the user's own file");
+        if paused {
+            // The probe answers at 5 s; the download is paused at 2 s.
+            h.hold = Some(Box::new(|op| {
+                matches!(op, IoOp::OpenRead { .. }).then(|| at(secs(5)))
+            }));
+        }
+        let job = h.submit(Download::into_dir(URL, "/dl").unwrap());
+        if paused {
+            h.run_until("two seconds in", |h| h.now >= at(secs(2)));
+            h.engine.pause(h.now, job);
+            h.drain();
+        }
+        assert_eq!(
+            h.run(job),
+            Err(DownloadError::ServerNameTaken {
+                path: PathBuf::from("/dl/real.bin")
+            }),
+            "paused: {paused}"
+        );
+        assert!(
+            h.now < at(secs(6)),
+            "paused: {paused}: ended at {:?}",
+            h.now
+        );
+        let fetched = h.bytes_written();
+        assert!(fetched < 20_000, "{fetched} bytes fetched for nothing");
+        assert_eq!(h.fs.get("/dl/real.bin"), Some(&b"the user's own file"[..]));
+    }
 }
 
 /// A hidden name from a server (`.bashrc`) is not taken: the URL's name is used.

@@ -485,11 +485,16 @@ impl Engine {
     }
 
     /// The probe of a name a response gave has its answer: a taken name ends a download
-    /// still fetching at once (its body would be for nothing: the commit refuses it), keeping
-    /// a resumable partial for when the name is free; else the commit may go on.
+    /// still fetching (or paused, or waiting to retry) at once (its body would be for
+    /// nothing: the commit refuses it), keeping a resumable partial for when the name is
+    /// free; else the commit may go on.
     fn name_probed(&mut self, id: JobId) {
         let j = self.jobs.get(&id).expect("job exists");
-        if j.name_probe == NameProbe::Taken && matches!(j.phase, Phase::Running) {
+        let fetching = matches!(
+            j.phase,
+            Phase::Running | Phase::Paused | Phase::Backoff { .. }
+        );
+        if j.name_probe == NameProbe::Taken && fetching {
             let path = j.dest_path();
             return self.terminate(id, DownloadError::ServerNameTaken { path }, true);
         }
