@@ -38,7 +38,9 @@ use crate::download::{Download, Outcome};
 use crate::engine::{CancelMode, Engine, Event, Input, JobId, Output};
 use crate::error::{DownloadError, TimeoutKind};
 use crate::http::{HttpError, Origin};
-use crate::io::{ConnId, FileId, IoErrorKind, IoFailure, IoId, IoOp, IoRequest, IoResult};
+use crate::io::{
+    AfterClose, ConnId, FileId, IoErrorKind, IoFailure, IoId, IoOp, IoRequest, IoResult,
+};
 use crate::resume::{PartState, Validator, STATE_VERSION};
 use crate::rng::SeededRng;
 use crate::time::Instant;
@@ -3296,6 +3298,22 @@ fn cancel_discard_mid_body_removes_part_and_state() {
     let (h, _job, result, _) = cancel_mid_body(CancelMode::Discard);
     assert_eq!(result, Err(DownloadError::Cancelled));
     assert_nothing_left(&h);
+    // The partial is closed holding its lock for the removal that follows.
+    let close = h
+        .ops
+        .iter()
+        .rposition(|(_, op)| matches!(op, IoOp::CloseFile { .. }))
+        .expect("closed");
+    assert!(matches!(
+        h.ops[close].1,
+        IoOp::CloseFile {
+            then: AfterClose::Removed,
+            ..
+        }
+    ));
+    assert!(h.ops[close..]
+        .iter()
+        .any(|(_, op)| matches!(op, IoOp::Remove { path } if *path == part())));
 }
 
 #[test]

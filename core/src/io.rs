@@ -153,6 +153,9 @@ pub enum AfterClose {
     Done,
     /// A `Rename` of its path (the commit of a partial): its lock is held until then.
     Renamed,
+    /// A `Remove` of its path (a discarded partial): its lock is held until then, so no
+    /// other process opens the partial between the close and the removal.
+    Removed,
 }
 
 /// The single completion of an [`IoRequest`].

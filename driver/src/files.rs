@@ -2296,11 +2296,19 @@ mod tests {
         assert_eq!(run(&mut theirs, 9, close), IoResult::Done);
         assert_eq!(theirs.leases().held(), 0, "a kept partial is let go");
         assert_eq!(run(&mut ours, 10, open(3)), IoResult::Opened { len: 0 });
-        // Until it is removed (a failed download's clean-up), theirs is refused.
+        // Until it is removed (a failed download's clean-up: close, then remove), theirs is
+        // refused, also between the close and the removal.
         assert!(busy(run(&mut theirs, 11, open(10))));
+        let close = IoOp::CloseFile {
+            file: FileId(3),
+            then: AfterClose::Removed,
+        };
+        assert_eq!(run(&mut ours, 12, close), IoResult::Done);
+        assert!(busy(run(&mut theirs, 13, open(11))));
         let remove = IoOp::Remove { path: part.clone() };
-        assert_eq!(run(&mut ours, 12, remove), IoResult::Done);
+        assert_eq!(run(&mut ours, 14, remove), IoResult::Done);
         assert_eq!(ours.leases().held(), 0, "a removed partial is let go");
+        assert_eq!(run(&mut theirs, 15, open(12)), IoResult::Opened { len: 0 });
     }
 
     /// Inline executor whose workers wait for the gate, with file 1 opened (inline) at `f`

@@ -1127,7 +1127,13 @@ impl Engine {
                 CleanStep::Close => {
                     *step = CleanStep::Remove;
                     if let Some(file) = file {
-                        let then = AfterClose::Done;
+                        // The partial, to be removed next: its lock stays until then.
+                        let removed = !*keep && !*untouched && j.touched && !j.unnamed;
+                        let then = if removed {
+                            AfterClose::Removed
+                        } else {
+                            AfterClose::Done
+                        };
                         self.file_io(id, FileStep::Close, IoOp::CloseFile { file, then });
                         return;
                     }
