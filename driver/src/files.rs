@@ -1408,6 +1408,27 @@ pub fn execute_path_op(op: &IoOp) -> IoResult {
     }
 }
 
+/// Open `path` for reading without waiting for a writer when it is a FIFO (`O_NONBLOCK`,
+/// which changes nothing for a regular file); elsewhere a FIFO is looked for first.
+fn open_read_nonblocking(path: &Path) -> std::io::Result<File> {
+    #[cfg(target_os = "linux")]
+    {
+        use std::os::unix::fs::OpenOptionsExt;
+        let nonblock = rustix::fs::OFlags::NONBLOCK.bits() as i32;
+        OpenOptions::new()
+            .read(true)
+            .custom_flags(nonblock)
+            .open(path)
+    }
+    #[cfg(not(target_os = "linux"))]
+    {
+        match fs::metadata(path) {
+            Ok(m) if !m.is_file() => Err(std::io::Error::other("not a regular file")),
+            _ => File::open(path),
+        }
+    }
+}
+
 /// [`IoOp::RemoveUnheld`]: remove the partial at `path` while holding its lock, unless
 /// another process holds it. Only an existing regular file is opened (never created, no
 /// directory made); anything else there (a symbolic link, ...) is removed by name, as it is
@@ -1932,21 +1953,17 @@ impl FileWorker {
             },
             IoOp::OpenRead { path, .. } => {
                 self.path = path.clone();
-                // Only a regular file is opened: opening a FIFO (a name probe, an existing
-                // destination checked) would block this worker until a writer came.
-                match std::fs::metadata(path) {
-                    Ok(m) if !m.is_file() => {
-                        return IoResult::Failed(IoFailure::new(
-                            IoErrorKind::Other,
-                            format!("{} is not a regular file", path.display()),
-                        ));
-                    }
-                    _ => {}
-                }
-                match File::open(path).and_then(|f| f.metadata().map(|m| (f, m.len()))) {
-                    Ok((f, len)) => {
+                // Only a regular file is taken: opening a FIFO (a name probe, an existing
+                // destination checked) would block this worker until a writer came, so the
+                // open does not wait (Linux), and the file opened is checked.
+                match open_read_nonblocking(path).and_then(|f| f.metadata().map(|m| (f, m))) {
+                    Ok((_, m)) if !m.is_file() => IoResult::Failed(IoFailure::new(
+                        IoErrorKind::Other,
+                        format!("{} is not a regular file", path.display()),
+                    )),
+                    Ok((f, m)) => {
                         self.file = Some(Arc::new(f));
-                        IoResult::Opened { len }
+                        IoResult::Opened { len: m.len() }
                     }
                     Err(e) if e.kind() == ErrorKind::NotFound => IoResult::NotFound,
                     Err(e) => IoResult::Failed(local_failure(&e, "open", Some(path))),
