@@ -34,6 +34,15 @@ fn failovers(h: &Harness, job: JobId) -> Vec<(String, String)> {
         .collect()
 }
 
+/// The test download with the mirror and the sha256 of `body`.
+fn mirrored_with_sha256(body: &[u8]) -> Download {
+    download()
+        .mirror(MIRROR_URL)
+        .unwrap()
+        .sha256(&sha_hex(body))
+        .unwrap()
+}
+
 fn requests_to(h: &Harness, host: &str) -> usize {
     h.requests
         .iter()
@@ -775,12 +784,7 @@ fn a_paused_job_resumes_on_the_url_it_was_fetching_from_never_fails_over() {
             let first = h.submit(Download::new(url, to).unwrap());
             h.run(first).expect("measured");
         }
-        let d = download()
-            .mirror(MIRROR_URL)
-            .unwrap()
-            .sha256(&sha_hex(&body))
-            .unwrap();
-        let job = h.submit(d);
+        let job = h.submit(mirrored_with_sha256(&body));
         let start = h.now;
         h.run_until("three seconds in", |h| h.now >= start + secs(3));
         let seen = h.requests.len();
@@ -824,12 +828,7 @@ fn a_paused_job_whose_url_breaker_opened_meanwhile_resumes_on_its_mirror() {
         }
     });
     h.serve(MIRROR, file_server(body.clone()));
-    let d = download()
-        .mirror(MIRROR_URL)
-        .unwrap()
-        .sha256(&sha_hex(&body))
-        .unwrap();
-    let job = h.submit(d);
+    let job = h.submit(mirrored_with_sha256(&body));
     h.run_until("three seconds in", |h| h.now >= at(secs(3)));
     assert_eq!(requests_to(&h, "b.test"), 0, "on the primary so far");
     h.engine.pause(h.now, job);

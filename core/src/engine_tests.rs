@@ -2202,9 +2202,19 @@ fn a_partial_another_process_holds_ends_the_job_and_stays_as_it_was() {
     }
 }
 
-/// A job cancelled with `Discard` (or failing for good) before it opened its partial opens
-/// it first to remove it: a partial another process holds (its lock refuses the open) stays
-/// as it was, with its state file; one nobody holds goes, with its state file.
+/// Submit `d` to `h` with every operation `held_op` answers at t = 100 s, run until the job
+/// waits for one (`what`), cancel it with `Discard`, and run it to its end: `Cancelled`.
+fn discard_while(h: &mut Harness, d: Download, what: &str, held_op: fn(&IoOp) -> bool) {
+    h.hold = Some(Box::new(move |op| held_op(op).then(|| at(secs(100)))));
+    let job = h.submit(d);
+    h.run_until(what, |h| h.pending_has(held_op));
+    h.cancel(job, CancelMode::Discard);
+    assert_eq!(h.run(job), Err(DownloadError::Cancelled));
+}
+
+/// A job cancelled with `Discard` (or failing for good) before it opened its partial asks for
+/// it to be removed only if no process holds it (`RemoveUnheld`): a partial another process
+/// holds stays as it was, with its state file; one nobody holds goes, with its state file.
 #[test]
 fn a_discard_before_the_partial_was_opened_removes_only_a_partial_nobody_holds() {
     let body = pattern(5_000, 17);
@@ -2216,15 +2226,9 @@ fn a_discard_before_the_partial_was_opened_removes_only_a_partial_nobody_holds()
             h.fs.held_elsewhere.insert(part());
         }
         h.serve(ORIGIN, file_server(body.clone()));
-        h.hold = Some(Box::new(|op| {
-            matches!(op, IoOp::ReadFile { .. }).then(|| at(secs(100)))
-        }));
-        let job = h.submit(download());
-        h.run_until("reading the state file", |h| {
-            h.pending_has(|op| matches!(op, IoOp::ReadFile { .. }))
+        discard_while(&mut h, download(), "reading the state file", |op| {
+            matches!(op, IoOp::ReadFile { .. })
         });
-        h.cancel(job, CancelMode::Discard);
-        assert_eq!(h.run(job), Err(DownloadError::Cancelled));
         if held {
             assert_eq!(h.fs.get(part()), Some(&body[..n]), "their partial stays");
             assert_eq!(h.fs.get(state()), Some(&valid_state(&body, n).encode()[..]));
@@ -2241,15 +2245,9 @@ fn a_discard_before_the_partial_was_opened_removes_only_a_partial_nobody_holds()
             h.fs.held_elsewhere.insert(part());
         }
         h.serve(ORIGIN, file_server(body.clone()));
-        h.hold = Some(Box::new(|op| {
-            matches!(op, IoOp::Connect { .. }).then(|| at(secs(100)))
-        }));
-        let job = h.submit(download());
-        h.run_until("connecting", |h| {
-            h.pending_has(|op| matches!(op, IoOp::Connect { .. }))
+        discard_while(&mut h, download(), "connecting", |op| {
+            matches!(op, IoOp::Connect { .. })
         });
-        h.cancel(job, CancelMode::Discard);
-        assert_eq!(h.run(job), Err(DownloadError::Cancelled));
         assert_eq!(h.fs.exists(part()), held, "held: {held}");
         if held {
             assert_eq!(h.fs.get(part()), Some(&theirs[..]));
@@ -2273,15 +2271,10 @@ fn a_discard_while_the_destination_is_checked_removes_only_a_partial_nobody_hold
             h.fs.held_elsewhere.insert(part());
         }
         h.serve(ORIGIN, file_server(body.clone()));
-        h.hold = Some(Box::new(|op| {
-            matches!(op, IoOp::ReadAt { .. }).then(|| at(secs(100)))
-        }));
-        let job = h.submit(download().sha256(&sha_hex(&body)).unwrap());
-        h.run_until("checking the destination", |h| {
-            h.pending_has(|op| matches!(op, IoOp::ReadAt { .. }))
+        let d = download().sha256(&sha_hex(&body)).unwrap();
+        discard_while(&mut h, d, "checking the destination", |op| {
+            matches!(op, IoOp::ReadAt { .. })
         });
-        h.cancel(job, CancelMode::Discard);
-        assert_eq!(h.run(job), Err(DownloadError::Cancelled));
         if held {
             assert_eq!(h.fs.get(part()), Some(&theirs[..]), "their partial stays");
             assert_eq!(h.fs.get(state()), Some(&b"their state"[..]));
