@@ -102,6 +102,9 @@ pub(crate) struct FakeFs {
     /// Paths another process holds locked (it downloads there): an `Open` of one fails
     /// with `Busy` and changes nothing, as the runtime's executor does.
     pub(crate) held_elsewhere: BTreeSet<PathBuf>,
+    /// Paths this process may not open (another user's files): `RemoveUnheld` of one fails
+    /// with `PermissionDenied`.
+    pub(crate) not_ours: BTreeSet<PathBuf>,
     /// Files whose `Open` failed with `Busy`: their later operations fail as not open.
     pub(crate) refused: BTreeSet<FileId>,
     /// Every state file written, in order.
@@ -347,6 +350,9 @@ impl FakeFs {
             IoOp::RemoveUnheld { path } => {
                 if self.held_elsewhere.contains(path) {
                     return failure(IoErrorKind::Busy, "locked by another process");
+                }
+                if self.not_ours.contains(path) {
+                    return failure(IoErrorKind::PermissionDenied, "another user's file");
                 }
                 match self.names.remove(path) {
                     Some(_) => IoResult::Done,
@@ -2254,6 +2260,54 @@ fn a_discard_before_the_partial_was_opened_removes_only_a_partial_nobody_holds()
         }
         assert!(h.fs.violations.is_empty(), "{:?}", h.fs.violations);
     }
+    // One that cannot even be looked at (another user's): left as it is, with its state.
+    let mut h = with_partial(&body, n, 0, valid_state(&body, n));
+    h.fs.not_ours.insert(part());
+    h.serve(ORIGIN, file_server(body.clone()));
+    discard_while(&mut h, download(), "reading the state file", |op| {
+        matches!(op, IoOp::ReadFile { .. })
+    });
+    assert_eq!(h.fs.get(part()), Some(&body[..n]), "their partial stays");
+    assert!(h.fs.exists(state()), "and its state");
+}
+
+/// An unnamed download (its file has no name until the commit) that is discarded leaves a
+/// partial another process holds at `<dest>.haul-part`, and that process's state file.
+#[test]
+fn a_discarded_unnamed_download_leaves_another_process_s_partial_alone() {
+    let body = pattern(50_000, 21);
+    let cfg = Config {
+        unnamed_max: u64::MAX,
+        ..config()
+    };
+    let mut h = Harness::new(cfg);
+    let theirs = pattern(1_234, 22);
+    h.fs.put(part(), &theirs);
+    h.fs.put(state(), b"their state");
+    h.fs.held_elsewhere.insert(part());
+    let b = body.clone();
+    h.serve(ORIGIN, move |req| {
+        Reply::new(serve_range(&b, req))
+            .pieces(&[5_000])
+            .gap(secs(1))
+    });
+    let job = h.submit(download());
+    h.run_until("two seconds in", |h| h.now >= at(secs(2)));
+    assert!(
+        h.ops
+            .iter()
+            .any(|(_, op)| matches!(op, IoOp::OpenUnnamed { .. })),
+        "an unnamed download"
+    );
+    h.cancel(job, CancelMode::Discard);
+    assert_eq!(h.run(job), Err(DownloadError::Cancelled));
+    assert_eq!(h.fs.get(part()), Some(&theirs[..]), "their partial stays");
+    assert_eq!(
+        h.fs.get(state()),
+        Some(&b"their state"[..]),
+        "and their state"
+    );
+    assert!(!h.fs.exists(dest()));
 }
 
 /// The same while the job still checks what its destination holds (a file is open then, the

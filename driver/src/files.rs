@@ -1446,7 +1446,8 @@ fn remove_unheld(path: &Path) -> IoResult {
         Err(e) if e.kind() == ErrorKind::NotFound => return IoResult::NotFound,
         Err(e) => return failed(&e),
     }
-    let file = match OpenOptions::new().read(true).write(true).open(path) {
+    // Read-only is enough for the lock, and opens another user's readable partial too.
+    let file = match OpenOptions::new().read(true).open(path) {
         Ok(file) => file,
         Err(e) if e.kind() == ErrorKind::NotFound => return IoResult::NotFound,
         Err(e) => return failed(&e),

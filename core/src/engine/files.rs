@@ -422,21 +422,25 @@ impl Engine {
                 self.name_probed(id);
             }
             FileStep::Claim => {
+                // An unnamed download has a state file only if one was found or written.
+                let state = !j.unnamed || j.state_on_disk;
                 if let Phase::CleaningUp {
                     step, untouched, ..
                 } = &mut j.phase
                 {
                     match &result {
                         // Removed under its lock, or nothing there: the state file goes too.
-                        IoResult::Done | IoResult::NotFound => *step = CleanStep::RemoveState,
-                        // Another process's download: its partial and state stay.
-                        IoResult::Failed(f) if f.kind == IoErrorKind::Busy => {
+                        IoResult::Done | IoResult::NotFound if state => {
+                            *step = CleanStep::RemoveState
+                        }
+                        IoResult::Done | IoResult::NotFound => *step = CleanStep::Report,
+                        // Another process's download (held), or one that could not be
+                        // looked at (another user's, out of descriptors): its partial and
+                        // state stay.
+                        _ => {
                             *untouched = true;
                             *step = CleanStep::Report;
                         }
-                        // Could not be looked at (permissions, ...): removed by name, as
-                        // before there was a lock to ask.
-                        _ => *step = CleanStep::RemoveBoth,
                     }
                 }
                 self.cleanup_progress(id);
@@ -1141,11 +1145,13 @@ impl Engine {
                 CleanStep::Remove => {
                     *step = CleanStep::Report;
                     if !*keep && !*untouched {
-                        if !j.touched && !j.unnamed {
+                        if !j.touched || j.unnamed {
                             // Never opened by this run (it ended while it read the state
-                            // file, checked its destination, connected or waited): whatever
-                            // is there may be another process's download. Removed only if
-                            // nobody holds its lock (the state file after it).
+                            // file, checked its destination, connected or waited), or never
+                            // by that name (an unnamed file, which names it only if the file
+                            // system has no unnamed files): whatever is there may be another
+                            // process's download. Removed only if nobody holds its lock (the
+                            // state file after it).
                             *step = CleanStep::Claim;
                             let path = j.part_path.clone();
                             self.file_io(id, FileStep::Claim, IoOp::RemoveUnheld { path });
