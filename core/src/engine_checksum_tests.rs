@@ -410,3 +410,38 @@ fn jobs_of_one_url_with_different_checksums_do_not_share_a_result() {
         } if o.bytes_fetched == 0
     )));
 }
+
+/// Paused while the read-back runs and resumed after the check failed: the retry goes to
+/// the mirror, never back to the URL that served the wrong bytes (a resume goes on where it
+/// was only after a pause in the middle of an attempt).
+#[test]
+fn a_job_paused_during_a_failing_read_back_retries_on_its_mirror_when_resumed() {
+    let good = pattern(3 * 1024 * 1024, 98);
+    let bad = pattern(3 * 1024 * 1024, 99);
+    let (_, cfg) = read_back_configs().remove(0);
+    let mut h = Harness::new(cfg);
+    h.serve(ORIGIN, file_server(bad));
+    h.serve("http://b.test", file_server(good.clone()));
+    hold_reads(&mut h);
+    let d = download()
+        .mirror("http://b.test/pub/f.bin")
+        .unwrap()
+        .checksum(
+            ChecksumAlgorithm::Md5,
+            &digest_hex(ChecksumAlgorithm::Md5, &good),
+        )
+        .unwrap();
+    let job = h.submit(d);
+    run_until_reading_back(&mut h);
+    h.engine.pause(h.now, job);
+    h.drain();
+    while h.step() {}
+    assert!(h.finished(job).is_none(), "paused where its retry starts");
+    h.hold = None;
+    h.engine.resume(h.now, job);
+    h.drain();
+    h.run(job).expect("the mirror's bytes pass");
+    let hosts: Vec<_> = h.requests.iter().map(|r| r.header("host")).collect();
+    assert_eq!(hosts, [Some("a.test"), Some("b.test")]);
+    assert_committed(&h, &good);
+}

@@ -514,6 +514,9 @@ struct Job {
     /// Paused in a backoff (or a wait for a breaker) that ends then: resumed before, it
     /// waits out the rest instead of starting its next attempt at once.
     paused_backoff: Option<Instant>,
+    /// Paused in the middle of an attempt (`Running`): resumed, it goes on where it was
+    /// (`prefer_url`). Not for a job that stopped where its next attempt would start.
+    paused_mid_attempt: bool,
     /// The next attempt stays on the URL of the last one (`mirror`): the start-over after a
     /// mixed download failed verification, which blamed no URL. Taken by `pick_url`.
     stay_on_url: bool,
@@ -1172,6 +1175,7 @@ impl Engine {
             pause_requested: false,
             resume_waiting: false,
             paused_backoff: None,
+            paused_mid_attempt: false,
             stay_on_url: false,
             in_stay_attempt: false,
             prefer_url: false,
@@ -1399,6 +1403,7 @@ impl Engine {
                 Phase::Backoff { until } => Some(until),
                 _ => None,
             };
+            j.paused_mid_attempt = matches!(j.phase, Phase::Running);
             j.phase = Phase::Paused;
             j.meter.restart();
         }
@@ -1595,7 +1600,7 @@ impl Engine {
                     // there (a fresh choice would splice another mirror's bytes on for no
                     // reason), unless its breaker opened meanwhile; a start-over that must
                     // stay on its URL stays whatever the breaker says.
-                    if backoff.is_none() {
+                    if std::mem::take(&mut j.paused_mid_attempt) {
                         if j.in_stay_attempt {
                             j.stay_on_url = true;
                         } else {

@@ -107,10 +107,14 @@ impl Engine {
             return self.use_url(id, stay);
         }
         if std::mem::take(&mut self.jobs.get_mut(&id).expect("job exists").prefer_url) {
-            // Resumed mid-attempt: on where it was, when that URL may be asked.
-            let current = self.jobs[&id].mirror;
+            // Resumed mid-attempt: on where it was, when that URL may be asked (and has not
+            // served wrong bytes or failed this round, which a pause mid-attempt rules out,
+            // but cheaply checked).
+            let j = &self.jobs[&id];
+            let current = j.mirror;
+            let usable = !j.bad_urls.contains(&current) && !j.failed_round.contains(&current);
             let url = self.job_url(id, current).clone();
-            if self.breaker_wait(&url).is_none() {
+            if usable && self.breaker_wait(&url).is_none() {
                 return self.use_url(id, current);
             }
         }
