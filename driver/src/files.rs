@@ -738,6 +738,11 @@ fn run_path_op<C: Completions>(
         };
         return hand_over(Some(durable), entry, sink);
     }
+    if let IoOp::RemoveUnheld { path } = &req.op {
+        // This process's own lock on it (a commit's rename that failed) is no other
+        // process's hold: let go of it first.
+        leases.release(path);
+    }
     let result = execute_path_op(&req.op);
     match (&req.op, &result) {
         (IoOp::Rename { from, .. }, IoResult::Done) => leases.release(from),
@@ -2138,6 +2143,33 @@ mod tests {
         std::os::unix::fs::symlink(&target, &link).unwrap();
         assert_eq!(remove(&link), IoResult::Done);
         assert!(fs::symlink_metadata(&link).is_err() && !target.exists());
+    }
+
+    #[test]
+    fn remove_unheld_lets_go_of_this_process_s_own_lock_first() {
+        let dir = tempfile::TempDir::new().unwrap();
+        let part = dir.path().join("f.haul-part");
+        let (mut files, done) = files_to_channel(true);
+        let mut run = |id: u64, op: IoOp| {
+            files.start(request(id, op));
+            files.flush();
+            done.recv_timeout(Duration::from_secs(10)).unwrap().1
+        };
+        let open = IoOp::Open {
+            file: FileId(1),
+            path: part.clone(),
+            truncate: true,
+        };
+        assert_eq!(run(1, open), IoResult::Opened { len: 0 });
+        // Closed for a rename that then failed: the lease is still held.
+        let close = IoOp::CloseFile {
+            file: FileId(1),
+            then: AfterClose::Renamed,
+        };
+        assert_eq!(run(2, close), IoResult::Done);
+        let remove = IoOp::RemoveUnheld { path: part.clone() };
+        assert_eq!(run(3, remove), IoResult::Done);
+        assert!(!part.exists());
     }
 
     #[cfg(unix)]

@@ -394,6 +394,12 @@ impl Engine {
                         Phase::Committing { dest, .. } => dest.clone(),
                         _ => j.part_path.clone(),
                     };
+                    if step == FileStep::Rename {
+                        // The rename may have happened before its directory's sync failed:
+                        // the partial's name is then no longer this job's, and whatever is
+                        // there now is removed only if nobody holds it.
+                        j.touched = false;
+                    }
                     self.fail_commit(id, dest, f);
                     return;
                 }
