@@ -1413,9 +1413,17 @@ pub fn execute_path_op(op: &IoOp) -> IoResult {
     }
 }
 
-/// Open `path` for reading without waiting for a writer when it is a FIFO (`O_NONBLOCK`,
-/// which changes nothing for a regular file); elsewhere a FIFO is looked for first.
+/// Open `path` for reading if it is a regular file, without waiting for a writer should a
+/// FIFO be swapped in after the look (`O_NONBLOCK` on Linux, which changes nothing for a
+/// regular file).
 fn open_read_nonblocking(path: &Path) -> std::io::Result<File> {
+    // Nothing but a regular file is opened at all (opening a device may act on it); the
+    // open that follows does not wait, for one swapped in meanwhile.
+    if let Ok(m) = fs::metadata(path) {
+        if !m.is_file() {
+            return Err(std::io::Error::other("not a regular file"));
+        }
+    }
     #[cfg(target_os = "linux")]
     {
         use std::os::unix::fs::OpenOptionsExt;
@@ -1426,12 +1434,7 @@ fn open_read_nonblocking(path: &Path) -> std::io::Result<File> {
             .open(path)
     }
     #[cfg(not(target_os = "linux"))]
-    {
-        match fs::metadata(path) {
-            Ok(m) if !m.is_file() => Err(std::io::Error::other("not a regular file")),
-            _ => File::open(path),
-        }
-    }
+    File::open(path)
 }
 
 /// [`IoOp::RemoveUnheld`]: remove the partial at `path` while holding its lock, unless
