@@ -327,7 +327,7 @@ impl Reporter {
                 // No attempt of its own: a duplicate of another download of the command.
                 let line = format!(
                     "saved {} ({}, sha256 {}): the same download as another of this command, \
-                     fetched once",
+                     done once",
                     o.path.display(),
                     human_bytes(o.size),
                     o.sha256_hex(),

@@ -615,7 +615,7 @@ fn list_entries_with_the_same_bytes_are_each_saved_under_their_own_name() {
     let said = String::from_utf8_lossy(&out.stderr);
     let shared = said
         .lines()
-        .filter(|l| l.ends_with("the same download as another of this command, fetched once"))
+        .filter(|l| l.ends_with("the same download as another of this command, done once"))
         .count();
     assert_eq!(shared, 2, "{said}");
 }
