@@ -319,8 +319,13 @@ pub fn fetch_catalog(
             message: e.to_string(),
         })?
         .max_size(CATALOG_MAX_BYTES);
+    let late = client.cancel_handle();
+    let mut caught_up = false;
     let outcome = client
-        .download(download, |_| {})
+        .download(download, |_| {
+            // A signal that came before this call: it stops it too.
+            crate::signals::catch_up(&mut caught_up, || late.cancel_with(CancelMode::KeepPartial))
+        })
         .map_err(|e| CatalogFetchError {
             code: exit::for_download(&e),
             message: e.to_string(),
@@ -718,7 +723,10 @@ pub fn install_assets(
     }
 
     let mut reporter = Reporter::new(mode, downloads.len());
+    let late = client.cancel_handle();
+    let mut caught_up = false;
     let results = client.download_many(downloads, |ev| {
+        crate::signals::catch_up(&mut caught_up, || late.cancel_with(CancelMode::KeepPartial));
         reporter.event(ev);
         if let Event::Finished {
             result: Ok(outcome),

@@ -2,7 +2,7 @@
 //! (partial downloads kept for resume), and the exit code says which one it was, as shells
 //! do: 128 + the signal's number (130 for SIGINT, 143 for SIGTERM, 129 for SIGHUP).
 
-use std::sync::atomic::{AtomicBool, AtomicI32, Ordering};
+use std::sync::atomic::{AtomicI32, Ordering};
 
 /// The number of the first signal that interrupted the command; 0 before any.
 static RECEIVED: AtomicI32 = AtomicI32::new(0);
@@ -44,12 +44,13 @@ pub fn received() -> bool {
     RECEIVED.load(Ordering::SeqCst) != 0
 }
 
-/// Run `stop` once if a signal has come: for a command's event callback, which runs while
-/// its call does, so that a signal that came before the call started (when the handler's
-/// cancel found no call to cancel) still stops it.
-pub fn catch_up(stop: impl FnOnce()) {
-    static CAUGHT_UP: AtomicBool = AtomicBool::new(false);
-    if received() && !CAUGHT_UP.swap(true, Ordering::SeqCst) {
+/// Run `stop` if a signal has come and `done` is not set yet (then set it): for a call's
+/// event callback, which runs while its call does, so that a signal that came before the
+/// call started (when the handler's cancel found no call to cancel) still stops it. `done`
+/// is the call's own, so each call catches up once.
+pub fn catch_up(done: &mut bool, stop: impl FnOnce()) {
+    if !*done && received() {
+        *done = true;
         stop();
     }
 }
