@@ -514,6 +514,9 @@ struct Job {
     /// Paused in a backoff (or a wait for a breaker) that ends then: resumed before, it
     /// waits out the rest instead of starting its next attempt at once.
     paused_backoff: Option<Instant>,
+    /// Paused in the middle of an attempt (`Running`): resumed, it goes on where it was
+    /// (`prefer_url`). Not for a job that stopped where its next attempt would start.
+    paused_mid_attempt: bool,
     /// The next attempt stays on the URL of the last one (`mirror`): the start-over after a
     /// mixed download failed verification, which blamed no URL. Taken by `pick_url`.
     stay_on_url: bool,
@@ -521,8 +524,8 @@ struct Job {
     /// pause and resume in it goes on there too, whatever its breaker says.
     in_stay_attempt: bool,
     /// The next attempt goes on the URL of the last one if its breaker admits a request, else
-    /// chooses as usual: a job paused in the middle of an attempt (set by `pause`), which was
-    /// no failure of that URL. Taken by `pick_url`.
+    /// chooses as usual: a job resumed from a pause in the middle of an attempt, which was no
+    /// failure of that URL. Taken by `pick_url`.
     prefer_url: bool,
     /// Whether the job may still split over several connections.
     splitting: Splitting,
@@ -1172,6 +1175,7 @@ impl Engine {
             pause_requested: false,
             resume_waiting: false,
             paused_backoff: None,
+            paused_mid_attempt: false,
             stay_on_url: false,
             in_stay_attempt: false,
             prefer_url: false,
@@ -1399,18 +1403,7 @@ impl Engine {
                 Phase::Backoff { until } => Some(until),
                 _ => None,
             };
-            if matches!(j.phase, Phase::Running) {
-                // Paused mid-attempt: that URL did not fail, and the attempt goes on there
-                // when resumed (a fresh choice would splice another mirror's bytes on for no
-                // reason), unless its breaker opened meanwhile; a start-over that must stay
-                // on its URL stays whatever the breaker says. A job stopped where its next
-                // attempt would start chooses afresh.
-                if j.in_stay_attempt {
-                    j.stay_on_url = true;
-                } else {
-                    j.prefer_url = true;
-                }
-            }
+            j.paused_mid_attempt = matches!(j.phase, Phase::Running);
             j.phase = Phase::Paused;
             j.meter.restart();
         }
@@ -1602,7 +1595,19 @@ impl Engine {
                 let now = self.now;
                 let backoff = self.jobs.get_mut(&entry.1).and_then(|j| {
                     j.resume_waiting = false;
-                    j.paused_backoff.take().filter(|until| *until > now)
+                    let backoff = j.paused_backoff.take();
+                    // Paused mid-attempt: that URL did not fail, and the attempt goes on
+                    // there (a fresh choice would splice another mirror's bytes on for no
+                    // reason), unless its breaker opened meanwhile; a start-over that must
+                    // stay on its URL stays whatever the breaker says.
+                    if std::mem::take(&mut j.paused_mid_attempt) {
+                        if j.in_stay_attempt {
+                            j.stay_on_url = true;
+                        } else {
+                            j.prefer_url = true;
+                        }
+                    }
+                    backoff.filter(|until| *until > now)
                 });
                 match backoff {
                     // Paused in a backoff not over yet: it waits out the rest.
