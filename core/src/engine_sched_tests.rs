@@ -2981,3 +2981,57 @@ fn a_rate_limited_read_takes_no_more_than_the_tokens_so_a_small_file_cannot_outr
         }
     }
 }
+
+/// A pause and resume while a start-over (on one URL, after an assembled download failed
+/// verification) waits for its executor digest starts no new attempt, and leaves nothing
+/// behind that would send the retry after a second failure back to the URL that served
+/// the wrong bytes: the mirror's bytes are committed.
+#[test]
+fn a_pause_while_a_start_over_waits_for_its_digest_leaves_the_retry_to_the_good_mirror() {
+    for paused in [false, true] {
+        let body = pattern(100_000, 21);
+        let other = pattern(100_000, 99);
+        let mut cfg = config();
+        cfg.unnamed_max = u64::MAX;
+        cfg.executor_digests = true;
+        cfg.retry.max_attempts = 3;
+        let mut h = Harness::new(cfg);
+        let o = other.clone();
+        h.serve(ORIGIN, move |req| head_first(serve_range(&o, req), 4096));
+        let b = body.clone();
+        h.serve(SEG_MIRROR, move |req| {
+            head_first(serve_range(&b, req), 4096)
+        });
+        let seen = Rc::new(Cell::new(0usize));
+        let s = seen.clone();
+        h.hold = Some(Box::new(move |op| {
+            if matches!(op, IoOp::Digest { .. }) {
+                s.set(s.get() + 1);
+                if s.get() == 2 {
+                    return Some(at(secs(1000)));
+                }
+            }
+            None
+        }));
+        let d = segmented(4, 25_000)
+            .mirror(SEG_MIRROR_URL)
+            .unwrap()
+            .sha256(&sha_hex(&body))
+            .unwrap();
+        let job = h.submit(d);
+        h.run_until("the start-over's digest is asked for", |h| {
+            h.count_ops(|op| matches!(op, IoOp::Digest { .. })) >= 2
+        });
+        if paused {
+            pause(&mut h, job);
+            resume(&mut h, job);
+        }
+        let out = h.run(job);
+        let retries = h.retries(job);
+        assert!(
+            out.is_ok(),
+            "paused={paused}: {out:?}; retries {retries:?}; events {:?}",
+            h.events_of(job)
+        );
+    }
+}

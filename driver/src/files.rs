@@ -520,6 +520,9 @@ impl<C: Completions, S: BlockingSpawner> Files<C, S> {
         let IoOp::Publish { to, .. } = req.op else {
             return;
         };
+        // A partial named after a failed unnamed open: its lease goes now (the lock stays
+        // with the file's own descriptor until it is closed after the rename).
+        self.leases.release_file(file);
         let Some(open) = self.open.remove(&file) else {
             return self.fail(req.id, "file is not open".into());
         };
@@ -2146,6 +2149,38 @@ mod tests {
         std::os::unix::fs::symlink(&target, &link).unwrap();
         assert_eq!(remove(&link), IoResult::Done);
         assert!(fs::symlink_metadata(&link).is_err() && !target.exists());
+    }
+
+    #[test]
+    fn a_published_fallback_partial_lets_go_of_its_lease_durable_or_not() {
+        for sync in [false, true] {
+            let dir = tempfile::TempDir::new().unwrap();
+            let (mut files, done) = files_to_channel(true);
+            let file = FileId(1);
+            // A missing directory fails the unnamed open: the partial is named.
+            let part = dir.path().join("sub").join("f.haul-part");
+            let mut run = |id: u64, op: IoOp| {
+                files.start(request(id, op));
+                files.flush();
+                done.recv_timeout(Duration::from_secs(10)).unwrap().1
+            };
+            let open = IoOp::OpenUnnamed {
+                file,
+                path: part.clone(),
+            };
+            assert_eq!(run(1, open), IoResult::Opened { len: 0 });
+            assert!(part.exists(), "the fallback named the partial");
+            let to = dir.path().join("sub").join("f");
+            let publish = IoOp::Publish {
+                file,
+                path: part.clone(),
+                to: to.clone(),
+                sync,
+            };
+            assert_eq!(run(2, publish), IoResult::Done);
+            assert!(to.exists() && !part.exists());
+            assert_eq!(files.leases().held(), 0, "sync: {sync}");
+        }
     }
 
     #[test]
