@@ -7,9 +7,10 @@ use std::sync::atomic::{AtomicI32, Ordering};
 /// The number of the first signal that interrupted the command; 0 before any.
 static RECEIVED: AtomicI32 = AtomicI32::new(0);
 
-/// Call `stop` on the first interrupting signal (from a thread of its own); a second one
-/// ends the process at once (exit 128 + that signal), for a clean-up that hangs (a sync on
-/// a stuck file system). Only the first is remembered for the exit code of a normal end.
+/// Call `stop` on the first interrupting signal (from a thread of its own); the same signal
+/// again ends the process at once (exit 128 + that signal), for a clean-up that hangs (a
+/// sync on a stuck file system). Only the first is remembered for the exit code of a
+/// normal end.
 #[cfg(unix)]
 pub fn on_interrupt(stop: impl Fn() + Send + 'static) {
     use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
@@ -20,14 +21,16 @@ pub fn on_interrupt(stop: impl Fn() + Send + 'static) {
         .name("haul-signals".into())
         .spawn(move || {
             for signal in signals.forever() {
-                if RECEIVED
-                    .compare_exchange(0, signal, Ordering::SeqCst, Ordering::SeqCst)
-                    .is_err()
-                {
-                    eprintln!("haul: interrupted again; stopping now");
-                    std::process::exit(128 + signal);
+                match RECEIVED.compare_exchange(0, signal, Ordering::SeqCst, Ordering::SeqCst) {
+                    Ok(_) => stop(),
+                    // The same signal again (a second Ctrl-C): now. Another kind (a hangup
+                    // sends SIGHUP and SIGTERM together) lets the clean stop go on.
+                    Err(first) if first == signal => {
+                        eprintln!("haul: interrupted again; stopping now");
+                        std::process::exit(128 + signal);
+                    }
+                    Err(_) => {}
                 }
-                stop();
             }
         });
     drop(spawned);
