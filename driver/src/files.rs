@@ -44,20 +44,11 @@ impl Leases {
     /// Lock `file`, just opened at `path`, for this process.
     fn take(&self, path: &Path, id: FileId, file: &File) -> std::io::Result<Lease> {
         drop(lock(&self.0).remove(path));
-        match file.try_lock() {
-            Ok(()) => {}
-            Err(std::fs::TryLockError::WouldBlock) => return Ok(Lease::HeldElsewhere),
-            Err(std::fs::TryLockError::Error(error)) => {
-                // A file system without locks: nothing to hold, nothing to refuse.
-                tracing::debug!(%error, path = %path.display(), "partial not locked");
-                return Ok(Lease::Taken);
-            }
+        let lease = lock_named(path, file)?;
+        if lease == Lease::Taken {
+            lock(&self.0).insert(path.to_path_buf(), (id, file.try_clone()?));
         }
-        if !names_same_file(path, file)? {
-            return Ok(Lease::Moved);
-        }
-        lock(&self.0).insert(path.to_path_buf(), (id, file.try_clone()?));
-        Ok(Lease::Taken)
+        Ok(lease)
     }
 
     /// The partial at `path` was renamed or removed: its lock goes.
@@ -87,6 +78,23 @@ enum Lease {
     /// The lock was had, but `path` no longer names the file (another process committed or
     /// removed it meanwhile): open the path again.
     Moved,
+}
+
+/// Lock `file`, just opened at `path`, unless another process holds it, and check that the
+/// path still names it once locked. A file system without locks refuses nothing.
+fn lock_named(path: &Path, file: &File) -> std::io::Result<Lease> {
+    match file.try_lock() {
+        Ok(()) => {}
+        Err(std::fs::TryLockError::WouldBlock) => return Ok(Lease::HeldElsewhere),
+        Err(std::fs::TryLockError::Error(error)) => {
+            tracing::debug!(%error, path = %path.display(), "partial not locked");
+            return Ok(Lease::Taken);
+        }
+    }
+    if !names_same_file(path, file)? {
+        return Ok(Lease::Moved);
+    }
+    Ok(Lease::Taken)
 }
 
 /// Whether `path` still names the open `file` (same device and inode).
@@ -1463,23 +1471,16 @@ fn remove_unheld(path: &Path) -> IoResult {
         Err(e) if e.kind() == ErrorKind::NotFound => return IoResult::NotFound,
         Err(e) => return failed(&e),
     };
-    match file.try_lock() {
-        Ok(()) => {}
-        Err(std::fs::TryLockError::WouldBlock) => {
-            let what = format!("{} is locked by another process", path.display());
-            return IoResult::Failed(IoFailure::new(IoErrorKind::Busy, what));
-        }
-        // A file system without locks: nothing to ask.
-        Err(std::fs::TryLockError::Error(_)) => {}
-    }
-    // Under the lock: the name still has to be this file (another process may have
-    // committed or removed it meanwhile, and a new one may be there, its own).
-    match names_same_file(path, &file) {
-        Ok(true) => remove(),
-        Ok(false) => {
-            let what = format!("{} was replaced by another process", path.display());
-            IoResult::Failed(IoFailure::new(IoErrorKind::Busy, what))
-        }
+    // Under the lock, the name must still be this file: another process may have committed
+    // or removed it meanwhile, and a new one there is its own.
+    let busy = |what: &str| {
+        let what = format!("{} {what}", path.display());
+        IoResult::Failed(IoFailure::new(IoErrorKind::Busy, what))
+    };
+    match lock_named(path, &file) {
+        Ok(Lease::Taken) => remove(),
+        Ok(Lease::HeldElsewhere) => busy("is locked by another process"),
+        Ok(Lease::Moved) => busy("was replaced by another process"),
         Err(e) => failed(&e),
     }
 }
