@@ -5,7 +5,7 @@ use std::collections::BTreeMap;
 use std::io::{IsTerminal, Write};
 use std::time::{Duration, Instant};
 
-use haul_core::{DownloadError, Event, JobId, Outcome};
+use haul_core::{Delivery, DownloadError, Event, JobId, Outcome};
 use indicatif::{MultiProgress, ProgressBar, ProgressDrawTarget, ProgressStyle};
 use serde_json::json;
 
@@ -305,7 +305,7 @@ impl Reporter {
             (Mode::Json, Ok(o)) => self.emit_json(json!({
                 "event": "finished", "job": job.0, "ok": true, "path": o.path.to_string_lossy(), "size": o.size,
                 "sha256": o.sha256_hex(), "resumed_from": o.resumed_from, "fetched": o.bytes_fetched,
-                "attempts": o.attempts, "seconds": o.elapsed.as_secs_f64(), "rate": o.average_rate(),
+                "attempts": o.attempts, "delivery": o.delivery.as_str(), "seconds": o.elapsed.as_secs_f64(), "rate": o.average_rate(),
                 "url": o.final_url,
             })),
             (Mode::Json, Err(e)) => self.emit_json(json!({
@@ -313,8 +313,7 @@ impl Reporter {
                 "class": format!("{:?}", e.class()), "retryable": e.retryable(),
                 "exit_code": crate::exit::for_download(e),
             })),
-            (Mode::Bars | Mode::Plain, Ok(o)) if o.attempts == 0 && o.resumed_from == o.size => {
-                // No attempt: the destination already held the expected bytes.
+            (Mode::Bars | Mode::Plain, Ok(o)) if o.delivery == Delivery::AlreadyPresent => {
                 let line = format!(
                     "kept {} ({}, sha256 {}): it already holds these bytes; nothing fetched",
                     o.path.display(),
@@ -323,8 +322,7 @@ impl Reporter {
                 );
                 self.println(&line);
             }
-            (Mode::Bars | Mode::Plain, Ok(o)) if o.attempts == 0 => {
-                // No attempt of its own: a duplicate of another download of the command.
+            (Mode::Bars | Mode::Plain, Ok(o)) if o.delivery == Delivery::Duplicate => {
                 let line = format!(
                     "saved {} ({}, sha256 {}): the same download as another of this command, \
                      done once",

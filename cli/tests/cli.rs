@@ -620,6 +620,61 @@ fn list_entries_with_the_same_bytes_are_each_saved_under_their_own_name() {
     assert_eq!(shared, 2, "{said}");
 }
 
+/// An empty file listed twice is a duplicate like any other: the second entry says it got
+/// the first one's bytes (it used to say its destination "already holds these bytes", as a
+/// file found in place does, since both fetch nothing). `--json` says which it was.
+#[test]
+fn an_empty_duplicate_is_reported_as_a_duplicate_not_as_a_file_in_place() {
+    let origin = Origin::start().unwrap();
+    origin.route("/empty", Vec::new(), Behavior::Normal);
+    let dir = tempfile::tempdir().unwrap();
+    let list = format!(
+        "{url}\n  out=one\n{url}\n  out=two\n",
+        url = origin.url("/empty")
+    );
+    let out = get_list(dir.path(), &list, dir.path(), &[]);
+    assert_ok(&out);
+    let said = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        said.lines()
+            .any(|l| l.ends_with("the same download as another of this command, done once")),
+        "{said}"
+    );
+    assert!(!said.contains("already holds"), "{said}");
+    for name in ["one", "two"] {
+        assert_eq!(std::fs::read(dir.path().join(name)).unwrap(), b"", "{name}");
+    }
+    // Again, with --json: one fetched and one duplicate; then one found in place.
+    let delivered = |list: String| {
+        let out = get_list(dir.path(), &list, dir.path(), &["--json"]);
+        assert_ok(&out);
+        let mut delivered: Vec<String> = String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .map(|l| serde_json::from_str::<serde_json::Value>(l).expect("JSON"))
+            .filter(|e| e["event"] == "finished")
+            .map(|e| {
+                let path = std::path::PathBuf::from(e["path"].as_str().unwrap());
+                let name = path.file_name().unwrap().to_string_lossy().into_owned();
+                format!("{name} {}", e["delivery"].as_str().unwrap())
+            })
+            .collect();
+        delivered.sort();
+        delivered
+    };
+    let sha = hex::encode(Sha256::digest(b""));
+    let url = origin.url("/empty");
+    assert_eq!(
+        delivered(format!(
+            "{url}\n  out=three\n  checksum=sha-256={sha}\n{url}\n  out=four\n  checksum=sha-256={sha}\n"
+        )),
+        ["four duplicate", "three fetched"]
+    );
+    assert_eq!(
+        delivered(format!("{url}\n  out=one\n  checksum=sha-256={sha}\n")),
+        ["one already_present"]
+    );
+}
+
 #[test]
 fn input_file_credentials_and_headers_go_with_their_own_entry() {
     let body = data(10_000);

@@ -552,6 +552,29 @@ fn percent_decode(s: &str) -> String {
     String::from_utf8(out).unwrap_or_else(|_| s.to_string())
 }
 
+/// How a finished download's bytes got to its destination.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Delivery {
+    /// Fetched by this job (partly from an earlier run's partial, when it resumed).
+    Fetched,
+    /// The destination already held the expected bytes: nothing was fetched or written.
+    AlreadyPresent,
+    /// Another job of the engine fetched the same bytes; this job got its file (a copy, or
+    /// the same file when both were bound for one destination).
+    Duplicate,
+}
+
+impl Delivery {
+    /// A stable lowercase name (for machine-readable output).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Delivery::Fetched => "fetched",
+            Delivery::AlreadyPresent => "already_present",
+            Delivery::Duplicate => "duplicate",
+        }
+    }
+}
+
 /// A verified, committed download.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Outcome {
@@ -568,6 +591,8 @@ pub struct Outcome {
     /// Attempts made (1 when the first succeeded); 0 when none was needed: the destination
     /// already held the bytes, or another job of the engine fetched them (a duplicate).
     pub attempts: u32,
+    /// How the bytes got to [`Outcome::path`].
+    pub delivery: Delivery,
     /// Time from submit to commit.
     pub elapsed: Duration,
     /// The URL the bytes finally came from (after redirects).

@@ -10,7 +10,7 @@ use super::{
     unexpected, CleanStep, Engine, Event, FileStep, JobId, NameProbe, Phase, ReadAhead,
     ValidatorSource, CATCH_UP_CHUNK, REHASH_CHUNK,
 };
-use crate::download::Outcome;
+use crate::download::{Delivery, Outcome};
 use crate::error::DownloadError;
 use crate::http::HttpError;
 use crate::io::{AfterClose, FileId, IoErrorKind, IoFailure, IoOp, IoResult};
@@ -124,6 +124,7 @@ impl Engine {
                         resumed_from: len,
                         bytes_fetched: 0,
                         attempts: 0,
+                        delivery: Delivery::AlreadyPresent,
                         elapsed: self.now.saturating_since(j.submitted),
                         final_url: j.spec.url.to_string(),
                     };
@@ -992,6 +993,7 @@ impl Engine {
                 resumed_from: j.resumed_from,
                 bytes_fetched: j.fetched,
                 attempts: j.attempt,
+                delivery: Delivery::Fetched,
                 elapsed: self.now.saturating_since(j.submitted),
                 final_url: j.last_url.as_ref().unwrap_or(&j.spec.url).to_string(),
             };

@@ -85,7 +85,7 @@ use std::time::Duration;
 use sha2::{Digest, Sha256};
 
 use crate::config::Config;
-use crate::download::{Destination, Download, Outcome};
+use crate::download::{Delivery, Destination, Download, Outcome};
 use crate::error::{DownloadError, TimeoutKind};
 use crate::http::Origin;
 use crate::io::{ConnId, FileId, IoFailure, IoId, IoOp, IoRequest, IoResult};
@@ -1879,6 +1879,7 @@ impl Engine {
                     outcome.bytes_fetched = 0;
                     outcome.resumed_from = 0;
                     outcome.attempts = 0;
+                    outcome.delivery = Delivery::Duplicate;
                     outcome.elapsed = self.now.saturating_since(fj.submitted);
                     if dest == o.path {
                         // Same destination: the leader's commit is this job's too.
