@@ -319,13 +319,8 @@ pub fn fetch_catalog(
             message: e.to_string(),
         })?
         .max_size(CATALOG_MAX_BYTES);
-    let late = client.cancel_handle();
-    let mut caught_up = false;
     let outcome = client
-        .download(download, |_| {
-            // A signal that came before this call: it stops it too.
-            crate::signals::catch_up(&mut caught_up, || late.cancel_with(CancelMode::KeepPartial))
-        })
+        .download(download, |_| {})
         .map_err(|e| CatalogFetchError {
             code: exit::for_download(&e),
             message: e.to_string(),
@@ -723,10 +718,7 @@ pub fn install_assets(
     }
 
     let mut reporter = Reporter::new(mode, downloads.len());
-    let late = client.cancel_handle();
-    let mut caught_up = false;
     let results = client.download_many(downloads, |ev| {
-        crate::signals::catch_up(&mut caught_up, || late.cancel_with(CancelMode::KeepPartial));
         reporter.event(ev);
         if let Event::Finished {
             result: Ok(outcome),
@@ -927,7 +919,7 @@ fn set_cancel(clients: [&Client; 2]) {
     let handles: Vec<_> = clients.iter().map(|c| c.cancel_handle()).collect();
     crate::signals::on_interrupt(move || {
         for h in &handles {
-            h.cancel_with(CancelMode::KeepPartial);
+            h.stop_all(CancelMode::KeepPartial);
         }
     });
 }

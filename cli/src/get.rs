@@ -499,16 +499,10 @@ pub fn run(args: GetArgs) -> i32 {
         client.set_rate_schedule(rates, offset);
     }
     let cancel = client.cancel_handle();
-    let late = cancel.clone();
-    crate::signals::on_interrupt(move || cancel.cancel_with(CancelMode::KeepPartial));
+    crate::signals::on_interrupt(move || cancel.stop_all(CancelMode::KeepPartial));
     let mode = Mode::choose(args.json, args.quiet);
     let mut reporter = Reporter::new(mode, downloads.len());
-    let mut caught_up = false;
-    let results = client.download_many(downloads, |ev| {
-        // A signal that came before the call ran (its cancel found no call): now.
-        crate::signals::catch_up(&mut caught_up, || late.cancel_with(CancelMode::KeepPartial));
-        reporter.event(ev)
-    });
+    let results = client.download_many(downloads, |ev| reporter.event(ev));
     let ok = results.iter().filter(|r| r.is_ok()).count();
     let bytes = results
         .iter()

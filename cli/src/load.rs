@@ -162,7 +162,7 @@ pub fn run(args: LoadArgs) -> i32 {
         Err(error) => return fail(&args, exit::USAGE, &error.to_string()),
     };
     let cancel = client.cancel_handle();
-    crate::signals::on_interrupt(move || cancel.cancel_with(CancelMode::KeepPartial));
+    crate::signals::on_interrupt(move || cancel.stop_all(CancelMode::KeepPartial));
 
     tracing::debug!("started");
     let now_ms = now_ms();

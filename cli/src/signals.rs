@@ -42,22 +42,6 @@ pub fn on_interrupt(stop: impl Fn() + Send + 'static) {
     let _ = ctrlc::set_handler(stop);
 }
 
-/// Whether a signal has interrupted the command.
-pub fn received() -> bool {
-    RECEIVED.load(Ordering::SeqCst) != 0
-}
-
-/// Run `stop` if a signal has come and `done` is not set yet (then set it): for a call's
-/// event callback, which runs while its call does, so that a signal that came before the
-/// call started (when the handler's cancel found no call to cancel) still stops it. `done`
-/// is the call's own, so each call catches up once.
-pub fn catch_up(done: &mut bool, stop: impl FnOnce()) {
-    if !*done && received() {
-        *done = true;
-        stop();
-    }
-}
-
 /// The exit code of a command that ended interrupted (`crate::exit::INTERRUPTED` inside the
 /// commands): 128 + the signal that interrupted it, 130 (SIGINT) if none is known.
 pub fn interrupted_exit_code() -> i32 {

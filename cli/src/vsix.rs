@@ -218,20 +218,15 @@ fn fetch(args: &VsixInstallArgs, holder: &mut Option<tempfile::TempDir>) -> Resu
         exit::USAGE
     })?;
     let cancel = client.cancel_handle();
-    let late = cancel.clone();
-    crate::signals::on_interrupt(move || cancel.cancel_with(CancelMode::KeepPartial));
+    crate::signals::on_interrupt(move || cancel.stop_all(CancelMode::KeepPartial));
     let mode = if args.json {
         Mode::Quiet
     } else {
         Mode::choose(false, args.quiet)
     };
     let mut reporter = Reporter::new(mode, 1);
-    let mut caught_up = false;
     let outcome = client
-        .download(download, |ev| {
-            crate::signals::catch_up(&mut caught_up, || late.cancel_with(CancelMode::KeepPartial));
-            reporter.event(ev)
-        })
+        .download(download, |ev| reporter.event(ev))
         // The reporter has shown the error (in every mode but JSON, which is not used here).
         .map_err(|e| exit::for_download(&e))?;
     let path = outcome.path;

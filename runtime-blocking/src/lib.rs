@@ -108,10 +108,13 @@ impl Completions for Sink {
 /// Commands take effect at the driver loop's next turn (events already on their way to the
 /// callback still arrive). A command for a job that is not one of the running call's, or that
 /// has already finished, is ignored, and so is every command sent while no call runs: a
-/// handle cannot reach into a later call, whose job ids it has not seen.
+/// handle cannot reach into a later call, whose job ids it has not seen. The exception is
+/// [`CancelHandle::stop_all`], which also cancels every later call.
 #[derive(Clone)]
 pub struct CancelHandle {
     sink: Sink,
+    /// Set by [`CancelHandle::stop_all`]: every call from then on is cancelled this way.
+    stopped: Arc<Mutex<Option<CancelMode>>>,
 }
 
 impl CancelHandle {
@@ -125,6 +128,23 @@ impl CancelHandle {
     /// ([`CancelMode::KeepPartial`]) or removing them and their state ([`CancelMode::Discard`]).
     pub fn cancel_with(&self, mode: CancelMode) {
         self.sink.send(Msg::CancelAll(mode));
+    }
+
+    /// Cancel the running call as [`CancelHandle::cancel_with`] does, and every later call of
+    /// the client: their jobs are cancelled as soon as they are submitted, and end
+    /// [`DownloadError::Cancelled`]. For a process that is shutting down (on a signal), which cannot know
+    /// whether the call it means has started yet, or which calls are still to come: a cancel
+    /// of the running call alone is lost if it comes just before a call starts.
+    pub fn stop_all(&self, mode: CancelMode) {
+        // The flag first: a call that starts after the message was sent (and drains it
+        // unread) finds the flag; one that starts before gets the message.
+        *self.stopped.lock().unwrap_or_else(|e| e.into_inner()) = Some(mode);
+        self.sink.send(Msg::CancelAll(mode));
+    }
+
+    /// Whether [`CancelHandle::stop_all`] has been called, and how.
+    fn stopped(&self) -> Option<CancelMode> {
+        *self.stopped.lock().unwrap_or_else(|e| e.into_inner())
     }
 
     /// Pause one job of the running call: its connections close, its partial stays, and it
@@ -181,9 +201,11 @@ struct Driver {
 
 impl Driver {
     /// Run `downloads` to completion, reporting events; results in submission order.
+    /// With `stopped`, every job is cancelled that way as soon as it is submitted.
     fn run(
         &mut self,
         downloads: Vec<Download>,
+        stopped: Option<CancelMode>,
         on_event: &mut dyn FnMut(&Event),
     ) -> Vec<Result<Outcome, DownloadError>> {
         // Submitted in parts when that changes nothing but timing (see
@@ -214,6 +236,16 @@ impl Driver {
         let mut panicked = None;
         let mut unwinding = None;
         let mut total = total;
+        if let Some(mode) = stopped {
+            // Stopped before the call: every job submitted and cancelled before the engine
+            // has started anything.
+            let ids = self.host.submit_batch(unsubmitted.by_ref().collect());
+            mine.extend(ids.iter().copied());
+            order.extend(ids);
+            for job in &order {
+                self.host.cancel_with(*job, mode);
+            }
+        }
         loop {
             if order.len() < total {
                 let part: Vec<Download> = unsubmitted.by_ref().take(SUBMIT_PART).collect();
@@ -385,7 +417,10 @@ impl Client {
         })?;
         let stats = Arc::new(Mutex::new(Stats::default()));
         Ok(Client {
-            cancel: CancelHandle { sink },
+            cancel: CancelHandle {
+                sink,
+                stopped: Arc::default(),
+            },
             driver: Mutex::new(Driver {
                 host,
                 runtime,
@@ -448,8 +483,9 @@ impl Client {
         mut on_event: impl FnMut(&Event),
     ) -> Vec<Result<Outcome, DownloadError>> {
         let mut driver = self.driver.lock().unwrap_or_else(|e| e.into_inner());
-        // A cancel sent while no call was running must not cancel this one; completions
-        // that arrived between calls (closing idle connections) still go to the engine.
+        // A cancel sent while no call was running must not cancel this one (unless it came
+        // from `stop_all`, read after this drain); completions that arrived between calls
+        // (closing idle connections) still go to the engine.
         while let Ok(m) = driver.rx.try_recv() {
             match m {
                 Msg::Done(id, result) => driver.host.complete(id, result),
@@ -464,6 +500,7 @@ impl Client {
         for (dir, count) in haul_driver::spares::expected_unnamed(&downloads, unnamed_max) {
             driver.runtime.files.expect_unnamed(&dir, count);
         }
-        driver.run(downloads, &mut on_event)
+        let stopped = self.cancel.stopped();
+        driver.run(downloads, stopped, &mut on_event)
     }
 }

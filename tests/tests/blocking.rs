@@ -409,3 +409,52 @@ fn the_clients_rate_decays_while_every_job_of_a_call_is_paused() {
         "decays while paused: {at_pause} -> {later}"
     );
 }
+
+/// `CancelHandle::stop_all` before a call (a signal that came just before the call began,
+/// which a cancel of the running call would miss) cancels that call and every later one: each
+/// download ends `Cancelled`, no request reaches the server and nothing is written; the
+/// client's earlier downloads are untouched.
+#[test]
+fn stop_all_cancels_the_calls_that_start_after_it() {
+    use haul_core::{CancelMode, Download, DownloadError};
+    use haul_origin::{Behavior, Origin};
+    let origin = Origin::start().unwrap();
+    let body = haul_tests::body(21, 200_000);
+    origin.route("/f", body.clone(), Behavior::Normal);
+    let dir = tempfile::TempDir::new().unwrap();
+    let client = haul_blocking::Client::new(haul_tests::fast_config()).unwrap();
+    let before = dir.path().join("before");
+    client
+        .download(Download::new(&origin.url("/f"), &before).unwrap(), |_| {})
+        .expect("a download before the stop");
+    let handle = client.cancel_handle();
+    handle.stop_all(CancelMode::KeepPartial);
+    for call in 0..2 {
+        let downloads: Vec<Download> = (0..3)
+            .map(|i| {
+                let dest = dir.path().join(format!("after-{call}-{i}"));
+                Download::new(&origin.url("/f"), dest).unwrap()
+            })
+            .collect();
+        let results = client.download_many(downloads, |_| {});
+        assert_eq!(results.len(), 3);
+        for result in results {
+            assert!(
+                matches!(result, Err(DownloadError::Cancelled)),
+                "call {call}: {result:?}"
+            );
+        }
+    }
+    assert_eq!(
+        origin.requests_to("/f").len(),
+        1,
+        "only the first download's"
+    );
+    let mut names: Vec<String> = std::fs::read_dir(dir.path())
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    names.sort();
+    assert_eq!(names, ["before"]);
+    assert_eq!(std::fs::read(&before).unwrap(), body);
+}
