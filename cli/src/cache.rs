@@ -292,13 +292,16 @@ fn verify(store: &mut Store, dir: &CacheDir, _: u64, _: &RecoveryReport) -> Repo
             report.missing_forgotten.len(),
             report.unreadable_removed.len() + report.unremovable.len(),
         );
+        if let Some((unchecked, why)) = &report.stopped {
+            eprintln!("haul cache verify: stopped with {unchecked} files unchecked: {why}");
+        }
     }
     let mut code = if damaged == 0 {
         exit::OK
     } else {
         exit::VERIFICATION
     };
-    if !report.unremovable.is_empty() {
+    if !report.unremovable.is_empty() || report.stopped.is_some() {
         code = exit::combine([code, exit::LOCAL_IO]);
     }
     Ok((
@@ -313,6 +316,8 @@ fn verify(store: &mut Store, dir: &CacheDir, _: u64, _: &RecoveryReport) -> Repo
                 .iter()
                 .map(|(sha256, error)| json!({"sha256": sha256, "error": error}))
                 .collect::<Vec<_>>(),
+            "unchecked": report.stopped.as_ref().map_or(0, |(n, _)| *n),
+            "stopped": report.stopped.as_ref().map(|(_, why)| why),
         }),
     ))
 }

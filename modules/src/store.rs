@@ -287,6 +287,10 @@ pub struct VerifyReport {
     pub unreadable_removed: Vec<String>,
     /// Files that could not be read nor removed: each one's hash and why; left in place.
     pub unremovable: Vec<(String, String)>,
+    /// Set when the check stopped early because the process ran short of resources (file
+    /// descriptors, memory): how many READY files were left unchecked, and the error. The
+    /// files are not at fault and stay; what was found before the stop is in the report.
+    pub stopped: Option<(usize, String)>,
 }
 
 impl VerifyReport {
@@ -2100,13 +2104,26 @@ impl Store {
     /// Re-hashes every READY file; corrupt and unreadable files are removed and missing ones
     /// forgotten. One file that can be neither read nor removed does not stop the others: it
     /// is listed in [`VerifyReport::unremovable`]. A read that fails for want of resources
-    /// (open files, memory) stops the check with [`StoreError::Io`], removing nothing for it.
+    /// (open files, memory) stops the check, removing nothing for it: the report says so in
+    /// [`VerifyReport::stopped`], with what was found before.
     pub fn verify_all(&mut self) -> Result<VerifyReport, StoreError> {
         let mut report = VerifyReport::default();
-        for sha256 in self.hashes_in_state(FileState::Ready)? {
-            report.checked += 1;
+        let ready = self.hashes_in_state(FileState::Ready)?;
+        let total = ready.len();
+        for sha256 in ready {
             let path = self.files_dir.join(&sha256);
-            match hash_file(&path) {
+            let read = match hash_file(&path) {
+                Err(error) if short_of_resources(&error) => {
+                    // Every file after it would fail the same way: stop, and say what was
+                    // found so far (the files removed before the stop among it).
+                    let error = io_error("read", &path)(error);
+                    report.stopped = Some((total - report.checked, error.to_string()));
+                    break;
+                }
+                read => read,
+            };
+            report.checked += 1;
+            match read {
                 Ok((actual, _)) if actual == sha256 => {}
                 Ok((actual, _)) => {
                     tracing::warn!(%sha256, %actual, "stored file is corrupt; removing it");
@@ -2117,9 +2134,6 @@ impl Store {
                 Err(error) if error.kind() == io::ErrorKind::NotFound => {
                     self.delete_row(&sha256)?;
                     report.missing_forgotten.push(sha256);
-                }
-                Err(read) if short_of_resources(&read) => {
-                    return Err(io_error("read", &path)(read));
                 }
                 Err(read) => match self.remove_unreadable(&sha256, &path, read) {
                     Ok(()) => report.unreadable_removed.push(sha256),
@@ -3210,6 +3224,53 @@ mod tests {
         assert!(path.is_file(), "the stored file stays");
         assert!(store.contains(&stored).unwrap());
         assert_eq!(store.recheck_many(&[&stored]).unwrap(), vec![true]);
+    }
+
+    /// Like the re-check above, in a child under `ulimit -n 64`: `verify_all` out of file
+    /// descriptors stops with a report (not an error that would lose what it found), saying
+    /// how many files it left unchecked and why; it removes nothing for it.
+    #[cfg(target_os = "linux")]
+    #[test]
+    fn verify_all_out_of_file_descriptors_reports_what_it_left_unchecked() {
+        const CHILD: &str = "HAUL_TEST_FD_CHILD";
+        let name =
+            "store::tests::verify_all_out_of_file_descriptors_reports_what_it_left_unchecked";
+        if std::env::var_os(CHILD).is_none() {
+            let exe = std::env::current_exe().unwrap();
+            let out = std::process::Command::new("sh")
+                .arg("-c")
+                .arg("ulimit -n 64 && exec \"$0\" --exact \"$1\" --test-threads=1 --nocapture")
+                .arg(exe)
+                .arg(name)
+                .env(CHILD, "1")
+                .output()
+                .unwrap();
+            let text = String::from_utf8_lossy(&out.stdout).into_owned()
+                + &String::from_utf8_lossy(&out.stderr);
+            assert!(out.status.success(), "{text}");
+            assert!(text.contains("1 passed"), "the child ran the test: {text}");
+            return;
+        }
+        let dir = tempfile::TempDir::new().unwrap();
+        let (mut store, _) = open(dir.path(), 1);
+        let stored = [put(&mut store, b"one", 1), put(&mut store, b"two", 1)];
+        let mut held = Vec::new();
+        while let Ok(f) = File::open("/dev/null") {
+            held.push(f);
+        }
+        let report = store.verify_all();
+        drop(held);
+        let report = report.expect("a report, not an error");
+        assert_eq!(report.checked, 0);
+        assert_eq!(report.damaged(), 0);
+        let (unchecked, why) = report.stopped.expect("stopped early");
+        assert_eq!(unchecked, 2);
+        assert!(why.contains("read"), "{why}");
+        for sha256 in &stored {
+            assert!(store.path(sha256).unwrap().is_file(), "{sha256} stays");
+        }
+        let report = store.verify_all().unwrap();
+        assert_eq!((report.checked, report.stopped), (2, None));
     }
 
     #[test]
