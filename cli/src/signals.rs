@@ -36,10 +36,22 @@ pub fn on_interrupt(stop: impl Fn() + Send + 'static) {
     drop(spawned);
 }
 
-/// Call `stop` on Ctrl-C (and the console's close).
+/// Call `stop` on Ctrl-C (and the console's close), as on Unix: a second one ends the
+/// process at once; the exit code is SIGINT's (130).
 #[cfg(not(unix))]
 pub fn on_interrupt(stop: impl Fn() + Send + 'static) {
-    let _ = ctrlc::set_handler(stop);
+    const SIGINT: i32 = 2;
+    let _ = ctrlc::set_handler(move || {
+        if RECEIVED
+            .compare_exchange(0, SIGINT, Ordering::SeqCst, Ordering::SeqCst)
+            .is_ok()
+        {
+            stop();
+        } else {
+            eprintln!("haul: interrupted again; stopping now");
+            std::process::exit(128 + SIGINT);
+        }
+    });
 }
 
 /// The exit code of a command that ended interrupted (`crate::exit::INTERRUPTED` inside the
