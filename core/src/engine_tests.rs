@@ -2748,6 +2748,25 @@ fn not_found_is_a_status_error_not_retried_and_leaves_no_partial() {
     assert_nothing_left(&h);
 }
 
+/// A 416 to a request without a Range (no partial to resume) is the server's own error, a
+/// status error like any other 4xx: not blamed on a partial that does not exist (it was a
+/// retried `RangeMismatch`), and nothing is left.
+#[test]
+fn a_416_to_a_request_without_a_range_is_a_status_error() {
+    let mut h = Harness::new(config());
+    h.serve(ORIGIN, |_| {
+        Reply::new(with_length(416, &[hdr("Content-Range", "bytes */0")], b""))
+    });
+    let job = h.submit(download());
+    match h.run(job) {
+        Err(DownloadError::Status { status: 416, .. }) => {}
+        other => panic!("expected a 416 Status error, got {other:?}"),
+    }
+    assert_eq!(header_of(&h, 0, "range"), None);
+    assert_eq!(h.requests.len(), 1, "not retried");
+    assert_nothing_left(&h);
+}
+
 #[test]
 fn backoff_delays_grow_and_respect_max_delay() {
     let mut cfg = config();

@@ -834,7 +834,9 @@ impl Engine {
                     }
                 }
             }
-            416 => {
+            // 416 to a request without a Range is the server's own error, like any other
+            // status (nothing of a partial to blame).
+            416 if self.transfer(id, tid).is_some_and(|t| t.ranged) => {
                 let j = &self.jobs[&id];
                 let t = &j.transfers[&tid];
                 // What the file holds from 0: hashed, or kept by a resume and not hashed yet.
