@@ -383,7 +383,9 @@ pub fn store_exit_code(error: &StoreError) -> i32 {
         | StoreError::NotReady { .. }
         | StoreError::Unreadable { .. }
         | StoreError::NotWritable { .. } => exit::LOCAL_IO,
-        StoreError::NoSchema { .. } => exit::USAGE,
+        StoreError::NoSchema { .. }
+        | StoreError::NotAStore { .. }
+        | StoreError::NotADirectory { .. } => exit::USAGE,
     }
 }
 

@@ -79,6 +79,10 @@ pub enum StoreError {
     NotWritable { path: PathBuf },
     #[error("{path} holds no module cache index (an empty file, or not a haul cache)")]
     NoSchema { path: PathBuf },
+    #[error("{path} is not a module cache: it has no index.sqlite, and its files/ holds {name:?}, which haul did not write; give --cache a new or empty directory")]
+    NotAStore { path: PathBuf, name: String },
+    #[error("the module cache {path} is not a directory")]
+    NotADirectory { path: PathBuf },
     #[error("stored file {path} cannot be read ({read}) nor removed ({source}); fix its permissions or delete it")]
     Unreadable {
         path: PathBuf,
@@ -646,6 +650,38 @@ fn sync_dir(_dir: &Path) -> Result<(), StoreError> {
     Ok(())
 }
 
+/// [`StoreError::NotAStore`] if `files_dir` holds a name that is neither a stored file's (64
+/// lowercase hex digits) nor a pending write's (`<sha256>.<pid>-<n>.haul-part`).
+fn refuse_foreign_files(dir: &Path, files_dir: &Path) -> Result<(), StoreError> {
+    let hex64 =
+        |s: &str| s.len() == 64 && s.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'));
+    let ours = |name: &str| {
+        hex64(name)
+            || name.strip_suffix(TEMP_SUFFIX).is_some_and(|rest| {
+                rest.split_once('.').is_some_and(|(sha256, id)| {
+                    hex64(sha256)
+                        && id.split_once('-').is_some_and(|(pid, n)| {
+                            [pid, n]
+                                .iter()
+                                .all(|p| !p.is_empty() && p.bytes().all(|b| b.is_ascii_digit()))
+                        })
+                })
+            })
+    };
+    let entries = fs::read_dir(files_dir).map_err(io_error("list", files_dir))?;
+    for entry in entries {
+        let entry = entry.map_err(io_error("list", files_dir))?;
+        let name = entry.file_name();
+        if !name.to_str().is_some_and(ours) {
+            return Err(StoreError::NotAStore {
+                path: dir.to_path_buf(),
+                name: name.to_string_lossy().into_owned(),
+            });
+        }
+    }
+    Ok(())
+}
+
 impl Store {
     /// Whether `dir` holds no store yet (no index): [`Store::open`] would create one, and it
     /// would have no manifest, pin or file to offer.
@@ -656,7 +692,15 @@ impl Store {
     /// Opens (creating if needed) the store in `dir` and cleans up what a crash left: DIRTY rows
     /// and their files, orphan and temp files, rows whose file is missing or has the wrong size.
     /// `last_used_ms` values later than `now_ms` (a clock that went back) are clamped to it.
+    ///
+    /// A directory without an index whose `files/` holds a name haul never writes is refused
+    /// ([`StoreError::NotAStore`]): the clean-up would delete it as an orphan.
     pub fn open(dir: &Path, now_ms: u64) -> Result<(Store, RecoveryReport), StoreError> {
+        if fs::metadata(dir).is_ok_and(|m| !m.is_dir()) {
+            return Err(StoreError::NotADirectory {
+                path: dir.to_path_buf(),
+            });
+        }
         if !Store::is_writable(dir) {
             return Err(StoreError::NotWritable {
                 path: dir.to_path_buf(),
@@ -666,6 +710,11 @@ impl Store {
         fs::create_dir_all(&files_dir).map_err(io_error("create directory", &files_dir))?;
         let lock = lock_store(dir)?;
         let index_path = dir.join(INDEX_FILE);
+        if !index_path.exists() {
+            // A new store, or one whose index a crash lost before its first synced commit
+            // (its files/ then holds only names haul writes, which the clean-up removes).
+            refuse_foreign_files(dir, &files_dir)?;
+        }
         let index = Connection::open(&index_path).map_err(index_error("open index.sqlite"))?;
         index
             .busy_timeout(std::time::Duration::from_secs(5))
@@ -3271,6 +3320,52 @@ mod tests {
         }
         let report = store.verify_all().unwrap();
         assert_eq!((report.checked, report.stopped), (2, None));
+    }
+
+    /// A directory without an index is adopted only if its files/ holds nothing but names
+    /// haul writes: one with other files (a directory given to --cache by mistake) is refused
+    /// and keeps them (the clean-up used to delete them as orphans); one whose index a crash
+    /// lost is cleaned up as usual.
+    #[test]
+    fn open_refuses_a_directory_without_index_whose_files_haul_did_not_write() {
+        let dir = tempfile::TempDir::new().unwrap();
+        let files = dir.path().join(FILES_DIR);
+        fs::create_dir_all(&files).unwrap();
+        fs::write(files.join("thesis.txt"), b"years of work").unwrap();
+        let lost = sha256_hex(b"lost");
+        fs::write(files.join(&lost), b"lost").unwrap();
+        match Store::open(dir.path(), 1) {
+            Err(error @ StoreError::NotAStore { .. }) => {
+                assert!(error.to_string().contains("thesis.txt"), "{error}");
+            }
+            other => panic!("expected NotAStore, got {other:?}"),
+        }
+        assert_eq!(
+            fs::read(files.join("thesis.txt")).unwrap(),
+            b"years of work"
+        );
+        assert!(files.join(&lost).is_file());
+        assert!(!dir.path().join(INDEX_FILE).exists(), "no index created");
+        // Only haul's names (a stored file, a pending write): a store whose index was lost.
+        fs::remove_file(files.join("thesis.txt")).unwrap();
+        let pending = format!("{lost}.123-4{TEMP_SUFFIX}");
+        fs::write(files.join(&pending), b"lo").unwrap();
+        let (_store, report) = open(dir.path(), 1);
+        assert_eq!(report.orphan_files_removed, vec![lost]);
+        assert_eq!(report.temp_files_removed, vec![pending]);
+    }
+
+    #[test]
+    fn open_of_a_regular_file_says_it_is_not_a_directory() {
+        let dir = tempfile::TempDir::new().unwrap();
+        let file = dir.path().join("cache");
+        fs::write(&file, b"").unwrap();
+        match Store::open(&file, 1) {
+            Err(error @ StoreError::NotADirectory { .. }) => {
+                assert!(error.to_string().contains("not a directory"), "{error}");
+            }
+            other => panic!("expected NotADirectory, got {other:?}"),
+        }
     }
 
     #[test]
