@@ -121,7 +121,7 @@ fn with_store(
     };
     if !recovery.is_clean() && !dir.json {
         eprintln!(
-            "note: the cache was not closed cleanly; recovered: {}",
+            "note: opening the cache cleaned up what a crash or a change from outside left: {}",
             recovery_summary(&recovery)
         );
     }
@@ -267,10 +267,22 @@ fn prune(store: &mut Store, dir: &CacheDir, _: u64, _: &RecoveryReport, budget: 
     ))
 }
 
-fn verify(store: &mut Store, dir: &CacheDir, _: u64, _: &RecoveryReport) -> Report {
+fn verify(store: &mut Store, dir: &CacheDir, _: u64, recovery: &RecoveryReport) -> Report {
     let report = store.verify_all()?;
-    let damaged = report.damaged();
+    // Opening the store already dealt with stored files that were missing or of the wrong
+    // size: damage this verify found too.
+    let (missing, wrong_size) = (
+        &recovery.missing_files_forgotten,
+        &recovery.wrong_size_removed,
+    );
+    let damaged = report.damaged() + missing.len() + wrong_size.len();
     if !dir.json {
+        for sha256 in wrong_size {
+            println!("wrong size, removed: {sha256}");
+        }
+        for sha256 in missing {
+            println!("missing, forgotten: {sha256}");
+        }
         for sha256 in &report.corrupt_removed {
             println!("corrupt, removed: {sha256}");
         }
@@ -286,10 +298,10 @@ fn verify(store: &mut Store, dir: &CacheDir, _: u64, _: &RecoveryReport) -> Repo
         }
         println!(
             "checked {} files: {} good, {} corrupt, {} missing, {} unreadable",
-            report.checked,
-            report.checked - damaged - report.unremovable.len(),
-            report.corrupt_removed.len(),
-            report.missing_forgotten.len(),
+            report.checked + missing.len() + wrong_size.len(),
+            report.checked - report.damaged() - report.unremovable.len(),
+            report.corrupt_removed.len() + wrong_size.len(),
+            report.missing_forgotten.len() + missing.len(),
             report.unreadable_removed.len() + report.unremovable.len(),
         );
         if let Some((unchecked, why)) = &report.stopped {
@@ -307,9 +319,9 @@ fn verify(store: &mut Store, dir: &CacheDir, _: u64, _: &RecoveryReport) -> Repo
     Ok((
         code,
         json!({
-            "checked": report.checked,
-            "corrupt_removed": report.corrupt_removed,
-            "missing_forgotten": report.missing_forgotten,
+            "checked": report.checked + missing.len() + wrong_size.len(),
+            "corrupt_removed": report.corrupt_removed.iter().chain(wrong_size).collect::<Vec<_>>(),
+            "missing_forgotten": report.missing_forgotten.iter().chain(missing).collect::<Vec<_>>(),
             "unreadable_removed": report.unreadable_removed,
             "unremovable": report
                 .unremovable

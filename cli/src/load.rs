@@ -184,7 +184,7 @@ pub fn run(args: LoadArgs) -> i32 {
     };
     if !recovery.is_clean() && !args.json {
         eprintln!(
-            "note: the cache was not closed cleanly; recovered: {}",
+            "note: opening the cache cleaned up what a crash or a change from outside left: {}",
             recovery_summary(&recovery)
         );
     }

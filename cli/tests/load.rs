@@ -616,6 +616,49 @@ fn set_mode(path: &Path, mode: u32) {
     std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode)).unwrap();
 }
 
+/// `cache verify` reports a stored file that grew and one that was deleted from outside,
+/// and exits 5: opening the store removes and forgets them before the check proper, and
+/// verify used to say "0 corrupt, 0 missing" and exit 0.
+#[test]
+fn verify_reports_stored_files_of_the_wrong_size_or_missing_and_exits_5() {
+    let origin = Origin::start().unwrap();
+    let key = Signer::ed25519("release", 7);
+    let news = app_module("news", "./news.js", "v1");
+    publish(&origin, "news", &[news.clone(), kotlin()], 100, &[&key]);
+    let cache = tempfile::TempDir::new().unwrap();
+    let url = origin.url(&manifest_path("news"));
+    let first = load(&url, "news", cache.path(), &[&key], &[]);
+    assert_eq!(first.status.code(), Some(0), "{}", describe(&first));
+    let files = cache.path().join("files");
+    let (kotlin_sha, news_sha) = (sha256_hex(&kotlin().bytes), sha256_hex(&news.bytes));
+    let mut grown = kotlin().bytes.clone();
+    grown.extend_from_slice(b"appended");
+    std::fs::write(files.join(&kotlin_sha), grown).unwrap();
+    std::fs::remove_file(files.join(&news_sha)).unwrap();
+    let verify = haul()
+        .args(["cache", "verify", "--cache"])
+        .arg(cache.path())
+        .output()
+        .unwrap();
+    assert_eq!(verify.status.code(), Some(5), "{}", describe(&verify));
+    let stdout = text(&verify.stdout);
+    assert!(
+        stdout.contains(&format!("wrong size, removed: {kotlin_sha}")),
+        "{}",
+        describe(&verify)
+    );
+    assert!(
+        stdout.contains(&format!("missing, forgotten: {news_sha}")),
+        "{}",
+        describe(&verify)
+    );
+    assert!(
+        stdout.contains("1 corrupt, 1 missing"),
+        "{}",
+        describe(&verify)
+    );
+}
+
 #[test]
 fn an_unreadable_stored_module_is_fetched_again_and_verify_reports_each_one() {
     let origin = Origin::start().unwrap();
