@@ -140,7 +140,10 @@ fn with_store(
 fn fail(dir: &CacheDir, name: &str, code: i32, message: &str) -> i32 {
     eprintln!("haul cache {name}: {message}");
     if dir.json {
-        println!("{}", json!({"error": message, "exit_code": code}));
+        println!(
+            "{}",
+            json!({"error": message, "exit_code": exit::as_exited(code)})
+        );
     }
     code
 }

@@ -23,6 +23,16 @@ pub const LOCAL_IO: i32 = 7;
 /// (`signals::interrupted_exit_code`).
 pub const INTERRUPTED: i32 = 130;
 
+/// The code the process will exit with for `code`: [`INTERRUPTED`] becomes 128 + the signal
+/// received, as `main` does; for the `exit_code` of JSON output, which must match.
+pub fn as_exited(code: i32) -> i32 {
+    if code == INTERRUPTED {
+        crate::signals::interrupted_exit_code()
+    } else {
+        code
+    }
+}
+
 /// The help text's table.
 pub const TABLE: &str = "EXIT CODES:
   0  success

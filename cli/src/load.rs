@@ -215,7 +215,7 @@ fn fail(args: &LoadArgs, code: i32, message: &str) -> i32 {
     if args.json {
         println!(
             "{}",
-            json!({"app": args.app, "error": message, "exit_code": code})
+            json!({"app": args.app, "error": message, "exit_code": exit::as_exited(code)})
         );
     }
     code

@@ -140,12 +140,7 @@ fn main() {
         Command::Hash(args) => extract::run_hash(args),
     };
     tracing::debug!("exiting");
-    let code = if code == exit::INTERRUPTED {
-        signals::interrupted_exit_code()
-    } else {
-        code
-    };
-    std::process::exit(code);
+    std::process::exit(exit::as_exited(code));
 }
 
 /// Whether `--json` is among the arguments (before any `--`), for a command line clap

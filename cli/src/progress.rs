@@ -311,7 +311,7 @@ impl Reporter {
             (Mode::Json, Err(e)) => self.emit_json(json!({
                 "event": "finished", "job": job.0, "ok": false, "url": url, "error": e.to_string(),
                 "class": format!("{:?}", e.class()), "retryable": e.retryable(),
-                "exit_code": crate::exit::for_download(e),
+                "exit_code": crate::exit::as_exited(crate::exit::for_download(e)),
             })),
             (Mode::Bars | Mode::Plain, Ok(o)) if o.delivery == Delivery::AlreadyPresent => {
                 let line = format!(

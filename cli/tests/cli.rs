@@ -862,7 +862,8 @@ fn a_destination_that_already_holds_the_bytes_is_kept_and_said_so() {
 
 /// Ctrl-C (SIGINT) or SIGTERM mid-body: exit 128 + the signal (130, 143), nothing at the
 /// destination, the partial and its state kept (the command asks the library to keep them; a
-/// library cancel discards by default), and the same command resumes from them.
+/// library cancel discards by default), and the same command resumes from them. With
+/// `--json` (the SIGTERM run), the `finished` line's `exit_code` is the process's.
 #[test]
 fn an_interrupted_get_exits_128_plus_the_signal_keeps_its_partial_and_the_same_command_resumes() {
     for (signal, code) in [("INT", 130), ("TERM", 143)] {
@@ -882,7 +883,8 @@ fn an_interrupted_get_exits_128_plus_the_signal_keeps_its_partial_and_the_same_c
             }
             c
         };
-        let first = command(&origin, false)
+        let json = signal == "TERM";
+        let first = command(&origin, json)
             .stdout(std::process::Stdio::piped())
             .stderr(std::process::Stdio::piped())
             .spawn()
@@ -899,11 +901,20 @@ fn an_interrupted_get_exits_128_plus_the_signal_keeps_its_partial_and_the_same_c
         assert!(kill.success());
         let first = first.wait_with_output().unwrap();
         assert_eq!(first.status.code(), Some(code), "{signal}: {first:?}");
-        let said = String::from_utf8_lossy(&first.stderr);
-        assert!(
-            said.contains("big: interrupted; the same command again resumes it"),
-            "{said}"
-        );
+        if json {
+            let finished: serde_json::Value = String::from_utf8_lossy(&first.stdout)
+                .lines()
+                .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+                .find(|v| v["event"] == "finished")
+                .expect("a finished event");
+            assert_eq!(finished["exit_code"], code, "{finished}");
+        } else {
+            let said = String::from_utf8_lossy(&first.stderr);
+            assert!(
+                said.contains("big: interrupted; the same command again resumes it"),
+                "{said}"
+            );
+        }
         assert!(!dest.exists(), "nothing committed");
         assert!(part.exists(), "the partial is kept");
         assert!(dir.path().join("big.haul-state").exists(), "and its state");
