@@ -44,6 +44,8 @@ struct JobView {
     bar: Option<ProgressBar>,
     last_json: Option<Instant>,
     bytes: u64,
+    /// The file's length when its response started it from byte 0 (not a resume).
+    fresh_total: Option<u64>,
 }
 
 /// Renders events.
@@ -174,6 +176,7 @@ impl Reporter {
                         bar,
                         last_json: None,
                         bytes: 0,
+                        fresh_total: None,
                     },
                 );
                 if self.mode == Mode::Json {
@@ -202,6 +205,7 @@ impl Reporter {
                 offset,
             } => {
                 if let Some(v) = self.jobs.get_mut(job) {
+                    v.fresh_total = total.filter(|_| *offset == 0);
                     if let (Some(b), Some(t)) = (&v.bar, total) {
                         b.set_style(bar_style(true));
                         b.set_length(*t);
@@ -300,6 +304,11 @@ impl Reporter {
         }
         let waiting = self.waiting.remove(&job);
         let url = self.urls.remove(&job);
+        // A file small enough to be written unnamed keeps nothing when cancelled.
+        let nothing_kept = view
+            .as_ref()
+            .and_then(|v| v.fresh_total)
+            .is_some_and(|total| total <= haul_core::Config::default().unnamed_max);
         let label = view.map(|v| v.label).or(waiting).unwrap_or_default();
         match (self.mode, result) {
             (Mode::Json, Ok(o)) => self.emit_json(json!({
@@ -349,6 +358,13 @@ impl Reporter {
                 self.println(&line);
             }
             // Only a signal cancels a command's downloads (their partials kept).
+            (Mode::Bars | Mode::Plain, Err(DownloadError::Cancelled)) if nothing_kept => {
+                self.println(&format!(
+                    "haul: {label}: interrupted; nothing of it is kept (a file of {} or less is \
+                     written whole): the same command again fetches it",
+                    human_bytes(haul_core::Config::default().unnamed_max)
+                ))
+            }
             (Mode::Bars | Mode::Plain, Err(DownloadError::Cancelled)) => self.println(&format!(
                 "haul: {label}: interrupted; the same command again resumes it"
             )),

@@ -935,6 +935,52 @@ fn an_interrupted_get_exits_128_plus_the_signal_keeps_its_partial_and_the_same_c
     }
 }
 
+/// A file of 1 MiB or less is written to an unnamed file, which an interruption does not
+/// keep: the message says so instead of promising a resume, and nothing is left behind.
+#[cfg(target_os = "linux")]
+#[test]
+fn an_interrupted_small_get_says_nothing_is_kept() {
+    let body = data(400_000);
+    let origin = Origin::start().unwrap();
+    origin.route("/small", body, Behavior::Stall { after: 100_000 });
+    let dir = tempfile::tempdir().unwrap();
+    let child = haul()
+        .args(["get", &origin.url("/small"), "-d"])
+        .arg(dir.path())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    // The unnamed file is open (so the response that started it has been seen) once the
+    // process holds a descriptor of a file in the directory (one download opens no spare
+    // unnamed files ahead: `haul_driver::spares::EXPECT_MIN`).
+    let fds = format!("/proc/{}/fd", child.id());
+    let started = std::time::Instant::now();
+    while !std::fs::read_dir(&fds).unwrap().any(|fd| {
+        std::fs::read_link(fd.unwrap().path()).is_ok_and(|target| target.starts_with(dir.path()))
+    }) {
+        assert!(
+            started.elapsed().as_secs() < 20,
+            "the file was never opened"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
+    let kill = Command::new("kill")
+        .args(["-INT", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(kill.success());
+    let out = child.wait_with_output().unwrap();
+    assert_eq!(out.status.code(), Some(130), "{out:?}");
+    let said = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        said.contains("small: interrupted; nothing of it is kept"),
+        "{said}"
+    );
+    assert!(!said.contains("resumes"), "{said}");
+    assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 0);
+}
+
 #[test]
 fn a_second_process_downloading_to_the_same_file_is_refused_and_the_first_stays_whole() {
     let body = data(3_000_000);
