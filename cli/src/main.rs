@@ -90,11 +90,20 @@ fn small_pages_only() {
 
 fn main() {
     small_pages_only();
+    // Warnings (a server that compressed anyway, a store another process holds, a leftover
+    // of a crashed install removed) go to stderr; with --quiet only errors do. Colours only
+    // on a terminal: a log file or a pipe gets plain text.
+    let level = if flag_given(&["--quiet", "-q"]) {
+        "error"
+    } else {
+        "warn"
+    };
     let _ = tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_env("HAUL_LOG")
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(level)),
         )
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .with_writer(std::io::stderr)
         .try_init();
     let cli = match Cli::try_parse() {
@@ -146,10 +155,15 @@ fn main() {
 /// Whether `--json` is among the arguments (before any `--`), for a command line clap
 /// refused: it is then asked for even though it was not parsed.
 fn json_requested() -> bool {
+    flag_given(&["--json"])
+}
+
+/// Whether one of `flags` is among the arguments (before any `--`), parsed or not.
+fn flag_given(flags: &[&str]) -> bool {
     std::env::args_os()
         .skip(1)
         .take_while(|a| a != "--")
-        .any(|a| a == "--json")
+        .any(|a| flags.iter().any(|f| a == *f))
 }
 
 /// Output piped into a reader that stopped (`haul cache ls | head`) ends the command the

@@ -981,6 +981,45 @@ fn an_interrupted_small_get_says_nothing_is_kept() {
     assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 0);
 }
 
+/// Warnings logged on the way reach a stderr that is no terminal as plain text (no colour
+/// codes), and `--quiet` ("nothing but errors") leaves them out but keeps the error.
+#[test]
+fn log_warnings_are_plain_text_off_a_terminal_and_quiet_leaves_them_out() {
+    let origin = Origin::start().unwrap();
+    // A Retry-After past the retry time limit: the engine warns why it does not retry.
+    origin.route(
+        "/busy",
+        Vec::new(),
+        Behavior::Status {
+            status: 503,
+            retry_after: Some("100000".into()),
+        },
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let run = |quiet: bool| {
+        let mut command = haul();
+        command
+            .env_remove("HAUL_LOG")
+            .args(["get", &origin.url("/busy"), "-o"])
+            .arg(dir.path().join("busy"));
+        if quiet {
+            command.arg("--quiet");
+        }
+        let out = command.output().unwrap();
+        assert_eq!(out.status.code(), Some(4), "{out:?}");
+        String::from_utf8_lossy(&out.stderr).into_owned()
+    };
+    let said = run(false);
+    assert!(
+        said.contains("WARN") && said.contains("not retrying"),
+        "{said}"
+    );
+    assert!(!said.contains('\x1b'), "no escape codes: {said:?}");
+    let said = run(true);
+    assert!(!said.contains("not retrying"), "{said}");
+    assert!(said.contains("503"), "the error stays: {said}");
+}
+
 #[test]
 fn a_second_process_downloading_to_the_same_file_is_refused_and_the_first_stays_whole() {
     let body = data(3_000_000);
