@@ -131,8 +131,9 @@ pub enum ModuleError {
 
     /// The offered manifest is older than the app's pinned one.
     #[error(
-        "rollback refused for app {app:?}: offered manifest freshAtEpochMs {offered_fresh_at_ms:?} \
-         is older than the pinned {pinned_fresh_at_ms}"
+        "rollback refused for app {app:?}: offered manifest {} is older than the pinned \
+         freshAtEpochMs {pinned_fresh_at_ms}",
+        offered_freshness(*offered_fresh_at_ms)
     )]
     Rollback {
         app: String,
@@ -169,4 +170,13 @@ fn cycle_text(cycle: &[String]) -> String {
         text.push_str(&format!(" -> {first:?}"));
     }
     text
+}
+
+/// How an offered manifest's freshness reads in a message: its `freshAtEpochMs`, or that it
+/// has none (which counts as 0, older than any pinned one).
+pub(crate) fn offered_freshness(fresh_at_ms: Option<u64>) -> String {
+    match fresh_at_ms {
+        Some(ms) => format!("freshAtEpochMs {ms}"),
+        None => "without freshAtEpochMs".to_string(),
+    }
 }

@@ -1425,8 +1425,9 @@ fn check_rollback(
     }
     if request.allow_rollback {
         warnings.push(format!(
-            "rollback allowed: {} manifest freshAtEpochMs {offered:?} is older than the pinned {floor}",
-            candidate.origin
+            "rollback allowed: {} manifest {} is older than the pinned freshAtEpochMs {floor}",
+            candidate.origin,
+            crate::error::offered_freshness(offered)
         ));
         return Ok(());
     }
@@ -2091,10 +2092,13 @@ mod tests {
         let result = world.loader.load(&request).unwrap();
         assert_eq!(result.manifest_source, LoadSource::Network);
         assert_eq!(result.manifest_sha256, sha256_hex(&old));
-        assert!(result
-            .warnings
-            .iter()
-            .any(|w| w.contains("rollback allowed")));
+        assert!(
+            result.warnings.iter().any(|w| w.ends_with(
+                "manifest freshAtEpochMs 100 is older than the pinned freshAtEpochMs 200"
+            ) && w.starts_with("rollback allowed")),
+            "{:?}",
+            result.warnings
+        );
         assert!(world
             .pins()
             .iter()
@@ -2133,6 +2137,13 @@ mod tests {
                 }
             ),
             "{case}: {error:?}"
+        );
+        // The numbers as numbers (not Rust's `Some(100)`).
+        assert_eq!(
+            error.to_string(),
+            "rollback refused for app \"news\": offered manifest freshAtEpochMs 100 is older \
+             than the pinned freshAtEpochMs 200",
+            "{case}"
         );
     }
 
