@@ -23,7 +23,7 @@
 //! ending in `/`) is an error naming the line, found before anything is downloaded. An empty
 //! `dir=` is an error too. A UTF-8 byte order mark at the start is skipped.
 
-use haul_core::ChecksumAlgorithm;
+use haul_core::{ChecksumAlgorithm, ExpectedChecksum};
 
 /// The algorithm a `checksum=` (or `--checksum`) TYPE names: `None` for sha-256 (haul's own
 /// digest, `Download::sha256`), else one of the others; an error naming the types known.
@@ -180,9 +180,21 @@ pub fn parse(text: &str, mut warn: impl FnMut(String)) -> Result<Vec<Entry>, Str
                         format!("line {line_no}: checksum must be TYPE=DIGEST, got {value:?}")
                     })?;
                     let hex = hex.trim().to_string();
+                    // A malformed digest names this line, not the URI's.
                     match checksum_type(algo).map_err(|e| format!("line {line_no}: {e}"))? {
-                        None => entry.sha256 = Some(hex),
-                        Some(algorithm) => entry.checksum = Some((algorithm, hex)),
+                        None => {
+                            if hex.len() != 64 || !hex.bytes().all(|b| b.is_ascii_hexdigit()) {
+                                return Err(format!(
+                                    "line {line_no}: a sha-256 digest is 64 hex digits, got {hex:?}"
+                                ));
+                            }
+                            entry.sha256 = Some(hex)
+                        }
+                        Some(algorithm) => {
+                            ExpectedChecksum::parse(algorithm, &hex)
+                                .map_err(|e| format!("line {line_no}: {e}"))?;
+                            entry.checksum = Some((algorithm, hex))
+                        }
                     }
                 }
                 "header" => {
@@ -233,14 +245,18 @@ mod tests {
 
     #[test]
     fn parses_uris_mirrors_and_options() {
-        let text = "# list\nhttp://a/x\thttp://b/x\n  out=y.bin\n  dir=/tmp/d\n  checksum=sha-256=AB\n\nhttp://a/z\n";
+        let ab = "AB".repeat(32);
+        let text = format!(
+            "# list\nhttp://a/x\thttp://b/x\n  out=y.bin\n  dir=/tmp/d\n  checksum=sha-256={ab}\n\nhttp://a/z\n"
+        );
+        let text = text.as_str();
         let mut warnings = Vec::new();
         let e = parse(text, |w| warnings.push(w)).unwrap();
         assert_eq!(e.len(), 2);
         assert_eq!(e[0].uris, vec!["http://a/x", "http://b/x"]);
         assert_eq!(e[0].out.as_deref(), Some("y.bin"));
         assert_eq!(e[0].dir.as_deref(), Some("/tmp/d"));
-        assert_eq!(e[0].sha256.as_deref(), Some("AB"));
+        assert_eq!(e[0].sha256.as_deref(), Some(ab.as_str()));
         assert_eq!(e[1].uris, vec!["http://a/z"]);
         assert_eq!(e[1].line, 7);
         assert!(warnings.is_empty());
@@ -259,11 +275,24 @@ mod tests {
 
     #[test]
     fn checksum_lines_of_every_aria2_type_are_taken_and_another_type_names_its_line() {
-        let text = "http://a/1\n  checksum=SHA-1=aa\nhttp://a/2\n  checksum=md5=bb\n\
-                    http://a/3\n  checksum=sha512=cc\nhttp://a/4\n  checksum=adler32=dd\n\
-                    http://a/5\n  checksum=Sha-256=ee\nhttp://a/6\n  checksum=sha-224=ff\n\
-                    http://a/7\n  checksum=sha-384=11\n";
-        let e = parse(text, |w| panic!("{w}")).unwrap();
+        // Digests of the right length for each type: "aa" 20 times for sha-1's 20 bytes...
+        let d = |pair: &str, bytes: usize| pair.repeat(bytes);
+        let (aa, bb, cc, dd, ee, ff, x11) = (
+            d("aa", 20),
+            d("bb", 16),
+            d("cc", 64),
+            d("dd", 4),
+            d("ee", 32),
+            d("ff", 28),
+            d("11", 48),
+        );
+        let text = format!(
+            "http://a/1\n  checksum=SHA-1={aa}\nhttp://a/2\n  checksum=md5={bb}\n\
+             http://a/3\n  checksum=sha512={cc}\nhttp://a/4\n  checksum=adler32={dd}\n\
+             http://a/5\n  checksum=Sha-256={ee}\nhttp://a/6\n  checksum=sha-224={ff}\n\
+             http://a/7\n  checksum=sha-384={x11}\n"
+        );
+        let e = parse(&text, |w| panic!("{w}")).unwrap();
         let taken: Vec<_> = e
             .iter()
             .map(|e| (e.checksum.clone(), e.sha256.clone()))
@@ -272,15 +301,24 @@ mod tests {
         assert_eq!(
             taken,
             vec![
-                other(ChecksumAlgorithm::Sha1, "aa"),
-                other(ChecksumAlgorithm::Md5, "bb"),
-                other(ChecksumAlgorithm::Sha512, "cc"),
-                other(ChecksumAlgorithm::Adler32, "dd"),
-                (None, Some("ee".to_string())),
-                other(ChecksumAlgorithm::Sha224, "ff"),
-                other(ChecksumAlgorithm::Sha384, "11"),
+                other(ChecksumAlgorithm::Sha1, &aa),
+                other(ChecksumAlgorithm::Md5, &bb),
+                other(ChecksumAlgorithm::Sha512, &cc),
+                other(ChecksumAlgorithm::Adler32, &dd),
+                (None, Some(ee.clone())),
+                other(ChecksumAlgorithm::Sha224, &ff),
+                other(ChecksumAlgorithm::Sha384, &x11),
             ]
         );
+        // A malformed digest names its own line (it named the URI's).
+        for (bad, what) in [("sha-256=zz", "sha-256"), ("sha-1=abc", "sha-1")] {
+            let error =
+                parse(&format!("# list\nhttp://a/x\n\n  checksum={bad}\n"), |_| {}).unwrap_err();
+            assert!(
+                error.starts_with("line 4: ") && error.contains(what) && error.contains("hex"),
+                "{error}"
+            );
+        }
         let error = parse("# list\nhttp://a/x\n  checksum=crc32=00\n", |_| {}).unwrap_err();
         assert!(
             error.starts_with("line 3: checksum type \"crc32\" is not supported (sha-256, sha-1"),
