@@ -502,7 +502,11 @@ pub fn run(args: GetArgs) -> i32 {
     crate::signals::on_interrupt(move || cancel.stop_all(CancelMode::KeepPartial));
     let mode = Mode::choose(args.json, args.quiet);
     let mut reporter = Reporter::new(mode, downloads.len());
+    // The downloads create their destinations' missing directories; those left empty at the
+    // end (every download into them failed, keeping nothing) are removed again.
+    let missing = missing_dirs(&downloads);
     let results = client.download_many(downloads, |ev| reporter.event(ev));
+    remove_empty(&missing);
     let ok = results.iter().filter(|r| r.is_ok()).count();
     let bytes = results
         .iter()
@@ -514,6 +518,39 @@ pub fn run(args: GetArgs) -> i32 {
         Ok(_) => exit::OK,
         Err(e) => exit::for_download(e),
     }))
+}
+
+/// The directories that do not exist yet among the downloads' destination directories and
+/// their ancestors, deepest first.
+fn missing_dirs(downloads: &[Download]) -> Vec<PathBuf> {
+    let bases: std::collections::BTreeSet<&Path> = downloads
+        .iter()
+        .map(|d| match d.destination() {
+            haul_core::Destination::File(path) => path.parent().unwrap_or(Path::new("")),
+            haul_core::Destination::Dir(dir) => dir.as_path(),
+        })
+        .collect();
+    let mut missing = std::collections::BTreeSet::new();
+    for base in bases {
+        let mut at = Some(base);
+        while let Some(dir) = at.filter(|p| !p.as_os_str().is_empty()) {
+            if missing.contains(dir) || std::fs::symlink_metadata(dir).is_ok() {
+                break;
+            }
+            missing.insert(dir.to_path_buf());
+            at = dir.parent();
+        }
+    }
+    let mut missing: Vec<PathBuf> = missing.into_iter().collect();
+    missing.sort_by_key(|dir| std::cmp::Reverse(dir.components().count()));
+    missing
+}
+
+/// Removes each of `dirs` (deepest first) that is empty; one that holds anything stays.
+fn remove_empty(dirs: &[PathBuf]) {
+    for dir in dirs {
+        let _ = std::fs::remove_dir(dir);
+    }
 }
 
 #[cfg(test)]

@@ -1020,6 +1020,42 @@ fn log_warnings_are_plain_text_off_a_terminal_and_quiet_leaves_them_out() {
     assert!(said.contains("503"), "the error stays: {said}");
 }
 
+/// A download that fails for good leaves no directory it created for its destination, while
+/// a download of the same command that succeeded keeps its new directory and file.
+#[test]
+fn a_failed_download_leaves_no_directory_it_created() {
+    let body = data(3_000_000);
+    let origin = Origin::start().unwrap();
+    origin.route("/f.bin", body.clone(), Behavior::Normal);
+    let dir = tempfile::tempdir().unwrap();
+    let wrong = hex::encode(Sha256::digest(b"other bytes"));
+    let out = haul()
+        .args(["get", &origin.url("/f.bin"), "--sha256", &wrong, "-o"])
+        .arg(dir.path().join("new/deep/f.bin"))
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(5), "{out:?}");
+    assert!(
+        !dir.path().join("new").exists(),
+        "the created directories are gone"
+    );
+    // In a list: the good entry's new directory stays, the bad one's goes.
+    let sha = hex::encode(Sha256::digest(&body));
+    let list = format!(
+        "{url}\n  dir={good}\n  checksum=sha-256={sha}\n{url}\n  dir={bad}\n  checksum=sha-256={wrong}\n",
+        url = origin.url("/f.bin"),
+        good = dir.path().join("good/one").display(),
+        bad = dir.path().join("bad/one").display(),
+    );
+    let out = get_list(dir.path(), &list, dir.path(), &[]);
+    assert_eq!(out.status.code(), Some(5), "{out:?}");
+    assert_eq!(
+        std::fs::read(dir.path().join("good/one/f.bin")).unwrap(),
+        body
+    );
+    assert!(!dir.path().join("bad").exists());
+}
+
 #[test]
 fn a_second_process_downloading_to_the_same_file_is_refused_and_the_first_stays_whole() {
     let body = data(3_000_000);
