@@ -87,7 +87,9 @@ pub struct GetArgs {
     #[arg(long = "max-size", value_name = "BYTES", value_parser = parse_size)]
     pub max_size: Option<u64>,
     /// Extra request header, e.g. -H 'Authorization: Bearer x' (repeatable). Authorization
-    /// and Cookie are not forwarded when a redirect leaves the origin.
+    /// and Cookie are not forwarded when a redirect leaves the origin. Host, Range,
+    /// If-Range, Accept-Encoding, Content-Length, Transfer-Encoding, Connection and
+    /// Proxy-Authorization are haul's own: refused.
     #[arg(short = 'H', long = "header", value_name = "NAME: VALUE")]
     pub headers: Vec<String>,
     /// Seconds to establish a connection.
@@ -309,6 +311,12 @@ impl GetArgs {
             let (name, value) = h
                 .split_once(':')
                 .ok_or_else(|| format!("header {h:?} must look like 'Name: value'"))?;
+            if haul_core::managed_header(name) {
+                return Err(format!(
+                    "header {h:?}: haul writes {} itself; it cannot be set",
+                    name.trim()
+                ));
+            }
             headers.push((name.trim().to_string(), value.trim().to_string()));
         }
         let mut out = Vec::new();

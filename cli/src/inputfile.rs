@@ -204,6 +204,12 @@ pub fn parse(text: &str, mut warn: impl FnMut(String)) -> Result<Vec<Entry>, Str
                         .ok_or_else(|| {
                             format!("line {line_no}: header must look like 'Name: value', got {value:?}")
                         })?;
+                    if haul_core::managed_header(name) {
+                        return Err(format!(
+                            "line {line_no}: haul writes the {} header itself; it cannot be set",
+                            name.trim()
+                        ));
+                    }
                     entry
                         .headers
                         .push((name.trim().to_string(), value.trim().to_string()));

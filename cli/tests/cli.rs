@@ -1056,6 +1056,32 @@ fn a_failed_download_leaves_no_directory_it_created() {
     assert!(!dir.path().join("bad").exists());
 }
 
+/// A header haul writes itself (Host, Range, ...) given with -H or header= is refused with
+/// a usage error before anything is fetched (it used to be dropped without a word).
+#[test]
+fn headers_haul_writes_itself_are_refused_not_silently_dropped() {
+    let origin = Origin::start().unwrap();
+    origin.route("/f", data(1000), Behavior::Normal);
+    let dir = tempfile::tempdir().unwrap();
+    let out = haul()
+        .args(["get", &origin.url("/f"), "-H", "host: example.org", "-d"])
+        .arg(dir.path())
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2), "{out:?}");
+    let said = String::from_utf8_lossy(&out.stderr);
+    assert!(said.contains("haul writes host itself"), "{said}");
+    let list = format!("{}\n  header=Range: bytes=0-9\n", origin.url("/f"));
+    let out = get_list(dir.path(), &list, dir.path(), &[]);
+    assert_eq!(out.status.code(), Some(2), "{out:?}");
+    let said = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        said.contains("line 2: haul writes the Range header itself"),
+        "{said}"
+    );
+    assert!(origin.requests().is_empty());
+}
+
 #[test]
 fn a_second_process_downloading_to_the_same_file_is_refused_and_the_first_stays_whole() {
     let body = data(3_000_000);

@@ -552,6 +552,23 @@ fn percent_decode(s: &str) -> String {
     String::from_utf8(out).unwrap_or_else(|_| s.to_string())
 }
 
+/// Whether the engine writes the request header `name` itself (any case): `Host`, the range
+/// and encoding headers, the framing and connection headers and `Proxy-Authorization`. A
+/// [`Download::header`] of that name is not sent.
+pub fn managed_header(name: &str) -> bool {
+    const MANAGED: [&str; 8] = [
+        "host",
+        "range",
+        "if-range",
+        "accept-encoding",
+        "content-length",
+        "transfer-encoding",
+        "connection",
+        "proxy-authorization",
+    ];
+    MANAGED.iter().any(|m| m.eq_ignore_ascii_case(name.trim()))
+}
+
 /// How a finished download's bytes got to its destination.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Delivery {
@@ -619,6 +636,22 @@ impl Outcome {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn managed_headers_are_recognised_in_any_case() {
+        for name in [
+            "Host",
+            "RANGE",
+            " if-range ",
+            "Accept-Encoding",
+            "Connection",
+        ] {
+            assert!(managed_header(name), "{name}");
+        }
+        for name in ["Authorization", "Cookie", "User-Agent", "X-Host"] {
+            assert!(!managed_header(name), "{name}");
+        }
+    }
 
     #[test]
     fn a_segment_count_is_taken_between_one_and_the_maximum() {

@@ -33,7 +33,8 @@ pub mod writeback;
 
 pub use config::{Config, ConfigError, LowSpeedLimit, RetryPolicy};
 pub use download::{
-    ChecksumAlgorithm, Delivery, Destination, Download, ExpectedChecksum, Outcome, MAX_SEGMENTS,
+    managed_header, ChecksumAlgorithm, Delivery, Destination, Download, ExpectedChecksum, Outcome,
+    MAX_SEGMENTS,
 };
 pub use engine::{CancelMode, Engine, Event, Input, JobId, Output, FINISHED_KEPT};
 pub use error::{DownloadError, ErrorClass, TimeoutKind};

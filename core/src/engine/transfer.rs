@@ -535,18 +535,7 @@ impl Engine {
         for (name, value) in &j.spec.headers {
             let lower = name.to_ascii_lowercase();
             let credential = lower == "authorization" || lower == "cookie";
-            let controlled = matches!(
-                lower.as_str(),
-                "host"
-                    | "range"
-                    | "if-range"
-                    | "accept-encoding"
-                    | "content-length"
-                    | "transfer-encoding"
-                    | "connection"
-                    | "proxy-authorization"
-            );
-            if controlled || (credential && !same_origin) {
+            if crate::download::managed_header(name) || (credential && !same_origin) {
                 continue;
             }
             headers.push((name.clone(), value.clone()));
