@@ -183,19 +183,24 @@ fn secs(name: &str, s: f64) -> Result<Duration, String> {
     }
 }
 
+/// The low-speed limit of `--low-speed-limit` (bytes/s; 0: none) and `--low-speed-time`.
+pub(crate) fn low_speed(limit: u64, time: f64) -> Result<Option<LowSpeedLimit>, String> {
+    (limit > 0)
+        .then(|| {
+            secs("low-speed-time", time).map(|window| LowSpeedLimit {
+                bytes_per_sec: limit,
+                window,
+            })
+        })
+        .transpose()
+}
+
 impl GetArgs {
     fn config(&self) -> Result<Config, String> {
         let mut c = Config {
             connect_timeout: secs("connect-timeout", self.connect_timeout)?,
             idle_timeout: secs("idle-timeout", self.idle_timeout)?,
-            low_speed: (self.low_speed_limit > 0)
-                .then(|| {
-                    secs("low-speed-time", self.low_speed_time).map(|window| LowSpeedLimit {
-                        bytes_per_sec: self.low_speed_limit,
-                        window,
-                    })
-                })
-                .transpose()?,
+            low_speed: low_speed(self.low_speed_limit, self.low_speed_time)?,
             ..Config::default()
         };
         c.retry.max_attempts = self.retries.saturating_add(1);

@@ -70,6 +70,14 @@ pub struct LoadArgs {
     /// Seconds without receiving a byte before an attempt fails.
     #[arg(long = "idle-timeout", value_name = "S", default_value_t = 30.0)]
     pub idle_timeout: f64,
+    /// Minimum rate in bytes/s over --low-speed-time, else the attempt fails (0 = off): a
+    /// server that trickles fails over to the pinned manifest instead of holding the load
+    /// (and the cache) for minutes.
+    #[arg(long = "low-speed-limit", value_name = "BYTES", value_parser = parse_size, default_value = "1K")]
+    pub low_speed_limit: u64,
+    /// Window in seconds for --low-speed-limit.
+    #[arg(long = "low-speed-time", value_name = "S", default_value_t = 15.0)]
+    pub low_speed_time: f64,
     /// Print the result as one JSON object on stdout.
     #[arg(long)]
     pub json: bool,
@@ -113,6 +121,7 @@ impl LoadArgs {
         let mut config = Config {
             connect_timeout: secs("connect-timeout", self.connect_timeout)?,
             idle_timeout: secs("idle-timeout", self.idle_timeout)?,
+            low_speed: crate::get::low_speed(self.low_speed_limit, self.low_speed_time)?,
             ..Config::default()
         };
         config.retry.max_attempts = self.retries.saturating_add(1);

@@ -493,6 +493,42 @@ fn network_failure_falls_back_to_the_pinned_manifest_and_says_so() {
     );
 }
 
+/// A manifest server that trickles fails the fetch under --low-speed-limit/--low-speed-time
+/// (as `haul get` has them) and the load falls back to the pinned manifest, instead of
+/// holding the load and the cache for minutes.
+#[test]
+fn a_trickling_manifest_server_falls_back_to_the_pinned_manifest_under_the_low_speed_limit() {
+    let origin = Origin::start().unwrap();
+    let key = Signer::ed25519("release", 7);
+    let raw = publish(
+        &origin,
+        "news",
+        &[app_module("news", "./news.js", "v1"), kotlin()],
+        100,
+        &[&key],
+    );
+    let cache = tempfile::TempDir::new().unwrap();
+    let url = origin.url(&manifest_path("news"));
+    let first = load(&url, "news", cache.path(), &[&key], &[]);
+    assert_eq!(first.status.code(), Some(0), "{}", describe(&first));
+    origin.route(
+        &manifest_path("news"),
+        raw.clone(),
+        Behavior::Trickle { bytes_per_sec: 20 },
+    );
+    let slow = load(
+        &url,
+        "news",
+        cache.path(),
+        &[&key],
+        &["--json", "--low-speed-limit", "1K", "--low-speed-time", "1"],
+    );
+    assert_eq!(slow.status.code(), Some(0), "{}", describe(&slow));
+    let result: serde_json::Value = serde_json::from_slice(&slow.stdout).unwrap();
+    assert_eq!(result["manifest"]["source"], "pinned-fallback", "{result}");
+    assert_eq!(result["manifest"]["sha256"], sha256_hex(&raw), "{result}");
+}
+
 #[test]
 fn prune_to_budget_zero_evicts_only_unpinned_files() {
     let origin = Origin::start().unwrap();
