@@ -342,6 +342,17 @@ fn pins(store: &mut Store, dir: &CacheDir, _: u64, _: &RecoveryReport) -> Report
     for pin in store.pins()? {
         by_app.entry(pin.app).or_default().push(pin.sha256);
     }
+    // Pinned files no longer stored (a verify or a load removed them as corrupt, or they
+    // went missing): the next load of the app fetches them again.
+    let mut missing = std::collections::BTreeSet::new();
+    for hashes in by_app.values() {
+        let refs: Vec<&str> = hashes.iter().map(String::as_str).collect();
+        for (sha256, stored) in hashes.iter().zip(store.contains_many(&refs)?) {
+            if !stored {
+                missing.insert(sha256.clone());
+            }
+        }
+    }
     let mut apps = Vec::new();
     for record in store.apps()? {
         let hashes = by_app.remove(&record.app).unwrap_or_default();
@@ -356,7 +367,12 @@ fn pins(store: &mut Store, dir: &CacheDir, _: u64, _: &RecoveryReport) -> Report
                 } else {
                     ""
                 };
-                println!("  {sha256}{what}");
+                let gone = if missing.contains(sha256) {
+                    "  (not stored: the next load fetches it again)"
+                } else {
+                    ""
+                };
+                println!("  {sha256}{what}{gone}");
             }
         }
         apps.push(json!({
@@ -365,6 +381,7 @@ fn pins(store: &mut Store, dir: &CacheDir, _: u64, _: &RecoveryReport) -> Report
             "manifest_url": record.manifest_url,
             "fresh_at_ms": record.fresh_at_ms,
             "loaded_at_ms": record.loaded_at_ms,
+            "missing": hashes.iter().filter(|h| missing.contains(*h)).collect::<Vec<_>>(),
             "pins": hashes,
         }));
     }

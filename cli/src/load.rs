@@ -143,6 +143,15 @@ impl LoadArgs {
         if self.concurrency == 0 {
             return Err("--concurrency must be at least 1".to_owned());
         }
+        // A shipped directory that is not there is a mistake (a typo), not an empty tier.
+        if let Some(embedded) = &self.embedded {
+            if !embedded.is_dir() {
+                return Err(format!(
+                    "--embedded {} is not a directory",
+                    embedded.display()
+                ));
+            }
+        }
         Ok(())
     }
 

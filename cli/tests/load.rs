@@ -529,6 +529,32 @@ fn a_trickling_manifest_server_falls_back_to_the_pinned_manifest_under_the_low_s
     assert_eq!(result["manifest"]["sha256"], sha256_hex(&raw), "{result}");
 }
 
+/// An --embedded directory that does not exist is a usage error (a typo), not an empty tier
+/// skipped without a word; nothing is fetched and no cache is made.
+#[test]
+fn an_embedded_directory_that_does_not_exist_is_a_usage_error() {
+    let origin = Origin::start().unwrap();
+    let key = Signer::ed25519("release", 7);
+    publish(&origin, "news", &[kotlin()], 100, &[&key]);
+    let dir = tempfile::TempDir::new().unwrap();
+    let cache = dir.path().join("cache");
+    let typo = load(
+        &origin.url(&manifest_path("news")),
+        "news",
+        &cache,
+        &[&key],
+        &["--embedded", "/nonexistent/shipped"],
+    );
+    assert_eq!(typo.status.code(), Some(2), "{}", describe(&typo));
+    assert!(
+        text(&typo.stderr).contains("--embedded /nonexistent/shipped is not a directory"),
+        "{}",
+        describe(&typo)
+    );
+    assert!(origin.requests().is_empty());
+    assert!(!cache.exists());
+}
+
 #[test]
 fn prune_to_budget_zero_evicts_only_unpinned_files() {
     let origin = Origin::start().unwrap();
@@ -693,6 +719,28 @@ fn verify_reports_stored_files_of_the_wrong_size_or_missing_and_exits_5() {
         "{}",
         describe(&verify)
     );
+    // Still pinned, no longer stored: `cache pins` says so.
+    let pins = cache_command(&["pins"], cache.path());
+    let listed = text(&pins.stdout);
+    for sha256 in [&kotlin_sha, &news_sha] {
+        assert!(
+            listed.contains(&format!(
+                "{sha256}  (not stored: the next load fetches it again)"
+            )),
+            "{listed}"
+        );
+    }
+    let pins = cache_json(&["pins"], cache.path());
+    let mut missing: Vec<&str> = pins["apps"][0]["missing"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v.as_str().unwrap())
+        .collect();
+    missing.sort();
+    let mut expected = vec![kotlin_sha.as_str(), news_sha.as_str()];
+    expected.sort();
+    assert_eq!(missing, expected);
 }
 
 #[test]
