@@ -1,8 +1,9 @@
-//! The crate's one error type. Every variant names the archive entry, path or field that
+//! The crate's one error type. Every failure names the archive entry, path or field that
 //! failed, so a user (or the CLI) can say exactly what was refused.
 //!
 //! Owns: [`InstallError`], [`UnsafeReason`] and the classification the CLI maps to exit
-//! codes ([`InstallError::is_unsafe_archive`] -> 6, [`InstallError::is_io`] -> 7).
+//! codes ([`InstallError::is_unsafe_archive`] -> 6, [`InstallError::is_io`] -> 7,
+//! [`InstallError::is_interrupted`] -> 128 + the signal).
 //! Does not own: deciding what to do about an error (retry, fall back): that is the caller's.
 
 use std::fmt;
@@ -178,6 +179,12 @@ pub enum InstallError {
         source: zip::result::ZipError,
     },
 
+    /// The caller asked the extraction to stop ([`crate::extract::Stop`]) before the swap
+    /// into place began: the staging directory has been removed and the destination is as
+    /// it was. Nothing failed, so there is nothing to name.
+    #[error("interrupted before the new tree was put in place; nothing was changed")]
+    Interrupted,
+
     /// A filesystem operation failed.
     #[error("{op} {path:?}: {source}")]
     Io {
@@ -215,6 +222,12 @@ impl InstallError {
     /// True for local filesystem failures (the CLI maps these to exit code 7).
     pub fn is_io(&self) -> bool {
         matches!(self, InstallError::Io { .. })
+    }
+
+    /// True when the caller's [`crate::extract::Stop`] ended the extraction (the CLI exits
+    /// 128 + the signal that asked for it).
+    pub fn is_interrupted(&self) -> bool {
+        matches!(self, InstallError::Interrupted)
     }
 
     pub(crate) fn io(op: &'static str, path: &Path) -> impl FnOnce(io::Error) -> InstallError {

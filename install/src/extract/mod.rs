@@ -54,10 +54,19 @@
 //! either the old tree or the new one. On any error the staging directory is removed
 //! and the destination is untouched. Archive modification times are not restored.
 //!
+//! # Stopping
+//!
+//! An extraction cannot be resumed, so one asked to stop ([`ExtractOptions::stop`], a
+//! [`Stop`] set from another thread) ends like a failure: the staging directory is removed
+//! and the destination is untouched ([`InstallError::Interrupted`]). The flag is looked at
+//! between entries, every [`STOP_CHECK_BYTES`] inside an entry and in [`Staged::commit`]
+//! up to the swap; once the swap has begun it runs to its end.
+//!
 //! Unix only: modes and `pread` are used directly.
 
 mod names;
 mod stage;
+mod stop;
 mod validate;
 
 use std::path::Path;
@@ -65,6 +74,7 @@ use std::path::Path;
 pub use crate::fsutil::{create_and_lock_dir, lock_dir, recover, DirLock, RecoverReport};
 pub use names::{check_component, MAX_COMPONENT_LEN};
 pub use stage::{Committed, StageStats, Staged};
+pub use stop::{Stop, STOP_CHECK_BYTES};
 pub use validate::{EntryInfo, EntryKind, ValidatedArchive};
 
 pub(crate) use stage::read_magic;
@@ -138,6 +148,10 @@ pub struct ExtractOptions {
     pub limits: ExtractLimits,
     pub modes: ModePolicy,
     pub durability: Durability,
+    /// A flag another thread may set to stop the extraction (and the commit, up to the
+    /// swap): it then returns [`InstallError::Interrupted`] with its staging directory
+    /// removed and the destination untouched. `None`: it runs to its end.
+    pub stop: Option<Stop>,
 }
 
 /// Validates `archive`, then writes the entries `select` keeps into a staging directory
@@ -152,10 +166,12 @@ pub fn extract_to_staging(
     options: &ExtractOptions,
 ) -> Result<Staged, InstallError> {
     check_destination(dest)?;
-    let mut staged = ValidatedArchive::open(archive, &options.limits)?.extract_to_staging(
+    stop::check(options.stop.as_ref())?;
+    let mut staged = ValidatedArchive::open(archive, &options.limits)?.extract_to_staging_or_stop(
         dest,
         select,
         options.modes,
+        options.stop.clone(),
     )?;
     staged.set_durability(options.durability);
     Ok(staged)
@@ -178,7 +194,9 @@ fn check_destination(dest: &Path) -> Result<(), InstallError> {
     }
 }
 
-/// Validates, extracts and commits in one call; returns what the commit did.
+/// Validates, extracts and commits in one call; returns what the commit did. With
+/// [`ExtractOptions::stop`] set before the swap begins: [`InstallError::Interrupted`], and
+/// the destination as it was.
 pub fn extract_and_commit(
     archive: &Path,
     dest: &Path,

@@ -8,6 +8,7 @@ use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
 use super::names::check_entry_name;
+use super::stop::{self, Stop, STOP_CHECK_BYTES};
 use super::validate::{check_collisions, EntryInfo, EntryKind, ValidatedArchive};
 use super::{is_executable_magic, Durability, ModePolicy};
 use crate::error::InstallError;
@@ -17,12 +18,14 @@ use crate::fsutil::{self, Leftover};
 const COPY_BUFFER: usize = 256 * 1024;
 
 /// Streams one entry through `sink`, refusing more or fewer bytes than the declared
-/// size. The zip reader verifies the CRC when it reaches the end of the entry.
+/// size. The zip reader verifies the CRC when it reaches the end of the entry. `stop` is
+/// looked at every [`STOP_CHECK_BYTES`].
 pub(crate) fn copy_entry(
     archive: &mut ValidatedArchive,
     entry: &EntryInfo,
     buf: &mut [u8],
     sink: &mut dyn FnMut(&[u8]) -> Result<(), InstallError>,
+    stop: Option<&Stop>,
 ) -> Result<u64, InstallError> {
     let path = archive.path.clone();
     let mut reader = archive
@@ -37,6 +40,7 @@ pub(crate) fn copy_entry(
         reason,
     };
     let mut written: u64 = 0;
+    let mut next_check = STOP_CHECK_BYTES;
     loop {
         let n = match reader.read(buf) {
             Ok(0) => break,
@@ -63,6 +67,10 @@ pub(crate) fn copy_entry(
             )));
         }
         sink(&buf[..n])?;
+        if written >= next_check {
+            next_check = written + STOP_CHECK_BYTES;
+            stop::check(stop)?;
+        }
     }
     if written != entry.size {
         return Err(corrupt(format!(
@@ -101,6 +109,8 @@ pub struct Staged {
     stats: StageStats,
     created_dirs: HashSet<String>,
     durability: Durability,
+    /// Looked at by [`Staged::commit`] up to the swap.
+    stop: Option<Stop>,
     finished: bool,
 }
 
@@ -120,6 +130,7 @@ impl Staged {
             stats: StageStats::default(),
             created_dirs: HashSet::new(),
             durability: Durability::default(),
+            stop: None,
             finished: false,
         })
     }
@@ -218,6 +229,7 @@ impl Staged {
         relative: &str,
         modes: ModePolicy,
         buf: &mut [u8],
+        stop: Option<&Stop>,
     ) -> Result<(), InstallError> {
         if let Some((parent, _)) = relative.rsplit_once('/') {
             self.ensure_dir(parent)?;
@@ -241,7 +253,7 @@ impl Staged {
                 file.write_all(chunk)
                     .map_err(InstallError::io("write", &path))
             };
-            copy_entry(archive, entry, buf, &mut sink)?
+            copy_entry(archive, entry, buf, &mut sink, stop)?
         };
         let mode = file_mode(modes, entry.unix_permissions, &magic[..magic_len]);
         file.set_permissions(fs::Permissions::from_mode(mode))
@@ -271,7 +283,12 @@ impl Staged {
     /// unless much of other programs' data waits for writeback; then, and elsewhere, a
     /// walk with `fsync` per file and directory), then the parent directory is fsynced
     /// after the rename.
+    ///
+    /// A [`Stop`] given to the extraction that made this tree is looked at before the sync
+    /// and after it: when set, the staging directory is removed, `dest` is untouched and the
+    /// error is [`InstallError::Interrupted`]. Once the swap has begun it is finished.
     pub fn commit(mut self) -> Result<Committed, InstallError> {
+        stop::check(self.stop.as_ref())?;
         if self.durability == Durability::SyncBeforeCommit {
             fsutil::sync_tree(
                 &self.staging,
@@ -280,6 +297,11 @@ impl Staged {
             )?;
         }
         let parent = fsutil::parent_of(&self.dest)?;
+        // The last point of no return: a stop seen here still leaves `dest` as it was (the
+        // staging tree goes when `self` drops). Past it the swap below (the exchange, or the
+        // move aside and the rename) runs to its end whatever a stop says, so that a stop
+        // never leaves a mix of the two trees, nor no tree.
+        stop::check(self.stop.as_ref())?;
         let replaced = match fs::symlink_metadata(&self.dest) {
             Ok(_) => true,
             Err(e) if e.kind() == io::ErrorKind::NotFound => false,
@@ -351,10 +373,23 @@ impl ValidatedArchive {
     /// to skip it; its output is checked with the same rules as entry names. On error the
     /// staging directory is removed.
     pub fn extract_to_staging(
+        self,
+        dest: &Path,
+        select: impl Fn(&str) -> Option<String>,
+        modes: ModePolicy,
+    ) -> Result<Staged, InstallError> {
+        self.extract_to_staging_or_stop(dest, select, modes, None)
+    }
+
+    /// [`ValidatedArchive::extract_to_staging`] that another thread can stop through `stop`
+    /// (see [`Stop`]): [`InstallError::Interrupted`], with the staging directory removed.
+    /// The [`Staged`] returned keeps `stop` for its [`Staged::commit`].
+    pub fn extract_to_staging_or_stop(
         mut self,
         dest: &Path,
         select: impl Fn(&str) -> Option<String>,
         modes: ModePolicy,
+        stop: Option<Stop>,
     ) -> Result<Staged, InstallError> {
         let mut plan: Vec<(EntryInfo, String)> = Vec::new();
         for entry in &self.entries {
@@ -374,14 +409,20 @@ impl ValidatedArchive {
                 .map(|(e, out)| (out.as_str(), e.kind, e.name.as_str())),
         )?;
 
+        stop::check(stop.as_ref())?;
         let mut staged = Staged::create(dest)?;
         let mut buf = vec![0u8; COPY_BUFFER];
         for (entry, output) in &plan {
+            // An error here (a stop too) drops `staged`, which removes the staging tree.
+            stop::check(stop.as_ref())?;
             match entry.kind {
                 EntryKind::Directory => staged.ensure_dir(output)?,
-                EntryKind::File => staged.write_entry(&mut self, entry, output, modes, &mut buf)?,
+                EntryKind::File => {
+                    staged.write_entry(&mut self, entry, output, modes, &mut buf, stop.as_ref())?
+                }
             }
         }
+        staged.stop = stop;
         Ok(staged)
     }
 }

@@ -1006,3 +1006,134 @@ fn a_destination_that_is_a_file_is_refused_and_kept() {
     );
     assert!(s.archive.is_file());
 }
+
+// ---------------------------------------------------------------------------------------
+// Stopping
+
+fn stopped_by(stop: &Stop) -> ExtractOptions {
+    ExtractOptions {
+        stop: Some(stop.clone()),
+        ..ExtractOptions::default()
+    }
+}
+
+#[test]
+fn a_stop_asked_for_before_the_call_writes_nothing() {
+    let s = Scene::new();
+    write_zip(&s.archive, &[file("a.txt", b"new")]);
+    let before = listing(s.root.path());
+    let stop = Stop::new();
+    stop.stop();
+    let err = extract_and_commit(
+        &s.archive,
+        &s.dest(),
+        |n| Some(n.to_string()),
+        &stopped_by(&stop),
+    )
+    .expect_err("a stopped extraction");
+    assert!(err.is_interrupted(), "{err}");
+    assert!(!err.is_io() && !err.is_unsafe_archive());
+    assert_eq!(listing(s.root.path()), before);
+    assert_eq!(fs::read(s.dest().join("old.txt")).unwrap(), b"old");
+}
+
+/// A stop at every point the extraction looks, in turn: each one before the swap removes
+/// the staging tree and leaves the old tree; the first that comes too late lets the commit
+/// put the whole new tree in place.
+#[test]
+fn a_stop_at_any_point_before_the_swap_removes_the_staging_tree_and_keeps_the_old_one() {
+    let s = Scene::new();
+    let names: Vec<String> = (0..20).map(|i| format!("d{}/f{i}.txt", i % 3)).collect();
+    let mut items = vec![dir("empty/")];
+    items.extend(names.iter().map(|n| file(n, b"new")));
+    write_zip(&s.archive, &items);
+    let before = listing(s.root.path());
+    let mut interrupted = 0;
+    let done = loop {
+        let stop = Stop::after_checks(interrupted);
+        match extract_and_commit(
+            &s.archive,
+            &s.dest(),
+            |n| Some(n.to_string()),
+            &stopped_by(&stop),
+        ) {
+            Err(InstallError::Interrupted) => {
+                assert_eq!(
+                    listing(s.root.path()),
+                    before,
+                    "stopped after {interrupted} checks"
+                );
+                assert_eq!(fs::read(s.dest().join("old.txt")).unwrap(), b"old");
+                interrupted += 1;
+            }
+            Err(e) => panic!("stopped after {interrupted} checks: {e}"),
+            Ok(done) => break done,
+        }
+    };
+    // Before the archive is opened, before the staging tree, before each of the 21
+    // entries, and twice in the commit (before the sync, before the swap).
+    assert_eq!(interrupted, 1 + 1 + 21 + 2);
+    assert!(done.replaced);
+    assert_eq!(done.stats.files, 20);
+    assert!(!s.dest().join("old.txt").exists());
+    assert_eq!(fs::read(s.dest().join("d2/f5.txt")).unwrap(), b"new");
+    assert_eq!(listing(s.root.path()).len(), 1 + 20 + 4);
+}
+
+#[test]
+fn a_stop_inside_a_large_entry_ends_its_copy() {
+    let s = Scene::new();
+    let data: Vec<u8> = (0..8 * STOP_CHECK_BYTES as u32)
+        .map(|i| (i % 251) as u8)
+        .collect();
+    raw_zip(&[RawEntry::stored("big.bin", &data)]).write(&s.archive);
+    let before = listing(s.root.path());
+    // One look before the staging tree, one before the entry, one after its first MiB.
+    let stop = Stop::after_checks(3);
+    let archive = ValidatedArchive::open(&s.archive, &ExtractLimits::default()).unwrap();
+    let err = archive
+        .extract_to_staging_or_stop(
+            &s.dest(),
+            |n| Some(n.to_string()),
+            ModePolicy::FromArchive,
+            Some(stop.clone()),
+        )
+        .expect_err("stopped inside the entry");
+    assert!(err.is_interrupted(), "{err}");
+    assert!(stop.is_stopped());
+    assert_eq!(listing(s.root.path()), before);
+}
+
+#[test]
+fn a_stop_after_the_extraction_is_seen_by_the_commit() {
+    let s = Scene::new();
+    write_zip(&s.archive, &[file("a.txt", b"new")]);
+    let before = listing(s.root.path());
+    let stop = Stop::new();
+    let staged = extract_to_staging(
+        &s.archive,
+        &s.dest(),
+        |n| Some(n.to_string()),
+        &stopped_by(&stop),
+    )
+    .unwrap();
+    assert!(staged.staging_path().join("a.txt").is_file());
+    stop.stop();
+    let err = staged.commit().expect_err("stopped before the swap");
+    assert!(err.is_interrupted(), "{err}");
+    assert_eq!(listing(s.root.path()), before);
+    assert_eq!(fs::read(s.dest().join("old.txt")).unwrap(), b"old");
+}
+
+#[test]
+fn callers_without_a_stop_are_not_stopped() {
+    let s = Scene::new();
+    write_zip(&s.archive, &[file("a.txt", b"new")]);
+    assert_eq!(ExtractOptions::default().stop, None);
+    let archive = ValidatedArchive::open(&s.archive, &ExtractLimits::default()).unwrap();
+    let staged = archive
+        .extract_to_staging(&s.dest(), |n| Some(n.to_string()), ModePolicy::FromArchive)
+        .unwrap();
+    assert!(staged.commit().unwrap().replaced);
+    assert_eq!(fs::read(s.dest().join("a.txt")).unwrap(), b"new");
+}

@@ -277,7 +277,7 @@ impl ValidatedArchive {
             out.extend_from_slice(chunk);
             Ok(())
         };
-        super::stage::copy_entry(self, &entry, &mut buf, &mut sink)?;
+        super::stage::copy_entry(self, &entry, &mut buf, &mut sink, None)?;
         Ok(Some(out))
     }
 }
