@@ -46,7 +46,7 @@ pub const TABLE: &str = "EXIT CODES:
   6  unsafe or invalid archive, manifest or catalog
   7  local I/O failure (disk full, permissions)
   130 interrupted (Ctrl-C; 143 SIGTERM, 129 SIGHUP); partial downloads are kept and
-      the same command resumes them";
+      the same command resumes them; an interrupted extract changes nothing";
 
 /// The exit code for a download failure.
 pub fn for_download(e: &DownloadError) -> i32 {

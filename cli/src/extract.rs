@@ -12,7 +12,7 @@ use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use clap::Args;
-use haul_install::extract::{self, Durability, ExtractOptions};
+use haul_install::extract::{self, Durability, ExtractOptions, Stop};
 use haul_install::InstallError;
 use sha2::{Digest, Sha256};
 
@@ -50,10 +50,12 @@ pub struct HashArgs {
 
 /// The exit code for an installer error: unsafe or invalid archives, manifests, catalogs
 /// and configuration files are 6, local I/O is 7, an unusable name given on the command
-/// line is a usage error.
+/// line is a usage error, an extraction stopped by a signal is interrupted.
 pub fn exit_code_for(e: &InstallError) -> i32 {
     if e.is_io() {
         exit::LOCAL_IO
+    } else if e.is_interrupted() {
+        exit::INTERRUPTED
     } else if matches!(
         e,
         InstallError::BadName { .. } | InstallError::DestinationNotDirectory { .. }
@@ -101,6 +103,14 @@ pub fn run_extract(args: ExtractArgs) -> i32 {
             return exit_code_for(&e);
         }
     };
+    // An extraction cannot be resumed: a signal stops it like a failure (staging tree
+    // removed, destination as it was, the parents made above removed). Taken only now, so
+    // that a Ctrl-C while waiting for the lock still ends the wait at once.
+    let stop = Stop::new();
+    {
+        let stop = stop.clone();
+        crate::signals::on_interrupt(move || stop.stop());
+    }
     // Leftovers of a crashed extraction into this parent (staging, old trees).
     if let Err(e) = extract::recover(&parent) {
         undo_created();
@@ -113,6 +123,7 @@ pub fn run_extract(args: ExtractArgs) -> i32 {
         } else {
             Durability::SyncBeforeCommit
         },
+        stop: Some(stop),
         ..ExtractOptions::default()
     };
     match extract::extract_and_commit(
@@ -139,6 +150,14 @@ pub fn run_extract(args: ExtractArgs) -> i32 {
                 );
             }
             exit::OK
+        }
+        Err(e) if e.is_interrupted() => {
+            undo_created();
+            eprintln!(
+                "haul extract: interrupted; nothing was changed ({} left as it was)",
+                args.dir.display()
+            );
+            exit::INTERRUPTED
         }
         Err(e) => {
             undo_created();

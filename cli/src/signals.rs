@@ -1,5 +1,6 @@
 //! Interruption by signal: SIGINT (Ctrl-C), SIGTERM and SIGHUP stop the command the same way
-//! (partial downloads kept for resume), and the exit code says which one it was, as shells
+//! (partial downloads kept for resume; an extraction, which cannot be resumed, removes what
+//! it wrote), and the exit code says which one it was, as shells
 //! do: 128 + the signal's number (130 for SIGINT, 143 for SIGTERM, 129 for SIGHUP).
 
 use std::sync::atomic::{AtomicI32, Ordering};

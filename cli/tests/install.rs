@@ -754,3 +754,113 @@ fn extract_into_a_250_byte_name_replaces_it_and_a_longer_name_is_a_usage_error()
         text(&out.stderr)
     );
 }
+
+/// A stored zip of `count` small files spread over 100 directories, written with the zip
+/// crate's writer straight to `path`.
+fn write_many_files_zip(path: &Path, count: usize) {
+    let mut w = ZipWriter::new(std::io::BufWriter::new(fs::File::create(path).unwrap()));
+    let options = SimpleFileOptions::default()
+        .compression_method(CompressionMethod::Stored)
+        .unix_permissions(0o644);
+    let body = [b'x'; 100];
+    for i in 0..count {
+        w.start_file(format!("d{}/f{i}", i % 100), options).unwrap();
+        w.write_all(&body).unwrap();
+    }
+    w.finish().unwrap();
+}
+
+/// The names in `dir` that look like a staging tree of `haul extract`.
+fn staging_trees(dir: &Path) -> Vec<String> {
+    fs::read_dir(dir)
+        .map(|entries| {
+            entries
+                .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+                .filter(|name| name.contains(".haul-staging-"))
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// Starts `haul extract ARCHIVE -d DEST`, waits for its staging tree beside `dest` to
+/// appear, sends `signal` (`INT`, `TERM`) and returns what the command did.
+fn extract_interrupted(archive: &Path, dest: &Path, signal: &str) -> Output {
+    let mut child = haul()
+        .args(["extract", s(archive), "-d", s(dest)])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let parent = dest.parent().unwrap();
+    let started = std::time::Instant::now();
+    while staging_trees(parent).is_empty() {
+        if child.try_wait().unwrap().is_some() {
+            panic!(
+                "extract ended before it was interrupted: {:?}",
+                child.wait_with_output().unwrap()
+            );
+        }
+        assert!(
+            started.elapsed().as_secs() < 30,
+            "no staging tree appeared in {}",
+            parent.display()
+        );
+        std::thread::sleep(std::time::Duration::from_millis(2));
+    }
+    let kill = Command::new("kill")
+        .args([&format!("-{signal}"), &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(kill.success());
+    child.wait_with_output().unwrap()
+}
+
+/// An extraction cannot be resumed, so a signal stops it like a failure: no staging tree,
+/// no parent it created, the old tree as it was, one line saying so, exit 128 + the signal.
+#[test]
+fn an_interrupted_extract_removes_its_staging_tree_and_parents_and_keeps_the_old_tree() {
+    let dir = TempDir::new().unwrap();
+    let archive = dir.path().join("big.zip");
+    // Tens of thousands of files: well over a second to extract on a slow machine, so the
+    // signal lands while the staging tree is being written.
+    write_many_files_zip(&archive, 40_000);
+
+    // Into parents the command creates: all of them go again.
+    let dest = dir.path().join("newp/deep/out");
+    let out = extract_interrupted(&archive, &dest, "INT");
+    expect_code(&out, 130);
+    let said = text(&out.stderr);
+    assert_eq!(said.lines().count(), 1, "{said}");
+    assert!(
+        said.contains("interrupted") && said.contains("nothing was changed"),
+        "{said}"
+    );
+    assert_eq!(
+        listing(dir.path()),
+        vec!["big.zip"],
+        "newp/ and below are gone"
+    );
+
+    // Over an existing tree: it stays as it was.
+    let dest = dir.path().join("installed");
+    fs::create_dir(&dest).unwrap();
+    fs::write(dest.join("old.txt"), b"old").unwrap();
+    let out = extract_interrupted(&archive, &dest, "TERM");
+    expect_code(&out, 143);
+    assert!(
+        text(&out.stderr).contains("interrupted"),
+        "{}",
+        text(&out.stderr)
+    );
+    assert!(
+        staging_trees(dir.path()).is_empty(),
+        "{:?}",
+        listing(dir.path())
+    );
+    assert_eq!(listing(&dest), vec!["old.txt"]);
+    assert_eq!(fs::read(dest.join("old.txt")).unwrap(), b"old");
+    assert_eq!(
+        listing(dir.path()),
+        vec!["big.zip", "installed/", "installed/old.txt"]
+    );
+}
