@@ -114,8 +114,8 @@ pub enum IoOp {
         data: Bytes,
     },
     /// The SHA-256 of the file's first `len` bytes, issued after every write of them.
-    /// Completes with [`IoResult::Digest`]. Asked only with [`Config::executor_digests`]
-    /// (crate::Config::executor_digests), for a file the engine opened empty and wrote from
+    /// Completes with [`IoResult::Digest`]. Asked only with
+    /// [`Config::executor_digests`](crate::Config::executor_digests), for a file the engine opened empty and wrote from
     /// offset 0 with one transfer (unnamed files, downloads without segments): an executor
     /// may keep a running digest of writes made in order from offset 0 (off the thread that
     /// drives the engine) and must otherwise read the bytes back.

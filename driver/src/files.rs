@@ -6,7 +6,7 @@
 //! the disk flushes (a `Sync` may complete after later `WriteAt`s; `CloseFile` waits for
 //! outstanding syncs so its completion follows everything before it); a pool of workers for
 //! whole-file operations (state files, renames, removals); one durability worker that makes
-//! commits durable in groups (see [`Pending`]); optionally
+//! commits durable in groups (see `Pending`); optionally
 //! ([`Files::inline_small_ops`]) small operations run on the caller's thread when nothing of
 //! their file is pending on a worker, which keeps each file's order. Workers are long-lived blocking
 //! tasks started through a [`BlockingSpawner`] (plain threads for the blocking runtime,
@@ -138,8 +138,8 @@ const MAX_IDLE_THREADS: usize = 64;
 /// downloads would otherwise create and tear down two threads per file; in a process with
 /// many threads that costs far more kernel time than the downloads' own file operations
 /// (each new stack is mapped, protected and unmapped, and each unmap is a TLB shootdown on
-/// every core). A thread whose work ends waits up to [`IDLE_THREAD_TIMEOUT`] for the next
-/// piece (at most [`MAX_IDLE_THREADS`] wait at once); a spawn takes a waiting thread if there
+/// every core). A thread whose work ends waits up to `IDLE_THREAD_TIMEOUT` for the next
+/// piece (at most `MAX_IDLE_THREADS` wait at once); a spawn takes a waiting thread if there
 /// is one, else starts a new thread. Dropping every clone releases the waiting threads.
 /// Like tokio's `spawn_blocking` pool, which the async runtimes use instead.
 #[derive(Debug, Clone, Default)]

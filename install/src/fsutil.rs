@@ -302,7 +302,7 @@ pub struct RecoverReport {
 /// `*.haul-trash-*` and `*.haul-tmp-*` are deleted; a `*.haul-old-*` tree is renamed
 /// back to its destination when the destination is missing (a crash inside the
 /// non-exchange fallback), otherwise deleted; so is the tree a `*.haul-old-*` directory of
-/// a long name holds (see [`move_aside`]). A missing `parent` is fine.
+/// a long name holds (see `move_aside`). A missing `parent` is fine.
 ///
 /// Run it before installing, never while another installer works in `parent`.
 pub fn recover(parent: &Path) -> Result<RecoverReport, InstallError> {

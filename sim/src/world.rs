@@ -54,8 +54,8 @@
 //!
 //! # Hooks
 //!
-//! Invariants are checked in [`World::check_step`], on events ([`World::on_event`]) and on
-//! requests ([`World::serve`]).
+//! Invariants are checked in `World::check_step`, on events (`World::on_event`) and on
+//! requests (`World::serve`).
 
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::path::PathBuf;

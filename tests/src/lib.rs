@@ -191,7 +191,7 @@ pub fn with_suffix(dest: &Path, suffix: &str) -> PathBuf {
     dest.with_file_name(n)
 }
 
-/// Instantiate every scenario in [`scenarios`] as a `#[test]` for the runtime type `$rt`.
+/// Instantiate every scenario in [`scenarios`](mod@scenarios) as a `#[test]` for the runtime type `$rt`.
 #[macro_export]
 macro_rules! scenarios {
     ($rt:ty; $($name:ident),* $(,)?) => {

@@ -755,7 +755,7 @@ impl ContentKey {
 }
 
 /// How many finished jobs' outcomes the engine keeps beyond those an unfinished job depends
-/// on (see [`Finished`]).
+/// on (see `Finished`).
 pub const FINISHED_KEPT: usize = 4096;
 
 /// The outcomes of finished jobs that a dependency may still ask about. Kept for every job

@@ -274,7 +274,7 @@ impl Staged {
     ///   the delete leaves a staging-named leftover for [`super::recover`]).
     /// - `dest` present elsewhere (or a filesystem without exchange support): `dest` is
     ///   renamed to `.<name>.haul-old-<n>` (into it, for a long name: see
-    ///   [`fsutil::move_aside`]), the staging tree is renamed to `dest`, the old tree is
+    ///   `fsutil::move_aside`), the staging tree is renamed to `dest`, the old tree is
     ///   deleted. A crash between the two renames leaves no `dest` but a `haul-old`
     ///   sibling, which [`super::recover`] renames back.
     ///
