@@ -44,8 +44,9 @@ struct JobView {
     bar: Option<ProgressBar>,
     last_json: Option<Instant>,
     bytes: u64,
-    /// The file's length when its response started it from byte 0 (not a resume).
-    fresh_total: Option<u64>,
+    /// Whether the engine writes the download to a named partial that a cancel keeps (as
+    /// of its last response; `None` before any).
+    resumable: Option<bool>,
 }
 
 /// Renders events.
@@ -176,7 +177,7 @@ impl Reporter {
                         bar,
                         last_json: None,
                         bytes: 0,
-                        fresh_total: None,
+                        resumable: None,
                     },
                 );
                 if self.mode == Mode::Json {
@@ -203,9 +204,10 @@ impl Reporter {
                 status,
                 total,
                 offset,
+                resumable,
             } => {
                 if let Some(v) = self.jobs.get_mut(job) {
-                    v.fresh_total = total.filter(|_| *offset == 0);
+                    v.resumable = Some(*resumable);
                     if let (Some(b), Some(t)) = (&v.bar, total) {
                         b.set_style(bar_style(true));
                         b.set_length(*t);
@@ -214,7 +216,7 @@ impl Reporter {
                     }
                 }
                 if self.mode == Mode::Json {
-                    self.emit_json(json!({"event": "response", "job": job.0, "status": status, "total": total, "offset": offset}));
+                    self.emit_json(json!({"event": "response", "job": job.0, "status": status, "total": total, "offset": offset, "resumable": resumable}));
                 }
             }
             Event::Progress {
@@ -304,11 +306,8 @@ impl Reporter {
         }
         let waiting = self.waiting.remove(&job);
         let url = self.urls.remove(&job);
-        // A file small enough to be written unnamed keeps nothing when cancelled.
-        let nothing_kept = view
-            .as_ref()
-            .and_then(|v| v.fresh_total)
-            .is_some_and(|total| total <= haul_core::Config::default().unnamed_max);
+        // A file written unnamed (a small one) keeps nothing when cancelled.
+        let nothing_kept = view.as_ref().and_then(|v| v.resumable) == Some(false);
         let label = view.map(|v| v.label).or(waiting).unwrap_or_default();
         match (self.mode, result) {
             (Mode::Json, Ok(o)) => self.emit_json(json!({

@@ -940,45 +940,59 @@ fn an_interrupted_get_exits_128_plus_the_signal_keeps_its_partial_and_the_same_c
 #[cfg(target_os = "linux")]
 #[test]
 fn an_interrupted_small_get_says_nothing_is_kept() {
-    let body = data(400_000);
-    let origin = Origin::start().unwrap();
-    origin.route("/small", body, Behavior::Stall { after: 100_000 });
-    let dir = tempfile::tempdir().unwrap();
-    let child = haul()
-        .args(["get", &origin.url("/small"), "-d"])
-        .arg(dir.path())
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
-    // The unnamed file is open (so the response that started it has been seen) once the
-    // process holds a descriptor of a file in the directory (one download opens no spare
-    // unnamed files ahead: `haul_driver::spares::EXPECT_MIN`).
-    let fds = format!("/proc/{}/fd", child.id());
-    let started = std::time::Instant::now();
-    while !std::fs::read_dir(&fds).unwrap().any(|fd| {
-        std::fs::read_link(fd.unwrap().path()).is_ok_and(|target| target.starts_with(dir.path()))
-    }) {
+    // One connection, then four segments (whose responses continue the unnamed file at
+    // offsets past 0: it is still not kept).
+    for (segmented, extra) in [
+        (false, &[][..]),
+        (true, &["-s", "4", "--min-segment", "64K"][..]),
+    ] {
+        let body = data(900_000);
+        let origin = Origin::start().unwrap();
+        origin.route("/small", body, Behavior::Stall { after: 50_000 });
+        let dir = tempfile::tempdir().unwrap();
+        let child = haul()
+            .args(["get", &origin.url("/small"), "-d"])
+            .arg(dir.path())
+            .args(extra)
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        // The unnamed file is open (so the response that started it has been seen) once
+        // the process holds a descriptor of a file in the directory (one download opens no
+        // spare unnamed files ahead: `haul_driver::spares::EXPECT_MIN`); segmented, once
+        // the segments' requests have gone out too.
+        let fds = format!("/proc/{}/fd", child.id());
+        let started = std::time::Instant::now();
+        while !std::fs::read_dir(&fds).unwrap().any(|fd| {
+            std::fs::read_link(fd.unwrap().path())
+                .is_ok_and(|target| target.starts_with(dir.path()))
+        }) || (segmented && origin.requests_to("/small").len() < 4)
+        {
+            assert!(
+                started.elapsed().as_secs() < 20,
+                "the file was never opened"
+            );
+            std::thread::sleep(std::time::Duration::from_millis(10));
+        }
+        if segmented {
+            std::thread::sleep(std::time::Duration::from_millis(100));
+        }
+        let kill = Command::new("kill")
+            .args(["-INT", &child.id().to_string()])
+            .status()
+            .unwrap();
+        assert!(kill.success());
+        let out = child.wait_with_output().unwrap();
+        assert_eq!(out.status.code(), Some(130), "{out:?}");
+        let said = String::from_utf8_lossy(&out.stderr);
         assert!(
-            started.elapsed().as_secs() < 20,
-            "the file was never opened"
+            said.contains("small: interrupted; nothing of it is kept"),
+            "segmented {segmented}: {said}"
         );
-        std::thread::sleep(std::time::Duration::from_millis(10));
+        assert!(!said.contains("resumes"), "{said}");
+        assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 0);
     }
-    let kill = Command::new("kill")
-        .args(["-INT", &child.id().to_string()])
-        .status()
-        .unwrap();
-    assert!(kill.success());
-    let out = child.wait_with_output().unwrap();
-    assert_eq!(out.status.code(), Some(130), "{out:?}");
-    let said = String::from_utf8_lossy(&out.stderr);
-    assert!(
-        said.contains("small: interrupted; nothing of it is kept"),
-        "{said}"
-    );
-    assert!(!said.contains("resumes"), "{said}");
-    assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 0);
 }
 
 /// Warnings logged on the way reach a stderr that is no terminal as plain text (no colour

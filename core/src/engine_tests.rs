@@ -2045,6 +2045,52 @@ fn with_partial(body: &[u8], verified: usize, junk: usize, state: PartState) -> 
     h
 }
 
+/// `Event::Response` says whether the bytes go to a named partial that a cancel keeps: not
+/// for a small file written unnamed; yes for a resumed partial whose file changed and shrank
+/// below the unnamed limit (the 200 restarts it from zero in the named partial already open).
+#[test]
+fn response_events_say_whether_a_cancel_would_keep_the_partial() {
+    let resumable = |h: &Harness, job| -> Vec<bool> {
+        h.events_of(job)
+            .iter()
+            .filter_map(|e| match e {
+                Event::Response { resumable, .. } => Some(*resumable),
+                _ => None,
+            })
+            .collect()
+    };
+    let small = Config {
+        unnamed_max: 1 << 20,
+        ..config()
+    };
+    let body = pattern(5_000, 50);
+    let mut h = Harness::new(small.clone());
+    h.serve(ORIGIN, file_server(body.clone()));
+    let job = h.submit(download());
+    h.run(job).expect("downloads");
+    assert_eq!(
+        resumable(&h, job),
+        [false],
+        "a small file is written unnamed"
+    );
+
+    // A kept partial of an 8,000-byte version; the server now has a 2,000-byte one under
+    // another ETag and answers the resume with a 200.
+    let old = pattern(8_000, 51);
+    let new = pattern(2_000, 52);
+    let mut h = Harness::new(small);
+    h.fs.put(part(), &old[..4_000]);
+    h.fs.put(state(), &valid_state(&old, 4_000).encode());
+    let n = new.clone();
+    h.serve(ORIGIN, move |_| {
+        Reply::new(with_length(200, &[hdr("ETag", "\"v2\"")], &n))
+    });
+    let job = h.submit(download());
+    h.run(job).expect("the new version downloads");
+    assert_committed(&h, &new);
+    assert_eq!(resumable(&h, job), [true], "the named partial goes on");
+}
+
 #[test]
 fn resume_rehashes_the_prefix_with_the_next_read_in_flight_while_one_is_hashed() {
     let body = pattern(4_000_000, 41);

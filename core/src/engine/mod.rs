@@ -152,6 +152,11 @@ pub enum Event {
         total: Option<u64>,
         /// Bytes already on disk that this response continues.
         offset: u64,
+        /// Whether the bytes go to a named partial that a cancel keeping partials, an error
+        /// or a crash leaves for a later resume; false for a file written unnamed (small
+        /// ones, see [`Config::unnamed_max`](crate::Config::unnamed_max)), of which nothing
+        /// survives.
+        resumable: bool,
     },
     /// The job moved to another of its URLs for this attempt (after a failure, or because
     /// its first URL's origin is behind an open breaker or a mirror scores better).

@@ -875,11 +875,13 @@ impl Engine {
                         let hashed_all = j.hashed == complete;
                         j.transfers.remove(&tid);
                         self.close_conn(conn);
+                        // The partial kept by an earlier run, named.
                         self.event(Event::Response {
                             job: id,
                             status: 416,
                             total: Some(complete),
                             offset: complete,
+                            resumable: true,
                         });
                         if hashed_all {
                             self.maybe_complete(id);
@@ -897,11 +899,13 @@ impl Engine {
                         j.transfers.remove(&tid);
                         self.close_conn(conn);
                         self.ensure_file(id);
+                        let resumable = !self.jobs[&id].unnamed;
                         self.event(Event::Response {
                             job: id,
                             status: 416,
                             total: Some(0),
                             offset: 0,
+                            resumable,
                         });
                         self.maybe_complete(id);
                     }
@@ -1177,11 +1181,13 @@ impl Engine {
         };
         let (status, total, offset) = (head.status, j.total, t.pos);
         self.ensure_file(id);
+        let resumable = !self.jobs[&id].unnamed;
         self.event(Event::Response {
             job: id,
             status,
             total,
             offset,
+            resumable,
         });
         self.on_body_bytes(id, tid, conn, rest);
     }
