@@ -650,29 +650,18 @@ fn sync_dir(_dir: &Path) -> Result<(), StoreError> {
     Ok(())
 }
 
-/// [`StoreError::NotAStore`] if `files_dir` holds a name that is neither a stored file's (64
-/// lowercase hex digits) nor a pending write's (`<sha256>.<pid>-<n>.haul-part`).
+/// [`StoreError::NotAStore`] if `files_dir` holds a name haul never writes there (see
+/// [`written_by_haul`]).
 fn refuse_foreign_files(dir: &Path, files_dir: &Path) -> Result<(), StoreError> {
-    let hex64 =
-        |s: &str| s.len() == 64 && s.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'));
-    let ours = |name: &str| {
-        hex64(name)
-            || name.strip_suffix(TEMP_SUFFIX).is_some_and(|rest| {
-                rest.split_once('.').is_some_and(|(sha256, id)| {
-                    hex64(sha256)
-                        && id.split_once('-').is_some_and(|(pid, n)| {
-                            [pid, n]
-                                .iter()
-                                .all(|p| !p.is_empty() && p.bytes().all(|b| b.is_ascii_digit()))
-                        })
-                })
-            })
+    let entries = match fs::read_dir(files_dir) {
+        Ok(entries) => entries,
+        Err(error) if error.kind() == io::ErrorKind::NotFound => return Ok(()),
+        Err(error) => return Err(io_error("list", files_dir)(error)),
     };
-    let entries = fs::read_dir(files_dir).map_err(io_error("list", files_dir))?;
     for entry in entries {
         let entry = entry.map_err(io_error("list", files_dir))?;
         let name = entry.file_name();
-        if !name.to_str().is_some_and(ours) {
+        if !name.to_str().is_some_and(written_by_haul) {
             return Err(StoreError::NotAStore {
                 path: dir.to_path_buf(),
                 name: name.to_string_lossy().into_owned(),
@@ -680,6 +669,76 @@ fn refuse_foreign_files(dir: &Path, files_dir: &Path) -> Result<(), StoreError> 
         }
     }
     Ok(())
+}
+
+/// An existing `index.sqlite` without haul's schema (`user_version` 0, which haul sets in
+/// the transaction that creates its tables) is either another program's database
+/// ([`StoreError::NoSchema`]: haul's tables are not added to it) or an empty file (a new
+/// store, whose `files/` must then pass [`refuse_foreign_files`]). Nothing is written.
+fn refuse_unless_store_index(
+    index: &Connection,
+    dir: &Path,
+    index_path: &Path,
+    files_dir: &Path,
+) -> Result<(), StoreError> {
+    let version: i64 = index
+        .pragma_query_value(None, "user_version", |row| row.get(0))
+        .map_err(index_error("read schema version"))?;
+    if version != 0 {
+        return Ok(());
+    }
+    let tables: i64 = index
+        .query_row("SELECT count(*) FROM sqlite_master", [], |row| row.get(0))
+        .map_err(index_error("read schema"))?;
+    if tables > 0 {
+        return Err(StoreError::NoSchema {
+            path: index_path.to_path_buf(),
+        });
+    }
+    refuse_foreign_files(dir, files_dir)
+}
+
+/// Whether `name` is one haul writes into `files/`: a stored file (`<sha256>`, 64 lowercase
+/// hex digits), a pending write (`<sha256>.<pid>-<n>.haul-part`), or the working files the
+/// download engine keeps beside either while it fetches (`.haul-part`, `.haul-state`,
+/// `.haul-state.tmp`, `.haul-copy` appended).
+fn written_by_haul(name: &str) -> bool {
+    let Some((sha256, mut rest)) = name.split_at_checked(64) else {
+        return false;
+    };
+    if !sha256
+        .bytes()
+        .all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'))
+    {
+        return false;
+    }
+    // A pending write's `.<pid>-<n>`.
+    if let Some(id) = rest
+        .strip_prefix('.')
+        .filter(|r| r.starts_with(|c: char| c.is_ascii_digit()))
+    {
+        let digits = |s: &str| s.bytes().take_while(u8::is_ascii_digit).count();
+        let pid = digits(id);
+        let Some(n) = id[pid..].strip_prefix('-') else {
+            return false;
+        };
+        let count = digits(n);
+        if count == 0 {
+            return false;
+        }
+        rest = &n[count..];
+    }
+    // Then working-file suffixes, possibly stacked (a pending write's own partial); the
+    // longest first (`.haul-state.tmp` before `.haul-state`).
+    let mut suffixes = haul_core::download::RESERVED_SUFFIXES;
+    suffixes.sort_by_key(|suffix| std::cmp::Reverse(suffix.len()));
+    while !rest.is_empty() {
+        match suffixes.iter().find_map(|suffix| rest.strip_prefix(suffix)) {
+            Some(after) => rest = after,
+            None => return false,
+        }
+    }
+    true
 }
 
 impl Store {
@@ -710,7 +769,8 @@ impl Store {
         fs::create_dir_all(&files_dir).map_err(io_error("create directory", &files_dir))?;
         let lock = lock_store(dir)?;
         let index_path = dir.join(INDEX_FILE);
-        if !index_path.exists() {
+        let index_existed = index_path.exists();
+        if !index_existed {
             // A new store, or one whose index a crash lost before its first synced commit
             // (its files/ then holds only names haul writes, which the clean-up removes).
             refuse_foreign_files(dir, &files_dir)?;
@@ -719,6 +779,9 @@ impl Store {
         index
             .busy_timeout(std::time::Duration::from_secs(5))
             .map_err(index_error("set busy timeout"))?;
+        if index_existed {
+            refuse_unless_store_index(&index, dir, &index_path, &files_dir)?;
+        }
         // Creating the store syncs nothing (WAL at synchronous=NORMAL: consistent after a
         // crash, not durable): its first synced commit makes the schema durable with it, and
         // a store lost before that is created again. That saves a new cache two or three
@@ -3346,13 +3409,77 @@ mod tests {
         );
         assert!(files.join(&lost).is_file());
         assert!(!dir.path().join(INDEX_FILE).exists(), "no index created");
-        // Only haul's names (a stored file, a pending write): a store whose index was lost.
+        // An empty index.sqlite (made by hand, or a crash right after its creation) is a new
+        // store too.
+        fs::write(dir.path().join(INDEX_FILE), b"").unwrap();
+        assert!(matches!(
+            Store::open(dir.path(), 1),
+            Err(StoreError::NotAStore { .. })
+        ));
+        assert!(files.join("thesis.txt").is_file());
+        // Another program's database is not taken over: no table of haul's is added.
+        fs::remove_file(dir.path().join(INDEX_FILE)).unwrap();
+        {
+            let other = Connection::open(dir.path().join(INDEX_FILE)).unwrap();
+            other
+                .execute_batch("CREATE TABLE notes (text TEXT);")
+                .unwrap();
+        }
+        assert!(matches!(
+            Store::open(dir.path(), 1),
+            Err(StoreError::NoSchema { .. })
+        ));
+        assert!(files.join("thesis.txt").is_file());
+        let tables: i64 = Connection::open(dir.path().join(INDEX_FILE))
+            .unwrap()
+            .query_row("SELECT count(*) FROM sqlite_master", [], |row| row.get(0))
+            .unwrap();
+        assert_eq!(tables, 1, "only its own table");
+        fs::remove_file(dir.path().join(INDEX_FILE)).unwrap();
+        // Only haul's names (a stored file, a pending write, the engine's working files of
+        // a download into files/): a store whose index was lost.
         fs::remove_file(files.join("thesis.txt")).unwrap();
         let pending = format!("{lost}.123-4{TEMP_SUFFIX}");
         fs::write(files.join(&pending), b"lo").unwrap();
+        let working = [
+            format!("{lost}.haul-state"),
+            format!("{lost}.haul-state.tmp"),
+            format!("{lost}.haul-copy"),
+        ];
+        for name in &working {
+            fs::write(files.join(name), b"w").unwrap();
+        }
         let (_store, report) = open(dir.path(), 1);
-        assert_eq!(report.orphan_files_removed, vec![lost]);
+        let mut orphans = working.to_vec();
+        orphans.push(lost);
+        orphans.sort();
+        assert_eq!(report.orphan_files_removed, orphans);
         assert_eq!(report.temp_files_removed, vec![pending]);
+    }
+
+    #[test]
+    fn names_written_by_haul_are_hashes_pending_writes_and_working_files() {
+        let sha = sha256_hex(b"x");
+        for ours in [
+            sha.clone(),
+            format!("{sha}.12-3.haul-part"),
+            format!("{sha}.haul-part"),
+            format!("{sha}.haul-state.tmp"),
+            format!("{sha}.12-3.haul-part.haul-state"),
+        ] {
+            assert!(written_by_haul(&ours), "{ours}");
+        }
+        for foreign in [
+            "thesis.txt".to_string(),
+            sha.to_uppercase(),
+            format!("{sha}.txt"),
+            format!("{sha}.12-.haul-part"),
+            format!("{sha}.-3.haul-part"),
+            format!("{sha}x"),
+            sha[..63].to_string(),
+        ] {
+            assert!(!written_by_haul(&foreign), "{foreign}");
+        }
     }
 
     #[test]
