@@ -22,7 +22,7 @@ mod signals;
 mod units;
 mod vsix;
 
-use clap::{Parser, Subcommand};
+use clap::{CommandFactory, FromArgMatches, Parser, Subcommand};
 
 const AFTER_HELP: &str = "EXAMPLES:
   haul demo
@@ -90,13 +90,17 @@ fn small_pages_only() {
 
 fn main() {
     small_pages_only();
+    let parsed = Cli::command().try_get_matches().and_then(|matches| {
+        Cli::from_arg_matches(&matches)
+            .map(|cli| (cli, quiet(&matches)))
+            .map_err(|e| e.format(&mut Cli::command()))
+    });
     // Warnings (a server that compressed anyway, a store another process holds, a leftover
     // of a crashed install removed) go to stderr; with --quiet only errors do. Colours only
     // on a terminal: a log file or a pipe gets plain text.
-    let level = if flag_given(&["--quiet", "-q"]) {
-        "error"
-    } else {
-        "warn"
+    let level = match &parsed {
+        Ok((_, true)) => "error",
+        _ => "warn",
     };
     let _ = tracing_subscriber::fmt()
         .with_env_filter(
@@ -106,8 +110,8 @@ fn main() {
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .with_writer(std::io::stderr)
         .try_init();
-    let cli = match Cli::try_parse() {
-        Ok(c) => c,
+    let cli = match parsed {
+        Ok((c, _)) => c,
         Err(e) => {
             let code = if e.use_stderr() {
                 exit::USAGE
@@ -155,15 +159,23 @@ fn main() {
 /// Whether `--json` is among the arguments (before any `--`), for a command line clap
 /// refused: it is then asked for even though it was not parsed.
 fn json_requested() -> bool {
-    flag_given(&["--json"])
-}
-
-/// Whether one of `flags` is among the arguments (before any `--`), parsed or not.
-fn flag_given(flags: &[&str]) -> bool {
     std::env::args_os()
         .skip(1)
         .take_while(|a| a != "--")
-        .any(|a| flags.iter().any(|f| a == *f))
+        .any(|a| a == "--json")
+}
+
+/// Whether the (sub)command that runs was given `--quiet` (or `-q`, alone or among other
+/// short flags).
+fn quiet(matches: &clap::ArgMatches) -> bool {
+    let mut at = Some(matches);
+    while let Some(m) = at {
+        if let Ok(Some(true)) = m.try_get_one::<bool>("quiet") {
+            return true;
+        }
+        at = m.subcommand().map(|(_, sub)| sub);
+    }
+    false
 }
 
 /// Output piped into a reader that stopped (`haul cache ls | head`) ends the command the

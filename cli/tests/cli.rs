@@ -1010,28 +1010,29 @@ fn log_warnings_are_plain_text_off_a_terminal_and_quiet_leaves_them_out() {
         },
     );
     let dir = tempfile::tempdir().unwrap();
-    let run = |quiet: bool| {
-        let mut command = haul();
-        command
+    let run = |flags: &[&str]| {
+        let out = haul()
             .env_remove("HAUL_LOG")
-            .args(["get", &origin.url("/busy"), "-o"])
-            .arg(dir.path().join("busy"));
-        if quiet {
-            command.arg("--quiet");
-        }
-        let out = command.output().unwrap();
+            .args(["get", &origin.url("/busy")])
+            .args(flags)
+            .arg(dir.path().join("busy"))
+            .output()
+            .unwrap();
         assert_eq!(out.status.code(), Some(4), "{out:?}");
         String::from_utf8_lossy(&out.stderr).into_owned()
     };
-    let said = run(false);
+    let said = run(&["-o"]);
     assert!(
         said.contains("WARN") && said.contains("not retrying"),
         "{said}"
     );
     assert!(!said.contains('\x1b'), "no escape codes: {said:?}");
-    let said = run(true);
-    assert!(!said.contains("not retrying"), "{said}");
-    assert!(said.contains("503"), "the error stays: {said}");
+    // --quiet, or -q alone or among other short flags.
+    for flags in [&["--quiet", "-o"][..], &["-q", "-o"], &["-qo"]] {
+        let said = run(flags);
+        assert!(!said.contains("not retrying"), "{flags:?}: {said}");
+        assert!(said.contains("503"), "the error stays: {said}");
+    }
 }
 
 /// A download that fails for good leaves no directory it created for its destination, while
