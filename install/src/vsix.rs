@@ -71,6 +71,14 @@ impl VsixManifest {
             check_component(value).map_err(|why| InstallError::BadManifest {
                 reason: format!("field {key:?} = {value:?} {why}"),
             })?;
+            // The folder `<publisher>.<name>-<version>` would be hidden: `list` skips such
+            // names, and the clean-up of a crashed install takes `.X.haul-trash-N` and the
+            // like for its own leftovers.
+            if key != "version" && value.starts_with('.') {
+                return Err(InstallError::BadManifest {
+                    reason: format!("field {key:?} = {value:?} starts with '.'"),
+                });
+            }
             Ok(value.to_string())
         };
         if !json.is_object() {
@@ -461,6 +469,15 @@ mod tests {
             (
                 r#"{"publisher":"a/b","name":"b","version":"1"}"#,
                 "publisher",
+            ),
+            // A hidden folder: unlisted, and taken for a crashed install's leftover.
+            (
+                r#"{"publisher":".foo","name":"bar.haul-trash","version":"0"}"#,
+                "publisher\" = \".foo\" starts with '.'",
+            ),
+            (
+                r#"{"publisher":"a","name":".b","version":"1"}"#,
+                "name\" = \".b\" starts with '.'",
             ),
             (r#"not json"#, "not JSON"),
             (r#"[1,2]"#, "not a JSON object"),
