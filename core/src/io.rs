@@ -197,8 +197,23 @@ impl IoFailure {
 }
 
 impl fmt::Display for IoFailure {
+    /// The failure's class in words, then its message (`connection failed: 127.0.0.1:1:
+    /// Connection refused`); a failure of no particular class is its message alone.
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{:?}: {}", self.kind, self.message)
+        let class = match self.kind {
+            IoErrorKind::Dns => "name resolution failed",
+            IoErrorKind::ConnectFailed => "connection failed",
+            IoErrorKind::Reset => "connection broken",
+            IoErrorKind::Tls => "TLS failed",
+            IoErrorKind::ProxyRefused => "the proxy refused",
+            IoErrorKind::ProxyUnreachable => "the proxy is unreachable",
+            IoErrorKind::Cancelled => "abandoned",
+            IoErrorKind::NoSpace => "no space left",
+            IoErrorKind::PermissionDenied => "permission denied",
+            IoErrorKind::Busy => "in use by another process",
+            IoErrorKind::Other => return f.write_str(&self.message),
+        };
+        write!(f, "{class}: {}", self.message)
     }
 }
 
@@ -247,5 +262,25 @@ impl IoErrorKind {
                 | IoErrorKind::ProxyUnreachable
                 | IoErrorKind::Cancelled
         )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Messages read as words, not as Rust's name of the variant (`ConnectFailed: ...`).
+    #[test]
+    fn failures_display_their_class_in_words_then_the_message() {
+        let refused = IoFailure::new(
+            IoErrorKind::ConnectFailed,
+            "127.0.0.1:1: Connection refused",
+        );
+        assert_eq!(
+            refused.to_string(),
+            "connection failed: 127.0.0.1:1: Connection refused"
+        );
+        let other = IoFailure::new(IoErrorKind::Other, "sync: file is not open");
+        assert_eq!(other.to_string(), "sync: file is not open");
     }
 }
