@@ -168,7 +168,7 @@ pub fn run_extract(args: ExtractArgs) -> i32 {
 }
 
 /// Creates `dir` and its missing ancestors; the directories it created, outermost first.
-fn create_dir_tracked(dir: &Path) -> std::io::Result<Vec<PathBuf>> {
+pub(crate) fn create_dir_tracked(dir: &Path) -> std::io::Result<Vec<PathBuf>> {
     let mut missing = Vec::new();
     let mut at = Some(dir);
     while let Some(path) = at.filter(|p| !p.as_os_str().is_empty()) {

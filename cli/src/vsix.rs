@@ -49,7 +49,7 @@ pub struct VsixInstallArgs {
     #[arg(long, value_name = "DIR")]
     pub root: PathBuf,
     /// Expected SHA-256 of the .vsix; checked while downloading (or on the local file).
-    #[arg(long, value_name = "HEX")]
+    #[arg(long, value_name = "HEX", value_parser = parse_sha256)]
     pub sha256: Option<String>,
     /// Print nothing but errors.
     #[arg(short, long)]
@@ -117,15 +117,32 @@ fn parent_of(root: &Path) -> PathBuf {
 
 /// Locks `root` for this command (another install into it waits instead of having its
 /// staging tree taken for a crash's leftover) and cleans what an interrupted install left.
-/// A missing `root` is created first when `create`, else left alone (nothing to clean).
-fn lock_and_recover(root: &Path, create: bool) -> Result<Option<DirLock>, InstallError> {
-    let lock = if create {
+/// 64 hex digits (either case), for `--sha256`.
+fn parse_sha256(text: &str) -> Result<String, String> {
+    let hex = text.trim();
+    if hex.len() == 64 && hex.bytes().all(|b| b.is_ascii_hexdigit()) {
+        Ok(hex.to_string())
+    } else {
+        Err(format!("{text:?} is not a sha256 (64 hex digits)"))
+    }
+}
+
+/// A missing `root` is created first when `create` is given (the directories made are
+/// pushed to it, outermost first), else left alone (nothing to clean).
+fn lock_and_recover(
+    root: &Path,
+    create: Option<&mut Vec<PathBuf>>,
+) -> Result<Option<DirLock>, InstallError> {
+    let lock = if let Some(created) = create {
         create_and_lock_dir(root, || {
-            std::fs::create_dir_all(root).map_err(|source| InstallError::Io {
-                op: "create directory",
-                path: root.to_path_buf(),
-                source,
-            })
+            let made =
+                crate::extract::create_dir_tracked(root).map_err(|source| InstallError::Io {
+                    op: "create directory",
+                    path: root.to_path_buf(),
+                    source,
+                })?;
+            created.extend(made);
+            Ok(())
         })?
     } else if !root.is_dir() {
         return Ok(None);
@@ -137,17 +154,43 @@ fn lock_and_recover(root: &Path, create: bool) -> Result<Option<DirLock>, Instal
 }
 
 fn install(args: VsixInstallArgs) -> i32 {
-    let _lock = match lock_and_recover(&args.root, true) {
+    if std::fs::metadata(&args.root).is_ok_and(|m| !m.is_dir()) {
+        eprintln!(
+            "haul vsix: --root {} is not a directory",
+            args.root.display()
+        );
+        return exit::USAGE;
+    }
+    // Directories made for the root are removed again if the install fails.
+    let mut created = Vec::new();
+    let lock = match lock_and_recover(&args.root, Some(&mut created)) {
         Ok(lock) => lock,
         Err(e) => {
+            remove_created(&created);
             eprintln!("haul vsix: {e}");
             return exit_code_for(&e);
         }
     };
+    let code = install_locked(&args);
+    if code != exit::OK {
+        drop(lock);
+        remove_created(&created);
+    }
+    code
+}
+
+/// Removes the directories of `created` (outermost first) that are empty, innermost first.
+fn remove_created(created: &[PathBuf]) {
+    for dir in created.iter().rev() {
+        let _ = std::fs::remove_dir(dir);
+    }
+}
+
+fn install_locked(args: &VsixInstallArgs) -> i32 {
     // Kept alive until the install is done: it holds the downloaded .vsix.
     let mut held_download = None;
     let archive = if is_url(&args.source) {
-        match fetch(&args, &mut held_download) {
+        match fetch(args, &mut held_download) {
             Ok(path) => path,
             Err(code) => return code,
         }
@@ -174,7 +217,7 @@ fn install(args: VsixInstallArgs) -> i32 {
     };
     match vsix::install_vsix(&archive, &args.root) {
         Ok(done) => {
-            report_install(&done, &args);
+            report_install(&done, args);
             exit::OK
         }
         Err(e) => {
@@ -298,7 +341,7 @@ fn extension_json(e: &InstalledExtension) -> serde_json::Value {
 }
 
 fn uninstall(args: VsixUninstallArgs) -> i32 {
-    let removed = match lock_and_recover(&args.root, false)
+    let removed = match lock_and_recover(&args.root, None)
         .and_then(|lock| vsix::uninstall(&args.id, &args.root).map(|r| (r, lock)))
         .map(|(r, _lock)| r)
     {

@@ -181,7 +181,10 @@ fn vsix_install_from_url_checks_sha256_and_leaves_no_temporary_files() {
         "--quiet",
     ]);
     expect_code(&wrong, 5);
-    assert!(listing(&root).is_empty());
+    assert!(
+        !root.exists(),
+        "the root made for the install is gone again"
+    );
 
     let good = run(&[
         "vsix",
@@ -199,6 +202,45 @@ fn vsix_install_from_url_checks_sha256_and_leaves_no_temporary_files() {
     assert!(listing(tmp.path())
         .iter()
         .all(|p| p.starts_with("extensions/")));
+}
+
+/// A vsix install that fails leaves no directory it made for --root; a --sha256 that is not
+/// one and a --root that is a file are usage errors, said as such, before anything is made.
+#[test]
+fn a_failed_vsix_install_leaves_no_root_it_made_and_bad_arguments_are_usage_errors() {
+    let tmp = TempDir::new().unwrap();
+    let root = tmp.path().join("new/a/b");
+    let missing = tmp.path().join("missing.vsix");
+    let out = run(&["vsix", "install", s(&missing), "--root", s(&root)]);
+    expect_code(&out, 7);
+    assert!(!tmp.path().join("new").exists(), "{}", text(&out.stderr));
+    let file = tmp.path().join("ext.vsix");
+    fs::write(&file, vsix_bytes("acme", "widget", "1.0.0")).unwrap();
+    let out = run(&[
+        "vsix",
+        "install",
+        s(&file),
+        "--root",
+        s(&root),
+        "--sha256",
+        "zz",
+    ]);
+    expect_code(&out, 2);
+    assert!(
+        text(&out.stderr).contains("is not a sha256"),
+        "{}",
+        text(&out.stderr)
+    );
+    assert!(!tmp.path().join("new").exists());
+    let not_dir = tmp.path().join("afile");
+    fs::write(&not_dir, b"").unwrap();
+    let out = run(&["vsix", "install", s(&file), "--root", s(&not_dir)]);
+    expect_code(&out, 2);
+    assert!(
+        text(&out.stderr).contains("is not a directory"),
+        "{}",
+        text(&out.stderr)
+    );
 }
 
 #[test]

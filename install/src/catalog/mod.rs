@@ -222,7 +222,7 @@ pub fn parse_catalog(bytes: &[u8]) -> Result<CatalogParse, InstallError> {
         }
     }
     for r in &out.rejected {
-        tracing::warn!(entry = %r, "catalog entry skipped");
+        tracing::debug!(entry = %r, "catalog entry skipped");
     }
     Ok(out)
 }
