@@ -26,7 +26,7 @@ use clap::{Args, Subcommand};
 use haul_blocking::Client;
 use haul_core::{CancelMode, Config, Download, DownloadError, Event};
 use haul_install::catalog::{
-    asset_state, install_asset, recover_root, remove_asset, Asset, AssetKind, AssetState,
+    asset_state, install_asset_or_stop, recover_root, remove_asset, Asset, AssetKind, AssetState,
     CatalogParse, Home, InstalledAsset, MergedAsset, MergedCatalog, CATALOG_MAX_BYTES,
 };
 use haul_install::extract::{create_and_lock_dir, lock_dir, DirLock};
@@ -681,11 +681,14 @@ pub fn install_assets(
     let installer = {
         let assets = assets.clone();
         let root = root.to_path_buf();
+        // A signal stops the extraction under way (its folder stays as it was).
+        let stop = crate::signals::extraction_stop();
         std::thread::spawn(move || {
             let mut done = Vec::new();
             for (zip, indexes) in installer_inbox {
                 for i in indexes {
-                    done.push((i, install_asset(&zip, &assets[i], &root)));
+                    let stop = Some(stop.clone());
+                    done.push((i, install_asset_or_stop(&zip, &assets[i], &root, stop)));
                 }
                 // A zip left behind is only disk space: the next run re-verifies it.
                 let _ = std::fs::remove_file(&zip);

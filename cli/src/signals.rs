@@ -8,6 +8,18 @@ use std::sync::atomic::{AtomicI32, Ordering};
 /// The number of the first signal that interrupted the command; 0 before any.
 static RECEIVED: AtomicI32 = AtomicI32::new(0);
 
+/// Stopped by the first interrupting signal (once [`on_interrupt`] is set up): extractions
+/// of the command's installs stop through it.
+static EXTRACTIONS: std::sync::OnceLock<haul_install::extract::Stop> = std::sync::OnceLock::new();
+
+/// A handle on the stop the first interrupting signal sets, for an extraction to pass on
+/// (see [`haul_install::extract::Stop`]); never set before [`on_interrupt`].
+pub fn extraction_stop() -> haul_install::extract::Stop {
+    EXTRACTIONS
+        .get_or_init(haul_install::extract::Stop::new)
+        .clone()
+}
+
 /// Call `stop` on the first interrupting signal (from a thread of its own); the same signal
 /// again ends the process at once (exit 128 + that signal), for a clean-up that hangs (a
 /// sync on a stuck file system). Only the first is remembered for the exit code of a
@@ -23,7 +35,10 @@ pub fn on_interrupt(stop: impl Fn() + Send + 'static) {
         .spawn(move || {
             for signal in signals.forever() {
                 match RECEIVED.compare_exchange(0, signal, Ordering::SeqCst, Ordering::SeqCst) {
-                    Ok(_) => stop(),
+                    Ok(_) => {
+                        extraction_stop().stop();
+                        stop()
+                    }
                     // The same signal again (a second Ctrl-C): now. Another kind (a hangup
                     // sends SIGHUP and SIGTERM together) lets the clean stop go on.
                     Err(first) if first == signal => {
@@ -47,6 +62,7 @@ pub fn on_interrupt(stop: impl Fn() + Send + 'static) {
             .compare_exchange(0, SIGINT, Ordering::SeqCst, Ordering::SeqCst)
             .is_ok()
         {
+            extraction_stop().stop();
             stop();
         } else {
             eprintln!("haul: interrupted again; stopping now");

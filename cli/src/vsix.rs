@@ -195,6 +195,8 @@ fn install_locked(args: &VsixInstallArgs) -> i32 {
             Err(code) => return code,
         }
     } else {
+        // A signal stops the extraction (`fetch` sets this up for a download).
+        crate::signals::on_interrupt(|| {});
         let path = PathBuf::from(&args.source);
         if let Some(expected) = &args.sha256 {
             match sha256_file(&path) {
@@ -215,7 +217,11 @@ fn install_locked(args: &VsixInstallArgs) -> i32 {
         }
         path
     };
-    match vsix::install_vsix(&archive, &args.root) {
+    match vsix::install_vsix_or_stop(
+        &archive,
+        &args.root,
+        Some(crate::signals::extraction_stop()),
+    ) {
         Ok(done) => {
             report_install(&done, args);
             exit::OK

@@ -827,13 +827,22 @@ fn staging_trees(dir: &Path) -> Vec<String> {
 /// Starts `haul extract ARCHIVE -d DEST`, waits for its staging tree beside `dest` to
 /// appear, sends `signal` (`INT`, `TERM`) and returns what the command did.
 fn extract_interrupted(archive: &Path, dest: &Path, signal: &str) -> Output {
+    interrupted(
+        &["extract", s(archive), "-d", s(dest)],
+        dest.parent().unwrap(),
+        signal,
+    )
+}
+
+/// Starts haul with `args`, waits for a staging tree to appear in `parent`, sends `signal`
+/// and returns what the command did.
+fn interrupted(args: &[&str], parent: &Path, signal: &str) -> Output {
     let mut child = haul()
-        .args(["extract", s(archive), "-d", s(dest)])
+        .args(args)
         .stdout(std::process::Stdio::piped())
         .stderr(std::process::Stdio::piped())
         .spawn()
         .unwrap();
-    let parent = dest.parent().unwrap();
     let started = std::time::Instant::now();
     while staging_trees(parent).is_empty() {
         if child.try_wait().unwrap().is_some() {
@@ -905,4 +914,41 @@ fn an_interrupted_extract_removes_its_staging_tree_and_parents_and_keeps_the_old
         listing(dir.path()),
         vec!["big.zip", "installed/", "installed/old.txt"]
     );
+}
+
+/// A signal during a vsix install's extraction stops it like `haul extract`: exit 128 + the
+/// signal, no staging tree and no extension folder in the root (it used to run to the end,
+/// or, for a local file, die by the signal and leave its staging tree).
+#[test]
+fn an_interrupted_vsix_install_leaves_no_staging_tree_and_no_extension() {
+    let dir = TempDir::new().unwrap();
+    let manifest = package_json("acme", "big", "1.0.0");
+    let file = dir.path().join("big.vsix");
+    let mut w = ZipWriter::new(std::io::BufWriter::new(fs::File::create(&file).unwrap()));
+    let options = SimpleFileOptions::default()
+        .compression_method(CompressionMethod::Stored)
+        .unix_permissions(0o644);
+    w.start_file("extension/package.json", options).unwrap();
+    w.write_all(manifest.as_bytes()).unwrap();
+    for i in 0..40_000 {
+        w.start_file(format!("extension/d{}/f{i}", i % 100), options)
+            .unwrap();
+        w.write_all(&[b'x'; 100]).unwrap();
+    }
+    w.finish().unwrap();
+    let root = dir.path().join("extensions");
+    fs::create_dir(&root).unwrap();
+    let out = interrupted(
+        &["vsix", "install", s(&file), "--root", s(&root)],
+        &root,
+        "INT",
+    );
+    expect_code(&out, 130);
+    assert!(
+        text(&out.stderr).contains("interrupted"),
+        "{}",
+        text(&out.stderr)
+    );
+    assert!(staging_trees(&root).is_empty(), "{:?}", listing(&root));
+    assert!(listing(&root).is_empty(), "{:?}", listing(&root));
 }

@@ -162,6 +162,17 @@ pub fn read_manifest(vsix: &Path) -> Result<VsixManifest, InstallError> {
 /// and reports the existing folder; a folder at the target without a matching manifest
 /// is replaced as a whole.
 pub fn install_vsix(vsix: &Path, root: &Path) -> Result<VsixInstall, InstallError> {
+    install_vsix_or_stop(vsix, root, None)
+}
+
+/// [`install_vsix`] that another thread can stop through `stop` until the new folder is
+/// swapped in: [`InstallError::Interrupted`], nothing written (see
+/// [`crate::extract::Stop`]).
+pub fn install_vsix_or_stop(
+    vsix: &Path,
+    root: &Path,
+    stop: Option<crate::extract::Stop>,
+) -> Result<VsixInstall, InstallError> {
     let mut archive = ValidatedArchive::open(vsix, &ExtractLimits::default())?;
     let manifest = manifest_from(&mut archive)?;
     let id = manifest.id();
@@ -180,10 +191,11 @@ pub fn install_vsix(vsix: &Path, root: &Path) -> Result<VsixInstall, InstallErro
         });
     }
     let dir = root.join(manifest.folder_name());
-    let staged = archive.extract_to_staging(
+    let staged = archive.extract_to_staging_or_stop(
         &dir,
         |name| name.strip_prefix(PAYLOAD_PREFIX).map(str::to_string),
         ModePolicy::ExecutableByContent,
+        stop,
     )?;
     let committed = staged.commit()?;
     tracing::info!(id, version = manifest.version, dir = %dir.display(), files = committed.stats.files, "extension installed");

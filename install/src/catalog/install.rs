@@ -213,6 +213,18 @@ pub fn install_asset(
     asset: &Asset,
     root: &Path,
 ) -> Result<InstalledAsset, InstallError> {
+    install_asset_or_stop(zip, asset, root, None)
+}
+
+/// [`install_asset`] that another thread can stop through `stop` until the new folder is
+/// swapped in: [`InstallError::Interrupted`], the installed folder as it was (see
+/// [`crate::extract::Stop`]).
+pub fn install_asset_or_stop(
+    zip: &Path,
+    asset: &Asset,
+    root: &Path,
+    stop: Option<crate::extract::Stop>,
+) -> Result<InstalledAsset, InstallError> {
     asset.check()?;
     let actual = fs::metadata(zip)
         .map_err(InstallError::io("stat", zip))?
@@ -234,10 +246,11 @@ pub fn install_asset(
         return Err(InstallError::EmptyPayload { prefix });
     }
     let dest = install_dir(root, asset)?;
-    let mut staged = archive.extract_to_staging(
+    let mut staged = archive.extract_to_staging_or_stop(
         &dest,
         |name| name.strip_prefix(&prefix).map(str::to_string),
         ModePolicy::FromArchive,
+        stop,
     )?;
     staged.write_file(
         REVISION_FILE,

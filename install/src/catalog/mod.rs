@@ -20,8 +20,8 @@ use std::collections::HashMap;
 
 pub use home::{merge_catalogs, Home, MergedAsset, MergedCatalog, RejectedFrom};
 pub use install::{
-    asset_state, install_asset, install_dir, recover_root, remove_asset, AssetState,
-    InstalledAsset, DRIVER_NAME_FILE, REVISION_FILE,
+    asset_state, install_asset, install_asset_or_stop, install_dir, recover_root, remove_asset,
+    AssetState, InstalledAsset, DRIVER_NAME_FILE, REVISION_FILE,
 };
 
 use crate::error::InstallError;
