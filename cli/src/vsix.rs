@@ -1,7 +1,8 @@
 //! `haul vsix`: install, inspect, uninstall and list VS Code extensions.
 //!
 //! Owns: the command lines, fetching a `.vsix` given as a URL (through the engine, verified
-//! when a sha256 is given, into a temporary directory beside the root) and how results are
+//! when a sha256 is given, into `.haul-vsix-downloads/` beside the root, where the same
+//! command again resumes an interrupted download; removed once installed) and how results are
 //! shown. Does not own the install rules (manifest checks, folder names, exec bits,
 //! atomic swap): those are `haul_install::vsix`.
 
@@ -14,6 +15,7 @@ use haul_install::extract::{create_and_lock_dir, lock_dir, recover, DirLock};
 use haul_install::vsix::{self, InstalledExtension, VsixInstall};
 use haul_install::InstallError;
 use serde_json::json;
+use sha2::{Digest, Sha256};
 
 use crate::exit;
 use crate::extract::{exit_code_for, sha256_file};
@@ -115,8 +117,6 @@ fn parent_of(root: &Path) -> PathBuf {
     }
 }
 
-/// Locks `root` for this command (another install into it waits instead of having its
-/// staging tree taken for a crash's leftover) and cleans what an interrupted install left.
 /// 64 hex digits (either case), for `--sha256`.
 fn parse_sha256(text: &str) -> Result<String, String> {
     let hex = text.trim();
@@ -127,6 +127,8 @@ fn parse_sha256(text: &str) -> Result<String, String> {
     }
 }
 
+/// Locks `root` for this command (another install into it waits instead of having its
+/// staging tree taken for a crash's leftover) and cleans what an interrupted install left.
 /// A missing `root` is created first when `create` is given (the directories made are
 /// pushed to it, outermost first), else left alone (nothing to clean).
 fn lock_and_recover(
@@ -235,23 +237,13 @@ fn install_locked(args: &VsixInstallArgs) -> i32 {
 
 /// Downloads the .vsix at `args.source` into a new temporary directory beside the root
 /// (stored in `holder` so it lives until the install is done).
-fn fetch(args: &VsixInstallArgs, holder: &mut Option<tempfile::TempDir>) -> Result<PathBuf, i32> {
-    let parent = parent_of(&args.root);
-    if let Err(e) = std::fs::create_dir_all(&parent) {
-        eprintln!("haul vsix: cannot create {}: {e}", parent.display());
+fn fetch(args: &VsixInstallArgs, holder: &mut Option<Downloaded>) -> Result<PathBuf, i32> {
+    let dir = parent_of(&args.root).join(DOWNLOADS_DIR);
+    if let Err(e) = std::fs::create_dir_all(&dir) {
+        eprintln!("haul vsix: cannot create {}: {e}", dir.display());
         return Err(exit::LOCAL_IO);
     }
-    let dir = tempfile::Builder::new()
-        .prefix(".haul-vsix-")
-        .tempdir_in(&parent)
-        .map_err(|e| {
-            eprintln!(
-                "haul vsix: cannot create a temporary directory in {}: {e}",
-                parent.display()
-            );
-            exit::LOCAL_IO
-        })?;
-    let dest = dir.path().join("download.vsix");
+    let dest = dir.join(download_name(&args.root, &args.source));
     let mut download = Download::new(&args.source, &dest).map_err(|e| {
         eprintln!("haul vsix: {e}");
         exit::USAGE
@@ -277,10 +269,47 @@ fn fetch(args: &VsixInstallArgs, holder: &mut Option<tempfile::TempDir>) -> Resu
     let outcome = client
         .download(download, |ev| reporter.event(ev))
         // The reporter has shown the error (in every mode but JSON, which is not used here).
-        .map_err(|e| exit::for_download(&e))?;
-    let path = outcome.path;
-    *holder = Some(dir);
-    Ok(path)
+        .map_err(|e| {
+            // Left if it holds a partial kept for the next run.
+            let _ = std::fs::remove_dir(&dir);
+            exit::for_download(&e)
+        })?;
+    *holder = Some(Downloaded {
+        path: outcome.path.clone(),
+    });
+    Ok(outcome.path)
+}
+
+/// Where .vsix files from URLs are downloaded, beside the root (not in it, where VS Code
+/// looks for extensions).
+const DOWNLOADS_DIR: &str = ".haul-vsix-downloads";
+
+/// The file a .vsix from `url` for `root` is downloaded to: the same for the same command,
+/// so that it resumes the partial an interruption kept; another for another root, so that
+/// installs into two roots do not share a partial.
+fn download_name(root: &Path, url: &str) -> String {
+    let root = std::path::absolute(root).unwrap_or_else(|_| root.to_path_buf());
+    let mut hasher = Sha256::new();
+    hasher.update(root.as_os_str().as_encoded_bytes());
+    hasher.update(b"\n");
+    hasher.update(url.as_bytes());
+    let digest = hex::encode(hasher.finalize());
+    format!("{}.vsix", &digest[..16])
+}
+
+/// A downloaded .vsix: removed (and its directory, once empty) when the install step is
+/// over, whatever its result.
+struct Downloaded {
+    path: PathBuf,
+}
+
+impl Drop for Downloaded {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.path);
+        if let Some(dir) = self.path.parent() {
+            let _ = std::fs::remove_dir(dir);
+        }
+    }
 }
 
 fn report_install(done: &VsixInstall, args: &VsixInstallArgs) {

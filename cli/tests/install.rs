@@ -952,3 +952,95 @@ fn an_interrupted_vsix_install_leaves_no_staging_tree_and_no_extension() {
     assert!(staging_trees(&root).is_empty(), "{:?}", listing(&root));
     assert!(listing(&root).is_empty(), "{:?}", listing(&root));
 }
+
+/// A vsix download interrupted by a signal keeps its partial where the same command finds
+/// it: the message's promise holds, the next run resumes with a Range request and installs,
+/// and the download's directory beside the root is gone afterwards (it used to download
+/// into a random temporary directory that the interruption deleted).
+#[test]
+fn an_interrupted_vsix_download_is_resumed_by_the_same_command() {
+    let manifest = package_json("acme", "heavy", "1.0.0");
+    // Incompressible payload, so the archive is as large as its content.
+    let mut state = 0x2545_f491_4f6c_dd1du64;
+    let payload: Vec<u8> = (0..3_000_000)
+        .map(|_| {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            state as u8
+        })
+        .collect();
+    let mut w = ZipWriter::new(Cursor::new(Vec::new()));
+    let stored = SimpleFileOptions::default()
+        .compression_method(CompressionMethod::Stored)
+        .unix_permissions(0o644);
+    w.start_file("extension/package.json", stored).unwrap();
+    w.write_all(manifest.as_bytes()).unwrap();
+    w.start_file("extension/blob.bin", stored).unwrap();
+    w.write_all(&payload).unwrap();
+    let body = w.finish().unwrap().into_inner();
+    let origin = Origin::start().unwrap();
+    origin.route(
+        "/heavy.vsix",
+        body.clone(),
+        Behavior::Stall { after: 1_500_000 },
+    );
+    let tmp = TempDir::new().unwrap();
+    let root = tmp.path().join("extensions");
+    let url = origin.url("/heavy.vsix");
+    let downloads = tmp.path().join(".haul-vsix-downloads");
+    let child = haul()
+        .args(["vsix", "install", &url, "--root", s(&root)])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let started = std::time::Instant::now();
+    let partial_len = || -> u64 {
+        fs::read_dir(&downloads)
+            .map(|entries| {
+                entries
+                    .filter_map(|e| e.ok())
+                    .filter(|e| e.file_name().to_string_lossy().ends_with(".haul-part"))
+                    .filter_map(|e| e.metadata().ok())
+                    .map(|m| m.len())
+                    .sum()
+            })
+            .unwrap_or(0)
+    };
+    while partial_len() < 1_000_000 {
+        assert!(started.elapsed().as_secs() < 20, "the partial never grew");
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
+    let kill = Command::new("kill")
+        .args(["-INT", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(kill.success());
+    let first = child.wait_with_output().unwrap();
+    expect_code(&first, 130);
+    assert!(
+        text(&first.stderr).contains("the same command again resumes it"),
+        "{}",
+        text(&first.stderr)
+    );
+    assert!(partial_len() >= 1_000_000, "the partial is kept");
+
+    origin.route("/heavy.vsix", body, Behavior::Normal);
+    let second = run(&["vsix", "install", &url, "--root", s(&root), "--quiet"]);
+    expect_code(&second, 0);
+    let requests = origin.requests_to("/heavy.vsix");
+    let last = requests.last().unwrap();
+    assert!(
+        last.headers
+            .iter()
+            .any(|(name, value)| name == "range" && value.starts_with("bytes=")),
+        "{:?}",
+        last.headers
+    );
+    assert_eq!(
+        fs::read(root.join("acme.heavy-1.0.0/blob.bin")).unwrap(),
+        payload
+    );
+    assert!(!downloads.exists(), "the download's directory is gone");
+}
