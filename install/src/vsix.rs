@@ -307,7 +307,9 @@ fn read_capped(path: &Path) -> std::io::Result<Vec<u8>> {
 }
 
 /// Uninstalls by `publisher.name` (every installed version) or
-/// `publisher.name-version` (that version), compared case-insensitively. An absent
+/// `publisher.name-version` (that version), compared case-insensitively. A text that is
+/// both (extension `acme.widget-2.0.0`, and version 2.0.0 of `acme.widget`) names the
+/// extension of that id only. An absent
 /// extension is success with nothing removed. Each folder is renamed to a trash
 /// sibling before it is deleted, so a crash never leaves a half-deleted install that
 /// still looks installed.
@@ -320,10 +322,12 @@ pub fn uninstall(id: &str, root: &Path) -> Result<Vec<InstalledExtension>, Insta
             reason: "is empty".into(),
         });
     }
+    let installed = list(root)?;
+    let by_id = installed.iter().any(|ext| ext.id == wanted);
     let mut removed = Vec::new();
-    for ext in list(root)? {
+    for ext in installed {
         let versioned = format!("{}-{}", ext.id, ext.version).to_lowercase();
-        if ext.id == wanted || versioned == wanted {
+        if ext.id == wanted || (!by_id && versioned == wanted) {
             fsutil::remove_tree(&ext.dir)?;
             tracing::info!(id = ext.id, version = ext.version, "extension uninstalled");
             removed.push(ext);
@@ -545,6 +549,32 @@ mod tests {
         assert_eq!(m.json["engines"]["vscode"], "^1.80.0");
         assert_eq!(m.folder_name(), "p.n-2.0.0-RC1");
         assert_eq!(listing(tmp.path()), vec!["a.vsix"]);
+    }
+
+    /// `acme.widget-2.0.0` is both an extension's id and version 2.0.0 of `acme.widget`: it
+    /// names the extension of that id only (both used to go).
+    #[test]
+    fn an_id_that_is_also_an_id_and_version_removes_that_extension_only() {
+        let tmp = TempDir::new().unwrap();
+        let root = tmp.path().join("ext");
+        for (file_name, p, n, v) in [
+            ("1.vsix", "acme", "widget", "2.0.0"),
+            ("2.vsix", "acme", "widget-2.0.0", "1.0.0"),
+        ] {
+            install_vsix(&vsix(tmp.path(), file_name, &manifest(p, n, v), &[]), &root).unwrap();
+        }
+        let removed = uninstall("acme.widget-2.0.0", &root).unwrap();
+        let removed: Vec<_> = removed
+            .iter()
+            .map(|e| format!("{}@{}", e.id, e.version))
+            .collect();
+        assert_eq!(removed, ["acme.widget-2.0.0@1.0.0"]);
+        let left: Vec<_> = list(&root)
+            .unwrap()
+            .iter()
+            .map(|e| format!("{}@{}", e.id, e.version))
+            .collect();
+        assert_eq!(left, ["acme.widget@2.0.0"]);
     }
 
     #[test]
