@@ -245,6 +245,21 @@ pub fn install_asset_or_stop(
     {
         return Err(InstallError::EmptyPayload { prefix });
     }
+    // The folder's bookkeeping files are haul's to write: an entry of that name (a file,
+    // or a directory that would make the write fail) is refused before anything is written.
+    for entry in archive.entries() {
+        let Some(rel) = entry.name.strip_prefix(&prefix) else {
+            continue;
+        };
+        let first = rel.split('/').next().unwrap_or_default();
+        if first == REVISION_FILE || (asset.kind == AssetKind::Driver && first == DRIVER_NAME_FILE)
+        {
+            return Err(InstallError::UnsupportedEntry {
+                entry: entry.name.clone(),
+                reason: format!("{first} is the installed folder's own bookkeeping file"),
+            });
+        }
+    }
     let dest = install_dir(root, asset)?;
     let mut staged = archive.extract_to_staging_or_stop(
         &dest,

@@ -578,6 +578,33 @@ fn parent_components_inside_the_asset_directory_are_refused_before_writing() {
     assert_eq!(listing(s.tmp.path()), vec!["evil.zip"]);
 }
 
+/// An asset archive may not supply the folder's bookkeeping files (`.revision`, and a
+/// driver's `.haul-driver`), as a file or as a directory (which made haul's own write of it
+/// fail as a local I/O error): refused as an unsupported entry before anything is written.
+#[test]
+fn an_entry_named_like_the_folders_bookkeeping_files_is_refused() {
+    for (kind, name) in [
+        (AssetKind::Car, "c/.revision/x"),
+        (AssetKind::Car, "c/.revision"),
+        (AssetKind::Driver, "c/.haul-driver/x"),
+    ] {
+        let s = Setup::new();
+        let (zip, car) = s.asset_zip(
+            "c.zip",
+            asset(kind, "C", "x", "c", 1, 0),
+            &[("c/ok.txt", b"ok"), (name, b"x")],
+        );
+        match install_asset(&zip, &car, &s.root()) {
+            Err(InstallError::UnsupportedEntry { entry, reason }) => {
+                assert_eq!(entry, name);
+                assert!(reason.contains("bookkeeping"), "{reason}");
+            }
+            other => panic!("{name}: {other:?}"),
+        }
+        assert!(listing(&s.root()).is_empty(), "{name}");
+    }
+}
+
 #[test]
 fn size_mismatch_missing_payload_and_bad_assets_are_refused() {
     let s = Setup::new();
