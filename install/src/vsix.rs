@@ -30,6 +30,7 @@ use std::path::{Path, PathBuf};
 use crate::error::InstallError;
 use crate::extract::{
     check_component, is_executable_magic, read_magic, ExtractLimits, ModePolicy, ValidatedArchive,
+    MAX_COMPONENT_LEN,
 };
 use crate::fsutil;
 
@@ -86,12 +87,23 @@ impl VsixManifest {
                 reason: format!("{MANIFEST_ENTRY} is not a JSON object"),
             });
         }
-        Ok(VsixManifest {
+        let manifest = VsixManifest {
             publisher: field("publisher")?,
             name: field("name")?,
             version: field("version")?,
             json,
-        })
+        };
+        // The install folder `<publisher>.<name>-<version>` must be a valid name too.
+        let folder = manifest.folder_name();
+        if folder.len() > MAX_COMPONENT_LEN {
+            return Err(InstallError::BadManifest {
+                reason: format!(
+                    "publisher, name and version make a folder name of {} bytes (at most {MAX_COMPONENT_LEN})",
+                    folder.len()
+                ),
+            });
+        }
+        Ok(manifest)
     }
 
     /// `publisher.name`, lowercased (VS Code's comparison key).
@@ -494,6 +506,14 @@ mod tests {
             (
                 r#"{"publisher":"a","name":".b","version":"1"}"#,
                 "name\" = \".b\" starts with '.'",
+            ),
+            (
+                &format!(
+                    r#"{{"publisher":"{}","name":"{}","version":"1"}}"#,
+                    "p".repeat(200),
+                    "n".repeat(200)
+                ),
+                "folder name of 403 bytes",
             ),
             (r#"not json"#, "not JSON"),
             (r#"[1,2]"#, "not a JSON object"),
