@@ -47,6 +47,49 @@ pub struct Download {
     pub(crate) fresh: bool,
 }
 
+/// What a file destination's path says by itself: not empty, not naming a directory (`dir/`,
+/// `.`, `..`), a file name that fits file systems and is not one of haul's working files.
+/// An existing directory, device, FIFO or socket at the path is the executor's to refuse
+/// at the commit (it never replaces one).
+fn check_file_dest(dest: &Path) -> Result<(), DownloadError> {
+    let raw = dest.as_os_str().as_encoded_bytes();
+    if raw.is_empty() {
+        return Err(DownloadError::InvalidRequest(
+            "the destination path is empty".into(),
+        ));
+    }
+    let last = raw
+        .rsplit(|b| *b == b'/' || (cfg!(windows) && *b == b'\\'))
+        .next()
+        .unwrap_or_default();
+    if last.is_empty() || last == b"." || last == b".." {
+        return Err(DownloadError::InvalidRequest(format!(
+            "destination {} names a directory, not a file",
+            dest.display()
+        )));
+    }
+    if let Some(name) = dest.file_name() {
+        let len = name.as_encoded_bytes().len();
+        if len > MAX_NAME_BYTES {
+            return Err(DownloadError::InvalidRequest(format!(
+                "destination {} has a file name of {len} bytes; file systems take at \
+                 most {MAX_NAME_BYTES}",
+                dest.display()
+            )));
+        }
+    }
+    if let Some(name) = dest.file_name().and_then(|n| n.to_str()) {
+        if is_reserved_name(name) {
+            return Err(DownloadError::InvalidRequest(format!(
+                "destination {} ends like one of haul's working files ({})",
+                dest.display(),
+                RESERVED_SUFFIXES.join(", ")
+            )));
+        }
+    }
+    Ok(())
+}
+
 impl Download {
     /// A download of `url` to the file `dest`.
     pub fn new(url: &str, dest: impl Into<PathBuf>) -> Result<Download, DownloadError> {
@@ -56,31 +99,18 @@ impl Download {
     /// [`Download::new`] for a URL parsed already (checked the same way: http or https, with
     /// a host).
     pub fn from_url(url: url::Url, dest: impl Into<PathBuf>) -> Result<Download, DownloadError> {
-        check_url(&url)?;
         let dest = dest.into();
-        if let Some(name) = dest.file_name() {
-            let len = name.as_encoded_bytes().len();
-            if len > MAX_NAME_BYTES {
-                return Err(DownloadError::InvalidRequest(format!(
-                    "destination {} has a file name of {len} bytes; file systems take at \
-                     most {MAX_NAME_BYTES}",
-                    dest.display()
-                )));
-            }
-        }
-        if let Some(name) = dest.file_name().and_then(|n| n.to_str()) {
-            if is_reserved_name(name) {
-                return Err(DownloadError::InvalidRequest(format!(
-                    "destination {} ends like one of haul's working files ({})",
-                    dest.display(),
-                    RESERVED_SUFFIXES.join(", ")
-                )));
-            }
-        }
-        Ok(Download {
+        check_url(&url)?;
+        check_file_dest(&dest)?;
+        Ok(Download::with_dest(url, Destination::File(dest)))
+    }
+
+    /// A download of the checked `url` to `dest`, with every other setting at its default.
+    fn with_dest(url: url::Url, dest: Destination) -> Download {
+        Download {
             url,
             mirrors: Vec::new(),
-            dest: Destination::File(dest),
+            dest,
             sha256: None,
             checksum: None,
             size: None,
@@ -94,7 +124,7 @@ impl Download {
             rate_limit: None,
             sync: true,
             fresh: false,
-        })
+        }
     }
 
     /// Commit without making the file durable: it is still verified before anything is
@@ -129,9 +159,10 @@ impl Download {
 
     /// A download of `url` into the directory `dir`.
     pub fn into_dir(url: &str, dir: impl Into<PathBuf>) -> Result<Download, DownloadError> {
-        let mut d = Download::new(url, PathBuf::new())?;
-        d.dest = Destination::Dir(dir.into());
-        Ok(d)
+        Ok(Download::with_dest(
+            parse_url(url)?,
+            Destination::Dir(dir.into()),
+        ))
     }
 
     /// Another URL that serves the same bytes. A download with mirrors fails over to
@@ -636,6 +667,30 @@ impl Outcome {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A destination that is empty or names a directory (`dir/`, `.`, `..`) is refused when
+    /// the download is made: it used to fail only at the commit, after the whole body, with
+    /// a message about a rename.
+    #[test]
+    fn a_destination_that_is_empty_or_names_a_directory_is_refused() {
+        for (dest, says) in [
+            ("", "empty"),
+            ("newdir/", "names a directory"),
+            (".", "names a directory"),
+            ("a/..", "names a directory"),
+            ("/", "names a directory"),
+        ] {
+            match Download::new("http://h.test/f", dest) {
+                Err(DownloadError::InvalidRequest(why)) => {
+                    assert!(why.contains(says), "{dest:?}: {why}")
+                }
+                other => panic!("{dest:?}: {other:?}"),
+            }
+        }
+        for ok in ["f", "./f", "a/b/f", "/tmp/f", "..f", "f."] {
+            assert!(Download::new("http://h.test/f", ok).is_ok(), "{ok}");
+        }
+    }
 
     #[test]
     fn managed_headers_are_recognised_in_any_case() {

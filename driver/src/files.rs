@@ -738,7 +738,7 @@ fn run_path_op<C: Completions>(
         Some(durable),
     ) = (&req.op, durable)
     {
-        if let Err(e) = in_dir(to, || fs::rename(from, to)) {
+        if let Err(e) = in_dir(to, || rename_over(from, to)) {
             let failure = local_failure(&e, "rename to", Some(to));
             return sink.complete(req.id, IoResult::Failed(failure));
         }
@@ -1401,7 +1401,7 @@ pub fn execute_path_op(op: &IoOp) -> IoResult {
             Err(e) => IoResult::Failed(local_failure(&e, "write", Some(path))),
         },
         IoOp::Rename { from, to, sync } => {
-            let renamed = in_dir(to, || fs::rename(from, to));
+            let renamed = in_dir(to, || rename_over(from, to));
             match renamed.and_then(|()| if *sync { sync_parent(to) } else { Ok(()) }) {
                 Ok(()) => IoResult::Done,
                 Err(e) => IoResult::Failed(local_failure(&e, "rename to", Some(to))),
@@ -1505,6 +1505,28 @@ fn write_atomic(path: &Path, data: &[u8]) -> std::io::Result<()> {
 /// other's half-written bytes into place. Each copy therefore holds the sibling locked
 /// (`flock`, waiting for another holder) from before it empties it until after the rename;
 /// a copy that gets the lock only once the sibling was renamed away opens the path again.
+/// Rename `from` over `to`, unless `to` is something a download must not replace: a
+/// directory, or a device, FIFO or socket (`/dev/null` as root would become a regular
+/// file). A symbolic link is replaced itself, as a rename does.
+fn rename_over(from: &Path, to: &Path) -> std::io::Result<()> {
+    if let Ok(meta) = fs::symlink_metadata(to) {
+        let kind = meta.file_type();
+        if kind.is_dir() {
+            return Err(std::io::Error::new(
+                ErrorKind::IsADirectory,
+                "the destination is a directory",
+            ));
+        }
+        if !kind.is_file() && !kind.is_symlink() {
+            return Err(std::io::Error::other(
+                "the destination is not a regular file (a device, FIFO or socket); a download \
+                 replaces only files",
+            ));
+        }
+    }
+    fs::rename(from, to)
+}
+
 fn copy_atomic(from: &Path, to: &Path) -> std::io::Result<()> {
     let tmp = haul_core::download::working_sibling(to, ".haul-copy");
     if let Some(dir) = to.parent().filter(|p| !p.as_os_str().is_empty()) {
@@ -1532,7 +1554,7 @@ fn copy_atomic(from: &Path, to: &Path) -> std::io::Result<()> {
         file.set_len(0)?;
         std::io::copy(&mut File::open(from)?, &mut file)?;
         file.sync_all()?;
-        fs::rename(&tmp, to)?;
+        rename_over(&tmp, to)?;
         sync_parent(to)
     })();
     if result.is_err() && names_same_file(&tmp, &file).unwrap_or(false) {
@@ -1664,7 +1686,7 @@ impl Unpublished {
     fn publish(self, to: &Path) -> Result<(), IoFailure> {
         let fail = |e: std::io::Error| local_failure(&e, "publish as", Some(to));
         if !self.unnamed {
-            return in_dir(to, || fs::rename(&self.path, to)).map_err(fail);
+            return in_dir(to, || rename_over(&self.path, to)).map_err(fail);
         }
         match in_dir(to, || link_open_file(&self.file, to)) {
             Err(e) if e.kind() == ErrorKind::AlreadyExists => {
@@ -1675,7 +1697,7 @@ impl Unpublished {
                     link_open_file(&self.file, &self.path)
                 })
                 .map_err(fail)?;
-                in_dir(to, || fs::rename(&self.path, to)).map_err(|e| {
+                in_dir(to, || rename_over(&self.path, to)).map_err(|e| {
                     let _ = fs::remove_file(&self.path);
                     fail(e)
                 })
@@ -3084,6 +3106,54 @@ mod tests {
             assert!(f.message.contains("rename to"), "{}", f.message);
             assert!(!to.exists());
         }
+    }
+
+    /// A commit never replaces a directory, or a FIFO (like a device or socket: `/dev/null`
+    /// as root would become a regular file): the rename fails saying why, and both stay.
+    #[cfg(target_os = "linux")]
+    #[test]
+    fn a_rename_over_a_directory_or_a_fifo_fails_and_replaces_nothing() {
+        use std::os::unix::fs::FileTypeExt;
+        let dir = tempfile::TempDir::new().unwrap();
+        let fifo = dir.path().join("fifo");
+        assert!(std::process::Command::new("mkfifo")
+            .arg(&fifo)
+            .status()
+            .unwrap()
+            .success());
+        let subdir = dir.path().join("subdir");
+        fs::create_dir(&subdir).unwrap();
+        let (tx, done) = mpsc::channel();
+        let mut n = 0;
+        for inline in [true, false] {
+            for sync in [true, false] {
+                for (to, why) in [(&fifo, "not a regular file"), (&subdir, "is a directory")] {
+                    let mut files = Files::new(ToChannel(tx.clone()), Threads::default());
+                    if inline {
+                        files = files.inline_small_ops();
+                    }
+                    n += 1;
+                    let from = dir.path().join(format!("new-{n}"));
+                    fs::write(&from, b"downloaded").unwrap();
+                    files.start(request(
+                        1,
+                        IoOp::Rename {
+                            from: from.clone(),
+                            to: to.clone(),
+                            sync,
+                        },
+                    ));
+                    let (_, result) = recv(&done);
+                    let IoResult::Failed(f) = result else {
+                        panic!("{result:?}")
+                    };
+                    assert!(f.message.contains(why), "{}", f.message);
+                    assert!(from.is_file());
+                }
+            }
+        }
+        assert!(fs::symlink_metadata(&fifo).unwrap().file_type().is_fifo());
+        assert!(subdir.is_dir());
     }
 
     #[test]
