@@ -64,6 +64,8 @@ pub(crate) enum Msg {
     CancelAll(CancelMode),
     /// Pause, resume or cancel one job of the running call.
     Job(JobId, JobCommand),
+    /// A rate schedule set while a call runs (see [`Client::set_rate_schedule`]).
+    RateSchedule(haul_core::RateSchedule, i32),
 }
 
 /// What [`CancelHandle`] asks of one job.
@@ -375,17 +377,45 @@ impl Driver {
             }
             Msg::CancelAll(mode) => return Some(Control::CancelAll(mode)),
             Msg::Job(job, command) => return Some(Control::Job(job, command)),
+            Msg::RateSchedule(rates, offset) => self.host.set_rate_schedule(rates, offset),
         }
         None
     }
 }
 
+/// Records the thread of the running call for as long as it runs (see `Client::caller`).
+struct CallerGuard<'a>(&'a Mutex<Option<std::thread::ThreadId>>);
+
+impl<'a> CallerGuard<'a> {
+    fn enter(caller: &'a Mutex<Option<std::thread::ThreadId>>) -> CallerGuard<'a> {
+        *caller.lock().unwrap_or_else(|e| e.into_inner()) = Some(std::thread::current().id());
+        CallerGuard(caller)
+    }
+}
+
+impl Drop for CallerGuard<'_> {
+    fn drop(&mut self) {
+        *self.0.lock().unwrap_or_else(|e| e.into_inner()) = None;
+    }
+}
+
 /// A blocking download client. One client keeps its idle connections between calls, so
 /// sequential downloads from one origin reuse a connection.
+///
+/// One call runs at a time: calls from several threads run one after another (give each
+/// its own client, or one call many downloads, to run them at once). From a call's own
+/// event callback, [`Client::stats`], [`Client::max_active_jobs`],
+/// [`Client::set_rate_schedule`] and the [`CancelHandle`] work; a download started there
+/// fails with [`DownloadError::InvalidRequest`] (it would wait for the call it runs in).
 pub struct Client {
     driver: Mutex<Driver>,
     cancel: CancelHandle,
     stats: Arc<Mutex<Stats>>,
+    /// The thread of the running call, if one runs: a call made from its own event callback
+    /// (on that thread) would wait for itself.
+    caller: Mutex<Option<std::thread::ThreadId>>,
+    /// [`Config::max_active_jobs`], fixed at construction.
+    max_active_jobs: usize,
 }
 
 impl Client {
@@ -416,11 +446,14 @@ impl Client {
             ..config
         })?;
         let stats = Arc::new(Mutex::new(Stats::default()));
+        let max_active_jobs = host.config().max_active_jobs;
         Ok(Client {
             cancel: CancelHandle {
                 sink,
                 stopped: Arc::default(),
             },
+            caller: Mutex::new(None),
+            max_active_jobs,
             driver: Mutex::new(Driver {
                 host,
                 runtime,
@@ -433,9 +466,19 @@ impl Client {
 
     /// Limit the global rate by time of day, read on a local clock `utc_offset` seconds
     /// ahead of UTC (see [`haul_core::RateSchedule`]); replaces the configured fixed limit.
+    /// While a call runs (asked from another thread, or from its event callback) it takes
+    /// effect at the call's next turn, for the downloads under way too.
     pub fn set_rate_schedule(&self, rates: haul_core::RateSchedule, utc_offset: i32) {
-        let mut driver = self.driver.lock().unwrap_or_else(|e| e.into_inner());
-        driver.host.set_rate_schedule(rates, utc_offset);
+        match self.driver.try_lock() {
+            Ok(mut driver) => driver.host.set_rate_schedule(rates, utc_offset),
+            Err(std::sync::TryLockError::Poisoned(e)) => {
+                e.into_inner().host.set_rate_schedule(rates, utc_offset)
+            }
+            // A call runs: its loop takes it (or the next call's start, if it just ended).
+            Err(std::sync::TryLockError::WouldBlock) => {
+                self.cancel.sink.send(Msg::RateSchedule(rates, utc_offset))
+            }
+        }
     }
 
     /// The client's counters: downloads active, queued, done, failed and cancelled, body
@@ -455,8 +498,7 @@ impl Client {
 
     /// Jobs the engine runs at once (the rest of a call's downloads wait in its queue).
     pub fn max_active_jobs(&self) -> usize {
-        let driver = self.driver.lock().unwrap_or_else(|e| e.into_inner());
-        driver.host.config().max_active_jobs
+        self.max_active_jobs
     }
 
     /// A handle that cancels the running call from another thread (e.g. on Ctrl-C), or
@@ -482,7 +524,31 @@ impl Client {
         downloads: Vec<Download>,
         mut on_event: impl FnMut(&Event),
     ) -> Vec<Result<Outcome, DownloadError>> {
-        let mut driver = self.driver.lock().unwrap_or_else(|e| e.into_inner());
+        let mut driver = match self.driver.try_lock() {
+            Ok(driver) => driver,
+            Err(std::sync::TryLockError::Poisoned(e)) => e.into_inner(),
+            Err(std::sync::TryLockError::WouldBlock) => {
+                let me = std::thread::current().id();
+                if *self.caller.lock().unwrap_or_else(|e| e.into_inner()) == Some(me) {
+                    // From the running call's own event callback: waiting for the call
+                    // would wait for ever.
+                    return downloads
+                        .iter()
+                        .map(|_| {
+                            Err(DownloadError::InvalidRequest(
+                                "a download started from the client's own event callback, \
+                                 inside a call of the same client: start it after the call \
+                                 returns, or on another client"
+                                    .into(),
+                            ))
+                        })
+                        .collect();
+                }
+                // Another thread's call: wait for it.
+                self.driver.lock().unwrap_or_else(|e| e.into_inner())
+            }
+        };
+        let _caller = CallerGuard::enter(&self.caller);
         // A cancel sent while no call was running must not cancel this one (unless it came
         // from `stop_all`, read after this drain); completions that arrived between calls
         // (closing idle connections) still go to the engine.
@@ -492,6 +558,7 @@ impl Client {
                 Msg::Established(conn, id, result) => {
                     driver.runtime.net.on_established(conn, id, *result)
                 }
+                Msg::RateSchedule(rates, offset) => driver.host.set_rate_schedule(rates, offset),
                 Msg::CancelAll(_) | Msg::Job(..) => {}
             }
         }

@@ -458,3 +458,94 @@ fn stop_all_cancels_the_calls_that_start_after_it() {
     assert_eq!(names, ["before"]);
     assert_eq!(std::fs::read(&before).unwrap(), body);
 }
+
+/// Calls of a client made from its own event callback do not wait for the call they run
+/// in (they used to deadlock): a download returns an `InvalidRequest` saying why,
+/// `max_active_jobs` answers, and `set_rate_schedule` takes effect at the call's next turn,
+/// as it does from another thread while a call runs.
+#[test]
+fn calls_from_the_clients_own_callback_do_not_wait_for_themselves() {
+    use haul_core::{Download, DownloadError, Event, RateSchedule};
+    use haul_origin::{Behavior, Origin};
+    use std::sync::mpsc;
+    use std::time::Duration;
+    let origin = Origin::start().unwrap();
+    let body = haul_tests::body(31, 300_000);
+    origin.route("/f", body.clone(), Behavior::Normal);
+    let dir = tempfile::TempDir::new().unwrap();
+    let (tx, rx) = mpsc::channel();
+    let url = origin.url("/f");
+    let dest = dir.path().to_path_buf();
+    std::thread::spawn(move || {
+        let client = haul_blocking::Client::new(haul_tests::fast_config()).unwrap();
+        let mut inner = None;
+        let mut max_active = 0;
+        let outer = client.download(Download::new(&url, dest.join("outer")).unwrap(), |ev| {
+            if inner.is_none() && matches!(ev, Event::Started { .. }) {
+                max_active = client.max_active_jobs();
+                client.set_rate_schedule(RateSchedule::new(vec![(0, None)]).unwrap(), 0);
+                inner =
+                    Some(client.download(Download::new(&url, dest.join("inner")).unwrap(), |_| {}));
+            }
+        });
+        let _ = tx.send((outer, inner, max_active));
+    });
+    let (outer, inner, max_active) = rx
+        .recv_timeout(Duration::from_secs(30))
+        .expect("the call and the calls from its callback end");
+    assert_eq!(outer.expect("the outer download").size, body.len() as u64);
+    match inner {
+        Some(Err(DownloadError::InvalidRequest(why))) => {
+            assert!(why.contains("own event callback"), "{why}")
+        }
+        other => panic!("{other:?}"),
+    }
+    assert_eq!(max_active, haul_tests::fast_config().max_active_jobs);
+    assert!(!dir.path().join("inner").exists());
+}
+
+/// `set_rate_schedule` from another thread while a call runs returns at once (it waited
+/// for the call to end): here the call ends only because that thread cancels it after.
+#[test]
+fn a_rate_schedule_set_from_another_thread_does_not_wait_for_the_running_call() {
+    use haul_core::{CancelMode, Download, DownloadError, RateSchedule};
+    use haul_origin::{Behavior, Origin};
+    use std::sync::mpsc;
+    use std::time::Duration;
+    let origin = Origin::start().unwrap();
+    origin.route(
+        "/stall",
+        haul_tests::body(32, 2 << 20),
+        Behavior::Stall { after: 1_500_000 },
+    );
+    let dir = tempfile::TempDir::new().unwrap();
+    let mut config = haul_tests::fast_config();
+    config.idle_timeout = Duration::from_secs(600);
+    let client = std::sync::Arc::new(haul_blocking::Client::new(config).unwrap());
+    let (tx, rx) = mpsc::channel();
+    let other = {
+        let client = client.clone();
+        let part = dir.path().join("f.haul-part");
+        std::thread::spawn(move || {
+            while std::fs::metadata(&part).map_or(true, |m| m.len() < 1_000_000) {
+                std::thread::sleep(Duration::from_millis(10));
+            }
+            client.set_rate_schedule(RateSchedule::new(vec![(0, Some(1 << 20))]).unwrap(), 0);
+            client.cancel_handle().cancel_with(CancelMode::KeepPartial);
+        })
+    };
+    let url = origin.url("/stall");
+    let dest = dir.path().join("f");
+    let runner = std::thread::spawn(move || {
+        let _ = tx.send(client.download(Download::new(&url, dest).unwrap(), |_| {}));
+    });
+    let result = rx
+        .recv_timeout(Duration::from_secs(30))
+        .expect("the call was cancelled after the schedule was set");
+    assert!(
+        matches!(result, Err(DownloadError::Cancelled)),
+        "{result:?}"
+    );
+    other.join().unwrap();
+    runner.join().unwrap();
+}
