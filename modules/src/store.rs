@@ -3295,28 +3295,40 @@ mod tests {
         assert_eq!(store.recheck_many(&[&unreadable]).unwrap(), vec![true]);
     }
 
+    /// In the test process: runs the test `name` again in a child of the test binary under
+    /// `ulimit -n 64` (its exhaustion of descriptors must not touch the other tests'
+    /// threads), checks that it passed, and returns true. In that child: false (go on).
+    #[cfg(target_os = "linux")]
+    fn ran_in_a_child_with_few_descriptors(name: &str) -> bool {
+        const CHILD: &str = "HAUL_TEST_FD_CHILD";
+        if std::env::var_os(CHILD).is_some() {
+            return false;
+        }
+        let exe = std::env::current_exe().unwrap();
+        let out = std::process::Command::new("sh")
+            .arg("-c")
+            .arg("ulimit -n 64 && exec \"$0\" --exact \"$1\" --test-threads=1 --nocapture")
+            .arg(exe)
+            .arg(name)
+            .env(CHILD, "1")
+            .output()
+            .unwrap();
+        let text = String::from_utf8_lossy(&out.stdout).into_owned()
+            + &String::from_utf8_lossy(&out.stderr);
+        assert!(out.status.success(), "{text}");
+        assert!(text.contains("1 passed"), "the child ran the test: {text}");
+        true
+    }
+
     /// Run in a child of the test binary under `ulimit -n 64` (the exhaustion of descriptors
     /// below must not touch the other tests' threads): with every descriptor taken, the
     /// re-check fails with `Io` and the stored file, not at fault, stays.
     #[cfg(target_os = "linux")]
     #[test]
     fn recheck_out_of_file_descriptors_fails_and_removes_nothing() {
-        const CHILD: &str = "HAUL_TEST_FD_CHILD";
-        let name = "store::tests::recheck_out_of_file_descriptors_fails_and_removes_nothing";
-        if std::env::var_os(CHILD).is_none() {
-            let exe = std::env::current_exe().unwrap();
-            let out = std::process::Command::new("sh")
-                .arg("-c")
-                .arg("ulimit -n 64 && exec \"$0\" --exact \"$1\" --test-threads=1 --nocapture")
-                .arg(exe)
-                .arg(name)
-                .env(CHILD, "1")
-                .output()
-                .unwrap();
-            let text = String::from_utf8_lossy(&out.stdout).into_owned()
-                + &String::from_utf8_lossy(&out.stderr);
-            assert!(out.status.success(), "{text}");
-            assert!(text.contains("1 passed"), "the child ran the test: {text}");
+        if ran_in_a_child_with_few_descriptors(
+            "store::tests::recheck_out_of_file_descriptors_fails_and_removes_nothing",
+        ) {
             return;
         }
         let dir = tempfile::TempDir::new().unwrap();
@@ -3344,23 +3356,9 @@ mod tests {
     #[cfg(target_os = "linux")]
     #[test]
     fn verify_all_out_of_file_descriptors_reports_what_it_left_unchecked() {
-        const CHILD: &str = "HAUL_TEST_FD_CHILD";
-        let name =
-            "store::tests::verify_all_out_of_file_descriptors_reports_what_it_left_unchecked";
-        if std::env::var_os(CHILD).is_none() {
-            let exe = std::env::current_exe().unwrap();
-            let out = std::process::Command::new("sh")
-                .arg("-c")
-                .arg("ulimit -n 64 && exec \"$0\" --exact \"$1\" --test-threads=1 --nocapture")
-                .arg(exe)
-                .arg(name)
-                .env(CHILD, "1")
-                .output()
-                .unwrap();
-            let text = String::from_utf8_lossy(&out.stdout).into_owned()
-                + &String::from_utf8_lossy(&out.stderr);
-            assert!(out.status.success(), "{text}");
-            assert!(text.contains("1 passed"), "the child ran the test: {text}");
+        if ran_in_a_child_with_few_descriptors(
+            "store::tests::verify_all_out_of_file_descriptors_reports_what_it_left_unchecked",
+        ) {
             return;
         }
         let dir = tempfile::TempDir::new().unwrap();
