@@ -433,21 +433,46 @@ fn tampered_module_exits_5_and_keeps_the_old_pins() {
     assert_eq!(files_in(cache.path()), files_before);
 }
 
-#[test]
-fn network_failure_falls_back_to_the_pinned_manifest_and_says_so() {
+/// The app "news" (news.js v1 and the shared kotlin module, signed by `key`) served by a new
+/// origin and loaded once into a new cache.
+struct NewsLoaded {
+    origin: Origin,
+    /// The manifest's URL and bytes.
+    url: String,
+    raw: Vec<u8>,
+    cache: tempfile::TempDir,
+}
+
+fn news_loaded_once(key: &Signer) -> NewsLoaded {
     let origin = Origin::start().unwrap();
-    let key = Signer::ed25519("release", 7);
     let raw = publish(
         &origin,
         "news",
         &[app_module("news", "./news.js", "v1"), kotlin()],
         100,
-        &[&key],
+        &[key],
     );
     let cache = tempfile::TempDir::new().unwrap();
     let url = origin.url(&manifest_path("news"));
-    let first = load(&url, "news", cache.path(), &[&key], &[]);
+    let first = load(&url, "news", cache.path(), &[key], &[]);
     assert_eq!(first.status.code(), Some(0), "{}", describe(&first));
+    NewsLoaded {
+        origin,
+        url,
+        raw,
+        cache,
+    }
+}
+
+#[test]
+fn network_failure_falls_back_to_the_pinned_manifest_and_says_so() {
+    let key = Signer::ed25519("release", 7);
+    let NewsLoaded {
+        origin,
+        url,
+        raw,
+        cache,
+    } = news_loaded_once(&key);
 
     drop(origin);
     let offline = load(&url, "news", cache.path(), &[&key], &[]);
@@ -498,19 +523,13 @@ fn network_failure_falls_back_to_the_pinned_manifest_and_says_so() {
 /// holding the load and the cache for minutes.
 #[test]
 fn a_trickling_manifest_server_falls_back_to_the_pinned_manifest_under_the_low_speed_limit() {
-    let origin = Origin::start().unwrap();
     let key = Signer::ed25519("release", 7);
-    let raw = publish(
-        &origin,
-        "news",
-        &[app_module("news", "./news.js", "v1"), kotlin()],
-        100,
-        &[&key],
-    );
-    let cache = tempfile::TempDir::new().unwrap();
-    let url = origin.url(&manifest_path("news"));
-    let first = load(&url, "news", cache.path(), &[&key], &[]);
-    assert_eq!(first.status.code(), Some(0), "{}", describe(&first));
+    let NewsLoaded {
+        origin,
+        url,
+        raw,
+        cache,
+    } = news_loaded_once(&key);
     origin.route(
         &manifest_path("news"),
         raw.clone(),
