@@ -241,7 +241,7 @@ pub enum CancelMode {
 pub struct Stats {
     /// Jobs transferring now.
     pub active: usize,
-    /// Jobs waiting for a slot or a dependency.
+    /// Jobs waiting for a slot or a dependency, and paused jobs (which hold no slot).
     pub queued: usize,
     /// Jobs that succeeded.
     pub done: usize,
@@ -255,7 +255,8 @@ pub struct Stats {
     pub current_rate: f64,
     /// Rate since the first job started, bytes/s.
     pub average_rate: f64,
-    /// Highest one-second rate seen.
+    /// Highest rate over a whole second of transfer (0 until the first second has passed,
+    /// so a shorter transfer has none; see `current_rate` and `average_rate`).
     pub peak_rate: f64,
 }
 
