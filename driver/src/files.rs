@@ -1498,13 +1498,6 @@ fn write_atomic(path: &Path, data: &[u8]) -> std::io::Result<()> {
     sync_parent(path)
 }
 
-/// Copy through a temporary sibling so `to` is either absent/old or complete.
-///
-/// The sibling has one name per destination, so two copies to one destination (two
-/// processes, or two clients of one) would write it at once and one could rename the
-/// other's half-written bytes into place. Each copy therefore holds the sibling locked
-/// (`flock`, waiting for another holder) from before it empties it until after the rename;
-/// a copy that gets the lock only once the sibling was renamed away opens the path again.
 /// Rename `from` over `to`, unless `to` is something a download must not replace: a
 /// directory, or a device, FIFO or socket (`/dev/null` as root would become a regular
 /// file). A symbolic link is replaced itself, as a rename does.
@@ -1527,6 +1520,13 @@ fn rename_over(from: &Path, to: &Path) -> std::io::Result<()> {
     fs::rename(from, to)
 }
 
+/// Copy through a temporary sibling so `to` is either absent/old or complete.
+///
+/// The sibling has one name per destination, so two copies to one destination (two
+/// processes, or two clients of one) would write it at once and one could rename the
+/// other's half-written bytes into place. Each copy therefore holds the sibling locked
+/// (`flock`, waiting for another holder) from before it empties it until after the rename;
+/// a copy that gets the lock only once the sibling was renamed away opens the path again.
 fn copy_atomic(from: &Path, to: &Path) -> std::io::Result<()> {
     let tmp = haul_core::download::working_sibling(to, ".haul-copy");
     if let Some(dir) = to.parent().filter(|p| !p.as_os_str().is_empty()) {

@@ -64,8 +64,8 @@ pub(crate) enum Msg {
     CancelAll(CancelMode),
     /// Pause, resume or cancel one job of the running call.
     Job(JobId, JobCommand),
-    /// A rate schedule set while a call runs (see [`Client::set_rate_schedule`]).
-    RateSchedule(haul_core::RateSchedule, i32),
+    /// A rate schedule was set while a call ran: take it from [`Driver::schedule`].
+    RateSchedule,
 }
 
 /// What [`CancelHandle`] asks of one job.
@@ -199,7 +199,16 @@ struct Driver {
     /// The engine's counters as of the last turn of the loop, for [`Client::stats`] (which
     /// must not wait for the running call, and may be asked from its callback).
     stats: Arc<Mutex<Stats>>,
+    /// The latest rate schedule set while a call ran, with its order of setting, until the
+    /// driver applies it (a [`Msg::RateSchedule`] says there is one): one set after a call's
+    /// last turn must not be applied over a later one set after the call returned.
+    schedule: ScheduleSlot,
+    /// The order of setting of the schedule in force (0: none set).
+    schedule_applied: u64,
 }
+
+/// A rate schedule waiting for the driver: (order of setting, schedule, UTC offset).
+type ScheduleSlot = Arc<Mutex<Option<(u64, haul_core::RateSchedule, i32)>>>;
 
 impl Driver {
     /// Run `downloads` to completion, reporting events; results in submission order.
@@ -361,6 +370,27 @@ impl Driver {
             .collect()
     }
 
+    /// Applies the rate schedule set while a call ran, unless a later one is in force.
+    fn take_schedule(&mut self) {
+        let pending = self
+            .schedule
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .take();
+        if let Some((seq, rates, offset)) = pending {
+            self.apply_schedule(seq, rates, offset);
+        }
+    }
+
+    /// Puts in force the schedule set `seq`-th (see `Client::schedule_seq`), unless a later
+    /// one already is.
+    fn apply_schedule(&mut self, seq: u64, rates: haul_core::RateSchedule, offset: i32) {
+        if seq > self.schedule_applied {
+            self.schedule_applied = seq;
+            self.host.set_rate_schedule(rates, offset);
+        }
+    }
+
     /// Completions the sockets made on this thread, to the engine.
     fn feed_net(&mut self) {
         for (id, result) in self.runtime.net.take_done() {
@@ -377,7 +407,7 @@ impl Driver {
             }
             Msg::CancelAll(mode) => return Some(Control::CancelAll(mode)),
             Msg::Job(job, command) => return Some(Control::Job(job, command)),
-            Msg::RateSchedule(rates, offset) => self.host.set_rate_schedule(rates, offset),
+            Msg::RateSchedule => self.take_schedule(),
         }
         None
     }
@@ -416,6 +446,10 @@ pub struct Client {
     caller: Mutex<Option<std::thread::ThreadId>>,
     /// [`Config::max_active_jobs`], fixed at construction.
     max_active_jobs: usize,
+    /// The driver's `Driver::schedule` slot.
+    schedule: ScheduleSlot,
+    /// How many rate schedules have been set: each one's order of setting.
+    schedule_seq: std::sync::atomic::AtomicU64,
 }
 
 impl Client {
@@ -447,6 +481,7 @@ impl Client {
         })?;
         let stats = Arc::new(Mutex::new(Stats::default()));
         let max_active_jobs = host.config().max_active_jobs;
+        let schedule = Arc::new(Mutex::new(None));
         Ok(Client {
             cancel: CancelHandle {
                 sink,
@@ -454,11 +489,15 @@ impl Client {
             },
             caller: Mutex::new(None),
             max_active_jobs,
+            schedule: schedule.clone(),
+            schedule_seq: std::sync::atomic::AtomicU64::new(0),
             driver: Mutex::new(Driver {
                 host,
                 runtime,
                 rx,
                 stats: stats.clone(),
+                schedule,
+                schedule_applied: 0,
             }),
             stats,
         })
@@ -469,16 +508,26 @@ impl Client {
     /// While a call runs (asked from another thread, or from its event callback) it takes
     /// effect at the call's next turn, for the downloads under way too.
     pub fn set_rate_schedule(&self, rates: haul_core::RateSchedule, utc_offset: i32) {
-        match self.driver.try_lock() {
-            Ok(mut driver) => driver.host.set_rate_schedule(rates, utc_offset),
-            Err(std::sync::TryLockError::Poisoned(e)) => {
-                e.into_inner().host.set_rate_schedule(rates, utc_offset)
-            }
+        let seq = self
+            .schedule_seq
+            .fetch_add(1, std::sync::atomic::Ordering::SeqCst)
+            + 1;
+        let mut driver = match self.driver.try_lock() {
+            Ok(driver) => driver,
+            Err(std::sync::TryLockError::Poisoned(e)) => e.into_inner(),
             // A call runs: its loop takes it (or the next call's start, if it just ended).
             Err(std::sync::TryLockError::WouldBlock) => {
-                self.cancel.sink.send(Msg::RateSchedule(rates, utc_offset))
+                let mut slot = self.schedule.lock().unwrap_or_else(|e| e.into_inner());
+                if slot.as_ref().is_none_or(|(waiting, ..)| *waiting < seq) {
+                    *slot = Some((seq, rates, utc_offset));
+                }
+                drop(slot);
+                return self.cancel.sink.send(Msg::RateSchedule);
             }
-        }
+        };
+        driver.apply_schedule(seq, rates, utc_offset);
+        // One set meanwhile from another thread (later, if so) goes on top.
+        driver.take_schedule();
     }
 
     /// The client's counters: downloads active, queued, done, failed and cancelled, body
@@ -558,7 +607,7 @@ impl Client {
                 Msg::Established(conn, id, result) => {
                     driver.runtime.net.on_established(conn, id, *result)
                 }
-                Msg::RateSchedule(rates, offset) => driver.host.set_rate_schedule(rates, offset),
+                Msg::RateSchedule => driver.take_schedule(),
                 Msg::CancelAll(_) | Msg::Job(..) => {}
             }
         }

@@ -549,3 +549,45 @@ fn a_rate_schedule_set_from_another_thread_does_not_wait_for_the_running_call() 
     other.join().unwrap();
     runner.join().unwrap();
 }
+
+/// A rate schedule set from a call's callback after its last turn waits for the next call;
+/// one set after the call returned is later and wins: the waiting one is not applied over
+/// it (it was, and a 1 MiB download then crawled at 64 KiB/s).
+#[test]
+fn a_rate_schedule_set_later_is_not_overridden_by_one_that_waited_for_a_call() {
+    use haul_core::{Download, Event, RateSchedule};
+    use haul_origin::{Behavior, Origin};
+    use std::sync::mpsc;
+    use std::time::Duration;
+    let origin = Origin::start().unwrap();
+    origin.route("/small", haul_tests::body(33, 1_000), Behavior::Normal);
+    let big = haul_tests::body(34, 1 << 20);
+    origin.route("/big", big.clone(), Behavior::Normal);
+    let dir = tempfile::TempDir::new().unwrap();
+    let client = haul_blocking::Client::new(haul_tests::fast_config()).unwrap();
+    client
+        .download(
+            Download::new(&origin.url("/small"), dir.path().join("small")).unwrap(),
+            |ev| {
+                if matches!(ev, Event::Finished { .. }) {
+                    client.set_rate_schedule(
+                        RateSchedule::new(vec![(0, Some(64 << 10))]).unwrap(),
+                        0,
+                    );
+                }
+            },
+        )
+        .unwrap();
+    client.set_rate_schedule(RateSchedule::new(vec![(0, None)]).unwrap(), 0);
+    let (tx, rx) = mpsc::channel();
+    let url = origin.url("/big");
+    let dest = dir.path().join("big");
+    std::thread::spawn(move || {
+        let _ = tx.send(client.download(Download::new(&url, dest).unwrap(), |_| {}));
+    });
+    // Unlimited it takes milliseconds; at 64 KiB/s sixteen seconds.
+    let result = rx
+        .recv_timeout(Duration::from_secs(8))
+        .expect("the download runs without the older limit");
+    assert_eq!(result.unwrap().size, big.len() as u64);
+}
