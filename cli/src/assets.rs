@@ -686,12 +686,18 @@ pub fn install_assets(
         std::thread::spawn(move || {
             let mut done = Vec::new();
             for (zip, indexes) in installer_inbox {
+                let mut interrupted = false;
                 for i in indexes {
                     let stop = Some(stop.clone());
-                    done.push((i, install_asset_or_stop(&zip, &assets[i], &root, stop)));
+                    let result = install_asset_or_stop(&zip, &assets[i], &root, stop);
+                    interrupted |= result.as_ref().is_err_and(InstallError::is_interrupted);
+                    done.push((i, result));
                 }
-                // A zip left behind is only disk space: the next run re-verifies it.
-                let _ = std::fs::remove_file(&zip);
+                // A zip left behind is only disk space: the next run re-verifies it. One
+                // whose install a signal stopped is kept for the same command again.
+                if !interrupted {
+                    let _ = std::fs::remove_file(&zip);
+                }
             }
             done
         })

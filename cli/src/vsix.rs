@@ -229,21 +229,23 @@ fn install_locked(args: &VsixInstallArgs) -> i32 {
             exit::OK
         }
         Err(e) => {
+            if e.is_interrupted() {
+                // The verified .vsix stays for the same command again.
+                if let Some(held) = &mut held_download {
+                    held.keep = true;
+                }
+            }
             eprintln!("haul vsix: {}: {e}", args.source);
             exit_code_for(&e)
         }
     }
 }
 
-/// Downloads the .vsix at `args.source` into a new temporary directory beside the root
-/// (stored in `holder` so it lives until the install is done).
+/// Downloads the .vsix at `args.source` into the root's downloads directory beside it (see
+/// [`downloads_dir`]; stored in `holder` so it lives until the install is done).
 fn fetch(args: &VsixInstallArgs, holder: &mut Option<Downloaded>) -> Result<PathBuf, i32> {
-    let dir = parent_of(&args.root).join(DOWNLOADS_DIR);
-    if let Err(e) = std::fs::create_dir_all(&dir) {
-        eprintln!("haul vsix: cannot create {}: {e}", dir.display());
-        return Err(exit::LOCAL_IO);
-    }
-    let dest = dir.join(download_name(&args.root, &args.source));
+    let dir = downloads_dir(&args.root);
+    let dest = dir.join(download_name(&args.source));
     let mut download = Download::new(&args.source, &dest).map_err(|e| {
         eprintln!("haul vsix: {e}");
         exit::USAGE
@@ -258,6 +260,11 @@ fn fetch(args: &VsixInstallArgs, holder: &mut Option<Downloaded>) -> Result<Path
         eprintln!("haul vsix: {e}");
         exit::USAGE
     })?;
+    // Made only once the download is known to be valid, so that a refused one leaves none.
+    if let Err(e) = std::fs::create_dir_all(&dir) {
+        eprintln!("haul vsix: cannot create {}: {e}", dir.display());
+        return Err(exit::LOCAL_IO);
+    }
     let cancel = client.cancel_handle();
     crate::signals::on_interrupt(move || cancel.stop_all(CancelMode::KeepPartial));
     let mode = if args.json {
@@ -276,35 +283,43 @@ fn fetch(args: &VsixInstallArgs, holder: &mut Option<Downloaded>) -> Result<Path
         })?;
     *holder = Some(Downloaded {
         path: outcome.path.clone(),
+        keep: false,
     });
     Ok(outcome.path)
 }
 
-/// Where .vsix files from URLs are downloaded, beside the root (not in it, where VS Code
-/// looks for extensions).
-const DOWNLOADS_DIR: &str = ".haul-vsix-downloads";
+/// Where .vsix files from URLs for `root` are downloaded: beside the root (not in it, where
+/// VS Code looks for extensions), one directory per root
+/// (`.haul-vsix-downloads-<16 hex digits of the root's absolute path's sha256>`), so that
+/// the root's lock, which every install into it holds, covers the directory too.
+fn downloads_dir(root: &Path) -> PathBuf {
+    let absolute = std::path::absolute(root).unwrap_or_else(|_| root.to_path_buf());
+    // `ext` and `ext/` are one root.
+    let normal: PathBuf = absolute.components().collect();
+    let digest = hex::encode(Sha256::digest(normal.as_os_str().as_encoded_bytes()));
+    parent_of(root).join(format!(".haul-vsix-downloads-{}", &digest[..16]))
+}
 
-/// The file a .vsix from `url` for `root` is downloaded to: the same for the same command,
-/// so that it resumes the partial an interruption kept; another for another root, so that
-/// installs into two roots do not share a partial.
-fn download_name(root: &Path, url: &str) -> String {
-    let root = std::path::absolute(root).unwrap_or_else(|_| root.to_path_buf());
-    let mut hasher = Sha256::new();
-    hasher.update(root.as_os_str().as_encoded_bytes());
-    hasher.update(b"\n");
-    hasher.update(url.as_bytes());
-    let digest = hex::encode(hasher.finalize());
+/// The file a .vsix from `url` is downloaded to in its root's [`downloads_dir`]: the same
+/// for the same command, so that it resumes the partial an interruption kept.
+fn download_name(url: &str) -> String {
+    let digest = hex::encode(Sha256::digest(url.as_bytes()));
     format!("{}.vsix", &digest[..16])
 }
 
 /// A downloaded .vsix: removed (and its directory, once empty) when the install step is
-/// over, whatever its result.
+/// over, unless a signal stopped it (`keep`: the same command again installs it without
+/// downloading it again).
 struct Downloaded {
     path: PathBuf,
+    keep: bool,
 }
 
 impl Drop for Downloaded {
     fn drop(&mut self) {
+        if self.keep {
+            return;
+        }
         let _ = std::fs::remove_file(&self.path);
         if let Some(dir) = self.path.parent() {
             let _ = std::fs::remove_dir(dir);

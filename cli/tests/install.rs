@@ -988,7 +988,17 @@ fn an_interrupted_vsix_download_is_resumed_by_the_same_command() {
     let tmp = TempDir::new().unwrap();
     let root = tmp.path().join("extensions");
     let url = origin.url("/heavy.vsix");
-    let downloads = tmp.path().join(".haul-vsix-downloads");
+    let downloads = || {
+        fs::read_dir(tmp.path())
+            .unwrap()
+            .map(|e| e.unwrap().path())
+            .find(|p| {
+                p.file_name()
+                    .unwrap()
+                    .to_string_lossy()
+                    .starts_with(".haul-vsix-downloads-")
+            })
+    };
     let child = haul()
         .args(["vsix", "install", &url, "--root", s(&root)])
         .stdout(std::process::Stdio::piped())
@@ -997,6 +1007,9 @@ fn an_interrupted_vsix_download_is_resumed_by_the_same_command() {
         .unwrap();
     let started = std::time::Instant::now();
     let partial_len = || -> u64 {
+        let Some(downloads) = downloads() else {
+            return 0;
+        };
         fs::read_dir(&downloads)
             .map(|entries| {
                 entries
@@ -1042,5 +1055,119 @@ fn an_interrupted_vsix_download_is_resumed_by_the_same_command() {
         fs::read(root.join("acme.heavy-1.0.0/blob.bin")).unwrap(),
         payload
     );
-    assert!(!downloads.exists(), "the download's directory is gone");
+    assert_eq!(downloads(), None, "the download's directory is gone");
+}
+
+/// A signal during the extraction of a .vsix downloaded from a URL keeps the verified file:
+/// the same command again installs it without fetching it again. A URL refused before the
+/// download leaves no downloads directory (nor the root's parents made for it).
+#[test]
+fn an_install_interrupted_after_its_download_keeps_the_vsix_and_a_refused_url_leaves_nothing() {
+    let manifest = package_json("acme", "many", "1.0.0");
+    let mut w = ZipWriter::new(Cursor::new(Vec::new()));
+    let options = SimpleFileOptions::default()
+        .compression_method(CompressionMethod::Stored)
+        .unix_permissions(0o644);
+    w.start_file("extension/package.json", options).unwrap();
+    w.write_all(manifest.as_bytes()).unwrap();
+    for i in 0..40_000 {
+        w.start_file(format!("extension/d{}/f{i}", i % 100), options)
+            .unwrap();
+        w.write_all(&[b'x'; 100]).unwrap();
+    }
+    let body = w.finish().unwrap().into_inner();
+    let sha = sha256_hex(&body);
+    let origin = Origin::start().unwrap();
+    origin.route("/many.vsix", body, Behavior::Normal);
+    let tmp = TempDir::new().unwrap();
+    let root = tmp.path().join("extensions");
+    let url = origin.url("/many.vsix");
+    let install = [
+        "vsix",
+        "install",
+        &url,
+        "--root",
+        s(&root),
+        "--sha256",
+        &sha,
+    ];
+    fs::create_dir(&root).unwrap();
+    let out = interrupted(&install, &root, "INT");
+    expect_code(&out, 130);
+    assert_eq!(origin.requests_to("/many.vsix").len(), 1);
+    assert!(staging_trees(&root).is_empty(), "{:?}", listing(&root));
+    let again = run(&install);
+    expect_code(&again, 0);
+    assert_eq!(
+        origin.requests_to("/many.vsix").len(),
+        1,
+        "installed from the kept file"
+    );
+    assert!(root.join("acme.many-1.0.0/package.json").is_file());
+    // Nothing but the root beside it: the kept file went once installed.
+    let beside: Vec<String> = listing(tmp.path())
+        .into_iter()
+        .filter(|p| !p.starts_with("extensions/"))
+        .collect();
+    assert!(beside.is_empty(), "{beside:?}");
+
+    // A URL with credentials is refused before anything is made.
+    let new_root = tmp.path().join("new/ext");
+    let refused = run(&[
+        "vsix",
+        "install",
+        "http://user:pw@127.0.0.1:1/x.vsix",
+        "--root",
+        s(&new_root),
+    ]);
+    expect_code(&refused, 2);
+    assert!(
+        !tmp.path().join("new").exists(),
+        "{:?}",
+        listing(tmp.path())
+    );
+}
+
+/// A signal during an asset's extraction keeps its verified zip (it was deleted with the
+/// stopped install): the same command again installs it without fetching it again.
+#[test]
+fn an_asset_install_interrupted_during_extraction_keeps_its_zip() {
+    let files: Vec<(&'static str, &'static [u8])> = (0..40_000)
+        .map(|i| {
+            let name: &'static str = Box::leak(format!("d{}/f{i}", i % 100).into_boxed_str());
+            (name, &b"x"[..])
+        })
+        .collect();
+    let big = TestAsset {
+        key: "cars",
+        name: "Big Car",
+        category: "GT",
+        directory: "big-car",
+        revision: 1,
+        files,
+    };
+    let origin = Origin::start().unwrap();
+    publish(&origin, std::slice::from_ref(&big), &[]);
+    let g = Game::new();
+    expect_code(&g.assets(&["repo", "add", &origin.url("/catalog.json")]), 0);
+    let install = [
+        "assets",
+        "install",
+        "Big Car",
+        "--root",
+        s(&g.root),
+        "--home",
+        s(&g.home),
+    ];
+    let out = interrupted(&install, &g.root.join("cars/models"), "INT");
+    expect_code(&out, 130);
+    assert_eq!(origin.requests_to("/z/big-car-1.zip").len(), 1);
+    let again = run(&install);
+    expect_code(&again, 0);
+    assert_eq!(
+        origin.requests_to("/z/big-car-1.zip").len(),
+        1,
+        "installed from the kept zip"
+    );
+    assert!(g.root.join("cars/models/big-car/d0/f0").is_file());
 }
