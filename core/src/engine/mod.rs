@@ -2050,24 +2050,32 @@ impl Engine {
     /// that reads when it has waited long enough (see `throttle_until`) still gets a useful
     /// share. Without the cap one read took up to a whole receive chunk (256 KiB), which at
     /// a low rate is many seconds of the limit, never paid back after a file's last read.
+    ///
+    /// The tokens (and the eighth of a second) are shared by the reads that may be in
+    /// flight under the same bucket at once: one per connection for the global limit, one
+    /// per transfer of the job for its own. Reads issued together (every connection's first
+    /// read, before any byte of them is counted) each took the whole allowance, so a start
+    /// burst was as many seconds of the limit as there were connections.
     pub(super) fn read_allowance(&mut self, id: JobId) -> usize {
         let now = self.now;
+        let readers = self.conns.len().max(1) as f64;
         let mut allowed = f64::INFINITY;
-        let mut rate = u64::MAX;
-        if let Some(b) = self.jobs.get_mut(&id).and_then(|j| j.bucket.as_mut()) {
-            allowed = allowed.min(b.available(now));
-            rate = rate.min(b.rate());
+        let mut share = f64::INFINITY;
+        if let Some(j) = self.jobs.get_mut(&id) {
+            let transfers = j.transfers.len().max(1) as f64;
+            if let Some(b) = j.bucket.as_mut() {
+                allowed = allowed.min(b.available(now) / transfers);
+                share = share.min(b.rate() as f64 / 8.0 / transfers);
+            }
         }
         if let Some(g) = self.global_bucket.as_mut() {
-            allowed = allowed.min(g.available(now));
-            rate = rate.min(g.rate());
+            allowed = allowed.min(g.available(now) / readers);
+            share = share.min(g.rate() as f64 / 8.0 / readers);
         }
         if allowed.is_infinite() {
             return usize::MAX;
         }
-        let floor = usize::try_from(rate / 8)
-            .unwrap_or(usize::MAX)
-            .max(MIN_THROTTLED_READ);
+        let floor = (share as usize).max(MIN_THROTTLED_READ);
         (allowed.max(0.0) as usize).max(floor)
     }
 
