@@ -758,7 +758,11 @@ pub fn install_assets(
             }
         }
     }
-    reporter.summary(ok, results.len() - ok, fetched);
+    let cancelled = results
+        .iter()
+        .filter(|r| matches!(r, Err(DownloadError::Cancelled)))
+        .count();
+    reporter.summary(ok, results.len() - ok - cancelled, cancelled, fetched);
     drop(to_installer);
     let mut installed: HashMap<usize, Result<InstalledAsset, InstallError>> = installer
         .join()

@@ -207,7 +207,7 @@ fn demo(args: DemoArgs) -> Result<i32, String> {
         ids.len()
     };
     if mode == Mode::Json {
-        reporter.summary(assets.len() - failures, failures, total);
+        reporter.summary(assets.len() - failures, failures, 0, total);
     } else {
         eprintln!(
             "haul demo: {} of {} assets verified ({}) in {:.2}s, {}; {requests} requests over {connections} connections",

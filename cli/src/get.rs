@@ -526,7 +526,11 @@ pub fn run(args: GetArgs) -> i32 {
         .filter_map(|r| r.as_ref().ok())
         .map(|o| o.bytes_fetched)
         .sum();
-    reporter.summary(ok, results.len() - ok, bytes);
+    let cancelled = results
+        .iter()
+        .filter(|r| matches!(r, Err(haul_core::DownloadError::Cancelled)))
+        .count();
+    reporter.summary(ok, results.len() - ok - cancelled, cancelled, bytes);
     exit::combine(results.iter().map(|r| match r {
         Ok(_) => exit::OK,
         Err(e) => exit::for_download(e),

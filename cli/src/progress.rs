@@ -382,7 +382,9 @@ impl Reporter {
     }
 
     /// A closing summary for several downloads.
-    pub fn summary(&self, ok: usize, failed: usize, bytes: u64) {
+    /// The line after every download ended: `ok` verified (`bytes` fetched for them),
+    /// `failed`, and `cancelled` (interrupted, their partials kept).
+    pub fn summary(&self, ok: usize, failed: usize, cancelled: usize, bytes: u64) {
         if let Some(o) = &self.overall {
             o.finish_and_clear();
         }
@@ -390,12 +392,17 @@ impl Reporter {
         let rate = if secs > 0.0 { bytes as f64 / secs } else { 0.0 };
         match self.mode {
             Mode::Json => self.emit_json(json!({
-                "event": "summary", "ok": ok, "failed": failed, "bytes": bytes, "seconds": secs,
-                "rate": rate, "jobs": self.total_jobs,
+                "event": "summary", "ok": ok, "failed": failed, "cancelled": cancelled,
+                "bytes": bytes, "seconds": secs, "rate": rate, "jobs": self.total_jobs,
             })),
             Mode::Bars | Mode::Plain if self.total_jobs > 1 => eprintln!(
-                "{ok} of {} downloads verified, {failed} failed, {} in {secs:.2}s ({})",
+                "{ok} of {} downloads verified, {failed} failed{}, {} in {secs:.2}s ({})",
                 self.total_jobs,
+                if cancelled > 0 {
+                    format!(", {cancelled} interrupted")
+                } else {
+                    String::new()
+                },
                 human_bytes(bytes),
                 human_rate(rate)
             ),

@@ -908,6 +908,17 @@ fn an_interrupted_get_exits_128_plus_the_signal_keeps_its_partial_and_the_same_c
                 .find(|v| v["event"] == "finished")
                 .expect("a finished event");
             assert_eq!(finished["exit_code"], code, "{finished}");
+            // Interrupted, not failed.
+            let summary: serde_json::Value = String::from_utf8_lossy(&first.stdout)
+                .lines()
+                .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+                .find(|v| v["event"] == "summary")
+                .expect("a summary event");
+            assert_eq!(
+                (&summary["failed"], &summary["cancelled"]),
+                (&serde_json::json!(0), &serde_json::json!(1)),
+                "{summary}"
+            );
         } else {
             let said = String::from_utf8_lossy(&first.stderr);
             assert!(
