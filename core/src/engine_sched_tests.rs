@@ -550,6 +550,64 @@ fn a_stalled_segment_too_short_to_split_is_taken_over_by_a_free_connection() {
     assert_eq!(out.bytes_fetched, 100_000, "no byte is fetched twice");
 }
 
+/// A segment that goes on, but hundreds of times slower than the others (a slow mirror),
+/// with too little left to split, is taken over by a free connection once the others are
+/// done: the download does not wait seconds for its trickle while fast connections idle.
+#[test]
+fn a_lagging_segment_too_short_to_split_is_taken_over_by_a_free_connection() {
+    let body = pattern(100_000, 10);
+    let mut cfg = config();
+    cfg.low_speed = None;
+    let mut h = Harness::new(cfg);
+    let b = body.clone();
+    h.serve(ORIGIN, move |req| {
+        let wire = serve_range(&b, req);
+        let head = head_len(&wire);
+        match range_of(req) {
+            // 50 bytes every 10 ms: 5 kB/s, its 25,000 bytes would take five seconds, and
+            // never silent long enough to count as stalled.
+            Some((50_000, Some(74_999))) => {
+                Reply::new(wire).pieces(&[head + 50, 50]).gap(millis(10))
+            }
+            // The probe at once (so the file splits in quarters); the other segments at
+            // about 2 MB/s.
+            Some((0, None)) => head_first(wire, 4096),
+            _ => Reply::new(wire).pieces(&[head + 4096, 4096]).gap(millis(2)),
+        }
+    });
+    let job = h.submit(segmented(4, 20_000).sha256(&sha_hex(&body)).unwrap());
+    let out = h.run(job).expect("download succeeds");
+    assert_committed(&h, &body);
+    let slow = h
+        .requests
+        .iter()
+        .find(|r| range_of(r) == Some((50_000, Some(74_999))))
+        .unwrap_or_else(|| {
+            panic!(
+                "the slow segment was requested: {:?}",
+                h.requests.iter().map(range_of).collect::<Vec<_>>()
+            )
+        })
+        .clone();
+    let takeover: Vec<_> = h
+        .requests
+        .iter()
+        .filter(|r| r.conn != slow.conn)
+        .filter(|r| range_of(r).is_some_and(|(s, _)| (50_001..75_000).contains(&s)))
+        .collect();
+    assert_eq!(takeover.len(), 1, "one request takes over the rest");
+    assert!(
+        h.conns[&slow.conn].close_issued,
+        "the slow connection is closed"
+    );
+    assert!(
+        h.finished_at(job) < at(secs(1)),
+        "the download waited for the slow segment: finished at {:?}",
+        h.finished_at(job)
+    );
+    assert_eq!(out.bytes_fetched, 100_000, "no byte is fetched twice");
+}
+
 #[test]
 fn a_segment_started_by_a_takeover_is_not_taken_over_again() {
     let (mut h, job, body) = stalled_segment_run(true);

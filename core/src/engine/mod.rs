@@ -45,7 +45,9 @@
 //! (`steal_victim`, [`crate::sched::steal_point`]: the victim keeps what it
 //! receives during the thief's first-byte wait plus half the rest, never below the minimum
 //! segment size), so fast connections end up carrying more; when nothing is left to split,
-//! a free connection takes over a segment that has gone silent (`Transfer::stalled_at`).
+//! a free connection takes over a segment that has gone silent (`Transfer::stalled_at`), or
+//! that goes far slower than the job's best finished segment (`Transfer::lagging`: a slow
+//! mirror).
 //! A job with an expected sha256 spreads its segments over its mirrors (the hash proves the
 //! assembled file; another mirror's 206 is checked by its length, not by the attempt's
 //! validator); a mirror whose segment fails gets no more of them, and an assembled file
@@ -546,6 +548,10 @@ struct Job {
     gaps: Vec<(u64, u64)>,
     /// The server honours ranges for this representation: segments may be used.
     segmented: bool,
+    /// The highest body rate (bytes per second) a finished segment of this job reached:
+    /// what a new connection may be expected to do, against which a segment still running
+    /// is found lagging (see `Transfer::lagging`).
+    best_segment_rate: Option<f64>,
     followers: Vec<JobId>,
 
     file: Option<FileId>,
@@ -1192,6 +1198,7 @@ impl Engine {
             transfers: BTreeMap::new(),
             gaps: Vec::new(),
             segmented: false,
+            best_segment_rate: None,
             followers: Vec::new(),
             file: None,
             unnamed: false,
@@ -1950,7 +1957,19 @@ impl Engine {
                 j.transfers
                     .iter()
                     .filter_map(|(tid, t)| {
-                        let stall = free.then(|| t.stalled_at()).flatten();
+                        let stall = free
+                            .then(|| {
+                                // Lagging: now; else when it will count as stalled.
+                                let lagging = j
+                                    .best_segment_rate
+                                    .is_some_and(|best| t.lagging(self.now, best));
+                                if lagging {
+                                    Some(self.now)
+                                } else {
+                                    t.stalled_at()
+                                }
+                            })
+                            .flatten();
                         let due = t.deadline(&self.config, self.now);
                         let at = match (due, stall) {
                             (Some(d), Some(s)) if s < d.0 => Some((s, Due::Stalled)),

@@ -90,6 +90,12 @@ pub(super) struct Transfer {
 /// [`Transfer::stalled_at`]).
 pub(super) const STALL_SILENCE: Duration = Duration::from_millis(50);
 
+/// A lagging segment (see [`Transfer::lagging`]) has at least this much left at its rate.
+const LAG_MIN_REST: Duration = Duration::from_secs(1);
+
+/// A lagging segment goes this many times slower than the job's best finished segment.
+const LAG_FACTOR: f64 = 4.0;
+
 /// A body must have run this long before its rate counts.
 const RATE_MIN_ELAPSED: Duration = Duration::from_millis(10);
 
@@ -117,6 +123,24 @@ impl Transfer {
             && !self.takeover;
         let first_byte = self.body_start.saturating_since(self.requested);
         waiting.then(|| self.last_byte + STALL_SILENCE.max(first_byte * 4))
+    }
+
+    /// Whether this segment, still fetching, goes so much slower than `best` (the best rate
+    /// a finished segment of its job reached) that a free connection should take over what
+    /// it has left: its rest would take over [`LAG_MIN_REST`] at its rate, and a new request
+    /// at `best` would be [`LAG_FACTOR`] times faster. A slow but living mirror otherwise
+    /// kept up to two minimum segments that fast connections, idle, waited for (a stall is
+    /// caught by [`Transfer::stalled_at`]). Never one started by a take-over.
+    pub(super) fn lagging(&self, now: Instant, best: f64) -> bool {
+        let fetching = matches!(self.phase, TPhase::Body { .. }) && !self.takeover;
+        let (Some(end), Some(rate)) = (self.end, self.rate(now)) else {
+            return false;
+        };
+        let rest = end.saturating_sub(self.pos) as f64;
+        fetching
+            && rest > 0.0
+            && rest / rate > LAG_MIN_REST.as_secs_f64()
+            && rate * LAG_FACTOR < best
     }
 
     /// The transfer's next deadline.
@@ -1292,6 +1316,17 @@ impl Engine {
         };
         let elapsed = self.now.saturating_since(t.body_start);
         self.note_throughput(&t.url, t.got, elapsed);
+        if let Some(rate) = t
+            .rate(self.now)
+            .filter(|_| t.end.is_some_and(|e| t.pos >= e))
+        {
+            let best = &mut self
+                .jobs
+                .get_mut(&id)
+                .expect("job exists")
+                .best_segment_rate;
+            *best = Some(best.map_or(rate, |b| b.max(rate)));
+        }
         if let Some(conn) = t.conn {
             if reusable {
                 self.release_conn(conn);
@@ -1329,7 +1364,7 @@ impl Engine {
         let (Some(end), pos) = (t.end, t.pos) else {
             return;
         };
-        tracing::debug!(job = %id, "segment {pos}-{end} stalled; a new connection takes it over");
+        tracing::debug!(job = %id, "segment {pos}-{end} stalled or lagging; a new connection takes it over");
         let Some(victim) = j.transfers.remove(&tid) else {
             return;
         };
