@@ -27,7 +27,8 @@ pub struct GetArgs {
     #[arg(short = 'i', long = "input-file", value_name = "FILE")]
     pub input_file: Option<PathBuf>,
     /// Downloads running at once (more wait in the queue).
-    #[arg(short = 'j', long = "jobs", value_name = "N", default_value_t = 8)]
+    #[arg(short = 'j', long = "jobs", value_name = "N", default_value_t = 8,
+          value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..))]
     pub jobs: usize,
     /// Connections per file when the server honours ranges (segmented download), 1 to 64.
     #[arg(short = 's', long = "segments", value_name = "N", default_value_t = 1,
@@ -36,11 +37,12 @@ pub struct GetArgs {
     /// Smallest segment worth its own connection.
     #[arg(long = "min-segment", value_name = "SIZE", value_parser = parse_size, default_value = "1M")]
     pub min_segment: u64,
-    /// Connections to one host at once.
+    /// Connections to one origin (scheme, host and port) at once.
     #[arg(
         long = "max-connections-per-host",
         value_name = "N",
-        default_value_t = 16
+        default_value_t = 16,
+        value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..)
     )]
     pub max_connections_per_host: usize,
     /// Global rate limit in bytes/s (e.g. 20M); 0 means unlimited, as for curl and aria2.
@@ -51,7 +53,10 @@ pub struct GetArgs {
     /// `08:00=2M,18:00=unlimited`. Replaces --limit-rate.
     #[arg(long = "limit-schedule", value_name = "SPEC", value_parser = parse_schedule, conflicts_with = "limit_rate")]
     pub limit_schedule: Option<haul_core::RateSchedule>,
-    /// Scheduling class: critical, high, normal, low, background.
+    /// Scheduling class of this command's downloads: critical, high, normal, low,
+    /// background. Within one command they all share it; it orders the queue and the share
+    /// of a --limit-rate only against downloads of other classes in the same engine (the
+    /// library's callers mix them), not against other processes.
     #[arg(long, value_name = "CLASS", default_value = "normal", value_parser = parse_priority)]
     pub priority: Priority,
     /// Write to this path (one URL only).

@@ -47,6 +47,8 @@ struct JobView {
     /// Whether the engine writes the download to a named partial that a cancel keeps (as
     /// of its last response; `None` before any).
     resumable: Option<bool>,
+    /// When it left the queue: its time and rate on the `saved` line count from here.
+    started: Instant,
 }
 
 /// Renders events.
@@ -178,6 +180,7 @@ impl Reporter {
                         last_json: None,
                         bytes: 0,
                         resumable: None,
+                        started: Instant::now(),
                     },
                 );
                 if self.mode == Mode::Json {
@@ -308,6 +311,8 @@ impl Reporter {
         let url = self.urls.remove(&job);
         // A file written unnamed (a small one) keeps nothing when cancelled.
         let nothing_kept = view.as_ref().and_then(|v| v.resumable) == Some(false);
+        // Time since the download left the queue (the outcome's counts from its submission).
+        let active = view.as_ref().map(|v| v.started.elapsed());
         let label = view.map(|v| v.label).or(waiting).unwrap_or_default();
         match (self.mode, result) {
             (Mode::Json, Ok(o)) => self.emit_json(json!({
@@ -341,13 +346,18 @@ impl Reporter {
                 self.println(&line);
             }
             (Mode::Bars | Mode::Plain, Ok(o)) => {
+                let secs = active.unwrap_or(o.elapsed).as_secs_f64();
+                let rate = if secs > 0.0 {
+                    o.bytes_fetched as f64 / secs
+                } else {
+                    0.0
+                };
                 let line = format!(
-                    "saved {} ({}, sha256 {}) in {:.2}s at {}{}",
+                    "saved {} ({}, sha256 {}) in {secs:.2}s at {}{}",
                     o.path.display(),
                     human_bytes(o.size),
                     o.sha256_hex(),
-                    o.elapsed.as_secs_f64(),
-                    human_rate(o.average_rate()),
+                    human_rate(rate),
                     if o.resumed_from > 0 {
                         format!(", resumed after {}", human_bytes(o.resumed_from))
                     } else {

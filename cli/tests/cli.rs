@@ -1108,6 +1108,49 @@ fn headers_haul_writes_itself_are_refused_not_silently_dropped() {
     assert!(origin.requests().is_empty());
 }
 
+/// A download's `saved ... in Xs at RATE` counts from when it left the queue, not from the
+/// command's start: with one slot, the second of two downloads (a third of the first's
+/// time on the wire) reports less time than the first, not its wait plus its own. And
+/// `-j 0` or `--max-connections-per-host 0` are usage errors (they became 1 silently).
+#[test]
+fn saved_lines_time_a_download_from_when_it_left_the_queue() {
+    let origin = Origin::start().unwrap();
+    let trickle = |bytes_per_sec| Behavior::Trickle { bytes_per_sec };
+    origin.route("/first", data(1_200_000), trickle(1_000_000));
+    origin.route("/second", data(400_000), trickle(1_000_000));
+    let dir = tempfile::tempdir().unwrap();
+    let out = haul()
+        .args([
+            "get",
+            "-j",
+            "1",
+            &origin.url("/first"),
+            &origin.url("/second"),
+            "-d",
+        ])
+        .arg(dir.path())
+        .output()
+        .unwrap();
+    assert_ok(&out);
+    let said = String::from_utf8_lossy(&out.stderr);
+    let secs = |name: &str| -> f64 {
+        let line = said
+            .lines()
+            .find(|l| l.starts_with("saved ") && l.contains(name))
+            .unwrap_or_else(|| panic!("no saved line for {name}: {said}"));
+        let after = line.split(") in ").nth(1).expect("a time");
+        after.split('s').next().unwrap().parse().expect("seconds")
+    };
+    assert!(secs("second") < secs("first"), "{said}");
+    for flag in ["-j", "--max-connections-per-host"] {
+        let out = haul()
+            .args(["get", flag, "0", &origin.url("/first")])
+            .output()
+            .unwrap();
+        assert_eq!(out.status.code(), Some(2), "{flag}: {out:?}");
+    }
+}
+
 #[test]
 fn a_second_process_downloading_to_the_same_file_is_refused_and_the_first_stays_whole() {
     let body = data(3_000_000);
