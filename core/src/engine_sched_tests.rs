@@ -510,44 +510,77 @@ fn stalled_segment_run(takeovers_stall_too: bool) -> (Harness, JobId, Vec<u8>) {
     (h, job, body)
 }
 
+/// After a run where the segment `50_000-74_999` was slow: a request on another connection
+/// took over the rest of it (its start and when it was sent returned), the slow connection
+/// was closed, the download ended before `by`, and no byte was fetched twice.
+fn assert_taken_over(
+    h: &Harness,
+    job: JobId,
+    out: &crate::Outcome,
+    by: Duration,
+) -> (u64, Instant) {
+    let slow = h
+        .requests
+        .iter()
+        .find(|r| range_of(r) == Some((50_000, Some(74_999))))
+        .unwrap_or_else(|| {
+            panic!(
+                "the slow segment was requested: {:?}",
+                h.requests.iter().map(range_of).collect::<Vec<_>>()
+            )
+        });
+    let takeover: Vec<_> = h
+        .requests
+        .iter()
+        .filter(|r| r.conn != slow.conn)
+        .filter_map(|r| range_of(r).map(|range| (range, r.at)))
+        .filter(|((s, _), _)| (50_001..75_000).contains(s))
+        .collect();
+    assert_eq!(
+        takeover.len(),
+        1,
+        "one request takes over the rest: {takeover:?}"
+    );
+    let ((start, end), sent) = takeover[0];
+    assert_eq!(
+        end,
+        Some(74_999),
+        "it takes everything the segment had left"
+    );
+    assert!(
+        h.conns[&slow.conn].close_issued,
+        "the slow connection is closed"
+    );
+    assert!(
+        h.finished_at(job) < at(by),
+        "the download waited for the slow segment: finished at {:?}",
+        h.finished_at(job)
+    );
+    assert_eq!(out.bytes_fetched, 100_000, "no byte is fetched twice");
+    (start, sent)
+}
+
 #[test]
 fn a_stalled_segment_too_short_to_split_is_taken_over_by_a_free_connection() {
     let (mut h, job, body) = stalled_segment_run(false);
     let out = h.run(job).expect("download succeeds");
     assert_committed(&h, &body);
-    let slow = h
+    let (start, sent) = assert_taken_over(&h, job, &out, secs(2));
+    assert_eq!(
+        start, 60_000,
+        "after the 10,000 bytes the stalled segment got"
+    );
+    let asked = h
         .requests
         .iter()
         .find(|r| range_of(r) == Some((50_000, Some(74_999))))
-        .expect("the slow segment was requested")
-        .clone();
-    let takeover: Vec<_> = h
-        .requests
-        .iter()
-        .filter(|r| r.conn != slow.conn)
-        .filter(|r| range_of(r).is_some_and(|(s, _)| (50_001..75_000).contains(&s)))
-        .map(|r| (range_of(r), r.at))
-        .collect();
-    assert_eq!(
-        takeover.iter().map(|t| t.0).collect::<Vec<_>>(),
-        vec![Some((60_000, Some(74_999)))],
-        "one request takes over everything the stalled segment had left"
-    );
-    let waited = takeover[0].1.saturating_since(slow.at);
+        .expect("the stalled segment")
+        .at;
+    let waited = sent.saturating_since(asked);
     assert!(
         waited >= millis(50) && waited < secs(1),
         "taken over after {waited:?} of silence"
     );
-    assert!(
-        h.conns[&slow.conn].close_issued,
-        "the stalled connection is closed"
-    );
-    assert!(
-        h.finished_at(job) < at(secs(2)),
-        "the download waited for the stalled connection: finished at {:?}",
-        h.finished_at(job)
-    );
-    assert_eq!(out.bytes_fetched, 100_000, "no byte is fetched twice");
 }
 
 /// A segment that goes on, but hundreds of times slower than the others (a slow mirror),
@@ -578,34 +611,7 @@ fn a_lagging_segment_too_short_to_split_is_taken_over_by_a_free_connection() {
     let job = h.submit(segmented(4, 20_000).sha256(&sha_hex(&body)).unwrap());
     let out = h.run(job).expect("download succeeds");
     assert_committed(&h, &body);
-    let slow = h
-        .requests
-        .iter()
-        .find(|r| range_of(r) == Some((50_000, Some(74_999))))
-        .unwrap_or_else(|| {
-            panic!(
-                "the slow segment was requested: {:?}",
-                h.requests.iter().map(range_of).collect::<Vec<_>>()
-            )
-        })
-        .clone();
-    let takeover: Vec<_> = h
-        .requests
-        .iter()
-        .filter(|r| r.conn != slow.conn)
-        .filter(|r| range_of(r).is_some_and(|(s, _)| (50_001..75_000).contains(&s)))
-        .collect();
-    assert_eq!(takeover.len(), 1, "one request takes over the rest");
-    assert!(
-        h.conns[&slow.conn].close_issued,
-        "the slow connection is closed"
-    );
-    assert!(
-        h.finished_at(job) < at(secs(1)),
-        "the download waited for the slow segment: finished at {:?}",
-        h.finished_at(job)
-    );
-    assert_eq!(out.bytes_fetched, 100_000, "no byte is fetched twice");
+    assert_taken_over(&h, job, &out, secs(1));
 }
 
 #[test]
