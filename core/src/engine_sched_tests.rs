@@ -2427,16 +2427,35 @@ fn a_low_class_alone_uses_the_whole_burst_of_the_global_limit() {
     );
 }
 
-#[test]
-fn under_a_shared_global_limit_the_higher_priority_job_receives_more() {
+/// A high and a low job under one global limit for ten seconds, after `idle` downloads
+/// from another origin left that many idle connections in the pool.
+fn high_and_low_under_a_global_limit(idle: usize) {
     let mut cfg = config();
     cfg.rate_limit = Some(RATE);
+    cfg.max_active_jobs = idle.max(2);
+    cfg.max_connections_per_origin = idle.max(2);
+    cfg.idle_connection_timeout = secs(600);
     let mut h = Harness::new(cfg);
     fast_server(&mut h, 16 * 1024 * 1024);
+    h.serve(
+        "http://other.test",
+        crate::engine_tests::file_server(pattern(1_000, 3)),
+    );
+    let small: Vec<JobId> = (0..idle)
+        .map(|i| {
+            h.submit(
+                Download::new(&format!("http://other.test/s{i}"), format!("/dl/s{i}")).unwrap(),
+            )
+        })
+        .collect();
+    for job in small {
+        h.run(job).expect("a small download");
+    }
+    let start = h.now;
     let high = h.submit(job_at("high").priority(Priority::High));
     let low = h.submit(job_at("low").priority(Priority::Low));
-    h.run_until("ten seconds", |h| h.now >= at(secs(10)));
-    let ten = at(secs(10));
+    let ten = start + secs(10);
+    h.run_until("ten seconds", |h| h.now >= ten);
     let got_high = written_until(&h, Path::new("/dl/high.haul-part"), ten);
     let got_low = written_until(&h, Path::new("/dl/low.haul-part"), ten);
     assert!(
@@ -2444,18 +2463,31 @@ fn under_a_shared_global_limit_the_higher_priority_job_receives_more() {
         "high {got_high} bytes, low {got_low} bytes"
     );
     // Past the initial burst the low class still gets reads: it is held back, not starved
-    // (each of its reads is its connection's share of an eighth of a second of the rate).
-    let five = at(secs(5));
+    // (each of its reads is its connection's share of an eighth of a second of the rate,
+    // shared among the busy connections only: idle ones in the pool read nothing).
+    let five = start + secs(5);
     let late_low = got_low - written_until(&h, Path::new("/dl/low.haul-part"), five);
     assert!(
         late_low >= 2 * PIECE as u64,
-        "the low-priority job got {late_low} bytes in the last five seconds"
+        "the low-priority job got {late_low} bytes in the last five seconds ({idle} idle)"
     );
     assert_rate_within_five_percent(got_high + got_low, RATE, "both jobs together");
     for job in [high, low] {
         h.cancel(job, CancelMode::Discard);
         assert_eq!(h.run(job), Err(DownloadError::Cancelled));
     }
+}
+
+#[test]
+fn under_a_shared_global_limit_the_higher_priority_job_receives_more() {
+    high_and_low_under_a_global_limit(0);
+}
+
+/// Idle pooled connections do not shrink the busy ones' share of a global limit (they were
+/// counted as readers: with 40 idle, the low class got a quarter of its share).
+#[test]
+fn idle_pooled_connections_do_not_shrink_the_share_of_a_global_limit() {
+    high_and_low_under_a_global_limit(40);
 }
 
 // ------------------------------------------------------------------------ pause and resume

@@ -2071,13 +2071,25 @@ impl Engine {
     /// a low rate is many seconds of the limit, never paid back after a file's last read.
     ///
     /// The tokens (and the eighth of a second) are shared by the reads that may be in
-    /// flight under the same bucket at once: one per connection for the global limit, one
+    /// flight under the same bucket at once: one per busy connection for the global limit, one
     /// per transfer of the job for its own. Reads issued together (every connection's first
     /// read, before any byte of them is counted) each took the whole allowance, so a start
     /// burst was as many seconds of the limit as there were connections.
     pub(super) fn read_allowance(&mut self, id: JobId) -> usize {
         let now = self.now;
-        let readers = self.conns.len().max(1) as f64;
+        // Connections that carry (or are about to carry) a transfer: idle pooled ones, and
+        // ones closing, read nothing.
+        let readers = self
+            .conns
+            .values()
+            .filter(|c| {
+                matches!(
+                    c.state,
+                    ConnState::Busy { .. } | ConnState::Connecting { .. }
+                )
+            })
+            .count()
+            .max(1) as f64;
         let mut allowed = f64::INFINITY;
         let mut share = f64::INFINITY;
         if let Some(j) = self.jobs.get_mut(&id) {
