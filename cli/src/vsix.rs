@@ -308,8 +308,8 @@ fn download_name(url: &str) -> String {
 }
 
 /// A downloaded .vsix: removed (and its directory, once empty) when the install step is
-/// over, unless a signal stopped it (`keep`: the same command again installs it without
-/// downloading it again).
+/// over, unless a signal stopped it (`keep`: with `--sha256` the same command again finds it
+/// verified and installs it without fetching it again; without, it is fetched again over it).
 struct Downloaded {
     path: PathBuf,
     keep: bool,
