@@ -90,11 +90,7 @@ pub fn run_extract(args: ExtractArgs) -> i32 {
         created.extend(made);
         Ok(())
     });
-    let undo_created = || {
-        for dir in created.iter().rev() {
-            let _ = std::fs::remove_dir(dir);
-        }
-    };
+    let undo_created = || remove_made_dirs(&created);
     let _lock = match locked {
         Ok(lock) => lock,
         Err(e) => {
@@ -164,6 +160,15 @@ pub fn run_extract(args: ExtractArgs) -> i32 {
             eprintln!("haul extract: {}: {e}", args.archive.display());
             exit_code_for(&e)
         }
+    }
+}
+
+/// Removes the directories of `made` (outermost first, as [`create_dir_tracked`] returns
+/// them) that are empty, innermost first: one that holds anything stays, and so do its
+/// ancestors.
+pub(crate) fn remove_made_dirs(made: &[PathBuf]) {
+    for dir in made.iter().rev() {
+        let _ = std::fs::remove_dir(dir);
     }
 }
 

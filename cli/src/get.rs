@@ -524,7 +524,7 @@ pub fn run(args: GetArgs) -> i32 {
     // end (every download into them failed, keeping nothing) are removed again.
     let missing = missing_dirs(&downloads);
     let results = client.download_many(downloads, |ev| reporter.event(ev));
-    remove_empty(&missing);
+    crate::extract::remove_made_dirs(&missing);
     let ok = results.iter().filter(|r| r.is_ok()).count();
     let bytes = results
         .iter()
@@ -543,7 +543,7 @@ pub fn run(args: GetArgs) -> i32 {
 }
 
 /// The directories that do not exist yet among the downloads' destination directories and
-/// their ancestors, deepest first.
+/// their ancestors, outermost first (as `extract::remove_made_dirs` takes them).
 fn missing_dirs(downloads: &[Download]) -> Vec<PathBuf> {
     let bases: std::collections::BTreeSet<&Path> = downloads
         .iter()
@@ -564,15 +564,8 @@ fn missing_dirs(downloads: &[Download]) -> Vec<PathBuf> {
         }
     }
     let mut missing: Vec<PathBuf> = missing.into_iter().collect();
-    missing.sort_by_key(|dir| std::cmp::Reverse(dir.components().count()));
+    missing.sort_by_key(|dir| dir.components().count());
     missing
-}
-
-/// Removes each of `dirs` (deepest first) that is empty; one that holds anything stays.
-fn remove_empty(dirs: &[PathBuf]) {
-    for dir in dirs {
-        let _ = std::fs::remove_dir(dir);
-    }
 }
 
 #[cfg(test)]

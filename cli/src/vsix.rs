@@ -168,7 +168,7 @@ fn install(args: VsixInstallArgs) -> i32 {
     let lock = match lock_and_recover(&args.root, Some(&mut created)) {
         Ok(lock) => lock,
         Err(e) => {
-            remove_created(&created);
+            crate::extract::remove_made_dirs(&created);
             eprintln!("haul vsix: {e}");
             return exit_code_for(&e);
         }
@@ -176,16 +176,9 @@ fn install(args: VsixInstallArgs) -> i32 {
     let code = install_locked(&args);
     if code != exit::OK {
         drop(lock);
-        remove_created(&created);
+        crate::extract::remove_made_dirs(&created);
     }
     code
-}
-
-/// Removes the directories of `created` (outermost first) that are empty, innermost first.
-fn remove_created(created: &[PathBuf]) {
-    for dir in created.iter().rev() {
-        let _ = std::fs::remove_dir(dir);
-    }
 }
 
 fn install_locked(args: &VsixInstallArgs) -> i32 {
