@@ -183,6 +183,12 @@ pub enum DownloadError {
     /// destination: it holds the partial file (`path`) locked. Nothing of that partial was changed; this job was refused.
     #[error("{path} is being written by another download (another process, or another client in this one, holds the partial file locked)", path = path.display())]
     PartialInUse { path: PathBuf },
+    /// Another unfinished job writes the same file under another spelling of its path
+    /// (`d/x/../f` and `d/f`, or a path through a symbolic link to a directory): the
+    /// executor found that when the file was opened. Nothing of the file was changed; this
+    /// job was refused. `detail` says which paths.
+    #[error("{path} is the destination of another download under another spelling ({detail})", path = path.display())]
+    SameFileInUse { path: PathBuf, detail: String },
     /// The server named the file (`Content-Disposition`) after one that already exists in
     /// the destination directory: a name the server chose never replaces a file. Nothing
     /// was committed.
@@ -217,6 +223,7 @@ impl DownloadError {
             DownloadError::InvalidRequest(_)
             | DownloadError::DestinationInUse { .. }
             | DownloadError::PartialInUse { .. }
+            | DownloadError::SameFileInUse { .. }
             | DownloadError::ServerNameTaken { .. }
             | DownloadError::TooManyRedirects { .. }
             | DownloadError::RedirectLoop { .. }
@@ -296,6 +303,7 @@ impl DownloadError {
             DownloadError::InvalidRequest(_)
             | DownloadError::DestinationInUse { .. }
             | DownloadError::PartialInUse { .. }
+            | DownloadError::SameFileInUse { .. }
             | DownloadError::ServerNameTaken { .. }
             | DownloadError::DependencyUnknown { .. } => ErrorClass::Usage,
             DownloadError::Connect { .. }

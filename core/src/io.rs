@@ -211,6 +211,7 @@ impl fmt::Display for IoFailure {
             IoErrorKind::NoSpace => "no space left",
             IoErrorKind::PermissionDenied => "permission denied",
             IoErrorKind::Busy => "in use by another process",
+            IoErrorKind::SameFile => "already being written",
             IoErrorKind::Other => return f.write_str(&self.message),
         };
         write!(f, "{class}: {}", self.message)
@@ -245,6 +246,10 @@ pub enum IoErrorKind {
     /// Another process holds the file (an exclusive lock on a partial): it is writing it.
     /// Nothing of the file was changed.
     Busy,
+    /// The path names a file that another download of this executor is writing under
+    /// another spelling of its path (through `..` or a symbolic link to a directory).
+    /// Nothing of the file was changed.
+    SameFile,
     /// Any other local I/O failure.
     Other,
 }

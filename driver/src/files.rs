@@ -29,42 +29,171 @@ use haul_core::{AfterClose, FileId, IoErrorKind, IoFailure, IoId, IoOp, IoReques
 use crate::digests::{read_back_digest, Behind, DigestDone, Digests, Running};
 use crate::spares::Spares;
 
-/// The named partials this process writes, each held with an exclusive `flock` from its
-/// open until the rename that commits it or the removal that discards it (the lock stays
-/// through the close before a commit's rename, on a descriptor of its own).
+/// The files this driver's downloads write, each claimed from its open until it is named
+/// (committed) or discarded, so that two downloads never write one file.
 ///
-/// Another process that downloads to the same destination opens the same partial: its open
-/// fails with [`IoErrorKind::Busy`] and changes nothing, where it would otherwise truncate
-/// and overwrite the bytes this process has already hashed. A later open of the same path
-/// in this process (the engine never has two) first lets go of the earlier lease.
+/// A named partial is also held with an exclusive `flock` from its open until the rename that
+/// commits it or the removal that discards it (the lock stays through the close before a
+/// commit's rename, on a descriptor of its own). Another process that downloads to the same
+/// destination opens the same partial: its open fails with [`IoErrorKind::Busy`] and changes
+/// nothing, where it would otherwise truncate and overwrite the bytes this process has
+/// already hashed. A later open of the same path in this process (the engine never has two)
+/// first lets go of the earlier claim.
+///
+/// The engine refuses two downloads to one destination path, but one file has many
+/// spellings: `d/x/../f` and `d/f`, or a path through a symbolic link to a directory. Claims
+/// are therefore also keyed by what a path names (its directory's device and inode, and its
+/// name): an open of a path that names a file claimed under another spelling fails with
+/// [`IoErrorKind::SameFile`] and changes nothing. That covers unnamed files too, which take no
+/// lock (nobody else can open them) and would otherwise both be published, the later one
+/// silently replacing the earlier.
 #[derive(Clone, Default)]
-pub struct Leases(Arc<Mutex<BTreeMap<PathBuf, (FileId, File)>>>);
+pub struct Leases(Arc<Mutex<Claims>>);
+
+/// What [`Leases`] holds.
+#[derive(Default)]
+struct Claims {
+    /// By the path as the engine spells it.
+    by_path: BTreeMap<PathBuf, Claim>,
+    /// The spelling each claimed file was claimed under.
+    by_identity: BTreeMap<Identity, PathBuf>,
+}
+
+/// One claimed file.
+struct Claim {
+    id: FileId,
+    /// A descriptor holding the partial's lock; `None` for an unnamed file (or once the
+    /// lock is let go ahead of the claim, see [`Leases::unlock_file`]).
+    lock: Option<File>,
+    identity: Option<Identity>,
+}
+
+/// What a path names, whatever its spelling: the device and inode of its directory, and its
+/// file name.
+type Identity = (u64, u64, std::ffi::OsString);
+
+/// What `path` names; `None` if its directory cannot be looked at (its open then fails or
+/// creates it, and nothing else can be claimed in a directory that did not exist).
+fn identity(path: &Path) -> Option<Identity> {
+    use std::os::unix::fs::MetadataExt;
+    let name = path.file_name()?.to_os_string();
+    let dir = fs::metadata(parent_dir(path)).ok()?;
+    Some((dir.dev(), dir.ino(), name))
+}
+
+impl Claims {
+    /// Drop the claim at `path`, if any.
+    fn remove(&mut self, path: &Path) {
+        if let Some(claim) = self.by_path.remove(path) {
+            self.forget_identity(claim, path);
+        }
+    }
+
+    fn forget_identity(&mut self, claim: Claim, path: &Path) {
+        if let Some(identity) = claim.identity {
+            if self.by_identity.get(&identity).is_some_and(|p| p == path) {
+                self.by_identity.remove(&identity);
+            }
+        }
+    }
+}
 
 impl Leases {
-    /// Lock `file`, just opened at `path`, for this process.
-    fn take(&self, path: &Path, id: FileId, file: &File) -> std::io::Result<Lease> {
-        drop(lock(&self.0).remove(path));
-        let lease = lock_named(path, file)?;
-        if lease == Lease::Taken {
-            lock(&self.0).insert(path.to_path_buf(), (id, file.try_clone()?));
+    /// Claim the file at `path` for `id` (see [`Leases`]): refused with a failure of kind
+    /// [`IoErrorKind::SameFile`] when another spelling of the same file is claimed. An
+    /// earlier claim of this very spelling is let go.
+    fn claim(&self, path: &Path, id: FileId) -> Result<(), IoFailure> {
+        let identity = identity(path);
+        let mut claims = lock(&self.0);
+        claims.remove(path);
+        if let Some(identity) = &identity {
+            if let Some(other) = claims.by_identity.get(identity) {
+                let what = format!("{} and {} name one file", path.display(), other.display());
+                return Err(IoFailure::new(IoErrorKind::SameFile, what));
+            }
+            claims
+                .by_identity
+                .insert(identity.clone(), path.to_path_buf());
         }
-        Ok(lease)
+        let claim = Claim {
+            id,
+            lock: None,
+            identity,
+        };
+        claims.by_path.insert(path.to_path_buf(), claim);
+        Ok(())
     }
 
-    /// The partial at `path` was renamed or removed: its lock goes.
+    /// Claim `file`, just opened at `path`, for `id`, and lock it for this process.
+    fn take(&self, path: &Path, id: FileId, file: &File) -> Result<Lease, IoFailure> {
+        self.claim(path, id)?;
+        let lease = lock_named(path, file)
+            .and_then(|lease| Ok((lease, file.try_clone()?)))
+            .map_err(|e| {
+                self.release(path);
+                local_failure(&e, "lock", Some(path))
+            })?;
+        match lease {
+            (Lease::Taken, clone) => {
+                if let Some(claim) = lock(&self.0).by_path.get_mut(path) {
+                    claim.lock = Some(clone);
+                }
+            }
+            _ => self.release(path),
+        }
+        Ok(lease.0)
+    }
+
+    /// The partial at `path` was renamed or removed: its claim and lock go.
     fn release(&self, path: &Path) {
-        drop(lock(&self.0).remove(path));
+        lock(&self.0).remove(path);
     }
 
-    /// `id` is closed with nothing to follow (see [`AfterClose`]): its lease goes. (Its own
-    /// descriptor holds the lock until it is closed; this one need not wait for that.)
+    /// `id` is closed with nothing to follow (see [`AfterClose`]), or is named: its claim
+    /// goes. (Its own descriptor holds any lock until it is closed; this one need not wait
+    /// for that.)
     fn release_file(&self, id: FileId) {
-        lock(&self.0).retain(|_, (held, _)| *held != id);
+        let mut claims = lock(&self.0);
+        let paths: Vec<PathBuf> = claims
+            .by_path
+            .iter()
+            .filter(|(_, claim)| claim.id == id)
+            .map(|(path, _)| path.clone())
+            .collect();
+        for path in paths {
+            claims.remove(&path);
+        }
     }
 
-    /// How many partials are held (for tests).
+    /// `id` is about to be named by a `Publish` elsewhere: the lock this map holds goes now
+    /// (the file's own descriptor keeps it until it is closed after the rename), the claim
+    /// when the file is named ([`PublishClaim`]).
+    fn unlock_file(&self, id: FileId) {
+        for claim in lock(&self.0).by_path.values_mut() {
+            if claim.id == id {
+                claim.lock = None;
+            }
+        }
+    }
+
+    /// How many files are claimed (for tests).
     pub fn held(&self) -> usize {
-        lock(&self.0).len()
+        lock(&self.0).by_path.len()
+    }
+}
+
+/// The claim of a file on its way to its name: let go when dropped, that is once the file
+/// is named or its publish has failed.
+struct PublishClaim {
+    leases: Leases,
+    id: Option<FileId>,
+}
+
+impl Drop for PublishClaim {
+    fn drop(&mut self) {
+        if let Some(id) = self.id {
+            self.leases.release_file(id);
+        }
     }
 }
 
@@ -528,9 +657,10 @@ impl<C: Completions, S: BlockingSpawner> Files<C, S> {
         let IoOp::Publish { to, .. } = req.op else {
             return;
         };
-        // A partial named after a failed unnamed open: its lease goes now (the lock stays
-        // with the file's own descriptor until it is closed after the rename).
-        self.leases.release_file(file);
+        // A partial named after a failed unnamed open: the lock this driver holds goes now
+        // (it stays with the file's own descriptor until it is closed after the rename); the
+        // claim goes once the file is named.
+        self.leases.unlock_file(file);
         let Some(open) = self.open.remove(&file) else {
             return self.fail(req.id, "file is not open".into());
         };
@@ -1678,6 +1808,8 @@ struct Unpublished {
     file: File,
     path: std::path::PathBuf,
     unnamed: bool,
+    /// Let go once the file is named, or its publish failed (dropped with it).
+    _claim: PublishClaim,
 }
 
 impl Unpublished {
@@ -1768,8 +1900,10 @@ pub struct FileWorker {
     /// Writes handed to the digest thread ([`FileWorker::write_behind`]); every other
     /// operation waits for them ([`FileWorker::settle`]).
     behind: Option<Arc<Behind>>,
-    /// Named partials locked for this process.
+    /// The files this driver writes (see [`Leases`]).
     leases: Leases,
+    /// The engine's id of the file opened last.
+    id: Option<FileId>,
 }
 
 impl FileWorker {
@@ -1783,6 +1917,10 @@ impl FileWorker {
 
     /// Take the open file out for its `Publish`, once its writes are done.
     fn take_unpublished(&mut self) -> Result<Unpublished, IoFailure> {
+        let claim = PublishClaim {
+            leases: self.leases.clone(),
+            id: self.id,
+        };
         let settled = self.settle();
         let file = self
             .file
@@ -1793,6 +1931,7 @@ impl FileWorker {
             file: owned(file)?,
             path: self.path.clone(),
             unnamed: self.unnamed,
+            _claim: claim,
         })
     }
 
@@ -1838,7 +1977,7 @@ impl FileWorker {
             };
             let lease = match self.leases.take(path, id, &file) {
                 Ok(lease) => lease,
-                Err(e) => return IoResult::Failed(local_failure(&e, "lock", Some(path))),
+                Err(failure) => return IoResult::Failed(failure),
             };
             let len = match lease {
                 Lease::Moved => continue,
@@ -1953,10 +2092,15 @@ impl FileWorker {
                 self.running = truncate
                     .then(|| self.digests.as_ref().map(Digests::running))
                     .flatten();
+                self.id = Some(*file);
                 self.open_named(*file, path, *truncate)
             }
             IoOp::OpenUnnamed { file, path } => {
                 self.path = path.clone();
+                self.id = Some(*file);
+                if let Err(failure) = self.leases.claim(path, *file) {
+                    return IoResult::Failed(failure);
+                }
                 let opened = match self.spare.take() {
                     Some(spare) => Ok(spare),
                     None => open_unnamed(path),
@@ -1975,13 +2119,10 @@ impl FileWorker {
                     }
                 }
             }
+            // The file's claim goes with the `Unpublished`, named or not.
             IoOp::Publish { to, .. } => match self.take_unpublished() {
                 Ok(u) => match u.publish(to) {
-                    Ok(()) => {
-                        // A partial named after a failed unnamed open has been renamed.
-                        self.leases.release(&path);
-                        IoResult::Done
-                    }
+                    Ok(()) => IoResult::Done,
                     Err(f) => IoResult::Failed(f),
                 },
                 Err(f) => IoResult::Failed(f),
@@ -2203,6 +2344,111 @@ mod tests {
             assert_eq!(run(2, publish), IoResult::Done);
             assert!(to.exists() && !part.exists());
             assert_eq!(files.leases().held(), 0, "sync: {sync}");
+        }
+    }
+
+    /// Start `ops` together on `files`; their results in order.
+    fn run_all(
+        files: &mut Files<ToChannel, Threads>,
+        done: &mpsc::Receiver<(IoId, IoResult)>,
+        ops: Vec<(u64, IoOp)>,
+    ) -> Vec<IoResult> {
+        let count = ops.len();
+        for (id, op) in ops {
+            files.start(request(id, op));
+        }
+        files.flush();
+        let mut results: Vec<(IoId, IoResult)> = (0..count)
+            .map(|_| done.recv_timeout(Duration::from_secs(10)).unwrap())
+            .collect();
+        results.sort_by_key(|(id, _)| id.0);
+        results.into_iter().map(|(_, r)| r).collect()
+    }
+
+    #[test]
+    fn two_spellings_of_one_file_are_not_written_at_once_unnamed_or_named_durable_or_not() {
+        for (unnamed, sync) in [(true, false), (true, true), (false, false), (false, true)] {
+            let dir = tempfile::TempDir::new().unwrap();
+            fs::create_dir_all(dir.path().join("d/x")).unwrap();
+            std::os::unix::fs::symlink(dir.path().join("d"), dir.path().join("link")).unwrap();
+            let (mut files, done) = files_to_channel(true);
+            macro_rules! run {
+                ($id:expr, $op:expr) => {
+                    run_all(&mut files, &done, vec![($id, $op)]).remove(0)
+                };
+            }
+            let part = dir.path().join("d/f.haul-part");
+            let open = |file: u64, path: &Path| match unnamed {
+                true => IoOp::OpenUnnamed {
+                    file: FileId(file),
+                    path: path.into(),
+                },
+                false => IoOp::Open {
+                    file: FileId(file),
+                    path: path.into(),
+                    truncate: true,
+                },
+            };
+            assert_eq!(run!(1, open(1, &part)), IoResult::Opened { len: 0 });
+            let written = IoOp::WriteAt {
+                file: FileId(1),
+                offset: 0,
+                data: Bytes::from_static(b"first"),
+            };
+            assert_eq!(run!(2, written), IoResult::Done);
+            // The same file through `..` and through a link to its directory: refused, and
+            // the first file is left as it is.
+            let dotdot = dir.path().join("d/x/../f.haul-part");
+            let linked = dir.path().join("link/f.haul-part");
+            for (n, alias) in [(3, &dotdot), (4, &linked)] {
+                match run!(n, open(n, alias)) {
+                    IoResult::Failed(f) => {
+                        assert_eq!(f.kind, IoErrorKind::SameFile, "{f:?}");
+                        assert!(f.message.contains(&*part.to_string_lossy()), "{f}");
+                    }
+                    other => panic!("{}: expected SameFile, got {other:?}", alias.display()),
+                }
+            }
+            if !unnamed {
+                assert_eq!(fs::read(&part).unwrap(), b"first", "not truncated");
+            }
+            // Another file of the directory is free.
+            let other = dir.path().join("d/x/../g.haul-part");
+            assert_eq!(run!(5, open(5, &other)), IoResult::Opened { len: 0 });
+            // Once the first is named, its other spellings are free again.
+            let dest = dir.path().join("d/f");
+            let named = match unnamed {
+                true => IoOp::Publish {
+                    file: FileId(1),
+                    path: part.clone(),
+                    to: dest.clone(),
+                    sync,
+                },
+                false => {
+                    let sync_op = IoOp::Sync { file: FileId(1) };
+                    let close = IoOp::CloseFile {
+                        file: FileId(1),
+                        then: AfterClose::Renamed,
+                    };
+                    let results = run_all(&mut files, &done, vec![(6, sync_op), (7, close)]);
+                    assert_eq!(results, [IoResult::Done, IoResult::Done]);
+                    IoOp::Rename {
+                        from: part.clone(),
+                        to: dest.clone(),
+                        sync,
+                    }
+                }
+            };
+            assert_eq!(run!(8, named), IoResult::Done);
+            assert_eq!(fs::read(&dest).unwrap(), b"first");
+            assert_eq!(run!(9, open(9, &linked)), IoResult::Opened { len: 0 });
+            // Closed with nothing to follow: free again.
+            let close = IoOp::CloseFile {
+                file: FileId(9),
+                then: AfterClose::Done,
+            };
+            assert_eq!(run!(10, close), IoResult::Done);
+            assert_eq!(run!(11, open(11, &dotdot)), IoResult::Opened { len: 0 });
         }
     }
 

@@ -44,3 +44,75 @@ fn a_transfer_whose_runtime_shut_down_ends_with_client_stopped() {
     );
     assert!(!dest.exists(), "nothing committed");
 }
+
+/// One destination file spelled two ways (`d/x/../f`, or through a symbolic link to `d`)
+/// is written by one download at a time: while one downloads to `d/f`, another to the
+/// other spelling fails with `SameFileInUse` naming it and changes nothing of the first
+/// one's file; once the first is gone, the other spelling downloads normally. Small files
+/// (written unnamed) and large ones (named partials) alike.
+#[test]
+fn a_destination_spelled_two_ways_is_written_by_one_download_at_a_time() {
+    use futures_util::StreamExt;
+    use haul_core::{Download, DownloadError, Event};
+    use haul_origin::{Behavior, Origin};
+    for len in [64 << 10, 3 << 20] {
+        let origin = Origin::start().unwrap();
+        let first = haul_tests::body(1, len);
+        let second = haul_tests::body(2, len);
+        origin.route(
+            "/first",
+            first.clone(),
+            Behavior::Stall {
+                after: len as u64 / 2,
+            },
+        );
+        origin.route("/second", second.clone(), Behavior::Normal);
+        let dir = tempfile::TempDir::new().unwrap();
+        std::fs::create_dir_all(dir.path().join("d/x")).unwrap();
+        std::os::unix::fs::symlink(dir.path().join("d"), dir.path().join("link")).unwrap();
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .build()
+            .unwrap();
+        runtime.block_on(async {
+            let client = haul_tokio::Client::new(haul_tests::fast_config()).unwrap();
+            let dest = dir.path().join("d/f");
+            let mut writing = client.start(Download::new(&origin.url("/first"), &dest).unwrap());
+            while let Some(ev) = writing.next().await {
+                if matches!(ev, Event::Progress { bytes, .. } if bytes >= len as u64 / 2) {
+                    break;
+                }
+            }
+            let spellings = [dir.path().join("d/x/../f"), dir.path().join("link/f")];
+            for other in &spellings {
+                let d = Download::new(&origin.url("/second"), other).unwrap();
+                match client.download(d).await {
+                    Err(DownloadError::SameFileInUse { path, detail }) => {
+                        assert_eq!(&path, other);
+                        assert!(detail.contains("name one file"), "{detail}");
+                    }
+                    result => panic!("{len} bytes, {}: {result:?}", other.display()),
+                }
+            }
+            assert!(!dest.exists(), "nothing committed at {}", dest.display());
+            // The first download was not disturbed: it is still at its half.
+            let stats = client.stats().await;
+            assert_eq!(stats.active, 1, "{stats:?}");
+            writing.cancel();
+            let _ = writing.result().await;
+            let d = Download::new(&origin.url("/second"), &spellings[1]).unwrap();
+            client
+                .download(d)
+                .await
+                .expect("free once the first is gone");
+            assert_eq!(std::fs::read(&dest).unwrap(), second);
+        });
+        let mut left: Vec<_> = std::fs::read_dir(dir.path().join("d"))
+            .unwrap()
+            .map(|e| e.unwrap().file_name().into_string().unwrap())
+            .collect();
+        left.sort();
+        assert_eq!(left, ["f", "x"], "{len} bytes: no partial or state left");
+    }
+}

@@ -45,12 +45,23 @@ impl Engine {
             // The open failed: there is no file handle to use or close.
             j.file = None;
         }
-        if open_step
-            && failure
-                .as_ref()
-                .is_some_and(|f| f.kind == IoErrorKind::Busy)
-        {
-            return self.yield_partial(id);
+        if let (true, Some(f)) = (open_step, &failure) {
+            match f.kind {
+                IoErrorKind::Busy => {
+                    let error = DownloadError::PartialInUse {
+                        path: j.part_path.clone(),
+                    };
+                    return self.yield_partial(id, error);
+                }
+                IoErrorKind::SameFile => {
+                    let error = DownloadError::SameFileInUse {
+                        path: j.dest_path(),
+                        detail: f.message.clone(),
+                    };
+                    return self.yield_partial(id, error);
+                }
+                _ => {}
+            }
         }
         match step {
             FileStep::OpenExisting | FileStep::HashExisting if cleaning => {
@@ -1040,15 +1051,13 @@ impl Engine {
         self.cleanup_progress(id);
     }
 
-    /// The partial could not be opened because another process holds it (it is downloading
-    /// to the same destination): end the job without touching the partial or its state,
-    /// which are that process's, whatever else this job had started.
-    fn yield_partial(&mut self, id: JobId) {
+    /// The partial could not be opened because another download holds it (another process
+    /// downloading to the same destination, or another job of this engine writing it under
+    /// another spelling of its path): end the job with `error` without touching the partial
+    /// or its state, which are the other download's, whatever else this job had started.
+    fn yield_partial(&mut self, id: JobId, error: DownloadError) {
         let j = self.jobs.get_mut(&id).expect("job exists");
         j.file = None;
-        let error = DownloadError::PartialInUse {
-            path: j.part_path.clone(),
-        };
         match &mut j.phase {
             Phase::CleaningUp { untouched, .. } => {
                 *untouched = true;
