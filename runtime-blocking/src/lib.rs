@@ -5,7 +5,9 @@
 //! Does not own: any decision (retries, resume, verification: all in `haul-core`).
 //!
 //! Threads:
-//! - the caller's thread drives the engine (hashing of segmented files happens there, inside
+//! - the caller's thread drives the engine (when calls run on several threads, one of them:
+//!   the others hand it their downloads and take their events from a channel, see
+//!   `Guest`; hashing of segmented files happens there, inside
 //!   the engine) and the sockets; a long batch of one class is handed to the engine in parts
 //!   (`haul_core::Engine::may_split_batch`) so that its first downloads start at once: it sleeps in one `mio` poller (epoll) and reads and writes
 //!   every established connection itself, non-blocking (see `net`); other threads wake it
@@ -62,10 +64,36 @@ pub(crate) enum Msg {
     ),
     /// Cancel every running job of the call, keeping partials for resume or not.
     CancelAll(CancelMode),
-    /// Pause, resume or cancel one job of the running call.
+    /// Pause, resume or cancel one job of a running call.
     Job(JobId, JobCommand),
     /// A rate schedule was set while a call ran: take it from [`Driver::schedule`].
     RateSchedule,
+    /// Downloads of a call made from another thread while this one drives the engine (see
+    /// [`Guest`]): submitted by whichever call drives next, the ids and then the events
+    /// sent to `to`; with `stopped` (see [`CancelHandle::stop_all`]), each cancelled that
+    /// way at once.
+    Submit {
+        downloads: Vec<Download>,
+        stopped: Option<CancelMode>,
+        to: Sender<Guest>,
+    },
+}
+
+/// What a call waiting on another thread's call (a guest) hears from the call that drives
+/// the engine.
+///
+/// One thread at a time drives the engine; a call made while another one runs sends its
+/// downloads to it ([`Msg::Submit`]) and waits for their events on a channel of its own,
+/// running its callback on its own thread, so calls from several threads run at once. When
+/// the driving call has its own results, it returns and hands the engine to a guest whose
+/// jobs are still running ([`Guest::Drive`]), which then drives until its own are done.
+pub(crate) enum Guest {
+    /// The jobs of the guest's downloads, in its order.
+    Submitted(Vec<JobId>),
+    /// An event of one of them.
+    Event(Event),
+    /// The driving call returned: take the engine.
+    Drive,
 }
 
 /// What [`CancelHandle`] asks of one job.
@@ -103,12 +131,12 @@ impl Completions for Sink {
     }
 }
 
-/// Wakes a running [`Client`] call, from another thread or from its own event callback, to
-/// cancel its jobs, or to pause, resume or cancel one of them by the [`JobId`] its events
+/// Wakes the running [`Client`] calls, from another thread or from an event callback, to
+/// cancel their jobs, or to pause, resume or cancel one of them by the [`JobId`] its events
 /// carry.
 ///
-/// Commands take effect at the driver loop's next turn (events already on their way to the
-/// callback still arrive). A command for a job that is not one of the running call's, or that
+/// Commands take effect at the driver loop's next turn (events already on their way to a
+/// callback still arrive). A command for a job that is not one of a running call's, or that
 /// has already finished, is ignored, and so is every command sent while no call runs: a
 /// handle cannot reach into a later call, whose job ids it has not seen. The exception is
 /// [`CancelHandle::stop_all`], which also cancels every later call.
@@ -120,20 +148,20 @@ pub struct CancelHandle {
 }
 
 impl CancelHandle {
-    /// Cancel every job of the running call and remove their partial downloads and state
+    /// Cancel every job of the running calls and remove their partial downloads and state
     /// ([`CancelHandle::cancel_with`] keeps them for a later resume).
     pub fn cancel(&self) {
         self.cancel_with(CancelMode::Discard);
     }
 
-    /// Cancel every job of the running call, keeping partial downloads
+    /// Cancel every job of the running calls, keeping partial downloads
     /// ([`CancelMode::KeepPartial`]) or removing them and their state ([`CancelMode::Discard`]).
     pub fn cancel_with(&self, mode: CancelMode) {
         self.sink.send(Msg::CancelAll(mode));
     }
 
-    /// Cancel the running call as [`CancelHandle::cancel_with`] does, and every later call of
-    /// the client: their jobs are cancelled as soon as they are submitted, and end
+    /// Cancel the running calls as [`CancelHandle::cancel_with`] does, and every later call
+    /// of the client: their jobs are cancelled as soon as they are submitted, and end
     /// [`DownloadError::Cancelled`]. For a process that is shutting down (on a signal), which cannot know
     /// whether the call it means has started yet, or which calls are still to come: a cancel
     /// of the running call alone is lost if it comes just before a call starts.
@@ -149,7 +177,7 @@ impl CancelHandle {
         *self.stopped.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// Pause one job of the running call: its connections close, its partial stays, and it
+    /// Pause one job of a running call: its connections close, its partial stays, and it
     /// holds no slot (the call's other jobs go on) until [`CancelHandle::resume`], which
     /// continues from the bytes already received. A paused job keeps its call from returning
     /// until it is resumed or cancelled.
@@ -157,13 +185,13 @@ impl CancelHandle {
         self.sink.send(Msg::Job(job, JobCommand::Pause));
     }
 
-    /// Resume a job of the running call paused by [`CancelHandle::pause`]: it goes on at the
+    /// Resume a job of a running call paused by [`CancelHandle::pause`]: it goes on at the
     /// next free slot (at once if one is free), before the queued jobs of its priority.
     pub fn resume(&self, job: JobId) {
         self.sink.send(Msg::Job(job, JobCommand::Resume));
     }
 
-    /// Cancel one job of the running call, keeping its partial download
+    /// Cancel one job of a running call, keeping its partial download
     /// ([`CancelMode::KeepPartial`]) or removing it and its state ([`CancelMode::Discard`]);
     /// it finishes with [`DownloadError::Cancelled`] and the call's other jobs go on.
     pub fn cancel_job(&self, job: JobId, mode: CancelMode) {
@@ -205,6 +233,9 @@ struct Driver {
     schedule: ScheduleSlot,
     /// The order of setting of the schedule in force (0: none set).
     schedule_applied: u64,
+    /// The unfinished jobs of calls waiting on other threads (see [`Guest`]), and where
+    /// their events go.
+    guests: std::collections::HashMap<JobId, Sender<Guest>>,
 }
 
 /// A rate schedule waiting for the driver: (order of setting, schedule, UTC offset).
@@ -240,23 +271,35 @@ impl Driver {
             self.host
                 .submit_batch(unsubmitted.by_ref().take(first).collect()),
         );
-        // This call's jobs: events of others (a call that unwound left its jobs cancelled,
-        // and they may still report) are not this caller's.
-        let mut mine: std::collections::HashSet<JobId> = order.iter().copied().collect();
-        let mut results: BTreeMap<JobId, Result<Outcome, DownloadError>> = BTreeMap::new();
-        let mut panicked = None;
-        let mut unwinding = None;
-        let mut total = total;
         if let Some(mode) = stopped {
             // Stopped before the call: every job submitted and cancelled before the engine
             // has started anything.
             let ids = self.host.submit_batch(unsubmitted.by_ref().collect());
-            mine.extend(ids.iter().copied());
             order.extend(ids);
             for job in &order {
                 self.host.cancel_with(*job, mode);
             }
         }
+        self.drive(order, total, unsubmitted, BTreeMap::new(), on_event)
+    }
+
+    /// Drive the engine until the jobs of `order` (and the `total - order.len()` downloads
+    /// of `unsubmitted` still to hand over) have ended, reporting their events; results in
+    /// order. `results` has those that ended before.
+    fn drive(
+        &mut self,
+        mut order: Vec<JobId>,
+        total: usize,
+        mut unsubmitted: std::vec::IntoIter<Download>,
+        mut results: BTreeMap<JobId, Result<Outcome, DownloadError>>,
+        on_event: &mut dyn FnMut(&Event),
+    ) -> Vec<Result<Outcome, DownloadError>> {
+        // This call's jobs: events of others (a call that unwound left its jobs cancelled,
+        // and they may still report) are not this caller's; those of guests go to them.
+        let mut mine: std::collections::HashSet<JobId> = order.iter().copied().collect();
+        let mut panicked = None;
+        let mut unwinding = None;
+        let mut total = total;
         loop {
             if order.len() < total {
                 let part: Vec<Download> = unsubmitted.by_ref().take(SUBMIT_PART).collect();
@@ -265,11 +308,12 @@ impl Driver {
                 order.extend(ids);
             }
             let runtime = &mut self.runtime;
+            let guests = &mut self.guests;
             self.host.drain(
                 |req| runtime.start(req),
                 |ev| {
-                    if ev.job().is_some_and(|job| !mine.contains(&job)) {
-                        return;
+                    if let Some(job) = ev.job().filter(|job| !mine.contains(job)) {
+                        return to_guest(guests, job, ev);
                     }
                     if panicked.is_none() && unwinding.is_none() {
                         let delivered =
@@ -339,19 +383,24 @@ impl Driver {
             for control in controls {
                 match control {
                     Control::CancelAll(mode) => {
-                        // Every job of the call is cancelled, those not handed over yet too.
+                        // Every job of the call is cancelled, those not handed over yet too,
+                        // and every guest's.
                         let ids = self.host.submit_batch(unsubmitted.by_ref().collect());
                         mine.extend(ids.iter().copied());
                         order.extend(ids);
                         for job in order.iter().filter(|j| !results.contains_key(j)) {
                             self.host.cancel_with(*job, mode);
                         }
+                        self.cancel_guests(mode);
                     }
-                    // Only this call's unfinished jobs: an id from an earlier call may name
-                    // a job of that call still tidying up after it unwound, which is not
-                    // the caller's to touch any more.
-                    Control::Job(job, _) if !mine.contains(&job) || results.contains_key(&job) => {
-                        tracing::debug!(%job, "command for a job not running in this call ignored");
+                    // Only the unfinished jobs of running calls: an id from an earlier call
+                    // may name a job of that call still tidying up after it unwound, which
+                    // is not the caller's to touch any more.
+                    Control::Job(job, _)
+                        if !self.guests.contains_key(&job)
+                            && (!mine.contains(&job) || results.contains_key(&job)) =>
+                    {
+                        tracing::debug!(%job, "command for a job not running in a call ignored");
                     }
                     Control::Job(job, JobCommand::Pause) => self.host.pause(job),
                     Control::Job(job, JobCommand::Resume) => self.host.resume(job),
@@ -361,6 +410,10 @@ impl Driver {
             self.feed_net();
             self.host.tick();
         }
+        // A guest whose jobs still run drives next (the others go on waiting as guests).
+        if let Some(guest) = self.guests.values().next() {
+            let _ = guest.send(Guest::Drive);
+        }
         if let Some(panic) = unwinding {
             std::panic::resume_unwind(panic);
         }
@@ -368,6 +421,36 @@ impl Driver {
             .into_iter()
             .map(|id| results.remove(&id).expect("every job finished"))
             .collect()
+    }
+
+    /// Cancel every guest's unfinished jobs.
+    fn cancel_guests(&mut self, mode: CancelMode) {
+        let jobs: Vec<JobId> = self.guests.keys().copied().collect();
+        for job in jobs {
+            self.host.cancel_with(job, mode);
+        }
+    }
+
+    /// Submit a guest's downloads (see [`Guest`]).
+    fn submit_for_guest(
+        &mut self,
+        downloads: Vec<Download>,
+        stopped: Option<CancelMode>,
+        to: Sender<Guest>,
+    ) {
+        let unnamed_max = self.host.config().unnamed_max;
+        for (dir, count) in haul_driver::spares::expected_unnamed(&downloads, unnamed_max) {
+            self.runtime.files.expect_unnamed(&dir, count);
+        }
+        let ids = self.host.submit_batch(downloads);
+        for job in &ids {
+            self.guests.insert(*job, to.clone());
+            if let Some(mode) = stopped {
+                self.host.cancel_with(*job, mode);
+            }
+        }
+        // A guest that is gone (its thread unwound) leaves its jobs to end unheard.
+        let _ = to.send(Guest::Submitted(ids));
     }
 
     /// Applies the rate schedule set while a call ran, unless a later one is in force.
@@ -408,42 +491,86 @@ impl Driver {
             Msg::CancelAll(mode) => return Some(Control::CancelAll(mode)),
             Msg::Job(job, command) => return Some(Control::Job(job, command)),
             Msg::RateSchedule => self.take_schedule(),
+            Msg::Submit {
+                downloads,
+                stopped,
+                to,
+            } => self.submit_for_guest(downloads, stopped, to),
         }
         None
     }
+
+    /// Take the messages that arrived while no call drove the engine. Commands for jobs
+    /// apply to guests' jobs only: a cancel sent while no call ran must not cancel the call
+    /// that starts now (unless it came from `stop_all`, which the call reads after this).
+    fn take_waiting_messages(&mut self) {
+        while let Ok(m) = self.rx.try_recv() {
+            match self.handle(m) {
+                Some(Control::CancelAll(mode)) => self.cancel_guests(mode),
+                Some(Control::Job(job, command)) if self.guests.contains_key(&job) => match command
+                {
+                    JobCommand::Pause => self.host.pause(job),
+                    JobCommand::Resume => self.host.resume(job),
+                    JobCommand::Cancel(mode) => self.host.cancel_with(job, mode),
+                },
+                Some(Control::Job(..)) | None => {}
+            }
+        }
+        self.feed_net();
+    }
 }
 
-/// Records the thread of the running call for as long as it runs (see `Client::caller`).
-struct CallerGuard<'a>(&'a Mutex<Option<std::thread::ThreadId>>);
+/// Send a guest's event to it (see [`Guest`]); its job is forgotten once finished. Events of
+/// jobs of no running call are dropped.
+fn to_guest(guests: &mut std::collections::HashMap<JobId, Sender<Guest>>, job: JobId, ev: Event) {
+    let finished = matches!(ev, Event::Finished { .. });
+    let Some(to) = guests.get(&job) else {
+        return;
+    };
+    let _ = to.send(Guest::Event(ev));
+    if finished {
+        guests.remove(&job);
+    }
+}
+
+/// Records the thread of a call for as long as it runs (see `Client::callers`).
+struct CallerGuard<'a>(&'a Mutex<Vec<std::thread::ThreadId>>);
 
 impl<'a> CallerGuard<'a> {
-    fn enter(caller: &'a Mutex<Option<std::thread::ThreadId>>) -> CallerGuard<'a> {
-        *caller.lock().unwrap_or_else(|e| e.into_inner()) = Some(std::thread::current().id());
-        CallerGuard(caller)
+    fn enter(callers: &'a Mutex<Vec<std::thread::ThreadId>>) -> CallerGuard<'a> {
+        let me = std::thread::current().id();
+        callers.lock().unwrap_or_else(|e| e.into_inner()).push(me);
+        CallerGuard(callers)
     }
 }
 
 impl Drop for CallerGuard<'_> {
     fn drop(&mut self) {
-        *self.0.lock().unwrap_or_else(|e| e.into_inner()) = None;
+        let me = std::thread::current().id();
+        let mut callers = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(at) = callers.iter().position(|t| *t == me) {
+            callers.swap_remove(at);
+        }
     }
 }
 
 /// A blocking download client. One client keeps its idle connections between calls, so
 /// sequential downloads from one origin reuse a connection.
 ///
-/// One call runs at a time: calls from several threads run one after another (give each
-/// its own client, or one call many downloads, to run them at once). From a call's own
-/// event callback, [`Client::stats`], [`Client::max_active_jobs`],
+/// Calls from several threads run at once, sharing the engine (its limits on active
+/// downloads and connections, its rate limit and priorities, its dedup): one call's thread
+/// drives the engine, and the others hand their downloads to it and run their callbacks on
+/// their own threads. When the driving call returns, a call still running takes over. From
+/// a call's own event callback, [`Client::stats`], [`Client::max_active_jobs`],
 /// [`Client::set_rate_schedule`] and the [`CancelHandle`] work; a download started there
 /// fails with [`DownloadError::InvalidRequest`] (it would wait for the call it runs in).
 pub struct Client {
     driver: Mutex<Driver>,
     cancel: CancelHandle,
     stats: Arc<Mutex<Stats>>,
-    /// The thread of the running call, if one runs: a call made from its own event callback
-    /// (on that thread) would wait for itself.
-    caller: Mutex<Option<std::thread::ThreadId>>,
+    /// The threads of the running calls: a call made from one's own event callback (on that
+    /// thread) would wait for itself.
+    callers: Mutex<Vec<std::thread::ThreadId>>,
     /// [`Config::max_active_jobs`], fixed at construction.
     max_active_jobs: usize,
     /// The driver's `Driver::schedule` slot.
@@ -487,7 +614,7 @@ impl Client {
                 sink,
                 stopped: Arc::default(),
             },
-            caller: Mutex::new(None),
+            callers: Mutex::new(Vec::new()),
             max_active_jobs,
             schedule: schedule.clone(),
             schedule_seq: std::sync::atomic::AtomicU64::new(0),
@@ -498,6 +625,7 @@ impl Client {
                 stats: stats.clone(),
                 schedule,
                 schedule_applied: 0,
+                guests: Default::default(),
             }),
             stats,
         })
@@ -550,7 +678,7 @@ impl Client {
         self.max_active_jobs
     }
 
-    /// A handle that cancels the running call from another thread (e.g. on Ctrl-C), or
+    /// A handle that cancels the running calls from another thread (e.g. on Ctrl-C), or
     /// pauses, resumes or cancels one of its jobs.
     pub fn cancel_handle(&self) -> CancelHandle {
         self.cancel.clone()
@@ -573,50 +701,179 @@ impl Client {
         downloads: Vec<Download>,
         mut on_event: impl FnMut(&Event),
     ) -> Vec<Result<Outcome, DownloadError>> {
+        let me = std::thread::current().id();
+        if self
+            .callers
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .contains(&me)
+        {
+            // From a running call's own event callback: waiting for the call would wait
+            // for ever.
+            return downloads
+                .iter()
+                .map(|_| {
+                    Err(DownloadError::InvalidRequest(
+                        "a download started from the client's own event callback, \
+                         inside a call of the same client: start it after the call \
+                         returns, or on another client"
+                            .into(),
+                    ))
+                })
+                .collect();
+        }
+        let _caller = CallerGuard::enter(&self.callers);
         let mut driver = match self.driver.try_lock() {
             Ok(driver) => driver,
             Err(std::sync::TryLockError::Poisoned(e)) => e.into_inner(),
+            // Another thread's call drives the engine: run as its guest.
             Err(std::sync::TryLockError::WouldBlock) => {
-                let me = std::thread::current().id();
-                if *self.caller.lock().unwrap_or_else(|e| e.into_inner()) == Some(me) {
-                    // From the running call's own event callback: waiting for the call
-                    // would wait for ever.
-                    return downloads
-                        .iter()
-                        .map(|_| {
-                            Err(DownloadError::InvalidRequest(
-                                "a download started from the client's own event callback, \
-                                 inside a call of the same client: start it after the call \
-                                 returns, or on another client"
-                                    .into(),
-                            ))
-                        })
-                        .collect();
-                }
-                // Another thread's call: wait for it.
-                self.driver.lock().unwrap_or_else(|e| e.into_inner())
+                return self.download_as_guest(downloads, &mut on_event);
             }
         };
-        let _caller = CallerGuard::enter(&self.caller);
-        // A cancel sent while no call was running must not cancel this one (unless it came
-        // from `stop_all`, read after this drain); completions that arrived between calls
-        // (closing idle connections) still go to the engine.
-        while let Ok(m) = driver.rx.try_recv() {
-            match m {
-                Msg::Done(id, result) => driver.host.complete(id, result),
-                Msg::Established(conn, id, result) => {
-                    driver.runtime.net.on_established(conn, id, *result)
-                }
-                Msg::RateSchedule => driver.take_schedule(),
-                Msg::CancelAll(_) | Msg::Job(..) => {}
-            }
-        }
-        driver.feed_net();
+        driver.take_waiting_messages();
         let unnamed_max = driver.host.config().unnamed_max;
         for (dir, count) in haul_driver::spares::expected_unnamed(&downloads, unnamed_max) {
             driver.runtime.files.expect_unnamed(&dir, count);
         }
         let stopped = self.cancel.stopped();
         driver.run(downloads, stopped, &mut on_event)
+    }
+
+    /// [`Client::download_many`] while another thread's call drives the engine: the
+    /// downloads go to it, and their events come back to this thread (see [`Guest`]); if
+    /// that call returns first, this one drives.
+    fn download_as_guest(
+        &self,
+        downloads: Vec<Download>,
+        on_event: &mut dyn FnMut(&Event),
+    ) -> Vec<Result<Outcome, DownloadError>> {
+        let total = downloads.len();
+        let (to, from_driver) = mpsc::channel();
+        self.cancel.sink.send(Msg::Submit {
+            downloads,
+            stopped: self.cancel.stopped(),
+            to,
+        });
+        let mut guest = GuestCall {
+            order: None,
+            results: BTreeMap::new(),
+            panicked: None,
+            sink: self.cancel.sink.clone(),
+        };
+        loop {
+            if guest
+                .order
+                .as_ref()
+                .is_some_and(|o| o.len() == guest.results.len())
+            {
+                return guest.finish();
+            }
+            let drive = match from_driver.recv_timeout(GUEST_POLL) {
+                Ok(Guest::Drive) | Err(_) => true,
+                Ok(message) => {
+                    guest.take(message, on_event);
+                    false
+                }
+            };
+            if !drive {
+                continue;
+            }
+            let mut driver = match self.driver.try_lock() {
+                Ok(driver) => driver,
+                Err(std::sync::TryLockError::Poisoned(e)) => e.into_inner(),
+                Err(std::sync::TryLockError::WouldBlock) => continue,
+            };
+            // The driving call returned: this one drives until its own jobs are done. Its
+            // downloads were submitted by now, at the latest among the waiting messages.
+            driver.take_waiting_messages();
+            while let Ok(message) = from_driver.try_recv() {
+                guest.take(message, on_event);
+            }
+            let order = guest
+                .order
+                .take()
+                .expect("a guest's downloads are submitted");
+            for job in &order {
+                driver.guests.remove(job);
+            }
+            let panicked = guest.panicked.is_some();
+            let mut deliver = |ev: &Event| {
+                if !panicked {
+                    on_event(ev)
+                }
+            };
+            let results = std::mem::take(&mut guest.results);
+            let results = driver.drive(order, total, Vec::new().into_iter(), results, &mut deliver);
+            drop(driver);
+            if let Some(panic) = guest.panicked {
+                std::panic::resume_unwind(panic);
+            }
+            return results;
+        }
+    }
+}
+
+/// How long a guest call waits for a message before it looks whether the engine is free
+/// (the driving call tells it when it returns; this is the backstop).
+const GUEST_POLL: std::time::Duration = std::time::Duration::from_millis(20);
+
+/// A call running as a guest of another thread's (see [`Guest`]).
+struct GuestCall {
+    /// Its jobs, once submitted.
+    order: Option<Vec<JobId>>,
+    results: BTreeMap<JobId, Result<Outcome, DownloadError>>,
+    /// The callback panicked: its jobs are cancelled, and once they end the panic goes on.
+    panicked: Option<Box<dyn std::any::Any + Send>>,
+    sink: Sink,
+}
+
+impl GuestCall {
+    /// Take a message from the driving call.
+    fn take(&mut self, message: Guest, on_event: &mut dyn FnMut(&Event)) {
+        match message {
+            Guest::Submitted(ids) => {
+                self.order = Some(ids);
+                if self.panicked.is_some() {
+                    self.cancel_unfinished();
+                }
+            }
+            Guest::Event(ev) => {
+                if self.panicked.is_none() {
+                    let delivered =
+                        std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| on_event(&ev)));
+                    if let Err(panic) = delivered {
+                        self.panicked = Some(panic);
+                        self.cancel_unfinished();
+                    }
+                }
+                if let Event::Finished { job, result } = ev {
+                    self.results.insert(job, result);
+                }
+            }
+            Guest::Drive => {}
+        }
+    }
+
+    /// Cancel the jobs not finished yet (the callback panicked).
+    fn cancel_unfinished(&self) {
+        for job in self.order.iter().flatten() {
+            if !self.results.contains_key(job) {
+                let cancel = JobCommand::Cancel(CancelMode::Discard);
+                self.sink.send(Msg::Job(*job, cancel));
+            }
+        }
+    }
+
+    /// The results in order, once all are in (or the callback's panic, once its jobs ended).
+    fn finish(mut self) -> Vec<Result<Outcome, DownloadError>> {
+        if let Some(panic) = self.panicked.take() {
+            std::panic::resume_unwind(panic);
+        }
+        let order = self.order.take().unwrap_or_default();
+        order
+            .into_iter()
+            .map(|id| self.results.remove(&id).expect("every job finished"))
+            .collect()
     }
 }

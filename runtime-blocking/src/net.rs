@@ -586,9 +586,11 @@ mod tests {
             while let Ok(m) = rx.try_recv() {
                 match m {
                     Msg::Established(conn, id, result) => net.on_established(conn, id, *result),
-                    Msg::Done(..) | Msg::CancelAll(_) | Msg::Job(..) | Msg::RateSchedule => {
-                        panic!("not a network message")
-                    }
+                    Msg::Done(..)
+                    | Msg::CancelAll(_)
+                    | Msg::Job(..)
+                    | Msg::RateSchedule
+                    | Msg::Submit { .. } => panic!("not a network message"),
                 }
             }
         }

@@ -591,3 +591,205 @@ fn a_rate_schedule_set_later_is_not_overridden_by_one_that_waited_for_a_call() {
         .expect("the download runs without the older limit");
     assert_eq!(result.unwrap().size, big.len() as u64);
 }
+
+/// Calls from several threads run at once: a download on a second thread finishes while the
+/// first thread's call is still stalled (it waited for that call before), with its events
+/// on its own thread; when the first call returns while the second's download runs, the
+/// second drives the engine on and gets every byte.
+#[test]
+fn calls_from_several_threads_run_at_once_and_hand_the_engine_over() {
+    use haul_core::{CancelMode, Download, DownloadError, Event};
+    use haul_origin::{Behavior, Origin};
+    use std::sync::{mpsc, Arc};
+    use std::time::Duration;
+    let origin = Origin::start().unwrap();
+    origin.route(
+        "/stall",
+        haul_tests::body(40, 2 << 20),
+        Behavior::Stall { after: 1 << 20 },
+    );
+    let quick = haul_tests::body(41, 300_000);
+    origin.route("/quick", quick.clone(), Behavior::Normal);
+    let slow = haul_tests::body(42, 400_000);
+    origin.route(
+        "/slow",
+        slow.clone(),
+        Behavior::Trickle {
+            bytes_per_sec: 1_000_000,
+        },
+    );
+    let dir = tempfile::TempDir::new().unwrap();
+    let mut config = haul_tests::fast_config();
+    config.idle_timeout = Duration::from_secs(600);
+    let client = Arc::new(haul_blocking::Client::new(config).unwrap());
+    // A call that stalls: the first thread drives the engine.
+    let (stalled_tx, stalled_rx) = mpsc::channel();
+    let (first_tx, first_rx) = mpsc::channel();
+    let first = {
+        let (client, url, dest) = (client.clone(), origin.url("/stall"), dir.path().join("s"));
+        std::thread::spawn(move || {
+            let result = client.download(Download::new(&url, dest).unwrap(), |e| {
+                if let Event::Progress { job, bytes, .. } = e {
+                    if *bytes >= 1 << 20 {
+                        let _ = stalled_tx.send(*job);
+                    }
+                }
+            });
+            let _ = first_tx.send(result);
+        })
+    };
+    let first_job = stalled_rx
+        .recv_timeout(Duration::from_secs(30))
+        .expect("the first call stalls");
+    // A second thread's call is not held up by it.
+    let (second_tx, second_rx) = mpsc::channel();
+    let second = {
+        let (client, url, dest) = (client.clone(), origin.url("/quick"), dir.path().join("q"));
+        std::thread::spawn(move || {
+            let on_this_thread = std::thread::current().id();
+            let mut seen = Vec::new();
+            let result = client.download(Download::new(&url, dest).unwrap(), |e| {
+                assert_eq!(std::thread::current().id(), on_this_thread);
+                seen.push(e.clone());
+            });
+            let _ = second_tx.send((result, seen));
+        })
+    };
+    let (result, seen) = second_rx
+        .recv_timeout(Duration::from_secs(30))
+        .expect("the second call ends while the first stalls");
+    let out = result.expect("the second call's download");
+    assert_eq!(std::fs::read(dir.path().join("q")).unwrap(), quick);
+    assert_eq!(out.size, quick.len() as u64);
+    let finished = seen
+        .iter()
+        .filter(|e| matches!(e, Event::Finished { .. }))
+        .count();
+    assert_eq!(finished, 1, "{seen:?}");
+    let job = seen.iter().find_map(Event::job).expect("a job's events");
+    assert!(
+        seen.iter().all(|e| e.job() == Some(job)),
+        "only its own job's events: {seen:?}"
+    );
+    second.join().unwrap();
+    // A third call starts while the first stalls; the first is cancelled once the third
+    // has bytes, so the third finishes after the first returned.
+    let (third_tx, third_rx) = mpsc::channel();
+    let (progress_tx, progress_rx) = mpsc::channel();
+    let third = {
+        let (client, url, dest) = (client.clone(), origin.url("/slow"), dir.path().join("slow"));
+        std::thread::spawn(move || {
+            let result = client.download(Download::new(&url, dest).unwrap(), |e| {
+                if matches!(e, Event::Progress { .. }) {
+                    let _ = progress_tx.send(());
+                }
+            });
+            let _ = third_tx.send(result);
+        })
+    };
+    progress_rx
+        .recv_timeout(Duration::from_secs(30))
+        .expect("the third call has bytes");
+    client
+        .cancel_handle()
+        .cancel_job(first_job, CancelMode::Discard);
+    let result = first_rx
+        .recv_timeout(Duration::from_secs(30))
+        .expect("the first call ends when its job is cancelled");
+    assert!(
+        matches!(result, Err(DownloadError::Cancelled)),
+        "{result:?}"
+    );
+    let result = third_rx
+        .recv_timeout(Duration::from_secs(30))
+        .expect("the third call ends after the first returned");
+    result.expect("the third call's download, driven by its own thread at the end");
+    assert_eq!(std::fs::read(dir.path().join("slow")).unwrap(), slow);
+    first.join().unwrap();
+    third.join().unwrap();
+    // Nothing is left of the cancelled download.
+    assert!(!dir.path().join("s").exists());
+    assert!(!dir.path().join("s.haul-part").exists());
+}
+
+/// A guest call (one made while another thread's call drives the engine) whose callback
+/// panics ends with that panic once its download is cancelled and cleaned up, leaving the
+/// driving call alone; a download started from a guest's own callback is refused as from
+/// the driving call's; and a cancel from the client's handle reaches every running call.
+#[test]
+fn a_guest_call_panics_alone_and_a_cancel_reaches_every_call() {
+    use haul_core::{Download, DownloadError, Event};
+    use haul_origin::{Behavior, Origin};
+    use std::sync::{mpsc, Arc};
+    use std::time::Duration;
+    let origin = Origin::start().unwrap();
+    for path in ["/a", "/b", "/c"] {
+        origin.route(
+            path,
+            haul_tests::body(43, 2 << 20),
+            Behavior::Stall { after: 1 << 20 },
+        );
+    }
+    origin.route("/small", haul_tests::body(44, 1000), Behavior::Normal);
+    let dir = tempfile::TempDir::new().unwrap();
+    let mut config = haul_tests::fast_config();
+    config.idle_timeout = Duration::from_secs(600);
+    let client = Arc::new(haul_blocking::Client::new(config).unwrap());
+    // Starts a call on its own thread; its result comes on the returned channel once it
+    // ends, and a message on the other once its download has stalled.
+    let start = |path: &str, panics: bool| {
+        let (client, url) = (client.clone(), origin.url(path));
+        let (small, dest) = (origin.url("/small"), dir.path().join(&path[1..]));
+        let (stalled_tx, stalled_rx) = mpsc::channel();
+        let (done_tx, done_rx) = mpsc::channel();
+        std::thread::spawn(move || {
+            let caught = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                client.download(Download::new(&url, dest).unwrap(), |e| {
+                    if matches!(e, Event::Progress { bytes, .. } if *bytes >= 1 << 20) {
+                        let nested = client
+                            .download(Download::new(&small, "/nonexistent/never").unwrap(), |_| {});
+                        let _ = stalled_tx.send(nested);
+                        if panics {
+                            panic!("the guest's callback fails");
+                        }
+                    }
+                })
+            }));
+            let _ = done_tx.send(caught.map_err(|_| "panicked"));
+        });
+        (stalled_rx, done_rx)
+    };
+    let refused = |rx: &mpsc::Receiver<Result<_, DownloadError>>| {
+        let nested = rx.recv_timeout(Duration::from_secs(30)).expect("stalls");
+        assert!(
+            matches!(nested, Err(DownloadError::InvalidRequest(_))),
+            "{nested:?}"
+        );
+    };
+    let (a_stalled, a_done) = start("/a", false);
+    refused(&a_stalled);
+    let (b_stalled, b_done) = start("/b", true);
+    refused(&b_stalled);
+    let b = b_done
+        .recv_timeout(Duration::from_secs(30))
+        .expect("b ends");
+    assert!(matches!(b, Err("panicked")), "{b:?}");
+    assert!(!dir.path().join("b").exists() && !dir.path().join("b.haul-part").exists());
+    let (c_stalled, c_done) = start("/c", false);
+    refused(&c_stalled);
+    assert!(a_done.try_recv().is_err(), "the driving call goes on");
+    client.cancel_handle().cancel();
+    for done in [a_done, c_done] {
+        let result = done.recv_timeout(Duration::from_secs(30)).expect("ends");
+        assert!(
+            matches!(result, Ok(Err(DownloadError::Cancelled))),
+            "{result:?}"
+        );
+    }
+    let mut left: Vec<_> = std::fs::read_dir(dir.path())
+        .unwrap()
+        .map(|e| e.unwrap().file_name())
+        .collect();
+    left.sort();
+    assert!(left.is_empty(), "{left:?}");
+}
