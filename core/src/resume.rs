@@ -71,6 +71,12 @@ pub struct PartState {
     pub url: String,
     /// The validator of the representation the partial bytes belong to.
     pub validator: Validator,
+    /// The resource that gave `validator`: the URL it came from after redirects, without
+    /// its query. A resume answered by another resource starts over, whatever its validator
+    /// (ETags are only comparable for one resource). Absent in state files of earlier
+    /// versions, which are then resumed on the validator alone.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub resource: Option<String>,
     /// The representation's complete length, when known.
     pub total: Option<u64>,
     /// Leading bytes of the partial file known to be durable and to belong to `validator`.
@@ -141,6 +147,7 @@ mod tests {
             version: STATE_VERSION,
             url: "http://h/a".into(),
             validator: Validator::Etag("\"abc\"".into()),
+            resource: None,
             total: Some(100),
             verified: 40,
             prefix_sha256: "00".repeat(32),
@@ -159,6 +166,7 @@ mod tests {
             version: STATE_VERSION,
             url: "u".into(),
             validator: Validator::Etag("\"a\"".into()),
+            resource: None,
             total: Some(10),
             verified: 1,
             prefix_sha256: "00".repeat(32),
@@ -178,6 +186,7 @@ mod tests {
             version: STATE_VERSION,
             url: "u".into(),
             validator: Validator::Etag("\"a\"".into()),
+            resource: None,
             total: Some(10),
             verified: 11,
             prefix_sha256: "00".repeat(32),

@@ -595,6 +595,7 @@ impl Engine {
         j.received = received;
         j.validator = Some(state.validator);
         j.validator_source = ValidatorSource::StateFile;
+        j.validator_resource = state.resource;
         if state.single_connection {
             j.splitting = super::Splitting::SingleConnection;
         }
@@ -627,6 +628,7 @@ impl Engine {
         j.resumed_from = 0;
         j.validator = None;
         j.validator_source = ValidatorSource::ThisRun;
+        j.validator_resource = None;
         j.total = None;
         j.segmented = false;
         j.pending_prefix = None;
@@ -851,6 +853,7 @@ impl Engine {
             version: STATE_VERSION,
             url: j.spec.url.to_string(),
             validator,
+            resource: j.validator_resource.clone(),
             total: j.total,
             verified,
             prefix_sha256,

@@ -495,6 +495,11 @@ struct Job {
     failed_round: Vec<usize>,
     /// The URL whose response gave `validator`.
     validator_mirror: usize,
+    /// The resource (URL without its query, after redirects) whose response gave
+    /// `validator`, when known: a validator vouches only for its own resource, and a URL
+    /// that redirects elsewhere than it did (`/latest` to `v2.iso` instead of `v1.iso`) may
+    /// find the same ETag on other bytes there.
+    validator_resource: Option<String>,
     /// The one retry after a failed verification (hash or size) was used (a job without
     /// mirrors).
     verify_retry_used: bool,
@@ -1178,6 +1183,7 @@ impl Engine {
             mirror: 0,
             failed_round: Vec::new(),
             validator_mirror: 0,
+            validator_resource: None,
             verify_retry_used: false,
             bad_urls: Vec::new(),
             spread_excluded: Vec::new(),

@@ -806,6 +806,7 @@ impl Engine {
                 j.validator = Validator::of_response(&head);
                 j.validator_source = ValidatorSource::ThisRun;
                 j.validator_mirror = j.mirror;
+                j.validator_resource = Some(resource_of(&j.transfers[&tid].url));
                 j.total = match framing {
                     Framing::Length(n) => Some(n),
                     // Only a 204 gets here without a body.
@@ -826,6 +827,7 @@ impl Engine {
                         if j.validator.is_none() {
                             j.validator = validator;
                             j.validator_mirror = j.mirror;
+                            j.validator_resource = Some(resource_of(&j.transfers[&tid].url));
                         }
                         if j.transfers[&tid].mirror == j.mirror {
                             // Given or matched by this answer (another mirror's is not
@@ -1543,6 +1545,16 @@ impl Engine {
     }
 }
 
+/// The resource `url` names, for comparing where validators come from: the URL without its
+/// query and fragment (a redirect to a signed URL changes only its query from one request to
+/// the next, and still names the same object).
+pub(super) fn resource_of(url: &url::Url) -> String {
+    let mut resource = url.clone();
+    resource.set_query(None);
+    resource.set_fragment(None);
+    resource.into()
+}
+
 /// Whether a 206 continues what the transfer asked for: Ok((complete length, the response's
 /// validator)) or why not.
 fn check_partial_response(
@@ -1602,6 +1614,17 @@ fn check_partial_response(
             Some(_) => Ok((complete, None)),
             None => Err("a segment from another mirror before the length is known".into()),
         };
+    }
+    // Without a sha256 to prove the result, the validator must come from the resource it
+    // vouches for (with one, bytes may come from elsewhere, as from another mirror).
+    let unproven = j.spec.sha256.is_none();
+    if let (Some(_), Some(resource), true) = (&j.validator, &j.validator_resource, unproven) {
+        let answered = resource_of(&t.url);
+        if answered != *resource {
+            return Err(format!(
+                "the range was answered by {answered}, not by {resource}, whose bytes the partial holds"
+            ));
+        }
     }
     match &j.validator {
         Some(v) if v.matches_response(head) => Ok((complete, None)),
