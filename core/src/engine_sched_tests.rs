@@ -3182,3 +3182,30 @@ fn a_pause_while_a_start_over_waits_for_its_digest_leaves_the_retry_to_the_good_
         );
     }
 }
+
+/// Nodes behind one URL that serve other bytes under one ETag (a segment from offset 0
+/// comes from the right file, later ones from another): the segments fit together by
+/// validator, range and length, and the file fails its sha256. The one retry from zero then
+/// keeps to one connection, which gets the right file whole; it used to split again and
+/// fail the same way.
+#[test]
+fn a_split_download_that_fails_its_sha256_retries_over_one_connection() {
+    let good = pattern(400_000, 71);
+    let other = pattern(400_000, 72);
+    let mut h = Harness::new(config());
+    let (g, o) = (good.clone(), other.clone());
+    h.serve(ORIGIN, move |req| {
+        let from_zero = range_of(req).is_none_or(|(first, _)| first == 0);
+        let body = if from_zero { &g } else { &o };
+        head_first(serve_range(body, req), 16 * 1024)
+    });
+    let job = h.submit(segmented(4, 64 * 1024).sha256(&sha_hex(&good)).unwrap());
+    let out = h
+        .run(job)
+        .expect("the retry over one connection gets the right file");
+    assert_committed(&h, &good);
+    assert_eq!(out.attempts, 2);
+    let reasons = single_connection_reasons(&h, job);
+    assert_eq!(reasons.len(), 1, "{reasons:?}");
+    assert!(reasons[0].contains("verification"), "{reasons:?}");
+}

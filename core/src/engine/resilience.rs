@@ -376,6 +376,15 @@ impl Engine {
                 return self.terminate(id, error, false);
             }
             j.verify_retry_used = true;
+            if j.segmented && j.splitting == super::Splitting::Allowed {
+                // Segments of one URL that fit together by validator, range and length,
+                // yet make a file of other bytes: nodes that serve different bytes under
+                // one validator. The one retry keeps to one connection, which gets one
+                // node's file whole.
+                j.splitting = super::Splitting::SingleConnection;
+                let reason = format!("the segments made a file that failed verification ({error})");
+                self.event(Event::SingleConnection { job: id, reason });
+            }
         } else {
             let bad = j.mirror;
             if !j.bad_urls.contains(&bad) {
