@@ -522,14 +522,23 @@ const WORKING_SUFFIX_ROOM: usize = {
 };
 
 /// A safe file name from the URL's last non-empty path segment, percent-decoded (kept
-/// encoded if the decoded bytes are not UTF-8).
+/// encoded if the decoded bytes are not UTF-8); [`FALLBACK_NAME`] when it gives none.
 pub fn file_name_from_url(url: &url::Url) -> String {
+    url_file_name(url).unwrap_or_else(|| FALLBACK_NAME.to_string())
+}
+
+/// The name a download into a directory gets when neither its URL ([`url_file_name`]) nor
+/// its response gives one. A name haul chose never replaces a file.
+pub const FALLBACK_NAME: &str = "download";
+
+/// The URL's own file name: its last non-empty path segment, percent-decoded, if that is a
+/// usable name ([`sanitize_file_name`]).
+pub fn url_file_name(url: &url::Url) -> Option<String> {
     let seg = url
         .path_segments()
         .and_then(|mut s| s.rfind(|x| !x.is_empty()).map(str::to_string))
         .unwrap_or_default();
-    let decoded = percent_decode(&seg);
-    sanitize_file_name(&decoded).unwrap_or_else(|| "download".to_string())
+    sanitize_file_name(&percent_decode(&seg))
 }
 
 /// The endings of the names haul gives its own files beside a destination (partial, state,

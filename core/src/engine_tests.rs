@@ -3987,3 +3987,43 @@ fn a_resume_redirected_to_another_resource_starts_over_instead_of_splicing_two_f
         "{retries:?}"
     );
 }
+
+/// A URL that gives no usable file name (none at all, a working file's name, a name with a
+/// `/` in it) downloads into a directory as `download`, a name haul chose, which never
+/// replaces a file that is there: `FallbackNameTaken`, the file untouched. A URL that names
+/// `download` itself replaces it, as any URL's own name does.
+#[test]
+fn the_fallback_name_never_replaces_an_existing_file() {
+    let body = pattern(1_000, 48);
+    for url in [
+        "http://a.test/",
+        "http://a.test/x/name.haul-part",
+        "http://a.test/x/..%2F..%2Fevil.bin",
+    ] {
+        let mut h = Harness::new(config());
+        h.serve(ORIGIN, file_server(body.clone()));
+        h.fs.put("/dl/download", b"the user's own file");
+        let job = h.submit(Download::into_dir(url, "/dl").unwrap());
+        let result = h.run(job);
+        assert_eq!(
+            result,
+            Err(DownloadError::FallbackNameTaken {
+                path: PathBuf::from("/dl/download")
+            }),
+            "{url}"
+        );
+        assert_eq!(h.fs.get("/dl/download"), Some(&b"the user's own file"[..]));
+        // Free: the fallback name is used.
+        h.fs.names.remove(Path::new("/dl/download"));
+        let again = h.submit(Download::into_dir(url, "/dl").unwrap());
+        let out = h.run(again).expect("the name is free now");
+        assert_eq!(out.path, PathBuf::from("/dl/download"));
+        assert_eq!(h.fs.get("/dl/download"), Some(&body[..]));
+    }
+    let mut h = Harness::new(config());
+    h.serve(ORIGIN, file_server(body.clone()));
+    h.fs.put("/dl/download", b"an older download");
+    let job = h.submit(Download::into_dir("http://a.test/get/download", "/dl").unwrap());
+    h.run(job).expect("the URL's own name replaces the file");
+    assert_eq!(h.fs.get("/dl/download"), Some(&body[..]));
+}

@@ -194,6 +194,12 @@ pub enum DownloadError {
     /// was committed.
     #[error("the server names the file {path}, which already exists; a name the server chose never replaces a file (remove it, or name the download's file yourself)", path = path.display())]
     ServerNameTaken { path: PathBuf },
+    /// Neither the URL nor the response named the file (the URL's name is empty or unusable,
+    /// such as `a.haul-part` or one holding a `/`), so haul named it `path`
+    /// ([`crate::download::FALLBACK_NAME`]), and a file of that name exists: a name haul
+    /// chose never replaces a file. Nothing was committed.
+    #[error("neither the URL nor the server gives the file a usable name, and {path}, the name haul would give it, already exists; a name haul chose never replaces a file (name the download's file yourself)", path = path.display())]
+    FallbackNameTaken { path: PathBuf },
 }
 
 impl DownloadError {
@@ -225,6 +231,7 @@ impl DownloadError {
             | DownloadError::PartialInUse { .. }
             | DownloadError::SameFileInUse { .. }
             | DownloadError::ServerNameTaken { .. }
+            | DownloadError::FallbackNameTaken { .. }
             | DownloadError::TooManyRedirects { .. }
             | DownloadError::RedirectLoop { .. }
             | DownloadError::SizeMismatch { .. }
@@ -305,6 +312,7 @@ impl DownloadError {
             | DownloadError::PartialInUse { .. }
             | DownloadError::SameFileInUse { .. }
             | DownloadError::ServerNameTaken { .. }
+            | DownloadError::FallbackNameTaken { .. }
             | DownloadError::DependencyUnknown { .. } => ErrorClass::Usage,
             DownloadError::Connect { .. }
             | DownloadError::Connection { .. }

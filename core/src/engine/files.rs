@@ -493,7 +493,7 @@ impl Engine {
     pub(super) fn probe_server_name(&mut self, id: JobId) {
         let j = self.jobs.get(&id).expect("job exists");
         let path = j.dest_path();
-        if path == j.spec.provisional_path() {
+        if path == j.spec.provisional_path() && !j.fallback_named() {
             return;
         }
         let file = FileId(self.next());
@@ -517,8 +517,8 @@ impl Engine {
             Phase::Running | Phase::Paused | Phase::Backoff { .. }
         );
         if j.name_probe == NameProbe::Taken && fetching {
-            let path = j.dest_path();
-            return self.terminate(id, DownloadError::ServerNameTaken { path }, true);
+            let error = j.name_taken();
+            return self.terminate(id, error, true);
         }
         self.maybe_complete(id);
     }
@@ -952,8 +952,8 @@ impl Engine {
             // Its answer calls this again.
             NameProbe::Pending => return,
             NameProbe::Taken => {
-                let path = j.dest_path();
-                return self.terminate(id, DownloadError::ServerNameTaken { path }, true);
+                let error = j.name_taken();
+                return self.terminate(id, error, true);
             }
             NameProbe::NotNeeded | NameProbe::Free => {}
         }

@@ -678,6 +678,24 @@ impl Job {
         }
     }
 
+    /// A download into a directory that neither its URL nor its response named: its file is
+    /// [`crate::download::FALLBACK_NAME`], which must not replace a file (see
+    /// [`Engine::probe_server_name`]).
+    fn fallback_named(&self) -> bool {
+        matches!(self.spec.dest, Destination::Dir(_))
+            && self.dest_name.is_none()
+            && crate::download::url_file_name(&self.spec.url).is_none()
+    }
+
+    /// The error of a download whose probed name is taken: a name the server or haul chose.
+    fn name_taken(&self) -> DownloadError {
+        let path = self.dest_path();
+        match self.fallback_named() {
+            true => DownloadError::FallbackNameTaken { path },
+            false => DownloadError::ServerNameTaken { path },
+        }
+    }
+
     /// Bytes of the file present now.
     fn present(&self) -> u64 {
         self.received.len().max(self.hashed)

@@ -1193,6 +1193,8 @@ impl Engine {
                     return self.terminate(id, error, false);
                 }
                 self.probe_server_name(id);
+            } else if j.fallback_named() {
+                self.probe_server_name(id);
             }
         }
         let j = self.jobs.get_mut(&id).expect("job exists");
