@@ -369,6 +369,17 @@ fn every_mirror_gets_one_chance_to_serve_the_right_bytes() {
     assert_eq!(out.final_url, THIRD_URL);
     assert_eq!(h.requests.len(), 3, "each URL asked once");
     assert_eq!(h.fs.get(dest()), Some(&good[..]));
+    // Each failure names the URL whose bytes were wrong (it named the download's own URL
+    // for the mirror's bytes too).
+    let blamed: Vec<String> = h
+        .retries(job)
+        .into_iter()
+        .map(|r| match r.3 {
+            DownloadError::HashMismatch { url, .. } => url,
+            other => panic!("{other:?}"),
+        })
+        .collect();
+    assert_eq!(blamed, [URL, MIRROR_URL]);
 }
 
 #[test]

@@ -1672,7 +1672,8 @@ fn a_204_no_content_for_a_file_expected_to_hold_bytes_fails_verification() {
             url: URL.to_string(),
             path: dest(),
             expected: 4_000,
-            actual: 0
+            actual: 0,
+            at_least: false
         }
     );
     assert_nothing_left(&h);
@@ -1690,6 +1691,7 @@ fn expected_size_mismatch_from_content_length_fails_before_writing_the_body() {
             path,
             expected,
             actual,
+            at_least: false,
         }) => {
             assert_eq!((expected, actual), (3_999, 4_000));
             assert_eq!((url.as_str(), path), (URL, dest()));
@@ -1715,11 +1717,21 @@ fn expected_size_exceeded_by_a_chunked_body_fails_as_bytes_arrive() {
     });
     let job = h.submit(download().size(1_000));
     match h.run(job) {
-        Err(DownloadError::SizeMismatch {
-            expected, actual, ..
-        }) => {
+        Err(
+            e @ DownloadError::SizeMismatch {
+                expected,
+                actual,
+                at_least: true,
+                ..
+            },
+        ) => {
             assert_eq!(expected, 1_000);
             assert!(actual > 1_000 && actual <= 1_100, "actual {actual}");
+            let message = e.to_string();
+            assert!(
+                message.contains(&format!("got at least {actual}")),
+                "{message}"
+            );
         }
         other => panic!("expected SizeMismatch, got {other:?}"),
     }

@@ -107,15 +107,19 @@ pub enum DownloadError {
     /// A resumed response did not continue the representation we hold.
     #[error("server's range response does not continue the local partial file: {detail}")]
     RangeMismatch { detail: String },
-    /// The body's size differed from the expected size. `url` is the download's URL as
-    /// submitted and `path` its destination, so that the failure of one file of a list
-    /// says which.
-    #[error("size mismatch for {url} (to {path}): expected {expected} bytes, got {actual}", path = path.display())]
+    /// The body's size differed from the expected size. `url` is the URL the body came from
+    /// (as given: the download's own, or the mirror whose answer it was; the download's own
+    /// when its segments came from several) and `path` its destination, so that the failure
+    /// of one file of a list says which. With `at_least`, the body went on past the expected
+    /// size without a length announced, and was not read further: `actual` is what was
+    /// read.
+    #[error("size mismatch for {url} (to {path}): expected {expected} bytes, got {}{actual}", if *at_least { "at least " } else { "" }, path = path.display())]
     SizeMismatch {
         url: String,
         path: PathBuf,
         expected: u64,
         actual: u64,
+        at_least: bool,
     },
     /// The body exceeded the maximum size (`url`, `path`: as for `SizeMismatch`).
     #[error("body of {url} (to {path}) exceeds the maximum size of {limit} bytes (at least {seen} bytes)", path = path.display())]
@@ -390,6 +394,7 @@ mod tests {
             path: path.clone(),
             expected: 10,
             actual: 12,
+            at_least: false,
         };
         assert_eq!(
             size.to_string(),

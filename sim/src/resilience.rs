@@ -636,6 +636,7 @@ mod tests {
             path: "f".into(),
             expected: 10,
             actual: 12,
+            at_least: false,
         };
         assert!(m.retrying(&p, t(0), ms(150), &size, z).is_ok());
         assert!(m.retrying(&p, t(1000), ms(300), &size, z).is_err());

@@ -119,7 +119,8 @@ pub fn wrong_expected_size_fails_before_commit<R: Runtime>() {
             url: origin.url("/f"),
             path: dest,
             expected: 49_999,
-            actual: 50_000
+            actual: 50_000,
+            at_least: false
         }
     );
     assert!(listing(dir.path()).is_empty());

@@ -211,7 +211,7 @@ impl Engine {
         if actual != expected.digest() {
             let error = DownloadError::ChecksumMismatch {
                 algorithm: expected.algorithm(),
-                url: j.spec.url.to_string(),
+                url: j.served_by(),
                 path: j.dest_path(),
                 expected: expected.hex(),
                 actual: hex::encode(actual),

@@ -714,7 +714,7 @@ impl Engine {
         if let Some(limit) = j.spec.max_size {
             if end > limit {
                 return Err(DownloadError::TooLarge {
-                    url: j.spec.url.to_string(),
+                    url: j.served_by(),
                     path: j.dest_path(),
                     limit,
                     seen: end,
@@ -724,10 +724,11 @@ impl Engine {
         if let Some(expected) = j.spec.size {
             if end > expected {
                 return Err(DownloadError::SizeMismatch {
-                    url: j.spec.url.to_string(),
+                    url: j.served_by(),
                     path: j.dest_path(),
                     expected,
                     actual: end,
+                    at_least: true,
                 });
             }
         }
@@ -910,10 +911,11 @@ impl Engine {
         if let Some(expected) = j.spec.size {
             if j.hashed != expected {
                 let error = DownloadError::SizeMismatch {
-                    url: j.spec.url.to_string(),
+                    url: j.served_by(),
                     path: j.dest_path(),
                     expected,
                     actual: j.hashed,
+                    at_least: false,
                 };
                 return self.verification_failed(id, error);
             }
@@ -940,7 +942,7 @@ impl Engine {
         if let Some(expected) = j.spec.sha256 {
             if expected != digest {
                 let error = DownloadError::HashMismatch {
-                    url: j.spec.url.to_string(),
+                    url: j.served_by(),
                     path: j.dest_path(),
                     expected: hex::encode(expected),
                     actual: hex::encode(digest),

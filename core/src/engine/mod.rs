@@ -696,6 +696,17 @@ impl Job {
         }
     }
 
+    /// The URL the body came from, as given (the download's own, or the attempt's mirror),
+    /// for a verification failure to name; the download's own when its segments came from
+    /// several URLs (none is to blame alone).
+    fn served_by(&self) -> String {
+        match self.mirror {
+            0 => self.spec.url.to_string(),
+            _ if self.spread_used && !self.spread_off => self.spec.url.to_string(),
+            i => self.spec.mirrors[i - 1].to_string(),
+        }
+    }
+
     /// Bytes of the file present now.
     fn present(&self) -> u64 {
         self.received.len().max(self.hashed)

@@ -1160,10 +1160,11 @@ impl Engine {
         if let (Some(expected), Some(total)) = (j.spec.size, j.total) {
             if expected != total {
                 let error = DownloadError::SizeMismatch {
-                    url: j.spec.url.to_string(),
+                    url: j.served_by(),
                     path: j.dest_path(),
                     expected,
                     actual: total,
+                    at_least: false,
                 };
                 return self.wrong_size(id, error);
             }
@@ -1171,7 +1172,7 @@ impl Engine {
         if let (Some(limit), Some(total)) = (j.spec.max_size, j.total) {
             if total > limit {
                 let error = DownloadError::TooLarge {
-                    url: j.spec.url.to_string(),
+                    url: j.served_by(),
                     path: j.dest_path(),
                     limit,
                     seen: total,
