@@ -103,6 +103,11 @@ pub struct GetArgs {
     /// Seconds without receiving a byte before the attempt fails.
     #[arg(long = "idle-timeout", value_name = "S", default_value_t = 30.0)]
     pub idle_timeout: f64,
+    /// Seconds from sending a request to the end of the response's head, however it
+    /// arrives (a server that thinks long, or sends its head a byte at a time) [default:
+    /// 30, or --idle-timeout if longer].
+    #[arg(long = "head-timeout", value_name = "S")]
+    pub head_timeout: Option<f64>,
     /// Minimum rate in bytes/s over --low-speed-time, else the attempt fails (0 = off).
     #[arg(long = "low-speed-limit", value_name = "BYTES", value_parser = parse_size, default_value = "1K")]
     pub low_speed_limit: u64,
@@ -200,11 +205,24 @@ pub(crate) fn low_speed(limit: u64, time: f64) -> Result<Option<LowSpeedLimit>, 
         .transpose()
 }
 
+/// `--head-timeout`, or by default the engine's 30 s, or `--idle-timeout` when that is
+/// longer: a user who lets a server be silent for a minute mid-body lets it think for a
+/// minute before it answers too.
+pub fn head_timeout(head: Option<f64>, idle: f64) -> Result<Duration, String> {
+    match head {
+        Some(head) => secs("head-timeout", head),
+        None => Ok(Config::default()
+            .head_timeout
+            .max(secs("idle-timeout", idle)?)),
+    }
+}
+
 impl GetArgs {
     fn config(&self) -> Result<Config, String> {
         let mut c = Config {
             connect_timeout: secs("connect-timeout", self.connect_timeout)?,
             idle_timeout: secs("idle-timeout", self.idle_timeout)?,
+            head_timeout: head_timeout(self.head_timeout, self.idle_timeout)?,
             low_speed: low_speed(self.low_speed_limit, self.low_speed_time)?,
             ..Config::default()
         };
@@ -571,6 +589,16 @@ fn missing_dirs(downloads: &[Download]) -> Vec<PathBuf> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_head_timeout_is_30_s_or_the_idle_timeout_if_longer_unless_given() {
+        let s = Duration::from_secs;
+        assert_eq!(head_timeout(None, 10.0), Ok(s(30)));
+        assert_eq!(head_timeout(None, 90.0), Ok(s(90)));
+        assert_eq!(head_timeout(Some(5.0), 90.0), Ok(s(5)));
+        assert!(head_timeout(Some(0.0), 90.0).is_err());
+        assert!(head_timeout(None, -1.0).is_err());
+    }
 
     #[test]
     fn limit_schedule_parses_times_rates_and_unlimited() {

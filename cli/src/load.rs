@@ -70,6 +70,10 @@ pub struct LoadArgs {
     /// Seconds without receiving a byte before an attempt fails.
     #[arg(long = "idle-timeout", value_name = "S", default_value_t = 30.0)]
     pub idle_timeout: f64,
+    /// Seconds from sending a request to the end of the response's head [default: 30, or
+    /// --idle-timeout if longer].
+    #[arg(long = "head-timeout", value_name = "S")]
+    pub head_timeout: Option<f64>,
     /// Minimum rate in bytes/s over --low-speed-time, else the attempt fails (0 = off): a
     /// server that trickles fails over to the pinned manifest instead of holding the load
     /// (and the cache) for minutes.
@@ -121,6 +125,7 @@ impl LoadArgs {
         let mut config = Config {
             connect_timeout: secs("connect-timeout", self.connect_timeout)?,
             idle_timeout: secs("idle-timeout", self.idle_timeout)?,
+            head_timeout: crate::get::head_timeout(self.head_timeout, self.idle_timeout)?,
             low_speed: crate::get::low_speed(self.low_speed_limit, self.low_speed_time)?,
             ..Config::default()
         };
