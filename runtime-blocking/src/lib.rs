@@ -236,6 +236,8 @@ struct Driver {
     /// The unfinished jobs of calls waiting on other threads (see [`Guest`]), and where
     /// their events go.
     guests: std::collections::HashMap<JobId, Sender<Guest>>,
+    /// [`CancelHandle::stop_all`]'s flag.
+    stopped: Arc<Mutex<Option<CancelMode>>>,
 }
 
 /// A rate schedule waiting for the driver: (order of setting, schedule, UTC offset).
@@ -383,15 +385,14 @@ impl Driver {
             for control in controls {
                 match control {
                     Control::CancelAll(mode) => {
-                        // Every job of the call is cancelled, those not handed over yet too,
-                        // and every guest's.
+                        // Every job of the call is cancelled, those not handed over yet too
+                        // (the guests' were when the message was taken).
                         let ids = self.host.submit_batch(unsubmitted.by_ref().collect());
                         mine.extend(ids.iter().copied());
                         order.extend(ids);
                         for job in order.iter().filter(|j| !results.contains_key(j)) {
                             self.host.cancel_with(*job, mode);
                         }
-                        self.cancel_guests(mode);
                     }
                     // Only the unfinished jobs of running calls: an id from an earlier call
                     // may name a job of that call still tidying up after it unwound, which
@@ -410,10 +411,6 @@ impl Driver {
             self.feed_net();
             self.host.tick();
         }
-        // A guest whose jobs still run drives next (the others go on waiting as guests).
-        if let Some(guest) = self.guests.values().next() {
-            let _ = guest.send(Guest::Drive);
-        }
         if let Some(panic) = unwinding {
             std::panic::resume_unwind(panic);
         }
@@ -421,6 +418,12 @@ impl Driver {
             .into_iter()
             .map(|id| results.remove(&id).expect("every job finished"))
             .collect()
+    }
+
+    /// A guest whose jobs still run, to drive next once the driving call has let go of the
+    /// engine (the others go on waiting as guests).
+    fn next_driver(&self) -> Option<Sender<Guest>> {
+        self.guests.values().next().cloned()
     }
 
     /// Cancel every guest's unfinished jobs.
@@ -442,6 +445,9 @@ impl Driver {
         for (dir, count) in haul_driver::spares::expected_unnamed(&downloads, unnamed_max) {
             self.runtime.files.expect_unnamed(&dir, count);
         }
+        // `stop_all` may have come between the guest's reading of the flag and its message;
+        // it set the flag before sending its cancel, so one of them reaches the guest.
+        let stopped = stopped.or(*self.stopped.lock().unwrap_or_else(|e| e.into_inner()));
         let ids = self.host.submit_batch(downloads);
         for job in &ids {
             self.guests.insert(*job, to.clone());
@@ -488,7 +494,12 @@ impl Driver {
             Msg::Established(conn, id, result) => {
                 self.runtime.net.on_established(conn, id, *result)
             }
-            Msg::CancelAll(mode) => return Some(Control::CancelAll(mode)),
+            Msg::CancelAll(mode) => {
+                // The guests' jobs now, in the order of the messages: a guest whose downloads
+                // come after the cancel was not running when it was sent.
+                self.cancel_guests(mode);
+                return Some(Control::CancelAll(mode));
+            }
             Msg::Job(job, command) => return Some(Control::Job(job, command)),
             Msg::RateSchedule => self.take_schedule(),
             Msg::Submit {
@@ -506,7 +517,8 @@ impl Driver {
     fn take_waiting_messages(&mut self) {
         while let Ok(m) = self.rx.try_recv() {
             match self.handle(m) {
-                Some(Control::CancelAll(mode)) => self.cancel_guests(mode),
+                // The guests' jobs are cancelled by `handle`.
+                Some(Control::CancelAll(_)) => {}
                 Some(Control::Job(job, command)) if self.guests.contains_key(&job) => match command
                 {
                     JobCommand::Pause => self.host.pause(job),
@@ -609,10 +621,11 @@ impl Client {
         let stats = Arc::new(Mutex::new(Stats::default()));
         let max_active_jobs = host.config().max_active_jobs;
         let schedule = Arc::new(Mutex::new(None));
+        let stopped = Arc::new(Mutex::new(None));
         Ok(Client {
             cancel: CancelHandle {
                 sink,
-                stopped: Arc::default(),
+                stopped: stopped.clone(),
             },
             callers: Mutex::new(Vec::new()),
             max_active_jobs,
@@ -626,6 +639,7 @@ impl Client {
                 schedule,
                 schedule_applied: 0,
                 guests: Default::default(),
+                stopped,
             }),
             stats,
         })
@@ -737,7 +751,11 @@ impl Client {
             driver.runtime.files.expect_unnamed(&dir, count);
         }
         let stopped = self.cancel.stopped();
-        driver.run(downloads, stopped, &mut on_event)
+        let results = driver.run(downloads, stopped, &mut on_event);
+        let next = driver.next_driver();
+        drop(driver);
+        hand_over_engine(next);
+        results
     }
 
     /// [`Client::download_many`] while another thread's call drives the engine: the
@@ -805,12 +823,21 @@ impl Client {
             };
             let results = std::mem::take(&mut guest.results);
             let results = driver.drive(order, total, Vec::new().into_iter(), results, &mut deliver);
+            let next = driver.next_driver();
             drop(driver);
+            hand_over_engine(next);
             if let Some(panic) = guest.panicked {
                 std::panic::resume_unwind(panic);
             }
             return results;
         }
+    }
+}
+
+/// Tell a guest whose jobs still run to drive, once the engine is free (see [`Guest`]).
+fn hand_over_engine(next: Option<Sender<Guest>>) {
+    if let Some(guest) = next {
+        let _ = guest.send(Guest::Drive);
     }
 }
 

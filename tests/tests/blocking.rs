@@ -793,3 +793,62 @@ fn a_guest_call_panics_alone_and_a_cancel_reaches_every_call() {
     left.sort();
     assert!(left.is_empty(), "{left:?}");
 }
+
+/// A cancel of every running call sent before another thread's call starts does not cancel
+/// that call, also when the driving call takes both messages in one turn (it applied the
+/// cancel after the new call's downloads were submitted, and cancelled them).
+#[test]
+fn a_cancel_sent_before_a_guest_call_starts_does_not_cancel_it() {
+    use haul_core::{CancelMode, Download, DownloadError, Event};
+    use haul_origin::{Behavior, Origin};
+    use std::sync::{mpsc, Arc};
+    use std::time::Duration;
+    let origin = Origin::start().unwrap();
+    origin.route(
+        "/a",
+        haul_tests::body(50, 2 << 20),
+        Behavior::Stall { after: 1 << 20 },
+    );
+    origin.route("/g", haul_tests::body(51, 5000), Behavior::Normal);
+    let dir = tempfile::TempDir::new().unwrap();
+    let client = Arc::new(haul_blocking::Client::new(haul_tests::fast_config()).unwrap());
+    let (held_tx, held_rx) = mpsc::channel();
+    let (go_tx, go_rx) = mpsc::channel::<()>();
+    let (a_tx, a_rx) = mpsc::channel();
+    {
+        let (client, url, dest) = (client.clone(), origin.url("/a"), dir.path().join("a"));
+        std::thread::spawn(move || {
+            let mut held = false;
+            let r = client.download(Download::new(&url, dest).unwrap(), |e| {
+                if !held && matches!(e, Event::Progress { .. }) {
+                    held = true;
+                    let _ = held_tx.send(());
+                    // The driving thread waits in its callback while both messages arrive.
+                    let _ = go_rx.recv();
+                }
+            });
+            let _ = a_tx.send(r);
+        });
+    }
+    held_rx
+        .recv_timeout(Duration::from_secs(30))
+        .expect("a runs");
+    client.cancel_handle().cancel_with(CancelMode::KeepPartial);
+    let (g_tx, g_rx) = mpsc::channel();
+    {
+        let (client, url, dest) = (client.clone(), origin.url("/g"), dir.path().join("g"));
+        std::thread::spawn(move || {
+            let _ = g_tx.send(client.download(Download::new(&url, dest).unwrap(), |_| {}));
+        });
+    }
+    // The guest has sent its downloads.
+    std::thread::sleep(Duration::from_millis(300));
+    go_tx.send(()).unwrap();
+    let a = a_rx.recv_timeout(Duration::from_secs(30)).expect("a ends");
+    assert!(matches!(a, Err(DownloadError::Cancelled)), "{a:?}");
+    let g = g_rx.recv_timeout(Duration::from_secs(30)).expect("g ends");
+    assert!(
+        g.is_ok(),
+        "a call started after the cancel was cancelled: {g:?}"
+    );
+}
