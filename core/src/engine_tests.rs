@@ -217,12 +217,22 @@ impl FakeFs {
                 self.open.insert(*file, ino);
                 IoResult::Opened { len: 0 }
             }
-            IoOp::Publish { file, to, sync, .. } => {
+            IoOp::Publish {
+                file,
+                path,
+                to,
+                sync,
+            } => {
                 let Some(ino) = self.open.remove(file) else {
                     self.violations
                         .push(format!("Publish of {file:?}, which is not open"));
                     return failure(IoErrorKind::Other, "bad file descriptor");
                 };
+                // Replacing a file goes through the partial's name, which another process
+                // downloading there holds (as the runtime's executor does).
+                if self.names.contains_key(to) && self.held_elsewhere.contains(path) {
+                    return failure(IoErrorKind::Busy, "partial locked by another process");
+                }
                 if *sync && self.fail_sync {
                     return failure(IoErrorKind::Other, "injected: sync failed");
                 }
@@ -4038,4 +4048,27 @@ fn the_fallback_name_never_replaces_an_existing_file() {
     let job = h.submit(Download::into_dir("http://a.test/get/download", "/dl").unwrap());
     h.run(job).expect("the URL's own name replaces the file");
     assert_eq!(h.fs.get("/dl/download"), Some(&body[..]));
+}
+
+/// A small download whose destination exists is published through its partial's name; when
+/// another process downloading to the same destination holds that name, the job ends with
+/// `PartialInUse`, and that process's partial and state file, and the destination, are left
+/// as they were (its partial was removed, and its state after the commit).
+#[test]
+fn a_small_download_yields_to_another_process_holding_its_partial_s_name() {
+    let body = pattern(5_000, 63);
+    let mut h = Harness::new(unnamed_config(5_000));
+    h.serve(ORIGIN, file_server(body));
+    h.fs.put(dest(), b"an older file");
+    h.fs.put(part(), b"theirs");
+    h.fs.put(state(), b"their state");
+    h.fs.held_elsewhere.insert(part());
+    let job = h.submit(download());
+    assert_eq!(
+        h.run(job),
+        Err(DownloadError::PartialInUse { path: part() })
+    );
+    assert_eq!(h.fs.get(dest()), Some(&b"an older file"[..]));
+    assert_eq!(h.fs.get(part()), Some(&b"theirs"[..]));
+    assert_eq!(h.fs.get(state()), Some(&b"their state"[..]));
 }

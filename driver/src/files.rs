@@ -176,6 +176,34 @@ impl Leases {
         }
     }
 
+    /// Whether `path`, a partial this driver locked, still names the file it locked: another
+    /// process may have removed it (and another download made a new one there) while this
+    /// one wrote it. A path not locked here is taken as it is.
+    fn still_names(&self, path: &Path) -> std::io::Result<bool> {
+        let claims = lock(&self.0);
+        match claims.by_path.get(path).and_then(|c| c.lock.as_ref()) {
+            Some(file) => names_same_file(path, file),
+            None => Ok(true),
+        }
+    }
+
+    /// The failure of a commit (or removal) of the partial at `path` that no longer names
+    /// the file this driver locked and wrote: nothing is renamed (or removed), since what is
+    /// there is another download's, or nothing.
+    fn check_still_names(&self, path: &Path) -> Result<(), IoFailure> {
+        match self.still_names(path) {
+            Ok(true) => Ok(()),
+            Ok(false) => Err(IoFailure::new(
+                IoErrorKind::Other,
+                format!(
+                    "{} was removed or replaced by another process while this download wrote it",
+                    path.display()
+                ),
+            )),
+            Err(e) => Err(local_failure(&e, "look at", Some(path))),
+        }
+    }
+
     /// How many files are claimed (for tests).
     pub fn held(&self) -> usize {
         lock(&self.0).by_path.len()
@@ -868,6 +896,10 @@ fn run_path_op<C: Completions>(
         Some(durable),
     ) = (&req.op, durable)
     {
+        if let Err(failure) = leases.check_still_names(from) {
+            leases.release(from);
+            return sink.complete(req.id, IoResult::Failed(failure));
+        }
         if let Err(e) = in_dir(to, || rename_over(from, to)) {
             let failure = local_failure(&e, "rename to", Some(to));
             return sink.complete(req.id, IoResult::Failed(failure));
@@ -883,6 +915,23 @@ fn run_path_op<C: Completions>(
         // This process's own lock on it (a commit's rename that failed) is no other
         // process's hold: let go of it first.
         leases.release(path);
+    }
+    // A partial renamed (committed) or removed by its path: only if the path still names the
+    // file locked and written here.
+    match &req.op {
+        IoOp::Rename { from, .. } => {
+            if let Err(failure) = leases.check_still_names(from) {
+                // What is at the path is not this download's: nothing of it to hold.
+                leases.release(from);
+                return sink.complete(req.id, IoResult::Failed(failure));
+            }
+        }
+        IoOp::Remove { path } if matches!(leases.still_names(path), Ok(false)) => {
+            // This download's partial is gone already; what is there is not its own.
+            leases.release(path);
+            return sink.complete(req.id, IoResult::Done);
+        }
+        _ => {}
     }
     let result = execute_path_op(&req.op);
     match (&req.op, &result) {
@@ -1823,12 +1872,40 @@ impl Unpublished {
         match in_dir(to, || link_open_file(&self.file, to)) {
             Err(e) if e.kind() == ErrorKind::AlreadyExists => {
                 // A link cannot replace a file: name it at its partial's path, then rename
-                // that over the destination (atomic, as for a named partial).
-                in_dir(&self.path, || {
-                    let _ = fs::remove_file(&self.path);
-                    link_open_file(&self.file, &self.path)
+                // that over the destination (atomic, as for a named partial). What is at
+                // that path goes first, unless another process holds it: that is its
+                // download to the same destination, under way.
+                let held = in_dir(&self.path, || {
+                    // Locked (if anything is there) until it is replaced.
+                    let there = match OpenOptions::new().read(true).write(true).open(&self.path) {
+                        Ok(there) => Some(there),
+                        Err(e) if e.kind() == ErrorKind::NotFound => None,
+                        Err(e) => return Err(e),
+                    };
+                    if let Some(there) = &there {
+                        if lock_named(&self.path, there)? == Lease::HeldElsewhere {
+                            return Ok(true);
+                        }
+                        let _ = fs::remove_file(&self.path);
+                    }
+                    // Locked once it has that name, until the rename (it is closed after):
+                    // another process's download that opens the path meanwhile finds it
+                    // held, instead of taking it for a partial of its own.
+                    if let Err(e) = self.file.try_lock() {
+                        tracing::debug!(%e, "file to publish not locked");
+                    }
+                    link_open_file(&self.file, &self.path)?;
+                    Ok(false)
                 })
                 .map_err(fail)?;
+                if held {
+                    let what = format!(
+                        "{} is locked by another process downloading to {}",
+                        self.path.display(),
+                        to.display()
+                    );
+                    return Err(IoFailure::new(IoErrorKind::Busy, what));
+                }
                 in_dir(to, || rename_over(&self.path, to)).map_err(|e| {
                     let _ = fs::remove_file(&self.path);
                     fail(e)
@@ -2363,6 +2440,120 @@ mod tests {
             .collect();
         results.sort_by_key(|(id, _)| id.0);
         results.into_iter().map(|(_, r)| r).collect()
+    }
+
+    #[test]
+    fn a_partial_replaced_by_another_process_is_neither_committed_nor_removed() {
+        for (commit, sync) in [(true, false), (true, true), (false, false)] {
+            let dir = tempfile::TempDir::new().unwrap();
+            let (mut files, done) = files_to_channel(true);
+            macro_rules! run {
+                ($id:expr, $op:expr) => {
+                    run_all(&mut files, &done, vec![($id, $op)]).remove(0)
+                };
+            }
+            let part = dir.path().join("x.haul-part");
+            let open = IoOp::Open {
+                file: FileId(1),
+                path: part.clone(),
+                truncate: true,
+            };
+            assert_eq!(run!(1, open), IoResult::Opened { len: 0 });
+            let write = IoOp::WriteAt {
+                file: FileId(1),
+                offset: 0,
+                data: Bytes::from_static(b"mine"),
+            };
+            assert_eq!(run!(2, write), IoResult::Done);
+            // Someone removes the partial, and another process's download makes and locks
+            // its own there.
+            fs::remove_file(&part).unwrap();
+            fs::write(&part, b"theirs, unfinished").unwrap();
+            let theirs = File::open(&part).unwrap();
+            theirs.lock().unwrap();
+            let close = IoOp::CloseFile {
+                file: FileId(1),
+                then: match commit {
+                    true => AfterClose::Renamed,
+                    false => AfterClose::Removed,
+                },
+            };
+            assert_eq!(run!(3, close), IoResult::Done);
+            let dest = dir.path().join("x");
+            if commit {
+                let rename = IoOp::Rename {
+                    from: part.clone(),
+                    to: dest.clone(),
+                    sync,
+                };
+                match run!(4, rename) {
+                    IoResult::Failed(f) => {
+                        assert!(f.message.contains("removed or replaced"), "{f}")
+                    }
+                    other => panic!("expected a failure, got {other:?}"),
+                }
+                assert!(!dest.exists(), "nothing committed");
+            } else {
+                let remove = IoOp::Remove { path: part.clone() };
+                assert_eq!(run!(4, remove), IoResult::Done);
+            }
+            assert_eq!(fs::read(&part).unwrap(), b"theirs, unfinished");
+            assert_eq!(files.leases().held(), 0);
+        }
+    }
+
+    #[test]
+    fn an_unnamed_file_replacing_its_destination_leaves_another_process_s_partial_alone() {
+        for (held, sync) in [(true, false), (true, true), (false, false), (false, true)] {
+            let dir = tempfile::TempDir::new().unwrap();
+            let (mut files, done) = files_to_channel(true);
+            macro_rules! run {
+                ($id:expr, $op:expr) => {
+                    run_all(&mut files, &done, vec![($id, $op)]).remove(0)
+                };
+            }
+            let (part, dest) = (dir.path().join("x.haul-part"), dir.path().join("x"));
+            fs::write(&dest, b"an older x").unwrap();
+            // Another process's download to x, under way (or a stale partial).
+            fs::write(&part, b"theirs").unwrap();
+            let theirs = File::open(&part).unwrap();
+            if held {
+                theirs.lock().unwrap();
+            }
+            let open = IoOp::OpenUnnamed {
+                file: FileId(1),
+                path: part.clone(),
+            };
+            assert_eq!(run!(1, open), IoResult::Opened { len: 0 });
+            let write = IoOp::WriteAt {
+                file: FileId(1),
+                offset: 0,
+                data: Bytes::from_static(b"mine"),
+            };
+            assert_eq!(run!(2, write), IoResult::Done);
+            if sync {
+                assert_eq!(run!(3, IoOp::Sync { file: FileId(1) }), IoResult::Done);
+            }
+            let publish = IoOp::Publish {
+                file: FileId(1),
+                path: part.clone(),
+                to: dest.clone(),
+                sync,
+            };
+            let result = run!(4, publish);
+            if held {
+                match result {
+                    IoResult::Failed(f) => assert_eq!(f.kind, IoErrorKind::Busy, "{f}"),
+                    other => panic!("expected Busy, got {other:?}"),
+                }
+                assert_eq!(fs::read(&part).unwrap(), b"theirs");
+                assert_eq!(fs::read(&dest).unwrap(), b"an older x");
+            } else {
+                assert_eq!(result, IoResult::Done);
+                assert_eq!(fs::read(&dest).unwrap(), b"mine");
+                assert!(!part.exists(), "the stale partial was replaced");
+            }
+        }
     }
 
     #[test]

@@ -1047,11 +1047,20 @@ impl Engine {
     fn fail_commit(&mut self, id: JobId, path: std::path::PathBuf, failure: IoFailure) {
         self.set_committing(id, false);
         let j = self.jobs.get_mut(&id).expect("job exists");
+        // Another process downloads to the same destination and holds the partial's name
+        // (an unnamed file's publish needs it): its partial and state are left alone.
+        let busy = failure.kind == IoErrorKind::Busy;
+        let error = match busy {
+            true => DownloadError::PartialInUse {
+                path: j.part_path.clone(),
+            },
+            false => DownloadError::LocalIo { path, failure },
+        };
         j.phase = Phase::CleaningUp {
-            error: DownloadError::LocalIo { path, failure },
+            error,
             keep: false,
             step: CleanStep::Start,
-            untouched: false,
+            untouched: busy,
         };
         self.cleanup_progress(id);
     }
