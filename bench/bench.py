@@ -55,11 +55,9 @@ SCENARIO_IDS = [
 RESUME_MAX_RUNS = 3
 ACCESS_LOG_SETTLE_S = 3.0
 # limit-rate-8x24m: the global limit given to both tools ("20M" is 20 MiB/s for haul and for
-# aria2c), and the burst allowance of haul's token bucket (core/src/engine/mod.rs, BURST): a
-# full bucket at the start lets the first second's worth through at once.
+# aria2c). haul's token bucket starts empty: no burst at the start.
 LIMIT_RATE_SPEC = "20M"
 LIMIT_RATE = 20 * MIB
-HAUL_LIMIT_BURST_S = 1.0
 # runtimes-1g: haul's runtimes, one process each, compared with the blocking one.
 RUNTIMES = ["blocking", "tokio", "smol"]
 
@@ -1122,9 +1120,8 @@ class Bench:
                                                    LIMIT_RATE_SPEC, "-d", str(out_dir),
                                                    "--quiet", urls[0]])
                             + f" … {shlex.quote(urls[-1])}  # {count} URLs")
-        # A tool running exactly at the limit needs total/limit seconds, haul one second
-        # less (its bucket starts full).
-        expected = {"haul": total / LIMIT_RATE - HAUL_LIMIT_BURST_S, "aria2c": total / LIMIT_RATE}
+        # A tool running exactly at the limit needs total/limit seconds.
+        expected = {"haul": total / LIMIT_RATE, "aria2c": total / LIMIT_RATE}
 
         def verify() -> str | None:
             files, got, digest = tree_digest(out_dir)
@@ -1161,16 +1158,14 @@ class Bench:
             f"--max-overall-download-limit={LIMIT_RATE_SPEC}; curl's --limit-rate is per "
             "transfer, so curl is not a peer here). 'MiB/s' = total bytes / wall time; "
             "'rate ÷ limit' = that / the limit. 'expected s' = the time at exactly the limit: "
-            f"total / limit = {total / LIMIT_RATE:.2f} s for aria2c, and "
-            f"{HAUL_LIMIT_BURST_S:.0f} s less for haul, whose token bucket starts full (a "
-            "one-second burst allowance). 'deviation %' = expected / wall − 1: the rate "
-            "after the burst against the limit (negative: below the limit; the bar for haul: "
-            "within ±5%). Every run's files are compared with the source. The chart shows "
-            "expected / wall for both tools (1.0 = exactly at the limit). haul runs at its "
-            "default --priority normal, which leaves 20% of the bucket to more urgent classes "
-            "until a job has waited a second, so about 0.2 s of the burst goes unused; that "
-            "and the fixed costs (start, connections, the final fsync) weigh heavily on a "
-            "small total (--quick).",
+            f"total / limit = {total / LIMIT_RATE:.2f} s for both (haul's token bucket starts "
+            "empty: no burst at the start). 'deviation %' = expected / wall − 1: the rate "
+            "against the limit (negative: below the limit; the bar for haul: within ±5%). "
+            "Every run's files are compared with the source. The chart shows expected / wall "
+            "for both tools (1.0 = exactly at the limit). haul runs at its default --priority "
+            "normal, which leaves 20% of the bucket to more urgent classes until a job has "
+            "waited a second, so its first read waits about 0.2 s; that and the fixed costs "
+            "(start, connections, the final fsync) weigh heavily on a small total (--quick).",
             tools, self.runs,
             extra_columns=[("rate_mib_s", "MiB/s"), ("rate_vs_limit", "rate ÷ limit"),
                            ("expected_s", "expected s"), ("deviation_pct", "deviation %")],

@@ -78,13 +78,16 @@ pub struct TokenBucket {
 }
 
 impl TokenBucket {
-    /// A full bucket of `rate` bytes per second holding at most `burst` seconds of tokens.
+    /// An empty bucket of `rate` bytes per second holding at most `burst` seconds of tokens.
+    /// It starts empty: a limit set when transfers start holds from their first second (a
+    /// full bucket let a run of a few seconds go a whole `burst` faster than the limit); the
+    /// burst is for traffic that resumes after a pause.
     pub fn new(rate: u64, burst: Duration, now: Instant) -> TokenBucket {
         let capacity = (rate as f64 * burst.as_secs_f64()).max(1.0);
         TokenBucket {
             rate: rate.max(1),
             capacity,
-            tokens: capacity,
+            tokens: 0.0,
             last: now,
         }
     }
@@ -364,10 +367,10 @@ mod tests {
     }
 
     #[test]
-    fn bucket_rate_is_exact_over_time_and_burst_is_bounded() {
+    fn bucket_rate_is_exact_over_time_from_the_start_and_burst_is_bounded() {
         let rate = 1_000_000;
         let mut b = TokenBucket::new(rate, Duration::from_secs(1), at(0));
-        // Drain the initial burst, then read 64 KiB whenever allowed for 10 s.
+        // Read 64 KiB whenever allowed for 10 s.
         let mut now = at(0);
         let mut total = 0u64;
         let end = at(10_000);
@@ -379,15 +382,23 @@ mod tests {
             b.consume(now, 65_536);
             total += 65_536;
         }
-        // 10 s at 1 MB/s plus the initial 1 s burst, within one read.
-        let expected = 11_000_000u64;
+        // 10 s at 1 MB/s, within one read: the bucket starts empty.
+        let expected = 10_000_000u64;
         assert!(total.abs_diff(expected) <= 65_536 * 2, "total {total}");
+        // After an idle spell, at most one second's worth at once (plus one read).
+        let later = at(60_000);
+        let mut burst = 0u64;
+        while b.ready_at(later, 0.0) == later {
+            b.consume(later, 65_536);
+            burst += 65_536;
+        }
+        assert!(burst <= rate + 65_536, "burst {burst}");
+        assert!(burst >= rate, "burst {burst}");
     }
 
     #[test]
     fn reserve_delays_lower_classes() {
         let mut b = TokenBucket::new(1000, Duration::from_secs(1), at(0));
-        b.consume(at(0), 1000);
         let critical = b.ready_at(at(0), 0.0);
         let background = b.ready_at(
             at(0),
