@@ -3210,3 +3210,37 @@ fn a_split_download_that_fails_its_sha256_retries_over_one_connection() {
     assert_eq!(reasons.len(), 1, "{reasons:?}");
     assert!(reasons[0].contains("verification"), "{reasons:?}");
 }
+
+/// A connection freed by a small job's finished segment goes to that job's next segment
+/// before the extra segments of a big job submitted earlier: a job none of whose
+/// transfers has a connection comes first within its class. The freed connection went to
+/// the big job, and the small one waited for the big one's end (small files of a list sat
+/// still for a minute behind four split 200 MB files).
+#[test]
+fn a_job_with_no_connection_comes_before_another_job_s_extra_segments() {
+    let mut cfg = config();
+    cfg.max_connections_per_origin = 4;
+    let mut h = Harness::new(cfg);
+    h.serve(ORIGIN, move |req| {
+        let len = if req.path.contains("big") {
+            4 << 20
+        } else {
+            256 << 10
+        };
+        let body = pattern(len, req.path.len() as u8);
+        Reply::new(serve_range(&body, req))
+            .pieces(&[16 * 1024])
+            .gap(millis(25))
+    });
+    let seg = |d: Download| d.segments(4).min_segment(64 * 1024);
+    let big = h.submit(seg(job_at("big")));
+    let small = h.submit(seg(job_at("small")));
+    h.run(small).expect("the small job");
+    h.run(big).expect("the big job");
+    assert!(
+        h.finished_at(small) < h.finished_at(big),
+        "small at {}, big at {}",
+        h.finished_at(small),
+        h.finished_at(big)
+    );
+}

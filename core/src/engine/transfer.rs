@@ -399,18 +399,27 @@ impl Engine {
     /// Give connections to transfers waiting for one, most urgent job first, within the
     /// per-origin and total connection limits. Idle connections are reused first.
     pub(super) fn assign_connections(&mut self) {
-        let mut waiting: Vec<(crate::sched::Priority, JobId, u64)> = self
+        // Within a class, a job none of whose transfers has a connection comes before the
+        // extra segments of jobs that already receive: segments speed a job up, and must not
+        // keep another job of the class from starting (a freed connection went to an earlier
+        // big file's next segment, and small files waited for the big ones to end).
+        let mut waiting: Vec<(crate::sched::Priority, bool, JobId, u64)> = self
             .maybe_active()
             .filter(|j| matches!(j.phase, Phase::Running))
             .flat_map(|j| {
+                let receiving = j
+                    .transfers
+                    .values()
+                    .any(|t| !matches!(t.phase, TPhase::WaitingConn));
                 j.transfers
                     .iter()
                     .filter(|(_, t)| matches!(t.phase, TPhase::WaitingConn))
-                    .map(move |(tid, _)| (j.priority(), j.id, *tid))
+                    .map(move |(tid, _)| (j.priority(), receiving, j.id, *tid))
             })
             .collect();
-        waiting.sort_by_key(|(p, id, tid)| (std::cmp::Reverse(*p), *id, *tid));
-        for (_, id, tid) in waiting {
+        waiting
+            .sort_by_key(|(p, receiving, id, tid)| (std::cmp::Reverse(*p), *receiving, *id, *tid));
+        for (_, _, id, tid) in waiting {
             let Some(t) = self.transfer(id, tid) else {
                 continue;
             };
