@@ -7,13 +7,14 @@
 //!
 //! By default tasks go to smol's global executor (`smol::spawn`) and the driver task, which
 //! hashes every byte, runs on a thread of its own; [`Smol::on`]
-//! puts every task on an executor of yours instead.
+//! puts every task on an executor of yours instead, held weakly: dropping it ends the
+//! client's tasks, and its transfers end with `DownloadError::ClientStopped`.
 #![forbid(unsafe_code)]
 
 use std::future::Future;
 use std::io;
 use std::net::TcpStream;
-use std::sync::Arc;
+use std::sync::{Arc, Weak};
 
 use haul_async::{AsyncRuntime, AsyncSocket, BlockingWork};
 use smol::io::{AsyncReadExt, AsyncWriteExt};
@@ -27,7 +28,10 @@ pub type Client = haul_async::Client<Smol>;
 /// Where a [`Client`]'s tasks run.
 #[derive(Clone, Default)]
 pub struct Smol {
-    executor: Option<Arc<smol::Executor<'static>>>,
+    /// An executor of the application's: weak, since the client's tasks (which hold this)
+    /// live in it, and a strong hold would keep it, and them, alive for ever after the
+    /// application dropped it.
+    executor: Option<Weak<smol::Executor<'static>>>,
 }
 
 impl std::fmt::Debug for Smol {
@@ -39,10 +43,13 @@ impl std::fmt::Debug for Smol {
 }
 
 impl Smol {
-    /// Spawn tasks on `executor` (someone must be running it).
+    /// Spawn tasks on `executor` (someone must be running it). The client holds it weakly:
+    /// once the application drops it, the client's tasks are dropped with it (their
+    /// connections and files closed), and its transfers end with
+    /// `DownloadError::ClientStopped`, as when a tokio runtime shuts down.
     pub fn on(executor: Arc<smol::Executor<'static>>) -> Smol {
         Smol {
-            executor: Some(executor),
+            executor: Some(Arc::downgrade(&executor)),
         }
     }
 }
@@ -66,7 +73,12 @@ impl AsyncRuntime for Smol {
 
     fn spawn<F: Future<Output = ()> + Send + 'static>(&self, task: F) {
         match &self.executor {
-            Some(ex) => ex.spawn(task).detach(),
+            Some(ex) => {
+                // A dropped executor runs nothing more: the task is dropped too.
+                if let Some(ex) = ex.upgrade() {
+                    ex.spawn(task).detach();
+                }
+            }
             None => smol::spawn(task).detach(),
         }
     }
