@@ -868,3 +868,35 @@ fn a_paused_job_whose_url_breaker_opened_meanwhile_resumes_on_its_mirror() {
         h.now.saturating_since(resumed_at)
     );
 }
+
+/// A retry whose every URL is behind an open breaker says how long it really waits: until
+/// the first breaker lets a probe through (it said the backoff's second or two, and the
+/// next request came a minute later).
+#[test]
+fn a_retry_behind_an_open_breaker_announces_the_breaker_s_wait() {
+    let mut cfg = policy_config();
+    cfg.breaker.failure_threshold = 3;
+    cfg.breaker.cooldown = secs(60);
+    cfg.retry.max_attempts = 5;
+    let mut h = Harness::new(cfg);
+    let body = pattern(5_000, 4);
+    let healthy_from = at(secs(30));
+    h.serve(ORIGIN, move |r| {
+        if r.at < healthy_from {
+            Reply::new(with_length(503, &[], b""))
+        } else {
+            file_server(body.clone())(r)
+        }
+    });
+    let job = h.submit(download());
+    h.run(job).expect("the probe after the cool-down succeeds");
+    let retries = h.retries(job);
+    assert_eq!(retries.len(), 3, "{retries:?}");
+    let (said_at, _, delay, _) = retries[2].clone();
+    let probe = h.requests.last().unwrap().at;
+    assert!(delay >= secs(59), "announced {delay:?}");
+    assert!(
+        probe.saturating_since(said_at + delay) < secs(1),
+        "announced {delay:?} at {said_at}, probed at {probe}"
+    );
+}

@@ -461,6 +461,30 @@ impl Engine {
             }
         };
         let delay = delay.max(self.retry_budget.wait(self.now));
+        // Every usable URL's breaker open past the backoff: the next attempt waits for the
+        // first to close, and the retry says so (it said "in 1.3s" and started 120 s later).
+        // Beyond the time limit it is left to the attempt's start, which ends the job with
+        // `CircuitOpen`.
+        let j = &self.jobs[&id];
+        let usable: Vec<usize> = (0..urls).filter(|i| !j.bad_urls.contains(i)).collect();
+        let mut breakers = Vec::with_capacity(usable.len());
+        for i in usable {
+            let url = self.job_url(id, i).clone();
+            breakers.push(self.breaker_wait(&url));
+        }
+        let delay = match breakers.iter().copied().collect::<Option<Vec<Instant>>>() {
+            Some(waits) if !stay => {
+                let closes = waits
+                    .into_iter()
+                    .min()
+                    .map(|at| at.saturating_since(self.now));
+                match closes {
+                    Some(wait) if elapsed + wait <= policy.max_elapsed => delay.max(wait),
+                    _ => delay,
+                }
+            }
+            _ => delay,
+        };
         if elapsed + delay > policy.max_elapsed {
             // The error says what failed; this says why it was not tried again.
             tracing::warn!(
