@@ -91,6 +91,18 @@ pub enum BreakerVerdict {
 }
 
 impl BreakerWatch {
+    /// How long from `now` a breaker seen open on `origin` may hold a request back: until
+    /// it may let a probe through; `None` when none is open now.
+    pub fn open_for(&self, origin: &str, now: Instant) -> Option<Duration> {
+        self.openings
+            .iter()
+            .filter(|o| o.origin == origin)
+            .map(|o| o.at.at + o.cooldown)
+            .max()
+            .filter(|end| *end > now)
+            .map(|end| end.saturating_since(now))
+    }
+
     /// A watch over `downloads` downloads.
     pub fn new(downloads: usize) -> BreakerWatch {
         BreakerWatch {
@@ -282,7 +294,11 @@ impl BackoffModel {
     }
 
     /// `Retrying { delay, error }` observed at `now`, when the modelled retry budget makes a
-    /// retry wait `budget_wait`. Returns how the delay was read, or why it is wrong.
+    /// retry wait `budget_wait`, and each URL's origin has a breaker seen open for
+    /// `breakers[u]` more (`None`: closed, or not known; empty: not modelled). When every URL
+    /// that has not served wrong bytes is behind one, the engine announces the wait for the
+    /// first to let a probe through: a delay up to the longest of them is a backoff too.
+    /// Returns how the delay was read, or why it is wrong.
     pub fn retrying(
         &mut self,
         policy: &RetryPolicy,
@@ -290,6 +306,7 @@ impl BackoffModel {
         delay: Duration,
         error: &DownloadError,
         budget_wait: Duration,
+        breakers: &[Option<Duration>],
     ) -> Result<RetryKind, String> {
         self.settle(now, false);
         self.attempt += 1;
@@ -356,7 +373,16 @@ impl BackoffModel {
             _ => Duration::ZERO,
         };
         let low = (exp(self.backoffs.0) / 2).max(retry_after).max(budget_wait);
-        let high = exp(self.backoffs.1).max(retry_after).max(budget_wait);
+        let held_back = (0..self.urls)
+            .filter(|u| !self.bad.contains(u))
+            .map(|u| breakers.get(u).copied().flatten())
+            .collect::<Option<Vec<Duration>>>()
+            .and_then(|waits| waits.into_iter().max())
+            .unwrap_or_default();
+        let high = exp(self.backoffs.1)
+            .max(retry_after)
+            .max(budget_wait)
+            .max(held_back);
         let failover = unfailed && delay + slack >= budget_wait && delay <= budget_wait + slack;
         let backoff = delay + slack >= low && delay <= high + slack;
         let kind = match (failover, backoff) {
@@ -540,28 +566,28 @@ mod tests {
         let z = Duration::ZERO;
         // Without mirrors, never.
         let mut m = BackoffModel::new(1);
-        assert!(m.retrying(&p, t(0), z, &reset(), z).is_err());
+        assert!(m.retrying(&p, t(0), z, &reset(), z, &[]).is_err());
         // With one mirror: fail over once, then back off, then fail over again.
         let mut m = BackoffModel::new(2);
         assert_eq!(
-            m.retrying(&p, t(0), z, &reset(), z),
+            m.retrying(&p, t(0), z, &reset(), z, &[]),
             Ok(RetryKind::Failover)
         );
         m.failover(t(0), 1).unwrap();
         assert!(
-            m.retrying(&p, t(10), z, &reset(), z).is_err(),
+            m.retrying(&p, t(10), z, &reset(), z, &[]).is_err(),
             "both failed"
         );
         let mut m = BackoffModel::new(2);
-        m.retrying(&p, t(0), z, &reset(), z).unwrap();
+        m.retrying(&p, t(0), z, &reset(), z, &[]).unwrap();
         m.failover(t(0), 1).unwrap();
         let d = Duration::from_millis(150);
         assert_eq!(
-            m.retrying(&p, t(10), d, &reset(), z),
+            m.retrying(&p, t(10), d, &reset(), z, &[]),
             Ok(RetryKind::Backoff)
         );
         assert_eq!(
-            m.retrying(&p, t(500), z, &reset(), z),
+            m.retrying(&p, t(500), z, &reset(), z, &[]),
             Ok(RetryKind::Failover)
         );
     }
@@ -572,16 +598,27 @@ mod tests {
         let z = Duration::ZERO;
         let mut m = BackoffModel::new(1);
         let ms = Duration::from_millis;
-        assert!(m.retrying(&p, t(0), ms(100), &reset(), z).is_ok());
-        assert!(m.retrying(&p, t(1000), ms(399), &reset(), z).is_ok());
+        assert!(m.retrying(&p, t(0), ms(100), &reset(), z, &[]).is_ok());
+        assert!(m.retrying(&p, t(1000), ms(399), &reset(), z, &[]).is_ok());
         assert!(
-            m.retrying(&p, t(2000), ms(399), &reset(), z).is_err(),
+            m.retrying(&p, t(2000), ms(399), &reset(), z, &[]).is_err(),
             "exp 800"
         );
         // A budget wait raises both bounds.
         let mut m = BackoffModel::new(1);
-        assert!(m.retrying(&p, t(0), ms(150), &reset(), ms(500)).is_err());
-        assert!(m.retrying(&p, t(0), ms(500), &reset(), ms(500)).is_ok());
+        assert!(m
+            .retrying(&p, t(0), ms(150), &reset(), ms(500), &[])
+            .is_err());
+        assert!(m
+            .retrying(&p, t(0), ms(500), &reset(), ms(500), &[])
+            .is_ok());
+        // Breakers open on every URL that has not served wrong bytes: up to the longest of
+        // them is a backoff too; with one URL free of them, it is not.
+        let two = Duration::from_secs(2);
+        let mut m = BackoffModel::new(1);
+        assert!(m.retrying(&p, t(0), two, &reset(), z, &[Some(two)]).is_ok());
+        let mut m = BackoffModel::new(1);
+        assert!(m.retrying(&p, t(0), two, &reset(), z, &[None]).is_err());
         // Retry-After raises the floor.
         let mut m = BackoffModel::new(1);
         let e = DownloadError::Status {
@@ -589,8 +626,8 @@ mod tests {
             status: 429,
             retry_after: Some(Duration::from_secs(3)),
         };
-        assert!(m.retrying(&p, t(0), ms(150), &e, z).is_err());
-        assert!(m.retrying(&p, t(0), ms(3000), &e, z).is_ok());
+        assert!(m.retrying(&p, t(0), ms(150), &e, z, &[]).is_err());
+        assert!(m.retrying(&p, t(0), ms(3000), &e, z, &[]).is_ok());
     }
 
     #[test]
@@ -598,11 +635,11 @@ mod tests {
         let p = policy();
         let z = Duration::ZERO;
         let mut m = BackoffModel::new(2);
-        m.retrying(&p, t(0), z, &reset(), z).unwrap();
+        m.retrying(&p, t(0), z, &reset(), z, &[]).unwrap();
         // No Failover at 0 ms: the engine waited and cleared its round, then went back to
         // URL 0 (no event) and failed there; URL 1 is fresh again.
         assert_eq!(
-            m.retrying(&p, t(300), z, &reset(), z),
+            m.retrying(&p, t(300), z, &reset(), z, &[]),
             Ok(RetryKind::Failover)
         );
     }
@@ -623,10 +660,11 @@ mod tests {
         let ms = Duration::from_millis;
         let mut m = BackoffModel::new(1);
         assert!(!m.verification_retried());
-        assert!(m.retrying(&p, t(0), ms(150), &mismatch(), z).is_ok());
+        assert!(m.retrying(&p, t(0), ms(150), &mismatch(), z, &[]).is_ok());
         assert!(m.verification_retried());
         assert!(
-            m.retrying(&p, t(1000), ms(300), &mismatch(), z).is_err(),
+            m.retrying(&p, t(1000), ms(300), &mismatch(), z, &[])
+                .is_err(),
             "a second retry after a failed verification"
         );
         // A size mismatch counts the same.
@@ -638,8 +676,8 @@ mod tests {
             actual: 12,
             at_least: false,
         };
-        assert!(m.retrying(&p, t(0), ms(150), &size, z).is_ok());
-        assert!(m.retrying(&p, t(1000), ms(300), &size, z).is_err());
+        assert!(m.retrying(&p, t(0), ms(150), &size, z, &[]).is_ok());
+        assert!(m.retrying(&p, t(1000), ms(300), &size, z, &[]).is_err());
     }
 
     #[test]
@@ -652,13 +690,13 @@ mod tests {
         let mut m = BackoffModel::new(3);
         assert_eq!(m.urls_left_after_bad(), 2);
         assert_eq!(
-            m.retrying(&p, t(0), z, &mismatch(), z),
+            m.retrying(&p, t(0), z, &mismatch(), z, &[]),
             Ok(RetryKind::Failover)
         );
         m.failover(t(0), 1).unwrap();
         assert_eq!(m.urls_left_after_bad(), 1);
         assert_eq!(
-            m.retrying(&p, t(10), z, &mismatch(), z),
+            m.retrying(&p, t(10), z, &mismatch(), z, &[]),
             Ok(RetryKind::Failover)
         );
         m.failover(t(10), 2).unwrap();
@@ -668,41 +706,41 @@ mod tests {
             "the job must end if URL 2 fails too"
         );
         let why = m
-            .retrying(&p, t(20), z, &mismatch(), z)
+            .retrying(&p, t(20), z, &mismatch(), z, &[])
             .expect_err("every URL served wrong bytes");
         assert!(why.contains("every URL served wrong bytes"), "{why}");
 
         // A URL that served wrong bytes is not used again by the job: a failover to it is
         // caught, and so is a second failed verification there.
         let mut m = BackoffModel::new(3);
-        m.retrying(&p, t(0), z, &mismatch(), z).unwrap();
+        m.retrying(&p, t(0), z, &mismatch(), z, &[]).unwrap();
         m.failover(t(0), 1).unwrap();
-        m.retrying(&p, t(10), z, &reset(), z).unwrap();
+        m.retrying(&p, t(10), z, &reset(), z, &[]).unwrap();
         let why = m.failover(t(10), 0).expect_err("URL 0 is bad");
         assert!(why.contains("served wrong bytes earlier"), "{why}");
         let why = m
-            .retrying(&p, t(20), ms(150), &mismatch(), z)
+            .retrying(&p, t(20), ms(150), &mismatch(), z, &[])
             .expect_err("URL 0 served wrong bytes twice");
         assert!(why.contains("URL 0 served wrong bytes twice"), "{why}");
 
         // A URL that served wrong bytes leaves the round for good: with URL 0 bad and URL 1
         // failed since the last backoff, no failover is possible; the next retry backs off.
         let mut m = BackoffModel::new(2);
-        m.retrying(&p, t(0), z, &mismatch(), z).unwrap();
+        m.retrying(&p, t(0), z, &mismatch(), z, &[]).unwrap();
         m.failover(t(0), 1).unwrap();
         assert!(
-            m.retrying(&p, t(10), z, &reset(), z).is_err(),
+            m.retrying(&p, t(10), z, &reset(), z, &[]).is_err(),
             "a zero delay with URL 0 bad and URL 1 failed"
         );
         let mut m = BackoffModel::new(2);
-        m.retrying(&p, t(0), z, &mismatch(), z).unwrap();
+        m.retrying(&p, t(0), z, &mismatch(), z, &[]).unwrap();
         m.failover(t(0), 1).unwrap();
         assert_eq!(
-            m.retrying(&p, t(10), ms(150), &reset(), z),
+            m.retrying(&p, t(10), ms(150), &reset(), z, &[]),
             Ok(RetryKind::Backoff)
         );
         // After the backoff the round is new, but URL 0 is still bad: no failover to it.
-        assert!(m.retrying(&p, t(500), z, &reset(), z).is_err());
+        assert!(m.retrying(&p, t(500), z, &reset(), z, &[]).is_err());
     }
 
     #[test]
@@ -713,7 +751,7 @@ mod tests {
         let mut m = BackoffModel::new(2);
         m.spread();
         assert_eq!(
-            m.retrying(&p, t(0), z, &mismatch(), z),
+            m.retrying(&p, t(0), z, &mismatch(), z, &[]),
             Ok(RetryKind::StartOver)
         );
         let why = m
@@ -723,25 +761,25 @@ mod tests {
         // Its URL did not fail this round: a later failure there may still fail over.
         let mut m = BackoffModel::new(2);
         m.spread();
-        m.retrying(&p, t(0), z, &mismatch(), z).unwrap();
+        m.retrying(&p, t(0), z, &mismatch(), z, &[]).unwrap();
         assert_eq!(
-            m.retrying(&p, t(10), z, &reset(), z),
+            m.retrying(&p, t(10), z, &reset(), z, &[]),
             Ok(RetryKind::Failover)
         );
         m.failover(t(10), 1).unwrap();
         // A backoff is no start-over, and the budget's wait is respected.
         let mut m = BackoffModel::new(2);
         m.spread();
-        assert!(m.retrying(&p, t(0), ms(150), &mismatch(), z).is_err());
+        assert!(m.retrying(&p, t(0), ms(150), &mismatch(), z, &[]).is_err());
         let mut m = BackoffModel::new(2);
         m.spread();
         assert_eq!(
-            m.retrying(&p, t(0), ms(40), &mismatch(), ms(40)),
+            m.retrying(&p, t(0), ms(40), &mismatch(), ms(40), &[]),
             Ok(RetryKind::StartOver)
         );
         let mut m = BackoffModel::new(2);
         m.spread();
-        assert!(m.retrying(&p, t(0), z, &mismatch(), ms(40)).is_err());
+        assert!(m.retrying(&p, t(0), z, &mismatch(), ms(40), &[]).is_err());
     }
 
     #[test]

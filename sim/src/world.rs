@@ -1943,9 +1943,15 @@ impl World {
             );
             return;
         }
-        let verdict = self.downloads[i]
-            .model
-            .retrying(&policy, now, delay, error, budget_wait);
+        let breakers: Vec<Option<Duration>> = self.downloads[i]
+            .first_hops
+            .iter()
+            .map(|(origin, _)| self.breakers.open_for(origin, now))
+            .collect();
+        let verdict =
+            self.downloads[i]
+                .model
+                .retrying(&policy, now, delay, error, budget_wait, &breakers);
         match verdict {
             Err(why) => self.violate(
                 Invariant::Backoff,
