@@ -263,7 +263,8 @@ impl Reporter {
                 }
             }
             Event::Failover { job, from, to } => {
-                self.tell(job, format!("trying mirror {to}"));
+                // Back to the download's own URL is a failover too, not a mirror.
+                self.tell(job, format!("failing over from {from} to {to}"));
                 if self.mode == Mode::Json {
                     self.emit_json(
                         json!({"event": "failover", "job": job.0, "from": from, "to": to}),

@@ -4072,3 +4072,32 @@ fn a_small_download_yields_to_another_process_holding_its_partial_s_name() {
     assert_eq!(h.fs.get(part()), Some(&b"theirs"[..]));
     assert_eq!(h.fs.get(state()), Some(&b"their state"[..]));
 }
+
+/// A redirect to where haul cannot follow (`ftp://`) is the server's answer at fault, as a
+/// redirect loop is: `BadRedirect` naming both URLs, an HTTP-status class failure, not
+/// retried (it was a network-class protocol error).
+#[test]
+fn a_redirect_to_another_scheme_fails_with_bad_redirect_and_is_not_retried() {
+    let mut h = Harness::new(config());
+    h.serve(ORIGIN, |_| {
+        Reply::new(with_length(
+            302,
+            &[hdr("Location", "ftp://a.test/f.bin")],
+            b"",
+        ))
+    });
+    let job = h.submit(Download::new("http://a.test/a", dest()).unwrap());
+    match h.run(job) {
+        Err(e @ DownloadError::BadRedirect { .. }) => {
+            assert_eq!(e.class(), crate::ErrorClass::HttpStatus);
+            let message = e.to_string();
+            assert!(
+                message.contains("http://a.test/a") && message.contains("ftp://a.test/f.bin"),
+                "{message}"
+            );
+        }
+        other => panic!("expected BadRedirect, got {other:?}"),
+    }
+    assert_eq!(h.requests.len(), 1, "not retried");
+    assert!(!h.fs.exists(dest()));
+}

@@ -77,8 +77,9 @@ pub enum DownloadError {
     /// Connecting to the origin failed.
     #[error("cannot connect to {origin}: {failure}")]
     Connect { origin: String, failure: IoFailure },
-    /// The connection failed while in use.
-    #[error("connection to {origin} failed: {failure}")]
+    /// The connection failed while in use (it was established: reset, closed or broken
+    /// while a request or its answer went over it).
+    #[error("connection to {origin} broke while in use: {failure}")]
     Connection { origin: String, failure: IoFailure },
     /// A timeout fired.
     #[error("{kind} timeout after {after:?} talking to {origin}")]
@@ -104,8 +105,18 @@ pub enum DownloadError {
     /// A redirect led back to a URL already visited.
     #[error("redirect loop: {url} was already visited")]
     RedirectLoop { url: String },
-    /// A resumed response did not continue the representation we hold.
-    #[error("server's range response does not continue the local partial file: {detail}")]
+    /// A redirect to where haul cannot follow: a `Location` that is not an http or https
+    /// URL with a host (`ftp://`, `mailto:`, garbage). The server's answer is at fault,
+    /// like a redirect loop; another URL of the file may serve it.
+    #[error("{from} redirects to {location:?}, which cannot be followed: {reason}")]
+    BadRedirect {
+        from: String,
+        location: String,
+        reason: String,
+    },
+    /// A 206 answer did not fit what was asked for: not the range asked for, another
+    /// representation than the bytes held, or no range asked for at all (`detail` says which).
+    #[error("the server's partial response does not fit the download: {detail}")]
     RangeMismatch { detail: String },
     /// The body's size differed from the expected size. `url` is the URL the body came from
     /// (as given: the download's own, or the mirror whose answer it was; the download's own
@@ -238,6 +249,7 @@ impl DownloadError {
             | DownloadError::FallbackNameTaken { .. }
             | DownloadError::TooManyRedirects { .. }
             | DownloadError::RedirectLoop { .. }
+            | DownloadError::BadRedirect { .. }
             | DownloadError::SizeMismatch { .. }
             | DownloadError::TooLarge { .. }
             | DownloadError::HashMismatch { .. }
@@ -303,7 +315,8 @@ impl DownloadError {
             | DownloadError::Connect { .. }
             | DownloadError::Connection { .. }
             | DownloadError::TooManyRedirects { .. }
-            | DownloadError::RedirectLoop { .. } => !self.retryable(),
+            | DownloadError::RedirectLoop { .. }
+            | DownloadError::BadRedirect { .. } => !self.retryable(),
             _ => false,
         }
     }
@@ -331,7 +344,8 @@ impl DownloadError {
             // HTTP responses are at fault, not the network that carried them.
             DownloadError::Status { .. }
             | DownloadError::TooManyRedirects { .. }
-            | DownloadError::RedirectLoop { .. } => ErrorClass::HttpStatus,
+            | DownloadError::RedirectLoop { .. }
+            | DownloadError::BadRedirect { .. } => ErrorClass::HttpStatus,
             DownloadError::SizeMismatch { .. }
             | DownloadError::TooLarge { .. }
             | DownloadError::HashMismatch { .. }

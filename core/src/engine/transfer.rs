@@ -1059,8 +1059,12 @@ impl Engine {
         let next = match http::resolve_location(&t.url, location) {
             Ok(u) => u,
             Err(source) => {
-                let origin = origin_label(&t.url);
-                return self.transfer_failed(id, tid, DownloadError::Protocol { origin, source });
+                let error = DownloadError::BadRedirect {
+                    from: t.url.to_string(),
+                    location: location.to_string(),
+                    reason: source.to_string(),
+                };
+                return self.fail_attempt(id, error);
             }
         };
         if next == t.url || t.chain.contains(&next) {
@@ -1640,6 +1644,9 @@ fn check_partial_response(
     }
     match &j.validator {
         Some(v) if v.matches_response(head) => Ok((complete, None)),
+        Some(_) if Validator::of_response(head).is_none() => {
+            Err("the range response carries no validator to match the bytes held".into())
+        }
         Some(_) => Err("the representation's validator changed".into()),
         None if first == 0 => Ok((complete, Validator::of_response(head))),
         None => Err("a range of a representation without a strong validator".into()),
