@@ -1085,7 +1085,8 @@ fn a_partial_from_an_earlier_run_of_a_file_changed_since_starts_over_and_still_s
     let job = h.submit(segmented(4, 25_000).sha256(&sha_hex(&body)).unwrap());
     let out = h.run(job).expect("the new file downloads");
     assert_committed(&h, &body);
-    assert_eq!(out.attempts, 2);
+    // Started over at once: no failed attempt, no backoff.
+    assert_eq!(out.attempts, 1, "{:?}", h.retries(job));
     assert_eq!(out.resumed_from, 0, "nothing of the old file kept");
     // Only the old partial's validator disagreed, not two answers of this server: the new
     // file is split as usual.
@@ -3243,4 +3244,33 @@ fn a_job_with_no_connection_comes_before_another_job_s_extra_segments() {
         h.finished_at(small),
         h.finished_at(big)
     );
+}
+
+/// A segmented partial of an earlier run whose file changed since: its segments' ranges,
+/// asked `If-Range`, are answered with the new file whole (200, another ETag). The first
+/// such answer starts the download over at once, without a failed attempt and a backoff (it
+/// was taken for a server that ignores ranges: a retry after a backoff).
+#[test]
+fn a_split_resume_of_a_changed_file_takes_the_whole_new_file_at_once() {
+    let old = pattern(400_000, 81);
+    let new = pattern(400_000, 82);
+    let mut h = Harness::new(config());
+    // Two segments' worth held: the start, and a range further on.
+    let mut partial = old.clone();
+    partial.truncate(300_000);
+    h.fs.put(part(), &partial);
+    let mut saved = crate::engine_tests::valid_state(&old, 100_000);
+    saved.ranges = vec![(200_000, 300_000)];
+    h.fs.put(state(), &saved.encode());
+    let n = new.clone();
+    h.serve(ORIGIN, move |_| {
+        Reply::new(with_length(200, &[hdr("ETag", "\"new\"")], &n))
+            .pieces(&[16 * 1024])
+            .gap(millis(5))
+    });
+    let job = h.submit(segmented(4, 64 * 1024));
+    let out = h.run(job).expect("the new file");
+    assert_eq!(h.fs.get(dest()), Some(&new[..]));
+    assert_eq!(out.attempts, 1, "no failed attempt: {:?}", h.retries(job));
+    assert_eq!(out.resumed_from, 0);
 }

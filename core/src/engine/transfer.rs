@@ -802,10 +802,26 @@ impl Engine {
                     return self.transfer_failed(id, tid, error);
                 }
                 if j.segmented || j.transfers.len() > 1 {
-                    // A segment asked for a range and got the whole file: the server does not
-                    // honour ranges for this representation (or not on every node).
-                    let detail = format!("{whole} to a segment's range request");
-                    return self.segment_does_not_fit(id, detail);
+                    // Resuming a partial of an earlier run, answered with another validator:
+                    // the file changed since (the If-Range answer). Nothing of the partial is
+                    // of use: the download starts over at once, split as a new one is,
+                    // without counting a failed attempt or waiting a backoff.
+                    let changed = j.validator_source == ValidatorSource::StateFile
+                        && matches!(
+                            (&j.validator, Validator::of_response(&head)),
+                            (Some(old), Some(new)) if *old != new
+                        );
+                    if !changed {
+                        // A segment asked for a range and got the whole file: the server
+                        // does not honour ranges for this representation (or not on every
+                        // node).
+                        let detail = format!("{whole} to a segment's range request");
+                        return self.segment_does_not_fit(id, detail);
+                    }
+                    tracing::info!(job = %id, "the file changed since the partial was saved; starting over");
+                    self.stop_transfers(id);
+                    self.restart_from_zero(id);
+                    return self.start_attempt(id);
                 }
                 if j.present() > 0 {
                     tracing::info!(job = %id, "server sent the whole file instead of a range; restarting from zero");
