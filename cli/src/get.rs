@@ -238,6 +238,8 @@ impl GetArgs {
             let url = haul_core::proxy::parse_proxy_url(p).map_err(|e| format!("--proxy: {e}"))?;
             c.proxy.http = Some(url.clone());
             c.proxy.https = Some(url);
+            // It overrides the proxy variables, those haul cannot use too.
+            c.proxy.unusable.clear();
         }
         for path in &self.cacert {
             let pem =

@@ -4101,3 +4101,61 @@ fn a_redirect_to_another_scheme_fails_with_bad_redirect_and_is_not_retried() {
     assert_eq!(h.requests.len(), 1, "not retried");
     assert!(!h.fs.exists(dest()));
 }
+
+/// A download whose scheme's proxy variable names a proxy haul cannot use (`socks5://`)
+/// fails as a usage error naming the variable, before connecting anywhere; one of the
+/// other scheme, or bypassing the proxy, goes on.
+#[test]
+fn a_download_through_an_unusable_proxy_fails_naming_the_variable_and_others_go_on() {
+    let body = pattern(1_000, 64);
+    let mut cfg = config();
+    cfg.proxy = crate::ProxyConfig::from_lookup(|k| match k {
+        "http_proxy" => Some("socks5://u:SECRET@p:1080".into()),
+        "no_proxy" => Some("b.test".into()),
+        _ => None,
+    })
+    .unwrap();
+    let mut h = Harness::new(cfg);
+    h.serve(ORIGIN, file_server(body.clone()));
+    h.serve("http://b.test:80", file_server(body.clone()));
+    let job = h.submit(download());
+    match h.run(job) {
+        Err(DownloadError::InvalidRequest(why)) => {
+            assert!(why.contains("http_proxy"), "{why}");
+            assert!(!why.contains("SECRET"), "{why}");
+        }
+        other => panic!("expected InvalidRequest, got {other:?}"),
+    }
+    assert_eq!(h.connects(), 0);
+    let bypassing = h.submit(Download::new("http://b.test/f.bin", "/dl/b.bin").unwrap());
+    h.run(bypassing).expect("no_proxy: direct");
+    assert_eq!(h.fs.get("/dl/b.bin"), Some(&body[..]));
+}
+
+/// A redirect to a URL with user-info is not followed (`BadRedirect`), and no message
+/// shows the password: it would land in events, errors and state files.
+#[test]
+fn a_redirect_to_a_url_with_credentials_is_not_followed_and_hides_them() {
+    let mut h = Harness::new(config());
+    h.serve(ORIGIN, |_| {
+        Reply::new(with_length(
+            302,
+            &[hdr("Location", "http://ruser:SECRET@a.test/f.bin")],
+            b"",
+        ))
+    });
+    let job = h.submit(Download::new("http://a.test/a", dest()).unwrap());
+    match h.run(job) {
+        Err(e @ DownloadError::BadRedirect { .. }) => {
+            let message = e.to_string();
+            assert!(!message.contains("SECRET"), "{message}");
+            assert!(message.contains("credentials"), "{message}");
+        }
+        other => panic!("expected BadRedirect, got {other:?}"),
+    }
+    assert_eq!(h.requests.len(), 1);
+    assert!(h
+        .events
+        .iter()
+        .all(|(_, e)| !format!("{e:?}").contains("SECRET")));
+}

@@ -19,8 +19,13 @@ pub struct ProxyConfig {
     /// Proxy for `https://` origins (reached with `CONNECT`).
     pub https: Option<url::Url>,
     /// Hosts that bypass the proxy: exact hosts, domain suffixes (`example.com` and
-    /// `.example.com` both match `a.example.com`), `host:port`, or `*` for all.
+    /// `.example.com` both match `a.example.com`; an IP address matches only itself),
+    /// `host:port`, or `*` for all.
     pub no_proxy: Vec<String>,
+    /// Schemes whose proxy variable was set to a proxy haul cannot use (a `socks5://` one,
+    /// say), with why: a download that would go through it fails with that reason, one that
+    /// would not (another scheme, or a host in `no_proxy`) is not held up by it.
+    pub unusable: Vec<(Scheme, String)>,
 }
 
 /// How a connection reaches its origin through a proxy.
@@ -45,7 +50,8 @@ pub struct ProxyError {
     pub reason: String,
 }
 
-/// Parse a proxy URL; a bare `host:port` means `http://host:port`.
+/// Parse a proxy URL; a bare `host:port` means `http://host:port`. An error shows the value
+/// without its credentials ([`redact_userinfo`]).
 pub fn parse_proxy_url(value: &str) -> Result<url::Url, ProxyError> {
     let v = value.trim();
     let with_scheme = if v.contains("://") {
@@ -53,43 +59,64 @@ pub fn parse_proxy_url(value: &str) -> Result<url::Url, ProxyError> {
     } else {
         format!("http://{v}")
     };
-    let url = url::Url::parse(&with_scheme).map_err(|e| ProxyError {
-        value: value.into(),
-        reason: e.to_string(),
-    })?;
+    let error = |reason: String| ProxyError {
+        value: redact_userinfo(value),
+        reason,
+    };
+    let url = url::Url::parse(&with_scheme).map_err(|e| error(e.to_string()))?;
     if url.scheme() != "http" {
-        return Err(ProxyError {
-            value: value.into(),
-            reason: "only http:// proxies are supported".into(),
-        });
+        return Err(error("only http:// proxies are supported".into()));
     }
     if url.host_str().is_none_or(str::is_empty) {
-        return Err(ProxyError {
-            value: value.into(),
-            reason: "no host".into(),
-        });
+        return Err(error("no host".into()));
     }
     Ok(url)
+}
+
+/// `value`, a URL or `host:port`, with any `user:password@` before its host shown as
+/// `***@`: for messages about proxy URLs, which often carry credentials (and come from the
+/// environment, into logs).
+pub fn redact_userinfo(value: &str) -> String {
+    let (scheme, rest) = match value.find("://") {
+        Some(i) => value.split_at(i + 3),
+        None => ("", value),
+    };
+    let end = rest.find(['/', '?', '#']).unwrap_or(rest.len());
+    match rest[..end].rfind('@') {
+        Some(at) => format!("{scheme}***{}", &rest[at..]),
+        None => value.to_string(),
+    }
 }
 
 impl ProxyConfig {
     /// Settings from environment-style variables: `http_proxy`/`HTTP_PROXY`,
     /// `https_proxy`/`HTTPS_PROXY`, `no_proxy`/`NO_PROXY` (lowercase wins). Empty values
-    /// mean unset.
+    /// mean unset. A proxy variable that names no usable proxy makes its scheme
+    /// [`ProxyConfig::unusable`]: only a download that would go through it fails (the
+    /// environment may well hold a `socks5://` proxy for other programs).
     pub fn from_lookup(get: impl Fn(&str) -> Option<String>) -> Result<ProxyConfig, ProxyError> {
-        let var = |lower: &str, upper: &str| {
-            get(lower)
-                .or_else(|| get(upper))
-                .filter(|v| !v.trim().is_empty())
+        let var = |lower: &'static str, upper: &'static str| {
+            match get(lower) {
+                Some(v) => Some((lower, v)),
+                None => get(upper).map(|v| (upper, v)),
+            }
+            .filter(|(_, v)| !v.trim().is_empty())
         };
-        let http = var("http_proxy", "HTTP_PROXY")
-            .map(|v| parse_proxy_url(&v))
-            .transpose()?;
-        let https = var("https_proxy", "HTTPS_PROXY")
-            .map(|v| parse_proxy_url(&v))
-            .transpose()?;
+        let mut unusable = Vec::new();
+        let mut proxy = |scheme: Scheme, lower, upper| {
+            let (name, value) = var(lower, upper)?;
+            match parse_proxy_url(&value) {
+                Ok(url) => Some(url),
+                Err(e) => {
+                    unusable.push((scheme, format!("{name}: {e}")));
+                    None
+                }
+            }
+        };
+        let http = proxy(Scheme::Http, "http_proxy", "HTTP_PROXY");
+        let https = proxy(Scheme::Https, "https_proxy", "HTTPS_PROXY");
         let no_proxy = var("no_proxy", "NO_PROXY")
-            .map(|v| {
+            .map(|(_, v)| {
                 v.split(',')
                     .map(|s| s.trim().to_ascii_lowercase())
                     .filter(|s| !s.is_empty())
@@ -100,7 +127,15 @@ impl ProxyConfig {
             http,
             https,
             no_proxy,
+            unusable,
         })
+    }
+
+    /// Why `origin` cannot be reached: its scheme's proxy is [`ProxyConfig::unusable`] and
+    /// `origin` does not bypass it.
+    pub fn unusable_for(&self, origin: &Origin) -> Option<&str> {
+        let (_, why) = self.unusable.iter().find(|(s, _)| *s == origin.scheme)?;
+        (!self.bypasses(origin)).then_some(why.as_str())
     }
 
     /// Whether `origin` bypasses the proxy.
@@ -124,6 +159,10 @@ impl ProxyConfig {
                 return false;
             }
             let name = name.trim_start_matches('.');
+            // An address is no domain: `1` or `0.0.1` is not a suffix of 127.0.0.1.
+            if host.parse::<std::net::IpAddr>().is_ok() {
+                return host == name.trim_start_matches('[').trim_end_matches(']');
+            }
             host == name || host.ends_with(&format!(".{name}"))
         })
     }
@@ -212,7 +251,9 @@ mod tests {
                 ".internal.org".into(),
                 "example.com".into(),
                 "10.0.0.1:8080".into(),
+                "0.0.1".into(),
             ],
+            unusable: Vec::new(),
         };
         assert!(c.hop_for(&origin("http://localhost/")).is_none());
         assert!(c.hop_for(&origin("http://a.internal.org/")).is_none());
@@ -220,6 +261,9 @@ mod tests {
         assert!(c.hop_for(&origin("http://notexample.com/")).is_some());
         assert!(c.hop_for(&origin("http://10.0.0.1:8080/")).is_none());
         assert!(c.hop_for(&origin("http://10.0.0.1:9090/")).is_some());
+        // An address matches only itself, not as a suffix.
+        assert!(c.hop_for(&origin("http://127.0.0.1/")).is_some());
+        assert!(c.hop_for(&origin("http://[::1]/")).is_some());
         let all = ProxyConfig {
             no_proxy: vec!["*".into()],
             ..c
@@ -241,6 +285,40 @@ mod tests {
     #[test]
     fn non_http_proxies_are_rejected() {
         assert!(parse_proxy_url("socks5://p:1").is_err());
-        assert!(ProxyConfig::from_lookup(env(&[("http_proxy", "ftp://x")])).is_err());
+    }
+
+    /// A proxy variable haul cannot use makes only its own scheme unusable, and only for
+    /// hosts that do not bypass it; its message names the variable, never the password.
+    #[test]
+    fn an_unusable_proxy_variable_fails_only_what_would_go_through_it() {
+        let c = ProxyConfig::from_lookup(env(&[
+            ("https_proxy", "socks5h://user:SECRET@p:1080"),
+            ("HTTP_PROXY", "http://proxy:3128"),
+            ("no_proxy", "inside.org"),
+        ]))
+        .unwrap();
+        let why = c.unusable_for(&origin("https://example.com/")).unwrap();
+        assert!(why.starts_with("https_proxy: "), "{why}");
+        assert!(why.contains("socks5h://***@p:1080"), "{why}");
+        assert!(!why.contains("SECRET"), "{why}");
+        assert!(c.unusable_for(&origin("https://a.inside.org/")).is_none());
+        assert!(c.unusable_for(&origin("http://example.com/")).is_none());
+        assert!(c.hop_for(&origin("http://example.com/")).is_some());
+    }
+
+    #[test]
+    fn proxy_errors_never_show_credentials() {
+        for value in [
+            "socks5://u:LEAK@127.0.0.1:1080",
+            "http://u:LEAK@host:99999",
+            "http://u:LEAK@[bad",
+            "http://u:LEAK@",
+            "u:LEAK@host:99999",
+        ] {
+            let e = parse_proxy_url(value).unwrap_err().to_string();
+            assert!(!e.contains("LEAK"), "{value}: {e}");
+            assert!(e.contains("***@"), "{value}: {e}");
+        }
+        assert_eq!(redact_userinfo("http://h:1/a@b"), "http://h:1/a@b");
     }
 }

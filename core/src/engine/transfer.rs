@@ -432,6 +432,12 @@ impl Engine {
                 }
             };
             let reuse = !t.stale_retry_used;
+            let url = t.url.to_string();
+            if let Some(why) = self.config.proxy.unusable_for(&origin) {
+                let msg = format!("{url} needs a proxy that cannot be used: {why}");
+                self.terminate(id, DownloadError::InvalidRequest(msg), true);
+                continue;
+            }
             let idle = reuse
                 .then(|| {
                     self.conns
@@ -1072,13 +1078,29 @@ impl Engine {
                 },
             );
         };
-        let next = match http::resolve_location(&t.url, location) {
+        // The parser's message quotes the location: shown without its credentials.
+        let resolved = http::resolve_location(&t.url, location)
+            .map_err(|e| crate::proxy::redact_userinfo(&e.to_string()));
+        // A target with user-info would put a password in messages, events and state files
+        // (the reason such URLs are refused when given): not followed.
+        let resolved =
+            resolved.and_then(
+                |u| match u.username().is_empty() && u.password().is_none() {
+                    true => Ok(u),
+                    false => Err(
+                        "it carries credentials (user:password@), which haul neither \
+                              sends nor keeps"
+                            .to_string(),
+                    ),
+                },
+            );
+        let next = match resolved {
             Ok(u) => u,
-            Err(source) => {
+            Err(reason) => {
                 let error = DownloadError::BadRedirect {
                     from: t.url.to_string(),
-                    location: location.to_string(),
-                    reason: source.to_string(),
+                    location: crate::proxy::redact_userinfo(location),
+                    reason,
                 };
                 return self.fail_attempt(id, error);
             }
