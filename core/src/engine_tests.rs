@@ -95,6 +95,10 @@ pub(crate) struct FakeFs {
     /// after writing what fits.
     pub(crate) space_left: Option<u64>,
     pub(crate) fail_rename: bool,
+    /// Every `Rename` fails as the runtime's executor fails one whose partial another
+    /// process replaced meanwhile (`Replaced`), the partial and state being that process's
+    /// now: the test checks they stay.
+    pub(crate) partial_replaced: bool,
     /// Every `Sync` fails (an I/O error writing the file back).
     pub(crate) fail_sync: bool,
     /// `ReadAt` returns at most this many bytes (a short read, as `pread` may).
@@ -342,6 +346,9 @@ impl FakeFs {
                 }
             },
             IoOp::Rename { from, to, .. } => {
+                if self.partial_replaced {
+                    return failure(IoErrorKind::Replaced, "replaced by another process");
+                }
                 if self.fail_rename {
                     return failure(IoErrorKind::PermissionDenied, "scripted rename failure");
                 }
@@ -3996,7 +4003,7 @@ fn a_resume_redirected_to_another_resource_starts_over_instead_of_splicing_two_f
     // From a state file written when `/latest` led to v1.
     let mut state = valid_state(&v1, cut);
     state.url = "http://a.test/latest".into();
-    state.resource = Some("http://a.test/v1.iso".into());
+    state.resource = Some("v1.iso".into());
     let mut h = with_partial(&v1, cut, 0, state);
     h.serve(ORIGIN, serve(v1.clone(), v2.clone(), false));
     let job = h.submit(Download::new("http://a.test/latest", dest()).unwrap());
@@ -4158,4 +4165,95 @@ fn a_redirect_to_a_url_with_credentials_is_not_followed_and_hides_them() {
         .events
         .iter()
         .all(|(_, e)| !format!("{e:?}").contains("SECRET")));
+}
+
+/// A commit refused because the partial's path names another process's file now (it
+/// removed this download's partial and started its own): the job fails, and the partial and
+/// state file at those paths, that process's, are left alone (the clean-up of a failed
+/// commit removed them).
+#[test]
+fn a_commit_refused_for_a_replaced_partial_leaves_the_other_process_s_files() {
+    let body = pattern(2_000, 33);
+    let mut h = Harness::new(config());
+    h.fs.partial_replaced = true;
+    h.serve(ORIGIN, file_server(body));
+    let job = h.submit(download());
+    match h.run(job) {
+        Err(DownloadError::LocalIo { failure, .. }) => {
+            assert_eq!(failure.kind, IoErrorKind::Replaced)
+        }
+        other => panic!("expected LocalIo, got {other:?}"),
+    }
+    assert!(
+        h.fs.exists(part()),
+        "the partial at the path is not this job's"
+    );
+    assert!(!h.fs.exists(dest()));
+    assert_eq!(
+        h.count_ops(
+            |op| matches!(op, IoOp::Remove { path } if *path == part() || *path == state())
+        ),
+        0
+    );
+}
+
+/// Segments through a load-balancing redirector (each request sent to another node, same
+/// bytes and ETag) split as usual: the file is the same whatever the host.
+#[test]
+fn segments_through_a_load_balancing_redirector_still_split() {
+    let body = pattern(40_000, 71);
+    let mut h = Harness::new(config());
+    h.serve(ORIGIN, |req: &Req| {
+        let to = format!("http://n{}.test{}", req.seq % 4, req.path);
+        Reply::new(with_length(302, &[hdr("Location", to)], b""))
+    });
+    for n in 0..4 {
+        let b = body.clone();
+        h.serve(&format!("http://n{n}.test"), move |req: &Req| {
+            Reply::new(serve_range(&b, req))
+                .pieces(&[1_000])
+                .gap(secs(1))
+        });
+    }
+    let job = h.submit(download().segments(4).min_segment(4_000));
+    h.run(job).expect("downloaded");
+    assert_committed(&h, &body);
+    assert!(h.retries(job).is_empty(), "retries: {:?}", h.retries(job));
+    assert!(!h
+        .events_of(job)
+        .iter()
+        .any(|e| matches!(e, Event::SingleConnection { .. })));
+}
+
+/// A resume through a redirect to a signed path (`/dl/<token>/f.bin`, a new token each
+/// time) continues the partial: the file is the same.
+#[test]
+fn a_resume_through_a_signed_path_redirect_continues_the_partial() {
+    let body = pattern(6_000, 72);
+    let cut = 2_000;
+    let mut h = Harness::new(config());
+    let b = body.clone();
+    h.serve(ORIGIN, move |req: &Req| {
+        if req.path == "/files/f.bin" {
+            let to = format!("/dl/token{}/f.bin", req.seq);
+            return Reply::new(with_length(302, &[hdr("Location", to)], b""));
+        }
+        let wire = serve_range(&b, req);
+        if req.path == "/dl/token0/f.bin" {
+            return Reply::new(wire[..head_len(&wire) + cut].to_vec()).then(After::Eof);
+        }
+        Reply::new(wire)
+    });
+    let job = h.submit(download());
+    let out = h.run(job).expect("downloaded");
+    assert_committed(&h, &body);
+    assert_eq!(
+        out.bytes_fetched,
+        body.len() as u64,
+        "nothing fetched twice"
+    );
+    assert!(h
+        .retries(job)
+        .iter()
+        .all(|r| !matches!(r.3, DownloadError::RangeMismatch { .. })));
 }

@@ -212,6 +212,7 @@ impl fmt::Display for IoFailure {
             IoErrorKind::PermissionDenied => "permission denied",
             IoErrorKind::Busy => "in use by another process",
             IoErrorKind::SameFile => "already being written",
+            IoErrorKind::Replaced => "no longer this download's",
             IoErrorKind::Other => return f.write_str(&self.message),
         };
         write!(f, "{class}: {}", self.message)
@@ -250,6 +251,10 @@ pub enum IoErrorKind {
     /// another spelling of its path (through `..` or a symbolic link to a directory).
     /// Nothing of the file was changed.
     SameFile,
+    /// A partial's path no longer names the file this download wrote (another process
+    /// removed it, and perhaps made its own there): nothing was renamed, published or
+    /// removed, and what is at the path now is not this download's to touch.
+    Replaced,
     /// Any other local I/O failure.
     Other,
 }

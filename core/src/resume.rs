@@ -71,10 +71,11 @@ pub struct PartState {
     pub url: String,
     /// The validator of the representation the partial bytes belong to.
     pub validator: Validator,
-    /// The resource that gave `validator`: the URL it came from after redirects, without
-    /// its query. A resume answered by another resource starts over, whatever its validator
-    /// (ETags are only comparable for one resource). Absent in state files of earlier
-    /// versions, which are then resumed on the validator alone.
+    /// The file that gave `validator`: the last path segment of the URL it came from after
+    /// redirects. A resume answered for another file starts over, whatever its validator
+    /// (ETags are only comparable for one resource), unless a sha256 proves the result.
+    /// Absent in state files of earlier versions, which are then resumed on the validator
+    /// alone.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub resource: Option<String>,
     /// The representation's complete length, when known.

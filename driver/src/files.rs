@@ -193,13 +193,7 @@ impl Leases {
     fn check_still_names(&self, path: &Path) -> Result<(), IoFailure> {
         match self.still_names(path) {
             Ok(true) => Ok(()),
-            Ok(false) => Err(IoFailure::new(
-                IoErrorKind::Other,
-                format!(
-                    "{} was removed or replaced by another process while this download wrote it",
-                    path.display()
-                ),
-            )),
+            Ok(false) => Err(replaced(path)),
             Err(e) => Err(local_failure(&e, "look at", Some(path))),
         }
     }
@@ -223,6 +217,17 @@ impl Drop for PublishClaim {
             self.leases.release_file(id);
         }
     }
+}
+
+/// `path`, a partial, no longer names the file this download wrote.
+fn replaced(path: &Path) -> IoFailure {
+    IoFailure::new(
+        IoErrorKind::Replaced,
+        format!(
+            "{} was removed or replaced by another process while this download wrote it",
+            path.display()
+        ),
+    )
 }
 
 /// What [`Leases::take`] found.
@@ -1867,6 +1872,11 @@ impl Unpublished {
     fn publish(self, to: &Path) -> Result<(), IoFailure> {
         let fail = |e: std::io::Error| local_failure(&e, "publish as", Some(to));
         if !self.unnamed {
+            // A partial named after a failed unnamed open: renamed only if its path still
+            // names it (another process may have replaced it).
+            if !names_same_file(&self.path, &self.file).map_err(fail)? {
+                return Err(replaced(&self.path));
+            }
             return in_dir(to, || rename_over(&self.path, to)).map_err(fail);
         }
         match in_dir(to, || link_open_file(&self.file, to)) {
@@ -1877,14 +1887,19 @@ impl Unpublished {
                 // download to the same destination, under way.
                 let held = in_dir(&self.path, || {
                     // Locked (if anything is there) until it is replaced.
-                    let there = match OpenOptions::new().read(true).write(true).open(&self.path) {
+                    // Read-only: a lock needs no more (a stale partial this user may read
+                    // but not write is still replaced, the directory being writable).
+                    let there = match OpenOptions::new().read(true).open(&self.path) {
                         Ok(there) => Some(there),
                         Err(e) if e.kind() == ErrorKind::NotFound => None,
                         Err(e) => return Err(e),
                     };
                     if let Some(there) = &there {
-                        if lock_named(&self.path, there)? == Lease::HeldElsewhere {
-                            return Ok(true);
+                        match lock_named(&self.path, there)? {
+                            // Another process's partial; or one replaced as it was looked
+                            // at, which is another process at work there too.
+                            Lease::HeldElsewhere | Lease::Moved => return Ok(true),
+                            Lease::Taken => {}
                         }
                         let _ = fs::remove_file(&self.path);
                     }
@@ -2149,8 +2164,12 @@ impl FileWorker {
             let settled = self.settle();
             if let (Err(failure), false) = (settled, matches!(op, IoOp::CloseFile { .. })) {
                 if let IoOp::Publish { .. } = op {
-                    // Not published: the file goes, as after any failed publish.
+                    // Not published: the file goes, as after any failed publish, and its
+                    // claim with it.
                     self.file = None;
+                    if let Some(id) = self.id {
+                        self.leases.release_file(id);
+                    }
                 }
                 return IoResult::Failed(failure);
             }
@@ -2192,7 +2211,12 @@ impl FileWorker {
                     // Not supported here (or the directory is missing): a named partial.
                     Err(_) => {
                         self.unnamed = false;
-                        self.open_named(*file, path, true)
+                        let opened = self.open_named(*file, path, true);
+                        if !matches!(opened, IoResult::Opened { .. }) {
+                            // Nothing was opened: nothing of this path is claimed.
+                            self.leases.release(path);
+                        }
+                        opened
                     }
                 }
             }
@@ -2488,6 +2512,7 @@ mod tests {
                 };
                 match run!(4, rename) {
                     IoResult::Failed(f) => {
+                        assert_eq!(f.kind, IoErrorKind::Replaced, "{f}");
                         assert!(f.message.contains("removed or replaced"), "{f}")
                     }
                     other => panic!("expected a failure, got {other:?}"),
@@ -2554,6 +2579,66 @@ mod tests {
                 assert!(!part.exists(), "the stale partial was replaced");
             }
         }
+    }
+
+    #[test]
+    fn a_fallback_partial_replaced_by_another_process_is_not_published() {
+        for sync in [true, false] {
+            let dir = tempfile::TempDir::new().unwrap();
+            let (mut files, done) = files_to_channel(true);
+            macro_rules! run {
+                ($id:expr, $op:expr) => {
+                    run_all(&mut files, &done, vec![($id, $op)]).remove(0)
+                };
+            }
+            // A missing directory fails the unnamed open: a named partial.
+            let part = dir.path().join("sub").join("x.haul-part");
+            let open = IoOp::OpenUnnamed {
+                file: FileId(1),
+                path: part.clone(),
+            };
+            assert_eq!(run!(1, open), IoResult::Opened { len: 0 });
+            let write = IoOp::WriteAt {
+                file: FileId(1),
+                offset: 0,
+                data: Bytes::from_static(b"mine"),
+            };
+            assert_eq!(run!(2, write), IoResult::Done);
+            fs::remove_file(&part).unwrap();
+            fs::write(&part, b"theirs, unfinished").unwrap();
+            let theirs = File::open(&part).unwrap();
+            theirs.lock().unwrap();
+            let dest = dir.path().join("sub").join("x");
+            let publish = IoOp::Publish {
+                file: FileId(1),
+                path: part.clone(),
+                to: dest.clone(),
+                sync,
+            };
+            match run!(3, publish) {
+                IoResult::Failed(f) => assert_eq!(f.kind, IoErrorKind::Replaced, "{f}"),
+                other => panic!("sync {sync}: expected Replaced, got {other:?}"),
+            }
+            assert!(
+                !dest.exists(),
+                "sync {sync}: another process's partial published"
+            );
+            assert_eq!(fs::read(&part).unwrap(), b"theirs, unfinished");
+        }
+    }
+
+    #[test]
+    fn a_failed_unnamed_open_leaves_no_claim() {
+        let (mut files, done) = files_to_channel(true);
+        // The directory exists, yet no file can be made there.
+        let part = PathBuf::from("/proc/self/x.haul-part");
+        let open = IoOp::OpenUnnamed {
+            file: FileId(1),
+            path: part,
+        };
+        let result = run_all(&mut files, &done, vec![(1, open)]).remove(0);
+        assert!(matches!(result, IoResult::Failed(_)), "{result:?}");
+        assert_eq!(files.leases().held(), 0);
     }
 
     #[test]

@@ -1048,8 +1048,10 @@ impl Engine {
         self.set_committing(id, false);
         let j = self.jobs.get_mut(&id).expect("job exists");
         // Another process downloads to the same destination and holds the partial's name
-        // (an unnamed file's publish needs it): its partial and state are left alone.
+        // (an unnamed file's publish needs it), or the partial was replaced under this
+        // download: what is at its path, and the state file, are not this download's.
         let busy = failure.kind == IoErrorKind::Busy;
+        let not_ours = busy || failure.kind == IoErrorKind::Replaced;
         let error = match busy {
             true => DownloadError::PartialInUse {
                 path: j.part_path.clone(),
@@ -1060,7 +1062,7 @@ impl Engine {
             error,
             keep: false,
             step: CleanStep::Start,
-            untouched: busy,
+            untouched: not_ours,
         };
         self.cleanup_progress(id);
     }

@@ -495,10 +495,10 @@ struct Job {
     failed_round: Vec<usize>,
     /// The URL whose response gave `validator`.
     validator_mirror: usize,
-    /// The resource (URL without its query, after redirects) whose response gave
+    /// The file (the last path segment of the URL, after redirects) whose response gave
     /// `validator`, when known: a validator vouches only for its own resource, and a URL
     /// that redirects elsewhere than it did (`/latest` to `v2.iso` instead of `v1.iso`) may
-    /// find the same ETag on other bytes there.
+    /// find the same ETag on other bytes there (see `transfer::resource_of`).
     validator_resource: Option<String>,
     /// The one retry after a failed verification (hash or size) was used (a job without
     /// mirrors).

@@ -1599,14 +1599,16 @@ impl Engine {
     }
 }
 
-/// The resource `url` names, for comparing where validators come from: the URL without its
-/// query and fragment (a redirect to a signed URL changes only its query from one request to
-/// the next, and still names the same object).
+/// The file `url` names, for comparing where validators come from: its last non-empty path
+/// segment. Not the whole URL: the same file is served under other hosts (a load-balancing
+/// redirector sends each request to another node), other paths (a CDN's signed path,
+/// `/dl/<token>/f.iso`) and other queries (signed URLs) from one request to the next; what a
+/// redirect to another version changes is the file's name (`v1.iso`, `v2.iso`).
 pub(super) fn resource_of(url: &url::Url) -> String {
-    let mut resource = url.clone();
-    resource.set_query(None);
-    resource.set_fragment(None);
-    resource.into()
+    url.path_segments()
+        .and_then(|mut segments| segments.rfind(|s| !s.is_empty()))
+        .unwrap_or_default()
+        .to_string()
 }
 
 /// Whether a 206 continues what the transfer asked for: Ok((complete length, the response's
@@ -1676,7 +1678,9 @@ fn check_partial_response(
         let answered = resource_of(&t.url);
         if answered != *resource {
             return Err(format!(
-                "the range was answered by {answered}, not by {resource}, whose bytes the partial holds"
+                "the range was answered by {} (file {answered:?}), not by a URL of the file \
+                 {resource:?} whose bytes the partial holds",
+                t.url
             ));
         }
     }
