@@ -900,3 +900,43 @@ fn a_retry_behind_an_open_breaker_announces_the_breaker_s_wait() {
         "announced {delay:?} at {said_at}, probed at {probe}"
     );
 }
+
+/// `max_attempts` bounds the tries of the file, not of its URLs: with one attempt allowed
+/// (`--retries 0`), a 404 and a 503 still fail over to the next mirror, each URL being
+/// tried once; it is the backoff after every URL failed that the limit stops (mirrors were
+/// never tried with `--retries 0`).
+#[test]
+fn moving_on_to_an_untried_mirror_is_not_a_retry() {
+    let good = pattern(3_000, 91);
+    let mut cfg = policy_config();
+    cfg.retry.max_attempts = 1;
+    let mut h = Harness::new(cfg);
+    h.serve(ORIGIN, |_| Reply::new(with_length(404, &[], b"")));
+    h.serve(MIRROR, |_| Reply::new(with_length(503, &[], b"")));
+    h.serve(THIRD, file_server(good.clone()));
+    let job = h.submit(
+        download()
+            .mirror(MIRROR_URL)
+            .unwrap()
+            .mirror(THIRD_URL)
+            .unwrap(),
+    );
+    let out = h.run(job).expect("the third URL serves the file");
+    assert_eq!(out.final_url, THIRD_URL);
+    assert_eq!(h.requests.len(), 3, "each URL once");
+    assert_eq!(h.fs.get(dest()), Some(&good[..]));
+    // Every URL failing: one round, no retry after it.
+    let mut h = Harness::new({
+        let mut c = policy_config();
+        c.retry.max_attempts = 1;
+        c
+    });
+    h.serve(ORIGIN, |_| Reply::new(with_length(503, &[], b"")));
+    h.serve(MIRROR, |_| Reply::new(with_length(503, &[], b"")));
+    let job = h.submit(download().mirror(MIRROR_URL).unwrap());
+    assert!(matches!(
+        h.run(job),
+        Err(DownloadError::Status { status: 503, .. })
+    ));
+    assert_eq!(h.requests.len(), 2, "each URL once, then no backoff retry");
+}

@@ -199,6 +199,8 @@ pub struct BackoffModel {
     bad: BTreeSet<usize>,
     /// The attempt running or about to start (1 for the first).
     attempt: u32,
+    /// Retries read as failovers (or either): see [`BackoffModel::failovers`].
+    failovers: u32,
     /// The job spread segments over its URLs (`Event::Spread`), and its first failed
     /// verification since is still to come: that one blames no URL.
     spread_unblamed: bool,
@@ -233,6 +235,7 @@ impl BackoffModel {
             verify_retries: 0,
             bad: BTreeSet::new(),
             attempt: 1,
+            failovers: 0,
             spread_unblamed: false,
             stay: false,
         }
@@ -247,6 +250,12 @@ impl BackoffModel {
     /// The attempt running or about to start.
     pub fn attempt(&self) -> u32 {
         self.attempt
+    }
+
+    /// Retries read as (or possibly) a move to an untried URL: they do not count against
+    /// `max_attempts`.
+    pub fn failovers(&self) -> u32 {
+        self.failovers
     }
 
     /// Whether the job retried after a failed verification.
@@ -388,6 +397,7 @@ impl BackoffModel {
         let kind = match (failover, backoff) {
             (true, false) => {
                 self.expect_failover_at = Some(now + delay);
+                self.failovers += 1;
                 RetryKind::Failover
             }
             (false, true) => {
@@ -398,6 +408,7 @@ impl BackoffModel {
             (true, true) => {
                 self.backoffs.1 += 1;
                 self.round.clear();
+                self.failovers += 1;
                 RetryKind::Either
             }
             (false, false) => {

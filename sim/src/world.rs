@@ -1935,11 +1935,10 @@ impl World {
         if let Some(detail) = self.retry_window.retrying(now, i, policy.budget_per_minute) {
             self.violate(Invariant::RetryBudget, detail);
         }
-        if attempt < 2 || attempt > policy.max_attempts {
-            let max = policy.max_attempts;
+        if attempt < 2 {
             self.violate(
                 Invariant::Backoff,
-                format!("d{i} retries as attempt {attempt} (allowed 2..={max})"),
+                format!("d{i} retries as attempt {attempt} (allowed from 2)"),
             );
             return;
         }
@@ -1957,7 +1956,17 @@ impl World {
                 Invariant::Backoff,
                 format!("d{i} attempt {attempt} after {error}: {why}"),
             ),
-            Ok(kind) => self.log(|| format!("check: d{i} attempt {attempt} is a {kind:?}")),
+            Ok(kind) => {
+                self.log(|| format!("check: d{i} attempt {attempt} is a {kind:?}"));
+                // Moving on to an untried URL is no retry: `max_attempts` bounds the rest.
+                let max = policy.max_attempts + self.downloads[i].model.failovers();
+                if attempt > max {
+                    self.violate(
+                        Invariant::Backoff,
+                        format!("d{i} retries as attempt {attempt} (allowed 2..={max}, failovers counted out)"),
+                    );
+                }
+            }
         }
         let slack = Duration::from_micros(1);
         if let DlStatus::Active { submitted, .. } = self.downloads[i].status {

@@ -487,6 +487,9 @@ struct Job {
     started: Instant,
     phase: Phase,
     attempt: u32,
+    /// Attempts that moved on to a URL not tried in their round (a failover): they do not
+    /// count against `RetryPolicy::max_attempts`.
+    failovers: u32,
     /// Backoff delays taken so far (the exponent of the next one).
     backoffs: u32,
     /// Which URL this attempt uses: 0 is `spec.url`, i > 0 is `spec.mirrors[i - 1]`.
@@ -1208,6 +1211,7 @@ impl Engine {
                 None => Phase::Queued,
             },
             attempt: 1,
+            failovers: 0,
             backoffs: 0,
             mirror: 0,
             failed_round: Vec::new(),

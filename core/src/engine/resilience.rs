@@ -419,7 +419,7 @@ impl Engine {
         }
         let policy = self.config.retry;
         let elapsed = self.now.saturating_since(j.started);
-        if !(retry && j.attempt < policy.max_attempts) {
+        if !retry {
             return self.terminate(id, error, true);
         }
         let stay = j.stay_on_url;
@@ -433,12 +433,20 @@ impl Engine {
         let others: Vec<usize> = (0..urls)
             .filter(|i| !j.failed_round.contains(i) && !j.bad_urls.contains(i))
             .collect();
-        let untried = stay
-            || others.into_iter().any(|i| {
+        // A start-over stays on its URL: a retry, though other URLs are untried.
+        let failover = !stay
+            && others.into_iter().any(|i| {
                 let url = self.job_url(id, i).clone();
                 self.breaker_wait(&url).is_none()
             });
+        let untried = stay || failover;
         let j = self.jobs.get_mut(&id).expect("job exists");
+        // `max_attempts` bounds the tries of the file, not of its URLs: moving on to a URL
+        // not tried in this round (a mirror) is not a retry, so `--retries 0` still tries
+        // every mirror once.
+        if !failover && j.attempt - j.failovers >= policy.max_attempts {
+            return self.terminate(id, error, true);
+        }
         let delay = if untried {
             // Fail over now (or start over on a URL that did not fail); the URL's breaker is
             // checked when the attempt starts.
@@ -499,6 +507,9 @@ impl Engine {
         self.retry_budget.take(self.now);
         let j = self.jobs.get_mut(&id).expect("job exists");
         j.attempt += 1;
+        if failover {
+            j.failovers += 1;
+        }
         let attempt = j.attempt;
         j.phase = Phase::Backoff {
             until: self.now + delay,
