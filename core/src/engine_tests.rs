@@ -4257,3 +4257,30 @@ fn a_resume_through_a_signed_path_redirect_continues_the_partial() {
         .iter()
         .all(|r| !matches!(r.3, DownloadError::RangeMismatch { .. })));
 }
+
+/// A 407 answered through a forwarding proxy (a plain-http download) is the proxy's refusal
+/// of its credentials, not the origin's answer: a final connect failure naming the proxy,
+/// as for a refused tunnel (it was an HTTP status error of the origin, exit 4 instead of 3).
+#[test]
+fn a_407_from_a_forwarding_proxy_is_the_proxy_s_refusal() {
+    let mut cfg = config();
+    cfg.proxy.http = Some(crate::proxy::parse_proxy_url("http://proxy.test:3128").unwrap());
+    let mut h = Harness::new(cfg);
+    // The harness answers for the origin whatever carries the request: here, the proxy.
+    h.serve(ORIGIN, |_| {
+        Reply::new(with_length(
+            407,
+            &[hdr("Proxy-Authenticate", "Basic realm=\"p\"")],
+            b"",
+        ))
+    });
+    let job = h.submit(download());
+    match h.run(job) {
+        Err(DownloadError::Connect { failure, .. }) => {
+            assert_eq!(failure.kind, IoErrorKind::ProxyRefused, "{failure}");
+            assert!(failure.message.contains("proxy.test:3128"), "{failure}");
+        }
+        other => panic!("expected a proxy refusal, got {other:?}"),
+    }
+    assert_eq!(h.requests.len(), 1, "not retried");
+}

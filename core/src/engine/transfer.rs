@@ -684,7 +684,14 @@ impl Engine {
             self.assign_connections();
             return;
         }
-        let origin = origin_label(&t.url);
+        let mut origin = origin_label(&t.url);
+        if let Some(hop) = self.conns.get(&conn).and_then(|c| c.via.as_ref()) {
+            // The connection was to the proxy: the failure may well be the proxy's.
+            origin = format!(
+                "{origin} (through the proxy {}:{})",
+                hop.proxy.host, hop.proxy.port
+            );
+        }
         self.transfer_failed(id, tid, DownloadError::Connection { origin, failure });
     }
 
@@ -787,6 +794,27 @@ impl Engine {
             let t = self.transfer(id, tid).expect("transfer");
             let (url, latency) = (t.url.clone(), now.saturating_since(t.requested));
             self.note_success(id, &url, latency);
+        }
+        let forwarded_by = self
+            .conns
+            .get(&conn)
+            .and_then(|c| c.via.as_ref())
+            .filter(|hop| !hop.tunnel)
+            .map(|hop| format!("{}:{}", hop.proxy.host, hop.proxy.port));
+        match (head.status, forwarded_by) {
+            // A forwarding proxy's own refusal (its credentials), not the origin's answer:
+            // as final as a proxy refusing a tunnel, and said the same way.
+            (407, Some(proxy)) => {
+                let t = self.transfer(id, tid).expect("transfer");
+                let origin = origin_label(&t.url);
+                let failure = IoFailure::new(
+                    IoErrorKind::ProxyRefused,
+                    format!("proxy {proxy} refused to forward to {origin}: answered 407 Proxy Authentication Required"),
+                );
+                self.close_conn(conn);
+                return self.transfer_failed(id, tid, DownloadError::Connect { origin, failure });
+            }
+            _ => {}
         }
         match head.status {
             301 | 302 | 303 | 307 | 308 => {
@@ -1124,6 +1152,18 @@ impl Engine {
         }
         let from = t.url.clone();
         t.chain.push(from.clone());
+        if from.scheme() == "https" && next.scheme() == "http" {
+            // Followed, as browsers, curl -L and aria2 do; but the user asked for https.
+            let proven = self.jobs[&id].spec.sha256.is_some();
+            tracing::warn!(
+                job = %id,
+                "{from} redirects to plain http ({next}): {}",
+                match proven {
+                    true => "the expected sha256 still proves the bytes",
+                    false => "nothing authenticates the bytes (give --sha256 to check them)",
+                }
+            );
+        }
         self.event(Event::Redirected {
             job: id,
             status: head.status,
