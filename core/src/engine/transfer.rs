@@ -801,20 +801,17 @@ impl Engine {
             .and_then(|c| c.via.as_ref())
             .filter(|hop| !hop.tunnel)
             .map(|hop| format!("{}:{}", hop.proxy.host, hop.proxy.port));
-        match (head.status, forwarded_by) {
-            // A forwarding proxy's own refusal (its credentials), not the origin's answer:
-            // as final as a proxy refusing a tunnel, and said the same way.
-            (407, Some(proxy)) => {
-                let t = self.transfer(id, tid).expect("transfer");
-                let origin = origin_label(&t.url);
-                let failure = IoFailure::new(
-                    IoErrorKind::ProxyRefused,
-                    format!("proxy {proxy} refused to forward to {origin}: answered 407 Proxy Authentication Required"),
-                );
-                self.close_conn(conn);
-                return self.transfer_failed(id, tid, DownloadError::Connect { origin, failure });
-            }
-            _ => {}
+        // A forwarding proxy's own refusal (its credentials), not the origin's answer: as
+        // final as a proxy refusing a tunnel, and said the same way.
+        if let (407, Some(proxy)) = (head.status, forwarded_by) {
+            let t = self.transfer(id, tid).expect("transfer");
+            let origin = origin_label(&t.url);
+            let failure = IoFailure::new(
+                IoErrorKind::ProxyRefused,
+                format!("proxy {proxy} refused to forward to {origin}: answered 407 Proxy Authentication Required"),
+            );
+            self.close_conn(conn);
+            return self.transfer_failed(id, tid, DownloadError::Connect { origin, failure });
         }
         match head.status {
             301 | 302 | 303 | 307 | 308 => {
