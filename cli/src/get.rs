@@ -205,6 +205,20 @@ pub(crate) fn low_speed(limit: u64, time: f64) -> Result<Option<LowSpeedLimit>, 
         .transpose()
 }
 
+/// A configuration error, an unusable extra root certificate named by its `--cacert` file
+/// rather than by its place in the list.
+fn name_the_cacert(error: &haul_core::ConfigError, files: &[PathBuf]) -> String {
+    let named = (error.field == "extra_root_certs")
+        .then(|| error.reason.strip_prefix("extra root certificate #"))
+        .flatten()
+        .and_then(|rest| rest.split_once(": "))
+        .and_then(|(index, reason)| Some((files.get(index.parse::<usize>().ok()?)?, reason)));
+    match named {
+        Some((file, reason)) => format!("--cacert {}: {reason}", file.display()),
+        None => error.to_string(),
+    }
+}
+
 /// `--head-timeout`, or by default the engine's 30 s, or `--idle-timeout` when that is
 /// longer: a user who lets a server be silent for a minute mid-body lets it think for a
 /// minute before it answers too.
@@ -531,7 +545,7 @@ pub fn run(args: GetArgs) -> i32 {
     });
     let client = match Client::new(config) {
         Ok(c) => c,
-        Err(e) => return refuse(&args, &e.to_string()),
+        Err(e) => return refuse(&args, &name_the_cacert(&e, &args.cacert)),
     };
     if let (Some(rates), Some(offset)) = (args.limit_schedule.clone(), utc_offset) {
         client.set_rate_schedule(rates, offset);

@@ -177,6 +177,52 @@ fn usage_errors_exit_2() {
     assert!(help.contains("EXIT CODES"), "{help}");
 }
 
+/// An unusable `--cacert` file is a usage error naming the file (it named "extra root
+/// certificate #0"), and a proxy variable naming a proxy haul cannot use holds up no
+/// download that would not go through it (it refused every run), and never shows the
+/// variable's password.
+#[test]
+fn a_bad_cacert_is_named_and_an_unusable_proxy_variable_fails_only_its_scheme() {
+    let dir = tempfile::TempDir::new().unwrap();
+    let garbage = dir.path().join("garbage.pem");
+    std::fs::write(&garbage, b"not a certificate").unwrap();
+    let out = haul()
+        .args(["get", "http://127.0.0.1:9/x", "--cacert"])
+        .arg(&garbage)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains(&format!("--cacert {}", garbage.display())),
+        "{err}"
+    );
+    let origin = Origin::start().unwrap();
+    let body = data(5_000);
+    origin.route("/f.bin", body.clone(), Behavior::Normal);
+    let dest = dir.path().join("f.bin");
+    let out = haul()
+        .args(["get", &origin.url("/f.bin"), "-o"])
+        .arg(&dest)
+        .env("https_proxy", "socks5h://user:SECRET@127.0.0.1:1080")
+        .env_remove("http_proxy")
+        .env_remove("HTTP_PROXY")
+        .output()
+        .unwrap();
+    assert_ok(&out);
+    assert_eq!(std::fs::read(&dest).unwrap(), body);
+    let out = haul()
+        .args(["get", "https://127.0.0.1:9/x", "-o"])
+        .arg(dir.path().join("x"))
+        .env("https_proxy", "socks5h://user:SECRET@127.0.0.1:1080")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2), "{out:?}");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("https_proxy"), "{err}");
+    assert!(!err.contains("SECRET"), "{err}");
+}
+
 #[test]
 fn running_the_same_command_again_resumes() {
     let body = data(3_000_000);

@@ -66,8 +66,14 @@ impl TlsSetup {
             if certs.is_empty() {
                 return Err(bad("no CERTIFICATE block in the PEM".into()));
             }
+            let pem = looks_like_pem(blob);
             for cert in certs {
-                roots.add(cert).map_err(|e| bad(e.to_string()))?;
+                roots.add(cert).map_err(|e| match pem {
+                    true => bad(format!("a certificate of the PEM is unusable ({e})")),
+                    false => bad(format!(
+                        "neither PEM with a CERTIFICATE block nor a DER certificate ({e})"
+                    )),
+                })?;
             }
         }
         let provider = Arc::new(rustls::crypto::ring::default_provider());
