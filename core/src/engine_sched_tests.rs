@@ -3274,3 +3274,41 @@ fn a_split_resume_of_a_changed_file_takes_the_whole_new_file_at_once() {
     assert_eq!(out.attempts, 1, "no failed attempt: {:?}", h.retries(job));
     assert_eq!(out.resumed_from, 0);
 }
+
+/// Small files listed after a large split one, with slots for two downloads at once: the
+/// connection each small file frees is kept for the next one in the queue (which starts
+/// once the first commits, moments later), not taken by the large file's waiting extra
+/// segment, so every small file finishes long before the large one (they waited for it:
+/// the large file took each freed connection, and the next small file found none).
+#[test]
+fn a_connection_freed_while_downloads_wait_in_the_queue_is_kept_for_them() {
+    let mut cfg = config();
+    cfg.max_connections_per_origin = 4;
+    cfg.max_active_jobs = 2;
+    let mut h = Harness::new(cfg);
+    h.serve(ORIGIN, move |req| {
+        let len = if req.path.contains("big") {
+            4 << 20
+        } else {
+            16 << 10
+        };
+        let body = pattern(len, req.path.len() as u8);
+        Reply::new(serve_range(&body, req))
+            .pieces(&[16 * 1024])
+            .gap(millis(25))
+    });
+    let big = h.submit(job_at("big").segments(4).min_segment(64 * 1024));
+    let small: Vec<JobId> = (0..4)
+        .map(|i| h.submit(job_at(&format!("small{i}"))))
+        .collect();
+    h.run(big).expect("the big job");
+    for &s in &small {
+        h.run(s).expect("a small job");
+        assert!(
+            h.finished_at(s) + secs(1) < h.finished_at(big),
+            "small at {}, big at {}",
+            h.finished_at(s),
+            h.finished_at(big)
+        );
+    }
+}

@@ -1512,7 +1512,49 @@ impl Engine {
             ConnState::Idle { since } => Some(since + self.config.idle_connection_timeout),
             _ => None,
         });
-        jobs.chain(idle).min()
+        // A connection kept for the queue goes to a waiting extra segment once its grace ends.
+        let held = self.conns.values().filter_map(|c| match c.state {
+            ConnState::Idle { since }
+                if since + transfer::QUEUE_GRACE > self.now && self.extra_segment_waits() =>
+            {
+                Some(since + transfer::QUEUE_GRACE)
+            }
+            _ => None,
+        });
+        jobs.chain(idle).chain(held).min()
+    }
+
+    /// Whether a transfer of a job that already receives waits for a connection.
+    fn extra_segment_waits(&self) -> bool {
+        self.maybe_active().any(|j| {
+            matches!(j.phase, Phase::Running)
+                && j.transfers
+                    .values()
+                    .any(|t| matches!(t.phase, transfer::TPhase::WaitingConn))
+                && j.transfers
+                    .values()
+                    .any(|t| !matches!(t.phase, transfer::TPhase::WaitingConn))
+        })
+    }
+
+    /// The origins of the downloads about to ask for a first connection: waiting in the
+    /// queue, or started and still looking at their destination or partial.
+    fn queued_origins(&self) -> std::collections::HashSet<Origin> {
+        let starting = self.maybe_active().filter(|j| {
+            matches!(
+                j.phase,
+                Phase::CheckingExisting { .. }
+                    | Phase::LoadingState
+                    | Phase::OpeningPartial { .. }
+                    | Phase::Rehashing { .. }
+            )
+        });
+        self.queue
+            .iter()
+            .filter_map(|(_, id)| self.jobs.get(id).map(|j| &**j))
+            .chain(starting)
+            .filter_map(|j| Origin::of(&j.spec.url).ok())
+            .collect()
     }
 
     /// Feed one input.
@@ -2036,6 +2078,13 @@ impl Engine {
             .collect();
         for c in expired {
             self.close_conn(c);
+        }
+        // A connection kept for the queue whose grace ended: an extra segment may take it.
+        let grace_ended = self.conns.values().any(|c| {
+            matches!(c.state, ConnState::Idle { since } if since + transfer::QUEUE_GRACE <= now)
+        });
+        if grace_ended && self.extra_segment_waits() {
+            self.assign_connections();
         }
         // Every due deadline, in job order; one job may have several.
         loop {

@@ -90,6 +90,13 @@ pub(super) struct Transfer {
 /// [`Transfer::stalled_at`]).
 pub(super) const STALL_SILENCE: Duration = Duration::from_millis(50);
 
+/// How long a connection freed while downloads to its origin wait in the queue is kept for
+/// them, out of reach of the extra segments of downloads already receiving: the next queued
+/// download starts as soon as the one that freed the connection commits, a few milliseconds
+/// later, and would otherwise find every connection taken by segments of large files listed
+/// before it (small files of a list waited for them to end).
+pub(super) const QUEUE_GRACE: Duration = Duration::from_millis(50);
+
 /// A lagging segment (see [`Transfer::lagging`]) has at least this much left at its rate.
 const LAG_MIN_REST: Duration = Duration::from_secs(1);
 
@@ -419,7 +426,11 @@ impl Engine {
             .collect();
         waiting
             .sort_by_key(|(p, receiving, id, tid)| (std::cmp::Reverse(*p), *receiving, *id, *tid));
-        for (_, _, id, tid) in waiting {
+        // Origins of the downloads waiting in the queue (looked up only when an extra segment
+        // waits): see `QUEUE_GRACE`.
+        let mut queued_origins: Option<std::collections::HashSet<Origin>> = None;
+        let now = self.now;
+        for (_, receiving, id, tid) in waiting {
             let Some(t) = self.transfer(id, tid) else {
                 continue;
             };
@@ -433,6 +444,13 @@ impl Engine {
             };
             let reuse = !t.stale_retry_used;
             let url = t.url.to_string();
+            // An extra segment leaves a connection freed moments ago to the downloads that
+            // wait in the queue for the same origin: the next of them starts as soon as the
+            // download that freed it commits.
+            let held_for_queue = receiving && {
+                let queued = queued_origins.get_or_insert_with(|| self.queued_origins());
+                queued.contains(&origin)
+            };
             if let Some(why) = self.config.proxy.unusable_for(&origin) {
                 let msg = format!("{url} needs a proxy that cannot be used: {why}");
                 self.terminate(id, DownloadError::InvalidRequest(msg), true);
@@ -447,6 +465,7 @@ impl Engine {
                             ConnState::Idle { since } => Some((since, *cid)),
                             _ => None,
                         })
+                        .filter(|(since, _)| !held_for_queue || *since + QUEUE_GRACE <= now)
                         .max()
                         .map(|(_, cid)| cid)
                 })
