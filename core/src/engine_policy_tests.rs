@@ -102,23 +102,28 @@ fn when_every_mirror_failed_the_job_backs_off_before_the_next_round() {
     );
 }
 
-#[test]
-fn the_breaker_opens_after_consecutive_failures_and_other_jobs_wait_instead_of_hammering() {
+/// A harness whose breakers open after 3 failures for 60 s, jobs making up to
+/// `max_attempts` attempts, and whose origin answers 503 for its first 30 s, then `body`.
+fn unhealthy_for_30_s(max_attempts: u32, body: Vec<u8>) -> Harness {
     let mut cfg = policy_config();
     cfg.breaker.failure_threshold = 3;
     cfg.breaker.cooldown = secs(60);
-    cfg.retry.max_attempts = 3;
+    cfg.retry.max_attempts = max_attempts;
     let mut h = Harness::new(cfg);
-    let body = pattern(5_000, 3);
     let healthy_from = at(secs(30));
-    let b2 = body.clone();
     h.serve(ORIGIN, move |r| {
         if r.at < healthy_from {
             Reply::new(with_length(503, &[], b""))
         } else {
-            file_server(b2.clone())(r)
+            file_server(body.clone())(r)
         }
     });
+    h
+}
+
+#[test]
+fn the_breaker_opens_after_consecutive_failures_and_other_jobs_wait_instead_of_hammering() {
+    let mut h = unhealthy_for_30_s(3, pattern(5_000, 3));
     let first = h.submit(download());
     assert!(matches!(
         h.run(first),
@@ -874,20 +879,7 @@ fn a_paused_job_whose_url_breaker_opened_meanwhile_resumes_on_its_mirror() {
 /// next request came a minute later).
 #[test]
 fn a_retry_behind_an_open_breaker_announces_the_breaker_s_wait() {
-    let mut cfg = policy_config();
-    cfg.breaker.failure_threshold = 3;
-    cfg.breaker.cooldown = secs(60);
-    cfg.retry.max_attempts = 5;
-    let mut h = Harness::new(cfg);
-    let body = pattern(5_000, 4);
-    let healthy_from = at(secs(30));
-    h.serve(ORIGIN, move |r| {
-        if r.at < healthy_from {
-            Reply::new(with_length(503, &[], b""))
-        } else {
-            file_server(body.clone())(r)
-        }
-    });
+    let mut h = unhealthy_for_30_s(5, pattern(5_000, 4));
     let job = h.submit(download());
     h.run(job).expect("the probe after the cool-down succeeds");
     let retries = h.retries(job);

@@ -2448,6 +2448,16 @@ mod tests {
         }
     }
 
+    /// Someone removes the partial at `part`, and another process's download makes its own
+    /// there ("theirs, unfinished") and locks it: the lock lasts as long as the file returned.
+    fn replaced_by_another_process(part: &Path) -> File {
+        fs::remove_file(part).unwrap();
+        fs::write(part, b"theirs, unfinished").unwrap();
+        let theirs = File::open(part).unwrap();
+        theirs.lock().unwrap();
+        theirs
+    }
+
     /// Start `ops` together on `files`; their results in order.
     fn run_all(
         files: &mut Files<ToChannel, Threads>,
@@ -2489,12 +2499,7 @@ mod tests {
                 data: Bytes::from_static(b"mine"),
             };
             assert_eq!(run!(2, write), IoResult::Done);
-            // Someone removes the partial, and another process's download makes and locks
-            // its own there.
-            fs::remove_file(&part).unwrap();
-            fs::write(&part, b"theirs, unfinished").unwrap();
-            let theirs = File::open(&part).unwrap();
-            theirs.lock().unwrap();
+            let _theirs = replaced_by_another_process(&part);
             let close = IoOp::CloseFile {
                 file: FileId(1),
                 then: match commit {
@@ -2604,10 +2609,7 @@ mod tests {
                 data: Bytes::from_static(b"mine"),
             };
             assert_eq!(run!(2, write), IoResult::Done);
-            fs::remove_file(&part).unwrap();
-            fs::write(&part, b"theirs, unfinished").unwrap();
-            let theirs = File::open(&part).unwrap();
-            theirs.lock().unwrap();
+            let _theirs = replaced_by_another_process(&part);
             let dest = dir.path().join("sub").join("x");
             let publish = IoOp::Publish {
                 file: FileId(1),
