@@ -1513,9 +1513,10 @@ impl Engine {
             _ => None,
         });
         // A connection kept for the queue goes to a waiting extra segment once its grace ends.
+        let extra_waits = self.extra_segment_waits();
         let held = self.conns.values().filter_map(|c| match c.state {
             ConnState::Idle { since }
-                if since + transfer::QUEUE_GRACE > self.now && self.extra_segment_waits() =>
+                if extra_waits && since + transfer::QUEUE_GRACE > self.now =>
             {
                 Some(since + transfer::QUEUE_GRACE)
             }
