@@ -417,9 +417,30 @@ fn tls_failure(host: &str, e: &rustls::Error) -> IoFailure {
             Some(hint) => format!("TLS certificate of {host} rejected: {c}: {hint}"),
             None => format!("TLS certificate of {host} rejected: {c}"),
         },
-        other => format!("TLS with {host} failed: {other}"),
+        other => match handshake_hint(other) {
+            Some(hint) => format!("TLS with {host} failed: {other}: {hint}"),
+            None => format!("TLS with {host} failed: {other}"),
+        },
     };
     IoFailure::new(IoErrorKind::Tls, msg)
+}
+
+/// What a failed handshake means, where rustls's words ("received corrupt message of type
+/// InvalidContentType", an alert's name) do not say it.
+fn handshake_hint(e: &rustls::Error) -> Option<&'static str> {
+    use rustls::AlertDescription as A;
+    match e {
+        rustls::Error::InvalidMessage(rustls::InvalidMessage::InvalidContentType) => {
+            Some("the server does not answer in TLS (plain http on this port?)")
+        }
+        rustls::Error::AlertReceived(A::ProtocolVersion) => {
+            Some("the server offers no TLS version haul speaks (it speaks TLS 1.2 and 1.3 only)")
+        }
+        rustls::Error::AlertReceived(A::CertificateRequired) => {
+            Some("the server requires a client certificate, which haul cannot present")
+        }
+        _ => None,
+    }
 }
 
 /// What to do about a rejected certificate, where rustls's own words ("UnknownIssuer",
@@ -427,6 +448,15 @@ fn tls_failure(host: &str, e: &rustls::Error) -> IoFailure {
 fn certificate_hint(c: &rustls::CertificateError) -> Option<&'static str> {
     use rustls::CertificateError as C;
     match c {
+        C::Expired | C::ExpiredContext { .. } => {
+            Some("the certificate has expired (or this machine's clock is wrong)")
+        }
+        C::NotValidYet | C::NotValidYetContext { .. } => {
+            Some("the certificate is not valid yet (or this machine's clock is wrong)")
+        }
+        C::NotValidForName | C::NotValidForNameContext { .. } => {
+            Some("the certificate names other hosts than the one asked for")
+        }
         C::UnknownIssuer => Some(
             "it is not signed by a trusted certificate authority \
              (a private CA's certificate can be added as an extra trusted root: --cacert FILE)",
@@ -448,6 +478,40 @@ mod tests {
 
     fn origin(u: &str) -> Origin {
         Origin::of(&url::Url::parse(u).unwrap()).unwrap()
+    }
+
+    /// Handshake failures whose rustls words say little get a hint in plain words.
+    #[test]
+    fn tls_failures_say_what_they_mean() {
+        use rustls::{AlertDescription, CertificateError, InvalidMessage};
+        let cases: [(rustls::Error, &str); 5] = [
+            (
+                rustls::Error::InvalidMessage(InvalidMessage::InvalidContentType),
+                "does not answer in TLS",
+            ),
+            (
+                rustls::Error::AlertReceived(AlertDescription::ProtocolVersion),
+                "TLS 1.2 and 1.3",
+            ),
+            (
+                rustls::Error::AlertReceived(AlertDescription::CertificateRequired),
+                "client certificate",
+            ),
+            (
+                rustls::Error::InvalidCertificate(CertificateError::Expired),
+                "has expired",
+            ),
+            (
+                rustls::Error::InvalidCertificate(CertificateError::NotValidForName),
+                "names other hosts",
+            ),
+        ];
+        for (error, hint) in cases {
+            let failure = tls_failure("h.test", &error);
+            assert_eq!(failure.kind, IoErrorKind::Tls);
+            assert!(failure.message.contains(hint), "{failure}");
+            assert!(failure.message.contains("h.test"), "{failure}");
+        }
     }
 
     fn hop(tunnel: bool, auth: Option<&str>) -> ProxyHop {
