@@ -151,6 +151,7 @@ impl<R: AsyncRuntime> Client<R> {
                 driver: self.shared.tx.clone(),
                 events,
                 state: TransferState::Running,
+                job: None,
             });
         }
         if self.shared.tx.unbounded_send(Msg::Submit(batch)).is_err() {
@@ -225,9 +226,20 @@ pub struct Transfer {
     driver: UnboundedSender<Msg>,
     events: events::EventReceiver,
     state: TransferState,
+    /// The engine's id of the job, from the first event taken.
+    job: Option<haul_core::JobId>,
 }
 
 impl Transfer {
+    /// The engine's id of this download's job (for [`Download::after`], or to match a
+    /// client's [`Event`]s), known once the transfer's first event has been taken (`Queued`,
+    /// through the stream or while awaiting it); `None` before.
+    ///
+    /// [`Download::after`]: haul_core::Download::after
+    pub fn job(&self) -> Option<haul_core::JobId> {
+        self.job
+    }
+
     /// The future of the result (what `.await` on the transfer gives; handy where
     /// `StreamExt::into_future` would be ambiguous).
     pub fn result(self) -> TransferResult {
@@ -285,6 +297,7 @@ impl Stream for Transfer {
         }
         match this.events.poll_next(cx) {
             Poll::Ready(Some(ev)) => {
+                this.job = this.job.or(ev.job());
                 if let Event::Finished { result, .. } = &ev {
                     this.state = TransferState::Ended(Some(result.clone()));
                 }

@@ -116,3 +116,37 @@ fn a_destination_spelled_two_ways_is_written_by_one_download_at_a_time() {
         assert_eq!(left, ["f", "x"], "{len} bytes: no partial or state left");
     }
 }
+
+/// A transfer tells its job's id once its first event was taken (it could only be read off
+/// that event), and a download started after it may then depend on it.
+#[test]
+fn a_transfer_tells_its_job_once_its_first_event_was_taken() {
+    use futures_util::StreamExt;
+    use haul_core::{Download, Event};
+    use haul_origin::{Behavior, Origin};
+    let origin = Origin::start().unwrap();
+    origin.route("/a", haul_tests::body(7, 10_000), Behavior::Normal);
+    origin.route("/b", haul_tests::body(8, 10_000), Behavior::Normal);
+    let dir = tempfile::TempDir::new().unwrap();
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    runtime.block_on(async {
+        let client = haul_tokio::Client::new(haul_tests::fast_config()).unwrap();
+        let mut first =
+            client.start(Download::new(&origin.url("/a"), dir.path().join("a")).unwrap());
+        assert_eq!(first.job(), None);
+        let ev = first.next().await.expect("an event");
+        assert!(matches!(ev, Event::Queued { .. }), "{ev:?}");
+        assert_eq!(first.job(), ev.job());
+        let job = first.job().expect("known");
+        let second = Download::new(&origin.url("/b"), dir.path().join("b"))
+            .unwrap()
+            .after(job);
+        let b = client.start(second);
+        first.await.expect("a");
+        b.await.expect("b, after a");
+    });
+}
