@@ -2448,6 +2448,15 @@ mod tests {
         }
     }
 
+    /// A write of `b"mine"` at offset 0 of `file`.
+    fn write_mine(file: FileId) -> IoOp {
+        IoOp::WriteAt {
+            file,
+            offset: 0,
+            data: Bytes::from_static(b"mine"),
+        }
+    }
+
     /// Someone removes the partial at `part`, and another process's download makes its own
     /// there ("theirs, unfinished") and locks it: the lock lasts as long as the file returned.
     fn replaced_by_another_process(part: &Path) -> File {
@@ -2493,11 +2502,7 @@ mod tests {
                 truncate: true,
             };
             assert_eq!(run!(1, open), IoResult::Opened { len: 0 });
-            let write = IoOp::WriteAt {
-                file: FileId(1),
-                offset: 0,
-                data: Bytes::from_static(b"mine"),
-            };
+            let write = write_mine(FileId(1));
             assert_eq!(run!(2, write), IoResult::Done);
             let _theirs = replaced_by_another_process(&part);
             let close = IoOp::CloseFile {
@@ -2555,11 +2560,7 @@ mod tests {
                 path: part.clone(),
             };
             assert_eq!(run!(1, open), IoResult::Opened { len: 0 });
-            let write = IoOp::WriteAt {
-                file: FileId(1),
-                offset: 0,
-                data: Bytes::from_static(b"mine"),
-            };
+            let write = write_mine(FileId(1));
             assert_eq!(run!(2, write), IoResult::Done);
             if sync {
                 assert_eq!(run!(3, IoOp::Sync { file: FileId(1) }), IoResult::Done);
@@ -2603,11 +2604,7 @@ mod tests {
                 path: part.clone(),
             };
             assert_eq!(run!(1, open), IoResult::Opened { len: 0 });
-            let write = IoOp::WriteAt {
-                file: FileId(1),
-                offset: 0,
-                data: Bytes::from_static(b"mine"),
-            };
+            let write = write_mine(FileId(1));
             assert_eq!(run!(2, write), IoResult::Done);
             let _theirs = replaced_by_another_process(&part);
             let dest = dir.path().join("sub").join("x");

@@ -3,6 +3,15 @@
 haul_tests::all_scenarios!(haul_tests::Tokio);
 haul_tests::batch_scenarios!(haul_tests::Tokio);
 
+/// A multi-threaded tokio runtime with `workers` threads.
+fn runtime(workers: usize) -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(workers)
+        .enable_all()
+        .build()
+        .unwrap()
+}
+
 /// A transfer whose runtime shut down mid-download ends with `ClientStopped`, not
 /// `Cancelled` (nobody cancelled it), and nothing is committed.
 #[test]
@@ -17,11 +26,7 @@ fn a_transfer_whose_runtime_shut_down_ends_with_client_stopped() {
     );
     let dir = tempfile::TempDir::new().unwrap();
     let dest = dir.path().join("s.bin");
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(1)
-        .enable_all()
-        .build()
-        .unwrap();
+    let runtime = runtime(1);
     let client = haul_async::Client::with_runtime(
         haul_tokio::Tokio::new(runtime.handle().clone()),
         haul_tests::fast_config(),
@@ -70,11 +75,7 @@ fn a_destination_spelled_two_ways_is_written_by_one_download_at_a_time() {
         let dir = tempfile::TempDir::new().unwrap();
         std::fs::create_dir_all(dir.path().join("d/x")).unwrap();
         std::os::unix::fs::symlink(dir.path().join("d"), dir.path().join("link")).unwrap();
-        let runtime = tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(2)
-            .enable_all()
-            .build()
-            .unwrap();
+        let runtime = runtime(2);
         runtime.block_on(async {
             let client = haul_tokio::Client::new(haul_tests::fast_config()).unwrap();
             let dest = dir.path().join("d/f");
@@ -128,11 +129,7 @@ fn a_transfer_tells_its_job_once_its_first_event_was_taken() {
     origin.route("/a", haul_tests::body(7, 10_000), Behavior::Normal);
     origin.route("/b", haul_tests::body(8, 10_000), Behavior::Normal);
     let dir = tempfile::TempDir::new().unwrap();
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .unwrap();
+    let runtime = runtime(2);
     runtime.block_on(async {
         let client = haul_tokio::Client::new(haul_tests::fast_config()).unwrap();
         let mut first =
