@@ -49,7 +49,8 @@ pub struct Download {
 
 /// What a file destination's path says by itself: not empty, not naming a directory (`dir/`,
 /// `.`, `..`), a file name that fits file systems and is not one of haul's working files.
-/// An existing directory, device, FIFO or socket at the path is the executor's to refuse
+/// An existing directory, device, FIFO or socket at the path is for the runtime to refuse:
+/// when the download is submitted (see [`crate::Engine::submit_batch_checked`]), and again
 /// at the commit (it never replaces one).
 fn check_file_dest(dest: &Path) -> Result<(), DownloadError> {
     let raw = dest.as_os_str().as_encoded_bytes();

@@ -11,9 +11,39 @@ use std::collections::hash_map::RandomState;
 use std::hash::{BuildHasher, Hasher};
 
 use haul_core::{
-    CancelMode, Config, ConfigError, Download, Engine, Event, Input, IoId, IoRequest, IoResult,
-    JobId, Output, RateSchedule,
+    CancelMode, Config, ConfigError, Destination, Download, DownloadError, Engine, Event, Input,
+    IoErrorKind, IoFailure, IoId, IoRequest, IoResult, JobId, Output, RateSchedule,
 };
+
+/// Why `download` cannot be done, as far as the file system tells before anything is
+/// fetched: its file destination is an existing directory, or a device, FIFO or socket. The
+/// commit never replaces one of those, and found only then, the whole file was fetched for
+/// nothing. A download marked [`Download::fresh`] is not looked at: its caller listed the
+/// directory and found nothing of that name. Anything else (a missing directory, no
+/// permission) is left to the download's own steps, which say it in their errors.
+pub fn dest_refusal(download: &Download) -> Option<DownloadError> {
+    if download.is_fresh() {
+        return None;
+    }
+    let Destination::File(path) = download.destination() else {
+        return None;
+    };
+    let kind = std::fs::metadata(path).ok()?.file_type();
+    let what = if kind.is_dir() {
+        "a directory"
+    } else if kind.is_file() {
+        return None;
+    } else {
+        "not a regular file (a device, FIFO or socket)"
+    };
+    Some(DownloadError::LocalIo {
+        path: path.clone(),
+        failure: IoFailure::new(
+            IoErrorKind::Other,
+            format!("the destination is {what}; a download replaces only a file"),
+        ),
+    })
+}
 
 /// The engine plus its clock. Every runtime's driver loop is: [`Host::drain`], wait for a
 /// completion or [`Host::deadline`], [`Host::complete`] each completion that arrived,
@@ -112,17 +142,21 @@ impl Host {
     }
 
     /// Queue several jobs together (priorities order them; `after_index` refers within).
+    ///
+    /// A download whose file destination is an existing directory, device, FIFO or socket
+    /// is refused at once ([`dest_refusal`]).
     pub fn submit_batch(&mut self, downloads: Vec<Download>) -> Vec<JobId> {
         self.apply_schedule();
         let now = self.now();
-        self.engine.submit_batch(now, downloads)
+        self.engine
+            .submit_batch_checked(now, downloads, dest_refusal)
     }
 
-    /// Start a job.
+    /// Start a job (refused at once as [`Host::submit_batch`] says).
     pub fn submit(&mut self, download: Download) -> JobId {
-        self.apply_schedule();
-        let now = self.now();
-        self.engine.submit(now, download)
+        self.submit_batch(vec![download])
+            .pop()
+            .expect("one id per download")
     }
 
     /// Cancel a job, keeping its partial file and state for a later resume.

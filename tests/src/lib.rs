@@ -223,6 +223,7 @@ macro_rules! all_scenarios {
             interrupted_download_resumes_with_range_in_a_new_run,
             server_ignoring_range_yields_a_correct_file,
             a_destination_under_a_regular_file_fails_at_once_with_local_io,
+            a_destination_that_is_a_directory_is_refused_before_any_request,
             small_downloads_are_named_only_at_their_destination,
             truncated_body_is_an_error_not_a_success,
             truncated_body_is_resumed_by_retries,

@@ -407,6 +407,40 @@ pub fn a_destination_under_a_regular_file_fails_at_once_with_local_io<R: Runtime
     }
 }
 
+/// A file destination that is an existing directory (or a FIFO) is refused when the
+/// download is submitted: no request is made, the directory and what it holds are untouched,
+/// and nothing is left beside it (found only at the commit, the whole file was fetched for
+/// nothing).
+pub fn a_destination_that_is_a_directory_is_refused_before_any_request<R: Runtime>() {
+    let data = body(14, 300_000);
+    let (origin, dir) = setup("/f", &data, Behavior::Normal);
+    let dest = dir.path().join("sub");
+    std::fs::create_dir(&dest).unwrap();
+    std::fs::write(dest.join("kept"), b"k").unwrap();
+    let fifo = dir.path().join("pipe");
+    assert!(std::process::Command::new("mkfifo")
+        .arg(&fifo)
+        .status()
+        .unwrap()
+        .success());
+    for (path, what) in [(&dest, "a directory"), (&fifo, "not a regular file")] {
+        let result = R::with_config(fast_config()).download(
+            Download::new(&origin.url("/f"), path).unwrap(),
+            &mut Vec::new(),
+        );
+        match result {
+            Err(e @ DownloadError::LocalIo { .. }) => {
+                assert!(e.to_string().contains(what), "{what}: {e}");
+                assert_eq!(e.class(), ErrorClass::LocalIo);
+            }
+            other => panic!("{}: expected LocalIo, got {other:?}", path.display()),
+        }
+    }
+    assert!(origin.requests_to("/f").is_empty(), "no request was made");
+    assert_eq!(listing(dir.path()), vec!["pipe", "sub"]);
+    assert_eq!(listing(&dest), vec!["kept"]);
+}
+
 pub fn server_ignoring_range_yields_a_correct_file<R: Runtime>() {
     let data = body(12, 1024 * 1024);
     let (origin, dir) = setup("/f", &data, Behavior::Truncate { after: 300_000 });

@@ -1091,6 +1091,20 @@ impl Engine {
     /// (an index that is not earlier in the batch ends that job at once with
     /// [`DownloadError::InvalidRequest`] naming it). Returns the job ids in order.
     pub fn submit_batch(&mut self, now: Instant, specs: Vec<Download>) -> Vec<JobId> {
+        self.submit_batch_checked(now, specs, |_| None)
+    }
+
+    /// [`Engine::submit_batch`], with `check` looking at each download as it is queued: one
+    /// it gives an error for is refused with that error (queued and finished at once, as a
+    /// download refused at submission is; its dependants fail). A runtime reports so what
+    /// its file system says against a destination (a directory where the file would go)
+    /// before a byte is fetched.
+    pub fn submit_batch_checked(
+        &mut self,
+        now: Instant,
+        specs: Vec<Download>,
+        mut check: impl FnMut(&Download) -> Option<DownloadError>,
+    ) -> Vec<JobId> {
         self.advance(now);
         let mut ids: Vec<JobId> = Vec::with_capacity(specs.len());
         // Jobs are large: growing the map step by step would move each several times.
@@ -1109,6 +1123,12 @@ impl Engine {
                 let error = DownloadError::InvalidRequest(format!(
                     "after_index({i}) of download {at} of the batch names no earlier download"
                 ));
+                self.refuse(id, &spec, error);
+                ids.push(id);
+                continue;
+            }
+            if let Some(error) = check(&spec) {
+                let id = self.next_job_id();
                 self.refuse(id, &spec, error);
                 ids.push(id);
                 continue;
