@@ -1187,7 +1187,19 @@ fn hand_over<C: Completions>(durable: Option<&Sender<Pending>>, pending: Pending
 /// flight, so latency is what paces it (2,000 files of 16 KiB, 16 at a time: 115 ms when
 /// every streaming round waited, 98 ms this way; curl without any sync took 92 ms). A lone
 /// commit never waits: its rounds follow no busy round.
+///
+/// A round whose syncs panicked (a bug) fails its pieces rather than losing them: their
+/// commits end with an error instead of waiting forever, and the worker goes on.
 fn durability_worker<C: Completions>(rx: mpsc::Receiver<Pending>, sink: C) {
+    durability_rounds(rx, sink, make_durable)
+}
+
+/// [`durability_worker`], making each round durable with `make_durable`.
+fn durability_rounds<C: Completions>(
+    rx: mpsc::Receiver<Pending>,
+    sink: C,
+    make_durable: fn(&[Pending]) -> Vec<Result<(), IoFailure>>,
+) {
     let mut last: Option<(std::time::Instant, usize)> = None;
     // Pieces that follow from the last round (published names to make durable).
     let mut carry: Vec<Pending> = Vec::new();
@@ -1209,7 +1221,15 @@ fn durability_worker<C: Completions>(rx: mpsc::Receiver<Pending>, sink: C) {
             let room = ROUND_MAX - round.len();
             round.extend(rx.try_iter().take(room));
         }
-        let results = make_durable(&round);
+        let results =
+            std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| make_durable(&round)))
+                .unwrap_or_else(|_| {
+                    let failure = IoFailure::new(
+                        IoErrorKind::Other,
+                        "the durability worker failed (a bug in haul); nothing was committed",
+                    );
+                    vec![Err(failure); round.len()]
+                });
         last = Some((std::time::Instant::now(), round.len()));
         for (pending, result) in round.into_iter().zip(results) {
             carry.extend(complete_durable(&sink, pending, Some(result)));
@@ -3493,6 +3513,57 @@ mod tests {
         let dir = tempfile::TempDir::new().unwrap();
         let round = round_of_files(dir.path(), SYNCFS_MIN as u64);
         all_done_but_the_file_not_open(&round, &make_durable(&round));
+    }
+
+    #[test]
+    fn a_round_whose_syncs_panic_fails_its_pieces_and_the_worker_goes_on() {
+        let dir = tempfile::TempDir::new().unwrap();
+        let (done, completions) = mpsc::channel();
+        let sink = ToChannel(done);
+        let (tx, rx) = mpsc::channel();
+        // The first round panics, later ones are made durable as usual.
+        fn panics_once(round: &[Pending]) -> Vec<Result<(), IoFailure>> {
+            static CALLS: AtomicUsize = AtomicUsize::new(0);
+            if CALLS.fetch_add(1, Ordering::SeqCst) == 0 {
+                panic!("a bug in a round");
+            }
+            make_durable(round)
+        }
+        let worker = std::thread::spawn(move || durability_rounds(rx, sink, panics_once));
+        let file = |n: u64| {
+            let path = dir.path().join(format!("{n}"));
+            std::fs::write(&path, b"bytes").unwrap();
+            let f = File::options().write(true).open(&path).unwrap();
+            Pending::data(IoId(n), IoId(100 + n), FileId(n), Some(Ok((f, path))))
+        };
+        let mut results = std::collections::BTreeMap::new();
+        for n in 0..2 {
+            tx.send(file(n)).unwrap();
+            // The file's sync and then its close.
+            for _ in 0..2 {
+                let (id, result) = completions
+                    .recv_timeout(Duration::from_secs(10))
+                    .expect("every piece of a round completes");
+                results.insert(id.0, result);
+            }
+        }
+        match &results[&0] {
+            IoResult::Failed(f) => assert!(f.message.contains("a bug in haul"), "{}", f.message),
+            other => panic!("the panicked round's sync: {other:?}"),
+        }
+        assert!(
+            matches!(results[&100], IoResult::Done),
+            "its file is closed"
+        );
+        assert!(
+            matches!(results[&1], IoResult::Done),
+            "the next round syncs"
+        );
+        assert!(matches!(results[&101], IoResult::Done));
+        drop(tx);
+        worker
+            .join()
+            .expect("the worker ends when its queue closes");
     }
 
     #[cfg(target_os = "linux")]
