@@ -424,6 +424,10 @@ pub fn store_exit_code(error: &StoreError) -> i32 {
 /// One line saying what recovery removed.
 pub fn recovery_summary(report: &RecoveryReport) -> String {
     let parts = [
+        (
+            report.dirty_kept.len(),
+            "interrupted writes found complete and kept",
+        ),
         (report.dirty_removed.len(), "interrupted writes removed"),
         (report.temp_files_removed.len(), "temporary files removed"),
         (report.orphan_files_removed.len(), "unindexed files removed"),
@@ -451,6 +455,7 @@ pub fn recovery_summary(report: &RecoveryReport) -> String {
 /// The recovery report as JSON.
 pub fn recovery_json(report: &RecoveryReport) -> serde_json::Value {
     json!({
+        "dirty_kept": report.dirty_kept,
         "dirty_removed": report.dirty_removed,
         "temp_files_removed": report.temp_files_removed,
         "orphan_files_removed": report.orphan_files_removed,
@@ -482,13 +487,15 @@ mod tests {
     #[test]
     fn recovery_summary_names_only_what_happened() {
         let report = RecoveryReport {
+            dirty_kept: vec!["k".into()],
             dirty_removed: vec!["a".into()],
             temp_files_removed: vec!["b".into(), "c".into()],
             ..RecoveryReport::default()
         };
         assert_eq!(
             recovery_summary(&report),
-            "1 interrupted writes removed, 2 temporary files removed"
+            "1 interrupted writes found complete and kept, 1 interrupted writes removed, \
+             2 temporary files removed"
         );
         assert_eq!(recovery_summary(&RecoveryReport::default()), "nothing");
     }

@@ -1040,12 +1040,22 @@ fn crash_mid_download_is_recovered_at_the_next_start() {
             .contains(&serde_json::json!(big_hash)),
         "{verify}"
     );
+    // The small module was downloaded whole before the crash: kept, not fetched again.
+    let kotlin_hash = sha256_hex(&kotlin().bytes);
+    assert!(
+        verify["recovered"]["dirty_kept"]
+            .as_array()
+            .unwrap()
+            .contains(&serde_json::json!(kotlin_hash)),
+        "{verify}"
+    );
     assert_consistent(cache.path());
 
     origin.route("/news/app.zipline", big.bytes.clone(), Behavior::Normal);
     let second = load(&url, "news", cache.path(), &[&key], &[]);
     assert_eq!(second.status.code(), Some(0), "{}", describe(&second));
     assert!(text(&second.stdout).contains("manifest: network"));
+    assert_eq!(origin.requests_to("/lib/kotlin.zipline").len(), 1);
     assert_consistent(cache.path());
     assert_eq!(
         std::fs::read(cache.path().join("files").join(&big_hash)).unwrap(),

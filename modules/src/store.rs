@@ -10,9 +10,11 @@
 //!
 //! Rules:
 //! - A READY row means the file at `files/<sha256>` was verified and synced before the row was
-//!   written. Anything else found at start (DIRTY rows, files without a READY row, temp files
-//!   `*.haul-part`, READY rows without a file or with the wrong size) is removed by
-//!   [`Store::open`].
+//!   written. At start, [`Store::open`] commits the file of a DIRTY row whose bytes are
+//!   complete (they hash to its name: a writer killed after its download, before its commit),
+//!   verified and synced as any commit is; anything else found (other DIRTY rows, files
+//!   without a READY row, temp files `*.haul-part`, READY rows without a file or with the
+//!   wrong size) is removed. A directory in a file's place is left alone.
 //! - One [`Store`] handle per directory at a time: recovery at open removes other writers'
 //!   in-progress files, so [`Store::open`] waits for an exclusive `flock` on the directory,
 //!   held by the handle (a second open, in this process or another, waits for the first
@@ -246,8 +248,11 @@ impl PendingFile {
 /// What [`Store::open`] cleaned up.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct RecoveryReport {
-    /// DIRTY rows (interrupted writes) removed, with their files.
+    /// Interrupted writes whose file was there but incomplete or wrong: removed (a DIRTY
+    /// row without any file is forgotten without a word).
     pub dirty_removed: Vec<String>,
+    /// Interrupted writes whose file was complete (its bytes hash to its name): committed.
+    pub dirty_kept: Vec<String>,
     /// Files in `files/` with no READY row, removed.
     pub orphan_files_removed: Vec<String>,
     /// Temp files (`*.haul-part`) removed.
@@ -749,7 +754,8 @@ impl Store {
     }
 
     /// Opens (creating if needed) the store in `dir` and cleans up what a crash left: DIRTY rows
-    /// and their files, orphan and temp files, rows whose file is missing or has the wrong size.
+    /// (their complete files committed, the others removed), orphan and temp files, rows whose
+    /// file is missing or has the wrong size.
     /// `last_used_ms` values later than `now_ms` (a clock that went back) are clamped to it.
     ///
     /// A directory without an index whose `files/` holds a name haul never writes is refused
@@ -944,14 +950,69 @@ impl Store {
     fn recover(&mut self, now_ms: u64) -> Result<RecoveryReport, StoreError> {
         let mut report = RecoveryReport::default();
 
-        // 1. Interrupted writes.
+        // 1. Interrupted writes. A write whose file is complete (in place, or still under a
+        // temp name: a load killed after its downloads, before their commit) is committed
+        // now, checked and synced as any commit is, so the next load does not fetch it
+        // again; the others' files are removed and their rows forgotten.
         let dirty: Vec<String> = self.hashes_in_state(FileState::Dirty)?;
+        let mut temps: std::collections::BTreeMap<String, PathBuf> = Default::default();
+        for entry in fs::read_dir(&self.files_dir).map_err(io_error("list", &self.files_dir))? {
+            let name = entry
+                .map_err(io_error("list", &self.files_dir))?
+                .file_name()
+                .to_string_lossy()
+                .into_owned();
+            if let (Some((sha256, _)), true) = (name.split_once('.'), name.ends_with(TEMP_SUFFIX)) {
+                temps
+                    .entry(sha256.to_owned())
+                    .or_insert_with(|| self.files_dir.join(&name));
+            }
+        }
+        let mut complete = Vec::new();
         for sha256 in &dirty {
-            remove_file_if_present(&self.files_dir.join(sha256))?;
+            let store_path = self.files_dir.join(sha256);
+            let temp_path = match fs::symlink_metadata(&store_path) {
+                Ok(meta) if meta.is_file() => store_path.clone(),
+                Ok(meta) if meta.is_dir() => continue,
+                Ok(_) => {
+                    remove_file_if_present(&store_path)?;
+                    continue;
+                }
+                Err(_) => match temps.get(sha256) {
+                    Some(temp) => temp.clone(),
+                    None => continue,
+                },
+            };
+            complete.push(PendingFile {
+                sha256: sha256.clone(),
+                temp_path,
+                store_path,
+                written: None,
+            });
+        }
+        let tried: Vec<String> = complete.iter().map(|p| p.sha256.clone()).collect();
+        for (sha256, result) in tried.into_iter().zip(self.commit_many(complete, now_ms)) {
+            match result {
+                Ok(_) => report.dirty_kept.push(sha256),
+                Err(error) => {
+                    tracing::info!(%error, "interrupted write incomplete; removed");
+                    report.dirty_removed.push(sha256);
+                }
+            }
+        }
+        for sha256 in &dirty {
+            if report.dirty_kept.contains(sha256) || report.dirty_removed.contains(sha256) {
+                continue;
+            }
+            let path = self.files_dir.join(sha256);
+            if path.is_dir() {
+                tracing::warn!(path = %path.display(), "unexpected directory in the store; left alone");
+            } else if remove_file_if_present(&path)? {
+                report.dirty_removed.push(sha256.clone());
+            }
         }
         cached_execute(&self.index, "DELETE FROM files WHERE state = 'DIRTY'", [])
             .map_err(index_error("remove DIRTY rows"))?;
-        report.dirty_removed = dirty;
 
         // 2. Files without a READY row, and temp files.
         let ready: std::collections::BTreeMap<String, u64> = {
@@ -1754,7 +1815,9 @@ impl Store {
     /// stored file: its row is DIRTY) and the DIRTY row.
     pub fn abort(&mut self, pending: PendingFile) -> Result<(), StoreError> {
         remove_file_if_present(&pending.temp_path)?;
-        if self.state_of(&pending.sha256)? == Some(FileState::Dirty) {
+        // A directory in the file's place (put there by hand) is left alone.
+        if self.state_of(&pending.sha256)? == Some(FileState::Dirty) && !pending.store_path.is_dir()
+        {
             remove_file_if_present(&pending.store_path)?;
         }
         cached_execute(
@@ -2835,17 +2898,23 @@ mod tests {
     }
 
     #[test]
-    fn a_file_written_in_place_but_never_adopted_is_removed_at_the_next_open() {
+    fn a_file_written_in_place_but_never_adopted_is_kept_if_complete_and_removed_if_not() {
         let dir = tempfile::TempDir::new().unwrap();
         let (mut store, _) = open(dir.path(), 1);
-        let sha256 = sha256_hex(b"crash before adopt");
-        let pending = store.begin_write(&sha256, FileKind::Module).unwrap();
+        let complete = sha256_hex(b"crash before adopt");
+        let pending = store.begin_write(&complete, FileKind::Module).unwrap();
         fs::write(pending.store_path(), b"crash before adopt").unwrap();
+        let cut = sha256_hex(b"cut short by the crash");
+        let pending = store.begin_write(&cut, FileKind::Module).unwrap();
+        fs::write(pending.store_path(), b"cut short").unwrap();
         drop(store);
-        let (store, report) = open(dir.path(), 2);
-        assert_eq!(report.dirty_removed, vec![sha256.clone()]);
-        assert!(!store.contains(&sha256).unwrap());
-        assert!(files_on_disk(dir.path()).is_empty());
+        let (mut store, report) = open(dir.path(), 2);
+        assert_eq!(report.dirty_kept, vec![complete.clone()]);
+        assert_eq!(report.dirty_removed, vec![cut.clone()]);
+        assert!(store.contains(&complete).unwrap());
+        assert!(!store.contains(&cut).unwrap());
+        assert_eq!(files_on_disk(dir.path()), vec![complete.clone()]);
+        assert_eq!(store.read(&complete).unwrap(), b"crash before adopt");
     }
 
     #[test]
@@ -2960,31 +3029,66 @@ mod tests {
     }
 
     #[test]
-    fn reopen_after_crash_before_commit_removes_dirty_row_and_temp_file() {
+    fn reopen_after_crash_before_commit_commits_a_complete_temp_file_and_removes_the_rest() {
         let dir = tempfile::TempDir::new().unwrap();
         let (mut store, _) = open(dir.path(), 1);
         let kept = put(&mut store, b"kept", 1);
         let sha256 = sha256_hex(b"interrupted");
         let pending = store.begin_write(&sha256, FileKind::Module).unwrap();
         fs::write(pending.temp_path(), b"interrupted").unwrap();
-        drop(pending);
+        let cut = sha256_hex(b"interrupted midway");
+        let pending_cut = store.begin_write(&cut, FileKind::Module).unwrap();
+        fs::write(pending_cut.temp_path(), b"interrupted mid").unwrap();
+        // A row whose download never started: forgotten, not reported.
+        let unstarted = sha256_hex(b"never started");
+        store.begin_write(&unstarted, FileKind::Module).unwrap();
+        drop((pending, pending_cut));
         drop(store);
 
-        let (store, report) = open(dir.path(), 2);
-        assert_eq!(report.dirty_removed, vec![sha256.clone()]);
-        assert_eq!(report.temp_files_removed.len(), 1);
-        assert_eq!(files_on_disk(dir.path()), vec![kept.clone()]);
-        let hashes: Vec<String> = store
+        let (mut store, report) = open(dir.path(), 2);
+        assert_eq!(report.dirty_kept, vec![sha256.clone()]);
+        assert_eq!(report.dirty_removed, vec![cut.clone()]);
+        assert!(report.temp_files_removed.is_empty(), "{report:?}");
+        let mut expected = vec![kept.clone(), sha256.clone()];
+        expected.sort();
+        assert_eq!(files_on_disk(dir.path()), expected);
+        let mut hashes: Vec<String> = store
             .list()
             .unwrap()
             .into_iter()
             .map(|e| e.sha256)
             .collect();
-        assert_eq!(hashes, vec![kept]);
+        hashes.sort();
+        assert_eq!(hashes, expected);
+        assert_eq!(store.read(&sha256).unwrap(), b"interrupted");
     }
 
     #[test]
-    fn reopen_after_crash_between_rename_and_index_update_removes_the_file() {
+    fn a_directory_in_place_of_an_interrupted_write_is_left_alone_and_the_store_opens() {
+        let dir = tempfile::TempDir::new().unwrap();
+        let (mut store, _) = open(dir.path(), 1);
+        let sha256 = sha256_hex(b"a directory took its place");
+        let pending = store.begin_write(&sha256, FileKind::Module).unwrap();
+        fs::create_dir(pending.store_path()).unwrap();
+        fs::write(pending.temp_path(), b"a directory took its place").unwrap();
+        // The write's commit fails (its name is taken by a directory) and leaves it alone.
+        assert!(store.commit(pending, 2).is_err());
+        assert!(store.path(&sha256).unwrap().is_dir());
+        let pending = store.begin_write(&sha256, FileKind::Module).unwrap();
+        drop(pending);
+        drop(store);
+        let (store, report) = open(dir.path(), 3);
+        assert!(
+            report.dirty_kept.is_empty() && report.dirty_removed.is_empty(),
+            "{report:?}"
+        );
+        assert!(store.path(&sha256).unwrap().is_dir(), "left alone");
+        assert!(!store.contains(&sha256).unwrap());
+        assert!(store.list().unwrap().is_empty());
+    }
+
+    #[test]
+    fn reopen_after_crash_between_rename_and_index_update_keeps_a_complete_file() {
         let dir = tempfile::TempDir::new().unwrap();
         let (mut store, _) = open(dir.path(), 1);
         let sha256 = sha256_hex(b"renamed but not indexed");
@@ -2995,13 +3099,23 @@ mod tests {
         drop(store);
 
         let (mut store, report) = open(dir.path(), 2);
-        assert_eq!(report.dirty_removed, vec![sha256.clone()]);
-        assert!(!final_path.exists());
-        assert!(!store.contains(&sha256).unwrap());
-        // The hash can be written again after recovery.
-        let pending = store.begin_write(&sha256, FileKind::Module).unwrap();
-        fs::write(pending.temp_path(), b"renamed but not indexed").unwrap();
-        store.commit(pending, 3).unwrap();
+        assert_eq!(report.dirty_kept, vec![sha256.clone()]);
+        assert!(store.contains(&sha256).unwrap());
+        // One damaged by the crash instead (its last write lost): removed, and it can be
+        // written again.
+        let other = sha256_hex(b"renamed, then cut");
+        let other_path = store.path(&other).unwrap();
+        store.begin_write(&other, FileKind::Module).unwrap();
+        fs::write(&other_path, b"renamed, th").unwrap();
+        drop(store);
+        let (mut store, report) = open(dir.path(), 3);
+        assert_eq!(report.dirty_removed, vec![other.clone()]);
+        assert!(!other_path.exists());
+        assert!(!store.contains(&other).unwrap());
+        let pending = store.begin_write(&other, FileKind::Module).unwrap();
+        fs::write(pending.temp_path(), b"renamed, then cut").unwrap();
+        store.commit(pending, 4).unwrap();
+        assert!(store.contains(&other).unwrap());
         assert!(store.contains(&sha256).unwrap());
     }
 
