@@ -117,7 +117,14 @@ fn with_store(
     };
     let (mut store, recovery) = match opened {
         Ok(opened) => opened,
-        Err(error) => return fail(dir, name, store_exit_code(&error), &error.to_string()),
+        Err(error) => {
+            return fail(
+                dir,
+                name,
+                store_exit_code(&error),
+                &open_error_text(&dir.cache, &error),
+            )
+        }
     };
     if !recovery.is_clean() && !dir.json {
         eprintln!(
@@ -134,6 +141,19 @@ fn with_store(
             code
         }
         Err(error) => fail(dir, name, store_exit_code(&error), &error.to_string()),
+    }
+}
+
+/// Why the cache in `cache` could not be opened, with what to do about a damaged index.
+pub fn open_error_text(cache: &Path, error: &StoreError) -> String {
+    if error.index_damaged() {
+        format!(
+            "{error} (the index {} is damaged; remove it and the next `haul load` starts the \
+             cache afresh, fetching its files again)",
+            cache.join(INDEX_FILE).display()
+        )
+    } else {
+        error.to_string()
     }
 }
 

@@ -201,7 +201,11 @@ pub fn run(args: LoadArgs) -> i32 {
             return fail(
                 &args,
                 store_exit_code(&error),
-                &format!("cannot open the cache {}: {error}", args.cache.display()),
+                &format!(
+                    "cannot open the cache {}: {}",
+                    args.cache.display(),
+                    crate::cache::open_error_text(&args.cache, &error)
+                ),
             )
         }
     };
@@ -222,6 +226,11 @@ pub fn run(args: LoadArgs) -> i32 {
             tracing::debug!("printed");
             exit::OK
         }
+        Err(error @ ModuleError::Rollback { .. }) => fail(
+            &args,
+            module_exit_code(&error),
+            &format!("{error} (--allow-rollback loads it anyway)"),
+        ),
         Err(error) => fail(&args, module_exit_code(&error), &error.to_string()),
     };
     // The process ends now: everything the load did is committed (its index transactions

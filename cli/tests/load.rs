@@ -1161,3 +1161,77 @@ fn bad_signature_exits_5_invalid_manifest_6_and_missing_manifest_4() {
     assert_eq!(bad_key.status.code(), Some(2), "{}", describe(&bad_key));
     assert!(pinned_hashes(cache.path()).is_empty());
 }
+
+#[test]
+fn a_rollback_is_refused_with_a_hint_and_allowed_by_the_flag() {
+    let origin = Origin::start().unwrap();
+    let key = Signer::ed25519("release", 7);
+    let cache = tempfile::TempDir::new().unwrap();
+    let url = origin.url(&manifest_path("news"));
+    publish(
+        &origin,
+        "news",
+        &[app_module("news", "./news.js", "v2"), kotlin()],
+        200,
+        &[&key],
+    );
+    let first = load(&url, "news", cache.path(), &[&key], &[]);
+    assert_eq!(first.status.code(), Some(0), "{}", describe(&first));
+    publish(
+        &origin,
+        "news",
+        &[app_module("news", "./news.js", "v1"), kotlin()],
+        100,
+        &[&key],
+    );
+    let refused = load(&url, "news", cache.path(), &[&key], &[]);
+    assert_eq!(refused.status.code(), Some(6), "{}", describe(&refused));
+    let stderr = text(&refused.stderr);
+    assert!(stderr.contains("rollback refused"), "{stderr}");
+    assert!(
+        stderr.contains("--allow-rollback loads it anyway"),
+        "{stderr}"
+    );
+    let allowed = load(&url, "news", cache.path(), &[&key], &["--allow-rollback"]);
+    assert_eq!(allowed.status.code(), Some(0), "{}", describe(&allowed));
+}
+
+#[test]
+fn a_damaged_index_is_named_with_what_to_do() {
+    let origin = Origin::start().unwrap();
+    let key = Signer::ed25519("release", 7);
+    let cache = tempfile::TempDir::new().unwrap();
+    let url = origin.url(&manifest_path("news"));
+    publish(
+        &origin,
+        "news",
+        &[app_module("news", "./news.js", "v1"), kotlin()],
+        100,
+        &[&key],
+    );
+    assert_eq!(
+        load(&url, "news", cache.path(), &[&key], &[]).status.code(),
+        Some(0)
+    );
+    for name in ["index.sqlite-wal", "index.sqlite-shm"] {
+        let _ = std::fs::remove_file(cache.path().join(name));
+    }
+    std::fs::write(cache.path().join("index.sqlite"), vec![b'x'; 8192]).unwrap();
+    for output in [
+        load(&url, "news", cache.path(), &[&key], &[]),
+        cache_command(&["ls"], cache.path()),
+    ] {
+        assert_eq!(output.status.code(), Some(7), "{}", describe(&output));
+        let stderr = text(&output.stderr);
+        assert!(
+            stderr
+                .contains("is damaged; remove it and the next `haul load` starts the cache afresh"),
+            "{stderr}"
+        );
+    }
+    // As it says: without the index, the next load fetches the app again and succeeds.
+    std::fs::remove_file(cache.path().join("index.sqlite")).unwrap();
+    let again = load(&url, "news", cache.path(), &[&key], &[]);
+    assert_eq!(again.status.code(), Some(0), "{}", describe(&again));
+    assert_consistent(cache.path());
+}

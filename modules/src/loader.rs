@@ -415,8 +415,10 @@ impl Candidate {
         if self.origin == Origin::Pinned && self.manifest_url != request.manifest_url {
             return false;
         }
+        // An instant later than now (the clock was ahead then, or is behind now) says
+        // nothing of the manifest's age: not fresh.
         self.fresh_at_ms.is_some_and(|fresh_at| {
-            request.now_ms.saturating_sub(fresh_at) < request.freshness_window_ms
+            fresh_at <= request.now_ms && request.now_ms - fresh_at < request.freshness_window_ms
         })
     }
 
@@ -644,10 +646,15 @@ impl<F: Fetcher> Loader<F> {
                 return (None, recorded_floor);
             }
         };
-        let floor = Manifest::parse(&pinned.bytes)
-            .ok()
-            .map(|manifest| manifest.fresh_at_epoch_ms().unwrap_or(0))
-            .max(recorded_floor);
+        // The recorded floor is the pinned manifest's `freshAtEpochMs` as it was believed when
+        // pinned (see `Manifest::rollback_floor_at`); the file's own value counts only for a
+        // store from before floors were recorded (it is unsigned: a changed file must not
+        // raise the floor).
+        let floor = recorded_floor.or_else(|| {
+            Manifest::parse(&pinned.bytes)
+                .ok()
+                .map(|manifest| manifest.fresh_at_epoch_ms().unwrap_or(0))
+        });
         let manifest_url = Url::parse(&pinned.manifest_url).unwrap_or_else(|_| {
             warnings.push(format!(
                 "cached manifest URL {:?} is not a URL; resolving modules against {}",
@@ -793,7 +800,7 @@ impl<F: Fetcher> Loader<F> {
             module_hashes: wanted.iter().map(|item| item.sha256.clone()).collect(),
             fresh_at_ms: candidate.fresh_at_ms,
             manifest_url: candidate.manifest_url.to_string(),
-            rollback_floor_ms: candidate.manifest.fresh_at_epoch_ms(),
+            rollback_floor_ms: candidate.manifest.rollback_floor_at(request.now_ms),
         });
         self.obtain(wanted, request, network, manifest, pins.as_ref(), warnings)
     }
@@ -2119,6 +2126,52 @@ mod tests {
             world.publish("news", &[kotlin(), app_module("news", "v1")], 100);
             expect_rollback_refused(&world, damage);
         }
+    }
+
+    /// A `freshAtEpochMs` far past the clock (written by a mirror: the value is unsigned)
+    /// raises the rollback floor only to an hour past the clock when it was pinned: the next
+    /// genuine release loads once that hour is over, and an older one is still refused.
+    #[test]
+    fn a_fresh_at_far_in_the_future_cannot_freeze_later_releases() {
+        let hour = crate::manifest::FUTURE_TOLERANCE_MS;
+        let world = world();
+        let year_2100 = 4_102_444_800_000;
+        world.publish("news", &[kotlin(), app_module("news", "v1")], year_2100);
+        let now = 1_000_000;
+        world.loader.load(&world.request("news", now)).unwrap();
+        world.publish("news", &[kotlin(), app_module("news", "v0")], now - 10);
+        assert!(matches!(
+            world.loader.load(&world.request("news", now + 10)),
+            Err(ModuleError::Rollback { pinned_fresh_at_ms, .. }) if pinned_fresh_at_ms == now + hour
+        ));
+        let later = now + hour + 5_000;
+        world.publish("news", &[kotlin(), app_module("news", "v2")], later);
+        let result = world
+            .loader
+            .load(&world.request("news", later + 1))
+            .unwrap();
+        assert_eq!(result.manifest_source, LoadSource::Network);
+        assert!(result
+            .modules
+            .iter()
+            .any(|m| m.path.ends_with(sha256_hex(b"news code v2"))));
+    }
+
+    /// A cached manifest whose freshness instant is later than the clock (the clock was
+    /// ahead when it was fetched, or is behind now) is not fresh: the network is asked.
+    #[test]
+    fn a_freshness_instant_in_the_future_is_not_fresh() {
+        let world = world();
+        world.publish("news", &[kotlin(), app_module("news", "v1")], 100);
+        let mut request = world.request("news", 1_000_000_000);
+        request.freshness_window_ms = 60_000;
+        world.loader.load(&request).unwrap();
+        assert_eq!(world.fetcher.manifest_calls(), 1);
+        // The clock is put back a year.
+        request.now_ms = 1_000_000_000 - 365 * 86_400_000 / 1000;
+        let result = world.loader.load(&request).unwrap();
+        assert_eq!(result.manifest_source, LoadSource::Network);
+        assert_eq!(world.fetcher.manifest_calls(), 2);
     }
 
     /// Loading news (now at `freshAtEpochMs` 100, pinned at 200) fails as a rollback.

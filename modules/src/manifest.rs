@@ -17,6 +17,10 @@ use url::Url;
 
 use crate::ModuleError;
 
+/// How far past the local clock a manifest's `freshAtEpochMs` is believed (clocks of a
+/// server and a device disagree a little): see [`Manifest::rollback_floor_at`].
+pub const FUTURE_TOLERANCE_MS: u64 = 60 * 60 * 1000;
+
 /// The largest manifest accepted, in bytes (640 KiB).
 pub const MANIFEST_MAX_BYTES: usize = 640 * 1024;
 
@@ -178,6 +182,16 @@ impl Manifest {
     /// The `freshAtEpochMs` of the unsigned section.
     pub fn fresh_at_epoch_ms(&self) -> Option<u64> {
         self.unsigned.fresh_at_epoch_ms
+    }
+
+    /// The rollback floor this manifest sets when it is pinned at `now_ms`: its
+    /// `freshAtEpochMs`, but no later than [`FUTURE_TOLERANCE_MS`] past `now_ms`. The value is
+    /// unsigned, and a server stamps it when it serves the manifest, so an honest one is not
+    /// in the future; a mirror that wrote a year far ahead would otherwise have every later
+    /// release refused as a rollback.
+    pub fn rollback_floor_at(&self, now_ms: u64) -> Option<u64> {
+        self.fresh_at_epoch_ms()
+            .map(|fresh_at| fresh_at.min(now_ms.saturating_add(FUTURE_TOLERANCE_MS)))
     }
 
     /// Module ids in load order: every module after the modules it depends on; among modules

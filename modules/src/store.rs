@@ -245,6 +245,24 @@ impl PendingFile {
     }
 }
 
+impl StoreError {
+    /// Whether the index file is damaged or not a database at all (SQLite says so): the
+    /// store cannot be read until the index is removed (a new one is made at the next open,
+    /// and the files it held are then fetched again).
+    pub fn index_damaged(&self) -> bool {
+        matches!(
+            self,
+            StoreError::Index {
+                source: rusqlite::Error::SqliteFailure(failure, _),
+                ..
+            } if matches!(
+                failure.code,
+                rusqlite::ErrorCode::NotADatabase | rusqlite::ErrorCode::DatabaseCorrupt
+            )
+        )
+    }
+}
+
 /// What [`Store::open`] cleaned up.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct RecoveryReport {
@@ -1944,7 +1962,7 @@ impl Store {
             manifest_url: manifest_url.to_owned(),
             rollback_floor_ms: crate::manifest::Manifest::parse(manifest_bytes)
                 .ok()
-                .and_then(|manifest| manifest.fresh_at_epoch_ms()),
+                .and_then(|manifest| manifest.rollback_floor_at(now_ms)),
         };
         self.pin(&plan, now_ms)
     }
