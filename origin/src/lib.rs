@@ -238,6 +238,12 @@ pub enum Behavior {
     /// hold. A client that splits a download over several connections sees its first
     /// request honoured and its other segments answered with the whole file.
     RangeFromZeroOnly,
+    /// Like Normal, but a 206 covers at most `max` bytes from the range's start (its
+    /// Content-Range says so), as some CDNs and media servers cap what one reply carries.
+    CapRange {
+        /// The most bytes one range reply carries (0 is treated as 1).
+        max: u64,
+    },
     /// `Transfer-Encoding: chunked` (no Content-Length), one HTTP chunk per `chunk` bytes.
     Chunked {
         /// Bytes per HTTP chunk (0 is treated as 1).

@@ -53,6 +53,8 @@ enum RangeSupport {
 #[derive(Debug, Clone, Copy)]
 struct Serving {
     ranges: RangeSupport,
+    /// The most bytes one 206 carries (None: the whole range asked for).
+    range_cap: Option<u64>,
     framing: Framing,
     piece: usize,
     bytes_per_sec: Option<u64>,
@@ -66,6 +68,7 @@ impl Serving {
     fn normal() -> Serving {
         Serving {
             ranges: RangeSupport::All,
+            range_cap: None,
             framing: Framing::ContentLength,
             piece: MAX_PIECE,
             bytes_per_sec: None,
@@ -129,6 +132,7 @@ async fn respond(request: &Parts, hit: RouteHit) -> Response {
         Behavior::Normal => {}
         Behavior::IgnoreRange => serving.ranges = RangeSupport::Ignored,
         Behavior::RangeFromZeroOnly => serving.ranges = RangeSupport::FromZero,
+        Behavior::CapRange { max } => serving.range_cap = Some((*max).max(1)),
         Behavior::Chunked { chunk } => {
             serving.framing = Framing::Chunked;
             serving.piece = (*chunk).max(1);
@@ -280,6 +284,13 @@ fn serve(request: &Parts, representation: Representation, serving: Serving) -> R
             if first > 0 && serving.ranges == RangeSupport::FromZero =>
         {
             RangeDecision::Full
+        }
+        RangeDecision::Partial { first, last } if serving.range_cap.is_some() => {
+            let cap = serving.range_cap.unwrap_or(u64::MAX);
+            RangeDecision::Partial {
+                first,
+                last: last.min(first.saturating_add(cap - 1)),
+            }
         }
         decision => decision,
     };

@@ -236,6 +236,7 @@ macro_rules! all_scenarios {
             destination_that_already_verifies_is_not_downloaded_again,
             segmented_download_reassembles_the_exact_bytes,
             segmented_download_survives_a_segment_connection_dying,
+            a_server_capping_range_replies_is_downloaded_on_one_connection,
             failing_origin_opens_its_breaker_and_a_probe_closes_it_after_recovery,
             backoff_delays_grow_exponentially_with_jitter,
             a_mirror_serves_while_the_primary_is_down,

@@ -908,6 +908,37 @@ pub fn segmented_download_reassembles_the_exact_bytes<R: Runtime>() {
     );
 }
 
+/// A server that caps what one range reply carries (`bytes=0-` answered with the first
+/// 100 000 bytes) cannot be split on: a download asked to use segments says so and goes on
+/// one connection without Range, getting the exact bytes after one failed attempt (it
+/// retried the same capped request until its attempts ran out).
+pub fn a_server_capping_range_replies_is_downloaded_on_one_connection<R: Runtime>() {
+    let data = body(37, 1024 * 1024 + 5);
+    let (origin, dir) = setup("/big", &data, Behavior::CapRange { max: 100_000 });
+    let dest = dir.path().join("big");
+    let d = Download::new(&origin.url("/big"), &dest)
+        .unwrap()
+        .segments(8)
+        .min_segment(64 * 1024);
+    let mut ev = Vec::new();
+    let out = R::with_config(fast_config())
+        .download(d, &mut ev)
+        .expect("the download succeeds on one connection");
+    assert_eq!(std::fs::read(&dest).unwrap(), data);
+    assert_eq!(out.attempts, 2, "{ev:?}");
+    assert!(
+        ev.iter()
+            .any(|e| matches!(e, Event::SingleConnection { .. })),
+        "{ev:?}"
+    );
+    let ranges: Vec<Option<String>> = origin
+        .requests_to("/big")
+        .iter()
+        .map(|r| r.header("range").map(str::to_string))
+        .collect();
+    assert_eq!(ranges, vec![Some("bytes=0-".to_string()), None]);
+}
+
 pub fn segmented_download_survives_a_segment_connection_dying<R: Runtime>() {
     let data = body(36, 4 * 1024 * 1024);
     // Every response is cut after 700 KB: each 1 MiB segment dies midway and its rest is

@@ -918,6 +918,21 @@ impl Engine {
                     Err(detail) if j.segmented || j.transfers.len() > 1 => {
                         self.segment_does_not_fit(id, detail);
                     }
+                    Err(detail) if self.probe_for_segments(id, tid) => {
+                        // The `bytes=0-` asked only to split the download was answered with
+                        // a range that cannot be built on (capped short of the end, or
+                        // multipart): the same request would be answered so again. One
+                        // connection without Range from now on.
+                        let j = self.jobs.get_mut(&id).expect("job exists");
+                        j.splitting = Splitting::SingleConnection;
+                        tracing::info!(job = %id, "the server's range reply cannot be split on ({detail}); one connection from now on");
+                        self.event(Event::SingleConnection {
+                            job: id,
+                            reason: detail.clone(),
+                        });
+                        self.restart_from_zero(id);
+                        self.fail_attempt(id, DownloadError::RangeMismatch { detail });
+                    }
                     Err(detail) => {
                         self.restart_from_zero(id);
                         self.fail_attempt(id, DownloadError::RangeMismatch { detail });
@@ -1059,6 +1074,23 @@ impl Engine {
         }
         self.restart_from_zero(id);
         self.fail_attempt(id, DownloadError::RangeMismatch { detail });
+    }
+
+    /// Whether transfer `tid` is the `bytes=0-` a download sends first only to learn whether
+    /// it can split (nothing held, splitting still allowed): a plain GET would do without it.
+    fn probe_for_segments(&self, id: JobId, tid: u64) -> bool {
+        let Some(j) = self.jobs.get(&id) else {
+            return false;
+        };
+        let Some(t) = j.transfers.get(&tid) else {
+            return false;
+        };
+        t.ranged
+            && t.pos == 0
+            && t.end.is_none()
+            && j.spec.segments > 1
+            && j.splitting == Splitting::Allowed
+            && j.present() == 0
     }
 
     /// After the first 206 of a job asked to use segments: split what is left.
