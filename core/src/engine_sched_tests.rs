@@ -419,6 +419,44 @@ fn segment_reset_midway_is_refetched_from_where_it_stopped() {
     assert_exact_cover(writes, 100_000);
 }
 
+/// A server that serves one request at a time and turns away the others with 503 and
+/// `Retry-After` (a mirror limiting connections per client): once its extra connections are
+/// refused, the download keeps to the connections it has, instead of sending the refused
+/// ranges again, all at once, each time one of them finishes.
+#[test]
+fn a_server_refusing_extra_connections_gets_no_more_than_it_takes() {
+    let body = pattern(400_000, 9);
+    let mut h = Harness::new(config());
+    let b = body.clone();
+    let busy_until = Rc::new(Cell::new(Instant::ZERO));
+    let refused = Rc::new(Cell::new(0usize));
+    let (busy, count) = (busy_until.clone(), refused.clone());
+    h.serve(ORIGIN, move |req| {
+        if req.at < busy.get() {
+            count.set(count.get() + 1);
+            return Reply::new(with_length(503, &[hdr("retry-after", 1)], b"busy"));
+        }
+        let wire = serve_range(&b, req);
+        let pieces = (wire.len() - head_len(&wire)).div_ceil(4096) as u64;
+        busy.set(req.at + millis(5 * (pieces + 1)));
+        head_first(wire, 4096).gap(millis(5))
+    });
+    let job = h.submit(segmented(4, 25_000).sha256(&sha_hex(&body)).unwrap());
+    let out = h.run(job).expect("download succeeds");
+    assert_committed(&h, &body);
+    assert_eq!(out.sha256, sha(&body));
+    // The three extra segments are refused, and one more request: this server still counts
+    // the probe's connection, cut by the client at its segment's end, as busy for the
+    // whole file. Without a limit the refused ranges went out again each time a
+    // connection freed, and the attempts ran out.
+    assert!(
+        refused.get() <= 4,
+        "{} requests refused (the first extra segments only): {:?}",
+        refused.get(),
+        h.requests.iter().map(range_of).collect::<Vec<_>>()
+    );
+}
+
 #[test]
 fn a_finished_connection_steals_half_of_a_slow_segment_and_the_victim_stops_at_the_split() {
     let body = pattern(100_000, 5);

@@ -556,6 +556,9 @@ struct Job {
     gaps: Vec<(u64, u64)>,
     /// The server honours ranges for this representation: segments may be used.
     segmented: bool,
+    /// The most connections the job's server takes at once, learnt when it turned an extra
+    /// one away (429 or 503): the job uses no more for the rest of its life.
+    connections_taken: Option<usize>,
     /// The highest body rate (bytes per second) a finished segment of this job reached:
     /// what a new connection may be expected to do, against which a segment still running
     /// is found lagging (see `Transfer::lagging`).
@@ -713,6 +716,13 @@ impl Job {
     /// Bytes of the file present now.
     fn present(&self) -> u64 {
         self.received.len().max(self.hashed)
+    }
+
+    /// How many transfers the job may run at once: its segments, fewer if its server turned
+    /// connections away.
+    fn max_transfers(&self) -> usize {
+        let segments = self.spec.segments as usize;
+        self.connections_taken.map_or(segments, |n| n.min(segments))
     }
 }
 
@@ -1257,6 +1267,7 @@ impl Engine {
             transfers: BTreeMap::new(),
             gaps: Vec::new(),
             segmented: false,
+            connections_taken: None,
             best_segment_rate: None,
             followers: Vec::new(),
             file: None,
@@ -2053,9 +2064,8 @@ impl Engine {
             Phase::Backoff { until } => Some((*until, Due::Backoff, None)),
             Phase::Running => {
                 // A free connection with nothing left to fetch watches for stalled segments.
-                let free = j.segmented
-                    && j.gaps.is_empty()
-                    && j.transfers.len() < j.spec.segments as usize;
+                let free =
+                    j.segmented && j.gaps.is_empty() && j.transfers.len() < j.max_transfers();
                 j.transfers
                     .iter()
                     .filter_map(|(tid, t)| {

@@ -1527,13 +1527,13 @@ impl Engine {
     fn rebalance(&mut self, id: JobId) {
         loop {
             let j = self.jobs.get_mut(&id).expect("job exists");
-            if !matches!(j.phase, Phase::Running) || j.transfers.len() >= j.spec.segments as usize {
+            if !matches!(j.phase, Phase::Running) || j.transfers.len() >= j.max_transfers() {
                 return;
             }
             if let Some(gap) = j.gaps.pop() {
                 let min = j.spec.min_segment;
                 // A big gap is split so that several connections can work on it.
-                let free = j.spec.segments as usize - j.transfers.len();
+                let free = j.max_transfers() - j.transfers.len();
                 let parts = plan_segments(gap.0, gap.1, free as u32, min);
                 for (s, e) in parts {
                     self.spawn_transfer(id, s, Some(e), true);
@@ -1592,6 +1592,17 @@ impl Engine {
         }
         if j.segmented && j.transfers.len() > 1 && error.retryable() {
             let t = j.transfers.remove(&tid).expect("transfer");
+            if let DownloadError::Status {
+                status: 429 | 503, ..
+            } = error
+            {
+                // The server turns extra connections away (a limit per client): the job
+                // keeps to those it has; sent again, the refused ranges would be refused
+                // again, all of them each time a connection frees.
+                let taken = j.transfers.len().max(1);
+                j.connections_taken = Some(j.connections_taken.map_or(taken, |n| n.min(taken)));
+                tracing::info!(job = %id, taken, "the server refused a segment's connection ({error}); no more connections than that");
+            }
             if let Some(end) = t.end {
                 if t.pos < end {
                     j.gaps.push((t.pos, end));
