@@ -377,8 +377,12 @@ fn pins(store: &mut Store, dir: &CacheDir, _: u64, _: &RecoveryReport) -> Report
     for record in store.apps()? {
         let hashes = by_app.remove(&record.app).unwrap_or_default();
         if !dir.json {
+            let floor = match record.rollback_floor_ms {
+                Some(ms) => format!(", rollback floor freshAtEpochMs {ms}"),
+                None => String::new(),
+            };
             println!(
-                "{}: manifest {} from {}",
+                "{}: manifest {} from {}{floor}",
                 record.app, record.manifest_sha256, record.manifest_url
             );
             for sha256 in &hashes {
@@ -401,6 +405,7 @@ fn pins(store: &mut Store, dir: &CacheDir, _: u64, _: &RecoveryReport) -> Report
             "manifest_url": record.manifest_url,
             "fresh_at_ms": record.fresh_at_ms,
             "loaded_at_ms": record.loaded_at_ms,
+            "rollback_floor_ms": record.rollback_floor_ms,
             "missing": hashes.iter().filter(|h| missing.contains(*h)).collect::<Vec<_>>(),
             "pins": hashes,
         }));

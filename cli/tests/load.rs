@@ -1177,6 +1177,9 @@ fn a_rollback_is_refused_with_a_hint_and_allowed_by_the_flag() {
     );
     let first = load(&url, "news", cache.path(), &[&key], &[]);
     assert_eq!(first.status.code(), Some(0), "{}", describe(&first));
+    // `cache pins` shows the floor a refusal compares with.
+    let pins = cache_json(&["pins"], cache.path());
+    assert_eq!(pins["apps"][0]["rollback_floor_ms"], 200, "{pins}");
     publish(
         &origin,
         "news",

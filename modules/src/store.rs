@@ -202,9 +202,13 @@ pub struct PinnedManifest {
 pub struct AppRecord {
     pub app: String,
     pub manifest_sha256: String,
+    /// The freshness instant: when the manifest was fetched from the network (or, from the
+    /// embedded directory, its `freshAtEpochMs`).
     pub fresh_at_ms: Option<u64>,
     pub manifest_url: String,
     pub loaded_at_ms: u64,
+    /// The rollback floor: an offered manifest with an older `freshAtEpochMs` is refused.
+    pub rollback_floor_ms: Option<u64>,
 }
 
 /// A write in progress: fill `temp_path`, then [`Store::commit`] or [`Store::abort`]; or have
@@ -2275,7 +2279,8 @@ impl Store {
         let mut statement = self
             .index
             .prepare(
-                "SELECT app, manifest_sha256, fresh_at_ms, manifest_url, loaded_at_ms
+                "SELECT app, manifest_sha256, fresh_at_ms, manifest_url, loaded_at_ms,
+                        rollback_floor_ms
                  FROM manifests ORDER BY app",
             )
             .map_err(index_error("list apps"))?;
@@ -2287,6 +2292,7 @@ impl Store {
                     fresh_at_ms: row.get::<_, Option<i64>>(2)?.map(from_sql_ms),
                     manifest_url: row.get(3)?,
                     loaded_at_ms: from_sql_ms(row.get(4)?),
+                    rollback_floor_ms: row.get::<_, Option<i64>>(5)?.map(from_sql_ms),
                 })
             })
             .map_err(index_error("list apps"))?;
