@@ -527,6 +527,23 @@ fn refuse(args: &GetArgs, msg: &str) -> i32 {
     exit::USAGE
 }
 
+/// How a download is named in its bar and lines: its destination file as given (`out=`,
+/// `-o`, without a leading `./`), or for a download into a directory the URL's name
+/// (empty: the reporter takes it from the URL).
+fn dest_label(download: &Download) -> String {
+    match download.destination() {
+        haul_core::Destination::File(path) => {
+            let shown = path.to_string_lossy();
+            let mut shown: &str = &shown;
+            while let Some(rest) = shown.strip_prefix("./") {
+                shown = rest;
+            }
+            shown.to_string()
+        }
+        haul_core::Destination::Dir(_) => String::new(),
+    }
+}
+
 /// Run `haul get`; returns the exit code.
 pub fn run(args: GetArgs) -> i32 {
     let (config, downloads) = match args.config().and_then(|c| Ok((c, args.downloads()?))) {
@@ -553,7 +570,11 @@ pub fn run(args: GetArgs) -> i32 {
     let cancel = client.cancel_handle();
     crate::signals::on_interrupt(move || cancel.stop_all(CancelMode::KeepPartial));
     let mode = Mode::choose(args.json, args.quiet);
-    let mut reporter = Reporter::new(mode, downloads.len());
+    let mut reporter = Reporter::with_labels(
+        mode,
+        downloads.len(),
+        downloads.iter().map(dest_label).collect(),
+    );
     // The downloads create their destinations' missing directories; those left empty at the
     // end (every download into them failed, keeping nothing) are removed again.
     let missing = missing_dirs(&downloads);

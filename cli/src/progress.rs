@@ -41,7 +41,10 @@ impl Mode {
 
 struct JobView {
     label: String,
+    /// Its bar, made once it has run for [`BAR_AFTER`] (see [`Reporter::show_bar`]).
     bar: Option<ProgressBar>,
+    /// Its length, once a response said.
+    total: Option<u64>,
     last_json: Option<Instant>,
     bytes: u64,
     /// Whether the engine writes the download to a named partial that a cancel keeps (as
@@ -65,7 +68,20 @@ pub struct Reporter {
     started: Instant,
     total_jobs: usize,
     done_jobs: usize,
+    /// Each download's label, in the order given, taken as its `Queued` event comes (the
+    /// engine queues them in that order); empty: the URL's last segment names it.
+    labels: std::collections::VecDeque<String>,
+    /// The label of each queued job, until it starts or ends.
+    queued_labels: BTreeMap<JobId, String>,
+    /// Columns of the terminal the bars are drawn on.
+    columns: usize,
 }
+
+/// A download gets a bar of its own once it has run this long: a list of small files ends
+/// each one sooner, and a bar made and removed for each (the whole display redrawn every
+/// time) flooded the terminal: 35 MB of redraws for 3,000 files, a run 20 times slower
+/// behind a slow terminal.
+const BAR_AFTER: Duration = Duration::from_millis(300);
 
 const JSON_PROGRESS_EVERY: Duration = Duration::from_millis(200);
 
@@ -83,14 +99,28 @@ fn label_of(url: &str) -> String {
 }
 
 impl Reporter {
-    /// A reporter for `total_jobs` downloads.
+    /// A reporter for `total_jobs` downloads, each named by its URL's last segment.
     pub fn new(mode: Mode, total_jobs: usize) -> Reporter {
+        Reporter::with_labels(mode, total_jobs, Vec::new())
+    }
+
+    /// A reporter for downloads named by `labels` (one per download, in the order they are
+    /// submitted; the destination's file name, say).
+    pub fn with_labels(mode: Mode, total_jobs: usize, labels: Vec<String>) -> Reporter {
+        let columns = console::Term::stderr()
+            .size_checked()
+            .map_or(80, |(_, cols)| cols as usize);
         let (multi, overall) = if mode == Mode::Bars {
             let multi = MultiProgress::with_draw_target(ProgressDrawTarget::stderr_with_hz(10));
             let overall = (total_jobs > 1).then(|| {
                 let b = multi.add(ProgressBar::new(total_jobs as u64));
+                let template = if columns >= 70 {
+                    "{prefix:>8} [{bar:30}] {pos}/{len} files {wide_msg}"
+                } else {
+                    "{prefix:>5} [{wide_bar}] {pos}/{len}"
+                };
                 b.set_style(
-                    ProgressStyle::with_template("{prefix:>8} [{bar:30}] {pos}/{len} files {msg}")
+                    ProgressStyle::with_template(template)
                         .expect("template")
                         .progress_chars("=> "),
                 );
@@ -111,7 +141,45 @@ impl Reporter {
             started: Instant::now(),
             total_jobs,
             done_jobs: 0,
+            labels: labels.into(),
+            queued_labels: BTreeMap::new(),
+            columns,
         }
+    }
+
+    /// The label of a job queued now with this URL: the next given label, else the URL's.
+    fn label_queued(&mut self, job: JobId, url: &str) -> String {
+        let label = self
+            .labels
+            .pop_front()
+            .filter(|l| !l.is_empty())
+            .unwrap_or_else(|| label_of(url));
+        self.queued_labels.insert(job, label.clone());
+        label
+    }
+
+    /// Give a job that has run for [`BAR_AFTER`] its bar.
+    fn show_bar(&mut self, job: JobId) {
+        let columns = self.columns;
+        let (Some(multi), Some(v)) = (&self.multi, self.jobs.get_mut(&job)) else {
+            return;
+        };
+        if v.bar.is_some() || v.started.elapsed() < BAR_AFTER {
+            return;
+        }
+        // Made at its position, hidden, before it is shown: its rate counts from here (a
+        // bar moved from 0 to the bytes already in showed gigabytes per second).
+        let b = match v.total {
+            Some(t) => ProgressBar::with_draw_target(Some(t), ProgressDrawTarget::hidden()),
+            None => ProgressBar::hidden(),
+        }
+        .with_position(v.bytes)
+        .with_style(bar_style(v.total.is_some(), columns))
+        .with_prefix(fit(&v.label, prefix_width(columns)));
+        b.reset();
+        b.set_position(v.bytes);
+        b.reset_eta();
+        v.bar = Some(multi.add(b));
     }
 
     /// A job's news: on its bar, or as a line in plain mode (nothing in JSON mode, whose
@@ -135,11 +203,14 @@ impl Reporter {
     pub fn event(&mut self, ev: &Event) {
         match ev {
             Event::Queued { job, url } => {
+                // Each job's URL, for its line when it fails.
+                self.urls.insert(*job, url.clone());
                 if self.mode == Mode::Json {
                     self.emit_json(json!({"event": "queued", "job": job.0, "url": url}));
-                    self.urls.insert(*job, url.clone());
+                    self.label_queued(*job, url);
                 } else {
-                    self.waiting.insert(*job, label_of(url));
+                    let label = self.label_queued(*job, url);
+                    self.waiting.insert(*job, label);
                 }
             }
             Event::Segmented { job, segments } => {
@@ -165,18 +236,16 @@ impl Reporter {
             }
             Event::Started { job, url } => {
                 self.waiting.remove(job);
-                let label = label_of(url);
-                let bar = self.multi.as_ref().map(|m| {
-                    let b = m.add(ProgressBar::new_spinner());
-                    b.set_style(bar_style(false));
-                    b.set_prefix(label.clone());
-                    b
-                });
+                let label = self
+                    .queued_labels
+                    .remove(job)
+                    .unwrap_or_else(|| label_of(url));
                 self.jobs.insert(
                     *job,
                     JobView {
                         label,
-                        bar,
+                        bar: None,
+                        total: None,
                         last_json: None,
                         bytes: 0,
                         resumable: None,
@@ -209,10 +278,13 @@ impl Reporter {
                 offset,
                 resumable,
             } => {
+                let columns = self.columns;
                 if let Some(v) = self.jobs.get_mut(job) {
                     v.resumable = Some(*resumable);
+                    v.total = *total;
+                    v.bytes = *offset;
                     if let (Some(b), Some(t)) = (&v.bar, total) {
-                        b.set_style(bar_style(true));
+                        b.set_style(bar_style(true, columns));
                         b.set_length(*t);
                         b.set_position(*offset);
                         b.reset_eta();
@@ -235,7 +307,12 @@ impl Reporter {
                 v.bytes = *bytes;
                 if let Some(b) = &v.bar {
                     b.set_position(*bytes);
+                } else if self.mode == Mode::Bars {
+                    self.show_bar(*job);
                 }
+                let Some(v) = self.jobs.get_mut(job) else {
+                    return;
+                };
                 if self.mode == Mode::Json {
                     let now = Instant::now();
                     let due = v
@@ -309,12 +386,17 @@ impl Reporter {
             }
         }
         let waiting = self.waiting.remove(&job);
+        let queued_label = self.queued_labels.remove(&job);
         let url = self.urls.remove(&job);
         // A file written unnamed (a small one) keeps nothing when cancelled.
         let nothing_kept = view.as_ref().and_then(|v| v.resumable) == Some(false);
         // Time since the download left the queue (the outcome's counts from its submission).
         let active = view.as_ref().map(|v| v.started.elapsed());
-        let label = view.map(|v| v.label).or(waiting).unwrap_or_default();
+        let label = view
+            .map(|v| v.label)
+            .or(waiting)
+            .or(queued_label)
+            .unwrap_or_default();
         match (self.mode, result) {
             (Mode::Json, Ok(o)) => self.emit_json(json!({
                 "event": "finished", "job": job.0, "ok": true, "path": o.path.to_string_lossy(), "size": o.size,
@@ -323,7 +405,7 @@ impl Reporter {
                 "url": o.final_url,
             })),
             (Mode::Json, Err(e)) => self.emit_json(json!({
-                "event": "finished", "job": job.0, "ok": false, "url": url, "error": e.to_string(),
+                "event": "finished", "job": job.0, "ok": false, "url": url, "label": label, "error": e.to_string(),
                 "class": format!("{:?}", e.class()), "retryable": e.retryable(),
                 "exit_code": crate::exit::as_exited(crate::exit::for_download(e)),
             })),
@@ -378,7 +460,16 @@ impl Reporter {
             (Mode::Bars | Mode::Plain, Err(DownloadError::Cancelled)) => self.println(&format!(
                 "haul: {label}: interrupted; the same command again resumes it"
             )),
-            (_, Err(e)) => self.println(&format!("haul: {label}: {e}")),
+            (_, Err(e)) => {
+                // Named by its destination; its URL too when the error does not say it (two
+                // list entries for one destination: which one failed).
+                let text = e.to_string();
+                let from = match &url {
+                    Some(url) if !text.contains(url.as_str()) => format!(" ({url})"),
+                    _ => String::new(),
+                };
+                self.println(&format!("haul: {label}{from}: {text}"))
+            }
             (Mode::Quiet, Ok(_)) => {}
         }
     }
@@ -422,13 +513,39 @@ impl Reporter {
     }
 }
 
-fn bar_style(known_length: bool) -> ProgressStyle {
-    let t = if known_length {
-        "{prefix:>20.cyan} [{bar:30}] {bytes}/{total_bytes} {bytes_per_sec} eta {eta} {msg}"
-    } else {
-        "{prefix:>20.cyan} {spinner} {bytes} {bytes_per_sec} {msg}"
+/// Columns of a bar's label on a terminal this wide.
+fn prefix_width(columns: usize) -> usize {
+    (columns / 4).clamp(8, 20)
+}
+
+/// `label` cut to `width` characters (its end kept: a file name's tail tells most).
+fn fit(label: &str, width: usize) -> String {
+    let n = label.chars().count();
+    if n <= width {
+        return label.to_string();
+    }
+    let tail: String = label.chars().skip(n - (width - 1)).collect();
+    format!("…{tail}")
+}
+
+/// A download's bar on a terminal `columns` wide: what fits on one line (a wrapped bar
+/// took three lines each on 40 columns).
+fn bar_style(known_length: bool, columns: usize) -> ProgressStyle {
+    let p = prefix_width(columns);
+    let t = match (known_length, columns) {
+        (true, c) if c >= 100 => format!(
+            "{{prefix:>{p}.cyan}} [{{bar:30}}] {{bytes}}/{{total_bytes}} {{bytes_per_sec}} eta {{eta}} {{wide_msg}}"
+        ),
+        (true, c) if c >= 60 => {
+            format!("{{prefix:>{p}.cyan}} [{{wide_bar}}] {{bytes}}/{{total_bytes}} {{bytes_per_sec}}")
+        }
+        (true, _) => format!("{{prefix:>{p}.cyan}} {{percent:>3}}% {{bytes_per_sec}}"),
+        (false, c) if c >= 60 => {
+            format!("{{prefix:>{p}.cyan}} {{spinner}} {{bytes}} {{bytes_per_sec}} {{wide_msg}}")
+        }
+        (false, _) => format!("{{prefix:>{p}.cyan}} {{bytes}} {{bytes_per_sec}}"),
     };
-    ProgressStyle::with_template(t)
+    ProgressStyle::with_template(&t)
         .expect("template")
         .progress_chars("=> ")
 }
@@ -436,6 +553,15 @@ fn bar_style(known_length: bool) -> ProgressStyle {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_label_too_long_for_its_column_keeps_its_end() {
+        assert_eq!(prefix_width(40), 10);
+        assert_eq!(prefix_width(200), 20);
+        assert_eq!(fit("a-very-long-file-name.bin", 10), "…-name.bin");
+        assert_eq!(fit("a-very-long-file-name.bin", 10).chars().count(), 10);
+        assert_eq!(fit("short.bin", 10), "short.bin");
+    }
 
     #[test]
     fn a_label_is_the_urls_last_path_segment_without_its_query() {

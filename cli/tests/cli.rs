@@ -781,7 +781,7 @@ fn two_list_entries_for_one_file_keep_the_first_file_whole_and_fail_the_second()
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(2), "{stderr}");
     assert!(
-        stderr.contains("b.bin:") && stderr.contains("same.bin is already the destination"),
+        stderr.contains("b.bin):") && stderr.contains("same.bin is already the destination"),
         "{stderr}"
     );
     assert_eq!(std::fs::read(dir.path().join("dl/same.bin")).unwrap(), a);
@@ -1497,5 +1497,35 @@ fn a_203_non_authoritative_answer_is_saved_like_a_200() {
     assert!(
         saved.starts_with("203 ") && saved.ends_with("Information\n"),
         "{saved:?}"
+    );
+}
+
+/// Entries of a list are named by their `out=` in what haul says of them (they all shared
+/// the URL's name `big.bin`, so a failure did not say which entry it was).
+#[test]
+fn list_entries_are_named_by_their_destination_in_errors() {
+    let origin = Origin::start().unwrap();
+    origin.route("/big.bin", data(10_000), Behavior::Normal);
+    let (lists, dest) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let list = format!(
+        "{ok}?i=1\n  out=s1.bin\n{missing}?i=2\n  out=s2.bin\n{ok}?i=3\n  out=s3.bin\n",
+        ok = origin.url("/big.bin"),
+        missing = origin.url("/gone/big.bin"),
+    );
+    let out = get_list(lists.path(), &list, dest.path(), &[]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(4), "{stderr}");
+    assert!(stderr.contains("s2.bin: "), "{stderr}");
+    assert!(!stderr.contains("haul: big.bin"), "{stderr}");
+    let json = get_list(lists.path(), &list, dest.path(), &["--json"]);
+    let failed: Vec<serde_json::Value> = String::from_utf8_lossy(&json.stdout)
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .filter(|v: &serde_json::Value| v["event"] == "finished" && v["ok"] == false)
+        .collect();
+    assert_eq!(failed.len(), 1, "{failed:?}");
+    assert!(
+        failed[0]["label"].as_str().unwrap().ends_with("s2.bin"),
+        "{failed:?}"
     );
 }
