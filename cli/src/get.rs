@@ -294,14 +294,25 @@ impl GetArgs {
                 )
             })?;
             let name = path.display().to_string();
-            let listed = crate::inputfile::parse(&text, |w| eprintln!("haul get: {name}: {w}"))
-                .map_err(|e| format!("{name}: {e}"))?;
+            // `-q`: nothing but errors.
+            let quiet = self.quiet;
+            let listed = crate::inputfile::parse(&text, |w| {
+                if !quiet {
+                    eprintln!("haul get: {name}: {w}")
+                }
+            })
+            .map_err(|e| format!("{name}: {e}"))?;
             entries.extend(listed.into_iter().map(|entry| crate::inputfile::Entry {
                 list: Some(name.clone()),
                 ..entry
             }));
         }
         if entries.is_empty() {
+            // A list with no entry (empty, or comments only) has nothing to do, as for aria2:
+            // a script whose generated list is sometimes empty goes on.
+            if self.input_file.is_some() {
+                return Ok(Vec::new());
+            }
             return Err("nothing to download".into());
         }
         if self.output.is_some() && entries.len() > 1 {
@@ -386,9 +397,17 @@ impl GetArgs {
             };
             let mut d = d.map_err(|e| entry.locate(e))?;
             for m in &entry.uris[1..] {
-                d = d
-                    .mirror(m)
-                    .map_err(|e| entry.locate(format!("mirror: {e}")))?;
+                // A mirror haul cannot use (an ftp:// one) is skipped, as aria2 goes on
+                // with the URIs it can use; the entry's own URI must be usable.
+                match d.clone().mirror(m) {
+                    Ok(with) => d = with,
+                    Err(e) if entry.list.is_some() => {
+                        if !self.quiet {
+                            eprintln!("haul get: {}", entry.locate(format!("mirror skipped: {e}")));
+                        }
+                    }
+                    Err(e) => return Err(entry.locate(format!("mirror: {e}"))),
+                }
             }
             if let Some(h) = entry.sha256.as_ref().or(sha256_arg) {
                 d = d.sha256(h).map_err(|e| entry.locate(e))?;
@@ -570,6 +589,12 @@ pub fn run(args: GetArgs) -> i32 {
     let cancel = client.cancel_handle();
     crate::signals::on_interrupt(move || cancel.stop_all(CancelMode::KeepPartial));
     let mode = Mode::choose(args.json, args.quiet);
+    if downloads.is_empty() {
+        if !args.quiet && !args.json {
+            eprintln!("haul get: no files to download (the list has no entry)");
+        }
+        return exit::OK;
+    }
     let mut reporter = Reporter::with_labels(
         mode,
         downloads.len(),

@@ -23,6 +23,8 @@
 //! ending in `/`) is an error naming the line, found before anything is downloaded. An empty
 //! `dir=` is an error too. A UTF-8 byte order mark at the start is skipped.
 
+use std::collections::BTreeMap;
+
 use haul_core::{ChecksumAlgorithm, ExpectedChecksum};
 
 /// The algorithm a `checksum=` (or `--checksum`) TYPE names: `None` for sha-256 (haul's own
@@ -145,9 +147,15 @@ fn close(entries: &mut [Entry], credentials: &mut Credentials) -> Result<(), Str
 }
 
 /// Parse a list; warnings go to `warn`.
+///
+/// An option aria2 has and haul does not is ignored, with one warning per option name
+/// however many lines give it (a list of 1,000 entries with `split=5` gave 1,000); so is an
+/// option line before the first URI (aria2 ignores it too).
 pub fn parse(text: &str, mut warn: impl FnMut(String)) -> Result<Vec<Entry>, String> {
     let mut entries: Vec<Entry> = Vec::new();
     let mut credentials = Credentials::default();
+    // Per ignored option name: how many lines gave it, and the first.
+    let mut ignored: BTreeMap<String, (usize, usize)> = BTreeMap::new();
     let text = text.strip_prefix('\u{feff}').unwrap_or(text);
     for (i, raw) in text.lines().enumerate() {
         let line_no = i + 1;
@@ -158,7 +166,10 @@ pub fn parse(text: &str, mut warn: impl FnMut(String)) -> Result<Vec<Entry>, Str
         if line.starts_with([' ', '\t']) {
             let opt = line.trim();
             let Some(entry) = entries.last_mut() else {
-                return Err(format!("line {line_no}: option {opt:?} before any URI"));
+                warn(format!(
+                    "line {line_no}: option {opt:?} before any URI ignored"
+                ));
+                continue;
             };
             let Some((key, value)) = opt.split_once('=') else {
                 return Err(format!("line {line_no}: expected key=value, got {opt:?}"));
@@ -224,7 +235,10 @@ pub fn parse(text: &str, mut warn: impl FnMut(String)) -> Result<Vec<Entry>, Str
                     };
                     *slot = Some(value.to_string());
                 }
-                other => warn(format!("line {line_no}: option {other:?} ignored")),
+                other => {
+                    let seen = ignored.entry(other.to_string()).or_insert((0, line_no));
+                    seen.0 += 1;
+                }
             }
             continue;
         }
@@ -242,6 +256,14 @@ pub fn parse(text: &str, mut warn: impl FnMut(String)) -> Result<Vec<Entry>, Str
         });
     }
     close(&mut entries, &mut credentials)?;
+    for (name, (count, first)) in ignored {
+        match count {
+            1 => warn(format!("line {first}: option {name:?} ignored")),
+            _ => warn(format!(
+                "option {name:?} ignored ({count} lines, the first line {first})"
+            )),
+        }
+    }
     Ok(entries)
 }
 
@@ -269,12 +291,31 @@ mod tests {
     }
 
     #[test]
-    fn unknown_options_warn_and_bad_lines_fail() {
+    fn unknown_options_warn_once_per_name_and_bad_lines_fail() {
         let mut warnings = Vec::new();
         let e = parse("http://a/x\n  split=4\n", |w| warnings.push(w)).unwrap();
         assert_eq!(e.len(), 1);
-        assert_eq!(warnings.len(), 1);
-        assert!(parse("  out=x\n", |_| {}).is_err());
+        assert_eq!(warnings, vec!["line 2: option \"split\" ignored"]);
+        // A thousand entries giving two options aria2 has: a warning for each name.
+        let list = "http://a/x\n  split=5\n  max-connection-per-server=5\n".repeat(1000);
+        let mut warnings = Vec::new();
+        assert_eq!(parse(&list, |w| warnings.push(w)).unwrap().len(), 1000);
+        assert_eq!(
+            warnings,
+            vec![
+                "option \"max-connection-per-server\" ignored (1000 lines, the first line 3)",
+                "option \"split\" ignored (1000 lines, the first line 2)",
+            ]
+        );
+        // An option before the first URI is ignored, as aria2 does.
+        let mut warnings = Vec::new();
+        let e = parse("  out=x\nhttp://a/y\n", |w| warnings.push(w)).unwrap();
+        assert_eq!(e.len(), 1);
+        assert_eq!(e[0].out, None);
+        assert_eq!(
+            warnings,
+            vec!["line 1: option \"out=x\" before any URI ignored"]
+        );
         assert!(parse("http://a\n  checksum=crc32=00\n", |_| {}).is_err());
         assert!(parse("http://a\n  nonsense\n", |_| {}).is_err());
     }

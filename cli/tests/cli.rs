@@ -1529,3 +1529,33 @@ fn list_entries_are_named_by_their_destination_in_errors() {
         "{failed:?}"
     );
 }
+
+/// aria2 lists that aria2 takes work unchanged: an empty one (or comments only) succeeds
+/// with nothing to do, and an entry with a mirror haul cannot use (ftp://) is fetched from
+/// its other URIs, the mirror skipped with a warning (the whole list was refused).
+#[test]
+fn an_empty_list_succeeds_and_an_unusable_mirror_is_skipped() {
+    let origin = Origin::start().unwrap();
+    let body = data(5_000);
+    origin.route("/x.bin", body.clone(), Behavior::Normal);
+    let (lists, dest) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    for list in ["", "# nothing yet\n\n"] {
+        let out = get_list(lists.path(), list, dest.path(), &[]);
+        assert_ok(&out);
+        assert!(String::from_utf8_lossy(&out.stderr).contains("no files to download"));
+    }
+    let list = format!(
+        "{}\tftp://mirror.test/x.bin\n  out=x.bin\n",
+        origin.url("/x.bin")
+    );
+    let out = get_list(lists.path(), &list, dest.path(), &[]);
+    assert_ok(&out);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("line 1: mirror skipped"), "{stderr}");
+    assert_eq!(std::fs::read(dest.path().join("x.bin")).unwrap(), body);
+    // -q: nothing but errors.
+    std::fs::remove_file(dest.path().join("x.bin")).unwrap();
+    let out = get_list(lists.path(), &list, dest.path(), &["-q"]);
+    assert_ok(&out);
+    assert_eq!(String::from_utf8_lossy(&out.stderr), "");
+}
