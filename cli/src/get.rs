@@ -389,13 +389,18 @@ impl GetArgs {
                 (None, Some(name)) => {
                     let path = dir.join(name);
                     check_file_dest(&path).map_err(|why| {
-                        entry.locate(format!("out={name}: {} {why}", path.display()))
+                        entry.locate_out(format!("out={name}: {} {why}", path.display()))
                     })?;
                     Download::new(url, path)
                 }
                 (None, None) => Download::into_dir(url, dir),
             };
-            let mut d = d.map_err(|e| entry.locate(e))?;
+            // A usable URL with an unusable destination (a name too long, a working file's
+            // name): the `out=` line's error.
+            let mut d = d.map_err(|e| match &entry.out {
+                Some(_) if Download::into_dir(url, ".").is_ok() => entry.locate_out(e),
+                _ => entry.locate(e),
+            })?;
             for m in &entry.uris[1..] {
                 // A mirror haul cannot use (an ftp:// one) is skipped, as aria2 goes on
                 // with the URIs it can use; the entry's own URI must be usable.

@@ -64,6 +64,8 @@ pub struct Entry {
     pub headers: Vec<(String, String)>,
     /// Line number of the URI line (1-based).
     pub line: usize,
+    /// Line number of the `out=` line, when there is one.
+    pub out_line: Option<usize>,
     /// The list it came from (its name, as given), for messages; `None` for a URL argument.
     pub list: Option<String>,
 }
@@ -71,8 +73,17 @@ pub struct Entry {
 impl Entry {
     /// `message` about this download, prefixed with its list and line when it has them.
     pub fn locate(&self, message: impl std::fmt::Display) -> String {
+        self.locate_at(self.line, message)
+    }
+
+    /// `message` about this download's `out=`, at that line of its list.
+    pub fn locate_out(&self, message: impl std::fmt::Display) -> String {
+        self.locate_at(self.out_line.unwrap_or(self.line), message)
+    }
+
+    fn locate_at(&self, line: usize, message: impl std::fmt::Display) -> String {
         match &self.list {
-            Some(list) => format!("{list}: line {}: {message}", self.line),
+            Some(list) => format!("{list}: line {line}: {message}"),
             None => message.to_string(),
         }
     }
@@ -177,7 +188,8 @@ pub fn parse(text: &str, mut warn: impl FnMut(String)) -> Result<Vec<Entry>, Str
             match key.trim() {
                 "out" => {
                     entry.out =
-                        Some(check_out(value.trim()).map_err(|e| format!("line {line_no}: {e}"))?)
+                        Some(check_out(value.trim()).map_err(|e| format!("line {line_no}: {e}"))?);
+                    entry.out_line = Some(line_no);
                 }
                 "dir" => {
                     let dir = value.trim();

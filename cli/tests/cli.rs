@@ -1559,3 +1559,17 @@ fn an_empty_list_succeeds_and_an_unusable_mirror_is_skipped() {
     assert_ok(&out);
     assert_eq!(String::from_utf8_lossy(&out.stderr), "");
 }
+
+/// An unusable `out=` (a name of more than 255 bytes, a working file's name) is reported at
+/// its own line of the list, not at the URI's.
+#[test]
+fn an_unusable_out_name_is_reported_at_its_line() {
+    let (lists, dest) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    for name in ["x".repeat(300), "x.haul-part".to_string()] {
+        let list = format!("# a list\nhttp://a.test/x.bin\n  dir=sub\n  out={name}\n");
+        let out = get_list(lists.path(), &list, dest.path(), &[]);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{stderr}");
+        assert!(stderr.contains("list.txt: line 4: "), "{name}: {stderr}");
+    }
+}
