@@ -1033,22 +1033,16 @@ fn crash_mid_download_is_recovered_at_the_next_start() {
     );
 
     let verify = cache_json(&["verify"], cache.path());
-    assert!(
-        verify["recovered"]["dirty_removed"]
+    let recovered = |what: &str, sha256: &str| {
+        verify["recovered"][what]
             .as_array()
             .unwrap()
-            .contains(&serde_json::json!(big_hash)),
-        "{verify}"
-    );
+            .contains(&serde_json::json!(sha256))
+    };
+    assert!(recovered("dirty_removed", &big_hash), "{verify}");
     // The small module was downloaded whole before the crash: kept, not fetched again.
     let kotlin_hash = sha256_hex(&kotlin().bytes);
-    assert!(
-        verify["recovered"]["dirty_kept"]
-            .as_array()
-            .unwrap()
-            .contains(&serde_json::json!(kotlin_hash)),
-        "{verify}"
-    );
+    assert!(recovered("dirty_kept", &kotlin_hash), "{verify}");
     assert_consistent(cache.path());
 
     origin.route("/news/app.zipline", big.bytes.clone(), Behavior::Normal);
@@ -1162,19 +1156,25 @@ fn bad_signature_exits_5_invalid_manifest_6_and_missing_manifest_4() {
     assert!(pinned_hashes(cache.path()).is_empty());
 }
 
-#[test]
-fn a_rollback_is_refused_with_a_hint_and_allowed_by_the_flag() {
+/// An origin serving app "news" at `version` (its manifest's `freshAtEpochMs` is
+/// `fresh_at`), the key that signed it, an empty cache, and the manifest's URL.
+fn news_served(version: &str, fresh_at: u64) -> (Origin, Signer, tempfile::TempDir, String) {
     let origin = Origin::start().unwrap();
     let key = Signer::ed25519("release", 7);
-    let cache = tempfile::TempDir::new().unwrap();
     let url = origin.url(&manifest_path("news"));
     publish(
         &origin,
         "news",
-        &[app_module("news", "./news.js", "v2"), kotlin()],
-        200,
+        &[app_module("news", "./news.js", version), kotlin()],
+        fresh_at,
         &[&key],
     );
+    (origin, key, tempfile::TempDir::new().unwrap(), url)
+}
+
+#[test]
+fn a_rollback_is_refused_with_a_hint_and_allowed_by_the_flag() {
+    let (origin, key, cache, url) = news_served("v2", 200);
     let first = load(&url, "news", cache.path(), &[&key], &[]);
     assert_eq!(first.status.code(), Some(0), "{}", describe(&first));
     // `cache pins` shows the floor a refusal compares with.
@@ -1201,17 +1201,7 @@ fn a_rollback_is_refused_with_a_hint_and_allowed_by_the_flag() {
 
 #[test]
 fn a_damaged_index_is_named_with_what_to_do() {
-    let origin = Origin::start().unwrap();
-    let key = Signer::ed25519("release", 7);
-    let cache = tempfile::TempDir::new().unwrap();
-    let url = origin.url(&manifest_path("news"));
-    publish(
-        &origin,
-        "news",
-        &[app_module("news", "./news.js", "v1"), kotlin()],
-        100,
-        &[&key],
-    );
+    let (_origin, key, cache, url) = news_served("v1", 100);
     assert_eq!(
         load(&url, "news", cache.path(), &[&key], &[]).status.code(),
         Some(0)

@@ -923,13 +923,7 @@ impl Engine {
                         // a range that cannot be built on (capped short of the end, or
                         // multipart): the same request would be answered so again. One
                         // connection without Range from now on.
-                        let j = self.jobs.get_mut(&id).expect("job exists");
-                        j.splitting = Splitting::SingleConnection;
-                        tracing::info!(job = %id, "the server's range reply cannot be split on ({detail}); one connection from now on");
-                        self.event(Event::SingleConnection {
-                            job: id,
-                            reason: detail.clone(),
-                        });
+                        self.one_connection_from_now(id, &detail);
                         self.restart_from_zero(id);
                         self.fail_attempt(id, DownloadError::RangeMismatch { detail });
                     }
@@ -1065,15 +1059,22 @@ impl Engine {
     fn segment_does_not_fit(&mut self, id: JobId, detail: String) {
         let j = self.jobs.get_mut(&id).expect("job exists");
         if j.splitting == Splitting::Allowed && j.validator_source == ValidatorSource::ThisRun {
-            j.splitting = Splitting::SingleConnection;
-            tracing::info!(job = %id, "the server's segments do not fit together ({detail}); one connection from now on");
-            self.event(Event::SingleConnection {
-                job: id,
-                reason: detail.clone(),
-            });
+            self.one_connection_from_now(id, &detail);
         }
         self.restart_from_zero(id);
         self.fail_attempt(id, DownloadError::RangeMismatch { detail });
+    }
+
+    /// The job's server cannot be split on (`reason`): it keeps to one connection, and says
+    /// so.
+    fn one_connection_from_now(&mut self, id: JobId, reason: &str) {
+        let j = self.jobs.get_mut(&id).expect("job exists");
+        j.splitting = Splitting::SingleConnection;
+        tracing::info!(job = %id, "the server's ranges cannot be split on ({reason}); one connection from now on");
+        self.event(Event::SingleConnection {
+            job: id,
+            reason: reason.to_string(),
+        });
     }
 
     /// Whether transfer `tid` is the `bytes=0-` a download sends first only to learn whether
