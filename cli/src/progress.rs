@@ -158,13 +158,13 @@ impl Reporter {
         label
     }
 
-    /// Give a job that has run for [`BAR_AFTER`] its bar.
-    fn show_bar(&mut self, job: JobId) {
+    /// Give a job that has run for [`BAR_AFTER`] (or any job, `now`) its bar.
+    fn show_bar(&mut self, job: JobId, now: bool) {
         let columns = self.columns;
         let (Some(multi), Some(v)) = (&self.multi, self.jobs.get_mut(&job)) else {
             return;
         };
-        if v.bar.is_some() || v.started.elapsed() < BAR_AFTER {
+        if v.bar.is_some() || (!now && v.started.elapsed() < BAR_AFTER) {
             return;
         }
         // Made at its position, hidden, before it is shown: its rate counts from here (a
@@ -184,7 +184,12 @@ impl Reporter {
 
     /// A job's news: on its bar, or as a line in plain mode (nothing in JSON mode, whose
     /// events say it).
-    fn tell(&self, job: &JobId, msg: String) {
+    fn tell(&mut self, job: &JobId, msg: String) {
+        // A download with something to say (a retry, a failover) gets its bar now, whatever
+        // its age: without one, what it said went nowhere.
+        if self.mode == Mode::Bars {
+            self.show_bar(*job, true);
+        }
         if let Some(v) = self.jobs.get(job) {
             match (&v.bar, self.mode) {
                 (Some(b), _) => b.set_message(msg),
@@ -308,7 +313,7 @@ impl Reporter {
                 if let Some(b) = &v.bar {
                     b.set_position(*bytes);
                 } else if self.mode == Mode::Bars {
-                    self.show_bar(*job);
+                    self.show_bar(*job, false);
                 }
                 let Some(v) = self.jobs.get_mut(job) else {
                     return;

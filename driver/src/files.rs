@@ -1226,7 +1226,7 @@ fn durability_rounds<C: Completions>(
                 .unwrap_or_else(|_| {
                     let failure = IoFailure::new(
                         IoErrorKind::Other,
-                        "the durability worker failed (a bug in haul); nothing was committed",
+                        "the durability worker failed (a bug in haul); this commit did not finish",
                     );
                     vec![Err(failure); round.len()]
                 });

@@ -28,10 +28,11 @@ pub fn dest_refusal(download: &Download) -> Option<DownloadError> {
     let Destination::File(path) = download.destination() else {
         return None;
     };
-    let kind = std::fs::metadata(path).ok()?.file_type();
+    // A symbolic link is replaced itself, as the commit's rename does: not looked through.
+    let kind = std::fs::symlink_metadata(path).ok()?.file_type();
     let what = if kind.is_dir() {
         "a directory"
-    } else if kind.is_file() {
+    } else if kind.is_file() || kind.is_symlink() {
         return None;
     } else {
         "not a regular file (a device, FIFO or socket)"
@@ -243,6 +244,29 @@ fn os_seed() -> u64 {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_destination_is_refused_at_submission_only_when_it_is_a_directory_or_special_file() {
+        let dir = tempfile::TempDir::new().unwrap();
+        let at = |name: &str| {
+            dest_refusal(&Download::new("http://127.0.0.1:9/x", dir.path().join(name)).unwrap())
+        };
+        std::fs::create_dir(dir.path().join("sub")).unwrap();
+        std::fs::write(dir.path().join("file"), b"x").unwrap();
+        // A link is replaced itself by the commit, wherever it points.
+        std::os::unix::fs::symlink(dir.path().join("sub"), dir.path().join("link")).unwrap();
+        assert!(matches!(at("sub"), Some(DownloadError::LocalIo { .. })));
+        assert!(at("file").is_none());
+        assert!(at("link").is_none());
+        assert!(at("absent").is_none());
+        let fresh = Download::new("http://127.0.0.1:9/x", dir.path().join("sub"))
+            .unwrap()
+            .fresh();
+        assert!(
+            dest_refusal(&fresh).is_none(),
+            "a fresh download is not looked at"
+        );
+    }
 
     #[test]
     fn a_rate_schedule_sets_the_limit_of_the_current_time_of_day() {

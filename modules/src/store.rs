@@ -1000,7 +1000,11 @@ impl Store {
                     remove_file_if_present(&store_path)?;
                     continue;
                 }
-                Err(_) => match temps.get(sha256) {
+                // Only a regular temp file is read (a FIFO would block the open).
+                Err(_) => match temps
+                    .get(sha256)
+                    .filter(|temp| fs::symlink_metadata(temp).is_ok_and(|meta| meta.is_file()))
+                {
                     Some(temp) => temp.clone(),
                     None => continue,
                 },

@@ -1099,7 +1099,8 @@ impl Engine {
         let Some(j) = self.jobs.get_mut(&id) else {
             return;
         };
-        let n = j.spec.segments;
+        // No more than the server took before (see `Job::connections_taken`).
+        let n = j.spec.segments.min(j.max_transfers() as u32);
         if n <= 1
             || j.segmented
             || j.splitting != Splitting::Allowed
