@@ -650,11 +650,19 @@ impl<F: Fetcher> Loader<F> {
         // pinned (see `Manifest::rollback_floor_at`); the file's own value counts only for a
         // store from before floors were recorded (it is unsigned: a changed file must not
         // raise the floor).
-        let floor = recorded_floor.or_else(|| {
-            Manifest::parse(&pinned.bytes)
-                .ok()
-                .map(|manifest| manifest.fresh_at_epoch_ms().unwrap_or(0))
-        });
+        // Either is believed no further past the clock of its load than a new floor is (see
+        // `Manifest::rollback_floor_at`): a floor recorded unclamped, by an older haul, from
+        // a far future that a mirror wrote, would refuse every later release.
+        let believable = pinned
+            .loaded_at_ms
+            .saturating_add(crate::manifest::FUTURE_TOLERANCE_MS);
+        let floor = recorded_floor
+            .or_else(|| {
+                Manifest::parse(&pinned.bytes)
+                    .ok()
+                    .map(|manifest| manifest.fresh_at_epoch_ms().unwrap_or(0))
+            })
+            .map(|floor| floor.min(believable));
         let manifest_url = Url::parse(&pinned.manifest_url).unwrap_or_else(|_| {
             warnings.push(format!(
                 "cached manifest URL {:?} is not a URL; resolving modules against {}",
@@ -2155,6 +2163,52 @@ mod tests {
             .modules
             .iter()
             .any(|m| m.path.ends_with(sha256_hex(b"news code v2"))));
+    }
+
+    /// A floor from a far future recorded by a haul from before the clamp (or, where none
+    /// was recorded, the pinned file's own value) is believed only an hour past the clock of
+    /// the load that pinned it: the cache heals.
+    #[test]
+    fn a_far_future_floor_recorded_earlier_is_believed_only_an_hour_past_its_load() {
+        let world = world();
+        let now = 1_000_000;
+        let raw = world.publish(
+            "news",
+            &[kotlin(), app_module("news", "v1")],
+            4_102_444_800_000,
+        );
+        world.loader.load(&world.request("news", now)).unwrap();
+        // Pinned again as a store from before recorded floors has it: no floor recorded.
+        let app = world
+            .loader
+            .with_store(|store| store.apps().unwrap().remove(0));
+        let modules = vec![
+            sha256_hex(&kotlin().bytes),
+            sha256_hex(&app_module("news", "v1").bytes),
+        ];
+        world.loader.with_store(|store| {
+            store
+                .set_pins(
+                    "news",
+                    &sha256_hex(&raw),
+                    &modules,
+                    app.fresh_at_ms,
+                    &app.manifest_url,
+                    now,
+                )
+                .unwrap()
+        });
+        let app = world
+            .loader
+            .with_store(|store| store.apps().unwrap().remove(0));
+        assert_eq!(app.rollback_floor_ms, None, "{app:?}");
+        let later = now + crate::manifest::FUTURE_TOLERANCE_MS + 5_000;
+        world.publish("news", &[kotlin(), app_module("news", "v2")], later);
+        let result = world
+            .loader
+            .load(&world.request("news", later + 1))
+            .unwrap();
+        assert_eq!(result.manifest_source, LoadSource::Network);
     }
 
     /// A cached manifest whose freshness instant is later than the clock (the clock was
