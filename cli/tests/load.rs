@@ -1162,14 +1162,19 @@ fn news_served(version: &str, fresh_at: u64) -> (Origin, Signer, tempfile::TempD
     let origin = Origin::start().unwrap();
     let key = Signer::ed25519("release", 7);
     let url = origin.url(&manifest_path("news"));
+    publish_news(&origin, &key, version, fresh_at);
+    (origin, key, tempfile::TempDir::new().unwrap(), url)
+}
+
+/// Serves app "news" at `version`, its manifest signed by `key`.
+fn publish_news(origin: &Origin, key: &Signer, version: &str, fresh_at: u64) {
     publish(
-        &origin,
+        origin,
         "news",
         &[app_module("news", "./news.js", version), kotlin()],
         fresh_at,
-        &[&key],
+        &[key],
     );
-    (origin, key, tempfile::TempDir::new().unwrap(), url)
 }
 
 #[test]
@@ -1180,13 +1185,7 @@ fn a_rollback_is_refused_with_a_hint_and_allowed_by_the_flag() {
     // `cache pins` shows the floor a refusal compares with.
     let pins = cache_json(&["pins"], cache.path());
     assert_eq!(pins["apps"][0]["rollback_floor_ms"], 200, "{pins}");
-    publish(
-        &origin,
-        "news",
-        &[app_module("news", "./news.js", "v1"), kotlin()],
-        100,
-        &[&key],
-    );
+    publish_news(&origin, &key, "v1", 100);
     let refused = load(&url, "news", cache.path(), &[&key], &[]);
     assert_eq!(refused.status.code(), Some(6), "{}", describe(&refused));
     let stderr = text(&refused.stderr);
