@@ -298,9 +298,15 @@ fn every_url_behind_an_open_breaker_longer_than_the_policy_allows_fails_with_cir
     assert!(h.run(first).is_err());
     let second = h.submit(Download::new("http://a.test/other", "/dl/other").unwrap());
     match h.run(second) {
-        Err(DownloadError::CircuitOpen { origin, retry_in }) => {
+        Err(DownloadError::CircuitOpen {
+            origin,
+            retry_in,
+            last_failure,
+        }) => {
             assert_eq!(origin, "http://a.test:80");
             assert!(retry_in > secs(500));
+            // Why the origin is failing: the first job's 503.
+            assert!(last_failure.contains("503"), "{last_failure}");
         }
         other => panic!("expected CircuitOpen, got {other:?}"),
     }
@@ -931,4 +937,88 @@ fn moving_on_to_an_untried_mirror_is_not_a_retry() {
         Err(DownloadError::Status { status: 503, .. })
     ));
     assert_eq!(h.requests.len(), 2, "each URL once, then no backoff retry");
+}
+
+/// The engine's default retry policy and breaker, with a budget that never holds a retry.
+fn default_policies() -> Config {
+    let mut cfg = config();
+    cfg.retry = crate::config::RetryPolicy {
+        budget_per_minute: 100_000,
+        ..Default::default()
+    };
+    cfg.breaker = Default::default();
+    cfg
+}
+
+/// Twenty jobs (sixteen run at once) for files of `h`'s origin; each job's number is in
+/// its file's name.
+fn submit_twenty(h: &mut Harness) -> Vec<JobId> {
+    (0..20)
+        .map(|n| {
+            let d = Download::new(
+                &format!("http://a.test/files/f{n}.bin"),
+                format!("/dl/f{n}.bin"),
+            )
+            .unwrap();
+            h.submit(d)
+        })
+        .collect()
+}
+
+#[test]
+fn a_list_for_a_dead_origin_fails_after_one_cooldown_not_through_doubling_ones() {
+    // Jobs waited through every doubled cool-down (30, 60, 120 s...) up to their time limit,
+    // and those that left the queue later waited again on their own limit: 20 URLs to a port
+    // nobody listened on took 421 s. One failed probe after a cool-down now ends the wait.
+    let mut h = Harness::new(default_policies());
+    h.serve(ORIGIN, file_server(pattern(1_000, 9)));
+    h.connect_plan(ORIGIN, |_| ConnectPlan::Fail(IoErrorKind::ConnectFailed));
+    let jobs = submit_twenty(&mut h);
+    let cooldown = h.engine.config().breaker.cooldown;
+    let mut circuit_open = 0;
+    for &job in &jobs {
+        match h.run(job) {
+            Err(DownloadError::Connect { .. }) => {}
+            Err(DownloadError::CircuitOpen { .. }) => circuit_open += 1,
+            other => panic!("{job}: expected a connect failure or CircuitOpen, got {other:?}"),
+        }
+    }
+    let last = jobs.iter().map(|&j| h.finished_at(j)).max().unwrap();
+    assert!(
+        last <= at(cooldown + secs(5)),
+        "the list ended at {last}; the breaker's first cool-down is {cooldown:?}"
+    );
+    // Sixteen first tries and one probe; the four jobs that left the queue last never tried.
+    assert_eq!(h.connects(), 17);
+    assert!(
+        circuit_open >= 4,
+        "{circuit_open} jobs failed with CircuitOpen"
+    );
+}
+
+#[test]
+fn a_list_waits_out_the_first_cooldown_of_an_origin_down_for_ten_seconds() {
+    // Failing fast must not give up on a short outage: the breaker's first cool-down is
+    // waited (it is within the retry policy's longest pause), and its probe finds the
+    // origin back.
+    let body = pattern(2_000, 10);
+    let mut h = Harness::new(default_policies());
+    let healthy_from = at(secs(10));
+    let serve = body.clone();
+    h.serve(ORIGIN, move |r| {
+        if r.at < healthy_from {
+            Reply::new(with_length(502, &[], b""))
+        } else {
+            file_server(serve.clone())(r)
+        }
+    });
+    let jobs = submit_twenty(&mut h);
+    for (n, &job) in jobs.iter().enumerate() {
+        h.run(job).expect("served once the origin is back");
+        assert_eq!(h.fs.get(format!("/dl/f{n}.bin")), Some(&body[..]));
+    }
+    assert!(h
+        .events
+        .iter()
+        .any(|(_, e)| matches!(e, Event::BreakerOpened { .. })));
 }

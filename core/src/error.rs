@@ -187,9 +187,14 @@ pub enum DownloadError {
     #[error("dependency job#{dependency} is unknown: never submitted, or finished before the last {kept} jobs to finish and forgotten")]
     DependencyUnknown { dependency: u64, kept: usize },
     /// Every URL of the download is behind an open circuit breaker for longer than the
-    /// retry policy allows waiting.
-    #[error("{origin} is failing (circuit breaker open for another {retry_in:.1?}) and no mirror is available")]
-    CircuitOpen { origin: String, retry_in: Duration },
+    /// retry policy allows waiting; `last_failure` is the last failure counted against
+    /// `origin` (of this or another download), which says why it is failing.
+    #[error("{origin} is failing (circuit breaker open for another {retry_in:.1?}; last failure: {last_failure}) and no mirror is available")]
+    CircuitOpen {
+        origin: String,
+        retry_in: Duration,
+        last_failure: String,
+    },
     /// Another unfinished job of the engine writes the same destination (two downloads to
     /// one file would share, and corrupt, one partial file): this one was refused.
     #[error("{path} is already the destination of job#{job}", path = path.display())]
@@ -565,10 +570,11 @@ mod tests {
         let e = DownloadError::CircuitOpen {
             origin: "http://h:80".into(),
             retry_in: Duration::from_nanos(239_000_336_276),
+            last_failure: "server answered 503".into(),
         };
         assert_eq!(
             e.to_string(),
-            "http://h:80 is failing (circuit breaker open for another 239.0s) and no mirror is available"
+            "http://h:80 is failing (circuit breaker open for another 239.0s; last failure: server answered 503) and no mirror is available"
         );
     }
 

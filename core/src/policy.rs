@@ -29,7 +29,7 @@ impl Default for BreakerConfig {
     fn default() -> Self {
         BreakerConfig {
             failure_threshold: 5,
-            cooldown: Duration::from_secs(60),
+            cooldown: Duration::from_secs(30),
             max_cooldown: Duration::from_secs(600),
             success_threshold: 2,
         }
@@ -69,6 +69,8 @@ pub enum Admission {
 pub struct Breaker {
     config: BreakerConfig,
     state: BreakerState,
+    /// The last failure noted ([`Breaker::note_failure`]), for messages.
+    last_failure: Option<String>,
 }
 
 impl Breaker {
@@ -77,6 +79,7 @@ impl Breaker {
         Breaker {
             config,
             state: BreakerState::Closed { failures: 0 },
+            last_failure: None,
         }
     }
 
@@ -151,6 +154,17 @@ impl Breaker {
             }
             open @ BreakerState::Open { .. } => open,
         };
+    }
+
+    /// Remember `failure` (what the failure just counted was) to say why the origin is
+    /// failing.
+    pub fn note_failure(&mut self, failure: String) {
+        self.last_failure = Some(failure);
+    }
+
+    /// The last failure noted, if any.
+    pub fn last_failure(&self) -> Option<&str> {
+        self.last_failure.as_deref()
     }
 
     /// A request to this origin failed in a way that says something about the origin.
@@ -353,9 +367,17 @@ mod tests {
         Instant::from_nanos(s * 1_000_000_000)
     }
 
+    /// The default breaker with a cool-down of 60 s (the numbers below are in its terms).
+    fn breaker_60s() -> Breaker {
+        Breaker::new(BreakerConfig {
+            cooldown: Duration::from_secs(60),
+            ..BreakerConfig::default()
+        })
+    }
+
     #[test]
     fn breaker_opens_after_n_failures_and_half_opens_after_cooldown() {
-        let mut b = Breaker::new(BreakerConfig::default());
+        let mut b = breaker_60s();
         for _ in 0..4 {
             b.on_failure(at(0));
             assert_eq!(b.admit(at(0)), Admission::Allowed);
@@ -373,7 +395,7 @@ mod tests {
 
     #[test]
     fn failed_probe_reopens_with_a_growing_cooldown() {
-        let mut b = Breaker::new(BreakerConfig::default());
+        let mut b = breaker_60s();
         for _ in 0..5 {
             b.on_failure(at(0));
         }

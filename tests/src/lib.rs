@@ -238,6 +238,7 @@ macro_rules! all_scenarios {
             segmented_download_survives_a_segment_connection_dying,
             a_server_capping_range_replies_is_downloaded_on_one_connection,
             failing_origin_opens_its_breaker_and_a_probe_closes_it_after_recovery,
+            an_origin_still_down_after_a_cooldown_ends_its_downloads_after_one_probe,
             backoff_delays_grow_exponentially_with_jitter,
             a_mirror_serves_while_the_primary_is_down,
             a_mirror_with_other_bytes_is_left_for_one_with_the_right_ones,

@@ -981,7 +981,7 @@ pub fn failing_origin_opens_its_breaker_and_a_probe_closes_it_after_recovery<R: 
         "/f",
         &data,
         Behavior::FailTimes {
-            times: 4,
+            times: 3,
             status: 503,
         },
     );
@@ -997,13 +997,13 @@ pub fn failing_origin_opens_its_breaker_and_a_probe_closes_it_after_recovery<R: 
         .unwrap();
     let took = started.elapsed();
     assert_eq!(std::fs::read(dir.path().join("f")).unwrap(), data);
-    // Three failures open the breaker; the probe after 400 ms fails (4th request) and
-    // reopens it for 800 ms; the next probe succeeds. Nothing is sent while it is open.
-    assert_eq!(origin.requests_to("/f").len(), 5);
-    assert_eq!(out.attempts, 5);
+    // Three failures open the breaker; nothing is sent while it is open; the probe after
+    // 400 ms succeeds.
+    assert_eq!(origin.requests_to("/f").len(), 4);
+    assert_eq!(out.attempts, 4);
     assert!(
-        took >= Duration::from_millis(1200),
-        "the breaker's cool-downs (400 ms + 800 ms) were not waited: {took:?}"
+        took >= Duration::from_millis(400),
+        "the breaker's cool-down (400 ms) was not waited: {took:?}"
     );
     // Recovered: the next download goes straight through.
     let mut ev2 = Vec::new();
@@ -1015,6 +1015,49 @@ pub fn failing_origin_opens_its_breaker_and_a_probe_closes_it_after_recovery<R: 
         .unwrap();
     assert_eq!(out2.attempts, 1);
     assert_eq!(origin.requests_to("/g").len(), 1);
+}
+
+pub fn an_origin_still_down_after_a_cooldown_ends_its_downloads_after_one_probe<R: Runtime>() {
+    // Waiting through doubling cool-downs made a list for a dead host take minutes: a failed
+    // probe after the first cool-down now ends the download, and the next one for that
+    // origin fails at once with `CircuitOpen`, sending nothing.
+    let data = body(33, 20_000);
+    let (origin, dir) = setup(
+        "/f",
+        &data,
+        Behavior::FailTimes {
+            times: 1000,
+            status: 503,
+        },
+    );
+    origin.route("/g", data.clone(), Behavior::Normal);
+    let rt = R::with_config(breaker_config());
+    let started = std::time::Instant::now();
+    let err = rt
+        .download(
+            Download::new(&origin.url("/f"), dir.path().join("f")).unwrap(),
+            &mut Vec::new(),
+        )
+        .unwrap_err();
+    assert!(
+        matches!(err, DownloadError::Status { status: 503, .. }),
+        "{err}"
+    );
+    // Three failures open the breaker; the probe after its 400 ms cool-down is the fourth
+    // request, and it fails too: the breaker reopens for 800 ms, longer than this policy
+    // waits (`max_delay` 100 ms; the first cool-down is waited as it is longer).
+    assert_eq!(origin.requests_to("/f").len(), 4);
+    assert!(started.elapsed() >= Duration::from_millis(400));
+    assert!(!dir.path().join("f").exists());
+    let err = rt
+        .download(
+            Download::new(&origin.url("/g"), dir.path().join("g")).unwrap(),
+            &mut Vec::new(),
+        )
+        .unwrap_err();
+    assert!(matches!(err, DownloadError::CircuitOpen { .. }), "{err}");
+    assert!(origin.requests_to("/g").is_empty());
+    assert!(!dir.path().join("g").exists());
 }
 
 pub fn backoff_delays_grow_exponentially_with_jitter<R: Runtime>() {

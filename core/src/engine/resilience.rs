@@ -201,14 +201,42 @@ impl Engine {
         Ok(())
     }
 
-    /// No URL of the job may be tried before `until`: wait in backoff, or give up when that
-    /// is beyond the retry policy's time limit.
+    /// The longest a job waits behind open breakers for its next try: the retry policy's
+    /// longest pause between tries, or the breaker's first cool-down if that is longer.
+    /// A breaker past that has had its probe fail after a cool-down: the origin is down,
+    /// and a job that waited on would only wait again (20 URLs to a port nobody listened
+    /// on took 421 s when jobs waited through doubling cool-downs up to their time limit,
+    /// each job leaving the queue later with a time limit of its own; they now fail within
+    /// one cool-down).
+    pub(super) fn breaker_wait_limit(&self) -> Duration {
+        self.config
+            .retry
+            .max_delay
+            .max(self.config.breaker.cooldown)
+    }
+
+    /// No URL of the job may be tried before `until`: wait in backoff, or give up with
+    /// `CircuitOpen` when that is beyond the retry policy's time limit or longer than
+    /// [`Engine::breaker_wait_limit`].
     pub(super) fn wait_for_breaker(&mut self, id: JobId, until: Instant, origin: String) {
+        let limit = self.breaker_wait_limit();
         let j = self.jobs.get_mut(&id).expect("job exists");
         let deadline = j.started + self.config.retry.max_elapsed;
-        if until > deadline {
-            let retry_in = until.saturating_since(self.now);
-            return self.terminate(id, DownloadError::CircuitOpen { origin, retry_in }, true);
+        let retry_in = until.saturating_since(self.now);
+        if until > deadline || retry_in > limit {
+            let last_failure = self
+                .breakers
+                .iter()
+                .find(|(o, _)| o.to_string() == origin)
+                .and_then(|(_, b)| b.last_failure())
+                .unwrap_or("its last requests failed")
+                .to_string();
+            let error = DownloadError::CircuitOpen {
+                origin,
+                retry_in,
+                last_failure,
+            };
+            return self.terminate(id, error, true);
         }
         tracing::debug!(job = %id, %origin, %until, "every URL's breaker is open; waiting");
         j.phase = Phase::Backoff { until };
@@ -249,6 +277,7 @@ impl Engine {
         let b = self.breaker(&origin);
         let was_open = matches!(b.state(now), BreakerState::Open { .. });
         b.on_failure(now);
+        b.note_failure(error.to_string());
         if let (false, BreakerState::Open { cooldown, .. }) = (was_open, b.state(now)) {
             tracing::info!(%origin, ?cooldown, "circuit breaker opened");
             self.event(Event::BreakerOpened {
@@ -480,6 +509,7 @@ impl Engine {
             let url = self.job_url(id, i).clone();
             breakers.push(self.breaker_wait(&url));
         }
+        let limit = self.breaker_wait_limit();
         let delay = match breakers.iter().copied().collect::<Option<Vec<Instant>>>() {
             Some(waits) if !stay => {
                 let closes = waits
@@ -487,6 +517,16 @@ impl Engine {
                     .min()
                     .map(|at| at.saturating_since(self.now));
                 match closes {
+                    Some(wait) if wait > limit => {
+                        // The origin stayed down through a probe: no retry (see
+                        // `breaker_wait_limit`). The job ends with what failed it.
+                        tracing::warn!(
+                            job = %id,
+                            "not retrying: every URL's origin is behind a circuit breaker for another {:.1?}",
+                            wait
+                        );
+                        return self.terminate(id, error, true);
+                    }
                     Some(wait) if elapsed + wait <= policy.max_elapsed => delay.max(wait),
                     _ => delay,
                 }
