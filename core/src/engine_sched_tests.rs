@@ -3097,7 +3097,7 @@ fn an_after_index_naming_no_earlier_download_of_the_batch_is_an_invalid_request(
 #[test]
 fn a_rate_limited_read_takes_no_more_than_the_tokens_so_a_small_file_cannot_outrun_the_limit() {
     // 300 000 bytes at 20 000 B/s with one second of burst: 14 s, less at most one smallest
-    // read past the tokens (8 KiB, 0.4 s), although the server sends the whole file at once
+    // read past the tokens (an eighth of a second), although the server sends the whole file at once
     // (one read used to take it all, far past the tokens: 0.1 s).
     const RATE: u64 = 20_000;
     let body = pattern(300_000, 79);
@@ -3153,7 +3153,7 @@ fn reads_issued_together_share_the_global_allowance() {
             _ => None,
         })
         .sum();
-    // The allowance, and at most about one smallest read (8 KiB) more per connection for
+    // The allowance, and at most about one smallest read more per connection for
     // the reads that follow at once.
     assert!(
         first_reads <= 2 * RATE as usize,
@@ -3349,4 +3349,54 @@ fn a_connection_freed_while_downloads_wait_in_the_queue_is_kept_for_them() {
             h.finished_at(big)
         );
     }
+}
+
+/// At a very low global limit over a few connections, no read goes far past the limit's
+/// one-second allowance: every read's smallest size was 8 KiB, 8 s of a 1 KB/s limit at
+/// once (32 s over four connections, then nothing for half a minute).
+#[test]
+fn a_very_low_limit_reads_about_its_one_second_allowance_at_once_not_seconds_of_it() {
+    const RATE: u64 = 1_000;
+    const JOBS: usize = 4;
+    let mut cfg = config();
+    cfg.rate_limit = Some(RATE);
+    cfg.max_active_jobs = JOBS;
+    let mut h = Harness::new(cfg);
+    let body = pattern(3_000, 81);
+    h.serve(ORIGIN, crate::engine_tests::file_server(body.clone()));
+    let ids: Vec<JobId> = (0..JOBS)
+        .map(|i| {
+            h.submit(Download::new(&format!("{ORIGIN}/f{i}.bin"), format!("/dl/f{i}.bin")).unwrap())
+        })
+        .collect();
+    for id in &ids {
+        h.run(*id).expect("downloaded");
+    }
+    let reads: Vec<(Instant, usize)> = h
+        .ops
+        .iter()
+        .filter_map(|(at, op)| match op {
+            IoOp::Recv { max, .. } => Some((*at, *max)),
+            _ => None,
+        })
+        .collect();
+    let at_start: usize = reads
+        .iter()
+        .filter(|(at, _)| *at == Instant::ZERO)
+        .map(|(_, max)| max)
+        .sum();
+    assert!(
+        at_start <= 2 * RATE as usize,
+        "the reads at t = 0 asked for {at_start} bytes"
+    );
+    let largest = reads.iter().map(|(_, max)| *max).max().unwrap();
+    assert!(largest <= RATE as usize, "a read asked for {largest} bytes");
+    // 12 kB at 1 kB/s with one second of burst.
+    let last = ids
+        .iter()
+        .map(|id| h.finished_at(*id))
+        .max()
+        .unwrap()
+        .saturating_since(Instant::ZERO);
+    assert!(last >= secs(10), "took {last:?}");
 }

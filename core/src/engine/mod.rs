@@ -959,7 +959,11 @@ const DRAIN_LIMIT: u64 = 64 * 1024;
 /// Burst allowance of rate limits.
 const BURST: Duration = Duration::from_secs(1);
 /// The smallest read a rate-limited transfer asks for (see [`Engine::read_allowance`]).
-const MIN_THROTTLED_READ: usize = 8 * 1024;
+/// It only matters where an eighth of a second of the limit, shared by the connections
+/// reading, is smaller: at 1 KiB/s (or 16 KiB/s over 16 connections) a smallest read of
+/// 8 KiB was 8 s of the limit at once, far past its one-second allowance. Reads this small
+/// come at most 8 times a second per connection, as reads of an eighth of a second do.
+const MIN_THROTTLED_READ: usize = 256;
 
 impl Engine {
     /// A new engine. `now` is the engine's current time (usually [`Instant::ZERO`]).
