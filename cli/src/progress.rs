@@ -47,6 +47,8 @@ struct JobView {
     total: Option<u64>,
     last_json: Option<Instant>,
     bytes: u64,
+    /// Its receive rate (bytes per second) as of its last progress.
+    rate: u64,
     /// Whether the engine writes the download to a named partial that a cancel keeps (as
     /// of its last response; `None` before any).
     resumable: Option<bool>,
@@ -68,6 +70,10 @@ pub struct Reporter {
     started: Instant,
     total_jobs: usize,
     done_jobs: usize,
+    /// Bytes received by the downloads that ended.
+    done_bytes: u64,
+    /// When the overall bar's bytes and rate were last set.
+    overall_set: Option<Instant>,
     /// Each download's label, in the order given, taken as its `Queued` event comes (the
     /// engine queues them in that order); empty: the URL's last segment names it.
     labels: std::collections::VecDeque<String>,
@@ -141,6 +147,8 @@ impl Reporter {
             started: Instant::now(),
             total_jobs,
             done_jobs: 0,
+            done_bytes: 0,
+            overall_set: None,
             labels: labels.into(),
             queued_labels: BTreeMap::new(),
             columns,
@@ -253,6 +261,7 @@ impl Reporter {
                         total: None,
                         last_json: None,
                         bytes: 0,
+                        rate: 0,
                         resumable: None,
                         started: Instant::now(),
                     },
@@ -310,6 +319,11 @@ impl Reporter {
                     return;
                 };
                 v.bytes = *bytes;
+                v.rate = *rate;
+                self.update_overall(false);
+                let Some(v) = self.jobs.get_mut(job) else {
+                    return;
+                };
                 if let Some(b) = &v.bar {
                     b.set_position(*bytes);
                 } else if self.mode == Mode::Bars {
@@ -378,12 +392,41 @@ impl Reporter {
         }
     }
 
+    /// The overall bar's bytes and rate: what every download received so far, and the sum
+    /// of the running ones' rates (at most ten times a second, unless `now`: a download's
+    /// end, when the bytes of the running ones may not have moved since). Its files
+    /// count only finished downloads, so without these a list of large files showed
+    /// `0/4 files` for minutes, saying nothing of how far it was.
+    fn update_overall(&mut self, now: bool) {
+        let Some(o) = &self.overall else {
+            return;
+        };
+        let at = Instant::now();
+        if !now
+            && self
+                .overall_set
+                .is_some_and(|t| at.duration_since(t) < Duration::from_millis(100))
+        {
+            return;
+        }
+        self.overall_set = Some(at);
+        let running: u64 = self.jobs.values().map(|v| v.bytes).sum();
+        let rate: u64 = self.jobs.values().map(|v| v.rate).sum();
+        o.set_message(format!(
+            "{} {}/s",
+            indicatif::HumanBytes(self.done_bytes + running),
+            indicatif::HumanBytes(rate)
+        ));
+    }
+
     fn finished(&mut self, job: JobId, result: &Result<Outcome, DownloadError>) {
         self.done_jobs += 1;
         if let Some(o) = &self.overall {
             o.set_position(self.done_jobs as u64);
         }
         let view = self.jobs.remove(&job);
+        self.done_bytes += view.as_ref().map_or(0, |v| v.bytes);
+        self.update_overall(true);
         if let Some(b) = view.as_ref().and_then(|v| v.bar.as_ref()) {
             b.finish_and_clear();
             if let Some(m) = &self.multi {
@@ -566,6 +609,41 @@ mod tests {
         assert_eq!(fit("a-very-long-file-name.bin", 10), "…-name.bin");
         assert_eq!(fit("a-very-long-file-name.bin", 10).chars().count(), 10);
         assert_eq!(fit("short.bin", 10), "short.bin");
+    }
+
+    #[test]
+    fn the_overall_bar_says_the_bytes_of_every_download_and_the_running_ones_rate() {
+        // It counted finished files only: `0/2 files` while gigabytes arrived.
+        let mut r = Reporter::new(Mode::Bars, 2);
+        for n in [1, 2] {
+            r.event(&Event::Started {
+                job: JobId(n),
+                url: format!("http://h/f{n}.iso"),
+            });
+        }
+        let progress = |job, bytes, rate| Event::Progress {
+            job: JobId(job),
+            bytes,
+            total: Some(1 << 30),
+            rate,
+            eta: None,
+        };
+        r.event(&progress(1, 3_000_000, 1_000_000));
+        r.event(&progress(2, 5_000_000, 2_000_000));
+        r.update_overall(true);
+        let overall = r
+            .overall
+            .clone()
+            .expect("two downloads have an overall bar");
+        assert_eq!(overall.message(), "7.63 MiB 2.86 MiB/s");
+        // A download that ends keeps its bytes in the total; its rate leaves.
+        let failed = DownloadError::Cancelled;
+        r.event(&Event::Finished {
+            job: JobId(1),
+            result: Err(failed),
+        });
+        assert_eq!(overall.message(), "7.63 MiB 1.91 MiB/s");
+        assert_eq!(overall.position(), 1);
     }
 
     #[test]
