@@ -26,8 +26,9 @@ pub(crate) mod test_support;
 
 pub use error::ModuleError;
 pub use loader::{
-    check_app_name, open_for_load, Delivery, FetchError, FetchErrorKind, Fetcher, LoadRequest,
-    LoadResult, LoadSource, LoadedModule, Loader, ModuleFetch, ModuleSource, Prefetched,
+    check_app_name, open_for_load, Delivery, FetchError, FetchErrorKind, FetchedManifest, Fetcher,
+    LoadRequest, LoadResult, LoadSource, LoadedModule, Loader, ModuleFetch, ModuleSource,
+    Prefetched,
 };
 pub use manifest::{
     signed_bytes, Manifest, ModuleEntry, ModuleId, ModuleMap, Unsigned, MANIFEST_MAX_BYTES,

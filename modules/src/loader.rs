@@ -176,10 +176,21 @@ pub enum Delivery {
     Committed { size: u64 },
 }
 
+/// A fetched manifest: its bytes, and the URL they finally came from (after redirects).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FetchedManifest {
+    pub bytes: Vec<u8>,
+    /// Where the bytes came from: the URL asked for, or where its redirects led. Module URLs
+    /// (and a relative `baseUrl`) resolve against it, as a browser resolves a page's links:
+    /// a manifest URL that redirects to a versioned directory (`/app/manifest.json` to
+    /// `/app/v42/manifest.json`) has its modules beside the versioned copy.
+    pub url: Url,
+}
+
 /// The download engine as the loader sees it.
 pub trait Fetcher {
-    /// The bytes at `url`, at most `max_bytes`.
-    fn fetch_manifest(&self, url: &Url, max_bytes: u64) -> Result<Vec<u8>, FetchError>;
+    /// The bytes at `url`, at most `max_bytes`, and where they came from.
+    fn fetch_manifest(&self, url: &Url, max_bytes: u64) -> Result<FetchedManifest, FetchError>;
 
     /// Downloads every job (in parallel if the engine can), each limited to its `max_bytes`
     /// and delivered as the [`Delivery`] says. Returns one result per job, in job order.
@@ -187,7 +198,7 @@ pub trait Fetcher {
 }
 
 impl<F: Fetcher + ?Sized> Fetcher for &F {
-    fn fetch_manifest(&self, url: &Url, max_bytes: u64) -> Result<Vec<u8>, FetchError> {
+    fn fetch_manifest(&self, url: &Url, max_bytes: u64) -> Result<FetchedManifest, FetchError> {
         (**self).fetch_manifest(url, max_bytes)
     }
 
@@ -205,7 +216,7 @@ pub struct Prefetched<F> {
     manifest: Mutex<Option<PrefetchedManifest>>,
 }
 
-type PrefetchedManifest = (Url, u64, Result<Vec<u8>, FetchError>);
+type PrefetchedManifest = (Url, u64, Result<FetchedManifest, FetchError>);
 
 impl<F: Fetcher> Prefetched<F> {
     /// `inner`, with `answer` as the first fetch of the manifest at `url` with `max_bytes`.
@@ -213,7 +224,7 @@ impl<F: Fetcher> Prefetched<F> {
         inner: F,
         url: Url,
         max_bytes: u64,
-        answer: Result<Vec<u8>, FetchError>,
+        answer: Result<FetchedManifest, FetchError>,
     ) -> Prefetched<F> {
         Prefetched {
             inner,
@@ -262,7 +273,7 @@ pub fn open_for_load<F: Fetcher>(
 }
 
 impl<F: Fetcher> Fetcher for Prefetched<F> {
-    fn fetch_manifest(&self, url: &Url, max_bytes: u64) -> Result<Vec<u8>, FetchError> {
+    fn fetch_manifest(&self, url: &Url, max_bytes: u64) -> Result<FetchedManifest, FetchError> {
         let ahead = lock(&self.manifest).take();
         match ahead {
             Some((ahead_url, ahead_max, answer)) if ahead_url == *url && ahead_max == max_bytes => {
@@ -278,7 +289,7 @@ impl<F: Fetcher> Fetcher for Prefetched<F> {
 }
 
 impl<F: Fetcher + ?Sized> Fetcher for Arc<F> {
-    fn fetch_manifest(&self, url: &Url, max_bytes: u64) -> Result<Vec<u8>, FetchError> {
+    fn fetch_manifest(&self, url: &Url, max_bytes: u64) -> Result<FetchedManifest, FetchError> {
         (**self).fetch_manifest(url, max_bytes)
     }
 
@@ -379,8 +390,11 @@ struct Candidate {
     manifest: Manifest,
     order: Vec<ModuleId>,
     verified_by: String,
-    /// Module URLs resolve against this.
+    /// The manifest URL the load asked for (for a pinned one, the one it was fetched with).
     manifest_url: Url,
+    /// Module URLs resolve against this: where a manifest fetched now came from (after
+    /// redirects); for others, `manifest_url`.
+    module_base: Url,
     /// The freshness instant (see the module docs).
     fresh_at_ms: Option<u64>,
 }
@@ -404,6 +418,7 @@ impl Candidate {
             manifest,
             order,
             verified_by,
+            module_base: manifest_url.clone(),
             manifest_url,
             fresh_at_ms,
         })
@@ -741,21 +756,22 @@ impl<F: Fetcher> Loader<F> {
         rollback_floor: Option<u64>,
         warnings: &mut Vec<String>,
     ) -> Result<Candidate, ModuleError> {
-        let raw = self
+        let fetched = self
             .fetcher
             .fetch_manifest(&request.manifest_url, MANIFEST_MAX_BYTES as u64)
             .map_err(|source| ModuleError::ManifestFetch {
                 url: request.manifest_url.to_string(),
                 source,
             })?;
-        tracing::debug!(bytes = raw.len(), "manifest fetched");
-        let candidate = Candidate::verified(
+        tracing::debug!(bytes = fetched.bytes.len(), from = %fetched.url, "manifest fetched");
+        let mut candidate = Candidate::verified(
             Origin::Network,
-            raw,
+            fetched.bytes,
             &request.trusted_keys,
             request.manifest_url.clone(),
             Some(request.now_ms),
         )?;
+        candidate.module_base = fetched.url;
         check_rollback(&candidate, rollback_floor, request, warnings)?;
         Ok(candidate)
     }
@@ -789,7 +805,7 @@ impl<F: Fetcher> Loader<F> {
                 sha256: entry.sha256.clone(),
                 url: candidate
                     .manifest
-                    .module_url(id.as_str(), &candidate.manifest_url)?,
+                    .module_url(id.as_str(), &candidate.module_base)?,
                 embedded,
             });
         }
@@ -1485,6 +1501,8 @@ mod tests {
     #[derive(Default)]
     struct FakeFetcher {
         manifests: Mutex<HashMap<String, Result<Vec<u8>, FetchError>>>,
+        /// Manifest URLs that redirect, and where to.
+        redirects: Mutex<HashMap<String, Url>>,
         modules: Mutex<HashMap<String, Vec<u8>>>,
         module_failure: Mutex<Option<FetchError>>,
         manifest_calls: AtomicUsize,
@@ -1530,17 +1548,21 @@ mod tests {
     }
 
     impl Fetcher for FakeFetcher {
-        fn fetch_manifest(&self, url: &Url, max_bytes: u64) -> Result<Vec<u8>, FetchError> {
+        fn fetch_manifest(&self, url: &Url, max_bytes: u64) -> Result<FetchedManifest, FetchError> {
             self.manifest_calls.fetch_add(1, Ordering::SeqCst);
             if let Some(hook) = lock(&self.on_manifest).take() {
                 hook();
             }
+            let url = lock(&self.redirects)
+                .get(url.as_str())
+                .cloned()
+                .unwrap_or_else(|| url.clone());
             let served = lock(&self.manifests)
                 .get(url.as_str())
                 .cloned()
                 .unwrap_or_else(|| Err(FetchError::content(format!("404 for {url}"))))?;
             assert!(served.len() as u64 <= max_bytes);
-            Ok(served)
+            Ok(FetchedManifest { bytes: served, url })
         }
 
         fn fetch_modules(&self, jobs: Vec<ModuleFetch>) -> Vec<Result<Delivery, FetchError>> {
@@ -2470,15 +2492,42 @@ mod tests {
     }
 
     #[test]
+    fn modules_resolve_against_the_url_a_redirected_manifest_came_from() {
+        // `/news/manifest.json` redirects to a versioned copy with its modules beside it;
+        // they were looked for beside the URL asked for (`/news/kotlin_kotlin.zipline`).
+        let world = world();
+        world.publish("news-v2", &[kotlin(), app_module("news", "v2")], 1_000);
+        lock(&world.fetcher.redirects)
+            .insert(manifest_url("news").to_string(), manifest_url("news-v2"));
+        let result = world
+            .loader
+            .load(&world.request("news", 2_000))
+            .expect("the modules are beside the manifest's final URL");
+        assert_eq!(result.modules.len(), 2);
+        // The pinned manifest keeps the URL asked for: a later load of it may find it fresh.
+        let pinned = world
+            .loader
+            .with_store(|store| store.pinned_manifest("news").unwrap())
+            .expect("pinned");
+        assert_eq!(pinned.manifest_url, manifest_url("news").as_str());
+    }
+
+    #[test]
     fn a_prefetched_manifest_answers_the_first_fetch_of_its_url_only() {
         let world = world();
         let raw = world.publish("app", &[kotlin()], 1_000);
         let url = manifest_url("app");
+        let ahead = || {
+            Ok(FetchedManifest {
+                bytes: b"made ahead".to_vec(),
+                url: url.clone(),
+            })
+        };
         let prefetched = Prefetched::new(
             &world.fetcher,
             url.clone(),
             MANIFEST_MAX_BYTES as u64,
-            Ok(b"made ahead".to_vec()),
+            ahead(),
         );
         let other = manifest_url("other");
         assert!(prefetched
@@ -2493,26 +2542,29 @@ mod tests {
         assert_eq!(
             prefetched
                 .fetch_manifest(&url, MANIFEST_MAX_BYTES as u64)
-                .unwrap(),
+                .unwrap()
+                .bytes,
             raw
         );
         let fresh = Prefetched::new(
             &world.fetcher,
             url.clone(),
             MANIFEST_MAX_BYTES as u64,
-            Ok(b"made ahead".to_vec()),
+            ahead(),
         );
         assert_eq!(
             fresh
                 .fetch_manifest(&url, MANIFEST_MAX_BYTES as u64)
-                .unwrap(),
+                .unwrap()
+                .bytes,
             b"made ahead".to_vec()
         );
         let calls = world.fetcher.manifest_calls();
         assert_eq!(
             fresh
                 .fetch_manifest(&url, MANIFEST_MAX_BYTES as u64)
-                .unwrap(),
+                .unwrap()
+                .bytes,
             raw,
             "the second fetch asks the network"
         );

@@ -25,8 +25,8 @@ use std::path::Path;
 
 use haul_core::{Download, DownloadError, ErrorClass, Outcome};
 use haul_modules::{
-    open_for_load, Delivery, FetchError, FetchErrorKind, Fetcher, LoadRequest, LoadResult, Loader,
-    ModuleError, ModuleFetch, RecoveryReport,
+    open_for_load, Delivery, FetchError, FetchErrorKind, FetchedManifest, Fetcher, LoadRequest,
+    LoadResult, Loader, ModuleError, ModuleFetch, RecoveryReport,
 };
 use url::Url;
 
@@ -91,7 +91,7 @@ impl Client {
 impl Fetcher for ModuleFetcher<'_> {
     /// Downloads the manifest into a private temporary directory (removed afterwards) with
     /// `max_bytes` as the size limit, and reads it back.
-    fn fetch_manifest(&self, url: &Url, max_bytes: u64) -> Result<Vec<u8>, FetchError> {
+    fn fetch_manifest(&self, url: &Url, max_bytes: u64) -> Result<FetchedManifest, FetchError> {
         let dir = tempfile::Builder::new()
             .prefix("haul-manifest-")
             .tempdir()
@@ -108,7 +108,8 @@ impl Fetcher for ModuleFetcher<'_> {
             .map_err(|error| fetch_error(&error))?
             .max_size(max_bytes)
             .defer_sync();
-        self.client
+        let outcome = self
+            .client
             .download(download, |_| {})
             .map_err(|error| fetch_error(&error))?;
         let bytes = std::fs::read(&dest).map_err(|error| {
@@ -129,7 +130,10 @@ impl Fetcher for ModuleFetcher<'_> {
                 ),
             ));
         }
-        Ok(bytes)
+        // The engine's final URL is one it fetched from, so it parses; if not, the URL asked
+        // for is the base modules resolve against.
+        let from = Url::parse(&outcome.final_url).unwrap_or_else(|_| url.clone());
+        Ok(FetchedManifest { bytes, url: from })
     }
 
     /// Downloads every module straight to its `store_path`, verified against its SHA-256 and
@@ -162,7 +166,7 @@ impl Fetcher for ModuleFetcher<'_> {
 
 impl Fetcher for Client {
     /// See [`ModuleFetcher`]'s implementation.
-    fn fetch_manifest(&self, url: &Url, max_bytes: u64) -> Result<Vec<u8>, FetchError> {
+    fn fetch_manifest(&self, url: &Url, max_bytes: u64) -> Result<FetchedManifest, FetchError> {
         self.module_fetcher(DEFAULT_MODULE_CONCURRENCY)
             .fetch_manifest(url, max_bytes)
     }
@@ -425,13 +429,26 @@ mod tests {
             },
         );
         origin.route("/huge.json", vec![b' '; 5_000], Behavior::Normal);
-        let client = client();
-        assert_eq!(
-            client
-                .fetch_manifest(&url(&origin.url("/m.json")), 1_000)
-                .unwrap(),
-            b"{\"modules\":{}}"
+        origin.route(
+            "/latest.json",
+            Vec::new(),
+            Behavior::Redirect {
+                status: 302,
+                location: "/v2/m.json".into(),
+            },
         );
+        origin.route("/v2/m.json", b"{\"modules\":{}}".to_vec(), Behavior::Normal);
+        let client = client();
+        let fetched = client
+            .fetch_manifest(&url(&origin.url("/m.json")), 1_000)
+            .unwrap();
+        assert_eq!(fetched.bytes, b"{\"modules\":{}}");
+        assert_eq!(fetched.url, url(&origin.url("/m.json")));
+        // Where a redirect led: the base its module URLs resolve against.
+        let redirected = client
+            .fetch_manifest(&url(&origin.url("/latest.json")), 1_000)
+            .unwrap();
+        assert_eq!(redirected.url, url(&origin.url("/v2/m.json")));
         let missing = client
             .fetch_manifest(&url(&origin.url("/missing.json")), 1_000)
             .unwrap_err();
