@@ -295,7 +295,15 @@ fn print_result(args: &LoadArgs, result: &LoadResult) {
             LoadSource::EmbeddedFallback { .. } => "the embedded manifest",
             _ => "the last good pinned manifest",
         };
-        println!("fallback: the network failed, so {what} was loaded instead: {reason}");
+        // The loader's reason for a refused rollback is `ModuleError::Rollback`'s message.
+        let hint = if reason.starts_with("rollback refused") {
+            " (--allow-rollback loads it anyway)"
+        } else {
+            ""
+        };
+        println!(
+            "fallback: the network's manifest could not be used, so {what} was loaded instead: {reason}{hint}"
+        );
     }
     println!(
         "manifest sha256: {} (verified by key {:?}{})",

@@ -388,7 +388,7 @@ fn two_apps_sharing_a_module_store_it_once() {
 }
 
 #[test]
-fn tampered_module_exits_5_and_keeps_the_old_pins() {
+fn a_tampered_module_loads_the_pinned_release_keeping_its_pins_or_exits_5_without_one() {
     let origin = Origin::start().unwrap();
     let key = Signer::ed25519("release", 7);
     publish(
@@ -418,13 +418,25 @@ fn tampered_module_exits_5_and_keeps_the_old_pins() {
         b"news code v2 with a backdoor".to_vec(),
         Behavior::Normal,
     );
-    let tampered = load(&url, "news", cache.path(), &[&key], &[]);
+    // With nothing pinned, the tampered module fails the load (exit 5).
+    let fresh = tempfile::TempDir::new().unwrap();
+    let tampered = load(&url, "news", fresh.path(), &[&key], &[]);
     assert_eq!(tampered.status.code(), Some(5), "{}", describe(&tampered));
     assert!(
         text(&tampered.stderr).contains("sha256 mismatch"),
         "{}",
         describe(&tampered)
     );
+    // With v1 pinned, v1 loads (its modules were verified, and are again by hash) and the
+    // output says why v2 was not.
+    let fallback = load(&url, "news", cache.path(), &[&key], &[]);
+    assert_eq!(fallback.status.code(), Some(0), "{}", describe(&fallback));
+    let stdout = text(&fallback.stdout);
+    assert!(
+        stdout.contains("manifest: pinned in the cache (fallback)"),
+        "{stdout}"
+    );
+    assert!(stdout.contains("sha256 mismatch"), "{stdout}");
 
     let pins_after = cache_command(&["pins"], cache.path());
     assert_eq!(pins_after.status.code(), Some(0));
@@ -480,7 +492,7 @@ fn network_failure_falls_back_to_the_pinned_manifest_and_says_so() {
     let stdout = text(&offline.stdout);
     assert!(
         stdout
-            .contains("fallback: the network failed, so the last good pinned manifest was loaded"),
+            .contains("fallback: the network's manifest could not be used, so the last good pinned manifest was loaded"),
         "{stdout}"
     );
     assert!(stdout.contains(&sha256_hex(&raw)), "{stdout}");
@@ -1186,9 +1198,31 @@ fn a_rollback_is_refused_with_a_hint_and_allowed_by_the_flag() {
     let pins = cache_json(&["pins"], cache.path());
     assert_eq!(pins["apps"][0]["rollback_floor_ms"], 200, "{pins}");
     publish_news(&origin, &key, "v1", 100);
+    // The older release is refused; the newer pinned one loads, saying why.
     let refused = load(&url, "news", cache.path(), &[&key], &[]);
-    assert_eq!(refused.status.code(), Some(6), "{}", describe(&refused));
-    let stderr = text(&refused.stderr);
+    assert_eq!(refused.status.code(), Some(0), "{}", describe(&refused));
+    let stdout = text(&refused.stdout);
+    assert!(
+        stdout.contains("manifest: pinned in the cache (fallback)"),
+        "{stdout}"
+    );
+    assert!(stdout.contains("rollback refused"), "{stdout}");
+    assert!(
+        stdout.contains("--allow-rollback loads it anyway"),
+        "{stdout}"
+    );
+    // Without a pinned manifest to load (a new cache that keeps the floor is not possible
+    // from the command line; a cache whose pinned manifest file is gone keeps its floor),
+    // the refusal is the load's error (exit 6) with the hint.
+    let pinned = cache_json(&["pins"], cache.path());
+    let manifest_sha = pinned["apps"][0]["manifest_sha256"]
+        .as_str()
+        .expect("pinned manifest sha256")
+        .to_owned();
+    std::fs::remove_file(cache.path().join("files").join(&manifest_sha)).unwrap();
+    let failed = load(&url, "news", cache.path(), &[&key], &[]);
+    assert_eq!(failed.status.code(), Some(6), "{}", describe(&failed));
+    let stderr = text(&failed.stderr);
     assert!(stderr.contains("rollback refused"), "{stderr}");
     assert!(
         stderr.contains("--allow-rollback loads it anyway"),

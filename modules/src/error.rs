@@ -147,8 +147,29 @@ pub enum ModuleError {
 }
 
 impl ModuleError {
-    /// Whether the failure came from the network (so a fallback to local data makes sense and a
-    /// later retry may succeed).
+    /// Whether a load whose network path failed with this falls back to a local manifest
+    /// (the pinned one, then the embedded one). Every failure of what the network offered
+    /// does: an unreachable or refusing server, a status such as 404 or 403, a captive
+    /// portal's page in place of the manifest, a signature that does not verify, a rollback,
+    /// a module missing or wrong, a store that could not take the new modules. The pinned
+    /// manifest was verified when it was stored and every module is checked by hash, so the
+    /// fallback never runs anything the network offered, and an app with a good pinned
+    /// release still starts (the failure did not stop the load; it is its reason,
+    /// [`crate::LoadSource::PinnedFallback`]). Not a configuration error (trusted keys, app
+    /// name), which the local manifests fail too, nor a cancelled fetch.
+    pub fn allows_fallback(&self) -> bool {
+        match self {
+            ModuleError::InvalidTrustedKey { .. }
+            | ModuleError::DuplicateTrustedKey { .. }
+            | ModuleError::InvalidAppName { .. } => false,
+            ModuleError::ManifestFetch { source, .. } | ModuleError::ModuleFetch { source, .. } => {
+                source.kind != crate::FetchErrorKind::Cancelled
+            }
+            _ => true,
+        }
+    }
+
+    /// Whether the failure came from the network (so a later retry may succeed).
     pub fn is_network(&self) -> bool {
         match self {
             ModuleError::ManifestFetch { source, .. } | ModuleError::ModuleFetch { source, .. } => {

@@ -19,10 +19,13 @@
 //!    `freshAtEpochMs`.
 //! 2. Otherwise the network: fetch the manifest, verify it, apply rollback protection, fetch
 //!    the modules that are neither stored nor embedded, commit them, and pin.
-//! 3. If the network fails (a [`FetchError`] whose [`FetchError::is_network`] is true), fall back to the pinned
-//!    manifest, then the embedded one, provided all their modules are stored or embedded
-//!    ([`LoadSource::PinnedFallback`] / [`LoadSource::EmbeddedFallback`] say why). Any other
-//!    failure (bad signature, rollback, a module with the wrong bytes) fails the load.
+//! 3. If that fails, fall back to the pinned manifest, then the embedded one, provided all
+//!    their modules are stored or embedded ([`LoadSource::PinnedFallback`] /
+//!    [`LoadSource::EmbeddedFallback`] say why). Whatever the network offered fails so:
+//!    unreachable, a 404, a captive portal's page, a bad signature, a rollback, a module with
+//!    the wrong bytes ([`ModuleError::allows_fallback`]); only a configuration error or a
+//!    cancellation fails the load at once. With no local manifest to use, the network's
+//!    failure is the load's error.
 //!
 //! After a successful load from the network or the embedded directory the app's pins become
 //! exactly that manifest and its modules ([`Store::set_pins`], one transaction). A failed load
@@ -63,9 +66,9 @@ use crate::signature::{check_trusted_keys, verify_parsed, TrustedKey};
 use crate::store::{FileKind, PendingFile, PinPlan, RecoveryReport, Store, StoreError};
 use crate::ModuleError;
 
-/// What kind of failure a fetch was, as the download engine classifies it. The kind decides
-/// whether a load falls back to local data ([`FetchError::is_network`]) and lets callers
-/// report the failure precisely (the CLI maps kinds to exit codes).
+/// What kind of failure a fetch was, as the download engine classifies it. The kind says
+/// whether the network failed ([`FetchError::is_network`]: a later try may succeed) and lets
+/// callers report the failure precisely (the CLI maps kinds to exit codes).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum FetchErrorKind {
     /// Connect, DNS, reset, timeout, truncated body, broken HTTP.
@@ -111,11 +114,12 @@ impl FetchError {
         FetchError::new(FetchErrorKind::Verification, message)
     }
 
-    /// True when the network failed, so a fallback to local data is appropriate: every
+    /// True when the network failed, so a later try may succeed: every
     /// [`FetchErrorKind::Network`] failure, and the statuses that say the server is unreachable
     /// or overloaded rather than that the URL is wrong (408, 429 and 5xx). Other 4xx statuses,
-    /// wrong bytes, local I/O, invalid requests and cancellation are not: falling back would
-    /// hide a moved or withdrawn manifest, an attack or a local problem.
+    /// wrong bytes, local I/O, invalid requests and cancellation are not. (Whether a load
+    /// falls back to local data is [`ModuleError::allows_fallback`]: for all of these but a
+    /// cancellation.)
     pub fn is_network(&self) -> bool {
         match self.kind {
             FetchErrorKind::Network => true,
@@ -607,10 +611,10 @@ impl<F: Fetcher> Loader<F> {
             }
             Err(error) => error,
         };
-        if !network_error.is_network() {
+        if !network_error.allows_fallback() {
             return Err(network_error);
         }
-        tracing::warn!(app = %request.app, error = %network_error, "network failed; trying local manifests");
+        tracing::warn!(app = %request.app, error = %network_error, "the network's manifest cannot be used; trying local manifests");
         let reason = network_error.to_string();
         for local in [pinned.as_ref(), embedded.as_ref()].into_iter().flatten() {
             match self.materialize(local, request, NetworkUse::Forbidden, &mut warnings) {
@@ -955,8 +959,8 @@ impl<F: Fetcher> Loader<F> {
                 }
             }
             if !errors.is_empty() {
-                // A content failure must not be hidden behind a network one: only network
-                // failures lead to a fallback.
+                // A content failure must not be hidden behind a network one: it is the one
+                // reported (the load's error, or its fallback's reason).
                 let position = errors
                     .iter()
                     .position(|error| !error.is_network())
@@ -1856,13 +1860,17 @@ mod tests {
         );
     }
 
-    #[test]
-    fn tampered_module_fails_the_load_and_keeps_the_old_pins() {
-        let world = world();
-        world.publish("news", &[kotlin(), app_module("news", "v1")], 100);
-        world.loader.load(&world.request("news", 1_000)).unwrap();
-        let pins_before = world.pins();
+    /// Loads news at `now_ms`, which must fall back to the pinned manifest; returns why.
+    fn expect_pinned_fallback(world: &World, now_ms: u64) -> String {
+        let result = world.loader.load(&world.request("news", now_ms)).unwrap();
+        match result.manifest_source {
+            LoadSource::PinnedFallback { reason } => reason,
+            other => panic!("expected a fallback to the pinned manifest, got {other:?}"),
+        }
+    }
 
+    /// Publishes news v2 whose app module is served as other bytes; returns its manifest.
+    fn publish_tampered_v2(world: &World) -> (Vec<u8>, ModuleSpec) {
         let v2 = app_module("news", "v2");
         let raw = world.publish("news", &[kotlin(), v2.clone()], 200);
         let url = Manifest::parse(&raw)
@@ -1870,10 +1878,20 @@ mod tests {
             .module_url(&v2.id, &manifest_url("news"))
             .unwrap();
         world.fetcher.serve_module(url, b"evil bytes");
-        let error = world
-            .loader
-            .load(&world.request("news", 2_000))
-            .unwrap_err();
+        (raw, v2)
+    }
+
+    #[test]
+    fn a_tampered_module_fails_the_new_release_and_the_pinned_one_loads_with_its_pins_kept() {
+        // Without a pinned release, the tampered module is the load's error.
+        let first = world();
+        let error = {
+            publish_tampered_v2(&first);
+            first
+                .loader
+                .load(&first.request("news", 1_000))
+                .unwrap_err()
+        };
         assert!(
             matches!(
                 &error,
@@ -1883,6 +1901,19 @@ mod tests {
             "{error:?}"
         );
         assert!(!error.is_network());
+
+        let world = world();
+        world.publish("news", &[kotlin(), app_module("news", "v1")], 100);
+        world.loader.load(&world.request("news", 1_000)).unwrap();
+        let pins_before = world.pins();
+        let (raw, v2) = publish_tampered_v2(&world);
+        // The pinned release was verified when stored, and its modules are checked by hash:
+        // the app starts, and says why it runs the old release.
+        let reason = expect_pinned_fallback(&world, 2_000);
+        assert!(
+            reason.contains("\"./news.js\" could not be stored"),
+            "{reason}"
+        );
         assert_eq!(world.pins(), pins_before);
         assert!(!world.stored(&v2.sha256()));
         assert!(!world.stored(&sha256_hex(b"evil bytes")));
@@ -1934,13 +1965,11 @@ mod tests {
                 .unwrap()
                 .module_url(&v2[5].id, &manifest_url("news"))
                 .unwrap();
-            // One module of the batch is not there (404): the load fails.
+            // One module of the batch is not there (404): the new release fails, and the
+            // pinned one is loaded instead.
             lock(&world.fetcher.modules).remove(url.as_str());
-            let error = world
-                .loader
-                .load(&world.request("news", 2_000))
-                .unwrap_err();
-            assert!(!error.is_network(), "{error:?}");
+            let reason = expect_pinned_fallback(&world, 2_000);
+            assert!(reason.contains("./lib5.js"), "{reason}");
             assert_eq!(
                 world.pins(),
                 want,
@@ -2080,7 +2109,7 @@ mod tests {
     }
 
     #[test]
-    fn manifest_503_falls_back_to_the_pinned_manifest_but_404_fails_the_load() {
+    fn a_manifest_answered_503_or_404_falls_back_to_the_pinned_one_and_fails_without_one() {
         let world = world();
         world.publish("news", &[kotlin(), app_module("news", "v1")], 100);
         world.loader.load(&world.request("news", 1_000)).unwrap();
@@ -2094,13 +2123,23 @@ mod tests {
             "{:?}",
             result.manifest_source
         );
-        world.fetcher.fail_manifest(
-            &manifest_url("news"),
-            FetchError::new(FetchErrorKind::HttpStatus(404), "answered HTTP 404"),
-        );
-        let error = world
+        // A 404 (a CDN not yet updated, a withdrawn URL): the pinned release still starts.
+        // It was a load error; the app did not start although its last good release was
+        // stored and verified.
+        let not_found = FetchError::new(FetchErrorKind::HttpStatus(404), "answered HTTP 404");
+        world
+            .fetcher
+            .fail_manifest(&manifest_url("news"), not_found.clone());
+        let reason = expect_pinned_fallback(&world, 3_000);
+        assert!(reason.contains("answered HTTP 404"), "{reason}");
+        // Nothing pinned: the 404 is the load's error.
+        let empty = self::world();
+        empty
+            .fetcher
+            .fail_manifest(&manifest_url("news"), not_found);
+        let error = empty
             .loader
-            .load(&world.request("news", 3_000))
+            .load(&empty.request("news", 3_000))
             .unwrap_err();
         assert!(
             matches!(
@@ -2121,7 +2160,13 @@ mod tests {
         let pins_before = world.pins();
 
         let old = world.publish("news", &[kotlin(), app_module("news", "v1")], 100);
-        expect_rollback_refused(&world, "pinned file intact");
+        // The offered release is refused, and the newer pinned one loads instead.
+        let reason = expect_pinned_fallback(&world, 2_000);
+        assert_eq!(
+            reason,
+            "rollback refused for app \"news\": offered manifest freshAtEpochMs 100 is older \
+             than the pinned freshAtEpochMs 200"
+        );
         assert_eq!(world.pins(), pins_before);
 
         let mut request = world.request("news", 3_000);
@@ -2170,10 +2215,11 @@ mod tests {
         let now = 1_000_000;
         world.loader.load(&world.request("news", now)).unwrap();
         world.publish("news", &[kotlin(), app_module("news", "v0")], now - 10);
-        assert!(matches!(
-            world.loader.load(&world.request("news", now + 10)),
-            Err(ModuleError::Rollback { pinned_fresh_at_ms, .. }) if pinned_fresh_at_ms == now + hour
-        ));
+        let reason = expect_pinned_fallback(&world, now + 10);
+        assert!(
+            reason.ends_with(&format!("the pinned freshAtEpochMs {}", now + hour)),
+            "{reason}"
+        );
         let later = now + hour + 5_000;
         world.publish("news", &[kotlin(), app_module("news", "v2")], later);
         let result = world
@@ -2435,21 +2481,33 @@ mod tests {
     }
 
     #[test]
-    fn bad_network_signature_is_not_hidden_by_a_fallback() {
-        let world = world();
-        world.publish("news", &[kotlin(), app_module("news", "v1")], 100);
-        world.loader.load(&world.request("news", 1_000)).unwrap();
+    fn a_bad_network_signature_loads_the_pinned_release_and_says_why_or_fails_without_one() {
         let forger = ed25519_signer("release", 99);
         let forged = manifest_json(&[kotlin(), app_module("news", "v2")], Some(200), &[&forger]);
-        world.fetcher.serve_manifest(&manifest_url("news"), &forged);
-        let error = world
+        let empty = world();
+        empty.fetcher.serve_manifest(&manifest_url("news"), &forged);
+        let error = empty
             .loader
-            .load(&world.request("news", 2_000))
+            .load(&empty.request("news", 2_000))
             .unwrap_err();
         assert!(
             matches!(error, ModuleError::SignatureMismatch { ref key } if key == "release"),
             "{error:?}"
         );
+        // With a pinned release, nothing the forged manifest names is fetched or run: the
+        // pinned release loads, and the reason names the failed signature.
+        let world = world();
+        world.publish("news", &[kotlin(), app_module("news", "v1")], 100);
+        world.loader.load(&world.request("news", 1_000)).unwrap();
+        let fetched = world.fetcher.fetched().len();
+        world.fetcher.serve_manifest(&manifest_url("news"), &forged);
+        let reason = expect_pinned_fallback(&world, 2_000);
+        assert_eq!(
+            reason,
+            "signature for trusted key \"release\" does not verify"
+        );
+        assert_eq!(world.fetcher.fetched().len(), fetched, "nothing fetched");
+        assert!(!world.stored(&sha256_hex(&forged)));
     }
 
     #[test]
