@@ -457,6 +457,47 @@ fn a_server_refusing_extra_connections_gets_no_more_than_it_takes() {
     );
 }
 
+/// A server that turns extra connections away only while it is busy for a moment (a
+/// storage service asking clients to slow down): the job keeps to the connection it has,
+/// and 30 s later tries one more, which the server now takes. The cap held for the job's
+/// whole life: 4 MB at 80 KB/s on the one connection left took 51 s.
+#[test]
+fn a_connection_cap_learnt_from_a_busy_server_is_tried_again_after_30_s() {
+    let body = pattern(4_000_000, 10);
+    let mut h = Harness::new(config());
+    let b = body.clone();
+    let calm_from = at(secs(2));
+    h.serve(ORIGIN, move |req| {
+        // Busy at first: one connection at a time (the first, with the whole file).
+        if req.at < calm_from && req.seq > 0 {
+            return Reply::new(with_length(503, &[hdr("retry-after", 1)], b"slow down"));
+        }
+        head_first(serve_range(&b, req), 4096).gap(millis(50))
+    });
+    let job = h.submit(segmented(4, 25_000).sha256(&sha_hex(&body)).unwrap());
+    h.run(job).expect("download succeeds");
+    assert_committed(&h, &body);
+    let later: Vec<_> = h
+        .requests
+        .iter()
+        .filter(|r| r.at >= at(secs(30)))
+        .map(range_of)
+        .collect();
+    assert!(
+        !later.is_empty(),
+        "no connection was tried again after 30 s: {:?}",
+        h.requests
+            .iter()
+            .map(|r| (r.at, range_of(r)))
+            .collect::<Vec<_>>()
+    );
+    let finished = h.finished_at(job);
+    assert!(
+        finished < at(secs(45)),
+        "finished at {finished}, as on one connection"
+    );
+}
+
 #[test]
 fn a_finished_connection_steals_half_of_a_slow_segment_and_the_victim_stops_at_the_split() {
     let body = pattern(100_000, 5);

@@ -557,8 +557,11 @@ struct Job {
     /// The server honours ranges for this representation: segments may be used.
     segmented: bool,
     /// The most connections the job's server takes at once, learnt when it turned an extra
-    /// one away (429 or 503): the job uses no more for the rest of its life.
+    /// one away (429 or 503): the job uses no more, until [`CONNECTION_CAP_RELAX`] after
+    /// that (or after the last raise) it tries one more.
     connections_taken: Option<usize>,
+    /// When `connections_taken` was last set or raised.
+    connections_taken_at: Instant,
     /// The highest body rate (bytes per second) a finished segment of this job reached:
     /// what a new connection may be expected to do, against which a segment still running
     /// is found lagging (see `Transfer::lagging`).
@@ -956,6 +959,13 @@ impl ReadAhead {
     }
 }
 const DRAIN_LIMIT: u64 = 64 * 1024;
+/// How long a segmented job keeps to the connections its server took (see
+/// `Job::connections_taken`) before it tries one more. A server that turned a connection
+/// away while busy (a storage service asking to slow down, a mirror under load for a
+/// while) may take more later: the cap was for the job's whole life, so one refusal kept a
+/// download of gigabytes on the connections left at that moment. A server with a fixed
+/// limit refuses the extra one again, once per period, and the cap holds.
+const CONNECTION_CAP_RELAX: Duration = Duration::from_secs(30);
 /// Burst allowance of rate limits.
 const BURST: Duration = Duration::from_secs(1);
 /// The smallest read a rate-limited transfer asks for (see [`Engine::read_allowance`]).
@@ -1272,6 +1282,7 @@ impl Engine {
             gaps: Vec::new(),
             segmented: false,
             connections_taken: None,
+            connections_taken_at: self.now,
             best_segment_rate: None,
             followers: Vec::new(),
             file: None,

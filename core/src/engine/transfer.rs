@@ -1450,7 +1450,32 @@ impl Engine {
         }
         if wrote {
             self.after_progress(id);
+            self.relax_connection_cap(id);
         }
+    }
+
+    /// A segmented job capped to the connections its server took tries one more once
+    /// [`CONNECTION_CAP_RELAX`] has passed since the cap was set or last raised.
+    fn relax_connection_cap(&mut self, id: JobId) {
+        let now = self.now;
+        let Some(j) = self.jobs.get_mut(&id) else {
+            return;
+        };
+        let Some(taken) = j.connections_taken else {
+            return;
+        };
+        if !j.segmented
+            || !matches!(j.phase, Phase::Running)
+            || now.saturating_since(j.connections_taken_at) < super::CONNECTION_CAP_RELAX
+        {
+            return;
+        }
+        let raised = taken + 1;
+        j.connections_taken = (raised < j.spec.segments as usize).then_some(raised);
+        j.connections_taken_at = now;
+        tracing::debug!(job = %id, raised, "trying one more connection than the server took");
+        self.rebalance(id);
+        self.assign_connections();
     }
 
     /// A transfer delivered its range (or the whole body): free its connection and give the
@@ -1603,6 +1628,7 @@ impl Engine {
                 // again, all of them each time a connection frees.
                 let taken = j.transfers.len().max(1);
                 j.connections_taken = Some(j.connections_taken.map_or(taken, |n| n.min(taken)));
+                j.connections_taken_at = self.now;
                 tracing::info!(job = %id, taken, "the server refused a segment's connection ({error}); no more connections than that");
             }
             if let Some(end) = t.end {
