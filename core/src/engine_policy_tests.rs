@@ -102,12 +102,14 @@ fn when_every_mirror_failed_the_job_backs_off_before_the_next_round() {
     );
 }
 
-/// A harness whose breakers open after 3 failures for 60 s, jobs making up to
-/// `max_attempts` attempts, and whose origin answers 503 for its first 30 s, then `body`.
+/// A harness whose breakers open after 3 failures for 60 s (and close after two successful
+/// probes), jobs making up to `max_attempts` attempts, and whose origin answers 503 for its
+/// first 30 s, then `body`.
 fn unhealthy_for_30_s(max_attempts: u32, body: Vec<u8>) -> Harness {
     let mut cfg = policy_config();
     cfg.breaker.failure_threshold = 3;
     cfg.breaker.cooldown = secs(60);
+    cfg.breaker.success_threshold = 2;
     cfg.retry.max_attempts = max_attempts;
     let mut h = Harness::new(cfg);
     let healthy_from = at(secs(30));
@@ -988,12 +990,34 @@ fn a_list_for_a_dead_origin_fails_after_one_cooldown_not_through_doubling_ones()
         last <= at(cooldown + secs(5)),
         "the list ended at {last}; the breaker's first cool-down is {cooldown:?}"
     );
-    // Sixteen first tries and one probe; the four jobs that left the queue last never tried.
+    // Sixteen first tries and one probe. The jobs that tried end with their own failure;
+    // only the four that left the queue last, which never tried, with CircuitOpen.
     assert_eq!(h.connects(), 17);
-    assert!(
-        circuit_open >= 4,
-        "{circuit_open} jobs failed with CircuitOpen"
-    );
+    assert_eq!(circuit_open, 4, "jobs that failed with CircuitOpen");
+}
+
+#[test]
+fn a_list_whose_server_refuses_each_files_first_request_completes() {
+    // Each file's first request is answered 503 (a cache filling, without Retry-After): the
+    // first requests open the breaker; after its cool-down the probe (a retry) succeeded,
+    // but a second probe was needed to close it, which went to a new file's first request:
+    // its 503 reopened the breaker for 60 s and ended every waiting download, 1 file of 20.
+    let body = pattern(2_000, 11);
+    let mut h = Harness::new(default_policies());
+    let mut seen: std::collections::BTreeSet<String> = Default::default();
+    let serve = body.clone();
+    h.serve(ORIGIN, move |r| {
+        if seen.insert(r.path.clone()) {
+            Reply::new(with_length(503, &[], b""))
+        } else {
+            file_server(serve.clone())(r)
+        }
+    });
+    let jobs = submit_twenty(&mut h);
+    for (n, &job) in jobs.iter().enumerate() {
+        h.run(job).expect("served on its retry");
+        assert_eq!(h.fs.get(format!("/dl/f{n}.bin")), Some(&body[..]));
+    }
 }
 
 #[test]

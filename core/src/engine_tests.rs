@@ -2745,6 +2745,30 @@ fn response_head_timeout_fires_when_the_server_never_answers() {
     assert_eq!(h.finished_at(job), at(secs(7)));
 }
 
+/// A server may think up to the head timeout before it answers, even past a shorter idle
+/// timeout: the idle one also ran until the head was complete, and
+/// `--head-timeout 10 --idle-timeout 3` gave up after 3 s on a server that answered in 5.
+#[test]
+fn a_server_may_think_up_to_the_head_timeout_though_the_idle_timeout_is_shorter() {
+    let body = pattern(1_000, 24);
+    let mut cfg = config();
+    cfg.retry.max_attempts = 1;
+    cfg.head_timeout = secs(10);
+    cfg.idle_timeout = secs(3);
+    let mut h = Harness::new(cfg);
+    let b = body.clone();
+    // The head's first byte at once, the rest 5 s later.
+    h.serve(ORIGIN, move |_| {
+        Reply::new(with_length(200, &[], &b))
+            .pieces(&[1, 1 << 20])
+            .gap(secs(5))
+    });
+    let job = h.submit(download());
+    h.run(job).expect("answered within the head timeout");
+    assert_eq!(h.fs.get(dest()), Some(&body[..]));
+    assert_eq!(h.finished_at(job), at(secs(5)));
+}
+
 // ------------------------------------------------------------------------ retries and statuses
 
 #[test]

@@ -31,7 +31,7 @@ impl Default for BreakerConfig {
             failure_threshold: 5,
             cooldown: Duration::from_secs(30),
             max_cooldown: Duration::from_secs(600),
-            success_threshold: 2,
+            success_threshold: 1,
         }
     }
 }
@@ -367,10 +367,12 @@ mod tests {
         Instant::from_nanos(s * 1_000_000_000)
     }
 
-    /// The default breaker with a cool-down of 60 s (the numbers below are in its terms).
+    /// The default breaker with a cool-down of 60 s and two successful probes to close (the
+    /// numbers below are in its terms).
     fn breaker_60s() -> Breaker {
         Breaker::new(BreakerConfig {
             cooldown: Duration::from_secs(60),
+            success_threshold: 2,
             ..BreakerConfig::default()
         })
     }

@@ -550,6 +550,9 @@ struct Job {
     /// This attempt already counted a failure against its origin: the other connections
     /// of a segmented attempt that fail with it are one incident, not several.
     failure_noted: bool,
+    /// The failure its last retry was scheduled after: what the job ends with if it may
+    /// not try again (see `Engine::wait_for_breaker`).
+    last_error: Option<DownloadError>,
     next_transfer: u64,
     transfers: BTreeMap<u64, Transfer>,
     /// Ranges nobody fetches right now (a segment whose connection died).
@@ -1277,6 +1280,7 @@ impl Engine {
             splitting: Splitting::Allowed,
             probe: None,
             failure_noted: false,
+            last_error: None,
             next_transfer: 0,
             transfers: BTreeMap::new(),
             gaps: Vec::new(),

@@ -224,6 +224,12 @@ impl Engine {
         let deadline = j.started + self.config.retry.max_elapsed;
         let retry_in = until.saturating_since(self.now);
         if until > deadline || retry_in > limit {
+            // A job that tried ends with what failed it (its exit code says so); one that
+            // never tried, with the breaker's verdict.
+            if let Some(error) = j.last_error.clone() {
+                tracing::warn!(job = %id, %origin, "not retrying: every URL's origin is behind a circuit breaker for another {retry_in:.1?}");
+                return self.terminate(id, error, true);
+            }
             let last_failure = self
                 .breakers
                 .iter()
@@ -554,6 +560,7 @@ impl Engine {
         j.phase = Phase::Backoff {
             until: self.now + delay,
         };
+        j.last_error = Some(error.clone());
         tracing::debug!(job = %id, attempt, ?delay, "retrying after: {error}");
         self.event(Event::Retrying {
             job: id,

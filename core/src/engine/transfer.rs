@@ -165,11 +165,12 @@ impl Transfer {
                 *since + config.head_timeout,
                 Due::Timeout(TimeoutKind::ResponseHead),
             )),
-            TPhase::Head { deadline, .. } => Some(if idle.0 < *deadline {
-                idle
-            } else {
-                (*deadline, Due::Timeout(TimeoutKind::ResponseHead))
-            }),
+            // The head timeout alone: the idle one also ran here and, shorter, cut the time a
+            // server may think before it answers (`--head-timeout 10 --idle-timeout 3` gave up
+            // after 3 s). A head that trickles is bounded by the deadline as a whole.
+            TPhase::Head { deadline, .. } => {
+                Some((*deadline, Due::Timeout(TimeoutKind::ResponseHead)))
+            }
             TPhase::Body { window_start, .. } => {
                 if let Some(t) = self.throttled_until {
                     return Some((t, Due::Throttle));
