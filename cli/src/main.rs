@@ -102,14 +102,22 @@ fn main() {
         Ok((_, true)) => "error",
         _ => "warn",
     };
-    let _ = tracing_subscriber::fmt()
+    // A user reads `WARN not retrying: ...`; the time and the module that logged it are for
+    // whoever asked for logs with HAUL_LOG.
+    let debugging = std::env::var_os("HAUL_LOG").is_some();
+    let logs = tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_env("HAUL_LOG")
                 .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(level)),
         )
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .with_writer(std::io::stderr)
-        .try_init();
+        .with_target(debugging);
+    let _ = if debugging {
+        logs.try_init()
+    } else {
+        logs.without_time().try_init()
+    };
     let cli = match parsed {
         Ok((c, _)) => c,
         Err(e) => {

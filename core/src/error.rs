@@ -92,7 +92,7 @@ pub enum DownloadError {
     #[error("HTTP protocol error from {origin}: {source}")]
     Protocol { origin: String, source: HttpError },
     /// The server answered with an unexpected status.
-    #[error("{url} answered HTTP {status}")]
+    #[error("{url} answered HTTP {status}{}", retry_after_text(*retry_after))]
     Status {
         url: String,
         status: u16,
@@ -220,6 +220,15 @@ pub enum DownloadError {
     /// chose never replaces a file. Nothing was committed.
     #[error("neither the URL nor the server gives the file a usable name, and {path}, the name haul would give it, already exists; a name haul chose never replaces a file (name the download's file yourself)", path = path.display())]
     FallbackNameTaken { path: PathBuf },
+}
+
+/// How a `Status` error says when the server asked to be asked again: the error then
+/// tells why a download that gave up did not wait (`--retry-max-time` shorter than that).
+fn retry_after_text(retry_after: Option<Duration>) -> String {
+    match retry_after {
+        Some(wait) => format!(" (Retry-After: {}s)", wait.as_secs()),
+        None => String::new(),
+    }
 }
 
 impl DownloadError {
@@ -563,6 +572,25 @@ mod tests {
         // Other failures count where they count against the origin.
         assert!(status(502, later).counts_toward_breaker());
         assert!(!status(500, None).counts_toward_breaker());
+    }
+
+    #[test]
+    fn a_status_error_says_the_retry_after_it_carried() {
+        let asked = DownloadError::Status {
+            url: "http://h/f".into(),
+            status: 429,
+            retry_after: Some(Duration::from_secs(3600)),
+        };
+        assert_eq!(
+            asked.to_string(),
+            "http://h/f answered HTTP 429 (Retry-After: 3600s)"
+        );
+        let plain = DownloadError::Status {
+            url: "http://h/f".into(),
+            status: 503,
+            retry_after: None,
+        };
+        assert_eq!(plain.to_string(), "http://h/f answered HTTP 503");
     }
 
     #[test]
