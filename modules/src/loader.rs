@@ -603,9 +603,18 @@ impl<F: Fetcher> Loader<F> {
         let network_error = match self.network_candidate(request, rollback_floor, &mut warnings) {
             Ok(candidate) => {
                 match self.materialize(&candidate, request, NetworkUse::Allowed, &mut warnings) {
-                    Ok(got) => {
-                        return self.finish(&candidate, got, LoadSource::Network, request, warnings)
-                    }
+                    // Pinning the new release can fail too (a disk too full for the index):
+                    // nothing of it is pinned then, and the pinned release may still load.
+                    Ok(got) => match self.finish(
+                        &candidate,
+                        got,
+                        LoadSource::Network,
+                        request,
+                        warnings.clone(),
+                    ) {
+                        Ok(result) => return Ok(result),
+                        Err(error) => error,
+                    },
                     Err(error) => error,
                 }
             }
@@ -614,7 +623,9 @@ impl<F: Fetcher> Loader<F> {
         if !network_error.allows_fallback() {
             return Err(network_error);
         }
-        tracing::warn!(app = %request.app, error = %network_error, "the network's manifest cannot be used; trying local manifests");
+        // Said by the result (`LoadSource::PinnedFallback`), or by the error if no local
+        // manifest can stand in: not a warning of its own.
+        tracing::info!(app = %request.app, error = %network_error, "the network's manifest cannot be used; trying local manifests");
         let reason = network_error.to_string();
         for local in [pinned.as_ref(), embedded.as_ref()].into_iter().flatten() {
             match self.materialize(local, request, NetworkUse::Forbidden, &mut warnings) {
@@ -894,7 +905,10 @@ impl<F: Fetcher> Loader<F> {
                     }
                 }
                 let stored_hashes: Vec<&str> = stored.iter().map(String::as_str).collect();
-                store.touch_many(&stored_hashes, request.now_ms)?;
+                if let Err(error) = store.touch_many(&stored_hashes, request.now_ms) {
+                    // Only the order of a later prune depends on it (see `Loader::finish`).
+                    warnings.push(format!("last-used times not recorded: {error}"));
+                }
                 for sha256 in stored {
                     sources.insert(sha256, ModuleSource::Store);
                 }
@@ -1288,7 +1302,7 @@ impl<F: Fetcher> Loader<F> {
         obtained: Obtained,
         manifest_source: LoadSource,
         request: &LoadRequest,
-        warnings: Vec<String>,
+        mut warnings: Vec<String>,
     ) -> Result<LoadResult, ModuleError> {
         let Obtained { sources, pinned } = obtained;
         let mut store = lock(&self.store);
@@ -1315,7 +1329,14 @@ impl<F: Fetcher> Loader<F> {
             });
         }
         match candidate.origin {
-            Origin::Pinned => store.touch(&candidate.sha256, request.now_ms)?,
+            // Best effort: the last-used time orders a later prune among unpinned files, and
+            // a disk too full for the index to take it (the pinned release is all stored)
+            // failed the load, the fallback included.
+            Origin::Pinned => {
+                if let Err(error) = store.touch(&candidate.sha256, request.now_ms) {
+                    warnings.push(format!("last-used time not recorded: {error}"));
+                }
+            }
             // Stored and pinned with the modules' batch, in its transaction.
             Origin::Embedded | Origin::Network if pinned => {}
             Origin::Embedded | Origin::Network => {
@@ -2568,6 +2589,41 @@ mod tests {
             .with_store(|store| store.pinned_manifest("news").unwrap())
             .expect("pinned");
         assert_eq!(pinned.manifest_url, manifest_url("news").as_str());
+    }
+
+    #[test]
+    fn an_index_that_takes_no_writes_still_loads_the_pinned_release() {
+        // A disk too full for the index: the last-used time of a pinned load failed the load,
+        // fallback included, and pinning a new release failed without a fallback, though
+        // the pinned release was all stored.
+        let world = world();
+        world.publish("news", &[kotlin(), app_module("news", "v1")], 100);
+        world.loader.load(&world.request("news", 1_000)).unwrap();
+        let pins_before = world.pins();
+        world.loader.with_store(|store| store.refuse_index_writes());
+        // The network offers v2, which cannot be stored or pinned.
+        world.publish("news", &[kotlin(), app_module("news", "v2")], 200);
+        let reason = expect_pinned_fallback(&world, 2_000);
+        assert!(reason.contains("readonly"), "{reason}");
+        // The network down: the pinned release, its last-used time not recorded.
+        world
+            .fetcher
+            .fail_manifest(&manifest_url("news"), FetchError::network("offline"));
+        let result = world.loader.load(&world.request("news", 3_000)).unwrap();
+        assert!(
+            matches!(result.manifest_source, LoadSource::PinnedFallback { .. }),
+            "{:?}",
+            result.manifest_source
+        );
+        assert!(
+            result
+                .warnings
+                .iter()
+                .any(|w| w.starts_with("last-used time not recorded")),
+            "{:?}",
+            result.warnings
+        );
+        assert_eq!(world.pins(), pins_before);
     }
 
     #[test]

@@ -839,10 +839,13 @@ impl Store {
             ""
         };
         // One transaction for the schema: each statement on its own would be a commit (an
-        // fsync of the WAL) when the store is created.
-        index
-            .execute_batch(&format!(
-                "BEGIN;
+        // fsync of the WAL) when the store is created. A store already at this version is
+        // not written at all: on a disk too full for the index to take a page, a write here
+        // failed the open, and with it every load of the releases the store holds.
+        if version != SCHEMA_VERSION {
+            index
+                .execute_batch(&format!(
+                    "BEGIN;
                 CREATE TABLE IF NOT EXISTS files (
                     sha256 TEXT PRIMARY KEY NOT NULL,
                     state TEXT NOT NULL CHECK (state IN ('DIRTY', 'READY')),
@@ -867,8 +870,9 @@ impl Store {
                 CREATE INDEX IF NOT EXISTS pins_by_app ON pins (app);
                 PRAGMA user_version = {SCHEMA_VERSION};
                 COMMIT;"
-            ))
-            .map_err(index_error("create schema"))?;
+                ))
+                .map_err(index_error("create schema"))?;
+        }
         index
             .pragma_update(None, "synchronous", "FULL")
             .map_err(index_error("set synchronous=FULL"))?;
@@ -1188,6 +1192,14 @@ impl Store {
     #[cfg(test)]
     pub(crate) fn decide_syncs_as_on_a_quiet_machine(&mut self) {
         self.pending_writeback = || None;
+    }
+
+    /// From now on every write to the index fails, as on a disk too full to take a page.
+    #[cfg(test)]
+    pub(crate) fn refuse_index_writes(&mut self) {
+        self.index
+            .pragma_update(None, "query_only", true)
+            .expect("query_only");
     }
 
     /// The store's directory.
