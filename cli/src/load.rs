@@ -379,7 +379,7 @@ fn result_json(args: &LoadArgs, result: &LoadResult, recovery: &RecoveryReport) 
         manifest: ManifestReport {
             source: source_name(&result.manifest_source),
             fallback_reason: fallback_reason(&result.manifest_source),
-            url: args.manifest.as_str(),
+            url: &result.manifest_url,
             sha256: &result.manifest_sha256,
             verified_by: &result.verified_by,
             version: &result.version,

@@ -359,6 +359,9 @@ pub struct LoadResult {
     pub manifest_sha256: String,
     /// The trusted key whose signature verified the manifest.
     pub verified_by: String,
+    /// The URL of the manifest loaded: the one asked for, or, for a pinned manifest, the
+    /// one it was fetched with (a fallback's is not the URL that just failed).
+    pub manifest_url: String,
     /// In load order (dependencies first).
     pub modules: Vec<LoadedModule>,
     /// Things that were skipped on the way (tampered local manifests, bad embedded files, ...).
@@ -627,7 +630,17 @@ impl<F: Fetcher> Loader<F> {
         // manifest can stand in: not a warning of its own.
         tracing::info!(app = %request.app, error = %network_error, "the network's manifest cannot be used; trying local manifests");
         let reason = network_error.to_string();
-        for local in [pinned.as_ref(), embedded.as_ref()].into_iter().flatten() {
+        // The newer first, as for a fresh load (the pinned one on a tie): an app shipped with
+        // a newer release than the one pinned fell back to the older one.
+        let locals = match (&pinned, &embedded) {
+            (Some(pinned), Some(embedded))
+                if embedded.manifest_fresh_at() > pinned.manifest_fresh_at() =>
+            {
+                [Some(embedded), Some(pinned)]
+            }
+            (pinned, embedded) => [pinned.as_ref(), embedded.as_ref()],
+        };
+        for local in locals.into_iter().flatten() {
             match self.materialize(local, request, NetworkUse::Forbidden, &mut warnings) {
                 Ok(got) => {
                     let source = match local.origin {
@@ -1361,6 +1374,7 @@ impl<F: Fetcher> Loader<F> {
             manifest_source,
             manifest_sha256: candidate.sha256.clone(),
             verified_by: candidate.verified_by.clone(),
+            manifest_url: candidate.manifest_url.to_string(),
             modules,
             warnings,
             version: candidate.manifest.version.clone(),
@@ -2499,6 +2513,38 @@ mod tests {
             .pins()
             .iter()
             .any(|pin| pin.sha256 == sha256_hex(&raw)));
+    }
+
+    #[test]
+    fn a_fallback_takes_the_newer_of_the_pinned_and_the_embedded_release_and_names_its_url() {
+        let world = world();
+        world.publish("news", &[kotlin(), app_module("news", "v1")], 100);
+        world.loader.load(&world.request("news", 1_000)).unwrap();
+        let modules = [kotlin(), app_module("news", "v2")];
+        let raw = manifest_json(&modules, Some(200), &[&world.signer]);
+        write_embedded(&world, "news", &raw, &modules);
+        // The manifest moved; its new URL fails.
+        let moved = Url::parse("https://apps.test/news/v9/manifest.json").unwrap();
+        world
+            .fetcher
+            .fail_manifest(&moved, FetchError::network("offline"));
+        let mut request = world.request("news", 2_000);
+        request.manifest_url = moved.clone();
+        let without_embedded = world.loader.load(&request).unwrap();
+        assert!(matches!(
+            without_embedded.manifest_source,
+            LoadSource::PinnedFallback { .. }
+        ));
+        // The pinned release says where it came from, not the URL that failed.
+        assert_eq!(without_embedded.manifest_url, manifest_url("news").as_str());
+        request.embedded_dir = Some(world.embedded_dir.clone());
+        let result = world.loader.load(&request).unwrap();
+        assert!(
+            matches!(result.manifest_source, LoadSource::EmbeddedFallback { .. }),
+            "{:?}",
+            result.manifest_source
+        );
+        assert_eq!(result.manifest_sha256, sha256_hex(&raw));
     }
 
     #[test]
