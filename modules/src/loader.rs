@@ -792,13 +792,35 @@ impl<F: Fetcher> Loader<F> {
                 source,
             })?;
         tracing::debug!(bytes = fetched.bytes.len(), from = %fetched.url, "manifest fetched");
+        let html = fetched
+            .bytes
+            .iter()
+            .find(|b| !b.is_ascii_whitespace())
+            .is_some_and(|&b| b == b'<');
+        let from = fetched.url.clone();
         let mut candidate = Candidate::verified(
             Origin::Network,
             fetched.bytes,
             &request.trusted_keys,
             request.manifest_url.clone(),
             Some(request.now_ms),
-        )?;
+        )
+        .map_err(|error| match error {
+            // Named with where it came from: a captive portal's page answered in place of
+            // the manifest said only "expected value at line 1 column 1".
+            ModuleError::ManifestSyntax(_) | ModuleError::ManifestNotObject => {
+                let what = if html {
+                    "an HTML page, not a manifest (a captive portal or a login page?)"
+                } else {
+                    "not a manifest"
+                };
+                ModuleError::ManifestFetch {
+                    url: request.manifest_url.to_string(),
+                    source: FetchError::content(format!("{from} sent {what}: {error}")),
+                }
+            }
+            other => other,
+        })?;
         candidate.module_base = fetched.url;
         check_rollback(&candidate, rollback_floor, request, warnings)?;
         Ok(candidate)
@@ -2513,6 +2535,28 @@ mod tests {
             .pins()
             .iter()
             .any(|pin| pin.sha256 == sha256_hex(&raw)));
+    }
+
+    #[test]
+    fn an_html_page_in_place_of_the_manifest_is_named_as_such_with_its_url() {
+        let world = world();
+        world.fetcher.serve_manifest(
+            &manifest_url("news"),
+            b"\n  <!DOCTYPE html><html><body>Log in to the hotel wifi</body></html>",
+        );
+        let error = world
+            .loader
+            .load(&world.request("news", 1_000))
+            .unwrap_err();
+        let text = error.to_string();
+        assert!(
+            text.contains("https://apps.test/news/manifest.json sent an HTML page, not a manifest"),
+            "{text}"
+        );
+        assert!(
+            matches!(&error, ModuleError::ManifestFetch { source, .. } if source.kind == FetchErrorKind::Verification),
+            "{error:?}"
+        );
     }
 
     #[test]
