@@ -350,6 +350,13 @@ impl Reporter {
                 delay,
                 error,
             } => {
+                // It receives nothing until its next attempt: its last rate is not a rate
+                // the overall bar may go on adding (a download waiting 30 s behind a
+                // breaker kept adding what it did before).
+                if let Some(v) = self.jobs.get_mut(job) {
+                    v.rate = 0;
+                }
+                self.update_overall(true);
                 self.tell(
                     job,
                     format!("attempt {attempt} in {:.1}s: {error}", delay.as_secs_f64()),
@@ -644,6 +651,14 @@ mod tests {
         });
         assert_eq!(overall.message(), "7.63 MiB 1.91 MiB/s");
         assert_eq!(overall.position(), 1);
+        // A download that waits to try again receives nothing meanwhile.
+        r.event(&Event::Retrying {
+            job: JobId(2),
+            attempt: 2,
+            delay: Duration::from_secs(30),
+            error: DownloadError::Cancelled,
+        });
+        assert_eq!(overall.message(), "7.63 MiB 0 B/s");
     }
 
     #[test]

@@ -702,7 +702,7 @@ fn serve_each_file_after_one_503(h: &mut Harness, origin: &str, body: Vec<u8>) {
 #[test]
 fn a_503_with_retry_after_for_each_new_file_does_not_open_the_breaker_on_a_list() {
     // Sixteen jobs start at once and each first request is refused "for a second": counted
-    // against the breaker these opened it for its 60 s cool-down, longer than the jobs may
+    // against the breaker these opened it for its cool-down (60 s then), longer than the jobs may
     // wait, and the list failed with CircuitOpen though every file was served a second later.
     let body = pattern(3_000, 75);
     let mut cfg = config();
@@ -1045,4 +1045,97 @@ fn a_list_waits_out_the_first_cooldown_of_an_origin_down_for_ten_seconds() {
         .events
         .iter()
         .any(|(_, e)| matches!(e, Event::BreakerOpened { .. })));
+}
+
+#[test]
+fn a_url_that_asked_for_an_hour_is_not_asked_again_while_a_mirror_may_go() {
+    // The primary answers 429 "in an hour", the mirror 503 each time: the primary was asked
+    // again after each of the mirror's backoffs, a second after it said an hour.
+    let mut cfg = policy_config();
+    cfg.retry.max_attempts = 4;
+    cfg.retry.max_elapsed = secs(120);
+    let mut h = Harness::new(cfg);
+    h.serve(ORIGIN, |_| {
+        Reply::new(with_length(429, &[hdr("Retry-After", 3600)], b""))
+    });
+    h.serve(MIRROR, |_| Reply::new(with_length(503, &[], b"")));
+    let job = h.submit(download().mirror(MIRROR_URL).unwrap());
+    assert!(h.run(job).is_err(), "neither URL serves");
+    assert_eq!(
+        requests_to(&h, "a.test"),
+        1,
+        "the primary asked for an hour"
+    );
+    assert!(requests_to(&h, "b.test") >= 2, "the mirror was tried again");
+}
+
+#[test]
+fn a_download_kept_from_its_mirror_by_a_breaker_ends_with_circuit_open_not_its_primarys_404() {
+    // The primary answers 404 and is dropped; the mirror's breaker, reopened by another
+    // download, keeps this one waiting past the limit. It ended with the primary's 404 (exit
+    // "HTTP status": the user concludes the file is missing), having asked the mirror nothing.
+    let mut cfg = policy_config();
+    cfg.breaker.failure_threshold = 1;
+    cfg.breaker.cooldown = secs(20);
+    let mut h = Harness::new(cfg);
+    h.serve(ORIGIN, |_| Reply::new(with_length(404, &[], b"")));
+    let body = pattern(1_000, 12);
+    let mirror_body = body.clone();
+    h.serve(MIRROR, move |r| {
+        if r.path.ends_with("/down.bin") {
+            Reply::new(with_length(503, &[], b""))
+        } else {
+            file_server(mirror_body.clone())(r)
+        }
+    });
+    // Opens the mirror's breaker, and its failed probe after 20 s reopens it for 40 s.
+    let other = h.submit(Download::new("http://b.test/pub/down.bin", "/dl/down.bin").unwrap());
+    assert!(h.run(other).is_err());
+    let mirror_requests = requests_to(&h, "b.test");
+    let job = h.submit(download().mirror(MIRROR_URL).unwrap());
+    match h.run(job) {
+        Err(DownloadError::CircuitOpen { origin, .. }) => assert_eq!(origin, "http://b.test:80"),
+        other => panic!("expected CircuitOpen for the mirror, got {other:?}"),
+    }
+    assert_eq!(
+        requests_to(&h, "b.test"),
+        mirror_requests,
+        "the mirror was not asked"
+    );
+}
+
+#[test]
+fn a_download_resumed_behind_a_reopened_breaker_does_not_end_with_a_failure_it_got_past() {
+    // Its first request failed (502), its retry was answered and downloading when it was
+    // paused; another download reopened the origin's breaker past the limit meanwhile. On
+    // resume it ended with the 502 from the start, long since overcome.
+    let mut cfg = policy_config();
+    cfg.breaker.failure_threshold = 1;
+    cfg.breaker.cooldown = secs(20);
+    let mut h = Harness::new(cfg);
+    let body = pattern(100_000, 13);
+    let mut first = true;
+    h.serve(ORIGIN, move |r| {
+        if r.path.ends_with("/down.bin") {
+            return Reply::new(with_length(503, &[], b""));
+        }
+        if std::mem::take(&mut first) {
+            return Reply::new(with_length(502, &[], b""));
+        }
+        let wire = serve_range(&body, r);
+        let head = head_len(&wire);
+        Reply::new(wire).pieces(&[head, 1_000]).gap(secs(1))
+    });
+    let job = h.submit(download());
+    h.run_until("the retry downloads", |h| h.progress(job).len() > 3);
+    h.engine.pause(h.now, job);
+    h.drain();
+    let other = h.submit(Download::new("http://a.test/files/down.bin", "/dl/down.bin").unwrap());
+    assert!(h.run(other).is_err());
+    h.engine.resume(h.now, job);
+    h.drain();
+    match h.run(job) {
+        Err(DownloadError::CircuitOpen { .. }) => {}
+        other => panic!("expected CircuitOpen, got {other:?}"),
+    }
 }

@@ -156,14 +156,18 @@ impl ModuleError {
     /// fallback never runs anything the network offered, and an app with a good pinned
     /// release still starts (the failure did not stop the load; it is its reason,
     /// [`crate::LoadSource::PinnedFallback`]). Not a configuration error (trusted keys, app
-    /// name), which the local manifests fail too, nor a cancelled fetch.
+    /// name, a manifest URL the engine refuses), which the local manifests fail too or which
+    /// would load the old release for ever, nor a cancelled fetch.
     pub fn allows_fallback(&self) -> bool {
         match self {
             ModuleError::InvalidTrustedKey { .. }
             | ModuleError::DuplicateTrustedKey { .. }
             | ModuleError::InvalidAppName { .. } => false,
             ModuleError::ManifestFetch { source, .. } | ModuleError::ModuleFetch { source, .. } => {
-                source.kind != crate::FetchErrorKind::Cancelled
+                !matches!(
+                    source.kind,
+                    crate::FetchErrorKind::Cancelled | crate::FetchErrorKind::InvalidRequest
+                )
             }
             _ => true,
         }

@@ -1008,11 +1008,14 @@ impl<F: Fetcher> Loader<F> {
                 }
             }
             if !errors.is_empty() {
-                // A content failure must not be hidden behind a network one: it is the one
-                // reported (the load's error, or its fallback's reason).
+                // A cancellation goes first (a Ctrl-C must not end in a fallback because
+                // another module failed before it); then a content failure, which must not be
+                // hidden behind a network one: it is the one reported (the load's error, or
+                // its fallback's reason).
                 let position = errors
                     .iter()
-                    .position(|error| !error.is_network())
+                    .position(|error| !error.allows_fallback())
+                    .or_else(|| errors.iter().position(|error| !error.is_network()))
                     .unwrap_or(0);
                 return Err(errors.swap_remove(position));
             }
@@ -1566,6 +1569,8 @@ mod tests {
         redirects: Mutex<HashMap<String, Url>>,
         modules: Mutex<HashMap<String, Vec<u8>>>,
         module_failure: Mutex<Option<FetchError>>,
+        /// Failures of single module URLs.
+        failing_modules: Mutex<HashMap<String, FetchError>>,
         manifest_calls: AtomicUsize,
         fetched_hashes: Mutex<Vec<String>>,
         /// Jobs for this hash block until `gate_open`.
@@ -1643,6 +1648,9 @@ mod tests {
                     lock(&self.fetched_hashes).push(job.sha256.clone());
                     if let Some(error) = lock(&self.module_failure).clone() {
                         return Err(error);
+                    }
+                    if let Some(error) = lock(&self.failing_modules).get(job.url.as_str()) {
+                        return Err(error.clone());
                     }
                     let bytes = lock(&self.modules)
                         .get(job.url.as_str())
@@ -2535,6 +2543,55 @@ mod tests {
             .pins()
             .iter()
             .any(|pin| pin.sha256 == sha256_hex(&raw)));
+    }
+
+    #[test]
+    fn a_cancelled_load_ends_cancelled_though_another_module_failed_first() {
+        // A module failed (404) before the rest of the batch was cancelled (Ctrl-C): the
+        // content failure was reported first, and the load fell back and succeeded.
+        let world = world();
+        world.publish("news", &[kotlin(), app_module("news", "v1")], 100);
+        world.loader.load(&world.request("news", 1_000)).unwrap();
+        let v2 = [kotlin(), app_module("lib", "v2"), app_module("news", "v2")];
+        let raw = world.publish("news", &v2, 200);
+        let manifest = Manifest::parse(&raw).unwrap();
+        let url = |id: &str| {
+            manifest
+                .module_url(id, &manifest_url("news"))
+                .unwrap()
+                .to_string()
+        };
+        let mut failing = lock(&world.fetcher.failing_modules);
+        failing.insert(url(&v2[1].id), FetchError::content("404"));
+        failing.insert(
+            url(&v2[2].id),
+            FetchError::new(FetchErrorKind::Cancelled, "cancelled"),
+        );
+        drop(failing);
+        let error = world
+            .loader
+            .load(&world.request("news", 2_000))
+            .unwrap_err();
+        assert!(!error.allows_fallback(), "{error:?}");
+    }
+
+    #[test]
+    fn a_manifest_url_the_engine_refuses_is_an_error_not_a_fallback() {
+        let world = world();
+        world.publish("news", &[kotlin(), app_module("news", "v1")], 100);
+        world.loader.load(&world.request("news", 1_000)).unwrap();
+        world.fetcher.fail_manifest(
+            &manifest_url("news"),
+            FetchError::new(FetchErrorKind::InvalidRequest, "credentials in the URL"),
+        );
+        let error = world
+            .loader
+            .load(&world.request("news", 2_000))
+            .unwrap_err();
+        assert!(
+            matches!(&error, ModuleError::ManifestFetch { source, .. } if source.kind == FetchErrorKind::InvalidRequest),
+            "{error:?}"
+        );
     }
 
     #[test]

@@ -315,7 +315,7 @@ pub fn engine_config(sc: &Scenario, seed: u64) -> Config {
             failure_threshold: 5,
             cooldown: Duration::from_secs(2),
             max_cooldown: BREAKER_MAX_COOLDOWN,
-            success_threshold: 2,
+            success_threshold: 1,
         },
         checkpoint_bytes: sc.checkpoint_bytes,
         checkpoint_interval: Duration::from_millis(500),

@@ -509,6 +509,9 @@ struct Job {
     /// URLs that served bytes failing verification, or failed in a way of their own (a
     /// 404, their TLS): not used again by this job.
     bad_urls: Vec<usize>,
+    /// URLs whose server asked not to be asked again before an instant (`Retry-After` on
+    /// a 429 or 503): another URL goes first until then (see `Engine::retry_after_pending`).
+    asked_to_wait: Vec<(usize, Instant)>,
     /// Mirrors that failed a segment of this job (an error, or an answer that did not fit
     /// the file: 200 to a range, another length): no more segments go there.
     spread_excluded: Vec<usize>,
@@ -550,9 +553,10 @@ struct Job {
     /// This attempt already counted a failure against its origin: the other connections
     /// of a segmented attempt that fail with it are one incident, not several.
     failure_noted: bool,
-    /// The failure its last retry was scheduled after: what the job ends with if it may
-    /// not try again (see `Engine::wait_for_breaker`).
-    last_error: Option<DownloadError>,
+    /// The failure its last retry was scheduled after, with the origin (label) it came
+    /// from: what the job ends with if that origin's breaker keeps it from trying again
+    /// (see `Engine::wait_for_breaker`). Forgotten once a response is accepted.
+    last_error: Option<(String, DownloadError)>,
     next_transfer: u64,
     transfers: BTreeMap<u64, Transfer>,
     /// Ranges nobody fetches right now (a segment whose connection died).
@@ -1266,6 +1270,7 @@ impl Engine {
             validator_resource: None,
             verify_retry_used: false,
             bad_urls: Vec::new(),
+            asked_to_wait: Vec::new(),
             spread_excluded: Vec::new(),
             spread_used: false,
             spread_off: false,

@@ -152,10 +152,18 @@ impl Engine {
             return Err(earliest.unwrap_or_else(fallback));
         }
         // Only URLs that have not failed since the last backoff (the round is empty after one).
-        let candidates: Vec<(usize, MirrorStats)> = open
+        let mut candidates: Vec<(usize, MirrorStats)> = open
             .into_iter()
             .filter(|(i, _)| !failed.contains(i))
             .collect();
+        // A URL whose server asked for time (`Retry-After`) waits while another may go: it
+        // was asked again after the other's backoff, a second after "in an hour".
+        if candidates
+            .iter()
+            .any(|(i, _)| !self.retry_after_pending(id, *i))
+        {
+            candidates.retain(|(i, _)| !self.retry_after_pending(id, *i));
+        }
         if candidates.is_empty() {
             // The URL chosen for a failover became unavailable meanwhile: back off rather
             // than go straight back to one that just failed.
@@ -201,6 +209,16 @@ impl Engine {
         Ok(())
     }
 
+    /// Whether URL `url` of job `id` asked (with `Retry-After`) not to be asked again yet.
+    pub(super) fn retry_after_pending(&self, id: JobId, url: usize) -> bool {
+        let now = self.now;
+        self.jobs.get(&id).is_some_and(|j| {
+            j.asked_to_wait
+                .iter()
+                .any(|&(i, until)| i == url && until > now)
+        })
+    }
+
     /// The longest a job waits behind open breakers for its next try: the retry policy's
     /// longest pause between tries, or the breaker's first cool-down if that is longer.
     /// A breaker past that has had its probe fail after a cool-down: the origin is down,
@@ -215,33 +233,40 @@ impl Engine {
             .max(self.config.breaker.cooldown)
     }
 
-    /// No URL of the job may be tried before `until`: wait in backoff, or give up with
-    /// `CircuitOpen` when that is beyond the retry policy's time limit or longer than
-    /// [`Engine::breaker_wait_limit`].
+    /// `CircuitOpen` for `origin` (a label), naming the last failure its breaker counted.
+    fn circuit_open(&self, origin: String, retry_in: Duration) -> DownloadError {
+        let last_failure = self
+            .breakers
+            .iter()
+            .find(|(o, _)| o.to_string() == origin)
+            .and_then(|(_, b)| b.last_failure())
+            .unwrap_or("its last requests failed")
+            .to_string();
+        DownloadError::CircuitOpen {
+            origin,
+            retry_in,
+            last_failure,
+        }
+    }
+
+    /// No URL of the job may be tried before `until`: wait in backoff, or give up when that
+    /// is beyond the retry policy's time limit or longer than
+    /// [`Engine::breaker_wait_limit`] (with the job's last failure at `origin`, else
+    /// `CircuitOpen`).
     pub(super) fn wait_for_breaker(&mut self, id: JobId, until: Instant, origin: String) {
         let limit = self.breaker_wait_limit();
         let j = self.jobs.get_mut(&id).expect("job exists");
         let deadline = j.started + self.config.retry.max_elapsed;
         let retry_in = until.saturating_since(self.now);
         if until > deadline || retry_in > limit {
-            // A job that tried ends with what failed it (its exit code says so); one that
-            // never tried, with the breaker's verdict.
-            if let Some(error) = j.last_error.clone() {
+            // A job whose last try failed at the origin that keeps it waiting ends with that
+            // failure (its exit code says so); otherwise (it never tried there, or a later
+            // answer came), with the breaker's verdict.
+            if let Some((_, error)) = j.last_error.clone().filter(|(from, _)| *from == origin) {
                 tracing::warn!(job = %id, %origin, "not retrying: every URL's origin is behind a circuit breaker for another {retry_in:.1?}");
                 return self.terminate(id, error, true);
             }
-            let last_failure = self
-                .breakers
-                .iter()
-                .find(|(o, _)| o.to_string() == origin)
-                .and_then(|(_, b)| b.last_failure())
-                .unwrap_or("its last requests failed")
-                .to_string();
-            let error = DownloadError::CircuitOpen {
-                origin,
-                retry_in,
-                last_failure,
-            };
+            let error = self.circuit_open(origin, retry_in);
             return self.terminate(id, error, true);
         }
         tracing::debug!(job = %id, %origin, %until, "every URL's breaker is open; waiting");
@@ -464,11 +489,25 @@ impl Engine {
         if !stay && !j.failed_round.contains(&failed) {
             j.failed_round.push(failed);
         }
+        if let DownloadError::Status {
+            retry_after: Some(wait),
+            ..
+        } = &error
+        {
+            let until = self.now + *wait;
+            j.asked_to_wait.retain(|&(i, _)| i != failed);
+            j.asked_to_wait.push((failed, until));
+        }
         let urls = 1 + j.spec.mirrors.len();
         let others: Vec<usize> = (0..urls)
             .filter(|i| !j.failed_round.contains(i) && !j.bad_urls.contains(i))
             .collect();
-        // A start-over stays on its URL: a retry, though other URLs are untried.
+        // A start-over stays on its URL: a retry, though other URLs are untried. No
+        // failover to a URL that asked for time (`Retry-After`): the job backs off instead.
+        let others: Vec<usize> = others
+            .into_iter()
+            .filter(|&i| !self.retry_after_pending(id, i))
+            .collect();
         let failover = !stay
             && others.into_iter().any(|i| {
                 let url = self.job_url(id, i).clone();
@@ -506,34 +545,44 @@ impl Engine {
         let delay = delay.max(self.retry_budget.wait(self.now));
         // Every usable URL's breaker open past the backoff: the next attempt waits for the
         // first to close, and the retry says so (it said "in 1.3s" and started 120 s later).
-        // Beyond the time limit it is left to the attempt's start, which ends the job with
-        // `CircuitOpen`.
+        // Past `breaker_wait_limit` the job ends here; beyond the time limit it is left to
+        // the attempt's start (`wait_for_breaker`).
         let j = &self.jobs[&id];
         let usable: Vec<usize> = (0..urls).filter(|i| !j.bad_urls.contains(i)).collect();
+        let failed_usable = usable.contains(&failed);
         let mut breakers = Vec::with_capacity(usable.len());
         for i in usable {
             let url = self.job_url(id, i).clone();
-            breakers.push(self.breaker_wait(&url));
+            breakers.push(self.breaker_wait(&url).map(|at| (at, url)));
         }
         let limit = self.breaker_wait_limit();
-        let delay = match breakers.iter().copied().collect::<Option<Vec<Instant>>>() {
+        let delay = match breakers
+            .into_iter()
+            .collect::<Option<Vec<(Instant, url::Url)>>>()
+        {
             Some(waits) if !stay => {
                 let closes = waits
                     .into_iter()
-                    .min()
-                    .map(|at| at.saturating_since(self.now));
+                    .min_by_key(|(at, _)| *at)
+                    .map(|(at, url)| (at.saturating_since(self.now), url));
                 match closes {
-                    Some(wait) if wait > limit => {
+                    Some((wait, url)) if wait > limit => {
                         // The origin stayed down through a probe: no retry (see
-                        // `breaker_wait_limit`). The job ends with what failed it.
+                        // `breaker_wait_limit`). The job ends with what failed it, if that
+                        // URL is one the breakers keep it from.
                         tracing::warn!(
                             job = %id,
                             "not retrying: every URL's origin is behind a circuit breaker for another {:.1?}",
                             wait
                         );
+                        let error = if failed_usable {
+                            error
+                        } else {
+                            self.circuit_open(crate::engine::origin_label(&url), wait)
+                        };
                         return self.terminate(id, error, true);
                     }
-                    Some(wait) if elapsed + wait <= policy.max_elapsed => delay.max(wait),
+                    Some((wait, _)) if elapsed + wait <= policy.max_elapsed => delay.max(wait),
                     _ => delay,
                 }
             }
@@ -551,6 +600,7 @@ impl Engine {
             return self.terminate(id, error, true);
         }
         self.retry_budget.take(self.now);
+        let failed_origin = crate::engine::origin_label(self.job_url(id, failed));
         let j = self.jobs.get_mut(&id).expect("job exists");
         j.attempt += 1;
         if failover {
@@ -560,7 +610,7 @@ impl Engine {
         j.phase = Phase::Backoff {
             until: self.now + delay,
         };
-        j.last_error = Some(error.clone());
+        j.last_error = Some((failed_origin, error.clone()));
         tracing::debug!(job = %id, attempt, ?delay, "retrying after: {error}");
         self.event(Event::Retrying {
             job: id,

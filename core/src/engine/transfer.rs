@@ -1286,6 +1286,8 @@ impl Engine {
     ) {
         let now = self.now;
         let j = self.jobs.get_mut(&id).expect("job exists");
+        // A usable answer: an earlier failure no longer says why the job cannot go on.
+        j.last_error = None;
         if let Some(coding) = http::unrequested_content_coding(head) {
             if !j.warned_content_coding {
                 // The request asked for identity: a server that compresses anyway makes the
