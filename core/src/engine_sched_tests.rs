@@ -498,6 +498,47 @@ fn a_connection_cap_learnt_from_a_busy_server_is_tried_again_after_30_s() {
     );
 }
 
+/// As above, but the refusal said `Retry-After: 60`: the next connection waits 60 s, not 30.
+#[test]
+fn a_connection_cap_learnt_with_a_retry_after_is_tried_again_no_sooner_than_it_said() {
+    let body = pattern(8_000_000, 14);
+    let mut h = Harness::new(config());
+    let b = body.clone();
+    let calm_from = at(secs(2));
+    h.serve(ORIGIN, move |req| {
+        if req.at < calm_from && req.seq > 0 {
+            return Reply::new(with_length(503, &[hdr("retry-after", 60)], b"slow down"));
+        }
+        head_first(serve_range(&b, req), 4096).gap(millis(50))
+    });
+    let job = h.submit(segmented(4, 25_000).sha256(&sha_hex(&body)).unwrap());
+    h.run(job).expect("download succeeds");
+    assert_committed(&h, &body);
+    // The most connections open at once from the calm until 60 s, and after.
+    let (mut open, mut before, mut after) = (BTreeSet::new(), 0, 0);
+    for (when, op) in &h.ops {
+        match op {
+            IoOp::Connect { conn, .. } => {
+                open.insert(*conn);
+            }
+            IoOp::Close { conn } => {
+                open.remove(conn);
+            }
+            _ => continue,
+        }
+        if *when >= calm_from && *when < at(secs(60)) {
+            before = before.max(open.len());
+        } else if *when >= at(secs(60)) {
+            after = after.max(open.len());
+        }
+    }
+    assert_eq!(
+        before, 1,
+        "one connection until the 60 s the server asked for"
+    );
+    assert!(after >= 2, "one more after them: {after}");
+}
+
 #[test]
 fn a_finished_connection_steals_half_of_a_slow_segment_and_the_victim_stops_at_the_split() {
     let body = pattern(100_000, 5);

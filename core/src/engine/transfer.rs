@@ -1623,15 +1623,20 @@ impl Engine {
         if j.segmented && j.transfers.len() > 1 && error.retryable() {
             let t = j.transfers.remove(&tid).expect("transfer");
             if let DownloadError::Status {
-                status: 429 | 503, ..
+                status: 429 | 503,
+                retry_after,
+                ..
             } = error
             {
                 // The server turns extra connections away (a limit per client): the job
                 // keeps to those it has; sent again, the refused ranges would be refused
-                // again, all of them each time a connection frees.
+                // again, all of them each time a connection frees. One more is tried after
+                // `CONNECTION_CAP_RELAX`, or after the Retry-After if the server said longer.
                 let taken = j.transfers.len().max(1);
                 j.connections_taken = Some(j.connections_taken.map_or(taken, |n| n.min(taken)));
-                j.connections_taken_at = self.now;
+                let asked = retry_after.unwrap_or_default();
+                j.connections_taken_at =
+                    self.now + asked.saturating_sub(super::CONNECTION_CAP_RELAX);
                 tracing::info!(job = %id, taken, "the server refused a segment's connection ({error}); no more connections than that");
             }
             if let Some(end) = t.end {
