@@ -263,6 +263,12 @@ impl BackoffModel {
         self.verify_retries > 0
     }
 
+    /// Whether URL `url` is out of the job's use (it served wrong bytes, or failed for a
+    /// reason of its own).
+    pub fn is_bad(&self, url: usize) -> bool {
+        self.bad.contains(&url)
+    }
+
     /// URLs other than the current attempt's that have not served wrong bytes: where a job
     /// with several URLs can retry after its current URL failed verification.
     pub fn urls_left_after_bad(&self) -> usize {

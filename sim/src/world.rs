@@ -2029,6 +2029,32 @@ impl World {
                      after a failed verification"
                 )
             }
+            // A retryable failure with attempts and time left ends a job only behind
+            // breakers: every URL it may use at an origin whose breaker is open for longer
+            // than the engine waits (the retry policy's longest pause, or the first
+            // cool-down if longer).
+            error if error.retryable() => {
+                let config = engine_config(&self.sc, 0);
+                let limit = config.retry.max_delay.max(config.breaker.cooldown);
+                let held = d
+                    .first_hops
+                    .iter()
+                    .enumerate()
+                    .filter(|(u, _)| !d.model.is_bad(*u))
+                    .all(|(_, (origin, _))| {
+                        self.breakers
+                            .open_for(origin, now)
+                            .is_some_and(|wait| wait > limit)
+                    });
+                if held {
+                    return;
+                }
+                format!(
+                    "d{i} ended on attempt {attempt} with {error} (retryable), with attempts and \
+                     time left, and not every URL it may use behind a breaker open for more \
+                     than {limit:?}"
+                )
+            }
             _ => return,
         };
         self.violate(Invariant::Backoff, detail);
