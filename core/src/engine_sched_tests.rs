@@ -3203,6 +3203,43 @@ fn a_rate_limited_read_takes_no_more_than_the_tokens_so_a_small_file_cannot_outr
     }
 }
 
+/// `jobs` downloads of `size` bytes at once (each its own connection) under one global
+/// limit of `rate`, run to the end.
+fn downloads_under_a_global_limit(
+    rate: u64,
+    jobs: usize,
+    size: usize,
+    seed: u8,
+) -> (Harness, Vec<JobId>) {
+    let mut cfg = config();
+    cfg.rate_limit = Some(rate);
+    cfg.max_active_jobs = jobs;
+    cfg.max_connections_per_origin = jobs;
+    let mut h = Harness::new(cfg);
+    let body = pattern(size, seed);
+    h.serve(ORIGIN, crate::engine_tests::file_server(body));
+    let ids: Vec<JobId> = (0..jobs)
+        .map(|i| {
+            h.submit(Download::new(&format!("{ORIGIN}/f{i}.bin"), format!("/dl/f{i}.bin")).unwrap())
+        })
+        .collect();
+    for id in &ids {
+        h.run(*id).expect("downloaded");
+    }
+    (h, ids)
+}
+
+/// When each read was asked for, and how many bytes it might take.
+fn reads_of(h: &Harness) -> Vec<(Instant, usize)> {
+    h.ops
+        .iter()
+        .filter_map(|(at, op)| match op {
+            IoOp::Recv { max, .. } => Some((*at, *max)),
+            _ => None,
+        })
+        .collect()
+}
+
 /// Sixteen downloads under one global limit share its one-second allowance from the start:
 /// the reads issued together at t = 0 (every connection's first, before any byte of them is
 /// counted) ask for a share each, not the whole allowance each (the start burst was sixteen
@@ -3211,29 +3248,11 @@ fn a_rate_limited_read_takes_no_more_than_the_tokens_so_a_small_file_cannot_outr
 fn reads_issued_together_share_the_global_allowance() {
     const RATE: u64 = 200_000;
     const JOBS: usize = 16;
-    let mut cfg = config();
-    cfg.rate_limit = Some(RATE);
-    cfg.max_active_jobs = JOBS;
-    cfg.max_connections_per_origin = JOBS;
-    let mut h = Harness::new(cfg);
-    let body = pattern(100_000, 80);
-    h.serve(ORIGIN, crate::engine_tests::file_server(body.clone()));
-    let ids: Vec<JobId> = (0..JOBS)
-        .map(|i| {
-            h.submit(Download::new(&format!("{ORIGIN}/f{i}.bin"), format!("/dl/f{i}.bin")).unwrap())
-        })
-        .collect();
-    for id in &ids {
-        h.run(*id).expect("downloaded");
-    }
-    let first_reads: usize = h
-        .ops
+    let (h, ids) = downloads_under_a_global_limit(RATE, JOBS, 100_000, 80);
+    let first_reads: usize = reads_of(&h)
         .iter()
         .filter(|(at, _)| *at == Instant::ZERO)
-        .filter_map(|(_, op)| match op {
-            IoOp::Recv { max, .. } => Some(*max),
-            _ => None,
-        })
+        .map(|(_, max)| max)
         .sum();
     // The allowance, and at most about one smallest read more per connection for
     // the reads that follow at once.
@@ -3440,28 +3459,8 @@ fn a_connection_freed_while_downloads_wait_in_the_queue_is_kept_for_them() {
 fn a_very_low_limit_reads_about_its_one_second_allowance_at_once_not_seconds_of_it() {
     const RATE: u64 = 1_000;
     const JOBS: usize = 4;
-    let mut cfg = config();
-    cfg.rate_limit = Some(RATE);
-    cfg.max_active_jobs = JOBS;
-    let mut h = Harness::new(cfg);
-    let body = pattern(3_000, 81);
-    h.serve(ORIGIN, crate::engine_tests::file_server(body.clone()));
-    let ids: Vec<JobId> = (0..JOBS)
-        .map(|i| {
-            h.submit(Download::new(&format!("{ORIGIN}/f{i}.bin"), format!("/dl/f{i}.bin")).unwrap())
-        })
-        .collect();
-    for id in &ids {
-        h.run(*id).expect("downloaded");
-    }
-    let reads: Vec<(Instant, usize)> = h
-        .ops
-        .iter()
-        .filter_map(|(at, op)| match op {
-            IoOp::Recv { max, .. } => Some((*at, *max)),
-            _ => None,
-        })
-        .collect();
+    let (h, ids) = downloads_under_a_global_limit(RATE, JOBS, 3_000, 81);
+    let reads = reads_of(&h);
     let at_start: usize = reads
         .iter()
         .filter(|(at, _)| *at == Instant::ZERO)
