@@ -49,6 +49,8 @@ struct JobView {
     bytes: u64,
     /// Its receive rate (bytes per second) as of its last progress.
     rate: u64,
+    /// Whether an attempt of it failed (a retry was announced).
+    retried: bool,
     /// Whether the engine writes the download to a named partial that a cancel keeps (as
     /// of its last response; `None` before any).
     resumable: Option<bool>,
@@ -262,6 +264,7 @@ impl Reporter {
                         last_json: None,
                         bytes: 0,
                         rate: 0,
+                        retried: false,
                         resumable: None,
                         started: Instant::now(),
                     },
@@ -355,6 +358,7 @@ impl Reporter {
                 // breaker kept adding what it did before).
                 if let Some(v) = self.jobs.get_mut(job) {
                     v.rate = 0;
+                    v.retried = true;
                 }
                 self.update_overall(true);
                 self.tell(
@@ -366,8 +370,17 @@ impl Reporter {
                 }
             }
             Event::Failover { job, from, to } => {
-                // Back to the download's own URL is a failover too, not a mirror.
-                self.tell(job, format!("failing over from {from} to {to}"));
+                // Back to the download's own URL is a failover too, not a mirror. A first
+                // attempt that goes elsewhere (the URL's origin behind a breaker, or another
+                // that delivered better) has failed nowhere: it said "failing over from" a
+                // URL it never asked.
+                let retried = self.jobs.get(job).is_some_and(|v| v.retried);
+                let text = if retried {
+                    format!("failing over from {from} to {to}")
+                } else {
+                    format!("using {to} rather than {from}")
+                };
+                self.tell(job, text);
                 if self.mode == Mode::Json {
                     self.emit_json(
                         json!({"event": "failover", "job": job.0, "from": from, "to": to}),
@@ -659,6 +672,38 @@ mod tests {
             error: DownloadError::Cancelled,
         });
         assert_eq!(overall.message(), "7.63 MiB 0 B/s");
+    }
+
+    #[test]
+    fn a_first_attempt_on_a_mirror_is_not_called_a_failover() {
+        let mut r = Reporter::new(Mode::Bars, 1);
+        let job = JobId(1);
+        r.event(&Event::Started {
+            job,
+            url: "http://a/f.iso".into(),
+        });
+        let failover = Event::Failover {
+            job,
+            from: "http://a/f.iso".into(),
+            to: "http://b/f.iso".into(),
+        };
+        r.event(&failover);
+        let message = |r: &Reporter| r.jobs[&job].bar.as_ref().expect("bar").message();
+        assert_eq!(
+            message(&r),
+            "using http://b/f.iso rather than http://a/f.iso"
+        );
+        r.event(&Event::Retrying {
+            job,
+            attempt: 2,
+            delay: Duration::ZERO,
+            error: DownloadError::Cancelled,
+        });
+        r.event(&failover);
+        assert_eq!(
+            message(&r),
+            "failing over from http://a/f.iso to http://b/f.iso"
+        );
     }
 
     #[test]
