@@ -391,10 +391,17 @@ fn pins(store: &mut Store, dir: &CacheDir, _: u64, _: &RecoveryReport) -> Report
                 } else {
                     ""
                 };
-                let gone = if missing.contains(sha256) {
-                    "  (not stored: the next load fetches it again)"
-                } else {
-                    ""
+                // A module is fetched again by the next load from the network; a manifest
+                // never is by its hash (the next load fetches whatever the URL serves now),
+                // and without it the app has no release to fall back to.
+                let gone = match (missing.contains(sha256), what.is_empty()) {
+                    (false, _) => "",
+                    (true, true) => {
+                        "  (not stored: the next load from the network fetches it again)"
+                    }
+                    (true, false) => {
+                        "  (not stored: no fallback until the next load from the network)"
+                    }
                 };
                 println!("  {sha256}{what}{gone}");
             }

@@ -302,7 +302,7 @@ fn print_result(args: &LoadArgs, result: &LoadResult) {
             ""
         };
         println!(
-            "fallback: the network's manifest could not be used, so {what} was loaded instead: {reason}{hint}"
+            "fallback: the network's release could not be used, so {what} was loaded instead: {reason}{hint}"
         );
     }
     println!(

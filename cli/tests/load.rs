@@ -492,7 +492,7 @@ fn network_failure_falls_back_to_the_pinned_manifest_and_says_so() {
     let stdout = text(&offline.stdout);
     assert!(
         stdout
-            .contains("fallback: the network's manifest could not be used, so the last good pinned manifest was loaded"),
+            .contains("fallback: the network's release could not be used, so the last good pinned manifest was loaded"),
         "{stdout}"
     );
     assert!(stdout.contains(&sha256_hex(&raw)), "{stdout}");
@@ -756,7 +756,7 @@ fn verify_reports_stored_files_of_the_wrong_size_or_missing_and_exits_5() {
     for sha256 in [&kotlin_sha, &news_sha] {
         assert!(
             listed.contains(&format!(
-                "{sha256}  (not stored: the next load fetches it again)"
+                "{sha256}  (not stored: the next load from the network fetches it again)"
             )),
             "{listed}"
         );
