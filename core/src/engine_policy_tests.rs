@@ -1139,3 +1139,40 @@ fn a_download_resumed_behind_a_reopened_breaker_does_not_end_with_a_failure_it_g
         other => panic!("expected CircuitOpen, got {other:?}"),
     }
 }
+
+#[test]
+fn downloads_waiting_behind_a_breaker_leave_their_slots_to_other_origins() {
+    // Four downloads from a dead host took the four slots while they waited 30 s for its
+    // breaker, and the downloads from a working host queued behind them waited as long.
+    let mut cfg = default_policies();
+    cfg.max_active_jobs = 4;
+    cfg.breaker.failure_threshold = 2;
+    let mut h = Harness::new(cfg);
+    h.serve(ORIGIN, file_server(pattern(1_000, 15)));
+    h.connect_plan(ORIGIN, |_| ConnectPlan::Fail(IoErrorKind::ConnectFailed));
+    let body = pattern(1_000, 16);
+    h.serve(MIRROR, file_server(body.clone()));
+    let dead: Vec<JobId> = (0..4)
+        .map(|n| {
+            h.submit(Download::new(&format!("{URL}.{n}"), format!("/dl/dead{n}.bin")).unwrap())
+        })
+        .collect();
+    let good: Vec<JobId> = (0..4)
+        .map(|n| {
+            h.submit(
+                Download::new(&format!("{MIRROR}/pub/g{n}.bin"), format!("/dl/g{n}.bin")).unwrap(),
+            )
+        })
+        .collect();
+    for &job in &good {
+        h.run(job).expect("the working host serves");
+        assert!(
+            h.finished_at(job) < at(secs(5)),
+            "{job} finished at {}, behind the dead host's breaker",
+            h.finished_at(job)
+        );
+    }
+    for &job in &dead {
+        assert!(h.run(job).is_err());
+    }
+}

@@ -557,6 +557,13 @@ struct Job {
     /// from: what the job ends with if that origin's breaker keeps it from trying again
     /// (see `Engine::wait_for_breaker`). Forgotten once a response is accepted.
     last_error: Option<(String, DownloadError)>,
+    /// In backoff behind open breakers (it waits for an origin, not for its own retry
+    /// schedule): it leaves its slot to the next download meanwhile (see
+    /// [`Job::holds_slot`]), and once the wait is over takes the next free slot
+    /// (`slot_waiting` until then).
+    parked: bool,
+    /// Parked, its wait over, and waiting for a slot (no deadline of its own).
+    slot_waiting: bool,
     next_transfer: u64,
     transfers: BTreeMap<u64, Transfer>,
     /// Ranges nobody fetches right now (a segment whose connection died).
@@ -667,11 +674,14 @@ impl Job {
     /// its bytes and no connection; it only waits for the disk or the hashing thread, so the
     /// next download starts meanwhile (see [`Engine::schedule`]). A paused one waits for
     /// its caller, who may take long: its slot goes to the next download, and once resumed
-    /// it takes the next free slot, before the queued jobs of its class.
+    /// it takes the next free slot, before the queued jobs of its class. So does one parked
+    /// behind a breaker ([`Job::parked`]): it waits for an origin, maybe for half a minute.
     fn holds_slot(&self) -> bool {
+        let parked = self.parked && matches!(self.phase, Phase::Backoff { .. });
         self.is_active()
             && !matches!(self.phase, Phase::Committing { .. } | Phase::Paused)
             && !self.digesting()
+            && !parked
     }
 
     /// Every byte is in and the executor's digest of them is asked for (see
@@ -1286,6 +1296,8 @@ impl Engine {
             probe: None,
             failure_noted: false,
             last_error: None,
+            parked: false,
+            slot_waiting: false,
             next_transfer: 0,
             transfers: BTreeMap::new(),
             gaps: Vec::new(),
@@ -1700,6 +1712,19 @@ impl Engine {
             {
                 break;
             }
+            // A parked job whose wait is over goes first (it started before every queued
+            // job): the most urgent, then the earliest.
+            let parked = self
+                .active_ids
+                .iter()
+                .filter_map(|id| self.jobs.get(id))
+                .filter(|j| j.slot_waiting && matches!(j.phase, Phase::Backoff { .. }))
+                .map(|j| (Reverse(j.priority()), j.id))
+                .min();
+            if let Some((_, id)) = parked {
+                self.start_attempt(id);
+                continue;
+            }
             // A resumed job waiting for a slot goes first, unless a queued job of a more
             // urgent class is ready.
             let resumed = loop {
@@ -2085,6 +2110,7 @@ impl Engine {
     /// The job's next deadline: (when, which timeout, transfer it concerns).
     fn job_deadline(&self, j: &Job) -> Option<(Instant, Due, Option<u64>)> {
         match &j.phase {
+            Phase::Backoff { .. } if j.slot_waiting => None,
             Phase::Backoff { until } => Some((*until, Due::Backoff, None)),
             Phase::Running => {
                 // A free connection with nothing left to fetch watches for stalled segments.
@@ -2159,7 +2185,16 @@ impl Engine {
             return;
         };
         if let Phase::Backoff { .. } = j.phase {
+            if j.parked {
+                // Its slot went to another download meanwhile: it starts when one is free.
+                j.slot_waiting = true;
+                return self.schedule();
+            }
             self.start_attempt(id);
+            // Parked behind a breaker again: its slot is free for another download.
+            if self.jobs.get(&id).is_some_and(|j| j.parked) {
+                self.schedule();
+            }
             return;
         }
         let Some(tid) = tid else { return };

@@ -271,6 +271,9 @@ impl Engine {
         }
         tracing::debug!(job = %id, %origin, %until, "every URL's breaker is open; waiting");
         j.phase = Phase::Backoff { until };
+        // Its slot is free from now (the callers schedule: `on_deadline`, or the
+        // scheduler's own loop).
+        j.parked = true;
     }
 
     /// A request of job `id` to `url` failed with `error`: count it against the origin when
@@ -556,6 +559,7 @@ impl Engine {
             breakers.push(self.breaker_wait(&url).map(|at| (at, url)));
         }
         let limit = self.breaker_wait_limit();
+        let mut parked = false;
         let delay = match breakers
             .into_iter()
             .collect::<Option<Vec<(Instant, url::Url)>>>()
@@ -582,7 +586,10 @@ impl Engine {
                         };
                         return self.terminate(id, error, true);
                     }
-                    Some((wait, _)) if elapsed + wait <= policy.max_elapsed => delay.max(wait),
+                    Some((wait, _)) if elapsed + wait <= policy.max_elapsed => {
+                        parked = wait > delay;
+                        delay.max(wait)
+                    }
                     _ => delay,
                 }
             }
@@ -611,6 +618,7 @@ impl Engine {
             until: self.now + delay,
         };
         j.last_error = Some((failed_origin, error.clone()));
+        j.parked = parked;
         tracing::debug!(job = %id, attempt, ?delay, "retrying after: {error}");
         self.event(Event::Retrying {
             job: id,
@@ -626,6 +634,10 @@ impl Engine {
             && j.present() > j.durable
         {
             self.start_checkpoint(id);
+        }
+        if parked {
+            // Its slot goes to the next download while it waits for the breaker.
+            self.schedule();
         }
     }
 }

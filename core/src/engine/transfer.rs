@@ -253,6 +253,8 @@ impl Engine {
         }
         // A new attempt (after a backoff, a pause or a failover): its rate is its own.
         j.meter.restart();
+        j.parked = false;
+        j.slot_waiting = false;
         if let Err((until, origin)) = self.pick_url(id) {
             return self.wait_for_breaker(id, until, origin);
         }
