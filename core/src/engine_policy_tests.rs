@@ -1142,17 +1142,25 @@ fn a_download_resumed_behind_a_reopened_breaker_does_not_end_with_a_failure_it_g
 
 #[test]
 fn downloads_waiting_behind_a_breaker_leave_their_slots_to_other_origins() {
-    // Four downloads from a dead host took the four slots while they waited 30 s for its
-    // breaker, and the downloads from a working host queued behind them waited as long.
+    // Downloads from a dead host took the slots while they waited 30 s for its breaker,
+    // and the downloads from a working host queued behind them waited as long. As many dead
+    // downloads as slots (all fail, then park), and more (the later ones park as they start,
+    // on a path that did not schedule: their slots stayed idle).
+    for (dead, slots) in [(4, 4), (6, 2)] {
+        downloads_behind_a_dead_host_leave_their_slots(dead, slots);
+    }
+}
+
+fn downloads_behind_a_dead_host_leave_their_slots(dead: usize, slots: usize) {
     let mut cfg = default_policies();
-    cfg.max_active_jobs = 4;
+    cfg.max_active_jobs = slots;
     cfg.breaker.failure_threshold = 2;
     let mut h = Harness::new(cfg);
     h.serve(ORIGIN, file_server(pattern(1_000, 15)));
     h.connect_plan(ORIGIN, |_| ConnectPlan::Fail(IoErrorKind::ConnectFailed));
     let body = pattern(1_000, 16);
     h.serve(MIRROR, file_server(body.clone()));
-    let dead: Vec<JobId> = (0..4)
+    let dead: Vec<JobId> = (0..dead)
         .map(|n| {
             h.submit(Download::new(&format!("{URL}.{n}"), format!("/dl/dead{n}.bin")).unwrap())
         })
@@ -1168,11 +1176,74 @@ fn downloads_waiting_behind_a_breaker_leave_their_slots_to_other_origins() {
         h.run(job).expect("the working host serves");
         assert!(
             h.finished_at(job) < at(secs(5)),
-            "{job} finished at {}, behind the dead host's breaker",
-            h.finished_at(job)
+            "{job} finished at {}, behind the dead host's breaker ({} slots)",
+            h.finished_at(job),
+            slots
         );
     }
     for &job in &dead {
         assert!(h.run(job).is_err());
     }
+}
+
+#[test]
+fn a_parked_download_whose_wait_is_over_does_not_go_before_a_more_urgent_queued_one() {
+    use crate::sched::Priority;
+    let mut cfg = default_policies();
+    cfg.max_active_jobs = 1;
+    cfg.breaker.failure_threshold = 1;
+    cfg.breaker.cooldown = secs(10);
+    let mut h = Harness::new(cfg);
+    // The low download's origin refuses its first request, which opens its breaker.
+    let mut first = true;
+    h.serve(ORIGIN, move |r| {
+        if std::mem::take(&mut first) {
+            Reply::new(with_length(503, &[], b""))
+        } else {
+            file_server(pattern(1_000, 17))(r)
+        }
+    });
+    // A long download holds the slot for about 50 s (at 4 KB/s, above the low-speed
+    // limit); a critical one queues behind it.
+    let long = pattern(200_000, 18);
+    h.serve(MIRROR, move |r| {
+        if r.path.ends_with("/long.bin") {
+            let wire = serve_range(&long, r);
+            let head = head_len(&wire);
+            Reply::new(wire).pieces(&[head, 4_000]).gap(secs(1))
+        } else {
+            file_server(pattern(1_000, 19))(r)
+        }
+    });
+    let low = h.submit(download().priority(Priority::Low));
+    h.run_until("the low download parks", |h| !h.retries(low).is_empty());
+    let long_job = h.submit(Download::new("http://b.test/pub/long.bin", "/dl/long.bin").unwrap());
+    let critical = h.submit(
+        Download::new("http://b.test/pub/c.bin", "/dl/c.bin")
+            .unwrap()
+            .priority(Priority::Critical),
+    );
+    h.run(long_job).expect("long");
+    h.run(critical).expect("critical");
+    h.run(low).expect("low");
+    // When the slot freed, the low download's wait was long over; the critical one went
+    // first.
+    let critical_asked = h
+        .requests
+        .iter()
+        .position(|r| r.path.ends_with("/c.bin"))
+        .expect("critical asked");
+    let low_retried = h
+        .requests
+        .iter()
+        .enumerate()
+        .filter(|(_, r)| r.header("host") == Some("a.test"))
+        .map(|(n, _)| n)
+        .nth(1)
+        .expect("low retried");
+    assert!(
+        critical_asked < low_retried,
+        "the low download's retry (request {low_retried}) went before the critical one \
+         (request {critical_asked})"
+    );
 }

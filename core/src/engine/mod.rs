@@ -801,6 +801,10 @@ pub struct Engine {
     conns: BTreeMap<ConnId, Conn>,
     pending: BTreeMap<IoId, Route>,
     outputs: VecDeque<Output>,
+    /// A job parked behind a breaker (see [`Job::parked`]) on a path that does not schedule
+    /// (a state file loaded, a file that changed): the input that parked it schedules at its
+    /// end, so the slot it left goes to the next download at once.
+    slot_freed: bool,
     /// Outcomes of finished jobs, for dependencies: the last [`FINISHED_KEPT`] to finish and
     /// any an unfinished job depends on (see [`Finished`]).
     finished: Finished,
@@ -1016,6 +1020,7 @@ impl Engine {
             conns: BTreeMap::new(),
             pending: BTreeMap::new(),
             outputs: VecDeque::new(),
+            slot_freed: false,
             finished: Finished::default(),
             global_bucket,
             stats: StatsState::default(),
@@ -1635,6 +1640,9 @@ impl Engine {
                 None => tracing::debug!(?id, "completion for an unknown request ignored"),
             },
         }
+        if std::mem::take(&mut self.slot_freed) {
+            self.schedule();
+        }
     }
 
     // ---------------------------------------------------------------- outputs
@@ -1712,19 +1720,6 @@ impl Engine {
             {
                 break;
             }
-            // A parked job whose wait is over goes first (it started before every queued
-            // job): the most urgent, then the earliest.
-            let parked = self
-                .active_ids
-                .iter()
-                .filter_map(|id| self.jobs.get(id))
-                .filter(|j| j.slot_waiting && matches!(j.phase, Phase::Backoff { .. }))
-                .map(|j| (Reverse(j.priority()), j.id))
-                .min();
-            if let Some((_, id)) = parked {
-                self.start_attempt(id);
-                continue;
-            }
             // A resumed job waiting for a slot goes first, unless a queued job of a more
             // urgent class is ready.
             let resumed = loop {
@@ -1764,6 +1759,22 @@ impl Engine {
             }
             for entry in stale {
                 self.queue.remove(&entry);
+            }
+            // A parked job whose wait is over (the most urgent, then the earliest) goes
+            // before the resumed and queued jobs of its class, which it started before;
+            // not before a more urgent one.
+            let parked = self
+                .active_ids
+                .iter()
+                .filter_map(|id| self.jobs.get(id))
+                .filter(|j| j.slot_waiting && matches!(j.phase, Phase::Backoff { .. }))
+                .map(|j| (Reverse(j.priority()), j.id))
+                .min()
+                .filter(|p| candidate.is_none_or(|c| p.0 <= c.0))
+                .filter(|p| resumed.is_none_or(|r| p.0 <= r.0));
+            if let Some((_, id)) = parked {
+                self.start_attempt(id);
+                continue;
             }
             if let Some(entry) = resumed.filter(|r| candidate.is_none_or(|c| r.0 <= c.0)) {
                 self.resuming.remove(&entry);
@@ -2190,11 +2201,9 @@ impl Engine {
                 j.slot_waiting = true;
                 return self.schedule();
             }
+            // Parked behind a breaker again, its slot goes to the next download when this
+            // input ends (`slot_freed`).
             self.start_attempt(id);
-            // Parked behind a breaker again: its slot is free for another download.
-            if self.jobs.get(&id).is_some_and(|j| j.parked) {
-                self.schedule();
-            }
             return;
         }
         let Some(tid) = tid else { return };

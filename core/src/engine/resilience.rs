@@ -271,9 +271,10 @@ impl Engine {
         }
         tracing::debug!(job = %id, %origin, %until, "every URL's breaker is open; waiting");
         j.phase = Phase::Backoff { until };
-        // Its slot is free from now (the callers schedule: `on_deadline`, or the
-        // scheduler's own loop).
+        // Its slot is free from now: the scheduler's own loop counts again, and any other
+        // caller's input schedules at its end (`slot_freed`).
         j.parked = true;
+        self.slot_freed = true;
     }
 
     /// A request of job `id` to `url` failed with `error`: count it against the origin when
