@@ -3235,6 +3235,24 @@ fn reads_of(h: &Harness) -> Vec<(Instant, usize)> {
         .collect()
 }
 
+/// The bytes the reads issued at t = 0 might take, together.
+fn asked_at_start(h: &Harness) -> usize {
+    reads_of(h)
+        .iter()
+        .filter(|(at, _)| *at == Instant::ZERO)
+        .map(|(_, max)| max)
+        .sum()
+}
+
+/// When the last of `ids` finished, from t = 0.
+fn last_finished(h: &Harness, ids: &[JobId]) -> Duration {
+    ids.iter()
+        .map(|id| h.finished_at(*id))
+        .max()
+        .expect("jobs")
+        .saturating_since(Instant::ZERO)
+}
+
 /// Sixteen downloads under one global limit share its one-second allowance from the start:
 /// the reads issued together at t = 0 (every connection's first, before any byte of them is
 /// counted) ask for a share each, not the whole allowance each (the start burst was sixteen
@@ -3244,11 +3262,7 @@ fn reads_issued_together_share_the_global_allowance() {
     const RATE: u64 = 200_000;
     const JOBS: usize = 16;
     let (h, ids) = downloads_under_a_global_limit(RATE, JOBS, 100_000, 80);
-    let first_reads: usize = reads_of(&h)
-        .iter()
-        .filter(|(at, _)| *at == Instant::ZERO)
-        .map(|(_, max)| max)
-        .sum();
+    let first_reads = asked_at_start(&h);
     // The allowance, and at most about one smallest read more per connection for
     // the reads that follow at once.
     assert!(
@@ -3256,12 +3270,7 @@ fn reads_issued_together_share_the_global_allowance() {
         "the reads at t = 0 asked for {first_reads} bytes"
     );
     // 1.6 MB at 200 kB/s with one second of burst: at least 7 s.
-    let last = ids
-        .iter()
-        .map(|id| h.finished_at(*id))
-        .max()
-        .unwrap()
-        .saturating_since(Instant::ZERO);
+    let last = last_finished(&h, &ids);
     assert!(last >= Duration::from_millis(6_500), "took {last:?}");
 }
 
@@ -3456,11 +3465,7 @@ fn a_very_low_limit_reads_about_its_one_second_allowance_at_once_not_seconds_of_
     const JOBS: usize = 4;
     let (h, ids) = downloads_under_a_global_limit(RATE, JOBS, 3_000, 81);
     let reads = reads_of(&h);
-    let at_start: usize = reads
-        .iter()
-        .filter(|(at, _)| *at == Instant::ZERO)
-        .map(|(_, max)| max)
-        .sum();
+    let at_start = asked_at_start(&h);
     assert!(
         at_start <= 2 * RATE as usize,
         "the reads at t = 0 asked for {at_start} bytes"
@@ -3468,11 +3473,6 @@ fn a_very_low_limit_reads_about_its_one_second_allowance_at_once_not_seconds_of_
     let largest = reads.iter().map(|(_, max)| *max).max().unwrap();
     assert!(largest <= RATE as usize, "a read asked for {largest} bytes");
     // 12 kB at 1 kB/s with one second of burst.
-    let last = ids
-        .iter()
-        .map(|id| h.finished_at(*id))
-        .max()
-        .unwrap()
-        .saturating_since(Instant::ZERO);
+    let last = last_finished(&h, &ids);
     assert!(last >= secs(10), "took {last:?}");
 }

@@ -1739,6 +1739,23 @@ mod tests {
         }
     }
 
+    /// A world whose app "news" (kotlin and news.js v1, freshAtEpochMs 100) was loaded
+    /// once, at 1,000: v1 is pinned.
+    fn news_v1_pinned() -> World {
+        let world = world();
+        world.publish("news", &[kotlin(), app_module("news", "v1")], 100);
+        world.loader.load(&world.request("news", 1_000)).unwrap();
+        world
+    }
+
+    /// The error of loading "news" at `now_ms`, which must fail.
+    fn load_error(world: &World, now_ms: u64) -> ModuleError {
+        world
+            .loader
+            .load(&world.request("news", now_ms))
+            .unwrap_err()
+    }
+
     fn kotlin() -> ModuleSpec {
         ModuleSpec::new("./kotlin_kotlin.js", b"kotlin stdlib bytecode", &[])
     }
@@ -1892,9 +1909,7 @@ mod tests {
 
     #[test]
     fn a_stored_module_changed_on_disk_is_hashed_again_removed_and_fetched_again() {
-        let world = world();
-        world.publish("news", &[kotlin(), app_module("news", "v1")], 100);
-        world.loader.load(&world.request("news", 1_000)).unwrap();
+        let world = news_v1_pinned();
         let kotlin_hash = kotlin().sha256();
         let path = world.store_path(&kotlin_hash);
         // Same size, other bytes: only a hash tells.
@@ -1967,9 +1982,7 @@ mod tests {
         );
         assert!(!error.is_network());
 
-        let world = world();
-        world.publish("news", &[kotlin(), app_module("news", "v1")], 100);
-        world.loader.load(&world.request("news", 1_000)).unwrap();
+        let world = news_v1_pinned();
         let pins_before = world.pins();
         let (raw, v2) = publish_tampered_v2(&world);
         // The pinned release was verified when stored, and its modules are checked by hash:
@@ -2140,10 +2153,7 @@ mod tests {
         world
             .fetcher
             .fail_manifest(&manifest_url("news"), FetchError::network("dns failure"));
-        let error = world
-            .loader
-            .load(&world.request("news", 1_000))
-            .unwrap_err();
+        let error = load_error(&world, 1_000);
         assert!(error.is_network(), "{error:?}");
     }
 
@@ -2175,9 +2185,7 @@ mod tests {
 
     #[test]
     fn a_manifest_answered_503_or_404_falls_back_to_the_pinned_one_and_fails_without_one() {
-        let world = world();
-        world.publish("news", &[kotlin(), app_module("news", "v1")], 100);
-        world.loader.load(&world.request("news", 1_000)).unwrap();
+        let world = news_v1_pinned();
         world.fetcher.fail_manifest(
             &manifest_url("news"),
             FetchError::new(FetchErrorKind::HttpStatus(503), "answered HTTP 503"),
@@ -2202,10 +2210,7 @@ mod tests {
         empty
             .fetcher
             .fail_manifest(&manifest_url("news"), not_found);
-        let error = empty
-            .loader
-            .load(&empty.request("news", 3_000))
-            .unwrap_err();
+        let error = load_error(&empty, 3_000);
         assert!(
             matches!(
                 &error,
@@ -2363,10 +2368,7 @@ mod tests {
 
     /// Loading news (now at `freshAtEpochMs` 100, pinned at 200) fails as a rollback.
     fn expect_rollback_refused(world: &World, case: &str) {
-        let error = world
-            .loader
-            .load(&world.request("news", 2_000))
-            .unwrap_err();
+        let error = load_error(world, 2_000);
         assert!(
             matches!(
                 error,
@@ -2549,9 +2551,7 @@ mod tests {
     fn a_cancelled_load_ends_cancelled_though_another_module_failed_first() {
         // A module failed (404) before the rest of the batch was cancelled (Ctrl-C): the
         // content failure was reported first, and the load fell back and succeeded.
-        let world = world();
-        world.publish("news", &[kotlin(), app_module("news", "v1")], 100);
-        world.loader.load(&world.request("news", 1_000)).unwrap();
+        let world = news_v1_pinned();
         let v2 = [kotlin(), app_module("lib", "v2"), app_module("news", "v2")];
         let raw = world.publish("news", &v2, 200);
         let manifest = Manifest::parse(&raw).unwrap();
@@ -2568,26 +2568,18 @@ mod tests {
             FetchError::new(FetchErrorKind::Cancelled, "cancelled"),
         );
         drop(failing);
-        let error = world
-            .loader
-            .load(&world.request("news", 2_000))
-            .unwrap_err();
+        let error = load_error(&world, 2_000);
         assert!(!error.allows_fallback(), "{error:?}");
     }
 
     #[test]
     fn a_manifest_url_the_engine_refuses_is_an_error_not_a_fallback() {
-        let world = world();
-        world.publish("news", &[kotlin(), app_module("news", "v1")], 100);
-        world.loader.load(&world.request("news", 1_000)).unwrap();
+        let world = news_v1_pinned();
         world.fetcher.fail_manifest(
             &manifest_url("news"),
             FetchError::new(FetchErrorKind::InvalidRequest, "credentials in the URL"),
         );
-        let error = world
-            .loader
-            .load(&world.request("news", 2_000))
-            .unwrap_err();
+        let error = load_error(&world, 2_000);
         assert!(
             matches!(&error, ModuleError::ManifestFetch { source, .. } if source.kind == FetchErrorKind::InvalidRequest),
             "{error:?}"
@@ -2601,10 +2593,7 @@ mod tests {
             &manifest_url("news"),
             b"\n  <!DOCTYPE html><html><body>Log in to the hotel wifi</body></html>",
         );
-        let error = world
-            .loader
-            .load(&world.request("news", 1_000))
-            .unwrap_err();
+        let error = load_error(&world, 1_000);
         let text = error.to_string();
         assert!(
             text.contains("https://apps.test/news/manifest.json sent an HTML page, not a manifest"),
@@ -2618,9 +2607,7 @@ mod tests {
 
     #[test]
     fn a_fallback_takes_the_newer_of_the_pinned_and_the_embedded_release_and_names_its_url() {
-        let world = world();
-        world.publish("news", &[kotlin(), app_module("news", "v1")], 100);
-        world.loader.load(&world.request("news", 1_000)).unwrap();
+        let world = news_v1_pinned();
         let modules = [kotlin(), app_module("news", "v2")];
         let raw = manifest_json(&modules, Some(200), &[&world.signer]);
         write_embedded(&world, "news", &raw, &modules);
@@ -2654,19 +2641,14 @@ mod tests {
         let forged = manifest_json(&[kotlin(), app_module("news", "v2")], Some(200), &[&forger]);
         let empty = world();
         empty.fetcher.serve_manifest(&manifest_url("news"), &forged);
-        let error = empty
-            .loader
-            .load(&empty.request("news", 2_000))
-            .unwrap_err();
+        let error = load_error(&empty, 2_000);
         assert!(
             matches!(error, ModuleError::SignatureMismatch { ref key } if key == "release"),
             "{error:?}"
         );
         // With a pinned release, nothing the forged manifest names is fetched or run: the
         // pinned release loads, and the reason names the failed signature.
-        let world = world();
-        world.publish("news", &[kotlin(), app_module("news", "v1")], 100);
-        world.loader.load(&world.request("news", 1_000)).unwrap();
+        let world = news_v1_pinned();
         let fetched = world.fetcher.fetched().len();
         world.fetcher.serve_manifest(&manifest_url("news"), &forged);
         let reason = expect_pinned_fallback(&world, 2_000);
@@ -2743,9 +2725,7 @@ mod tests {
         // A disk too full for the index: the last-used time of a pinned load failed the load,
         // fallback included, and pinning a new release failed without a fallback, though
         // the pinned release was all stored.
-        let world = world();
-        world.publish("news", &[kotlin(), app_module("news", "v1")], 100);
-        world.loader.load(&world.request("news", 1_000)).unwrap();
+        let world = news_v1_pinned();
         let pins_before = world.pins();
         world.loader.with_store(|store| store.refuse_index_writes());
         // The network offers v2, which cannot be stored or pinned.
