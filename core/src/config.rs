@@ -45,6 +45,31 @@ impl Default for RetryPolicy {
     }
 }
 
+impl RetryPolicy {
+    /// The exponential delay of the `n`-th backoff (0 for the first), before jitter: the
+    /// longest that backoff may be.
+    pub fn delay_cap(&self, n: u32) -> Duration {
+        self.base_delay
+            .saturating_mul(1u32 << n.min(20))
+            .min(self.max_delay)
+    }
+
+    /// The longest `retries` backoffs take, from the `from`-th on (see
+    /// [`RetryPolicy::delay_cap`]): how long a download's own retries may keep it waiting.
+    pub fn backoffs_total(&self, from: u32, retries: u32) -> Duration {
+        let mut total = Duration::ZERO;
+        for k in 0..retries {
+            let delay = self.delay_cap(from.saturating_add(k));
+            if delay == self.max_delay {
+                // Every later one is the cap too.
+                return total.saturating_add(delay.saturating_mul(retries - k));
+            }
+            total = total.saturating_add(delay);
+        }
+        total
+    }
+}
+
 /// Engine-wide settings.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Config {
@@ -266,6 +291,21 @@ impl Config {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn backoffs_total_adds_the_longest_delays_of_the_retries_left() {
+        let policy = RetryPolicy::default();
+        // The default retries: 1 + 2 + 4 + 8 + 16 s.
+        assert_eq!(policy.backoffs_total(0, 5), Duration::from_secs(31));
+        // Two taken: 4 + 8 + 16.
+        assert_eq!(policy.backoffs_total(2, 3), Duration::from_secs(28));
+        // Past the cap every backoff is `max_delay`: 1 + 2 + 4 + 8 + 16 + 32 * 15.
+        assert_eq!(policy.backoffs_total(0, 20), Duration::from_secs(511));
+        assert_eq!(policy.backoffs_total(40, 2), Duration::from_secs(64));
+        assert_eq!(policy.backoffs_total(3, 0), Duration::ZERO);
+        // No overflow, however many retries.
+        assert!(policy.backoffs_total(0, u32::MAX) > Duration::from_secs(1 << 36));
+    }
 
     #[test]
     fn defaults_are_valid() {

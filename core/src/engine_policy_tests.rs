@@ -1047,6 +1047,63 @@ fn a_list_waits_out_the_first_cooldown_of_an_origin_down_for_ten_seconds() {
         .any(|(_, e)| matches!(e, Event::BreakerOpened { .. })));
 }
 
+/// A harness with the default retry and breaker policies but `max_attempts`, whose origin
+/// answers 502 for its first `down` and then serves `body`.
+fn origin_down_for(down: Duration, max_attempts: u32, body: Vec<u8>) -> Harness {
+    let mut cfg = default_policies();
+    cfg.retry.max_attempts = max_attempts;
+    let mut h = Harness::new(cfg);
+    let healthy_from = at(down);
+    h.serve(ORIGIN, move |r| {
+        if r.at < healthy_from {
+            Reply::new(with_length(502, &[], b""))
+        } else {
+            file_server(body.clone())(r)
+        }
+    });
+    h
+}
+
+#[test]
+fn a_download_asked_for_many_retries_waits_out_an_origin_down_for_two_minutes() {
+    // `--retries 20`: its own backoffs (1, 2, 4 ... 32 s) would go on for minutes, but a
+    // fixed 32 s limit behind the breaker ended it after the first failed probe, at about
+    // 40 s (curl with `--retry 20` got the file). It now waits as long as its retries would.
+    let body = pattern(3_000, 12);
+    let mut h = origin_down_for(secs(120), 21, body.clone());
+    let job = h.submit(download());
+    let outcome = h
+        .run(job)
+        .expect("the origin came back within the retries asked for");
+    assert_eq!(h.fs.get(dest()), Some(&body[..]));
+    assert!(h.finished_at(job) >= at(secs(120)));
+    // Behind the breaker it sent only probes: five failures opened it, then one probe per
+    // cool-down (30, 60 s, then the one that got through).
+    assert!(
+        outcome.attempts <= 8,
+        "{} attempts; the breaker let through only its probes",
+        outcome.attempts
+    );
+}
+
+#[test]
+fn a_download_with_the_default_retries_ends_behind_an_origin_that_stays_down() {
+    // The other side of the same rule: with the default retries (their backoffs add up to
+    // 31 s) the download ends when the probe after the first cool-down fails, not when the
+    // origin comes back two minutes later.
+    let mut h = origin_down_for(secs(120), 6, pattern(3_000, 12));
+    let job = h.submit(download());
+    assert!(matches!(
+        h.run(job),
+        Err(DownloadError::Status { status: 502, .. })
+    ));
+    assert!(
+        h.finished_at(job) <= at(secs(60)),
+        "ended at {}",
+        h.finished_at(job)
+    );
+}
+
 #[test]
 fn a_url_that_asked_for_an_hour_is_not_asked_again_while_a_mirror_may_go() {
     // The primary answers 429 "in an hour", the mirror 503 each time: the primary was asked

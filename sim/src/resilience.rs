@@ -241,6 +241,11 @@ impl BackoffModel {
         }
     }
 
+    /// Backoffs the job has taken, at least.
+    pub fn backoffs_at_least(&self) -> u32 {
+        self.backoffs.0
+    }
+
     /// `Spread` observed (the engine sends it once per job): the next failed verification
     /// blames no URL.
     pub fn spread(&mut self) {

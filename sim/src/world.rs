@@ -385,6 +385,9 @@ struct DlState {
     status: DlStatus,
     failures_after_heal: u32,
     backoff_until: Option<Instant>,
+    /// When the current job last began to try (`Started`) or scheduled a retry
+    /// (`Retrying`): its wait behind breakers cannot have begun earlier.
+    tried_at: Instant,
     /// The retry state of the current job, as far as events show it.
     model: BackoffModel,
     /// What the checker last verified for the (volatile, durable) view of the destination.
@@ -663,6 +666,7 @@ impl World {
                     status: DlStatus::AwaitingRestart,
                     failures_after_heal: 0,
                     backoff_until: None,
+                    tried_at: Instant::ZERO,
                     model: BackoffModel::new(1 + d.mirrors.len()),
                     checked: [None, None],
                 }
@@ -1705,7 +1709,10 @@ impl World {
         };
         self.log(|| format!("event d{i} {}", summarize_event(&e)));
         match e {
-            Event::Started { .. } => self.breakers.attempt_from(i, mark),
+            Event::Started { .. } => {
+                self.downloads[i].tried_at = self.now;
+                self.breakers.attempt_from(i, mark);
+            }
             Event::Spread { .. } => {
                 self.count(Feature::Spread);
                 self.downloads[i].model.spread();
@@ -1742,6 +1749,7 @@ impl World {
                 }
                 self.check_backoff(i, attempt, delay, &error);
                 self.downloads[i].backoff_until = Some(self.now + delay);
+                self.downloads[i].tried_at = self.now;
                 let from = if delay.is_zero() {
                     mark
                 } else {
@@ -2030,12 +2038,18 @@ impl World {
                 )
             }
             // A retryable failure with attempts and time left ends a job only behind
-            // breakers: every URL it may use at an origin whose breaker is open for longer
-            // than the engine waits (the retry policy's longest pause, or the first
-            // cool-down if longer).
+            // breakers: every URL it may use at an origin whose breaker stays open past the
+            // longest the engine waits, as long as the job's own retries would have lasted
+            // (at least their backoffs from the ones it has taken, for the attempts left
+            // not counting failovers), or the first cool-down if longer, counted from no
+            // earlier than its last try.
             error if error.retryable() => {
                 let config = engine_config(&self.sc, 0);
-                let limit = config.retry.max_delay.max(config.breaker.cooldown);
+                let retries = policy.max_attempts.saturating_sub(attempt);
+                let allowance = policy
+                    .backoffs_total(d.model.backoffs_at_least(), retries)
+                    .max(config.breaker.cooldown);
+                let ends = d.tried_at + allowance;
                 let held = d
                     .first_hops
                     .iter()
@@ -2044,15 +2058,16 @@ impl World {
                     .all(|(_, (origin, _))| {
                         self.breakers
                             .open_for(origin, now)
-                            .is_some_and(|wait| wait > limit)
+                            .is_some_and(|wait| now + wait > ends)
                     });
                 if held {
                     return;
                 }
                 format!(
                     "d{i} ended on attempt {attempt} with {error} (retryable), with attempts and \
-                     time left, and not every URL it may use behind a breaker open for more \
-                     than {limit:?}"
+                     time left, and not every URL it may use behind a breaker open past {ends} \
+                     (its last try at {} and {allowance:?} of retries)",
+                    d.tried_at
                 )
             }
             _ => return,

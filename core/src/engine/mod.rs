@@ -564,6 +564,10 @@ struct Job {
     parked: bool,
     /// Parked, its wait over, and waiting for a slot (no deadline of its own).
     slot_waiting: bool,
+    /// The latest it may wait behind open breakers before it gives up: set when it first
+    /// meets them after its last attempt began (see `Engine::breaker_wait_ends`), forgotten
+    /// when an attempt begins or it pauses.
+    breaker_wait_ends: Option<Instant>,
     next_transfer: u64,
     transfers: BTreeMap<u64, Transfer>,
     /// Ranges nobody fetches right now (a segment whose connection died).
@@ -1303,6 +1307,7 @@ impl Engine {
             last_error: None,
             parked: false,
             slot_waiting: false,
+            breaker_wait_ends: None,
             next_transfer: 0,
             transfers: BTreeMap::new(),
             gaps: Vec::new(),
@@ -1528,6 +1533,8 @@ impl Engine {
                 _ => None,
             };
             j.paused_mid_attempt = matches!(j.phase, Phase::Running);
+            // A pause is no wait behind a breaker: it counts from the resume.
+            j.breaker_wait_ends = None;
             j.phase = Phase::Paused;
             j.meter.restart();
         }

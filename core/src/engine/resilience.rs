@@ -44,6 +44,18 @@ impl Engine {
         self.breakers.get_mut(&origin)?.not_before(now)
     }
 
+    /// Whether the breaker of `origin` (a label) has its probe out: a job waiting behind
+    /// it waits for the probe's verdict, whatever its own limit.
+    fn probe_out(&mut self, origin: &str) -> bool {
+        let now = self.now;
+        self.breakers
+            .iter_mut()
+            .find(|(o, _)| o.to_string() == origin)
+            .is_some_and(|(_, b)| {
+                matches!(b.state(now), BreakerState::HalfOpen { probing: true, .. })
+            })
+    }
+
     /// How many origins have stats (latency, throughput, failures).
     #[cfg(test)]
     pub(crate) fn origin_stats_held(&self) -> usize {
@@ -219,18 +231,36 @@ impl Engine {
         })
     }
 
-    /// The longest a job waits behind open breakers for its next try: the retry policy's
-    /// longest pause between tries, or the breaker's first cool-down if that is longer.
-    /// A breaker past that has had its probe fail after a cool-down: the origin is down,
-    /// and a job that waited on would only wait again (20 URLs to a port nobody listened
-    /// on took 421 s when jobs waited through doubling cool-downs up to their time limit,
-    /// each job leaving the queue later with a time limit of its own; they now fail within
-    /// one cool-down).
-    pub(super) fn breaker_wait_limit(&self) -> Duration {
-        self.config
-            .retry
-            .max_delay
-            .max(self.config.breaker.cooldown)
+    /// The latest job `id` waits behind open breakers: as long as its own remaining retries
+    /// would have taken (the longest backoffs of the retries `--retries` leaves it, see
+    /// [`RetryPolicy::backoffs_total`]), or the breaker's first cool-down if that is longer,
+    /// counted from when it began to wait since its last attempt began
+    /// (`Job::breaker_wait_ends`, set here). A breaker still open then has had its probe
+    /// fail after a cool-down, and waiting on would only outlast what the download was asked
+    /// to try: with the default retries (1, 2, 4, 8, 16 s) a list for a dead origin ends after
+    /// one cool-down (20 URLs to a port nobody listened on took 421 s when downloads waited
+    /// through doubling cool-downs up to their time limit), while `--retries 20` waits out an
+    /// origin down for minutes (a fixed limit of 32 s ended it after about 40 s). A probe in
+    /// flight is waited for whatever the limit (see [`Engine::probe_out`]).
+    ///
+    /// `drawing`: the job's last backoff (`Job::backoffs` - 1) is the one its retry is being
+    /// scheduled with, and counts among those left.
+    pub(super) fn breaker_wait_ends(&mut self, id: JobId, drawing: bool) -> Instant {
+        let policy = self.config.retry;
+        let cooldown = self.config.breaker.cooldown;
+        let now = self.now;
+        let j = self.jobs.get_mut(&id).expect("job exists");
+        // Retries left after the attempt that failed (or is about to begin).
+        let retries_left = policy
+            .max_attempts
+            .saturating_sub(j.attempt.saturating_sub(j.failovers));
+        let from = if drawing {
+            j.backoffs.saturating_sub(1)
+        } else {
+            j.backoffs
+        };
+        *j.breaker_wait_ends
+            .get_or_insert_with(|| now + policy.backoffs_total(from, retries_left).max(cooldown))
     }
 
     /// `CircuitOpen` for `origin` (a label), naming the last failure its breaker counted.
@@ -250,15 +280,15 @@ impl Engine {
     }
 
     /// No URL of the job may be tried before `until`: wait in backoff, or give up when that
-    /// is beyond the retry policy's time limit or longer than
-    /// [`Engine::breaker_wait_limit`] (with the job's last failure at `origin`, else
-    /// `CircuitOpen`).
+    /// is beyond the retry policy's time limit or [`Engine::breaker_wait_ends`] (with the
+    /// job's last failure at `origin`, else `CircuitOpen`).
     pub(super) fn wait_for_breaker(&mut self, id: JobId, until: Instant, origin: String) {
-        let limit = self.breaker_wait_limit();
+        let ends = self.breaker_wait_ends(id, false);
+        let past_ends = until > ends && !self.probe_out(&origin);
         let j = self.jobs.get_mut(&id).expect("job exists");
         let deadline = j.started + self.config.retry.max_elapsed;
         let retry_in = until.saturating_since(self.now);
-        if until > deadline || retry_in > limit {
+        if until > deadline || past_ends {
             // A job whose last try failed at the origin that keeps it waiting ends with that
             // failure (its exit code says so); otherwise (it never tried there, or a later
             // answer came), with the breaker's verdict.
@@ -531,10 +561,7 @@ impl Engine {
             Duration::ZERO
         } else {
             j.failed_round.clear();
-            let exp = policy
-                .base_delay
-                .saturating_mul(1u32 << j.backoffs.min(20))
-                .min(policy.max_delay);
+            let exp = policy.delay_cap(j.backoffs);
             j.backoffs += 1;
             // "Equal jitter": at least half the exponential delay, so the backoff still grows.
             let jittered = exp / 2 + exp.mul_f64(self.rng.next_f64() / 2.0);
@@ -549,7 +576,7 @@ impl Engine {
         let delay = delay.max(self.retry_budget.wait(self.now));
         // Every usable URL's breaker open past the backoff: the next attempt waits for the
         // first to close, and the retry says so (it said "in 1.3s" and started 120 s later).
-        // Past `breaker_wait_limit` the job ends here; beyond the time limit it is left to
+        // Past `breaker_wait_ends` the job ends here; beyond the time limit it is left to
         // the attempt's start (`wait_for_breaker`).
         let j = &self.jobs[&id];
         let usable: Vec<usize> = (0..urls).filter(|i| !j.bad_urls.contains(i)).collect();
@@ -559,7 +586,6 @@ impl Engine {
             let url = self.job_url(id, i).clone();
             breakers.push(self.breaker_wait(&url).map(|at| (at, url)));
         }
-        let limit = self.breaker_wait_limit();
         let mut parked = false;
         let delay = match breakers
             .into_iter()
@@ -570,11 +596,15 @@ impl Engine {
                     .into_iter()
                     .min_by_key(|(at, _)| *at)
                     .map(|(at, url)| (at.saturating_since(self.now), url));
+                let past_ends = closes.as_ref().is_some_and(|(wait, url)| {
+                    self.now + *wait > self.breaker_wait_ends(id, true)
+                        && !self.probe_out(&crate::engine::origin_label(url))
+                });
                 match closes {
-                    Some((wait, url)) if wait > limit => {
-                        // The origin stayed down through a probe: no retry (see
-                        // `breaker_wait_limit`). The job ends with what failed it, if that
-                        // URL is one the breakers keep it from.
+                    Some((wait, url)) if past_ends => {
+                        // The origin stays down longer than the job's own retries would
+                        // have lasted: no retry (see `breaker_wait_ends`). The job ends with
+                        // what failed it, if that URL is one the breakers keep it from.
                         tracing::warn!(
                             job = %id,
                             "not retrying: every URL's origin is behind a circuit breaker for another {:.1?}",
