@@ -1860,6 +1860,55 @@ fn the_same_sha256_under_different_urls_is_fetched_once() {
 }
 
 #[test]
+fn the_same_url_with_other_credentials_or_headers_is_its_own_transfer() {
+    // A list with one URL for alice and for bob (`http-user=`), or for two tenants: one
+    // request with alice's Authorization, and bob's file was alice's bytes.
+    let mut h = Harness::new(config());
+    h.serve(ORIGIN, |req| {
+        let who = req.header("authorization").unwrap_or("nobody").to_string();
+        let tenant = req.header("x-tenant").unwrap_or("-").to_string();
+        let body = format!("{who} {tenant}").into_bytes();
+        Reply::new(with_length(200, &[], &body))
+    });
+    let as_user = |user: &str, to: &str| {
+        Download::new(URL, to)
+            .unwrap()
+            .header("Authorization", &format!("Basic {user}"))
+    };
+    let jobs = [
+        as_user("alice", "/dl/alice"),
+        as_user("bob", "/dl/bob"),
+        Download::new(URL, "/dl/one")
+            .unwrap()
+            .header("X-Tenant", "one"),
+        Download::new(URL, "/dl/two")
+            .unwrap()
+            .header("X-Tenant", "two"),
+        // The same headers in another order and case: the same request, one transfer.
+        as_user("alice", "/dl/alice2").header("X-Tenant", "one"),
+        Download::new(URL, "/dl/alice3")
+            .unwrap()
+            .header("x-tenant", "one")
+            .header("authorization", "Basic alice"),
+    ]
+    .map(|d| h.submit(d));
+    for job in jobs {
+        h.run(job).expect("each succeeds");
+    }
+    for (path, body) in [
+        ("/dl/alice", "Basic alice -"),
+        ("/dl/bob", "Basic bob -"),
+        ("/dl/one", "nobody one"),
+        ("/dl/two", "nobody two"),
+        ("/dl/alice2", "Basic alice one"),
+        ("/dl/alice3", "Basic alice one"),
+    ] {
+        assert_committed_at(&h, Path::new(path), body.as_bytes());
+    }
+    assert_eq!(h.requests.len(), 5, "alice2 and alice3 share one transfer");
+}
+
+#[test]
 fn a_duplicate_into_a_directory_is_saved_under_its_own_name_not_the_leaders() {
     let body = pattern(30_000, 12);
     let mut h = Harness::new(config());
@@ -2436,6 +2485,34 @@ fn a_destination_already_holding_the_expected_sha256_finishes_without_a_request(
         .ops
         .iter()
         .all(|(_, op)| !matches!(op, IoOp::WriteAt { .. } | IoOp::Rename { .. })));
+}
+
+#[test]
+fn a_destination_already_holding_its_bytes_removes_the_partial_an_earlier_run_left() {
+    // An interrupted run left its partial and state file; the file then got there another
+    // way. The job found it and finished, and left the partial (megabytes) beside it.
+    let body = pattern(50_000, 12);
+    let mut h = Harness::new(config());
+    h.fs.put(dest(), &body);
+    h.fs.put(part(), &body[..20_000]);
+    h.fs.put(state(), b"an earlier run's state");
+    let job = h.submit(download().sha256(&sha_hex(&body)).unwrap());
+    let out = h.run(job).expect("already there");
+    assert_eq!(out.delivery, crate::Delivery::AlreadyPresent);
+    assert!(h.requests.is_empty());
+    assert_committed(&h, &body);
+    assert!(!h.fs.exists(part()) && !h.fs.exists(state()));
+
+    // A partial another process holds (it downloads there now) stays, with its state.
+    let mut h = Harness::new(config());
+    h.fs.put(dest(), &body);
+    h.fs.put(part(), &body[..20_000]);
+    h.fs.put(state(), b"another process's state");
+    h.fs.held_elsewhere.insert(part());
+    let job = h.submit(download().sha256(&sha_hex(&body)).unwrap());
+    let out = h.run(job).expect("already there");
+    assert_eq!(out.delivery, crate::Delivery::AlreadyPresent);
+    assert!(h.fs.exists(part()) && h.fs.exists(state()));
 }
 
 #[test]

@@ -139,7 +139,11 @@ impl Engine {
                         elapsed: self.now.saturating_since(j.submitted),
                         final_url: j.spec.url.to_string(),
                     };
-                    self.finish(id, Ok(outcome));
+                    // An interrupted earlier run may have left its partial and state file:
+                    // they go (a partial only if nobody holds it), then the job is done.
+                    j.phase = Phase::Tidying { outcome };
+                    let path = j.part_path.clone();
+                    self.file_io(id, FileStep::TidyPart, IoOp::RemoveUnheld { path });
                 } else {
                     self.load_state(id);
                 }
@@ -463,6 +467,18 @@ impl Engine {
                 }
                 self.cleanup_progress(id);
             }
+            FileStep::TidyPart | FileStep::TidyState if cleaning => self.cleanup_progress(id),
+            FileStep::TidyPart => match result {
+                // Removed under its lock, or nothing there: its state file goes too.
+                IoResult::Done | IoResult::NotFound => {
+                    let path = j.spec.state_path();
+                    self.file_io(id, FileStep::TidyState, IoOp::Remove { path });
+                }
+                // Another process's download (held), or one that could not be looked at:
+                // its partial and state stay.
+                _ => self.tidied(id),
+            },
+            FileStep::TidyState => self.tidied(id),
             FileStep::CloseProbe => {
                 if cleaning {
                     return self.cleanup_progress(id);
@@ -997,6 +1013,16 @@ impl Engine {
 
     /// The state file is gone (or there was none): a committing job is done; a cleaning one
     /// goes on.
+    /// A job whose destination held its bytes has tidied what an earlier run left: done.
+    fn tidied(&mut self, id: JobId) {
+        let Some(j) = self.jobs.get_mut(&id) else {
+            return;
+        };
+        if let Phase::Tidying { outcome } = std::mem::replace(&mut j.phase, Phase::LoadingState) {
+            self.finish(id, Ok(outcome));
+        }
+    }
+
     fn removed_after_commit(&mut self, id: JobId) {
         let Some(j) = self.jobs.get(&id) else {
             return;

@@ -344,6 +344,10 @@ enum FileStep {
     /// The removal of a partial this run never opened, if nobody holds it
     /// (`CleanStep::Claim`).
     Claim,
+    /// The removal of a partial left at a destination that holds the expected bytes, if
+    /// nobody holds it ([`Phase::Tidying`]), then of its state file.
+    TidyPart,
+    TidyState,
 }
 
 /// Whether a file exists at the name a response gave a download into a directory
@@ -435,6 +439,10 @@ enum Phase {
         len: u64,
         checksum: Option<checksum::ChecksumHasher>,
     },
+    /// The destination already holds the expected bytes (`outcome`): a partial of it an
+    /// earlier run left, and that partial's state file, are removed before the job
+    /// finishes (the partial only if nobody holds it: it may be another process's).
+    Tidying { outcome: Outcome },
     /// Reading the state file.
     LoadingState,
     /// Opening an existing partial to check it.
@@ -822,6 +830,23 @@ pub struct Engine {
     origin_stats: BTreeMap<Origin, MirrorStats>,
     /// Engine-wide retry budget.
     retry_budget: RetryBudget,
+}
+
+/// Whether two downloads send the same extra headers (names in any case, in any order).
+/// Without an expected sha256 the URL alone does not make two downloads one: a server
+/// answers per user (`Authorization`, `Cookie`, a tenant header), and one user's bytes
+/// copied to another's download were bytes the other never had the right to, or not the
+/// file the other's request would have got.
+fn same_headers(a: &[(String, String)], b: &[(String, String)]) -> bool {
+    fn norm(h: &[(String, String)]) -> Vec<(String, &str)> {
+        let mut v: Vec<(String, &str)> = h
+            .iter()
+            .map(|(n, v)| (n.to_ascii_lowercase(), v.as_str()))
+            .collect();
+        v.sort();
+        v
+    }
+    a.len() == b.len() && norm(a) == norm(b)
 }
 
 /// What makes two jobs fetch the same bytes, for dedup: the expected sha256 when there is
@@ -1430,8 +1455,9 @@ impl Engine {
         }
     }
 
-    /// A running or queued job that fetches the same bytes (same URL, or same expected
-    /// sha256) with the same expectations (size, maximum size, other checksum). A job whose
+    /// A running or queued job that fetches the same bytes (same URL and extra headers, or
+    /// same expected sha256) with the same expectations (size, maximum size, other
+    /// checksum). A job whose
     /// dependencies have not all succeeded yet is never a follower: copying a leader's result
     /// would skip its dependency check.
     fn find_leader(&self, spec: &Download) -> Option<JobId> {
@@ -1456,6 +1482,7 @@ impl Engine {
                 j.spec.size == spec.size
                     && j.spec.max_size == spec.max_size
                     && j.spec.checksum == spec.checksum
+                    && (spec.sha256.is_some() || same_headers(&j.spec.headers, &spec.headers))
             })
             .map(|j| j.id)
     }
