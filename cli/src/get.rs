@@ -34,8 +34,8 @@ pub struct GetArgs {
     #[arg(short = 's', long = "segments", value_name = "N", default_value_t = 1,
           value_parser = clap::value_parser!(u32).range(1..=haul_core::MAX_SEGMENTS as i64))]
     pub segments: u32,
-    /// Smallest segment worth its own connection.
-    #[arg(long = "min-segment", value_name = "SIZE", value_parser = parse_size, default_value = "1M")]
+    /// Smallest segment worth its own connection, at least 16K.
+    #[arg(long = "min-segment", value_name = "SIZE", value_parser = parse_min_segment, default_value = "1M")]
     pub min_segment: u64,
     /// Connections to one origin (scheme, host and port) at once.
     #[arg(
@@ -194,6 +194,24 @@ fn secs(name: &str, s: f64) -> Result<Duration, String> {
 }
 
 /// The low-speed limit of `--low-speed-limit` (bytes/s; 0: none) and `--low-speed-time`.
+/// The smallest `--min-segment`: below it a segment's request, head and connection cost
+/// more than its bytes (`--min-segment 0` turned a 3 MiB file into some 800 requests,
+/// some for one byte).
+const MIN_SEGMENT_FLOOR: u64 = 16 * 1024;
+
+/// `--min-segment`: a size of at least [`MIN_SEGMENT_FLOOR`].
+fn parse_min_segment(s: &str) -> Result<u64, String> {
+    let size = parse_size(s)?;
+    let floor = MIN_SEGMENT_FLOOR;
+    if size < floor {
+        return Err(format!(
+            "{s:?} is below {}K: a smaller segment costs more in requests than it saves",
+            floor / 1024
+        ));
+    }
+    Ok(size)
+}
+
 pub(crate) fn low_speed(limit: u64, time: f64) -> Result<Option<LowSpeedLimit>, String> {
     (limit > 0)
         .then(|| {
@@ -376,7 +394,22 @@ impl GetArgs {
         }
         let mut out = Vec::new();
         for entry in &entries {
-            let url = entry.uris.first().ok_or_else(|| entry.locate("no URI"))?;
+            // In a list every URI of a line is equal (as for aria2): one haul cannot use (an
+            // ftp:// one) is skipped with a warning, wherever it stands, and the first usable
+            // one leads. On the command line the URL must be usable.
+            let mut uris: Vec<&String> = entry.uris.iter().collect();
+            if entry.list.is_some() && uris.len() > 1 {
+                let usable = |u: &&String| Download::into_dir(u, ".").is_ok();
+                if let Some(first) = uris.iter().position(usable) {
+                    for skipped in uris.drain(..first) {
+                        if !self.quiet {
+                            let e = Download::into_dir(skipped, ".").expect_err("unusable");
+                            eprintln!("haul get: {}", entry.locate(format!("URI skipped: {e}")));
+                        }
+                    }
+                }
+            }
+            let url = *uris.first().ok_or_else(|| entry.locate("no URI"))?;
             let dir = entry
                 .dir
                 .as_ref()
@@ -401,7 +434,7 @@ impl GetArgs {
                 Some(_) if Download::into_dir(url, ".").is_ok() => entry.locate_out(e),
                 _ => entry.locate(e),
             })?;
-            for m in &entry.uris[1..] {
+            for m in uris[1..].iter().copied() {
                 // A mirror haul cannot use (an ftp:// one) is skipped, as aria2 goes on
                 // with the URIs it can use; the entry's own URI must be usable.
                 match d.clone().mirror(m) {
@@ -412,6 +445,25 @@ impl GetArgs {
                         }
                     }
                     Err(e) => return Err(entry.locate(format!("mirror: {e}"))),
+                }
+            }
+            // A digest given both on the command line and in the list's entry is checked if
+            // they agree and refused if they do not: neither may silently drop the other.
+            if let (Some(listed), Some(given)) = (&entry.sha256, sha256_arg) {
+                if !listed.trim().eq_ignore_ascii_case(given.trim()) {
+                    return Err(entry.locate(
+                        "its checksum=sha-256 and the command line's --sha256 name different digests",
+                    ));
+                }
+            }
+            if let (Some((listed, listed_hex)), Some((given, given_hex))) =
+                (&entry.checksum, &checksum_arg)
+            {
+                if listed != given || !listed_hex.trim().eq_ignore_ascii_case(given_hex.trim()) {
+                    return Err(entry.locate(
+                        "its checksum= and the command line's --checksum name different digests \
+                         (one download checks the sha-256 and at most one other)",
+                    ));
                 }
             }
             if let Some(h) = entry.sha256.as_ref().or(sha256_arg) {

@@ -517,17 +517,22 @@ impl Reporter {
                 );
                 self.println(&line);
             }
-            // Only a signal cancels a command's downloads (their partials kept).
-            (Mode::Bars | Mode::Plain, Err(DownloadError::Cancelled)) if nothing_kept => {
+            // Only a signal cancels a command's downloads (their partials kept). Said so
+            // with -q too: "cancelled" read as if the partial was thrown away.
+            (Mode::Bars | Mode::Plain | Mode::Quiet, Err(DownloadError::Cancelled))
+                if nothing_kept =>
+            {
                 self.println(&format!(
                     "haul: {label}: interrupted; nothing of it is kept (a file of {} or less is \
                      written whole): the same command again fetches it",
                     human_bytes(haul_core::Config::default().unnamed_max)
                 ))
             }
-            (Mode::Bars | Mode::Plain, Err(DownloadError::Cancelled)) => self.println(&format!(
-                "haul: {label}: interrupted; the same command again resumes it"
-            )),
+            (Mode::Bars | Mode::Plain | Mode::Quiet, Err(DownloadError::Cancelled)) => {
+                self.println(&format!(
+                    "haul: {label}: interrupted; the same command again resumes it"
+                ))
+            }
             (_, Err(e)) => {
                 // Named by its destination; its URL too when the error does not say it (two
                 // list entries for one destination: which one failed).

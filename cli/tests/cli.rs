@@ -1558,6 +1558,99 @@ fn an_empty_list_succeeds_and_an_unusable_mirror_is_skipped() {
     let out = get_list(lists.path(), &list, dest.path(), &["-q"]);
     assert_ok(&out);
     assert_eq!(String::from_utf8_lossy(&out.stderr), "");
+    // The unusable URI first on its line: skipped too (every URI of a line is equal), where
+    // it failed the whole list.
+    std::fs::remove_file(dest.path().join("x.bin")).unwrap();
+    let list = format!(
+        "ftp://mirror.test/x.bin\t{}\n  out=x.bin\n",
+        origin.url("/x.bin")
+    );
+    let out = get_list(lists.path(), &list, dest.path(), &[]);
+    assert_ok(&out);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("line 1: URI skipped"), "{stderr}");
+    assert_eq!(std::fs::read(dest.path().join("x.bin")).unwrap(), body);
+    // A line with no usable URI at all is still an error naming it.
+    let out = get_list(
+        lists.path(),
+        "ftp://a.test/x\tftp://b.test/x\n",
+        dest.path(),
+        &[],
+    );
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    assert!(stderr.contains("line 1"), "{stderr}");
+}
+
+#[test]
+fn a_checksum_on_the_command_line_and_another_in_the_list_are_refused_not_one_dropped() {
+    // The list's checksum= silently won over --sha256 / --checksum: a check the user asked
+    // for was skipped and a wrong file committed.
+    let origin = Origin::start().unwrap();
+    let body = data(5_000);
+    origin.route("/x.bin", body.clone(), Behavior::Normal);
+    let (lists, dest) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let sha = hex::encode(Sha256::digest(&body));
+    let md5 = hex::encode(md5::Md5::digest(&body));
+    let zeros = |n: usize| "0".repeat(n);
+    let url = origin.url("/x.bin");
+    for (listed, extra) in [
+        (
+            format!("sha-256={sha}"),
+            vec!["--sha256".to_string(), zeros(64)],
+        ),
+        (
+            format!("sha-256={sha}"),
+            vec!["--checksum".to_string(), format!("sha-256={}", zeros(64))],
+        ),
+        (
+            format!("md5={md5}"),
+            vec!["--checksum".to_string(), format!("md5={}", zeros(32))],
+        ),
+        (
+            format!("md5={md5}"),
+            vec!["--checksum".to_string(), format!("sha-1={}", zeros(40))],
+        ),
+    ] {
+        let list = format!("{url}\n  out=x.bin\n  checksum={listed}\n");
+        let extra: Vec<&str> = extra.iter().map(String::as_str).collect();
+        let out = get_list(lists.path(), &list, dest.path(), &extra);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{listed} {extra:?}: {stderr}");
+        assert!(stderr.contains("name different digests"), "{stderr}");
+        assert!(!dest.path().join("x.bin").exists());
+    }
+    // The same digest in both places, in other cases: fine, and checked.
+    let list = format!("{url}\n  out=x.bin\n  checksum=sha-256={sha}\n");
+    let upper = sha.to_uppercase();
+    assert_ok(&get_list(
+        lists.path(),
+        &list,
+        dest.path(),
+        &["--sha256", &upper],
+    ));
+    assert_eq!(std::fs::read(dest.path().join("x.bin")).unwrap(), body);
+}
+
+#[test]
+fn a_min_segment_below_16k_is_refused() {
+    // `--min-segment 0` turned a 3 MiB file into some 800 requests, some for one byte.
+    for size in ["0", "1", "16000"] {
+        let out = haul()
+            .args([
+                "get",
+                "http://127.0.0.1:9/x",
+                "-s",
+                "8",
+                "--min-segment",
+                size,
+            ])
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{size}: {stderr}");
+        assert!(stderr.contains("below 16K"), "{stderr}");
+    }
 }
 
 /// An unusable `out=` (a name of more than 255 bytes, a working file's name) is reported at
