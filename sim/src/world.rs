@@ -1839,6 +1839,8 @@ impl World {
     /// failed, leaving the partial and state as they were; with `PartialInUse` for that
     /// partial, unless the job had already failed for another reason when the refusal came
     /// (a body over the expected size can end it before its partial's open is answered).
+    /// A job whose destination already held its bytes succeeds: the refusal was of its
+    /// removal of a partial left beside them, which stays.
     fn check_refused_partial(
         &mut self,
         i: usize,
@@ -1851,6 +1853,7 @@ impl World {
         let state = with_suffix(&self.downloads[i].dest, ".haul-state");
         match result {
             Err(DownloadError::PartialInUse { path }) if *path == part => {}
+            Ok(o) if o.delivery == haul_core::Delivery::AlreadyPresent => {}
             Err(e) if !matches!(e, DownloadError::PartialInUse { .. }) => {
                 self.log(|| format!("check: d{i} had failed before its refusal: {e}"));
             }
