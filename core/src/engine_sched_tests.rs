@@ -2323,6 +2323,37 @@ fn followers_bound_for_a_failed_leaders_destination_retry_it_once_not_side_by_si
     assert_committed(&h, &body);
 }
 
+#[test]
+fn duplicates_of_a_download_that_failed_after_its_retries_end_with_its_failure() {
+    // One URL listed four times, answering 500: each duplicate went through every retry
+    // again after the one before it failed (12 requests for what 3 showed).
+    let mut h = Harness::new(cfg_with_attempts(3));
+    h.serve(ORIGIN, |_| Reply::new(with_length(500, &[], b"")));
+    let jobs: Vec<JobId> = (0..4)
+        .map(|n| h.submit(Download::new(URL, format!("/dl/copy{n}")).unwrap()))
+        .collect();
+    for &job in &jobs {
+        assert!(matches!(
+            h.run(job),
+            Err(DownloadError::Status { status: 500, .. })
+        ));
+    }
+    assert_eq!(h.requests.len(), 3, "the first job's three attempts only");
+    // Another URL for the same file, or other headers, is another request: it tries.
+    let mut h = Harness::new(cfg_with_attempts(3));
+    h.serve(ORIGIN, |_| Reply::new(with_length(500, &[], b"")));
+    let first = h.submit(Download::new(URL, "/dl/a").unwrap());
+    let other = h.submit(Download::new(URL, "/dl/b").unwrap().header("X-Tenant", "b"));
+    assert!(h.run(first).is_err() && h.run(other).is_err());
+    assert_eq!(h.requests.len(), 6);
+}
+
+fn cfg_with_attempts(n: u32) -> Config {
+    let mut cfg = config();
+    cfg.retry.max_attempts = n;
+    cfg
+}
+
 /// Like [`any_path_server`], with every answer naming the file `name`
 /// (`Content-Disposition`).
 fn naming_server(h: &mut Harness, name: &'static str) {

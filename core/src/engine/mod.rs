@@ -88,7 +88,7 @@ use sha2::{Digest, Sha256};
 
 use crate::config::Config;
 use crate::download::{Delivery, Destination, Download, Outcome};
-use crate::error::{DownloadError, TimeoutKind};
+use crate::error::{DownloadError, ErrorClass, TimeoutKind};
 use crate::http::Origin;
 use crate::io::{ConnId, FileId, IoFailure, IoId, IoOp, IoRequest, IoResult};
 use crate::policy::{Breaker, MirrorStats, RetryBudget};
@@ -2054,6 +2054,7 @@ impl Engine {
         // is the one that takes it over (the others wait for it in turn).
         let mut followers = job.followers;
         followers.sort_by_key(|f| self.jobs.get(f).map(|fj| Reverse(fj.priority())));
+        let mut shared_failures = Vec::new();
         for f in followers {
             let Some(fj) = self.jobs.get(&f) else {
                 continue;
@@ -2067,13 +2068,33 @@ impl Engine {
                 && fj.spec.size == job.spec.size
                 && fj.spec.max_size == job.spec.max_size
                 && fj.spec.checksum == job.spec.checksum
+                && (fj.spec.sha256.is_some() || same_headers(&fj.spec.headers, &job.spec.headers))
                 && fj
                     .spec
                     .depends_on
                     .iter()
                     .all(|d| self.finished.succeeded(d));
+            // The very request the leader made (its URLs and headers too), failed after all
+            // its retries (the network, a 5xx, bytes that failed verification): this one
+            // would go through the same. It ends with that failure rather than trying it all
+            // again (a URL listed four times made every retry four times, one job after the
+            // other). After a failure not retried (a 404), one follower tries once more.
+            let same_request = duplicate
+                && fj.spec.url == job.spec.url
+                && fj.spec.mirrors == job.spec.mirrors
+                && same_headers(&fj.spec.headers, &job.spec.headers);
             let fj = self.jobs.get_mut(&f).expect("follower exists");
             match &result {
+                Err(error)
+                    if same_request
+                        && error.retryable()
+                        && matches!(
+                            error.class(),
+                            ErrorClass::Network | ErrorClass::HttpStatus | ErrorClass::Verification
+                        ) =>
+                {
+                    shared_failures.push((f, error.clone()));
+                }
                 Ok(o) if duplicate => {
                     // A follower into a directory is named after its own URL, never after
                     // its leader's file: two URLs with the same bytes, or one URL also listed
@@ -2146,6 +2167,9 @@ impl Engine {
         self.event(Event::Finished { job: id, result });
         for (f, outcome) in std::mem::take(&mut self.pending_finish) {
             self.finish(f, Ok(outcome));
+        }
+        for (f, error) in shared_failures {
+            self.finish(f, Err(error));
         }
         self.schedule();
     }
