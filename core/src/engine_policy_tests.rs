@@ -1086,6 +1086,68 @@ fn a_download_asked_for_many_retries_waits_out_an_origin_down_for_two_minutes() 
     );
 }
 
+/// A `status` answer whose head's last byte comes `after` the rest.
+fn slow_head(status: u16, headers: &[(&str, String)], after: Duration) -> Reply {
+    let bytes = with_length(status, headers, b"");
+    let n = bytes.len();
+    Reply::new(bytes).pieces(&[n - 1, 1]).gap(after)
+}
+
+#[test]
+fn a_second_outage_is_waited_for_after_a_retry_after_outlasted_the_first() {
+    // The job's 503 with Retry-After: 60 comes at 2 s while the breaker is open (until
+    // 30 s); its limit behind the breaker was kept though it waited for its own Retry-After.
+    // The origin recovers at 30 s (a probe closes the breaker), then a new outage opens it at
+    // about 41 s until about 71 s. The job woke at 62 s and ended at once, behind an outage
+    // it had never waited for, with retries left; the origin is back at 65 s.
+    // (From a review.)
+    let body = pattern(3_000, 12);
+    let mut h = Harness::new(default_policies());
+    let file = body.clone();
+    h.serve(ORIGIN, move |r| {
+        let t = r.at.since_epoch();
+        if r.path == "/files/f.bin" {
+            if t < secs(5) {
+                return slow_head(503, &[hdr("Retry-After", 60)], secs(2));
+            }
+            return file_server(file.clone())(r);
+        }
+        if t < secs(25) {
+            Reply::new(with_length(502, &[], b""))
+        } else if t <= Duration::from_millis(30_500) || t >= secs(65) {
+            file_server(file.clone())(r)
+        } else {
+            slow_head(502, &[], secs(10))
+        }
+    });
+    let job = h.submit(download());
+    h.run_until("the job's request", |h| {
+        h.requests.iter().any(|r| r.path == "/files/f.bin")
+    });
+    // Others that open the breaker, and later probe it.
+    for n in 0..10 {
+        let d = Download::new(
+            &format!("http://a.test/files/h{n}.bin"),
+            format!("/dl/h{n}.bin"),
+        )
+        .unwrap();
+        h.submit(d);
+    }
+    let opened = |h: &Harness| {
+        h.events
+            .iter()
+            .filter(|(_, e)| matches!(e, Event::BreakerOpened { .. }))
+            .count()
+    };
+    let result = h.run(job);
+    assert!(opened(&h) >= 2, "two outages");
+    assert!(
+        result.is_ok(),
+        "ended at {} with {result:?}",
+        h.finished_at(job)
+    );
+}
+
 #[test]
 fn a_download_with_the_default_retries_ends_behind_an_origin_that_stays_down() {
     // The other side of the same rule: with the default retries (their backoffs add up to

@@ -71,6 +71,9 @@ pub struct Breaker {
     state: BreakerState,
     /// The last failure noted ([`Breaker::note_failure`]), for messages.
     last_failure: Option<String>,
+    /// When it last opened from closed: the start of the outage it holds requests back
+    /// from, through its probes and reopenings ([`Breaker::outage_since`]).
+    opened_from_closed: Option<Instant>,
 }
 
 impl Breaker {
@@ -80,6 +83,16 @@ impl Breaker {
             config,
             state: BreakerState::Closed { failures: 0 },
             last_failure: None,
+            opened_from_closed: None,
+        }
+    }
+
+    /// When the outage it holds requests back from began (it opened from closed), unless
+    /// it is closed.
+    pub fn outage_since(&mut self, now: Instant) -> Option<Instant> {
+        match self.state(now) {
+            BreakerState::Closed { .. } => None,
+            _ => self.opened_from_closed,
         }
     }
 
@@ -172,6 +185,7 @@ impl Breaker {
         self.state = match self.state(now) {
             BreakerState::Closed { failures } => {
                 if failures + 1 >= self.config.failure_threshold {
+                    self.opened_from_closed = Some(now);
                     BreakerState::Open {
                         until: now + self.config.cooldown,
                         cooldown: self.config.cooldown,
@@ -393,6 +407,31 @@ mod tests {
         assert_eq!(b.admit(at(61)), Admission::Probe);
         b.on_success(at(62));
         assert_eq!(b.state(at(62)), BreakerState::Closed { failures: 0 });
+    }
+
+    #[test]
+    fn an_outage_starts_when_the_breaker_opens_from_closed_and_lasts_through_reopenings() {
+        let mut b = breaker_60s();
+        assert_eq!(b.outage_since(at(0)), None);
+        for t in 0..5 {
+            b.on_failure(at(t));
+        }
+        assert_eq!(b.outage_since(at(10)), Some(at(4)));
+        // A failed probe reopens it: the same outage.
+        assert_eq!(b.admit(at(64)), Admission::Probe);
+        b.on_failure(at(64));
+        assert_eq!(b.outage_since(at(70)), Some(at(4)));
+        // Closed by a probe: no outage; the next one starts when it opens again.
+        // (Two successful probes close this one.)
+        for t in [184, 185] {
+            assert_eq!(b.admit(at(t)), Admission::Probe);
+            b.on_success(at(t));
+        }
+        assert_eq!(b.outage_since(at(186)), None);
+        for _ in 0..5 {
+            b.on_failure(at(200));
+        }
+        assert_eq!(b.outage_since(at(201)), Some(at(200)));
     }
 
     #[test]

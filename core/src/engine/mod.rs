@@ -572,10 +572,11 @@ struct Job {
     parked: bool,
     /// Parked, its wait over, and waiting for a slot (no deadline of its own).
     slot_waiting: bool,
-    /// The latest it may wait behind open breakers before it gives up: set when it first
-    /// meets them after its last attempt began (see `Engine::breaker_wait_ends`), forgotten
-    /// when an attempt begins or it pauses.
-    breaker_wait_ends: Option<Instant>,
+    /// Since when it waits behind an open breaker, and the latest it may before it gives
+    /// up: set when it first parks behind one after its last attempt began (see
+    /// `Engine::breaker_wait_ends`), forgotten when an attempt begins or it pauses, and
+    /// set again behind an outage that began later.
+    breaker_wait: Option<(Instant, Instant)>,
     next_transfer: u64,
     transfers: BTreeMap<u64, Transfer>,
     /// Ranges nobody fetches right now (a segment whose connection died).
@@ -1332,7 +1333,7 @@ impl Engine {
             last_error: None,
             parked: false,
             slot_waiting: false,
-            breaker_wait_ends: None,
+            breaker_wait: None,
             next_transfer: 0,
             transfers: BTreeMap::new(),
             gaps: Vec::new(),
@@ -1561,7 +1562,7 @@ impl Engine {
             };
             j.paused_mid_attempt = matches!(j.phase, Phase::Running);
             // A pause is no wait behind a breaker: it counts from the resume.
-            j.breaker_wait_ends = None;
+            j.breaker_wait = None;
             j.phase = Phase::Paused;
             j.meter.restart();
         }

@@ -44,16 +44,18 @@ impl Engine {
         self.breakers.get_mut(&origin)?.not_before(now)
     }
 
-    /// Whether the breaker of `origin` (a label) has its probe out: a job waiting behind
-    /// it waits for the probe's verdict, whatever its own limit.
-    fn probe_out(&mut self, origin: &str) -> bool {
+    /// What the breaker of `origin` (a label) holds a job back with, if it is not closed:
+    /// whether its probe is out (a job waiting behind it waits for the probe's verdict,
+    /// whatever its own limit), and when the outage began (it opened from closed).
+    fn breaker_hold(&mut self, origin: &str) -> Option<(bool, Instant)> {
         let now = self.now;
-        self.breakers
+        let (_, b) = self
+            .breakers
             .iter_mut()
-            .find(|(o, _)| o.to_string() == origin)
-            .is_some_and(|(_, b)| {
-                matches!(b.state(now), BreakerState::HalfOpen { probing: true, .. })
-            })
+            .find(|(o, _)| o.to_string() == origin)?;
+        let since = b.outage_since(now)?;
+        let probing = matches!(b.state(now), BreakerState::HalfOpen { probing: true, .. });
+        Some((probing, since))
     }
 
     /// How many origins have stats (latency, throughput, failures).
@@ -234,22 +236,35 @@ impl Engine {
     /// The latest job `id` waits behind open breakers: as long as its own remaining retries
     /// would have taken (the longest backoffs of the retries `--retries` leaves it, see
     /// [`RetryPolicy::backoffs_total`]), or the breaker's first cool-down if that is longer,
-    /// counted from when it began to wait since its last attempt began
-    /// (`Job::breaker_wait_ends`, set here). A breaker still open then has had its probe
-    /// fail after a cool-down, and waiting on would only outlast what the download was asked
-    /// to try: with the default retries (1, 2, 4, 8, 16 s) a list for a dead origin ends after
-    /// one cool-down (20 URLs to a port nobody listened on took 421 s when downloads waited
-    /// through doubling cool-downs up to their time limit), while `--retries 20` waits out an
-    /// origin down for minutes (a fixed limit of 32 s ended it after about 40 s). A probe in
-    /// flight is waited for whatever the limit (see [`Engine::probe_out`]).
+    /// counted from when it began to wait behind the outage that holds it now
+    /// (`Job::breaker_wait`; kept when `keep`, forgotten when an attempt begins or it
+    /// pauses, and not counted from before the outage that began at `outage_since`). A
+    /// breaker still open then has had its probe fail after a cool-down, and waiting on
+    /// would only outlast what the download was asked to try: with the default retries (1,
+    /// 2, 4, 8, 16 s) a list for a dead origin ends after one cool-down (20 URLs to a port
+    /// nobody listened on took 421 s when downloads waited through doubling cool-downs up
+    /// to their time limit), while `--retries 20` waits out an origin down for minutes (a
+    /// fixed limit of 32 s ended it after about 40 s). A probe in flight is waited for
+    /// whatever the limit (see [`Engine::breaker_hold`]).
     ///
     /// `drawing`: the job's last backoff (`Job::backoffs` - 1) is the one its retry is being
     /// scheduled with, and counts among those left.
-    pub(super) fn breaker_wait_ends(&mut self, id: JobId, drawing: bool) -> Instant {
+    pub(super) fn breaker_wait_ends(
+        &mut self,
+        id: JobId,
+        drawing: bool,
+        outage_since: Instant,
+        keep: bool,
+    ) -> Instant {
         let policy = self.config.retry;
         let cooldown = self.config.breaker.cooldown;
         let now = self.now;
         let j = self.jobs.get_mut(&id).expect("job exists");
+        if let Some((since, ends)) = j.breaker_wait {
+            if since >= outage_since {
+                return ends;
+            }
+        }
         // Retries left after the attempt that failed (or is about to begin).
         let retries_left = policy
             .max_attempts
@@ -259,8 +274,11 @@ impl Engine {
         } else {
             j.backoffs
         };
-        *j.breaker_wait_ends
-            .get_or_insert_with(|| now + policy.backoffs_total(from, retries_left).max(cooldown))
+        let ends = now + policy.backoffs_total(from, retries_left).max(cooldown);
+        if keep {
+            j.breaker_wait = Some((now, ends));
+        }
+        ends
     }
 
     /// `CircuitOpen` for `origin` (a label), naming the last failure its breaker counted.
@@ -283,8 +301,11 @@ impl Engine {
     /// is beyond the retry policy's time limit or [`Engine::breaker_wait_ends`] (with the
     /// job's last failure at `origin`, else `CircuitOpen`).
     pub(super) fn wait_for_breaker(&mut self, id: JobId, until: Instant, origin: String) {
-        let ends = self.breaker_wait_ends(id, false);
-        let past_ends = until > ends && !self.probe_out(&origin);
+        // Only an open breaker limits the wait (a job may back off here for other reasons).
+        let past_ends = match self.breaker_hold(&origin) {
+            Some((false, since)) => until > self.breaker_wait_ends(id, false, since, true),
+            _ => false,
+        };
         let j = self.jobs.get_mut(&id).expect("job exists");
         let deadline = j.started + self.config.retry.max_elapsed;
         let retry_in = until.saturating_since(self.now);
@@ -596,10 +617,20 @@ impl Engine {
                     .into_iter()
                     .min_by_key(|(at, _)| *at)
                     .map(|(at, url)| (at.saturating_since(self.now), url));
-                let past_ends = closes.as_ref().is_some_and(|(wait, url)| {
-                    self.now + *wait > self.breaker_wait_ends(id, true)
-                        && !self.probe_out(&crate::engine::origin_label(url))
-                });
+                // The outage of the breaker that closes first, unless its probe is out.
+                let outage = match &closes {
+                    Some((_, url)) => match self.breaker_hold(&crate::engine::origin_label(url)) {
+                        Some((false, since)) => Some(since),
+                        _ => None,
+                    },
+                    None => None,
+                };
+                let past_ends = match (&closes, outage) {
+                    (Some((wait, _)), Some(since)) => {
+                        self.now + *wait > self.breaker_wait_ends(id, true, since, false)
+                    }
+                    _ => false,
+                };
                 match closes {
                     Some((wait, url)) if past_ends => {
                         // The origin stays down longer than the job's own retries would
@@ -619,6 +650,12 @@ impl Engine {
                     }
                     Some((wait, _)) if elapsed + wait <= policy.max_elapsed => {
                         parked = wait > delay;
+                        if let (true, Some(since)) = (parked, outage) {
+                            // It waits for the breaker, not for its own backoff: its wait
+                            // counts from here. (One that backs off for longer than the
+                            // breaker stays open keeps no limit from this outage.)
+                            self.breaker_wait_ends(id, true, since, true);
+                        }
                         delay.max(wait)
                     }
                     _ => delay,

@@ -259,7 +259,7 @@ impl Engine {
             return self.wait_for_breaker(id, until, origin);
         }
         let j = self.jobs.get_mut(&id).expect("job exists");
-        j.breaker_wait_ends = None;
+        j.breaker_wait = None;
         j.phase = Phase::Running;
         j.transfers.clear();
         j.gaps.clear();
