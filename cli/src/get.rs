@@ -282,7 +282,9 @@ impl GetArgs {
         Ok(c)
     }
 
-    fn downloads(&self) -> Result<Vec<Download>, String> {
+    /// The downloads, and where each was listed (`list.txt: line 3`; `None` for a URL of
+    /// the command line).
+    fn downloads(&self) -> Result<(Vec<Download>, Vec<Option<String>>), String> {
         let mut entries: Vec<crate::inputfile::Entry> = self
             .urls
             .iter()
@@ -329,7 +331,7 @@ impl GetArgs {
             // A list with no entry (empty, or comments only) has nothing to do, as for aria2:
             // a script whose generated list is sometimes empty goes on.
             if self.input_file.is_some() {
-                return Ok(Vec::new());
+                return Ok((Vec::new(), Vec::new()));
             }
             return Err("nothing to download".into());
         }
@@ -393,6 +395,7 @@ impl GetArgs {
             headers.push((name.trim().to_string(), value.trim().to_string()));
         }
         let mut out = Vec::new();
+        let mut locations = Vec::new();
         for entry in &entries {
             // In a list every URI of a line is equal (as for aria2): one haul cannot use (an
             // ftp:// one) is skipped with a warning, wherever it stands, and the first usable
@@ -489,8 +492,14 @@ impl GetArgs {
                 .segments(self.segments.max(1))
                 .min_segment(self.min_segment);
             out.push((d, file_dest));
+            locations.push(
+                entry
+                    .list
+                    .as_ref()
+                    .map(|list| format!("{list}: line {}", entry.line)),
+            );
         }
-        Ok(mark_fresh(out))
+        Ok((mark_fresh(out), locations))
     }
 }
 
@@ -622,10 +631,11 @@ fn dest_label(download: &Download) -> String {
 
 /// Run `haul get`; returns the exit code.
 pub fn run(args: GetArgs) -> i32 {
-    let (config, downloads) = match args.config().and_then(|c| Ok((c, args.downloads()?))) {
-        Ok(x) => x,
-        Err(msg) => return refuse(&args, &msg),
-    };
+    let (config, (downloads, locations)) =
+        match args.config().and_then(|c| Ok((c, args.downloads()?))) {
+            Ok(x) => x,
+            Err(msg) => return refuse(&args, &msg),
+        };
     // Read the local UTC offset while this process has one thread (the C library's local
     // time is not safe to read once threads run).
     let utc_offset = args.limit_schedule.as_ref().map(|_| {
@@ -656,7 +666,8 @@ pub fn run(args: GetArgs) -> i32 {
         mode,
         downloads.len(),
         downloads.iter().map(dest_label).collect(),
-    );
+    )
+    .with_locations(locations);
     // The downloads create their destinations' missing directories; those left empty at the
     // end (every download into them failed, keeping nothing) are removed again.
     let missing = missing_dirs(&downloads);

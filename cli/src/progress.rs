@@ -81,6 +81,11 @@ pub struct Reporter {
     labels: std::collections::VecDeque<String>,
     /// The label of each queued job, until it starts or ends.
     queued_labels: BTreeMap<JobId, String>,
+    /// Where each download was listed (`list.txt: line 3`), in the order given, taken as
+    /// its `Queued` event comes, like `labels`; `None`: not from a list.
+    locations: std::collections::VecDeque<Option<String>>,
+    /// The list location of each job, for its line when it fails.
+    located: BTreeMap<JobId, String>,
     /// Columns of the terminal the bars are drawn on.
     columns: usize,
 }
@@ -153,8 +158,16 @@ impl Reporter {
             overall_set: None,
             labels: labels.into(),
             queued_labels: BTreeMap::new(),
+            locations: Default::default(),
+            located: BTreeMap::new(),
             columns,
         }
+    }
+
+    /// Where each download (in the order given) was listed, for its error line.
+    pub fn with_locations(mut self, locations: Vec<Option<String>>) -> Reporter {
+        self.locations = locations.into();
+        self
     }
 
     /// The label of a job queued now with this URL: the next given label, else the URL's.
@@ -218,8 +231,11 @@ impl Reporter {
     pub fn event(&mut self, ev: &Event) {
         match ev {
             Event::Queued { job, url } => {
-                // Each job's URL, for its line when it fails.
+                // Each job's URL and list location, for its line when it fails.
                 self.urls.insert(*job, url.clone());
+                if let Some(Some(at)) = self.locations.pop_front() {
+                    self.located.insert(*job, at);
+                }
                 if self.mode == Mode::Json {
                     self.emit_json(json!({"event": "queued", "job": job.0, "url": url}));
                     self.label_queued(*job, url);
@@ -456,6 +472,7 @@ impl Reporter {
         let waiting = self.waiting.remove(&job);
         let queued_label = self.queued_labels.remove(&job);
         let url = self.urls.remove(&job);
+        let located = self.located.remove(&job);
         // A file written unnamed (a small one) keeps nothing when cancelled.
         let nothing_kept = view.as_ref().and_then(|v| v.resumable) == Some(false);
         // Time since the download left the queue (the outcome's counts from its submission).
@@ -541,7 +558,9 @@ impl Reporter {
                     Some(url) if !text.contains(url.as_str()) => format!(" ({url})"),
                     _ => String::new(),
                 };
-                self.println(&format!("haul: {label}{from}: {text}"))
+                // A list's download: its file and line too.
+                let at = located.map(|at| format!("{at}: ")).unwrap_or_default();
+                self.println(&format!("haul: {at}{label}{from}: {text}"))
             }
             (Mode::Quiet, Ok(_)) => {}
         }

@@ -784,6 +784,8 @@ fn two_list_entries_for_one_file_keep_the_first_file_whole_and_fail_the_second()
         stderr.contains("b.bin):") && stderr.contains("same.bin is already the destination"),
         "{stderr}"
     );
+    // Named by its list and line, as the README promises for a list's download.
+    assert!(stderr.contains("list.txt: line 3: "), "{stderr}");
     assert_eq!(std::fs::read(dir.path().join("dl/same.bin")).unwrap(), a);
     assert!(
         origin.requests_to("/b.bin").is_empty(),
