@@ -2485,6 +2485,37 @@ fn resume_with_a_206_starting_elsewhere_is_a_range_mismatch_then_a_restart_gives
 }
 
 #[test]
+fn a_resume_answered_for_a_file_of_another_length_says_so_not_where_its_range_ends() {
+    // `bytes 1000-4999/5001`: the range ends where the partial's file ended, but the file
+    // is now a byte longer. The retry said "range ends at 4999, expected 5000".
+    let body = pattern(5_000, 15);
+    let n = 1_000;
+    let mut h = with_partial(&body, n, 0, valid_state(&body, n));
+    let b = body.clone();
+    h.serve(ORIGIN, move |req| {
+        if req.seq == 0 {
+            let cr = format!("bytes {n}-4999/5001");
+            Reply::new(with_length(
+                206,
+                &[hdr("ETag", ETAG), hdr("Content-Range", cr)],
+                &b[n..],
+            ))
+        } else {
+            Reply::new(serve_range(&b, req))
+        }
+    });
+    let job = h.submit(download());
+    h.run(job).expect("the restart succeeds");
+    let retries = h.retries(job);
+    assert!(
+        matches!(&retries[0].3, DownloadError::RangeMismatch { detail }
+            if detail.contains("complete length 5001 differs from the 5000 bytes known")),
+        "got {:?}",
+        retries[0].3
+    );
+}
+
+#[test]
 fn resume_answered_416_with_the_partials_length_commits_without_a_body() {
     let body = pattern(5_000, 16);
     let mut h = with_partial(&body, body.len(), 0, valid_state(&body, body.len()));

@@ -1784,14 +1784,19 @@ fn check_partial_response(
     if first != t.pos {
         return Err(format!("range starts at {first}, expected {}", t.pos));
     }
-    let want_end = t.end.unwrap_or(complete);
-    if last + 1 != want_end.min(complete) {
-        return Err(format!("range ends at {last}, expected {}", want_end - 1));
-    }
+    // The file's length first: a resume answered for a file of another length also ends
+    // its range elsewhere, and "range ends at N" hid that the file changed.
     if j.total.is_some_and(|total| total != complete) {
         return Err(format!(
             "complete length {complete} differs from the {} bytes known",
             j.total.unwrap_or_default()
+        ));
+    }
+    let want_end = t.end.unwrap_or(complete).min(complete);
+    if last + 1 != want_end {
+        return Err(format!(
+            "range ends at {last}, expected {}",
+            want_end.saturating_sub(1)
         ));
     }
     if let Framing::Length(n) = framing {
