@@ -257,7 +257,10 @@ impl Reporter {
             Event::SingleConnection { job, reason } => {
                 self.tell(
                     job,
-                    format!("segments do not fit together ({reason}): one connection"),
+                    // The reason says what happened: answers that do not fit together, or
+                    // a file made of segments that failed verification (not the segments'
+                    // fault when the expected digest was wrong).
+                    format!("one connection from now on: {reason}"),
                 );
                 if self.mode == Mode::Json {
                     self.emit_json(

@@ -1077,7 +1077,7 @@ impl Engine {
         tracing::info!(job = %id, "the server's ranges cannot be split on ({reason}); one connection from now on");
         self.event(Event::SingleConnection {
             job: id,
-            reason: reason.to_string(),
+            reason: format!("the server's answers to its segments do not fit together ({reason})"),
         });
     }
 
