@@ -268,6 +268,9 @@ pub fn parse(text: &str, mut warn: impl FnMut(String)) -> Result<Vec<Entry>, Str
         });
     }
     close(&mut entries, &mut credentials)?;
+    // In the order of their first lines.
+    let mut ignored: Vec<(String, (usize, usize))> = ignored.into_iter().collect();
+    ignored.sort_by_key(|(_, (_, first))| *first);
     for (name, (count, first)) in ignored {
         match count {
             1 => warn(format!("line {first}: option {name:?} ignored")),
@@ -314,9 +317,10 @@ mod tests {
         assert_eq!(parse(&list, |w| warnings.push(w)).unwrap().len(), 1000);
         assert_eq!(
             warnings,
+            // In the order of their first lines (they came in name order).
             vec![
-                "option \"max-connection-per-server\" ignored (1000 lines, the first line 3)",
                 "option \"split\" ignored (1000 lines, the first line 2)",
+                "option \"max-connection-per-server\" ignored (1000 lines, the first line 3)",
             ]
         );
         // An option before the first URI is ignored, as aria2 does.
