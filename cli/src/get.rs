@@ -49,7 +49,7 @@ pub struct GetArgs {
     #[arg(long = "limit-rate", value_name = "RATE", value_parser = parse_size)]
     pub limit_rate: Option<u64>,
     /// Global rate limit by local time of day: `HH:MM=RATE,...`, each entry in force until
-    /// the next (wrapping at midnight); RATE is a size per second or `unlimited`, e.g.
+    /// the next (wrapping at midnight); RATE is a size per second, or `unlimited` (or 0), e.g.
     /// `08:00=2M,18:00=unlimited`. Replaces --limit-rate.
     #[arg(long = "limit-schedule", value_name = "SPEC", value_parser = parse_schedule, conflicts_with = "limit_rate")]
     pub limit_schedule: Option<haul_core::RateSchedule>,
@@ -169,9 +169,10 @@ fn parse_schedule(spec: &str) -> Result<haul_core::RateSchedule, String> {
             (Ok(h), Ok(m)) if h < 24 && m < 60 => (h, m),
             _ => return Err(format!("{at:?} is not a time of day (00:00 to 23:59)")),
         };
-        let rate = match rate.trim() {
+        // 0 is no limit, as for --limit-rate (and curl and aria2).
+        let rate = match rate.trim().to_ascii_lowercase().as_str() {
             "unlimited" | "off" => None,
-            r => Some(parse_size(r)?),
+            r => Some(parse_size(r)?).filter(|&n| n > 0),
         };
         entries.push((h * 3600 + m * 60, rate));
     }
@@ -193,7 +194,6 @@ fn secs(name: &str, s: f64) -> Result<Duration, String> {
     }
 }
 
-/// The low-speed limit of `--low-speed-limit` (bytes/s; 0: none) and `--low-speed-time`.
 /// The smallest `--min-segment`: below it a segment's request, head and connection cost
 /// more than its bytes (`--min-segment 0` turned a 3 MiB file into some 800 requests,
 /// some for one byte).
@@ -212,6 +212,7 @@ fn parse_min_segment(s: &str) -> Result<u64, String> {
     Ok(size)
 }
 
+/// The low-speed limit of `--low-speed-limit` (bytes/s; 0: none) and `--low-speed-time`.
 pub(crate) fn low_speed(limit: u64, time: f64) -> Result<Option<LowSpeedLimit>, String> {
     (limit > 0)
         .then(|| {
@@ -736,15 +737,12 @@ mod tests {
         assert_eq!(s.rate_at(9 * 3600), Some(2 * 1024 * 1024));
         assert_eq!(s.rate_at(19 * 3600), None);
         assert_eq!(s.rate_at(3600), None);
-        for bad in [
-            "",
-            "8=2M",
-            "25:00=1M",
-            "08:60=1M",
-            "08:00",
-            "08:00=fast",
-            "08:00=0",
-        ] {
+        // 0 is no limit, as for --limit-rate; the words in any case.
+        let s = parse_schedule("08:00=0,12:00=1M,13:00=UNLIMITED").unwrap();
+        assert_eq!(s.rate_at(9 * 3600), None);
+        assert_eq!(s.rate_at(12 * 3600), Some(1024 * 1024));
+        assert_eq!(s.rate_at(14 * 3600), None);
+        for bad in ["", "8=2M", "25:00=1M", "08:60=1M", "08:00", "08:00=fast"] {
             assert!(parse_schedule(bad).is_err(), "{bad:?} accepted");
         }
     }
