@@ -379,6 +379,10 @@ pub struct Scenario {
     /// The engine's retry budget (retries per minute). Generated scenarios use
     /// [`RETRY_BUDGET_PER_MINUTE`]; hand-made ones may squeeze it.
     pub retry_budget_per_minute: u32,
+    /// The engine's attempts per download (`RetryPolicy::max_attempts`): mostly 5, whose
+    /// backoffs add up to about the breaker's cool-down; some seeds 12, whose backoffs far
+    /// outlast it (a download then waits behind a breaker for as long as they would).
+    pub max_attempts: u32,
     /// A planted world bug, if any.
     pub bug: Option<PlantedBug>,
 }
@@ -431,6 +435,7 @@ impl Scenario {
             // Drawn last, so the draws above stay what they were before it existed.
             unnamed_max: r.pick(&[0, 64 * 1024, u64::MAX]),
             retry_budget_per_minute: RETRY_BUDGET_PER_MINUTE,
+            max_attempts: 5,
             bug: None,
         };
         // Drawn after everything else, for the same reason.
@@ -447,6 +452,8 @@ impl Scenario {
                 scenario.faults.push(gen_fault(&mut r, kind, origins));
             }
         }
+        // Last again.
+        scenario.max_attempts = r.pick(&[5, 5, 12]);
         scenario
     }
 
@@ -707,7 +714,7 @@ impl fmt::Display for Scenario {
         writeln!(
             f,
             "scenario seed={} origins={} heal_at={}ms checkpoint_bytes={} max_active_jobs={} \
-             rate_limit={:?} unnamed_max={} retry_budget={}/min bug={}",
+             rate_limit={:?} unnamed_max={} retry_budget={}/min max_attempts={} bug={}",
             self.seed,
             self.origins,
             self.heal_at_ms,
@@ -716,6 +723,7 @@ impl fmt::Display for Scenario {
             self.rate_limit,
             self.unnamed_max,
             self.retry_budget_per_minute,
+            self.max_attempts,
             self.bug.map_or("none", PlantedBug::name)
         )?;
         for (i, d) in self.downloads.iter().enumerate() {

@@ -304,7 +304,7 @@ pub fn engine_config(sc: &Scenario, seed: u64) -> Config {
         }),
         max_redirects: 5,
         retry: RetryPolicy {
-            max_attempts: 5,
+            max_attempts: sc.max_attempts,
             base_delay: Duration::from_millis(200),
             max_delay: Duration::from_secs(4),
             max_elapsed: Duration::from_secs(60),
@@ -388,6 +388,9 @@ struct DlState {
     /// When the current job last began to try (`Started`) or scheduled a retry
     /// (`Retrying`): its wait behind breakers cannot have begun earlier.
     tried_at: Instant,
+    /// When the current job left the queue (`Started`): its retries' time limit counts
+    /// from here, not from its submission (a queued job's later retries are its own).
+    started_at: Instant,
     /// The retry state of the current job, as far as events show it.
     model: BackoffModel,
     /// What the checker last verified for the (volatile, durable) view of the destination.
@@ -667,6 +670,7 @@ impl World {
                     failures_after_heal: 0,
                     backoff_until: None,
                     tried_at: Instant::ZERO,
+                    started_at: Instant::ZERO,
                     model: BackoffModel::new(1 + d.mirrors.len()),
                     checked: [None, None],
                 }
@@ -1711,6 +1715,7 @@ impl World {
         match e {
             Event::Started { .. } => {
                 self.downloads[i].tried_at = self.now;
+                self.downloads[i].started_at = self.now;
                 self.breakers.attempt_from(i, mark);
             }
             Event::Spread { .. } => {
@@ -1980,13 +1985,13 @@ impl World {
             }
         }
         let slack = Duration::from_micros(1);
-        if let DlStatus::Active { submitted, .. } = self.downloads[i].status {
-            let elapsed = now.saturating_since(submitted);
+        if let DlStatus::Active { .. } = self.downloads[i].status {
+            let elapsed = now.saturating_since(self.downloads[i].started_at);
             if elapsed + delay > policy.max_elapsed + slack {
                 self.violate(
                     Invariant::Backoff,
                     format!(
-                        "d{i} retries {elapsed:?} + {delay:?} after submission, past max_elapsed"
+                        "d{i} retries {elapsed:?} + {delay:?} after it left the queue, past max_elapsed"
                     ),
                 );
             }
@@ -2052,7 +2057,9 @@ impl World {
                 let allowance = policy
                     .backoffs_total(d.model.backoffs_at_least(), retries)
                     .max(config.breaker.cooldown);
-                let ends = d.tried_at + allowance;
+                // Or past the retries' time limit (a cool-down may outlast the longest
+                // backoff).
+                let ends = (d.tried_at + allowance).min(d.started_at + policy.max_elapsed);
                 let held = d
                     .first_hops
                     .iter()

@@ -156,6 +156,7 @@ fn interrupted(check: Check, bug: Option<PlantedBug>) -> Scenario {
         // A named partial, which the resume continues.
         unnamed_max: 0,
         retry_budget_per_minute: 600,
+        max_attempts: 5,
         bug,
     }
 }
@@ -319,6 +320,7 @@ fn a_squeezed_retry_budget_delays_retries_as_the_model_expects() {
             rate_limit: None,
             unnamed_max: 0,
             retry_budget_per_minute: 8,
+            max_attempts: 5,
             bug: None,
         };
         let r = run_scenario(&sc, RunOptions::default());
