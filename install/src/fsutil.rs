@@ -13,7 +13,7 @@
 use std::ffi::{OsStr, OsString};
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, Write};
-use std::os::unix::fs::OpenOptionsExt;
+use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 
 use haul_core::working_name::{has_shortened_form, is_shortened, working_stem, MAX_NAME_BYTES};
@@ -275,7 +275,6 @@ pub fn create_and_lock_dir(
 /// One attempt of [`lock_dir`]: the lock when the directory locked is still the one at
 /// `dir`, `None` when another directory took its name while this one waited.
 fn lock_if_current(dir: &Path) -> Result<Option<DirLock>, InstallError> {
-    use std::os::unix::fs::MetadataExt;
     let handle = File::open(dir).map_err(InstallError::io("open directory", dir))?;
     rustix::fs::flock(&handle, rustix::fs::FlockOperation::LockExclusive)
         .map_err(|e| InstallError::io("lock directory", dir)(e.into()))?;
@@ -348,9 +347,19 @@ pub fn recover(parent: &Path) -> Result<RecoverReport, InstallError> {
                 }
             }
         }
-        remove_any(&path)?;
-        tracing::warn!(removed = %path.display(), "removed a leftover of a crashed install");
-        report.removed.push(path);
+        // A leftover that cannot go (a read-only directory in an old tree, a file system
+        // mounted inside it) stays, with a warning at each install: it held up every later
+        // install into this directory, even `assets ls`.
+        match remove_any(&path) {
+            Ok(()) => {
+                tracing::warn!(removed = %path.display(), "removed a leftover of an earlier install");
+                report.removed.push(path);
+            }
+            Err(e) => tracing::warn!(
+                "{} (left by an earlier install) could not be removed and stays: {e}; remove it by hand",
+                path.display()
+            ),
+        }
     }
     if !report.removed.is_empty() || !report.restored.is_empty() {
         sync_dir(parent)?;
@@ -365,22 +374,59 @@ fn remove_any(path: &Path) -> Result<(), InstallError> {
         Err(e) => return Err(InstallError::io("stat", path)(e)),
     };
     let result = if meta.is_dir() {
-        fs::remove_dir_all(path)
+        remove_dir_on_its_file_system(path, meta.dev())
     } else {
-        fs::remove_file(path)
+        fs::remove_file(path).map_err(|e| (path.to_path_buf(), e))
     };
     match result {
         Ok(()) => Ok(()),
-        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
-        Err(e) => Err(InstallError::io("remove", path)(e)),
+        Err((_, e)) if e.kind() == io::ErrorKind::NotFound => Ok(()),
+        Err((at, e)) => Err(InstallError::io("remove", &at)(e)),
     }
 }
 
+/// Removes the directory `dir` (on device `dev`) and everything in it that is on that
+/// device, never following symbolic links: a file system mounted inside an old tree is
+/// not emptied (`remove_dir_all` deleted another file system's files), and its mount
+/// point, which cannot be removed, keeps the tree from going (an error naming it).
+fn remove_dir_on_its_file_system(dir: &Path, dev: u64) -> Result<(), (PathBuf, io::Error)> {
+    fn at(p: &Path) -> impl FnOnce(io::Error) -> (PathBuf, io::Error) + '_ {
+        move |e| (p.to_path_buf(), e)
+    }
+    for item in fs::read_dir(dir).map_err(at(dir))? {
+        let item = item.map_err(at(dir))?;
+        let path = item.path();
+        let meta = match fs::symlink_metadata(&path) {
+            Ok(m) => m,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => continue,
+            Err(e) => return Err((path, e)),
+        };
+        let removed = if !meta.is_dir() {
+            fs::remove_file(&path).map_err(at(&path))
+        } else if meta.dev() != dev {
+            Err((
+                path.clone(),
+                io::Error::other("another file system is mounted there; it is left alone"),
+            ))
+        } else {
+            remove_dir_on_its_file_system(&path, dev)
+        };
+        match removed {
+            Err((_, e)) if e.kind() == io::ErrorKind::NotFound => {}
+            other => other?,
+        }
+    }
+    fs::remove_dir(dir).map_err(at(dir))
+}
+
 /// Removes a file or tree, logging instead of failing (what is left is a leftover that
-/// [`recover`] deletes later).
+/// [`recover`] tries again at the next install into its directory).
 pub(crate) fn remove_quietly(path: &Path) {
     if let Err(e) = remove_any(path) {
-        tracing::warn!(path = %path.display(), error = %e, "could not remove; recover() will retry");
+        tracing::warn!(
+            "could not remove {}: {e}; the next install into its directory tries again",
+            path.display()
+        );
     }
 }
 
@@ -732,7 +778,6 @@ mod tests {
 
     #[test]
     fn a_waiter_whose_locked_directory_was_removed_locks_the_one_created_again() {
-        use std::os::unix::fs::MetadataExt;
         let top = tempfile::TempDir::new().unwrap();
         let dir = top.path().join("parent");
         fs::create_dir(&dir).unwrap();
@@ -801,5 +846,26 @@ mod tests {
         fs::create_dir_all(dir.path().join("t/a")).unwrap();
         assert!(remove_tree(&dir.path().join("t")).unwrap());
         assert_eq!(fs::read_dir(dir.path()).unwrap().count(), 0);
+    }
+
+    #[test]
+    fn removing_a_tree_stops_at_directories_of_another_file_system() {
+        // A file system mounted inside an old tree was emptied with it (`remove_dir_all`).
+        // Its directories are told apart by their device: here every directory is taken for
+        // another file system's, by asking for the removal of a tree on another device.
+        let top = tempfile::TempDir::new().unwrap();
+        let tree = top.path().join("old");
+        fs::create_dir_all(tree.join("mnt/deep")).unwrap();
+        fs::write(tree.join("mnt/deep/precious"), b"x").unwrap();
+        fs::write(tree.join("top.txt"), b"x").unwrap();
+        let dev = fs::metadata(&tree).unwrap().dev();
+        let (at, e) = remove_dir_on_its_file_system(&tree, dev + 1).unwrap_err();
+        assert_eq!(at, tree.join("mnt"));
+        assert!(e.to_string().contains("another file system"), "{e}");
+        assert!(tree.join("mnt/deep/precious").exists());
+        // On its own device, the whole tree goes (symbolic links not followed).
+        std::os::unix::fs::symlink(top.path(), tree.join("link")).unwrap();
+        remove_dir_on_its_file_system(&tree, dev).unwrap();
+        assert!(!tree.exists() && top.path().exists());
     }
 }
