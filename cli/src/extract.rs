@@ -12,7 +12,7 @@ use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use clap::Args;
-use haul_install::extract::{self, Durability, ExtractOptions, Stop};
+use haul_install::extract::{self, Durability, ExtractOptions};
 use haul_install::InstallError;
 use sha2::{Digest, Sha256};
 
@@ -102,11 +102,10 @@ pub fn run_extract(args: ExtractArgs) -> i32 {
     // An extraction cannot be resumed: a signal stops it like a failure (staging tree
     // removed, destination as it was, the parents made above removed). Taken only now, so
     // that a Ctrl-C while waiting for the lock still ends the wait at once.
-    let stop = Stop::new();
-    {
-        let stop = stop.clone();
-        crate::signals::on_interrupt(move || stop.stop());
-    }
+    // The command's extraction stop: set in the signal handler itself (see
+    // `signals::on_interrupt`).
+    let stop = crate::signals::extraction_stop();
+    crate::signals::on_interrupt(|| {});
     // Leftovers of a crashed extraction into this parent (staging, old trees).
     if let Err(e) = extract::recover(&parent) {
         undo_created();

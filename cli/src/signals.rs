@@ -27,6 +27,12 @@ pub fn extraction_stop() -> haul_install::extract::Stop {
 #[cfg(unix)]
 pub fn on_interrupt(stop: impl Fn() + Send + 'static) {
     use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
+    // An extraction's stop is set in the handler itself: the thread below may run only
+    // after the extraction, back from a long `syncfs` that held the signal, passed its last
+    // check and swapped the trees (Ctrl-C during the sync was lost).
+    for signal in [SIGINT, SIGTERM, SIGHUP] {
+        let _ = signal_hook::flag::register(signal, extraction_stop().flag());
+    }
     let Ok(mut signals) = signal_hook::iterator::Signals::new([SIGINT, SIGTERM, SIGHUP]) else {
         return;
     };

@@ -36,6 +36,14 @@ impl Stop {
         self.flag.store(true, Ordering::SeqCst);
     }
 
+    /// The flag itself, for a signal handler to set in the handler (signal-hook's
+    /// `flag::register`): an extraction blocked in a sync (a `syncfs` the kernel does not
+    /// interrupt) sees the stop as soon as the sync returns, where a flag set later by
+    /// another thread lost the race with the check before the swap.
+    pub fn flag(&self) -> Arc<AtomicBool> {
+        Arc::clone(&self.flag)
+    }
+
     /// Whether [`Stop::stop`] has been called on this flag or a clone of it.
     pub fn is_stopped(&self) -> bool {
         self.flag.load(Ordering::SeqCst)
