@@ -114,6 +114,10 @@ pub enum InstallError {
     #[error("archive declares {total} bytes uncompressed, limit is {limit}")]
     TooLarge { total: u64, limit: u64 },
 
+    /// One entry read whole (a manifest) is larger than its limit.
+    #[error("archive entry {name:?} is {size} bytes uncompressed, limit is {limit}")]
+    EntryTooLarge { name: String, size: u64, limit: u64 },
+
     /// Compression ratio over the limit; `entry` is `None` for the archive as a whole.
     #[error("{} compresses {ratio}:1, limit is {limit}:1", match entry { Some(e) => format!("archive entry {e:?}"), None => "archive".to_string() })]
     RatioTooHigh {
@@ -210,6 +214,7 @@ impl InstallError {
                 | InstallError::TooManyEntries { .. }
                 | InstallError::TooManyDirectories { .. }
                 | InstallError::TooLarge { .. }
+                | InstallError::EntryTooLarge { .. }
                 | InstallError::RatioTooHigh { .. }
                 | InstallError::CorruptEntry { .. }
                 | InstallError::UnsupportedEntry { .. }

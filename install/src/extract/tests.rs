@@ -697,10 +697,16 @@ fn read_small_reads_one_entry_and_respects_its_cap() {
     assert_eq!(v.read_small("m.json", 100).unwrap().unwrap(), b"{\"a\":1}");
     assert!(v.read_small("d", 100).unwrap().is_none());
     assert!(v.read_small("absent", 100).unwrap().is_none());
-    assert!(matches!(
-        v.read_small("m.json", 3),
-        Err(InstallError::TooLarge { .. })
-    ));
+    // Named, with its own size (it read as the whole archive's).
+    let e = v.read_small("m.json", 3).unwrap_err();
+    assert!(
+        matches!(&e, InstallError::EntryTooLarge { name, size: 7, limit: 3 } if name == "m.json"),
+        "{e:?}"
+    );
+    assert_eq!(
+        e.to_string(),
+        "archive entry \"m.json\" is 7 bytes uncompressed, limit is 3"
+    );
     assert_eq!(v.entries().len(), 2);
     let _ = testzip::crc32(b"");
 }

@@ -266,8 +266,9 @@ impl ValidatedArchive {
             return Ok(None);
         };
         if entry.size > max_bytes {
-            return Err(InstallError::TooLarge {
-                total: entry.size,
+            return Err(InstallError::EntryTooLarge {
+                name: entry.name.clone(),
+                size: entry.size,
                 limit: max_bytes,
             });
         }
