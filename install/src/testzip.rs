@@ -115,6 +115,8 @@ pub struct RawEntry {
     pub crc: Option<u32>,
     /// Write a data descriptor (signature, CRC, sizes) after the data.
     pub descriptor: bool,
+    /// Extra fields, written in both headers.
+    pub extra: Vec<u8>,
 }
 
 impl RawEntry {
@@ -151,8 +153,9 @@ impl RawEntry {
         );
         h.extend_from_slice(&self.local_size.unwrap_or(self.usize_value()).to_le_bytes());
         h.extend_from_slice(&(name.len() as u16).to_le_bytes());
-        h.extend_from_slice(&0u16.to_le_bytes());
+        h.extend_from_slice(&(self.extra.len() as u16).to_le_bytes());
         h.extend_from_slice(name);
+        h.extend_from_slice(&self.extra);
         h
     }
 
@@ -182,13 +185,14 @@ impl RawEntry {
         h.extend_from_slice(&(self.data.len() as u32).to_le_bytes());
         h.extend_from_slice(&self.usize_value().to_le_bytes());
         h.extend_from_slice(&(self.name.len() as u16).to_le_bytes());
-        h.extend_from_slice(&0u16.to_le_bytes()); // extra
+        h.extend_from_slice(&(self.extra.len() as u16).to_le_bytes());
         h.extend_from_slice(&0u16.to_le_bytes()); // comment
         h.extend_from_slice(&0u16.to_le_bytes()); // disk
         h.extend_from_slice(&0u16.to_le_bytes()); // internal attrs
         h.extend_from_slice(&external.to_le_bytes());
         h.extend_from_slice(&local_offset.to_le_bytes());
         h.extend_from_slice(&self.name);
+        h.extend_from_slice(&self.extra);
         h
     }
 }

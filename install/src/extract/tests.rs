@@ -366,6 +366,43 @@ fn two_entries_pointing_at_one_local_header_are_refused() {
     );
 }
 
+/// An Info-ZIP Unicode Path extra field (0x7075) saying `utf8`, for a header name whose
+/// CRC-32 is `crc`.
+fn unicode_path_field(utf8: &str, crc: u32) -> Vec<u8> {
+    let mut body = vec![1u8];
+    body.extend_from_slice(&crc.to_le_bytes());
+    body.extend_from_slice(utf8.as_bytes());
+    let mut field = 0x7075u16.to_le_bytes().to_vec();
+    field.extend_from_slice(&(body.len() as u16).to_le_bytes());
+    field.extend_from_slice(&body);
+    field
+}
+
+#[test]
+fn a_name_in_a_legacy_encoding_with_a_unicode_path_field_is_extracted_under_its_utf8_name() {
+    // Windows zips with non-ASCII names: `caf\x82.txt` (CP437) in both headers, and
+    // `café.txt` in a Unicode Path field in both. The reader takes the central name from
+    // the field, so the local header's name "disagreed" and the archive was refused.
+    let s = Scene::new();
+    let legacy = b"caf\x82.txt".to_vec();
+    let mut entry = RawEntry::stored("", b"bonjour");
+    entry.name = legacy.clone();
+    entry.extra = unicode_path_field("café.txt", testzip::crc32(&legacy));
+    raw_zip(&[entry.clone()]).write(&s.archive);
+    s.extract().unwrap();
+    assert_eq!(fs::read(s.dest().join("café.txt")).unwrap(), b"bonjour");
+    // A field whose CRC is not the header name's is ignored (APPNOTE 4.6.9): the legacy
+    // name is no UTF-8 name, and the archive is refused as before.
+    let s = Scene::new();
+    entry.extra = unicode_path_field("café.txt", 0x1234_5678);
+    raw_zip(&[entry]).write(&s.archive);
+    let e = s.refused();
+    assert!(
+        !matches!(e, InstallError::HeaderMismatch { .. }),
+        "a field that does not apply names nothing: {e:?}"
+    );
+}
+
 #[test]
 fn an_entry_reaching_into_the_central_directory_is_refused() {
     let s = Scene::new();

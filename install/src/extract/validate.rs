@@ -384,6 +384,24 @@ fn le64(b: &[u8], at: usize) -> u64 {
     u64::from_le_bytes(a)
 }
 
+/// The UTF-8 name an Info-ZIP Unicode Path extra field (0x7075) in `extra` gives the
+/// header name `name`, if it has a valid one: version 1 and the CRC-32 of `name` (the field
+/// is ignored otherwise, as APPNOTE 4.6.9 says). The zip reader takes the central
+/// directory's name from that field, so a local header naming the entry in its legacy
+/// encoding (a zip made on Windows with non-ASCII names: `caf\x82.txt` and `café.txt`)
+/// agrees with it through the same field.
+fn unicode_path<'a>(name: &[u8], mut extra: &'a [u8]) -> Option<&'a [u8]> {
+    while extra.len() >= 4 {
+        let (id, len) = (le16(extra, 0), usize::from(le16(extra, 2)));
+        let body = extra.get(4..4 + len)?;
+        if id == 0x7075 && len >= 5 && body[0] == 1 && le32(body, 1) == crc32fast::hash(name) {
+            return Some(&body[5..]);
+        }
+        extra = &extra[4 + len..];
+    }
+    None
+}
+
 /// Reads the local header at `central.header_start` and compares it with the central
 /// directory. Returns the offset where the entry's data starts.
 fn check_local_header(
@@ -423,7 +441,7 @@ fn check_local_header(
         ReadAt::Io(e) => e,
     })?;
     let (name, extra) = variable.split_at(name_len as usize);
-    if name != central.name_raw {
+    if name != central.name_raw && unicode_path(name, extra) != Some(central.name_raw) {
         return Err(mismatch("name"));
     }
     if method != central.method {
