@@ -1189,6 +1189,37 @@ fn a_url_that_asked_for_an_hour_is_not_asked_again_while_a_mirror_may_go() {
 }
 
 #[test]
+fn a_primary_that_asked_for_time_is_waited_for_when_its_mirror_is_behind_a_breaker() {
+    // The primary answers 503 with Retry-After: 40 and is fine from 35 s; the mirror refuses
+    // every connection, and its failures open its breaker. The primary was asked again after
+    // the next backoff, at about 19 s, and its second 503 ended the download (a black-box
+    // tester's run; without the mirror the same download succeeded at 40 s).
+    let body = pattern(2_000, 7);
+    let mut h = Harness::new(default_policies());
+    let serve = body.clone();
+    h.serve(ORIGIN, move |r| {
+        if r.at < at(secs(35)) {
+            Reply::new(with_length(503, &[hdr("Retry-After", 40)], b""))
+        } else {
+            file_server(serve.clone())(r)
+        }
+    });
+    h.serve(MIRROR, |_| Reply::new(b"".to_vec()));
+    h.connect_plan(MIRROR, |_| ConnectPlan::Fail(IoErrorKind::ConnectFailed));
+    let job = h.submit(download().mirror(MIRROR_URL).unwrap());
+    h.run(job).expect("the primary, asked when it said");
+    assert_committed(&h, &body);
+    let primary: Vec<String> = h
+        .requests
+        .iter()
+        .filter(|r| r.path == "/files/f.bin")
+        .map(|r| r.at.to_string())
+        .collect();
+    assert_eq!(primary.len(), 2, "asked at 0 and after 40 s: {primary:?}");
+    assert!(h.requests.last().unwrap().at >= at(secs(40)));
+}
+
+#[test]
 fn a_download_kept_from_its_mirror_by_a_breaker_ends_with_circuit_open_not_its_primarys_404() {
     // The primary answers 404 and is dropped; the mirror's breaker, reopened by another
     // download, keeps this one waiting past the limit. It ended with the primary's 404 (exit

@@ -177,6 +177,15 @@ impl Engine {
             .any(|(i, _)| !self.retry_after_pending(id, *i))
         {
             candidates.retain(|(i, _)| !self.retry_after_pending(id, *i));
+        } else if let Some((until, i)) = candidates
+            .iter()
+            .filter_map(|(i, _)| self.retry_after_until(id, *i).map(|until| (until, *i)))
+            .min()
+        {
+            // Every URL that may be asked asked for time: wait for the first to say yes. It
+            // was asked again after the backoff of a mirror whose breaker had opened, 20 s
+            // before its `Retry-After: 40` ended, and its second 503 ended the download.
+            return Err((until, crate::engine::origin_label(self.job_url(id, i))));
         }
         if candidates.is_empty() {
             // The URL chosen for a failover became unavailable meanwhile: back off rather
@@ -225,11 +234,19 @@ impl Engine {
 
     /// Whether URL `url` of job `id` asked (with `Retry-After`) not to be asked again yet.
     pub(super) fn retry_after_pending(&self, id: JobId, url: usize) -> bool {
+        self.retry_after_until(id, url).is_some()
+    }
+
+    /// Until when URL `url` of job `id` asked (with `Retry-After`) not to be asked again,
+    /// if that is still ahead.
+    fn retry_after_until(&self, id: JobId, url: usize) -> Option<Instant> {
         let now = self.now;
-        self.jobs.get(&id).is_some_and(|j| {
+        self.jobs.get(&id).and_then(|j| {
             j.asked_to_wait
                 .iter()
-                .any(|&(i, until)| i == url && until > now)
+                .filter(|&&(i, until)| i == url && until > now)
+                .map(|&(_, until)| until)
+                .max()
         })
     }
 
