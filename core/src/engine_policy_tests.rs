@@ -707,7 +707,7 @@ fn a_503_with_retry_after_for_each_new_file_does_not_open_the_breaker_on_a_list(
     let body = pattern(3_000, 75);
     let mut cfg = config();
     cfg.retry.max_elapsed = secs(20);
-    assert!(cfg.retry.max_elapsed < cfg.breaker.cooldown);
+    cfg.breaker.cooldown = secs(60);
     let mut h = Harness::new(cfg);
     serve_each_file_after_one_503(&mut h, ORIGIN, body.clone());
     let jobs: Vec<(JobId, String)> = (0..30)
@@ -968,10 +968,11 @@ fn submit_twenty(h: &mut Harness) -> Vec<JobId> {
 }
 
 #[test]
-fn a_list_for_a_dead_origin_fails_after_one_cooldown_not_through_doubling_ones() {
+fn a_list_for_a_dead_origin_fails_after_its_retries_not_through_doubling_cooldowns() {
     // Jobs waited through every doubled cool-down (30, 60, 120 s...) up to their time limit,
     // and those that left the queue later waited again on their own limit: 20 URLs to a port
-    // nobody listened on took 421 s. One failed probe after a cool-down now ends the wait.
+    // nobody listened on took 421 s. A job now waits behind the breaker only as long as its
+    // own retries would have lasted (1 + 2 + 4 + 8 + 16 s).
     let mut h = Harness::new(default_policies());
     h.serve(ORIGIN, file_server(pattern(1_000, 9)));
     h.connect_plan(ORIGIN, |_| ConnectPlan::Fail(IoErrorKind::ConnectFailed));
@@ -987,12 +988,13 @@ fn a_list_for_a_dead_origin_fails_after_one_cooldown_not_through_doubling_ones()
     }
     let last = jobs.iter().map(|&j| h.finished_at(j)).max().unwrap();
     assert!(
-        last <= at(cooldown + secs(5)),
-        "the list ended at {last}; the breaker's first cool-down is {cooldown:?}"
+        last <= at(secs(31).max(cooldown) + secs(5)),
+        "the list ended at {last}; the retries' backoffs add up to 31 s"
     );
-    // Sixteen first tries and one probe. The jobs that tried end with their own failure;
-    // only the four that left the queue last, which never tried, with CircuitOpen.
-    assert_eq!(h.connects(), 17);
+    // Sixteen first tries and one probe per cool-down (at 10 and 30 s: the breaker's
+    // doubling waits). The jobs that tried end with their own failure; only the four that
+    // left the queue last, which never tried, with CircuitOpen.
+    assert_eq!(h.connects(), 18);
     assert_eq!(circuit_open, 4, "jobs that failed with CircuitOpen");
 }
 
@@ -1078,9 +1080,9 @@ fn a_download_asked_for_many_retries_waits_out_an_origin_down_for_two_minutes() 
     assert_eq!(h.fs.get(dest()), Some(&body[..]));
     assert!(h.finished_at(job) >= at(secs(120)));
     // Behind the breaker it sent only probes: five failures opened it, then one probe per
-    // cool-down (30, 60 s, then the one that got through).
+    // cool-down (10, 20, 40 s, then the one that got through).
     assert!(
-        outcome.attempts <= 8,
+        outcome.attempts <= 9,
         "{} attempts; the breaker let through only its probes",
         outcome.attempts
     );

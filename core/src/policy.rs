@@ -29,7 +29,7 @@ impl Default for BreakerConfig {
     fn default() -> Self {
         BreakerConfig {
             failure_threshold: 5,
-            cooldown: Duration::from_secs(30),
+            cooldown: Duration::from_secs(10),
             max_cooldown: Duration::from_secs(600),
             success_threshold: 1,
         }

@@ -172,19 +172,22 @@ impl Engine {
             .collect();
         // A URL whose server asked for time (`Retry-After`) waits while another may go: it
         // was asked again after the other's backoff, a second after "in an hour".
-        if candidates
-            .iter()
-            .any(|(i, _)| !self.retry_after_pending(id, *i))
-        {
-            candidates.retain(|(i, _)| !self.retry_after_pending(id, *i));
-        } else if let Some((until, i)) = candidates
+        let asked = candidates
             .iter()
             .filter_map(|(i, _)| self.retry_after_until(id, *i).map(|until| (until, *i)))
-            .min()
-        {
-            // Every URL that may be asked asked for time: wait for the first to say yes. It
-            // was asked again after the backoff of a mirror whose breaker had opened, 20 s
-            // before its `Retry-After: 40` ended, and its second 503 ended the download.
+            .min();
+        candidates.retain(|(i, _)| !self.retry_after_pending(id, *i));
+        // The others would be probes of origins whose breakers opened: a server that said
+        // when to come back is waited for rather than spending the download's tries on them.
+        let only_probes = candidates.iter().all(|(i, _)| {
+            let origin = crate::engine::origin_label(self.job_url(id, *i));
+            self.breaker_hold(&origin).is_some()
+        });
+        if let (Some((until, i)), true) = (asked, only_probes) {
+            // Every URL that may be asked asked for time, or is behind a breaker: wait for
+            // the first to say yes. It was asked again after the backoff of a mirror whose
+            // breaker had opened, 20 s before its `Retry-After: 40` ended, and its second 503
+            // ended the download.
             return Err((until, crate::engine::origin_label(self.job_url(id, i))));
         }
         if candidates.is_empty() {
