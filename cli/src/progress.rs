@@ -478,6 +478,9 @@ impl Reporter {
         let located = self.located.remove(&job);
         // A file written unnamed (a small one) keeps nothing when cancelled.
         let nothing_kept = view.as_ref().and_then(|v| v.resumable) == Some(false);
+        // Never started (still queued): an interruption has nothing to say about it (a list
+        // of 2,000 files printed 2,000 "interrupted" lines); the summary counts it.
+        let never_started = view.is_none();
         // Time since the download left the queue (the outcome's counts from its submission).
         let active = view.as_ref().map(|v| v.started.elapsed());
         let label = view
@@ -539,6 +542,8 @@ impl Reporter {
             }
             // Only a signal cancels a command's downloads (their partials kept). Said so
             // with -q too: "cancelled" read as if the partial was thrown away.
+            (Mode::Bars | Mode::Plain | Mode::Quiet, Err(DownloadError::Cancelled))
+                if never_started => {}
             (Mode::Bars | Mode::Plain | Mode::Quiet, Err(DownloadError::Cancelled))
                 if nothing_kept =>
             {

@@ -994,6 +994,55 @@ fn an_interrupted_get_exits_128_plus_the_signal_keeps_its_partial_and_the_same_c
     }
 }
 
+#[test]
+fn an_interrupted_list_names_only_the_downloads_that_had_started() {
+    // Each queued file got its own "interrupted; the same command again resumes it" line,
+    // though it had never started: 2,000 lines for a list of 2,000.
+    let body = data(3_000_000);
+    let origin = Origin::start().unwrap();
+    origin.route("/big", body.clone(), Behavior::Stall { after: 1_200_000 });
+    let dir = tempfile::tempdir().unwrap();
+    let list = dir.path().join("list.txt");
+    let mut text = format!("{}\n  out=big\n", origin.url("/big"));
+    for n in 0..5 {
+        origin.route(&format!("/q{n}"), data(1000), Behavior::Normal);
+        text.push_str(&format!("{}\n  out=q{n}\n", origin.url(&format!("/q{n}"))));
+    }
+    std::fs::write(&list, text).unwrap();
+    let child = haul()
+        .args(["get", "-j", "1", "-i"])
+        .arg(&list)
+        .arg("-d")
+        .arg(dir.path().join("dl"))
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let part = dir.path().join("dl/big.haul-part");
+    let started = std::time::Instant::now();
+    while std::fs::metadata(&part).map_or(true, |m| m.len() < 1_000_000) {
+        assert!(started.elapsed().as_secs() < 20, "the first never wrote");
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
+    let kill = Command::new("kill")
+        .args(["-INT", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(kill.success());
+    let out = child.wait_with_output().unwrap();
+    assert_eq!(out.status.code(), Some(130));
+    let said = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(
+        said.matches("interrupted; the same command").count(),
+        1,
+        "{said}"
+    );
+    assert!(said.contains("big: interrupted"), "{said}");
+    assert!(
+        said.contains("6 interrupted"),
+        "the summary counts them all: {said}"
+    );
+}
+
 /// A file of 1 MiB or less is written to an unnamed file, which an interruption does not
 /// keep: the message says so instead of promising a resume, and nothing is left behind.
 #[cfg(target_os = "linux")]
