@@ -445,6 +445,25 @@ pub(crate) fn remove_tree(path: &Path) -> Result<bool, InstallError> {
     Ok(true)
 }
 
+/// The process's file mode creation mask: the permissions a tree is created with leave
+/// out what it masks (`umask 077` gave other users read access to every directory haul
+/// made, at 0755). Read once from `/proc/self/status` (setting it to read it back would
+/// race with other threads creating files); 022 where that cannot be read.
+pub(crate) fn umask() -> u32 {
+    static UMASK: std::sync::OnceLock<u32> = std::sync::OnceLock::new();
+    *UMASK.get_or_init(|| {
+        fs::read_to_string("/proc/self/status")
+            .ok()
+            .and_then(|status| {
+                status
+                    .lines()
+                    .find_map(|l| l.strip_prefix("Umask:"))
+                    .and_then(|m| u32::from_str_radix(m.trim(), 8).ok())
+            })
+            .unwrap_or(0o022)
+    })
+}
+
 pub(crate) fn sync_dir(dir: &Path) -> Result<(), InstallError> {
     let f = File::open(dir).map_err(InstallError::io("open directory", dir))?;
     f.sync_all()

@@ -112,6 +112,9 @@ pub struct Staged {
     /// Looked at by [`Staged::commit`] up to the swap.
     stop: Option<Stop>,
     finished: bool,
+    /// The permissions of the tree's root, set at the commit: those of the tree it
+    /// replaces, else 755 less the umask.
+    root_mode: u32,
 }
 
 impl Staged {
@@ -121,7 +124,14 @@ impl Staged {
         let parent = fsutil::parent_of(dest)?;
         fs::create_dir_all(&parent).map_err(InstallError::io("create directory", &parent))?;
         let staging = fsutil::create_unique_dir(dest, Leftover::Staging)?;
-        fs::set_permissions(&staging, fs::Permissions::from_mode(0o755))
+        // The tree it replaces keeps its permissions (a private `chmod 700` directory came
+        // back 755); a new one has 755 less the umask. Set at the commit: the tree is
+        // written first (a read-only root would refuse its entries).
+        let root_mode = match fs::metadata(dest) {
+            Ok(old) if old.is_dir() => old.permissions().mode() & 0o7777,
+            _ => 0o755 & !fsutil::umask(),
+        };
+        fs::set_permissions(&staging, fs::Permissions::from_mode(0o700))
             .map_err(InstallError::io("chmod", &staging))?;
         tracing::debug!(staging = %staging.display(), dest = %dest.display(), "staging created");
         Ok(Staged {
@@ -132,6 +142,7 @@ impl Staged {
             durability: Durability::default(),
             stop: None,
             finished: false,
+            root_mode,
         })
     }
 
@@ -193,14 +204,15 @@ impl Staged {
             .map_err(InstallError::io("create", &path))?;
         file.write_all(contents)
             .map_err(InstallError::io("write", &path))?;
-        file.set_permissions(fs::Permissions::from_mode(mode & 0o777))
+        file.set_permissions(fs::Permissions::from_mode(mode & 0o777 & !fsutil::umask()))
             .map_err(InstallError::io("chmod", &path))?;
         self.stats.files += 1;
         self.stats.bytes += contents.len() as u64;
         Ok(())
     }
 
-    /// Creates `relative` (and its ancestors) inside the staging tree with mode 0o755.
+    /// Creates `relative` (and its ancestors) inside the staging tree with mode 0o755 less
+    /// the umask.
     fn ensure_dir(&mut self, relative: &str) -> Result<(), InstallError> {
         if self.created_dirs.contains(relative) {
             return Ok(());
@@ -211,7 +223,7 @@ impl Staged {
         let path = self.staging.join(relative);
         match fs::create_dir(&path) {
             Ok(()) => {
-                fs::set_permissions(&path, fs::Permissions::from_mode(0o755))
+                fs::set_permissions(&path, fs::Permissions::from_mode(0o755 & !fsutil::umask()))
                     .map_err(InstallError::io("chmod", &path))?;
                 self.stats.directories += 1;
             }
@@ -255,7 +267,7 @@ impl Staged {
             };
             copy_entry(archive, entry, buf, &mut sink, stop)?
         };
-        let mode = file_mode(modes, entry.unix_permissions, &magic[..magic_len]);
+        let mode = file_mode(modes, entry.unix_permissions, &magic[..magic_len]) & !fsutil::umask();
         file.set_permissions(fs::Permissions::from_mode(mode))
             .map_err(InstallError::io("chmod", &path))?;
         self.stats.files += 1;
@@ -289,6 +301,8 @@ impl Staged {
     /// error is [`InstallError::Interrupted`]. Once the swap has begun it is finished.
     pub fn commit(mut self) -> Result<Committed, InstallError> {
         stop::check(self.stop.as_ref())?;
+        fs::set_permissions(&self.staging, fs::Permissions::from_mode(self.root_mode))
+            .map_err(InstallError::io("chmod", &self.staging))?;
         if self.durability == Durability::SyncBeforeCommit {
             fsutil::sync_tree(
                 &self.staging,

@@ -119,6 +119,28 @@ fn normal_archive_installs_files_dirs_and_modes_without_setuid() {
 }
 
 #[test]
+fn the_new_tree_keeps_the_permissions_of_the_one_it_replaces_and_honours_the_umask() {
+    // A private (700) destination came back 755: every later file in it readable by all.
+    let s = Scene::new();
+    fs::set_permissions(s.dest(), fs::Permissions::from_mode(0o700)).unwrap();
+    write_zip(&s.archive, &[file("sub/f.txt", b"x")]);
+    s.extract().unwrap();
+    assert_eq!(mode_of(&s.dest()), 0o700);
+    // Read-only too: kept, and set only once the tree is written.
+    fs::set_permissions(s.dest(), fs::Permissions::from_mode(0o555)).unwrap();
+    s.extract().unwrap();
+    assert_eq!(mode_of(&s.dest()), 0o555);
+    fs::set_permissions(s.dest(), fs::Permissions::from_mode(0o755)).unwrap();
+    // A new tree, and the directories inside: 755 less the process's umask.
+    let umask = crate::fsutil::umask();
+    fs::remove_dir_all(s.dest()).unwrap();
+    s.extract().unwrap();
+    assert_eq!(mode_of(&s.dest()), 0o755 & !umask);
+    assert_eq!(mode_of(&s.dest().join("sub")), 0o755 & !umask);
+    assert_eq!(mode_of(&s.dest().join("sub/f.txt")), 0o644 & !umask);
+}
+
+#[test]
 fn setuid_setgid_and_sticky_bits_are_dropped() {
     let s = Scene::new();
     let mut suid = RawEntry::stored("suid", b"x");
