@@ -58,7 +58,10 @@ pub fn exit_code_for(e: &InstallError) -> i32 {
         exit::INTERRUPTED
     } else if matches!(
         e,
-        InstallError::BadName { .. } | InstallError::DestinationNotDirectory { .. }
+        InstallError::BadName { .. }
+            | InstallError::DestinationNotDirectory { .. }
+            | InstallError::ArchiveInsideDestination { .. }
+            | InstallError::ArchiveNotAFile { .. }
     ) {
         exit::USAGE
     } else {

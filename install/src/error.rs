@@ -105,6 +105,20 @@ pub enum InstallError {
     #[error("archive creates more than {limit} directories")]
     TooManyDirectories { limit: u64 },
 
+    /// The archive lies inside the destination, which the extraction replaces: it would go
+    /// with the old tree.
+    #[error(
+        "archive {archive:?} is inside the destination {dest:?}, which the extraction replaces"
+    )]
+    ArchiveInsideDestination {
+        archive: std::path::PathBuf,
+        dest: std::path::PathBuf,
+    },
+
+    /// The archive named is no file (a directory).
+    #[error("archive {path:?} is a directory, not a file")]
+    ArchiveNotAFile { path: std::path::PathBuf },
+
     /// The destination exists and is not a directory: extracting would replace it (a file,
     /// perhaps the archive itself) with the tree.
     #[error("destination {path:?} exists and is not a directory")]

@@ -166,6 +166,7 @@ pub fn extract_to_staging(
     options: &ExtractOptions,
 ) -> Result<Staged, InstallError> {
     check_destination(dest)?;
+    check_archive_outside(archive, dest)?;
     stop::check(options.stop.as_ref())?;
     let mut staged = ValidatedArchive::open(archive, &options.limits)?.extract_to_staging_or_stop(
         dest,
@@ -175,6 +176,24 @@ pub fn extract_to_staging(
     )?;
     staged.set_durability(options.durability);
     Ok(staged)
+}
+
+/// The archive must not lie inside the destination: the old tree goes at the commit, and the
+/// archive with it (`haul extract inside/pack.zip -d inside` deleted pack.zip). A missing
+/// destination holds nothing.
+fn check_archive_outside(archive: &Path, dest: &Path) -> Result<(), InstallError> {
+    let (Ok(archive_at), Ok(dest_at)) =
+        (std::fs::canonicalize(archive), std::fs::canonicalize(dest))
+    else {
+        return Ok(());
+    };
+    if archive_at.starts_with(&dest_at) {
+        return Err(InstallError::ArchiveInsideDestination {
+            archive: archive.to_path_buf(),
+            dest: dest.to_path_buf(),
+        });
+    }
+    Ok(())
 }
 
 /// A destination may be missing, a directory (replaced as a whole) or a symlink (the link

@@ -1072,6 +1072,36 @@ fn a_destination_that_is_a_file_is_refused_and_kept() {
     assert!(s.archive.is_file());
 }
 
+#[test]
+fn an_archive_inside_its_destination_or_a_directory_as_the_archive_is_refused() {
+    // `haul extract inside/pack.zip -d inside` deleted pack.zip with the old tree.
+    let s = Scene::new();
+    let inside = s.dest().join("pack.zip");
+    write_zip(&inside, &[file("a.txt", b"new")]);
+    let before = listing(s.root.path());
+    let err = extract_and_commit(
+        &inside,
+        &s.dest(),
+        |n| Some(n.to_string()),
+        &ExtractOptions::default(),
+    )
+    .expect_err("the archive would go with the old tree");
+    assert!(
+        matches!(err, InstallError::ArchiveInsideDestination { .. }),
+        "{err}"
+    );
+    assert_eq!(listing(s.root.path()), before, "nothing changed");
+    // A directory named as the archive: said so (it read "not a readable zip: i/o error").
+    let err = extract_and_commit(
+        s.root.path(),
+        &s.root.path().join("x"),
+        |n| Some(n.to_string()),
+        &ExtractOptions::default(),
+    )
+    .expect_err("a directory is no archive");
+    assert!(matches!(err, InstallError::ArchiveNotAFile { .. }), "{err}");
+}
+
 // ---------------------------------------------------------------------------------------
 // Stopping
 

@@ -74,10 +74,15 @@ impl ValidatedArchive {
     /// never decompresses and never writes.
     pub fn open(path: &Path, limits: &ExtractLimits) -> Result<ValidatedArchive, InstallError> {
         let file = File::open(path).map_err(InstallError::io("open archive", path))?;
-        let archive_len = file
+        let meta = file
             .metadata()
-            .map_err(InstallError::io("stat archive", path))?
-            .len();
+            .map_err(InstallError::io("stat archive", path))?;
+        if meta.is_dir() {
+            return Err(InstallError::ArchiveNotAFile {
+                path: path.to_path_buf(),
+            });
+        }
+        let archive_len = meta.len();
         let probe = file
             .try_clone()
             .map_err(InstallError::io("open archive", path))?;
