@@ -1191,6 +1191,40 @@ fn a_url_that_asked_for_an_hour_is_not_asked_again_while_a_mirror_may_go() {
 }
 
 #[test]
+fn a_download_longer_than_the_retry_time_limit_is_still_retried_after_a_late_failure() {
+    // 3 MB over 60 s with a 20 s retry time limit: a reset after 2.5 MB came 50 s after the
+    // download left the queue, and it was not retried at all (50 s + backoff > 20 s). Its
+    // progress now counts the limit again from the failure.
+    let body = pattern(3_000_000, 31);
+    let mut cfg = default_policies();
+    cfg.retry.max_elapsed = secs(20);
+    cfg.idle_timeout = secs(5);
+    let mut h = Harness::new(cfg);
+    let b = body.clone();
+    h.serve(ORIGIN, move |req| {
+        let wire = serve_range(&b, req);
+        if req.seq == 0 {
+            let cut = head_len(&wire) + 2_500_000;
+            Reply::new(wire[..cut].to_vec())
+                .pieces(&[50_000])
+                .gap(secs(1))
+                .then(After::Reset)
+        } else {
+            Reply::new(wire)
+        }
+    });
+    let job = h.submit(download().sha256(&sha_hex(&body)).unwrap());
+    let out = h.run(job).expect("retried from where it got to");
+    assert_committed(&h, &body);
+    assert_eq!(out.attempts, 2);
+    assert!(out.bytes_fetched < 3_100_000, "resumed, not fetched again");
+    assert!(
+        h.finished_at(job) > at(secs(40)),
+        "the first response took its time"
+    );
+}
+
+#[test]
 fn a_primary_that_asked_for_time_is_waited_for_when_its_mirror_is_behind_a_breaker() {
     // The primary answers 503 with Retry-After: 40 and is fine from 35 s; the mirror refuses
     // every connection, and its failures open its breaker. The primary was asked again after

@@ -490,9 +490,13 @@ struct Job {
     /// `spec.part_path()`, computed once (the engine asks for it at every file step).
     part_path: PathBuf,
     submitted: Instant,
-    /// When the job last left the queue: its retries' time limit counts from here, not from
-    /// its submission (a long list's later jobs would otherwise get no retries at all).
+    /// When the job last left the queue, or last failed after it made progress (see
+    /// `resilience::PROGRESS_RESTARTS_RETRY_CLOCK`): its retries' time limit counts from
+    /// here, not from its submission (a long list's later jobs would otherwise get no retries
+    /// at all, and a long download none after a late failure).
     started: Instant,
+    /// What the file held (`Job::present`) when its retry clock last restarted.
+    progress_mark: u64,
     phase: Phase,
     attempt: u32,
     /// Attempts that moved on to a URL not tried in their round (a failover): they do not
@@ -1302,6 +1306,7 @@ impl Engine {
             spec,
             submitted: self.now,
             started: self.now,
+            progress_mark: 0,
             phase: match leader {
                 Some(leader) => Phase::Following { leader },
                 None => Phase::Queued,

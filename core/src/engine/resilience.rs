@@ -13,6 +13,11 @@ use crate::time::Instant;
 /// Transfers shorter than this say more about latency than throughput: not sampled.
 const MIN_THROUGHPUT_SAMPLE: u64 = 64 * 1024;
 
+/// Progress since the last failure that counts the retries' time limit
+/// (`RetryPolicy::max_elapsed`) again from the next failure: a download that keeps getting
+/// somewhere is not out of time.
+pub(super) const PROGRESS_RESTARTS_RETRY_CLOCK: u64 = 1024 * 1024;
+
 /// Origins whose latency, throughput and failures the engine remembers, at most: an engine
 /// that lives long and reaches many origins forgets the least informative first (no failure
 /// to remember, fewest measured transfers, then key order). Their breakers are kept apart and
@@ -553,10 +558,22 @@ impl Engine {
             return;
         }
         let policy = self.config.retry;
-        let elapsed = self.now.saturating_since(j.started);
         if !retry {
             return self.terminate(id, error, true);
         }
+        // A download that got somewhere since its last failure has its retries' time limit
+        // counted from now: the limit is for a download that gets nowhere. A download
+        // running longer than the limit (a large file on a slow link) had no retry at all
+        // for a failure after it.
+        let present = j.present();
+        if present
+            >= j.progress_mark
+                .saturating_add(PROGRESS_RESTARTS_RETRY_CLOCK)
+        {
+            j.progress_mark = present;
+            j.started = self.now;
+        }
+        let elapsed = self.now.saturating_since(j.started);
         let stay = j.stay_on_url;
         // The attempt ended: a start-over's hold on its URL with it.
         j.in_stay_attempt = false;
