@@ -1225,6 +1225,31 @@ fn a_download_longer_than_the_retry_time_limit_is_still_retried_after_a_late_fai
 }
 
 #[test]
+fn a_download_that_gets_further_with_each_try_is_not_out_of_tries() {
+    // A server cutting every response after 1.5 MB: each try resumed and got 1.5 MB
+    // further, but `--retries 2` gave three responses (4.5 MB of 6), each after a longer
+    // pause. Progress renews the tries and the backoff.
+    let body = pattern(6_000_000, 32);
+    let mut cfg = default_policies();
+    cfg.retry.max_attempts = 3;
+    let mut h = Harness::new(cfg);
+    let b = body.clone();
+    h.serve(ORIGIN, move |req| {
+        let wire = serve_range(&b, req);
+        let cut = (head_len(&wire) + 1_500_000).min(wire.len());
+        Reply::new(wire[..cut].to_vec()).then(After::Reset)
+    });
+    let job = h.submit(download().sha256(&sha_hex(&body)).unwrap());
+    let out = h.run(job).expect("each try got further");
+    assert_committed(&h, &body);
+    assert_eq!(out.attempts, 4);
+    // Every pause the first backoff's (1 s at most), not 1, 2, 4 s.
+    for (_, _, delay, _) in h.retries(job) {
+        assert!(delay <= secs(1), "{delay:?}");
+    }
+}
+
+#[test]
 fn a_primary_that_asked_for_time_is_waited_for_when_its_mirror_is_behind_a_breaker() {
     // The primary answers 503 with Retry-After: 40 and is fine from 35 s; the mirror refuses
     // every connection, and its failures open its breaker. The primary was asked again after

@@ -491,12 +491,15 @@ struct Job {
     part_path: PathBuf,
     submitted: Instant,
     /// When the job last left the queue, or last failed after it made progress (see
-    /// `resilience::PROGRESS_RESTARTS_RETRY_CLOCK`): its retries' time limit counts from
-    /// here, not from its submission (a long list's later jobs would otherwise get no retries
-    /// at all, and a long download none after a late failure).
+    /// `resilience::PROGRESS_RENEWS_RETRIES`): its retries' time limit counts from here,
+    /// not from its submission (a long list's later jobs would otherwise get no retries at
+    /// all, and a long download none after a late failure).
     started: Instant,
-    /// What the file held (`Job::present`) when its retry clock last restarted.
+    /// What the file held (`Job::present`) when its retries were last renewed.
     progress_mark: u64,
+    /// Tries made before its retries were last renewed: they no longer count against
+    /// `RetryPolicy::max_attempts` (see [`Job::tries_counted`]).
+    renewed: u32,
     phase: Phase,
     attempt: u32,
     /// Attempts that moved on to a URL not tried in their round (a failover): they do not
@@ -751,6 +754,14 @@ impl Job {
     }
 
     /// Bytes of the file present now.
+    /// The tries that count against `RetryPolicy::max_attempts`: not the moves to a URL
+    /// untried in their round (failovers), nor those before its retries were last renewed.
+    fn tries_counted(&self) -> u32 {
+        self.attempt
+            .saturating_sub(self.failovers)
+            .saturating_sub(self.renewed)
+    }
+
     fn present(&self) -> u64 {
         self.received.len().max(self.hashed)
     }
@@ -1307,6 +1318,7 @@ impl Engine {
             submitted: self.now,
             started: self.now,
             progress_mark: 0,
+            renewed: 0,
             phase: match leader {
                 Some(leader) => Phase::Following { leader },
                 None => Phase::Queued,

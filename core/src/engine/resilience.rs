@@ -13,10 +13,11 @@ use crate::time::Instant;
 /// Transfers shorter than this say more about latency than throughput: not sampled.
 const MIN_THROUGHPUT_SAMPLE: u64 = 64 * 1024;
 
-/// Progress since the last failure that counts the retries' time limit
-/// (`RetryPolicy::max_elapsed`) again from the next failure: a download that keeps getting
-/// somewhere is not out of time.
-pub(super) const PROGRESS_RESTARTS_RETRY_CLOCK: u64 = 1024 * 1024;
+/// Progress since the last renewal after which a failure renews the download's retries:
+/// its time limit (`RetryPolicy::max_elapsed`) counts from that failure, its tries
+/// (`max_attempts`) from that attempt, its backoff from the first. A download that keeps
+/// getting somewhere is not out of retries.
+pub(super) const PROGRESS_RENEWS_RETRIES: u64 = 1024 * 1024;
 
 /// Origins whose latency, throughput and failures the engine remembers, at most: an engine
 /// that lives long and reaches many origins forgets the least informative first (no failure
@@ -291,9 +292,7 @@ impl Engine {
             }
         }
         // Retries left after the attempt that failed (or is about to begin).
-        let retries_left = policy
-            .max_attempts
-            .saturating_sub(j.attempt.saturating_sub(j.failovers));
+        let retries_left = policy.max_attempts.saturating_sub(j.tries_counted());
         let from = if drawing {
             j.backoffs.saturating_sub(1)
         } else {
@@ -561,17 +560,18 @@ impl Engine {
         if !retry {
             return self.terminate(id, error, true);
         }
-        // A download that got somewhere since its last failure has its retries' time limit
-        // counted from now: the limit is for a download that gets nowhere. A download
-        // running longer than the limit (a large file on a slow link) had no retry at all
-        // for a failure after it.
+        // A download that got somewhere since its last failure has its retries renewed:
+        // its time limit counted from now, its tries from this one, its backoff from the
+        // first. The limits are for a download that gets nowhere: one running longer than
+        // the time limit (a large file on a slow link) had no retry at all for a failure
+        // after it, and a server cutting every response after 2 MB gave `--retries` + 1 of
+        // them, each after a longer pause.
         let present = j.present();
-        if present
-            >= j.progress_mark
-                .saturating_add(PROGRESS_RESTARTS_RETRY_CLOCK)
-        {
+        if present >= j.progress_mark.saturating_add(PROGRESS_RENEWS_RETRIES) {
             j.progress_mark = present;
             j.started = self.now;
+            j.renewed = j.attempt.saturating_sub(j.failovers).saturating_sub(1);
+            j.backoffs = 0;
         }
         let elapsed = self.now.saturating_since(j.started);
         let stay = j.stay_on_url;
@@ -610,7 +610,7 @@ impl Engine {
         // `max_attempts` bounds the tries of the file, not of its URLs: moving on to a URL
         // not tried in this round (a mirror) is not a retry, so `--retries 0` still tries
         // every mirror once.
-        if !failover && j.attempt - j.failovers >= policy.max_attempts {
+        if !failover && j.tries_counted() >= policy.max_attempts {
             return self.terminate(id, error, true);
         }
         let delay = if untried {
