@@ -1599,11 +1599,14 @@ fn an_empty_list_succeeds_and_an_unusable_mirror_is_skipped() {
         "{}\tftp://mirror.test/x.bin\n  out=x.bin\n",
         origin.url("/x.bin")
     );
-    let out = get_list(lists.path(), &list, dest.path(), &[]);
-    assert_ok(&out);
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(stderr.contains("line 1: mirror skipped"), "{stderr}");
-    assert_eq!(std::fs::read(dest.path().join("x.bin")).unwrap(), body);
+    let fetched_with_warning = |list: &str, warning: &str| {
+        let out = get_list(lists.path(), list, dest.path(), &[]);
+        assert_ok(&out);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(stderr.contains(warning), "{stderr}");
+        assert_eq!(std::fs::read(dest.path().join("x.bin")).unwrap(), body);
+    };
+    fetched_with_warning(&list, "line 1: mirror skipped");
     // -q: nothing but errors.
     std::fs::remove_file(dest.path().join("x.bin")).unwrap();
     let out = get_list(lists.path(), &list, dest.path(), &["-q"]);
@@ -1616,11 +1619,7 @@ fn an_empty_list_succeeds_and_an_unusable_mirror_is_skipped() {
         "ftp://mirror.test/x.bin\t{}\n  out=x.bin\n",
         origin.url("/x.bin")
     );
-    let out = get_list(lists.path(), &list, dest.path(), &[]);
-    assert_ok(&out);
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(stderr.contains("line 1: URI skipped"), "{stderr}");
-    assert_eq!(std::fs::read(dest.path().join("x.bin")).unwrap(), body);
+    fetched_with_warning(&list, "line 1: URI skipped");
     // A line with no usable URI at all is still an error naming it.
     let out = get_list(
         lists.path(),
