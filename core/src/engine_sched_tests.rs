@@ -2348,6 +2348,57 @@ fn duplicates_of_a_download_that_failed_after_its_retries_end_with_its_failure()
     assert_eq!(h.requests.len(), 6);
 }
 
+#[test]
+fn a_duplicate_whose_own_destination_holds_its_bytes_succeeds_though_its_leader_failed() {
+    // (From a review.) It followed at submit and never looked at its own destination; it
+    // ended with its leader's 503.
+    let body = pattern(20_000, 3);
+    let mut h = Harness::new(cfg_with_attempts(2));
+    h.serve(ORIGIN, |_| Reply::new(with_length(503, &[], b"")));
+    h.fs.put("/dl2/f.bin", &body);
+    let first = h.submit(download().sha256(&sha_hex(&body)).unwrap());
+    let second = h.submit(
+        Download::new(URL, "/dl2/f.bin")
+            .unwrap()
+            .sha256(&sha_hex(&body))
+            .unwrap(),
+    );
+    assert!(h.run(first).is_err());
+    let out = h
+        .run(second)
+        .expect("its destination already holds the expected bytes");
+    assert_eq!(out.delivery, crate::Delivery::AlreadyPresent);
+}
+
+#[test]
+fn a_download_submitted_while_its_failed_predecessor_tidies_up_runs_on_its_own() {
+    // (From a review.) It followed the predecessor only for its destination, and got the
+    // predecessor's failure without asking the server.
+    let body = pattern(10_000, 34);
+    let b = body.clone();
+    let mut h = Harness::new(cfg_with_attempts(1));
+    h.serve(ORIGIN, move |req| {
+        let wire = serve_range(&b, req);
+        if req.seq == 0 {
+            let cut = head_len(&wire) + 3_000;
+            Reply::new(wire[..cut].to_vec()).then(After::Reset)
+        } else {
+            Reply::new(wire)
+        }
+    });
+    let first = h.submit(download());
+    h.run_until("the failed job tidies up", |h| {
+        h.pending_has(|op| matches!(op, IoOp::CloseFile { .. } | IoOp::WriteFileAtomic { .. }))
+    });
+    assert!(h.finished(first).is_none());
+    let again = h.submit(download());
+    assert!(h.run(first).is_err());
+    let out = h.run(again);
+    assert_eq!(h.requests.len(), 2, "the second asked the server: {out:?}");
+    out.expect("the server answers the second request");
+    assert_committed(&h, &body);
+}
+
 fn cfg_with_attempts(n: u32) -> Config {
     let mut cfg = config();
     cfg.retry.max_attempts = n;

@@ -495,6 +495,10 @@ struct Job {
     /// not from its submission (a long list's later jobs would otherwise get no retries at
     /// all, and a long download none after a late failure).
     started: Instant,
+    /// It follows a download that fetches the same bytes (found by `find_leader`), not one
+    /// whose destination it waits for: only such a follower may end with its leader's
+    /// failure (see `Engine::finish`).
+    duplicate: bool,
     /// What the file held (`Job::present`) when its retries were last renewed.
     progress_mark: u64,
     /// Tries made before its retries were last renewed: they no longer count against
@@ -1273,6 +1277,8 @@ impl Engine {
             .map(|c| checksum::Streamed::new(c.algorithm()));
         let id = self.next_job_id();
         let mut leader = self.find_leader(&spec);
+        // A duplicate of a running download (not one waiting for a destination to be free).
+        let mut duplicate = leader.is_some();
         let path = spec.provisional_path();
         let mut shares_leader_dest = leader
             .and_then(|l| self.jobs.get(&l))
@@ -1292,6 +1298,7 @@ impl Engine {
                 // that failed takes that destination over and runs on its own.
                 leader = holder;
                 shares_leader_dest = true;
+                duplicate = false;
             }
         }
         if !shares_leader_dest {
@@ -1323,6 +1330,7 @@ impl Engine {
                 Some(leader) => Phase::Following { leader },
                 None => Phase::Queued,
             },
+            duplicate,
             attempt: 1,
             failovers: 0,
             backoffs: 0,
@@ -2097,7 +2105,13 @@ impl Engine {
             // would go through the same. It ends with that failure rather than trying it all
             // again (a URL listed four times made every retry four times, one job after the
             // other). After a failure not retried (a 404), one follower tries once more.
+            // Not one that only waited for the leader's destination (a download submitted
+            // again while its failed predecessor tidied up runs on its own), nor one with a
+            // destination of its own to check (it may hold the expected bytes already).
             let same_request = duplicate
+                && fj.duplicate
+                && (fj.spec.sha256.is_none()
+                    || fj.spec.provisional_path() == job.spec.provisional_path())
                 && fj.spec.url == job.spec.url
                 && fj.spec.mirrors == job.spec.mirrors
                 && same_headers(&fj.spec.headers, &job.spec.headers);
