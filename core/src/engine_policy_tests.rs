@@ -1281,6 +1281,33 @@ fn a_primary_that_asked_for_time_is_waited_for_when_its_mirror_is_behind_a_break
 }
 
 #[test]
+fn a_mirror_back_after_its_breaker_is_probed_though_the_primary_asked_for_an_hour() {
+    // (From a review.) Waiting for the primary's hour passed the retry time limit, and the
+    // download ended at once, though the mirror's breaker let a probe through.
+    let body = pattern(2_000, 7);
+    let mut cfg = default_policies();
+    cfg.retry.max_attempts = 10;
+    cfg.breaker.failure_threshold = 2;
+    cfg.breaker.cooldown = secs(1);
+    let mut h = Harness::new(cfg);
+    h.serve(ORIGIN, |_| {
+        Reply::new(with_length(429, &[hdr("Retry-After", 3600)], b""))
+    });
+    h.serve(MIRROR, file_server(body.clone()));
+    h.connect_plan(MIRROR, |n| {
+        if n < 2 {
+            ConnectPlan::Fail(IoErrorKind::ConnectFailed)
+        } else {
+            ConnectPlan::Accept
+        }
+    });
+    let job = h.submit(download().mirror(MIRROR_URL).unwrap());
+    h.run(job)
+        .expect("the mirror serves once its breaker lets a probe through");
+    assert_committed(&h, &body);
+}
+
+#[test]
 fn a_download_kept_from_its_mirror_by_a_breaker_ends_with_circuit_open_not_its_primarys_404() {
     // The primary answers 404 and is dropped; the mirror's breaker, reopened by another
     // download, keeps this one waiting past the limit. It ended with the primary's 404 (exit

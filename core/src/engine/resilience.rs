@@ -189,6 +189,9 @@ impl Engine {
             let origin = crate::engine::origin_label(self.job_url(id, *i));
             self.breaker_hold(&origin).is_some()
         });
+        // Not when the wait would pass the retries' time limit while a probe may go now.
+        let deadline = self.jobs[&id].started + self.config.retry.max_elapsed;
+        let asked = asked.filter(|&(until, _)| until <= deadline || candidates.is_empty());
         if let (Some((until, i)), true) = (asked, only_probes) {
             // Every URL that may be asked asked for time, or is behind a breaker: wait for
             // the first to say yes. It was asked again after the backoff of a mirror whose
