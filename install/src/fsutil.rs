@@ -13,7 +13,7 @@
 use std::ffi::{OsStr, OsString};
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, Write};
-use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
+use std::os::unix::fs::{MetadataExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
 use haul_core::working_name::{has_shortened_form, is_shortened, working_stem, MAX_NAME_BYTES};
@@ -385,38 +385,45 @@ fn remove_any(path: &Path) -> Result<(), InstallError> {
     }
 }
 
-/// Removes the directory `dir` (on device `dev`) and everything in it that is on that
-/// device, never following symbolic links: a file system mounted inside an old tree is
-/// not emptied (`remove_dir_all` deleted another file system's files), and its mount
-/// point, which cannot be removed, keeps the tree from going (an error naming it).
+/// Removes the directory `dir` (on device `dev`) and everything in it, never following
+/// symbolic links (`remove_dir_all`), once a walk of the tree found no directory of another
+/// file system in it: a file system mounted inside an old tree is not emptied (it was),
+/// and the tree stays, with an error naming the mount point. The walk also gives haul's own
+/// read-only directories their owner's write access back, so that the old copy of a
+/// read-only tree does not stay beside it at every install.
 fn remove_dir_on_its_file_system(dir: &Path, dev: u64) -> Result<(), (PathBuf, io::Error)> {
     fn at(p: &Path) -> impl FnOnce(io::Error) -> (PathBuf, io::Error) + '_ {
         move |e| (p.to_path_buf(), e)
     }
-    for item in fs::read_dir(dir).map_err(at(dir))? {
-        let item = item.map_err(at(dir))?;
-        let path = item.path();
-        let meta = match fs::symlink_metadata(&path) {
-            Ok(m) => m,
-            Err(e) if e.kind() == io::ErrorKind::NotFound => continue,
-            Err(e) => return Err((path, e)),
-        };
-        let removed = if !meta.is_dir() {
-            fs::remove_file(&path).map_err(at(&path))
-        } else if meta.dev() != dev {
-            Err((
-                path.clone(),
-                io::Error::other("another file system is mounted there; it is left alone"),
-            ))
-        } else {
-            remove_dir_on_its_file_system(&path, dev)
-        };
-        match removed {
-            Err((_, e)) if e.kind() == io::ErrorKind::NotFound => {}
-            other => other?,
+    fn prepare(dir: &Path, mode: u32, dev: u64) -> Result<(), (PathBuf, io::Error)> {
+        if mode & 0o700 != 0o700 {
+            // Best effort: another user's directory stays as it is (its removal fails).
+            let _ = fs::set_permissions(dir, fs::Permissions::from_mode(mode | 0o700));
         }
+        for item in fs::read_dir(dir).map_err(at(dir))? {
+            let path = item.map_err(at(dir))?.path();
+            let meta = match fs::symlink_metadata(&path) {
+                Ok(m) => m,
+                Err(e) if e.kind() == io::ErrorKind::NotFound => continue,
+                Err(e) => return Err((path, e)),
+            };
+            if !meta.is_dir() {
+                continue;
+            }
+            if meta.dev() != dev {
+                let why = "another file system is mounted there; it is left alone";
+                return Err((path, io::Error::other(why)));
+            }
+            prepare(&path, meta.permissions().mode(), dev)?;
+        }
+        Ok(())
     }
-    fs::remove_dir(dir).map_err(at(dir))
+    let mode = fs::symlink_metadata(dir)
+        .map_err(at(dir))?
+        .permissions()
+        .mode();
+    prepare(dir, mode, dev)?;
+    fs::remove_dir_all(dir).map_err(at(dir))
 }
 
 /// Removes a file or tree, logging instead of failing (what is left is a leftover that
@@ -563,7 +570,6 @@ fn sync_file(path: &Path) -> io::Result<()> {
         Err(e) if e.kind() == io::ErrorKind::PermissionDenied => e,
         Err(e) => return Err(e),
     };
-    use std::os::unix::fs::PermissionsExt;
     let mode = fs::symlink_metadata(path)?.permissions().mode() & 0o7777;
     if fs::set_permissions(path, fs::Permissions::from_mode(mode | 0o400)).is_err() {
         return Err(denied);
@@ -742,7 +748,6 @@ mod tests {
 
     #[test]
     fn a_file_its_owner_may_not_read_is_synced_and_keeps_its_mode() {
-        use std::os::unix::fs::PermissionsExt;
         let dir = tempfile::TempDir::new().unwrap();
         for mode in [0o200, 0o111, 0o000] {
             let path = dir.path().join(format!("f{mode:o}"));

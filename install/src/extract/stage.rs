@@ -127,8 +127,11 @@ impl Staged {
         // The tree it replaces keeps its permissions (a private `chmod 700` directory came
         // back 755); a new one has 755 less the umask. Set at the commit: the tree is
         // written first (a read-only root would refuse its entries).
-        let root_mode = match fs::metadata(dest) {
-            Ok(old) if old.is_dir() => old.permissions().mode() & 0o7777,
+        // Not through a symbolic link (the link is what is replaced: a link to a shared,
+        // world-writable directory made the new tree 1777), and without the sticky and
+        // setuid bits (setgid, which a shared group's directory uses, is kept).
+        let root_mode = match fs::symlink_metadata(dest) {
+            Ok(old) if old.is_dir() => old.permissions().mode() & 0o2777,
             _ => 0o755 & !fsutil::umask(),
         };
         fs::set_permissions(&staging, fs::Permissions::from_mode(0o700))

@@ -141,6 +141,22 @@ fn the_new_tree_keeps_the_permissions_of_the_one_it_replaces_and_honours_the_uma
 }
 
 #[test]
+fn a_symlinked_destination_does_not_lend_its_targets_mode_to_the_new_tree() {
+    // (From a review.) A link to a world-writable sticky directory made the new tree 1777.
+    let s = Scene::new();
+    let shared = s.root.path().join("shared");
+    fs::create_dir(&shared).unwrap();
+    fs::set_permissions(&shared, fs::Permissions::from_mode(0o1777)).unwrap();
+    fs::remove_dir_all(s.dest()).unwrap();
+    std::os::unix::fs::symlink(&shared, s.dest()).unwrap();
+    write_zip(&s.archive, &[file("f.txt", b"x")]);
+    s.extract().unwrap();
+    assert!(fs::symlink_metadata(s.dest()).unwrap().is_dir());
+    assert_eq!(mode_of(&s.dest()), 0o755 & !crate::fsutil::umask());
+    assert_eq!(mode_of(&shared), 0o1777, "the link's target is left alone");
+}
+
+#[test]
 fn setuid_setgid_and_sticky_bits_are_dropped() {
     let s = Scene::new();
     let mut suid = RawEntry::stored("suid", b"x");
