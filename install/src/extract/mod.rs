@@ -182,6 +182,10 @@ pub fn extract_to_staging(
 /// archive with it (`haul extract inside/pack.zip -d inside` deleted pack.zip). A missing
 /// destination holds nothing.
 fn check_archive_outside(archive: &Path, dest: &Path) -> Result<(), InstallError> {
+    // A symbolic link as the destination is replaced itself: what it points to stays.
+    if std::fs::symlink_metadata(dest).is_ok_and(|m| m.file_type().is_symlink()) {
+        return Ok(());
+    }
     let (Ok(archive_at), Ok(dest_at)) =
         (std::fs::canonicalize(archive), std::fs::canonicalize(dest))
     else {
