@@ -470,6 +470,27 @@ fn get_list(
         .unwrap()
 }
 
+/// Waits (20 s at most) until `part` holds `bytes`, then sends `signal` (`INT`, `TERM`) to
+/// `child` and returns its output.
+fn signal_once_written(
+    child: std::process::Child,
+    part: &std::path::Path,
+    bytes: u64,
+    signal: &str,
+) -> std::process::Output {
+    let started = std::time::Instant::now();
+    while std::fs::metadata(part).map_or(true, |m| m.len() < bytes) {
+        assert!(started.elapsed().as_secs() < 20, "the first never wrote");
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
+    let kill = Command::new("kill")
+        .args([&format!("-{signal}"), &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(kill.success());
+    child.wait_with_output().unwrap()
+}
+
 /// Asserts `out` exited 0, showing its stderr if not.
 fn assert_ok(out: &std::process::Output) {
     assert_eq!(
@@ -937,17 +958,7 @@ fn an_interrupted_get_exits_128_plus_the_signal_keeps_its_partial_and_the_same_c
             .stderr(std::process::Stdio::piped())
             .spawn()
             .unwrap();
-        let started = std::time::Instant::now();
-        while std::fs::metadata(&part).map_or(true, |m| m.len() < 1_000_000) {
-            assert!(started.elapsed().as_secs() < 20, "the first never wrote");
-            std::thread::sleep(std::time::Duration::from_millis(10));
-        }
-        let kill = Command::new("kill")
-            .args([&format!("-{signal}"), &first.id().to_string()])
-            .status()
-            .unwrap();
-        assert!(kill.success());
-        let first = first.wait_with_output().unwrap();
+        let first = signal_once_written(first, &part, 1_000_000, signal);
         assert_eq!(first.status.code(), Some(code), "{signal}: {first:?}");
         if json {
             let finished: serde_json::Value = String::from_utf8_lossy(&first.stdout)
@@ -1018,17 +1029,7 @@ fn an_interrupted_list_names_only_the_downloads_that_had_started() {
         .spawn()
         .unwrap();
     let part = dir.path().join("dl/big.haul-part");
-    let started = std::time::Instant::now();
-    while std::fs::metadata(&part).map_or(true, |m| m.len() < 1_000_000) {
-        assert!(started.elapsed().as_secs() < 20, "the first never wrote");
-        std::thread::sleep(std::time::Duration::from_millis(10));
-    }
-    let kill = Command::new("kill")
-        .args(["-INT", &child.id().to_string()])
-        .status()
-        .unwrap();
-    assert!(kill.success());
-    let out = child.wait_with_output().unwrap();
+    let out = signal_once_written(child, &part, 1_000_000, "INT");
     assert_eq!(out.status.code(), Some(130));
     let said = String::from_utf8_lossy(&out.stderr);
     assert_eq!(
