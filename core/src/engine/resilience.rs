@@ -270,7 +270,7 @@ impl Engine {
     /// pauses, and not counted from before the outage that began at `outage_since`). A
     /// breaker still open then has had its probe fail after a cool-down, and waiting on
     /// would only outlast what the download was asked to try: with the default retries (1,
-    /// 2, 4, 8, 16 s) a list for a dead origin ends after one cool-down (20 URLs to a port
+    /// 2, 4, 8, 16 s) a list for a dead origin ends after about 31 s (20 URLs to a port
     /// nobody listened on took 421 s when downloads waited through doubling cool-downs up
     /// to their time limit), while `--retries 20` waits out an origin down for minutes (a
     /// fixed limit of 32 s ended it after about 40 s). A probe in flight is waited for
