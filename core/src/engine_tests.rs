@@ -2438,26 +2438,31 @@ fn resume_answered_with_200_restarts_from_zero_and_never_appends() {
     assert_eq!(h.requests.len(), 1, "a 200 is used as it is, not retried");
 }
 
-#[test]
-fn resume_with_a_206_starting_elsewhere_is_a_range_mismatch_then_a_restart_gives_exact_bytes() {
-    let body = pattern(5_000, 15);
-    let n = 1_000;
-    let mut h = with_partial(&body, n, 0, valid_state(&body, n));
-    let b = body.clone();
+/// A harness holding `body`'s first `n` bytes as a valid partial, whose server answers the
+/// first request with a 206 of `content_range` carrying `body[from..]`, and every later one
+/// as it should.
+fn resumed_and_answered_first(body: &[u8], n: usize, content_range: &str, from: usize) -> Harness {
+    let mut h = with_partial(body, n, 0, valid_state(body, n));
+    let (b, cr) = (body.to_vec(), content_range.to_string());
     h.serve(ORIGIN, move |req| {
         if req.seq == 0 {
-            // A broken server: answers the range from the start of the file.
-            let len = b.len();
-            let cr = format!("bytes 0-{}/{len}", len - 1);
             Reply::new(with_length(
                 206,
-                &[hdr("ETag", ETAG), hdr("Content-Range", cr)],
-                &b,
+                &[hdr("ETag", ETAG), hdr("Content-Range", cr.clone())],
+                &b[from..],
             ))
         } else {
             Reply::new(serve_range(&b, req))
         }
     });
+    h
+}
+
+#[test]
+fn resume_with_a_206_starting_elsewhere_is_a_range_mismatch_then_a_restart_gives_exact_bytes() {
+    let body = pattern(5_000, 15);
+    // A broken server: answers the range from the start of the file.
+    let mut h = resumed_and_answered_first(&body, 1_000, "bytes 0-4999/5000", 0);
     let job = h.submit(download().sha256(&sha_hex(&body)).unwrap());
     let out = h.run(job).expect("restart succeeds");
     assert_committed(&h, &body);
@@ -2489,21 +2494,7 @@ fn a_resume_answered_for_a_file_of_another_length_says_so_not_where_its_range_en
     // `bytes 1000-4999/5001`: the range ends where the partial's file ended, but the file
     // is now a byte longer. The retry said "range ends at 4999, expected 5000".
     let body = pattern(5_000, 15);
-    let n = 1_000;
-    let mut h = with_partial(&body, n, 0, valid_state(&body, n));
-    let b = body.clone();
-    h.serve(ORIGIN, move |req| {
-        if req.seq == 0 {
-            let cr = format!("bytes {n}-4999/5001");
-            Reply::new(with_length(
-                206,
-                &[hdr("ETag", ETAG), hdr("Content-Range", cr)],
-                &b[n..],
-            ))
-        } else {
-            Reply::new(serve_range(&b, req))
-        }
-    });
+    let mut h = resumed_and_answered_first(&body, 1_000, "bytes 1000-4999/5001", 1_000);
     let job = h.submit(download());
     h.run(job).expect("the restart succeeds");
     let retries = h.retries(job);
