@@ -991,11 +991,54 @@ fn a_list_for_a_dead_origin_fails_after_its_retries_not_through_doubling_cooldow
         last <= at(secs(31).max(cooldown) + secs(5)),
         "the list ended at {last}; the retries' backoffs add up to 31 s"
     );
-    // Sixteen first tries and one probe per cool-down (at 10 and 30 s: the breaker's
+    // Sixteen first tries, sent together: they fail as one incident and count once. Four
+    // retries, each sent after the last failure counted, count one each and open the
+    // breaker at the fifth. Then one probe per cool-down (at 10 and 30 s: the breaker's
     // doubling waits). The jobs that tried end with their own failure; only the four that
     // left the queue last, which never tried, with CircuitOpen.
-    assert_eq!(h.connects(), 18);
+    assert_eq!(h.connects(), 16 + 4 + 2);
     assert_eq!(circuit_open, 4, "jobs that failed with CircuitOpen");
+}
+
+#[test]
+fn every_connection_reset_by_one_blip_counts_once_and_the_list_goes_on_at_once() {
+    // The server restarts while sixteen downloads receive: every connection is reset at
+    // the same moment. Counted as sixteen consecutive failures, that opened the breaker
+    // and held every download for its cool-down; it is one incident, and the retries
+    // (sent after it) find the server back.
+    let body = pattern(5_000, 12);
+    let mut h = Harness::new(default_policies());
+    let b = body.clone();
+    h.serve(ORIGIN, move |r| {
+        let wire = serve_range(&b, r);
+        if r.seq < 16 {
+            let cut = head_len(&wire) + 1_000;
+            Reply::new(wire[..cut].to_vec()).then(After::Reset)
+        } else {
+            Reply::new(wire)
+        }
+    });
+    let jobs = submit_twenty(&mut h);
+    let cooldown = h.engine.config().breaker.cooldown;
+    for (n, &job) in jobs.iter().enumerate() {
+        h.run(job).expect("served on its retry");
+        assert_eq!(h.fs.get(format!("/dl/f{n}.bin")), Some(&body[..]));
+        assert!(
+            h.finished_at(job) < at(cooldown),
+            "f{n} waited for a cool-down"
+        );
+    }
+    assert!(
+        !h.events
+            .iter()
+            .any(|(_, e)| matches!(e, Event::BreakerOpened { .. })),
+        "the breaker stayed closed"
+    );
+    assert_eq!(
+        h.engine
+            .breaker_state(&origin("http://a.test/files/f0.bin")),
+        BreakerState::Closed { failures: 0 }
+    );
 }
 
 #[test]

@@ -74,6 +74,9 @@ pub struct Breaker {
     /// When it last opened from closed: the start of the outage it holds requests back
     /// from, through its probes and reopenings ([`Breaker::outage_since`]).
     opened_from_closed: Option<Instant>,
+    /// The caller's failure clock right after this breaker last counted a failure (see
+    /// [`Breaker::on_request_failure`]); 0 when it never did.
+    counted_at: u64,
 }
 
 impl Breaker {
@@ -84,6 +87,7 @@ impl Breaker {
             state: BreakerState::Closed { failures: 0 },
             last_failure: None,
             opened_from_closed: None,
+            counted_at: 0,
         }
     }
 
@@ -205,6 +209,29 @@ impl Breaker {
             }
             open @ BreakerState::Open { .. } => open,
         };
+    }
+
+    /// A request failed in a way that counts against the origin: `sent` is what the
+    /// caller's failure clock read when the request went out (or its connection began), and
+    /// `clock` is that clock, advanced here when the failure counts. Returns whether it
+    /// counted.
+    ///
+    /// While closed, only the failure of a request sent after the last counted one counts:
+    /// requests that were in flight together when a failure was counted and then fail too
+    /// (every connection reset by one restart of the server, a burst of 503s to requests
+    /// sent at once) are the same incident, not several consecutive failures. Each request
+    /// sent after a counted failure, knowing of it, that fails again does count. A failure
+    /// while half-open always counts (it reopens); an open breaker ignores failures.
+    pub fn on_request_failure(&mut self, now: Instant, sent: u64, clock: &mut u64) -> bool {
+        match self.state(now) {
+            BreakerState::Closed { .. } if sent < self.counted_at => return false,
+            BreakerState::Open { .. } => return false,
+            _ => {}
+        }
+        *clock += 1;
+        self.counted_at = *clock;
+        self.on_failure(now);
+        true
     }
 
     /// A probe ended without a verdict (cancelled): admit another.
@@ -452,6 +479,39 @@ mod tests {
             b.on_failure(at(t));
         }
         assert_eq!(b.admit(at(1621)), Admission::RejectedUntil(at(2220)));
+    }
+
+    #[test]
+    fn failures_of_requests_in_flight_together_count_once_while_closed() {
+        let mut b = breaker_60s();
+        let mut clock = 0;
+        // Eight requests sent at clock 0 fail together: the first counts, the rest were in
+        // flight with it.
+        let counted: Vec<bool> = (0..8)
+            .map(|_| b.on_request_failure(at(1), 0, &mut clock))
+            .collect();
+        assert_eq!(
+            counted,
+            [true, false, false, false, false, false, false, false]
+        );
+        assert_eq!(clock, 1);
+        assert_eq!(b.state(at(1)), BreakerState::Closed { failures: 1 });
+        // Each retry sent after the last counted failure counts: the fifth opens it.
+        for n in 2..=5 {
+            assert!(b.on_request_failure(at(2), clock, &mut clock));
+            assert_eq!(clock, n);
+        }
+        assert!(matches!(b.state(at(2)), BreakerState::Open { .. }));
+        // Open: a failure changes nothing, and the clock stays.
+        assert!(!b.on_request_failure(at(3), clock, &mut clock));
+        assert_eq!(clock, 5);
+        // Half-open: the probe's failure reopens it, whenever the probe was sent.
+        assert_eq!(b.admit(at(62)), Admission::Probe);
+        assert!(b.on_request_failure(at(62), 0, &mut clock));
+        assert!(matches!(
+            b.state(at(62)),
+            BreakerState::Open { cooldown, .. } if cooldown == Duration::from_secs(120)
+        ));
     }
 
     #[test]

@@ -846,6 +846,9 @@ pub struct Engine {
     pending_finish: Vec<(JobId, Outcome)>,
     /// Circuit breaker per origin, shared by every job.
     breakers: BTreeMap<Origin, Breaker>,
+    /// Failures counted by breakers so far, engine-wide: a transfer reads it when it
+    /// connects and when it sends its request (see [`Breaker::on_request_failure`]).
+    breaker_clock: u64,
     /// Observed throughput and latency per origin, for choosing among mirrors.
     origin_stats: BTreeMap<Origin, MirrorStats>,
     /// Engine-wide retry budget.
@@ -1075,6 +1078,7 @@ impl Engine {
             stats: StatsState::default(),
             pending_finish: Vec::new(),
             breakers: BTreeMap::new(),
+            breaker_clock: 0,
             origin_stats: BTreeMap::new(),
             retry_budget: RetryBudget::new(config_budget, now),
         })

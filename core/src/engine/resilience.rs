@@ -358,7 +358,15 @@ impl Engine {
     /// A request of job `id` to `url` failed with `error`: count it against the origin when
     /// the failure says something about the origin's health, once per attempt (the
     /// connections of a segmented attempt that break together are one failure).
-    pub(super) fn note_failure(&mut self, id: JobId, url: &url::Url, error: &DownloadError) {
+    /// `sent` is the breaker clock when the failing request went out (see
+    /// [`Transfer::breaker_clock`](super::transfer::Transfer)).
+    pub(super) fn note_failure(
+        &mut self,
+        id: JobId,
+        url: &url::Url,
+        error: &DownloadError,
+        sent: u64,
+    ) {
         if !error.counts_against_origin() {
             return;
         }
@@ -366,16 +374,19 @@ impl Engine {
             Some(j) if !j.failure_noted => j.failure_noted = true,
             _ => return,
         }
-        self.count_origin_failure(id, url, error);
+        self.count_origin_failure(id, url, error, sent);
     }
 
     /// Count one failure against `url`'s origin: its mirror score, and its breaker when
-    /// the failure counts there (see [`DownloadError::counts_toward_breaker`]).
+    /// the failure counts there (see [`DownloadError::counts_toward_breaker`]) and the
+    /// request, sent when the breaker clock read `sent`, was not in flight with a failure
+    /// counted there since (see [`Breaker::on_request_failure`]).
     pub(super) fn count_origin_failure(
         &mut self,
         id: JobId,
         url: &url::Url,
         error: &DownloadError,
+        sent: u64,
     ) {
         let Ok(origin) = Origin::of(url) else {
             return;
@@ -387,11 +398,17 @@ impl Engine {
             return;
         }
         let now = self.now;
+        let mut clock = self.breaker_clock;
         let b = self.breaker(&origin);
-        let was_open = matches!(b.state(now), BreakerState::Open { .. });
-        b.on_failure(now);
         b.note_failure(error.to_string());
-        if let (false, BreakerState::Open { cooldown, .. }) = (was_open, b.state(now)) {
+        if !b.on_request_failure(now, sent, &mut clock) {
+            // Open already, or in flight with a failure counted since it went out (the
+            // same incident).
+            return;
+        }
+        self.breaker_clock = clock;
+        let b = self.breaker(&origin);
+        if let BreakerState::Open { cooldown, .. } = b.state(now) {
             tracing::info!(%origin, ?cooldown, "circuit breaker opened");
             self.event(Event::BreakerOpened {
                 origin: origin.to_string(),

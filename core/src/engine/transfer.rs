@@ -84,6 +84,10 @@ pub(super) struct Transfer {
     /// Which of the job's URLs this transfer uses (see [`Job::mirror`]); a segment may use
     /// another than the attempt's when the expected sha256 will prove the result.
     pub mirror: usize,
+    /// The engine's breaker clock when this transfer last began a connection or sent its
+    /// request: its failure counts toward a closed breaker only if no failure was counted
+    /// there since (see [`Breaker::on_request_failure`](crate::policy::Breaker)).
+    pub breaker_clock: u64,
 }
 
 /// The shortest silence after which a segment counts as stalled (see
@@ -402,6 +406,7 @@ impl Engine {
                 body_start: now,
                 takeover: false,
                 mirror,
+                breaker_clock: self.breaker_clock,
             },
         );
         tid
@@ -516,8 +521,10 @@ impl Engine {
                 },
             );
             let deadline = self.now + self.config.connect_timeout;
+            let clock = self.breaker_clock;
             let t = self.transfer(id, tid).expect("transfer");
             t.conn = Some(conn);
+            t.breaker_clock = clock;
             t.phase = TPhase::Connecting { deadline };
             self.io(Route::Connect(conn), IoOp::Connect { conn, origin, via });
         }
@@ -613,9 +620,11 @@ impl Engine {
             return self.terminate(id, DownloadError::InvalidRequest(msg), true);
         }
         let now = self.now;
+        let clock = self.breaker_clock;
         let t = self.transfer(id, tid).expect("transfer");
         t.phase = TPhase::Sending { since: now };
         t.requested = now;
+        t.breaker_clock = clock;
         self.io(
             Route::Send(conn),
             IoOp::Send {
@@ -1591,17 +1600,17 @@ impl Engine {
         let Some(j) = self.jobs.get(&id) else {
             return;
         };
-        let (url, mirror) = match j.transfers.get(&tid) {
-            Some(t) => (Some(t.url.clone()), t.mirror),
-            None => (None, j.mirror),
+        let (url, mirror, sent) = match j.transfers.get(&tid) {
+            Some(t) => (Some(t.url.clone()), t.mirror, t.breaker_clock),
+            None => (None, j.mirror, 0),
         };
         let cross = mirror != j.mirror;
         match url {
             // Another mirror's failure is its own incident, not the attempt's.
             Some(url) if cross && error.counts_against_origin() => {
-                self.count_origin_failure(id, &url, &error)
+                self.count_origin_failure(id, &url, &error, sent)
             }
-            Some(url) if !cross => self.note_failure(id, &url, &error),
+            Some(url) if !cross => self.note_failure(id, &url, &error, sent),
             _ => {}
         }
         let j = self.jobs.get_mut(&id).expect("job exists");
