@@ -1001,6 +1001,45 @@ fn a_list_for_a_dead_origin_fails_after_its_retries_not_through_doubling_cooldow
 }
 
 #[test]
+fn without_retries_a_list_for_a_dead_origin_ends_at_once_not_after_a_cool_down() {
+    // With one try per download, those that left the queue after the breaker opened waited
+    // its whole cool-down (10 s) for a probe, though they may not retry anyway.
+    let mut cfg = default_policies();
+    cfg.retry.max_attempts = 1;
+    let mut h = Harness::new(cfg);
+    h.serve(ORIGIN, file_server(pattern(1_000, 9)));
+    h.connect_plan(ORIGIN, |_| ConnectPlan::Fail(IoErrorKind::ConnectFailed));
+    // Sixteen at a time: each wave fails together and counts once; the fifth opens it.
+    let jobs: Vec<JobId> = (0..120)
+        .map(|n| {
+            let url = format!("http://a.test/files/f{n}.bin");
+            h.submit(Download::new(&url, format!("/dl/f{n}.bin")).unwrap())
+        })
+        .collect();
+    let mut circuit_open = 0;
+    for &job in &jobs {
+        match h.run(job) {
+            Err(DownloadError::Connect { .. }) => {}
+            Err(DownloadError::CircuitOpen { .. }) => circuit_open += 1,
+            other => panic!("{job}: expected a connect failure or CircuitOpen, got {other:?}"),
+        }
+        assert!(h.finished_at(job) < at(secs(1)), "{job} waited");
+    }
+    assert!(
+        h.events
+            .iter()
+            .any(|(_, e)| matches!(e, Event::BreakerOpened { .. })),
+        "the breaker opened"
+    );
+    assert!(circuit_open > 0, "some downloads never tried");
+    assert_eq!(
+        h.connects() + circuit_open,
+        120,
+        "one try or none per download"
+    );
+}
+
+#[test]
 fn every_connection_reset_by_one_blip_counts_once_and_the_list_goes_on_at_once() {
     // The server restarts while sixteen downloads receive: every connection is reset at
     // the same moment. Counted as sixteen consecutive failures, that opened the breaker

@@ -2049,14 +2049,19 @@ impl World {
             // breakers: every URL it may use at an origin whose breaker stays open past the
             // longest the engine waits, as long as the job's own retries would have lasted
             // (at least their backoffs from the ones it has taken, for the attempts left
-            // not counting failovers), or the first cool-down if longer, counted from no
-            // earlier than its last try.
+            // not counting failovers), or the first cool-down if longer (unless the policy
+            // never retries), counted from no earlier than its last try.
             error if error.retryable() => {
                 let config = engine_config(&self.sc, 0);
                 let retries = policy.max_attempts.saturating_sub(attempt);
+                let floor = if policy.max_attempts > 1 {
+                    config.breaker.cooldown
+                } else {
+                    Duration::ZERO
+                };
                 let allowance = policy
                     .backoffs_total(d.model.backoffs_at_least(), retries)
-                    .max(config.breaker.cooldown);
+                    .max(floor);
                 // Or past the retries' time limit (a cool-down may outlast the longest
                 // backoff).
                 let ends = (d.tried_at + allowance).min(d.started_at + policy.max_elapsed);

@@ -301,7 +301,15 @@ impl Engine {
         } else {
             j.backoffs
         };
-        let ends = now + policy.backoffs_total(from, retries_left).max(cooldown);
+        // The first cool-down is waited even when the retries left would not last it (a
+        // short outage must not fail the download), unless the policy never retries: one
+        // try means no waiting.
+        let floor = if policy.max_attempts > 1 {
+            cooldown
+        } else {
+            Duration::ZERO
+        };
+        let ends = now + policy.backoffs_total(from, retries_left).max(floor);
         if keep {
             j.breaker_wait = Some((now, ends));
         }
