@@ -675,11 +675,9 @@ pub fn run(args: GetArgs) -> i32 {
     let results = client.download_many(downloads, |ev| reporter.event(ev));
     crate::extract::remove_made_dirs(&missing);
     let ok = results.iter().filter(|r| r.is_ok()).count();
-    let bytes = results
-        .iter()
-        .filter_map(|r| r.as_ref().ok())
-        .map(|o| o.bytes_fetched)
-        .sum();
+    // Every body byte received, failed and interrupted downloads' too (a shared transfer
+    // once), like curl's and aria2's totals.
+    let bytes = client.stats().bytes;
     let cancelled = results
         .iter()
         .filter(|r| matches!(r, Err(haul_core::DownloadError::Cancelled)))

@@ -584,8 +584,8 @@ impl Reporter {
     }
 
     /// A closing summary for several downloads.
-    /// The line after every download ended: `ok` verified (`bytes` fetched for them),
-    /// `failed`, and `cancelled` (interrupted, their partials kept).
+    /// The line after every download ended: `ok` verified, `failed`, and `cancelled`
+    /// (interrupted, their partials kept); `bytes` of bodies received by them all.
     pub fn summary(&self, ok: usize, failed: usize, cancelled: usize, bytes: u64) {
         if let Some(o) = &self.overall {
             o.finish_and_clear();

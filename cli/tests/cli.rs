@@ -978,6 +978,8 @@ fn an_interrupted_get_exits_128_plus_the_signal_keeps_its_partial_and_the_same_c
                 (&serde_json::json!(0), &serde_json::json!(1)),
                 "{summary}"
             );
+            // The bytes received count, though no download finished.
+            assert!(summary["bytes"].as_u64().unwrap() >= 1_000_000, "{summary}");
         } else {
             let said = String::from_utf8_lossy(&first.stderr);
             assert!(
