@@ -105,7 +105,16 @@ fn main() {
     // A user reads `WARN not retrying: ...`; the time and the module that logged it are for
     // whoever asked for logs with HAUL_LOG.
     let debugging = std::env::var_os("HAUL_LOG").is_some();
+    // The engine's job number (`job=job#3`) means nothing to a user, who is told the file
+    // (`path=`) instead; it stays for whoever asked for logs.
+    let fields =
+        tracing_subscriber::fmt::format::debug_fn(move |w, field, value| match field.name() {
+            "message" => write!(w, "{value:?}"),
+            "job" if !debugging => Ok(()),
+            name => write!(w, " {name}={value:?}"),
+        });
     let logs = tracing_subscriber::fmt()
+        .fmt_fields(fields)
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_env("HAUL_LOG")
                 .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(level)),

@@ -1138,6 +1138,9 @@ fn log_warnings_are_plain_text_off_a_terminal_and_quiet_leaves_them_out() {
         "{said}"
     );
     assert!(!said.contains('\x1b'), "no escape codes: {said:?}");
+    // The warning names the file, not the engine's job number.
+    let path = format!("path={}", dir.path().join("busy").display());
+    assert!(said.contains(&path) && !said.contains("job#"), "{said}");
     // --quiet, or -q alone or among other short flags.
     for flags in [&["--quiet", "-o"][..], &["-q", "-o"], &["-qo"]] {
         let said = run(flags);

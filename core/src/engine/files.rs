@@ -379,7 +379,7 @@ impl Engine {
             FileStep::CheckpointState => {
                 j.checkpoint_running = false;
                 if let Some(f) = failure {
-                    tracing::warn!(job = %id, "state file not written: {f}");
+                    tracing::warn!(job = %id, path = %j.dest_path().display(), "state file not written: {f}");
                 }
                 if matches!(j.phase, Phase::Committing { .. }) && j.file.is_none() {
                     return self.rename_into_place(id);

@@ -349,7 +349,8 @@ impl Engine {
             // failure (its exit code says so); otherwise (it never tried there, or a later
             // answer came), with the breaker's verdict.
             if let Some((_, error)) = j.last_error.clone().filter(|(from, _)| *from == origin) {
-                tracing::warn!(job = %id, %origin, "not retrying: every URL's origin is behind a circuit breaker for another {retry_in:.1?}");
+                let path = j.dest_path();
+                tracing::warn!(job = %id, path = %path.display(), %origin, "not retrying: every URL's origin is behind a circuit breaker for another {retry_in:.1?}");
                 return self.terminate(id, error, true);
             }
             let error = self.circuit_open(origin, retry_in);
@@ -703,6 +704,7 @@ impl Engine {
                         // what failed it, if that URL is one the breakers keep it from.
                         tracing::warn!(
                             job = %id,
+                            path = %self.jobs[&id].dest_path().display(),
                             "not retrying: every URL's origin is behind a circuit breaker for another {:.1?}",
                             wait
                         );
@@ -732,6 +734,7 @@ impl Engine {
             // The error says what failed; this says why it was not tried again.
             tracing::warn!(
                 job = %id,
+                path = %self.jobs[&id].dest_path().display(),
                 "not retrying: the next try, {:.1?} away, would pass the retry time limit of {:?} ({:.1?} used)",
                 delay,
                 policy.max_elapsed,

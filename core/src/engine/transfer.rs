@@ -1220,6 +1220,7 @@ impl Engine {
             let proven = self.jobs[&id].spec.sha256.is_some();
             tracing::warn!(
                 job = %id,
+                path = %self.jobs[&id].dest_path().display(),
                 "{from} redirects to plain http ({next}): {}",
                 match proven {
                     true => "the expected sha256 still proves the bytes",
@@ -1308,6 +1309,7 @@ impl Engine {
                 j.warned_content_coding = true;
                 tracing::warn!(
                     job = %id,
+                    path = %j.dest_path().display(),
                     url = %j.transfers[&tid].url,
                     "the server sent the body with Content-Encoding: {coding} although identity was asked for; it is stored as sent, still encoded"
                 );
