@@ -1007,6 +1007,60 @@ fn an_interrupted_get_exits_128_plus_the_signal_keeps_its_partial_and_the_same_c
     }
 }
 
+#[cfg(unix)]
+#[test]
+fn symbolic_links_planted_at_working_names_are_never_written_through() {
+    // `<dest>.haul-part` and `<dest>.haul-state.tmp` were opened following links: a link
+    // planted there by anyone who may write the directory had the download (or its state)
+    // written over the link's target, anywhere, and the link itself renamed into place.
+    let body = data(3_000_000);
+    let origin = Origin::start().unwrap();
+    origin.route("/big", body.clone(), Behavior::Stall { after: 1_200_000 });
+    let dir = tempfile::tempdir().unwrap();
+    let dest = dir.path().join("big");
+    let part = dir.path().join("big.haul-part");
+    let victims = [dir.path().join("victim1"), dir.path().join("victim2")];
+    for v in &victims {
+        std::fs::write(v, b"VICTIM").unwrap();
+    }
+    std::os::unix::fs::symlink(&victims[0], &part).unwrap();
+    std::os::unix::fs::symlink(&victims[1], dir.path().join("big.haul-state.tmp")).unwrap();
+    let command = || {
+        let mut c = haul();
+        c.args(["get", &origin.url("/big"), "-o"]).arg(&dest);
+        c
+    };
+    let child = command()
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    // Interrupted: the partial and its state are written on the way out.
+    let out = signal_once_written(child, &part, 1_000_000, "INT");
+    assert_eq!(out.status.code(), Some(130), "{out:?}");
+    for v in &victims {
+        assert_eq!(
+            std::fs::read(v).unwrap(),
+            b"VICTIM",
+            "{} untouched",
+            v.display()
+        );
+    }
+    for name in ["big.haul-part", "big.haul-state"] {
+        let meta = std::fs::symlink_metadata(dir.path().join(name)).unwrap();
+        assert!(meta.file_type().is_file(), "{name} is haul's own file");
+    }
+    origin.route("/big", body.clone(), Behavior::Normal);
+    assert_ok(&command().output().unwrap());
+    assert!(std::fs::symlink_metadata(&dest)
+        .unwrap()
+        .file_type()
+        .is_file());
+    assert_eq!(std::fs::read(&dest).unwrap(), body);
+    for v in &victims {
+        assert_eq!(std::fs::read(v).unwrap(), b"VICTIM");
+    }
+}
+
 #[test]
 fn an_interrupted_list_names_only_the_downloads_that_had_started() {
     // Each queued file got its own "interrupted; the same command again resumes it" line,

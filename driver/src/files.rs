@@ -1696,12 +1696,53 @@ fn remove_unheld(path: &Path) -> IoResult {
     }
 }
 
+/// Open `path` with `options` (which may create it) without following a symbolic link at
+/// its last component: a working name (`<dest>.haul-part`, `.haul-copy`) is haul's own, and
+/// a link planted there by someone who may write the directory would send a download's
+/// bytes to the link's target, anywhere. A link found there is removed (only the link: its
+/// target is left alone) and the open tried again.
+fn open_no_follow(options: &mut OpenOptions, path: &Path) -> std::io::Result<File> {
+    #[cfg(target_os = "linux")]
+    {
+        use std::os::unix::fs::OpenOptionsExt;
+        options.custom_flags(rustix::fs::OFlags::NOFOLLOW.bits() as i32);
+    }
+    let is_link = || fs::symlink_metadata(path).is_ok_and(|m| m.file_type().is_symlink());
+    let mut tries = 0;
+    loop {
+        // Without O_NOFOLLOW (elsewhere than Linux) look first, which leaves a race.
+        if cfg!(not(target_os = "linux")) && is_link() {
+            remove_link(path)?;
+        }
+        match options.open(path) {
+            Err(e) if tries < 3 && is_link() => {
+                tracing::warn!(path = %path.display(), "removed a symbolic link found at a working file's name ({e})");
+                remove_link(path)?;
+                tries += 1;
+            }
+            opened => return opened,
+        }
+    }
+}
+
+/// Remove the symbolic link at `path` (gone already is fine).
+fn remove_link(path: &Path) -> std::io::Result<()> {
+    match fs::remove_file(path) {
+        Err(e) if e.kind() != ErrorKind::NotFound => Err(e),
+        _ => Ok(()),
+    }
+}
+
 /// Replace `path` through `<path>.tmp` (the engine writes only state files this way, whose
-/// names leave room for it: see [`haul_core::download::working_sibling`]).
+/// names leave room for it: see [`haul_core::download::working_sibling`]). The sibling is
+/// created anew (whatever was at its name removed first, never written through).
 fn write_atomic(path: &Path, data: &[u8]) -> std::io::Result<()> {
     let tmp = with_suffix(path, ".tmp");
     {
-        let mut f = in_dir(&tmp, || File::create(&tmp))?;
+        let mut f = in_dir(&tmp, || {
+            remove_link(&tmp)?;
+            OpenOptions::new().write(true).create_new(true).open(&tmp)
+        })?;
         f.write_all(data)?;
         f.sync_data()?;
     }
@@ -1745,11 +1786,13 @@ fn copy_atomic(from: &Path, to: &Path) -> std::io::Result<()> {
     }
     let mut file = loop {
         let file = in_dir(&tmp, || {
-            fs::OpenOptions::new()
-                .write(true)
-                .create(true)
-                .truncate(false)
-                .open(&tmp)
+            open_no_follow(
+                fs::OpenOptions::new()
+                    .write(true)
+                    .create(true)
+                    .truncate(false),
+                &tmp,
+            )
         })?;
         match file.lock() {
             Ok(()) => {}
@@ -2122,16 +2165,19 @@ impl FileWorker {
         IoResult::Failed(IoFailure::new(IoErrorKind::Busy, what))
     }
 
-    /// Open (creating) the file at `path` for reading and writing, as it is.
+    /// Open (creating) the file at `path` for reading and writing, as it is; never through
+    /// a symbolic link (see [`open_no_follow`]).
     fn open_named_unlocked(&self, path: &Path) -> Result<File, IoFailure> {
         let open = || {
             in_dir(path, || {
-                OpenOptions::new()
-                    .read(true)
-                    .write(true)
-                    .create(true)
-                    .truncate(false)
-                    .open(path)
+                open_no_follow(
+                    OpenOptions::new()
+                        .read(true)
+                        .write(true)
+                        .create(true)
+                        .truncate(false),
+                    path,
+                )
             })
         };
         // Open first and create the parent directory only if it is missing: looking
