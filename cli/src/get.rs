@@ -100,7 +100,8 @@ pub struct GetArgs {
     /// Seconds to establish a connection.
     #[arg(long = "connect-timeout", value_name = "S", default_value_t = 15.0)]
     pub connect_timeout: f64,
-    /// Seconds without receiving a byte before the attempt fails.
+    /// Seconds without receiving a byte of the body before the attempt fails (the wait for
+    /// the response's head is --head-timeout's).
     #[arg(long = "idle-timeout", value_name = "S", default_value_t = 30.0)]
     pub idle_timeout: f64,
     /// Seconds from sending a request to the end of the response's head, however it
@@ -109,6 +110,7 @@ pub struct GetArgs {
     #[arg(long = "head-timeout", value_name = "S")]
     pub head_timeout: Option<f64>,
     /// Minimum rate in bytes/s over --low-speed-time, else the attempt fails (0 = off).
+    /// Time a download is held back by --limit-rate does not count.
     #[arg(long = "low-speed-limit", value_name = "BYTES", value_parser = parse_size, default_value = "1K")]
     pub low_speed_limit: u64,
     /// Window in seconds for --low-speed-limit.

@@ -2672,6 +2672,28 @@ fn a_global_rate_limit_holds_received_bytes_to_the_rate_over_ten_seconds() {
 }
 
 #[test]
+fn a_global_rate_below_the_low_speed_minimum_per_download_fails_no_download() {
+    // `--limit-rate 4K` over eight downloads gives each 512 B/s, below the default
+    // low-speed minimum (1 KiB/s over 60 s): every download failed with a low-speed
+    // timeout, and the healthy origin's breaker opened. Time held back by haul's own limit
+    // is no slowness of the server.
+    let mut cfg = config();
+    cfg.rate_limit = Some(4 * 1024);
+    cfg.retry.max_attempts = 1;
+    cfg.low_speed = Some(crate::config::LowSpeedLimit {
+        bytes_per_sec: 1024,
+        window: secs(10),
+    });
+    let mut h = Harness::new(cfg);
+    fast_server(&mut h, 20_000);
+    let jobs: Vec<JobId> = (0..8).map(|n| h.submit(job_at(&format!("f{n}")))).collect();
+    for job in jobs {
+        h.run(job).expect("slowed by the limit, not failed");
+    }
+    assert!(h.now >= at(secs(30)), "the limit held: {}", h.now);
+}
+
+#[test]
 fn a_per_download_rate_limit_holds_that_download_to_its_rate() {
     let mut h = Harness::new(config());
     fast_server(&mut h, 16 * 1024 * 1024);

@@ -2420,13 +2420,14 @@ impl Engine {
                     .map(move |(tid, _)| (j.id, *tid))
             })
             .collect();
+        let now = self.now;
         for (id, tid) in waiting {
             if let Some(t) = self
                 .jobs
                 .get_mut(&id)
                 .and_then(|j| j.transfers.get_mut(&tid))
             {
-                t.throttled_until = None;
+                t.end_throttle(now);
             }
             self.recv(id, tid);
         }

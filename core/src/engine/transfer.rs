@@ -73,6 +73,12 @@ pub(super) struct Transfer {
     pub recv_outstanding: bool,
     pub backpressured: bool,
     pub throttled_until: Option<Instant>,
+    /// When the current hold by a rate limit (`throttled_until`) began.
+    pub throttled_at: Instant,
+    /// How long rate limits held this transfer back in its current low-speed window: a
+    /// download slowed by haul's own `--limit-rate` is no slow server (see
+    /// [`Transfer::end_throttle`]).
+    pub throttled_in_window: Duration,
     pub last_byte: Instant,
     /// When the request was sent (latency is measured from here).
     pub requested: Instant,
@@ -111,6 +117,14 @@ const LAG_FACTOR: f64 = 4.0;
 const RATE_MIN_ELAPSED: Duration = Duration::from_millis(10);
 
 impl Transfer {
+    /// A rate limit's hold on the transfer ends now (if one held it): its length counts
+    /// toward `throttled_in_window`.
+    pub(super) fn end_throttle(&mut self, now: Instant) {
+        if self.throttled_until.take().is_some() {
+            self.throttled_in_window += now.saturating_since(self.throttled_at);
+        }
+    }
+
     /// The body's receive rate so far, in bytes per second; None until it has run for
     /// [`RATE_MIN_ELAPSED`] and received something.
     fn rate(&self, now: Instant) -> Option<f64> {
@@ -401,6 +415,8 @@ impl Engine {
                 recv_outstanding: false,
                 backpressured: false,
                 throttled_until: None,
+                throttled_at: now,
+                throttled_in_window: Duration::ZERO,
                 last_byte: now,
                 requested: now,
                 body_start: now,
@@ -681,7 +697,10 @@ impl Engine {
         };
         if throttle {
             if let Some(at) = self.throttle_until(id) {
-                self.transfer(id, tid).expect("transfer").throttled_until = Some(at);
+                let now = self.now;
+                let t = self.transfer(id, tid).expect("transfer");
+                t.throttled_until = Some(at);
+                t.throttled_at = now;
                 return;
             }
         }
@@ -1360,6 +1379,7 @@ impl Engine {
         let t = j.transfers.get_mut(&tid).expect("transfer");
         j.last_url = Some(t.url.clone());
         t.body_start = now;
+        t.throttled_in_window = Duration::ZERO;
         t.phase = TPhase::Body {
             decoder: BodyDecoder::new(framing),
             keep_alive,
@@ -1675,7 +1695,7 @@ impl Engine {
         };
         let kind = match due {
             Due::Throttle => {
-                t.throttled_until = None;
+                t.end_throttle(now);
                 return self.recv(id, tid);
             }
             Due::Backoff => return,
@@ -1690,11 +1710,16 @@ impl Engine {
                 ..
             } = &mut t.phase
             {
+                // Only the time the transfer was free to receive counts: a rate limit of
+                // haul's own that gives it less than the minimum speed (`--limit-rate 4K`
+                // over eight downloads) failed every download.
                 let got = t.got - *window_bytes;
-                let needed = (ls.bytes_per_sec as f64 * ls.window.as_secs_f64()) as u64;
+                let free = ls.window.saturating_sub(t.throttled_in_window);
+                let needed = (ls.bytes_per_sec as f64 * free.as_secs_f64()) as u64;
                 if got >= needed {
                     *window_start = now;
                     *window_bytes = t.got;
+                    t.throttled_in_window = Duration::ZERO;
                     return;
                 }
             }
