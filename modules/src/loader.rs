@@ -1310,22 +1310,25 @@ impl<F: Fetcher> Loader<F> {
         path: &Path,
         request: &LoadRequest,
     ) -> Result<(), String> {
-        let size = std::fs::metadata(path)
-            .map_err(|error| error.to_string())?
-            .len();
-        if size > request.module_max_bytes {
-            return Err(format!(
-                "{size} bytes, more than the {}-byte limit",
-                request.module_max_bytes
-            ));
-        }
+        let max = request.module_max_bytes;
+        let metadata = std::fs::metadata(path).map_err(|error| error.to_string())?;
+        // A regular file only, and no more than the limit of it (see `read_capped`).
+        let (source, _) = open_regular(&metadata, path, max)?;
         let mut store = lock(&self.store);
         let file = store
             .begin_write(&item.sha256, FileKind::Module)
             .map_err(|error| error.to_string())?;
-        if let Err(error) = std::fs::copy(path, file.temp_path()) {
+        let copied = std::fs::File::create(file.temp_path()).and_then(|mut temp| {
+            std::io::copy(&mut std::io::Read::take(source, max + 1), &mut temp)
+        });
+        let failed = match copied {
+            Ok(n) if n > max => Some(format!("more than the {max}-byte limit")),
+            Ok(_) => None,
+            Err(error) => Some(format!("copy failed: {error}")),
+        };
+        if let Some(reason) = failed {
             let _ = store.abort(file);
-            return Err(format!("copy failed: {error}"));
+            return Err(reason);
         }
         store
             .commit(file, request.now_ms)
@@ -1534,21 +1537,58 @@ fn check_rollback(
 }
 
 /// The file's bytes, `None` if it does not exist, an error if it is larger than `max`.
+///
+/// Only a regular file is read (a device such as `/dev/zero` reports no length and never
+/// ends; a FIFO would block the open), and never more than `max + 1` bytes of it, so a file
+/// that grows after its length was looked at is refused too.
 fn read_capped(path: &Path, max: u64) -> Result<Option<Vec<u8>>, String> {
+    use std::io::Read;
     let metadata = match std::fs::metadata(path) {
         Ok(metadata) => metadata,
         Err(error) if error.kind() == std::io::ErrorKind::NotFound => return Ok(None),
         Err(error) => return Err(error.to_string()),
     };
+    let (file, len) = open_regular(&metadata, path, max)?;
+    let mut bytes = Vec::with_capacity(len as usize);
+    file.take(max + 1)
+        .read_to_end(&mut bytes)
+        .map_err(|error| error.to_string())?;
+    if bytes.len() as u64 > max {
+        return Err(format!("more than the {max}-byte limit"));
+    }
+    Ok(Some(bytes))
+}
+
+/// Open `path` (whose `metadata` was looked at) for reading if it is a regular file of at
+/// most `max` bytes; its length.
+fn open_regular(
+    metadata: &std::fs::Metadata,
+    path: &Path,
+    max: u64,
+) -> Result<(std::fs::File, u64), String> {
+    let not_a_file = || "not a regular file".to_string();
+    if !metadata.is_file() {
+        return Err(not_a_file());
+    }
     if metadata.len() > max {
         return Err(format!(
             "{} bytes, more than the {max}-byte limit",
             metadata.len()
         ));
     }
-    std::fs::read(path)
-        .map(Some)
-        .map_err(|error| error.to_string())
+    let mut options = std::fs::OpenOptions::new();
+    options.read(true);
+    // Replaced by a FIFO since the look: the open must not wait for a writer.
+    #[cfg(target_os = "linux")]
+    {
+        use std::os::unix::fs::OpenOptionsExt;
+        options.custom_flags(rustix::fs::OFlags::NONBLOCK.bits() as i32);
+    }
+    let file = options.open(path).map_err(|error| error.to_string())?;
+    if !file.metadata().is_ok_and(|m| m.is_file()) {
+        return Err(not_a_file());
+    }
+    Ok((file, metadata.len()))
 }
 
 #[cfg(test)]
@@ -2504,6 +2544,32 @@ mod tests {
             .warnings
             .iter()
             .any(|w| w.contains("embedded module file")));
+    }
+
+    /// An embedded manifest or module that is a device (a link to `/dev/zero`) was read
+    /// until memory or the disk ran out: it reports no length and never ends.
+    #[cfg(unix)]
+    #[test]
+    fn embedded_files_that_are_no_regular_files_are_skipped_not_read_forever() {
+        let world = world();
+        let modules = [kotlin(), app_module("news", "v1")];
+        world.publish("news", &modules, 100);
+        let zero = Path::new("/dev/zero");
+        std::os::unix::fs::symlink(zero, world.embedded_dir.join("news.manifest.json")).unwrap();
+        std::os::unix::fs::symlink(zero, world.embedded_dir.join(modules[0].sha256())).unwrap();
+        let mut request = world.request("news", 1_000);
+        request.embedded_dir = Some(world.embedded_dir.clone());
+        let result = world.loader.load(&request).unwrap();
+        assert_eq!(result.manifest_source, LoadSource::Network);
+        assert_eq!(result.modules[0].source, ModuleSource::Network);
+        assert!(
+            result
+                .warnings
+                .iter()
+                .any(|w| w.contains("embedded manifest") && w.contains("not a regular file")),
+            "{:?}",
+            result.warnings
+        );
     }
 
     #[test]
