@@ -157,17 +157,22 @@ impl ModuleError {
     /// release still starts (the failure did not stop the load; it is its reason,
     /// [`crate::LoadSource::PinnedFallback`]). Not a configuration error (trusted keys, app
     /// name, a manifest URL the engine refuses), which the local manifests fail too or which
-    /// would load the old release for ever, nor a cancelled fetch.
+    /// would load the old release for ever, nor a cancelled fetch. A module URL the engine
+    /// refuses is the offered manifest's fault and falls back.
     pub fn allows_fallback(&self) -> bool {
         match self {
             ModuleError::InvalidTrustedKey { .. }
             | ModuleError::DuplicateTrustedKey { .. }
             | ModuleError::InvalidAppName { .. } => false,
-            ModuleError::ManifestFetch { source, .. } | ModuleError::ModuleFetch { source, .. } => {
-                !matches!(
-                    source.kind,
-                    crate::FetchErrorKind::Cancelled | crate::FetchErrorKind::InvalidRequest
-                )
+            ModuleError::ManifestFetch { source, .. } => !matches!(
+                source.kind,
+                crate::FetchErrorKind::Cancelled | crate::FetchErrorKind::InvalidRequest
+            ),
+            // A module's URL is the offered manifest's (its `baseUrl` is not even signed): a
+            // URL the engine refuses (credentials in it, a scheme it does not fetch) is the
+            // offer's fault, not the caller's.
+            ModuleError::ModuleFetch { source, .. } => {
+                !matches!(source.kind, crate::FetchErrorKind::Cancelled)
             }
             _ => true,
         }

@@ -2653,6 +2653,32 @@ mod tests {
     }
 
     #[test]
+    fn a_module_url_the_engine_refuses_falls_back_to_the_pinned_release() {
+        // An offered manifest's module URL with credentials in it (its unsigned `baseUrl`
+        // can say so) was taken for a configuration error: no fallback, and the app with a
+        // good pinned release did not start.
+        let world = news_v1_pinned();
+        let v2 = [kotlin(), app_module("news", "v2")];
+        let raw = world.publish("news", &v2, 200);
+        let manifest = Manifest::parse(&raw).unwrap();
+        let url = manifest
+            .module_url(&v2[1].id, &manifest_url("news"))
+            .unwrap()
+            .to_string();
+        lock(&world.fetcher.failing_modules).insert(
+            url,
+            FetchError::new(FetchErrorKind::InvalidRequest, "credentials in the URL"),
+        );
+        let result = world.loader.load(&world.request("news", 2_000)).unwrap();
+        assert!(
+            matches!(result.manifest_source, LoadSource::PinnedFallback { .. }),
+            "{:?}",
+            result.manifest_source
+        );
+        assert_eq!(result.version.as_deref(), Some("test-1"));
+    }
+
+    #[test]
     fn an_html_page_in_place_of_the_manifest_is_named_as_such_with_its_url() {
         let world = world();
         world.fetcher.serve_manifest(
