@@ -471,6 +471,10 @@ pub fn recovery_summary(report: &RecoveryReport) -> String {
             report.wrong_size_removed.len(),
             "files of the wrong size removed",
         ),
+        (
+            report.evicted_for_room.len(),
+            "unpinned files removed to make room on a full disk",
+        ),
     ];
     let text: Vec<String> = parts
         .iter()
@@ -493,6 +497,7 @@ pub fn recovery_json(report: &RecoveryReport) -> serde_json::Value {
         "orphan_files_removed": report.orphan_files_removed,
         "missing_files_forgotten": report.missing_files_forgotten,
         "wrong_size_removed": report.wrong_size_removed,
+        "evicted_for_room": report.evicted_for_room,
     })
 }
 

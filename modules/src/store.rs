@@ -98,6 +98,11 @@ fn index_error(op: &'static str) -> impl FnOnce(rusqlite::Error) -> StoreError {
     move |source| StoreError::Index { op, source }
 }
 
+/// The index could not write for want of space ("database or disk is full").
+fn disk_full(error: &rusqlite::Error) -> bool {
+    error.sqlite_error_code() == Some(rusqlite::ErrorCode::DiskFull)
+}
+
 /// A read that failed for want of the process's or the system's resources (open files,
 /// memory) or was interrupted: it says nothing of the file, which must not be removed for it.
 fn short_of_resources(error: &io::Error) -> bool {
@@ -283,6 +288,9 @@ pub struct RecoveryReport {
     pub missing_files_forgotten: Vec<String>,
     /// READY rows whose file had another size than recorded, removed with the file.
     pub wrong_size_removed: Vec<String>,
+    /// Unpinned files (least recently used first) removed with their rows to make room on
+    /// a full disk, where the index could not even forget the interrupted writes' rows.
+    pub evicted_for_room: Vec<String>,
 }
 
 impl RecoveryReport {
@@ -1041,8 +1049,7 @@ impl Store {
                 report.dirty_removed.push(sha256.clone());
             }
         }
-        cached_execute(&self.index, "DELETE FROM files WHERE state = 'DIRTY'", [])
-            .map_err(index_error("remove DIRTY rows"))?;
+        report.evicted_for_room = self.forget_dirty_rows()?;
 
         // 2. Files without a READY row, and temp files.
         let ready: std::collections::BTreeMap<String, u64> = {
@@ -1111,6 +1118,81 @@ impl Store {
         )
         .map_err(index_error("clamp last_used_ms"))?;
         Ok(report)
+    }
+
+    /// Delete the DIRTY rows (their files are dealt with). On a full disk the index cannot
+    /// grow its journal for even that, and every later command (a load of a pinned app,
+    /// the prune that would free space) failed at this point: room is made first, by
+    /// removing the store's temp files and then unpinned files, least recently used first,
+    /// one at a time until the index takes the change; their rows go in the same
+    /// transaction. A crash meanwhile leaves READY rows whose file is gone, which the next
+    /// open forgets. Returns the files evicted.
+    fn forget_dirty_rows(&mut self) -> Result<Vec<String>, StoreError> {
+        let mut evicted: Vec<String> = Vec::new();
+        let mut candidates: Option<std::vec::IntoIter<String>> = None;
+        loop {
+            let tried = self.index.transaction().and_then(|transaction| {
+                cached_execute(&transaction, "DELETE FROM files WHERE state = 'DIRTY'", [])?;
+                for sha256 in &evicted {
+                    cached_execute(
+                        &transaction,
+                        "DELETE FROM files WHERE sha256 = ?1",
+                        params![sha256],
+                    )?;
+                }
+                transaction.commit()
+            });
+            let error = match tried {
+                Ok(()) => break,
+                Err(error) if disk_full(&error) => error,
+                Err(error) => return Err(index_error("remove DIRTY rows")(error)),
+            };
+            let next = match &mut candidates {
+                Some(candidates) => candidates.next(),
+                None => {
+                    // First the temp files (nothing refers to them), then try again.
+                    for entry in fs::read_dir(&self.files_dir)
+                        .map_err(io_error("list", &self.files_dir))?
+                        .flatten()
+                    {
+                        if entry.file_name().to_string_lossy().ends_with(TEMP_SUFFIX) {
+                            remove_file_if_present(&entry.path())?;
+                        }
+                    }
+                    candidates = Some(self.eviction_order()?.into_iter());
+                    continue;
+                }
+            };
+            let Some(sha256) = next else {
+                return Err(index_error("remove DIRTY rows")(error));
+            };
+            remove_file_if_present(&self.files_dir.join(&sha256))?;
+            evicted.push(sha256);
+        }
+        if !evicted.is_empty() {
+            tracing::warn!(
+                files = evicted.len(),
+                "the disk was full: unpinned cached files removed to make room for the index"
+            );
+        }
+        Ok(evicted)
+    }
+
+    /// Unpinned READY files, least recently used first: what a prune evicts, in its order.
+    fn eviction_order(&self) -> Result<Vec<String>, StoreError> {
+        let mut statement = self
+            .index
+            .prepare(
+                "SELECT sha256 FROM files
+                 WHERE state = 'READY' AND sha256 NOT IN (SELECT sha256 FROM pins)
+                 ORDER BY last_used_ms ASC, sha256 ASC",
+            )
+            .map_err(index_error("list eviction candidates"))?;
+        let rows = statement
+            .query_map([], |row| row.get::<_, String>(0))
+            .map_err(index_error("list eviction candidates"))?;
+        rows.collect::<Result<_, _>>()
+            .map_err(index_error("list eviction candidates"))
     }
 
     fn hashes_in_state(&self, state: FileState) -> Result<Vec<String>, StoreError> {
@@ -3101,6 +3183,83 @@ mod tests {
         hashes.sort();
         assert_eq!(hashes, expected);
         assert_eq!(store.read(&sha256).unwrap(), b"interrupted");
+    }
+
+    /// A small tmpfs mounted for a test, unmounted when dropped; `None` where this process
+    /// may not mount (not root, or no CAP_SYS_ADMIN).
+    #[cfg(target_os = "linux")]
+    struct SmallDisk(tempfile::TempDir);
+
+    #[cfg(target_os = "linux")]
+    impl SmallDisk {
+        fn mount(size: &str) -> Option<SmallDisk> {
+            let dir = tempfile::TempDir::new().unwrap();
+            let mounted = std::process::Command::new("mount")
+                .args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"])
+                .arg(dir.path())
+                .stderr(std::process::Stdio::null())
+                .status()
+                .is_ok_and(|s| s.success());
+            mounted.then_some(SmallDisk(dir))
+        }
+
+        fn path(&self) -> &Path {
+            self.0.path()
+        }
+    }
+
+    #[cfg(target_os = "linux")]
+    impl Drop for SmallDisk {
+        fn drop(&mut self) {
+            let _ = std::process::Command::new("umount")
+                .arg(self.0.path())
+                .status();
+        }
+    }
+
+    #[cfg(target_os = "linux")]
+    #[test]
+    fn a_store_on_a_full_disk_evicts_unpinned_files_to_open_and_keeps_the_pinned_ones() {
+        // A load that ran out of space left DIRTY rows the index could not delete, and every
+        // later command (a load of the pinned app, the prune that would free space) failed
+        // when the store opened, for want of room for the index's journal.
+        let Some(disk) = SmallDisk::mount("2m") else {
+            eprintln!("skipped: this process may not mount a tmpfs (needs root)");
+            return;
+        };
+        let cache = disk.path().join("cache");
+        let (mut store, _) = open(&cache, 1);
+        let pinned = put(&mut store, &[7u8; 20_000], 1);
+        store
+            .set_pins("app", &pinned, &[], None, "https://a.test/m.json", 1)
+            .unwrap();
+        let unpinned: Vec<String> = (0..3u8)
+            .map(|n| put(&mut store, &vec![n; 200_000], 2 + u64::from(n)))
+            .collect();
+        // Interrupted writes, and a disk filled to the last byte by someone else.
+        for n in 0..5u32 {
+            let sha256 = sha256_hex(&n.to_le_bytes());
+            store.begin_write(&sha256, FileKind::Module).unwrap();
+        }
+        drop(store);
+        let filler = disk.path().join("filler");
+        let mut file = fs::File::create(&filler).unwrap();
+        while std::io::Write::write_all(&mut file, &[0u8; 4096]).is_ok() {}
+        drop(file);
+
+        let (mut store, report) = open(&cache, 10);
+        assert!(!report.evicted_for_room.is_empty(), "{report:?}");
+        assert_eq!(
+            report.evicted_for_room[..],
+            unpinned[..report.evicted_for_room.len()],
+            "least recently used first"
+        );
+        assert!(store.contains(&pinned).unwrap(), "the pinned file stays");
+        assert_eq!(store.read(&pinned).unwrap(), vec![7u8; 20_000]);
+        for sha256 in &report.evicted_for_room {
+            assert!(!store.contains(sha256).unwrap());
+            assert!(!cache.join("files").join(sha256).exists());
+        }
     }
 
     #[test]
