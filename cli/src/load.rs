@@ -410,6 +410,7 @@ pub fn module_exit_code(error: &ModuleError) -> i32 {
         ModuleError::ManifestTooLarge { .. }
         | ModuleError::ManifestSyntax(_)
         | ModuleError::ManifestNotObject
+        | ModuleError::ManifestNotSignable { .. }
         | ModuleError::InvalidSha256 { .. }
         | ModuleError::UnknownDependency { .. }
         | ModuleError::DependencyCycle { .. }

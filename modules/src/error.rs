@@ -22,6 +22,12 @@ pub enum ModuleError {
     #[error("manifest's top level is not a JSON object")]
     ManifestNotObject,
 
+    /// The signed part of the manifest holds something the signed bytes would not keep as
+    /// written (a key given twice in one object, a number that does not come back as
+    /// written): two documents that read differently would share a signature.
+    #[error("manifest cannot be verified as written: {reason}")]
+    ManifestNotSignable { reason: String },
+
     /// A module's `sha256` is not 64 hex digits.
     #[error("module {module:?} has sha256 {value:?}, expected 64 hex digits")]
     InvalidSha256 { module: String, value: String },

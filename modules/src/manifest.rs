@@ -301,10 +301,13 @@ impl Manifest {
 /// The bytes a manifest signature covers: the document with its top-level `unsigned` member
 /// removed, written back as compact JSON in the document's key order.
 ///
-/// Numbers and strings are re-encoded by serde_json: integers and plain strings come back
-/// byte-identical, but a signer that writes floats in another notation (`1e2`) or escapes
-/// characters serde_json writes raw (`\/`, `\u00e9`) signs different bytes. Zipline's signer
-/// writes compact JSON the same way for the fields a manifest has.
+/// Strings are re-encoded by serde_json: plain strings come back byte-identical, but a signer
+/// that escapes characters serde_json writes raw (`\/`, `\u00e9`) signs different bytes.
+/// Zipline's signer writes compact JSON the same way for the fields a manifest has. A
+/// document whose signed part gives a key twice in an object, or holds a number serde_json
+/// would write otherwise (`1e2`, `-0`, an integer past 64 bits), is refused
+/// ([`ModuleError::ManifestNotSignable`]): otherwise documents that read differently would
+/// verify with one signature.
 ///
 /// A document the round trip would only strip of whitespace is compacted from its text
 /// instead (see `compacted`): the same bytes, without building the document.
@@ -323,10 +326,181 @@ fn round_trip(raw: &[u8]) -> Result<Vec<u8>, ModuleError> {
     let object = document
         .as_object_mut()
         .ok_or(ModuleError::ManifestNotObject)?;
+    // Valid JSON (serde_json read it): what the parsed document would lose must not be
+    // signed away.
+    check_signable(raw)?;
     // shift_remove keeps the other keys in place; `remove` would swap the last key into the
     // hole and change the signed bytes.
     object.shift_remove("unsigned");
     serde_json::to_vec(&document).map_err(ModuleError::ManifestSyntax)
+}
+
+/// Refuses a document whose signed part the round trip would not keep as written: an
+/// object that gives a key twice (serde_json keeps one value; a reader that keeps the other
+/// would see what no signer signed, e.g. `"role": "admin"` before the signed
+/// `"role": "user"`), or a number serde_json writes back otherwise (`1e2`, `-0`, an integer
+/// past 64 bits: different numbers would verify with one signature). The top-level
+/// `unsigned` member is not signed and not looked at. `raw` is valid JSON.
+fn check_signable(raw: &[u8]) -> Result<(), ModuleError> {
+    let mut scan = Scan { raw, pos: 0 };
+    scan.value(0)
+        .map_err(|reason| ModuleError::ManifestNotSignable { reason })
+}
+
+/// A walk over valid JSON for [`check_signable`].
+struct Scan<'a> {
+    raw: &'a [u8],
+    pos: usize,
+}
+
+impl Scan<'_> {
+    fn skip_whitespace(&mut self) {
+        while matches!(self.raw.get(self.pos), Some(b' ' | b'\t' | b'\n' | b'\r')) {
+            self.pos += 1;
+        }
+    }
+
+    /// The value at the position; `depth` 0 is the document itself.
+    fn value(&mut self, depth: usize) -> Result<(), String> {
+        self.skip_whitespace();
+        match self.raw.get(self.pos) {
+            Some(b'{') => self.object(depth),
+            Some(b'[') => {
+                self.pos += 1;
+                loop {
+                    self.skip_whitespace();
+                    match self.raw.get(self.pos) {
+                        Some(b']') => break,
+                        Some(b',') => self.pos += 1,
+                        _ => self.value(depth + 1)?,
+                    }
+                }
+                self.pos += 1;
+                Ok(())
+            }
+            Some(b'"') => self.string().map(|_| ()),
+            Some(b'-' | b'0'..=b'9') => self.number(),
+            // true, false, null
+            _ => {
+                while self.raw.get(self.pos).is_some_and(u8::is_ascii_alphabetic) {
+                    self.pos += 1;
+                }
+                Ok(())
+            }
+        }
+    }
+
+    fn object(&mut self, depth: usize) -> Result<(), String> {
+        self.pos += 1;
+        let mut keys = std::collections::BTreeSet::new();
+        loop {
+            self.skip_whitespace();
+            match self.raw.get(self.pos) {
+                Some(b'}') | None => break,
+                Some(b',') => {
+                    self.pos += 1;
+                    continue;
+                }
+                _ => {}
+            }
+            let key = self.string()?;
+            self.skip_whitespace();
+            self.pos += 1; // ':'
+            if depth == 0 && key == "unsigned" {
+                let mut skip = Scan {
+                    raw: self.raw,
+                    pos: self.pos,
+                };
+                skip.skip_value();
+                self.pos = skip.pos;
+            } else {
+                self.value(depth + 1)?;
+            }
+            if !keys.insert(key.clone()) {
+                return Err(format!("an object gives the key {key:?} more than once"));
+            }
+        }
+        self.pos += 1;
+        Ok(())
+    }
+
+    /// A string, unescaped.
+    fn string(&mut self) -> Result<String, String> {
+        let start = self.pos;
+        self.pos += 1;
+        while let Some(&byte) = self.raw.get(self.pos) {
+            self.pos += 1;
+            match byte {
+                b'\\' => self.pos += 1,
+                b'"' => break,
+                _ => {}
+            }
+        }
+        serde_json::from_slice(&self.raw[start..self.pos]).map_err(|e| e.to_string())
+    }
+
+    fn number(&mut self) -> Result<(), String> {
+        let start = self.pos;
+        while matches!(
+            self.raw.get(self.pos),
+            Some(b'-' | b'+' | b'.' | b'e' | b'E' | b'0'..=b'9')
+        ) {
+            self.pos += 1;
+        }
+        let text = &self.raw[start..self.pos];
+        let written = serde_json::from_slice::<serde_json::Number>(text)
+            .ok()
+            .and_then(|n| serde_json::to_vec(&n).ok());
+        if written.as_deref() != Some(text) {
+            return Err(format!(
+                "the number {} would be signed as {}",
+                String::from_utf8_lossy(text),
+                written.map_or_else(
+                    || "something else".into(),
+                    |w| String::from_utf8_lossy(&w).into_owned()
+                )
+            ));
+        }
+        Ok(())
+    }
+
+    /// Past the value at the position, whatever it holds.
+    fn skip_value(&mut self) {
+        self.skip_whitespace();
+        match self.raw.get(self.pos) {
+            Some(b'{' | b'[') => {
+                let mut depth = 0usize;
+                while let Some(&byte) = self.raw.get(self.pos) {
+                    match byte {
+                        b'"' => {
+                            let _ = self.string();
+                            continue;
+                        }
+                        b'{' | b'[' => depth += 1,
+                        b'}' | b']' => {
+                            depth -= 1;
+                            if depth == 0 {
+                                self.pos += 1;
+                                return;
+                            }
+                        }
+                        _ => {}
+                    }
+                    self.pos += 1;
+                }
+            }
+            Some(b'"') => {
+                let _ = self.string();
+            }
+            _ => {
+                while self.raw.get(self.pos).is_some_and(|b| {
+                    !matches!(b, b',' | b'}' | b']' | b' ' | b'\t' | b'\n' | b'\r')
+                }) {
+                    self.pos += 1;
+                }
+            }
+        }
+    }
 }
 
 /// Nesting deeper than this goes the parsed way (serde_json has a limit of its own).
@@ -604,6 +778,45 @@ mod tests {
             format!(
                 r#"{{"modules":{{"b":{{"url":"b","sha256":"{HASH_B}"}},"a":{{"sha256":"{HASH_A}","url":"a"}}}},"mainModuleId":"b","zeta":{{"unsigned":1}}}}"#
             )
+        );
+    }
+
+    #[test]
+    fn signed_bytes_refuse_what_they_would_not_keep_as_written() {
+        let signed = |text: &str| signed_bytes(text.as_bytes());
+        // A key given twice in a nested object: one value is signed, a reader may use the
+        // other.
+        let twice = r#"{"metadata":{"role":"admin","role":"user"}}"#;
+        let escaped = r#"{"metadata":{"role":"admin","\u0072ole":"user"}}"#;
+        for text in [twice, escaped] {
+            match signed(text) {
+                Err(ModuleError::ManifestNotSignable { reason }) => {
+                    assert!(reason.contains("\"role\" more than once"), "{reason}")
+                }
+                other => panic!("{text}: {other:?}"),
+            }
+        }
+        // Numbers serde_json would write otherwise: different values, one signature.
+        for number in [
+            "123456789012345678901234567890",
+            "-0",
+            "1.5e300",
+            "1E2",
+            "1.50",
+        ] {
+            let text = format!(r#"{{"metadata":{{"n":{number}}}, "x": [1]}}"#);
+            match signed(&text) {
+                Err(ModuleError::ManifestNotSignable { reason }) => {
+                    assert!(reason.contains(number), "{reason}")
+                }
+                other => panic!("{text}: {other:?}"),
+            }
+        }
+        // Numbers that come back as written, escapes, and anything in the unsigned part.
+        let fine = r#"{"unsigned":{"a":1,"a":1e2},"metadata":{"n":[1.5,0.1,-3,1e+300,2.2968114317930053e+173],"s":"\u00e9"}}"#;
+        assert_eq!(
+            String::from_utf8(signed(fine).unwrap()).unwrap(),
+            r#"{"metadata":{"n":[1.5,0.1,-3,1e+300,2.2968114317930053e+173],"s":"é"}}"#
         );
     }
 
