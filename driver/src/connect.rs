@@ -144,6 +144,19 @@ pub fn connection_closed() -> haul_core::IoResult {
     ))
 }
 
+/// The completion of a `Send` on a connection whose server sent something (bytes, or its
+/// end) that no request asked for. Before a request goes out any input can only be stale:
+/// a `408` a server sends to an idle connection before closing it, or bytes past the last
+/// response's end; read after the request, it would be taken for that request's response
+/// (the bytes of another file saved under this one's name). The engine replaces such a
+/// reused connection as one the server closed while idle.
+pub fn unsolicited_input() -> haul_core::IoResult {
+    haul_core::IoResult::Failed(IoFailure::new(
+        IoErrorKind::Reset,
+        "the server sent data on the connection before the request (a stale answer); not reused",
+    ))
+}
+
 fn setup_failure(e: &std::io::Error, target: &Origin) -> IoFailure {
     IoFailure::new(
         IoErrorKind::ConnectFailed,

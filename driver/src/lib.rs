@@ -29,7 +29,7 @@ use bytes::{Bytes, BytesMut};
 
 use std::collections::VecDeque;
 
-pub use connect::{connection_closed, establish, net_failure, Established};
+pub use connect::{connection_closed, establish, net_failure, unsolicited_input, Established};
 pub use files::{BlockingSpawner, BlockingWork, Completions, Files, Threads};
 pub use host::{event_job, Host};
 pub use transport::{Plain, TlsSetup, TlsSetupError, Transport};

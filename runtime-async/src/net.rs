@@ -18,8 +18,8 @@ use futures_util::future::{select, Either};
 use futures_util::StreamExt;
 use haul_core::{ConnId, IoFailure, IoId, IoOp, IoRequest, IoResult};
 use haul_driver::{
-    connection_closed, establish, net_failure, Completions, Established, Plain, ReadSlab, TlsSetup,
-    Transport,
+    connection_closed, establish, net_failure, unsolicited_input, Completions, Established, Plain,
+    ReadSlab, TlsSetup, Transport,
 };
 
 use crate::driver::Sink;
@@ -231,6 +231,18 @@ async fn connection<R: AsyncRuntime>(
                 None => waiting = Some((id, max)),
             },
             Step::Cmd(Some(Cmd::Send(id, data))) => {
+                // Input before the request (read ahead already, or there now) can only be
+                // stale: see `unsolicited_input`.
+                if ahead.is_none() && !ended {
+                    if let Some(r) = futures_util::FutureExt::now_or_never(link.read()) {
+                        ended = !matches!(r, IoResult::Data(_));
+                        ahead = Some(r);
+                    }
+                }
+                if ahead.is_some() || ended {
+                    sink.complete(id, unsolicited_input());
+                    continue;
+                }
                 let r = link.send(&data).await;
                 sink.complete(id, r);
             }

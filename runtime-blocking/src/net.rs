@@ -31,7 +31,8 @@ use bytes::Bytes;
 use haul_core::http::Origin;
 use haul_core::{Config, ConnId, IoFailure, IoId, IoOp, IoRequest, IoResult, ProxyHop};
 use haul_driver::{
-    connection_closed, establish, net_failure, Established, Plain, ReadSlab, TlsSetup, Transport,
+    connection_closed, establish, net_failure, unsolicited_input, Established, Plain, ReadSlab,
+    TlsSetup, Transport,
 };
 use mio::net::TcpStream;
 use mio::{Events, Interest, Poll, Token};
@@ -152,8 +153,12 @@ impl Net {
             IoOp::Connect { conn, origin, via } => self.connect(req.id, conn, origin, via),
             IoOp::Send { conn, data } => match self.conns.get_mut(&conn) {
                 Some(Conn::Up(link)) => {
-                    link.queue_send(req.id, data, &mut self.done);
-                    link.flush(&mut self.done);
+                    if link.unsolicited_input(&mut self.wire) {
+                        self.done.push((req.id, unsolicited_input()));
+                    } else {
+                        link.queue_send(req.id, data, &mut self.done);
+                        link.flush(&mut self.done);
+                    }
                 }
                 _ => self.done.push((req.id, connection_closed())),
             },
@@ -435,6 +440,48 @@ impl Net {
 }
 
 impl Link {
+    /// Whether the server sent something no request asked for (see
+    /// [`unsolicited_input`]): looked at before each request goes out. Plain TCP peeks; with
+    /// TLS what arrived goes to the transport (where a record without plaintext, a session
+    /// ticket, is nothing), and any plaintext or an end is unsolicited.
+    fn unsolicited_input(&mut self, wire: &mut Vec<u8>) -> bool {
+        let Some(t) = self.transport.as_mut() else {
+            let mut byte = [0u8; 1];
+            return loop {
+                match self.stream.peek(&mut byte) {
+                    // Bytes, or the end (0).
+                    Ok(_) => break true,
+                    Err(e) if e.kind() == ErrorKind::WouldBlock => break false,
+                    Err(e) if e.kind() == ErrorKind::Interrupted => {}
+                    Err(_) => break true,
+                }
+            };
+        };
+        if !t.is_open() {
+            return false;
+        }
+        loop {
+            if wire.is_empty() {
+                *wire = vec![0; haul_driver::READ_CHUNK];
+            }
+            match (&self.stream).read(wire) {
+                Ok(0) => {
+                    t.feed_wire(&[]);
+                    break;
+                }
+                Ok(n) => t.feed_wire(&wire[..n]),
+                Err(e) if e.kind() == ErrorKind::WouldBlock => {
+                    self.readable = false;
+                    break;
+                }
+                Err(e) if e.kind() == ErrorKind::Interrupted => {}
+                Err(_) => return true,
+            }
+        }
+        let mut probe = [0u8; 1];
+        !matches!(t.read_plain(&mut probe), Ok(Plain::NeedWire))
+    }
+
     /// Queue `data` (through the transport, if any) for writing; complete `id` when it left.
     fn queue_send(&mut self, id: IoId, data: Bytes, done: &mut Vec<(IoId, IoResult)>) {
         let wire = match self.transport.as_mut() {

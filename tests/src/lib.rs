@@ -232,6 +232,7 @@ macro_rules! all_scenarios {
             origin_that_fails_then_recovers_is_retried,
             changed_representation_between_runs_restarts_from_zero,
             sequential_downloads_reuse_one_connection,
+            input_on_an_idle_connection_is_not_taken_for_the_next_response,
             content_disposition_names_the_file_in_a_directory,
             destination_that_already_verifies_is_not_downloaded_again,
             segmented_download_reassembles_the_exact_bytes,

@@ -671,6 +671,74 @@ pub fn sequential_downloads_reuse_one_connection<R: Runtime>() {
     assert_eq!(std::fs::read(dir.path().join("b")).unwrap(), b);
 }
 
+/// A server that sends, on a keep-alive connection left idle, bytes no request asked for
+/// (an answer ahead of any request; a `408` before it closes is the common case): the next
+/// download over that connection took them for its response and saved them as its file. It
+/// goes on a new connection instead.
+pub fn input_on_an_idle_connection_is_not_taken_for_the_next_response<R: Runtime>() {
+    use std::io::{Read, Write};
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::sync::Arc;
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let connections = Arc::new(AtomicUsize::new(0));
+    let counted = connections.clone();
+    std::thread::spawn(move || {
+        for stream in listener.incoming() {
+            let Ok(mut stream) = stream else { return };
+            counted.fetch_add(1, Ordering::SeqCst);
+            std::thread::spawn(move || {
+                let mut head = Vec::new();
+                let mut byte = [0u8; 1];
+                while let Ok(1) = stream.read(&mut byte) {
+                    head.push(byte[0]);
+                    if !head.ends_with(b"\r\n\r\n") {
+                        continue;
+                    }
+                    let request = String::from_utf8_lossy(&head).into_owned();
+                    head.clear();
+                    let answer: &[u8] = if request.starts_with("GET /a ") {
+                        b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nhello"
+                    } else {
+                        b"HTTP/1.1 200 OK\r\nContent-Length: 6\r\n\r\nworld!"
+                    };
+                    if stream.write_all(answer).is_err() {
+                        return;
+                    }
+                    if request.starts_with("GET /a ") {
+                        // Then, unasked, another answer while the connection is idle.
+                        std::thread::sleep(Duration::from_millis(50));
+                        let _ = stream
+                            .write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 6\r\n\r\nEVIL!\n");
+                    }
+                }
+            });
+        }
+    });
+    let dir = TempDir::new().unwrap();
+    let url = |path: &str| format!("http://127.0.0.1:{port}{path}");
+    let rt = R::with_config(fast_config());
+    rt.download(
+        Download::new(&url("/a"), dir.path().join("a")).unwrap(),
+        &mut Vec::new(),
+    )
+    .unwrap();
+    // The unasked answer has arrived by now.
+    std::thread::sleep(Duration::from_millis(300));
+    rt.download(
+        Download::new(&url("/b"), dir.path().join("b")).unwrap(),
+        &mut Vec::new(),
+    )
+    .unwrap();
+    assert_eq!(std::fs::read(dir.path().join("a")).unwrap(), b"hello");
+    assert_eq!(std::fs::read(dir.path().join("b")).unwrap(), b"world!");
+    assert_eq!(
+        connections.load(Ordering::SeqCst),
+        2,
+        "a new connection for /b"
+    );
+}
+
 pub fn content_disposition_names_the_file_in_a_directory<R: Runtime>() {
     let data = body(21, 5000);
     let (origin, dir) = setup(
