@@ -555,8 +555,19 @@ pub fn is_reserved_name(name: &str) -> bool {
         .any(|suffix| name.ends_with(suffix))
 }
 
-/// A name usable as a single path component (at most [`MAX_NAME_BYTES`] long, and not one
-/// of haul's working file names, see [`RESERVED_SUFFIXES`]), or None.
+/// Characters that change the direction text is shown in (the bidirectional overrides,
+/// embeddings, isolates and marks): in a name a server or URL chooses they make it display
+/// as another (`invoice\u{202E}fdp.exe` reads "invoiceexe.pdf").
+fn is_bidi_control(c: char) -> bool {
+    matches!(
+        c,
+        '\u{061C}' | '\u{200E}' | '\u{200F}' | '\u{202A}'..='\u{202E}' | '\u{2066}'..='\u{2069}'
+    )
+}
+
+/// A name usable as a single path component (at most [`MAX_NAME_BYTES`] long, no control or
+/// bidirectional formatting character, and not one of haul's working file names, see
+/// [`RESERVED_SUFFIXES`]), or None.
 pub fn sanitize_file_name(name: &str) -> Option<String> {
     let name = name.trim();
     if name.is_empty()
@@ -564,7 +575,7 @@ pub fn sanitize_file_name(name: &str) -> Option<String> {
         || name == "."
         || name == ".."
         || name.contains(['/', '\\', '\0'])
-        || name.chars().any(char::is_control)
+        || name.chars().any(|c| c.is_control() || is_bidi_control(c))
         || is_reserved_name(name)
     {
         return None;
@@ -901,6 +912,23 @@ mod tests {
         }
         assert!(Download::new("http://h/x", "/dl/a.haul-partial").is_ok());
         assert!(Download::new("http://h/x", "/dl/notes.tmp").is_ok());
+    }
+
+    #[test]
+    fn names_that_would_display_as_other_names_are_not_used() {
+        // A right-to-left override makes "invoice\u{202E}fdp.exe" read "invoiceexe.pdf".
+        for name in [
+            "invoice\u{202E}fdp.exe",
+            "a\u{2067}b",
+            "x\u{200F}.txt",
+            "\u{061C}y",
+        ] {
+            assert_eq!(sanitize_file_name(name), None, "{name:?}");
+        }
+        let url = url::Url::parse("http://h/invoice%E2%80%AEfdp.exe").unwrap();
+        assert_eq!(file_name_from_url(&url), "download");
+        // Right-to-left text itself is a name like any other.
+        assert_eq!(sanitize_file_name("שלום.txt").as_deref(), Some("שלום.txt"));
     }
 
     #[test]
