@@ -476,8 +476,14 @@ impl Reporter {
         let queued_label = self.queued_labels.remove(&job);
         let url = self.urls.remove(&job);
         let located = self.located.remove(&job);
-        // A file written unnamed (a small one) keeps nothing when cancelled.
-        let nothing_kept = view.as_ref().and_then(|v| v.resumable) == Some(false);
+        // A file written unnamed (a small one), or served without a validator to resume
+        // against, keeps nothing when cancelled; nor does one that got no byte yet. One
+        // interrupted before any answer keeps what an earlier run left, if anything.
+        let resumable = view.as_ref().and_then(|v| v.resumable);
+        let nothing_kept = resumable == Some(false)
+            || (resumable == Some(true) && view.as_ref().is_some_and(|v| v.bytes == 0));
+        let unanswered = resumable.is_none();
+        let (got, total) = view.as_ref().map_or((0, None), |v| (v.bytes, v.total));
         // Never started (still queued): an interruption has nothing to say about it (a list
         // of 2,000 files printed 2,000 "interrupted" lines); the summary counts it.
         let never_started = view.is_none();
@@ -547,10 +553,25 @@ impl Reporter {
             (Mode::Bars | Mode::Plain | Mode::Quiet, Err(DownloadError::Cancelled))
                 if nothing_kept =>
             {
+                let small = haul_core::Config::default().unnamed_max;
+                let why = if got == 0 {
+                    "nothing had arrived".to_string()
+                } else if total.is_some_and(|t| t <= small) {
+                    format!("a file of {} or less is written whole", human_bytes(small))
+                } else {
+                    "the server named no ETag or Last-Modified to resume against".to_string()
+                };
                 self.println(&format!(
-                    "haul: {label}: interrupted; nothing of it is kept (a file of {} or less is \
-                     written whole): the same command again fetches it",
-                    human_bytes(haul_core::Config::default().unnamed_max)
+                    "haul: {label}: interrupted; nothing of it is kept ({why}): the same command \
+                     again fetches it"
+                ))
+            }
+            (Mode::Bars | Mode::Plain | Mode::Quiet, Err(DownloadError::Cancelled))
+                if unanswered =>
+            {
+                self.println(&format!(
+                    "haul: {label}: interrupted before the server answered; the same command \
+                     again tries it"
                 ))
             }
             (Mode::Bars | Mode::Plain | Mode::Quiet, Err(DownloadError::Cancelled)) => {

@@ -1062,6 +1062,52 @@ fn symbolic_links_planted_at_working_names_are_never_written_through() {
 }
 
 #[test]
+fn an_interrupted_download_without_a_validator_says_nothing_is_kept() {
+    // A server that names no ETag or Last-Modified gives a resume nothing to check the
+    // partial against: it is not kept, and the message promised a resume all the same.
+    use std::io::{Read, Write};
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    std::thread::spawn(move || {
+        for stream in listener.incoming() {
+            let Ok(mut stream) = stream else { return };
+            std::thread::spawn(move || {
+                let mut head = Vec::new();
+                let mut byte = [0u8; 1];
+                while !head.ends_with(b"\r\n\r\n") && stream.read(&mut byte).is_ok_and(|n| n == 1) {
+                    head.push(byte[0]);
+                }
+                let _ = stream.write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 3000000\r\n\r\n");
+                let _ = stream.write_all(&data(1_200_000));
+                // Then nothing more, the connection open.
+                std::thread::sleep(std::time::Duration::from_secs(30));
+            });
+        }
+    });
+    let dir = tempfile::tempdir().unwrap();
+    let dest = dir.path().join("big");
+    let child = haul()
+        .args(["get", &format!("http://127.0.0.1:{port}/big"), "-o"])
+        .arg(&dest)
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let out = signal_once_written(child, &dir.path().join("big.haul-part"), 1_000_000, "INT");
+    assert_eq!(out.status.code(), Some(130), "{out:?}");
+    let said = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        said.contains("big: interrupted; nothing of it is kept (the server named no ETag"),
+        "{said}"
+    );
+    assert!(!said.contains("resumes"), "{said}");
+    assert_eq!(
+        std::fs::read_dir(dir.path()).unwrap().count(),
+        0,
+        "nothing left"
+    );
+}
+
+#[test]
 fn an_interrupted_list_names_only_the_downloads_that_had_started() {
     // Each queued file got its own "interrupted; the same command again resumes it" line,
     // though it had never started: 2,000 lines for a list of 2,000.

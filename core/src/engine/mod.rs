@@ -157,7 +157,8 @@ pub enum Event {
         /// Whether the bytes go to a named partial that a cancel keeping partials, an error
         /// or a crash leaves for a later resume; false for a file written unnamed (small
         /// ones, see [`Config::unnamed_max`](crate::Config::unnamed_max)), of which nothing
-        /// survives.
+        /// survives, and for a response without a validator (`ETag`, `Last-Modified`) that
+        /// a resume could be checked against, whose partial is not kept.
         resumable: bool,
     },
     /// The job moved to another of its URLs for this attempt (after a failure, or because

@@ -1041,7 +1041,8 @@ impl Engine {
                         j.transfers.remove(&tid);
                         self.close_conn(conn);
                         self.ensure_file(id);
-                        let resumable = !self.jobs[&id].unnamed;
+                        let resumable =
+                            !self.jobs[&id].unnamed && self.jobs[&id].validator.is_some();
                         self.event(Event::Response {
                             job: id,
                             status: 416,
@@ -1388,7 +1389,7 @@ impl Engine {
         };
         let (status, total, offset) = (head.status, j.total, t.pos);
         self.ensure_file(id);
-        let resumable = !self.jobs[&id].unnamed;
+        let resumable = !self.jobs[&id].unnamed && self.jobs[&id].validator.is_some();
         self.event(Event::Response {
             job: id,
             status,
