@@ -155,6 +155,9 @@ impl std::error::Error for FetchError {}
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ModuleFetch {
     pub url: Url,
+    /// Other URLs the manifest lists the same bytes under (modules with one sha256): a
+    /// fetcher fails over to them.
+    pub mirrors: Vec<Url>,
     /// Lowercase hex SHA-256 the bytes must have.
     pub sha256: String,
     /// Stop and fail beyond this many bytes.
@@ -471,6 +474,8 @@ struct Wanted {
     id: ModuleId,
     sha256: String,
     url: Url,
+    /// The URLs of other module ids with the same sha256: the same bytes, so mirrors.
+    mirrors: Vec<Url>,
     embedded: Option<PathBuf>,
 }
 
@@ -834,7 +839,7 @@ impl<F: Fetcher> Loader<F> {
         network: NetworkUse,
         warnings: &mut Vec<String>,
     ) -> Result<Obtained, ModuleError> {
-        let mut wanted = Vec::new();
+        let mut wanted: Vec<Wanted> = Vec::new();
         let mut seen = std::collections::BTreeSet::new();
         for id in &candidate.order {
             let entry = candidate
@@ -842,7 +847,17 @@ impl<F: Fetcher> Loader<F> {
                 .modules
                 .get(id.as_str())
                 .ok_or_else(|| ModuleError::UnknownModule { id: id.to_string() })?;
+            let url = candidate
+                .manifest
+                .module_url(id.as_str(), &candidate.module_base)?;
             if !seen.insert(entry.sha256.clone()) {
+                // The same bytes under another id: its URL serves them too. Fetched once,
+                // from either (the result no longer depends on which id comes first).
+                if let Some(first) = wanted.iter_mut().find(|w| w.sha256 == entry.sha256) {
+                    if first.url != url && !first.mirrors.contains(&url) {
+                        first.mirrors.push(url);
+                    }
+                }
                 continue;
             }
             let embedded = request
@@ -853,9 +868,8 @@ impl<F: Fetcher> Loader<F> {
             wanted.push(Wanted {
                 id: id.clone(),
                 sha256: entry.sha256.clone(),
-                url: candidate
-                    .manifest
-                    .module_url(id.as_str(), &candidate.module_base)?,
+                url,
+                mirrors: Vec::new(),
                 embedded,
             });
         }
@@ -1121,6 +1135,7 @@ impl<F: Fetcher> Loader<F> {
             .iter()
             .map(|(item, file)| ModuleFetch {
                 url: item.url.clone(),
+                mirrors: item.mirrors.clone(),
                 sha256: item.sha256.clone(),
                 max_bytes: request.module_max_bytes,
                 dest: file.temp_path().to_path_buf(),
@@ -1689,13 +1704,19 @@ mod tests {
                     if let Some(error) = lock(&self.module_failure).clone() {
                         return Err(error);
                     }
-                    if let Some(error) = lock(&self.failing_modules).get(job.url.as_str()) {
-                        return Err(error.clone());
-                    }
-                    let bytes = lock(&self.modules)
-                        .get(job.url.as_str())
-                        .cloned()
-                        .ok_or_else(|| FetchError::content(format!("404 for {}", job.url)))?;
+                    // The first of its URLs that serves, as the engine fails over.
+                    let serve = |url: &Url| {
+                        if let Some(error) = lock(&self.failing_modules).get(url.as_str()) {
+                            return Err(error.clone());
+                        }
+                        lock(&self.modules)
+                            .get(url.as_str())
+                            .cloned()
+                            .ok_or_else(|| FetchError::content(format!("404 for {url}")))
+                    };
+                    let bytes = job.mirrors.iter().fold(serve(&job.url), |got, mirror| {
+                        got.or_else(|_| serve(mirror))
+                    })?;
                     let (path, delivery) = if self.in_place.load(Ordering::SeqCst) {
                         let size = bytes.len() as u64;
                         (&job.store_path, Delivery::Committed { size })
@@ -2650,6 +2671,32 @@ mod tests {
             matches!(&error, ModuleError::ManifestFetch { source, .. } if source.kind == FetchErrorKind::InvalidRequest),
             "{error:?}"
         );
+    }
+
+    #[test]
+    fn one_hash_under_two_ids_is_fetched_once_from_either_url() {
+        // Which id came first decided: with the failing URL first the load failed, with
+        // it second the load succeeded without asking it. Either URL now serves.
+        for failing_first in [true, false] {
+            let world = world();
+            let shared = b"shared runtime bytes";
+            let x = ModuleSpec::new("./x.js", shared, &[]);
+            let y = ModuleSpec::new("./y.js", shared, &[]);
+            let main = ModuleSpec::new("./main.js", b"main", &["./x.js", "./y.js"]);
+            let raw = world.publish("news", &[x.clone(), y.clone(), main], 100);
+            let manifest = Manifest::parse(&raw).unwrap();
+            let failing = if failing_first { &x } else { &y };
+            let url = manifest
+                .module_url(&failing.id, &manifest_url("news"))
+                .unwrap();
+            lock(&world.fetcher.failing_modules)
+                .insert(url.to_string(), FetchError::content("404"));
+            let result = world.loader.load(&world.request("news", 1_000)).unwrap();
+            assert_eq!(result.modules.len(), 3, "failing first: {failing_first}");
+            let hash = sha256_hex(shared);
+            let fetched = world.fetcher.fetched();
+            assert_eq!(fetched.iter().filter(|h| **h == hash).count(), 1);
+        }
     }
 
     #[test]

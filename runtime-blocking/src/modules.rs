@@ -237,7 +237,11 @@ fn module_download(job: &ModuleFetch) -> Result<Download, DownloadError> {
     // earlier download is at a store path it hands out (a hash without a READY row has no
     // file: a failed fetch's leftovers are removed below, and the store's recovery removes
     // any file it has not recorded), so there is nothing for the engine to look for.
-    Ok(Download::from_url(job.url.clone(), &job.store_path)?
+    let mut download = Download::from_url(job.url.clone(), &job.store_path)?;
+    for mirror in &job.mirrors {
+        download = download.mirror(mirror.as_str())?;
+    }
+    Ok(download
         .sha256(&job.sha256)?
         .max_size(job.max_bytes)
         .defer_sync()
@@ -303,6 +307,7 @@ mod tests {
         temp_name.push(".temp");
         ModuleFetch {
             url: url(url_text),
+            mirrors: Vec::new(),
             sha256: sha256_hex(expected),
             max_bytes,
             dest: store_path.with_file_name(temp_name),
@@ -327,6 +332,21 @@ mod tests {
             .unwrap()
             .port();
         format!("http://127.0.0.1:{port}{path}")
+    }
+
+    #[test]
+    fn a_module_listed_under_several_urls_is_fetched_from_the_next_when_one_fails() {
+        let origin = Origin::start().unwrap();
+        let dir = tempfile::TempDir::new().unwrap();
+        let body = vec![7u8; 3000];
+        origin.route("/good", body.clone(), Behavior::Normal);
+        let mut fetch = job(&origin.url("/gone"), &body, 1 << 20, dir.path().join("m"));
+        fetch.mirrors.push(url(&origin.url("/good")));
+        let client = client();
+        let results = client.module_fetcher(2).fetch_modules(vec![fetch]);
+        assert_eq!(results.len(), 1);
+        assert!(results[0].is_ok(), "{:?}", results[0]);
+        assert_eq!(std::fs::read(dir.path().join("m")).unwrap(), body);
     }
 
     #[test]
