@@ -991,13 +991,43 @@ fn a_list_for_a_dead_origin_fails_after_its_retries_not_through_doubling_cooldow
         last <= at(secs(31).max(cooldown) + secs(5)),
         "the list ended at {last}; the retries' backoffs add up to 31 s"
     );
-    // Sixteen first tries, sent together: they fail as one incident and count once. Four
-    // retries, each sent after the last failure counted, count one each and open the
-    // breaker at the fifth. Then one probe per cool-down (at 10 and 30 s: the breaker's
-    // doubling waits). The jobs that tried end with their own failure; only the four that
-    // left the queue last, which never tried, with CircuitOpen.
-    assert_eq!(h.connects(), 16 + 4 + 2);
+    // Sixteen first tries (each refusal counts: the fifth opens the breaker) and one probe
+    // per cool-down (at 10 and 30 s: the breaker's doubling waits). The jobs that tried
+    // end with their own failure; only the four that left the queue last, which never
+    // tried, with CircuitOpen.
+    assert_eq!(h.connects(), 18);
     assert_eq!(circuit_open, 4, "jobs that failed with CircuitOpen");
+}
+
+#[test]
+fn a_host_that_never_answers_opens_its_breaker_after_the_first_wave_of_timeouts() {
+    // Every connect hangs until the connect timeout. Sixteen that time out together are
+    // sixteen requests that each waited in vain, not one broken-connection incident: counted
+    // as one per wave, the breaker opened only after five waves (84 s), when the downloads
+    // had spent their retries.
+    let mut h = Harness::new(default_policies());
+    h.serve(ORIGIN, file_server(pattern(1_000, 9)));
+    h.connect_plan(ORIGIN, |_| ConnectPlan::Hang);
+    let jobs: Vec<JobId> = (0..40)
+        .map(|n| {
+            let url = format!("http://a.test/files/f{n}.bin");
+            h.submit(Download::new(&url, format!("/dl/f{n}.bin")).unwrap())
+        })
+        .collect();
+    for &job in &jobs {
+        assert!(h.run(job).is_err());
+    }
+    let opened = h
+        .events
+        .iter()
+        .find(|(_, e)| matches!(e, Event::BreakerOpened { .. }))
+        .map(|(t, _)| *t);
+    let connect_timeout = h.engine.config().connect_timeout;
+    assert!(
+        opened.is_some_and(|t| t <= at(connect_timeout + secs(1))),
+        "breaker opened at {opened:?}, connects {}",
+        h.connects()
+    );
 }
 
 #[test]
@@ -1009,8 +1039,7 @@ fn without_retries_a_list_for_a_dead_origin_ends_at_once_not_after_a_cool_down()
     let mut h = Harness::new(cfg);
     h.serve(ORIGIN, file_server(pattern(1_000, 9)));
     h.connect_plan(ORIGIN, |_| ConnectPlan::Fail(IoErrorKind::ConnectFailed));
-    // Sixteen at a time: each wave fails together and counts once; the fifth opens it.
-    let jobs: Vec<JobId> = (0..120)
+    let jobs: Vec<JobId> = (0..40)
         .map(|n| {
             let url = format!("http://a.test/files/f{n}.bin");
             h.submit(Download::new(&url, format!("/dl/f{n}.bin")).unwrap())
@@ -1034,7 +1063,7 @@ fn without_retries_a_list_for_a_dead_origin_ends_at_once_not_after_a_cool_down()
     assert!(circuit_open > 0, "some downloads never tried");
     assert_eq!(
         h.connects() + circuit_open,
-        120,
+        40,
         "one try or none per download"
     );
 }

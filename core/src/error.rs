@@ -297,6 +297,24 @@ impl DownloadError {
         }
     }
 
+    /// Whether an established connection broke under the request: reset, closed, or a body
+    /// cut short. This is what every connection in flight suffers at once when a server
+    /// restarts or a network path blips, so for the breaker such failures of requests in
+    /// flight together are one incident (see
+    /// [`Breaker::on_request_failure`](crate::policy::Breaker::on_request_failure)). A
+    /// timeout, a refused connection or an error answer is not: each concurrent request that
+    /// waited out its timeout or got its own answer says something of its own.
+    pub fn breaks_connection(&self) -> bool {
+        matches!(
+            self,
+            DownloadError::Connection { .. }
+                | DownloadError::Protocol {
+                    source: crate::http::HttpError::Truncated { .. },
+                    ..
+                }
+        )
+    }
+
     /// Whether this failure counts towards the origin's circuit breaker: one that counts
     /// against the origin, except a 429 or 503 that says when to come back (`Retry-After`).
     /// That answer comes from a server that is up and chose to say "not now" to one request,

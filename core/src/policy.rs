@@ -221,17 +221,25 @@ impl Breaker {
     /// (every connection reset by one restart of the server, a burst of 503s to requests
     /// sent at once) are the same incident, not several consecutive failures. Each request
     /// sent after a counted failure, knowing of it, that fails again does count. A failure
-    /// while half-open always counts (it reopens); an open breaker ignores failures.
+    /// while half-open always counts (it reopens); an open breaker ignores failures. The
+    /// caller gives `u64::MAX` as `sent` for a failure that is no part of an incident of
+    /// others (a timeout, a refusal, an answer: see
+    /// [`DownloadError::breaks_connection`](crate::DownloadError::breaks_connection)).
     pub fn on_request_failure(&mut self, now: Instant, sent: u64, clock: &mut u64) -> bool {
-        match self.state(now) {
-            BreakerState::Closed { .. } if sent < self.counted_at => return false,
-            BreakerState::Open { .. } => return false,
-            _ => {}
+        if self.same_incident(now, sent) || matches!(self.state(now), BreakerState::Open { .. }) {
+            return false;
         }
         *clock += 1;
         self.counted_at = *clock;
         self.on_failure(now);
         true
+    }
+
+    /// Whether the failure of a request sent when the caller's failure clock read `sent` is
+    /// part of an incident this closed breaker already counted (see
+    /// [`Breaker::on_request_failure`]).
+    pub fn same_incident(&mut self, now: Instant, sent: u64) -> bool {
+        matches!(self.state(now), BreakerState::Closed { .. }) && sent < self.counted_at
     }
 
     /// A probe ended without a verdict (cancelled): admit another.

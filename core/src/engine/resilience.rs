@@ -376,44 +376,62 @@ impl Engine {
         error: &DownloadError,
         sent: u64,
     ) {
-        if !error.counts_against_origin() {
+        if !error.counts_against_origin() || self.jobs.get(&id).is_none_or(|j| j.failure_noted) {
             return;
         }
-        match self.jobs.get_mut(&id) {
-            Some(j) if !j.failure_noted => j.failure_noted = true,
-            _ => return,
+        // A failure of the same incident as one counted leaves the attempt free to count a
+        // later one of its own (a segment sent after it).
+        if self.count_origin_failure(id, url, error, sent) {
+            self.jobs.get_mut(&id).expect("checked").failure_noted = true;
         }
-        self.count_origin_failure(id, url, error, sent);
     }
 
     /// Count one failure against `url`'s origin: its mirror score, and its breaker when
-    /// the failure counts there (see [`DownloadError::counts_toward_breaker`]) and the
-    /// request, sent when the breaker clock read `sent`, was not in flight with a failure
-    /// counted there since (see [`Breaker::on_request_failure`]).
+    /// the failure counts there (see [`DownloadError::counts_toward_breaker`]). Not a
+    /// connection that broke (see [`DownloadError::breaks_connection`]) under a request
+    /// sent when the breaker clock read `sent`, before a failure counted there since: that
+    /// is the same incident (see [`Breaker::on_request_failure`]), and leaves no mark
+    /// (returns false).
     pub(super) fn count_origin_failure(
         &mut self,
         id: JobId,
         url: &url::Url,
         error: &DownloadError,
         sent: u64,
-    ) {
+    ) -> bool {
         let Ok(origin) = Origin::of(url) else {
-            return;
+            return true;
         };
+        let now = self.now;
+        // Only a broken connection can belong to another request's incident.
+        let sent = if error.breaks_connection() {
+            sent
+        } else {
+            u64::MAX
+        };
+        let counts = error.counts_toward_breaker();
+        if counts
+            && self
+                .breakers
+                .get_mut(&origin)
+                .is_some_and(|b| b.same_incident(now, sent))
+        {
+            self.clear_probe(id, &origin);
+            return false;
+        }
         self.origin_stats_mut(origin.clone()).record_failure();
-        if !error.counts_toward_breaker() {
+        if !counts {
             // No verdict for a probe this attempt holds: it is given up when the attempt
             // ends (`abandon_probe`), and the breaker admits another without reopening.
-            return;
+            return true;
         }
-        let now = self.now;
         let mut clock = self.breaker_clock;
         let b = self.breaker(&origin);
         b.note_failure(error.to_string());
         if !b.on_request_failure(now, sent, &mut clock) {
-            // Open already, or in flight with a failure counted since it went out (the
-            // same incident).
-            return;
+            // Open already.
+            self.clear_probe(id, &origin);
+            return true;
         }
         self.breaker_clock = clock;
         let b = self.breaker(&origin);
@@ -425,6 +443,7 @@ impl Engine {
             });
         }
         self.clear_probe(id, &origin);
+        true
     }
 
     /// The origin of `url` answered a request of job `id` with a usable head after

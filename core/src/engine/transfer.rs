@@ -1631,7 +1631,7 @@ impl Engine {
         match url {
             // Another mirror's failure is its own incident, not the attempt's.
             Some(url) if cross && error.counts_against_origin() => {
-                self.count_origin_failure(id, &url, &error, sent)
+                self.count_origin_failure(id, &url, &error, sent);
             }
             Some(url) if !cross => self.note_failure(id, &url, &error, sent),
             _ => {}
