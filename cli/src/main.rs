@@ -107,12 +107,19 @@ fn main() {
     let debugging = std::env::var_os("HAUL_LOG").is_some();
     // The engine's job number (`job=job#3`) means nothing to a user, who is told the file
     // (`path=`) instead; it stays for whoever asked for logs.
-    let fields =
-        tracing_subscriber::fmt::format::debug_fn(move |w, field, value| match field.name() {
-            "message" => write!(w, "{value:?}"),
+    // Values may hold text a server chose (a header's value): control characters are
+    // escaped, as tracing's own formatter does, so none reaches the terminal. Fields of
+    // records from the `log` crate (`log.target`, ...) are left out, as it leaves them out.
+    let fields = tracing_subscriber::fmt::format::debug_fn(move |w, field, value| {
+        let raw = format!("{value:?}");
+        let text = escape_controls(&raw);
+        match field.name() {
+            "message" => write!(w, "{text}"),
             "job" if !debugging => Ok(()),
-            name => write!(w, " {name}={value:?}"),
-        });
+            name if name.starts_with("log.") => Ok(()),
+            name => write!(w, " {name}={text}"),
+        }
+    });
     let logs = tracing_subscriber::fmt()
         .fmt_fields(fields)
         .with_env_filter(
@@ -211,4 +218,20 @@ fn quiet_on_closed_stdout() {
         }
         default(info);
     }));
+}
+
+/// `text` with its control characters (ESC, the C1 controls, DEL, line breaks...) written as
+/// escapes (`\u{1b}`): a log line shows text a server chose, which must not move the
+/// cursor, recolour the terminal or fake a line of its own.
+fn escape_controls(text: &str) -> std::borrow::Cow<'_, str> {
+    if !text.chars().any(char::is_control) {
+        return std::borrow::Cow::Borrowed(text);
+    }
+    text.chars()
+        .map(|c| match c.is_control() {
+            true => c.escape_default().to_string(),
+            false => c.to_string(),
+        })
+        .collect::<String>()
+        .into()
 }

@@ -1249,6 +1249,40 @@ fn log_warnings_are_plain_text_off_a_terminal_and_quiet_leaves_them_out() {
     }
 }
 
+#[test]
+fn a_warning_quoting_a_server_header_escapes_its_control_characters() {
+    // A Content-Encoding holding a C1 control (CSI, U+009B, which terminals take for ESC [)
+    // reached the terminal raw through the warning that quotes it.
+    use std::io::{Read, Write};
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    std::thread::spawn(move || {
+        for stream in listener.incoming() {
+            let Ok(mut stream) = stream else { return };
+            let mut head = Vec::new();
+            let mut byte = [0u8; 1];
+            while !head.ends_with(b"\r\n\r\n") && stream.read(&mut byte).is_ok_and(|n| n == 1) {
+                head.push(byte[0]);
+            }
+            let _ = stream.write_all(
+                b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\nContent-Encoding: gzip\xc2\x9b2J\r\n\r\nhello",
+            );
+        }
+    });
+    let dir = tempfile::tempdir().unwrap();
+    let out = haul()
+        .env_remove("HAUL_LOG")
+        .args(["get", &format!("http://127.0.0.1:{port}/f"), "-o"])
+        .arg(dir.path().join("f"))
+        .output()
+        .unwrap();
+    assert_ok(&out);
+    let said = String::from_utf8_lossy(&out.stderr);
+    assert!(said.contains("Content-Encoding"), "{said}");
+    assert!(!said.contains('\u{9b}'), "{said:?}");
+    assert!(said.contains("gzip\\u{9b}2J"), "{said:?}");
+}
+
 /// A download that fails for good leaves no directory it created for its destination, while
 /// a download of the same command that succeeded keeps its new directory and file.
 #[test]
