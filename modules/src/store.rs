@@ -1150,15 +1150,22 @@ impl Store {
             let next = match &mut candidates {
                 Some(candidates) => candidates.next(),
                 None => {
-                    // First the temp files (nothing refers to them), then try again.
+                    // First what costs nothing: the temp files (nothing refers to them; a
+                    // directory under such a name is left alone, as below) and the
+                    // index's journal, emptied into the database (its pages are reused
+                    // rather than grown). Then try again.
                     for entry in fs::read_dir(&self.files_dir)
                         .map_err(io_error("list", &self.files_dir))?
                         .flatten()
                     {
-                        if entry.file_name().to_string_lossy().ends_with(TEMP_SUFFIX) {
+                        let temp = entry.file_name().to_string_lossy().ends_with(TEMP_SUFFIX);
+                        if temp && entry.file_type().is_ok_and(|t| !t.is_dir()) {
                             remove_file_if_present(&entry.path())?;
                         }
                     }
+                    let _ = self
+                        .index
+                        .query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |_| Ok(()));
                     candidates = Some(self.eviction_order()?.into_iter());
                     continue;
                 }
@@ -3260,6 +3267,35 @@ mod tests {
             assert!(!store.contains(sha256).unwrap());
             assert!(!cache.join("files").join(sha256).exists());
         }
+    }
+
+    #[cfg(target_os = "linux")]
+    #[test]
+    fn a_store_on_a_full_disk_with_a_directory_under_a_temp_name_still_opens() {
+        // Making room removed every temp name with remove_file, which fails on a directory
+        // (recovery leaves those alone), and the store did not open.
+        let Some(disk) = SmallDisk::mount("2m") else {
+            eprintln!("skipped: this process may not mount a tmpfs (needs root)");
+            return;
+        };
+        let cache = disk.path().join("cache");
+        let (mut store, _) = open(&cache, 1);
+        for n in 0..3u8 {
+            put(&mut store, &vec![n; 200_000], 2 + u64::from(n));
+        }
+        for n in 0..5u32 {
+            let sha256 = sha256_hex(&n.to_le_bytes());
+            let pending = store.begin_write(&sha256, FileKind::Module).unwrap();
+            if n == 0 {
+                fs::create_dir(pending.temp_path()).unwrap();
+            }
+        }
+        drop(store);
+        let mut file = fs::File::create(disk.path().join("filler")).unwrap();
+        while std::io::Write::write_all(&mut file, &[0u8; 4096]).is_ok() {}
+        drop(file);
+        let opened = Store::open(&cache, 10);
+        assert!(opened.is_ok(), "{:?}", opened.err());
     }
 
     #[test]
