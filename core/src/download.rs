@@ -265,9 +265,10 @@ impl Download {
         self
     }
 
-    /// Limit this download to `bytes_per_sec`.
+    /// Limit this download to `bytes_per_sec`; 0 means no limit of its own (as for
+    /// `--limit-rate 0`, curl and aria2; it was 1 byte per second).
     pub fn rate_limit(mut self, bytes_per_sec: u64) -> Download {
-        self.rate_limit = Some(bytes_per_sec.max(1));
+        self.rate_limit = (bytes_per_sec > 0).then_some(bytes_per_sec);
         self
     }
 
@@ -912,6 +913,13 @@ mod tests {
         }
         assert!(Download::new("http://h/x", "/dl/a.haul-partial").is_ok());
         assert!(Download::new("http://h/x", "/dl/notes.tmp").is_ok());
+    }
+
+    #[test]
+    fn a_rate_limit_of_zero_is_no_limit() {
+        let d = Download::new("http://h/x", "/dl/x").unwrap();
+        assert_eq!(d.clone().rate_limit(0).rate_limit, None);
+        assert_eq!(d.rate_limit(512).rate_limit, Some(512));
     }
 
     #[test]
