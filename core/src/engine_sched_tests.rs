@@ -2498,6 +2498,62 @@ fn of_the_jobs_waiting_for_a_cancelled_holder_the_most_urgent_takes_the_destinat
 }
 
 #[test]
+fn a_duplicate_does_not_wait_for_the_resume_of_the_download_it_followed() {
+    // The same URL to another file shares the running download; paused, that download kept
+    // its follower waiting for its own caller's resume (21 s, until the resume came).
+    let mut h = Harness::new(config());
+    any_path_server(&mut h, millis(50));
+    let a = h.submit(job_at("a"));
+    h.run_until("a receives", |h| {
+        h.events
+            .iter()
+            .any(|(_, e)| matches!(e, Event::Progress { job, .. } if *job == a))
+    });
+    let b = h.submit(Download::new(&format!("{ORIGIN}/a"), "/dl/other").unwrap());
+    h.drain();
+    pause(&mut h, a);
+    h.run(b).expect("b runs on its own");
+    assert!(h.finished(a).is_none(), "a stays paused");
+    assert_committed_at(&h, Path::new("/dl/other"), &pattern(20_000, 2));
+    // The paused one goes on when resumed.
+    resume(&mut h, a);
+    h.run(a).expect("a resumed");
+    assert_committed_at(&h, Path::new("/dl/a"), &pattern(20_000, 2));
+}
+
+#[test]
+fn a_queued_download_that_a_more_urgent_duplicate_follows_starts_at_its_class() {
+    // A Critical download of what a queued Background download fetches followed it, and the
+    // Background one kept its place behind every Normal one: the Critical file came last.
+    let mut cfg = config();
+    cfg.max_active_jobs = 1;
+    let mut h = Harness::new(cfg);
+    any_path_server(&mut h, millis(50));
+    let x = h.submit(job_at("x"));
+    let background = h.submit(job_at("u").priority(Priority::Background));
+    let normal: Vec<JobId> = ["n1", "n2", "n3"]
+        .iter()
+        .map(|n| h.submit(job_at(n)))
+        .collect();
+    let critical = h.submit(
+        Download::new(&format!("{ORIGIN}/u"), "/dl/u-now")
+            .unwrap()
+            .priority(Priority::Critical),
+    );
+    h.run(critical).expect("the critical copy");
+    for &job in normal.iter().chain([&x, &background]) {
+        h.run(job).expect("every download");
+    }
+    let order = started_order(&h);
+    assert_eq!(&order[..2], &[x, background], "{order:?}");
+    assert!(
+        h.finished_at(critical) < h.finished_at(normal[0]),
+        "the critical download came before the normal ones"
+    );
+    assert_committed_at(&h, Path::new("/dl/u-now"), &pattern(20_000, 2));
+}
+
+#[test]
 fn a_job_paused_before_it_started_is_no_leader_for_a_later_duplicate() {
     let mut cfg = config();
     cfg.max_active_jobs = 1;

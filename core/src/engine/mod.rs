@@ -606,6 +606,9 @@ struct Job {
     /// is found lagging (see `Transfer::lagging`).
     best_segment_rate: Option<f64>,
     followers: Vec<JobId>,
+    /// Its class: `spec.priority`, or that of a more urgent job that waits for it (see
+    /// [`Engine::raise_priority`]).
+    urgency: Priority,
 
     file: Option<FileId>,
     /// `file` has no name (see [`Config::unnamed_max`](crate::Config::unnamed_max)): no
@@ -684,7 +687,7 @@ struct Job {
 
 impl Job {
     fn priority(&self) -> Priority {
-        self.spec.priority
+        self.urgency
     }
 
     fn is_active(&self) -> bool {
@@ -1323,6 +1326,7 @@ impl Engine {
         let bucket = spec
             .rate_limit
             .map(|r| TokenBucket::new(r, BURST, self.now));
+        let spec_priority = spec.priority;
         let job = Job {
             id,
             part_path: spec.part_path(),
@@ -1372,6 +1376,7 @@ impl Engine {
             connections_taken_at: self.now,
             best_segment_rate: None,
             followers: Vec::new(),
+            urgency: spec_priority,
             file: None,
             unnamed: false,
             digest: None,
@@ -1420,11 +1425,13 @@ impl Engine {
             .entry(ContentKey::of(&job.spec))
             .or_default()
             .push(id);
+        let urgency = job.urgency;
         self.jobs.insert(id, Box::new(job));
         if let Some(leader) = leader {
             if let Some(l) = self.jobs.get_mut(&leader) {
                 l.followers.push(id);
             }
+            self.raise_priority(leader, urgency);
         }
         self.event(Event::Queued { job: id, url });
         id
@@ -1596,7 +1603,67 @@ impl Engine {
             j.phase = Phase::Paused;
             j.meter.restart();
         }
+        self.release_duplicates(job);
         self.schedule();
+    }
+
+    /// Job `id` is waited for by a job of class `to`: it runs at that class if it is less
+    /// urgent (and so does the job it follows in turn). A Critical download of what a queued
+    /// Background download fetches waited behind every Normal one (the duplicate follows
+    /// the first, and the first kept its place in the queue).
+    fn raise_priority(&mut self, id: JobId, to: Priority) {
+        let Some(j) = self.jobs.get_mut(&id) else {
+            return;
+        };
+        if j.urgency >= to {
+            return;
+        }
+        let from = j.urgency;
+        j.urgency = to;
+        let follows = match j.phase {
+            Phase::Following { leader } => Some(leader),
+            _ => None,
+        };
+        if self.queue.remove(&(Reverse(from), id)) {
+            self.queue.insert((Reverse(to), id));
+        }
+        if self.resuming.remove(&(Reverse(from), id)) {
+            self.resuming.insert((Reverse(to), id));
+        }
+        if let Some(leader) = follows {
+            self.raise_priority(leader, to);
+        }
+    }
+
+    /// The paused job `job`'s duplicates bound for destinations of their own do not wait for
+    /// its caller's resume (no more than a later one would, see `find_leader`): each goes
+    /// back to the queue and fetches on its own. One bound for the paused job's own
+    /// destination is the same download, and waits with it.
+    fn release_duplicates(&mut self, job: JobId) {
+        let Some(followers) = self
+            .jobs
+            .get_mut(&job)
+            .map(|j| std::mem::take(&mut j.followers))
+        else {
+            return;
+        };
+        let mut kept = Vec::new();
+        for f in followers {
+            let Some(fj) = self.jobs.get_mut(&f) else {
+                continue;
+            };
+            if !(fj.duplicate && fj.claims_provisional) {
+                kept.push(f);
+                continue;
+            }
+            fj.duplicate = false;
+            fj.phase = Phase::Queued;
+            self.check_deps |= !fj.spec.depends_on.is_empty();
+            self.queue.insert((Reverse(fj.priority()), f));
+        }
+        if let Some(j) = self.jobs.get_mut(&job) {
+            j.followers = kept;
+        }
     }
 
     /// Resume a paused job. It continues from the bytes it has once it has a slot: at once
@@ -2185,9 +2252,11 @@ impl Engine {
                         let path = fj.spec.provisional_path();
                         if let Some(&first) = self.dest_claims.get(&path) {
                             fj.phase = Phase::Following { leader: first };
+                            let urgency = fj.urgency;
                             if let Some(first) = self.jobs.get_mut(&first) {
                                 first.followers.push(f);
                             }
+                            self.raise_priority(first, urgency);
                             continue;
                         }
                         fj.claims_provisional = true;
