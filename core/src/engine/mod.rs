@@ -242,7 +242,10 @@ pub enum CancelMode {
 /// Counters over the engine's life, for progress displays.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct Stats {
-    /// Jobs transferring now.
+    /// Jobs started and not finished: transferring now, or verifying and committing their
+    /// file. Those committing hold no download slot (the next download starts meanwhile), so
+    /// this may exceed [`Config::max_active_jobs`](crate::Config::max_active_jobs), by at most
+    /// [`Config::max_committing_jobs`](crate::Config::max_committing_jobs).
     pub active: usize,
     /// Jobs waiting for a slot or a dependency, and paused jobs (which hold no slot).
     pub queued: usize,
