@@ -164,7 +164,7 @@ impl ModuleError {
     /// [`crate::LoadSource::PinnedFallback`]). Not a configuration error (trusted keys, app
     /// name, a manifest URL the engine refuses), which the local manifests fail too or which
     /// would load the old release for ever, nor a cancelled fetch. A module URL the engine
-    /// refuses is the offered manifest's fault and falls back.
+    /// refuses for the credentials in it is the offered manifest's fault and falls back.
     pub fn allows_fallback(&self) -> bool {
         match self {
             ModuleError::InvalidTrustedKey { .. }
@@ -175,11 +175,15 @@ impl ModuleError {
                 crate::FetchErrorKind::Cancelled | crate::FetchErrorKind::InvalidRequest
             ),
             // A module's URL is the offered manifest's (its `baseUrl` is not even signed): a
-            // URL the engine refuses (credentials in it, a scheme it does not fetch) is the
-            // offer's fault, not the caller's.
-            ModuleError::ModuleFetch { source, .. } => {
-                !matches!(source.kind, crate::FetchErrorKind::Cancelled)
-            }
+            // URL the engine refuses for what it holds (credentials) is the offer's fault.
+            // Any other refusal is the caller's setup (a proxy it cannot use), which every
+            // release would meet.
+            ModuleError::ModuleFetch { source, url, .. } => match source.kind {
+                crate::FetchErrorKind::Cancelled => false,
+                crate::FetchErrorKind::InvalidRequest => url::Url::parse(url)
+                    .is_ok_and(|u| !u.username().is_empty() || u.password().is_some()),
+                _ => true,
+            },
             _ => true,
         }
     }

@@ -2700,10 +2700,19 @@ mod tests {
     }
 
     #[test]
-    fn a_module_url_the_engine_refuses_falls_back_to_the_pinned_release() {
+    fn a_module_url_refused_for_its_credentials_falls_back_and_another_refusal_does_not() {
         // An offered manifest's module URL with credentials in it (its unsigned `baseUrl`
         // can say so) was taken for a configuration error: no fallback, and the app with a
         // good pinned release did not start.
+        let refused = |url: &str| ModuleError::ModuleFetch {
+            id: "./news.js".into(),
+            url: url.into(),
+            source: FetchError::new(FetchErrorKind::InvalidRequest, "refused"),
+        };
+        assert!(refused("https://u:p@apps.test/news.zipline").allows_fallback());
+        assert!(refused("https://u@apps.test/news.zipline").allows_fallback());
+        // Refused for the caller's setup (a proxy it cannot use): every release would be,
+        // and the old one must not load for ever in silence.
         let world = news_v1_pinned();
         let v2 = [kotlin(), app_module("news", "v2")];
         let raw = world.publish("news", &v2, 200);
@@ -2714,15 +2723,13 @@ mod tests {
             .to_string();
         lock(&world.fetcher.failing_modules).insert(
             url,
-            FetchError::new(FetchErrorKind::InvalidRequest, "credentials in the URL"),
+            FetchError::new(
+                FetchErrorKind::InvalidRequest,
+                "needs a proxy that cannot be used",
+            ),
         );
-        let result = world.loader.load(&world.request("news", 2_000)).unwrap();
-        assert!(
-            matches!(result.manifest_source, LoadSource::PinnedFallback { .. }),
-            "{:?}",
-            result.manifest_source
-        );
-        assert_eq!(result.version.as_deref(), Some("test-1"));
+        let error = load_error(&world, 2_000);
+        assert!(!error.allows_fallback(), "{error:?}");
     }
 
     #[test]
