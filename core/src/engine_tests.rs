@@ -2616,6 +2616,36 @@ fn truncated_body_is_retried_with_range_from_the_received_offset() {
 }
 
 #[test]
+fn a_resume_answered_without_the_complete_length_continues_where_it_was() {
+    // `Content-Range: bytes N-M/*` (complete length unknown to the server, as RFC 9110
+    // allows) to a resume whose length is known was "unusable": the file started over.
+    let body = pattern(6_000, 18);
+    let k = 2_345;
+    let mut h = Harness::new(config());
+    let b = body.clone();
+    h.serve(ORIGIN, move |req| {
+        let wire = serve_range(&b, req);
+        if req.seq == 0 {
+            let cut = head_len(&wire) + k;
+            return Reply::new(wire[..cut].to_vec()).then(After::Eof);
+        }
+        let head = head_len(&wire);
+        let text = String::from_utf8_lossy(&wire[..head]).replace("/6000\r\n", "/*\r\n");
+        Reply::new([text.as_bytes(), &wire[head..]].concat())
+    });
+    let job = h.submit(download().sha256(&sha_hex(&body)).unwrap());
+    let out = h.run(job).expect("the resume finishes the file");
+    assert_committed(&h, &body);
+    assert_eq!(header_of(&h, 1, "range").as_deref(), Some("bytes=2345-"));
+    assert_eq!(
+        out.bytes_fetched,
+        body.len() as u64,
+        "no byte fetched twice"
+    );
+    assert_eq!(h.requests.len(), 2);
+}
+
+#[test]
 fn connection_reset_mid_body_is_retried_with_range() {
     let body = pattern(6_000, 19);
     let mut h = Harness::new(config());

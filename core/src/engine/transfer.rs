@@ -1816,6 +1816,15 @@ fn check_partial_response(
         }) if t.pos == 0 && t.end.is_none() && j.total.is_none() && j.validator.is_none() => {
             (0, last, last.saturating_add(1))
         }
+        // Without the complete length (`bytes N-M/*`, which RFC 9110 allows) once the length
+        // is known: a resume or a segment, asked with the validator's `If-Range` (or proven
+        // by the sha256), whose range is checked against the known length below. It
+        // restarted the download from zero.
+        Ok(ContentRange::Bytes {
+            first,
+            last,
+            complete: None,
+        }) if j.total.is_some() => (first, last, j.total.unwrap_or_default()),
         _ => return Err(format!("unusable Content-Range {value:?}")),
     };
     if first != t.pos {
