@@ -88,7 +88,8 @@ pub struct GetArgs {
     /// and aria2, which never sync; for scratch downloads and for timing haul against them.
     #[arg(long = "no-sync")]
     pub no_sync: bool,
-    /// Refuse bodies larger than this, checked as bytes arrive.
+    /// Refuse bodies larger than this, checked as bytes arrive; 0 means no limit (as for
+    /// --limit-rate 0 and curl's --max-filesize 0).
     #[arg(long = "max-size", value_name = "BYTES", value_parser = parse_size)]
     pub max_size: Option<u64>,
     /// Extra request header, e.g. -H 'Authorization: Bearer x' (repeatable). Authorization
@@ -481,7 +482,7 @@ impl GetArgs {
             if let Some(s) = self.size {
                 d = d.size(s);
             }
-            if let Some(m) = self.max_size {
+            if let Some(m) = self.max_size.filter(|m| *m > 0) {
                 d = d.max_size(m);
             }
             if self.no_sync {

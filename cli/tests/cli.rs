@@ -140,24 +140,19 @@ fn http_404_exits_4_and_refused_connection_exits_3() {
 
 /// `--limit-rate 0` is no limit (curl's and aria2's meaning), not a refused configuration.
 #[test]
-fn limit_rate_0_means_unlimited() {
+fn limit_rate_0_and_max_size_0_mean_unlimited() {
     let origin = Origin::start().unwrap();
     origin.route("/a", data(100_000), Behavior::Normal);
-    let dir = tempfile::tempdir().unwrap();
-    let out = haul()
-        .args([
-            "get",
-            &origin.url("/a"),
-            "--limit-rate",
-            "0",
-            "--quiet",
-            "-d",
-        ])
-        .arg(dir.path())
-        .output()
-        .unwrap();
-    assert_ok(&out);
-    assert_eq!(std::fs::read(dir.path().join("a")).unwrap(), data(100_000));
+    for option in ["--limit-rate", "--max-size"] {
+        let dir = tempfile::tempdir().unwrap();
+        let out = haul()
+            .args(["get", &origin.url("/a"), option, "0", "--quiet", "-d"])
+            .arg(dir.path())
+            .output()
+            .unwrap();
+        assert_ok(&out);
+        assert_eq!(std::fs::read(dir.path().join("a")).unwrap(), data(100_000));
+    }
 }
 
 #[test]
