@@ -710,11 +710,12 @@ fn extract_waits_for_another_extraction_into_the_same_parent_and_only_then_recov
     let mut child = haul()
         .args(["extract", s(&archive), "-d"])
         .arg(parent.join("mine"))
+        .stderr(std::process::Stdio::piped())
         .spawn()
         .unwrap();
     std::thread::sleep(std::time::Duration::from_millis(300));
     assert!(
-        child.try_wait().unwrap().is_none(),
+        child.try_wait().unwrap().is_none() && !parent.join("mine").exists(),
         "extract went ahead while another extraction held the parent"
     );
     assert!(
@@ -722,8 +723,14 @@ fn extract_waits_for_another_extraction_into_the_same_parent_and_only_then_recov
         "the live staging tree was touched"
     );
     drop(held);
-    let status = child.wait().unwrap();
-    assert!(status.success(), "{status}");
+    let out = child.wait_with_output().unwrap();
+    assert!(out.status.success(), "{out:?}");
+    // It said why it waited.
+    let said = text(&out.stderr);
+    assert!(
+        said.contains("waiting for another install or extraction"),
+        "{said}"
+    );
     assert_eq!(fs::read(parent.join("mine/a.txt")).unwrap(), b"A");
     // Once the other is gone, its tree is a crash's leftover, and recovery removed it.
     assert!(!live.exists());

@@ -276,8 +276,26 @@ pub fn create_and_lock_dir(
 /// `dir`, `None` when another directory took its name while this one waited.
 fn lock_if_current(dir: &Path) -> Result<Option<DirLock>, InstallError> {
     let handle = File::open(dir).map_err(InstallError::io("open directory", dir))?;
-    rustix::fs::flock(&handle, rustix::fs::FlockOperation::LockExclusive)
-        .map_err(|e| InstallError::io("lock directory", dir)(e.into()))?;
+    let locking = |op| {
+        rustix::fs::flock(&handle, op)
+            .map_err(|e| InstallError::io("lock directory", dir)(e.into()))
+    };
+    match rustix::fs::flock(
+        &handle,
+        rustix::fs::FlockOperation::NonBlockingLockExclusive,
+    ) {
+        Ok(()) => {}
+        Err(rustix::io::Errno::WOULDBLOCK) => {
+            // Said, or the command seems to hang: another install or extraction into the
+            // same parent holds it until it commits.
+            tracing::warn!(
+                dir = %dir.display(),
+                "waiting for another install or extraction in this directory to finish"
+            );
+            locking(rustix::fs::FlockOperation::LockExclusive)?;
+        }
+        Err(_) => locking(rustix::fs::FlockOperation::LockExclusive)?,
+    }
     let locked = handle.metadata().map_err(InstallError::io("stat", dir))?;
     let now = fs::metadata(dir).map_err(InstallError::io("open directory", dir))?;
     if (locked.dev(), locked.ino()) == (now.dev(), now.ino()) {
