@@ -224,12 +224,18 @@ fn quiet_on_closed_stdout() {
 /// escapes (`\u{1b}`): a log line shows text a server chose, which must not move the
 /// cursor, recolour the terminal or fake a line of its own.
 fn escape_controls(text: &str) -> std::borrow::Cow<'_, str> {
-    if !text.chars().any(char::is_control) {
+    // The controls, and the bidirectional formatting characters, which reorder what
+    // follows them on the line.
+    let hidden = |c: char| {
+        c.is_control()
+            || matches!(c, '\u{061C}' | '\u{200E}' | '\u{200F}' | '\u{202A}'..='\u{202E}' | '\u{2066}'..='\u{2069}')
+    };
+    if !text.chars().any(hidden) {
         return std::borrow::Cow::Borrowed(text);
     }
     text.chars()
-        .map(|c| match c.is_control() {
-            true => c.escape_default().to_string(),
+        .map(|c| match hidden(c) {
+            true => c.escape_unicode().to_string(),
             false => c.to_string(),
         })
         .collect::<String>()

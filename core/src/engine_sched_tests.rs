@@ -2554,6 +2554,50 @@ fn a_queued_download_that_a_more_urgent_duplicate_follows_starts_at_its_class() 
 }
 
 #[test]
+fn a_duplicate_of_a_queued_download_paused_before_it_started_does_not_wait_for_its_resume() {
+    let mut cfg = config();
+    cfg.max_active_jobs = 1;
+    let mut h = Harness::new(cfg);
+    any_path_server(&mut h, millis(50));
+    let x = h.submit(job_at("x"));
+    let a = h.submit(job_at("a"));
+    let b = h.submit(Download::new(&format!("{ORIGIN}/a"), "/dl/other").unwrap());
+    pause(&mut h, a);
+    h.run(x).expect("x");
+    h.run(b).expect("b runs on its own");
+    assert!(h.finished(a).is_none(), "a stays paused");
+    assert_committed_at(&h, Path::new("/dl/other"), &pattern(20_000, 2));
+}
+
+#[test]
+fn a_class_lent_by_a_duplicate_goes_back_when_the_duplicate_is_cancelled() {
+    let mut cfg = config();
+    cfg.max_active_jobs = 1;
+    let mut h = Harness::new(cfg);
+    any_path_server(&mut h, millis(50));
+    let x = h.submit(job_at("x"));
+    let normal: Vec<JobId> = ["n1", "n2"].iter().map(|n| h.submit(job_at(n))).collect();
+    let background = h.submit(job_at("u").priority(Priority::Background));
+    let critical = h.submit(
+        Download::new(&format!("{ORIGIN}/u"), "/dl/u-now")
+            .unwrap()
+            .priority(Priority::Critical),
+    );
+    h.engine.cancel(h.now, critical, CancelMode::KeepPartial);
+    h.drain();
+    assert!(h.run(critical).is_err());
+    for &job in normal.iter().chain([&x, &background]) {
+        h.run(job).expect("every download");
+    }
+    let order = started_order(&h);
+    assert_eq!(
+        order,
+        vec![x, normal[0], normal[1], background],
+        "{order:?}"
+    );
+}
+
+#[test]
 fn a_job_paused_before_it_started_is_no_leader_for_a_later_duplicate() {
     let mut cfg = config();
     cfg.max_active_jobs = 1;

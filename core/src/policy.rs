@@ -218,8 +218,8 @@ impl Breaker {
     ///
     /// While closed, only the failure of a request sent after the last counted one counts:
     /// requests that were in flight together when a failure was counted and then fail too
-    /// (every connection reset by one restart of the server, a burst of 503s to requests
-    /// sent at once) are the same incident, not several consecutive failures. Each request
+    /// (every connection reset by one restart of the server) are the same incident, not
+    /// several consecutive failures. Each request
     /// sent after a counted failure, knowing of it, that fails again does count. A failure
     /// while half-open always counts (it reopens); an open breaker ignores failures. The
     /// caller gives `u64::MAX` as `sent` for a failure that is no part of an incident of

@@ -239,7 +239,12 @@ fn module_download(job: &ModuleFetch) -> Result<Download, DownloadError> {
     // any file it has not recorded), so there is nothing for the engine to look for.
     let mut download = Download::from_url(job.url.clone(), &job.store_path)?;
     for mirror in &job.mirrors {
-        download = download.mirror(mirror.as_str())?;
+        // Another id's URL the engine refuses (credentials in it) is only not used: the
+        // module's own URL may well serve.
+        match download.clone().mirror(mirror.as_str()) {
+            Ok(with) => download = with,
+            Err(error) => tracing::debug!(%mirror, %error, "a module's other URL is not used"),
+        }
     }
     Ok(download
         .sha256(&job.sha256)?
@@ -332,6 +337,19 @@ mod tests {
             .unwrap()
             .port();
         format!("http://127.0.0.1:{port}{path}")
+    }
+
+    #[test]
+    fn another_url_the_engine_refuses_does_not_fail_a_fetch_whose_own_url_serves() {
+        let origin = Origin::start().unwrap();
+        let dir = tempfile::TempDir::new().unwrap();
+        let body = vec![7u8; 3000];
+        origin.route("/good", body.clone(), Behavior::Normal);
+        let mut fetch = job(&origin.url("/good"), &body, 1 << 20, dir.path().join("m"));
+        let with_credentials = origin.url("/other").replace("http://", "http://user:pw@");
+        fetch.mirrors.push(url(&with_credentials));
+        let results = client().module_fetcher(2).fetch_modules(vec![fetch]);
+        assert!(results[0].is_ok(), "{:?}", results[0]);
     }
 
     #[test]

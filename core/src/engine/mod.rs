@@ -1547,6 +1547,10 @@ impl Engine {
                     l.followers.retain(|f| *f != job);
                 }
                 self.finish(job, Err(DownloadError::Cancelled));
+                // A class it lent its leader goes back.
+                if let Some(l) = leader {
+                    self.settle_priority(l);
+                }
                 self.schedule();
             }
             _ => self.terminate(
@@ -1583,6 +1587,8 @@ impl Engine {
             // Reading its file back for its checksum: the check goes on (see `checksum`).
             | Phase::Checksumming { .. } => {
                 j.pause_requested = true;
+                // Nor does a duplicate wait for one paused before it started.
+                self.release_duplicates(job);
                 return;
             }
             // Resumed but still waiting for a slot: it stays paused (its entry in
@@ -1611,9 +1617,10 @@ impl Engine {
     }
 
     /// Job `id` is waited for by a job of class `to`: it runs at that class if it is less
-    /// urgent (and so does the job it follows in turn). A Critical download of what a queued
-    /// Background download fetches waited behind every Normal one (the duplicate follows
-    /// the first, and the first kept its place in the queue).
+    /// urgent (and so does the job it follows in turn), while that job waits (see
+    /// [`Engine::settle_priority`]). A Critical download of what a queued Background
+    /// download fetches waited behind every Normal one (the duplicate follows the first, and
+    /// the first kept its place in the queue).
     fn raise_priority(&mut self, id: JobId, to: Priority) {
         let Some(j) = self.jobs.get_mut(&id) else {
             return;
@@ -1666,6 +1673,39 @@ impl Engine {
         }
         if let Some(j) = self.jobs.get_mut(&job) {
             j.followers = kept;
+        }
+        self.settle_priority(job);
+    }
+
+    /// Job `id`'s class after a job that waited for it left: its own, or the most urgent of
+    /// those still waiting (see [`Engine::raise_priority`]); and so on up the job it follows.
+    fn settle_priority(&mut self, id: JobId) {
+        let Some(j) = self.jobs.get(&id) else {
+            return;
+        };
+        let to = j
+            .followers
+            .iter()
+            .filter_map(|f| self.jobs.get(f))
+            .map(|f| f.urgency)
+            .fold(j.spec.priority, Priority::max);
+        let from = j.urgency;
+        if to == from {
+            return;
+        }
+        let follows = match j.phase {
+            Phase::Following { leader } => Some(leader),
+            _ => None,
+        };
+        self.jobs.get_mut(&id).expect("checked").urgency = to;
+        if self.queue.remove(&(Reverse(from), id)) {
+            self.queue.insert((Reverse(to), id));
+        }
+        if self.resuming.remove(&(Reverse(from), id)) {
+            self.resuming.insert((Reverse(to), id));
+        }
+        if let Some(leader) = follows {
+            self.settle_priority(leader);
         }
     }
 
