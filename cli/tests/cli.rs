@@ -1060,29 +1060,17 @@ fn symbolic_links_planted_at_working_names_are_never_written_through() {
 fn an_interrupted_download_without_a_validator_says_nothing_is_kept() {
     // A server that names no ETag or Last-Modified gives a resume nothing to check the
     // partial against: it is not kept, and the message promised a resume all the same.
-    use std::io::{Read, Write};
-    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    let port = listener.local_addr().unwrap().port();
-    std::thread::spawn(move || {
-        for stream in listener.incoming() {
-            let Ok(mut stream) = stream else { return };
-            std::thread::spawn(move || {
-                let mut head = Vec::new();
-                let mut byte = [0u8; 1];
-                while !head.ends_with(b"\r\n\r\n") && stream.read(&mut byte).is_ok_and(|n| n == 1) {
-                    head.push(byte[0]);
-                }
-                let _ = stream.write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 3000000\r\n\r\n");
-                let _ = stream.write_all(&data(1_200_000));
-                // Then nothing more, the connection open.
-                std::thread::sleep(std::time::Duration::from_secs(30));
-            });
-        }
+    use std::io::Write;
+    let url = raw_server_with(|conn| {
+        let _ = conn.write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 3000000\r\n\r\n");
+        let _ = conn.write_all(&data(1_200_000));
+        // Then nothing more, the connection open.
+        std::thread::sleep(std::time::Duration::from_secs(30));
     });
     let dir = tempfile::tempdir().unwrap();
     let dest = dir.path().join("big");
     let child = haul()
-        .args(["get", &format!("http://127.0.0.1:{port}/big"), "-o"])
+        .args(["get", &url, "-o"])
         .arg(&dest)
         .stderr(std::process::Stdio::piped())
         .spawn()
@@ -1248,26 +1236,13 @@ fn log_warnings_are_plain_text_off_a_terminal_and_quiet_leaves_them_out() {
 fn a_warning_quoting_a_server_header_escapes_its_control_characters() {
     // A Content-Encoding holding a C1 control (CSI, U+009B, which terminals take for ESC [)
     // reached the terminal raw through the warning that quotes it.
-    use std::io::{Read, Write};
-    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    let port = listener.local_addr().unwrap().port();
-    std::thread::spawn(move || {
-        for stream in listener.incoming() {
-            let Ok(mut stream) = stream else { return };
-            let mut head = Vec::new();
-            let mut byte = [0u8; 1];
-            while !head.ends_with(b"\r\n\r\n") && stream.read(&mut byte).is_ok_and(|n| n == 1) {
-                head.push(byte[0]);
-            }
-            let _ = stream.write_all(
-                b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\nContent-Encoding: gzip\xc2\x9b2J\xe2\x80\xaeab\r\n\r\nhello",
-            );
-        }
-    });
+    let url = raw_server(
+        b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\nContent-Encoding: gzip\xc2\x9b2J\xe2\x80\xaeab\r\n\r\nhello",
+    );
     let dir = tempfile::tempdir().unwrap();
     let out = haul()
         .env_remove("HAUL_LOG")
-        .args(["get", &format!("http://127.0.0.1:{port}/f"), "-o"])
+        .args(["get", &url, "-o"])
         .arg(dir.path().join("f"))
         .output()
         .unwrap();
@@ -1594,14 +1569,29 @@ fn a_redirect_loop_exits_4_like_the_http_status_it_is() {
 
 /// A server on 127.0.0.1 that answers every request with `wire` and closes; its URL.
 fn raw_server(wire: &'static [u8]) -> String {
-    use std::io::{Read, Write};
+    raw_server_with(move |conn| {
+        let _ = std::io::Write::write_all(conn, wire);
+    })
+}
+
+/// A server on 127.0.0.1 that reads each connection's request head and hands the connection
+/// to `answer` (on a thread of its own), then closes it; its URL.
+fn raw_server_with(answer: impl Fn(&mut std::net::TcpStream) + Send + Sync + 'static) -> String {
+    use std::io::Read;
     let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let url = format!("http://{}/f", listener.local_addr().unwrap());
+    let answer = std::sync::Arc::new(answer);
     std::thread::spawn(move || {
         for mut conn in listener.incoming().flatten() {
-            let mut request = [0u8; 4096];
-            let _ = conn.read(&mut request);
-            let _ = conn.write_all(wire);
+            let answer = answer.clone();
+            std::thread::spawn(move || {
+                let mut head = Vec::new();
+                let mut byte = [0u8; 1];
+                while !head.ends_with(b"\r\n\r\n") && conn.read(&mut byte).is_ok_and(|n| n == 1) {
+                    head.push(byte[0]);
+                }
+                answer(&mut conn);
+            });
         }
     });
     url

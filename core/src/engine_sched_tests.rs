@@ -1403,6 +1403,15 @@ fn any_path_server(h: &mut Harness, gap: Duration) {
     });
 }
 
+/// A harness with one download slot and [`any_path_server`] (50 ms between pieces).
+fn one_slot_any_path() -> Harness {
+    let mut cfg = config();
+    cfg.max_active_jobs = 1;
+    let mut h = Harness::new(cfg);
+    any_path_server(&mut h, millis(50));
+    h
+}
+
 fn job_at(name: &str) -> Download {
     Download::new(&format!("{ORIGIN}/{name}"), format!("/dl/{name}")).unwrap()
 }
@@ -2062,10 +2071,7 @@ fn a_second_job_for_a_destination_in_use_is_refused_and_the_first_commits_its_ow
 
 #[test]
 fn a_paused_job_gives_its_slot_to_the_next_download_and_resumes_at_once() {
-    let mut cfg = config();
-    cfg.max_active_jobs = 1;
-    let mut h = Harness::new(cfg);
-    any_path_server(&mut h, millis(50));
+    let mut h = one_slot_any_path();
     let a = h.submit(job_at("a"));
     let b = h.submit(job_at("bb"));
     h.run_until("a has bytes", |h| !h.progress(a).is_empty());
@@ -2085,10 +2091,7 @@ fn a_paused_job_gives_its_slot_to_the_next_download_and_resumes_at_once() {
 
 #[test]
 fn a_job_resumed_while_every_slot_is_taken_waits_for_one_and_goes_before_the_queue() {
-    let mut cfg = config();
-    cfg.max_active_jobs = 1;
-    let mut h = Harness::new(cfg);
-    any_path_server(&mut h, millis(50));
+    let mut h = one_slot_any_path();
     let a = h.submit(job_at("a"));
     let b = h.submit(job_at("bb"));
     let c = h.submit(job_at("ccc"));
@@ -2192,10 +2195,7 @@ fn jobs_are_numbered_in_submission_order_apart_from_io_ids() {
 
 #[test]
 fn a_job_paused_before_it_started_stays_queued_until_resumed() {
-    let mut cfg = config();
-    cfg.max_active_jobs = 1;
-    let mut h = Harness::new(cfg);
-    any_path_server(&mut h, millis(50));
+    let mut h = one_slot_any_path();
     let a = h.submit(job_at("a"));
     let b = h.submit(job_at("bb"));
     pause(&mut h, b);
@@ -2525,10 +2525,7 @@ fn a_duplicate_does_not_wait_for_the_resume_of_the_download_it_followed() {
 fn a_queued_download_that_a_more_urgent_duplicate_follows_starts_at_its_class() {
     // A Critical download of what a queued Background download fetches followed it, and the
     // Background one kept its place behind every Normal one: the Critical file came last.
-    let mut cfg = config();
-    cfg.max_active_jobs = 1;
-    let mut h = Harness::new(cfg);
-    any_path_server(&mut h, millis(50));
+    let mut h = one_slot_any_path();
     let x = h.submit(job_at("x"));
     let background = h.submit(job_at("u").priority(Priority::Background));
     let normal: Vec<JobId> = ["n1", "n2", "n3"]
@@ -2555,10 +2552,7 @@ fn a_queued_download_that_a_more_urgent_duplicate_follows_starts_at_its_class() 
 
 #[test]
 fn a_duplicate_of_a_queued_download_paused_before_it_started_does_not_wait_for_its_resume() {
-    let mut cfg = config();
-    cfg.max_active_jobs = 1;
-    let mut h = Harness::new(cfg);
-    any_path_server(&mut h, millis(50));
+    let mut h = one_slot_any_path();
     let x = h.submit(job_at("x"));
     let a = h.submit(job_at("a"));
     let b = h.submit(Download::new(&format!("{ORIGIN}/a"), "/dl/other").unwrap());
@@ -2571,10 +2565,7 @@ fn a_duplicate_of_a_queued_download_paused_before_it_started_does_not_wait_for_i
 
 #[test]
 fn a_class_lent_by_a_duplicate_goes_back_when_the_duplicate_is_cancelled() {
-    let mut cfg = config();
-    cfg.max_active_jobs = 1;
-    let mut h = Harness::new(cfg);
-    any_path_server(&mut h, millis(50));
+    let mut h = one_slot_any_path();
     let x = h.submit(job_at("x"));
     let normal: Vec<JobId> = ["n1", "n2"].iter().map(|n| h.submit(job_at(n))).collect();
     let background = h.submit(job_at("u").priority(Priority::Background));
@@ -2599,10 +2590,7 @@ fn a_class_lent_by_a_duplicate_goes_back_when_the_duplicate_is_cancelled() {
 
 #[test]
 fn a_job_paused_before_it_started_is_no_leader_for_a_later_duplicate() {
-    let mut cfg = config();
-    cfg.max_active_jobs = 1;
-    let mut h = Harness::new(cfg);
-    any_path_server(&mut h, millis(50));
+    let mut h = one_slot_any_path();
     let x = h.submit(job_at("x"));
     let a = h.submit(job_at("a"));
     pause(&mut h, a);

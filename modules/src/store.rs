@@ -3213,6 +3213,12 @@ mod tests {
         fn path(&self) -> &Path {
             self.0.path()
         }
+
+        /// Fills what space is left with a file of someone else's.
+        fn fill(&self) {
+            let mut file = fs::File::create(self.path().join("filler")).unwrap();
+            while std::io::Write::write_all(&mut file, &[0u8; 4096]).is_ok() {}
+        }
     }
 
     #[cfg(target_os = "linux")]
@@ -3249,10 +3255,7 @@ mod tests {
             store.begin_write(&sha256, FileKind::Module).unwrap();
         }
         drop(store);
-        let filler = disk.path().join("filler");
-        let mut file = fs::File::create(&filler).unwrap();
-        while std::io::Write::write_all(&mut file, &[0u8; 4096]).is_ok() {}
-        drop(file);
+        disk.fill();
 
         let (mut store, report) = open(&cache, 10);
         assert!(!report.evicted_for_room.is_empty(), "{report:?}");
@@ -3291,9 +3294,7 @@ mod tests {
             }
         }
         drop(store);
-        let mut file = fs::File::create(disk.path().join("filler")).unwrap();
-        while std::io::Write::write_all(&mut file, &[0u8; 4096]).is_ok() {}
-        drop(file);
+        disk.fill();
         let opened = Store::open(&cache, 10);
         assert!(opened.is_ok(), "{:?}", opened.err());
     }
