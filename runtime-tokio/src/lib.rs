@@ -4,7 +4,10 @@
 //! `spawn_blocking` for file work and connection setup, `TcpStream` and `sleep_until`.
 //! Everything else (the engine loop, connections, TLS, proxies, files) is shared with the
 //! other runtimes. Use [`Client`] inside a tokio runtime (multi-threaded for throughput: the
-//! driver task hashes while connection tasks read).
+//! driver task hashes while connection tasks read) built with its I/O and time drivers
+//! (`enable_all()`, as `#[tokio::main]` does): without I/O connections never establish (the
+//! downloads end with connect timeouts), and without timers the client stops at once
+//! (`ClientStopped`).
 //!
 //! ```no_run
 //! # async fn demo() -> Result<(), Box<dyn std::error::Error>> {
