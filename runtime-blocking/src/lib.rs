@@ -572,7 +572,9 @@ impl Drop for CallerGuard<'_> {
 /// Calls from several threads run at once, sharing the engine (its limits on active
 /// downloads and connections, its rate limit and priorities, its dedup): one call's thread
 /// drives the engine, and the others hand their downloads to it and run their callbacks on
-/// their own threads. When the driving call returns, a call still running takes over. From
+/// their own threads. The driving call's callback runs on the engine's thread: while it
+/// works, no call's download moves, so keep callbacks short (hand slow work to another
+/// thread). When the driving call returns, a call still running takes over. From
 /// a call's own event callback, [`Client::stats`], [`Client::max_active_jobs`],
 /// [`Client::set_rate_schedule`] and the [`CancelHandle`] work; a download started there
 /// fails with [`DownloadError::InvalidRequest`] (it would wait for the call it runs in).
