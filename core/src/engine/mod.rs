@@ -1622,14 +1622,19 @@ impl Engine {
     /// download fetches waited behind every Normal one (the duplicate follows the first, and
     /// the first kept its place in the queue).
     fn raise_priority(&mut self, id: JobId, to: Priority) {
-        let Some(j) = self.jobs.get_mut(&id) else {
-            return;
-        };
-        if j.urgency >= to {
+        if self.jobs.get(&id).is_none_or(|j| j.urgency >= to) {
             return;
         }
-        let from = j.urgency;
-        j.urgency = to;
+        if let Some(leader) = self.set_urgency(id, to) {
+            self.raise_priority(leader, to);
+        }
+    }
+
+    /// Sets job `id`'s class to `to`, moving its entry in the queue or among the resumed
+    /// jobs (both are keyed by class); the job it follows, if any.
+    fn set_urgency(&mut self, id: JobId, to: Priority) -> Option<JobId> {
+        let j = self.jobs.get_mut(&id)?;
+        let from = std::mem::replace(&mut j.urgency, to);
         let follows = match j.phase {
             Phase::Following { leader } => Some(leader),
             _ => None,
@@ -1640,9 +1645,7 @@ impl Engine {
         if self.resuming.remove(&(Reverse(from), id)) {
             self.resuming.insert((Reverse(to), id));
         }
-        if let Some(leader) = follows {
-            self.raise_priority(leader, to);
-        }
+        follows
     }
 
     /// The paused job `job`'s duplicates bound for destinations of their own do not wait for
@@ -1689,22 +1692,10 @@ impl Engine {
             .filter_map(|f| self.jobs.get(f))
             .map(|f| f.urgency)
             .fold(j.spec.priority, Priority::max);
-        let from = j.urgency;
-        if to == from {
+        if to == j.urgency {
             return;
         }
-        let follows = match j.phase {
-            Phase::Following { leader } => Some(leader),
-            _ => None,
-        };
-        self.jobs.get_mut(&id).expect("checked").urgency = to;
-        if self.queue.remove(&(Reverse(from), id)) {
-            self.queue.insert((Reverse(to), id));
-        }
-        if self.resuming.remove(&(Reverse(from), id)) {
-            self.resuming.insert((Reverse(to), id));
-        }
-        if let Some(leader) = follows {
+        if let Some(leader) = self.set_urgency(id, to) {
             self.settle_priority(leader);
         }
     }
