@@ -465,6 +465,15 @@ fn get_list(
         .unwrap()
 }
 
+/// A 3 MB file served at `/big` that stops after 1.2 MB (the connection kept open): a
+/// download to interrupt once its partial holds 1 MB. Its bytes and its origin.
+fn stalling_big_file() -> (Vec<u8>, Origin) {
+    let body = data(3_000_000);
+    let origin = Origin::start().unwrap();
+    origin.route("/big", body.clone(), Behavior::Stall { after: 1_200_000 });
+    (body, origin)
+}
+
 /// Waits (20 s at most) until `part` holds `bytes`, then sends `signal` (`INT`, `TERM`) to
 /// `child` and returns its output.
 fn signal_once_written(
@@ -931,9 +940,7 @@ fn a_destination_that_already_holds_the_bytes_is_kept_and_said_so() {
 #[test]
 fn an_interrupted_get_exits_128_plus_the_signal_keeps_its_partial_and_the_same_command_resumes() {
     for (signal, code) in [("INT", 130), ("TERM", 143)] {
-        let body = data(3_000_000);
-        let origin = Origin::start().unwrap();
-        origin.route("/big", body.clone(), Behavior::Stall { after: 1_200_000 });
+        let (body, origin) = stalling_big_file();
         let dir = tempfile::tempdir().unwrap();
         let dest = dir.path().join("big");
         let part = dir.path().join("big.haul-part");
@@ -1008,9 +1015,7 @@ fn symbolic_links_planted_at_working_names_are_never_written_through() {
     // `<dest>.haul-part` and `<dest>.haul-state.tmp` were opened following links: a link
     // planted there by anyone who may write the directory had the download (or its state)
     // written over the link's target, anywhere, and the link itself renamed into place.
-    let body = data(3_000_000);
-    let origin = Origin::start().unwrap();
-    origin.route("/big", body.clone(), Behavior::Stall { after: 1_200_000 });
+    let (body, origin) = stalling_big_file();
     let dir = tempfile::tempdir().unwrap();
     let dest = dir.path().join("big");
     let part = dir.path().join("big.haul-part");
@@ -1094,9 +1099,7 @@ fn an_interrupted_download_without_a_validator_says_nothing_is_kept() {
 fn an_interrupted_list_names_only_the_downloads_that_had_started() {
     // Each queued file got its own "interrupted; the same command again resumes it" line,
     // though it had never started: 2,000 lines for a list of 2,000.
-    let body = data(3_000_000);
-    let origin = Origin::start().unwrap();
-    origin.route("/big", body.clone(), Behavior::Stall { after: 1_200_000 });
+    let (_, origin) = stalling_big_file();
     let dir = tempfile::tempdir().unwrap();
     let list = dir.path().join("list.txt");
     let mut text = format!("{}\n  out=big\n", origin.url("/big"));

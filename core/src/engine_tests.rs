@@ -2573,23 +2573,32 @@ fn state_whose_prefix_digest_does_not_match_the_partial_starts_from_zero_without
         .any(|e| matches!(e, Event::Resuming { .. })));
 }
 
+/// Serves `body` (with ranges) at `h`'s origin: the first response ends after `k` bytes of
+/// body (a clean close), each later one is `later` of what a correct server sends.
+fn serve_cut_once(
+    h: &mut Harness,
+    body: &[u8],
+    k: usize,
+    later: impl Fn(Vec<u8>) -> Vec<u8> + 'static,
+) {
+    let body = body.to_vec();
+    h.serve(ORIGIN, move |req| {
+        let wire = serve_range(&body, req);
+        if req.seq == 0 {
+            let cut = head_len(&wire) + k;
+            return Reply::new(wire[..cut].to_vec())
+                .pieces(&[1_000])
+                .then(After::Eof);
+        }
+        Reply::new(later(wire))
+    });
+}
+
 #[test]
 fn truncated_body_is_retried_with_range_from_the_received_offset() {
     let body = pattern(6_000, 18);
-    let k = 2_345;
     let mut h = Harness::new(config());
-    let b = body.clone();
-    h.serve(ORIGIN, move |req| {
-        let wire = serve_range(&b, req);
-        if req.seq == 0 {
-            let cut = head_len(&wire) + k;
-            Reply::new(wire[..cut].to_vec())
-                .pieces(&[1_000])
-                .then(After::Eof)
-        } else {
-            Reply::new(wire)
-        }
-    });
+    serve_cut_once(&mut h, &body, 2_345, |wire| wire);
     let job = h.submit(download().sha256(&sha_hex(&body)).unwrap());
     let out = h.run(job).expect("the retry finishes the file");
     assert_committed(&h, &body);
@@ -2620,18 +2629,11 @@ fn a_resume_answered_without_the_complete_length_continues_where_it_was() {
     // `Content-Range: bytes N-M/*` (complete length unknown to the server, as RFC 9110
     // allows) to a resume whose length is known was "unusable": the file started over.
     let body = pattern(6_000, 18);
-    let k = 2_345;
     let mut h = Harness::new(config());
-    let b = body.clone();
-    h.serve(ORIGIN, move |req| {
-        let wire = serve_range(&b, req);
-        if req.seq == 0 {
-            let cut = head_len(&wire) + k;
-            return Reply::new(wire[..cut].to_vec()).then(After::Eof);
-        }
+    serve_cut_once(&mut h, &body, 2_345, |wire| {
         let head = head_len(&wire);
         let text = String::from_utf8_lossy(&wire[..head]).replace("/6000\r\n", "/*\r\n");
-        Reply::new([text.as_bytes(), &wire[head..]].concat())
+        [text.as_bytes(), &wire[head..]].concat()
     });
     let job = h.submit(download().sha256(&sha_hex(&body)).unwrap());
     let out = h.run(job).expect("the resume finishes the file");
