@@ -654,7 +654,10 @@ pub struct Outcome {
     pub size: u64,
     /// Its SHA-256.
     pub sha256: [u8; 32],
-    /// Bytes that were already on disk from an earlier attempt and not fetched again.
+    /// Bytes of a partial file left by an earlier run (or an earlier engine) that were kept
+    /// and not fetched again. Bytes this job fetched itself before a retry or a pause are
+    /// not counted here but in [`Outcome::bytes_fetched`]: a job paused and resumed in one
+    /// engine reports 0.
     pub resumed_from: u64,
     /// Bytes received from the network for this job (all attempts).
     pub bytes_fetched: u64,
