@@ -2589,6 +2589,57 @@ fn a_class_lent_by_a_duplicate_goes_back_when_the_duplicate_is_cancelled() {
 }
 
 #[test]
+fn a_paused_duplicate_lends_no_class_until_it_is_resumed() {
+    // A Critical duplicate paused while it followed a queued Background download kept that
+    // download at Critical: the paused caller's file jumped the Normal ones.
+    let mut h = one_slot_any_path();
+    let x = h.submit(job_at("x"));
+    let normal: Vec<JobId> = ["n1", "n2"].iter().map(|n| h.submit(job_at(n))).collect();
+    let background = h.submit(job_at("u").priority(Priority::Background));
+    let critical = h.submit(
+        Download::new(&format!("{ORIGIN}/u"), "/dl/u-now")
+            .unwrap()
+            .priority(Priority::Critical),
+    );
+    pause(&mut h, critical);
+    for &job in normal.iter().chain([&x, &background]) {
+        h.run(job).expect("every download");
+    }
+    let order = started_order(&h);
+    assert_eq!(
+        order,
+        vec![x, normal[0], normal[1], background],
+        "{order:?}"
+    );
+    // Paused before it started, it still takes the bytes its leader fetched (a copy, no
+    // attempt of its own).
+    resume(&mut h, critical);
+    h.run(critical).expect("the duplicate");
+    assert_committed_at(&h, Path::new("/dl/u-now"), &pattern(20_000, 2));
+}
+
+#[test]
+fn resuming_a_paused_duplicate_lends_its_class_again() {
+    let mut h = one_slot_any_path();
+    let x = h.submit(job_at("x"));
+    let background = h.submit(job_at("u").priority(Priority::Background));
+    let normal: Vec<JobId> = ["n1", "n2"].iter().map(|n| h.submit(job_at(n))).collect();
+    let critical = h.submit(
+        Download::new(&format!("{ORIGIN}/u"), "/dl/u-now")
+            .unwrap()
+            .priority(Priority::Critical),
+    );
+    pause(&mut h, critical);
+    resume(&mut h, critical);
+    h.run(critical).expect("the critical copy");
+    for &job in normal.iter().chain([&x, &background]) {
+        h.run(job).expect("every download");
+    }
+    let order = started_order(&h);
+    assert_eq!(&order[..2], &[x, background], "{order:?}");
+}
+
+#[test]
 fn a_job_paused_before_it_started_is_no_leader_for_a_later_duplicate() {
     let mut h = one_slot_any_path();
     let x = h.submit(job_at("x"));

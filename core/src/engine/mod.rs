@@ -1587,8 +1587,16 @@ impl Engine {
             // Reading its file back for its checksum: the check goes on (see `checksum`).
             | Phase::Checksumming { .. } => {
                 j.pause_requested = true;
+                let leader = match j.phase {
+                    Phase::Following { leader } => Some(leader),
+                    _ => None,
+                };
                 // Nor does a duplicate wait for one paused before it started.
                 self.release_duplicates(job);
+                // A paused duplicate lends its leader no class (it waits for its caller).
+                if let Some(leader) = leader {
+                    self.settle_priority(leader);
+                }
                 return;
             }
             // Resumed but still waiting for a slot: it stays paused (its entry in
@@ -1690,6 +1698,7 @@ impl Engine {
             .followers
             .iter()
             .filter_map(|f| self.jobs.get(f))
+            .filter(|f| !f.pause_requested)
             .map(|f| f.urgency)
             .fold(j.spec.priority, Priority::max);
         if to == j.urgency {
@@ -1710,7 +1719,12 @@ impl Engine {
             return;
         };
         if std::mem::take(&mut j.pause_requested) {
-            // Paused before it started: it goes on from where it waited.
+            // Paused before it started: it goes on from where it waited, and a duplicate
+            // lends its leader its class again.
+            if let Phase::Following { leader } = j.phase {
+                let urgency = j.urgency;
+                self.raise_priority(leader, urgency);
+            }
             return self.schedule();
         }
         if !matches!(j.phase, Phase::Paused) {
@@ -2286,11 +2300,13 @@ impl Engine {
                         let path = fj.spec.provisional_path();
                         if let Some(&first) = self.dest_claims.get(&path) {
                             fj.phase = Phase::Following { leader: first };
-                            let urgency = fj.urgency;
+                            let lends = (!fj.pause_requested).then_some(fj.urgency);
                             if let Some(first) = self.jobs.get_mut(&first) {
                                 first.followers.push(f);
                             }
-                            self.raise_priority(first, urgency);
+                            if let Some(urgency) = lends {
+                                self.raise_priority(first, urgency);
+                            }
                             continue;
                         }
                         fj.claims_provisional = true;
