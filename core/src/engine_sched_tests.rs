@@ -2521,6 +2521,22 @@ fn a_duplicate_does_not_wait_for_the_resume_of_the_download_it_followed() {
     assert_committed_at(&h, Path::new("/dl/a"), &pattern(20_000, 2));
 }
 
+/// A Critical download of `/u` (a Background job's URL, in the tests below) to a file of its
+/// own: a duplicate that follows the Background job.
+fn submit_critical_copy_of_u(h: &mut Harness) -> JobId {
+    h.submit(
+        Download::new(&format!("{ORIGIN}/u"), "/dl/u-now")
+            .unwrap()
+            .priority(Priority::Critical),
+    )
+}
+
+fn run_all<'a>(h: &mut Harness, jobs: impl IntoIterator<Item = &'a JobId>) {
+    for &job in jobs {
+        h.run(job).expect("every download");
+    }
+}
+
 #[test]
 fn a_queued_download_that_a_more_urgent_duplicate_follows_starts_at_its_class() {
     // A Critical download of what a queued Background download fetches followed it, and the
@@ -2532,15 +2548,9 @@ fn a_queued_download_that_a_more_urgent_duplicate_follows_starts_at_its_class() 
         .iter()
         .map(|n| h.submit(job_at(n)))
         .collect();
-    let critical = h.submit(
-        Download::new(&format!("{ORIGIN}/u"), "/dl/u-now")
-            .unwrap()
-            .priority(Priority::Critical),
-    );
+    let critical = submit_critical_copy_of_u(&mut h);
     h.run(critical).expect("the critical copy");
-    for &job in normal.iter().chain([&x, &background]) {
-        h.run(job).expect("every download");
-    }
+    run_all(&mut h, normal.iter().chain([&x, &background]));
     let order = started_order(&h);
     assert_eq!(&order[..2], &[x, background], "{order:?}");
     assert!(
@@ -2563,54 +2573,41 @@ fn a_duplicate_of_a_queued_download_paused_before_it_started_does_not_wait_for_i
     assert_committed_at(&h, Path::new("/dl/other"), &pattern(20_000, 2));
 }
 
-#[test]
-fn a_class_lent_by_a_duplicate_goes_back_when_the_duplicate_is_cancelled() {
+/// One slot, busy with `x`; queued behind it two Normal downloads, then a Background one of
+/// `/u`, then a Critical copy of `/u` that follows it: the four in the order they start when
+/// the copy lends no class, and the copy.
+fn one_slot_normal_then_background_and_a_critical_copy() -> (Harness, [JobId; 4], JobId) {
     let mut h = one_slot_any_path();
     let x = h.submit(job_at("x"));
-    let normal: Vec<JobId> = ["n1", "n2"].iter().map(|n| h.submit(job_at(n))).collect();
+    let n1 = h.submit(job_at("n1"));
+    let n2 = h.submit(job_at("n2"));
     let background = h.submit(job_at("u").priority(Priority::Background));
-    let critical = h.submit(
-        Download::new(&format!("{ORIGIN}/u"), "/dl/u-now")
-            .unwrap()
-            .priority(Priority::Critical),
-    );
+    let critical = submit_critical_copy_of_u(&mut h);
+    (h, [x, n1, n2, background], critical)
+}
+
+fn assert_started_in_order(h: &mut Harness, jobs: &[JobId]) {
+    run_all(h, jobs);
+    let order = started_order(h);
+    assert_eq!(order, jobs, "{order:?}");
+}
+
+#[test]
+fn a_class_lent_by_a_duplicate_goes_back_when_the_duplicate_is_cancelled() {
+    let (mut h, in_order, critical) = one_slot_normal_then_background_and_a_critical_copy();
     h.engine.cancel(h.now, critical, CancelMode::KeepPartial);
     h.drain();
     assert!(h.run(critical).is_err());
-    for &job in normal.iter().chain([&x, &background]) {
-        h.run(job).expect("every download");
-    }
-    let order = started_order(&h);
-    assert_eq!(
-        order,
-        vec![x, normal[0], normal[1], background],
-        "{order:?}"
-    );
+    assert_started_in_order(&mut h, &in_order);
 }
 
 #[test]
 fn a_paused_duplicate_lends_no_class_until_it_is_resumed() {
     // A Critical duplicate paused while it followed a queued Background download kept that
     // download at Critical: the paused caller's file jumped the Normal ones.
-    let mut h = one_slot_any_path();
-    let x = h.submit(job_at("x"));
-    let normal: Vec<JobId> = ["n1", "n2"].iter().map(|n| h.submit(job_at(n))).collect();
-    let background = h.submit(job_at("u").priority(Priority::Background));
-    let critical = h.submit(
-        Download::new(&format!("{ORIGIN}/u"), "/dl/u-now")
-            .unwrap()
-            .priority(Priority::Critical),
-    );
+    let (mut h, in_order, critical) = one_slot_normal_then_background_and_a_critical_copy();
     pause(&mut h, critical);
-    for &job in normal.iter().chain([&x, &background]) {
-        h.run(job).expect("every download");
-    }
-    let order = started_order(&h);
-    assert_eq!(
-        order,
-        vec![x, normal[0], normal[1], background],
-        "{order:?}"
-    );
+    assert_started_in_order(&mut h, &in_order);
     // Paused before it started, it still takes the bytes its leader fetched (a copy, no
     // attempt of its own).
     resume(&mut h, critical);
@@ -2624,17 +2621,11 @@ fn resuming_a_paused_duplicate_lends_its_class_again() {
     let x = h.submit(job_at("x"));
     let background = h.submit(job_at("u").priority(Priority::Background));
     let normal: Vec<JobId> = ["n1", "n2"].iter().map(|n| h.submit(job_at(n))).collect();
-    let critical = h.submit(
-        Download::new(&format!("{ORIGIN}/u"), "/dl/u-now")
-            .unwrap()
-            .priority(Priority::Critical),
-    );
+    let critical = submit_critical_copy_of_u(&mut h);
     pause(&mut h, critical);
     resume(&mut h, critical);
     h.run(critical).expect("the critical copy");
-    for &job in normal.iter().chain([&x, &background]) {
-        h.run(job).expect("every download");
-    }
+    run_all(&mut h, normal.iter().chain([&x, &background]));
     let order = started_order(&h);
     assert_eq!(&order[..2], &[x, background], "{order:?}");
 }
