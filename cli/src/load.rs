@@ -501,7 +501,8 @@ mod tests {
             module_exit_code(&ModuleError::Rollback {
                 app: "a".into(),
                 pinned_fresh_at_ms: 2,
-                offered_fresh_at_ms: Some(1)
+                offered_fresh_at_ms: Some(1),
+                floor: haul_modules::RollbackFloor::Pinned,
             }),
             6
         );

@@ -135,21 +135,45 @@ pub enum ModuleError {
         source: StoreError,
     },
 
-    /// The offered manifest is older than the app's pinned one.
+    /// The offered manifest is older than the app's pinned one, or than the release the app
+    /// ships with (its embedded manifest): [`Rollback::floor`] says which.
+    ///
+    /// [`Rollback::floor`]: ModuleError::Rollback::floor
     #[error(
-        "rollback refused for app {app:?}: offered manifest {} is older than the pinned \
+        "rollback refused for app {app:?}: offered manifest {} is older than {floor} \
          freshAtEpochMs {pinned_fresh_at_ms}",
         offered_freshness(*offered_fresh_at_ms)
     )]
     Rollback {
         app: String,
+        /// The floor's `freshAtEpochMs` (the pinned manifest's, or the embedded one's).
         pinned_fresh_at_ms: u64,
         offered_fresh_at_ms: Option<u64>,
+        floor: RollbackFloor,
     },
 
     /// The store failed.
     #[error(transparent)]
     Store(#[from] StoreError),
+}
+
+/// Which manifest set the rollback floor an offered one is measured against.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RollbackFloor {
+    /// The app's pinned manifest (its `freshAtEpochMs` as recorded when it was pinned).
+    Pinned,
+    /// The manifest the app ships with (the embedded directory), newer than the pinned one
+    /// or with none pinned yet.
+    Embedded,
+}
+
+impl std::fmt::Display for RollbackFloor {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            RollbackFloor::Pinned => "the pinned",
+            RollbackFloor::Embedded => "the embedded release's",
+        })
+    }
 }
 
 impl ModuleError {

@@ -24,7 +24,7 @@ pub mod store;
 #[cfg(test)]
 pub(crate) mod test_support;
 
-pub use error::ModuleError;
+pub use error::{ModuleError, RollbackFloor};
 pub use loader::{
     check_app_name, open_for_load, Delivery, FetchError, FetchErrorKind, FetchedManifest, Fetcher,
     LoadRequest, LoadResult, LoadSource, LoadedModule, Loader, ModuleFetch, ModuleSource,

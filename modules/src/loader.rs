@@ -64,7 +64,7 @@ use url::Url;
 use crate::manifest::{Manifest, ModuleId, MANIFEST_MAX_BYTES};
 use crate::signature::{check_trusted_keys, verify_parsed, TrustedKey};
 use crate::store::{FileKind, PendingFile, PinPlan, RecoveryReport, Store, StoreError};
-use crate::ModuleError;
+use crate::{ModuleError, RollbackFloor};
 
 /// What kind of failure a fetch was, as the download engine classifies it. The kind says
 /// whether the network failed ([`FetchError::is_network`]: a later try may succeed) and lets
@@ -582,8 +582,17 @@ impl<F: Fetcher> Loader<F> {
     pub fn load(&self, request: &LoadRequest) -> Result<LoadResult, ModuleError> {
         check_app_name(&request.app)?;
         let mut warnings = Vec::new();
-        let (pinned, rollback_floor) = self.pinned_candidate(request, &mut warnings);
-        let embedded = self.embedded_candidate(request, rollback_floor, &mut warnings);
+        let (pinned, pinned_floor) = self.pinned_candidate(request, &mut warnings);
+        let pinned_floor = pinned_floor.map(|ms| (ms, RollbackFloor::Pinned));
+        let embedded = self.embedded_candidate(request, pinned_floor, &mut warnings);
+        // The network's manifest may be no older than the release the app ships with either
+        // (an empty cache pinned an older, replayed release over it).
+        let network_floor = embedded
+            .as_ref()
+            .and_then(|e| e.manifest.rollback_floor_at(request.now_ms))
+            .filter(|&ms| pinned_floor.is_none_or(|(pinned, _)| ms > pinned))
+            .map(|ms| (ms, RollbackFloor::Embedded))
+            .or(pinned_floor);
 
         let newest_local = match (&pinned, &embedded) {
             (Some(pinned), Some(embedded))
@@ -608,7 +617,7 @@ impl<F: Fetcher> Loader<F> {
             }
         }
 
-        let network_error = match self.network_candidate(request, rollback_floor, &mut warnings) {
+        let network_error = match self.network_candidate(request, network_floor, &mut warnings) {
             Ok(candidate) => {
                 match self.materialize(&candidate, request, NetworkUse::Allowed, &mut warnings) {
                     // Pinning the new release can fail too (a disk too full for the index):
@@ -737,7 +746,7 @@ impl<F: Fetcher> Loader<F> {
     fn embedded_candidate(
         &self,
         request: &LoadRequest,
-        rollback_floor: Option<u64>,
+        rollback_floor: Option<(u64, RollbackFloor)>,
         warnings: &mut Vec<String>,
     ) -> Option<Candidate> {
         let path = request
@@ -786,7 +795,7 @@ impl<F: Fetcher> Loader<F> {
     fn network_candidate(
         &self,
         request: &LoadRequest,
-        rollback_floor: Option<u64>,
+        rollback_floor: Option<(u64, RollbackFloor)>,
         warnings: &mut Vec<String>,
     ) -> Result<Candidate, ModuleError> {
         let fetched = self
@@ -1525,11 +1534,11 @@ pub fn check_app_name(app: &str) -> Result<(), ModuleError> {
 
 fn check_rollback(
     candidate: &Candidate,
-    rollback_floor: Option<u64>,
+    rollback_floor: Option<(u64, RollbackFloor)>,
     request: &LoadRequest,
     warnings: &mut Vec<String>,
 ) -> Result<(), ModuleError> {
-    let Some(floor) = rollback_floor else {
+    let Some((floor, floor_source)) = rollback_floor else {
         return Ok(());
     };
     let offered = candidate.manifest.fresh_at_epoch_ms();
@@ -1538,7 +1547,8 @@ fn check_rollback(
     }
     if request.allow_rollback {
         warnings.push(format!(
-            "rollback allowed: {} manifest {} is older than the pinned freshAtEpochMs {floor}",
+            "rollback allowed: {} manifest {} is older than {floor_source} freshAtEpochMs \
+             {floor}",
             candidate.origin,
             crate::error::offered_freshness(offered)
         ));
@@ -1548,6 +1558,7 @@ fn check_rollback(
         app: request.app.clone(),
         pinned_fresh_at_ms: floor,
         offered_fresh_at_ms: offered,
+        floor: floor_source,
     })
 }
 
@@ -2436,6 +2447,7 @@ mod tests {
                 ModuleError::Rollback {
                     pinned_fresh_at_ms: 200,
                     offered_fresh_at_ms: Some(100),
+                    floor: RollbackFloor::Pinned,
                     ..
                 }
             ),
@@ -2632,6 +2644,45 @@ mod tests {
             .pins()
             .iter()
             .any(|pin| pin.sha256 == sha256_hex(&raw)));
+    }
+
+    /// The release an app ships with is a rollback floor too: on an empty cache, an older
+    /// signed manifest from the network (a replayed release) was loaded and pinned over it.
+    #[test]
+    fn a_network_manifest_older_than_the_embedded_release_is_refused_and_the_embedded_loads() {
+        let world = world();
+        let modules = [kotlin(), app_module("news", "v2")];
+        let raw = manifest_json(&modules, Some(200), &[&world.signer]);
+        write_embedded(&world, "news", &raw, &modules);
+        world.publish("news", &[kotlin(), app_module("news", "v1")], 100);
+        let mut request = world.request("news", 1_000_000);
+        request.embedded_dir = Some(world.embedded_dir.clone());
+        let result = world.loader.load(&request).unwrap();
+        let LoadSource::EmbeddedFallback { reason } = &result.manifest_source else {
+            panic!("{:?}", result.manifest_source);
+        };
+        assert_eq!(
+            reason,
+            "rollback refused for app \"news\": offered manifest freshAtEpochMs 100 is older \
+             than the embedded release's freshAtEpochMs 200"
+        );
+        assert_eq!(result.manifest_sha256, sha256_hex(&raw));
+        assert!(
+            world.fetcher.fetched().is_empty(),
+            "no module of the old release"
+        );
+        // Allowed, the older release loads (with a warning).
+        request.allow_rollback = true;
+        let result = world.loader.load(&request).unwrap();
+        assert_eq!(result.manifest_source, LoadSource::Network);
+        assert!(
+            result
+                .warnings
+                .iter()
+                .any(|w| w.contains("rollback allowed")),
+            "{:?}",
+            result.warnings
+        );
     }
 
     #[test]
