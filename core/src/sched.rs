@@ -201,14 +201,15 @@ impl RangeSet {
 }
 
 /// Split `[start, end)` into at most `n` segments no smaller than `min` (the last one takes
-/// the remainder).
+/// the remainder); one segment when the range is shorter than two minimums.
 pub fn plan_segments(start: u64, end: u64, n: u32, min: u64) -> Vec<(u64, u64)> {
     let len = end.saturating_sub(start);
     if len == 0 {
         return Vec::new();
     }
     let min = min.max(1);
-    let n = (n.max(1) as u64).min(len.div_ceil(min)).max(1);
+    // Rounded down: 1.5 minimums make one segment, not two of three quarters.
+    let n = (n.max(1) as u64).min(len / min).max(1);
     let step = len / n;
     (0..n)
         .map(|i| {
@@ -431,11 +432,20 @@ mod tests {
         let s = plan_segments(0, 100, 4, 10);
         assert_eq!(s, vec![(0, 25), (25, 50), (50, 75), (75, 100)]);
         let s = plan_segments(0, 100, 16, 30);
-        assert_eq!(s.len(), 4);
-        assert_eq!(s.first().unwrap().0, 0);
-        assert_eq!(s.last().unwrap().1, 100);
-        assert!(s.windows(2).all(|w| w[0].1 == w[1].0));
+        assert_eq!(s, vec![(0, 33), (33, 66), (66, 100)]);
         assert_eq!(plan_segments(5, 5, 4, 1), vec![]);
+        assert_eq!(plan_segments(0, 20, 4, 30), vec![(0, 20)], "shorter than one minimum");
+        for (len, n, min) in [(150u64, 4u32, 100u64), (1_572_864, 4, 1 << 20), (999, 7, 100)] {
+            let plan = plan_segments(0, len, n, min);
+            assert_eq!(plan.first().unwrap().0, 0);
+            assert_eq!(plan.last().unwrap().1, len);
+            assert!(plan.windows(2).all(|w| w[0].1 == w[1].0));
+            assert!(plan.len() <= n as usize);
+            assert!(
+                plan.len() == 1 || plan.iter().all(|(s, e)| e - s >= min),
+                "plan_segments(0, {len}, {n}, {min}) = {plan:?}: below the minimum"
+            );
+        }
     }
 
     #[test]
