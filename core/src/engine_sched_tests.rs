@@ -1659,6 +1659,70 @@ fn a_dependency_on_an_unknown_job_fails_at_once_naming_that_job() {
     assert!(h.requests.is_empty());
 }
 
+#[test]
+fn a_job_may_not_depend_on_itself_or_on_a_later_job_so_no_cycle_waits_for_ever() {
+    // Job ids are predictable: a job named itself, or two of one batch named each other,
+    // and they waited for ever (with any download of the same URL behind them).
+    let mut h = Harness::new(config());
+    any_path_server(&mut h, Duration::ZERO);
+    let next = h.submit(job_at("first"));
+    let itself = JobId(next.0 + 1);
+    let own = h.submit(job_at("own").after(itself));
+    assert_eq!(own, itself);
+    assert_eq!(
+        h.run(own),
+        Err(DownloadError::InvalidRequest(format!(
+            "job {} cannot depend on itself",
+            own.0
+        )))
+    );
+    let (b, c) = (JobId(own.0 + 1), JobId(own.0 + 2));
+    let ids = h
+        .engine
+        .submit_batch(h.now, vec![job_at("b").after(c), job_at("c").after(b)]);
+    h.drain();
+    assert_eq!(ids, vec![b, c]);
+    assert_eq!(
+        h.run(b),
+        Err(DownloadError::DependencyUnknown {
+            dependency: c.0,
+            kept: crate::FINISHED_KEPT
+        })
+    );
+    assert!(matches!(
+        h.run(c),
+        Err(DownloadError::DependencyFailed { dependency, .. }) if dependency == b.0
+    ));
+    // The same URL without a dependency is no duplicate of the refused ones.
+    let free = h.submit(job_at("c"));
+    h.run(free).expect("runs");
+    h.run(next).expect("the first one");
+}
+
+#[test]
+fn a_download_without_dependencies_does_not_follow_a_duplicate_that_waits_for_its_own() {
+    // C (no dependency) fetched the URL of B, which waited behind A: C was attached to B as
+    // its duplicate and waited for A too (6.7 s when A failed after its retries).
+    let mut h = Harness::new(config());
+    h.serve(ORIGIN, move |req| {
+        let body = pattern(20_000, req.path.len() as u8);
+        let gap = if req.path.contains("slow") { 500 } else { 10 };
+        Reply::new(serve_range(&body, req))
+            .pieces(&[5000])
+            .gap(millis(gap))
+    });
+    let a = h.submit(job_at("slow-dependency-of-b"));
+    let b = h.submit(job_at("f").after(a));
+    let c = h.submit(Download::new(&format!("{ORIGIN}/f"), "/dl/f-now").unwrap());
+    h.run(c).expect("c runs on its own");
+    assert!(
+        h.finished(a).is_none(),
+        "c finished before a: it did not wait for b's dependency"
+    );
+    h.run(b).expect("b after a");
+    assert_committed_at(&h, Path::new("/dl/f-now"), &pattern(20_000, 2));
+}
+
 /// A long-running engine keeps the outcomes of the last `FINISHED_KEPT` jobs to finish, not
 /// of every job it ever ran; one a waiting dependant needs stays however old it is (the
 /// dependant starts and succeeds after thousands of later jobs), and a job submitted

@@ -182,9 +182,10 @@ pub enum DownloadError {
         dependency: u64,
         cause: Box<DownloadError>,
     },
-    /// A job this one depends on is unknown to the engine: it was never submitted, or it
-    /// finished before the last `kept` jobs to finish and its outcome is no longer held.
-    #[error("dependency job#{dependency} is unknown: never submitted, or finished before the last {kept} jobs to finish and forgotten")]
+    /// A job this one depends on is unknown to the engine: it was not submitted before this
+    /// one (a job depends only on earlier jobs, so no cycle can form), or it finished before
+    /// the last `kept` jobs to finish and its outcome is no longer held.
+    #[error("dependency job#{dependency} is unknown: not submitted before this download, or finished before the last {kept} jobs to finish and forgotten")]
     DependencyUnknown { dependency: u64, kept: usize },
     /// Every URL of the download is behind an open circuit breaker for longer than the
     /// retry policy allows waiting; `last_failure` is the last failure counted against

@@ -434,8 +434,16 @@ mod tests {
         let s = plan_segments(0, 100, 16, 30);
         assert_eq!(s, vec![(0, 33), (33, 66), (66, 100)]);
         assert_eq!(plan_segments(5, 5, 4, 1), vec![]);
-        assert_eq!(plan_segments(0, 20, 4, 30), vec![(0, 20)], "shorter than one minimum");
-        for (len, n, min) in [(150u64, 4u32, 100u64), (1_572_864, 4, 1 << 20), (999, 7, 100)] {
+        assert_eq!(
+            plan_segments(0, 20, 4, 30),
+            vec![(0, 20)],
+            "shorter than one minimum"
+        );
+        for (len, n, min) in [
+            (150u64, 4u32, 100u64),
+            (1_572_864, 4, 1 << 20),
+            (999, 7, 100),
+        ] {
             let plan = plan_segments(0, len, n, min);
             assert_eq!(plan.first().unwrap().0, 0);
             assert_eq!(plan.last().unwrap().1, len);

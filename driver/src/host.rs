@@ -171,6 +171,17 @@ impl Host {
         self.engine.cancel(now, job, mode);
     }
 
+    /// Cancel several jobs, the latest submitted first: a job depends only on earlier ones,
+    /// so each dependant is cancelled before its dependency, and ends `Cancelled` rather than
+    /// failed for a cancelled dependency.
+    pub fn cancel_all_with(&mut self, jobs: impl IntoIterator<Item = JobId>, mode: CancelMode) {
+        let mut jobs: Vec<JobId> = jobs.into_iter().collect();
+        jobs.sort_unstable_by(|a, b| b.cmp(a));
+        for job in jobs {
+            self.cancel_with(job, mode);
+        }
+    }
+
     /// Pause a job (see [`Engine::pause`]).
     pub fn pause(&mut self, job: JobId) {
         let now = self.now();

@@ -336,9 +336,9 @@ impl Driver {
                 // their destinations free) the panic goes on to the caller.
                 unsubmitted.by_ref().for_each(drop);
                 total = order.len();
-                for job in order.iter().filter(|j| !results.contains_key(j)) {
-                    self.host.cancel(*job);
-                }
+                let running = order.iter().filter(|j| !results.contains_key(j));
+                self.host
+                    .cancel_all_with(running.copied(), CancelMode::KeepPartial);
                 unwinding = Some(panic);
                 continue;
             }
@@ -390,9 +390,8 @@ impl Driver {
                         let ids = self.host.submit_batch(unsubmitted.by_ref().collect());
                         mine.extend(ids.iter().copied());
                         order.extend(ids);
-                        for job in order.iter().filter(|j| !results.contains_key(j)) {
-                            self.host.cancel_with(*job, mode);
-                        }
+                        let running = order.iter().filter(|j| !results.contains_key(j));
+                        self.host.cancel_all_with(running.copied(), mode);
                     }
                     // Only the unfinished jobs of running calls: an id from an earlier call
                     // may name a job of that call still tidying up after it unwound, which
@@ -429,9 +428,7 @@ impl Driver {
     /// Cancel every guest's unfinished jobs.
     fn cancel_guests(&mut self, mode: CancelMode) {
         let jobs: Vec<JobId> = self.guests.keys().copied().collect();
-        for job in jobs {
-            self.host.cancel_with(job, mode);
-        }
+        self.host.cancel_all_with(jobs, mode);
     }
 
     /// Submit a guest's downloads (see [`Guest`]).

@@ -61,7 +61,8 @@ fn a_panicking_callback_ends_its_call_and_its_jobs_and_the_client_goes_on() {
     assert_eq!(again.unwrap(), slow.len() as u64);
 }
 
-/// Cancelling a long call (more downloads than run at once) ends every download of it; with
+/// Cancelling a long call (more downloads than run at once) ends every download of it, those
+/// waiting for a dependency too; with
 /// `cancel_with(CancelMode::KeepPartial)` the partials stay for resume, with a plain
 /// `cancel()` (which discards) none does.
 #[test]
@@ -82,9 +83,17 @@ fn cancelling_a_long_call_ends_every_download_and_discard_leaves_no_partial() {
         config.idle_timeout = Duration::from_secs(600);
         let client = haul_blocking::Client::new(config).unwrap();
         let cancel = client.cancel_handle();
+        // Every other download depends on the one before it: cancelled too, not failed for
+        // its cancelled dependency (the dependency was cancelled first).
         let downloads: Vec<Download> = (0..200)
             .map(|n| {
-                Download::new(&origin.url("/stall"), dir.path().join(format!("f{n}"))).unwrap()
+                let d =
+                    Download::new(&origin.url("/stall"), dir.path().join(format!("f{n}"))).unwrap();
+                if n % 2 == 1 {
+                    d.after_index(n - 1)
+                } else {
+                    d
+                }
             })
             .collect();
         let (tx, rx) = std::sync::mpsc::channel();

@@ -1287,6 +1287,21 @@ impl Engine {
             .as_ref()
             .map(|c| checksum::Streamed::new(c.algorithm()));
         let id = self.next_job_id();
+        // Ids only grow: a job may depend only on jobs submitted before it, so no cycle can
+        // form (a job that named itself, or one submitted after it, waited for ever).
+        if let Some(&dependency) = spec.depends_on.iter().find(|d| **d >= id) {
+            let error = if dependency == id {
+                DownloadError::InvalidRequest(format!("job {} cannot depend on itself", id.0))
+            } else {
+                // Not submitted yet: as unknown as one never submitted.
+                DownloadError::DependencyUnknown {
+                    dependency: dependency.0,
+                    kept: FINISHED_KEPT,
+                }
+            };
+            self.refuse(id, &spec, error);
+            return id;
+        }
         let mut leader = self.find_leader(&spec);
         // A duplicate of a running download (not one waiting for a destination to be free).
         let mut duplicate = leader.is_some();
@@ -1511,9 +1526,11 @@ impl Engine {
             .get(&ContentKey::of(spec))?
             .iter()
             .filter_map(|id| self.jobs.get(id))
-            // Nor a paused job: its duplicates would wait for its caller's resume.
+            // Nor a paused job: its duplicates would wait for its caller's resume. Nor one
+            // still waiting for its own dependencies: a download without them would wait too.
             .filter(|j| {
                 !j.pause_requested
+                    && j.spec.depends_on.iter().all(|d| self.finished.succeeded(d))
                     && !matches!(
                         j.phase,
                         Phase::Following { .. } | Phase::CleaningUp { .. } | Phase::Paused
