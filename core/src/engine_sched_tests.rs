@@ -21,10 +21,11 @@ use crate::download::Download;
 use crate::engine::{CancelMode, Engine, Event, JobId};
 use crate::engine_tests::{
     assert_nothing_left, assert_two_reads_in_flight_covering, at, config, dest, download, hdr,
-    head_len, job_of, origin_key, part, pattern, requested_range, serve_range, sha, sha_hex, state,
-    with_length, After, Harness, Reply, Req, Schedule, ETAG, ORIGIN, URL,
+    head_len, job_of, origin_key, part, pattern, requested_range, response, serve_range, sha,
+    sha_hex, state, with_length, After, Harness, Reply, Req, Schedule, ETAG, ORIGIN, URL,
 };
 use crate::error::DownloadError;
+use crate::http::HttpError;
 use crate::io::{ConnId, IoOp};
 use crate::resume::{PartState, Validator, STATE_VERSION};
 use crate::rng::SeededRng;
@@ -1380,6 +1381,66 @@ fn connections_per_origin_never_exceed_the_limit() {
         "the limit is reached and never exceeded"
     );
     assert!(h.requests.len() > 3, "the jobs were segmented");
+}
+
+#[test]
+fn a_segment_whose_body_ends_short_of_its_range_is_a_truncated_body_and_retries_end() {
+    // A server that took a range's end as exclusive: every 206 ended, closing, one byte short
+    // of the range it announced. Each was taken as the segment done; the missing byte was
+    // asked for again, forever (2,700 requests a second, whatever the retry limits).
+    let body = pattern(400_000, 9);
+    let mut cfg = config();
+    cfg.retry.max_attempts = 3;
+    let mut h = Harness::new(cfg);
+    let b = body.clone();
+    h.serve(ORIGIN, move |req| match requested_range(req) {
+        Some((first, last)) => {
+            let last = last.map_or(b.len() - 1, |l| l.min(b.len() - 1));
+            let wire = response(
+                206,
+                &[
+                    hdr("ETag", ETAG),
+                    hdr("Content-Range", format!("bytes {first}-{last}/{}", b.len())),
+                ],
+                &b[first..last],
+            );
+            Reply::new(wire)
+                .pieces(&[10_000])
+                .gap(millis(20))
+                .then(After::Eof)
+        }
+        None => Reply::new(with_length(200, &[hdr("ETag", ETAG)], &b)),
+    });
+    let job = h.submit(segmented(4, 50_000));
+    let err = h.run(job).expect_err("every segment arrives short");
+    assert!(
+        matches!(
+            err,
+            DownloadError::Protocol {
+                source: HttpError::Truncated { .. },
+                ..
+            }
+        ),
+        "{err:?}"
+    );
+    assert!(
+        h.requests.len() < 40,
+        "{} requests: {:?}",
+        h.requests.len(),
+        h.requests
+            .iter()
+            .map(|r| r.header("range"))
+            .collect::<Vec<_>>()
+    );
+    assert!(
+        h.requests
+            .iter()
+            .filter(|r| r.header("range").is_some())
+            .count()
+            > 2,
+        "split into segments"
+    );
+    assert!(h.fs.get(dest()).is_none());
 }
 
 #[test]

@@ -778,6 +778,9 @@ impl Engine {
                     self.connection_failed(id, tid, conn, failure, got);
                 }
                 TPhase::Body { decoder, .. } => match decoder.on_eof() {
+                    Ok(()) if t.end.is_some_and(|end| t.pos < end) => {
+                        self.body_ended_short(id, tid)
+                    }
                     Ok(()) => self.transfer_done(id, tid, false),
                     Err(source) => {
                         let origin = origin_label(&t.url);
@@ -806,6 +809,24 @@ impl Engine {
                 self.connection_failed(id, tid, conn, failure, got);
             }
         }
+    }
+
+    /// The body of transfer `tid` ended (cleanly, as its framing says) short of the range it
+    /// was asked for and answered: the rest is missing, as from a connection cut. Taken as
+    /// the segment done, the gap was asked for again and again, retry limits or not.
+    fn body_ended_short(&mut self, id: JobId, tid: u64) {
+        let t = self.transfer(id, tid).expect("transfer");
+        let missing = t.end.map_or(0, |end| end.saturating_sub(t.pos));
+        let received = match &t.phase {
+            TPhase::Body { decoder, .. } => decoder.received(),
+            _ => 0,
+        };
+        let origin = origin_label(&t.url);
+        let source = crate::http::HttpError::Truncated {
+            expected: Some(received + missing),
+            received,
+        };
+        self.transfer_failed(id, tid, DownloadError::Protocol { origin, source });
     }
 
     fn on_head_bytes(&mut self, id: JobId, tid: u64, conn: ConnId, bytes: Bytes) {
@@ -1464,6 +1485,12 @@ impl Engine {
                     }
                 }
                 Ok(Decoded::NeedMore) => break,
+                Ok(Decoded::Done) if t.end.is_some_and(|end| t.pos < end) => {
+                    if wrote {
+                        self.after_progress(id);
+                    }
+                    return self.body_ended_short(id, tid);
+                }
                 Ok(Decoded::Done) => {
                     finished = Some(keep_alive && bytes.is_empty());
                     break;
