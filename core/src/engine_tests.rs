@@ -283,7 +283,7 @@ impl FakeFs {
                     }
                 }
             }
-            IoOp::Digest { file, len } => match self.open_inode(*file, "Digest") {
+            IoOp::Digest { file, len, .. } => match self.open_inode(*file, "Digest") {
                 Err(e) => e,
                 Ok(inode) => match inode.data.get(..*len as usize) {
                     Some(bytes) => IoResult::Digest(Sha256::digest(bytes).into()),
@@ -3268,7 +3268,7 @@ fn with_executor_digests_a_segmented_download_is_hashed_by_the_engine() {
 }
 
 #[test]
-fn with_executor_digests_checkpoints_vouch_for_no_hashed_prefix_and_a_resume_hashes_the_kept_bytes_back(
+fn with_executor_digests_checkpoints_vouch_for_their_bytes_with_the_executors_digest_and_a_resume_checks_it(
 ) {
     let body = pattern(10_000, 67);
     let mut cfg = executor_digest_config(0);
@@ -3285,17 +3285,20 @@ fn with_executor_digests_checkpoints_vouch_for_no_hashed_prefix_and_a_resume_has
     h.cancel(job, CancelMode::KeepPartial);
     assert_eq!(h.run(job), Err(DownloadError::Cancelled));
     assert!(!h.fs.state_writes.is_empty(), "checkpoints were written");
-    // The engine hashed nothing itself: every checkpoint lists the bytes as received ranges.
+    // The engine hashed nothing itself: each checkpoint records the executor's digest of the
+    // bytes written, as a verified prefix a resume checks.
     for s in &h.fs.state_writes {
-        assert_eq!(s.verified, 0, "{s:?}");
-        assert_eq!(s.ranges.first().map(|r| r.0), Some(0), "{s:?}");
+        let n = s.verified as usize;
+        assert!(n > 0 && s.ranges.is_empty(), "{s:?}");
+        assert_eq!(s.prefix_sha256, sha_hex(&body[..n]), "{s:?}");
     }
+    assert!(h.count_ops(|op| matches!(op, IoOp::Digest { keep: true, .. })) > 0);
     let saved =
         PartState::decode_for(h.fs.get(state()).expect("state kept"), URL).expect("valid state");
-    let kept = saved.ranges.iter().map(|(s, e)| e - s).sum::<u64>();
+    let kept = saved.verified;
     assert!(kept >= 3_000, "{saved:?}");
-    // A new job resumes after the kept bytes, reads them back to hash them (no executor
-    // digest: the file was not written from zero by this job) and commits the exact bytes.
+    // A new job re-hashes the kept prefix (no executor digest: the file was not written
+    // from zero by this job), resumes after it and commits the exact bytes.
     let digests_before = h.count_ops(|op| matches!(op, IoOp::Digest { .. }));
     let again = h.submit(download().sha256(&sha_hex(&body)).unwrap());
     let out = h.run(again).expect("resumed job");
@@ -3309,6 +3312,96 @@ fn with_executor_digests_checkpoints_vouch_for_no_hashed_prefix_and_a_resume_has
         h.count_ops(|op| matches!(op, IoOp::ReadAt { .. })) > 0,
         "read back"
     );
+}
+
+/// A new run over a state file and a partial that a killed run left (SIGKILL: the bytes
+/// written stay, the state is whatever was last written).
+fn after_a_kill(h: Harness, cfg: Config) -> Harness {
+    let mut fs = h.fs;
+    fs.open.clear();
+    fs.refused.clear();
+    let mut again = Harness::new(cfg);
+    again.fs = fs;
+    again
+}
+
+#[test]
+fn a_state_left_from_before_a_restart_from_zero_never_splices_the_old_version_onto_the_new() {
+    // With executor digests, checkpoints recorded their bytes as unverified ranges. The file
+    // changed (a 200 answered the resume), the partial was emptied and refilled with the new
+    // version, and the process was killed before the next checkpoint: the next run trusted
+    // "v1, bytes 0..3000" and appended v1's tail to v2's head.
+    let v1 = pattern(10_000, 81);
+    let v2 = pattern(10_000, 82);
+    let cfg = executor_digest_config(0);
+    let mut h = Harness::new(cfg.clone());
+    let (a, b) = (v1.clone(), v2.clone());
+    h.serve(ORIGIN, move |req| {
+        if req.seq == 0 {
+            // v1, cut after 3,000 bytes: the retry checkpoints "v1, 0..3000".
+            let wire = with_length(200, &[hdr("ETag", "\"v1\"")], &a);
+            let cut = head_len(&wire) + 3_000;
+            return Reply::new(wire[..cut].to_vec()).then(After::Eof);
+        }
+        // The file changed: a 200 of v2; 5,000 bytes arrive, then the connection stalls.
+        let wire = with_length(200, &[hdr("ETag", "\"v2\"")], &b);
+        let cut = head_len(&wire) + 5_000;
+        Reply::new(wire[..cut].to_vec())
+    });
+    let _job = h.submit(download());
+    h.run_until("5,000 bytes of v2 written", |h| {
+        h.fs.get(part())
+            .is_some_and(|p| p.len() >= 5_000 && p[..5_000] == v2[..5_000])
+    });
+    let mut h = after_a_kill(h, cfg);
+    // The origin serves v1 again (a rollback, or a node that still has v1).
+    let a = v1.clone();
+    h.serve(ORIGIN, move |req| {
+        let range = req.header("range").and_then(|r| r.strip_prefix("bytes="));
+        match (range, req.header("if-range")) {
+            (Some(r), Some("\"v1\"")) => {
+                let first: usize = r.trim_end_matches('-').parse().unwrap();
+                let content_range = format!("bytes {first}-9999/10000");
+                Reply::new(with_length(
+                    206,
+                    &[hdr("ETag", "\"v1\""), hdr("Content-Range", content_range)],
+                    &a[first..],
+                ))
+            }
+            _ => Reply::new(with_length(200, &[hdr("ETag", "\"v1\"")], &a)),
+        }
+    });
+    let job = h.submit(download());
+    let out = h.run(job).expect("downloads v1");
+    assert_committed(&h, &v1);
+    assert_eq!(out.resumed_from, 0, "nothing of the partial is v1's");
+}
+
+#[test]
+fn a_partial_changed_on_disk_behind_a_state_of_the_executors_digest_starts_over() {
+    let body = pattern(10_000, 67);
+    let mut cfg = executor_digest_config(0);
+    cfg.checkpoint_bytes = 1_000;
+    let mut h = Harness::new(cfg.clone());
+    let b = body.clone();
+    h.serve(ORIGIN, move |req| {
+        Reply::new(serve_range(&b, req)).pieces(&[500]).gap(secs(1))
+    });
+    let job = h.submit(download());
+    h.run_until("a checkpoint of 3,000 bytes", |h| {
+        h.fs.state_writes.iter().any(|s| s.verified >= 3_000)
+    });
+    let _ = job;
+    let mut h = after_a_kill(h, cfg);
+    let mut partial = h.fs.get(part()).expect("partial").to_vec();
+    partial[100] ^= 0xff;
+    h.fs.put(part(), &partial);
+    let b = body.clone();
+    h.serve(ORIGIN, move |req| Reply::new(serve_range(&b, req)));
+    let again = h.submit(download());
+    let out = h.run(again).expect("downloads again");
+    assert_committed(&h, &body);
+    assert_eq!(out.resumed_from, 0, "the changed partial is not continued");
 }
 
 #[test]

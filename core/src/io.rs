@@ -119,7 +119,12 @@ pub enum IoOp {
     /// offset 0 with one transfer (unnamed files, downloads without segments): an executor
     /// may keep a running digest of writes made in order from offset 0 (off the thread that
     /// drives the engine) and must otherwise read the bytes back.
-    Digest { file: FileId, len: u64 },
+    ///
+    /// `keep`: a checkpoint's digest of the bytes written so far, which the state file
+    /// records so that a resume can prove the partial still holds them. The engine writes
+    /// on after it: an executor keeps its running digest going (it only looks at it).
+    /// Without `keep` it is the final digest, and nothing more is written to the file.
+    Digest { file: FileId, len: u64, keep: bool },
     /// Set the file's length. Completes with [`IoResult::Done`].
     SetLen { file: FileId, len: u64 },
     /// Flush the file's data to stable storage. Completes with [`IoResult::Done`].

@@ -55,6 +55,11 @@ enum Msg {
         key: u64,
         done: DigestDone,
     },
+    /// The digest so far, the hashing going on.
+    Snapshot {
+        key: u64,
+        done: DigestDone,
+    },
     Forget {
         key: u64,
     },
@@ -245,6 +250,13 @@ fn digest_step(hashers: &mut BTreeMap<u64, Hashing>, msg: Msg) {
                 None => IoResult::Digest(hashing.hasher.finalize().into()),
             });
         }
+        Msg::Snapshot { key, done } => {
+            let hashing = hashers.entry(key).or_default();
+            done(match &hashing.failed {
+                Some(failure) => IoResult::Failed(failure.clone()),
+                None => IoResult::Digest(hashing.hasher.clone().finalize().into()),
+            });
+        }
         Msg::Forget { key } => {
             hashers.remove(&key);
         }
@@ -337,6 +349,22 @@ impl Running {
         match digests.send(Msg::Finish { key, done }) {
             Ok(()) => Ok(()),
             Err(Msg::Finish { done, .. }) => Err(done),
+            Err(_) => unreachable!("send gives its message back"),
+        }
+    }
+}
+
+impl Running {
+    /// Hands a look at the digest to the thread, which calls `done` with the digest of
+    /// every byte handed to it before, and goes on hashing what comes after; gives `done`
+    /// back if the thread is gone. Not woken, as for [`Running::finish`].
+    pub fn snapshot(&self, done: DigestDone) -> Result<(), DigestDone> {
+        match self.digests.send(Msg::Snapshot {
+            key: self.key,
+            done,
+        }) {
+            Ok(()) => Ok(()),
+            Err(Msg::Snapshot { done, .. }) => Err(done),
             Err(_) => unreachable!("send gives its message back"),
         }
     }

@@ -770,11 +770,11 @@ impl<C: Completions, S: BlockingSpawner> Files<C, S> {
             && !closes_worker
             && open.outstanding.load(Ordering::Acquire) == 0
         {
-            if let IoOp::Digest { len, .. } = req.op {
-                // Answered now (read back) or by the digest thread; the engine asks nothing
-                // more of the file until it has the answer.
+            if let IoOp::Digest { len, keep, .. } = req.op {
+                // Answered now (read back) or by the digest thread; for the final digest the
+                // engine asks nothing more of the file until it has the answer.
                 let (sink, id) = (self.sink.clone(), req.id);
-                lock(&open.state).digest(len, Box::new(move |r| sink.complete(id, r)));
+                lock(&open.state).digest(len, keep, Box::new(move |r| sink.complete(id, r)));
                 return;
             }
             if let (IoOp::WriteAt { offset, data, .. }, true) = (&req.op, self.write_behind) {
@@ -1071,10 +1071,10 @@ fn file_worker<C: Completions, S: BlockingSpawner>(
                     None => sink.complete(req.id, lock(state).execute(&req.op)),
                 }
             }
-            IoOp::Digest { len, .. } => {
+            IoOp::Digest { len, keep, .. } => {
                 let (sink, id) = (sink.clone(), req.id);
                 let mut state = lock(state);
-                state.digest(len, Box::new(move |r| sink.complete(id, r)));
+                state.digest(len, keep, Box::new(move |r| sink.complete(id, r)));
                 // Off the driver's thread: no flush follows to wake the digest thread.
                 if let Some(digests) = &state.digests {
                     digests.kick();
@@ -2201,15 +2201,26 @@ impl FileWorker {
         opened.map_err(|e| local_failure(&e, "open", Some(path)))
     }
 
-    /// Answer a `Digest` of the first `len` bytes through `done`: from the running digest
-    /// (later, on the digest thread) when it covers exactly those bytes, else read back now.
     /// Whether the running digest covers exactly the first `len` bytes (a `Digest` of them
     /// then needs no read-back).
     fn running_covers(&self, len: u64) -> bool {
         self.running.as_ref().is_some_and(|r| r.len() == len)
     }
 
-    pub fn digest(&mut self, len: u64, done: DigestDone) {
+    /// Answer a `Digest` of the first `len` bytes through `done`: from the running digest
+    /// (later, on the digest thread) when it covers exactly those bytes, else read back now.
+    /// A checkpoint's digest (`keep`) only looks at the running digest, which goes on.
+    pub fn digest(&mut self, len: u64, keep: bool, done: DigestDone) {
+        if keep {
+            let done = match &self.running {
+                Some(running) if running.len() == len => match running.snapshot(done) {
+                    Ok(()) => return,
+                    Err(done) => done,
+                },
+                _ => done,
+            };
+            return done(self.read_back(len));
+        }
         let done = match self.running.take() {
             Some(running) if running.len() == len => match running.finish(done) {
                 Ok(()) => return,
@@ -2368,8 +2379,10 @@ impl FileWorker {
                         }
                         Err(e) => fail(e, "truncate"),
                     },
-                    IoOp::Digest { len, .. } => {
-                        self.running = None;
+                    IoOp::Digest { len, keep, .. } => {
+                        if !keep {
+                            self.running = None;
+                        }
                         self.read_back(*len)
                     }
                     IoOp::Sync { .. } => match f.sync_data() {
@@ -3314,6 +3327,7 @@ mod tests {
                 ops.push(IoOp::Digest {
                     file,
                     len: want.len() as u64,
+                    keep: false,
                 });
                 // What the file holds (a write handed over lands before anything after it).
                 ops.push(IoOp::ReadAt {
@@ -3339,6 +3353,72 @@ mod tests {
                 let case = format!("case {n}, inline {inline}, behind {behind}");
                 assert_eq!(digest, Some(sha(want)), "{case}");
                 assert_eq!(data.as_deref(), Some(&want[..]), "{case}");
+            }
+        }
+    }
+
+    #[test]
+    fn a_checkpoints_digest_of_a_named_partial_covers_the_bytes_so_far_and_the_final_one_all() {
+        use sha2::Digest as _;
+        let sha = |data: &[u8]| -> [u8; 32] { sha2::Sha256::digest(data).into() };
+        let big = vec![7u8; INLINE_MAX_BYTES + 10];
+        for inline in [true, false] {
+            for head in [b"first part ".to_vec(), big.clone()] {
+                let dir = tempfile::TempDir::new().unwrap();
+                let (files, done) = files_to_channel(inline);
+                let mut files = files.running_digests();
+                let file = FileId(1);
+                let tail = b"and the rest".to_vec();
+                let all = [head.clone(), tail.clone()].concat();
+                let n = head.len() as u64;
+                let ops = vec![
+                    IoOp::Open {
+                        file,
+                        path: dir.path().join("f.haul-part"),
+                        truncate: true,
+                    },
+                    IoOp::WriteAt {
+                        file,
+                        offset: 0,
+                        data: Bytes::from(head.clone()),
+                    },
+                    IoOp::Sync { file },
+                    IoOp::Digest {
+                        file,
+                        len: n,
+                        keep: true,
+                    },
+                    // Written on after the checkpoint's digest.
+                    IoOp::WriteAt {
+                        file,
+                        offset: n,
+                        data: Bytes::from(tail.clone()),
+                    },
+                    IoOp::Digest {
+                        file,
+                        len: all.len() as u64,
+                        keep: false,
+                    },
+                ];
+                let count = ops.len();
+                for (k, op) in ops.into_iter().enumerate() {
+                    files.start(request(k as u64, op));
+                }
+                files.flush();
+                let mut digests = BTreeMap::new();
+                for _ in 0..count {
+                    let (id, result) = recv(&done);
+                    match result {
+                        IoResult::Digest(d) => {
+                            digests.insert(id, d);
+                        }
+                        IoResult::Failed(f) => panic!("{id:?} failed: {f:?}"),
+                        _ => {}
+                    }
+                }
+                let case = format!("inline {inline}, {n} bytes first");
+                let digests: Vec<[u8; 32]> = digests.into_values().collect();
+                assert_eq!(digests, vec![sha(&head), sha(&all)], "{case}");
             }
         }
     }

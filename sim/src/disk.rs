@@ -305,7 +305,7 @@ impl VirtualDisk {
                     IoResult::Data(Bytes::copy_from_slice(&data[start..end]))
                 }
             },
-            IoOp::Digest { file, len } => match self.open_inode(*file, "Digest") {
+            IoOp::Digest { file, len, .. } => match self.open_inode(*file, "Digest") {
                 Err(e) => e,
                 Ok(ino) => {
                     use sha2::Digest as _;

@@ -578,7 +578,11 @@ fn summarize_op(op: &IoOp) -> String {
             format!("WriteAt f{} @{offset} {}B", file.0, data.len())
         }
         IoOp::SetLen { file, len } => format!("SetLen f{} {len}", file.0),
-        IoOp::Digest { file, len } => format!("Digest f{} {len}B", file.0),
+        IoOp::Digest { file, len, keep } => format!(
+            "Digest f{} {len}B{}",
+            file.0,
+            if *keep { " (checkpoint)" } else { "" }
+        ),
         IoOp::Sync { file } => format!("Sync f{}", file.0),
         IoOp::CloseFile { file, .. } => format!("CloseFile f{}", file.0),
         IoOp::Rename { from, to, sync } => format!(

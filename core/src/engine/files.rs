@@ -361,20 +361,34 @@ impl Engine {
             }
             FileStep::CheckpointSync { verified } => {
                 if let Some(f) = failure {
-                    j.checkpoint_running = false;
+                    j.pending_prefix = None;
                     j.write_error
                         .get_or_insert_with(|| (j.part_path.clone(), f));
+                    j.checkpoint_awaits = j.checkpoint_awaits.saturating_sub(1);
+                    if j.checkpoint_awaits == 0 {
+                        j.checkpoint_running = false;
+                    }
                     self.on_write_error(id);
                     return;
                 }
                 if j.write_error.is_some() {
                     // A write issued before this sync failed: the bytes the checkpoint
                     // would name are not all on disk. Record nothing.
-                    j.checkpoint_running = false;
                     j.pending_prefix = None;
-                    return self.cleanup_progress(id);
                 }
-                self.write_state(id, verified);
+                self.checkpoint_part_done(id, verified);
+            }
+            FileStep::CheckpointDigest { epoch, len } => {
+                match (&result, &mut j.pending_prefix) {
+                    (IoResult::Digest(digest), Some((verified, hex_digest, _)))
+                        if epoch == j.epoch && *verified == len =>
+                    {
+                        *hex_digest = hex::encode(digest);
+                    }
+                    // Failed, or of bytes the download no longer holds: record nothing.
+                    _ => j.pending_prefix = None,
+                }
+                self.checkpoint_part_done(id, len);
             }
             FileStep::CheckpointState => {
                 j.checkpoint_running = false;
@@ -827,12 +841,16 @@ impl Engine {
         debug_assert!(!j.unnamed, "a checkpoint of an unnamed file");
         j.checkpoint_running = true;
         j.last_checkpoint = self.now;
-        // Hashed by the executor: no verified prefix, every byte is a received range that a
-        // resume hashes back from the file.
-        let (verified, digest): (u64, [u8; 32]) = if j.executor_hash {
-            (0, Sha256::new().finalize().into())
+        // Hashed by the executor: it gives the digest of the prefix written so far (asked
+        // with the sync, so that it covers exactly those bytes), and the state records it
+        // like any verified prefix: a resume re-hashes the prefix and starts over on a
+        // mismatch. Recorded as unverified ranges, those bytes were trusted as they were: a
+        // partial overwritten by a newer version after a restart from zero, or changed on
+        // disk, was spliced onto the old version's tail.
+        let (verified, digest): (u64, Option<[u8; 32]>) = if j.executor_hash {
+            (j.hashed, None)
         } else {
-            (j.hashed, j.hasher.clone().finalize().into())
+            (j.hashed, Some(j.hasher.clone().finalize().into()))
         };
         let ranges: Vec<(u64, u64)> = j
             .received
@@ -840,13 +858,47 @@ impl Engine {
             .filter(|r| r.1 > verified)
             .map(|(s, e)| (s.max(verified), e))
             .collect();
-        j.pending_prefix = Some((verified, hex::encode(digest), ranges));
-        let file = j.file.expect("checkpoint needs an open file");
+        j.pending_prefix = Some((
+            verified,
+            digest.map(hex::encode).unwrap_or_default(),
+            ranges,
+        ));
+        j.checkpoint_awaits = if digest.is_none() { 2 } else { 1 };
+        let (file, epoch) = (j.file.expect("checkpoint needs an open file"), j.epoch);
         self.file_io(
             id,
             FileStep::CheckpointSync { verified },
             IoOp::Sync { file },
         );
+        if digest.is_none() {
+            let op = IoOp::Digest {
+                file,
+                len: verified,
+                keep: true,
+            };
+            self.file_io(
+                id,
+                FileStep::CheckpointDigest {
+                    epoch,
+                    len: verified,
+                },
+                op,
+            );
+        }
+    }
+
+    /// One of the completions a checkpoint waits for came; with the last, write the state.
+    fn checkpoint_part_done(&mut self, id: JobId, verified: u64) {
+        let j = self.jobs.get_mut(&id).expect("job exists");
+        j.checkpoint_awaits = j.checkpoint_awaits.saturating_sub(1);
+        if j.checkpoint_awaits > 0 {
+            return;
+        }
+        if !j.checkpoint_running {
+            // Ended by a failed sync (see `CheckpointSync`).
+            return self.cleanup_progress(id);
+        }
+        self.write_state(id, verified);
     }
 
     fn write_state(&mut self, id: JobId, verified: u64) {
@@ -943,7 +995,11 @@ impl Engine {
                     j.digest_requested = true;
                     let (epoch, len) = (j.epoch, j.hashed);
                     let file = j.file.expect("every byte is in the open file");
-                    let op = IoOp::Digest { file, len };
+                    let op = IoOp::Digest {
+                        file,
+                        len,
+                        keep: false,
+                    };
                     self.file_io(id, FileStep::Digest { epoch }, op);
                     // Waiting for its digest, the job no longer holds a download slot.
                     self.set_digesting(id, true);

@@ -320,6 +320,12 @@ enum FileStep {
     CheckpointSync {
         verified: u64,
     },
+    /// The executor's digest of the first `len` bytes for a checkpoint (a file hashed by
+    /// the executor), asked in hashing epoch `epoch`.
+    CheckpointDigest {
+        epoch: u32,
+        len: u64,
+    },
     CheckpointState,
     /// A sync issued once every byte was in while the hash was still reading back bytes
     /// that arrived out of order, in hashing epoch `epoch`.
@@ -665,6 +671,9 @@ struct Job {
     /// Durable resume point recorded in the state file.
     durable: u64,
     checkpoint_running: bool,
+    /// Completions the running checkpoint waits for before it writes the state: its sync,
+    /// and for a file hashed by the executor the digest of its prefix.
+    checkpoint_awaits: u8,
     /// Length, hex digest and ranges of the prefix a running checkpoint is making durable.
     pending_prefix: Option<PendingPrefix>,
     last_checkpoint: Instant,
@@ -1419,6 +1428,7 @@ impl Engine {
             fetched: 0,
             durable: 0,
             checkpoint_running: false,
+            checkpoint_awaits: 0,
             pending_prefix: None,
             last_checkpoint: self.now,
             dest_name: None,
