@@ -517,6 +517,61 @@ fn switching_mirrors_without_a_sha256_starts_over_and_with_one_resumes() {
     }
 }
 
+/// The first run of [`a_resume_goes_on_only_from_the_mirror_its_bytes_came_from`]: the
+/// primary down, the mirror's bytes (`mirror_body`, ETag "fixed") kept after a cancel.
+fn partial_from_the_mirror(mirror_body: &[u8]) -> Harness {
+    let mut h = Harness::new(policy_config());
+    h.serve(ORIGIN, file_server(Vec::new()));
+    h.connect_plan(ORIGIN, |_| ConnectPlan::Fail(IoErrorKind::ConnectFailed));
+    let b = mirror_body.to_vec();
+    h.serve(MIRROR, move |r| {
+        Reply::new(serve_range(&b, r))
+            .pieces(&[10_000])
+            .gap(Duration::from_millis(100))
+    });
+    let job = h.submit(download().mirror(MIRROR_URL).unwrap());
+    h.run_until("40,000 bytes from the mirror", |h| {
+        h.progress(job).last().is_some_and(|&b| b >= 40_000)
+    });
+    h.cancel(job, crate::engine::CancelMode::KeepPartial);
+    assert_eq!(h.run(job), Err(DownloadError::Cancelled));
+    let saved = crate::resume::PartState::decode_for(h.fs.get(state()).unwrap(), URL).unwrap();
+    assert_eq!(saved.source.as_deref(), Some(MIRROR_URL), "{saved:?}");
+    h
+}
+
+#[test]
+fn a_resume_goes_on_only_from_the_mirror_its_bytes_came_from() {
+    // Two servers gave one ETag to different bytes. The mirror's bytes, kept by one run,
+    // were resumed by the next from the primary (If-Range matched): the mirror's head and
+    // the primary's tail, committed without a sha256 to catch it.
+    let (primary_body, mirror_body) = (pattern(200_000, 21), pattern(200_000, 22));
+    for mirror_up in [true, false] {
+        let mut h = partial_from_the_mirror(&mirror_body);
+        let b = primary_body.clone();
+        h.serve(ORIGIN, move |r| Reply::new(serve_range(&b, r)));
+        h.connect_plan(ORIGIN, |_| ConnectPlan::Accept);
+        if mirror_up {
+            h.serve(MIRROR, file_server(mirror_body.clone()));
+        } else {
+            h.connect_plan(MIRROR, |_| ConnectPlan::Fail(IoErrorKind::ConnectFailed));
+        }
+        let again = h.submit(download().mirror(MIRROR_URL).unwrap());
+        let out = h.run(again).expect("completes");
+        if mirror_up {
+            assert_eq!(h.fs.get(dest()), Some(&mirror_body[..]), "from the mirror");
+            assert!(out.resumed_from >= 40_000, "{out:?}");
+        } else {
+            assert_eq!(
+                h.fs.get(dest()),
+                Some(&primary_body[..]),
+                "from the primary"
+            );
+            assert_eq!(out.resumed_from, 0, "{out:?}");
+        }
+    }
+}
+
 #[test]
 fn credentials_go_only_to_the_first_url() {
     let body = pattern(1_000, 13);

@@ -1343,6 +1343,7 @@ pub(crate) fn valid_state(body: &[u8], verified: usize) -> PartState {
         url: URL.to_string(),
         validator: Validator::Etag(ETAG.to_string()),
         resource: None,
+        source: None,
         total: Some(body.len() as u64),
         verified: verified as u64,
         prefix_sha256: sha_hex(&body[..verified]),

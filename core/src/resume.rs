@@ -78,6 +78,14 @@ pub struct PartState {
     /// alone.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub resource: Option<String>,
+    /// The URL, as the download gives it, whose responses gave `validator` and the bytes,
+    /// when it is one of the download's mirrors rather than its own URL. A resume goes on
+    /// from that URL; from another one (the mirror is gone from the download, or fails) it
+    /// starts over unless a sha256 proves the result: two servers may give one validator to
+    /// different bytes. Absent: the download's own URL (and state files of earlier
+    /// versions, whose bytes were resumed from it).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub source: Option<String>,
     /// The representation's complete length, when known.
     pub total: Option<u64>,
     /// Leading bytes of the partial file known to be durable and to belong to `validator`.
@@ -149,6 +157,7 @@ mod tests {
             url: "http://h/a".into(),
             validator: Validator::Etag("\"abc\"".into()),
             resource: None,
+            source: None,
             total: Some(100),
             verified: 40,
             prefix_sha256: "00".repeat(32),
@@ -168,6 +177,7 @@ mod tests {
             url: "u".into(),
             validator: Validator::Etag("\"a\"".into()),
             resource: None,
+            source: None,
             total: Some(10),
             verified: 1,
             prefix_sha256: "00".repeat(32),
@@ -188,6 +198,7 @@ mod tests {
             url: "u".into(),
             validator: Validator::Etag("\"a\"".into()),
             resource: None,
+            source: None,
             total: Some(10),
             verified: 11,
             prefix_sha256: "00".repeat(32),

@@ -626,6 +626,22 @@ impl Engine {
         j.validator = Some(state.validator);
         j.validator_source = ValidatorSource::StateFile;
         j.validator_resource = state.resource;
+        // The bytes came from the URL the state names: the resume asks it first, and a
+        // switch to another URL starts over (see `start_attempt`) unless a sha256 proves
+        // the result. A URL the download no longer lists matches none of its URLs.
+        j.validator_mirror = match &state.source {
+            None => 0,
+            Some(source) => j
+                .spec
+                .mirrors
+                .iter()
+                .position(|m| m.as_str() == source)
+                .map_or(usize::MAX, |i| i + 1),
+        };
+        if j.validator_mirror != usize::MAX {
+            j.mirror = j.validator_mirror;
+            j.prefer_url = true;
+        }
         if state.single_connection {
             j.splitting = super::Splitting::SingleConnection;
         }
@@ -923,6 +939,10 @@ impl Engine {
             url: j.spec.url.to_string(),
             validator,
             resource: j.validator_resource.clone(),
+            source: match j.validator_mirror {
+                0 => None,
+                i => j.spec.mirrors.get(i - 1).map(|m| m.to_string()),
+            },
             total: j.total,
             verified,
             prefix_sha256,
