@@ -2169,8 +2169,52 @@ impl World {
                 path.display(),
                 state.verified
             );
-            self.violate(Invariant::StateFile, detail);
+            return self.violate(Invariant::StateFile, detail);
         }
+        if let Some(p) = self.named_bytes_problem(path, &part, &state) {
+            self.violate(Invariant::StateFile, format!("{}: {p}", path.display()));
+        }
+    }
+
+    /// Why the bytes a state names (its verified prefix and its ranges) are not all durable
+    /// and of one representation the origins served, if they are not: a resume trusts the
+    /// ranges as they are, so a splice or a lost range here would be committed later. The
+    /// representation is checked for downloads without an expected sha256 (with one, the
+    /// final check proves the file).
+    fn named_bytes_problem(
+        &self,
+        path: &std::path::Path,
+        part: &std::path::Path,
+        state: &PartState,
+    ) -> Option<String> {
+        let durable = self.disk.durable_data_of(part)?;
+        let named: Vec<(u64, u64)> = std::iter::once((0, state.verified))
+            .chain(state.ranges.iter().copied())
+            .filter(|(s, e)| s < e)
+            .collect();
+        if let Some((s, e)) = named.iter().find(|(_, e)| *e > durable.len() as u64) {
+            return Some(format!(
+                "names bytes {s}..{e} but only {} are durable",
+                durable.len()
+            ));
+        }
+        let i = self
+            .downloads
+            .iter()
+            .position(|d| haul_core::download::working_sibling(&d.dest, ".haul-state") == path)?;
+        if self.downloads[i].expected_sha.is_some() {
+            return None;
+        }
+        let r = &self.origins.resources[i];
+        let of_one = r.served.iter().any(|&v| {
+            let body = r.versions[v].body.as_ref();
+            named.iter().all(|&(s, e)| {
+                let (s, e) = (s as usize, e as usize);
+                body.get(s..e) == Some(&durable[s..e])
+            })
+        });
+        (!of_one)
+            .then(|| format!("names bytes {named:?} that are not all of one served representation"))
     }
 
     /// The per-step invariants: every committed destination, in the volatile view and in
@@ -2294,6 +2338,104 @@ mod tests {
         // Only what was served counts.
         let only_home = BTreeSet::from([0]);
         assert!(splice_problem(&versions, &only_home, b"bbbbbbbb").is_some());
+    }
+
+    /// A world with a download that expects no sha256 (its state's bytes are checked against
+    /// the representations), every representation of it counted as served; its index.
+    fn world_with_an_unhashed_download() -> (World, usize) {
+        for seed in 1..200 {
+            let mut w = World::new(
+                crate::scenario::Scenario::generate(seed),
+                RunOptions::default(),
+            );
+            if let Some(i) = w.downloads.iter().position(|d| d.expected_sha.is_none()) {
+                let r = &mut w.origins.resources[i];
+                r.served = (0..r.versions.len()).collect();
+                return (w, i);
+            }
+        }
+        panic!("no scenario with a download without a sha256");
+    }
+
+    /// A state naming `ranges` (and no verified prefix) of download `i`'s partial, which
+    /// holds `bytes`, durable when `sync`: the `StateFile` violations the check finds.
+    fn state_check(bytes: &[u8], sync: bool, ranges: Vec<(u64, u64)>) -> Vec<String> {
+        use haul_core::resume::{Validator, STATE_VERSION};
+        use haul_core::{FileId, IoOp};
+        let (mut w, i) = world_with_an_unhashed_download();
+        let dest = w.downloads[i].dest.clone();
+        let part = haul_core::download::working_sibling(&dest, ".haul-part");
+        let file = FileId(1);
+        let open = IoOp::Open {
+            file,
+            path: part,
+            truncate: false,
+        };
+        w.disk.execute(&open, None);
+        let data = Bytes::copy_from_slice(bytes);
+        w.disk.execute(
+            &IoOp::WriteAt {
+                file,
+                offset: 0,
+                data,
+            },
+            None,
+        );
+        if sync {
+            w.disk.execute(&IoOp::Sync { file }, None);
+        }
+        let state = PartState {
+            version: STATE_VERSION,
+            url: w.downloads[i].urls[0].clone(),
+            validator: Validator::Etag("\"v\"".into()),
+            resource: None,
+            source: None,
+            total: Some(bytes.len() as u64),
+            verified: 0,
+            prefix_sha256: hex::encode(Sha256::digest(b"")),
+            ranges,
+            single_connection: false,
+        };
+        let path = haul_core::download::working_sibling(&dest, ".haul-state");
+        w.check_state_write(&path, &state.encode());
+        w.violations
+            .iter()
+            .filter(|v| v.invariant == Invariant::StateFile)
+            .map(|v| v.detail.clone())
+            .collect()
+    }
+
+    #[test]
+    fn a_state_naming_ranges_that_are_not_durable_is_a_state_file_violation() {
+        let found = state_check(&[7u8; 1_000], false, vec![(0, 1_000)]);
+        assert!(
+            found.iter().any(|d| d.contains("durable")),
+            "a state naming 1,000 bytes of which none is durable passed: {found:?}"
+        );
+    }
+
+    #[test]
+    fn a_state_naming_bytes_of_two_representations_is_a_state_file_violation() {
+        let (w, i) = world_with_an_unhashed_download();
+        let first = w.origins.resources[i].versions[0].body.clone();
+        let len = first.len();
+        assert!(len >= 2, "a body to splice");
+        let mut spliced = first.to_vec();
+        for b in &mut spliced[len / 2..] {
+            *b ^= 0x5a;
+        }
+        let whole = vec![(0, len as u64)];
+        assert_eq!(
+            state_check(&first, true, whole.clone()),
+            Vec::<String>::new()
+        );
+        let found = state_check(&spliced, true, whole);
+        assert!(
+            found
+                .iter()
+                .any(|d| d.contains("one served representation")),
+            "{found:?}"
+        );
     }
 
     #[test]
