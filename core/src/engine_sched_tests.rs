@@ -2476,6 +2476,43 @@ fn duplicates_of_a_download_that_failed_after_its_retries_end_with_its_failure()
 }
 
 #[test]
+fn duplicates_of_a_download_that_failed_without_a_retry_try_once_more_together() {
+    // Five entries of one URL answering 404, each to its own file: after the first 404 each
+    // duplicate made its own request, one after the other (five in all).
+    for later in [404, 200] {
+        let body = pattern(10_000, 5);
+        let mut h = Harness::new(config());
+        let b = body.clone();
+        h.serve(ORIGIN, move |req| match (req.seq, later) {
+            (0, _) | (_, 404) => Reply::new(with_length(404, &[], b"no")),
+            _ => Reply::new(serve_range(&b, req)),
+        });
+        let jobs: Vec<JobId> = (0..5)
+            .map(|n| h.submit(Download::new(URL, format!("/dl/copy{n}")).unwrap()))
+            .collect();
+        assert!(matches!(
+            h.run(jobs[0]),
+            Err(DownloadError::Status { status: 404, .. })
+        ));
+        for &job in &jobs[1..] {
+            let result = h.run(job);
+            match later {
+                404 => assert!(
+                    matches!(result, Err(DownloadError::Status { status: 404, .. })),
+                    "{result:?}"
+                ),
+                _ => assert!(result.is_ok(), "{result:?}"),
+            }
+        }
+        assert_eq!(
+            h.requests.len(),
+            2,
+            "the 404, then one more try for the four others (then {later})"
+        );
+    }
+}
+
+#[test]
 fn a_duplicate_whose_own_destination_holds_its_bytes_succeeds_though_its_leader_failed() {
     // (From a review.) It followed at submit and never looked at its own destination; it
     // ended with its leader's 503.

@@ -509,6 +509,9 @@ struct Job {
     /// whose destination it waits for: only such a follower may end with its leader's
     /// failure (see `Engine::finish`).
     duplicate: bool,
+    /// It tries again for its fellow duplicates what their leader failed without a retry
+    /// (a 404): its own failure of that kind is theirs too (see `Engine::finish`).
+    retry_for_duplicates: bool,
     /// What the file held (`Job::present`) when its retries were last renewed.
     progress_mark: u64,
     /// Tries made before its retries were last renewed: they no longer count against
@@ -1367,6 +1370,7 @@ impl Engine {
                 None => Phase::Queued,
             },
             duplicate,
+            retry_for_duplicates: false,
             attempt: 1,
             failovers: 0,
             backoffs: 0,
@@ -2228,6 +2232,8 @@ impl Engine {
         let mut followers = job.followers;
         followers.sort_by_key(|f| self.jobs.get(f).map(|fj| Reverse(fj.priority())));
         let mut shared_failures = Vec::new();
+        // After a failure not retried, the one follower that tries once more for the others.
+        let mut retrying: Option<JobId> = None;
         for f in followers {
             let Some(fj) = self.jobs.get(&f) else {
                 continue;
@@ -2263,16 +2269,32 @@ impl Engine {
                 && fj.spec.mirrors == job.spec.mirrors
                 && same_headers(&fj.spec.headers, &job.spec.headers);
             let fj = self.jobs.get_mut(&f).expect("follower exists");
+            let shareable = |error: &DownloadError| {
+                matches!(
+                    error.class(),
+                    ErrorClass::Network | ErrorClass::HttpStatus | ErrorClass::Verification
+                )
+            };
             match &result {
                 Err(error)
                     if same_request
-                        && error.retryable()
-                        && matches!(
-                            error.class(),
-                            ErrorClass::Network | ErrorClass::HttpStatus | ErrorClass::Verification
-                        ) =>
+                        && shareable(error)
+                        && (error.retryable() || job.retry_for_duplicates) =>
                 {
                     shared_failures.push((f, error.clone()));
+                }
+                // Not retried, and one follower already tries once more: the others follow
+                // it (each tried on its own, five duplicates of a 404 made five requests).
+                Err(error) if same_request && shareable(error) && retrying.is_some() => {
+                    let leader = retrying.expect("checked");
+                    fj.phase = Phase::Following { leader };
+                    let lends = (!fj.pause_requested).then_some(fj.urgency);
+                    if let Some(l) = self.jobs.get_mut(&leader) {
+                        l.followers.push(f);
+                    }
+                    if let Some(urgency) = lends {
+                        self.raise_priority(leader, urgency);
+                    }
                 }
                 Ok(o) if duplicate => {
                     // A follower into a directory is named after its own URL, never after
@@ -2323,6 +2345,11 @@ impl Engine {
                 // follower tries on its own. One bound for the leader's destination takes it
                 // over; a second one bound there follows the first until it ends.
                 _ => {
+                    if same_request && result.as_ref().is_err_and(shareable) {
+                        // Not retried: this one tries once more, for the others too.
+                        fj.retry_for_duplicates = true;
+                        retrying = Some(f);
+                    }
                     if !fj.claims_provisional {
                         let path = fj.spec.provisional_path();
                         if let Some(&first) = self.dest_claims.get(&path) {
