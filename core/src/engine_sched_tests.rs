@@ -2702,6 +2702,45 @@ fn run_all<'a>(h: &mut Harness, jobs: impl IntoIterator<Item = &'a JobId>) {
 }
 
 #[test]
+fn a_download_for_a_host_out_of_connections_lets_one_for_another_host_take_the_slot() {
+    // Four slots, one connection per host, six downloads from one host listed before six
+    // from another: the first host's took every slot (three of them only waiting for its one
+    // connection) and the second host sat idle until they were done.
+    let mut cfg = config();
+    cfg.max_active_jobs = 4;
+    cfg.max_connections_per_origin = 1;
+    let mut h = Harness::new(cfg);
+    const OTHER: &str = "http://other.test";
+    for origin in [ORIGIN, OTHER] {
+        h.serve(origin, move |req| {
+            Reply::new(serve_range(&pattern(20_000, 3), req))
+                .pieces(&[5000])
+                .gap(millis(50))
+        });
+    }
+    let at = |origin: &str, n: usize| {
+        Download::new(
+            &format!("{origin}/f{n}"),
+            format!("/dl/{}-{n}", &origin[7..]),
+        )
+        .unwrap()
+    };
+    let first: Vec<JobId> = (0..6).map(|n| h.submit(at(ORIGIN, n))).collect();
+    let second: Vec<JobId> = (0..6).map(|n| h.submit(at(OTHER, n))).collect();
+    for &job in first.iter().chain(&second) {
+        h.run(job).expect("every download");
+    }
+    let order = started_order(&h);
+    assert_eq!(&order[..2], &[first[0], second[0]], "{order:?}");
+    // Within each host the list's order holds.
+    let of = |jobs: &[JobId]| -> Vec<JobId> {
+        order.iter().copied().filter(|j| jobs.contains(j)).collect()
+    };
+    assert_eq!(of(&first), first);
+    assert_eq!(of(&second), second);
+}
+
+#[test]
 fn a_queued_download_that_a_more_urgent_duplicate_follows_starts_at_its_class() {
     // A Critical download of what a queued Background download fetches followed it, and the
     // Background one kept its place behind every Normal one: the Critical file came last.

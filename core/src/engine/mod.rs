@@ -908,6 +908,10 @@ impl ContentKey {
     }
 }
 
+/// How many queued jobs after the next one [`Engine::startable`] looks at for one whose
+/// origin has room.
+const BUSY_ORIGIN_LOOKAHEAD: usize = 256;
+
 /// How many finished jobs' outcomes the engine keeps beyond those an unfinished job depends
 /// on (see `Finished`).
 pub const FINISHED_KEPT: usize = 4096;
@@ -1971,6 +1975,7 @@ impl Engine {
             for entry in stale {
                 self.queue.remove(&entry);
             }
+            let candidate = candidate.and_then(|c| self.startable(c));
             // A parked job whose wait is over (the most urgent, then the earliest) goes
             // before the resumed and queued jobs of its class, which it started before;
             // not before a more urgent one.
@@ -2024,6 +2029,54 @@ impl Engine {
             self.start_job(id);
         }
         self.assign_connections();
+    }
+
+    /// Queued job `first` (the next to start), or the next one after it whose origin has
+    /// room, or none: as many jobs of an origin holding download slots as it takes
+    /// connections, another would only wait for one while holding a slot, and the jobs for
+    /// other hosts queued behind it would wait too (`-j 4` with one connection per host ran
+    /// a list of two hosts one host after the other). Such a job starts once its origin has
+    /// room, before later ones. A job with mirrors is never held back; only the next
+    /// [`BUSY_ORIGIN_LOOKAHEAD`] jobs are looked at.
+    fn startable(&self, first: (Reverse<Priority>, JobId)) -> Option<(Reverse<Priority>, JobId)> {
+        let limit = self.config.max_connections_per_origin;
+        let origin_of = |j: &Job| {
+            if j.spec.mirrors.is_empty() {
+                Origin::of(&j.spec.url).ok()
+            } else {
+                None
+            }
+        };
+        let mut slots: HashMap<Origin, usize> = HashMap::new();
+        for j in self.active_ids.iter().filter_map(|id| self.jobs.get(id)) {
+            if j.holds_slot() {
+                if let Ok(origin) = Origin::of(&j.spec.url) {
+                    *slots.entry(origin).or_default() += 1;
+                }
+            }
+        }
+        let has_room = |j: &Job| {
+            origin_of(j).is_none_or(|origin| slots.get(&origin).copied().unwrap_or(0) < limit)
+        };
+        if self.jobs.get(&first.1).is_none_or(|j| has_room(j)) {
+            return Some(first);
+        }
+        self.queue
+            .range(first..)
+            .skip(1)
+            .take(BUSY_ORIGIN_LOOKAHEAD)
+            .find(|(_, id)| {
+                self.jobs.get(id).is_some_and(|j| {
+                    matches!(j.phase, Phase::Queued)
+                        && !j.pause_requested
+                        && j.spec
+                            .depends_on
+                            .iter()
+                            .all(|dep| self.finished.succeeded(dep))
+                        && has_room(j)
+                })
+            })
+            .copied()
     }
 
     /// A queued job with a dependency that failed or names no job the engine knows of, that
