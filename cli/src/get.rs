@@ -187,13 +187,18 @@ fn parse_priority(s: &str) -> Result<Priority, String> {
         .ok_or_else(|| format!("{s:?} is not a priority (critical, high, normal, low, background)"))
 }
 
-fn secs(name: &str, s: f64) -> Result<Duration, String> {
-    if s.is_finite() && s > 0.0 {
-        Ok(Duration::from_secs_f64(s))
-    } else {
-        Err(format!(
-            "--{name} must be a positive number of seconds, got {s}"
-        ))
+/// The longest time a timeout option takes: a year. Longer is no limit a user can wait for,
+/// and a `Duration` (or a deadline on the clock) cannot hold every number (`1e20`).
+const MAX_SECS: u64 = 365 * 24 * 3600;
+
+/// `--NAME S`: a number of seconds (fractions too), from a nanosecond to [`MAX_SECS`]; the
+/// error names the option.
+pub(crate) fn secs(name: &str, s: f64) -> Result<Duration, String> {
+    match Duration::try_from_secs_f64(s) {
+        Ok(d) if !d.is_zero() && d <= Duration::from_secs(MAX_SECS) => Ok(d),
+        _ => Err(format!(
+            "--{name} must be a number of seconds from 0.000000001 to {MAX_SECS} (a year), got {s}"
+        )),
     }
 }
 
@@ -730,6 +735,27 @@ mod tests {
         assert_eq!(head_timeout(Some(5.0), 90.0), Ok(s(5)));
         assert!(head_timeout(Some(0.0), 90.0).is_err());
         assert!(head_timeout(None, -1.0).is_err());
+    }
+
+    #[test]
+    fn a_timeout_is_a_nanosecond_to_a_year_and_anything_else_names_its_option() {
+        assert_eq!(secs("idle-timeout", 1e-9), Ok(Duration::from_nanos(1)));
+        assert_eq!(
+            secs("idle-timeout", MAX_SECS as f64),
+            Ok(Duration::from_secs(MAX_SECS))
+        );
+        for bad in [
+            0.0,
+            -1.0,
+            1e-12,
+            1e20,
+            f64::INFINITY,
+            f64::NAN,
+            MAX_SECS as f64 + 1.0,
+        ] {
+            let error = secs("connect-timeout", bad).expect_err("refused");
+            assert!(error.starts_with("--connect-timeout must be "), "{error}");
+        }
     }
 
     #[test]

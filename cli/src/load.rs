@@ -7,7 +7,7 @@
 //! (`haul-blocking`).
 
 use std::path::PathBuf;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{SystemTime, UNIX_EPOCH};
 
 use clap::Args;
 use haul_blocking::Client;
@@ -110,21 +110,11 @@ pub fn now_ms() -> u64 {
         .unwrap_or(0)
 }
 
-fn secs(name: &str, value: f64) -> Result<Duration, String> {
-    if value.is_finite() && value > 0.0 {
-        Ok(Duration::from_secs_f64(value))
-    } else {
-        Err(format!(
-            "--{name} must be a positive number of seconds, got {value}"
-        ))
-    }
-}
-
 impl LoadArgs {
     fn config(&self) -> Result<Config, String> {
         let mut config = Config {
-            connect_timeout: secs("connect-timeout", self.connect_timeout)?,
-            idle_timeout: secs("idle-timeout", self.idle_timeout)?,
+            connect_timeout: crate::get::secs("connect-timeout", self.connect_timeout)?,
+            idle_timeout: crate::get::secs("idle-timeout", self.idle_timeout)?,
             head_timeout: crate::get::head_timeout(self.head_timeout, self.idle_timeout)?,
             low_speed: crate::get::low_speed(self.low_speed_limit, self.low_speed_time)?,
             ..Config::default()

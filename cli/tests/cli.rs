@@ -172,6 +172,35 @@ fn usage_errors_exit_2() {
     assert!(help.contains("EXIT CODES"), "{help}");
 }
 
+/// A timeout too large for a `Duration` (`1e20`) panicked (exit 101, no JSON line), and one
+/// too small for a nanosecond was refused naming the engine's field (`connect_timeout`):
+/// both are refused (exit 2) naming the option, with the JSON error line.
+#[test]
+fn a_timeout_out_of_range_is_refused_naming_its_option_not_a_panic() {
+    for flag in [
+        "--connect-timeout",
+        "--idle-timeout",
+        "--head-timeout",
+        "--low-speed-time",
+        "--retry-max-time",
+    ] {
+        for value in ["1e20", "1e-12"] {
+            let out = haul()
+                .args(["get", "http://127.0.0.1:9/x", "--json", flag, value])
+                .output()
+                .unwrap();
+            let stderr = String::from_utf8_lossy(&out.stderr);
+            assert_eq!(out.status.code(), Some(2), "{flag} {value}: {stderr}");
+            let line: serde_json::Value =
+                serde_json::from_slice(&out.stdout).expect("one JSON line");
+            assert_eq!(line["event"], "error");
+            assert_eq!(line["exit_code"], 2);
+            let said = line["error"].as_str().unwrap();
+            assert!(said.starts_with(&format!("{flag} must be ")), "{said}");
+        }
+    }
+}
+
 /// An unusable `--cacert` file is a usage error naming the file (it named "extra root
 /// certificate #0"), and a proxy variable naming a proxy haul cannot use holds up no
 /// download that would not go through it (it refused every run), and never shows the
