@@ -291,9 +291,10 @@ impl GetArgs {
         Ok(c)
     }
 
-    /// The downloads, and where each was listed (`list.txt: line 3`; `None` for a URL of
-    /// the command line).
-    fn downloads(&self) -> Result<(Vec<Download>, Vec<Option<String>>), String> {
+    /// The downloads, where each was listed (`list.txt: line 3`; `None` for a URL of the
+    /// command line), and the list entries skipped for want of a URI haul can use (each as
+    /// the number of downloads listed before it).
+    fn downloads(&self) -> Result<Planned, String> {
         let mut entries: Vec<crate::inputfile::Entry> = self
             .urls
             .iter()
@@ -340,7 +341,7 @@ impl GetArgs {
             // A list with no entry (empty, or comments only) has nothing to do, as for aria2:
             // a script whose generated list is sometimes empty goes on.
             if self.input_file.is_some() {
-                return Ok((Vec::new(), Vec::new()));
+                return Ok(Planned::default());
             }
             return Err("nothing to download".into());
         }
@@ -405,19 +406,29 @@ impl GetArgs {
         }
         let mut out = Vec::new();
         let mut locations = Vec::new();
+        let mut skipped = Vec::new();
         for entry in &entries {
             // In a list every URI of a line is equal (as for aria2): one haul cannot use (an
             // ftp:// one) is skipped with a warning, wherever it stands, and the first usable
-            // one leads. On the command line the URL must be usable.
+            // one leads; an entry with none is skipped, and the others go on (the exit
+            // status says it was not done). On the command line the URL must be usable.
             let mut uris: Vec<&String> = entry.uris.iter().collect();
-            if entry.list.is_some() && uris.len() > 1 {
+            if entry.list.is_some() && !uris.is_empty() {
                 let usable = |u: &&String| Download::into_dir(u, ".").is_ok();
-                if let Some(first) = uris.iter().position(usable) {
-                    for skipped in uris.drain(..first) {
-                        if !self.quiet {
-                            let e = Download::into_dir(skipped, ".").expect_err("unusable");
-                            eprintln!("haul get: {}", entry.locate(format!("URI skipped: {e}")));
-                        }
+                let Some(first) = uris.iter().position(usable) else {
+                    let e = Download::into_dir(uris[0], ".").expect_err("unusable");
+                    // Not a mere warning: a download asked for is not done (even with -q).
+                    eprintln!(
+                        "haul get: {}",
+                        entry.locate(format!("entry skipped, no URI haul can use: {e}"))
+                    );
+                    skipped.push(out.len());
+                    continue;
+                };
+                for unusable in uris.drain(..first) {
+                    if !self.quiet {
+                        let e = Download::into_dir(unusable, ".").expect_err("unusable");
+                        eprintln!("haul get: {}", entry.locate(format!("URI skipped: {e}")));
                     }
                 }
             }
@@ -508,8 +519,21 @@ impl GetArgs {
                     .map(|list| format!("{list}: line {}", entry.line)),
             );
         }
-        Ok((mark_fresh(out), locations))
+        Ok(Planned {
+            downloads: mark_fresh(out),
+            locations,
+            skipped,
+        })
     }
+}
+
+/// What a command line and its list ask for (see [`GetArgs::downloads`]).
+#[derive(Default)]
+struct Planned {
+    downloads: Vec<Download>,
+    locations: Vec<Option<String>>,
+    /// Each list entry skipped (no URI haul can use), as the number of downloads before it.
+    skipped: Vec<usize>,
 }
 
 /// `-o PATH` must name a file haul may replace: checked before anything is fetched (a
@@ -640,11 +664,17 @@ fn dest_label(download: &Download) -> String {
 
 /// Run `haul get`; returns the exit code.
 pub fn run(args: GetArgs) -> i32 {
-    let (config, (downloads, locations)) =
-        match args.config().and_then(|c| Ok((c, args.downloads()?))) {
-            Ok(x) => x,
-            Err(msg) => return refuse(&args, &msg),
-        };
+    let (
+        config,
+        Planned {
+            downloads,
+            locations,
+            skipped,
+        },
+    ) = match args.config().and_then(|c| Ok((c, args.downloads()?))) {
+        Ok(x) => x,
+        Err(msg) => return refuse(&args, &msg),
+    };
     // Read the local UTC offset while this process has one thread (the C library's local
     // time is not safe to read once threads run).
     let utc_offset = args.limit_schedule.as_ref().map(|_| {
@@ -666,17 +696,21 @@ pub fn run(args: GetArgs) -> i32 {
     crate::signals::on_interrupt(move || cancel.stop_all(CancelMode::KeepPartial));
     let mode = Mode::choose(args.json, args.quiet);
     if downloads.is_empty() {
-        if !args.quiet && !args.json {
-            eprintln!("haul get: no files to download (the list has no entry)");
+        if skipped.is_empty() {
+            if !args.quiet && !args.json {
+                eprintln!("haul get: no files to download (the list has no entry)");
+            }
+            return exit::OK;
         }
-        return exit::OK;
+        return exit::USAGE;
     }
     let mut reporter = Reporter::with_labels(
         mode,
         downloads.len(),
         downloads.iter().map(dest_label).collect(),
     )
-    .with_locations(locations);
+    .with_locations(locations)
+    .with_skipped(skipped.len());
     // The downloads create their destinations' missing directories; those left empty at the
     // end (every download into them failed, keeping nothing) are removed again.
     let missing = missing_dirs(&downloads);
@@ -691,10 +725,21 @@ pub fn run(args: GetArgs) -> i32 {
         .filter(|r| matches!(r, Err(haul_core::DownloadError::Cancelled)))
         .count();
     reporter.summary(ok, results.len() - ok - cancelled, cancelled, bytes);
-    exit::combine(results.iter().map(|r| match r {
-        Ok(_) => exit::OK,
-        Err(e) => exit::for_download(e),
-    }))
+    // A skipped entry is a failure (a URI haul cannot use: a usage error) in its place in
+    // the list.
+    let mut codes = Vec::with_capacity(results.len() + skipped.len());
+    let mut skipped = skipped.iter().peekable();
+    for (at, r) in results.iter().enumerate() {
+        while skipped.next_if(|&&before| before <= at).is_some() {
+            codes.push(exit::USAGE);
+        }
+        codes.push(match r {
+            Ok(_) => exit::OK,
+            Err(e) => exit::for_download(e),
+        });
+    }
+    codes.extend(skipped.map(|_| exit::USAGE));
+    exit::combine(codes)
 }
 
 /// The directories that do not exist yet among the downloads' destination directories and

@@ -88,6 +88,8 @@ pub struct Reporter {
     located: BTreeMap<JobId, String>,
     /// Columns of the terminal the bars are drawn on.
     columns: usize,
+    /// List entries skipped before any download (no URI haul can use), for the summary.
+    skipped: usize,
 }
 
 /// A download gets a bar of its own once it has run this long: a list of small files ends
@@ -161,7 +163,15 @@ impl Reporter {
             locations: Default::default(),
             located: BTreeMap::new(),
             columns,
+            skipped: 0,
         }
+    }
+
+    /// `skipped` list entries were not downloaded (no URI haul could use): the summary
+    /// counts them.
+    pub fn with_skipped(mut self, skipped: usize) -> Reporter {
+        self.skipped = skipped;
+        self
     }
 
     /// Where each download (in the order given) was listed, for its error line.
@@ -617,12 +627,18 @@ impl Reporter {
             Mode::Json => self.emit_json(json!({
                 "event": "summary", "ok": ok, "failed": failed, "cancelled": cancelled,
                 "bytes": bytes, "seconds": secs, "rate": rate, "jobs": self.total_jobs,
+                "skipped": self.skipped,
             })),
-            Mode::Bars | Mode::Plain if self.total_jobs > 1 => eprintln!(
-                "{ok} of {} downloads verified, {failed} failed{}, {} in {secs:.2}s ({})",
+            Mode::Bars | Mode::Plain if self.total_jobs > 1 || self.skipped > 0 => eprintln!(
+                "{ok} of {} downloads verified, {failed} failed{}{}, {} in {secs:.2}s ({})",
                 self.total_jobs,
                 if cancelled > 0 {
                     format!(", {cancelled} interrupted")
+                } else {
+                    String::new()
+                },
+                if self.skipped > 0 {
+                    format!(", {} skipped (no usable URI)", self.skipped)
                 } else {
                     String::new()
                 },

@@ -1777,7 +1777,8 @@ fn an_empty_list_succeeds_and_an_unusable_mirror_is_skipped() {
         origin.url("/x.bin")
     );
     fetched_with_warning(&list, "line 1: URI skipped");
-    // A line with no usable URI at all is still an error naming it.
+    // A line with no usable URI at all is skipped with a message naming it, and the run
+    // says not everything was done (exit 2).
     let out = get_list(
         lists.path(),
         "ftp://a.test/x\tftp://b.test/x\n",
@@ -1787,6 +1788,42 @@ fn an_empty_list_succeeds_and_an_unusable_mirror_is_skipped() {
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(2), "{stderr}");
     assert!(stderr.contains("line 1"), "{stderr}");
+}
+
+/// An entry whose only URI haul cannot use (`ftp://`) refused the whole list: it is skipped
+/// with a message naming its line, as aria2 does, the other entries download, and the exit
+/// status (2, its place in the list) and the summary say it was not done.
+#[test]
+fn a_list_entry_with_no_usable_uri_is_skipped_and_the_others_download() {
+    let origin = Origin::start().unwrap();
+    let (a, b) = (data(5_000), data(7_000));
+    origin.route("/a.bin", a.clone(), Behavior::Normal);
+    origin.route("/b.bin", b.clone(), Behavior::Normal);
+    let (lists, dest) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let list = format!(
+        "{}\nftp://127.0.0.1/x\n  out=x.bin\n{}\n",
+        origin.url("/a.bin"),
+        origin.url("/b.bin")
+    );
+    let out = get_list(lists.path(), &list, dest.path(), &["--json"]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    assert!(
+        stderr.contains("list.txt: line 2: entry skipped"),
+        "{stderr}"
+    );
+    assert_eq!(std::fs::read(dest.path().join("a.bin")).unwrap(), a);
+    assert_eq!(std::fs::read(dest.path().join("b.bin")).unwrap(), b);
+    assert!(!dest.path().join("x.bin").exists());
+    let summary: serde_json::Value = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .find(|v| v["event"] == "summary")
+        .expect("a summary line");
+    assert_eq!(
+        (&summary["ok"], &summary["skipped"]),
+        (&2.into(), &1.into())
+    );
 }
 
 #[test]
