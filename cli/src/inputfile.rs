@@ -10,7 +10,7 @@
 //!
 //! One download per non-indented line (URIs separated by TABs: the first is used, the rest
 //! are mirrors of the same bytes); indented `key=value` lines set options for the download
-//! above them. Supported options: `out`, `dir`, `checksum` (`TYPE=DIGEST`, TYPE one of
+//! above them (whitespace around a key and its value dropped, as aria2 does). Supported options: `out`, `dir`, `checksum` (`TYPE=DIGEST`, TYPE one of
 //! aria2's: sha-1, sha-224, sha-256, sha-384, sha-512, md5, adler32, in any case, with or
 //! without the hyphen; another type is an error naming the line), `header`
 //! (`Name: value`, repeatable), `http-user` and `http-passwd` (sent as Basic
@@ -185,7 +185,10 @@ pub fn parse(text: &str, mut warn: impl FnMut(String)) -> Result<Vec<Entry>, Str
             let Some((key, value)) = opt.split_once('=') else {
                 return Err(format!("line {line_no}: expected key=value, got {opt:?}"));
             };
-            match key.trim() {
+            // As aria2 does: whitespace around the key and around the value is not part of
+            // them (`http-user= me` is the user "me").
+            let (key, value) = (key.trim(), value.trim());
+            match key {
                 "out" => {
                     entry.out =
                         Some(check_out(value.trim()).map_err(|e| format!("line {line_no}: {e}"))?);
@@ -241,7 +244,7 @@ pub fn parse(text: &str, mut warn: impl FnMut(String)) -> Result<Vec<Entry>, Str
                     if credentials.line == 0 {
                         credentials.line = line_no;
                     }
-                    let slot = match key.trim() {
+                    let slot = match key {
                         "http-user" => &mut credentials.user,
                         _ => &mut credentials.password,
                     };
@@ -424,6 +427,28 @@ mod tests {
         assert!(
             error.starts_with("line 2: header must look like"),
             "{error}"
+        );
+    }
+
+    #[test]
+    fn option_values_lose_the_whitespace_around_them_as_in_aria2() {
+        let text = "http://a/x\n  http-user= me \t\n  http-passwd =\tp w  \n  out= x.bin \n  \
+                    dir =  d \n  header= X-Token:  abc \n  checksum= md5 = {md5} \n";
+        let text = text.replace("{md5}", &"ab".repeat(16));
+        let e = parse(&text, |w| panic!("{w}")).unwrap();
+        assert_eq!(e[0].out.as_deref(), Some("x.bin"));
+        assert_eq!(e[0].dir.as_deref(), Some("d"));
+        assert_eq!(
+            e[0].checksum,
+            Some((ChecksumAlgorithm::Md5, "ab".repeat(16)))
+        );
+        assert_eq!(
+            e[0].headers,
+            vec![
+                ("X-Token".to_string(), "abc".to_string()),
+                // base64("me:p w")
+                ("Authorization".to_string(), "Basic bWU6cCB3".to_string()),
+            ]
         );
     }
 
