@@ -59,7 +59,8 @@ pub struct GetArgs {
     /// library's callers mix them), not against other processes.
     #[arg(long, value_name = "CLASS", default_value = "normal", value_parser = parse_priority)]
     pub priority: Priority,
-    /// Write to this path (one URL only).
+    /// Write to this path (one URL only; not with -i, whose entries name their files with
+    /// out=).
     #[arg(
         short = 'o',
         long = "output",
@@ -67,7 +68,8 @@ pub struct GetArgs {
         conflicts_with = "dir"
     )]
     pub output: Option<PathBuf>,
-    /// Write into this directory; names come from Content-Disposition or the URL.
+    /// Write into this directory; names come from Content-Disposition or the URL. With -i,
+    /// the directory of the entries without a dir= of their own.
     #[arg(short = 'd', long = "dir", value_name = "DIR")]
     pub dir: Option<PathBuf>,
     /// Expected SHA-256 (64 hex digits); a mismatch leaves nothing at the destination.
@@ -295,6 +297,16 @@ impl GetArgs {
     /// command line), and the list entries skipped for want of a URI haul can use (each as
     /// the number of downloads listed before it).
     fn downloads(&self) -> Result<Planned, String> {
+        // A list's entries name their own files (`out=`, which aria2 lets win over the
+        // command line): one `-o` for all of them would override each, or write them all to
+        // one file.
+        if self.output.is_some() && self.input_file.is_some() {
+            return Err(
+                "-o names one file and does not go with -i; name each download's file with \
+                 out= in the list (and its directory with dir= or -d)"
+                    .into(),
+            );
+        }
         let mut entries: Vec<crate::inputfile::Entry> = self
             .urls
             .iter()

@@ -1897,6 +1897,52 @@ fn a_min_segment_below_16k_is_refused() {
     }
 }
 
+/// `-o` with `-i` silently replaced every entry's `out=` and `dir=`: it is refused (exit 2)
+/// before anything is fetched, pointing to `out=`. An entry's `dir=` wins over `-d` (the
+/// default directory), as in aria2.
+#[test]
+fn output_with_an_input_list_is_refused_and_an_entrys_dir_wins_over_the_d_option() {
+    let origin = Origin::start().unwrap();
+    let body = data(5_000);
+    origin.route("/x.bin", body.clone(), Behavior::Normal);
+    let (lists, dest) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let list = lists.path().join("list.txt");
+    let own = dest.path().join("own");
+    std::fs::write(
+        &list,
+        format!(
+            "{}\n  out=y.bin\n  dir={}\n",
+            origin.url("/x.bin"),
+            own.display()
+        ),
+    )
+    .unwrap();
+    let output = dest.path().join("o.bin");
+    for extra in [&[][..], &[origin.url("/x.bin")][..]] {
+        let out = haul()
+            .args(["get", "-i"])
+            .arg(&list)
+            .arg("-o")
+            .arg(&output)
+            .args(extra)
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{stderr}");
+        assert!(stderr.contains("out="), "{stderr}");
+        assert!(!output.exists() && !own.exists());
+    }
+    let out = get_list(
+        lists.path(),
+        &std::fs::read_to_string(&list).unwrap(),
+        dest.path(),
+        &[],
+    );
+    assert_ok(&out);
+    assert_eq!(std::fs::read(own.join("y.bin")).unwrap(), body);
+    assert!(!dest.path().join("y.bin").exists());
+}
+
 /// An unusable `out=` (a name of more than 255 bytes, a working file's name) is reported at
 /// its own line of the list, not at the URI's.
 #[test]
