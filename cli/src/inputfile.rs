@@ -16,7 +16,7 @@
 //! (`Name: value`, repeatable), `http-user` and `http-passwd` (sent as Basic
 //! `Authorization`, which like `-H` goes to the first URL only and not across origins).
 //! Options aria2 knows but haul sets globally (`split`, `max-connection-per-server`, ...) are
-//! ignored with a warning, as are unknown ones.
+//! ignored with a warning, as are unknown ones and indented lines that are no `key=value`.
 //!
 //! Lists often come from elsewhere, so `out=` is a path *inside* the download's directory, as
 //! aria2 documents it: an absolute path, a `..` part, or a name that is no file (empty, `.`,
@@ -182,8 +182,12 @@ pub fn parse(text: &str, mut warn: impl FnMut(String)) -> Result<Vec<Entry>, Str
                 ));
                 continue;
             };
+            // aria2 warns of an unknown option and goes on; so does haul.
             let Some((key, value)) = opt.split_once('=') else {
-                return Err(format!("line {line_no}: expected key=value, got {opt:?}"));
+                warn(format!(
+                    "line {line_no}: {opt:?} is not an option (key=value); ignored"
+                ));
+                continue;
             };
             // As aria2 does: whitespace around the key and around the value is not part of
             // them (`http-user= me` is the user "me").
@@ -336,7 +340,21 @@ mod tests {
             vec!["line 1: option \"out=x\" before any URI ignored"]
         );
         assert!(parse("http://a\n  checksum=crc32=00\n", |_| {}).is_err());
-        assert!(parse("http://a\n  nonsense\n", |_| {}).is_err());
+    }
+
+    #[test]
+    fn an_indented_line_that_is_no_key_value_is_ignored_with_a_warning_naming_it() {
+        let mut warnings = Vec::new();
+        let e = parse("http://a/x\n  nonsense\n  out=y\nhttp://a/z\n", |w| {
+            warnings.push(w)
+        })
+        .unwrap();
+        assert_eq!(e.len(), 2);
+        assert_eq!(e[0].out.as_deref(), Some("y"));
+        assert_eq!(
+            warnings,
+            vec!["line 2: \"nonsense\" is not an option (key=value); ignored"]
+        );
     }
 
     #[test]
