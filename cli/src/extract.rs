@@ -43,7 +43,8 @@ pub struct ExtractArgs {
 /// Options of `haul hash`.
 #[derive(Args, Debug, Clone)]
 pub struct HashArgs {
-    /// Files to hash; each prints `HEX  FILE` like sha256sum.
+    /// Files to hash (`-`: stdin); each prints `HEX  FILE` like sha256sum (a name with a
+    /// backslash or a line break escaped as sha256sum does).
     #[arg(required = true, value_name = "FILE")]
     pub files: Vec<PathBuf>,
 }
@@ -266,10 +267,15 @@ pub fn run_hash(args: HashArgs) -> i32 {
     let mut code = exit::OK;
     let mut out = std::io::stdout().lock();
     for path in &args.files {
-        match sha256_file(path) {
+        // `-` is stdin, as for sha256sum (a file of that name is `./-`).
+        let digest = match path.as_os_str() == "-" {
+            true => sha256_reader(std::io::stdin().lock()),
+            false => sha256_file(path),
+        };
+        match digest {
             Ok(hex) => {
-                if writeln!(out, "{hex}  {}", path.display()).is_err() {
-                    return exit::LOCAL_IO;
+                if let Err(e) = out.write_all(&sum_line(&hex, path)) {
+                    return output_failed(&e);
                 }
             }
             Err(e) => {
@@ -278,7 +284,61 @@ pub fn run_hash(args: HashArgs) -> i32 {
             }
         }
     }
+    if let Err(e) = out.flush() {
+        return output_failed(&e);
+    }
     code
+}
+
+/// The exit code when stdout cannot be written: a reader that stopped (`haul hash * | head
+/// -1`) ends the command silently with 128 + SIGPIPE, as sha256sum ends; another failure
+/// is said and is a local I/O failure.
+fn output_failed(e: &std::io::Error) -> i32 {
+    if e.kind() == std::io::ErrorKind::BrokenPipe {
+        return 141;
+    }
+    eprintln!("haul hash: cannot write the output: {e}");
+    exit::LOCAL_IO
+}
+
+/// The lowercase hex SHA-256 of everything `reader` gives.
+fn sha256_reader(mut reader: impl Read) -> std::io::Result<String> {
+    let mut hasher = Sha256::new();
+    let mut buf = vec![0u8; 64 * 1024];
+    loop {
+        match reader.read(&mut buf) {
+            Ok(0) => return Ok(hex::encode(hasher.finalize())),
+            Ok(n) => hasher.update(&buf[..n]),
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+}
+
+/// sha256sum's line for `path`: `HEX  NAME`, the name's bytes as they are; but a name
+/// holding a backslash, a line feed or a carriage return has them written `\\`, `\n` and
+/// `\r`, and the line starts with a backslash, as GNU coreutils writes it (so that `sha256sum
+/// -c` reads it back, and a name cannot fake a line of its own).
+fn sum_line(hex: &str, path: &Path) -> Vec<u8> {
+    use std::os::unix::ffi::OsStrExt;
+    let name = path.as_os_str().as_bytes();
+    let escaped = name.iter().any(|b| matches!(b, b'\\' | b'\n' | b'\r'));
+    let mut line = Vec::with_capacity(hex.len() + name.len() + 8);
+    if escaped {
+        line.push(b'\\');
+    }
+    line.extend_from_slice(hex.as_bytes());
+    line.extend_from_slice(b"  ");
+    for &b in name {
+        match (escaped, b) {
+            (true, b'\\') => line.extend_from_slice(b"\\\\"),
+            (true, b'\n') => line.extend_from_slice(b"\\n"),
+            (true, b'\r') => line.extend_from_slice(b"\\r"),
+            _ => line.push(b),
+        }
+    }
+    line.push(b'\n');
+    line
 }
 
 #[cfg(test)]

@@ -1943,6 +1943,83 @@ fn output_with_an_input_list_is_refused_and_an_entrys_dir_wins_over_the_d_option
     assert!(!dest.path().join("y.bin").exists());
 }
 
+/// `haul hash` writes names as sha256sum does, so `sha256sum -c` reads its lines: a name
+/// with a backslash, a line feed or a carriage return is escaped and its line starts with a
+/// backslash (the name was written raw: a line feed made two lines); `-` is stdin (it
+/// opened a file named `-`).
+#[test]
+fn hash_escapes_names_as_sha256sum_does_and_reads_stdin_for_a_dash() {
+    use std::io::Write;
+    let dir = tempfile::tempdir().unwrap();
+    let mut expected = Vec::new();
+    for (name, shown) in [
+        ("plain.bin", "plain.bin"),
+        ("a\nb", "\\a\\nb"),
+        ("c\\d", "\\c\\\\d"),
+        ("e\rf", "\\e\\rf"),
+    ] {
+        std::fs::write(dir.path().join(name), name).unwrap();
+        let hex = hex::encode(Sha256::digest(name));
+        let (mark, rest) = match shown.strip_prefix('\\') {
+            Some(rest) => ("\\", rest),
+            None => ("", shown),
+        };
+        expected.push(format!("{mark}{hex}  {rest}\n"));
+    }
+    let out = haul()
+        .current_dir(dir.path())
+        .args(["hash", "plain.bin", "a\nb", "c\\d", "e\rf"])
+        .output()
+        .unwrap();
+    assert_ok(&out);
+    assert_eq!(String::from_utf8_lossy(&out.stdout), expected.concat());
+
+    let mut child = haul()
+        .args(["hash", "-"])
+        .current_dir(dir.path())
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(b"from stdin")
+        .unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert_ok(&out);
+    let hex = hex::encode(Sha256::digest(b"from stdin"));
+    assert_eq!(String::from_utf8_lossy(&out.stdout), format!("{hex}  -\n"));
+}
+
+/// `haul hash FILES | head -1` exited 7 with a "local I/O failure" message once the reader
+/// stopped: it ends silently, with 128 + SIGPIPE, as sha256sum does.
+#[test]
+fn hash_into_a_reader_that_stopped_ends_silently() {
+    use std::io::BufRead;
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("f.bin");
+    std::fs::write(&file, b"x").unwrap();
+    // More lines than a pipe holds: haul is still writing when the reader goes.
+    let mut child = haul()
+        .arg("hash")
+        .args(std::iter::repeat_n(&file, 3_000))
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut first = String::new();
+    std::io::BufReader::new(child.stdout.take().unwrap())
+        .read_line(&mut first)
+        .unwrap();
+    assert!(first.ends_with("f.bin\n"), "{first}");
+    let out = child.wait_with_output().unwrap();
+    assert_eq!(out.status.code(), Some(141), "{out:?}");
+    assert_eq!(String::from_utf8_lossy(&out.stderr), "");
+}
+
 /// An unusable `out=` (a name of more than 255 bytes, a working file's name) is reported at
 /// its own line of the list, not at the URI's.
 #[test]
