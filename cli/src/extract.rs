@@ -99,7 +99,7 @@ pub fn run_extract(args: ExtractArgs) -> i32 {
         Ok(lock) => lock,
         Err(e) => {
             undo_created();
-            eprintln!("haul extract: {e}");
+            crate::say(format_args!("haul extract: {e}"));
             return exit_code_for(&e);
         }
     };
@@ -113,7 +113,7 @@ pub fn run_extract(args: ExtractArgs) -> i32 {
     // Leftovers of a crashed extraction into this parent (staging, old trees).
     if let Err(e) = extract::recover(&parent) {
         undo_created();
-        eprintln!("haul extract: {e}");
+        crate::say(format_args!("haul extract: {e}"));
         return exit_code_for(&e);
     }
     let options = ExtractOptions {
@@ -134,7 +134,7 @@ pub fn run_extract(args: ExtractArgs) -> i32 {
         Ok(done) => {
             if !args.quiet {
                 let secs = started.elapsed().as_secs_f64();
-                eprintln!(
+                crate::say(format_args!(
                     "extracted {} files, {} directories ({}) into {}{} in {secs:.3}s ({})",
                     done.stats.files,
                     done.stats.directories,
@@ -146,21 +146,24 @@ pub fn run_extract(args: ExtractArgs) -> i32 {
                         ""
                     },
                     human_rate(done.stats.bytes as f64 / secs.max(1e-9)),
-                );
+                ));
             }
             exit::OK
         }
         Err(e) if e.is_interrupted() => {
             undo_created();
-            eprintln!(
+            crate::say(format_args!(
                 "haul extract: interrupted; nothing was changed ({} left as it was)",
                 args.dir.display()
-            );
+            ));
             exit::INTERRUPTED
         }
         Err(e) => {
             undo_created();
-            eprintln!("haul extract: {}: {e}", args.archive.display());
+            crate::say(format_args!(
+                "haul extract: {}: {e}",
+                args.archive.display()
+            ));
             exit_code_for(&e)
         }
     }
@@ -279,7 +282,7 @@ pub fn run_hash(args: HashArgs) -> i32 {
                 }
             }
             Err(e) => {
-                eprintln!("haul hash: {}: {e}", path.display());
+                crate::say(format_args!("haul hash: {}: {e}", path.display()));
                 code = exit::combine([code, exit::LOCAL_IO]);
             }
         }
@@ -297,7 +300,7 @@ fn output_failed(e: &std::io::Error) -> i32 {
     if e.kind() == std::io::ErrorKind::BrokenPipe {
         return 141;
     }
-    eprintln!("haul hash: cannot write the output: {e}");
+    crate::say(format_args!("haul hash: cannot write the output: {e}"));
     exit::LOCAL_IO
 }
 

@@ -340,7 +340,7 @@ impl GetArgs {
             let quiet = self.quiet;
             let listed = crate::inputfile::parse(&text, |w| {
                 if !quiet {
-                    eprintln!("haul get: {name}: {w}")
+                    crate::say(format_args!("haul get: {name}: {w}"))
                 }
             })
             .map_err(|e| format!("{name}: {e}"))?;
@@ -430,17 +430,20 @@ impl GetArgs {
                 let Some(first) = uris.iter().position(usable) else {
                     let e = Download::into_dir(uris[0], ".").expect_err("unusable");
                     // Not a mere warning: a download asked for is not done (even with -q).
-                    eprintln!(
+                    crate::say(format_args!(
                         "haul get: {}",
                         entry.locate(format!("entry skipped, no URI haul can use: {e}"))
-                    );
+                    ));
                     skipped.push(out.len());
                     continue;
                 };
                 for unusable in uris.drain(..first) {
                     if !self.quiet {
                         let e = Download::into_dir(unusable, ".").expect_err("unusable");
-                        eprintln!("haul get: {}", entry.locate(format!("URI skipped: {e}")));
+                        crate::say(format_args!(
+                            "haul get: {}",
+                            entry.locate(format!("URI skipped: {e}"))
+                        ));
                     }
                 }
             }
@@ -476,7 +479,10 @@ impl GetArgs {
                     Ok(with) => d = with,
                     Err(e) if entry.list.is_some() => {
                         if !self.quiet {
-                            eprintln!("haul get: {}", entry.locate(format!("mirror skipped: {e}")));
+                            crate::say(format_args!(
+                                "haul get: {}",
+                                entry.locate(format!("mirror skipped: {e}"))
+                            ));
                         }
                     }
                     Err(e) => return Err(entry.locate(format!("mirror: {e}"))),
@@ -647,7 +653,7 @@ fn list_names(dir: &Path) -> Option<std::collections::HashSet<std::ffi::OsString
 /// and, with `--json`, as a JSON line on stdout too, so that a consumer of the lines learns
 /// why there are none; exit 2.
 fn refuse(args: &GetArgs, msg: &str) -> i32 {
-    eprintln!("haul get: {msg}");
+    crate::say(format_args!("haul get: {msg}"));
     if args.json {
         println!(
             "{}",
@@ -693,7 +699,9 @@ pub fn run(args: GetArgs) -> i32 {
         time::UtcOffset::current_local_offset()
             .map(|o| o.whole_seconds())
             .unwrap_or_else(|_| {
-                eprintln!("haul get: local time zone unknown; --limit-schedule reads UTC");
+                crate::say(format_args!(
+                    "haul get: local time zone unknown; --limit-schedule reads UTC"
+                ));
                 0
             })
     });
@@ -710,7 +718,9 @@ pub fn run(args: GetArgs) -> i32 {
     if downloads.is_empty() {
         if skipped.is_empty() {
             if !args.quiet && !args.json {
-                eprintln!("haul get: no files to download (the list has no entry)");
+                crate::say(format_args!(
+                    "haul get: no files to download (the list has no entry)"
+                ));
             }
             return exit::OK;
         }

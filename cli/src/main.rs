@@ -220,10 +220,17 @@ fn quiet_on_closed_stdout() {
     }));
 }
 
+/// Writes `line` to stderr, its control characters escaped (see [`escape_controls`]): a name
+/// from a list, the command line or a server must not drive the terminal (`out=` holding
+/// `ESC ]0;...BEL` set its title).
+pub(crate) fn say(line: impl std::fmt::Display) {
+    eprintln!("{}", escape_controls(&line.to_string()));
+}
+
 /// `text` with its control characters (ESC, the C1 controls, DEL, line breaks...) written as
 /// escapes (`\u{1b}`): a log line shows text a server chose, which must not move the
 /// cursor, recolour the terminal or fake a line of its own.
-fn escape_controls(text: &str) -> std::borrow::Cow<'_, str> {
+pub(crate) fn escape_controls(text: &str) -> std::borrow::Cow<'_, str> {
     // The controls, and the bidirectional formatting characters, which reorder what
     // follows them on the line.
     let hidden = |c: char| {

@@ -208,7 +208,10 @@ impl Reporter {
         }
         .with_position(v.bytes)
         .with_style(bar_style(v.total.is_some(), columns))
-        .with_prefix(fit(&v.label, prefix_width(columns)));
+        .with_prefix(fit(
+            &crate::escape_controls(&v.label),
+            prefix_width(columns),
+        ));
         b.reset();
         b.set_position(v.bytes);
         b.reset_eta();
@@ -225,8 +228,8 @@ impl Reporter {
         }
         if let Some(v) = self.jobs.get(job) {
             match (&v.bar, self.mode) {
-                (Some(b), _) => b.set_message(msg),
-                (None, Mode::Plain) => eprintln!("{}: {msg}", v.label),
+                (Some(b), _) => b.set_message(crate::escape_controls(&msg).into_owned()),
+                (None, Mode::Plain) => crate::say(format_args!("{}: {msg}", v.label)),
                 _ => {}
             }
         }
@@ -433,7 +436,7 @@ impl Reporter {
                             let _ = m.println(msg);
                         }
                     }
-                    Mode::Plain => eprintln!("{msg}"),
+                    Mode::Plain => crate::say(format_args!("{msg}")),
                     Mode::Quiet => {}
                 }
             }
@@ -606,6 +609,7 @@ impl Reporter {
     }
 
     fn println(&self, line: &str) {
+        let line = crate::escape_controls(line);
         match &self.multi {
             Some(m) => {
                 let _ = m.println(line);
@@ -629,22 +633,24 @@ impl Reporter {
                 "bytes": bytes, "seconds": secs, "rate": rate, "jobs": self.total_jobs,
                 "skipped": self.skipped,
             })),
-            Mode::Bars | Mode::Plain if self.total_jobs > 1 || self.skipped > 0 => eprintln!(
-                "{ok} of {} downloads verified, {failed} failed{}{}, {} in {secs:.2}s ({})",
-                self.total_jobs,
-                if cancelled > 0 {
-                    format!(", {cancelled} interrupted")
-                } else {
-                    String::new()
-                },
-                if self.skipped > 0 {
-                    format!(", {} skipped (no usable URI)", self.skipped)
-                } else {
-                    String::new()
-                },
-                human_bytes(bytes),
-                human_rate(rate)
-            ),
+            Mode::Bars | Mode::Plain if self.total_jobs > 1 || self.skipped > 0 => {
+                crate::say(format_args!(
+                    "{ok} of {} downloads verified, {failed} failed{}{}, {} in {secs:.2}s ({})",
+                    self.total_jobs,
+                    if cancelled > 0 {
+                        format!(", {cancelled} interrupted")
+                    } else {
+                        String::new()
+                    },
+                    if self.skipped > 0 {
+                        format!(", {} skipped (no usable URI)", self.skipped)
+                    } else {
+                        String::new()
+                    },
+                    human_bytes(bytes),
+                    human_rate(rate)
+                ))
+            }
             _ => {}
         }
     }

@@ -2020,6 +2020,56 @@ fn hash_into_a_reader_that_stopped_ends_silently() {
     assert_eq!(String::from_utf8_lossy(&out.stderr), "");
 }
 
+/// Names from `out=` and `-o` were printed raw (`saved ./ESC]0;pwned BEL x.bin` set the
+/// terminal's title): every path haul prints has its control characters escaped, in its
+/// lines of success and of refusal alike.
+#[test]
+fn control_characters_in_list_and_output_names_are_escaped_in_messages() {
+    let origin = Origin::start().unwrap();
+    let body = data(5_000);
+    origin.route("/x.bin", body.clone(), Behavior::Normal);
+    let (lists, dest) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let name = "\u{1b}]0;pwned\u{7}x.bin";
+    let raw = |out: &std::process::Output| {
+        let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+        assert!(!stderr.contains(['\u{1b}', '\u{7}']), "{stderr:?}");
+        assert!(stderr.contains("\\u{1b}]0;pwned\\u{7}x.bin"), "{stderr:?}");
+    };
+    let out = get_list(
+        lists.path(),
+        &format!("{}\n  out={name}\n", origin.url("/x.bin")),
+        dest.path(),
+        &[],
+    );
+    assert_ok(&out);
+    raw(&out);
+    assert_eq!(std::fs::read(dest.path().join(name)).unwrap(), body);
+    let out = haul()
+        .args(["get", &origin.url("/x.bin"), "-o"])
+        .arg(dest.path().join(format!("o{name}")))
+        .output()
+        .unwrap();
+    assert_ok(&out);
+    raw(&out);
+    // A refusal names it escaped too.
+    std::fs::create_dir(dest.path().join(format!("d{name}"))).unwrap();
+    let out = haul()
+        .args(["get", &origin.url("/x.bin"), "-o"])
+        .arg(dest.path().join(format!("d{name}")))
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    raw(&out);
+    // And `haul hash`'s error for a file it cannot read.
+    let out = haul()
+        .args(["hash"])
+        .arg(dest.path().join(format!("missing{name}")))
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(7));
+    raw(&out);
+}
+
 /// An unusable `out=` (a name of more than 255 bytes, a working file's name) is reported at
 /// its own line of the list, not at the URI's.
 #[test]
