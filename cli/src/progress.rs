@@ -661,14 +661,26 @@ fn prefix_width(columns: usize) -> usize {
     (columns / 4).clamp(8, 20)
 }
 
-/// `label` cut to `width` characters (its end kept: a file name's tail tells most).
+/// `label` cut to `width` columns of the terminal (its end kept: a file name's tail tells
+/// most). Counted in display width, not characters: a wide (CJK) character takes two
+/// columns, and a label cut by characters wrapped its bar onto a second line.
 fn fit(label: &str, width: usize) -> String {
-    let n = label.chars().count();
-    if n <= width {
+    use unicode_width::{UnicodeWidthChar, UnicodeWidthStr};
+    if label.width() <= width {
         return label.to_string();
     }
-    let tail: String = label.chars().skip(n - (width - 1)).collect();
-    format!("…{tail}")
+    // The ellipsis takes one column.
+    let mut used = 1;
+    let mut tail: Vec<char> = Vec::new();
+    for c in label.chars().rev() {
+        let w = c.width().unwrap_or(0);
+        if used + w > width {
+            break;
+        }
+        used += w;
+        tail.push(c);
+    }
+    std::iter::once('…').chain(tail.into_iter().rev()).collect()
 }
 
 /// A download's bar on a terminal `columns` wide: what fits on one line (a wrapped bar
@@ -704,6 +716,20 @@ mod tests {
         assert_eq!(fit("a-very-long-file-name.bin", 10), "…-name.bin");
         assert_eq!(fit("a-very-long-file-name.bin", 10).chars().count(), 10);
         assert_eq!(fit("short.bin", 10), "short.bin");
+    }
+
+    #[test]
+    fn a_wide_label_is_cut_by_the_columns_it_takes_not_its_characters() {
+        use unicode_width::UnicodeWidthStr;
+        // Ten CJK characters are twenty columns: cut to ten columns, not ten characters.
+        let wide = "日本語のファイル名.bin";
+        let cut = fit(wide, 10);
+        assert!(cut.width() <= 10, "{cut:?} is {} columns", cut.width());
+        assert_eq!(cut, "…ル名.bin", "its end kept, as much as fits");
+        // A wide character that would overrun by one column is left out, not split.
+        assert_eq!(fit("ああああ", 6), "…ああ");
+        assert_eq!(fit("ああああ", 5), "…ああ");
+        assert_eq!(fit("ああ", 4), "ああ");
     }
 
     #[test]
