@@ -716,6 +716,10 @@ pub fn run(args: GetArgs) -> i32 {
     crate::signals::on_interrupt(move || cancel.stop_all(CancelMode::KeepPartial));
     let mode = Mode::choose(args.json, args.quiet);
     if downloads.is_empty() {
+        // A summary as for any other run (with --json, its line: jobs 0).
+        Reporter::new(mode, 0)
+            .with_skipped(skipped.len())
+            .summary(0, 0, 0, 0);
         if skipped.is_empty() {
             if !args.quiet && !args.json {
                 crate::say(format_args!(

@@ -2070,6 +2070,31 @@ fn control_characters_in_list_and_output_names_are_escaped_in_messages() {
     raw(&out);
 }
 
+/// An empty list with `--json` printed no `summary` line, which every other run prints: it
+/// prints one with no jobs; a list whose every entry was skipped says so in it too.
+#[test]
+fn an_empty_list_prints_a_json_summary_of_no_jobs() {
+    let (lists, dest) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    for (list, code, skipped) in [
+        ("", 0, 0),
+        ("# nothing yet\n", 0, 0),
+        ("ftp://127.0.0.1/x\n", 2, 1),
+    ] {
+        let out = get_list(lists.path(), list, dest.path(), &["--json"]);
+        assert_eq!(out.status.code(), Some(code), "{out:?}");
+        let lines: Vec<serde_json::Value> = String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .map(|l| serde_json::from_str(l).expect("a JSON line"))
+            .collect();
+        assert_eq!(lines.len(), 1, "{lines:?}");
+        assert_eq!(lines[0]["event"], "summary");
+        assert_eq!(
+            (&lines[0]["jobs"], &lines[0]["ok"], &lines[0]["skipped"]),
+            (&0.into(), &0.into(), &skipped.into())
+        );
+    }
+}
+
 /// An unusable `out=` (a name of more than 255 bytes, a working file's name) is reported at
 /// its own line of the list, not at the URI's.
 #[test]
