@@ -492,9 +492,15 @@ impl GetArgs {
             // they agree and refused if they do not: neither may silently drop the other.
             if let (Some(listed), Some(given)) = (&entry.sha256, sha256_arg) {
                 if !listed.trim().eq_ignore_ascii_case(given.trim()) {
-                    return Err(entry.locate(
-                        "its checksum=sha-256 and the command line's --sha256 name different digests",
-                    ));
+                    // The option the user gave.
+                    let option = match self.sha256 {
+                        Some(_) => "--sha256",
+                        None => "--checksum sha-256=...",
+                    };
+                    return Err(entry.locate(format!(
+                        "its checksum=sha-256 and the command line's {option} name different \
+                         digests"
+                    )));
                 }
             }
             if let (Some((listed, listed_hex)), Some((given, given_hex))) =

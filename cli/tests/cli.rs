@@ -1838,22 +1838,28 @@ fn a_checksum_on_the_command_line_and_another_in_the_list_are_refused_not_one_dr
     let md5 = hex::encode(md5::Md5::digest(&body));
     let zeros = |n: usize| "0".repeat(n);
     let url = origin.url("/x.bin");
-    for (listed, extra) in [
+    // Each refusal names the option the user gave (a --checksum sha-256=... was called
+    // "the command line's --sha256").
+    for (listed, extra, option) in [
         (
             format!("sha-256={sha}"),
             vec!["--sha256".to_string(), zeros(64)],
+            "command line's --sha256 ",
         ),
         (
             format!("sha-256={sha}"),
             vec!["--checksum".to_string(), format!("sha-256={}", zeros(64))],
+            "command line's --checksum sha-256=",
         ),
         (
             format!("md5={md5}"),
             vec!["--checksum".to_string(), format!("md5={}", zeros(32))],
+            "command line's --checksum ",
         ),
         (
             format!("md5={md5}"),
             vec!["--checksum".to_string(), format!("sha-1={}", zeros(40))],
+            "command line's --checksum ",
         ),
     ] {
         let list = format!("{url}\n  out=x.bin\n  checksum={listed}\n");
@@ -1862,6 +1868,7 @@ fn a_checksum_on_the_command_line_and_another_in_the_list_are_refused_not_one_dr
         let stderr = String::from_utf8_lossy(&out.stderr);
         assert_eq!(out.status.code(), Some(2), "{listed} {extra:?}: {stderr}");
         assert!(stderr.contains("name different digests"), "{stderr}");
+        assert!(stderr.contains(option), "{stderr}");
         assert!(!dest.path().join("x.bin").exists());
     }
     // The same digest in both places, in other cases: fine, and checked.
