@@ -19,14 +19,18 @@ use crate::exit;
 use crate::progress::{Mode, Reporter};
 use crate::units::{human_bytes, human_rate};
 
+/// The largest `--scale`: about 60 GiB of assets (the sizes, in bytes, must not overflow).
+const MAX_SCALE: u64 = 1024;
+
 /// Options of `haul demo`.
 #[derive(Args, Debug, Clone)]
 pub struct DemoArgs {
     /// Where to put the downloaded assets (default: a new temporary directory, kept).
     #[arg(short = 'd', long = "dir", value_name = "DIR")]
     pub dir: Option<PathBuf>,
-    /// Scale the generated assets (1 = about 60 MiB in total).
-    #[arg(long, default_value_t = 1)]
+    /// Scale the generated assets, 1 to 1024 (1 = about 60 MiB in total).
+    #[arg(long, default_value_t = 1,
+          value_parser = clap::value_parser!(u64).range(1..=MAX_SCALE))]
     pub scale: u64,
     /// Print events as JSON lines on stdout.
     #[arg(long)]
@@ -70,7 +74,7 @@ pub fn run(args: DemoArgs) -> i32 {
 }
 
 fn demo(args: DemoArgs) -> Result<i32, String> {
-    let scale = args.scale.max(1);
+    let scale = args.scale;
     let mib = 1024 * 1024 * scale;
     let assets = [
         Asset {

@@ -433,6 +433,24 @@ fn demo_downloads_and_verifies_every_asset() {
     }
 }
 
+/// `haul demo --scale 0` ran silently at scale 1: a scale of 0 (or one whose sizes would
+/// overflow) is refused (exit 2) naming the option.
+#[test]
+fn demo_refuses_a_scale_of_0() {
+    for scale in ["0", "1025"] {
+        let dir = tempfile::tempdir().unwrap();
+        let out = haul()
+            .args(["demo", "--scale", scale, "-d"])
+            .arg(dir.path().join("demo"))
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{scale}: {stderr}");
+        assert!(stderr.contains("--scale"), "{stderr}");
+        assert!(!dir.path().join("demo").exists());
+    }
+}
+
 #[test]
 fn get_fails_over_to_a_mirror_when_the_primary_is_down() {
     let body = data(150_000);
