@@ -239,7 +239,14 @@ impl Download {
         self
     }
 
-    /// Start only after `job` succeeded (fail if it fails).
+    /// Start only after `job` succeeded (fail if it fails). `job` is an id of the same
+    /// engine (client), given before this download is submitted: a later id, or this
+    /// download's own, is refused ([`DownloadError::DependencyUnknown`],
+    /// [`DownloadError::InvalidRequest`]), so no cycle can form. Ids are numbers counted per
+    /// engine: an id from another client names whatever job of this one has that number.
+    ///
+    /// [`DownloadError::DependencyUnknown`]: crate::DownloadError::DependencyUnknown
+    /// [`DownloadError::InvalidRequest`]: crate::DownloadError::InvalidRequest
     pub fn after(mut self, job: crate::engine::JobId) -> Download {
         self.depends_on.push(job);
         self

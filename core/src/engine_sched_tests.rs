@@ -3242,6 +3242,31 @@ fn stats_count_done_failed_cancelled_and_body_bytes() {
     assert!(stats.average_rate > 0.0 && stats.peak_rate >= stats.current_rate);
 }
 
+#[test]
+fn the_peak_rate_is_never_below_the_average_once_a_second_has_passed() {
+    // A steady second, then a burst the end cut short of a window: the one window that
+    // closed (10 kB/s) was read as the peak against an average of 40 kB/s.
+    let mut h = Harness::new(config());
+    let mut body = pattern(11_000, 4);
+    body.extend(pattern(50_000, 5));
+    let b = body.clone();
+    h.serve(ORIGIN, move |req| {
+        let wire = serve_range(&b, req);
+        let head = head_len(&wire);
+        let mut sizes = vec![head];
+        sizes.extend([1000; 11]);
+        sizes.push(50_000);
+        Reply::new(wire).pieces(&sizes).gap(millis(100))
+    });
+    let job = h.submit(download());
+    h.run(job).expect("downloads");
+    let stats = h.engine.stats();
+    assert!(
+        stats.peak_rate >= stats.average_rate && stats.average_rate > 20_000.0,
+        "{stats:?}"
+    );
+}
+
 // ------------------------------------------------------------------------ property
 
 /// One random segmented download.
