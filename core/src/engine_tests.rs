@@ -3543,6 +3543,26 @@ fn cancel_mid_body(mode: CancelMode) -> (Harness, JobId, Result<Outcome, Downloa
 }
 
 #[test]
+fn a_discard_after_a_cancel_that_keeps_removes_the_partial_while_it_is_still_open() {
+    // The second, explicit cancel was ignored: the partial and its state stayed.
+    let body = pattern(10_000, 33);
+    let mut h = Harness::new(config());
+    h.serve(ORIGIN, move |req| {
+        Reply::new(serve_range(&body, req))
+            .pieces(&[500])
+            .gap(secs(1))
+    });
+    let job = h.submit(download());
+    h.run_until("3000 bytes arrived", |h| {
+        h.progress(job).last().is_some_and(|&b| b >= 3_000)
+    });
+    h.engine.cancel(h.now, job, CancelMode::KeepPartial);
+    h.engine.cancel(h.now, job, CancelMode::Discard);
+    assert_eq!(h.run(job), Err(DownloadError::Cancelled));
+    assert_nothing_left(&h);
+}
+
+#[test]
 fn cancel_keep_partial_mid_body_keeps_part_and_state_and_a_later_job_resumes() {
     let (mut h, job, result, received) = cancel_mid_body(CancelMode::KeepPartial);
     assert_eq!(result, Err(DownloadError::Cancelled));

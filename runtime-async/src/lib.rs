@@ -152,6 +152,7 @@ impl<R: AsyncRuntime> Client<R> {
                 events,
                 state: TransferState::Running,
                 job: None,
+                cancelled: std::sync::atomic::AtomicBool::new(false),
             });
         }
         if self.shared.tx.unbounded_send(Msg::Submit(batch)).is_err() {
@@ -228,6 +229,9 @@ pub struct Transfer {
     state: TransferState,
     /// The engine's id of the job, from the first event taken.
     job: Option<haul_core::JobId>,
+    /// Cancelled by the caller ([`Transfer::cancel_with`]): dropping it then sends no
+    /// cancel of its own, which would discard a partial the caller asked to keep.
+    cancelled: std::sync::atomic::AtomicBool,
 }
 
 impl Transfer {
@@ -255,8 +259,10 @@ impl Transfer {
     /// Cancel now, keeping the partial file ([`CancelMode::KeepPartial`]) for a later
     /// download of the same file to resume, or removing it and its state
     /// ([`CancelMode::Discard`]). A transfer cancelled one way and then dropped stays
-    /// cancelled that way.
+    /// cancelled that way; a discard after a cancel that keeps removes the partial, unless
+    /// the download has already closed it.
     pub fn cancel_with(&self, mode: CancelMode) {
+        self.cancelled.store(true, Ordering::Relaxed);
         self.send(Msg::Cancel {
             ticket: self.ticket,
             mode,
@@ -314,7 +320,9 @@ impl Stream for Transfer {
 
 impl Drop for Transfer {
     fn drop(&mut self) {
-        self.cancel();
+        if !self.cancelled.load(Ordering::Relaxed) {
+            self.cancel();
+        }
     }
 }
 

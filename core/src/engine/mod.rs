@@ -1601,6 +1601,14 @@ impl Engine {
                 }
                 self.schedule();
             }
+            // Cancelled keeping its partial and still tidying up before the partial is
+            // closed: a discard now removes it after all (it was ignored).
+            Phase::CleaningUp {
+                ref mut keep,
+                step: CleanStep::Start | CleanStep::Checkpoint,
+                error: DownloadError::Cancelled,
+                ..
+            } if mode == CancelMode::Discard => *keep = false,
             _ => self.terminate(
                 job,
                 DownloadError::Cancelled,
