@@ -3267,6 +3267,66 @@ fn the_peak_rate_is_never_below_the_average_once_a_second_has_passed() {
     );
 }
 
+#[test]
+fn a_paused_duplicate_is_not_made_the_one_that_tries_again_for_the_others() {
+    // L answers 404; F1 and F2 followed it (own destinations, no sha256). F1 was paused
+    // while it followed. After the 404, F2 must not wait for paused F1's caller.
+    let mut h = Harness::new(config());
+    h.serve(ORIGIN, move |_req| {
+        Reply::new(with_length(404, &[], b"no")).gap(millis(100))
+    });
+    let l = h.submit(Download::new(URL, "/dl/copy0").unwrap());
+    let f1 = h.submit(Download::new(URL, "/dl/copy1").unwrap());
+    let f2 = h.submit(Download::new(URL, "/dl/copy2").unwrap());
+    h.engine.pause(h.now, f1);
+    assert!(matches!(
+        h.run(l),
+        Err(DownloadError::Status { status: 404, .. })
+    ));
+    // F2 ends (its own try, or the 404 shared) without anyone resuming F1.
+    let r = h.run(f2);
+    assert!(
+        matches!(r, Err(DownloadError::Status { status: 404, .. })),
+        "{r:?}"
+    );
+}
+
+#[test]
+fn a_download_redirected_to_another_host_does_not_hold_its_first_hosts_room() {
+    // One connection per host, four slots. ORIGIN/f0 redirects to a CDN host and downloads
+    // slowly from there; ORIGIN/f1 is served by ORIGIN itself, whose connection is idle.
+    let mut cfg = config();
+    cfg.max_active_jobs = 4;
+    cfg.max_connections_per_origin = 1;
+    let mut h = Harness::new(cfg);
+    const CDN: &str = "http://cdn.test";
+    h.serve(ORIGIN, move |req| {
+        if req.path.starts_with("/f0") {
+            return Reply::new(with_length(
+                302,
+                &[hdr("Location", "http://cdn.test/f0")],
+                b"",
+            ));
+        }
+        Reply::new(serve_range(&pattern(20_000, 3), req))
+    });
+    h.serve(CDN, move |req| {
+        Reply::new(serve_range(&pattern(20_000, 4), req))
+            .pieces(&[1000])
+            .gap(millis(500))
+    });
+    let f0 = h.submit(Download::new(&format!("{ORIGIN}/f0"), "/dl/f0").unwrap());
+    let f1 = h.submit(Download::new(&format!("{ORIGIN}/f1"), "/dl/f1").unwrap());
+    h.run(f0).expect("f0");
+    h.run(f1).expect("f1");
+    assert!(
+        h.finished_at(f1) < h.finished_at(f0),
+        "f1 waited for f0's CDN download: f1 done at {:?}, f0 at {:?}",
+        h.finished_at(f1),
+        h.finished_at(f0)
+    );
+}
+
 // ------------------------------------------------------------------------ property
 
 /// One random segmented download.

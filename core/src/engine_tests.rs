@@ -3563,6 +3563,44 @@ fn a_discard_after_a_cancel_that_keeps_removes_the_partial_while_it_is_still_ope
 }
 
 #[test]
+fn a_state_from_a_mirror_no_longer_listed_is_not_rewritten_as_the_primarys() {
+    // The partial's first 2,000 bytes came from a mirror the download no longer lists (same
+    // ETag, other bytes). Run 1 has a sha256, so it resumes from the primary; its
+    // checkpoints must not claim that the bytes came from the primary.
+    let gone = pattern(10_000, 91);
+    let primary = pattern(10_000, 92);
+    let mut st = valid_state(&gone, 2_000);
+    st.source = Some("http://gone.test/f.bin".into());
+    let mut cfg = config();
+    cfg.checkpoint_bytes = 1_000;
+    let mut h = Harness::new(cfg);
+    h.fs.put(part(), &gone[..2_000]);
+    h.fs.put(state(), &st.encode());
+    let b = primary.clone();
+    h.serve(ORIGIN, move |req| {
+        Reply::new(serve_range(&b, req)).pieces(&[500]).gap(secs(1))
+    });
+    let job = h.submit(download().sha256(&sha_hex(&primary)).unwrap());
+    h.run_until("a checkpoint", |h| {
+        h.fs.state_writes.iter().any(|s| s.verified >= 4_000)
+    });
+    h.cancel(job, CancelMode::KeepPartial);
+    let _ = h.run(job);
+    let written = h.fs.state_writes.last().expect("a checkpoint").clone();
+    // Run 2, the same URL without the sha256: it resumes from the primary.
+    let b = primary.clone();
+    h.serve(ORIGIN, move |req| Reply::new(serve_range(&b, req)));
+    let again = h.submit(download());
+    let out = h.run(again);
+    assert!(
+        h.fs.get(dest()) != Some(&[&gone[..2_000], &primary[2_000..]].concat()[..]),
+        "committed the gone mirror's bytes spliced onto the primary's (state source {:?}, \
+         outcome {out:?})",
+        written.source
+    );
+}
+
+#[test]
 fn cancel_keep_partial_mid_body_keeps_part_and_state_and_a_later_job_resumes() {
     let (mut h, job, result, received) = cancel_mid_body(CancelMode::KeepPartial);
     assert_eq!(result, Err(DownloadError::Cancelled));

@@ -79,10 +79,9 @@ pub struct PartState {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub resource: Option<String>,
     /// The URL, as the download gives it, whose responses gave `validator` and the bytes,
-    /// when it is one of the download's mirrors rather than its own URL. A resume goes on
-    /// from that URL; from another one (the mirror is gone from the download, or fails) it
-    /// starts over unless a sha256 proves the result: two servers may give one validator to
-    /// different bytes. Absent: the download's own URL (and state files of earlier
+    /// when it is one of the download's mirrors rather than its own URL. A resume on another
+    /// URL (the one the attempt picks) starts over unless a sha256 proves the result: two
+    /// servers may give one validator to different bytes. Absent: the download's own URL (and state files of earlier
     /// versions, whose bytes were resumed from it).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub source: Option<String>,

@@ -626,9 +626,9 @@ impl Engine {
         j.validator = Some(state.validator);
         j.validator_source = ValidatorSource::StateFile;
         j.validator_resource = state.resource;
-        // The bytes came from the URL the state names: the resume asks it first, and a
-        // switch to another URL starts over (see `start_attempt`) unless a sha256 proves
-        // the result. A URL the download no longer lists matches none of its URLs.
+        // The bytes came from the URL the state names: an attempt on another URL starts
+        // over (see `start_attempt`) unless a sha256 proves the result. A URL the download
+        // no longer lists matches none of its URLs.
         j.validator_mirror = match &state.source {
             None => 0,
             Some(source) => j
@@ -636,12 +636,12 @@ impl Engine {
                 .mirrors
                 .iter()
                 .position(|m| m.as_str() == source)
-                .map_or(usize::MAX, |i| i + 1),
+                .map_or(super::UNLISTED_SOURCE, |i| i + 1),
         };
-        if j.validator_mirror != usize::MAX {
-            j.mirror = j.validator_mirror;
-            j.prefer_url = true;
-        }
+        j.unlisted_source = state
+            .source
+            .clone()
+            .filter(|_| j.validator_mirror == super::UNLISTED_SOURCE);
         if state.single_connection {
             j.splitting = super::Splitting::SingleConnection;
         }
@@ -675,6 +675,7 @@ impl Engine {
         j.validator = None;
         j.validator_source = ValidatorSource::ThisRun;
         j.validator_resource = None;
+        j.unlisted_source = None;
         j.total = None;
         j.segmented = false;
         j.pending_prefix = None;
@@ -941,6 +942,9 @@ impl Engine {
             resource: j.validator_resource.clone(),
             source: match j.validator_mirror {
                 0 => None,
+                // Continued from another URL (a sha256 proves the result): the bytes are
+                // still the unlisted URL's, for a later run without the sha256.
+                super::UNLISTED_SOURCE => j.unlisted_source.clone(),
                 i => j.spec.mirrors.get(i - 1).map(|m| m.to_string()),
             },
             total: j.total,

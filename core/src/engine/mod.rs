@@ -531,8 +531,13 @@ struct Job {
     mirror: usize,
     /// URLs that failed since the last backoff: a failover goes to one not in here.
     failed_round: Vec<usize>,
-    /// The URL whose response gave `validator`.
+    /// The URL whose response gave `validator`: an index as for `mirror`, or
+    /// [`UNLISTED_SOURCE`] for one a state file named that the download no longer lists
+    /// (`unlisted_source`).
     validator_mirror: usize,
+    /// The URL a state file named as its bytes' source when the download no longer lists it:
+    /// kept in the states this job writes, so that they never name another URL's.
+    unlisted_source: Option<String>,
     /// The file (the last path segment of the URL, after redirects) whose response gave
     /// `validator`, when known: a validator vouches only for its own resource, and a URL
     /// that redirects elsewhere than it did (`/latest` to `v2.iso` instead of `v1.iso`) may
@@ -910,6 +915,9 @@ impl ContentKey {
         }
     }
 }
+
+/// `Job::validator_mirror` of bytes from a URL the download does not list.
+const UNLISTED_SOURCE: usize = usize::MAX;
 
 /// How many queued jobs after the next one [`Engine::startable`] looks at for one whose
 /// origin has room.
@@ -1394,6 +1402,7 @@ impl Engine {
             mirror: 0,
             failed_round: Vec::new(),
             validator_mirror: 0,
+            unlisted_source: None,
             validator_resource: None,
             verify_retry_used: false,
             bad_urls: Vec::new(),
@@ -2053,8 +2062,8 @@ impl Engine {
     }
 
     /// Queued job `first` (the next to start), or the next one after it whose origin has
-    /// room, or none: as many jobs of an origin holding download slots as it takes
-    /// connections, another would only wait for one while holding a slot, and the jobs for
+    /// room, or none: as many connections to an origin held or waited for by running
+    /// downloads as it takes, another would only wait for one while holding a slot, and the jobs for
     /// other hosts queued behind it would wait too (`-j 4` with one connection per host ran
     /// a list of two hosts one host after the other). Such a job starts once its origin has
     /// room, before later ones. A job with mirrors is never held back; only the next
@@ -2068,12 +2077,23 @@ impl Engine {
                 None
             }
         };
+        // One connection per running download, by the origin it goes to: its transfer's
+        // (after redirects, on a mirror; a segmented download's extra segments give their
+        // connections up to queued downloads, see `transfer::QUEUE_GRACE`), or its URL's
+        // when it has none yet (reading its state, checking its destination); none for one
+        // waiting out a backoff.
         let mut slots: HashMap<Origin, usize> = HashMap::new();
         for j in self.active_ids.iter().filter_map(|id| self.jobs.get(id)) {
-            if j.holds_slot() {
-                if let Ok(origin) = Origin::of(&j.spec.url) {
-                    *slots.entry(origin).or_default() += 1;
-                }
+            if !j.holds_slot() || matches!(j.phase, Phase::Backoff { .. }) {
+                continue;
+            }
+            let first_url = match j.mirror {
+                0 => &j.spec.url,
+                i => j.spec.mirrors.get(i - 1).unwrap_or(&j.spec.url),
+            };
+            let url = j.transfers.values().next().map_or(first_url, |t| &t.url);
+            if let Ok(origin) = Origin::of(url) {
+                *slots.entry(origin).or_default() += 1;
             }
         }
         let has_room = |j: &Job| {
@@ -2419,7 +2439,12 @@ impl Engine {
                 // follower tries on its own. One bound for the leader's destination takes it
                 // over; a second one bound there follows the first until it ends.
                 _ => {
-                    if same_request && result.as_ref().is_err_and(shareable) {
+                    // Not one paused: the others would wait for its caller's resume.
+                    if same_request
+                        && !fj.pause_requested
+                        && retrying.is_none()
+                        && result.as_ref().is_err_and(shareable)
+                    {
                         // Not retried: this one tries once more, for the others too.
                         fj.retry_for_duplicates = true;
                         retrying = Some(f);

@@ -1319,11 +1319,17 @@ impl Engine {
     /// Continue the transfer at a redirect target, on a connection to its origin.
     fn follow(&mut self, id: JobId, tid: u64, next: url::Url) {
         let t = self.transfer(id, tid).expect("transfer");
+        let moved = Origin::of(&t.url).ok() != Origin::of(&next).ok();
         t.url = next;
         t.conn = None;
         t.recv_outstanding = false;
         t.phase = TPhase::WaitingConn;
-        self.assign_connections();
+        if moved {
+            // Its first host may have room now for a queued download (`Engine::startable`).
+            self.schedule();
+        } else {
+            self.assign_connections();
+        }
     }
 
     /// A 200 or a valid 206: check what is known against expectations, then stream the body.
