@@ -441,8 +441,22 @@ impl Behind {
 /// The SHA-256 of the first `len` bytes of `file`, read back.
 pub fn read_back_digest(file: &File, len: u64, path: &std::path::Path) -> IoResult {
     let mut hasher = Sha256::new();
+    match read_back_into(file, &mut hasher, 0, len, path) {
+        Ok(()) => IoResult::Digest(hasher.finalize().into()),
+        Err(failure) => IoResult::Failed(failure),
+    }
+}
+
+/// Feeds bytes `[from, len)` of `file`, read back, to `hasher`.
+pub fn read_back_into(
+    file: &File,
+    hasher: &mut Sha256,
+    from: u64,
+    len: u64,
+    path: &std::path::Path,
+) -> Result<(), haul_core::IoFailure> {
     let mut buf = vec![0u8; 256 * 1024];
-    let mut offset = 0u64;
+    let mut offset = from;
     while offset < len {
         let want = (len - offset).min(buf.len() as u64) as usize;
         match file.read_at(&mut buf[..want], offset) {
@@ -451,17 +465,17 @@ pub fn read_back_digest(file: &File, len: u64, path: &std::path::Path) -> IoResu
                     std::io::ErrorKind::UnexpectedEof,
                     format!("the file holds {offset} bytes, {len} were written"),
                 );
-                return IoResult::Failed(local_failure(&e, "digest", Some(path)));
+                return Err(local_failure(&e, "digest", Some(path)));
             }
             Ok(n) => {
                 hasher.update(&buf[..n]);
                 offset += n as u64;
             }
             Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
-            Err(e) => return IoResult::Failed(local_failure(&e, "digest", Some(path))),
+            Err(e) => return Err(local_failure(&e, "digest", Some(path))),
         }
     }
-    IoResult::Digest(hasher.finalize().into())
+    Ok(())
 }
 
 #[cfg(test)]

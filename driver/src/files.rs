@@ -26,7 +26,7 @@ use std::time::Duration;
 use bytes::{Bytes, BytesMut};
 use haul_core::{AfterClose, FileId, IoErrorKind, IoFailure, IoId, IoOp, IoRequest, IoResult};
 
-use crate::digests::{read_back_digest, Behind, DigestDone, Digests, Running};
+use crate::digests::{read_back_into, Behind, DigestDone, Digests, Running};
 use crate::spares::Spares;
 
 /// The files this driver's downloads write, each claimed from its open until it is named
@@ -2059,6 +2059,10 @@ pub struct FileWorker {
     digests: Option<Digests>,
     /// The digest of what was written from offset 0 in order, while that holds.
     running: Option<Running>,
+    /// Without a running digest, the hash of the first bytes as a checkpoint's `Digest`
+    /// read them back: the next read-back goes on from there (each checkpoint of a large
+    /// file read it back from zero), while no write or truncation has touched them.
+    read_prefix: Option<(u64, sha2::Sha256)>,
     /// Writes handed to the digest thread ([`FileWorker::write_behind`]); every other
     /// operation waits for them ([`FileWorker::settle`]).
     behind: Option<Arc<Behind>>,
@@ -2109,6 +2113,7 @@ impl FileWorker {
     /// thread (see [`crate::digests`]): `true` if it was (it is then as good as done; a
     /// failure comes with the file's next operation), `false` if the caller must execute it.
     pub fn write_behind(&mut self, offset: u64, data: &Bytes) -> bool {
+        self.touched_from(offset);
         let (Some(file), Some(running), true) = (&self.file, &mut self.running, self.unnamed)
         else {
             return false;
@@ -2219,7 +2224,7 @@ impl FileWorker {
                 },
                 _ => done,
             };
-            return done(self.read_back(len));
+            return done(self.read_back(len, true));
         }
         let done = match self.running.take() {
             Some(running) if running.len() == len => match running.finish(done) {
@@ -2228,16 +2233,40 @@ impl FileWorker {
             },
             _ => done,
         };
-        done(self.read_back(len));
+        done(self.read_back(len, false));
     }
 
-    fn read_back(&mut self, len: u64) -> IoResult {
+    /// The digest of the first `len` bytes read back, from where the last checkpoint's
+    /// read-back ended if it still holds; kept for the next one when `keep`.
+    fn read_back(&mut self, len: u64, keep: bool) -> IoResult {
+        use sha2::Digest as _;
         if let Err(failure) = self.settle() {
             return IoResult::Failed(failure);
         }
-        match self.file.as_ref() {
-            Some(f) => read_back_digest(f, len, &self.path),
-            None => IoResult::Failed(IoFailure::new(IoErrorKind::Other, "file is not open")),
+        let Some(f) = self.file.as_ref() else {
+            return IoResult::Failed(IoFailure::new(IoErrorKind::Other, "file is not open"));
+        };
+        let (from, mut hasher) = match self.read_prefix.take() {
+            Some((read, hasher)) if read <= len => (read, hasher),
+            _ => (0, sha2::Sha256::new()),
+        };
+        if let Err(failure) = read_back_into(f, &mut hasher, from, len, &self.path) {
+            return IoResult::Failed(failure);
+        }
+        if keep {
+            self.read_prefix = Some((len, hasher.clone()));
+        }
+        IoResult::Digest(hasher.finalize().into())
+    }
+
+    /// Bytes from `offset` on changed: a read-back prefix over them no longer holds.
+    fn touched_from(&mut self, offset: u64) {
+        if self
+            .read_prefix
+            .as_ref()
+            .is_some_and(|(read, _)| offset < *read)
+        {
+            self.read_prefix = None;
         }
     }
 
@@ -2269,6 +2298,7 @@ impl FileWorker {
             } => {
                 self.path = path.clone();
                 self.unnamed = false;
+                self.read_prefix = None;
                 self.running = truncate
                     .then(|| self.digests.as_ref().map(Digests::running))
                     .flatten();
@@ -2277,6 +2307,7 @@ impl FileWorker {
             }
             IoOp::OpenUnnamed { file, path } => {
                 self.path = path.clone();
+                self.read_prefix = None;
                 self.id = Some(*file);
                 if let Err(failure) = self.leases.claim(path, *file) {
                     return IoResult::Failed(failure);
@@ -2358,6 +2389,7 @@ impl FileWorker {
                     }
                     IoOp::WriteAt { offset, data, .. } => match f.write_all_at(data, *offset) {
                         Ok(()) => {
+                            self.touched_from(*offset);
                             if let Some(running) = self.running.as_mut() {
                                 if !running.wrote(*offset, data) {
                                     self.running = None;
@@ -2369,6 +2401,7 @@ impl FileWorker {
                     },
                     IoOp::SetLen { len, .. } => match f.set_len(*len) {
                         Ok(()) => {
+                            self.touched_from(*len);
                             // Emptied: the digest starts over; cut or grown: of no use.
                             if *len == 0 {
                                 self.running = self.digests.as_ref().map(Digests::running);
@@ -2383,7 +2416,7 @@ impl FileWorker {
                         if !keep {
                             self.running = None;
                         }
-                        self.read_back(*len)
+                        self.read_back(*len, *keep)
                     }
                     IoOp::Sync { .. } => match f.sync_data() {
                         Ok(()) => IoResult::Done,
@@ -3421,6 +3454,61 @@ mod tests {
                 assert_eq!(digests, vec![sha(&head), sha(&all)], "{case}");
             }
         }
+    }
+
+    #[test]
+    fn checkpoint_digests_read_back_only_the_bytes_since_the_last_one_while_they_hold() {
+        use sha2::Digest as _;
+        let sha = |data: &[u8]| -> [u8; 32] { sha2::Sha256::digest(data).into() };
+        let dir = tempfile::TempDir::new().unwrap();
+        let path = dir.path().join("f.haul-part");
+        // No digest thread: every digest is read back.
+        let mut worker = FileWorker::default();
+        let file = FileId(1);
+        let open = IoOp::Open {
+            file,
+            path: path.clone(),
+            truncate: true,
+        };
+        assert_eq!(worker.execute(&open), IoResult::Opened { len: 0 });
+        let write = |worker: &mut FileWorker, offset: u64, data: &[u8]| {
+            let op = IoOp::WriteAt {
+                file,
+                offset,
+                data: Bytes::copy_from_slice(data),
+            };
+            assert_eq!(worker.execute(&op), IoResult::Done);
+        };
+        let digest = |worker: &mut FileWorker, len: u64, keep: bool| {
+            worker.execute(&IoOp::Digest { file, len, keep })
+        };
+        write(&mut worker, 0, b"first part ");
+        assert_eq!(
+            digest(&mut worker, 11, true),
+            IoResult::Digest(sha(b"first part "))
+        );
+        write(&mut worker, 11, b"then more");
+        // Changed on disk behind the worker: a read-back from zero would see it; the one
+        // that goes on from the last checkpoint does not read those bytes again.
+        let other = std::fs::OpenOptions::new().write(true).open(&path).unwrap();
+        other.write_all_at(b"F", 0).unwrap();
+        assert_eq!(
+            digest(&mut worker, 20, true),
+            IoResult::Digest(sha(b"first part then more"))
+        );
+        // A write inside the hashed prefix: read back from zero again.
+        write(&mut worker, 0, b"f");
+        assert_eq!(
+            digest(&mut worker, 20, false),
+            IoResult::Digest(sha(b"first part then more"))
+        );
+        other.write_all_at(b"X", 1).unwrap();
+        write(&mut worker, 19, b"E");
+        assert_eq!(
+            digest(&mut worker, 20, true),
+            IoResult::Digest(sha(b"fXrst part then morE")),
+            "the final digest kept nothing; a write after it is read from zero"
+        );
     }
 
     #[test]
