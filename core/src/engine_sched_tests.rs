@@ -1419,7 +1419,7 @@ fn a_segment_whose_body_ends_short_of_its_range_is_a_truncated_body_and_retries_
         matches!(
             err,
             DownloadError::Protocol {
-                source: HttpError::Truncated { .. },
+                source: HttpError::ShortRange { .. },
                 ..
             }
         ),

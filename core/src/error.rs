@@ -251,7 +251,10 @@ impl DownloadError {
             }
             DownloadError::Connection { failure, .. } => failure.kind != IoErrorKind::Tls,
             DownloadError::Timeout { .. } => true,
-            DownloadError::Protocol { source, .. } => matches!(source, HttpError::Truncated { .. }),
+            DownloadError::Protocol { source, .. } => matches!(
+                source,
+                HttpError::Truncated { .. } | HttpError::ShortRange { .. }
+            ),
             DownloadError::Status { status, .. } => {
                 matches!(status, 408 | 429 | 500 | 502 | 503 | 504)
             }

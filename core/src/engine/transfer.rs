@@ -822,8 +822,8 @@ impl Engine {
             _ => 0,
         };
         let origin = origin_label(&t.url);
-        let source = crate::http::HttpError::Truncated {
-            expected: Some(received + missing),
+        let source = crate::http::HttpError::ShortRange {
+            expected: received + missing,
             received,
         };
         self.transfer_failed(id, tid, DownloadError::Protocol { origin, source });

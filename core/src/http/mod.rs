@@ -69,6 +69,10 @@ pub enum HttpError {
         expected: Option<u64>,
         received: u64,
     },
+    /// A 206 body that ended as its framing says (a close, a last chunk) before the end of
+    /// the range its own `Content-Range` announced.
+    #[error("the body ended after {received} bytes, short of the {expected} its Content-Range announced")]
+    ShortRange { expected: u64, received: u64 },
     /// The URL cannot be requested by this client (not http/https, no host, ...).
     #[error("unsupported URL: {0}")]
     UnsupportedUrl(String),
