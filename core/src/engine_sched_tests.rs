@@ -1446,6 +1446,27 @@ fn a_segment_whose_body_ends_short_of_its_range_is_a_truncated_body_and_retries_
 }
 
 #[test]
+fn a_server_that_answers_416_to_the_segments_probe_is_downloaded_on_one_connection() {
+    // `bytes=0-` answered 416 (`bytes */N`, N > 0) was asked again on every retry, and the
+    // download failed although a plain GET worked.
+    let body = pattern(40_000, 8);
+    let mut h = Harness::new(config());
+    let b = body.clone();
+    h.serve(ORIGIN, move |req| match requested_range(req) {
+        Some(_) => Reply::new(with_length(
+            416,
+            &[hdr("Content-Range", format!("bytes */{}", b.len()))],
+            b"",
+        )),
+        None => Reply::new(with_length(200, &[hdr("ETag", ETAG)], &b)),
+    });
+    let job = h.submit(segmented(4, 1000));
+    h.run(job).expect("a plain GET after the 416");
+    assert_committed(&h, &body);
+    assert_eq!(h.requests.len(), 2, "the probe, then one plain GET");
+}
+
+#[test]
 fn an_empty_file_downloads_with_segments_requested() {
     let mut h = Harness::new(config());
     h.serve(ORIGIN, move |req| Reply::new(serve_range(b"", req)));

@@ -1074,11 +1074,20 @@ impl Engine {
                         self.maybe_complete(id);
                     }
                     _ => {
+                        let detail = if self.probe_for_segments(id, tid) {
+                            // `bytes=0-` of a file that has bytes: the server's ranges are
+                            // broken; the next attempt is a plain GET (it asked the same
+                            // probe again until its retries ran out).
+                            self.one_connection_from_now(id, "416 to bytes=0-");
+                            "416 Range Not Satisfiable to bytes=0- of a non-empty file"
+                        } else {
+                            "416 Range Not Satisfiable for the local partial"
+                        };
                         self.restart_from_zero(id);
                         self.fail_attempt(
                             id,
                             DownloadError::RangeMismatch {
-                                detail: "416 Range Not Satisfiable for the local partial".into(),
+                                detail: detail.into(),
                             },
                         );
                     }
