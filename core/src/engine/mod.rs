@@ -2070,6 +2070,11 @@ impl Engine {
     /// [`BUSY_ORIGIN_LOOKAHEAD`] jobs are looked at.
     fn startable(&self, first: (Reverse<Priority>, JobId)) -> Option<(Reverse<Priority>, JobId)> {
         let limit = self.config.max_connections_per_origin;
+        if limit >= self.config.max_active_jobs {
+            // Fewer downloads run than one host may have connections: none is ever full
+            // (and a list of thousands of small files pays nothing for the count).
+            return Some(first);
+        }
         let origin_of = |j: &Job| {
             if j.spec.mirrors.is_empty() {
                 Origin::of(&j.spec.url).ok()
