@@ -3522,9 +3522,9 @@ fn an_unnamed_download_interrupted_mid_body_keeps_no_partial_and_writes_no_state
 
 // ------------------------------------------------------------------------ cancel
 
-/// Starts a 10 000-byte download trickling 500 bytes a second, cancels it once 3 000 bytes
-/// arrived; returns the harness, the job, its result and the bytes received at the cancel.
-fn cancel_mid_body(mode: CancelMode) -> (Harness, JobId, Result<Outcome, DownloadError>, u64) {
+/// Starts a 10 000-byte download trickling 500 bytes a second and runs it until 3 000 bytes
+/// arrived; the harness, the job and the bytes received.
+fn trickled_to_3000() -> (Harness, JobId, u64) {
     let body = pattern(10_000, 33);
     let mut h = Harness::new(config());
     h.serve(ORIGIN, move |req| {
@@ -3537,6 +3537,12 @@ fn cancel_mid_body(mode: CancelMode) -> (Harness, JobId, Result<Outcome, Downloa
         h.progress(job).last().is_some_and(|&b| b >= 3_000)
     });
     let received = *h.progress(job).last().expect("progress");
+    (h, job, received)
+}
+
+/// [`trickled_to_3000`], then cancelled; also the job's result.
+fn cancel_mid_body(mode: CancelMode) -> (Harness, JobId, Result<Outcome, DownloadError>, u64) {
+    let (mut h, job, received) = trickled_to_3000();
     h.cancel(job, mode);
     let result = h.run(job);
     (h, job, result, received)
@@ -3545,17 +3551,7 @@ fn cancel_mid_body(mode: CancelMode) -> (Harness, JobId, Result<Outcome, Downloa
 #[test]
 fn a_discard_after_a_cancel_that_keeps_removes_the_partial_while_it_is_still_open() {
     // The second, explicit cancel was ignored: the partial and its state stayed.
-    let body = pattern(10_000, 33);
-    let mut h = Harness::new(config());
-    h.serve(ORIGIN, move |req| {
-        Reply::new(serve_range(&body, req))
-            .pieces(&[500])
-            .gap(secs(1))
-    });
-    let job = h.submit(download());
-    h.run_until("3000 bytes arrived", |h| {
-        h.progress(job).last().is_some_and(|&b| b >= 3_000)
-    });
+    let (mut h, job, _) = trickled_to_3000();
     h.engine.cancel(h.now, job, CancelMode::KeepPartial);
     h.engine.cancel(h.now, job, CancelMode::Discard);
     assert_eq!(h.run(job), Err(DownloadError::Cancelled));
