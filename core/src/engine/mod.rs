@@ -2062,8 +2062,8 @@ impl Engine {
     }
 
     /// Queued job `first` (the next to start), or the next one after it whose origin has
-    /// room, or none: as many connections to an origin held or waited for by running
-    /// downloads as it takes, another would only wait for one while holding a slot, and the jobs for
+    /// room, or none: with as many running downloads going to an origin as it takes
+    /// connections, another would only wait for one while holding a slot, and the jobs for
     /// other hosts queued behind it would wait too (`-j 4` with one connection per host ran
     /// a list of two hosts one host after the other). Such a job starts once its origin has
     /// room, before later ones. A job with mirrors is never held back; only the next
@@ -2092,11 +2092,10 @@ impl Engine {
             if !j.holds_slot() || matches!(j.phase, Phase::Backoff { .. }) {
                 continue;
             }
-            let first_url = match j.mirror {
-                0 => &j.spec.url,
-                i => j.spec.mirrors.get(i - 1).unwrap_or(&j.spec.url),
+            let url = match j.transfers.values().next() {
+                Some(t) => &t.url,
+                None => self.job_url(j.id, j.mirror),
             };
-            let url = j.transfers.values().next().map_or(first_url, |t| &t.url);
             if let Ok(origin) = Origin::of(url) {
                 *slots.entry(origin).or_default() += 1;
             }
