@@ -864,11 +864,9 @@ impl Engine {
         // mismatch. Recorded as unverified ranges, those bytes were trusted as they were: a
         // partial overwritten by a newer version after a restart from zero, or changed on
         // disk, was spliced onto the old version's tail.
-        let (verified, digest): (u64, Option<[u8; 32]>) = if j.executor_hash {
-            (j.hashed, None)
-        } else {
-            (j.hashed, Some(j.hasher.clone().finalize().into()))
-        };
+        let verified = j.hashed;
+        let digest: Option<[u8; 32]> =
+            (!j.executor_hash).then(|| j.hasher.clone().finalize().into());
         let ranges: Vec<(u64, u64)> = j
             .received
             .iter()
