@@ -17,6 +17,25 @@ const MIRROR_URL: &str = "http://b.test/pub/f.bin";
 const THIRD: &str = "http://c.test";
 const THIRD_URL: &str = "http://c.test/f.bin";
 
+/// Runs each of `jobs` to its end, which must be a connect failure or `CircuitOpen`, then
+/// `check`s it; how many ended `CircuitOpen`.
+fn run_to_connect_failures(
+    h: &mut Harness,
+    jobs: &[JobId],
+    check: impl Fn(&Harness, JobId),
+) -> usize {
+    let mut circuit_open = 0;
+    for &job in jobs {
+        match h.run(job) {
+            Err(DownloadError::Connect { .. }) => {}
+            Err(DownloadError::CircuitOpen { .. }) => circuit_open += 1,
+            other => panic!("{job}: expected a connect failure or CircuitOpen, got {other:?}"),
+        }
+        check(h, job);
+    }
+    circuit_open
+}
+
 fn policy_config() -> Config {
     let mut c = config();
     c.retry.max_attempts = 6;
@@ -1031,14 +1050,7 @@ fn a_list_for_a_dead_origin_fails_after_its_retries_not_through_doubling_cooldow
     h.connect_plan(ORIGIN, |_| ConnectPlan::Fail(IoErrorKind::ConnectFailed));
     let jobs = submit_twenty(&mut h);
     let cooldown = h.engine.config().breaker.cooldown;
-    let mut circuit_open = 0;
-    for &job in &jobs {
-        match h.run(job) {
-            Err(DownloadError::Connect { .. }) => {}
-            Err(DownloadError::CircuitOpen { .. }) => circuit_open += 1,
-            other => panic!("{job}: expected a connect failure or CircuitOpen, got {other:?}"),
-        }
-    }
+    let circuit_open = run_to_connect_failures(&mut h, &jobs, |_, _| {});
     let last = jobs.iter().map(|&j| h.finished_at(j)).max().unwrap();
     assert!(
         last <= at(secs(31).max(cooldown) + secs(5)),
@@ -1098,15 +1110,9 @@ fn without_retries_a_list_for_a_dead_origin_ends_at_once_not_after_a_cool_down()
             h.submit(Download::new(&url, format!("/dl/f{n}.bin")).unwrap())
         })
         .collect();
-    let mut circuit_open = 0;
-    for &job in &jobs {
-        match h.run(job) {
-            Err(DownloadError::Connect { .. }) => {}
-            Err(DownloadError::CircuitOpen { .. }) => circuit_open += 1,
-            other => panic!("{job}: expected a connect failure or CircuitOpen, got {other:?}"),
-        }
+    let circuit_open = run_to_connect_failures(&mut h, &jobs, |h, job| {
         assert!(h.finished_at(job) < at(secs(1)), "{job} waited");
-    }
+    });
     assert!(
         h.events
             .iter()

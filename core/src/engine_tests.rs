@@ -3268,9 +3268,9 @@ fn with_executor_digests_a_segmented_download_is_hashed_by_the_engine() {
     assert_eq!(h.count_ops(|op| matches!(op, IoOp::Digest { .. })), 0);
 }
 
-#[test]
-fn with_executor_digests_checkpoints_vouch_for_their_bytes_with_the_executors_digest_and_a_resume_checks_it(
-) {
+/// A harness whose digests are the executor's, checkpointing every 1,000 bytes, serving a
+/// 10,000-byte body at 500 bytes a second; the body.
+fn trickled_with_executor_digests() -> (Harness, Vec<u8>) {
     let body = pattern(10_000, 67);
     let mut cfg = executor_digest_config(0);
     cfg.checkpoint_bytes = 1_000;
@@ -3279,6 +3279,13 @@ fn with_executor_digests_checkpoints_vouch_for_their_bytes_with_the_executors_di
     h.serve(ORIGIN, move |req| {
         Reply::new(serve_range(&b, req)).pieces(&[500]).gap(secs(1))
     });
+    (h, body)
+}
+
+#[test]
+fn with_executor_digests_checkpoints_vouch_for_their_bytes_with_the_executors_digest_and_a_resume_checks_it(
+) {
+    let (mut h, body) = trickled_with_executor_digests();
     let job = h.submit(download().sha256(&sha_hex(&body)).unwrap());
     h.run_until("3000 bytes arrived", |h| {
         h.progress(job).last().is_some_and(|&b| b >= 3_000)
@@ -3380,19 +3387,12 @@ fn a_state_left_from_before_a_restart_from_zero_never_splices_the_old_version_on
 
 #[test]
 fn a_partial_changed_on_disk_behind_a_state_of_the_executors_digest_starts_over() {
-    let body = pattern(10_000, 67);
-    let mut cfg = executor_digest_config(0);
-    cfg.checkpoint_bytes = 1_000;
-    let mut h = Harness::new(cfg.clone());
-    let b = body.clone();
-    h.serve(ORIGIN, move |req| {
-        Reply::new(serve_range(&b, req)).pieces(&[500]).gap(secs(1))
-    });
-    let job = h.submit(download());
+    let (mut h, body) = trickled_with_executor_digests();
+    let cfg = h.engine.config().clone();
+    h.submit(download());
     h.run_until("a checkpoint of 3,000 bytes", |h| {
         h.fs.state_writes.iter().any(|s| s.verified >= 3_000)
     });
-    let _ = job;
     let mut h = after_a_kill(h, cfg);
     let mut partial = h.fs.get(part()).expect("partial").to_vec();
     partial[100] ^= 0xff;
